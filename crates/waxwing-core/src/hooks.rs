@@ -1,0 +1,354 @@
+//! The module API: what a protocol module may register and what it sees.
+//!
+//! A module registers, once at startup, the IQ payloads it answers, the
+//! disco features it adds, and the hooks it wants for messages and presence.
+//! Handlers receive a [`Cx`], never a socket or session internals, so the
+//! same module works whatever the stanza arrived over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
+use waxwing_proto::stanza::StanzaError;
+use waxwing_proto::xml::Element;
+use waxwing_store::Stores;
+
+use crate::config::Config;
+use crate::router::Server;
+use crate::session::SessionHandle;
+
+/// What a stanza hook tells the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Let later hooks, then the default behaviour, see the stanza.
+    Continue,
+    /// The stanza was consumed; nothing else runs.
+    Handled,
+}
+
+/// Where in a stanza's life a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// Sent by one of our own client sessions, after `from` was stamped and
+    /// before it is routed (RFC 6121 "outbound" presence processing lives here).
+    Outbound,
+    /// Addressed to an account on a local host (bare or full JID), before
+    /// default delivery ("inbound" presence processing lives here).
+    Inbound,
+    /// A message for a local account that no available resource can take
+    /// (RFC 6121 §8.5.2.1.1 "offline"): offline storage lives here.
+    Undeliverable,
+}
+
+/// Order within a hook chain: lower runs first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Priority(pub i32);
+
+impl Priority {
+    pub const EARLY: Priority = Priority(-100);
+    pub const NORMAL: Priority = Priority(0);
+    pub const LATE: Priority = Priority(100);
+}
+
+/// Which address an IQ handler serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IqTarget {
+    /// The server itself: `to` is one of our domains.
+    Server,
+    /// An account: `to` is a local bare JID, or absent (RFC 6120 §10.3.3:
+    /// an IQ without `to` is handled on behalf of the sender's account).
+    Account,
+}
+
+/// Non-stanza events. Closed on purpose: the whole vocabulary is here.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A resource was bound.
+    SessionBound(Arc<SessionHandle>),
+    /// A session sent its first available presence (RFC 6121 §4.2 initial presence).
+    InitialPresence(Arc<SessionHandle>),
+    /// A session ended, cleanly or not. It is already out of the registry.
+    SessionClosed(Arc<SessionHandle>),
+    /// An account was deleted; every module storing per-user data cleans up.
+    UserDeleted(BareJid),
+}
+
+/// One IQ request of type get or set, already addressed and validated.
+#[derive(Debug, Clone)]
+pub struct Iq {
+    pub from: Jid,
+    /// Absent when the client sent no `to` (meaning its own account).
+    pub to: Option<Jid>,
+    pub id: String,
+    pub is_set: bool,
+    /// The single child element of the IQ.
+    pub payload: Element,
+    /// The whole stanza, for handlers that need its attributes (`xml:lang`).
+    pub stanza: Element,
+    /// False only for the IQs a client may send before SASL (in-band
+    /// registration); `from` is then the host, not an account.
+    pub authenticated: bool,
+}
+
+/// An IQ handler's answer: the result payload (if any) or a stanza error.
+pub type IqResult = Result<Option<Element>, StanzaError>;
+
+/// Answers IQs for the `(target, namespace)` pairs it was registered for.
+#[async_trait]
+pub trait IqHandler: Send + Sync {
+    async fn handle_iq(&self, cx: &Cx, iq: Iq) -> IqResult;
+}
+
+/// A message/presence hook.
+#[async_trait]
+pub trait StanzaHook: Send + Sync {
+    async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow;
+}
+
+/// Receives [`Event`]s.
+#[async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn on_event(&self, cx: &Cx, event: &Event);
+}
+
+/// Adds elements to `<stream:features/>` after authentication.
+pub trait StreamFeature: Send + Sync {
+    fn stream_features(&self, cx: &Cx) -> Vec<Element>;
+}
+
+/// A protocol module.
+pub trait Module: Send + Sync + 'static {
+    /// Log target and config key.
+    fn name(&self) -> &'static str;
+    /// Declares everything the module handles. Called once at startup.
+    fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError>;
+}
+
+/// A registration mistake, found at startup, never at run time.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("module {module} claims IQ {ns} ({target:?}) already claimed by {owner}")]
+    DuplicateIq {
+        module: &'static str,
+        owner: &'static str,
+        ns: String,
+        target: IqTarget,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum IqKind {
+    Get,
+    Set,
+}
+
+/// Collects what modules declare; frozen into [`Registry`] before serving.
+#[derive(Default)]
+pub struct Registrar {
+    current: &'static str,
+    pub(crate) registry: Registry,
+}
+
+/// The frozen result of registration, read by the router.
+#[derive(Default)]
+pub struct Registry {
+    pub(crate) iq: HashMap<(IqTarget, IqKind, String), (&'static str, Arc<dyn IqHandler>)>,
+    pub(crate) hooks: HashMap<Hook, Vec<(Priority, &'static str, Arc<dyn StanzaHook>)>>,
+    pub(crate) events: Vec<Arc<dyn EventHandler>>,
+    pub(crate) stream_features: Vec<Arc<dyn StreamFeature>>,
+    pub(crate) server_features: Vec<&'static str>,
+    pub(crate) account_features: Vec<&'static str>,
+}
+
+impl Registrar {
+    /// Registers every module, in order.
+    pub fn build(modules: Vec<Arc<dyn ModuleLoader>>) -> Result<Registry, RegisterError> {
+        let mut reg = Registrar::default();
+        for m in modules {
+            reg.current = m.module_name();
+            m.load(&mut reg)?;
+        }
+        for chain in reg.registry.hooks.values_mut() {
+            chain.sort_by_key(|(p, ..)| *p);
+        }
+        reg.registry.server_features.sort_unstable();
+        reg.registry.server_features.dedup();
+        reg.registry.account_features.sort_unstable();
+        reg.registry.account_features.dedup();
+        Ok(reg.registry)
+    }
+
+    fn claim(
+        &mut self,
+        target: IqTarget,
+        kind: IqKind,
+        ns: &str,
+        h: Arc<dyn IqHandler>,
+    ) -> Result<(), RegisterError> {
+        let key = (target, kind, ns.to_string());
+        if let Some((owner, _)) = self.registry.iq.get(&key) {
+            return Err(RegisterError::DuplicateIq {
+                module: self.current,
+                owner,
+                ns: ns.into(),
+                target,
+            });
+        }
+        self.registry.iq.insert(key, (self.current, h));
+        Ok(())
+    }
+
+    /// Claims IQ gets whose payload is in `ns`. A second claim is a startup error.
+    pub fn iq_get(
+        &mut self,
+        target: IqTarget,
+        ns: &str,
+        h: Arc<dyn IqHandler>,
+    ) -> Result<(), RegisterError> {
+        self.claim(target, IqKind::Get, ns, h)
+    }
+
+    /// Claims IQ sets whose payload is in `ns`.
+    pub fn iq_set(
+        &mut self,
+        target: IqTarget,
+        ns: &str,
+        h: Arc<dyn IqHandler>,
+    ) -> Result<(), RegisterError> {
+        self.claim(target, IqKind::Set, ns, h)
+    }
+
+    /// Claims both gets and sets.
+    pub fn iq(
+        &mut self,
+        target: IqTarget,
+        ns: &str,
+        h: Arc<dyn IqHandler>,
+    ) -> Result<(), RegisterError> {
+        self.iq_get(target, ns, h.clone())?;
+        self.iq_set(target, ns, h)
+    }
+
+    pub fn hook(&mut self, hook: Hook, priority: Priority, h: Arc<dyn StanzaHook>) {
+        self.registry
+            .hooks
+            .entry(hook)
+            .or_default()
+            .push((priority, self.current, h));
+    }
+
+    pub fn on_events(&mut self, h: Arc<dyn EventHandler>) {
+        self.registry.events.push(h);
+    }
+
+    pub fn stream_feature(&mut self, h: Arc<dyn StreamFeature>) {
+        self.registry.stream_features.push(h);
+    }
+
+    /// A disco#info feature of the server (XEP-0030).
+    pub fn server_feature(&mut self, var: &'static str) {
+        self.registry.server_features.push(var);
+    }
+
+    /// A disco#info feature of every account.
+    pub fn account_feature(&mut self, var: &'static str) {
+        self.registry.account_features.push(var);
+    }
+}
+
+/// Type-erases a [`Module`] so that the module list can be a `Vec`.
+pub trait ModuleLoader: Send + Sync {
+    fn module_name(&self) -> &'static str;
+    fn load(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError>;
+}
+
+impl<M: Module> ModuleLoader for M {
+    fn module_name(&self) -> &'static str {
+        self.name()
+    }
+    fn load(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
+        Module::register(self, reg)
+    }
+}
+
+/// Wraps a module for the module list.
+pub fn load<M: Module>(m: M) -> Arc<dyn ModuleLoader> {
+    Arc::new(m)
+}
+
+/// What a handler may use: configuration, stores, routing and the sessions
+/// of an account. Cheap to clone.
+#[derive(Clone)]
+pub struct Cx {
+    pub(crate) server: Arc<Server>,
+    origin: Option<Arc<SessionHandle>>,
+}
+
+impl Cx {
+    pub(crate) fn new(server: Arc<Server>, origin: Option<Arc<SessionHandle>>) -> Self {
+        Cx { server, origin }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.server.config
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.server.stores
+    }
+
+    /// The local client session the stanza came from, if it came from one.
+    pub fn origin(&self) -> Option<&Arc<SessionHandle>> {
+        self.origin.as_ref()
+    }
+
+    /// Routes a stanza to its `to` address (the only way to reach anything).
+    pub async fn route(&self, stanza: Element) {
+        self.server.clone().route(stanza).await;
+    }
+
+    /// Answers `stanza` with an error, unless it is itself an error.
+    pub async fn bounce(&self, stanza: &Element, err: StanzaError) {
+        self.server.clone().bounce(stanza, err).await;
+    }
+
+    /// The bound sessions of a local account.
+    pub fn sessions_of(&self, user: &BareJid) -> Vec<Arc<SessionHandle>> {
+        self.server.sessions.resources(user)
+    }
+
+    /// One bound session.
+    pub fn session(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
+        self.server.sessions.get(jid)
+    }
+
+    pub fn is_local_host(&self, domain: &str) -> bool {
+        self.server.config.is_local_host(domain)
+    }
+
+    /// Features for disco#info on the server.
+    pub fn server_features(&self) -> &[&'static str] {
+        &self.server.registry.server_features
+    }
+
+    /// Features for disco#info on an account.
+    pub fn account_features(&self) -> &[&'static str] {
+        &self.server.registry.account_features
+    }
+
+    /// Delivers an event to every module.
+    pub async fn emit(&self, event: Event) {
+        self.server.clone().emit(self.origin.clone(), event).await;
+    }
+
+    /// Deletes an account and tells every module (ejabberd's `remove_user`).
+    pub async fn delete_account(&self, user: &BareJid) -> Result<(), waxwing_store::StoreError> {
+        self.server.clone().delete_account(user).await
+    }
+
+    /// Seconds since the server started (XEP-0012 server uptime).
+    pub fn uptime(&self) -> std::time::Duration {
+        self.server.started.elapsed()
+    }
+}

@@ -1,0 +1,94 @@
+//! The Waxwing runtime: everything with a socket, a task or a lock.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod credentials;
+pub mod hooks;
+pub mod listen;
+pub mod router;
+pub mod session;
+pub mod stream;
+pub mod time;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use router::Server;
+
+use crate::hooks::{ModuleLoader, RegisterError, Registrar};
+use crate::listen::ListenerKind;
+
+/// How long a graceful stop waits for streams to close before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Store(#[from] waxwing_store::StoreError),
+    #[error("modules: {0}")]
+    Register(#[from] RegisterError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started server.
+pub struct Running {
+    pub server: Arc<Server>,
+    /// Every bound listener with its real address (port 0 resolved).
+    pub listeners: Vec<(ListenerKind, SocketAddr)>,
+    tasks: TaskTracker,
+}
+
+/// Opens storage, registers modules, loads TLS, binds listeners and starts accepting.
+pub async fn start(
+    config: Config,
+    modules: Vec<Arc<dyn ModuleLoader>>,
+) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let stores = waxwing_store::open(&config.database_url).await?;
+    let registry = Registrar::build(modules)?;
+    let tls = tls::TlsContext::load(&config)?;
+    let server = Server::new(config, stores, registry, tls);
+    let bound = listen::bind_all(&server).await?;
+    let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();
+    let tasks = TaskTracker::new();
+    for b in bound {
+        tracing::info!(kind = b.kind.name(), addr = %b.addr, "listening");
+        tokio::spawn(listen::accept_loop(server.clone(), b, tasks.clone()));
+    }
+    Ok(Running {
+        server,
+        listeners,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Graceful stop: no new connections, `system-shutdown` to every stream,
+    /// then wait (bounded) for the connection tasks to finish their writes.
+    pub async fn stop(self) {
+        self.server.shutdown();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+    }
+}
+
+/// A random identifier for stream ids, nonces and generated resources.
+pub fn random_id() -> String {
+    use base64::Engine;
+    let bytes: [u8; 12] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

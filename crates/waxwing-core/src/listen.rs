@@ -1,0 +1,86 @@
+//! Listeners: accept connections and hand each to its own task.
+//! Listeners never parse XML.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::router::Server;
+use crate::stream::c2s;
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// c2s with STARTTLS (RFC 6120).
+    C2s,
+    /// c2s with TLS from the first byte (XEP-0368).
+    C2sDirectTls,
+}
+
+impl ListenerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::C2s => "c2s",
+            ListenerKind::C2sDirectTls => "c2s_direct_tls",
+        }
+    }
+}
+
+/// A bound listening socket.
+pub struct Bound {
+    pub kind: ListenerKind,
+    pub addr: SocketAddr,
+    listener: TcpListener,
+}
+
+/// Binds every configured address. Binding happens before serving so that a
+/// taken port is a startup error, not a log line.
+pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
+    let mut out = Vec::new();
+    let lists = [
+        (ListenerKind::C2s, &server.config.c2s),
+        (ListenerKind::C2sDirectTls, &server.config.c2s_direct_tls),
+    ];
+    for (kind, addrs) in lists {
+        for addr in addrs {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} ({}): {e}", kind.name()),
+                )
+            })?;
+            out.push(Bound {
+                kind,
+                addr: listener.local_addr()?,
+                listener,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Accepts until shutdown; connection tasks are tracked so that shutdown can
+/// wait for every stream to say goodbye.
+pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) {
+    let shutdown = server.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = bound.listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let direct = bound.kind == ListenerKind::C2sDirectTls;
+                let server = server.clone();
+                tasks.spawn(c2s::serve(server, tcp, peer, direct));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

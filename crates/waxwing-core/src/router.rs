@@ -1,0 +1,371 @@
+//! The router: the only path from a stanza to a destination, and the
+//! RFC 6121 §8 delivery rules for local accounts.
+//!
+//! Routing table (modelled on Prosody's `doc/stanza_routing.txt`):
+//!
+//! | `to`                 | message                         | presence              | iq get/set                |
+//! |----------------------|---------------------------------|-----------------------|---------------------------|
+//! | local domain         | dropped                         | dropped               | `IqTarget::Server` owner  |
+//! | local bare, exists   | Inbound hooks, then §8.5.2      | Inbound hooks, then all available resources | `IqTarget::Account` owner |
+//! | local full, bound    | that session                    | that session          | that session              |
+//! | local full, unbound  | chat/normal/headline as bare; groupchat bounced; error dropped | dropped | service-unavailable |
+//! | no such account      | service-unavailable (error dropped) | dropped           | service-unavailable       |
+//! | remote domain        | remote-server-not-found until federation exists                                     |
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::stanza::{
+    self, Condition, StanzaError, StanzaKind, StreamCondition, StreamError,
+};
+use waxwing_proto::xml::Element;
+use waxwing_store::{StoreError, Stores};
+
+use crate::config::Config;
+use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqKind, IqTarget, Registry};
+use crate::session::{SessionHandle, SessionRegistry};
+use crate::tls::TlsContext;
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Everything shared by all connections of one server process.
+pub struct Server {
+    pub config: Config,
+    pub stores: Stores,
+    pub sessions: SessionRegistry,
+    pub(crate) registry: Registry,
+    pub(crate) tls: TlsContext,
+    pub(crate) started: Instant,
+    pub(crate) shutdown: CancellationToken,
+    /// Keys the fake SCRAM salts of unknown users, so that they are stable
+    /// (an attacker cannot tell "no such user" from "wrong password").
+    pub(crate) fake_salt_key: [u8; 32],
+}
+
+impl Server {
+    pub(crate) fn new(
+        config: Config,
+        stores: Stores,
+        registry: Registry,
+        tls: TlsContext,
+    ) -> Arc<Self> {
+        Arc::new(Server {
+            config,
+            stores,
+            sessions: SessionRegistry::default(),
+            registry,
+            tls,
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+            fake_salt_key: rand::random(),
+        })
+    }
+
+    /// Routes a stanza by its `to` address.
+    pub fn route(self: Arc<Self>, stanza: Element) -> BoxFuture {
+        Box::pin(async move {
+            let Some(kind) = stanza::kind(&stanza) else {
+                return;
+            };
+            let Some(to) = stanza.attr("to") else {
+                tracing::debug!("dropping a stanza with no destination");
+                return;
+            };
+            let to = match Jid::parse(to) {
+                Ok(to) => to,
+                Err(_) => {
+                    return self
+                        .bounce(&stanza, StanzaError::modify(Condition::JidMalformed))
+                        .await;
+                }
+            };
+            if self.config.is_local_host(to.domain()) {
+                self.deliver_local(to, stanza, kind).await;
+            } else {
+                // Federation arrives with its own issue; until then a remote
+                // domain is honestly unreachable.
+                self.bounce(
+                    &stanza,
+                    StanzaError::cancel(Condition::RemoteServerNotFound),
+                )
+                .await;
+            }
+        })
+    }
+
+    /// Answers `stanza` with an error, unless it is an error or an IQ result
+    /// (errors about errors would loop).
+    pub fn bounce(self: Arc<Self>, stanza: &Element, err: StanzaError) -> BoxFuture {
+        let reply = stanza::error_reply(stanza, &err);
+        Box::pin(async move {
+            if let Some(reply) = reply {
+                self.route(reply).await;
+            }
+        })
+    }
+
+    /// A stanza from a bound client session, `from` already stamped.
+    pub(crate) async fn handle_from_client(
+        self: Arc<Self>,
+        origin: &Arc<SessionHandle>,
+        mut stanza: Element,
+    ) {
+        let Some(kind) = stanza::kind(&stanza) else {
+            return;
+        };
+        let to = match stanza.attr("to").map(Jid::parse).transpose() {
+            Ok(to) => to,
+            Err(_) => {
+                return self
+                    .bounce(&stanza, StanzaError::modify(Condition::JidMalformed))
+                    .await;
+            }
+        };
+        match kind {
+            StanzaKind::Iq => {
+                let local_non_full = to.as_ref().is_none_or(|t| {
+                    t.resource().is_none() && self.config.is_local_host(t.domain())
+                });
+                if local_non_full {
+                    self.dispatch_iq(Some(origin.clone()), stanza).await;
+                } else {
+                    self.route(stanza).await;
+                }
+            }
+            StanzaKind::Message | StanzaKind::Presence => {
+                let cx = Cx::new(self.clone(), Some(origin.clone()));
+                if self.run_hooks(Hook::Outbound, &cx, &mut stanza).await == Flow::Handled {
+                    return;
+                }
+                if to.is_none() {
+                    if kind == StanzaKind::Message {
+                        // RFC 6120 §10.3.1: no `to` means the sender's own bare JID.
+                        stanza.set_attr("to", &origin.jid.bare().to_string());
+                    } else {
+                        return;
+                    }
+                }
+                self.route(stanza).await;
+            }
+        }
+    }
+
+    async fn run_hooks(&self, hook: Hook, cx: &Cx, stanza: &mut Element) -> Flow {
+        if let Some(chain) = self.registry.hooks.get(&hook) {
+            for (_, module, h) in chain {
+                if h.handle_stanza(cx, hook, stanza).await == Flow::Handled {
+                    tracing::trace!(module, ?hook, "stanza handled");
+                    return Flow::Handled;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn deliver_local(self: Arc<Self>, to: Jid, mut stanza: Element, kind: StanzaKind) {
+        if to.local().is_none() {
+            if kind == StanzaKind::Iq {
+                self.dispatch_iq(None, stanza).await;
+            }
+            return;
+        }
+        let cx = Cx::new(self.clone(), None);
+        if self.run_hooks(Hook::Inbound, &cx, &mut stanza).await == Flow::Handled {
+            return;
+        }
+        let full = to.as_full().and_then(|f| self.sessions.get(f));
+        match kind {
+            StanzaKind::Iq => match full {
+                Some(session) => {
+                    session.send(stanza);
+                }
+                None if to.resource().is_none() => self.dispatch_iq(None, stanza).await,
+                None => {
+                    self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                        .await
+                }
+            },
+            StanzaKind::Presence => {
+                if let Some(session) = full {
+                    session.send(stanza);
+                } else if to.resource().is_none() {
+                    for s in self.sessions.resources(to.bare()) {
+                        if s.is_available() {
+                            s.send(stanza.clone());
+                        }
+                    }
+                }
+            }
+            StanzaKind::Message => {
+                if let Some(session) = full {
+                    session.send(stanza);
+                } else {
+                    self.deliver_message_to_account(&cx, to, stanza).await;
+                }
+            }
+        }
+    }
+
+    /// RFC 6121 §8.5.2 (bare JID) and §8.5.3.2 (full JID with no such resource).
+    async fn deliver_message_to_account(self: Arc<Self>, cx: &Cx, to: Jid, mut stanza: Element) {
+        let ty = stanza.attr("type").unwrap_or("normal").to_string();
+        let full_miss = to.resource().is_some();
+        match ty.as_str() {
+            "error" => return,
+            "groupchat" => {
+                return self
+                    .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                    .await;
+            }
+            _ => {}
+        }
+        let eligible: Vec<_> = self
+            .sessions
+            .resources(to.bare())
+            .into_iter()
+            .filter(|s| s.is_available() && s.priority() >= 0)
+            .collect();
+        if !eligible.is_empty() {
+            let targets: Vec<_> = if ty == "headline" {
+                eligible
+            } else {
+                let top = eligible.iter().map(|s| s.priority()).max().unwrap_or(0);
+                eligible
+                    .into_iter()
+                    .filter(|s| s.priority() == top)
+                    .collect()
+            };
+            for s in targets {
+                s.send(stanza.clone());
+            }
+            return;
+        }
+        match self.stores.accounts.exists(to.bare()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return self
+                    .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                    .await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed while delivering");
+                return self
+                    .bounce(&stanza, StanzaError::wait(Condition::InternalServerError))
+                    .await;
+            }
+        }
+        if ty == "headline" {
+            return;
+        }
+        let _ = full_miss;
+        if self.run_hooks(Hook::Undeliverable, cx, &mut stanza).await == Flow::Continue {
+            self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                .await;
+        }
+    }
+
+    /// Finds the module that owns an IQ's namespace and sends its answer.
+    pub(crate) async fn dispatch_iq(
+        self: Arc<Self>,
+        origin: Option<Arc<SessionHandle>>,
+        stanza: Element,
+    ) {
+        let kind = match stanza.attr("type") {
+            Some("get") => IqKind::Get,
+            Some("set") => IqKind::Set,
+            Some("result" | "error") => return, // no server-originated requests await answers yet
+            _ => {
+                return self
+                    .bounce(&stanza, StanzaError::modify(Condition::BadRequest))
+                    .await;
+            }
+        };
+        let (Some(id), Some(payload)) = (stanza.attr("id"), stanza.first_child()) else {
+            return self
+                .bounce(&stanza, StanzaError::modify(Condition::BadRequest))
+                .await;
+        };
+        if stanza.children().count() != 1 {
+            return self
+                .bounce(&stanza, StanzaError::modify(Condition::BadRequest))
+                .await;
+        }
+        let from = match stanza.attr("from").map(Jid::parse) {
+            Some(Ok(from)) => from,
+            _ => return,
+        };
+        let to = stanza.attr("to").and_then(|t| Jid::parse(t).ok());
+        let targets: &[IqTarget] = match &to {
+            None => &[IqTarget::Account, IqTarget::Server],
+            Some(t) if t.local().is_none() => &[IqTarget::Server],
+            Some(_) => &[IqTarget::Account],
+        };
+        let handler = targets
+            .iter()
+            .find_map(|t| self.registry.iq.get(&(*t, kind, payload.ns.clone())));
+        let Some((module, handler)) = handler else {
+            return self
+                .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                .await;
+        };
+        let iq = Iq {
+            from: from.clone(),
+            to: to.clone(),
+            id: id.to_string(),
+            is_set: kind == IqKind::Set,
+            payload: payload.clone(),
+            stanza: stanza.clone(),
+            authenticated: true,
+        };
+        let cx = Cx::new(self.clone(), origin);
+        tracing::trace!(module, ns = %payload.ns, "dispatching iq");
+        match handler.handle_iq(&cx, iq).await {
+            Ok(result) => {
+                let mut reply = stanza::iq_result(&stanza);
+                // An IQ sent without `to` was answered by the account itself.
+                if to.is_none() {
+                    reply.set_attr("from", &from.bare().to_string());
+                }
+                if let Some(p) = result {
+                    reply.push_child(p);
+                }
+                self.route(reply).await;
+            }
+            Err(err) => self.bounce(&stanza, err).await,
+        }
+    }
+
+    pub(crate) fn emit(
+        self: Arc<Self>,
+        origin: Option<Arc<SessionHandle>>,
+        event: Event,
+    ) -> BoxFuture {
+        Box::pin(async move {
+            let cx = Cx::new(self.clone(), origin);
+            for h in &self.registry.events {
+                h.on_event(&cx, &event).await;
+            }
+        })
+    }
+
+    /// Deletes an account, its data in every module, and its sessions.
+    pub async fn delete_account(self: Arc<Self>, user: &BareJid) -> Result<(), StoreError> {
+        self.stores.accounts.delete(user).await?;
+        self.clone()
+            .emit(None, Event::UserDeleted(user.clone()))
+            .await;
+        for s in self.sessions.resources(user) {
+            s.close(StreamError::new(StreamCondition::NotAuthorized).with_text("account removed"));
+        }
+        Ok(())
+    }
+
+    /// Starts a graceful stop: listeners close and every stream ends with `system-shutdown`.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}

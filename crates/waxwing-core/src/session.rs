@@ -1,0 +1,193 @@
+//! Bound sessions: the handle other tasks use to reach a client, and the
+//! registry of who is online.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
+use waxwing_proto::stanza::{StreamCondition, StreamError};
+use waxwing_proto::xml::Element;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Presence state of one session, as the presence engine sees it.
+#[derive(Debug, Default, Clone)]
+pub struct PresenceState {
+    /// The last broadcast available presence; `None` until initial presence
+    /// and after unavailable (RFC 6121 §4.2, §4.5).
+    pub last: Option<Element>,
+    pub priority: i8,
+    /// Entities that got directed presence and are not otherwise entitled to
+    /// it; they get unavailable when the session goes away (RFC 6121 §4.6.3).
+    pub directed: HashSet<Jid>,
+}
+
+/// The one way other tasks reach a bound client session.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub jid: FullJid,
+    tx: mpsc::Sender<Element>,
+    closed: CancellationToken,
+    close_reason: Mutex<Option<StreamError>>,
+    presence: Mutex<PresenceState>,
+    /// The client asked for its roster, so it gets roster pushes (RFC 6121 §2.1.6).
+    interested: AtomicBool,
+}
+
+impl SessionHandle {
+    pub(crate) fn new(jid: FullJid, queue: usize) -> (Arc<Self>, mpsc::Receiver<Element>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let handle = SessionHandle {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            jid,
+            tx,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            presence: Mutex::new(PresenceState::default()),
+            interested: AtomicBool::new(false),
+        };
+        (Arc::new(handle), rx)
+    }
+
+    /// Queues a stanza without waiting. A session whose queue is full is not
+    /// reading: it is closed rather than buffered without bound.
+    pub fn send(&self, stanza: Element) -> bool {
+        match self.tx.try_send(stanza) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(jid = %self.jid, "outbound queue full; closing the session");
+                self.close(
+                    StreamError::new(StreamCondition::PolicyViolation)
+                        .with_text("too many unread stanzas"),
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the session's task to end the stream with `err`. The first reason wins.
+    pub fn close(&self, err: StreamError) {
+        let mut reason = self.close_reason.lock().expect("close_reason lock");
+        if reason.is_none() {
+            *reason = Some(err);
+        }
+        drop(reason);
+        self.closed.cancel();
+    }
+
+    pub(crate) fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    pub(crate) fn take_close_reason(&self) -> Option<StreamError> {
+        self.close_reason.lock().expect("close_reason lock").take()
+    }
+
+    /// True once initial presence was sent and until unavailable.
+    pub fn is_available(&self) -> bool {
+        self.presence.lock().expect("presence lock").last.is_some()
+    }
+
+    pub fn priority(&self) -> i8 {
+        self.presence.lock().expect("presence lock").priority
+    }
+
+    /// Reads and changes the presence state under its lock (never across `.await`).
+    pub fn with_presence<R>(&self, f: impl FnOnce(&mut PresenceState) -> R) -> R {
+        f(&mut self.presence.lock().expect("presence lock"))
+    }
+
+    pub fn is_interested(&self) -> bool {
+        self.interested.load(Ordering::Relaxed)
+    }
+
+    pub fn set_interested(&self) {
+        self.interested.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Who is online on this node. A std `RwLock`: every operation is a short
+/// map update and none of them awaits.
+#[derive(Default)]
+pub struct SessionRegistry {
+    by_user: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+}
+
+impl SessionRegistry {
+    /// Adds a session. Returns the session it replaced, which had the same
+    /// full JID (RFC 6120 §7.7.2.2: the old one gets `conflict`).
+    pub fn bind(&self, handle: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
+        let mut map = self.by_user.write().expect("registry lock");
+        let list = map.entry(handle.jid.bare().clone()).or_default();
+        let old = list
+            .iter()
+            .position(|s| s.jid.resource() == handle.jid.resource())
+            .map(|i| list.swap_remove(i));
+        list.push(handle);
+        old
+    }
+
+    /// Removes exactly this session (not a newer one with the same JID).
+    pub fn unbind(&self, handle: &SessionHandle) -> bool {
+        let mut map = self.by_user.write().expect("registry lock");
+        let Some(list) = map.get_mut(handle.jid.bare()) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|s| s.id != handle.id);
+        let removed = list.len() != before;
+        if list.is_empty() {
+            map.remove(handle.jid.bare());
+        }
+        removed
+    }
+
+    pub fn resources(&self, user: &BareJid) -> Vec<Arc<SessionHandle>> {
+        self.by_user
+            .read()
+            .expect("registry lock")
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn resource_count(&self, user: &BareJid) -> usize {
+        self.by_user
+            .read()
+            .expect("registry lock")
+            .get(user)
+            .map_or(0, Vec::len)
+    }
+
+    pub fn get(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
+        let map = self.by_user.read().expect("registry lock");
+        map.get(jid.bare())?
+            .iter()
+            .find(|s| s.jid.resource() == jid.resource())
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        self.by_user
+            .read()
+            .expect("registry lock")
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.by_user
+            .read()
+            .expect("registry lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}

@@ -1,0 +1,777 @@
+//! One client connection: stream negotiation (STARTTLS, SASL, bind), then
+//! the bound session loop. One task per connection owns the socket; other
+//! tasks reach it only through its [`SessionHandle`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
+use waxwing_proto::ns;
+use waxwing_proto::sasl::{
+    self, ChannelBindingData, Mechanism, SaslError, ScramHash, ScramSecret, ScramServer,
+};
+use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, StreamError};
+use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader};
+
+use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
+use crate::router::Server;
+use crate::session::SessionHandle;
+use crate::stream::transport::Transport;
+use crate::{credentials, random_id};
+
+/// Bytes read from the socket at a time. Small on purpose: it lives in every
+/// idle session, and XMPP stanzas are usually far smaller.
+const READ_CHUNK: usize = 2048;
+/// Stanzas written in one batch when a queue has a backlog.
+const WRITE_BATCH: usize = 64;
+
+/// Why a stream ended.
+enum End {
+    /// Send this stream error, then close.
+    Error(StreamError),
+    /// The peer closed or vanished; nothing more to send but our footer.
+    Closed,
+}
+
+impl From<StreamError> for End {
+    fn from(e: StreamError) -> Self {
+        End::Error(e)
+    }
+}
+
+fn stream_error(c: StreamCondition, text: &str) -> End {
+    End::Error(StreamError::new(c).with_text(text))
+}
+
+/// Runs one client connection to completion.
+pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let _ = tcp.set_nodelay(true);
+    let limits = Limits {
+        max_stanza_bytes: server.config.max_stanza_bytes,
+        max_depth: server.config.max_depth,
+        max_attrs: server.config.max_attributes,
+    };
+    let mut conn = Conn {
+        framer: Framer::new(limits, ns::CLIENT),
+        io: Transport::Plain(tcp),
+        server: server.clone(),
+        host: None,
+        header_sent: false,
+        cb: ChannelBindingData::default(),
+        user: None,
+        auth_failures: 0,
+    };
+    let span = tracing::info_span!("c2s", %peer);
+    let _enter = span.enter();
+    drop(_enter);
+    let deadline = tokio::time::Instant::now() + server.config.auth_timeout;
+    let negotiated = tokio::time::timeout_at(deadline, async {
+        if direct_tls {
+            conn.io.upgrade(&server.tls).await.map_err(|e| {
+                tracing::debug!(%peer, error = %e, "direct TLS handshake failed");
+                End::Closed
+            })?;
+            conn.cb = conn.io.channel_binding(&server.tls);
+        }
+        conn.negotiate().await
+    })
+    .await;
+    let (handle, rx) = match negotiated {
+        Ok(Ok(bound)) => bound,
+        Ok(Err(end)) => return conn.finish(end).await,
+        Err(_) => {
+            return conn
+                .finish(stream_error(
+                    StreamCondition::ConnectionTimeout,
+                    "authentication took too long",
+                ))
+                .await;
+        }
+    };
+    tracing::info!(%peer, jid = %handle.jid, "session bound");
+    let end = conn.run_session(&handle, rx).await;
+    server.sessions.unbind(&handle);
+    server
+        .clone()
+        .emit(Some(handle.clone()), Event::SessionClosed(handle.clone()))
+        .await;
+    tracing::info!(%peer, jid = %handle.jid, "session ended");
+    conn.finish(end).await;
+}
+
+struct Conn {
+    server: Arc<Server>,
+    io: Transport,
+    framer: Framer,
+    /// The virtual host this stream is for, from the client's header.
+    host: Option<String>,
+    header_sent: bool,
+    cb: ChannelBindingData,
+    user: Option<BareJid>,
+    auth_failures: u32,
+}
+
+impl Conn {
+    async fn write(&mut self, data: &str) -> Result<(), End> {
+        self.io
+            .write_all(data.as_bytes())
+            .await
+            .map_err(|_| End::Closed)?;
+        self.io.flush().await.map_err(|_| End::Closed)
+    }
+
+    async fn send(&mut self, el: &Element) -> Result<(), End> {
+        let xml = el.to_xml_in(ns::CLIENT);
+        self.write(&xml).await
+    }
+
+    /// Next stream event, reading more bytes as needed.
+    async fn next_event(&mut self) -> Result<StreamEvent, End> {
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            if let Some(ev) = self.framer.next_event()? {
+                return Ok(ev);
+            }
+            let n = self.io.read(&mut buf).await.map_err(|_| End::Closed)?;
+            if n == 0 {
+                return Err(End::Closed);
+            }
+            self.framer.feed(&buf[..n]);
+        }
+    }
+
+    /// Next depth-1 element of the current stream.
+    async fn next_element(&mut self) -> Result<Element, End> {
+        match self.next_event().await? {
+            StreamEvent::Stanza(el) => Ok(el),
+            StreamEvent::Close => Err(End::Closed),
+            StreamEvent::Open(_) => Err(stream_error(
+                StreamCondition::BadFormat,
+                "stream header inside the stream",
+            )),
+        }
+    }
+
+    /// Reads the client's stream header and answers with ours (RFC 6120 §4.2).
+    async fn open_stream(&mut self) -> Result<(), End> {
+        let header = match self.next_event().await? {
+            StreamEvent::Open(h) => h,
+            _ => {
+                return Err(stream_error(
+                    StreamCondition::BadFormat,
+                    "expected a stream header",
+                ));
+            }
+        };
+        let host = self.check_header(&header);
+        let from = match &host {
+            Ok(h) => h.clone(),
+            Err(_) => self.server.config.hosts[0].clone(),
+        };
+        let id = random_id();
+        let head = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{id}' from='{from}' version='1.0' xml:lang='en'>",
+            ns::CLIENT,
+            ns::STREAM
+        );
+        self.header_sent = true;
+        self.write(&head).await?;
+        let host = host?;
+        if self.host.as_ref().is_some_and(|h| h != &host) {
+            return Err(stream_error(
+                StreamCondition::HostUnknown,
+                "the host changed on stream restart",
+            ));
+        }
+        self.host = Some(host);
+        Ok(())
+    }
+
+    fn check_header(&self, header: &StreamHeader) -> Result<String, End> {
+        let Some(to) = header.to.as_deref() else {
+            return Err(stream_error(
+                StreamCondition::HostUnknown,
+                "the stream header has no 'to'",
+            ));
+        };
+        let host = BareJid::domain_only(to)
+            .map_err(|_| stream_error(StreamCondition::HostUnknown, "'to' is not a domain"))?
+            .domain()
+            .to_string();
+        if !self.server.config.is_local_host(&host) {
+            return Err(stream_error(
+                StreamCondition::HostUnknown,
+                "this server does not serve that host",
+            ));
+        }
+        // RFC 6120 §4.7.5: a missing version means pre-1.0, which has no
+        // features and no SASL; a higher major version is answered with ours.
+        match header
+            .version
+            .as_deref()
+            .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+        {
+            Some(major) if major >= 1 => Ok(host),
+            _ => Err(stream_error(
+                StreamCondition::UnsupportedVersion,
+                "version 1.0 is required",
+            )),
+        }
+    }
+
+    /// Negotiates until a resource is bound.
+    async fn negotiate(&mut self) -> Result<(Arc<SessionHandle>, mpsc::Receiver<Element>), End> {
+        loop {
+            self.open_stream().await?;
+            let tls = self.io.is_tls();
+            let config = &self.server.config;
+            let sasl_allowed = tls || !config.require_encryption;
+            let mut features = Element::new("features", ns::STREAM);
+            if self.user.is_none() {
+                if !tls {
+                    let mut starttls = Element::new("starttls", ns::TLS);
+                    if config.require_encryption {
+                        starttls.push_child(Element::new("required", ns::TLS));
+                    }
+                    features.push_child(starttls);
+                }
+                if sasl_allowed {
+                    let mut mechs = Element::new("mechanisms", ns::SASL);
+                    for m in sasl::mechanisms_offered(tls, &self.cb, config.allow_plain) {
+                        mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m));
+                    }
+                    features.push_child(mechs);
+                    if self.cb.any() {
+                        // XEP-0440: tell clients which binding types -PLUS supports.
+                        let mut cb = Element::new("sasl-channel-binding", ns::SASL_CB);
+                        for (ty, have) in [
+                            ("tls-exporter", self.cb.tls_exporter.is_some()),
+                            (
+                                "tls-server-end-point",
+                                self.cb.tls_server_end_point.is_some(),
+                            ),
+                        ] {
+                            if have {
+                                cb.push_child(
+                                    Element::new("channel-binding", ns::SASL_CB)
+                                        .with_attr("type", ty),
+                                );
+                            }
+                        }
+                        features.push_child(cb);
+                    }
+                    if config.registration_open {
+                        features.push_child(Element::new("register", ns::REGISTER_FEATURE));
+                    }
+                }
+            } else {
+                features.push_child(Element::new("bind", ns::BIND));
+                features.push_child(
+                    Element::new("session", ns::SESSION)
+                        .with_child(Element::new("optional", ns::SESSION)),
+                );
+                let cx = Cx::new(self.server.clone(), None);
+                for f in &self.server.registry.stream_features {
+                    for el in f.stream_features(&cx) {
+                        features.push_child(el);
+                    }
+                }
+            }
+            self.write(&features.to_xml_in(ns::CLIENT)).await?;
+
+            loop {
+                let el = self.next_element().await?;
+                if self.user.is_none() {
+                    if el.is("starttls", ns::TLS) && !tls {
+                        self.starttls().await?;
+                        break;
+                    }
+                    if el.is("auth", ns::SASL) {
+                        if !sasl_allowed {
+                            self.sasl_failure("encryption-required").await?;
+                            continue;
+                        }
+                        if self.authenticate(&el).await? {
+                            self.framer.reset();
+                            break;
+                        }
+                        continue;
+                    }
+                    if el.is("iq", ns::CLIENT) && sasl_allowed && is_register_iq(&el) {
+                        self.pre_auth_register(el).await?;
+                        continue;
+                    }
+                    return Err(stream_error(
+                        StreamCondition::NotAuthorized,
+                        "authenticate first",
+                    ));
+                }
+                if el.is("iq", ns::CLIENT) && el.child("bind", ns::BIND).is_some() {
+                    if let Some(bound) = self.bind(&el).await? {
+                        return Ok(bound);
+                    }
+                    continue;
+                }
+                return Err(stream_error(
+                    StreamCondition::NotAuthorized,
+                    "bind a resource first",
+                ));
+            }
+        }
+    }
+
+    async fn starttls(&mut self) -> Result<(), End> {
+        // Bytes pipelined after <starttls/> would be processed as if they
+        // came over TLS (CVE-2011-0411 class): refuse them.
+        if self.framer.buffered() > 0 {
+            return Err(stream_error(
+                StreamCondition::PolicyViolation,
+                "data after <starttls/>",
+            ));
+        }
+        self.write(&Element::new("proceed", ns::TLS).to_xml())
+            .await?;
+        let tls = self.server.tls.clone();
+        if let Err(e) = self.io.upgrade(&tls).await {
+            tracing::debug!(error = %e, "STARTTLS handshake failed");
+            return Err(End::Closed);
+        }
+        self.cb = self.io.channel_binding(&tls);
+        self.framer.reset();
+        self.header_sent = false;
+        Ok(())
+    }
+
+    async fn sasl_failure(&mut self, condition: &str) -> Result<(), End> {
+        let failure =
+            Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL));
+        self.write(&failure.to_xml()).await
+    }
+
+    /// One SASL exchange. Ok(true) on success; Ok(false) after a failure
+    /// the client may retry; Err once too many failures piled up.
+    async fn authenticate(&mut self, auth: &Element) -> Result<bool, End> {
+        match self.sasl_exchange(auth).await? {
+            Ok(user) => {
+                tracing::info!(%user, "authenticated");
+                self.user = Some(user);
+                Ok(true)
+            }
+            Err(e) => {
+                self.sasl_failure(e.condition()).await?;
+                if matches!(e, SaslError::Aborted) {
+                    return Ok(false);
+                }
+                self.auth_failures += 1;
+                if self.auth_failures >= self.server.config.max_auth_failures {
+                    return Err(stream_error(
+                        StreamCondition::PolicyViolation,
+                        "too many failed authentication attempts",
+                    ));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Reads the next SASL response; `<abort/>` and anything else end the exchange.
+    async fn sasl_response(&mut self) -> Result<Result<Vec<u8>, SaslError>, End> {
+        let el = self.next_element().await?;
+        if el.is("abort", ns::SASL) {
+            return Ok(Err(SaslError::Aborted));
+        }
+        if !el.is("response", ns::SASL) {
+            return Err(stream_error(
+                StreamCondition::NotAuthorized,
+                "SASL exchange in progress",
+            ));
+        }
+        Ok(sasl::decode_payload(&el.text()))
+    }
+
+    async fn challenge(&mut self, data: &[u8]) -> Result<(), End> {
+        let el = Element::new("challenge", ns::SASL).with_text(sasl::encode_payload(data));
+        self.write(&el.to_xml()).await
+    }
+
+    async fn sasl_exchange(&mut self, auth: &Element) -> Result<Result<BareJid, SaslError>, End> {
+        let tls = self.io.is_tls();
+        let offered = sasl::mechanisms_offered(tls, &self.cb, self.server.config.allow_plain);
+        let Some(mech) = auth
+            .attr("mechanism")
+            .filter(|m| offered.contains(m))
+            .and_then(Mechanism::from_name)
+        else {
+            return Ok(Err(SaslError::InvalidMechanism));
+        };
+        let text = auth.text();
+        let initial = if text.trim().is_empty() {
+            // No initial response: send an empty challenge and wait (RFC 6120 §6.4.2).
+            self.challenge(&[]).await?;
+            match self.sasl_response().await? {
+                Ok(data) => data,
+                Err(e) => return Ok(Err(e)),
+            }
+        } else {
+            match sasl::decode_payload(&text) {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+        let host = self.host.clone().unwrap_or_default();
+        match mech {
+            Mechanism::Plain => Ok(self.plain(&initial, &host).await),
+            Mechanism::Scram { hash, plus } => self.scram(hash, plus, &initial, &host).await,
+        }
+    }
+
+    async fn plain(&self, data: &[u8], host: &str) -> Result<BareJid, SaslError> {
+        let creds = sasl::parse_plain(data)?;
+        let user =
+            BareJid::new(Some(&creds.authcid), host).map_err(|_| SaslError::NotAuthorized)?;
+        check_authzid(creds.authzid.as_deref(), &user)?;
+        let secrets = self.lookup(&user).await?;
+        let ok = secrets
+            .iter()
+            .find(|s| s.hash == ScramHash::Sha256)
+            .or(secrets.first())
+            .is_some_and(|s| s.verify_password(&creds.password));
+        if ok {
+            Ok(user)
+        } else {
+            Err(SaslError::NotAuthorized)
+        }
+    }
+
+    async fn lookup(&self, user: &BareJid) -> Result<Vec<ScramSecret>, SaslError> {
+        match self.server.stores.accounts.secrets(user).await {
+            Ok(Some(list)) => Ok(list.iter().filter_map(credentials::from_stored).collect()),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => {
+                tracing::error!(error = %e, "credential lookup failed");
+                Err(SaslError::TemporaryAuthFailure)
+            }
+        }
+    }
+
+    async fn scram(
+        &mut self,
+        hash: ScramHash,
+        plus: bool,
+        first: &[u8],
+        host: &str,
+    ) -> Result<Result<BareJid, SaslError>, End> {
+        let mut scram = ScramServer::new(hash, plus, self.cb.clone(), random_id());
+        let client_first = match scram.handle_client_first(first) {
+            Ok(cf) => cf,
+            Err(e) => return Ok(Err(e)),
+        };
+        let user = BareJid::new(Some(&client_first.username), host).ok();
+        let secret = match &user {
+            Some(u) => match self.lookup(u).await {
+                Ok(list) => list.into_iter().find(|s| s.hash == hash),
+                Err(e) => return Ok(Err(e)),
+            },
+            None => None,
+        };
+        let server_first = scram.server_first(
+            secret.as_ref(),
+            &self.server.fake_salt_key,
+            self.server.config.scram_iterations,
+        );
+        self.challenge(&server_first).await?;
+        let client_final = match self.sasl_response().await? {
+            Ok(data) => data,
+            Err(e) => return Ok(Err(e)),
+        };
+        let server_final = match scram.handle_client_final(&client_final) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (Some(user), Some(_)) = (user, secret) else {
+            return Ok(Err(SaslError::NotAuthorized));
+        };
+        if let Err(e) = check_authzid(client_first.authzid.as_deref(), &user) {
+            return Ok(Err(e));
+        }
+        let success =
+            Element::new("success", ns::SASL).with_text(sasl::encode_payload(&server_final));
+        self.write(&success.to_xml()).await?;
+        Ok(Ok(user))
+    }
+
+    async fn pre_auth_register(&mut self, el: Element) -> Result<(), End> {
+        let host = self.host.clone().unwrap_or_default();
+        let reply = match iq_request(&el) {
+            Err(err) => stanza::error_reply(&el, &err),
+            Ok((kind, payload)) => {
+                let key = (IqTarget::Server, kind, ns::REGISTER.to_string());
+                match self.server.registry.iq.get(&key) {
+                    None => stanza::error_reply(
+                        &el,
+                        &StanzaError::cancel(Condition::ServiceUnavailable),
+                    ),
+                    Some((_, handler)) => {
+                        let host_jid = Jid::parse(&host).map_err(|_| End::Closed)?;
+                        let iq = Iq {
+                            from: host_jid.clone(),
+                            to: Some(host_jid),
+                            id: el.attr("id").unwrap_or_default().to_string(),
+                            is_set: kind == IqKind::Set,
+                            payload,
+                            stanza: el.clone(),
+                            authenticated: false,
+                        };
+                        let cx = Cx::new(self.server.clone(), None);
+                        match handler.handle_iq(&cx, iq).await {
+                            Ok(result) => {
+                                let mut r = stanza::iq_result(&el);
+                                r.remove_attr("to");
+                                if let Some(p) = result {
+                                    r.push_child(p);
+                                }
+                                Some(r)
+                            }
+                            Err(err) => stanza::error_reply(&el, &err),
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(mut reply) = reply {
+            reply.remove_attr("to");
+            self.send(&reply).await?;
+        }
+        Ok(())
+    }
+
+    /// Resource binding (RFC 6120 §7). Ok(None) when the client got an error and may retry.
+    async fn bind(
+        &mut self,
+        iq: &Element,
+    ) -> Result<Option<(Arc<SessionHandle>, mpsc::Receiver<Element>)>, End> {
+        let user = self.user.clone().expect("bind only after authentication");
+        if iq.attr("type") != Some("set") {
+            let err = StanzaError::modify(Condition::BadRequest);
+            if let Some(r) = stanza::error_reply(iq, &err) {
+                self.send(&r).await?;
+            }
+            return Ok(None);
+        }
+        let requested = iq
+            .child("bind", ns::BIND)
+            .and_then(|b| b.child("resource", ns::BIND))
+            .map(|r| r.text())
+            .filter(|r| !r.trim().is_empty());
+        let resource = requested.unwrap_or_else(|| format!("waxwing-{}", random_id()));
+        let full = match FullJid::new(user.clone(), &resource) {
+            Ok(f) => f,
+            Err(_) => {
+                let err = StanzaError::modify(Condition::BadRequest).with_text("invalid resource");
+                if let Some(r) = stanza::error_reply(iq, &err) {
+                    self.send(&r).await?;
+                }
+                return Ok(None);
+            }
+        };
+        let sessions = &self.server.sessions;
+        let replacing = sessions.get(&full).is_some();
+        if !replacing && sessions.resource_count(&user) >= self.server.config.max_resources {
+            let err =
+                StanzaError::wait(Condition::ResourceConstraint).with_text("too many resources");
+            if let Some(r) = stanza::error_reply(iq, &err) {
+                self.send(&r).await?;
+            }
+            return Ok(None);
+        }
+        let (handle, rx) = SessionHandle::new(full.clone(), self.server.config.outbound_queue);
+        if let Some(old) = sessions.bind(handle.clone()) {
+            // RFC 6120 §7.7.2.2: the newer session wins; the old one gets <conflict/>.
+            old.close(
+                StreamError::new(StreamCondition::Conflict)
+                    .with_text("replaced by a new connection"),
+            );
+        }
+        let mut reply = stanza::iq_result(iq);
+        reply.remove_attr("to");
+        reply.remove_attr("from");
+        reply.push_child(
+            Element::new("bind", ns::BIND)
+                .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
+        );
+        self.send(&reply).await?;
+        self.server
+            .clone()
+            .emit(Some(handle.clone()), Event::SessionBound(handle.clone()))
+            .await;
+        Ok(Some((handle, rx)))
+    }
+
+    /// The bound session: read stanzas, write queued ones, until the end.
+    async fn run_session(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        mut rx: mpsc::Receiver<Element>,
+    ) -> End {
+        let mut buf = [0u8; READ_CHUNK];
+        let shutdown = self.server.shutdown.clone();
+        loop {
+            loop {
+                match self.framer.next_event() {
+                    Ok(Some(StreamEvent::Stanza(el))) => {
+                        if let Err(end) = self.handle_stanza(handle, el).await {
+                            return end;
+                        }
+                    }
+                    Ok(Some(StreamEvent::Close)) => return End::Closed,
+                    Ok(Some(StreamEvent::Open(_))) => {
+                        return stream_error(
+                            StreamCondition::BadFormat,
+                            "stream header inside the stream",
+                        );
+                    }
+                    Ok(None) => break,
+                    Err(e) => return End::Error(e),
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = handle.closed().cancelled() => {
+                    // Flush what was queued before the close (e.g. the reply to
+                    // an account removal), then the reason.
+                    while let Ok(el) = rx.try_recv() {
+                        if self.send(&el).await.is_err() {
+                            return End::Closed;
+                        }
+                    }
+                    return match handle.take_close_reason() {
+                        Some(e) => End::Error(e),
+                        None => End::Closed,
+                    };
+                }
+                _ = shutdown.cancelled() => {
+                    return stream_error(StreamCondition::SystemShutdown, "the server is shutting down");
+                }
+                Some(first) = rx.recv() => {
+                    let mut out = first.to_xml_in(ns::CLIENT);
+                    for _ in 1..WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(el) => el.write_to(&mut out, ns::CLIENT),
+                            Err(_) => break,
+                        }
+                    }
+                    let write = self.write(&out);
+                    tokio::select! {
+                        r = write => if let Err(end) = r { return end; },
+                        _ = handle.closed().cancelled() => {
+                            return handle.take_close_reason().map_or(End::Closed, End::Error);
+                        }
+                    }
+                }
+                r = self.io.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return End::Closed,
+                    Ok(n) => self.framer.feed(&buf[..n]),
+                },
+            }
+        }
+    }
+
+    async fn handle_stanza(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        mut el: Element,
+    ) -> Result<(), End> {
+        if stanza::kind(&el).is_none() {
+            return Err(stream_error(
+                StreamCondition::UnsupportedStanzaType,
+                "not a message, presence or iq",
+            ));
+        }
+        // RFC 6120 §8.1.2.1: stamp `from`; a client may only claim itself.
+        if let Some(from) = el.attr("from") {
+            let ok = match Jid::parse(from) {
+                Ok(Jid::Full(f)) => f == handle.jid,
+                Ok(Jid::Bare(b)) => &b == handle.jid.bare(),
+                Err(_) => false,
+            };
+            if !ok {
+                return Err(stream_error(
+                    StreamCondition::InvalidFrom,
+                    "'from' does not match the session",
+                ));
+            }
+        }
+        el.set_attr("from", handle.jid.to_string());
+        // Legacy session establishment (RFC 3921 §3): answered, does nothing.
+        if el.name == "iq"
+            && el.child("session", ns::SESSION).is_some()
+            && el
+                .attr("to")
+                .is_none_or(|t| self.host.as_deref() == Some(t))
+        {
+            let mut reply = stanza::iq_result(&el);
+            reply.remove_attr("from");
+            reply.remove_attr("to");
+            return self.send(&reply).await;
+        }
+        self.server.clone().handle_from_client(handle, el).await;
+        Ok(())
+    }
+
+    /// Sends the stream error (with a header first if none was sent) and closes.
+    async fn finish(mut self, end: End) {
+        let mut out = String::new();
+        if let End::Error(e) = &end {
+            if !self.header_sent {
+                out.push_str(&format!(
+                    "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{}' from='{}' version='1.0'>",
+                    ns::CLIENT,
+                    ns::STREAM,
+                    random_id(),
+                    self.host.clone().unwrap_or_else(|| self.server.config.hosts[0].clone())
+                ));
+            }
+            tracing::debug!(condition = e.condition.as_str(), text = ?e.text, "stream error");
+            e.to_element().write_to(&mut out, ns::CLIENT);
+        }
+        out.push_str("</stream:stream>");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let _ = self.io.write_all(out.as_bytes()).await;
+            let _ = self.io.flush().await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
+}
+
+fn check_authzid(authzid: Option<&str>, user: &BareJid) -> Result<(), SaslError> {
+    match authzid {
+        None | Some("") => Ok(()),
+        Some(z) => match Jid::parse(z) {
+            Ok(j) if j.bare() == user => Ok(()),
+            _ => Err(SaslError::InvalidAuthzid),
+        },
+    }
+}
+
+fn is_register_iq(el: &Element) -> bool {
+    el.first_child()
+        .is_some_and(|c| c.is("query", ns::REGISTER))
+}
+
+/// Validates an IQ request's shape: type get/set, an id, exactly one child.
+pub(crate) fn iq_request(el: &Element) -> Result<(IqKind, Element), StanzaError> {
+    let kind = match el.attr("type") {
+        Some("get") => IqKind::Get,
+        Some("set") => IqKind::Set,
+        _ => return Err(StanzaError::modify(Condition::BadRequest)),
+    };
+    let mut children = el.children();
+    match (el.attr("id"), children.next(), children.next()) {
+        (Some(_), Some(payload), None) => Ok((kind, payload.clone())),
+        _ => Err(StanzaError::modify(Condition::BadRequest)),
+    }
+}

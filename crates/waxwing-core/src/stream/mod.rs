@@ -1,0 +1,3 @@
+//! Streams: the tasks that drive XML streams over sockets.
+pub mod c2s;
+pub mod transport;

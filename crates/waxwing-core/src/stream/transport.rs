@@ -1,0 +1,105 @@
+//! The byte stream under an XML stream: TCP, later upgraded to TLS in place.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use waxwing_proto::sasl::{ChannelBindingData, tls_server_end_point_hash};
+
+use crate::tls::TlsContext;
+
+/// A client connection before or after TLS.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while an upgrade is in flight.
+    Upgrading,
+}
+
+impl Transport {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// Performs the TLS handshake on the plain socket (STARTTLS or XEP-0368).
+    pub async fn upgrade(&mut self, tls: &TlsContext) -> io::Result<()> {
+        let Transport::Plain(tcp) = std::mem::replace(self, Transport::Upgrading) else {
+            return Err(io::Error::other(
+                "TLS upgrade of a stream that is not plain TCP",
+            ));
+        };
+        let stream = tls.acceptor.accept(tcp).await?;
+        *self = Transport::Tls(Box::new(stream));
+        Ok(())
+    }
+
+    /// Channel-binding data for SCRAM-PLUS: `tls-exporter` only on TLS 1.3
+    /// (RFC 9266 §3 forbids it on 1.2 without extended master secret, and we
+    /// don't want to reason about which 1.2 sessions had it), and
+    /// `tls-server-end-point` from the certificate we presented.
+    pub fn channel_binding(&self, tls: &TlsContext) -> ChannelBindingData {
+        let Transport::Tls(stream) = self else {
+            return ChannelBindingData::default();
+        };
+        let conn = stream.get_ref().1;
+        let tls_exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+            .then(|| {
+                conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                    .ok()
+                    .map(|k| k.to_vec())
+            })
+            .flatten();
+        let leaf = tls.leaf_for(conn.server_name());
+        ChannelBindingData {
+            tls_exporter,
+            tls_server_end_point: tls_server_end_point_hash(&leaf),
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}

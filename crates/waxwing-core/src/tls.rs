@@ -1,0 +1,141 @@
+//! TLS setup: one certificate per virtual host, chosen by SNI, and the
+//! first-start self-signed certificate for hosts that have none configured.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::ring::sign::any_supported_type;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::Config;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("generating the self-signed certificate for {host}: {message}")]
+    Generate { host: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The server side of TLS for every listener.
+#[derive(Clone)]
+pub struct TlsContext {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    certs: Arc<CertResolver>,
+}
+
+impl TlsContext {
+    /// Loads configured certificates and generates missing ones.
+    pub fn load(config: &Config) -> Result<Self, TlsError> {
+        let mut by_host = HashMap::new();
+        for host in &config.hosts {
+            let key = match config.certificates.iter().find(|c| &c.host == host) {
+                Some(paths) => load_pair(&paths.cert, &paths.key)?,
+                None => self_signed(&config.data_dir.join("tls"), host)?,
+            };
+            by_host.insert(host.clone(), Arc::new(key));
+        }
+        let default = by_host[&config.hosts[0]].clone();
+        let certs = Arc::new(CertResolver { by_host, default });
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        // XEP-0368: direct TLS clients may announce ALPN "xmpp-client".
+        server.alpn_protocols = vec![b"xmpp-client".to_vec()];
+        server.ignore_client_order = true;
+        Ok(TlsContext {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            certs,
+        })
+    }
+
+    /// The leaf certificate presented for `sni` (RFC 5929 tls-server-end-point needs it).
+    pub fn leaf_for(&self, sni: Option<&str>) -> CertificateDer<'static> {
+        self.certs.pick(sni).cert[0].clone()
+    }
+}
+
+#[derive(Debug)]
+struct CertResolver {
+    by_host: HashMap<String, Arc<CertifiedKey>>,
+    /// Clients that send no SNI (or an IP literal) get the first host's certificate
+    /// rather than a failed handshake: the stream header names the host anyway.
+    default: Arc<CertifiedKey>,
+}
+
+impl CertResolver {
+    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        sni.and_then(|name| self.by_host.get(&name.to_ascii_lowercase()))
+            .cloned()
+            .unwrap_or_else(|| self.default.clone())
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+fn file_error(path: &Path, message: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_error(cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(cert, e))?;
+    if chain.is_empty() {
+        return Err(file_error(cert, "no certificate found"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+    let signer = any_supported_type(&key_der).map_err(|e| file_error(key, e))?;
+    Ok(CertifiedKey::new(chain, signer))
+}
+
+/// Creates `<dir>/<host>.crt` and `.key` on first start and reuses them after,
+/// so that clients which pinned the certificate keep working across restarts.
+fn self_signed(dir: &Path, host: &str) -> Result<CertifiedKey, TlsError> {
+    let cert_path = dir.join(format!("{host}.crt"));
+    let key_path = dir.join(format!("{host}.key"));
+    if !cert_path.exists() || !key_path.exists() {
+        let generated =
+            rcgen::generate_simple_self_signed(vec![host.to_string()]).map_err(|e| {
+                TlsError::Generate {
+                    host: host.into(),
+                    message: e.to_string(),
+                }
+            })?;
+        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+        write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())?;
+        std::fs::write(&cert_path, generated.cert.pem()).map_err(|e| file_error(&cert_path, e))?;
+        tracing::info!(host, path = %cert_path.display(), "generated a self-signed certificate");
+    }
+    load_pair(&cert_path, &key_path)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).map_err(|e| file_error(path, e))?;
+    f.write_all(data).map_err(|e| file_error(path, e))
+}

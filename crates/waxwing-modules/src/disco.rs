@@ -1,0 +1,251 @@
+//! XEP-0030: Service Discovery.
+//!
+//! The server answers for itself (`to` = a local domain) and, on behalf of
+//! each account, for the account's bare JID (RFC 6121 §8.5.1: the server
+//! handles an IQ to a bare JID for the account). Features come from what
+//! every module registered, so this module knows no other XEP.
+//!
+//! An account's info is shown only to the account itself and to contacts
+//! subscribed to its presence, as Prosody (`mod_disco`) and ejabberd
+//! (`mod_disco:process_sm_iq_info`) do: what an account supports is about
+//! as private as its presence. Everyone else gets `service-unavailable`,
+//! the same answer as for an account that does not exist, so disco cannot
+//! be used to probe for accounts either.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use waxwing_core::hooks::{
+    Cx, Iq, IqHandler, IqResult, IqTarget, Module, RegisterError, Registrar,
+};
+use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::ns;
+use waxwing_proto::stanza::{Condition, StanzaError};
+use waxwing_proto::xml::Element;
+use waxwing_store::Subscription;
+
+/// The disco module: registers the server and account handlers.
+pub struct Disco;
+
+/// One `<identity/>` of a disco#info answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    category: &'static str,
+    kind: &'static str,
+    name: Option<&'static str>,
+}
+
+/// XEP-0030 registry: an IM server.
+const SERVER_IDENTITY: Identity = Identity {
+    category: "server",
+    kind: "im",
+    name: Some("Waxwing"),
+};
+
+/// XEP-0030 registry: a registered account. Prosody adds `account/admin`
+/// for admins; we don't, because it tells an attacker whom to target.
+const ACCOUNT_IDENTITY: Identity = Identity {
+    category: "account",
+    kind: "registered",
+    name: None,
+};
+
+impl Module for Disco {
+    fn name(&self) -> &'static str {
+        "disco"
+    }
+
+    fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
+        reg.server_feature(ns::DISCO_INFO);
+        reg.server_feature(ns::DISCO_ITEMS);
+        reg.account_feature(ns::DISCO_INFO);
+        reg.account_feature(ns::DISCO_ITEMS);
+        // Gets only: XEP-0030 defines no `set`, so the router's default
+        // `service-unavailable` is the right answer to one.
+        let server: Arc<dyn IqHandler> = Arc::new(ServerDisco);
+        reg.iq_get(IqTarget::Server, ns::DISCO_INFO, server.clone())?;
+        reg.iq_get(IqTarget::Server, ns::DISCO_ITEMS, server)?;
+        let account: Arc<dyn IqHandler> = Arc::new(AccountDisco);
+        reg.iq_get(IqTarget::Account, ns::DISCO_INFO, account.clone())?;
+        reg.iq_get(IqTarget::Account, ns::DISCO_ITEMS, account)?;
+        Ok(())
+    }
+}
+
+/// Answers for the server's own domain.
+struct ServerDisco;
+
+#[async_trait]
+impl IqHandler for ServerDisco {
+    async fn handle_iq(&self, cx: &Cx, iq: Iq) -> IqResult {
+        Ok(Some(match parse_request(&iq.payload)? {
+            Query::Info => info_result(&[SERVER_IDENTITY], cx.server_features()),
+            // MUC and PubSub services will be listed here once they exist.
+            Query::Items => items_result(),
+        }))
+    }
+}
+
+/// Answers on behalf of an account's bare JID.
+struct AccountDisco;
+
+#[async_trait]
+impl IqHandler for AccountDisco {
+    async fn handle_iq(&self, cx: &Cx, iq: Iq) -> IqResult {
+        // Checked first so that a stranger learns nothing, not even
+        // whether the request was well formed.
+        let owner = iq.to.as_ref().unwrap_or(&iq.from).to_bare();
+        if !may_discover(cx, &iq.from, &owner).await? {
+            return Err(StanzaError::cancel(Condition::ServiceUnavailable));
+        }
+        Ok(Some(match parse_request(&iq.payload)? {
+            Query::Info => info_result(&[ACCOUNT_IDENTITY], cx.account_features()),
+            // PEP nodes will be listed here once PEP exists.
+            Query::Items => items_result(),
+        }))
+    }
+}
+
+/// Whether `requester` may see `owner`'s disco: it is the owner, or the
+/// owner's roster gives it a presence subscription (`from` or `both`).
+/// A roster row implies the account exists: deleting an account deletes
+/// its roster in the same transaction.
+async fn may_discover(cx: &Cx, requester: &Jid, owner: &BareJid) -> Result<bool, StanzaError> {
+    if requester.bare() == owner {
+        return Ok(true);
+    }
+    match cx.stores().roster.get(owner, requester.bare()).await {
+        Ok(item) => {
+            Ok(item
+                .is_some_and(|i| matches!(i.subscription, Subscription::From | Subscription::Both)))
+        }
+        Err(e) => Err(crate::internal(e)),
+    }
+}
+
+/// What a disco request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Query {
+    Info,
+    Items,
+}
+
+/// Reads `<query xmlns='…disco#info|#items' [node='…']/>`.
+///
+/// No node is known yet (entity capabilities, ad-hoc commands and PEP will
+/// add some), so any node is `item-not-found` (XEP-0030 §3.1, §4.1). An
+/// empty `node` is treated as absent, as Prosody does, because some
+/// clients send `node=''` for "no node".
+fn parse_request(payload: &Element) -> Result<Query, StanzaError> {
+    let query = match payload.ns.as_str() {
+        ns::DISCO_INFO => Query::Info,
+        ns::DISCO_ITEMS => Query::Items,
+        _ => return Err(StanzaError::cancel(Condition::ServiceUnavailable)),
+    };
+    if payload.name != "query" {
+        return Err(StanzaError::modify(Condition::BadRequest));
+    }
+    if payload.attr("node").is_some_and(|n| !n.is_empty()) {
+        return Err(StanzaError::cancel(Condition::ItemNotFound));
+    }
+    Ok(query)
+}
+
+/// `<query xmlns='disco#info'>` with `identities` and `features`. Features
+/// are sorted and deduplicated (XEP-0030 §3.1: each `var` at most once),
+/// and disco#info itself is always included (XEP-0030 §3.1: an entity
+/// answering disco#info MUST advertise it).
+fn info_result(identities: &[Identity], features: &[&str]) -> Element {
+    let mut query = Element::new("query", ns::DISCO_INFO);
+    for id in identities {
+        let mut el = Element::new("identity", ns::DISCO_INFO)
+            .with_attr("category", id.category)
+            .with_attr("type", id.kind);
+        if let Some(name) = id.name {
+            el.set_attr("name", name);
+        }
+        query.push_child(el);
+    }
+    let mut vars: Vec<&str> = features.iter().copied().chain([ns::DISCO_INFO]).collect();
+    vars.sort_unstable();
+    vars.dedup();
+    for var in vars {
+        query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", var));
+    }
+    query
+}
+
+/// An empty `<query xmlns='disco#items'/>`.
+fn items_result() -> Element {
+    Element::new("query", ns::DISCO_ITEMS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_info_and_items_requests() {
+        assert_eq!(
+            parse_request(&Element::new("query", ns::DISCO_INFO)),
+            Ok(Query::Info)
+        );
+        assert_eq!(
+            parse_request(&Element::new("query", ns::DISCO_ITEMS)),
+            Ok(Query::Items)
+        );
+        let empty_node = Element::new("query", ns::DISCO_INFO).with_attr("node", "");
+        assert_eq!(parse_request(&empty_node), Ok(Query::Info));
+    }
+
+    #[test]
+    fn unknown_node_is_item_not_found() {
+        for ns in [ns::DISCO_INFO, ns::DISCO_ITEMS] {
+            let req = Element::new("query", ns).with_attr("node", "http://example.org/caps#abc");
+            let err = parse_request(&req).unwrap_err();
+            assert_eq!(err.condition, Condition::ItemNotFound);
+        }
+    }
+
+    #[test]
+    fn wrong_element_or_namespace_is_refused() {
+        let err = parse_request(&Element::new("info", ns::DISCO_INFO)).unwrap_err();
+        assert_eq!(err.condition, Condition::BadRequest);
+        let err = parse_request(&Element::new("query", ns::PING)).unwrap_err();
+        assert_eq!(err.condition, Condition::ServiceUnavailable);
+    }
+
+    #[test]
+    fn server_info_has_identity_and_sorted_unique_features() {
+        let got = info_result(&[SERVER_IDENTITY], &[ns::PING, ns::DISCO_ITEMS, ns::PING]);
+        assert_eq!(
+            got.to_xml(),
+            "<query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='server' type='im' name='Waxwing'/>\
+             <feature var='http://jabber.org/protocol/disco#info'/>\
+             <feature var='http://jabber.org/protocol/disco#items'/>\
+             <feature var='urn:xmpp:ping'/>\
+             </query>"
+        );
+    }
+
+    #[test]
+    fn account_info_has_no_name() {
+        let got = info_result(&[ACCOUNT_IDENTITY], &[ns::DISCO_INFO]);
+        assert_eq!(
+            got.to_xml(),
+            "<query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='account' type='registered'/>\
+             <feature var='http://jabber.org/protocol/disco#info'/>\
+             </query>"
+        );
+    }
+
+    #[test]
+    fn items_are_empty_for_now() {
+        assert_eq!(
+            items_result().to_xml(),
+            "<query xmlns='http://jabber.org/protocol/disco#items'/>"
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! Waxwing's protocol modules. Each sees only the module API (`Cx`) of
+//! waxwing-core: no sockets, no session internals.
+#![forbid(unsafe_code)]
+
+pub mod disco;
+mod locks;
+pub mod offline;
+pub mod ping;
+pub mod presence;
+pub mod register;
+pub mod roster;
+pub mod time;
+pub mod version;
+
+use waxwing_proto::stanza::{Condition, StanzaError};
+
+/// Store failures become `internal-server-error`; the detail goes to the log,
+/// never to the client.
+pub(crate) fn internal(e: waxwing_store::StoreError) -> StanzaError {
+    tracing::error!(error = %e, "storage error");
+    StanzaError::wait(Condition::InternalServerError)
+}
+
+/// An id for server-generated stanzas.
+pub(crate) fn stanza_id(prefix: &str) -> String {
+    format!("{prefix}-{}", waxwing_core::random_id())
+}

@@ -1,0 +1,569 @@
+//! RFC 6121 §3–4: the presence engine. Subscription state machine
+//! (Appendix A, with pre-approval), initial presence with probes, broadcast,
+//! directed presence, and unavailable when a session ends for any reason.
+//!
+//! "Outbound" is presence sent by one of our users; "inbound" is presence
+//! addressed to one of our users. Both sides of a local pair run here, one
+//! after the other, through the router — exactly as they would across
+//! servers, so federation needs no second implementation.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use waxwing_core::hooks::{
+    Cx, Event, EventHandler, Flow, Hook, Module, Priority, RegisterError, Registrar, StanzaHook,
+};
+use waxwing_core::session::SessionHandle;
+use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::ns;
+use waxwing_proto::stanza::{Condition, StanzaError};
+use waxwing_proto::xml::Element;
+use waxwing_store::roster::{RosterItem, Subscription};
+
+use crate::locks::UserLocks;
+use crate::roster::{push, subscription_presence};
+
+/// The presence engine.
+pub struct Presence;
+
+impl Module for Presence {
+    fn name(&self) -> &'static str {
+        "presence"
+    }
+
+    fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
+        reg.hook(Hook::Outbound, Priority::NORMAL, self.clone());
+        reg.hook(Hook::Inbound, Priority::NORMAL, self.clone());
+        reg.on_events(self);
+        Ok(())
+    }
+}
+
+fn subscribed_from(item: &RosterItem) -> bool {
+    matches!(item.subscription, Subscription::From | Subscription::Both)
+}
+
+fn subscribed_to(item: &RosterItem) -> bool {
+    matches!(item.subscription, Subscription::To | Subscription::Both)
+}
+
+#[async_trait]
+impl StanzaHook for Presence {
+    async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
+        if stanza.name != "presence" {
+            return Flow::Continue;
+        }
+        match hook {
+            Hook::Outbound => outbound(cx, stanza).await,
+            Hook::Inbound => inbound(cx, stanza).await,
+            Hook::Undeliverable => Flow::Continue,
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for Presence {
+    async fn on_event(&self, cx: &Cx, event: &Event) {
+        match event {
+            Event::SessionClosed(session) => {
+                // RFC 6121 §4.5.1: a session that ends without unavailable
+                // presence is treated as if it had sent one.
+                let unavailable = Element::new("presence", ns::CLIENT)
+                    .with_attr("type", "unavailable")
+                    .with_attr("from", session.jid.to_string());
+                broadcast(cx, session, unavailable, false).await;
+            }
+            Event::UserDeleted(user) => forget_deleted_user(cx, user).await,
+            _ => {}
+        }
+    }
+}
+
+async fn outbound(cx: &Cx, stanza: &mut Element) -> Flow {
+    let Some(origin) = cx.origin().cloned() else {
+        return Flow::Continue;
+    };
+    let to = stanza.attr("to").and_then(|t| Jid::parse(t).ok());
+    let ty = stanza.attr("type").map(str::to_string);
+    match (ty.as_deref(), to) {
+        (None | Some("unavailable"), None) => {
+            broadcast(cx, &origin, stanza.clone(), ty.is_none()).await;
+            Flow::Handled
+        }
+        (None | Some("unavailable"), Some(to)) => {
+            directed(cx, &origin, &to, ty.is_none()).await;
+            Flow::Continue
+        }
+        (Some(t @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")), Some(to)) => {
+            subscription_out(cx, origin.jid.bare(), to.bare(), t, stanza).await;
+            Flow::Handled
+        }
+        // RFC 6121 §4.3: probes are the server's business, not the client's.
+        (Some("probe"), _) => Flow::Handled,
+        (Some("error"), _) => Flow::Continue,
+        _ => {
+            cx.bounce(stanza, StanzaError::modify(Condition::BadRequest))
+                .await;
+            Flow::Handled
+        }
+    }
+}
+
+fn parse_priority(p: &Element) -> i8 {
+    p.child("priority", ns::CLIENT)
+        .and_then(|e| e.text().trim().parse::<i64>().ok())
+        .map(|v| v.clamp(i8::MIN as i64, i8::MAX as i64) as i8)
+        .unwrap_or(0)
+}
+
+/// Broadcast of available or unavailable presence (RFC 6121 §4.2, §4.4, §4.5).
+async fn broadcast(cx: &Cx, origin: &Arc<SessionHandle>, mut presence: Element, available: bool) {
+    presence.remove_attr("to");
+    presence.set_attr("from", origin.jid.to_string());
+    let (first, directed) = if available {
+        let priority = parse_priority(&presence);
+        let first = origin.with_presence(|s| {
+            let first = s.last.is_none();
+            s.last = Some(presence.clone());
+            s.priority = priority;
+            first
+        });
+        (first, Vec::new())
+    } else {
+        let (was, directed) = origin.with_presence(|s| {
+            let was = s.last.take().is_some();
+            (
+                was,
+                std::mem::take(&mut s.directed)
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            )
+        });
+        if !was && directed.is_empty() {
+            return;
+        }
+        (false, directed)
+    };
+    let user = origin.jid.bare();
+    let roster = match cx.stores().roster.items(user).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, %user, "roster read failed during presence broadcast");
+            Vec::new()
+        }
+    };
+    for item in roster.iter().filter(|i| subscribed_from(i)) {
+        let mut p = presence.clone();
+        p.set_attr("to", item.contact.to_string());
+        cx.route(p).await;
+    }
+    for j in directed {
+        let mut p = presence.clone();
+        p.set_attr("to", j.to_string());
+        cx.route(p).await;
+    }
+    let siblings: Vec<_> = cx
+        .sessions_of(user)
+        .into_iter()
+        .filter(|s| s.id != origin.id)
+        .collect();
+    for s in &siblings {
+        if s.is_available() {
+            let mut p = presence.clone();
+            p.set_attr("to", s.jid.to_string());
+            s.send(p);
+        }
+    }
+    if !first {
+        return;
+    }
+    // Initial presence: ask contacts for theirs (RFC 6121 §4.3) and show
+    // this resource what the account's other resources are doing.
+    for item in roster.iter().filter(|i| subscribed_to(i)) {
+        let probe = Element::new("presence", ns::CLIENT)
+            .with_attr("type", "probe")
+            .with_attr("from", origin.jid.to_string())
+            .with_attr("to", item.contact.to_string());
+        cx.route(probe).await;
+    }
+    for s in &siblings {
+        if let Some(mut p) = s.with_presence(|st| st.last.clone()) {
+            p.set_attr("to", origin.jid.to_string());
+            origin.send(p);
+        }
+    }
+    // RFC 6121 §3.1.3: subscription requests that arrived while offline.
+    for item in roster.iter().filter(|i| i.pending_in) {
+        let mut p = subscription_presence(&item.contact.to_string(), user, "subscribe");
+        p.set_attr("to", user.to_string());
+        origin.send(p);
+    }
+    cx.emit(Event::InitialPresence(origin.clone())).await;
+}
+
+/// Directed presence (RFC 6121 §4.6): remember recipients who would not get
+/// our broadcasts, so that they hear when we go away.
+async fn directed(cx: &Cx, origin: &Arc<SessionHandle>, to: &Jid, available: bool) {
+    let user = origin.jid.bare();
+    if to.bare() == user {
+        return;
+    }
+    let entitled = match cx.stores().roster.get(user, to.bare()).await {
+        Ok(Some(item)) => subscribed_from(&item),
+        _ => false,
+    };
+    if entitled {
+        return;
+    }
+    origin.with_presence(|s| {
+        if available && s.last.is_some() {
+            s.directed.insert(to.clone());
+        } else {
+            s.directed.remove(to);
+        }
+    });
+}
+
+/// Applies `change` to the roster row of `contact` in `owner`'s roster under
+/// the owner's lock. Returns the stanzas to route once the lock is released.
+async fn with_item<F>(cx: &Cx, owner: &BareJid, contact: &BareJid, change: F) -> Vec<Element>
+where
+    F: FnOnce(Option<RosterItem>) -> Option<(RosterItem, Vec<Element>)> + Send,
+{
+    let guard = UserLocks::global().lock(owner).await;
+    let roster = &cx.stores().roster;
+    let before = match roster.get(owner, contact).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, %owner, "roster read failed");
+            return Vec::new();
+        }
+    };
+    let Some((item, out)) = change(before) else {
+        return Vec::new();
+    };
+    // A row that tracks nothing any more is removed rather than kept empty.
+    let empty = !item.in_roster
+        && !item.pending_in
+        && !item.approved
+        && item.subscription == Subscription::None;
+    let stored = if empty {
+        roster.remove(owner, contact).await
+    } else {
+        roster.put(owner, &item).await
+    };
+    match stored {
+        Ok(version) => push(cx, owner, &item, version).await,
+        Err(e) => {
+            tracing::error!(error = %e, %owner, "roster write failed");
+            return Vec::new();
+        }
+    }
+    drop(guard);
+    out
+}
+
+/// Copies a client's subscription stanza (keeping status, nick …) as from our bare JID.
+fn forward(stanza: &Element, from: &BareJid, to: &BareJid) -> Element {
+    let mut p = stanza.clone();
+    p.set_attr("from", from.to_string());
+    p.set_attr("to", to.to_string());
+    p
+}
+
+/// Presence of each available resource of `user`, addressed to `to`.
+fn current_presence(cx: &Cx, user: &BareJid, to: &str) -> Vec<Element> {
+    cx.sessions_of(user)
+        .into_iter()
+        .filter_map(|s| s.with_presence(|st| st.last.clone()))
+        .map(|mut p| {
+            p.set_attr("to", to);
+            p
+        })
+        .collect()
+}
+
+fn unavailable_from_resources(cx: &Cx, user: &BareJid, to: &BareJid) -> Vec<Element> {
+    cx.sessions_of(user)
+        .into_iter()
+        .filter(|s| s.is_available())
+        .map(|s| {
+            Element::new("presence", ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", s.jid.to_string())
+                .with_attr("to", to.to_string())
+        })
+        .collect()
+}
+
+async fn subscription_out(cx: &Cx, user: &BareJid, contact: &BareJid, ty: &str, stanza: &Element) {
+    if user == contact {
+        return;
+    }
+    let fwd = forward(stanza, user, contact);
+    let out = match ty {
+        // RFC 6121 §3.1.2
+        "subscribe" => {
+            with_item(cx, user, contact, |item| {
+                let mut it = item.unwrap_or_else(|| RosterItem::new(contact.clone()));
+                it.in_roster = true;
+                if !subscribed_to(&it) {
+                    it.ask = true;
+                }
+                Some((it, vec![fwd]))
+            })
+            .await
+        }
+        // RFC 6121 §3.1.5, and §3.4 pre-approval when nothing is pending.
+        "subscribed" => {
+            let presence = current_presence(cx, user, &contact.to_string());
+            with_item(cx, user, contact, |item| match item {
+                Some(mut it) if it.pending_in => {
+                    it.pending_in = false;
+                    it.pending_in_stanza = None;
+                    it.in_roster = true;
+                    it.subscription = match it.subscription {
+                        Subscription::To | Subscription::Both => Subscription::Both,
+                        _ => Subscription::From,
+                    };
+                    let mut out = vec![fwd];
+                    out.extend(presence);
+                    Some((it, out))
+                }
+                Some(it) if subscribed_from(&it) => None,
+                item => {
+                    let mut it = item.unwrap_or_else(|| RosterItem::new(contact.clone()));
+                    it.in_roster = true;
+                    it.approved = true;
+                    Some((it, Vec::new()))
+                }
+            })
+            .await
+        }
+        // RFC 6121 §3.3.2
+        "unsubscribe" => {
+            let out = with_item(cx, user, contact, |item| {
+                let mut it = item.filter(|i| subscribed_to(i) || i.ask)?;
+                it.ask = false;
+                it.subscription = match it.subscription {
+                    Subscription::Both => Subscription::From,
+                    _ => Subscription::None,
+                };
+                Some((it, Vec::new()))
+            })
+            .await;
+            let _ = out;
+            vec![fwd]
+        }
+        // RFC 6121 §3.2.2: cancel or deny the contact's subscription to us.
+        "unsubscribed" => {
+            let unavailable = unavailable_from_resources(cx, user, contact);
+            with_item(cx, user, contact, |item| {
+                let mut it = item?;
+                let was_from = subscribed_from(&it);
+                if !was_from && !it.pending_in && !it.approved {
+                    return None;
+                }
+                it.pending_in = false;
+                it.pending_in_stanza = None;
+                it.approved = false;
+                it.subscription = match it.subscription {
+                    Subscription::Both => Subscription::To,
+                    Subscription::From => Subscription::None,
+                    s => s,
+                };
+                let mut out = vec![fwd];
+                if was_from {
+                    out.extend(unavailable);
+                }
+                Some((it, out))
+            })
+            .await
+        }
+        _ => Vec::new(),
+    };
+    for p in out {
+        cx.route(p).await;
+    }
+}
+
+async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
+    let ty = match stanza.attr("type") {
+        Some(t @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe")) => {
+            t.to_string()
+        }
+        _ => return Flow::Continue,
+    };
+    let (Some(from), Some(to)) = (
+        stanza.attr("from").and_then(|f| Jid::parse(f).ok()),
+        stanza.attr("to").and_then(|t| Jid::parse(t).ok()),
+    ) else {
+        return Flow::Handled;
+    };
+    let user = to.to_bare();
+    let contact = from.to_bare();
+    if user == contact || !cx.stores().accounts.exists(&user).await.unwrap_or(false) {
+        return Flow::Handled;
+    }
+    // Subscription stanzas are always about bare JIDs (RFC 6121 §3.1.3).
+    let mut deliver = stanza.clone();
+    deliver.set_attr("from", contact.to_string());
+    deliver.set_attr("to", user.to_string());
+    let mut to_sessions = None;
+    let out = match ty.as_str() {
+        "subscribe" => {
+            let subscribed = subscription_presence(&user.to_string(), &contact, "subscribed");
+            let presence = current_presence(cx, &user, &contact.to_string());
+            let stored = deliver.to_xml();
+            let mut deliver_request = false;
+            let out = with_item(cx, &user, &contact, |item| match item {
+                // Already subscribed: answer for the user (§3.1.3 step 2).
+                Some(it) if subscribed_from(&it) => Some((it, vec![subscribed])),
+                Some(mut it) if it.approved => {
+                    it.approved = false;
+                    it.subscription = if subscribed_to(&it) {
+                        Subscription::Both
+                    } else {
+                        Subscription::From
+                    };
+                    let mut out = vec![subscribed];
+                    out.extend(presence);
+                    Some((it, out))
+                }
+                item => {
+                    let mut it = item.unwrap_or_else(|| {
+                        let mut fresh = RosterItem::new(contact.clone());
+                        fresh.in_roster = false;
+                        fresh
+                    });
+                    it.pending_in = true;
+                    it.pending_in_stanza = Some(stored);
+                    deliver_request = true;
+                    Some((it, Vec::new()))
+                }
+            })
+            .await;
+            if deliver_request {
+                to_sessions = Some(deliver);
+            }
+            out
+        }
+        // §3.1.6
+        "subscribed" => {
+            let mut accepted = false;
+            let out = with_item(cx, &user, &contact, |item| {
+                let mut it = item.filter(|i| i.ask)?;
+                it.ask = false;
+                it.subscription = if subscribed_from(&it) {
+                    Subscription::Both
+                } else {
+                    Subscription::To
+                };
+                accepted = true;
+                Some((it, Vec::new()))
+            })
+            .await;
+            if accepted {
+                to_sessions = Some(deliver);
+            }
+            out
+        }
+        // §3.3.3
+        "unsubscribe" => {
+            let mut changed = false;
+            let out = with_item(cx, &user, &contact, |item| {
+                let mut it = item.filter(|i| subscribed_from(i) || i.pending_in)?;
+                it.pending_in = false;
+                it.pending_in_stanza = None;
+                it.subscription = match it.subscription {
+                    Subscription::Both => Subscription::To,
+                    Subscription::From => Subscription::None,
+                    s => s,
+                };
+                changed = true;
+                Some((it, Vec::new()))
+            })
+            .await;
+            if changed {
+                to_sessions = Some(deliver);
+            }
+            out
+        }
+        // §3.2.3
+        "unsubscribed" => {
+            let mut changed = false;
+            let out = with_item(cx, &user, &contact, |item| {
+                let mut it = item.filter(|i| subscribed_to(i) || i.ask)?;
+                it.ask = false;
+                it.subscription = match it.subscription {
+                    Subscription::Both => Subscription::From,
+                    Subscription::To => Subscription::None,
+                    s => s,
+                };
+                changed = true;
+                Some((it, Vec::new()))
+            })
+            .await;
+            if changed {
+                to_sessions = Some(deliver);
+            }
+            out
+        }
+        // §4.3.2
+        _ => probe_reply(cx, &user, &contact, &from).await,
+    };
+    if let Some(p) = to_sessions {
+        for s in cx.sessions_of(&user) {
+            if s.is_available() {
+                let mut p = p.clone();
+                p.set_attr("to", s.jid.to_string());
+                s.send(p);
+            }
+        }
+    }
+    for p in out {
+        cx.route(p).await;
+    }
+    Flow::Handled
+}
+
+async fn probe_reply(cx: &Cx, user: &BareJid, contact: &BareJid, from: &Jid) -> Vec<Element> {
+    let entitled = matches!(cx.stores().roster.get(user, contact).await, Ok(Some(ref it)) if subscribed_from(it));
+    if !entitled {
+        // Reveal nothing; tell the prober it is not subscribed.
+        return vec![subscription_presence(
+            &user.to_string(),
+            contact,
+            "unsubscribed",
+        )];
+    }
+    let replies = current_presence(cx, user, &from.to_string());
+    if replies.is_empty() {
+        return vec![
+            Element::new("presence", ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", user.to_string())
+                .with_attr("to", from.to_string()),
+        ];
+    }
+    replies
+}
+
+/// A deleted account disappears from local rosters (with pushes).
+async fn forget_deleted_user(cx: &Cx, user: &BareJid) {
+    let owners = match cx.stores().roster.owners_of(user).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, %user, "cannot clean rosters of a deleted account");
+            return;
+        }
+    };
+    for (owner, _) in owners {
+        let _guard = UserLocks::global().lock(&owner).await;
+        if let Ok(version) = cx.stores().roster.remove(&owner, user).await {
+            let mut gone = RosterItem::new(user.clone());
+            gone.in_roster = false;
+            push(cx, &owner, &gone, version).await;
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! RFC 7622: XMPP addresses (JIDs), prepared and enforced with PRECIS.
+//!
+//! Every value of [`BareJid`], [`FullJid`] and [`Jid`] holds the canonical
+//! form: comparison, hashing and ordering are plain string operations, and
+//! `Display` prints exactly what goes on the wire. The only way to build one is
+//! through the parsing and preparation functions below.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+use precis_core::profile::PrecisFastInvocation;
+use precis_profiles::{OpaqueString, UsernameCaseMapped};
+
+/// RFC 7622 §3.2–3.4: each part is limited to 1023 octets *after* preparation.
+const MAX_PART_BYTES: usize = 1023;
+
+/// RFC 1035 §2.3.4, applied to the A-label form, which is what DNS would see.
+const MAX_LABEL_BYTES: usize = 63;
+
+/// RFC 7622 §3.3.1: characters PRECIS allows but a localpart must not contain,
+/// because they would be ambiguous in an address or in XML.
+const FORBIDDEN_LOCAL_CHARS: &[char] = &['"', '&', '\'', '/', ':', '<', '>', '@'];
+
+/// The part of an address an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JidPart {
+    /// The part before `@`.
+    Local,
+    /// The server part.
+    Domain,
+    /// The part after `/`.
+    Resource,
+}
+
+impl fmt::Display for JidPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JidPart::Local => "localpart",
+            JidPart::Domain => "domainpart",
+            JidPart::Resource => "resourcepart",
+        })
+    }
+}
+
+/// Why a string is not a valid address.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JidError {
+    /// The whole input was empty.
+    #[error("empty address")]
+    Empty,
+    /// A separator was present but the part it introduces (or ends) was empty,
+    /// as in `@example.com`, `user@` or `example.com/`.
+    #[error("empty {0}")]
+    EmptyPart(JidPart),
+    /// A part exceeds 1023 octets after preparation.
+    #[error("{0} longer than 1023 bytes")]
+    TooLong(JidPart),
+    /// The localpart fails the UsernameCaseMapped profile or contains a
+    /// character RFC 7622 forbids.
+    #[error("invalid localpart")]
+    InvalidLocal,
+    /// The domainpart is neither a valid IDNA domain name nor an IP literal.
+    #[error("invalid domainpart")]
+    InvalidDomain,
+    /// The resourcepart fails the OpaqueString profile.
+    #[error("invalid resourcepart")]
+    InvalidResource,
+    /// A bare address was expected but the input has a resource.
+    #[error("unexpected resourcepart")]
+    UnexpectedResource,
+    /// A full address was expected but the input has no resource.
+    #[error("missing resourcepart")]
+    MissingResource,
+}
+
+/// An address without a resource: `domain` or `local@domain`.
+///
+/// Field order matters: derived `Ord` sorts by localpart, then domain.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BareJid {
+    local: Option<String>,
+    domain: String,
+}
+
+/// An address with a resource: `[local@]domain/resource`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FullJid {
+    bare: BareJid,
+    resource: String,
+}
+
+/// Either kind of address, as found in `to` and `from` attributes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Jid {
+    /// No resource.
+    Bare(BareJid),
+    /// With a resource.
+    Full(FullJid),
+}
+
+/// Splits per RFC 7622 §3.1: the resource starts at the first `/`, so it may
+/// itself contain `@` and `/`; the localpart ends at the last `@` before that.
+fn split(s: &str) -> Result<(Option<&str>, &str, Option<&str>), JidError> {
+    if s.is_empty() {
+        return Err(JidError::Empty);
+    }
+    let (rest, resource) = match s.split_once('/') {
+        Some((rest, res)) => (rest, Some(res)),
+        None => (s, None),
+    };
+    let (local, domain) = match rest.rsplit_once('@') {
+        Some((local, domain)) => (Some(local), domain),
+        None => (None, rest),
+    };
+    Ok((local, domain, resource))
+}
+
+/// Applies the UsernameCaseMapped profile and the RFC 7622 extra rules.
+///
+/// SASL uses this too, so that an authentication identity and the localpart
+/// of the resulting JID are prepared identically.
+pub(crate) fn prepare_local(local: &str) -> Result<String, JidError> {
+    if local.is_empty() {
+        return Err(JidError::EmptyPart(JidPart::Local));
+    }
+    // Reject before preparation too: PRECIS work is proportional to input and
+    // preparation can only shrink over-long input by a bounded factor.
+    if local.len() > 4 * MAX_PART_BYTES {
+        return Err(JidError::TooLong(JidPart::Local));
+    }
+    let prepared = UsernameCaseMapped::enforce(local).map_err(|_| JidError::InvalidLocal)?;
+    if prepared.len() > MAX_PART_BYTES {
+        return Err(JidError::TooLong(JidPart::Local));
+    }
+    if prepared.contains(FORBIDDEN_LOCAL_CHARS) {
+        return Err(JidError::InvalidLocal);
+    }
+    Ok(prepared.into_owned())
+}
+
+fn prepare_resource(resource: &str) -> Result<String, JidError> {
+    if resource.is_empty() {
+        return Err(JidError::EmptyPart(JidPart::Resource));
+    }
+    if resource.len() > 4 * MAX_PART_BYTES {
+        return Err(JidError::TooLong(JidPart::Resource));
+    }
+    let prepared = OpaqueString::enforce(resource).map_err(|_| JidError::InvalidResource)?;
+    if prepared.len() > MAX_PART_BYTES {
+        return Err(JidError::TooLong(JidPart::Resource));
+    }
+    Ok(prepared.into_owned())
+}
+
+/// RFC 7622 §3.2: IP literals, or a domain name in its Unicode form.
+///
+/// We store U-labels rather than A-labels because RFC 7622 §3.2.2 makes the
+/// Unicode form canonical for XMPP; `xn--` input is converted so that both
+/// spellings of a domain compare equal.
+fn prepare_domain(domain: &str) -> Result<String, JidError> {
+    // A single trailing dot is the DNS root, meaningless in an address
+    // (RFC 7622 §3.2); two would leave an empty label and fail below.
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    if domain.is_empty() {
+        return Err(JidError::EmptyPart(JidPart::Domain));
+    }
+    if domain.len() > 4 * MAX_PART_BYTES {
+        return Err(JidError::TooLong(JidPart::Domain));
+    }
+    if let Some(inner) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+        // Re-serialising canonicalises `[0:0::1]` and `[::1]` to one value.
+        let addr: Ipv6Addr = inner.parse().map_err(|_| JidError::InvalidDomain)?;
+        return Ok(format!("[{addr}]"));
+    }
+    if let Ok(addr) = domain.parse::<Ipv4Addr>() {
+        return Ok(addr.to_string());
+    }
+
+    // STD3 rules keep the domainpart to letters, digits and hyphens (plus any
+    // Unicode IDNA allows), which is what RFC 5890 requires of host names.
+    // Hyphen placement is not checked: UTS 46 still validates `xn--` labels,
+    // and CheckHyphens rejects real-world names such as `r3---sn-abc.example`.
+    let uts46 = Uts46::new();
+    let ascii = uts46
+        .to_ascii(
+            domain.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::Allow,
+            DnsLength::Ignore,
+        )
+        .map_err(|_| JidError::InvalidDomain)?;
+    for label in ascii.split('.') {
+        if label.is_empty() || label.len() > MAX_LABEL_BYTES {
+            return Err(JidError::InvalidDomain);
+        }
+    }
+    let (unicode, result) = uts46.to_unicode(ascii.as_bytes(), AsciiDenyList::STD3, Hyphens::Allow);
+    result.map_err(|_| JidError::InvalidDomain)?;
+    if unicode.len() > MAX_PART_BYTES {
+        return Err(JidError::TooLong(JidPart::Domain));
+    }
+    Ok(unicode.into_owned())
+}
+
+impl BareJid {
+    /// Builds `local@domain` (or `domain` with `None`) from unprepared parts.
+    pub fn new(local: Option<&str>, domain: &str) -> Result<Self, JidError> {
+        Ok(BareJid {
+            local: local.map(prepare_local).transpose()?,
+            domain: prepare_domain(domain)?,
+        })
+    }
+
+    /// Builds a server or component address.
+    pub fn domain_only(domain: &str) -> Result<Self, JidError> {
+        Self::new(None, domain)
+    }
+
+    /// Parses `[local@]domain`; an address with a resource is an error.
+    pub fn parse(s: &str) -> Result<Self, JidError> {
+        match Jid::parse(s)? {
+            Jid::Bare(bare) => Ok(bare),
+            Jid::Full(_) => Err(JidError::UnexpectedResource),
+        }
+    }
+
+    /// The prepared localpart, if any.
+    pub fn local(&self) -> Option<&str> {
+        self.local.as_deref()
+    }
+
+    /// The prepared domainpart, in Unicode form.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Adds an unprepared resource.
+    pub fn with_resource(&self, resource: &str) -> Result<FullJid, JidError> {
+        FullJid::new(self.clone(), resource)
+    }
+
+    /// True for a bare domain, i.e. a server or component address.
+    pub fn is_domain(&self) -> bool {
+        self.local.is_none()
+    }
+}
+
+impl FullJid {
+    /// Parses `[local@]domain/resource`; a missing resource is an error.
+    pub fn parse(s: &str) -> Result<Self, JidError> {
+        match Jid::parse(s)? {
+            Jid::Full(full) => Ok(full),
+            Jid::Bare(_) => Err(JidError::MissingResource),
+        }
+    }
+
+    /// Adds an unprepared resource to an already valid bare address.
+    pub fn new(bare: BareJid, resource: &str) -> Result<Self, JidError> {
+        Ok(FullJid {
+            bare,
+            resource: prepare_resource(resource)?,
+        })
+    }
+
+    /// The address without its resource.
+    pub fn bare(&self) -> &BareJid {
+        &self.bare
+    }
+
+    /// Drops the resource without cloning.
+    pub fn into_bare(self) -> BareJid {
+        self.bare
+    }
+
+    /// The prepared resourcepart.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The prepared localpart, if any.
+    pub fn local(&self) -> Option<&str> {
+        self.bare.local()
+    }
+
+    /// The prepared domainpart, in Unicode form.
+    pub fn domain(&self) -> &str {
+        self.bare.domain()
+    }
+}
+
+impl Jid {
+    /// Parses any address.
+    pub fn parse(s: &str) -> Result<Self, JidError> {
+        let (local, domain, resource) = split(s)?;
+        let bare = BareJid::new(local, domain)?;
+        match resource {
+            Some(resource) => Ok(Jid::Full(FullJid::new(bare, resource)?)),
+            None => Ok(Jid::Bare(bare)),
+        }
+    }
+
+    /// The address without any resource.
+    pub fn bare(&self) -> &BareJid {
+        match self {
+            Jid::Bare(bare) => bare,
+            Jid::Full(full) => full.bare(),
+        }
+    }
+
+    /// An owned copy of [`Jid::bare`].
+    pub fn to_bare(&self) -> BareJid {
+        self.bare().clone()
+    }
+
+    /// The resource, if this is a full address.
+    pub fn resource(&self) -> Option<&str> {
+        self.as_full().map(FullJid::resource)
+    }
+
+    /// The full address, if this is one.
+    pub fn as_full(&self) -> Option<&FullJid> {
+        match self {
+            Jid::Bare(_) => None,
+            Jid::Full(full) => Some(full),
+        }
+    }
+
+    /// The prepared domainpart, in Unicode form.
+    pub fn domain(&self) -> &str {
+        self.bare().domain()
+    }
+
+    /// The prepared localpart, if any.
+    pub fn local(&self) -> Option<&str> {
+        self.bare().local()
+    }
+}
+
+impl fmt::Display for BareJid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(local) = &self.local {
+            write!(f, "{local}@")?;
+        }
+        f.write_str(&self.domain)
+    }
+}
+
+impl fmt::Display for FullJid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.bare, self.resource)
+    }
+}
+
+impl fmt::Display for Jid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Jid::Bare(bare) => bare.fmt(f),
+            Jid::Full(full) => full.fmt(f),
+        }
+    }
+}
+
+impl FromStr for BareJid {
+    type Err = JidError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl FromStr for FullJid {
+    type Err = JidError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl FromStr for Jid {
+    type Err = JidError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl From<BareJid> for Jid {
+    fn from(bare: BareJid) -> Self {
+        Jid::Bare(bare)
+    }
+}
+
+impl From<FullJid> for Jid {
+    fn from(full: FullJid) -> Self {
+        Jid::Full(full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jid(s: &str) -> Jid {
+        Jid::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn parses_all_three_shapes() {
+        let j = jid("juliet@example.com/balcony");
+        assert_eq!(j.local(), Some("juliet"));
+        assert_eq!(j.domain(), "example.com");
+        assert_eq!(j.resource(), Some("balcony"));
+
+        let j = jid("juliet@example.com");
+        assert_eq!(j.local(), Some("juliet"));
+        assert_eq!(j.resource(), None);
+        assert!(j.as_full().is_none());
+
+        let j = jid("example.com");
+        assert_eq!(j.local(), None);
+        assert!(j.bare().is_domain());
+    }
+
+    #[test]
+    fn width_and_case_mapping_of_localpart() {
+        assert_eq!(
+            jid("ＪＵＬＩＥＴ@example.com").to_string(),
+            "juliet@example.com"
+        );
+    }
+
+    #[test]
+    fn resource_keeps_case_but_local_and_domain_fold() {
+        assert_eq!(
+            jid("Juliet@EXAMPLE.com/Balcony").to_string(),
+            "juliet@example.com/Balcony"
+        );
+    }
+
+    #[test]
+    fn symbols_and_compat_chars_rejected_in_localpart() {
+        assert_eq!(Jid::parse("☃snow@x"), Err(JidError::InvalidLocal));
+        // U+212A KELVIN SIGN has a compatibility decomposition, so
+        // IdentifierClass disallows it rather than mapping it to "k".
+        assert_eq!(Jid::parse("\u{212A}elvin@x"), Err(JidError::InvalidLocal));
+        assert_eq!(Jid::parse("a b@x"), Err(JidError::InvalidLocal));
+    }
+
+    #[test]
+    fn forbidden_ascii_in_localpart() {
+        for c in ['"', '&', '\'', ':', '<', '>'] {
+            let s = format!("a{c}b@x");
+            assert_eq!(Jid::parse(&s), Err(JidError::InvalidLocal), "{s}");
+        }
+    }
+
+    #[test]
+    fn emoji_and_spaces_allowed_in_resource() {
+        let j = jid("a@x/🎉 party /with/slashes@and@ats");
+        assert_eq!(j.resource(), Some("🎉 party /with/slashes@and@ats"));
+        assert_eq!(j.local(), Some("a"));
+    }
+
+    #[test]
+    fn last_at_before_slash_splits_localpart() {
+        // Splitting at the last '@' makes "a@b" the localpart, which RFC 7622
+        // forbids: the address is invalid, not silently re-split.
+        assert_eq!(Jid::parse("a@b@c"), Err(JidError::InvalidLocal));
+        // An '@' after the first '/' belongs to the resource.
+        let j = jid("a@b/c@d");
+        assert_eq!(
+            (j.local(), j.domain(), j.resource()),
+            (Some("a"), "b", Some("c@d"))
+        );
+    }
+
+    #[test]
+    fn empty_parts_rejected() {
+        assert_eq!(Jid::parse(""), Err(JidError::Empty));
+        assert_eq!(Jid::parse("@d"), Err(JidError::EmptyPart(JidPart::Local)));
+        assert_eq!(Jid::parse("a@"), Err(JidError::EmptyPart(JidPart::Domain)));
+        assert_eq!(
+            Jid::parse("d/"),
+            Err(JidError::EmptyPart(JidPart::Resource))
+        );
+        assert_eq!(Jid::parse("/r"), Err(JidError::EmptyPart(JidPart::Domain)));
+        assert_eq!(Jid::parse("."), Err(JidError::EmptyPart(JidPart::Domain)));
+        assert_eq!(Jid::parse("a..b"), Err(JidError::InvalidDomain));
+        assert_eq!(Jid::parse(".a"), Err(JidError::InvalidDomain));
+        assert_eq!(Jid::parse("a.."), Err(JidError::InvalidDomain));
+    }
+
+    #[test]
+    fn ip_literals() {
+        let j = jid("foo@[::1]/r");
+        assert_eq!(j.domain(), "[::1]");
+        assert_eq!(j.to_string(), "foo@[::1]/r");
+        assert_eq!(jid("[0:0:0::1]").domain(), "[::1]");
+        assert_eq!(jid("127.0.0.1").domain(), "127.0.0.1");
+        assert_eq!(Jid::parse("[::g]"), Err(JidError::InvalidDomain));
+        assert_eq!(Jid::parse("[127.0.0.1"), Err(JidError::InvalidDomain));
+        assert_eq!(Jid::parse("::1"), Err(JidError::InvalidDomain));
+    }
+
+    #[test]
+    fn length_limits() {
+        let ok = "a".repeat(1023);
+        assert_eq!(jid(&format!("{ok}@x")).local(), Some(ok.as_str()));
+        let long = "a".repeat(1024);
+        assert_eq!(
+            Jid::parse(&format!("{long}@x")),
+            Err(JidError::TooLong(JidPart::Local))
+        );
+        assert_eq!(
+            Jid::parse(&format!("x/{long}")),
+            Err(JidError::TooLong(JidPart::Resource))
+        );
+        // Multi-byte characters count in bytes, not characters.
+        let wide = "é".repeat(512);
+        assert_eq!(
+            Jid::parse(&format!("{wide}@x")),
+            Err(JidError::TooLong(JidPart::Local))
+        );
+        let label = "a".repeat(63);
+        assert!(Jid::parse(&format!("{label}.com")).is_ok());
+        assert_eq!(
+            Jid::parse(&format!("a{label}.com")),
+            Err(JidError::InvalidDomain)
+        );
+        // 16 labels of 63 plus 15 dots is exactly 1023 bytes.
+        let domain = vec![label.as_str(); 16].join(".");
+        assert!(Jid::parse(&domain).is_ok());
+        let domain = format!("b.{domain}");
+        assert_eq!(Jid::parse(&domain), Err(JidError::TooLong(JidPart::Domain)));
+    }
+
+    #[test]
+    fn domain_trailing_dot_and_idna() {
+        assert_eq!(jid("a@example.com.").to_string(), "a@example.com");
+        assert_eq!(Jid::parse("a@example.com.."), Err(JidError::InvalidDomain));
+        assert_eq!(jid("xn--bcher-kva.example").domain(), "bücher.example");
+        assert_eq!(jid("BÜCHER.example").domain(), "bücher.example");
+        assert_eq!(jid("bücher.example"), jid("xn--bcher-kva.EXAMPLE"));
+        assert_eq!(Jid::parse("xn--a.example"), Err(JidError::InvalidDomain));
+        assert_eq!(Jid::parse("ex ample.com"), Err(JidError::InvalidDomain));
+        assert_eq!(Jid::parse("ex_ample.com"), Err(JidError::InvalidDomain));
+        // Fullwidth full stop is a label separator under UTS 46.
+        assert_eq!(jid("example\u{FF0E}com").domain(), "example.com");
+    }
+
+    #[test]
+    fn typed_parsers_enforce_shape() {
+        assert_eq!(BareJid::parse("a@b/c"), Err(JidError::UnexpectedResource));
+        assert_eq!(FullJid::parse("a@b"), Err(JidError::MissingResource));
+        let full: FullJid = "a@b/c".parse().unwrap();
+        assert_eq!(full.bare(), &BareJid::new(Some("A"), "B").unwrap());
+        assert_eq!(full.clone().into_bare().to_string(), "a@b");
+        let j: Jid = full.clone().into();
+        assert_eq!(j.as_full(), Some(&full));
+        let j: Jid = BareJid::domain_only("b").unwrap().into();
+        assert_eq!(j.to_string(), "b");
+        assert_eq!(j.to_bare(), BareJid::parse("b").unwrap());
+    }
+
+    #[test]
+    fn with_resource_prepares_it() {
+        let bare = BareJid::parse("a@b").unwrap();
+        assert_eq!(bare.with_resource("R\u{3000}1").unwrap().resource(), "R 1");
+        assert_eq!(
+            bare.with_resource(""),
+            Err(JidError::EmptyPart(JidPart::Resource))
+        );
+        assert_eq!(bare.with_resource("\u{7}"), Err(JidError::InvalidResource));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "a@b",
+            "b",
+            "a@b/c",
+            "b/c d",
+            "ünïcode@bücher.example/🎉",
+            "x@[2001:db8::1]/r",
+        ] {
+            let j = jid(s);
+            assert_eq!(j.to_string(), s);
+            assert_eq!(jid(&j.to_string()), j);
+        }
+    }
+
+    #[test]
+    fn ordering_is_by_local_then_domain() {
+        let mut v = [jid("b@a"), jid("a"), jid("a@b"), jid("a@a")];
+        v.sort();
+        let s: Vec<String> = v.iter().map(ToString::to_string).collect();
+        assert_eq!(s, ["a", "a@a", "a@b", "b@a"]);
+    }
+}

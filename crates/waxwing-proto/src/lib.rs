@@ -1,0 +1,6 @@
+#![forbid(unsafe_code)]
+pub mod jid;
+pub mod ns;
+pub mod sasl;
+pub mod stanza;
+pub mod xml;

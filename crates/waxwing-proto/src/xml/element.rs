@@ -1,0 +1,405 @@
+//! A small owned XML tree for stanzas.
+//!
+//! We keep our own type instead of minidom so that the tree has exactly the
+//! shape the framer produces (namespace per element, no prefixes) and so
+//! serialization can omit the stream's default namespace, which is what
+//! makes `<message>` come out without `xmlns='jabber:client'` on the wire.
+//!
+//! Attribute keys are strings in one of three forms:
+//! - `local` for unnamespaced attributes (almost all of XMPP);
+//! - `xml:local` for the XML namespace (`xml:lang`), because the `xml`
+//!   prefix is bound by definition and needs no declaration;
+//! - `{uri}local` for any other namespace (Clark notation).
+
+use std::fmt;
+
+use crate::ns;
+
+/// An XML element with its namespace resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Element {
+    /// Local name, without prefix.
+    pub name: String,
+    /// Namespace name (URI); empty for "no namespace".
+    pub ns: String,
+    /// Attributes in insertion order; see the module docs for key syntax.
+    pub attrs: Vec<(String, String)>,
+    /// Child elements and text, in document order.
+    pub children: Vec<Node>,
+}
+
+/// A child of an [`Element`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    /// A child element.
+    Element(Element),
+    /// Character data, already unescaped.
+    Text(String),
+}
+
+impl Element {
+    /// An empty element `name` in namespace `ns`.
+    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+        Element {
+            name: name.into(),
+            ns: ns.into(),
+            attrs: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Builder form of [`Element::set_attr`].
+    #[must_use]
+    pub fn with_attr(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.set_attr(k, v);
+        self
+    }
+
+    /// Builder form of [`Element::push_child`].
+    #[must_use]
+    pub fn with_child(mut self, child: Element) -> Self {
+        self.push_child(child);
+        self
+    }
+
+    /// Appends a text node.
+    #[must_use]
+    pub fn with_text(mut self, s: impl Into<String>) -> Self {
+        self.push_text(s);
+        self
+    }
+
+    /// The value of attribute `k` (see module docs for key syntax).
+    pub fn attr(&self, k: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Replaces the value of `k`, or appends it if absent.
+    pub fn set_attr(&mut self, k: impl Into<String>, v: impl Into<String>) {
+        let k = k.into();
+        let v = v.into();
+        match self.attrs.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, old)) => *old = v,
+            None => self.attrs.push((k, v)),
+        }
+    }
+
+    /// Removes `k` and returns its value, if it was present.
+    pub fn remove_attr(&mut self, k: &str) -> Option<String> {
+        let i = self.attrs.iter().position(|(key, _)| key == k)?;
+        Some(self.attrs.remove(i).1)
+    }
+
+    /// Whether this element is `{ns}name`.
+    pub fn is(&self, name: &str, ns: &str) -> bool {
+        self.name == name && self.ns == ns
+    }
+
+    /// The first child element `{ns}name`.
+    pub fn child(&self, name: &str, ns: &str) -> Option<&Element> {
+        self.children().find(|c| c.is(name, ns))
+    }
+
+    /// The first child element `{ns}name`, mutably.
+    pub fn child_mut(&mut self, name: &str, ns: &str) -> Option<&mut Element> {
+        self.children_mut().find(|c| c.is(name, ns))
+    }
+
+    /// Child elements, skipping text.
+    pub fn children(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// Child elements, skipping text, mutably.
+    pub fn children_mut(&mut self) -> impl Iterator<Item = &mut Element> {
+        self.children.iter_mut().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// The first child element, whatever its name (an IQ's payload).
+    pub fn first_child(&self) -> Option<&Element> {
+        self.children().next()
+    }
+
+    /// Appends a child element.
+    pub fn push_child(&mut self, child: Element) {
+        self.children.push(Node::Element(child));
+    }
+
+    /// Appends text, merging with a preceding text node so that the tree
+    /// does not depend on how the parser happened to split character data.
+    pub fn push_text(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        if s.is_empty() {
+            return;
+        }
+        match self.children.last_mut() {
+            Some(Node::Text(t)) => t.push_str(&s),
+            _ => self.children.push(Node::Text(s)),
+        }
+    }
+
+    /// Removes every child element for which `pred` returns true; text is kept.
+    pub fn remove_children(&mut self, mut pred: impl FnMut(&Element) -> bool) {
+        self.children.retain(|n| match n {
+            Node::Element(e) => !pred(e),
+            Node::Text(_) => true,
+        });
+    }
+
+    /// Concatenation of the direct text children (not descendants).
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for n in &self.children {
+            if let Node::Text(t) = n {
+                out.push_str(t);
+            }
+        }
+        out
+    }
+
+    /// Whether there is at least one child element.
+    pub fn has_children(&self) -> bool {
+        self.children().next().is_some()
+    }
+
+    /// Serializes this element, declaring `xmlns` only when it differs
+    /// from the namespace in scope (`parent_ns`).
+    pub fn write_to(&self, out: &mut String, parent_ns: &str) {
+        out.push('<');
+        out.push_str(&self.name);
+        if self.ns != parent_ns {
+            out.push_str(" xmlns='");
+            escape_attr(out, &self.ns);
+            out.push('\'');
+        }
+        // Prefixes are generated per element rather than hoisted to the
+        // root: namespaced attributes are rare in XMPP, and local
+        // declarations keep every subtree self-contained when it is cut
+        // out and re-sent elsewhere.
+        let mut prefixes: Vec<&str> = Vec::new();
+        for (k, v) in &self.attrs {
+            out.push(' ');
+            match split_clark(k) {
+                Some((uri, local)) => {
+                    let i = match prefixes.iter().position(|p| *p == uri) {
+                        Some(i) => i,
+                        None => {
+                            prefixes.push(uri);
+                            out.push_str(&format!("xmlns:ns{}='", prefixes.len() - 1));
+                            escape_attr(out, uri);
+                            out.push_str("' ");
+                            prefixes.len() - 1
+                        }
+                    };
+                    out.push_str(&format!("ns{i}:{local}"));
+                }
+                None => out.push_str(k),
+            }
+            out.push_str("='");
+            escape_attr(out, v);
+            out.push('\'');
+        }
+        if self.children.is_empty() {
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        for n in &self.children {
+            match n {
+                Node::Element(e) => e.write_to(out, &self.ns),
+                Node::Text(t) => escape_text(out, t),
+            }
+        }
+        out.push_str("</");
+        out.push_str(&self.name);
+        out.push('>');
+    }
+
+    /// Serializes as a standalone document fragment (no namespace in scope).
+    pub fn to_xml(&self) -> String {
+        self.to_xml_in("")
+    }
+
+    /// Serializes as a child of a stream whose default namespace is
+    /// `stream_ns`, so a `jabber:client` stanza gets no `xmlns`.
+    pub fn to_xml_in(&self, stream_ns: &str) -> String {
+        let mut out = String::new();
+        self.write_to(&mut out, stream_ns);
+        out
+    }
+}
+
+impl fmt::Display for Element {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_xml())
+    }
+}
+
+/// Builds the attribute key for `{ns}local` as described in the module docs.
+pub(crate) fn attr_key(ns: &str, local: &str) -> String {
+    if ns.is_empty() {
+        local.to_owned()
+    } else if ns == ns::XML {
+        format!("xml:{local}")
+    } else {
+        format!("{{{ns}}}{local}")
+    }
+}
+
+/// Splits a `{uri}local` key; `None` for plain and `xml:` keys, which are
+/// written verbatim.
+fn split_clark(k: &str) -> Option<(&str, &str)> {
+    let rest = k.strip_prefix('{')?;
+    rest.split_once('}')
+}
+
+fn escape_text(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            // A literal CR would be folded into LF by the receiving parser.
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn escape_attr(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            // Attribute-value normalization would turn literal whitespace
+            // controls into spaces; references survive it.
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> Element {
+        Element::new("message", ns::CLIENT)
+            .with_attr("to", "juliet@example.com")
+            .with_attr("type", "chat")
+            .with_child(Element::new("body", ns::CLIENT).with_text("hi"))
+    }
+
+    #[test]
+    fn builder_and_accessors() {
+        let mut m = msg();
+        assert!(m.is("message", ns::CLIENT));
+        assert!(!m.is("message", ns::SERVER));
+        assert_eq!(m.attr("to"), Some("juliet@example.com"));
+        assert_eq!(m.attr("from"), None);
+        m.set_attr("type", "normal");
+        assert_eq!(m.attr("type"), Some("normal"));
+        assert_eq!(m.attrs.len(), 2, "set_attr replaces, not appends");
+        assert_eq!(m.remove_attr("type").as_deref(), Some("normal"));
+        assert_eq!(m.remove_attr("type"), None);
+        assert_eq!(m.child("body", ns::CLIENT).unwrap().text(), "hi");
+        assert!(m.child("body", "").is_none());
+        assert_eq!(m.first_child().unwrap().name, "body");
+        assert!(m.has_children());
+        m.child_mut("body", ns::CLIENT).unwrap().push_text(" there");
+        assert_eq!(m.child("body", ns::CLIENT).unwrap().text(), "hi there");
+        for c in m.children_mut() {
+            c.set_attr("xml:lang", "en");
+        }
+        assert_eq!(m.first_child().unwrap().attr("xml:lang"), Some("en"));
+        m.remove_children(|c| c.name == "body");
+        assert!(!m.has_children());
+    }
+
+    #[test]
+    fn text_ignores_grandchildren_and_merges_adjacent() {
+        let mut e = Element::new("a", "")
+            .with_text("x")
+            .with_child(Element::new("b", "").with_text("no"))
+            .with_text("y");
+        e.push_text("z");
+        assert_eq!(e.text(), "xyz");
+        assert_eq!(e.children.len(), 3, "y and z share a node");
+        e.push_text("");
+        assert_eq!(e.children.len(), 3);
+    }
+
+    #[test]
+    fn serializes_with_default_namespace_elided() {
+        let m = msg();
+        assert_eq!(
+            m.to_xml(),
+            "<message xmlns='jabber:client' to='juliet@example.com' type='chat'><body>hi</body></message>"
+        );
+        assert_eq!(
+            m.to_xml_in(ns::CLIENT),
+            "<message to='juliet@example.com' type='chat'><body>hi</body></message>"
+        );
+        assert_eq!(m.to_string(), m.to_xml());
+    }
+
+    #[test]
+    fn child_in_other_or_empty_namespace_declares_it() {
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_child(Element::new("ping", ns::PING))
+            .with_child(Element::new("x", ""));
+        assert_eq!(
+            iq.to_xml_in(ns::CLIENT),
+            "<iq><ping xmlns='urn:xmpp:ping'/><x xmlns=''/></iq>"
+        );
+    }
+
+    #[test]
+    fn escapes_text_and_attributes() {
+        let e = Element::new("a", "")
+            .with_attr("v", "<&'\">\t\n\r")
+            .with_text("<&>'\"\r");
+        assert_eq!(
+            e.to_xml(),
+            "<a v='&lt;&amp;&apos;&quot;&gt;&#9;&#10;&#13;'>&lt;&amp;&gt;'\"&#13;</a>"
+        );
+    }
+
+    #[test]
+    fn namespaced_attributes_get_generated_prefixes() {
+        let e = Element::new("a", "urn:a")
+            .with_attr("xml:lang", "en")
+            .with_attr("{urn:x}one", "1")
+            .with_attr("plain", "p")
+            .with_attr("{urn:x}two", "2")
+            .with_attr("{urn:y}three", "3");
+        assert_eq!(
+            e.to_xml(),
+            "<a xmlns='urn:a' xml:lang='en' xmlns:ns0='urn:x' ns0:one='1' plain='p' \
+             ns0:two='2' xmlns:ns1='urn:y' ns1:three='3'/>"
+        );
+    }
+
+    #[test]
+    fn attr_keys() {
+        assert_eq!(attr_key("", "to"), "to");
+        assert_eq!(attr_key(ns::XML, "lang"), "xml:lang");
+        assert_eq!(attr_key("urn:x", "a"), "{urn:x}a");
+        assert_eq!(split_clark("{urn:x}a"), Some(("urn:x", "a")));
+        assert_eq!(split_clark("xml:lang"), None);
+    }
+}

@@ -1,0 +1,503 @@
+//! Streaming parser for the never-ending `<stream:stream>` document.
+//!
+//! The [`Framer`] turns bytes into [`StreamEvent`]s: the stream header, one
+//! [`Element`] per top-level child (stanzas and nonzas alike), and the
+//! closing tag. It owns every resource limit that must hold *before* a
+//! stanza exists as a tree, because once a tree is built the memory is
+//! already spent.
+//!
+//! rxml does the XML work (well-formedness, namespaces, and refusing DTDs,
+//! entities, PIs and comments). On top of it we keep a copy of every byte
+//! since the last event we returned. That costs at most one stanza's worth
+//! (the size limit bounds it) plus whatever the caller fed but we have not
+//! parsed, and buys three things rxml cannot give us:
+//! - [`Framer::reset`] can re-parse bytes that arrived after the last event
+//!   (a client pipelining its new stream header right behind `<auth/>`);
+//! - [`Framer::buffered`] is exact, for the STARTTLS injection check;
+//! - the raw stream header, whose `xmlns` declaration and prefix rxml hides.
+
+use crate::ns;
+use crate::stanza::{StreamCondition, StreamError};
+use crate::xml::element::{Element, attr_key};
+use rxml::error::EndOrError;
+use rxml::{Event, Parse, Parser, WithOptions};
+
+/// Resource limits for one stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes consumed for one top-level element, counted from the end of the
+    /// previous one (so the stream header counts too). Exceeding it is a
+    /// `policy-violation` as soon as the bytes arrive, not when the element
+    /// ends: a start tag that never closes must not buffer forever.
+    pub max_stanza_bytes: usize,
+    /// Deepest element allowed, where `<stream:stream>` is depth 0 and a
+    /// stanza is depth 1.
+    pub max_depth: usize,
+    /// Attributes on any one element, not counting namespace declarations.
+    pub max_attrs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_bytes: 262_144,
+            max_depth: 32,
+            max_attrs: 64,
+        }
+    }
+}
+
+/// The attributes of the opening `<stream:stream>` tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamHeader {
+    /// Content namespace, e.g. `jabber:client`. This is the framer's
+    /// configured namespace: a header declaring a different default
+    /// namespace is refused with `invalid-namespace` before this is built.
+    pub ns: String,
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub id: Option<String>,
+    pub version: Option<String>,
+    /// `xml:lang`.
+    pub lang: Option<String>,
+}
+
+/// What the framer produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The peer opened (or, after [`Framer::reset`], re-opened) the stream.
+    Open(StreamHeader),
+    /// A complete top-level element: a stanza or a nonza (`<starttls/>`, `<auth/>` …).
+    Stanza(Element),
+    /// The peer sent `</stream:stream>`.
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for `<stream:stream>`.
+    Start,
+    /// Inside the stream.
+    Open,
+    /// After `</stream:stream>`; further input is ignored.
+    Closed,
+}
+
+/// rxml pre-allocates a scratch buffer of `max_token_length` bytes per
+/// parser, so tying it to `max_stanza_bytes` would cost 256 KiB per idle
+/// connection. Text longer than this is split by rxml and is fine; only a
+/// single name or attribute value longer than this is refused, and nothing
+/// legitimate in XMPP comes close (a JID is at most 3071 bytes).
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Bytes-to-events parser for one XML stream. Sans-IO: the caller feeds
+/// what it read and then drains [`Framer::next_event`] until it returns
+/// `Ok(None)`.
+#[derive(Debug)]
+pub struct Framer {
+    limits: Limits,
+    content_ns: &'static str,
+    parser: Parser,
+    state: State,
+    /// Open elements below the root; `stack[0]` is the stanza being built.
+    stack: Vec<Element>,
+    /// Input bytes from absolute offset `buf_start` on. Everything before
+    /// `boundary` has been returned as an event and may be dropped.
+    buf: Vec<u8>,
+    buf_start: u64,
+    /// Absolute offset up to which bytes were handed to rxml.
+    consumed: u64,
+    /// Absolute offset where the last rxml event ended. rxml's event metrics
+    /// are consecutive, so this is their running sum.
+    event_end: u64,
+    /// Absolute offset where the current top-level element may be said to
+    /// begin: the end of the previous one, of the header, or of whitespace
+    /// between them. Size limits, `buffered` and `reset` all count from here.
+    boundary: u64,
+    poison: Option<StreamError>,
+}
+
+impl Framer {
+    /// A framer expecting a stream whose content namespace is `content_ns`
+    /// (`jabber:client` for c2s, `jabber:server` for s2s).
+    pub fn new(limits: Limits, content_ns: &'static str) -> Self {
+        Framer {
+            limits,
+            content_ns,
+            parser: new_parser(limits),
+            state: State::Start,
+            stack: Vec::new(),
+            buf: Vec::new(),
+            buf_start: 0,
+            consumed: 0,
+            event_end: 0,
+            boundary: 0,
+            poison: None,
+        }
+    }
+
+    /// Appends bytes read from the peer.
+    pub fn feed(&mut self, data: &[u8]) {
+        // Compact here rather than per event, so draining a read full of
+        // small stanzas moves the remaining bytes once, not once per stanza.
+        let done = usize::try_from(self.boundary - self.buf_start).unwrap_or(usize::MAX);
+        if done > 0 {
+            self.buf.drain(..done.min(self.buf.len()));
+            self.buf_start = self.boundary;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next event, or `Ok(None)` if more input is needed (or the stream
+    /// is closed). After an error the framer is poisoned and keeps
+    /// returning that error until [`Framer::reset`].
+    pub fn next_event(&mut self) -> Result<Option<StreamEvent>, StreamError> {
+        if let Some(e) = &self.poison {
+            return Err(e.clone());
+        }
+        let r = self.step();
+        if let Err(e) = &r {
+            self.poison = Some(e.clone());
+        }
+        r
+    }
+
+    /// Starts a fresh document after STARTTLS or SASL success (RFC 6120
+    /// §5.4.3.3, §6.4.6): the peer will send a new header, possibly with
+    /// an XML declaration. Bytes after the last returned event are kept
+    /// and re-parsed, since after SASL they belong to the new stream. Call
+    /// this right after handling the event that triggers it, before the
+    /// next `next_event`: the old parser would refuse a new XML declaration.
+    ///
+    /// For STARTTLS the caller must first check [`Framer::buffered`] is 0:
+    /// bytes kept here would be plaintext parsed as if it came over TLS.
+    pub fn reset(&mut self) {
+        self.parser = new_parser(self.limits);
+        self.state = State::Start;
+        self.stack.clear();
+        self.consumed = self.boundary;
+        self.event_end = self.boundary;
+        self.poison = None;
+    }
+
+    /// Input bytes after the last returned event (or keepalive). Must be 0
+    /// when the TLS upgrade starts: anything else is plaintext the peer
+    /// sent after `<starttls/>`, which must not be treated as if it came
+    /// over TLS (CVE-2011-0411 class).
+    pub fn buffered(&self) -> usize {
+        let fed = self.buf_start + self.buf.len() as u64;
+        usize::try_from(fed - self.boundary).unwrap_or(usize::MAX)
+    }
+
+    fn step(&mut self) -> Result<Option<StreamEvent>, StreamError> {
+        loop {
+            if self.state == State::Closed {
+                return Ok(None);
+            }
+            // Never show rxml more than one byte past the size limit. The
+            // limit check then fires at the same byte however the input
+            // was chunked, instead of rxml racing ahead through a large
+            // read and reporting some later error (or token-length error)
+            // first.
+            let budget = self
+                .boundary
+                .saturating_add(self.limits.max_stanza_bytes as u64)
+                .saturating_add(1)
+                .saturating_sub(self.consumed);
+            let from = self.index(self.consumed);
+            let to = self.buf.len().min(from.saturating_add(budget as usize));
+            let mut input = &self.buf[from..to];
+            let before = input.len();
+            let res = self.parser.parse(&mut input, false);
+            self.consumed += (before - input.len()) as u64;
+            let ev = match res {
+                Ok(Some(ev)) => ev,
+                // Only reported with at_eof, which a stream never is.
+                Ok(None) => return Err(StreamError::new(StreamCondition::NotWellFormed)),
+                Err(EndOrError::NeedMoreData) => {
+                    self.check_size()?;
+                    return Ok(None);
+                }
+                Err(EndOrError::Error(e)) => return Err(self.map_error(e)),
+            };
+            let ev_start = self.event_end;
+            self.event_end += ev.metrics().len() as u64;
+            debug_assert!(self.event_end <= self.consumed);
+            let out = self.handle(ev, ev_start)?;
+            self.check_size()?;
+            if out.is_some() {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event, ev_start: u64) -> Result<Option<StreamEvent>, StreamError> {
+        match ev {
+            Event::XmlDeclaration(..) => Ok(None),
+            Event::StartElement(_, (ns, name), attrs) => {
+                if attrs.len() > self.limits.max_attrs {
+                    return Err(policy(format!(
+                        "more than {} attributes on one element",
+                        self.limits.max_attrs
+                    )));
+                }
+                let mut el = Element::new(name.as_str(), ns.as_str());
+                for ((ans, aname), value) in attrs {
+                    el.attrs
+                        .push((attr_key(ans.as_str(), aname.as_str()), value));
+                }
+                if self.state == State::Start {
+                    return self.open(el, ev_start).map(Some);
+                }
+                let depth = self.stack.len() + 1;
+                if depth > self.limits.max_depth {
+                    return Err(policy(format!(
+                        "elements nested deeper than {}",
+                        self.limits.max_depth
+                    )));
+                }
+                if depth == 1 {
+                    self.check_top_level_ns(&el)?;
+                }
+                self.stack.push(el);
+                Ok(None)
+            }
+            Event::EndElement(_) => match self.stack.pop() {
+                None => {
+                    self.state = State::Closed;
+                    self.boundary = self.event_end;
+                    Ok(Some(StreamEvent::Close))
+                }
+                Some(el) => match self.stack.last_mut() {
+                    Some(parent) => {
+                        parent.push_child(el);
+                        Ok(None)
+                    }
+                    None => {
+                        self.boundary = self.event_end;
+                        Ok(Some(StreamEvent::Stanza(el)))
+                    }
+                },
+            },
+            Event::Text(_, text) => {
+                match self.stack.last_mut() {
+                    Some(el) => el.push_text(text),
+                    // Whitespace between stanzas is the RFC 6120 §4.6.1
+                    // keepalive. Anything else has no meaning at stream
+                    // level; it is well-formed XML but not a valid XMPP
+                    // stream, which is bad-format (§4.9.3.1), not
+                    // not-well-formed.
+                    None if text.bytes().all(|b| b.is_ascii_whitespace()) => {
+                        self.boundary = self.event_end;
+                    }
+                    None => {
+                        return Err(StreamError::new(StreamCondition::BadFormat)
+                            .with_text("text outside of any stanza"));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Validates the root element and turns it into the header event.
+    fn open(&mut self, root: Element, ev_start: u64) -> Result<StreamEvent, StreamError> {
+        // RFC 6120 §4.9.3.10 and §4.9.3.1.
+        if root.ns != ns::STREAM {
+            return Err(StreamError::new(StreamCondition::InvalidNamespace)
+                .with_text("root element not in the streams namespace"));
+        }
+        if root.name != "stream" {
+            return Err(StreamError::new(StreamCondition::BadFormat)
+                .with_text("root element is not <stream:stream>"));
+        }
+        let raw = &self.buf[self.index(ev_start)..self.index(self.event_end)];
+        let (qname, default_ns) = scan_start_tag(raw);
+        // §4.8.5: the streams namespace must use the prefix "stream".
+        if qname != b"stream:stream" {
+            return Err(StreamError::new(StreamCondition::BadNamespacePrefix)
+                .with_text("the streams namespace must use the prefix 'stream'"));
+        }
+        // §4.8.2 requires the default namespace declaration; a header
+        // without one is let through here and its stanzas are refused by
+        // check_top_level_ns, since they land in no namespace.
+        if default_ns.is_some_and(|d| d != self.content_ns) {
+            return Err(StreamError::new(StreamCondition::InvalidNamespace)
+                .with_text(format!("content namespace must be {}", self.content_ns)));
+        }
+        self.state = State::Open;
+        self.boundary = self.event_end;
+        Ok(StreamEvent::Open(StreamHeader {
+            ns: self.content_ns.to_owned(),
+            to: root.attr("to").map(str::to_owned),
+            from: root.attr("from").map(str::to_owned),
+            id: root.attr("id").map(str::to_owned),
+            version: root.attr("version").map(str::to_owned),
+            lang: root.attr("xml:lang").map(str::to_owned),
+        }))
+    }
+
+    /// A stanza in any namespace but the stream's content namespace means
+    /// the peer declared the wrong default namespace (or none), which is
+    /// invalid-namespace (RFC 6120 §4.9.3.10). Other top-level elements in
+    /// foreign namespaces are nonzas for the negotiation layer to judge.
+    fn check_top_level_ns(&self, el: &Element) -> Result<(), StreamError> {
+        let is_stanza = matches!(el.name.as_str(), "message" | "presence" | "iq");
+        if el.ns.is_empty() || (is_stanza && el.ns != self.content_ns) {
+            return Err(StreamError::new(StreamCondition::InvalidNamespace)
+                .with_text(format!("<{}/> must be in {}", el.name, self.content_ns)));
+        }
+        Ok(())
+    }
+
+    fn check_size(&self) -> Result<(), StreamError> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        if self.consumed - self.boundary > self.limits.max_stanza_bytes as u64 {
+            return Err(policy(format!(
+                "stanza larger than {} bytes",
+                self.limits.max_stanza_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn map_error(&self, e: rxml::Error) -> StreamError {
+        use StreamCondition as C;
+        use rxml::Error as E;
+        let condition = match e {
+            E::UndeclaredEntity => C::RestrictedXml,
+            // rxml treats `<!` not followed by `--` or `[CDATA[` as a syntax
+            // error, but `<!DOCTYPE`, `<!ENTITY` and friends are exactly
+            // the DTD constructs RFC 6120 §11.1 calls restricted.
+            E::InvalidSyntax(_) if self.consumed_ends_with_markup_decl() => C::RestrictedXml,
+            // These strings are rxml's, not API; the test
+            // `rxml_error_messages_we_match_on` pins them.
+            E::RestrictedXml("long name or reference" | "event too long") => C::PolicyViolation,
+            E::RestrictedXml("only utf-8 encoding is allowed") => C::UnsupportedEncoding,
+            E::RestrictedXml(_) => C::RestrictedXml,
+            E::UndeclaredNamespacePrefix(_)
+            | E::ReservedNamespacePrefix
+            | E::ReservedNamespaceName => C::BadNamespacePrefix,
+            E::InvalidEof(_)
+            | E::InvalidChar(..)
+            | E::UnexpectedChar(..)
+            | E::UnexpectedByte(..)
+            | E::InvalidSyntax(_)
+            | E::UnexpectedToken(..)
+            | E::DuplicateAttribute
+            | E::ElementMismatch
+            | E::MultiColonName(_)
+            | E::EmptyNamePart(_)
+            | E::InvalidLocalName(_)
+            | E::EmptyNamespaceUri
+            | E::InvalidUtf8Byte(_) => C::NotWellFormed,
+        };
+        StreamError::new(condition).with_text(e.to_string())
+    }
+
+    /// Whether the last bytes handed to rxml are `<!` and a letter.
+    fn consumed_ends_with_markup_decl(&self) -> bool {
+        let seen = &self.buf[..self.index(self.consumed)];
+        matches!(seen, [.., b'<', b'!', c] if c.is_ascii_alphabetic())
+    }
+
+    fn index(&self, offset: u64) -> usize {
+        usize::try_from(offset - self.buf_start).expect("buffered bytes fit in memory")
+    }
+}
+
+fn new_parser(limits: Limits) -> Parser {
+    let mut p = Parser::with_options(rxml::Options {
+        max_token_length: limits.max_stanza_bytes.clamp(1, MAX_TOKEN_BYTES),
+        ..Default::default()
+    });
+    // Whitespace keepalives must be seen as soon as they arrive so they
+    // close the size window of the previous stanza; with buffering rxml
+    // would hold them until the next `<`.
+    p.set_text_buffering(false);
+    p
+}
+
+fn policy(text: String) -> StreamError {
+    StreamError::new(StreamCondition::PolicyViolation).with_text(text)
+}
+
+/// Reads the qualified name and the default namespace declaration from a
+/// start tag rxml has already checked for well-formedness, so this only
+/// has to split, not validate.
+fn scan_start_tag(raw: &[u8]) -> (&[u8], Option<String>) {
+    let mut i = raw
+        .iter()
+        .position(|&b| b == b'<')
+        .map_or(raw.len(), |p| p + 1);
+    let name_end = |i: usize| {
+        raw[i..]
+            .iter()
+            .position(|b| b.is_ascii_whitespace() || matches!(b, b'/' | b'>' | b'='))
+            .map_or(raw.len(), |p| i + p)
+    };
+    let end = name_end(i);
+    let qname = &raw[i..end];
+    i = end;
+    let mut default_ns = None;
+    loop {
+        while i < raw.len() && raw[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= raw.len() || matches!(raw[i], b'/' | b'>') {
+            return (qname, default_ns);
+        }
+        let end = name_end(i);
+        let attr = &raw[i..end];
+        let Some(q) = raw[end..].iter().position(|b| matches!(b, b'\'' | b'"')) else {
+            return (qname, default_ns);
+        };
+        let open = end + q;
+        let quote = raw[open];
+        let Some(len) = raw[open + 1..].iter().position(|&b| b == quote) else {
+            return (qname, default_ns);
+        };
+        if attr == b"xmlns" {
+            default_ns = Some(unescape(&raw[open + 1..open + 1 + len]));
+        }
+        i = open + 1 + len + 1;
+    }
+}
+
+/// Expands the predefined entities and character references, the only
+/// references rxml lets through.
+fn unescape(v: &[u8]) -> String {
+    let s = String::from_utf8_lossy(v);
+    let mut out = String::with_capacity(s.len());
+    let mut rest = &*s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let Some(semi) = rest[amp..].find(';') else {
+            out.push_str(&rest[amp..]);
+            return out;
+        };
+        let entity = &rest[amp + 1..amp + semi];
+        let ch = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "apos" => Some('\''),
+            "quot" => Some('"'),
+            _ => entity
+                .strip_prefix("#x")
+                .map(|h| u32::from_str_radix(h, 16))
+                .or_else(|| entity.strip_prefix('#').map(str::parse))
+                .and_then(Result::ok)
+                .and_then(char::from_u32),
+        };
+        out.extend(ch);
+        rest = &rest[amp + semi + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,614 @@
+use super::*;
+use crate::stanza::StreamCondition as C;
+
+const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' to='example.com' \
+    version='1.0' xml:lang='en'>";
+
+/// Feeds `chunks` one at a time, draining events after each, and stops at
+/// the first error.
+fn run_chunks<'a>(
+    f: &mut Framer,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> (Vec<StreamEvent>, Option<StreamError>) {
+    let mut events = Vec::new();
+    for chunk in chunks {
+        f.feed(chunk);
+        loop {
+            match f.next_event() {
+                Ok(Some(ev)) => events.push(ev),
+                Ok(None) => break,
+                Err(e) => return (events, Some(e)),
+            }
+        }
+    }
+    (events, None)
+}
+
+fn run_with(limits: Limits, input: &[u8]) -> (Vec<StreamEvent>, Option<StreamError>) {
+    run_chunks(&mut Framer::new(limits, ns::CLIENT), [input])
+}
+
+fn run(input: &[u8]) -> (Vec<StreamEvent>, Option<StreamError>) {
+    run_with(Limits::default(), input)
+}
+
+/// The error `input` ends in, checking it is also what one-byte feeding gives.
+fn error_of(input: &[u8]) -> StreamError {
+    error_with(Limits::default(), input)
+}
+
+fn error_with(limits: Limits, input: &[u8]) -> StreamError {
+    let (_, whole) = run_with(limits, input);
+    let mut f = Framer::new(limits, ns::CLIENT);
+    let (_, bytewise) = run_chunks(&mut f, input.chunks(1));
+    let whole =
+        whole.unwrap_or_else(|| panic!("no error for {:?}", String::from_utf8_lossy(input)));
+    assert_eq!(
+        Some(&whole),
+        bytewise.as_ref(),
+        "chunking changed the error"
+    );
+    whole
+}
+
+fn in_stream(body: &str) -> Vec<u8> {
+    format!("{HEADER}{body}").into_bytes()
+}
+
+fn stanzas(events: &[StreamEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Stanza(el) => Some(el.to_xml_in(ns::CLIENT)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A whole c2s session as a client sends it, split where the server
+/// resets the framer.
+const TRANSCRIPT: [&str; 3] = [
+    "<?xml version='1.0'?>\n<stream:stream xmlns='jabber:client' \
+     xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'>\n\
+     <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+     to='example.com' version='1.0' xml:lang='en'>\
+     <auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldAByMG0zMG15cjBtMzA=</auth>",
+    "<stream:stream xmlns=\"jabber:client\" xmlns:stream=\"http://etherx.jabber.org/streams\" \
+     to=\"example.com\" version=\"1.0\">\
+     <iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>balcony</resource></bind></iq>\
+     \n \n<presence/>\r\n\
+     <message to='romeo@example.net' type='chat' xml:lang='en'><body>Art thou not Romeo, &amp; a Montague?</body>\
+     <thread>e0ffe42b</thread><x:y xmlns:x='urn:x' x:a='1'/><![CDATA[<raw>]]></message> \
+     </stream:stream>",
+];
+
+fn transcript_events(split: impl Fn(&[u8]) -> Vec<&[u8]>) -> Vec<StreamEvent> {
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    let mut all = Vec::new();
+    for (i, part) in TRANSCRIPT.iter().enumerate() {
+        if i > 0 {
+            assert_eq!(f.buffered(), 0, "nothing pending at the reset point");
+            f.reset();
+        }
+        let (events, err) = run_chunks(&mut f, split(part.as_bytes()));
+        assert_eq!(err, None);
+        all.extend(events);
+    }
+    all
+}
+
+#[test]
+fn full_c2s_transcript() {
+    let events = transcript_events(|b| vec![b]);
+    let header = |lang: Option<&str>| {
+        StreamEvent::Open(StreamHeader {
+            ns: ns::CLIENT.into(),
+            to: Some("example.com".into()),
+            from: None,
+            id: None,
+            version: Some("1.0".into()),
+            lang: lang.map(Into::into),
+        })
+    };
+    assert_eq!(events[0], header(None));
+    assert_eq!(
+        events[1],
+        StreamEvent::Stanza(Element::new("starttls", ns::TLS))
+    );
+    assert_eq!(events[2], header(Some("en")));
+    assert_eq!(
+        events[3],
+        StreamEvent::Stanza(
+            Element::new("auth", ns::SASL)
+                .with_attr("mechanism", "PLAIN")
+                .with_text("AGp1bGlldAByMG0zMG15cjBtMzA=")
+        )
+    );
+    assert_eq!(events[4], header(None));
+    assert_eq!(events[8], StreamEvent::Close);
+    assert_eq!(events.len(), 9);
+    assert_eq!(
+        stanzas(&events[5..]),
+        [
+            // rxml hands attributes over sorted, so document order is lost.
+            "<iq id='b1' type='set'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <resource>balcony</resource></bind></iq>",
+            "<presence/>",
+            "<message to='romeo@example.net' type='chat' xml:lang='en'>\
+             <body>Art thou not Romeo, &amp; a Montague?</body><thread>e0ffe42b</thread>\
+             <y xmlns='urn:x' xmlns:ns0='urn:x' ns0:a='1'/>&lt;raw&gt;</message>",
+        ]
+    );
+    let StreamEvent::Stanza(msg) = &events[7] else {
+        panic!()
+    };
+    assert_eq!(msg.child("y", "urn:x").unwrap().attr("{urn:x}a"), Some("1"));
+}
+
+#[test]
+fn chunking_does_not_change_events() {
+    let whole = transcript_events(|b| vec![b]);
+    assert_eq!(transcript_events(|b| b.chunks(1).collect()), whole);
+    assert_eq!(transcript_events(|b| b.chunks(7).collect()), whole);
+    for (part, text) in TRANSCRIPT.iter().enumerate() {
+        for at in 0..=text.len() {
+            let events = transcript_events(|b| {
+                if b == text.as_bytes() {
+                    let (x, y) = b.split_at(at);
+                    vec![x, y]
+                } else {
+                    vec![b]
+                }
+            });
+            assert_eq!(events, whole, "split part {part} at byte {at}");
+        }
+    }
+}
+
+#[test]
+fn serialized_stanzas_reparse_identically() {
+    let events = transcript_events(|b| vec![b]);
+    let body: String = stanzas(&events).concat();
+    let (again, err) = run(&in_stream(&body));
+    assert_eq!(err, None);
+    assert_eq!(stanzas(&again), stanzas(&events));
+}
+
+#[test]
+fn keepalives_between_stanzas_are_ignored() {
+    let (events, err) = run(&in_stream(" \n\t<presence/>\r\n  \n<presence/> "));
+    assert_eq!(err, None);
+    assert_eq!(stanzas(&events), ["<presence/>", "<presence/>"]);
+}
+
+#[test]
+fn keepalives_reset_the_size_window() {
+    // Whitespace alone, far beyond the limit in total, is not a stanza.
+    let limits = Limits {
+        max_stanza_bytes: 256,
+        ..Limits::default()
+    };
+    let mut f = Framer::new(limits, ns::CLIENT);
+    let header = HEADER.as_bytes().to_vec();
+    let (_, err) = run_chunks(&mut f, [&header[..]]);
+    assert_eq!(err, None);
+    for _ in 0..100 {
+        let (events, err) = run_chunks(&mut f, [&b"   \n"[..]]);
+        assert_eq!((events, err), (vec![], None));
+    }
+}
+
+#[test]
+fn text_at_stream_level_is_bad_format() {
+    assert_eq!(
+        error_of(&in_stream("hello<presence/>")).condition,
+        C::BadFormat
+    );
+    assert_eq!(error_of(&in_stream("  x")).condition, C::BadFormat);
+}
+
+#[test]
+fn close_ends_the_stream() {
+    let (events, err) = run(&in_stream("<presence/></stream:stream>"));
+    assert_eq!(err, None);
+    assert_eq!(events.last(), Some(&StreamEvent::Close));
+    // Whatever follows the close is not our business any more.
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    let (events, err) = run_chunks(&mut f, [&in_stream("</stream:stream>junk<")[..]]);
+    assert_eq!((events.len(), err), (2, None));
+    assert_eq!(f.next_event(), Ok(None));
+}
+
+#[test]
+fn header_attributes() {
+    let (events, err) = run(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' \
+        xmlns='jabber:client' from='juliet@example.com' to='example.com' id='++TR84Sm6A3hnt3Q065SnAbbk3Y=' \
+        version='1.0' xml:lang='de'>");
+    assert_eq!(err, None);
+    assert_eq!(
+        events,
+        [StreamEvent::Open(StreamHeader {
+            ns: ns::CLIENT.into(),
+            to: Some("example.com".into()),
+            from: Some("juliet@example.com".into()),
+            id: Some("++TR84Sm6A3hnt3Q065SnAbbk3Y=".into()),
+            version: Some("1.0".into()),
+            lang: Some("de".into()),
+        })]
+    );
+}
+
+#[test]
+fn root_namespace_and_name_checks() {
+    let e = error_of(b"<stream:stream xmlns:stream='urn:wrong' xmlns='jabber:client'>");
+    assert_eq!(e.condition, C::InvalidNamespace);
+    let e = error_of(b"<stream xmlns='jabber:client'>");
+    assert_eq!(e.condition, C::InvalidNamespace);
+    let e = error_of(b"<stream:strem xmlns:stream='http://etherx.jabber.org/streams'>");
+    assert_eq!(e.condition, C::BadFormat);
+    let e =
+        error_of(b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:client'>");
+    assert_eq!(e.condition, C::BadNamespacePrefix);
+    let e = error_of(b"<stream xmlns='http://etherx.jabber.org/streams'>");
+    assert_eq!(e.condition, C::BadNamespacePrefix);
+}
+
+#[test]
+fn content_namespace_checks() {
+    // Declared default namespace is for s2s, on a c2s stream.
+    let e = error_of(
+        b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
+    assert_eq!(e.condition, C::InvalidNamespace);
+    // Declared with references, still recognised.
+    let (_, err) = run(
+        b"<stream:stream xmlns='jabber&#x3a;client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
+    assert_eq!(err, None);
+    // No default namespace: stanzas land in no namespace.
+    let bare = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+    let (events, err) = run(bare);
+    assert_eq!((events.len(), err), (1, None));
+    let mut input = bare.to_vec();
+    input.extend_from_slice(b"<message/>");
+    assert_eq!(error_of(&input).condition, C::InvalidNamespace);
+    // A stanza re-declaring another content namespace.
+    let e = error_of(&in_stream("<iq xmlns='jabber:server' type='get' id='1'/>"));
+    assert_eq!(e.condition, C::InvalidNamespace);
+    let e = error_of(&in_stream("<foo xmlns=''/>"));
+    assert_eq!(e.condition, C::InvalidNamespace);
+    // Nonzas in their own namespaces are fine; so are unknown ones, which
+    // the negotiation layer answers.
+    let (events, err) = run(&in_stream(
+        "<r xmlns='urn:xmpp:sm:3'/><z xmlns='urn:unknown'/>",
+    ));
+    assert_eq!((stanzas(&events).len(), err), (2, None));
+    // Children may be in any namespace, including none.
+    let (_, err) = run(&in_stream("<message><x xmlns=''/></message>"));
+    assert_eq!(err, None);
+}
+
+#[test]
+fn s2s_framer_uses_its_content_namespace() {
+    let mut f = Framer::new(Limits::default(), ns::SERVER);
+    let input =
+        b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>\
+        <message from='a@b' to='c@d'/>";
+    let (events, err) = run_chunks(&mut f, [&input[..]]);
+    assert_eq!(err, None);
+    let StreamEvent::Stanza(m) = &events[1] else {
+        panic!()
+    };
+    assert!(m.is("message", ns::SERVER));
+    let mut f = Framer::new(Limits::default(), ns::SERVER);
+    let (_, err) = run_chunks(&mut f, [&in_stream("")[..]]);
+    assert_eq!(err.unwrap().condition, C::InvalidNamespace);
+}
+
+#[test]
+fn doctype_is_restricted() {
+    let e = error_of(b"<?xml version='1.0'?><!DOCTYPE stream:stream><stream:stream>");
+    assert_eq!(e.condition, C::RestrictedXml);
+    let e = error_of(b"<!DOCTYPE x [<!ENTITY a 'b'>]><stream:stream>");
+    assert_eq!(e.condition, C::RestrictedXml);
+    assert_eq!(
+        error_of(&in_stream("<!DOCTYPE x>")).condition,
+        C::RestrictedXml
+    );
+}
+
+#[test]
+fn entity_declaration_is_restricted() {
+    let e = error_of(&in_stream("<message><!ENTITY lol 'lol'></message>"));
+    assert_eq!(e.condition, C::RestrictedXml);
+}
+
+#[test]
+fn undeclared_entity_is_restricted() {
+    let e = error_of(&in_stream("<message><body>&foo;</body></message>"));
+    assert_eq!(e.condition, C::RestrictedXml);
+    let e = error_of(&in_stream("<message to='&foo;'/>"));
+    assert_eq!(e.condition, C::RestrictedXml);
+}
+
+#[test]
+fn processing_instructions_are_restricted() {
+    assert_eq!(
+        error_of(&in_stream("<?pi data?>")).condition,
+        C::RestrictedXml
+    );
+    assert_eq!(
+        error_of(&in_stream("<message><?pi?></message>")).condition,
+        C::RestrictedXml
+    );
+    assert_eq!(
+        error_of(b"<?pi?><stream:stream>").condition,
+        C::RestrictedXml
+    );
+    // An XML declaration anywhere but the very start is a PI too.
+    let e = error_of(&in_stream("<?xml version='1.0'?>"));
+    assert_eq!(e.condition, C::RestrictedXml);
+    // Before the root, rxml calls a misplaced declaration a syntax error;
+    // it is one (XML 1.0 §2.8), so not-well-formed is right too.
+    assert_eq!(
+        error_of(b" <?xml version='1.0'?>").condition,
+        C::NotWellFormed
+    );
+}
+
+#[test]
+fn comments_are_restricted() {
+    assert_eq!(
+        error_of(&in_stream("<!-- c -->")).condition,
+        C::RestrictedXml
+    );
+    let e = error_of(&in_stream("<message><!-- c --></message>"));
+    assert_eq!(e.condition, C::RestrictedXml);
+}
+
+#[test]
+fn unbound_prefix() {
+    let e = error_of(&in_stream("<foo:message/>"));
+    assert_eq!(e.condition, C::BadNamespacePrefix);
+    let e = error_of(&in_stream("<message foo:bar='1'/>"));
+    assert_eq!(e.condition, C::BadNamespacePrefix);
+    let e = error_of(b"<stream:stream xmlns='jabber:client'>");
+    assert_eq!(e.condition, C::BadNamespacePrefix);
+}
+
+#[test]
+fn invalid_utf8_is_not_well_formed() {
+    let mut input = in_stream("<message><body>");
+    input.extend_from_slice(&[0xC3, 0x28]);
+    input.extend_from_slice(b"</body></message>");
+    assert_eq!(error_of(&input).condition, C::NotWellFormed);
+}
+
+#[test]
+fn other_well_formedness_errors() {
+    for bad in [
+        "<message></presence>",
+        "<message a='1' a='2'/>",
+        "<message><</message>",
+        "<message>\u{1}</message>",
+        "</foo>",
+    ] {
+        assert_eq!(
+            error_of(&in_stream(bad)).condition,
+            C::NotWellFormed,
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn non_utf8_encoding_declaration() {
+    let e = error_of(b"<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>");
+    assert_eq!(e.condition, C::UnsupportedEncoding);
+}
+
+fn small() -> Limits {
+    Limits {
+        max_stanza_bytes: 256,
+        max_depth: 4,
+        max_attrs: 3,
+    }
+}
+
+#[test]
+fn oversized_stanza() {
+    let body = "x".repeat(1000);
+    let e = error_with(
+        small(),
+        &in_stream(&format!("<message><body>{body}</body></message>")),
+    );
+    assert_eq!(e.condition, C::PolicyViolation);
+    // Just under the limit is fine, even many of them in one read.
+    let ok = format!("<message><body>{}</body></message>", "x".repeat(200));
+    let (events, err) = run_with(small(), &in_stream(&ok.repeat(10)));
+    assert_eq!((stanzas(&events).len(), err), (10, None));
+}
+
+#[test]
+fn oversized_start_tag_fails_before_it_ends() {
+    let mut f = Framer::new(small(), ns::CLIENT);
+    let (_, err) = run_chunks(&mut f, [&in_stream("<message")[..]]);
+    assert_eq!(err, None);
+    let mut fed = "<message".len();
+    let err = loop {
+        let (events, err) = run_chunks(&mut f, [&b" a='1'"[..]]);
+        assert!(events.is_empty());
+        fed += 6;
+        if let Some(e) = err {
+            break e;
+        }
+        assert!(fed <= 256, "still buffering after {fed} bytes");
+    };
+    assert_eq!(err.condition, C::PolicyViolation);
+    // One huge attribute value trips rxml's token limit instead; same answer.
+    let e = error_with(
+        small(),
+        &in_stream(&format!("<message to='{}", "a".repeat(1000))),
+    );
+    assert_eq!(e.condition, C::PolicyViolation);
+    // The default limits use a capped token length; a long value fails too.
+    let e = error_of(&in_stream(&format!(
+        "<message to='{}'/>",
+        "a".repeat(20_000)
+    )));
+    assert_eq!(e.condition, C::PolicyViolation);
+}
+
+#[test]
+fn oversized_header() {
+    let e = error_with(
+        small(),
+        format!("<stream:stream{}", " a='b'".repeat(100)).as_bytes(),
+    );
+    assert_eq!(e.condition, C::PolicyViolation);
+}
+
+#[test]
+fn depth_limit() {
+    // stream (0) > message (1) > a (2) > b (3) > c (4) is the deepest allowed.
+    let (_, err) = run_with(small(), &in_stream("<message><a><b><c/></b></a></message>"));
+    assert_eq!(err, None);
+    let e = error_with(
+        small(),
+        &in_stream("<message><a><b><c><d/></c></b></a></message>"),
+    );
+    assert_eq!(e.condition, C::PolicyViolation);
+}
+
+#[test]
+fn attribute_limit() {
+    let (_, err) = run_with(small(), &in_stream("<message a='1' b='2' c='3'/>"));
+    assert_eq!(err, None);
+    let e = error_with(
+        small(),
+        &in_stream("<message><x a='1' b='2' c='3' d='4'/></message>"),
+    );
+    assert_eq!(e.condition, C::PolicyViolation);
+    // Namespace declarations are not attributes.
+    let (_, err) = run_with(
+        small(),
+        &in_stream("<message xmlns:p='urn:p' xmlns:q='urn:q' a='1' b='2' c='3'/>"),
+    );
+    assert_eq!(err, None);
+}
+
+#[test]
+fn errors_poison_the_framer() {
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    let (_, err) = run_chunks(&mut f, [&in_stream("<!-- -->")[..]]);
+    let err = err.unwrap();
+    f.feed(b"<presence/>");
+    assert_eq!(f.next_event(), Err(err.clone()));
+    assert_eq!(f.next_event(), Err(err));
+}
+
+#[test]
+fn buffered_counts_bytes_after_the_last_event() {
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    let input = in_stream("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    let (events, err) = run_chunks(&mut f, [&input[..]]);
+    assert_eq!((events.len(), err), (2, None));
+    assert_eq!(f.buffered(), 0);
+    // Plaintext injected behind <starttls/> in the same read
+    // (CVE-2011-0411): parsed or not, it must show up here.
+    let injected = b"<iq type='set' id='x'><query xmlns='jabber:iq:roster'/>";
+    f.feed(injected);
+    assert_eq!(f.buffered(), injected.len());
+    assert_eq!(f.next_event(), Ok(None));
+    assert_eq!(f.buffered(), injected.len());
+    f.feed(b"</iq>");
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
+    assert_eq!(f.buffered(), 0);
+    f.feed(b"  ");
+    assert_eq!(f.next_event(), Ok(None));
+    assert_eq!(f.buffered(), 0, "a keepalive is an event");
+}
+
+#[test]
+fn reset_reparses_pipelined_bytes() {
+    // A client that sends its new header right behind the SASL exchange:
+    // the bytes the old parser already consumed belong to the new stream.
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    let input = in_stream(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AA==</auth>{HEADER}<presence/>"
+    ));
+    f.feed(&input);
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+    let Ok(Some(StreamEvent::Stanza(auth))) = f.next_event() else {
+        panic!()
+    };
+    assert!(auth.is("auth", ns::SASL));
+    f.reset();
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+    let Ok(Some(StreamEvent::Stanza(p))) = f.next_event() else {
+        panic!()
+    };
+    assert!(p.is("presence", ns::CLIENT));
+    assert_eq!(f.next_event(), Ok(None));
+}
+
+#[test]
+fn reset_after_old_parser_saw_the_new_header() {
+    // If the caller drains once more before resetting, the old parser reads
+    // the new header as an ordinary child; the reset must still see it.
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    f.feed(&in_stream(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+    ));
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
+    f.feed(&HEADER.as_bytes()[21..]); // without the XML declaration
+    f.feed(b"<presence/>");
+    assert_eq!(f.next_event(), Ok(None));
+    f.reset();
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
+}
+
+#[test]
+fn rxml_error_messages_we_match_on() {
+    // map_error matches rxml's RestrictedXml strings; if rxml rewords
+    // them, this fails instead of the mapping silently degrading.
+    let parse_err = |opts: rxml::Options, input: &[u8]| {
+        let mut p = Parser::with_options(opts);
+        let mut r = input;
+        loop {
+            match p.parse(&mut r, false) {
+                Ok(_) => continue,
+                Err(EndOrError::Error(e)) => return e,
+                Err(EndOrError::NeedMoreData) => panic!("no error"),
+            }
+        }
+    };
+    let short = rxml::Options {
+        max_token_length: 8,
+        ..Default::default()
+    };
+    assert_eq!(
+        parse_err(short, b"<a b='0123456789'/>"),
+        rxml::Error::RestrictedXml("long name or reference")
+    );
+    assert_eq!(
+        parse_err(
+            rxml::Options::default(),
+            b"<?xml version='1.0' encoding='latin1'?>"
+        ),
+        rxml::Error::RestrictedXml("only utf-8 encoding is allowed")
+    );
+}
+
+#[test]
+fn scan_start_tag_reads_default_namespace() {
+    let (q, d) = scan_start_tag(b"\n <stream:stream a=\"x'\" xmlns = 'a&amp;b' b='&#60;'>");
+    assert_eq!((q, d.as_deref()), (&b"stream:stream"[..], Some("a&b")));
+    let (q, d) = scan_start_tag(b"<stream:stream xmlns:stream='s'/>");
+    assert_eq!((q, d), (&b"stream:stream"[..], None));
+    assert_eq!(unescape(b"&lt;&#x41;&#66;&bogus;&"), "<AB&");
+}

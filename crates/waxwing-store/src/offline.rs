@@ -1,0 +1,36 @@
+//! XEP-0160: Best Practices for Handling Offline Messages
+
+use async_trait::async_trait;
+use waxwing_proto::jid::BareJid;
+
+use crate::StoreError;
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineMessage {
+    /// Increases with every push and is never reused, even after deletes,
+    /// so `remove_up_to` can never catch a message that arrived later.
+    pub id: i64,
+    /// Serialized XML, already stamped with `<delay/>` (XEP-0203) by the caller.
+    pub stanza: String,
+}
+
+/// Messages held for users who were offline.
+#[async_trait]
+pub trait OfflineStore: Send + Sync {
+    /// Stores a message. Durable before returning. Returns `Ok(false)`
+    /// without storing when the owner already has `quota` messages; the
+    /// check and the insert are atomic.
+    async fn push(&self, owner: &BareJid, stanza: &str, quota: u32) -> Result<bool, StoreError>;
+
+    /// The owner's messages, oldest first (by id).
+    async fn list(&self, owner: &BareJid) -> Result<Vec<OfflineMessage>, StoreError>;
+
+    /// Deletes messages with `id <= up_to` and returns how many. Called after
+    /// they were handed to a session, so a crash in between redelivers
+    /// rather than loses.
+    async fn remove_up_to(&self, owner: &BareJid, up_to: i64) -> Result<u64, StoreError>;
+
+    /// How many messages the owner has.
+    async fn count(&self, owner: &BareJid) -> Result<u64, StoreError>;
+}

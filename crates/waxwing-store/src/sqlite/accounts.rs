@@ -1,0 +1,198 @@
+use async_trait::async_trait;
+use sqlx::SqliteConnection;
+use waxwing_proto::jid::BareJid;
+
+use super::{SqliteStore, db, jid, unsigned};
+use crate::accounts::normalize_secrets;
+use crate::{AccountStore, StoreError, StoredSecret};
+
+async fn insert_secrets(
+    conn: &mut SqliteConnection,
+    user: &str,
+    secrets: &[StoredSecret],
+) -> Result<(), StoreError> {
+    for s in normalize_secrets(secrets) {
+        sqlx::query(
+            "INSERT INTO account_secrets (jid, mechanism, salt, iterations, stored_key, server_key) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(user)
+        .bind(&s.mechanism)
+        .bind(&s.salt)
+        .bind(i64::from(s.iterations))
+        .bind(&s.stored_key)
+        .bind(&s.server_key)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
+    async fn create(&self, user: &BareJid, secrets: &[StoredSecret]) -> Result<(), StoreError> {
+        let key = user.to_string();
+        let mut tx = self.write_tx().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (jid, domain) VALUES ($1, $2) ON CONFLICT (jid) DO NOTHING",
+        )
+        .bind(&key)
+        .bind(user.domain())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        insert_secrets(&mut tx, &key, secrets).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn secrets(&self, user: &BareJid) -> Result<Option<Vec<StoredSecret>>, StoreError> {
+        let key = user.to_string();
+        // One read transaction, so a concurrent set_secrets is seen whole or not at all.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE jid = $1")
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows: Vec<(String, Vec<u8>, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT mechanism, salt, iterations, stored_key, server_key \
+             FROM account_secrets WHERE jid = $1 ORDER BY mechanism",
+        )
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows.into_iter()
+            .map(|(mechanism, salt, iterations, stored_key, server_key)| {
+                Ok(StoredSecret {
+                    iterations: u32::try_from(iterations).map_err(|_| {
+                        StoreError::Corrupt(format!("SCRAM iteration count {iterations}"))
+                    })?,
+                    mechanism,
+                    salt,
+                    stored_key,
+                    server_key,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    async fn set_secrets(
+        &self,
+        user: &BareJid,
+        secrets: &[StoredSecret],
+    ) -> Result<(), StoreError> {
+        let key = user.to_string();
+        let mut tx = self.write_tx().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE jid = $1")
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query("DELETE FROM account_secrets WHERE jid = $1")
+            .bind(&key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        insert_secrets(&mut tx, &key, secrets).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn delete(&self, user: &BareJid) -> Result<(), StoreError> {
+        let key = user.to_string();
+        let mut tx = self.write_tx().await?;
+        // Secrets go with the account (ON DELETE CASCADE).
+        let deleted = sqlx::query("DELETE FROM accounts WHERE jid = $1")
+            .bind(&key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let had_visible: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM roster_items WHERE owner = $1 AND in_roster)",
+        )
+        .bind(&key)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        // Groups go with their items (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM roster_items WHERE owner = $1")
+            .bind(&key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if had_visible {
+            super::roster::bump_version(&mut tx, &key).await?;
+        }
+        sqlx::query("DELETE FROM offline_messages WHERE owner = $1")
+            .bind(&key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn exists(&self, user: &BareJid) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE jid = $1)")
+            .bind(user.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn list(&self, domain: Option<&str>) -> Result<Vec<BareJid>, StoreError> {
+        let rows: Vec<String> = match domain {
+            Some(d) => {
+                sqlx::query_scalar("SELECT jid FROM accounts WHERE domain = $1")
+                    .bind(d)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query_scalar("SELECT jid FROM accounts")
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(db)?;
+        // Sorted by BareJid's Ord, not by string collation, so that every
+        // backend returns the same order.
+        let mut jids = rows.iter().map(|s| jid(s)).collect::<Result<Vec<_>, _>>()?;
+        jids.sort();
+        Ok(jids)
+    }
+
+    async fn count(&self, domain: Option<&str>) -> Result<u64, StoreError> {
+        let n: i64 = match domain {
+            Some(d) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE domain = $1")
+                    .bind(d)
+                    .fetch_one(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+                    .fetch_one(&self.pool)
+                    .await
+            }
+        }
+        .map_err(db)?;
+        unsigned(n, "account count")
+    }
+}

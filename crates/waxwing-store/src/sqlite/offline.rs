@@ -1,0 +1,59 @@
+use async_trait::async_trait;
+use waxwing_proto::jid::BareJid;
+
+use super::{SqliteStore, db, unsigned};
+use crate::{OfflineMessage, OfflineStore, StoreError};
+
+#[async_trait]
+impl OfflineStore for SqliteStore {
+    async fn push(&self, owner: &BareJid, stanza: &str, quota: u32) -> Result<bool, StoreError> {
+        // One statement, so the count and the insert are atomic: SQLite takes
+        // the write lock before it reads. (PostgreSQL under READ COMMITTED
+        // would need a per-owner lock around the same statement.)
+        let inserted = sqlx::query(
+            "INSERT INTO offline_messages (owner, stanza) \
+             SELECT $1, $2 \
+             WHERE (SELECT COUNT(*) FROM offline_messages WHERE owner = $1) < $3",
+        )
+        .bind(owner.to_string())
+        .bind(stanza)
+        .bind(i64::from(quota))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn list(&self, owner: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, stanza FROM offline_messages WHERE owner = $1 ORDER BY id")
+                .bind(owner.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, stanza)| OfflineMessage { id, stanza })
+            .collect())
+    }
+
+    async fn remove_up_to(&self, owner: &BareJid, up_to: i64) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM offline_messages WHERE owner = $1 AND id <= $2")
+            .bind(owner.to_string())
+            .bind(up_to)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(result.rows_affected())
+    }
+
+    async fn count(&self, owner: &BareJid) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE owner = $1")
+            .bind(owner.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        unsigned(n, "offline message count")
+    }
+}

@@ -1,0 +1,282 @@
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::SqliteConnection;
+use waxwing_proto::jid::BareJid;
+
+use super::{SqliteStore, db, jid, unsigned};
+use crate::roster::{normalize_groups, visible_change};
+use crate::{RosterItem, RosterStore, StoreError, Subscription};
+
+/// `(other, name, subscription, ask, pending_in, pending_in_stanza, approved, in_roster)`,
+/// where `other` is the contact or the owner depending on the query.
+type Row = (
+    String,
+    Option<String>,
+    String,
+    bool,
+    bool,
+    Option<String>,
+    bool,
+    bool,
+);
+
+/// The columns after the first in a [`Row`], as a literal so that `concat!`
+/// keeps every statement a `&'static str`.
+macro_rules! item_columns {
+    () => {
+        "name, subscription, ask, pending_in, pending_in_stanza, approved, in_roster"
+    };
+}
+
+fn decode(row: Row, contact: BareJid, groups: Vec<String>) -> Result<RosterItem, StoreError> {
+    let (_, name, subscription, ask, pending_in, pending_in_stanza, approved, in_roster) = row;
+    Ok(RosterItem {
+        contact,
+        name,
+        groups,
+        subscription: Subscription::parse(&subscription)
+            .ok_or_else(|| StoreError::Corrupt(format!("roster subscription {subscription:?}")))?,
+        ask,
+        pending_in,
+        pending_in_stanza,
+        approved,
+        in_roster,
+    })
+}
+
+/// Groups by the key column of `(key, group)` rows, keeping row order.
+fn group_map(rows: Vec<(String, String)>) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, group) in rows {
+        map.entry(key).or_default().push(group);
+    }
+    map
+}
+
+async fn fetch_item(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    contact: &BareJid,
+) -> Result<Option<RosterItem>, StoreError> {
+    let key = contact.to_string();
+    let row: Option<Row> = sqlx::query_as(concat!(
+        "SELECT contact, ",
+        item_columns!(),
+        " FROM roster_items WHERE owner = $1 AND contact = $2"
+    ))
+    .bind(owner)
+    .bind(&key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    let Some(row) = row else { return Ok(None) };
+    let groups: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM roster_groups WHERE owner = $1 AND contact = $2 ORDER BY position",
+    )
+    .bind(owner)
+    .bind(&key)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    decode(row, contact.clone(), groups).map(Some)
+}
+
+/// Bumps the owner's roster version inside the caller's transaction.
+pub(super) async fn bump_version(
+    conn: &mut SqliteConnection,
+    owner: &str,
+) -> Result<u64, StoreError> {
+    let v: i64 = sqlx::query_scalar(
+        "INSERT INTO roster_versions (owner, version) VALUES ($1, 1) \
+         ON CONFLICT (owner) DO UPDATE SET version = roster_versions.version + 1 \
+         RETURNING version",
+    )
+    .bind(owner)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    unsigned(v, "roster version")
+}
+
+async fn current_version(conn: &mut SqliteConnection, owner: &str) -> Result<u64, StoreError> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT version FROM roster_versions WHERE owner = $1")
+        .bind(owner)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    unsigned(v.unwrap_or(0), "roster version")
+}
+
+#[async_trait]
+impl RosterStore for SqliteStore {
+    async fn items(&self, owner: &BareJid) -> Result<Vec<RosterItem>, StoreError> {
+        let key = owner.to_string();
+        // One read transaction: rows and groups from the same snapshot.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows: Vec<Row> = sqlx::query_as(concat!(
+            "SELECT contact, ",
+            item_columns!(),
+            " FROM roster_items WHERE owner = $1"
+        ))
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let groups: Vec<(String, String)> = sqlx::query_as(
+            "SELECT contact, name FROM roster_groups WHERE owner = $1 ORDER BY contact, position",
+        )
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+
+        let mut groups = group_map(groups);
+        let mut items = rows
+            .into_iter()
+            .map(|row| {
+                let contact = jid(&row.0)?;
+                let g = groups.remove(&row.0).unwrap_or_default();
+                decode(row, contact, g)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // BareJid's Ord rather than SQL collation: the same order on every backend.
+        items.sort_by(|a, b| a.contact.cmp(&b.contact));
+        Ok(items)
+    }
+
+    async fn get(
+        &self,
+        owner: &BareJid,
+        contact: &BareJid,
+    ) -> Result<Option<RosterItem>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let item = fetch_item(&mut tx, &owner.to_string(), contact).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(item)
+    }
+
+    async fn put(&self, owner: &BareJid, item: &RosterItem) -> Result<u64, StoreError> {
+        let owner = owner.to_string();
+        let contact = item.contact.to_string();
+        let mut new = item.clone();
+        new.groups = normalize_groups(&item.groups);
+
+        let mut tx = self.write_tx().await?;
+        let old = fetch_item(&mut tx, &owner, &item.contact).await?;
+        // An upsert, not INSERT OR REPLACE: REPLACE deletes the row first,
+        // which would cascade to its groups.
+        sqlx::query(
+            "INSERT INTO roster_items \
+               (owner, contact, name, subscription, ask, pending_in, pending_in_stanza, approved, in_roster) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (owner, contact) DO UPDATE SET \
+               name = excluded.name, subscription = excluded.subscription, ask = excluded.ask, \
+               pending_in = excluded.pending_in, pending_in_stanza = excluded.pending_in_stanza, \
+               approved = excluded.approved, in_roster = excluded.in_roster",
+        )
+        .bind(&owner)
+        .bind(&contact)
+        .bind(&new.name)
+        .bind(new.subscription.as_str())
+        .bind(new.ask)
+        .bind(new.pending_in)
+        .bind(&new.pending_in_stanza)
+        .bind(new.approved)
+        .bind(new.in_roster)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+
+        if old.as_ref().map(|o| &o.groups) != Some(&new.groups) {
+            sqlx::query("DELETE FROM roster_groups WHERE owner = $1 AND contact = $2")
+                .bind(&owner)
+                .bind(&contact)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            for (position, group) in new.groups.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO roster_groups (owner, contact, position, name) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&owner)
+                .bind(&contact)
+                .bind(position as i64)
+                .bind(group)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+        }
+
+        let version = if visible_change(old.as_ref(), Some(&new)) {
+            bump_version(&mut tx, &owner).await?
+        } else {
+            current_version(&mut tx, &owner).await?
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(version)
+    }
+
+    async fn remove(&self, owner: &BareJid, contact: &BareJid) -> Result<u64, StoreError> {
+        let owner = owner.to_string();
+        let mut tx = self.write_tx().await?;
+        // Groups go with the row (ON DELETE CASCADE).
+        let was_visible: Option<bool> = sqlx::query_scalar(
+            "DELETE FROM roster_items WHERE owner = $1 AND contact = $2 RETURNING in_roster",
+        )
+        .bind(&owner)
+        .bind(contact.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let version = if was_visible == Some(true) {
+            bump_version(&mut tx, &owner).await?
+        } else {
+            current_version(&mut tx, &owner).await?
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(version)
+    }
+
+    async fn version(&self, owner: &BareJid) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        current_version(&mut conn, &owner.to_string()).await
+    }
+
+    async fn owners_of(&self, contact: &BareJid) -> Result<Vec<(BareJid, RosterItem)>, StoreError> {
+        let key = contact.to_string();
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows: Vec<Row> = sqlx::query_as(concat!(
+            "SELECT owner, ",
+            item_columns!(),
+            " FROM roster_items WHERE contact = $1"
+        ))
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let groups: Vec<(String, String)> = sqlx::query_as(
+            "SELECT owner, name FROM roster_groups WHERE contact = $1 ORDER BY owner, position",
+        )
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+
+        let mut groups = group_map(groups);
+        let mut out = rows
+            .into_iter()
+            .map(|row| {
+                let owner = jid(&row.0)?;
+                let g = groups.remove(&row.0).unwrap_or_default();
+                Ok((owner, decode(row, contact.clone(), g)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}

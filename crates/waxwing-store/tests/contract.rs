@@ -1,0 +1,569 @@
+//! One contract per store trait, run against every backend: the in-memory
+//! stores, an SQLite file, and SQLite in memory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use waxwing_proto::jid::BareJid;
+use waxwing_store::{
+    OfflineMessage, RosterItem, StoreError, StoredSecret, Stores, Subscription, memory, open,
+};
+
+fn j(s: &str) -> BareJid {
+    BareJid::parse(s).unwrap()
+}
+
+fn secret(mechanism: &str, seed: u8) -> StoredSecret {
+    StoredSecret {
+        mechanism: mechanism.into(),
+        salt: vec![seed; 16],
+        iterations: 4096 + u32::from(seed),
+        stored_key: vec![seed.wrapping_add(1); 32],
+        server_key: vec![seed.wrapping_add(2); 32],
+    }
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    // A parent directory that does not exist yet: open() must create it.
+    format!("sqlite://{}", dir.join("nested/dir/waxwing.db").display())
+}
+
+// ---------------------------------------------------------------- accounts
+
+async fn accounts_contract(s: &Stores) {
+    let a = &s.accounts;
+    let romeo = j("romeo@montague.example");
+    let juliet = j("juliet@capulet.example");
+    let tybalt = j("tybalt@capulet.example");
+
+    assert_eq!(a.exists(&romeo).await, Ok(false));
+    assert_eq!(a.secrets(&romeo).await, Ok(None));
+    assert_eq!(a.count(None).await, Ok(0));
+    assert_eq!(a.list(None).await, Ok(vec![]));
+
+    let both = [secret("SCRAM-SHA-256", 1), secret("SCRAM-SHA-1", 2)];
+    a.create(&romeo, &both).await.unwrap();
+    assert_eq!(a.create(&romeo, &[]).await, Err(StoreError::AlreadyExists));
+    assert_eq!(a.exists(&romeo).await, Ok(true));
+    // Sorted by mechanism, whatever the input order.
+    assert_eq!(
+        a.secrets(&romeo).await,
+        Ok(Some(vec![
+            secret("SCRAM-SHA-1", 2),
+            secret("SCRAM-SHA-256", 1)
+        ]))
+    );
+    // The failed create did not touch the existing secrets.
+    assert_eq!(a.secrets(&romeo).await.unwrap().unwrap().len(), 2);
+
+    // An account without secrets (e.g. certificate-only) exists, with an empty list.
+    a.create(&tybalt, &[]).await.unwrap();
+    assert_eq!(a.secrets(&tybalt).await, Ok(Some(vec![])));
+    a.create(&juliet, &[secret("SCRAM-SHA-1", 3)])
+        .await
+        .unwrap();
+
+    // set_secrets replaces the whole set; repeated mechanisms: last wins.
+    a.set_secrets(
+        &romeo,
+        &[secret("SCRAM-SHA-256", 7), secret("SCRAM-SHA-256", 8)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.secrets(&romeo).await,
+        Ok(Some(vec![secret("SCRAM-SHA-256", 8)]))
+    );
+    assert_eq!(
+        a.set_secrets(&j("nobody@montague.example"), &both).await,
+        Err(StoreError::NotFound)
+    );
+
+    // Listing and counting, sorted by BareJid, filtered by domain.
+    assert_eq!(
+        a.list(None).await,
+        Ok(vec![juliet.clone(), romeo.clone(), tybalt.clone()])
+    );
+    assert_eq!(
+        a.list(Some("capulet.example")).await,
+        Ok(vec![juliet.clone(), tybalt.clone()])
+    );
+    assert_eq!(a.list(Some("nowhere.example")).await, Ok(vec![]));
+    assert_eq!(a.count(None).await, Ok(3));
+    assert_eq!(a.count(Some("capulet.example")).await, Ok(2));
+    assert_eq!(a.count(Some("montague.example")).await, Ok(1));
+
+    // Delete.
+    a.delete(&tybalt).await.unwrap();
+    assert_eq!(a.delete(&tybalt).await, Err(StoreError::NotFound));
+    assert_eq!(a.exists(&tybalt).await, Ok(false));
+    assert_eq!(a.secrets(&tybalt).await, Ok(None));
+    assert_eq!(a.count(Some("capulet.example")).await, Ok(1));
+    // Recreated from scratch: no secrets left over.
+    a.create(&tybalt, &[]).await.unwrap();
+    assert_eq!(a.secrets(&tybalt).await, Ok(Some(vec![])));
+
+    cascade_delete(s).await;
+}
+
+/// Deleting an account removes its roster and offline messages, keeps other
+/// users' rows that name it, and never lets its roster version go back.
+async fn cascade_delete(s: &Stores) {
+    let mercutio = j("mercutio@verona.example");
+    let benvolio = j("benvolio@verona.example");
+    s.accounts
+        .create(&mercutio, &[secret("SCRAM-SHA-1", 9)])
+        .await
+        .unwrap();
+    s.accounts.create(&benvolio, &[]).await.unwrap();
+
+    s.roster
+        .put(&mercutio, &RosterItem::new(benvolio.clone()))
+        .await
+        .unwrap();
+    let v = s
+        .roster
+        .put(&mercutio, &RosterItem::new(j("romeo@montague.example")))
+        .await
+        .unwrap();
+    s.roster
+        .put(&benvolio, &RosterItem::new(mercutio.clone()))
+        .await
+        .unwrap();
+    assert!(s.offline.push(&mercutio, "<message/>", 10).await.unwrap());
+    assert!(s.offline.push(&benvolio, "<message/>", 10).await.unwrap());
+
+    s.accounts.delete(&mercutio).await.unwrap();
+    assert_eq!(s.roster.items(&mercutio).await, Ok(vec![]));
+    assert_eq!(s.offline.count(&mercutio).await, Ok(0));
+    assert!(s.roster.version(&mercutio).await.unwrap() > v);
+    // Benvolio's data is untouched, including his row for Mercutio.
+    assert_eq!(s.offline.count(&benvolio).await, Ok(1));
+    let owners = s.roster.owners_of(&mercutio).await.unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].0, benvolio);
+
+    // A recreated account starts with an empty roster and a version no
+    // client can have cached.
+    s.accounts.create(&mercutio, &[]).await.unwrap();
+    assert_eq!(s.roster.items(&mercutio).await, Ok(vec![]));
+    assert!(s.roster.version(&mercutio).await.unwrap() > v);
+}
+
+// ------------------------------------------------------------------ roster
+
+async fn roster_contract(s: &Stores) {
+    let r = &s.roster;
+    let romeo = j("romeo@montague.example");
+    let juliet = j("juliet@capulet.example");
+    let nurse = j("nurse@capulet.example");
+    let benvolio = j("benvolio@montague.example");
+
+    assert_eq!(r.version(&romeo).await, Ok(0));
+    assert_eq!(r.items(&romeo).await, Ok(vec![]));
+    assert_eq!(r.get(&romeo, &juliet).await, Ok(None));
+    assert_eq!(r.remove(&romeo, &juliet).await, Ok(0));
+
+    // An invisible row (pending-in only) does not bump the version.
+    let mut pending = RosterItem::new(juliet.clone());
+    pending.in_roster = false;
+    pending.pending_in = true;
+    pending.pending_in_stanza = Some("<presence type='subscribe'/>".into());
+    assert_eq!(r.put(&romeo, &pending).await, Ok(0));
+    assert_eq!(r.get(&romeo, &juliet).await, Ok(Some(pending.clone())));
+    // Changing invisible fields of an invisible row: still no bump.
+    pending.approved = true;
+    pending.name = Some("hidden name".into());
+    assert_eq!(r.put(&romeo, &pending).await, Ok(0));
+
+    // Becoming visible bumps.
+    let mut item = pending.clone();
+    item.in_roster = true;
+    item.name = Some("Juliet".into());
+    item.groups = vec!["Lovers".into(), "Capulets".into(), "Lovers".into()];
+    item.subscription = Subscription::To;
+    let v1 = r.put(&romeo, &item).await.unwrap();
+    assert_eq!(v1, 1);
+    let stored = r.get(&romeo, &juliet).await.unwrap().unwrap();
+    // Groups keep their order, without the repeat.
+    assert_eq!(
+        stored.groups,
+        vec!["Lovers".to_string(), "Capulets".to_string()]
+    );
+    assert_eq!(stored.subscription, Subscription::To);
+    assert_eq!(stored.pending_in_stanza, item.pending_in_stanza);
+    assert!(stored.approved && stored.pending_in && stored.in_roster);
+
+    // Writing the same visible state again: no bump.
+    assert_eq!(r.put(&romeo, &stored).await, Ok(v1));
+    // Invisible fields of a visible row: no bump, but stored.
+    let mut answered = stored.clone();
+    answered.pending_in = false;
+    answered.pending_in_stanza = None;
+    answered.approved = false;
+    assert_eq!(r.put(&romeo, &answered).await, Ok(v1));
+    assert_eq!(r.get(&romeo, &juliet).await, Ok(Some(answered.clone())));
+
+    // Each visible field bumps, monotonically.
+    let mut last = v1;
+    let changes: [fn(&mut RosterItem); 5] = [
+        |i| i.name = Some("J.".into()),
+        |i| i.name = None,
+        |i| i.groups = vec!["Capulets".into(), "Lovers".into()], // order is visible
+        |i| i.subscription = Subscription::Both,
+        |i| i.ask = true,
+    ];
+    let mut cur = answered.clone();
+    for change in changes {
+        change(&mut cur);
+        let v = r.put(&romeo, &cur).await.unwrap();
+        assert_eq!(v, last + 1);
+        last = v;
+        assert_eq!(r.get(&romeo, &juliet).await, Ok(Some(cur.clone())));
+    }
+    cur.groups.clear();
+    last = r.put(&romeo, &cur).await.unwrap();
+    assert_eq!(
+        r.get(&romeo, &juliet).await.unwrap().unwrap().groups,
+        Vec::<String>::new()
+    );
+
+    // Ceasing to be visible bumps; the row stays for get/items.
+    cur.in_roster = false;
+    let v = r.put(&romeo, &cur).await.unwrap();
+    assert_eq!(v, last + 1);
+    last = v;
+    assert_eq!(r.items(&romeo).await.unwrap().len(), 1);
+
+    // Ordering: items sorted by contact, whatever the insertion order.
+    cur.in_roster = true;
+    last = r.put(&romeo, &cur).await.unwrap().max(last);
+    for (contact, group) in [(&nurse, "Staff"), (&benvolio, "Cousins")] {
+        let mut i = RosterItem::new(contact.clone());
+        i.groups = vec![group.into()];
+        let v = r.put(&romeo, &i).await.unwrap();
+        assert!(v > last);
+        last = v;
+    }
+    let items = r.items(&romeo).await.unwrap();
+    let mut contacts: Vec<BareJid> = items.iter().map(|i| i.contact.clone()).collect();
+    let mut sorted = contacts.clone();
+    sorted.sort();
+    assert_eq!(contacts, sorted);
+    contacts.sort();
+    assert_eq!(
+        contacts,
+        vec![benvolio.clone(), juliet.clone(), nurse.clone()]
+    );
+    // Groups belong to the right rows.
+    for i in &items {
+        let want: Vec<String> = if i.contact == nurse {
+            vec!["Staff".into()]
+        } else if i.contact == benvolio {
+            vec!["Cousins".into()]
+        } else {
+            vec![]
+        };
+        assert_eq!(i.groups, want, "{}", i.contact);
+    }
+    assert_eq!(r.version(&romeo).await, Ok(last));
+
+    // Remove: a visible row bumps, a missing row does not.
+    let v = r.remove(&romeo, &nurse).await.unwrap();
+    assert_eq!(v, last + 1);
+    assert_eq!(r.get(&romeo, &nurse).await, Ok(None));
+    assert_eq!(r.remove(&romeo, &nurse).await, Ok(v));
+    // Re-adding a removed contact starts with no stale groups.
+    let v = r
+        .put(&romeo, &RosterItem::new(nurse.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get(&romeo, &nurse).await.unwrap().unwrap().groups,
+        Vec::<String>::new()
+    );
+    // An invisible row's removal does not bump.
+    let mut hidden = RosterItem::new(j("paris@verona.example"));
+    hidden.in_roster = false;
+    assert_eq!(r.put(&romeo, &hidden).await, Ok(v));
+    assert_eq!(r.remove(&romeo, &hidden.contact).await, Ok(v));
+    assert_eq!(r.version(&romeo).await, Ok(v));
+
+    // Rosters are per owner; versions too.
+    assert_eq!(r.version(&juliet).await, Ok(0));
+    let mut back = RosterItem::new(romeo.clone());
+    back.subscription = Subscription::From;
+    back.groups = vec!["Montagues".into()];
+    assert_eq!(r.put(&juliet, &back).await, Ok(1));
+    assert_eq!(r.version(&romeo).await, Ok(v));
+    assert_eq!(r.items(&juliet).await, Ok(vec![back.clone()]));
+
+    // owners_of: every row naming the contact, with its owner, sorted by owner.
+    let mut from_nurse = RosterItem::new(romeo.clone());
+    from_nurse.in_roster = false;
+    from_nurse.pending_in = true;
+    r.put(&nurse, &from_nurse).await.unwrap();
+    let owners = r.owners_of(&romeo).await.unwrap();
+    assert_eq!(
+        owners,
+        vec![(juliet.clone(), back), (nurse.clone(), from_nurse)]
+    );
+    assert_eq!(r.owners_of(&j("nobody@verona.example")).await, Ok(vec![]));
+
+    concurrent_puts_each_get_a_version(s).await;
+}
+
+/// Concurrent visible changes to one roster each get their own version: no
+/// bump is lost and none is handed out twice.
+async fn concurrent_puts_each_get_a_version(s: &Stores) {
+    let owner = j("capulet@capulet.example");
+    let start = s.roster.version(&owner).await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let roster = Arc::clone(&s.roster);
+        let owner = owner.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut item = RosterItem::new(j(&format!("guest{n}@verona.example")));
+            item.groups = vec![format!("table {}", n % 3)];
+            roster.put(&owner, &item).await.unwrap()
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.unwrap());
+    }
+    versions.sort();
+    assert_eq!(versions, (start + 1..=start + 20).collect::<Vec<_>>());
+    assert_eq!(s.roster.version(&owner).await, Ok(start + 20));
+    assert_eq!(s.roster.items(&owner).await.unwrap().len(), 20);
+}
+
+// ----------------------------------------------------------------- offline
+
+async fn offline_contract(s: &Stores) {
+    let o = &s.offline;
+    let romeo = j("romeo@montague.example");
+    let juliet = j("juliet@capulet.example");
+
+    assert_eq!(o.count(&romeo).await, Ok(0));
+    assert_eq!(o.list(&romeo).await, Ok(vec![]));
+    assert_eq!(o.remove_up_to(&romeo, i64::MAX).await, Ok(0));
+    assert_eq!(
+        o.push(&romeo, "<message>zero</message>", 0).await,
+        Ok(false)
+    );
+
+    for n in 0..3 {
+        assert_eq!(
+            o.push(&romeo, &format!("<message>{n}</message>"), 3).await,
+            Ok(true)
+        );
+        assert!(o.push(&juliet, "<message>j</message>", 100).await.unwrap());
+    }
+    // Quota reached: refused, nothing stored.
+    assert_eq!(
+        o.push(&romeo, "<message>over</message>", 3).await,
+        Ok(false)
+    );
+    assert_eq!(o.count(&romeo).await, Ok(3));
+    // A bigger quota lets it in.
+    assert_eq!(o.push(&romeo, "<message>3</message>", 4).await, Ok(true));
+
+    // Oldest first, ids increasing.
+    let list = o.list(&romeo).await.unwrap();
+    let bodies: Vec<&str> = list.iter().map(|m| m.stanza.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "<message>0</message>",
+            "<message>1</message>",
+            "<message>2</message>",
+            "<message>3</message>"
+        ]
+    );
+    assert!(list.windows(2).all(|w| w[0].id < w[1].id));
+
+    // remove_up_to deletes exactly the delivered prefix.
+    assert_eq!(o.remove_up_to(&romeo, list[1].id).await, Ok(2));
+    assert_eq!(o.list(&romeo).await, Ok(list[2..].to_vec()));
+    assert_eq!(o.remove_up_to(&romeo, list[1].id).await, Ok(0));
+    // Other owners are untouched.
+    assert_eq!(o.count(&juliet).await, Ok(3));
+
+    // Ids are never reused, even after everything was removed.
+    let max = list.last().unwrap().id;
+    assert_eq!(o.remove_up_to(&romeo, max).await, Ok(2));
+    assert_eq!(o.count(&romeo).await, Ok(0));
+    assert!(
+        o.push(&romeo, "<message>later</message>", 10)
+            .await
+            .unwrap()
+    );
+    let later: Vec<OfflineMessage> = o.list(&romeo).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert!(later[0].id > max);
+
+    // Stanza text round-trips byte for byte.
+    let tricky = "<message xml:lang='en'><body>ünïcødé 🌹 &amp; \"quotes\" \n\t</body></message>";
+    assert!(o.push(&juliet, tricky, 100).await.unwrap());
+    assert_eq!(
+        o.list(&juliet).await.unwrap().last().unwrap().stanza,
+        tricky
+    );
+
+    quota_is_atomic(s).await;
+}
+
+/// 50 concurrent pushes against a quota of 10 store exactly 10.
+async fn quota_is_atomic(s: &Stores) {
+    let owner = j("rosaline@capulet.example");
+    let mut tasks = Vec::new();
+    for n in 0..50 {
+        let offline = Arc::clone(&s.offline);
+        let owner = owner.clone();
+        tasks.push(tokio::spawn(async move {
+            offline
+                .push(&owner, &format!("<message>{n}</message>"), 10)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 10);
+    assert_eq!(s.offline.count(&owner).await, Ok(10));
+    assert_eq!(s.offline.list(&owner).await.unwrap().len(), 10);
+}
+
+// ---------------------------------------------------------------- backends
+
+macro_rules! contract_tests {
+    ($($name:ident => $contract:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn memory_backend() {
+                $contract(&memory()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite_file() {
+                let dir = tempfile::tempdir().unwrap();
+                $contract(&open(&sqlite_url(dir.path())).await.unwrap()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite_in_memory() {
+                $contract(&open("sqlite::memory:").await.unwrap()).await;
+            }
+        }
+    )*};
+}
+
+contract_tests! {
+    accounts => accounts_contract,
+    roster => roster_contract,
+    offline => offline_contract,
+}
+
+// ------------------------------------------------------- SQLite specifics
+
+/// Data written and acknowledged is there after the stores are dropped and
+/// the file is opened again (as after a restart).
+#[tokio::test]
+async fn sqlite_data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let romeo = j("romeo@montague.example");
+    let juliet = j("juliet@capulet.example");
+
+    let (version, messages) = {
+        let s = open(&url).await.unwrap();
+        s.accounts
+            .create(&romeo, &[secret("SCRAM-SHA-256", 5)])
+            .await
+            .unwrap();
+        let mut item = RosterItem::new(juliet.clone());
+        item.groups = vec!["Lovers".into()];
+        item.subscription = Subscription::Both;
+        let version = s.roster.put(&romeo, &item).await.unwrap();
+        s.offline
+            .push(&romeo, "<message>a</message>", 10)
+            .await
+            .unwrap();
+        s.offline
+            .push(&romeo, "<message>b</message>", 10)
+            .await
+            .unwrap();
+        (version, s.offline.list(&romeo).await.unwrap())
+    };
+
+    let s = open(&url).await.unwrap();
+    assert_eq!(
+        s.accounts.secrets(&romeo).await,
+        Ok(Some(vec![secret("SCRAM-SHA-256", 5)]))
+    );
+    assert_eq!(s.roster.version(&romeo).await, Ok(version));
+    let items = s.roster.items(&romeo).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].groups, vec!["Lovers".to_string()]);
+    assert_eq!(items[0].subscription, Subscription::Both);
+    assert_eq!(s.offline.list(&romeo).await, Ok(messages.clone()));
+    // Ids keep increasing across restarts.
+    s.offline
+        .push(&romeo, "<message>c</message>", 10)
+        .await
+        .unwrap();
+    assert!(s.offline.list(&romeo).await.unwrap()[2].id > messages[1].id);
+}
+
+/// Opening twice (a restart) does not re-run or trip over migrations, and
+/// two handles to one file see each other's writes.
+#[tokio::test]
+async fn sqlite_reopen_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let a = open(&url).await.unwrap();
+    let b = open(&url).await.unwrap();
+    a.accounts
+        .create(&j("romeo@montague.example"), &[])
+        .await
+        .unwrap();
+    assert_eq!(b.accounts.count(None).await, Ok(1));
+}
+
+#[tokio::test]
+async fn sqlite_memory_databases_are_separate() {
+    let a = open("sqlite::memory:").await.unwrap();
+    let b = open("sqlite::memory:").await.unwrap();
+    a.accounts
+        .create(&j("romeo@montague.example"), &[])
+        .await
+        .unwrap();
+    assert_eq!(b.accounts.count(None).await, Ok(0));
+}
+
+#[tokio::test]
+async fn unknown_scheme_is_refused_without_echoing_the_url() {
+    let err = open("postgres://user:hunter2@db/waxwing")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)));
+    assert!(!err.to_string().contains("hunter2"));
+}
+
+#[tokio::test]
+async fn memory_clones_share_data() {
+    let s = memory();
+    let t = s.clone();
+    s.accounts
+        .create(&j("romeo@montague.example"), &[])
+        .await
+        .unwrap();
+    assert_eq!(t.accounts.count(None).await, Ok(1));
+}

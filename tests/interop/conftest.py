@@ -1,0 +1,104 @@
+"""Fixtures for the black-box interop suite.
+
+- ``server``: factory ``server(overrides=None, users=None)`` that starts the
+  subject (the real ``waxwing`` binary by default) on ephemeral loopback ports
+  with its own data directory, and stops it (SIGTERM, then SIGKILL) after the
+  test.
+- ``xmpp``: a ``wxtest.client.ClientPool``; ``await xmpp.login(srv, jid, pw)``
+  gives a logged-in slixmpp client. All clients are closed after the test.
+
+Tests are plain ``async def`` functions: ``pytest_pyfunc_call`` below runs
+each in a fresh event loop (no pytest-asyncio needed).
+
+On failure the report gets the server's log and every client's wire
+transcript as extra sections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+
+from wxtest import subjects
+from wxtest.client import ClientPool
+
+SERVERS = pytest.StashKey[list]()
+POOL = pytest.StashKey[ClientPool]()
+
+PASSWORD = "secret123"
+
+
+def pytest_report_header(config):
+    name = subjects.subject_name()
+    where = subjects.waxwing_binary() if name == "waxwing" else "prosody (system package)"
+    return f"interop subject: {name} ({where})"
+
+
+@pytest.fixture
+def server(request, tmp_path):
+    """Factory: ``server(overrides: dict | None = None, users: dict | None = None)``."""
+    started: list[subjects.Subject] = []
+    request.node.stash[SERVERS] = started
+    cls = subjects.subject_class()
+
+    def start(overrides: dict | None = None, users: dict[str, str] | None = None):
+        label = f"{request.node.name}#{len(started) + 1}"
+        workdir = tmp_path / f"server{len(started) + 1}"
+        workdir.mkdir()
+        srv = cls(workdir, overrides, label)
+        started.append(srv)
+        srv.start()
+        for jid, password in (users or {}).items():
+            srv.add_user(jid, password)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def subject():
+    """The subject class (capabilities such as ``scram_sha256``), without starting it."""
+    return subjects.subject_class()
+
+
+@pytest.fixture
+def xmpp(request) -> ClientPool:
+    pool = ClientPool()
+    request.node.stash[POOL] = pool
+    return pool
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+
+    async def run():
+        try:
+            await pyfuncitem.obj(**kwargs)
+        finally:
+            pool = pyfuncitem.stash.get(POOL, None)
+            if pool is not None:
+                await pool.aclose()
+
+    asyncio.run(run())
+    return True
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "teardown":
+        return
+    for srv in item.stash.get(SERVERS, []):
+        report.sections.append(
+            (f"{srv.name} log [{srv.label}] ({srv.log_path})", subjects.tail(srv.log_text())))
+    pool = item.stash.get(POOL, None)
+    for client in pool.clients if pool else []:
+        report.sections.append((f"wire {client.label}", client.wire_text()))
