@@ -92,8 +92,20 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         }
     };
     tracing::info!(%peer, jid = %handle.jid, "session bound");
-    let end = conn.run_session(&handle, rx).await;
+    let mut rx = rx;
+    let end = conn.run_session(&handle, &mut rx).await;
     server.sessions.unbind(&handle);
+    // Stanzas queued before the end (e.g. the answer to the client's last
+    // request) still go out before the stream error.
+    // Bounded in time: the session may have ended because it stopped reading.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(el) = rx.try_recv() {
+            if conn.send(&el).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
     server
         .clone()
         .emit(Some(handle.clone()), Event::SessionClosed(handle.clone()))
@@ -280,7 +292,7 @@ impl Conn {
                     }
                 }
             }
-            self.write(&features.to_xml_in(ns::CLIENT)).await?;
+            self.write(&stream_prefixed(&features)).await?;
 
             loop {
                 let el = self.next_element().await?;
@@ -355,7 +367,12 @@ impl Conn {
     /// the client may retry; Err once too many failures piled up.
     async fn authenticate(&mut self, auth: &Element) -> Result<bool, End> {
         match self.sasl_exchange(auth).await? {
-            Ok(user) => {
+            Ok((user, additional)) => {
+                let success = Element::new("success", ns::SASL).with_text(match additional {
+                    Some(data) => sasl::encode_payload(&data),
+                    None => String::new(),
+                });
+                self.write(&success.to_xml()).await?;
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
                 Ok(true)
@@ -397,7 +414,11 @@ impl Conn {
         self.write(&el.to_xml()).await
     }
 
-    async fn sasl_exchange(&mut self, auth: &Element) -> Result<Result<BareJid, SaslError>, End> {
+    /// Ok((user, additional data for `<success/>`)) when the exchange succeeded.
+    async fn sasl_exchange(
+        &mut self,
+        auth: &Element,
+    ) -> Result<Result<(BareJid, Option<Vec<u8>>), SaslError>, End> {
         let tls = self.io.is_tls();
         let offered = sasl::mechanisms_offered(tls, &self.cb, self.server.config.allow_plain);
         let Some(mech) = auth
@@ -423,7 +444,7 @@ impl Conn {
         };
         let host = self.host.clone().unwrap_or_default();
         match mech {
-            Mechanism::Plain => Ok(self.plain(&initial, &host).await),
+            Mechanism::Plain => Ok(self.plain(&initial, &host).await.map(|u| (u, None))),
             Mechanism::Scram { hash, plus } => self.scram(hash, plus, &initial, &host).await,
         }
     }
@@ -463,7 +484,7 @@ impl Conn {
         plus: bool,
         first: &[u8],
         host: &str,
-    ) -> Result<Result<BareJid, SaslError>, End> {
+    ) -> Result<Result<(BareJid, Option<Vec<u8>>), SaslError>, End> {
         let mut scram = ScramServer::new(hash, plus, self.cb.clone(), random_id());
         let client_first = match scram.handle_client_first(first) {
             Ok(cf) => cf,
@@ -497,10 +518,7 @@ impl Conn {
         if let Err(e) = check_authzid(client_first.authzid.as_deref(), &user) {
             return Ok(Err(e));
         }
-        let success =
-            Element::new("success", ns::SASL).with_text(sasl::encode_payload(&server_final));
-        self.write(&success.to_xml()).await?;
-        Ok(Ok(user))
+        Ok(Ok((user, Some(server_final))))
     }
 
     async fn pre_auth_register(&mut self, el: Element) -> Result<(), End> {
@@ -614,7 +632,7 @@ impl Conn {
     async fn run_session(
         &mut self,
         handle: &Arc<SessionHandle>,
-        mut rx: mpsc::Receiver<Element>,
+        rx: &mut mpsc::Receiver<Element>,
     ) -> End {
         let mut buf = [0u8; READ_CHUNK];
         let shutdown = self.server.shutdown.clone();
@@ -640,17 +658,9 @@ impl Conn {
             tokio::select! {
                 biased;
                 _ = handle.closed().cancelled() => {
-                    // Flush what was queued before the close (e.g. the reply to
-                    // an account removal), then the reason.
-                    while let Ok(el) = rx.try_recv() {
-                        if self.send(&el).await.is_err() {
-                            return End::Closed;
-                        }
-                    }
-                    return match handle.take_close_reason() {
-                        Some(e) => End::Error(e),
-                        None => End::Closed,
-                    };
+                    // What was queued before the close (e.g. the reply to an
+                    // account removal) is flushed by the caller, then the reason.
+                    return handle.take_close_reason().map_or(End::Closed, End::Error);
                 }
                 _ = shutdown.cancelled() => {
                     return stream_error(StreamCondition::SystemShutdown, "the server is shutting down");
@@ -735,7 +745,7 @@ impl Conn {
                 ));
             }
             tracing::debug!(condition = e.condition.as_str(), text = ?e.text, "stream error");
-            e.to_element().write_to(&mut out, ns::CLIENT);
+            out.push_str(&stream_prefixed(&e.to_element()));
         }
         out.push_str("</stream:stream>");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -745,6 +755,19 @@ impl Conn {
         })
         .await;
     }
+}
+
+/// Writes an element of the streams namespace with the `stream:` prefix that
+/// our header declared. Equivalent XML either way, but some deployed clients
+/// match on the literal `<stream:features>`.
+fn stream_prefixed(el: &Element) -> String {
+    debug_assert_eq!(el.ns, ns::STREAM);
+    let mut out = format!("<stream:{}>", el.name);
+    for child in el.children() {
+        child.write_to(&mut out, ns::CLIENT);
+    }
+    out.push_str(&format!("</stream:{}>", el.name));
+    out
 }
 
 fn check_authzid(authzid: Option<&str>, user: &BareJid) -> Result<(), SaslError> {
