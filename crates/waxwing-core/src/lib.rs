@@ -1,6 +1,7 @@
 //! The Waxwing runtime: everything with a socket, a task or a lock.
 #![forbid(unsafe_code)]
 
+pub mod abuse;
 pub mod config;
 pub mod credentials;
 pub mod hooks;

@@ -25,6 +25,7 @@ use waxwing_proto::stanza::{
 use waxwing_proto::xml::Element;
 use waxwing_store::{StoreError, Stores};
 
+use crate::abuse::{AuthThrottle, ConnectionCounter};
 use crate::config::Config;
 use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqKind, IqTarget, Registry};
 use crate::session::{SessionHandle, SessionRegistry};
@@ -44,6 +45,8 @@ pub struct Server {
     /// Keys the fake SCRAM salts of unknown users, so that they are stable
     /// (an attacker cannot tell "no such user" from "wrong password").
     pub(crate) fake_salt_key: [u8; 32],
+    pub(crate) connections: Arc<ConnectionCounter>,
+    pub(crate) auth_throttle: AuthThrottle,
 }
 
 impl Server {
@@ -54,7 +57,6 @@ impl Server {
         tls: TlsContext,
     ) -> Arc<Self> {
         Arc::new(Server {
-            config,
             stores,
             sessions: SessionRegistry::default(),
             registry,
@@ -62,6 +64,13 @@ impl Server {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             fake_salt_key: rand::random(),
+            connections: Arc::new(ConnectionCounter::default()),
+            auth_throttle: AuthThrottle::new(
+                config.max_auth_failures_per_ip,
+                config.max_auth_failures_per_account,
+                config.auth_failure_window,
+            ),
+            config,
         })
     }
 

@@ -40,6 +40,9 @@ pub struct Config {
     pub scram_iterations: u32,
     pub allow_plain: bool,
     pub max_auth_failures: u32,
+    pub max_auth_failures_per_ip: u32,
+    pub max_auth_failures_per_account: u32,
+    pub auth_failure_window: Duration,
     pub registration_open: bool,
     pub min_password_length: usize,
     pub max_stanza_bytes: usize,
@@ -49,6 +52,11 @@ pub struct Config {
     pub outbound_queue: usize,
     pub offline_quota: u32,
     pub max_resources: usize,
+    pub max_connections_per_ip: u32,
+    pub read_rate_bytes: u64,
+    pub read_burst_bytes: u64,
+    pub stanza_timeout: Duration,
+    pub idle_timeout: Duration,
     pub log_level: String,
     pub log_json: bool,
 }
@@ -210,6 +218,13 @@ impl Config {
                     .into(),
             ));
         }
+        if l.read_burst_bytes < l.max_stanza_bytes as u64 {
+            return Err(ConfigError::at(
+                source,
+                "read_burst_bytes",
+                "read_burst_bytes must be at least max_stanza_bytes, or a maximal stanza could never be read at once".into(),
+            ));
+        }
         let log_json = match f.log.format.as_str() {
             "text" => false,
             "json" => true,
@@ -233,6 +248,9 @@ impl Config {
             scram_iterations: f.auth.scram_iterations,
             allow_plain: f.auth.allow_plain,
             max_auth_failures: f.auth.max_failures_per_stream,
+            max_auth_failures_per_ip: f.auth.max_failures_per_ip,
+            max_auth_failures_per_account: f.auth.max_failures_per_account,
+            auth_failure_window: Duration::from_secs(f.auth.failure_window_secs),
             registration_open: f.registration.open,
             min_password_length: f.registration.min_password_length,
             max_stanza_bytes: l.max_stanza_bytes,
@@ -242,6 +260,11 @@ impl Config {
             outbound_queue: l.outbound_queue,
             offline_quota: f.limits.offline_quota,
             max_resources: l.max_resources,
+            max_connections_per_ip: l.max_connections_per_ip,
+            read_rate_bytes: l.read_rate_bytes,
+            read_burst_bytes: l.read_burst_bytes,
+            stanza_timeout: Duration::from_secs(l.stanza_timeout_secs),
+            idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             log_level: f.log.level,
             log_json,
         })

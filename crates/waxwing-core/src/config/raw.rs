@@ -89,6 +89,9 @@ pub struct Auth {
     pub scram_iterations: u32,
     pub allow_plain: bool,
     pub max_failures_per_stream: u32,
+    pub max_failures_per_ip: u32,
+    pub max_failures_per_account: u32,
+    pub failure_window_secs: u64,
 }
 
 impl Default for Auth {
@@ -97,6 +100,9 @@ impl Default for Auth {
             scram_iterations: 4096,
             allow_plain: true,
             max_failures_per_stream: 3,
+            max_failures_per_ip: 20,
+            max_failures_per_account: 10,
+            failure_window_secs: 600,
         }
     }
 }
@@ -127,6 +133,11 @@ pub struct Limits {
     pub outbound_queue: usize,
     pub offline_quota: u32,
     pub max_resources: usize,
+    pub max_connections_per_ip: u32,
+    pub read_rate_bytes: u64,
+    pub read_burst_bytes: u64,
+    pub stanza_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -139,6 +150,11 @@ impl Default for Limits {
             outbound_queue: 1024,
             offline_quota: 1000,
             max_resources: 32,
+            max_connections_per_ip: 64,
+            read_rate_bytes: 65_536,
+            read_burst_bytes: 1_048_576,
+            stanza_timeout_secs: 60,
+            idle_timeout_secs: 1800,
         }
     }
 }

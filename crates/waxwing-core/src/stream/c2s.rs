@@ -16,6 +16,7 @@ use waxwing_proto::sasl::{
 use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, StreamError};
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader};
 
+use crate::abuse::TokenBucket;
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
 use crate::router::Server;
 use crate::session::SessionHandle;
@@ -54,6 +55,9 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         max_depth: server.config.max_depth,
         max_attrs: server.config.max_attributes,
     };
+    let permit = server
+        .connections
+        .try_acquire(peer.ip(), server.config.max_connections_per_ip);
     let mut conn = Conn {
         framer: Framer::new(limits, ns::CLIENT),
         io: Transport::Plain(tcp),
@@ -63,6 +67,24 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         cb: ChannelBindingData::default(),
         user: None,
         auth_failures: 0,
+        peer,
+        attempted: None,
+        bucket: TokenBucket::new(
+            server.config.read_rate_bytes,
+            server.config.read_burst_bytes,
+        ),
+    };
+    let Some(_permit) = permit else {
+        tracing::warn!(%peer, "too many connections from this address");
+        if direct_tls {
+            return; // no TLS yet, so no way to say why
+        }
+        return conn
+            .finish(stream_error(
+                StreamCondition::PolicyViolation,
+                "too many connections from your address",
+            ))
+            .await;
     };
     let span = tracing::info_span!("c2s", %peer);
     let _enter = span.enter();
@@ -124,6 +146,10 @@ struct Conn {
     cb: ChannelBindingData,
     user: Option<BareJid>,
     auth_failures: u32,
+    peer: SocketAddr,
+    bucket: TokenBucket,
+    /// The account named in the current SASL exchange, once known.
+    attempted: Option<BareJid>,
 }
 
 impl Conn {
@@ -152,6 +178,15 @@ impl Conn {
                 return Err(End::Closed);
             }
             self.framer.feed(&buf[..n]);
+            self.pace(n).await;
+        }
+    }
+
+    /// Applies the read rate limit: pauses reading when over the allowance.
+    async fn pace(&mut self, n: usize) {
+        let wait = self.bucket.take(n, std::time::Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -366,13 +401,30 @@ impl Conn {
     /// One SASL exchange. Ok(true) on success; Ok(false) after a failure
     /// the client may retry; Err once too many failures piled up.
     async fn authenticate(&mut self, auth: &Element) -> Result<bool, End> {
-        match self.sasl_exchange(auth).await? {
+        let ip = self.peer.ip();
+        let server = self.server.clone();
+        let throttle = &server.auth_throttle;
+        self.attempted = None;
+        let outcome = if throttle.blocked(ip, None) {
+            Err(SaslError::TemporaryAuthFailure)
+        } else {
+            match self.sasl_exchange(auth).await? {
+                // A blocked account stays blocked even for the right
+                // password: otherwise guessing would just go slower.
+                Ok((user, _)) if throttle.blocked(ip, Some(&user)) => {
+                    Err(SaslError::TemporaryAuthFailure)
+                }
+                other => other,
+            }
+        };
+        match outcome {
             Ok((user, additional)) => {
                 let success = Element::new("success", ns::SASL).with_text(match additional {
                     Some(data) => sasl::encode_payload(&data),
                     None => String::new(),
                 });
                 self.write(&success.to_xml()).await?;
+                self.server.auth_throttle.record_success(&user);
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
                 Ok(true)
@@ -382,6 +434,10 @@ impl Conn {
                 if matches!(e, SaslError::Aborted) {
                     return Ok(false);
                 }
+                tracing::info!(peer = %self.peer, user = ?self.attempted.as_ref().map(|u| u.to_string()), condition = e.condition(), "authentication failed");
+                self.server
+                    .auth_throttle
+                    .record_failure(ip, self.attempted.as_ref());
                 self.auth_failures += 1;
                 if self.auth_failures >= self.server.config.max_auth_failures {
                     return Err(stream_error(
@@ -491,6 +547,7 @@ impl Conn {
             Err(e) => return Ok(Err(e)),
         };
         let user = BareJid::new(Some(&client_first.username), host).ok();
+        self.attempted = user.clone();
         let secret = match &user {
             Some(u) => match self.lookup(u).await {
                 Ok(list) => list.into_iter().find(|s| s.hash == hash),
@@ -636,6 +693,12 @@ impl Conn {
     ) -> End {
         let mut buf = [0u8; READ_CHUNK];
         let shutdown = self.server.shutdown.clone();
+        let idle_timeout = self.server.config.idle_timeout;
+        let stanza_timeout = self.server.config.stanza_timeout;
+        let mut last_read = tokio::time::Instant::now();
+        // Set while a stanza is incomplete: a client trickling one stanza
+        // forever (slowloris) must not hold the session.
+        let mut stanza_started: Option<tokio::time::Instant> = None;
         loop {
             loop {
                 match self.framer.next_event() {
@@ -655,6 +718,15 @@ impl Conn {
                     Err(e) => return End::Error(e),
                 }
             }
+            if self.framer.buffered() == 0 {
+                stanza_started = None;
+            } else if stanza_started.is_none() {
+                stanza_started = Some(last_read);
+            }
+            let deadline = match stanza_started {
+                Some(t) => (t + stanza_timeout).min(last_read + idle_timeout),
+                None => last_read + idle_timeout,
+            };
             tokio::select! {
                 biased;
                 _ = handle.closed().cancelled() => {
@@ -683,8 +755,20 @@ impl Conn {
                 }
                 r = self.io.read(&mut buf) => match r {
                     Ok(0) | Err(_) => return End::Closed,
-                    Ok(n) => self.framer.feed(&buf[..n]),
+                    Ok(n) => {
+                        self.framer.feed(&buf[..n]);
+                        last_read = tokio::time::Instant::now();
+                        self.pace(n).await;
+                    }
                 },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let text = if stanza_started.is_some_and(|t| t + stanza_timeout <= deadline) {
+                        "a stanza took too long to arrive"
+                    } else {
+                        "no data for too long"
+                    };
+                    return stream_error(StreamCondition::ConnectionTimeout, text);
+                }
             }
         }
     }
