@@ -112,6 +112,17 @@ pub trait EventHandler: Send + Sync {
     async fn on_event(&self, cx: &Cx, event: &Event);
 }
 
+/// A service living on its own domain (MUC on `conference.example.org`,
+/// PubSub on `pubsub.example.org`): receives every stanza addressed to that
+/// domain or any JID under it, like hickory's `Catalog` keys zones by name.
+#[async_trait]
+pub trait DomainService: Send + Sync {
+    /// Handles one stanza; `stanza`'s `from` is already authenticated.
+    async fn handle_stanza(&self, cx: &Cx, stanza: Element);
+    /// disco#items name for the server's item list.
+    fn name(&self) -> &str;
+}
+
 /// Adds elements to `<stream:features/>` after authentication.
 pub trait StreamFeature: Send + Sync {
     fn stream_features(&self, cx: &Cx) -> Vec<Element>;
@@ -157,6 +168,7 @@ pub struct Registry {
     pub(crate) hooks: HashMap<Hook, Vec<(Priority, &'static str, Arc<dyn StanzaHook>)>>,
     pub(crate) events: Vec<Arc<dyn EventHandler>>,
     pub(crate) stream_features: Vec<Arc<dyn StreamFeature>>,
+    pub(crate) services: HashMap<String, (&'static str, Arc<dyn DomainService>)>,
     pub(crate) server_features: Vec<&'static str>,
     pub(crate) account_features: Vec<&'static str>,
 }
@@ -228,6 +240,26 @@ impl Registrar {
     ) -> Result<(), RegisterError> {
         self.iq_get(target, ns, h.clone())?;
         self.iq_set(target, ns, h)
+    }
+
+    /// Serves `domain` (already prepared, lower case). A domain served twice,
+    /// or one of the virtual hosts, is a startup error.
+    pub fn service(
+        &mut self,
+        domain: &str,
+        svc: Arc<dyn DomainService>,
+    ) -> Result<(), RegisterError> {
+        if let Some((owner, _)) = self.registry.services.get(domain) {
+            return Err(RegisterError::DuplicateService {
+                module: self.current,
+                owner,
+                domain: domain.into(),
+            });
+        }
+        self.registry
+            .services
+            .insert(domain.to_string(), (self.current, svc));
+        Ok(())
     }
 
     pub fn hook(&mut self, hook: Hook, priority: Priority, h: Arc<dyn StanzaHook>) {
@@ -325,6 +357,22 @@ impl Cx {
 
     pub fn is_local_host(&self, domain: &str) -> bool {
         self.server.config.is_local_host(domain)
+    }
+
+    /// Domains of the services under `host` (`conference.host` …), with their names,
+    /// for the server's disco#items.
+    pub fn services_of(&self, host: &str) -> Vec<(String, String)> {
+        let suffix = format!(".{host}");
+        let mut out: Vec<_> = self
+            .server
+            .registry
+            .services
+            .iter()
+            .filter(|(d, _)| d.ends_with(&suffix))
+            .map(|(d, (_, s))| (d.clone(), s.name().to_string()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Features for disco#info on the server.

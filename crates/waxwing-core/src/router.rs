@@ -92,7 +92,10 @@ impl Server {
                         .await;
                 }
             };
-            if self.config.is_local_host(to.domain()) {
+            if let Some((_, svc)) = self.registry.services.get(to.domain()) {
+                let cx = Cx::new(self.clone(), None);
+                svc.handle_stanza(&cx, stanza).await;
+            } else if self.config.is_local_host(to.domain()) {
                 self.deliver_local(to, stanza, kind).await;
             } else {
                 // Federation arrives with its own issue; until then a remote
