@@ -146,6 +146,12 @@ pub enum RegisterError {
         ns: String,
         target: IqTarget,
     },
+    #[error("module {module} claims domain {domain}, already served by {owner}")]
+    DuplicateService {
+        module: &'static str,
+        owner: &'static str,
+        domain: String,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
