@@ -72,6 +72,12 @@ pub enum Event {
     SessionClosed(Arc<SessionHandle>),
     /// An account was deleted; every module storing per-user data cleans up.
     UserDeleted(BareJid),
+    /// A message addressed to a local account was handed to these of its
+    /// sessions (after the RFC 6121 §8.5 choice). Carbons copy it to the others.
+    MessageDelivered {
+        message: Element,
+        recipients: Vec<FullJid>,
+    },
 }
 
 /// One IQ request of type get or set, already addressed and validated.

@@ -214,7 +214,16 @@ impl Server {
             }
             StanzaKind::Message => {
                 if let Some(session) = full {
-                    session.send(stanza);
+                    let recipients = vec![session.jid.clone()];
+                    session.send(stanza.clone());
+                    self.emit(
+                        None,
+                        Event::MessageDelivered {
+                            message: stanza,
+                            recipients,
+                        },
+                    )
+                    .await;
                 } else {
                     self.deliver_message_to_account(&cx, to, stanza).await;
                 }
@@ -251,9 +260,18 @@ impl Server {
                     .filter(|s| s.priority() == top)
                     .collect()
             };
+            let recipients = targets.iter().map(|s| s.jid.clone()).collect();
             for s in targets {
                 s.send(stanza.clone());
             }
+            self.emit(
+                None,
+                Event::MessageDelivered {
+                    message: stanza,
+                    recipients,
+                },
+            )
+            .await;
             return;
         }
         match self.stores.accounts.exists(to.bare()).await {

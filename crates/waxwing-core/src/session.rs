@@ -2,7 +2,7 @@
 //! registry of who is online.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
@@ -25,6 +25,19 @@ pub struct PresenceState {
     pub directed: HashSet<Jid>,
 }
 
+/// Per-session switches that modules flip. A closed set, like `Event`:
+/// the whole vocabulary is here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SessionFlag {
+    /// XEP-0280: the client enabled message carbons.
+    Carbons = 1 << 0,
+    /// XEP-0352: the client said it is inactive.
+    Inactive = 1 << 1,
+    /// XEP-0313 / XEP-0198 and friends may add theirs here.
+    Reserved = 1 << 31,
+}
+
 /// The one way other tasks reach a bound client session.
 #[derive(Debug)]
 pub struct SessionHandle {
@@ -36,6 +49,7 @@ pub struct SessionHandle {
     presence: Mutex<PresenceState>,
     /// The client asked for its roster, so it gets roster pushes (RFC 6121 §2.1.6).
     interested: AtomicBool,
+    flags: AtomicU32,
 }
 
 impl SessionHandle {
@@ -49,6 +63,7 @@ impl SessionHandle {
             close_reason: Mutex::new(None),
             presence: Mutex::new(PresenceState::default()),
             interested: AtomicBool::new(false),
+            flags: AtomicU32::new(0),
         };
         (Arc::new(handle), rx)
     }
@@ -108,6 +123,18 @@ impl SessionHandle {
 
     pub fn set_interested(&self) {
         self.interested.store(true, Ordering::Relaxed);
+    }
+
+    pub fn flag(&self, f: SessionFlag) -> bool {
+        self.flags.load(Ordering::Relaxed) & f as u32 != 0
+    }
+
+    pub fn set_flag(&self, f: SessionFlag, on: bool) {
+        if on {
+            self.flags.fetch_or(f as u32, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!(f as u32), Ordering::Relaxed);
+        }
     }
 }
 
