@@ -29,6 +29,7 @@ use crate::abuse::{AuthThrottle, ConnectionCounter};
 use crate::config::Config;
 use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqKind, IqTarget, Registry};
 use crate::session::{SessionHandle, SessionRegistry};
+use crate::stream::c2s::ResumptionTable;
 use crate::tls::TlsContext;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -47,6 +48,7 @@ pub struct Server {
     pub(crate) fake_salt_key: [u8; 32],
     pub(crate) connections: Arc<ConnectionCounter>,
     pub(crate) auth_throttle: AuthThrottle,
+    pub(crate) resumption: ResumptionTable,
 }
 
 impl Server {
@@ -70,6 +72,7 @@ impl Server {
                 config.max_auth_failures_per_account,
                 config.auth_failure_window,
             ),
+            resumption: ResumptionTable::default(),
             config,
         })
     }
@@ -295,6 +298,29 @@ impl Server {
         if self.run_hooks(Hook::Undeliverable, cx, &mut stanza).await == Flow::Continue {
             self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
                 .await;
+        }
+    }
+
+    /// Stanzas a session received but never saw (unacknowledged, or still
+    /// queued when its connection broke): messages worth keeping go to the
+    /// account's offline store, the rest are bounced or dropped as if the
+    /// resource had been unavailable all along.
+    pub(crate) async fn store_undelivered(self: Arc<Self>, user: &BareJid, stanzas: Vec<Element>) {
+        if stanzas.is_empty() {
+            return;
+        }
+        let cx = Cx::new(self.clone(), None);
+        for mut el in stanzas {
+            let ty = el.attr("type").unwrap_or("normal");
+            if el.name != "message" || matches!(ty, "error" | "groupchat" | "headline") {
+                continue;
+            }
+            el.set_attr("to", user.to_string());
+            if self.run_hooks(Hook::Undeliverable, &cx, &mut el).await == Flow::Continue {
+                self.clone()
+                    .bounce(&el, StanzaError::cancel(Condition::RecipientUnavailable))
+                    .await;
+            }
         }
     }
 

@@ -57,6 +57,7 @@ pub struct Config {
     pub read_burst_bytes: u64,
     pub stanza_timeout: Duration,
     pub idle_timeout: Duration,
+    pub resume_timeout: Duration,
     pub log_level: String,
     pub log_json: bool,
 }
@@ -265,6 +266,7 @@ impl Config {
             read_burst_bytes: l.read_burst_bytes,
             stanza_timeout: Duration::from_secs(l.stanza_timeout_secs),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+            resume_timeout: Duration::from_secs(l.resume_timeout_secs),
             log_level: f.log.level,
             log_json,
         })

@@ -138,6 +138,7 @@ pub struct Limits {
     pub read_burst_bytes: u64,
     pub stanza_timeout_secs: u64,
     pub idle_timeout_secs: u64,
+    pub resume_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -155,6 +156,7 @@ impl Default for Limits {
             read_burst_bytes: 1_048_576,
             stanza_timeout_secs: 60,
             idle_timeout_secs: 1800,
+            resume_timeout_secs: 300,
         }
     }
 }

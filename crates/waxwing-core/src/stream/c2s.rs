@@ -5,9 +5,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::sasl::{
@@ -16,10 +19,14 @@ use waxwing_proto::sasl::{
 use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, StreamError};
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader};
 
+use crate::abuse::ConnectionPermit;
 use crate::abuse::TokenBucket;
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
 use crate::router::Server;
+use crate::session::SessionFlag;
 use crate::session::SessionHandle;
+use crate::stream::csi::{self, Held};
+use crate::stream::sm::{self, SmState};
 use crate::stream::transport::Transport;
 use crate::{credentials, random_id};
 
@@ -33,8 +40,10 @@ const WRITE_BATCH: usize = 64;
 enum End {
     /// Send this stream error, then close.
     Error(StreamError),
-    /// The peer closed or vanished; nothing more to send but our footer.
+    /// The peer closed its stream; we answer with our footer.
     Closed,
+    /// The connection broke (EOF or I/O error without `</stream:stream>`).
+    Gone,
 }
 
 impl From<StreamError> for End {
@@ -49,6 +58,13 @@ fn stream_error(c: StreamCondition, text: &str) -> End {
 
 /// Runs one client connection to completion.
 pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let span = tracing::info_span!("c2s", %peer);
+    serve_connection(server, tcp, peer, direct_tls)
+        .instrument(span)
+        .await
+}
+
+async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let _ = tcp.set_nodelay(true);
     let limits = Limits {
         max_stanza_bytes: server.config.max_stanza_bytes,
@@ -58,6 +74,7 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
     let permit = server
         .connections
         .try_acquire(peer.ip(), server.config.max_connections_per_ip);
+    let refused = permit.is_none();
     let mut conn = Conn {
         framer: Framer::new(limits, ns::CLIENT),
         io: Transport::Plain(tcp),
@@ -73,67 +90,192 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             server.config.read_rate_bytes,
             server.config.read_burst_bytes,
         ),
+        _permit: permit,
     };
-    let Some(_permit) = permit else {
+    if refused {
         tracing::warn!(%peer, "too many connections from this address");
         if direct_tls {
             return; // no TLS yet, so no way to say why
         }
-        return conn
-            .finish(stream_error(
-                StreamCondition::PolicyViolation,
-                "too many connections from your address",
-            ))
-            .await;
-    };
-    let span = tracing::info_span!("c2s", %peer);
-    let _enter = span.enter();
-    drop(_enter);
+        let end = stream_error(
+            StreamCondition::PolicyViolation,
+            "too many connections from your address",
+        );
+        return conn.finish(end).await;
+    }
     let deadline = tokio::time::Instant::now() + server.config.auth_timeout;
     let negotiated = tokio::time::timeout_at(deadline, async {
         if direct_tls {
             conn.io.upgrade(&server.tls).await.map_err(|e| {
-                tracing::debug!(%peer, error = %e, "direct TLS handshake failed");
-                End::Closed
+                tracing::debug!(error = %e, "direct TLS handshake failed");
+                End::Gone
             })?;
             conn.cb = conn.io.channel_binding(&server.tls);
         }
         conn.negotiate().await
     })
     .await;
-    let (handle, rx) = match negotiated {
-        Ok(Ok(bound)) => bound,
+    let (handle, mut rx) = match negotiated {
+        Ok(Ok(Negotiated::Bound(handle, rx))) => (handle, rx),
+        Ok(Ok(Negotiated::Resume(slot, h))) => {
+            // The detached session's task takes this connection over.
+            if let Err(takeover) = slot.send(Takeover {
+                conn: Box::new(conn),
+                h,
+            }) {
+                let mut conn = takeover.conn;
+                let _ = conn.send(&sm::failed("item-not-found")).await;
+                conn.finish(End::Closed).await;
+            }
+            return;
+        }
         Ok(Err(end)) => return conn.finish(end).await,
         Err(_) => {
-            return conn
-                .finish(stream_error(
-                    StreamCondition::ConnectionTimeout,
-                    "authentication took too long",
-                ))
-                .await;
+            let end = stream_error(
+                StreamCondition::ConnectionTimeout,
+                "authentication took too long",
+            );
+            return conn.finish(end).await;
         }
     };
-    tracing::info!(%peer, jid = %handle.jid, "session bound");
-    let mut rx = rx;
-    let end = conn.run_session(&handle, &mut rx).await;
-    server.sessions.unbind(&handle);
-    // Stanzas queued before the end (e.g. the answer to the client's last
-    // request) still go out before the stream error.
-    // Bounded in time: the session may have ended because it stopped reading.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while let Ok(el) = rx.try_recv() {
-            if conn.send(&el).await.is_err() {
-                break;
+    tracing::info!(jid = %handle.jid, "session bound");
+    let mut session = Session {
+        handle: handle.clone(),
+        sm: None,
+        held: Held::default(),
+        takeover: None,
+    };
+    let end = loop {
+        match conn.run_session(&mut session, &mut rx).await {
+            Outcome::Takeover(t) => conn.adopt(&mut session, t).await,
+            Outcome::End(End::Gone) if session.resumable() => {
+                tracing::info!(jid = %handle.jid, "connection lost; session kept for resumption");
+                match conn.wait_for_resumption(&mut session).await {
+                    Some(t) => conn.adopt(&mut session, t).await,
+                    None => break End::Gone,
+                }
             }
+            Outcome::End(end) => break end,
         }
-    })
-    .await;
+    };
+    if let Some(sm) = &session.sm {
+        server.resumption.remove(&sm.id, session.handle.id);
+    }
+    server.sessions.unbind(&handle);
+    let mut undelivered: Vec<Element> = session
+        .sm
+        .take()
+        .map(|sm| sm.unacked.into())
+        .unwrap_or_default();
+    undelivered.extend(session.held.take());
+    if matches!(end, End::Gone) {
+        while let Ok(el) = rx.try_recv() {
+            undelivered.push(el);
+        }
+    } else {
+        // Stanzas queued before the end (e.g. the answer to the client's
+        // last request) still go out before the stream error. Bounded in
+        // time: the session may have ended because it stopped reading.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Ok(el) = rx.try_recv() {
+                if conn.send(&el).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     server
         .clone()
         .emit(Some(handle.clone()), Event::SessionClosed(handle.clone()))
         .await;
-    tracing::info!(%peer, jid = %handle.jid, "session ended");
-    conn.finish(end).await;
+    // XEP-0198 §5: what the client never acknowledged is not lost.
+    server
+        .clone()
+        .store_undelivered(handle.jid.bare(), undelivered)
+        .await;
+    tracing::info!(jid = %handle.jid, "session ended");
+    if !matches!(end, End::Gone) {
+        conn.finish(end).await;
+    }
+}
+
+/// What negotiation produced.
+enum Negotiated {
+    Bound(Arc<SessionHandle>, mpsc::Receiver<Element>),
+    /// The client asked to resume a detached session (XEP-0198 §5).
+    Resume(oneshot::Sender<Takeover>, u32),
+}
+
+/// Why the session loop returned.
+enum Outcome {
+    End(End),
+    /// A new connection resumed this session.
+    Takeover(Takeover),
+}
+
+/// A resuming connection handed to the session it resumes.
+pub(crate) struct Takeover {
+    conn: Box<Conn>,
+    /// The client's count of stanzas it received.
+    h: u32,
+}
+
+/// Detached-but-resumable sessions, by stream-management id.
+#[derive(Default)]
+pub(crate) struct ResumptionTable {
+    slots: std::sync::Mutex<HashMap<String, ResumeSlot>>,
+}
+
+struct ResumeSlot {
+    jid: FullJid,
+    session_id: u64,
+    tx: oneshot::Sender<Takeover>,
+}
+
+impl ResumptionTable {
+    fn insert(&self, id: String, jid: FullJid, session_id: u64) -> oneshot::Receiver<Takeover> {
+        let (tx, rx) = oneshot::channel();
+        self.slots.lock().expect("resumption lock").insert(
+            id,
+            ResumeSlot {
+                jid,
+                session_id,
+                tx,
+            },
+        );
+        rx
+    }
+
+    /// The slot for `id`, if it belongs to `user` (never someone else's session).
+    fn take(&self, id: &str, user: &BareJid) -> Option<oneshot::Sender<Takeover>> {
+        let mut slots = self.slots.lock().expect("resumption lock");
+        if slots.get(id).is_some_and(|s| s.jid.bare() == user) {
+            return slots.remove(id).map(|s| s.tx);
+        }
+        None
+    }
+
+    fn remove(&self, id: &str, session_id: u64) {
+        let mut slots = self.slots.lock().expect("resumption lock");
+        if slots.get(id).is_some_and(|s| s.session_id == session_id) {
+            slots.remove(id);
+        }
+    }
+}
+
+/// Per-session state owned by the connection task.
+struct Session {
+    handle: Arc<SessionHandle>,
+    sm: Option<SmState>,
+    held: Held,
+    takeover: Option<oneshot::Receiver<Takeover>>,
+}
+
+impl Session {
+    fn resumable(&self) -> bool {
+        self.sm.as_ref().is_some_and(|sm| sm.resumable)
+    }
 }
 
 struct Conn {
@@ -148,6 +290,8 @@ struct Conn {
     auth_failures: u32,
     peer: SocketAddr,
     bucket: TokenBucket,
+    /// Counts this connection against its address while it lives.
+    _permit: Option<ConnectionPermit>,
     /// The account named in the current SASL exchange, once known.
     attempted: Option<BareJid>,
 }
@@ -157,8 +301,8 @@ impl Conn {
         self.io
             .write_all(data.as_bytes())
             .await
-            .map_err(|_| End::Closed)?;
-        self.io.flush().await.map_err(|_| End::Closed)
+            .map_err(|_| End::Gone)?;
+        self.io.flush().await.map_err(|_| End::Gone)
     }
 
     async fn send(&mut self, el: &Element) -> Result<(), End> {
@@ -173,9 +317,9 @@ impl Conn {
             if let Some(ev) = self.framer.next_event()? {
                 return Ok(ev);
             }
-            let n = self.io.read(&mut buf).await.map_err(|_| End::Closed)?;
+            let n = self.io.read(&mut buf).await.map_err(|_| End::Gone)?;
             if n == 0 {
-                return Err(End::Closed);
+                return Err(End::Gone);
             }
             self.framer.feed(&buf[..n]);
             self.pace(n).await;
@@ -270,7 +414,7 @@ impl Conn {
     }
 
     /// Negotiates until a resource is bound.
-    async fn negotiate(&mut self) -> Result<(Arc<SessionHandle>, mpsc::Receiver<Element>), End> {
+    async fn negotiate(&mut self) -> Result<Negotiated, End> {
         loop {
             self.open_stream().await?;
             let tls = self.io.is_tls();
@@ -316,6 +460,8 @@ impl Conn {
                 }
             } else {
                 features.push_child(Element::new("bind", ns::BIND));
+                features.push_child(Element::new("sm", sm::NS));
+                features.push_child(Element::new("csi", csi::NS));
                 features.push_child(
                     Element::new("session", ns::SESSION)
                         .with_child(Element::new("optional", ns::SESSION)),
@@ -357,8 +503,19 @@ impl Conn {
                     ));
                 }
                 if el.is("iq", ns::CLIENT) && el.child("bind", ns::BIND).is_some() {
-                    if let Some(bound) = self.bind(&el).await? {
-                        return Ok(bound);
+                    if let Some((handle, rx)) = self.bind(&el).await? {
+                        return Ok(Negotiated::Bound(handle, rx));
+                    }
+                    continue;
+                }
+                if el.is("resume", sm::NS) {
+                    let user = self.user.clone().expect("authenticated");
+                    let slot = el
+                        .attr("previd")
+                        .and_then(|id| self.server.resumption.take(id, &user));
+                    match (slot, sm::parse_h(&el)) {
+                        (Some(slot), Some(h)) => return Ok(Negotiated::Resume(slot, h)),
+                        _ => self.send(&sm::failed("item-not-found")).await?,
                     }
                     continue;
                 }
@@ -384,7 +541,7 @@ impl Conn {
         let tls = self.server.tls.clone();
         if let Err(e) = self.io.upgrade(&tls).await {
             tracing::debug!(error = %e, "STARTTLS handshake failed");
-            return Err(End::Closed);
+            return Err(End::Gone);
         }
         self.cb = self.io.channel_binding(&tls);
         self.framer.reset();
@@ -688,11 +845,12 @@ impl Conn {
     /// The bound session: read stanzas, write queued ones, until the end.
     async fn run_session(
         &mut self,
-        handle: &Arc<SessionHandle>,
+        session: &mut Session,
         rx: &mut mpsc::Receiver<Element>,
-    ) -> End {
+    ) -> Outcome {
         let mut buf = [0u8; READ_CHUNK];
         let shutdown = self.server.shutdown.clone();
+        let handle = session.handle.clone();
         let idle_timeout = self.server.config.idle_timeout;
         let stanza_timeout = self.server.config.stanza_timeout;
         let mut last_read = tokio::time::Instant::now();
@@ -703,19 +861,19 @@ impl Conn {
             loop {
                 match self.framer.next_event() {
                     Ok(Some(StreamEvent::Stanza(el))) => {
-                        if let Err(end) = self.handle_stanza(handle, el).await {
-                            return end;
+                        if let Err(end) = self.handle_element(session, el).await {
+                            return Outcome::End(end);
                         }
                     }
-                    Ok(Some(StreamEvent::Close)) => return End::Closed,
+                    Ok(Some(StreamEvent::Close)) => return Outcome::End(End::Closed),
                     Ok(Some(StreamEvent::Open(_))) => {
-                        return stream_error(
+                        return Outcome::End(stream_error(
                             StreamCondition::BadFormat,
                             "stream header inside the stream",
-                        );
+                        ));
                     }
                     Ok(None) => break,
-                    Err(e) => return End::Error(e),
+                    Err(e) => return Outcome::End(End::Error(e)),
                 }
             }
             if self.framer.buffered() == 0 {
@@ -727,34 +885,41 @@ impl Conn {
                 Some(t) => (t + stanza_timeout).min(last_read + idle_timeout),
                 None => last_read + idle_timeout,
             };
+            let takeover = async {
+                match session.takeover.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = handle.closed().cancelled() => {
                     // What was queued before the close (e.g. the reply to an
                     // account removal) is flushed by the caller, then the reason.
-                    return handle.take_close_reason().map_or(End::Closed, End::Error);
+                    return Outcome::End(handle.take_close_reason().map_or(End::Closed, End::Error));
                 }
                 _ = shutdown.cancelled() => {
-                    return stream_error(StreamCondition::SystemShutdown, "the server is shutting down");
+                    return Outcome::End(stream_error(StreamCondition::SystemShutdown, "the server is shutting down"));
                 }
+                Some(t) = takeover => return Outcome::Takeover(t),
                 Some(first) = rx.recv() => {
-                    let mut out = first.to_xml_in(ns::CLIENT);
-                    for _ in 1..WRITE_BATCH {
+                    let mut batch = vec![first];
+                    while batch.len() < WRITE_BATCH {
                         match rx.try_recv() {
-                            Ok(el) => el.write_to(&mut out, ns::CLIENT),
+                            Ok(el) => batch.push(el),
                             Err(_) => break,
                         }
                     }
-                    let write = self.write(&out);
+                    let write = self.deliver(session, batch);
                     tokio::select! {
-                        r = write => if let Err(end) = r { return end; },
+                        r = write => if let Err(end) = r { return Outcome::End(end); },
                         _ = handle.closed().cancelled() => {
-                            return handle.take_close_reason().map_or(End::Closed, End::Error);
+                            return Outcome::End(handle.take_close_reason().map_or(End::Closed, End::Error));
                         }
                     }
                 }
                 r = self.io.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => return End::Closed,
+                    Ok(0) | Err(_) => return Outcome::End(End::Gone),
                     Ok(n) => {
                         self.framer.feed(&buf[..n]);
                         last_read = tokio::time::Instant::now();
@@ -767,10 +932,180 @@ impl Conn {
                     } else {
                         "no data for too long"
                     };
-                    return stream_error(StreamCondition::ConnectionTimeout, text);
+                    return Outcome::End(stream_error(StreamCondition::ConnectionTimeout, text));
                 }
             }
         }
+    }
+
+    /// Writes queued stanzas: held back while the client is inactive (CSI),
+    /// counted and kept until acknowledged (SM), in one write.
+    async fn deliver(&mut self, session: &mut Session, batch: Vec<Element>) -> Result<(), End> {
+        let inactive = session.handle.flag(SessionFlag::Inactive);
+        let mut now = Vec::with_capacity(batch.len());
+        for el in batch {
+            if inactive && !csi::is_urgent(&el) {
+                now.extend(session.held.hold(el));
+            } else {
+                // Anything held goes first, so the client sees stanzas in order.
+                now.extend(session.held.take());
+                now.push(el);
+            }
+        }
+        self.write_stanzas(session, now).await
+    }
+
+    async fn write_stanzas(
+        &mut self,
+        session: &mut Session,
+        stanzas: Vec<Element>,
+    ) -> Result<(), End> {
+        if stanzas.is_empty() {
+            return Ok(());
+        }
+        let mut out = String::new();
+        let mut ask = false;
+        for el in stanzas {
+            el.write_to(&mut out, ns::CLIENT);
+            if let Some(sm) = session.sm.as_mut() {
+                ask |= sm.on_sent(el);
+            }
+        }
+        if let Some(sm) = &session.sm {
+            if sm.unacked.len() > self.server.config.outbound_queue {
+                return Err(stream_error(
+                    StreamCondition::PolicyViolation,
+                    "too many unacknowledged stanzas",
+                ));
+            }
+            if ask {
+                sm::request().write_to(&mut out, ns::CLIENT);
+            }
+        }
+        self.write(&out).await
+    }
+
+    /// Stream-management and CSI nonzas, then stanzas.
+    async fn handle_element(&mut self, session: &mut Session, el: Element) -> Result<(), End> {
+        if el.ns == sm::NS {
+            return self.handle_sm(session, el).await;
+        }
+        if el.ns == csi::NS {
+            match el.name.as_str() {
+                "inactive" => session.handle.set_flag(SessionFlag::Inactive, true),
+                "active" => {
+                    session.handle.set_flag(SessionFlag::Inactive, false);
+                    let held = session.held.take();
+                    self.write_stanzas(session, held).await?;
+                }
+                _ => {
+                    return Err(stream_error(
+                        StreamCondition::UnsupportedStanzaType,
+                        "unknown CSI element",
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let handle = session.handle.clone();
+        self.handle_stanza(&handle, el).await?;
+        if let Some(sm) = session.sm.as_mut() {
+            sm.on_handled();
+        }
+        Ok(())
+    }
+
+    async fn handle_sm(&mut self, session: &mut Session, el: Element) -> Result<(), End> {
+        match el.name.as_str() {
+            "enable" => {
+                if session.sm.is_some() {
+                    return self.send(&sm::failed("unexpected-request")).await;
+                }
+                let resume = matches!(el.attr("resume"), Some("true" | "1"));
+                let id = random_id();
+                let mut enabled = Element::new("enabled", sm::NS).with_attr("id", id.as_str());
+                if resume {
+                    let max = self.server.config.resume_timeout.as_secs();
+                    enabled.set_attr("resume", "true");
+                    enabled.set_attr("max", max.to_string());
+                    let handle = &session.handle;
+                    session.takeover = Some(self.server.resumption.insert(
+                        id.clone(),
+                        handle.jid.clone(),
+                        handle.id,
+                    ));
+                }
+                session.sm = Some(SmState::new(id, resume));
+                self.send(&enabled).await
+            }
+            "r" => match &session.sm {
+                Some(sm) => self.send(&sm::ack(sm.handled_in)).await,
+                None => Err(stream_error(
+                    StreamCondition::UnsupportedStanzaType,
+                    "stream management is not enabled",
+                )),
+            },
+            "a" => match (session.sm.as_mut(), sm::parse_h(&el)) {
+                (Some(sm), Some(h)) => sm.on_ack(h).map_err(End::Error),
+                _ => Err(stream_error(
+                    StreamCondition::UnsupportedStanzaType,
+                    "unexpected ack",
+                )),
+            },
+            "resume" => self.send(&sm::failed("unexpected-request")).await,
+            _ => Err(stream_error(
+                StreamCondition::UnsupportedStanzaType,
+                "unknown stream management element",
+            )),
+        }
+    }
+
+    /// Waits, detached, for a client to resume this session (XEP-0198 §5).
+    async fn wait_for_resumption(&mut self, session: &mut Session) -> Option<Takeover> {
+        let rx = session.takeover.as_mut()?;
+        let timeout = self.server.config.resume_timeout;
+        tokio::select! {
+            t = rx => t.ok(),
+            _ = tokio::time::sleep(timeout) => None,
+            _ = session.handle.closed().cancelled() => None,
+            _ = self.server.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Continues the session over the resuming connection: acknowledges,
+    /// retransmits what the client missed, and reopens the resumption slot.
+    async fn adopt(&mut self, session: &mut Session, takeover: Takeover) {
+        let new = *takeover.conn;
+        self.io = new.io;
+        self.framer = new.framer;
+        self.peer = new.peer;
+        self.bucket = new.bucket;
+        self.cb = new.cb;
+        self._permit = new._permit;
+        self.header_sent = true;
+        let handle = session.handle.clone();
+        let Some(sm) = session.sm.as_mut() else {
+            return;
+        };
+        if sm.on_ack(takeover.h).is_err() {
+            tracing::debug!("resumption with an impossible h; retransmitting everything");
+        }
+        let resumed = Element::new("resumed", sm::NS)
+            .with_attr("h", sm.handled_in.to_string())
+            .with_attr("previd", sm.id.as_str());
+        let mut out = resumed.to_xml_in(ns::CLIENT);
+        for el in &sm.unacked {
+            el.write_to(&mut out, ns::CLIENT);
+        }
+        let id = sm.id.clone();
+        session.takeover = Some(
+            self.server
+                .resumption
+                .insert(id, handle.jid.clone(), handle.id),
+        );
+        tracing::info!(jid = %handle.jid, peer = %self.peer, "session resumed");
+        // A failed write shows up as EOF on the next read.
+        let _ = self.write(&out).await;
     }
 
     async fn handle_stanza(
