@@ -438,6 +438,12 @@ pub fn error_reply(stanza: &Element, err: &StanzaError) -> Option<Element> {
         reply.set_attr("from", to);
     }
     reply.set_attr("type", "error");
+    if reply.name == "iq" {
+        // RFC 6120 §8.3.1 lets us echo the request; we don't for IQs, whose
+        // payloads can carry credentials (XEP-0077) that must not travel
+        // back or land in stanza logs.
+        reply.children.clear();
+    }
     let mut error = err.to_element();
     // Same namespace as the stanza, so it serializes without an xmlns
     // whether this is a jabber:client or a jabber:server stream.

@@ -16,20 +16,18 @@ use crate::stanza::{StreamCondition, StreamError};
 /// [`Element::to_xml`]. Goes through the same [`Framer`] as the wire, so
 /// stored data gets no laxer treatment than live data.
 pub fn parse_stanza(xml: &str, content_ns: &'static str) -> Result<Element, StreamError> {
-    let mut framer = Framer::new(
-        Limits {
-            max_stanza_bytes: xml.len() + 1,
-            ..Limits::default()
-        },
-        content_ns,
+    let header = format!(
+        "<stream:stream xmlns='{content_ns}' xmlns:stream='{}'>",
+        crate::ns::STREAM
     );
-    framer.feed(
-        format!(
-            "<stream:stream xmlns='{content_ns}' xmlns:stream='{}'>",
-            crate::ns::STREAM
-        )
-        .as_bytes(),
-    );
+    // The limit must cover the header too: the framer counts every byte it
+    // has not yet turned into an event.
+    let limits = Limits {
+        max_stanza_bytes: header.len() + xml.len() + 1,
+        ..Limits::default()
+    };
+    let mut framer = Framer::new(limits, content_ns);
+    framer.feed(header.as_bytes());
     framer.feed(xml.as_bytes());
     match framer.next_event()? {
         Some(StreamEvent::Open(_)) => {}
