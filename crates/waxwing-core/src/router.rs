@@ -355,6 +355,17 @@ impl Server {
             _ => return,
         };
         let to = stanza.attr("to").and_then(|t| Jid::parse(t).ok());
+        // An IQ to someone else's account: the account must exist, or the
+        // answer is the same as for an unknown namespace (RFC 6121 §8.5.1).
+        if let Some(t) = to
+            .as_ref()
+            .filter(|t| t.local().is_some() && t.bare() != from.bare())
+            && !self.stores.accounts.exists(t.bare()).await.unwrap_or(false)
+        {
+            return self
+                .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                .await;
+        }
         let targets: &[IqTarget] = match &to {
             None => &[IqTarget::Account, IqTarget::Server],
             Some(t) if t.local().is_none() => &[IqTarget::Server],
