@@ -30,6 +30,8 @@ use crate::stream::sm::{self, SmState};
 use crate::stream::transport::Transport;
 use crate::{credentials, random_id};
 
+mod sasl2;
+
 /// Bytes read from the socket at a time. Small on purpose: it lives in every
 /// idle session, and XMPP stanzas are usually far smaller.
 const READ_CHUNK: usize = 2048;
@@ -86,6 +88,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         auth_failures: 0,
         peer,
         attempted: None,
+        sasl2: false,
         bucket: TokenBucket::new(
             server.config.read_rate_bytes,
             server.config.read_burst_bytes,
@@ -115,13 +118,14 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         conn.negotiate().await
     })
     .await;
-    let (handle, mut rx) = match negotiated {
-        Ok(Ok(Negotiated::Bound(handle, rx))) => (handle, rx),
-        Ok(Ok(Negotiated::Resume(slot, h))) => {
+    let (handle, mut rx, inline_sm) = match negotiated {
+        Ok(Ok(Negotiated::Bound(handle, rx, inline))) => (handle, rx, inline),
+        Ok(Ok(Negotiated::Resume(slot, h, success))) => {
             // The detached session's task takes this connection over.
             if let Err(takeover) = slot.send(Takeover {
                 conn: Box::new(conn),
                 h,
+                success,
             }) {
                 let mut conn = takeover.conn;
                 let _ = conn.send(&sm::failed("item-not-found")).await;
@@ -139,11 +143,15 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         }
     };
     tracing::info!(jid = %handle.jid, "session bound");
+    let (sm, takeover) = match inline_sm {
+        Some(i) => (Some(i.state), i.takeover),
+        None => (None, None),
+    };
     let mut session = Session {
         handle: handle.clone(),
-        sm: None,
+        sm,
         held: Held::default(),
-        takeover: None,
+        takeover,
     };
     let end = loop {
         match conn.run_session(&mut session, &mut rx).await {
@@ -202,9 +210,15 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
 
 /// What negotiation produced.
 enum Negotiated {
-    Bound(Arc<SessionHandle>, mpsc::Receiver<Element>),
+    /// A bound session, with stream management if Bind2 enabled it inline.
+    Bound(
+        Arc<SessionHandle>,
+        mpsc::Receiver<Element>,
+        Option<InlineSm>,
+    ),
     /// The client asked to resume a detached session (XEP-0198 §5).
-    Resume(oneshot::Sender<Takeover>, u32),
+    /// With the SASL2 `<success/>` to wrap `<resumed/>` in, when resumed inline.
+    Resume(oneshot::Sender<Takeover>, u32, Option<Element>),
 }
 
 /// Why the session loop returned.
@@ -219,6 +233,14 @@ pub(crate) struct Takeover {
     conn: Box<Conn>,
     /// The client's count of stanzas it received.
     h: u32,
+    /// SASL2 inline resumption: `<resumed/>` goes inside this `<success/>`.
+    success: Option<Element>,
+}
+
+/// Stream management enabled inline by Bind2.
+struct InlineSm {
+    state: SmState,
+    takeover: Option<oneshot::Receiver<Takeover>>,
 }
 
 /// Detached-but-resumable sessions, by stream-management id.
@@ -248,10 +270,10 @@ impl ResumptionTable {
     }
 
     /// The slot for `id`, if it belongs to `user` (never someone else's session).
-    fn take(&self, id: &str, user: &BareJid) -> Option<oneshot::Sender<Takeover>> {
+    fn take(&self, id: &str, user: &BareJid) -> Option<(oneshot::Sender<Takeover>, FullJid)> {
         let mut slots = self.slots.lock().expect("resumption lock");
         if slots.get(id).is_some_and(|s| s.jid.bare() == user) {
-            return slots.remove(id).map(|s| s.tx);
+            return slots.remove(id).map(|s| (s.tx, s.jid));
         }
         None
     }
@@ -294,6 +316,8 @@ struct Conn {
     _permit: Option<ConnectionPermit>,
     /// The account named in the current SASL exchange, once known.
     attempted: Option<BareJid>,
+    /// The current SASL exchange uses XEP-0388 framing.
+    sasl2: bool,
 }
 
 impl Conn {
@@ -415,8 +439,13 @@ impl Conn {
 
     /// Negotiates until a resource is bound.
     async fn negotiate(&mut self) -> Result<Negotiated, End> {
+        // SASL2 authenticates without a stream restart (XEP-0388 §2.6).
+        let mut restart = true;
         loop {
-            self.open_stream().await?;
+            if restart {
+                self.open_stream().await?;
+            }
+            restart = true;
             let tls = self.io.is_tls();
             let config = &self.server.config;
             let sasl_allowed = tls || !config.require_encryption;
@@ -457,6 +486,13 @@ impl Conn {
                     if config.registration_open {
                         features.push_child(Element::new("register", ns::REGISTER_FEATURE));
                     }
+                    if tls {
+                        features.push_child(sasl2::feature(&sasl::mechanisms_offered(
+                            tls,
+                            &self.cb,
+                            config.allow_plain,
+                        )));
+                    }
                 }
             } else {
                 features.push_child(Element::new("bind", ns::BIND));
@@ -487,11 +523,34 @@ impl Conn {
                             self.sasl_failure("encryption-required").await?;
                             continue;
                         }
-                        if self.authenticate(&el).await? {
+                        if let Some(additional) = self.authenticate(&el).await? {
+                            let success = Element::new("success", ns::SASL).with_text(
+                                additional
+                                    .map(|d| sasl::encode_payload(&d))
+                                    .unwrap_or_default(),
+                            );
+                            self.write(&success.to_xml()).await?;
                             self.framer.reset();
                             break;
                         }
                         continue;
+                    }
+                    if el.is("authenticate", sasl2::NS) {
+                        if !tls {
+                            // XEP-0388 §5: SASL2 only over TLS.
+                            self.sasl2 = true;
+                            self.sasl_failure("encryption-required").await?;
+                            self.sasl2 = false;
+                            continue;
+                        }
+                        match self.sasl2_authenticate(&el).await? {
+                            None => continue,
+                            Some(sasl2::Outcome::Ready(negotiated)) => return Ok(negotiated),
+                            Some(sasl2::Outcome::Authenticated) => {
+                                restart = false;
+                                break;
+                            }
+                        }
                     }
                     if el.is("iq", ns::CLIENT) && sasl_allowed && is_register_iq(&el) {
                         self.pre_auth_register(el).await?;
@@ -504,7 +563,7 @@ impl Conn {
                 }
                 if el.is("iq", ns::CLIENT) && el.child("bind", ns::BIND).is_some() {
                     if let Some((handle, rx)) = self.bind(&el).await? {
-                        return Ok(Negotiated::Bound(handle, rx));
+                        return Ok(Negotiated::Bound(handle, rx, None));
                     }
                     continue;
                 }
@@ -512,9 +571,10 @@ impl Conn {
                     let user = self.user.clone().expect("authenticated");
                     let slot = el
                         .attr("previd")
-                        .and_then(|id| self.server.resumption.take(id, &user));
+                        .and_then(|id| self.server.resumption.take(id, &user))
+                        .map(|(tx, _)| tx);
                     match (slot, sm::parse_h(&el)) {
-                        (Some(slot), Some(h)) => return Ok(Negotiated::Resume(slot, h)),
+                        (Some(slot), Some(h)) => return Ok(Negotiated::Resume(slot, h, None)),
                         _ => self.send(&sm::failed("item-not-found")).await?,
                     }
                     continue;
@@ -551,13 +611,14 @@ impl Conn {
 
     async fn sasl_failure(&mut self, condition: &str) -> Result<(), End> {
         let failure =
-            Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL));
+            Element::new("failure", self.sasl_ns()).with_child(Element::new(condition, ns::SASL));
         self.write(&failure.to_xml()).await
     }
 
-    /// One SASL exchange. Ok(true) on success; Ok(false) after a failure
-    /// the client may retry; Err once too many failures piled up.
-    async fn authenticate(&mut self, auth: &Element) -> Result<bool, End> {
+    /// One SASL exchange (either framing). `Some(additional data)` on
+    /// success, with `self.user` set; `None` after a failure the client may
+    /// retry; Err once too many failures piled up.
+    async fn authenticate(&mut self, auth: &Element) -> Result<Option<Option<Vec<u8>>>, End> {
         let ip = self.peer.ip();
         let server = self.server.clone();
         let throttle = &server.auth_throttle;
@@ -576,25 +637,18 @@ impl Conn {
         };
         match outcome {
             Ok((user, additional)) => {
-                let success = Element::new("success", ns::SASL).with_text(match additional {
-                    Some(data) => sasl::encode_payload(&data),
-                    None => String::new(),
-                });
-                self.write(&success.to_xml()).await?;
-                self.server.auth_throttle.record_success(&user);
+                throttle.record_success(&user);
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
-                Ok(true)
+                Ok(Some(additional))
             }
             Err(e) => {
                 self.sasl_failure(e.condition()).await?;
                 if matches!(e, SaslError::Aborted) {
-                    return Ok(false);
+                    return Ok(None);
                 }
-                tracing::info!(peer = %self.peer, user = ?self.attempted.as_ref().map(|u| u.to_string()), condition = e.condition(), "authentication failed");
-                self.server
-                    .auth_throttle
-                    .record_failure(ip, self.attempted.as_ref());
+                tracing::info!(user = ?self.attempted.as_ref().map(|u| u.to_string()), condition = e.condition(), "authentication failed");
+                throttle.record_failure(ip, self.attempted.as_ref());
                 self.auth_failures += 1;
                 if self.auth_failures >= self.server.config.max_auth_failures {
                     return Err(stream_error(
@@ -602,7 +656,7 @@ impl Conn {
                         "too many failed authentication attempts",
                     ));
                 }
-                Ok(false)
+                Ok(None)
             }
         }
     }
@@ -610,10 +664,10 @@ impl Conn {
     /// Reads the next SASL response; `<abort/>` and anything else end the exchange.
     async fn sasl_response(&mut self) -> Result<Result<Vec<u8>, SaslError>, End> {
         let el = self.next_element().await?;
-        if el.is("abort", ns::SASL) {
+        if el.is("abort", self.sasl_ns()) {
             return Ok(Err(SaslError::Aborted));
         }
-        if !el.is("response", ns::SASL) {
+        if !el.is("response", self.sasl_ns()) {
             return Err(stream_error(
                 StreamCondition::NotAuthorized,
                 "SASL exchange in progress",
@@ -622,8 +676,18 @@ impl Conn {
         Ok(sasl::decode_payload(&el.text()))
     }
 
+    fn sasl_ns(&self) -> &'static str {
+        if self.sasl2 { sasl2::NS } else { ns::SASL }
+    }
+
     async fn challenge(&mut self, data: &[u8]) -> Result<(), End> {
-        let el = Element::new("challenge", ns::SASL).with_text(sasl::encode_payload(data));
+        // SASL2 has no "=" for empty data (XEP-0388 §2.1): empty is empty.
+        let text = if self.sasl2 && data.is_empty() {
+            String::new()
+        } else {
+            sasl::encode_payload(data)
+        };
+        let el = Element::new("challenge", self.sasl_ns()).with_text(text);
         self.write(&el.to_xml()).await
     }
 
@@ -641,7 +705,13 @@ impl Conn {
         else {
             return Ok(Err(SaslError::InvalidMechanism));
         };
-        let text = auth.text();
+        let text = if self.sasl2 {
+            auth.child("initial-response", sasl2::NS)
+                .map(|r| r.text())
+                .unwrap_or_default()
+        } else {
+            auth.text()
+        };
         let initial = if text.trim().is_empty() {
             // No initial response: send an empty challenge and wait (RFC 6120 §6.4.2).
             self.challenge(&[]).await?;
@@ -662,17 +732,25 @@ impl Conn {
         }
     }
 
-    async fn plain(&self, data: &[u8], host: &str) -> Result<BareJid, SaslError> {
+    async fn plain(&mut self, data: &[u8], host: &str) -> Result<BareJid, SaslError> {
         let creds = sasl::parse_plain(data)?;
         let user =
             BareJid::new(Some(&creds.authcid), host).map_err(|_| SaslError::NotAuthorized)?;
+        self.attempted = Some(user.clone());
         check_authzid(creds.authzid.as_deref(), &user)?;
         let secrets = self.lookup(&user).await?;
-        let ok = secrets
+        let secret = secrets
             .iter()
             .find(|s| s.hash == ScramHash::Sha256)
             .or(secrets.first())
-            .is_some_and(|s| s.verify_password(&creds.password));
+            .cloned();
+        // PBKDF2 takes milliseconds: keep it off the threads that serve streams.
+        let password = creds.password;
+        let ok = tokio::task::spawn_blocking(move || {
+            secret.is_some_and(|s| s.verify_password(&password))
+        })
+        .await
+        .unwrap_or(false);
         if ok {
             Ok(user)
         } else {
@@ -785,41 +863,56 @@ impl Conn {
         &mut self,
         iq: &Element,
     ) -> Result<Option<(Arc<SessionHandle>, mpsc::Receiver<Element>)>, End> {
-        let user = self.user.clone().expect("bind only after authentication");
-        if iq.attr("type") != Some("set") {
-            let err = StanzaError::modify(Condition::BadRequest);
-            if let Some(r) = stanza::error_reply(iq, &err) {
-                self.send(&r).await?;
-            }
-            return Ok(None);
-        }
         let requested = iq
             .child("bind", ns::BIND)
             .and_then(|b| b.child("resource", ns::BIND))
             .map(|r| r.text())
             .filter(|r| !r.trim().is_empty());
-        let resource = requested.unwrap_or_else(|| format!("waxwing-{}", random_id()));
-        let full = match FullJid::new(user.clone(), &resource) {
-            Ok(f) => f,
-            Err(_) => {
-                let err = StanzaError::modify(Condition::BadRequest).with_text("invalid resource");
+        let bound = if iq.attr("type") != Some("set") {
+            Err(StanzaError::modify(Condition::BadRequest))
+        } else {
+            self.bind_resource(requested.unwrap_or_else(|| format!("waxwing-{}", random_id())))
+                .await
+        };
+        match bound {
+            Ok((handle, rx)) => {
+                let mut reply = stanza::iq_result(iq);
+                reply.remove_attr("to");
+                reply.remove_attr("from");
+                reply.push_child(
+                    Element::new("bind", ns::BIND).with_child(
+                        Element::new("jid", ns::BIND).with_text(handle.jid.to_string()),
+                    ),
+                );
+                self.send(&reply).await?;
+                Ok(Some((handle, rx)))
+            }
+            Err(err) => {
                 if let Some(r) = stanza::error_reply(iq, &err) {
                     self.send(&r).await?;
                 }
-                return Ok(None);
+                Ok(None)
             }
-        };
+        }
+    }
+
+    /// Binds `resource` for the authenticated user (RFC 6120 §7, XEP-0386).
+    async fn bind_resource(
+        &mut self,
+        resource: String,
+    ) -> Result<(Arc<SessionHandle>, mpsc::Receiver<Element>), StanzaError> {
+        let user = self.user.clone().expect("bind only after authentication");
+        let full = FullJid::new(user.clone(), &resource).map_err(|_| {
+            StanzaError::modify(Condition::BadRequest).with_text("invalid resource")
+        })?;
         let sessions = &self.server.sessions;
         let replacing = sessions.get(&full).is_some();
         if !replacing && sessions.resource_count(&user) >= self.server.config.max_resources {
-            let err =
-                StanzaError::wait(Condition::ResourceConstraint).with_text("too many resources");
-            if let Some(r) = stanza::error_reply(iq, &err) {
-                self.send(&r).await?;
-            }
-            return Ok(None);
+            return Err(
+                StanzaError::wait(Condition::ResourceConstraint).with_text("too many resources")
+            );
         }
-        let (handle, rx) = SessionHandle::new(full.clone(), self.server.config.outbound_queue);
+        let (handle, rx) = SessionHandle::new(full, self.server.config.outbound_queue);
         if let Some(old) = sessions.bind(handle.clone()) {
             // RFC 6120 §7.7.2.2: the newer session wins; the old one gets <conflict/>.
             old.close(
@@ -827,19 +920,11 @@ impl Conn {
                     .with_text("replaced by a new connection"),
             );
         }
-        let mut reply = stanza::iq_result(iq);
-        reply.remove_attr("to");
-        reply.remove_attr("from");
-        reply.push_child(
-            Element::new("bind", ns::BIND)
-                .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
-        );
-        self.send(&reply).await?;
         self.server
             .clone()
             .emit(Some(handle.clone()), Event::SessionBound(handle.clone()))
             .await;
-        Ok(Some((handle, rx)))
+        Ok((handle, rx))
     }
 
     /// The bound session: read stanzas, write queued ones, until the end.
@@ -1093,7 +1178,15 @@ impl Conn {
         let resumed = Element::new("resumed", sm::NS)
             .with_attr("h", sm.handled_in.to_string())
             .with_attr("previd", sm.id.as_str());
-        let mut out = resumed.to_xml_in(ns::CLIENT);
+        let mut out = match takeover.success {
+            Some(mut success) => {
+                success.push_child(resumed);
+                let mut out = success.to_xml();
+                out.push_str("<stream:features/>");
+                out
+            }
+            None => resumed.to_xml_in(ns::CLIENT),
+        };
         for el in &sm.unacked {
             el.write_to(&mut out, ns::CLIENT);
         }
