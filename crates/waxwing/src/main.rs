@@ -2,7 +2,6 @@
 //! lives in the library crates.
 #![forbid(unsafe_code)]
 
-mod modules;
 mod user;
 
 use std::path::PathBuf;
@@ -10,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use waxwing::modules;
 use waxwing_core::Config;
 
 #[derive(Parser)]

@@ -257,6 +257,13 @@ impl Framer {
                     )));
                 }
                 if depth == 1 {
+                    // A new stream header where a stanza belongs: refuse it
+                    // at once instead of waiting for an element that never
+                    // closes.
+                    if el.is("stream", crate::ns::STREAM) {
+                        return Err(StreamError::new(StreamCondition::BadFormat)
+                            .with_text("stream header inside the stream"));
+                    }
                     self.check_top_level_ns(&el)?;
                 }
                 self.stack.push(el);
