@@ -167,7 +167,9 @@ async fn broadcast(cx: &Cx, origin: &Arc<SessionHandle>, mut presence: Element, 
         .into_iter()
         .filter(|s| s.id != origin.id)
         .collect();
-    for s in &siblings {
+    // RFC 6121 §4.2.2, §4.4.2: every available resource of the account,
+    // the sender included, sees the broadcast.
+    for s in siblings.iter().chain(available.then_some(origin)) {
         if s.is_available() {
             let mut p = presence.clone();
             p.set_attr("to", s.jid.to_string());
@@ -239,6 +241,7 @@ where
             return Vec::new();
         }
     };
+    let was_visible = before.as_ref().is_some_and(|b| b.in_roster);
     let Some((item, out)) = change(before) else {
         return Vec::new();
     };
@@ -253,7 +256,10 @@ where
         roster.put(owner, &item).await
     };
     match stored {
-        Ok(version) => push(cx, owner, &item, version).await,
+        // Rows that only remember a pending request are not roster items:
+        // no push for them (RFC 6121 §3.1.3).
+        Ok(version) if item.in_roster || was_visible => push(cx, owner, &item, version).await,
+        Ok(_) => {}
         Err(e) => {
             tracing::error!(error = %e, %owner, "roster write failed");
             return Vec::new();
@@ -470,6 +476,7 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
         }
         // §3.3.3
         "unsubscribe" => {
+            let unavailable = unavailable_from_resources(cx, &user, &contact);
             let mut changed = false;
             let out = with_item(cx, &user, &contact, |item| {
                 let mut it = item.filter(|i| subscribed_from(i) || i.pending_in)?;
@@ -481,7 +488,8 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
                     s => s,
                 };
                 changed = true;
-                Some((it, Vec::new()))
+                // Step 3: the contact no longer gets our presence.
+                Some((it, unavailable))
             })
             .await;
             if changed {
