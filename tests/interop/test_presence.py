@@ -27,18 +27,28 @@ def presences_from(client, full_jid: str, ptype: str):
         lambda p: str(p["from"]) == full_jid and (p.xml.get("type") or "available") == ptype)
 
 
-async def test_initial_presence_is_broadcast_to_own_resources(server, xmpp):
+async def test_initial_presence_is_reflected_to_the_sender(server, xmpp):
     """§4.2.2: initial presence goes to all of the user's available resources,
-    including the one that sent it."""
+    "including the resource that generated the presence notification"."""
+    srv = server(users=USERS)
+    one = await xmpp.login(srv, f"{ALICE}/one", PASSWORD)
+    one.x.send_presence(pstatus="me")
+    echo = await one.expect_presence(sender=f"{ALICE}/one", ptype="available")
+    assert echo["status"] == "me"
+
+
+async def test_initial_presence_reaches_the_users_other_resources(server, xmpp):
     srv = server(users=USERS)
     one = await xmpp.login(srv, f"{ALICE}/one", PASSWORD)
     await one.online()
-    await one.expect_presence(sender=f"{ALICE}/one", ptype="available")
     two = await xmpp.login(srv, f"{ALICE}/two", PASSWORD)
     two.x.send_presence(pstatus="hello")
-    await two.expect_presence(sender=f"{ALICE}/two", ptype="available")
     seen = await one.expect_presence(sender=f"{ALICE}/two", ptype="available")
     assert seen["status"] == "hello"
+    # ... and the newcomer learns about the resource already online.
+    await two.expect_presence(sender=f"{ALICE}/one", ptype="available")
+    await two.close()
+    await one.expect_presence(sender=f"{ALICE}/two", ptype="unavailable")
 
 
 async def test_subscription_handshake_both_ways(server, xmpp):
@@ -47,6 +57,13 @@ async def test_subscription_handshake_both_ways(server, xmpp):
     bob = await login_interested(xmpp, srv, f"{BOB}/b")
 
     await make_friends(alice, bob)
+
+    # Nothing was ever removed from either roster: a 'remove' push would tell
+    # the client to delete an item it never had.
+    for client, contact in ((alice, BOB), (bob, ALICE)):
+        removes = [str(p) for p in client.roster_pushes.seen
+                   if (roster_item_in(p, contact) or {}).get("subscription") == "remove"]
+        assert removes == [], f"spurious roster push(es) to {client.label}: {removes}"
 
     # Both rosters say 'both'.
     for client, contact in ((alice, BOB), (bob, ALICE)):

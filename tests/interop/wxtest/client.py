@@ -125,7 +125,7 @@ class Client:
         self.password = password
         x = slixmpp.ClientXMPP(jid, password, sasl_mech=mech)
         if mechs:
-            x["feature_mechanisms"].use_mechs = set(mechs)
+            x.plugin["feature_mechanisms"].use_mechs = set(mechs)
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -194,7 +194,7 @@ class Client:
         self.disconnected.clear()
 
     def _install_channel_binding(self, kind: str) -> None:
-        mech_plugin = self.x["feature_mechanisms"]
+        mech_plugin = self.x.plugin["feature_mechanisms"]
         default = mech_plugin._default_credentials
 
         def credentials(required, optional):
@@ -251,7 +251,7 @@ class Client:
 
     @property
     def sasl_mechanism(self) -> str | None:
-        mech = self.x["feature_mechanisms"].mech
+        mech = self.x.plugin["feature_mechanisms"].mech
         return mech.name if mech is not None else None
 
     @property

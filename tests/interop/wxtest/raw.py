@@ -242,14 +242,15 @@ class RawStream:
                 if event == "start":
                     if self.depth == 0:
                         self.root = el
-                        self.events.append(("header", el))
+                        header = ET.Element(el.tag, dict(el.attrib))
+                        self.events.append(("header", header))
                     self.depth += 1
                 else:
                     self.depth -= 1
                     if self.depth == 1:
                         self.events.append(("element", el))
                         if self.root is not None:
-                            self.root.clear()
+                            self.root.remove(el)  # keep memory flat; attributes stay
                     elif self.depth == 0:
                         self.events.append(("close", el))
         except ET.ParseError as e:

@@ -42,14 +42,18 @@ def waxwing_binary() -> Path:
     return target / "debug" / "waxwing"
 
 
+try:
+    # Resolved in the parent: between fork and exec the child must not dlopen.
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """Child-side: get SIGTERM if the pytest worker dies, so no server leaks."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _port_of(addr: str) -> int:
@@ -101,6 +105,10 @@ class Subject:
     channel_bindings: tuple[str, ...] = ()
     has_cli = False
     unavailable_after_unsubscribe = True
+    #: Stream error for DTDs, comments, PIs (RFC 6120 §11.1).
+    restricted_xml_error = "restricted-xml"
+    #: RFC 6120 §4.9.3.12: a stanza before authentication -> <not-authorized/>.
+    not_authorized_before_auth = True
 
     def __init__(self, workdir: Path, overrides: dict | None, label: str):
         self.workdir = workdir
@@ -150,6 +158,15 @@ class Subject:
             proc.stdout.close()
         return self.exit_code
 
+    def restart(self) -> int | None:
+        """Stop (SIGTERM) and start again on the same data; returns the exit code.
+        Ports change: clients made afterwards pick up the new ones."""
+        code = self.stop()
+        self.exit_code = None
+        self.proc = None
+        self.start()
+        return code
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -195,8 +212,9 @@ class WaxwingServer(Subject):
                 pytrace=False,
             )
         self.write_config()
+        self.listeners = {}
         env = dict(os.environ, RUST_BACKTRACE="1", NO_COLOR="1")
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "ab")  # append: a restart keeps the earlier run's log
         try:
             self.proc = subprocess.Popen(
                 [str(self.binary), "serve", "--config", str(self.config_path)],
@@ -276,6 +294,10 @@ class ProsodyServer(Subject):
     # mod_presence does not do RFC 6121 §3.3.3 step 3 (unavailable from the
     # contact's resources after an inbound unsubscribe).
     unavailable_after_unsubscribe = False
+    # util.xmppstream reports restricted XML as a parse error -> not-well-formed.
+    restricted_xml_error = "not-well-formed"
+    # Answers unauthenticated stanzas with stanza errors and keeps the stream.
+    not_authorized_before_auth = False
 
     def __init__(self, workdir: Path, overrides: dict | None, label: str):
         super().__init__(workdir, overrides, label)
@@ -308,7 +330,7 @@ class ProsodyServer(Subject):
             'authentication = "internal_hashed"',
             'storage = "internal"',
             f"allow_registration = {'true' if reg.get('open') else 'false'}",
-            f"min_seconds_between_registrations = 0",
+            "min_seconds_between_registrations = 0",
             "c2s_require_encryption = true",
             f'ssl = {{ certificate = "{cert}", key = "{key}" }}',
             f'log = {{ {{ levels = {{ min = "info" }}, to = "console" }},'
