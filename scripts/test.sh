@@ -106,6 +106,28 @@ interop() {
     return "$status"
 }
 
+# -- federation interop (issue 8): Prosody, the Debian package --------------------
+# tests/interop/test_federation.py starts its own Prosody as the unprivileged
+# `prosody` user; installed here once (idempotent: skipped when present).
+prosody_pkg() {
+    if command -v prosody >/dev/null 2>&1; then
+        echo "prosody already installed ($(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?'))"
+        return 0
+    fi
+    step "apt-get install -y prosody"
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody lua-unbound ||
+            { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody lua-unbound; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody lua-unbound
+    fi
+    # The package starts a system Prosody; the tests run their own.
+    if command -v systemctl >/dev/null 2>&1; then systemctl stop prosody 2>/dev/null || true; fi
+    if command -v service >/dev/null 2>&1; then service prosody stop 2>/dev/null || true; fi
+}
+run_stage "prosody (apt)" prosody_pkg || true
+# -- end federation interop block ---------------------------------------------------
+
 run_stage "python env" python_env || { summary; exit 1; }
 run_stage "cargo build" rust_build || { summary; exit 1; }
 run_stage "rust tests" rust_tests || true

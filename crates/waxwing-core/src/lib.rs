@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod hooks;
 pub mod listen;
 pub mod router;
+pub mod s2s;
 pub mod session;
 pub mod stream;
 pub mod time;
@@ -57,7 +58,8 @@ pub async fn start(
     let stores = waxwing_store::open(&config.database_url).await?;
     let registry = Registrar::build(modules)?;
     let tls = tls::TlsContext::load(&config)?;
-    let server = Server::new(config, stores, registry, tls);
+    let s2s = s2s::S2sManager::new(&config, &tls)?;
+    let server = Server::new(config, stores, registry, tls, s2s);
     let bound = listen::bind_all(&server).await?;
     let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();
     let tasks = TaskTracker::new();

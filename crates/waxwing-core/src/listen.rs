@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::router::Server;
-use crate::stream::c2s;
+use crate::stream::{c2s, s2s_in};
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,10 @@ pub enum ListenerKind {
     C2s,
     /// c2s with TLS from the first byte (XEP-0368).
     C2sDirectTls,
+    /// s2s with STARTTLS (RFC 6120).
+    S2s,
+    /// s2s with TLS from the first byte (XEP-0368).
+    S2sDirectTls,
 }
 
 impl ListenerKind {
@@ -24,6 +28,8 @@ impl ListenerKind {
         match self {
             ListenerKind::C2s => "c2s",
             ListenerKind::C2sDirectTls => "c2s_direct_tls",
+            ListenerKind::S2s => "s2s",
+            ListenerKind::S2sDirectTls => "s2s_direct_tls",
         }
     }
 }
@@ -42,6 +48,8 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
     let lists = [
         (ListenerKind::C2s, &server.config.c2s),
         (ListenerKind::C2sDirectTls, &server.config.c2s_direct_tls),
+        (ListenerKind::S2s, &server.config.s2s_listen),
+        (ListenerKind::S2sDirectTls, &server.config.s2s_direct_tls),
     ];
     for (kind, addrs) in lists {
         for addr in addrs {
@@ -72,9 +80,15 @@ pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) 
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let direct = bound.kind == ListenerKind::C2sDirectTls;
                 let server = server.clone();
-                tasks.spawn(c2s::serve(server, tcp, peer, direct));
+                match bound.kind {
+                    ListenerKind::C2s => tasks.spawn(c2s::serve(server, tcp, peer, false)),
+                    ListenerKind::C2sDirectTls => tasks.spawn(c2s::serve(server, tcp, peer, true)),
+                    ListenerKind::S2s => tasks.spawn(s2s_in::serve(server, tcp, peer, false)),
+                    ListenerKind::S2sDirectTls => {
+                        tasks.spawn(s2s_in::serve(server, tcp, peer, true))
+                    }
+                };
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

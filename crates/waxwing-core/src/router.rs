@@ -10,7 +10,7 @@
 //! | local full, bound    | that session                    | that session          | that session              |
 //! | local full, unbound  | chat/normal/headline as bare; groupchat bounced; error dropped | dropped | service-unavailable |
 //! | no such account      | service-unavailable (error dropped) | dropped           | service-unavailable       |
-//! | remote domain        | remote-server-not-found until federation exists                                     |
+//! | remote domain        | queued for the (local, remote) s2s connection; bounced with remote-server-not-found / -timeout if it fails |
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +28,7 @@ use waxwing_store::{StoreError, Stores};
 use crate::abuse::{AuthThrottle, ConnectionCounter};
 use crate::config::Config;
 use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqKind, IqTarget, Registry};
+use crate::s2s::S2sManager;
 use crate::session::{SessionHandle, SessionRegistry};
 use crate::stream::c2s::ResumptionTable;
 use crate::tls::TlsContext;
@@ -49,6 +50,8 @@ pub struct Server {
     pub(crate) connections: Arc<ConnectionCounter>,
     pub(crate) auth_throttle: AuthThrottle,
     pub(crate) resumption: ResumptionTable,
+    /// Federation: outgoing connections per domain pair, dialback secret, s2s TLS.
+    pub s2s: S2sManager,
 }
 
 impl Server {
@@ -57,6 +60,7 @@ impl Server {
         stores: Stores,
         registry: Registry,
         tls: TlsContext,
+        s2s: S2sManager,
     ) -> Arc<Self> {
         Arc::new(Server {
             stores,
@@ -73,6 +77,7 @@ impl Server {
                 config.auth_failure_window,
             ),
             resumption: ResumptionTable::default(),
+            s2s,
             config,
         })
     }
@@ -101,13 +106,8 @@ impl Server {
             } else if self.config.is_local_host(to.domain()) {
                 self.deliver_local(to, stanza, kind).await;
             } else {
-                // Federation arrives with its own issue; until then a remote
-                // domain is honestly unreachable.
-                self.bounce(
-                    &stanza,
-                    StanzaError::cancel(Condition::RemoteServerNotFound),
-                )
-                .await;
+                // Never awaits the remote: the pair's s2s task owns the queue.
+                self.s2s.send(&self, stanza);
             }
         })
     }

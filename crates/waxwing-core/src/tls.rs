@@ -58,6 +58,17 @@ impl TlsContext {
         })
     }
 
+    /// The certificate and key of `host` (the first host's if it has none),
+    /// presented as a TLS client on outgoing s2s streams.
+    pub(crate) fn key_for(&self, host: &str) -> Arc<CertifiedKey> {
+        self.certs.pick(Some(host))
+    }
+
+    /// The SNI-based certificate choice, shared with the s2s listener.
+    pub(crate) fn cert_resolver(&self) -> Arc<dyn ResolvesServerCert> {
+        self.certs.clone()
+    }
+
     /// The leaf certificate presented for `sni` (RFC 5929 tls-server-end-point needs it).
     pub fn leaf_for(&self, sni: Option<&str>) -> CertificateDer<'static> {
         self.certs.pick(sni).cert[0].clone()

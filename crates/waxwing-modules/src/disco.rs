@@ -78,10 +78,32 @@ struct ServerDisco;
 #[async_trait]
 impl IqHandler for ServerDisco {
     async fn handle_iq(&self, cx: &Cx, iq: Iq) -> IqResult {
+        // Nodes owned by other modules: ad-hoc commands (XEP-0050).
+        if let Some(answer) = crate::adhoc::disco_node(cx, &iq.from, &iq.payload) {
+            return answer;
+        }
         Ok(Some(match parse_request(&iq.payload)? {
-            Query::Info => info_result(&[SERVER_IDENTITY], cx.server_features()),
-            // MUC and PubSub services will be listed here once they exist.
-            Query::Items => items_result(),
+            Query::Info => {
+                let mut info = info_result(&[SERVER_IDENTITY], cx.server_features());
+                // XEP-0128 extension: XEP-0157 contact addresses.
+                if let Some(form) = crate::contact_addresses::server_info_form(cx) {
+                    info.push_child(form);
+                }
+                info
+            }
+            // Services under this host (MUC, later PubSub), as their modules registered them.
+            Query::Items => {
+                let host = iq.to.as_ref().unwrap_or(&iq.from).domain();
+                let mut items = items_result();
+                for (jid, name) in cx.services_of(host) {
+                    items.push_child(
+                        Element::new("item", ns::DISCO_ITEMS)
+                            .with_attr("jid", jid)
+                            .with_attr("name", name),
+                    );
+                }
+                items
+            }
         }))
     }
 }

@@ -2,14 +2,23 @@
 //! waxwing-core: no sockets, no session internals.
 #![forbid(unsafe_code)]
 
+pub mod adhoc;
+pub mod blocking;
+pub mod carbons;
+pub mod contact_addresses;
 pub mod disco;
+pub mod last;
 mod locks;
+pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod private;
 pub mod register;
 pub mod roster;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use waxwing_proto::stanza::{Condition, StanzaError};

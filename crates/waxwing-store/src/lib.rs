@@ -11,14 +11,27 @@ use std::fmt;
 use std::sync::Arc;
 
 pub mod accounts;
+pub mod archive;
+pub mod blocklist;
+pub mod last;
 pub mod memory;
+pub mod muc;
 pub mod offline;
+pub mod private_xml;
 pub mod roster;
 mod sqlite;
 
 pub use accounts::{AccountStore, StoredSecret};
+pub use archive::{
+    ArchiveOwner, ArchivePrefs, ArchiveQuery, ArchiveStore, DefaultPolicy, Item, NewItem, OwnerKind,
+    Page,
+};
+pub use blocklist::BlocklistStore;
+pub use last::{LastActivity, LastActivityStore};
 pub use memory::memory;
+pub use muc::{Affiliation, MucStore, RoomAffiliation, RoomRecord, StoredRoom};
 pub use offline::{OfflineMessage, OfflineStore};
+pub use private_xml::PrivateXmlStore;
 pub use roster::{RosterItem, RosterStore, Subscription};
 
 /// What can go wrong in a store. Callers map these to XMPP conditions; the
@@ -50,6 +63,16 @@ pub struct Stores {
     pub roster: Arc<dyn RosterStore>,
     /// Offline messages (XEP-0160).
     pub offline: Arc<dyn OfflineStore>,
+    /// Message archives of users and rooms (XEP-0313).
+    pub archive: Arc<dyn ArchiveStore>,
+    /// Blocklists (XEP-0191).
+    pub blocklist: Arc<dyn BlocklistStore>,
+    /// Private XML (XEP-0049) and vCards (XEP-0054).
+    pub private_xml: Arc<dyn PrivateXmlStore>,
+    /// Last logout per account (XEP-0012).
+    pub last_activity: Arc<dyn LastActivityStore>,
+    /// Persistent MUC rooms (XEP-0045).
+    pub muc: Arc<dyn MucStore>,
 }
 
 impl fmt::Debug for Stores {

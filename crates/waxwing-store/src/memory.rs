@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 
 use crate::accounts::normalize_secrets;
+use crate::muc::{MucStore, RoomAffiliation, RoomRecord, StoredRoom};
 use crate::roster::{normalize_groups, visible_change};
 use crate::{
     AccountStore, OfflineMessage, OfflineStore, RosterItem, RosterStore, StoreError, StoredSecret,
@@ -18,8 +19,13 @@ pub fn memory() -> Stores {
     let m = Arc::new(Memory::default());
     Stores {
         accounts: m.clone(),
+        archive: Arc::new(crate::archive::MemoryArchive::default()),
+        blocklist: Arc::new(crate::blocklist::MemoryBlocklist::default()),
+        private_xml: Arc::new(crate::private_xml::MemoryPrivateXml::default()),
+        last_activity: Arc::new(crate::last::MemoryLastActivity::default()),
         roster: m.clone(),
         offline: m,
+        muc: Arc::new(MemoryMuc::default()),
     }
 }
 
@@ -238,5 +244,97 @@ impl OfflineStore for Memory {
 
     async fn count(&self, owner: &BareJid) -> Result<u64, StoreError> {
         Ok(self.lock().offline.get(owner).map_or(0, |q| q.len() as u64))
+    }
+}
+
+/// MUC rooms in memory. Their own lock: no other concern touches them.
+#[derive(Default)]
+struct MemoryMuc {
+    rooms: Mutex<BTreeMap<BareJid, StoredRoom>>,
+}
+
+impl MemoryMuc {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<BareJid, StoredRoom>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl MucStore for MemoryMuc {
+    async fn replace_room(&self, room: &StoredRoom) -> Result<(), StoreError> {
+        let mut room = room.clone();
+        room.affiliations.sort_by(|a, b| a.jid.cmp(&b.jid));
+        room.affiliations.dedup_by(|b, a| {
+            // Same JID twice: the later row wins, as with SQL upserts.
+            if a.jid == b.jid {
+                std::mem::swap(a, b);
+                true
+            } else {
+                false
+            }
+        });
+        let mut nicks: Vec<_> = room
+            .affiliations
+            .iter()
+            .filter_map(|a| a.nick.as_ref())
+            .collect();
+        nicks.sort();
+        if nicks.windows(2).any(|w| w[0] == w[1]) {
+            return Err(StoreError::AlreadyExists);
+        }
+        self.lock().insert(room.room.jid.clone(), room);
+        Ok(())
+    }
+
+    async fn save_room(&self, room: &RoomRecord) -> Result<(), StoreError> {
+        let mut rooms = self.lock();
+        let slot = rooms.get_mut(&room.jid).ok_or(StoreError::NotFound)?;
+        slot.room = room.clone();
+        Ok(())
+    }
+
+    async fn set_affiliation(
+        &self,
+        room: &BareJid,
+        item: &RoomAffiliation,
+    ) -> Result<(), StoreError> {
+        let mut rooms = self.lock();
+        let slot = rooms.get_mut(room).ok_or(StoreError::NotFound)?;
+        if item.nick.is_some()
+            && slot
+                .affiliations
+                .iter()
+                .any(|a| a.jid != item.jid && a.nick == item.nick)
+        {
+            return Err(StoreError::AlreadyExists);
+        }
+        match slot.affiliations.binary_search_by(|a| a.jid.cmp(&item.jid)) {
+            Ok(i) => slot.affiliations[i] = item.clone(),
+            Err(i) => slot.affiliations.insert(i, item.clone()),
+        }
+        Ok(())
+    }
+
+    async fn remove_affiliation(&self, room: &BareJid, jid: &BareJid) -> Result<(), StoreError> {
+        if let Some(slot) = self.lock().get_mut(room) {
+            slot.affiliations.retain(|a| &a.jid != jid);
+        }
+        Ok(())
+    }
+
+    async fn rooms(&self, domain: &str) -> Result<Vec<StoredRoom>, StoreError> {
+        Ok(self
+            .lock()
+            .values()
+            .filter(|r| r.room.jid.domain() == domain)
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_room(&self, room: &BareJid) -> Result<(), StoreError> {
+        self.lock()
+            .remove(room)
+            .map(|_| ())
+            .ok_or(StoreError::NotFound)
     }
 }

@@ -3,10 +3,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use waxwing_proto::jid::BareJid;
+use waxwing_proto::jid::{BareJid, Jid};
 use waxwing_store::{
-    OfflineMessage, RosterItem, StoreError, StoredSecret, Stores, Subscription, memory, open,
+    Affiliation, LastActivity, OfflineMessage, RoomAffiliation, RoomRecord, RosterItem, StoreError,
+    StoredRoom, StoredSecret, Stores, Subscription, memory, open,
 };
 
 fn j(s: &str) -> BareJid {
@@ -439,6 +441,746 @@ async fn quota_is_atomic(s: &Stores) {
     assert_eq!(s.offline.list(&owner).await.unwrap().len(), 10);
 }
 
+// ---------------------------------------------------------------- muc
+
+fn aff(jid: &str, affiliation: Affiliation, nick: Option<&str>) -> RoomAffiliation {
+    RoomAffiliation {
+        jid: j(jid),
+        affiliation,
+        nick: nick.map(Into::into),
+        reason: None,
+    }
+}
+
+fn room_record(jid: &str, config: &str) -> RoomRecord {
+    RoomRecord {
+        jid: j(jid),
+        config: config.into(),
+        subject: String::new(),
+        subject_by: None,
+    }
+}
+
+async fn muc_contract(s: &Stores) {
+    let m = &s.muc;
+    let coven = j("coven@chat.shakespeare.lit");
+    let hag = j("hag66@shakespeare.lit");
+    assert_eq!(m.rooms("chat.shakespeare.lit").await, Ok(vec![]));
+    assert_eq!(m.delete_room(&coven).await, Err(StoreError::NotFound));
+    assert_eq!(
+        m.save_room(&room_record("coven@chat.shakespeare.lit", "c"))
+            .await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        m.set_affiliation(
+            &coven,
+            &aff("hag66@shakespeare.lit", Affiliation::Member, None)
+        )
+        .await,
+        Err(StoreError::NotFound)
+    );
+
+    let mut room = StoredRoom {
+        room: room_record("coven@chat.shakespeare.lit", "<x/>"),
+        affiliations: vec![
+            aff("crone1@shakespeare.lit", Affiliation::Owner, Some("crone")),
+            aff(
+                "hag66@shakespeare.lit",
+                Affiliation::Member,
+                Some("thirdwitch"),
+            ),
+        ],
+    };
+    m.replace_room(&room).await.unwrap();
+    // Another service's room is not listed for this one.
+    m.replace_room(&StoredRoom {
+        room: room_record("other@muc.example", "<y/>"),
+        affiliations: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        m.rooms("chat.shakespeare.lit").await,
+        Ok(vec![room.clone()])
+    );
+
+    // Config and subject change; affiliations stay.
+    room.room.config = "<x v='2'/>".into();
+    room.room.subject = "Fire Burn and Cauldron Bubble!".into();
+    room.room.subject_by = Some("thirdwitch".into());
+    m.save_room(&room.room).await.unwrap();
+    assert_eq!(
+        m.rooms("chat.shakespeare.lit").await,
+        Ok(vec![room.clone()])
+    );
+
+    // set_affiliation replaces; results stay sorted by JID.
+    let mut banned = aff("wiccarocks@shakespeare.lit", Affiliation::Outcast, None);
+    banned.reason = Some("Treason".into());
+    m.set_affiliation(&coven, &banned).await.unwrap();
+    m.set_affiliation(
+        &coven,
+        &aff(
+            "hag66@shakespeare.lit",
+            Affiliation::Admin,
+            Some("thirdwitch"),
+        ),
+    )
+    .await
+    .unwrap();
+    let got = m.rooms("chat.shakespeare.lit").await.unwrap();
+    let list: Vec<_> = got[0]
+        .affiliations
+        .iter()
+        .map(|a| (a.jid.to_string(), a.affiliation))
+        .collect();
+    assert_eq!(
+        list,
+        vec![
+            ("crone1@shakespeare.lit".to_string(), Affiliation::Owner),
+            ("hag66@shakespeare.lit".to_string(), Affiliation::Admin),
+            (
+                "wiccarocks@shakespeare.lit".to_string(),
+                Affiliation::Outcast
+            ),
+        ]
+    );
+    assert_eq!(got[0].affiliations[2].reason.as_deref(), Some("Treason"));
+
+    // A registered nick belongs to one JID.
+    assert_eq!(
+        m.set_affiliation(
+            &coven,
+            &aff("x@shakespeare.lit", Affiliation::Member, Some("crone"))
+        )
+        .await,
+        Err(StoreError::AlreadyExists)
+    );
+
+    m.remove_affiliation(&coven, &hag).await.unwrap();
+    m.remove_affiliation(&coven, &hag).await.unwrap();
+    assert_eq!(
+        m.rooms("chat.shakespeare.lit").await.unwrap()[0]
+            .affiliations
+            .len(),
+        2
+    );
+
+    // replace_room replaces the whole affiliation list.
+    room.affiliations = vec![aff("crone1@shakespeare.lit", Affiliation::Owner, None)];
+    m.replace_room(&room).await.unwrap();
+    assert_eq!(
+        m.rooms("chat.shakespeare.lit").await,
+        Ok(vec![room.clone()])
+    );
+
+    m.delete_room(&coven).await.unwrap();
+    assert_eq!(m.rooms("chat.shakespeare.lit").await, Ok(vec![]));
+    assert_eq!(m.rooms("muc.example").await.unwrap().len(), 1);
+    // A re-created room starts without the old affiliations.
+    m.replace_room(&StoredRoom {
+        room: room_record("coven@chat.shakespeare.lit", "<x/>"),
+        affiliations: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        m.rooms("chat.shakespeare.lit").await.unwrap()[0].affiliations,
+        vec![]
+    );
+}
+
+// ------------------------------------------------------- blocklist (0191)
+
+async fn blocklist_contract(s: &Stores) {
+    let b = &s.blocklist;
+    let romeo = j("romeo@montague.example");
+    let juliet = j("juliet@capulet.example");
+    let jid = |x: &str| Jid::parse(x).unwrap();
+    assert_eq!(b.list(&romeo).await, Ok(vec![]));
+    b.block(
+        &romeo,
+        &[
+            jid("tybalt@capulet.example"),
+            jid("evil.example"),
+            jid("a@b.example/phone"),
+        ],
+    )
+    .await
+    .unwrap();
+    // Blocking twice keeps one row; other owners are separate.
+    b.block(&romeo, &[jid("evil.example")]).await.unwrap();
+    b.block(&juliet, &[jid("nurse@capulet.example")])
+        .await
+        .unwrap();
+    assert_eq!(
+        b.list(&romeo).await,
+        Ok(vec![
+            jid("a@b.example/phone"),
+            jid("evil.example"),
+            jid("tybalt@capulet.example")
+        ])
+    );
+    b.unblock(&romeo, &[jid("evil.example"), jid("never@blocked.example")])
+        .await
+        .unwrap();
+    assert_eq!(b.list(&romeo).await.unwrap().len(), 2);
+    assert_eq!(
+        b.unblock_all(&romeo).await,
+        Ok(vec![
+            jid("a@b.example/phone"),
+            jid("tybalt@capulet.example")
+        ])
+    );
+    assert_eq!(b.list(&romeo).await, Ok(vec![]));
+    assert_eq!(b.unblock_all(&romeo).await, Ok(vec![]));
+    b.remove_user(&juliet).await.unwrap();
+    assert_eq!(b.list(&juliet).await, Ok(vec![]));
+}
+
+// ---------------------------------------------- private XML / vCard (0049)
+
+async fn private_xml_contract(s: &Stores) {
+    let p = &s.private_xml;
+    let romeo = j("romeo@montague.example");
+    let juliet = j("juliet@capulet.example");
+    assert_eq!(p.get(&romeo, "vcard-temp").await, Ok(None));
+    p.set(&romeo, "vcard-temp", "<vCard xmlns='vcard-temp'/>")
+        .await
+        .unwrap();
+    p.set(&romeo, "{storage:bookmarks}storage", "<storage/>")
+        .await
+        .unwrap();
+    p.set(
+        &romeo,
+        "vcard-temp",
+        "<vCard xmlns='vcard-temp'><FN>R</FN></vCard>",
+    )
+    .await
+    .unwrap();
+    p.set(&juliet, "vcard-temp", "<vCard xmlns='vcard-temp'/>")
+        .await
+        .unwrap();
+    assert_eq!(
+        p.get(&romeo, "vcard-temp").await,
+        Ok(Some("<vCard xmlns='vcard-temp'><FN>R</FN></vCard>".into()))
+    );
+    assert_eq!(
+        p.get(&romeo, "{storage:bookmarks}storage").await,
+        Ok(Some("<storage/>".into()))
+    );
+    p.remove_user(&romeo).await.unwrap();
+    assert_eq!(p.get(&romeo, "vcard-temp").await, Ok(None));
+    assert_eq!(p.get(&romeo, "{storage:bookmarks}storage").await, Ok(None));
+    assert!(p.get(&juliet, "vcard-temp").await.unwrap().is_some());
+}
+
+// ------------------------------------------------ last activity (0012)
+
+async fn last_activity_contract(s: &Stores) {
+    let l = &s.last_activity;
+    let romeo = j("romeo@montague.example");
+    assert_eq!(l.get(&romeo).await, Ok(None));
+    let first = LastActivity {
+        at: 1_795_000_000,
+        status: "Heading Home".into(),
+    };
+    l.set(&romeo, &first).await.unwrap();
+    assert_eq!(l.get(&romeo).await, Ok(Some(first)));
+    let second = LastActivity {
+        at: 1_795_000_100,
+        status: String::new(),
+    };
+    l.set(&romeo, &second).await.unwrap();
+    assert_eq!(l.get(&romeo).await, Ok(Some(second)));
+    l.remove_user(&romeo).await.unwrap();
+    assert_eq!(l.get(&romeo).await, Ok(None));
+}
+
+// ---------------------------------------------------------------- archive
+
+use waxwing_store::archive::{
+    ArchiveOwner, ArchivePrefs, ArchiveQuery, DefaultPolicy, Item, NewItem, OwnerKind, Page,
+};
+
+fn jid(s: &str) -> Jid {
+    Jid::parse(s).unwrap()
+}
+
+/// `n` seconds after a fixed instant, with a millisecond part to check precision.
+fn at(n: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(1_700_000_000_123 + n * 1000)
+}
+
+fn ids_of(page: &Page<Item>) -> Vec<String> {
+    page.items.iter().map(|i| i.id.clone()).collect()
+}
+
+fn q(max: usize) -> ArchiveQuery {
+    ArchiveQuery {
+        max,
+        ..ArchiveQuery::default()
+    }
+}
+
+async fn archive_contract(s: &Stores) {
+    let a = &s.archive;
+    let romeo = ArchiveOwner::User(j("romeo@montague.example"));
+    let juliet = ArchiveOwner::User(j("juliet@capulet.example"));
+    // A room archive at the same address is a different archive.
+    let room_romeo = ArchiveOwner::Room(j("romeo@montague.example"));
+
+    let empty = a.query(&romeo, &q(10)).await.unwrap();
+    assert_eq!(
+        empty,
+        Page {
+            items: vec![],
+            count: 0,
+            first_index: None,
+            complete: true
+        }
+    );
+
+    // Ten items, alternating between two resources of Juliet and the Nurse.
+    let withs = [
+        "juliet@capulet.example/balcony",
+        "juliet@capulet.example/chamber",
+        "nurse@capulet.example",
+    ];
+    let mut ids = Vec::new();
+    for n in 0..10u64 {
+        let with = jid(withs[n as usize % 3]);
+        let stanza = format!("<message><body>{n} ünï &amp; 🌹</body></message>");
+        let id = a
+            .append(
+                &romeo,
+                NewItem {
+                    with: &with,
+                    stamp: at(n),
+                    stanza: &stanza,
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+        let other = a
+            .append(
+                &juliet,
+                NewItem {
+                    with: &jid("romeo@montague.example/orchard"),
+                    stamp: at(n),
+                    stanza: "<message/>",
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!ids.contains(&other));
+    }
+    let room_id = a
+        .append(
+            &room_romeo,
+            NewItem {
+                with: &jid("romeo@montague.example/x"),
+                stamp: at(0),
+                stanza: "<message type='groupchat'/>",
+            },
+        )
+        .await
+        .unwrap();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 10);
+
+    // Everything, in append order, fields round-tripped.
+    let all = a.query(&romeo, &q(100)).await.unwrap();
+    assert_eq!(ids_of(&all), ids);
+    assert_eq!(
+        (all.count, all.first_index, all.complete),
+        (10, Some(0), true)
+    );
+    assert_eq!(all.first_id(), Some(ids[0].as_str()));
+    assert_eq!(all.last_id(), Some(ids[9].as_str()));
+    assert_eq!(all.items[4].stamp, at(4));
+    assert_eq!(all.items[4].with, jid("juliet@capulet.example/chamber"));
+    assert_eq!(all.items[5].with, jid("nurse@capulet.example"));
+    assert_eq!(
+        all.items[4].stanza,
+        "<message><body>4 ünï &amp; 🌹</body></message>"
+    );
+
+    // Forward paging with RSM <after>.
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = a
+            .query(
+                &romeo,
+                &ArchiveQuery {
+                    after: after.clone(),
+                    ..q(3)
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.count, 10);
+        assert_eq!(page.first_index, Some(seen.len() as u64));
+        seen.extend(ids_of(&page));
+        pages.push(page.complete);
+        after = page.last_id().map(str::to_string);
+        if page.complete {
+            break;
+        }
+    }
+    assert_eq!(seen, ids);
+    assert_eq!(pages, [false, false, false, true]);
+
+    // Backward paging from the end with RSM <before/>, then <before>id</before>.
+    let last = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                before: Some(String::new()),
+                ..q(3)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&last), ids[7..]);
+    assert_eq!(
+        (last.count, last.first_index, last.complete),
+        (10, Some(7), false)
+    );
+    let mut seen = ids_of(&last);
+    let mut before = last.first_id().map(str::to_string);
+    loop {
+        let page = a
+            .query(
+                &romeo,
+                &ArchiveQuery {
+                    before: before.clone(),
+                    ..q(3)
+                },
+            )
+            .await
+            .unwrap();
+        let mut ids = ids_of(&page);
+        ids.extend(seen);
+        seen = ids;
+        before = page.first_id().map(str::to_string);
+        if page.complete {
+            assert_eq!(page.first_index, Some(0));
+            break;
+        }
+    }
+    assert_eq!(seen, ids);
+
+    // An exactly full last page is complete.
+    let exact = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                after: Some(ids[6].clone()),
+                ..q(3)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&exact), ids[7..]);
+    assert!(exact.complete);
+
+    // flip-page: same page, newest first.
+    let flipped = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                before: Some(String::new()),
+                flip_page: true,
+                ..q(3)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ids_of(&flipped),
+        [ids[9].clone(), ids[8].clone(), ids[7].clone()]
+    );
+    assert_eq!(flipped.first_id(), Some(ids[9].as_str()));
+    assert_eq!(flipped.first_index, Some(7));
+
+    // `with`: a bare JID matches every resource, a full JID only itself.
+    let bare = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                with: Some(jid("juliet@capulet.example")),
+                ..q(100)
+            },
+        )
+        .await
+        .unwrap();
+    let expected: Vec<_> = (0..10)
+        .filter(|n| n % 3 != 2)
+        .map(|n| ids[n].clone())
+        .collect();
+    assert_eq!(ids_of(&bare), expected);
+    assert_eq!(bare.count, 7);
+    let full = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                with: Some(jid("juliet@capulet.example/balcony")),
+                ..q(100)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ids_of(&full),
+        [
+            ids[0].clone(),
+            ids[3].clone(),
+            ids[6].clone(),
+            ids[9].clone()
+        ]
+    );
+    let nurse_full = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                with: Some(jid("nurse@capulet.example/kitchen")),
+                ..q(100)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(nurse_full.count, 0);
+    // A filtered set pages on its own indices.
+    let page = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                with: Some(jid("juliet@capulet.example")),
+                after: Some(ids[3].clone()),
+                ..q(2)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&page), [ids[4].clone(), ids[6].clone()]);
+    assert_eq!(
+        (page.count, page.first_index, page.complete),
+        (7, Some(3), false)
+    );
+
+    // start and end are inclusive.
+    let span = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                start: Some(at(2)),
+                end: Some(at(4)),
+                ..q(100)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&span), ids[2..5]);
+    assert_eq!(span.count, 3);
+    let after_end = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                start: Some(at(4) + Duration::from_millis(1)),
+                ..q(100)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&after_end), ids[5..]);
+
+    // Form after-id / before-id are exclusive and define the result set.
+    let range = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                after_id: Some(ids[2].clone()),
+                before_id: Some(ids[7].clone()),
+                ..q(2)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&range), ids[3..5]);
+    assert_eq!(
+        (range.count, range.first_index, range.complete),
+        (4, Some(0), false)
+    );
+
+    // ids: exactly those, in archive order.
+    let picked = a
+        .query(
+            &romeo,
+            &ArchiveQuery {
+                ids: vec![ids[8].clone(), ids[1].clone()],
+                ..q(100)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&picked), [ids[1].clone(), ids[8].clone()]);
+    assert_eq!(picked.count, 2);
+
+    // Unknown ids, or ids of another archive, are item-not-found.
+    let juliet_first = a.query(&juliet, &q(1)).await.unwrap().items[0].id.clone();
+    for bad in ["nope".to_string(), juliet_first.clone(), room_id.clone()] {
+        let queries = [
+            ArchiveQuery {
+                ids: vec![ids[0].clone(), bad.clone()],
+                ..q(10)
+            },
+            ArchiveQuery {
+                after_id: Some(bad.clone()),
+                ..q(10)
+            },
+            ArchiveQuery {
+                before_id: Some(bad.clone()),
+                ..q(10)
+            },
+            ArchiveQuery {
+                after: Some(bad.clone()),
+                ..q(10)
+            },
+            ArchiveQuery {
+                before: Some(bad.clone()),
+                ..q(10)
+            },
+        ];
+        for query in &queries {
+            assert_eq!(
+                a.query(&romeo, query).await,
+                Err(StoreError::NotFound),
+                "{query:?}"
+            );
+        }
+    }
+
+    // max 0: just the count.
+    let counted = a.query(&romeo, &q(0)).await.unwrap();
+    assert_eq!(
+        (counted.items.len(), counted.count, counted.complete),
+        (0, 10, false)
+    );
+
+    // Preferences.
+    let rj = j("romeo@montague.example");
+    assert_eq!(a.prefs(&rj).await, Ok(None));
+    let prefs = ArchivePrefs {
+        default: DefaultPolicy::Roster,
+        always: vec![jid("nurse@capulet.example"), jid("juliet@capulet.example")],
+        never: vec![
+            jid("tybalt@capulet.example/sword"),
+            jid("nurse@capulet.example"),
+        ],
+    };
+    a.set_prefs(&rj, &prefs).await.unwrap();
+    assert_eq!(
+        a.prefs(&rj).await,
+        Ok(Some(ArchivePrefs {
+            default: DefaultPolicy::Roster,
+            always: vec![jid("juliet@capulet.example")],
+            never: vec![
+                jid("nurse@capulet.example"),
+                jid("tybalt@capulet.example/sword")
+            ],
+        }))
+    );
+    let never = ArchivePrefs {
+        default: DefaultPolicy::Never,
+        ..ArchivePrefs::default()
+    };
+    a.set_prefs(&rj, &never).await.unwrap();
+    assert_eq!(a.prefs(&rj).await, Ok(Some(never)));
+
+    // Retention: user archives only, oldest first.
+    assert_eq!(a.purge_before(OwnerKind::User, at(5)).await, Ok(10));
+    let kept = a.query(&romeo, &q(100)).await.unwrap();
+    assert_eq!(ids_of(&kept), ids[5..]);
+    assert_eq!(a.query(&juliet, &q(100)).await.unwrap().count, 5);
+    assert_eq!(a.query(&room_romeo, &q(100)).await.unwrap().count, 1);
+    assert_eq!(
+        a.query(
+            &romeo,
+            &ArchiveQuery {
+                after: Some(ids[0].clone()),
+                ..q(10)
+            }
+        )
+        .await,
+        Err(StoreError::NotFound)
+    );
+    // Purged ids are not handed out again; new items go after the old.
+    let newer = a
+        .append(
+            &romeo,
+            NewItem {
+                with: &jid("juliet@capulet.example"),
+                stamp: at(1),
+                stanza: "<message/>",
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!ids.contains(&newer));
+    let kept = a.query(&romeo, &q(100)).await.unwrap();
+    assert_eq!(kept.last_id(), Some(newer.as_str()));
+
+    // Removing a user's archive takes the prefs, not the room archive at that address.
+    assert_eq!(a.remove(&romeo).await, Ok(6));
+    assert_eq!(a.query(&romeo, &q(10)).await.unwrap().count, 0);
+    assert_eq!(a.prefs(&rj).await, Ok(None));
+    assert_eq!(a.query(&room_romeo, &q(10)).await.unwrap().count, 1);
+    assert_eq!(a.query(&juliet, &q(10)).await.unwrap().count, 5);
+    assert_eq!(a.remove(&romeo).await, Ok(0));
+
+    concurrent_appends_are_unique(s).await;
+}
+
+/// Concurrent appends each get their own id and all land.
+async fn concurrent_appends_are_unique(s: &Stores) {
+    let owner = ArchiveOwner::User(j("rosaline@capulet.example"));
+    let mut tasks = Vec::new();
+    for n in 0..50 {
+        let archive = Arc::clone(&s.archive);
+        let owner = owner.clone();
+        tasks.push(tokio::spawn(async move {
+            archive
+                .append(
+                    &owner,
+                    NewItem {
+                        with: &jid("romeo@montague.example"),
+                        stamp: SystemTime::now(),
+                        stanza: &format!("<message>{n}</message>"),
+                    },
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    let page = s.archive.query(&owner, &q(100)).await.unwrap();
+    assert_eq!(page.count, 50);
+    let mut stored = ids_of(&page);
+    stored.sort();
+    ids.sort();
+    assert_eq!(stored, ids);
+}
+
 // ---------------------------------------------------------------- backends
 
 macro_rules! contract_tests {
@@ -469,6 +1211,11 @@ contract_tests! {
     accounts => accounts_contract,
     roster => roster_contract,
     offline => offline_contract,
+    archive => archive_contract,
+    blocklist => blocklist_contract,
+    private_xml => private_xml_contract,
+    last_activity => last_activity_contract,
+    muc => muc_contract,
 }
 
 // ------------------------------------------------------- SQLite specifics

@@ -103,26 +103,32 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let running = waxwing_core::start(config, modules::all()).await?;
+    let modules = modules::all(&config);
+    // Handlers first: a SIGTERM that arrives right after `ready` must stop
+    // the server gracefully, not kill it.
+    let stop = shutdown_signal()?;
+    let running = waxwing_core::start(config, modules).await?;
     // Machine-readable lines on stdout: port 0 resolves here, and tests
     // (and operators' scripts) wait for `ready` instead of sleeping.
     for (kind, addr) in &running.listeners {
         println!("waxwing: listening {} {addr}", kind.name());
     }
     println!("waxwing: ready");
-    shutdown_signal().await?;
+    stop.await;
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM/SIGINT handlers now; the future resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

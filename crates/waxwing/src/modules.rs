@@ -2,20 +2,34 @@
 
 use std::sync::Arc;
 
+use waxwing_core::Config;
 use waxwing_core::hooks::{ModuleLoader, load};
-use waxwing_modules::{disco, offline, ping, presence, register, roster, time, version};
+use waxwing_modules::{
+    adhoc, blocking, carbons, disco, last, mam, offline, ping, presence, private, register, roster,
+    time, vcard, version,
+};
 
 /// Every module, in registration order. Order matters only within a hook
 /// chain of equal priority.
-pub fn all() -> Vec<Arc<dyn ModuleLoader>> {
+pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
     vec![
         load(roster::Roster),
         load(presence::Presence),
         load(offline::Offline),
+        load(mam::Mam::default()),
+        // Blocking's hooks run first in both chains (Priority::EARLY).
+        load(blocking::Blocking::new()),
+        // After MAM, so that copies carry the archive's stanza-id.
+        load(carbons::Carbons),
+        load(vcard::VCard),
+        load(private::Private),
+        load(last::Last::new()),
+        load(adhoc::AdHoc::new()),
         load(disco::Disco),
         load(ping::Ping),
         load(version::Version),
         load(time::Time),
         load(register::Register),
+        load(waxwing_modules::muc::Muc::new(config)),
     ]
 }

@@ -34,6 +34,9 @@ pub struct Config {
     pub admins: Vec<BareJid>,
     pub c2s: Vec<SocketAddr>,
     pub c2s_direct_tls: Vec<SocketAddr>,
+    pub s2s_listen: Vec<SocketAddr>,
+    pub s2s_direct_tls: Vec<SocketAddr>,
+    pub s2s: S2sConfig,
     pub require_encryption: bool,
     pub certificates: Vec<CertificatePaths>,
     pub database_url: String,
@@ -60,6 +63,72 @@ pub struct Config {
     pub resume_timeout: Duration,
     pub log_level: String,
     pub log_json: bool,
+    /// `[contact]`, XEP-0157: (`abuse-addresses` …, URIs), roles without
+    /// addresses left out, in the XEP's order.
+    pub contact_addresses: Vec<(&'static str, Vec<String>)>,
+    /// `[mam] retention_days`: how long archived messages are kept; `None` is forever.
+    pub mam_retention: Option<Duration>,
+    pub muc: MucConfig,
+}
+
+/// `[muc]`, validated.
+#[derive(Debug, Clone)]
+pub struct MucConfig {
+    pub enabled: bool,
+    /// One service domain per host, in host order (`conference.example.org`).
+    pub domains: Vec<String>,
+    pub max_history: usize,
+    pub max_occupants: usize,
+    pub max_rooms_per_user: Option<usize>,
+    pub room_creation: RoomCreation,
+}
+
+/// Who may create MUC rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomCreation {
+    Anyone,
+    /// Accounts of one of our virtual hosts.
+    Local,
+    /// Only the server `admins`.
+    Admins,
+}
+
+/// `[s2s]`, validated.
+#[derive(Debug, Clone)]
+pub struct S2sConfig {
+    pub enabled: bool,
+    pub require_encryption: bool,
+    pub dialback: DialbackPolicy,
+    pub ca_bundle: Option<PathBuf>,
+    /// Prepared domain → "host:port".
+    pub routes: std::collections::HashMap<String, String>,
+    pub secret: Option<String>,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_queue: usize,
+    /// Per-domain policy overrides (prepared domain names).
+    pub domain_policy: std::collections::HashMap<String, DialbackPolicy>,
+}
+
+impl S2sConfig {
+    /// The authentication policy for a remote domain.
+    pub fn policy(&self, domain: &str) -> DialbackPolicy {
+        self.domain_policy
+            .get(domain)
+            .copied()
+            .unwrap_or(self.dialback)
+    }
+}
+
+/// How a remote domain may authenticate (XEP-0178 vs XEP-0220).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialbackPolicy {
+    /// A valid certificate (SASL EXTERNAL), else dialback.
+    Allow,
+    /// Only a certificate that chains to a trusted root and names the domain.
+    RequireValidCerts,
+    /// No federation with the domain.
+    Refuse,
 }
 
 /// PEM files for one host.
@@ -226,6 +295,7 @@ impl Config {
                 "read_burst_bytes must be at least max_stanza_bytes, or a maximal stanza could never be read at once".into(),
             ));
         }
+        let contact_addresses = contact_addresses(&f.contact, source)?;
         let log_json = match f.log.format.as_str() {
             "text" => false,
             "json" => true,
@@ -237,12 +307,19 @@ impl Config {
                 ));
             }
         };
+        let muc = muc_config(&f.muc, &hosts, source)?;
+        let s2s_listen = addrs(&f.listen.s2s, "s2s")?;
+        let s2s_direct_tls = addrs(&f.listen.s2s_direct_tls, "s2s_direct_tls")?;
+        let s2s = s2s_config(&f.s2s, source)?;
         Ok(Config {
             data_dir,
             hosts,
             admins,
             c2s,
             c2s_direct_tls,
+            s2s_listen,
+            s2s_direct_tls,
+            s2s,
             require_encryption: f.tls.require_encryption,
             certificates,
             database_url,
@@ -269,6 +346,10 @@ impl Config {
             resume_timeout: Duration::from_secs(l.resume_timeout_secs),
             log_level: f.log.level,
             log_json,
+            contact_addresses,
+            mam_retention: (f.mam.retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(f.mam.retention_days) * 86_400)),
+            muc,
         })
     }
 
@@ -276,6 +357,166 @@ impl Config {
     pub fn is_local_host(&self, domain: &str) -> bool {
         self.hosts.iter().any(|h| h == domain)
     }
+}
+
+fn dialback_policy(v: &str, key: &str, source: &str) -> Result<DialbackPolicy, ConfigError> {
+    match v {
+        "allow" => Ok(DialbackPolicy::Allow),
+        "require-valid-certs" => Ok(DialbackPolicy::RequireValidCerts),
+        "refuse" => Ok(DialbackPolicy::Refuse),
+        other => Err(ConfigError::at(
+            source,
+            key,
+            format!(
+                "dialback {other:?}: expected \"allow\", \"require-valid-certs\" or \"refuse\""
+            ),
+        )),
+    }
+}
+
+fn s2s_config(s: &raw::S2s, source: &str) -> Result<S2sConfig, ConfigError> {
+    let domain = |d: &str, key: &str| -> Result<String, ConfigError> {
+        BareJid::domain_only(d)
+            .map(|j| j.domain().to_string())
+            .map_err(|e| ConfigError::at(source, key, format!("{d:?} is not a valid domain: {e}")))
+    };
+    let mut routes = std::collections::HashMap::new();
+    for (d, r) in &s.routes {
+        crate::s2s::resolve::static_route(r)
+            .map_err(|e| ConfigError::at(source, d, e.to_string()))?;
+        routes.insert(domain(d, d)?, r.clone());
+    }
+    let mut domain_policy = std::collections::HashMap::new();
+    for (d, o) in &s.domains {
+        if let Some(p) = &o.dialback {
+            domain_policy.insert(
+                domain(d, "dialback")?,
+                dialback_policy(p, "dialback", source)?,
+            );
+        }
+    }
+    for (key, v) in [
+        ("connect_timeout_secs", s.connect_timeout_secs),
+        ("idle_timeout_secs", s.idle_timeout_secs),
+        ("max_queue", s.max_queue as u64),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::at(
+                source,
+                key,
+                format!("{key} must be greater than 0"),
+            ));
+        }
+    }
+    Ok(S2sConfig {
+        enabled: s.enabled,
+        require_encryption: s.require_encryption,
+        dialback: dialback_policy(&s.dialback, "dialback", source)?,
+        ca_bundle: s.ca_bundle.as_ref().map(PathBuf::from),
+        routes,
+        secret: s.secret.clone(),
+        idle_timeout: Duration::from_secs(s.idle_timeout_secs),
+        connect_timeout: Duration::from_secs(s.connect_timeout_secs),
+        max_queue: s.max_queue,
+        domain_policy,
+    })
+}
+
+fn muc_config(m: &raw::Muc, hosts: &[String], source: &str) -> Result<MucConfig, ConfigError> {
+    let room_creation = match m.room_creation.as_str() {
+        "anyone" => RoomCreation::Anyone,
+        "local" => RoomCreation::Local,
+        "admins" => RoomCreation::Admins,
+        other => {
+            return Err(ConfigError::at(
+                source,
+                "room_creation",
+                format!("room_creation {other:?}: expected \"anyone\", \"local\" or \"admins\""),
+            ));
+        }
+    };
+    if m.max_occupants == 0 {
+        return Err(ConfigError::at(
+            source,
+            "max_occupants",
+            "max_occupants must be greater than 0".into(),
+        ));
+    }
+    let mut domains = Vec::new();
+    if m.enabled {
+        for h in hosts {
+            let d = BareJid::domain_only(&format!("{}.{h}", m.subdomain))
+                .map_err(|e| {
+                    ConfigError::at(
+                        source,
+                        "subdomain",
+                        format!(
+                            "subdomain {:?} gives no valid domain under {h:?}: {e}",
+                            m.subdomain
+                        ),
+                    )
+                })?
+                .domain()
+                .to_string();
+            if hosts.contains(&d) {
+                return Err(ConfigError::at(
+                    source,
+                    "subdomain",
+                    format!("MUC domain {d:?} is also a virtual host"),
+                ));
+            }
+            domains.push(d);
+        }
+    }
+    Ok(MucConfig {
+        enabled: m.enabled,
+        domains,
+        max_history: m.max_history,
+        max_occupants: m.max_occupants,
+        max_rooms_per_user: m.max_rooms_per_user,
+        room_creation,
+    })
+}
+
+/// `[contact]`: every address must be a URI, so that clients can act on it.
+fn contact_addresses(
+    c: &raw::Contact,
+    source: &str,
+) -> Result<Vec<(&'static str, Vec<String>)>, ConfigError> {
+    let mut out = Vec::new();
+    for (var, key, list) in [
+        ("abuse-addresses", "abuse", &c.abuse),
+        ("admin-addresses", "admin", &c.admin),
+        ("feedback-addresses", "feedback", &c.feedback),
+        ("sales-addresses", "sales", &c.sales),
+        ("security-addresses", "security", &c.security),
+        ("status-addresses", "status", &c.status),
+        ("support-addresses", "support", &c.support),
+    ] {
+        for uri in list {
+            // RFC 3986 §3.1: a scheme, a colon, something after it.
+            let is_uri = uri.split_once(':').is_some_and(|(scheme, rest)| {
+                !rest.is_empty()
+                    && scheme.starts_with(|ch: char| ch.is_ascii_alphabetic())
+                    && scheme
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "+-.".contains(ch))
+            });
+            if !is_uri {
+                return Err(ConfigError::at(
+                    source,
+                    key,
+                    format!(
+                        "contact address {uri:?} is not a URI (e.g. \"mailto:abuse@example.org\")"
+                    ),
+                ));
+            }
+        }
+        if !list.is_empty() {
+            out.push((var, list.clone()));
+        }
+    }
+    Ok(out)
 }
 
 fn line_of(source: &str, offset: usize) -> usize {
@@ -326,6 +567,75 @@ mod tests {
         let e =
             Config::parse("hosts = [\"ok.example\"]\n[auth]\nscram_iterations = 10\n").unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn muc_defaults_and_validation() {
+        let c = Config::embedded_default();
+        assert_eq!(c.muc.domains, vec!["conference.localhost"]);
+        assert_eq!(c.muc.room_creation, RoomCreation::Local);
+        let c = Config::parse("hosts = [\"a.example\"]\n[muc]\nsubdomain = \"rooms\"\n").unwrap();
+        assert_eq!(c.muc.domains, vec!["rooms.a.example"]);
+        let c = Config::parse("[muc]\nenabled = false\n").unwrap();
+        assert!(c.muc.domains.is_empty());
+        let e = Config::parse("[muc]\nsubdomain = \"bad label\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Config::parse("[muc]\nroom_creation = \"all\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn contact_addresses_are_uris_in_xep_order() {
+        let c = Config::parse(
+            "[contact]\nsupport = [\"https://example.org/help\"]\n\
+             abuse = [\"mailto:abuse@example.org\", \"xmpp:abuse@example.org\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.contact_addresses,
+            vec![
+                (
+                    "abuse-addresses",
+                    vec![
+                        "mailto:abuse@example.org".to_string(),
+                        "xmpp:abuse@example.org".to_string()
+                    ]
+                ),
+                (
+                    "support-addresses",
+                    vec!["https://example.org/help".to_string()]
+                ),
+            ]
+        );
+        let e = Config::parse("[contact]\nadmin = [\"admin@example.org\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn s2s_defaults_and_overrides() {
+        let c = Config::embedded_default();
+        assert!(c.s2s.enabled);
+        assert_eq!(c.s2s_listen, vec!["[::]:5269".parse().unwrap()]);
+        assert_eq!(c.s2s_direct_tls, vec!["[::]:5270".parse().unwrap()]);
+        assert_eq!(c.s2s.dialback, DialbackPolicy::Allow);
+        // A [listen] table that names no s2s listener opens none.
+        let c = Config::parse("[listen]\nc2s = [\"127.0.0.1:0\"]\n").unwrap();
+        assert!(c.s2s_listen.is_empty() && c.s2s_direct_tls.is_empty());
+        let c = Config::parse(
+            "[s2s]\ndialback = \"refuse\"\n[s2s.routes]\n\"Example.ORG\" = \"127.0.0.1:5269\"\n\
+             [s2s.domains.\"friend.example\"]\ndialback = \"require-valid-certs\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.s2s.routes["example.org"], "127.0.0.1:5269");
+        assert_eq!(
+            c.s2s.policy("friend.example"),
+            DialbackPolicy::RequireValidCerts
+        );
+        assert_eq!(c.s2s.policy("other.example"), DialbackPolicy::Refuse);
+        let e = Config::parse("[s2s]\ndialback = \"sometimes\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Config::parse("[s2s.routes]\n\"example.org\" = \"nowhere\"\n").unwrap_err();
+        assert!(e.message.contains("host:port"), "{e}");
     }
 
     #[test]

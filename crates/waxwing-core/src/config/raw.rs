@@ -18,6 +18,10 @@ pub struct File {
     pub registration: Registration,
     pub limits: Limits,
     pub log: Log,
+    pub s2s: S2s,
+    pub contact: Contact,
+    pub mam: Mam,
+    pub muc: Muc,
 }
 
 impl Default for File {
@@ -33,6 +37,10 @@ impl Default for File {
             registration: Registration::default(),
             limits: Limits::default(),
             log: Log::default(),
+            s2s: S2s::default(),
+            contact: Contact::default(),
+            mam: Mam::default(),
+            muc: Muc::default(),
         }
     }
 }
@@ -42,6 +50,14 @@ impl Default for File {
 pub struct Listen {
     pub c2s: Vec<String>,
     pub c2s_direct_tls: Vec<String>,
+    /// Server-to-server with STARTTLS. Without a `[listen]` table the
+    /// default is `[::]:5269`; a `[listen]` table that does not name s2s
+    /// listeners opens none (so test and c2s-only setups need not know).
+    #[serde(default)]
+    pub s2s: Vec<String>,
+    /// Server-to-server with TLS from the first byte (XEP-0368); as `s2s`.
+    #[serde(default)]
+    pub s2s_direct_tls: Vec<String>,
 }
 
 impl Default for Listen {
@@ -49,6 +65,8 @@ impl Default for Listen {
         Listen {
             c2s: vec!["[::]:5222".into()],
             c2s_direct_tls: vec!["[::]:5223".into()],
+            s2s: vec!["[::]:5269".into()],
+            s2s_direct_tls: vec!["[::]:5270".into()],
         }
     }
 }
@@ -175,4 +193,111 @@ impl Default for Log {
             format: "text".into(),
         }
     }
+}
+
+/// `[muc]`: XEP-0045 Multi-User Chat, one service per virtual host.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Muc {
+    /// Serve `<subdomain>.<host>` for every host.
+    pub enabled: bool,
+    /// The label prepended to each host: `conference` gives `conference.example.org`.
+    pub subdomain: String,
+    /// Most messages of discussion history a room keeps (and sends on join).
+    pub max_history: usize,
+    /// Hard cap on occupants per room; a room's own `maxusers` can only be lower.
+    pub max_occupants: usize,
+    /// Most rooms one account may own at once; absent means no limit.
+    pub max_rooms_per_user: Option<usize>,
+    /// Who may create rooms: "anyone", "local" (accounts of our hosts) or "admins".
+    pub room_creation: String,
+}
+
+impl Default for Muc {
+    fn default() -> Self {
+        Muc {
+            enabled: true,
+            subdomain: "conference".into(),
+            max_history: 50,
+            max_occupants: 1000,
+            max_rooms_per_user: None,
+            room_creation: "local".into(),
+        }
+    }
+}
+
+/// `[mam]`: message archives (XEP-0313).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mam {
+    /// Days an archived message is kept; 0 keeps it forever.
+    pub retention_days: u32,
+}
+
+/// `[contact]`: XEP-0157 contact addresses, URIs (`mailto:`, `xmpp:`,
+/// `https:` …) per role.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Contact {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+/// `[s2s]`: federation with other XMPP servers (RFC 6120, XEP-0220, XEP-0178).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2s {
+    /// Federate at all: connect out to remote domains and accept streams.
+    pub enabled: bool,
+    /// Refuse (and never fall back to) unencrypted s2s streams.
+    pub require_encryption: bool,
+    /// Default authentication policy: "allow" (certificates, else dialback),
+    /// "require-valid-certs" (SASL EXTERNAL or a valid certificate only),
+    /// "refuse" (no federation unless a domain overrides it).
+    pub dialback: String,
+    /// Extra trusted CA certificates (PEM), on top of the system roots.
+    pub ca_bundle: Option<String>,
+    /// Static routes: domain → "host:port" ("tls://host:port" for direct TLS).
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// Dialback secret; generated and kept in `data_dir` when absent.
+    pub secret: Option<String>,
+    /// An s2s connection with no traffic for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Resolving, connecting and authenticating to a remote domain must
+    /// finish within this; queued stanzas then bounce with remote-server-timeout.
+    pub connect_timeout_secs: u64,
+    /// Stanzas queued per remote domain while its connection is negotiated.
+    pub max_queue: usize,
+    /// Per-domain overrides.
+    pub domains: std::collections::BTreeMap<String, S2sDomain>,
+}
+
+impl Default for S2s {
+    fn default() -> Self {
+        S2s {
+            enabled: true,
+            require_encryption: true,
+            dialback: "allow".into(),
+            ca_bundle: None,
+            routes: Default::default(),
+            secret: None,
+            idle_timeout_secs: 600,
+            connect_timeout_secs: 30,
+            max_queue: 1000,
+            domains: Default::default(),
+        }
+    }
+}
+
+/// `[s2s.domains."example.org"]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sDomain {
+    /// Overrides `[s2s] dialback` for this domain.
+    pub dialback: Option<String>,
 }

@@ -5,6 +5,9 @@
 //! backend can reuse these statements; only the DDL in `migrations/` differs.
 
 mod accounts;
+mod archive;
+mod im;
+mod muc;
 mod offline;
 mod roster;
 
@@ -41,8 +44,13 @@ pub(crate) async fn open(url: &str) -> Result<Stores, StoreError> {
     let s = Arc::new(connect(url).await?);
     Ok(Stores {
         accounts: s.clone(),
+        archive: s.clone(),
+        blocklist: s.clone(),
+        private_xml: s.clone(),
+        last_activity: s.clone(),
         roster: s.clone(),
-        offline: s,
+        offline: s.clone(),
+        muc: s,
     })
 }
 

@@ -58,7 +58,8 @@ impl TestServer {
             data = dir.path().display().to_string(),
         );
         let config = Config::parse(&toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
-        let running = waxwing_core::start(config, waxwing::modules::all())
+        let modules = waxwing::modules::all(&config);
+        let running = waxwing_core::start(config, modules)
             .await
             .expect("server starts");
         let port = |kind| {
@@ -104,15 +105,12 @@ impl TestServer {
     }
 
     /// [`TestServer::login`], then fetch the roster (so the session gets
-    /// pushes) and send initial presence with `priority`. Returns the client
-    /// and everything that arrived before the sync point.
+    /// pushes) and send initial presence with `priority`, waiting until the
+    /// server has processed it. What arrived meanwhile is discarded.
     pub async fn login_available(&self, user: &str, resource: &str, priority: i8) -> Client {
         let mut c = self.login(user, resource).await;
         c.get_roster().await;
-        c.send(&format!(
-            "<presence><priority>{priority}</priority></presence>"
-        ))
-        .await;
+        c.available(priority).await;
         c
     }
 
@@ -139,6 +137,12 @@ pub fn bare(local: &str) -> String {
 /// self-signed certificate generated on first start.
 #[derive(Debug)]
 pub struct DangerousAcceptAnyCertForTests(Arc<rustls::crypto::CryptoProvider>);
+
+impl DangerousAcceptAnyCertForTests {
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        DangerousAcceptAnyCertForTests(provider)
+    }
+}
 
 impl rustls::client::danger::ServerCertVerifier for DangerousAcceptAnyCertForTests {
     fn verify_server_cert(
@@ -265,6 +269,8 @@ pub struct Client {
     pub closed: bool,
     /// XEP-0440/RFC 9266 tls-exporter bytes once TLS is up (TLS 1.3).
     pub tls_exporter: Option<Vec<u8>>,
+    /// The domain named in our stream headers ([`DOMAIN`] unless changed).
+    pub domain: String,
     next_id: u32,
     /// Descriptions of everything read so far, for failure messages.
     log: VecDeque<String>,
@@ -316,6 +322,7 @@ impl Client {
             jid: None,
             closed: false,
             tls_exporter: None,
+            domain: DOMAIN.to_string(),
             next_id: 0,
             log: VecDeque::new(),
         }
@@ -528,7 +535,8 @@ impl Client {
 
     /// Sends our header, reads the server's and its features.
     pub async fn open_stream(&mut self) -> Element {
-        self.send(&stream_header(DOMAIN)).await;
+        let header = stream_header(&self.domain);
+        self.send(&header).await;
         self.read_features().await
     }
 

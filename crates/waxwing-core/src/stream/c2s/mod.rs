@@ -30,6 +30,7 @@ use crate::stream::sm::{self, SmState};
 use crate::stream::transport::Transport;
 use crate::{credentials, random_id};
 
+mod fast;
 mod sasl2;
 
 /// Bytes read from the socket at a time. Small on purpose: it lives in every
@@ -89,6 +90,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         peer,
         attempted: None,
         sasl2: false,
+        fast_rotate: false,
         bucket: TokenBucket::new(
             server.config.read_rate_bytes,
             server.config.read_burst_bytes,
@@ -318,6 +320,8 @@ struct Conn {
     attempted: Option<BareJid>,
     /// The current SASL exchange uses XEP-0388 framing.
     sasl2: bool,
+    /// The FAST token just used is due for rotation.
+    fast_rotate: bool,
 }
 
 impl Conn {
@@ -487,11 +491,9 @@ impl Conn {
                         features.push_child(Element::new("register", ns::REGISTER_FEATURE));
                     }
                     if tls {
-                        features.push_child(sasl2::feature(&sasl::mechanisms_offered(
-                            tls,
-                            &self.cb,
-                            config.allow_plain,
-                        )));
+                        let mechanisms =
+                            sasl::mechanisms_offered(tls, &self.cb, config.allow_plain);
+                        features.push_child(sasl2::feature(&mechanisms, &self.cb));
                     }
                 }
             } else {
@@ -626,7 +628,13 @@ impl Conn {
         let outcome = if throttle.blocked(ip, None) {
             Err(SaslError::TemporaryAuthFailure)
         } else {
-            match self.sasl_exchange(auth).await? {
+            let fast = self.sasl2 && auth.attr("mechanism").is_some_and(|m| m.starts_with("HT-"));
+            let exchange = if fast {
+                self.fast_exchange(auth).await?
+            } else {
+                self.sasl_exchange(auth).await?
+            };
+            match exchange {
                 // A blocked account stays blocked even for the right
                 // password: otherwise guessing would just go slower.
                 Ok((user, _)) if throttle.blocked(ip, Some(&user)) => {

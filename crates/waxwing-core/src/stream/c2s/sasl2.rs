@@ -27,7 +27,10 @@ pub(super) enum Outcome {
 }
 
 /// The `<authentication/>` stream feature.
-pub(super) fn feature(mechanisms: &[&str]) -> Element {
+pub(super) fn feature(
+    mechanisms: &[&str],
+    cb: &waxwing_proto::sasl::ChannelBindingData,
+) -> Element {
     let mut auth = Element::new("authentication", NS);
     for m in mechanisms {
         auth.push_child(Element::new("mechanism", NS).with_text(*m));
@@ -38,7 +41,8 @@ pub(super) fn feature(mechanisms: &[&str]) -> Element {
     }
     let inline = Element::new("inline", NS)
         .with_child(Element::new("bind", BIND2).with_child(bind_inline))
-        .with_child(Element::new("sm", sm::NS));
+        .with_child(Element::new("sm", sm::NS))
+        .with_child(super::fast::feature(cb));
     auth.push_child(inline);
     auth
 }
@@ -69,6 +73,7 @@ impl Conn {
         auth: &Element,
     ) -> Result<Option<Outcome>, End> {
         self.sasl2 = true;
+        self.fast_rotate = false;
         let result = self.authenticate(auth).await;
         self.sasl2 = false;
         let Some(additional) = result? else {
@@ -81,6 +86,23 @@ impl Conn {
                 Element::new("additional-data", NS)
                     .with_text(waxwing_proto::sasl::encode_payload(&data)),
             );
+        }
+        // XEP-0484: a token on request, or when the one just used is due for rotation.
+        let agent_id = auth
+            .child("user-agent", NS)
+            .and_then(|ua| ua.attr("id"))
+            .map(str::to_string);
+        let requested = auth
+            .child("request-token", super::fast::NS)
+            .and_then(|r| r.attr("mechanism"))
+            .map(str::to_string);
+        let rotation = self
+            .fast_rotate
+            .then(|| auth.attr("mechanism").unwrap_or_default().to_string());
+        if let (Some(agent), Some(mech)) = (agent_id.as_deref(), requested.or(rotation))
+            && let Some(token) = self.issue_token(&user, agent, &mech).await
+        {
+            success.push_child(token);
         }
         // Inline resumption first (XEP-0198 §5 via XEP-0388): it replaces binding.
         let mut resume_failed = None;

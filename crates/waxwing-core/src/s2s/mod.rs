@@ -1,0 +1,218 @@
+//! Federation: outgoing server-to-server connections, one per (local,
+//! remote) domain pair, each with a bounded queue that holds stanzas while
+//! the connection is resolved, opened and authenticated.
+//!
+//! The router hands remote-bound stanzas to [`S2sManager::send`], which
+//! never waits for the remote: the pair's task (`stream::s2s_out`) owns the
+//! queue, and when it cannot connect in time it bounces what it holds with
+//! `remote-server-not-found` or `remote-server-timeout`.
+//!
+//! Inbound streams (`stream::s2s_in`) authenticate each remote domain
+//! separately (SASL EXTERNAL or dialback) and only then route its stanzas.
+
+pub mod dialback;
+pub mod identity;
+pub mod resolve;
+pub mod tls;
+pub(crate) mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use waxwing_proto::jid::Jid;
+use waxwing_proto::ns;
+use waxwing_proto::stanza::{Condition, StanzaError};
+use waxwing_proto::xml::{Element, Node};
+
+use crate::config::{Config, DialbackPolicy};
+use crate::router::Server;
+use crate::stream::s2s_out;
+use crate::tls::TlsContext;
+
+use self::dialback::DialbackSecret;
+use self::tls::S2sTls;
+
+/// A (local, remote) domain pair.
+pub(crate) type Pair = (String, String);
+
+/// Outgoing federation state, owned by the [`Server`].
+pub struct S2sManager {
+    pub(crate) secret: DialbackSecret,
+    pub(crate) tls: S2sTls,
+    outgoing: Mutex<HashMap<Pair, mpsc::Sender<Element>>>,
+}
+
+impl S2sManager {
+    /// Loads (or creates) the dialback secret and the s2s TLS setup.
+    pub fn new(config: &Config, tls: &TlsContext) -> Result<Self, crate::StartError> {
+        let secret = DialbackSecret::load(config.s2s.secret.as_deref(), &config.data_dir)?;
+        let tls = S2sTls::new(tls, &config.hosts, config.s2s.ca_bundle.as_deref())?;
+        Ok(S2sManager {
+            secret,
+            tls,
+            outgoing: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Queues `stanza` (addressed to a remote domain, `from` one of ours)
+    /// for its domain pair's connection, starting one if needed.
+    pub fn send(&self, server: &Arc<Server>, stanza: Element) {
+        let bounce = |stanza: &Element, err: StanzaError| {
+            tokio::spawn(server.clone().bounce(stanza, err));
+        };
+        if !server.config.s2s.enabled {
+            return bounce(
+                &stanza,
+                StanzaError::cancel(Condition::RemoteServerNotFound)
+                    .with_text("federation is disabled on this server"),
+            );
+        }
+        let (Some(from), Some(to)) = (
+            stanza.attr("from").and_then(|f| Jid::parse(f).ok()),
+            stanza.attr("to").and_then(|t| Jid::parse(t).ok()),
+        ) else {
+            tracing::debug!("dropping a remote-bound stanza without valid addresses");
+            return;
+        };
+        let local = from.domain().to_string();
+        let remote = to.domain().to_string();
+        if !server.is_local_domain(&local) {
+            // Never relay between two remote domains.
+            tracing::debug!(%local, %remote, "refusing to relay a stanza from a remote domain");
+            return;
+        }
+        if server.config.s2s.policy(&remote) == DialbackPolicy::Refuse {
+            return bounce(
+                &stanza,
+                StanzaError::cancel(Condition::RemoteServerNotFound)
+                    .with_text("federation with this domain is not allowed"),
+            );
+        }
+        let pair = (local, remote);
+        let mut map = self.outgoing.lock().expect("s2s map lock");
+        let mut stanza = stanza;
+        if let Some(tx) = map.get(&pair) {
+            match tx.try_send(stanza) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(s)) => {
+                    drop(map);
+                    return bounce(
+                        &s,
+                        StanzaError::wait(Condition::ResourceConstraint)
+                            .with_text("too many stanzas queued for this domain"),
+                    );
+                }
+                // The pair's task ended (idle, failure): start a new one.
+                Err(mpsc::error::TrySendError::Closed(s)) => stanza = s,
+            }
+        }
+        let (tx, rx) = mpsc::channel(server.config.s2s.max_queue);
+        let _ = tx.try_send(stanza);
+        map.insert(pair.clone(), tx.clone());
+        drop(map);
+        tracing::debug!(local = %pair.0, remote = %pair.1, "starting an outgoing s2s connection");
+        tokio::spawn(s2s_out::run(server.clone(), pair, tx, rx));
+    }
+}
+
+impl Server {
+    /// One of our virtual hosts or a domain served by a module (MUC …).
+    pub(crate) fn is_local_domain(&self, domain: &str) -> bool {
+        self.config.is_local_host(domain) || self.registry.services.contains_key(domain)
+    }
+}
+
+impl S2sManager {
+    /// Removes the pair's entry if it is still `tx` (a newer task may have replaced it).
+    pub(crate) fn forget(&self, pair: &Pair, tx: &mpsc::Sender<Element>) {
+        let mut map = self.outgoing.lock().expect("s2s map lock");
+        if map.get(pair).is_some_and(|cur| cur.same_channel(tx)) {
+            map.remove(pair);
+        }
+    }
+
+    /// Number of live outgoing pairs (for tests and admin status).
+    pub fn outgoing_count(&self) -> usize {
+        self.outgoing.lock().expect("s2s map lock").len()
+    }
+}
+
+/// Moves a stanza from namespace `from` to `to`, with its descendants in
+/// `from` reached through elements in `from` (`<body/>`, `<error/>` …).
+/// Stanzas cross between `jabber:client` (how sessions and modules see
+/// them) and `jabber:server` (how s2s streams carry them).
+///
+/// Foreign payloads are not descended into: a `jabber:client` message
+/// forwarded inside `<forwarded xmlns='urn:xmpp:forward:0'/>` (carbons,
+/// MAM) keeps its namespace on the wire, as XEP-0297 §3 requires.
+pub fn renamespace(el: &mut Element, from: &str, to: &str) {
+    if el.ns != from {
+        return;
+    }
+    el.ns = to.to_string();
+    for child in &mut el.children {
+        if let Node::Element(c) = child {
+            renamespace(c, from, to);
+        }
+    }
+}
+
+/// A stanza as an s2s stream carries it.
+pub fn to_server_ns(mut el: Element) -> Element {
+    renamespace(&mut el, ns::CLIENT, ns::SERVER);
+    el
+}
+
+/// A stanza from an s2s stream as the router sees it.
+pub fn to_client_ns(mut el: Element) -> Element {
+    renamespace(&mut el, ns::SERVER, ns::CLIENT);
+    el
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renamespace_moves_stanza_and_its_content_children() {
+        let el = Element::new("message", ns::CLIENT)
+            .with_attr("to", "a@b")
+            .with_child(Element::new("body", ns::CLIENT).with_text("hi"))
+            .with_child(
+                Element::new("error", ns::CLIENT)
+                    .with_child(Element::new("item-not-found", ns::STANZAS)),
+            )
+            .with_child(
+                Element::new("x", "jabber:x:data")
+                    .with_child(Element::new("field", "jabber:x:data")),
+            );
+        let s = to_server_ns(el.clone());
+        assert_eq!(
+            s.to_xml_in(ns::SERVER),
+            "<message to='a@b'><body>hi</body><error><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error><x xmlns='jabber:x:data'><field/></x></message>"
+        );
+        assert_eq!(
+            s.child("body", ns::SERVER).map(|b| b.text()),
+            Some("hi".into())
+        );
+        assert_eq!(to_client_ns(s), el);
+    }
+
+    #[test]
+    fn forwarded_client_stanzas_keep_their_namespace() {
+        // XEP-0297: a forwarded message stays jabber:client on any stream.
+        let inner = Element::new("message", ns::CLIENT)
+            .with_child(Element::new("body", ns::CLIENT).with_text("x"));
+        let el = Element::new("message", ns::CLIENT)
+            .with_child(Element::new("forwarded", "urn:xmpp:forward:0").with_child(inner.clone()));
+        let s = to_server_ns(el.clone());
+        let fwd = s.child("forwarded", "urn:xmpp:forward:0").unwrap();
+        assert_eq!(fwd.child("message", ns::CLIENT), Some(&inner));
+        assert!(
+            s.to_xml_in(ns::SERVER)
+                .contains("<message xmlns='jabber:client'>")
+        );
+        assert_eq!(to_client_ns(s), el);
+    }
+}

@@ -1,0 +1,236 @@
+//! The byte stream and XML framing shared by inbound and outbound s2s
+//! streams: TCP, upgraded in place to TLS as either side of the handshake.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use waxwing_proto::ns;
+use waxwing_proto::stanza::StreamError;
+use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent};
+
+/// Bytes read at a time.
+pub(crate) const READ_CHUNK: usize = 4096;
+
+/// An s2s connection before or after TLS.
+pub(crate) enum S2sIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// Only while an upgrade is in flight.
+    Upgrading,
+}
+
+impl S2sIo {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, S2sIo::Tls(_))
+    }
+
+    fn take_plain(&mut self) -> io::Result<TcpStream> {
+        match std::mem::replace(self, S2sIo::Upgrading) {
+            S2sIo::Plain(tcp) => Ok(tcp),
+            _ => Err(io::Error::other(
+                "TLS upgrade of a stream that is not plain TCP",
+            )),
+        }
+    }
+
+    /// Server side of the handshake (inbound STARTTLS or XEP-0368).
+    pub async fn accept_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
+        let tcp = self.take_plain()?;
+        let tls = acceptor.accept(tcp).await?;
+        *self = S2sIo::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+        Ok(())
+    }
+
+    /// Client side of the handshake, with SNI `domain`.
+    pub async fn connect_tls(
+        &mut self,
+        connector: &tokio_rustls::TlsConnector,
+        domain: &str,
+    ) -> io::Result<()> {
+        let name = ServerName::try_from(domain.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tcp = self.take_plain()?;
+        let tls = connector.connect(name, tcp).await?;
+        *self = S2sIo::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+        Ok(())
+    }
+
+    /// The peer's certificate chain, if it presented one.
+    pub fn peer_certificates(&self) -> Option<Vec<CertificateDer<'static>>> {
+        let S2sIo::Tls(tls) = self else {
+            return None;
+        };
+        let certs = match tls.as_ref() {
+            tokio_rustls::TlsStream::Client(s) => s.get_ref().1.peer_certificates(),
+            tokio_rustls::TlsStream::Server(s) => s.get_ref().1.peer_certificates(),
+        };
+        certs.map(|c| c.to_vec())
+    }
+}
+
+impl AsyncRead for S2sIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            S2sIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            S2sIo::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for S2sIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            S2sIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            S2sIo::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            S2sIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            S2sIo::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            S2sIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            S2sIo::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Why reading the next element failed.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// EOF or an I/O error.
+    Gone,
+    /// The peer sent bad XML or broke a limit.
+    Stream(StreamError),
+}
+
+/// A socket with its framer (content namespace `jabber:server`).
+pub(crate) struct Wire {
+    pub io: S2sIo,
+    pub framer: Framer,
+    limits: Limits,
+}
+
+impl Wire {
+    pub fn new(tcp: TcpStream, limits: Limits) -> Self {
+        let _ = tcp.set_nodelay(true);
+        Wire {
+            io: S2sIo::Plain(tcp),
+            framer: Framer::new(limits, ns::SERVER),
+            limits,
+        }
+    }
+
+    /// A fresh parser for a new stream (after TLS).
+    pub fn new_framer(&mut self) {
+        self.framer = Framer::new(self.limits, ns::SERVER);
+    }
+
+    pub async fn write(&mut self, data: &str) -> io::Result<()> {
+        self.io.write_all(data.as_bytes()).await?;
+        self.io.flush().await
+    }
+
+    pub async fn send(&mut self, el: &Element) -> io::Result<()> {
+        self.write(&el.to_xml_in(ns::SERVER)).await
+    }
+
+    /// Reads once and feeds the framer; `Ok(0)` never happens (EOF is Gone).
+    pub async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        match self.io.read(buf).await {
+            Ok(0) | Err(_) => Err(ReadError::Gone),
+            Ok(n) => {
+                self.framer.feed(&buf[..n]);
+                Ok(n)
+            }
+        }
+    }
+
+    /// The next event, reading as needed.
+    pub async fn next_event(&mut self) -> Result<StreamEvent, ReadError> {
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            match self.framer.next_event() {
+                Ok(Some(ev)) => return Ok(ev),
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Stream(e)),
+            }
+            self.read_some(&mut buf).await?;
+        }
+    }
+
+    /// Closes our side: optional stream error, footer, TLS close_notify, FIN.
+    pub async fn close(&mut self, error: Option<&StreamError>) {
+        let mut out = String::new();
+        if let Some(e) = error {
+            out.push_str(&stream_prefixed(&e.to_element()));
+        }
+        out.push_str("</stream:stream>");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let _ = self.io.write_all(out.as_bytes()).await;
+            let _ = self.io.flush().await;
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// `<stream:features>`/`<stream:error>` with the `stream:` prefix our header declared.
+pub(crate) fn stream_prefixed(el: &Element) -> String {
+    let mut out = format!("<stream:{}>", el.name);
+    for child in el.children() {
+        child.write_to(&mut out, ns::SERVER);
+    }
+    out.push_str(&format!("</stream:{}>", el.name));
+    out
+}
+
+/// Our stream header. `xmlns:db` is declared for peers that match on the prefix.
+pub(crate) fn header(from: &str, to: Option<&str>, id: Option<&str>, version: bool) -> String {
+    let mut h = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' xmlns:db='{}' from='{}'",
+        ns::SERVER,
+        ns::STREAM,
+        super::dialback::NS,
+        escape(from)
+    );
+    if let Some(to) = to {
+        h.push_str(&format!(" to='{}'", escape(to)));
+    }
+    if let Some(id) = id {
+        h.push_str(&format!(" id='{}'", escape(id)));
+    }
+    if version {
+        h.push_str(" version='1.0'");
+    }
+    h.push('>');
+    h
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,621 @@
+//! Incoming server-to-server streams.
+//!
+//! One task per connection: STARTTLS (or XEP-0368 direct TLS), then any mix
+//! of
+//! - SASL EXTERNAL (XEP-0178) for the domain in the header's `from`, when
+//!   its certificate is valid;
+//! - dialback requests (`<db:result/>`, receiving role): each names an
+//!   originating domain, which is authenticated for this stream once its
+//!   authoritative server confirms the key (or, XEP-0344, at once when the
+//!   TLS certificate is valid for it);
+//! - dialback verifications (`<db:verify/>`, authoritative role), answered
+//!   from our secret on any stream, authenticated or not;
+//! - stanzas, routed only when their `from` domain was authenticated on
+//!   this stream (else `invalid-from`) and their `to` is a domain we serve
+//!   for which that domain authenticated (else `host-unknown`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::ns;
+use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, StreamError};
+use waxwing_proto::xml::{Element, Limits, StreamEvent, StreamHeader};
+
+use crate::abuse::TokenBucket;
+use crate::config::DialbackPolicy;
+use crate::random_id;
+use crate::router::Server;
+use crate::s2s::dialback;
+use crate::s2s::to_client_ns;
+use crate::s2s::wire::{READ_CHUNK, ReadError, Wire, header, stream_prefixed};
+use crate::stream::s2s_out;
+
+/// Dialback verifications one stream may have in flight.
+const MAX_PENDING_VERIFICATIONS: usize = 8;
+
+/// Why a stream ended.
+enum End {
+    Error(StreamError),
+    /// The peer closed its stream (or we closed an idle one).
+    Closed,
+    /// EOF without a closing tag.
+    Gone,
+}
+
+fn stream_error(c: StreamCondition, text: &str) -> End {
+    End::Error(StreamError::new(c).with_text(text))
+}
+
+impl From<ReadError> for End {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Gone => End::Gone,
+            ReadError::Stream(e) => End::Error(e),
+        }
+    }
+}
+
+/// The answer from an authoritative server about one `<db:result/>`.
+struct Verified {
+    /// The originating (remote) domain.
+    remote: String,
+    /// The receiving (our) domain.
+    local: String,
+    outcome: Result<bool, s2s_out::Failure>,
+}
+
+/// Runs one incoming s2s connection to completion.
+pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let span = tracing::info_span!("s2s_in", %peer);
+    async move {
+        let c = &server.config;
+        let limits = Limits {
+            max_stanza_bytes: c.max_stanza_bytes,
+            max_depth: c.max_depth,
+            max_attrs: c.max_attributes,
+        };
+        let mut conn = Incoming {
+            wire: Wire::new(tcp, limits),
+            server: server.clone(),
+            stream_id: String::new(),
+            local: None,
+            remote_hint: None,
+            header_sent: false,
+            sasl_done: false,
+            certs: None,
+            authed: HashSet::new(),
+            pending: 0,
+            // Servers carry many users' traffic: ten times a client's allowance.
+            bucket: TokenBucket::new(
+                c.read_rate_bytes.saturating_mul(10),
+                c.read_burst_bytes.saturating_mul(10),
+            ),
+        };
+        if server.config.s2s.enabled && direct_tls {
+            let acceptor = server.s2s.tls.acceptor.clone();
+            if let Err(e) = conn.wire.io.accept_tls(&acceptor).await {
+                tracing::debug!(error = %e, "direct TLS handshake failed");
+                return;
+            }
+            conn.certs = conn.wire.io.peer_certificates();
+        }
+        let end = if server.config.s2s.enabled {
+            conn.run().await
+        } else {
+            stream_error(StreamCondition::PolicyViolation, "federation is disabled")
+        };
+        conn.finish(end).await;
+    }
+    .instrument(span)
+    .await
+}
+
+struct Incoming {
+    server: Arc<Server>,
+    wire: Wire,
+    /// Our id for the current stream (dialback keys are bound to it).
+    stream_id: String,
+    /// The domain of ours the peer addressed in its header.
+    local: Option<String>,
+    /// The header's `from`: who the peer says it is.
+    remote_hint: Option<String>,
+    header_sent: bool,
+    sasl_done: bool,
+    certs: Option<Vec<CertificateDer<'static>>>,
+    /// Authenticated (remote, local) domain pairs.
+    authed: HashSet<(String, String)>,
+    pending: usize,
+    bucket: TokenBucket,
+}
+
+impl Incoming {
+    async fn run(&mut self) -> End {
+        let (vtx, mut vrx) = mpsc::channel::<Verified>(MAX_PENDING_VERIFICATIONS);
+        let auth_deadline = tokio::time::Instant::now() + self.server.config.auth_timeout;
+        let idle = self.server.config.s2s.idle_timeout;
+        let mut last = tokio::time::Instant::now();
+        let mut buf = [0u8; READ_CHUNK];
+        let shutdown = self.server.shutdown.clone();
+        loop {
+            loop {
+                let ev = match self.wire.framer.next_event() {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(e) => return End::Error(e),
+                };
+                let r = match ev {
+                    StreamEvent::Open(h) => self.on_open(h).await,
+                    StreamEvent::Stanza(el) => self.on_element(el, &vtx).await,
+                    StreamEvent::Close => return End::Closed,
+                };
+                if let Err(end) = r {
+                    return end;
+                }
+            }
+            // Unauthenticated streams get `auth_timeout` (a pure dialback
+            // verification stream is short-lived anyway); then idle rules.
+            let deadline = if self.authed.is_empty() && self.pending == 0 {
+                auth_deadline.max(last).min(last + idle)
+            } else {
+                last + idle
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    return stream_error(StreamCondition::SystemShutdown, "the server is shutting down");
+                }
+                Some(v) = vrx.recv() => {
+                    if let Err(end) = self.on_verified(v).await {
+                        return end;
+                    }
+                }
+                r = self.wire.read_some(&mut buf) => match r {
+                    Ok(n) => {
+                        last = tokio::time::Instant::now();
+                        let wait = self.bucket.take(n, std::time::Instant::now());
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    Err(e) => return e.into(),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    if self.authed.is_empty() && tokio::time::Instant::now() >= auth_deadline {
+                        return stream_error(StreamCondition::ConnectionTimeout, "no domain authenticated in time");
+                    }
+                    tracing::debug!("closing an idle incoming s2s stream");
+                    return End::Closed;
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, data: &str) -> Result<(), End> {
+        self.wire.write(data).await.map_err(|_| End::Gone)
+    }
+
+    async fn send(&mut self, el: &Element) -> Result<(), End> {
+        self.wire.send(el).await.map_err(|_| End::Gone)
+    }
+
+    fn local_domain(&self) -> String {
+        self.local
+            .clone()
+            .unwrap_or_else(|| self.server.config.hosts[0].clone())
+    }
+
+    /// Answers a stream header with ours and the features.
+    async fn on_open(&mut self, h: StreamHeader) -> Result<(), End> {
+        let to = h.to.as_deref().and_then(|t| BareJid::domain_only(t).ok());
+        let from = match h.from.as_deref().map(BareJid::domain_only) {
+            None => None,
+            Some(Ok(d)) => Some(d.domain().to_string()),
+            Some(Err(_)) => {
+                return Err(stream_error(
+                    StreamCondition::InvalidFrom,
+                    "'from' is not a domain",
+                ));
+            }
+        };
+        let version1 = h
+            .version
+            .as_deref()
+            .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+            .is_some_and(|m| m >= 1);
+        self.stream_id = random_id();
+        let local = match &to {
+            Some(d) if self.server.is_local_domain(d.domain()) => d.domain().to_string(),
+            _ => {
+                return Err(stream_error(
+                    StreamCondition::HostUnknown,
+                    "this server does not serve that domain",
+                ));
+            }
+        };
+        if self.local.as_ref().is_some_and(|l| l != &local) {
+            return Err(stream_error(
+                StreamCondition::HostUnknown,
+                "the domain changed on stream restart",
+            ));
+        }
+        self.local = Some(local.clone());
+        if from.is_some() {
+            self.remote_hint = from.clone();
+        }
+        let head = header(
+            &local,
+            self.remote_hint.as_deref(),
+            Some(&self.stream_id),
+            version1,
+        );
+        self.header_sent = true;
+        self.write(&head).await?;
+        if !version1 {
+            // Pre-1.0 peers do dialback without features.
+            return Ok(());
+        }
+        let tls = self.wire.io.is_tls();
+        let mut features = Element::new("features", ns::STREAM);
+        if !tls {
+            let mut starttls = Element::new("starttls", ns::TLS);
+            if self.server.config.s2s.require_encryption {
+                starttls.push_child(Element::new("required", ns::TLS));
+            }
+            features.push_child(starttls);
+        }
+        if tls && !self.sasl_done {
+            let external = self.remote_hint.as_deref().is_some_and(|r| {
+                self.server.config.s2s.policy(r) != DialbackPolicy::Refuse && self.cert_valid_for(r)
+            });
+            if external {
+                features.push_child(
+                    Element::new("mechanisms", ns::SASL)
+                        .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
+                );
+            }
+        }
+        if tls || !self.server.config.s2s.require_encryption {
+            features.push_child(
+                Element::new("dialback", dialback::FEATURE_NS)
+                    .with_child(Element::new("errors", dialback::FEATURE_NS)),
+            );
+        }
+        self.write(&stream_prefixed(&features)).await
+    }
+
+    fn cert_valid_for(&self, domain: &str) -> bool {
+        self.server
+            .s2s
+            .tls
+            .check(self.certs.as_deref(), domain)
+            .is_valid()
+    }
+
+    async fn on_element(&mut self, el: Element, vtx: &mpsc::Sender<Verified>) -> Result<(), End> {
+        if el.is("starttls", ns::TLS) {
+            return self.starttls().await;
+        }
+        if el.is("auth", ns::SASL) {
+            return self.sasl_external(&el).await;
+        }
+        if el.ns == dialback::NS && el.attr("type").is_none() {
+            return match el.name.as_str() {
+                "result" => self.db_result(&el, vtx).await,
+                "verify" => self.db_verify(&el).await,
+                _ => Err(stream_error(
+                    StreamCondition::UnsupportedStanzaType,
+                    "unknown dialback element",
+                )),
+            };
+        }
+        if el.ns == dialback::NS {
+            return Ok(()); // answers to requests we never make on inbound streams
+        }
+        if stanza::kind(&el).is_some() && el.ns == ns::SERVER {
+            return self.on_stanza(el).await;
+        }
+        Err(stream_error(
+            StreamCondition::UnsupportedStanzaType,
+            "not a stanza, dialback or negotiation element",
+        ))
+    }
+
+    async fn starttls(&mut self) -> Result<(), End> {
+        if self.wire.io.is_tls() {
+            return Err(stream_error(
+                StreamCondition::PolicyViolation,
+                "TLS is already on",
+            ));
+        }
+        if self.wire.framer.buffered() > 0 {
+            return Err(stream_error(
+                StreamCondition::PolicyViolation,
+                "data after <starttls/>",
+            ));
+        }
+        self.write(&format!("<proceed xmlns='{}'/>", ns::TLS))
+            .await?;
+        let acceptor = self.server.s2s.tls.acceptor.clone();
+        if let Err(e) = self.wire.io.accept_tls(&acceptor).await {
+            tracing::debug!(error = %e, "STARTTLS handshake failed");
+            return Err(End::Gone);
+        }
+        self.certs = self.wire.io.peer_certificates();
+        self.wire.new_framer();
+        self.header_sent = false;
+        Ok(())
+    }
+
+    async fn sasl_failure(&mut self, condition: &str) -> Result<(), End> {
+        let failure =
+            Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL));
+        self.write(&failure.to_xml()).await
+    }
+
+    /// XEP-0178: the peer authenticates as its header's `from` with its certificate.
+    async fn sasl_external(&mut self, auth: &Element) -> Result<(), End> {
+        if auth.attr("mechanism") != Some("EXTERNAL") {
+            return self.sasl_failure("invalid-mechanism").await;
+        }
+        if !self.wire.io.is_tls() || self.sasl_done {
+            return self.sasl_failure("encryption-required").await;
+        }
+        let text = auth.text();
+        let text = text.trim();
+        let authzid = if text.is_empty() || text == "=" {
+            None
+        } else {
+            match base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+            {
+                Some(s) => Some(s),
+                None => return self.sasl_failure("incorrect-encoding").await,
+            }
+        };
+        let claimed = match (authzid, self.remote_hint.clone()) {
+            (Some(a), Some(h)) if a == h => h,
+            (None, Some(h)) => h,
+            (Some(_), _) => return self.sasl_failure("invalid-authzid").await,
+            (None, None) => return self.sasl_failure("not-authorized").await,
+        };
+        let ok = self.server.config.s2s.policy(&claimed) != DialbackPolicy::Refuse
+            && self.cert_valid_for(&claimed);
+        if !ok {
+            tracing::info!(domain = %claimed, "SASL EXTERNAL refused");
+            return self.sasl_failure("not-authorized").await;
+        }
+        self.write(&format!("<success xmlns='{}'/>", ns::SASL))
+            .await?;
+        let local = self.local_domain();
+        tracing::info!(remote = %claimed, %local, "incoming s2s stream authenticated (SASL EXTERNAL)");
+        self.authed.insert((claimed, local));
+        self.sasl_done = true;
+        self.wire.framer.reset();
+        self.header_sent = false;
+        Ok(())
+    }
+
+    /// Dialback, receiving role: `<db:result from=O to=R>key</db:result>`.
+    async fn db_result(&mut self, el: &Element, vtx: &mpsc::Sender<Verified>) -> Result<(), End> {
+        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+            return Err(stream_error(
+                StreamCondition::ImproperAddressing,
+                "dialback request without from/to",
+            ));
+        };
+        let Ok(remote) = BareJid::domain_only(from).map(|j| j.domain().to_string()) else {
+            return Err(stream_error(
+                StreamCondition::InvalidFrom,
+                "'from' is not a domain",
+            ));
+        };
+        let Ok(local) = BareJid::domain_only(to).map(|j| j.domain().to_string()) else {
+            return Err(stream_error(
+                StreamCondition::HostUnknown,
+                "'to' is not a domain",
+            ));
+        };
+        let refuse = |c: Condition, text: &str| {
+            dialback::result_error(&local, &remote, &StanzaError::cancel(c).with_text(text))
+        };
+        if !self.server.is_local_domain(&local) {
+            let e = refuse(
+                Condition::ItemNotFound,
+                "this server does not serve that domain",
+            );
+            return self.send(&e).await;
+        }
+        if self.server.config.s2s.require_encryption && !self.wire.io.is_tls() {
+            return Err(stream_error(
+                StreamCondition::PolicyViolation,
+                "encryption is required before dialback",
+            ));
+        }
+        let policy = self.server.config.s2s.policy(&remote);
+        let cert_valid = self.cert_valid_for(&remote);
+        if policy == DialbackPolicy::Refuse {
+            tracing::info!(%remote, "dialback from a refused domain");
+            let e = refuse(
+                Condition::NotAllowed,
+                "federation with your domain is not allowed",
+            );
+            return self.send(&e).await;
+        }
+        if cert_valid {
+            // XEP-0344 §2.4: the certificate already proves the domain.
+            return self
+                .on_verified(Verified {
+                    remote,
+                    local,
+                    outcome: Ok(true),
+                })
+                .await;
+        }
+        if policy == DialbackPolicy::RequireValidCerts {
+            let e = refuse(
+                Condition::NotAuthorized,
+                "a valid certificate is required for your domain",
+            );
+            return self.send(&e).await;
+        }
+        if self.pending >= MAX_PENDING_VERIFICATIONS {
+            let e = refuse(Condition::ResourceConstraint, "too many dialback requests");
+            return self.send(&e).await;
+        }
+        self.pending += 1;
+        let server = self.server.clone();
+        let (id, key) = (self.stream_id.clone(), el.text().trim().to_string());
+        let vtx = vtx.clone();
+        tracing::debug!(%remote, %local, "verifying a dialback key with the authoritative server");
+        tokio::spawn(async move {
+            let outcome = s2s_out::verify(server, local.clone(), remote.clone(), id, key).await;
+            let _ = vtx
+                .send(Verified {
+                    remote,
+                    local,
+                    outcome,
+                })
+                .await;
+        });
+        Ok(())
+    }
+
+    async fn on_verified(&mut self, v: Verified) -> Result<(), End> {
+        self.pending = self.pending.saturating_sub(1);
+        match v.outcome {
+            Ok(true) => {
+                self.send(&dialback::result_answer(&v.local, &v.remote, true))
+                    .await?;
+                tracing::info!(remote = %v.remote, local = %v.local, "incoming s2s stream authenticated (dialback)");
+                self.authed.insert((v.remote, v.local));
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::warn!(remote = %v.remote, "dialback key refused by the authoritative server");
+                self.send(&dialback::result_answer(&v.local, &v.remote, false))
+                    .await?;
+                if self.authed.is_empty() {
+                    return Err(stream_error(
+                        StreamCondition::NotAuthorized,
+                        "dialback verification failed",
+                    ));
+                }
+                Ok(())
+            }
+            Err(f) => {
+                tracing::info!(remote = %v.remote, error = %f.text, "dialback verification impossible");
+                let err = StanzaError::new(f.condition).with_text(f.text);
+                self.send(&dialback::result_error(&v.local, &v.remote, &err))
+                    .await
+            }
+        }
+    }
+
+    /// Dialback, authoritative role: `<db:verify from=R to=O id>key</db:verify>`.
+    async fn db_verify(&mut self, el: &Element) -> Result<(), End> {
+        let (Some(from), Some(to), Some(id)) = (el.attr("from"), el.attr("to"), el.attr("id"))
+        else {
+            return Err(stream_error(
+                StreamCondition::ImproperAddressing,
+                "dialback verification without from/to/id",
+            ));
+        };
+        let valid = self.server.is_local_domain(to)
+            && self.server.s2s.secret.verify(from, to, id, &el.text());
+        tracing::debug!(
+            receiving = from,
+            originating = to,
+            valid,
+            "answering a dialback verification"
+        );
+        let answer = dialback::verify_answer(to, from, id, valid);
+        self.send(&answer).await
+    }
+
+    /// RFC 6120 §13.? / XEP-0220 §4: only authenticated domain pairs may send.
+    async fn on_stanza(&mut self, el: Element) -> Result<(), End> {
+        if self.authed.is_empty() {
+            return Err(stream_error(
+                StreamCondition::NotAuthorized,
+                "authenticate (dialback or SASL) first",
+            ));
+        }
+        let from = match el.attr("from").map(Jid::parse) {
+            Some(Ok(f)) => f,
+            Some(Err(_)) => {
+                return Err(stream_error(
+                    StreamCondition::InvalidFrom,
+                    "'from' is not a JID",
+                ));
+            }
+            None => {
+                return Err(stream_error(
+                    StreamCondition::ImproperAddressing,
+                    "stanza without 'from'",
+                ));
+            }
+        };
+        let to = match el.attr("to").map(Jid::parse) {
+            Some(Ok(t)) => t,
+            Some(Err(_)) => {
+                let reply = StanzaError::modify(Condition::JidMalformed);
+                if let Some(mut r) = stanza::error_reply(&el, &reply) {
+                    r.remove_attr("from");
+                    return self.send(&r).await;
+                }
+                return Ok(());
+            }
+            None => {
+                return Err(stream_error(
+                    StreamCondition::ImproperAddressing,
+                    "stanza without 'to'",
+                ));
+            }
+        };
+        let (fd, td) = (from.domain(), to.domain());
+        if !self.authed.iter().any(|(r, _)| r == fd) {
+            tracing::warn!(
+                from = fd,
+                "stanza from a domain this stream did not authenticate"
+            );
+            return Err(stream_error(
+                StreamCondition::InvalidFrom,
+                "that domain is not authenticated on this stream",
+            ));
+        }
+        if !self.server.is_local_domain(td)
+            || !self.authed.contains(&(fd.to_string(), td.to_string()))
+        {
+            return Err(stream_error(
+                StreamCondition::HostUnknown,
+                "that domain is not served here, or not authenticated for on this stream",
+            ));
+        }
+        self.server.clone().route(to_client_ns(el)).await;
+        Ok(())
+    }
+
+    /// Sends the stream error (after a header if none was sent) and closes.
+    async fn finish(mut self, end: End) {
+        match end {
+            End::Gone => {}
+            End::Closed => self.wire.close(None).await,
+            End::Error(e) => {
+                if !self.header_sent {
+                    let head = header(&self.local_domain(), None, Some(&random_id()), true);
+                    let _ = self.wire.write(&head).await;
+                }
+                tracing::debug!(condition = e.condition.as_str(), text = ?e.text, "s2s stream error");
+                self.wire.close(Some(&e)).await;
+            }
+        }
+    }
+}

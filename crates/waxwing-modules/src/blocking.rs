@@ -1,0 +1,526 @@
+//! XEP-0191: Blocking Command.
+//!
+//! Block, unblock and list, with pushes to the resources that asked for the
+//! list (§3.2–3.4). Enforcement runs first in both stanza chains
+//! ([`Priority::EARLY`]), so nothing else (presence engine, offline storage,
+//! carbons) ever sees a blocked stanza:
+//!
+//! - **Inbound**, from a blocked JID to the user (§3.3): presence and
+//!   messages are dropped without an answer — an error would tell the sender
+//!   it is blocked, as an offline user with offline storage never bounces;
+//!   IQ get/set get `service-unavailable`; other IQs are dropped.
+//! - **From the user to a blocked JID**: stanzas the client sent get
+//!   `not-acceptable` + `<blocked xmlns='urn:xmpp:blocking:errors'/>`;
+//!   presence the server emits for the user (broadcasts, probe answers) is
+//!   dropped silently. Messages and presence are caught on
+//!   [`Hook::Outbound`]; IQs, which skip that chain, on [`Hook::Inbound`]
+//!   of a local recipient.
+//!
+//! Error replies for blocked traffic go straight to the sender's session,
+//! not through the router: routed, they would be swallowed by the very
+//! block they report on.
+//!
+//! Every stanza consults the blocklist of its sender or recipient, so lists
+//! are cached in memory. A generation counter keeps a slow read that raced
+//! a write from caching the old list.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use waxwing_core::hooks::{
+    Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
+    RegisterError, Registrar, StanzaHook,
+};
+use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::ns;
+use waxwing_proto::stanza::{Condition, StanzaError, error_reply};
+use waxwing_proto::xml::Element;
+use waxwing_store::{StoreError, Subscription};
+
+use crate::{internal, stanza_id};
+
+/// XEP-0191 namespace.
+pub const BLOCKING: &str = "urn:xmpp:blocking";
+/// XEP-0191 application error namespace.
+pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+
+/// Above this many cached lists the cache starts over: a bound on memory,
+/// not a policy (a reload is one indexed query).
+const CACHE_LIMIT: usize = 50_000;
+
+/// The blocking command.
+#[derive(Default)]
+pub struct Blocking {
+    cache: Mutex<Cache>,
+    /// Sessions (by id) that retrieved the blocklist and so get pushes (§3.2).
+    interested: Mutex<HashSet<u64>>,
+}
+
+#[derive(Default)]
+struct Cache {
+    lists: HashMap<BareJid, Arc<Vec<Jid>>>,
+    generation: u64,
+}
+
+impl Blocking {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn interested(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.interested.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The owner's blocklist, from the cache or the store.
+    async fn list(&self, cx: &Cx, owner: &BareJid) -> Result<Arc<Vec<Jid>>, StoreError> {
+        let generation = {
+            let cache = self.cache();
+            if let Some(list) = cache.lists.get(owner) {
+                return Ok(list.clone());
+            }
+            cache.generation
+        };
+        let list = Arc::new(cx.stores().blocklist.list(owner).await?);
+        let mut cache = self.cache();
+        if cache.generation == generation {
+            if cache.lists.len() >= CACHE_LIMIT {
+                cache.lists.clear();
+            }
+            cache.lists.insert(owner.clone(), list.clone());
+        }
+        Ok(list)
+    }
+
+    /// Forgets a cached list after a write, and any read that started before it.
+    fn invalidate(&self, owner: &BareJid) {
+        let mut cache = self.cache();
+        cache.generation += 1;
+        cache.lists.remove(owner);
+    }
+
+    /// Whether `owner` blocks `who`. A store failure blocks nothing: losing
+    /// a stanza to a database hiccup would be worse than letting one through.
+    async fn blocks(&self, cx: &Cx, owner: &BareJid, who: &Jid) -> bool {
+        match self.list(cx, owner).await {
+            Ok(list) => list.iter().any(|item| matches(item, who)),
+            Err(e) => {
+                tracing::error!(error = %e, %owner, "reading the blocklist failed");
+                false
+            }
+        }
+    }
+}
+
+impl Module for Blocking {
+    fn name(&self) -> &'static str {
+        "blocking"
+    }
+
+    fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
+        reg.server_feature(BLOCKING);
+        reg.iq(IqTarget::Account, BLOCKING, self.clone())?;
+        reg.hook(Hook::Outbound, Priority::EARLY, self.clone());
+        reg.hook(Hook::Inbound, Priority::EARLY, self.clone());
+        reg.on_events(self);
+        Ok(())
+    }
+}
+
+/// XEP-0191 §6 (the XEP-0016 order): a full JID item matches only itself,
+/// a bare JID any of its resources, `domain/resource` only itself, and a
+/// domain everything at that domain.
+pub fn matches(item: &Jid, who: &Jid) -> bool {
+    match (item.local().is_some(), item.resource()) {
+        (true, Some(_)) | (false, Some(_)) => item == who,
+        (true, None) => item.bare() == who.bare(),
+        (false, None) => item.domain() == who.domain(),
+    }
+}
+
+/// What a blocking IQ asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    List,
+    Block(Vec<Jid>),
+    /// An empty list means "unblock everything" (§3.4).
+    Unblock(Vec<Jid>),
+}
+
+fn parse_request(payload: &Element, is_set: bool) -> Result<Request, StanzaError> {
+    if payload.ns != BLOCKING {
+        return Err(StanzaError::modify(Condition::BadRequest));
+    }
+    let items = || -> Result<Vec<Jid>, StanzaError> {
+        let mut out = Vec::new();
+        for c in payload.children() {
+            if !c.is("item", BLOCKING) {
+                return Err(StanzaError::modify(Condition::BadRequest));
+            }
+            let jid = c
+                .attr("jid")
+                .and_then(|j| Jid::parse(j).ok())
+                .ok_or_else(|| StanzaError::modify(Condition::JidMalformed))?;
+            if !out.contains(&jid) {
+                out.push(jid);
+            }
+        }
+        Ok(out)
+    };
+    match (is_set, payload.name.as_str()) {
+        (false, "blocklist") => Ok(Request::List),
+        (true, "block") => {
+            let items = items()?;
+            if items.is_empty() {
+                return Err(StanzaError::modify(Condition::BadRequest)
+                    .with_text("<block/> needs at least one <item/>"));
+            }
+            Ok(Request::Block(items))
+        }
+        (true, "unblock") => Ok(Request::Unblock(items()?)),
+        _ => Err(StanzaError::modify(Condition::BadRequest)),
+    }
+}
+
+fn item_list(name: &str, items: &[Jid]) -> Element {
+    let mut el = Element::new(name, BLOCKING);
+    for j in items {
+        el.push_child(Element::new("item", BLOCKING).with_attr("jid", j.to_string()));
+    }
+    el
+}
+
+#[async_trait]
+impl IqHandler for Blocking {
+    async fn handle_iq(&self, cx: &Cx, iq: Iq) -> IqResult {
+        let Some(origin) = cx.origin().cloned() else {
+            return Err(StanzaError::cancel(Condition::NotAllowed));
+        };
+        let owner = origin.jid.bare().clone();
+        if iq.to.as_ref().is_some_and(|t| t.bare() != &owner) {
+            return Err(StanzaError::cancel(Condition::Forbidden));
+        }
+        match parse_request(&iq.payload, iq.is_set)? {
+            Request::List => {
+                let list = self.list(cx, &owner).await.map_err(internal)?;
+                self.interested().insert(origin.id);
+                Ok(Some(item_list("blocklist", &list)))
+            }
+            Request::Block(items) => {
+                // Before the block takes effect, or our own enforcement
+                // would swallow the goodbye (§3.3: MUST send unavailable).
+                for p in unavailable_for(cx, &owner, &items).await {
+                    cx.route(p).await;
+                }
+                let stored = cx.stores().blocklist.block(&owner, &items).await;
+                self.invalidate(&owner);
+                stored.map_err(internal)?;
+                self.push(cx, &owner, item_list("block", &items));
+                Ok(None)
+            }
+            Request::Unblock(items) => {
+                let unblocked = if items.is_empty() {
+                    cx.stores().blocklist.unblock_all(&owner).await
+                } else {
+                    cx.stores()
+                        .blocklist
+                        .unblock(&owner, &items)
+                        .await
+                        .map(|()| items.clone())
+                };
+                self.invalidate(&owner);
+                let unblocked = unblocked.map_err(internal)?;
+                self.push(cx, &owner, item_list("unblock", &items));
+                // §3.4: MUST send current presence to those entitled to it.
+                for p in presence_for(cx, &owner, &unblocked).await {
+                    cx.route(p).await;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Blocking {
+    /// A block/unblock push to every resource that retrieved the list.
+    fn push(&self, cx: &Cx, owner: &BareJid, payload: Element) {
+        let interested = self.interested().clone();
+        for s in cx.sessions_of(owner) {
+            if interested.contains(&s.id) {
+                s.send(
+                    Element::new("iq", ns::CLIENT)
+                        .with_attr("type", "set")
+                        .with_attr("id", stanza_id("block"))
+                        .with_attr("to", s.jid.to_string())
+                        .with_child(payload.clone()),
+                );
+            }
+        }
+    }
+}
+
+/// Contacts in `owner`'s roster that get its presence (`from`/`both`) and
+/// match one of `items`.
+async fn entitled_contacts(cx: &Cx, owner: &BareJid, items: &[Jid]) -> Vec<BareJid> {
+    let roster = match cx.stores().roster.items(owner).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, %owner, "roster read failed while (un)blocking");
+            return Vec::new();
+        }
+    };
+    roster
+        .into_iter()
+        .filter(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
+        .map(|i| i.contact)
+        .filter(|c| {
+            let c = Jid::Bare(c.clone());
+            items.iter().any(|item| matches(item, &c))
+        })
+        .collect()
+}
+
+/// Unavailable presence from each available resource of `owner` to the
+/// blocked contacts that could see it, including directed-presence
+/// recipients (which stop being tracked).
+async fn unavailable_for(cx: &Cx, owner: &BareJid, items: &[Jid]) -> Vec<Element> {
+    let contacts = entitled_contacts(cx, owner, items).await;
+    let mut out = Vec::new();
+    for s in cx.sessions_of(owner) {
+        if !s.is_available() {
+            continue;
+        }
+        let directed: Vec<Jid> = s.with_presence(|st| {
+            let hit: Vec<Jid> = st
+                .directed
+                .iter()
+                .filter(|d| items.iter().any(|item| matches(item, d)))
+                .cloned()
+                .collect();
+            for d in &hit {
+                st.directed.remove(d);
+            }
+            hit
+        });
+        let targets = contacts
+            .iter()
+            .map(ToString::to_string)
+            .chain(directed.iter().map(ToString::to_string));
+        for to in targets {
+            out.push(
+                Element::new("presence", ns::CLIENT)
+                    .with_attr("type", "unavailable")
+                    .with_attr("from", s.jid.to_string())
+                    .with_attr("to", to),
+            );
+        }
+    }
+    out
+}
+
+/// Current presence of each available resource of `owner` to the unblocked
+/// contacts entitled to it.
+async fn presence_for(cx: &Cx, owner: &BareJid, unblocked: &[Jid]) -> Vec<Element> {
+    if unblocked.is_empty() {
+        return Vec::new();
+    }
+    let contacts = entitled_contacts(cx, owner, unblocked).await;
+    let mut out = Vec::new();
+    for s in cx.sessions_of(owner) {
+        let Some(last) = s.with_presence(|st| st.last.clone()) else {
+            continue;
+        };
+        for c in &contacts {
+            let mut p = last.clone();
+            p.set_attr("from", s.jid.to_string());
+            p.set_attr("to", c.to_string());
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Sends an error for `stanza` straight to the local session that sent it
+/// (see the module docs for why not through the router).
+fn reply_to_sender(cx: &Cx, stanza: &Element, err: StanzaError, blocked: bool) {
+    let Some(mut reply) = error_reply(stanza, &err) else {
+        return;
+    };
+    if blocked && let Some(e) = reply.child_mut("error", &stanza.ns) {
+        e.push_child(Element::new("blocked", BLOCKING_ERRORS));
+    }
+    let Some(to) = reply.attr("to").and_then(|t| Jid::parse(t).ok()) else {
+        return;
+    };
+    if let Some(session) = to.as_full().and_then(|f| cx.session(f)) {
+        session.send(reply);
+    }
+}
+
+fn not_acceptable() -> StanzaError {
+    StanzaError::cancel(Condition::NotAcceptable)
+}
+
+#[async_trait]
+impl StanzaHook for Blocking {
+    async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
+        let Some(to) = stanza.attr("to").and_then(|t| Jid::parse(t).ok()) else {
+            return Flow::Continue;
+        };
+        let Some(from) = stanza.attr("from").and_then(|f| Jid::parse(f).ok()) else {
+            return Flow::Continue;
+        };
+        // An account never blocks its own resources (§5 note).
+        if from.bare() == to.bare() {
+            return Flow::Continue;
+        }
+        match hook {
+            Hook::Outbound => {
+                // Client-sent message or presence to a JID it blocks.
+                let Some(origin) = cx.origin() else {
+                    return Flow::Continue;
+                };
+                if !self.blocks(cx, origin.jid.bare(), &to).await {
+                    return Flow::Continue;
+                }
+                reply_to_sender(cx, stanza, not_acceptable(), true);
+                Flow::Handled
+            }
+            Hook::Inbound => {
+                // The server itself (IQ results, announcements) is never
+                // blocked: a user blocking their own domain would cut
+                // themselves off.
+                let from_server = from.local().is_none() && cx.is_local_host(from.domain());
+                if to.local().is_some() && !from_server && self.blocks(cx, to.bare(), &from).await {
+                    if stanza.name == "iq" && matches!(stanza.attr("type"), Some("get" | "set")) {
+                        reply_to_sender(
+                            cx,
+                            stanza,
+                            StanzaError::cancel(Condition::ServiceUnavailable),
+                            false,
+                        );
+                    }
+                    return Flow::Handled;
+                }
+                let from_local = from.local().is_some() && cx.is_local_host(from.domain());
+                if from_local && self.blocks(cx, from.bare(), &to).await {
+                    // Server-made presence for the user is dropped silently;
+                    // a request the user's client sent is refused.
+                    if stanza.name != "presence" {
+                        reply_to_sender(cx, stanza, not_acceptable(), true);
+                    }
+                    return Flow::Handled;
+                }
+                Flow::Continue
+            }
+            Hook::Undeliverable => Flow::Continue,
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for Blocking {
+    async fn on_event(&self, cx: &Cx, event: &Event) {
+        match event {
+            Event::SessionClosed(s) => {
+                self.interested().remove(&s.id);
+            }
+            Event::UserDeleted(user) => {
+                if let Err(e) = cx.stores().blocklist.remove_user(user).await {
+                    tracing::error!(error = %e, %user, "removing a deleted account's blocklist failed");
+                }
+                self.invalidate(user);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn j(s: &str) -> Jid {
+        Jid::parse(s).unwrap()
+    }
+
+    #[test]
+    fn jid_matching_follows_xep_0016_order() {
+        let full = j("romeo@montague.example/orchard");
+        let other_res = j("romeo@montague.example/home");
+        let bare = j("romeo@montague.example");
+        let server = j("montague.example");
+        let server_res = j("montague.example/x");
+        assert!(matches(&full, &full));
+        assert!(!matches(&full, &other_res));
+        assert!(!matches(&full, &bare));
+        assert!(matches(&bare, &full));
+        assert!(matches(&bare, &bare));
+        assert!(!matches(&bare, &j("tybalt@montague.example")));
+        assert!(matches(&server_res, &server_res));
+        assert!(!matches(&server_res, &server));
+        assert!(!matches(&server_res, &full));
+        assert!(matches(&server, &full));
+        assert!(matches(&server, &server));
+        assert!(matches(&server, &server_res));
+        assert!(!matches(&server, &j("juliet@capulet.example")));
+    }
+
+    #[test]
+    fn parses_requests() {
+        let list = Element::new("blocklist", BLOCKING);
+        assert_eq!(parse_request(&list, false), Ok(Request::List));
+        let block = Element::new("block", BLOCKING)
+            .with_child(Element::new("item", BLOCKING).with_attr("jid", "a@b"))
+            .with_child(Element::new("item", BLOCKING).with_attr("jid", "a@b"));
+        assert_eq!(
+            parse_request(&block, true),
+            Ok(Request::Block(vec![j("a@b")]))
+        );
+        let unblock_all = Element::new("unblock", BLOCKING);
+        assert_eq!(
+            parse_request(&unblock_all, true),
+            Ok(Request::Unblock(vec![]))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_requests() {
+        let empty_block = Element::new("block", BLOCKING);
+        assert_eq!(
+            parse_request(&empty_block, true).unwrap_err().condition,
+            Condition::BadRequest
+        );
+        let bad_jid = Element::new("block", BLOCKING)
+            .with_child(Element::new("item", BLOCKING).with_attr("jid", "a@@b"));
+        assert_eq!(
+            parse_request(&bad_jid, true).unwrap_err().condition,
+            Condition::JidMalformed
+        );
+        let no_jid = Element::new("unblock", BLOCKING).with_child(Element::new("item", BLOCKING));
+        assert_eq!(
+            parse_request(&no_jid, true).unwrap_err().condition,
+            Condition::JidMalformed
+        );
+        let stray = Element::new("block", BLOCKING).with_child(Element::new("x", "urn:x"));
+        assert_eq!(
+            parse_request(&stray, true).unwrap_err().condition,
+            Condition::BadRequest
+        );
+        // get on a set element and vice versa
+        assert!(parse_request(&Element::new("blocklist", BLOCKING), true).is_err());
+        assert!(parse_request(&Element::new("unblock", BLOCKING), false).is_err());
+    }
+
+    #[test]
+    fn item_lists_serialize() {
+        assert_eq!(
+            item_list("block", &[j("a@b")]).to_xml(),
+            "<block xmlns='urn:xmpp:blocking'><item jid='a@b'/></block>"
+        );
+    }
+}

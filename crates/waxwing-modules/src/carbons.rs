@@ -1,0 +1,275 @@
+//! XEP-0280: Message Carbons, with the `private`/`no-copy` hints (XEP-0334).
+//!
+//! `<received/>` copies are made on [`Event::MessageDelivered`], not when a
+//! message arrives, because only after the RFC 6121 §8.5 choice do we know
+//! which resources got the original. `<sent/>` copies are made on
+//! [`Hook::Outbound`] at [`Priority::LATE`], after blocking and anything
+//! else that might refuse the message.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use waxwing_core::hooks::{
+    Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
+    RegisterError, Registrar, StanzaHook,
+};
+use waxwing_core::session::SessionFlag;
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
+use waxwing_proto::ns;
+use waxwing_proto::stanza::{Condition, StanzaError};
+use waxwing_proto::xml::Element;
+
+/// XEP-0280 namespace.
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// XEP-0297: Stanza Forwarding.
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0334: Message Processing Hints.
+const HINTS: &str = "urn:xmpp:hints";
+/// XEP-0184 receipts, XEP-0085 chat states, XEP-0333 markers: IM payloads
+/// that make any message eligible (XEP-0280 §6.1).
+const IM_PAYLOADS: &[&str] = &[
+    "urn:xmpp:receipts",
+    "http://jabber.org/protocol/chatstates",
+    "urn:xmpp:chat-markers:0",
+];
+/// XEP-0045 user namespace (mediated invitations, MUC private messages).
+const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0249 direct invitations.
+const CONFERENCE: &str = "jabber:x:conference";
+
+/// Message Carbons.
+pub struct Carbons;
+
+impl Module for Carbons {
+    fn name(&self) -> &'static str {
+        "carbons"
+    }
+
+    fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
+        reg.server_feature(CARBONS);
+        reg.iq_set(IqTarget::Account, CARBONS, self.clone())?;
+        reg.hook(Hook::Outbound, Priority::LATE, self.clone());
+        reg.on_events(self);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl IqHandler for Carbons {
+    async fn handle_iq(&self, cx: &Cx, iq: Iq) -> IqResult {
+        // Only the session itself can switch its own carbons.
+        let Some(session) = cx.origin() else {
+            return Err(StanzaError::cancel(Condition::NotAllowed));
+        };
+        if iq
+            .to
+            .as_ref()
+            .is_some_and(|t| t.bare() != session.jid.bare())
+        {
+            return Err(StanzaError::cancel(Condition::Forbidden));
+        }
+        let on = match iq.payload.name.as_str() {
+            "enable" => true,
+            "disable" => false,
+            _ => return Err(StanzaError::modify(Condition::BadRequest)),
+        };
+        // §8.1: repeated enable/disable is not an error.
+        session.set_flag(SessionFlag::Carbons, on);
+        Ok(None)
+    }
+}
+
+/// XEP-0280 §6.1 (recommended rules) and §7 (`private`). `inbound` is true
+/// for a message received by the account, false for one it sent.
+pub fn eligible(msg: &Element, inbound: bool) -> bool {
+    if msg.name != "message" {
+        return false;
+    }
+    if msg.child("private", CARBONS).is_some() || msg.child("no-copy", HINTS).is_some() {
+        return false;
+    }
+    // Carbons of carbons would loop between resources.
+    if msg.child("sent", CARBONS).is_some() || msg.child("received", CARBONS).is_some() {
+        return false;
+    }
+    let ty = msg.attr("type").unwrap_or("normal");
+    match ty {
+        "groupchat" | "headline" => return false,
+        // We cannot tell which request an error answers (§6.1 rule 4), so
+        // errors are not copied.
+        "error" => return false,
+        _ => {}
+    }
+    let muc_x = msg.child("x", MUC_USER);
+    if let Some(x) = muc_x {
+        if x.child("invite", MUC_USER).is_some() {
+            return true;
+        }
+        // §6.1: a MUC private message received from an occupant is already
+        // replicated by the room to every joined client.
+        if inbound {
+            return false;
+        }
+    }
+    ty == "chat"
+        || (ty == "normal" && msg.child("body", ns::CLIENT).is_some())
+        || msg.child("x", CONFERENCE).is_some()
+        || msg.children().any(|c| IM_PAYLOADS.contains(&c.ns.as_str()))
+}
+
+/// `<message from=bare to=full type=…><{kind}><forwarded>original</forwarded></{kind}></message>`.
+pub fn wrap(kind: &str, user: &BareJid, to: &FullJid, original: &Element) -> Element {
+    let mut copy = Element::new("message", ns::CLIENT)
+        .with_attr("from", user.to_string())
+        .with_attr("to", to.to_string());
+    if let Some(ty) = original.attr("type") {
+        copy.set_attr("type", ty);
+    }
+    copy.with_child(Element::new(kind, CARBONS).with_child(
+        Element::new("forwarded", FORWARD).with_child({
+            let mut inner = original.clone();
+            inner.ns = ns::CLIENT.to_string();
+            inner
+        }),
+    ))
+}
+
+#[async_trait]
+impl StanzaHook for Carbons {
+    async fn handle_stanza(&self, cx: &Cx, hook: Hook, msg: &mut Element) -> Flow {
+        if hook != Hook::Outbound || !eligible(msg, false) {
+            return Flow::Continue;
+        }
+        let Some(origin) = cx.origin() else {
+            return Flow::Continue;
+        };
+        let user = origin.jid.bare();
+        // The message as it will be routed: `from` is stamped; a missing
+        // `to` means the sender's own bare JID (RFC 6120 §10.3.1).
+        let mut original = msg.clone();
+        if original.attr("to").is_none() {
+            original.set_attr("to", user.to_string());
+        }
+        let direct = original
+            .attr("to")
+            .and_then(|t| Jid::parse(t).ok())
+            .and_then(|t| t.as_full().cloned());
+        for s in cx.sessions_of(user) {
+            // §7: not to the sender; and a resource the message is addressed
+            // to gets the original, not a copy.
+            if s.id == origin.id || direct.as_ref() == Some(&s.jid) {
+                continue;
+            }
+            if s.flag(SessionFlag::Carbons) {
+                s.send(wrap("sent", user, &s.jid, &original));
+            }
+        }
+        Flow::Continue
+    }
+}
+
+#[async_trait]
+impl EventHandler for Carbons {
+    async fn on_event(&self, cx: &Cx, event: &Event) {
+        let Event::MessageDelivered {
+            message,
+            recipients,
+        } = event
+        else {
+            return;
+        };
+        if !eligible(message, true) {
+            return;
+        }
+        let Some(user) = message
+            .attr("to")
+            .and_then(|t| Jid::parse(t).ok())
+            .map(|t| t.to_bare())
+        else {
+            return;
+        };
+        // A message between two resources of the same account was already
+        // copied as `<sent/>`.
+        if message
+            .attr("from")
+            .and_then(|f| Jid::parse(f).ok())
+            .is_some_and(|f| f.bare() == &user)
+        {
+            return;
+        }
+        for s in cx.sessions_of(&user) {
+            if recipients.contains(&s.jid) {
+                continue;
+            }
+            if s.flag(SessionFlag::Carbons) && s.is_available() {
+                s.send(wrap("received", &user, &s.jid, message));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ty: Option<&str>) -> Element {
+        let mut m = Element::new("message", ns::CLIENT).with_attr("to", "juliet@example.com");
+        if let Some(ty) = ty {
+            m.set_attr("type", ty);
+        }
+        m
+    }
+
+    fn body(m: Element) -> Element {
+        m.with_child(Element::new("body", ns::CLIENT).with_text("hi"))
+    }
+
+    #[test]
+    fn chat_and_normal_with_body_are_eligible() {
+        assert!(eligible(&msg(Some("chat")), true));
+        assert!(eligible(&body(msg(None)), true));
+        assert!(eligible(&body(msg(Some("normal"))), false));
+        assert!(!eligible(&msg(Some("normal")), true));
+        assert!(!eligible(&body(msg(Some("groupchat"))), true));
+        assert!(!eligible(&body(msg(Some("headline"))), true));
+        assert!(!eligible(&body(msg(Some("error"))), true));
+        assert!(!eligible(&Element::new("presence", ns::CLIENT), true));
+    }
+
+    #[test]
+    fn im_payloads_make_normal_messages_eligible() {
+        for ns in IM_PAYLOADS {
+            let m = msg(None).with_child(Element::new("x", *ns));
+            assert!(eligible(&m, true), "{ns}");
+        }
+        let invite = msg(None).with_child(Element::new("x", CONFERENCE));
+        assert!(eligible(&invite, true));
+    }
+
+    #[test]
+    fn private_and_no_copy_exclude() {
+        let private = body(msg(Some("chat")))
+            .with_child(Element::new("private", CARBONS))
+            .with_child(Element::new("no-copy", HINTS));
+        assert!(!eligible(&private, true));
+        assert!(!eligible(&private, false));
+        let no_copy = body(msg(Some("chat"))).with_child(Element::new("no-copy", HINTS));
+        assert!(!eligible(&no_copy, false));
+    }
+
+    #[test]
+    fn carbons_are_not_copied_again() {
+        let m = msg(Some("chat")).with_child(Element::new("received", CARBONS));
+        assert!(!eligible(&m, true));
+    }
+
+    #[test]
+    fn muc_private_messages_are_copied_only_outbound() {
+        let pm = body(msg(Some("chat"))).with_child(Element::new("x", MUC_USER));
+        assert!(!eligible(&pm, true));
+        assert!(eligible(&pm, false));
+        let invite = msg(None)
+            .with_child(Element::new("x", MUC_USER).with_child(Element::new("invite", MUC_USER)));
+        assert!(eligible(&invite, true));
+    }
+}

@@ -1,0 +1,254 @@
+//! Discussion history (XEP-0045 §7.2.13–7.2.15): a bounded ring of the
+//! room's last messages, and the `<history/>` limits a joining client asks for.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use waxwing_proto::xml::Element;
+
+/// One remembered message: already addressed `from` the sender's room
+/// JID and stamped with `<delay/>`; only `to` is set per recipient.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub stanza: Element,
+    pub at: SystemTime,
+    /// Serialized length, for `maxchars`.
+    pub chars: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    entries: VecDeque<Entry>,
+}
+
+impl History {
+    /// Appends, dropping the oldest beyond `cap`.
+    pub fn push(&mut self, stanza: Element, at: SystemTime, cap: usize) {
+        if cap == 0 {
+            self.entries.clear();
+            return;
+        }
+        let chars = stanza.to_xml().len();
+        self.entries.push_back(Entry { stanza, at, chars });
+        while self.entries.len() > cap {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Shrinks to `cap` (a lowered `muc#maxhistoryfetch`).
+    pub fn truncate(&mut self, cap: usize) {
+        while self.entries.len() > cap {
+            self.entries.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries a joining client gets, oldest first: the newest ones
+    /// that satisfy every limit at once (§7.2.15: limits combine).
+    pub fn select(&self, req: &HistoryRequest, now: SystemTime) -> Vec<&Entry> {
+        let mut out = Vec::new();
+        let mut chars = 0usize;
+        for e in self.entries.iter().rev() {
+            if req.maxstanzas.is_some_and(|n| out.len() >= n) {
+                break;
+            }
+            if let Some(s) = req.seconds
+                && now.duration_since(e.at).unwrap_or_default() > Duration::from_secs(s)
+            {
+                break;
+            }
+            if req.since.is_some_and(|t| e.at <= t) {
+                break;
+            }
+            if let Some(max) = req.maxchars {
+                if chars + e.chars > max {
+                    break;
+                }
+                chars += e.chars;
+            }
+            out.push(e);
+        }
+        out.reverse();
+        out
+    }
+}
+
+/// `<history maxchars maxstanzas seconds since/>`; absent attributes are no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryRequest {
+    pub maxchars: Option<usize>,
+    pub maxstanzas: Option<usize>,
+    pub seconds: Option<u64>,
+    pub since: Option<SystemTime>,
+}
+
+impl HistoryRequest {
+    /// Unparseable values are ignored, as if absent (a lenient reading of §7.2.15).
+    pub fn parse(history: Option<&Element>) -> Self {
+        let Some(h) = history else {
+            return HistoryRequest::default();
+        };
+        HistoryRequest {
+            maxchars: h.attr("maxchars").and_then(|v| v.parse().ok()),
+            maxstanzas: h.attr("maxstanzas").and_then(|v| v.parse().ok()),
+            seconds: h.attr("seconds").and_then(|v| v.parse().ok()),
+            since: h.attr("since").and_then(parse_datetime),
+        }
+    }
+}
+
+/// Parses an XEP-0082 DateTime (`1970-01-01T00:00:00[.sss](Z|±hh:mm)`).
+pub fn parse_datetime(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-');
+    let y: i64 = d.next()?.parse().ok()?;
+    let m: u32 = d.next()?.parse().ok()?;
+    let day: u32 = d.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let (clock, offset_secs) = if let Some(c) = time.strip_suffix('Z') {
+        (c, 0i64)
+    } else {
+        let i = time.rfind(['+', '-'])?;
+        let (c, off) = time.split_at(i);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = off[1..].split_once(':')?;
+        let off: i64 = oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60;
+        (c, sign * off)
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut t = hms.splitn(3, ':');
+    let hh: i64 = t.next()?.parse().ok()?;
+    let mm: i64 = t.next()?.parse().ok()?;
+    let ss: i64 = t.next()?.parse().ok()?;
+    if hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().take(9).collect();
+        if !digits.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        format!("{digits:0<9}").parse().ok()?
+    };
+    let days = days_from_civil(y, m, day);
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss - offset_secs;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// Howard Hinnant's days-from-civil (proleptic Gregorian).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: usize) -> Element {
+        Element::new("message", waxwing_proto::ns::CLIENT).with_attr("id", i.to_string())
+    }
+
+    fn ids(v: &[&Entry]) -> Vec<String> {
+        v.iter()
+            .map(|e| e.stanza.attr("id").unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn ring_keeps_the_newest() {
+        let mut h = History::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1000);
+        for i in 0..10 {
+            h.push(msg(i), t0 + Duration::from_secs(i as u64), 4);
+        }
+        assert_eq!(h.len(), 4);
+        let all = h.select(&HistoryRequest::default(), t0 + Duration::from_secs(20));
+        assert_eq!(ids(&all), ["6", "7", "8", "9"]);
+        h.truncate(2);
+        assert_eq!(h.len(), 2);
+        h.push(msg(99), t0, 0);
+        assert_eq!(h.len(), 0, "a zero cap keeps nothing");
+    }
+
+    #[test]
+    fn limits_combine() {
+        let mut h = History::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1000);
+        for i in 0..10 {
+            h.push(msg(i), t0 + Duration::from_secs(i as u64 * 10), 50);
+        }
+        let now = t0 + Duration::from_secs(100);
+        let r = |maxstanzas, seconds, since, maxchars| HistoryRequest {
+            maxstanzas,
+            seconds,
+            since,
+            maxchars,
+        };
+        assert_eq!(
+            ids(&h.select(&r(Some(3), None, None, None), now)),
+            ["7", "8", "9"]
+        );
+        assert_eq!(ids(&h.select(&r(Some(0), None, None, None), now)).len(), 0);
+        // Within the last 25 s: sent at 80 and 90 (100 - 25 = 75).
+        assert_eq!(
+            ids(&h.select(&r(None, Some(25), None, None), now)),
+            ["8", "9"]
+        );
+        let since = Some(t0 + Duration::from_secs(60));
+        assert_eq!(
+            ids(&h.select(&r(None, None, since, None), now)),
+            ["7", "8", "9"]
+        );
+        let one = msg(9).to_xml().len();
+        assert_eq!(ids(&h.select(&r(None, None, None, Some(one)), now)), ["9"]);
+        assert_eq!(
+            ids(&h.select(&r(Some(1), Some(1000), since, None), now)),
+            ["9"]
+        );
+    }
+
+    #[test]
+    fn parses_request_attributes() {
+        let el = Element::new("history", "http://jabber.org/protocol/muc")
+            .with_attr("maxstanzas", "20")
+            .with_attr("maxchars", "x")
+            .with_attr("since", "1970-01-01T00:01:40Z");
+        let r = HistoryRequest::parse(Some(&el));
+        assert_eq!(r.maxstanzas, Some(20));
+        assert_eq!(r.maxchars, None);
+        assert_eq!(r.since, Some(UNIX_EPOCH + Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn datetimes() {
+        let t = |s| parse_datetime(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_millis());
+        assert_eq!(t("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(t("2026-11-18T11:06:40.123Z"), Some(1_795_000_000_123));
+        assert_eq!(t("2026-11-18T12:06:40.123+01:00"), Some(1_795_000_000_123));
+        assert_eq!(t("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(t("2000-13-01T00:00:00Z"), None);
+        assert_eq!(t("yesterday"), None);
+        let now = std::time::SystemTime::now();
+        let round = parse_datetime(&waxwing_core::time::xep0082(now)).unwrap();
+        assert!(now.duration_since(round).unwrap() < Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,604 @@
+//! XEP-0045: Multi-User Chat, with XEP-0410 (self-ping), XEP-0421
+//! (occupant ids), XEP-0359 stanza ids (`muc#stable_id`) and XEP-0249
+//! (direct invitations need nothing from the server but a room to join).
+//!
+//! One [`MucService`] per virtual host, on `<subdomain>.<host>`, registered
+//! as a domain service: the router hands it every stanza addressed under
+//! that domain. Rooms live in a `std` mutex-protected map. Each stanza
+//! takes the lock once, runs the sans-IO rules of [`room::Room`] to get
+//! [`room::Effects`], releases the lock, then writes the store and routes
+//! — so no lock is held across an `.await` and a slow store never blocks
+//! other rooms' traffic. The one async lock, `persist`, orders store writes
+//! of changes that persist (config, affiliations, subject); it is taken
+//! *before* the map lock so the write order is the change order.
+
+pub mod config;
+pub mod form;
+pub mod history;
+pub mod roles;
+pub mod room;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use waxwing_core::config::{Config, RoomCreation};
+use waxwing_core::hooks::{
+    Cx, DomainService, Event, EventHandler, Module, RegisterError, Registrar,
+};
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
+use waxwing_proto::ns;
+use waxwing_proto::stanza::{self, Condition, StanzaError, StanzaKind};
+use waxwing_proto::xml::Element;
+use waxwing_store::StoreError;
+
+use self::config::RoomConfig;
+use self::roles::Affiliation;
+use self::room::{
+    AffEntry, Effects, Limits, NS_ADMIN, NS_MUC, NS_OCCUPANT_ID, NS_OWNER, Persist, Room,
+};
+
+/// The MUC module: one service per virtual host.
+pub struct Muc {
+    services: Vec<Arc<MucService>>,
+}
+
+impl Muc {
+    pub fn new(config: &Config) -> Self {
+        let m = &config.muc;
+        let services = m
+            .domains
+            .iter()
+            .zip(&config.hosts)
+            .map(|(domain, host)| {
+                Arc::new(MucService {
+                    domain: domain.clone(),
+                    host: host.clone(),
+                    hosts: config.hosts.clone(),
+                    admins: config.admins.clone(),
+                    limits: Limits {
+                        max_history: m.max_history,
+                        max_occupants: m.max_occupants,
+                    },
+                    max_rooms_per_user: m.max_rooms_per_user,
+                    creation: m.room_creation,
+                    rooms: Mutex::new(HashMap::new()),
+                    loaded: tokio::sync::OnceCell::new(),
+                    persist: tokio::sync::Mutex::new(()),
+                })
+            })
+            .collect();
+        Muc { services }
+    }
+
+    /// The services, for tests and benchmarks that drive them directly.
+    pub fn services(&self) -> &[Arc<MucService>] {
+        &self.services
+    }
+}
+
+impl Module for Muc {
+    fn name(&self) -> &'static str {
+        "muc"
+    }
+
+    fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
+        for s in &self.services {
+            reg.service(&s.domain, s.clone())?;
+        }
+        if !self.services.is_empty() {
+            reg.on_events(self.clone());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventHandler for Muc {
+    async fn on_event(&self, cx: &Cx, event: &Event) {
+        // A session that ends leaves its rooms even if it never sent
+        // presence (the presence module only tells rooms it has a record of).
+        if let Event::SessionClosed(session) = event {
+            for s in &self.services {
+                s.session_closed(cx, &session.jid).await;
+            }
+        }
+    }
+}
+
+/// The rooms of one MUC domain.
+pub struct MucService {
+    domain: String,
+    host: String,
+    hosts: Vec<String>,
+    admins: Vec<BareJid>,
+    limits: Limits,
+    max_rooms_per_user: Option<usize>,
+    creation: RoomCreation,
+    /// Keyed by the room's bare JID. See the module docs for the locking rule.
+    rooms: Mutex<HashMap<BareJid, Room>>,
+    /// Persistent rooms are loaded on the first stanza: a domain service
+    /// has no startup hook, and the store is only reachable through `Cx`.
+    loaded: tokio::sync::OnceCell<()>,
+    persist: tokio::sync::Mutex<()>,
+}
+
+/// Why a stanza is refused before any room sees it.
+fn refuse(c: Condition) -> StanzaError {
+    StanzaError::new(c)
+}
+
+impl MucService {
+    fn lock(&self) -> MutexGuard<'_, HashMap<BareJid, Room>> {
+        // A panic in the rules leaves at worst one room half-updated;
+        // refusing all rooms afterwards would be worse.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn ensure_loaded(&self, cx: &Cx) -> Result<(), StoreError> {
+        self.loaded
+            .get_or_try_init(|| async {
+                let stored = cx.stores().muc.rooms(&self.domain).await?;
+                let mut rooms = self.lock();
+                for s in stored {
+                    let jid = s.room.jid.clone();
+                    match Room::from_stored(s, &self.limits) {
+                        Ok(r) => {
+                            rooms.insert(jid, r);
+                        }
+                        Err(e) => {
+                            tracing::error!(room = %jid, error = %e, "skipping a stored room")
+                        }
+                    }
+                }
+                tracing::info!(domain = %self.domain, rooms = rooms.len(), "MUC rooms loaded");
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs `f` on the room under the lock, removing the room if it says so.
+    fn with_room<F>(&self, room: &BareJid, f: F) -> Result<Effects, StanzaError>
+    where
+        F: FnOnce(&mut Room) -> Result<Effects, StanzaError>,
+    {
+        let mut rooms = self.lock();
+        let r = rooms
+            .get_mut(room)
+            .ok_or_else(|| StanzaError::cancel(Condition::ItemNotFound))?;
+        let fx = f(r)?;
+        if fx.destroyed {
+            rooms.remove(room);
+        }
+        Ok(fx)
+    }
+
+    /// Store writes, then the stanzas, then the IQ answer (or an error if
+    /// a write failed: nothing is acknowledged that was not persisted).
+    async fn apply(&self, cx: &Cx, room: &BareJid, fx: Effects, request: &Element) {
+        let mut ok = true;
+        for p in fx.persist {
+            let store = &cx.stores().muc;
+            let r = match &p {
+                Persist::Replace(s) => store.replace_room(s).await,
+                Persist::Record(r) => store.save_room(r).await,
+                Persist::SetAffiliation(a) => store.set_affiliation(room, a).await,
+                Persist::RemoveAffiliation(j) => store.remove_affiliation(room, j).await,
+                Persist::Delete => match store.delete_room(room).await {
+                    Err(StoreError::NotFound) => Ok(()),
+                    r => r,
+                },
+            };
+            if let Err(e) = r {
+                tracing::error!(%room, error = %e, "MUC store write failed");
+                ok = false;
+            }
+        }
+        for s in fx.out {
+            cx.route(s).await;
+        }
+        match (fx.reply, ok) {
+            (Some(r), true) => cx.route(r).await,
+            (_, false) => {
+                cx.bounce(request, StanzaError::wait(Condition::InternalServerError))
+                    .await
+            }
+            (None, true) => {}
+        }
+    }
+
+    async fn session_closed(&self, cx: &Cx, jid: &FullJid) {
+        let mut work = Vec::new();
+        {
+            let mut rooms = self.lock();
+            let mut gone = Vec::new();
+            for (k, r) in rooms.iter_mut() {
+                if r.occupant_of(jid).is_some() {
+                    let fx = r.leave(jid, None);
+                    if fx.destroyed {
+                        gone.push(k.clone());
+                    }
+                    work.push((k.clone(), fx));
+                }
+            }
+            for k in gone {
+                rooms.remove(&k);
+            }
+        }
+        let dummy = Element::new("presence", ns::CLIENT);
+        for (room, fx) in work {
+            self.apply(cx, &room, fx, &dummy).await;
+        }
+    }
+
+    fn may_create(
+        &self,
+        creator: &BareJid,
+        rooms: &HashMap<BareJid, Room>,
+    ) -> Result<(), StanzaError> {
+        let allowed = match self.creation {
+            RoomCreation::Anyone => true,
+            RoomCreation::Local => self.hosts.iter().any(|h| h == creator.domain()),
+            RoomCreation::Admins => self.admins.contains(creator),
+        };
+        if !allowed {
+            return Err(StanzaError::cancel(Condition::NotAllowed)
+                .with_text("you may not create rooms here"));
+        }
+        if let Some(max) = self.max_rooms_per_user {
+            let owned = rooms
+                .values()
+                .filter(|r| r.affiliation(creator) == Affiliation::Owner)
+                .count();
+            if owned >= max {
+                return Err(StanzaError::wait(Condition::ResourceConstraint)
+                    .with_text("you own too many rooms"));
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ stanzas
+
+    async fn presence_to_occupant(
+        &self,
+        cx: &Cx,
+        from: &FullJid,
+        room: BareJid,
+        nick: &str,
+        p: Element,
+    ) {
+        let now = SystemTime::now();
+        let ty = p.attr("type");
+        if ty == Some("error") {
+            // The occupant's client bounced something: it is gone (§7.14 practice).
+            let fx = self.with_room(&room, |r| Ok(r.leave(from, None)));
+            if let Ok(fx) = fx {
+                self.apply(cx, &room, fx, &p).await;
+            }
+            return;
+        }
+        if !matches!(ty, None | Some("unavailable")) {
+            return;
+        }
+        let result = 'locked: {
+            let mut rooms = self.lock();
+            let created = if rooms.contains_key(&room) {
+                false
+            } else if ty.is_some() {
+                break 'locked Ok(Effects::default());
+            } else {
+                match self.may_create(from.bare(), &rooms) {
+                    Ok(()) => {
+                        let mut r = Room::new(
+                            room.clone(),
+                            RoomConfig::new(self.limits.max_history, waxwing_core::random_id()),
+                        );
+                        r.affiliations.insert(
+                            from.bare().clone(),
+                            AffEntry {
+                                affiliation: Affiliation::Owner,
+                                nick: None,
+                                reason: None,
+                            },
+                        );
+                        // §10.1.2: a MUC-aware client gets a locked room until it
+                        // configures it; a legacy one gets an instant room.
+                        r.locked = p.child("x", NS_MUC).is_some();
+                        rooms.insert(room.clone(), r);
+                        true
+                    }
+                    Err(e) => break 'locked Err(e),
+                }
+            };
+            let r = rooms.get_mut(&room).expect("room exists");
+            let res = r.handle_presence(from, nick, &p, created, &self.limits, now);
+            match &res {
+                Err(_) if created => {
+                    rooms.remove(&room);
+                }
+                Ok(fx) if fx.destroyed => {
+                    rooms.remove(&room);
+                }
+                _ => {}
+            }
+            res
+        };
+        match result {
+            Ok(fx) => self.apply(cx, &room, fx, &p).await,
+            Err(e) => cx.bounce(&p, e).await,
+        }
+    }
+
+    async fn message_to_room(&self, cx: &Cx, from: &FullJid, room: BareJid, m: Element) {
+        let ty = m.attr("type").unwrap_or("normal");
+        if ty == "error" {
+            return;
+        }
+        let now = SystemTime::now();
+        let ordered = ty != "groupchat" || m.child("subject", ns::CLIENT).is_some();
+        let _order = if ordered {
+            Some(self.persist.lock().await)
+        } else {
+            None
+        };
+        let res = self.with_room(&room, |r| {
+            if ty == "groupchat" {
+                r.groupchat(from, &m, &self.limits, now)
+            } else {
+                r.message_to_room(from, &m, &self.limits)
+            }
+        });
+        match res {
+            Ok(fx) => self.apply(cx, &room, fx, &m).await,
+            Err(e) => cx.bounce(&m, e).await,
+        }
+    }
+
+    async fn message_to_occupant(
+        &self,
+        cx: &Cx,
+        from: &FullJid,
+        room: BareJid,
+        nick: &str,
+        m: Element,
+    ) {
+        if m.attr("type") == Some("error") {
+            return;
+        }
+        let res = self.with_room(&room, |r| r.private_message(from, nick, &m));
+        match res {
+            Ok(fx) => self.apply(cx, &room, fx, &m).await,
+            Err(e) => cx.bounce(&m, e).await,
+        }
+    }
+
+    async fn iq_to_occupant(
+        &self,
+        cx: &Cx,
+        from: &FullJid,
+        room: BareJid,
+        nick: &str,
+        iq: Element,
+    ) {
+        let res = {
+            let rooms = self.lock();
+            match rooms.get(&room) {
+                Some(r) => r.iq_to_occupant(from, nick, &iq),
+                None => Err(StanzaError::cancel(Condition::ItemNotFound)),
+            }
+        };
+        match res {
+            Ok(out) => cx.route(out).await,
+            Err(e) => cx.bounce(&iq, e).await,
+        }
+    }
+
+    async fn iq_to_room(&self, cx: &Cx, from: &FullJid, room: BareJid, iq: Element) {
+        let ty = iq.attr("type").unwrap_or_default();
+        if !matches!(ty, "get" | "set") {
+            return;
+        }
+        let Some(payload) = iq.first_child().cloned() else {
+            return cx.bounce(&iq, refuse(Condition::BadRequest)).await;
+        };
+        let set = ty == "set";
+        let _order = if set {
+            Some(self.persist.lock().await)
+        } else {
+            None
+        };
+        let limits = self.limits;
+        let res = self.with_room(&room, |r| {
+            let answer = |el: Element| {
+                let mut reply = stanza::iq_result(&iq);
+                reply.push_child(el);
+                Ok(Effects {
+                    reply: Some(reply),
+                    ..Effects::default()
+                })
+            };
+            let with_ack = |fx: Result<Effects, StanzaError>| {
+                fx.map(|mut fx| {
+                    fx.reply = Some(stanza::iq_result(&iq));
+                    fx
+                })
+            };
+            match (payload.ns.as_str(), set) {
+                (ns::DISCO_INFO, false) => {
+                    answer(r.disco_info(from, payload.attr("node"), &limits)?)
+                }
+                (ns::DISCO_ITEMS, false) => {
+                    if r.locked && r.affiliation(from.bare()) != Affiliation::Owner {
+                        return Err(StanzaError::cancel(Condition::ItemNotFound));
+                    }
+                    answer(Element::new("query", ns::DISCO_ITEMS))
+                }
+                (NS_ADMIN, false) => answer(r.admin_get(from, &payload)?),
+                (NS_ADMIN, true) => with_ack(r.admin_set(from, &payload, &limits)),
+                (NS_OWNER, false) => answer(r.owner_get(from, &limits)?),
+                (NS_OWNER, true) => with_ack(r.owner_set(from, &payload, &limits)),
+                (ns::REGISTER, false) => answer(r.register_get(from)?),
+                (ns::REGISTER, true) => with_ack(r.register_set(from, &payload)),
+                (ns::PING, false) => Ok(Effects {
+                    reply: Some(stanza::iq_result(&iq)),
+                    ..Effects::default()
+                }),
+                _ => Err(StanzaError::cancel(Condition::ServiceUnavailable)),
+            }
+        });
+        match res {
+            Ok(fx) => self.apply(cx, &room, fx, &iq).await,
+            Err(e) => cx.bounce(&iq, e).await,
+        }
+    }
+
+    async fn iq_to_service(&self, cx: &Cx, iq: Element) {
+        let ty = iq.attr("type").unwrap_or_default();
+        if !matches!(ty, "get" | "set") {
+            return;
+        }
+        let Some(payload) = iq.first_child() else {
+            return cx.bounce(&iq, refuse(Condition::BadRequest)).await;
+        };
+        let result = match (payload.ns.as_str(), ty) {
+            (ns::DISCO_INFO, "get") if payload.attr("node").is_none_or(str::is_empty) => {
+                let mut q = Element::new("query", ns::DISCO_INFO).with_child(
+                    Element::new("identity", ns::DISCO_INFO)
+                        .with_attr("category", "conference")
+                        .with_attr("type", "text")
+                        .with_attr("name", "Chatrooms"),
+                );
+                for f in [
+                    ns::DISCO_INFO,
+                    ns::DISCO_ITEMS,
+                    NS_MUC,
+                    room::NS_STABLE_ID,
+                    NS_OCCUPANT_ID,
+                    ns::PING,
+                ] {
+                    q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+                }
+                Ok(q)
+            }
+            (ns::DISCO_ITEMS, "get") if payload.attr("node").is_none_or(str::is_empty) => {
+                let mut listed: Vec<(String, String)> = self
+                    .lock()
+                    .values()
+                    .filter(|r| r.is_listed())
+                    .map(|r| (r.jid.to_string(), r.name().to_string()))
+                    .collect();
+                listed.sort();
+                let mut q = Element::new("query", ns::DISCO_ITEMS);
+                for (jid, name) in listed {
+                    q.push_child(
+                        Element::new("item", ns::DISCO_ITEMS)
+                            .with_attr("jid", jid)
+                            .with_attr("name", name),
+                    );
+                }
+                Ok(q)
+            }
+            (ns::PING, "get") => Ok(Element::new("ping", ns::PING)),
+            (ns::DISCO_INFO | ns::DISCO_ITEMS, "get") => {
+                Err(StanzaError::cancel(Condition::ItemNotFound))
+            }
+            _ => Err(StanzaError::cancel(Condition::ServiceUnavailable)),
+        };
+        match result {
+            Ok(q) => {
+                let mut reply = stanza::iq_result(&iq);
+                if q.name != "ping" {
+                    reply.push_child(q);
+                }
+                cx.route(reply).await;
+            }
+            Err(e) => cx.bounce(&iq, e).await,
+        }
+    }
+
+    /// Number of rooms in memory (loaded persistent ones included).
+    pub fn room_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+}
+
+#[async_trait]
+impl DomainService for MucService {
+    async fn handle_stanza(&self, cx: &Cx, stanza: Element) {
+        let Some(kind) = stanza::kind(&stanza) else {
+            return;
+        };
+        if let Err(e) = self.ensure_loaded(cx).await {
+            tracing::error!(domain = %self.domain, error = %e, "cannot load MUC rooms");
+            return cx
+                .bounce(&stanza, StanzaError::wait(Condition::InternalServerError))
+                .await;
+        }
+        let (Some(Ok(from)), Some(Ok(to))) = (
+            stanza.attr("from").map(Jid::parse),
+            stanza.attr("to").map(Jid::parse),
+        ) else {
+            return;
+        };
+        if to.local().is_none() {
+            return match kind {
+                StanzaKind::Iq => self.iq_to_service(cx, stanza).await,
+                _ if to.resource().is_none() => {
+                    cx.bounce(&stanza, refuse(Condition::ServiceUnavailable))
+                        .await
+                }
+                _ => cx.bounce(&stanza, refuse(Condition::ItemNotFound)).await,
+            };
+        }
+        // Occupants are client sessions; a bare `from` (a server) cannot be one.
+        let Some(from) = from.as_full().cloned() else {
+            return cx.bounce(&stanza, refuse(Condition::NotAcceptable)).await;
+        };
+        let room = to.to_bare();
+        match (kind, to.resource()) {
+            (StanzaKind::Presence, Some(nick)) => {
+                let nick = nick.to_string();
+                self.presence_to_occupant(cx, &from, room, &nick, stanza)
+                    .await
+            }
+            (StanzaKind::Presence, None) => {
+                // §7.2.1: entering without a nickname.
+                if stanza.attr("type").is_none() {
+                    cx.bounce(&stanza, StanzaError::modify(Condition::JidMalformed))
+                        .await
+                }
+            }
+            (StanzaKind::Message, Some(nick)) => {
+                let nick = nick.to_string();
+                self.message_to_occupant(cx, &from, room, &nick, stanza)
+                    .await
+            }
+            (StanzaKind::Message, None) => self.message_to_room(cx, &from, room, stanza).await,
+            (StanzaKind::Iq, Some(nick)) => {
+                let nick = nick.to_string();
+                self.iq_to_occupant(cx, &from, room, &nick, stanza).await
+            }
+            (StanzaKind::Iq, None) => self.iq_to_room(cx, &from, room, stanza).await,
+        }
+    }
+
+    fn name(&self) -> &str {
+        "Chatrooms"
+    }
+}
+
+impl std::fmt::Debug for MucService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MucService")
+            .field("domain", &self.domain)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,138 @@
+//! XEP-0054: vCard-temp storage, which XEP-0153 avatars build on.
+//!
+//! The server keeps each account's vCard as opaque XML and hands it to
+//! anyone who asks (vCards are public profiles, as in Prosody and
+//! ejabberd); only the account itself may change it. XEP-0153's
+//! `<x xmlns='vcard-temp:x:update'/>` in presence needs nothing here: the
+//! presence engine forwards presence children untouched.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use waxwing_core::hooks::{
+    Cx, Event, EventHandler, Iq, IqHandler, IqResult, IqTarget, Module, RegisterError, Registrar,
+};
+use waxwing_proto::ns;
+use waxwing_proto::stanza::{Condition, StanzaError};
+use waxwing_proto::xml::{Element, parse_stanza};
+
+use crate::internal;
+
+/// XEP-0054 namespace.
+pub const VCARD: &str = "vcard-temp";
+/// XEP-0153: vCard-based avatars (advertised; the work is the clients').
+pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+/// Key in the per-account XML store. No `{ns}name` key of private storage
+/// (XEP-0049) can collide with it.
+const KEY: &str = "vcard-temp";
+
+/// vCard-temp.
+pub struct VCard;
+
+impl Module for VCard {
+    fn name(&self) -> &'static str {
+        "vcard"
+    }
+
+    fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
+        reg.server_feature(VCARD);
+        reg.account_feature(VCARD);
+        reg.iq(IqTarget::Account, VCARD, self.clone())?;
+        reg.on_events(self);
+        Ok(())
+    }
+}
+
+/// Reads back a stored vCard. A corrupt one is logged and served as empty
+/// rather than failing every request for it.
+fn decode(xml: &str) -> Element {
+    match parse_stanza(xml, ns::CLIENT) {
+        Ok(el) if el.is("vCard", VCARD) => el,
+        _ => {
+            tracing::error!("dropping a corrupt stored vCard");
+            Element::new("vCard", VCARD)
+        }
+    }
+}
+
+#[async_trait]
+impl IqHandler for VCard {
+    async fn handle_iq(&self, cx: &Cx, iq: Iq) -> IqResult {
+        if !iq.payload.is("vCard", VCARD) {
+            return Err(StanzaError::modify(Condition::BadRequest));
+        }
+        let requester = iq.from.to_bare();
+        let owner = iq
+            .to
+            .as_ref()
+            .map_or_else(|| requester.clone(), |t| t.to_bare());
+        let store = &cx.stores().private_xml;
+        if iq.is_set {
+            // Only the account's own client sessions write its vCard.
+            if owner != requester || cx.origin().is_none() {
+                return Err(StanzaError::auth(Condition::Forbidden));
+            }
+            store
+                .set(&owner, KEY, &iq.payload.to_xml())
+                .await
+                .map_err(internal)?;
+            return Ok(None);
+        }
+        if owner != requester
+            && !cx
+                .stores()
+                .accounts
+                .exists(&owner)
+                .await
+                .map_err(internal)?
+        {
+            return Err(StanzaError::cancel(Condition::ServiceUnavailable));
+        }
+        // XEP-0054 §3.1: no vCard is an empty one.
+        Ok(Some(
+            match store.get(&owner, KEY).await.map_err(internal)? {
+                Some(xml) => decode(&xml),
+                None => Element::new("vCard", VCARD),
+            },
+        ))
+    }
+}
+
+#[async_trait]
+impl EventHandler for VCard {
+    async fn on_event(&self, cx: &Cx, event: &Event) {
+        // Removes every fragment of the account; `private.rs` does the same,
+        // so either module alone cleans up.
+        if let Event::UserDeleted(user) = event
+            && let Err(e) = cx.stores().private_xml.remove_user(user).await
+        {
+            tracing::error!(error = %e, %user, "removing the vCard of a deleted account failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_vcards_round_trip() {
+        let card = Element::new("vCard", VCARD)
+            .with_child(Element::new("FN", VCARD).with_text("Juliet & co"))
+            .with_child(
+                Element::new("PHOTO", VCARD)
+                    .with_child(Element::new("TYPE", VCARD).with_text("image/png"))
+                    .with_child(Element::new("BINVAL", VCARD).with_text("iVBORw0K")),
+            );
+        assert_eq!(decode(&card.to_xml()), card);
+    }
+
+    #[test]
+    fn corrupt_vcard_reads_as_empty() {
+        assert_eq!(decode("<oops"), Element::new("vCard", VCARD));
+        assert_eq!(
+            decode("<x xmlns='urn:other'/>"),
+            Element::new("vCard", VCARD)
+        );
+    }
+}

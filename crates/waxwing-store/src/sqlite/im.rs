@@ -1,0 +1,150 @@
+//! Blocklists, private XML / vCards and last activity (issue 6 stores).
+
+use async_trait::async_trait;
+use waxwing_proto::jid::{BareJid, Jid};
+
+use super::{SqliteStore, db, unsigned};
+use crate::StoreError;
+use crate::blocklist::{BlocklistStore, parse_item};
+use crate::last::{LastActivity, LastActivityStore};
+use crate::private_xml::PrivateXmlStore;
+
+#[async_trait]
+impl BlocklistStore for SqliteStore {
+    async fn list(&self, owner: &BareJid) -> Result<Vec<Jid>, StoreError> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT jid FROM blocklist WHERE owner = $1 ORDER BY jid")
+                .bind(owner.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        rows.iter().map(|s| parse_item(s)).collect()
+    }
+
+    async fn block(&self, owner: &BareJid, jids: &[Jid]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        for j in jids {
+            sqlx::query(
+                "INSERT INTO blocklist (owner, jid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(owner.to_string())
+            .bind(j.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn unblock(&self, owner: &BareJid, jids: &[Jid]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        for j in jids {
+            sqlx::query("DELETE FROM blocklist WHERE owner = $1 AND jid = $2")
+                .bind(owner.to_string())
+                .bind(j.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn unblock_all(&self, owner: &BareJid) -> Result<Vec<Jid>, StoreError> {
+        let mut rows: Vec<String> =
+            sqlx::query_scalar("DELETE FROM blocklist WHERE owner = $1 RETURNING jid")
+                .bind(owner.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        rows.sort();
+        rows.iter().map(|s| parse_item(s)).collect()
+    }
+
+    async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM blocklist WHERE owner = $1")
+            .bind(owner.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PrivateXmlStore for SqliteStore {
+    async fn get(&self, owner: &BareJid, key: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT xml FROM private_xml WHERE owner = $1 AND key = $2")
+            .bind(owner.to_string())
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn set(&self, owner: &BareJid, key: &str, xml: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO private_xml (owner, key, xml) VALUES ($1, $2, $3) \
+             ON CONFLICT (owner, key) DO UPDATE SET xml = excluded.xml",
+        )
+        .bind(owner.to_string())
+        .bind(key)
+        .bind(xml)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM private_xml WHERE owner = $1")
+            .bind(owner.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LastActivityStore for SqliteStore {
+    async fn get(&self, user: &BareJid) -> Result<Option<LastActivity>, StoreError> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT at, status FROM last_activity WHERE owner = $1")
+                .bind(user.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        row.map(|(at, status)| {
+            Ok(LastActivity {
+                at: unsigned(at, "last activity time")?,
+                status,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set(&self, user: &BareJid, last: &LastActivity) -> Result<(), StoreError> {
+        let at = i64::try_from(last.at)
+            .map_err(|_| StoreError::Backend("last activity time out of range".into()))?;
+        sqlx::query(
+            "INSERT INTO last_activity (owner, at, status) VALUES ($1, $2, $3) \
+             ON CONFLICT (owner) DO UPDATE SET at = excluded.at, status = excluded.status",
+        )
+        .bind(user.to_string())
+        .bind(at)
+        .bind(&last.status)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn remove_user(&self, user: &BareJid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM last_activity WHERE owner = $1")
+            .bind(user.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}

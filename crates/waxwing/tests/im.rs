@@ -1,0 +1,815 @@
+//! Modern IM (issue 6): carbons (XEP-0280), blocking (XEP-0191), vCard-temp
+//! (XEP-0054), private XML storage (XEP-0049), last activity (XEP-0012),
+//! contact addresses (XEP-0157), ad-hoc admin commands (XEP-0050/0133),
+//! and receipts/markers passing through untouched (XEP-0184/0333).
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use waxwing_proto::jid::BareJid;
+use waxwing_proto::ns;
+use waxwing_proto::xml::Element;
+use waxwing_store::{RosterItem, Subscription};
+
+const CARBONS: &str = "urn:xmpp:carbons:2";
+const BLOCKING: &str = "urn:xmpp:blocking";
+const COMMANDS: &str = "http://jabber.org/protocol/commands";
+
+fn j(local: &str) -> BareJid {
+    BareJid::parse(&bare(local)).unwrap()
+}
+
+/// Mutual `both` subscription, written straight to the store.
+async fn befriend(s: &TestServer, a: &str, b: &str) {
+    for (owner, contact) in [(a, b), (b, a)] {
+        let mut item = RosterItem::new(j(contact));
+        item.subscription = Subscription::Both;
+        s.running
+            .server
+            .stores
+            .roster
+            .put(&j(owner), &item)
+            .await
+            .unwrap();
+    }
+}
+
+/// Logged in, roster fetched, available, and everything caused by that drained.
+async fn online(s: &TestServer, user: &str, resource: &str) -> Client {
+    let mut c = s.login_available(user, resource, 0).await;
+    c.sync().await;
+    c
+}
+
+/// Sends an IQ and returns the answer with the same id, skipping anything
+/// else that arrives first (presence, announcements).
+async fn iq(c: &mut Client, ty: &str, to: Option<&str>, payload: &str) -> Element {
+    let id = c.id("iq");
+    let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
+    c.send(&format!("<iq type='{ty}' id='{id}'{to}>{payload}</iq>"))
+        .await;
+    loop {
+        let el = c.next(&format!("the answer to {id}")).await;
+        if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
+            return el;
+        }
+    }
+}
+
+fn is_result(el: &Element) -> bool {
+    el.attr("type") == Some("result")
+}
+
+// ------------------------------------------------------------------ carbons
+
+#[tokio::test]
+async fn carbons_copy_sent_and_received_and_honour_private() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet"] {
+        s.user(u).await;
+    }
+    let mut desk = online(&s, "romeo", "desk").await;
+    let mut phone = online(&s, "romeo", "phone").await;
+    let mut juliet = online(&s, "juliet", "balcony").await;
+    desk.sync().await;
+    for c in [&mut desk, &mut phone] {
+        let r = iq(c, "set", None, &format!("<enable xmlns='{CARBONS}'/>")).await;
+        assert!(is_result(&r), "{r}");
+    }
+    // Enabling twice is not an error (XEP-0280 §8.1).
+    let r = iq(
+        &mut phone,
+        "set",
+        None,
+        &format!("<enable xmlns='{CARBONS}'/>"),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+
+    // Received: to desk's full JID; phone gets a <received/> copy.
+    juliet
+        .send("<message to='romeo@localhost/desk' type='chat' id='m1'><body>hi</body></message>")
+        .await;
+    desk.expect("<message from='juliet@localhost/balcony' type='chat'><body>hi</body></message>")
+        .await;
+    phone
+        .expect(&format!(
+            "<message from='romeo@localhost' to='romeo@localhost/phone' type='chat'>\
+             <received xmlns='{CARBONS}'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client' from='juliet@localhost/balcony' \
+             to='romeo@localhost/desk' id='m1'><body>hi</body></message>\
+             </forwarded></received></message>"
+        ))
+        .await;
+    desk.expect_nothing().await;
+
+    // Sent: desk writes to juliet; phone gets a <sent/> copy, desk none.
+    desk.send("<message to='juliet@localhost' type='chat' id='m2'><body>hello</body></message>")
+        .await;
+    juliet
+        .expect("<message from='romeo@localhost/desk'><body>hello</body></message>")
+        .await;
+    phone
+        .expect(&format!(
+            "<message from='romeo@localhost' to='romeo@localhost/phone' type='chat'>\
+             <sent xmlns='{CARBONS}'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client' from='romeo@localhost/desk' to='juliet@localhost' \
+             id='m2'><body>hello</body></message></forwarded></sent></message>"
+        ))
+        .await;
+    desk.expect_nothing().await;
+
+    // Private + no-copy (XEP-0280 §7, XEP-0334): no copies either way.
+    let private = format!("<private xmlns='{CARBONS}'/><no-copy xmlns='urn:xmpp:hints'/>");
+    desk.send(&format!(
+        "<message to='juliet@localhost' type='chat'><body>secret</body>{private}</message>"
+    ))
+    .await;
+    juliet
+        .expect("<message><body>secret</body></message>")
+        .await;
+    juliet
+        .send(&format!(
+            "<message to='romeo@localhost/desk' type='chat'><body>shh</body>{private}</message>"
+        ))
+        .await;
+    desk.expect("<message><body>shh</body></message>").await;
+    phone.expect_nothing().await;
+
+    // Disabled: no more copies.
+    let r = iq(
+        &mut phone,
+        "set",
+        None,
+        &format!("<disable xmlns='{CARBONS}'/>"),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    juliet
+        .send("<message to='romeo@localhost/desk' type='chat'><body>again</body></message>")
+        .await;
+    desk.expect("<message><body>again</body></message>").await;
+    phone.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn receipts_and_markers_pass_through_untouched() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet"] {
+        s.user(u).await;
+    }
+    let mut romeo = online(&s, "romeo", "desk").await;
+    let mut juliet = online(&s, "juliet", "balcony").await;
+    romeo
+        .send(
+            "<message to='juliet@localhost' type='chat' id='r1'><body>hi</body>\
+             <request xmlns='urn:xmpp:receipts'/><markable xmlns='urn:xmpp:chat-markers:0'/></message>",
+        )
+        .await;
+    juliet
+        .expect(
+            "<message id='r1'><body>hi</body><request xmlns='urn:xmpp:receipts'/>\
+             <markable xmlns='urn:xmpp:chat-markers:0'/></message>",
+        )
+        .await;
+    juliet
+        .send(
+            "<message to='romeo@localhost/desk' type='chat' id='r2'>\
+             <received xmlns='urn:xmpp:receipts' id='r1'/></message>",
+        )
+        .await;
+    romeo
+        .expect("<message id='r2'><received xmlns='urn:xmpp:receipts' id='r1'/></message>")
+        .await;
+    juliet
+        .send(
+            "<message to='romeo@localhost/desk' type='chat' id='r3'>\
+             <displayed xmlns='urn:xmpp:chat-markers:0' id='r1'/></message>",
+        )
+        .await;
+    romeo
+        .expect("<message id='r3'><displayed xmlns='urn:xmpp:chat-markers:0' id='r1'/></message>")
+        .await;
+}
+
+// ----------------------------------------------------------------- blocking
+
+fn push(kind: &str, jid: &str) -> String {
+    format!("<iq type='set'><{kind} xmlns='{BLOCKING}'><item jid='{jid}'/></{kind}></iq>")
+}
+
+#[tokio::test]
+async fn blocking_pushes_drops_and_hides_presence_both_ways() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet"] {
+        s.user(u).await;
+    }
+    befriend(&s, "romeo", "juliet").await;
+    let mut desk = online(&s, "romeo", "desk").await;
+    let mut phone = online(&s, "romeo", "phone").await;
+    let mut juliet = online(&s, "juliet", "balcony").await;
+    desk.sync().await;
+    phone.sync().await;
+    for c in [&mut desk, &mut phone] {
+        let r = iq(c, "get", None, &format!("<blocklist xmlns='{BLOCKING}'/>")).await;
+        assert!(
+            r.child("blocklist", BLOCKING)
+                .is_some_and(|b| !b.has_children()),
+            "{r}"
+        );
+    }
+
+    // Block: result, pushes to every resource that fetched the list, and
+    // unavailable presence to the blocked contact.
+    desk.send(&format!(
+        "<iq type='set' id='b1'><block xmlns='{BLOCKING}'><item jid='juliet@localhost'/></block></iq>"
+    ))
+    .await;
+    desk.expect_unordered(&[
+        "<iq type='result' id='b1'/>",
+        &push("block", "juliet@localhost"),
+    ])
+    .await;
+    phone.expect(&push("block", "juliet@localhost")).await;
+    juliet
+        .expect_unordered(&[
+            "<presence type='unavailable' from='romeo@localhost/desk'/>",
+            "<presence type='unavailable' from='romeo@localhost/phone'/>",
+        ])
+        .await;
+    let r = iq(
+        &mut phone,
+        "get",
+        None,
+        &format!("<blocklist xmlns='{BLOCKING}'/>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><blocklist xmlns='{BLOCKING}'><item jid='juliet@localhost'/></blocklist></iq>"
+            )
+        ),
+        "{r}"
+    );
+
+    // Inbound from the blocked contact: messages and presence vanish, IQs
+    // get service-unavailable.
+    juliet
+        .send("<message to='romeo@localhost' type='chat'><body>let me in</body></message>")
+        .await;
+    juliet.send("<presence><show>away</show></presence>").await;
+    juliet.sync().await;
+    let r = iq(
+        &mut juliet,
+        "get",
+        Some("romeo@localhost/desk"),
+        "<query xmlns='jabber:iq:version'/>",
+    )
+    .await;
+    assert!(has_stanza_error(&r, "service-unavailable"), "{r}");
+    desk.expect_nothing().await;
+    phone.expect_nothing().await;
+    juliet.expect_nothing().await;
+
+    // Outbound to the blocked contact: not-acceptable + <blocked/>; and
+    // romeo's presence changes no longer reach her.
+    desk.send("<message to='juliet@localhost' type='chat' id='o1'><body>hm</body></message>")
+        .await;
+    let err = desk
+        .expect("<message type='error' id='o1' from='juliet@localhost'/>")
+        .await;
+    let e = err.child("error", ns::CLIENT).expect("error child");
+    assert!(e.child("not-acceptable", ns::STANZAS).is_some(), "{err}");
+    assert!(
+        e.child("blocked", "urn:xmpp:blocking:errors").is_some(),
+        "{err}"
+    );
+    phone.send("<presence><show>dnd</show></presence>").await;
+    phone.sync().await;
+    desk.sync().await;
+    juliet.expect_nothing().await;
+
+    // Unblock: pushes, and she sees romeo's current presence again.
+    desk.send(&format!(
+        "<iq type='set' id='u1'><unblock xmlns='{BLOCKING}'><item jid='juliet@localhost'/></unblock></iq>"
+    ))
+    .await;
+    desk.expect_unordered(&[
+        "<iq type='result' id='u1'/>",
+        &push("unblock", "juliet@localhost"),
+    ])
+    .await;
+    phone.expect(&push("unblock", "juliet@localhost")).await;
+    juliet
+        .expect_unordered(&[
+            "<presence from='romeo@localhost/desk'/>",
+            "<presence from='romeo@localhost/phone'><show>dnd</show></presence>",
+        ])
+        .await;
+    juliet
+        .send("<message to='romeo@localhost/desk' type='chat'><body>there you are</body></message>")
+        .await;
+    desk.expect("<message><body>there you are</body></message>")
+        .await;
+}
+
+#[tokio::test]
+async fn blocking_a_domain_and_unblock_all() {
+    let s = TestServer::start().await;
+    s.user("romeo").await;
+    let mut c = online(&s, "romeo", "desk").await;
+    let r = iq(&mut c, "set", None, &format!("<block xmlns='{BLOCKING}'/>")).await;
+    assert!(has_stanza_error(&r, "bad-request"), "{r}");
+    let r = iq(
+        &mut c,
+        "set",
+        None,
+        &format!(
+            "<block xmlns='{BLOCKING}'><item jid='evil.example'/><item jid='x@y.example'/></block>"
+        ),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    // Sending to anyone at a blocked domain is refused.
+    c.send("<message to='someone@evil.example' id='d1'><body>x</body></message>")
+        .await;
+    let err = c.expect("<message type='error' id='d1'/>").await;
+    assert!(has_stanza_error(&err, "not-acceptable"), "{err}");
+    let r = iq(
+        &mut c,
+        "set",
+        None,
+        &format!("<unblock xmlns='{BLOCKING}'/>"),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    let r = iq(
+        &mut c,
+        "get",
+        None,
+        &format!("<blocklist xmlns='{BLOCKING}'/>"),
+    )
+    .await;
+    assert!(
+        r.child("blocklist", BLOCKING)
+            .is_some_and(|b| !b.has_children()),
+        "{r}"
+    );
+}
+
+// -------------------------------------------------------------------- vcard
+
+#[tokio::test]
+async fn vcard_set_by_owner_read_by_anyone() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet"] {
+        s.user(u).await;
+    }
+    let mut romeo = online(&s, "romeo", "desk").await;
+    let mut juliet = online(&s, "juliet", "balcony").await;
+    let card = "<vCard xmlns='vcard-temp'><FN>Romeo Montague</FN><PHOTO><TYPE>image/png</TYPE>\
+                <BINVAL>iVBORw0KGgo=</BINVAL></PHOTO></vCard>";
+    // Before any set: an empty vCard.
+    let r = iq(&mut romeo, "get", None, "<vCard xmlns='vcard-temp'/>").await;
+    assert!(
+        r.child("vCard", "vcard-temp")
+            .is_some_and(|v| !v.has_children()),
+        "{r}"
+    );
+    let r = iq(&mut romeo, "set", None, card).await;
+    assert!(is_result(&r), "{r}");
+    for (c, to) in [(&mut romeo, None), (&mut juliet, Some("romeo@localhost"))] {
+        let r = iq(c, "get", to, "<vCard xmlns='vcard-temp'/>").await;
+        assert!(
+            matches_pattern(
+                &r,
+                "<iq type='result'><vCard xmlns='vcard-temp'><FN>Romeo Montague</FN>\
+                 <PHOTO><BINVAL>iVBORw0KGgo=</BINVAL></PHOTO></vCard></iq>"
+            ),
+            "{r}"
+        );
+    }
+    // Someone else's vCard cannot be written; a missing account has none.
+    let r = iq(&mut juliet, "set", Some("romeo@localhost"), card).await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+    let r = iq(
+        &mut juliet,
+        "get",
+        Some("nobody@localhost"),
+        "<vCard xmlns='vcard-temp'/>",
+    )
+    .await;
+    assert!(has_stanza_error(&r, "service-unavailable"), "{r}");
+    // XEP-0153: the avatar hash in presence goes through untouched.
+    befriend(&s, "romeo", "juliet").await;
+    romeo
+        .send("<presence><x xmlns='vcard-temp:x:update'><photo>abc123</photo></x></presence>")
+        .await;
+    juliet
+        .expect("<presence from='romeo@localhost/desk'><x xmlns='vcard-temp:x:update'><photo>abc123</photo></x></presence>")
+        .await;
+}
+
+// ------------------------------------------------------------------ private
+
+#[tokio::test]
+async fn private_storage_is_private() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet"] {
+        s.user(u).await;
+    }
+    let mut romeo = online(&s, "romeo", "desk").await;
+    let mut juliet = online(&s, "juliet", "balcony").await;
+    let q = |inner: &str| format!("<query xmlns='jabber:iq:private'>{inner}</query>");
+    let prefs = "<prefs xmlns='exodus:prefs'><defaultnick>Hamlet</defaultnick></prefs>";
+    let r = iq(&mut romeo, "set", None, &q(prefs)).await;
+    assert!(is_result(&r), "{r}");
+    let r = iq(&mut romeo, "get", None, &q("<prefs xmlns='exodus:prefs'/>")).await;
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><query xmlns='jabber:iq:private'><prefs xmlns='exodus:prefs'>\
+             <defaultnick>Hamlet</defaultnick></prefs></query></iq>"
+        ),
+        "{r}"
+    );
+    // Nothing stored: the empty element comes back.
+    let r = iq(
+        &mut romeo,
+        "get",
+        None,
+        &q("<storage xmlns='storage:bookmarks'/>"),
+    )
+    .await;
+    let st = r
+        .child("query", "jabber:iq:private")
+        .and_then(|q| q.child("storage", "storage:bookmarks"))
+        .expect("storage element");
+    assert!(!st.has_children(), "{r}");
+    // Other users: forbidden both ways; reserved namespaces refused.
+    let r = iq(
+        &mut juliet,
+        "get",
+        Some("romeo@localhost"),
+        &q("<prefs xmlns='exodus:prefs'/>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+    let r = iq(&mut juliet, "set", Some("romeo@localhost"), &q(prefs)).await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+    let r = iq(
+        &mut juliet,
+        "get",
+        None,
+        &q("<prefs xmlns='exodus:prefs'/>"),
+    )
+    .await;
+    assert!(
+        r.child("query", "jabber:iq:private")
+            .and_then(|q| q.child("prefs", "exodus:prefs"))
+            .is_some_and(|p| !p.has_children()),
+        "juliet sees only her own (empty) data: {r}"
+    );
+    let r = iq(
+        &mut romeo,
+        "set",
+        None,
+        &q("<query xmlns='jabber:iq:roster'/>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
+}
+
+// ------------------------------------------------------------ last activity
+
+#[tokio::test]
+async fn last_activity_of_offline_contact_and_server_uptime() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet", "tybalt"] {
+        s.user(u).await;
+    }
+    befriend(&s, "romeo", "juliet").await;
+    let mut romeo = online(&s, "romeo", "desk").await;
+
+    let r = iq(
+        &mut romeo,
+        "get",
+        Some(DOMAIN),
+        "<query xmlns='jabber:iq:last'/>",
+    )
+    .await;
+    let secs = r
+        .child("query", "jabber:iq:last")
+        .and_then(|q| q.attr("seconds"))
+        .and_then(|s| s.parse::<u64>().ok());
+    assert!(secs.is_some(), "{r}");
+
+    let mut juliet = online(&s, "juliet", "balcony").await;
+    romeo.sync().await;
+    // Online: 0 seconds.
+    let r = iq(
+        &mut romeo,
+        "get",
+        Some("juliet@localhost"),
+        "<query xmlns='jabber:iq:last'/>",
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><query xmlns='jabber:iq:last' seconds='0'/></iq>"
+        ),
+        "{r}"
+    );
+
+    juliet
+        .send("<presence type='unavailable'><status>Heading Home</status></presence>")
+        .await;
+    juliet.close_stream().await;
+    juliet.expect_closed().await;
+    // The session's end is processed after the socket closes: poll briefly.
+    let mut answer = None;
+    for _ in 0..50 {
+        let r = iq(
+            &mut romeo,
+            "get",
+            Some("juliet@localhost"),
+            "<query xmlns='jabber:iq:last'/>",
+        )
+        .await;
+        let q = r.child("query", "jabber:iq:last").cloned();
+        if q.as_ref().is_some_and(|q| q.text() == "Heading Home") {
+            answer = q;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let q = answer.expect("last activity of the offline contact");
+    let secs: u64 = q.attr("seconds").unwrap().parse().unwrap();
+    assert!(secs < 60, "{q}");
+
+    // Not subscribed: forbidden.
+    let mut tybalt = online(&s, "tybalt", "street").await;
+    let r = iq(
+        &mut tybalt,
+        "get",
+        Some("juliet@localhost"),
+        "<query xmlns='jabber:iq:last'/>",
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+}
+
+// ------------------------------------------------------------------ disco
+
+#[tokio::test]
+async fn server_disco_lists_features_and_contact_addresses() {
+    let s = TestServer::start_with(
+        "[contact]\nabuse = [\"mailto:abuse@localhost\", \"xmpp:abuse@localhost\"]\n",
+    )
+    .await;
+    s.user("romeo").await;
+    let mut c = online(&s, "romeo", "desk").await;
+    let r = iq(
+        &mut c,
+        "get",
+        Some(DOMAIN),
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    )
+    .await;
+    let q = r.child("query", ns::DISCO_INFO).expect("query");
+    let features: Vec<&str> = q
+        .children()
+        .filter(|f| f.name == "feature")
+        .filter_map(|f| f.attr("var"))
+        .collect();
+    for f in [
+        CARBONS,
+        BLOCKING,
+        "vcard-temp",
+        "jabber:iq:private",
+        "jabber:iq:last",
+        COMMANDS,
+    ] {
+        assert!(features.contains(&f), "{f} missing from {r}");
+    }
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><query xmlns='http://jabber.org/protocol/disco#info'>\
+             <x xmlns='jabber:x:data' type='result'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/network/serverinfo</value></field>\
+             <field var='abuse-addresses'><value>mailto:abuse@localhost</value>\
+             <value>xmpp:abuse@localhost</value></field></x></query></iq>"
+        ),
+        "{r}"
+    );
+}
+
+// -------------------------------------------------------- ad-hoc / admin
+
+const ADMIN_NODE: &str = "http://jabber.org/protocol/admin";
+
+fn submit(node: &str, sessionid: Option<&str>, fields: &[(&str, &[&str])]) -> String {
+    let sid = sessionid
+        .map(|s| format!(" sessionid='{s}'"))
+        .unwrap_or_default();
+    let mut x = format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>{ADMIN_NODE}</value></field>"
+    );
+    for (var, values) in fields {
+        x.push_str(&format!("<field var='{var}'>"));
+        for v in *values {
+            x.push_str(&format!("<value>{v}</value>"));
+        }
+        x.push_str("</field>");
+    }
+    x.push_str("</x>");
+    format!(
+        "<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#{node}' action='complete'{sid}>{x}</command>"
+    )
+}
+
+#[tokio::test]
+async fn admin_commands_for_admins_only() {
+    let s = TestServer::start_with("admins = [\"admin@localhost\"]").await;
+    for u in ["admin", "juliet"] {
+        s.user(u).await;
+    }
+    let mut admin = online(&s, "admin", "console").await;
+    let mut juliet = online(&s, "juliet", "balcony").await;
+    let items = format!("<query xmlns='{}' node='{COMMANDS}'/>", ns::DISCO_ITEMS);
+
+    // The command list: full for the admin, empty for anyone else.
+    let r = iq(&mut admin, "get", Some(DOMAIN), &items).await;
+    let nodes: Vec<&str> = r
+        .child("query", ns::DISCO_ITEMS)
+        .map(|q| q.children().filter_map(|i| i.attr("node")).collect())
+        .unwrap_or_default();
+    for n in [
+        "add-user",
+        "delete-user",
+        "change-user-password",
+        "get-online-users-list",
+        "announce",
+        "get-registered-users-num",
+        "get-online-users-num",
+    ] {
+        assert!(
+            nodes.contains(&format!("{ADMIN_NODE}#{n}").as_str()),
+            "{n} missing: {r}"
+        );
+    }
+    let r = iq(&mut juliet, "get", Some(DOMAIN), &items).await;
+    assert!(
+        r.child("query", ns::DISCO_ITEMS)
+            .is_some_and(|q| !q.has_children()),
+        "{r}"
+    );
+    let r = iq(
+        &mut juliet,
+        "set",
+        Some(DOMAIN),
+        &format!("<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#get-registered-users-num' action='execute'/>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+
+    // Add a user in two stages (form, then submission); the user can log in.
+    let r = iq(
+        &mut admin,
+        "set",
+        Some(DOMAIN),
+        &format!("<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#add-user' action='execute'/>"),
+    )
+    .await;
+    let cmd = r.child("command", COMMANDS).expect("command");
+    assert_eq!(cmd.attr("status"), Some("executing"), "{r}");
+    assert!(cmd.child("x", "jabber:x:data").is_some(), "{r}");
+    let sid = cmd.attr("sessionid").expect("sessionid").to_string();
+    let pw = password("newbie");
+    let r = iq(
+        &mut admin,
+        "set",
+        Some(DOMAIN),
+        &submit(
+            "add-user",
+            Some(&sid),
+            &[
+                ("accountjid", &["newbie@localhost"]),
+                ("password", &[pw.as_str()]),
+                ("password-verify", &[pw.as_str()]),
+            ],
+        ),
+    )
+    .await;
+    assert!(
+        r.child("command", COMMANDS).and_then(|c| c.attr("status")) == Some("completed"),
+        "{r}"
+    );
+    let mut newbie = online(&s, "newbie", "first").await;
+
+    // Counts.
+    let r = iq(
+        &mut admin,
+        "set",
+        Some(DOMAIN),
+        &format!("<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#get-registered-users-num' action='execute'/>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><command xmlns='{COMMANDS}' status='completed'><x xmlns='jabber:x:data'>\
+             <field var='registeredusersnum'><value>3</value></field></x></command></iq>"
+            )
+        ),
+        "{r}"
+    );
+    let r = iq(
+        &mut admin,
+        "set",
+        Some(DOMAIN),
+        &format!("<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#get-online-users-list' action='execute'/>"),
+    )
+    .await;
+    let online_jids: Vec<String> = r
+        .child("command", COMMANDS)
+        .and_then(|c| c.child("x", "jabber:x:data"))
+        .and_then(|x| {
+            x.children()
+                .find(|f| f.attr("var") == Some("onlineuserjids"))
+        })
+        .map(|f| f.children().map(Element::text).collect())
+        .unwrap_or_default();
+    assert_eq!(online_jids.len(), 3, "{r}");
+
+    // Announce in one stage: every online user gets it.
+    let r = iq(
+        &mut admin,
+        "set",
+        Some(DOMAIN),
+        &submit(
+            "announce",
+            None,
+            &[
+                ("subject", &["Maintenance"]),
+                ("announcement", &["Back in 5"]),
+            ],
+        ),
+    )
+    .await;
+    assert!(
+        r.child("command", COMMANDS).and_then(|c| c.attr("status")) == Some("completed"),
+        "{r}"
+    );
+    for c in [&mut juliet, &mut newbie] {
+        c.expect("<message from='localhost' type='headline'><subject>Maintenance</subject><body>Back in 5</body></message>")
+            .await;
+    }
+
+    // Change the password and delete the account.
+    let r = iq(
+        &mut admin,
+        "set",
+        Some(DOMAIN),
+        &submit(
+            "change-user-password",
+            None,
+            &[
+                ("accountjid", &["juliet@localhost"]),
+                ("password", &["brand-new-pw"]),
+            ],
+        ),
+    )
+    .await;
+    assert!(
+        r.child("command", COMMANDS).and_then(|c| c.attr("status")) == Some("completed"),
+        "{r}"
+    );
+    let r = iq(
+        &mut admin,
+        "set",
+        Some(DOMAIN),
+        &submit(
+            "delete-user",
+            None,
+            &[("accountjids", &["newbie@localhost"])],
+        ),
+    )
+    .await;
+    assert!(
+        r.child("command", COMMANDS).and_then(|c| c.attr("status")) == Some("completed"),
+        "{r}"
+    );
+    newbie.expect_stream_error("not-authorized").await;
+    assert_eq!(
+        s.running.server.stores.accounts.exists(&j("newbie")).await,
+        Ok(false)
+    );
+}

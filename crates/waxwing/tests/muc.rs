@@ -1,0 +1,954 @@
+//! XEP-0045 Multi-User Chat against an in-process server, with XEP-0410
+//! self-ping and XEP-0421 occupant ids: what a client observes.
+
+mod support;
+
+use std::path::Path;
+
+use support::*;
+use waxwing_core::Running;
+use waxwing_core::listen::ListenerKind;
+use waxwing_proto::jid::BareJid;
+use waxwing_proto::ns;
+use waxwing_proto::xml::Element;
+
+const MUC: &str = "http://jabber.org/protocol/muc";
+const USER: &str = "http://jabber.org/protocol/muc#user";
+const ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+const OWNER: &str = "http://jabber.org/protocol/muc#owner";
+const SERVICE: &str = "conference.localhost";
+
+fn room(name: &str) -> String {
+    format!("{name}@{SERVICE}")
+}
+
+/// Status codes of a MUC presence or message, in order.
+fn codes(el: &Element) -> Vec<String> {
+    el.child("x", USER)
+        .map(|x| {
+            x.children()
+                .filter(|c| c.name == "status")
+                .filter_map(|c| c.attr("code").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn item(el: &Element) -> &Element {
+    el.child("x", USER)
+        .and_then(|x| x.child("item", USER))
+        .unwrap_or_else(|| panic!("no muc#user item in {el}"))
+}
+
+fn is_subject(el: &Element) -> bool {
+    el.name == "message" && el.child("subject", ns::CLIENT).is_some()
+}
+
+async fn connect(s: &TestServer, user: &str) -> Client {
+    s.user(user).await;
+    s.login(user, "r").await
+}
+
+/// Sends a join and collects everything up to the subject, which ends a
+/// successful join (§7.2.16). Panics on an error presence.
+async fn join_with(c: &mut Client, room_jid: &str, nick: &str, x_inner: &str) -> Vec<Element> {
+    c.send(&format!(
+        "<presence to='{room_jid}/{nick}'><x xmlns='{MUC}'>{x_inner}</x></presence>"
+    ))
+    .await;
+    let mut got = Vec::new();
+    loop {
+        let el = c.next(&format!("joining {room_jid} as {nick}")).await;
+        assert_ne!(el.attr("type"), Some("error"), "join refused: {el}");
+        let done = is_subject(&el);
+        got.push(el);
+        if done {
+            return got;
+        }
+    }
+}
+
+async fn join(c: &mut Client, room_jid: &str, nick: &str) -> Vec<Element> {
+    join_with(c, room_jid, nick, "").await
+}
+
+/// Sends a join that must fail; returns the error presence.
+async fn join_refused(c: &mut Client, room_jid: &str, nick: &str, x_inner: &str) -> Element {
+    c.send(&format!(
+        "<presence to='{room_jid}/{nick}'><x xmlns='{MUC}'>{x_inner}</x></presence>"
+    ))
+    .await;
+    c.expect_with("an error presence", |e| {
+        e.name == "presence" && e.attr("type") == Some("error")
+    })
+    .await
+}
+
+/// Sends an IQ and returns the answer (any type).
+async fn iq(c: &mut Client, to: &str, ty: &str, payload: &str) -> Element {
+    let id = c.id("iq");
+    c.send(&format!(
+        "<iq type='{ty}' to='{to}' id='{id}'>{payload}</iq>"
+    ))
+    .await;
+    c.expect_with(&format!("the answer to {id}"), |e| {
+        e.name == "iq" && e.attr("id") == Some(id.as_str())
+    })
+    .await
+}
+
+/// Sends an IQ set that must succeed, returning everything that arrived
+/// before its result (broadcasts it caused).
+async fn iq_ok(c: &mut Client, to: &str, payload: &str) -> Vec<Element> {
+    let id = c.id("iq");
+    c.send(&format!(
+        "<iq type='set' to='{to}' id='{id}'>{payload}</iq>"
+    ))
+    .await;
+    let mut before = Vec::new();
+    loop {
+        let el = c.next(&format!("the result of {id}")).await;
+        if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
+            assert_eq!(el.attr("type"), Some("result"), "{payload} failed: {el}");
+            return before;
+        }
+        before.push(el);
+    }
+}
+
+fn config_form(fields: &[(&str, &str)]) -> String {
+    let mut f = format!(
+        "<query xmlns='{OWNER}'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"
+    );
+    for (var, v) in fields {
+        f.push_str(&format!("<field var='{var}'><value>{v}</value></field>"));
+    }
+    f.push_str("</x></query>");
+    f
+}
+
+/// Creates a room as `nick`, accepting `fields` as its configuration (an
+/// instant room when empty).
+async fn create(c: &mut Client, room_jid: &str, nick: &str, fields: &[(&str, &str)]) {
+    let got = join(c, room_jid, nick).await;
+    assert_eq!(codes(&got[0]), ["110", "201"], "{}", got[0]);
+    iq_ok(c, room_jid, &config_form(fields)).await;
+}
+
+async fn say(c: &mut Client, room_jid: &str, id: &str, body: &str) {
+    c.send(&format!(
+        "<message to='{room_jid}' type='groupchat' id='{id}'><body>{body}</body></message>"
+    ))
+    .await;
+}
+
+async fn expect_body(c: &mut Client, from: &str, body: &str) -> Element {
+    let el = c
+        .expect_with(&format!("groupchat {body:?} from {from}"), |e| {
+            e.name == "message"
+        })
+        .await;
+    assert_eq!(el.attr("from"), Some(from), "{el}");
+    assert_eq!(
+        el.child("body", ns::CLIENT).map(Element::text).as_deref(),
+        Some(body),
+        "{el}"
+    );
+    el
+}
+
+// ---------------------------------------------------------------- basics
+
+#[tokio::test]
+async fn service_is_listed_and_instant_room_is_created() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let items = iq(
+        &mut a,
+        DOMAIN,
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_ITEMS),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &items,
+            &format!(
+                "<iq type='result'><query xmlns='{}'><item jid='{SERVICE}'/></query></iq>",
+                ns::DISCO_ITEMS
+            )
+        ),
+        "{items}"
+    );
+    let info = iq(
+        &mut a,
+        SERVICE,
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &info,
+            &format!(
+                "<iq type='result'><query xmlns='{}'><identity category='conference' type='text'/>\
+                 <feature var='{MUC}'/></query></iq>",
+                ns::DISCO_INFO
+            )
+        ),
+        "{info}"
+    );
+
+    let coven = room("coven");
+    let got = join(&mut a, &coven, "crone").await;
+    assert_eq!(got.len(), 2, "self presence and subject");
+    assert_eq!(got[0].attr("from"), Some(format!("{coven}/crone").as_str()));
+    assert_eq!(codes(&got[0]), ["110", "201"]);
+    assert_eq!(item(&got[0]).attr("affiliation"), Some("owner"));
+    assert_eq!(item(&got[0]).attr("role"), Some("moderator"));
+    // Locked until configured: others cannot enter.
+    let mut b = connect(&s, "hag").await;
+    let e = join_refused(&mut b, &coven, "hag", "").await;
+    assert!(has_stanza_error(&e, "item-not-found"), "{e}");
+    // The instant-room request unlocks it.
+    iq_ok(&mut a, &coven, &config_form(&[])).await;
+    join(&mut b, &coven, "hag").await;
+    // Now a public room, listed by the service.
+    let items = iq(
+        &mut b,
+        SERVICE,
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_ITEMS),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &items,
+            &format!(
+                "<iq type='result'><query xmlns='{}'><item jid='{coven}'/></query></iq>",
+                ns::DISCO_ITEMS
+            )
+        ),
+        "{items}"
+    );
+}
+
+#[tokio::test]
+async fn presence_and_messages_are_reflected() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    let got = join(&mut b, &coven, "hag").await;
+    // The occupant already there, self presence with 110, subject.
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].attr("from"), Some(format!("{coven}/crone").as_str()));
+    assert_eq!(codes(&got[1]), ["110"]);
+    let p = a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    assert_eq!(item(&p).attr("role"), Some("participant"));
+    // Semi-anonymous by default, but the owner is a moderator: it sees the JID.
+    assert_eq!(item(&p).attr("jid"), Some(b.full()));
+
+    say(&mut b, &coven, "m1", "Thrice the brinded cat hath mew'd.").await;
+    for c in [&mut a, &mut b] {
+        let m = expect_body(
+            c,
+            &format!("{coven}/hag"),
+            "Thrice the brinded cat hath mew'd.",
+        )
+        .await;
+        // muc#stable_id: the sender's id is kept; the room adds its stanza-id.
+        assert_eq!(m.attr("id"), Some("m1"));
+        assert_eq!(m.attr("type"), Some("groupchat"));
+        let sid = m.child("stanza-id", "urn:xmpp:sid:0").expect("stanza-id");
+        assert_eq!(sid.attr("by"), Some(coven.as_str()));
+    }
+
+    // Leaving: everyone hears unavailable; the leaver gets 110.
+    b.send(&format!("<presence to='{coven}/hag' type='unavailable'/>"))
+        .await;
+    let p = b
+        .expect(&format!(
+            "<presence type='unavailable' from='{coven}/hag'/>"
+        ))
+        .await;
+    assert_eq!(codes(&p), ["110"]);
+    a.expect(&format!(
+        "<presence type='unavailable' from='{coven}/hag'/>"
+    ))
+    .await;
+    // A closed session leaves too.
+    let mut c = connect(&s, "imp").await;
+    join(&mut c, &coven, "imp").await;
+    a.expect(&format!("<presence from='{coven}/imp'/>")).await;
+    c.drop_abruptly();
+    a.expect(&format!(
+        "<presence type='unavailable' from='{coven}/imp'/>"
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn nick_conflict_and_change() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    let e = join_refused(&mut b, &coven, "crone", "").await;
+    assert!(has_stanza_error(&e, "conflict"), "{e}");
+    assert_eq!(e.attr("from"), Some(format!("{coven}/crone").as_str()));
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+
+    b.send(&format!("<presence to='{coven}/thirdwitch'/>"))
+        .await;
+    let gone = b
+        .expect(&format!(
+            "<presence type='unavailable' from='{coven}/hag'/>"
+        ))
+        .await;
+    assert_eq!(codes(&gone), ["110", "303"]);
+    assert_eq!(item(&gone).attr("nick"), Some("thirdwitch"));
+    let back = b
+        .expect(&format!("<presence from='{coven}/thirdwitch'/>"))
+        .await;
+    assert_eq!(codes(&back), ["110"]);
+    let gone = a
+        .expect(&format!(
+            "<presence type='unavailable' from='{coven}/hag'/>"
+        ))
+        .await;
+    assert_eq!(codes(&gone), ["303"]);
+    a.expect(&format!("<presence from='{coven}/thirdwitch'/>"))
+        .await;
+    // Changing to a nick in use is refused, and nothing changes.
+    b.send(&format!("<presence to='{coven}/crone'/>")).await;
+    let e = b
+        .expect_with("conflict", |e| e.attr("type") == Some("error"))
+        .await;
+    assert!(has_stanza_error(&e, "conflict"), "{e}");
+    a.expect_nothing().await;
+}
+
+// ------------------------------------------------------- roles, affiliations
+
+#[tokio::test]
+async fn kick_and_ban() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let mut c = connect(&s, "imp").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    join(&mut c, &coven, "imp").await;
+    a.expect(&format!("<presence from='{coven}/imp'/>")).await;
+    b.expect(&format!("<presence from='{coven}/imp'/>")).await;
+
+    // A participant may not kick.
+    let r = iq(
+        &mut b,
+        &coven,
+        "set",
+        &format!("<query xmlns='{ADMIN}'><item nick='imp' role='none'/></query>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+
+    let before = iq_ok(
+        &mut a,
+        &coven,
+        &format!("<query xmlns='{ADMIN}'><item nick='imp' role='none'><reason>Avaunt</reason></item></query>"),
+    )
+    .await;
+    let p = before
+        .iter()
+        .find(|e| e.attr("from") == Some(format!("{coven}/imp").as_str()))
+        .expect("kick broadcast to the moderator");
+    assert_eq!(codes(p), ["307"]);
+    let kicked = c
+        .expect(&format!(
+            "<presence type='unavailable' from='{coven}/imp'/>"
+        ))
+        .await;
+    assert_eq!(codes(&kicked), ["110", "307"]);
+    assert_eq!(item(&kicked).attr("role"), Some("none"));
+    assert_eq!(
+        item(&kicked)
+            .child("actor", USER)
+            .and_then(|a| a.attr("nick")),
+        Some("crone")
+    );
+    assert_eq!(
+        item(&kicked)
+            .child("reason", USER)
+            .map(Element::text)
+            .as_deref(),
+        Some("Avaunt")
+    );
+    let p = b
+        .expect(&format!(
+            "<presence type='unavailable' from='{coven}/imp'/>"
+        ))
+        .await;
+    assert_eq!(codes(&p), ["307"]);
+    // Kicked, not banned: may come back.
+    join(&mut c, &coven, "imp").await;
+    a.expect(&format!("<presence from='{coven}/imp'/>")).await;
+    b.expect(&format!("<presence from='{coven}/imp'/>")).await;
+
+    iq_ok(
+        &mut a,
+        &coven,
+        &format!("<query xmlns='{ADMIN}'><item jid='imp@localhost' affiliation='outcast'><reason>Treason</reason></item></query>"),
+    )
+    .await;
+    let banned = c
+        .expect(&format!(
+            "<presence type='unavailable' from='{coven}/imp'/>"
+        ))
+        .await;
+    assert_eq!(codes(&banned), ["110", "301"]);
+    assert_eq!(item(&banned).attr("affiliation"), Some("outcast"));
+    let p = b
+        .expect(&format!(
+            "<presence type='unavailable' from='{coven}/imp'/>"
+        ))
+        .await;
+    assert_eq!(codes(&p), ["301"]);
+    let e = join_refused(&mut c, &coven, "imp", "").await;
+    assert!(has_stanza_error(&e, "forbidden"), "{e}");
+    // The ban list, for admins only.
+    let list = iq(
+        &mut a,
+        &coven,
+        "get",
+        &format!("<query xmlns='{ADMIN}'><item affiliation='outcast'/></query>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &list,
+            &format!(
+                "<iq type='result'><query xmlns='{ADMIN}'><item affiliation='outcast' jid='imp@localhost'><reason>Treason</reason></item></query></iq>"
+            )
+        ),
+        "{list}"
+    );
+    let r = iq(
+        &mut b,
+        &coven,
+        "get",
+        &format!("<query xmlns='{ADMIN}'><item affiliation='outcast'/></query>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+}
+
+#[tokio::test]
+async fn members_only_and_password() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(
+        &mut a,
+        &coven,
+        "crone",
+        &[("muc#roomconfig_membersonly", "1")],
+    )
+    .await;
+    let e = join_refused(&mut b, &coven, "hag", "").await;
+    assert!(has_stanza_error(&e, "registration-required"), "{e}");
+    iq_ok(
+        &mut a,
+        &coven,
+        &format!("<query xmlns='{ADMIN}'><item jid='hag@localhost' affiliation='member'/></query>"),
+    )
+    .await;
+    let got = join(&mut b, &coven, "hag").await;
+    assert_eq!(item(&got[1]).attr("affiliation"), Some("member"));
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    // Membership revoked: removed with 321.
+    iq_ok(
+        &mut a,
+        &coven,
+        &format!("<query xmlns='{ADMIN}'><item jid='hag@localhost' affiliation='none'/></query>"),
+    )
+    .await;
+    let p = b
+        .expect(&format!(
+            "<presence type='unavailable' from='{coven}/hag'/>"
+        ))
+        .await;
+    assert_eq!(codes(&p), ["110", "321"]);
+
+    let cave = room("cave");
+    create(
+        &mut a,
+        &cave,
+        "crone",
+        &[
+            ("muc#roomconfig_passwordprotectedroom", "1"),
+            ("muc#roomconfig_roomsecret", "cauldronburn"),
+        ],
+    )
+    .await;
+    let e = join_refused(&mut b, &cave, "hag", "").await;
+    assert!(has_stanza_error(&e, "not-authorized"), "{e}");
+    let e = join_refused(&mut b, &cave, "hag", "<password>wrong</password>").await;
+    assert!(has_stanza_error(&e, "not-authorized"), "{e}");
+    join_with(&mut b, &cave, "hag", "<password>cauldronburn</password>").await;
+}
+
+#[tokio::test]
+async fn moderated_room_and_voice() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(
+        &mut a,
+        &coven,
+        "crone",
+        &[("muc#roomconfig_moderatedroom", "1")],
+    )
+    .await;
+    let got = join(&mut b, &coven, "hag").await;
+    assert_eq!(item(&got[1]).attr("role"), Some("visitor"));
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    say(&mut b, &coven, "v1", "may I?").await;
+    let e = b
+        .expect_with("forbidden", |e| e.attr("type") == Some("error"))
+        .await;
+    assert!(has_stanza_error(&e, "forbidden"), "{e}");
+    // Grant voice.
+    iq_ok(
+        &mut a,
+        &coven,
+        &format!("<query xmlns='{ADMIN}'><item nick='hag' role='participant'/></query>"),
+    )
+    .await;
+    let p = b.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    assert_eq!(item(&p).attr("role"), Some("participant"));
+    say(&mut b, &coven, "v2", "now I may").await;
+    expect_body(&mut b, &format!("{coven}/hag"), "now I may").await;
+    expect_body(&mut a, &format!("{coven}/hag"), "now I may").await;
+    // The moderator list.
+    let list = iq(
+        &mut a,
+        &coven,
+        "get",
+        &format!("<query xmlns='{ADMIN}'><item role='participant'/></query>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &list,
+            &format!(
+                "<iq type='result'><query xmlns='{ADMIN}'><item nick='hag' role='participant'/></query></iq>"
+            )
+        ),
+        "{list}"
+    );
+    // Revoke it again.
+    iq_ok(
+        &mut a,
+        &coven,
+        &format!("<query xmlns='{ADMIN}'><item nick='hag' role='visitor'/></query>"),
+    )
+    .await;
+}
+
+// ---------------------------------------------------- subject and history
+
+#[tokio::test]
+async fn subject_and_history_on_join() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    a.send(&format!(
+        "<message to='{coven}' type='groupchat'><subject>Fire Burn and Cauldron Bubble!</subject></message>"
+    ))
+    .await;
+    let subj = a.expect_with("subject", is_subject).await;
+    assert_eq!(subj.attr("from"), Some(format!("{coven}/crone").as_str()));
+    for i in 1..=5 {
+        say(&mut a, &coven, &format!("h{i}"), &format!("line {i}")).await;
+        expect_body(&mut a, &format!("{coven}/crone"), &format!("line {i}")).await;
+    }
+    let mut b = connect(&s, "hag").await;
+    let got = join_with(&mut b, &coven, "hag", "<history maxstanzas='2'/>").await;
+    let bodies: Vec<String> = got
+        .iter()
+        .filter_map(|e| e.child("body", ns::CLIENT).map(Element::text))
+        .collect();
+    assert_eq!(bodies, ["line 4", "line 5"]);
+    for h in got.iter().filter(|e| e.child("body", ns::CLIENT).is_some()) {
+        let d = h.child("delay", ns::DELAY).expect("history is delayed");
+        assert_eq!(d.attr("from"), Some(coven.as_str()));
+    }
+    let subject = got.last().unwrap();
+    assert_eq!(
+        subject.child("subject", ns::CLIENT).unwrap().text(),
+        "Fire Burn and Cauldron Bubble!"
+    );
+    // No history at all.
+    let mut c = connect(&s, "imp").await;
+    let got = join_with(&mut c, &coven, "imp", "<history maxstanzas='0'/>").await;
+    assert!(got.iter().all(|e| e.child("body", ns::CLIENT).is_none()));
+    b.expect(&format!("<presence from='{coven}/imp'/>")).await;
+    // Participants may not change the subject by default.
+    b.send(&format!(
+        "<message to='{coven}' type='groupchat'><subject>mine</subject></message>"
+    ))
+    .await;
+    let e = b
+        .expect_with("forbidden", |e| e.attr("type") == Some("error"))
+        .await;
+    assert!(has_stanza_error(&e, "forbidden"), "{e}");
+}
+
+// ---------------------------------------------- private messages, invites
+
+#[tokio::test]
+async fn private_messages_and_invitations() {
+    let s = TestServer::start().await;
+    // Available: invitations and declines go to bare JIDs.
+    s.user("crone").await;
+    let mut a = s.login_available("crone", "r", 0).await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+
+    b.send(&format!(
+        "<message to='{coven}/crone' type='chat'><body>psst</body></message>"
+    ))
+    .await;
+    let pm = a
+        .expect(&format!(
+            "<message from='{coven}/hag' type='chat'><body>psst</body></message>"
+        ))
+        .await;
+    assert!(pm.child("x", USER).is_some(), "{pm}");
+    // To a nick that is not there.
+    b.send(&format!(
+        "<message to='{coven}/nobody' type='chat'><body>?</body></message>"
+    ))
+    .await;
+    let e = b
+        .expect_with("error", |e| e.attr("type") == Some("error"))
+        .await;
+    assert!(has_stanza_error(&e, "item-not-found"), "{e}");
+    // Non-occupants cannot send private messages.
+    s.user("imp").await;
+    let mut c = s.login_available("imp", "r", 0).await;
+    c.send(&format!(
+        "<message to='{coven}/crone' type='chat'><body>hi</body></message>"
+    ))
+    .await;
+    let e = c
+        .expect_with("error", |e| e.attr("type") == Some("error"))
+        .await;
+    assert!(has_stanza_error(&e, "not-acceptable"), "{e}");
+
+    // Mediated invitation (§7.8.2).
+    a.send(&format!(
+        "<message to='{coven}'><x xmlns='{USER}'><invite to='imp@localhost'><reason>Join us</reason></invite></x></message>"
+    ))
+    .await;
+    let inv = c
+        .expect(&format!(
+            "<message from='{coven}'><x xmlns='{USER}'><invite><reason>Join us</reason></invite></x></message>"
+        ))
+        .await;
+    let from = inv
+        .child("x", USER)
+        .and_then(|x| x.child("invite", USER))
+        .and_then(|i| i.attr("from"));
+    assert_eq!(from, Some(a.full()));
+    // Declined: the inviter hears it from the room.
+    c.send(&format!(
+        "<message to='{coven}'><x xmlns='{USER}'><decline to='crone@localhost'><reason>Busy</reason></decline></x></message>"
+    ))
+    .await;
+    a.expect(&format!(
+        "<message from='{coven}'><x xmlns='{USER}'><decline from='imp@localhost'/></x></message>"
+    ))
+    .await;
+}
+
+// ------------------------------------------------------- destroy, disco
+
+#[tokio::test]
+async fn room_disco_info_and_destroy() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(
+        &mut a,
+        &coven,
+        "crone",
+        &[
+            ("muc#roomconfig_roomname", "A Dark Cave"),
+            ("muc#roomconfig_roomdesc", "The place for all good witches!"),
+            ("muc#roomconfig_whois", "anyone"),
+        ],
+    )
+    .await;
+    let info = iq(
+        &mut b,
+        &coven,
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    )
+    .await;
+    let want = format!(
+        "<iq type='result'><query xmlns='{di}'>\
+         <identity category='conference' type='text' name='A Dark Cave'/>\
+         <feature var='{MUC}'/><feature var='muc_public'/><feature var='muc_temporary'/>\
+         <feature var='muc_open'/><feature var='muc_unmoderated'/><feature var='muc_nonanonymous'/>\
+         <feature var='muc_unsecured'/><feature var='urn:xmpp:occupant-id:0'/>\
+         <feature var='http://jabber.org/protocol/muc#stable_id'/>\
+         <x xmlns='jabber:x:data' type='result'>\
+         <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roominfo</value></field>\
+         <field var='muc#roominfo_description'><value>The place for all good witches!</value></field>\
+         <field var='muc#roominfo_occupants'><value>1</value></field>\
+         </x></query></iq>",
+        di = ns::DISCO_INFO
+    );
+    assert!(matches_pattern(&info, &want), "{info}");
+    // Non-anonymous: the join presence says so (100), and real JIDs are shown.
+    let got = join(&mut b, &coven, "hag").await;
+    assert_eq!(codes(&got[1]), ["110", "100"]);
+    assert_eq!(item(&got[0]).attr("jid"), Some(a.full()));
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+
+    // Only owners destroy.
+    let r = iq(
+        &mut b,
+        &coven,
+        "set",
+        &format!("<query xmlns='{OWNER}'><destroy/></query>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+    iq_ok(
+        &mut a,
+        &coven,
+        &format!("<query xmlns='{OWNER}'><destroy jid='{}'><reason>Macbeth doth come.</reason></destroy></query>", room("heath")),
+    )
+    .await;
+    let p = b
+        .expect(&format!(
+            "<presence type='unavailable' from='{coven}/hag'/>"
+        ))
+        .await;
+    let d = p
+        .child("x", USER)
+        .and_then(|x| x.child("destroy", USER))
+        .expect("destroy");
+    assert_eq!(d.attr("jid"), Some(room("heath").as_str()));
+    assert_eq!(
+        d.child("reason", USER).map(Element::text).as_deref(),
+        Some("Macbeth doth come.")
+    );
+    // Gone: disco says so.
+    let r = iq(
+        &mut b,
+        &coven,
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "item-not-found"), "{r}");
+}
+
+// ------------------------------------------------- XEP-0410, XEP-0421
+
+#[tokio::test]
+async fn self_ping_and_occupant_ids() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    let r = iq(
+        &mut a,
+        &format!("{coven}/crone"),
+        "get",
+        &format!("<ping xmlns='{}'/>", ns::PING),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(r.attr("from"), Some(format!("{coven}/crone").as_str()));
+    // Not joined: not-acceptable (XEP-0410 §3).
+    let r = iq(
+        &mut b,
+        &format!("{coven}/crone"),
+        "get",
+        &format!("<ping xmlns='{}'/>", ns::PING),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
+
+    let got = join(&mut b, &coven, "hag").await;
+    let crone_id = got[0]
+        .child("occupant-id", "urn:xmpp:occupant-id:0")
+        .and_then(|o| o.attr("id"))
+        .expect("occupant-id on presence")
+        .to_string();
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    say(&mut a, &coven, "o1", "who am I").await;
+    let m = expect_body(&mut b, &format!("{coven}/crone"), "who am I").await;
+    assert_eq!(
+        m.child("occupant-id", "urn:xmpp:occupant-id:0")
+            .and_then(|o| o.attr("id")),
+        Some(crone_id.as_str())
+    );
+    // A forged occupant-id from the client is replaced.
+    a.send(&format!(
+        "<message to='{coven}' type='groupchat'><body>forged</body><occupant-id xmlns='urn:xmpp:occupant-id:0' id='fake'/></message>"
+    ))
+    .await;
+    let m = expect_body(&mut b, &format!("{coven}/crone"), "forged").await;
+    let ids: Vec<_> = m
+        .children()
+        .filter(|c| c.is("occupant-id", "urn:xmpp:occupant-id:0"))
+        .filter_map(|c| c.attr("id"))
+        .collect();
+    assert_eq!(ids, [crone_id.as_str()]);
+}
+
+// ------------------------------------------------------------ persistence
+
+async fn start_on(dir: &Path) -> (Running, u16) {
+    let toml = format!(
+        "data_dir = {data:?}\nhosts = [\"{DOMAIN}\"]\n\
+         [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+         [storage]\ndatabase = \"sqlite://{db}\"\n",
+        data = dir.display().to_string(),
+        db = dir.join("waxwing.db").display(),
+    );
+    let config = waxwing_core::Config::parse(&toml).expect("config");
+    let modules = waxwing::modules::all(&config);
+    let running = waxwing_core::start(config, modules).await.expect("starts");
+    let port = running
+        .listeners
+        .iter()
+        .find(|(k, _)| *k == ListenerKind::C2s)
+        .map(|(_, a)| a.port())
+        .expect("c2s");
+    (running, port)
+}
+
+async fn login_on(port: u16, user: &str) -> Client {
+    let mut c = Client::connect_plain(port).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.auth_scram_sha256(user, &password(user)).await;
+    c.bind(Some("r")).await;
+    c
+}
+
+#[tokio::test]
+async fn persistent_room_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let coven = room("coven");
+    {
+        let (running, port) = start_on(dir.path()).await;
+        for u in ["crone", "hag"] {
+            let jid = BareJid::new(Some(u), DOMAIN).unwrap();
+            let secrets = waxwing_core::credentials::make_secrets(&password(u), 4096).unwrap();
+            running
+                .server
+                .stores
+                .accounts
+                .create(&jid, &secrets)
+                .await
+                .unwrap();
+        }
+        let mut a = login_on(port, "crone").await;
+        create(
+            &mut a,
+            &coven,
+            "crone",
+            &[
+                ("muc#roomconfig_persistentroom", "1"),
+                ("muc#roomconfig_roomname", "A Dark Cave"),
+                ("muc#roomconfig_membersonly", "1"),
+            ],
+        )
+        .await;
+        iq_ok(
+            &mut a,
+            &coven,
+            &format!(
+                "<query xmlns='{ADMIN}'><item jid='hag@localhost' affiliation='member'/></query>"
+            ),
+        )
+        .await;
+        a.send(&format!(
+            "<message to='{coven}' type='groupchat'><subject>Spells</subject></message>"
+        ))
+        .await;
+        a.expect_with("subject", is_subject).await;
+        // The subject write is done once a later stanza is answered.
+        let r = iq(
+            &mut a,
+            &coven,
+            "get",
+            &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+        )
+        .await;
+        assert_eq!(r.attr("type"), Some("result"));
+        running.stop().await;
+    }
+    let (running, port) = start_on(dir.path()).await;
+    let mut b = login_on(port, "hag").await;
+    let items = iq(
+        &mut b,
+        SERVICE,
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_ITEMS),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &items,
+            &format!(
+                "<iq type='result'><query xmlns='{}'><item jid='{coven}' name='A Dark Cave'/></query></iq>",
+                ns::DISCO_ITEMS
+            )
+        ),
+        "{items}"
+    );
+    // Membership and subject survived; the room is empty but there.
+    let got = join(&mut b, &coven, "hag").await;
+    assert_eq!(codes(&got[0]), ["110"], "no 201: the room already existed");
+    assert_eq!(item(&got[0]).attr("affiliation"), Some("member"));
+    assert_eq!(
+        got.last()
+            .unwrap()
+            .child("subject", ns::CLIENT)
+            .unwrap()
+            .text(),
+        "Spells"
+    );
+    let mut c = login_on(port, "crone").await;
+    let got = join(&mut c, &coven, "crone").await;
+    let me = got
+        .iter()
+        .find(|e| codes(e).contains(&"110".to_string()))
+        .unwrap();
+    assert_eq!(item(me).attr("affiliation"), Some("owner"));
+    running.stop().await;
+}

@@ -1,0 +1,657 @@
+//! Federation between two in-process Waxwing servers, `a.localhost` and
+//! `b.localhost`, with static routes to each other's s2s listener; and a raw
+//! s2s peer that tries to spoof.
+
+mod support;
+
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use waxwing_core::listen::ListenerKind;
+use waxwing_core::{Config, Running};
+use waxwing_proto::jid::BareJid;
+use waxwing_proto::ns;
+use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent};
+
+const A: &str = "a.localhost";
+const B: &str = "b.localhost";
+const B_SECRET: &str = "b-dialback-secret";
+
+/// A free loopback port (bound and released: the server binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    running: Running,
+    domain: &'static str,
+    c2s: u16,
+    s2s: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(domain: &'static str, s2s: u16, extra: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, domain, s2s, extra).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, domain: &'static str, s2s: u16, extra: &str) -> Node {
+        let toml = format!(
+            "data_dir = {data:?}\nhosts = [\"{domain}\"]\n\
+             [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\ns2s = [\"127.0.0.1:{s2s}\"]\n\
+             [storage]\ndatabase = \"sqlite::memory:\"\n{extra}\n",
+            data = dir.path().display().to_string(),
+        );
+        let config = Config::parse(&toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+        let modules = waxwing::modules::all(&config);
+        let running = waxwing_core::start(config, modules)
+            .await
+            .expect("server starts");
+        let port = |kind| {
+            running
+                .listeners
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, a)| a.port())
+                .expect("listener bound")
+        };
+        let c2s = port(ListenerKind::C2s);
+        let s2s = port(ListenerKind::S2s);
+        Node {
+            running,
+            domain,
+            c2s,
+            s2s,
+            dir,
+        }
+    }
+
+    async fn user(&self, local: &str) {
+        let jid = BareJid::new(Some(local), self.domain).unwrap();
+        let secrets = waxwing_core::credentials::make_secrets(&password(local), 4096).unwrap();
+        self.running
+            .server
+            .stores
+            .accounts
+            .create(&jid, &secrets)
+            .await
+            .unwrap();
+    }
+
+    /// Logs in, fetches the roster, sends initial presence and syncs.
+    async fn login(&self, local: &str, resource: &str) -> Client {
+        let mut c = self.login_nosync(local, resource).await;
+        c.sync().await;
+        c
+    }
+
+    /// As [`Node::login`] but returns right after initial presence.
+    async fn login_nosync(&self, local: &str, resource: &str) -> Client {
+        let mut c = Client::connect_plain(self.c2s).await;
+        c.domain = self.domain.to_string();
+        c.open_stream().await;
+        c.starttls().await;
+        c.auth_scram_sha256(local, &password(local)).await;
+        c.bind(Some(resource)).await;
+        c.get_roster().await;
+        c.send("<presence/>").await;
+        c
+    }
+}
+
+/// Two servers routing to each other. `a_extra`/`b_extra` are TOML
+/// appended after `[storage]` (so: tables).
+async fn pair_with(a_extra: &str, b_extra: &str) -> (Node, Node) {
+    let (pa, pb, closed) = (free_port(), free_port(), free_port());
+    let a = Node::start(
+        A,
+        pa,
+        &format!(
+            "[s2s]\nconnect_timeout_secs = 5\n{a_extra}\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n\"evil.localhost\" = \"127.0.0.1:{closed}\"\n"
+        ),
+    )
+    .await;
+    let b = Node::start(
+        B,
+        pb,
+        &format!(
+            "[s2s]\nsecret = \"{B_SECRET}\"\nconnect_timeout_secs = 5\n{b_extra}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n"
+        ),
+    )
+    .await;
+    (a, b)
+}
+
+async fn pair() -> (Node, Node) {
+    pair_with("", "").await
+}
+
+/// Reads until an element satisfies `pred`, skipping others.
+async fn wait_for(c: &mut Client, what: &str, pred: impl Fn(&Element) -> bool) -> Element {
+    loop {
+        let el = c.next(what).await;
+        if pred(&el) {
+            return el;
+        }
+    }
+}
+
+fn body(el: &Element) -> Option<String> {
+    el.child("body", ns::CLIENT).map(|b| b.text())
+}
+
+#[tokio::test]
+async fn messages_cross_both_ways_with_dialback() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+
+    alice
+        .send(
+            "<message to='bob@b.localhost' type='chat' id='m1'><body>hello from a</body></message>",
+        )
+        .await;
+    let m = wait_for(&mut bob, "alice's message", |e| e.name == "message").await;
+    assert_eq!(m.attr("from"), Some("alice@a.localhost/pc"), "{m}");
+    assert_eq!(m.attr("to"), Some("bob@b.localhost"), "{m}");
+    assert_eq!(body(&m).as_deref(), Some("hello from a"), "{m}");
+    assert_eq!(m.ns, ns::CLIENT);
+
+    bob.send("<message to='alice@a.localhost/pc' type='chat' id='m2'><body>hello from b</body></message>")
+        .await;
+    let m = wait_for(&mut alice, "bob's reply", |e| e.name == "message").await;
+    assert_eq!(m.attr("from"), Some("bob@b.localhost/phone"), "{m}");
+    assert_eq!(body(&m).as_deref(), Some("hello from b"), "{m}");
+
+    // Both directions now have exactly one outgoing connection, reused.
+    for i in 0..5 {
+        alice
+            .send(&format!(
+                "<message to='bob@b.localhost' type='chat'><body>n{i}</body></message>"
+            ))
+            .await;
+    }
+    for i in 0..5 {
+        let m = wait_for(&mut bob, "numbered message", |e| e.name == "message").await;
+        assert_eq!(body(&m), Some(format!("n{i}")), "order is kept: {m}");
+    }
+    assert_eq!(a.running.server.s2s.outgoing_count(), 1);
+    assert_eq!(b.running.server.s2s.outgoing_count(), 1);
+}
+
+#[tokio::test]
+async fn subscription_and_presence_cross() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+
+    alice
+        .send("<presence to='bob@b.localhost' type='subscribe'/>")
+        .await;
+    let s = wait_for(&mut bob, "the subscription request", |e| {
+        e.name == "presence" && e.attr("type") == Some("subscribe")
+    })
+    .await;
+    assert_eq!(s.attr("from"), Some("alice@a.localhost"), "{s}");
+
+    bob.send("<presence to='alice@a.localhost' type='subscribed'/>")
+        .await;
+    let s = wait_for(&mut alice, "the approval", |e| {
+        e.name == "presence" && e.attr("type") == Some("subscribed")
+    })
+    .await;
+    assert_eq!(s.attr("from"), Some("bob@b.localhost"), "{s}");
+    // RFC 6121 §3.1.6: then bob's current presence.
+    let p = wait_for(&mut alice, "bob's presence", |e| {
+        e.name == "presence" && e.attr("type").is_none()
+    })
+    .await;
+    assert_eq!(p.attr("from"), Some("bob@b.localhost/phone"), "{p}");
+    // Alice's roster says both.
+    let roster = alice.get_roster().await.expect("roster");
+    let item = roster
+        .children()
+        .find(|i| i.attr("jid") == Some("bob@b.localhost"))
+        .unwrap_or_else(|| panic!("bob in roster: {roster}"));
+    assert_eq!(item.attr("subscription"), Some("to"), "{item}");
+
+    // Bob changes presence: alice sees it.
+    bob.send("<presence><show>away</show></presence>").await;
+    let p = wait_for(&mut alice, "bob's away presence", |e| {
+        e.name == "presence" && e.child("show", ns::CLIENT).is_some()
+    })
+    .await;
+    assert_eq!(p.attr("from"), Some("bob@b.localhost/phone"), "{p}");
+
+    // A new session of alice probes bob across the federation.
+    let mut alice2 = a.login_nosync("alice", "tablet").await;
+    let p = wait_for(&mut alice2, "bob's presence via probe", |e| {
+        e.name == "presence" && e.attr("from") == Some("bob@b.localhost/phone")
+    })
+    .await;
+    assert!(p.child("show", ns::CLIENT).is_some(), "{p}");
+}
+
+#[tokio::test]
+async fn iqs_cross_ping_disco_and_user_to_user() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+
+    alice
+        .send(&format!(
+            "<iq type='get' id='p1' to='b.localhost'><ping xmlns='{}'/></iq>",
+            ns::PING
+        ))
+        .await;
+    let r = wait_for(&mut alice, "ping result", |e| e.attr("id") == Some("p1")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(r.attr("from"), Some("b.localhost"), "{r}");
+
+    alice
+        .send(&format!(
+            "<iq type='get' id='d1' to='b.localhost'><query xmlns='{}'/></iq>",
+            ns::DISCO_INFO
+        ))
+        .await;
+    let r = wait_for(&mut alice, "disco result", |e| e.attr("id") == Some("d1")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let q = r.child("query", ns::DISCO_INFO).expect("disco query");
+    assert!(q.child("identity", ns::DISCO_INFO).is_some(), "{r}");
+
+    // Full JID to full JID: bob's client answers.
+    alice
+        .send(&format!(
+            "<iq type='get' id='v1' to='bob@b.localhost/phone'><query xmlns='{}'/></iq>",
+            ns::VERSION
+        ))
+        .await;
+    let q = wait_for(&mut bob, "alice's iq", |e| e.name == "iq").await;
+    assert_eq!(q.attr("from"), Some("alice@a.localhost/pc"), "{q}");
+    bob.send(&format!(
+        "<iq type='result' id='v1' to='alice@a.localhost/pc'><query xmlns='{}'><name>bobclient</name></query></iq>",
+        ns::VERSION
+    ))
+    .await;
+    let r = wait_for(&mut alice, "bob's answer", |e| e.attr("id") == Some("v1")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(r.attr("from"), Some("bob@b.localhost/phone"), "{r}");
+
+    // An error crosses too: unknown account on b.
+    alice
+        .send("<message to='nobody@b.localhost' id='e1'><body>?</body></message>")
+        .await;
+    let e = wait_for(&mut alice, "bounce", |e| e.attr("id") == Some("e1")).await;
+    assert!(has_stanza_error(&e, "service-unavailable"), "{e}");
+}
+
+#[tokio::test]
+async fn unreachable_domains_bounce() {
+    // c.localhost: nobody listens; d.localhost: accepts TCP but never speaks.
+    let closed = free_port();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let a = Node::start(
+        A,
+        free_port(),
+        &format!(
+            "[s2s]\nconnect_timeout_secs = 1\n[s2s.routes]\n\"c.localhost\" = \"127.0.0.1:{closed}\"\n\"d.localhost\" = \"127.0.0.1:{silent_port}\"\n"
+        ),
+    )
+    .await;
+    a.user("alice").await;
+    let mut alice = a.login("alice", "pc").await;
+    alice
+        .send("<message to='x@c.localhost' id='c1' type='chat'><body>hi</body></message>")
+        .await;
+    let e = wait_for(&mut alice, "bounce", |e| e.attr("id") == Some("c1")).await;
+    assert!(has_stanza_error(&e, "remote-server-not-found"), "{e}");
+    assert_eq!(e.attr("from"), Some("x@c.localhost"), "{e}");
+
+    alice
+        .send("<message to='x@d.localhost' id='d1' type='chat'><body>1</body></message>")
+        .await;
+    alice
+        .send("<message to='x@d.localhost' id='d2' type='chat'><body>2</body></message>")
+        .await;
+    for id in ["d1", "d2"] {
+        let e = wait_for(&mut alice, "timeout bounce", |e| e.attr("id") == Some(id)).await;
+        assert!(has_stanza_error(&e, "remote-server-timeout"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn refused_domain_is_never_contacted() {
+    let (a, b) = pair_with("[s2s.domains.\"b.localhost\"]\ndialback = \"refuse\"\n", "").await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    alice
+        .send("<message to='bob@b.localhost' id='r1'><body>hi</body></message>")
+        .await;
+    let e = wait_for(&mut alice, "bounce", |e| e.attr("id") == Some("r1")).await;
+    assert!(has_stanza_error(&e, "remote-server-not-found"), "{e}");
+    // And b cannot reach a either: a refuses b's dialback.
+    let mut bob = b.login("bob", "phone").await;
+    bob.send("<message to='alice@a.localhost' id='r2'><body>hi</body></message>")
+        .await;
+    let e = wait_for(&mut bob, "bounce", |e| e.attr("id") == Some("r2")).await;
+    assert!(has_stanza_error(&e, "remote-server-not-found"), "{e}");
+    alice.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn certificates_authenticate_with_sasl_external() {
+    // a starts first so its self-signed certificate exists; b trusts it
+    // and requires a valid certificate from a.
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start(
+        A,
+        pa,
+        &format!("[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n"),
+    )
+    .await;
+    let a_cert = a.dir.path().join("tls").join(format!("{A}.crt"));
+    assert!(a_cert.exists());
+    let b = Node::start(
+        B,
+        pb,
+        &format!(
+            "[s2s]\nconnect_timeout_secs = 5\nca_bundle = {:?}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n[s2s.domains.\"{A}\"]\ndialback = \"require-valid-certs\"\n",
+            a_cert.display().to_string()
+        ),
+    )
+    .await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+    alice
+        .send("<message to='bob@b.localhost' type='chat'><body>via certificate</body></message>")
+        .await;
+    let m = wait_for(&mut bob, "alice's message", |e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("via certificate"));
+    // b → a: a's certificate is valid for b (b trusts it), so b's outgoing
+    // stream works; a verifies b by dialback.
+    bob.send("<message to='alice@a.localhost' type='chat'><body>back</body></message>")
+        .await;
+    let m = wait_for(&mut alice, "bob's message", |e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("back"));
+}
+
+#[tokio::test]
+async fn untrusted_certificate_is_refused_when_required() {
+    let (a, b) = pair_with(
+        "",
+        "[s2s.domains.\"a.localhost\"]\ndialback = \"require-valid-certs\"\n",
+    )
+    .await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+    alice
+        .send("<message to='bob@b.localhost' id='x1'><body>hi</body></message>")
+        .await;
+    let e = wait_for(&mut alice, "bounce", |e| e.attr("id") == Some("x1")).await;
+    assert!(has_stanza_error(&e, "remote-server-not-found"), "{e}");
+    bob.expect_nothing().await;
+}
+
+// ---------------------------------------------------------------------------
+// A raw s2s peer
+
+struct RawPeer {
+    io: tokio_rustls::client::TlsStream<TcpStream>,
+    framer: Framer,
+    stream_id: String,
+}
+
+fn s2s_framer() -> Framer {
+    Framer::new(Limits::default(), ns::SERVER)
+}
+
+fn s2s_header(from: &str, to: &str) -> String {
+    format!(
+        "<stream:stream xmlns='jabber:server' xmlns:stream='{}' xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'>",
+        ns::STREAM
+    )
+}
+
+async fn next_event(
+    io: &mut (impl AsyncReadExt + Unpin),
+    framer: &mut Framer,
+) -> Option<StreamEvent> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(ev) = framer.next_event().expect("well-formed") {
+            return Some(ev);
+        }
+        let n = tokio::time::timeout(TIMEOUT, io.read(&mut buf))
+            .await
+            .expect("read timed out")
+            .unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        framer.feed(&buf[..n]);
+    }
+}
+
+impl RawPeer {
+    /// Connects to `port` claiming `from`, through STARTTLS, up to the features.
+    async fn connect(port: u16, from: &str, to: &str) -> RawPeer {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut framer = s2s_framer();
+        tcp.write_all(s2s_header(from, to).as_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_event(&mut tcp, &mut framer).await,
+            Some(StreamEvent::Open(_))
+        ));
+        let Some(StreamEvent::Stanza(f)) = next_event(&mut tcp, &mut framer).await else {
+            panic!("features");
+        };
+        assert!(f.child("starttls", ns::TLS).is_some(), "{f}");
+        tcp.write_all(format!("<starttls xmlns='{}'/>", ns::TLS).as_bytes())
+            .await
+            .unwrap();
+        let Some(StreamEvent::Stanza(p)) = next_event(&mut tcp, &mut framer).await else {
+            panic!("proceed");
+        };
+        assert!(p.is("proceed", ns::TLS));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(DangerousAcceptAnyCertForTests::new(
+                provider,
+            )))
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(to.to_string()).unwrap();
+        let mut io = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut framer = s2s_framer();
+        io.write_all(s2s_header(from, to).as_bytes()).await.unwrap();
+        let Some(StreamEvent::Open(h)) = next_event(&mut io, &mut framer).await else {
+            panic!("header after TLS");
+        };
+        let Some(StreamEvent::Stanza(f)) = next_event(&mut io, &mut framer).await else {
+            panic!("features after TLS");
+        };
+        assert!(
+            f.child("dialback", "urn:xmpp:features:dialback").is_some(),
+            "{f}"
+        );
+        RawPeer {
+            io,
+            framer,
+            stream_id: h.id.expect("stream id"),
+        }
+    }
+
+    async fn send(&mut self, xml: &str) {
+        self.io.write_all(xml.as_bytes()).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Option<Element> {
+        match next_event(&mut self.io, &mut self.framer).await? {
+            StreamEvent::Stanza(el) => Some(el),
+            _ => None,
+        }
+    }
+
+    async fn expect_stream_error(&mut self, condition: &str) {
+        loop {
+            let el = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("stream ended before <{condition}/>"));
+            if el.is("error", ns::STREAM) {
+                assert!(el.child(condition, ns::STREAMS_ERRORS).is_some(), "{el}");
+                return;
+            }
+        }
+    }
+
+    /// Dialback as `from` (b.localhost) with the key b's secret gives.
+    async fn dialback(&mut self, from: &str, to: &str, key: &str) -> Element {
+        self.send(&format!(
+            "<db:result from='{from}' to='{to}'>{key}</db:result>"
+        ))
+        .await;
+        loop {
+            let el = self.next().await.expect("dialback answer");
+            if el.name == "result" {
+                return el;
+            }
+        }
+    }
+}
+
+fn key(secret: &str, receiving: &str, originating: &str, id: &str) -> String {
+    let k = hex(&Sha256::digest(secret.as_bytes()));
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(k.as_bytes()).unwrap();
+    mac.update(format!("{receiving} {originating} {id}").as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test]
+async fn spoofing_is_refused() {
+    let (a, _b) = pair().await;
+    a.user("alice").await;
+    let mut alice = a.login("alice", "pc").await;
+
+    // 1. Stanzas before authentication.
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    p.send("<message from='bob@b.localhost' to='alice@a.localhost'><body>early</body></message>")
+        .await;
+    p.expect_stream_error("not-authorized").await;
+
+    // 2. A wrong dialback key: b (authoritative) says invalid.
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    let r = p.dialback(B, A, &"0".repeat(64)).await;
+    assert_eq!(r.attr("type"), Some("invalid"), "{r}");
+    p.expect_stream_error("not-authorized").await;
+
+    // 3. The right key authenticates b.localhost only.
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    let k = key(B_SECRET, A, B, &p.stream_id.clone());
+    let r = p.dialback(B, A, &k).await;
+    assert_eq!(r.attr("type"), Some("valid"), "{r}");
+    p.send("<message from='bob@b.localhost/x' to='alice@a.localhost' type='chat'><body>genuine</body></message>")
+        .await;
+    let m = wait_for(&mut alice, "the genuine message", |e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("genuine"));
+    // A stanza to a domain a does not serve.
+    p.send(
+        "<message from='bob@b.localhost/x' to='carol@c.localhost'><body>relay?</body></message>",
+    )
+    .await;
+    p.expect_stream_error("host-unknown").await;
+
+    // 4. Authenticated as b, spoofing another domain.
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    let k = key(B_SECRET, A, B, &p.stream_id.clone());
+    assert_eq!(p.dialback(B, A, &k).await.attr("type"), Some("valid"));
+    p.send(
+        "<message from='admin@a.localhost' to='alice@a.localhost'><body>spoofed</body></message>",
+    )
+    .await;
+    p.expect_stream_error("invalid-from").await;
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    let k = key(B_SECRET, A, B, &p.stream_id.clone());
+    assert_eq!(p.dialback(B, A, &k).await.attr("type"), Some("valid"));
+    p.send("<message from='mallory@evil.localhost' to='alice@a.localhost'><body>spoofed</body></message>")
+        .await;
+    p.expect_stream_error("invalid-from").await;
+    // A key for another stream id is worthless.
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    let k = key(B_SECRET, A, B, "some-other-stream");
+    assert_eq!(p.dialback(B, A, &k).await.attr("type"), Some("invalid"));
+    alice.expect_nothing().await;
+
+    // 5. Claiming a domain whose server does not exist (no route, no DNS):
+    // the dialback fails with an error, nothing is authenticated.
+    let mut p = RawPeer::connect(a.s2s, "evil.localhost", A).await;
+    let r = p.dialback("evil.localhost", A, &"1".repeat(64)).await;
+    assert_ne!(r.attr("type"), Some("valid"), "{r}");
+    p.send(
+        "<message from='x@evil.localhost' to='alice@a.localhost'><body>spoofed</body></message>",
+    )
+    .await;
+    p.expect_stream_error("not-authorized").await;
+    alice.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn authoritative_role_answers_verify_requests() {
+    let (_a, b) = pair().await;
+    // Talk to b as "a.localhost" asking about a key b supposedly gave.
+    let mut p = RawPeer::connect(b.s2s, A, B).await;
+    let good = key(B_SECRET, A, B, "stream-123");
+    p.send(&format!(
+        "<db:verify from='{A}' to='{B}' id='stream-123'>{good}</db:verify>"
+    ))
+    .await;
+    let v = p.next().await.unwrap();
+    assert_eq!(v.name, "verify");
+    assert_eq!(v.attr("type"), Some("valid"), "{v}");
+    assert_eq!(v.attr("from"), Some(B));
+    assert_eq!(v.attr("to"), Some(A));
+    p.send(&format!(
+        "<db:verify from='{A}' to='{B}' id='stream-124'>{good}</db:verify>"
+    ))
+    .await;
+    let v = p.next().await.unwrap();
+    assert_eq!(v.attr("type"), Some("invalid"), "{v}");
+}

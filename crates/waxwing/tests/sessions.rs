@@ -1,0 +1,91 @@
+//! RFC 6120 §7 resource binding and session bookkeeping.
+
+mod support;
+
+use support::*;
+use waxwing_proto::ns;
+
+#[tokio::test]
+async fn bind_conflict_closes_the_old_session_and_the_new_one_works() {
+    let s = TestServer::start().await;
+    s.user("juliet").await;
+    let mut old = s.login("juliet", "balcony").await;
+    let mut new = s.login("juliet", "balcony").await;
+    assert_eq!(new.full(), "juliet@localhost/balcony");
+    old.expect_stream_error("conflict").await;
+    new.send("<message to='juliet@localhost/balcony'><body>still here</body></message>")
+        .await;
+    new.expect("<message from='juliet@localhost/balcony'><body>still here</body></message>")
+        .await;
+    assert_eq!(s.running.server.sessions.count(), 1);
+}
+
+#[tokio::test]
+async fn server_generates_a_resource_when_none_is_requested() {
+    let s = TestServer::start().await;
+    s.user("juliet").await;
+    let mut c = Client::connect_plain(s.c2s).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.auth_plain("juliet", &password("juliet")).await;
+    let jid = c.bind(None).await;
+    let resource = jid
+        .strip_prefix("juliet@localhost/")
+        .unwrap_or_else(|| panic!("{jid}"));
+    assert!(!resource.is_empty());
+    // A second one gets a different resource.
+    let mut d = Client::connect_plain(s.c2s).await;
+    d.open_stream().await;
+    d.starttls().await;
+    d.auth_plain("juliet", &password("juliet")).await;
+    assert_ne!(d.bind(None).await, jid);
+    c.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn legacy_session_iq_is_answered() {
+    let s = TestServer::start().await;
+    s.user("juliet").await;
+    let mut c = s.login("juliet", "r").await;
+    c.send(&format!(
+        "<iq type='set' id='sess'><session xmlns='{}'/></iq>",
+        ns::SESSION
+    ))
+    .await;
+    let r = c.expect("<iq type='result' id='sess'/>").await;
+    assert!(!r.has_children(), "{r}");
+    c.send(&format!(
+        "<iq type='set' id='sess2' to='localhost'><session xmlns='{}'/></iq>",
+        ns::SESSION
+    ))
+    .await;
+    c.expect("<iq type='result' id='sess2'/>").await;
+}
+
+#[tokio::test]
+async fn too_many_resources_is_resource_constraint() {
+    let s = TestServer::start_with("[limits]\nmax_resources = 2\n").await;
+    s.user("juliet").await;
+    let _a = s.login("juliet", "a").await;
+    let _b = s.login("juliet", "b").await;
+    let mut c = Client::connect_plain(s.c2s).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.auth_plain("juliet", &password("juliet")).await;
+    c.send(&format!(
+        "<iq type='set' id='b3'><bind xmlns='{}'><resource>c</resource></bind></iq>",
+        ns::BIND
+    ))
+    .await;
+    c.expect(&format!(
+        "<iq type='error' id='b3'><error type='wait'><resource-constraint xmlns='{}'/></error></iq>",
+        ns::STANZAS
+    ))
+    .await;
+    // Rebinding an existing resource is a replacement, not a new one.
+    let mut a2 = Client::connect_plain(s.c2s).await;
+    a2.open_stream().await;
+    a2.starttls().await;
+    a2.auth_plain("juliet", &password("juliet")).await;
+    assert_eq!(a2.bind(Some("a")).await, "juliet@localhost/a");
+}
