@@ -241,7 +241,7 @@ where
             return Vec::new();
         }
     };
-    let was_visible = before.as_ref().is_some_and(|b| b.in_roster);
+    let seen_before = before.as_ref().map(visible_state);
     let Some((item, out)) = change(before) else {
         return Vec::new();
     };
@@ -256,9 +256,11 @@ where
         roster.put(owner, &item).await
     };
     match stored {
-        // Rows that only remember a pending request are not roster items:
-        // no push for them (RFC 6121 §3.1.3).
-        Ok(version) if item.in_roster || was_visible => push(cx, owner, &item, version).await,
+        // Push only what a client can see change (RFC 6121 §2.1.6): a row
+        // that just remembers a pending request is not a roster item (§3.1.3).
+        Ok(version) if seen_before.flatten() != visible_state(&item) => {
+            push(cx, owner, &item, version).await
+        }
         Ok(_) => {}
         Err(e) => {
             tracing::error!(error = %e, %owner, "roster write failed");
@@ -267,6 +269,12 @@ where
     }
     drop(guard);
     out
+}
+
+/// What a roster push would show of a row: nothing when it is not a roster item.
+fn visible_state(item: &RosterItem) -> Option<(Subscription, bool, bool)> {
+    item.in_roster
+        .then_some((item.subscription, item.ask, item.approved))
 }
 
 /// Copies a client's subscription stanza (keeping status, nick …) as from our bare JID.
