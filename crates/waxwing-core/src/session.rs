@@ -34,6 +34,8 @@ pub enum SessionFlag {
     Carbons = 1 << 0,
     /// XEP-0352: the client said it is inactive.
     Inactive = 1 << 1,
+    /// XEP-0198: the connection broke and the session waits to be resumed.
+    Detached = 1 << 2,
     /// XEP-0313 / XEP-0198 and friends may add theirs here.
     Reserved = 1 << 31,
 }

@@ -16,6 +16,7 @@ pub mod ping;
 pub mod presence;
 pub mod private;
 pub mod register;
+pub mod push;
 pub mod roster;
 pub mod time;
 pub mod vcard;

@@ -30,6 +30,7 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         load(version::Version),
         load(time::Time),
         load(register::Register),
+        load(waxwing_modules::push::Push),
         load(waxwing_modules::muc::Muc::new(config)),
     ]
 }

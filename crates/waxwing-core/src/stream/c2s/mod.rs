@@ -160,7 +160,10 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             Outcome::Takeover(t) => conn.adopt(&mut session, t).await,
             Outcome::End(End::Gone) if session.resumable() => {
                 tracing::info!(jid = %handle.jid, "connection lost; session kept for resumption");
-                match conn.wait_for_resumption(&mut session).await {
+                handle.set_flag(SessionFlag::Detached, true);
+                let resumed = conn.wait_for_resumption(&mut session).await;
+                handle.set_flag(SessionFlag::Detached, false);
+                match resumed {
                     Some(t) => conn.adopt(&mut session, t).await,
                     None => break End::Gone,
                 }
