@@ -15,23 +15,28 @@ import base64
 import ssl
 import time
 
-HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-          "xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+def header(domain):
+    return ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+            f"xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>")
 
-PAYLOADS = [
-    b"hello world",
-    b"\x16\x03\x01\x02\x00garbage",
-    HEADER.encode() + b"<message>&foo;</message>",
-    HEADER.encode() + b"<!-- comment -->",
-    HEADER.encode() + b"<?pi x?>",
-    b"<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>]><lolz>&lol;</lolz>",
-    HEADER.encode() + b"<message><body>\xc3\x28</body></message>",
-    HEADER.encode() + b"<message></presence>",
-    HEADER.encode() + b"<a>" * 5000,
-    HEADER.encode() + b"<message " + b" ".join(b"a%d='x'" % i for i in range(2000)) + b"/>",
-    HEADER.encode() + b"<message to='x'><body>" + b"x" * 300_000,
-    HEADER.encode() + b"<message to='bob@localhost'/>",
-]
+
+
+def payloads(domain):
+    HEADER = header(domain)
+    return [
+        b"hello world",
+        b"\x16\x03\x01\x02\x00garbage",
+        HEADER.encode() + b"<message>&foo;</message>",
+        HEADER.encode() + b"<!-- comment -->",
+        HEADER.encode() + b"<?pi x?>",
+        b"<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'>]><lolz>&lol;</lolz>",
+        HEADER.encode() + b"<message><body>\xc3\x28</body></message>",
+        HEADER.encode() + b"<message></presence>",
+        HEADER.encode() + b"<a>" * 5000,
+        HEADER.encode() + b"<message " + b" ".join(b"a%d='x'" % i for i in range(2000)) + b"/>",
+        HEADER.encode() + b"<message to='x'><body>" + b"x" * 300_000,
+        HEADER.encode() + b"<message to='bob@localhost'/>",
+    ]
 
 
 def rss_kb(pid):
@@ -66,7 +71,8 @@ async def one(port, payload, stats):
         writer.close()
 
 
-async def login_works(port, user, password):
+async def login_works(port, user, password, domain):
+    HEADER = header(domain)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     async def until(marker):
         data = b""
@@ -101,16 +107,18 @@ async def main():
     ap.add_argument("--concurrency", type=int, default=400)
     ap.add_argument("--user")
     ap.add_argument("--password")
+    ap.add_argument("--domain", default="localhost")
     a = ap.parse_args()
     stats = {k: 0 for k in ("stream_error", "closed_without_error", "reset", "timeout", "connect_failed")}
     before = rss_kb(a.pid)
     sem = asyncio.Semaphore(a.concurrency)
+    kinds = payloads(a.domain)
     peak = before
 
     async def guarded(i):
         nonlocal peak
         async with sem:
-            await one(a.port, PAYLOADS[i % len(PAYLOADS)], stats)
+            await one(a.port, kinds[i % len(kinds)], stats)
             if i % 500 == 0:
                 peak = max(peak, rss_kb(a.pid))
 
@@ -122,7 +130,7 @@ async def main():
     print(f"outcomes: {stats}")
     print(f"server RSS: before {before} KiB, peak {peak} KiB, after {after} KiB")
     if a.user:
-        ok = await login_works(a.port, a.user, a.password)
+        ok = await login_works(a.port, a.user, a.password, a.domain)
         print(f"fresh login after the flood: {'ok' if ok else 'FAILED'}")
 
 
