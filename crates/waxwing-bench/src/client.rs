@@ -82,9 +82,10 @@ impl ScramCache {
         for line in text.lines() {
             let f: Vec<&str> = line.split(' ').collect();
             if let [h, salt, iter, salted] = f[..]
-                && let (Ok(s), Ok(i), Ok(p)) = (B64.decode(salt), iter.parse(), B64.decode(salted)) {
-                    map.insert((h.to_string(), s, i), p);
-                }
+                && let (Ok(s), Ok(i), Ok(p)) = (B64.decode(salt), iter.parse(), B64.decode(salted))
+            {
+                map.insert((h.to_string(), s, i), p);
+            }
         }
     }
 
@@ -150,7 +151,11 @@ pub enum Io {
 }
 
 impl AsyncRead for Io {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -159,7 +164,11 @@ impl AsyncRead for Io {
 }
 
 impl AsyncWrite for Io {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -281,14 +290,19 @@ pub async fn connect(t: &Target) -> anyhow::Result<(Io, Reader, Vec<u8>)> {
         if !scan::contains(&features, b"<starttls") {
             bail!("server does not offer STARTTLS");
         }
-        io.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
+        io.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await?;
         let r = reader.stanza(&mut io).await?;
         if scan::tag_name(&r) != b"proceed" {
             bail!("STARTTLS refused: {}", String::from_utf8_lossy(&r));
         }
         let Io::Plain(tcp) = io else { unreachable!() };
         let name = ServerName::try_from(t.domain.clone())?;
-        let tls = t.connector.connect(name, tcp).await.context("TLS handshake")?;
+        let tls = t
+            .connector
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake")?;
         io = Io::Tls(Box::new(tls));
         features = open(&mut io, &mut reader, &t.domain).await?;
     }
@@ -296,7 +310,12 @@ pub async fn connect(t: &Target) -> anyhow::Result<(Io, Reader, Vec<u8>)> {
 }
 
 /// In-band registration (XEP-0077) on an open stream.
-pub async fn register(io: &mut Io, reader: &mut Reader, user: &str, password: &str) -> anyhow::Result<()> {
+pub async fn register(
+    io: &mut Io,
+    reader: &mut Reader,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<()> {
     io.write_all(
         format!(
             "<iq type='set' id='reg1'><query xmlns='jabber:iq:register'><username>{user}</username><password>{password}</password></query></iq>"
@@ -311,7 +330,10 @@ pub async fn register(io: &mut Io, reader: &mut Reader, user: &str, password: &s
                 Some(b"result") => return Ok(()),
                 // Already registered by an earlier run: fine for a benchmark.
                 _ if scan::contains(&s, b"<conflict") => return Ok(()),
-                _ => bail!("registration of {user} failed: {}", String::from_utf8_lossy(&s)),
+                _ => bail!(
+                    "registration of {user} failed: {}",
+                    String::from_utf8_lossy(&s)
+                ),
             }
         }
     }
@@ -345,13 +367,19 @@ async fn login_on(
         None if pick("SCRAM-SHA-256") => "SCRAM-SHA-256",
         None if pick("SCRAM-SHA-1") => "SCRAM-SHA-1",
         None if pick("PLAIN") => "PLAIN",
-        None => bail!("no usable SASL mechanism in {}", String::from_utf8_lossy(&features)),
+        None => bail!(
+            "no usable SASL mechanism in {}",
+            String::from_utf8_lossy(&features)
+        ),
     };
     match mech {
         "PLAIN" => {
             let cred = B64.encode(format!("\0{user}\0{}", t.password));
             io.write_all(
-                format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>").as_bytes(),
+                format!(
+                    "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
+                )
+                .as_bytes(),
             )
             .await?;
             let r = reader.stanza(&mut io).await?;
@@ -360,7 +388,11 @@ async fn login_on(
             }
         }
         _ => {
-            let hash = if mech == "SCRAM-SHA-256" { Hash::Sha256 } else { Hash::Sha1 };
+            let hash = if mech == "SCRAM-SHA-256" {
+                Hash::Sha256
+            } else {
+                Hash::Sha1
+            };
             scram(t, &mut io, &mut reader, user, hash).await?;
         }
     }
@@ -375,7 +407,8 @@ async fn login_on(
             if scan::attr(&s, b"type") != Some(b"result") {
                 bail!("bind failed: {}", String::from_utf8_lossy(&s));
             }
-            let jid = scan::child_text(&s, b"jid").ok_or_else(|| anyhow!("bind result without jid"))?;
+            let jid =
+                scan::child_text(&s, b"jid").ok_or_else(|| anyhow!("bind result without jid"))?;
             break String::from_utf8_lossy(jid).into_owned();
         }
     };
@@ -412,12 +445,14 @@ impl Hash {
         match self {
             Hash::Sha1 => {
                 let mut out = vec![0u8; 20];
-                pbkdf2::pbkdf2::<Hmac<sha1::Sha1>>(pw, salt, iter, &mut out).expect("hmac takes any key");
+                pbkdf2::pbkdf2::<Hmac<sha1::Sha1>>(pw, salt, iter, &mut out)
+                    .expect("hmac takes any key");
                 out
             }
             Hash::Sha256 => {
                 let mut out = vec![0u8; 32];
-                pbkdf2::pbkdf2::<Hmac<sha2::Sha256>>(pw, salt, iter, &mut out).expect("hmac takes any key");
+                pbkdf2::pbkdf2::<Hmac<sha2::Sha256>>(pw, salt, iter, &mut out)
+                    .expect("hmac takes any key");
                 out
             }
         }
@@ -446,11 +481,19 @@ impl Hash {
 }
 
 /// RFC 5802 client side, without channel binding ("n,,").
-async fn scram(t: &Target, io: &mut Io, reader: &mut Reader, user: &str, hash: Hash) -> anyhow::Result<()> {
+async fn scram(
+    t: &Target,
+    io: &mut Io,
+    reader: &mut Reader,
+    user: &str,
+    hash: Hash,
+) -> anyhow::Result<()> {
     let nonce: String = {
         use rand::Rng;
         let mut r = rand::rng();
-        (0..24).map(|_| char::from(r.random_range(b'a'..=b'z'))).collect()
+        (0..24)
+            .map(|_| char::from(r.random_range(b'a'..=b'z')))
+            .collect()
     };
     let first_bare = format!("n={user},r={nonce}");
     let first = format!("n,,{first_bare}");
@@ -494,7 +537,11 @@ async fn scram(t: &Target, io: &mut Io, reader: &mut Reader, user: &str, hash: H
     let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
     let final_msg = format!("{without_proof},p={}", B64.encode(proof));
     io.write_all(
-        format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>", B64.encode(final_msg)).as_bytes(),
+        format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            B64.encode(final_msg)
+        )
+        .as_bytes(),
     )
     .await?;
     let r = reader.stanza(io).await?;
@@ -506,7 +553,10 @@ async fn scram(t: &Target, io: &mut Io, reader: &mut Reader, user: &str, hash: H
 
 /// Text content of a simple element such as `<challenge>…</challenge>`.
 fn inner_text(el: &[u8]) -> &[u8] {
-    let start = el.iter().position(|&b| b == b'>').map_or(el.len(), |p| p + 1);
+    let start = el
+        .iter()
+        .position(|&b| b == b'>')
+        .map_or(el.len(), |p| p + 1);
     let end = el.iter().rposition(|&b| b == b'<').unwrap_or(el.len());
     if end > start { &el[start..end] } else { &[] }
 }

@@ -24,7 +24,12 @@ use crate::scan::{self, Item};
 /// JID (bare and full) → that connection's outbox.
 type Routes = Arc<RwLock<HashMap<Vec<u8>, mpsc::UnboundedSender<Vec<u8>>>>>;
 
-pub async fn serve(listen: SocketAddr, domain: String, cert: &str, key: &str) -> anyhow::Result<()> {
+pub async fn serve(
+    listen: SocketAddr,
+    domain: String,
+    cert: &str,
+    key: &str,
+) -> anyhow::Result<()> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading {cert}"))?
         .collect::<Result<_, _>>()?;
@@ -38,7 +43,10 @@ pub async fn serve(listen: SocketAddr, domain: String, cert: &str, key: &str) ->
     config.send_tls13_tickets = 0;
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind(listen).await?;
-    println!("waxwing-bench: floor listening c2s {}", listener.local_addr()?);
+    println!(
+        "waxwing-bench: floor listening c2s {}",
+        listener.local_addr()?
+    );
     println!("waxwing-bench: ready");
     let routes: Routes = Arc::default();
     let domain: Arc<str> = domain.into();
@@ -59,7 +67,10 @@ pub async fn serve(listen: SocketAddr, domain: String, cert: &str, key: &str) ->
 }
 
 /// Reads items into `buf` until one complete item is at its start.
-async fn next<S: AsyncReadExt + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> anyhow::Result<(Item, usize)> {
+async fn next<S: AsyncReadExt + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<(Item, usize)> {
     loop {
         if let Some(found) = scan::next_item(buf) {
             return Ok(found);
@@ -75,7 +86,10 @@ async fn next<S: AsyncReadExt + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> anyhow:
 }
 
 /// Next depth-1 element (skipping whitespace and a re-sent header).
-async fn element<S: AsyncReadExt + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> anyhow::Result<Vec<u8>> {
+async fn element<S: AsyncReadExt + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<Vec<u8>> {
     loop {
         let (item, n) = next(io, buf).await?;
         let bytes: Vec<u8> = buf.drain(..n).collect();
@@ -110,7 +124,12 @@ async fn open<S: AsyncReadExt + AsyncWriteExt + Unpin>(
 
 const MECHS: &str = "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms>";
 
-async fn conn(tcp: TcpStream, acceptor: TlsAcceptor, routes: Routes, domain: Arc<str>) -> anyhow::Result<()> {
+async fn conn(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    routes: Routes,
+    domain: Arc<str>,
+) -> anyhow::Result<()> {
     tcp.set_nodelay(true)?;
     let mut tcp = tcp;
     let mut buf = Vec::new();
@@ -118,7 +137,8 @@ async fn conn(tcp: TcpStream, acceptor: TlsAcceptor, routes: Routes, domain: Arc
     open(&mut tcp, &mut buf, &domain, &features).await?;
     let first = element(&mut tcp, &mut buf).await?;
     if scan::tag_name(&first) == b"starttls" {
-        tcp.write_all(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
+        tcp.write_all(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await?;
         let mut tls = acceptor.accept(tcp).await?;
         buf.clear();
         open(&mut tls, &mut buf, &domain, MECHS).await?;
@@ -130,14 +150,21 @@ async fn conn(tcp: TcpStream, acceptor: TlsAcceptor, routes: Routes, domain: Arc
 }
 
 /// SASL PLAIN (any password), bind, then route until the stream ends.
-async fn session<S>(mut io: S, mut buf: Vec<u8>, mut el: Vec<u8>, routes: Routes, domain: Arc<str>) -> anyhow::Result<()>
+async fn session<S>(
+    mut io: S,
+    mut buf: Vec<u8>,
+    mut el: Vec<u8>,
+    routes: Routes,
+    domain: Arc<str>,
+) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // In-band registration before authentication: every account exists.
     while scan::tag_name(&el) == b"iq" {
         let id = String::from_utf8_lossy(scan::attr(&el, b"id").unwrap_or(b"")).into_owned();
-        io.write_all(format!("<iq type='result' id='{id}'/>").as_bytes()).await?;
+        io.write_all(format!("<iq type='result' id='{id}'/>").as_bytes())
+            .await?;
         el = element(&mut io, &mut buf).await?;
     }
     if scan::tag_name(&el) != b"auth" {
@@ -146,16 +173,35 @@ where
     let text = el
         .iter()
         .position(|&b| b == b'>')
-        .map(|p| &el[p + 1..el.iter().rposition(|&b| b == b'<').unwrap_or(el.len()).max(p + 1)])
+        .map(|p| {
+            &el[p + 1
+                ..el.iter()
+                    .rposition(|&b| b == b'<')
+                    .unwrap_or(el.len())
+                    .max(p + 1)]
+        })
         .unwrap_or(b"");
     let decoded = B64.decode(text).unwrap_or_default();
-    let user = decoded.split(|&b| b == 0).nth(1).unwrap_or(b"anon").to_vec();
-    io.write_all(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await?;
+    let user = decoded
+        .split(|&b| b == 0)
+        .nth(1)
+        .unwrap_or(b"anon")
+        .to_vec();
+    io.write_all(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        .await?;
     buf.clear();
-    open(&mut io, &mut buf, &domain, "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>").await?;
+    open(
+        &mut io,
+        &mut buf,
+        &domain,
+        "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>",
+    )
+    .await?;
     let bind = element(&mut io, &mut buf).await?;
     let id = String::from_utf8_lossy(scan::attr(&bind, b"id").unwrap_or(b"")).into_owned();
-    let resource = scan::child_text(&bind, b"resource").filter(|r| !r.is_empty()).unwrap_or(b"floor");
+    let resource = scan::child_text(&bind, b"resource")
+        .filter(|r| !r.is_empty())
+        .unwrap_or(b"floor");
     let bare = [&user[..], b"@", domain.as_bytes()].concat();
     let full = [&bare[..], b"/", resource].concat();
     io.write_all(

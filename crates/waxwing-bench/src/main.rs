@@ -24,7 +24,10 @@ use crate::client::Target;
 use crate::scenarios::{ChatParams, Ctx};
 
 #[derive(Parser)]
-#[command(name = "waxwing-bench", about = "XMPP load generator and hardware-floor server")]
+#[command(
+    name = "waxwing-bench",
+    about = "XMPP load generator and hardware-floor server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -226,10 +229,26 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (common, job): (Common, Job) = match cli.command {
-        Command::FloorServer { listen, port, domain, cert, key, threads } => {
-            return runtime(threads)?.block_on(floor::serve(SocketAddr::new(listen, port), domain, &cert, &key));
+        Command::FloorServer {
+            listen,
+            port,
+            domain,
+            cert,
+            key,
+            threads,
+        } => {
+            return runtime(threads)?.block_on(floor::serve(
+                SocketAddr::new(listen, port),
+                domain,
+                &cert,
+                &key,
+            ));
         }
-        Command::Report { input, title, params } => {
+        Command::Report {
+            input,
+            title,
+            params,
+        } => {
             let text = if input == "-" {
                 std::io::read_to_string(std::io::stdin())?
             } else {
@@ -240,16 +259,36 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Register { common, count } => (common, Job::Register(count)),
         Command::Login { common, count } => (common, Job::Login(count)),
-        Command::Idle { common, count, settle } => (common, Job::Idle(count, settle)),
-        Command::RosterSetup { common, count, contacts, timeout } => {
-            (common, Job::RosterSetup(count, contacts, timeout))
-        }
-        Command::RosterLogin { common, count, contacts, timeout } => {
-            (common, Job::RosterLogin(count, contacts, timeout))
-        }
+        Command::Idle {
+            common,
+            count,
+            settle,
+        } => (common, Job::Idle(count, settle)),
+        Command::RosterSetup {
+            common,
+            count,
+            contacts,
+            timeout,
+        } => (common, Job::RosterSetup(count, contacts, timeout)),
+        Command::RosterLogin {
+            common,
+            count,
+            contacts,
+            timeout,
+        } => (common, Job::RosterLogin(count, contacts, timeout)),
         Command::Chat { common, chat, name } => (common, Job::Chat(chat.params(), name)),
-        Command::Churn { common, count, settle, chat } => (common, Job::Churn(count, settle, chat.params())),
-        Command::Muc { common, occupants, senders, chat } => (common, Job::Muc(occupants, senders, chat.params())),
+        Command::Churn {
+            common,
+            count,
+            settle,
+            chat,
+        } => (common, Job::Churn(count, settle, chat.params())),
+        Command::Muc {
+            common,
+            occupants,
+            senders,
+            chat,
+        } => (common, Job::Muc(occupants, senders, chat.params())),
     };
     check_loopback(&common)?;
     let rt = runtime(common.threads)?;
@@ -271,16 +310,29 @@ fn check_loopback(c: &Common) -> anyhow::Result<()> {
     if c.allow_remote {
         return Ok(());
     }
-    for a in c.addr.to_socket_addrs().with_context(|| format!("resolving {}", c.addr))? {
+    for a in c
+        .addr
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}", c.addr))?
+    {
         if !a.ip().is_loopback() {
-            bail!("{} is not a loopback address; pass --allow-remote to benchmark a remote server you own", c.addr);
+            bail!(
+                "{} is not a loopback address; pass --allow-remote to benchmark a remote server you own",
+                c.addr
+            );
         }
     }
     Ok(())
 }
 
 async fn run(c: Common, job: Job) -> anyhow::Result<()> {
-    let target = Target::new(c.addr.clone(), c.domain.clone(), !c.no_tls, c.password.clone(), c.mechanism.clone());
+    let target = Target::new(
+        c.addr.clone(),
+        c.domain.clone(),
+        !c.no_tls,
+        c.password.clone(),
+        c.mechanism.clone(),
+    );
     if let Some(path) = &c.scram_cache {
         target.scram_cache.load(path);
     }
@@ -294,8 +346,12 @@ async fn run(c: Common, job: Job) -> anyhow::Result<()> {
         Job::Register(n) => vec![scenarios::register(&cx, &c.prefix, n).await],
         Job::Login(n) => vec![scenarios::login(&cx, &c.prefix, n).await],
         Job::Idle(n, settle) => vec![scenarios::idle(&cx, &c.prefix, n, secs(settle)).await],
-        Job::RosterSetup(n, k, t) => vec![scenarios::roster_setup(&cx, &c.prefix, n, k, secs(t)).await],
-        Job::RosterLogin(n, k, t) => vec![scenarios::roster_login(&cx, &c.prefix, n, k, secs(t)).await],
+        Job::RosterSetup(n, k, t) => {
+            vec![scenarios::roster_setup(&cx, &c.prefix, n, k, secs(t)).await]
+        }
+        Job::RosterLogin(n, k, t) => {
+            vec![scenarios::roster_login(&cx, &c.prefix, n, k, secs(t)).await]
+        }
         Job::Chat(p, name) => vec![scenarios::chat(&cx, &c.prefix, p, &name).await],
         Job::Churn(n, settle, p) => {
             let churn = scenarios::churn(&cx, &c.prefix, n, secs(settle)).await;

@@ -92,7 +92,10 @@ impl Record {
     }
 
     pub fn str(&mut self, k: &str, v: &str) -> &mut Self {
-        let escaped = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " ");
+        let escaped = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', " ");
         self.raw(k, format!("\"{escaped}\""))
     }
 

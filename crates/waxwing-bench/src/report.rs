@@ -18,30 +18,86 @@ const ROWS: &[(&str, &str, &str)] = &[
     ("login", "figure", "logins/s"),
     ("login", "per_server_cpu_s", "logins per server CPU-s"),
     ("login", "_cpu", "server CPU-s / generator CPU share"),
-    ("idle", "figure", "KiB per idle TLS session (lower is better)"),
+    (
+        "idle",
+        "figure",
+        "KiB per idle TLS session (lower is better)",
+    ),
     ("idle", "_cpu", "server CPU-s / generator CPU share"),
-    ("idle-plain", "figure", "KiB per idle plain-TCP session (lower is better)"),
+    (
+        "idle-plain",
+        "figure",
+        "KiB per idle plain-TCP session (lower is better)",
+    ),
     ("idle-plain", "_cpu", "server CPU-s / generator CPU share"),
-    ("roster-login", "figure", "roster logins/s (contacts all online)"),
-    ("roster-login", "per_server_cpu_s", "roster logins per server CPU-s"),
-    ("roster-login", "presences_per_server_cpu_s", "presences delivered per server CPU-s"),
+    (
+        "roster-login",
+        "figure",
+        "roster logins/s (contacts all online)",
+    ),
+    (
+        "roster-login",
+        "per_server_cpu_s",
+        "roster logins per server CPU-s",
+    ),
+    (
+        "roster-login",
+        "presences_per_server_cpu_s",
+        "presences delivered per server CPU-s",
+    ),
     ("roster-login", "_cpu", "server CPU-s / generator CPU share"),
     ("chat", "figure", "1:1 msgs/s delivered, saturation"),
-    ("chat", "per_server_cpu_s", "1:1 msgs per server CPU-s, saturation"),
+    (
+        "chat",
+        "per_server_cpu_s",
+        "1:1 msgs per server CPU-s, saturation",
+    ),
     ("chat", "p99_ms", "p99 ms at saturation (lower is better)"),
     ("chat", "_cpu", "server CPU-s / generator CPU share"),
     ("chat-rate", "figure", "1:1 msgs/s delivered, fixed rate"),
-    ("chat-rate", "per_server_cpu_s", "1:1 msgs per server CPU-s, fixed rate"),
-    ("chat-rate", "p50_ms", "p50 ms at fixed rate (lower is better)"),
-    ("chat-rate", "p99_ms", "p99 ms at fixed rate (lower is better)"),
-    ("chat-rate", "max_ms", "max ms at fixed rate (lower is better)"),
+    (
+        "chat-rate",
+        "per_server_cpu_s",
+        "1:1 msgs per server CPU-s, fixed rate",
+    ),
+    (
+        "chat-rate",
+        "p50_ms",
+        "p50 ms at fixed rate (lower is better)",
+    ),
+    (
+        "chat-rate",
+        "p99_ms",
+        "p99 ms at fixed rate (lower is better)",
+    ),
+    (
+        "chat-rate",
+        "max_ms",
+        "max ms at fixed rate (lower is better)",
+    ),
     ("chat-rate", "_cpu", "server CPU-s / generator CPU share"),
     ("churn", "per_server_cpu_s", "churn logins per server CPU-s"),
-    ("churn", "rss_growth_kb", "RSS growth after churn, KiB (lower is better)"),
+    (
+        "churn",
+        "rss_growth_kb",
+        "RSS growth after churn, KiB (lower is better)",
+    ),
     ("churn", "_cpu", "server CPU-s / generator CPU share"),
-    ("chat-after-churn", "per_server_cpu_s", "1:1 msgs per server CPU-s after churn"),
-    ("chat-after-churn", "p99_ms", "p99 ms after churn (lower is better)"),
-    ("chat-after-churn", "_cpu", "server CPU-s / generator CPU share"),
+    (
+        "chat-after-churn",
+        "per_server_cpu_s",
+        "1:1 msgs per server CPU-s after churn",
+    ),
+    (
+        "chat-after-churn",
+        "p99_ms",
+        "p99 ms after churn (lower is better)",
+    ),
+    (
+        "chat-after-churn",
+        "_cpu",
+        "server CPU-s / generator CPU share",
+    ),
     ("muc", "figure", "MUC deliveries/s"),
     ("muc", "per_server_cpu_s", "MUC deliveries per server CPU-s"),
     ("muc", "_cpu", "server CPU-s / generator CPU share"),
@@ -112,10 +168,16 @@ pub fn render(jsonl: &str, title: &str, params: &str) -> String {
                         if r.get("gen_bound").map(String::as_str) == Some("yes") {
                             cell.push_str(" †");
                         }
-                        if let Some(f) = r.get("failed").and_then(|f| f.parse::<f64>().ok()).filter(|f| *f > 0.0) {
+                        if let Some(f) = r
+                            .get("failed")
+                            .and_then(|f| f.parse::<f64>().ok())
+                            .filter(|f| *f > 0.0)
+                        {
                             cell.push_str(&format!(" ({f} failed)"));
                             let err = r.get("first_error").cloned().unwrap_or_default();
-                            let note = format!("{system}/{variant}/{scenario}: {f} failed; first error: {err}");
+                            let note = format!(
+                                "{system}/{variant}/{scenario}: {f} failed; first error: {err}"
+                            );
                             if !notes.contains(&note) {
                                 notes.push(note);
                             }

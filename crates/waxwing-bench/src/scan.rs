@@ -48,7 +48,9 @@ pub fn next_item(buf: &[u8]) -> Option<(Item, usize)> {
         _ => {
             let (tag_end, self_closing) = tag_end(buf, 0)?;
             let name = tag_name(buf);
-            if !self_closing && (name == b"stream:stream" || name.ends_with(b":stream") || name == b"stream") {
+            if !self_closing
+                && (name == b"stream:stream" || name.ends_with(b":stream") || name == b"stream")
+            {
                 return Some((Item::Open(tag_end), tag_end));
             }
             if self_closing {
@@ -238,7 +240,10 @@ mod tests {
         }
         assert!(matches!(items[0].0, Item::Skip(_)));
         assert!(matches!(items[1].0, Item::Open(_)));
-        assert_eq!(items[3].1, b"<message to='b'><body>x &lt; y</body><x a='>'/></message>");
+        assert_eq!(
+            items[3].1,
+            b"<message to='b'><body>x &lt; y</body><x a='>'/></message>"
+        );
         assert_eq!(items[4].1, b"<presence/>");
         assert_eq!(items[5].0, Item::Close);
     }
@@ -256,6 +261,9 @@ mod tests {
         assert_eq!(attr(m, b"lang"), None);
         assert_eq!(child_text(m, b"body"), Some(&b"t=5"[..]));
         let f = b"<stream:features><mechanisms xmlns='x'><mechanism>PLAIN</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>";
-        assert_eq!(all_child_texts(f, b"mechanism"), vec![&b"PLAIN"[..], &b"SCRAM-SHA-1"[..]]);
+        assert_eq!(
+            all_child_texts(f, b"mechanism"),
+            vec![&b"PLAIN"[..], &b"SCRAM-SHA-1"[..]]
+        );
     }
 }

@@ -32,7 +32,11 @@ impl Ctx {
 
 /// Runs `f(i)` for each `i` in `0..n`, at most `concurrency` at once, and
 /// returns the successes and the number of failures (first error kept).
-async fn for_each<T, F, Fut>(n: usize, concurrency: usize, f: F) -> (Vec<(usize, T)>, usize, Option<String>)
+async fn for_each<T, F, Fut>(
+    n: usize,
+    concurrency: usize,
+    f: F,
+) -> (Vec<(usize, T)>, usize, Option<String>)
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut,
@@ -110,7 +114,11 @@ pub async fn register(cx: &Ctx, prefix: &str, count: usize) -> Record {
 }
 
 /// Like [`for_each`] but drops results: keeps memory flat for big N.
-async fn for_each_collect<F, Fut>(n: usize, concurrency: usize, f: F) -> (usize, usize, Option<String>)
+async fn for_each_collect<F, Fut>(
+    n: usize,
+    concurrency: usize,
+    f: F,
+) -> (usize, usize, Option<String>)
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -215,7 +223,8 @@ pub async fn idle(cx: &Ctx, prefix: &str, count: usize, settle: Duration) -> Rec
     r.num("n", count as f64).num("ok", held as f64);
     r.str("unit", "KiB/session");
     if let (Some(b), Some(a)) = (before, after) {
-        r.num("rss_before_kb", b as f64).num("rss_after_kb", a as f64);
+        r.num("rss_before_kb", b as f64)
+            .num("rss_after_kb", a as f64);
         if held > 0 {
             r.num("figure", (a as f64 - b as f64) / held as f64);
         }
@@ -235,7 +244,13 @@ fn cliques(count: usize, contacts: usize) -> (usize, usize) {
 
 /// `roster-setup`: builds the cliques with subscription handshakes. Not a
 /// measurement; run once per server before `roster-login`.
-pub async fn roster_setup(cx: &Ctx, prefix: &str, count: usize, contacts: usize, timeout: Duration) -> Record {
+pub async fn roster_setup(
+    cx: &Ctx,
+    prefix: &str,
+    count: usize,
+    contacts: usize,
+    timeout: Duration,
+) -> Record {
     let (groups, size) = cliques(count, contacts);
     let n = groups * size;
     let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
@@ -257,7 +272,10 @@ pub async fn roster_setup(cx: &Ctx, prefix: &str, count: usize, contacts: usize,
         let mut out = String::new();
         for j in g * size..(g + 1) * size {
             if j != i {
-                out.push_str(&format!("<presence type='subscribe' to='{}@{domain}'/>", users[j]));
+                out.push_str(&format!(
+                    "<presence type='subscribe' to='{}@{domain}'/>",
+                    users[j]
+                ));
             }
         }
         let approved = approved.clone();
@@ -325,7 +343,8 @@ pub async fn roster_setup(cx: &Ctx, prefix: &str, count: usize, contacts: usize,
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     let got = approved.load(Ordering::Relaxed);
-    r.num("approved", got as f64).num("expected", expected as f64);
+    r.num("approved", got as f64)
+        .num("expected", expected as f64);
     r.num("wall_s", t0.elapsed().as_secs_f64());
     r.str("status", if got >= expected { "ok" } else { "incomplete" });
     r
@@ -333,7 +352,13 @@ pub async fn roster_setup(cx: &Ctx, prefix: &str, count: usize, contacts: usize,
 
 /// `roster-login`: every clique member logs in and sends initial presence;
 /// done when each has seen available presence from all its contacts.
-pub async fn roster_login(cx: &Ctx, prefix: &str, count: usize, contacts: usize, timeout: Duration) -> Record {
+pub async fn roster_login(
+    cx: &Ctx,
+    prefix: &str,
+    count: usize,
+    contacts: usize,
+    timeout: Duration,
+) -> Record {
     let (groups, size) = cliques(count, contacts);
     let n = groups * size;
     let expected = (n * (size - 1)) as u64;
@@ -407,7 +432,8 @@ pub async fn roster_login(cx: &Ctx, prefix: &str, count: usize, contacts: usize,
     }
     let mut r = Record::new("roster-login");
     r.num("n", n as f64).num("contacts", (size - 1) as f64);
-    r.num("contacts_online", got as f64).num("expected", expected as f64);
+    r.num("contacts_online", got as f64)
+        .num("expected", expected as f64);
     r.num("presences", presences as f64);
     r.str("unit", "logins/s");
     r.num("figure", n as f64 / u.wall);
@@ -482,19 +508,24 @@ async fn receive(
         if scan::tag_name(st) != b"message" {
             continue;
         }
-        let Some(body) = scan::child_text(st, b"body") else { continue };
-        let Some((t, s)) = parse_body(body) else { continue };
+        let Some(body) = scan::child_text(st, b"body") else {
+            continue;
+        };
+        let Some((t, s)) = parse_body(body) else {
+            continue;
+        };
         let sender = match frees {
             Frees::Peer(p) => Some(p),
             Frees::OwnEcho(me) => s.filter(|s| *s == me),
         };
         if let Some(sender) = sender
-            && let Some(inf) = traffic.inflight.get(sender) {
-                let prev = inf.fetch_sub(1, Ordering::AcqRel);
-                if prev - 1 <= half_window && prev > half_window {
-                    traffic.wake[sender].notify_one();
-                }
+            && let Some(inf) = traffic.inflight.get(sender)
+        {
+            let prev = inf.fetch_sub(1, Ordering::AcqRel);
+            if prev - 1 <= half_window && prev > half_window {
+                traffic.wake[sender].notify_one();
             }
+        }
         if traffic.measuring.load(Ordering::Relaxed) {
             rec.delivered += 1;
             let lat = traffic.now_us().saturating_sub(t);
@@ -565,7 +596,9 @@ async fn send(
         while !traffic.stop.load(Ordering::Relaxed) {
             let inflight = traffic.inflight[idx].load(Ordering::Acquire);
             if inflight > half {
-                let _ = tokio::time::timeout(Duration::from_millis(50), traffic.wake[idx].notified()).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(50), traffic.wake[idx].notified())
+                        .await;
                 continue;
             }
             let k = p.window - inflight;
@@ -620,7 +653,8 @@ async fn run_traffic(
         delivered += rec.delivered;
         lat.extend(rec.latencies);
     }
-    r.num("sent", sent as f64).num("delivered", delivered as f64);
+    r.num("sent", sent as f64)
+        .num("delivered", delivered as f64);
     r.str("unit", "msgs/s");
     r.num("figure", delivered as f64 / u.wall);
     r.usage(&u, delivered as f64);
@@ -663,8 +697,23 @@ pub async fn chat(cx: &Ctx, prefix: &str, p: ChatParams, name: &str) -> Record {
         let peer = i ^ 1;
         let Session { io, reader, .. } = s;
         let (rh, wh) = tokio::io::split(io);
-        receivers.spawn(receive(traffic.clone(), reader, rh, stop_rx.clone(), Frees::Peer(peer), p.window / 2));
-        senders.spawn(send(traffic.clone(), wh, i, jids[peer].clone(), "chat", p, n));
+        receivers.spawn(receive(
+            traffic.clone(),
+            reader,
+            rh,
+            stop_rx.clone(),
+            Frees::Peer(peer),
+            p.window / 2,
+        ));
+        senders.spawn(send(
+            traffic.clone(),
+            wh,
+            i,
+            jids[peer].clone(),
+            "chat",
+            p,
+            n,
+        ));
     }
     run_traffic(cx, &mut r, traffic, stop_tx, receivers, senders, p).await;
     r
@@ -684,7 +733,8 @@ pub async fn churn(cx: &Ctx, prefix: &str, count: usize, settle: Duration) -> Re
         }
     }
     if let (Some(b), Some(a)) = (before, after) {
-        out.num("rss_before_kb", b as f64).num("rss_after_kb", a as f64);
+        out.num("rss_before_kb", b as f64)
+            .num("rss_after_kb", a as f64);
         out.num("rss_growth_kb", a as f64 - b as f64);
     }
     out
@@ -757,9 +807,16 @@ async fn join(s: &mut Session, room: &str, nick: &str) -> anyhow::Result<()> {
 }
 
 /// `muc`: K occupants in one room, S of them sending at saturation.
-pub async fn muc(cx: &Ctx, prefix: &str, occupants: usize, senders_n: usize, p: ChatParams) -> Record {
+pub async fn muc(
+    cx: &Ctx,
+    prefix: &str,
+    occupants: usize,
+    senders_n: usize,
+    p: ChatParams,
+) -> Record {
     let mut r = Record::new("muc");
-    r.num("occupants", occupants as f64).num("senders", senders_n as f64);
+    r.num("occupants", occupants as f64)
+        .num("senders", senders_n as f64);
     match has_muc(cx, &format!("{prefix}0")).await {
         Ok(true) => {}
         Ok(false) => {
@@ -780,10 +837,15 @@ pub async fn muc(cx: &Ctx, prefix: &str, occupants: usize, senders_n: usize, p: 
         close_all(sessions).await;
         return r;
     }
-    let room = format!("bench{}@conference.{}", std::process::id(), cx.target.domain);
+    let room = format!(
+        "bench{}@conference.{}",
+        std::process::id(),
+        cx.target.domain
+    );
     let mut first = sessions.remove(0);
     if let Err(e) = join(&mut first, &room, "n0").await {
-        r.str("status", "join failed").str("first_error", &format!("{e:#}"));
+        r.str("status", "join failed")
+            .str("first_error", &format!("{e:#}"));
         sessions.push(first);
         close_all(sessions).await;
         return r;
@@ -833,9 +895,24 @@ pub async fn muc(cx: &Ctx, prefix: &str, occupants: usize, senders_n: usize, p: 
     for (i, s) in joined {
         let Session { io, reader, .. } = s;
         let (rh, wh) = tokio::io::split(io);
-        receivers.spawn(receive(traffic.clone(), reader, rh, stop_rx.clone(), Frees::OwnEcho(i), p.window / 2));
+        receivers.spawn(receive(
+            traffic.clone(),
+            reader,
+            rh,
+            stop_rx.clone(),
+            Frees::OwnEcho(i),
+            p.window / 2,
+        ));
         if i < senders_n {
-            senders.spawn(send(traffic.clone(), wh, i, room.clone(), "groupchat", p, senders_n));
+            senders.spawn(send(
+                traffic.clone(),
+                wh,
+                i,
+                room.clone(),
+                "groupchat",
+                p,
+                senders_n,
+            ));
         } else {
             // Hold the write half so the connection stays open.
             senders.spawn(async move {

@@ -171,11 +171,16 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate: u64, burst: u64) -> Self {
+        Self::full_at(rate, burst, Instant::now())
+    }
+
+    /// A full bucket whose clock starts at `now`.
+    pub fn full_at(rate: u64, burst: u64, now: Instant) -> Self {
         TokenBucket {
             rate: rate as f64,
             burst: burst as f64,
             tokens: burst as f64,
-            last: Instant::now(),
+            last: now,
         }
     }
 
@@ -189,6 +194,20 @@ impl TokenBucket {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
+    /// Takes `n` tokens if the bucket holds them (refusal, not pacing:
+    /// nothing is taken when it does not).
+    pub fn try_take(&mut self, n: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
         }
     }
 }

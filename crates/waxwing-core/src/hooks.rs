@@ -407,6 +407,26 @@ impl Cx {
         self.server.clone().delete_account(user).await
     }
 
+    /// Counts an offence against a remote domain's reputation (ignored for
+    /// local domains).
+    pub async fn record_offence(&self, domain: &str, offence: crate::s2s::reputation::Offence) {
+        self.server.record_offence(domain, offence).await;
+    }
+
+    /// Blocks or unblocks a remote domain for federation (persisted).
+    pub async fn set_domain_blocked(
+        &self,
+        domain: &str,
+        blocked: bool,
+    ) -> Result<(), waxwing_store::StoreError> {
+        self.server.set_domain_blocked(domain, blocked).await
+    }
+
+    /// Reputation of every known remote domain.
+    pub fn domain_reputations(&self) -> Vec<crate::s2s::reputation::DomainStatus> {
+        self.server.domain_reputations()
+    }
+
     /// Seconds since the server started (XEP-0012 server uptime).
     pub fn uptime(&self) -> std::time::Duration {
         self.server.started.elapsed()

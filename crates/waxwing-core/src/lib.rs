@@ -55,10 +55,11 @@ pub async fn start(
     modules: Vec<Arc<dyn ModuleLoader>>,
 ) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let stores = waxwing_store::open(&config.database_url).await?;
+    let stores = waxwing_store::open_with(&config.database_url, config.durability).await?;
     let registry = Registrar::build(modules)?;
     let tls = tls::TlsContext::load(&config)?;
     let s2s = s2s::S2sManager::new(&config, &tls)?;
+    s2s.defences.load(&*stores.reputation).await?;
     let server = Server::new(config, stores, registry, tls, s2s);
     let bound = listen::bind_all(&server).await?;
     let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();

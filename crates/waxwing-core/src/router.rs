@@ -116,8 +116,21 @@ impl Server {
     /// (errors about errors would loop).
     pub fn bounce(self: Arc<Self>, stanza: &Element, err: StanzaError) -> BoxFuture {
         let reply = stanza::error_reply(stanza, &err);
+        // A remote domain whose messages bounce (spam to made-up accounts …)
+        // loses a little reputation. IQs and presence are left out: IQs to
+        // a resource that just went offline bounce in honest traffic.
+        let remote = (stanza.name == "message")
+            .then(|| stanza.attr("from"))
+            .flatten()
+            .and_then(|f| Jid::parse(f).ok())
+            .map(|f| f.domain().to_string())
+            .filter(|d| !self.is_local_domain(d));
         Box::pin(async move {
             if let Some(reply) = reply {
+                if let Some(d) = remote {
+                    self.record_offence(&d, crate::s2s::reputation::Offence::Bounce)
+                        .await;
+                }
                 self.route(reply).await;
             }
         })

@@ -1,7 +1,10 @@
 //! XEP-0050: Ad-Hoc Commands, serving the XEP-0133 Service Administration
 //! commands that fit this server: add user, delete user, change user
 //! password, list online users, announce to online users, and the
-//! registered/online user counts.
+//! registered/online user counts. Three more, in the same style under
+//! [`FEDERATION`], manage federation abuse defences: block a remote domain,
+//! unblock it, and list every remote domain's reputation (spam reports,
+//! bounces, failed dialbacks, rate-limit hits, decayed score, standing).
 //!
 //! Only accounts listed in `admins` see or run them, and only from one of
 //! their own client sessions; everyone else gets an empty command list and
@@ -21,6 +24,7 @@ use waxwing_core::credentials;
 use waxwing_core::hooks::{
     Cx, Iq, IqHandler, IqResult, IqTarget, Module, RegisterError, Registrar,
 };
+use waxwing_core::s2s::reputation::Standing;
 use waxwing_proto::jid::{BareJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
@@ -33,6 +37,8 @@ use crate::{internal, stanza_id};
 pub const COMMANDS: &str = "http://jabber.org/protocol/commands";
 /// XEP-0133 `FORM_TYPE`.
 const ADMIN: &str = "http://jabber.org/protocol/admin";
+/// Node prefix of our own federation commands (XEP-0133 has none for this).
+pub const FEDERATION: &str = "urn:waxwing:admin";
 /// Pending multi-stage executions kept at most; beyond that the oldest
 /// are forgotten (the admin restarts the command).
 const MAX_PENDING: usize = 256;
@@ -47,10 +53,13 @@ enum Command {
     Announce,
     RegisteredUsersNum,
     OnlineUsersNum,
+    BlockDomain,
+    UnblockDomain,
+    DomainReputation,
 }
 
 impl Command {
-    const ALL: [Command; 7] = [
+    const ALL: [Command; 10] = [
         Command::AddUser,
         Command::DeleteUser,
         Command::ChangePassword,
@@ -58,6 +67,9 @@ impl Command {
         Command::Announce,
         Command::RegisteredUsersNum,
         Command::OnlineUsersNum,
+        Command::BlockDomain,
+        Command::UnblockDomain,
+        Command::DomainReputation,
     ];
 
     fn node(self) -> &'static str {
@@ -71,6 +83,9 @@ impl Command {
                 "http://jabber.org/protocol/admin#get-registered-users-num"
             }
             Command::OnlineUsersNum => "http://jabber.org/protocol/admin#get-online-users-num",
+            Command::BlockDomain => "urn:waxwing:admin#block-domain",
+            Command::UnblockDomain => "urn:waxwing:admin#unblock-domain",
+            Command::DomainReputation => "urn:waxwing:admin#domain-reputation",
         }
     }
 
@@ -83,6 +98,9 @@ impl Command {
             Command::Announce => "Send Announcement to Online Users",
             Command::RegisteredUsersNum => "Get Number of Registered Users",
             Command::OnlineUsersNum => "Get Number of Online Users",
+            Command::BlockDomain => "Block a Remote Domain",
+            Command::UnblockDomain => "Unblock a Remote Domain",
+            Command::DomainReputation => "List Remote Domain Reputation",
         }
     }
 
@@ -132,7 +150,22 @@ impl Command {
                 field("text-single", "subject", "Subject", false),
                 field("text-multi", "announcement", "Announcement", true),
             ],
-            Command::OnlineUsersList | Command::RegisteredUsersNum | Command::OnlineUsersNum => {
+            Command::BlockDomain => vec![field(
+                "text-single",
+                "domain",
+                "The remote domain to block",
+                true,
+            )],
+            Command::UnblockDomain => vec![field(
+                "text-single",
+                "domain",
+                "The remote domain to unblock",
+                true,
+            )],
+            Command::OnlineUsersList
+            | Command::RegisteredUsersNum
+            | Command::OnlineUsersNum
+            | Command::DomainReputation => {
                 return None;
             }
         };
@@ -419,6 +452,73 @@ impl IqHandler for AdHoc {
     }
 }
 
+/// A remote domain from a submitted form, prepared.
+fn remote_domain(cx: &Cx, value: &str) -> Result<String, StanzaError> {
+    let d = BareJid::domain_only(value.trim())
+        .map(|j| j.domain().to_string())
+        .map_err(|_| {
+            StanzaError::modify(Condition::JidMalformed)
+                .with_text(format!("{value:?} is not a domain"))
+        })?;
+    if cx.is_local_host(&d) {
+        return Err(StanzaError::modify(Condition::NotAcceptable)
+            .with_text(format!("{d} is one of this server's domains")));
+    }
+    Ok(d)
+}
+
+/// The reputation table: one `<item/>` per remote domain (XEP-0004 §3.4).
+fn reputation_table(cx: &Cx) -> Element {
+    const COLUMNS: [(&str, &str); 8] = [
+        ("domain", "Domain"),
+        ("standing", "Standing"),
+        ("score", "Score"),
+        ("spam-reports", "Spam reports"),
+        ("bounces", "Bounces"),
+        ("failed-dialbacks", "Failed dialbacks"),
+        ("rate-limit-hits", "Rate-limit hits"),
+        ("blocked-by", "Blocked by"),
+    ];
+    let mut reported = Element::new("reported", ns::DATA_FORMS);
+    for (var, label) in COLUMNS {
+        reported.push_child(
+            Element::new("field", ns::DATA_FORMS)
+                .with_attr("var", var)
+                .with_attr("label", label),
+        );
+    }
+    let mut x = result_form(vec![reported]);
+    for s in cx.domain_reputations() {
+        let r = &s.record;
+        let blocked_by = match (s.configured_block, r.blocked) {
+            (true, _) => "configuration",
+            (false, true) => "administrator",
+            (false, false) if s.standing == Standing::Blocked => "reputation",
+            _ => "",
+        };
+        let values = [
+            r.domain.clone(),
+            s.standing.as_str().to_string(),
+            format!("{:.2}", r.score),
+            r.spam_reports.to_string(),
+            r.bounces.to_string(),
+            r.failed_dialbacks.to_string(),
+            r.rate_limit_hits.to_string(),
+            blocked_by.to_string(),
+        ];
+        let mut item = Element::new("item", ns::DATA_FORMS);
+        for ((var, _), v) in COLUMNS.iter().zip(values) {
+            item.push_child(
+                Element::new("field", ns::DATA_FORMS)
+                    .with_attr("var", *var)
+                    .with_child(Element::new("value", ns::DATA_FORMS).with_text(v)),
+            );
+        }
+        x.push_child(item);
+    }
+    x
+}
+
 /// Every account with at least one bound session.
 async fn online_users(cx: &Cx) -> Result<Vec<BareJid>, StanzaError> {
     let accounts = cx.stores().accounts.list(None).await.map_err(internal)?;
@@ -528,6 +628,21 @@ async fn run(
                 &[n.to_string()],
             )]))
         }
+        Command::BlockDomain | Command::UnblockDomain => {
+            let domain = remote_domain(cx, values.one("domain")?)?;
+            let block = command == Command::BlockDomain;
+            cx.set_domain_blocked(&domain, block)
+                .await
+                .map_err(internal)?;
+            Ok(note(if block {
+                format!("{domain} is blocked")
+            } else if cx.config().s2s.blocked_domains.contains(&domain) {
+                format!("{domain} is unblocked here, but [s2s] blocked_domains still lists it")
+            } else {
+                format!("{domain} is unblocked")
+            }))
+        }
+        Command::DomainReputation => Ok(reputation_table(cx)),
         Command::Announce => {
             let body = values.all("announcement").join("\n");
             if body.trim().is_empty() {

@@ -20,6 +20,12 @@
 //! not through the router: routed, they would be swallowed by the very
 //! block they report on.
 //!
+//! **Spam reports** (XEP-0377): a `<report xmlns='urn:xmpp:reporting:1'/>`
+//! with reason `spam` or `abuse` inside a `<block><item/>` counts against
+//! the reported JID's domain when it is remote (the federation reputation
+//! in `waxwing_core::s2s::reputation`). Only items not already blocked are
+//! counted, so re-sending a block does not repeat the report.
+//!
 //! Every stanza consults the blocklist of its sender or recipient, so lists
 //! are cached in memory. A generation counter keeps a slow read that raced
 //! a write from caching the old list.
@@ -32,6 +38,7 @@ use waxwing_core::hooks::{
     Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
     RegisterError, Registrar, StanzaHook,
 };
+use waxwing_core::s2s::reputation::Offence;
 use waxwing_proto::jid::{BareJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError, error_reply};
@@ -123,6 +130,7 @@ impl Module for Blocking {
 
     fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
         reg.server_feature(BLOCKING);
+        reg.server_feature(REPORTING);
         reg.iq(IqTarget::Account, BLOCKING, self.clone())?;
         reg.hook(Hook::Outbound, Priority::EARLY, self.clone());
         reg.hook(Hook::Inbound, Priority::EARLY, self.clone());
@@ -186,6 +194,25 @@ fn parse_request(payload: &Element, is_set: bool) -> Result<Request, StanzaError
     }
 }
 
+/// XEP-0377 namespace.
+pub const REPORTING: &str = "urn:xmpp:reporting:1";
+
+/// Items of a `<block/>` that carry a XEP-0377 spam or abuse report.
+fn spam_reported(payload: &Element) -> Vec<Jid> {
+    payload
+        .children()
+        .filter(|item| {
+            item.child("report", REPORTING).is_some_and(|r| {
+                matches!(
+                    r.attr("reason"),
+                    Some("urn:xmpp:reporting:spam" | "urn:xmpp:reporting:abuse")
+                )
+            })
+        })
+        .filter_map(|item| item.attr("jid").and_then(|j| Jid::parse(j).ok()))
+        .collect()
+}
+
 fn item_list(name: &str, items: &[Jid]) -> Element {
     let mut el = Element::new(name, BLOCKING);
     for j in items {
@@ -216,9 +243,19 @@ impl IqHandler for Blocking {
                 for p in unavailable_for(cx, &owner, &items).await {
                     cx.route(p).await;
                 }
+                let reported = spam_reported(&iq.payload);
+                let before = if reported.is_empty() {
+                    Arc::new(Vec::new())
+                } else {
+                    self.list(cx, &owner).await.map_err(internal)?
+                };
                 let stored = cx.stores().blocklist.block(&owner, &items).await;
                 self.invalidate(&owner);
                 stored.map_err(internal)?;
+                for j in reported.iter().filter(|j| !before.contains(j)) {
+                    tracing::info!(reporter = %owner, reported = %j, "spam report");
+                    cx.record_offence(j.domain(), Offence::SpamReport).await;
+                }
                 self.push(cx, &owner, item_list("block", &items));
                 Ok(None)
             }
@@ -486,6 +523,26 @@ mod tests {
             parse_request(&unblock_all, true),
             Ok(Request::Unblock(vec![]))
         );
+    }
+
+    #[test]
+    fn finds_spam_reports() {
+        let report = |reason: &str| Element::new("report", REPORTING).with_attr("reason", reason);
+        let block = Element::new("block", BLOCKING)
+            .with_child(
+                Element::new("item", BLOCKING)
+                    .with_attr("jid", "spammer@spam.example")
+                    .with_child(report("urn:xmpp:reporting:spam")),
+            )
+            .with_child(Element::new("item", BLOCKING).with_attr("jid", "quiet@b.example"))
+            .with_child(
+                Element::new("item", BLOCKING)
+                    .with_attr("jid", "x@c.example")
+                    .with_child(report("urn:xmpp:reporting:other")),
+            );
+        assert_eq!(spam_reported(&block), vec![j("spammer@spam.example")]);
+        // The request itself still parses: reports ride on ordinary items.
+        assert!(matches!(parse_request(&block, true), Ok(Request::Block(v)) if v.len() == 3));
     }
 
     #[test]

@@ -50,6 +50,13 @@ const ACCOUNT_IDENTITY: Identity = Identity {
     name: None,
 };
 
+/// XEP-0163 §6.1: an account with PEP is also a `pubsub/pep` entity.
+const PEP_IDENTITY: Identity = Identity {
+    category: "pubsub",
+    kind: "pep",
+    name: None,
+};
+
 impl Module for Disco {
     fn name(&self) -> &'static str {
         "disco"
@@ -121,9 +128,38 @@ impl IqHandler for AccountDisco {
             return Err(StanzaError::cancel(Condition::ServiceUnavailable));
         }
         Ok(Some(match parse_request(&iq.payload)? {
-            Query::Info => info_result(&[ACCOUNT_IDENTITY], cx.account_features()),
-            // PEP nodes will be listed here once PEP exists.
-            Query::Items => items_result(),
+            Query::Info => {
+                let pep = cx
+                    .account_features()
+                    .contains(&"http://jabber.org/protocol/pubsub#publish");
+                let identities: &[Identity] = if pep {
+                    &[ACCOUNT_IDENTITY, PEP_IDENTITY]
+                } else {
+                    &[ACCOUNT_IDENTITY]
+                };
+                info_result(identities, cx.account_features())
+            }
+            // XEP-0163: the account's PEP nodes, to the account itself
+            // (whether a contact may see a node is the pubsub module's call).
+            Query::Items => {
+                let mut items = items_result();
+                if iq.from.bare() == &owner {
+                    let nodes = cx
+                        .stores()
+                        .pubsub
+                        .nodes(&owner)
+                        .await
+                        .map_err(crate::internal)?;
+                    for node in nodes {
+                        items.push_child(
+                            Element::new("item", ns::DISCO_ITEMS)
+                                .with_attr("jid", owner.to_string())
+                                .with_attr("node", node),
+                        );
+                    }
+                }
+                items
+            }
         }))
     }
 }

@@ -4,6 +4,8 @@
 
 pub mod adhoc;
 pub mod blocking;
+pub mod bookmarks;
+pub mod caps;
 pub mod carbons;
 pub mod contact_addresses;
 pub mod disco;
@@ -12,11 +14,13 @@ mod locks;
 pub mod mam;
 pub mod muc;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
-pub mod register;
+pub mod pubsub;
 pub mod push;
+pub mod register;
 pub mod roster;
 pub mod time;
 pub mod vcard;

@@ -349,7 +349,7 @@ impl IqHandler for Mam {
         match (iq.is_set, iq.payload.name.as_str()) {
             (true, "query") => query(cx, &owner, &iq).await,
             (false, "query") => Ok(Some(query_form())),
-            (false, "metadata") => metadata(cx, &owner).await,
+            (false, "metadata") => metadata(cx, &ArchiveOwner::User(owner.clone())).await,
             (false, "prefs") => {
                 let prefs = cx
                     .stores()
@@ -390,13 +390,13 @@ struct ParsedQuery {
 }
 
 async fn query(cx: &Cx, owner: &BareJid, iq: &Iq) -> IqResult {
-    let ParsedQuery { queryid, query } = parse_query(&iq.payload)?;
-    let page = cx
-        .stores()
-        .archive
-        .query(&ArchiveOwner::User(owner.clone()), &query)
-        .await
-        .map_err(store_error)?;
+    let (results, fin) = run_query(
+        cx,
+        &ArchiveOwner::User(owner.clone()),
+        &iq.from,
+        &iq.payload,
+    )
+    .await?;
     // Results go straight to the asking session, queued before the IQ
     // result that the router sends after we return: the client sees every
     // result before <fin/>, as XEP-0313 §4.2 requires.
@@ -405,16 +405,37 @@ async fn query(cx: &Cx, owner: &BareJid, iq: &Iq) -> IqResult {
         .cloned()
         .or_else(|| iq.from.as_full().and_then(|f| cx.session(f)));
     if let Some(session) = session {
-        for item in &page.items {
-            let Some(msg) = result_message(owner, &iq.from, queryid.as_deref(), item) else {
-                continue;
-            };
+        for msg in results {
             if !session.send(msg) {
                 break;
             }
         }
     }
-    Ok(Some(fin(&page, queryid.as_deref(), query.flip_page)))
+    Ok(Some(fin))
+}
+
+/// Runs a `<query/>` on any archive, a user's or a room's: the result
+/// messages addressed to `requester`, in order, and the `<fin/>` that the
+/// IQ result carries. The caller delivers the results before the `<fin/>`.
+pub(crate) async fn run_query(
+    cx: &Cx,
+    owner: &ArchiveOwner,
+    requester: &Jid,
+    payload: &Element,
+) -> Result<(Vec<Element>, Element), StanzaError> {
+    let ParsedQuery { queryid, query } = parse_query(payload)?;
+    let page = cx
+        .stores()
+        .archive
+        .query(owner, &query)
+        .await
+        .map_err(store_error)?;
+    let results = page
+        .items
+        .iter()
+        .filter_map(|item| result_message(owner.jid(), requester, queryid.as_deref(), item))
+        .collect();
+    Ok((results, fin(&page, queryid.as_deref(), query.flip_page)))
 }
 
 /// `<message><result><forwarded><delay/>original</forwarded></result></message>`.
@@ -478,7 +499,7 @@ fn fin(page: &Page<Item>, queryid: Option<&str>, flipped: bool) -> Element {
 }
 
 /// The form of XEP-0313 §4.1.6 (field discovery).
-fn query_form() -> Element {
+pub(crate) fn query_form() -> Element {
     let field = |var: &str, ty: &str| {
         Element::new("field", ns::DATA_FORMS)
             .with_attr("var", var)
@@ -506,9 +527,10 @@ fn query_form() -> Element {
     Element::new("query", NS).with_child(form)
 }
 
-async fn metadata(cx: &Cx, owner: &BareJid) -> IqResult {
+/// XEP-0313 §6.2 `<metadata/>`: the first and last items of an archive.
+pub(crate) async fn metadata(cx: &Cx, owner: &ArchiveOwner) -> IqResult {
     let archive = &cx.stores().archive;
-    let owner = ArchiveOwner::User(owner.clone());
+    let owner = owner.clone();
     let one = |before: Option<String>| ArchiveQuery {
         before,
         max: 1,

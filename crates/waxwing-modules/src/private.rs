@@ -83,6 +83,9 @@ impl IqHandler for Private {
                     .set(&owner, &key(el), &el.to_xml())
                     .await
                     .map_err(internal)?;
+                if el.is("storage", crate::bookmarks::NS_STORAGE) {
+                    crate::bookmarks::mirror_from_private(cx, &owner, el).await;
+                }
             }
             return Ok(None);
         }

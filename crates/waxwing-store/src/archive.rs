@@ -235,6 +235,12 @@ pub trait ArchiveStore: Send + Sync {
     /// deletion, room destruction). Returns how many items went.
     async fn remove(&self, owner: &ArchiveOwner) -> Result<u64, StoreError>;
 
+    /// Replaces the stanza of one item, keeping its id, stamp, `with` and
+    /// place in the order: a tombstone for a moderated message (XEP-0425).
+    /// `NotFound` when the id is not in this owner's archive.
+    async fn replace(&self, owner: &ArchiveOwner, id: &str, stanza: &str)
+    -> Result<(), StoreError>;
+
     /// A user's preferences, `None` if never set.
     async fn prefs(&self, user: &BareJid) -> Result<Option<ArchivePrefs>, StoreError>;
 
@@ -436,6 +442,22 @@ impl ArchiveStore for MemoryArchive {
             st.prefs.remove(user);
         }
         Ok(st.archives.remove(owner).map_or(0, |v| v.len() as u64))
+    }
+
+    async fn replace(
+        &self,
+        owner: &ArchiveOwner,
+        id: &str,
+        stanza: &str,
+    ) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        let item = st
+            .archives
+            .get_mut(owner)
+            .and_then(|items| items.iter_mut().find(|(_, i)| i.id == id))
+            .ok_or(StoreError::NotFound)?;
+        item.1.stanza = stanza.to_string();
+        Ok(())
     }
 
     async fn prefs(&self, user: &BareJid) -> Result<Option<ArchivePrefs>, StoreError> {

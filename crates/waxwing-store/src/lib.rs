@@ -10,6 +10,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use waxwing_proto::jid::BareJid;
+
 pub mod accounts;
 pub mod archive;
 pub mod blocklist;
@@ -18,13 +20,15 @@ pub mod memory;
 pub mod muc;
 pub mod offline;
 pub mod private_xml;
+pub mod pubsub;
+pub mod reputation;
 pub mod roster;
 mod sqlite;
 
 pub use accounts::{AccountStore, StoredSecret};
 pub use archive::{
-    ArchiveOwner, ArchivePrefs, ArchiveQuery, ArchiveStore, DefaultPolicy, Item, NewItem, OwnerKind,
-    Page,
+    ArchiveOwner, ArchivePrefs, ArchiveQuery, ArchiveStore, DefaultPolicy, Item, NewItem,
+    OwnerKind, Page,
 };
 pub use blocklist::BlocklistStore;
 pub use last::{LastActivity, LastActivityStore};
@@ -32,7 +36,10 @@ pub use memory::memory;
 pub use muc::{Affiliation, MucStore, RoomAffiliation, RoomRecord, StoredRoom};
 pub use offline::{OfflineMessage, OfflineStore};
 pub use private_xml::PrivateXmlStore;
+pub use pubsub::{PubSubAffiliation, PubSubItem, PubSubStore, SubscriptionState};
+pub use reputation::{DomainReputation, DomainReputationStore};
 pub use roster::{RosterItem, RosterStore, Subscription};
+pub use sqlite::Durability;
 
 /// What can go wrong in a store. Callers map these to XMPP conditions; the
 /// backend detail in `Backend` and `Corrupt` is for logs, never for the wire.
@@ -73,6 +80,34 @@ pub struct Stores {
     pub last_activity: Arc<dyn LastActivityStore>,
     /// Persistent MUC rooms (XEP-0045).
     pub muc: Arc<dyn MucStore>,
+    /// PubSub and PEP nodes (XEP-0060, XEP-0163).
+    pub pubsub: Arc<dyn PubSubStore>,
+    /// Local reputation of remote domains (federation abuse defences).
+    pub reputation: Arc<dyn DomainReputationStore>,
+}
+
+impl Stores {
+    /// Deletes an account and every per-user record the stores hold (the
+    /// account's own archive, private XML and vCard, blocklist, last
+    /// activity, PEP nodes; the accounts store already takes its roster and
+    /// offline messages), and removes it from other accounts' rosters.
+    /// For offline administration (`waxwing user remove`); a running server
+    /// does the same through its modules' `UserDeleted` handlers, which also
+    /// notify sessions.
+    pub async fn remove_account(&self, user: &BareJid) -> Result<(), StoreError> {
+        self.accounts.delete(user).await?;
+        self.archive
+            .remove(&ArchiveOwner::User(user.clone()))
+            .await?;
+        self.private_xml.remove_user(user).await?;
+        self.blocklist.remove_user(user).await?;
+        self.last_activity.remove_user(user).await?;
+        self.pubsub.remove_service(user).await?;
+        for (owner, _) in self.roster.owners_of(user).await? {
+            self.roster.remove(&owner, user).await?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for Stores {
@@ -88,8 +123,13 @@ impl fmt::Debug for Stores {
 /// directories are created if missing) and `sqlite::memory:` (gone when the
 /// returned [`Stores`] and its clones are dropped).
 pub async fn open(url: &str) -> Result<Stores, StoreError> {
+    open_with(url, Durability::default()).await
+}
+
+/// [`open`] with an explicit durability for SQLite commits.
+pub async fn open_with(url: &str, durability: Durability) -> Result<Stores, StoreError> {
     if url.starts_with("sqlite:") {
-        sqlite::open(url).await
+        sqlite::open(url, durability).await
     } else {
         let scheme = url.split(':').next().unwrap_or_default();
         Err(StoreError::Backend(format!(

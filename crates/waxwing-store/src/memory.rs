@@ -23,9 +23,11 @@ pub fn memory() -> Stores {
         blocklist: Arc::new(crate::blocklist::MemoryBlocklist::default()),
         private_xml: Arc::new(crate::private_xml::MemoryPrivateXml::default()),
         last_activity: Arc::new(crate::last::MemoryLastActivity::default()),
+        reputation: Arc::new(crate::reputation::MemoryReputation::default()),
         roster: m.clone(),
         offline: m,
         muc: Arc::new(MemoryMuc::default()),
+        pubsub: Arc::new(crate::pubsub::MemoryPubSub::default()),
     }
 }
 

@@ -1137,6 +1137,27 @@ async fn archive_contract(s: &Stores) {
     let kept = a.query(&romeo, &q(100)).await.unwrap();
     assert_eq!(kept.last_id(), Some(newer.as_str()));
 
+    // Replacing an item (a XEP-0425 tombstone) keeps its id, place and stamp.
+    let before = a.query(&romeo, &q(100)).await.unwrap();
+    let target = before.items[1].clone();
+    a.replace(&romeo, &target.id, "<message><retracted/></message>")
+        .await
+        .unwrap();
+    let after = a.query(&romeo, &q(100)).await.unwrap();
+    assert_eq!(ids_of(&after), ids_of(&before));
+    assert_eq!(after.items[1].stanza, "<message><retracted/></message>");
+    assert_eq!(after.items[1].stamp, target.stamp);
+    assert_eq!(after.items[0], before.items[0]);
+    // Only in its own archive.
+    assert_eq!(
+        a.replace(&room_romeo, &target.id, "<message/>").await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        a.replace(&romeo, "no-such-id", "<message/>").await,
+        Err(StoreError::NotFound)
+    );
+
     // Removing a user's archive takes the prefs, not the room archive at that address.
     assert_eq!(a.remove(&romeo).await, Ok(6));
     assert_eq!(a.query(&romeo, &q(10)).await.unwrap().count, 0);
@@ -1183,6 +1204,154 @@ async fn concurrent_appends_are_unique(s: &Stores) {
 
 // ---------------------------------------------------------------- backends
 
+// ------------------------------------------------------------ reputation
+
+async fn reputation_contract(s: &Stores) {
+    use waxwing_store::DomainReputation;
+    let r = &s.reputation;
+    assert_eq!(r.get("spam.example").await, Ok(None));
+    assert_eq!(r.list().await, Ok(vec![]));
+    let mut a = DomainReputation::new("spam.example", 1_700_000_000);
+    a.spam_reports = 3;
+    a.bounces = 2;
+    a.failed_dialbacks = 1;
+    a.rate_limit_hits = 4;
+    a.score = 5.25;
+    r.put(&a).await.unwrap();
+    assert_eq!(r.get("spam.example").await, Ok(Some(a.clone())));
+    // put replaces the whole record.
+    a.blocked = true;
+    a.score = 0.5;
+    a.updated_at += 60;
+    r.put(&a).await.unwrap();
+    let b = DomainReputation::new("ok.example", 1_700_000_100);
+    r.put(&b).await.unwrap();
+    assert_eq!(r.get("spam.example").await, Ok(Some(a.clone())));
+    // Sorted by domain.
+    assert_eq!(r.list().await, Ok(vec![b, a]));
+}
+
+// ---------------------------------------------------------------- pubsub
+
+async fn pubsub_contract(s: &Stores) {
+    use waxwing_store::{PubSubAffiliation, PubSubItem, StoreError, SubscriptionState};
+    let p = &s.pubsub;
+    let svc = j("juliet@capulet.example");
+    let other = BareJid::domain_only("pubsub.capulet.example").unwrap();
+    let item = |id: &str, payload: &str| PubSubItem {
+        id: id.into(),
+        publisher: Jid::parse("juliet@capulet.example/balcony").unwrap(),
+        payload: payload.into(),
+    };
+    let ids = |items: Vec<PubSubItem>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+
+    assert_eq!(p.node_config(&svc, "n").await, Ok(None));
+    assert_eq!(p.items(&svc, "n").await, Err(StoreError::NotFound));
+    assert_eq!(
+        p.publish(&svc, "n", &item("a", "<x/>"), None).await,
+        Err(StoreError::NotFound)
+    );
+    p.create_node(&svc, "n", "<c1/>").await.unwrap();
+    assert_eq!(
+        p.create_node(&svc, "n", "<c2/>").await,
+        Err(StoreError::AlreadyExists)
+    );
+    p.create_node(&other, "n", "<o/>").await.unwrap();
+    assert_eq!(p.node_config(&svc, "n").await, Ok(Some("<c1/>".into())));
+    p.set_node_config(&svc, "n", "<c3/>").await.unwrap();
+    assert_eq!(p.node_config(&svc, "n").await, Ok(Some("<c3/>".into())));
+    assert_eq!(
+        p.set_node_config(&svc, "zz", "<c/>").await,
+        Err(StoreError::NotFound)
+    );
+    p.create_node(&svc, "a-node", "<c/>").await.unwrap();
+    assert_eq!(p.nodes(&svc).await, Ok(vec!["a-node".into(), "n".into()]));
+
+    // Items: newest first; republishing moves an id to the front; max_items trims.
+    for id in ["1", "2", "3"] {
+        assert_eq!(
+            p.publish(&svc, "n", &item(id, "<x/>"), None).await,
+            Ok(vec![])
+        );
+    }
+    p.publish(&svc, "n", &item("1", "<y/>"), None)
+        .await
+        .unwrap();
+    let got = p.items(&svc, "n").await.unwrap();
+    assert_eq!(got[0], item("1", "<y/>"));
+    assert_eq!(ids(got), vec!["1", "3", "2"]);
+    assert_eq!(
+        p.publish(&svc, "n", &item("4", "<x/>"), Some(2)).await,
+        Ok(vec!["2".to_string(), "3".to_string()])
+    );
+    assert_eq!(ids(p.items(&svc, "n").await.unwrap()), vec!["4", "1"]);
+    assert_eq!(p.retract(&svc, "n", "1").await, Ok(true));
+    assert_eq!(p.retract(&svc, "n", "1").await, Ok(false));
+    assert_eq!(ids(p.items(&svc, "n").await.unwrap()), vec!["4"]);
+    assert!(p.items(&other, "n").await.unwrap().is_empty());
+    p.purge(&svc, "n").await.unwrap();
+    assert!(p.items(&svc, "n").await.unwrap().is_empty());
+
+    // Affiliations and subscriptions.
+    let romeo = j("romeo@montague.example");
+    p.set_affiliation(&svc, "n", &svc, Some(PubSubAffiliation::Owner))
+        .await
+        .unwrap();
+    p.set_affiliation(&svc, "n", &romeo, Some(PubSubAffiliation::Member))
+        .await
+        .unwrap();
+    p.set_affiliation(&svc, "n", &romeo, Some(PubSubAffiliation::Publisher))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.affiliations(&svc, "n").await,
+        Ok(vec![
+            (svc.clone(), PubSubAffiliation::Owner),
+            (romeo.clone(), PubSubAffiliation::Publisher)
+        ])
+    );
+    p.set_affiliation(&svc, "n", &romeo, None).await.unwrap();
+    assert_eq!(p.affiliations(&svc, "n").await.unwrap().len(), 1);
+    let full = Jid::parse("romeo@montague.example/orchard").unwrap();
+    p.set_subscription(&svc, "n", &full, Some(SubscriptionState::Pending))
+        .await
+        .unwrap();
+    p.set_subscription(&svc, "n", &full, Some(SubscriptionState::Subscribed))
+        .await
+        .unwrap();
+    p.set_subscription(
+        &svc,
+        "n",
+        &Jid::from(romeo.clone()),
+        Some(SubscriptionState::Pending),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p.subscriptions(&svc, "n").await,
+        Ok(vec![
+            (Jid::from(romeo.clone()), SubscriptionState::Pending),
+            (full.clone(), SubscriptionState::Subscribed),
+        ])
+    );
+    p.set_subscription(&svc, "n", &full, None).await.unwrap();
+    assert_eq!(p.subscriptions(&svc, "n").await.unwrap().len(), 1);
+
+    // Deleting a node takes everything of it; remove_service takes all nodes.
+    p.publish(&svc, "n", &item("5", "<x/>"), None)
+        .await
+        .unwrap();
+    p.delete_node(&svc, "n").await.unwrap();
+    assert_eq!(p.delete_node(&svc, "n").await, Err(StoreError::NotFound));
+    p.create_node(&svc, "n", "<c/>").await.unwrap();
+    assert!(p.items(&svc, "n").await.unwrap().is_empty());
+    assert!(p.subscriptions(&svc, "n").await.unwrap().is_empty());
+    assert!(p.affiliations(&svc, "n").await.unwrap().is_empty());
+    p.remove_service(&svc).await.unwrap();
+    assert_eq!(p.nodes(&svc).await, Ok(vec![]));
+    assert_eq!(p.nodes(&other).await, Ok(vec!["n".to_string()]));
+}
+
 macro_rules! contract_tests {
     ($($name:ident => $contract:ident),* $(,)?) => {$(
         mod $name {
@@ -1216,6 +1385,8 @@ contract_tests! {
     private_xml => private_xml_contract,
     last_activity => last_activity_contract,
     muc => muc_contract,
+    pubsub => pubsub_contract,
+    reputation => reputation_contract,
 }
 
 // ------------------------------------------------------- SQLite specifics

@@ -12,7 +12,7 @@ use waxwing_modules::{
 /// Every module, in registration order. Order matters only within a hook
 /// chain of equal priority.
 pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
-    vec![
+    let mut modules = vec![
         load(roster::Roster),
         load(presence::Presence),
         load(offline::Offline),
@@ -32,5 +32,11 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         load(register::Register),
         load(waxwing_modules::push::Push),
         load(waxwing_modules::muc::Muc::new(config)),
-    ]
+        // PEP on accounts and the pubsub.<host> services (XEP-0060/0163).
+        load(waxwing_modules::pubsub::PubSub::new(config)),
+    ];
+    if !config.mam_enabled {
+        modules.retain(|m| m.module_name() != "mam");
+    }
+    modules
 }

@@ -79,7 +79,7 @@ pub async fn run(config: &Config, action: Action) -> anyhow::Result<()> {
         }
         Action::Remove { jid } => {
             let jid = account(config, &jid)?;
-            match stores.accounts.delete(&jid).await {
+            match stores.remove_account(&jid).await {
                 Ok(()) => println!("removed {jid}"),
                 Err(StoreError::NotFound) => bail!("{jid} does not exist"),
                 Err(e) => return Err(e.into()),

@@ -24,7 +24,11 @@ async fn slow_reader_is_disconnected_not_buffered() {
     let mut slow = server.login_available("slow", "s", 0).await;
     // Directed presence: the watcher hears when the slow session goes away.
     slow.send("<presence to='watch@localhost/w'/>").await;
-    watch.expect_with("slow's directed presence", |e| e.name == "presence" && e.attr("type").is_none()).await;
+    watch
+        .expect_with("slow's directed presence", |e| {
+            e.name == "presence" && e.attr("type").is_none()
+        })
+        .await;
     let mut flood = server.login("flood", "f").await;
     let body = "x".repeat(4000);
     // 16 MB: more than loopback socket buffers can absorb, so the server's
@@ -37,7 +41,9 @@ async fn slow_reader_is_disconnected_not_buffered() {
         flood.send(&out).await;
         flood.sync().await;
     }
-    let p = watch.expect_with("unavailable from slow", |e| e.name == "presence").await;
+    let p = watch
+        .expect_with("unavailable from slow", |e| e.name == "presence")
+        .await;
     assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
     assert_eq!(p.attr("from"), Some("slow@localhost/s"));
     // The flooder is unharmed and a fresh login works.
@@ -96,20 +102,31 @@ async fn connections_per_address_are_limited() {
 /// password once the per-account limit is reached.
 #[tokio::test]
 async fn failed_logins_are_throttled_per_account() {
-    let server = TestServer::start_with("[auth]\nmax_failures_per_account = 2\nmax_failures_per_stream = 5\n").await;
+    let server = TestServer::start_with(
+        "[auth]\nmax_failures_per_account = 2\nmax_failures_per_stream = 5\n",
+    )
+    .await;
     server.user("victim").await;
     for _ in 0..2 {
         let mut c = Client::connect_plain(server.c2s).await;
         c.open_stream().await;
         c.starttls().await;
         c.send(&plain_auth("victim", "wrong-password")).await;
-        c.expect(&format!("<failure xmlns='{}'><not-authorized/></failure>", ns::SASL)).await;
+        c.expect(&format!(
+            "<failure xmlns='{}'><not-authorized/></failure>",
+            ns::SASL
+        ))
+        .await;
     }
     let mut c = Client::connect_plain(server.c2s).await;
     c.open_stream().await;
     c.starttls().await;
     c.send(&plain_auth("victim", &password("victim"))).await;
-    c.expect(&format!("<failure xmlns='{}'><temporary-auth-failure/></failure>", ns::SASL)).await;
+    c.expect(&format!(
+        "<failure xmlns='{}'><temporary-auth-failure/></failure>",
+        ns::SASL
+    ))
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -162,7 +179,10 @@ fn spawn(config: &std::path::Path) -> Proc {
             break;
         }
     }
-    Proc { child, port: port.expect("the server printed its c2s port") }
+    Proc {
+        child,
+        port: port.expect("the server printed its c2s port"),
+    }
 }
 
 async fn login_external(port: u16, user: &str, pw: &str, resource: &str) -> Client {
@@ -182,8 +202,21 @@ async fn acknowledged_offline_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     for u in ["sender", "recipient"] {
-        let out = waxwing(&["user", "add", &format!("{u}@localhost"), "--password", &password(u)], &config);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = waxwing(
+            &[
+                "user",
+                "add",
+                &format!("{u}@localhost"),
+                "--password",
+                &password(u),
+            ],
+            &config,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut proc = spawn(&config);
     let mut sender = login_external(proc.port, "sender", &password("sender"), "s").await;
@@ -222,12 +255,18 @@ async fn acknowledged_offline_messages_survive_kill_9() {
         assert!(seen.insert(b.clone()), "{b} delivered twice");
     }
     for id in &acknowledged {
-        assert!(seen.contains(id), "acknowledged message {id} was lost; got {bodies:?}");
+        assert!(
+            seen.contains(id),
+            "acknowledged message {id} was lost; got {bodies:?}"
+        );
     }
     // Acknowledged ones arrive first and in order.
     assert_eq!(&bodies[..acknowledged.len()], &acknowledged[..]);
     for extra in &bodies[acknowledged.len()..] {
-        assert!(sent_unacknowledged.contains(extra), "unexpected message {extra}");
+        assert!(
+            sent_unacknowledged.contains(extra),
+            "unexpected message {extra}"
+        );
     }
     let mut proc = proc;
     proc.child.kill().ok();

@@ -863,6 +863,7 @@ async fn login_on(port: u16, user: &str) -> Client {
 async fn persistent_room_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let coven = room("coven");
+    let sid;
     {
         let (running, port) = start_on(dir.path()).await;
         for u in ["crone", "hag"] {
@@ -885,6 +886,7 @@ async fn persistent_room_survives_restart() {
                 ("muc#roomconfig_persistentroom", "1"),
                 ("muc#roomconfig_roomname", "A Dark Cave"),
                 ("muc#roomconfig_membersonly", "1"),
+                ("muc#roomconfig_enablelogging", "1"),
             ],
         )
         .await;
@@ -901,6 +903,9 @@ async fn persistent_room_survives_restart() {
         ))
         .await;
         a.expect_with("subject", is_subject).await;
+        say(&mut a, &coven, "m1", "remember me").await;
+        let said = expect_body(&mut a, &format!("{coven}/crone"), "remember me").await;
+        sid = room_stanza_id(&said, &coven);
         // The subject write is done once a later stanza is answered.
         let r = iq(
             &mut a,
@@ -933,7 +938,21 @@ async fn persistent_room_survives_restart() {
     );
     // Membership and subject survived; the room is empty but there.
     let got = join(&mut b, &coven, "hag").await;
-    assert_eq!(codes(&got[0]), ["110"], "no 201: the room already existed");
+    assert_eq!(
+        codes(&got[0]),
+        ["110", "170"],
+        "no 201: the room already existed"
+    );
+    // History on join comes back from the room archive, with its stanza-id.
+    let history: Vec<&Element> = got
+        .iter()
+        .filter(|e| e.child("body", ns::CLIENT).is_some())
+        .collect();
+    assert_eq!(history.len(), 1, "{got:?}");
+    assert_eq!(room_stanza_id(history[0], &coven), sid);
+    assert!(history[0].child("delay", ns::DELAY).is_some());
+    let (page, _) = mam_query(&mut b, &coven, "").await;
+    assert_eq!(page.len(), 1);
     assert_eq!(item(&got[0]).attr("affiliation"), Some("member"));
     assert_eq!(
         got.last()
@@ -951,4 +970,425 @@ async fn persistent_room_survives_restart() {
         .unwrap();
     assert_eq!(item(me).attr("affiliation"), Some("owner"));
     running.stop().await;
+}
+
+// ------------------------------------------- room archive (XEP-0313 MUC)
+
+const MAM: &str = "urn:xmpp:mam:2";
+const RSM: &str = "http://jabber.org/protocol/rsm";
+const FORWARD: &str = "urn:xmpp:forward:0";
+const SID: &str = "urn:xmpp:sid:0";
+const MODERATE: &str = "urn:xmpp:message-moderate:1";
+const RETRACT: &str = "urn:xmpp:message-retract:1";
+
+/// The room's stanza-id of a reflected message.
+fn room_stanza_id(el: &Element, room_jid: &str) -> String {
+    el.children()
+        .find(|c| c.is("stanza-id", SID) && c.attr("by") == Some(room_jid))
+        .and_then(|c| c.attr("id"))
+        .unwrap_or_else(|| panic!("no stanza-id by {room_jid} in {el}"))
+        .to_string()
+}
+
+/// Runs a MAM query on `to` and returns the result messages and the IQ
+/// result (or error).
+async fn mam_query(c: &mut Client, to: &str, inner: &str) -> (Vec<Element>, Element) {
+    let id = c.id("mam");
+    c.send(&format!(
+        "<iq type='set' to='{to}' id='{id}'><query xmlns='{MAM}' queryid='{id}'>{inner}</query></iq>"
+    ))
+    .await;
+    let mut results = Vec::new();
+    loop {
+        let el = c.next(&format!("the results of {id}")).await;
+        if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
+            return (results, el);
+        }
+        let r = el
+            .child("result", MAM)
+            .unwrap_or_else(|| panic!("not a MAM result: {el}"));
+        assert_eq!(r.attr("queryid"), Some(id.as_str()), "{el}");
+        assert_eq!(el.attr("from"), Some(to), "{el}");
+        assert_eq!(el.attr("to"), Some(c.full()), "{el}");
+        results.push(el);
+    }
+}
+
+/// `(result id, forwarded message)` of a MAM result.
+fn archived(el: &Element) -> (String, Element) {
+    let r = el.child("result", MAM).unwrap();
+    let m = r
+        .child("forwarded", FORWARD)
+        .and_then(|f| f.child("message", ns::CLIENT))
+        .unwrap_or_else(|| panic!("nothing forwarded in {el}"));
+    (r.attr("id").unwrap().to_string(), m.clone())
+}
+
+fn disco_features(info: &Element) -> Vec<String> {
+    info.child("query", ns::DISCO_INFO)
+        .map(|q| {
+            q.children()
+                .filter(|c| c.name == "feature")
+                .filter_map(|c| c.attr("var").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn room_archive_stamps_pages_and_advertises() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(
+        &mut a,
+        &coven,
+        "crone",
+        &[("muc#roomconfig_enablelogging", "1")],
+    )
+    .await;
+    let info = iq(
+        &mut b,
+        &coven,
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    )
+    .await;
+    let features = disco_features(&info);
+    assert!(features.iter().any(|f| f == MAM), "{info}");
+    assert!(features.iter().any(|f| f == MODERATE), "{info}");
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        say(&mut a, &coven, &format!("m{i}"), &format!("spell {i}")).await;
+        let seen = expect_body(&mut b, &format!("{coven}/crone"), &format!("spell {i}")).await;
+        expect_body(&mut a, &format!("{coven}/crone"), &format!("spell {i}")).await;
+        ids.push(room_stanza_id(&seen, &coven));
+    }
+    // A page of two, then the rest; result ids are the stanza-ids occupants saw.
+    let (page, fin) = mam_query(
+        &mut b,
+        &coven,
+        &format!("<set xmlns='{RSM}'><max>2</max></set>"),
+    )
+    .await;
+    assert_eq!(fin.attr("type"), Some("result"), "{fin}");
+    let got: Vec<(String, Element)> = page.iter().map(archived).collect();
+    assert_eq!(
+        got.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    let (_, first) = &got[0];
+    assert_eq!(first.attr("from"), Some(format!("{coven}/crone").as_str()));
+    assert_eq!(first.child("body", ns::CLIENT).unwrap().text(), "spell 1");
+    let fin_el = fin.child("fin", MAM).unwrap();
+    assert_eq!(fin_el.attr("complete"), None, "{fin}");
+    let set = fin_el.child("set", RSM).unwrap();
+    assert_eq!(set.child("count", RSM).unwrap().text(), "3");
+    let last = set.child("last", RSM).unwrap().text();
+    let (page, fin) = mam_query(
+        &mut b,
+        &coven,
+        &format!("<set xmlns='{RSM}'><max>2</max><after>{last}</after></set>"),
+    )
+    .await;
+    assert_eq!(page.len(), 1);
+    assert_eq!(archived(&page[0]).0, ids[2]);
+    assert_eq!(
+        fin.child("fin", MAM).unwrap().attr("complete"),
+        Some("true")
+    );
+    // The same query features as the user archive: `with` and `ids`.
+    let (page, _) = mam_query(
+        &mut b,
+        &coven,
+        &format!(
+            "<x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field>\
+             <field var='ids'><value>{}</value></field></x>",
+            ids[1]
+        ),
+    )
+    .await;
+    assert_eq!(page.len(), 1);
+    assert_eq!(
+        archived(&page[0])
+            .1
+            .child("body", ns::CLIENT)
+            .unwrap()
+            .text(),
+        "spell 2"
+    );
+    let (page, _) = mam_query(
+        &mut b,
+        &coven,
+        &format!(
+            "<x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field>\
+             <field var='with'><value>{coven}/hag</value></field></x>"
+        ),
+    )
+    .await;
+    assert!(page.is_empty());
+
+    // A room that does not log has no archive, and says so.
+    let quiet = room("quiet");
+    create(&mut a, &quiet, "crone", &[]).await;
+    let info = iq(
+        &mut a,
+        &quiet,
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    )
+    .await;
+    assert!(!disco_features(&info).iter().any(|f| f == MAM), "{info}");
+    let (page, e) = mam_query(&mut a, &quiet, "").await;
+    assert!(page.is_empty());
+    assert!(has_stanza_error(&e, "service-unavailable"), "{e}");
+}
+
+#[tokio::test]
+async fn members_only_room_archive_is_for_members() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(
+        &mut a,
+        &coven,
+        "crone",
+        &[
+            ("muc#roomconfig_enablelogging", "1"),
+            ("muc#roomconfig_membersonly", "1"),
+        ],
+    )
+    .await;
+    say(&mut a, &coven, "m1", "secret").await;
+    expect_body(&mut a, &format!("{coven}/crone"), "secret").await;
+    let (page, e) = mam_query(&mut b, &coven, "").await;
+    assert!(page.is_empty());
+    assert!(has_stanza_error(&e, "forbidden"), "{e}");
+    iq_ok(
+        &mut a,
+        &coven,
+        &format!("<query xmlns='{ADMIN}'><item jid='hag@localhost' affiliation='member'/></query>"),
+    )
+    .await;
+    let (page, fin) = mam_query(&mut b, &coven, "").await;
+    assert_eq!(fin.attr("type"), Some("result"), "{fin}");
+    assert_eq!(page.len(), 1);
+}
+
+#[tokio::test]
+async fn moderator_retracts_a_message() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "oldhag").await;
+    let coven = room("coven");
+    create(
+        &mut a,
+        &coven,
+        "crone",
+        &[("muc#roomconfig_enablelogging", "1")],
+    )
+    .await;
+    join(&mut b, &coven, "oldhag").await;
+    a.expect(&format!("<presence from='{coven}/oldhag'/>"))
+        .await;
+    say(&mut b, &coven, "spam", "DM me for free magic potions!").await;
+    let seen = expect_body(
+        &mut a,
+        &format!("{coven}/oldhag"),
+        "DM me for free magic potions!",
+    )
+    .await;
+    expect_body(
+        &mut b,
+        &format!("{coven}/oldhag"),
+        "DM me for free magic potions!",
+    )
+    .await;
+    let sid = room_stanza_id(&seen, &coven);
+    let moderate = |id: &str| {
+        format!(
+            "<moderate xmlns='{MODERATE}' id='{id}'><retract xmlns='{RETRACT}'/>\
+             <reason>inappropriate</reason></moderate>"
+        )
+    };
+    // A participant may not moderate.
+    let e = iq(&mut b, &coven, "set", &moderate(&sid)).await;
+    assert!(has_stanza_error(&e, "forbidden"), "{e}");
+    // Nor may anyone moderate what the room never said.
+    let e = iq(&mut a, &coven, "set", &moderate("nope")).await;
+    assert!(has_stanza_error(&e, "item-not-found"), "{e}");
+    // The owner is a moderator: everyone gets the retraction.
+    let before = iq_ok(&mut a, &coven, &moderate(&sid)).await;
+    let check = |m: &Element| {
+        assert_eq!(m.attr("from"), Some(coven.as_str()), "{m}");
+        assert_eq!(m.attr("type"), Some("groupchat"), "{m}");
+        let r = m.child("retract", RETRACT).unwrap_or_else(|| panic!("{m}"));
+        assert_eq!(r.attr("id"), Some(sid.as_str()));
+        assert_eq!(r.child("reason", RETRACT).unwrap().text(), "inappropriate");
+        let by = r.child("moderated", MODERATE).unwrap();
+        assert_eq!(by.attr("by"), Some(format!("{coven}/crone").as_str()));
+    };
+    assert_eq!(before.len(), 1, "{before:?}");
+    check(&before[0]);
+    let m = b
+        .expect_with("the retraction", |e| e.name == "message")
+        .await;
+    check(&m);
+    // The archive keeps a tombstone.
+    let (page, _) = mam_query(&mut b, &coven, "").await;
+    assert_eq!(page.len(), 1);
+    let (id, t) = archived(&page[0]);
+    assert_eq!(id, sid);
+    assert!(t.child("body", ns::CLIENT).is_none(), "{t}");
+    assert!(!t.to_xml().contains("potions"), "{t}");
+    assert!(t.child("retracted", RETRACT).is_some(), "{t}");
+    // And newcomers never see it in the history.
+    let mut c = connect(&s, "imp").await;
+    let got = join(&mut c, &coven, "imp").await;
+    assert!(
+        got.iter().all(|e| e.child("body", ns::CLIENT).is_none()),
+        "{got:?}"
+    );
+}
+
+// ------------------------------------ channel directory (XEP-0433)
+
+const SEARCH: &str = "urn:xmpp:channel-search:0:search";
+const SEARCH_PARAMS: &str = "urn:xmpp:channel-search:0:search-params";
+
+fn search_form(fields: &str, rsm: &str) -> String {
+    format!(
+        "<search xmlns='{SEARCH}'>{rsm}<x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'><value>{SEARCH_PARAMS}</value></field>\
+         {fields}</x></search>"
+    )
+}
+
+fn found(r: &Element) -> Vec<(String, String)> {
+    r.child("result", SEARCH)
+        .unwrap_or_else(|| panic!("no result in {r}"))
+        .children()
+        .filter(|c| c.name == "item")
+        .map(|c| {
+            (
+                c.attr("address").unwrap().to_string(),
+                c.child("nusers", SEARCH)
+                    .map(Element::text)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn directory_finds_public_rooms() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(
+        &mut a,
+        &coven,
+        "crone",
+        &[
+            ("muc#roomconfig_roomname", "The Coven"),
+            ("muc#roomconfig_roomdesc", "Cauldron recipes"),
+            ("muc#roomconfig_lang", "en"),
+        ],
+    )
+    .await;
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    let heath = room("heath");
+    create(
+        &mut a,
+        &heath,
+        "crone",
+        &[
+            ("muc#roomconfig_roomname", "Blasted Heath"),
+            ("muc#roomconfig_lang", "de"),
+        ],
+    )
+    .await;
+    let hidden = room("hidden");
+    create(
+        &mut a,
+        &hidden,
+        "crone",
+        &[
+            ("muc#roomconfig_roomname", "Hidden cauldron"),
+            ("muc#roomconfig_publicroom", "0"),
+        ],
+    )
+    .await;
+    let mut c = connect(&s, "seeker").await;
+    let info = iq(
+        &mut c,
+        SERVICE,
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    )
+    .await;
+    assert!(disco_features(&info).iter().any(|f| f == SEARCH), "{info}");
+    let form = iq(
+        &mut c,
+        SERVICE,
+        "get",
+        &format!("<search xmlns='{SEARCH}'/>"),
+    )
+    .await;
+    assert!(
+        form.child("search", SEARCH)
+            .and_then(|s| s.child("x", "jabber:x:data"))
+            .is_some(),
+        "{form}"
+    );
+    // By description; the hidden room is never listed.
+    let r = iq(
+        &mut c,
+        SERVICE,
+        "get",
+        &search_form("<field var='q'><value>cauldron</value></field>", ""),
+    )
+    .await;
+    assert_eq!(found(&r), [(coven.clone(), "2".to_string())], "{r}");
+    // Everything, most occupants first, paged one at a time.
+    let all = "<field var='all'><value>true</value></field>";
+    let r = iq(
+        &mut c,
+        SERVICE,
+        "get",
+        &search_form(
+            all,
+            "<set xmlns='http://jabber.org/protocol/rsm'><max>1</max></set>",
+        ),
+    )
+    .await;
+    assert_eq!(found(&r), [(coven.clone(), "2".to_string())], "{r}");
+    let r = iq(
+        &mut c,
+        SERVICE,
+        "get",
+        &search_form(all, &format!("<set xmlns='http://jabber.org/protocol/rsm'><max>1</max><after>{coven}</after></set>")),
+    )
+    .await;
+    assert_eq!(found(&r), [(heath.clone(), "1".to_string())], "{r}");
+    // By language.
+    let r = iq(
+        &mut c,
+        SERVICE,
+        "get",
+        &search_form(&format!("{all}<field var='{{urn:xmpp:waxwing:channel-search:0}}language'><value>de</value></field>"), ""),
+    )
+    .await;
+    assert_eq!(found(&r), [(heath.clone(), "1".to_string())], "{r}");
+    // Neither terms nor `all`.
+    let e = iq(&mut c, SERVICE, "get", &search_form("", "")).await;
+    assert!(has_stanza_error(&e, "bad-request"), "{e}");
 }

@@ -46,7 +46,7 @@ impl Node {
 
     async fn start_in(dir: tempfile::TempDir, domain: &'static str, s2s: u16, extra: &str) -> Node {
         let toml = format!(
-            "data_dir = {data:?}\nhosts = [\"{domain}\"]\n\
+            "data_dir = {data:?}\nhosts = [\"{domain}\"]\nadmins = [\"admin@{domain}\"]\n\
              [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\ns2s = [\"127.0.0.1:{s2s}\"]\n\
              [storage]\ndatabase = \"sqlite::memory:\"\n{extra}\n",
             data = dir.path().display().to_string(),
@@ -654,4 +654,275 @@ async fn authoritative_role_answers_verify_requests() {
     .await;
     let v = p.next().await.unwrap();
     assert_eq!(v.attr("type"), Some("invalid"), "{v}");
+}
+
+// ------------------------------------------------ abuse defences (item 5)
+
+/// Sends an IQ and returns the answer with the same id.
+async fn iq(c: &mut Client, ty: &str, to: &str, payload: &str) -> Element {
+    let id = c.id("iq");
+    c.send(&format!(
+        "<iq type='{ty}' id='{id}' to='{to}'>{payload}</iq>"
+    ))
+    .await;
+    wait_for(c, "the IQ answer", |e| {
+        e.name == "iq" && e.attr("id") == Some(id.as_str())
+    })
+    .await
+}
+
+fn reputation_of(n: &Node, domain: &str) -> Option<waxwing_core::s2s::reputation::DomainStatus> {
+    n.running
+        .server
+        .domain_reputations()
+        .into_iter()
+        .find(|s| s.record.domain == domain)
+}
+
+/// A raw peer authenticated as b.localhost by dialback.
+async fn authenticated_peer(a: &Node) -> RawPeer {
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    let k = key(B_SECRET, A, B, &p.stream_id.clone());
+    assert_eq!(p.dialback(B, A, &k).await.attr("type"), Some("valid"));
+    p
+}
+
+#[tokio::test]
+async fn per_domain_rate_limit_refuses_the_excess_then_closes_the_stream() {
+    let (a, _b) = pair_with("stanza_rate = 1\nstanza_burst = 5\n", "").await;
+    a.user("alice").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut p = authenticated_peer(&a).await;
+    for i in 0..6 {
+        p.send(&format!(
+            "<message from='bob@b.localhost/x' to='alice@a.localhost' type='chat' id='r{i}'><body>n{i}</body></message>"
+        ))
+        .await;
+    }
+    for i in 0..5 {
+        let m = wait_for(&mut alice, "an admitted message", |e| e.name == "message").await;
+        assert_eq!(body(&m), Some(format!("n{i}")), "{m}");
+    }
+    // The sixth: a policy-violation stanza error back to the sender.
+    let e = loop {
+        let el = p.next().await.expect("the error for r5");
+        if el.attr("id") == Some("r5") {
+            break el;
+        }
+    };
+    assert_eq!(e.attr("type"), Some("error"), "{e}");
+    let err = e.child("error", ns::SERVER).expect("error child");
+    assert_eq!(err.attr("type"), Some("wait"), "{e}");
+    assert!(err.child("policy-violation", ns::STANZAS).is_some(), "{e}");
+    assert_eq!(e.attr("to"), Some("bob@b.localhost/x"), "{e}");
+    alice.expect_nothing().await;
+    let r = reputation_of(&a, B).expect("b has a record");
+    assert_eq!(r.record.rate_limit_hits, 1, "one episode: {r:?}");
+    // A peer that ignores the errors loses its stream.
+    for i in 0..60 {
+        p.send(&format!(
+            "<message from='bob@b.localhost/x' to='alice@a.localhost' id='f{i}'><body>flood</body></message>"
+        ))
+        .await;
+    }
+    p.expect_stream_error("policy-violation").await;
+    assert_eq!(reputation_of(&a, B).unwrap().record.rate_limit_hits, 1);
+    // Persisted.
+    let stored = a.running.server.stores.reputation.get(B).await.unwrap();
+    assert_eq!(stored.map(|r| r.rate_limit_hits), Some(1));
+}
+
+#[tokio::test]
+async fn configured_block_list_works_both_ways() {
+    let (a, b) = pair_with("blocked_domains = [\"B.localhost\"]\n", "").await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    alice
+        .send("<message to='bob@b.localhost' id='x1'><body>hi</body></message>")
+        .await;
+    let e = wait_for(&mut alice, "bounce", |e| e.attr("id") == Some("x1")).await;
+    assert!(has_stanza_error(&e, "not-allowed"), "{e}");
+    // b cannot authenticate to a.
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    let k = key(B_SECRET, A, B, &p.stream_id.clone());
+    let r = p.dialback(B, A, &k).await;
+    assert_eq!(r.attr("type"), Some("error"), "{r}");
+    let mut bob = b.login("bob", "phone").await;
+    bob.send("<message to='alice@a.localhost' id='x2'><body>hi</body></message>")
+        .await;
+    let e = wait_for(&mut bob, "bounce", |e| e.attr("id") == Some("x2")).await;
+    assert_eq!(e.attr("type"), Some("error"), "{e}");
+    alice.expect_nothing().await;
+    let r = reputation_of(&a, B).expect("listed");
+    assert!(r.configured_block, "{r:?}");
+}
+
+#[tokio::test]
+async fn admins_block_and_unblock_domains_with_ad_hoc_commands() {
+    const CMD: &str = "http://jabber.org/protocol/commands";
+    let (a, _b) = pair().await;
+    a.user("admin").await;
+    a.user("alice").await;
+    let mut admin = a.login("admin", "console").await;
+    let mut alice = a.login("alice", "pc").await;
+    // An authenticated stream from b, open before the block.
+    let mut p = authenticated_peer(&a).await;
+
+    let form = |node: &str, domain: &str| {
+        format!(
+            "<command xmlns='{CMD}' node='urn:waxwing:admin#{node}' action='execute'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='domain'><value>{domain}</value></field></x></command>"
+        )
+    };
+    // Only admins.
+    let r = iq(&mut alice, "set", A, &form("block-domain", B)).await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+    // Our own domain cannot be blocked.
+    let r = iq(&mut admin, "set", A, &form("block-domain", A)).await;
+    assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
+
+    let r = iq(&mut admin, "set", A, &form("block-domain", "B.Localhost")).await;
+    let cmd = r.child("command", CMD).unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(cmd.attr("status"), Some("completed"), "{r}");
+    // The open stream is closed at its next stanza.
+    p.send("<message from='bob@b.localhost/x' to='alice@a.localhost'><body>after</body></message>")
+        .await;
+    p.expect_stream_error("policy-violation").await;
+    alice.expect_nothing().await;
+    // Persisted, and listed.
+    let stored = a.running.server.stores.reputation.get(B).await.unwrap();
+    assert!(stored.is_some_and(|r| r.blocked));
+    let r = iq(
+        &mut admin,
+        "set",
+        A,
+        &format!(
+            "<command xmlns='{CMD}' node='urn:waxwing:admin#domain-reputation' action='execute'/>"
+        ),
+    )
+    .await;
+    let x = r
+        .child("command", CMD)
+        .and_then(|c| c.child("x", "jabber:x:data"))
+        .unwrap_or_else(|| panic!("{r}"));
+    let row = x
+        .children()
+        .find(|i| i.name == "item")
+        .unwrap_or_else(|| panic!("{r}"));
+    let value = |var: &str| {
+        row.children()
+            .find(|f| f.attr("var") == Some(var))
+            .and_then(|f| f.children().next())
+            .map(|v| v.text())
+    };
+    assert_eq!(value("domain").as_deref(), Some(B), "{r}");
+    assert_eq!(value("standing").as_deref(), Some("blocked"), "{r}");
+    assert_eq!(value("blocked-by").as_deref(), Some("administrator"), "{r}");
+
+    let r = iq(&mut admin, "set", A, &form("unblock-domain", B)).await;
+    assert_eq!(
+        r.child("command", CMD).and_then(|c| c.attr("status")),
+        Some("completed"),
+        "{r}"
+    );
+    let mut p = authenticated_peer(&a).await;
+    p.send("<message from='bob@b.localhost/x' to='alice@a.localhost' type='chat'><body>welcome back</body></message>")
+        .await;
+    let m = wait_for(&mut alice, "the message", |e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("welcome back"));
+}
+
+#[tokio::test]
+async fn spam_reports_and_failed_dialbacks_count_against_the_domain() {
+    let (a, _b) = pair_with("[s2s.reputation]\nthrottle_at = 1.0\nblock_at = 2.0\n", "").await;
+    a.user("alice").await;
+    let mut alice = a.login("alice", "pc").await;
+    // A failed dialback (b, authoritative, says the key is wrong).
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    let r = p.dialback(B, A, &"0".repeat(64)).await;
+    assert_eq!(r.attr("type"), Some("invalid"), "{r}");
+    let s = reputation_of(&a, B).expect("recorded");
+    assert_eq!(s.record.failed_dialbacks, 1);
+    assert_eq!(s.standing.as_str(), "throttled");
+    // A XEP-0377 spam report carried on a XEP-0191 block.
+    let report = "<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'/>";
+    let r = iq(
+        &mut alice,
+        "set",
+        "alice@a.localhost",
+        &format!("<block xmlns='urn:xmpp:blocking'><item jid='spammer@b.localhost'>{report}</item></block>"),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // Blocking again does not report twice; local JIDs are never counted.
+    iq(
+        &mut alice,
+        "set",
+        "alice@a.localhost",
+        &format!("<block xmlns='urn:xmpp:blocking'><item jid='spammer@b.localhost'>{report}</item><item jid='x@a.localhost'>{report}</item></block>"),
+    )
+    .await;
+    let s = reputation_of(&a, B).unwrap();
+    assert_eq!(s.record.spam_reports, 1, "{s:?}");
+    assert_eq!(s.standing.as_str(), "blocked", "{s:?}");
+    assert!(reputation_of(&a, A).is_none());
+    // Past block_at, b cannot authenticate any more.
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    let k = key(B_SECRET, A, B, &p.stream_id.clone());
+    assert_eq!(p.dialback(B, A, &k).await.attr("type"), Some("error"));
+}
+
+#[tokio::test]
+async fn federation_with_compression_on() {
+    // As certificates_authenticate_with_sasl_external, with [compression]
+    // on at both ends: a → b authenticates with SASL EXTERNAL, then
+    // compresses (XEP-0138 needs the stream restart SASL gives).
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start(
+        A,
+        pa,
+        &format!(
+            "[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n[compression]\nenabled = true\n"
+        ),
+    )
+    .await;
+    let a_cert = a.dir.path().join("tls").join(format!("{A}.crt"));
+    let b = Node::start(
+        B,
+        pb,
+        &format!(
+            "[s2s]\nconnect_timeout_secs = 5\nca_bundle = {:?}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n[compression]\nenabled = true\n",
+            a_cert.display().to_string()
+        ),
+    )
+    .await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+    for i in 0..10 {
+        alice
+            .send(&format!(
+                "<message to='bob@b.localhost' type='chat'><body>compressed {i}</body></message>"
+            ))
+            .await;
+        let m = wait_for(&mut bob, "alice's message", |e| e.name == "message").await;
+        assert_eq!(body(&m), Some(format!("compressed {i}")));
+    }
+    assert_eq!(
+        a.running.server.s2s.compressed_streams(),
+        1,
+        "a's outgoing stream"
+    );
+    assert_eq!(
+        b.running.server.s2s.compressed_streams(),
+        1,
+        "b's incoming stream"
+    );
+    // b → a goes by dialback (a does not trust b's certificate): uncompressed, still works.
+    bob.send("<message to='alice@a.localhost' type='chat'><body>back</body></message>")
+        .await;
+    let m = wait_for(&mut alice, "bob's message", |e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("back"));
 }

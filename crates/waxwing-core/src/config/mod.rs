@@ -40,6 +40,7 @@ pub struct Config {
     pub require_encryption: bool,
     pub certificates: Vec<CertificatePaths>,
     pub database_url: String,
+    pub durability: waxwing_store::Durability,
     pub scram_iterations: u32,
     pub allow_plain: bool,
     pub max_auth_failures: u32,
@@ -67,8 +68,13 @@ pub struct Config {
     /// addresses left out, in the XEP's order.
     pub contact_addresses: Vec<(&'static str, Vec<String>)>,
     /// `[mam] retention_days`: how long archived messages are kept; `None` is forever.
+    pub mam_enabled: bool,
     pub mam_retention: Option<Duration>,
     pub muc: MucConfig,
+    /// `[compression]`: offer XEP-0138 zlib to authenticated clients.
+    pub compression_enabled: bool,
+    /// Inflated bytes allowed per compressed byte (plus a fixed slack).
+    pub compression_max_ratio: u64,
 }
 
 /// `[muc]`, validated.
@@ -108,6 +114,12 @@ pub struct S2sConfig {
     pub max_queue: usize,
     /// Per-domain policy overrides (prepared domain names).
     pub domain_policy: std::collections::HashMap<String, DialbackPolicy>,
+    /// Prepared domains we never federate with.
+    pub blocked_domains: Vec<String>,
+    /// Stanzas per second per remote domain, and the burst above it.
+    pub stanza_rate: u32,
+    pub stanza_burst: u32,
+    pub reputation: crate::s2s::reputation::ReputationConfig,
 }
 
 impl S2sConfig {
@@ -240,6 +252,17 @@ impl Config {
                 key: c.key.into(),
             });
         }
+        let durability = match f.storage.synchronous.as_deref() {
+            None | Some("normal") => waxwing_store::Durability::ProcessCrash,
+            Some("full") => waxwing_store::Durability::PowerLoss,
+            Some(other) => {
+                return Err(ConfigError::at(
+                    source,
+                    "synchronous",
+                    format!("synchronous {other:?}: expected \"normal\" or \"full\""),
+                ));
+            }
+        };
         let database_url = match f.storage.database {
             Some(url) if url.starts_with("sqlite:") => url,
             Some(url) => {
@@ -308,6 +331,13 @@ impl Config {
             }
         };
         let muc = muc_config(&f.muc, &hosts, source)?;
+        if f.compression.max_ratio == 0 {
+            return Err(ConfigError::at(
+                source,
+                "max_ratio",
+                "[compression] max_ratio must be greater than 0".to_string(),
+            ));
+        }
         let s2s_listen = addrs(&f.listen.s2s, "s2s")?;
         let s2s_direct_tls = addrs(&f.listen.s2s_direct_tls, "s2s_direct_tls")?;
         let s2s = s2s_config(&f.s2s, source)?;
@@ -323,6 +353,7 @@ impl Config {
             require_encryption: f.tls.require_encryption,
             certificates,
             database_url,
+            durability,
             scram_iterations: f.auth.scram_iterations,
             allow_plain: f.auth.allow_plain,
             max_auth_failures: f.auth.max_failures_per_stream,
@@ -347,9 +378,12 @@ impl Config {
             log_level: f.log.level,
             log_json,
             contact_addresses,
+            mam_enabled: f.mam.enabled,
             mam_retention: (f.mam.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(f.mam.retention_days) * 86_400)),
             muc,
+            compression_enabled: f.compression.enabled,
+            compression_max_ratio: f.compression.max_ratio,
         })
     }
 
@@ -395,10 +429,26 @@ fn s2s_config(s: &raw::S2s, source: &str) -> Result<S2sConfig, ConfigError> {
             );
         }
     }
+    let blocked_domains = s
+        .blocked_domains
+        .iter()
+        .map(|d| domain(d, "blocked_domains"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let r = &s.reputation;
+    if !(r.throttle_at > 0.0 && r.block_at > 0.0 && r.throttle_at <= r.block_at) {
+        return Err(ConfigError::at(
+            source,
+            "throttle_at",
+            "[s2s.reputation] needs 0 < throttle_at <= block_at".to_string(),
+        ));
+    }
     for (key, v) in [
         ("connect_timeout_secs", s.connect_timeout_secs),
         ("idle_timeout_secs", s.idle_timeout_secs),
         ("max_queue", s.max_queue as u64),
+        ("stanza_rate", u64::from(s.stanza_rate)),
+        ("stanza_burst", u64::from(s.stanza_burst)),
+        ("half_life_secs", r.half_life_secs),
     ] {
         if v == 0 {
             return Err(ConfigError::at(
@@ -419,6 +469,14 @@ fn s2s_config(s: &raw::S2s, source: &str) -> Result<S2sConfig, ConfigError> {
         connect_timeout: Duration::from_secs(s.connect_timeout_secs),
         max_queue: s.max_queue,
         domain_policy,
+        blocked_domains,
+        stanza_rate: s.stanza_rate,
+        stanza_burst: s.stanza_burst,
+        reputation: crate::s2s::reputation::ReputationConfig {
+            throttle_at: r.throttle_at,
+            block_at: r.block_at,
+            half_life: Duration::from_secs(r.half_life_secs),
+        },
     })
 }
 

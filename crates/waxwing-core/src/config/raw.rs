@@ -22,6 +22,7 @@ pub struct File {
     pub contact: Contact,
     pub mam: Mam,
     pub muc: Muc,
+    pub compression: Compression,
 }
 
 impl Default for File {
@@ -41,6 +42,7 @@ impl Default for File {
             contact: Contact::default(),
             mam: Mam::default(),
             muc: Muc::default(),
+            compression: Compression::default(),
         }
     }
 }
@@ -99,6 +101,7 @@ pub struct Certificate {
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     pub database: Option<String>,
+    pub synchronous: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,12 +229,42 @@ impl Default for Muc {
     }
 }
 
+/// `[compression]`: XEP-0138 stream compression (zlib).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Compression {
+    /// Offer compression to authenticated clients. Off by default: see SECURITY.md.
+    pub enabled: bool,
+    /// Inflated bytes allowed per compressed byte (plus 256 KiB), over a stream's life.
+    pub max_ratio: u64,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            enabled: false,
+            max_ratio: 100,
+        }
+    }
+}
+
 /// `[mam]`: message archives (XEP-0313).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mam {
+    /// Archive messages at all (XEP-0313). On by default: modern clients sync history from it.
+    pub enabled: bool,
     /// Days an archived message is kept; 0 keeps it forever.
     pub retention_days: u32,
+}
+
+impl Default for Mam {
+    fn default() -> Self {
+        Mam {
+            enabled: true,
+            retention_days: 0,
+        }
+    }
 }
 
 /// `[contact]`: XEP-0157 contact addresses, URIs (`mailto:`, `xmpp:`,
@@ -275,6 +308,36 @@ pub struct S2s {
     pub max_queue: usize,
     /// Per-domain overrides.
     pub domains: std::collections::BTreeMap<String, S2sDomain>,
+    /// Remote domains we never federate with (both directions).
+    pub blocked_domains: Vec<String>,
+    /// Stanzas per second accepted from one remote domain (all its streams).
+    pub stanza_rate: u32,
+    /// Burst of stanzas allowed from one remote domain above `stanza_rate`.
+    pub stanza_burst: u32,
+    /// `[s2s.reputation]`.
+    pub reputation: S2sReputation,
+}
+
+/// `[s2s.reputation]`: thresholds of the local reputation of remote domains.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sReputation {
+    /// Score from which a domain gets a quarter of the stanza rate.
+    pub throttle_at: f64,
+    /// Score from which a domain is blocked.
+    pub block_at: f64,
+    /// The score halves every this many seconds.
+    pub half_life_secs: u64,
+}
+
+impl Default for S2sReputation {
+    fn default() -> Self {
+        S2sReputation {
+            throttle_at: 10.0,
+            block_at: 25.0,
+            half_life_secs: 7 * 86_400,
+        }
+    }
 }
 
 impl Default for S2s {
@@ -290,6 +353,10 @@ impl Default for S2s {
             connect_timeout_secs: 30,
             max_queue: 1000,
             domains: Default::default(),
+            blocked_domains: Vec::new(),
+            stanza_rate: 100,
+            stanza_burst: 500,
+            reputation: S2sReputation::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod dialback;
 pub mod identity;
+pub mod reputation;
 pub mod resolve;
 pub mod tls;
 pub(crate) mod wire;
@@ -31,6 +32,7 @@ use crate::stream::s2s_out;
 use crate::tls::TlsContext;
 
 use self::dialback::DialbackSecret;
+use self::reputation::{Defences, DomainStatus, Offence, Standing};
 use self::tls::S2sTls;
 
 /// A (local, remote) domain pair.
@@ -40,6 +42,10 @@ pub(crate) type Pair = (String, String);
 pub struct S2sManager {
     pub(crate) secret: DialbackSecret,
     pub(crate) tls: S2sTls,
+    /// Rate limits, block list and reputation of remote domains.
+    pub defences: Defences,
+    /// Streams (either direction) switched to XEP-0138 compression so far.
+    pub(crate) compressed: std::sync::atomic::AtomicUsize,
     outgoing: Mutex<HashMap<Pair, mpsc::Sender<Element>>>,
 }
 
@@ -51,6 +57,8 @@ impl S2sManager {
         Ok(S2sManager {
             secret,
             tls,
+            defences: Defences::new(&config.s2s),
+            compressed: std::sync::atomic::AtomicUsize::new(0),
             outgoing: Mutex::new(HashMap::new()),
         })
     }
@@ -81,6 +89,13 @@ impl S2sManager {
             // Never relay between two remote domains.
             tracing::debug!(%local, %remote, "refusing to relay a stanza from a remote domain");
             return;
+        }
+        if self.defences.standing(&remote) == Standing::Blocked {
+            return bounce(
+                &stanza,
+                StanzaError::cancel(Condition::NotAllowed)
+                    .with_text("federation with this domain is blocked"),
+            );
         }
         if server.config.s2s.policy(&remote) == DialbackPolicy::Refuse {
             return bounce(
@@ -121,6 +136,41 @@ impl Server {
     pub(crate) fn is_local_domain(&self, domain: &str) -> bool {
         self.config.is_local_host(domain) || self.registry.services.contains_key(domain)
     }
+
+    /// Counts `offence` against a remote domain and persists its record
+    /// (local domains are never counted).
+    pub async fn record_offence(&self, domain: &str, offence: Offence) {
+        if self.is_local_domain(domain) {
+            return;
+        }
+        let r = self
+            .s2s
+            .defences
+            .record_at(domain, offence, reputation::unix_now());
+        if let Err(e) = self.stores.reputation.put(&r).await {
+            tracing::warn!(%domain, error = %e, "could not store a domain's reputation");
+        }
+    }
+
+    /// Blocks or unblocks a remote domain (administrators), persisted.
+    pub async fn set_domain_blocked(
+        &self,
+        domain: &str,
+        blocked: bool,
+    ) -> Result<(), waxwing_store::StoreError> {
+        let r = self
+            .s2s
+            .defences
+            .set_blocked_at(domain, blocked, reputation::unix_now());
+        self.stores.reputation.put(&r).await?;
+        tracing::info!(%domain, blocked, "domain block changed by an administrator");
+        Ok(())
+    }
+
+    /// Reputation of every known remote domain, for administrators.
+    pub fn domain_reputations(&self) -> Vec<DomainStatus> {
+        self.s2s.defences.report_at(reputation::unix_now())
+    }
 }
 
 impl S2sManager {
@@ -130,6 +180,11 @@ impl S2sManager {
         if map.get(pair).is_some_and(|cur| cur.same_channel(tx)) {
             map.remove(pair);
         }
+    }
+
+    /// Streams switched to XEP-0138 compression since start (for tests and status).
+    pub fn compressed_streams(&self) -> usize {
+        self.compressed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of live outgoing pairs (for tests and admin status).

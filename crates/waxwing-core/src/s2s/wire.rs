@@ -9,8 +9,10 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use waxwing_proto::ns;
-use waxwing_proto::stanza::StreamError;
+use waxwing_proto::stanza::{StreamCondition, StreamError};
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent};
+
+use crate::stream::compress::{ZlibStream, is_decompression_bomb};
 
 /// Bytes read at a time.
 pub(crate) const READ_CHUNK: usize = 4096;
@@ -19,13 +21,34 @@ pub(crate) const READ_CHUNK: usize = 4096;
 pub(crate) enum S2sIo {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// XEP-0138 zlib over one of the above.
+    Compressed(Box<ZlibStream<S2sIo>>),
     /// Only while an upgrade is in flight.
     Upgrading,
 }
 
 impl S2sIo {
     pub fn is_tls(&self) -> bool {
-        matches!(self, S2sIo::Tls(_))
+        match self {
+            S2sIo::Tls(_) => true,
+            S2sIo::Compressed(c) => c.inner.is_tls(),
+            _ => false,
+        }
+    }
+
+    pub fn is_compressed(&self) -> bool {
+        matches!(self, S2sIo::Compressed(_))
+    }
+
+    /// Starts compressing (after `<compressed/>` was sent or received).
+    pub fn compress(&mut self, max_ratio: u64) -> io::Result<()> {
+        let inner = std::mem::replace(self, S2sIo::Upgrading);
+        if matches!(inner, S2sIo::Compressed(_) | S2sIo::Upgrading) {
+            *self = inner;
+            return Err(io::Error::other("stream is already compressed"));
+        }
+        *self = S2sIo::Compressed(Box::new(ZlibStream::new(inner, max_ratio)));
+        Ok(())
     }
 
     fn take_plain(&mut self) -> io::Result<TcpStream> {
@@ -61,8 +84,10 @@ impl S2sIo {
 
     /// The peer's certificate chain, if it presented one.
     pub fn peer_certificates(&self) -> Option<Vec<CertificateDer<'static>>> {
-        let S2sIo::Tls(tls) = self else {
-            return None;
+        let tls = match self {
+            S2sIo::Tls(tls) => tls,
+            S2sIo::Compressed(c) => return c.inner.peer_certificates(),
+            _ => return None,
         };
         let certs = match tls.as_ref() {
             tokio_rustls::TlsStream::Client(s) => s.get_ref().1.peer_certificates(),
@@ -81,6 +106,7 @@ impl AsyncRead for S2sIo {
         match self.get_mut() {
             S2sIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
             S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            S2sIo::Compressed(c) => Pin::new(c.as_mut()).poll_read(cx, buf),
             S2sIo::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -95,6 +121,7 @@ impl AsyncWrite for S2sIo {
         match self.get_mut() {
             S2sIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
             S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            S2sIo::Compressed(c) => Pin::new(c.as_mut()).poll_write(cx, buf),
             S2sIo::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -103,6 +130,7 @@ impl AsyncWrite for S2sIo {
         match self.get_mut() {
             S2sIo::Plain(s) => Pin::new(s).poll_flush(cx),
             S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            S2sIo::Compressed(c) => Pin::new(c.as_mut()).poll_flush(cx),
             S2sIo::Upgrading => Poll::Ready(Ok(())),
         }
     }
@@ -111,6 +139,7 @@ impl AsyncWrite for S2sIo {
         match self.get_mut() {
             S2sIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            S2sIo::Compressed(c) => Pin::new(c.as_mut()).poll_shutdown(cx),
             S2sIo::Upgrading => Poll::Ready(Ok(())),
         }
     }
@@ -159,7 +188,12 @@ impl Wire {
     /// Reads once and feeds the framer; `Ok(0)` never happens (EOF is Gone).
     pub async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
         match self.io.read(buf).await {
-            Ok(0) | Err(_) => Err(ReadError::Gone),
+            Ok(0) => Err(ReadError::Gone),
+            Err(e) if is_decompression_bomb(&e) => Err(ReadError::Stream(
+                StreamError::new(StreamCondition::PolicyViolation)
+                    .with_text("compressed data inflates too much"),
+            )),
+            Err(_) => Err(ReadError::Gone),
             Ok(n) => {
                 self.framer.feed(&buf[..n]);
                 Ok(n)

@@ -33,8 +33,10 @@ use crate::config::DialbackPolicy;
 use crate::random_id;
 use crate::router::Server;
 use crate::s2s::dialback;
+use crate::s2s::reputation::{Admit, MAX_REFUSED_IN_A_ROW, Offence, Standing};
 use crate::s2s::to_client_ns;
 use crate::s2s::wire::{READ_CHUNK, ReadError, Wire, header, stream_prefixed};
+use crate::stream::compress;
 use crate::stream::s2s_out;
 
 /// Dialback verifications one stream may have in flight.
@@ -92,6 +94,7 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             certs: None,
             authed: HashSet::new(),
             pending: 0,
+            refused_in_a_row: 0,
             // Servers carry many users' traffic: ten times a client's allowance.
             bucket: TokenBucket::new(
                 c.read_rate_bytes.saturating_mul(10),
@@ -132,6 +135,8 @@ struct Incoming {
     /// Authenticated (remote, local) domain pairs.
     authed: HashSet<(String, String)>,
     pending: usize,
+    /// Stanzas refused by the per-domain rate limit since the last admitted one.
+    refused_in_a_row: u32,
     bucket: TokenBucket,
 }
 
@@ -280,6 +285,15 @@ impl Incoming {
                 );
             }
         }
+        // XEP-0138 after SASL (a dialback-only stream has no restart after
+        // authentication, so nothing to offer compression on).
+        if tls
+            && self.sasl_done
+            && self.server.config.compression_enabled
+            && !self.wire.io.is_compressed()
+        {
+            features.push_child(compress::feature());
+        }
         if tls || !self.server.config.s2s.require_encryption {
             features.push_child(
                 Element::new("dialback", dialback::FEATURE_NS)
@@ -303,6 +317,9 @@ impl Incoming {
         }
         if el.is("auth", ns::SASL) {
             return self.sasl_external(&el).await;
+        }
+        if el.is("compress", compress::NS) {
+            return self.compress(&el).await;
         }
         if el.ns == dialback::NS && el.attr("type").is_none() {
             return match el.name.as_str() {
@@ -352,6 +369,44 @@ impl Incoming {
         Ok(())
     }
 
+    /// XEP-0138 on a stream authenticated with SASL EXTERNAL.
+    async fn compress(&mut self, el: &Element) -> Result<(), End> {
+        if !self.server.config.compression_enabled
+            || !self.sasl_done
+            || self.wire.io.is_compressed()
+        {
+            return self.send(&compress::failure("setup-failed")).await;
+        }
+        let method = el.child("method", compress::NS).map(|m| m.text());
+        if method.as_deref().map(str::trim) != Some("zlib") {
+            return self.send(&compress::failure("unsupported-method")).await;
+        }
+        if self.wire.framer.buffered() > 0 {
+            return Err(stream_error(
+                StreamCondition::PolicyViolation,
+                "data after <compress/>",
+            ));
+        }
+        self.write(&format!("<compressed xmlns='{}'/>", compress::NS))
+            .await?;
+        if self
+            .wire
+            .io
+            .compress(self.server.config.compression_max_ratio)
+            .is_err()
+        {
+            return Err(End::Gone);
+        }
+        tracing::debug!("incoming s2s stream compressed (XEP-0138)");
+        self.server
+            .s2s
+            .compressed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.wire.new_framer();
+        self.header_sent = false;
+        Ok(())
+    }
+
     async fn sasl_failure(&mut self, condition: &str) -> Result<(), End> {
         let failure =
             Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL));
@@ -387,6 +442,7 @@ impl Incoming {
             (None, None) => return self.sasl_failure("not-authorized").await,
         };
         let ok = self.server.config.s2s.policy(&claimed) != DialbackPolicy::Refuse
+            && self.server.s2s.defences.standing(&claimed) != Standing::Blocked
             && self.cert_valid_for(&claimed);
         if !ok {
             tracing::info!(domain = %claimed, "SASL EXTERNAL refused");
@@ -441,6 +497,11 @@ impl Incoming {
         }
         let policy = self.server.config.s2s.policy(&remote);
         let cert_valid = self.cert_valid_for(&remote);
+        if self.server.s2s.defences.standing(&remote) == Standing::Blocked {
+            tracing::info!(%remote, "dialback from a blocked domain");
+            let e = refuse(Condition::NotAllowed, "your domain is blocked here");
+            return self.send(&e).await;
+        }
         if policy == DialbackPolicy::Refuse {
             tracing::info!(%remote, "dialback from a refused domain");
             let e = refuse(
@@ -500,6 +561,9 @@ impl Incoming {
             }
             Ok(false) => {
                 tracing::warn!(remote = %v.remote, "dialback key refused by the authoritative server");
+                self.server
+                    .record_offence(&v.remote, Offence::FailedDialback)
+                    .await;
                 self.send(&dialback::result_answer(&v.local, &v.remote, false))
                     .await?;
                 if self.authed.is_empty() {
@@ -598,6 +662,35 @@ impl Incoming {
                 StreamCondition::HostUnknown,
                 "that domain is not served here, or not authenticated for on this stream",
             ));
+        }
+        match self.server.s2s.defences.admit(fd) {
+            Admit::Yes => self.refused_in_a_row = 0,
+            Admit::Blocked => {
+                tracing::info!(from = fd, "closing a stream from a blocked domain");
+                return Err(stream_error(
+                    StreamCondition::PolicyViolation,
+                    "your domain is blocked here",
+                ));
+            }
+            Admit::RateLimited { record } => {
+                if record {
+                    tracing::info!(from = fd, "remote domain over its stanza rate limit");
+                    self.server.record_offence(fd, Offence::RateLimited).await;
+                }
+                self.refused_in_a_row += 1;
+                if self.refused_in_a_row >= MAX_REFUSED_IN_A_ROW {
+                    return Err(stream_error(
+                        StreamCondition::PolicyViolation,
+                        "stanza rate limit exceeded again and again",
+                    ));
+                }
+                let err = StanzaError::wait(Condition::PolicyViolation)
+                    .with_text("stanza rate limit for your domain exceeded");
+                if let Some(r) = stanza::error_reply(&el, &err) {
+                    return self.send(&r).await;
+                }
+                return Ok(());
+            }
         }
         self.server.clone().route(to_client_ns(el)).await;
         Ok(())

@@ -25,6 +25,7 @@ use crate::s2s::resolve::{self, Target};
 use crate::s2s::tls::CertStatus;
 use crate::s2s::wire::{READ_CHUNK, ReadError, Wire, header};
 use crate::s2s::{Pair, to_server_ns};
+use crate::stream::compress;
 
 /// Stanzas written in one batch.
 const WRITE_BATCH: usize = 64;
@@ -398,9 +399,9 @@ impl Outgoing {
             if el.is("success", ns::SASL) {
                 self.wire.framer.reset();
                 self.open().await?;
-                self.features().await?;
+                let features = self.features().await?;
                 self.auth = "sasl-external";
-                return Ok(());
+                return self.maybe_compress(&features).await;
             }
             tracing::debug!(answer = %el.to_xml(), "SASL EXTERNAL refused; trying dialback");
         }
@@ -446,6 +447,45 @@ impl Outgoing {
                 }
             };
         }
+    }
+
+    /// XEP-0138: asks for zlib when the peer offers it and we enable it;
+    /// a refusal leaves the stream uncompressed.
+    async fn maybe_compress(&mut self, features: &Element) -> Result<(), Failure> {
+        let offered = features
+            .child("compression", compress::FEATURE_NS)
+            .is_some_and(|c| {
+                c.children()
+                    .any(|m| m.name == "method" && m.text().trim() == "zlib")
+            });
+        if !offered || !self.server.config.compression_enabled || self.wire.io.is_compressed() {
+            return Ok(());
+        }
+        self.wire
+            .write(&format!(
+                "<compress xmlns='{0}'><method>zlib</method></compress>",
+                compress::NS
+            ))
+            .await
+            .map_err(|e| io_failure("writing", e))?;
+        let el = self.next_element().await?;
+        if !el.is("compressed", compress::NS) {
+            tracing::debug!(answer = %el.to_xml(), "compression refused");
+            return Ok(());
+        }
+        self.wire
+            .io
+            .compress(self.server.config.compression_max_ratio)
+            .map_err(|e| io_failure("compressing", e))?;
+        self.wire.new_framer();
+        self.open().await?;
+        self.features().await?;
+        self.auth = "sasl-external+zlib";
+        self.server
+            .s2s
+            .compressed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Dialback, receiving role: one `<db:verify/>` round trip.

@@ -9,19 +9,27 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use waxwing_proto::sasl::{ChannelBindingData, tls_server_end_point_hash};
 
+use crate::stream::compress::ZlibStream;
+pub use crate::stream::compress::is_decompression_bomb;
 use crate::tls::TlsContext;
 
 /// A client connection before or after TLS.
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// XEP-0138 zlib over one of the above.
+    Compressed(Box<Compressed>),
     /// Only while an upgrade is in flight.
     Upgrading,
 }
 
 impl Transport {
     pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
+        match self {
+            Transport::Tls(_) => true,
+            Transport::Compressed(c) => c.inner.is_tls(),
+            _ => false,
+        }
     }
 
     /// Performs the TLS handshake on the plain socket (STARTTLS or XEP-0368).
@@ -69,6 +77,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Compressed(c) => Pin::new(c.as_mut()).poll_read(cx, buf),
             Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -83,6 +92,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Compressed(c) => Pin::new(c.as_mut()).poll_write(cx, buf),
             Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -91,6 +101,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Compressed(c) => Pin::new(c.as_mut()).poll_flush(cx),
             Transport::Upgrading => Poll::Ready(Ok(())),
         }
     }
@@ -99,7 +110,28 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Compressed(c) => Pin::new(c.as_mut()).poll_shutdown(cx),
             Transport::Upgrading => Poll::Ready(Ok(())),
         }
+    }
+}
+
+/// A client transport under XEP-0138 zlib.
+pub type Compressed = ZlibStream<Transport>;
+
+impl Transport {
+    /// Starts compressing (after `<compressed/>` went out uncompressed).
+    pub fn compress(&mut self, max_ratio: u64) -> io::Result<()> {
+        let inner = std::mem::replace(self, Transport::Upgrading);
+        if matches!(inner, Transport::Compressed(_) | Transport::Upgrading) {
+            *self = inner;
+            return Err(io::Error::other("stream is already compressed"));
+        }
+        *self = Transport::Compressed(Box::new(ZlibStream::new(inner, max_ratio)));
+        Ok(())
+    }
+
+    pub fn is_compressed(&self) -> bool {
+        matches!(self, Transport::Compressed(_))
     }
 }

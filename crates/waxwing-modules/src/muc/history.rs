@@ -42,6 +42,17 @@ impl History {
         }
     }
 
+    /// Removes the message the room stamped with stanza-id `id` (a
+    /// moderated message, XEP-0425: never distributed again) and returns it.
+    pub fn remove_by_stanza_id(&mut self, room: &str, id: &str) -> Option<Element> {
+        let at = self.entries.iter().position(|e| {
+            e.stanza.children().any(|c| {
+                c.name == "stanza-id" && c.attr("by") == Some(room) && c.attr("id") == Some(id)
+            })
+        })?;
+        self.entries.remove(at).map(|e| e.stanza)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -1,6 +1,13 @@
 //! XEP-0045: Multi-User Chat, with XEP-0410 (self-ping), XEP-0421
 //! (occupant ids), XEP-0359 stanza ids (`muc#stable_id`) and XEP-0249
-//! (direct invitations need nothing from the server but a room to join).
+//! (direct invitations need nothing from the server but a room to join);
+//! XEP-0313 on the room JID for rooms with `muc#roomconfig_enablelogging`
+//! (the query code is `crate::mam`'s, over `ArchiveOwner::Room`), XEP-0425
+//! moderation and the XEP-0433 channel directory of the public rooms.
+//!
+//! A logged groupchat message is appended to the room archive *before* it
+//! is reflected, and the archive id is its `<stanza-id by='room'/>`: the id
+//! occupants see is the id a MAM query or a moderator names.
 //!
 //! One [`MucService`] per virtual host, on `<subdomain>.<host>`, registered
 //! as a domain service: the router hands it every stanza addressed under
@@ -12,9 +19,11 @@
 //! of changes that persist (config, affiliations, subject); it is taken
 //! *before* the map lock so the write order is the change order.
 
+pub mod channel_search;
 pub mod config;
 pub mod form;
 pub mod history;
+pub mod moderation;
 pub mod roles;
 pub mod room;
 
@@ -32,6 +41,7 @@ use waxwing_proto::ns;
 use waxwing_proto::stanza::{self, Condition, StanzaError, StanzaKind};
 use waxwing_proto::xml::Element;
 use waxwing_store::StoreError;
+use waxwing_store::archive::{ArchiveOwner, ArchiveQuery, NewItem};
 
 use self::config::RoomConfig;
 use self::roles::Affiliation;
@@ -66,6 +76,7 @@ impl Muc {
                     rooms: Mutex::new(HashMap::new()),
                     loaded: tokio::sync::OnceCell::new(),
                     persist: tokio::sync::Mutex::new(()),
+                    archive_order: Mutex::new(HashMap::new()),
                 })
             })
             .collect();
@@ -122,6 +133,11 @@ pub struct MucService {
     /// has no startup hook, and the store is only reachable through `Cx`.
     loaded: tokio::sync::OnceCell<()>,
     persist: tokio::sync::Mutex<()>,
+    /// One async lock per logging room, held from the archive append to
+    /// the reflection so that archive order is the order occupants saw.
+    /// Per room, not the service-wide `persist`, so that a slow append
+    /// stalls only its own room.
+    archive_order: Mutex<HashMap<BareJid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Why a stanza is refused before any room sees it.
@@ -140,23 +156,74 @@ impl MucService {
         self.loaded
             .get_or_try_init(|| async {
                 let stored = cx.stores().muc.rooms(&self.domain).await?;
-                let mut rooms = self.lock();
+                let mut loaded = Vec::new();
                 for s in stored {
                     let jid = s.room.jid.clone();
                     match Room::from_stored(s, &self.limits) {
-                        Ok(r) => {
-                            rooms.insert(jid, r);
+                        Ok(mut r) => {
+                            self.restore_history(cx, &mut r).await;
+                            loaded.push((jid, r));
                         }
                         Err(e) => {
                             tracing::error!(room = %jid, error = %e, "skipping a stored room")
                         }
                     }
                 }
+                let mut rooms = self.lock();
+                rooms.extend(loaded);
                 tracing::info!(domain = %self.domain, rooms = rooms.len(), "MUC rooms loaded");
                 Ok(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// Refills the discussion history of a room that logs from the tail of
+    /// its archive, so that history on join survives a restart. A failed
+    /// read leaves the history empty: the room is still usable.
+    async fn restore_history(&self, cx: &Cx, r: &mut Room) {
+        let cap = r.config.history_length.min(self.limits.max_history);
+        if !r.config.logging || cap == 0 {
+            return;
+        }
+        let query = ArchiveQuery {
+            before: Some(String::new()),
+            max: cap,
+            ..ArchiveQuery::default()
+        };
+        let page = match cx
+            .stores()
+            .archive
+            .query(&ArchiveOwner::Room(r.jid.clone()), &query)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(room = %r.jid, error = %e, "reading the room archive for history failed");
+                return;
+            }
+        };
+        let room = r.jid.to_string();
+        for item in page.items {
+            let Ok(mut m) = waxwing_proto::xml::parse_stanza(&item.stanza, ns::CLIENT) else {
+                continue;
+            };
+            // Tombstones of moderated messages are not history.
+            if m.child("body", ns::CLIENT).is_none() {
+                continue;
+            }
+            m.push_child(
+                Element::new("stanza-id", room::NS_SID)
+                    .with_attr("id", item.id.clone())
+                    .with_attr("by", room.clone()),
+            );
+            m.push_child(
+                Element::new("delay", ns::DELAY)
+                    .with_attr("from", room.clone())
+                    .with_attr("stamp", waxwing_core::time::xep0082(item.stamp)),
+            );
+            r.history.push(m, item.stamp, cap);
+        }
     }
 
     /// Runs `f` on the room under the lock, removing the room if it says so.
@@ -194,6 +261,22 @@ impl MucService {
             if let Err(e) = r {
                 tracing::error!(%room, error = %e, "MUC store write failed");
                 ok = false;
+            }
+        }
+        if fx.destroyed {
+            self.archive_order
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(room);
+            // A room that is gone takes its archive along: a new room of the
+            // same name must not inherit it.
+            if let Err(e) = cx
+                .stores()
+                .archive
+                .remove(&ArchiveOwner::Room(room.clone()))
+                .await
+            {
+                tracing::error!(%room, error = %e, "removing a destroyed room's archive failed");
             }
         }
         for s in fx.out {
@@ -338,15 +421,36 @@ impl MucService {
             return;
         }
         let now = SystemTime::now();
+        let logged = ty == "groupchat" && self.lock().get(&room).is_some_and(|r| r.config.logging);
         let ordered = ty != "groupchat" || m.child("subject", ns::CLIENT).is_some();
         let _order = if ordered {
             Some(self.persist.lock().await)
         } else {
             None
         };
+        let room_order = logged.then(|| {
+            self.archive_order
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(room.clone())
+                .or_default()
+                .clone()
+        });
+        let _room_order = match &room_order {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let archive_id = if logged {
+            match self.archive(cx, from, &room, &m, now).await {
+                Ok(id) => id,
+                Err(e) => return cx.bounce(&m, e).await,
+            }
+        } else {
+            None
+        };
         let res = self.with_room(&room, |r| {
             if ty == "groupchat" {
-                r.groupchat(from, &m, &self.limits, now)
+                r.groupchat(from, &m, &self.limits, now, archive_id)
             } else {
                 r.message_to_room(from, &m, &self.limits)
             }
@@ -355,6 +459,163 @@ impl MucService {
             Ok(fx) => self.apply(cx, &room, fx, &m).await,
             Err(e) => cx.bounce(&m, e).await,
         }
+    }
+
+    /// Appends a groupchat message to the room archive before it is
+    /// reflected, and returns the archive id that becomes its stanza-id.
+    /// `None` when the room does not keep this message; a failed append
+    /// is logged and the message still goes out (a message missing from
+    /// history beats a lost message).
+    async fn archive(
+        &self,
+        cx: &Cx,
+        from: &FullJid,
+        room: &BareJid,
+        m: &Element,
+        now: SystemTime,
+    ) -> Result<Option<String>, StanzaError> {
+        let entry = match self.lock().get(room) {
+            Some(r) => r.to_archive(from, m)?,
+            None => return Err(StanzaError::cancel(Condition::ItemNotFound)),
+        };
+        let Some((stanza, with)) = entry else {
+            return Ok(None);
+        };
+        let stanza = stanza.to_xml();
+        let item = NewItem {
+            with: &with,
+            stamp: now,
+            stanza: &stanza,
+        };
+        match cx
+            .stores()
+            .archive
+            .append(&ArchiveOwner::Room(room.clone()), item)
+            .await
+        {
+            Ok(id) => Ok(Some(id)),
+            Err(e) => {
+                tracing::error!(%room, error = %e, "archiving a groupchat message failed");
+                Ok(None)
+            }
+        }
+    }
+
+    /// XEP-0313 on the room JID: results to the requester's full JID, then
+    /// the IQ result with `<fin/>`, routed in that order.
+    async fn archive_query(&self, cx: &Cx, from: &FullJid, room: BareJid, iq: &Element) {
+        let allowed = match self.lock().get(&room) {
+            Some(r) => r.may_read_archive(from),
+            None => Err(StanzaError::cancel(Condition::ItemNotFound)),
+        };
+        if let Err(e) = allowed {
+            return cx.bounce(iq, e).await;
+        }
+        let Some(payload) = iq.first_child() else {
+            return cx.bounce(iq, refuse(Condition::BadRequest)).await;
+        };
+        let owner = ArchiveOwner::Room(room);
+        let set = iq.attr("type") == Some("set");
+        let answer = match (set, payload.name.as_str()) {
+            (true, "query") => {
+                match crate::mam::run_query(cx, &owner, &Jid::Full(from.clone()), payload).await {
+                    Ok((results, fin)) => {
+                        for r in results {
+                            cx.route(r).await;
+                        }
+                        Ok(Some(fin))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (false, "query") => Ok(Some(crate::mam::query_form())),
+            (false, "metadata") => crate::mam::metadata(cx, &owner).await,
+            _ => Err(StanzaError::cancel(Condition::FeatureNotImplemented)),
+        };
+        match answer {
+            Ok(el) => {
+                let mut reply = stanza::iq_result(iq);
+                if let Some(el) = el {
+                    reply.push_child(el);
+                }
+                cx.route(reply).await;
+            }
+            Err(e) => cx.bounce(iq, e).await,
+        }
+    }
+
+    /// XEP-0425: the tombstone replaces the archived message before the
+    /// room announces the retraction, so that nothing is announced that
+    /// the archive does not reflect.
+    async fn moderate(&self, cx: &Cx, from: &FullJid, room: BareJid, iq: &Element) {
+        let _order = self.persist.lock().await;
+        let req = iq
+            .first_child()
+            .ok_or_else(|| refuse(Condition::BadRequest))
+            .and_then(moderation::Request::parse);
+        let checked = req.and_then(|req| match self.lock().get(&room) {
+            Some(r) => r.moderator(from).map(|m| (req, m)),
+            None => Err(StanzaError::cancel(Condition::ItemNotFound)),
+        });
+        let (req, (by, occupant_id)) = match checked {
+            Ok(c) => c,
+            Err(e) => return cx.bounce(iq, e).await,
+        };
+        let archived = match self.tombstone(cx, &room, &req, &by, &occupant_id).await {
+            Ok(a) => a,
+            Err(e) => return cx.bounce(iq, e).await,
+        };
+        let res = self.with_room(&room, |r| {
+            r.moderate(from, &req, archived).map(|mut fx| {
+                fx.reply = Some(stanza::iq_result(iq));
+                fx
+            })
+        });
+        match res {
+            Ok(fx) => self.apply(cx, &room, fx, iq).await,
+            Err(e) => cx.bounce(iq, e).await,
+        }
+    }
+
+    /// Replaces message `req.id` in the room archive with its tombstone;
+    /// false when the archive does not have it.
+    async fn tombstone(
+        &self,
+        cx: &Cx,
+        room: &BareJid,
+        req: &moderation::Request,
+        by: &str,
+        occupant_id: &str,
+    ) -> Result<bool, StanzaError> {
+        let archive = &cx.stores().archive;
+        let owner = ArchiveOwner::Room(room.clone());
+        let query = ArchiveQuery {
+            ids: vec![req.id.clone()],
+            max: 1,
+            ..ArchiveQuery::default()
+        };
+        let item = match archive.query(&owner, &query).await {
+            Ok(page) => page.items.into_iter().next(),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(crate::internal(e)),
+        };
+        let Some(item) = item else {
+            return Ok(false);
+        };
+        let original = waxwing_proto::xml::parse_stanza(&item.stanza, ns::CLIENT)
+            .map_err(|_| StanzaError::wait(Condition::InternalServerError))?;
+        let t = moderation::tombstone(
+            &original,
+            by,
+            occupant_id,
+            req.reason.as_deref(),
+            SystemTime::now(),
+        );
+        archive
+            .replace(&owner, &item.id, &t.to_xml())
+            .await
+            .map_err(crate::internal)?;
+        Ok(true)
     }
 
     async fn message_to_occupant(
@@ -405,6 +666,12 @@ impl MucService {
             return cx.bounce(&iq, refuse(Condition::BadRequest)).await;
         };
         let set = ty == "set";
+        if payload.ns == crate::mam::NS {
+            return self.archive_query(cx, from, room, &iq).await;
+        }
+        if set && payload.is("moderate", moderation::NS) {
+            return self.moderate(cx, from, room, &iq).await;
+        }
         let _order = if set {
             Some(self.persist.lock().await)
         } else {
@@ -478,6 +745,7 @@ impl MucService {
                     room::NS_STABLE_ID,
                     NS_OCCUPANT_ID,
                     ns::PING,
+                    channel_search::NS,
                 ] {
                     q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
                 }
@@ -502,6 +770,19 @@ impl MucService {
                 Ok(q)
             }
             (ns::PING, "get") => Ok(Element::new("ping", ns::PING)),
+            // XEP-0433: an empty <search/> asks for the form.
+            (channel_search::NS, "get") if payload.first_child().is_none() => {
+                Ok(channel_search::form())
+            }
+            (channel_search::NS, "get") => channel_search::parse(payload).and_then(|q| {
+                let rooms: Vec<_> = self
+                    .lock()
+                    .values()
+                    .filter(|r| r.is_listed())
+                    .map(Room::listing)
+                    .collect();
+                channel_search::search(rooms, &q)
+            }),
             (ns::DISCO_INFO | ns::DISCO_ITEMS, "get") => {
                 Err(StanzaError::cancel(Condition::ItemNotFound))
             }

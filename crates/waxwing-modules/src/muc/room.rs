@@ -22,6 +22,7 @@ use waxwing_store::{RoomAffiliation, RoomRecord, StoredRoom};
 use super::config::{self, RoomConfig, Whois};
 use super::form::{Form, Submitted};
 use super::history::{History, HistoryRequest};
+use super::moderation;
 use super::roles::{Affiliation, Role, may_change_affiliation, may_change_role};
 
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
@@ -36,6 +37,8 @@ pub const NS_REGISTER_FORM: &str = "http://jabber.org/protocol/muc#register";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 /// XEP-0359: Unique and Stable Stanza IDs.
 pub const NS_SID: &str = "urn:xmpp:sid:0";
+/// XEP-0334: Message Processing Hints.
+const NS_HINTS: &str = "urn:xmpp:hints";
 /// XEP-0249: Direct MUC Invitations.
 pub const NS_CONFERENCE: &str = "jabber:x:conference";
 /// XEP-0410: MUC Self-Ping (Schrödinger's Chat).
@@ -629,34 +632,25 @@ impl Room {
 
     // ------------------------------------------------------------ messages
 
-    /// A `groupchat` message to the room: reflected to every occupant.
-    pub fn groupchat(
-        &mut self,
-        from: &FullJid,
-        msg: &Element,
-        limits: &Limits,
-        now: SystemTime,
-    ) -> Result<Effects, StanzaError> {
+    /// Checks that `from` may send this groupchat message and builds it as
+    /// the room reflects it: from the sender's occupant JID, with its
+    /// occupant id, without `to` and without the room's stanza-id.
+    /// Returns the message and the sender's nick.
+    fn reflection(&self, from: &FullJid, msg: &Element) -> Result<(Element, String), StanzaError> {
         let Some(occ) = self.occupant_of(from) else {
             return Err(StanzaError::modify(Condition::NotAcceptable)
                 .with_text("only occupants may send messages to the room"));
         };
-        let mut fx = Effects::default();
-        let nick = occ.nick.clone();
-        let occupant_id = occ.occupant_id.clone();
         let role = occ.role;
-        let subject = msg.child("subject", ns::CLIENT);
+        let subject = msg.child("subject", ns::CLIENT).is_some();
         let has_body = msg.child("body", ns::CLIENT).is_some();
-        if subject.is_some() && !has_body {
+        if subject && !has_body {
             if !(role == Role::Moderator
                 || (self.config.change_subject && role >= Role::Participant))
             {
                 return Err(StanzaError::auth(Condition::Forbidden)
                     .with_text("you may not change the subject"));
             }
-            self.subject = subject.map(Element::text).unwrap_or_default();
-            self.subject_by = Some(nick.clone());
-            self.persist_record(limits, &mut fx);
         } else if role < Role::Participant {
             return Err(
                 StanzaError::auth(Condition::Forbidden).with_text("you have no voice in this room")
@@ -664,21 +658,72 @@ impl Room {
         }
         let mut m = msg.clone();
         m.remove_attr("to");
-        m.set_attr("from", jid_text(&self.jid, &nick));
+        m.set_attr("from", jid_text(&self.jid, &occ.nick));
         let room = self.jid.to_string();
-        // Nobody else may speak for the room (XEP-0359 §5, XEP-0421 §4).
+        // Nobody else may speak for the room (XEP-0359 §5, XEP-0421 §4,
+        // XEP-0425 §6: moderation comes from the room itself).
         m.remove_children(|c| {
             (c.is("stanza-id", NS_SID) && c.attr("by") == Some(room.as_str()))
                 || c.ns == NS_OCCUPANT_ID
+                || c.ns == moderation::NS
         });
+        m.push_child(
+            Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occ.occupant_id.clone()),
+        );
+        Ok((m, occ.nick.clone()))
+    }
+
+    /// What the room archive keeps of this message, if the room logs it
+    /// (XEP-0313 on the room JID): the reflected message, filed under the
+    /// sender's occupant JID. Subject changes and `no-store` messages are
+    /// not kept.
+    pub fn to_archive(
+        &self,
+        from: &FullJid,
+        msg: &Element,
+    ) -> Result<Option<(Element, Jid)>, StanzaError> {
+        if !self.config.logging
+            || msg.child("body", ns::CLIENT).is_none()
+            || msg.child("no-store", NS_HINTS).is_some()
+            || msg.child("no-permanent-store", NS_HINTS).is_some()
+        {
+            return Ok(None);
+        }
+        let (m, nick) = self.reflection(from, msg)?;
+        let with = Jid::parse(&jid_text(&self.jid, &nick))
+            .map_err(|_| StanzaError::modify(Condition::JidMalformed))?;
+        Ok(Some((m, with)))
+    }
+
+    /// A `groupchat` message to the room: reflected to every occupant.
+    /// `archive_id` is the id the room archive gave it, used as its
+    /// stanza-id; without one (not logged, or the append failed) the room
+    /// draws a fresh id.
+    pub fn groupchat(
+        &mut self,
+        from: &FullJid,
+        msg: &Element,
+        limits: &Limits,
+        now: SystemTime,
+        archive_id: Option<String>,
+    ) -> Result<Effects, StanzaError> {
+        let (mut m, nick) = self.reflection(from, msg)?;
+        let mut fx = Effects::default();
+        let subject = msg.child("subject", ns::CLIENT);
+        let has_body = msg.child("body", ns::CLIENT).is_some();
+        if subject.is_some() && !has_body {
+            self.subject = subject.map(Element::text).unwrap_or_default();
+            self.subject_by = Some(nick);
+            self.persist_record(limits, &mut fx);
+        }
+        let room = self.jid.to_string();
         if subject.is_none() || has_body {
             m.push_child(
                 Element::new("stanza-id", NS_SID)
-                    .with_attr("id", waxwing_core::random_id())
+                    .with_attr("id", archive_id.unwrap_or_else(waxwing_core::random_id))
                     .with_attr("by", room.clone()),
             );
         }
-        m.push_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occupant_id));
         if has_body {
             let mut h = m.clone();
             h.push_child(
@@ -689,13 +734,72 @@ impl Room {
             let cap = self.config.history_length.min(limits.max_history);
             self.history.push(h, now, cap);
         }
+        self.reflect(&m, &mut fx.out);
+        Ok(fx)
+    }
+
+    /// One copy of `m` per occupant session, addressed to it.
+    fn reflect(&self, m: &Element, out: &mut Vec<Element>) {
         for o in self.occupants.values() {
             for s in &o.sessions {
                 let mut c = m.clone();
                 c.set_attr("to", s.to_string());
-                fx.out.push(c);
+                out.push(c);
             }
         }
+    }
+
+    /// Whether `from` may query the room archive (XEP-0313 §7 on a room):
+    /// only when the room logs; in a members-only room only members; never
+    /// outcasts.
+    pub fn may_read_archive(&self, from: &FullJid) -> Result<(), StanzaError> {
+        let aff = self.affiliation(from.bare());
+        if self.locked && aff != Affiliation::Owner {
+            return Err(StanzaError::cancel(Condition::ItemNotFound));
+        }
+        if !self.config.logging {
+            return Err(StanzaError::cancel(Condition::ServiceUnavailable)
+                .with_text("this room keeps no archive"));
+        }
+        if aff == Affiliation::Outcast || (self.config.members_only && aff < Affiliation::Member) {
+            return Err(StanzaError::auth(Condition::Forbidden)
+                .with_text("only members may read this room's archive"));
+        }
+        Ok(())
+    }
+
+    /// The moderator `from` as the moderation message names it (XEP-0425):
+    /// its occupant JID and occupant id. Only moderators may moderate.
+    pub fn moderator(&self, from: &FullJid) -> Result<(String, String), StanzaError> {
+        match self.occupant_of(from) {
+            Some(o) if o.role == Role::Moderator => {
+                Ok((jid_text(&self.jid, &o.nick), o.occupant_id.clone()))
+            }
+            _ => Err(StanzaError::auth(Condition::Forbidden)
+                .with_text("only moderators may moderate messages")),
+        }
+    }
+
+    /// XEP-0425: retracts message `id` (the room's stanza-id) on behalf of
+    /// a moderator. `archived` says whether the room archive had it (and
+    /// already holds its tombstone). The message leaves the history, and
+    /// the moderation message goes to every occupant.
+    pub fn moderate(
+        &mut self,
+        from: &FullJid,
+        req: &moderation::Request,
+        archived: bool,
+    ) -> Result<Effects, StanzaError> {
+        let (by, occupant_id) = self.moderator(from)?;
+        let room = self.jid.to_string();
+        let in_history = self.history.remove_by_stanza_id(&room, &req.id).is_some();
+        if !archived && !in_history {
+            return Err(StanzaError::cancel(Condition::ItemNotFound)
+                .with_text("no such message in this room"));
+        }
+        let m = moderation::announcement(&room, &req.id, &by, &occupant_id, req.reason.as_deref());
+        let mut fx = Effects::default();
+        self.reflect(&m, &mut fx.out);
         Ok(fx)
     }
 
@@ -1565,6 +1669,12 @@ impl Room {
         if c.voice_requests {
             features.push(NS_REQUEST);
         }
+        if c.logging {
+            features.push(crate::mam::NS);
+            features.push(crate::mam::NS_EXTENDED);
+        }
+        features.push(moderation::NS);
+        features.push(moderation::NS_RETRACT);
         features.sort_unstable();
         for f in features {
             q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
@@ -1620,6 +1730,24 @@ impl Room {
         }
         q.push_child(f.into_element());
         Ok(q)
+    }
+
+    /// What the channel directory (XEP-0433) shows of this room.
+    pub fn listing(&self) -> super::channel_search::Listing {
+        let c = &self.config;
+        super::channel_search::Listing {
+            address: self.jid.to_string(),
+            name: self.name().to_string(),
+            description: c.description.clone(),
+            language: c.lang.clone(),
+            nusers: self.occupants.len(),
+            is_open: !c.members_only && c.password.is_none(),
+            anonymity: if c.whois == Whois::Anyone {
+                "non-anonymous"
+            } else {
+                "semi-anonymous"
+            },
+        }
     }
 
     /// Whether disco#items of the service lists this room.

@@ -335,6 +335,10 @@ pub struct StanzaError {
     pub kind: ErrorType,
     pub condition: Condition,
     pub text: Option<String>,
+    /// An application-specific condition (RFC 6120 §8.3.4), such as
+    /// XEP-0060's `<precondition-not-met/>`. Boxed: most errors have none,
+    /// and `Result<_, StanzaError>` should stay small.
+    pub app: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -364,7 +368,15 @@ impl StanzaError {
             kind,
             condition,
             text: None,
+            app: None,
         }
+    }
+
+    /// Adds an application-specific condition element.
+    #[must_use]
+    pub fn with_app(mut self, app: Element) -> Self {
+        self.app = Some(Box::new(app));
+        self
     }
 
     #[must_use]
@@ -382,6 +394,9 @@ impl StanzaError {
         if let Some(text) = &self.text {
             el.push_child(Element::new("text", ns::STANZAS).with_text(text.clone()));
         }
+        if let Some(app) = &self.app {
+            el.push_child(Element::clone(app));
+        }
         el
     }
 
@@ -396,6 +411,11 @@ impl StanzaError {
         }
         let mut condition = None;
         let mut text = None;
+        let app = el
+            .children()
+            .find(|c| c.ns != ns::STANZAS)
+            .cloned()
+            .map(Box::new);
         for c in el.children().filter(|c| c.ns == ns::STANZAS) {
             if c.name == "text" {
                 text = Some(c.text());
@@ -413,6 +433,7 @@ impl StanzaError {
             kind,
             condition,
             text,
+            app,
         })
     }
 }
@@ -563,6 +584,7 @@ mod tests {
                     kind: ErrorType::Continue,
                     condition: c,
                     text: text.map(str::to_owned),
+                    app: None,
                 };
                 assert_eq!(StanzaError::from_element(&e.to_element()), Some(e));
             }

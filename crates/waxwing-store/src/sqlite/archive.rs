@@ -297,6 +297,30 @@ impl ArchiveStore for SqliteStore {
         Ok(n)
     }
 
+    async fn replace(
+        &self,
+        owner: &ArchiveOwner,
+        id: &str,
+        stanza: &str,
+    ) -> Result<(), StoreError> {
+        let n = sqlx::query(
+            "UPDATE archive_items SET stanza = $1 \
+             WHERE owner_kind = $2 AND owner = $3 AND id = $4",
+        )
+        .bind(stanza)
+        .bind(owner.kind().as_str())
+        .bind(owner.jid().to_string())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     async fn prefs(
         &self,
         user: &waxwing_proto::jid::BareJid,

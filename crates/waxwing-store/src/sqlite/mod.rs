@@ -9,6 +9,8 @@ mod archive;
 mod im;
 mod muc;
 mod offline;
+mod pubsub;
+mod reputation;
 mod roster;
 
 use std::str::FromStr;
@@ -40,8 +42,20 @@ pub(crate) struct SqliteStore {
     pool: SqlitePool,
 }
 
-pub(crate) async fn open(url: &str) -> Result<Stores, StoreError> {
-    let s = Arc::new(connect(url).await?);
+/// What a committed write must survive before a call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The server process dying (kill -9, a crash): WAL with
+    /// `synchronous=NORMAL`. Commits reach the OS, not necessarily the disk,
+    /// so an OS crash or power cut can lose the last few; no fsync per commit.
+    #[default]
+    ProcessCrash,
+    /// Power loss as well: `synchronous=FULL`, one fsync per commit.
+    PowerLoss,
+}
+
+pub(crate) async fn open(url: &str, durability: Durability) -> Result<Stores, StoreError> {
+    let s = Arc::new(connect(url, durability).await?);
     Ok(Stores {
         accounts: s.clone(),
         archive: s.clone(),
@@ -50,11 +64,13 @@ pub(crate) async fn open(url: &str) -> Result<Stores, StoreError> {
         last_activity: s.clone(),
         roster: s.clone(),
         offline: s.clone(),
+        pubsub: s.clone(),
+        reputation: s.clone(),
         muc: s,
     })
 }
 
-async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+async fn connect(url: &str, durability: Durability) -> Result<SqliteStore, StoreError> {
     let in_memory = is_memory_url(url);
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Backend(format!("bad SQLite URL: {e}")))?
@@ -82,11 +98,13 @@ async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL, not WAL's usual NORMAL: NORMAL skips the fsync at each
-            // commit, and the last commits can vanish on power loss (not on
-            // kill -9). We tell clients "stored" as soon as a call returns,
-            // so every commit must reach the disk first.
-            .synchronous(SqliteSynchronous::Full);
+            // See `Durability`: NORMAL survives kill -9 (the WAL is in the
+            // OS page cache); FULL also survives power loss, at one fsync
+            // per commit.
+            .synchronous(match durability {
+                Durability::ProcessCrash => SqliteSynchronous::Normal,
+                Durability::PowerLoss => SqliteSynchronous::Full,
+            });
         SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
@@ -173,7 +191,7 @@ mod tests {
     async fn file_database_is_durable_and_strict() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("a/b.db").display());
-        let s = connect(&url).await.unwrap();
+        let s = connect(&url, Durability::PowerLoss).await.unwrap();
         let mut conn = s.pool.acquire().await.unwrap();
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(&mut *conn)
@@ -200,7 +218,9 @@ mod tests {
 
     #[tokio::test]
     async fn errors_do_not_carry_sql() {
-        let s = connect("sqlite::memory:").await.unwrap();
+        let s = connect("sqlite::memory:", Durability::default())
+            .await
+            .unwrap();
         let e = sqlx::query("INSERT INTO accounts (jid, domain) VALUES ($1, NULL)")
             .bind("x@y")
             .execute(&s.pool)

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use waxwing_core::listen::ListenerKind;
+use waxwing_core::stream::compress::{Deflater, Inflater};
 use waxwing_core::{Config, Running};
 use waxwing_proto::jid::BareJid;
 use waxwing_proto::ns;
@@ -207,7 +208,76 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
 enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// XEP-0138 zlib over one of the above.
+    Zlib(Box<Zlib>),
     Gone,
+}
+
+/// The client side of XEP-0138: each write compressed with a sync flush.
+struct Zlib {
+    inner: Io,
+    deflater: Deflater,
+    inflater: Inflater,
+    plain: Vec<u8>,
+    plain_pos: usize,
+    pending: Vec<u8>,
+    pending_pos: usize,
+    /// Bytes on the wire, each way.
+    wire_out: usize,
+    wire_in: usize,
+}
+
+impl Zlib {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.pending_pos < self.pending.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.pending_pos..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.pending_pos += n;
+                    self.wire_out += n;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.pending.clear();
+        self.pending_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if self.plain_pos < self.plain.len() {
+                let n = buf.remaining().min(self.plain.len() - self.plain_pos);
+                buf.put_slice(&self.plain[self.plain_pos..self.plain_pos + n]);
+                self.plain_pos += n;
+                if self.plain_pos == self.plain.len() {
+                    self.plain.clear();
+                    self.plain_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut raw = [0u8; 4096];
+            let mut rb = ReadBuf::new(&mut raw);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            if rb.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            self.wire_in += rb.filled().len();
+            self.inflater
+                .decompress(rb.filled(), &mut self.plain)
+                .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        }
+    }
 }
 
 impl AsyncRead for Io {
@@ -219,6 +289,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Zlib(z) => z.poll_read(cx, buf),
             Io::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -233,6 +304,18 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Zlib(z) => {
+                match z.poll_drain(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                z.deflater.compress(buf, &mut z.pending);
+                if let Poll::Ready(Err(e)) = z.poll_drain(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(buf.len()))
+            }
             Io::Gone => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
         }
     }
@@ -240,6 +323,10 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Zlib(z) => match z.poll_drain(cx) {
+                Poll::Ready(Ok(())) => Pin::new(&mut z.inner).poll_flush(cx),
+                other => other,
+            },
             Io::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -247,6 +334,10 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Zlib(z) => match z.poll_drain(cx) {
+                Poll::Ready(Ok(())) => Pin::new(&mut z.inner).poll_shutdown(cx),
+                other => other,
+            },
             Io::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -534,6 +625,37 @@ impl Client {
     }
 
     /// Sends our header, reads the server's and its features.
+    /// XEP-0138: asks for zlib, switches to it and restarts the stream.
+    pub async fn compress(&mut self) -> Element {
+        self.send("<compress xmlns='http://jabber.org/protocol/compress'><method>zlib</method></compress>")
+            .await;
+        self.expect("<compressed xmlns='http://jabber.org/protocol/compress'/>")
+            .await;
+        let inner = std::mem::replace(&mut self.io, Io::Gone);
+        self.io = Io::Zlib(Box::new(Zlib {
+            inner,
+            deflater: Deflater::new(),
+            // The client trusts the server: no practical bound.
+            inflater: Inflater::new(u64::MAX / 2),
+            plain: Vec::new(),
+            plain_pos: 0,
+            pending: Vec::new(),
+            pending_pos: 0,
+            wire_out: 0,
+            wire_in: 0,
+        }));
+        self.framer = client_framer();
+        self.open_stream().await
+    }
+
+    /// Compressed bytes sent and received since [`Client::compress`].
+    pub fn wire_bytes(&self) -> Option<(usize, usize)> {
+        match &self.io {
+            Io::Zlib(z) => Some((z.wire_out, z.wire_in)),
+            _ => None,
+        }
+    }
+
     pub async fn open_stream(&mut self) -> Element {
         let header = stream_header(&self.domain);
         self.send(&header).await;

@@ -27,7 +27,7 @@ use crate::session::SessionFlag;
 use crate::session::SessionHandle;
 use crate::stream::csi::{self, Held};
 use crate::stream::sm::{self, SmState};
-use crate::stream::transport::Transport;
+use crate::stream::transport::{Transport, is_decompression_bomb};
 use crate::{credentials, random_id};
 
 mod fast;
@@ -348,7 +348,7 @@ impl Conn {
             if let Some(ev) = self.framer.next_event()? {
                 return Ok(ev);
             }
-            let n = self.io.read(&mut buf).await.map_err(|_| End::Gone)?;
+            let n = self.io.read(&mut buf).await.map_err(read_failed)?;
             if n == 0 {
                 return Err(End::Gone);
             }
@@ -507,6 +507,9 @@ impl Conn {
                     Element::new("session", ns::SESSION)
                         .with_child(Element::new("optional", ns::SESSION)),
                 );
+                if config.compression_enabled && !self.io.is_compressed() {
+                    features.push_child(compression_feature());
+                }
                 let cx = Cx::new(self.server.clone(), None);
                 for f in &self.server.registry.stream_features {
                     for el in f.stream_features(&cx) {
@@ -566,6 +569,12 @@ impl Conn {
                         "authenticate first",
                     ));
                 }
+                if el.is("compress", COMPRESS_NS) {
+                    if self.compress(&el).await? {
+                        break;
+                    }
+                    continue;
+                }
                 if el.is("iq", ns::CLIENT) && el.child("bind", ns::BIND).is_some() {
                     if let Some((handle, rx)) = self.bind(&el).await? {
                         return Ok(Negotiated::Bound(handle, rx, None));
@@ -590,6 +599,43 @@ impl Conn {
                 ));
             }
         }
+    }
+
+    /// XEP-0138: `<compress/>` after authentication. True when the stream
+    /// is now compressed (and restarts).
+    async fn compress(&mut self, el: &Element) -> Result<bool, End> {
+        let failure = |condition: &str| {
+            Element::new("failure", COMPRESS_NS)
+                .with_child(Element::new(condition, COMPRESS_NS))
+                .to_xml()
+        };
+        if !self.server.config.compression_enabled || self.io.is_compressed() {
+            self.write(&failure("setup-failed")).await?;
+            return Ok(false);
+        }
+        let method = el.child("method", COMPRESS_NS).map(|m| m.text());
+        if method.as_deref().map(str::trim) != Some("zlib") {
+            self.write(&failure("unsupported-method")).await?;
+            return Ok(false);
+        }
+        // As with STARTTLS: nothing may be pipelined across the switch.
+        if self.framer.buffered() > 0 {
+            return Err(stream_error(
+                StreamCondition::PolicyViolation,
+                "data after <compress/>",
+            ));
+        }
+        self.write(&format!("<compressed xmlns='{COMPRESS_NS}'/>"))
+            .await?;
+        if self
+            .io
+            .compress(self.server.config.compression_max_ratio)
+            .is_err()
+        {
+            return Err(End::Gone);
+        }
+        self.framer.reset();
+        Ok(true)
     }
 
     async fn starttls(&mut self) -> Result<(), End> {
@@ -1015,7 +1061,8 @@ impl Conn {
                     }
                 }
                 r = self.io.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => return Outcome::End(End::Gone),
+                    Ok(0) => return Outcome::End(End::Gone),
+                    Err(e) => return Outcome::End(read_failed(e)),
                     Ok(n) => {
                         self.framer.feed(&buf[..n]);
                         last_read = tokio::time::Instant::now();
@@ -1282,6 +1329,28 @@ impl Conn {
 
 /// Writes an element of the streams namespace with the `stream:` prefix that
 /// our header declared. Equivalent XML either way, but some deployed clients
+/// XEP-0138 protocol namespace.
+const COMPRESS_NS: &str = "http://jabber.org/protocol/compress";
+
+/// The XEP-0138 stream feature: zlib only.
+fn compression_feature() -> Element {
+    Element::new("compression", "http://jabber.org/features/compress")
+        .with_child(Element::new("method", "http://jabber.org/features/compress").with_text("zlib"))
+}
+
+/// A failed read ends the stream: silently, unless the peer sent a
+/// decompression bomb (XEP-0138), which gets `policy-violation`.
+fn read_failed(e: std::io::Error) -> End {
+    if is_decompression_bomb(&e) {
+        tracing::info!("compressed data over the inflation bound");
+        return stream_error(
+            StreamCondition::PolicyViolation,
+            "compressed data inflates too much",
+        );
+    }
+    End::Gone
+}
+
 /// match on the literal `<stream:features>`.
 fn stream_prefixed(el: &Element) -> String {
     debug_assert_eq!(el.ns, ns::STREAM);

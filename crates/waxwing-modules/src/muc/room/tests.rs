@@ -302,6 +302,7 @@ fn kick_ban_and_voice() {
                 .with_child(Element::new("body", ns::CLIENT).with_text("hi")),
             &LIMITS,
             t(1),
+            None,
         )
         .unwrap_err();
     assert_eq!(e.condition, Condition::Forbidden);
@@ -398,7 +399,7 @@ fn history_is_bounded_and_delayed() {
             .with_attr("id", format!("m{i}"))
             .with_child(Element::new("body", ns::CLIENT).with_text(format!("{i}")));
         let fx = r
-            .groupchat(&full("crone@example/a"), &m, &LIMITS, t(i))
+            .groupchat(&full("crone@example/a"), &m, &LIMITS, t(i), None)
             .unwrap();
         // Reflected with the id kept (stable_id), a stanza-id and an occupant-id.
         let back = to(&fx, "crone@example/a")[0];
@@ -443,17 +444,29 @@ fn subject_rules() {
             .with_child(Element::new("subject", ns::CLIENT).with_text(s))
     };
     let e = r
-        .groupchat(&full("hag@example/b"), &subj("x"), &LIMITS, t(0))
+        .groupchat(&full("hag@example/b"), &subj("x"), &LIMITS, t(0), None)
         .unwrap_err();
     assert_eq!(e.condition, Condition::Forbidden);
-    r.groupchat(&full("crone@example/a"), &subj("Spells"), &LIMITS, t(0))
-        .unwrap();
+    r.groupchat(
+        &full("crone@example/a"),
+        &subj("Spells"),
+        &LIMITS,
+        t(0),
+        None,
+    )
+    .unwrap();
     assert_eq!(r.subject, "Spells");
     assert_eq!(r.subject_by.as_deref(), Some("crone"));
     assert_eq!(r.history.len(), 0, "subjects are not history");
     r.config.change_subject = true;
-    r.groupchat(&full("hag@example/b"), &subj("Potions"), &LIMITS, t(0))
-        .unwrap();
+    r.groupchat(
+        &full("hag@example/b"),
+        &subj("Potions"),
+        &LIMITS,
+        t(0),
+        None,
+    )
+    .unwrap();
     assert_eq!(r.subject, "Potions");
 }
 
@@ -570,7 +583,7 @@ fn fan_out_is_linear() {
         .with_attr("type", "groupchat")
         .with_child(Element::new("body", ns::CLIENT).with_text("hi"));
     let fx = r
-        .groupchat(&full("u0@example/r"), &m, &LIMITS, t(0))
+        .groupchat(&full("u0@example/r"), &m, &LIMITS, t(0), None)
         .unwrap();
     assert_eq!(fx.out.len(), 90);
     let fx = r.leave(&full("u1@example/r"), None);

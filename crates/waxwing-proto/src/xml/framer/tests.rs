@@ -561,7 +561,9 @@ fn a_new_header_read_before_reset_is_bad_format() {
     // stream header inside the stream, refused at once rather than waited
     // on as an element that never closes.
     let mut f = Framer::new(Limits::default(), ns::CLIENT);
-    f.feed(&in_stream("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"));
+    f.feed(&in_stream(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+    ));
     assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
     assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
     f.feed(&HEADER.as_bytes()[21..]); // without the XML declaration

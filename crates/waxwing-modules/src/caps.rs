@@ -1,0 +1,323 @@
+//! XEP-0115: Entity Capabilities, read by the server for PEP `+notify`
+//! filtering (XEP-0163 §4.3).
+//!
+//! A session's `<c/>` names a `ver`; features per `ver` are cached for the
+//! life of the process, so each `ver` is asked (disco#info to one full JID)
+//! at most once while an answer is outstanding. Hashed `ver`s are verified
+//! (§5.4) before being cached: a client cannot poison another's entry.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use base64::Engine;
+use sha1::Digest;
+use waxwing_proto::jid::FullJid;
+use waxwing_proto::ns;
+use waxwing_proto::xml::Element;
+
+/// XEP-0115 namespace.
+pub const NS_CAPS: &str = "http://jabber.org/protocol/caps";
+
+/// Bounds on the tables: a flood of made-up `ver`s must not grow them forever.
+const MAX_KNOWN: usize = 4096;
+const MAX_PENDING: usize = 1024;
+
+/// Features of a session's client.
+pub type Features = Arc<HashSet<String>>;
+
+/// What a presence's caps mean for the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// Same `ver` as before: nothing new.
+    Unchanged,
+    /// Features are known now (cached `ver`): act on them.
+    Known,
+    /// Unknown `ver`: send this disco#info query; act when it is answered.
+    Query(Element),
+    /// Unknown `ver`, already being asked.
+    Waiting,
+    /// No caps in the presence.
+    None,
+}
+
+#[derive(Default)]
+struct State {
+    /// Current cache key per session.
+    sessions: HashMap<FullJid, String>,
+    known: HashMap<String, Features>,
+    /// Outstanding queries by IQ id: (cache key, hash algorithm, `ver`).
+    pending: HashMap<String, (String, Option<String>, String)>,
+    /// Keys with a query outstanding.
+    asking: HashSet<String>,
+}
+
+/// The capabilities cache.
+#[derive(Default)]
+pub struct Caps {
+    state: Mutex<State>,
+}
+
+impl Caps {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The features of a session's client, if known.
+    pub fn features(&self, jid: &FullJid) -> Option<Features> {
+        let st = self.lock();
+        let key = st.sessions.get(jid)?;
+        st.known.get(key).cloned()
+    }
+
+    /// Whether the session asked for notifications of `node` (`node+notify`).
+    pub fn wants(&self, jid: &FullJid, node: &str) -> bool {
+        self.features(jid)
+            .is_some_and(|f| f.contains(&format!("{node}+notify")))
+    }
+
+    /// Records the caps of an available presence from `jid`; the query (if
+    /// any) is to be sent from `query_from`.
+    pub fn observe(&self, jid: &FullJid, presence: &Element, query_from: &str) -> Observed {
+        let Some(c) = presence.child("c", NS_CAPS) else {
+            return Observed::None;
+        };
+        let (Some(node), Some(ver)) = (c.attr("node"), c.attr("ver")) else {
+            return Observed::None;
+        };
+        let hash = c.attr("hash").map(str::to_string);
+        // Hashed vers are global; legacy ones only mean something with their node.
+        let key = match &hash {
+            Some(h) => format!("{h}:{ver}"),
+            None => format!("{node}#{ver}"),
+        };
+        let mut st = self.lock();
+        if st.sessions.get(jid) == Some(&key) {
+            return Observed::Unchanged;
+        }
+        st.sessions.insert(jid.clone(), key.clone());
+        if st.known.contains_key(&key) {
+            return Observed::Known;
+        }
+        if st.asking.contains(&key) {
+            return Observed::Waiting;
+        }
+        if st.pending.len() >= MAX_PENDING {
+            st.pending.clear();
+            st.asking.clear();
+        }
+        let id = crate::stanza_id("caps");
+        st.pending
+            .insert(id.clone(), (key.clone(), hash, ver.to_string()));
+        st.asking.insert(key);
+        Observed::Query(
+            Element::new("iq", ns::CLIENT)
+                .with_attr("type", "get")
+                .with_attr("id", id)
+                .with_attr("from", query_from)
+                .with_attr("to", jid.to_string())
+                .with_child(
+                    Element::new("query", ns::DISCO_INFO)
+                        .with_attr("node", format!("{node}#{ver}")),
+                ),
+        )
+    }
+
+    /// The session is gone or unavailable.
+    pub fn forget(&self, jid: &FullJid) {
+        self.lock().sessions.remove(jid);
+    }
+
+    /// An IQ result or error that may answer one of our queries. Returns
+    /// the sessions whose features just became known, or `None` if the IQ
+    /// was not ours.
+    pub fn answer(&self, iq: &Element) -> Option<Vec<FullJid>> {
+        let id = iq.attr("id")?;
+        let mut st = self.lock();
+        let (key, hash, ver) = st.pending.remove(id)?;
+        st.asking.remove(&key);
+        let query = iq
+            .child("query", ns::DISCO_INFO)
+            .filter(|_| iq.attr("type") == Some("result"))?;
+        if let Some(h) = &hash {
+            match verification_string_hash(query, h) {
+                Some(computed) if computed == ver => {}
+                _ => {
+                    tracing::debug!(hash = %h, "caps ver does not match the disco#info answer");
+                    return Some(Vec::new());
+                }
+            }
+        }
+        let features: HashSet<String> = query
+            .children()
+            .filter(|f| f.name == "feature")
+            .filter_map(|f| f.attr("var").map(str::to_string))
+            .collect();
+        if st.known.len() >= MAX_KNOWN {
+            st.known.clear();
+        }
+        st.known.insert(key.clone(), Arc::new(features));
+        Some(
+            st.sessions
+                .iter()
+                .filter(|(_, k)| **k == key)
+                .map(|(j, _)| j.clone())
+                .collect(),
+        )
+    }
+}
+
+/// XEP-0115 §5.1 verification string of a disco#info result, hashed with
+/// `hash` (`sha-1` or `sha-256`) and base64-encoded; `None` for other hashes.
+pub fn verification_string_hash(query: &Element, hash: &str) -> Option<String> {
+    let s = verification_string(query);
+    let digest = match hash {
+        "sha-1" => sha1::Sha1::digest(s.as_bytes()).to_vec(),
+        "sha-256" => sha2::Sha256::digest(s.as_bytes()).to_vec(),
+        _ => return None,
+    };
+    Some(base64::engine::general_purpose::STANDARD.encode(digest))
+}
+
+fn verification_string(query: &Element) -> String {
+    let mut identities: Vec<String> = query
+        .children()
+        .filter(|c| c.name == "identity")
+        .map(|i| {
+            format!(
+                "{}/{}/{}/{}<",
+                i.attr("category").unwrap_or(""),
+                i.attr("type").unwrap_or(""),
+                i.attr("xml:lang").unwrap_or(""),
+                i.attr("name").unwrap_or("")
+            )
+        })
+        .collect();
+    identities.sort();
+    let mut features: Vec<String> = query
+        .children()
+        .filter(|c| c.name == "feature")
+        .filter_map(|f| f.attr("var").map(|v| format!("{v}<")))
+        .collect();
+    features.sort();
+    let mut forms: Vec<(String, String)> = query
+        .children()
+        .filter(|c| c.is("x", ns::DATA_FORMS))
+        .filter_map(|x| {
+            let fields: Vec<&Element> = x.children().filter(|f| f.name == "field").collect();
+            let form_type = fields
+                .iter()
+                .find(|f| f.attr("var") == Some("FORM_TYPE"))?
+                .children()
+                .find(|v| v.name == "value")?
+                .text();
+            let mut rest: Vec<String> = fields
+                .iter()
+                .filter(|f| f.attr("var") != Some("FORM_TYPE"))
+                .map(|f| {
+                    let mut values: Vec<String> = f
+                        .children()
+                        .filter(|v| v.name == "value")
+                        .map(|v| format!("{}<", v.text()))
+                        .collect();
+                    values.sort();
+                    format!("{}<{}", f.attr("var").unwrap_or(""), values.concat())
+                })
+                .collect();
+            rest.sort();
+            Some((form_type.clone(), format!("{form_type}<{}", rest.concat())))
+        })
+        .collect();
+    forms.sort();
+    let forms: String = forms.into_iter().map(|(_, s)| s).collect();
+    format!("{}{}{}", identities.concat(), features.concat(), forms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// XEP-0115 §5.2 simple generation example.
+    #[test]
+    fn simple_example_hash() {
+        let q = Element::new("query", ns::DISCO_INFO)
+            .with_child(
+                Element::new("identity", ns::DISCO_INFO)
+                    .with_attr("category", "client")
+                    .with_attr("name", "Exodus 0.9.1")
+                    .with_attr("type", "pc"),
+            )
+            .with_child(
+                Element::new("feature", ns::DISCO_INFO)
+                    .with_attr("var", "http://jabber.org/protocol/disco#info"),
+            )
+            .with_child(
+                Element::new("feature", ns::DISCO_INFO)
+                    .with_attr("var", "http://jabber.org/protocol/disco#items"),
+            )
+            .with_child(
+                Element::new("feature", ns::DISCO_INFO)
+                    .with_attr("var", "http://jabber.org/protocol/muc"),
+            )
+            .with_child(
+                Element::new("feature", ns::DISCO_INFO)
+                    .with_attr("var", "http://jabber.org/protocol/caps"),
+            );
+        assert_eq!(
+            verification_string_hash(&q, "sha-1").as_deref(),
+            Some("QgayPKawpkPSDYmwT/WM94uAlu0=")
+        );
+    }
+
+    #[test]
+    fn unknown_ver_is_asked_once_then_cached() {
+        let caps = Caps::default();
+        let a = FullJid::parse("a@x/1").unwrap();
+        let b = FullJid::parse("b@x/1").unwrap();
+        let presence = Element::new("presence", ns::CLIENT).with_child(
+            Element::new("c", NS_CAPS)
+                .with_attr("node", "n")
+                .with_attr("ver", "v"),
+        );
+        let Observed::Query(q) = caps.observe(&a, &presence, "pubsub.x") else {
+            panic!()
+        };
+        assert_eq!(caps.observe(&b, &presence, "pubsub.x"), Observed::Waiting);
+        assert_eq!(caps.observe(&a, &presence, "pubsub.x"), Observed::Unchanged);
+        let reply = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "result")
+            .with_attr("id", q.attr("id").unwrap())
+            .with_child(Element::new("query", ns::DISCO_INFO).with_child(
+                Element::new("feature", ns::DISCO_INFO).with_attr("var", "urn:x+notify"),
+            ));
+        let mut ready = caps.answer(&reply).unwrap();
+        ready.sort();
+        assert_eq!(ready, vec![a.clone(), b.clone()]);
+        assert!(caps.wants(&a, "urn:x"));
+        assert!(!caps.wants(&a, "urn:y"));
+        caps.forget(&a);
+        assert!(!caps.wants(&a, "urn:x"));
+        assert_eq!(caps.observe(&a, &presence, "pubsub.x"), Observed::Known);
+        assert!(caps.answer(&reply).is_none(), "answered only once");
+    }
+
+    #[test]
+    fn wrong_hash_is_not_cached() {
+        let caps = Caps::default();
+        let a = FullJid::parse("a@x/1").unwrap();
+        let presence = Element::new("presence", ns::CLIENT).with_child(
+            Element::new("c", NS_CAPS)
+                .with_attr("node", "n")
+                .with_attr("hash", "sha-1")
+                .with_attr("ver", "bogus"),
+        );
+        let Observed::Query(q) = caps.observe(&a, &presence, "pubsub.x") else {
+            panic!()
+        };
+        let reply = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "result")
+            .with_attr("id", q.attr("id").unwrap())
+            .with_child(Element::new("query", ns::DISCO_INFO));
+        assert_eq!(caps.answer(&reply), Some(vec![]));
+        assert!(caps.features(&a).is_none());
+    }
+}

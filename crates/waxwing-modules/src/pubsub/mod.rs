@@ -1,0 +1,1203 @@
+//! XEP-0060: Publish-Subscribe, shared by the `pubsub.<host>` services
+//! (`service.rs`) and PEP on every account (`pep.rs`, XEP-0163).
+//!
+//! One engine answers `<pubsub/>` and `<pubsub xmlns='…#owner'/>` requests
+//! for a node owner ([`Svc`]): an account's bare JID (PEP) or a service
+//! domain. What differs is who may see a node (PEP nodes default to
+//! presence access and judge by the owner's roster) and who gets
+//! notifications (PEP: contacts whose entity capabilities ask for
+//! `node+notify`; services: explicit subscribers).
+
+pub mod config;
+pub mod service;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use waxwing_core::Config;
+use waxwing_core::hooks::{
+    Cx, Event, EventHandler, Flow, Hook, IqHandler, IqResult, IqTarget, Module, Priority,
+    RegisterError, Registrar, StanzaHook,
+};
+use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::ns;
+use waxwing_proto::stanza::{Condition, StanzaError};
+use waxwing_proto::xml::{Element, parse_stanza};
+use waxwing_store::{PubSubAffiliation, PubSubItem, StoreError, Subscription, SubscriptionState};
+
+use crate::caps::Caps;
+use crate::internal;
+use config::{AccessModel, NodeConfig, PUBLISH_OPTIONS_FORM, PublishModel, inner_form};
+
+pub const NS: &str = "http://jabber.org/protocol/pubsub";
+pub const NS_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+pub const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+pub const NS_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+pub const NS_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
+pub const NS_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+
+/// Features both kinds of service support (XEP-0060 §10).
+pub const FEATURES: &[&str] = &[
+    NS,
+    "http://jabber.org/protocol/pubsub#access-authorize",
+    "http://jabber.org/protocol/pubsub#access-open",
+    "http://jabber.org/protocol/pubsub#access-presence",
+    "http://jabber.org/protocol/pubsub#access-roster",
+    "http://jabber.org/protocol/pubsub#access-whitelist",
+    "http://jabber.org/protocol/pubsub#auto-create",
+    "http://jabber.org/protocol/pubsub#config-node",
+    "http://jabber.org/protocol/pubsub#create-and-configure",
+    "http://jabber.org/protocol/pubsub#create-nodes",
+    "http://jabber.org/protocol/pubsub#delete-items",
+    "http://jabber.org/protocol/pubsub#delete-nodes",
+    "http://jabber.org/protocol/pubsub#filtered-notifications",
+    "http://jabber.org/protocol/pubsub#instant-nodes",
+    "http://jabber.org/protocol/pubsub#item-ids",
+    "http://jabber.org/protocol/pubsub#last-published",
+    "http://jabber.org/protocol/pubsub#manage-subscriptions",
+    "http://jabber.org/protocol/pubsub#modify-affiliations",
+    "http://jabber.org/protocol/pubsub#persistent-items",
+    "http://jabber.org/protocol/pubsub#publish",
+    "http://jabber.org/protocol/pubsub#publish-options",
+    "http://jabber.org/protocol/pubsub#purge-nodes",
+    "http://jabber.org/protocol/pubsub#retract-items",
+    "http://jabber.org/protocol/pubsub#retrieve-affiliations",
+    "http://jabber.org/protocol/pubsub#retrieve-items",
+    "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
+    "http://jabber.org/protocol/pubsub#subscribe",
+    "http://jabber.org/protocol/pubsub#subscription-notifications",
+];
+
+/// Whose nodes these are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An account's personal eventing service (XEP-0163).
+    Pep,
+    /// A `pubsub.<host>` service.
+    Service,
+}
+
+/// The engine bound to one node owner for one request.
+pub struct Svc<'a> {
+    pub cx: &'a Cx,
+    pub kind: Kind,
+    /// The account (PEP) or the service domain as a domain-only JID.
+    pub jid: BareJid,
+    pub caps: &'a Caps,
+    /// Stanzas to route after the IQ answer (the last item after a
+    /// subscription result, XEP-0060 §6.5.7). PEP answers are routed by
+    /// the router after the handler returns, so PEP routes these first.
+    pub deferred: std::sync::Mutex<Vec<Element>>,
+}
+
+/// The whole feature: PEP on accounts, the `pubsub.<host>` services, and
+/// the entity-capabilities cache both use.
+pub struct PubSub {
+    caps: Arc<Caps>,
+    services: Vec<Arc<service::PubSubService>>,
+}
+
+impl PubSub {
+    /// One service per virtual host, on `pubsub.<host>`.
+    pub fn new(config: &Config) -> Self {
+        let caps = Arc::new(Caps::default());
+        let services = config
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let domain = format!("pubsub.{h}");
+                let jid = BareJid::domain_only(&domain).ok()?;
+                Some(Arc::new(service::PubSubService::new(jid, caps.clone())))
+            })
+            .collect();
+        PubSub { caps, services }
+    }
+
+    /// The domain caps queries are sent from: a service domain, because
+    /// only services receive IQ results (the router drops results sent to
+    /// accounts or hosts).
+    fn query_from(&self, host: &str) -> Option<String> {
+        let want = format!("pubsub.{host}");
+        self.services
+            .iter()
+            .map(|s| s.jid.to_string())
+            .find(|d| *d == want)
+    }
+}
+
+impl Module for PubSub {
+    fn name(&self) -> &'static str {
+        "pubsub"
+    }
+
+    fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
+        for f in FEATURES {
+            reg.account_feature(f);
+        }
+        reg.account_feature(crate::bookmarks::NS_BOOKMARKS2_COMPAT);
+        let pep: Arc<dyn IqHandler> = Arc::new(crate::pep::Pep {
+            caps: self.caps.clone(),
+        });
+        reg.iq(IqTarget::Account, NS, pep.clone())?;
+        reg.iq(IqTarget::Account, NS_OWNER, pep)?;
+        for s in &self.services {
+            reg.service(&s.jid.to_string(), s.clone())?;
+        }
+        reg.hook(Hook::Outbound, Priority::EARLY, self.clone());
+        reg.on_events(self);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StanzaHook for PubSub {
+    async fn handle_stanza(&self, cx: &Cx, _hook: Hook, stanza: &mut Element) -> Flow {
+        if stanza.name != "presence" || stanza.attr("to").is_some() {
+            return Flow::Continue;
+        }
+        let Some(origin) = cx.origin().cloned() else {
+            return Flow::Continue;
+        };
+        match stanza.attr("type") {
+            None => {
+                if let Some(from) = self.query_from(origin.jid.domain()) {
+                    crate::pep::on_available_presence(cx, &self.caps, &origin.jid, stanza, &from)
+                        .await;
+                }
+            }
+            Some("unavailable") => self.caps.forget(&origin.jid),
+            _ => {}
+        }
+        Flow::Continue
+    }
+}
+
+#[async_trait]
+impl EventHandler for PubSub {
+    async fn on_event(&self, cx: &Cx, event: &Event) {
+        match event {
+            Event::SessionClosed(s) => self.caps.forget(&s.jid),
+            Event::UserDeleted(user) => {
+                if let Err(e) = cx.stores().pubsub.remove_service(user).await {
+                    tracing::error!(error = %e, %user, "removing PEP nodes failed");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A request's `node` attribute, required.
+fn node_attr(el: &Element) -> Result<String, StanzaError> {
+    match el.attr("node") {
+        Some(n) if !n.is_empty() => Ok(n.to_string()),
+        _ => Err(StanzaError::modify(Condition::BadRequest)
+            .with_app(Element::new("nodeid-required", NS_ERRORS))),
+    }
+}
+
+fn item_not_found() -> StanzaError {
+    StanzaError::cancel(Condition::ItemNotFound)
+}
+
+fn forbidden() -> StanzaError {
+    StanzaError::auth(Condition::Forbidden)
+}
+
+fn store(e: StoreError) -> StanzaError {
+    match e {
+        StoreError::NotFound => item_not_found(),
+        StoreError::AlreadyExists => StanzaError::cancel(Condition::Conflict),
+        e => internal(e),
+    }
+}
+
+impl Svc<'_> {
+    fn default_config(&self) -> NodeConfig {
+        match self.kind {
+            Kind::Pep => NodeConfig::pep(),
+            Kind::Service => NodeConfig::service(),
+        }
+    }
+
+    /// The node's configuration, or `item-not-found`.
+    pub async fn config(&self, node: &str) -> Result<NodeConfig, StanzaError> {
+        match self
+            .cx
+            .stores()
+            .pubsub
+            .node_config(&self.jid, node)
+            .await
+            .map_err(internal)?
+        {
+            Some(xml) => Ok(NodeConfig::from_stored(&xml, self.default_config())),
+            None => Err(item_not_found()),
+        }
+    }
+
+    /// `who`'s affiliation with the node; the account owns its PEP nodes.
+    pub async fn affiliation(
+        &self,
+        node: &str,
+        who: &BareJid,
+    ) -> Result<Option<PubSubAffiliation>, StanzaError> {
+        if self.kind == Kind::Pep && *who == self.jid {
+            return Ok(Some(PubSubAffiliation::Owner));
+        }
+        let affs = self
+            .cx
+            .stores()
+            .pubsub
+            .affiliations(&self.jid, node)
+            .await
+            .map_err(store)?;
+        Ok(affs.into_iter().find(|(j, _)| j == who).map(|(_, a)| a))
+    }
+
+    /// The accounts whose rosters decide presence/roster access: the PEP
+    /// account, or a service node's owners.
+    async fn roster_owners(&self, node: &str) -> Result<Vec<BareJid>, StanzaError> {
+        if self.kind == Kind::Pep {
+            return Ok(vec![self.jid.clone()]);
+        }
+        let affs = self
+            .cx
+            .stores()
+            .pubsub
+            .affiliations(&self.jid, node)
+            .await
+            .map_err(store)?;
+        Ok(affs
+            .into_iter()
+            .filter(|(_, a)| *a == PubSubAffiliation::Owner)
+            .map(|(j, _)| j)
+            .collect())
+    }
+
+    /// XEP-0060 §4.5: may `who` retrieve items and subscribe?
+    pub async fn may_access(
+        &self,
+        node: &str,
+        cfg: &NodeConfig,
+        who: &BareJid,
+        aff: Option<PubSubAffiliation>,
+    ) -> Result<bool, StanzaError> {
+        use PubSubAffiliation::*;
+        match aff {
+            Some(Owner | Publisher | Member) => return Ok(true),
+            Some(Outcast | PublishOnly) => return Ok(false),
+            None => {}
+        }
+        Ok(match cfg.access_model {
+            AccessModel::Open => true,
+            AccessModel::Whitelist => false,
+            AccessModel::Authorize => self
+                .cx
+                .stores()
+                .pubsub
+                .subscriptions(&self.jid, node)
+                .await
+                .map_err(store)?
+                .iter()
+                .any(|(j, s)| j.bare() == who && *s == SubscriptionState::Subscribed),
+            AccessModel::Presence | AccessModel::Roster => {
+                let mut ok = false;
+                for owner in self.roster_owners(node).await? {
+                    let item = self
+                        .cx
+                        .stores()
+                        .roster
+                        .get(&owner, who)
+                        .await
+                        .map_err(internal)?;
+                    ok |= match (cfg.access_model, item) {
+                        (_, None) => false,
+                        (AccessModel::Presence, Some(i)) => {
+                            matches!(i.subscription, Subscription::From | Subscription::Both)
+                        }
+                        (_, Some(i)) => {
+                            cfg.roster_groups_allowed.is_empty()
+                                || i.groups
+                                    .iter()
+                                    .any(|g| cfg.roster_groups_allowed.contains(g))
+                        }
+                    };
+                }
+                ok
+            }
+        })
+    }
+
+    /// Answers one `<pubsub/>` or `<pubsub xmlns='…#owner'/>` request.
+    pub async fn handle(&self, from: &Jid, is_set: bool, payload: &Element) -> IqResult {
+        if payload.name != "pubsub" {
+            return Err(StanzaError::modify(Condition::BadRequest));
+        }
+        let children: Vec<&Element> = payload.children().collect();
+        let Some(first) = children.first() else {
+            return Err(StanzaError::modify(Condition::BadRequest));
+        };
+        let who = from.to_bare();
+        if payload.ns == NS_OWNER {
+            return self.handle_owner(&who, is_set, first).await;
+        }
+        match (is_set, first.name.as_str()) {
+            (true, "publish") => {
+                let options = payload.child("publish-options", NS);
+                self.publish(from, first, options).await
+            }
+            (true, "retract") => self.retract(&who, first).await,
+            (true, "create") => {
+                let configure = payload.child("configure", NS);
+                self.create(&who, first, configure).await
+            }
+            (true, "subscribe") => self.subscribe(from, first).await,
+            (true, "unsubscribe") => self.unsubscribe(from, first).await,
+            (false, "items") => self.items(&who, first, payload.child("set", NS_RSM)).await,
+            (false, "subscriptions") => self.own_subscriptions(from, first).await,
+            (false, "affiliations") => self.own_affiliations(&who, first).await,
+            (false, "default") => Ok(Some(Element::new("pubsub", NS).with_child(
+                Element::new("default", NS).with_child(self.default_config().to_form("form")),
+            ))),
+            (_, "options" | "configure") => Err(StanzaError::cancel(
+                Condition::FeatureNotImplemented,
+            )
+            .with_app(
+                Element::new("unsupported", NS_ERRORS).with_attr("feature", "subscription-options"),
+            )),
+            _ => Err(StanzaError::modify(Condition::BadRequest)),
+        }
+    }
+
+    async fn require_owner(&self, node: &str, who: &BareJid) -> Result<NodeConfig, StanzaError> {
+        let cfg = self.config(node).await?;
+        if self.affiliation(node, who).await? != Some(PubSubAffiliation::Owner) {
+            return Err(forbidden());
+        }
+        Ok(cfg)
+    }
+
+    async fn handle_owner(&self, who: &BareJid, is_set: bool, el: &Element) -> IqResult {
+        let node = node_attr(el)?;
+        let p = &self.cx.stores().pubsub;
+        match (is_set, el.name.as_str()) {
+            (false, "configure") => {
+                let cfg = self.require_owner(&node, who).await?;
+                Ok(Some(
+                    Element::new("pubsub", NS_OWNER).with_child(
+                        Element::new("configure", NS_OWNER)
+                            .with_attr("node", node)
+                            .with_child(cfg.to_form("form")),
+                    ),
+                ))
+            }
+            (true, "configure") => {
+                let mut cfg = self.require_owner(&node, who).await?;
+                let Some(x) = inner_form(el, NS_NODE_CONFIG)? else {
+                    return Err(StanzaError::modify(Condition::BadRequest));
+                };
+                cfg.apply_form(&x)?;
+                p.set_node_config(&self.jid, &node, &cfg.to_stored())
+                    .await
+                    .map_err(store)?;
+                Ok(None)
+            }
+            (true, "delete") => {
+                let cfg = self.require_owner(&node, who).await?;
+                let recipients = self.recipients(&node, &cfg).await?;
+                p.delete_node(&self.jid, &node).await.map_err(store)?;
+                if cfg.notify_delete {
+                    let ev = Element::new("delete", NS_EVENT).with_attr("node", node.as_str());
+                    self.send_event(&recipients, ev).await;
+                }
+                Ok(None)
+            }
+            (true, "purge") => {
+                let cfg = self.require_owner(&node, who).await?;
+                p.purge(&self.jid, &node).await.map_err(store)?;
+                let recipients = self.recipients(&node, &cfg).await?;
+                let ev = Element::new("purge", NS_EVENT).with_attr("node", node.as_str());
+                self.send_event(&recipients, ev).await;
+                self.after_change(&node).await;
+                Ok(None)
+            }
+            (false, "subscriptions") => {
+                self.require_owner(&node, who).await?;
+                let mut out =
+                    Element::new("subscriptions", NS_OWNER).with_attr("node", node.as_str());
+                for (j, s) in p.subscriptions(&self.jid, &node).await.map_err(store)? {
+                    out.push_child(
+                        Element::new("subscription", NS_OWNER)
+                            .with_attr("jid", j.to_string())
+                            .with_attr("subscription", s.as_str()),
+                    );
+                }
+                Ok(Some(Element::new("pubsub", NS_OWNER).with_child(out)))
+            }
+            (true, "subscriptions") => {
+                let cfg = self.require_owner(&node, who).await?;
+                for s in el.children().filter(|c| c.name == "subscription") {
+                    let jid = s
+                        .attr("jid")
+                        .and_then(|j| Jid::parse(j).ok())
+                        .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+                    let state = match s.attr("subscription") {
+                        Some("none") => None,
+                        Some(x) => Some(
+                            SubscriptionState::parse(x)
+                                .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?,
+                        ),
+                        None => return Err(StanzaError::modify(Condition::BadRequest)),
+                    };
+                    p.set_subscription(&self.jid, &node, &jid, state)
+                        .await
+                        .map_err(store)?;
+                    // The subscriber learns of the change (XEP-0060 §8.8.2.4),
+                    // and an approved one gets the last item.
+                    let sub = Element::new("subscription", NS_EVENT)
+                        .with_attr("node", node.as_str())
+                        .with_attr("jid", jid.to_string())
+                        .with_attr("subscription", state.map_or("none", |s| s.as_str()));
+                    self.send_event(std::slice::from_ref(&jid), sub).await;
+                    if state == Some(SubscriptionState::Subscribed) {
+                        self.send_last_item(&node, &cfg, &jid).await;
+                    }
+                }
+                Ok(None)
+            }
+            (false, "affiliations") => {
+                self.require_owner(&node, who).await?;
+                let mut out =
+                    Element::new("affiliations", NS_OWNER).with_attr("node", node.as_str());
+                for (j, a) in p.affiliations(&self.jid, &node).await.map_err(store)? {
+                    out.push_child(
+                        Element::new("affiliation", NS_OWNER)
+                            .with_attr("jid", j.to_string())
+                            .with_attr("affiliation", a.as_str()),
+                    );
+                }
+                Ok(Some(Element::new("pubsub", NS_OWNER).with_child(out)))
+            }
+            (true, "affiliations") => {
+                self.require_owner(&node, who).await?;
+                let mut changes = Vec::new();
+                for a in el.children().filter(|c| c.name == "affiliation") {
+                    let jid = a
+                        .attr("jid")
+                        .and_then(|j| BareJid::parse(j).ok())
+                        .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+                    let aff = match a.attr("affiliation") {
+                        Some("none") => None,
+                        Some(x) => Some(
+                            PubSubAffiliation::parse(x)
+                                .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?,
+                        ),
+                        None => return Err(StanzaError::modify(Condition::BadRequest)),
+                    };
+                    changes.push((jid, aff));
+                }
+                // XEP-0060 §8.9.2.4: a node keeps at least one owner.
+                let mut owners: HashSet<BareJid> = p
+                    .affiliations(&self.jid, &node)
+                    .await
+                    .map_err(store)?
+                    .into_iter()
+                    .filter(|(_, a)| *a == PubSubAffiliation::Owner)
+                    .map(|(j, _)| j)
+                    .collect();
+                for (j, a) in &changes {
+                    if *a == Some(PubSubAffiliation::Owner) {
+                        owners.insert(j.clone());
+                    } else {
+                        owners.remove(j);
+                    }
+                }
+                if self.kind == Kind::Service && owners.is_empty() {
+                    return Err(StanzaError::modify(Condition::NotAcceptable)
+                        .with_text("a node needs an owner"));
+                }
+                for (j, a) in changes {
+                    p.set_affiliation(&self.jid, &node, &j, a)
+                        .await
+                        .map_err(store)?;
+                    if a == Some(PubSubAffiliation::Outcast) {
+                        for (sub, _) in p.subscriptions(&self.jid, &node).await.map_err(store)? {
+                            if *sub.bare() == j {
+                                p.set_subscription(&self.jid, &node, &sub, None)
+                                    .await
+                                    .map_err(store)?;
+                            }
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            _ => Err(StanzaError::modify(Condition::BadRequest)),
+        }
+    }
+
+    /// May `who` create nodes here? PEP: the account itself; services:
+    /// accounts of the service's host.
+    fn may_create(&self, who: &BareJid) -> bool {
+        match self.kind {
+            Kind::Pep => *who == self.jid,
+            Kind::Service => {
+                who.local().is_some()
+                    && self
+                        .jid
+                        .domain()
+                        .strip_prefix("pubsub.")
+                        .is_some_and(|host| host == who.domain())
+            }
+        }
+    }
+
+    async fn create(&self, who: &BareJid, el: &Element, configure: Option<&Element>) -> IqResult {
+        if !self.may_create(who) {
+            return Err(forbidden());
+        }
+        let (node, instant) = match el.attr("node") {
+            Some(n) if !n.is_empty() => (n.to_string(), false),
+            _ if self.kind == Kind::Service => (crate::stanza_id("node"), true),
+            _ => return Err(node_attr(el).unwrap_err()),
+        };
+        let mut cfg = self.default_config();
+        if let Some(c) = configure
+            && let Some(x) = inner_form(c, NS_NODE_CONFIG)?
+        {
+            cfg.apply_form(&x)?;
+        }
+        self.create_node(&node, &cfg, who).await?;
+        Ok(instant.then(|| {
+            Element::new("pubsub", NS)
+                .with_child(Element::new("create", NS).with_attr("node", node))
+        }))
+    }
+
+    async fn create_node(
+        &self,
+        node: &str,
+        cfg: &NodeConfig,
+        owner: &BareJid,
+    ) -> Result<(), StanzaError> {
+        let p = &self.cx.stores().pubsub;
+        p.create_node(&self.jid, node, &cfg.to_stored())
+            .await
+            .map_err(store)?;
+        if self.kind == Kind::Service {
+            p.set_affiliation(&self.jid, node, owner, Some(PubSubAffiliation::Owner))
+                .await
+                .map_err(store)?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, from: &Jid, el: &Element, options: Option<&Element>) -> IqResult {
+        let who = from.to_bare();
+        let node = node_attr(el)?;
+        let options = match options {
+            Some(o) => inner_form(o, PUBLISH_OPTIONS_FORM)?,
+            None => None,
+        };
+        let cfg = match self.config(&node).await {
+            Ok(cfg) => {
+                if let Some(o) = &options {
+                    cfg.check_preconditions(o)?;
+                }
+                cfg
+            }
+            // XEP-0163 §3: publishing to a PEP node that does not exist creates it.
+            Err(e) if e.condition == Condition::ItemNotFound && self.kind == Kind::Pep => {
+                if !self.may_create(&who) {
+                    return Err(forbidden());
+                }
+                let mut cfg = self.default_config();
+                if let Some(o) = &options {
+                    cfg.apply_form(o)?;
+                }
+                match self.create_node(&node, &cfg, &who).await {
+                    // Created concurrently: use what is there.
+                    Err(e) if e.condition == Condition::Conflict => self.config(&node).await?,
+                    r => {
+                        r?;
+                        cfg
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let aff = self.affiliation(&node, &who).await?;
+        let allowed = match aff {
+            Some(
+                PubSubAffiliation::Owner
+                | PubSubAffiliation::Publisher
+                | PubSubAffiliation::PublishOnly,
+            ) => true,
+            Some(PubSubAffiliation::Outcast) => false,
+            _ => match cfg.publish_model {
+                PublishModel::Publishers => false,
+                PublishModel::Open => true,
+                PublishModel::Subscribers => self
+                    .cx
+                    .stores()
+                    .pubsub
+                    .subscriptions(&self.jid, &node)
+                    .await
+                    .map_err(store)?
+                    .iter()
+                    .any(|(j, s)| *j.bare() == who && *s == SubscriptionState::Subscribed),
+            },
+        };
+        if !allowed {
+            return Err(forbidden());
+        }
+        let items: Vec<&Element> = el.children().filter(|c| c.name == "item").collect();
+        if items.len() > 1 {
+            return Err(StanzaError::modify(Condition::BadRequest)
+                .with_app(Element::new("invalid-payload", NS_ERRORS)));
+        }
+        let item = items.first();
+        let payloads: Vec<&Element> = item.map(|i| i.children().collect()).unwrap_or_default();
+        if payloads.len() > 1 {
+            return Err(StanzaError::modify(Condition::BadRequest)
+                .with_app(Element::new("invalid-payload", NS_ERRORS)));
+        }
+        let Some(payload) = payloads.first() else {
+            return Err(StanzaError::modify(Condition::BadRequest)
+                .with_app(Element::new("payload-required", NS_ERRORS)));
+        };
+        let id = item
+            .and_then(|i| i.attr("id"))
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| crate::stanza_id("item"));
+        let stored = PubSubItem {
+            id: id.clone(),
+            publisher: from.clone(),
+            payload: payload.to_xml(),
+        };
+        self.cx
+            .stores()
+            .pubsub
+            .publish(&self.jid, &node, &stored, Some(cfg.item_limit()))
+            .await
+            .map_err(store)?;
+        let recipients = self.recipients(&node, &cfg).await?;
+        let ev = Element::new("items", NS_EVENT)
+            .with_attr("node", node.as_str())
+            .with_child(self.event_item(&cfg, &stored, payload));
+        self.send_event(&recipients, ev).await;
+        self.after_change(&node).await;
+        Ok(Some(
+            Element::new("pubsub", NS).with_child(
+                Element::new("publish", NS)
+                    .with_attr("node", node)
+                    .with_child(Element::new("item", NS).with_attr("id", id)),
+            ),
+        ))
+    }
+
+    fn event_item(&self, cfg: &NodeConfig, item: &PubSubItem, payload: &Element) -> Element {
+        let mut el = Element::new("item", NS_EVENT)
+            .with_attr("id", item.id.as_str())
+            .with_attr("publisher", item.publisher.to_bare().to_string());
+        if cfg.deliver_payloads {
+            el.push_child(payload.clone());
+        }
+        el
+    }
+
+    async fn retract(&self, who: &BareJid, el: &Element) -> IqResult {
+        let node = node_attr(el)?;
+        let cfg = self.config(&node).await?;
+        if !matches!(
+            self.affiliation(&node, who).await?,
+            Some(PubSubAffiliation::Owner | PubSubAffiliation::Publisher)
+        ) {
+            return Err(forbidden());
+        }
+        let Some(id) = el
+            .children()
+            .find(|c| c.name == "item")
+            .and_then(|i| i.attr("id"))
+        else {
+            return Err(StanzaError::modify(Condition::BadRequest)
+                .with_app(Element::new("item-required", NS_ERRORS)));
+        };
+        let removed = self
+            .cx
+            .stores()
+            .pubsub
+            .retract(&self.jid, &node, id)
+            .await
+            .map_err(store)?;
+        if !removed {
+            return Err(item_not_found());
+        }
+        let notify = el
+            .attr("notify")
+            .map_or(cfg.notify_retract, |n| n == "1" || n == "true");
+        if notify {
+            let recipients = self.recipients(&node, &cfg).await?;
+            let ev = Element::new("items", NS_EVENT)
+                .with_attr("node", node.as_str())
+                .with_child(Element::new("retract", NS_EVENT).with_attr("id", id));
+            self.send_event(&recipients, ev).await;
+        }
+        self.after_change(&node).await;
+        Ok(None)
+    }
+
+    async fn items(&self, who: &BareJid, el: &Element, rsm: Option<&Element>) -> IqResult {
+        let node = node_attr(el)?;
+        let cfg = self.config(&node).await?;
+        let aff = self.affiliation(&node, who).await?;
+        if !self.may_access(&node, &cfg, who, aff).await? {
+            return Err(access_error(&cfg));
+        }
+        let all = self
+            .cx
+            .stores()
+            .pubsub
+            .items(&self.jid, &node)
+            .await
+            .map_err(store)?;
+        let wanted: Vec<&str> = el
+            .children()
+            .filter(|c| c.name == "item")
+            .filter_map(|c| c.attr("id"))
+            .collect();
+        let mut selected: Vec<&PubSubItem> = if wanted.is_empty() {
+            all.iter().collect()
+        } else {
+            all.iter()
+                .filter(|i| wanted.contains(&i.id.as_str()))
+                .collect()
+        };
+        if let Some(max) = el.attr("max_items").and_then(|m| m.parse::<usize>().ok()) {
+            selected.truncate(max);
+        }
+        let mut set = None;
+        if let Some(rsm) = rsm {
+            let (page, out) = rsm_page(&selected, rsm)?;
+            selected = page;
+            set = Some(out);
+        }
+        let mut items = Element::new("items", NS).with_attr("node", node);
+        for i in selected {
+            let mut item = Element::new("item", NS).with_attr("id", i.id.as_str());
+            if let Ok(p) = parse_stanza(&i.payload, ns::CLIENT) {
+                item.push_child(p);
+            }
+            items.push_child(item);
+        }
+        let mut pubsub = Element::new("pubsub", NS).with_child(items);
+        if let Some(set) = set {
+            pubsub.push_child(set);
+        }
+        Ok(Some(pubsub))
+    }
+
+    async fn subscribe(&self, from: &Jid, el: &Element) -> IqResult {
+        let node = node_attr(el)?;
+        let jid = subscriber_jid(from, el)?;
+        let who = from.to_bare();
+        let cfg = self.config(&node).await?;
+        let aff = self.affiliation(&node, &who).await?;
+        let state = if aff == Some(PubSubAffiliation::Outcast) {
+            return Err(forbidden());
+        } else if self.may_access(&node, &cfg, &who, aff).await? {
+            SubscriptionState::Subscribed
+        } else if cfg.access_model == AccessModel::Authorize {
+            SubscriptionState::Pending
+        } else {
+            return Err(access_error(&cfg));
+        };
+        self.cx
+            .stores()
+            .pubsub
+            .set_subscription(&self.jid, &node, &jid, Some(state))
+            .await
+            .map_err(store)?;
+        if state == SubscriptionState::Pending {
+            self.ask_owners(&node, &jid).await?;
+        }
+        let reply = Element::new("pubsub", NS).with_child(
+            Element::new("subscription", NS)
+                .with_attr("node", node.as_str())
+                .with_attr("jid", jid.to_string())
+                .with_attr("subscription", state.as_str()),
+        );
+        if state == SubscriptionState::Subscribed
+            && let Some(msg) = self.last_item_message(&node, &cfg, &jid).await
+        {
+            self.deferred
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(msg);
+        }
+        Ok(Some(reply))
+    }
+
+    /// XEP-0060 §8.6: the owners get an authorization form.
+    async fn ask_owners(&self, node: &str, jid: &Jid) -> Result<(), StanzaError> {
+        let owners = self.roster_owners(node).await?;
+        let field = |var: &str, ty: &str, value: &str| {
+            Element::new("field", ns::DATA_FORMS)
+                .with_attr("var", var)
+                .with_attr("type", ty)
+                .with_child(Element::new("value", ns::DATA_FORMS).with_text(value))
+        };
+        let form = Element::new("x", ns::DATA_FORMS)
+            .with_attr("type", "form")
+            .with_child(field(
+                "FORM_TYPE",
+                "hidden",
+                "http://jabber.org/protocol/pubsub#subscribe_authorization",
+            ))
+            .with_child(field("pubsub#node", "text-single", node))
+            .with_child(field(
+                "pubsub#subscriber_jid",
+                "jid-single",
+                &jid.to_string(),
+            ))
+            .with_child(field("pubsub#allow", "boolean", "false"));
+        for owner in owners {
+            let msg = Element::new("message", ns::CLIENT)
+                .with_attr("from", self.jid.to_string())
+                .with_attr("to", owner.to_string())
+                .with_attr("id", crate::stanza_id("auth"))
+                .with_child(form.clone());
+            self.cx.route(msg).await;
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, from: &Jid, el: &Element) -> IqResult {
+        let node = node_attr(el)?;
+        let jid = subscriber_jid(from, el)?;
+        self.config(&node).await?;
+        let p = &self.cx.stores().pubsub;
+        let subs = p.subscriptions(&self.jid, &node).await.map_err(store)?;
+        if !subs.iter().any(|(j, _)| *j == jid) {
+            return Err(StanzaError::cancel(Condition::UnexpectedRequest)
+                .with_app(Element::new("not-subscribed", NS_ERRORS)));
+        }
+        p.set_subscription(&self.jid, &node, &jid, None)
+            .await
+            .map_err(store)?;
+        Ok(None)
+    }
+
+    async fn own_subscriptions(&self, from: &Jid, el: &Element) -> IqResult {
+        let p = &self.cx.stores().pubsub;
+        let nodes = match el.attr("node") {
+            Some(n) => vec![n.to_string()],
+            None => p.nodes(&self.jid).await.map_err(internal)?,
+        };
+        let mut out = Element::new("subscriptions", NS);
+        for node in nodes {
+            for (j, s) in p.subscriptions(&self.jid, &node).await.map_err(store)? {
+                if j.bare() == from.bare() {
+                    out.push_child(
+                        Element::new("subscription", NS)
+                            .with_attr("node", node.as_str())
+                            .with_attr("jid", j.to_string())
+                            .with_attr("subscription", s.as_str()),
+                    );
+                }
+            }
+        }
+        Ok(Some(Element::new("pubsub", NS).with_child(out)))
+    }
+
+    async fn own_affiliations(&self, who: &BareJid, el: &Element) -> IqResult {
+        let p = &self.cx.stores().pubsub;
+        let nodes = match el.attr("node") {
+            Some(n) => vec![n.to_string()],
+            None => p.nodes(&self.jid).await.map_err(internal)?,
+        };
+        let mut out = Element::new("affiliations", NS);
+        for node in nodes {
+            if let Some(a) = self.affiliation(&node, who).await? {
+                out.push_child(
+                    Element::new("affiliation", NS)
+                        .with_attr("node", node.as_str())
+                        .with_attr("affiliation", a.as_str()),
+                );
+            }
+        }
+        Ok(Some(Element::new("pubsub", NS).with_child(out)))
+    }
+
+    /// Who gets notifications of `node` now. Services: explicit
+    /// subscribers. PEP: the account's and its presence subscribers'
+    /// available resources whose caps ask for `node+notify` (XEP-0163
+    /// §4.3), plus explicit subscribers.
+    pub async fn recipients(&self, node: &str, cfg: &NodeConfig) -> Result<Vec<Jid>, StanzaError> {
+        let mut out: Vec<Jid> = Vec::new();
+        let mut seen = HashSet::new();
+        let subs = self
+            .cx
+            .stores()
+            .pubsub
+            .subscriptions(&self.jid, node)
+            .await
+            .map_err(store)?;
+        for (j, s) in subs {
+            if s == SubscriptionState::Subscribed && seen.insert(j.to_string()) {
+                out.push(j);
+            }
+        }
+        if self.kind == Kind::Pep {
+            let mut contacts = vec![self.jid.clone()];
+            let roster = self
+                .cx
+                .stores()
+                .roster
+                .items(&self.jid)
+                .await
+                .map_err(internal)?;
+            for item in roster {
+                if matches!(item.subscription, Subscription::From | Subscription::Both)
+                    && self.cx.is_local_host(item.contact.domain())
+                {
+                    contacts.push(item.contact);
+                }
+            }
+            for contact in contacts {
+                let aff = self.affiliation(node, &contact).await?;
+                if !self.may_access(node, cfg, &contact, aff).await? {
+                    continue;
+                }
+                for s in self.cx.sessions_of(&contact) {
+                    if s.is_available()
+                        && self.caps.wants(&s.jid, node)
+                        && seen.insert(s.jid.to_string())
+                    {
+                        out.push(Jid::from(s.jid.clone()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn event_message(&self, to: &Jid, payload: Element) -> Element {
+        Element::new("message", ns::CLIENT)
+            .with_attr("from", self.jid.to_string())
+            .with_attr("to", to.to_string())
+            .with_attr("type", "headline")
+            .with_attr("id", crate::stanza_id("ev"))
+            .with_child(Element::new("event", NS_EVENT).with_child(payload))
+    }
+
+    /// Sends `<message><event>{payload}</event></message>` to each recipient.
+    pub async fn send_event(&self, recipients: &[Jid], payload: Element) {
+        for to in recipients {
+            self.cx.route(self.event_message(to, payload.clone())).await;
+        }
+    }
+
+    /// Routes what [`Svc::deferred`] collected.
+    pub async fn flush_deferred(&self) {
+        let msgs = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        for m in msgs {
+            self.cx.route(m).await;
+        }
+    }
+
+    /// The newest item of `node` to `to`, unless the node says never.
+    pub async fn send_last_item(&self, node: &str, cfg: &NodeConfig, to: &Jid) {
+        if let Some(msg) = self.last_item_message(node, cfg, to).await {
+            self.cx.route(msg).await;
+        }
+    }
+
+    async fn last_item_message(&self, node: &str, cfg: &NodeConfig, to: &Jid) -> Option<Element> {
+        if cfg.send_last_published_item == "never" {
+            return None;
+        }
+        let items = match self.cx.stores().pubsub.items(&self.jid, node).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the last pubsub item failed");
+                return None;
+            }
+        };
+        let last = items.first()?;
+        let Ok(payload) = parse_stanza(&last.payload, ns::CLIENT) else {
+            tracing::error!("dropping a corrupt stored pubsub item");
+            return None;
+        };
+        let ev = Element::new("items", NS_EVENT)
+            .with_attr("node", node)
+            .with_child(self.event_item(cfg, last, &payload));
+        Some(self.event_message(to, ev))
+    }
+
+    /// Side effects of a changed PEP node (XEP-0402 `#compat` mirroring).
+    async fn after_change(&self, node: &str) {
+        if self.kind == Kind::Pep && node == crate::bookmarks::NS_BOOKMARKS2 {
+            crate::bookmarks::mirror_to_private(self.cx, &self.jid).await;
+        }
+    }
+}
+
+/// The JID a (un)subscribe request names: it must be the sender's bare
+/// JID or one of its full JIDs (XEP-0060 §6.1.3.1).
+fn subscriber_jid(from: &Jid, el: &Element) -> Result<Jid, StanzaError> {
+    let jid = el
+        .attr("jid")
+        .and_then(|j| Jid::parse(j).ok())
+        .ok_or_else(|| {
+            StanzaError::modify(Condition::BadRequest)
+                .with_app(Element::new("jid-required", NS_ERRORS))
+        })?;
+    if jid.bare() != from.bare() {
+        return Err(StanzaError::modify(Condition::BadRequest)
+            .with_app(Element::new("invalid-jid", NS_ERRORS)));
+    }
+    Ok(jid)
+}
+
+/// XEP-0060 §6.1.3: the error for a refused subscription or retrieval.
+fn access_error(cfg: &NodeConfig) -> StanzaError {
+    match cfg.access_model {
+        AccessModel::Presence => StanzaError::auth(Condition::NotAuthorized)
+            .with_app(Element::new("presence-subscription-required", NS_ERRORS)),
+        AccessModel::Roster => StanzaError::auth(Condition::NotAuthorized)
+            .with_app(Element::new("not-in-roster-group", NS_ERRORS)),
+        AccessModel::Whitelist => StanzaError::cancel(Condition::NotAllowed)
+            .with_app(Element::new("closed-node", NS_ERRORS)),
+        AccessModel::Authorize => StanzaError::auth(Condition::NotAuthorized)
+            .with_app(Element::new("pending-subscription", NS_ERRORS)),
+        AccessModel::Open => forbidden(),
+    }
+}
+
+/// XEP-0059 paging over items (newest first): `max`, `after`, `before`, `index`.
+fn rsm_page<'a>(
+    items: &[&'a PubSubItem],
+    rsm: &Element,
+) -> Result<(Vec<&'a PubSubItem>, Element), StanzaError> {
+    let text = |name: &str| rsm.child(name, NS_RSM).map(|e| e.text());
+    let max = match text("max") {
+        Some(m) => Some(
+            m.trim()
+                .parse::<usize>()
+                .map_err(|_| StanzaError::modify(Condition::BadRequest))?,
+        ),
+        None => None,
+    };
+    let position = |id: &str| {
+        items
+            .iter()
+            .position(|i| i.id == id)
+            .ok_or_else(item_not_found)
+    };
+    let (start, end) = if let Some(after) = text("after") {
+        let p = position(&after)? + 1;
+        (p, max.map_or(items.len(), |m| (p + m).min(items.len())))
+    } else if let Some(before) = text("before") {
+        let end = if before.is_empty() {
+            items.len()
+        } else {
+            position(&before)?
+        };
+        (max.map_or(0, |m| end.saturating_sub(m)), end)
+    } else {
+        let start = text("index")
+            .and_then(|i| i.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(items.len());
+        (
+            start,
+            max.map_or(items.len(), |m| (start + m).min(items.len())),
+        )
+    };
+    let page: Vec<&PubSubItem> = items[start..end].to_vec();
+    let mut set = Element::new("set", NS_RSM);
+    if let (Some(first), Some(last)) = (page.first(), page.last()) {
+        set.push_child(
+            Element::new("first", NS_RSM)
+                .with_attr("index", start.to_string())
+                .with_text(first.id.clone()),
+        );
+        set.push_child(Element::new("last", NS_RSM).with_text(last.id.clone()));
+    }
+    set.push_child(Element::new("count", NS_RSM).with_text(items.len().to_string()));
+    Ok((page, set))
+}
+
+/// Parses a stored item payload back (for modules that read nodes).
+pub fn item_payload(item: &PubSubItem) -> Option<Element> {
+    parse_stanza(&item.payload, ns::CLIENT).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waxwing_store::PubSubItem;
+
+    fn items(ids: &[&str]) -> Vec<PubSubItem> {
+        ids.iter()
+            .map(|id| PubSubItem {
+                id: (*id).into(),
+                publisher: Jid::parse("a@b").unwrap(),
+                payload: "<x/>".into(),
+            })
+            .collect()
+    }
+
+    fn rsm(children: &[(&str, &str)]) -> Element {
+        let mut set = Element::new("set", NS_RSM);
+        for (k, v) in children {
+            set.push_child(Element::new(*k, NS_RSM).with_text(*v));
+        }
+        set
+    }
+
+    #[test]
+    fn rsm_pages_forward_and_backward() {
+        let all = items(&["5", "4", "3", "2", "1"]);
+        let refs: Vec<&PubSubItem> = all.iter().collect();
+        let ids = |p: &[&PubSubItem]| p.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+        let (p, set) = rsm_page(&refs, &rsm(&[("max", "2")])).unwrap();
+        assert_eq!(ids(&p), ["5", "4"]);
+        assert_eq!(set.child("count", NS_RSM).unwrap().text(), "5");
+        assert_eq!(set.child("last", NS_RSM).unwrap().text(), "4");
+        let (p, _) = rsm_page(&refs, &rsm(&[("max", "2"), ("after", "4")])).unwrap();
+        assert_eq!(ids(&p), ["3", "2"]);
+        let (p, _) = rsm_page(&refs, &rsm(&[("max", "2"), ("before", "")])).unwrap();
+        assert_eq!(ids(&p), ["2", "1"]);
+        let e = rsm_page(&refs, &rsm(&[("after", "nope")])).unwrap_err();
+        assert_eq!(e.condition, Condition::ItemNotFound);
+    }
+
+    #[test]
+    fn subscriber_jid_must_be_the_sender() {
+        let from = Jid::parse("a@b/r").unwrap();
+        let ok = Element::new("subscribe", NS).with_attr("jid", "a@b");
+        assert_eq!(subscriber_jid(&from, &ok).unwrap().to_string(), "a@b");
+        let other = Element::new("subscribe", NS).with_attr("jid", "c@b");
+        let e = subscriber_jid(&from, &other).unwrap_err();
+        assert_eq!(e.app.unwrap().name, "invalid-jid");
+    }
+
+    #[test]
+    fn refusals_name_the_access_model() {
+        let mut cfg = NodeConfig::service();
+        cfg.access_model = AccessModel::Whitelist;
+        let e = access_error(&cfg);
+        assert_eq!(e.condition, Condition::NotAllowed);
+        assert_eq!(e.app.unwrap().name, "closed-node");
+        cfg.access_model = AccessModel::Presence;
+        assert_eq!(
+            access_error(&cfg).app.unwrap().name,
+            "presence-subscription-required"
+        );
+    }
+}

@@ -1,0 +1,506 @@
+//! Personal eventing (issue 9): PEP (XEP-0163) with `+notify` filtering from
+//! entity capabilities (XEP-0115), publish-options preconditions
+//! (XEP-0060 §7.1.5 / XEP-0223), OMEMO nodes (XEP-0384), avatars and
+//! nicknames (XEP-0084, XEP-0172), bookmarks with `#compat` (XEP-0402).
+
+mod support;
+
+use base64::Engine;
+use sha2::Digest;
+use support::*;
+use waxwing_proto::jid::BareJid;
+use waxwing_proto::xml::Element;
+use waxwing_store::{RosterItem, Subscription};
+
+const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+const DEVICES: &str = "urn:xmpp:omemo:2:devices";
+const BUNDLES: &str = "urn:xmpp:omemo:2:bundles";
+
+fn j(local: &str) -> BareJid {
+    BareJid::parse(&bare(local)).unwrap()
+}
+
+/// Mutual `both` subscription, written straight to the store.
+async fn befriend(s: &TestServer, a: &str, b: &str) {
+    for (owner, contact) in [(a, b), (b, a)] {
+        let mut item = RosterItem::new(j(contact));
+        item.subscription = Subscription::Both;
+        s.running
+            .server
+            .stores
+            .roster
+            .put(&j(owner), &item)
+            .await
+            .unwrap();
+    }
+}
+
+async fn online(s: &TestServer, user: &str, resource: &str) -> Client {
+    let mut c = s.login_available(user, resource, 0).await;
+    c.sync().await;
+    c
+}
+
+/// Sends an IQ and returns its answer, skipping anything else.
+async fn iq(c: &mut Client, ty: &str, to: Option<&str>, payload: &str) -> Element {
+    let id = c.id("iq");
+    let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
+    c.send(&format!("<iq type='{ty}' id='{id}'{to}>{payload}</iq>"))
+        .await;
+    loop {
+        let el = c.next(&format!("the answer to {id}")).await;
+        if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
+            return el;
+        }
+    }
+}
+
+fn is_result(el: &Element) -> bool {
+    el.attr("type") == Some("result")
+}
+
+/// XEP-0115 ver (sha-256) of a client with one identity and `features`.
+fn ver(features: &[String]) -> String {
+    let mut f: Vec<String> = features.iter().map(|f| format!("{f}<")).collect();
+    f.sort();
+    let s = format!("client/pc//Test<{}", f.concat());
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// Sends available presence with caps for `features`, answers the server's
+/// disco#info query if it asks, and returns everything else that arrived.
+async fn announce_caps(c: &mut Client, features: &[&str]) -> Vec<Element> {
+    let features: Vec<String> = features.iter().map(|f| f.to_string()).collect();
+    let v = ver(&features);
+    c.send(&format!(
+        "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-256' \
+         node='https://waxwing.test' ver='{v}'/></presence>"
+    ))
+    .await;
+    let mut other = Vec::new();
+    for el in c.sync().await {
+        if el.name == "iq"
+            && el.attr("type") == Some("get")
+            && el
+                .child("query", "http://jabber.org/protocol/disco#info")
+                .is_some()
+        {
+            assert_eq!(el.attr("from"), Some("pubsub.localhost"), "{el}");
+            let feats: String = features
+                .iter()
+                .map(|f| format!("<feature var='{f}'/>"))
+                .collect();
+            c.send(&format!(
+                "<iq type='result' id='{}' to='pubsub.localhost'>\
+                 <query xmlns='http://jabber.org/protocol/disco#info' node='https://waxwing.test#{v}'>\
+                 <identity category='client' type='pc' name='Test'/>{feats}</query></iq>",
+                el.attr("id").unwrap()
+            ))
+            .await;
+        } else {
+            other.push(el);
+        }
+    }
+    other.extend(c.sync().await);
+    other
+}
+
+fn devicelist(ids: &[u32]) -> String {
+    let devices: String = ids.iter().map(|i| format!("<device id='{i}'/>")).collect();
+    format!("<devices xmlns='{DEVICES}'>{devices}</devices>")
+}
+
+fn publish(node: &str, id: &str, payload: &str, options: &[(&str, &str)]) -> String {
+    let mut opts = String::new();
+    if !options.is_empty() {
+        opts.push_str(
+            "<publish-options><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'>\
+             <value>http://jabber.org/protocol/pubsub#publish-options</value></field>",
+        );
+        for (k, v) in options {
+            opts.push_str(&format!("<field var='{k}'><value>{v}</value></field>"));
+        }
+        opts.push_str("</x></publish-options>");
+    }
+    format!(
+        "<pubsub xmlns='{PUBSUB}'><publish node='{node}'><item id='{id}'>{payload}</item></publish>{opts}</pubsub>"
+    )
+}
+
+fn is_event(el: &Element, node: &str) -> bool {
+    el.name == "message"
+        && el
+            .child("event", "http://jabber.org/protocol/pubsub#event")
+            .and_then(|e| e.child("items", "http://jabber.org/protocol/pubsub#event"))
+            .is_some_and(|i| i.attr("node") == Some(node))
+}
+
+#[tokio::test]
+async fn omemo_devicelist_reaches_notify_contacts_only_and_last_item_at_login() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob", "carol", "dave"] {
+        s.user(u).await;
+    }
+    befriend(&s, "alice", "bob").await;
+    befriend(&s, "alice", "carol").await;
+    let notify = format!("{DEVICES}+notify");
+    let mut bob = online(&s, "bob", "laptop").await;
+    announce_caps(&mut bob, &["urn:xmpp:omemo:2", &notify]).await;
+    let mut carol = online(&s, "carol", "old").await;
+    announce_caps(&mut carol, &["urn:xmpp:omemo:2"]).await;
+    let mut alice = online(&s, "alice", "phone").await;
+    // Alice's available presence reached both contacts.
+    bob.sync().await;
+    carol.sync().await;
+
+    let r = iq(
+        &mut alice,
+        "set",
+        None,
+        &publish(
+            DEVICES,
+            "current",
+            &devicelist(&[1, 2]),
+            &[("pubsub#access_model", "open")],
+        ),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><publish node='{DEVICES}'><item id='current'/></publish></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    let ev = bob.expect(&format!(
+        "<message from='alice@localhost' type='headline'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+         <items node='{DEVICES}'><item id='current'><devices xmlns='{DEVICES}'><device id='1'/><device id='2'/></devices></item></items></event></message>"
+    )).await;
+    assert!(is_event(&ev, DEVICES));
+    carol.expect_nothing().await;
+
+    // Same options again: fine. Conflicting precondition: refused, nothing published.
+    let r = iq(
+        &mut alice,
+        "set",
+        None,
+        &publish(
+            DEVICES,
+            "current",
+            &devicelist(&[1, 2, 3]),
+            &[("pubsub#access_model", "open")],
+        ),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    bob.expect_with("devicelist update", |e| is_event(e, DEVICES))
+        .await;
+    let r = iq(
+        &mut alice,
+        "set",
+        None,
+        &publish(
+            DEVICES,
+            "current",
+            &devicelist(&[9]),
+            &[("pubsub#access_model", "whitelist")],
+        ),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "conflict"), "{r}");
+    assert!(
+        r.child("error", "jabber:client")
+            .and_then(|e| e.child(
+                "precondition-not-met",
+                "http://jabber.org/protocol/pubsub#errors"
+            ))
+            .is_some(),
+        "{r}"
+    );
+    bob.expect_nothing().await;
+
+    // Bundle with max_items=max; a stranger reads it (open access).
+    let bundle = format!("<bundle xmlns='{BUNDLES}'><spk id='1'>AAAA</spk><ik>BBBB</ik></bundle>");
+    let r = iq(
+        &mut alice,
+        "set",
+        None,
+        &publish(
+            BUNDLES,
+            "2",
+            &bundle,
+            &[("pubsub#access_model", "open"), ("pubsub#max_items", "max")],
+        ),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    let mut dave = online(&s, "dave", "pc").await;
+    let r = iq(
+        &mut dave,
+        "get",
+        Some("alice@localhost"),
+        &format!(
+            "<pubsub xmlns='{PUBSUB}'><items node='{BUNDLES}'><item id='2'/></items></pubsub>"
+        ),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result' from='alice@localhost'><pubsub xmlns='{PUBSUB}'><items node='{BUNDLES}'>\
+                      <item id='2'><bundle xmlns='{BUNDLES}'><ik>BBBB</ik></bundle></item></items></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    let r = iq(
+        &mut dave,
+        "get",
+        Some("alice@localhost"),
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='{DEVICES}'/></pubsub>"),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+
+    // Last item at login: a new resource of bob with the same (now known) caps.
+    let mut phone = online(&s, "bob", "phone").await;
+    let got = announce_caps(&mut phone, &["urn:xmpp:omemo:2", &notify]).await;
+    let last: Vec<_> = got.iter().filter(|e| is_event(e, DEVICES)).collect();
+    assert_eq!(last.len(), 1, "{got:?}");
+    assert!(
+        matches_pattern(
+            last[0],
+            &format!(
+                "<message from='alice@localhost'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+                      <items node='{DEVICES}'><item id='current'><devices xmlns='{DEVICES}'><device id='3'/></devices></item></items></event></message>"
+            )
+        ),
+        "{}",
+        last[0]
+    );
+    // A late-joining client without +notify gets nothing.
+    let mut carol2 = online(&s, "carol", "new").await;
+    let got = announce_caps(&mut carol2, &["urn:xmpp:omemo:2", "urn:x:other"]).await;
+    assert!(got.iter().all(|e| !is_event(e, DEVICES)), "{got:?}");
+}
+
+#[tokio::test]
+async fn presence_access_nick_and_avatar_and_account_disco() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob", "eve"] {
+        s.user(u).await;
+    }
+    befriend(&s, "alice", "bob").await;
+    let mut alice = online(&s, "alice", "a").await;
+    let mut bob = online(&s, "bob", "b").await;
+    let mut eve = online(&s, "eve", "e").await;
+
+    let r = iq(
+        &mut bob,
+        "get",
+        Some("alice@localhost"),
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='pubsub' type='pep'/>\
+             <feature var='http://jabber.org/protocol/pubsub#publish-options'/>\
+             <feature var='urn:xmpp:bookmarks:1#compat'/></query></iq>"
+        ),
+        "{r}"
+    );
+
+    let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Ally</nick>";
+    let r = iq(
+        &mut alice,
+        "set",
+        None,
+        &publish("http://jabber.org/protocol/nick", "current", nick, &[]),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    let meta = "<metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='3' id='abc' type='image/png'/></metadata>";
+    let r = iq(
+        &mut alice,
+        "set",
+        None,
+        &publish("urn:xmpp:avatar:metadata", "abc", meta, &[]),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    let get = |node: &str| format!("<pubsub xmlns='{PUBSUB}'><items node='{node}'/></pubsub>");
+    let r = iq(
+        &mut bob,
+        "get",
+        Some("alice@localhost"),
+        &get("http://jabber.org/protocol/nick"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items><item id='current'><nick xmlns='http://jabber.org/protocol/nick'>Ally</nick></item></items></pubsub></iq>"
+        ),
+        "{r}"
+    );
+    let r = iq(
+        &mut bob,
+        "get",
+        Some("alice@localhost"),
+        &get("urn:xmpp:avatar:metadata"),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    // Presence access (the default): no subscription, no items.
+    let r = iq(
+        &mut eve,
+        "get",
+        Some("alice@localhost"),
+        &get("urn:xmpp:avatar:metadata"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "not-authorized"), "{r}");
+    // Nobody but the owner publishes to or configures a PEP node.
+    let r = iq(
+        &mut eve,
+        "set",
+        Some("alice@localhost"),
+        &publish("urn:xmpp:avatar:metadata", "x", meta, &[]),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+    let r = iq(
+        &mut eve,
+        "get",
+        Some("alice@localhost"),
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:avatar:metadata'/></pubsub>",
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+    let r = iq(
+        &mut alice,
+        "get",
+        None,
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:avatar:metadata'/></pubsub>",
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:avatar:metadata'><x xmlns='jabber:x:data' type='form'><field var='pubsub#access_model'><value>presence</value></field></x></configure></pubsub></iq>"
+        ),
+        "{r}"
+    );
+
+    // The owner sees its nodes in disco#items.
+    let r = iq(
+        &mut alice,
+        "get",
+        None,
+        "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><query xmlns='http://jabber.org/protocol/disco#items'>\
+             <item jid='alice@localhost' node='http://jabber.org/protocol/nick'/>\
+             <item jid='alice@localhost' node='urn:xmpp:avatar:metadata'/></query></iq>"
+        ),
+        "{r}"
+    );
+
+    // Deleting the account removes its PEP nodes.
+    let stores = &s.running.server.stores;
+    assert_eq!(stores.pubsub.nodes(&j("alice")).await.unwrap().len(), 2);
+    s.running
+        .server
+        .clone()
+        .delete_account(&j("alice"))
+        .await
+        .unwrap();
+    assert!(stores.pubsub.nodes(&j("alice")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bookmarks_are_mirrored_to_private_storage() {
+    let s = TestServer::start().await;
+    s.user("alice").await;
+    let mut alice = online(&s, "alice", "a").await;
+    let conf = "<conference xmlns='urn:xmpp:bookmarks:1' name='Council' autojoin='true'><nick>ally</nick></conference>";
+    let r = iq(
+        &mut alice,
+        "set",
+        None,
+        &publish(
+            "urn:xmpp:bookmarks:1",
+            "council@conference.localhost",
+            conf,
+            &[
+                ("pubsub#persist_items", "true"),
+                ("pubsub#max_items", "max"),
+                ("pubsub#send_last_published_item", "never"),
+                ("pubsub#access_model", "whitelist"),
+            ],
+        ),
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    let get = "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>";
+    let r = iq(&mut alice, "get", None, get).await;
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>\
+             <conference jid='council@conference.localhost' name='Council' autojoin='true'><nick>ally</nick></conference>\
+             </storage></query></iq>"
+        ),
+        "{r}"
+    );
+    let r = iq(
+        &mut alice,
+        "set",
+        None,
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='urn:xmpp:bookmarks:1' notify='true'>\
+         <item id='council@conference.localhost'/></retract></pubsub>",
+    )
+    .await;
+    assert!(is_result(&r), "{r}");
+    let r = iq(&mut alice, "get", None, get).await;
+    let st = r
+        .child("query", "jabber:iq:private")
+        .and_then(|q| q.child("storage", "storage:bookmarks"))
+        .expect("storage");
+    assert!(!st.has_children(), "{r}");
+
+    // The other direction: XEP-0049 writes show up in the PEP node.
+    let set = "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>\
+               <conference jid='tea@conference.localhost' name='Tea' autojoin='true'><nick>al</nick></conference>\
+               </storage></query>";
+    assert!(is_result(&iq(&mut alice, "set", None, set).await));
+    let r = iq(
+        &mut alice,
+        "get",
+        None,
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='urn:xmpp:bookmarks:1'/></pubsub>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><items node='urn:xmpp:bookmarks:1'>\
+                 <item id='tea@conference.localhost'><conference xmlns='urn:xmpp:bookmarks:1' name='Tea' autojoin='true'>\
+                 <nick>al</nick></conference></item></items></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+}

@@ -1,0 +1,299 @@
+//! The `pubsub.<host>` service (XEP-0060): node lifecycle, notifications,
+//! retrieval with RSM, access models and owner management (issue 9).
+
+mod support;
+
+use support::*;
+use waxwing_proto::xml::Element;
+
+const PS: &str = "pubsub.localhost";
+const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+const OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+const EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+
+async fn online(s: &TestServer, user: &str, resource: &str) -> Client {
+    let mut c = s.login_available(user, resource, 0).await;
+    c.sync().await;
+    c
+}
+
+/// Sends an IQ to the service and returns its answer, skipping anything else.
+async fn iq(c: &mut Client, ty: &str, payload: &str) -> Element {
+    let id = c.id("iq");
+    c.send(&format!(
+        "<iq type='{ty}' id='{id}' to='{PS}'>{payload}</iq>"
+    ))
+    .await;
+    loop {
+        let el = c.next(&format!("the answer to {id}")).await;
+        if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
+            return el;
+        }
+    }
+}
+
+fn ok(el: &Element) {
+    assert_eq!(el.attr("type"), Some("result"), "{el}");
+}
+
+fn create(node: &str, access: Option<&str>) -> String {
+    let configure = match access {
+        Some(a) => format!(
+            "<configure><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+             <field var='pubsub#access_model'><value>{a}</value></field></x></configure>"
+        ),
+        None => String::new(),
+    };
+    format!("<pubsub xmlns='{PUBSUB}'><create node='{node}'/>{configure}</pubsub>")
+}
+
+fn publish(node: &str, id: &str, text: &str) -> String {
+    format!(
+        "<pubsub xmlns='{PUBSUB}'><publish node='{node}'><item id='{id}'>\
+         <entry xmlns='http://www.w3.org/2005/Atom'><title>{text}</title></entry></item></publish></pubsub>"
+    )
+}
+
+fn subscribe(node: &str, jid: &str) -> String {
+    format!("<pubsub xmlns='{PUBSUB}'><subscribe node='{node}' jid='{jid}'/></pubsub>")
+}
+
+#[tokio::test]
+async fn create_publish_subscribe_notify_retract_purge_delete() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        s.user(u).await;
+    }
+    let mut alice = online(&s, "alice", "a").await;
+    let mut bob = online(&s, "bob", "b").await;
+    let mut carol = online(&s, "carol", "c").await;
+
+    // The server lists the service; the service describes itself.
+    let id = bob.id("items");
+    bob.send(&format!("<iq type='get' id='{id}' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")).await;
+    bob.expect(&format!("<iq type='result' id='{id}'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='{PS}'/></query></iq>")).await;
+    let r = iq(
+        &mut bob,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='pubsub' type='service'/><feature var='http://jabber.org/protocol/pubsub'/></query></iq>"
+        ),
+        "{r}"
+    );
+
+    ok(&iq(&mut alice, "set", &create("news", None)).await);
+    let r = iq(&mut bob, "set", &create("news", None)).await;
+    assert!(has_stanza_error(&r, "conflict"), "{r}");
+    ok(&iq(&mut alice, "set", &publish("news", "1", "first")).await);
+
+    // Subscribing delivers the last published item, then notifications follow.
+    let r = iq(&mut bob, "set", &subscribe("news", "bob@localhost/b")).await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result' from='{PS}'><pubsub xmlns='{PUBSUB}'><subscription node='news' jid='bob@localhost/b' subscription='subscribed'/></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    let mut got = bob.sync().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(matches_pattern(
+        &got.remove(0),
+        &format!(
+            "<message from='{PS}'><event xmlns='{EVENT}'><items node='news'><item id='1'/></items></event></message>"
+        )
+    ));
+    ok(&iq(&mut alice, "set", &publish("news", "2", "second")).await);
+    bob.expect(&format!(
+        "<message from='{PS}' to='bob@localhost/b'><event xmlns='{EVENT}'><items node='news'><item id='2'>\
+         <entry xmlns='http://www.w3.org/2005/Atom'><title>second</title></entry></item></items></event></message>"
+    ))
+    .await;
+    carol.expect_nothing().await;
+    // Only publishers publish.
+    let r = iq(&mut carol, "set", &publish("news", "3", "spam")).await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+
+    // Items, newest first, paged with RSM.
+    let r = iq(&mut carol, "get", &format!("<pubsub xmlns='{PUBSUB}'><items node='news'/><set xmlns='http://jabber.org/protocol/rsm'><max>1</max></set></pubsub>")).await;
+    let items = r
+        .child("pubsub", PUBSUB)
+        .and_then(|p| p.child("items", PUBSUB))
+        .expect("items");
+    let ids: Vec<_> = items.children().filter_map(|i| i.attr("id")).collect();
+    assert_eq!(ids, ["2"], "{r}");
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq><pubsub xmlns='{PUBSUB}'><set xmlns='http://jabber.org/protocol/rsm'><count>2</count><last>2</last></set></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    let r = iq(&mut carol, "get", &format!("<pubsub xmlns='{PUBSUB}'><items node='news'/><set xmlns='http://jabber.org/protocol/rsm'><max>5</max><after>2</after></set></pubsub>")).await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq><pubsub xmlns='{PUBSUB}'><items node='news'><item id='1'/></items></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+
+    // Retract notifies.
+    ok(&iq(&mut alice, "set", &format!("<pubsub xmlns='{PUBSUB}'><retract node='news' notify='1'><item id='1'/></retract></pubsub>")).await);
+    bob.expect(&format!("<message from='{PS}'><event xmlns='{EVENT}'><items node='news'><retract id='1'/></items></event></message>")).await;
+    // Purge and delete are the owner's, and notify too.
+    let r = iq(
+        &mut bob,
+        "set",
+        &format!("<pubsub xmlns='{OWNER}'><purge node='news'/></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+    ok(&iq(
+        &mut alice,
+        "set",
+        &format!("<pubsub xmlns='{OWNER}'><purge node='news'/></pubsub>"),
+    )
+    .await);
+    bob.expect(&format!(
+        "<message from='{PS}'><event xmlns='{EVENT}'><purge node='news'/></event></message>"
+    ))
+    .await;
+    let r = iq(
+        &mut carol,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='news'/></pubsub>"),
+    )
+    .await;
+    ok(&r);
+    assert!(
+        !r.child("pubsub", PUBSUB)
+            .unwrap()
+            .child("items", PUBSUB)
+            .unwrap()
+            .has_children(),
+        "{r}"
+    );
+    // Unsubscribe, resubscribe, then delete.
+    ok(&iq(
+        &mut bob,
+        "set",
+        &format!(
+            "<pubsub xmlns='{PUBSUB}'><unsubscribe node='news' jid='bob@localhost/b'/></pubsub>"
+        ),
+    )
+    .await);
+    ok(&iq(&mut bob, "set", &subscribe("news", "bob@localhost/b")).await);
+    ok(&iq(
+        &mut alice,
+        "set",
+        &format!("<pubsub xmlns='{OWNER}'><delete node='news'/></pubsub>"),
+    )
+    .await);
+    bob.expect(&format!(
+        "<message from='{PS}'><event xmlns='{EVENT}'><delete node='news'/></event></message>"
+    ))
+    .await;
+    let r = iq(
+        &mut carol,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='news'/></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "item-not-found"), "{r}");
+}
+
+#[tokio::test]
+async fn whitelist_refuses_until_affiliated_and_authorize_needs_approval() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        s.user(u).await;
+    }
+    let mut alice = online(&s, "alice", "a").await;
+    let mut bob = online(&s, "bob", "b").await;
+    let mut carol = online(&s, "carol", "c").await;
+
+    ok(&iq(&mut alice, "set", &create("club", Some("whitelist"))).await);
+    let r = iq(&mut bob, "set", &subscribe("club", "bob@localhost")).await;
+    assert!(has_stanza_error(&r, "not-allowed"), "{r}");
+    assert!(
+        r.child("error", "jabber:client")
+            .and_then(|e| e.child("closed-node", "http://jabber.org/protocol/pubsub#errors"))
+            .is_some(),
+        "{r}"
+    );
+    let r = iq(
+        &mut bob,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='club'/></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "not-allowed"), "{r}");
+    ok(&iq(&mut alice, "set", &format!("<pubsub xmlns='{OWNER}'><affiliations node='club'><affiliation jid='bob@localhost' affiliation='member'/></affiliations></pubsub>")).await);
+    let r = iq(
+        &mut alice,
+        "get",
+        &format!("<pubsub xmlns='{OWNER}'><affiliations node='club'/></pubsub>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{OWNER}'><affiliations node='club'><affiliation jid='alice@localhost' affiliation='owner'/><affiliation jid='bob@localhost' affiliation='member'/></affiliations></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    ok(&iq(&mut bob, "set", &subscribe("club", "bob@localhost")).await);
+    // The last owner cannot leave.
+    let r = iq(&mut alice, "set", &format!("<pubsub xmlns='{OWNER}'><affiliations node='club'><affiliation jid='alice@localhost' affiliation='none'/></affiliations></pubsub>")).await;
+    assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
+    // Outcasts lose their subscription.
+    ok(&iq(&mut alice, "set", &format!("<pubsub xmlns='{OWNER}'><affiliations node='club'><affiliation jid='bob@localhost' affiliation='outcast'/></affiliations></pubsub>")).await);
+    ok(&iq(&mut alice, "set", &publish("club", "x", "secret")).await);
+    bob.expect_nothing().await;
+
+    // Authorize: pending, the owner gets a form, approves, the subscriber learns it.
+    ok(&iq(&mut alice, "set", &create("guarded", Some("authorize"))).await);
+    let r = iq(&mut carol, "set", &subscribe("guarded", "carol@localhost")).await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><subscription node='guarded' subscription='pending'/></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    alice.expect(&format!("<message from='{PS}'><x xmlns='jabber:x:data' type='form'><field var='pubsub#subscriber_jid'><value>carol@localhost</value></field></x></message>")).await;
+    let r = iq(
+        &mut carol,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='guarded'/></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "not-authorized"), "{r}");
+    ok(&iq(&mut alice, "set", &format!("<pubsub xmlns='{OWNER}'><subscriptions node='guarded'><subscription jid='carol@localhost' subscription='subscribed'/></subscriptions></pubsub>")).await);
+    carol.expect(&format!("<message from='{PS}'><event xmlns='{EVENT}'><subscription node='guarded' jid='carol@localhost' subscription='subscribed'/></event></message>")).await;
+    ok(&iq(&mut alice, "set", &publish("guarded", "g1", "hello")).await);
+    carol.expect(&format!("<message from='{PS}' to='carol@localhost'><event xmlns='{EVENT}'><items node='guarded'><item id='g1'/></items></event></message>")).await;
+    ok(&iq(
+        &mut carol,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='guarded'/></pubsub>"),
+    )
+    .await);
+}
