@@ -180,6 +180,17 @@ impl Framer {
         self.poison = None;
     }
 
+    /// Frees the parser's scratch buffers while no stanza is in progress.
+    /// rxml keeps a `max_token_length` scratchpad per parser; an idle
+    /// session (the common case by far) need not hold 16 KiB for it. The
+    /// next stanza allocates it again, which costs one malloc.
+    pub fn release_idle_buffers(&mut self) {
+        if self.buffered() == 0 {
+            self.parser.release_temporaries();
+            self.buf.shrink_to_fit();
+        }
+    }
+
     /// Input bytes after the last returned event (or keepalive). Must be 0
     /// when the TLS upgrade starts: anything else is plaintext the peer
     /// sent after `<starttls/>`, which must not be treated as if it came

@@ -1020,6 +1020,7 @@ impl Conn {
             }
             if self.framer.buffered() == 0 {
                 stanza_started = None;
+                self.framer.release_idle_buffers();
             } else if stanza_started.is_none() {
                 stanza_started = Some(last_read);
             }

@@ -612,3 +612,24 @@ fn scan_start_tag_reads_default_namespace() {
     assert_eq!((q, d), (&b"stream:stream"[..], None));
     assert_eq!(unescape(b"&lt;&#x41;&#66;&bogus;&"), "<AB&");
 }
+
+#[test]
+fn releasing_idle_buffers_keeps_the_stream_intact() {
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    f.feed(&in_stream("<presence/>"));
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
+    f.release_idle_buffers();
+    // Mid-stanza it must do nothing harmful either.
+    f.feed(b"<message><bo");
+    assert_eq!(f.next_event(), Ok(None));
+    f.release_idle_buffers();
+    f.feed(b"dy>hi</body></message>");
+    let Ok(Some(StreamEvent::Stanza(m))) = f.next_event() else {
+        panic!("the split message")
+    };
+    assert_eq!(
+        m.child("body", ns::CLIENT).map(|b| b.text()).as_deref(),
+        Some("hi")
+    );
+}
