@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import pytest
 
@@ -43,6 +44,7 @@ from wxtest import STEP_TIMEOUT, subjects
 
 WX = "wx.federation.test"
 PR = "pr.federation.test"
+MUC = f"conference.{WX}"  # Waxwing's MUC service ([muc] subdomain "conference")
 
 pytestmark = [
     pytest.mark.skipif(subjects.subject_name() != "waxwing",
@@ -88,7 +90,9 @@ class FederationCA:
         self.certs: dict[str, tuple[Path, Path]] = {}
         for domain in (WX, PR):
             cert, key, csr, ext = (dir / f"{domain}.{x}" for x in ("pem", "key", "csr", "ext"))
-            ext.write_text(f"subjectAltName=DNS:{domain}\nbasicConstraints=CA:FALSE\n"
+            # Waxwing's certificate also names its MUC service (MUC below).
+            names = f"DNS:{domain}" + (f",DNS:{MUC}" if domain == WX else "")
+            ext.write_text(f"subjectAltName={names}\nbasicConstraints=CA:FALSE\n"
                            "keyUsage=digitalSignature,keyEncipherment\n"
                            "extendedKeyUsage=serverAuth,clientAuth\n")
             run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
@@ -222,7 +226,8 @@ def federation(server, request, tmp_path):
     mode = request.param
     addr = _free_loopback_5269()
     pki = FederationCA(tmp_path) if mode == "certificates" else None
-    prosody = Prosody([f"{addr} {WX}"], pki)
+    # Prosody must also reach (and dial back) Waxwing's MUC service.
+    prosody = Prosody([f"{addr} {WX}", f"{addr} {MUC}"], pki)
     s2s = {
         "connect_timeout_secs": 20,
         "routes": {PR: f"127.0.0.1:{prosody.s2s_port}"},
@@ -316,3 +321,57 @@ async def test_messages_subscriptions_and_iqs_cross(federation, xmpp):
         assert "incoming s2s stream authenticated (SASL EXTERNAL)" in wx_log, wx_log[-5000:]
         assert 'auth="sasl-external"' in wx_log, wx_log[-5000:]
         assert "(dialback)" not in wx_log, wx_log[-5000:]
+
+
+async def test_prosody_user_in_waxwing_muc_room(federation, xmpp):
+    """A Prosody user joins room@conference.<WX> and exchanges groupchat
+    messages with a Waxwing occupant (XEP-0045 across s2s)."""
+    wx, prosody, _mode = federation
+    room = f"lounge@{MUC}"
+    ns_muc = "http://jabber.org/protocol/muc"
+    alice = await xmpp.login(wx, f"alice@{WX}/pc", PASSWORD)
+    bob = await xmpp.login(prosody, f"bob@{PR}/phone", PASSWORD)
+    for c in (alice, bob):
+        await c.online()
+
+    # Alice creates the room (locked, XEP-0045 §10.1.2) and accepts the default
+    # configuration, making it an instant room.
+    join = alice.x.make_presence(pto=f"{room}/alice")
+    join.append(ET.Element(f"{{{ns_muc}}}x"))
+    join.send()
+    own = await alice.presences.expect(lambda p: str(p["from"]) == f"{room}/alice",
+                                       "(own room presence)")
+    assert own["type"] != "error", own
+    codes = {s.get("code") for s in own.xml.iter(f"{{{ns_muc}#user}}status")}
+    assert {"110", "201"} <= codes, f"room creation status codes: {own}"
+    res = await alice.iq(alice.make_iq(
+        "set", room, f"<query xmlns='{ns_muc}#owner'><x xmlns='jabber:x:data' type='submit'/></query>"))
+    assert res["type"] == "result", res
+
+    # Bob, on Prosody, joins over s2s.
+    join = bob.x.make_presence(pto=f"{room}/bob")
+    join.append(ET.Element(f"{{{ns_muc}}}x"))
+    join.send()
+    seen = await bob.presences.expect(lambda p: str(p["from"]) == f"{room}/bob",
+                                      "(own room presence)", timeout=STEP_TIMEOUT * 2)
+    assert seen["type"] != "error", seen
+    codes = {s.get("code") for s in seen.xml.iter(f"{{{ns_muc}#user}}status")}
+    assert "110" in codes, f"self-presence without status 110: {seen}"
+    assert bob.presences.matching(lambda p: str(p["from"]) == f"{room}/alice"), \
+        "bob did not get alice's occupant presence before his own"
+    await alice.presences.expect(lambda p: str(p["from"]) == f"{room}/bob", "(bob joined)",
+                                 timeout=STEP_TIMEOUT * 2)
+
+    # Groupchat both ways, reflected to everyone with the occupant JID as sender.
+    alice.send_message(room, "hello from waxwing", mtype="groupchat")
+    m = await bob.expect_message(body="hello from waxwing", mtype="groupchat",
+                                 timeout=STEP_TIMEOUT * 2)
+    assert str(m["from"]) == f"{room}/alice", m
+    await alice.expect_message(body="hello from waxwing", mtype="groupchat")
+    bob.send_message(room, "hello from prosody", mtype="groupchat")
+    m = await alice.expect_message(body="hello from prosody", mtype="groupchat",
+                                   timeout=STEP_TIMEOUT * 2)
+    assert str(m["from"]) == f"{room}/bob", m
+    m = await bob.expect_message(body="hello from prosody", mtype="groupchat",
+                                 timeout=STEP_TIMEOUT * 2)
+    assert str(m["from"]) == f"{room}/bob", m
