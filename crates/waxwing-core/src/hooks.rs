@@ -427,6 +427,22 @@ impl Cx {
         self.server.domain_reputations()
     }
 
+    /// Ends the account's sessions (but `keep`) with `<reset/>`: their
+    /// credentials changed, so they must authenticate again (RFC 6120
+    /// §4.9.3.16).
+    pub fn reset_sessions(&self, user: &BareJid, keep: Option<&FullJid>) {
+        for s in self.server.sessions.resources(user) {
+            if Some(&s.jid) != keep {
+                s.close(
+                    waxwing_proto::stanza::StreamError::new(
+                        waxwing_proto::stanza::StreamCondition::Reset,
+                    )
+                    .with_text("the account's password changed"),
+                );
+            }
+        }
+    }
+
     /// Seconds since the server started (XEP-0012 server uptime).
     pub fn uptime(&self) -> std::time::Duration {
         self.server.started.elapsed()

@@ -590,6 +590,7 @@ async fn run(
             match cx.stores().accounts.set_secrets(&user, &secrets).await {
                 Ok(()) => {
                     tracing::info!(%user, "password changed by an administrator");
+                    cx.reset_sessions(&user, None);
                     Ok(note(format!("password of {user} changed")))
                 }
                 Err(StoreError::NotFound) => Err(StanzaError::cancel(Condition::ItemNotFound)

@@ -124,6 +124,7 @@ async fn on_account_request(cx: &Cx, request: Request) -> Result<Option<Element>
             match cx.stores().accounts.set_secrets(&user, &secrets).await {
                 Ok(()) => {
                     tracing::info!(%user, "password changed in-band");
+                    cx.reset_sessions(&user, cx.origin().map(|o| &o.jid));
                     Ok(None)
                 }
                 Err(StoreError::NotFound) => Err(IbrError::NoAccount),

@@ -89,3 +89,22 @@ async fn too_many_resources_is_resource_constraint() {
     a2.auth_plain("juliet", &password("juliet")).await;
     assert_eq!(a2.bind(Some("a")).await, "juliet@localhost/a");
 }
+
+/// RFC 6120 §4.9.3.16: after a password change the account's other
+/// sessions must authenticate again; the one that changed it carries on.
+#[tokio::test]
+async fn password_change_resets_the_other_sessions() {
+    let server = TestServer::start().await;
+    server.user("romeo").await;
+    let mut desk = server.login("romeo", "desk").await;
+    let mut phone = server.login("romeo", "phone").await;
+    phone.sync().await;
+    desk.send(
+        "<iq type='set' id='pw'><query xmlns='jabber:iq:register'>\
+         <username>romeo</username><password>a-brand-new-password</password></query></iq>",
+    )
+    .await;
+    desk.expect("<iq type='result' id='pw'/>").await;
+    phone.expect_stream_error("reset").await;
+    desk.sync().await;
+}
