@@ -8,59 +8,12 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use waxwing_proto::jid::BareJid;
 use waxwing_proto::ns;
 use waxwing_proto::xml::Element;
-use waxwing_store::{RosterItem, Subscription};
 
 const CARBONS: &str = "urn:xmpp:carbons:2";
 const BLOCKING: &str = "urn:xmpp:blocking";
 const COMMANDS: &str = "http://jabber.org/protocol/commands";
-
-fn j(local: &str) -> BareJid {
-    BareJid::parse(&bare(local)).unwrap()
-}
-
-/// Mutual `both` subscription, written straight to the store.
-async fn befriend(s: &TestServer, a: &str, b: &str) {
-    for (owner, contact) in [(a, b), (b, a)] {
-        let mut item = RosterItem::new(j(contact));
-        item.subscription = Subscription::Both;
-        s.running
-            .server
-            .stores
-            .roster
-            .put(&j(owner), &item)
-            .await
-            .unwrap();
-    }
-}
-
-/// Logged in, roster fetched, available, and everything caused by that drained.
-async fn online(s: &TestServer, user: &str, resource: &str) -> Client {
-    let mut c = s.login_available(user, resource, 0).await;
-    c.sync().await;
-    c
-}
-
-/// Sends an IQ and returns the answer with the same id, skipping anything
-/// else that arrives first (presence, announcements).
-async fn iq(c: &mut Client, ty: &str, to: Option<&str>, payload: &str) -> Element {
-    let id = c.id("iq");
-    let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
-    c.send(&format!("<iq type='{ty}' id='{id}'{to}>{payload}</iq>"))
-        .await;
-    loop {
-        let el = c.next(&format!("the answer to {id}")).await;
-        if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
-            return el;
-        }
-    }
-}
-
-fn is_result(el: &Element) -> bool {
-    el.attr("type") == Some("result")
-}
 
 // ------------------------------------------------------------------ carbons
 
@@ -70,22 +23,20 @@ async fn carbons_copy_sent_and_received_and_honour_private() {
     for u in ["romeo", "juliet"] {
         s.user(u).await;
     }
-    let mut desk = online(&s, "romeo", "desk").await;
-    let mut phone = online(&s, "romeo", "phone").await;
-    let mut juliet = online(&s, "juliet", "balcony").await;
+    let mut desk = s.online("romeo", "desk").await;
+    let mut phone = s.online("romeo", "phone").await;
+    let mut juliet = s.online("juliet", "balcony").await;
     desk.sync().await;
     for c in [&mut desk, &mut phone] {
-        let r = iq(c, "set", None, &format!("<enable xmlns='{CARBONS}'/>")).await;
+        let r = c
+            .iq("set", None, &format!("<enable xmlns='{CARBONS}'/>"))
+            .await;
         assert!(is_result(&r), "{r}");
     }
     // Enabling twice is not an error (XEP-0280 §8.1).
-    let r = iq(
-        &mut phone,
-        "set",
-        None,
-        &format!("<enable xmlns='{CARBONS}'/>"),
-    )
-    .await;
+    let r = phone
+        .iq("set", None, &format!("<enable xmlns='{CARBONS}'/>"))
+        .await;
     assert!(is_result(&r), "{r}");
 
     // Received: to desk's full JID; phone gets a <received/> copy.
@@ -139,13 +90,9 @@ async fn carbons_copy_sent_and_received_and_honour_private() {
     phone.expect_nothing().await;
 
     // Disabled: no more copies.
-    let r = iq(
-        &mut phone,
-        "set",
-        None,
-        &format!("<disable xmlns='{CARBONS}'/>"),
-    )
-    .await;
+    let r = phone
+        .iq("set", None, &format!("<disable xmlns='{CARBONS}'/>"))
+        .await;
     assert!(is_result(&r), "{r}");
     juliet
         .send("<message to='romeo@localhost/desk' type='chat'><body>again</body></message>")
@@ -160,8 +107,8 @@ async fn receipts_and_markers_pass_through_untouched() {
     for u in ["romeo", "juliet"] {
         s.user(u).await;
     }
-    let mut romeo = online(&s, "romeo", "desk").await;
-    let mut juliet = online(&s, "juliet", "balcony").await;
+    let mut romeo = s.online("romeo", "desk").await;
+    let mut juliet = s.online("juliet", "balcony").await;
     romeo
         .send(
             "<message to='juliet@localhost' type='chat' id='r1'><body>hi</body>\
@@ -206,14 +153,16 @@ async fn blocking_pushes_drops_and_hides_presence_both_ways() {
     for u in ["romeo", "juliet"] {
         s.user(u).await;
     }
-    befriend(&s, "romeo", "juliet").await;
-    let mut desk = online(&s, "romeo", "desk").await;
-    let mut phone = online(&s, "romeo", "phone").await;
-    let mut juliet = online(&s, "juliet", "balcony").await;
+    s.befriend("romeo", "juliet").await;
+    let mut desk = s.online("romeo", "desk").await;
+    let mut phone = s.online("romeo", "phone").await;
+    let mut juliet = s.online("juliet", "balcony").await;
     desk.sync().await;
     phone.sync().await;
     for c in [&mut desk, &mut phone] {
-        let r = iq(c, "get", None, &format!("<blocklist xmlns='{BLOCKING}'/>")).await;
+        let r = c
+            .iq("get", None, &format!("<blocklist xmlns='{BLOCKING}'/>"))
+            .await;
         assert!(
             r.child("blocklist", BLOCKING)
                 .is_some_and(|b| !b.has_children()),
@@ -239,13 +188,9 @@ async fn blocking_pushes_drops_and_hides_presence_both_ways() {
             "<presence type='unavailable' from='romeo@localhost/phone'/>",
         ])
         .await;
-    let r = iq(
-        &mut phone,
-        "get",
-        None,
-        &format!("<blocklist xmlns='{BLOCKING}'/>"),
-    )
-    .await;
+    let r = phone
+        .iq("get", None, &format!("<blocklist xmlns='{BLOCKING}'/>"))
+        .await;
     assert!(
         matches_pattern(
             &r,
@@ -263,13 +208,13 @@ async fn blocking_pushes_drops_and_hides_presence_both_ways() {
         .await;
     juliet.send("<presence><show>away</show></presence>").await;
     juliet.sync().await;
-    let r = iq(
-        &mut juliet,
-        "get",
-        Some("romeo@localhost/desk"),
-        "<query xmlns='jabber:iq:version'/>",
-    )
-    .await;
+    let r = juliet
+        .iq(
+            "get",
+            Some("romeo@localhost/desk"),
+            "<query xmlns='jabber:iq:version'/>",
+        )
+        .await;
     assert!(has_stanza_error(&r, "service-unavailable"), "{r}");
     desk.expect_nothing().await;
     phone.expect_nothing().await;
@@ -321,12 +266,12 @@ async fn blocking_pushes_drops_and_hides_presence_both_ways() {
 async fn blocking_a_domain_and_unblock_all() {
     let s = TestServer::start().await;
     s.user("romeo").await;
-    let mut c = online(&s, "romeo", "desk").await;
-    let r = iq(&mut c, "set", None, &format!("<block xmlns='{BLOCKING}'/>")).await;
+    let mut c = s.online("romeo", "desk").await;
+    let r = c
+        .iq("set", None, &format!("<block xmlns='{BLOCKING}'/>"))
+        .await;
     assert!(has_stanza_error(&r, "bad-request"), "{r}");
-    let r = iq(
-        &mut c,
-        "set",
+    let r = c.iq("set",
         None,
         &format!(
             "<block xmlns='{BLOCKING}'><item jid='evil.example'/><item jid='x@y.example'/></block>"
@@ -339,21 +284,13 @@ async fn blocking_a_domain_and_unblock_all() {
         .await;
     let err = c.expect("<message type='error' id='d1'/>").await;
     assert!(has_stanza_error(&err, "not-acceptable"), "{err}");
-    let r = iq(
-        &mut c,
-        "set",
-        None,
-        &format!("<unblock xmlns='{BLOCKING}'/>"),
-    )
-    .await;
+    let r = c
+        .iq("set", None, &format!("<unblock xmlns='{BLOCKING}'/>"))
+        .await;
     assert!(is_result(&r), "{r}");
-    let r = iq(
-        &mut c,
-        "get",
-        None,
-        &format!("<blocklist xmlns='{BLOCKING}'/>"),
-    )
-    .await;
+    let r = c
+        .iq("get", None, &format!("<blocklist xmlns='{BLOCKING}'/>"))
+        .await;
     assert!(
         r.child("blocklist", BLOCKING)
             .is_some_and(|b| !b.has_children()),
@@ -369,21 +306,21 @@ async fn vcard_set_by_owner_read_by_anyone() {
     for u in ["romeo", "juliet"] {
         s.user(u).await;
     }
-    let mut romeo = online(&s, "romeo", "desk").await;
-    let mut juliet = online(&s, "juliet", "balcony").await;
+    let mut romeo = s.online("romeo", "desk").await;
+    let mut juliet = s.online("juliet", "balcony").await;
     let card = "<vCard xmlns='vcard-temp'><FN>Romeo Montague</FN><PHOTO><TYPE>image/png</TYPE>\
                 <BINVAL>iVBORw0KGgo=</BINVAL></PHOTO></vCard>";
     // Before any set: an empty vCard.
-    let r = iq(&mut romeo, "get", None, "<vCard xmlns='vcard-temp'/>").await;
+    let r = romeo.iq("get", None, "<vCard xmlns='vcard-temp'/>").await;
     assert!(
         r.child("vCard", "vcard-temp")
             .is_some_and(|v| !v.has_children()),
         "{r}"
     );
-    let r = iq(&mut romeo, "set", None, card).await;
+    let r = romeo.iq("set", None, card).await;
     assert!(is_result(&r), "{r}");
     for (c, to) in [(&mut romeo, None), (&mut juliet, Some("romeo@localhost"))] {
-        let r = iq(c, "get", to, "<vCard xmlns='vcard-temp'/>").await;
+        let r = c.iq("get", to, "<vCard xmlns='vcard-temp'/>").await;
         assert!(
             matches_pattern(
                 &r,
@@ -394,18 +331,18 @@ async fn vcard_set_by_owner_read_by_anyone() {
         );
     }
     // Someone else's vCard cannot be written; a missing account has none.
-    let r = iq(&mut juliet, "set", Some("romeo@localhost"), card).await;
+    let r = juliet.iq("set", Some("romeo@localhost"), card).await;
     assert!(has_stanza_error(&r, "forbidden"), "{r}");
-    let r = iq(
-        &mut juliet,
-        "get",
-        Some("nobody@localhost"),
-        "<vCard xmlns='vcard-temp'/>",
-    )
-    .await;
+    let r = juliet
+        .iq(
+            "get",
+            Some("nobody@localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
     assert!(has_stanza_error(&r, "service-unavailable"), "{r}");
     // XEP-0153: the avatar hash in presence goes through untouched.
-    befriend(&s, "romeo", "juliet").await;
+    s.befriend("romeo", "juliet").await;
     romeo
         .send("<presence><x xmlns='vcard-temp:x:update'><photo>abc123</photo></x></presence>")
         .await;
@@ -422,13 +359,15 @@ async fn private_storage_is_private() {
     for u in ["romeo", "juliet"] {
         s.user(u).await;
     }
-    let mut romeo = online(&s, "romeo", "desk").await;
-    let mut juliet = online(&s, "juliet", "balcony").await;
+    let mut romeo = s.online("romeo", "desk").await;
+    let mut juliet = s.online("juliet", "balcony").await;
     let q = |inner: &str| format!("<query xmlns='jabber:iq:private'>{inner}</query>");
     let prefs = "<prefs xmlns='exodus:prefs'><defaultnick>Hamlet</defaultnick></prefs>";
-    let r = iq(&mut romeo, "set", None, &q(prefs)).await;
+    let r = romeo.iq("set", None, &q(prefs)).await;
     assert!(is_result(&r), "{r}");
-    let r = iq(&mut romeo, "get", None, &q("<prefs xmlns='exodus:prefs'/>")).await;
+    let r = romeo
+        .iq("get", None, &q("<prefs xmlns='exodus:prefs'/>"))
+        .await;
     assert!(
         matches_pattern(
             &r,
@@ -438,49 +377,37 @@ async fn private_storage_is_private() {
         "{r}"
     );
     // Nothing stored: the empty element comes back.
-    let r = iq(
-        &mut romeo,
-        "get",
-        None,
-        &q("<storage xmlns='storage:bookmarks'/>"),
-    )
-    .await;
+    let r = romeo
+        .iq("get", None, &q("<storage xmlns='storage:bookmarks'/>"))
+        .await;
     let st = r
         .child("query", "jabber:iq:private")
         .and_then(|q| q.child("storage", "storage:bookmarks"))
         .expect("storage element");
     assert!(!st.has_children(), "{r}");
     // Other users: forbidden both ways; reserved namespaces refused.
-    let r = iq(
-        &mut juliet,
-        "get",
-        Some("romeo@localhost"),
-        &q("<prefs xmlns='exodus:prefs'/>"),
-    )
-    .await;
+    let r = juliet
+        .iq(
+            "get",
+            Some("romeo@localhost"),
+            &q("<prefs xmlns='exodus:prefs'/>"),
+        )
+        .await;
     assert!(has_stanza_error(&r, "forbidden"), "{r}");
-    let r = iq(&mut juliet, "set", Some("romeo@localhost"), &q(prefs)).await;
+    let r = juliet.iq("set", Some("romeo@localhost"), &q(prefs)).await;
     assert!(has_stanza_error(&r, "forbidden"), "{r}");
-    let r = iq(
-        &mut juliet,
-        "get",
-        None,
-        &q("<prefs xmlns='exodus:prefs'/>"),
-    )
-    .await;
+    let r = juliet
+        .iq("get", None, &q("<prefs xmlns='exodus:prefs'/>"))
+        .await;
     assert!(
         r.child("query", "jabber:iq:private")
             .and_then(|q| q.child("prefs", "exodus:prefs"))
             .is_some_and(|p| !p.has_children()),
         "juliet sees only her own (empty) data: {r}"
     );
-    let r = iq(
-        &mut romeo,
-        "set",
-        None,
-        &q("<query xmlns='jabber:iq:roster'/>"),
-    )
-    .await;
+    let r = romeo
+        .iq("set", None, &q("<query xmlns='jabber:iq:roster'/>"))
+        .await;
     assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
 }
 
@@ -492,32 +419,28 @@ async fn last_activity_of_offline_contact_and_server_uptime() {
     for u in ["romeo", "juliet", "tybalt"] {
         s.user(u).await;
     }
-    befriend(&s, "romeo", "juliet").await;
-    let mut romeo = online(&s, "romeo", "desk").await;
+    s.befriend("romeo", "juliet").await;
+    let mut romeo = s.online("romeo", "desk").await;
 
-    let r = iq(
-        &mut romeo,
-        "get",
-        Some(DOMAIN),
-        "<query xmlns='jabber:iq:last'/>",
-    )
-    .await;
+    let r = romeo
+        .iq("get", Some(DOMAIN), "<query xmlns='jabber:iq:last'/>")
+        .await;
     let secs = r
         .child("query", "jabber:iq:last")
         .and_then(|q| q.attr("seconds"))
         .and_then(|s| s.parse::<u64>().ok());
     assert!(secs.is_some(), "{r}");
 
-    let mut juliet = online(&s, "juliet", "balcony").await;
+    let mut juliet = s.online("juliet", "balcony").await;
     romeo.sync().await;
     // Online: 0 seconds.
-    let r = iq(
-        &mut romeo,
-        "get",
-        Some("juliet@localhost"),
-        "<query xmlns='jabber:iq:last'/>",
-    )
-    .await;
+    let r = romeo
+        .iq(
+            "get",
+            Some("juliet@localhost"),
+            "<query xmlns='jabber:iq:last'/>",
+        )
+        .await;
     assert!(
         matches_pattern(
             &r,
@@ -534,13 +457,13 @@ async fn last_activity_of_offline_contact_and_server_uptime() {
     // The session's end is processed after the socket closes: poll briefly.
     let mut answer = None;
     for _ in 0..50 {
-        let r = iq(
-            &mut romeo,
-            "get",
-            Some("juliet@localhost"),
-            "<query xmlns='jabber:iq:last'/>",
-        )
-        .await;
+        let r = romeo
+            .iq(
+                "get",
+                Some("juliet@localhost"),
+                "<query xmlns='jabber:iq:last'/>",
+            )
+            .await;
         let q = r.child("query", "jabber:iq:last").cloned();
         if q.as_ref().is_some_and(|q| q.text() == "Heading Home") {
             answer = q;
@@ -553,14 +476,14 @@ async fn last_activity_of_offline_contact_and_server_uptime() {
     assert!(secs < 60, "{q}");
 
     // Not subscribed: forbidden.
-    let mut tybalt = online(&s, "tybalt", "street").await;
-    let r = iq(
-        &mut tybalt,
-        "get",
-        Some("juliet@localhost"),
-        "<query xmlns='jabber:iq:last'/>",
-    )
-    .await;
+    let mut tybalt = s.online("tybalt", "street").await;
+    let r = tybalt
+        .iq(
+            "get",
+            Some("juliet@localhost"),
+            "<query xmlns='jabber:iq:last'/>",
+        )
+        .await;
     assert!(has_stanza_error(&r, "forbidden"), "{r}");
 }
 
@@ -573,14 +496,14 @@ async fn server_disco_lists_features_and_contact_addresses() {
     )
     .await;
     s.user("romeo").await;
-    let mut c = online(&s, "romeo", "desk").await;
-    let r = iq(
-        &mut c,
-        "get",
-        Some(DOMAIN),
-        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
-    )
-    .await;
+    let mut c = s.online("romeo", "desk").await;
+    let r = c
+        .iq(
+            "get",
+            Some(DOMAIN),
+            &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+        )
+        .await;
     let q = r.child("query", ns::DISCO_INFO).expect("query");
     let features: Vec<&str> = q
         .children()
@@ -640,12 +563,12 @@ async fn admin_commands_for_admins_only() {
     for u in ["admin", "juliet"] {
         s.user(u).await;
     }
-    let mut admin = online(&s, "admin", "console").await;
-    let mut juliet = online(&s, "juliet", "balcony").await;
+    let mut admin = s.online("admin", "console").await;
+    let mut juliet = s.online("juliet", "balcony").await;
     let items = format!("<query xmlns='{}' node='{COMMANDS}'/>", ns::DISCO_ITEMS);
 
     // The command list: full for the admin, empty for anyone else.
-    let r = iq(&mut admin, "get", Some(DOMAIN), &items).await;
+    let r = admin.iq("get", Some(DOMAIN), &items).await;
     let nodes: Vec<&str> = r
         .child("query", ns::DISCO_ITEMS)
         .map(|q| q.children().filter_map(|i| i.attr("node")).collect())
@@ -664,15 +587,13 @@ async fn admin_commands_for_admins_only() {
             "{n} missing: {r}"
         );
     }
-    let r = iq(&mut juliet, "get", Some(DOMAIN), &items).await;
+    let r = juliet.iq("get", Some(DOMAIN), &items).await;
     assert!(
         r.child("query", ns::DISCO_ITEMS)
             .is_some_and(|q| !q.has_children()),
         "{r}"
     );
-    let r = iq(
-        &mut juliet,
-        "set",
+    let r = juliet.iq("set",
         Some(DOMAIN),
         &format!("<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#get-registered-users-num' action='execute'/>"),
     )
@@ -680,43 +601,41 @@ async fn admin_commands_for_admins_only() {
     assert!(has_stanza_error(&r, "forbidden"), "{r}");
 
     // Add a user in two stages (form, then submission); the user can log in.
-    let r = iq(
-        &mut admin,
-        "set",
-        Some(DOMAIN),
-        &format!("<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#add-user' action='execute'/>"),
-    )
-    .await;
+    let r = admin
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &format!("<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#add-user' action='execute'/>"),
+        )
+        .await;
     let cmd = r.child("command", COMMANDS).expect("command");
     assert_eq!(cmd.attr("status"), Some("executing"), "{r}");
     assert!(cmd.child("x", "jabber:x:data").is_some(), "{r}");
     let sid = cmd.attr("sessionid").expect("sessionid").to_string();
     let pw = password("newbie");
-    let r = iq(
-        &mut admin,
-        "set",
-        Some(DOMAIN),
-        &submit(
-            "add-user",
-            Some(&sid),
-            &[
-                ("accountjid", &["newbie@localhost"]),
-                ("password", &[pw.as_str()]),
-                ("password-verify", &[pw.as_str()]),
-            ],
-        ),
-    )
-    .await;
+    let r = admin
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &submit(
+                "add-user",
+                Some(&sid),
+                &[
+                    ("accountjid", &["newbie@localhost"]),
+                    ("password", &[pw.as_str()]),
+                    ("password-verify", &[pw.as_str()]),
+                ],
+            ),
+        )
+        .await;
     assert!(
         r.child("command", COMMANDS).and_then(|c| c.attr("status")) == Some("completed"),
         "{r}"
     );
-    let mut newbie = online(&s, "newbie", "first").await;
+    let mut newbie = s.online("newbie", "first").await;
 
     // Counts.
-    let r = iq(
-        &mut admin,
-        "set",
+    let r = admin.iq("set",
         Some(DOMAIN),
         &format!("<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#get-registered-users-num' action='execute'/>"),
     )
@@ -731,9 +650,7 @@ async fn admin_commands_for_admins_only() {
         ),
         "{r}"
     );
-    let r = iq(
-        &mut admin,
-        "set",
+    let r = admin.iq("set",
         Some(DOMAIN),
         &format!("<command xmlns='{COMMANDS}' node='{ADMIN_NODE}#get-online-users-list' action='execute'/>"),
     )
@@ -750,20 +667,20 @@ async fn admin_commands_for_admins_only() {
     assert_eq!(online_jids.len(), 3, "{r}");
 
     // Announce in one stage: every online user gets it.
-    let r = iq(
-        &mut admin,
-        "set",
-        Some(DOMAIN),
-        &submit(
-            "announce",
-            None,
-            &[
-                ("subject", &["Maintenance"]),
-                ("announcement", &["Back in 5"]),
-            ],
-        ),
-    )
-    .await;
+    let r = admin
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &submit(
+                "announce",
+                None,
+                &[
+                    ("subject", &["Maintenance"]),
+                    ("announcement", &["Back in 5"]),
+                ],
+            ),
+        )
+        .await;
     assert!(
         r.child("command", COMMANDS).and_then(|c| c.attr("status")) == Some("completed"),
         "{r}"
@@ -774,42 +691,47 @@ async fn admin_commands_for_admins_only() {
     }
 
     // Change the password and delete the account.
-    let r = iq(
-        &mut admin,
-        "set",
-        Some(DOMAIN),
-        &submit(
-            "change-user-password",
-            None,
-            &[
-                ("accountjid", &["juliet@localhost"]),
-                ("password", &["brand-new-pw"]),
-            ],
-        ),
-    )
-    .await;
+    let r = admin
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &submit(
+                "change-user-password",
+                None,
+                &[
+                    ("accountjid", &["juliet@localhost"]),
+                    ("password", &["brand-new-pw"]),
+                ],
+            ),
+        )
+        .await;
     assert!(
         r.child("command", COMMANDS).and_then(|c| c.attr("status")) == Some("completed"),
         "{r}"
     );
-    let r = iq(
-        &mut admin,
-        "set",
-        Some(DOMAIN),
-        &submit(
-            "delete-user",
-            None,
-            &[("accountjids", &["newbie@localhost"])],
-        ),
-    )
-    .await;
+    let r = admin
+        .iq(
+            "set",
+            Some(DOMAIN),
+            &submit(
+                "delete-user",
+                None,
+                &[("accountjids", &["newbie@localhost"])],
+            ),
+        )
+        .await;
     assert!(
         r.child("command", COMMANDS).and_then(|c| c.attr("status")) == Some("completed"),
         "{r}"
     );
     newbie.expect_stream_error("not-authorized").await;
     assert_eq!(
-        s.running.server.stores.accounts.exists(&j("newbie")).await,
+        s.running
+            .server
+            .stores
+            .accounts
+            .exists(&jid("newbie"))
+            .await,
         Ok(false)
     );
 }

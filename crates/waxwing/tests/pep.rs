@@ -8,56 +8,11 @@ mod support;
 use base64::Engine;
 use sha2::Digest;
 use support::*;
-use waxwing_proto::jid::BareJid;
 use waxwing_proto::xml::Element;
-use waxwing_store::{RosterItem, Subscription};
 
 const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const DEVICES: &str = "urn:xmpp:omemo:2:devices";
 const BUNDLES: &str = "urn:xmpp:omemo:2:bundles";
-
-fn j(local: &str) -> BareJid {
-    BareJid::parse(&bare(local)).unwrap()
-}
-
-/// Mutual `both` subscription, written straight to the store.
-async fn befriend(s: &TestServer, a: &str, b: &str) {
-    for (owner, contact) in [(a, b), (b, a)] {
-        let mut item = RosterItem::new(j(contact));
-        item.subscription = Subscription::Both;
-        s.running
-            .server
-            .stores
-            .roster
-            .put(&j(owner), &item)
-            .await
-            .unwrap();
-    }
-}
-
-async fn online(s: &TestServer, user: &str, resource: &str) -> Client {
-    let mut c = s.login_available(user, resource, 0).await;
-    c.sync().await;
-    c
-}
-
-/// Sends an IQ and returns its answer, skipping anything else.
-async fn iq(c: &mut Client, ty: &str, to: Option<&str>, payload: &str) -> Element {
-    let id = c.id("iq");
-    let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
-    c.send(&format!("<iq type='{ty}' id='{id}'{to}>{payload}</iq>"))
-        .await;
-    loop {
-        let el = c.next(&format!("the answer to {id}")).await;
-        if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
-            return el;
-        }
-    }
-}
-
-fn is_result(el: &Element) -> bool {
-    el.attr("type") == Some("result")
-}
 
 /// XEP-0115 ver (sha-256) of a client with one identity and `features`.
 fn ver(features: &[String]) -> String {
@@ -142,30 +97,30 @@ async fn omemo_devicelist_reaches_notify_contacts_only_and_last_item_at_login() 
     for u in ["alice", "bob", "carol", "dave"] {
         s.user(u).await;
     }
-    befriend(&s, "alice", "bob").await;
-    befriend(&s, "alice", "carol").await;
+    s.befriend("alice", "bob").await;
+    s.befriend("alice", "carol").await;
     let notify = format!("{DEVICES}+notify");
-    let mut bob = online(&s, "bob", "laptop").await;
+    let mut bob = s.online("bob", "laptop").await;
     announce_caps(&mut bob, &["urn:xmpp:omemo:2", &notify]).await;
-    let mut carol = online(&s, "carol", "old").await;
+    let mut carol = s.online("carol", "old").await;
     announce_caps(&mut carol, &["urn:xmpp:omemo:2"]).await;
-    let mut alice = online(&s, "alice", "phone").await;
+    let mut alice = s.online("alice", "phone").await;
     // Alice's available presence reached both contacts.
     bob.sync().await;
     carol.sync().await;
 
-    let r = iq(
-        &mut alice,
-        "set",
-        None,
-        &publish(
-            DEVICES,
-            "current",
-            &devicelist(&[1, 2]),
-            &[("pubsub#access_model", "open")],
-        ),
-    )
-    .await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish(
+                DEVICES,
+                "current",
+                &devicelist(&[1, 2]),
+                &[("pubsub#access_model", "open")],
+            ),
+        )
+        .await;
     assert!(
         matches_pattern(
             &r,
@@ -183,33 +138,33 @@ async fn omemo_devicelist_reaches_notify_contacts_only_and_last_item_at_login() 
     carol.expect_nothing().await;
 
     // Same options again: fine. Conflicting precondition: refused, nothing published.
-    let r = iq(
-        &mut alice,
-        "set",
-        None,
-        &publish(
-            DEVICES,
-            "current",
-            &devicelist(&[1, 2, 3]),
-            &[("pubsub#access_model", "open")],
-        ),
-    )
-    .await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish(
+                DEVICES,
+                "current",
+                &devicelist(&[1, 2, 3]),
+                &[("pubsub#access_model", "open")],
+            ),
+        )
+        .await;
     assert!(is_result(&r), "{r}");
     bob.expect_with("devicelist update", |e| is_event(e, DEVICES))
         .await;
-    let r = iq(
-        &mut alice,
-        "set",
-        None,
-        &publish(
-            DEVICES,
-            "current",
-            &devicelist(&[9]),
-            &[("pubsub#access_model", "whitelist")],
-        ),
-    )
-    .await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish(
+                DEVICES,
+                "current",
+                &devicelist(&[9]),
+                &[("pubsub#access_model", "whitelist")],
+            ),
+        )
+        .await;
     assert!(has_stanza_error(&r, "conflict"), "{r}");
     assert!(
         r.child("error", "jabber:client")
@@ -224,29 +179,29 @@ async fn omemo_devicelist_reaches_notify_contacts_only_and_last_item_at_login() 
 
     // Bundle with max_items=max; a stranger reads it (open access).
     let bundle = format!("<bundle xmlns='{BUNDLES}'><spk id='1'>AAAA</spk><ik>BBBB</ik></bundle>");
-    let r = iq(
-        &mut alice,
-        "set",
-        None,
-        &publish(
-            BUNDLES,
-            "2",
-            &bundle,
-            &[("pubsub#access_model", "open"), ("pubsub#max_items", "max")],
-        ),
-    )
-    .await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish(
+                BUNDLES,
+                "2",
+                &bundle,
+                &[("pubsub#access_model", "open"), ("pubsub#max_items", "max")],
+            ),
+        )
+        .await;
     assert!(is_result(&r), "{r}");
-    let mut dave = online(&s, "dave", "pc").await;
-    let r = iq(
-        &mut dave,
-        "get",
-        Some("alice@localhost"),
-        &format!(
-            "<pubsub xmlns='{PUBSUB}'><items node='{BUNDLES}'><item id='2'/></items></pubsub>"
-        ),
-    )
-    .await;
+    let mut dave = s.online("dave", "pc").await;
+    let r = dave
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            &format!(
+                "<pubsub xmlns='{PUBSUB}'><items node='{BUNDLES}'><item id='2'/></items></pubsub>"
+            ),
+        )
+        .await;
     assert!(
         matches_pattern(
             &r,
@@ -257,17 +212,17 @@ async fn omemo_devicelist_reaches_notify_contacts_only_and_last_item_at_login() 
         ),
         "{r}"
     );
-    let r = iq(
-        &mut dave,
-        "get",
-        Some("alice@localhost"),
-        &format!("<pubsub xmlns='{PUBSUB}'><items node='{DEVICES}'/></pubsub>"),
-    )
-    .await;
+    let r = dave
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            &format!("<pubsub xmlns='{PUBSUB}'><items node='{DEVICES}'/></pubsub>"),
+        )
+        .await;
     assert!(is_result(&r), "{r}");
 
     // Last item at login: a new resource of bob with the same (now known) caps.
-    let mut phone = online(&s, "bob", "phone").await;
+    let mut phone = s.online("bob", "phone").await;
     let got = announce_caps(&mut phone, &["urn:xmpp:omemo:2", &notify]).await;
     let last: Vec<_> = got.iter().filter(|e| is_event(e, DEVICES)).collect();
     assert_eq!(last.len(), 1, "{got:?}");
@@ -283,7 +238,7 @@ async fn omemo_devicelist_reaches_notify_contacts_only_and_last_item_at_login() 
         last[0]
     );
     // A late-joining client without +notify gets nothing.
-    let mut carol2 = online(&s, "carol", "new").await;
+    let mut carol2 = s.online("carol", "new").await;
     let got = announce_caps(&mut carol2, &["urn:xmpp:omemo:2", "urn:x:other"]).await;
     assert!(got.iter().all(|e| !is_event(e, DEVICES)), "{got:?}");
 }
@@ -294,18 +249,18 @@ async fn presence_access_nick_and_avatar_and_account_disco() {
     for u in ["alice", "bob", "eve"] {
         s.user(u).await;
     }
-    befriend(&s, "alice", "bob").await;
-    let mut alice = online(&s, "alice", "a").await;
-    let mut bob = online(&s, "bob", "b").await;
-    let mut eve = online(&s, "eve", "e").await;
+    s.befriend("alice", "bob").await;
+    let mut alice = s.online("alice", "a").await;
+    let mut bob = s.online("bob", "b").await;
+    let mut eve = s.online("eve", "e").await;
 
-    let r = iq(
-        &mut bob,
-        "get",
-        Some("alice@localhost"),
-        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
-    )
-    .await;
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        )
+        .await;
     assert!(
         matches_pattern(
             &r,
@@ -318,31 +273,31 @@ async fn presence_access_nick_and_avatar_and_account_disco() {
     );
 
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Ally</nick>";
-    let r = iq(
-        &mut alice,
-        "set",
-        None,
-        &publish("http://jabber.org/protocol/nick", "current", nick, &[]),
-    )
-    .await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish("http://jabber.org/protocol/nick", "current", nick, &[]),
+        )
+        .await;
     assert!(is_result(&r), "{r}");
     let meta = "<metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='3' id='abc' type='image/png'/></metadata>";
-    let r = iq(
-        &mut alice,
-        "set",
-        None,
-        &publish("urn:xmpp:avatar:metadata", "abc", meta, &[]),
-    )
-    .await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish("urn:xmpp:avatar:metadata", "abc", meta, &[]),
+        )
+        .await;
     assert!(is_result(&r), "{r}");
     let get = |node: &str| format!("<pubsub xmlns='{PUBSUB}'><items node='{node}'/></pubsub>");
-    let r = iq(
-        &mut bob,
-        "get",
-        Some("alice@localhost"),
-        &get("http://jabber.org/protocol/nick"),
-    )
-    .await;
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            &get("http://jabber.org/protocol/nick"),
+        )
+        .await;
     assert!(
         matches_pattern(
             &r,
@@ -350,43 +305,39 @@ async fn presence_access_nick_and_avatar_and_account_disco() {
         ),
         "{r}"
     );
-    let r = iq(
-        &mut bob,
-        "get",
-        Some("alice@localhost"),
-        &get("urn:xmpp:avatar:metadata"),
-    )
-    .await;
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            &get("urn:xmpp:avatar:metadata"),
+        )
+        .await;
     assert!(is_result(&r), "{r}");
     // Presence access (the default): no subscription, no items.
-    let r = iq(
-        &mut eve,
-        "get",
-        Some("alice@localhost"),
-        &get("urn:xmpp:avatar:metadata"),
-    )
-    .await;
+    let r = eve
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            &get("urn:xmpp:avatar:metadata"),
+        )
+        .await;
     assert!(has_stanza_error(&r, "not-authorized"), "{r}");
     // Nobody but the owner publishes to or configures a PEP node.
-    let r = iq(
-        &mut eve,
-        "set",
-        Some("alice@localhost"),
-        &publish("urn:xmpp:avatar:metadata", "x", meta, &[]),
-    )
-    .await;
+    let r = eve
+        .iq(
+            "set",
+            Some("alice@localhost"),
+            &publish("urn:xmpp:avatar:metadata", "x", meta, &[]),
+        )
+        .await;
     assert!(has_stanza_error(&r, "forbidden"), "{r}");
-    let r = iq(
-        &mut eve,
-        "get",
+    let r = eve.iq("get",
         Some("alice@localhost"),
         "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:avatar:metadata'/></pubsub>",
     )
     .await;
     assert!(has_stanza_error(&r, "forbidden"), "{r}");
-    let r = iq(
-        &mut alice,
-        "get",
+    let r = alice.iq("get",
         None,
         "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:avatar:metadata'/></pubsub>",
     )
@@ -400,13 +351,13 @@ async fn presence_access_nick_and_avatar_and_account_disco() {
     );
 
     // The owner sees its nodes in disco#items.
-    let r = iq(
-        &mut alice,
-        "get",
-        None,
-        "<query xmlns='http://jabber.org/protocol/disco#items'/>",
-    )
-    .await;
+    let r = alice
+        .iq(
+            "get",
+            None,
+            "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+        )
+        .await;
     assert!(
         matches_pattern(
             &r,
@@ -419,42 +370,42 @@ async fn presence_access_nick_and_avatar_and_account_disco() {
 
     // Deleting the account removes its PEP nodes.
     let stores = &s.running.server.stores;
-    assert_eq!(stores.pubsub.nodes(&j("alice")).await.unwrap().len(), 2);
+    assert_eq!(stores.pubsub.nodes(&jid("alice")).await.unwrap().len(), 2);
     s.running
         .server
         .clone()
-        .delete_account(&j("alice"))
+        .delete_account(&jid("alice"))
         .await
         .unwrap();
-    assert!(stores.pubsub.nodes(&j("alice")).await.unwrap().is_empty());
+    assert!(stores.pubsub.nodes(&jid("alice")).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn bookmarks_are_mirrored_to_private_storage() {
     let s = TestServer::start().await;
     s.user("alice").await;
-    let mut alice = online(&s, "alice", "a").await;
+    let mut alice = s.online("alice", "a").await;
     let conf = "<conference xmlns='urn:xmpp:bookmarks:1' name='Council' autojoin='true'><nick>ally</nick></conference>";
-    let r = iq(
-        &mut alice,
-        "set",
-        None,
-        &publish(
-            "urn:xmpp:bookmarks:1",
-            "council@conference.localhost",
-            conf,
-            &[
-                ("pubsub#persist_items", "true"),
-                ("pubsub#max_items", "max"),
-                ("pubsub#send_last_published_item", "never"),
-                ("pubsub#access_model", "whitelist"),
-            ],
-        ),
-    )
-    .await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish(
+                "urn:xmpp:bookmarks:1",
+                "council@conference.localhost",
+                conf,
+                &[
+                    ("pubsub#persist_items", "true"),
+                    ("pubsub#max_items", "max"),
+                    ("pubsub#send_last_published_item", "never"),
+                    ("pubsub#access_model", "whitelist"),
+                ],
+            ),
+        )
+        .await;
     assert!(is_result(&r), "{r}");
     let get = "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>";
-    let r = iq(&mut alice, "get", None, get).await;
+    let r = alice.iq("get", None, get).await;
     assert!(
         matches_pattern(
             &r,
@@ -464,16 +415,14 @@ async fn bookmarks_are_mirrored_to_private_storage() {
         ),
         "{r}"
     );
-    let r = iq(
-        &mut alice,
-        "set",
+    let r = alice.iq("set",
         None,
         "<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='urn:xmpp:bookmarks:1' notify='true'>\
          <item id='council@conference.localhost'/></retract></pubsub>",
     )
     .await;
     assert!(is_result(&r), "{r}");
-    let r = iq(&mut alice, "get", None, get).await;
+    let r = alice.iq("get", None, get).await;
     let st = r
         .child("query", "jabber:iq:private")
         .and_then(|q| q.child("storage", "storage:bookmarks"))
@@ -484,14 +433,14 @@ async fn bookmarks_are_mirrored_to_private_storage() {
     let set = "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>\
                <conference jid='tea@conference.localhost' name='Tea' autojoin='true'><nick>al</nick></conference>\
                </storage></query>";
-    assert!(is_result(&iq(&mut alice, "set", None, set).await));
-    let r = iq(
-        &mut alice,
-        "get",
-        None,
-        &format!("<pubsub xmlns='{PUBSUB}'><items node='urn:xmpp:bookmarks:1'/></pubsub>"),
-    )
-    .await;
+    assert!(is_result(&alice.iq("set", None, set).await));
+    let r = alice
+        .iq(
+            "get",
+            None,
+            &format!("<pubsub xmlns='{PUBSUB}'><items node='urn:xmpp:bookmarks:1'/></pubsub>"),
+        )
+        .await;
     assert!(
         matches_pattern(
             &r,

@@ -121,6 +121,41 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Logged in, roster fetched, available, and everything caused by that drained.
+    pub async fn online(&self, user: &str, resource: &str) -> Client {
+        let mut c = self.login_available(user, resource, 0).await;
+        c.sync().await;
+        c
+    }
+
+    /// Mutual `both` subscription between two local users, written straight
+    /// to the store (tests about other features need contacts, not the handshake).
+    pub async fn befriend(&self, a: &str, b: &str) {
+        for (owner, contact) in [(a, b), (b, a)] {
+            let mut item = waxwing_store::RosterItem::new(jid(contact));
+            item.subscription = waxwing_store::Subscription::Both;
+            self.running
+                .server
+                .stores
+                .roster
+                .put(&jid(owner), &item)
+                .await
+                .expect("roster row");
+        }
+    }
+}
+
+/// `local@localhost` as a prepared bare JID.
+pub fn jid(local: &str) -> BareJid {
+    BareJid::parse(&bare(local)).expect("valid JID")
+}
+
+/// An IQ of type result.
+pub fn is_result(el: &Element) -> bool {
+    el.attr("type") == Some("result")
+}
+
 /// Deterministic per-user test password.
 pub fn password(user: &str) -> String {
     format!("{user}-secret-pw")
@@ -867,6 +902,21 @@ impl Client {
     /// Drops the connection without a closing tag (a crashed client).
     pub fn drop_abruptly(self) {
         drop(self);
+    }
+
+    /// Sends an IQ and returns the answer with the same id, skipping anything
+    /// else that arrives first (presence, announcements).
+    pub async fn iq(&mut self, ty: &str, to: Option<&str>, payload: &str) -> Element {
+        let id = self.id("iq");
+        let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
+        self.send(&format!("<iq type='{ty}' id='{id}'{to}>{payload}</iq>"))
+            .await;
+        loop {
+            let el = self.next(&format!("the answer to {id}")).await;
+            if el.name == "iq" && el.attr("id") == Some(id.as_str()) {
+                return el;
+            }
+        }
     }
 
     /// Sends `</stream:stream>`.
