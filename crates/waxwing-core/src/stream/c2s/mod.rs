@@ -1298,7 +1298,28 @@ impl Conn {
             reply.remove_attr("to");
             return self.send(&reply).await;
         }
-        self.server.clone().handle_from_client(handle, el).await;
+        // A bug in one handler fails this stanza, not the session or the
+        // server: the registry must never keep a session whose task died.
+        // Only the envelope is kept for the error reply: cloning whole
+        // stanzas on the hot path for the rare panic would cost too much.
+        let reply_to = Element {
+            name: el.name.clone(),
+            ns: el.ns.clone(),
+            attrs: el.attrs.clone(),
+            children: Vec::new(),
+        };
+        let handled =
+            std::panic::AssertUnwindSafe(self.server.clone().handle_from_client(handle, el));
+        if futures_util::FutureExt::catch_unwind(handled)
+            .await
+            .is_err()
+        {
+            tracing::error!(jid = %handle.jid, "a stanza handler panicked; answering internal-server-error");
+            self.server
+                .clone()
+                .bounce(&reply_to, StanzaError::wait(Condition::InternalServerError))
+                .await;
+        }
         Ok(())
     }
 
