@@ -53,7 +53,7 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
     ];
     for (kind, addrs) in lists {
         for addr in addrs {
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
+            let listener = bind_or_ipv4(*addr).await.map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
                     format!("cannot listen on {addr} ({}): {e}", kind.name()),
@@ -96,5 +96,19 @@ pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) 
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Binds `addr`; a wildcard IPv6 address on a host without IPv6 falls back
+/// to the IPv4 wildcard, so the zero-config `[::]` listeners work anywhere.
+async fn bind_or_ipv4(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::warn!(%addr, error = %e, fallback = %v4, "IPv6 unavailable; listening on IPv4 only");
+            TcpListener::bind(v4).await.map_err(|_| e)
+        }
+        Err(e) => Err(e),
     }
 }
