@@ -173,11 +173,16 @@ pub struct Registrar {
     pub(crate) registry: Registry,
 }
 
+/// Who answers an IQ: its target, type and payload namespace.
+pub(crate) type IqKey = (IqTarget, IqKind, String);
+/// One entry of a hook chain: priority, owning module, handler.
+pub(crate) type HookEntry = (Priority, &'static str, Arc<dyn StanzaHook>);
+
 /// The frozen result of registration, read by the router.
 #[derive(Default)]
 pub struct Registry {
-    pub(crate) iq: HashMap<(IqTarget, IqKind, String), (&'static str, Arc<dyn IqHandler>)>,
-    pub(crate) hooks: HashMap<Hook, Vec<(Priority, &'static str, Arc<dyn StanzaHook>)>>,
+    pub(crate) iq: HashMap<IqKey, (&'static str, Arc<dyn IqHandler>)>,
+    pub(crate) hooks: HashMap<Hook, Vec<HookEntry>>,
     pub(crate) events: Vec<Arc<dyn EventHandler>>,
     pub(crate) stream_features: Vec<Arc<dyn StreamFeature>>,
     pub(crate) services: HashMap<String, (&'static str, Arc<dyn DomainService>)>,

@@ -172,7 +172,7 @@ impl Server {
                 if to.is_none() {
                     if kind == StanzaKind::Message {
                         // RFC 6120 §10.3.1: no `to` means the sender's own bare JID.
-                        stanza.set_attr("to", &origin.jid.bare().to_string());
+                        stanza.set_attr("to", origin.jid.bare().to_string());
                     } else {
                         return;
                     }
@@ -408,7 +408,7 @@ impl Server {
                 let mut reply = stanza::iq_result(&stanza);
                 // An IQ sent without `to` was answered by the account itself.
                 if to.is_none() {
-                    reply.set_attr("from", &from.bare().to_string());
+                    reply.set_attr("from", from.bare().to_string());
                 }
                 if let Some(p) = result {
                     reply.push_child(p);

@@ -7,7 +7,7 @@
 //! lock across .await", and only ever for one account's roster, taken alone
 //! (never two at once, so no lock order to get wrong).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
 use tokio::sync::{Mutex, MutexGuard};
@@ -31,8 +31,8 @@ impl UserLocks {
     }
 
     pub async fn lock(&self, user: &BareJid) -> MutexGuard<'_, ()> {
-        let mut h = self.hasher.build_hasher();
-        user.hash(&mut h);
-        self.stripes[h.finish() as usize % STRIPES].lock().await
+        self.stripes[self.hasher.hash_one(user) as usize % STRIPES]
+            .lock()
+            .await
     }
 }
