@@ -87,6 +87,10 @@ pub struct MucConfig {
     pub max_occupants: usize,
     pub max_rooms_per_user: Option<usize>,
     pub room_creation: RoomCreation,
+    /// Remote MUC service domains whose public rooms the directory indexes.
+    pub crawl: Vec<String>,
+    pub crawl_interval_secs: u64,
+    pub crawl_max_rooms: usize,
 }
 
 /// Who may create MUC rooms.
@@ -500,6 +504,20 @@ fn muc_config(m: &raw::Muc, hosts: &[String], source: &str) -> Result<MucConfig,
             "max_occupants must be greater than 0".into(),
         ));
     }
+    if m.crawl_interval_secs == 0 {
+        return Err(ConfigError::at(
+            source,
+            "crawl_interval_secs",
+            "crawl_interval_secs must be greater than 0".into(),
+        ));
+    }
+    let mut crawl = Vec::new();
+    for c in &m.crawl {
+        let d = BareJid::domain_only(c).map_err(|e| {
+            ConfigError::at(source, "crawl", format!("crawl {c:?} is not a domain: {e}"))
+        })?;
+        crawl.push(d.domain().to_string());
+    }
     let mut domains = Vec::new();
     if m.enabled {
         for h in hosts {
@@ -533,6 +551,9 @@ fn muc_config(m: &raw::Muc, hosts: &[String], source: &str) -> Result<MucConfig,
         max_occupants: m.max_occupants,
         max_rooms_per_user: m.max_rooms_per_user,
         room_creation,
+        crawl,
+        crawl_interval_secs: m.crawl_interval_secs,
+        crawl_max_rooms: m.crawl_max_rooms,
     })
 }
 
@@ -638,6 +659,16 @@ mod tests {
         assert!(c.muc.domains.is_empty());
         let e = Config::parse("[muc]\nsubdomain = \"bad label\"\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
+        assert!(c.muc.crawl.is_empty());
+        assert_eq!(c.muc.crawl_interval_secs, 3600);
+        assert_eq!(c.muc.crawl_max_rooms, 500);
+        let c =
+            Config::parse("[muc]\ncrawl = [\"conference.b.example\"]\ncrawl_interval_secs = 5\n")
+                .unwrap();
+        assert_eq!(c.muc.crawl, vec!["conference.b.example"]);
+        assert_eq!(c.muc.crawl_interval_secs, 5);
+        assert!(Config::parse("[muc]\ncrawl = [\"a b\"]\n").is_err());
+        assert!(Config::parse("[muc]\ncrawl_interval_secs = 0\n").is_err());
         let e = Config::parse("[muc]\nroom_creation = \"all\"\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
     }

@@ -214,6 +214,12 @@ pub struct Muc {
     pub max_rooms_per_user: Option<usize>,
     /// Who may create rooms: "anyone", "local" (accounts of our hosts) or "admins".
     pub room_creation: String,
+    /// Remote MUC service domains whose public rooms the directory indexes.
+    pub crawl: Vec<String>,
+    /// Seconds between two crawls of the remote services.
+    pub crawl_interval_secs: u64,
+    /// Most rooms indexed (and asked for disco#info) per remote service.
+    pub crawl_max_rooms: usize,
 }
 
 impl Default for Muc {
@@ -225,6 +231,9 @@ impl Default for Muc {
             max_occupants: 1000,
             max_rooms_per_user: None,
             room_creation: "local".into(),
+            crawl: Vec::new(),
+            crawl_interval_secs: 3600,
+            crawl_max_rooms: 500,
         }
     }
 }

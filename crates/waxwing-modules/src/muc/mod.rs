@@ -3,7 +3,8 @@
 //! (direct invitations need nothing from the server but a room to join);
 //! XEP-0313 on the room JID for rooms with `muc#roomconfig_enablelogging`
 //! (the query code is `crate::mam`'s, over `ArchiveOwner::Room`), XEP-0425
-//! moderation and the XEP-0433 channel directory of the public rooms.
+//! moderation and the XEP-0433 channel directory of the public rooms —
+//! ours, and those of remote services indexed by [`crawl`] over federation.
 //!
 //! A logged groupchat message is appended to the room archive *before* it
 //! is reflected, and the archive id is its `<stanza-id by='room'/>`: the id
@@ -21,6 +22,7 @@
 
 pub mod channel_search;
 pub mod config;
+pub mod crawl;
 pub mod form;
 pub mod history;
 pub mod moderation;
@@ -77,6 +79,12 @@ impl Muc {
                     loaded: tokio::sync::OnceCell::new(),
                     persist: tokio::sync::Mutex::new(()),
                     archive_order: Mutex::new(HashMap::new()),
+                    crawler: Arc::new(crawl::Crawler::new(
+                        domain,
+                        m.crawl.clone(),
+                        std::time::Duration::from_secs(m.crawl_interval_secs),
+                        m.crawl_max_rooms,
+                    )),
                 })
             })
             .collect();
@@ -110,6 +118,11 @@ impl EventHandler for Muc {
     async fn on_event(&self, cx: &Cx, event: &Event) {
         // A session that ends leaves its rooms even if it never sent
         // presence (the presence module only tells rooms it has a record of).
+        if let Event::SessionBound(_) = event {
+            for s in &self.services {
+                s.crawler.start(cx);
+            }
+        }
         if let Event::SessionClosed(session) = event {
             for s in &self.services {
                 s.session_closed(cx, &session.jid).await;
@@ -138,6 +151,8 @@ pub struct MucService {
     /// Per room, not the service-wide `persist`, so that a slow append
     /// stalls only its own room.
     archive_order: Mutex<HashMap<BareJid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Indexes the public rooms of remote MUC services for the directory.
+    crawler: Arc<crawl::Crawler>,
 }
 
 /// Why a stanza is refused before any room sees it.
@@ -775,12 +790,19 @@ impl MucService {
                 Ok(channel_search::form())
             }
             (channel_search::NS, "get") => channel_search::parse(payload).and_then(|q| {
-                let rooms: Vec<_> = self
+                let mut rooms: Vec<_> = self
                     .lock()
                     .values()
                     .filter(|r| r.is_listed())
                     .map(Room::listing)
                     .collect();
+                // Remote listings, unless a local room has the same address.
+                let remote = self.crawler.listings();
+                rooms.extend(
+                    remote
+                        .into_iter()
+                        .filter(|l| !l.address.ends_with(&format!("@{}", self.domain))),
+                );
                 channel_search::search(rooms, &q)
             }),
             (ns::DISCO_INFO | ns::DISCO_ITEMS, "get") => {
@@ -813,6 +835,11 @@ impl MucService {
 #[async_trait]
 impl DomainService for MucService {
     async fn handle_stanza(&self, cx: &Cx, stanza: Element) {
+        self.crawler.start(cx);
+        // Answers to the crawler's requests go to it, not to the rooms.
+        let Some(stanza) = self.crawler.deliver(stanza) else {
+            return;
+        };
         let Some(kind) = stanza::kind(&stanza) else {
             return;
         };
@@ -837,6 +864,21 @@ impl DomainService for MucService {
                 }
                 _ => cx.bounce(&stanza, refuse(Condition::ItemNotFound)).await,
             };
+        }
+        // A server or service (a remote directory crawler) may discover a
+        // room's public information; it is treated as an unaffiliated
+        // requester, and the answer goes to the `from` it gave.
+        if from.local().is_none()
+            && from.resource().is_none()
+            && to.resource().is_none()
+            && kind == StanzaKind::Iq
+            && stanza.attr("type") == Some("get")
+            && stanza.first_child().is_some_and(|q| {
+                q.is("query", ns::DISCO_INFO) && q.attr("node").is_none_or(str::is_empty)
+            })
+            && let Ok(asker) = FullJid::new(from.to_bare(), "disco")
+        {
+            return self.iq_to_room(cx, &asker, to.to_bare(), stanza).await;
         }
         // Occupants are client sessions; a bare `from` (a server) cannot be one.
         let Some(from) = from.as_full().cloned() else {

@@ -1,0 +1,217 @@
+//! The public room directory indexes the rooms of a remote MUC service
+//! through federation: two in-process servers, `a.localhost` crawling
+//! `conference.b.localhost` over static s2s routes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use waxwing_core::listen::ListenerKind;
+use waxwing_core::{Config, Running};
+use waxwing_proto::jid::BareJid;
+use waxwing_proto::xml::Element;
+
+const A: &str = "a.localhost";
+const B: &str = "b.localhost";
+const MUC: &str = "http://jabber.org/protocol/muc";
+const OWNER: &str = "http://jabber.org/protocol/muc#owner";
+const SEARCH: &str = "urn:xmpp:channel-search:0:search";
+const SEARCH_PARAMS: &str = "urn:xmpp:channel-search:0:search-params";
+
+/// A free loopback port (bound and released: the server binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    running: Running,
+    domain: &'static str,
+    c2s: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// `extra` is TOML appended after `[storage]` (so: tables).
+    async fn start(domain: &'static str, s2s: u16, extra: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "data_dir = {data:?}\nhosts = [\"{domain}\"]\n\
+             [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\ns2s = [\"127.0.0.1:{s2s}\"]\n\
+             [storage]\ndatabase = \"sqlite::memory:\"\n{extra}\n",
+            data = dir.path().display().to_string(),
+        );
+        let config = Config::parse(&toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+        let modules = waxwing::modules::all(&config);
+        let running = waxwing_core::start(config, modules)
+            .await
+            .expect("server starts");
+        let c2s = running
+            .listeners
+            .iter()
+            .find(|(k, _)| *k == ListenerKind::C2s)
+            .map(|(_, a)| a.port())
+            .expect("c2s listener bound");
+        Node {
+            running,
+            domain,
+            c2s,
+            _dir: dir,
+        }
+    }
+
+    async fn login(&self, local: &str) -> Client {
+        let jid = BareJid::new(Some(local), self.domain).unwrap();
+        let secrets = waxwing_core::credentials::make_secrets(&password(local), 4096).unwrap();
+        self.running
+            .server
+            .stores
+            .accounts
+            .create(&jid, &secrets)
+            .await
+            .unwrap();
+        let mut c = Client::connect_plain(self.c2s).await;
+        c.domain = self.domain.to_string();
+        c.open_stream().await;
+        c.starttls().await;
+        c.auth_scram_sha256(local, &password(local)).await;
+        c.bind(Some("r")).await;
+        c.get_roster().await;
+        c.send("<presence/>").await;
+        c.sync().await;
+        c
+    }
+}
+
+/// Sends an IQ and returns its answer (any type).
+async fn iq(c: &mut Client, to: &str, ty: &str, payload: &str) -> Element {
+    let id = c.id("iq");
+    c.send(&format!(
+        "<iq type='{ty}' to='{to}' id='{id}'>{payload}</iq>"
+    ))
+    .await;
+    c.expect_with(&format!("the answer to {id}"), |e| {
+        e.name == "iq" && e.attr("id") == Some(id.as_str())
+    })
+    .await
+}
+
+/// Searches the whole directory of `service`: (address, name, nusers).
+async fn search_all(c: &mut Client, service: &str) -> Vec<(String, String, String)> {
+    let r = iq(
+        c,
+        service,
+        "get",
+        &format!(
+            "<search xmlns='{SEARCH}'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>{SEARCH_PARAMS}</value></field>\
+             <field var='all'><value>true</value></field></x></search>"
+        ),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    r.child("result", SEARCH)
+        .unwrap_or_else(|| panic!("no result in {r}"))
+        .children()
+        .filter(|i| i.name == "item")
+        .map(|i| {
+            let text = |n: &str| i.child(n, SEARCH).map(Element::text).unwrap_or_default();
+            (
+                i.attr("address").unwrap_or_default().to_string(),
+                text("name"),
+                text("nusers"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn directory_lists_public_rooms_of_a_crawled_remote_service() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start(
+        A,
+        pa,
+        &format!(
+            "[muc]\ncrawl = [\"conference.{B}\"]\ncrawl_interval_secs = 1\n\
+             [s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\
+             \"{B}\" = \"127.0.0.1:{pb}\"\n\"conference.{B}\" = \"127.0.0.1:{pb}\"\n"
+        ),
+    )
+    .await;
+    let _b = {
+        let b = Node::start(
+            B,
+            pb,
+            &format!(
+                "[s2s]\nsecret = \"b-dialback-secret\"\nconnect_timeout_secs = 5\n[s2s.routes]\n\
+                 \"{A}\" = \"127.0.0.1:{pa}\"\n\"conference.{A}\" = \"127.0.0.1:{pa}\"\n"
+            ),
+        )
+        .await;
+        // A public room and a hidden one on B.
+        let mut bob = b.login("bob").await;
+        for (room, public) in [("lounge", "1"), ("backroom", "0")] {
+            let jid = format!("{room}@conference.{B}");
+            bob.send(&format!(
+                "<presence to='{jid}/bob'><x xmlns='{MUC}'/></presence>"
+            ))
+            .await;
+            // Everything up to the subject ends a successful join.
+            loop {
+                let e = bob.next("joining the room").await;
+                assert_ne!(e.attr("type"), Some("error"), "join refused: {e}");
+                if e.name == "message" && e.child("subject", "jabber:client").is_some() {
+                    break;
+                }
+            }
+            let r = iq(
+                &mut bob,
+                &jid,
+                "set",
+                &format!(
+                    "<query xmlns='{OWNER}'><x xmlns='jabber:x:data' type='submit'>\
+                     <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+                     <field var='muc#roomconfig_roomname'><value>The {room}</value></field>\
+                     <field var='muc#roomconfig_roomdesc'><value>Talk on b</value></field>\
+                     <field var='muc#roomconfig_publicroom'><value>{public}</value></field>\
+                     </x></query>"
+                ),
+            )
+            .await;
+            assert_eq!(r.attr("type"), Some("result"), "{r}");
+        }
+        // Bob stays: a temporary room ends with its last occupant.
+        (b, bob)
+    };
+
+    let mut alice = a.login("alice").await;
+    // The crawl runs in the background on a timer: poll the directory,
+    // with a ping round trip and a short pause between searches.
+    let service = format!("conference.{A}");
+    let lounge = format!("lounge@conference.{B}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let found = loop {
+        let rooms = search_all(&mut alice, &service).await;
+        if let Some(r) = rooms.iter().find(|r| r.0 == lounge) {
+            break (r.clone(), rooms);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the remote room never showed up in the directory: {rooms:?}"
+        );
+        let pong = iq(&mut alice, A, "get", "<ping xmlns='urn:xmpp:ping'/>").await;
+        assert_eq!(pong.attr("type"), Some("result"), "{pong}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ((_, name, nusers), rooms) = found;
+    assert_eq!(name, "The lounge");
+    assert_eq!(nusers, "1");
+    assert!(
+        !rooms.iter().any(|r| r.0.starts_with("backroom@")),
+        "a hidden room is listed: {rooms:?}"
+    );
+}
