@@ -2,11 +2,9 @@
 //! streams: TCP, upgraded in place to TLS as either side of the handshake.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{StreamCondition, StreamError};
@@ -97,53 +95,7 @@ impl S2sIo {
     }
 }
 
-impl AsyncRead for S2sIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            S2sIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            S2sIo::Compressed(c) => Pin::new(c.as_mut()).poll_read(cx, buf),
-            S2sIo::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-}
-
-impl AsyncWrite for S2sIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            S2sIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            S2sIo::Compressed(c) => Pin::new(c.as_mut()).poll_write(cx, buf),
-            S2sIo::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            S2sIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            S2sIo::Compressed(c) => Pin::new(c.as_mut()).poll_flush(cx),
-            S2sIo::Upgrading => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            S2sIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            S2sIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            S2sIo::Compressed(c) => Pin::new(c.as_mut()).poll_shutdown(cx),
-            S2sIo::Upgrading => Poll::Ready(Ok(())),
-        }
-    }
-}
+crate::stream::transport::delegate_async_io!(S2sIo);
 
 /// Why reading the next element failed.
 #[derive(Debug)]

@@ -1,10 +1,7 @@
 //! The byte stream under an XML stream: TCP, later upgraded to TLS in place.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use waxwing_proto::sasl::{ChannelBindingData, tls_server_end_point_hash};
@@ -68,53 +65,77 @@ impl Transport {
     }
 }
 
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Transport::Compressed(c) => Pin::new(c.as_mut()).poll_read(cx, buf),
-            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+/// Implements `AsyncRead`/`AsyncWrite` for a connection enum whose
+/// variants are `Plain`, `Tls` and `Compressed` (boxed) streams plus the
+/// empty `Upgrading` placeholder: c2s `Transport` and s2s `S2sIo` share it.
+macro_rules! delegate_async_io {
+    ($ty:ident) => {
+        impl tokio::io::AsyncRead for $ty {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                use std::pin::Pin;
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_read(cx, buf),
+                    $ty::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+                    $ty::Compressed(c) => Pin::new(c.as_mut()).poll_read(cx, buf),
+                    $ty::Upgrading => {
+                        std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
+                    }
+                }
+            }
         }
-    }
+
+        impl tokio::io::AsyncWrite for $ty {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                use std::pin::Pin;
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_write(cx, buf),
+                    $ty::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+                    $ty::Compressed(c) => Pin::new(c.as_mut()).poll_write(cx, buf),
+                    $ty::Upgrading => {
+                        std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
+                    }
+                }
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                use std::pin::Pin;
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_flush(cx),
+                    $ty::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+                    $ty::Compressed(c) => Pin::new(c.as_mut()).poll_flush(cx),
+                    $ty::Upgrading => std::task::Poll::Ready(Ok(())),
+                }
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                use std::pin::Pin;
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                    $ty::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+                    $ty::Compressed(c) => Pin::new(c.as_mut()).poll_shutdown(cx),
+                    $ty::Upgrading => std::task::Poll::Ready(Ok(())),
+                }
+            }
+        }
+    };
 }
+pub(crate) use delegate_async_io;
 
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Transport::Compressed(c) => Pin::new(c.as_mut()).poll_write(cx, buf),
-            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Transport::Compressed(c) => Pin::new(c.as_mut()).poll_flush(cx),
-            Transport::Upgrading => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Transport::Compressed(c) => Pin::new(c.as_mut()).poll_shutdown(cx),
-            Transport::Upgrading => Poll::Ready(Ok(())),
-        }
-    }
-}
+delegate_async_io!(Transport);
 
 /// A client transport under XEP-0138 zlib.
 pub type Compressed = ZlibStream<Transport>;
