@@ -130,6 +130,10 @@ pub(crate) fn prepare_local(local: &str) -> Result<String, JidError> {
     if local.len() > 4 * MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Local));
     }
+    ascii_local(local).unwrap_or_else(|| precis_local(local))
+}
+
+fn precis_local(local: &str) -> Result<String, JidError> {
     let prepared = UsernameCaseMapped::enforce(local).map_err(|_| JidError::InvalidLocal)?;
     if prepared.len() > MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Local));
@@ -147,6 +151,10 @@ fn prepare_resource(resource: &str) -> Result<String, JidError> {
     if resource.len() > 4 * MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Resource));
     }
+    ascii_resource(resource).unwrap_or_else(|| precis_resource(resource))
+}
+
+fn precis_resource(resource: &str) -> Result<String, JidError> {
     let prepared = OpaqueString::enforce(resource).map_err(|_| JidError::InvalidResource)?;
     if prepared.len() > MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Resource));
@@ -178,6 +186,10 @@ fn prepare_domain(domain: &str) -> Result<String, JidError> {
         return Ok(addr.to_string());
     }
 
+    ascii_domain(domain).unwrap_or_else(|| uts46_domain(domain))
+}
+
+fn uts46_domain(domain: &str) -> Result<String, JidError> {
     // STD3 rules keep the domainpart to letters, digits and hyphens (plus any
     // Unicode IDNA allows), which is what RFC 5890 requires of host names.
     // Hyphen placement is not checked: UTS 46 still validates `xn--` labels,
@@ -202,6 +214,57 @@ fn prepare_domain(domain: &str) -> Result<String, JidError> {
         return Err(JidError::TooLong(JidPart::Domain));
     }
     Ok(unicode.into_owned())
+}
+
+// ASCII fast paths. Nearly every address on the wire is plain ASCII, and
+// for ASCII the PRECIS and UTS 46 rules reduce to a byte check plus (for
+// localparts and domains) lowercasing; the general code paths allocate and
+// normalise several times. Each function returns `None` when its input is
+// not plain enough, and the caller falls through to the full preparation.
+// `tests::ascii_fast_paths_agree_with_precis` checks them against it.
+
+/// UsernameCaseMapped on ASCII: the IdentifierClass allows exactly the
+/// printable characters without space (U+0021..U+007E); case mapping is
+/// ASCII lowercasing; width mapping and NFC change nothing.
+fn ascii_local(local: &str) -> Option<Result<String, JidError>> {
+    if !local.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return None;
+    }
+    if local.len() > MAX_PART_BYTES {
+        return Some(Err(JidError::TooLong(JidPart::Local)));
+    }
+    if local.contains(FORBIDDEN_LOCAL_CHARS) {
+        return Some(Err(JidError::InvalidLocal));
+    }
+    Some(Ok(local.to_ascii_lowercase()))
+}
+
+/// OpaqueString on ASCII: the FreeformClass allows U+0020..U+007E, and the
+/// profile maps nothing in that range.
+fn ascii_resource(resource: &str) -> Option<Result<String, JidError>> {
+    if !resource.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return None;
+    }
+    if resource.len() > MAX_PART_BYTES {
+        return Some(Err(JidError::TooLong(JidPart::Resource)));
+    }
+    Some(Ok(resource.to_owned()))
+}
+
+/// UTS 46 with STD3 rules on an LDH name with no `xn--` label: lowercasing.
+/// (IP literals are handled before this is called.)
+fn ascii_domain(domain: &str) -> Option<Result<String, JidError>> {
+    let ldh = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
+    let plain_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= MAX_LABEL_BYTES
+            && l.bytes().all(ldh)
+            && !l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--"))
+    };
+    if domain.len() > MAX_PART_BYTES || !domain.split('.').all(plain_label) {
+        return None;
+    }
+    Some(Ok(domain.to_ascii_lowercase()))
 }
 
 impl BareJid {
@@ -398,6 +461,58 @@ impl From<FullJid> for Jid {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ascii_fast_paths_edge_cases() {
+        for s in [" ", "  a ", "~", "!", "\"", "a@b", "A/B", "x\x7f"] {
+            assert_eq!(
+                ascii_resource(s).and_then(Result::ok),
+                precis_resource(s)
+                    .ok()
+                    .filter(|_| ascii_resource(s).is_some()),
+                "{s:?}"
+            );
+            if let Some(fast) = ascii_local(s) {
+                assert_eq!(fast.ok(), precis_local(s).ok(), "{s:?}");
+            }
+        }
+        for d in [
+            "XN--bcher-kva.example",
+            "a..b",
+            "-a.b",
+            "a_b.c",
+            "EXAMPLE.COM",
+        ] {
+            if let Some(fast) = ascii_domain(d) {
+                assert_eq!(fast.ok(), uts46_domain(d).ok(), "{d:?}");
+            }
+        }
+    }
+
+    proptest! {
+        // The ASCII fast paths must be exact shortcuts of the full
+        // preparation: same value, same acceptance.
+        #[test]
+        fn ascii_fast_paths_agree_with_precis(s in "[ -~]{1,80}") {
+            if let Some(fast) = ascii_local(&s) {
+                prop_assert_eq!(fast.is_ok(), precis_local(&s).is_ok(), "local {:?}", s);
+                if let Ok(v) = fast { prop_assert_eq!(v, precis_local(&s).unwrap()); }
+            }
+            if let Some(fast) = ascii_resource(&s) {
+                prop_assert_eq!(fast.clone().ok(), precis_resource(&s).ok(), "resource {:?}", s);
+            }
+        }
+
+        #[test]
+        fn ascii_domain_fast_path_agrees_with_uts46(
+            s in "([a-zA-Z0-9-]{1,12}\\.){0,3}[a-zA-Z0-9-]{1,12}|[A-Za-z.-]{1,20}|xn--[a-z0-9-]{1,10}\\.example",
+        ) {
+            if let Some(fast) = ascii_domain(&s) {
+                prop_assert_eq!(fast.ok(), uts46_domain(&s).ok(), "domain {:?}", s);
+            }
+        }
+    }
 
     fn jid(s: &str) -> Jid {
         Jid::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
