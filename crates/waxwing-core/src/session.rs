@@ -40,12 +40,17 @@ pub enum SessionFlag {
     Reserved = 1 << 31,
 }
 
+/// What a session's outbound queue holds. Boxed because tokio's channel
+/// allocates its slots in blocks of 32 up front: 32 pointers rather than 32
+/// inline elements saves about 3 KiB on every (mostly idle) session.
+pub(crate) type Queued = Box<Element>;
+
 /// The one way other tasks reach a bound client session.
 #[derive(Debug)]
 pub struct SessionHandle {
     pub id: u64,
     pub jid: FullJid,
-    tx: mpsc::Sender<Element>,
+    tx: mpsc::Sender<Queued>,
     closed: CancellationToken,
     close_reason: Mutex<Option<StreamError>>,
     presence: Mutex<PresenceState>,
@@ -55,7 +60,7 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    pub(crate) fn new(jid: FullJid, queue: usize) -> (Arc<Self>, mpsc::Receiver<Element>) {
+    pub(crate) fn new(jid: FullJid, queue: usize) -> (Arc<Self>, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(queue);
         let handle = SessionHandle {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
@@ -73,7 +78,7 @@ impl SessionHandle {
     /// Queues a stanza without waiting. A session whose queue is full is not
     /// reading: it is closed rather than buffered without bound.
     pub fn send(&self, stanza: Element) -> bool {
-        match self.tx.try_send(stanza) {
+        match self.tx.try_send(Box::new(stanza)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(jid = %self.jid, "outbound queue full; closing the session");

@@ -12,6 +12,13 @@ use clap::{Parser, Subcommand};
 use waxwing::modules;
 use waxwing_core::Config;
 
+// mimalloc instead of the system allocator: per-thread free lists suit
+// tokio's work-stealing (a buffer allocated on one worker and freed on
+// another), and freed memory goes back to the OS, so RSS follows load down
+// after a connection spike. Measured in bench/ (see bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "waxwing", version, about = "Waxwing XMPP server")]
 struct Cli {

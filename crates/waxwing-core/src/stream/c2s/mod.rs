@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::collections::HashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +24,7 @@ use crate::abuse::TokenBucket;
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
 use crate::router::Server;
 use crate::session::SessionFlag;
-use crate::session::SessionHandle;
+use crate::session::{Queued, SessionHandle};
 use crate::stream::csi::{self, Held};
 use crate::stream::sm::{self, SmState};
 use crate::stream::transport::{Transport, is_decompression_bomb};
@@ -183,7 +183,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
     undelivered.extend(session.held.take());
     if matches!(end, End::Gone) {
         while let Ok(el) = rx.try_recv() {
-            undelivered.push(el);
+            undelivered.push(*el);
         }
     } else {
         // Stanzas queued before the end (e.g. the answer to the client's
@@ -216,14 +216,29 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
 /// What negotiation produced.
 enum Negotiated {
     /// A bound session, with stream management if Bind2 enabled it inline.
-    Bound(
-        Arc<SessionHandle>,
-        mpsc::Receiver<Element>,
-        Option<InlineSm>,
-    ),
+    Bound(Arc<SessionHandle>, mpsc::Receiver<Queued>, Option<InlineSm>),
     /// The client asked to resume a detached session (XEP-0198 §5).
     /// With the SASL2 `<success/>` to wrap `<resumed/>` in, when resumed inline.
     Resume(oneshot::Sender<Takeover>, u32, Option<Element>),
+}
+
+/// Reads what the transport has into the framer; `Ok(0)` is end of stream.
+///
+/// The scratch array lives on the stack for one poll only, never across a
+/// `Pending`, so the hundreds of thousands of idle sessions this server is
+/// built for hold no read buffer of their own (a `Pending` poll_read
+/// consumed nothing: tokio-rustls keeps undecrypted bytes in rustls).
+fn read_into<'a>(
+    io: &'a mut Transport,
+    framer: &'a mut Framer,
+) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut scratch = [0u8; READ_CHUNK];
+        let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+        std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+        framer.feed(buf.filled());
+        std::task::Poll::Ready(Ok(buf.filled().len()))
+    })
 }
 
 /// Why the session loop returned.
@@ -343,16 +358,16 @@ impl Conn {
 
     /// Next stream event, reading more bytes as needed.
     async fn next_event(&mut self) -> Result<StreamEvent, End> {
-        let mut buf = [0u8; READ_CHUNK];
         loop {
             if let Some(ev) = self.framer.next_event()? {
                 return Ok(ev);
             }
-            let n = self.io.read(&mut buf).await.map_err(read_failed)?;
+            let n = read_into(&mut self.io, &mut self.framer)
+                .await
+                .map_err(read_failed)?;
             if n == 0 {
                 return Err(End::Gone);
             }
-            self.framer.feed(&buf[..n]);
             self.pace(n).await;
         }
     }
@@ -919,7 +934,7 @@ impl Conn {
     async fn bind(
         &mut self,
         iq: &Element,
-    ) -> Result<Option<(Arc<SessionHandle>, mpsc::Receiver<Element>)>, End> {
+    ) -> Result<Option<(Arc<SessionHandle>, mpsc::Receiver<Queued>)>, End> {
         let requested = iq
             .child("bind", ns::BIND)
             .and_then(|b| b.child("resource", ns::BIND))
@@ -957,7 +972,7 @@ impl Conn {
     async fn bind_resource(
         &mut self,
         resource: String,
-    ) -> Result<(Arc<SessionHandle>, mpsc::Receiver<Element>), StanzaError> {
+    ) -> Result<(Arc<SessionHandle>, mpsc::Receiver<Queued>), StanzaError> {
         let user = self.user.clone().expect("bind only after authentication");
         let full = FullJid::new(user.clone(), &resource).map_err(|_| {
             StanzaError::modify(Condition::BadRequest).with_text("invalid resource")
@@ -988,9 +1003,8 @@ impl Conn {
     async fn run_session(
         &mut self,
         session: &mut Session,
-        rx: &mut mpsc::Receiver<Element>,
+        rx: &mut mpsc::Receiver<Queued>,
     ) -> Outcome {
-        let mut buf = [0u8; READ_CHUNK];
         let shutdown = self.server.shutdown.clone();
         let handle = session.handle.clone();
         let idle_timeout = self.server.config.idle_timeout;
@@ -1046,10 +1060,10 @@ impl Conn {
                 }
                 Some(t) = takeover => return Outcome::Takeover(t),
                 Some(first) = rx.recv() => {
-                    let mut batch = vec![first];
+                    let mut batch = vec![*first];
                     while batch.len() < WRITE_BATCH {
                         match rx.try_recv() {
-                            Ok(el) => batch.push(el),
+                            Ok(el) => batch.push(*el),
                             Err(_) => break,
                         }
                     }
@@ -1061,11 +1075,10 @@ impl Conn {
                         }
                     }
                 }
-                r = self.io.read(&mut buf) => match r {
+                r = read_into(&mut self.io, &mut self.framer) => match r {
                     Ok(0) => return Outcome::End(End::Gone),
                     Err(e) => return Outcome::End(read_failed(e)),
                     Ok(n) => {
-                        self.framer.feed(&buf[..n]);
                         last_read = tokio::time::Instant::now();
                         self.pace(n).await;
                     }
