@@ -80,7 +80,12 @@ const ROWS: &[(&str, &str, &str)] = &[
     (
         "churn",
         "rss_growth_kb",
-        "RSS growth after churn, KiB (lower is better)",
+        "RSS growth over the first churn round, KiB (lower is better)",
+    ),
+    (
+        "churn",
+        "rss_growth_second_kb",
+        "RSS growth over a second churn round, KiB (lower is better)",
     ),
     ("churn", "_cpu", "server CPU-s / generator CPU share"),
     (

@@ -719,23 +719,31 @@ pub async fn chat(cx: &Ctx, prefix: &str, p: ChatParams, name: &str) -> Record {
     r
 }
 
-/// `churn`: N logins each closed at once; server RSS before and after.
+/// `churn`: N logins each closed at once, twice; server RSS before, between
+/// and after. The first round includes warm-up (caches filling, the
+/// allocator's high-water mark); the second shows steady-state growth,
+/// which is what a leak would look like.
 pub async fn churn(cx: &Ctx, prefix: &str, count: usize, settle: Duration) -> Record {
     let before = cx.rss();
     let mut r = login(cx, prefix, count).await;
     tokio::time::sleep(settle).await;
+    let between = cx.rss();
+    let _ = login(cx, prefix, count).await;
+    tokio::time::sleep(settle).await;
     let after = cx.rss();
     let mut out = Record::new("churn");
-    // Reuse the login figures under the churn name.
+    // Reuse the first round's login figures under the churn name.
     for (k, v) in std::mem::take(&mut r).into_fields() {
         if k != "scenario" {
             out.raw(&k, v);
         }
     }
-    if let (Some(b), Some(a)) = (before, after) {
+    if let (Some(b), Some(m), Some(a)) = (before, between, after) {
         out.num("rss_before_kb", b as f64)
+            .num("rss_between_kb", m as f64)
             .num("rss_after_kb", a as f64);
-        out.num("rss_growth_kb", a as f64 - b as f64);
+        out.num("rss_growth_kb", m as f64 - b as f64);
+        out.num("rss_growth_second_kb", a as f64 - m as f64);
     }
     out
 }
