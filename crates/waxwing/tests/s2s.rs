@@ -426,6 +426,8 @@ struct RawPeer {
     io: tokio_rustls::client::TlsStream<TcpStream>,
     framer: Framer,
     stream_id: String,
+    /// The features after TLS had XEP-0288 `<bidi/>`.
+    features_offered_bidi: bool,
 }
 
 fn s2s_framer() -> Framer {
@@ -512,6 +514,7 @@ impl RawPeer {
             io,
             framer,
             stream_id: h.id.expect("stream id"),
+            features_offered_bidi: f.child("bidi", "urn:xmpp:features:bidi").is_some(),
         }
     }
 
@@ -920,9 +923,125 @@ async fn federation_with_compression_on() {
         1,
         "b's incoming stream"
     );
-    // b → a goes by dialback (a does not trust b's certificate): uncompressed, still works.
+    // b → a comes back over a's (bidirectional, compressed) stream.
     bob.send("<message to='alice@a.localhost' type='chat'><body>back</body></message>")
         .await;
     let m = wait_for(&mut alice, "bob's message", |e| e.name == "message").await;
     assert_eq!(body(&m).as_deref(), Some("back"));
+}
+
+// ------------------------------------------------ XEP-0288 bidirectional streams
+
+fn s2s_counts(n: &Node) -> (usize, usize, usize) {
+    let s2s = &n.running.server.s2s;
+    (
+        s2s.outgoing_streams_opened(),
+        s2s.bidi_streams(),
+        s2s.outgoing_count(),
+    )
+}
+
+/// alice@a and bob@b exchange a message each way.
+async fn exchange(a: &Node, b: &Node) {
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+    alice
+        .send("<message to='bob@b.localhost' type='chat'><body>there</body></message>")
+        .await;
+    let m = wait_for(&mut bob, "alice's message", |e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("there"), "{m}");
+    bob.send("<message to='alice@a.localhost/pc' type='chat'><body>and back</body></message>")
+        .await;
+    let m = wait_for(&mut alice, "bob's reply", |e| e.name == "message").await;
+    assert_eq!(m.attr("from"), Some("bob@b.localhost/phone"), "{m}");
+    assert_eq!(body(&m).as_deref(), Some("and back"), "{m}");
+}
+
+#[tokio::test]
+async fn bidi_carries_both_directions_over_one_connection() {
+    let (a, b) = pair().await;
+    exchange(&a, &b).await;
+    // a opened the one stream and made it bidirectional; b answered over
+    // it (its route to a is the incoming stream) and opened none.
+    assert_eq!(s2s_counts(&a), (1, 1, 1), "a: opened, bidi, routes");
+    assert_eq!(s2s_counts(&b), (0, 1, 1), "b: opened, bidi, routes");
+}
+
+#[tokio::test]
+async fn bidi_off_on_either_side_falls_back_to_two_connections() {
+    for (a_extra, b_extra) in [("bidi = false\n", ""), ("", "bidi = false\n")] {
+        let (a, b) = pair_with(a_extra, b_extra).await;
+        exchange(&a, &b).await;
+        assert_eq!(s2s_counts(&a), (1, 0, 1), "a ({a_extra}{b_extra})");
+        assert_eq!(s2s_counts(&b), (1, 0, 1), "b ({a_extra}{b_extra})");
+    }
+}
+
+#[tokio::test]
+async fn bidi_incoming_stream_becomes_the_route_for_its_authenticated_pair_only() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+
+    // A peer (as b) asks for bidi, then authenticates by dialback.
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    p.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
+    let k = key(B_SECRET, A, B, &p.stream_id.clone());
+    assert_eq!(p.dialback(B, A, &k).await.attr("type"), Some("valid"));
+    assert_eq!(a.running.server.s2s.bidi_streams(), 1);
+
+    // a's stanzas for b now go out on that stream, in jabber:server.
+    alice
+        .send("<message to='bob@b.localhost' type='chat' id='x1'><body>over bidi</body></message>")
+        .await;
+    let m = p.next().await.expect("alice's message on the bidi stream");
+    assert_eq!(m.name, "message", "{m}");
+    assert_eq!(m.ns, ns::SERVER);
+    assert_eq!(m.attr("from"), Some("alice@a.localhost/pc"), "{m}");
+    assert_eq!(
+        m.child("body", ns::SERVER).map(|b| b.text()).as_deref(),
+        Some("over bidi"),
+        "{m}"
+    );
+    assert_eq!(
+        a.running.server.s2s.outgoing_streams_opened(),
+        0,
+        "no connection of a's own"
+    );
+
+    // Stanzas the peer sends still need an authenticated pair.
+    p.send("<message from='bob@b.localhost/x' to='alice@a.localhost' type='chat'><body>reply</body></message>")
+        .await;
+    let m = wait_for(&mut alice, "the reply", |e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("reply"));
+
+    // When the peer goes, the route goes with it: the next message opens
+    // a's own connection to the real b.
+    p.send("</stream:stream>").await;
+    while p.next().await.is_some() {}
+    alice
+        .send("<message to='bob@b.localhost' type='chat'><body>direct</body></message>")
+        .await;
+    let m = wait_for(&mut bob, "the message over a's own stream", |e| {
+        e.name == "message"
+    })
+    .await;
+    assert_eq!(body(&m).as_deref(), Some("direct"));
+    assert_eq!(a.running.server.s2s.outgoing_streams_opened(), 1);
+}
+
+#[tokio::test]
+async fn bidi_is_not_offered_when_off_and_refused_when_asked_anyway() {
+    let (a, _b) = pair_with("bidi = false\n", "").await;
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    assert!(!p.features_offered_bidi);
+    p.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
+    p.expect_stream_error("unsupported-stanza-type").await;
+    let (a, _b) = pair().await;
+    let p = RawPeer::connect(a.s2s, B, A).await;
+    assert!(p.features_offered_bidi);
 }
