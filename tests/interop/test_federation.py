@@ -21,6 +21,11 @@ Authentication, one run each (the ``federation`` fixture's parameter):
   the other trusts (Waxwing ``s2s.ca_bundle``, Prosody ``ssl.cafile``), and
   both refuse dialback (``dialback = "require-valid-certs"``,
   ``s2s_secure_auth = true``): SASL EXTERNAL (XEP-0178) in both directions.
+- "dialback-bidi": as "dialback", with Prosody's mod_s2s_bidi on, so both
+  sides offer and ask for XEP-0288 bidirectional streams, and Prosody's
+  stream to the MUC service carries the room's stanzas back. (Without the
+  module, as in the other runs, Prosody neither offers nor asks, and we fall
+  back to one connection per direction.)
 """
 
 from __future__ import annotations
@@ -106,7 +111,8 @@ class FederationCA:
 class Prosody:
     """A Prosody serving PR, unprivileged, with its own config and data."""
 
-    def __init__(self, hosts_file_lines: list[str], pki: "FederationCA | None" = None):
+    def __init__(self, hosts_file_lines: list[str], pki: "FederationCA | None" = None,
+                 bidi: bool = False):
         self.dir = Path(tempfile.mkdtemp(prefix="wx-prosody-"))
         self.c2s_port = _free_port()
         self.tls_port = _free_port()
@@ -143,7 +149,7 @@ class Prosody:
             f"s2s_ports = {{ {self.s2s_port} }}",
             "s2s_direct_tls_ports = { }",
             'modules_enabled = { "roster", "saslauth", "tls", "dialback", "disco", "ping",'
-            ' "version", "time", "posix" }',
+            ' "version", "time", "posix"' + (', "s2s_bidi"' if bidi else "") + " }",
             'authentication = "internal_hashed"',
             'storage = "internal"',
             "c2s_require_encryption = true",
@@ -218,7 +224,7 @@ class Prosody:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(params=["dialback", "certificates"])
+@pytest.fixture(params=["dialback", "certificates", "dialback-bidi"])
 def federation(server, request, tmp_path):
     """(waxwing, prosody, mode): federated by dialback (self-signed
     certificates), or by certificates from a shared test CA with dialback
@@ -227,7 +233,7 @@ def federation(server, request, tmp_path):
     addr = _free_loopback_5269()
     pki = FederationCA(tmp_path) if mode == "certificates" else None
     # Prosody must also reach (and dial back) Waxwing's MUC service.
-    prosody = Prosody([f"{addr} {WX}", f"{addr} {MUC}"], pki)
+    prosody = Prosody([f"{addr} {WX}", f"{addr} {MUC}"], pki, bidi=mode == "dialback-bidi")
     s2s = {
         "connect_timeout_secs": 20,
         "routes": {PR: f"127.0.0.1:{prosody.s2s_port}"},
@@ -313,9 +319,17 @@ async def test_messages_subscriptions_and_iqs_cross(federation, xmpp):
 
     wx_log = wx.log_text()
     if mode == "dialback":
-        # Both directions authenticated with dialback.
+        # Both directions authenticated with dialback, over two streams.
         assert "incoming s2s stream authenticated (dialback)" in wx_log, wx_log[-5000:]
         assert 'auth="dialback"' in wx_log, wx_log[-5000:]
+        assert "bidi=false" in wx_log and "bidi=true" not in wx_log, wx_log[-5000:]
+    elif mode == "dialback-bidi":
+        # Our one outgoing stream became bidirectional, and so did Prosody's
+        # (Prosody opens it to verify our dialback key and then keeps using
+        # it, so it carries its own stanzas there): we never opened a second.
+        assert 'auth="dialback" bidi=true' in wx_log, wx_log[-5000:]
+        assert wx_log.count("outgoing s2s stream ready") == 1, wx_log[-5000:]
+        assert "incoming s2s stream is bidirectional (XEP-0288)" in wx_log, wx_log[-5000:]
     else:
         # Prosody authenticated to us with its certificate, and we to it.
         assert "incoming s2s stream authenticated (SASL EXTERNAL)" in wx_log, wx_log[-5000:]
@@ -375,3 +389,10 @@ async def test_prosody_user_in_waxwing_muc_room(federation, xmpp):
     m = await bob.expect_message(body="hello from prosody", mtype="groupchat",
                                  timeout=STEP_TIMEOUT * 2)
     assert str(m["from"]) == f"{room}/bob", m
+
+    if _mode == "dialback-bidi":
+        # Prosody's stream to the MUC service was bidirectional: the room's
+        # stanzas went back over it.
+        wx_log = wx.log_text()
+        assert "incoming bidirectional stream is the route for this pair" in wx_log, \
+            wx_log[-5000:]
