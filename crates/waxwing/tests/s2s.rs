@@ -75,6 +75,21 @@ impl Node {
         }
     }
 
+    /// `local` (here) and `contact` (a full bare JID, anywhere) are mutual
+    /// contacts in `local`'s roster (subscription both).
+    async fn contact(&self, local: &str, contact: &str) {
+        let owner = BareJid::new(Some(local), self.domain).unwrap();
+        let mut item = waxwing_store::RosterItem::new(BareJid::parse(contact).unwrap());
+        item.subscription = waxwing_store::Subscription::Both;
+        self.running
+            .server
+            .stores
+            .roster
+            .put(&owner, &item)
+            .await
+            .unwrap();
+    }
+
     async fn user(&self, local: &str) {
         let jid = BareJid::new(Some(local), self.domain).unwrap();
         let secrets = waxwing_core::credentials::make_secrets(&password(local), 4096).unwrap();
@@ -108,7 +123,8 @@ impl Node {
     }
 }
 
-/// Two servers routing to each other. `a_extra`/`b_extra` are TOML
+/// Two servers routing to each other (and to each other's PubSub service
+/// domains, which send caps queries). `a_extra`/`b_extra` are TOML
 /// appended after `[storage]` (so: tables).
 async fn pair_with(a_extra: &str, b_extra: &str) -> (Node, Node) {
     let (pa, pb, closed) = (free_port(), free_port(), free_port());
@@ -116,7 +132,7 @@ async fn pair_with(a_extra: &str, b_extra: &str) -> (Node, Node) {
         A,
         pa,
         &format!(
-            "[s2s]\nconnect_timeout_secs = 5\n{a_extra}\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n\"evil.localhost\" = \"127.0.0.1:{closed}\"\n"
+            "[s2s]\nconnect_timeout_secs = 5\n{a_extra}\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n\"pubsub.{B}\" = \"127.0.0.1:{pb}\"\n\"evil.localhost\" = \"127.0.0.1:{closed}\"\n"
         ),
     )
     .await;
@@ -124,7 +140,7 @@ async fn pair_with(a_extra: &str, b_extra: &str) -> (Node, Node) {
         B,
         pb,
         &format!(
-            "[s2s]\nsecret = \"{B_SECRET}\"\nconnect_timeout_secs = 5\n{b_extra}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n"
+            "[s2s]\nsecret = \"{B_SECRET}\"\nconnect_timeout_secs = 5\n{b_extra}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n\"pubsub.{A}\" = \"127.0.0.1:{pa}\"\n"
         ),
     )
     .await;
@@ -1044,4 +1060,196 @@ async fn bidi_is_not_offered_when_off_and_refused_when_asked_anyway() {
     let (a, _b) = pair().await;
     let p = RawPeer::connect(a.s2s, B, A).await;
     assert!(p.features_offered_bidi);
+}
+
+// ------------------------------------------------ PEP across federation (XEP-0163 §4.3)
+
+const TUNE: &str = "http://jabber.org/protocol/tune";
+const NICK: &str = "http://jabber.org/protocol/nick";
+const EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+
+/// XEP-0115 ver (sha-256) of a client with one identity and `features`.
+fn caps_ver(features: &[&str]) -> String {
+    use base64::Engine;
+    let mut f: Vec<String> = features.iter().map(|f| format!("{f}<")).collect();
+    f.sort();
+    let s = format!("client/pc//Remote<{}", f.concat());
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(s.as_bytes()))
+}
+
+impl Node {
+    /// Logs in and sends available presence with caps for `features`; then
+    /// answers the disco#info query `asker` sends for them (over s2s).
+    async fn login_with_caps(
+        &self,
+        local: &str,
+        resource: &str,
+        features: &[&str],
+        asker: &str,
+    ) -> Client {
+        let mut c = Client::connect_plain(self.c2s).await;
+        c.domain = self.domain.to_string();
+        c.open_stream().await;
+        c.starttls().await;
+        c.auth_scram_sha256(local, &password(local)).await;
+        c.bind(Some(resource)).await;
+        c.get_roster().await;
+        let v = caps_ver(features);
+        c.send(&format!(
+            "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-256' \
+             node='https://remote.test' ver='{v}'/></presence>"
+        ))
+        .await;
+        // Our own server asks too (for its own PEP); answer every query
+        // until `asker`'s.
+        let node = format!("https://remote.test#{v}");
+        let feats: String = features
+            .iter()
+            .map(|f| format!("<feature var='{f}'/>"))
+            .collect();
+        loop {
+            let q = wait_for(&mut c, "the caps query", |e| {
+                e.name == "iq" && e.child("query", ns::DISCO_INFO).is_some()
+            })
+            .await;
+            assert_eq!(q.attr("type"), Some("get"), "{q}");
+            assert_eq!(
+                q.child("query", ns::DISCO_INFO).unwrap().attr("node"),
+                Some(node.as_str()),
+                "{q}"
+            );
+            let from = q.attr("from").unwrap().to_string();
+            c.send(&format!(
+                "<iq type='result' id='{}' to='{from}'><query xmlns='{}' node='{node}'>\
+                 <identity category='client' type='pc' name='Remote'/>{feats}</query></iq>",
+                q.attr("id").unwrap(),
+                ns::DISCO_INFO
+            ))
+            .await;
+            if from == asker {
+                break;
+            }
+        }
+        c
+    }
+}
+
+fn pep_publish(node: &str, id: &str, payload: &str) -> String {
+    format!(
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'>\
+         <item id='{id}'>{payload}</item></publish></pubsub>"
+    )
+}
+
+/// The (node, item id) of a PEP event message from `from`.
+async fn next_pep_event(c: &mut Client, from: &str) -> (String, String) {
+    let m = wait_for(c, "a PEP event", |e| {
+        e.name == "message" && e.child("event", EVENT).is_some()
+    })
+    .await;
+    assert_eq!(m.attr("from"), Some(from), "{m}");
+    let items = m
+        .child("event", EVENT)
+        .unwrap()
+        .child("items", EVENT)
+        .unwrap();
+    let item = items.child("item", EVENT).unwrap_or_else(|| panic!("{m}"));
+    (
+        items.attr("node").unwrap().to_string(),
+        item.attr("id").unwrap().to_string(),
+    )
+}
+
+fn ev(node: &str, id: &str) -> (String, String) {
+    (node.to_string(), id.to_string())
+}
+
+#[tokio::test]
+async fn pep_notifications_reach_remote_contacts_by_their_caps() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    b.user("carol").await;
+    for (n, local, contact) in [
+        (&a, "alice", "bob@b.localhost"),
+        (&a, "alice", "carol@b.localhost"),
+        (&b, "bob", "alice@a.localhost"),
+        (&b, "carol", "alice@a.localhost"),
+    ] {
+        n.contact(local, contact).await;
+    }
+    let mut alice = a.login("alice", "pc").await;
+    let tune = |title: &str| format!("<tune xmlns='{TUNE}'><title>{title}</title></tune>");
+    let nick = |n: &str| format!("<nick xmlns='{NICK}'>{n}</nick>");
+    for (node, id, payload) in [(TUNE, "t1", tune("one")), (NICK, "n1", nick("Alice"))] {
+        let r = alice
+            .iq("set", None, &pep_publish(node, id, &payload))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+    }
+
+    // Bob's client wants tunes, carol's nicks. Their presence reaches
+    // alice's server, which asks b's clients for their features (from its
+    // PubSub service) and then sends each the last item it wants.
+    let tune_notify = format!("{TUNE}+notify");
+    let nick_notify = format!("{NICK}+notify");
+    let mut bob = b
+        .login_with_caps("bob", "phone", &[TUNE, &tune_notify], "pubsub.a.localhost")
+        .await;
+    assert_eq!(
+        next_pep_event(&mut bob, "alice@a.localhost").await,
+        ev(TUNE, "t1")
+    );
+    let mut carol = b
+        .login_with_caps("carol", "tab", &[NICK, &nick_notify], "pubsub.a.localhost")
+        .await;
+    assert_eq!(
+        next_pep_event(&mut carol, "alice@a.localhost").await,
+        ev(NICK, "n1")
+    );
+
+    // Live notifications, each to the contacts whose caps ask for the node
+    // only: over one s2s stream, so what a contact did not get first, it
+    // will not get later.
+    for (node, id, payload) in [
+        (TUNE, "t2", tune("two")),
+        (NICK, "n2", nick("Alice B.")),
+        (TUNE, "t3", tune("three")),
+    ] {
+        let r = alice
+            .iq("set", None, &pep_publish(node, id, &payload))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+    }
+    assert_eq!(
+        next_pep_event(&mut bob, "alice@a.localhost").await,
+        ev(TUNE, "t2")
+    );
+    assert_eq!(
+        next_pep_event(&mut bob, "alice@a.localhost").await,
+        ev(TUNE, "t3")
+    );
+    assert_eq!(
+        next_pep_event(&mut carol, "alice@a.localhost").await,
+        ev(NICK, "n2")
+    );
+
+    // Bob goes offline: no more notifications for him (carol's next
+    // event, after one that bob would have wanted, is hers).
+    bob.send("<presence type='unavailable'/>").await;
+    let _ = wait_for(&mut alice, "bob's unavailable presence", |e| {
+        e.name == "presence" && e.attr("type") == Some("unavailable")
+    })
+    .await;
+    for (node, id, payload) in [(TUNE, "t4", tune("four")), (NICK, "n3", nick("A."))] {
+        let r = alice
+            .iq("set", None, &pep_publish(node, id, &payload))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+    }
+    assert_eq!(
+        next_pep_event(&mut carol, "alice@a.localhost").await,
+        ev(NICK, "n3")
+    );
+    bob.expect_nothing().await;
 }
