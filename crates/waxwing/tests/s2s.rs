@@ -1253,3 +1253,114 @@ async fn pep_notifications_reach_remote_contacts_by_their_caps() {
     );
     bob.expect_nothing().await;
 }
+
+// ------------------------------------------------ vCard across federation (XEP-0054)
+
+#[tokio::test]
+async fn vcard_lookups_cross_servers() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            "<vCard xmlns='vcard-temp'><FN>Alice Example</FN><NICKNAME>al</NICKNAME></vCard>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let r = bob
+        .iq(
+            "set",
+            None,
+            "<vCard xmlns='vcard-temp'><FN>Bob B.</FN></vCard>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+
+    // bob@b asks for alice@a's vCard: answered by a, from alice's bare JID.
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@a.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(r.attr("from"), Some("alice@a.localhost"), "{r}");
+    let v = r
+        .child("vCard", "vcard-temp")
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        v.child("FN", "vcard-temp").map(|f| f.text()).as_deref(),
+        Some("Alice Example"),
+        "{r}"
+    );
+
+    // And the other way.
+    let r = alice
+        .iq(
+            "get",
+            Some("bob@b.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(r.attr("from"), Some("bob@b.localhost"), "{r}");
+    let v = r
+        .child("vCard", "vcard-temp")
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        v.child("FN", "vcard-temp").map(|f| f.text()).as_deref(),
+        Some("Bob B."),
+        "{r}"
+    );
+
+    // A remote account without a vCard: an empty one; a remote account
+    // that does not exist: an error, back across.
+    b.user("dave").await;
+    let r = alice
+        .iq(
+            "get",
+            Some("dave@b.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let r = alice
+        .iq(
+            "get",
+            Some("nobody@b.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("error"), "{r}");
+    assert_eq!(r.attr("from"), Some("nobody@b.localhost"), "{r}");
+
+    // Nobody may set someone else's vCard, across servers either.
+    let r = alice
+        .iq(
+            "set",
+            Some("bob@b.localhost"),
+            "<vCard xmlns='vcard-temp'><FN>x</FN></vCard>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("error"), "{r}");
+    let r = alice
+        .iq(
+            "get",
+            Some("bob@b.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    let v = r
+        .child("vCard", "vcard-temp")
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        v.child("FN", "vcard-temp").map(|f| f.text()).as_deref(),
+        Some("Bob B."),
+        "{r}"
+    );
+}
