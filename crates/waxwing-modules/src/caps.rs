@@ -260,8 +260,9 @@ impl Caps {
         if let Some(h) = &hash {
             match verification_string_hash(query, h) {
                 Some(computed) if computed == ver => {}
-                _ => {
-                    tracing::debug!(hash = %h, "caps ver does not match the disco#info answer");
+                computed => {
+                    tracing::debug!(hash = %h, %ver, ?computed, answer = %query.to_xml(),
+                        "caps ver does not match the disco#info answer");
                     return Some(Vec::new());
                 }
             }
@@ -297,25 +298,27 @@ pub fn verification_string_hash(query: &Element, hash: &str) -> Option<String> {
     Some(base64::engine::general_purpose::STANDARD.encode(digest))
 }
 
+/// XEP-0115 §5.1. Everything is sorted on the bare values, before the `<`
+/// separators are appended (sorting "a#b<" and "a<" would put them the
+/// other way round).
 fn verification_string(query: &Element) -> String {
-    let mut identities: Vec<String> = query
+    let mut identities: Vec<[&str; 4]> = query
         .children()
         .filter(|c| c.name == "identity")
         .map(|i| {
-            format!(
-                "{}/{}/{}/{}<",
+            [
                 i.attr("category").unwrap_or(""),
                 i.attr("type").unwrap_or(""),
                 i.attr("xml:lang").unwrap_or(""),
-                i.attr("name").unwrap_or("")
-            )
+                i.attr("name").unwrap_or(""),
+            ]
         })
         .collect();
     identities.sort();
-    let mut features: Vec<String> = query
+    let mut features: Vec<&str> = query
         .children()
         .filter(|c| c.name == "feature")
-        .filter_map(|f| f.attr("var").map(|v| format!("{v}<")))
+        .filter_map(|f| f.attr("var"))
         .collect();
     features.sort();
     let mut forms: Vec<(String, String)> = query
@@ -329,26 +332,34 @@ fn verification_string(query: &Element) -> String {
                 .children()
                 .find(|v| v.name == "value")?
                 .text();
-            let mut rest: Vec<String> = fields
+            let mut rest: Vec<(&str, String)> = fields
                 .iter()
                 .filter(|f| f.attr("var") != Some("FORM_TYPE"))
                 .map(|f| {
                     let mut values: Vec<String> = f
                         .children()
                         .filter(|v| v.name == "value")
-                        .map(|v| format!("{}<", v.text()))
+                        .map(|v| v.text())
                         .collect();
                     values.sort();
-                    format!("{}<{}", f.attr("var").unwrap_or(""), values.concat())
+                    let values: String = values.iter().map(|v| format!("{v}<")).collect();
+                    let var = f.attr("var").unwrap_or("");
+                    (var, format!("{var}<{values}"))
                 })
                 .collect();
             rest.sort();
-            Some((form_type.clone(), format!("{form_type}<{}", rest.concat())))
+            let rest: String = rest.into_iter().map(|(_, s)| s).collect();
+            Some((form_type.clone(), format!("{form_type}<{rest}")))
         })
         .collect();
     forms.sort();
+    let identities: String = identities
+        .iter()
+        .map(|[c, t, l, n]| format!("{c}/{t}/{l}/{n}<"))
+        .collect();
+    let features: String = features.iter().map(|f| format!("{f}<")).collect();
     let forms: String = forms.into_iter().map(|(_, s)| s).collect();
-    format!("{}{}{}", identities.concat(), features.concat(), forms)
+    format!("{identities}{features}{forms}")
 }
 
 #[cfg(test)]
@@ -485,5 +496,78 @@ mod tests {
         assert!(caps.remote_resources(bob.bare()).is_empty());
         assert!(caps.remote_watchers(&bob).is_empty());
         assert_eq!(caps.lock().remote_count, 0);
+    }
+
+    /// A feature that extends another (`…/shim` and `…/shim#SubID`): sorted
+    /// on the bare values, as slixmpp, Prosody and the XEP do.
+    #[test]
+    fn features_sort_before_separators() {
+        let mut q = Element::new("query", ns::DISCO_INFO).with_child(
+            Element::new("identity", ns::DISCO_INFO)
+                .with_attr("category", "client")
+                .with_attr("type", "bot"),
+        );
+        for f in [
+            "http://jabber.org/protocol/shim#SubID",
+            "http://jabber.org/protocol/shim",
+        ] {
+            q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
+        }
+        assert_eq!(
+            verification_string(&q),
+            "client/bot//<http://jabber.org/protocol/shim<http://jabber.org/protocol/shim#SubID<"
+        );
+    }
+
+    /// XEP-0115 §5.3 complex generation example (identities with
+    /// languages, an extended form).
+    #[test]
+    fn complex_example_hash() {
+        let d = ns::DISCO_INFO;
+        let x = ns::DATA_FORMS;
+        let field = |var: &str, values: &[&str]| {
+            let mut f = Element::new("field", x).with_attr("var", var);
+            for v in values {
+                f.push_child(Element::new("value", x).with_text(*v));
+            }
+            f
+        };
+        let mut q = Element::new("query", d)
+            .with_child(
+                Element::new("identity", d)
+                    .with_attr("xml:lang", "en")
+                    .with_attr("category", "client")
+                    .with_attr("name", "Psi 0.11")
+                    .with_attr("type", "pc"),
+            )
+            .with_child(
+                Element::new("identity", d)
+                    .with_attr("xml:lang", "el")
+                    .with_attr("category", "client")
+                    .with_attr("name", "Ψ 0.11")
+                    .with_attr("type", "pc"),
+            );
+        for f in [
+            "http://jabber.org/protocol/caps",
+            "http://jabber.org/protocol/disco#info",
+            "http://jabber.org/protocol/disco#items",
+            "http://jabber.org/protocol/muc",
+        ] {
+            q.push_child(Element::new("feature", d).with_attr("var", f));
+        }
+        q.push_child(
+            Element::new("x", x)
+                .with_attr("type", "result")
+                .with_child(field("FORM_TYPE", &["urn:xmpp:dataforms:softwareinfo"]))
+                .with_child(field("ip_version", &["ipv6", "ipv4"]))
+                .with_child(field("os", &["Mac"]))
+                .with_child(field("os_version", &["10.5.1"]))
+                .with_child(field("software", &["Psi"]))
+                .with_child(field("software_version", &["0.11"])),
+        );
+        assert_eq!(
+            verification_string_hash(&q, "sha-1").as_deref(),
+            Some("q07IKJEyjvHSyhy//CH0CxmKi8w=")
+        );
     }
 }
