@@ -117,8 +117,10 @@ impl PubSub {
 
     /// A presence from a remote contact's resource to one of our accounts:
     /// notes its caps (asking over s2s for unknown `ver`s) when the contact
-    /// has a presence subscription to the account, so that it gets the
-    /// account's PEP notifications (XEP-0163 §4.3 across federation).
+    /// is in the account's roster with any subscription, so that it gets the
+    /// account's PEP notifications (XEP-0163 §4.3 across federation) once,
+    /// or as long as, it has a presence subscription to the account (checked
+    /// when notifying). Strangers' directed presence is not followed up.
     async fn remote_presence(&self, cx: &Cx, stanza: &Element) {
         let from = match stanza.attr("from").map(Jid::parse) {
             Some(Ok(Jid::Full(f))) if !cx.is_local_host(f.domain()) => f,
@@ -140,8 +142,7 @@ impl PubSub {
             return;
         };
         match cx.stores().roster.get(&owner, from.bare()).await {
-            Ok(Some(item))
-                if matches!(item.subscription, Subscription::From | Subscription::Both) => {}
+            Ok(Some(item)) if item.subscription != Subscription::None => {}
             Ok(_) => return,
             Err(e) => {
                 tracing::error!(error = %e, "reading the roster for remote caps failed");
