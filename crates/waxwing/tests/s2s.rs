@@ -1071,8 +1071,10 @@ const EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 /// XEP-0115 ver (sha-256) of a client with one identity and `features`.
 fn caps_ver(features: &[&str]) -> String {
     use base64::Engine;
-    let mut f: Vec<String> = features.iter().map(|f| format!("{f}<")).collect();
+    // XEP-0115 §5.1: sorted on the bare values, then each gets its '<'.
+    let mut f: Vec<String> = features.iter().map(|f| f.to_string()).collect();
     f.sort();
+    let f: Vec<String> = f.into_iter().map(|f| format!("{f}<")).collect();
     let s = format!("client/pc//Remote<{}", f.concat());
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(s.as_bytes()))
 }
