@@ -1366,3 +1366,110 @@ async fn vcard_lookups_cross_servers() {
         "{r}"
     );
 }
+
+/// A fake remote server for e.localhost (no TLS; the node must not require
+/// it): offers bidi and dialback, accepts any key, then hands the test the
+/// stream after the `<bidi/>` and `<db:result/>` it received.
+async fn fake_bidi_peer(listener: tokio::net::TcpListener) -> (TcpStream, Framer, Vec<Element>) {
+    let (mut tcp, _) = listener.accept().await.unwrap();
+    let mut framer = s2s_framer();
+    let Some(StreamEvent::Open(h)) = next_event(&mut tcp, &mut framer).await else {
+        panic!("stream header");
+    };
+    assert_eq!(h.to.as_deref(), Some("e.localhost"));
+    tcp.write_all(
+        format!(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='{}' xmlns:db='jabber:server:dialback' \
+             from='e.localhost' to='{A}' id='fake-1' version='1.0'><stream:features>\
+             <dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>\
+             <bidi xmlns='urn:xmpp:features:bidi'/></stream:features>",
+            ns::STREAM
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    loop {
+        let Some(StreamEvent::Stanza(el)) = next_event(&mut tcp, &mut framer).await else {
+            panic!("dialback request");
+        };
+        let done = el.name == "result";
+        got.push(el);
+        if done {
+            break;
+        }
+    }
+    tcp.write_all(format!("<db:result from='e.localhost' to='{A}' type='valid'/>").as_bytes())
+        .await
+        .unwrap();
+    (tcp, framer, got)
+}
+
+#[tokio::test]
+async fn bidi_outgoing_stream_routes_the_peers_stanzas_for_its_pair_only() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let a = Node::start(
+        A,
+        free_port(),
+        &format!(
+            "[s2s]\nrequire_encryption = false\nconnect_timeout_secs = 5\n\
+             [s2s.routes]\n\"e.localhost\" = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .await;
+    a.user("alice").await;
+    let mut alice = a.login("alice", "pc").await;
+    alice
+        .send("<message to='eve@e.localhost' type='chat'><body>hello e</body></message>")
+        .await;
+    let (mut tcp, mut framer, got) = fake_bidi_peer(listener).await;
+    // a asked for bidi before dialback (XEP-0288 §2).
+    assert!(got[0].is("bidi", "urn:xmpp:bidi"), "{got:?}");
+    assert_eq!(got.last().unwrap().name, "result");
+    let Some(StreamEvent::Stanza(m)) = next_event(&mut tcp, &mut framer).await else {
+        panic!("alice's message");
+    };
+    assert_eq!(m.attr("to"), Some("eve@e.localhost"), "{m}");
+
+    // The peer answers on the same stream: routed to alice.
+    tcp.write_all(
+        b"<message from='eve@e.localhost/x' to='alice@a.localhost' type='chat'><body>hi alice</body></message>",
+    )
+    .await
+    .unwrap();
+    let r = wait_for(&mut alice, "eve's reply", |e| e.name == "message").await;
+    assert_eq!(r.attr("from"), Some("eve@e.localhost/x"), "{r}");
+    assert_eq!(body(&r).as_deref(), Some("hi alice"));
+    assert_eq!(a.running.server.s2s.bidi_streams(), 1);
+
+    // It may not authenticate further domains here...
+    tcp.write_all(b"<db:result from='other.localhost' to='a.localhost'>00</db:result>")
+        .await
+        .unwrap();
+    let Some(StreamEvent::Stanza(e)) = next_event(&mut tcp, &mut framer).await else {
+        panic!("dialback error");
+    };
+    assert_eq!(e.attr("type"), Some("error"), "{e}");
+    // ...nor send for a domain it did not authenticate.
+    tcp.write_all(
+        b"<message from='mallory@other.localhost' to='alice@a.localhost'><body>spoof</body></message>",
+    )
+    .await
+    .unwrap();
+    loop {
+        match next_event(&mut tcp, &mut framer).await {
+            Some(StreamEvent::Stanza(el)) if el.is("error", ns::STREAM) => {
+                assert!(
+                    el.child("invalid-from", ns::STREAMS_ERRORS).is_some(),
+                    "{el}"
+                );
+                break;
+            }
+            Some(_) => {}
+            None => panic!("stream closed without <invalid-from/>"),
+        }
+    }
+    alice.expect_nothing().await;
+}
