@@ -150,7 +150,7 @@ class Prosody:
             f"s2s_ports = {{ {self.s2s_port} }}",
             "s2s_direct_tls_ports = { }",
             'modules_enabled = { "roster", "saslauth", "tls", "dialback", "disco", "ping",'
-            ' "version", "time", "posix", "pep"' + (', "s2s_bidi"' if bidi else "") + " }",
+            ' "version", "time", "posix", "pep", "vcard"' + (', "s2s_bidi"' if bidi else "") + " }",
             'authentication = "internal_hashed"',
             'storage = "internal"',
             "c2s_require_encryption = true",
@@ -470,3 +470,23 @@ async def test_pep_notifications_cross_both_ways(federation, xmpp):
     await _expect_tune(alice, f"bob@{PR}", "b1")
     await _publish_tune(bob, "b2", "second")
     await _expect_tune(alice, f"bob@{PR}", "b2")
+
+
+async def test_vcard_lookups_cross_both_ways(federation, xmpp):
+    """vcard-temp (XEP-0054) gets to a remote bare JID are routed and
+    answered by the contact's server, both ways."""
+    wx, prosody, _mode = federation
+    alice = await xmpp.login(wx, f"alice@{WX}/pc", PASSWORD)
+    bob = await xmpp.login(prosody, f"bob@{PR}/phone", PASSWORD)
+    for client, name in ((alice, "Alice of Waxwing"), (bob, "Bob of Prosody")):
+        res = await client.iq(client.make_iq(
+            "set", None, f"<vCard xmlns='vcard-temp'><FN>{name}</FN></vCard>"))
+        assert res["type"] == "result", res
+    for client, target, name in ((bob, f"alice@{WX}", "Alice of Waxwing"),
+                                 (alice, f"bob@{PR}", "Bob of Prosody")):
+        res = await client.iq(client.make_iq("get", target, "<vCard xmlns='vcard-temp'/>"),
+                              timeout=STEP_TIMEOUT * 2)
+        assert res["type"] == "result", res
+        assert str(res["from"]) == target, res
+        fn = res.xml.find("{vcard-temp}vCard/{vcard-temp}FN")
+        assert fn is not None and fn.text == name, res
