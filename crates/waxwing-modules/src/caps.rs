@@ -53,8 +53,9 @@ struct State {
     /// Current cache key per session.
     sessions: HashMap<FullJid, String>,
     known: HashMap<String, Features>,
-    /// Outstanding queries by IQ id: (cache key, hash algorithm, `ver`).
-    pending: HashMap<String, (String, Option<String>, String)>,
+    /// Outstanding queries by IQ id: (cache key, hash algorithm, `ver`,
+    /// the JID asked, whose answer alone counts).
+    pending: HashMap<String, (String, Option<String>, String, FullJid)>,
     /// Keys with a query outstanding.
     asking: HashSet<String>,
     /// Available remote resources (with caps) per remote bare JID, each with
@@ -104,9 +105,12 @@ impl Caps {
     /// Whether an available presence from the remote resource `jid` to our
     /// account `to` tells nothing new (same caps, `to` already noted).
     pub fn remote_unchanged(&self, jid: &FullJid, presence: &Element, to: &BareJid) -> bool {
-        let Some((key, ..)) = caps_of(presence) else {
+        let Some((mut key, hash, ..)) = caps_of(presence) else {
             return true;
         };
+        if hash.is_none() {
+            key = format!("{jid} {key}");
+        }
         let st = self.lock();
         st.sessions.get(jid) == Some(&key)
             && st
@@ -126,9 +130,14 @@ impl Caps {
         to: &BareJid,
         query_from: &str,
     ) -> Observed {
-        let Some((key, hash, node, ver)) = caps_of(presence) else {
+        let Some((mut key, hash, node, ver)) = caps_of(presence) else {
             return Observed::None;
         };
+        if hash.is_none() {
+            // An unverifiable legacy `ver` from another server is cached for
+            // that resource only: it cannot speak for our clients' entries.
+            key = format!("{jid} {key}");
+        }
         let mut st = self.lock();
         let tracked = st
             .remote
@@ -213,8 +222,10 @@ impl State {
             self.asking.clear();
         }
         let id = crate::stanza_id("caps");
-        self.pending
-            .insert(id.clone(), (key.clone(), hash, ver.to_string()));
+        self.pending.insert(
+            id.clone(),
+            (key.clone(), hash, ver.to_string(), jid.clone()),
+        );
         self.asking.insert(key);
         Observed::Query(
             Element::new("iq", ns::CLIENT)
@@ -252,7 +263,16 @@ impl Caps {
     pub fn answer(&self, iq: &Element) -> Option<Vec<FullJid>> {
         let id = iq.attr("id")?;
         let mut st = self.lock();
-        let (key, hash, ver) = st.pending.remove(id)?;
+        let asked = &st.pending.get(id)?.3;
+        if iq
+            .attr("from")
+            .and_then(|f| FullJid::parse(f).ok())
+            .as_ref()
+            != Some(asked)
+        {
+            return None;
+        }
+        let (key, hash, ver, _) = st.pending.remove(id)?;
         st.asking.remove(&key);
         let query = iq
             .child("query", ns::DISCO_INFO)
@@ -416,9 +436,14 @@ mod tests {
         let reply = Element::new("iq", ns::CLIENT)
             .with_attr("type", "result")
             .with_attr("id", q.attr("id").unwrap())
+            .with_attr("from", q.attr("to").unwrap())
             .with_child(Element::new("query", ns::DISCO_INFO).with_child(
                 Element::new("feature", ns::DISCO_INFO).with_attr("var", "urn:x+notify"),
             ));
+        // Only the JID asked may answer.
+        let mut forged = reply.clone();
+        forged.set_attr("from", "b@x/1");
+        assert_eq!(caps.answer(&forged), None);
         let mut ready = caps.answer(&reply).unwrap();
         ready.sort();
         assert_eq!(ready, vec![a.clone(), b.clone()]);
@@ -446,6 +471,7 @@ mod tests {
         let reply = Element::new("iq", ns::CLIENT)
             .with_attr("type", "result")
             .with_attr("id", q.attr("id").unwrap())
+            .with_attr("from", q.attr("to").unwrap())
             .with_child(Element::new("query", ns::DISCO_INFO));
         assert_eq!(caps.answer(&reply), Some(vec![]));
         assert!(caps.features(&a).is_none());
@@ -469,11 +495,19 @@ mod tests {
             panic!()
         };
         assert_eq!(q.attr("to"), Some("bob@remote/phone"));
+        // A legacy (unhashed) ver from another server is not shared with
+        // our own clients' entries.
+        let local = FullJid::parse("dave@x/1").unwrap();
+        assert!(matches!(
+            caps.observe(&local, &presence, "pubsub.x"),
+            Observed::Query(_)
+        ));
         assert!(caps.remote_unchanged(&bob, &presence, &alice));
         assert!(!caps.remote_unchanged(&bob, &presence, &carol));
         let reply = Element::new("iq", ns::CLIENT)
             .with_attr("type", "result")
             .with_attr("id", q.attr("id").unwrap())
+            .with_attr("from", q.attr("to").unwrap())
             .with_child(Element::new("query", ns::DISCO_INFO).with_child(
                 Element::new("feature", ns::DISCO_INFO).with_attr("var", "urn:x+notify"),
             ));
