@@ -1254,6 +1254,32 @@ async fn pep_notifications_reach_remote_contacts_by_their_caps() {
         ev(NICK, "n3")
     );
     bob.expect_nothing().await;
+
+    // An error from carol's resource saying it is not there (as a bounced
+    // notification would): a stops notifying it.
+    let mut p = authenticated_peer(&a).await;
+    p.send(
+        "<message type='error' from='carol@b.localhost/tab' to='alice@a.localhost'>\
+         <error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         </error></message>",
+    )
+    .await;
+    // The stream is handled in order: once this reaches alice, so did the error.
+    p.send(
+        "<message type='chat' from='carol@b.localhost/tab' to='alice@a.localhost'>\
+         <body>sync</body></message>",
+    )
+    .await;
+    let m = wait_for(&mut alice, "the sync message", |e| {
+        e.name == "message" && e.attr("type") == Some("chat")
+    })
+    .await;
+    assert_eq!(body(&m).as_deref(), Some("sync"), "{m}");
+    let r = alice
+        .iq("set", None, &pep_publish(NICK, "n4", &nick("gone?")))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    carol.expect_nothing().await;
 }
 
 // ------------------------------------------------ vCard across federation (XEP-0054)

@@ -156,6 +156,37 @@ impl PubSub {
         }
     }
 
+    /// A message error from a remote resource saying it is not there (a
+    /// bounced notification, say, after its server lost its session without
+    /// an unavailable presence reaching us): stop notifying it.
+    fn remote_gone(&self, cx: &Cx, stanza: &Element) {
+        if stanza.attr("type") != Some("error") {
+            return;
+        }
+        let from = match stanza.attr("from").map(Jid::parse) {
+            Some(Ok(Jid::Full(f))) if !cx.is_local_host(f.domain()) => f,
+            _ => return,
+        };
+        let gone = stanza
+            .children()
+            .find(|c| c.name == "error")
+            .and_then(StanzaError::from_element)
+            .is_some_and(|e| {
+                matches!(
+                    e.condition,
+                    Condition::ServiceUnavailable
+                        | Condition::RecipientUnavailable
+                        | Condition::ItemNotFound
+                        | Condition::Gone
+                        | Condition::RemoteServerNotFound
+                        | Condition::RemoteServerTimeout
+                )
+            });
+        if gone {
+            self.caps.forget(&from);
+        }
+    }
+
     /// The domain caps queries are sent from: a service domain, because
     /// only services receive IQ results (the router drops results sent to
     /// accounts or hosts).
@@ -197,6 +228,10 @@ impl Module for PubSub {
 #[async_trait]
 impl StanzaHook for PubSub {
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
+        if hook == Hook::Inbound && stanza.name == "message" {
+            self.remote_gone(cx, stanza);
+            return Flow::Continue;
+        }
         if stanza.name != "presence" {
             return Flow::Continue;
         }
