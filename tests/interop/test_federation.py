@@ -21,6 +21,11 @@ Authentication, one run each (the ``federation`` fixture's parameter):
   the other trusts (Waxwing ``s2s.ca_bundle``, Prosody ``ssl.cafile``), and
   both refuse dialback (``dialback = "require-valid-certs"``,
   ``s2s_secure_auth = true``): SASL EXTERNAL (XEP-0178) in both directions.
+- "dialback-bidi": as "dialback", with Prosody's mod_s2s_bidi on, so both
+  sides offer and ask for XEP-0288 bidirectional streams, and Prosody's
+  stream to the MUC service carries the room's stanzas back. (Without the
+  module, as in the other runs, Prosody neither offers nor asks, and we fall
+  back to one connection per direction.)
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from wxtest import STEP_TIMEOUT, subjects
 WX = "wx.federation.test"
 PR = "pr.federation.test"
 MUC = f"conference.{WX}"  # Waxwing's MUC service ([muc] subdomain "conference")
+PUBSUB = f"pubsub.{WX}"  # Waxwing's PubSub service; it asks remote clients for their caps
 
 pytestmark = [
     pytest.mark.skipif(subjects.subject_name() != "waxwing",
@@ -90,8 +96,8 @@ class FederationCA:
         self.certs: dict[str, tuple[Path, Path]] = {}
         for domain in (WX, PR):
             cert, key, csr, ext = (dir / f"{domain}.{x}" for x in ("pem", "key", "csr", "ext"))
-            # Waxwing's certificate also names its MUC service (MUC below).
-            names = f"DNS:{domain}" + (f",DNS:{MUC}" if domain == WX else "")
+            # Waxwing's certificate also names its MUC and PubSub services.
+            names = f"DNS:{domain}" + (f",DNS:{MUC},DNS:{PUBSUB}" if domain == WX else "")
             ext.write_text(f"subjectAltName={names}\nbasicConstraints=CA:FALSE\n"
                            "keyUsage=digitalSignature,keyEncipherment\n"
                            "extendedKeyUsage=serverAuth,clientAuth\n")
@@ -106,7 +112,8 @@ class FederationCA:
 class Prosody:
     """A Prosody serving PR, unprivileged, with its own config and data."""
 
-    def __init__(self, hosts_file_lines: list[str], pki: "FederationCA | None" = None):
+    def __init__(self, hosts_file_lines: list[str], pki: "FederationCA | None" = None,
+                 bidi: bool = False):
         self.dir = Path(tempfile.mkdtemp(prefix="wx-prosody-"))
         self.c2s_port = _free_port()
         self.tls_port = _free_port()
@@ -143,7 +150,7 @@ class Prosody:
             f"s2s_ports = {{ {self.s2s_port} }}",
             "s2s_direct_tls_ports = { }",
             'modules_enabled = { "roster", "saslauth", "tls", "dialback", "disco", "ping",'
-            ' "version", "time", "posix" }',
+            ' "version", "time", "posix", "pep", "vcard"' + (', "s2s_bidi"' if bidi else "") + " }",
             'authentication = "internal_hashed"',
             'storage = "internal"',
             "c2s_require_encryption = true",
@@ -218,7 +225,7 @@ class Prosody:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(params=["dialback", "certificates"])
+@pytest.fixture(params=["dialback", "certificates", "dialback-bidi"])
 def federation(server, request, tmp_path):
     """(waxwing, prosody, mode): federated by dialback (self-signed
     certificates), or by certificates from a shared test CA with dialback
@@ -226,8 +233,9 @@ def federation(server, request, tmp_path):
     mode = request.param
     addr = _free_loopback_5269()
     pki = FederationCA(tmp_path) if mode == "certificates" else None
-    # Prosody must also reach (and dial back) Waxwing's MUC service.
-    prosody = Prosody([f"{addr} {WX}", f"{addr} {MUC}"], pki)
+    # Prosody must also reach (and dial back) Waxwing's MUC and PubSub services.
+    prosody = Prosody([f"{addr} {WX}", f"{addr} {MUC}", f"{addr} {PUBSUB}"], pki,
+                      bidi=mode == "dialback-bidi")
     s2s = {
         "connect_timeout_secs": 20,
         "routes": {PR: f"127.0.0.1:{prosody.s2s_port}"},
@@ -313,9 +321,17 @@ async def test_messages_subscriptions_and_iqs_cross(federation, xmpp):
 
     wx_log = wx.log_text()
     if mode == "dialback":
-        # Both directions authenticated with dialback.
+        # Both directions authenticated with dialback, over two streams.
         assert "incoming s2s stream authenticated (dialback)" in wx_log, wx_log[-5000:]
         assert 'auth="dialback"' in wx_log, wx_log[-5000:]
+        assert "bidi=false" in wx_log and "bidi=true" not in wx_log, wx_log[-5000:]
+    elif mode == "dialback-bidi":
+        # Our one outgoing stream became bidirectional, and so did Prosody's
+        # (Prosody opens it to verify our dialback key and then keeps using
+        # it, so it carries its own stanzas there): we never opened a second.
+        assert 'auth="dialback" bidi=true' in wx_log, wx_log[-5000:]
+        assert wx_log.count("outgoing s2s stream ready") == 1, wx_log[-5000:]
+        assert "incoming s2s stream is bidirectional (XEP-0288)" in wx_log, wx_log[-5000:]
     else:
         # Prosody authenticated to us with its certificate, and we to it.
         assert "incoming s2s stream authenticated (SASL EXTERNAL)" in wx_log, wx_log[-5000:]
@@ -375,3 +391,102 @@ async def test_prosody_user_in_waxwing_muc_room(federation, xmpp):
     m = await bob.expect_message(body="hello from prosody", mtype="groupchat",
                                  timeout=STEP_TIMEOUT * 2)
     assert str(m["from"]) == f"{room}/bob", m
+
+    if _mode == "dialback-bidi":
+        # Prosody's stream to the MUC service was bidirectional: the room's
+        # stanzas went back over it.
+        wx_log = wx.log_text()
+        assert "incoming bidirectional stream is the route for this pair" in wx_log, \
+            wx_log[-5000:]
+
+
+TUNE = "http://jabber.org/protocol/tune"
+NS_EVENT = "http://jabber.org/protocol/pubsub#event"
+
+
+async def _befriend(alice, bob) -> None:
+    """Mutual presence subscription between alice (WX) and bob (PR)."""
+    alice.x.send_presence(pto=f"bob@{PR}", ptype="subscribe")
+    await bob.expect_presence(sender=f"alice@{WX}", ptype="subscribe", timeout=STEP_TIMEOUT * 2)
+    bob.x.send_presence(pto=f"alice@{WX}", ptype="subscribed")
+    await alice.expect_presence(sender=f"bob@{PR}", ptype="available")
+    bob.x.send_presence(pto=f"alice@{WX}", ptype="subscribe")
+    await alice.expect_presence(sender=f"bob@{PR}", ptype="subscribe")
+    alice.x.send_presence(pto=f"bob@{PR}", ptype="subscribed")
+    await bob.expect_presence(sender=f"alice@{WX}", ptype="available")
+
+
+async def _publish_tune(client, item_id: str, title: str) -> None:
+    res = await client.iq(client.make_iq(
+        "set", None,
+        f"<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{TUNE}'>"
+        f"<item id='{item_id}'><tune xmlns='{TUNE}'><title>{title}</title></tune></item>"
+        "</publish></pubsub>"))
+    assert res["type"] == "result", res
+
+
+async def _expect_tune(client, sender: str, item_id: str):
+    def pred(m):
+        ev = m.xml.find(f"{{{NS_EVENT}}}event/{{{NS_EVENT}}}items")
+        return (str(m["from"]) == sender and ev is not None and ev.get("node") == TUNE
+                and ev.find(f"{{{NS_EVENT}}}item[@id='{item_id}']") is not None)
+    return await client.messages.expect(pred, f"(tune item {item_id} from {sender})",
+                                        timeout=STEP_TIMEOUT * 2)
+
+
+async def _notify_tunes(client) -> None:
+    """Adds tune+notify to the client's caps and sends the new presence."""
+    client.x.plugin["xep_0163"].add_interest(TUNE)
+    await client.x.plugin["xep_0115"].update_caps(broadcast=True)
+
+
+async def test_pep_notifications_cross_both_ways(federation, xmpp):
+    """XEP-0163 across federation: a Prosody contact whose caps (+notify)
+    reach Waxwing gets a Waxwing user's tune, last item then live; and the
+    reverse, Prosody's PEP to a Waxwing user."""
+    wx, prosody, _mode = federation
+    alice = xmpp.new(wx, f"alice@{WX}/pc", PASSWORD)
+    bob = xmpp.new(prosody, f"bob@{PR}/phone", PASSWORD)
+    for c in (alice, bob):
+        c.x.register_plugin("xep_0115")
+        c.x.register_plugin("xep_0163")
+        await c.login()
+        await c.roster_get()
+        await c.online()
+    await _befriend(alice, bob)
+
+    # Waxwing -> Prosody. Alice publishes before bob wants tunes; bob's new
+    # caps reach Waxwing in his presence, Waxwing (pubsub.WX) asks his client
+    # for its features over s2s, then sends him the last item.
+    await _publish_tune(alice, "a1", "first")
+    await _notify_tunes(bob)
+    await _expect_tune(bob, f"alice@{WX}", "a1")
+    await _publish_tune(alice, "a2", "second")
+    await _expect_tune(bob, f"alice@{WX}", "a2")
+
+    # Prosody -> Waxwing, the same way round.
+    await _publish_tune(bob, "b1", "first")
+    await _notify_tunes(alice)
+    await _expect_tune(alice, f"bob@{PR}", "b1")
+    await _publish_tune(bob, "b2", "second")
+    await _expect_tune(alice, f"bob@{PR}", "b2")
+
+
+async def test_vcard_lookups_cross_both_ways(federation, xmpp):
+    """vcard-temp (XEP-0054) gets to a remote bare JID are routed and
+    answered by the contact's server, both ways."""
+    wx, prosody, _mode = federation
+    alice = await xmpp.login(wx, f"alice@{WX}/pc", PASSWORD)
+    bob = await xmpp.login(prosody, f"bob@{PR}/phone", PASSWORD)
+    for client, name in ((alice, "Alice of Waxwing"), (bob, "Bob of Prosody")):
+        res = await client.iq(client.make_iq(
+            "set", None, f"<vCard xmlns='vcard-temp'><FN>{name}</FN></vCard>"))
+        assert res["type"] == "result", res
+    for client, target, name in ((bob, f"alice@{WX}", "Alice of Waxwing"),
+                                 (alice, f"bob@{PR}", "Bob of Prosody")):
+        res = await client.iq(client.make_iq("get", target, "<vCard xmlns='vcard-temp'/>"),
+                              timeout=STEP_TIMEOUT * 2)
+        assert res["type"] == "result", res
+        assert str(res["from"]) == target, res
+        fn = res.xml.find("{vcard-temp}vCard/{vcard-temp}FN")
+        assert fn is not None and fn.text == name, res

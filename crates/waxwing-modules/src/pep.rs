@@ -7,7 +7,9 @@
 //! capabilities (`caps.rs`) ask for `node+notify`. When a session's
 //! capabilities become known (its available presence), it gets the last
 //! item of every node it is interested in, of its own account and of every
-//! local contact it has a presence subscription to. OMEMO (XEP-0384),
+//! local contact it has a presence subscription to. Remote contacts with a
+//! presence subscription get notifications too: at the resources whose
+//! presence (with caps asking for `+notify`) reached the account. OMEMO (XEP-0384),
 //! avatars (XEP-0084), nicknames (XEP-0172) and bookmarks (XEP-0402) are
 //! ordinary PEP nodes; bookmarks are mirrored to private storage
 //! (`bookmarks.rs`).
@@ -71,9 +73,13 @@ pub async fn on_available_presence(
 
 /// XEP-0163 §4.3.2: the last item of each node of the session's own
 /// account and of each local contact it is subscribed to, filtered by
-/// `+notify` and by the node's access model.
+/// `+notify` and by the node's access model. For a remote contact's
+/// resource: of each of our accounts its presence was sent to.
 pub async fn deliver_last_items(cx: &Cx, caps: &Caps, jid: &FullJid) {
     let user = jid.bare().clone();
+    if !cx.is_local_host(user.domain()) {
+        return deliver_last_items_of(cx, caps, jid, caps.remote_watchers(jid)).await;
+    }
     let mut owners: Vec<BareJid> = vec![user.clone()];
     match cx.stores().roster.items(&user).await {
         Ok(items) => owners.extend(
@@ -88,6 +94,12 @@ pub async fn deliver_last_items(cx: &Cx, caps: &Caps, jid: &FullJid) {
             return;
         }
     }
+    deliver_last_items_of(cx, caps, jid, owners).await
+}
+
+/// The last items `jid` wants of the nodes of `owners` (access checked).
+async fn deliver_last_items_of(cx: &Cx, caps: &Caps, jid: &FullJid, owners: Vec<BareJid>) {
+    let user = jid.bare().clone();
     let to = Jid::from(jid.clone());
     for owner in owners {
         let nodes = match cx.stores().pubsub.nodes(&owner).await {

@@ -16,8 +16,10 @@ const BUNDLES: &str = "urn:xmpp:omemo:2:bundles";
 
 /// XEP-0115 ver (sha-256) of a client with one identity and `features`.
 fn ver(features: &[String]) -> String {
-    let mut f: Vec<String> = features.iter().map(|f| format!("{f}<")).collect();
+    // XEP-0115 §5.1: sorted on the bare values, then each gets its '<'.
+    let mut f: Vec<String> = features.iter().map(|f| f.to_string()).collect();
     f.sort();
+    let f: Vec<String> = f.into_iter().map(|f| format!("{f}<")).collect();
     let s = format!("client/pc//Test<{}", f.concat());
     base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(s.as_bytes()))
 }

@@ -75,6 +75,21 @@ impl Node {
         }
     }
 
+    /// `local` (here) and `contact` (a full bare JID, anywhere) are mutual
+    /// contacts in `local`'s roster (subscription both).
+    async fn contact(&self, local: &str, contact: &str) {
+        let owner = BareJid::new(Some(local), self.domain).unwrap();
+        let mut item = waxwing_store::RosterItem::new(BareJid::parse(contact).unwrap());
+        item.subscription = waxwing_store::Subscription::Both;
+        self.running
+            .server
+            .stores
+            .roster
+            .put(&owner, &item)
+            .await
+            .unwrap();
+    }
+
     async fn user(&self, local: &str) {
         let jid = BareJid::new(Some(local), self.domain).unwrap();
         let secrets = waxwing_core::credentials::make_secrets(&password(local), 4096).unwrap();
@@ -108,7 +123,8 @@ impl Node {
     }
 }
 
-/// Two servers routing to each other. `a_extra`/`b_extra` are TOML
+/// Two servers routing to each other (and to each other's PubSub service
+/// domains, which send caps queries). `a_extra`/`b_extra` are TOML
 /// appended after `[storage]` (so: tables).
 async fn pair_with(a_extra: &str, b_extra: &str) -> (Node, Node) {
     let (pa, pb, closed) = (free_port(), free_port(), free_port());
@@ -116,7 +132,7 @@ async fn pair_with(a_extra: &str, b_extra: &str) -> (Node, Node) {
         A,
         pa,
         &format!(
-            "[s2s]\nconnect_timeout_secs = 5\n{a_extra}\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n\"evil.localhost\" = \"127.0.0.1:{closed}\"\n"
+            "[s2s]\nconnect_timeout_secs = 5\n{a_extra}\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n\"pubsub.{B}\" = \"127.0.0.1:{pb}\"\n\"evil.localhost\" = \"127.0.0.1:{closed}\"\n"
         ),
     )
     .await;
@@ -124,7 +140,7 @@ async fn pair_with(a_extra: &str, b_extra: &str) -> (Node, Node) {
         B,
         pb,
         &format!(
-            "[s2s]\nsecret = \"{B_SECRET}\"\nconnect_timeout_secs = 5\n{b_extra}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n"
+            "[s2s]\nsecret = \"{B_SECRET}\"\nconnect_timeout_secs = 5\n{b_extra}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n\"pubsub.{A}\" = \"127.0.0.1:{pa}\"\n"
         ),
     )
     .await;
@@ -426,6 +442,8 @@ struct RawPeer {
     io: tokio_rustls::client::TlsStream<TcpStream>,
     framer: Framer,
     stream_id: String,
+    /// The features after TLS had XEP-0288 `<bidi/>`.
+    features_offered_bidi: bool,
 }
 
 fn s2s_framer() -> Framer {
@@ -512,6 +530,7 @@ impl RawPeer {
             io,
             framer,
             stream_id: h.id.expect("stream id"),
+            features_offered_bidi: f.child("bidi", "urn:xmpp:features:bidi").is_some(),
         }
     }
 
@@ -920,9 +939,563 @@ async fn federation_with_compression_on() {
         1,
         "b's incoming stream"
     );
-    // b → a goes by dialback (a does not trust b's certificate): uncompressed, still works.
+    // b → a comes back over a's (bidirectional, compressed) stream.
     bob.send("<message to='alice@a.localhost' type='chat'><body>back</body></message>")
         .await;
     let m = wait_for(&mut alice, "bob's message", |e| e.name == "message").await;
     assert_eq!(body(&m).as_deref(), Some("back"));
+}
+
+// ------------------------------------------------ XEP-0288 bidirectional streams
+
+fn s2s_counts(n: &Node) -> (usize, usize, usize) {
+    let s2s = &n.running.server.s2s;
+    (
+        s2s.outgoing_streams_opened(),
+        s2s.bidi_streams(),
+        s2s.outgoing_count(),
+    )
+}
+
+/// alice@a and bob@b exchange a message each way.
+async fn exchange(a: &Node, b: &Node) {
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+    alice
+        .send("<message to='bob@b.localhost' type='chat'><body>there</body></message>")
+        .await;
+    let m = wait_for(&mut bob, "alice's message", |e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("there"), "{m}");
+    bob.send("<message to='alice@a.localhost/pc' type='chat'><body>and back</body></message>")
+        .await;
+    let m = wait_for(&mut alice, "bob's reply", |e| e.name == "message").await;
+    assert_eq!(m.attr("from"), Some("bob@b.localhost/phone"), "{m}");
+    assert_eq!(body(&m).as_deref(), Some("and back"), "{m}");
+}
+
+#[tokio::test]
+async fn bidi_carries_both_directions_over_one_connection() {
+    let (a, b) = pair().await;
+    exchange(&a, &b).await;
+    // a opened the one stream and made it bidirectional; b answered over
+    // it (its route to a is the incoming stream) and opened none.
+    assert_eq!(s2s_counts(&a), (1, 1, 1), "a: opened, bidi, routes");
+    assert_eq!(s2s_counts(&b), (0, 1, 1), "b: opened, bidi, routes");
+}
+
+#[tokio::test]
+async fn bidi_off_on_either_side_falls_back_to_two_connections() {
+    for (a_extra, b_extra) in [("bidi = false\n", ""), ("", "bidi = false\n")] {
+        let (a, b) = pair_with(a_extra, b_extra).await;
+        exchange(&a, &b).await;
+        assert_eq!(s2s_counts(&a), (1, 0, 1), "a ({a_extra}{b_extra})");
+        assert_eq!(s2s_counts(&b), (1, 0, 1), "b ({a_extra}{b_extra})");
+    }
+}
+
+#[tokio::test]
+async fn bidi_incoming_stream_becomes_the_route_for_its_authenticated_pair_only() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+
+    // A peer (as b) asks for bidi, then authenticates by dialback.
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    p.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
+    let k = key(B_SECRET, A, B, &p.stream_id.clone());
+    assert_eq!(p.dialback(B, A, &k).await.attr("type"), Some("valid"));
+    assert_eq!(a.running.server.s2s.bidi_streams(), 1);
+
+    // a's stanzas for b now go out on that stream, in jabber:server.
+    alice
+        .send("<message to='bob@b.localhost' type='chat' id='x1'><body>over bidi</body></message>")
+        .await;
+    let m = p.next().await.expect("alice's message on the bidi stream");
+    assert_eq!(m.name, "message", "{m}");
+    assert_eq!(m.ns, ns::SERVER);
+    assert_eq!(m.attr("from"), Some("alice@a.localhost/pc"), "{m}");
+    assert_eq!(
+        m.child("body", ns::SERVER).map(|b| b.text()).as_deref(),
+        Some("over bidi"),
+        "{m}"
+    );
+    assert_eq!(
+        a.running.server.s2s.outgoing_streams_opened(),
+        0,
+        "no connection of a's own"
+    );
+
+    // Stanzas the peer sends still need an authenticated pair.
+    p.send("<message from='bob@b.localhost/x' to='alice@a.localhost' type='chat'><body>reply</body></message>")
+        .await;
+    let m = wait_for(&mut alice, "the reply", |e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("reply"));
+
+    // When the peer goes, the route goes with it: the next message opens
+    // a's own connection to the real b.
+    p.send("</stream:stream>").await;
+    while p.next().await.is_some() {}
+    alice
+        .send("<message to='bob@b.localhost' type='chat'><body>direct</body></message>")
+        .await;
+    let m = wait_for(&mut bob, "the message over a's own stream", |e| {
+        e.name == "message"
+    })
+    .await;
+    assert_eq!(body(&m).as_deref(), Some("direct"));
+    assert_eq!(a.running.server.s2s.outgoing_streams_opened(), 1);
+}
+
+#[tokio::test]
+async fn bidi_is_not_offered_when_off_and_refused_when_asked_anyway() {
+    let (a, _b) = pair_with("bidi = false\n", "").await;
+    let mut p = RawPeer::connect(a.s2s, B, A).await;
+    assert!(!p.features_offered_bidi);
+    p.send("<bidi xmlns='urn:xmpp:bidi'/>").await;
+    p.expect_stream_error("unsupported-stanza-type").await;
+    let (a, _b) = pair().await;
+    let p = RawPeer::connect(a.s2s, B, A).await;
+    assert!(p.features_offered_bidi);
+}
+
+// ------------------------------------------------ PEP across federation (XEP-0163 §4.3)
+
+const TUNE: &str = "http://jabber.org/protocol/tune";
+const NICK: &str = "http://jabber.org/protocol/nick";
+const EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+
+/// XEP-0115 ver (sha-256) of a client with one identity and `features`.
+fn caps_ver(features: &[&str]) -> String {
+    use base64::Engine;
+    // XEP-0115 §5.1: sorted on the bare values, then each gets its '<'.
+    let mut f: Vec<String> = features.iter().map(|f| f.to_string()).collect();
+    f.sort();
+    let f: Vec<String> = f.into_iter().map(|f| format!("{f}<")).collect();
+    let s = format!("client/pc//Remote<{}", f.concat());
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(s.as_bytes()))
+}
+
+impl Node {
+    /// Logs in and sends available presence with caps for `features`; then
+    /// answers the disco#info query `asker` sends for them (over s2s).
+    async fn login_with_caps(
+        &self,
+        local: &str,
+        resource: &str,
+        features: &[&str],
+        asker: &str,
+    ) -> Client {
+        let mut c = Client::connect_plain(self.c2s).await;
+        c.domain = self.domain.to_string();
+        c.open_stream().await;
+        c.starttls().await;
+        c.auth_scram_sha256(local, &password(local)).await;
+        c.bind(Some(resource)).await;
+        c.get_roster().await;
+        let v = caps_ver(features);
+        c.send(&format!(
+            "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-256' \
+             node='https://remote.test' ver='{v}'/></presence>"
+        ))
+        .await;
+        // Our own server asks too (for its own PEP); answer every query
+        // until `asker`'s.
+        let node = format!("https://remote.test#{v}");
+        let feats: String = features
+            .iter()
+            .map(|f| format!("<feature var='{f}'/>"))
+            .collect();
+        loop {
+            let q = wait_for(&mut c, "the caps query", |e| {
+                e.name == "iq" && e.child("query", ns::DISCO_INFO).is_some()
+            })
+            .await;
+            assert_eq!(q.attr("type"), Some("get"), "{q}");
+            assert_eq!(
+                q.child("query", ns::DISCO_INFO).unwrap().attr("node"),
+                Some(node.as_str()),
+                "{q}"
+            );
+            let from = q.attr("from").unwrap().to_string();
+            c.send(&format!(
+                "<iq type='result' id='{}' to='{from}'><query xmlns='{}' node='{node}'>\
+                 <identity category='client' type='pc' name='Remote'/>{feats}</query></iq>",
+                q.attr("id").unwrap(),
+                ns::DISCO_INFO
+            ))
+            .await;
+            if from == asker {
+                break;
+            }
+        }
+        c
+    }
+}
+
+fn pep_publish(node: &str, id: &str, payload: &str) -> String {
+    format!(
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'>\
+         <item id='{id}'>{payload}</item></publish></pubsub>"
+    )
+}
+
+/// The (node, item id) of a PEP event message from `from`.
+async fn next_pep_event(c: &mut Client, from: &str) -> (String, String) {
+    let m = wait_for(c, "a PEP event", |e| {
+        e.name == "message" && e.child("event", EVENT).is_some()
+    })
+    .await;
+    assert_eq!(m.attr("from"), Some(from), "{m}");
+    let items = m
+        .child("event", EVENT)
+        .unwrap()
+        .child("items", EVENT)
+        .unwrap();
+    let item = items.child("item", EVENT).unwrap_or_else(|| panic!("{m}"));
+    (
+        items.attr("node").unwrap().to_string(),
+        item.attr("id").unwrap().to_string(),
+    )
+}
+
+fn ev(node: &str, id: &str) -> (String, String) {
+    (node.to_string(), id.to_string())
+}
+
+#[tokio::test]
+async fn pep_notifications_reach_remote_contacts_by_their_caps() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    b.user("carol").await;
+    for (n, local, contact) in [
+        (&a, "alice", "bob@b.localhost"),
+        (&a, "alice", "carol@b.localhost"),
+        (&b, "bob", "alice@a.localhost"),
+        (&b, "carol", "alice@a.localhost"),
+    ] {
+        n.contact(local, contact).await;
+    }
+    let mut alice = a.login("alice", "pc").await;
+    let tune = |title: &str| format!("<tune xmlns='{TUNE}'><title>{title}</title></tune>");
+    let nick = |n: &str| format!("<nick xmlns='{NICK}'>{n}</nick>");
+    for (node, id, payload) in [(TUNE, "t1", tune("one")), (NICK, "n1", nick("Alice"))] {
+        let r = alice
+            .iq("set", None, &pep_publish(node, id, &payload))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+    }
+
+    // Bob's client wants tunes, carol's nicks. Their presence reaches
+    // alice's server, which asks b's clients for their features (from its
+    // PubSub service) and then sends each the last item it wants.
+    let tune_notify = format!("{TUNE}+notify");
+    let nick_notify = format!("{NICK}+notify");
+    let mut bob = b
+        .login_with_caps("bob", "phone", &[TUNE, &tune_notify], "pubsub.a.localhost")
+        .await;
+    assert_eq!(
+        next_pep_event(&mut bob, "alice@a.localhost").await,
+        ev(TUNE, "t1")
+    );
+    let mut carol = b
+        .login_with_caps("carol", "tab", &[NICK, &nick_notify], "pubsub.a.localhost")
+        .await;
+    assert_eq!(
+        next_pep_event(&mut carol, "alice@a.localhost").await,
+        ev(NICK, "n1")
+    );
+
+    // Live notifications, each to the contacts whose caps ask for the node
+    // only: over one s2s stream, so what a contact did not get first, it
+    // will not get later.
+    for (node, id, payload) in [
+        (TUNE, "t2", tune("two")),
+        (NICK, "n2", nick("Alice B.")),
+        (TUNE, "t3", tune("three")),
+    ] {
+        let r = alice
+            .iq("set", None, &pep_publish(node, id, &payload))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+    }
+    assert_eq!(
+        next_pep_event(&mut bob, "alice@a.localhost").await,
+        ev(TUNE, "t2")
+    );
+    assert_eq!(
+        next_pep_event(&mut bob, "alice@a.localhost").await,
+        ev(TUNE, "t3")
+    );
+    assert_eq!(
+        next_pep_event(&mut carol, "alice@a.localhost").await,
+        ev(NICK, "n2")
+    );
+
+    // Bob goes offline: no more notifications for him (carol's next
+    // event, after one that bob would have wanted, is hers).
+    bob.send("<presence type='unavailable'/>").await;
+    let _ = wait_for(&mut alice, "bob's unavailable presence", |e| {
+        e.name == "presence" && e.attr("type") == Some("unavailable")
+    })
+    .await;
+    for (node, id, payload) in [(TUNE, "t4", tune("four")), (NICK, "n3", nick("A."))] {
+        let r = alice
+            .iq("set", None, &pep_publish(node, id, &payload))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+    }
+    assert_eq!(
+        next_pep_event(&mut carol, "alice@a.localhost").await,
+        ev(NICK, "n3")
+    );
+    bob.expect_nothing().await;
+
+    // An error from carol's resource saying it is not there (as a bounced
+    // notification would): a stops notifying it.
+    let mut p = authenticated_peer(&a).await;
+    p.send(
+        "<message type='error' from='carol@b.localhost/tab' to='alice@a.localhost'>\
+         <error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         </error></message>",
+    )
+    .await;
+    // The stream is handled in order: once this reaches alice, so did the error.
+    p.send(
+        "<message type='chat' from='carol@b.localhost/tab' to='alice@a.localhost'>\
+         <body>sync</body></message>",
+    )
+    .await;
+    let m = wait_for(&mut alice, "the sync message", |e| {
+        e.name == "message" && e.attr("type") == Some("chat")
+    })
+    .await;
+    assert_eq!(body(&m).as_deref(), Some("sync"), "{m}");
+    let r = alice
+        .iq("set", None, &pep_publish(NICK, "n4", &nick("gone?")))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    carol.expect_nothing().await;
+}
+
+// ------------------------------------------------ vCard across federation (XEP-0054)
+
+#[tokio::test]
+async fn vcard_lookups_cross_servers() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            "<vCard xmlns='vcard-temp'><FN>Alice Example</FN><NICKNAME>al</NICKNAME></vCard>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let r = bob
+        .iq(
+            "set",
+            None,
+            "<vCard xmlns='vcard-temp'><FN>Bob B.</FN></vCard>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+
+    // bob@b asks for alice@a's vCard: answered by a, from alice's bare JID.
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@a.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(r.attr("from"), Some("alice@a.localhost"), "{r}");
+    let v = r
+        .child("vCard", "vcard-temp")
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        v.child("FN", "vcard-temp").map(|f| f.text()).as_deref(),
+        Some("Alice Example"),
+        "{r}"
+    );
+
+    // And the other way.
+    let r = alice
+        .iq(
+            "get",
+            Some("bob@b.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(r.attr("from"), Some("bob@b.localhost"), "{r}");
+    let v = r
+        .child("vCard", "vcard-temp")
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        v.child("FN", "vcard-temp").map(|f| f.text()).as_deref(),
+        Some("Bob B."),
+        "{r}"
+    );
+
+    // A remote account without a vCard: an empty one; a remote account
+    // that does not exist: an error, back across.
+    b.user("dave").await;
+    let r = alice
+        .iq(
+            "get",
+            Some("dave@b.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let r = alice
+        .iq(
+            "get",
+            Some("nobody@b.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("error"), "{r}");
+    assert_eq!(r.attr("from"), Some("nobody@b.localhost"), "{r}");
+
+    // Nobody may set someone else's vCard, across servers either.
+    let r = alice
+        .iq(
+            "set",
+            Some("bob@b.localhost"),
+            "<vCard xmlns='vcard-temp'><FN>x</FN></vCard>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("error"), "{r}");
+    let r = alice
+        .iq(
+            "get",
+            Some("bob@b.localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    let v = r
+        .child("vCard", "vcard-temp")
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        v.child("FN", "vcard-temp").map(|f| f.text()).as_deref(),
+        Some("Bob B."),
+        "{r}"
+    );
+}
+
+/// A fake remote server for e.localhost (no TLS; the node must not require
+/// it): offers bidi and dialback, accepts any key, then hands the test the
+/// stream after the `<bidi/>` and `<db:result/>` it received.
+async fn fake_bidi_peer(listener: tokio::net::TcpListener) -> (TcpStream, Framer, Vec<Element>) {
+    let (mut tcp, _) = listener.accept().await.unwrap();
+    let mut framer = s2s_framer();
+    let Some(StreamEvent::Open(h)) = next_event(&mut tcp, &mut framer).await else {
+        panic!("stream header");
+    };
+    assert_eq!(h.to.as_deref(), Some("e.localhost"));
+    tcp.write_all(
+        format!(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='{}' xmlns:db='jabber:server:dialback' \
+             from='e.localhost' to='{A}' id='fake-1' version='1.0'><stream:features>\
+             <dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>\
+             <bidi xmlns='urn:xmpp:features:bidi'/></stream:features>",
+            ns::STREAM
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    loop {
+        let Some(StreamEvent::Stanza(el)) = next_event(&mut tcp, &mut framer).await else {
+            panic!("dialback request");
+        };
+        let done = el.name == "result";
+        got.push(el);
+        if done {
+            break;
+        }
+    }
+    tcp.write_all(format!("<db:result from='e.localhost' to='{A}' type='valid'/>").as_bytes())
+        .await
+        .unwrap();
+    (tcp, framer, got)
+}
+
+#[tokio::test]
+async fn bidi_outgoing_stream_routes_the_peers_stanzas_for_its_pair_only() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let a = Node::start(
+        A,
+        free_port(),
+        &format!(
+            "[s2s]\nrequire_encryption = false\nconnect_timeout_secs = 5\n\
+             [s2s.routes]\n\"e.localhost\" = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .await;
+    a.user("alice").await;
+    let mut alice = a.login("alice", "pc").await;
+    alice
+        .send("<message to='eve@e.localhost' type='chat'><body>hello e</body></message>")
+        .await;
+    let (mut tcp, mut framer, got) = fake_bidi_peer(listener).await;
+    // a asked for bidi before dialback (XEP-0288 §2).
+    assert!(got[0].is("bidi", "urn:xmpp:bidi"), "{got:?}");
+    assert_eq!(got.last().unwrap().name, "result");
+    let Some(StreamEvent::Stanza(m)) = next_event(&mut tcp, &mut framer).await else {
+        panic!("alice's message");
+    };
+    assert_eq!(m.attr("to"), Some("eve@e.localhost"), "{m}");
+
+    // The peer answers on the same stream: routed to alice.
+    tcp.write_all(
+        b"<message from='eve@e.localhost/x' to='alice@a.localhost' type='chat'><body>hi alice</body></message>",
+    )
+    .await
+    .unwrap();
+    let r = wait_for(&mut alice, "eve's reply", |e| e.name == "message").await;
+    assert_eq!(r.attr("from"), Some("eve@e.localhost/x"), "{r}");
+    assert_eq!(body(&r).as_deref(), Some("hi alice"));
+    assert_eq!(a.running.server.s2s.bidi_streams(), 1);
+
+    // It may not authenticate further domains here...
+    tcp.write_all(b"<db:result from='other.localhost' to='a.localhost'>00</db:result>")
+        .await
+        .unwrap();
+    let Some(StreamEvent::Stanza(e)) = next_event(&mut tcp, &mut framer).await else {
+        panic!("dialback error");
+    };
+    assert_eq!(e.attr("type"), Some("error"), "{e}");
+    // ...nor send for a domain it did not authenticate.
+    tcp.write_all(
+        b"<message from='mallory@other.localhost' to='alice@a.localhost'><body>spoof</body></message>",
+    )
+    .await
+    .unwrap();
+    loop {
+        match next_event(&mut tcp, &mut framer).await {
+            Some(StreamEvent::Stanza(el)) if el.is("error", ns::STREAM) => {
+                assert!(
+                    el.child("invalid-from", ns::STREAMS_ERRORS).is_some(),
+                    "{el}"
+                );
+                break;
+            }
+            Some(_) => {}
+            None => panic!("stream closed without <invalid-from/>"),
+        }
+    }
+    alice.expect_nothing().await;
 }

@@ -116,6 +116,9 @@ pub struct S2sConfig {
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_queue: usize,
+    /// XEP-0288 bidirectional streams: offered on incoming streams and
+    /// asked for on outgoing ones.
+    pub bidi: bool,
     /// Per-domain policy overrides (prepared domain names).
     pub domain_policy: std::collections::HashMap<String, DialbackPolicy>,
     /// Prepared domains we never federate with.
@@ -472,6 +475,7 @@ fn s2s_config(s: &raw::S2s, source: &str) -> Result<S2sConfig, ConfigError> {
         idle_timeout: Duration::from_secs(s.idle_timeout_secs),
         connect_timeout: Duration::from_secs(s.connect_timeout_secs),
         max_queue: s.max_queue,
+        bidi: s.bidi,
         domain_policy,
         blocked_domains,
         stanza_rate: s.stanza_rate,

@@ -315,6 +315,8 @@ pub struct S2s {
     pub connect_timeout_secs: u64,
     /// Stanzas queued per remote domain while its connection is negotiated.
     pub max_queue: usize,
+    /// XEP-0288: carry both directions over one connection when the peer agrees.
+    pub bidi: bool,
     /// Per-domain overrides.
     pub domains: std::collections::BTreeMap<String, S2sDomain>,
     /// Remote domains we never federate with (both directions).
@@ -361,6 +363,7 @@ impl Default for S2s {
             idle_timeout_secs: 600,
             connect_timeout_secs: 30,
             max_queue: 1000,
+            bidi: true,
             domains: Default::default(),
             blocked_domains: Vec::new(),
             stanza_rate: 100,

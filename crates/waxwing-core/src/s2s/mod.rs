@@ -9,6 +9,11 @@
 //!
 //! Inbound streams (`stream::s2s_in`) authenticate each remote domain
 //! separately (SASL EXTERNAL or dialback) and only then route its stanzas.
+//!
+//! XEP-0288 bidirectional streams: an outgoing stream that asked for
+//! `<bidi/>` also reads the peer's stanzas for the pair it authenticated;
+//! the incoming side registers itself here as the outgoing route of each
+//! pair it authenticated, so the peer never opens a second connection.
 
 pub mod dialback;
 pub mod identity;
@@ -18,6 +23,7 @@ pub mod tls;
 pub(crate) mod wire;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -38,6 +44,28 @@ use self::tls::S2sTls;
 /// A (local, remote) domain pair.
 pub(crate) type Pair = (String, String);
 
+/// XEP-0288: the stream feature an incoming stream offers.
+pub const BIDI_FEATURE_NS: &str = "urn:xmpp:features:bidi";
+/// XEP-0288: `<bidi/>`, sent by the initiating server to enable it.
+pub const BIDI_NS: &str = "urn:xmpp:bidi";
+
+/// Stanzas written in one batch.
+const WRITE_BATCH: usize = 64;
+
+/// `first` and whatever else is queued (at most [`WRITE_BATCH`] in all),
+/// serialized for an s2s stream.
+pub(crate) fn write_batch(first: Element, rx: &mut mpsc::Receiver<Element>) -> String {
+    let mut out = String::new();
+    to_server_ns(first).write_to(&mut out, ns::SERVER);
+    for _ in 1..WRITE_BATCH {
+        match rx.try_recv() {
+            Ok(el) => to_server_ns(el).write_to(&mut out, ns::SERVER),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
 /// Outgoing federation state, owned by the [`Server`].
 pub struct S2sManager {
     pub(crate) secret: DialbackSecret,
@@ -45,7 +73,14 @@ pub struct S2sManager {
     /// Rate limits, block list and reputation of remote domains.
     pub defences: Defences,
     /// Streams (either direction) switched to XEP-0138 compression so far.
-    pub(crate) compressed: std::sync::atomic::AtomicUsize,
+    pub(crate) compressed: AtomicUsize,
+    /// Authenticated outgoing streams opened so far (not counting dialback
+    /// verification connections).
+    pub(crate) opened: AtomicUsize,
+    /// Streams (either direction) on which XEP-0288 was enabled so far.
+    pub(crate) bidi: AtomicUsize,
+    /// The route per domain pair: an outgoing task's queue, or the queue of
+    /// an incoming bidirectional stream.
     outgoing: Mutex<HashMap<Pair, mpsc::Sender<Element>>>,
 }
 
@@ -58,7 +93,9 @@ impl S2sManager {
             secret,
             tls,
             defences: Defences::new(&config.s2s),
-            compressed: std::sync::atomic::AtomicUsize::new(0),
+            compressed: AtomicUsize::new(0),
+            opened: AtomicUsize::new(0),
+            bidi: AtomicUsize::new(0),
             outgoing: Mutex::new(HashMap::new()),
         })
     }
@@ -182,12 +219,36 @@ impl S2sManager {
         }
     }
 
-    /// Streams switched to XEP-0138 compression since start (for tests and status).
-    pub fn compressed_streams(&self) -> usize {
-        self.compressed.load(std::sync::atomic::Ordering::Relaxed)
+    /// XEP-0288: makes an incoming bidirectional stream's queue `tx` the
+    /// route for `pair`, unless a live route (an outgoing connection) exists.
+    pub(crate) fn register_bidi(&self, pair: &Pair, tx: &mpsc::Sender<Element>) -> bool {
+        let mut map = self.outgoing.lock().expect("s2s map lock");
+        if map.get(pair).is_some_and(|cur| !cur.is_closed()) {
+            return false;
+        }
+        map.insert(pair.clone(), tx.clone());
+        true
     }
 
-    /// Number of live outgoing pairs (for tests and admin status).
+    /// Streams switched to XEP-0138 compression since start (for tests and status).
+    pub fn compressed_streams(&self) -> usize {
+        self.compressed.load(Ordering::Relaxed)
+    }
+
+    /// Authenticated outgoing streams this server opened since start (for
+    /// tests and status); dialback verification connections are not counted.
+    pub fn outgoing_streams_opened(&self) -> usize {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Streams on which XEP-0288 bidirectionality was enabled since start,
+    /// as the initiating or the receiving side (for tests and status).
+    pub fn bidi_streams(&self) -> usize {
+        self.bidi.load(Ordering::Relaxed)
+    }
+
+    /// Number of live routes to domain pairs, over outgoing connections or
+    /// incoming bidirectional ones (for tests and admin status).
     pub fn outgoing_count(&self) -> usize {
         self.outgoing.lock().expect("s2s map lock").len()
     }

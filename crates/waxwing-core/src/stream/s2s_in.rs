@@ -12,7 +12,10 @@
 //!   from our secret on any stream, authenticated or not;
 //! - stanzas, routed only when their `from` domain was authenticated on
 //!   this stream (else `invalid-from`) and their `to` is a domain we serve
-//!   for which that domain authenticated (else `host-unknown`).
+//!   for which that domain authenticated (else `host-unknown`);
+//! - XEP-0288 `<bidi/>` (offered in the features): each pair authenticated
+//!   afterwards makes this stream our route to the peer for the inverse
+//!   pair, fed by a bounded queue this task writes.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -34,8 +37,8 @@ use crate::random_id;
 use crate::router::Server;
 use crate::s2s::dialback;
 use crate::s2s::reputation::{Admit, MAX_REFUSED_IN_A_ROW, Offence, Standing};
-use crate::s2s::to_client_ns;
 use crate::s2s::wire::{READ_CHUNK, ReadError, Wire, header, stream_prefixed};
+use crate::s2s::{BIDI_FEATURE_NS, BIDI_NS, Pair, to_client_ns, write_batch};
 use crate::stream::compress;
 use crate::stream::s2s_out;
 
@@ -96,10 +99,10 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             pending: 0,
             refused_in_a_row: 0,
             // Servers carry many users' traffic: ten times a client's allowance.
-            bucket: TokenBucket::new(
-                c.read_rate_bytes.saturating_mul(10),
-                c.read_burst_bytes.saturating_mul(10),
-            ),
+            bucket: s2s_read_bucket(&server),
+            bidi: false,
+            queue: None,
+            routes: Vec::new(),
         };
         if server.config.s2s.enabled && direct_tls {
             let acceptor = server.s2s.tls.acceptor.clone();
@@ -114,6 +117,7 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         } else {
             stream_error(StreamCondition::PolicyViolation, "federation is disabled")
         };
+        conn.release_routes().await;
         conn.finish(end).await;
     }
     .instrument(span)
@@ -138,6 +142,117 @@ struct Incoming {
     /// Stanzas refused by the per-domain rate limit since the last admitted one.
     refused_in_a_row: u32,
     bucket: TokenBucket,
+    /// XEP-0288 enabled by the peer's `<bidi/>`.
+    bidi: bool,
+    /// Bidirectional streams: the queue of stanzas to write to the peer
+    /// (created on the first pair authenticated).
+    queue: Option<(mpsc::Sender<Element>, mpsc::Receiver<Element>)>,
+    /// (local, remote) pairs this stream is registered as the route of.
+    routes: Vec<Pair>,
+}
+
+/// The read allowance of an s2s connection: servers carry many users'
+/// traffic, so ten times a client's.
+pub(crate) fn s2s_read_bucket(server: &Server) -> TokenBucket {
+    let c = &server.config;
+    TokenBucket::new(
+        c.read_rate_bytes.saturating_mul(10),
+        c.read_burst_bytes.saturating_mul(10),
+    )
+}
+
+/// What becomes of a stanza an authenticated peer sent.
+pub(crate) enum Admission {
+    /// Route it (already in the client namespace).
+    Route(Element),
+    /// Route nothing; answer the peer with this error reply.
+    Reply(Element),
+    /// Route nothing, answer nothing.
+    Drop,
+}
+
+/// Checks a stanza from a peer: its addresses, `allowed(from domain, to
+/// domain)` (the pairs the stream authenticated), and the per-domain rate
+/// limit. `Err` ends the stream. Shared by incoming streams and outgoing
+/// bidirectional ones.
+pub(crate) async fn admit_stanza(
+    server: &Server,
+    el: Element,
+    refused_in_a_row: &mut u32,
+    allowed: impl Fn(&str, &str) -> Result<(), StreamError>,
+) -> Result<Admission, StreamError> {
+    let bad = |c: StreamCondition, text: &str| StreamError::new(c).with_text(text);
+    let from = match el.attr("from").map(Jid::parse) {
+        Some(Ok(f)) => f,
+        Some(Err(_)) => return Err(bad(StreamCondition::InvalidFrom, "'from' is not a JID")),
+        None => {
+            return Err(bad(
+                StreamCondition::ImproperAddressing,
+                "stanza without 'from'",
+            ));
+        }
+    };
+    let to = match el.attr("to").map(Jid::parse) {
+        Some(Ok(t)) => t,
+        Some(Err(_)) => {
+            let reply = StanzaError::modify(Condition::JidMalformed);
+            return Ok(match stanza::error_reply(&el, &reply) {
+                Some(mut r) => {
+                    r.remove_attr("from");
+                    Admission::Reply(r)
+                }
+                None => Admission::Drop,
+            });
+        }
+        None => {
+            return Err(bad(
+                StreamCondition::ImproperAddressing,
+                "stanza without 'to'",
+            ));
+        }
+    };
+    let fd = from.domain();
+    allowed(fd, to.domain())?;
+    match server.s2s.defences.admit(fd) {
+        Admit::Yes => *refused_in_a_row = 0,
+        Admit::Blocked => {
+            tracing::info!(from = fd, "closing a stream from a blocked domain");
+            return Err(bad(
+                StreamCondition::PolicyViolation,
+                "your domain is blocked here",
+            ));
+        }
+        Admit::RateLimited { record } => {
+            if record {
+                tracing::info!(from = fd, "remote domain over its stanza rate limit");
+                server.record_offence(fd, Offence::RateLimited).await;
+            }
+            *refused_in_a_row += 1;
+            if *refused_in_a_row >= MAX_REFUSED_IN_A_ROW {
+                return Err(bad(
+                    StreamCondition::PolicyViolation,
+                    "stanza rate limit exceeded again and again",
+                ));
+            }
+            let err = StanzaError::wait(Condition::PolicyViolation)
+                .with_text("stanza rate limit for your domain exceeded");
+            return Ok(match stanza::error_reply(&el, &err) {
+                Some(r) => Admission::Reply(r),
+                None => Admission::Drop,
+            });
+        }
+    }
+    Ok(Admission::Route(to_client_ns(el)))
+}
+
+/// The next stanza of a bidirectional stream's queue; never, without one.
+async fn next_queued(
+    queue: &mut Option<(mpsc::Sender<Element>, mpsc::Receiver<Element>)>,
+) -> Option<Element> {
+    match queue {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Incoming {
@@ -179,6 +294,17 @@ impl Incoming {
                     if let Err(end) = self.on_verified(v).await {
                         return end;
                     }
+                }
+                Some(first) = next_queued(&mut self.queue) => {
+                    let out = match &mut self.queue {
+                        Some((_, rx)) => write_batch(first, rx),
+                        None => unreachable!("a stanza came from the queue"),
+                    };
+                    if let Err(e) = self.wire.write(&out).await {
+                        tracing::info!(error = %e, "bidirectional s2s write failed");
+                        return End::Gone;
+                    }
+                    last = tokio::time::Instant::now();
                 }
                 r = self.wire.read_some(&mut buf) => match r {
                     Ok(n) => {
@@ -300,6 +426,10 @@ impl Incoming {
                     .with_child(Element::new("errors", dialback::FEATURE_NS)),
             );
         }
+        // XEP-0288 §2: offered before and after TLS, until enabled.
+        if self.server.config.s2s.bidi && !self.bidi {
+            features.push_child(Element::new("bidi", BIDI_FEATURE_NS));
+        }
         self.write(&stream_prefixed(&features)).await
     }
 
@@ -320,6 +450,9 @@ impl Incoming {
         }
         if el.is("compress", compress::NS) {
             return self.compress(&el).await;
+        }
+        if el.is("bidi", BIDI_NS) {
+            return self.enable_bidi();
         }
         if el.ns == dialback::NS && el.attr("type").is_none() {
             return match el.name.as_str() {
@@ -367,6 +500,73 @@ impl Incoming {
         self.wire.new_framer();
         self.header_sent = false;
         Ok(())
+    }
+
+    /// XEP-0288 §2: the initiating server asks for a bidirectional stream
+    /// (after STARTTLS when it uses TLS; before or after authenticating).
+    fn enable_bidi(&mut self) -> Result<(), End> {
+        if !self.server.config.s2s.bidi {
+            return Err(stream_error(
+                StreamCondition::UnsupportedStanzaType,
+                "bidirectional streams are not offered here",
+            ));
+        }
+        if self.server.config.s2s.require_encryption && !self.wire.io.is_tls() {
+            return Err(stream_error(
+                StreamCondition::PolicyViolation,
+                "encryption is required before <bidi/>",
+            ));
+        }
+        if self.bidi {
+            return Ok(());
+        }
+        self.bidi = true;
+        self.server
+            .s2s
+            .bidi
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!("incoming s2s stream is bidirectional (XEP-0288)");
+        // Pairs authenticated before <bidi/> count too.
+        for (remote, local) in self.authed.clone() {
+            self.add_route(&local, &remote);
+        }
+        Ok(())
+    }
+
+    /// On a bidirectional stream, `remote` authenticated for our `local`:
+    /// we may now send from `local` to `remote` here (XEP-0288 §2).
+    fn add_route(&mut self, local: &str, remote: &str) {
+        if !self.bidi {
+            return;
+        }
+        let pair: Pair = (local.to_string(), remote.to_string());
+        if self.routes.contains(&pair) {
+            return;
+        }
+        let max = self.server.config.s2s.max_queue;
+        let (tx, _) = self.queue.get_or_insert_with(|| mpsc::channel(max));
+        if self.server.s2s.register_bidi(&pair, tx) {
+            tracing::info!(%local, %remote, "incoming bidirectional stream is the route for this pair");
+            self.routes.push(pair);
+        }
+    }
+
+    /// Unregisters this stream's routes; stanzas still queued are routed
+    /// again (a new connection carries them).
+    async fn release_routes(&mut self) {
+        let Some((tx, mut rx)) = self.queue.take() else {
+            return;
+        };
+        rx.close();
+        for pair in self.routes.drain(..) {
+            self.server.s2s.forget(&pair, &tx);
+        }
+        if self.server.shutdown.is_cancelled() {
+            return;
+        }
+        while let Ok(el) = rx.try_recv() {
+            tokio::spawn(self.server.clone().route(el));
+        }
     }
 
     /// XEP-0138 on a stream authenticated with SASL EXTERNAL.
@@ -452,6 +652,7 @@ impl Incoming {
             .await?;
         let local = self.local_domain();
         tracing::info!(remote = %claimed, %local, "incoming s2s stream authenticated (SASL EXTERNAL)");
+        self.add_route(&local, &claimed);
         self.authed.insert((claimed, local));
         self.sasl_done = true;
         self.wire.framer.reset();
@@ -556,6 +757,7 @@ impl Incoming {
                 self.send(&dialback::result_answer(&v.local, &v.remote, true))
                     .await?;
                 tracing::info!(remote = %v.remote, local = %v.local, "incoming s2s stream authenticated (dialback)");
+                self.add_route(&v.local, &v.remote);
                 self.authed.insert((v.remote, v.local));
                 Ok(())
             }
@@ -612,88 +814,33 @@ impl Incoming {
                 "authenticate (dialback or SASL) first",
             ));
         }
-        let from = match el.attr("from").map(Jid::parse) {
-            Some(Ok(f)) => f,
-            Some(Err(_)) => {
-                return Err(stream_error(
-                    StreamCondition::InvalidFrom,
-                    "'from' is not a JID",
+        let authed = &self.authed;
+        let server = &self.server;
+        let allowed = |fd: &str, td: &str| {
+            if !authed.iter().any(|(r, _)| r == fd) {
+                tracing::warn!(
+                    from = fd,
+                    "stanza from a domain this stream did not authenticate"
+                );
+                return Err(StreamError::new(StreamCondition::InvalidFrom)
+                    .with_text("that domain is not authenticated on this stream"));
+            }
+            if !server.is_local_domain(td) || !authed.contains(&(fd.to_string(), td.to_string())) {
+                return Err(StreamError::new(StreamCondition::HostUnknown).with_text(
+                    "that domain is not served here, or not authenticated for on this stream",
                 ));
             }
-            None => {
-                return Err(stream_error(
-                    StreamCondition::ImproperAddressing,
-                    "stanza without 'from'",
-                ));
-            }
+            Ok(())
         };
-        let to = match el.attr("to").map(Jid::parse) {
-            Some(Ok(t)) => t,
-            Some(Err(_)) => {
-                let reply = StanzaError::modify(Condition::JidMalformed);
-                if let Some(mut r) = stanza::error_reply(&el, &reply) {
-                    r.remove_attr("from");
-                    return self.send(&r).await;
-                }
-                return Ok(());
+        match admit_stanza(server, el, &mut self.refused_in_a_row, allowed).await {
+            Err(e) => Err(End::Error(e)),
+            Ok(Admission::Route(el)) => {
+                self.server.clone().route(el).await;
+                Ok(())
             }
-            None => {
-                return Err(stream_error(
-                    StreamCondition::ImproperAddressing,
-                    "stanza without 'to'",
-                ));
-            }
-        };
-        let (fd, td) = (from.domain(), to.domain());
-        if !self.authed.iter().any(|(r, _)| r == fd) {
-            tracing::warn!(
-                from = fd,
-                "stanza from a domain this stream did not authenticate"
-            );
-            return Err(stream_error(
-                StreamCondition::InvalidFrom,
-                "that domain is not authenticated on this stream",
-            ));
+            Ok(Admission::Reply(r)) => self.send(&r).await,
+            Ok(Admission::Drop) => Ok(()),
         }
-        if !self.server.is_local_domain(td)
-            || !self.authed.contains(&(fd.to_string(), td.to_string()))
-        {
-            return Err(stream_error(
-                StreamCondition::HostUnknown,
-                "that domain is not served here, or not authenticated for on this stream",
-            ));
-        }
-        match self.server.s2s.defences.admit(fd) {
-            Admit::Yes => self.refused_in_a_row = 0,
-            Admit::Blocked => {
-                tracing::info!(from = fd, "closing a stream from a blocked domain");
-                return Err(stream_error(
-                    StreamCondition::PolicyViolation,
-                    "your domain is blocked here",
-                ));
-            }
-            Admit::RateLimited { record } => {
-                if record {
-                    tracing::info!(from = fd, "remote domain over its stanza rate limit");
-                    self.server.record_offence(fd, Offence::RateLimited).await;
-                }
-                self.refused_in_a_row += 1;
-                if self.refused_in_a_row >= MAX_REFUSED_IN_A_ROW {
-                    return Err(stream_error(
-                        StreamCondition::PolicyViolation,
-                        "stanza rate limit exceeded again and again",
-                    ));
-                }
-                let err = StanzaError::wait(Condition::PolicyViolation)
-                    .with_text("stanza rate limit for your domain exceeded");
-                if let Some(r) = stanza::error_reply(&el, &err) {
-                    return self.send(&r).await;
-                }
-                return Ok(());
-            }
-        }
-        self.server.clone().route(to_client_ns(el)).await;
-        Ok(())
     }
 
     /// Sends the stream error (after a header if none was sent) and closes.

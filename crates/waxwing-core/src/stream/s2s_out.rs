@@ -4,8 +4,11 @@
 //! connects, secures the stream (STARTTLS or XEP-0368 direct TLS),
 //! authenticates (SASL EXTERNAL, XEP-0178, else dialback, XEP-0220, as the
 //! originating server), then writes the pair's queue until the stream is
-//! idle, broken or the server stops. [`verify`] is the receiving server's
-//! side of dialback: it asks the authoritative server whether a key is valid.
+//! idle, broken or the server stops. When the peer offers XEP-0288, the
+//! stream is made bidirectional first, and the session also routes the
+//! peer's stanzas for the inverse pair. [`verify`] is the receiving
+//! server's side of dialback: it asks the authoritative server whether a
+//! key is valid.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +27,9 @@ use crate::s2s::dialback;
 use crate::s2s::resolve::{self, Target};
 use crate::s2s::tls::CertStatus;
 use crate::s2s::wire::{READ_CHUNK, ReadError, Wire, header};
-use crate::s2s::{Pair, to_server_ns};
+use crate::s2s::{BIDI_FEATURE_NS, BIDI_NS, Pair, write_batch};
 use crate::stream::compress;
-
-/// Stanzas written in one batch.
-const WRITE_BATCH: usize = 64;
+use crate::stream::s2s_in::{Admission, admit_stanza, s2s_read_bucket};
 
 /// Why a connection could not be set up; becomes the bounce error.
 #[derive(Debug, Clone)]
@@ -88,7 +89,8 @@ pub(crate) async fn run(
         };
         let end = match connected {
             Ok(out) => {
-                tracing::info!(auth = out.auth, "outgoing s2s stream ready");
+                tracing::info!(auth = out.auth, bidi = out.bidi, "outgoing s2s stream ready");
+                server.s2s.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(out.session(&server, &mut rx).await)
             }
             Err(f) => {
@@ -133,6 +135,7 @@ async fn connect_session(
         let attempt = async {
             let mut out = Outgoing::connect(server, local, remote, &t).await?;
             let features = out.negotiate().await?;
+            out.request_bidi(&features).await?;
             out.authenticate(features).await?;
             Ok::<_, Failure>(out)
         };
@@ -206,6 +209,8 @@ struct Outgoing {
     cert: CertStatus,
     /// How we authenticated, for the logs.
     auth: &'static str,
+    /// XEP-0288 enabled: the peer sends its stanzas for us here too.
+    bidi: bool,
 }
 
 fn io_failure(what: &str, e: impl std::fmt::Display) -> Failure {
@@ -267,6 +272,7 @@ impl Outgoing {
             version1: true,
             cert: CertStatus::Absent,
             auth: "none",
+            bidi: false,
         };
         if t.direct_tls {
             let connector = server.s2s.tls.connector(local).clone();
@@ -378,6 +384,24 @@ impl Outgoing {
             }
             return Ok(features);
         }
+    }
+
+    /// XEP-0288 §2: asks for a bidirectional stream when the peer offers
+    /// it, after TLS and before authenticating. There is no answer.
+    async fn request_bidi(&mut self, features: &Element) -> Result<(), Failure> {
+        if !self.server.config.s2s.bidi || features.child("bidi", BIDI_FEATURE_NS).is_none() {
+            return Ok(());
+        }
+        self.wire
+            .write(&format!("<bidi xmlns='{BIDI_NS}'/>"))
+            .await
+            .map_err(|e| io_failure("writing", e))?;
+        self.bidi = true;
+        self.server
+            .s2s
+            .bidi
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// SASL EXTERNAL when offered, else dialback as the originating server.
@@ -510,11 +534,97 @@ impl Outgoing {
         Ok(valid)
     }
 
-    /// Writes the queue until the stream ends.
+    /// An element the peer sent after authentication: on a bidirectional
+    /// stream, stanzas from `remote` to `local` (the one pair this stream
+    /// authenticated, XEP-0288 §2) and dialback requests; otherwise nothing
+    /// is expected. `Err` ends the stream with that error.
+    async fn on_peer_element(
+        &mut self,
+        el: Element,
+        refused_in_a_row: &mut u32,
+    ) -> Result<(), StreamError> {
+        if !self.bidi {
+            tracing::debug!(name = %el.name, "ignoring an element on an outgoing stream");
+            return Ok(());
+        }
+        if el.ns == dialback::NS {
+            return self.on_peer_dialback(&el).await;
+        }
+        if waxwing_proto::stanza::kind(&el).is_none() || el.ns != ns::SERVER {
+            return Err(StreamError::new(StreamCondition::UnsupportedStanzaType)
+                .with_text("not a stanza or dialback element"));
+        }
+        let (local, remote) = (&self.local, &self.remote);
+        let allowed = |fd: &str, td: &str| {
+            if fd != remote {
+                tracing::warn!(
+                    from = fd,
+                    "stanza from another domain on a bidirectional stream"
+                );
+                return Err(StreamError::new(StreamCondition::InvalidFrom)
+                    .with_text("that domain is not authenticated on this stream"));
+            }
+            if td != local {
+                return Err(StreamError::new(StreamCondition::HostUnknown)
+                    .with_text("this stream is authenticated for another domain of ours"));
+            }
+            Ok(())
+        };
+        match admit_stanza(&self.server, el, refused_in_a_row, allowed).await? {
+            Admission::Route(el) => self.server.clone().route(el).await,
+            Admission::Reply(r) => {
+                if self.wire.send(&r).await.is_err() {
+                    return Err(StreamError::new(StreamCondition::ConnectionTimeout));
+                }
+            }
+            Admission::Drop => {}
+        }
+        Ok(())
+    }
+
+    /// Dialback on our bidirectional stream: the peer may verify keys with
+    /// us (authoritative role); it may not authenticate further domain pairs
+    /// here (we answer with a dialback error, and it opens its own stream).
+    async fn on_peer_dialback(&mut self, el: &Element) -> Result<(), StreamError> {
+        if el.attr("type").is_some() {
+            return Ok(());
+        }
+        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+            return Err(StreamError::new(StreamCondition::ImproperAddressing)
+                .with_text("dialback element without from/to"));
+        };
+        let answer = match el.name.as_str() {
+            "verify" => {
+                let id = el.attr("id").unwrap_or_default();
+                let valid = self.server.is_local_domain(to)
+                    && self.server.s2s.secret.verify(from, to, id, &el.text());
+                dialback::verify_answer(to, from, id, valid)
+            }
+            "result" => dialback::result_error(
+                to,
+                from,
+                &StanzaError::cancel(Condition::FeatureNotImplemented)
+                    .with_text("open a stream of your own for further domains"),
+            ),
+            _ => {
+                return Err(StreamError::new(StreamCondition::UnsupportedStanzaType)
+                    .with_text("unknown dialback element"));
+            }
+        };
+        if self.wire.send(&answer).await.is_err() {
+            return Err(StreamError::new(StreamCondition::ConnectionTimeout));
+        }
+        Ok(())
+    }
+
+    /// Writes the queue until the stream ends (and, when bidirectional,
+    /// routes what the peer sends).
     async fn session(mut self, server: &Arc<Server>, rx: &mut mpsc::Receiver<Element>) -> End {
         let idle = server.config.s2s.idle_timeout;
         let mut last = tokio::time::Instant::now();
         let mut buf = [0u8; READ_CHUNK];
+        let mut bucket = s2s_read_bucket(server);
+        let mut refused_in_a_row = 0;
         loop {
             loop {
                 match self.wire.framer.next_event() {
@@ -524,9 +634,10 @@ impl Outgoing {
                             self.wire.close(None).await;
                             return End::Closed;
                         }
-                        // No bidirectional streams (XEP-0288) yet: nothing
-                        // else is expected on an outgoing stream.
-                        tracing::debug!(name = %el.name, "ignoring an element on an outgoing stream");
+                        if let Err(e) = self.on_peer_element(el, &mut refused_in_a_row).await {
+                            self.wire.close(Some(&e)).await;
+                            return End::Closed;
+                        }
                     }
                     Ok(Some(StreamEvent::Close)) => {
                         self.wire.close(None).await;
@@ -555,16 +666,7 @@ impl Outgoing {
                         self.wire.close(None).await;
                         return End::Closed;
                     };
-                    let mut out = String::new();
-                    to_server_ns(first).write_to(&mut out, ns::SERVER);
-                    let mut n = 1;
-                    while n < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(el) => to_server_ns(el).write_to(&mut out, ns::SERVER),
-                            Err(_) => break,
-                        }
-                        n += 1;
-                    }
+                    let out = write_batch(first, rx);
                     if let Err(e) = self.wire.write(&out).await {
                         tracing::info!(error = %e, "outgoing s2s write failed");
                         return End::Closed;
@@ -572,7 +674,13 @@ impl Outgoing {
                     last = tokio::time::Instant::now();
                 }
                 r = self.wire.read_some(&mut buf) => match r {
-                    Ok(_) => last = tokio::time::Instant::now(),
+                    Ok(n) => {
+                        last = tokio::time::Instant::now();
+                        let wait = bucket.take(n, std::time::Instant::now());
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
                     Err(_) => return End::Closed,
                 },
                 _ = tokio::time::sleep_until(last + idle) => {

@@ -20,13 +20,13 @@ use waxwing_core::hooks::{
     Cx, Event, EventHandler, Flow, Hook, IqHandler, IqResult, IqTarget, Module, Priority,
     RegisterError, Registrar, StanzaHook,
 };
-use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
 use waxwing_proto::xml::{Element, parse_stanza};
 use waxwing_store::{PubSubAffiliation, PubSubItem, StoreError, Subscription, SubscriptionState};
 
-use crate::caps::Caps;
+use crate::caps::{Caps, Observed};
 use crate::internal;
 use config::{AccessModel, NodeConfig, PUBLISH_OPTIONS_FORM, PublishModel, inner_form};
 
@@ -115,6 +115,78 @@ impl PubSub {
         PubSub { caps, services }
     }
 
+    /// A presence from a remote contact's resource to one of our accounts:
+    /// notes its caps (asking over s2s for unknown `ver`s) when the contact
+    /// is in the account's roster with any subscription, so that it gets the
+    /// account's PEP notifications (XEP-0163 §4.3 across federation) once,
+    /// or as long as, it has a presence subscription to the account (checked
+    /// when notifying). Strangers' directed presence is not followed up.
+    async fn remote_presence(&self, cx: &Cx, stanza: &Element) {
+        let from = match stanza.attr("from").map(Jid::parse) {
+            Some(Ok(Jid::Full(f))) if !cx.is_local_host(f.domain()) => f,
+            _ => return,
+        };
+        let Some(Ok(to)) = stanza.attr("to").map(Jid::parse) else {
+            return;
+        };
+        let owner = to.to_bare();
+        match stanza.attr("type") {
+            None => {}
+            Some("unavailable") => return self.caps.forget(&from),
+            Some(_) => return,
+        }
+        if self.caps.remote_unchanged(&from, stanza, &owner) {
+            return;
+        }
+        let Some(query_from) = self.query_from(owner.domain()) else {
+            return;
+        };
+        match cx.stores().roster.get(&owner, from.bare()).await {
+            Ok(Some(item)) if item.subscription != Subscription::None => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the roster for remote caps failed");
+                return;
+            }
+        }
+        match self.caps.observe_remote(&from, stanza, &owner, &query_from) {
+            Observed::Known => crate::pep::deliver_last_items(cx, &self.caps, &from).await,
+            Observed::Query(iq) => cx.route(iq).await,
+            Observed::Unchanged | Observed::Waiting | Observed::None => {}
+        }
+    }
+
+    /// A message error from a remote resource saying it is not there (a
+    /// bounced notification, say, after its server lost its session without
+    /// an unavailable presence reaching us): stop notifying it.
+    fn remote_gone(&self, cx: &Cx, stanza: &Element) {
+        if stanza.attr("type") != Some("error") {
+            return;
+        }
+        let from = match stanza.attr("from").map(Jid::parse) {
+            Some(Ok(Jid::Full(f))) if !cx.is_local_host(f.domain()) => f,
+            _ => return,
+        };
+        let gone = stanza
+            .children()
+            .find(|c| c.name == "error")
+            .and_then(StanzaError::from_element)
+            .is_some_and(|e| {
+                matches!(
+                    e.condition,
+                    Condition::ServiceUnavailable
+                        | Condition::RecipientUnavailable
+                        | Condition::ItemNotFound
+                        | Condition::Gone
+                        | Condition::RemoteServerNotFound
+                        | Condition::RemoteServerTimeout
+                )
+            });
+        if gone {
+            self.caps.forget(&from);
+        }
+    }
+
     /// The domain caps queries are sent from: a service domain, because
     /// only services receive IQ results (the router drops results sent to
     /// accounts or hosts).
@@ -146,6 +218,8 @@ impl Module for PubSub {
             reg.service(&s.jid.to_string(), s.clone())?;
         }
         reg.hook(Hook::Outbound, Priority::EARLY, self.clone());
+        // Remote contacts' presence (and caps) before delivery consumes it.
+        reg.hook(Hook::Inbound, Priority::EARLY, self.clone());
         reg.on_events(self);
         Ok(())
     }
@@ -153,8 +227,19 @@ impl Module for PubSub {
 
 #[async_trait]
 impl StanzaHook for PubSub {
-    async fn handle_stanza(&self, cx: &Cx, _hook: Hook, stanza: &mut Element) -> Flow {
-        if stanza.name != "presence" || stanza.attr("to").is_some() {
+    async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
+        if hook == Hook::Inbound && stanza.name == "message" {
+            self.remote_gone(cx, stanza);
+            return Flow::Continue;
+        }
+        if stanza.name != "presence" {
+            return Flow::Continue;
+        }
+        if hook == Hook::Inbound {
+            self.remote_presence(cx, stanza).await;
+            return Flow::Continue;
+        }
+        if stanza.attr("to").is_some() {
             return Flow::Continue;
         }
         let Some(origin) = cx.origin().cloned() else {
@@ -961,23 +1046,37 @@ impl Svc<'_> {
                 .await
                 .map_err(internal)?;
             for item in roster {
-                if matches!(item.subscription, Subscription::From | Subscription::Both)
-                    && self.cx.is_local_host(item.contact.domain())
-                {
+                if matches!(item.subscription, Subscription::From | Subscription::Both) {
                     contacts.push(item.contact);
                 }
             }
             for contact in contacts {
+                // Local contacts: their available sessions; remote ones:
+                // the resources whose presence (with caps) reached us.
+                let resources: Vec<FullJid> = if self.cx.is_local_host(contact.domain()) {
+                    self.cx
+                        .sessions_of(&contact)
+                        .into_iter()
+                        .filter(|s| s.is_available())
+                        .map(|s| s.jid.clone())
+                        .collect()
+                } else {
+                    self.caps.remote_resources(&contact)
+                };
+                let resources: Vec<FullJid> = resources
+                    .into_iter()
+                    .filter(|j| self.caps.wants(j, node) && !seen.contains(&j.to_string()))
+                    .collect();
+                if resources.is_empty() {
+                    continue;
+                }
                 let aff = self.affiliation(node, &contact).await?;
                 if !self.may_access(node, cfg, &contact, aff).await? {
                     continue;
                 }
-                for s in self.cx.sessions_of(&contact) {
-                    if s.is_available()
-                        && self.caps.wants(&s.jid, node)
-                        && seen.insert(s.jid.to_string())
-                    {
-                        out.push(Jid::from(s.jid.clone()));
+                for j in resources {
+                    if seen.insert(j.to_string()) {
+                        out.push(Jid::from(j));
                     }
                 }
             }
