@@ -367,6 +367,11 @@ impl Cx {
         self.server.sessions.resources(user)
     }
 
+    /// Every local account with at least one bound session, in no order.
+    pub fn online_accounts(&self) -> Vec<BareJid> {
+        self.server.sessions.accounts()
+    }
+
     /// One bound session.
     pub fn session(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
         self.server.sessions.get(jid)

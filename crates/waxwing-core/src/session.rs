@@ -216,6 +216,17 @@ impl SessionRegistry {
             .collect()
     }
 
+    /// Every account with at least one bound session, in no order.
+    pub fn accounts(&self) -> Vec<BareJid> {
+        self.by_user
+            .read()
+            .expect("registry lock")
+            .iter()
+            .filter(|(_, sessions)| !sessions.is_empty())
+            .map(|(user, _)| user.clone())
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.by_user
             .read()

@@ -519,13 +519,12 @@ fn reputation_table(cx: &Cx) -> Element {
     x
 }
 
-/// Every account with at least one bound session.
-async fn online_users(cx: &Cx) -> Result<Vec<BareJid>, StanzaError> {
-    let accounts = cx.stores().accounts.list(None).await.map_err(internal)?;
-    Ok(accounts
-        .into_iter()
-        .filter(|a| !cx.sessions_of(a).is_empty())
-        .collect())
+/// Every account with at least one bound session, sorted: read from the
+/// session registry, not by walking every stored account.
+fn online_users(cx: &Cx) -> Vec<BareJid> {
+    let mut online = cx.online_accounts();
+    online.sort();
+    online
 }
 
 /// Runs a command with its submitted values; returns the `<note/>` or result form.
@@ -599,11 +598,7 @@ async fn run(
             }
         }
         Command::OnlineUsersList => {
-            let users: Vec<String> = online_users(cx)
-                .await?
-                .iter()
-                .map(ToString::to_string)
-                .collect();
+            let users: Vec<String> = online_users(cx).iter().map(ToString::to_string).collect();
             Ok(result_form(vec![value_field(
                 "onlineuserjids",
                 "The list of all online users",
@@ -612,7 +607,7 @@ async fn run(
             )]))
         }
         Command::OnlineUsersNum => {
-            let n = online_users(cx).await?.len();
+            let n = online_users(cx).len();
             Ok(result_form(vec![value_field(
                 "onlineusersnum",
                 "The number of online users",
@@ -652,7 +647,7 @@ async fn run(
             }
             let subject = values.all("subject").first().cloned().unwrap_or_default();
             let mut sent = 0usize;
-            for user in online_users(cx).await? {
+            for user in online_users(cx) {
                 for s in cx.sessions_of(&user) {
                     if !s.is_available() {
                         continue;
