@@ -2,7 +2,7 @@
 //! registry of who is online.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
@@ -40,12 +40,55 @@ pub enum SessionFlag {
     Reserved = 1 << 31,
 }
 
+/// One entry of a session's outbound queue.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    One(Element),
+    /// Stanzas that go out together and in this order; see
+    /// [`SessionHandle::send_burst`].
+    Burst(Vec<Element>),
+}
+
+/// The receiving end of a session's queue, read by its connection task.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    rx: mpsc::Receiver<Queued>,
+    in_bursts: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    /// The next entry's stanzas. Cancel-safe: nothing is awaited after the
+    /// entry is taken.
+    pub(crate) async fn recv(&mut self) -> Option<Vec<Element>> {
+        let q = self.rx.recv().await?;
+        Some(self.unpack(q))
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Option<Vec<Element>> {
+        let q = self.rx.try_recv().ok()?;
+        Some(self.unpack(q))
+    }
+
+    fn unpack(&self, q: Queued) -> Vec<Element> {
+        match q {
+            Queued::One(el) => vec![el],
+            Queued::Burst(v) => {
+                self.in_bursts.fetch_sub(v.len(), Ordering::Relaxed);
+                v
+            }
+        }
+    }
+}
+
 /// The one way other tasks reach a bound client session.
 #[derive(Debug)]
 pub struct SessionHandle {
     pub id: u64,
     pub jid: FullJid,
-    tx: mpsc::Sender<Element>,
+    tx: mpsc::Sender<Queued>,
+    /// Stanzas queued inside bursts, and how many may be.
+    in_bursts: Arc<AtomicUsize>,
+    burst_limit: usize,
     closed: CancellationToken,
     close_reason: Mutex<Option<StreamError>>,
     presence: Mutex<PresenceState>,
@@ -55,36 +98,71 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    pub(crate) fn new(jid: FullJid, queue: usize) -> (Arc<Self>, mpsc::Receiver<Element>) {
+    pub(crate) fn new(jid: FullJid, queue: usize, burst_limit: usize) -> (Arc<Self>, Outbox) {
         let (tx, rx) = mpsc::channel(queue);
+        let in_bursts = Arc::new(AtomicUsize::new(0));
         let handle = SessionHandle {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             jid,
             tx,
+            in_bursts: in_bursts.clone(),
+            burst_limit,
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             presence: Mutex::new(PresenceState::default()),
             interested: AtomicBool::new(false),
             flags: AtomicU32::new(0),
         };
-        (Arc::new(handle), rx)
+        (Arc::new(handle), Outbox { rx, in_bursts })
     }
 
     /// Queues a stanza without waiting. A session whose queue is full is not
     /// reading: it is closed rather than buffered without bound.
     pub fn send(&self, stanza: Element) -> bool {
-        match self.tx.try_send(stanza) {
+        self.enqueue(Queued::One(stanza))
+    }
+
+    /// Queues stanzas that belong together — a group chat join's presence
+    /// of every occupant, history and subject — as one queue entry, without
+    /// waiting: nothing else is written between them, and a burst larger
+    /// than the queue does not overflow it. Burst stanzas are counted
+    /// against their own allowance (`limits.outbound_burst`); a session
+    /// with more unread than that is closed, like one with a full queue.
+    pub fn send_burst(&self, stanzas: Vec<Element>) -> bool {
+        let n = stanzas.len();
+        if n <= 1 {
+            return stanzas.into_iter().all(|s| self.send(s));
+        }
+        let before = self.in_bursts.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.burst_limit {
+            self.in_bursts.fetch_sub(n, Ordering::Relaxed);
+            self.overflow();
+            return false;
+        }
+        if self.enqueue(Queued::Burst(stanzas)) {
+            true
+        } else {
+            self.in_bursts.fetch_sub(n, Ordering::Relaxed);
+            false
+        }
+    }
+
+    fn enqueue(&self, q: Queued) -> bool {
+        match self.tx.try_send(q) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(jid = %self.jid, "outbound queue full; closing the session");
-                self.close(
-                    StreamError::new(StreamCondition::PolicyViolation)
-                        .with_text("too many unread stanzas"),
-                );
+                self.overflow();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    fn overflow(&self) {
+        tracing::warn!(jid = %self.jid, "outbound queue full; closing the session");
+        self.close(
+            StreamError::new(StreamCondition::PolicyViolation).with_text("too many unread stanzas"),
+        );
     }
 
     /// Asks the session's task to end the stream with `err`. The first reason wins.
@@ -218,5 +296,43 @@ impl SessionRegistry {
             .values()
             .map(Vec::len)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: usize) -> Element {
+        Element::new("message", "jabber:client").with_attr("id", i.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_burst_takes_one_slot_and_keeps_its_order() {
+        let jid = FullJid::parse("a@example/r").unwrap();
+        let (h, mut out) = SessionHandle::new(jid, 2, 100);
+        assert!(h.send(msg(0)));
+        assert!(h.send_burst((1..=50).map(msg).collect()));
+        assert!(!h.closed().is_cancelled());
+        assert_eq!(out.recv().await.unwrap().len(), 1);
+        let burst = out.recv().await.unwrap();
+        let ids: Vec<_> = burst.iter().map(|m| m.attr("id").unwrap()).collect();
+        assert_eq!(ids, (1..=50).map(|i| i.to_string()).collect::<Vec<_>>());
+        // Taken off the queue: the allowance is free again.
+        assert!(h.send_burst((0..100).map(msg).collect()));
+        assert!(!h.closed().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn unread_bursts_beyond_the_allowance_close_the_session() {
+        let jid = FullJid::parse("a@example/r").unwrap();
+        let (h, _out) = SessionHandle::new(jid, 16, 100);
+        assert!(h.send_burst((0..60).map(msg).collect()));
+        assert!(!h.send_burst((0..60).map(msg).collect()));
+        assert!(h.closed().is_cancelled());
+        assert_eq!(
+            h.take_close_reason().map(|e| e.condition),
+            Some(StreamCondition::PolicyViolation)
+        );
     }
 }

@@ -1392,3 +1392,105 @@ async fn directory_finds_public_rooms() {
     let e = iq(&mut c, SERVICE, "get", &search_form("", "")).await;
     assert!(has_stanza_error(&e, "bad-request"), "{e}");
 }
+
+/// Issue #7: joining a room with more occupants than the session's
+/// outbound queue. The joiner's presences of everyone, the history and the
+/// subject arrive whole and in order, and the joiner stays connected.
+#[tokio::test]
+async fn join_burst_larger_than_the_outbound_queue() {
+    const QUEUE: usize = 64;
+    const CROWD: usize = 200;
+    const HISTORY: usize = 20;
+    let s = TestServer::start_with(&format!(
+        "[limits]\noutbound_queue = {QUEUE}\nmax_connections_per_ip = 1000\nmax_resources = 1000\n"
+    ))
+    .await;
+    s.user("crowd").await;
+    let room_jid = room("stadium");
+    let mut host = connect(&s, "host").await;
+    create(&mut host, &room_jid, "host", &[]).await;
+    // The crowd: one account, one session per nick, logged in and joined
+    // a few at a time (each step has a deadline on a 2-core machine).
+    let mut crowd = Vec::new();
+    for chunk in (0..CROWD).collect::<Vec<_>>().chunks(20) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let (port, room_jid) = (s.c2s, room_jid.clone());
+            tasks.spawn(async move {
+                let mut c = Client::connect_plain(port).await;
+                c.open_stream().await;
+                c.starttls().await;
+                c.auth_scram_sha256("crowd", &password("crowd")).await;
+                c.bind(Some(&format!("r{i}"))).await;
+                join(&mut c, &room_jid, &format!("c{i}")).await;
+                c
+            });
+        }
+        while let Some(c) = tasks.join_next().await {
+            crowd.push(c.expect("a crowd member joins"));
+        }
+    }
+    let joined = host.sync().await;
+    assert_eq!(joined.len(), CROWD, "the host saw every crowd member join");
+    for i in 0..HISTORY {
+        say(
+            &mut host,
+            &room_jid,
+            &format!("h{i}"),
+            &format!("history {i}"),
+        )
+        .await;
+        expect_body(
+            &mut host,
+            &format!("{room_jid}/host"),
+            &format!("history {i}"),
+        )
+        .await;
+    }
+    host.send(&format!(
+        "<message to='{room_jid}' type='groupchat'><subject>Full house</subject></message>"
+    ))
+    .await;
+    host.expect_with("the subject", is_subject).await;
+
+    s.user("late").await;
+    let mut late = s.login("late", "r").await;
+    let got = join(&mut late, &room_jid, "late").await;
+    // Everyone else (crowd and host), itself, the history, the subject.
+    assert_eq!(got.len(), CROWD + 1 + 1 + HISTORY + 1, "join burst size");
+    let others: std::collections::HashSet<&str> = got[..CROWD + 1]
+        .iter()
+        .map(|p| {
+            assert_eq!(p.name, "presence", "{p}");
+            p.attr("from").expect("from")
+        })
+        .collect();
+    assert_eq!(others.len(), CROWD + 1, "one presence per other occupant");
+    assert!(others.contains(format!("{room_jid}/host").as_str()));
+    assert!(others.contains(format!("{room_jid}/c{}", CROWD - 1).as_str()));
+    let own = &got[CROWD + 1];
+    assert_eq!(own.attr("from"), Some(format!("{room_jid}/late").as_str()));
+    assert!(codes(own).contains(&"110".to_string()), "{own}");
+    for (i, m) in got[CROWD + 2..CROWD + 2 + HISTORY].iter().enumerate() {
+        assert_eq!(
+            m.child("body", ns::CLIENT).map(Element::text),
+            Some(format!("history {i}")),
+            "{m}"
+        );
+    }
+    let subject = got.last().expect("subject");
+    assert_eq!(
+        subject
+            .child("subject", ns::CLIENT)
+            .map(Element::text)
+            .as_deref(),
+        Some("Full house")
+    );
+    // Still connected and usable, and live traffic follows the burst.
+    late.sync().await;
+    say(&mut host, &room_jid, "live", "after the burst").await;
+    expect_body(&mut late, &format!("{room_jid}/host"), "after the burst").await;
+    // A burst does not excuse a session that stops reading: the queue
+    // bound still holds for ordinary stanzas (hardening.rs covers that).
+    drop(crowd);
+}

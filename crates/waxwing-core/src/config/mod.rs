@@ -54,6 +54,8 @@ pub struct Config {
     pub max_attributes: usize,
     pub auth_timeout: Duration,
     pub outbound_queue: usize,
+    /// Stanzas one session may have waiting in bursts (`SessionHandle::send_burst`).
+    pub outbound_burst: usize,
     pub offline_quota: u32,
     pub max_resources: usize,
     pub max_connections_per_ip: u32,
@@ -292,6 +294,7 @@ impl Config {
             ("max_attributes", l.max_attributes as u64),
             ("auth_timeout_secs", l.auth_timeout_secs),
             ("outbound_queue", l.outbound_queue as u64),
+            ("outbound_burst", l.outbound_burst as u64),
             ("max_resources", l.max_resources as u64),
             (
                 "max_failures_per_stream",
@@ -371,6 +374,7 @@ impl Config {
             max_attributes: l.max_attributes,
             auth_timeout: Duration::from_secs(l.auth_timeout_secs),
             outbound_queue: l.outbound_queue,
+            outbound_burst: l.outbound_burst,
             offline_quota: f.limits.offline_quota,
             max_resources: l.max_resources,
             max_connections_per_ip: l.max_connections_per_ip,

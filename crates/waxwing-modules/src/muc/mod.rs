@@ -294,6 +294,7 @@ impl MucService {
                 tracing::error!(%room, error = %e, "removing a destroyed room's archive failed");
             }
         }
+        cx.route_burst(fx.burst).await;
         for s in fx.out {
             cx.route(s).await;
         }

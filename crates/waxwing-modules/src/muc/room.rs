@@ -67,6 +67,10 @@ pub enum Persist {
 pub struct Effects {
     /// Stanzas to route, in order.
     pub out: Vec<Element>,
+    /// Stanzas for one session that go out together, before `out`: a
+    /// joiner's presences of everyone, history and subject (one queue
+    /// entry however large the room, see `Cx::route_burst`).
+    pub burst: Vec<Element>,
     /// The answer to an IQ: routed after the store writes succeed.
     pub reply: Option<Element>,
     pub persist: Vec<Persist>,
@@ -498,6 +502,13 @@ impl Room {
             .with_attr("id", crate::stanza_id("subject"));
         subject.push_child(text_child("subject", ns::CLIENT, &self.subject));
         fx.out.push(subject);
+        // What the joiner gets is one burst; the others' copies fan out.
+        let to = from.to_string();
+        let (burst, others) = std::mem::take(&mut fx.out)
+            .into_iter()
+            .partition(|s| s.attr("to") == Some(to.as_str()));
+        fx.burst = burst;
+        fx.out = others;
         Ok(fx)
     }
 

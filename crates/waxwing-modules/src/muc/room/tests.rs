@@ -59,8 +59,9 @@ fn codes(p: &Element) -> Vec<String> {
 }
 
 fn to<'a>(fx: &'a Effects, who: &str) -> Vec<&'a Element> {
-    fx.out
+    fx.burst
         .iter()
+        .chain(&fx.out)
         .filter(|e| e.attr("to") == Some(who))
         .collect()
 }
@@ -588,4 +589,29 @@ fn fan_out_is_linear() {
     assert_eq!(fx.out.len(), 90);
     let fx = r.leave(&full("u1@example/r"), None);
     assert_eq!(fx.out.len(), 90, "89 others and the leaver itself");
+}
+
+#[test]
+fn join_burst_is_everything_for_the_joiner_only() {
+    let mut r = room();
+    for i in 0..10 {
+        join(&mut r, &format!("u{i}@example/r"), &format!("u{i}"));
+    }
+    let fx = join(&mut r, "late@example/r", "late");
+    // 10 presences of the others, the own presence, the subject: in order.
+    assert_eq!(fx.burst.len(), 12);
+    assert!(
+        fx.burst
+            .iter()
+            .all(|s| s.attr("to") == Some("late@example/r"))
+    );
+    assert_eq!(codes(&fx.burst[10]), ["110"]);
+    assert!(fx.burst[11].child("subject", ns::CLIENT).is_some());
+    // Each other occupant gets the newcomer's presence, and only that.
+    assert_eq!(fx.out.len(), 10);
+    assert!(
+        fx.out
+            .iter()
+            .all(|s| s.attr("to") != Some("late@example/r"))
+    );
 }
