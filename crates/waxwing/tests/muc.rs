@@ -799,6 +799,16 @@ async fn self_ping_and_occupant_ids() {
     )
     .await;
     assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
+    // Nor is anyone joined to a room that does not exist (not item-not-found,
+    // which a self-pinging client reads as "joined, renamed").
+    let r = iq(
+        &mut b,
+        &format!("{}/hag", room("vanished")),
+        "get",
+        &format!("<ping xmlns='{}'/>", ns::PING),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
 
     let got = join(&mut b, &coven, "hag").await;
     let crone_id = got[0]

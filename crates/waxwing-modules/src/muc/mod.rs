@@ -664,7 +664,11 @@ impl MucService {
             let rooms = self.lock();
             match rooms.get(&room) {
                 Some(r) => r.iq_to_occupant(from, nick, &iq),
-                None => Err(StanzaError::cancel(Condition::ItemNotFound)),
+                // Nobody is joined to a room that does not exist. Not
+                // item-not-found: to a XEP-0410 self-ping that means "joined,
+                // but renamed", and a client whose temporary room vanished
+                // (a restart) would never rejoin.
+                None => Err(StanzaError::modify(Condition::NotAcceptable)),
             }
         };
         match res {
