@@ -296,6 +296,10 @@ async def test_reserved_room_configuration_form_round_trip(server, xmpp):
     assert info["muc#roominfo_lang"] == ["en"], info
     assert info["muc#roominfo_occupants"] == ["1"], info
     assert info["muc#roomconfig_changesubject"] == ["0"], info
+    assert info["muc#roominfo_subjectmod"] == ["0"], info
+    assert info["muc#roomconfig_roomname"] == ["Reading Room"], info
+    assert info["muc#roominfo_subject"] == [""], info
+    assert info["muc#roominfo_contactjid"] == [ALICE], info
 
     # Non-anonymous and logged: a joiner is told so (100, 170); moderated:
     # a newcomer without affiliation is a visitor.
@@ -374,6 +378,16 @@ async def test_join_leave_nick_conflict_and_nick_change(server, xmpp):
     err = await bob.messages.expect(lambda m: m["type"] == "error" and m["id"] == msg["id"],
                                     "(error for a non-occupant's groupchat)")
     assert err["error"]["condition"] == "not-acceptable", err
+    # A presence update (no <x/>) from someone not in the room is a client
+    # out of sync: answered with a kick (110, 307, 333), not a silent join.
+    bob.x.send_presence(pto=f"{r}/robert", pshow="away")
+    kick = await expect_muc_presence(bob, r, "robert", lambda p: p.xml.get("type") == "unavailable"
+                                     and 333 in codes(p))
+    assert {110, 307, 333} <= codes(kick), kick
+    await barrier(bob, carol)
+    assert not carol.presences.matching(
+        lambda p: str(p["from"]) == f"{r}/robert" and p.xml.get("type") is None
+        and p["show"] == "away"), "the out-of-sync presence joined the room"
 
 
 async def test_history_on_join_honours_maxstanzas_maxchars_seconds_since(server, xmpp):

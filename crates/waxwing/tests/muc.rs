@@ -1504,3 +1504,49 @@ async fn join_burst_larger_than_the_outbound_queue() {
     // bound still holds for ordinary stanzas (hardening.rs covers that).
     drop(crowd);
 }
+
+/// XEP-0045 §7.2.1: available presence without `<x/>` from a non-occupant
+/// is a client out of sync, answered with a kick (110, 307, 333), never a
+/// silent join nor the creation of a room.
+#[tokio::test]
+async fn presence_without_x_from_a_non_occupant_is_a_kick() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    for target in [coven.clone(), room("nowhere")] {
+        b.send(&format!(
+            "<presence to='{target}/hag'><show>away</show></presence>"
+        ))
+        .await;
+        let p = b.expect_with("the kick", |e| e.name == "presence").await;
+        assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+        assert_eq!(p.attr("from"), Some(format!("{target}/hag").as_str()));
+        assert_eq!(codes(&p), ["110", "307", "333"], "{p}");
+        assert_eq!(item(&p).attr("role"), Some("none"));
+    }
+    // Nothing happened in the room, and no room was created.
+    b.sync().await;
+    a.sync().await;
+    let r = iq(
+        &mut b,
+        &room("nowhere"),
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "item-not-found"), "{r}");
+    // An occupant's own presence updates (no <x/>) are fine.
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    b.send(&format!(
+        "<presence to='{coven}/hag'><show>away</show></presence>"
+    ))
+    .await;
+    let p = a
+        .expect_with("hag's update", |e| e.name == "presence")
+        .await;
+    assert_eq!(p.attr("type"), None, "{p}");
+    assert!(p.child("show", ns::CLIENT).is_some(), "{p}");
+}

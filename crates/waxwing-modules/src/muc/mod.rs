@@ -372,8 +372,8 @@ impl MucService {
         let now = SystemTime::now();
         let ty = p.attr("type");
         if ty == Some("error") {
-            // The occupant's client bounced something: it is gone (§7.14 practice).
-            let fx = self.with_room(&room, |r| Ok(r.leave(from, None)));
+            // The occupant's client bounced something: it is gone (§16.1).
+            let fx = self.with_room(&room, |r| Ok(r.remove_after_error(from)));
             if let Ok(fx) = fx {
                 self.apply(cx, &room, fx, &p).await;
             }
@@ -381,6 +381,15 @@ impl MucService {
         }
         if !matches!(ty, None | Some("unavailable")) {
             return;
+        }
+        if ty.is_none() && p.child("x", NS_MUC).is_none() {
+            let joined = self
+                .lock()
+                .get(&room)
+                .is_some_and(|r| r.occupant_of(from).is_some());
+            if !joined {
+                return cx.route(room::not_in_room(&room, nick, from)).await;
+            }
         }
         let result = 'locked: {
             let mut rooms = self.lock();
@@ -403,9 +412,9 @@ impl MucService {
                                 reason: None,
                             },
                         );
-                        // §10.1.2: a MUC-aware client gets a locked room until it
-                        // configures it; a legacy one gets an instant room.
-                        r.locked = p.child("x", NS_MUC).is_some();
+                        // §10.1.1: locked until the owner configures it (only a
+                        // MUC-aware join, with <x/>, gets this far).
+                        r.locked = true;
                         rooms.insert(room.clone(), r);
                         true
                     }

@@ -615,3 +615,20 @@ fn join_burst_is_everything_for_the_joiner_only() {
             .all(|s| s.attr("to") != Some("late@example/r"))
     );
 }
+
+#[test]
+fn an_error_from_an_occupant_removes_it_with_333() {
+    let mut r = room();
+    join(&mut r, "crone@example/a", "crone");
+    join(&mut r, "hag@example/b", "hag");
+    let fx = r.remove_after_error(&full("hag@example/b"));
+    assert!(r.occupant("hag").is_none());
+    let seen = to(&fx, "crone@example/a");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].attr("type"), Some("unavailable"));
+    assert_eq!(codes(seen[0]), ["333"]);
+    let own = to(&fx, "hag@example/b");
+    assert_eq!(codes(own[0]), ["110", "333"]);
+    // Not an occupant: nothing happens.
+    assert!(r.remove_after_error(&full("hag@example/b")).out.is_empty());
+}
