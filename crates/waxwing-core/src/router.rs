@@ -117,7 +117,8 @@ impl Server {
     /// history, the subject). To a local session they go as one burst
     /// ([`SessionHandle::send_burst`]) after the `Inbound` hooks, so a
     /// burst larger than the session's queue neither overflows it nor
-    /// interleaves with other traffic; anywhere else each is routed alone.
+    /// interleaves with other traffic; to a remote domain as one entry of
+    /// the s2s pair's queue; anywhere else each is routed alone.
     pub fn route_burst(self: Arc<Self>, stanzas: Vec<Element>) -> BoxFuture {
         Box::pin(async move {
             let Some(first) = stanzas.first() else {
@@ -133,6 +134,14 @@ impl Server {
                 .and_then(Jid::as_full)
                 .and_then(|f| self.sessions.get(f));
             let same_to = stanzas.iter().all(|s| s.attr("to") == first.attr("to"));
+            let remote = to.as_ref().is_some_and(|to| {
+                !self.config.is_local_host(to.domain())
+                    && !self.registry.services.contains_key(to.domain())
+            });
+            if remote && same_to {
+                // One entry of the pair's queue, like a session's burst.
+                return self.s2s.send_burst(&self, stanzas);
+            }
             let Some(session) = session.filter(|_| same_to) else {
                 for s in stanzas {
                     self.clone().route(s).await;

@@ -2,14 +2,15 @@
 //! registry of who is online.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::stanza::{StreamCondition, StreamError};
 use waxwing_proto::xml::Element;
+
+use crate::queue::{Outbox, Outq, Refused, outbound};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -40,55 +41,12 @@ pub enum SessionFlag {
     Reserved = 1 << 31,
 }
 
-/// One entry of a session's outbound queue.
-#[derive(Debug)]
-pub(crate) enum Queued {
-    One(Element),
-    /// Stanzas that go out together and in this order; see
-    /// [`SessionHandle::send_burst`].
-    Burst(Vec<Element>),
-}
-
-/// The receiving end of a session's queue, read by its connection task.
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    rx: mpsc::Receiver<Queued>,
-    in_bursts: Arc<AtomicUsize>,
-}
-
-impl Outbox {
-    /// The next entry's stanzas. Cancel-safe: nothing is awaited after the
-    /// entry is taken.
-    pub(crate) async fn recv(&mut self) -> Option<Vec<Element>> {
-        let q = self.rx.recv().await?;
-        Some(self.unpack(q))
-    }
-
-    pub(crate) fn try_recv(&mut self) -> Option<Vec<Element>> {
-        let q = self.rx.try_recv().ok()?;
-        Some(self.unpack(q))
-    }
-
-    fn unpack(&self, q: Queued) -> Vec<Element> {
-        match q {
-            Queued::One(el) => vec![el],
-            Queued::Burst(v) => {
-                self.in_bursts.fetch_sub(v.len(), Ordering::Relaxed);
-                v
-            }
-        }
-    }
-}
-
 /// The one way other tasks reach a bound client session.
 #[derive(Debug)]
 pub struct SessionHandle {
     pub id: u64,
     pub jid: FullJid,
-    tx: mpsc::Sender<Queued>,
-    /// Stanzas queued inside bursts, and how many may be.
-    in_bursts: Arc<AtomicUsize>,
-    burst_limit: usize,
+    queue: Outq,
     closed: CancellationToken,
     close_reason: Mutex<Option<StreamError>>,
     presence: Mutex<PresenceState>,
@@ -99,27 +57,24 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     pub(crate) fn new(jid: FullJid, queue: usize, burst_limit: usize) -> (Arc<Self>, Outbox) {
-        let (tx, rx) = mpsc::channel(queue);
-        let in_bursts = Arc::new(AtomicUsize::new(0));
+        let (queue, outbox) = outbound(queue, burst_limit);
         let handle = SessionHandle {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
             jid,
-            tx,
-            in_bursts: in_bursts.clone(),
-            burst_limit,
+            queue,
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             presence: Mutex::new(PresenceState::default()),
             interested: AtomicBool::new(false),
             flags: AtomicU32::new(0),
         };
-        (Arc::new(handle), Outbox { rx, in_bursts })
+        (Arc::new(handle), outbox)
     }
 
     /// Queues a stanza without waiting. A session whose queue is full is not
     /// reading: it is closed rather than buffered without bound.
     pub fn send(&self, stanza: Element) -> bool {
-        self.enqueue(Queued::One(stanza))
+        self.accepted(self.queue.push(stanza))
     }
 
     /// Queues stanzas that belong together — a group chat join's presence
@@ -129,40 +84,22 @@ impl SessionHandle {
     /// against their own allowance (`limits.outbound_burst`); a session
     /// with more unread than that is closed, like one with a full queue.
     pub fn send_burst(&self, stanzas: Vec<Element>) -> bool {
-        let n = stanzas.len();
-        if n <= 1 {
-            return stanzas.into_iter().all(|s| self.send(s));
-        }
-        let before = self.in_bursts.fetch_add(n, Ordering::Relaxed);
-        if before + n > self.burst_limit {
-            self.in_bursts.fetch_sub(n, Ordering::Relaxed);
-            self.overflow();
-            return false;
-        }
-        if self.enqueue(Queued::Burst(stanzas)) {
-            true
-        } else {
-            self.in_bursts.fetch_sub(n, Ordering::Relaxed);
-            false
-        }
+        self.accepted(self.queue.push_burst(stanzas))
     }
 
-    fn enqueue(&self, q: Queued) -> bool {
-        match self.tx.try_send(q) {
+    fn accepted(&self, r: Result<(), Refused>) -> bool {
+        match r {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow();
+            Err(Refused::Full(_)) => {
+                tracing::warn!(jid = %self.jid, "outbound queue full; closing the session");
+                self.close(
+                    StreamError::new(StreamCondition::PolicyViolation)
+                        .with_text("too many unread stanzas"),
+                );
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed(_)) => false,
         }
-    }
-
-    fn overflow(&self) {
-        tracing::warn!(jid = %self.jid, "outbound queue full; closing the session");
-        self.close(
-            StreamError::new(StreamCondition::PolicyViolation).with_text("too many unread stanzas"),
-        );
     }
 
     /// Asks the session's task to end the stream with `err`. The first reason wins.

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError, StreamCondition, StreamError};
 use waxwing_proto::xml::{Element, Limits, StreamEvent};
 
 use crate::config::DialbackPolicy;
+use crate::queue::{Outbox, Outq};
 use crate::router::Server;
 use crate::s2s::dialback;
 use crate::s2s::resolve::{self, Target};
@@ -68,12 +68,7 @@ enum End {
 
 /// The task of one domain pair. `tx` is the sender the manager holds, so
 /// the task can remove exactly its own entry when it ends.
-pub(crate) async fn run(
-    server: Arc<Server>,
-    pair: Pair,
-    tx: mpsc::Sender<Element>,
-    mut rx: mpsc::Receiver<Element>,
-) {
+pub(crate) async fn run(server: Arc<Server>, pair: Pair, tx: Outq, mut rx: Outbox) {
     let span = tracing::info_span!("s2s_out", local = %pair.0, remote = %pair.1);
     async {
         let (local, remote) = (&pair.0, &pair.1);
@@ -100,8 +95,8 @@ pub(crate) async fn run(
         rx.close();
         server.s2s.forget(&pair, &tx);
         let mut left = Vec::new();
-        while let Ok(el) = rx.try_recv() {
-            left.push(el);
+        while let Some(els) = rx.try_recv() {
+            left.extend(els);
         }
         match end {
             Err(f) => {
@@ -511,7 +506,7 @@ impl Outgoing {
     }
 
     /// Writes the queue until the stream ends.
-    async fn session(mut self, server: &Arc<Server>, rx: &mut mpsc::Receiver<Element>) -> End {
+    async fn session(mut self, server: &Arc<Server>, rx: &mut Outbox) -> End {
         let idle = server.config.s2s.idle_timeout;
         let mut last = tokio::time::Instant::now();
         let mut buf = [0u8; READ_CHUNK];
@@ -551,19 +546,20 @@ impl Outgoing {
                     return End::Shutdown;
                 }
                 first = rx.recv() => {
-                    let Some(first) = first else {
+                    let Some(mut batch) = first else {
                         self.wire.close(None).await;
                         return End::Closed;
                     };
-                    let mut out = String::new();
-                    to_server_ns(first).write_to(&mut out, ns::SERVER);
-                    let mut n = 1;
-                    while n < WRITE_BATCH {
+                    // A burst may be larger than a batch: it goes out whole.
+                    while batch.len() < WRITE_BATCH {
                         match rx.try_recv() {
-                            Ok(el) => to_server_ns(el).write_to(&mut out, ns::SERVER),
-                            Err(_) => break,
+                            Some(els) => batch.extend(els),
+                            None => break,
                         }
-                        n += 1;
+                    }
+                    let mut out = String::new();
+                    for el in batch {
+                        to_server_ns(el).write_to(&mut out, ns::SERVER);
                     }
                     if let Err(e) = self.wire.write(&out).await {
                         tracing::info!(error = %e, "outgoing s2s write failed");
