@@ -390,6 +390,24 @@ async def test_join_leave_nick_conflict_and_nick_change(server, xmpp):
         and p["show"] == "away"), "the out-of-sync presence joined the room"
 
 
+async def test_an_error_from_an_occupant_removes_it_with_333(server, xmpp):
+    """§16.1: a session that answers the room with an error is gone."""
+    srv = server(users=USERS)
+    alice = await user(xmpp, srv, ALICE)
+    bob = await user(xmpp, srv, BOB)
+    r = room("flaky")
+    await create(alice, r, "alice")
+    await join(bob, r, "bob")
+    bob.x.send_presence(pto=f"{r}/bob", ptype="error")
+    gone = await expect_muc_presence(alice, r, "bob", lambda p: p.xml.get("type") == "unavailable")
+    assert 333 in codes(gone) and item(gone).get("role") == "none", gone
+    # It is no longer an occupant.
+    msg = await say(bob, r, "am I here?")
+    err = await bob.messages.expect(lambda m: m["type"] == "error" and m["id"] == msg["id"],
+                                    "(error for a removed occupant)")
+    assert err["error"]["condition"] == "not-acceptable", err
+
+
 async def test_history_on_join_honours_maxstanzas_maxchars_seconds_since(server, xmpp):
     srv = server(users=USERS)
     alice = await user(xmpp, srv, ALICE)
@@ -416,6 +434,9 @@ async def test_history_on_join_honours_maxstanzas_maxchars_seconds_since(server,
     assert await history(maxstanzas=2) == bodies[-2:]
     assert await history(maxstanzas=0) == []
     assert await history(maxchars=0) == []
+    assert await history(maxchars=1) == [], "no stanza fits in one character"
+    assert await history(maxchars=100_000) == bodies
+    assert await history(maxstanzas=3, seconds=3600) == bodies[-3:], "limits combine"
     assert await history(seconds=3600) == bodies
     assert await history(seconds=0) == []
     now = dt.datetime.now(dt.timezone.utc)
