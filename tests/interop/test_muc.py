@@ -351,7 +351,6 @@ async def test_join_leave_nick_conflict_and_nick_change(server, xmpp):
     # §7.2.9: a nickname in use by someone else is a conflict (409).
     err = await join_refused(carol, r, "bob")
     assert err.condition == "conflict" and err.etype == "cancel", err.presence
-    assert err.presence["error"]["code"] in ("409", ""), err.presence
 
     # §7.6: nick change: unavailable with 303 and the new nick, then available.
     carol_own, *_ = await join(carol, r, "carol")
