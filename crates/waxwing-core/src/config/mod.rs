@@ -54,7 +54,8 @@ pub struct Config {
     pub max_attributes: usize,
     pub auth_timeout: Duration,
     pub outbound_queue: usize,
-    /// Stanzas one session may have waiting in bursts (`SessionHandle::send_burst`).
+    /// Stanzas one session (or s2s domain pair) may have waiting in bursts
+    /// (`SessionHandle::send_burst`, `S2sManager::send_burst`).
     pub outbound_burst: usize,
     pub offline_quota: u32,
     pub max_resources: usize,
