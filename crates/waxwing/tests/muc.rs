@@ -1550,3 +1550,62 @@ async fn presence_without_x_from_a_non_occupant_is_a_kick() {
     assert_eq!(p.attr("type"), None, "{p}");
     assert!(p.child("show", ns::CLIENT).is_some(), "{p}");
 }
+
+/// Fan-out never waits for an occupant: one whose queue fills (here a
+/// stream-managed session detached by a broken connection, which reads
+/// nothing) is disconnected and leaves the room, while everyone else
+/// gets every message.
+#[tokio::test]
+async fn a_stalled_occupant_does_not_stall_the_room() {
+    const SM: &str = "urn:xmpp:sm:3";
+    let s = TestServer::start_with("[limits]\noutbound_queue = 16\n").await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    let mut stalled = connect(&s, "imp").await;
+    stalled
+        .send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    stalled
+        .expect_with("<enabled/>", |e| e.is("enabled", SM))
+        .await;
+    join(&mut stalled, &coven, "imp").await;
+    a.expect(&format!("<presence from='{coven}/imp'/>")).await;
+    b.expect(&format!("<presence from='{coven}/imp'/>")).await;
+    // Detached, waiting for a resumption: its queue is no longer read.
+    stalled.drop_abruptly();
+    // Rounds of 10 (the test runtime has one thread: the readers' sessions
+    // only drain their queues between rounds), 40 in all: more than the
+    // stalled session's queue holds.
+    let mut bodies = Vec::new();
+    let mut imp_left = false;
+    for round in 0..4 {
+        for i in round * 10..round * 10 + 10 {
+            say(&mut a, &coven, &format!("m{i}"), &format!("message {i}")).await;
+        }
+        while bodies.len() < round * 10 + 10 {
+            let e = b.next("the round's messages").await;
+            match e.name.as_str() {
+                "message" => bodies.push(e.child("body", ns::CLIENT).map(Element::text).unwrap()),
+                "presence" => {
+                    assert_eq!(e.attr("from"), Some(format!("{coven}/imp").as_str()), "{e}");
+                    assert_eq!(e.attr("type"), Some("unavailable"), "{e}");
+                    imp_left = true;
+                }
+                _ => panic!("unexpected {e}"),
+            }
+        }
+    }
+    if !imp_left {
+        let p = b
+            .expect_with("imp's departure", |e| e.name == "presence")
+            .await;
+        assert_eq!(p.attr("from"), Some(format!("{coven}/imp").as_str()), "{p}");
+        assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+    }
+    let expected: Vec<String> = (0..40).map(|i| format!("message {i}")).collect();
+    assert_eq!(bodies, expected, "every message, in order");
+}
