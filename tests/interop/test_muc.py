@@ -41,7 +41,6 @@ SERVICE = "conference.localhost"
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_USER = f"{NS_MUC}#user"
-NS_OWNER = f"{NS_MUC}#owner"
 NS_ROOMCONFIG = f"{NS_MUC}#roomconfig"
 NS_REQUEST = f"{NS_MUC}#request"
 NS_DATA = "jabber:x:data"
