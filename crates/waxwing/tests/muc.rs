@@ -1500,6 +1500,42 @@ async fn join_burst_larger_than_the_outbound_queue() {
     late.sync().await;
     say(&mut host, &room_jid, "live", "after the burst").await;
     expect_body(&mut late, &format!("{room_jid}/host"), "after the burst").await;
+    // With stream management the whole burst is in flight, unacknowledged,
+    // at once: more than the queue, still within the limit.
+    const SM: &str = "urn:xmpp:sm:3";
+    s.user("acker").await;
+    let mut acker = s.login("acker", "r").await;
+    acker.send(&format!("<enable xmlns='{SM}'/>")).await;
+    acker
+        .expect_with("<enabled/>", |e| e.is("enabled", SM))
+        .await;
+    acker
+        .send(&format!(
+            "<presence to='{room_jid}/acker'><x xmlns='{MUC}'/></presence>"
+        ))
+        .await;
+    let mut stanzas = 0;
+    loop {
+        let e = acker.next("the join burst, with SM").await;
+        if e.ns == SM {
+            continue;
+        }
+        assert_ne!(e.attr("type"), Some("error"), "{e}");
+        stanzas += 1;
+        if is_subject(&e) {
+            break;
+        }
+    }
+    // The crowd, host and late; itself; the history and the live message; the subject.
+    assert_eq!(
+        stanzas,
+        (CROWD + 2) + 1 + (HISTORY + 1) + 1,
+        "join burst size with SM"
+    );
+    acker
+        .send(&format!("<a xmlns='{SM}' h='{stanzas}'/>"))
+        .await;
+    acker.sync().await;
     // A burst does not excuse a session that stops reading: the queue
     // bound still holds for ordinary stanzas (hardening.rs covers that).
     drop(crowd);
