@@ -357,6 +357,12 @@ impl Cx {
         self.server.clone().route(stanza).await;
     }
 
+    /// Routes stanzas to one full JID that must arrive together and in
+    /// order (see [`Server::route_burst`]).
+    pub async fn route_burst(&self, stanzas: Vec<Element>) {
+        self.server.clone().route_burst(stanzas).await;
+    }
+
     /// Answers `stanza` with an error, unless it is itself an error.
     pub async fn bounce(&self, stanza: &Element, err: StanzaError) {
         self.server.clone().bounce(stanza, err).await;

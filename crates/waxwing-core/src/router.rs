@@ -112,6 +112,74 @@ impl Server {
         })
     }
 
+    /// Routes stanzas that are all addressed to the same full JID and
+    /// belong together (a group chat join: every occupant's presence, the
+    /// history, the subject). To a local session they go as one burst
+    /// ([`SessionHandle::send_burst`]) after the `Inbound` hooks, so a
+    /// burst larger than the session's queue neither overflows it nor
+    /// interleaves with other traffic; to a remote domain as one entry of
+    /// the s2s pair's queue; anywhere else each is routed alone.
+    pub fn route_burst(self: Arc<Self>, stanzas: Vec<Element>) -> BoxFuture {
+        Box::pin(async move {
+            let Some(first) = stanzas.first() else {
+                return;
+            };
+            let to = first.attr("to").and_then(|t| Jid::parse(t).ok());
+            let session = to
+                .as_ref()
+                .filter(|to| {
+                    self.config.is_local_host(to.domain())
+                        && !self.registry.services.contains_key(to.domain())
+                })
+                .and_then(Jid::as_full)
+                .and_then(|f| self.sessions.get(f));
+            let same_to = stanzas.iter().all(|s| s.attr("to") == first.attr("to"));
+            let remote = to.as_ref().is_some_and(|to| {
+                !self.config.is_local_host(to.domain())
+                    && !self.registry.services.contains_key(to.domain())
+            });
+            if remote && same_to {
+                // One entry of the pair's queue, like a session's burst.
+                return self.s2s.send_burst(&self, stanzas);
+            }
+            let Some(session) = session.filter(|_| same_to) else {
+                for s in stanzas {
+                    self.clone().route(s).await;
+                }
+                return;
+            };
+            let cx = Cx::new(self.clone(), None);
+            let mut kept = Vec::with_capacity(stanzas.len());
+            for mut s in stanzas {
+                if stanza::kind(&s).is_some()
+                    && self.run_hooks(Hook::Inbound, &cx, &mut s).await == Flow::Continue
+                {
+                    kept.push(s);
+                }
+            }
+            let messages: Vec<Element> = kept
+                .iter()
+                .filter(|s| s.name == "message")
+                .cloned()
+                .collect();
+            if !session.send_burst(kept) {
+                return;
+            }
+            for message in messages {
+                let recipients = vec![session.jid.clone()];
+                self.clone()
+                    .emit(
+                        None,
+                        Event::MessageDelivered {
+                            message,
+                            recipients,
+                        },
+                    )
+                    .await;
+            }
+        })
+    }
+
     /// Answers `stanza` with an error, unless it is an error or an IQ result
     /// (errors about errors would loop).
     pub fn bounce(self: Arc<Self>, stanza: &Element, err: StanzaError) -> BoxFuture {

@@ -799,6 +799,16 @@ async fn self_ping_and_occupant_ids() {
     )
     .await;
     assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
+    // Nor is anyone joined to a room that does not exist (not item-not-found,
+    // which a self-pinging client reads as "joined, renamed").
+    let r = iq(
+        &mut b,
+        &format!("{}/hag", room("vanished")),
+        "get",
+        &format!("<ping xmlns='{}'/>", ns::PING),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
 
     let got = join(&mut b, &coven, "hag").await;
     let crone_id = got[0]
@@ -1391,4 +1401,247 @@ async fn directory_finds_public_rooms() {
     // Neither terms nor `all`.
     let e = iq(&mut c, SERVICE, "get", &search_form("", "")).await;
     assert!(has_stanza_error(&e, "bad-request"), "{e}");
+}
+
+/// Issue #7: joining a room with more occupants than the session's
+/// outbound queue. The joiner's presences of everyone, the history and the
+/// subject arrive whole and in order, and the joiner stays connected.
+#[tokio::test]
+async fn join_burst_larger_than_the_outbound_queue() {
+    const QUEUE: usize = 64;
+    const CROWD: usize = 200;
+    const HISTORY: usize = 20;
+    let s = TestServer::start_with(&format!(
+        "[limits]\noutbound_queue = {QUEUE}\nmax_connections_per_ip = 1000\nmax_resources = 1000\n"
+    ))
+    .await;
+    s.user("crowd").await;
+    let room_jid = room("stadium");
+    let mut host = connect(&s, "host").await;
+    create(&mut host, &room_jid, "host", &[]).await;
+    // The crowd: one account, one session per nick, logged in and joined
+    // a few at a time (each step has a deadline on a 2-core machine).
+    let mut crowd = Vec::new();
+    for chunk in (0..CROWD).collect::<Vec<_>>().chunks(20) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let (port, room_jid) = (s.c2s, room_jid.clone());
+            tasks.spawn(async move {
+                let mut c = Client::connect_plain(port).await;
+                c.open_stream().await;
+                c.starttls().await;
+                c.auth_scram_sha256("crowd", &password("crowd")).await;
+                c.bind(Some(&format!("r{i}"))).await;
+                join(&mut c, &room_jid, &format!("c{i}")).await;
+                c
+            });
+        }
+        while let Some(c) = tasks.join_next().await {
+            crowd.push(c.expect("a crowd member joins"));
+        }
+    }
+    let joined = host.sync().await;
+    assert_eq!(joined.len(), CROWD, "the host saw every crowd member join");
+    for i in 0..HISTORY {
+        say(
+            &mut host,
+            &room_jid,
+            &format!("h{i}"),
+            &format!("history {i}"),
+        )
+        .await;
+        expect_body(
+            &mut host,
+            &format!("{room_jid}/host"),
+            &format!("history {i}"),
+        )
+        .await;
+    }
+    host.send(&format!(
+        "<message to='{room_jid}' type='groupchat'><subject>Full house</subject></message>"
+    ))
+    .await;
+    host.expect_with("the subject", is_subject).await;
+
+    s.user("late").await;
+    let mut late = s.login("late", "r").await;
+    let got = join(&mut late, &room_jid, "late").await;
+    // Everyone else (crowd and host), itself, the history, the subject.
+    assert_eq!(got.len(), CROWD + 1 + 1 + HISTORY + 1, "join burst size");
+    let others: std::collections::HashSet<&str> = got[..CROWD + 1]
+        .iter()
+        .map(|p| {
+            assert_eq!(p.name, "presence", "{p}");
+            p.attr("from").expect("from")
+        })
+        .collect();
+    assert_eq!(others.len(), CROWD + 1, "one presence per other occupant");
+    assert!(others.contains(format!("{room_jid}/host").as_str()));
+    assert!(others.contains(format!("{room_jid}/c{}", CROWD - 1).as_str()));
+    let own = &got[CROWD + 1];
+    assert_eq!(own.attr("from"), Some(format!("{room_jid}/late").as_str()));
+    assert!(codes(own).contains(&"110".to_string()), "{own}");
+    for (i, m) in got[CROWD + 2..CROWD + 2 + HISTORY].iter().enumerate() {
+        assert_eq!(
+            m.child("body", ns::CLIENT).map(Element::text),
+            Some(format!("history {i}")),
+            "{m}"
+        );
+    }
+    let subject = got.last().expect("subject");
+    assert_eq!(
+        subject
+            .child("subject", ns::CLIENT)
+            .map(Element::text)
+            .as_deref(),
+        Some("Full house")
+    );
+    // Still connected and usable, and live traffic follows the burst.
+    late.sync().await;
+    say(&mut host, &room_jid, "live", "after the burst").await;
+    expect_body(&mut late, &format!("{room_jid}/host"), "after the burst").await;
+    // With stream management the whole burst is in flight, unacknowledged,
+    // at once: more than the queue, still within the limit.
+    const SM: &str = "urn:xmpp:sm:3";
+    s.user("acker").await;
+    let mut acker = s.login("acker", "r").await;
+    acker.send(&format!("<enable xmlns='{SM}'/>")).await;
+    acker
+        .expect_with("<enabled/>", |e| e.is("enabled", SM))
+        .await;
+    acker
+        .send(&format!(
+            "<presence to='{room_jid}/acker'><x xmlns='{MUC}'/></presence>"
+        ))
+        .await;
+    let mut stanzas = 0;
+    loop {
+        let e = acker.next("the join burst, with SM").await;
+        if e.ns == SM {
+            continue;
+        }
+        assert_ne!(e.attr("type"), Some("error"), "{e}");
+        stanzas += 1;
+        if is_subject(&e) {
+            break;
+        }
+    }
+    // The crowd, host and late; itself; the history and the live message; the subject.
+    assert_eq!(
+        stanzas,
+        (CROWD + 2) + 1 + (HISTORY + 1) + 1,
+        "join burst size with SM"
+    );
+    acker
+        .send(&format!("<a xmlns='{SM}' h='{stanzas}'/>"))
+        .await;
+    acker.sync().await;
+    // A burst does not excuse a session that stops reading: the queue
+    // bound still holds for ordinary stanzas (hardening.rs covers that).
+    drop(crowd);
+}
+
+/// XEP-0045 §7.2.1: available presence without `<x/>` from a non-occupant
+/// is a client out of sync, answered with a kick (110, 307, 333), never a
+/// silent join nor the creation of a room.
+#[tokio::test]
+async fn presence_without_x_from_a_non_occupant_is_a_kick() {
+    let s = TestServer::start().await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    for target in [coven.clone(), room("nowhere")] {
+        b.send(&format!(
+            "<presence to='{target}/hag'><show>away</show></presence>"
+        ))
+        .await;
+        let p = b.expect_with("the kick", |e| e.name == "presence").await;
+        assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+        assert_eq!(p.attr("from"), Some(format!("{target}/hag").as_str()));
+        assert_eq!(codes(&p), ["110", "307", "333"], "{p}");
+        assert_eq!(item(&p).attr("role"), Some("none"));
+    }
+    // Nothing happened in the room, and no room was created.
+    b.sync().await;
+    a.sync().await;
+    let r = iq(
+        &mut b,
+        &room("nowhere"),
+        "get",
+        &format!("<query xmlns='{}'/>", ns::DISCO_INFO),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "item-not-found"), "{r}");
+    // An occupant's own presence updates (no <x/>) are fine.
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    b.send(&format!(
+        "<presence to='{coven}/hag'><show>away</show></presence>"
+    ))
+    .await;
+    let p = a
+        .expect_with("hag's update", |e| e.name == "presence")
+        .await;
+    assert_eq!(p.attr("type"), None, "{p}");
+    assert!(p.child("show", ns::CLIENT).is_some(), "{p}");
+}
+
+/// Fan-out never waits for an occupant: one whose queue fills (here a
+/// stream-managed session detached by a broken connection, which reads
+/// nothing) is disconnected and leaves the room, while everyone else
+/// gets every message.
+#[tokio::test]
+async fn a_stalled_occupant_does_not_stall_the_room() {
+    const SM: &str = "urn:xmpp:sm:3";
+    let s = TestServer::start_with("[limits]\noutbound_queue = 16\n").await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    let mut stalled = connect(&s, "imp").await;
+    stalled
+        .send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    stalled
+        .expect_with("<enabled/>", |e| e.is("enabled", SM))
+        .await;
+    join(&mut stalled, &coven, "imp").await;
+    a.expect(&format!("<presence from='{coven}/imp'/>")).await;
+    b.expect(&format!("<presence from='{coven}/imp'/>")).await;
+    // Detached, waiting for a resumption: its queue is no longer read.
+    stalled.drop_abruptly();
+    // Rounds of 10 (the test runtime has one thread: the readers' sessions
+    // only drain their queues between rounds), 40 in all: more than the
+    // stalled session's queue holds.
+    let mut bodies = Vec::new();
+    let mut imp_left = false;
+    for round in 0..4 {
+        for i in round * 10..round * 10 + 10 {
+            say(&mut a, &coven, &format!("m{i}"), &format!("message {i}")).await;
+        }
+        while bodies.len() < round * 10 + 10 {
+            let e = b.next("the round's messages").await;
+            match e.name.as_str() {
+                "message" => bodies.push(e.child("body", ns::CLIENT).map(Element::text).unwrap()),
+                "presence" => {
+                    assert_eq!(e.attr("from"), Some(format!("{coven}/imp").as_str()), "{e}");
+                    assert_eq!(e.attr("type"), Some("unavailable"), "{e}");
+                    imp_left = true;
+                }
+                _ => panic!("unexpected {e}"),
+            }
+        }
+    }
+    if !imp_left {
+        let p = b
+            .expect_with("imp's departure", |e| e.name == "presence")
+            .await;
+        assert_eq!(p.attr("from"), Some(format!("{coven}/imp").as_str()), "{p}");
+        assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+    }
+    let expected: Vec<String> = (0..40).map(|i| format!("message {i}")).collect();
+    assert_eq!(bodies, expected, "every message, in order");
 }

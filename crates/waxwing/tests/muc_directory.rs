@@ -215,3 +215,96 @@ async fn directory_lists_public_rooms_of_a_crawled_remote_service() {
         "a hidden room is listed: {rooms:?}"
     );
 }
+
+/// Issue #7 over federation: a remote user joining a room with more
+/// occupants than the s2s queue (`[s2s] max_queue`) gets every presence,
+/// its own and the subject, and stays in the room (the burst is one entry
+/// of the pair's queue, not bounced in part).
+#[tokio::test]
+async fn a_remote_joiner_gets_a_join_burst_larger_than_the_s2s_queue() {
+    const CROWD: usize = 40;
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start(
+        A,
+        pa,
+        &format!(
+            "[limits]\nmax_resources = 100\nmax_connections_per_ip = 200\n\
+             [s2s]\nmax_queue = 16\nconnect_timeout_secs = 5\n[s2s.routes]\n\
+             \"{B}\" = \"127.0.0.1:{pb}\"\n"
+        ),
+    )
+    .await;
+    let b = Node::start(
+        B,
+        pb,
+        &format!(
+            "[s2s]\nsecret = \"b-dialback-secret\"\nconnect_timeout_secs = 5\n[s2s.routes]\n\
+             \"{A}\" = \"127.0.0.1:{pa}\"\n\"conference.{A}\" = \"127.0.0.1:{pa}\"\n"
+        ),
+    )
+    .await;
+    let room = format!("crowded@conference.{A}");
+    let mut crowd = vec![a.login("crowd").await];
+    for i in 1..CROWD {
+        let mut c = Client::connect_plain(a.c2s).await;
+        c.domain = A.to_string();
+        c.open_stream().await;
+        c.starttls().await;
+        c.auth_scram_sha256("crowd", &password("crowd")).await;
+        c.bind(Some(&format!("r{i}"))).await;
+        crowd.push(c);
+    }
+    for (i, c) in crowd.iter_mut().enumerate() {
+        c.send(&format!(
+            "<presence to='{room}/c{i}'><x xmlns='{MUC}'/></presence>"
+        ))
+        .await;
+        loop {
+            let e = c.next("joining the room").await;
+            assert_ne!(e.attr("type"), Some("error"), "join refused: {e}");
+            if e.name == "message" && e.child("subject", "jabber:client").is_some() {
+                break;
+            }
+        }
+        if i == 0 {
+            let r = iq(
+                c,
+                &room,
+                "set",
+                &format!("<query xmlns='{OWNER}'><x xmlns='jabber:x:data' type='submit'/></query>"),
+            )
+            .await;
+            assert_eq!(r.attr("type"), Some("result"), "{r}");
+        }
+    }
+
+    let mut bob = b.login("bob").await;
+    bob.send(&format!(
+        "<presence to='{room}/bob'><x xmlns='{MUC}'/></presence>"
+    ))
+    .await;
+    let mut presences = Vec::new();
+    loop {
+        let e = bob.next("the join burst from the remote room").await;
+        assert_ne!(e.attr("type"), Some("error"), "join failed: {e}");
+        if e.name == "message" && e.child("subject", "jabber:client").is_some() {
+            break;
+        }
+        assert_eq!(e.name, "presence", "{e}");
+        presences.push(e);
+    }
+    assert_eq!(presences.len(), CROWD + 1, "every occupant and itself");
+    let own = presences.last().expect("self-presence");
+    assert_eq!(own.attr("from"), Some(format!("{room}/bob").as_str()));
+    assert!(own.to_xml().contains("code='110'"), "{own}");
+    // Still an occupant: its message is reflected.
+    bob.send(&format!(
+        "<message to='{room}' type='groupchat' id='m1'><body>hello from b</body></message>"
+    ))
+    .await;
+    let m = bob
+        .expect_with("the reflection", |e| e.name == "message")
+        .await;
+    assert_eq!(m.attr("type"), Some("groupchat"), "{m}");
+    assert_eq!(m.attr("from"), Some(format!("{room}/bob").as_str()), "{m}");
+}

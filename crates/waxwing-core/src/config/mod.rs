@@ -54,6 +54,9 @@ pub struct Config {
     pub max_attributes: usize,
     pub auth_timeout: Duration,
     pub outbound_queue: usize,
+    /// Stanzas one session (or s2s domain pair) may have waiting in bursts
+    /// (`SessionHandle::send_burst`, `S2sManager::send_burst`).
+    pub outbound_burst: usize,
     pub offline_quota: u32,
     pub max_resources: usize,
     pub max_connections_per_ip: u32,
@@ -295,6 +298,7 @@ impl Config {
             ("max_attributes", l.max_attributes as u64),
             ("auth_timeout_secs", l.auth_timeout_secs),
             ("outbound_queue", l.outbound_queue as u64),
+            ("outbound_burst", l.outbound_burst as u64),
             ("max_resources", l.max_resources as u64),
             (
                 "max_failures_per_stream",
@@ -374,6 +378,7 @@ impl Config {
             max_attributes: l.max_attributes,
             auth_timeout: Duration::from_secs(l.auth_timeout_secs),
             outbound_queue: l.outbound_queue,
+            outbound_burst: l.outbound_burst,
             offline_quota: f.limits.offline_quota,
             max_resources: l.max_resources,
             max_connections_per_ip: l.max_connections_per_ip,

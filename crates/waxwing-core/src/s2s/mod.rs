@@ -26,13 +26,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
 use waxwing_proto::jid::Jid;
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
 use waxwing_proto::xml::{Element, Node};
 
 use crate::config::{Config, DialbackPolicy};
+use crate::queue::{Outbox, Outq, Refused, outbound};
 use crate::router::Server;
 use crate::stream::s2s_out;
 use crate::tls::TlsContext;
@@ -52,16 +52,19 @@ pub const BIDI_NS: &str = "urn:xmpp:bidi";
 /// Stanzas written in one batch.
 const WRITE_BATCH: usize = 64;
 
-/// `first` and whatever else is queued (at most [`WRITE_BATCH`] in all),
-/// serialized for an s2s stream.
-pub(crate) fn write_batch(first: Element, rx: &mut mpsc::Receiver<Element>) -> String {
-    let mut out = String::new();
-    to_server_ns(first).write_to(&mut out, ns::SERVER);
-    for _ in 1..WRITE_BATCH {
+/// `batch` (one queue entry) and whatever else is queued, up to
+/// [`WRITE_BATCH`] stanzas, serialized for an s2s stream. A burst may be
+/// larger than a batch: it goes out whole.
+pub(crate) fn write_batch(mut batch: Vec<Element>, rx: &mut Outbox) -> String {
+    while batch.len() < WRITE_BATCH {
         match rx.try_recv() {
-            Ok(el) => to_server_ns(el).write_to(&mut out, ns::SERVER),
-            Err(_) => break,
+            Some(els) => batch.extend(els),
+            None => break,
         }
+    }
+    let mut out = String::new();
+    for el in batch {
+        to_server_ns(el).write_to(&mut out, ns::SERVER);
     }
     out
 }
@@ -81,7 +84,7 @@ pub struct S2sManager {
     pub(crate) bidi: AtomicUsize,
     /// The route per domain pair: an outgoing task's queue, or the queue of
     /// an incoming bidirectional stream.
-    outgoing: Mutex<HashMap<Pair, mpsc::Sender<Element>>>,
+    outgoing: Mutex<HashMap<Pair, Outq>>,
 }
 
 impl S2sManager {
@@ -103,68 +106,118 @@ impl S2sManager {
     /// Queues `stanza` (addressed to a remote domain, `from` one of ours)
     /// for its domain pair's connection, starting one if needed.
     pub fn send(&self, server: &Arc<Server>, stanza: Element) {
-        let bounce = |stanza: &Element, err: StanzaError| {
-            tokio::spawn(server.clone().bounce(stanza, err));
+        self.enqueue(server, vec![stanza], false);
+    }
+
+    /// Queues stanzas for one remote destination that belong together (a
+    /// group chat join) as one entry: a burst larger than `max_queue` is
+    /// not bounced in part. Bounded by `limits.outbound_burst` per pair.
+    pub fn send_burst(&self, server: &Arc<Server>, stanzas: Vec<Element>) {
+        self.enqueue(server, stanzas, true);
+    }
+
+    fn enqueue(&self, server: &Arc<Server>, stanzas: Vec<Element>, burst: bool) {
+        let bounce_all = |stanzas: Vec<Element>, err: StanzaError| {
+            for s in stanzas {
+                tokio::spawn(server.clone().bounce(&s, err.clone()));
+            }
+        };
+        let Some(first) = stanzas.first() else {
+            return;
         };
         if !server.config.s2s.enabled {
-            return bounce(
-                &stanza,
+            return bounce_all(
+                stanzas,
                 StanzaError::cancel(Condition::RemoteServerNotFound)
                     .with_text("federation is disabled on this server"),
             );
         }
         let (Some(from), Some(to)) = (
-            stanza.attr("from").and_then(|f| Jid::parse(f).ok()),
-            stanza.attr("to").and_then(|t| Jid::parse(t).ok()),
+            first.attr("from").and_then(|f| Jid::parse(f).ok()),
+            first.attr("to").and_then(|t| Jid::parse(t).ok()),
         ) else {
             tracing::debug!("dropping a remote-bound stanza without valid addresses");
             return;
         };
         let local = from.domain().to_string();
         let remote = to.domain().to_string();
+        let same_pair = |s: &Element| {
+            let domain = |a| {
+                s.attr(a)
+                    .and_then(|j| Jid::parse(j).ok())
+                    .map(|j| j.domain().to_string())
+            };
+            domain("from").as_deref() == Some(local.as_str())
+                && domain("to").as_deref() == Some(remote.as_str())
+        };
+        if burst && !stanzas.iter().all(same_pair) {
+            // Not one destination: each goes on its own.
+            for s in stanzas {
+                self.send(server, s);
+            }
+            return;
+        }
         if !server.is_local_domain(&local) {
             // Never relay between two remote domains.
             tracing::debug!(%local, %remote, "refusing to relay a stanza from a remote domain");
             return;
         }
         if self.defences.standing(&remote) == Standing::Blocked {
-            return bounce(
-                &stanza,
+            return bounce_all(
+                stanzas,
                 StanzaError::cancel(Condition::NotAllowed)
                     .with_text("federation with this domain is blocked"),
             );
         }
         if server.config.s2s.policy(&remote) == DialbackPolicy::Refuse {
-            return bounce(
-                &stanza,
+            return bounce_all(
+                stanzas,
                 StanzaError::cancel(Condition::RemoteServerNotFound)
                     .with_text("federation with this domain is not allowed"),
             );
         }
+        let push = |q: &Outq, stanzas: Vec<Element>| {
+            if burst {
+                q.push_burst(stanzas)
+            } else {
+                let mut it = stanzas.into_iter();
+                match it.next() {
+                    Some(s) => q.push(s),
+                    None => Ok(()),
+                }
+            }
+        };
         let pair = (local, remote);
         let mut map = self.outgoing.lock().expect("s2s map lock");
-        let mut stanza = stanza;
-        if let Some(tx) = map.get(&pair) {
-            match tx.try_send(stanza) {
+        let mut stanzas = stanzas;
+        if let Some(q) = map.get(&pair) {
+            match push(q, stanzas) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(s)) => {
+                Err(Refused::Full(s)) => {
                     drop(map);
-                    return bounce(
-                        &s,
+                    return bounce_all(
+                        s,
                         StanzaError::wait(Condition::ResourceConstraint)
                             .with_text("too many stanzas queued for this domain"),
                     );
                 }
                 // The pair's task ended (idle, failure): start a new one.
-                Err(mpsc::error::TrySendError::Closed(s)) => stanza = s,
+                Err(Refused::Closed(s)) => stanzas = s,
             }
         }
-        let (tx, rx) = mpsc::channel(server.config.s2s.max_queue);
-        let _ = tx.try_send(stanza);
-        map.insert(pair.clone(), tx.clone());
+        let (q, rx) = outbound(server.config.s2s.max_queue, server.config.outbound_burst);
+        if let Err(Refused::Full(s) | Refused::Closed(s)) = push(&q, stanzas) {
+            drop(map);
+            return bounce_all(
+                s,
+                StanzaError::wait(Condition::ResourceConstraint)
+                    .with_text("too many stanzas queued for this domain"),
+            );
+        }
+        map.insert(pair.clone(), q.clone());
         drop(map);
         tracing::debug!(local = %pair.0, remote = %pair.1, "starting an outgoing s2s connection");
-        tokio::spawn(s2s_out::run(server.clone(), pair, tx, rx));
+        tokio::spawn(s2s_out::run(server.clone(), pair, q, rx));
     }
 }
 
@@ -212,7 +265,7 @@ impl Server {
 
 impl S2sManager {
     /// Removes the pair's entry if it is still `tx` (a newer task may have replaced it).
-    pub(crate) fn forget(&self, pair: &Pair, tx: &mpsc::Sender<Element>) {
+    pub(crate) fn forget(&self, pair: &Pair, tx: &Outq) {
         let mut map = self.outgoing.lock().expect("s2s map lock");
         if map.get(pair).is_some_and(|cur| cur.same_channel(tx)) {
             map.remove(pair);
@@ -221,7 +274,7 @@ impl S2sManager {
 
     /// XEP-0288: makes an incoming bidirectional stream's queue `tx` the
     /// route for `pair`, unless a live route (an outgoing connection) exists.
-    pub(crate) fn register_bidi(&self, pair: &Pair, tx: &mpsc::Sender<Element>) -> bool {
+    pub(crate) fn register_bidi(&self, pair: &Pair, tx: &Outq) -> bool {
         let mut map = self.outgoing.lock().expect("s2s map lock");
         if map.get(pair).is_some_and(|cur| !cur.is_closed()) {
             return false;

@@ -33,6 +33,7 @@ use waxwing_proto::xml::{Element, Limits, StreamEvent, StreamHeader};
 
 use crate::abuse::TokenBucket;
 use crate::config::DialbackPolicy;
+use crate::queue::{Outbox, Outq, outbound};
 use crate::random_id;
 use crate::router::Server;
 use crate::s2s::dialback;
@@ -146,7 +147,7 @@ struct Incoming {
     bidi: bool,
     /// Bidirectional streams: the queue of stanzas to write to the peer
     /// (created on the first pair authenticated).
-    queue: Option<(mpsc::Sender<Element>, mpsc::Receiver<Element>)>,
+    queue: Option<(Outq, Outbox)>,
     /// (local, remote) pairs this stream is registered as the route of.
     routes: Vec<Pair>,
 }
@@ -246,9 +247,7 @@ pub(crate) async fn admit_stanza(
 }
 
 /// The next stanza of a bidirectional stream's queue; never, without one.
-async fn next_queued(
-    queue: &mut Option<(mpsc::Sender<Element>, mpsc::Receiver<Element>)>,
-) -> Option<Element> {
+async fn next_queued(queue: &mut Option<(Outq, Outbox)>) -> Option<Vec<Element>> {
     match queue {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
@@ -544,7 +543,8 @@ impl Incoming {
             return;
         }
         let max = self.server.config.s2s.max_queue;
-        let (tx, _) = self.queue.get_or_insert_with(|| mpsc::channel(max));
+        let burst = self.server.config.outbound_burst;
+        let (tx, _) = self.queue.get_or_insert_with(|| outbound(max, burst));
         if self.server.s2s.register_bidi(&pair, tx) {
             tracing::info!(%local, %remote, "incoming bidirectional stream is the route for this pair");
             self.routes.push(pair);
@@ -564,8 +564,10 @@ impl Incoming {
         if self.server.shutdown.is_cancelled() {
             return;
         }
-        while let Ok(el) = rx.try_recv() {
-            tokio::spawn(self.server.clone().route(el));
+        while let Some(els) = rx.try_recv() {
+            for el in els {
+                tokio::spawn(self.server.clone().route(el));
+            }
         }
     }
 

@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError, StreamCondition, StreamError};
 use waxwing_proto::xml::{Element, Limits, StreamEvent};
 
 use crate::config::DialbackPolicy;
+use crate::queue::{Outbox, Outq};
 use crate::router::Server;
 use crate::s2s::dialback;
 use crate::s2s::resolve::{self, Target};
@@ -69,12 +69,7 @@ enum End {
 
 /// The task of one domain pair. `tx` is the sender the manager holds, so
 /// the task can remove exactly its own entry when it ends.
-pub(crate) async fn run(
-    server: Arc<Server>,
-    pair: Pair,
-    tx: mpsc::Sender<Element>,
-    mut rx: mpsc::Receiver<Element>,
-) {
+pub(crate) async fn run(server: Arc<Server>, pair: Pair, tx: Outq, mut rx: Outbox) {
     let span = tracing::info_span!("s2s_out", local = %pair.0, remote = %pair.1);
     async {
         let (local, remote) = (&pair.0, &pair.1);
@@ -102,8 +97,8 @@ pub(crate) async fn run(
         rx.close();
         server.s2s.forget(&pair, &tx);
         let mut left = Vec::new();
-        while let Ok(el) = rx.try_recv() {
-            left.push(el);
+        while let Some(els) = rx.try_recv() {
+            left.extend(els);
         }
         match end {
             Err(f) => {
@@ -619,7 +614,7 @@ impl Outgoing {
 
     /// Writes the queue until the stream ends (and, when bidirectional,
     /// routes what the peer sends).
-    async fn session(mut self, server: &Arc<Server>, rx: &mut mpsc::Receiver<Element>) -> End {
+    async fn session(mut self, server: &Arc<Server>, rx: &mut Outbox) -> End {
         let idle = server.config.s2s.idle_timeout;
         let mut last = tokio::time::Instant::now();
         let mut buf = [0u8; READ_CHUNK];
@@ -662,11 +657,11 @@ impl Outgoing {
                     return End::Shutdown;
                 }
                 first = rx.recv() => {
-                    let Some(first) = first else {
+                    let Some(batch) = first else {
                         self.wire.close(None).await;
                         return End::Closed;
                     };
-                    let out = write_batch(first, rx);
+                    let out = write_batch(batch, rx);
                     if let Err(e) = self.wire.write(&out).await {
                         tracing::info!(error = %e, "outgoing s2s write failed");
                         return End::Closed;

@@ -294,6 +294,7 @@ impl MucService {
                 tracing::error!(%room, error = %e, "removing a destroyed room's archive failed");
             }
         }
+        cx.route_burst(fx.burst).await;
         for s in fx.out {
             cx.route(s).await;
         }
@@ -371,8 +372,8 @@ impl MucService {
         let now = SystemTime::now();
         let ty = p.attr("type");
         if ty == Some("error") {
-            // The occupant's client bounced something: it is gone (§7.14 practice).
-            let fx = self.with_room(&room, |r| Ok(r.leave(from, None)));
+            // The occupant's client bounced something: it is gone (§16.1).
+            let fx = self.with_room(&room, |r| Ok(r.remove_after_error(from)));
             if let Ok(fx) = fx {
                 self.apply(cx, &room, fx, &p).await;
             }
@@ -380,6 +381,15 @@ impl MucService {
         }
         if !matches!(ty, None | Some("unavailable")) {
             return;
+        }
+        if ty.is_none() && p.child("x", NS_MUC).is_none() {
+            let joined = self
+                .lock()
+                .get(&room)
+                .is_some_and(|r| r.occupant_of(from).is_some());
+            if !joined {
+                return cx.route(room::not_in_room(&room, nick, from)).await;
+            }
         }
         let result = 'locked: {
             let mut rooms = self.lock();
@@ -402,9 +412,9 @@ impl MucService {
                                 reason: None,
                             },
                         );
-                        // §10.1.2: a MUC-aware client gets a locked room until it
-                        // configures it; a legacy one gets an instant room.
-                        r.locked = p.child("x", NS_MUC).is_some();
+                        // §10.1.1: locked until the owner configures it (only a
+                        // MUC-aware join, with <x/>, gets this far).
+                        r.locked = true;
                         rooms.insert(room.clone(), r);
                         true
                     }
@@ -663,7 +673,11 @@ impl MucService {
             let rooms = self.lock();
             match rooms.get(&room) {
                 Some(r) => r.iq_to_occupant(from, nick, &iq),
-                None => Err(StanzaError::cancel(Condition::ItemNotFound)),
+                // Nobody is joined to a room that does not exist. Not
+                // item-not-found: to a XEP-0410 self-ping that means "joined,
+                // but renamed", and a client whose temporary room vanished
+                // (a restart) would never rejoin.
+                None => Err(StanzaError::modify(Condition::NotAcceptable)),
             }
         };
         match res {

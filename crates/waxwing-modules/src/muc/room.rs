@@ -67,6 +67,10 @@ pub enum Persist {
 pub struct Effects {
     /// Stanzas to route, in order.
     pub out: Vec<Element>,
+    /// Stanzas for one session that go out together, before `out`: a
+    /// joiner's presences of everyone, history and subject (one queue
+    /// entry however large the room, see `Cx::route_burst`).
+    pub burst: Vec<Element>,
     /// The answer to an IQ: routed after the store writes succeed.
     pub reply: Option<Element>,
     pub persist: Vec<Persist>,
@@ -124,6 +128,28 @@ fn clean_presence(p: &Element) -> Element {
         .retain(|(k, _)| !matches!(k.as_str(), "to" | "from" | "id" | "type"));
     c.remove_children(|e| e.ns == NS_MUC || e.ns == NS_USER || e.ns == NS_OCCUPANT_ID);
     c
+}
+
+/// The answer to available presence without `<x xmlns=muc/>` from someone
+/// who is not in the room: a client out of sync with the room (it missed
+/// its removal, or the room was restarted) rather than a join. XEP-0045
+/// §7.2.1 (since 1.32) recommends this explicit kick over a silent
+/// groupchat 1.0 join, which would leave the client half in the room.
+pub fn not_in_room(room: &BareJid, nick: &str, to: &FullJid) -> Element {
+    let mut x = Element::new("x", NS_USER).with_child(
+        Element::new("item", NS_USER)
+            .with_attr("affiliation", "none")
+            .with_attr("role", "none")
+            .with_child(text_child("reason", NS_USER, "You are not in the room.")),
+    );
+    for c in [110, 307, 333] {
+        x.push_child(status(c));
+    }
+    Element::new("presence", ns::CLIENT)
+        .with_attr("type", "unavailable")
+        .with_attr("from", jid_text(room, nick))
+        .with_attr("to", to.to_string())
+        .with_child(x)
 }
 
 fn status(code: u16) -> Element {
@@ -498,6 +524,13 @@ impl Room {
             .with_attr("id", crate::stanza_id("subject"));
         subject.push_child(text_child("subject", ns::CLIENT, &self.subject));
         fx.out.push(subject);
+        // What the joiner gets is one burst; the others' copies fan out.
+        let to = from.to_string();
+        let (burst, others) = std::mem::take(&mut fx.out)
+            .into_iter()
+            .partition(|s| s.attr("to") == Some(to.as_str()));
+        fx.burst = burst;
+        fx.out = others;
         Ok(fx)
     }
 
@@ -583,6 +616,25 @@ impl Room {
         occ.role = Role::None;
         // Broadcast after removal: the leaver gets its own copy via `sessions`.
         self.broadcast_presence(&occ, &base, &[], &[], &|_| {}, &mut fx.out);
+        if self.occupants.is_empty() && !self.config.persistent {
+            fx.destroyed = true;
+        }
+        fx
+    }
+
+    /// A session of an occupant answered with an error: it is gone
+    /// (a broken link, a client that left without saying). Removed with
+    /// status 333 for everyone (XEP-0045 §16.1); one of several sessions
+    /// of a nick just leaves quietly.
+    pub fn remove_after_error(&mut self, from: &FullJid) -> Effects {
+        let Some(nick) = self.by_session.get(from).cloned() else {
+            return Effects::default();
+        };
+        if self.occupants[&nick].sessions.len() > 1 {
+            return self.leave(from, None);
+        }
+        let mut fx = Effects::default();
+        self.remove_occupant(&nick, &[333], None, None, &mut fx.out);
         if self.occupants.is_empty() && !self.config.persistent {
             fx.destroyed = true;
         }
@@ -1680,6 +1732,14 @@ impl Room {
             q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
         }
         let mut f = Form::new("result", NS_ROOMINFO);
+        // Any muc#roomconfig field may appear here (§6.4); the name is
+        // what clients show for a room they have not joined.
+        f.field(
+            "muc#roomconfig_roomname",
+            None,
+            Some("Natural-Language Room Name"),
+            &[self.name()],
+        );
         f.field(
             "muc#roominfo_description",
             None,
@@ -1706,11 +1766,18 @@ impl Room {
                 &[&c.lang],
             );
         }
+        let subjectmod = if c.change_subject { "1" } else { "0" };
         f.field(
             "muc#roomconfig_changesubject",
             None,
             Some("Occupants may change the subject"),
-            &[if c.change_subject { "1" } else { "0" }],
+            &[subjectmod],
+        );
+        f.field(
+            "muc#roominfo_subjectmod",
+            Some("boolean"),
+            Some("The room subject can be modified by participants"),
+            &[subjectmod],
         );
         f.field(
             "muc#maxhistoryfetch",

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
@@ -22,9 +22,10 @@ use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader};
 use crate::abuse::ConnectionPermit;
 use crate::abuse::TokenBucket;
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
+use crate::queue::Outbox;
 use crate::router::Server;
 use crate::session::SessionFlag;
-use crate::session::{Queued, SessionHandle};
+use crate::session::SessionHandle;
 use crate::stream::csi::{self, Held};
 use crate::stream::sm::{self, SmState};
 use crate::stream::transport::{Transport, is_decompression_bomb};
@@ -182,17 +183,19 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         .unwrap_or_default();
     undelivered.extend(session.held.take());
     if matches!(end, End::Gone) {
-        while let Ok(el) = rx.try_recv() {
-            undelivered.push(*el);
+        while let Some(els) = rx.try_recv() {
+            undelivered.extend(els);
         }
     } else {
         // Stanzas queued before the end (e.g. the answer to the client's
         // last request) still go out before the stream error. Bounded in
         // time: the session may have ended because it stopped reading.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while let Ok(el) = rx.try_recv() {
-                if conn.send(&el).await.is_err() {
-                    break;
+            'drain: while let Some(els) = rx.try_recv() {
+                for el in els {
+                    if conn.send(&el).await.is_err() {
+                        break 'drain;
+                    }
                 }
             }
         })
@@ -216,7 +219,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
 /// What negotiation produced.
 enum Negotiated {
     /// A bound session, with stream management if Bind2 enabled it inline.
-    Bound(Arc<SessionHandle>, mpsc::Receiver<Queued>, Option<InlineSm>),
+    Bound(Arc<SessionHandle>, Outbox, Option<InlineSm>),
     /// The client asked to resume a detached session (XEP-0198 §5).
     /// With the SASL2 `<success/>` to wrap `<resumed/>` in, when resumed inline.
     Resume(oneshot::Sender<Takeover>, u32, Option<Element>),
@@ -931,10 +934,7 @@ impl Conn {
     }
 
     /// Resource binding (RFC 6120 §7). Ok(None) when the client got an error and may retry.
-    async fn bind(
-        &mut self,
-        iq: &Element,
-    ) -> Result<Option<(Arc<SessionHandle>, mpsc::Receiver<Queued>)>, End> {
+    async fn bind(&mut self, iq: &Element) -> Result<Option<(Arc<SessionHandle>, Outbox)>, End> {
         let requested = iq
             .child("bind", ns::BIND)
             .and_then(|b| b.child("resource", ns::BIND))
@@ -972,7 +972,7 @@ impl Conn {
     async fn bind_resource(
         &mut self,
         resource: String,
-    ) -> Result<(Arc<SessionHandle>, mpsc::Receiver<Queued>), StanzaError> {
+    ) -> Result<(Arc<SessionHandle>, Outbox), StanzaError> {
         let user = self.user.clone().expect("bind only after authentication");
         let full = FullJid::new(user.clone(), &resource).map_err(|_| {
             StanzaError::modify(Condition::BadRequest).with_text("invalid resource")
@@ -984,7 +984,11 @@ impl Conn {
                 StanzaError::wait(Condition::ResourceConstraint).with_text("too many resources")
             );
         }
-        let (handle, rx) = SessionHandle::new(full, self.server.config.outbound_queue);
+        let (handle, rx) = SessionHandle::new(
+            full,
+            self.server.config.outbound_queue,
+            self.server.config.outbound_burst,
+        );
         if let Some(old) = sessions.bind(handle.clone()) {
             // RFC 6120 §7.7.2.2: the newer session wins; the old one gets <conflict/>.
             old.close(
@@ -1000,11 +1004,7 @@ impl Conn {
     }
 
     /// The bound session: read stanzas, write queued ones, until the end.
-    async fn run_session(
-        &mut self,
-        session: &mut Session,
-        rx: &mut mpsc::Receiver<Queued>,
-    ) -> Outcome {
+    async fn run_session(&mut self, session: &mut Session, rx: &mut Outbox) -> Outcome {
         let shutdown = self.server.shutdown.clone();
         let handle = session.handle.clone();
         let idle_timeout = self.server.config.idle_timeout;
@@ -1059,12 +1059,12 @@ impl Conn {
                     return Outcome::End(stream_error(StreamCondition::SystemShutdown, "the server is shutting down"));
                 }
                 Some(t) = takeover => return Outcome::Takeover(t),
-                Some(first) = rx.recv() => {
-                    let mut batch = vec![*first];
+                Some(mut batch) = rx.recv() => {
+                    // A burst may be larger than a batch: it goes out whole.
                     while batch.len() < WRITE_BATCH {
                         match rx.try_recv() {
-                            Ok(el) => batch.push(*el),
-                            Err(_) => break,
+                            Some(els) => batch.extend(els),
+                            None => break,
                         }
                     }
                     let write = self.deliver(session, batch);
@@ -1129,7 +1129,9 @@ impl Conn {
             }
         }
         if let Some(sm) = &session.sm {
-            if sm.unacked.len() > self.server.config.outbound_queue {
+            // What may be queued (bursts included) may also be in flight.
+            let limit = self.server.config.outbound_queue + self.server.config.outbound_burst;
+            if sm.unacked.len() > limit {
                 return Err(stream_error(
                     StreamCondition::PolicyViolation,
                     "too many unacknowledged stanzas",

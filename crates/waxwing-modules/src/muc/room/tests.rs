@@ -59,8 +59,9 @@ fn codes(p: &Element) -> Vec<String> {
 }
 
 fn to<'a>(fx: &'a Effects, who: &str) -> Vec<&'a Element> {
-    fx.out
+    fx.burst
         .iter()
+        .chain(&fx.out)
         .filter(|e| e.attr("to") == Some(who))
         .collect()
 }
@@ -588,4 +589,46 @@ fn fan_out_is_linear() {
     assert_eq!(fx.out.len(), 90);
     let fx = r.leave(&full("u1@example/r"), None);
     assert_eq!(fx.out.len(), 90, "89 others and the leaver itself");
+}
+
+#[test]
+fn join_burst_is_everything_for_the_joiner_only() {
+    let mut r = room();
+    for i in 0..10 {
+        join(&mut r, &format!("u{i}@example/r"), &format!("u{i}"));
+    }
+    let fx = join(&mut r, "late@example/r", "late");
+    // 10 presences of the others, the own presence, the subject: in order.
+    assert_eq!(fx.burst.len(), 12);
+    assert!(
+        fx.burst
+            .iter()
+            .all(|s| s.attr("to") == Some("late@example/r"))
+    );
+    assert_eq!(codes(&fx.burst[10]), ["110"]);
+    assert!(fx.burst[11].child("subject", ns::CLIENT).is_some());
+    // Each other occupant gets the newcomer's presence, and only that.
+    assert_eq!(fx.out.len(), 10);
+    assert!(
+        fx.out
+            .iter()
+            .all(|s| s.attr("to") != Some("late@example/r"))
+    );
+}
+
+#[test]
+fn an_error_from_an_occupant_removes_it_with_333() {
+    let mut r = room();
+    join(&mut r, "crone@example/a", "crone");
+    join(&mut r, "hag@example/b", "hag");
+    let fx = r.remove_after_error(&full("hag@example/b"));
+    assert!(r.occupant("hag").is_none());
+    let seen = to(&fx, "crone@example/a");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].attr("type"), Some("unavailable"));
+    assert_eq!(codes(seen[0]), ["333"]);
+    let own = to(&fx, "hag@example/b");
+    assert_eq!(codes(own[0]), ["110", "333"]);
+    // Not an occupant: nothing happens.
+    assert!(r.remove_after_error(&full("hag@example/b")).out.is_empty());
 }

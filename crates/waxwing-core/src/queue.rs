@@ -1,0 +1,143 @@
+//! Bounded outbound queues, for client sessions and s2s domain pairs.
+//!
+//! A queue holds `capacity` entries and is never waited on by senders: a
+//! full queue is the reader's problem (a session is closed, an s2s stanza
+//! bounced). An entry is one stanza or a *burst*: stanzas that must go out
+//! together and in order (a group chat join: every occupant's presence,
+//! the history, the subject), which may be more than the capacity. What
+//! waits inside bursts has its own bound, `burst_limit` stanzas.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
+use waxwing_proto::xml::Element;
+
+/// One entry of an outbound queue.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// Boxed because tokio's channel allocates its slots in blocks of 32 up
+    /// front: 32 small entries rather than 32 inline elements saves about
+    /// 2 KiB on every (mostly idle) session.
+    One(Box<Element>),
+    /// Stanzas that go out together and in this order; see
+    /// [`crate::session::SessionHandle::send_burst`].
+    Burst(Vec<Element>),
+}
+
+/// Why a stanza (or burst) was not queued; the stanzas come back.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The queue, or its burst allowance, is full.
+    Full(Vec<Element>),
+    /// Nobody reads the queue any more.
+    Closed(Vec<Element>),
+}
+
+/// The sending end of a bounded outbound queue (a client session's or an
+/// s2s domain pair's): `capacity` entries, where a burst is one entry and
+/// at most `burst_limit` stanzas may wait inside bursts.
+#[derive(Debug, Clone)]
+pub(crate) struct Outq {
+    tx: mpsc::Sender<Queued>,
+    in_bursts: Arc<AtomicUsize>,
+    burst_limit: usize,
+}
+
+/// Makes an outbound queue.
+pub(crate) fn outbound(capacity: usize, burst_limit: usize) -> (Outq, Outbox) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let in_bursts = Arc::new(AtomicUsize::new(0));
+    (
+        Outq {
+            tx,
+            in_bursts: in_bursts.clone(),
+            burst_limit,
+        },
+        Outbox { rx, in_bursts },
+    )
+}
+
+impl Outq {
+    pub(crate) fn push(&self, stanza: Element) -> Result<(), Refused> {
+        self.tx
+            .try_send(Queued::One(Box::new(stanza)))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(q) => Refused::Full(q.into_vec()),
+                mpsc::error::TrySendError::Closed(q) => Refused::Closed(q.into_vec()),
+            })
+    }
+
+    pub(crate) fn push_burst(&self, stanzas: Vec<Element>) -> Result<(), Refused> {
+        let n = stanzas.len();
+        if n <= 1 {
+            return match stanzas.into_iter().next() {
+                Some(s) => self.push(s),
+                None => Ok(()),
+            };
+        }
+        let before = self.in_bursts.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.burst_limit {
+            self.in_bursts.fetch_sub(n, Ordering::Relaxed);
+            return Err(Refused::Full(stanzas));
+        }
+        self.tx.try_send(Queued::Burst(stanzas)).map_err(|e| {
+            self.in_bursts.fetch_sub(n, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(q) => Refused::Full(q.into_vec()),
+                mpsc::error::TrySendError::Closed(q) => Refused::Closed(q.into_vec()),
+            }
+        })
+    }
+
+    /// The reading end is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub(crate) fn same_channel(&self, other: &Outq) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+}
+
+impl Queued {
+    fn into_vec(self) -> Vec<Element> {
+        match self {
+            Queued::One(el) => vec![*el],
+            Queued::Burst(v) => v,
+        }
+    }
+}
+
+/// The receiving end of an outbound queue, read by the connection's task.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    rx: mpsc::Receiver<Queued>,
+    in_bursts: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    /// The next entry's stanzas. Cancel-safe: nothing is awaited after the
+    /// entry is taken.
+    pub(crate) async fn recv(&mut self) -> Option<Vec<Element>> {
+        let q = self.rx.recv().await?;
+        Some(self.unpack(q))
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Option<Vec<Element>> {
+        let q = self.rx.try_recv().ok()?;
+        Some(self.unpack(q))
+    }
+
+    /// No more entries are accepted; those queued can still be taken.
+    pub(crate) fn close(&mut self) {
+        self.rx.close();
+    }
+
+    fn unpack(&self, q: Queued) -> Vec<Element> {
+        if let Queued::Burst(v) = &q {
+            self.in_bursts.fetch_sub(v.len(), Ordering::Relaxed);
+        }
+        q.into_vec()
+    }
+}
