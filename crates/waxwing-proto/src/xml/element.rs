@@ -12,6 +12,8 @@
 //! - `{uri}local` for any other namespace (Clark notation).
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, OnceLock};
 
 use crate::ns;
 
@@ -25,7 +27,120 @@ pub struct Element {
     /// Attributes in insertion order; see the module docs for key syntax.
     pub attrs: Vec<(String, String)>,
     /// Child elements and text, in document order.
-    pub children: Vec<Node>,
+    pub children: Children,
+}
+
+/// The children of an element, shared copy-on-write.
+///
+/// Fan-out clones one stanza per recipient (a room's occupants, a node's
+/// subscribers, a user's resources) and changes only the top-level `to`.
+/// With shared children such a clone copies the name and attributes, not
+/// the payload, and the payload is serialized once: the first copy written
+/// caches the children's XML and the others reuse it. Any mutable access
+/// (through `DerefMut`) unshares and drops the cache, so sharing is never
+/// visible.
+#[derive(Clone, Default)]
+pub struct Children(Arc<ChildNodes>);
+
+#[derive(Default)]
+struct ChildNodes {
+    nodes: Vec<Node>,
+    /// The serialized nodes and the parent namespace they were written in.
+    xml: OnceLock<(String, String)>,
+}
+
+impl Clone for ChildNodes {
+    fn clone(&self) -> Self {
+        ChildNodes {
+            nodes: self.nodes.clone(),
+            xml: OnceLock::new(),
+        }
+    }
+}
+
+impl Deref for Children {
+    type Target = Vec<Node>;
+    fn deref(&self) -> &Vec<Node> {
+        &self.0.nodes
+    }
+}
+
+impl DerefMut for Children {
+    fn deref_mut(&mut self) -> &mut Vec<Node> {
+        let inner = Arc::make_mut(&mut self.0);
+        inner.xml.take();
+        &mut inner.nodes
+    }
+}
+
+impl<'a> IntoIterator for &'a Children {
+    type Item = &'a Node;
+    type IntoIter = std::slice::Iter<'a, Node>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.nodes.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Children {
+    type Item = &'a mut Node;
+    type IntoIter = std::slice::IterMut<'a, Node>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.deref_mut().iter_mut()
+    }
+}
+
+impl From<Vec<Node>> for Children {
+    fn from(nodes: Vec<Node>) -> Self {
+        Children(Arc::new(ChildNodes {
+            nodes,
+            xml: OnceLock::new(),
+        }))
+    }
+}
+
+impl PartialEq for Children {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.nodes == other.0.nodes
+    }
+}
+
+impl Eq for Children {}
+
+impl fmt::Debug for Children {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.nodes.fmt(f)
+    }
+}
+
+impl Children {
+    /// Writes the nodes as the content of an element in `parent_ns`; see
+    /// the type's docs for when the result is cached.
+    fn write_to(&self, out: &mut String, parent_ns: &str) {
+        if let Some((ns, xml)) = self.0.xml.get()
+            && ns == parent_ns
+        {
+            out.push_str(xml);
+            return;
+        }
+        if Arc::strong_count(&self.0) == 1 {
+            // Not shared: nobody else will write these nodes.
+            write_nodes(&self.0.nodes, out, parent_ns);
+            return;
+        }
+        let mut xml = String::new();
+        write_nodes(&self.0.nodes, &mut xml, parent_ns);
+        out.push_str(&xml);
+        let _ = self.0.xml.set((parent_ns.to_owned(), xml));
+    }
+}
+
+fn write_nodes(nodes: &[Node], out: &mut String, parent_ns: &str) {
+    for n in nodes {
+        match n {
+            Node::Element(e) => e.write_to(out, parent_ns),
+            Node::Text(t) => escape_text(out, t),
+        }
+    }
 }
 
 /// A child of an [`Element`].
@@ -44,7 +159,7 @@ impl Element {
             name: name.into(),
             ns: ns.into(),
             attrs: Vec::new(),
-            children: Vec::new(),
+            children: Children::default(),
         }
     }
 
@@ -213,12 +328,7 @@ impl Element {
             return;
         }
         out.push('>');
-        for n in &self.children {
-            match n {
-                Node::Element(e) => e.write_to(out, &self.ns),
-                Node::Text(t) => escape_text(out, t),
-            }
-        }
+        self.children.write_to(out, &self.ns);
         out.push_str("</");
         out.push_str(&self.name);
         out.push('>');
@@ -296,6 +406,78 @@ fn escape_attr(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample() -> Element {
+        Element::new("message", ns::CLIENT)
+            .with_attr("type", "groupchat")
+            .with_child(Element::new("body", ns::CLIENT).with_text("hi <there> & all"))
+            .with_child(Element::new("occupant-id", "urn:xmpp:occupant-id:0").with_attr("id", "x"))
+    }
+
+    #[test]
+    fn clones_share_children_and_serialize_identically() {
+        let m = sample();
+        let fresh = m.to_xml_in(ns::CLIENT);
+        let copies: Vec<Element> = (0..3)
+            .map(|i| {
+                let mut c = m.clone();
+                c.set_attr("to", format!("u{i}@example.org/r"));
+                c
+            })
+            .collect();
+        for (i, c) in copies.iter().enumerate() {
+            let xml = c.to_xml_in(ns::CLIENT);
+            let mut expected = m.clone();
+            expected.set_attr("to", format!("u{i}@example.org/r"));
+            // Serialized from an unshared deep copy, for comparison.
+            let unshared = Element {
+                children: expected.children.to_vec().into(),
+                ..expected
+            };
+            assert_eq!(xml, unshared.to_xml_in(ns::CLIENT));
+        }
+        // The cache is per parent namespace: a different one is not reused.
+        let mut inner = Element::new("forwarded", "urn:xmpp:forward:0");
+        inner.push_child(copies[1].clone());
+        let unshared_inner = Element::new("forwarded", "urn:xmpp:forward:0").with_child(Element {
+            children: copies[1].children.to_vec().into(),
+            ..copies[1].clone()
+        });
+        assert_eq!(
+            inner.to_xml_in(ns::SERVER),
+            unshared_inner.to_xml_in(ns::SERVER)
+        );
+        assert!(
+            inner
+                .to_xml_in(ns::SERVER)
+                .contains("<message xmlns='jabber:client'"),
+            "a different parent namespace is serialized anew"
+        );
+        assert_eq!(m.to_xml_in(ns::CLIENT), fresh);
+    }
+
+    #[test]
+    fn mutating_a_clone_unshares_and_drops_the_cache() {
+        let m = sample();
+        let mut c = m.clone();
+        let _ = c.to_xml_in(ns::CLIENT); // fills the shared cache
+        c.child_mut("body", ns::CLIENT)
+            .unwrap()
+            .push_text(" edited");
+        c.remove_children(|e| e.name == "occupant-id");
+        let xml = c.to_xml_in(ns::CLIENT);
+        assert!(xml.contains("all edited</body>"), "{xml}");
+        assert!(!xml.contains("occupant-id"), "{xml}");
+        let orig = m.to_xml_in(ns::CLIENT);
+        assert!(
+            orig.contains("all</body>") && orig.contains("occupant-id"),
+            "{orig}"
+        );
+        assert_eq!(
+            m.child("body", ns::CLIENT).unwrap().text(),
+            "hi <there> & all"
+        );
+    }
 
     fn msg() -> Element {
         Element::new("message", ns::CLIENT)

@@ -7,7 +7,7 @@
 mod element;
 mod framer;
 
-pub use element::{Element, Node};
+pub use element::{Children, Element, Node};
 pub use framer::{Framer, Limits, StreamEvent, StreamHeader};
 
 use crate::stanza::{StreamCondition, StreamError};

@@ -1321,7 +1321,7 @@ impl Conn {
             name: el.name.clone(),
             ns: el.ns.clone(),
             attrs: el.attrs.clone(),
-            children: Vec::new(),
+            children: Default::default(),
         };
         let handled =
             std::panic::AssertUnwindSafe(self.server.clone().handle_from_client(handle, el));
