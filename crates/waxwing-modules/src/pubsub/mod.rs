@@ -9,6 +9,7 @@
 //! `node+notify`; services: explicit subscribers).
 
 pub mod config;
+pub mod feeds;
 pub mod service;
 
 use std::collections::HashSet;
@@ -97,6 +98,7 @@ pub struct Svc<'a> {
 pub struct PubSub {
     caps: Arc<Caps>,
     services: Vec<Arc<service::PubSubService>>,
+    feeds: Arc<feeds::Feeds>,
 }
 
 impl PubSub {
@@ -112,7 +114,17 @@ impl PubSub {
                 Some(Arc::new(service::PubSubService::new(jid, caps.clone())))
             })
             .collect();
-        PubSub { caps, services }
+        let feeds = Arc::new(feeds::Feeds::new(config.pubsub.clone(), caps.clone()));
+        PubSub {
+            caps,
+            services,
+            feeds,
+        }
+    }
+
+    /// The RSS/Atom feed poller, for the administrators' commands.
+    pub fn feeds(&self) -> Arc<feeds::Feeds> {
+        self.feeds.clone()
     }
 
     /// The domain caps queries are sent from: a service domain, because
@@ -178,6 +190,7 @@ impl StanzaHook for PubSub {
 impl EventHandler for PubSub {
     async fn on_event(&self, cx: &Cx, event: &Event) {
         match event {
+            Event::Started => self.feeds.start(cx).await,
             Event::SessionClosed(s) => self.caps.forget(&s.jid),
             Event::UserDeleted(user) => {
                 if let Err(e) = cx.stores().pubsub.remove_service(user).await {
@@ -678,18 +691,7 @@ impl Svc<'_> {
             publisher: from.clone(),
             payload: payload.to_xml(),
         };
-        self.cx
-            .stores()
-            .pubsub
-            .publish(&self.jid, &node, &stored, Some(cfg.item_limit()))
-            .await
-            .map_err(store)?;
-        let recipients = self.recipients(&node, &cfg).await?;
-        let ev = Element::new("items", NS_EVENT)
-            .with_attr("node", node.as_str())
-            .with_child(self.event_item(&cfg, &stored, payload));
-        self.send_event(&recipients, ev).await;
-        self.after_change(&node).await;
+        self.store_and_notify(&node, &cfg, &stored, payload).await?;
         Ok(Some(
             Element::new("pubsub", NS).with_child(
                 Element::new("publish", NS)
@@ -697,6 +699,29 @@ impl Svc<'_> {
                     .with_child(Element::new("item", NS).with_attr("id", id)),
             ),
         ))
+    }
+
+    /// Stores a published item (already authorised) and notifies.
+    pub async fn store_and_notify(
+        &self,
+        node: &str,
+        cfg: &NodeConfig,
+        stored: &PubSubItem,
+        payload: &Element,
+    ) -> Result<(), StanzaError> {
+        self.cx
+            .stores()
+            .pubsub
+            .publish(&self.jid, node, stored, Some(cfg.item_limit()))
+            .await
+            .map_err(store)?;
+        let recipients = self.recipients(node, cfg).await?;
+        let ev = Element::new("items", NS_EVENT)
+            .with_attr("node", node)
+            .with_child(self.event_item(cfg, stored, payload));
+        self.send_event(&recipients, ev).await;
+        self.after_change(node).await;
+        Ok(())
     }
 
     fn event_item(&self, cfg: &NodeConfig, item: &PubSubItem, payload: &Element) -> Element {
