@@ -201,6 +201,33 @@ pub trait PubSubStore: Send + Sync {
         node: &str,
     ) -> Result<Vec<(Jid, SubscriptionState)>, StoreError>;
 
+    /// A subscription's options (XEP-0060 §6.3) as stored: `''` for the
+    /// defaults, `None` if `jid` has no subscription.
+    async fn subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Replaces a subscription's options; `NotFound` if there is no such
+    /// subscription. Changing the subscription's state keeps them; removing
+    /// it removes them.
+    async fn set_subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+        options: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Every subscription with its options, sorted by JID.
+    async fn subscriptions_with_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+    ) -> Result<Vec<(Jid, SubscriptionState, String)>, StoreError>;
+
     /// Removes every node of a service (a deleted account's PEP nodes).
     async fn remove_service(&self, service: &BareJid) -> Result<(), StoreError>;
 
@@ -253,6 +280,7 @@ struct MemoryNode {
     items: Vec<PubSubItem>,
     affiliations: BTreeMap<String, (BareJid, PubSubAffiliation)>,
     subscriptions: BTreeMap<String, (Jid, SubscriptionState)>,
+    sub_options: BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -425,7 +453,58 @@ impl PubSubStore for MemoryPubSub {
             }
             None => {
                 n.subscriptions.remove(&jid.to_string());
+                n.sub_options.remove(&jid.to_string());
             }
+        })
+    }
+
+    async fn subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+    ) -> Result<Option<String>, StoreError> {
+        self.with_node(service, node, |n| {
+            let key = jid.to_string();
+            n.subscriptions
+                .contains_key(&key)
+                .then(|| n.sub_options.get(&key).cloned().unwrap_or_default())
+        })
+    }
+
+    async fn set_subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+        options: &str,
+    ) -> Result<(), StoreError> {
+        self.with_node(service, node, |n| {
+            let key = jid.to_string();
+            if !n.subscriptions.contains_key(&key) {
+                return Err(StoreError::NotFound);
+            }
+            n.sub_options.insert(key, options.to_owned());
+            Ok(())
+        })?
+    }
+
+    async fn subscriptions_with_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+    ) -> Result<Vec<(Jid, SubscriptionState, String)>, StoreError> {
+        self.with_node(service, node, |n| {
+            n.subscriptions
+                .iter()
+                .map(|(k, (j, s))| {
+                    (
+                        j.clone(),
+                        *s,
+                        n.sub_options.get(k).cloned().unwrap_or_default(),
+                    )
+                })
+                .collect()
         })
     }
 

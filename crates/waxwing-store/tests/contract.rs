@@ -1352,6 +1352,61 @@ async fn pubsub_contract(s: &Stores) {
     assert_eq!(p.nodes(&other).await, Ok(vec!["n".to_string()]));
 }
 
+async fn pubsub_subscription_options_contract(s: &Stores) {
+    use waxwing_store::{StoreError, SubscriptionState};
+    let p = &s.pubsub;
+    let svc = BareJid::domain_only("pubsub.capulet.example").unwrap();
+    let romeo = Jid::parse("romeo@montague.example").unwrap();
+    let phone = Jid::parse("romeo@montague.example/phone").unwrap();
+    assert_eq!(
+        p.subscription_options(&svc, "n", &romeo).await,
+        Err(StoreError::NotFound)
+    );
+    p.create_node(&svc, "n", "<c/>").await.unwrap();
+    assert_eq!(p.subscription_options(&svc, "n", &romeo).await, Ok(None));
+    assert_eq!(
+        p.set_subscription_options(&svc, "n", &romeo, "<x/>").await,
+        Err(StoreError::NotFound)
+    );
+    p.set_subscription(&svc, "n", &romeo, Some(SubscriptionState::Pending))
+        .await
+        .unwrap();
+    p.set_subscription(&svc, "n", &phone, Some(SubscriptionState::Subscribed))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.subscription_options(&svc, "n", &romeo).await,
+        Ok(Some(String::new()))
+    );
+    p.set_subscription_options(&svc, "n", &romeo, "<x a='1'/>")
+        .await
+        .unwrap();
+    // A state change keeps the options.
+    p.set_subscription(&svc, "n", &romeo, Some(SubscriptionState::Subscribed))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.subscriptions_with_options(&svc, "n").await.unwrap(),
+        vec![
+            (
+                romeo.clone(),
+                SubscriptionState::Subscribed,
+                "<x a='1'/>".into()
+            ),
+            (phone.clone(), SubscriptionState::Subscribed, String::new()),
+        ]
+    );
+    // Unsubscribing forgets them.
+    p.set_subscription(&svc, "n", &romeo, None).await.unwrap();
+    p.set_subscription(&svc, "n", &romeo, Some(SubscriptionState::Subscribed))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.subscription_options(&svc, "n", &romeo).await,
+        Ok(Some(String::new()))
+    );
+}
+
 async fn pubsub_feeds_contract(s: &Stores) {
     use waxwing_store::{FeedKey, StoreError};
     let p = &s.pubsub;
@@ -1463,6 +1518,7 @@ contract_tests! {
     muc => muc_contract,
     pubsub => pubsub_contract,
     pubsub_feeds => pubsub_feeds_contract,
+    pubsub_subscription_options => pubsub_subscription_options_contract,
     reputation => reputation_contract,
 }
 

@@ -297,3 +297,134 @@ async fn whitelist_refuses_until_affiliated_and_authorize_needs_approval() {
     )
     .await);
 }
+
+fn options_form(fields: &[(&str, &[&str])]) -> String {
+    let mut x = String::from(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+         <value>http://jabber.org/protocol/pubsub#subscribe_options</value></field>",
+    );
+    for (var, values) in fields {
+        x.push_str(&format!("<field var='{var}'>"));
+        for v in *values {
+            x.push_str(&format!("<value>{v}</value>"));
+        }
+        x.push_str("</field>");
+    }
+    x.push_str("</x>");
+    x
+}
+
+#[tokio::test]
+async fn subscription_options_filter_by_presence_and_turn_delivery_off() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob"] {
+        s.user(u).await;
+    }
+    let mut alice = online(&s, "alice", "a").await;
+    let mut bob = online(&s, "bob", "b").await;
+    ok(&iq(&mut alice, "set", &create("opts", None)).await);
+
+    // The default options (XEP-0060 §6.4).
+    let r = iq(
+        &mut bob,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><default/></pubsub>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><default><x xmlns='jabber:x:data' type='form'>\
+                 <field var='pubsub#deliver'><value>1</value></field></x></default></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    // Options of a subscription that does not exist.
+    let r = iq(
+        &mut bob,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'/></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "unexpected-request"), "{r}");
+
+    // Subscribe and configure: only while showing "chat".
+    let chat_only = options_form(&[("pubsub#show-values", &["chat"])]);
+    ok(&iq(
+        &mut bob,
+        "set",
+        &format!(
+            "<pubsub xmlns='{PUBSUB}'><subscribe node='opts' jid='bob@localhost'/>\
+             <options>{chat_only}</options></pubsub>"
+        ),
+    )
+    .await);
+    let r = iq(
+        &mut bob,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'/></pubsub>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'>\
+                 <x xmlns='jabber:x:data' type='form'><field var='pubsub#show-values'><value>chat</value></field>\
+                 </x></options></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    ok(&iq(&mut alice, "set", &publish("opts", "i1", "while online")).await);
+    bob.expect_nothing().await;
+    bob.send("<presence><show>chat</show></presence>").await;
+    bob.sync().await;
+    ok(&iq(&mut alice, "set", &publish("opts", "i2", "while chatty")).await);
+    bob.expect(&format!(
+        "<message from='{PS}' to='bob@localhost/b'><event xmlns='{EVENT}'><items node='opts'><item id='i2'/></items></event></message>"
+    ))
+    .await;
+
+    // Delivery off: nothing, whatever the presence; bad values are refused.
+    let bad = options_form(&[("pubsub#show-values", &["asleep"])]);
+    let r = iq(
+        &mut bob,
+        "set",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'>{bad}</options></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "bad-request"), "{r}");
+    let off = options_form(&[("pubsub#deliver", &["0"]), ("pubsub#show-values", &[])]);
+    ok(&iq(
+        &mut bob,
+        "set",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'>{off}</options></pubsub>"),
+    )
+    .await);
+    ok(&iq(&mut alice, "set", &publish("opts", "i3", "muted")).await);
+    bob.expect_nothing().await;
+    // Someone else cannot read or change them.
+    let r = iq(
+        &mut alice,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'/></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "bad-request"), "{r}");
+    // Back on, without a presence filter: notifications to the bare JID.
+    let on = options_form(&[("pubsub#deliver", &["1"])]);
+    ok(&iq(
+        &mut bob,
+        "set",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'>{on}</options></pubsub>"),
+    )
+    .await);
+    ok(&iq(&mut alice, "set", &publish("opts", "i4", "again")).await);
+    bob.expect(&format!(
+        "<message from='{PS}' to='bob@localhost'><event xmlns='{EVENT}'><items node='opts'><item id='i4'/></items></event></message>"
+    ))
+    .await;
+}

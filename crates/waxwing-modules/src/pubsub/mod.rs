@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod feeds;
+pub mod options;
 pub mod service;
 
 use std::collections::HashSet;
@@ -30,6 +31,7 @@ use waxwing_store::{PubSubAffiliation, PubSubItem, StoreError, Subscription, Sub
 use crate::caps::Caps;
 use crate::internal;
 use config::{AccessModel, NodeConfig, PUBLISH_OPTIONS_FORM, PublishModel, inner_form};
+use options::{NS_SUBSCRIBE_OPTIONS, SubOptions, SubscriptionType};
 
 pub const NS: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
@@ -65,10 +67,13 @@ pub const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#purge-nodes",
     "http://jabber.org/protocol/pubsub#retract-items",
     "http://jabber.org/protocol/pubsub#retrieve-affiliations",
+    "http://jabber.org/protocol/pubsub#retrieve-default",
+    "http://jabber.org/protocol/pubsub#retrieve-default-sub",
     "http://jabber.org/protocol/pubsub#retrieve-items",
     "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
     "http://jabber.org/protocol/pubsub#subscribe",
     "http://jabber.org/protocol/pubsub#subscription-notifications",
+    "http://jabber.org/protocol/pubsub#subscription-options",
 ];
 
 /// Whose nodes these are.
@@ -209,6 +214,11 @@ fn node_attr(el: &Element) -> Result<String, StanzaError> {
         _ => Err(StanzaError::modify(Condition::BadRequest)
             .with_app(Element::new("nodeid-required", NS_ERRORS))),
     }
+}
+
+fn not_subscribed() -> StanzaError {
+    StanzaError::cancel(Condition::UnexpectedRequest)
+        .with_app(Element::new("not-subscribed", NS_ERRORS))
 }
 
 fn item_not_found() -> StanzaError {
@@ -354,6 +364,15 @@ impl Svc<'_> {
         };
         let who = from.to_bare();
         if payload.ns == NS_OWNER {
+            if !is_set && first.name == "default" {
+                // XEP-0060 §8.3: the default node configuration.
+                return Ok(Some(
+                    Element::new("pubsub", NS_OWNER).with_child(
+                        Element::new("default", NS_OWNER)
+                            .with_child(self.default_config().to_form("form")),
+                    ),
+                ));
+            }
             return self.handle_owner(&who, is_set, first).await;
         }
         match (is_set, first.name.as_str()) {
@@ -366,20 +385,27 @@ impl Svc<'_> {
                 let configure = payload.child("configure", NS);
                 self.create(&who, first, configure).await
             }
-            (true, "subscribe") => self.subscribe(from, first).await,
+            (true, "subscribe") => {
+                self.subscribe(from, first, payload.child("options", NS))
+                    .await
+            }
             (true, "unsubscribe") => self.unsubscribe(from, first).await,
             (false, "items") => self.items(&who, first, payload.child("set", NS_RSM)).await,
             (false, "subscriptions") => self.own_subscriptions(from, first).await,
             (false, "affiliations") => self.own_affiliations(&who, first).await,
-            (false, "default") => Ok(Some(Element::new("pubsub", NS).with_child(
-                Element::new("default", NS).with_child(self.default_config().to_form("form")),
-            ))),
-            (_, "options" | "configure") => Err(StanzaError::cancel(
-                Condition::FeatureNotImplemented,
-            )
-            .with_app(
-                Element::new("unsupported", NS_ERRORS).with_attr("feature", "subscription-options"),
-            )),
+            // XEP-0060 §6.4: the default subscription options.
+            (false, "default") => {
+                let mut default = Element::new("default", NS);
+                if let Some(node) = first.attr("node") {
+                    self.config(node).await?;
+                    default.set_attr("node", node);
+                }
+                Ok(Some(Element::new("pubsub", NS).with_child(
+                    default.with_child(SubOptions::default().to_form("form")),
+                )))
+            }
+            (false, "options") => self.get_options(from, first).await,
+            (true, "options") => self.set_options(from, first).await,
             _ => Err(StanzaError::modify(Condition::BadRequest)),
         }
     }
@@ -825,11 +851,18 @@ impl Svc<'_> {
         Ok(Some(pubsub))
     }
 
-    async fn subscribe(&self, from: &Jid, el: &Element) -> IqResult {
+    async fn subscribe(&self, from: &Jid, el: &Element, options: Option<&Element>) -> IqResult {
         let node = node_attr(el)?;
         let jid = subscriber_jid(from, el)?;
         let who = from.to_bare();
         let cfg = self.config(&node).await?;
+        // XEP-0060 §6.3.7: subscribe and configure in one request.
+        let mut opts = SubOptions::default();
+        if let Some(o) = options
+            && let Some(x) = inner_form(o, NS_SUBSCRIBE_OPTIONS)?
+        {
+            opts.apply_form(&x)?;
+        }
         let aff = self.affiliation(&node, &who).await?;
         let state = if aff == Some(PubSubAffiliation::Outcast) {
             return Err(forbidden());
@@ -846,6 +879,12 @@ impl Svc<'_> {
             .set_subscription(&self.jid, &node, &jid, Some(state))
             .await
             .map_err(store)?;
+        self.cx
+            .stores()
+            .pubsub
+            .set_subscription_options(&self.jid, &node, &jid, &opts.to_stored())
+            .await
+            .map_err(store)?;
         if state == SubscriptionState::Pending {
             self.ask_owners(&node, &jid).await?;
         }
@@ -856,6 +895,7 @@ impl Svc<'_> {
                 .with_attr("subscription", state.as_str()),
         );
         if state == SubscriptionState::Subscribed
+            && opts.deliver
             && let Some(msg) = self.last_item_message(&node, &cfg, &jid).await
         {
             self.deferred
@@ -864,6 +904,53 @@ impl Svc<'_> {
                 .push(msg);
         }
         Ok(Some(reply))
+    }
+
+    /// XEP-0060 §6.3.2: a subscriber's options.
+    async fn get_options(&self, from: &Jid, el: &Element) -> IqResult {
+        let node = node_attr(el)?;
+        let jid = subscriber_jid(from, el)?;
+        let stored = self
+            .cx
+            .stores()
+            .pubsub
+            .subscription_options(&self.jid, &node, &jid)
+            .await
+            .map_err(store)?
+            .ok_or_else(not_subscribed)?;
+        Ok(Some(
+            Element::new("pubsub", NS).with_child(
+                Element::new("options", NS)
+                    .with_attr("node", node)
+                    .with_attr("jid", jid.to_string())
+                    .with_child(SubOptions::from_stored(&stored).to_form("form")),
+            ),
+        ))
+    }
+
+    /// XEP-0060 §6.3.5: changes a subscriber's options.
+    async fn set_options(&self, from: &Jid, el: &Element) -> IqResult {
+        let node = node_attr(el)?;
+        let jid = subscriber_jid(from, el)?;
+        let p = &self.cx.stores().pubsub;
+        let stored = p
+            .subscription_options(&self.jid, &node, &jid)
+            .await
+            .map_err(store)?
+            .ok_or_else(not_subscribed)?;
+        let Some(x) = inner_form(el, NS_SUBSCRIBE_OPTIONS)? else {
+            return Err(StanzaError::modify(Condition::BadRequest)
+                .with_app(Element::new("invalid-options", NS_ERRORS)));
+        };
+        let mut opts = SubOptions::from_stored(&stored);
+        opts.apply_form(&x).map_err(|_| {
+            StanzaError::modify(Condition::BadRequest)
+                .with_app(Element::new("invalid-options", NS_ERRORS))
+        })?;
+        p.set_subscription_options(&self.jid, &node, &jid, &opts.to_stored())
+            .await
+            .map_err(store)?;
+        Ok(None)
     }
 
     /// XEP-0060 §8.6: the owners get an authorization form.
@@ -907,8 +994,7 @@ impl Svc<'_> {
         let p = &self.cx.stores().pubsub;
         let subs = p.subscriptions(&self.jid, &node).await.map_err(store)?;
         if !subs.iter().any(|(j, _)| *j == jid) {
-            return Err(StanzaError::cancel(Condition::UnexpectedRequest)
-                .with_app(Element::new("not-subscribed", NS_ERRORS)));
+            return Err(not_subscribed());
         }
         p.set_subscription(&self.jid, &node, &jid, None)
             .await
@@ -964,18 +1050,8 @@ impl Svc<'_> {
     pub async fn recipients(&self, node: &str, cfg: &NodeConfig) -> Result<Vec<Jid>, StanzaError> {
         let mut out: Vec<Jid> = Vec::new();
         let mut seen = HashSet::new();
-        let subs = self
-            .cx
-            .stores()
-            .pubsub
-            .subscriptions(&self.jid, node)
-            .await
-            .map_err(store)?;
-        for (j, s) in subs {
-            if s == SubscriptionState::Subscribed && seen.insert(j.to_string()) {
-                out.push(j);
-            }
-        }
+        self.subscriber_recipients(node, &mut out, &mut seen)
+            .await?;
         if self.kind == Kind::Pep {
             let mut contacts = vec![self.jid.clone()];
             let roster = self
@@ -1008,6 +1084,57 @@ impl Svc<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// The explicit subscribers of `node` who get item notifications now,
+    /// by their options: `deliver` on, and for `show-values` only their
+    /// available local resources showing one of the listed values.
+    async fn subscriber_recipients(
+        &self,
+        node: &str,
+        out: &mut Vec<Jid>,
+        seen: &mut HashSet<String>,
+    ) -> Result<(), StanzaError> {
+        let subs = self
+            .cx
+            .stores()
+            .pubsub
+            .subscriptions_with_options(&self.jid, node)
+            .await
+            .map_err(store)?;
+        for (j, state, stored) in subs {
+            if state != SubscriptionState::Subscribed {
+                continue;
+            }
+            let opts = SubOptions::from_stored(&stored);
+            if !opts.deliver || opts.subscription_type == SubscriptionType::Nodes {
+                continue;
+            }
+            if opts.show_values.is_empty() {
+                if seen.insert(j.to_string()) {
+                    out.push(j);
+                }
+                continue;
+            }
+            // Presence is known only for local sessions.
+            for s in self.cx.sessions_of(j.bare()) {
+                if j.resource().is_some() && Jid::from(s.jid.clone()) != j {
+                    continue;
+                }
+                let show = s.with_presence(|p| {
+                    p.last
+                        .as_ref()
+                        .map(|pres| pres.children().find(|c| c.name == "show").map(|c| c.text()))
+                });
+                let Some(show) = show else {
+                    continue; // unavailable
+                };
+                if opts.accepts_show(show.as_deref()) && seen.insert(s.jid.to_string()) {
+                    out.push(Jid::from(s.jid.clone()));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn event_message(&self, to: &Jid, payload: Element) -> Element {

@@ -325,6 +325,73 @@ impl PubSubStore for SqliteStore {
             .collect()
     }
 
+    async fn subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+    ) -> Result<Option<String>, StoreError> {
+        self.require_node(service, node).await?;
+        sqlx::query_scalar(
+            "SELECT options FROM pubsub_subscriptions \
+             WHERE service = $1 AND node = $2 AND jid = $3",
+        )
+        .bind(service.to_string())
+        .bind(node)
+        .bind(jid.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn set_subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+        options: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE pubsub_subscriptions SET options = $4 \
+             WHERE service = $1 AND node = $2 AND jid = $3",
+        )
+        .bind(service.to_string())
+        .bind(node)
+        .bind(jid.to_string())
+        .bind(options)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn subscriptions_with_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+    ) -> Result<Vec<(Jid, SubscriptionState, String)>, StoreError> {
+        self.require_node(service, node).await?;
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT jid, state, options FROM pubsub_subscriptions \
+             WHERE service = $1 AND node = $2 ORDER BY jid",
+        )
+        .bind(service.to_string())
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(j, s, o)| {
+                let s = SubscriptionState::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown subscription {s:?}")))?;
+                Ok((any_jid(&j)?, s, o))
+            })
+            .collect()
+    }
+
     async fn remove_service(&self, service: &BareJid) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM pubsub_nodes WHERE service = $1")
             .bind(service.to_string())
