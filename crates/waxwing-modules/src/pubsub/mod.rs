@@ -30,7 +30,9 @@ use waxwing_store::{PubSubAffiliation, PubSubItem, StoreError, Subscription, Sub
 
 use crate::caps::Caps;
 use crate::internal;
-use config::{AccessModel, NodeConfig, PUBLISH_OPTIONS_FORM, PublishModel, inner_form};
+use config::{
+    AccessModel, NodeConfig, NodeType, PUBLISH_OPTIONS_FORM, PublishModel, fields, inner_form,
+};
 use options::{NS_SUBSCRIBE_OPTIONS, SubOptions, SubscriptionType};
 
 pub const NS: &str = "http://jabber.org/protocol/pubsub";
@@ -41,6 +43,10 @@ pub const NS_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config"
 pub const NS_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 
+/// Deepest nesting of collections (XEP-0248); also bounds the walk up
+/// from a leaf to its ancestors' subscribers.
+pub const MAX_COLLECTION_DEPTH: usize = 16;
+
 /// Features both kinds of service support (XEP-0060 §10).
 pub const FEATURES: &[&str] = &[
     NS,
@@ -50,6 +56,7 @@ pub const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#access-roster",
     "http://jabber.org/protocol/pubsub#access-whitelist",
     "http://jabber.org/protocol/pubsub#auto-create",
+    "http://jabber.org/protocol/pubsub#collections",
     "http://jabber.org/protocol/pubsub#config-node",
     "http://jabber.org/protocol/pubsub#create-and-configure",
     "http://jabber.org/protocol/pubsub#create-nodes",
@@ -424,11 +431,21 @@ impl Svc<'_> {
         match (is_set, el.name.as_str()) {
             (false, "configure") => {
                 let cfg = self.require_owner(&node, who).await?;
+                let mut form = cfg.to_form("form");
+                if cfg.node_type == NodeType::Collection {
+                    let mut f = Element::new("field", ns::DATA_FORMS)
+                        .with_attr("var", "pubsub#children")
+                        .with_attr("type", "text-multi");
+                    for c in self.children(&node).await? {
+                        f.push_child(Element::new("value", ns::DATA_FORMS).with_text(c));
+                    }
+                    form.push_child(f);
+                }
                 Ok(Some(
                     Element::new("pubsub", NS_OWNER).with_child(
                         Element::new("configure", NS_OWNER)
                             .with_attr("node", node)
-                            .with_child(cfg.to_form("form")),
+                            .with_child(form),
                     ),
                 ))
             }
@@ -437,16 +454,45 @@ impl Svc<'_> {
                 let Some(x) = inner_form(el, NS_NODE_CONFIG)? else {
                     return Err(StanzaError::modify(Condition::BadRequest));
                 };
+                let before = cfg.clone();
                 cfg.apply_form(&x)?;
+                if cfg.node_type != before.node_type {
+                    return Err(StanzaError::modify(Condition::NotAcceptable)
+                        .with_text("pubsub#node_type is fixed at creation"));
+                }
+                if cfg.collection != before.collection
+                    && let Some(parent) = &cfg.collection
+                {
+                    self.check_parent(&node, parent, who).await?;
+                }
+                let children = fields(&x)
+                    .into_iter()
+                    .find(|(var, _)| var == "pubsub#children")
+                    .map(|(_, v)| v.into_iter().filter(|c| !c.is_empty()).collect::<Vec<_>>());
+                if children.is_some() && cfg.node_type != NodeType::Collection {
+                    return Err(StanzaError::modify(Condition::NotAcceptable)
+                        .with_text("only collections have children"));
+                }
                 p.set_node_config(&self.jid, &node, &cfg.to_stored())
                     .await
                     .map_err(store)?;
+                if let Some(children) = children {
+                    self.set_children(&node, &children, who).await?;
+                }
                 Ok(None)
             }
             (true, "delete") => {
                 let cfg = self.require_owner(&node, who).await?;
                 let recipients = self.recipients(&node, &cfg).await?;
+                let children = if cfg.node_type == NodeType::Collection {
+                    self.children(&node).await?
+                } else {
+                    Vec::new()
+                };
                 p.delete_node(&self.jid, &node).await.map_err(store)?;
+                for child in children {
+                    self.set_collection(&child, None).await?;
+                }
                 if cfg.notify_delete {
                     let ev = Element::new("delete", NS_EVENT).with_attr("node", node.as_str());
                     self.send_event(&recipients, ev).await;
@@ -577,6 +623,95 @@ impl Svc<'_> {
         }
     }
 
+    /// The nodes whose `pubsub#collection` is `node`, sorted. Reads every
+    /// node's configuration: the store keeps the association in the
+    /// configuration only.
+    pub async fn children(&self, node: &str) -> Result<Vec<String>, StanzaError> {
+        let mut out = Vec::new();
+        for n in self
+            .cx
+            .stores()
+            .pubsub
+            .nodes(&self.jid)
+            .await
+            .map_err(internal)?
+        {
+            if n != node
+                && let Ok(cfg) = self.config(&n).await
+                && cfg.collection.as_deref() == Some(node)
+            {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// May `node` (owned by `who`) join the collection `parent`? It must
+    /// be a collection `who` owns, and not `node` itself or below it.
+    async fn check_parent(
+        &self,
+        node: &str,
+        parent: &str,
+        who: &BareJid,
+    ) -> Result<(), StanzaError> {
+        let pcfg = self.config(parent).await?;
+        if pcfg.node_type != NodeType::Collection {
+            return Err(StanzaError::modify(Condition::NotAcceptable)
+                .with_text(format!("{parent} is not a collection")));
+        }
+        if self.affiliation(parent, who).await? != Some(PubSubAffiliation::Owner) {
+            return Err(forbidden());
+        }
+        let mut cur = Some(parent.to_string());
+        let mut depth = 0;
+        while let Some(c) = cur {
+            depth += 1;
+            if c == node || depth > MAX_COLLECTION_DEPTH {
+                return Err(StanzaError::modify(Condition::NotAcceptable)
+                    .with_text("collections would loop or nest too deep"));
+            }
+            cur = self.config(&c).await.ok().and_then(|c| c.collection);
+        }
+        Ok(())
+    }
+
+    async fn set_collection(&self, node: &str, parent: Option<&str>) -> Result<(), StanzaError> {
+        let mut cfg = self.config(node).await?;
+        cfg.collection = parent.map(str::to_string);
+        self.cx
+            .stores()
+            .pubsub
+            .set_node_config(&self.jid, node, &cfg.to_stored())
+            .await
+            .map_err(store)
+    }
+
+    /// `pubsub#children` submitted on a collection: exactly these nodes
+    /// (which `who` must own) belong to it afterwards.
+    async fn set_children(
+        &self,
+        node: &str,
+        children: &[String],
+        who: &BareJid,
+    ) -> Result<(), StanzaError> {
+        for c in children {
+            self.config(c).await?;
+            if self.affiliation(c, who).await? != Some(PubSubAffiliation::Owner) {
+                return Err(forbidden());
+            }
+            self.check_parent(c, node, who).await?;
+        }
+        for old in self.children(node).await? {
+            if !children.contains(&old) {
+                self.set_collection(&old, None).await?;
+            }
+        }
+        for c in children {
+            self.set_collection(c, Some(node)).await?;
+        }
+        Ok(())
+    }
+
     /// May `who` create nodes here? PEP: the account itself; services:
     /// accounts of the service's host.
     fn may_create(&self, who: &BareJid) -> bool {
@@ -607,6 +742,9 @@ impl Svc<'_> {
             && let Some(x) = inner_form(c, NS_NODE_CONFIG)?
         {
             cfg.apply_form(&x)?;
+        }
+        if let Some(parent) = &cfg.collection {
+            self.check_parent(&node, parent, who).await?;
         }
         self.create_node(&node, &cfg, who).await?;
         Ok(instant.then(|| {
@@ -667,6 +805,11 @@ impl Svc<'_> {
             }
             Err(e) => return Err(e),
         };
+        if cfg.node_type == NodeType::Collection {
+            // XEP-0248 §2: items live on leaves only.
+            return Err(StanzaError::cancel(Condition::FeatureNotImplemented)
+                .with_app(Element::new("unsupported", NS_ERRORS).with_attr("feature", "publish")));
+        }
         let aff = self.affiliation(&node, &who).await?;
         let allowed = match aff {
             Some(
@@ -1050,8 +1193,23 @@ impl Svc<'_> {
     pub async fn recipients(&self, node: &str, cfg: &NodeConfig) -> Result<Vec<Jid>, StanzaError> {
         let mut out: Vec<Jid> = Vec::new();
         let mut seen = HashSet::new();
-        self.subscriber_recipients(node, &mut out, &mut seen)
+        self.subscriber_recipients(node, 0, &mut out, &mut seen)
             .await?;
+        // XEP-0248 §5: subscribers of the collections above, by their
+        // subscription depth.
+        let mut parent = cfg.collection.clone();
+        let mut level = 1;
+        while let Some(p) = parent
+            && level <= MAX_COLLECTION_DEPTH
+        {
+            let Ok(pcfg) = self.config(&p).await else {
+                break;
+            };
+            self.subscriber_recipients(&p, level, &mut out, &mut seen)
+                .await?;
+            parent = pcfg.collection;
+            level += 1;
+        }
         if self.kind == Kind::Pep {
             let mut contacts = vec![self.jid.clone()];
             let roster = self
@@ -1086,12 +1244,14 @@ impl Svc<'_> {
         Ok(out)
     }
 
-    /// The explicit subscribers of `node` who get item notifications now,
+    /// The explicit subscribers of `node` who get item notifications now
+    /// (`level` above the publishing leaf),
     /// by their options: `deliver` on, and for `show-values` only their
     /// available local resources showing one of the listed values.
     async fn subscriber_recipients(
         &self,
         node: &str,
+        level: usize,
         out: &mut Vec<Jid>,
         seen: &mut HashSet<String>,
     ) -> Result<(), StanzaError> {
@@ -1108,6 +1268,9 @@ impl Svc<'_> {
             }
             let opts = SubOptions::from_stored(&stored);
             if !opts.deliver || opts.subscription_type == SubscriptionType::Nodes {
+                continue;
+            }
+            if level > 1 && opts.depth != options::Depth::All {
                 continue;
             }
             if opts.show_values.is_empty() {

@@ -102,7 +102,7 @@ impl PubSubService {
                 let svc = self.svc(cx);
                 let cfg = svc.config(node).await?;
                 out.set_attr("node", node);
-                out.push_child(identity("leaf"));
+                out.push_child(identity(cfg.node_type.as_str()));
                 out.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", NS));
                 // XEP-0060 §5.4: node meta-data, to those who may see the node.
                 let who = from.to_bare();
@@ -135,6 +135,12 @@ impl PubSubService {
             None => {
                 for node in p.nodes(&self.jid).await.map_err(internal)? {
                     let cfg = svc.config(&node).await?;
+                    // Nodes in a collection are listed under it (XEP-0248 §4).
+                    if let Some(parent) = &cfg.collection
+                        && svc.config(parent).await.is_ok()
+                    {
+                        continue;
+                    }
                     let aff = svc.affiliation(&node, &who).await?;
                     if svc.may_access(&node, &cfg, &who, aff).await? {
                         let mut item = Element::new("item", ns::DISCO_ITEMS)
@@ -154,6 +160,20 @@ impl PubSubService {
                     return Err(StanzaError::auth(Condition::Forbidden));
                 }
                 out.set_attr("node", node);
+                if cfg.node_type == super::config::NodeType::Collection {
+                    // XEP-0248 §4: a collection's items are its child nodes.
+                    for child in svc.children(node).await? {
+                        let ccfg = svc.config(&child).await?;
+                        let mut item = Element::new("item", ns::DISCO_ITEMS)
+                            .with_attr("jid", self.jid.to_string())
+                            .with_attr("node", child.as_str());
+                        if !ccfg.title.is_empty() {
+                            item.set_attr("name", ccfg.title.as_str());
+                        }
+                        out.push_child(item);
+                    }
+                    return Ok(out);
+                }
                 for item in p.items(&self.jid, node).await.map_err(internal)? {
                     out.push_child(
                         Element::new("item", ns::DISCO_ITEMS)
