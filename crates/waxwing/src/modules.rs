@@ -22,7 +22,7 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         load(blocking::Blocking::new()),
         // After MAM, so that copies carry the archive's stanza-id.
         load(carbons::Carbons),
-        load(vcard::VCard),
+        load(vcard::VCard::new(pubsub.caps())),
         load(private::Private),
         load(last::Last::new()),
         load(adhoc::AdHoc::new().with_feeds(pubsub.feeds())),

@@ -134,6 +134,11 @@ impl PubSub {
         }
     }
 
+    /// The entity-capabilities cache (PEP notifications made by other modules).
+    pub fn caps(&self) -> Arc<Caps> {
+        self.caps.clone()
+    }
+
     /// The RSS/Atom feed poller, for the administrators' commands.
     pub fn feeds(&self) -> Arc<feeds::Feeds> {
         self.feeds.clone()
@@ -1357,6 +1362,10 @@ impl Svc<'_> {
     async fn after_change(&self, node: &str) {
         if self.kind == Kind::Pep && node == crate::bookmarks::NS_BOOKMARKS2 {
             crate::bookmarks::mirror_to_private(self.cx, &self.jid).await;
+        }
+        // XEP-0398: the vCard follows the PEP avatar.
+        if self.kind == Kind::Pep && node == crate::avatar::NS_AVATAR_METADATA {
+            crate::avatar::pep_to_vcard(self.cx, &self.jid).await;
         }
     }
 }
