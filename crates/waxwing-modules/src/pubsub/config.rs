@@ -362,6 +362,14 @@ pub fn inner_form(parent: &Element, form_type: &str) -> Result<Option<Element>, 
     Ok(Some(x.clone()))
 }
 
+/// A form's FORM_TYPE value, if it has one.
+pub fn form_type(x: &Element) -> Option<String> {
+    x.children()
+        .find(|f| f.name == "field" && f.attr("var") == Some("FORM_TYPE"))
+        .and_then(|f| f.children().find(|v| v.name == "value"))
+        .map(|v| v.text())
+}
+
 /// FORM_TYPE of publish-options.
 pub const PUBLISH_OPTIONS_FORM: &str = NS_PUBLISH_OPTIONS;
 

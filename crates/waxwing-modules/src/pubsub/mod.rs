@@ -42,6 +42,8 @@ pub const NS_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const NS_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
 pub const NS_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+pub const NS_SUBSCRIBE_AUTHORIZATION: &str =
+    "http://jabber.org/protocol/pubsub#subscribe_authorization";
 
 /// Deepest nesting of collections (XEP-0248); also bounds the walk up
 /// from a leaf to its ancestors' subscribers.
@@ -541,19 +543,7 @@ impl Svc<'_> {
                         ),
                         None => return Err(StanzaError::modify(Condition::BadRequest)),
                     };
-                    p.set_subscription(&self.jid, &node, &jid, state)
-                        .await
-                        .map_err(store)?;
-                    // The subscriber learns of the change (XEP-0060 §8.8.2.4),
-                    // and an approved one gets the last item.
-                    let sub = Element::new("subscription", NS_EVENT)
-                        .with_attr("node", node.as_str())
-                        .with_attr("jid", jid.to_string())
-                        .with_attr("subscription", state.map_or("none", |s| s.as_str()));
-                    self.send_event(std::slice::from_ref(&jid), sub).await;
-                    if state == Some(SubscriptionState::Subscribed) {
-                        self.send_last_item(&node, &cfg, &jid).await;
-                    }
+                    self.change_subscription(&node, &cfg, &jid, state).await?;
                 }
                 Ok(None)
             }
@@ -715,6 +705,60 @@ impl Svc<'_> {
             self.set_collection(c, Some(node)).await?;
         }
         Ok(())
+    }
+
+    /// Sets a subscription's state for an owner; the subscriber learns of
+    /// the change (XEP-0060 §8.8.2.4), and an approved one gets the last item.
+    async fn change_subscription(
+        &self,
+        node: &str,
+        cfg: &NodeConfig,
+        jid: &Jid,
+        state: Option<SubscriptionState>,
+    ) -> Result<(), StanzaError> {
+        self.cx
+            .stores()
+            .pubsub
+            .set_subscription(&self.jid, node, jid, state)
+            .await
+            .map_err(store)?;
+        let sub = Element::new("subscription", NS_EVENT)
+            .with_attr("node", node)
+            .with_attr("jid", jid.to_string())
+            .with_attr("subscription", state.map_or("none", |s| s.as_str()));
+        self.send_event(std::slice::from_ref(jid), sub).await;
+        if state == Some(SubscriptionState::Subscribed) {
+            self.send_last_item(node, cfg, jid).await;
+        }
+        Ok(())
+    }
+
+    /// XEP-0060 §8.6.2: an owner's answer to an authorization request.
+    /// Only a pending subscription is changed.
+    pub async fn answer_authorization(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        subscriber: &Jid,
+        allow: bool,
+    ) -> Result<(), StanzaError> {
+        let cfg = self.require_owner(node, owner).await?;
+        let pending = self
+            .cx
+            .stores()
+            .pubsub
+            .subscriptions(&self.jid, node)
+            .await
+            .map_err(store)?
+            .into_iter()
+            .any(|(j, s)| j == *subscriber && s == SubscriptionState::Pending);
+        if !pending {
+            return Err(StanzaError::cancel(Condition::UnexpectedRequest)
+                .with_text("no pending subscription for that JID"));
+        }
+        let state = allow.then_some(SubscriptionState::Subscribed);
+        self.change_subscription(node, &cfg, subscriber, state)
+            .await
     }
 
     /// May `who` create nodes here? PEP: the account itself; services:
@@ -1112,11 +1156,7 @@ impl Svc<'_> {
         };
         let form = Element::new("x", ns::DATA_FORMS)
             .with_attr("type", "form")
-            .with_child(field(
-                "FORM_TYPE",
-                "hidden",
-                "http://jabber.org/protocol/pubsub#subscribe_authorization",
-            ))
+            .with_child(field("FORM_TYPE", "hidden", NS_SUBSCRIBE_AUTHORIZATION))
             .with_child(field("pubsub#node", "text-single", node))
             .with_child(field(
                 "pubsub#subscriber_jid",

@@ -187,12 +187,55 @@ impl PubSubService {
     }
 }
 
+/// The submitted `pubsub#subscribe_authorization` form of a message, if any.
+fn authorization_form(msg: &Element) -> Option<&Element> {
+    msg.children().find(|x| {
+        x.is("x", ns::DATA_FORMS)
+            && x.attr("type") == Some("submit")
+            && super::config::form_type(x).as_deref() == Some(super::NS_SUBSCRIBE_AUTHORIZATION)
+    })
+}
+
+impl PubSubService {
+    /// XEP-0060 §8.6.2: the owner approves or denies a pending subscription.
+    async fn authorize(&self, cx: &Cx, msg: &Element, x: &Element) -> Result<(), StanzaError> {
+        let from = msg
+            .attr("from")
+            .and_then(|f| Jid::parse(f).ok())
+            .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+        let values = super::config::fields(x);
+        let value = |var: &str| {
+            values
+                .iter()
+                .find(|(v, _)| v == var)
+                .and_then(|(_, vals)| vals.first().cloned())
+        };
+        let node =
+            value("pubsub#node").ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+        let subscriber = value("pubsub#subscriber_jid")
+            .and_then(|j| Jid::parse(&j).ok())
+            .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+        let allow = matches!(value("pubsub#allow").as_deref(), Some("1" | "true"));
+        self.svc(cx)
+            .answer_authorization(&from.to_bare(), &node, &subscriber, allow)
+            .await
+    }
+}
+
 #[async_trait]
 impl DomainService for PubSubService {
     async fn handle_stanza(&self, cx: &Cx, stanza: Element) {
         if stanza.name != "iq" {
-            // Messages and presence to the service mean nothing; errors are dropped.
+            // An owner's answer to a subscription authorization request
+            // (XEP-0060 §8.6.2); other messages and presence mean nothing,
+            // and errors are dropped.
             if stanza.name == "message" && stanza.attr("type") != Some("error") {
+                if let Some(x) = authorization_form(&stanza) {
+                    if let Err(e) = self.authorize(cx, &stanza, x).await {
+                        cx.bounce(&stanza, e).await;
+                    }
+                    return;
+                }
                 cx.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
                     .await;
             }
