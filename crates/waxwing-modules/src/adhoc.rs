@@ -658,6 +658,7 @@ async fn run_feed(
                     FeedSpec {
                         key: key.clone(),
                         interval,
+                        validators: Default::default(),
                     },
                 )
                 .await

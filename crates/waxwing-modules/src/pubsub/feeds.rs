@@ -69,6 +69,15 @@ pub enum FeedError {
 pub struct FeedSpec {
     pub key: FeedKey,
     pub interval: Duration,
+    /// The last successful fetch's validators, if known.
+    pub validators: Validators,
+}
+
+/// HTTP validators making the next fetch conditional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
 }
 
 /// The feeds of every service, and their tasks.
@@ -137,6 +146,10 @@ impl Feeds {
                 FeedSpec {
                     key: f.key,
                     interval,
+                    validators: Validators {
+                        etag: f.etag,
+                        last_modified: f.last_modified,
+                    },
                 },
             );
         }
@@ -144,11 +157,17 @@ impl Feeds {
 
     /// Adds (or changes the interval of) a feed for an administrator, and
     /// starts polling it now.
-    pub async fn add(self: &Arc<Self>, cx: &Cx, spec: FeedSpec) -> Result<(), StoreError> {
-        cx.stores()
-            .pubsub
-            .save_feed(&spec.key, spec.interval.as_secs(), true)
+    pub async fn add(self: &Arc<Self>, cx: &Cx, mut spec: FeedSpec) -> Result<(), StoreError> {
+        let p = &cx.stores().pubsub;
+        p.save_feed(&spec.key, spec.interval.as_secs(), true)
             .await?;
+        // A feed added again (a new interval) keeps its validators.
+        if let Some(f) = p.feeds().await?.into_iter().find(|f| f.key == spec.key) {
+            spec.validators = Validators {
+                etag: f.etag,
+                last_modified: f.last_modified,
+            };
+        }
         tracing::info!(url = %spec.key.url, node = %spec.key.node, service = %spec.key.service, "feed added");
         self.spawn(cx, spec);
         Ok(())
@@ -194,6 +213,7 @@ impl Feeds {
     async fn run(&self, cx: &Cx, spec: &FeedSpec, cancel: &CancellationToken) {
         let mut failures: u32 = 0;
         let mut delay = Duration::ZERO;
+        let mut validators = spec.validators.clone();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -211,10 +231,16 @@ impl Feeds {
             // being marked seen.
             let fetched = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.fetch(cx, &spec.key) => r,
+                r = self.fetch(&spec.key, &validators) => r,
             };
             let result = match fetched {
-                Ok(Some(doc)) => self.publish_new(cx, &spec.key, doc).await,
+                Ok(Some(doc)) => {
+                    let r = self.publish_new(cx, &spec.key, &doc).await;
+                    if r.is_ok() {
+                        validators = doc.validators;
+                    }
+                    r
+                }
                 Ok(None) => Ok(0),
                 Err(e) => Err(e),
             };
@@ -248,15 +274,11 @@ impl Feeds {
     }
 
     /// One conditional GET; `None` when the feed did not change.
-    async fn fetch(&self, cx: &Cx, key: &FeedKey) -> Result<Option<Fetched>, FeedError> {
-        let stored = cx
-            .stores()
-            .pubsub
-            .feeds()
-            .await?
-            .into_iter()
-            .find(|f| f.key == *key)
-            .ok_or(StoreError::NotFound)?;
+    async fn fetch(
+        &self,
+        key: &FeedKey,
+        stored: &Validators,
+    ) -> Result<Option<Fetched>, FeedError> {
         let mut req = self.client()?.get(&key.url);
         if let Some(etag) = &stored.etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, etag);
@@ -293,14 +315,16 @@ impl Feeds {
         }
         Ok(Some(Fetched {
             body,
-            etag,
-            last_modified,
+            validators: Validators {
+                etag,
+                last_modified,
+            },
         }))
     }
 
     /// Publishes the entries not seen before, oldest first; returns how
     /// many. Validators are saved only once every new entry is in.
-    async fn publish_new(&self, cx: &Cx, key: &FeedKey, doc: Fetched) -> Result<usize, FeedError> {
+    async fn publish_new(&self, cx: &Cx, key: &FeedKey, doc: &Fetched) -> Result<usize, FeedError> {
         let entries = parse(&doc.body, &key.url)?;
         let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
         let p = &cx.stores().pubsub;
@@ -331,8 +355,12 @@ impl Feeds {
             p.mark_feed_seen(key, &id, keep).await?;
             published += 1;
         }
-        p.set_feed_validators(key, doc.etag.as_deref(), doc.last_modified.as_deref())
-            .await?;
+        p.set_feed_validators(
+            key,
+            doc.validators.etag.as_deref(),
+            doc.validators.last_modified.as_deref(),
+        )
+        .await?;
         Ok(published)
     }
 
@@ -380,8 +408,7 @@ impl Feeds {
 /// A fetched document with its validators.
 struct Fetched {
     body: Vec<u8>,
-    etag: Option<String>,
-    last_modified: Option<String>,
+    validators: Validators,
 }
 
 /// The client every feed shares: rustls with the *ring* provider and the

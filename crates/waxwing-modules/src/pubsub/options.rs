@@ -118,11 +118,9 @@ impl SubOptions {
             match var.as_str() {
                 "pubsub#deliver" => next.deliver = boolean(first).ok_or_else(bad)?,
                 "pubsub#include_body" => next.include_body = boolean(first).ok_or_else(bad)?,
-                "pubsub#digest" => {
-                    if boolean(first).ok_or_else(bad)? {
-                        return Err(StanzaError::modify(Condition::NotAcceptable)
-                            .with_text("digests are not supported"));
-                    }
+                "pubsub#digest" if boolean(first).ok_or_else(bad)? => {
+                    return Err(StanzaError::modify(Condition::NotAcceptable)
+                        .with_text("digests are not supported"));
                 }
                 "pubsub#show-values" => {
                     if values.iter().any(|v| !SHOW_VALUES.contains(&v.as_str())) {
