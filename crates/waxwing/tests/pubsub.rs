@@ -406,6 +406,10 @@ async fn subscription_options_filter_by_presence_and_turn_delivery_off() {
     .await);
     ok(&iq(&mut alice, "set", &publish("opts", "i3", "muted")).await);
     bob.expect_nothing().await;
+    // Subscribing again without options keeps them.
+    ok(&iq(&mut bob, "set", &subscribe("opts", "bob@localhost")).await);
+    ok(&iq(&mut alice, "set", &publish("opts", "i3b", "still muted")).await);
+    bob.expect_nothing().await;
     // Someone else cannot read or change them.
     let r = iq(
         &mut alice,

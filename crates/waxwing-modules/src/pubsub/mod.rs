@@ -1048,12 +1048,25 @@ impl Svc<'_> {
         let jid = subscriber_jid(from, el)?;
         let who = from.to_bare();
         let cfg = self.config(&node).await?;
-        // XEP-0060 §6.3.7: subscribe and configure in one request.
-        let mut opts = SubOptions::default();
+        // XEP-0060 §6.3.7: subscribe and configure in one request. A
+        // repeated subscription keeps its options unless new ones come.
+        let existing = self
+            .cx
+            .stores()
+            .pubsub
+            .subscription_options(&self.jid, &node, &jid)
+            .await
+            .map_err(store)?;
+        let mut opts = existing
+            .as_deref()
+            .map(SubOptions::from_stored)
+            .unwrap_or_default();
+        let mut new_options = existing.is_none();
         if let Some(o) = options
             && let Some(x) = inner_form(o, NS_SUBSCRIBE_OPTIONS)?
         {
             opts.apply_form(&x)?;
+            new_options = true;
         }
         let aff = self.affiliation(&node, &who).await?;
         let state = if aff == Some(PubSubAffiliation::Outcast) {
@@ -1071,12 +1084,14 @@ impl Svc<'_> {
             .set_subscription(&self.jid, &node, &jid, Some(state))
             .await
             .map_err(store)?;
-        self.cx
-            .stores()
-            .pubsub
-            .set_subscription_options(&self.jid, &node, &jid, &opts.to_stored())
-            .await
-            .map_err(store)?;
+        if new_options {
+            self.cx
+                .stores()
+                .pubsub
+                .set_subscription_options(&self.jid, &node, &jid, &opts.to_stored())
+                .await
+                .map_err(store)?;
+        }
         if state == SubscriptionState::Pending {
             self.ask_owners(&node, &jid).await?;
         }
