@@ -406,6 +406,7 @@ impl Feeds {
 }
 
 /// A fetched document with its validators.
+#[derive(Debug)]
 struct Fetched {
     body: Vec<u8>,
     validators: Validators,
@@ -691,5 +692,131 @@ mod tests {
         assert_eq!(backoff(i, 500, cap), cap);
         // A cap below the interval never shortens it.
         assert_eq!(backoff(i, 3, Duration::from_secs(1)), i);
+    }
+
+    /// A one-shot HTTP responder on loopback: answers each connection with
+    /// `response` and records the request heads it read.
+    async fn http_stub(
+        response: Vec<u8>,
+    ) -> (String, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/feed", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).to_lowercase());
+                let _ = sock.write_all(&response).await;
+                let _ = sock.shutdown().await;
+            }
+        });
+        (url, heads, task)
+    }
+
+    fn feeds(max_bytes: u64) -> Feeds {
+        let config = PubSubConfig {
+            feed_min_interval: Duration::from_secs(1),
+            feed_concurrency: 1,
+            feed_timeout: Duration::from_secs(5),
+            feed_max_bytes: max_bytes,
+            feed_max_backoff: Duration::from_secs(60),
+            feeds: Vec::new(),
+        };
+        Feeds::new(config, Arc::new(Caps::default()))
+    }
+
+    fn key(url: &str) -> FeedKey {
+        FeedKey {
+            service: BareJid::domain_only("pubsub.localhost").unwrap(),
+            node: "n".into(),
+            url: url.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_is_conditional_and_reads_validators() {
+        let body = RSS.as_bytes();
+        let mut resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\n\
+             Last-Modified: Mon, 01 Jan 2030 00:00:00 GMT\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        resp.extend_from_slice(body);
+        let (url, heads, task) = http_stub(resp).await;
+        let f = feeds(1 << 20);
+        let got = f
+            .fetch(&key(&url), &Validators::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.body, body);
+        assert_eq!(got.validators.etag.as_deref(), Some("\"v1\""));
+        assert_eq!(
+            got.validators.last_modified.as_deref(),
+            Some("Mon, 01 Jan 2030 00:00:00 GMT")
+        );
+        f.fetch(&key(&url), &got.validators).await.unwrap();
+        let heads = heads.lock().unwrap().clone();
+        assert!(!heads[0].contains("if-none-match"), "{}", heads[0]);
+        assert!(heads[1].contains("if-none-match: \"v1\""), "{}", heads[1]);
+        assert!(
+            heads[1].contains("if-modified-since: mon, 01 jan 2030 00:00:00 gmt"),
+            "{}",
+            heads[1]
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn not_modified_is_nothing_new() {
+        let (url, _, task) =
+            http_stub(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n".to_vec()).await;
+        let v = Validators {
+            etag: Some("\"v1\"".into()),
+            last_modified: None,
+        };
+        assert!(feeds(1024).fetch(&key(&url), &v).await.unwrap().is_none());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn oversized_documents_and_errors_are_refused() {
+        // Announced too large.
+        let (url, _, task) = http_stub(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n".to_vec(),
+        )
+        .await;
+        let e = feeds(1000).fetch(&key(&url), &Validators::default()).await;
+        assert!(matches!(e, Err(FeedError::TooLarge(1000))), "{e:?}");
+        task.abort();
+        // Too large as it streams, without a length.
+        let mut resp = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        resp.extend(std::iter::repeat_n(b'x', 5000));
+        let (url, _, task) = http_stub(resp).await;
+        let e = feeds(1000).fetch(&key(&url), &Validators::default()).await;
+        assert!(matches!(e, Err(FeedError::TooLarge(1000))), "{e:?}");
+        task.abort();
+        let (url, _, task) = http_stub(
+            b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+        )
+        .await;
+        let e = feeds(1000).fetch(&key(&url), &Validators::default()).await;
+        assert!(matches!(e, Err(FeedError::Status(503))), "{e:?}");
+        task.abort();
     }
 }
