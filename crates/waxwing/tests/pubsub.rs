@@ -620,6 +620,43 @@ async fn collections_list_children_and_notify_their_subscribers() {
     ok(&iq(&mut alice, "set", &publish("local", "l2", "no longer news")).await);
     bob.expect_nothing().await;
     carol.expect_nothing().await;
+    // A collection created with its children takes them.
+    ok(&iq(
+        &mut alice,
+        "set",
+        &create_with(
+            "weekend",
+            &[
+                ("pubsub#node_type", "collection"),
+                ("pubsub#children", "local"),
+            ],
+        ),
+    )
+    .await);
+    let r = iq(
+        &mut bob,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#items' node='weekend'/>",
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><query xmlns='http://jabber.org/protocol/disco#items' node='weekend'><item jid='{PS}' node='local'/></query></iq>"
+            )
+        ),
+        "{r}"
+    );
+    ok(&iq(
+        &mut alice,
+        "set",
+        &format!(
+            "<pubsub xmlns='{OWNER}'><configure node='weekend'>{}</configure></pubsub>",
+            configure_form(&[("pubsub#children", "")])
+        ),
+    )
+    .await);
     // Deleting the collection frees its children.
     ok(&iq(
         &mut alice,
@@ -638,5 +675,5 @@ async fn collections_list_children_and_notify_their_subscribers() {
         .flat_map(|q| q.children())
         .filter_map(|i| i.attr("node"))
         .collect();
-    assert_eq!(listed, ["local", "sports"], "{r}");
+    assert_eq!(listed, ["local", "sports", "weekend"], "{r}");
 }

@@ -472,10 +472,7 @@ impl Svc<'_> {
                 {
                     self.check_parent(&node, parent, who).await?;
                 }
-                let children = fields(&x)
-                    .into_iter()
-                    .find(|(var, _)| var == "pubsub#children")
-                    .map(|(_, v)| v.into_iter().filter(|c| !c.is_empty()).collect::<Vec<_>>());
+                let children = submitted_children(&x);
                 if children.is_some() && cfg.node_type != NodeType::Collection {
                     return Err(StanzaError::modify(Condition::NotAcceptable)
                         .with_text("only collections have children"));
@@ -787,15 +784,24 @@ impl Svc<'_> {
             _ => return Err(node_attr(el).unwrap_err()),
         };
         let mut cfg = self.default_config();
+        let mut children = None;
         if let Some(c) = configure
             && let Some(x) = inner_form(c, NS_NODE_CONFIG)?
         {
             cfg.apply_form(&x)?;
+            children = submitted_children(&x);
         }
         if let Some(parent) = &cfg.collection {
             self.check_parent(&node, parent, who).await?;
         }
+        if children.is_some() && cfg.node_type != NodeType::Collection {
+            return Err(StanzaError::modify(Condition::NotAcceptable)
+                .with_text("only collections have children"));
+        }
         self.create_node(&node, &cfg, who).await?;
+        if let Some(children) = children {
+            self.set_children(&node, &children, who).await?;
+        }
         Ok(instant.then(|| {
             Element::new("pubsub", NS)
                 .with_child(Element::new("create", NS).with_attr("node", node))
@@ -842,6 +848,9 @@ impl Svc<'_> {
                 let mut cfg = self.default_config();
                 if let Some(o) = &options {
                     cfg.apply_form(o)?;
+                }
+                if let Some(parent) = &cfg.collection {
+                    self.check_parent(&node, parent, &who).await?;
                 }
                 match self.create_node(&node, &cfg, &who).await {
                     // Created concurrently: use what is there.
@@ -1423,6 +1432,14 @@ impl Svc<'_> {
             crate::avatar::pep_to_vcard(self.cx, &self.jid).await;
         }
     }
+}
+
+/// The `pubsub#children` of a submitted node configuration, if present.
+fn submitted_children(x: &Element) -> Option<Vec<String>> {
+    fields(x)
+        .into_iter()
+        .find(|(var, _)| var == "pubsub#children")
+        .map(|(_, v)| v.into_iter().filter(|c| !c.is_empty()).collect())
 }
 
 /// The JID a (un)subscribe request names: it must be the sender's bare
