@@ -676,3 +676,77 @@ async fn avatar_conversion_between_pep_and_vcard() {
     assert!(card.child("PHOTO", "vcard-temp").is_none(), "{r}");
     assert!(card.child("FN", "vcard-temp").is_some(), "{r}");
 }
+
+#[tokio::test]
+async fn pep_authorize_answered_with_the_owners_form() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob"] {
+        s.user(u).await;
+    }
+    let mut alice = s.online("alice", "a").await;
+    let mut bob = s.online("bob", "b").await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish(
+                "urn:example:diary",
+                "d1",
+                "<entry xmlns='urn:example:diary'>secret</entry>",
+                &[("pubsub#access_model", "authorize")],
+            ),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let r = bob
+        .iq(
+            "set",
+            Some("alice@localhost"),
+            &format!(
+                "<pubsub xmlns='{PUBSUB}'><subscribe node='urn:example:diary' jid='bob@localhost'/></pubsub>"
+            ),
+        )
+        .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><subscription subscription='pending'/></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    alice
+        .expect("<message from='alice@localhost'><x xmlns='jabber:x:data' type='form'><field var='pubsub#subscriber_jid'><value>bob@localhost</value></field></x></message>")
+        .await;
+    let answer = |allow: &str, subscriber: &str| {
+        format!(
+            "<message to='alice@localhost'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#subscribe_authorization</value></field>\
+             <field var='pubsub#node'><value>urn:example:diary</value></field>\
+             <field var='pubsub#subscriber_jid'><value>{subscriber}</value></field>\
+             <field var='pubsub#allow'><value>{allow}</value></field></x></message>"
+        )
+    };
+    // Answering for someone who did not ask is refused.
+    alice.send(&answer("true", "eve@localhost")).await;
+    alice
+        .expect("<message type='error'><error><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+        .await;
+    alice.send(&answer("true", "bob@localhost")).await;
+    bob.expect(&format!(
+        "<message from='alice@localhost'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+         <subscription node='urn:example:diary' jid='bob@localhost' subscription='subscribed'/></event></message>"
+    ))
+    .await;
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            &format!("<pubsub xmlns='{PUBSUB}'><items node='urn:example:diary'/></pubsub>"),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    // The form never reached Alice's other clients as a message.
+    alice.expect_nothing().await;
+}

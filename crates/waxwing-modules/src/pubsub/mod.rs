@@ -185,6 +185,9 @@ impl Module for PubSub {
 #[async_trait]
 impl StanzaHook for PubSub {
     async fn handle_stanza(&self, cx: &Cx, _hook: Hook, stanza: &mut Element) -> Flow {
+        if stanza.name == "message" {
+            return self.pep_authorization(cx, stanza).await;
+        }
         if stanza.name != "presence" || stanza.attr("to").is_some() {
             return Flow::Continue;
         }
@@ -202,6 +205,49 @@ impl StanzaHook for PubSub {
             _ => {}
         }
         Flow::Continue
+    }
+}
+
+impl PubSub {
+    /// XEP-0060 §8.6.2 for PEP: the account answers an authorization
+    /// request of one of its own nodes (sent from its bare JID) with a
+    /// message to its bare JID.
+    async fn pep_authorization(&self, cx: &Cx, msg: &Element) -> Flow {
+        let Some(origin) = cx.origin() else {
+            return Flow::Continue;
+        };
+        let owner = origin.jid.bare().clone();
+        let to_self = match msg.attr("to") {
+            None => true,
+            Some(t) => BareJid::parse(t).is_ok_and(|t| t == owner),
+        };
+        if !to_self || msg.attr("type") == Some("error") {
+            return Flow::Continue;
+        }
+        let Some(x) = service::authorization_form(msg) else {
+            return Flow::Continue;
+        };
+        let svc = Svc {
+            cx,
+            kind: Kind::Pep,
+            jid: owner.clone(),
+            caps: &self.caps,
+            deferred: Default::default(),
+        };
+        let result = match service::authorization_answer(x) {
+            Ok((node, subscriber, allow)) => {
+                svc.answer_authorization(&owner, &node, &subscriber, allow)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let mut bounced = msg.clone();
+            bounced.set_attr("from", origin.jid.to_string());
+            bounced.set_attr("to", owner.to_string());
+            cx.bounce(&bounced, e).await;
+        }
+        Flow::Handled
     }
 }
 

@@ -188,12 +188,29 @@ impl PubSubService {
 }
 
 /// The submitted `pubsub#subscribe_authorization` form of a message, if any.
-fn authorization_form(msg: &Element) -> Option<&Element> {
+pub fn authorization_form(msg: &Element) -> Option<&Element> {
     msg.children().find(|x| {
         x.is("x", ns::DATA_FORMS)
             && x.attr("type") == Some("submit")
             && super::config::form_type(x).as_deref() == Some(super::NS_SUBSCRIBE_AUTHORIZATION)
     })
+}
+
+/// `(node, subscriber, allow)` of a submitted authorization form.
+pub fn authorization_answer(x: &Element) -> Result<(String, Jid, bool), StanzaError> {
+    let values = super::config::fields(x);
+    let value = |var: &str| {
+        values
+            .iter()
+            .find(|(v, _)| v == var)
+            .and_then(|(_, vals)| vals.first().cloned())
+    };
+    let node = value("pubsub#node").ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+    let subscriber = value("pubsub#subscriber_jid")
+        .and_then(|j| Jid::parse(&j).ok())
+        .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+    let allow = matches!(value("pubsub#allow").as_deref(), Some("1" | "true"));
+    Ok((node, subscriber, allow))
 }
 
 impl PubSubService {
@@ -203,19 +220,7 @@ impl PubSubService {
             .attr("from")
             .and_then(|f| Jid::parse(f).ok())
             .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
-        let values = super::config::fields(x);
-        let value = |var: &str| {
-            values
-                .iter()
-                .find(|(v, _)| v == var)
-                .and_then(|(_, vals)| vals.first().cloned())
-        };
-        let node =
-            value("pubsub#node").ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
-        let subscriber = value("pubsub#subscriber_jid")
-            .and_then(|j| Jid::parse(&j).ok())
-            .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
-        let allow = matches!(value("pubsub#allow").as_deref(), Some("1" | "true"));
+        let (node, subscriber, allow) = authorization_answer(x)?;
         self.svc(cx)
             .answer_authorization(&from.to_bare(), &node, &subscriber, allow)
             .await
