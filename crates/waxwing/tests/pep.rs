@@ -734,10 +734,10 @@ async fn pep_authorize_answered_with_the_owners_form() {
         .expect("<message type='error'><error><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
         .await;
     alice.send(&answer("true", "bob@localhost")).await;
-    bob.expect(&format!(
+    bob.expect(
         "<message from='alice@localhost'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
-         <subscription node='urn:example:diary' jid='bob@localhost' subscription='subscribed'/></event></message>"
-    ))
+         <subscription node='urn:example:diary' jid='bob@localhost' subscription='subscribed'/></event></message>",
+    )
     .await;
     let r = bob
         .iq(
