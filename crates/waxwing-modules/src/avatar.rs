@@ -98,15 +98,37 @@ pub async fn store_vcard(cx: &Cx, user: &BareJid, card: &Element) -> Result<(), 
     store.set(user, HASH_KEY, &hash).await
 }
 
-/// The SHA-1 of the account's vCard photo, if it has one.
+/// The SHA-1 of the account's vCard photo, if it has one. A vCard stored
+/// before the hash was kept beside it gets its hash computed once.
 pub async fn photo_hash(cx: &Cx, user: &BareJid) -> Option<String> {
-    match cx.stores().private_xml.get(user, HASH_KEY).await {
-        Ok(h) => h.filter(|h| !h.is_empty()),
+    let store = &cx.stores().private_xml;
+    let stored = match store.get(user, HASH_KEY).await {
+        Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "reading the avatar hash failed");
-            None
+            return None;
         }
-    }
+    };
+    let hash = match stored {
+        Some(h) => h,
+        None => {
+            let card = match load_vcard(cx, user).await {
+                Ok(card) => card,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the vCard failed");
+                    return None;
+                }
+            };
+            let h = vcard_photo(&card)
+                .map(|(bytes, _)| sha1_hex(&bytes))
+                .unwrap_or_default();
+            if let Err(e) = store.set(user, HASH_KEY, &h).await {
+                tracing::error!(error = %e, "storing the avatar hash failed");
+            }
+            h
+        }
+    };
+    Some(hash).filter(|h| !h.is_empty())
 }
 
 /// XEP-0398 §4: adds the photo hash to an available presence unless the
