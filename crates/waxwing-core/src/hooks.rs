@@ -64,6 +64,9 @@ pub enum IqTarget {
 /// Non-stanza events. Closed on purpose: the whole vocabulary is here.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The server finished starting (listeners bound); emitted once, before
+    /// any connection is accepted. Modules start background tasks here.
+    Started,
     /// A resource was bound.
     SessionBound(Arc<SessionHandle>),
     /// A session sent its first available presence (RFC 6121 §4.2 initial presence).
@@ -457,6 +460,21 @@ impl Cx {
                 );
             }
         }
+    }
+
+    /// Spawns a module's background task. The task must end soon after
+    /// [`Cx::shutdown_token`] is cancelled; a graceful stop waits for it
+    /// (bounded).
+    pub fn spawn_background<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.server.background.spawn(task);
+    }
+
+    /// Cancelled when the server begins a graceful stop.
+    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.server.shutdown.child_token()
     }
 
     /// Seconds since the server started (XEP-0012 server uptime).

@@ -64,6 +64,10 @@ pub async fn start(
     let server = Server::new(config, stores, registry, tls, s2s);
     let bound = listen::bind_all(&server).await?;
     let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();
+    server
+        .clone()
+        .emit(None, crate::hooks::Event::Started)
+        .await;
     let tasks = TaskTracker::new();
     for b in bound {
         tracing::info!(kind = b.kind.name(), addr = %b.addr, "listening");
@@ -82,11 +86,13 @@ impl Running {
     pub async fn stop(self) {
         self.server.shutdown();
         self.tasks.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some connections did not close in time");
+        self.server.background.close();
+        let both = async {
+            self.tasks.wait().await;
+            self.server.background.wait().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, both).await.is_err() {
+            tracing::warn!("some connections or background tasks did not end in time");
         }
     }
 }

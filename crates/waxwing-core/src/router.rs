@@ -44,6 +44,8 @@ pub struct Server {
     pub(crate) tls: TlsContext,
     pub(crate) started: Instant,
     pub(crate) shutdown: CancellationToken,
+    /// Modules' background tasks (feed pollers …), awaited on stop.
+    pub(crate) background: tokio_util::task::TaskTracker,
     /// Keys the fake SCRAM salts of unknown users, so that they are stable
     /// (an attacker cannot tell "no such user" from "wrong password").
     pub(crate) fake_salt_key: [u8; 32],
@@ -69,6 +71,7 @@ impl Server {
             tls,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
+            background: tokio_util::task::TaskTracker::new(),
             fake_salt_key: rand::random(),
             connections: Arc::new(ConnectionCounter::default()),
             auth_throttle: AuthThrottle::new(

@@ -15,11 +15,16 @@
 //! Listing online users walks the account list and asks for each one's
 //! sessions: `Cx` has no "all sessions" call, and an admin command may be
 //! O(accounts).
+//!
+//! Three feed commands (also under [`FEDERATION`]'s `urn:waxwing:admin`
+//! prefix) add, remove and list the RSS/Atom feeds republished on nodes of
+//! the `pubsub.<host>` services (`pubsub/feeds.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use std::time::Duration;
 use waxwing_core::credentials;
 use waxwing_core::hooks::{
     Cx, Iq, IqHandler, IqResult, IqTarget, Module, RegisterError, Registrar,
@@ -29,8 +34,11 @@ use waxwing_proto::jid::{BareJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
 use waxwing_proto::xml::Element;
-use waxwing_store::StoreError;
 
+use waxwing_core::config::DEFAULT_FEED_INTERVAL;
+use waxwing_store::{FeedKey, StoreError};
+
+use crate::pubsub::feeds::{FeedSpec, Feeds};
 use crate::{internal, stanza_id};
 
 /// XEP-0050 namespace, also the disco node listing the commands.
@@ -56,10 +64,13 @@ enum Command {
     BlockDomain,
     UnblockDomain,
     DomainReputation,
+    AddFeed,
+    RemoveFeed,
+    ListFeeds,
 }
 
 impl Command {
-    const ALL: [Command; 10] = [
+    const ALL: [Command; 13] = [
         Command::AddUser,
         Command::DeleteUser,
         Command::ChangePassword,
@@ -70,6 +81,9 @@ impl Command {
         Command::BlockDomain,
         Command::UnblockDomain,
         Command::DomainReputation,
+        Command::AddFeed,
+        Command::RemoveFeed,
+        Command::ListFeeds,
     ];
 
     fn node(self) -> &'static str {
@@ -86,6 +100,9 @@ impl Command {
             Command::BlockDomain => "urn:waxwing:admin#block-domain",
             Command::UnblockDomain => "urn:waxwing:admin#unblock-domain",
             Command::DomainReputation => "urn:waxwing:admin#domain-reputation",
+            Command::AddFeed => "urn:waxwing:admin#add-feed",
+            Command::RemoveFeed => "urn:waxwing:admin#remove-feed",
+            Command::ListFeeds => "urn:waxwing:admin#list-feeds",
         }
     }
 
@@ -101,6 +118,9 @@ impl Command {
             Command::BlockDomain => "Block a Remote Domain",
             Command::UnblockDomain => "Unblock a Remote Domain",
             Command::DomainReputation => "List Remote Domain Reputation",
+            Command::AddFeed => "Republish an RSS/Atom Feed on a PubSub Node",
+            Command::RemoveFeed => "Stop Republishing a Feed",
+            Command::ListFeeds => "List Republished Feeds",
         }
     }
 
@@ -162,10 +182,42 @@ impl Command {
                 "The remote domain to unblock",
                 true,
             )],
+            Command::AddFeed => vec![
+                field("text-single", "url", "The feed's http(s) URL", true),
+                field(
+                    "text-single",
+                    "node",
+                    "The node of the pubsub service",
+                    true,
+                ),
+                field(
+                    "text-single",
+                    "host",
+                    "The host whose pubsub service carries the node (default: yours)",
+                    false,
+                ),
+                field(
+                    "text-single",
+                    "interval",
+                    "Seconds between polls (default 900)",
+                    false,
+                ),
+            ],
+            Command::RemoveFeed => vec![
+                field("text-single", "url", "The feed's URL", true),
+                field("text-single", "node", "The node it is published on", true),
+                field(
+                    "text-single",
+                    "host",
+                    "The host whose pubsub service carries the node (default: yours)",
+                    false,
+                ),
+            ],
             Command::OnlineUsersList
             | Command::RegisteredUsersNum
             | Command::OnlineUsersNum
-            | Command::DomainReputation => {
+            | Command::DomainReputation
+            | Command::ListFeeds => {
                 return None;
             }
         };
@@ -253,11 +305,18 @@ struct Pending {
 #[derive(Default)]
 pub struct AdHoc {
     pending: Mutex<HashMap<String, Pending>>,
+    feeds: Option<Arc<Feeds>>,
 }
 
 impl AdHoc {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Serves the feed commands with this poller.
+    pub fn with_feeds(mut self, feeds: Arc<Feeds>) -> Self {
+        self.feeds = Some(feeds);
+        self
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
@@ -443,7 +502,15 @@ impl IqHandler for AdHoc {
                 let host = requester_host(cx, &iq.from)
                     .or_else(|| cx.config().hosts.first().cloned())
                     .unwrap_or_default();
-                let payload = run(cx, command, &values, &host).await?;
+                let payload = match command {
+                    Command::AddFeed | Command::RemoveFeed | Command::ListFeeds => {
+                        let Some(feeds) = &self.feeds else {
+                            return Err(StanzaError::cancel(Condition::FeatureNotImplemented));
+                        };
+                        run_feed(cx, feeds, command, &values, &host).await?
+                    }
+                    _ => run(cx, command, &values, &host).await?,
+                };
                 Ok(Some(
                     response(command, &sessionid, "completed").with_child(payload),
                 ))
@@ -525,6 +592,133 @@ fn online_users(cx: &Cx) -> Vec<BareJid> {
     let mut online = cx.online_accounts();
     online.sort();
     online
+}
+
+/// The feed a submitted form names.
+fn feed_key(cx: &Cx, values: &Submitted, host: &str) -> Result<FeedKey, StanzaError> {
+    let url = values.one("url")?.trim();
+    let parsed = reqwest::Url::parse(url).map_err(|_| {
+        StanzaError::modify(Condition::NotAcceptable).with_text(format!("{url:?} is not a URL"))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || url.len() > 2048 {
+        return Err(StanzaError::modify(Condition::NotAcceptable)
+            .with_text("the feed URL must be http:// or https://"));
+    }
+    let node = values.one("node")?;
+    if node.len() > 1024 {
+        return Err(StanzaError::modify(Condition::NotAcceptable).with_text("node too long"));
+    }
+    let host = match values.all("host").first().filter(|h| !h.trim().is_empty()) {
+        Some(h) if cx.is_local_host(h.trim()) => h.trim().to_string(),
+        Some(h) => {
+            return Err(StanzaError::modify(Condition::NotAcceptable)
+                .with_text(format!("{h} is not a host of this server")));
+        }
+        None => host.to_string(),
+    };
+    let service = BareJid::domain_only(&format!("pubsub.{host}"))
+        .map_err(|_| StanzaError::modify(Condition::NotAcceptable))?;
+    Ok(FeedKey {
+        service,
+        node: node.to_string(),
+        url: url.to_string(),
+    })
+}
+
+/// Runs a feed command.
+async fn run_feed(
+    cx: &Cx,
+    feeds: &Arc<Feeds>,
+    command: Command,
+    values: &Submitted,
+    host: &str,
+) -> Result<Element, StanzaError> {
+    match command {
+        Command::AddFeed => {
+            let key = feed_key(cx, values, host)?;
+            let interval = match values.all("interval").first().map(|v| v.trim()) {
+                Some(v) if !v.is_empty() => Duration::from_secs(v.parse().map_err(|_| {
+                    StanzaError::modify(Condition::NotAcceptable)
+                        .with_text("interval must be a number of seconds")
+                })?),
+                _ => DEFAULT_FEED_INTERVAL,
+            };
+            if interval < feeds.min_interval() {
+                return Err(
+                    StanzaError::modify(Condition::NotAcceptable).with_text(format!(
+                        "the interval must be at least {} seconds",
+                        feeds.min_interval().as_secs()
+                    )),
+                );
+            }
+            feeds
+                .add(
+                    cx,
+                    FeedSpec {
+                        key: key.clone(),
+                        interval,
+                        validators: Default::default(),
+                    },
+                )
+                .await
+                .map_err(internal)?;
+            Ok(note(format!(
+                "{} is republished on node {} of {}",
+                key.url, key.node, key.service
+            )))
+        }
+        Command::RemoveFeed => {
+            let key = feed_key(cx, values, host)?;
+            if feeds.remove(cx, &key).await.map_err(internal)? {
+                Ok(note(format!("{} is no longer republished", key.url)))
+            } else {
+                Err(StanzaError::cancel(Condition::ItemNotFound)
+                    .with_text("no such feed on that node"))
+            }
+        }
+        _ => {
+            const COLUMNS: [(&str, &str); 5] = [
+                ("url", "URL"),
+                ("service", "Service"),
+                ("node", "Node"),
+                ("interval", "Interval (s)"),
+                ("origin", "Added by"),
+            ];
+            let mut reported = Element::new("reported", ns::DATA_FORMS);
+            for (var, label) in COLUMNS {
+                reported.push_child(
+                    Element::new("field", ns::DATA_FORMS)
+                        .with_attr("var", var)
+                        .with_attr("label", label),
+                );
+            }
+            let mut x = result_form(vec![reported]);
+            for f in cx.stores().pubsub.feeds().await.map_err(internal)? {
+                let values = [
+                    f.key.url,
+                    f.key.service.to_string(),
+                    f.key.node,
+                    f.interval_secs.to_string(),
+                    if f.admin {
+                        "administrator"
+                    } else {
+                        "configuration"
+                    }
+                    .to_string(),
+                ];
+                let mut item = Element::new("item", ns::DATA_FORMS);
+                for ((var, _), v) in COLUMNS.iter().zip(values) {
+                    item.push_child(
+                        Element::new("field", ns::DATA_FORMS)
+                            .with_attr("var", *var)
+                            .with_child(Element::new("value", ns::DATA_FORMS).with_text(v)),
+                    );
+                }
+                x.push_child(item);
+            }
+            Ok(x)
+        }
+    }
 }
 
 /// Runs a command with its submitted values; returns the `<note/>` or result form.
@@ -639,6 +833,10 @@ async fn run(
             }))
         }
         Command::DomainReputation => Ok(reputation_table(cx)),
+        // Served by `run_feed`, which has the poller.
+        Command::AddFeed | Command::RemoveFeed | Command::ListFeeds => {
+            Err(StanzaError::cancel(Condition::FeatureNotImplemented))
+        }
         Command::Announce => {
             let body = values.all("announcement").join("\n");
             if body.trim().is_empty() {

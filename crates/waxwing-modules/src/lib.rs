@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adhoc;
+pub mod avatar;
 pub mod blocking;
 pub mod bookmarks;
 pub mod caps;

@@ -2,32 +2,41 @@
 //!
 //! The server keeps each account's vCard as opaque XML and hands it to
 //! anyone who asks (vCards are public profiles, as in Prosody and
-//! ejabberd); only the account itself may change it. XEP-0153's
-//! `<x xmlns='vcard-temp:x:update'/>` in presence needs nothing here: the
-//! presence engine forwards presence children untouched.
+//! ejabberd); only the account itself may change it. The vCard `PHOTO`
+//! and PEP avatars (XEP-0084) are kept in step, and presence carries the
+//! photo hash (XEP-0153 `vcard-temp:x:update`), by `avatar.rs` (XEP-0398).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use waxwing_core::hooks::{
-    Cx, Event, EventHandler, Iq, IqHandler, IqResult, IqTarget, Module, RegisterError, Registrar,
+    Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
+    RegisterError, Registrar, StanzaHook,
 };
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
 use waxwing_proto::xml::{Element, parse_stanza};
 
+use crate::avatar::{self, NS_CONVERSION};
+use crate::caps::Caps;
 use crate::internal;
 
 /// XEP-0054 namespace.
 pub const VCARD: &str = "vcard-temp";
 /// XEP-0153: vCard-based avatars (advertised; the work is the clients').
 pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
-/// Key in the per-account XML store. No `{ns}name` key of private storage
-/// (XEP-0049) can collide with it.
-const KEY: &str = "vcard-temp";
+/// vCard-temp, with XEP-0398 avatar conversion.
+pub struct VCard {
+    /// PEP notifications of converted avatars go to contacts by their caps.
+    caps: Arc<Caps>,
+}
 
-/// vCard-temp.
-pub struct VCard;
+impl VCard {
+    /// `caps` is the PubSub module's entity-capabilities cache.
+    pub fn new(caps: Arc<Caps>) -> Self {
+        VCard { caps }
+    }
+}
 
 impl Module for VCard {
     fn name(&self) -> &'static str {
@@ -37,9 +46,30 @@ impl Module for VCard {
     fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
         reg.server_feature(VCARD);
         reg.account_feature(VCARD);
+        reg.server_feature(NS_CONVERSION);
+        reg.account_feature(NS_CONVERSION);
         reg.iq(IqTarget::Account, VCARD, self.clone())?;
+        reg.hook(Hook::Outbound, Priority::EARLY, self.clone());
         reg.on_events(self);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl StanzaHook for VCard {
+    /// XEP-0398 §4: the photo hash in every available presence the
+    /// account's sessions send, broadcast or directed.
+    async fn handle_stanza(&self, cx: &Cx, _hook: Hook, stanza: &mut Element) -> Flow {
+        if stanza.name != "presence" || stanza.attr("type").is_some() {
+            return Flow::Continue;
+        }
+        let Some(origin) = cx.origin() else {
+            return Flow::Continue;
+        };
+        if let Some(hash) = avatar::photo_hash(cx, origin.jid.bare()).await {
+            avatar::inject_hash(stanza, &hash);
+        }
+        Flow::Continue
     }
 }
 
@@ -72,10 +102,11 @@ impl IqHandler for VCard {
             if owner != requester || cx.origin().is_none() {
                 return Err(StanzaError::auth(Condition::Forbidden));
             }
-            store
-                .set(&owner, KEY, &iq.payload.to_xml())
+            let before = avatar::load_vcard(cx, &owner).await.map_err(internal)?;
+            avatar::store_vcard(cx, &owner, &iq.payload)
                 .await
                 .map_err(internal)?;
+            avatar::vcard_to_pep(cx, &self.caps, &owner, &before, &iq.payload).await;
             return Ok(None);
         }
         if owner != requester
@@ -90,7 +121,11 @@ impl IqHandler for VCard {
         }
         // XEP-0054 §3.1: no vCard is an empty one.
         Ok(Some(
-            match store.get(&owner, KEY).await.map_err(internal)? {
+            match store
+                .get(&owner, avatar::VCARD_KEY)
+                .await
+                .map_err(internal)?
+            {
                 Some(xml) => decode(&xml),
                 None => Element::new("vCard", VCARD),
             },

@@ -36,7 +36,9 @@ pub use memory::memory;
 pub use muc::{Affiliation, MucStore, RoomAffiliation, RoomRecord, StoredRoom};
 pub use offline::{OfflineMessage, OfflineStore};
 pub use private_xml::PrivateXmlStore;
-pub use pubsub::{PubSubAffiliation, PubSubItem, PubSubStore, SubscriptionState};
+pub use pubsub::{
+    FeedKey, PubSubAffiliation, PubSubItem, PubSubStore, StoredFeed, SubscriptionState,
+};
 pub use reputation::{DomainReputation, DomainReputationStore};
 pub use roster::{RosterItem, RosterStore, Subscription};
 pub use sqlite::Durability;

@@ -90,6 +90,32 @@ pub struct PubSubItem {
     pub payload: String,
 }
 
+/// Which feed: a feed URL republished on one node of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FeedKey {
+    /// The pubsub service (a service domain).
+    pub service: BareJid,
+    /// The node the entries are published on.
+    pub node: String,
+    /// The feed's URL.
+    pub url: String,
+}
+
+/// A feed subscription with the state of its last successful fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFeed {
+    /// Which feed.
+    pub key: FeedKey,
+    /// Seconds between polls.
+    pub interval_secs: u64,
+    /// Added by an administrator's command (true) or by the configuration.
+    pub admin: bool,
+    /// The `ETag` of the last successful fetch.
+    pub etag: Option<String>,
+    /// The `Last-Modified` of the last successful fetch.
+    pub last_modified: Option<String>,
+}
+
 /// Nodes, items, affiliations and subscriptions.
 #[async_trait]
 pub trait PubSubStore: Send + Sync {
@@ -175,8 +201,76 @@ pub trait PubSubStore: Send + Sync {
         node: &str,
     ) -> Result<Vec<(Jid, SubscriptionState)>, StoreError>;
 
+    /// A subscription's options (XEP-0060 §6.3) as stored: `''` for the
+    /// defaults, `None` if `jid` has no subscription.
+    async fn subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Replaces a subscription's options; `NotFound` if there is no such
+    /// subscription. Changing the subscription's state keeps them; removing
+    /// it removes them.
+    async fn set_subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+        options: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Every subscription with its options, sorted by JID.
+    async fn subscriptions_with_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+    ) -> Result<Vec<(Jid, SubscriptionState, String)>, StoreError>;
+
     /// Removes every node of a service (a deleted account's PEP nodes).
     async fn remove_service(&self, service: &BareJid) -> Result<(), StoreError>;
+
+    /// Every feed subscription, sorted by key.
+    async fn feeds(&self) -> Result<Vec<StoredFeed>, StoreError>;
+
+    /// Adds a feed subscription or updates its interval and origin, keeping
+    /// its validators and seen entries.
+    async fn save_feed(
+        &self,
+        key: &FeedKey,
+        interval_secs: u64,
+        admin: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Removes a feed subscription and its seen entries; false if absent.
+    async fn remove_feed(&self, key: &FeedKey) -> Result<bool, StoreError>;
+
+    /// Records the validators of a successful fetch; `NotFound` if the
+    /// feed is not stored.
+    async fn set_feed_validators(
+        &self,
+        key: &FeedKey,
+        etag: Option<&str>,
+        last_modified: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// Which of `item_ids` were already marked seen for this feed.
+    async fn feed_seen(
+        &self,
+        key: &FeedKey,
+        item_ids: &[String],
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Marks `item_id` seen (again: it becomes the newest), then keeps only
+    /// the newest `keep` seen ids of the feed. `NotFound` if the feed is
+    /// not stored.
+    async fn mark_feed_seen(
+        &self,
+        key: &FeedKey,
+        item_id: &str,
+        keep: u64,
+    ) -> Result<(), StoreError>;
 }
 
 #[derive(Default)]
@@ -186,12 +280,24 @@ struct MemoryNode {
     items: Vec<PubSubItem>,
     affiliations: BTreeMap<String, (BareJid, PubSubAffiliation)>,
     subscriptions: BTreeMap<String, (Jid, SubscriptionState)>,
+    sub_options: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+struct MemoryFeed {
+    interval_secs: u64,
+    admin: bool,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    /// Oldest first.
+    seen: Vec<String>,
 }
 
 /// In-memory nodes for tests.
 #[derive(Default)]
 pub(crate) struct MemoryPubSub {
     data: Mutex<HashMap<BareJid, BTreeMap<String, MemoryNode>>>,
+    feeds: Mutex<BTreeMap<FeedKey, MemoryFeed>>,
 }
 
 impl MemoryPubSub {
@@ -347,7 +453,58 @@ impl PubSubStore for MemoryPubSub {
             }
             None => {
                 n.subscriptions.remove(&jid.to_string());
+                n.sub_options.remove(&jid.to_string());
             }
+        })
+    }
+
+    async fn subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+    ) -> Result<Option<String>, StoreError> {
+        self.with_node(service, node, |n| {
+            let key = jid.to_string();
+            n.subscriptions
+                .contains_key(&key)
+                .then(|| n.sub_options.get(&key).cloned().unwrap_or_default())
+        })
+    }
+
+    async fn set_subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+        options: &str,
+    ) -> Result<(), StoreError> {
+        self.with_node(service, node, |n| {
+            let key = jid.to_string();
+            if !n.subscriptions.contains_key(&key) {
+                return Err(StoreError::NotFound);
+            }
+            n.sub_options.insert(key, options.to_owned());
+            Ok(())
+        })?
+    }
+
+    async fn subscriptions_with_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+    ) -> Result<Vec<(Jid, SubscriptionState, String)>, StoreError> {
+        self.with_node(service, node, |n| {
+            n.subscriptions
+                .iter()
+                .map(|(k, (j, s))| {
+                    (
+                        j.clone(),
+                        *s,
+                        n.sub_options.get(k).cloned().unwrap_or_default(),
+                    )
+                })
+                .collect()
         })
     }
 
@@ -366,6 +523,85 @@ impl PubSubStore for MemoryPubSub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(service);
+        Ok(())
+    }
+
+    async fn feeds(&self) -> Result<Vec<StoredFeed>, StoreError> {
+        let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(feeds
+            .iter()
+            .map(|(k, f)| StoredFeed {
+                key: k.clone(),
+                interval_secs: f.interval_secs,
+                admin: f.admin,
+                etag: f.etag.clone(),
+                last_modified: f.last_modified.clone(),
+            })
+            .collect())
+    }
+
+    async fn save_feed(
+        &self,
+        key: &FeedKey,
+        interval_secs: u64,
+        admin: bool,
+    ) -> Result<(), StoreError> {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let f = feeds.entry(key.clone()).or_default();
+        f.interval_secs = interval_secs;
+        f.admin = admin;
+        Ok(())
+    }
+
+    async fn remove_feed(&self, key: &FeedKey) -> Result<bool, StoreError> {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(feeds.remove(key).is_some())
+    }
+
+    async fn set_feed_validators(
+        &self,
+        key: &FeedKey,
+        etag: Option<&str>,
+        last_modified: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let f = feeds.get_mut(key).ok_or(StoreError::NotFound)?;
+        f.etag = etag.map(str::to_owned);
+        f.last_modified = last_modified.map(str::to_owned);
+        Ok(())
+    }
+
+    async fn feed_seen(
+        &self,
+        key: &FeedKey,
+        item_ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(f) = feeds.get(key) else {
+            return Ok(Vec::new());
+        };
+        Ok(item_ids
+            .iter()
+            .filter(|id| f.seen.contains(id))
+            .cloned()
+            .collect())
+    }
+
+    async fn mark_feed_seen(
+        &self,
+        key: &FeedKey,
+        item_id: &str,
+        keep: u64,
+    ) -> Result<(), StoreError> {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let f = feeds.get_mut(key).ok_or(StoreError::NotFound)?;
+        f.seen.retain(|s| s != item_id);
+        f.seen.push(item_id.to_owned());
+        let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+        if f.seen.len() > keep {
+            let excess = f.seen.len() - keep;
+            f.seen.drain(..excess);
+        }
         Ok(())
     }
 }

@@ -1352,6 +1352,137 @@ async fn pubsub_contract(s: &Stores) {
     assert_eq!(p.nodes(&other).await, Ok(vec!["n".to_string()]));
 }
 
+async fn pubsub_subscription_options_contract(s: &Stores) {
+    use waxwing_store::{StoreError, SubscriptionState};
+    let p = &s.pubsub;
+    let svc = BareJid::domain_only("pubsub.capulet.example").unwrap();
+    let romeo = Jid::parse("romeo@montague.example").unwrap();
+    let phone = Jid::parse("romeo@montague.example/phone").unwrap();
+    assert_eq!(
+        p.subscription_options(&svc, "n", &romeo).await,
+        Err(StoreError::NotFound)
+    );
+    p.create_node(&svc, "n", "<c/>").await.unwrap();
+    assert_eq!(p.subscription_options(&svc, "n", &romeo).await, Ok(None));
+    assert_eq!(
+        p.set_subscription_options(&svc, "n", &romeo, "<x/>").await,
+        Err(StoreError::NotFound)
+    );
+    p.set_subscription(&svc, "n", &romeo, Some(SubscriptionState::Pending))
+        .await
+        .unwrap();
+    p.set_subscription(&svc, "n", &phone, Some(SubscriptionState::Subscribed))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.subscription_options(&svc, "n", &romeo).await,
+        Ok(Some(String::new()))
+    );
+    p.set_subscription_options(&svc, "n", &romeo, "<x a='1'/>")
+        .await
+        .unwrap();
+    // A state change keeps the options.
+    p.set_subscription(&svc, "n", &romeo, Some(SubscriptionState::Subscribed))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.subscriptions_with_options(&svc, "n").await.unwrap(),
+        vec![
+            (
+                romeo.clone(),
+                SubscriptionState::Subscribed,
+                "<x a='1'/>".into()
+            ),
+            (phone.clone(), SubscriptionState::Subscribed, String::new()),
+        ]
+    );
+    // Unsubscribing forgets them.
+    p.set_subscription(&svc, "n", &romeo, None).await.unwrap();
+    p.set_subscription(&svc, "n", &romeo, Some(SubscriptionState::Subscribed))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.subscription_options(&svc, "n", &romeo).await,
+        Ok(Some(String::new()))
+    );
+}
+
+async fn pubsub_feeds_contract(s: &Stores) {
+    use waxwing_store::{FeedKey, StoreError};
+    let p = &s.pubsub;
+    let key = FeedKey {
+        service: BareJid::domain_only("pubsub.capulet.example").unwrap(),
+        node: "news".into(),
+        url: "https://capulet.example/feed.xml".into(),
+    };
+    let other = FeedKey {
+        url: "https://capulet.example/atom.xml".into(),
+        ..key.clone()
+    };
+    assert_eq!(p.feeds().await, Ok(vec![]));
+    assert_eq!(
+        p.set_feed_validators(&key, Some("\"e1\""), None).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        p.mark_feed_seen(&key, "a", 10).await,
+        Err(StoreError::NotFound)
+    );
+    p.save_feed(&key, 900, false).await.unwrap();
+    p.save_feed(&other, 60, true).await.unwrap();
+    p.set_feed_validators(&key, Some("\"e1\""), Some("Tue, 01 Jan 2030 00:00:00 GMT"))
+        .await
+        .unwrap();
+    // Saving again changes interval and origin but keeps the validators.
+    p.save_feed(&key, 120, true).await.unwrap();
+    let feeds = p.feeds().await.unwrap();
+    assert_eq!(feeds.len(), 2);
+    let f = feeds.iter().find(|f| f.key == key).unwrap();
+    assert_eq!((f.interval_secs, f.admin), (120, true));
+    assert_eq!(f.etag.as_deref(), Some("\"e1\""));
+    assert_eq!(
+        f.last_modified.as_deref(),
+        Some("Tue, 01 Jan 2030 00:00:00 GMT")
+    );
+    let g = feeds.iter().find(|f| f.key == other).unwrap();
+    assert_eq!(
+        (g.interval_secs, g.admin, g.etag.as_deref()),
+        (60, true, None)
+    );
+
+    // Seen ids are per feed, bounded by `keep` (oldest go first), and a
+    // re-marked id counts as the newest.
+    let all = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for id in ["a", "b", "c"] {
+        p.mark_feed_seen(&key, id, 3).await.unwrap();
+    }
+    p.mark_feed_seen(&other, "z", 3).await.unwrap();
+    assert_eq!(
+        p.feed_seen(&key, &all(&["a", "b", "c", "d", "z"])).await,
+        Ok(all(&["a", "b", "c"]))
+    );
+    p.mark_feed_seen(&key, "a", 3).await.unwrap();
+    p.mark_feed_seen(&key, "d", 3).await.unwrap();
+    assert_eq!(
+        p.feed_seen(&key, &all(&["a", "b", "c", "d"])).await,
+        Ok(all(&["a", "c", "d"]))
+    );
+    assert_eq!(
+        p.feed_seen(&other, &all(&["a", "z"])).await,
+        Ok(all(&["z"]))
+    );
+
+    // Removing a feed forgets its state.
+    assert_eq!(p.remove_feed(&key).await, Ok(true));
+    assert_eq!(p.remove_feed(&key).await, Ok(false));
+    assert_eq!(p.feed_seen(&key, &all(&["a"])).await, Ok(vec![]));
+    p.save_feed(&key, 900, false).await.unwrap();
+    let f = p.feeds().await.unwrap();
+    let f = f.iter().find(|f| f.key == key).unwrap();
+    assert_eq!((f.etag.clone(), f.admin), (None, false));
+    assert_eq!(p.feed_seen(&key, &all(&["a", "d"])).await, Ok(vec![]));
+}
+
 macro_rules! contract_tests {
     ($($name:ident => $contract:ident),* $(,)?) => {$(
         mod $name {
@@ -1386,6 +1517,8 @@ contract_tests! {
     last_activity => last_activity_contract,
     muc => muc_contract,
     pubsub => pubsub_contract,
+    pubsub_feeds => pubsub_feeds_contract,
+    pubsub_subscription_options => pubsub_subscription_options_contract,
     reputation => reputation_contract,
 }
 

@@ -12,6 +12,7 @@ use waxwing_modules::{
 /// Every module, in registration order. Order matters only within a hook
 /// chain of equal priority.
 pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
+    let pubsub = waxwing_modules::pubsub::PubSub::new(config);
     let mut modules = vec![
         load(roster::Roster),
         load(presence::Presence),
@@ -21,10 +22,10 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         load(blocking::Blocking::new()),
         // After MAM, so that copies carry the archive's stanza-id.
         load(carbons::Carbons),
-        load(vcard::VCard),
+        load(vcard::VCard::new(pubsub.caps())),
         load(private::Private),
         load(last::Last::new()),
-        load(adhoc::AdHoc::new()),
+        load(adhoc::AdHoc::new().with_feeds(pubsub.feeds())),
         load(disco::Disco),
         load(ping::Ping),
         load(version::Version),
@@ -33,7 +34,7 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         load(waxwing_modules::push::Push),
         load(waxwing_modules::muc::Muc::new(config)),
         // PEP on accounts and the pubsub.<host> services (XEP-0060/0163).
-        load(waxwing_modules::pubsub::PubSub::new(config)),
+        load(pubsub),
     ];
     if !config.mam_enabled {
         modules.retain(|m| m.module_name() != "mam");

@@ -455,3 +455,300 @@ async fn bookmarks_are_mirrored_to_private_storage() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn avatar_conversion_between_pep_and_vcard() {
+    use sha1::Digest as _;
+    let s = TestServer::start().await;
+    for u in ["alice", "bob"] {
+        s.user(u).await;
+    }
+    s.befriend("alice", "bob").await;
+    let mut alice = s.online("alice", "a").await;
+    let mut bob = s.online("bob", "b").await;
+
+    // The server and the account advertise the conversion.
+    for to in ["localhost", "alice@localhost"] {
+        let r = bob
+            .iq(
+                "get",
+                Some(to),
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            )
+            .await;
+        assert!(
+            matches_pattern(
+                &r,
+                "<iq type='result'><query xmlns='http://jabber.org/protocol/disco#info'>\
+                 <feature var='urn:xmpp:pep-vcard-conversion:0'/></query></iq>"
+            ),
+            "{to}: {r}"
+        );
+    }
+
+    // PEP → vCard.
+    let image = b"\x89PNG fake image bytes";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(image);
+    let hash: String = sha1::Sha1::digest(image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let data = format!("<data xmlns='urn:xmpp:avatar:data'>{b64}</data>");
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish("urn:xmpp:avatar:data", &hash, &data, &[]),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let meta = format!(
+        "<metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='{}' id='{hash}' type='image/png'/>\
+         <info id='other' url='https://example.org/a.png' type='image/png' bytes='9'/></metadata>",
+        image.len()
+    );
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish("urn:xmpp:avatar:metadata", &hash, &meta, &[]),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE>\
+                 <BINVAL>{b64}</BINVAL></PHOTO></vCard></iq>"
+            )
+        ),
+        "{r}"
+    );
+
+    // Presence carries the hash, unless the client set its own <photo/>.
+    alice
+        .send("<presence><status>here</status></presence>")
+        .await;
+    bob.expect(&format!(
+        "<presence from='alice@localhost/a'><x xmlns='vcard-temp:x:update'><photo>{hash}</photo></x></presence>"
+    ))
+    .await;
+    alice
+        .send("<presence><x xmlns='vcard-temp:x:update'><photo/></x></presence>")
+        .await;
+    let p = bob.expect("<presence from='alice@localhost/a'/>").await;
+    let photo = p
+        .child("x", "vcard-temp:x:update")
+        .and_then(|x| x.child("photo", "vcard-temp:x:update"))
+        .map(|p| p.text());
+    assert_eq!(photo.as_deref(), Some(""), "{p}");
+
+    // vCard → PEP: a vCard with another photo publishes data and metadata.
+    let image2 = b"GIF89a another one";
+    let b64_2 = base64::engine::general_purpose::STANDARD.encode(image2);
+    let hash2: String = sha1::Sha1::digest(image2)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &format!(
+                "<vCard xmlns='vcard-temp'><FN>Alice</FN><PHOTO><TYPE>image/gif</TYPE>\
+                 <BINVAL>{b64_2}</BINVAL></PHOTO></vCard>"
+            ),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let get = |node: &str| format!("<pubsub xmlns='{PUBSUB}'><items node='{node}'/></pubsub>");
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            &get("urn:xmpp:avatar:metadata"),
+        )
+        .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><items node='urn:xmpp:avatar:metadata'>\
+                 <item id='{hash2}'><metadata xmlns='urn:xmpp:avatar:metadata'>\
+                 <info bytes='{}' id='{hash2}' type='image/gif'/></metadata></item></items></pubsub></iq>",
+                image2.len()
+            )
+        ),
+        "{r}"
+    );
+    let r = bob
+        .iq("get", Some("alice@localhost"), &get("urn:xmpp:avatar:data"))
+        .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><items node='urn:xmpp:avatar:data'>\
+                 <item id='{hash2}'><data xmlns='urn:xmpp:avatar:data'>{b64_2}</data></item></items></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    // The vCard the client wrote is kept as written.
+    let r = alice.iq("get", None, "<vCard xmlns='vcard-temp'/>").await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><vCard xmlns='vcard-temp'><FN>Alice</FN><PHOTO><BINVAL>{b64_2}</BINVAL></PHOTO></vCard></iq>"
+            )
+        ),
+        "{r}"
+    );
+    alice.send("<presence/>").await;
+    bob.expect(&format!(
+        "<presence from='alice@localhost/a'><x xmlns='vcard-temp:x:update'><photo>{hash2}</photo></x></presence>"
+    ))
+    .await;
+
+    // Removing the photo disables the PEP avatar; disabling the PEP
+    // avatar removes the photo.
+    let r = alice
+        .iq(
+            "set",
+            None,
+            "<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>",
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            &get("urn:xmpp:avatar:metadata"),
+        )
+        .await;
+    let newest = r
+        .child("pubsub", PUBSUB)
+        .and_then(|p| p.child("items", PUBSUB))
+        .and_then(|i| i.children().next())
+        .and_then(|i| i.children().next())
+        .cloned();
+    let newest = newest.expect("a metadata item");
+    assert!(newest.children().next().is_none(), "{r}");
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish("urn:xmpp:avatar:data", &hash, &data, &[]),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish("urn:xmpp:avatar:metadata", &hash, &meta, &[]),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish(
+                "urn:xmpp:avatar:metadata",
+                "current",
+                "<metadata xmlns='urn:xmpp:avatar:metadata'/>",
+                &[],
+            ),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let r = alice.iq("get", None, "<vCard xmlns='vcard-temp'/>").await;
+    let card = r.child("vCard", "vcard-temp").expect("a vCard").clone();
+    assert!(card.child("PHOTO", "vcard-temp").is_none(), "{r}");
+    assert!(card.child("FN", "vcard-temp").is_some(), "{r}");
+}
+
+#[tokio::test]
+async fn pep_authorize_answered_with_the_owners_form() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob"] {
+        s.user(u).await;
+    }
+    let mut alice = s.online("alice", "a").await;
+    let mut bob = s.online("bob", "b").await;
+    let r = alice
+        .iq(
+            "set",
+            None,
+            &publish(
+                "urn:example:diary",
+                "d1",
+                "<entry xmlns='urn:example:diary'>secret</entry>",
+                &[("pubsub#access_model", "authorize")],
+            ),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let r = bob
+        .iq(
+            "set",
+            Some("alice@localhost"),
+            &format!(
+                "<pubsub xmlns='{PUBSUB}'><subscribe node='urn:example:diary' jid='bob@localhost'/></pubsub>"
+            ),
+        )
+        .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><subscription subscription='pending'/></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    alice
+        .expect("<message from='alice@localhost'><x xmlns='jabber:x:data' type='form'><field var='pubsub#subscriber_jid'><value>bob@localhost</value></field></x></message>")
+        .await;
+    let answer = |allow: &str, subscriber: &str| {
+        format!(
+            "<message to='alice@localhost'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#subscribe_authorization</value></field>\
+             <field var='pubsub#node'><value>urn:example:diary</value></field>\
+             <field var='pubsub#subscriber_jid'><value>{subscriber}</value></field>\
+             <field var='pubsub#allow'><value>{allow}</value></field></x></message>"
+        )
+    };
+    // Answering for someone who did not ask is refused.
+    alice.send(&answer("true", "eve@localhost")).await;
+    alice
+        .expect("<message type='error'><error><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+        .await;
+    alice.send(&answer("true", "bob@localhost")).await;
+    bob.expect(
+        "<message from='alice@localhost'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+         <subscription node='urn:example:diary' jid='bob@localhost' subscription='subscribed'/></event></message>",
+    )
+    .await;
+    let r = bob
+        .iq(
+            "get",
+            Some("alice@localhost"),
+            &format!("<pubsub xmlns='{PUBSUB}'><items node='urn:example:diary'/></pubsub>"),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    // The form never reached Alice's other clients as a message.
+    alice.expect_nothing().await;
+}

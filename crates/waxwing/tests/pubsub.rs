@@ -297,3 +297,383 @@ async fn whitelist_refuses_until_affiliated_and_authorize_needs_approval() {
     )
     .await);
 }
+
+fn options_form(fields: &[(&str, &[&str])]) -> String {
+    let mut x = String::from(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+         <value>http://jabber.org/protocol/pubsub#subscribe_options</value></field>",
+    );
+    for (var, values) in fields {
+        x.push_str(&format!("<field var='{var}'>"));
+        for v in *values {
+            x.push_str(&format!("<value>{v}</value>"));
+        }
+        x.push_str("</field>");
+    }
+    x.push_str("</x>");
+    x
+}
+
+#[tokio::test]
+async fn subscription_options_filter_by_presence_and_turn_delivery_off() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob"] {
+        s.user(u).await;
+    }
+    let mut alice = online(&s, "alice", "a").await;
+    let mut bob = online(&s, "bob", "b").await;
+    ok(&iq(&mut alice, "set", &create("opts", None)).await);
+
+    // The default options (XEP-0060 §6.4).
+    let r = iq(
+        &mut bob,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><default/></pubsub>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><default><x xmlns='jabber:x:data' type='form'>\
+                 <field var='pubsub#deliver'><value>1</value></field></x></default></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    // Options of a subscription that does not exist.
+    let r = iq(
+        &mut bob,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'/></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "unexpected-request"), "{r}");
+
+    // Subscribe and configure: only while showing "chat".
+    let chat_only = options_form(&[("pubsub#show-values", &["chat"])]);
+    ok(&iq(
+        &mut bob,
+        "set",
+        &format!(
+            "<pubsub xmlns='{PUBSUB}'><subscribe node='opts' jid='bob@localhost'/>\
+             <options>{chat_only}</options></pubsub>"
+        ),
+    )
+    .await);
+    let r = iq(
+        &mut bob,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'/></pubsub>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'>\
+                 <x xmlns='jabber:x:data' type='form'><field var='pubsub#show-values'><value>chat</value></field>\
+                 </x></options></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+    ok(&iq(&mut alice, "set", &publish("opts", "i1", "while online")).await);
+    bob.expect_nothing().await;
+    bob.send("<presence><show>chat</show></presence>").await;
+    bob.sync().await;
+    ok(&iq(&mut alice, "set", &publish("opts", "i2", "while chatty")).await);
+    bob.expect(&format!(
+        "<message from='{PS}' to='bob@localhost/b'><event xmlns='{EVENT}'><items node='opts'><item id='i2'/></items></event></message>"
+    ))
+    .await;
+
+    // Delivery off: nothing, whatever the presence; bad values are refused.
+    let bad = options_form(&[("pubsub#show-values", &["asleep"])]);
+    let r = iq(
+        &mut bob,
+        "set",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'>{bad}</options></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "bad-request"), "{r}");
+    let off = options_form(&[("pubsub#deliver", &["0"]), ("pubsub#show-values", &[])]);
+    ok(&iq(
+        &mut bob,
+        "set",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'>{off}</options></pubsub>"),
+    )
+    .await);
+    ok(&iq(&mut alice, "set", &publish("opts", "i3", "muted")).await);
+    bob.expect_nothing().await;
+    // Subscribing again without options keeps them.
+    ok(&iq(&mut bob, "set", &subscribe("opts", "bob@localhost")).await);
+    ok(&iq(&mut alice, "set", &publish("opts", "i3b", "still muted")).await);
+    bob.expect_nothing().await;
+    // Someone else cannot read or change them.
+    let r = iq(
+        &mut alice,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'/></pubsub>"),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "bad-request"), "{r}");
+    // Back on, without a presence filter: notifications to the bare JID.
+    let on = options_form(&[("pubsub#deliver", &["1"])]);
+    ok(&iq(
+        &mut bob,
+        "set",
+        &format!("<pubsub xmlns='{PUBSUB}'><options node='opts' jid='bob@localhost'>{on}</options></pubsub>"),
+    )
+    .await);
+    ok(&iq(&mut alice, "set", &publish("opts", "i4", "again")).await);
+    bob.expect(&format!(
+        "<message from='{PS}' to='bob@localhost'><event xmlns='{EVENT}'><items node='opts'><item id='i4'/></items></event></message>"
+    ))
+    .await;
+}
+
+fn configure_form(fields: &[(&str, &str)]) -> String {
+    let mut x = String::from(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+         <value>http://jabber.org/protocol/pubsub#node_config</value></field>",
+    );
+    for (var, value) in fields {
+        x.push_str(&format!(
+            "<field var='{var}'><value>{value}</value></field>"
+        ));
+    }
+    x.push_str("</x>");
+    x
+}
+
+fn create_with(node: &str, fields: &[(&str, &str)]) -> String {
+    format!(
+        "<pubsub xmlns='{PUBSUB}'><create node='{node}'/><configure>{}</configure></pubsub>",
+        configure_form(fields)
+    )
+}
+
+#[tokio::test]
+async fn collections_list_children_and_notify_their_subscribers() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        s.user(u).await;
+    }
+    let mut alice = online(&s, "alice", "a").await;
+    let mut bob = online(&s, "bob", "b").await;
+    let mut carol = online(&s, "carol", "c").await;
+
+    ok(&iq(
+        &mut alice,
+        "set",
+        &create_with("news", &[("pubsub#node_type", "collection")]),
+    )
+    .await);
+    ok(&iq(
+        &mut alice,
+        "set",
+        &create_with(
+            "sports",
+            &[
+                ("pubsub#node_type", "collection"),
+                ("pubsub#collection", "news"),
+            ],
+        ),
+    )
+    .await);
+    ok(&iq(
+        &mut alice,
+        "set",
+        &create_with(
+            "local",
+            &[("pubsub#collection", "news"), ("pubsub#title", "Local")],
+        ),
+    )
+    .await);
+    ok(&iq(
+        &mut alice,
+        "set",
+        &create_with("football", &[("pubsub#collection", "sports")]),
+    )
+    .await);
+    // Only collections take children; someone else's collection refuses them.
+    let r = iq(
+        &mut alice,
+        "set",
+        &create_with("bad", &[("pubsub#collection", "local")]),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
+    let r = iq(
+        &mut carol,
+        "set",
+        &create_with("intruder", &[("pubsub#collection", "news")]),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "forbidden"), "{r}");
+    // A collection cannot go below its own child.
+    let r = iq(
+        &mut alice,
+        "set",
+        &format!(
+            "<pubsub xmlns='{OWNER}'><configure node='news'>{}</configure></pubsub>",
+            configure_form(&[("pubsub#collection", "sports")])
+        ),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
+
+    // Discovery: the root lists top-level nodes; a collection its children.
+    let r = iq(
+        &mut bob,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+    )
+    .await;
+    let listed: Vec<&str> = r
+        .children()
+        .flat_map(|q| q.children())
+        .filter_map(|i| i.attr("node"))
+        .collect();
+    assert_eq!(listed, ["news"], "{r}");
+    let r = iq(
+        &mut bob,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#items' node='news'/>",
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><query xmlns='http://jabber.org/protocol/disco#items' node='news'>\
+         <item jid='{PS}' node='local' name='Local'/><item jid='{PS}' node='sports'/></query></iq>"
+            )
+        ),
+        "{r}"
+    );
+    let r = iq(
+        &mut bob,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info' node='news'/>",
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            "<iq type='result'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='pubsub' type='collection'/></query></iq>"
+        ),
+        "{r}"
+    );
+    // The owner's form names the children.
+    let r = iq(
+        &mut alice,
+        "get",
+        &format!("<pubsub xmlns='{OWNER}'><configure node='news'/></pubsub>"),
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><pubsub xmlns='{OWNER}'><configure node='news'><x xmlns='jabber:x:data'>\
+         <field var='pubsub#children'><value>local</value><value>sports</value></field></x></configure></pubsub></iq>"
+            )
+        ),
+        "{r}"
+    );
+
+    // Items live on leaves.
+    let r = iq(&mut alice, "set", &publish("news", "x", "nope")).await;
+    assert!(has_stanza_error(&r, "feature-not-implemented"), "{r}");
+
+    // Bob subscribes to the collection (depth 1), Carol with depth all.
+    ok(&iq(&mut bob, "set", &subscribe("news", "bob@localhost")).await);
+    ok(&iq(&mut carol, "set", &format!(
+        "<pubsub xmlns='{PUBSUB}'><subscribe node='news' jid='carol@localhost'/><options>{}</options></pubsub>",
+        options_form(&[("pubsub#subscription_depth", &["all"])])
+    )).await);
+    ok(&iq(&mut alice, "set", &publish("local", "l1", "town hall")).await);
+    let ev = |who: &str, node: &str, id: &str| {
+        format!(
+            "<message from='{PS}' to='{who}@localhost'><event xmlns='{EVENT}'><items node='{node}'><item id='{id}'/></items></event></message>"
+        )
+    };
+    bob.expect(&ev("bob", "local", "l1")).await;
+    carol.expect(&ev("carol", "local", "l1")).await;
+    // Two levels down: only the depth-all subscriber.
+    ok(&iq(&mut alice, "set", &publish("football", "f1", "goal")).await);
+    carol.expect(&ev("carol", "football", "f1")).await;
+    bob.expect_nothing().await;
+
+    // Setting pubsub#children re-associates: "local" leaves the collection.
+    ok(&iq(
+        &mut alice,
+        "set",
+        &format!(
+            "<pubsub xmlns='{OWNER}'><configure node='news'>{}</configure></pubsub>",
+            configure_form(&[("pubsub#children", "sports")])
+        ),
+    )
+    .await);
+    ok(&iq(&mut alice, "set", &publish("local", "l2", "no longer news")).await);
+    bob.expect_nothing().await;
+    carol.expect_nothing().await;
+    // A collection created with its children takes them.
+    ok(&iq(
+        &mut alice,
+        "set",
+        &create_with(
+            "weekend",
+            &[
+                ("pubsub#node_type", "collection"),
+                ("pubsub#children", "local"),
+            ],
+        ),
+    )
+    .await);
+    let r = iq(
+        &mut bob,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#items' node='weekend'/>",
+    )
+    .await;
+    assert!(
+        matches_pattern(
+            &r,
+            &format!(
+                "<iq type='result'><query xmlns='http://jabber.org/protocol/disco#items' node='weekend'><item jid='{PS}' node='local'/></query></iq>"
+            )
+        ),
+        "{r}"
+    );
+    ok(&iq(
+        &mut alice,
+        "set",
+        &format!(
+            "<pubsub xmlns='{OWNER}'><configure node='weekend'>{}</configure></pubsub>",
+            configure_form(&[("pubsub#children", "")])
+        ),
+    )
+    .await);
+    // Deleting the collection frees its children.
+    ok(&iq(
+        &mut alice,
+        "set",
+        &format!("<pubsub xmlns='{OWNER}'><delete node='news'/></pubsub>"),
+    )
+    .await);
+    let r = iq(
+        &mut bob,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+    )
+    .await;
+    let listed: Vec<&str> = r
+        .children()
+        .flat_map(|q| q.children())
+        .filter_map(|i| i.attr("node"))
+        .collect();
+    assert_eq!(listed, ["local", "sports", "weekend"], "{r}");
+}

@@ -74,6 +74,7 @@ pub struct Config {
     pub mam_enabled: bool,
     pub mam_retention: Option<Duration>,
     pub muc: MucConfig,
+    pub pubsub: PubSubConfig,
     /// `[compression]`: offer XEP-0138 zlib to authenticated clients.
     pub compression_enabled: bool,
     /// Inflated bytes allowed per compressed byte (plus a fixed slack).
@@ -95,6 +96,30 @@ pub struct MucConfig {
     pub crawl_interval_secs: u64,
     pub crawl_max_rooms: usize,
 }
+
+/// `[pubsub]`, validated.
+#[derive(Debug, Clone)]
+pub struct PubSubConfig {
+    pub feed_min_interval: Duration,
+    pub feed_concurrency: usize,
+    pub feed_timeout: Duration,
+    pub feed_max_bytes: u64,
+    pub feed_max_backoff: Duration,
+    pub feeds: Vec<FeedConfig>,
+}
+
+/// One `[[pubsub.feeds]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedConfig {
+    pub url: String,
+    /// The service domain, `pubsub.<host>`.
+    pub service: String,
+    pub node: String,
+    pub interval: Duration,
+}
+
+/// Poll interval of a feed that does not say.
+pub const DEFAULT_FEED_INTERVAL: Duration = Duration::from_secs(900);
 
 /// Who may create MUC rooms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +367,7 @@ impl Config {
             }
         };
         let muc = muc_config(&f.muc, &hosts, source)?;
+        let pubsub = pubsub_config(&f.pubsub, &hosts, source)?;
         if f.compression.max_ratio == 0 {
             return Err(ConfigError::at(
                 source,
@@ -394,6 +420,7 @@ impl Config {
             mam_retention: (f.mam.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(f.mam.retention_days) * 86_400)),
             muc,
+            pubsub,
             compression_enabled: f.compression.enabled,
             compression_max_ratio: f.compression.max_ratio,
         })
@@ -490,6 +517,87 @@ fn s2s_config(s: &raw::S2s, source: &str) -> Result<S2sConfig, ConfigError> {
             block_at: r.block_at,
             half_life: Duration::from_secs(r.half_life_secs),
         },
+    })
+}
+
+fn pubsub_config(
+    p: &raw::PubSub,
+    hosts: &[String],
+    source: &str,
+) -> Result<PubSubConfig, ConfigError> {
+    let positive = |v: u64, key: &str| {
+        if v == 0 {
+            Err(ConfigError::at(
+                source,
+                key,
+                format!("[pubsub] {key} must be greater than 0"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    positive(p.feed_min_interval_secs, "feed_min_interval_secs")?;
+    positive(p.feed_concurrency as u64, "feed_concurrency")?;
+    positive(p.feed_timeout_secs, "feed_timeout_secs")?;
+    positive(p.feed_max_bytes, "feed_max_bytes")?;
+    positive(p.feed_max_backoff_secs, "feed_max_backoff_secs")?;
+    let min_interval = Duration::from_secs(p.feed_min_interval_secs);
+    let mut feeds: Vec<FeedConfig> = Vec::new();
+    for f in &p.feeds {
+        let bad = |key: &str, msg: String| Err(ConfigError::at(source, key, msg));
+        let lower = f.url.to_ascii_lowercase();
+        if !(lower.starts_with("http://") || lower.starts_with("https://"))
+            || f.url.len() > 2048
+            || f.url.chars().any(char::is_whitespace)
+        {
+            return bad("url", format!("feed url {:?} is not an http(s) URL", f.url));
+        }
+        if f.node.is_empty() || f.node.len() > 1024 {
+            return bad("node", "a feed's node must be 1 to 1024 bytes".into());
+        }
+        let host = match &f.host {
+            Some(h) => {
+                if !hosts.contains(h) {
+                    return bad("host", format!("feed host {h:?} is not one of `hosts`"));
+                }
+                h.clone()
+            }
+            None => hosts.first().cloned().unwrap_or_default(),
+        };
+        let interval = f
+            .interval_secs
+            .map_or(DEFAULT_FEED_INTERVAL, Duration::from_secs);
+        if interval < min_interval {
+            return bad(
+                "interval_secs",
+                format!(
+                    "feed interval {}s is below feed_min_interval_secs ({}s)",
+                    interval.as_secs(),
+                    min_interval.as_secs()
+                ),
+            );
+        }
+        let feed = FeedConfig {
+            url: f.url.clone(),
+            service: format!("pubsub.{host}"),
+            node: f.node.clone(),
+            interval,
+        };
+        if feeds
+            .iter()
+            .any(|g| g.service == feed.service && g.node == feed.node && g.url == feed.url)
+        {
+            return bad("url", format!("feed {:?} is listed twice", f.url));
+        }
+        feeds.push(feed);
+    }
+    Ok(PubSubConfig {
+        feed_min_interval: min_interval,
+        feed_concurrency: p.feed_concurrency,
+        feed_timeout: Duration::from_secs(p.feed_timeout_secs),
+        feed_max_bytes: p.feed_max_bytes,
+        feed_max_backoff: Duration::from_secs(p.feed_max_backoff_secs),
+        feeds,
     })
 }
 
@@ -655,6 +763,47 @@ mod tests {
         let e =
             Config::parse("hosts = [\"ok.example\"]\n[auth]\nscram_iterations = 10\n").unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn pubsub_feeds_are_validated() {
+        let c = Config::parse("hosts = [\"a.example\", \"b.example\"]\n").unwrap();
+        assert!(c.pubsub.feeds.is_empty());
+        assert_eq!(c.pubsub.feed_min_interval, Duration::from_secs(60));
+        let c = Config::parse(
+            "hosts = [\"a.example\", \"b.example\"]\n[pubsub]\nfeed_min_interval_secs = 1\n\
+             [[pubsub.feeds]]\nurl = \"http://127.0.0.1:8080/rss\"\nnode = \"news\"\n\
+             interval_secs = 2\n[[pubsub.feeds]]\nurl = \"https://x.example/atom\"\n\
+             node = \"n\"\nhost = \"b.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.pubsub.feeds,
+            vec![
+                FeedConfig {
+                    url: "http://127.0.0.1:8080/rss".into(),
+                    service: "pubsub.a.example".into(),
+                    node: "news".into(),
+                    interval: Duration::from_secs(2),
+                },
+                FeedConfig {
+                    url: "https://x.example/atom".into(),
+                    service: "pubsub.b.example".into(),
+                    node: "n".into(),
+                    interval: DEFAULT_FEED_INTERVAL,
+                },
+            ]
+        );
+        for bad in [
+            "[[pubsub.feeds]]\nurl = \"ftp://x/\"\nnode = \"n\"\n",
+            "[[pubsub.feeds]]\nurl = \"http://x/\"\nnode = \"\"\n",
+            "[[pubsub.feeds]]\nurl = \"http://x/\"\nnode = \"n\"\nhost = \"z.example\"\n",
+            "[[pubsub.feeds]]\nurl = \"http://x/\"\nnode = \"n\"\ninterval_secs = 5\n",
+            "[pubsub]\nfeed_concurrency = 0\n",
+        ] {
+            let e = Config::parse(bad).unwrap_err();
+            assert!(e.line.is_some(), "{bad}: {e}");
+        }
     }
 
     #[test]

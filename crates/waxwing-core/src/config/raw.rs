@@ -22,6 +22,7 @@ pub struct File {
     pub contact: Contact,
     pub mam: Mam,
     pub muc: Muc,
+    pub pubsub: PubSub,
     pub compression: Compression,
 }
 
@@ -42,6 +43,7 @@ impl Default for File {
             contact: Contact::default(),
             mam: Mam::default(),
             muc: Muc::default(),
+            pubsub: PubSub::default(),
             compression: Compression::default(),
         }
     }
@@ -238,6 +240,52 @@ impl Default for Muc {
             crawl_max_rooms: 500,
         }
     }
+}
+
+/// `[pubsub]`: the `pubsub.<host>` services and the RSS/Atom feeds they
+/// republish.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubSub {
+    /// Smallest poll interval a feed may have (config or admin command).
+    pub feed_min_interval_secs: u64,
+    /// Feeds fetched at the same time, server-wide.
+    pub feed_concurrency: usize,
+    /// Whole-request timeout of one fetch.
+    pub feed_timeout_secs: u64,
+    /// Largest feed document accepted, in bytes.
+    pub feed_max_bytes: u64,
+    /// Longest wait between attempts of a failing feed (exponential backoff cap).
+    pub feed_max_backoff_secs: u64,
+    /// Feeds to republish.
+    pub feeds: Vec<Feed>,
+}
+
+impl Default for PubSub {
+    fn default() -> Self {
+        PubSub {
+            feed_min_interval_secs: 60,
+            feed_concurrency: 4,
+            feed_timeout_secs: 30,
+            feed_max_bytes: 2 * 1024 * 1024,
+            feed_max_backoff_secs: 6 * 3600,
+            feeds: Vec::new(),
+        }
+    }
+}
+
+/// `[[pubsub.feeds]]`: one RSS/Atom feed republished on a node.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feed {
+    /// The feed's `http://` or `https://` URL.
+    pub url: String,
+    /// The node of `pubsub.<host>` the entries are published on (created if missing).
+    pub node: String,
+    /// The virtual host whose pubsub service carries the node; default: the first host.
+    pub host: Option<String>,
+    /// Seconds between two polls; default 900.
+    pub interval_secs: Option<u64>,
 }
 
 /// `[compression]`: XEP-0138 stream compression (zlib).

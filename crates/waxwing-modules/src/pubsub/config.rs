@@ -74,9 +74,29 @@ impl PublishModel {
     }
 }
 
+/// A node holds items (leaf) or other nodes (collection, XEP-0248).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeType {
+    Leaf,
+    Collection,
+}
+
+impl NodeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Leaf => "leaf",
+            Self::Collection => "collection",
+        }
+    }
+}
+
 /// One node's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
+    /// Fixed at creation.
+    pub node_type: NodeType,
+    /// The collection this node belongs to (`pubsub#collection`), if any.
+    pub collection: Option<String>,
     pub access_model: AccessModel,
     pub publish_model: PublishModel,
     /// `None` means `max` (bounded by [`MAX_ITEMS_LIMIT`]).
@@ -95,6 +115,8 @@ impl NodeConfig {
     /// PEP defaults (XEP-0163 §4): presence access.
     pub fn pep() -> Self {
         NodeConfig {
+            node_type: NodeType::Leaf,
+            collection: None,
             access_model: AccessModel::Presence,
             publish_model: PublishModel::Publishers,
             max_items: Some(DEFAULT_MAX_ITEMS),
@@ -145,6 +167,8 @@ impl NodeConfig {
             "pubsub#send_last_published_item" => vec![self.send_last_published_item.clone()],
             "pubsub#roster_groups_allowed" => self.roster_groups_allowed.clone(),
             "pubsub#title" => vec![self.title.clone()],
+            "pubsub#node_type" => vec![self.node_type.as_str().into()],
+            "pubsub#collection" => self.collection.iter().cloned().collect(),
             _ => return None,
         })
     }
@@ -160,6 +184,8 @@ impl NodeConfig {
         ("pubsub#send_last_published_item", "list-single"),
         ("pubsub#roster_groups_allowed", "list-multi"),
         ("pubsub#title", "text-single"),
+        ("pubsub#node_type", "list-single"),
+        ("pubsub#collection", "text-single"),
     ];
 
     /// The configuration as a data form of `form_type` (`form` for owners,
@@ -225,6 +251,16 @@ impl NodeConfig {
                 }
                 "pubsub#roster_groups_allowed" => self.roster_groups_allowed = values,
                 "pubsub#title" => self.title = first.into(),
+                "pubsub#node_type" => {
+                    self.node_type = match first {
+                        "leaf" => NodeType::Leaf,
+                        "collection" => NodeType::Collection,
+                        _ => return Err(bad()),
+                    }
+                }
+                "pubsub#collection" => {
+                    self.collection = values.into_iter().find(|v| !v.is_empty());
+                }
                 _ => {}
             }
         }
@@ -326,6 +362,14 @@ pub fn inner_form(parent: &Element, form_type: &str) -> Result<Option<Element>, 
     Ok(Some(x.clone()))
 }
 
+/// A form's FORM_TYPE value, if it has one.
+pub fn form_type(x: &Element) -> Option<String> {
+    x.children()
+        .find(|f| f.name == "field" && f.attr("var") == Some("FORM_TYPE"))
+        .and_then(|f| f.children().find(|v| v.name == "value"))
+        .map(|v| v.text())
+}
+
 /// FORM_TYPE of publish-options.
 pub const PUBLISH_OPTIONS_FORM: &str = NS_PUBLISH_OPTIONS;
 
@@ -356,6 +400,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.access_model, AccessModel::Open);
         assert_eq!(c.max_items, None);
+        c.apply_form(&form(&[
+            ("pubsub#node_type", "collection"),
+            ("pubsub#collection", "parent"),
+        ]))
+        .unwrap();
+        assert_eq!(c.node_type, NodeType::Collection);
+        assert_eq!(c.collection.as_deref(), Some("parent"));
         assert!(!c.persist_items);
         assert_eq!(
             NodeConfig::from_stored(&c.to_stored(), NodeConfig::service()),

@@ -9,6 +9,8 @@
 //! `node+notify`; services: explicit subscribers).
 
 pub mod config;
+pub mod feeds;
+pub mod options;
 pub mod service;
 
 use std::collections::HashSet;
@@ -28,7 +30,10 @@ use waxwing_store::{PubSubAffiliation, PubSubItem, StoreError, Subscription, Sub
 
 use crate::caps::{Caps, Observed};
 use crate::internal;
-use config::{AccessModel, NodeConfig, PUBLISH_OPTIONS_FORM, PublishModel, inner_form};
+use config::{
+    AccessModel, NodeConfig, NodeType, PUBLISH_OPTIONS_FORM, PublishModel, fields, inner_form,
+};
+use options::{NS_SUBSCRIBE_OPTIONS, SubOptions, SubscriptionType};
 
 pub const NS: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
@@ -37,6 +42,12 @@ pub const NS_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const NS_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
 pub const NS_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+pub const NS_SUBSCRIBE_AUTHORIZATION: &str =
+    "http://jabber.org/protocol/pubsub#subscribe_authorization";
+
+/// Deepest nesting of collections (XEP-0248); also bounds the walk up
+/// from a leaf to its ancestors' subscribers.
+pub const MAX_COLLECTION_DEPTH: usize = 16;
 
 /// Features both kinds of service support (XEP-0060 §10).
 pub const FEATURES: &[&str] = &[
@@ -47,6 +58,7 @@ pub const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#access-roster",
     "http://jabber.org/protocol/pubsub#access-whitelist",
     "http://jabber.org/protocol/pubsub#auto-create",
+    "http://jabber.org/protocol/pubsub#collections",
     "http://jabber.org/protocol/pubsub#config-node",
     "http://jabber.org/protocol/pubsub#create-and-configure",
     "http://jabber.org/protocol/pubsub#create-nodes",
@@ -64,10 +76,13 @@ pub const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#purge-nodes",
     "http://jabber.org/protocol/pubsub#retract-items",
     "http://jabber.org/protocol/pubsub#retrieve-affiliations",
+    "http://jabber.org/protocol/pubsub#retrieve-default",
+    "http://jabber.org/protocol/pubsub#retrieve-default-sub",
     "http://jabber.org/protocol/pubsub#retrieve-items",
     "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
     "http://jabber.org/protocol/pubsub#subscribe",
     "http://jabber.org/protocol/pubsub#subscription-notifications",
+    "http://jabber.org/protocol/pubsub#subscription-options",
 ];
 
 /// Whose nodes these are.
@@ -97,6 +112,7 @@ pub struct Svc<'a> {
 pub struct PubSub {
     caps: Arc<Caps>,
     services: Vec<Arc<service::PubSubService>>,
+    feeds: Arc<feeds::Feeds>,
 }
 
 impl PubSub {
@@ -112,7 +128,22 @@ impl PubSub {
                 Some(Arc::new(service::PubSubService::new(jid, caps.clone())))
             })
             .collect();
-        PubSub { caps, services }
+        let feeds = Arc::new(feeds::Feeds::new(config.pubsub.clone(), caps.clone()));
+        PubSub {
+            caps,
+            services,
+            feeds,
+        }
+    }
+
+    /// The entity-capabilities cache (PEP notifications made by other modules).
+    pub fn caps(&self) -> Arc<Caps> {
+        self.caps.clone()
+    }
+
+    /// The RSS/Atom feed poller, for the administrators' commands.
+    pub fn feeds(&self) -> Arc<feeds::Feeds> {
+        self.feeds.clone()
     }
 
     /// A presence from a remote contact's resource to one of our accounts:
@@ -228,9 +259,12 @@ impl Module for PubSub {
 #[async_trait]
 impl StanzaHook for PubSub {
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
-        if hook == Hook::Inbound && stanza.name == "message" {
-            self.remote_gone(cx, stanza);
-            return Flow::Continue;
+        if stanza.name == "message" {
+            if hook == Hook::Inbound {
+                self.remote_gone(cx, stanza);
+                return Flow::Continue;
+            }
+            return self.pep_authorization(cx, stanza).await;
         }
         if stanza.name != "presence" {
             return Flow::Continue;
@@ -259,10 +293,54 @@ impl StanzaHook for PubSub {
     }
 }
 
+impl PubSub {
+    /// XEP-0060 §8.6.2 for PEP: the account answers an authorization
+    /// request of one of its own nodes (sent from its bare JID) with a
+    /// message to its bare JID.
+    async fn pep_authorization(&self, cx: &Cx, msg: &Element) -> Flow {
+        let Some(origin) = cx.origin() else {
+            return Flow::Continue;
+        };
+        let owner = origin.jid.bare().clone();
+        let to_self = match msg.attr("to") {
+            None => true,
+            Some(t) => BareJid::parse(t).is_ok_and(|t| t == owner),
+        };
+        if !to_self || msg.attr("type") == Some("error") {
+            return Flow::Continue;
+        }
+        let Some(x) = service::authorization_form(msg) else {
+            return Flow::Continue;
+        };
+        let svc = Svc {
+            cx,
+            kind: Kind::Pep,
+            jid: owner.clone(),
+            caps: &self.caps,
+            deferred: Default::default(),
+        };
+        let result = match service::authorization_answer(x) {
+            Ok((node, subscriber, allow)) => {
+                svc.answer_authorization(&owner, &node, &subscriber, allow)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let mut bounced = msg.clone();
+            bounced.set_attr("from", origin.jid.to_string());
+            bounced.set_attr("to", owner.to_string());
+            cx.bounce(&bounced, e).await;
+        }
+        Flow::Handled
+    }
+}
+
 #[async_trait]
 impl EventHandler for PubSub {
     async fn on_event(&self, cx: &Cx, event: &Event) {
         match event {
+            Event::Started => self.feeds.start(cx).await,
             Event::SessionClosed(s) => self.caps.forget(&s.jid),
             Event::UserDeleted(user) => {
                 if let Err(e) = cx.stores().pubsub.remove_service(user).await {
@@ -281,6 +359,11 @@ fn node_attr(el: &Element) -> Result<String, StanzaError> {
         _ => Err(StanzaError::modify(Condition::BadRequest)
             .with_app(Element::new("nodeid-required", NS_ERRORS))),
     }
+}
+
+fn not_subscribed() -> StanzaError {
+    StanzaError::cancel(Condition::UnexpectedRequest)
+        .with_app(Element::new("not-subscribed", NS_ERRORS))
 }
 
 fn item_not_found() -> StanzaError {
@@ -426,6 +509,15 @@ impl Svc<'_> {
         };
         let who = from.to_bare();
         if payload.ns == NS_OWNER {
+            if !is_set && first.name == "default" {
+                // XEP-0060 §8.3: the default node configuration.
+                return Ok(Some(
+                    Element::new("pubsub", NS_OWNER).with_child(
+                        Element::new("default", NS_OWNER)
+                            .with_child(self.default_config().to_form("form")),
+                    ),
+                ));
+            }
             return self.handle_owner(&who, is_set, first).await;
         }
         match (is_set, first.name.as_str()) {
@@ -438,20 +530,27 @@ impl Svc<'_> {
                 let configure = payload.child("configure", NS);
                 self.create(&who, first, configure).await
             }
-            (true, "subscribe") => self.subscribe(from, first).await,
+            (true, "subscribe") => {
+                self.subscribe(from, first, payload.child("options", NS))
+                    .await
+            }
             (true, "unsubscribe") => self.unsubscribe(from, first).await,
             (false, "items") => self.items(&who, first, payload.child("set", NS_RSM)).await,
             (false, "subscriptions") => self.own_subscriptions(from, first).await,
             (false, "affiliations") => self.own_affiliations(&who, first).await,
-            (false, "default") => Ok(Some(Element::new("pubsub", NS).with_child(
-                Element::new("default", NS).with_child(self.default_config().to_form("form")),
-            ))),
-            (_, "options" | "configure") => Err(StanzaError::cancel(
-                Condition::FeatureNotImplemented,
-            )
-            .with_app(
-                Element::new("unsupported", NS_ERRORS).with_attr("feature", "subscription-options"),
-            )),
+            // XEP-0060 §6.4: the default subscription options.
+            (false, "default") => {
+                let mut default = Element::new("default", NS);
+                if let Some(node) = first.attr("node") {
+                    self.config(node).await?;
+                    default.set_attr("node", node);
+                }
+                Ok(Some(Element::new("pubsub", NS).with_child(
+                    default.with_child(SubOptions::default().to_form("form")),
+                )))
+            }
+            (false, "options") => self.get_options(from, first).await,
+            (true, "options") => self.set_options(from, first).await,
             _ => Err(StanzaError::modify(Condition::BadRequest)),
         }
     }
@@ -470,11 +569,21 @@ impl Svc<'_> {
         match (is_set, el.name.as_str()) {
             (false, "configure") => {
                 let cfg = self.require_owner(&node, who).await?;
+                let mut form = cfg.to_form("form");
+                if cfg.node_type == NodeType::Collection {
+                    let mut f = Element::new("field", ns::DATA_FORMS)
+                        .with_attr("var", "pubsub#children")
+                        .with_attr("type", "text-multi");
+                    for c in self.children(&node).await? {
+                        f.push_child(Element::new("value", ns::DATA_FORMS).with_text(c));
+                    }
+                    form.push_child(f);
+                }
                 Ok(Some(
                     Element::new("pubsub", NS_OWNER).with_child(
                         Element::new("configure", NS_OWNER)
                             .with_attr("node", node)
-                            .with_child(cfg.to_form("form")),
+                            .with_child(form),
                     ),
                 ))
             }
@@ -483,16 +592,42 @@ impl Svc<'_> {
                 let Some(x) = inner_form(el, NS_NODE_CONFIG)? else {
                     return Err(StanzaError::modify(Condition::BadRequest));
                 };
+                let before = cfg.clone();
                 cfg.apply_form(&x)?;
+                if cfg.node_type != before.node_type {
+                    return Err(StanzaError::modify(Condition::NotAcceptable)
+                        .with_text("pubsub#node_type is fixed at creation"));
+                }
+                if cfg.collection != before.collection
+                    && let Some(parent) = &cfg.collection
+                {
+                    self.check_parent(&node, parent, who).await?;
+                }
+                let children = submitted_children(&x);
+                if children.is_some() && cfg.node_type != NodeType::Collection {
+                    return Err(StanzaError::modify(Condition::NotAcceptable)
+                        .with_text("only collections have children"));
+                }
                 p.set_node_config(&self.jid, &node, &cfg.to_stored())
                     .await
                     .map_err(store)?;
+                if let Some(children) = children {
+                    self.set_children(&node, &children, who).await?;
+                }
                 Ok(None)
             }
             (true, "delete") => {
                 let cfg = self.require_owner(&node, who).await?;
                 let recipients = self.recipients(&node, &cfg).await?;
+                let children = if cfg.node_type == NodeType::Collection {
+                    self.children(&node).await?
+                } else {
+                    Vec::new()
+                };
                 p.delete_node(&self.jid, &node).await.map_err(store)?;
+                for child in children {
+                    self.set_collection(&child, None).await?;
+                }
                 if cfg.notify_delete {
                     let ev = Element::new("delete", NS_EVENT).with_attr("node", node.as_str());
                     self.send_event(&recipients, ev).await;
@@ -536,19 +671,7 @@ impl Svc<'_> {
                         ),
                         None => return Err(StanzaError::modify(Condition::BadRequest)),
                     };
-                    p.set_subscription(&self.jid, &node, &jid, state)
-                        .await
-                        .map_err(store)?;
-                    // The subscriber learns of the change (XEP-0060 §8.8.2.4),
-                    // and an approved one gets the last item.
-                    let sub = Element::new("subscription", NS_EVENT)
-                        .with_attr("node", node.as_str())
-                        .with_attr("jid", jid.to_string())
-                        .with_attr("subscription", state.map_or("none", |s| s.as_str()));
-                    self.send_event(std::slice::from_ref(&jid), sub).await;
-                    if state == Some(SubscriptionState::Subscribed) {
-                        self.send_last_item(&node, &cfg, &jid).await;
-                    }
+                    self.change_subscription(&node, &cfg, &jid, state).await?;
                 }
                 Ok(None)
             }
@@ -623,6 +746,149 @@ impl Svc<'_> {
         }
     }
 
+    /// The nodes whose `pubsub#collection` is `node`, sorted. Reads every
+    /// node's configuration: the store keeps the association in the
+    /// configuration only.
+    pub async fn children(&self, node: &str) -> Result<Vec<String>, StanzaError> {
+        let mut out = Vec::new();
+        for n in self
+            .cx
+            .stores()
+            .pubsub
+            .nodes(&self.jid)
+            .await
+            .map_err(internal)?
+        {
+            if n != node
+                && let Ok(cfg) = self.config(&n).await
+                && cfg.collection.as_deref() == Some(node)
+            {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// May `node` (owned by `who`) join the collection `parent`? It must
+    /// be a collection `who` owns, and not `node` itself or below it.
+    async fn check_parent(
+        &self,
+        node: &str,
+        parent: &str,
+        who: &BareJid,
+    ) -> Result<(), StanzaError> {
+        let pcfg = self.config(parent).await?;
+        if pcfg.node_type != NodeType::Collection {
+            return Err(StanzaError::modify(Condition::NotAcceptable)
+                .with_text(format!("{parent} is not a collection")));
+        }
+        if self.affiliation(parent, who).await? != Some(PubSubAffiliation::Owner) {
+            return Err(forbidden());
+        }
+        let mut cur = Some(parent.to_string());
+        let mut depth = 0;
+        while let Some(c) = cur {
+            depth += 1;
+            if c == node || depth > MAX_COLLECTION_DEPTH {
+                return Err(StanzaError::modify(Condition::NotAcceptable)
+                    .with_text("collections would loop or nest too deep"));
+            }
+            cur = self.config(&c).await.ok().and_then(|c| c.collection);
+        }
+        Ok(())
+    }
+
+    async fn set_collection(&self, node: &str, parent: Option<&str>) -> Result<(), StanzaError> {
+        let mut cfg = self.config(node).await?;
+        cfg.collection = parent.map(str::to_string);
+        self.cx
+            .stores()
+            .pubsub
+            .set_node_config(&self.jid, node, &cfg.to_stored())
+            .await
+            .map_err(store)
+    }
+
+    /// `pubsub#children` submitted on a collection: exactly these nodes
+    /// (which `who` must own) belong to it afterwards.
+    async fn set_children(
+        &self,
+        node: &str,
+        children: &[String],
+        who: &BareJid,
+    ) -> Result<(), StanzaError> {
+        for c in children {
+            self.config(c).await?;
+            if self.affiliation(c, who).await? != Some(PubSubAffiliation::Owner) {
+                return Err(forbidden());
+            }
+            self.check_parent(c, node, who).await?;
+        }
+        for old in self.children(node).await? {
+            if !children.contains(&old) {
+                self.set_collection(&old, None).await?;
+            }
+        }
+        for c in children {
+            self.set_collection(c, Some(node)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets a subscription's state for an owner; the subscriber learns of
+    /// the change (XEP-0060 §8.8.2.4), and an approved one gets the last item.
+    async fn change_subscription(
+        &self,
+        node: &str,
+        cfg: &NodeConfig,
+        jid: &Jid,
+        state: Option<SubscriptionState>,
+    ) -> Result<(), StanzaError> {
+        self.cx
+            .stores()
+            .pubsub
+            .set_subscription(&self.jid, node, jid, state)
+            .await
+            .map_err(store)?;
+        let sub = Element::new("subscription", NS_EVENT)
+            .with_attr("node", node)
+            .with_attr("jid", jid.to_string())
+            .with_attr("subscription", state.map_or("none", |s| s.as_str()));
+        self.send_event(std::slice::from_ref(jid), sub).await;
+        if state == Some(SubscriptionState::Subscribed) {
+            self.send_last_item(node, cfg, jid).await;
+        }
+        Ok(())
+    }
+
+    /// XEP-0060 §8.6.2: an owner's answer to an authorization request.
+    /// Only a pending subscription is changed.
+    pub async fn answer_authorization(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        subscriber: &Jid,
+        allow: bool,
+    ) -> Result<(), StanzaError> {
+        let cfg = self.require_owner(node, owner).await?;
+        let pending = self
+            .cx
+            .stores()
+            .pubsub
+            .subscriptions(&self.jid, node)
+            .await
+            .map_err(store)?
+            .into_iter()
+            .any(|(j, s)| j == *subscriber && s == SubscriptionState::Pending);
+        if !pending {
+            return Err(StanzaError::cancel(Condition::UnexpectedRequest)
+                .with_text("no pending subscription for that JID"));
+        }
+        let state = allow.then_some(SubscriptionState::Subscribed);
+        self.change_subscription(node, &cfg, subscriber, state)
+            .await
+    }
+
     /// May `who` create nodes here? PEP: the account itself; services:
     /// accounts of the service's host.
     fn may_create(&self, who: &BareJid) -> bool {
@@ -649,12 +915,24 @@ impl Svc<'_> {
             _ => return Err(node_attr(el).unwrap_err()),
         };
         let mut cfg = self.default_config();
+        let mut children = None;
         if let Some(c) = configure
             && let Some(x) = inner_form(c, NS_NODE_CONFIG)?
         {
             cfg.apply_form(&x)?;
+            children = submitted_children(&x);
+        }
+        if let Some(parent) = &cfg.collection {
+            self.check_parent(&node, parent, who).await?;
+        }
+        if children.is_some() && cfg.node_type != NodeType::Collection {
+            return Err(StanzaError::modify(Condition::NotAcceptable)
+                .with_text("only collections have children"));
         }
         self.create_node(&node, &cfg, who).await?;
+        if let Some(children) = children {
+            self.set_children(&node, &children, who).await?;
+        }
         Ok(instant.then(|| {
             Element::new("pubsub", NS)
                 .with_child(Element::new("create", NS).with_attr("node", node))
@@ -702,6 +980,9 @@ impl Svc<'_> {
                 if let Some(o) = &options {
                     cfg.apply_form(o)?;
                 }
+                if let Some(parent) = &cfg.collection {
+                    self.check_parent(&node, parent, &who).await?;
+                }
                 match self.create_node(&node, &cfg, &who).await {
                     // Created concurrently: use what is there.
                     Err(e) if e.condition == Condition::Conflict => self.config(&node).await?,
@@ -713,6 +994,11 @@ impl Svc<'_> {
             }
             Err(e) => return Err(e),
         };
+        if cfg.node_type == NodeType::Collection {
+            // XEP-0248 §2: items live on leaves only.
+            return Err(StanzaError::cancel(Condition::FeatureNotImplemented)
+                .with_app(Element::new("unsupported", NS_ERRORS).with_attr("feature", "publish")));
+        }
         let aff = self.affiliation(&node, &who).await?;
         let allowed = match aff {
             Some(
@@ -763,18 +1049,7 @@ impl Svc<'_> {
             publisher: from.clone(),
             payload: payload.to_xml(),
         };
-        self.cx
-            .stores()
-            .pubsub
-            .publish(&self.jid, &node, &stored, Some(cfg.item_limit()))
-            .await
-            .map_err(store)?;
-        let recipients = self.recipients(&node, &cfg).await?;
-        let ev = Element::new("items", NS_EVENT)
-            .with_attr("node", node.as_str())
-            .with_child(self.event_item(&cfg, &stored, payload));
-        self.send_event(&recipients, ev).await;
-        self.after_change(&node).await;
+        self.store_and_notify(&node, &cfg, &stored, payload).await?;
         Ok(Some(
             Element::new("pubsub", NS).with_child(
                 Element::new("publish", NS)
@@ -782,6 +1057,29 @@ impl Svc<'_> {
                     .with_child(Element::new("item", NS).with_attr("id", id)),
             ),
         ))
+    }
+
+    /// Stores a published item (already authorised) and notifies.
+    pub async fn store_and_notify(
+        &self,
+        node: &str,
+        cfg: &NodeConfig,
+        stored: &PubSubItem,
+        payload: &Element,
+    ) -> Result<(), StanzaError> {
+        self.cx
+            .stores()
+            .pubsub
+            .publish(&self.jid, node, stored, Some(cfg.item_limit()))
+            .await
+            .map_err(store)?;
+        let recipients = self.recipients(node, cfg).await?;
+        let ev = Element::new("items", NS_EVENT)
+            .with_attr("node", node)
+            .with_child(self.event_item(cfg, stored, payload));
+        self.send_event(&recipients, ev).await;
+        self.after_change(node).await;
+        Ok(())
     }
 
     fn event_item(&self, cfg: &NodeConfig, item: &PubSubItem, payload: &Element) -> Element {
@@ -885,11 +1183,31 @@ impl Svc<'_> {
         Ok(Some(pubsub))
     }
 
-    async fn subscribe(&self, from: &Jid, el: &Element) -> IqResult {
+    async fn subscribe(&self, from: &Jid, el: &Element, options: Option<&Element>) -> IqResult {
         let node = node_attr(el)?;
         let jid = subscriber_jid(from, el)?;
         let who = from.to_bare();
         let cfg = self.config(&node).await?;
+        // XEP-0060 §6.3.7: subscribe and configure in one request. A
+        // repeated subscription keeps its options unless new ones come.
+        let existing = self
+            .cx
+            .stores()
+            .pubsub
+            .subscription_options(&self.jid, &node, &jid)
+            .await
+            .map_err(store)?;
+        let mut opts = existing
+            .as_deref()
+            .map(SubOptions::from_stored)
+            .unwrap_or_default();
+        let mut new_options = existing.is_none();
+        if let Some(o) = options
+            && let Some(x) = inner_form(o, NS_SUBSCRIBE_OPTIONS)?
+        {
+            opts.apply_form(&x)?;
+            new_options = true;
+        }
         let aff = self.affiliation(&node, &who).await?;
         let state = if aff == Some(PubSubAffiliation::Outcast) {
             return Err(forbidden());
@@ -906,6 +1224,14 @@ impl Svc<'_> {
             .set_subscription(&self.jid, &node, &jid, Some(state))
             .await
             .map_err(store)?;
+        if new_options {
+            self.cx
+                .stores()
+                .pubsub
+                .set_subscription_options(&self.jid, &node, &jid, &opts.to_stored())
+                .await
+                .map_err(store)?;
+        }
         if state == SubscriptionState::Pending {
             self.ask_owners(&node, &jid).await?;
         }
@@ -916,6 +1242,7 @@ impl Svc<'_> {
                 .with_attr("subscription", state.as_str()),
         );
         if state == SubscriptionState::Subscribed
+            && opts.deliver
             && let Some(msg) = self.last_item_message(&node, &cfg, &jid).await
         {
             self.deferred
@@ -924,6 +1251,53 @@ impl Svc<'_> {
                 .push(msg);
         }
         Ok(Some(reply))
+    }
+
+    /// XEP-0060 §6.3.2: a subscriber's options.
+    async fn get_options(&self, from: &Jid, el: &Element) -> IqResult {
+        let node = node_attr(el)?;
+        let jid = subscriber_jid(from, el)?;
+        let stored = self
+            .cx
+            .stores()
+            .pubsub
+            .subscription_options(&self.jid, &node, &jid)
+            .await
+            .map_err(store)?
+            .ok_or_else(not_subscribed)?;
+        Ok(Some(
+            Element::new("pubsub", NS).with_child(
+                Element::new("options", NS)
+                    .with_attr("node", node)
+                    .with_attr("jid", jid.to_string())
+                    .with_child(SubOptions::from_stored(&stored).to_form("form")),
+            ),
+        ))
+    }
+
+    /// XEP-0060 §6.3.5: changes a subscriber's options.
+    async fn set_options(&self, from: &Jid, el: &Element) -> IqResult {
+        let node = node_attr(el)?;
+        let jid = subscriber_jid(from, el)?;
+        let p = &self.cx.stores().pubsub;
+        let stored = p
+            .subscription_options(&self.jid, &node, &jid)
+            .await
+            .map_err(store)?
+            .ok_or_else(not_subscribed)?;
+        let Some(x) = inner_form(el, NS_SUBSCRIBE_OPTIONS)? else {
+            return Err(StanzaError::modify(Condition::BadRequest)
+                .with_app(Element::new("invalid-options", NS_ERRORS)));
+        };
+        let mut opts = SubOptions::from_stored(&stored);
+        opts.apply_form(&x).map_err(|_| {
+            StanzaError::modify(Condition::BadRequest)
+                .with_app(Element::new("invalid-options", NS_ERRORS))
+        })?;
+        p.set_subscription_options(&self.jid, &node, &jid, &opts.to_stored())
+            .await
+            .map_err(store)?;
+        Ok(None)
     }
 
     /// XEP-0060 §8.6: the owners get an authorization form.
@@ -937,11 +1311,7 @@ impl Svc<'_> {
         };
         let form = Element::new("x", ns::DATA_FORMS)
             .with_attr("type", "form")
-            .with_child(field(
-                "FORM_TYPE",
-                "hidden",
-                "http://jabber.org/protocol/pubsub#subscribe_authorization",
-            ))
+            .with_child(field("FORM_TYPE", "hidden", NS_SUBSCRIBE_AUTHORIZATION))
             .with_child(field("pubsub#node", "text-single", node))
             .with_child(field(
                 "pubsub#subscriber_jid",
@@ -967,8 +1337,7 @@ impl Svc<'_> {
         let p = &self.cx.stores().pubsub;
         let subs = p.subscriptions(&self.jid, &node).await.map_err(store)?;
         if !subs.iter().any(|(j, _)| *j == jid) {
-            return Err(StanzaError::cancel(Condition::UnexpectedRequest)
-                .with_app(Element::new("not-subscribed", NS_ERRORS)));
+            return Err(not_subscribed());
         }
         p.set_subscription(&self.jid, &node, &jid, None)
             .await
@@ -1024,17 +1393,22 @@ impl Svc<'_> {
     pub async fn recipients(&self, node: &str, cfg: &NodeConfig) -> Result<Vec<Jid>, StanzaError> {
         let mut out: Vec<Jid> = Vec::new();
         let mut seen = HashSet::new();
-        let subs = self
-            .cx
-            .stores()
-            .pubsub
-            .subscriptions(&self.jid, node)
-            .await
-            .map_err(store)?;
-        for (j, s) in subs {
-            if s == SubscriptionState::Subscribed && seen.insert(j.to_string()) {
-                out.push(j);
-            }
+        self.subscriber_recipients(node, 0, &mut out, &mut seen)
+            .await?;
+        // XEP-0248 §5: subscribers of the collections above, by their
+        // subscription depth.
+        let mut parent = cfg.collection.clone();
+        let mut level = 1;
+        while let Some(p) = parent
+            && level <= MAX_COLLECTION_DEPTH
+        {
+            let Ok(pcfg) = self.config(&p).await else {
+                break;
+            };
+            self.subscriber_recipients(&p, level, &mut out, &mut seen)
+                .await?;
+            parent = pcfg.collection;
+            level += 1;
         }
         if self.kind == Kind::Pep {
             let mut contacts = vec![self.jid.clone()];
@@ -1082,6 +1456,62 @@ impl Svc<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// The explicit subscribers of `node` who get item notifications now
+    /// (`level` above the publishing leaf),
+    /// by their options: `deliver` on, and for `show-values` only their
+    /// available local resources showing one of the listed values.
+    async fn subscriber_recipients(
+        &self,
+        node: &str,
+        level: usize,
+        out: &mut Vec<Jid>,
+        seen: &mut HashSet<String>,
+    ) -> Result<(), StanzaError> {
+        let subs = self
+            .cx
+            .stores()
+            .pubsub
+            .subscriptions_with_options(&self.jid, node)
+            .await
+            .map_err(store)?;
+        for (j, state, stored) in subs {
+            if state != SubscriptionState::Subscribed {
+                continue;
+            }
+            let opts = SubOptions::from_stored(&stored);
+            if !opts.deliver || opts.subscription_type == SubscriptionType::Nodes {
+                continue;
+            }
+            if level > 1 && opts.depth != options::Depth::All {
+                continue;
+            }
+            if opts.show_values.is_empty() {
+                if seen.insert(j.to_string()) {
+                    out.push(j);
+                }
+                continue;
+            }
+            // Presence is known only for local sessions.
+            for s in self.cx.sessions_of(j.bare()) {
+                if j.resource().is_some() && Jid::from(s.jid.clone()) != j {
+                    continue;
+                }
+                let show = s.with_presence(|p| {
+                    p.last
+                        .as_ref()
+                        .map(|pres| pres.children().find(|c| c.name == "show").map(|c| c.text()))
+                });
+                let Some(show) = show else {
+                    continue; // unavailable
+                };
+                if opts.accepts_show(show.as_deref()) && seen.insert(s.jid.to_string()) {
+                    out.push(Jid::from(s.jid.clone()));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn event_message(&self, to: &Jid, payload: Element) -> Element {
@@ -1142,7 +1572,19 @@ impl Svc<'_> {
         if self.kind == Kind::Pep && node == crate::bookmarks::NS_BOOKMARKS2 {
             crate::bookmarks::mirror_to_private(self.cx, &self.jid).await;
         }
+        // XEP-0398: the vCard follows the PEP avatar.
+        if self.kind == Kind::Pep && node == crate::avatar::NS_AVATAR_METADATA {
+            crate::avatar::pep_to_vcard(self.cx, &self.jid).await;
+        }
     }
+}
+
+/// The `pubsub#children` of a submitted node configuration, if present.
+fn submitted_children(x: &Element) -> Option<Vec<String>> {
+    fields(x)
+        .into_iter()
+        .find(|(var, _)| var == "pubsub#children")
+        .map(|(_, v)| v.into_iter().filter(|c| !c.is_empty()).collect())
 }
 
 /// The JID a (un)subscribe request names: it must be the sender's bare

@@ -102,7 +102,7 @@ impl PubSubService {
                 let svc = self.svc(cx);
                 let cfg = svc.config(node).await?;
                 out.set_attr("node", node);
-                out.push_child(identity("leaf"));
+                out.push_child(identity(cfg.node_type.as_str()));
                 out.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", NS));
                 // XEP-0060 §5.4: node meta-data, to those who may see the node.
                 let who = from.to_bare();
@@ -135,6 +135,12 @@ impl PubSubService {
             None => {
                 for node in p.nodes(&self.jid).await.map_err(internal)? {
                     let cfg = svc.config(&node).await?;
+                    // Nodes in a collection are listed under it (XEP-0248 §4).
+                    if let Some(parent) = &cfg.collection
+                        && svc.config(parent).await.is_ok()
+                    {
+                        continue;
+                    }
                     let aff = svc.affiliation(&node, &who).await?;
                     if svc.may_access(&node, &cfg, &who, aff).await? {
                         let mut item = Element::new("item", ns::DISCO_ITEMS)
@@ -154,6 +160,20 @@ impl PubSubService {
                     return Err(StanzaError::auth(Condition::Forbidden));
                 }
                 out.set_attr("node", node);
+                if cfg.node_type == super::config::NodeType::Collection {
+                    // XEP-0248 §4: a collection's items are its child nodes.
+                    for child in svc.children(node).await? {
+                        let ccfg = svc.config(&child).await?;
+                        let mut item = Element::new("item", ns::DISCO_ITEMS)
+                            .with_attr("jid", self.jid.to_string())
+                            .with_attr("node", child.as_str());
+                        if !ccfg.title.is_empty() {
+                            item.set_attr("name", ccfg.title.as_str());
+                        }
+                        out.push_child(item);
+                    }
+                    return Ok(out);
+                }
                 for item in p.items(&self.jid, node).await.map_err(internal)? {
                     out.push_child(
                         Element::new("item", ns::DISCO_ITEMS)
@@ -167,12 +187,60 @@ impl PubSubService {
     }
 }
 
+/// The submitted `pubsub#subscribe_authorization` form of a message, if any.
+pub fn authorization_form(msg: &Element) -> Option<&Element> {
+    msg.children().find(|x| {
+        x.is("x", ns::DATA_FORMS)
+            && x.attr("type") == Some("submit")
+            && super::config::form_type(x).as_deref() == Some(super::NS_SUBSCRIBE_AUTHORIZATION)
+    })
+}
+
+/// `(node, subscriber, allow)` of a submitted authorization form.
+pub fn authorization_answer(x: &Element) -> Result<(String, Jid, bool), StanzaError> {
+    let values = super::config::fields(x);
+    let value = |var: &str| {
+        values
+            .iter()
+            .find(|(v, _)| v == var)
+            .and_then(|(_, vals)| vals.first().cloned())
+    };
+    let node = value("pubsub#node").ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+    let subscriber = value("pubsub#subscriber_jid")
+        .and_then(|j| Jid::parse(&j).ok())
+        .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+    let allow = matches!(value("pubsub#allow").as_deref(), Some("1" | "true"));
+    Ok((node, subscriber, allow))
+}
+
+impl PubSubService {
+    /// XEP-0060 §8.6.2: the owner approves or denies a pending subscription.
+    async fn authorize(&self, cx: &Cx, msg: &Element, x: &Element) -> Result<(), StanzaError> {
+        let from = msg
+            .attr("from")
+            .and_then(|f| Jid::parse(f).ok())
+            .ok_or_else(|| StanzaError::modify(Condition::BadRequest))?;
+        let (node, subscriber, allow) = authorization_answer(x)?;
+        self.svc(cx)
+            .answer_authorization(&from.to_bare(), &node, &subscriber, allow)
+            .await
+    }
+}
+
 #[async_trait]
 impl DomainService for PubSubService {
     async fn handle_stanza(&self, cx: &Cx, stanza: Element) {
         if stanza.name != "iq" {
-            // Messages and presence to the service mean nothing; errors are dropped.
+            // An owner's answer to a subscription authorization request
+            // (XEP-0060 §8.6.2); other messages and presence mean nothing,
+            // and errors are dropped.
             if stanza.name == "message" && stanza.attr("type") != Some("error") {
+                if let Some(x) = authorization_form(&stanza) {
+                    if let Err(e) = self.authorize(cx, &stanza, x).await {
+                        cx.bounce(&stanza, e).await;
+                    }
+                    return;
+                }
                 cx.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
                     .await;
             }

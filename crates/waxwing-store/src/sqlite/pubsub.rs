@@ -3,9 +3,11 @@
 use async_trait::async_trait;
 use waxwing_proto::jid::{BareJid, Jid};
 
-use super::{SqliteStore, db, jid};
+use super::{SqliteStore, db, jid, unsigned};
 use crate::StoreError;
-use crate::pubsub::{PubSubAffiliation, PubSubItem, PubSubStore, SubscriptionState};
+use crate::pubsub::{
+    FeedKey, PubSubAffiliation, PubSubItem, PubSubStore, StoredFeed, SubscriptionState,
+};
 
 fn any_jid(s: &str) -> Result<Jid, StoreError> {
     Jid::parse(s).map_err(|_| StoreError::Corrupt(format!("stored JID {s:?} is not valid")))
@@ -323,12 +325,252 @@ impl PubSubStore for SqliteStore {
             .collect()
     }
 
+    async fn subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+    ) -> Result<Option<String>, StoreError> {
+        self.require_node(service, node).await?;
+        sqlx::query_scalar(
+            "SELECT options FROM pubsub_subscriptions \
+             WHERE service = $1 AND node = $2 AND jid = $3",
+        )
+        .bind(service.to_string())
+        .bind(node)
+        .bind(jid.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn set_subscription_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+        jid: &Jid,
+        options: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE pubsub_subscriptions SET options = $4 \
+             WHERE service = $1 AND node = $2 AND jid = $3",
+        )
+        .bind(service.to_string())
+        .bind(node)
+        .bind(jid.to_string())
+        .bind(options)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn subscriptions_with_options(
+        &self,
+        service: &BareJid,
+        node: &str,
+    ) -> Result<Vec<(Jid, SubscriptionState, String)>, StoreError> {
+        self.require_node(service, node).await?;
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT jid, state, options FROM pubsub_subscriptions \
+             WHERE service = $1 AND node = $2 ORDER BY jid",
+        )
+        .bind(service.to_string())
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(j, s, o)| {
+                let s = SubscriptionState::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown subscription {s:?}")))?;
+                Ok((any_jid(&j)?, s, o))
+            })
+            .collect()
+    }
+
     async fn remove_service(&self, service: &BareJid) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM pubsub_nodes WHERE service = $1")
             .bind(service.to_string())
             .execute(&self.pool)
             .await
             .map_err(db)?;
+        Ok(())
+    }
+
+    async fn feeds(&self) -> Result<Vec<StoredFeed>, StoreError> {
+        type Row = (
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT service, node, url, interval_secs, admin, etag, last_modified \
+             FROM pubsub_feeds ORDER BY service, node, url",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(
+                |(service, node, url, interval, admin, etag, last_modified)| {
+                    Ok(StoredFeed {
+                        key: FeedKey {
+                            service: jid(&service)?,
+                            node,
+                            url,
+                        },
+                        interval_secs: unsigned(interval, "feed interval")?,
+                        admin: admin != 0,
+                        etag,
+                        last_modified,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    async fn save_feed(
+        &self,
+        key: &FeedKey,
+        interval_secs: u64,
+        admin: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pubsub_feeds (service, node, url, interval_secs, admin) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (service, node, url) DO UPDATE \
+             SET interval_secs = excluded.interval_secs, admin = excluded.admin",
+        )
+        .bind(key.service.to_string())
+        .bind(&key.node)
+        .bind(&key.url)
+        .bind(i64::try_from(interval_secs).unwrap_or(i64::MAX))
+        .bind(i64::from(admin))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn remove_feed(&self, key: &FeedKey) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM pubsub_feeds WHERE service = $1 AND node = $2 AND url = $3")
+                .bind(key.service.to_string())
+                .bind(&key.node)
+                .bind(&key.url)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_feed_validators(
+        &self,
+        key: &FeedKey,
+        etag: Option<&str>,
+        last_modified: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE pubsub_feeds SET etag = $4, last_modified = $5 \
+             WHERE service = $1 AND node = $2 AND url = $3",
+        )
+        .bind(key.service.to_string())
+        .bind(&key.node)
+        .bind(&key.url)
+        .bind(etag)
+        .bind(last_modified)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn feed_seen(
+        &self,
+        key: &FeedKey,
+        item_ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let seen: Vec<String> = sqlx::query_scalar(
+            "SELECT item_id FROM pubsub_feed_seen WHERE service = $1 AND node = $2 AND url = $3",
+        )
+        .bind(key.service.to_string())
+        .bind(&key.node)
+        .bind(&key.url)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let seen: std::collections::HashSet<String> = seen.into_iter().collect();
+        Ok(item_ids
+            .iter()
+            .filter(|id| seen.contains(*id))
+            .cloned()
+            .collect())
+    }
+
+    async fn mark_feed_seen(
+        &self,
+        key: &FeedKey,
+        item_id: &str,
+        keep: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pubsub_feeds WHERE service = $1 AND node = $2 AND url = $3",
+        )
+        .bind(key.service.to_string())
+        .bind(&key.node)
+        .bind(&key.url)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query(
+            "DELETE FROM pubsub_feed_seen \
+             WHERE service = $1 AND node = $2 AND url = $3 AND item_id = $4",
+        )
+        .bind(key.service.to_string())
+        .bind(&key.node)
+        .bind(&key.url)
+        .bind(item_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO pubsub_feed_seen (service, node, url, item_id) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key.service.to_string())
+        .bind(&key.node)
+        .bind(&key.url)
+        .bind(item_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "DELETE FROM pubsub_feed_seen WHERE service = $1 AND node = $2 AND url = $3 \
+             AND seq NOT IN (SELECT seq FROM pubsub_feed_seen \
+             WHERE service = $1 AND node = $2 AND url = $3 ORDER BY seq DESC LIMIT $4)",
+        )
+        .bind(key.service.to_string())
+        .bind(&key.node)
+        .bind(&key.url)
+        .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(())
     }
 }
