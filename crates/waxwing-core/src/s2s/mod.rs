@@ -56,12 +56,7 @@ const WRITE_BATCH: usize = 64;
 /// [`WRITE_BATCH`] stanzas, serialized for an s2s stream. A burst may be
 /// larger than a batch: it goes out whole.
 pub(crate) fn write_batch(mut batch: Vec<Element>, rx: &mut Outbox) -> String {
-    while batch.len() < WRITE_BATCH {
-        match rx.try_recv() {
-            Some(els) => batch.extend(els),
-            None => break,
-        }
-    }
+    while batch.len() < WRITE_BATCH && rx.try_recv_into(&mut batch) {}
     let mut out = String::new();
     for el in batch {
         to_server_ns(el).write_to(&mut out, ns::SERVER);

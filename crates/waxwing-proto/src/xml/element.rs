@@ -373,34 +373,46 @@ fn split_clark(k: &str) -> Option<(&str, &str)> {
 }
 
 fn escape_text(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            // A literal CR would be folded into LF by the receiving parser.
-            '\r' => out.push_str("&#13;"),
-            c => out.push(c),
-        }
-    }
+    escape_with(out, s, |b| match b {
+        b'&' => Some("&amp;"),
+        b'<' => Some("&lt;"),
+        b'>' => Some("&gt;"),
+        // A literal CR would be folded into LF by the receiving parser.
+        b'\r' => Some("&#13;"),
+        _ => None,
+    });
 }
 
 fn escape_attr(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            // Attribute-value normalization would turn literal whitespace
-            // controls into spaces; references survive it.
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c => out.push(c),
+    escape_with(out, s, |b| match b {
+        b'&' => Some("&amp;"),
+        b'<' => Some("&lt;"),
+        b'>' => Some("&gt;"),
+        b'\'' => Some("&apos;"),
+        b'"' => Some("&quot;"),
+        // Attribute-value normalization would turn literal whitespace
+        // controls into spaces; references survive it.
+        b'\t' => Some("&#9;"),
+        b'\n' => Some("&#10;"),
+        b'\r' => Some("&#13;"),
+        _ => None,
+    });
+}
+
+/// Copies `s` to `out` in runs, replacing the bytes `escape` names. Every
+/// byte escaped is ASCII, so runs always end on character boundaries; most
+/// values have nothing to escape and are copied in one go.
+#[inline]
+fn escape_with(out: &mut String, s: &str, escape: impl Fn(u8) -> Option<&'static str>) {
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if let Some(rep) = escape(b) {
+            out.push_str(&s[run..i]);
+            out.push_str(rep);
+            run = i + 1;
         }
     }
+    out.push_str(&s[run..]);
 }
 
 #[cfg(test)]

@@ -1048,6 +1048,7 @@ impl Conn {
                     None => std::future::pending().await,
                 }
             };
+            let mut batch = Vec::new();
             tokio::select! {
                 biased;
                 _ = handle.closed().cancelled() => {
@@ -1059,14 +1060,9 @@ impl Conn {
                     return Outcome::End(stream_error(StreamCondition::SystemShutdown, "the server is shutting down"));
                 }
                 Some(t) = takeover => return Outcome::Takeover(t),
-                Some(mut batch) = rx.recv() => {
+                true = rx.recv_into(&mut batch) => {
                     // A burst may be larger than a batch: it goes out whole.
-                    while batch.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Some(els) => batch.extend(els),
-                            None => break,
-                        }
-                    }
+                    while batch.len() < WRITE_BATCH && rx.try_recv_into(&mut batch) {}
                     let write = self.deliver(session, batch);
                     tokio::select! {
                         r = write => if let Err(end) = r { return Outcome::End(end); },
