@@ -927,10 +927,10 @@ async def test_done_means_public_room_found_joined_and_kept_across_restart(serve
     srv = server(users=USERS)
     alice = await user(xmpp, srv, ALICE)
     r = room("townsquare")
-    # History outlives the process through the room archive, so the room logs.
+    # History outlives the process through the room archive: new rooms log
+    # by default ([muc] log_by_default), so the owner sets nothing for it.
     await create(alice, r, "alice", {"muc#roomconfig_persistentroom": True,
                                       "muc#roomconfig_publicroom": True,
-                                      "muc#roomconfig_enablelogging": True,
                                       "muc#roomconfig_roomname": "Town Square",
                                       "muc#roomconfig_roomdesc": "Everyone welcome"})
     muc(alice).set_subject(r, "Market day")

@@ -132,7 +132,12 @@ fn config_form(fields: &[(&str, &str)]) -> String {
 /// instant room when empty).
 async fn create(c: &mut Client, room_jid: &str, nick: &str, fields: &[(&str, &str)]) {
     let got = join(c, room_jid, nick).await;
-    assert_eq!(codes(&got[0]), ["110", "201"], "{}", got[0]);
+    assert_eq!(
+        codes(&got[0]),
+        ["110", "170", "201"],
+        "new rooms log by default: {}",
+        got[0]
+    );
     iq_ok(c, room_jid, &config_form(fields)).await;
 }
 
@@ -204,7 +209,8 @@ async fn service_is_listed_and_instant_room_is_created() {
     let got = join(&mut a, &coven, "crone").await;
     assert_eq!(got.len(), 2, "self presence and subject");
     assert_eq!(got[0].attr("from"), Some(format!("{coven}/crone").as_str()));
-    assert_eq!(codes(&got[0]), ["110", "201"]);
+    // 170: new rooms log by default (`[muc] log_by_default`).
+    assert_eq!(codes(&got[0]), ["110", "170", "201"]);
     assert_eq!(item(&got[0]).attr("affiliation"), Some("owner"));
     assert_eq!(item(&got[0]).attr("role"), Some("moderator"));
     // Locked until configured: others cannot enter.
@@ -245,7 +251,7 @@ async fn presence_and_messages_are_reflected() {
     // The occupant already there, self presence with 110, subject.
     assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(got[0].attr("from"), Some(format!("{coven}/crone").as_str()));
-    assert_eq!(codes(&got[1]), ["110"]);
+    assert_eq!(codes(&got[1]), ["110", "170"]);
     let p = a.expect(&format!("<presence from='{coven}/hag'/>")).await;
     assert_eq!(item(&p).attr("role"), Some("participant"));
     // Semi-anonymous by default, but the owner is a moderator: it sees the JID.
@@ -728,7 +734,7 @@ async fn room_disco_info_and_destroy() {
     assert!(matches_pattern(&info, &want), "{info}");
     // Non-anonymous: the join presence says so (100), and real JIDs are shown.
     let got = join(&mut b, &coven, "hag").await;
-    assert_eq!(codes(&got[1]), ["110", "100"]);
+    assert_eq!(codes(&got[1]), ["110", "100", "170"]);
     assert_eq!(item(&got[0]).attr("jid"), Some(a.full()));
     a.expect(&format!("<presence from='{coven}/hag'/>")).await;
 
@@ -1145,7 +1151,13 @@ async fn room_archive_stamps_pages_and_advertises() {
 
     // A room that does not log has no archive, and says so.
     let quiet = room("quiet");
-    create(&mut a, &quiet, "crone", &[]).await;
+    create(
+        &mut a,
+        &quiet,
+        "crone",
+        &[("muc#roomconfig_enablelogging", "0")],
+    )
+    .await;
     let info = iq(
         &mut a,
         &quiet,

@@ -88,6 +88,8 @@ pub struct MucConfig {
     /// One service domain per host, in host order (`conference.example.org`).
     pub domains: Vec<String>,
     pub max_history: usize,
+    /// New rooms log (keep a XEP-0313 archive) unless their owner says no.
+    pub log_by_default: bool,
     pub max_occupants: usize,
     pub max_rooms_per_user: Option<usize>,
     pub room_creation: RoomCreation,
@@ -665,6 +667,7 @@ fn muc_config(m: &raw::Muc, hosts: &[String], source: &str) -> Result<MucConfig,
         enabled: m.enabled,
         domains,
         max_history: m.max_history,
+        log_by_default: m.log_by_default,
         max_occupants: m.max_occupants,
         max_rooms_per_user: m.max_rooms_per_user,
         room_creation,

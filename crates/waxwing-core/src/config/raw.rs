@@ -212,6 +212,9 @@ pub struct Muc {
     pub subdomain: String,
     /// Most messages of discussion history a room keeps (and sends on join).
     pub max_history: usize,
+    /// Whether new rooms start with `muc#roomconfig_enablelogging` on: the
+    /// room archive (XEP-0313), which also carries history over restarts.
+    pub log_by_default: bool,
     /// Hard cap on occupants per room; a room's own `maxusers` can only be lower.
     pub max_occupants: usize,
     /// Most rooms one account may own at once; absent means no limit.
@@ -232,6 +235,7 @@ impl Default for Muc {
             enabled: true,
             subdomain: "conference".into(),
             max_history: 50,
+            log_by_default: true,
             max_occupants: 1000,
             max_rooms_per_user: None,
             room_creation: "local".into(),

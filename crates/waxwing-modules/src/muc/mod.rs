@@ -74,6 +74,7 @@ impl Muc {
                         max_occupants: m.max_occupants,
                     },
                     max_rooms_per_user: m.max_rooms_per_user,
+                    log_by_default: m.log_by_default,
                     creation: m.room_creation,
                     rooms: Mutex::new(HashMap::new()),
                     loaded: tokio::sync::OnceCell::new(),
@@ -139,6 +140,8 @@ pub struct MucService {
     admins: Vec<BareJid>,
     limits: Limits,
     max_rooms_per_user: Option<usize>,
+    /// New rooms log (`[muc] log_by_default`).
+    log_by_default: bool,
     creation: RoomCreation,
     /// Keyed by the room's bare JID. See the module docs for the locking rule.
     rooms: Mutex<HashMap<BareJid, Room>>,
@@ -400,10 +403,10 @@ impl MucService {
             } else {
                 match self.may_create(from.bare(), &rooms) {
                     Ok(()) => {
-                        let mut r = Room::new(
-                            room.clone(),
-                            RoomConfig::new(self.limits.max_history, waxwing_core::random_id()),
-                        );
+                        let mut config =
+                            RoomConfig::new(self.limits.max_history, waxwing_core::random_id());
+                        config.logging = self.log_by_default;
+                        let mut r = Room::new(room.clone(), config);
                         r.affiliations.insert(
                             from.bare().clone(),
                             AffEntry {
