@@ -546,16 +546,7 @@ fn reputation_table(cx: &Cx) -> Element {
         ("rate-limit-hits", "Rate-limit hits"),
         ("blocked-by", "Blocked by"),
     ];
-    let mut reported = Element::new("reported", ns::DATA_FORMS);
-    for (var, label) in COLUMNS {
-        reported.push_child(
-            Element::new("field", ns::DATA_FORMS)
-                .with_attr("var", var)
-                .with_attr("label", label),
-        );
-    }
-    let mut x = result_form(vec![reported]);
-    for s in cx.domain_reputations() {
+    let rows = cx.domain_reputations().into_iter().map(|s| {
         let r = &s.record;
         let blocked_by = match (s.configured_block, r.blocked) {
             (true, _) => "configuration",
@@ -563,7 +554,7 @@ fn reputation_table(cx: &Cx) -> Element {
             (false, false) if s.standing == Standing::Blocked => "reputation",
             _ => "",
         };
-        let values = [
+        vec![
             r.domain.clone(),
             s.standing.as_str().to_string(),
             format!("{:.2}", r.score),
@@ -572,9 +563,27 @@ fn reputation_table(cx: &Cx) -> Element {
             r.failed_dialbacks.to_string(),
             r.rate_limit_hits.to_string(),
             blocked_by.to_string(),
-        ];
+        ]
+    });
+    table_form(&COLUMNS, rows)
+}
+
+/// A result form laid out as a table (XEP-0004 §3.4): `<reported/>` names
+/// the columns (var, label), then one `<item/>` per row, values in column
+/// order.
+fn table_form(columns: &[(&str, &str)], rows: impl IntoIterator<Item = Vec<String>>) -> Element {
+    let mut reported = Element::new("reported", ns::DATA_FORMS);
+    for (var, label) in columns {
+        reported.push_child(
+            Element::new("field", ns::DATA_FORMS)
+                .with_attr("var", *var)
+                .with_attr("label", *label),
+        );
+    }
+    let mut x = result_form(vec![reported]);
+    for values in rows {
         let mut item = Element::new("item", ns::DATA_FORMS);
-        for ((var, _), v) in COLUMNS.iter().zip(values) {
+        for ((var, _), v) in columns.iter().zip(values) {
             item.push_child(
                 Element::new("field", ns::DATA_FORMS)
                     .with_attr("var", *var)
@@ -684,17 +693,9 @@ async fn run_feed(
                 ("interval", "Interval (s)"),
                 ("origin", "Added by"),
             ];
-            let mut reported = Element::new("reported", ns::DATA_FORMS);
-            for (var, label) in COLUMNS {
-                reported.push_child(
-                    Element::new("field", ns::DATA_FORMS)
-                        .with_attr("var", var)
-                        .with_attr("label", label),
-                );
-            }
-            let mut x = result_form(vec![reported]);
-            for f in cx.stores().pubsub.feeds().await.map_err(internal)? {
-                let values = [
+            let feeds = cx.stores().pubsub.feeds().await.map_err(internal)?;
+            let rows = feeds.into_iter().map(|f| {
+                vec![
                     f.key.url,
                     f.key.service.to_string(),
                     f.key.node,
@@ -705,18 +706,9 @@ async fn run_feed(
                         "configuration"
                     }
                     .to_string(),
-                ];
-                let mut item = Element::new("item", ns::DATA_FORMS);
-                for ((var, _), v) in COLUMNS.iter().zip(values) {
-                    item.push_child(
-                        Element::new("field", ns::DATA_FORMS)
-                            .with_attr("var", *var)
-                            .with_child(Element::new("value", ns::DATA_FORMS).with_text(v)),
-                    );
-                }
-                x.push_child(item);
-            }
-            Ok(x)
+                ]
+            });
+            Ok(table_form(&COLUMNS, rows))
         }
     }
 }
