@@ -71,7 +71,11 @@ impl Target {
 /// derived keys), so without this cache a login benchmark measures the
 /// generator. Real clients cache the salted password too.
 #[derive(Default, Clone)]
-pub struct ScramCache(Arc<Mutex<HashMap<(String, Vec<u8>, u32), Vec<u8>>>>);
+pub struct ScramCache(Arc<Mutex<HashMap<ScramKey, Vec<u8>>>>);
+
+/// (hash name, salt, iterations): what a salted password depends on
+/// besides the password, which is the same for every benchmark account.
+type ScramKey = (String, Vec<u8>, u32);
 
 impl ScramCache {
     pub fn load(&self, path: &str) {

@@ -270,11 +270,10 @@ pub async fn roster_setup(
     for (i, s) in sessions.into_iter().enumerate() {
         let g = i / size;
         let mut out = String::new();
-        for j in g * size..(g + 1) * size {
+        for (j, user) in users.iter().enumerate().take((g + 1) * size).skip(g * size) {
             if j != i {
                 out.push_str(&format!(
-                    "<presence type='subscribe' to='{}@{domain}'/>",
-                    users[j]
+                    "<presence type='subscribe' to='{user}@{domain}'/>"
                 ));
             }
         }
