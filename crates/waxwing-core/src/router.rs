@@ -103,16 +103,21 @@ impl Server {
                         .await;
                 }
             };
-            if let Some((_, svc)) = self.registry.services.get(to.domain()) {
-                let cx = Cx::new(self.clone(), None);
-                svc.handle_stanza(&cx, stanza).await;
-            } else if self.config.is_local_host(to.domain()) {
-                self.deliver_local(to, stanza, kind).await;
-            } else {
-                // Never awaits the remote: the pair's s2s task owns the queue.
-                self.s2s.send(&self, stanza);
-            }
+            self.route_to(to, stanza, kind).await;
         })
+    }
+
+    /// [`Server::route`] for a stanza whose `to` is already parsed as `to`.
+    async fn route_to(self: Arc<Self>, to: Jid, stanza: Element, kind: StanzaKind) {
+        if let Some((_, svc)) = self.registry.services.get(to.domain()) {
+            let cx = Cx::new(self.clone(), None);
+            svc.handle_stanza(&cx, stanza).await;
+        } else if self.config.is_local_host(to.domain()) {
+            self.deliver_local(to, stanza, kind).await;
+        } else {
+            // Never awaits the remote: the pair's s2s task owns the queue.
+            self.s2s.send(&self, stanza);
+        }
     }
 
     /// Routes stanzas that are all addressed to the same full JID and
@@ -240,15 +245,19 @@ impl Server {
                 if self.run_hooks(Hook::Outbound, &cx, &mut stanza).await == Flow::Handled {
                     return;
                 }
-                if to.is_none() {
-                    if kind == StanzaKind::Message {
+                // Hooks may have readdressed the stanza; parse again only then.
+                let to = match (to, stanza.attr("to")) {
+                    (Some(to), Some(now)) if to.is_written_as(now) => to,
+                    (_, Some(_)) => return self.route(stanza).await,
+                    (_, None) if kind == StanzaKind::Message => {
                         // RFC 6120 §10.3.1: no `to` means the sender's own bare JID.
-                        stanza.set_attr("to", origin.jid.bare().to_string());
-                    } else {
-                        return;
+                        let own = origin.jid.bare().clone();
+                        stanza.set_attr("to", own.to_string());
+                        Jid::Bare(own)
                     }
-                }
-                self.route(stanza).await;
+                    (_, None) => return,
+                };
+                self.route_to(to, stanza, kind).await;
             }
         }
     }

@@ -354,6 +354,27 @@ impl FullJid {
 }
 
 impl Jid {
+    /// Whether `s` is exactly this address's canonical text, without
+    /// allocating: lets a caller that parsed an attribute check cheaply
+    /// whether it has changed since.
+    pub fn is_written_as(&self, s: &str) -> bool {
+        let mut rest = s;
+        if let Some(local) = self.local() {
+            match rest.strip_prefix(local).and_then(|r| r.strip_prefix('@')) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        match rest.strip_prefix(self.domain()) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+        match self.resource() {
+            Some(res) => rest.strip_prefix('/') == Some(res),
+            None => rest.is_empty(),
+        }
+    }
+
     /// Parses any address.
     pub fn parse(s: &str) -> Result<Self, JidError> {
         let (local, domain, resource) = split(s)?;
@@ -462,6 +483,27 @@ impl From<FullJid> for Jid {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn is_written_as_matches_only_the_canonical_text() {
+        for s in [
+            "a@b.example/r",
+            "a@b.example",
+            "b.example",
+            "b.example/r/x",
+            "a@b.example/",
+        ] {
+            if let Ok(j) = Jid::parse(s) {
+                assert!(j.is_written_as(&j.to_string()), "{s}");
+            }
+        }
+        let j = jid("Juliet@Example.com/Balcony");
+        assert!(j.is_written_as("juliet@example.com/Balcony"));
+        assert!(!j.is_written_as("Juliet@Example.com/Balcony"));
+        assert!(!j.is_written_as("juliet@example.com"));
+        assert!(!j.is_written_as("juliet@example.com/Balcony/x"));
+        assert!(!jid("example.com").is_written_as("x@example.com"));
+    }
 
     #[test]
     fn ascii_fast_paths_edge_cases() {
