@@ -73,6 +73,10 @@ pub enum Event {
     InitialPresence(Arc<SessionHandle>),
     /// A session ended, cleanly or not. It is already out of the registry.
     SessionClosed(Arc<SessionHandle>),
+    /// The server is about to stop: emitted before any stream is closed, so
+    /// what modules send now (a room's 332 presences) still goes out,
+    /// locally and over s2s. Handlers get a bounded time.
+    ShuttingDown,
     /// An account was deleted; every module storing per-user data cleans up.
     UserDeleted(BareJid),
     /// A message addressed to a local account was handed to these of its

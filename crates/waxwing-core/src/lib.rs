@@ -29,6 +29,9 @@ use crate::listen::ListenerKind;
 /// How long a graceful stop waits for streams to close before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long modules get for `Event::ShuttingDown` before streams close.
+const FAREWELL_GRACE: Duration = Duration::from_secs(2);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -84,6 +87,16 @@ impl Running {
     /// Graceful stop: no new connections, `system-shutdown` to every stream,
     /// then wait (bounded) for the connection tasks to finish their writes.
     pub async fn stop(self) {
+        let farewell = self
+            .server
+            .clone()
+            .emit(None, crate::hooks::Event::ShuttingDown);
+        if tokio::time::timeout(FAREWELL_GRACE, farewell)
+            .await
+            .is_err()
+        {
+            tracing::warn!("modules did not finish their shutdown work in time");
+        }
         self.server.shutdown();
         self.tasks.close();
         self.server.background.close();

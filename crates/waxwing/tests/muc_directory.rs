@@ -308,3 +308,85 @@ async fn a_remote_joiner_gets_a_join_burst_larger_than_the_s2s_queue() {
     assert_eq!(m.attr("type"), Some("groupchat"), "{m}");
     assert_eq!(m.attr("from"), Some(format!("{room}/bob").as_str()), "{m}");
 }
+
+/// XEP-0045 status 332: when the service goes down, its occupants are
+/// told they are out of the room, the remote one over s2s before the
+/// stream closes, the local one before its `system-shutdown`.
+#[tokio::test]
+async fn shutdown_tells_occupants_local_and_remote_with_332() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = Node::start(
+        A,
+        pa,
+        &format!("[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n"),
+    )
+    .await;
+    let b = Node::start(
+        B,
+        pb,
+        &format!(
+            "[s2s]\nsecret = \"b-dialback-secret\"\nconnect_timeout_secs = 5\n[s2s.routes]\n\
+             \"{A}\" = \"127.0.0.1:{pa}\"\n\"conference.{A}\" = \"127.0.0.1:{pa}\"\n"
+        ),
+    )
+    .await;
+    let room = format!("closing@conference.{A}");
+    let join = |nick: &str| format!("<presence to='{room}/{nick}'><x xmlns='{MUC}'/></presence>");
+    let until_subject =
+        |e: &Element| e.name == "message" && e.child("subject", "jabber:client").is_some();
+
+    let mut alice = a.login("alice").await;
+    alice.send(&join("alice")).await;
+    skip_until(&mut alice, "alice's join", until_subject).await;
+    let r = iq(
+        &mut alice,
+        &room,
+        "set",
+        &format!("<query xmlns='{OWNER}'><x xmlns='jabber:x:data' type='submit'/></query>"),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "instant room: {r}");
+    let mut bob = b.login("bob").await;
+    bob.send(&join("bob")).await;
+    skip_until(&mut bob, "bob's join over s2s", until_subject).await;
+    let bob_in_room = format!("{room}/bob");
+    skip_until(&mut alice, "bob's arrival", |e| {
+        e.attr("from") == Some(bob_in_room.as_str())
+    })
+    .await;
+
+    a.running.stop().await;
+
+    let is_332 = |e: &Element| {
+        e.name == "presence"
+            && e.attr("type") == Some("unavailable")
+            && e.to_xml().contains("code='332'")
+            && e.to_xml().contains("code='110'")
+    };
+    let gone = skip_until(&mut bob, "332 from the remote room", is_332).await;
+    assert_eq!(
+        gone.attr("from"),
+        Some(format!("{room}/bob").as_str()),
+        "{gone}"
+    );
+    // Alice's next stanza is the farewell, then the stream error.
+    let gone = alice
+        .expect_with("332 before the stream ends", is_332)
+        .await;
+    assert_eq!(
+        gone.attr("from"),
+        Some(format!("{room}/alice").as_str()),
+        "{gone}"
+    );
+    alice.expect_stream_error("system-shutdown").await;
+}
+
+/// Reads until an element matches `pred` and returns it.
+async fn skip_until(c: &mut Client, what: &str, pred: impl Fn(&Element) -> bool) -> Element {
+    loop {
+        let e = c.next(what).await;
+        if pred(&e) {
+            return e;
+        }
+    }
+}

@@ -64,6 +64,21 @@ pub(crate) fn write_batch(mut batch: Vec<Element>, rx: &mut Outbox) -> String {
     out
 }
 
+/// Everything still queued, serialized, for the last write before a stream
+/// closes at shutdown (bounded by the queue's own limits).
+pub(crate) fn drain_for_shutdown(rx: &mut Outbox) -> String {
+    let mut batch = Vec::new();
+    while rx.try_recv_into(&mut batch) {}
+    let mut out = String::new();
+    for el in batch {
+        to_server_ns(el).write_to(&mut out, ns::SERVER);
+    }
+    out
+}
+
+/// How long the last write at shutdown may take.
+pub(crate) const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Outgoing federation state, owned by the [`Server`].
 pub struct S2sManager {
     pub(crate) secret: DialbackSecret,

@@ -27,7 +27,7 @@ use crate::s2s::dialback;
 use crate::s2s::resolve::{self, Target};
 use crate::s2s::tls::CertStatus;
 use crate::s2s::wire::{READ_CHUNK, ReadError, Wire, header};
-use crate::s2s::{BIDI_FEATURE_NS, BIDI_NS, Pair, write_batch};
+use crate::s2s::{BIDI_FEATURE_NS, BIDI_NS, Pair, SHUTDOWN_FLUSH, drain_for_shutdown, write_batch};
 use crate::stream::compress;
 use crate::stream::s2s_in::{Admission, admit_stanza, s2s_read_bucket};
 
@@ -652,6 +652,12 @@ impl Outgoing {
             }
             tokio::select! {
                 _ = server.shutdown.cancelled() => {
+                    // What modules queued on their way out (a room's 332
+                    // presences) goes before the stream error.
+                    let last = drain_for_shutdown(rx);
+                    if !last.is_empty() {
+                        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, self.wire.write(&last)).await;
+                    }
                     let e = StreamError::new(StreamCondition::SystemShutdown);
                     self.wire.close(Some(&e)).await;
                     return End::Shutdown;

@@ -129,6 +129,11 @@ impl EventHandler for Muc {
                 s.session_closed(cx, &session.jid).await;
             }
         }
+        if let Event::ShuttingDown = event {
+            for s in &self.services {
+                s.shutting_down(cx).await;
+            }
+        }
     }
 }
 
@@ -308,6 +313,22 @@ impl MucService {
                     .await
             }
             (None, true) => {}
+        }
+    }
+
+    /// XEP-0045 status 332: every occupant, local or remote, learns that it
+    /// is out of its rooms because the service is going down. Remote
+    /// occupants would otherwise think they are still joined until their
+    /// self-ping fails. Rooms are not changed: persistent ones are stored,
+    /// and the process is about to end.
+    async fn shutting_down(&self, cx: &Cx) {
+        let farewells: Vec<Element> = self
+            .lock()
+            .values()
+            .flat_map(|r| r.shutdown_presences())
+            .collect();
+        for p in farewells {
+            cx.route(p).await;
         }
     }
 

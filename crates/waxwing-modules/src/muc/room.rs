@@ -1496,6 +1496,31 @@ impl Room {
 
     /// Destroys the room (§10.9): every occupant is told, with the
     /// alternate venue and reason if the owner gave them.
+    /// One unavailable self-presence (110, 332) for every occupant session:
+    /// removed because the service is shutting down.
+    pub fn shutdown_presences(&self) -> Vec<Element> {
+        let mut out = Vec::new();
+        for o in self.occupants.values() {
+            let p = Element::new("presence", ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", jid_text(&self.jid, &o.nick))
+                .with_child(
+                    Element::new("x", NS_USER)
+                        .with_child(
+                            Element::new("item", NS_USER)
+                                .with_attr("affiliation", self.affiliation(&o.bare).as_str())
+                                .with_attr("role", "none"),
+                        )
+                        .with_child(status(110))
+                        .with_child(status(332)),
+                );
+            for s in &o.sessions {
+                out.push(p.clone().with_attr("to", s.to_string()));
+            }
+        }
+        out
+    }
+
     pub fn destroy(&mut self, d: &Element) -> Effects {
         let mut fx = Effects::default();
         let mut destroy = Element::new("destroy", NS_USER);
