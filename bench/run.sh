@@ -5,7 +5,8 @@
 #   bench/run.sh            full run (10,000 idle sessions, 10 s windows…)
 #   bench/run.sh --quick    smoke test: small sizes, a few minutes
 #
-# Writes bench/results/<date>.md (or <date>-quick.md). Only 127.0.0.1 is used.
+# Writes bench/results/<date>.md (or <date>-quick.md; RESULTS_TAG=x adds -x).
+# Only 127.0.0.1 is used.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -286,7 +287,7 @@ T1=$(date +%s)
 
 # ---- the report ------------------------------------------------------------
 mkdir -p "$ROOT/bench/results"
-OUT=$ROOT/bench/results/$(date +%Y-%m-%d)$([[ $QUICK == 1 ]] && echo -quick).md
+OUT=$ROOT/bench/results/$(date +%Y-%m-%d)$([[ $QUICK == 1 ]] && echo -quick)${RESULTS_TAG:+-$RESULTS_TAG}.md
 PARAMS="Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(((T1 - T0) / 60)) min. Mode: $([[ $QUICK == 1 ]] && echo quick || echo full).
 Parameters: login $LOGIN_N, idle $IDLE_N, churn $CHURN_N, roster $ROSTER_N users × $ROSTER_CONTACTS contacts, chat $PAIRS pairs (window $WINDOW, warmup ${WARMUP}s, window ${DURATION}s, fixed rate $RATE msgs/s), MUC $MUC_OCCUPANTS occupants / $MUC_SENDERS senders, login concurrency $CONCURRENCY.
 Variants: shared = server and generator float over all CPUs; pinned = server on CPU 0, generator on CPU 1 (taskset). Each server is restarted before each scenario. STARTTLS with ECDSA P-256 unless marked plain; best SASL mechanism offered (Waxwing SCRAM-SHA-256, Prosody and ejabberd SCRAM-SHA-1, floor PLAIN).
