@@ -57,18 +57,10 @@ const WRITE_BATCH: usize = 64;
 /// larger than a batch: it goes out whole.
 pub(crate) fn write_batch(mut batch: Vec<Element>, rx: &mut Outbox) -> String {
     while batch.len() < WRITE_BATCH && rx.try_recv_into(&mut batch) {}
-    let mut out = String::new();
-    for el in batch {
-        to_server_ns(el).write_to(&mut out, ns::SERVER);
-    }
-    out
+    serialize(batch)
 }
 
-/// Everything still queued, serialized, for the last write before a stream
-/// closes at shutdown (bounded by the queue's own limits).
-pub(crate) fn drain_for_shutdown(rx: &mut Outbox) -> String {
-    let mut batch = Vec::new();
-    while rx.try_recv_into(&mut batch) {}
+fn serialize(batch: Vec<Element>) -> String {
     let mut out = String::new();
     for el in batch {
         to_server_ns(el).write_to(&mut out, ns::SERVER);
@@ -77,7 +69,18 @@ pub(crate) fn drain_for_shutdown(rx: &mut Outbox) -> String {
 }
 
 /// How long the last write at shutdown may take.
-pub(crate) const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+const SHUTDOWN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// At shutdown, before the stream error: writes everything still queued
+/// (bounded by the queue's own limits), within [`SHUTDOWN_FLUSH`], so what
+/// modules sent on their way out (a room's 332 presences) reaches the peer.
+pub(crate) async fn flush_at_shutdown(wire: &mut wire::Wire, rx: &mut Outbox) {
+    let mut batch = Vec::new();
+    while rx.try_recv_into(&mut batch) {}
+    if !batch.is_empty() {
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, wire.write(&serialize(batch))).await;
+    }
+}
 
 /// Outgoing federation state, owned by the [`Server`].
 pub struct S2sManager {

@@ -39,9 +39,7 @@ use crate::router::Server;
 use crate::s2s::dialback;
 use crate::s2s::reputation::{Admit, MAX_REFUSED_IN_A_ROW, Offence, Standing};
 use crate::s2s::wire::{READ_CHUNK, ReadError, Wire, header, stream_prefixed};
-use crate::s2s::{
-    BIDI_FEATURE_NS, BIDI_NS, Pair, SHUTDOWN_FLUSH, drain_for_shutdown, to_client_ns, write_batch,
-};
+use crate::s2s::{BIDI_FEATURE_NS, BIDI_NS, Pair, flush_at_shutdown, to_client_ns, write_batch};
 use crate::stream::compress;
 use crate::stream::s2s_out;
 
@@ -292,10 +290,7 @@ impl Incoming {
                     // A bidirectional stream is also a route: what was
                     // queued on it at shutdown goes before the stream error.
                     if let Some((_, rx)) = &mut self.queue {
-                        let last = drain_for_shutdown(rx);
-                        if !last.is_empty() {
-                            let _ = tokio::time::timeout(SHUTDOWN_FLUSH, self.wire.write(&last)).await;
-                        }
+                        flush_at_shutdown(&mut self.wire, rx).await;
                     }
                     return stream_error(StreamCondition::SystemShutdown, "the server is shutting down");
                 }

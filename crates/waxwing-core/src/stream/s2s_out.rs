@@ -27,7 +27,7 @@ use crate::s2s::dialback;
 use crate::s2s::resolve::{self, Target};
 use crate::s2s::tls::CertStatus;
 use crate::s2s::wire::{READ_CHUNK, ReadError, Wire, header};
-use crate::s2s::{BIDI_FEATURE_NS, BIDI_NS, Pair, SHUTDOWN_FLUSH, drain_for_shutdown, write_batch};
+use crate::s2s::{BIDI_FEATURE_NS, BIDI_NS, Pair, flush_at_shutdown, write_batch};
 use crate::stream::compress;
 use crate::stream::s2s_in::{Admission, admit_stanza, s2s_read_bucket};
 
@@ -97,9 +97,7 @@ pub(crate) async fn run(server: Arc<Server>, pair: Pair, tx: Outq, mut rx: Outbo
         rx.close();
         server.s2s.forget(&pair, &tx);
         let mut left = Vec::new();
-        while let Some(els) = rx.try_recv() {
-            left.extend(els);
-        }
+        while rx.try_recv_into(&mut left) {}
         match end {
             Err(f) => {
                 for el in left {
@@ -654,10 +652,7 @@ impl Outgoing {
                 _ = server.shutdown.cancelled() => {
                     // What modules queued on their way out (a room's 332
                     // presences) goes before the stream error.
-                    let last = drain_for_shutdown(rx);
-                    if !last.is_empty() {
-                        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, self.wire.write(&last)).await;
-                    }
+                    flush_at_shutdown(&mut self.wire, rx).await;
                     let e = StreamError::new(StreamCondition::SystemShutdown);
                     self.wire.close(Some(&e)).await;
                     return End::Shutdown;

@@ -183,9 +183,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         .unwrap_or_default();
     undelivered.extend(session.held.take());
     if matches!(end, End::Gone) {
-        while let Some(els) = rx.try_recv() {
-            undelivered.extend(els);
-        }
+        while rx.try_recv_into(&mut undelivered) {}
     } else {
         // Stanzas queued before the end (e.g. the answer to the client's
         // last request) still go out before the stream error. Bounded in
