@@ -152,6 +152,20 @@ pub fn not_in_room(room: &BareJid, nick: &str, to: &FullJid) -> Element {
         .with_child(x)
 }
 
+/// One copy of `stanza` per session, each addressed to it. The copies share
+/// the payload (`Children` is copy-on-write), so a room's fan-out clones
+/// envelopes only.
+fn addressed<'a>(
+    stanza: &'a Element,
+    sessions: &'a [FullJid],
+) -> impl Iterator<Item = Element> + 'a {
+    sessions.iter().map(move |s| {
+        let mut c = stanza.clone();
+        c.set_attr("to", s.to_string());
+        c
+    })
+}
+
 fn status(code: u16) -> Element {
     Element::new("status", NS_USER).with_attr("code", code.to_string())
 }
@@ -353,11 +367,7 @@ impl Room {
         own.extend_from_slice(codes);
         own.extend_from_slice(self_codes);
         let mine = self.presence_of(occ, base, true, &own, tweak);
-        for s in &occ.sessions {
-            let mut p = mine.clone();
-            p.set_attr("to", s.to_string());
-            out.push(p);
-        }
+        out.extend(addressed(&mine, &occ.sessions));
         if !self.config.presence_broadcast.contains(&occ.role)
             && base.attr("type") != Some("unavailable")
         {
@@ -371,11 +381,7 @@ impl Room {
             } else {
                 &without
             };
-            for s in &o.sessions {
-                let mut p = p.clone();
-                p.set_attr("to", s.to_string());
-                out.push(p);
-            }
+            out.extend(addressed(p, &o.sessions));
         }
     }
 
@@ -793,11 +799,7 @@ impl Room {
     /// One copy of `m` per occupant session, addressed to it.
     fn reflect(&self, m: &Element, out: &mut Vec<Element>) {
         for o in self.occupants.values() {
-            for s in &o.sessions {
-                let mut c = m.clone();
-                c.set_attr("to", s.to_string());
-                out.push(c);
-            }
+            out.extend(addressed(m, &o.sessions));
         }
     }
 
@@ -884,11 +886,7 @@ impl Room {
             Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", &sender.occupant_id),
         );
         let mut fx = Effects::default();
-        for s in &target.sessions {
-            let mut c = m.clone();
-            c.set_attr("to", s.to_string());
-            fx.out.push(c);
-        }
+        fx.out.extend(addressed(&m, &target.sessions));
         Ok(fx)
     }
 
@@ -1082,13 +1080,7 @@ impl Room {
             .with_attr("from", self.jid.to_string())
             .with_attr("id", crate::stanza_id("config"))
             .with_child(x);
-        for o in self.occupants.values() {
-            for s in &o.sessions {
-                let mut c = m.clone();
-                c.set_attr("to", s.to_string());
-                out.push(c);
-            }
-        }
+        self.reflect(&m, out);
     }
 
     // ---------------------------------------------------------------- admin
@@ -1514,9 +1506,7 @@ impl Room {
                         .with_child(status(110))
                         .with_child(status(332)),
                 );
-            for s in &o.sessions {
-                out.push(p.clone().with_attr("to", s.to_string()));
-            }
+            out.extend(addressed(&p, &o.sessions));
         }
         out
     }
@@ -1546,11 +1536,7 @@ impl Room {
                         )
                         .with_child(destroy.clone()),
                 );
-            for s in &o.sessions {
-                let mut c = p.clone();
-                c.set_attr("to", s.to_string());
-                fx.out.push(c);
-            }
+            fx.out.extend(addressed(&p, &o.sessions));
         }
         self.occupants.clear();
         self.by_session.clear();
