@@ -52,6 +52,17 @@ impl TlsContext {
         // XEP-0368: direct TLS clients may announce ALPN "xmpp-client".
         server.alpn_protocols = vec![b"xmpp-client".to_vec()];
         server.ignore_client_order = true;
+        // TLS 1.3 resumption is off unless configured: each ticket costs the
+        // server a write, randomness and a cache slot on every login (about
+        // a tenth of a login's CPU), while XMPP clients come back through
+        // XEP-0198 resumption and FAST tokens instead.
+        if config.tls_resumption_cache == 0 {
+            server.send_tls13_tickets = 0;
+        } else {
+            server.session_storage =
+                rustls::server::ServerSessionMemoryCache::new(config.tls_resumption_cache);
+            server.send_tls13_tickets = 1;
+        }
         Ok(TlsContext {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             certs,

@@ -11,6 +11,14 @@
 //! The logout time is recorded when the last session goes away: on
 //! unavailable presence from the last available resource, and on
 //! [`Event::SessionClosed`] when no session is left.
+//!
+//! Logouts are written by group commit: the first logout to arrive while no
+//! write is in flight writes every logout pending at that moment in one
+//! statement, and keeps writing until none is left; logouts arriving
+//! meanwhile only join the next batch. At a handful of logouts a second
+//! this is one write each, as before; under a wave of logouts it is one
+//! commit per batch instead of one per account. Queries look at the pending
+//! batch before the store, so the answer never goes back in time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +47,25 @@ pub struct Last {
     /// Status text of each account's latest unavailable presence, until the
     /// logout it belongs to is stored.
     status: Mutex<HashMap<BareJid, String>>,
+    /// Logouts not yet in the store (see the module comment).
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    logouts: HashMap<BareJid, LastActivity>,
+    /// Some call is writing batches and will take whatever is added here.
+    writing: bool,
+}
+
+/// Hands the writer role back if the writing call is dropped mid-write, so
+/// that the next logout takes it up instead of waiting on nobody.
+struct WriterRole<'a>(&'a Mutex<Pending>);
+
+impl Drop for WriterRole<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).writing = false;
+    }
 }
 
 impl Last {
@@ -50,15 +77,49 @@ impl Last {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn record_logout(&self, cx: &Cx, user: &BareJid) {
         let status = self.status().remove(user).unwrap_or_default();
         let last = LastActivity {
             at: unix_now(),
             status,
         };
-        if let Err(e) = cx.stores().last_activity.set(user, &last).await {
-            tracing::error!(error = %e, %user, "recording last activity failed");
+        {
+            let mut pending = self.pending();
+            pending.logouts.insert(user.clone(), last);
+            if pending.writing {
+                return; // the writer in flight picks it up
+            }
+            pending.writing = true;
         }
+        let _role = WriterRole(&self.pending);
+        loop {
+            let batch: Vec<(BareJid, LastActivity)> = {
+                let mut pending = self.pending();
+                if pending.logouts.is_empty() {
+                    return;
+                }
+                pending.logouts.drain().collect()
+            };
+            if let Err(e) = cx.stores().last_activity.set_many(&batch).await {
+                tracing::error!(error = %e, accounts = batch.len(), "recording last activity failed");
+            }
+        }
+    }
+
+    /// The newest logout of `user`: pending or stored.
+    async fn last_logout(
+        &self,
+        cx: &Cx,
+        user: &BareJid,
+    ) -> Result<Option<LastActivity>, StanzaError> {
+        if let Some(last) = self.pending().logouts.get(user) {
+            return Ok(Some(last.clone()));
+        }
+        cx.stores().last_activity.get(user).await.map_err(internal)
     }
 }
 
@@ -117,13 +178,7 @@ impl IqHandler for Last {
         if !cx.sessions_of(&owner).is_empty() {
             return Ok(Some(answer(0, "")));
         }
-        match cx
-            .stores()
-            .last_activity
-            .get(&owner)
-            .await
-            .map_err(internal)?
-        {
+        match self.last_logout(cx, &owner).await? {
             Some(last) => Ok(Some(answer(
                 unix_now().saturating_sub(last.at),
                 &last.status,
@@ -199,6 +254,7 @@ impl EventHandler for Last {
             }
             Event::UserDeleted(user) => {
                 self.status().remove(user);
+                self.pending().logouts.remove(user);
                 if let Err(e) = cx.stores().last_activity.remove_user(user).await {
                     tracing::error!(error = %e, %user, "removing last activity of a deleted account failed");
                 }

@@ -24,7 +24,14 @@ pub trait LastActivityStore: Send + Sync {
     async fn get(&self, user: &BareJid) -> Result<Option<LastActivity>, StoreError>;
 
     /// Records a logout, replacing the previous one. Durable before returning.
-    async fn set(&self, user: &BareJid, last: &LastActivity) -> Result<(), StoreError>;
+    async fn set(&self, user: &BareJid, last: &LastActivity) -> Result<(), StoreError> {
+        self.set_many(&[(user.clone(), last.clone())]).await
+    }
+
+    /// Records several accounts' logouts at once (one commit), each
+    /// replacing that account's previous one; of two entries for one
+    /// account the later wins. Durable before returning.
+    async fn set_many(&self, entries: &[(BareJid, LastActivity)]) -> Result<(), StoreError>;
 
     /// Forgets a deleted account.
     async fn remove_user(&self, user: &BareJid) -> Result<(), StoreError>;
@@ -48,8 +55,11 @@ impl LastActivityStore for MemoryLastActivity {
         Ok(self.lock().get(user).cloned())
     }
 
-    async fn set(&self, user: &BareJid, last: &LastActivity) -> Result<(), StoreError> {
-        self.lock().insert(user.clone(), last.clone());
+    async fn set_many(&self, entries: &[(BareJid, LastActivity)]) -> Result<(), StoreError> {
+        let mut data = self.lock();
+        for (user, last) in entries {
+            data.insert(user.clone(), last.clone());
+        }
         Ok(())
     }
 

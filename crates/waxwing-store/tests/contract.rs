@@ -696,6 +696,25 @@ async fn last_activity_contract(s: &Stores) {
     assert_eq!(l.get(&romeo).await, Ok(Some(second)));
     l.remove_user(&romeo).await.unwrap();
     assert_eq!(l.get(&romeo).await, Ok(None));
+
+    // A batch: one account twice (the later entry wins), another once, and
+    // more rows than one statement takes.
+    let juliet = j("juliet@capulet.example");
+    let at = |n: u64, status: &str| LastActivity {
+        at: 1_795_000_000 + n,
+        status: status.into(),
+    };
+    let mut batch = vec![
+        (romeo.clone(), at(1, "first")),
+        (juliet.clone(), at(2, "")),
+        (romeo.clone(), at(3, "second")),
+    ];
+    batch.extend((0..1500).map(|i| (j(&format!("u{i}@montague.example")), at(i, "bulk"))));
+    l.set_many(&batch).await.unwrap();
+    assert_eq!(l.get(&romeo).await, Ok(Some(at(3, "second"))));
+    assert_eq!(l.get(&juliet).await, Ok(Some(at(2, ""))));
+    assert_eq!(l.get(&j("u1499@montague.example")).await, Ok(Some(at(1499, "bulk"))));
+    l.set_many(&[]).await.unwrap();
 }
 
 // ---------------------------------------------------------------- archive

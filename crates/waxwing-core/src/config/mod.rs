@@ -38,6 +38,8 @@ pub struct Config {
     pub s2s_direct_tls: Vec<SocketAddr>,
     pub s2s: S2sConfig,
     pub require_encryption: bool,
+    /// TLS sessions kept for resumption (0: no session tickets are sent).
+    pub tls_resumption_cache: usize,
     pub certificates: Vec<CertificatePaths>,
     pub database_url: String,
     pub durability: waxwing_store::Durability,
@@ -390,6 +392,7 @@ impl Config {
             s2s_direct_tls,
             s2s,
             require_encryption: f.tls.require_encryption,
+            tls_resumption_cache: f.tls.resumption_cache,
             certificates,
             database_url,
             durability,

@@ -79,6 +79,7 @@ impl Default for Listen {
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     pub require_encryption: bool,
+    pub resumption_cache: usize,
     pub certificates: Vec<Certificate>,
 }
 
@@ -86,6 +87,7 @@ impl Default for Tls {
     fn default() -> Self {
         Tls {
             require_encryption: true,
+            resumption_cache: 0,
             certificates: Vec::new(),
         }
     }

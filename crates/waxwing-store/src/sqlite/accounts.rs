@@ -51,27 +51,31 @@ impl AccountStore for SqliteStore {
     }
 
     async fn secrets(&self, user: &BareJid) -> Result<Option<Vec<StoredSecret>>, StoreError> {
-        let key = user.to_string();
-        // One read transaction, so a concurrent set_secrets is seen whole or not at all.
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE jid = $1")
-            .bind(&key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        let rows: Vec<(String, Vec<u8>, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT mechanism, salt, iterations, stored_key, server_key \
-             FROM account_secrets WHERE jid = $1 ORDER BY mechanism",
+        // One statement, so a concurrent set_secrets is seen whole or not at
+        // all, and one round trip to the database thread: this runs on
+        // every login. An account without secrets comes back as one row of
+        // NULLs; no row at all means no account.
+        type SecretRow = (
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
+        let rows: Vec<SecretRow> = sqlx::query_as(
+            "SELECT s.mechanism, s.salt, s.iterations, s.stored_key, s.server_key \
+             FROM accounts a LEFT JOIN account_secrets s ON s.jid = a.jid \
+             WHERE a.jid = $1 ORDER BY s.mechanism",
         )
-        .bind(&key)
-        .fetch_all(&mut *tx)
+        .bind(user.to_string())
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
         rows.into_iter()
+            .filter_map(|(m, salt, it, stored, server)| Some((m?, salt?, it?, stored?, server?)))
             .map(|(mechanism, salt, iterations, stored_key, server_key)| {
                 Ok(StoredSecret {
                     iterations: u32::try_from(iterations).map_err(|_| {

@@ -1,6 +1,7 @@
 //! Blocklists, private XML / vCards and last activity (issue 6 stores).
 
 use async_trait::async_trait;
+use sqlx::{QueryBuilder, Sqlite};
 use waxwing_proto::jid::{BareJid, Jid};
 
 use super::{SqliteStore, db, unsigned};
@@ -123,19 +124,31 @@ impl LastActivityStore for SqliteStore {
         .transpose()
     }
 
-    async fn set(&self, user: &BareJid, last: &LastActivity) -> Result<(), StoreError> {
-        let at = i64::try_from(last.at)
-            .map_err(|_| StoreError::Backend("last activity time out of range".into()))?;
-        sqlx::query(
-            "INSERT INTO last_activity (owner, at, status) VALUES ($1, $2, $3) \
-             ON CONFLICT (owner) DO UPDATE SET at = excluded.at, status = excluded.status",
-        )
-        .bind(user.to_string())
-        .bind(at)
-        .bind(&last.status)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+    async fn set_many(&self, entries: &[(BareJid, LastActivity)]) -> Result<(), StoreError> {
+        // One multi-row upsert per chunk: a single statement and commit for
+        // a whole batch of logouts. 3 parameters a row stays far below
+        // SQLite's (and PostgreSQL's) limit on bound parameters.
+        const ROWS_PER_STATEMENT: usize = 1000;
+        // Each account once (the last entry wins): PostgreSQL refuses an
+        // upsert that touches one row twice.
+        let mut seen = std::collections::HashSet::new();
+        let mut rows = Vec::with_capacity(entries.len());
+        for (user, last) in entries.iter().rev().filter(|(u, _)| seen.insert(u)) {
+            let at = i64::try_from(last.at)
+                .map_err(|_| StoreError::Backend("last activity time out of range".into()))?;
+            rows.push((user.to_string(), at, last.status.as_str()));
+        }
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("INSERT INTO last_activity (owner, at, status) ");
+            qb.push_values(chunk, |mut b, (owner, at, status)| {
+                b.push_bind(owner).push_bind(at).push_bind(*status);
+            });
+            qb.push(
+                " ON CONFLICT (owner) DO UPDATE SET at = excluded.at, status = excluded.status",
+            );
+            qb.build().execute(&self.pool).await.map_err(db)?;
+        }
         Ok(())
     }
 

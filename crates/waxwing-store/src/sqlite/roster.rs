@@ -21,6 +21,19 @@ type Row = (
     bool,
 );
 
+/// A [`Row`] followed by one of the item's groups (NULL for none).
+type GroupedRow = (
+    String,
+    Option<String>,
+    String,
+    bool,
+    bool,
+    Option<String>,
+    bool,
+    bool,
+    Option<String>,
+);
+
 /// The columns after the first in a [`Row`], as a literal so that `concat!`
 /// keeps every statement a `&'static str`.
 macro_rules! item_columns {
@@ -111,36 +124,43 @@ async fn current_version(conn: &mut SqliteConnection, owner: &str) -> Result<u64
 #[async_trait]
 impl RosterStore for SqliteStore {
     async fn items(&self, owner: &BareJid) -> Result<Vec<RosterItem>, StoreError> {
-        let key = owner.to_string();
-        // One read transaction: rows and groups from the same snapshot.
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let rows: Vec<Row> = sqlx::query_as(concat!(
-            "SELECT contact, ",
-            item_columns!(),
-            " FROM roster_items WHERE owner = $1"
-        ))
-        .bind(&key)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
-        let groups: Vec<(String, String)> = sqlx::query_as(
-            "SELECT contact, name FROM roster_groups WHERE owner = $1 ORDER BY contact, position",
+        // One statement (a consistent snapshot without a transaction) and
+        // one round trip to the database thread: this runs on every login
+        // and every presence broadcast. One row per (item, group); an item
+        // without groups comes back once with a NULL group.
+        let rows: Vec<(Row, Option<String>)> = sqlx::query_as::<_, GroupedRow>(
+            "SELECT i.contact, i.name, i.subscription, i.ask, i.pending_in, \
+             i.pending_in_stanza, i.approved, i.in_roster, g.name \
+             FROM roster_items i LEFT JOIN roster_groups g \
+             ON g.owner = i.owner AND g.contact = i.contact \
+             WHERE i.owner = $1 ORDER BY i.contact, g.position",
         )
-        .bind(&key)
-        .fetch_all(&mut *tx)
+        .bind(owner.to_string())
+        .fetch_all(&self.pool)
         .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        .map_err(db)?
+        .into_iter()
+        .map(|(c, n, s, a, p, ps, ap, r, g)| ((c, n, s, a, p, ps, ap, r), g))
+        .collect();
 
-        let mut groups = group_map(groups);
-        let mut items = rows
-            .into_iter()
-            .map(|row| {
-                let contact = jid(&row.0)?;
-                let g = groups.remove(&row.0).unwrap_or_default();
-                decode(row, contact, g)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut items: Vec<RosterItem> = Vec::new();
+        let mut current: Option<(Row, Vec<String>)> = None;
+        for (row, group) in rows {
+            match &mut current {
+                Some((cur, groups)) if cur.0 == row.0 => groups.extend(group),
+                _ => {
+                    if let Some((done, groups)) = current.take() {
+                        let contact = jid(&done.0)?;
+                        items.push(decode(done, contact, groups)?);
+                    }
+                    current = Some((row, group.into_iter().collect()));
+                }
+            }
+        }
+        if let Some((done, groups)) = current {
+            let contact = jid(&done.0)?;
+            items.push(decode(done, contact, groups)?);
+        }
         // BareJid's Ord rather than SQL collation: the same order on every backend.
         items.sort_by(|a, b| a.contact.cmp(&b.contact));
         Ok(items)
