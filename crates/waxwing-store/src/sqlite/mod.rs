@@ -37,10 +37,6 @@ const MAX_CONNECTIONS: u32 = 4;
 /// write lock before failing with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Upper bound of the memory map over the database file (address space,
-/// not memory: pages are the OS page cache's, shared by all connections).
-const MMAP_SIZE: u64 = 1 << 30;
-
 /// The SQLite backend: one pool shared by all three store traits.
 pub(crate) struct SqliteStore {
     pool: SqlitePool,
@@ -108,12 +104,7 @@ async fn connect(url: &str, durability: Durability) -> Result<SqliteStore, Store
             .synchronous(match durability {
                 Durability::ProcessCrash => SqliteSynchronous::Normal,
                 Durability::PowerLoss => SqliteSynchronous::Full,
-            })
-            // Reads go through a shared memory map instead of a pread per
-            // page: each connection's page cache is dropped whenever another
-            // connection commits, which at login rates is every statement.
-            // Writes still go through the WAL, so durability is unchanged.
-            .pragma("mmap_size", MMAP_SIZE.to_string());
+            });
         SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
