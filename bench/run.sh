@@ -36,7 +36,7 @@ if [[ $QUICK == 1 ]]; then
 	: "${PINNED_SCENARIOS:=login chat chat-rate}"
 else
 	: "${LOGIN_N:=2000}" "${IDLE_N:=10000}" "${CHURN_N:=10000}"
-	: "${ROSTER_N:=1010}" "${ROSTER_CONTACTS:=100}"
+	: "${ROSTER_N:=202}" "${ROSTER_CONTACTS:=100}"
 	: "${PAIRS:=50}" "${RATE:=5000}" "${WARMUP:=2}" "${DURATION:=10}"
 	: "${MUC_OCCUPANTS:=100}" "${MUC_SENDERS:=10}"
 	: "${VARIANTS:=shared pinned}"
@@ -47,8 +47,10 @@ fi
 : "${CONCURRENCY:=100}"
 # Building rosters takes 20,000 subscription handshakes per 202 users; a
 # server that cannot finish in time gets roster-login marked incomplete.
-: "${ROSTER_TIMEOUT:=$([[ $QUICK == 1 ]] && echo 180 || echo 1200)}"
-: "${ROSTER_LOGIN_TIMEOUT:=$([[ $QUICK == 1 ]] && echo 60 || echo 300)}"
+# (With 1,010 users neither anchor finished in 20 minutes: Prosody approved
+# none, ejabberd 6 % — so the full run uses two cliques of 101.)
+: "${ROSTER_TIMEOUT:=$([[ $QUICK == 1 ]] && echo 180 || echo 600)}"
+: "${ROSTER_LOGIN_TIMEOUT:=$([[ $QUICK == 1 ]] && echo 60 || echo 120)}"
 : "${WINDOW:=32}"
 : "${PASSWORD:=benchpass1}"
 : "${CARGO_TARGET_DIR:=$ROOT/target}"
@@ -219,7 +221,9 @@ cleanup() {
 	command -v epmd >/dev/null && epmd -kill >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'log "interrupted"; exit 130' INT TERM HUP
+# A run that ends early should say where (set -e exits silently).
+trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
 
 bench() { # system variant args…
 	local s=$1 variant=$2 pin=()
