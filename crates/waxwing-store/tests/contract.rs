@@ -713,7 +713,10 @@ async fn last_activity_contract(s: &Stores) {
     l.set_many(&batch).await.unwrap();
     assert_eq!(l.get(&romeo).await, Ok(Some(at(3, "second"))));
     assert_eq!(l.get(&juliet).await, Ok(Some(at(2, ""))));
-    assert_eq!(l.get(&j("u1499@montague.example")).await, Ok(Some(at(1499, "bulk"))));
+    assert_eq!(
+        l.get(&j("u1499@montague.example")).await,
+        Ok(Some(at(1499, "bulk")))
+    );
     l.set_many(&[]).await.unwrap();
 }
 

@@ -85,6 +85,7 @@ async fn connect(url: &str, durability: Durability) -> Result<SqliteStore, Store
         SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(options)
@@ -107,6 +108,11 @@ async fn connect(url: &str, durability: Durability) -> Result<SqliteStore, Store
             });
         SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // sqlx pings a connection before handing it out, to find dead
+            // network links; an in-process SQLite connection has none, and
+            // each ping is a round trip to its thread (the pool still pings
+            // once on release, to catch a statement cancelled mid-way).
+            .test_before_acquire(false)
             .connect_with(options)
             .await
     }
