@@ -85,6 +85,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         server: server.clone(),
         host: None,
         header_sent: false,
+        unsent: String::new(),
         cb: ChannelBindingData::default(),
         user: None,
         auth_failures: 0,
@@ -328,6 +329,10 @@ struct Conn {
     /// The virtual host this stream is for, from the client's header.
     host: Option<String>,
     header_sent: bool,
+    /// Output held back to go out with the next write: our stream header
+    /// waits for the features, so that a stream (re)start costs the client
+    /// one TLS record and one wake-up instead of two.
+    unsent: String,
     cb: ChannelBindingData,
     user: Option<BareJid>,
     auth_failures: u32,
@@ -345,10 +350,15 @@ struct Conn {
 
 impl Conn {
     async fn write(&mut self, data: &str) -> Result<(), End> {
-        self.io
-            .write_all(data.as_bytes())
-            .await
-            .map_err(|_| End::Gone)?;
+        let bytes = if self.unsent.is_empty() {
+            data.as_bytes()
+        } else {
+            self.unsent.push_str(data);
+            self.unsent.as_bytes()
+        };
+        let written = self.io.write_all(bytes).await;
+        self.unsent.clear();
+        written.map_err(|_| End::Gone)?;
         self.io.flush().await.map_err(|_| End::Gone)
     }
 
@@ -416,7 +426,7 @@ impl Conn {
             ns::STREAM
         );
         self.header_sent = true;
-        self.write(&head).await?;
+        self.unsent = head; // goes out with the features, or the error
         let host = host?;
         if self.host.as_ref().is_some_and(|h| h != &host) {
             return Err(stream_error(
@@ -1236,6 +1246,7 @@ impl Conn {
         self.cb = new.cb;
         self._permit = new._permit;
         self.header_sent = true;
+        self.unsent = new.unsent;
         let handle = session.handle.clone();
         let Some(sm) = session.sm.as_mut() else {
             return;
@@ -1334,7 +1345,7 @@ impl Conn {
 
     /// Sends the stream error (with a header first if none was sent) and closes.
     async fn finish(mut self, end: End) {
-        let mut out = String::new();
+        let mut out = std::mem::take(&mut self.unsent);
         if let End::Error(e) = &end {
             if !self.header_sent {
                 out.push_str(&format!(
@@ -1349,10 +1360,11 @@ impl Conn {
             out.push_str(&stream_prefixed(&e.to_element()));
         }
         out.push_str("</stream:stream>");
+        // A peer that is gone fails the first write: no more attempts.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            let _ = self.io.write_all(out.as_bytes()).await;
-            let _ = self.io.flush().await;
-            let _ = self.io.shutdown().await;
+            self.io.write_all(out.as_bytes()).await?;
+            self.io.flush().await?;
+            self.io.shutdown().await
         })
         .await;
     }
