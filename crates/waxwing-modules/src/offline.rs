@@ -1,13 +1,18 @@
 //! XEP-0160: offline messages, stamped with XEP-0203 delay and delivered in
 //! order at the next available presence.
+//!
+//! The module keeps the set of accounts that may have stored messages
+//! (loaded at start, added to on every store), so that the initial presence
+//! of an account without any, nearly every login, costs no storage read.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use waxwing_core::hooks::{
     Cx, Event, EventHandler, Flow, Hook, Module, Priority, RegisterError, Registrar, StanzaHook,
 };
-use waxwing_proto::jid::Jid;
+use waxwing_proto::jid::{BareJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
 use waxwing_proto::xml::{Element, parse_stanza};
@@ -16,7 +21,55 @@ use waxwing_proto::xml::{Element, parse_stanza};
 const HINTS: &str = "urn:xmpp:hints";
 
 /// Offline storage.
-pub struct Offline;
+#[derive(Default)]
+pub struct Offline {
+    waiting: Mutex<Waiting>,
+}
+
+/// Which accounts may have messages stored.
+#[derive(Default)]
+struct Waiting {
+    /// The store's owners were read at start. Until then (or if that read
+    /// failed) every initial presence reads the store.
+    loaded: bool,
+    owners: HashSet<BareJid>,
+}
+
+impl Offline {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn load_owners(&self, cx: &Cx) {
+        match cx.stores().offline.owners().await {
+            Ok(owners) => {
+                let mut w = self.waiting();
+                w.owners.extend(owners);
+                w.loaded = true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading who has offline messages failed; every login will look")
+            }
+        }
+    }
+
+    /// Whether `user`'s messages must be read now. The account leaves the
+    /// set before the read, so a message stored during the delivery puts it
+    /// back and is picked up at the next login.
+    fn take(&self, user: &BareJid) -> bool {
+        let mut w = self.waiting();
+        w.owners.remove(user) || !w.loaded
+    }
+
+    /// Delivery stopped short (or failed): look again next time.
+    fn keep(&self, user: &BareJid) {
+        self.waiting().owners.insert(user.clone());
+    }
+}
 
 impl Module for Offline {
     fn name(&self) -> &'static str {
@@ -67,7 +120,8 @@ impl StanzaHook for Offline {
             .push(&user, &stored.to_xml(), cx.config().offline_quota)
             .await
         {
-            Ok(true) => {}
+            // Into the set once stored: whichever login comes next reads it.
+            Ok(true) => self.keep(&user),
             Ok(false) => {
                 cx.bounce(
                     msg,
@@ -89,18 +143,28 @@ impl StanzaHook for Offline {
 #[async_trait]
 impl EventHandler for Offline {
     async fn on_event(&self, cx: &Cx, event: &Event) {
-        let Event::InitialPresence(session) = event else {
-            return;
+        let session = match event {
+            Event::InitialPresence(session) => session,
+            Event::Started => return self.load_owners(cx).await,
+            Event::UserDeleted(user) => {
+                self.waiting().owners.remove(user);
+                return;
+            }
+            _ => return,
         };
         // Negative priority: the resource never gets bare-JID messages (RFC 6121 §8.5.2.1.1).
         if session.priority() < 0 {
             return;
         }
         let user = session.jid.bare();
+        if !self.take(user) {
+            return;
+        }
         let messages = match cx.stores().offline.list(user).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, %user, "reading offline messages failed");
+                self.keep(user);
                 return;
             }
         };
@@ -110,6 +174,7 @@ impl EventHandler for Offline {
                 Ok(mut el) => {
                     el.set_attr("to", session.jid.to_string());
                     if !session.send(el) {
+                        self.keep(user);
                         break;
                     }
                 }
@@ -125,6 +190,7 @@ impl EventHandler for Offline {
             && let Err(e) = cx.stores().offline.remove_up_to(user, up_to).await
         {
             tracing::error!(error = %e, %user, "removing delivered offline messages failed");
+            self.keep(user);
         }
     }
 }

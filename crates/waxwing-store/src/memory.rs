@@ -247,6 +247,16 @@ impl OfflineStore for Memory {
     async fn count(&self, owner: &BareJid) -> Result<u64, StoreError> {
         Ok(self.lock().offline.get(owner).map_or(0, |q| q.len() as u64))
     }
+
+    async fn owners(&self) -> Result<Vec<BareJid>, StoreError> {
+        Ok(self
+            .lock()
+            .offline
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(owner, _)| owner.clone())
+            .collect())
+    }
 }
 
 /// MUC rooms in memory. Their own lock: no other concern touches them.

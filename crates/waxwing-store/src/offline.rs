@@ -33,4 +33,7 @@ pub trait OfflineStore: Send + Sync {
 
     /// How many messages the owner has.
     async fn count(&self, owner: &BareJid) -> Result<u64, StoreError>;
+
+    /// Every account with at least one message, in no particular order.
+    async fn owners(&self) -> Result<Vec<BareJid>, StoreError>;
 }

@@ -349,6 +349,7 @@ async fn offline_contract(s: &Stores) {
 
     assert_eq!(o.count(&romeo).await, Ok(0));
     assert_eq!(o.list(&romeo).await, Ok(vec![]));
+    assert_eq!(o.owners().await, Ok(vec![]));
     assert_eq!(o.remove_up_to(&romeo, i64::MAX).await, Ok(0));
     assert_eq!(
         o.push(&romeo, "<message>zero</message>", 0).await,
@@ -391,11 +392,15 @@ async fn offline_contract(s: &Stores) {
     assert_eq!(o.remove_up_to(&romeo, list[1].id).await, Ok(0));
     // Other owners are untouched.
     assert_eq!(o.count(&juliet).await, Ok(3));
+    let mut owners = o.owners().await.unwrap();
+    owners.sort();
+    assert_eq!(owners, vec![juliet.clone(), romeo.clone()]);
 
     // Ids are never reused, even after everything was removed.
     let max = list.last().unwrap().id;
     assert_eq!(o.remove_up_to(&romeo, max).await, Ok(2));
     assert_eq!(o.count(&romeo).await, Ok(0));
+    assert_eq!(o.owners().await, Ok(vec![juliet.clone()]));
     assert!(
         o.push(&romeo, "<message>later</message>", 10)
             .await

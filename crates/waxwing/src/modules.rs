@@ -16,7 +16,7 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
     let mut modules = vec![
         load(roster::Roster),
         load(presence::Presence),
-        load(offline::Offline),
+        load(offline::Offline::new()),
         load(mam::Mam::default()),
         // Blocking's hooks run first in both chains (Priority::EARLY).
         load(blocking::Blocking::new()),

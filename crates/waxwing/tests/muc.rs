@@ -3,11 +3,7 @@
 
 mod support;
 
-use std::path::Path;
-
 use support::*;
-use waxwing_core::Running;
-use waxwing_core::listen::ListenerKind;
 use waxwing_proto::jid::BareJid;
 use waxwing_proto::ns;
 use waxwing_proto::xml::Element;
@@ -845,35 +841,6 @@ async fn self_ping_and_occupant_ids() {
 }
 
 // ------------------------------------------------------------ persistence
-
-async fn start_on(dir: &Path) -> (Running, u16) {
-    let toml = format!(
-        "data_dir = {data:?}\nhosts = [\"{DOMAIN}\"]\n\
-         [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
-         [storage]\ndatabase = \"sqlite://{db}\"\n",
-        data = dir.display().to_string(),
-        db = dir.join("waxwing.db").display(),
-    );
-    let config = waxwing_core::Config::parse(&toml).expect("config");
-    let modules = waxwing::modules::all(&config);
-    let running = waxwing_core::start(config, modules).await.expect("starts");
-    let port = running
-        .listeners
-        .iter()
-        .find(|(k, _)| *k == ListenerKind::C2s)
-        .map(|(_, a)| a.port())
-        .expect("c2s");
-    (running, port)
-}
-
-async fn login_on(port: u16, user: &str) -> Client {
-    let mut c = Client::connect_plain(port).await;
-    c.open_stream().await;
-    c.starttls().await;
-    c.auth_scram_sha256(user, &password(user)).await;
-    c.bind(Some("r")).await;
-    c
-}
 
 #[tokio::test]
 async fn persistent_room_survives_restart() {

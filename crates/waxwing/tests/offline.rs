@@ -106,3 +106,45 @@ async fn chat_state_only_message_is_not_stored() {
         "<message><body>real</body></message>"
     ));
 }
+
+/// Messages stored before a restart reach the account at its first login
+/// after it: the server learns at start who has messages waiting.
+#[tokio::test]
+async fn messages_stored_before_a_restart_arrive_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (running, port) = start_on(dir.path()).await;
+        for u in ["romeo", "juliet", "nurse"] {
+            let jid = jid(u);
+            let secrets = waxwing_core::credentials::make_secrets(&password(u), 4096).unwrap();
+            running
+                .server
+                .stores
+                .accounts
+                .create(&jid, &secrets)
+                .await
+                .unwrap();
+        }
+        let mut romeo = login_on(port, "romeo").await;
+        romeo
+            .send("<message to='juliet@localhost' type='chat' id='m1'><body>wherefore</body></message>")
+            .await;
+        // The nurse logs in without messages, before and after: no read needed.
+        let mut nurse = login_on(port, "nurse").await;
+        let got = nurse.available(0).await;
+        assert!(got.iter().all(|e| e.name != "message"), "{got:?}");
+        romeo.expect_nothing().await;
+        running.stop().await;
+    }
+    let (running, port) = start_on(dir.path()).await;
+    let mut juliet = login_on(port, "juliet").await;
+    let got = juliet.available(0).await;
+    let msgs: Vec<_> = got.iter().filter(|e| e.name == "message").collect();
+    assert_eq!(msgs.len(), 1, "{got:?}");
+    assert_eq!(msgs[0].attr("id"), Some("m1"));
+    // Delivered once.
+    let mut again = login_on(port, "juliet").await;
+    let got = again.available(0).await;
+    assert!(got.iter().all(|e| e.name != "message"), "{got:?}");
+    running.stop().await;
+}

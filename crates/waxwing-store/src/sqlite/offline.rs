@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 
-use super::{SqliteStore, db, unsigned};
+use super::{SqliteStore, db, jid, unsigned};
 use crate::{OfflineMessage, OfflineStore, StoreError};
 
 #[async_trait]
@@ -55,5 +55,13 @@ impl OfflineStore for SqliteStore {
             .await
             .map_err(db)?;
         unsigned(n, "offline message count")
+    }
+
+    async fn owners(&self) -> Result<Vec<BareJid>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT owner FROM offline_messages")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| jid(r)).collect()
     }
 }

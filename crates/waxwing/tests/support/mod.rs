@@ -998,3 +998,35 @@ pub fn has_stanza_error(el: &Element, condition: &str) -> bool {
             .child("error", ns::CLIENT)
             .is_some_and(|e| e.child(condition, ns::STANZAS).is_some())
 }
+
+/// A server whose SQLite database lives in `dir`, so that a second
+/// server started on the same `dir` sees what the first stored.
+pub async fn start_on(dir: &std::path::Path) -> (Running, u16) {
+    let toml = format!(
+        "data_dir = {data:?}\nhosts = [\"{DOMAIN}\"]\n\
+         [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\n\
+         [storage]\ndatabase = \"sqlite://{db}\"\n",
+        data = dir.display().to_string(),
+        db = dir.join("waxwing.db").display(),
+    );
+    let config = Config::parse(&toml).expect("config");
+    let modules = waxwing::modules::all(&config);
+    let running = waxwing_core::start(config, modules).await.expect("starts");
+    let port = running
+        .listeners
+        .iter()
+        .find(|(k, _)| *k == ListenerKind::C2s)
+        .map(|(_, a)| a.port())
+        .expect("c2s");
+    (running, port)
+}
+
+/// STARTTLS, SCRAM-SHA-256 and bind resource `r` on `port`; no presence.
+pub async fn login_on(port: u16, user: &str) -> Client {
+    let mut c = Client::connect_plain(port).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.auth_scram_sha256(user, &password(user)).await;
+    c.bind(Some("r")).await;
+    c
+}
