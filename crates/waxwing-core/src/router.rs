@@ -265,6 +265,9 @@ impl Server {
     async fn run_hooks(&self, hook: Hook, cx: &Cx, stanza: &mut Element) -> Flow {
         if let Some(chain) = self.registry.hooks.get(&hook) {
             for (_, module, h) in chain {
+                if !h.wants(hook, &stanza.name) {
+                    continue;
+                }
                 if h.handle_stanza(cx, hook, stanza).await == Flow::Handled {
                     tracing::trace!(module, ?hook, "stanza handled");
                     return Flow::Handled;
@@ -505,8 +508,15 @@ impl Server {
         event: Event,
     ) -> BoxFuture {
         Box::pin(async move {
+            let handlers = match event {
+                Event::MessageDelivered { .. } => &self.registry.delivery_events,
+                _ => &self.registry.events,
+            };
+            if handlers.is_empty() {
+                return;
+            }
             let cx = Cx::new(self.clone(), origin);
-            for h in &self.registry.events {
+            for h in handlers {
                 h.on_event(&cx, &event).await;
             }
         })

@@ -405,6 +405,21 @@ fn not_acceptable() -> StanzaError {
 #[async_trait]
 impl StanzaHook for Blocking {
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
+        // A client's stanza from an account that blocks nobody, the common
+        // case: decided without parsing a JID (the list is cached). Without
+        // `to` (a presence broadcast) there is nothing to decide.
+        if stanza.attr("to").is_none() {
+            return Flow::Continue;
+        }
+        if hook == Hook::Outbound
+            && let Some(origin) = cx.origin()
+            && self
+                .list(cx, origin.jid.bare())
+                .await
+                .is_ok_and(|list| list.is_empty())
+        {
+            return Flow::Continue;
+        }
         let Some(to) = stanza.attr("to").and_then(|t| Jid::parse(t).ok()) else {
             return Flow::Continue;
         };

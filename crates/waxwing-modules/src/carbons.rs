@@ -136,6 +136,10 @@ pub fn wrap(kind: &str, user: &BareJid, to: &FullJid, original: &Element) -> Ele
 
 #[async_trait]
 impl StanzaHook for Carbons {
+    fn wants(&self, hook: Hook, name: &str) -> bool {
+        hook == Hook::Outbound && name == "message"
+    }
+
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, msg: &mut Element) -> Flow {
         if hook != Hook::Outbound || !eligible(msg, false) {
             return Flow::Continue;
@@ -144,6 +148,16 @@ impl StanzaHook for Carbons {
             return Flow::Continue;
         };
         let user = origin.jid.bare();
+        // §7: not to the sender. Most accounts have no other session with
+        // carbons on: nothing to copy, nothing to parse.
+        let siblings: Vec<_> = cx
+            .sessions_of(user)
+            .into_iter()
+            .filter(|s| s.id != origin.id && s.flag(SessionFlag::Carbons))
+            .collect();
+        if siblings.is_empty() {
+            return Flow::Continue;
+        }
         // The message as it will be routed: `from` is stamped; a missing
         // `to` means the sender's own bare JID (RFC 6120 §10.3.1).
         let mut original = msg.clone();
@@ -154,13 +168,9 @@ impl StanzaHook for Carbons {
             .attr("to")
             .and_then(|t| Jid::parse(t).ok())
             .and_then(|t| t.as_full().cloned());
-        for s in cx.sessions_of(user) {
-            // §7: not to the sender; and a resource the message is addressed
-            // to gets the original, not a copy.
-            if s.id == origin.id || direct.as_ref() == Some(&s.jid) {
-                continue;
-            }
-            if s.flag(SessionFlag::Carbons) {
+        for s in siblings {
+            // A resource the message is addressed to gets the original, not a copy.
+            if direct.as_ref() != Some(&s.jid) {
                 s.send(wrap("sent", user, &s.jid, &original));
             }
         }
@@ -170,6 +180,10 @@ impl StanzaHook for Carbons {
 
 #[async_trait]
 impl EventHandler for Carbons {
+    fn wants_deliveries(&self) -> bool {
+        true
+    }
+
     async fn on_event(&self, cx: &Cx, event: &Event) {
         let Event::MessageDelivered {
             message,
@@ -181,29 +195,31 @@ impl EventHandler for Carbons {
         if !eligible(message, true) {
             return;
         }
-        let Some(user) = message
-            .attr("to")
-            .and_then(|t| Jid::parse(t).ok())
-            .map(|t| t.to_bare())
-        else {
+        // The recipients are sessions of the addressee's account.
+        let Some(user) = recipients.first().map(|r| r.bare()) else {
             return;
         };
+        let copies: Vec<_> = cx
+            .sessions_of(user)
+            .into_iter()
+            .filter(|s| {
+                !recipients.contains(&s.jid) && s.flag(SessionFlag::Carbons) && s.is_available()
+            })
+            .collect();
+        if copies.is_empty() {
+            return;
+        }
         // A message between two resources of the same account was already
         // copied as `<sent/>`.
         if message
             .attr("from")
             .and_then(|f| Jid::parse(f).ok())
-            .is_some_and(|f| f.bare() == &user)
+            .is_some_and(|f| f.bare() == user)
         {
             return;
         }
-        for s in cx.sessions_of(&user) {
-            if recipients.contains(&s.jid) {
-                continue;
-            }
-            if s.flag(SessionFlag::Carbons) && s.is_available() {
-                s.send(wrap("received", &user, &s.jid, message));
-            }
+        for s in copies {
+            s.send(wrap("received", user, &s.jid, message));
         }
     }
 }

@@ -207,6 +207,10 @@ async fn may_see(cx: &Cx, owner: &BareJid, requester: &Jid) -> Result<bool, Stan
 
 #[async_trait]
 impl StanzaHook for Last {
+    fn wants(&self, _hook: Hook, name: &str) -> bool {
+        name == "presence"
+    }
+
     async fn handle_stanza(&self, cx: &Cx, _hook: Hook, stanza: &mut Element) -> Flow {
         // Broadcast unavailable presence (no `to`) from a client.
         if stanza.name != "presence"

@@ -304,6 +304,10 @@ impl Mam {
 
 #[async_trait]
 impl StanzaHook for Mam {
+    fn wants(&self, _hook: Hook, name: &str) -> bool {
+        name == "message"
+    }
+
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
         if stanza.name == "message" {
             match hook {

@@ -94,6 +94,10 @@ fn worth_storing(msg: &Element) -> bool {
 
 #[async_trait]
 impl StanzaHook for Offline {
+    fn wants(&self, _hook: Hook, name: &str) -> bool {
+        name == "message"
+    }
+
     async fn handle_stanza(&self, cx: &Cx, _hook: Hook, msg: &mut Element) -> Flow {
         if msg.name != "message" {
             return Flow::Continue;

@@ -49,6 +49,10 @@ fn subscribed_to(item: &RosterItem) -> bool {
 
 #[async_trait]
 impl StanzaHook for Presence {
+    fn wants(&self, _hook: Hook, name: &str) -> bool {
+        name == "presence"
+    }
+
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
         if stanza.name != "presence" {
             return Flow::Continue;

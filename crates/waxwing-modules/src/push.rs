@@ -212,6 +212,10 @@ async fn notify(cx: &Cx, user: &BareJid, msg: &Element, which: impl Fn(&Registra
 
 #[async_trait]
 impl StanzaHook for Push {
+    fn wants(&self, _hook: Hook, name: &str) -> bool {
+        name == "message"
+    }
+
     async fn handle_stanza(&self, cx: &Cx, _hook: Hook, msg: &mut Element) -> Flow {
         if is_important(msg)
             && let Some(user) = msg
@@ -228,6 +232,10 @@ impl StanzaHook for Push {
 
 #[async_trait]
 impl EventHandler for Push {
+    fn wants_deliveries(&self) -> bool {
+        true
+    }
+
     async fn on_event(&self, cx: &Cx, event: &Event) {
         match event {
             Event::MessageDelivered {

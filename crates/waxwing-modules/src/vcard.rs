@@ -57,6 +57,10 @@ impl Module for VCard {
 
 #[async_trait]
 impl StanzaHook for VCard {
+    fn wants(&self, _hook: Hook, name: &str) -> bool {
+        name == "presence"
+    }
+
     /// XEP-0398 §4: the photo hash in every available presence the
     /// account's sessions send, broadcast or directed.
     async fn handle_stanza(&self, cx: &Cx, _hook: Hook, stanza: &mut Element) -> Flow {

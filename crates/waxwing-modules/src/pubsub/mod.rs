@@ -258,6 +258,10 @@ impl Module for PubSub {
 
 #[async_trait]
 impl StanzaHook for PubSub {
+    fn wants(&self, _hook: Hook, name: &str) -> bool {
+        name != "iq"
+    }
+
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
         if stanza.name == "message" {
             if hook == Hook::Inbound {
