@@ -420,7 +420,12 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
     };
     let user = to.to_bare();
     let contact = from.to_bare();
-    if user == contact || !cx.stores().accounts.exists(&user).await.unwrap_or(false) {
+    // An account with a session exists; only the others need a read (a
+    // login's probes to its online contacts would otherwise cost one each).
+    if user == contact
+        || (cx.sessions_of(&user).is_empty()
+            && !cx.stores().accounts.exists(&user).await.unwrap_or(false))
+    {
         return Flow::Handled;
     }
     // Subscription stanzas are always about bare JIDs (RFC 6121 §3.1.3).

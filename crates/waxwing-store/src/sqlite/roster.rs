@@ -34,6 +34,17 @@ type GroupedRow = (
     Option<String>,
 );
 
+/// Items joined with their groups, as [`GroupedRow`]s: one row per
+/// (item, group), one row with a NULL group for an item without groups.
+macro_rules! grouped_select {
+    () => {
+        "SELECT i.contact, i.name, i.subscription, i.ask, i.pending_in, \
+         i.pending_in_stanza, i.approved, i.in_roster, g.name \
+         FROM roster_items i LEFT JOIN roster_groups g \
+         ON g.owner = i.owner AND g.contact = i.contact"
+    };
+}
+
 /// The columns after the first in a [`Row`], as a literal so that `concat!`
 /// keeps every statement a `&'static str`.
 macro_rules! item_columns {
@@ -67,32 +78,33 @@ fn group_map(rows: Vec<(String, String)>) -> HashMap<String, Vec<String>> {
     map
 }
 
+/// One item with its groups, in one statement (so a consistent snapshot
+/// outside a transaction too, and one round trip to the database thread).
 async fn fetch_item(
     conn: &mut SqliteConnection,
     owner: &str,
     contact: &BareJid,
 ) -> Result<Option<RosterItem>, StoreError> {
-    let key = contact.to_string();
-    let row: Option<Row> = sqlx::query_as(concat!(
-        "SELECT contact, ",
-        item_columns!(),
-        " FROM roster_items WHERE owner = $1 AND contact = $2"
+    let rows: Vec<GroupedRow> = sqlx::query_as(concat!(
+        grouped_select!(),
+        " WHERE i.owner = $1 AND i.contact = $2 ORDER BY g.position"
     ))
     .bind(owner)
-    .bind(&key)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let Some(row) = row else { return Ok(None) };
-    let groups: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM roster_groups WHERE owner = $1 AND contact = $2 ORDER BY position",
-    )
-    .bind(owner)
-    .bind(&key)
+    .bind(contact.to_string())
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    decode(row, contact.clone(), groups).map(Some)
+    let mut rows = rows.into_iter();
+    let Some((c, n, sub, ask, pin, pins, appr, inr, first)) = rows.next() else {
+        return Ok(None);
+    };
+    let groups = first.into_iter().chain(rows.filter_map(|r| r.8)).collect();
+    decode(
+        (c, n, sub, ask, pin, pins, appr, inr),
+        contact.clone(),
+        groups,
+    )
+    .map(Some)
 }
 
 /// Bumps the owner's roster version inside the caller's transaction.
@@ -128,13 +140,10 @@ impl RosterStore for SqliteStore {
         // one round trip to the database thread: this runs on every login
         // and every presence broadcast. One row per (item, group); an item
         // without groups comes back once with a NULL group.
-        let rows: Vec<(Row, Option<String>)> = sqlx::query_as::<_, GroupedRow>(
-            "SELECT i.contact, i.name, i.subscription, i.ask, i.pending_in, \
-             i.pending_in_stanza, i.approved, i.in_roster, g.name \
-             FROM roster_items i LEFT JOIN roster_groups g \
-             ON g.owner = i.owner AND g.contact = i.contact \
-             WHERE i.owner = $1 ORDER BY i.contact, g.position",
-        )
+        let rows: Vec<(Row, Option<String>)> = sqlx::query_as::<_, GroupedRow>(concat!(
+            grouped_select!(),
+            " WHERE i.owner = $1 ORDER BY i.contact, g.position"
+        ))
         .bind(owner.to_string())
         .fetch_all(&self.pool)
         .await
@@ -171,10 +180,8 @@ impl RosterStore for SqliteStore {
         owner: &BareJid,
         contact: &BareJid,
     ) -> Result<Option<RosterItem>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let item = fetch_item(&mut tx, &owner.to_string(), contact).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(item)
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        fetch_item(&mut conn, &owner.to_string(), contact).await
     }
 
     async fn put(&self, owner: &BareJid, item: &RosterItem) -> Result<u64, StoreError> {
