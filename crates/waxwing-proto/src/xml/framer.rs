@@ -90,6 +90,12 @@ enum State {
 /// legitimate in XMPP comes close (a JID is at most 3071 bytes).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
+/// Largest stream header for which an idle parser is released and rebuilt
+/// (see [`Framer::release_idle_buffers`]). Real headers take about 150
+/// bytes; a peer that sent a huge one must not make every later keepalive
+/// cost a re-parse of it.
+const MAX_REOPEN_HEADER: usize = 512;
+
 /// Bytes-to-events parser for one XML stream. Sans-IO: the caller feeds
 /// what it read and then drains [`Framer::next_event`] until it returns
 /// `Ok(None)`.
@@ -97,7 +103,13 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub struct Framer {
     limits: Limits,
     content_ns: &'static str,
-    parser: Parser,
+    /// `None` while released between stanzas (see
+    /// [`Framer::release_idle_buffers`]); rebuilt from `header` on demand.
+    parser: Option<Box<Parser>>,
+    /// The raw `<stream:stream …>` start tag of the current stream, which
+    /// is all a rebuilt parser needs to be back inside the stream with the
+    /// same namespace declarations.
+    header: Vec<u8>,
     state: State,
     /// Open elements below the root; `stack[0]` is the stanza being built.
     stack: Vec<Element>,
@@ -124,7 +136,8 @@ impl Framer {
         Framer {
             limits,
             content_ns,
-            parser: new_parser(limits),
+            parser: Some(Box::new(new_parser(limits))),
+            header: Vec::new(),
             state: State::Start,
             stack: Vec::new(),
             buf: Vec::new(),
@@ -172,7 +185,8 @@ impl Framer {
     /// For STARTTLS the caller must first check [`Framer::buffered`] is 0:
     /// bytes kept here would be plaintext parsed as if it came over TLS.
     pub fn reset(&mut self) {
-        self.parser = new_parser(self.limits);
+        self.parser = Some(Box::new(new_parser(self.limits)));
+        self.header = Vec::new();
         self.state = State::Start;
         self.stack.clear();
         self.consumed = self.boundary;
@@ -180,15 +194,26 @@ impl Framer {
         self.poison = None;
     }
 
-    /// Frees the parser's scratch buffers while no stanza is in progress.
-    /// rxml keeps a `max_token_length` scratchpad per parser; an idle
-    /// session (the common case by far) need not hold 16 KiB for it. The
-    /// next stanza allocates it again, which costs one malloc.
+    /// Frees the parser while no stanza is in progress. Inside the stream,
+    /// rxml keeps about 2 KiB per parser (its own state, the root's
+    /// namespace scope, attribute and scratch buffers that keep their
+    /// capacity); an idle session (the common case by far) need not hold
+    /// that. The next input rebuilds the parser by feeding it the stored
+    /// stream header again, about as costly as parsing one small stanza.
+    /// The element stack is empty between stanzas, but would keep its
+    /// capacity (about 300 bytes after any stanza with nested children).
     pub fn release_idle_buffers(&mut self) {
-        if self.buffered() == 0 {
-            self.parser.release_temporaries();
-            self.buf.shrink_to_fit();
+        if self.buffered() != 0 {
+            return;
         }
+        let reopenable = self.header.len() <= MAX_REOPEN_HEADER;
+        if self.state == State::Open && self.poison.is_none() && reopenable {
+            self.parser = None;
+        } else if let Some(p) = self.parser.as_mut() {
+            p.release_temporaries();
+        }
+        self.buf.shrink_to_fit();
+        self.stack.shrink_to_fit();
     }
 
     /// Input bytes after the last returned event (or keepalive). Must be 0
@@ -217,9 +242,12 @@ impl Framer {
                 .saturating_sub(self.consumed);
             let from = self.index(self.consumed);
             let to = self.buf.len().min(from.saturating_add(budget as usize));
+            let parser = self
+                .parser
+                .get_or_insert_with(|| Box::new(reopened_parser(self.limits, &self.header)));
             let mut input = &self.buf[from..to];
             let before = input.len();
-            let res = self.parser.parse(&mut input, false);
+            let res = parser.parse(&mut input, false);
             self.consumed += (before - input.len()) as u64;
             let ev = match res {
                 Ok(Some(ev)) => ev,
@@ -343,6 +371,10 @@ impl Framer {
             return Err(StreamError::new(StreamCondition::InvalidNamespace)
                 .with_text(format!("content namespace must be {}", self.content_ns)));
         }
+        // From the `<`: rxml refuses whitespace before the root when there
+        // is no XML declaration in front of it.
+        let tag = raw.iter().position(|&b| b == b'<').unwrap_or(0);
+        self.header = raw[tag..].to_vec();
         self.state = State::Open;
         self.boundary = self.event_end;
         Ok(StreamEvent::Open(StreamHeader {
@@ -435,6 +467,21 @@ fn new_parser(limits: Limits) -> Parser {
     // close the size window of the previous stanza; with buffering rxml
     // would hold them until the next `<`.
     p.set_text_buffering(false);
+    p
+}
+
+/// A parser that has read `header`, the `<stream:stream …>` start tag of
+/// the current stream, and so resolves names as inside that stream. rxml
+/// accepted these very bytes when the stream opened, and reports a start
+/// tag as soon as its `>` arrives.
+fn reopened_parser(limits: Limits, header: &[u8]) -> Parser {
+    let mut p = new_parser(limits);
+    let mut input = header;
+    let r = p.parse(&mut input, false);
+    debug_assert!(
+        matches!(r, Ok(Some(Event::StartElement(..)))) && input.is_empty(),
+        "the stored header reopens the stream"
+    );
     p
 }
 

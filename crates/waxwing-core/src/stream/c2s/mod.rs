@@ -68,6 +68,12 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         .await
 }
 
+/// A tokio task stores its future inline, sized for the largest state the
+/// future can be in, for as long as the task lives. Most sessions spend
+/// their life idle in `run_session`'s select, so every other phase
+/// (negotiation, handling a stanza, writing, the goodbye) is boxed: its
+/// state then exists only while that phase runs, instead of padding the
+/// task of every idle session (4.4 KB of future before, 2.4 KB after).
 async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let _ = tcp.set_nodelay(true);
     let limits = Limits {
@@ -108,43 +114,14 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             StreamCondition::PolicyViolation,
             "too many connections from your address",
         );
-        return conn.finish(end).await;
+        return Box::pin(conn.finish(end)).await;
     }
-    let deadline = tokio::time::Instant::now() + server.config.auth_timeout;
-    let negotiated = tokio::time::timeout_at(deadline, async {
-        if direct_tls {
-            conn.io.upgrade(&server.tls).await.map_err(|e| {
-                tracing::debug!(error = %e, "direct TLS handshake failed");
-                End::Gone
-            })?;
-            conn.cb = conn.io.channel_binding(&server.tls);
+    let (handle, mut rx, inline_sm) = match Box::pin(conn.negotiate_in_time(direct_tls)).await {
+        Ok(Negotiated::Bound(handle, rx, inline)) => (handle, rx, inline),
+        Ok(Negotiated::Resume(slot, h, success)) => {
+            return Box::pin(hand_over(conn, slot, h, success)).await;
         }
-        conn.negotiate().await
-    })
-    .await;
-    let (handle, mut rx, inline_sm) = match negotiated {
-        Ok(Ok(Negotiated::Bound(handle, rx, inline))) => (handle, rx, inline),
-        Ok(Ok(Negotiated::Resume(slot, h, success))) => {
-            // The detached session's task takes this connection over.
-            if let Err(takeover) = slot.send(Takeover {
-                conn: Box::new(conn),
-                h,
-                success,
-            }) {
-                let mut conn = takeover.conn;
-                let _ = conn.send(&sm::failed("item-not-found")).await;
-                conn.finish(End::Closed).await;
-            }
-            return;
-        }
-        Ok(Err(end)) => return conn.finish(end).await,
-        Err(_) => {
-            let end = stream_error(
-                StreamCondition::ConnectionTimeout,
-                "authentication took too long",
-            );
-            return conn.finish(end).await;
-        }
+        Err(end) => return Box::pin(conn.finish(end)).await,
     };
     tracing::info!(jid = %handle.jid, "session bound");
     let (sm, takeover) = match inline_sm {
@@ -152,29 +129,36 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         None => (None, None),
     };
     let mut session = Session {
-        handle: handle.clone(),
+        handle,
         sm,
         held: Held::default(),
         takeover,
     };
-    let end = loop {
-        match conn.run_session(&mut session, &mut rx).await {
-            Outcome::Takeover(t) => conn.adopt(&mut session, t).await,
-            Outcome::End(End::Gone) if session.resumable() => {
-                tracing::info!(jid = %handle.jid, "connection lost; session kept for resumption");
-                handle.set_flag(SessionFlag::Detached, true);
-                let resumed = conn.wait_for_resumption(&mut session).await;
-                handle.set_flag(SessionFlag::Detached, false);
-                match resumed {
-                    Some(t) => conn.adopt(&mut session, t).await,
-                    None => break End::Gone,
-                }
-            }
-            Outcome::End(end) => break end,
-        }
-    };
+    let end = conn.run_bound(&mut session, &mut rx).await;
+    Box::pin(close_session(conn, session, rx, end)).await;
+}
+
+/// Gives a resuming connection to the detached session's task, which takes
+/// it over (XEP-0198 §5), or fails the resumption if that session just ended.
+async fn hand_over(conn: Conn, slot: oneshot::Sender<Takeover>, h: u32, success: Option<Element>) {
+    if let Err(takeover) = slot.send(Takeover {
+        conn: Box::new(conn),
+        h,
+        success,
+    }) {
+        let mut conn = takeover.conn;
+        let _ = conn.send(&sm::failed("item-not-found")).await;
+        conn.finish(End::Closed).await;
+    }
+}
+
+/// Everything after the session loop: unbinds, delivers or stores what
+/// was queued, and ends the stream.
+async fn close_session(mut conn: Conn, mut session: Session, mut rx: Outbox, end: End) {
+    let server = conn.server.clone();
+    let handle = session.handle.clone();
     if let Some(sm) = &session.sm {
-        server.resumption.remove(&sm.id, session.handle.id);
+        server.resumption.remove(&sm.id, handle.id);
     }
     server.sessions.unbind(&handle);
     let mut undelivered: Vec<Element> = session
@@ -349,6 +333,52 @@ struct Conn {
 }
 
 impl Conn {
+    /// Stream negotiation, which must end in a bound (or resumed) session
+    /// within `auth_timeout`.
+    async fn negotiate_in_time(&mut self, direct_tls: bool) -> Result<Negotiated, End> {
+        let server = self.server.clone();
+        let deadline = tokio::time::Instant::now() + server.config.auth_timeout;
+        let negotiated = tokio::time::timeout_at(deadline, async {
+            if direct_tls {
+                self.io.upgrade(&server.tls).await.map_err(|e| {
+                    tracing::debug!(error = %e, "direct TLS handshake failed");
+                    End::Gone
+                })?;
+                self.cb = self.io.channel_binding(&server.tls);
+            }
+            self.negotiate().await
+        })
+        .await;
+        negotiated.unwrap_or_else(|_| {
+            Err(stream_error(
+                StreamCondition::ConnectionTimeout,
+                "authentication took too long",
+            ))
+        })
+    }
+
+    /// The session loop, across connection losses and resumptions, until
+    /// the session ends.
+    async fn run_bound(&mut self, session: &mut Session, rx: &mut Outbox) -> End {
+        let handle = session.handle.clone();
+        loop {
+            match self.run_session(session, rx).await {
+                Outcome::Takeover(t) => Box::pin(self.adopt(session, t)).await,
+                Outcome::End(End::Gone) if session.resumable() => {
+                    tracing::info!(jid = %handle.jid, "connection lost; session kept for resumption");
+                    handle.set_flag(SessionFlag::Detached, true);
+                    let resumed = self.wait_for_resumption(session).await;
+                    handle.set_flag(SessionFlag::Detached, false);
+                    match resumed {
+                        Some(t) => Box::pin(self.adopt(session, t)).await,
+                        None => return End::Gone,
+                    }
+                }
+                Outcome::End(end) => return end,
+            }
+        }
+    }
+
     async fn write(&mut self, data: &str) -> Result<(), End> {
         let bytes = if self.unsent.is_empty() {
             data.as_bytes()
@@ -1025,7 +1055,10 @@ impl Conn {
             loop {
                 match self.framer.next_event() {
                     Ok(Some(StreamEvent::Stanza(el))) => {
-                        if let Err(end) = self.handle_element(session, el).await {
+                        // Boxed (see `serve_connection`): the hook chain's state
+                        // is the largest a session ever holds, and only for
+                        // the time one stanza takes.
+                        if let Err(end) = Box::pin(self.handle_element(session, el)).await {
                             return Outcome::End(end);
                         }
                     }
@@ -1071,7 +1104,7 @@ impl Conn {
                 true = rx.recv_into(&mut batch) => {
                     // A burst may be larger than a batch: it goes out whole.
                     while batch.len() < WRITE_BATCH && rx.try_recv_into(&mut batch) {}
-                    let write = self.deliver(session, batch);
+                    let write = Box::pin(self.deliver(session, batch));
                     tokio::select! {
                         r = write => if let Err(end) = r { return Outcome::End(end); },
                         _ = handle.closed().cancelled() => {

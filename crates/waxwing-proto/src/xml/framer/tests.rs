@@ -633,3 +633,59 @@ fn releasing_idle_buffers_keeps_the_stream_intact() {
         Some("hi")
     );
 }
+
+#[test]
+fn a_released_parser_comes_back_with_the_headers_namespaces() {
+    let header = "<?xml version='1.0'?>\n <stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' xmlns:x='urn:x' to='example.com' \
+        version='1.0' xml:lang='en'>";
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    f.feed(format!("{header}<presence/>").as_bytes());
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
+    assert_eq!(f.next_event(), Ok(None));
+    f.release_idle_buffers();
+    assert!(f.parser.is_none(), "idle: no parser held");
+    // A prefix declared only on the stream header still resolves.
+    f.feed(b"<message><x:y/></message>");
+    let Ok(Some(StreamEvent::Stanza(m))) = f.next_event() else {
+        panic!("the message after the release")
+    };
+    assert!(m.child("y", "urn:x").is_some());
+    f.release_idle_buffers();
+    // Limits and stream close still work on a rebuilt parser.
+    f.feed(b"</stream:stream>");
+    assert_eq!(f.next_event(), Ok(Some(StreamEvent::Close)));
+}
+
+#[test]
+fn a_released_parser_still_enforces_the_size_limit() {
+    let limits = Limits {
+        max_stanza_bytes: 256,
+        ..Limits::default()
+    };
+    let mut f = Framer::new(limits, ns::CLIENT);
+    f.feed(format!("{HEADER}<presence/>").as_bytes());
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
+    f.release_idle_buffers();
+    f.feed(b"<");
+    assert_eq!(f.next_event(), Ok(None));
+    f.feed(format!("message>{}", "x".repeat(300)).as_bytes());
+    assert!(matches!(f.next_event(), Err(e) if e.condition == C::PolicyViolation));
+}
+
+#[test]
+fn a_huge_header_keeps_its_parser() {
+    let pad = "p".repeat(MAX_REOPEN_HEADER);
+    let header = HEADER.replace("to='example.com'", &format!("to='example.com' pad='{pad}'"));
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    f.feed(format!("{header}<presence/>").as_bytes());
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+    assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
+    f.release_idle_buffers();
+    assert!(
+        f.parser.is_some(),
+        "no re-parse of a huge header per wake-up"
+    );
+}
