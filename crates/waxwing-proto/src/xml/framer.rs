@@ -242,6 +242,10 @@ impl Framer {
                 .saturating_sub(self.consumed);
             let from = self.index(self.consumed);
             let to = self.buf.len().min(from.saturating_add(budget as usize));
+            if self.parser.is_none() && from == to {
+                // Released and nothing new to read: stay released.
+                return Ok(None);
+            }
             let parser = self
                 .parser
                 .get_or_insert_with(|| Box::new(reopened_parser(self.limits, &self.header)));

@@ -227,6 +227,13 @@ fn read_into<'a>(
     })
 }
 
+/// How long a bound session must send nothing before its framer's parser
+/// and buffers are released. Releasing after every read would rebuild the
+/// parser for nearly every stanza of a busy session; an idle session, the
+/// common case, releases once. Short, so that a wave of logins does not
+/// hold every parser at once (the allocator keeps that high-water mark).
+const FRAMER_RELEASE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Why the session loop returned.
 enum Outcome {
     End(End),
@@ -380,15 +387,16 @@ impl Conn {
     }
 
     async fn write(&mut self, data: &str) -> Result<(), End> {
-        let bytes = if self.unsent.is_empty() {
+        // Taken, not cleared: a session must not keep the capacity of its
+        // last features for its whole life.
+        let mut unsent = std::mem::take(&mut self.unsent);
+        let bytes = if unsent.is_empty() {
             data.as_bytes()
         } else {
-            self.unsent.push_str(data);
-            self.unsent.as_bytes()
+            unsent.push_str(data);
+            unsent.as_bytes()
         };
-        let written = self.io.write_all(bytes).await;
-        self.unsent.clear();
-        written.map_err(|_| End::Gone)?;
+        self.io.write_all(bytes).await.map_err(|_| End::Gone)?;
         self.io.flush().await.map_err(|_| End::Gone)
     }
 
@@ -1051,6 +1059,9 @@ impl Conn {
         // Set while a stanza is incomplete: a client trickling one stanza
         // forever (slowloris) must not hold the session.
         let mut stanza_started: Option<tokio::time::Instant> = None;
+        // The framer holds its parser and buffers (about 2 KiB) while the
+        // client is sending; they go once it has been quiet for a moment.
+        let mut framer_held = true;
         loop {
             loop {
                 match self.framer.next_event() {
@@ -1075,7 +1086,6 @@ impl Conn {
             }
             if self.framer.buffered() == 0 {
                 stanza_started = None;
-                self.framer.release_idle_buffers();
             } else if stanza_started.is_none() {
                 stanza_started = Some(last_read);
             }
@@ -1083,6 +1093,11 @@ impl Conn {
                 Some(t) => (t + stanza_timeout).min(last_read + idle_timeout),
                 None => last_read + idle_timeout,
             };
+            // One timer for both: the release point comes first unless the
+            // framer is already released or a stanza is half-read.
+            let release_at = last_read + FRAMER_RELEASE_AFTER;
+            let releasing = framer_held && stanza_started.is_none() && release_at < deadline;
+            let wake = if releasing { release_at } else { deadline };
             let takeover = async {
                 match session.takeover.as_mut() {
                     Some(rx) => rx.await.ok(),
@@ -1117,10 +1132,16 @@ impl Conn {
                     Err(e) => return Outcome::End(read_failed(e)),
                     Ok(n) => {
                         last_read = tokio::time::Instant::now();
+                        framer_held = true;
                         self.pace(n).await;
                     }
                 },
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = tokio::time::sleep_until(wake) => {
+                    if releasing {
+                        self.framer.release_idle_buffers();
+                        framer_held = false;
+                        continue;
+                    }
                     let text = if stanza_started.is_some_and(|t| t + stanza_timeout <= deadline) {
                         "a stanza took too long to arrive"
                     } else {
