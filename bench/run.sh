@@ -291,7 +291,11 @@ T1=$(date +%s)
 
 # ---- the report ------------------------------------------------------------
 mkdir -p "$ROOT/bench/results"
-OUT=$ROOT/bench/results/$(date +%Y-%m-%d)$([[ $QUICK == 1 ]] && echo -quick)${RESULTS_TAG:+-$RESULTS_TAG}.md
+# (Not `$([[ $QUICK == 1 ]] && echo -quick)`: in a full run that test fails,
+# the assignment takes its status and set -e ended the run right here.)
+SUFFIX=""
+if [[ $QUICK == 1 ]]; then SUFFIX=-quick; fi
+OUT=$ROOT/bench/results/$(date +%Y-%m-%d)$SUFFIX${RESULTS_TAG:+-$RESULTS_TAG}.md
 PARAMS="Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(((T1 - T0) / 60)) min. Mode: $([[ $QUICK == 1 ]] && echo quick || echo full).
 Parameters: login $LOGIN_N, idle $IDLE_N, churn $CHURN_N, roster $ROSTER_N users × $ROSTER_CONTACTS contacts, chat $PAIRS pairs (window $WINDOW, warmup ${WARMUP}s, window ${DURATION}s, fixed rate $RATE msgs/s), MUC $MUC_OCCUPANTS occupants / $MUC_SENDERS senders, login concurrency $CONCURRENCY.
 Variants: shared = server and generator float over all CPUs; pinned = server on CPU 0, generator on CPU 1 (taskset). Each server is restarted before each scenario. STARTTLS with ECDSA P-256 unless marked plain; best SASL mechanism offered (Waxwing SCRAM-SHA-256, Prosody and ejabberd SCRAM-SHA-1, floor PLAIN).
