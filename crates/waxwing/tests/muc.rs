@@ -4,7 +4,6 @@
 mod support;
 
 use support::*;
-use waxwing_proto::jid::BareJid;
 use waxwing_proto::ns;
 use waxwing_proto::xml::Element;
 
@@ -850,15 +849,7 @@ async fn persistent_room_survives_restart() {
     {
         let (running, port) = start_on(dir.path()).await;
         for u in ["crone", "hag"] {
-            let jid = BareJid::new(Some(u), DOMAIN).unwrap();
-            let secrets = waxwing_core::credentials::make_secrets(&password(u), 4096).unwrap();
-            running
-                .server
-                .stores
-                .accounts
-                .create(&jid, &secrets)
-                .await
-                .unwrap();
+            create_account(&running, u, DOMAIN).await;
         }
         let mut a = login_on(port, "crone").await;
         create(

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use waxwing_core::listen::ListenerKind;
 use waxwing_core::{Config, Running};
-use waxwing_proto::jid::BareJid;
 use waxwing_proto::xml::Element;
 
 const A: &str = "a.localhost";
@@ -65,15 +64,7 @@ impl Node {
     }
 
     async fn login(&self, local: &str) -> Client {
-        let jid = BareJid::new(Some(local), self.domain).unwrap();
-        let secrets = waxwing_core::credentials::make_secrets(&password(local), 4096).unwrap();
-        self.running
-            .server
-            .stores
-            .accounts
-            .create(&jid, &secrets)
-            .await
-            .unwrap();
+        create_account(&self.running, local, self.domain).await;
         let mut c = Client::connect_plain(self.c2s).await;
         c.domain = self.domain.to_string();
         c.open_stream().await;

@@ -115,15 +115,7 @@ async fn messages_stored_before_a_restart_arrive_after_it() {
     {
         let (running, port) = start_on(dir.path()).await;
         for u in ["romeo", "juliet", "nurse"] {
-            let jid = jid(u);
-            let secrets = waxwing_core::credentials::make_secrets(&password(u), 4096).unwrap();
-            running
-                .server
-                .stores
-                .accounts
-                .create(&jid, &secrets)
-                .await
-                .unwrap();
+            create_account(&running, u, DOMAIN).await;
         }
         let mut romeo = login_on(port, "romeo").await;
         romeo

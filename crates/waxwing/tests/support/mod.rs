@@ -1030,3 +1030,16 @@ pub async fn login_on(port: u16, user: &str) -> Client {
     c.bind(Some("r")).await;
     c
 }
+
+/// Creates `local@domain` on `running`, with the test password [`password`]`(local)`.
+pub async fn create_account(running: &Running, local: &str, domain: &str) {
+    let jid = BareJid::new(Some(local), domain).expect("valid JID");
+    let secrets = waxwing_core::credentials::make_secrets(&password(local), 4096).expect("secrets");
+    running
+        .server
+        .stores
+        .accounts
+        .create(&jid, &secrets)
+        .await
+        .expect("account created");
+}
