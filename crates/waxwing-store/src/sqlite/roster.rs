@@ -94,17 +94,27 @@ async fn fetch_item(
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    let mut rows = rows.into_iter();
-    let Some((c, n, sub, ask, pin, pins, appr, inr, first)) = rows.next() else {
-        return Ok(None);
-    };
-    let groups = first.into_iter().chain(rows.filter_map(|r| r.8)).collect();
-    decode(
-        (c, n, sub, ask, pin, pins, appr, inr),
-        contact.clone(),
-        groups,
-    )
-    .map(Some)
+    fold_groups(rows)
+        .into_iter()
+        .next()
+        .map(|(row, groups)| decode(row, contact.clone(), groups))
+        .transpose()
+}
+
+/// Folds [`GroupedRow`]s, ordered by contact, into each item's row and its
+/// groups in row order.
+fn fold_groups(rows: Vec<GroupedRow>) -> Vec<(Row, Vec<String>)> {
+    let mut items: Vec<(Row, Vec<String>)> = Vec::new();
+    for (c, n, sub, ask, pin, pins, appr, inr, group) in rows {
+        match items.last_mut() {
+            Some((row, groups)) if row.0 == c => groups.extend(group),
+            _ => items.push((
+                (c, n, sub, ask, pin, pins, appr, inr),
+                group.into_iter().collect(),
+            )),
+        }
+    }
+    items
 }
 
 /// Bumps the owner's roster version inside the caller's transaction.
@@ -140,36 +150,21 @@ impl RosterStore for SqliteStore {
         // one round trip to the database thread: this runs on every login
         // and every presence broadcast. One row per (item, group); an item
         // without groups comes back once with a NULL group.
-        let rows: Vec<(Row, Option<String>)> = sqlx::query_as::<_, GroupedRow>(concat!(
+        let rows: Vec<GroupedRow> = sqlx::query_as(concat!(
             grouped_select!(),
             " WHERE i.owner = $1 ORDER BY i.contact, g.position"
         ))
         .bind(owner.to_string())
         .fetch_all(&self.pool)
         .await
-        .map_err(db)?
-        .into_iter()
-        .map(|(c, n, s, a, p, ps, ap, r, g)| ((c, n, s, a, p, ps, ap, r), g))
-        .collect();
-
-        let mut items: Vec<RosterItem> = Vec::new();
-        let mut current: Option<(Row, Vec<String>)> = None;
-        for (row, group) in rows {
-            match &mut current {
-                Some((cur, groups)) if cur.0 == row.0 => groups.extend(group),
-                _ => {
-                    if let Some((done, groups)) = current.take() {
-                        let contact = jid(&done.0)?;
-                        items.push(decode(done, contact, groups)?);
-                    }
-                    current = Some((row, group.into_iter().collect()));
-                }
-            }
-        }
-        if let Some((done, groups)) = current {
-            let contact = jid(&done.0)?;
-            items.push(decode(done, contact, groups)?);
-        }
+        .map_err(db)?;
+        let mut items = fold_groups(rows)
+            .into_iter()
+            .map(|(row, groups)| {
+                let contact = jid(&row.0)?;
+                decode(row, contact, groups)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // BareJid's Ord rather than SQL collation: the same order on every backend.
         items.sort_by(|a, b| a.contact.cmp(&b.contact));
         Ok(items)
