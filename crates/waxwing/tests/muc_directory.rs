@@ -49,12 +49,7 @@ impl Node {
         let running = waxwing_core::start(config, modules)
             .await
             .expect("server starts");
-        let c2s = running
-            .listeners
-            .iter()
-            .find(|(k, _)| *k == ListenerKind::C2s)
-            .map(|(_, a)| a.port())
-            .expect("c2s listener bound");
+        let c2s = listener_port(&running, ListenerKind::C2s);
         Node {
             running,
             domain,
@@ -79,6 +74,31 @@ impl Node {
 }
 
 /// Sends an IQ and returns its answer (any type).
+/// Node B, routing A and A's MUC service to `pa`, on s2s port `pb`.
+async fn start_b(pa: u16, pb: u16) -> Node {
+    Node::start(
+        B,
+        pb,
+        &format!(
+            "[s2s]\nsecret = \"b-dialback-secret\"\nconnect_timeout_secs = 5\n[s2s.routes]\n\
+             \"{A}\" = \"127.0.0.1:{pa}\"\n\"conference.{A}\" = \"127.0.0.1:{pa}\"\n"
+        ),
+    )
+    .await
+}
+
+/// The owner accepts the default configuration: an instant room (§10.1.2).
+async fn make_instant(owner: &mut Client, room: &str) {
+    let r = iq(
+        owner,
+        room,
+        "set",
+        &format!("<query xmlns='{OWNER}'><x xmlns='jabber:x:data' type='submit'/></query>"),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "instant room: {r}");
+}
+
 async fn iq(c: &mut Client, to: &str, ty: &str, payload: &str) -> Element {
     let id = c.id("iq");
     c.send(&format!(
@@ -134,15 +154,7 @@ async fn directory_lists_public_rooms_of_a_crawled_remote_service() {
     )
     .await;
     let _b = {
-        let b = Node::start(
-            B,
-            pb,
-            &format!(
-                "[s2s]\nsecret = \"b-dialback-secret\"\nconnect_timeout_secs = 5\n[s2s.routes]\n\
-                 \"{A}\" = \"127.0.0.1:{pa}\"\n\"conference.{A}\" = \"127.0.0.1:{pa}\"\n"
-            ),
-        )
-        .await;
+        let b = start_b(pa, pb).await;
         // A public room and a hidden one on B.
         let mut bob = b.login("bob").await;
         for (room, public) in [("lounge", "1"), ("backroom", "0")] {
@@ -225,15 +237,7 @@ async fn a_remote_joiner_gets_a_join_burst_larger_than_the_s2s_queue() {
         ),
     )
     .await;
-    let b = Node::start(
-        B,
-        pb,
-        &format!(
-            "[s2s]\nsecret = \"b-dialback-secret\"\nconnect_timeout_secs = 5\n[s2s.routes]\n\
-             \"{A}\" = \"127.0.0.1:{pa}\"\n\"conference.{A}\" = \"127.0.0.1:{pa}\"\n"
-        ),
-    )
-    .await;
+    let b = start_b(pa, pb).await;
     let room = format!("crowded@conference.{A}");
     let mut crowd = vec![a.login("crowd").await];
     for i in 1..CROWD {
@@ -258,14 +262,7 @@ async fn a_remote_joiner_gets_a_join_burst_larger_than_the_s2s_queue() {
             }
         }
         if i == 0 {
-            let r = iq(
-                c,
-                &room,
-                "set",
-                &format!("<query xmlns='{OWNER}'><x xmlns='jabber:x:data' type='submit'/></query>"),
-            )
-            .await;
-            assert_eq!(r.attr("type"), Some("result"), "{r}");
+            make_instant(c, &room).await;
         }
     }
 
@@ -312,15 +309,7 @@ async fn shutdown_tells_occupants_local_and_remote_with_332() {
         &format!("[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n"),
     )
     .await;
-    let b = Node::start(
-        B,
-        pb,
-        &format!(
-            "[s2s]\nsecret = \"b-dialback-secret\"\nconnect_timeout_secs = 5\n[s2s.routes]\n\
-             \"{A}\" = \"127.0.0.1:{pa}\"\n\"conference.{A}\" = \"127.0.0.1:{pa}\"\n"
-        ),
-    )
-    .await;
+    let b = start_b(pa, pb).await;
     let room = format!("closing@conference.{A}");
     let join = |nick: &str| format!("<presence to='{room}/{nick}'><x xmlns='{MUC}'/></presence>");
     let until_subject =
@@ -329,14 +318,7 @@ async fn shutdown_tells_occupants_local_and_remote_with_332() {
     let mut alice = a.login("alice").await;
     alice.send(&join("alice")).await;
     skip_until(&mut alice, "alice's join", until_subject).await;
-    let r = iq(
-        &mut alice,
-        &room,
-        "set",
-        &format!("<query xmlns='{OWNER}'><x xmlns='jabber:x:data' type='submit'/></query>"),
-    )
-    .await;
-    assert_eq!(r.attr("type"), Some("result"), "instant room: {r}");
+    make_instant(&mut alice, &room).await;
     let mut bob = b.login("bob").await;
     bob.send(&join("bob")).await;
     skip_until(&mut bob, "bob's join over s2s", until_subject).await;

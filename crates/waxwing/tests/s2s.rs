@@ -56,16 +56,8 @@ impl Node {
         let running = waxwing_core::start(config, modules)
             .await
             .expect("server starts");
-        let port = |kind| {
-            running
-                .listeners
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .map(|(_, a)| a.port())
-                .expect("listener bound")
-        };
-        let c2s = port(ListenerKind::C2s);
-        let s2s = port(ListenerKind::S2s);
+        let c2s = listener_port(&running, ListenerKind::C2s);
+        let s2s = listener_port(&running, ListenerKind::S2s);
         Node {
             running,
             domain,

@@ -136,19 +136,40 @@ fn clean_presence(p: &Element) -> Element {
 /// §7.2.1 (since 1.32) recommends this explicit kick over a silent
 /// groupchat 1.0 join, which would leave the client half in the room.
 pub fn not_in_room(room: &BareJid, nick: &str, to: &FullJid) -> Element {
-    let mut x = Element::new("x", NS_USER).with_child(
-        Element::new("item", NS_USER)
-            .with_attr("affiliation", "none")
-            .with_attr("role", "none")
-            .with_child(text_child("reason", NS_USER, "You are not in the room.")),
+    let mut p = out_of_room(
+        room,
+        nick,
+        "none",
+        Some("You are not in the room."),
+        [110, 307, 333].map(status),
     );
-    for c in [110, 307, 333] {
-        x.push_child(status(c));
+    p.set_attr("to", to.to_string());
+    p
+}
+
+/// Unavailable presence from `nick` in `room` for an occupant who is out
+/// (role none): `<x/>` with its item (`affiliation`, an optional reason),
+/// then `after` (status codes, `<destroy/>`).
+fn out_of_room(
+    room: &BareJid,
+    nick: &str,
+    affiliation: &str,
+    reason: Option<&str>,
+    after: impl IntoIterator<Item = Element>,
+) -> Element {
+    let mut item = Element::new("item", NS_USER)
+        .with_attr("affiliation", affiliation)
+        .with_attr("role", "none");
+    if let Some(r) = reason {
+        item.push_child(text_child("reason", NS_USER, r));
+    }
+    let mut x = Element::new("x", NS_USER).with_child(item);
+    for c in after {
+        x.push_child(c);
     }
     Element::new("presence", ns::CLIENT)
         .with_attr("type", "unavailable")
         .with_attr("from", jid_text(room, nick))
-        .with_attr("to", to.to_string())
         .with_child(x)
 }
 
@@ -1486,31 +1507,26 @@ impl Room {
         Ok(fx)
     }
 
-    /// Destroys the room (§10.9): every occupant is told, with the
-    /// alternate venue and reason if the owner gave them.
     /// One unavailable self-presence (110, 332) for every occupant session:
     /// removed because the service is shutting down.
     pub fn shutdown_presences(&self) -> Vec<Element> {
         let mut out = Vec::new();
         for o in self.occupants.values() {
-            let p = Element::new("presence", ns::CLIENT)
-                .with_attr("type", "unavailable")
-                .with_attr("from", jid_text(&self.jid, &o.nick))
-                .with_child(
-                    Element::new("x", NS_USER)
-                        .with_child(
-                            Element::new("item", NS_USER)
-                                .with_attr("affiliation", self.affiliation(&o.bare).as_str())
-                                .with_attr("role", "none"),
-                        )
-                        .with_child(status(110))
-                        .with_child(status(332)),
-                );
+            let affiliation = self.affiliation(&o.bare);
+            let p = out_of_room(
+                &self.jid,
+                &o.nick,
+                affiliation.as_str(),
+                None,
+                [110, 332].map(status),
+            );
             out.extend(addressed(&p, &o.sessions));
         }
         out
     }
 
+    /// Destroys the room (§10.9): every occupant is told, with the
+    /// alternate venue and reason if the owner gave them.
     pub fn destroy(&mut self, d: &Element) -> Effects {
         let mut fx = Effects::default();
         let mut destroy = Element::new("destroy", NS_USER);
@@ -1524,18 +1540,7 @@ impl Room {
             destroy.push_child(text_child("password", NS_USER, &pw.text()));
         }
         for o in self.occupants.values() {
-            let p = Element::new("presence", ns::CLIENT)
-                .with_attr("type", "unavailable")
-                .with_attr("from", jid_text(&self.jid, &o.nick))
-                .with_child(
-                    Element::new("x", NS_USER)
-                        .with_child(
-                            Element::new("item", NS_USER)
-                                .with_attr("affiliation", "none")
-                                .with_attr("role", "none"),
-                        )
-                        .with_child(destroy.clone()),
-                );
+            let p = out_of_room(&self.jid, &o.nick, "none", None, [destroy.clone()]);
             fx.out.extend(addressed(&p, &o.sessions));
         }
         self.occupants.clear();

@@ -63,16 +63,8 @@ impl TestServer {
         let running = waxwing_core::start(config, modules)
             .await
             .expect("server starts");
-        let port = |kind| {
-            running
-                .listeners
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .map(|(_, a)| a.port())
-                .expect("listener bound")
-        };
-        let c2s = port(ListenerKind::C2s);
-        let direct_tls = port(ListenerKind::C2sDirectTls);
+        let c2s = listener_port(&running, ListenerKind::C2s);
+        let direct_tls = listener_port(&running, ListenerKind::C2sDirectTls);
         TestServer {
             running,
             c2s,
@@ -83,15 +75,7 @@ impl TestServer {
 
     /// Creates `local@localhost` with password `pw`.
     pub async fn add_user(&self, local: &str, pw: &str) {
-        let jid = BareJid::new(Some(local), DOMAIN).expect("valid JID");
-        let secrets = waxwing_core::credentials::make_secrets(pw, 4096).expect("secrets");
-        self.running
-            .server
-            .stores
-            .accounts
-            .create(&jid, &secrets)
-            .await
-            .expect("account created");
+        create_account_with(&self.running, local, DOMAIN, pw).await;
     }
 
     /// STARTTLS, SCRAM-SHA-256 and bind `resource`; no presence yet.
@@ -1012,13 +996,18 @@ pub async fn start_on(dir: &std::path::Path) -> (Running, u16) {
     let config = Config::parse(&toml).expect("config");
     let modules = waxwing::modules::all(&config);
     let running = waxwing_core::start(config, modules).await.expect("starts");
-    let port = running
+    let port = listener_port(&running, ListenerKind::C2s);
+    (running, port)
+}
+
+/// The port a listener of `kind` was bound to (configured as port 0).
+pub fn listener_port(running: &Running, kind: ListenerKind) -> u16 {
+    running
         .listeners
         .iter()
-        .find(|(k, _)| *k == ListenerKind::C2s)
+        .find(|(k, _)| *k == kind)
         .map(|(_, a)| a.port())
-        .expect("c2s");
-    (running, port)
+        .expect("listener bound")
 }
 
 /// STARTTLS, SCRAM-SHA-256 and bind resource `r` on `port`; no presence.
@@ -1033,8 +1022,13 @@ pub async fn login_on(port: u16, user: &str) -> Client {
 
 /// Creates `local@domain` on `running`, with the test password [`password`]`(local)`.
 pub async fn create_account(running: &Running, local: &str, domain: &str) {
+    create_account_with(running, local, domain, &password(local)).await;
+}
+
+/// Creates `local@domain` on `running` with password `pw`.
+pub async fn create_account_with(running: &Running, local: &str, domain: &str, pw: &str) {
     let jid = BareJid::new(Some(local), domain).expect("valid JID");
-    let secrets = waxwing_core::credentials::make_secrets(&password(local), 4096).expect("secrets");
+    let secrets = waxwing_core::credentials::make_secrets(pw, 4096).expect("secrets");
     running
         .server
         .stores
