@@ -18,7 +18,7 @@ import os
 
 # Upper bound for one protocol step (a login, an IQ round trip, a stanza that
 # must arrive). Generous because CI runs on 2 cores with two xdist workers.
-STEP_TIMEOUT = float(os.environ.get("WAXWING_TEST_STEP_TIMEOUT", "15"))
+STEP_TIMEOUT = float(os.environ.get("WAXWING_TEST_STEP_TIMEOUT", "30"))
 
 # Upper bound for the server to print `waxwing: ready`.
 STARTUP_TIMEOUT = float(os.environ.get("WAXWING_TEST_STARTUP_TIMEOUT", "60"))

@@ -27,8 +27,14 @@ use waxwing_proto::jid::BareJid;
 use waxwing_proto::ns;
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader, parse_stanza};
 
-/// How long any single expectation may wait.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long any single expectation may wait before it fails the test.
+///
+/// Generous on purpose: a passing test never waits for it (every wait ends
+/// on the element it expects, and [`Client::expect_nothing`] proves absence
+/// with a ping round trip, not a timeout), so only a failing test pays it,
+/// and a loaded 2-core CI machine running every suite at once cannot make a
+/// correct test miss it.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// The served domain.
 pub const DOMAIN: &str = "localhost";
 
