@@ -610,8 +610,8 @@ mod tests {
             "<db:verify xmlns:db='jabber:server:dialback' type='valid'/>"
         );
         // It reads back as the same element.
-        let back = crate::xml::parse_stanza(&r.to_xml_prefixed("db", ns::SERVER), ns::SERVER)
-            .unwrap();
+        let back =
+            crate::xml::parse_stanza(&r.to_xml_prefixed("db", ns::SERVER), ns::SERVER).unwrap();
         assert!(back.is("result", "jabber:server:dialback"));
         assert!(back.child("error", ns::SERVER).is_some());
     }
