@@ -627,7 +627,16 @@ async fn spoofing_is_refused() {
     // the dialback fails with an error, nothing is authenticated.
     let mut p = RawPeer::connect(a.s2s, "evil.localhost", A).await;
     let r = p.dialback("evil.localhost", A, &"1".repeat(64)).await;
-    assert_ne!(r.attr("type"), Some("valid"), "{r}");
+    assert_eq!(r.attr("type"), Some("error"), "{r}");
+    // XEP-0220 §2.4: the <error/> is in the stream's namespace, where
+    // ejabberd's codec reads it.
+    let e = r
+        .child("error", ns::SERVER)
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        e.child("remote-server-not-found", ns::STANZAS).is_some(),
+        "{r}"
+    );
     p.send(
         "<message from='x@evil.localhost' to='alice@a.localhost'><body>spoofed</body></message>",
     )
