@@ -49,13 +49,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def free_loopback_5269(udp53: bool = False) -> str:
+def free_loopback_5269(udp53: bool = False, exclude: tuple[str, ...] = ()) -> str:
     """A 127.0.0.X address on which TCP port 5269 (and, with ``udp53``, UDP
     port 53 for a DNS server) is free: each server of each test its own."""
     candidates = list(range(20, 250))
     random.shuffle(candidates)
     for x in candidates:
         addr = f"127.0.0.{x}"
+        if addr in exclude:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((addr, 5269))
@@ -148,6 +150,7 @@ class DnsServer:
         self.sock.bind((addr, 53))
         self.addr = addr
         self.queries: list[tuple[str, int]] = []
+        self._closed = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -178,17 +181,27 @@ class DnsServer:
         return header + msg[12:end] + answers
 
     def _serve(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 msg, peer = self.sock.recvfrom(4096)
             except OSError:
                 return  # closed
+            if self._closed:
+                return
             try:
                 self.sock.sendto(self.answer(msg), peer)
             except (IndexError, struct.error, OSError):
                 continue  # not a query we understand: no answer
 
     def close(self) -> None:
+        """Stops the thread and frees the port (a plain close would leave the
+        blocked recvfrom holding the socket)."""
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._thread.join(timeout=5)
         self.sock.close()
 
 
@@ -338,14 +351,15 @@ class Ejabberd(Peer):
 
     def __init__(self, wx_addr: str, pki: FederationCA | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="wx-ejabberd-"))
-        self.s2s_addr = free_loopback_5269(udp53=True)
+        self.s2s_addr = free_loopback_5269(udp53=True, exclude=(wx_addr,))
+        # Bound now, so that no other test's peer takes this address meanwhile.
+        self.dns = DnsServer(self.s2s_addr, {**{n: wx_addr for n in WX_NAMES},
+                                             self.domain: self.s2s_addr})
         self.c2s_port = free_port()
         self.tls_port = self.c2s_port  # no direct TLS listener; the scenarios use STARTTLS
         self.dist_port = free_port()
         self.node = f"wxfed{self.dist_port}@localhost"
         self.proc: subprocess.Popen | None = None
-        self.dns: DnsServer | None = None
-        self.wx_addr = wx_addr
         for sub in ("logs", "spool", "modules.d"):
             (self.dir / sub).mkdir()
         pem = self.dir / "server.pem"
@@ -433,8 +447,6 @@ modules:
                 "--logs", str(self.dir / "logs"), "--spool", str(self.dir / "spool"), *args]
 
     def start(self) -> "Ejabberd":
-        self.dns = DnsServer(self.s2s_addr, {**{n: self.wx_addr for n in WX_NAMES},
-                                             self.domain: self.s2s_addr})
         self.console = open(self.dir / "console.log", "wb")
         # A private mount namespace for its resolv.conf, and a PID namespace
         # so that the node (and anything it starts) dies with `unshare`.
@@ -473,6 +485,5 @@ modules:
                 self.proc.wait(timeout=10)
         if getattr(self, "console", None):
             self.console.close()
-        if self.dns:
-            self.dns.close()
+        self.dns.close()
         shutil.rmtree(self.dir, ignore_errors=True)
