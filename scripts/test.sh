@@ -3,14 +3,24 @@
 #
 #   bash scripts/test.sh [extra pytest args...]
 #
-# 1. a Python virtualenv in .venv with tests/interop/requirements.txt
-#    (reinstalled only when that file or the Python version changes);
-# 2. cargo build --workspace --all-targets;
-# 3. the Rust unit and integration tests (cargo-nextest, else cargo test);
-# 4. the black-box interop suite: pytest -n auto tests/interop, which starts
-#    the real target/debug/waxwing on ephemeral loopback ports per test.
+# Stages (a failed stage fails the run; every stage still reports):
+#  1. in parallel: the federation peers Prosody and ejabberd from Debian's
+#     packages (installed once, idempotently); the Python virtualenv in .venv
+#     with tests/interop/requirements.txt (reinstalled only when that file or
+#     the Python version changes; its stamp is written only after an install
+#     that succeeded and imports); `cargo fmt --all -- --check`;
+#  2. cargo build --workspace --all-targets;
+#  3. cargo clippy --workspace --all-targets -- -D warnings;
+#  4. in parallel: the Rust unit and integration tests (cargo-nextest, else
+#     cargo test) and the black-box interop suite (pytest -n auto
+#     tests/interop, which starts the real target/debug/waxwing on ephemeral
+#     loopback ports per test, and federates it with Prosody and ejabberd).
+#     On the waxwing subject a skipped interop test fails the run unless it
+#     is allowed by name in its file (tests/interop/conftest.py);
+#  5. the fuzz stage, `bash scripts/fuzz-ci.sh`, when that script exists.
 #
-# Needs: Rust (cargo), Python 3.11 with venv/pip; cargo-nextest optional.
+# Needs: Rust (cargo, rustfmt, clippy), Python 3.11 with venv/pip, apt-get
+# (root or sudo) for the peers; cargo-nextest optional.
 # Environment: WAXWING_TEST_SUBJECT=prosody runs the interop scenarios against
 # an installed Prosody instead (to check the scenarios themselves).
 set -euo pipefail
@@ -21,15 +31,17 @@ VENV="$ROOT/.venv"
 REQS="$ROOT/tests/interop/requirements.txt"
 STAMP="$VENV/.requirements.stamp"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+LOGS="$TARGET_DIR/test-logs"
+mkdir -p "$LOGS"
 
 declare -a SUMMARY=()
 FAILED=0
 
 step() { printf '\n==> %s\n' "$*"; }
 
-record() { # name status seconds
-    SUMMARY+=("$(printf '  %-28s %-8s %4ss' "$1" "$2" "$3")")
-    if [ "$2" != ok ]; then FAILED=1; fi
+record() { # name status seconds ("n/a": not run, not a failure)
+    SUMMARY+=("$(printf '  %-28s %-10s %4ss' "$1" "$2" "$3")")
+    case "$2" in ok | n/a) ;; *) FAILED=1 ;; esac
 }
 
 summary() {
@@ -38,6 +50,10 @@ summary() {
     for line in "${SUMMARY[@]}"; do printf '%s\n' "$line"; done
     if [ "$FAILED" = 0 ]; then echo "  all stages passed"; else echo "  SOME STAGES FAILED"; fi
 }
+
+# Stage functions run with errexit off (under run_stage or in the
+# background), so each one checks its own commands and returns non-zero on
+# the first failure.
 
 run_stage() { # name command...
     local name=$1 start status
@@ -55,83 +71,175 @@ run_stage() { # name command...
     return "$status"
 }
 
-# -- 1. Python environment -------------------------------------------------------
+# Independent stages at once: each writes $LOGS/<log>.log, printed when all
+# are done, so their outputs do not interleave.
+run_parallel() { # "name|log|function [args]"...
+    local spec name log cmd i=0
+    local -a names=() logs=() pids=() starts=()
+    for spec in "$@"; do
+        IFS='|' read -r name log cmd <<<"$spec"
+        names+=("$name")
+        logs+=("$LOGS/$log.log")
+        starts+=("$SECONDS")
+        # shellcheck disable=SC2086 # cmd is "function args", split on purpose
+        (set +e; $cmd) >"$LOGS/$log.log" 2>&1 &
+        pids+=("$!")
+    done
+    local status all=0
+    for i in "${!pids[@]}"; do
+        set +e
+        wait "${pids[$i]}"
+        status=$?
+        set -e
+        step "${names[$i]} (log: ${logs[$i]#"$ROOT"/})"
+        cat "${logs[$i]}"
+        if [ "$status" = 0 ]; then
+            record "${names[$i]}" ok $((SECONDS - starts[i]))
+        else
+            record "${names[$i]}" "FAILED($status)" $((SECONDS - starts[i]))
+            all=1
+        fi
+    done
+    return "$all"
+}
+
+# -- federation peers: Prosody and ejabberd, the Debian packages ------------------
+# tests/interop/test_federation.py runs its own Prosody (as `prosody`) and
+# ejabberd (as `ejabberd`) from private directories; a missing peer fails
+# those tests, so a failed install fails this stage and the run.
+
+PEER_PACKAGES=(prosody lua-unbound ejabberd)
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+peer_packages() {
+    local p
+    local -a missing=()
+    for p in "${PEER_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+    if [ "${#missing[@]}" = 0 ]; then
+        echo "peers already installed: prosody $(dpkg-query -W -f='${Version}' prosody)," \
+            "ejabberd $(dpkg-query -W -f='${Version}' ejabberd)"
+        return 0
+    fi
+    step "apt-get install -y ${missing[*]}"
+    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}")
+    as_root "${install[@]}" || { as_root apt-get update && as_root "${install[@]}"; } || return 1
+    # The packages start system services where they can; the tests run their own.
+    for p in prosody ejabberd; do
+        if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop "$p" 2>/dev/null; fi
+        if command -v service >/dev/null 2>&1; then as_root service "$p" stop 2>/dev/null; fi
+    done
+    for p in "${PEER_PACKAGES[@]}"; do
+        installed "$p" || { echo "$p is still not installed" >&2; return 1; }
+    done
+    command -v prosody >/dev/null && [ -x /usr/sbin/ejabberdctl ] ||
+        { echo "prosody or ejabberdctl missing after the install" >&2; return 1; }
+}
+
+# -- Python environment -------------------------------------------------------------
 
 python_env() {
     if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
         step "creating $VENV"
         rm -rf "$VENV"
-        python3 -m venv "$VENV"
+        python3 -m venv "$VENV" || return 1
     fi
     local want have
-    want="$(sha256sum "$REQS" | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+    want="$(sha256sum "$REQS" | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')" ||
+        return 1
     have="$(cat "$STAMP" 2>/dev/null || true)"
-    if [ "$want" != "$have" ]; then
-        step "installing $(basename "$REQS") into .venv"
-        "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -r "$REQS"
-        printf '%s\n' "$want" >"$STAMP"
-    else
+    if [ "$want" = "$have" ]; then
         echo "python env up to date ($VENV)"
+        return 0
     fi
+    step "installing $(basename "$REQS") into .venv"
+    # No stamp while the environment is being changed: an interrupted or
+    # failed install is retried next time.
+    rm -f "$STAMP"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -r "$REQS" || return 1
+    "$VENV/bin/python" -c 'import slixmpp, pytest, xdist, pytest_timeout, OpenSSL' || {
+        echo "the interop requirements do not import after the install" >&2
+        return 1
+    }
+    printf '%s\n' "$want" >"$STAMP"
 }
 
-# -- 2./3. Rust ------------------------------------------------------------------
+# -- Rust -----------------------------------------------------------------------------
+
+rust_fmt() { cargo fmt --all -- --check; }
 
 rust_build() {
     step "cargo build --workspace --all-targets"
     cargo build --workspace --all-targets
 }
 
+rust_clippy() {
+    step "cargo clippy --workspace --all-targets -- -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings
+}
+
 rust_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
-        step "cargo nextest run --workspace"
         cargo nextest run --workspace --no-tests=warn
     else
-        step "cargo test --workspace (cargo-nextest not installed)"
+        echo "(cargo-nextest not installed: cargo test)"
         cargo test --workspace
     fi
 }
 
-# -- 4. interop ------------------------------------------------------------------
+# -- interop --------------------------------------------------------------------------
+
+INTEROP_ARGS=("$@") # the command line's extra arguments go to pytest
 
 interop() {
-    step "pytest -n auto tests/interop $*"
     local status=0
+    echo "pytest -n auto tests/interop ${INTEROP_ARGS[*]}"
     WAXWING_BIN="${WAXWING_BIN:-$TARGET_DIR/debug/waxwing}" \
-        "$VENV/bin/python" -m pytest -n auto tests/interop "$@" || status=$?
-    if [ "$status" = 5 ] && [ "$#" -gt 0 ]; then
+        "$VENV/bin/python" -m pytest -n auto tests/interop "${INTEROP_ARGS[@]}" || status=$?
+    if [ "$status" = 5 ] && [ "${#INTEROP_ARGS[@]}" -gt 0 ]; then
         echo "(no interop test matched the given arguments)"
         return 0
     fi
     return "$status"
 }
 
-# -- federation interop (issue 8): Prosody, the Debian package --------------------
-# tests/interop/test_federation.py starts its own Prosody as the unprivileged
-# `prosody` user; installed here once (idempotent: skipped when present).
-prosody_pkg() {
-    if command -v prosody >/dev/null 2>&1; then
-        echo "prosody already installed ($(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '?'))"
+# -- fuzzing --------------------------------------------------------------------------
+# The fuzz stage: scripts/fuzz-ci.sh (short runs of the cargo-fuzz targets in
+# fuzz/) is called here once it exists.
+FUZZ_SCRIPT="$ROOT/scripts/fuzz-ci.sh"
+
+fuzz_stage() {
+    if [ ! -f "$FUZZ_SCRIPT" ]; then
+        record "fuzz" n/a 0
+        echo "(no scripts/fuzz-ci.sh yet: fuzz stage not run)"
         return 0
     fi
-    step "apt-get install -y prosody"
-    if [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody lua-unbound ||
-            { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody lua-unbound; }
-    else
-        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prosody lua-unbound
-    fi
-    # The package starts a system Prosody; the tests run their own.
-    if command -v systemctl >/dev/null 2>&1; then systemctl stop prosody 2>/dev/null || true; fi
-    if command -v service >/dev/null 2>&1; then service prosody stop 2>/dev/null || true; fi
+    run_stage "fuzz" bash "$FUZZ_SCRIPT" || true
 }
-run_stage "prosody (apt)" prosody_pkg || true
-# -- end federation interop block ---------------------------------------------------
 
-run_stage "python env" python_env || { summary; exit 1; }
+# -- the run --------------------------------------------------------------------------
+
+step "peers, python env, cargo fmt --check (in parallel)"
+run_parallel "peers (apt)|peers|peer_packages" "python env|python-env|python_env" \
+    "cargo fmt --check|fmt|rust_fmt" || true
+PY_OK=1
+[ -f "$STAMP" ] || PY_OK=0
+
 run_stage "cargo build" rust_build || { summary; exit 1; }
-run_stage "rust tests" rust_tests || true
-run_stage "interop (slixmpp/pytest)" interop "$@" || true
+run_stage "cargo clippy" rust_clippy || true
+
+step "rust tests and interop suite (in parallel)"
+if [ "$PY_OK" = 1 ]; then
+    run_parallel "rust tests|rust-tests|rust_tests" "interop (slixmpp/pytest)|interop|interop" || true
+else
+    echo "no usable python env: the interop suite cannot run"
+    record "interop (slixmpp/pytest)" "FAILED(env)" 0
+    run_stage "rust tests" rust_tests || true
+fi
+
+fuzz_stage
 
 summary
 exit "$FAILED"

@@ -12,6 +12,12 @@ each in a fresh event loop (no pytest-asyncio needed).
 
 On failure the report gets the server's log and every client's wire
 transcript as extra sections.
+
+On the waxwing subject a skipped test is a failure, unless the test (or its
+module, via ``pytestmark``) carries ``@pytest.mark.allowed_skip(reason=...)``
+naming why it may skip: a scenario that silently stops running (a missing
+federation peer, a capability flag gone wrong) must not pass CI. Skips on
+the prosody subject (scenario validation) are not policed.
 """
 
 from __future__ import annotations
@@ -90,10 +96,32 @@ def pytest_pyfunc_call(pyfuncitem):
     return True
 
 
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark in item.iter_markers("allowed_skip"):
+            if not str(mark.kwargs.get("reason", "")).strip():
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.allowed_skip needs reason=\"why it may skip\"")
+
+
+def _police_skip(item, report) -> None:
+    """Turns a skip on the waxwing subject into a failure, unless allowed."""
+    if (not report.skipped or hasattr(report, "wasxfail")
+            or subjects.subject_name() != "waxwing"
+            or item.get_closest_marker("allowed_skip") is not None):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = (
+        f"unexpected skip on the waxwing subject ({reason}); a test may skip there only "
+        f"with @pytest.mark.allowed_skip(reason=...) in its file")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    _police_skip(item, report)
     if not report.failed or call.when == "teardown":
         return
     for srv in item.stash.get(SERVERS, []):

@@ -627,7 +627,16 @@ async fn spoofing_is_refused() {
     // the dialback fails with an error, nothing is authenticated.
     let mut p = RawPeer::connect(a.s2s, "evil.localhost", A).await;
     let r = p.dialback("evil.localhost", A, &"1".repeat(64)).await;
-    assert_ne!(r.attr("type"), Some("valid"), "{r}");
+    assert_eq!(r.attr("type"), Some("error"), "{r}");
+    // XEP-0220 §2.4: the <error/> is in the stream's namespace, where
+    // ejabberd's codec reads it.
+    let e = r
+        .child("error", ns::SERVER)
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        e.child("remote-server-not-found", ns::STANZAS).is_some(),
+        "{r}"
+    );
     p.send(
         "<message from='x@evil.localhost' to='alice@a.localhost'><body>spoofed</body></message>",
     )
@@ -1484,4 +1493,129 @@ async fn bidi_outgoing_stream_routes_the_peers_stanzas_for_its_pair_only() {
         }
     }
     alice.expect_nothing().await;
+}
+
+/// Reads raw bytes until `needle` appears (or `TIMEOUT` passes); returns
+/// all text read. For peers that, like ejabberd (fxml), match dialback
+/// elements by their literal prefixed name, not by namespace.
+async fn read_raw_until(tcp: &mut TcpStream, needle: &str) -> String {
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !seen.contains(needle) {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => break,
+        }
+    }
+    seen
+}
+
+/// A fake e.localhost (plain TCP; the node must not require TLS) that
+/// answers a stream header with its own and dialback-only features.
+async fn fake_prefix_matching_peer(listener: &tokio::net::TcpListener, id: &str) -> TcpStream {
+    let (mut tcp, _) = listener.accept().await.unwrap();
+    let head = read_raw_until(&mut tcp, ">").await;
+    assert!(head.contains("<stream:stream"), "{head}");
+    tcp.write_all(
+        format!(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='{}' xmlns:db='jabber:server:dialback' \
+             from='e.localhost' to='{A}' id='{id}' version='1.0'><stream:features>\
+             <dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>",
+            ns::STREAM
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tcp
+}
+
+/// Originating role, against a peer that matches `db:result` literally
+/// (ejabberd): the request carries the prefix, the peer's `valid` answer
+/// authenticates the stream and the queued message follows.
+#[tokio::test]
+async fn dialback_request_carries_the_db_prefix() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let a = Node::start(
+        A,
+        free_port(),
+        &format!(
+            "[s2s]\nrequire_encryption = false\nbidi = false\nconnect_timeout_secs = 5\n\
+             [s2s.routes]\n\"e.localhost\" = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .await;
+    a.user("alice").await;
+    let mut alice = a.login("alice", "pc").await;
+    alice
+        .send("<message to='eve@e.localhost' type='chat'><body>hello e</body></message>")
+        .await;
+    let mut tcp = fake_prefix_matching_peer(&listener, "fake-2").await;
+    let seen = read_raw_until(&mut tcp, "</db:result>").await;
+    let start = seen
+        .find("<db:result")
+        .unwrap_or_else(|| panic!("no <db:result> on the wire: {seen}"));
+    let end = seen.find("</db:result>").unwrap() + "</db:result>".len();
+    let request = waxwing_proto::xml::parse_stanza(&seen[start..end], ns::SERVER).unwrap();
+    assert!(request.is("result", "jabber:server:dialback"), "{request}");
+    assert_eq!(request.attr("from"), Some(A));
+    assert_eq!(request.attr("to"), Some("e.localhost"));
+    tcp.write_all(format!("<db:result from='e.localhost' to='{A}' type='valid'/>").as_bytes())
+        .await
+        .unwrap();
+    let m = read_raw_until(&mut tcp, "hello e").await;
+    assert!(m.contains("to='eve@e.localhost'"), "{m}");
+}
+
+/// Receiving role: verifying e.localhost's key, the node's `<db:verify/>`
+/// to the (fake) authoritative server carries the prefix, and the peer's
+/// answer authenticates the raw peer's stream.
+#[tokio::test]
+async fn dialback_verification_carries_the_db_prefix() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let a = Node::start(
+        A,
+        free_port(),
+        &format!(
+            "[s2s]\nrequire_encryption = false\nconnect_timeout_secs = 5\n\
+             [s2s.routes]\n\"e.localhost\" = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .await;
+    let mut p = RawPeer::connect(a.s2s, "e.localhost", A).await;
+    p.send(&format!(
+        "<db:result from='e.localhost' to='{A}'>0123abcd</db:result>"
+    ))
+    .await;
+    let mut tcp = fake_prefix_matching_peer(&listener, "fake-3").await;
+    let seen = read_raw_until(&mut tcp, "</db:verify>").await;
+    let start = seen
+        .find("<db:verify")
+        .unwrap_or_else(|| panic!("no <db:verify> on the wire: {seen}"));
+    let end = seen.find("</db:verify>").unwrap() + "</db:verify>".len();
+    let v = waxwing_proto::xml::parse_stanza(&seen[start..end], ns::SERVER).unwrap();
+    assert!(v.is("verify", "jabber:server:dialback"), "{v}");
+    assert_eq!(v.attr("from"), Some(A));
+    assert_eq!(v.attr("to"), Some("e.localhost"));
+    assert_eq!(v.attr("id"), Some(p.stream_id.as_str()));
+    assert_eq!(v.text().trim(), "0123abcd");
+    tcp.write_all(
+        format!(
+            "<db:verify from='e.localhost' to='{A}' id='{}' type='valid'/>",
+            p.stream_id
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = loop {
+        let el = p.next().await.expect("dialback answer");
+        if el.name == "result" {
+            break el;
+        }
+    };
+    assert_eq!(r.attr("type"), Some("valid"), "{r}");
 }

@@ -117,10 +117,11 @@ pub fn result_answer(from: &str, to: &str, valid: bool) -> Element {
         .with_attr("type", if valid { "valid" } else { "invalid" })
 }
 
-/// `<db:result type='error'>` with a stanza error condition (XEP-0220 §2.4).
+/// `<db:result type='error'>` with a stanza error condition (XEP-0220 §2.4);
+/// the `<error/>` is in the stream's namespace, as in the XEP's examples.
 pub fn result_error(from: &str, to: &str, err: &waxwing_proto::stanza::StanzaError) -> Element {
     let mut e = err.to_element();
-    e.ns = NS.into();
+    e.ns = waxwing_proto::ns::SERVER.into();
     Element::new("result", NS)
         .with_attr("from", from)
         .with_attr("to", to)

@@ -133,7 +133,13 @@ impl Wire {
         self.io.flush().await
     }
 
+    /// Writes one element in the stream's namespace. Dialback elements go
+    /// out as `<db:result/>`/`<db:verify/>`: ejabberd (fxml) matches them by
+    /// that literal prefixed name and ignores `<result xmlns='…dialback'/>`.
     pub async fn send(&mut self, el: &Element) -> io::Result<()> {
+        if el.ns == super::dialback::NS {
+            return self.write(&el.to_xml_prefixed("db", ns::SERVER)).await;
+        }
         self.write(&el.to_xml_in(ns::SERVER)).await
     }
 

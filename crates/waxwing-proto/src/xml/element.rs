@@ -296,6 +296,30 @@ impl Element {
             escape_attr(out, &self.ns);
             out.push('\'');
         }
+        self.write_attrs_and_content(out, &self.name, &self.ns);
+    }
+
+    /// Serializes as a child of a stream whose default namespace is
+    /// `stream_ns`, with the element's own namespace bound to `prefix`
+    /// (declared on the element): `<db:result xmlns:db='…'>`. Children stay
+    /// in the default namespace unless they declare their own. For
+    /// namespaces some peers match by the literal prefixed name rather
+    /// than by namespace (ejabberd's dialback `db:result`/`db:verify`).
+    pub fn to_xml_prefixed(&self, prefix: &str, stream_ns: &str) -> String {
+        let tag = format!("{prefix}:{}", self.name);
+        let mut out = String::new();
+        out.push('<');
+        out.push_str(&tag);
+        out.push_str(&format!(" xmlns:{prefix}='"));
+        escape_attr(&mut out, &self.ns);
+        out.push('\'');
+        self.write_attrs_and_content(&mut out, &tag, stream_ns);
+        out
+    }
+
+    /// The attributes, then `/>` or `>`, the children in `content_ns` and
+    /// the end tag `</tag>`.
+    fn write_attrs_and_content(&self, out: &mut String, tag: &str, content_ns: &str) {
         // Prefixes are generated per element rather than hoisted to the
         // root: namespaced attributes are rare in XMPP, and local
         // declarations keep every subtree self-contained when it is cut
@@ -328,9 +352,9 @@ impl Element {
             return;
         }
         out.push('>');
-        self.children.write_to(out, &self.ns);
+        self.children.write_to(out, content_ns);
         out.push_str("</");
-        out.push_str(&self.name);
+        out.push_str(tag);
         out.push('>');
     }
 
@@ -560,6 +584,36 @@ mod tests {
             iq.to_xml_in(ns::CLIENT),
             "<iq><ping xmlns='urn:xmpp:ping'/><x xmlns=''/></iq>"
         );
+    }
+
+    #[test]
+    fn prefixed_element_declares_its_prefix_and_keeps_children_in_the_stream_namespace() {
+        let r = Element::new("result", "jabber:server:dialback")
+            .with_attr("from", "a.example")
+            .with_child(
+                Element::new("error", ns::SERVER)
+                    .with_child(Element::new("item-not-found", ns::STANZAS)),
+            );
+        assert_eq!(
+            r.to_xml_prefixed("db", ns::SERVER),
+            "<db:result xmlns:db='jabber:server:dialback' from='a.example'><error>\
+             <item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>"
+        );
+        let v = Element::new("verify", "jabber:server:dialback").with_text("k&y");
+        assert_eq!(
+            v.to_xml_prefixed("db", ns::SERVER),
+            "<db:verify xmlns:db='jabber:server:dialback'>k&amp;y</db:verify>"
+        );
+        let empty = Element::new("verify", "jabber:server:dialback").with_attr("type", "valid");
+        assert_eq!(
+            empty.to_xml_prefixed("db", ns::SERVER),
+            "<db:verify xmlns:db='jabber:server:dialback' type='valid'/>"
+        );
+        // It reads back as the same element.
+        let back =
+            crate::xml::parse_stanza(&r.to_xml_prefixed("db", ns::SERVER), ns::SERVER).unwrap();
+        assert!(back.is("result", "jabber:server:dialback"));
+        assert!(back.child("error", ns::SERVER).is_some());
     }
 
     #[test]
