@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::oneshot;
 use waxwing_core::session::SessionHandle;
 
 use async_trait::async_trait;
@@ -33,7 +34,9 @@ use waxwing_proto::xml::{Element, parse_stanza};
 const HINTS: &str = "urn:xmpp:hints";
 
 /// Messages read, queued and deleted at a time (capped by `outbound_burst`).
-const PAGE: u32 = 100;
+/// One queue slot whatever its size; big enough that a default quota's
+/// worth arrives in a few round trips.
+const PAGE: u32 = 256;
 
 /// Offline storage.
 #[derive(Default)]
@@ -100,42 +103,68 @@ fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
     waiting.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Sends `session` all of its account's stored messages, a page at a time,
-/// each page deleted once the client has it.
-async fn deliver(waiting: Arc<Mutex<Waiting>>, cx: Cx, session: Arc<SessionHandle>) {
-    let user = session.jid.bare().clone();
-    let page_size = PAGE.min(u32::try_from(cx.config().outbound_burst).unwrap_or(u32::MAX));
-    let shutdown = cx.shutdown_token();
-    let store = &cx.stores().offline;
-    let mut after = 0;
-    let finished = loop {
-        let page = match store.list_page(&user, after, page_size.max(1)).await {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::error!(error = %e, %user, "reading offline messages failed");
-                break false;
-            }
-        };
-        let Some(last) = page.last().map(|m| m.id) else {
-            break true;
-        };
-        let mut stanzas = Vec::with_capacity(page.len());
-        for m in page {
-            match parse_stanza(&m.stanza, ns::CLIENT) {
-                Ok(mut el) => {
-                    el.set_attr("to", session.jid.to_string());
-                    stanzas.push(el);
-                }
-                // Deleted with its page: it can never be delivered.
-                Err(e) => {
-                    tracing::error!(id = m.id, error = %e, "dropping a corrupt offline message")
-                }
-            }
+/// One page handed to the session.
+enum Page {
+    /// Nothing (more) is stored.
+    Empty,
+    /// Queued up to message `last`; the receiver resolves once the client
+    /// has the page (`None`: every message of it was corrupt).
+    Sent(i64, Option<oneshot::Receiver<()>>),
+    /// The session refused it, or the store failed.
+    Failed,
+}
+
+/// Reads the page after message `after` and queues it as one tracked entry.
+async fn send_page(cx: &Cx, session: &SessionHandle, after: i64) -> Page {
+    let user = session.jid.bare();
+    let size = PAGE.min(u32::try_from(cx.config().outbound_burst).unwrap_or(u32::MAX));
+    let page = match cx
+        .stores()
+        .offline
+        .list_page(user, after, size.max(1))
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::error!(error = %e, %user, "reading offline messages failed");
+            return Page::Failed;
         }
-        if !stanzas.is_empty() {
-            let Some(receipt) = session.send_tracked(stanzas) else {
-                break false;
-            };
+    };
+    let Some(last) = page.last().map(|m| m.id) else {
+        return Page::Empty;
+    };
+    let mut stanzas = Vec::with_capacity(page.len());
+    for m in page {
+        match parse_stanza(&m.stanza, ns::CLIENT) {
+            Ok(mut el) => {
+                el.set_attr("to", session.jid.to_string());
+                stanzas.push(el);
+            }
+            // Deleted with its page: it can never be delivered.
+            Err(e) => tracing::error!(id = m.id, error = %e, "dropping a corrupt offline message"),
+        }
+    }
+    if stanzas.is_empty() {
+        return Page::Sent(last, None);
+    }
+    match session.send_tracked(stanzas) {
+        Some(receipt) => Page::Sent(last, Some(receipt)),
+        None => Page::Failed,
+    }
+}
+
+/// Waits for each page to reach the client, deletes it and sends the next,
+/// until nothing is left or the session ends.
+async fn follow(waiting: Arc<Mutex<Waiting>>, cx: Cx, session: Arc<SessionHandle>, mut page: Page) {
+    let user = session.jid.bare();
+    let shutdown = cx.shutdown_token();
+    let finished = loop {
+        let (last, receipt) = match page {
+            Page::Empty => break true,
+            Page::Failed => break false,
+            Page::Sent(last, receipt) => (last, receipt),
+        };
+        if let Some(receipt) = receipt {
             let delivered = tokio::select! {
                 r = receipt => r.is_ok(),
                 _ = shutdown.cancelled() => false,
@@ -144,18 +173,18 @@ async fn deliver(waiting: Arc<Mutex<Waiting>>, cx: Cx, session: Arc<SessionHandl
                 break false;
             }
         }
-        if let Err(e) = store.remove_up_to(&user, last).await {
+        if let Err(e) = cx.stores().offline.remove_up_to(user, last).await {
             tracing::error!(error = %e, %user, "removing delivered offline messages failed");
             break false;
         }
-        after = last;
+        page = send_page(&cx, &session, last).await;
     };
     let mut w = lock(&waiting);
-    w.delivering.remove(&user);
+    w.delivering.remove(user);
     if !finished {
         // Stopped short (the session ended first, or a store error): the
         // rest is still stored; look again at the next login.
-        w.owners.insert(user);
+        w.owners.insert(user.clone());
     }
 }
 
@@ -251,9 +280,17 @@ impl EventHandler for Offline {
         if !self.take(session.jid.bare()) {
             return;
         }
-        // Not awaited here: this runs inside the session's own task (its
-        // initial presence), which must be free to write what is queued.
-        cx.spawn_background(deliver(self.waiting.clone(), cx.clone(), session.clone()));
+        // The first page is queued before the initial presence is answered
+        // (a client's next request finds its messages ahead of the answer);
+        // the rest is not awaited here: this runs in the session's own
+        // task, which must be free to write what is queued.
+        let first = send_page(cx, session, 0).await;
+        cx.spawn_background(follow(
+            self.waiting.clone(),
+            cx.clone(),
+            session.clone(),
+            first,
+        ));
     }
 }
 

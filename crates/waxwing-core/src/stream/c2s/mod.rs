@@ -164,6 +164,7 @@ async fn close_session(mut conn: Conn, mut session: Session, mut rx: Outbox, end
     server.sessions.unbind(&handle);
     // Whoever still sends to this handle is refused and delivers elsewhere.
     rx.close();
+    let had_sm = session.sm.is_some();
     let mut undelivered: Vec<Element> = session
         .sm
         .take()
@@ -178,17 +179,21 @@ async fn close_session(mut conn: Conn, mut session: Session, mut rx: Outbox, end
         // Stanzas queued before the end (e.g. the answer to the client's
         // last request) still go out before the stream error. Bounded in
         // time: the session may have ended because it stopped reading.
-        // What does not make it is not lost: it goes with the undelivered.
+        // What does not make it is not lost: it goes with the undelivered,
+        // and under stream management so does what the client cannot
+        // acknowledge any more.
         let mut queued = std::collections::VecDeque::from(queued);
+        let mut written = Vec::new();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
             while let Some(el) = queued.front() {
                 if conn.send(el).await.is_err() {
                     break;
                 }
-                queued.pop_front();
+                written.extend(queued.pop_front().filter(|_| had_sm));
             }
         })
         .await;
+        undelivered.extend(written);
         undelivered.extend(queued);
     }
     server
