@@ -374,6 +374,11 @@ impl Cx {
         &self.server.stores
     }
 
+    /// The server's counters (see `metrics.rs`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.server.metrics
+    }
+
     /// The local client session the stanza came from, if it came from one.
     pub fn origin(&self) -> Option<&Arc<SessionHandle>> {
         self.origin.as_ref()

@@ -6,6 +6,7 @@ pub mod config;
 pub mod credentials;
 pub mod hooks;
 pub mod listen;
+pub mod metrics;
 pub(crate) mod queue;
 pub mod router;
 pub mod s2s;

@@ -7,10 +7,11 @@
 //! the history, the subject), which may be more than the capacity. What
 //! waits inside bursts has its own bound, `burst_limit` stanzas.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use waxwing_proto::xml::Element;
 
 /// One entry of an outbound queue, boxed whole: tokio's channel allocates
@@ -26,7 +27,14 @@ pub(crate) enum Entry {
     /// Stanzas that go out together and in this order; see
     /// [`crate::session::SessionHandle::send_burst`].
     Burst(Vec<Element>),
+    /// A burst whose delivery someone waits for; see
+    /// [`crate::session::SessionHandle::send_tracked`].
+    Tracked(Vec<Element>, Receipt),
 }
+
+/// Resolved once the client has a tracked entry's stanzas; dropped unsent
+/// if it never gets them.
+pub(crate) type Receipt = oneshot::Sender<()>;
 
 /// Why a stanza (or burst) was not queued; the stanzas come back.
 #[derive(Debug)]
@@ -57,7 +65,11 @@ pub(crate) fn outbound(capacity: usize, burst_limit: usize) -> (Outq, Outbox) {
             in_bursts: in_bursts.clone(),
             burst_limit,
         },
-        Outbox { rx, in_bursts },
+        Outbox {
+            rx,
+            in_bursts,
+            receipts: Vec::new(),
+        },
     )
 }
 
@@ -79,20 +91,32 @@ impl Outq {
                 None => Ok(()),
             };
         }
+        self.push_counted(Entry::Burst(stanzas), n)
+    }
+
+    /// Like a burst, charged to the same allowance, with a receipt.
+    pub(crate) fn push_tracked(
+        &self,
+        stanzas: Vec<Element>,
+        receipt: Receipt,
+    ) -> Result<(), Refused> {
+        let n = stanzas.len();
+        self.push_counted(Entry::Tracked(stanzas, receipt), n)
+    }
+
+    fn push_counted(&self, entry: Entry, n: usize) -> Result<(), Refused> {
         let before = self.in_bursts.fetch_add(n, Ordering::Relaxed);
         if before + n > self.burst_limit {
             self.in_bursts.fetch_sub(n, Ordering::Relaxed);
-            return Err(Refused::Full(stanzas));
+            return Err(Refused::Full(entry.into_vec()));
         }
-        self.tx
-            .try_send(Box::new(Entry::Burst(stanzas)))
-            .map_err(|e| {
-                self.in_bursts.fetch_sub(n, Ordering::Relaxed);
-                match e {
-                    mpsc::error::TrySendError::Full(q) => Refused::Full((*q).into_vec()),
-                    mpsc::error::TrySendError::Closed(q) => Refused::Closed((*q).into_vec()),
-                }
-            })
+        self.tx.try_send(Box::new(entry)).map_err(|e| {
+            self.in_bursts.fetch_sub(n, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(q) => Refused::Full((*q).into_vec()),
+                mpsc::error::TrySendError::Closed(q) => Refused::Closed((*q).into_vec()),
+            }
+        })
     }
 
     /// The reading end is gone.
@@ -109,7 +133,7 @@ impl Entry {
     fn into_vec(self) -> Vec<Element> {
         match self {
             Entry::One(el) => vec![el],
-            Entry::Burst(v) => v,
+            Entry::Burst(v) | Entry::Tracked(v, _) => v,
         }
     }
 }
@@ -119,6 +143,9 @@ impl Entry {
 pub(crate) struct Outbox {
     rx: mpsc::Receiver<Queued>,
     in_bursts: Arc<AtomicUsize>,
+    /// Receipts of tracked entries taken since the last
+    /// [`Outbox::take_receipts`], with where their stanzas went in the batch.
+    receipts: Vec<(Range<usize>, Receipt)>,
 }
 
 impl Outbox {
@@ -158,17 +185,44 @@ impl Outbox {
         }
     }
 
+    /// The receipts of tracked entries appended since the last call, each
+    /// with the range its stanzas took in the batch they were appended to.
+    pub(crate) fn take_receipts(&mut self) -> Vec<(Range<usize>, Receipt)> {
+        std::mem::take(&mut self.receipts)
+    }
+
+    /// Appends every waiting entry's stanzas to `out`, except tracked
+    /// entries: those are dropped, their receipts unsent, because whoever
+    /// tracks them still has them (a session ending with offline messages
+    /// still queued must not store them a second time).
+    pub(crate) fn drain_untracked(&mut self, out: &mut Vec<Element>) {
+        while let Ok(q) = self.rx.try_recv() {
+            match *q {
+                Entry::Tracked(v, _) => {
+                    self.in_bursts.fetch_sub(v.len(), Ordering::Relaxed);
+                }
+                q => self.unpack_into(q, out),
+            }
+        }
+    }
+
     /// No more entries are accepted; those queued can still be taken.
     pub(crate) fn close(&mut self) {
         self.rx.close();
     }
 
-    fn unpack_into(&self, q: Entry, batch: &mut Vec<Element>) {
+    fn unpack_into(&mut self, q: Entry, batch: &mut Vec<Element>) {
         match q {
             Entry::One(el) => batch.push(el),
             Entry::Burst(v) => {
                 self.in_bursts.fetch_sub(v.len(), Ordering::Relaxed);
                 batch.extend(v);
+            }
+            Entry::Tracked(v, receipt) => {
+                self.in_bursts.fetch_sub(v.len(), Ordering::Relaxed);
+                let start = batch.len();
+                batch.extend(v);
+                self.receipts.push((start..batch.len(), receipt));
             }
         }
     }

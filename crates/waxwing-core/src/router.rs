@@ -11,6 +11,14 @@
 //! | local full, unbound  | chat/normal/headline as bare; groupchat bounced; error dropped | dropped | service-unavailable |
 //! | no such account      | service-unavailable (error dropped) | dropped           | service-unavailable       |
 //! | remote domain        | queued for the (local, remote) s2s connection; bounced with remote-server-not-found / -timeout if it fails |
+//!
+//! A session that is closing (asked to end: conflict, removal, a full
+//! queue) counts as unbound. A session that refuses a stanza because its
+//! queue is full is closed on the spot, so the stanza then takes the
+//! "unbound" row: a message goes to the account's other resources or to
+//! offline storage, an IQ is answered with service-unavailable, a
+//! groupchat message bounces; only presence is dropped (the session is
+//! ending anyway, and presence is state, not a message).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +62,8 @@ pub struct Server {
     pub(crate) resumption: ResumptionTable,
     /// Federation: outgoing connections per domain pair, dialback secret, s2s TLS.
     pub s2s: S2sManager,
+    /// Counters for a future `/metrics` (see `metrics.rs`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Server {
@@ -81,6 +91,7 @@ impl Server {
             ),
             resumption: ResumptionTable::default(),
             s2s,
+            metrics: Default::default(),
             config,
         })
     }
@@ -140,7 +151,8 @@ impl Server {
                         && !self.registry.services.contains_key(to.domain())
                 })
                 .and_then(Jid::as_full)
-                .and_then(|f| self.sessions.get(f));
+                .and_then(|f| self.sessions.get(f))
+                .filter(|s| !s.is_closing());
             let same_to = stanzas.iter().all(|s| s.attr("to") == first.attr("to"));
             let remote = to.as_ref().is_some_and(|to| {
                 !self.config.is_local_host(to.domain())
@@ -170,7 +182,15 @@ impl Server {
                 .filter(|s| s.name == "message")
                 .cloned()
                 .collect();
-            if !session.send_burst(kept) {
+            if let Err(refused) = session.offer_burst(kept) {
+                self.metrics.queue_refusals.inc();
+                // The session is closing now: as if it were not there.
+                let to = to.expect("a session was found for it");
+                for s in refused {
+                    if let Some(kind) = stanza::kind(&s) {
+                        self.clone().deliver_hooked(&cx, to.clone(), s, kind).await;
+                    }
+                }
                 return;
             }
             for message in messages {
@@ -288,33 +308,24 @@ impl Server {
         if self.run_hooks(Hook::Inbound, &cx, &mut stanza).await == Flow::Handled {
             return;
         }
-        let full = to.as_full().and_then(|f| self.sessions.get(f));
-        match kind {
-            StanzaKind::Iq => match full {
-                Some(session) => {
-                    session.send(stanza);
-                }
-                None if to.resource().is_none() => self.dispatch_iq(None, stanza).await,
-                None => {
-                    self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
-                        .await
-                }
-            },
-            StanzaKind::Presence => {
-                if let Some(session) = full {
-                    session.send(stanza);
-                } else if to.resource().is_none() {
-                    for s in self.sessions.resources(to.bare()) {
-                        if s.is_available() {
-                            s.send(stanza.clone());
-                        }
-                    }
-                }
-            }
-            StanzaKind::Message => {
-                if let Some(session) = full {
+        self.deliver_hooked(&cx, to, stanza, kind).await;
+    }
+
+    /// Delivery to a local account after the `Inbound` hooks (see the
+    /// table at the top for sessions that are closing or refuse).
+    async fn deliver_hooked(self: Arc<Self>, cx: &Cx, to: Jid, stanza: Element, kind: StanzaKind) {
+        {
+            let full = to
+                .as_full()
+                .and_then(|f| self.sessions.get(f))
+                .filter(|s| !s.is_closing());
+            match (kind, full) {
+                (StanzaKind::Message, Some(session)) => {
                     let recipients = vec![session.jid.clone()];
-                    session.send(stanza.clone());
+                    if session.offer(stanza.clone()).is_err() {
+                        self.metrics.queue_refusals.inc();
+                        return self.deliver_message_to_account(cx, to, stanza).await;
+                    }
                     self.emit(
                         None,
                         Event::MessageDelivered {
@@ -323,8 +334,35 @@ impl Server {
                         },
                     )
                     .await;
-                } else {
-                    self.deliver_message_to_account(&cx, to, stanza).await;
+                }
+                (StanzaKind::Message, None) => {
+                    self.deliver_message_to_account(cx, to, stanza).await;
+                }
+                (StanzaKind::Iq, Some(session)) => {
+                    if let Err(stanza) = session.offer(stanza) {
+                        self.metrics.queue_refusals.inc();
+                        self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                            .await;
+                    }
+                }
+                (StanzaKind::Iq, None) if to.resource().is_none() => {
+                    self.dispatch_iq(None, stanza).await
+                }
+                (StanzaKind::Iq, None) => {
+                    self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                        .await
+                }
+                (StanzaKind::Presence, Some(session)) => {
+                    session.send(stanza);
+                }
+                (StanzaKind::Presence, None) => {
+                    if to.resource().is_none() {
+                        for s in self.sessions.resources(to.bare()) {
+                            if s.is_available() && !s.is_closing() {
+                                s.send(stanza.clone());
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -343,13 +381,25 @@ impl Server {
             }
             _ => {}
         }
-        let eligible: Vec<_> = self
-            .sessions
-            .resources(to.bare())
-            .into_iter()
-            .filter(|s| s.is_available() && s.priority() >= 0)
-            .collect();
-        if !eligible.is_empty() {
+        // Sessions that refused it (full queue: now closing) are skipped and
+        // the rest tried, down to offline storage; each round refuses at
+        // least one more session, so this ends.
+        let mut refused: Vec<u64> = Vec::new();
+        loop {
+            let eligible: Vec<_> = self
+                .sessions
+                .resources(to.bare())
+                .into_iter()
+                .filter(|s| {
+                    s.is_available()
+                        && s.priority() >= 0
+                        && !s.is_closing()
+                        && !refused.contains(&s.id)
+                })
+                .collect();
+            if eligible.is_empty() {
+                break;
+            }
             let targets: Vec<_> = if ty == "headline" {
                 eligible
             } else {
@@ -359,19 +409,27 @@ impl Server {
                     .filter(|s| s.priority() == top)
                     .collect()
             };
-            let recipients = targets.iter().map(|s| s.jid.clone()).collect();
+            let mut recipients = Vec::with_capacity(targets.len());
             for s in targets {
-                s.send(stanza.clone());
+                match s.offer(stanza.clone()) {
+                    Ok(()) => recipients.push(s.jid.clone()),
+                    Err(_) => {
+                        self.metrics.queue_refusals.inc();
+                        refused.push(s.id);
+                    }
+                }
             }
-            self.emit(
-                None,
-                Event::MessageDelivered {
-                    message: stanza,
-                    recipients,
-                },
-            )
-            .await;
-            return;
+            if !recipients.is_empty() {
+                self.emit(
+                    None,
+                    Event::MessageDelivered {
+                        message: stanza,
+                        recipients,
+                    },
+                )
+                .await;
+                return;
+            }
         }
         match self.stores.accounts.exists(to.bare()).await {
             Ok(true) => {}

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::stanza::{StreamCondition, StreamError};
@@ -87,19 +88,55 @@ impl SessionHandle {
         self.accepted(self.queue.push_burst(stanzas))
     }
 
+    /// [`SessionHandle::send`], but a refused stanza comes back, for the
+    /// router to deliver elsewhere (RFC 6121 §8.5: as if this resource were
+    /// not there) or to bounce.
+    pub fn offer(&self, stanza: Element) -> Result<(), Element> {
+        self.refused(self.queue.push(stanza))
+            .map_err(|mut v| v.pop().expect("one stanza"))
+    }
+
+    /// [`SessionHandle::send_burst`], but a refused burst comes back.
+    pub fn offer_burst(&self, stanzas: Vec<Element>) -> Result<(), Vec<Element>> {
+        self.refused(self.queue.push_burst(stanzas))
+    }
+
+    /// Queues stanzas whose delivery someone waits for (offline messages,
+    /// which are deleted only once delivered), as one entry like a burst.
+    /// The receiver resolves once the client has them: acknowledged under
+    /// stream management (XEP-0198), otherwise written to its socket. It
+    /// fails if the session ends first; such stanzas are then neither
+    /// written later nor handed to offline storage: their owner still has
+    /// them. Refused like [`SessionHandle::send_burst`].
+    pub fn send_tracked(&self, stanzas: Vec<Element>) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        self.accepted(self.queue.push_tracked(stanzas, tx))
+            .then_some(rx)
+    }
+
     fn accepted(&self, r: Result<(), Refused>) -> bool {
+        self.refused(r).is_ok()
+    }
+
+    fn refused(&self, r: Result<(), Refused>) -> Result<(), Vec<Element>> {
         match r {
-            Ok(()) => true,
-            Err(Refused::Full(_)) => {
+            Ok(()) => Ok(()),
+            Err(Refused::Full(v)) => {
                 tracing::warn!(jid = %self.jid, "outbound queue full; closing the session");
                 self.close(
                     StreamError::new(StreamCondition::PolicyViolation)
                         .with_text("too many unread stanzas"),
                 );
-                false
+                Err(v)
             }
-            Err(Refused::Closed(_)) => false,
+            Err(Refused::Closed(v)) => Err(v),
         }
+    }
+
+    /// The session was asked to end (queue overflow, conflict, removal …):
+    /// it takes nothing more, so routing treats it as unbound.
+    pub fn is_closing(&self) -> bool {
+        self.closed.is_cancelled() || self.queue.is_closed()
     }
 
     /// Asks the session's task to end the stream with `err`. The first reason wins.

@@ -198,8 +198,12 @@ impl Mam {
         {
             Ok(id) => Some(id),
             Err(e) => {
-                // Delivery goes on: a message lost from history beats a lost message.
-                tracing::error!(error = %e, %owner, "archiving a message failed");
+                // Delivery goes on and the sender is not told (SECURITY.md,
+                // "Delivery guarantees"): a message missing from history
+                // beats a lost or resent one. The recipient's copy has no
+                // <stanza-id/>, which is how a client can tell.
+                cx.metrics().archive_write_failures.inc();
+                tracing::error!(error = %e, %owner, "archiving a message failed; delivered without it");
                 None
             }
         }

@@ -4,9 +4,22 @@
 //! The module keeps the set of accounts that may have stored messages
 //! (loaded at start, added to on every store), so that the initial presence
 //! of an account without any, nearly every login, costs no storage read.
+//!
+//! Delivery is flow-controlled and loses nothing: a background task per
+//! login with messages waiting reads a page of [`PAGE`] messages, queues
+//! it as one tracked entry ([`SessionHandle::send_tracked`]), waits until
+//! the client has it (acknowledged under XEP-0198, otherwise written to its
+//! socket), deletes exactly that page and reads the next, until none is
+//! left. A page never takes more than one slot of the session's queue, so
+//! any number of messages arrives in one login without overflowing it, and
+//! a crash or a broken connection before the client has a page leaves the
+//! page stored for the next login.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+use waxwing_core::session::SessionHandle;
 
 use async_trait::async_trait;
 use waxwing_core::hooks::{
@@ -20,10 +33,15 @@ use waxwing_proto::xml::{Element, parse_stanza};
 /// XEP-0334 message processing hints.
 const HINTS: &str = "urn:xmpp:hints";
 
+/// Messages read, queued and deleted at a time (capped by `outbound_burst`).
+/// One queue slot whatever its size; big enough that a default quota's
+/// worth arrives in a few round trips.
+const PAGE: u32 = 256;
+
 /// Offline storage.
 #[derive(Default)]
 pub struct Offline {
-    waiting: Mutex<Waiting>,
+    waiting: Arc<Mutex<Waiting>>,
 }
 
 /// Which accounts may have messages stored.
@@ -33,6 +51,9 @@ struct Waiting {
     /// failed) every initial presence reads the store.
     loaded: bool,
     owners: HashSet<BareJid>,
+    /// Accounts whose messages a delivery task is sending now. It reads
+    /// until nothing is left, so a second login does not start another.
+    delivering: HashSet<BareJid>,
 }
 
 impl Offline {
@@ -41,7 +62,7 @@ impl Offline {
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.waiting)
     }
 
     async fn load_owners(&self, cx: &Cx) {
@@ -57,17 +78,113 @@ impl Offline {
         }
     }
 
-    /// Whether `user`'s messages must be read now. The account leaves the
-    /// set before the read, so a message stored during the delivery puts it
-    /// back and is picked up at the next login.
+    /// Whether a delivery of `user`'s messages must start now; if so, it is
+    /// marked as running. The account leaves the set before the read, so a
+    /// message stored during the delivery puts it back.
     fn take(&self, user: &BareJid) -> bool {
         let mut w = self.waiting();
-        w.owners.remove(user) || !w.loaded
+        if w.delivering.contains(user) {
+            return false;
+        }
+        let start = w.owners.remove(user) || !w.loaded;
+        if start {
+            w.delivering.insert(user.clone());
+        }
+        start
     }
 
-    /// Delivery stopped short (or failed): look again next time.
+    /// A message was stored: look next time.
     fn keep(&self, user: &BareJid) {
         self.waiting().owners.insert(user.clone());
+    }
+}
+
+fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One page handed to the session.
+enum Page {
+    /// Nothing (more) is stored.
+    Empty,
+    /// Queued up to message `last`; the receiver resolves once the client
+    /// has the page (`None`: every message of it was corrupt).
+    Sent(i64, Option<oneshot::Receiver<()>>),
+    /// The session refused it, or the store failed.
+    Failed,
+}
+
+/// Reads the page after message `after` and queues it as one tracked entry.
+async fn send_page(cx: &Cx, session: &SessionHandle, after: i64) -> Page {
+    let user = session.jid.bare();
+    let size = PAGE.min(u32::try_from(cx.config().outbound_burst).unwrap_or(u32::MAX));
+    let page = match cx
+        .stores()
+        .offline
+        .list_page(user, after, size.max(1))
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::error!(error = %e, %user, "reading offline messages failed");
+            return Page::Failed;
+        }
+    };
+    let Some(last) = page.last().map(|m| m.id) else {
+        return Page::Empty;
+    };
+    let mut stanzas = Vec::with_capacity(page.len());
+    for m in page {
+        match parse_stanza(&m.stanza, ns::CLIENT) {
+            Ok(mut el) => {
+                el.set_attr("to", session.jid.to_string());
+                stanzas.push(el);
+            }
+            // Deleted with its page: it can never be delivered.
+            Err(e) => tracing::error!(id = m.id, error = %e, "dropping a corrupt offline message"),
+        }
+    }
+    if stanzas.is_empty() {
+        return Page::Sent(last, None);
+    }
+    match session.send_tracked(stanzas) {
+        Some(receipt) => Page::Sent(last, Some(receipt)),
+        None => Page::Failed,
+    }
+}
+
+/// Waits for each page to reach the client, deletes it and sends the next,
+/// until nothing is left or the session ends.
+async fn follow(waiting: Arc<Mutex<Waiting>>, cx: Cx, session: Arc<SessionHandle>, mut page: Page) {
+    let user = session.jid.bare();
+    let shutdown = cx.shutdown_token();
+    let finished = loop {
+        let (last, receipt) = match page {
+            Page::Empty => break true,
+            Page::Failed => break false,
+            Page::Sent(last, receipt) => (last, receipt),
+        };
+        if let Some(receipt) = receipt {
+            let delivered = tokio::select! {
+                r = receipt => r.is_ok(),
+                _ = shutdown.cancelled() => false,
+            };
+            if !delivered {
+                break false;
+            }
+        }
+        if let Err(e) = cx.stores().offline.remove_up_to(user, last).await {
+            tracing::error!(error = %e, %user, "removing delivered offline messages failed");
+            break false;
+        }
+        page = send_page(&cx, &session, last).await;
+    };
+    let mut w = lock(&waiting);
+    w.delivering.remove(user);
+    if !finished {
+        // Stopped short (the session ended first, or a store error): the
+        // rest is still stored; look again at the next login.
+        w.owners.insert(user.clone());
     }
 }
 
@@ -160,42 +277,20 @@ impl EventHandler for Offline {
         if session.priority() < 0 {
             return;
         }
-        let user = session.jid.bare();
-        if !self.take(user) {
+        if !self.take(session.jid.bare()) {
             return;
         }
-        let messages = match cx.stores().offline.list(user).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, %user, "reading offline messages failed");
-                self.keep(user);
-                return;
-            }
-        };
-        let mut delivered = None;
-        for m in messages {
-            match parse_stanza(&m.stanza, ns::CLIENT) {
-                Ok(mut el) => {
-                    el.set_attr("to", session.jid.to_string());
-                    if !session.send(el) {
-                        self.keep(user);
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(id = m.id, error = %e, "dropping a corrupt offline message")
-                }
-            }
-            delivered = Some(m.id);
-        }
-        // Removed only after being handed over: a crash in between
-        // redelivers rather than loses.
-        if let Some(up_to) = delivered
-            && let Err(e) = cx.stores().offline.remove_up_to(user, up_to).await
-        {
-            tracing::error!(error = %e, %user, "removing delivered offline messages failed");
-            self.keep(user);
-        }
+        // The first page is queued before the initial presence is answered
+        // (a client's next request finds its messages ahead of the answer);
+        // the rest is not awaited here: this runs in the session's own
+        // task, which must be free to write what is queued.
+        let first = send_page(cx, session, 0).await;
+        cx.spawn_background(follow(
+            self.waiting.clone(),
+            cx.clone(),
+            session.clone(),
+            first,
+        ));
     }
 }
 

@@ -230,6 +230,21 @@ impl OfflineStore for Memory {
         Ok(self.lock().offline.get(owner).cloned().unwrap_or_default())
     }
 
+    async fn list_page(
+        &self,
+        owner: &BareJid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OfflineMessage>, StoreError> {
+        Ok(self.lock().offline.get(owner).map_or_else(Vec::new, |q| {
+            q.iter()
+                .filter(|m| m.id > after)
+                .take(limit as usize)
+                .cloned()
+                .collect()
+        }))
+    }
+
     async fn remove_up_to(&self, owner: &BareJid, up_to: i64) -> Result<u64, StoreError> {
         let mut st = self.lock();
         let Some(queue) = st.offline.get_mut(owner) else {

@@ -26,9 +26,18 @@ pub trait OfflineStore: Send + Sync {
     /// The owner's messages, oldest first (by id).
     async fn list(&self, owner: &BareJid) -> Result<Vec<OfflineMessage>, StoreError>;
 
-    /// Deletes messages with `id <= up_to` and returns how many. Called after
-    /// they were handed to a session, so a crash in between redelivers
-    /// rather than loses.
+    /// At most `limit` of the owner's messages with `id > after`, oldest
+    /// first: delivery reads a page at a time, whatever the count.
+    async fn list_page(
+        &self,
+        owner: &BareJid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OfflineMessage>, StoreError>;
+
+    /// Deletes messages with `id <= up_to` and returns how many. Called once
+    /// the client has them (acknowledged, or written to its socket), so a
+    /// crash in between redelivers rather than loses.
     async fn remove_up_to(&self, owner: &BareJid, up_to: i64) -> Result<u64, StoreError>;
 
     /// How many messages the owner has.

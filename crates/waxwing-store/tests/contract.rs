@@ -385,6 +385,13 @@ async fn offline_contract(s: &Stores) {
         ]
     );
     assert!(list.windows(2).all(|w| w[0].id < w[1].id));
+    // Pages: after an id, at most `limit`, in order.
+    assert_eq!(o.list_page(&romeo, 0, 2).await, Ok(list[..2].to_vec()));
+    assert_eq!(
+        o.list_page(&romeo, list[1].id, 10).await,
+        Ok(list[2..].to_vec())
+    );
+    assert_eq!(o.list_page(&romeo, list[3].id, 10).await, Ok(vec![]));
 
     // remove_up_to deletes exactly the delivered prefix.
     assert_eq!(o.remove_up_to(&romeo, list[1].id).await, Ok(2));

@@ -272,3 +272,67 @@ async fn acknowledged_offline_messages_survive_kill_9() {
     proc.child.kill().ok();
     proc.child.wait().ok();
 }
+
+/// Issue 14 item 9: offline messages are deleted only once the client has
+/// them. A stream-managed client receives them but never acknowledges;
+/// the server is killed with SIGKILL; after restart every one is still
+/// there, once.
+#[tokio::test]
+async fn issue_14_unacknowledged_offline_messages_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    for u in ["sender", "recipient"] {
+        let out = waxwing(
+            &[
+                "user",
+                "add",
+                &format!("{u}@localhost"),
+                "--password",
+                &password(u),
+            ],
+            &config,
+        );
+        assert!(out.status.success());
+    }
+    let mut proc = spawn(&config);
+    let mut sender = login_external(proc.port, "sender", &password("sender"), "s").await;
+    let ids: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    for id in &ids {
+        sender
+            .send(&format!("<message to='recipient@localhost' type='chat' id='{id}'><body>{id}</body></message>"))
+            .await;
+    }
+    sender.sync().await;
+    let mut recipient = login_external(proc.port, "recipient", &password("recipient"), "r").await;
+    recipient.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    recipient
+        .expect_with("<enabled/>", |e| e.name == "enabled")
+        .await;
+    recipient.send("<presence/>").await;
+    // The messages arrive (with requests for acks, never answered); the
+    // pong says the server is done with the initial presence.
+    let got = recipient.sync().await;
+    assert_eq!(
+        got.iter()
+            .filter(|e| e.name == "message")
+            .filter_map(|e| e.child("body", ns::CLIENT).map(|b| b.text()))
+            .collect::<Vec<_>>(),
+        ids
+    );
+    proc.child.kill().expect("SIGKILL");
+    proc.child.wait().unwrap();
+    drop((sender, recipient));
+    let mut proc = spawn(&config);
+    let mut recipient = login_external(proc.port, "recipient", &password("recipient"), "r").await;
+    recipient.send("<presence/>").await;
+    let bodies: Vec<String> = recipient
+        .sync()
+        .await
+        .iter()
+        .filter(|e| e.name == "message")
+        .filter_map(|e| e.child("body", ns::CLIENT).map(|b| b.text()))
+        .collect();
+    assert_eq!(bodies, ids, "unacknowledged offline messages were lost");
+    proc.child.kill().ok();
+    proc.child.wait().ok();
+}

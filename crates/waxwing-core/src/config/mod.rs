@@ -67,6 +67,9 @@ pub struct Config {
     pub stanza_timeout: Duration,
     pub idle_timeout: Duration,
     pub resume_timeout: Duration,
+    /// Longest a single write to a client may block before the connection
+    /// is treated as broken (`[limits] write_timeout_secs`).
+    pub write_timeout: Duration,
     pub log_level: String,
     pub log_json: bool,
     /// `[contact]`, XEP-0157: (`abuse-addresses` …, URIs), roles without
@@ -329,6 +332,7 @@ impl Config {
             ("outbound_queue", l.outbound_queue as u64),
             ("outbound_burst", l.outbound_burst as u64),
             ("max_resources", l.max_resources as u64),
+            ("write_timeout_secs", l.write_timeout_secs),
             (
                 "max_failures_per_stream",
                 f.auth.max_failures_per_stream as u64,
@@ -418,6 +422,7 @@ impl Config {
             stanza_timeout: Duration::from_secs(l.stanza_timeout_secs),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             resume_timeout: Duration::from_secs(l.resume_timeout_secs),
+            write_timeout: Duration::from_secs(l.write_timeout_secs),
             log_level: f.log.level,
             log_json,
             contact_addresses,
@@ -762,6 +767,14 @@ mod tests {
             Config::parse("hosts = [\"a.example\"]\n\n[limits]\nmax_stanzas = 3\n").unwrap_err();
         assert_eq!(e.line, Some(4), "{e}");
         assert!(e.message.contains("max_stanzas"), "{e}");
+    }
+
+    #[test]
+    fn a_zero_write_timeout_is_refused() {
+        let e = Config::parse("hosts = [\"a.example\"]\n[limits]\nwrite_timeout_secs = 0\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("write_timeout_secs"), "{e}");
     }
 
     #[test]

@@ -165,6 +165,7 @@ pub struct Limits {
     pub stanza_timeout_secs: u64,
     pub idle_timeout_secs: u64,
     pub resume_timeout_secs: u64,
+    pub write_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -184,6 +185,7 @@ impl Default for Limits {
             stanza_timeout_secs: 60,
             idle_timeout_secs: 1800,
             resume_timeout_secs: 300,
+            write_timeout_secs: 60,
         }
     }
 }

@@ -6,6 +6,8 @@ use std::collections::VecDeque;
 use waxwing_proto::stanza::{StreamCondition, StreamError};
 use waxwing_proto::xml::Element;
 
+use crate::queue::Receipt;
+
 /// `urn:xmpp:sm:3`
 pub const NS: &str = "urn:xmpp:sm:3";
 
@@ -24,6 +26,17 @@ pub struct SmState {
     /// Sent but not yet acknowledged, oldest first.
     pub unacked: VecDeque<Element>,
     since_request: u32,
+    /// Tracked stanzas among the unacknowledged (offline messages), oldest
+    /// first: their receipts resolve when the client acknowledges them.
+    tracked: VecDeque<Tracked>,
+}
+
+/// Stanzas `first..=last` (by `sent_out` count) of one tracked entry.
+#[derive(Debug)]
+struct Tracked {
+    first: u32,
+    last: u32,
+    receipt: Receipt,
 }
 
 impl SmState {
@@ -35,7 +48,41 @@ impl SmState {
             sent_out: 0,
             unacked: VecDeque::new(),
             since_request: 0,
+            tracked: VecDeque::new(),
         }
+    }
+
+    /// Stanzas `first..=last` (values of `sent_out` right after each was
+    /// sent) were a tracked entry: `receipt` resolves once all are
+    /// acknowledged, and they are left out of [`SmState::into_undelivered`].
+    pub(crate) fn track(&mut self, first: u32, last: u32, receipt: Receipt) {
+        self.tracked.push_back(Tracked {
+            first,
+            last,
+            receipt,
+        });
+    }
+
+    /// What the client never acknowledged, for offline storage: tracked
+    /// stanzas are left out, since whoever tracks them still has them.
+    /// Their receipts are dropped unresolved.
+    pub fn into_undelivered(self) -> Vec<Element> {
+        let first_seq = self
+            .sent_out
+            .wrapping_sub(self.unacked.len() as u32)
+            .wrapping_add(1);
+        let tracked = self.tracked;
+        self.unacked
+            .into_iter()
+            .zip(0u32..)
+            .filter(|(_, i)| {
+                let seq = first_seq.wrapping_add(*i);
+                !tracked
+                    .iter()
+                    .any(|t| seq.wrapping_sub(t.first) <= t.last.wrapping_sub(t.first))
+            })
+            .map(|(el, _)| el)
+            .collect()
     }
 
     /// Records a stanza written to the client; true when it is time for `<r/>`.
@@ -61,6 +108,16 @@ impl SmState {
                 .with_text("acknowledged more stanzas than were sent (handled-count-too-high)"));
         }
         self.unacked.drain(..newly as usize);
+        // Sequence numbers wrap: `last` is acknowledged when it is at most
+        // `h`, i.e. less than half the number space behind it.
+        while self
+            .tracked
+            .front()
+            .is_some_and(|t| h.wrapping_sub(t.last) < 1 << 31)
+        {
+            let t = self.tracked.pop_front().expect("front exists");
+            let _ = t.receipt.send(());
+        }
         Ok(())
     }
 
@@ -118,6 +175,40 @@ mod tests {
         sm.on_ack(0).unwrap(); // acks msg 1 and 2 (u32::MAX, then 0)
         assert_eq!(sm.unacked.len(), 1);
         assert_eq!(sm.unacked[0].attr("id"), Some("3"));
+    }
+
+    #[test]
+    fn tracked_stanzas_resolve_on_ack_and_are_not_undelivered() {
+        let mut sm = SmState::new("x".into(), true);
+        sm.sent_out = u32::MAX - 2; // the tracked range wraps
+        sm.on_sent(msg(0));
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        sm.on_sent(msg(1));
+        sm.on_sent(msg(2));
+        sm.track(u32::MAX, 0, tx);
+        sm.on_sent(msg(3));
+        sm.on_ack(u32::MAX).unwrap(); // msg 0 and 1: the entry is half acked
+        assert!(rx.try_recv().is_err());
+        let (tx2, mut rx2) = tokio::sync::oneshot::channel();
+        sm.on_sent(msg(4));
+        sm.track(2, 2, tx2);
+        let ids: Vec<_> = sm
+            .into_undelivered()
+            .iter()
+            .map(|m| m.attr("id").unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["3"], "tracked msg 2 and 4 are not handed back");
+        assert!(rx.try_recv().is_err() && rx2.try_recv().is_err());
+
+        let mut sm = SmState::new("x".into(), true);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        sm.on_sent(msg(0));
+        sm.on_sent(msg(1));
+        sm.track(1, 2, tx);
+        sm.on_ack(1).unwrap();
+        assert!(rx.try_recv().is_err());
+        sm.on_ack(2).unwrap();
+        assert_eq!(rx.try_recv(), Ok(()));
     }
 
     #[test]

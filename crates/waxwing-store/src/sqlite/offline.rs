@@ -38,6 +38,28 @@ impl OfflineStore for SqliteStore {
             .collect())
     }
 
+    async fn list_page(
+        &self,
+        owner: &BareJid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<OfflineMessage>, StoreError> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, stanza FROM offline_messages WHERE owner = $1 AND id > $2 \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(owner.to_string())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, stanza)| OfflineMessage { id, stanza })
+            .collect())
+    }
+
     async fn remove_up_to(&self, owner: &BareJid, up_to: i64) -> Result<u64, StoreError> {
         let result = sqlx::query("DELETE FROM offline_messages WHERE owner = $1 AND id <= $2")
             .bind(owner.to_string())

@@ -913,6 +913,25 @@ impl Client {
     pub async fn close_stream(&mut self) {
         self.send("</stream:stream>").await;
     }
+
+    /// Writes `unit` over and over without reading, until a write fails,
+    /// blocks for [`TIMEOUT`] (nobody reads the other end any more) or
+    /// `max_bytes` went out. Returns the bytes written.
+    pub async fn send_without_reading(&mut self, unit: &str, max_bytes: usize) -> usize {
+        let chunk = unit.repeat((65536 / unit.len()).max(1));
+        let mut sent = 0;
+        while sent < max_bytes {
+            let write = async {
+                self.io.write_all(chunk.as_bytes()).await?;
+                self.io.flush().await
+            };
+            match tokio::time::timeout(TIMEOUT, write).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        sent
+    }
 }
 
 /// `<auth mechanism='PLAIN'>` for `user` / `pw`.

@@ -3,6 +3,7 @@
 //! tasks reach it only through its [`SessionHandle`].
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader};
 use crate::abuse::ConnectionPermit;
 use crate::abuse::TokenBucket;
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
-use crate::queue::Outbox;
+use crate::queue::{Outbox, Receipt};
 use crate::router::Server;
 use crate::session::SessionFlag;
 use crate::session::SessionHandle;
@@ -161,28 +162,39 @@ async fn close_session(mut conn: Conn, mut session: Session, mut rx: Outbox, end
         server.resumption.remove(&sm.id, handle.id);
     }
     server.sessions.unbind(&handle);
+    // Whoever still sends to this handle is refused and delivers elsewhere.
+    rx.close();
+    let had_sm = session.sm.is_some();
     let mut undelivered: Vec<Element> = session
         .sm
         .take()
-        .map(|sm| sm.unacked.into())
+        .map(SmState::into_undelivered)
         .unwrap_or_default();
     undelivered.extend(session.held.take());
+    let mut queued = Vec::new();
+    rx.drain_untracked(&mut queued);
     if matches!(end, End::Gone) {
-        while rx.try_recv_into(&mut undelivered) {}
+        undelivered.extend(queued);
     } else {
         // Stanzas queued before the end (e.g. the answer to the client's
         // last request) still go out before the stream error. Bounded in
         // time: the session may have ended because it stopped reading.
+        // What does not make it is not lost: it goes with the undelivered,
+        // and under stream management so does what the client cannot
+        // acknowledge any more.
+        let mut queued = std::collections::VecDeque::from(queued);
+        let mut written = Vec::new();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            'drain: while let Some(els) = rx.try_recv() {
-                for el in els {
-                    if conn.send(&el).await.is_err() {
-                        break 'drain;
-                    }
+            while let Some(el) = queued.front() {
+                if conn.send(el).await.is_err() {
+                    break;
                 }
+                written.extend(queued.pop_front().filter(|_| had_sm));
             }
         })
         .await;
+        undelivered.extend(written);
+        undelivered.extend(queued);
     }
     server
         .clone()
@@ -396,8 +408,23 @@ impl Conn {
             unsent.push_str(data);
             unsent.as_bytes()
         };
-        self.io.write_all(bytes).await.map_err(|_| End::Gone)?;
-        self.io.flush().await.map_err(|_| End::Gone)
+        // Bounded in time: a client that stops reading fills the socket
+        // buffers, and an unbounded write would wedge this task (no reads,
+        // no close requests, no timeouts) while the session stays bound.
+        let written = tokio::time::timeout(self.server.config.write_timeout, async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => {
+                self.server.metrics.c2s_stalled_writes.inc();
+                tracing::info!(peer = %self.peer, "a write stalled; dropping the connection");
+                Err(End::Gone)
+            }
+        }
     }
 
     async fn send(&mut self, el: &Element) -> Result<(), End> {
@@ -1119,7 +1146,8 @@ impl Conn {
                 true = rx.recv_into(&mut batch) => {
                     // A burst may be larger than a batch: it goes out whole.
                     while batch.len() < WRITE_BATCH && rx.try_recv_into(&mut batch) {}
-                    let write = Box::pin(self.deliver(session, batch));
+                    let receipts = rx.take_receipts();
+                    let write = Box::pin(self.deliver(session, batch, receipts));
                     tokio::select! {
                         r = write => if let Err(end) = r { return Outcome::End(end); },
                         _ = handle.closed().cancelled() => {
@@ -1155,7 +1183,24 @@ impl Conn {
 
     /// Writes queued stanzas: held back while the client is inactive (CSI),
     /// counted and kept until acknowledged (SM), in one write.
-    async fn deliver(&mut self, session: &mut Session, batch: Vec<Element>) -> Result<(), End> {
+    async fn deliver(
+        &mut self,
+        session: &mut Session,
+        batch: Vec<Element>,
+        receipts: Vec<(Range<usize>, Receipt)>,
+    ) -> Result<(), End> {
+        if !receipts.is_empty() {
+            // Tracked stanzas are never held back: their receipt says the
+            // client has them. What was held goes first, to keep the order.
+            let mut now = session.held.take();
+            let shift = now.len();
+            now.extend(batch);
+            let receipts = receipts
+                .into_iter()
+                .map(|(r, receipt)| (r.start + shift..r.end + shift, receipt))
+                .collect();
+            return self.write_stanzas(session, now, receipts).await;
+        }
         let inactive = session.handle.flag(SessionFlag::Inactive);
         let mut now = Vec::with_capacity(batch.len());
         for el in batch {
@@ -1167,23 +1212,44 @@ impl Conn {
                 now.push(el);
             }
         }
-        self.write_stanzas(session, now).await
+        self.write_stanzas(session, now, Vec::new()).await
     }
 
+    /// Writes `stanzas` in one write. A receipt (for the stanzas in its
+    /// range) resolves once they are written, or under stream management
+    /// once the client acknowledges them; an `<r/>` then goes with them.
     async fn write_stanzas(
         &mut self,
         session: &mut Session,
         stanzas: Vec<Element>,
+        receipts: Vec<(Range<usize>, Receipt)>,
     ) -> Result<(), End> {
         if stanzas.is_empty() {
+            for (_, receipt) in receipts {
+                let _ = receipt.send(());
+            }
             return Ok(());
         }
         let mut out = String::new();
         let mut ask = false;
+        let base = session.sm.as_ref().map_or(0, |sm| sm.sent_out);
         for el in stanzas {
             el.write_to(&mut out, ns::CLIENT);
             if let Some(sm) = session.sm.as_mut() {
                 ask |= sm.on_sent(el);
+            }
+        }
+        let mut receipts = receipts;
+        if let Some(sm) = session.sm.as_mut() {
+            for (range, receipt) in receipts.drain(..) {
+                if range.is_empty() {
+                    let _ = receipt.send(());
+                    continue;
+                }
+                let first = base.wrapping_add(range.start as u32 + 1);
+                let last = base.wrapping_add(range.end as u32);
+                sm.track(first, last, receipt);
+                ask = true;
             }
         }
         if let Some(sm) = &session.sm {
@@ -1199,7 +1265,12 @@ impl Conn {
                 sm::request().write_to(&mut out, ns::CLIENT);
             }
         }
-        self.write(&out).await
+        self.write(&out).await?;
+        // Without stream management, written is all we can know.
+        for (_, receipt) in receipts {
+            let _ = receipt.send(());
+        }
+        Ok(())
     }
 
     /// Stream-management and CSI nonzas, then stanzas.
@@ -1213,7 +1284,7 @@ impl Conn {
                 "active" => {
                     session.handle.set_flag(SessionFlag::Inactive, false);
                     let held = session.held.take();
-                    self.write_stanzas(session, held).await?;
+                    self.write_stanzas(session, held, Vec::new()).await?;
                 }
                 _ => {
                     return Err(stream_error(
