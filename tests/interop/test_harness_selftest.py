@@ -1,5 +1,6 @@
 """Self-tests of the harness pieces that stand in for a client library:
-the SCRAM client (RFC test vectors), the DER reader, the TOML writer.
+the SCRAM client (RFC test vectors), the DER reader, the TOML writer; and
+conftest.py's skip policy.
 They need no server, so a harness bug is not mistaken for a server bug."""
 
 import base64
@@ -59,3 +60,37 @@ def test_toml_writer_round_trips():
     assert tomllib.loads(tomlw.dumps(data)) == data
     merged = tomlw.merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}, "d": 4})
     assert merged == {"a": {"b": 1, "c": 3}, "d": 4}
+
+
+def test_unexpected_skips_fail_and_allowed_ones_do_not(tmp_path):
+    """conftest.py's skip policy, run on a scratch test file in a child
+    pytest with this suite's conftest and pytest.ini: on the waxwing subject
+    a bare skip and a true skipif fail; an allowed skip and an xfail do not."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    (tmp_path / "test_scratch.py").write_text(
+        "import pytest\n"
+        "def test_bare():\n    pytest.skip('no frobnicator')\n"
+        "@pytest.mark.skipif(True, reason='cond')\n"
+        "def test_skipif():\n    pass\n"
+        "@pytest.mark.allowed_skip(reason='the scratch file says so')\n"
+        "def test_allowed():\n    pytest.skip('allowed')\n"
+        "@pytest.mark.xfail(reason='known')\n"
+        "def test_xfail():\n    assert False\n")
+    env = dict(os.environ, PYTHONPATH=str(here), WAXWING_TEST_SUBJECT="waxwing")
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-c", str(here / "pytest.ini"),
+         "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rA",
+         str(tmp_path / "test_scratch.py")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "FAILED test_scratch.py::test_bare" in out, out
+    assert "ERROR test_scratch.py::test_skipif" in out, out
+    assert "SKIPPED" in out and "allowed" in out, out
+    assert "XFAIL test_scratch.py::test_xfail" in out, out
+    assert "unexpected skip on the waxwing subject" in out, out

@@ -43,10 +43,16 @@ PUBSUB = f"pubsub.{WX}"  # Waxwing's PubSub service; it asks remote clients for 
 WX_NAMES = (WX, MUC, PUBSUB)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports (all bound at once, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def free_loopback_5269(udp53: bool = False, exclude: tuple[str, ...] = ()) -> str:
@@ -242,9 +248,7 @@ class Prosody(Peer):
 
     def __init__(self, wx_addr: str, pki: FederationCA | None = None, bidi: bool = False):
         self.dir = Path(tempfile.mkdtemp(prefix="wx-prosody-"))
-        self.c2s_port = free_port()
-        self.tls_port = free_port()
-        self.s2s_port = free_port()
+        self.c2s_port, self.tls_port, self.s2s_port = free_ports(3)
         self.config_path = self.dir / "prosody.cfg.lua"
         self.log_path = self.dir / "prosody.log"
         self.proc: subprocess.Popen | None = None
@@ -355,9 +359,8 @@ class Ejabberd(Peer):
         # Bound now, so that no other test's peer takes this address meanwhile.
         self.dns = DnsServer(self.s2s_addr, {**{n: wx_addr for n in WX_NAMES},
                                              self.domain: self.s2s_addr})
-        self.c2s_port = free_port()
+        self.c2s_port, self.dist_port = free_ports(2)
         self.tls_port = self.c2s_port  # no direct TLS listener; the scenarios use STARTTLS
-        self.dist_port = free_port()
         self.node = f"wxfed{self.dist_port}@localhost"
         self.proc: subprocess.Popen | None = None
         for sub in ("logs", "spool", "modules.d"):
@@ -371,6 +374,9 @@ class Ejabberd(Peer):
             # Trusts nothing Waxwing presents: its own certificate only.
             shutil.copy(cert, self.dir / "ca.pem")
         pem.write_text(Path(key).read_text() + Path(cert).read_text())
+        # ejabberdctl points ERL_INETRC at the config directory: an empty one
+        # (no error report; resolution stays libc + /etc/resolv.conf).
+        (self.dir / "inetrc").write_text("")
         (self.dir / "resolv.conf").write_text(f"nameserver {self.s2s_addr}\noptions attempts:1\n")
         (self.dir / "ejabberdctl.cfg").write_text(
             f"ERLANG_NODE={self.node}\n"
@@ -458,8 +464,17 @@ modules:
             stdin=subprocess.DEVNULL, stdout=self.console, stderr=subprocess.STDOUT,
             cwd=self.dir, preexec_fn=subjects._die_with_parent,
         )
+        # Started (modules loaded, listeners up) once the node says so; a
+        # loaded machine takes a while to boot the VM.
+        log = self.dir / "logs" / "ejabberd.log"
+        deadline = time.monotonic() + 90
+        while not (log.exists() and "is started in the node" in log.read_text(errors="replace")):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ejabberd did not start ({self.proc.poll()}):\n{self.logs()}",
+                            pytrace=False)
+            time.sleep(0.1)
         wait_listening(self.proc, [("127.0.0.1", self.c2s_port), (self.s2s_addr, 5269)],
-                       "ejabberd", self.logs)
+                       "ejabberd", self.logs, timeout=30)
         return self
 
     def add_user(self, local: str, password: str) -> None:
