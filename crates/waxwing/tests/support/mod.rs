@@ -8,6 +8,8 @@
 //! caused earlier would be in front of it.
 #![allow(dead_code)]
 
+pub mod panic;
+
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -59,7 +61,7 @@ impl TestServer {
             data = dir.path().display().to_string(),
         );
         let config = Config::parse(&toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
-        let modules = waxwing::modules::all(&config);
+        let modules = modules(&config);
         let running = waxwing_core::start(config, modules)
             .await
             .expect("server starts");
@@ -983,6 +985,14 @@ pub fn has_stanza_error(el: &Element, condition: &str) -> bool {
             .is_some_and(|e| e.child(condition, ns::STANZAS).is_some())
 }
 
+/// The modules of a test server: the binary's list, after [`panic::Panicker`]
+/// (inert unless a test asks it to panic).
+pub fn modules(config: &Config) -> Vec<Arc<dyn waxwing_core::hooks::ModuleLoader>> {
+    let mut modules = vec![waxwing_core::hooks::load(panic::Panicker)];
+    modules.extend(waxwing::modules::all(config));
+    modules
+}
+
 /// A server whose SQLite database lives in `dir`, so that a second
 /// server started on the same `dir` sees what the first stored.
 pub async fn start_on(dir: &std::path::Path) -> (Running, u16) {
@@ -994,7 +1004,7 @@ pub async fn start_on(dir: &std::path::Path) -> (Running, u16) {
         db = dir.join("waxwing.db").display(),
     );
     let config = Config::parse(&toml).expect("config");
-    let modules = waxwing::modules::all(&config);
+    let modules = modules(&config);
     let running = waxwing_core::start(config, modules).await.expect("starts");
     let port = listener_port(&running, ListenerKind::C2s);
     (running, port)

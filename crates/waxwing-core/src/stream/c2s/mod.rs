@@ -23,7 +23,7 @@ use crate::abuse::ConnectionPermit;
 use crate::abuse::TokenBucket;
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
 use crate::queue::Outbox;
-use crate::router::Server;
+use crate::router::{Server, call_iq_handler};
 use crate::session::SessionFlag;
 use crate::session::SessionHandle;
 use crate::stream::csi::{self, Held};
@@ -574,11 +574,8 @@ impl Conn {
                 if config.compression_enabled && !self.io.is_compressed() {
                     features.push_child(compression_feature());
                 }
-                let cx = Cx::new(self.server.clone(), None);
-                for f in &self.server.registry.stream_features {
-                    for el in f.stream_features(&cx) {
-                        features.push_child(el);
-                    }
+                for el in self.server.stream_features() {
+                    features.push_child(el);
                 }
             }
             self.write(&stream_prefixed(&features)).await?;
@@ -945,7 +942,7 @@ impl Conn {
                         &el,
                         &StanzaError::cancel(Condition::ServiceUnavailable),
                     ),
-                    Some((_, handler)) => {
+                    Some((module, handler)) => {
                         let host_jid = Jid::parse(&host).map_err(|_| End::Closed)?;
                         let iq = Iq {
                             from: host_jid.clone(),
@@ -957,7 +954,7 @@ impl Conn {
                             authenticated: false,
                         };
                         let cx = Cx::new(self.server.clone(), None);
-                        match handler.handle_iq(&cx, iq).await {
+                        match call_iq_handler(module, handler.as_ref(), &cx, iq).await {
                             Ok(result) => {
                                 let mut r = stanza::iq_result(&el);
                                 r.remove_attr("to");
@@ -1372,28 +1369,8 @@ impl Conn {
             reply.remove_attr("to");
             return self.send(&reply).await;
         }
-        // A bug in one handler fails this stanza, not the session or the
-        // server: the registry must never keep a session whose task died.
-        // Only the envelope is kept for the error reply: cloning whole
-        // stanzas on the hot path for the rare panic would cost too much.
-        let reply_to = Element {
-            name: el.name.clone(),
-            ns: el.ns.clone(),
-            attrs: el.attrs.clone(),
-            children: Default::default(),
-        };
-        let handled =
-            std::panic::AssertUnwindSafe(self.server.clone().handle_from_client(handle, el));
-        if futures_util::FutureExt::catch_unwind(handled)
-            .await
-            .is_err()
-        {
-            tracing::error!(jid = %handle.jid, "a stanza handler panicked; answering internal-server-error");
-            self.server
-                .clone()
-                .bounce(&reply_to, StanzaError::wait(Condition::InternalServerError))
-                .await;
-        }
+        // Isolated: a panic fails this stanza, not the session.
+        self.server.clone().handle_from_client(handle, el).await;
         Ok(())
     }
 
