@@ -383,6 +383,8 @@ pub struct Client {
     pub tls_exporter: Option<Vec<u8>>,
     /// The domain named in our stream headers ([`DOMAIN`] unless changed).
     pub domain: String,
+    /// The `xml:lang` of our stream headers (`en` unless changed).
+    pub lang: String,
     next_id: u32,
     /// Descriptions of everything read so far, for failure messages.
     log: VecDeque<String>,
@@ -400,8 +402,13 @@ fn client_framer() -> Framer {
 
 /// The stream header a well-behaved client sends.
 pub fn stream_header(to: &str) -> String {
+    stream_header_lang(to, "en")
+}
+
+/// [`stream_header`] in language `lang`.
+pub fn stream_header_lang(to: &str, lang: &str) -> String {
     format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{to}' version='1.0' xml:lang='en'>",
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{to}' version='1.0' xml:lang='{lang}'>",
         ns::CLIENT,
         ns::STREAM
     )
@@ -435,6 +442,7 @@ impl Client {
             closed: false,
             tls_exporter: None,
             domain: DOMAIN.to_string(),
+            lang: "en".to_string(),
             next_id: 0,
             log: VecDeque::new(),
         }
@@ -678,7 +686,7 @@ impl Client {
     }
 
     pub async fn open_stream(&mut self) -> Element {
-        let header = stream_header(&self.domain);
+        let header = stream_header_lang(&self.domain, &self.lang);
         self.send(&header).await;
         self.read_features().await
     }

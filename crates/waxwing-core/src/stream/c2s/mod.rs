@@ -12,12 +12,12 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
-use waxwing_proto::ns;
 use waxwing_proto::sasl::{
     self, ChannelBindingData, Mechanism, SaslError, ScramHash, ScramSecret, ScramServer,
 };
 use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, StreamError};
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader};
+use waxwing_proto::{lang, ns};
 
 use crate::abuse::ConnectionPermit;
 use crate::abuse::TokenBucket;
@@ -90,6 +90,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         io: Transport::Plain(tcp),
         server: server.clone(),
         host: None,
+        lang: None,
         header_sent: false,
         unsent: String::new(),
         cb: ChannelBindingData::default(),
@@ -319,6 +320,9 @@ struct Conn {
     framer: Framer,
     /// The virtual host this stream is for, from the client's header.
     host: Option<String>,
+    /// The default language of the client's stanzas, from its latest
+    /// header (RFC 6120 §4.7.4); stamped on those that carry none.
+    lang: Option<Box<str>>,
     header_sent: bool,
     /// Output held back to go out with the next write: our stream header
     /// waits for the features, so that a stream (re)start costs the client
@@ -458,11 +462,16 @@ impl Conn {
             Err(_) => self.server.config.hosts[0].clone(),
         };
         let id = random_id();
+        // RFC 6120 §4.7.4: the client's language where we have texts in it.
+        // Only a well-formed tag is kept, so nothing else reaches the header.
+        let lang = header.lang.filter(|l| lang::is_well_formed(l));
         let head = format!(
-            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{id}' from='{from}' version='1.0' xml:lang='en'>",
+            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{id}' from='{from}' version='1.0' xml:lang='{}'>",
             ns::CLIENT,
-            ns::STREAM
+            ns::STREAM,
+            lang::reply_language(lang.as_deref()),
         );
+        self.lang = lang.map(String::into_boxed_str);
         self.header_sent = true;
         self.unsent = head; // goes out with the features, or the error
         let host = host?;
@@ -1357,6 +1366,11 @@ impl Conn {
             }
         }
         el.set_attr("from", handle.jid.to_string());
+        if let Some(lang) = &self.lang
+            && el.attr("xml:lang").is_none()
+        {
+            el.set_attr("xml:lang", lang.to_string());
+        }
         // Legacy session establishment (RFC 3921 §3): answered, does nothing.
         if el.name == "iq"
             && el.child("session", ns::SESSION).is_some()
