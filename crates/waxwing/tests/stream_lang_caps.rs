@@ -5,6 +5,9 @@
 mod support;
 
 use support::*;
+use waxwing_modules::caps::{NS_CAPS, verification_string_hash};
+use waxwing_proto::ns;
+use waxwing_proto::xml::Element;
 
 /// Connects, in `lang`, up to the first features.
 async fn open_in(server: &TestServer, lang: &str) -> Client {
@@ -66,4 +69,74 @@ async fn stanzas_without_a_language_carry_the_streams() {
         .await;
     let m = alice.expect("<message id='m3'/>").await;
     assert_eq!(m.attr("xml:lang"), Some("en"), "{m}");
+}
+
+/// The server's `<c/>` in `c`'s post-authentication features.
+fn server_caps(c: &Client) -> Element {
+    c.features
+        .as_ref()
+        .and_then(|f| f.child("c", NS_CAPS))
+        .cloned()
+        .unwrap_or_else(|| panic!("no <c/> in {:?}", c.features))
+}
+
+/// The server's disco#info `<query/>`, as `c` gets it, optionally at `node`.
+async fn server_info(c: &mut Client, node: Option<&str>) -> Element {
+    let node = node.map(|n| format!(" node='{n}'")).unwrap_or_default();
+    let r = c
+        .iq(
+            "get",
+            Some(DOMAIN),
+            &format!("<query xmlns='{}'{node}/>", ns::DISCO_INFO),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    r.child("query", ns::DISCO_INFO).cloned().expect("a query")
+}
+
+#[tokio::test]
+async fn the_features_carry_the_servers_caps_which_hash_its_disco_info() {
+    let server = TestServer::start().await;
+    server.user("alice").await;
+    let mut alice = server.login("alice", "pc").await;
+    let c = server_caps(&alice);
+    assert_eq!(c.attr("hash"), Some("sha-1"), "{c}");
+    let (node, ver) = (c.attr("node").unwrap(), c.attr("ver").unwrap());
+    assert!(!node.is_empty(), "{c}");
+
+    // `ver` is the XEP-0115 hash of what disco#info answers.
+    let info = server_info(&mut alice, None).await;
+    assert_eq!(
+        verification_string_hash(&info, "sha-1").as_deref(),
+        Some(ver),
+        "{info}"
+    );
+    // And `node#ver` is answered with that same information (§6.2).
+    let at_node = server_info(&mut alice, Some(&format!("{node}#{ver}"))).await;
+    assert_eq!(at_node.attr("node"), Some(format!("{node}#{ver}").as_str()));
+    assert_eq!(
+        verification_string_hash(&at_node, "sha-1").as_deref(),
+        Some(ver)
+    );
+
+    // Other features (here: a contact address in the info's extended
+    // form), other `ver`; the same features, the same `ver`.
+    let other = TestServer::start_with("[contact]\nabuse = [\"mailto:abuse@localhost\"]\n").await;
+    other.user("bob").await;
+    let mut bob = other.login("bob", "phone").await;
+    let other_ver = server_caps(&bob).attr("ver").unwrap().to_string();
+    assert_ne!(other_ver, ver);
+    let info = server_info(&mut bob, None).await;
+    assert_eq!(verification_string_hash(&info, "sha-1"), Some(other_ver));
+    server.user("carol").await;
+    let carol = server.login("carol", "tab").await;
+    assert_eq!(server_caps(&carol).attr("ver"), Some(ver));
+}
+
+#[tokio::test]
+async fn caps_are_not_announced_before_authentication() {
+    let server = TestServer::start().await;
+    let c = open_in(&server, "en").await;
+    let features = c.features.expect("features");
+    assert!(features.child("c", NS_CAPS).is_none(), "{features}");
 }
