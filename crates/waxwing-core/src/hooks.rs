@@ -205,10 +205,10 @@ pub(crate) type HookEntry = (Priority, &'static str, Arc<dyn StanzaHook>);
 pub struct Registry {
     pub(crate) iq: HashMap<IqKey, (&'static str, Arc<dyn IqHandler>)>,
     pub(crate) hooks: HashMap<Hook, Vec<HookEntry>>,
-    pub(crate) events: Vec<Arc<dyn EventHandler>>,
+    pub(crate) events: Vec<(&'static str, Arc<dyn EventHandler>)>,
     /// The subset of `events` that wants [`Event::MessageDelivered`].
-    pub(crate) delivery_events: Vec<Arc<dyn EventHandler>>,
-    pub(crate) stream_features: Vec<Arc<dyn StreamFeature>>,
+    pub(crate) delivery_events: Vec<(&'static str, Arc<dyn EventHandler>)>,
+    pub(crate) stream_features: Vec<(&'static str, Arc<dyn StreamFeature>)>,
     pub(crate) services: HashMap<String, (&'static str, Arc<dyn DomainService>)>,
     pub(crate) server_features: Vec<&'static str>,
     pub(crate) account_features: Vec<&'static str>,
@@ -313,13 +313,15 @@ impl Registrar {
 
     pub fn on_events(&mut self, h: Arc<dyn EventHandler>) {
         if h.wants_deliveries() {
-            self.registry.delivery_events.push(h.clone());
+            self.registry
+                .delivery_events
+                .push((self.current, h.clone()));
         }
-        self.registry.events.push(h);
+        self.registry.events.push((self.current, h));
     }
 
     pub fn stream_feature(&mut self, h: Arc<dyn StreamFeature>) {
-        self.registry.stream_features.push(h);
+        self.registry.stream_features.push((self.current, h));
     }
 
     /// A disco#info feature of the server (XEP-0030).

@@ -5,6 +5,7 @@ pub mod abuse;
 pub mod config;
 pub mod credentials;
 pub mod hooks;
+pub(crate) mod isolate;
 pub mod listen;
 pub mod metrics;
 pub(crate) mod queue;

@@ -35,7 +35,8 @@ use waxwing_store::{StoreError, Stores};
 
 use crate::abuse::{AuthThrottle, ConnectionCounter};
 use crate::config::Config;
-use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqKind, IqTarget, Registry};
+use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqHandler, IqKind, IqResult, IqTarget, Registry};
+use crate::isolate::{self, Panicked, isolated};
 use crate::s2s::S2sManager;
 use crate::session::{SessionHandle, SessionRegistry};
 use crate::stream::c2s::ResumptionTable;
@@ -120,9 +121,15 @@ impl Server {
 
     /// [`Server::route`] for a stanza whose `to` is already parsed as `to`.
     async fn route_to(self: Arc<Self>, to: Jid, stanza: Element, kind: StanzaKind) {
-        if let Some((_, svc)) = self.registry.services.get(to.domain()) {
+        if let Some((module, svc)) = self.registry.services.get(to.domain()) {
             let cx = Cx::new(self.clone(), None);
-            svc.handle_stanza(&cx, stanza).await;
+            let reply_to = isolate::envelope(&stanza);
+            if isolated(module, svc.handle_stanza(&cx, stanza))
+                .await
+                .is_err()
+            {
+                self.answer_panic(&reply_to).await;
+            }
         } else if self.config.is_local_host(to.domain()) {
             self.deliver_local(to, stanza, kind).await;
         } else {
@@ -232,8 +239,48 @@ impl Server {
         })
     }
 
-    /// A stanza from a bound client session, `from` already stamped.
+    /// Answers a stanza whose handling panicked with `internal-server-error`
+    /// (RFC 6120 §8.3.3.8). Unlike [`Server::bounce`], the sender's domain
+    /// loses no reputation: the fault is ours.
+    fn answer_panic(self: Arc<Self>, stanza: &Element) -> BoxFuture {
+        let reply =
+            stanza::error_reply(stanza, &StanzaError::cancel(Condition::InternalServerError));
+        Box::pin(async move {
+            if let Some(reply) = reply {
+                self.route(reply).await;
+            }
+        })
+    }
+
+    /// A stanza from a bound client session, `from` already stamped. A
+    /// panic anywhere in its handling fails this stanza, not the session:
+    /// the registry must never keep a session whose task died.
     pub(crate) async fn handle_from_client(
+        self: Arc<Self>,
+        origin: &Arc<SessionHandle>,
+        stanza: Element,
+    ) {
+        let reply_to = isolate::envelope(&stanza);
+        let handled = self.clone().handle_from_client_inner(origin, stanza);
+        if isolated("router", handled).await.is_err() {
+            self.answer_panic(&reply_to).await;
+        }
+    }
+
+    /// A stanza from a peer server, admitted by its stream; isolated like
+    /// [`Server::handle_from_client`], so a panic fails the stanza and the
+    /// s2s stream goes on.
+    pub(crate) async fn handle_from_peer(self: Arc<Self>, stanza: Element) {
+        let reply_to = isolate::envelope(&stanza);
+        if isolated("router", self.clone().route(stanza))
+            .await
+            .is_err()
+        {
+            self.answer_panic(&reply_to).await;
+        }
+    }
+
+    async fn handle_from_client_inner(
         self: Arc<Self>,
         origin: &Arc<SessionHandle>,
         mut stanza: Element,
@@ -288,9 +335,16 @@ impl Server {
                 if !h.wants(hook, &stanza.name) {
                     continue;
                 }
-                if h.handle_stanza(cx, hook, stanza).await == Flow::Handled {
-                    tracing::trace!(module, ?hook, "stanza handled");
-                    return Flow::Handled;
+                match isolated(module, h.handle_stanza(cx, hook, stanza)).await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Handled) => {
+                        tracing::trace!(module, ?hook, "stanza handled");
+                        return Flow::Handled;
+                    }
+                    Err(Panicked) => {
+                        cx.server.clone().answer_panic(stanza).await;
+                        return Flow::Handled;
+                    }
                 }
             }
         }
@@ -544,7 +598,7 @@ impl Server {
         };
         let cx = Cx::new(self.clone(), origin);
         tracing::trace!(module, ns = %payload.ns, "dispatching iq");
-        match handler.handle_iq(&cx, iq).await {
+        match call_iq_handler(module, handler.as_ref(), &cx, iq).await {
             Ok(result) => {
                 let mut reply = stanza::iq_result(&stanza);
                 // An IQ sent without `to` was answered by the account itself.
@@ -574,10 +628,25 @@ impl Server {
                 return;
             }
             let cx = Cx::new(self.clone(), origin);
-            for h in handlers {
-                h.on_event(&cx, &event).await;
+            // A panicking handler misses this event; the others still get
+            // it (a session's end must reach the presence engine).
+            for (module, h) in handlers {
+                let _ = isolated(module, h.on_event(&cx, &event)).await;
             }
         })
+    }
+
+    /// The elements modules add to `<stream:features/>` after
+    /// authentication; a module whose feature panics adds none.
+    pub(crate) fn stream_features(self: &Arc<Self>) -> Vec<Element> {
+        let cx = Cx::new(self.clone(), None);
+        let mut out = Vec::new();
+        for (module, f) in &self.registry.stream_features {
+            if let Ok(els) = isolate::isolated_sync(module, || f.stream_features(&cx)) {
+                out.extend(els);
+            }
+        }
+        out
     }
 
     /// Deletes an account, its data in every module, and its sessions.
@@ -596,4 +665,16 @@ impl Server {
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
+}
+
+/// Calls an IQ handler; a panic is answered `internal-server-error`.
+pub(crate) async fn call_iq_handler(
+    module: &str,
+    handler: &dyn IqHandler,
+    cx: &Cx,
+    iq: Iq,
+) -> IqResult {
+    isolated(module, handler.handle_iq(cx, iq))
+        .await
+        .unwrap_or_else(|Panicked| Err(StanzaError::cancel(Condition::InternalServerError)))
 }

@@ -157,18 +157,27 @@ impl SessionHandle {
         self.close_reason.lock().expect("close_reason lock").take()
     }
 
+    /// Modules' closures run under this lock ([`SessionHandle::with_presence`]):
+    /// one that panicked poisoned it, and refusing the session's presence
+    /// from then on would fail every delivery to the account.
+    fn presence(&self) -> std::sync::MutexGuard<'_, PresenceState> {
+        self.presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// True once initial presence was sent and until unavailable.
     pub fn is_available(&self) -> bool {
-        self.presence.lock().expect("presence lock").last.is_some()
+        self.presence().last.is_some()
     }
 
     pub fn priority(&self) -> i8 {
-        self.presence.lock().expect("presence lock").priority
+        self.presence().priority
     }
 
     /// Reads and changes the presence state under its lock (never across `.await`).
     pub fn with_presence<R>(&self, f: impl FnOnce(&mut PresenceState) -> R) -> R {
-        f(&mut self.presence.lock().expect("presence lock"))
+        f(&mut self.presence())
     }
 
     pub fn is_interested(&self) -> bool {

@@ -11,12 +11,17 @@
 //! as private as its presence. Everyone else gets `service-unavailable`,
 //! the same answer as for an account that does not exist, so disco cannot
 //! be used to probe for accounts either.
+//!
+//! The server's own XEP-0115 capabilities go in the stream features after
+//! authentication (XEP-0115 §6.3), so a client can cache the server's
+//! disco#info by `ver` instead of asking on every login; `node#ver` is
+//! answered with that same info (§6.2).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use waxwing_core::hooks::{
-    Cx, Iq, IqHandler, IqResult, IqTarget, Module, RegisterError, Registrar,
+    Cx, Iq, IqHandler, IqResult, IqTarget, Module, RegisterError, Registrar, StreamFeature,
 };
 use waxwing_proto::jid::{BareJid, Jid};
 use waxwing_proto::ns;
@@ -69,7 +74,8 @@ impl Module for Disco {
         reg.account_feature(ns::DISCO_ITEMS);
         // Gets only: XEP-0030 defines no `set`, so the router's default
         // `service-unavailable` is the right answer to one.
-        let server: Arc<dyn IqHandler> = Arc::new(ServerDisco);
+        let server = Arc::new(ServerDisco::default());
+        reg.stream_feature(server.clone());
         reg.iq_get(IqTarget::Server, ns::DISCO_INFO, server.clone())?;
         reg.iq_get(IqTarget::Server, ns::DISCO_ITEMS, server)?;
         let account: Arc<dyn IqHandler> = Arc::new(AccountDisco);
@@ -79,8 +85,50 @@ impl Module for Disco {
     }
 }
 
-/// Answers for the server's own domain.
-struct ServerDisco;
+/// XEP-0115 `node` of the server's caps: the URI of the software (the
+/// workspace's `repository`).
+const CAPS_NODE: &str = env!("CARGO_PKG_REPOSITORY");
+const _: () = assert!(!CAPS_NODE.is_empty(), "set `repository` in Cargo.toml");
+
+/// Answers for the server's own domain, and announces its capabilities.
+#[derive(Default)]
+struct ServerDisco {
+    /// The server's `<c/>`. Registered features and the configuration are
+    /// fixed once the server runs, so it is computed once.
+    caps: OnceLock<Element>,
+}
+
+impl ServerDisco {
+    fn caps(&self, cx: &Cx) -> &Element {
+        self.caps.get_or_init(|| caps_element(&server_info(cx)))
+    }
+}
+
+/// The server's disco#info: identity, every registered server feature,
+/// and (XEP-0128) the XEP-0157 contact addresses form.
+fn server_info(cx: &Cx) -> Element {
+    let mut info = info_result(&[SERVER_IDENTITY], cx.server_features());
+    if let Some(form) = crate::contact_addresses::server_info_form(cx) {
+        info.push_child(form);
+    }
+    info
+}
+
+/// XEP-0115 §4 `<c/>` for a disco#info answer: its `ver` is the SHA-1
+/// verification string hash (§5), so it changes whenever the answer does.
+fn caps_element(info: &Element) -> Element {
+    let ver = crate::caps::verification_string_hash(info, "sha-1").unwrap_or_default();
+    Element::new("c", crate::caps::NS_CAPS)
+        .with_attr("hash", "sha-1")
+        .with_attr("node", CAPS_NODE)
+        .with_attr("ver", ver)
+}
+
+impl StreamFeature for ServerDisco {
+    fn stream_features(&self, cx: &Cx) -> Vec<Element> {
+        vec![self.caps(cx).clone()]
+    }
+}
 
 #[async_trait]
 impl IqHandler for ServerDisco {
@@ -89,15 +137,20 @@ impl IqHandler for ServerDisco {
         if let Some(answer) = crate::adhoc::disco_node(cx, &iq.from, &iq.payload) {
             return answer;
         }
+        // XEP-0115 §6.2: `node#ver` of our caps is our disco#info.
+        if iq.payload.is("query", ns::DISCO_INFO)
+            && let Some(node) = iq.payload.attr("node")
+            && let Some(ver) = self.caps(cx).attr("ver")
+            && node
+                .strip_prefix(CAPS_NODE)
+                .and_then(|r| r.strip_prefix('#'))
+                == Some(ver)
+        {
+            let node = node.to_string();
+            return Ok(Some(server_info(cx).with_attr("node", node)));
+        }
         Ok(Some(match parse_request(&iq.payload)? {
-            Query::Info => {
-                let mut info = info_result(&[SERVER_IDENTITY], cx.server_features());
-                // XEP-0128 extension: XEP-0157 contact addresses.
-                if let Some(form) = crate::contact_addresses::server_info_form(cx) {
-                    info.push_child(form);
-                }
-                info
-            }
+            Query::Info => server_info(cx),
             // Services under this host (MUC, later PubSub), as their modules registered them.
             Query::Items => {
                 let host = iq.to.as_ref().unwrap_or(&iq.from).domain();
@@ -285,6 +338,22 @@ mod tests {
              <feature var='urn:xmpp:ping'/>\
              </query>"
         );
+    }
+
+    #[test]
+    fn caps_ver_is_the_hash_of_the_info_and_follows_the_features() {
+        use base64::Engine as _;
+        let info = info_result(&[SERVER_IDENTITY], &[ns::PING]);
+        let c = caps_element(&info);
+        assert_eq!(c.attr("hash"), Some("sha-1"));
+        assert_eq!(c.attr("node"), Some(CAPS_NODE));
+        // XEP-0115 §5.1: S = "server/im//Waxwing<" + sorted features, each with "<".
+        let s = "server/im//Waxwing<http://jabber.org/protocol/disco#info<urn:xmpp:ping<";
+        let expected = base64::engine::general_purpose::STANDARD
+            .encode(<sha1::Sha1 as sha1::Digest>::digest(s.as_bytes()));
+        assert_eq!(c.attr("ver"), Some(expected.as_str()));
+        let more = caps_element(&info_result(&[SERVER_IDENTITY], &[ns::PING, ns::VERSION]));
+        assert_ne!(more.attr("ver"), c.attr("ver"));
     }
 
     #[test]

@@ -85,6 +85,7 @@ async fn features_after_auth_are_bind_session_and_roster_features() {
             feature(ns::SESSION, "session"),
             feature(ns::ROSTER_VER, "ver"),
             feature(ns::PRE_APPROVAL, "sub"),
+            feature("http://jabber.org/protocol/caps", "c"),
         ],
         "{f}"
     );

@@ -52,7 +52,7 @@ impl Node {
             data = dir.path().display().to_string(),
         );
         let config = Config::parse(&toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
-        let modules = waxwing::modules::all(&config);
+        let modules = support::modules(&config);
         let running = waxwing_core::start(config, modules)
             .await
             .expect("server starts");
@@ -298,6 +298,51 @@ async fn iqs_cross_ping_disco_and_user_to_user() {
         .await;
     let e = wait_for(&mut alice, "bounce", |e| e.attr("id") == Some("e1")).await;
     assert!(has_stanza_error(&e, "service-unavailable"), "{e}");
+}
+
+/// Panic isolation across federation: on `b`, the handler of a stanza from
+/// `a` panics (the test module `support::panic::Panicker`, on demand). The
+/// stanza is answered `internal-server-error`, the stream goes on carrying
+/// traffic, and `a` loses no reputation for our bug.
+#[tokio::test]
+async fn a_panicking_handler_fails_the_remote_stanza_and_the_stream_goes_on() {
+    let (a, b) = pair().await;
+    a.user("alice").await;
+    b.user("bob").await;
+    let mut alice = a.login("alice", "pc").await;
+    let mut bob = b.login("bob", "phone").await;
+
+    alice
+        .send(&format!(
+            "<iq type='get' id='p1' to='{B}'><panic xmlns='{}'/></iq>",
+            support::panic::NS
+        ))
+        .await;
+    let r = wait_for(&mut alice, "the IQ's error", |e| e.attr("id") == Some("p1")).await;
+    assert!(has_stanza_error(&r, "internal-server-error"), "{r}");
+    alice
+        .send(&format!(
+            "<message to='bob@{B}' id='m1' type='chat'><body>x</body>{}</message>",
+            support::panic::trigger("inbound")
+        ))
+        .await;
+    let r = wait_for(&mut alice, "the message's error", |e| {
+        e.attr("id") == Some("m1")
+    })
+    .await;
+    assert!(has_stanza_error(&r, "internal-server-error"), "{r}");
+
+    alice
+        .send(&format!(
+            "<message to='bob@{B}' id='m2' type='chat'><body>after</body></message>"
+        ))
+        .await;
+    let m = wait_for(&mut bob, "the message after", |e| e.name == "message").await;
+    assert_eq!(m.attr("id"), Some("m2"), "{m}");
+    assert!(
+        reputation_of(&b, A).is_none_or(|s| s.record.bounces == 0),
+        "a bug of ours is not the remote's offence"
+    );
 }
 
 #[tokio::test]

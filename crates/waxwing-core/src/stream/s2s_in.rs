@@ -842,7 +842,7 @@ impl Incoming {
         match admit_stanza(server, el, &mut self.refused_in_a_row, allowed).await {
             Err(e) => Err(End::Error(e)),
             Ok(Admission::Route(el)) => {
-                self.server.clone().route(el).await;
+                self.server.clone().handle_from_peer(el).await;
                 Ok(())
             }
             Ok(Admission::Reply(r)) => self.send(&r).await,

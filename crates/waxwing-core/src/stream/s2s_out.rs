@@ -564,7 +564,7 @@ impl Outgoing {
             Ok(())
         };
         match admit_stanza(&self.server, el, refused_in_a_row, allowed).await? {
-            Admission::Route(el) => self.server.clone().route(el).await,
+            Admission::Route(el) => self.server.clone().handle_from_peer(el).await,
             Admission::Reply(r) => {
                 if self.wire.send(&r).await.is_err() {
                     return Err(StreamError::new(StreamCondition::ConnectionTimeout));

@@ -8,6 +8,8 @@
 //! caused earlier would be in front of it.
 #![allow(dead_code)]
 
+pub mod panic;
+
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -65,7 +67,7 @@ impl TestServer {
             data = dir.path().display().to_string(),
         );
         let config = Config::parse(&toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
-        let modules = waxwing::modules::all(&config);
+        let modules = modules(&config);
         let running = waxwing_core::start(config, modules)
             .await
             .expect("server starts");
@@ -387,6 +389,8 @@ pub struct Client {
     pub tls_exporter: Option<Vec<u8>>,
     /// The domain named in our stream headers ([`DOMAIN`] unless changed).
     pub domain: String,
+    /// The `xml:lang` of our stream headers (`en` unless changed).
+    pub lang: String,
     next_id: u32,
     /// Descriptions of everything read so far, for failure messages.
     log: VecDeque<String>,
@@ -404,8 +408,13 @@ fn client_framer() -> Framer {
 
 /// The stream header a well-behaved client sends.
 pub fn stream_header(to: &str) -> String {
+    stream_header_lang(to, "en")
+}
+
+/// [`stream_header`] in language `lang`.
+pub fn stream_header_lang(to: &str, lang: &str) -> String {
     format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{to}' version='1.0' xml:lang='en'>",
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{to}' version='1.0' xml:lang='{lang}'>",
         ns::CLIENT,
         ns::STREAM
     )
@@ -439,6 +448,7 @@ impl Client {
             closed: false,
             tls_exporter: None,
             domain: DOMAIN.to_string(),
+            lang: "en".to_string(),
             next_id: 0,
             log: VecDeque::new(),
         }
@@ -682,7 +692,7 @@ impl Client {
     }
 
     pub async fn open_stream(&mut self) -> Element {
-        let header = stream_header(&self.domain);
+        let header = stream_header_lang(&self.domain, &self.lang);
         self.send(&header).await;
         self.read_features().await
     }
@@ -1008,6 +1018,14 @@ pub fn has_stanza_error(el: &Element, condition: &str) -> bool {
             .is_some_and(|e| e.child(condition, ns::STANZAS).is_some())
 }
 
+/// The modules of a test server: the binary's list, after [`panic::Panicker`]
+/// (inert unless a test asks it to panic).
+pub fn modules(config: &Config) -> Vec<Arc<dyn waxwing_core::hooks::ModuleLoader>> {
+    let mut modules = vec![waxwing_core::hooks::load(panic::Panicker)];
+    modules.extend(waxwing::modules::all(config));
+    modules
+}
+
 /// A server whose SQLite database lives in `dir`, so that a second
 /// server started on the same `dir` sees what the first stored.
 pub async fn start_on(dir: &std::path::Path) -> (Running, u16) {
@@ -1019,7 +1037,7 @@ pub async fn start_on(dir: &std::path::Path) -> (Running, u16) {
         db = dir.join("waxwing.db").display(),
     );
     let config = Config::parse(&toml).expect("config");
-    let modules = waxwing::modules::all(&config);
+    let modules = modules(&config);
     let running = waxwing_core::start(config, modules).await.expect("starts");
     let port = listener_port(&running, ListenerKind::C2s);
     (running, port)

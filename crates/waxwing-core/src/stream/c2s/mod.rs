@@ -13,18 +13,18 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
-use waxwing_proto::ns;
 use waxwing_proto::sasl::{
     self, ChannelBindingData, Mechanism, SaslError, ScramHash, ScramSecret, ScramServer,
 };
 use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, StreamError};
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader};
+use waxwing_proto::{lang, ns};
 
 use crate::abuse::ConnectionPermit;
 use crate::abuse::TokenBucket;
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
 use crate::queue::{Outbox, Receipt};
-use crate::router::Server;
+use crate::router::{Server, call_iq_handler};
 use crate::session::SessionFlag;
 use crate::session::SessionHandle;
 use crate::stream::csi::{self, Held};
@@ -91,6 +91,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         io: Transport::Plain(tcp),
         server: server.clone(),
         host: None,
+        lang: None,
         header_sent: false,
         unsent: String::new(),
         cb: ChannelBindingData::default(),
@@ -331,6 +332,9 @@ struct Conn {
     framer: Framer,
     /// The virtual host this stream is for, from the client's header.
     host: Option<String>,
+    /// The default language of the client's stanzas, from its latest
+    /// header (RFC 6120 §4.7.4); stamped on those that carry none.
+    lang: Option<Box<str>>,
     header_sent: bool,
     /// Output held back to go out with the next write: our stream header
     /// waits for the features, so that a stream (re)start costs the client
@@ -485,11 +489,16 @@ impl Conn {
             Err(_) => self.server.config.hosts[0].clone(),
         };
         let id = random_id();
+        // RFC 6120 §4.7.4: the client's language where we have texts in it.
+        // Only a well-formed tag is kept, so nothing else reaches the header.
+        let lang = header.lang.filter(|l| lang::is_well_formed(l));
         let head = format!(
-            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{id}' from='{from}' version='1.0' xml:lang='en'>",
+            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{id}' from='{from}' version='1.0' xml:lang='{}'>",
             ns::CLIENT,
-            ns::STREAM
+            ns::STREAM,
+            lang::reply_language(lang.as_deref()),
         );
+        self.lang = lang.map(String::into_boxed_str);
         self.header_sent = true;
         self.unsent = head; // goes out with the features, or the error
         let host = host?;
@@ -601,11 +610,8 @@ impl Conn {
                 if config.compression_enabled && !self.io.is_compressed() {
                     features.push_child(compression_feature());
                 }
-                let cx = Cx::new(self.server.clone(), None);
-                for f in &self.server.registry.stream_features {
-                    for el in f.stream_features(&cx) {
-                        features.push_child(el);
-                    }
+                for el in self.server.stream_features() {
+                    features.push_child(el);
                 }
             }
             self.write(&stream_prefixed(&features)).await?;
@@ -972,7 +978,7 @@ impl Conn {
                         &el,
                         &StanzaError::cancel(Condition::ServiceUnavailable),
                     ),
-                    Some((_, handler)) => {
+                    Some((module, handler)) => {
                         let host_jid = Jid::parse(&host).map_err(|_| End::Closed)?;
                         let iq = Iq {
                             from: host_jid.clone(),
@@ -984,7 +990,7 @@ impl Conn {
                             authenticated: false,
                         };
                         let cx = Cx::new(self.server.clone(), None);
-                        match handler.handle_iq(&cx, iq).await {
+                        match call_iq_handler(module, handler.as_ref(), &cx, iq).await {
                             Ok(result) => {
                                 let mut r = stanza::iq_result(&el);
                                 r.remove_attr("to");
@@ -1431,6 +1437,11 @@ impl Conn {
             }
         }
         el.set_attr("from", handle.jid.to_string());
+        if let Some(lang) = &self.lang
+            && el.attr("xml:lang").is_none()
+        {
+            el.set_attr("xml:lang", lang.to_string());
+        }
         // Legacy session establishment (RFC 3921 §3): answered, does nothing.
         if el.name == "iq"
             && el.child("session", ns::SESSION).is_some()
@@ -1443,28 +1454,8 @@ impl Conn {
             reply.remove_attr("to");
             return self.send(&reply).await;
         }
-        // A bug in one handler fails this stanza, not the session or the
-        // server: the registry must never keep a session whose task died.
-        // Only the envelope is kept for the error reply: cloning whole
-        // stanzas on the hot path for the rare panic would cost too much.
-        let reply_to = Element {
-            name: el.name.clone(),
-            ns: el.ns.clone(),
-            attrs: el.attrs.clone(),
-            children: Default::default(),
-        };
-        let handled =
-            std::panic::AssertUnwindSafe(self.server.clone().handle_from_client(handle, el));
-        if futures_util::FutureExt::catch_unwind(handled)
-            .await
-            .is_err()
-        {
-            tracing::error!(jid = %handle.jid, "a stanza handler panicked; answering internal-server-error");
-            self.server
-                .clone()
-                .bounce(&reply_to, StanzaError::wait(Condition::InternalServerError))
-                .await;
-        }
+        // Isolated: a panic fails this stanza, not the session.
+        self.server.clone().handle_from_client(handle, el).await;
         Ok(())
     }
 

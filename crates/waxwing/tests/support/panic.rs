@@ -1,0 +1,109 @@
+//! A module loaded into every test server (and only there) that panics on
+//! demand, to prove that a bug in one handler fails one stanza or one
+//! event, never the stream or the server. Inert unless asked:
+//!
+//! - an IQ get/set with a `<panic xmlns='urn:waxwing:test:panic'/>` payload,
+//!   to the server or to an account, panics in the IQ handler;
+//! - a message or presence carrying `<panic xmlns='…' on='WHERE'/>` panics
+//!   on the `Outbound` hook (`on='outbound'`), the `Inbound` hook
+//!   (`on='inbound'`), in `Event::MessageDelivered` (`on='delivered'`), or on
+//!   the `Outbound` hook while holding the sender's session presence lock
+//!   (`on='presence-lock'`); errors (which echo the payload) never panic;
+//! - `Event::SessionBound` / `Event::SessionClosed` of a resource named
+//!   `panic-on-bound` / `panic-on-close` panic.
+//!
+//! It is registered first, so its hooks and event handler run before every
+//! real module's: a panic that stopped the chain would be visible.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use waxwing_core::hooks::{
+    Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
+    RegisterError, Registrar, StanzaHook,
+};
+use waxwing_proto::xml::Element;
+
+/// The namespace of the `<panic/>` trigger.
+pub const NS: &str = "urn:waxwing:test:panic";
+
+/// The resource whose binding panics `Event::SessionBound`.
+pub const ON_BOUND: &str = "panic-on-bound";
+/// The resource whose end panics `Event::SessionClosed`.
+pub const ON_CLOSE: &str = "panic-on-close";
+
+/// `<panic xmlns='urn:waxwing:test:panic' on='{on}'/>`.
+pub fn trigger(on: &str) -> String {
+    format!("<panic xmlns='{NS}' on='{on}'/>")
+}
+
+pub struct Panicker;
+
+impl Module for Panicker {
+    fn name(&self) -> &'static str {
+        "test-panicker"
+    }
+
+    fn register(self: Arc<Self>, reg: &mut Registrar) -> Result<(), RegisterError> {
+        reg.iq(IqTarget::Server, NS, self.clone())?;
+        reg.iq(IqTarget::Account, NS, self.clone())?;
+        reg.hook(Hook::Outbound, Priority(i32::MIN), self.clone());
+        reg.hook(Hook::Inbound, Priority(i32::MIN), self.clone());
+        reg.on_events(self);
+        Ok(())
+    }
+}
+
+/// Where the stanza asks for a panic, unless it is an error.
+fn asked(stanza: &Element) -> Option<&str> {
+    if stanza.attr("type") == Some("error") {
+        return None;
+    }
+    stanza.child("panic", NS).and_then(|p| p.attr("on"))
+}
+
+#[async_trait]
+impl IqHandler for Panicker {
+    async fn handle_iq(&self, _cx: &Cx, iq: Iq) -> IqResult {
+        panic!("test panic in an IQ handler ({})", iq.id);
+    }
+}
+
+#[async_trait]
+impl StanzaHook for Panicker {
+    async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
+        match (hook, asked(stanza)) {
+            (Hook::Outbound, Some("outbound")) => panic!("test panic on the Outbound hook"),
+            (Hook::Inbound, Some("inbound")) => panic!("test panic on the Inbound hook"),
+            (Hook::Outbound, Some("presence-lock")) => {
+                let origin = cx.origin().expect("from a client session");
+                origin.with_presence(|_| -> Flow {
+                    panic!("test panic under the session's presence lock")
+                })
+            }
+            _ => Flow::Continue,
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for Panicker {
+    async fn on_event(&self, _cx: &Cx, event: &Event) {
+        match event {
+            Event::SessionBound(s) if s.jid.resource() == ON_BOUND => {
+                panic!("test panic in SessionBound")
+            }
+            Event::SessionClosed(s) if s.jid.resource() == ON_CLOSE => {
+                panic!("test panic in SessionClosed")
+            }
+            Event::MessageDelivered { message, .. } if asked(message) == Some("delivered") => {
+                panic!("test panic in MessageDelivered")
+            }
+            _ => {}
+        }
+    }
+
+    fn wants_deliveries(&self) -> bool {
+        true
+    }
+}
