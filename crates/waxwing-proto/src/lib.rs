@@ -1,6 +1,8 @@
 #![forbid(unsafe_code)]
+pub mod datetime;
 pub mod jid;
 pub mod ns;
+pub mod payload;
 pub mod sasl;
 pub mod stanza;
 pub mod xml;
