@@ -61,6 +61,11 @@ pub fn parse(s: &str) -> Option<SystemTime> {
         .checked_mul(86_400)?
         .checked_add(hh * 3600 + mm * 60 + ss)?
         .checked_sub(offset_secs)?;
+    // An offset can carry 0000-01-01 or 9999-12-31 past the four-digit
+    // years in UTC, where `format` could not write the result back.
+    if !(MIN_SECS..=MAX_SECS).contains(&secs) {
+        return None;
+    }
     let whole = Duration::from_secs(secs.unsigned_abs());
     let at = if secs >= 0 {
         UNIX_EPOCH.checked_add(whole)?
@@ -72,7 +77,8 @@ pub fn parse(s: &str) -> Option<SystemTime> {
 
 /// `2026-11-25T12:48:18.123Z` for `t`: UTC, millisecond precision
 /// (truncated). Times before the epoch are formatted too; the year has
-/// four digits for every time [`parse`] can return.
+/// four digits for every time [`parse`] can return (`parse` refuses an
+/// offset that carries the time out of years 0000–9999 in UTC).
 pub fn format(t: SystemTime) -> String {
     // Whole seconds since the epoch, floored, and the milliseconds past them.
     let (secs, millis) = match t.duration_since(UNIX_EPOCH) {
@@ -97,6 +103,11 @@ pub fn format(t: SystemTime) -> String {
         rem % 60,
     )
 }
+
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z, in seconds from the epoch:
+/// the instants with a four-digit year in UTC.
+const MIN_SECS: i64 = -62_167_219_200;
+const MAX_SECS: i64 = 253_402_300_799;
 
 /// Exactly `len` ASCII digits.
 fn digits(s: &str, len: usize) -> Option<i64> {
@@ -149,10 +160,6 @@ mod tests {
             Err(e) => -(e.duration().as_millis() as i128),
         })
     }
-
-    /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
-    const MIN_SECS: i64 = -62_167_219_200;
-    const MAX_SECS: i64 = 253_402_300_799;
 
     fn at(secs: i64, millis: u32) -> SystemTime {
         let t = if secs >= 0 {
@@ -220,6 +227,11 @@ mod tests {
             "-9223372036854775808-01-01T00:00:00Z",
             "99999999999999999999-12-31T23:59:59Z",
             "106751991167301-01-01T00:00:00Z",
+            // Found by the datetime fuzz target: in range locally, but year
+            // 10000 (or -1) in UTC, which `format` cannot write back.
+            "9999-12-31T23:59:60-23:59",
+            "9999-12-31T23:59:59-00:01",
+            "0000-01-01T00:00:00+00:01",
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
