@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use waxwing_core::hooks::{
@@ -21,8 +21,10 @@ use waxwing_core::hooks::{
     RegisterError, Registrar, StanzaHook,
 };
 use waxwing_core::time::xep0082;
+use waxwing_proto::datetime;
 use waxwing_proto::jid::{BareJid, Jid};
 use waxwing_proto::ns;
+use waxwing_proto::payload::rsm;
 use waxwing_proto::stanza::{Condition, StanzaError};
 use waxwing_proto::xml::{Element, parse_stanza};
 use waxwing_store::StoreError;
@@ -39,7 +41,6 @@ pub const NS_EXTENDED: &str = "urn:xmpp:mam:2#extended";
 /// XEP-0359: Unique and Stable Stanza IDs.
 pub const NS_SID: &str = "urn:xmpp:sid:0";
 /// XEP-0059: Result Set Management.
-const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 /// XEP-0297: Stanza Forwarding.
 const NS_FORWARD: &str = "urn:xmpp:forward:0";
 /// XEP-0334: Message Processing Hints.
@@ -480,22 +481,18 @@ fn result_message(
 
 /// `<fin complete='true'><set>first, last, count</set></fin>`.
 fn fin(page: &Page<Item>, queryid: Option<&str>, flipped: bool) -> Element {
-    let mut set = Element::new("set", NS_RSM);
-    if let (Some(first), Some(last)) = (page.first_id(), page.last_id()) {
-        let mut first_el = Element::new("first", NS_RSM).with_text(first);
-        if let Some(index) = page.first_index {
-            // The index is that of the first item *as sent*.
-            let index = if flipped {
+    // The index is that of the first item *as sent*.
+    let first = page.first_id().map(|first| {
+        let index = page.first_index.map(|index| {
+            if flipped {
                 index + page.items.len() as u64 - 1
             } else {
                 index
-            };
-            first_el.set_attr("index", index.to_string());
-        }
-        set.push_child(first_el);
-        set.push_child(Element::new("last", NS_RSM).with_text(last));
-    }
-    set.push_child(Element::new("count", NS_RSM).with_text(page.count.to_string()));
+            }
+        });
+        (first, index)
+    });
+    let set = rsm::reply(first, page.last_id(), Some(page.count));
     let mut fin = Element::new("fin", NS);
     if let Some(q) = queryid {
         fin.set_attr("queryid", q);
@@ -601,7 +598,7 @@ fn parse_query(payload: &Element) -> Result<ParsedQuery, StanzaError> {
                 "start" | "end" => {
                     let t = single()
                         .map(|s| {
-                            parse_datetime(&s)
+                            datetime::parse(&s)
                                 .ok_or_else(|| bad_request("not a XEP-0082 date-time"))
                         })
                         .transpose()?;
@@ -629,29 +626,12 @@ fn parse_query(payload: &Element) -> Result<ParsedQuery, StanzaError> {
         }
     }
     let mut max = None;
-    if let Some(set) = payload.child("set", NS_RSM) {
-        for c in set.children() {
-            match (c.ns.as_str(), c.name.as_str()) {
-                (NS_RSM, "max") => {
-                    max = Some(
-                        c.text()
-                            .trim()
-                            .parse::<usize>()
-                            .map_err(|_| bad_request("<max/> is not a number"))?,
-                    );
-                }
-                (NS_RSM, "after") => q.after = Some(c.text().trim().to_string()),
-                (NS_RSM, "before") => q.before = Some(c.text().trim().to_string()),
-                (NS_RSM, "index") => {
-                    return Err(StanzaError::cancel(Condition::FeatureNotImplemented)
-                        .with_text("paging by index is not supported; use after/before"));
-                }
-                _ => {}
-            }
+    if let Some(set) = rsm::Request::from_parent(payload, MAX_PAGE)? {
+        if set.index.is_some() {
+            return Err(StanzaError::cancel(Condition::FeatureNotImplemented)
+                .with_text("paging by index is not supported; use after/before"));
         }
-        if q.after.as_deref() == Some("") {
-            return Err(bad_request("<after/> needs an id"));
-        }
+        (max, q.after, q.before) = (set.max, set.after, set.before);
     }
     q.max = match max {
         Some(m) => m.min(MAX_PAGE),
@@ -705,93 +685,11 @@ fn parse_prefs(el: &Element) -> Result<ArchivePrefs, StanzaError> {
     })
 }
 
-/// Parses a XEP-0082 DateTime (`1969-07-21T02:56:15Z`, optional fraction,
-/// `Z` or a `±hh:mm` offset).
-fn parse_datetime(s: &str) -> Option<SystemTime> {
-    fn num(s: &str) -> Option<i64> {
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    }
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-');
-    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
-    let (clock, offset_min) = if let Some(c) = time.strip_suffix('Z') {
-        (c, 0)
-    } else {
-        let at = time.rfind(['+', '-'])?;
-        let (c, off) = time.split_at(at);
-        let (oh, om) = off[1..].split_once(':')?;
-        let (oh, om) = (num(oh)?, num(om)?);
-        if oh > 23 || om > 59 {
-            return None;
-        }
-        let minutes = oh * 60 + om;
-        (
-            c,
-            if off.starts_with('-') {
-                -minutes
-            } else {
-                minutes
-            },
-        )
-    };
-    let (hms, frac) = match clock.split_once('.') {
-        // A dot needs digits after it.
-        Some((hms, frac)) => (hms, Some(frac).filter(|f| num(f).is_some())?),
-        None => (clock, ""),
-    };
-    let mut t = hms.splitn(3, ':');
-    let (hh, mm, ss) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
-    let millis: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
-    let month_days = [
-        31,
-        28 + i64::from(is_leap(y)),
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&m) || day < 1 || day > month_days[(m - 1) as usize] {
-        return None;
-    }
-    if hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let secs = days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60 + ss - offset_min * 60;
-    let ms = secs.checked_mul(1000)?.checked_add(millis)?;
-    Some(if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    })
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-/// Howard Hinnant's days-from-civil (proleptic Gregorian), the inverse of
-/// the formatter in `waxwing_core::time`.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
+    use waxwing_proto::payload::rsm::NS as NS_RSM;
 
     fn el(xml: &str) -> Element {
         parse_stanza(xml, ns::CLIENT).unwrap()
@@ -799,39 +697,6 @@ mod tests {
 
     fn jid(s: &str) -> Jid {
         Jid::parse(s).unwrap()
-    }
-
-    #[test]
-    fn datetimes_round_trip_with_the_formatter() {
-        for ms in [0u64, 1_795_000_000_123, 951_782_400_000, 4_102_444_799_999] {
-            let t = UNIX_EPOCH + Duration::from_millis(ms);
-            assert_eq!(parse_datetime(&xep0082(t)), Some(t), "{}", xep0082(t));
-        }
-        let t = |s| parse_datetime(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_millis());
-        assert_eq!(t("2010-06-07T00:00:00Z"), Some(1_275_868_800_000));
-        assert_eq!(t("2010-06-07T02:00:00+02:00"), Some(1_275_868_800_000));
-        assert_eq!(t("2010-06-06T22:30:00-01:30"), Some(1_275_868_800_000));
-        assert_eq!(t("2010-06-07T00:00:00.5Z"), Some(1_275_868_800_500));
-        assert_eq!(t("2010-06-07T00:00:00.123456Z"), Some(1_275_868_800_123));
-        assert_eq!(
-            parse_datetime("1969-12-31T23:59:59Z"),
-            Some(UNIX_EPOCH - Duration::from_secs(1))
-        );
-        for bad in [
-            "",
-            "2010-06-07",
-            "2010-06-07T00:00:00",
-            "2010-13-07T00:00:00Z",
-            "2010-02-30T00:00:00Z",
-            "2010-06-07T24:00:00Z",
-            "2010-06-07T00:00:00.Z",
-            "2010-06-07T00:00:00+2:0x",
-            "x010-06-07T00:00:00Z",
-        ] {
-            assert_eq!(parse_datetime(bad), None, "{bad}");
-        }
-        assert!(parse_datetime("2000-02-29T00:00:00Z").is_some());
-        assert!(parse_datetime("1900-02-29T00:00:00Z").is_none());
     }
 
     fn query_xml(inner: &str) -> Element {
@@ -867,8 +732,8 @@ mod tests {
         assert_eq!(p.queryid.as_deref(), Some("q1"));
         let q = p.query;
         assert_eq!(q.with, Some(jid("juliet@capulet.lit")));
-        assert_eq!(q.start, parse_datetime("2010-06-07T00:00:00Z"));
-        assert_eq!(q.end, parse_datetime("2010-07-07T13:23:54Z"));
+        assert_eq!(q.start, datetime::parse("2010-06-07T00:00:00Z"));
+        assert_eq!(q.end, datetime::parse("2010-07-07T13:23:54Z"));
         assert_eq!(
             (q.after_id.as_deref(), q.before_id.as_deref()),
             (Some("a"), Some("b"))
@@ -906,6 +771,28 @@ mod tests {
             .unwrap()
             .query;
         assert_eq!(q.with, None);
+    }
+
+    /// Issue 14: an extreme year overflowed the date arithmetic (a panic
+    /// in the handler), and a `<max/>` beyond u64 was refused instead of clamped.
+    #[test]
+    fn extreme_dates_and_sizes_are_no_panic() {
+        for year in [
+            "9223372036854775807",
+            "99999999999999999999",
+            "106751991167301",
+        ] {
+            let r = parse_query(&query_xml(&form(&format!(
+                "<field var='start'><value>{year}-01-01T00:00:00Z</value></field>"
+            ))));
+            assert_eq!(r.unwrap_err().condition, Condition::BadRequest, "{year}");
+        }
+        let q = parse_query(&query_xml(&format!(
+            "<set xmlns='{NS_RSM}'><max>99999999999999999999999</max><after>z</after></set>"
+        )))
+        .unwrap()
+        .query;
+        assert_eq!(q.max, MAX_PAGE);
     }
 
     #[test]

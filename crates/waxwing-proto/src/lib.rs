@@ -1,7 +1,9 @@
 #![forbid(unsafe_code)]
+pub mod datetime;
 pub mod jid;
 pub mod lang;
 pub mod ns;
+pub mod payload;
 pub mod sasl;
 pub mod stanza;
 pub mod xml;

@@ -677,3 +677,74 @@ async fn collections_list_children_and_notify_their_subscribers() {
         .collect();
     assert_eq!(listed, ["local", "sports", "weekend"], "{r}");
 }
+
+const RSM: &str = "http://jabber.org/protocol/rsm";
+
+fn item_ids(r: &Element) -> Vec<String> {
+    r.child("pubsub", PUBSUB)
+        .and_then(|p| p.child("items", PUBSUB))
+        .map(|items| {
+            items
+                .children()
+                .filter_map(|i| i.attr("id").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn rsm_child(r: &Element, name: &str) -> Option<String> {
+    r.child("pubsub", PUBSUB)
+        .and_then(|p| p.child("set", RSM))
+        .and_then(|s| s.child(name, RSM))
+        .map(|e| e.text())
+}
+
+/// Issue 14: `<items/>` without RSM returned the whole node in one reply,
+/// and `<max>` of u64::MAX with `<after>`/`<index>` panicked the handler.
+/// Now a reply holds at most `max_items_per_reply` items, says so with an
+/// RSM `<set/>`, and the rest is paged with `<after/>`.
+#[tokio::test]
+async fn items_without_rsm_are_bounded_and_huge_max_is_clamped() {
+    let s = TestServer::start_with("[pubsub]\nmax_items_per_reply = 2\n").await;
+    s.user("alice").await;
+    let mut alice = online(&s, "alice", "a").await;
+    ok(&iq(&mut alice, "set", &create("big", None)).await);
+    for id in ["1", "2", "3", "4", "5"] {
+        ok(&iq(&mut alice, "set", &publish("big", id, id)).await);
+    }
+
+    let r = iq(
+        &mut alice,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='big'/></pubsub>"),
+    )
+    .await;
+    ok(&r);
+    assert_eq!(item_ids(&r), ["5", "4"], "{r}");
+    assert_eq!(rsm_child(&r, "count").as_deref(), Some("5"), "{r}");
+    assert_eq!(rsm_child(&r, "last").as_deref(), Some("4"), "{r}");
+
+    let huge = "18446744073709551615";
+    for cursor in ["<after>4</after>", "<index>2</index>"] {
+        let r = iq(
+            &mut alice,
+            "get",
+            &format!(
+                "<pubsub xmlns='{PUBSUB}'><items node='big'/>\
+                 <set xmlns='{RSM}'><max>{huge}</max>{cursor}</set></pubsub>"
+            ),
+        )
+        .await;
+        ok(&r);
+        assert_eq!(item_ids(&r), ["3", "2"], "{cursor}: {r}");
+        assert_eq!(rsm_child(&r, "last").as_deref(), Some("2"), "{r}");
+    }
+    // The session survived all of it.
+    let r = iq(
+        &mut alice,
+        "get",
+        &format!("<pubsub xmlns='{PUBSUB}'><items node='big'/><set xmlns='{RSM}'><after>2</after></set></pubsub>"),
+    )
+    .await;
+    assert_eq!(item_ids(&r), ["1"], "{r}");
+}

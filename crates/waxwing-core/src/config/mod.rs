@@ -112,6 +112,8 @@ pub struct PubSubConfig {
     pub feed_timeout: Duration,
     pub feed_max_bytes: u64,
     pub feed_max_backoff: Duration,
+    /// Most items in one `<items/>` reply (XEP-0060 retrieval, PEP too).
+    pub max_items_per_reply: usize,
     pub feeds: Vec<FeedConfig>,
 }
 
@@ -124,6 +126,10 @@ pub struct FeedConfig {
     pub node: String,
     pub interval: Duration,
 }
+
+/// The largest `[pubsub] max_items_per_reply`: a node keeps at most this
+/// many items (`pubsub#max_items` is capped there too).
+pub const MAX_ITEMS_PER_REPLY: usize = 1024;
 
 /// Poll interval of a feed that does not say.
 pub const DEFAULT_FEED_INTERVAL: Duration = Duration::from_secs(900);
@@ -551,6 +557,17 @@ fn pubsub_config(
     positive(p.feed_timeout_secs, "feed_timeout_secs")?;
     positive(p.feed_max_bytes, "feed_max_bytes")?;
     positive(p.feed_max_backoff_secs, "feed_max_backoff_secs")?;
+    positive(p.max_items_per_reply as u64, "max_items_per_reply")?;
+    if p.max_items_per_reply > MAX_ITEMS_PER_REPLY {
+        return Err(ConfigError::at(
+            source,
+            "max_items_per_reply",
+            format!(
+                "[pubsub] max_items_per_reply above {MAX_ITEMS_PER_REPLY} is refused \
+                 (no node keeps more items)"
+            ),
+        ));
+    }
     let min_interval = Duration::from_secs(p.feed_min_interval_secs);
     let mut feeds: Vec<FeedConfig> = Vec::new();
     for f in &p.feeds {
@@ -607,6 +624,7 @@ fn pubsub_config(
         feed_timeout: Duration::from_secs(p.feed_timeout_secs),
         feed_max_bytes: p.feed_max_bytes,
         feed_max_backoff: Duration::from_secs(p.feed_max_backoff_secs),
+        max_items_per_reply: p.max_items_per_reply,
         feeds,
     })
 }
@@ -819,6 +837,8 @@ mod tests {
             "[[pubsub.feeds]]\nurl = \"http://x/\"\nnode = \"n\"\nhost = \"z.example\"\n",
             "[[pubsub.feeds]]\nurl = \"http://x/\"\nnode = \"n\"\ninterval_secs = 5\n",
             "[pubsub]\nfeed_concurrency = 0\n",
+            "[pubsub]\nmax_items_per_reply = 0\n",
+            "[pubsub]\nmax_items_per_reply = 1025\n",
         ] {
             let e = Config::parse(bad).unwrap_err();
             assert!(e.line.is_some(), "{bad}: {e}");

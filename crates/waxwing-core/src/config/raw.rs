@@ -265,6 +265,9 @@ pub struct PubSub {
     pub feed_max_bytes: u64,
     /// Longest wait between attempts of a failing feed (exponential backoff cap).
     pub feed_max_backoff_secs: u64,
+    /// Most items one `<items/>` reply carries (PubSub and PEP); a larger
+    /// result is truncated and says so with RSM.
+    pub max_items_per_reply: usize,
     /// Feeds to republish.
     pub feeds: Vec<Feed>,
 }
@@ -277,6 +280,7 @@ impl Default for PubSub {
             feed_timeout_secs: 30,
             feed_max_bytes: 2 * 1024 * 1024,
             feed_max_backoff_secs: 6 * 3600,
+            max_items_per_reply: 256,
             feeds: Vec::new(),
         }
     }

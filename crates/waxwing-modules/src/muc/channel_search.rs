@@ -8,6 +8,7 @@
 //! of its listed rooms.
 
 use waxwing_proto::ns;
+use waxwing_proto::payload::rsm;
 use waxwing_proto::stanza::{Condition, StanzaError};
 use waxwing_proto::xml::Element;
 
@@ -26,7 +27,6 @@ pub const KEY_ADDRESS: &str = "{urn:xmpp:channel-search:0:order}address";
 /// Our extension field (Clark notation, XEP-0433 §6.1.1): only rooms whose
 /// `muc#roomconfig_lang` starts with this language tag.
 pub const FIELD_LANGUAGE: &str = "{urn:xmpp:waxwing:channel-search:0}language";
-const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 
 /// Page size without `<max/>`, and the most sent whatever the client asks.
 const DEFAULT_PAGE: usize = 50;
@@ -67,9 +67,8 @@ pub struct Query {
     /// False when `types` excludes XEP-0045 rooms: nothing matches.
     pub muc: bool,
     pub key: SortKey,
-    pub max: usize,
-    pub after: Option<String>,
-    pub before: Option<String>,
+    /// The RSM request (`max` already clamped to [`MAX_PAGE`]).
+    pub page: rsm::Request,
 }
 
 fn app_error(base: StanzaError, condition: &str) -> StanzaError {
@@ -188,26 +187,10 @@ pub fn parse(search: &Element) -> Result<Query, StanzaError> {
     let muc = s
         .multi("types")
         .is_none_or(|t| t.is_empty() || t.iter().any(|t| t == "xep-0045"));
-    let (mut max, mut after, mut before) = (DEFAULT_PAGE, None, None);
-    if let Some(set) = search.child("set", NS_RSM) {
-        if let Some(m) = set.child("max", NS_RSM) {
-            max = m
-                .text()
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| bad("<max/> is not a number"))?
-                .min(MAX_PAGE);
-        }
-        after = set
-            .child("after", NS_RSM)
-            .map(|a| a.text().trim().to_string());
-        before = set
-            .child("before", NS_RSM)
-            .map(|b| b.text().trim().to_string());
-        if set.child("index", NS_RSM).is_some() {
-            return Err(StanzaError::cancel(Condition::FeatureNotImplemented)
-                .with_text("paging by index is not supported; use after/before"));
-        }
+    let page = rsm::Request::from_parent(search, MAX_PAGE)?.unwrap_or_default();
+    if page.index.is_some() {
+        return Err(StanzaError::cancel(Condition::FeatureNotImplemented)
+            .with_text("paging by index is not supported; use after/before"));
     }
     Ok(Query {
         terms,
@@ -221,9 +204,7 @@ pub fn parse(search: &Element) -> Result<Query, StanzaError> {
             .filter(|l| !l.is_empty()),
         muc,
         key,
-        max,
-        after,
-        before,
+        page,
     })
 }
 
@@ -260,25 +241,11 @@ pub fn search(mut rooms: Vec<Listing>, q: &Query) -> Result<Element, StanzaError
         }
     }
     let count = rooms.len();
-    let position = |cursor: &str| {
-        rooms
-            .iter()
-            .position(|l| l.address == cursor)
-            .ok_or_else(|| StanzaError::cancel(Condition::ItemNotFound))
-    };
-    let (start, end) = match (&q.after, &q.before) {
-        (Some(a), _) => {
-            let s = position(a)? + 1;
-            (s, (s + q.max).min(count))
-        }
-        (None, Some(b)) if b.is_empty() => (count.saturating_sub(q.max), count),
-        (None, Some(b)) => {
-            let e = position(b)?;
-            (e.saturating_sub(q.max), e)
-        }
-        (None, None) => (0, q.max.min(count)),
-    };
-    let page = &rooms[start..end];
+    let window = q.page.window(count, DEFAULT_PAGE, |cursor| {
+        rooms.iter().position(|l| l.address == cursor)
+    })?;
+    let start = window.start;
+    let page = &rooms[window];
     let mut result = Element::new("result", NS);
     for l in page {
         let mut item = Element::new("item", NS).with_attr("address", l.address.clone());
@@ -296,22 +263,19 @@ pub fn search(mut rooms: Vec<Listing>, q: &Query) -> Result<Element, StanzaError
         text("anonymity-mode", l.anonymity);
         result.push_child(item);
     }
-    let mut set = Element::new("set", NS_RSM);
-    if let (Some(first), Some(last)) = (page.first(), page.last()) {
-        set.push_child(
-            Element::new("first", NS_RSM)
-                .with_attr("index", start.to_string())
-                .with_text(first.address.clone()),
-        );
-        set.push_child(Element::new("last", NS_RSM).with_text(last.address.clone()));
-    }
-    set.push_child(Element::new("count", NS_RSM).with_text(count.to_string()));
+    let set = rsm::reply(
+        page.first()
+            .map(|f| (f.address.as_str(), Some(start as u64))),
+        page.last().map(|l| l.address.as_str()),
+        Some(count as u64),
+    );
     Ok(result.with_child(set))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use waxwing_proto::payload::rsm::NS as NS_RSM;
     use waxwing_proto::xml::parse_stanza;
 
     fn listing(address: &str, name: &str, description: &str, lang: &str, n: usize) -> Listing {

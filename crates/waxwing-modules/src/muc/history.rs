@@ -2,8 +2,9 @@
 //! room's last messages, and the `<history/>` limits a joining client asks for.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use waxwing_proto::datetime;
 use waxwing_proto::xml::Element;
 
 /// One remembered message: already addressed `from` the sender's room
@@ -110,69 +111,15 @@ impl HistoryRequest {
             maxchars: h.attr("maxchars").and_then(|v| v.parse().ok()),
             maxstanzas: h.attr("maxstanzas").and_then(|v| v.parse().ok()),
             seconds: h.attr("seconds").and_then(|v| v.parse().ok()),
-            since: h.attr("since").and_then(parse_datetime),
+            since: h.attr("since").and_then(|s| datetime::parse(s.trim())),
         }
     }
-}
-
-/// Parses an XEP-0082 DateTime (`1970-01-01T00:00:00[.sss](Z|±hh:mm)`).
-pub fn parse_datetime(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-');
-    let y: i64 = d.next()?.parse().ok()?;
-    let m: u32 = d.next()?.parse().ok()?;
-    let day: u32 = d.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let (clock, offset_secs) = if let Some(c) = time.strip_suffix('Z') {
-        (c, 0i64)
-    } else {
-        let i = time.rfind(['+', '-'])?;
-        let (c, off) = time.split_at(i);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (oh, om) = off[1..].split_once(':')?;
-        let off: i64 = oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60;
-        (c, sign * off)
-    };
-    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
-    let mut t = hms.splitn(3, ':');
-    let hh: i64 = t.next()?.parse().ok()?;
-    let mm: i64 = t.next()?.parse().ok()?;
-    let ss: i64 = t.next()?.parse().ok()?;
-    if hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let nanos: u32 = if frac.is_empty() {
-        0
-    } else {
-        let digits: String = frac.chars().take(9).collect();
-        if !digits.chars().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        format!("{digits:0<9}").parse().ok()?
-    };
-    let days = days_from_civil(y, m, day);
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss - offset_secs;
-    let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-/// Howard Hinnant's days-from-civil (proleptic Gregorian).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn msg(i: usize) -> Element {
         Element::new("message", waxwing_proto::ns::CLIENT).with_attr("id", i.to_string())
@@ -249,17 +196,18 @@ mod tests {
         assert_eq!(r.since, Some(UNIX_EPOCH + Duration::from_secs(100)));
     }
 
+    /// Issue 14: an extreme year in `since` overflowed the date arithmetic
+    /// (a panic in the join handler); it is now an unparseable value, ignored.
     #[test]
-    fn datetimes() {
-        let t = |s| parse_datetime(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_millis());
-        assert_eq!(t("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(t("2026-11-18T11:06:40.123Z"), Some(1_795_000_000_123));
-        assert_eq!(t("2026-11-18T12:06:40.123+01:00"), Some(1_795_000_000_123));
-        assert_eq!(t("2000-02-29T00:00:00Z"), Some(951_782_400_000));
-        assert_eq!(t("2000-13-01T00:00:00Z"), None);
-        assert_eq!(t("yesterday"), None);
-        let now = std::time::SystemTime::now();
-        let round = parse_datetime(&waxwing_core::time::xep0082(now)).unwrap();
-        assert!(now.duration_since(round).unwrap() < Duration::from_millis(1));
+    fn extreme_since_is_ignored() {
+        for year in [
+            "9223372036854775807",
+            "-9223372036854775808",
+            "106751991167301",
+        ] {
+            let el = Element::new("history", "http://jabber.org/protocol/muc")
+                .with_attr("since", format!("{year}-01-01T00:00:00Z"));
+            assert_eq!(HistoryRequest::parse(Some(&el)).since, None, "{year}");
+        }
     }
 }

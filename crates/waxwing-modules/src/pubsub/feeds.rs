@@ -734,6 +734,7 @@ mod tests {
             feed_timeout: Duration::from_secs(5),
             feed_max_bytes: max_bytes,
             feed_max_backoff: Duration::from_secs(60),
+            max_items_per_reply: 256,
             feeds: Vec::new(),
         };
         Feeds::new(config, Arc::new(Caps::default()))

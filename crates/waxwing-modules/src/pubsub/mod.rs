@@ -24,6 +24,7 @@ use waxwing_core::hooks::{
 };
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
+use waxwing_proto::payload::rsm;
 use waxwing_proto::stanza::{Condition, StanzaError};
 use waxwing_proto::xml::{Element, parse_stanza};
 use waxwing_store::{PubSubAffiliation, PubSubItem, StoreError, Subscription, SubscriptionState};
@@ -41,7 +42,7 @@ pub const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 pub const NS_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const NS_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
 pub const NS_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
-pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+pub const NS_RSM: &str = rsm::NS;
 pub const NS_SUBSCRIBE_AUTHORIZATION: &str =
     "http://jabber.org/protocol/pubsub#subscribe_authorization";
 
@@ -1166,12 +1167,11 @@ impl Svc<'_> {
         if let Some(max) = el.attr("max_items").and_then(|m| m.parse::<usize>().ok()) {
             selected.truncate(max);
         }
-        let mut set = None;
-        if let Some(rsm) = rsm {
-            let (page, out) = rsm_page(&selected, rsm)?;
-            selected = page;
-            set = Some(out);
-        }
+        let limits = Bounds {
+            items: self.cx.config().pubsub.max_items_per_reply,
+            bytes: self.cx.config().max_stanza_bytes,
+        };
+        let (selected, set) = items_page(&selected, rsm, limits)?;
         let mut items = Element::new("items", NS).with_attr("node", node);
         for i in selected {
             let mut item = Element::new("item", NS).with_attr("id", i.id.as_str());
@@ -1623,57 +1623,58 @@ fn access_error(cfg: &NodeConfig) -> StanzaError {
     }
 }
 
-/// XEP-0059 paging over items (newest first): `max`, `after`, `before`, `index`.
-fn rsm_page<'a>(
+/// What one `<items/>` reply may carry.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// `[pubsub] max_items_per_reply`: also the largest RSM `<max/>`.
+    items: usize,
+    /// Stored payload bytes (`[limits] max_stanza_bytes`): a reply larger
+    /// than what we accept ourselves would be refused by many peers. The
+    /// first item always goes, whatever its size.
+    bytes: usize,
+}
+
+/// The items one reply carries, newest first, and the RSM `<set/>` that
+/// says where they sit in the whole selection. With a request `<set/>`
+/// (XEP-0059: `max`, `after`, `before`, `index`) the reply always has one;
+/// without, a selection within `bounds` goes whole and without `<set/>`,
+/// and a larger one is truncated and signalled with one (XEP-0060 §6.5:
+/// "the service MAY return some of the items", with RSM so that the
+/// client can page through the rest).
+fn items_page<'a>(
     items: &[&'a PubSubItem],
-    rsm: &Element,
-) -> Result<(Vec<&'a PubSubItem>, Element), StanzaError> {
-    let text = |name: &str| rsm.child(name, NS_RSM).map(|e| e.text());
-    let max = match text("max") {
-        Some(m) => Some(
-            m.trim()
-                .parse::<usize>()
-                .map_err(|_| StanzaError::modify(Condition::BadRequest))?,
-        ),
-        None => None,
+    rsm: Option<&Element>,
+    bounds: Bounds,
+) -> Result<(Vec<&'a PubSubItem>, Option<Element>), StanzaError> {
+    let window = match rsm {
+        Some(set) => {
+            rsm::Request::parse(set, bounds.items)?.window(items.len(), bounds.items, |id| {
+                items.iter().position(|i| i.id == id)
+            })?
+        }
+        None => 0..items.len(),
     };
-    let position = |id: &str| {
-        items
-            .iter()
-            .position(|i| i.id == id)
-            .ok_or_else(item_not_found)
-    };
-    let (start, end) = if let Some(after) = text("after") {
-        let p = position(&after)? + 1;
-        (p, max.map_or(items.len(), |m| (p + m).min(items.len())))
-    } else if let Some(before) = text("before") {
-        let end = if before.is_empty() {
-            items.len()
-        } else {
-            position(&before)?
-        };
-        (max.map_or(0, |m| end.saturating_sub(m)), end)
-    } else {
-        let start = text("index")
-            .and_then(|i| i.trim().parse::<usize>().ok())
-            .unwrap_or(0)
-            .min(items.len());
-        (
-            start,
-            max.map_or(items.len(), |m| (start + m).min(items.len())),
+    let mut page = items[window.clone()].to_vec();
+    let mut bytes = 0usize;
+    let fits = page
+        .iter()
+        .take(bounds.items)
+        .take_while(|i| {
+            bytes = bytes.saturating_add(i.payload.len());
+            bytes <= bounds.bytes
+        })
+        .count()
+        .max(1);
+    let truncated = page.len() > fits;
+    page.truncate(fits);
+    let set = (rsm.is_some() || truncated).then(|| {
+        rsm::reply(
+            page.first()
+                .map(|f| (f.id.as_str(), Some(window.start as u64))),
+            page.last().map(|l| l.id.as_str()),
+            Some(items.len() as u64),
         )
-    };
-    let page: Vec<&PubSubItem> = items[start..end].to_vec();
-    let mut set = Element::new("set", NS_RSM);
-    if let (Some(first), Some(last)) = (page.first(), page.last()) {
-        set.push_child(
-            Element::new("first", NS_RSM)
-                .with_attr("index", start.to_string())
-                .with_text(first.id.clone()),
-        );
-        set.push_child(Element::new("last", NS_RSM).with_text(last.id.clone()));
-    }
-    set.push_child(Element::new("count", NS_RSM).with_text(items.len().to_string()));
+    });
     Ok((page, set))
 }
 
@@ -1705,11 +1706,26 @@ mod tests {
         set
     }
 
+    const WIDE: Bounds = Bounds {
+        items: 100,
+        bytes: usize::MAX,
+    };
+
+    fn rsm_page<'a>(
+        items: &[&'a PubSubItem],
+        set: &Element,
+    ) -> Result<(Vec<&'a PubSubItem>, Element), StanzaError> {
+        items_page(items, Some(set), WIDE).map(|(p, s)| (p, s.expect("a <set/> answers one")))
+    }
+
+    fn ids(p: &[&PubSubItem]) -> Vec<String> {
+        p.iter().map(|i| i.id.clone()).collect()
+    }
+
     #[test]
     fn rsm_pages_forward_and_backward() {
         let all = items(&["5", "4", "3", "2", "1"]);
         let refs: Vec<&PubSubItem> = all.iter().collect();
-        let ids = |p: &[&PubSubItem]| p.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
         let (p, set) = rsm_page(&refs, &rsm(&[("max", "2")])).unwrap();
         assert_eq!(ids(&p), ["5", "4"]);
         assert_eq!(set.child("count", NS_RSM).unwrap().text(), "5");
@@ -1720,6 +1736,49 @@ mod tests {
         assert_eq!(ids(&p), ["2", "1"]);
         let e = rsm_page(&refs, &rsm(&[("after", "nope")])).unwrap_err();
         assert_eq!(e.condition, Condition::ItemNotFound);
+    }
+
+    /// Issue 14: `<max>` of u64::MAX with `<after>` or `<index>` overflowed
+    /// the window arithmetic (a panic in the handler).
+    #[test]
+    fn rsm_huge_max_is_clamped() {
+        let all = items(&["5", "4", "3", "2", "1"]);
+        let refs: Vec<&PubSubItem> = all.iter().collect();
+        let huge = "18446744073709551615";
+        let (p, _) = rsm_page(&refs, &rsm(&[("max", huge), ("after", "4")])).unwrap();
+        assert_eq!(ids(&p), ["3", "2", "1"]);
+        let (p, _) = rsm_page(&refs, &rsm(&[("max", huge), ("index", "2")])).unwrap();
+        assert_eq!(ids(&p), ["3", "2", "1"]);
+        let tight = Bounds { items: 2, ..WIDE };
+        let (p, _) = items_page(&refs, Some(&rsm(&[("max", huge)])), tight).unwrap();
+        assert_eq!(ids(&p), ["5", "4"], "max is clamped to max_items_per_reply");
+    }
+
+    /// Issue 14: `<items/>` without RSM returned the whole node in one reply.
+    #[test]
+    fn a_reply_without_rsm_is_bounded_and_says_so() {
+        let all = items(&["5", "4", "3", "2", "1"]);
+        let refs: Vec<&PubSubItem> = all.iter().collect();
+        let (p, set) = items_page(&refs, None, WIDE).unwrap();
+        assert_eq!((p.len(), set), (5, None), "within bounds: whole, no <set/>");
+        let (p, set) = items_page(&refs, None, Bounds { items: 2, ..WIDE }).unwrap();
+        assert_eq!(ids(&p), ["5", "4"]);
+        let set = set.expect("a truncated reply carries a <set/>");
+        assert_eq!(set.child("count", NS_RSM).unwrap().text(), "5");
+        assert_eq!(set.child("first", NS_RSM).unwrap().attr("index"), Some("0"));
+        assert_eq!(set.child("last", NS_RSM).unwrap().text(), "4");
+        // The byte budget: each payload is "<x/>" (4 bytes).
+        let bytes = |bytes| Bounds { items: 100, bytes };
+        let (p, set) = items_page(&refs, None, bytes(9)).unwrap();
+        assert_eq!(
+            (ids(&p), set.is_some()),
+            (vec!["5".into(), "4".into()], true)
+        );
+        let (p, _) = items_page(&refs, None, bytes(1)).unwrap();
+        assert_eq!(ids(&p), ["5"], "the first item goes whatever its size");
+        // The next page continues after the last one sent.
+        let (p, _) = items_page(&refs, Some(&rsm(&[("after", "4")])), bytes(9)).unwrap();
+        assert_eq!(ids(&p), ["3", "2"]);
     }
 
     #[test]

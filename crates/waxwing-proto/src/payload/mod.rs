@@ -1,0 +1,3 @@
+//! Typed payloads, one file per XEP, named by the XEP's short name.
+
+pub mod rsm;
