@@ -25,7 +25,7 @@ use waxwing_proto::stanza::{
 use waxwing_proto::xml::Element;
 use waxwing_store::{StoreError, Stores};
 
-use crate::abuse::{AuthThrottle, ConnectionCounter};
+use crate::abuse::{AuthThrottle, ConnectionCounter, RegistrationLimit, ThrottleConfig};
 use crate::config::Config;
 use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqKind, IqTarget, Registry};
 use crate::s2s::S2sManager;
@@ -46,11 +46,13 @@ pub struct Server {
     pub(crate) shutdown: CancellationToken,
     /// Modules' background tasks (feed pollers …), awaited on stop.
     pub(crate) background: tokio_util::task::TaskTracker,
-    /// Keys the fake SCRAM salts of unknown users, so that they are stable
-    /// (an attacker cannot tell "no such user" from "wrong password").
+    /// Keys the fake SCRAM salts of unknown users, so that they are stable,
+    /// across restarts too (an attacker cannot tell "no such user" from
+    /// "wrong password"); persisted under `data_dir`.
     pub(crate) fake_salt_key: [u8; 32],
     pub(crate) connections: Arc<ConnectionCounter>,
     pub(crate) auth_throttle: AuthThrottle,
+    pub(crate) registrations: RegistrationLimit,
     pub(crate) resumption: ResumptionTable,
     /// Federation: outgoing connections per domain pair, dialback secret, s2s TLS.
     pub s2s: S2sManager,
@@ -63,6 +65,7 @@ impl Server {
         registry: Registry,
         tls: TlsContext,
         s2s: S2sManager,
+        fake_salt_key: [u8; 32],
     ) -> Arc<Self> {
         Arc::new(Server {
             stores,
@@ -72,12 +75,18 @@ impl Server {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             background: tokio_util::task::TaskTracker::new(),
-            fake_salt_key: rand::random(),
+            fake_salt_key,
             connections: Arc::new(ConnectionCounter::default()),
-            auth_throttle: AuthThrottle::new(
-                config.max_auth_failures_per_ip,
-                config.max_auth_failures_per_account,
-                config.auth_failure_window,
+            auth_throttle: AuthThrottle::new(ThrottleConfig {
+                max_per_prefix: config.max_auth_failures_per_ip,
+                max_per_account: config.max_auth_failures_per_account,
+                window: config.auth_failure_window,
+                prefixes: config.auth_prefixes,
+            }),
+            registrations: RegistrationLimit::new(
+                config.registration_max_per_address,
+                config.registration_window,
+                config.auth_prefixes,
             ),
             resumption: ResumptionTable::default(),
             s2s,

@@ -49,8 +49,15 @@ pub struct Config {
     pub max_auth_failures_per_ip: u32,
     pub max_auth_failures_per_account: u32,
     pub auth_failure_window: Duration,
+    /// `[auth] ipv4_prefix_length` / `ipv6_prefix_length`: what counts as
+    /// one address for the failure limits.
+    pub auth_prefixes: crate::abuse::PrefixLengths,
     pub registration_open: bool,
     pub min_password_length: usize,
+    /// In-band registrations per stream, and per address prefix per window.
+    pub registration_max_per_stream: u32,
+    pub registration_max_per_address: u32,
+    pub registration_window: Duration,
     pub max_stanza_bytes: usize,
     pub max_depth: usize,
     pub max_attributes: usize,
@@ -320,6 +327,18 @@ impl Config {
                 "scram_iterations below 4096 is refused (RFC 7677 §4)".into(),
             ));
         }
+        for (key, value, min, max) in [
+            ("ipv4_prefix_length", f.auth.ipv4_prefix_length, 8, 32),
+            ("ipv6_prefix_length", f.auth.ipv6_prefix_length, 16, 128),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::at(
+                    source,
+                    key,
+                    format!("{key} must be between {min} and {max}"),
+                ));
+            }
+        }
         let l = &f.limits;
         let positive = [
             ("max_stanza_bytes", l.max_stanza_bytes as u64),
@@ -333,6 +352,15 @@ impl Config {
                 "max_failures_per_stream",
                 f.auth.max_failures_per_stream as u64,
             ),
+            ("max_failures_per_ip", f.auth.max_failures_per_ip as u64),
+            (
+                "max_failures_per_account",
+                f.auth.max_failures_per_account as u64,
+            ),
+            ("failure_window_secs", f.auth.failure_window_secs),
+            ("max_per_stream", f.registration.max_per_stream as u64),
+            ("max_per_address", f.registration.max_per_address as u64),
+            ("address_window_secs", f.registration.address_window_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -402,8 +430,15 @@ impl Config {
             max_auth_failures_per_ip: f.auth.max_failures_per_ip,
             max_auth_failures_per_account: f.auth.max_failures_per_account,
             auth_failure_window: Duration::from_secs(f.auth.failure_window_secs),
+            auth_prefixes: crate::abuse::PrefixLengths {
+                v4: f.auth.ipv4_prefix_length,
+                v6: f.auth.ipv6_prefix_length,
+            },
             registration_open: f.registration.open,
             min_password_length: f.registration.min_password_length,
+            registration_max_per_stream: f.registration.max_per_stream,
+            registration_max_per_address: f.registration.max_per_address,
+            registration_window: Duration::from_secs(f.registration.address_window_secs),
             max_stanza_bytes: l.max_stanza_bytes,
             max_depth: l.max_depth,
             max_attributes: l.max_attributes,

@@ -95,6 +95,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         cb: ChannelBindingData::default(),
         user: None,
         auth_failures: 0,
+        registrations: 0,
         peer,
         attempted: None,
         sasl2: false,
@@ -327,6 +328,8 @@ struct Conn {
     cb: ChannelBindingData,
     user: Option<BareJid>,
     auth_failures: u32,
+    /// Accounts this stream registered in-band (or is registering).
+    registrations: u32,
     peer: SocketAddr,
     bucket: TokenBucket,
     /// Counts this connection against its address while it lives.
@@ -738,19 +741,23 @@ impl Conn {
         let server = self.server.clone();
         let throttle = &server.auth_throttle;
         self.attempted = None;
-        let outcome = if throttle.blocked(ip, None) {
+        // A FAST token is 32 random bytes, bound to one client: presenting
+        // a valid one is not guessing, so the owner gets in even from a
+        // throttled network (a failed one still counts as a failure).
+        let fast = self.sasl2 && auth.attr("mechanism").is_some_and(|m| m.starts_with("HT-"));
+        let outcome = if !fast && throttle.blocked(ip, None) {
             Err(SaslError::TemporaryAuthFailure)
         } else {
-            let fast = self.sasl2 && auth.attr("mechanism").is_some_and(|m| m.starts_with("HT-"));
             let exchange = if fast {
                 self.fast_exchange(auth).await?
             } else {
                 self.sasl_exchange(auth).await?
             };
             match exchange {
-                // A blocked account stays blocked even for the right
-                // password: otherwise guessing would just go slower.
-                Ok((user, _)) if throttle.blocked(ip, Some(&user)) => {
+                // A throttled (account, address prefix) stays throttled even
+                // for the right password: otherwise guessing would not slow
+                // down. Other prefixes are unaffected.
+                Ok((user, _)) if !fast && throttle.blocked(ip, Some(&user)) => {
                     Err(SaslError::TemporaryAuthFailure)
                 }
                 other => other,
@@ -758,7 +765,7 @@ impl Conn {
         };
         match outcome {
             Ok((user, additional)) => {
-                throttle.record_success(&user);
+                throttle.record_success(ip, &user);
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
                 Ok(Some(additional))
@@ -865,14 +872,25 @@ impl Conn {
             .find(|s| s.hash == ScramHash::Sha256)
             .or(secrets.first())
             .cloned();
+        // An unknown account costs the same derivation as a known one, so
+        // that the time to answer does not say which accounts exist.
+        let (secret, exists) = match secret {
+            Some(s) => (s, true),
+            None => (
+                credentials::decoy_secret(
+                    &self.server.fake_salt_key,
+                    user.local().unwrap_or_default(),
+                    self.server.config.scram_iterations,
+                ),
+                false,
+            ),
+        };
         // PBKDF2 takes milliseconds: keep it off the threads that serve streams.
         let password = creds.password;
-        let ok = tokio::task::spawn_blocking(move || {
-            secret.is_some_and(|s| s.verify_password(&password))
-        })
-        .await
-        .unwrap_or(false);
-        if ok {
+        let ok = tokio::task::spawn_blocking(move || secret.verify_password(&password))
+            .await
+            .unwrap_or(false);
+        if ok && exists {
             Ok(user)
         } else {
             Err(SaslError::NotAuthorized)
@@ -940,12 +958,21 @@ impl Conn {
             Err(err) => stanza::error_reply(&el, &err),
             Ok((kind, payload)) => {
                 let key = (IqTarget::Server, kind, ns::REGISTER.to_string());
-                match self.server.registry.iq.get(&key) {
+                let server = self.server.clone();
+                match server.registry.iq.get(&key) {
                     None => stanza::error_reply(
                         &el,
                         &StanzaError::cancel(Condition::ServiceUnavailable),
                     ),
+                    Some(_) if creates_account(kind, &payload) && !self.reserve_registration() => {
+                        stanza::error_reply(
+                            &el,
+                            &StanzaError::wait(Condition::PolicyViolation)
+                                .with_text("too many registrations; try again later"),
+                        )
+                    }
                     Some((_, handler)) => {
+                        let creates = creates_account(kind, &payload);
                         let host_jid = Jid::parse(&host).map_err(|_| End::Closed)?;
                         let iq = Iq {
                             from: host_jid.clone(),
@@ -957,7 +984,13 @@ impl Conn {
                             authenticated: false,
                         };
                         let cx = Cx::new(self.server.clone(), None);
-                        match handler.handle_iq(&cx, iq).await {
+                        let answer = handler.handle_iq(&cx, iq).await;
+                        if creates && answer.is_err() {
+                            // No account was created: the slot goes back.
+                            self.registrations -= 1;
+                            self.server.registrations.release(self.peer.ip());
+                        }
+                        match answer {
                             Ok(result) => {
                                 let mut r = stanza::iq_result(&el);
                                 r.remove_attr("to");
@@ -977,6 +1010,19 @@ impl Conn {
             self.send(&reply).await?;
         }
         Ok(())
+    }
+
+    /// Takes a registration slot for this stream and its address prefix
+    /// (`[registration] max_per_stream`, `max_per_address`).
+    fn reserve_registration(&mut self) -> bool {
+        if self.registrations >= self.server.config.registration_max_per_stream
+            || !self.server.registrations.try_reserve(self.peer.ip())
+        {
+            tracing::info!(peer = %self.peer, "in-band registration refused: limit reached");
+            return false;
+        }
+        self.registrations += 1;
+        true
     }
 
     /// Resource binding (RFC 6120 §7). Ok(None) when the client got an error and may retry.
@@ -1467,6 +1513,11 @@ fn check_authzid(authzid: Option<&str>, user: &BareJid) -> Result<(), SaslError>
             _ => Err(SaslError::InvalidAuthzid),
         },
     }
+}
+
+/// An IQ set that asks for a new account (not a form request, nor `<remove/>`).
+fn creates_account(kind: IqKind, payload: &Element) -> bool {
+    kind == IqKind::Set && payload.child("username", ns::REGISTER).is_some()
 }
 
 fn is_register_iq(el: &Element) -> bool {
