@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -348,6 +349,76 @@ impl RegistrationLimit {
     }
 }
 
+/// The memory all connections together may hold in partially received
+/// stanzas. Each connection charges the bytes of its unfinished element
+/// (what [`waxwing_proto::xml::Framer::buffered`] counts, which the framer
+/// keeps close to what it holds) and gives them back when the element
+/// completes or the connection ends.
+pub struct PartialBudget {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl PartialBudget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(PartialBudget {
+            held: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Bytes charged by all connections now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// A connection's account, empty.
+    pub fn charge(self: &Arc<Self>) -> PartialCharge {
+        PartialCharge {
+            budget: self.clone(),
+            charged: 0,
+        }
+    }
+}
+
+/// One connection's share of the [`PartialBudget`]; released on drop.
+pub struct PartialCharge {
+    budget: Arc<PartialBudget>,
+    charged: usize,
+}
+
+impl PartialCharge {
+    /// Sets this connection's charge to `bytes`; false (and the charge
+    /// unchanged) when growing to it would exceed the budget.
+    pub fn set(&mut self, bytes: usize) -> bool {
+        if bytes <= self.charged {
+            self.budget
+                .held
+                .fetch_sub(self.charged - bytes, Ordering::Relaxed);
+            self.charged = bytes;
+            return true;
+        }
+        let more = bytes - self.charged;
+        let max = self.budget.max;
+        let grown = self
+            .budget
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(more).filter(|&n| n <= max)
+            });
+        if grown.is_ok() {
+            self.charged = bytes;
+        }
+        grown.is_ok()
+    }
+}
+
+impl Drop for PartialCharge {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.charged, Ordering::Relaxed);
+    }
+}
+
 /// Token bucket on bytes read from one connection: sustained `rate` bytes/s
 /// with bursts up to `burst`. Reading past it is delayed, not refused, so a
 /// fast client slows down instead of losing its session (Prosody does the same).
@@ -536,6 +607,23 @@ mod tests {
             l.try_reserve(ip),
             "a failed registration gave its slot back"
         );
+    }
+
+    #[test]
+    fn partial_stanzas_share_one_budget() {
+        let budget = PartialBudget::new(1000);
+        let mut a = budget.charge();
+        let mut b = budget.charge();
+        assert!(a.set(600));
+        assert!(!b.set(500), "over the budget");
+        assert!(b.set(400));
+        assert_eq!(budget.held(), 1000);
+        assert!(a.set(100), "shrinking always works");
+        assert!(b.set(900));
+        drop(b);
+        assert_eq!(budget.held(), 100);
+        drop(a);
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]

@@ -25,7 +25,9 @@ use waxwing_proto::stanza::{
 use waxwing_proto::xml::Element;
 use waxwing_store::{StoreError, Stores};
 
-use crate::abuse::{AuthThrottle, ConnectionCounter, RegistrationLimit, ThrottleConfig};
+use crate::abuse::{
+    AuthThrottle, ConnectionCounter, PartialBudget, RegistrationLimit, ThrottleConfig,
+};
 use crate::config::Config;
 use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqKind, IqTarget, Registry};
 use crate::s2s::S2sManager;
@@ -53,6 +55,8 @@ pub struct Server {
     pub(crate) connections: Arc<ConnectionCounter>,
     pub(crate) auth_throttle: AuthThrottle,
     pub(crate) registrations: RegistrationLimit,
+    /// Memory held by partially received stanzas, over all connections.
+    pub partial_stanzas: Arc<PartialBudget>,
     pub(crate) resumption: ResumptionTable,
     /// Federation: outgoing connections per domain pair, dialback secret, s2s TLS.
     pub s2s: S2sManager,
@@ -83,6 +87,7 @@ impl Server {
                 window: config.auth_failure_window,
                 prefixes: config.auth_prefixes,
             }),
+            partial_stanzas: PartialBudget::new(config.partial_stanza_budget_bytes),
             registrations: RegistrationLimit::new(
                 config.registration_max_per_address,
                 config.registration_window,

@@ -59,6 +59,11 @@ pub struct Config {
     pub registration_max_per_address: u32,
     pub registration_window: Duration,
     pub max_stanza_bytes: usize,
+    /// `[limits] max_stanza_bytes_before_auth`: the framer's size limit
+    /// until SASL succeeds.
+    pub max_stanza_bytes_before_auth: usize,
+    /// `[limits] partial_stanza_budget_bytes`: server-wide.
+    pub partial_stanza_budget_bytes: usize,
     pub max_depth: usize,
     pub max_attributes: usize,
     pub auth_timeout: Duration,
@@ -379,6 +384,20 @@ impl Config {
                     .into(),
             ));
         }
+        if !(1024..=l.max_stanza_bytes).contains(&l.max_stanza_bytes_before_auth) {
+            return Err(ConfigError::at(
+                source,
+                "max_stanza_bytes_before_auth",
+                "max_stanza_bytes_before_auth must be between 1024 (a stream header and a SASL exchange must fit) and max_stanza_bytes".into(),
+            ));
+        }
+        if l.partial_stanza_budget_bytes < l.max_stanza_bytes {
+            return Err(ConfigError::at(
+                source,
+                "partial_stanza_budget_bytes",
+                "partial_stanza_budget_bytes must be at least max_stanza_bytes, or a maximal stanza could never be received".into(),
+            ));
+        }
         if l.read_burst_bytes < l.max_stanza_bytes as u64 {
             return Err(ConfigError::at(
                 source,
@@ -440,6 +459,8 @@ impl Config {
             registration_max_per_address: f.registration.max_per_address,
             registration_window: Duration::from_secs(f.registration.address_window_secs),
             max_stanza_bytes: l.max_stanza_bytes,
+            max_stanza_bytes_before_auth: l.max_stanza_bytes_before_auth,
+            partial_stanza_budget_bytes: l.partial_stanza_budget_bytes,
             max_depth: l.max_depth,
             max_attributes: l.max_attributes,
             auth_timeout: Duration::from_secs(l.auth_timeout_secs),
@@ -797,6 +818,27 @@ mod tests {
             Config::parse("hosts = [\"a.example\"]\n\n[limits]\nmax_stanzas = 3\n").unwrap_err();
         assert_eq!(e.line, Some(4), "{e}");
         assert!(e.message.contains("max_stanzas"), "{e}");
+    }
+
+    #[test]
+    fn issue_14_auth_limits_are_validated() {
+        let c = Config::embedded_default();
+        assert_eq!(c.max_stanza_bytes_before_auth, 10_000);
+        assert_eq!(c.auth_prefixes.v6, 64);
+        assert_eq!(c.registration_max_per_stream, 1);
+        for (toml, line) in [
+            ("[limits]\nmax_stanza_bytes_before_auth = 100\n", 2),
+            ("[limits]\nmax_stanza_bytes_before_auth = 300000\n", 2),
+            ("[limits]\npartial_stanza_budget_bytes = 1000\n", 2),
+            ("[auth]\nipv6_prefix_length = 129\n", 2),
+            ("[auth]\n\nipv4_prefix_length = 4\n", 3),
+            ("[auth]\nmax_failures_per_account = 0\n", 2),
+            ("[registration]\nmax_per_address = 0\n", 2),
+            ("[registration]\nmax_per_stream = 0\n", 2),
+        ] {
+            let e = Config::parse(toml).unwrap_err();
+            assert_eq!(e.line, Some(line), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -166,6 +166,10 @@ impl Default for Registration {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_stanza_bytes: usize,
+    /// The size limit for any one element before authentication.
+    pub max_stanza_bytes_before_auth: usize,
+    /// Bytes all connections together may hold in unfinished stanzas.
+    pub partial_stanza_budget_bytes: usize,
     pub max_depth: usize,
     pub max_attributes: usize,
     pub auth_timeout_secs: u64,
@@ -185,6 +189,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_stanza_bytes: 262_144,
+            max_stanza_bytes_before_auth: 10_000,
+            partial_stanza_budget_bytes: 134_217_728,
             max_depth: 32,
             max_attributes: 64,
             auth_timeout_secs: 60,

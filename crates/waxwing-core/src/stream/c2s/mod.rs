@@ -19,8 +19,7 @@ use waxwing_proto::sasl::{
 use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, StreamError};
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader};
 
-use crate::abuse::ConnectionPermit;
-use crate::abuse::TokenBucket;
+use crate::abuse::{ConnectionPermit, PartialCharge, TokenBucket};
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
 use crate::queue::Outbox;
 use crate::router::Server;
@@ -76,10 +75,12 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
 /// task of every idle session (4.4 KB of future before, 2.4 KB after).
 async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let _ = tcp.set_nodelay(true);
+    // Nothing before authentication needs more than a few KiB (a stream
+    // header, a SASL exchange, a registration): unauthenticated
+    // connections are cheap to open, so each may hold little.
     let limits = Limits {
-        max_stanza_bytes: server.config.max_stanza_bytes,
-        max_depth: server.config.max_depth,
-        max_attrs: server.config.max_attributes,
+        max_stanza_bytes: server.config.max_stanza_bytes_before_auth,
+        ..full_limits(&server)
     };
     let permit = server
         .connections
@@ -104,6 +105,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             server.config.read_rate_bytes,
             server.config.read_burst_bytes,
         ),
+        partial: server.partial_stanzas.charge(),
         _permit: permit,
     };
     if refused {
@@ -137,6 +139,15 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
     };
     let end = conn.run_bound(&mut session, &mut rx).await;
     Box::pin(close_session(conn, session, rx, end)).await;
+}
+
+/// The framer's limits once the client has authenticated.
+fn full_limits(server: &Server) -> Limits {
+    Limits {
+        max_stanza_bytes: server.config.max_stanza_bytes,
+        max_depth: server.config.max_depth,
+        max_attrs: server.config.max_attributes,
+    }
 }
 
 /// Gives a resuming connection to the detached session's task, which takes
@@ -332,6 +343,8 @@ struct Conn {
     registrations: u32,
     peer: SocketAddr,
     bucket: TokenBucket,
+    /// This connection's unfinished stanza, charged to the server-wide budget.
+    partial: PartialCharge,
     /// Counts this connection against its address while it lives.
     _permit: Option<ConnectionPermit>,
     /// The account named in the current SASL exchange, once known.
@@ -414,6 +427,7 @@ impl Conn {
             if let Some(ev) = self.framer.next_event()? {
                 return Ok(ev);
             }
+            self.charge_partial()?;
             let n = read_into(&mut self.io, &mut self.framer)
                 .await
                 .map_err(read_failed)?;
@@ -422,6 +436,20 @@ impl Conn {
             }
             self.pace(n).await;
         }
+    }
+
+    /// Charges what the framer holds of an unfinished element to the
+    /// server-wide budget; a connection that would exceed it is closed
+    /// with `resource-constraint` rather than let memory grow.
+    fn charge_partial(&mut self) -> Result<(), End> {
+        if self.partial.set(self.framer.buffered()) {
+            return Ok(());
+        }
+        tracing::warn!(peer = %self.peer, "partial stanza budget exhausted");
+        Err(stream_error(
+            StreamCondition::ResourceConstraint,
+            "the server holds too many partial stanzas",
+        ))
     }
 
     /// Applies the read rate limit: pauses reading when over the allowance.
@@ -766,6 +794,7 @@ impl Conn {
         match outcome {
             Ok((user, additional)) => {
                 throttle.record_success(ip, &user);
+                self.framer.set_limits(full_limits(&server));
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
                 Ok(Some(additional))
@@ -1130,6 +1159,9 @@ impl Conn {
                     Err(e) => return Outcome::End(End::Error(e)),
                 }
             }
+            if let Err(end) = self.charge_partial() {
+                return Outcome::End(end);
+            }
             if self.framer.buffered() == 0 {
                 stanza_started = None;
             } else if stanza_started.is_none() {
@@ -1343,6 +1375,7 @@ impl Conn {
         self.framer = new.framer;
         self.peer = new.peer;
         self.bucket = new.bucket;
+        self.partial = new.partial;
         self.cb = new.cb;
         self._permit = new._permit;
         self.header_sent = true;
