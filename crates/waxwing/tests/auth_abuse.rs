@@ -370,6 +370,16 @@ async fn wait_until(what: &str, cond: impl Fn() -> bool) {
 // ---------------------------------------------------------------------------
 // Memory before authentication, measured on the real binary
 
+/// The server process, killed when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -420,16 +430,18 @@ async fn issue_14_unauthenticated_partial_stanzas_hold_little_memory() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_waxwing"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn waxwing");
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_waxwing"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn waxwing"),
+    );
     let port: u16 = {
         use std::io::BufRead;
         let mut port = None;
-        for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        for line in std::io::BufReader::new(child.0.stdout.take().unwrap()).lines() {
             let line = line.unwrap();
             if let Some(addr) = line.strip_prefix("waxwing: listening c2s ") {
                 port = Some(addr.rsplit(':').next().unwrap().parse().unwrap());
@@ -440,7 +452,7 @@ async fn issue_14_unauthenticated_partial_stanzas_hold_little_memory() {
         }
         port.expect("c2s port")
     };
-    let pid = child.id();
+    let pid = child.0.id();
 
     // The attack from the issue: a 200 KB text node before authentication.
     let mut c = Client::connect_plain(port).await;
@@ -451,7 +463,6 @@ async fn issue_14_unauthenticated_partial_stanzas_hold_little_memory() {
     );
     c.send(&format!("{prefix}{}", "x".repeat(200_000))).await;
     c.expect_stream_error("policy-violation").await;
-    drop(c);
 
     let baseline = rss_kib(pid);
     // Just under the limit (10,000 bytes from the end of the header).
@@ -483,8 +494,7 @@ async fn issue_14_unauthenticated_partial_stanzas_hold_little_memory() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = rss_kib(pid);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     let per_connection = (held.saturating_sub(baseline)) * 1024 / CONNECTIONS as u64;
     println!(
         "RSS with {CONNECTIONS} unauthenticated connections, each holding a {}-byte \
