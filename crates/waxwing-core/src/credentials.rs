@@ -98,6 +98,17 @@ fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
     options.open(path)?.write_all(data)
 }
 
+/// The fake-salt key for one virtual host. Real accounts with the same
+/// name on two hosts have different salts; fake ones must too, or probing
+/// one name on two hosts would show that both are unknown.
+pub fn host_fake_salt_key(key: &[u8; 32], host: &str) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    mac.update(b"waxwing fake salt host\0");
+    mac.update(host.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
 /// What PLAIN checks an unknown account's password against: the same
 /// derivation (fake salt, the configured iteration count) as a real
 /// account, so that "no such user" takes as long as "wrong password".
@@ -134,6 +145,18 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn fake_salts_differ_per_host() {
+        let key = [7u8; 32];
+        let a = host_fake_salt_key(&key, "a.example");
+        assert_eq!(a, host_fake_salt_key(&key, "a.example"));
+        assert_ne!(a, host_fake_salt_key(&key, "b.example"));
+        assert_ne!(
+            decoy_secret(&a, "alice", 4096).salt,
+            decoy_secret(&host_fake_salt_key(&key, "b.example"), "alice", 4096).salt
+        );
     }
 
     #[test]

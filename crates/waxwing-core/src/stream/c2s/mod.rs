@@ -907,7 +907,7 @@ impl Conn {
             Some(s) => (s, true),
             None => (
                 credentials::decoy_secret(
-                    &self.server.fake_salt_key,
+                    &credentials::host_fake_salt_key(&self.server.fake_salt_key, host),
                     user.local().unwrap_or_default(),
                     self.server.config.scram_iterations,
                 ),
@@ -960,7 +960,7 @@ impl Conn {
         };
         let server_first = scram.server_first(
             secret.as_ref(),
-            &self.server.fake_salt_key,
+            &credentials::host_fake_salt_key(&self.server.fake_salt_key, host),
             self.server.config.scram_iterations,
         );
         self.challenge(&server_first).await?;
