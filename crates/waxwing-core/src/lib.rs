@@ -66,7 +66,8 @@ pub async fn start(
     let tls = tls::TlsContext::load(&config)?;
     let s2s = s2s::S2sManager::new(&config, &tls)?;
     s2s.defences.load(&*stores.reputation).await?;
-    let server = Server::new(config, stores, registry, tls, s2s);
+    let fake_salt_key = credentials::load_fake_salt_key(&config.data_dir)?;
+    let server = Server::new(config, stores, registry, tls, s2s, fake_salt_key);
     let bound = listen::bind_all(&server).await?;
     let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();
     server

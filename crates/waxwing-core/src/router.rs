@@ -33,7 +33,9 @@ use waxwing_proto::stanza::{
 use waxwing_proto::xml::Element;
 use waxwing_store::{StoreError, Stores};
 
-use crate::abuse::{AuthThrottle, ConnectionCounter};
+use crate::abuse::{
+    AuthThrottle, ConnectionCounter, PartialBudget, RegistrationLimit, ThrottleConfig,
+};
 use crate::config::Config;
 use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqHandler, IqKind, IqResult, IqTarget, Registry};
 use crate::isolate::{self, Panicked, isolated};
@@ -55,11 +57,15 @@ pub struct Server {
     pub(crate) shutdown: CancellationToken,
     /// Modules' background tasks (feed pollers …), awaited on stop.
     pub(crate) background: tokio_util::task::TaskTracker,
-    /// Keys the fake SCRAM salts of unknown users, so that they are stable
-    /// (an attacker cannot tell "no such user" from "wrong password").
+    /// Keys the fake SCRAM salts of unknown users, so that they are stable,
+    /// across restarts too (an attacker cannot tell "no such user" from
+    /// "wrong password"); persisted under `data_dir`.
     pub(crate) fake_salt_key: [u8; 32],
     pub(crate) connections: Arc<ConnectionCounter>,
     pub(crate) auth_throttle: AuthThrottle,
+    pub(crate) registrations: RegistrationLimit,
+    /// Memory held by partially received stanzas, over all connections.
+    pub partial_stanzas: Arc<PartialBudget>,
     pub(crate) resumption: ResumptionTable,
     /// Federation: outgoing connections per domain pair, dialback secret, s2s TLS.
     pub s2s: S2sManager,
@@ -74,6 +80,7 @@ impl Server {
         registry: Registry,
         tls: TlsContext,
         s2s: S2sManager,
+        fake_salt_key: [u8; 32],
     ) -> Arc<Self> {
         Arc::new(Server {
             stores,
@@ -83,12 +90,19 @@ impl Server {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             background: tokio_util::task::TaskTracker::new(),
-            fake_salt_key: rand::random(),
+            fake_salt_key,
             connections: Arc::new(ConnectionCounter::default()),
-            auth_throttle: AuthThrottle::new(
-                config.max_auth_failures_per_ip,
-                config.max_auth_failures_per_account,
-                config.auth_failure_window,
+            auth_throttle: AuthThrottle::new(ThrottleConfig {
+                max_per_prefix: config.max_auth_failures_per_ip,
+                max_per_account: config.max_auth_failures_per_account,
+                window: config.auth_failure_window,
+                prefixes: config.auth_prefixes,
+            }),
+            partial_stanzas: PartialBudget::new(config.partial_stanza_budget_bytes),
+            registrations: RegistrationLimit::new(
+                config.registration_max_per_address,
+                config.registration_window,
+                config.auth_prefixes,
             ),
             resumption: ResumptionTable::default(),
             s2s,

@@ -77,12 +77,15 @@ async fn on_signup_request(
         Request::Credentials { username, password } => (username, password),
     };
     let user = prepare_username(&username, host).ok_or(IbrError::BadUsername)?;
-    check_password(&password, cx.config().min_password_length)?;
-    // Checked before deriving secrets so that a taken name costs no PBKDF2;
-    // `create` below still catches a concurrent registration.
+    // XEP-0077 §3.1: a taken username is a <conflict/>, whatever the
+    // password; checking the password first would answer "too short" and
+    // let the client pick another one for a name it can never have. Also
+    // before deriving secrets, so a taken name costs no PBKDF2; `create`
+    // below still catches a concurrent registration.
     if cx.stores().accounts.exists(&user).await? {
         return Err(IbrError::Taken);
     }
+    check_password(&password, cx.config().min_password_length)?;
     let secrets = derive_secrets(password, cx.config().scram_iterations).await?;
     match cx.stores().accounts.create(&user, &secrets).await {
         Ok(()) => {}

@@ -49,9 +49,21 @@ pub struct Config {
     pub max_auth_failures_per_ip: u32,
     pub max_auth_failures_per_account: u32,
     pub auth_failure_window: Duration,
+    /// `[auth] ipv4_prefix_length` / `ipv6_prefix_length`: what counts as
+    /// one address for the failure limits.
+    pub auth_prefixes: crate::abuse::PrefixLengths,
     pub registration_open: bool,
     pub min_password_length: usize,
+    /// In-band registrations per stream, and per address prefix per window.
+    pub registration_max_per_stream: u32,
+    pub registration_max_per_address: u32,
+    pub registration_window: Duration,
     pub max_stanza_bytes: usize,
+    /// `[limits] max_stanza_bytes_before_auth`: the framer's size limit
+    /// until SASL succeeds.
+    pub max_stanza_bytes_before_auth: usize,
+    /// `[limits] partial_stanza_budget_bytes`: server-wide.
+    pub partial_stanza_budget_bytes: usize,
     pub max_depth: usize,
     pub max_attributes: usize,
     pub auth_timeout: Duration,
@@ -329,6 +341,18 @@ impl Config {
                 "scram_iterations below 4096 is refused (RFC 7677 §4)".into(),
             ));
         }
+        for (key, value, min, max) in [
+            ("ipv4_prefix_length", f.auth.ipv4_prefix_length, 8, 32),
+            ("ipv6_prefix_length", f.auth.ipv6_prefix_length, 16, 128),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::at(
+                    source,
+                    key,
+                    format!("{key} must be between {min} and {max}"),
+                ));
+            }
+        }
         let l = &f.limits;
         let positive = [
             ("max_stanza_bytes", l.max_stanza_bytes as u64),
@@ -343,6 +367,15 @@ impl Config {
                 "max_failures_per_stream",
                 f.auth.max_failures_per_stream as u64,
             ),
+            ("max_failures_per_ip", f.auth.max_failures_per_ip as u64),
+            (
+                "max_failures_per_account",
+                f.auth.max_failures_per_account as u64,
+            ),
+            ("failure_window_secs", f.auth.failure_window_secs),
+            ("max_per_stream", f.registration.max_per_stream as u64),
+            ("max_per_address", f.registration.max_per_address as u64),
+            ("address_window_secs", f.registration.address_window_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -359,6 +392,20 @@ impl Config {
                 "max_stanza_bytes",
                 "max_stanza_bytes below 10000 is refused (RFC 6120 §13.12 requires at least 10000)"
                     .into(),
+            ));
+        }
+        if !(1024..=l.max_stanza_bytes).contains(&l.max_stanza_bytes_before_auth) {
+            return Err(ConfigError::at(
+                source,
+                "max_stanza_bytes_before_auth",
+                "max_stanza_bytes_before_auth must be between 1024 (a stream header and a SASL exchange must fit) and max_stanza_bytes".into(),
+            ));
+        }
+        if l.partial_stanza_budget_bytes < l.max_stanza_bytes {
+            return Err(ConfigError::at(
+                source,
+                "partial_stanza_budget_bytes",
+                "partial_stanza_budget_bytes must be at least max_stanza_bytes, or a maximal stanza could never be received".into(),
             ));
         }
         if l.read_burst_bytes < l.max_stanza_bytes as u64 {
@@ -412,9 +459,18 @@ impl Config {
             max_auth_failures_per_ip: f.auth.max_failures_per_ip,
             max_auth_failures_per_account: f.auth.max_failures_per_account,
             auth_failure_window: Duration::from_secs(f.auth.failure_window_secs),
+            auth_prefixes: crate::abuse::PrefixLengths {
+                v4: f.auth.ipv4_prefix_length,
+                v6: f.auth.ipv6_prefix_length,
+            },
             registration_open: f.registration.open,
             min_password_length: f.registration.min_password_length,
+            registration_max_per_stream: f.registration.max_per_stream,
+            registration_max_per_address: f.registration.max_per_address,
+            registration_window: Duration::from_secs(f.registration.address_window_secs),
             max_stanza_bytes: l.max_stanza_bytes,
+            max_stanza_bytes_before_auth: l.max_stanza_bytes_before_auth,
+            partial_stanza_budget_bytes: l.partial_stanza_budget_bytes,
             max_depth: l.max_depth,
             max_attributes: l.max_attributes,
             auth_timeout: Duration::from_secs(l.auth_timeout_secs),
@@ -793,6 +849,27 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
         assert!(e.message.contains("write_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn issue_14_auth_limits_are_validated() {
+        let c = Config::embedded_default();
+        assert_eq!(c.max_stanza_bytes_before_auth, 10_000);
+        assert_eq!(c.auth_prefixes.v6, 64);
+        assert_eq!(c.registration_max_per_stream, 1);
+        for (toml, line) in [
+            ("[limits]\nmax_stanza_bytes_before_auth = 100\n", 2),
+            ("[limits]\nmax_stanza_bytes_before_auth = 300000\n", 2),
+            ("[limits]\npartial_stanza_budget_bytes = 1000\n", 2),
+            ("[auth]\nipv6_prefix_length = 129\n", 2),
+            ("[auth]\n\nipv4_prefix_length = 4\n", 3),
+            ("[auth]\nmax_failures_per_account = 0\n", 2),
+            ("[registration]\nmax_per_address = 0\n", 2),
+            ("[registration]\nmax_per_stream = 0\n", 2),
+        ] {
+            let e = Config::parse(toml).unwrap_err();
+            assert_eq!(e.line, Some(line), "{toml}: {e}");
+        }
     }
 
     #[test]

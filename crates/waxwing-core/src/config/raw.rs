@@ -117,6 +117,10 @@ pub struct Auth {
     pub max_failures_per_ip: u32,
     pub max_failures_per_account: u32,
     pub failure_window_secs: u64,
+    /// Leading bits of an IPv4 / IPv6 address that count as one address
+    /// for the failure limits.
+    pub ipv4_prefix_length: u8,
+    pub ipv6_prefix_length: u8,
 }
 
 impl Default for Auth {
@@ -128,6 +132,8 @@ impl Default for Auth {
             max_failures_per_ip: 20,
             max_failures_per_account: 10,
             failure_window_secs: 600,
+            ipv4_prefix_length: 32,
+            ipv6_prefix_length: 64,
         }
     }
 }
@@ -137,6 +143,11 @@ impl Default for Auth {
 pub struct Registration {
     pub open: bool,
     pub min_password_length: usize,
+    /// Accounts one stream may create.
+    pub max_per_stream: u32,
+    /// Accounts one address prefix may create per `address_window_secs`.
+    pub max_per_address: u32,
+    pub address_window_secs: u64,
 }
 
 impl Default for Registration {
@@ -144,6 +155,9 @@ impl Default for Registration {
         Registration {
             open: false,
             min_password_length: 8,
+            max_per_stream: 1,
+            max_per_address: 5,
+            address_window_secs: 3600,
         }
     }
 }
@@ -152,6 +166,10 @@ impl Default for Registration {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_stanza_bytes: usize,
+    /// The size limit for any one element before authentication.
+    pub max_stanza_bytes_before_auth: usize,
+    /// Bytes all connections together may hold in unfinished stanzas.
+    pub partial_stanza_budget_bytes: usize,
     pub max_depth: usize,
     pub max_attributes: usize,
     pub auth_timeout_secs: u64,
@@ -172,6 +190,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_stanza_bytes: 262_144,
+            max_stanza_bytes_before_auth: 10_000,
+            partial_stanza_budget_bytes: 134_217_728,
             max_depth: 32,
             max_attributes: 64,
             auth_timeout_secs: 60,

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 pub use channel_binding::{ChannelBindingData, ChannelBindingType, tls_server_end_point_hash};
 pub use plain::{PlainCredentials, parse_plain};
-pub use scram::{ClientFirst, ScramHash, ScramSecret, ScramServer};
+pub use scram::{ClientFirst, ScramHash, ScramSecret, ScramServer, fake_salt};
 
 /// Upper bound on any single SASL message we accept. Legitimate SCRAM and
 /// PLAIN messages are a few hundred bytes; the cap bounds parsing and PRECIS

@@ -459,8 +459,9 @@ impl ScramServer {
 }
 
 /// Deterministic per (server key, username) so that probing the same name
-/// twice shows the same salt, as a real account would.
-fn fake_salt(key: &[u8], username: &str) -> Vec<u8> {
+/// twice shows the same salt, as a real account would. 16 bytes, like the
+/// salt of a real account.
+pub fn fake_salt(key: &[u8], username: &str) -> Vec<u8> {
     let mut data = b"waxwing SCRAM fake salt\0".to_vec();
     data.extend_from_slice(username.as_bytes());
     let mut mac = ScramHash::Sha256.hmac(key, &data);

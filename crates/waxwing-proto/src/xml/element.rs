@@ -257,7 +257,15 @@ impl Element {
             return;
         }
         match self.children.last_mut() {
-            Some(Node::Text(t)) => t.push_str(&s),
+            Some(Node::Text(t)) => {
+                // Grown by an eighth, not doubled: text that arrives in many
+                // chunks (a stanza trickled in) then costs about its own
+                // size, not up to twice it, while it is being received.
+                if t.capacity() - t.len() < s.len() {
+                    t.reserve_exact(s.len().max(t.len() / 8));
+                }
+                t.push_str(&s)
+            }
             _ => self.children.push(Node::Text(s)),
         }
     }

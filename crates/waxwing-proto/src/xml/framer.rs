@@ -153,12 +153,53 @@ impl Framer {
     pub fn feed(&mut self, data: &[u8]) {
         // Compact here rather than per event, so draining a read full of
         // small stanzas moves the remaining bytes once, not once per stanza.
-        let done = usize::try_from(self.boundary - self.buf_start).unwrap_or(usize::MAX);
+        let keep_from = self.keep_from();
+        let done = usize::try_from(keep_from.saturating_sub(self.buf_start)).unwrap_or(usize::MAX);
         if done > 0 {
             self.buf.drain(..done.min(self.buf.len()));
-            self.buf_start = self.boundary;
+            self.buf_start = keep_from;
         }
         self.buf.extend_from_slice(data);
+    }
+
+    /// The first byte still needed. Inside the stream, bytes rxml has
+    /// parsed are in the element tree already, so keeping them too would
+    /// make a partial stanza cost twice its size (a 200 KB text node
+    /// trickled into an unfinished stanza held about 470 KB). Only the
+    /// last few are kept, for [`Framer::map_error`]. Before the stream is
+    /// open everything since the boundary is kept: the header's raw bytes
+    /// are read back. [`Framer::reset`] needs nothing parsed past the
+    /// boundary, since it is called right after an event.
+    fn keep_from(&self) -> u64 {
+        match self.state {
+            State::Open => self
+                .boundary
+                .max(self.consumed.saturating_sub(PARSED_TAIL_BYTES)),
+            State::Start | State::Closed => self.boundary,
+        }
+    }
+
+    /// Changes the limits, e.g. from the tighter ones that hold before
+    /// authentication to the ordinary ones after it. The size limit
+    /// applies from the current element on; rxml's name and value length
+    /// limit is fixed when its parser is built, so the parser is rebuilt
+    /// when that changes and no element is in progress.
+    pub fn set_limits(&mut self, limits: Limits) {
+        let retoken = token_limit(limits) != token_limit(self.limits);
+        self.limits = limits;
+        if !retoken || self.buffered() != 0 || self.poison.is_some() {
+            return;
+        }
+        match self.state {
+            State::Open => self.parser = None, // rebuilt from the header on demand
+            State::Start => self.parser = Some(Box::new(new_parser(limits))),
+            State::Closed => {}
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The next event, or `Ok(None)` if more input is needed (or the stream
@@ -185,6 +226,12 @@ impl Framer {
     /// For STARTTLS the caller must first check [`Framer::buffered`] is 0:
     /// bytes kept here would be plaintext parsed as if it came over TLS.
     pub fn reset(&mut self) {
+        if self.boundary < self.buf_start {
+            // Called inside an element, whose parsed bytes are gone.
+            debug_assert!(false, "Framer::reset inside an element");
+            self.poison = Some(policy("stream restart inside an element".into()));
+            return;
+        }
         self.parser = Some(Box::new(new_parser(self.limits)));
         self.header = Vec::new();
         self.state = State::Start;
@@ -453,7 +500,7 @@ impl Framer {
 
     /// Whether the last bytes handed to rxml are `<!` and a letter.
     fn consumed_ends_with_markup_decl(&self) -> bool {
-        let seen = &self.buf[..self.index(self.consumed)];
+        let seen = &self.buf[..self.index(self.consumed).min(self.buf.len())];
         matches!(seen, [.., b'<', b'!', c] if c.is_ascii_alphabetic())
     }
 
@@ -462,9 +509,16 @@ impl Framer {
     }
 }
 
+/// Parsed bytes kept behind the parser inside the stream (see `keep_from`).
+const PARSED_TAIL_BYTES: u64 = 16;
+
+fn token_limit(limits: Limits) -> usize {
+    limits.max_stanza_bytes.clamp(1, MAX_TOKEN_BYTES)
+}
+
 fn new_parser(limits: Limits) -> Parser {
     let mut p = Parser::with_options(rxml::Options {
-        max_token_length: limits.max_stanza_bytes.clamp(1, MAX_TOKEN_BYTES),
+        max_token_length: token_limit(limits),
         ..Default::default()
     });
     // Whitespace keepalives must be seen as soon as they arrive so they

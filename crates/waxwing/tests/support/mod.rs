@@ -431,6 +431,22 @@ impl Client {
         Client::new(Io::Plain(tcp))
     }
 
+    /// TCP to the STARTTLS listener from the loopback address `source`
+    /// (any 127.0.0.0/8 address works on Linux), for tests that need
+    /// clients at different addresses; nothing sent yet.
+    pub async fn connect_plain_from(port: u16, source: std::net::IpAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let tcp = tokio::time::timeout(TIMEOUT, socket.connect(([127, 0, 0, 1], port).into()))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        tcp.set_nodelay(true).ok();
+        Client::new(Io::Plain(tcp))
+    }
+
     /// TLS from the first byte (XEP-0368); nothing sent yet.
     pub async fn connect_direct_tls(port: u16) -> Client {
         let mut c = Client::connect_plain(port).await;

@@ -20,8 +20,7 @@ use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, Strea
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader};
 use waxwing_proto::{lang, ns};
 
-use crate::abuse::ConnectionPermit;
-use crate::abuse::TokenBucket;
+use crate::abuse::{ConnectionPermit, PartialCharge, TokenBucket};
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
 use crate::queue::{Outbox, Receipt};
 use crate::router::{Server, call_iq_handler};
@@ -77,10 +76,12 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
 /// task of every idle session (4.4 KB of future before, 2.4 KB after).
 async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let _ = tcp.set_nodelay(true);
+    // Nothing before authentication needs more than a few KiB (a stream
+    // header, a SASL exchange, a registration): unauthenticated
+    // connections are cheap to open, so each may hold little.
     let limits = Limits {
-        max_stanza_bytes: server.config.max_stanza_bytes,
-        max_depth: server.config.max_depth,
-        max_attrs: server.config.max_attributes,
+        max_stanza_bytes: server.config.max_stanza_bytes_before_auth,
+        ..full_limits(&server)
     };
     let permit = server
         .connections
@@ -97,6 +98,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         cb: ChannelBindingData::default(),
         user: None,
         auth_failures: 0,
+        registrations: 0,
         peer,
         attempted: None,
         sasl2: false,
@@ -105,6 +107,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             server.config.read_rate_bytes,
             server.config.read_burst_bytes,
         ),
+        partial: server.partial_stanzas.charge(),
         _permit: permit,
     };
     if refused {
@@ -138,6 +141,15 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
     };
     let end = conn.run_bound(&mut session, &mut rx).await;
     Box::pin(close_session(conn, session, rx, end)).await;
+}
+
+/// The framer's limits once the client has authenticated.
+fn full_limits(server: &Server) -> Limits {
+    Limits {
+        max_stanza_bytes: server.config.max_stanza_bytes,
+        max_depth: server.config.max_depth,
+        max_attrs: server.config.max_attributes,
+    }
 }
 
 /// Gives a resuming connection to the detached session's task, which takes
@@ -343,8 +355,12 @@ struct Conn {
     cb: ChannelBindingData,
     user: Option<BareJid>,
     auth_failures: u32,
+    /// Accounts this stream registered in-band (or is registering).
+    registrations: u32,
     peer: SocketAddr,
     bucket: TokenBucket,
+    /// This connection's unfinished stanza, charged to the server-wide budget.
+    partial: PartialCharge,
     /// Counts this connection against its address while it lives.
     _permit: Option<ConnectionPermit>,
     /// The account named in the current SASL exchange, once known.
@@ -442,6 +458,7 @@ impl Conn {
             if let Some(ev) = self.framer.next_event()? {
                 return Ok(ev);
             }
+            self.charge_partial()?;
             let n = read_into(&mut self.io, &mut self.framer)
                 .await
                 .map_err(read_failed)?;
@@ -450,6 +467,20 @@ impl Conn {
             }
             self.pace(n).await;
         }
+    }
+
+    /// Charges what the framer holds of an unfinished element to the
+    /// server-wide budget; a connection that would exceed it is closed
+    /// with `resource-constraint` rather than let memory grow.
+    fn charge_partial(&mut self) -> Result<(), End> {
+        if self.partial.set(self.framer.buffered()) {
+            return Ok(());
+        }
+        tracing::warn!(peer = %self.peer, "partial stanza budget exhausted");
+        Err(stream_error(
+            StreamCondition::ResourceConstraint,
+            "the server holds too many partial stanzas",
+        ))
     }
 
     /// Applies the read rate limit: pauses reading when over the allowance.
@@ -771,19 +802,23 @@ impl Conn {
         let server = self.server.clone();
         let throttle = &server.auth_throttle;
         self.attempted = None;
-        let outcome = if throttle.blocked(ip, None) {
+        // A FAST token is 32 random bytes, bound to one client: presenting
+        // a valid one is not guessing, so the owner gets in even from a
+        // throttled network (a failed one still counts as a failure).
+        let fast = self.sasl2 && auth.attr("mechanism").is_some_and(|m| m.starts_with("HT-"));
+        let outcome = if !fast && throttle.blocked(ip, None) {
             Err(SaslError::TemporaryAuthFailure)
         } else {
-            let fast = self.sasl2 && auth.attr("mechanism").is_some_and(|m| m.starts_with("HT-"));
             let exchange = if fast {
                 self.fast_exchange(auth).await?
             } else {
                 self.sasl_exchange(auth).await?
             };
             match exchange {
-                // A blocked account stays blocked even for the right
-                // password: otherwise guessing would just go slower.
-                Ok((user, _)) if throttle.blocked(ip, Some(&user)) => {
+                // A throttled (account, address prefix) stays throttled even
+                // for the right password: otherwise guessing would not slow
+                // down. Other prefixes are unaffected.
+                Ok((user, _)) if !fast && throttle.blocked(ip, Some(&user)) => {
                     Err(SaslError::TemporaryAuthFailure)
                 }
                 other => other,
@@ -791,7 +826,8 @@ impl Conn {
         };
         match outcome {
             Ok((user, additional)) => {
-                throttle.record_success(&user);
+                throttle.record_success(ip, &user);
+                self.framer.set_limits(full_limits(&server));
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
                 Ok(Some(additional))
@@ -898,14 +934,25 @@ impl Conn {
             .find(|s| s.hash == ScramHash::Sha256)
             .or(secrets.first())
             .cloned();
+        // An unknown account costs the same derivation as a known one, so
+        // that the time to answer does not say which accounts exist.
+        let (secret, exists) = match secret {
+            Some(s) => (s, true),
+            None => (
+                credentials::decoy_secret(
+                    &credentials::host_fake_salt_key(&self.server.fake_salt_key, host),
+                    user.local().unwrap_or_default(),
+                    self.server.config.scram_iterations,
+                ),
+                false,
+            ),
+        };
         // PBKDF2 takes milliseconds: keep it off the threads that serve streams.
         let password = creds.password;
-        let ok = tokio::task::spawn_blocking(move || {
-            secret.is_some_and(|s| s.verify_password(&password))
-        })
-        .await
-        .unwrap_or(false);
-        if ok {
+        let ok = tokio::task::spawn_blocking(move || secret.verify_password(&password))
+            .await
+            .unwrap_or(false);
+        if ok && exists {
             Ok(user)
         } else {
             Err(SaslError::NotAuthorized)
@@ -946,7 +993,7 @@ impl Conn {
         };
         let server_first = scram.server_first(
             secret.as_ref(),
-            &self.server.fake_salt_key,
+            &credentials::host_fake_salt_key(&self.server.fake_salt_key, host),
             self.server.config.scram_iterations,
         );
         self.challenge(&server_first).await?;
@@ -973,12 +1020,21 @@ impl Conn {
             Err(err) => stanza::error_reply(&el, &err),
             Ok((kind, payload)) => {
                 let key = (IqTarget::Server, kind, ns::REGISTER.to_string());
-                match self.server.registry.iq.get(&key) {
+                let server = self.server.clone();
+                match server.registry.iq.get(&key) {
                     None => stanza::error_reply(
                         &el,
                         &StanzaError::cancel(Condition::ServiceUnavailable),
                     ),
+                    Some(_) if creates_account(kind, &payload) && !self.reserve_registration() => {
+                        stanza::error_reply(
+                            &el,
+                            &StanzaError::wait(Condition::PolicyViolation)
+                                .with_text("too many registrations; try again later"),
+                        )
+                    }
                     Some((module, handler)) => {
+                        let creates = creates_account(kind, &payload);
                         let host_jid = Jid::parse(&host).map_err(|_| End::Closed)?;
                         let iq = Iq {
                             from: host_jid.clone(),
@@ -990,7 +1046,13 @@ impl Conn {
                             authenticated: false,
                         };
                         let cx = Cx::new(self.server.clone(), None);
-                        match call_iq_handler(module, handler.as_ref(), &cx, iq).await {
+                        let answer = call_iq_handler(module, handler.as_ref(), &cx, iq).await;
+                        if creates && answer.is_err() {
+                            // No account was created: the slot goes back.
+                            self.registrations -= 1;
+                            self.server.registrations.release(self.peer.ip());
+                        }
+                        match answer {
                             Ok(result) => {
                                 let mut r = stanza::iq_result(&el);
                                 r.remove_attr("to");
@@ -1010,6 +1072,19 @@ impl Conn {
             self.send(&reply).await?;
         }
         Ok(())
+    }
+
+    /// Takes a registration slot for this stream and its address prefix
+    /// (`[registration] max_per_stream`, `max_per_address`).
+    fn reserve_registration(&mut self) -> bool {
+        if self.registrations >= self.server.config.registration_max_per_stream
+            || !self.server.registrations.try_reserve(self.peer.ip())
+        {
+            tracing::info!(peer = %self.peer, "in-band registration refused: limit reached");
+            return false;
+        }
+        self.registrations += 1;
+        true
     }
 
     /// Resource binding (RFC 6120 §7). Ok(None) when the client got an error and may retry.
@@ -1116,6 +1191,9 @@ impl Conn {
                     Ok(None) => break,
                     Err(e) => return Outcome::End(End::Error(e)),
                 }
+            }
+            if let Err(end) = self.charge_partial() {
+                return Outcome::End(end);
             }
             if self.framer.buffered() == 0 {
                 stanza_started = None;
@@ -1374,6 +1452,7 @@ impl Conn {
         self.framer = new.framer;
         self.peer = new.peer;
         self.bucket = new.bucket;
+        self.partial = new.partial;
         self.cb = new.cb;
         self._permit = new._permit;
         self.header_sent = true;
@@ -1529,6 +1608,11 @@ fn check_authzid(authzid: Option<&str>, user: &BareJid) -> Result<(), SaslError>
             _ => Err(SaslError::InvalidAuthzid),
         },
     }
+}
+
+/// An IQ set that asks for a new account (not a form request, nor `<remove/>`).
+fn creates_account(kind: IqKind, payload: &Element) -> bool {
+    kind == IqKind::Set && payload.child("username", ns::REGISTER).is_some()
 }
 
 fn is_register_iq(el: &Element) -> bool {

@@ -689,3 +689,52 @@ fn a_huge_header_keeps_its_parser() {
         "no re-parse of a huge header per wake-up"
     );
 }
+
+/// Issue 14: a stanza trickled in holds about its own size, not the parsed
+/// bytes and the tree both (a 200 KB text node held about 470 KB).
+#[test]
+fn a_partial_stanza_costs_about_its_own_size() {
+    let mut f = Framer::new(Limits::default(), ns::CLIENT);
+    let (events, err) = run_chunks(&mut f, [&in_stream("<message><body>")[..]]);
+    assert_eq!((events.len(), err), (1, None));
+    let chunk = [b'x'; 2048];
+    for _ in 0..100 {
+        let (events, err) = run_chunks(&mut f, [&chunk[..]]);
+        assert_eq!((events.len(), err), (0, None));
+    }
+    assert_eq!(f.buffered(), "<message><body>".len() + 204_800);
+    assert!(
+        f.buf.capacity() <= 4 * chunk.len(),
+        "parsed bytes are not kept: {} bytes of buffer",
+        f.buf.capacity()
+    );
+    let text = match f.stack[1].children.last() {
+        Some(crate::xml::element::Node::Text(t)) => t.capacity(),
+        other => panic!("expected text, got {other:?}"),
+    };
+    assert!(text <= 204_800 * 9 / 8 + 4096, "text capacity {text}");
+    // And the stanza still comes out whole.
+    let (events, err) = run_chunks(&mut f, [&b"</body></message>"[..]]);
+    assert_eq!(err, None);
+    let [StreamEvent::Stanza(el)] = &events[..] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(el.children().next().unwrap().text().len(), 204_800);
+}
+
+/// The tight limits before authentication give way to the ordinary ones.
+#[test]
+fn limits_can_be_raised_between_elements() {
+    let mut f = Framer::new(small(), ns::CLIENT);
+    let big = format!("<message><body>{}</body></message>", "x".repeat(400));
+    let (events, err) = run_chunks(&mut f, [&in_stream("")[..]]);
+    assert_eq!((events.len(), err), (1, None));
+    f.set_limits(Limits::default());
+    assert_eq!(f.limits(), Limits::default());
+    let (events, err) = run_chunks(&mut f, [big.as_bytes()]);
+    assert_eq!((stanzas(&events).len(), err), (1, None));
+    // And lowered: the next element is held to the small limit.
+    f.set_limits(small());
+    let (_, err) = run_chunks(&mut f, [big.as_bytes()]);
+    assert_eq!(err.map(|e| e.condition), Some(C::PolicyViolation));
+}
