@@ -144,7 +144,7 @@ pub struct MucService {
     hosts: Vec<String>,
     admins: Vec<BareJid>,
     limits: Limits,
-    max_rooms_per_user: Option<usize>,
+    max_rooms_per_user: usize,
     /// New rooms log (`[muc] log_by_default`).
     log_by_default: bool,
     creation: RoomCreation,
@@ -370,15 +370,18 @@ impl MucService {
             return Err(StanzaError::cancel(Condition::NotAllowed)
                 .with_text("you may not create rooms here"));
         }
-        if let Some(max) = self.max_rooms_per_user {
-            let owned = rooms
-                .values()
-                .filter(|r| r.affiliation(creator) == Affiliation::Owner)
-                .count();
-            if owned >= max {
-                return Err(StanzaError::wait(Condition::ResourceConstraint)
-                    .with_text("you own too many rooms"));
-            }
+        let owned = rooms
+            .values()
+            .filter(|r| r.affiliation(creator) == Affiliation::Owner)
+            .count();
+        // XEP-0045 §7.2 (error table): <not-allowed/> is "room creation is
+        // restricted"; the limit holds until the user destroys a room.
+        if owned >= self.max_rooms_per_user {
+            return Err(
+                StanzaError::cancel(Condition::NotAllowed).with_text(format!(
+                    "you own {owned} rooms, the most allowed (max_rooms_per_user)"
+                )),
+            );
         }
         Ok(())
     }

@@ -735,6 +735,7 @@ mod tests {
             feed_max_bytes: max_bytes,
             feed_max_backoff: Duration::from_secs(60),
             feeds: Vec::new(),
+            max_pep_nodes: 256,
         };
         Feeds::new(config, Arc::new(Caps::default()))
     }
