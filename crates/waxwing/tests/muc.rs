@@ -615,6 +615,53 @@ async fn subject_and_history_on_join() {
     assert!(has_stanza_error(&e, "forbidden"), "{e}");
 }
 
+#[tokio::test]
+async fn history_is_bounded_in_bytes() {
+    // [muc] max_history_bytes: whatever max_history says, a room keeps no
+    // more history than this many serialized bytes (each message here is
+    // between 1000 and 1500 bytes with its delay and stanza-id: two fit).
+    let s = TestServer::start_with("[muc]\nmax_history_bytes = 3000\n").await;
+    let mut a = connect(&s, "crone").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    for i in 1..=5 {
+        let body = format!("{i}{}", "x".repeat(1000));
+        say(&mut a, &coven, &format!("h{i}"), &body).await;
+        expect_body(&mut a, &format!("{coven}/crone"), &body).await;
+    }
+    let mut b = connect(&s, "hag").await;
+    let got = join(&mut b, &coven, "hag").await;
+    let firsts: Vec<String> = got
+        .iter()
+        .filter_map(|e| e.child("body", ns::CLIENT).map(Element::text))
+        .map(|t| t[..1].to_string())
+        .collect();
+    assert_eq!(firsts, ["4", "5"]);
+}
+
+#[tokio::test]
+async fn rooms_per_user_are_bounded() {
+    // [muc] max_rooms_per_user (20 by default, was unlimited): one more
+    // room is refused with not-allowed, XEP-0045's "room creation is
+    // restricted"; joining existing rooms is not affected.
+    let s = TestServer::start_with("[muc]\nmax_rooms_per_user = 2\n").await;
+    let mut a = connect(&s, "crone").await;
+    create(&mut a, &room("one"), "crone", &[]).await;
+    create(&mut a, &room("two"), "crone", &[]).await;
+    let refused = join_refused(&mut a, &room("three"), "crone", "").await;
+    assert!(has_stanza_error(&refused, "not-allowed"), "{refused}");
+    assert_eq!(
+        refused
+            .child("error", ns::CLIENT)
+            .and_then(|e| e.attr("type")),
+        Some("cancel"),
+        "{refused}"
+    );
+    let mut b = connect(&s, "hag").await;
+    create(&mut b, &room("three"), "hag", &[]).await;
+    join(&mut a, &room("three"), "crone").await;
+}
+
 // ---------------------------------------------- private messages, invites
 
 #[tokio::test]

@@ -1038,6 +1038,11 @@ mod tests {
         let c = Config::embedded_default();
         assert_eq!(c.muc.domains, vec!["conference.localhost"]);
         assert_eq!(c.muc.room_creation, RoomCreation::Local);
+        assert_eq!(c.muc.max_rooms_per_user, 20);
+        assert_eq!(c.muc.max_history_bytes, 262_144);
+        assert_eq!(c.max_roster_items, 1000);
+        assert_eq!(c.max_pending_subscriptions, 100);
+        assert_eq!(c.pubsub.max_pep_nodes, 256);
         let c = Config::parse("hosts = [\"a.example\"]\n[muc]\nsubdomain = \"rooms\"\n").unwrap();
         assert_eq!(c.muc.domains, vec!["rooms.a.example"]);
         let c = Config::parse("[muc]\nenabled = false\n").unwrap();

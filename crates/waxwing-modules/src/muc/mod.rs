@@ -71,6 +71,7 @@ impl Muc {
                     admins: config.admins.clone(),
                     limits: Limits {
                         max_history: m.max_history,
+                        max_history_bytes: m.max_history_bytes,
                         max_occupants: m.max_occupants,
                     },
                     max_rooms_per_user: m.max_rooms_per_user,
@@ -245,7 +246,8 @@ impl MucService {
                     .with_attr("from", room.clone())
                     .with_attr("stamp", waxwing_core::time::xep0082(item.stamp)),
             );
-            r.history.push(m, item.stamp, cap);
+            r.history
+                .push(m, item.stamp, cap, self.limits.max_history_bytes);
         }
     }
 
