@@ -102,7 +102,7 @@ pub struct AffEntry {
 }
 
 /// A room.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Room {
     pub jid: BareJid,
     pub config: RoomConfig,
