@@ -460,6 +460,14 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
     };
     let bounds = [
         Bound {
+            table: "tls",
+            key: "resumption_cache",
+            value: n(f.tls.resumption_cache),
+            min: 0,
+            max: 1_000_000,
+            why: "rustls allocates the whole cache at start; a million sessions is about 200 MB",
+        },
+        Bound {
             table: "auth",
             key: "scram_iterations",
             value: u64::from(a.scram_iterations),
@@ -1124,6 +1132,7 @@ mod tests {
         // of a same-named key in another table.
         let cases = [
             ("[limits]", "read_rate_bytes = 0"),
+            ("[tls]", "resumption_cache = 1000000000000"),
             ("[limits]", "max_connections_per_ip = 0"),
             ("[limits]", "stanza_timeout_secs = 0"),
             ("[limits]", "idle_timeout_secs = 0"),
