@@ -255,20 +255,31 @@ fn stored_request(request: &Element) -> String {
     slim.to_xml()
 }
 
-/// A per-account bound (`[limits]`) that a change would exceed.
+/// Why a change that would add a row or a pending request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Full {
     /// `max_roster_items`: the change needs a new row.
     Roster,
     /// `max_pending_subscriptions`: the change keeps one more request.
     Pending,
+    /// The roster could not be read to count (logged).
+    Unreadable,
 }
 
 impl Full {
-    fn text(self) -> &'static str {
-        match self {
+    /// The error for the sender: `own` when it is the account's own change
+    /// (RFC 6121 §2.1.5: not-allowed), else a contact's request, which may
+    /// succeed later (resource-constraint, wait).
+    fn error(self, own: bool) -> StanzaError {
+        let text = match self {
             Full::Roster => "the roster is full",
             Full::Pending => "too many subscription requests are waiting for an answer",
+            Full::Unreadable => return StanzaError::wait(Condition::InternalServerError),
+        };
+        if own {
+            StanzaError::cancel(Condition::NotAllowed).with_text(text)
+        } else {
+            StanzaError::wait(Condition::ResourceConstraint).with_text(text)
         }
     }
 }
@@ -285,7 +296,7 @@ async fn check_room(
         Ok(items) => items,
         Err(e) => {
             tracing::error!(error = %e, %owner, "roster read failed");
-            return Err(Full::Roster);
+            return Err(Full::Unreadable);
         }
     };
     let config = cx.config();
@@ -491,13 +502,7 @@ async fn subscription_out(cx: &Cx, user: &BareJid, contact: &BareJid, ty: &str, 
         }
         // RFC 6121 §2.1.5: the user's own change that needs a row it has
         // no room for is not allowed (a pre-approval or a subscribe).
-        Err(full) => {
-            cx.bounce(
-                stanza,
-                StanzaError::cancel(Condition::NotAllowed).with_text(full.text()),
-            )
-            .await
-        }
+        Err(full) => cx.bounce(stanza, full.error(true)).await,
     }
 }
 
@@ -574,11 +579,7 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
                 // user has answered others. Older requests are kept: a
                 // flood must not push out those the user has seen.
                 Err(full) => {
-                    cx.bounce(
-                        stanza,
-                        StanzaError::wait(Condition::ResourceConstraint).with_text(full.text()),
-                    )
-                    .await;
+                    cx.bounce(stanza, full.error(false)).await;
                     return Flow::Handled;
                 }
             }
