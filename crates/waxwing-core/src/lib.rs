@@ -62,6 +62,17 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)?;
     let stores = waxwing_store::open_with(&config.database_url, config.durability).await?;
+    start_with_stores(config, modules, stores).await
+}
+
+/// [`start`] on stores the caller opened (`config.database_url` is not
+/// used): tests wrap a store to make it fail on demand.
+pub async fn start_with_stores(
+    config: Config,
+    modules: Vec<Arc<dyn ModuleLoader>>,
+    stores: waxwing_store::Stores,
+) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.data_dir)?;
     let registry = Registrar::build(modules)?;
     let tls = tls::TlsContext::load(&config)?;
     let s2s = s2s::S2sManager::new(&config, &tls)?;

@@ -230,9 +230,96 @@ async fn directed(cx: &Cx, origin: &Arc<SessionHandle>, to: &Jid, available: boo
     });
 }
 
+/// Most bytes of a subscription request kept while it waits for an answer.
+const MAX_STORED_REQUEST: usize = 4096;
+
+/// XEP-0172: User Nickname, which a subscription request may carry.
+const NS_NICK: &str = "http://jabber.org/protocol/nick";
+
+/// A subscription request as kept until it is answered: whole when small,
+/// else only what a client shows of it (the status and the XEP-0172 nick),
+/// else only its addressing, so that a peer cannot park a stanza of
+/// `max_stanza_bytes` in the database per request.
+fn stored_request(request: &Element) -> String {
+    let xml = request.to_xml();
+    if xml.len() <= MAX_STORED_REQUEST {
+        return xml;
+    }
+    let mut slim = request.clone();
+    slim.remove_children(|c| !(c.is("status", ns::CLIENT) || c.is("nick", NS_NICK)));
+    let xml = slim.to_xml();
+    if xml.len() <= MAX_STORED_REQUEST {
+        return xml;
+    }
+    slim.remove_children(|_| true);
+    slim.to_xml()
+}
+
+/// Why a change that would add a row or a pending request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// `max_roster_items`: the change needs a new row.
+    Roster,
+    /// `max_pending_subscriptions`: the change keeps one more request.
+    Pending,
+    /// The roster could not be read to count (logged).
+    Unreadable,
+}
+
+impl Full {
+    /// The error for the sender: `own` when it is the account's own change
+    /// (RFC 6121 §2.1.5: not-allowed), else a contact's request, which may
+    /// succeed later (resource-constraint, wait).
+    fn error(self, own: bool) -> StanzaError {
+        let text = match self {
+            Full::Roster => "the roster is full",
+            Full::Pending => "too many subscription requests are waiting for an answer",
+            Full::Unreadable => return StanzaError::wait(Condition::InternalServerError),
+        };
+        if own {
+            StanzaError::cancel(Condition::NotAllowed).with_text(text)
+        } else {
+            StanzaError::wait(Condition::ResourceConstraint).with_text(text)
+        }
+    }
+}
+
+/// Whether `owner`'s roster has room for a new row and/or one more
+/// pending request. One read, only when a change adds either.
+async fn check_room(
+    cx: &Cx,
+    owner: &BareJid,
+    new_row: bool,
+    new_pending: bool,
+) -> Result<(), Full> {
+    let items = match cx.stores().roster.items(owner).await {
+        Ok(items) => items,
+        Err(e) => {
+            tracing::error!(error = %e, %owner, "roster read failed");
+            return Err(Full::Unreadable);
+        }
+    };
+    let config = cx.config();
+    if new_row && items.len() >= config.max_roster_items {
+        return Err(Full::Roster);
+    }
+    if new_pending
+        && items.iter().filter(|i| i.pending_in).count() >= config.max_pending_subscriptions
+    {
+        return Err(Full::Pending);
+    }
+    Ok(())
+}
+
 /// Applies `change` to the roster row of `contact` in `owner`'s roster under
-/// the owner's lock. Returns the stanzas to route once the lock is released.
-async fn with_item<F>(cx: &Cx, owner: &BareJid, contact: &BareJid, change: F) -> Vec<Element>
+/// the owner's lock. Returns the stanzas to route once the lock is released,
+/// or the bound the change would exceed (then nothing is stored).
+async fn with_item<F>(
+    cx: &Cx,
+    owner: &BareJid,
+    contact: &BareJid,
+    change: F,
+) -> Result<Vec<Element>, Full>
 where
     F: FnOnce(Option<RosterItem>) -> Option<(RosterItem, Vec<Element>)> + Send,
 {
@@ -242,18 +329,24 @@ where
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, %owner, "roster read failed");
-            return Vec::new();
+            return Ok(Vec::new());
         }
     };
     let seen_before = before.as_ref().map(visible_state);
+    let existed = before.is_some();
+    let was_pending = before.as_ref().is_some_and(|b| b.pending_in);
     let Some((item, out)) = change(before) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     // A row that tracks nothing any more is removed rather than kept empty.
     let empty = !item.in_roster
         && !item.pending_in
         && !item.approved
         && item.subscription == Subscription::None;
+    let (new_row, new_pending) = (!empty && !existed, item.pending_in && !was_pending);
+    if new_row || new_pending {
+        check_room(cx, owner, new_row, new_pending).await?;
+    }
     let stored = if empty {
         roster.remove(owner, contact).await
     } else {
@@ -268,11 +361,11 @@ where
         Ok(_) => {}
         Err(e) => {
             tracing::error!(error = %e, %owner, "roster write failed");
-            return Vec::new();
+            return Ok(Vec::new());
         }
     }
     drop(guard);
-    out
+    Ok(out)
 }
 
 /// What a roster push would show of a row: nothing when it is not a roster item.
@@ -370,8 +463,9 @@ async fn subscription_out(cx: &Cx, user: &BareJid, contact: &BareJid, ty: &str, 
                 Some((it, Vec::new()))
             })
             .await;
+            // Only changes an existing row: never over a bound.
             let _ = out;
-            vec![fwd]
+            Ok(vec![fwd])
         }
         // RFC 6121 §3.2.2: cancel or deny the contact's subscription to us.
         "unsubscribed" => {
@@ -398,10 +492,17 @@ async fn subscription_out(cx: &Cx, user: &BareJid, contact: &BareJid, ty: &str, 
             })
             .await
         }
-        _ => Vec::new(),
+        _ => Ok(Vec::new()),
     };
-    for p in out {
-        cx.route(p).await;
+    match out {
+        Ok(out) => {
+            for p in out {
+                cx.route(p).await;
+            }
+        }
+        // RFC 6121 §2.1.5: the user's own change that needs a row it has
+        // no room for is not allowed (a pre-approval or a subscribe).
+        Err(full) => cx.bounce(stanza, full.error(true)).await,
     }
 }
 
@@ -437,7 +538,7 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
         "subscribe" => {
             let subscribed = subscription_presence(&user.to_string(), &contact, "subscribed");
             let presence = current_presence(cx, &user, &contact.to_string());
-            let stored = deliver.to_xml();
+            let stored = stored_request(&deliver);
             let mut deliver_request = false;
             let out = with_item(cx, &user, &contact, |item| match item {
                 // Already subscribed: answer for the user (§3.1.3 step 2).
@@ -466,10 +567,22 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
                 }
             })
             .await;
-            if deliver_request {
-                to_sessions = Some(deliver);
+            match out {
+                Ok(out) => {
+                    if deliver_request {
+                        to_sessions = Some(deliver);
+                    }
+                    out
+                }
+                // A request the account has no room for is refused, not
+                // stored and not shown; the requester may retry once the
+                // user has answered others. Older requests are kept: a
+                // flood must not push out those the user has seen.
+                Err(full) => {
+                    cx.bounce(stanza, full.error(false)).await;
+                    return Flow::Handled;
+                }
             }
-            out
         }
         // §3.1.6
         "subscribed" => {
@@ -485,7 +598,8 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
                 accepted = true;
                 Some((it, Vec::new()))
             })
-            .await;
+            .await
+            .unwrap_or_default(); // changes an existing row only
             if accepted {
                 to_sessions = Some(deliver);
             }
@@ -508,7 +622,8 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
                 // Step 3: the contact no longer gets our presence.
                 Some((it, unavailable))
             })
-            .await;
+            .await
+            .unwrap_or_default(); // changes an existing row only
             if changed {
                 to_sessions = Some(deliver);
             }
@@ -528,7 +643,8 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
                 changed = true;
                 Some((it, Vec::new()))
             })
-            .await;
+            .await
+            .unwrap_or_default(); // changes an existing row only
             if changed {
                 to_sessions = Some(deliver);
             }
@@ -590,5 +706,39 @@ async fn forget_deleted_user(cx: &Cx, user: &BareJid) {
             gone.in_roster = false;
             push(cx, &owner, &gone, version).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(children: Vec<Element>) -> Element {
+        let mut p = Element::new("presence", ns::CLIENT)
+            .with_attr("from", "romeo@example.net")
+            .with_attr("to", "juliet@example.com")
+            .with_attr("type", "subscribe");
+        for c in children {
+            p.push_child(c);
+        }
+        p
+    }
+
+    #[test]
+    fn stored_requests_are_bounded() {
+        let status = Element::new("status", ns::CLIENT).with_text("hi");
+        let nick = Element::new("nick", NS_NICK).with_text("Romeo");
+        let small = request(vec![status.clone(), nick.clone()]);
+        assert_eq!(stored_request(&small), small.to_xml());
+
+        let bulk = Element::new("x", "urn:example:bulk").with_text("a".repeat(200_000));
+        let big = request(vec![status.clone(), nick.clone(), bulk.clone()]);
+        let kept = stored_request(&big);
+        assert_eq!(kept, request(vec![status, nick]).to_xml());
+
+        let huge_status = Element::new("status", ns::CLIENT).with_text("b".repeat(10_000));
+        let kept = stored_request(&request(vec![huge_status, bulk]));
+        assert_eq!(kept, request(Vec::new()).to_xml());
+        assert!(kept.len() <= MAX_STORED_REQUEST);
     }
 }

@@ -133,6 +133,14 @@ async fn set(cx: &Cx, owner: &BareJid, query: &Element) -> Result<(), StanzaErro
         }
         groups.push(name);
     }
+    // RFC 6121 §2.1.5: a roster at `max_roster_items` rows takes no new
+    // contact (hidden rows of pending requests count: they are stored too).
+    if existing.is_none() {
+        let rows = cx.stores().roster.items(owner).await.map_err(internal)?;
+        if rows.len() >= cx.config().max_roster_items {
+            return Err(StanzaError::cancel(Condition::NotAllowed).with_text("the roster is full"));
+        }
+    }
     // The client may not set subscription state (RFC 6121 §2.1.2.5); keep ours.
     let mut item = existing.unwrap_or_else(|| RosterItem::new(contact.clone()));
     item.name = el

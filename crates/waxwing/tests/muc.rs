@@ -615,6 +615,222 @@ async fn subject_and_history_on_join() {
     assert!(has_stanza_error(&e, "forbidden"), "{e}");
 }
 
+#[tokio::test]
+async fn history_is_bounded_in_bytes() {
+    // [muc] max_history_bytes: whatever max_history says, a room keeps no
+    // more history than this many serialized bytes (each message here is
+    // between 1000 and 1500 bytes with its delay and stanza-id: two fit).
+    let s = TestServer::start_with("[muc]\nmax_history_bytes = 3000\n").await;
+    let mut a = connect(&s, "crone").await;
+    let coven = room("coven");
+    create(&mut a, &coven, "crone", &[]).await;
+    for i in 1..=5 {
+        let body = format!("{i}{}", "x".repeat(1000));
+        say(&mut a, &coven, &format!("h{i}"), &body).await;
+        expect_body(&mut a, &format!("{coven}/crone"), &body).await;
+    }
+    let mut b = connect(&s, "hag").await;
+    let got = join(&mut b, &coven, "hag").await;
+    let firsts: Vec<String> = got
+        .iter()
+        .filter_map(|e| e.child("body", ns::CLIENT).map(Element::text))
+        .map(|t| t[..1].to_string())
+        .collect();
+    assert_eq!(firsts, ["4", "5"]);
+}
+
+#[tokio::test]
+async fn rooms_per_user_are_bounded() {
+    // [muc] max_rooms_per_user (20 by default, was unlimited): one more
+    // room is refused with not-allowed, XEP-0045's "room creation is
+    // restricted"; joining existing rooms is not affected.
+    let s = TestServer::start_with("[muc]\nmax_rooms_per_user = 2\n").await;
+    let mut a = connect(&s, "crone").await;
+    create(&mut a, &room("one"), "crone", &[]).await;
+    create(&mut a, &room("two"), "crone", &[]).await;
+    let refused = join_refused(&mut a, &room("three"), "crone", "").await;
+    assert!(has_stanza_error(&refused, "not-allowed"), "{refused}");
+    assert_eq!(
+        refused
+            .child("error", ns::CLIENT)
+            .and_then(|e| e.attr("type")),
+        Some("cancel"),
+        "{refused}"
+    );
+    let mut b = connect(&s, "hag").await;
+    create(&mut b, &room("three"), "hag", &[]).await;
+    join(&mut a, &room("three"), "crone").await;
+}
+
+/// A MUC store whose writes fail while `failing` is set (reads pass).
+struct FlakyMuc {
+    inner: std::sync::Arc<dyn waxwing_store::MucStore>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl FlakyMuc {
+    fn check(&self) -> Result<(), waxwing_store::StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(waxwing_store::StoreError::Backend("disk on fire".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl waxwing_store::MucStore for FlakyMuc {
+    async fn replace_room(
+        &self,
+        room: &waxwing_store::StoredRoom,
+    ) -> Result<(), waxwing_store::StoreError> {
+        self.check()?;
+        self.inner.replace_room(room).await
+    }
+    async fn save_room(
+        &self,
+        room: &waxwing_store::RoomRecord,
+    ) -> Result<(), waxwing_store::StoreError> {
+        self.check()?;
+        self.inner.save_room(room).await
+    }
+    async fn set_affiliation(
+        &self,
+        room: &waxwing_proto::jid::BareJid,
+        item: &waxwing_store::RoomAffiliation,
+    ) -> Result<(), waxwing_store::StoreError> {
+        self.check()?;
+        self.inner.set_affiliation(room, item).await
+    }
+    async fn remove_affiliation(
+        &self,
+        room: &waxwing_proto::jid::BareJid,
+        jid: &waxwing_proto::jid::BareJid,
+    ) -> Result<(), waxwing_store::StoreError> {
+        self.check()?;
+        self.inner.remove_affiliation(room, jid).await
+    }
+    async fn rooms(
+        &self,
+        domain: &str,
+    ) -> Result<Vec<waxwing_store::StoredRoom>, waxwing_store::StoreError> {
+        self.inner.rooms(domain).await
+    }
+    async fn delete_room(
+        &self,
+        room: &waxwing_proto::jid::BareJid,
+    ) -> Result<(), waxwing_store::StoreError> {
+        self.check()?;
+        self.inner.delete_room(room).await
+    }
+}
+
+#[tokio::test]
+async fn changes_are_persisted_before_they_are_announced() {
+    // A configuration or affiliation change whose store write fails is not
+    // announced, not kept in memory, and the requester gets
+    // internal-server-error; once the store works again the same change
+    // goes through as usual.
+    let mut stores = waxwing_store::open("sqlite::memory:").await.unwrap();
+    let flaky = std::sync::Arc::new(FlakyMuc {
+        inner: stores.muc.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    stores.muc = flaky.clone();
+    let s = TestServer::start_with_stores("", stores).await;
+    let mut a = connect(&s, "crone").await;
+    let mut b = connect(&s, "hag").await;
+    let coven = room("coven");
+    create(
+        &mut a,
+        &coven,
+        "crone",
+        &[("muc#roomconfig_persistentroom", "1")],
+    )
+    .await;
+    join(&mut b, &coven, "hag").await;
+    a.expect(&format!("<presence from='{coven}/hag'/>")).await;
+    let stored = || async { s.running.server.stores.muc.rooms(SERVICE).await.unwrap() };
+    let before = stored().await;
+    assert_eq!(before.len(), 1);
+
+    flaky
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Affiliation: hag becomes admin.
+    let admin =
+        format!("<query xmlns='{ADMIN}'><item affiliation='admin' jid='hag@localhost'/></query>");
+    let r = iq(&mut a, &coven, "set", &admin).await;
+    assert!(has_stanza_error(&r, "internal-server-error"), "{r}");
+    // Configuration: a new room name (status 104 would announce it).
+    let r = iq(
+        &mut a,
+        &coven,
+        "set",
+        &config_form(&[("muc#roomconfig_roomname", "Cauldron")]),
+    )
+    .await;
+    assert!(has_stanza_error(&r, "internal-server-error"), "{r}");
+    // Subject.
+    a.send(&format!(
+        "<message to='{coven}' type='groupchat' id='subj'><subject>Toil</subject></message>"
+    ))
+    .await;
+    let r = a
+        .expect_with("the subject refused", |e| e.attr("id") == Some("subj"))
+        .await;
+    assert!(has_stanza_error(&r, "internal-server-error"), "{r}");
+    // Nobody heard of any of them.
+    a.expect_nothing().await;
+    b.expect_nothing().await;
+    // Memory is unchanged: hag is still a plain participant, the name is unset.
+    let items = iq(
+        &mut a,
+        &coven,
+        "get",
+        &format!("<query xmlns='{ADMIN}'><item affiliation='admin'/></query>"),
+    )
+    .await;
+    assert!(is_result(&items), "{items}");
+    assert!(
+        !items.child("query", ADMIN).unwrap().has_children(),
+        "{items}"
+    );
+    let info = iq(
+        &mut b,
+        &coven,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    )
+    .await;
+    assert!(!info.to_xml().contains("Cauldron"), "{info}");
+    let mut c = connect(&s, "imp").await;
+    let joined = join(&mut c, &coven, "imp").await;
+    let subject = joined.last().unwrap().child("subject", ns::CLIENT).unwrap();
+    assert_eq!(subject.text(), "", "the refused subject was kept");
+    assert_eq!(stored().await, before);
+
+    // The store is back: the same change is written, then announced.
+    flaky
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let announced = iq_ok(&mut a, &coven, &admin).await;
+    assert!(
+        announced
+            .iter()
+            .any(|p| p.attr("from") == Some(format!("{coven}/hag").as_str())
+                && item(p).attr("affiliation") == Some("admin")),
+        "no affiliation change announced: {announced:?}"
+    );
+    let after = stored().await;
+    assert!(
+        after[0]
+            .affiliations
+            .iter()
+            .any(|x| x.jid.to_string() == "hag@localhost"),
+        "{after:?}"
+    );
+}
+
 // ---------------------------------------------- private messages, invites
 
 #[tokio::test]

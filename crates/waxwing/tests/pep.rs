@@ -752,3 +752,54 @@ async fn pep_authorize_answered_with_the_owners_form() {
     // The form never reached Alice's other clients as a message.
     alice.expect_nothing().await;
 }
+
+#[tokio::test]
+async fn pep_nodes_past_max_pep_nodes_are_not_created_by_publish_or_create() {
+    // [pubsub] max_pep_nodes bounds what auto-create (XEP-0163 §3) can
+    // grow; publishing to existing nodes is unaffected.
+    let s = TestServer::start_with("[pubsub]\nmax_pep_nodes = 2\n").await;
+    s.user("romeo").await;
+    let mut c = s.online("romeo", "r").await;
+    let publish = |node: &str| {
+        format!(
+            "<pubsub xmlns='{PUBSUB}'><publish node='{node}'><item id='current'>\
+             <x xmlns='urn:example:{node}'/></item></publish></pubsub>"
+        )
+    };
+    for node in ["n1", "n2"] {
+        let r = c.iq("set", None, &publish(node)).await;
+        assert!(is_result(&r), "{r}");
+    }
+    let over = c.iq("set", None, &publish("n3")).await;
+    assert!(has_stanza_error(&over, "not-allowed"), "{over}");
+    let error = over.child("error", waxwing_proto::ns::CLIENT).unwrap();
+    assert_eq!(error.attr("type"), Some("cancel"), "{over}");
+    assert!(
+        error
+            .child(
+                "max-nodes-exceeded",
+                "http://jabber.org/protocol/pubsub#errors"
+            )
+            .is_some(),
+        "{over}"
+    );
+    let create = c
+        .iq(
+            "set",
+            None,
+            &format!("<pubsub xmlns='{PUBSUB}'><create node='n4'/></pubsub>"),
+        )
+        .await;
+    assert!(has_stanza_error(&create, "not-allowed"), "{create}");
+    let again = c.iq("set", None, &publish("n1")).await;
+    assert!(is_result(&again), "{again}");
+    let nodes = s
+        .running
+        .server
+        .stores
+        .pubsub
+        .nodes(&jid("romeo"))
+        .await
+        .unwrap();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+}

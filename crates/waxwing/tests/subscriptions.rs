@@ -449,3 +449,124 @@ async fn roster_get_with_current_version_is_an_empty_result() {
     ));
     assert!(romeo.get_roster_ver(Some(&new_ver)).await.is_none());
 }
+
+#[tokio::test]
+async fn subscription_requests_past_the_bound_bounce_until_one_is_answered() {
+    // [limits] max_pending_subscriptions: each waiting request is a stored
+    // row, so strangers cannot grow an account without bound. The one past
+    // the bound is refused with resource-constraint (wait) and not shown;
+    // the earlier ones stay.
+    let s = TestServer::start_with("[limits]\nmax_pending_subscriptions = 2\n").await;
+    for u in ["juliet", "romeo", "mercutio", "tybalt"] {
+        s.user(u).await;
+    }
+    let mut juliet = s.online("juliet", "j").await;
+    for u in ["romeo", "mercutio"] {
+        let mut c = s.online(u, "x").await;
+        c.send(&format!("<presence to='{J}' type='subscribe'/>"))
+            .await;
+        c.sync().await;
+        juliet.expect(&sub_presence(&bare(u), "subscribe")).await;
+    }
+    let mut tybalt = s.online("tybalt", "t").await;
+    tybalt
+        .send(&format!("<presence to='{J}' type='subscribe'/>"))
+        .await;
+    // His own roster takes the pending-out item; Juliet's refuses the request.
+    tybalt
+        .expect_unordered(&[
+            &push(J, "none", true, false),
+            &format!(
+                "<presence type='error' from='{J}'><error type='wait'><resource-constraint xmlns='{}'/></error></presence>",
+                ns::STANZAS
+            ),
+        ])
+        .await;
+    juliet.expect_nothing().await;
+    // Denying one frees a place: the retry is delivered.
+    juliet
+        .send(&format!("<presence to='{R}' type='unsubscribed'/>"))
+        .await;
+    juliet.sync().await;
+    tybalt
+        .send(&format!("<presence to='{J}' type='subscribe'/>"))
+        .await;
+    tybalt.sync().await;
+    juliet
+        .expect(&sub_presence(&bare("tybalt"), "subscribe"))
+        .await;
+    // Mercutio's request, seen before the flood, was never dropped.
+    let rows = s
+        .running
+        .server
+        .stores
+        .roster
+        .items(&jid("juliet"))
+        .await
+        .unwrap();
+    let pending: Vec<String> = rows
+        .iter()
+        .filter(|i| i.pending_in)
+        .map(|i| i.contact.to_string())
+        .collect();
+    assert_eq!(pending, vec![bare("mercutio"), bare("tybalt")]);
+}
+
+#[tokio::test]
+async fn roster_set_past_max_roster_items_is_not_allowed() {
+    // RFC 6121 §2.1.5: a full roster takes no new item; changing an
+    // existing one still works.
+    let s =
+        TestServer::start_with("[limits]\nmax_roster_items = 2\nmax_pending_subscriptions = 2\n")
+            .await;
+    s.user("romeo").await;
+    let mut romeo = s.online("romeo", "r").await;
+    let set = |id: &str, jid: &str, name: &str| {
+        format!(
+            "<iq type='set' id='{id}'><query xmlns='{}'><item jid='{jid}' name='{name}'/></query></iq>",
+            ns::ROSTER
+        )
+    };
+    for (id, j) in [("a1", "a@localhost"), ("a2", "b@localhost")] {
+        romeo.send(&set(id, j, "x")).await;
+        romeo
+            .expect_unordered(&[
+                &push(j, "none", false, false),
+                &format!("<iq type='result' id='{id}'/>"),
+            ])
+            .await;
+    }
+    romeo.send(&set("a3", "c@localhost", "x")).await;
+    romeo
+        .expect(&format!(
+            "<iq type='error' id='a3'><error type='cancel'><not-allowed xmlns='{}'/></error></iq>",
+            ns::STANZAS
+        ))
+        .await;
+    romeo.send(&set("a4", "a@localhost", "renamed")).await;
+    romeo
+        .expect_unordered(&[
+            &push("a@localhost", "none", false, false),
+            "<iq type='result' id='a4'/>",
+        ])
+        .await;
+    // A subscribe that needs a new row is refused the same way.
+    romeo
+        .send("<presence to='c@localhost' type='subscribe'/>")
+        .await;
+    romeo
+        .expect(&format!(
+            "<presence type='error'><error type='cancel'><not-allowed xmlns='{}'/></error></presence>",
+            ns::STANZAS
+        ))
+        .await;
+    let rows = s
+        .running
+        .server
+        .stores
+        .roster
+        .items(&jid("romeo"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+}

@@ -24,6 +24,16 @@ impl ConfigError {
             message,
         }
     }
+
+    /// Like [`ConfigError::at`], for a key of one table (`"limits"`,
+    /// `"s2s.reputation"`; `""` for the top level): several tables share
+    /// key names (`idle_timeout_secs` is in `[limits]` and `[s2s]`).
+    fn in_table(source: &str, table: &str, key: &str, message: String) -> Self {
+        ConfigError {
+            line: find_table_key_line(source, table, key).or_else(|| find_key_line(source, key)),
+            message,
+        }
+    }
 }
 
 /// Validated configuration.
@@ -82,6 +92,10 @@ pub struct Config {
     /// Longest a single write to a client may block before the connection
     /// is treated as broken (`[limits] write_timeout_secs`).
     pub write_timeout: Duration,
+    /// Rows one roster may hold, hidden ones (pending requests, pre-approvals) included.
+    pub max_roster_items: usize,
+    /// Inbound subscription requests one account may have unanswered.
+    pub max_pending_subscriptions: usize,
     pub log_level: String,
     pub log_json: bool,
     /// `[contact]`, XEP-0157: (`abuse-addresses` …, URIs), roles without
@@ -105,10 +119,12 @@ pub struct MucConfig {
     /// One service domain per host, in host order (`conference.example.org`).
     pub domains: Vec<String>,
     pub max_history: usize,
+    /// Bytes of discussion history a room keeps; the oldest go first.
+    pub max_history_bytes: usize,
     /// New rooms log (keep a XEP-0313 archive) unless their owner says no.
     pub log_by_default: bool,
     pub max_occupants: usize,
-    pub max_rooms_per_user: Option<usize>,
+    pub max_rooms_per_user: usize,
     pub room_creation: RoomCreation,
     /// Remote MUC service domains whose public rooms the directory indexes.
     pub crawl: Vec<String>,
@@ -127,6 +143,8 @@ pub struct PubSubConfig {
     /// Most items in one `<items/>` reply (XEP-0060 retrieval, PEP too).
     pub max_items_per_reply: usize,
     pub feeds: Vec<FeedConfig>,
+    /// PEP nodes one account may have.
+    pub max_pep_nodes: usize,
 }
 
 /// One `[[pubsub.feeds]]` entry.
@@ -236,6 +254,7 @@ impl Config {
     }
 
     fn from_raw(f: raw::File, source: &str) -> Result<Self, ConfigError> {
+        check_numbers(&f, source)?;
         if f.hosts.is_empty() {
             return Err(ConfigError::at(
                 source,
@@ -334,87 +353,7 @@ impl Config {
             }
             None => format!("sqlite://{}", data_dir.join("waxwing.db").display()),
         };
-        if f.auth.scram_iterations < 4096 {
-            return Err(ConfigError::at(
-                source,
-                "scram_iterations",
-                "scram_iterations below 4096 is refused (RFC 7677 §4)".into(),
-            ));
-        }
-        for (key, value, min, max) in [
-            ("ipv4_prefix_length", f.auth.ipv4_prefix_length, 8, 32),
-            ("ipv6_prefix_length", f.auth.ipv6_prefix_length, 16, 128),
-        ] {
-            if !(min..=max).contains(&value) {
-                return Err(ConfigError::at(
-                    source,
-                    key,
-                    format!("{key} must be between {min} and {max}"),
-                ));
-            }
-        }
         let l = &f.limits;
-        let positive = [
-            ("max_stanza_bytes", l.max_stanza_bytes as u64),
-            ("max_depth", l.max_depth as u64),
-            ("max_attributes", l.max_attributes as u64),
-            ("auth_timeout_secs", l.auth_timeout_secs),
-            ("outbound_queue", l.outbound_queue as u64),
-            ("outbound_burst", l.outbound_burst as u64),
-            ("max_resources", l.max_resources as u64),
-            ("write_timeout_secs", l.write_timeout_secs),
-            (
-                "max_failures_per_stream",
-                f.auth.max_failures_per_stream as u64,
-            ),
-            ("max_failures_per_ip", f.auth.max_failures_per_ip as u64),
-            (
-                "max_failures_per_account",
-                f.auth.max_failures_per_account as u64,
-            ),
-            ("failure_window_secs", f.auth.failure_window_secs),
-            ("max_per_stream", f.registration.max_per_stream as u64),
-            ("max_per_address", f.registration.max_per_address as u64),
-            ("address_window_secs", f.registration.address_window_secs),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::at(
-                    source,
-                    key,
-                    format!("{key} must be greater than 0"),
-                ));
-            }
-        }
-        if l.max_stanza_bytes < 10_000 {
-            return Err(ConfigError::at(
-                source,
-                "max_stanza_bytes",
-                "max_stanza_bytes below 10000 is refused (RFC 6120 §13.12 requires at least 10000)"
-                    .into(),
-            ));
-        }
-        if !(1024..=l.max_stanza_bytes).contains(&l.max_stanza_bytes_before_auth) {
-            return Err(ConfigError::at(
-                source,
-                "max_stanza_bytes_before_auth",
-                "max_stanza_bytes_before_auth must be between 1024 (a stream header and a SASL exchange must fit) and max_stanza_bytes".into(),
-            ));
-        }
-        if l.partial_stanza_budget_bytes < l.max_stanza_bytes {
-            return Err(ConfigError::at(
-                source,
-                "partial_stanza_budget_bytes",
-                "partial_stanza_budget_bytes must be at least max_stanza_bytes, or a maximal stanza could never be received".into(),
-            ));
-        }
-        if l.read_burst_bytes < l.max_stanza_bytes as u64 {
-            return Err(ConfigError::at(
-                source,
-                "read_burst_bytes",
-                "read_burst_bytes must be at least max_stanza_bytes, or a maximal stanza could never be read at once".into(),
-            ));
-        }
         let contact_addresses = contact_addresses(&f.contact, source)?;
         let log_json = match f.log.format.as_str() {
             "text" => false,
@@ -429,13 +368,6 @@ impl Config {
         };
         let muc = muc_config(&f.muc, &hosts, source)?;
         let pubsub = pubsub_config(&f.pubsub, &hosts, source)?;
-        if f.compression.max_ratio == 0 {
-            return Err(ConfigError::at(
-                source,
-                "max_ratio",
-                "[compression] max_ratio must be greater than 0".to_string(),
-            ));
-        }
         let s2s_listen = addrs(&f.listen.s2s, "s2s")?;
         let s2s_direct_tls = addrs(&f.listen.s2s_direct_tls, "s2s_direct_tls")?;
         let s2s = s2s_config(&f.s2s, source)?;
@@ -485,6 +417,8 @@ impl Config {
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             resume_timeout: Duration::from_secs(l.resume_timeout_secs),
             write_timeout: Duration::from_secs(l.write_timeout_secs),
+            max_roster_items: l.max_roster_items,
+            max_pending_subscriptions: l.max_pending_subscriptions,
             log_level: f.log.level,
             log_json,
             contact_addresses,
@@ -502,6 +436,350 @@ impl Config {
     pub fn is_local_host(&self, domain: &str) -> bool {
         self.hosts.iter().any(|h| h == domain)
     }
+}
+
+/// Longest duration any `*_secs` option may have: a year. Longer ones are
+/// typos (milliseconds written as seconds), and an `Instant` that far out
+/// overflows on some platforms.
+pub const MAX_SECS: u64 = 365 * 86_400;
+
+/// One numeric option and the values that make sense for it.
+struct Bound {
+    table: &'static str,
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    /// Why values outside `min..=max` are refused.
+    why: &'static str,
+}
+
+/// Every numeric and duration option, checked in one place: zero where it
+/// would stop the server from working (a zero read rate panics the token
+/// bucket, zero connections per address refuses everyone), and upper bounds
+/// where a value overflows a deadline or makes one request cost seconds.
+/// An option that means something at 0 (`offline_quota`, `max_history`,
+/// `retention_days`, `resumption_cache`) is not listed with a minimum.
+fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
+    const NONZERO: &str = "0 would make the server unusable";
+    const DURATION: &str =
+        "a duration of 0 never elapses usefully, and more than a year is a mistake";
+    let (a, l, m, p, s, r) = (
+        &f.auth,
+        &f.limits,
+        &f.muc,
+        &f.pubsub,
+        &f.s2s,
+        &f.s2s.reputation,
+    );
+    let n = |v: usize| v as u64;
+    let secs = |table, key, value| Bound {
+        table,
+        key,
+        value,
+        min: 1,
+        max: MAX_SECS,
+        why: DURATION,
+    };
+    let at_least = |table, key, value, min, why| Bound {
+        table,
+        key,
+        value,
+        min,
+        max: u64::MAX,
+        why,
+    };
+    let bounds = [
+        Bound {
+            table: "tls",
+            key: "resumption_cache",
+            value: n(f.tls.resumption_cache),
+            min: 0,
+            max: 1_000_000,
+            why: "rustls allocates the whole cache at start; a million sessions is about 200 MB",
+        },
+        Bound {
+            table: "auth",
+            key: "scram_iterations",
+            value: u64::from(a.scram_iterations),
+            min: 4096,
+            max: 10_000_000,
+            why: "RFC 7677 §4 asks for at least 4096; above 10000000 every login (and every guess) costs seconds of CPU",
+        },
+        at_least(
+            "auth",
+            "max_failures_per_stream",
+            u64::from(a.max_failures_per_stream),
+            1,
+            NONZERO,
+        ),
+        at_least(
+            "auth",
+            "max_failures_per_ip",
+            u64::from(a.max_failures_per_ip),
+            1,
+            "0 would refuse every login, even with the right password",
+        ),
+        at_least(
+            "auth",
+            "max_failures_per_account",
+            u64::from(a.max_failures_per_account),
+            1,
+            "0 would refuse every login, even with the right password",
+        ),
+        secs("auth", "failure_window_secs", a.failure_window_secs),
+        Bound {
+            table: "auth",
+            key: "ipv4_prefix_length",
+            value: u64::from(a.ipv4_prefix_length),
+            min: 8,
+            max: 32,
+            why: "failures are counted per address prefix of this length",
+        },
+        Bound {
+            table: "auth",
+            key: "ipv6_prefix_length",
+            value: u64::from(a.ipv6_prefix_length),
+            min: 16,
+            max: 128,
+            why: "failures are counted per address prefix of this length",
+        },
+        at_least(
+            "registration",
+            "max_per_stream",
+            u64::from(f.registration.max_per_stream),
+            1,
+            "to close registration, set open = false",
+        ),
+        at_least(
+            "registration",
+            "max_per_address",
+            u64::from(f.registration.max_per_address),
+            1,
+            "to close registration, set open = false",
+        ),
+        secs(
+            "registration",
+            "address_window_secs",
+            f.registration.address_window_secs,
+        ),
+        Bound {
+            table: "registration",
+            key: "min_password_length",
+            value: n(f.registration.min_password_length),
+            min: 1,
+            max: 1024,
+            why: "0 would allow empty passwords, and no one types more than 1024 characters",
+        },
+        at_least(
+            "limits",
+            "max_stanza_bytes",
+            n(l.max_stanza_bytes),
+            10_000,
+            "RFC 6120 §13.12 requires at least 10000",
+        ),
+        Bound {
+            table: "limits",
+            key: "max_depth",
+            value: n(l.max_depth),
+            min: 1,
+            max: 256,
+            why: "real stanzas are shallow, and deeper trees are an attack on recursive code",
+        },
+        at_least("limits", "max_attributes", n(l.max_attributes), 1, NONZERO),
+        secs("limits", "auth_timeout_secs", l.auth_timeout_secs),
+        Bound {
+            table: "limits",
+            key: "max_stanza_bytes_before_auth",
+            value: n(l.max_stanza_bytes_before_auth),
+            min: 1024,
+            max: n(l.max_stanza_bytes),
+            why: "a stream header and a SASL exchange must fit, and it cannot exceed max_stanza_bytes",
+        },
+        at_least(
+            "limits",
+            "partial_stanza_budget_bytes",
+            n(l.partial_stanza_budget_bytes),
+            n(l.max_stanza_bytes),
+            "it must be at least max_stanza_bytes, or a maximal stanza could never be received",
+        ),
+        secs("limits", "write_timeout_secs", l.write_timeout_secs),
+        at_least("limits", "outbound_queue", n(l.outbound_queue), 1, NONZERO),
+        at_least("limits", "outbound_burst", n(l.outbound_burst), 1, NONZERO),
+        at_least(
+            "limits",
+            "max_resources",
+            n(l.max_resources),
+            1,
+            "0 would refuse every resource binding",
+        ),
+        at_least(
+            "limits",
+            "max_connections_per_ip",
+            u64::from(l.max_connections_per_ip),
+            1,
+            "0 would refuse every connection",
+        ),
+        at_least(
+            "limits",
+            "read_rate_bytes",
+            l.read_rate_bytes,
+            1,
+            "a rate of 0 would never read again",
+        ),
+        at_least(
+            "limits",
+            "read_burst_bytes",
+            l.read_burst_bytes,
+            n(l.max_stanza_bytes),
+            "it must be at least max_stanza_bytes, or a maximal stanza could never be read at once",
+        ),
+        secs("limits", "stanza_timeout_secs", l.stanza_timeout_secs),
+        secs("limits", "idle_timeout_secs", l.idle_timeout_secs),
+        secs("limits", "resume_timeout_secs", l.resume_timeout_secs),
+        at_least(
+            "limits",
+            "max_roster_items",
+            n(l.max_roster_items),
+            1,
+            NONZERO,
+        ),
+        Bound {
+            table: "limits",
+            key: "max_pending_subscriptions",
+            value: n(l.max_pending_subscriptions),
+            min: 1,
+            max: n(l.max_roster_items),
+            why: "0 would refuse every contact request, and each pending request takes a roster row (max_roster_items)",
+        },
+        Bound {
+            table: "mam",
+            key: "retention_days",
+            value: u64::from(f.mam.retention_days),
+            min: 0,
+            max: 36_500,
+            why: "0 keeps messages forever; more than a century is a mistake",
+        },
+        at_least(
+            "muc",
+            "max_history_bytes",
+            n(m.max_history_bytes),
+            1,
+            "to keep no history, set max_history = 0",
+        ),
+        at_least("muc", "max_occupants", n(m.max_occupants), 1, NONZERO),
+        at_least(
+            "muc",
+            "max_rooms_per_user",
+            n(m.max_rooms_per_user),
+            1,
+            "to stop room creation, use room_creation",
+        ),
+        secs("muc", "crawl_interval_secs", m.crawl_interval_secs),
+        at_least(
+            "muc",
+            "crawl_max_rooms",
+            n(m.crawl_max_rooms),
+            1,
+            "to index no remote rooms, leave crawl empty",
+        ),
+        secs("pubsub", "feed_min_interval_secs", p.feed_min_interval_secs),
+        Bound {
+            table: "pubsub",
+            key: "feed_concurrency",
+            value: n(p.feed_concurrency),
+            min: 1,
+            max: 1024,
+            why: "0 would never fetch a feed; beyond 1024 it is no limit (and past tokio's semaphore maximum it panics)",
+        },
+        secs("pubsub", "feed_timeout_secs", p.feed_timeout_secs),
+        at_least(
+            "pubsub",
+            "feed_max_bytes",
+            p.feed_max_bytes,
+            1,
+            "0 would refuse every feed",
+        ),
+        secs("pubsub", "feed_max_backoff_secs", p.feed_max_backoff_secs),
+        Bound {
+            table: "pubsub",
+            key: "max_items_per_reply",
+            value: n(p.max_items_per_reply),
+            min: 1,
+            max: n(MAX_ITEMS_PER_REPLY),
+            why: "0 would answer no <items/> request, and no node keeps more items",
+        },
+        at_least(
+            "pubsub",
+            "max_pep_nodes",
+            n(p.max_pep_nodes),
+            1,
+            "0 would break every PEP client (avatars, OMEMO, bookmarks)",
+        ),
+        secs("s2s", "idle_timeout_secs", s.idle_timeout_secs),
+        secs("s2s", "connect_timeout_secs", s.connect_timeout_secs),
+        at_least("s2s", "max_queue", n(s.max_queue), 1, NONZERO),
+        at_least(
+            "s2s",
+            "stanza_rate",
+            u64::from(s.stanza_rate),
+            1,
+            "0 would refuse every remote stanza",
+        ),
+        at_least(
+            "s2s",
+            "stanza_burst",
+            u64::from(s.stanza_burst),
+            1,
+            "0 would refuse every remote stanza",
+        ),
+        secs("s2s.reputation", "half_life_secs", r.half_life_secs),
+        Bound {
+            table: "compression",
+            key: "max_ratio",
+            value: f.compression.max_ratio,
+            min: 1,
+            max: 1032,
+            why: "below 1 nothing inflates; deflate cannot exceed 1032:1, so a larger ratio is no bound",
+        },
+    ];
+    for b in bounds {
+        if !(b.min..=b.max).contains(&b.value) {
+            let range = if b.max == u64::MAX {
+                format!("at least {}", b.min)
+            } else {
+                format!("between {} and {}", b.min, b.max)
+            };
+            return Err(ConfigError::in_table(
+                source,
+                b.table,
+                b.key,
+                format!(
+                    "[{}] {} = {} is refused: it must be {range} ({})",
+                    b.table, b.key, b.value, b.why
+                ),
+            ));
+        }
+    }
+    for (key, v) in [("throttle_at", r.throttle_at), ("block_at", r.block_at)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(ConfigError::in_table(
+                source,
+                "s2s.reputation",
+                key,
+                format!("[s2s.reputation] {key} = {v} is refused: it must be a positive number"),
+            ));
+        }
+    }
+    if r.throttle_at > r.block_at {
+        return Err(ConfigError::in_table(
+            source,
+            "s2s.reputation",
+            "throttle_at",
+            "[s2s.reputation] throttle_at must not be above block_at".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 fn dialback_policy(v: &str, key: &str, source: &str) -> Result<DialbackPolicy, ConfigError> {
@@ -546,29 +824,6 @@ fn s2s_config(s: &raw::S2s, source: &str) -> Result<S2sConfig, ConfigError> {
         .map(|d| domain(d, "blocked_domains"))
         .collect::<Result<Vec<_>, _>>()?;
     let r = &s.reputation;
-    if !(r.throttle_at > 0.0 && r.block_at > 0.0 && r.throttle_at <= r.block_at) {
-        return Err(ConfigError::at(
-            source,
-            "throttle_at",
-            "[s2s.reputation] needs 0 < throttle_at <= block_at".to_string(),
-        ));
-    }
-    for (key, v) in [
-        ("connect_timeout_secs", s.connect_timeout_secs),
-        ("idle_timeout_secs", s.idle_timeout_secs),
-        ("max_queue", s.max_queue as u64),
-        ("stanza_rate", u64::from(s.stanza_rate)),
-        ("stanza_burst", u64::from(s.stanza_burst)),
-        ("half_life_secs", r.half_life_secs),
-    ] {
-        if v == 0 {
-            return Err(ConfigError::at(
-                source,
-                key,
-                format!("{key} must be greater than 0"),
-            ));
-        }
-    }
     Ok(S2sConfig {
         enabled: s.enabled,
         require_encryption: s.require_encryption,
@@ -597,33 +852,6 @@ fn pubsub_config(
     hosts: &[String],
     source: &str,
 ) -> Result<PubSubConfig, ConfigError> {
-    let positive = |v: u64, key: &str| {
-        if v == 0 {
-            Err(ConfigError::at(
-                source,
-                key,
-                format!("[pubsub] {key} must be greater than 0"),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    positive(p.feed_min_interval_secs, "feed_min_interval_secs")?;
-    positive(p.feed_concurrency as u64, "feed_concurrency")?;
-    positive(p.feed_timeout_secs, "feed_timeout_secs")?;
-    positive(p.feed_max_bytes, "feed_max_bytes")?;
-    positive(p.feed_max_backoff_secs, "feed_max_backoff_secs")?;
-    positive(p.max_items_per_reply as u64, "max_items_per_reply")?;
-    if p.max_items_per_reply > MAX_ITEMS_PER_REPLY {
-        return Err(ConfigError::at(
-            source,
-            "max_items_per_reply",
-            format!(
-                "[pubsub] max_items_per_reply above {MAX_ITEMS_PER_REPLY} is refused \
-                 (no node keeps more items)"
-            ),
-        ));
-    }
     let min_interval = Duration::from_secs(p.feed_min_interval_secs);
     let mut feeds: Vec<FeedConfig> = Vec::new();
     for f in &p.feeds {
@@ -650,11 +878,11 @@ fn pubsub_config(
         let interval = f
             .interval_secs
             .map_or(DEFAULT_FEED_INTERVAL, Duration::from_secs);
-        if interval < min_interval {
+        if interval < min_interval || interval.as_secs() > MAX_SECS {
             return bad(
                 "interval_secs",
                 format!(
-                    "feed interval {}s is below feed_min_interval_secs ({}s)",
+                    "feed interval {}s is not between feed_min_interval_secs ({}s) and {MAX_SECS}s",
                     interval.as_secs(),
                     min_interval.as_secs()
                 ),
@@ -682,6 +910,7 @@ fn pubsub_config(
         feed_max_backoff: Duration::from_secs(p.feed_max_backoff_secs),
         max_items_per_reply: p.max_items_per_reply,
         feeds,
+        max_pep_nodes: p.max_pep_nodes,
     })
 }
 
@@ -698,20 +927,6 @@ fn muc_config(m: &raw::Muc, hosts: &[String], source: &str) -> Result<MucConfig,
             ));
         }
     };
-    if m.max_occupants == 0 {
-        return Err(ConfigError::at(
-            source,
-            "max_occupants",
-            "max_occupants must be greater than 0".into(),
-        ));
-    }
-    if m.crawl_interval_secs == 0 {
-        return Err(ConfigError::at(
-            source,
-            "crawl_interval_secs",
-            "crawl_interval_secs must be greater than 0".into(),
-        ));
-    }
     let mut crawl = Vec::new();
     for c in &m.crawl {
         let d = BareJid::domain_only(c).map_err(|e| {
@@ -749,6 +964,7 @@ fn muc_config(m: &raw::Muc, hosts: &[String], source: &str) -> Result<MucConfig,
         enabled: m.enabled,
         domains,
         max_history: m.max_history,
+        max_history_bytes: m.max_history_bytes,
         log_by_default: m.log_by_default,
         max_occupants: m.max_occupants,
         max_rooms_per_user: m.max_rooms_per_user,
@@ -802,6 +1018,32 @@ fn contact_addresses(
 
 fn line_of(source: &str, offset: usize) -> usize {
     source[..offset.min(source.len())].matches('\n').count() + 1
+}
+
+/// The line that sets `key` inside `[table]` (`""`: before any table header).
+fn find_table_key_line(source: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in source.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(header) = t.strip_prefix('[') {
+            let header = header.trim_start_matches('[');
+            if let Some(end) = header.find(']') {
+                current = header[..end]
+                    .split('.')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(".");
+            }
+            continue;
+        }
+        if current == table
+            && t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// Semantic errors have no serde span; point at the first line that sets the key.
@@ -927,6 +1169,11 @@ mod tests {
         let c = Config::embedded_default();
         assert_eq!(c.muc.domains, vec!["conference.localhost"]);
         assert_eq!(c.muc.room_creation, RoomCreation::Local);
+        assert_eq!(c.muc.max_rooms_per_user, 20);
+        assert_eq!(c.muc.max_history_bytes, 262_144);
+        assert_eq!(c.max_roster_items, 1000);
+        assert_eq!(c.max_pending_subscriptions, 100);
+        assert_eq!(c.pubsub.max_pep_nodes, 256);
         let c = Config::parse("hosts = [\"a.example\"]\n[muc]\nsubdomain = \"rooms\"\n").unwrap();
         assert_eq!(c.muc.domains, vec!["rooms.a.example"]);
         let c = Config::parse("[muc]\nenabled = false\n").unwrap();
@@ -999,6 +1246,69 @@ mod tests {
         assert_eq!(e.line, Some(2), "{e}");
         let e = Config::parse("[s2s.routes]\n\"example.org\" = \"nowhere\"\n").unwrap_err();
         assert!(e.message.contains("host:port"), "{e}");
+    }
+
+    #[test]
+    fn nonsense_numbers_are_refused_with_their_line() {
+        // Each value below used to be accepted (a zero read rate panicked
+        // the token bucket at the first read), or was reported on the line
+        // of a same-named key in another table.
+        let cases = [
+            ("[limits]", "read_rate_bytes = 0"),
+            ("[tls]", "resumption_cache = 1000000000000"),
+            ("[limits]", "max_connections_per_ip = 0"),
+            ("[limits]", "stanza_timeout_secs = 0"),
+            ("[limits]", "idle_timeout_secs = 0"),
+            ("[limits]", "resume_timeout_secs = 0"),
+            ("[limits]", "auth_timeout_secs = 100000000000"),
+            ("[limits]", "max_depth = 100000"),
+            ("[limits]", "max_roster_items = 0"),
+            ("[limits]", "max_pending_subscriptions = 0"),
+            ("[limits]", "max_pending_subscriptions = 1001"),
+            ("[auth]", "max_failures_per_ip = 0"),
+            ("[auth]", "max_failures_per_account = 0"),
+            ("[auth]", "failure_window_secs = 0"),
+            ("[auth]", "scram_iterations = 4000000000"),
+            ("[registration]", "min_password_length = 0"),
+            ("[mam]", "retention_days = 4000000000"),
+            ("[muc]", "max_history_bytes = 0"),
+            ("[muc]", "max_rooms_per_user = 0"),
+            ("[muc]", "crawl_max_rooms = 0"),
+            ("[muc]", "crawl_interval_secs = 0"),
+            ("[pubsub]", "max_pep_nodes = 0"),
+            ("[pubsub]", "feed_timeout_secs = 0"),
+            ("[pubsub]", "feed_concurrency = 100000"),
+            ("[s2s]", "idle_timeout_secs = 0"),
+            ("[s2s]", "connect_timeout_secs = 99999999999"),
+            ("[s2s]", "stanza_rate = 0"),
+            ("[s2s.reputation]", "half_life_secs = 0"),
+            ("[s2s.reputation]", "block_at = inf"),
+            ("[s2s.reputation]", "throttle_at = nan"),
+            ("[compression]", "max_ratio = 0"),
+            ("[compression]", "max_ratio = 100000"),
+        ];
+        for (table, line) in cases {
+            // A valid same-named key in another table first: the error must
+            // name the line of the key in its own table, line 6.
+            let decoy = if table == "[limits]" {
+                "[s2s]"
+            } else {
+                "[limits]"
+            };
+            let src = format!(
+                "hosts = [\"a.example\"]\n{decoy}\nidle_timeout_secs = 60\n\n{table}\n{line}\n"
+            );
+            let e = Config::parse(&src).unwrap_err();
+            assert_eq!(e.line, Some(6), "{line}: {e}");
+            let key = line.split(' ').next().unwrap();
+            assert!(e.message.contains(key), "{line}: {e}");
+        }
+        // The boundaries themselves are fine.
+        Config::parse(
+            "[limits]\nread_rate_bytes = 1\nmax_pending_subscriptions = 1000\n\
+             [mam]\nretention_days = 0\n[muc]\nmax_history = 0\n[tls]\nresumption_cache = 0\n",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -184,6 +184,11 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     pub resume_timeout_secs: u64,
     pub write_timeout_secs: u64,
+    /// Rows one roster may hold: contacts, and the hidden rows that keep a
+    /// pending subscription request or a pre-approval (RFC 6121 §2.1.5).
+    pub max_roster_items: usize,
+    /// Subscription requests one account may have waiting for an answer.
+    pub max_pending_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -206,6 +211,8 @@ impl Default for Limits {
             idle_timeout_secs: 1800,
             resume_timeout_secs: 300,
             write_timeout_secs: 60,
+            max_roster_items: 1000,
+            max_pending_subscriptions: 100,
         }
     }
 }
@@ -236,13 +243,15 @@ pub struct Muc {
     pub subdomain: String,
     /// Most messages of discussion history a room keeps (and sends on join).
     pub max_history: usize,
+    /// Most bytes of discussion history a room keeps in memory.
+    pub max_history_bytes: usize,
     /// Whether new rooms start with `muc#roomconfig_enablelogging` on: the
     /// room archive (XEP-0313), which also carries history over restarts.
     pub log_by_default: bool,
     /// Hard cap on occupants per room; a room's own `maxusers` can only be lower.
     pub max_occupants: usize,
-    /// Most rooms one account may own at once; absent means no limit.
-    pub max_rooms_per_user: Option<usize>,
+    /// Most rooms one account may own at once.
+    pub max_rooms_per_user: usize,
     /// Who may create rooms: "anyone", "local" (accounts of our hosts) or "admins".
     pub room_creation: String,
     /// Remote MUC service domains whose public rooms the directory indexes.
@@ -259,9 +268,10 @@ impl Default for Muc {
             enabled: true,
             subdomain: "conference".into(),
             max_history: 50,
+            max_history_bytes: 262_144,
             log_by_default: true,
             max_occupants: 1000,
-            max_rooms_per_user: None,
+            max_rooms_per_user: 20,
             room_creation: "local".into(),
             crawl: Vec::new(),
             crawl_interval_secs: 3600,
@@ -288,6 +298,8 @@ pub struct PubSub {
     /// Most items one `<items/>` reply carries (PubSub and PEP); a larger
     /// result is truncated and says so with RSM.
     pub max_items_per_reply: usize,
+    /// PEP nodes one account may have (XEP-0163 auto-create included).
+    pub max_pep_nodes: usize,
     /// Feeds to republish.
     pub feeds: Vec<Feed>,
 }
@@ -301,6 +313,7 @@ impl Default for PubSub {
             feed_max_bytes: 2 * 1024 * 1024,
             feed_max_backoff_secs: 6 * 3600,
             max_items_per_reply: 256,
+            max_pep_nodes: 256,
             feeds: Vec::new(),
         }
     }

@@ -20,27 +20,47 @@ pub struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct History {
     entries: VecDeque<Entry>,
+    /// Sum of the entries' `chars`.
+    bytes: usize,
 }
 
 impl History {
-    /// Appends, dropping the oldest beyond `cap`.
-    pub fn push(&mut self, stanza: Element, at: SystemTime, cap: usize) {
+    /// Appends, dropping the oldest beyond `cap` messages or `max_bytes`
+    /// serialized bytes (`[muc] max_history_bytes`). A message larger than
+    /// `max_bytes` by itself is not kept, and the history stays as it was.
+    pub fn push(&mut self, stanza: Element, at: SystemTime, cap: usize, max_bytes: usize) {
         if cap == 0 {
             self.entries.clear();
+            self.bytes = 0;
             return;
         }
         let chars = stanza.to_xml().len();
+        if chars > max_bytes {
+            return;
+        }
+        self.bytes += chars;
         self.entries.push_back(Entry { stanza, at, chars });
-        while self.entries.len() > cap {
-            self.entries.pop_front();
+        while self.entries.len() > cap || self.bytes > max_bytes {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= e.chars;
         }
     }
 
     /// Shrinks to `cap` (a lowered `muc#maxhistoryfetch`).
     pub fn truncate(&mut self, cap: usize) {
         while self.entries.len() > cap {
-            self.entries.pop_front();
+            self.pop_oldest();
         }
+    }
+
+    /// Serialized bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Removes the message the room stamped with stanza-id `id` (a
@@ -51,7 +71,9 @@ impl History {
                 c.name == "stanza-id" && c.attr("by") == Some(room) && c.attr("id") == Some(id)
             })
         })?;
-        self.entries.remove(at).map(|e| e.stanza)
+        let e = self.entries.remove(at)?;
+        self.bytes -= e.chars;
+        Some(e.stanza)
     }
 
     pub fn len(&self) -> usize {
@@ -136,15 +158,41 @@ mod tests {
         let mut h = History::default();
         let t0 = UNIX_EPOCH + Duration::from_secs(1000);
         for i in 0..10 {
-            h.push(msg(i), t0 + Duration::from_secs(i as u64), 4);
+            h.push(msg(i), t0 + Duration::from_secs(i as u64), 4, usize::MAX);
         }
         assert_eq!(h.len(), 4);
         let all = h.select(&HistoryRequest::default(), t0 + Duration::from_secs(20));
         assert_eq!(ids(&all), ["6", "7", "8", "9"]);
         h.truncate(2);
         assert_eq!(h.len(), 2);
-        h.push(msg(99), t0, 0);
+        h.push(msg(99), t0, 0, usize::MAX);
         assert_eq!(h.len(), 0, "a zero cap keeps nothing");
+    }
+
+    #[test]
+    fn bytes_are_bounded_too() {
+        // [muc] max_history_bytes: fifty 100 KiB messages would otherwise
+        // stay in memory per room.
+        let mut h = History::default();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1000);
+        let one = msg(1).to_xml().len();
+        for i in 0..10 {
+            h.push(msg(i), t0, 50, 3 * one);
+        }
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.bytes(), 3 * one);
+        let all = h.select(&HistoryRequest::default(), t0);
+        assert_eq!(ids(&all), ["7", "8", "9"]);
+        // One message over the whole budget is not kept, and evicts nothing.
+        let mut big = msg(42);
+        big.push_child(Element::new("x", "urn:example").with_text("a".repeat(4 * one)));
+        h.push(big, t0, 50, 3 * one);
+        assert_eq!(
+            ids(&h.select(&HistoryRequest::default(), t0)),
+            ["7", "8", "9"]
+        );
+        h.truncate(1);
+        assert_eq!(h.bytes(), one);
     }
 
     #[test]
@@ -152,7 +200,12 @@ mod tests {
         let mut h = History::default();
         let t0 = UNIX_EPOCH + Duration::from_secs(1000);
         for i in 0..10 {
-            h.push(msg(i), t0 + Duration::from_secs(i as u64 * 10), 50);
+            h.push(
+                msg(i),
+                t0 + Duration::from_secs(i as u64 * 10),
+                50,
+                usize::MAX,
+            );
         }
         let now = t0 + Duration::from_secs(100);
         let r = |maxstanzas, seconds, since, maxchars| HistoryRequest {

@@ -18,7 +18,10 @@
 //! — so no lock is held across an `.await` and a slow store never blocks
 //! other rooms' traffic. The one async lock, `persist`, orders store writes
 //! of changes that persist (config, affiliations, subject); it is taken
-//! *before* the map lock so the write order is the change order.
+//! *before* the map lock so the write order is the change order. Such a
+//! change is stored before it exists anywhere else: its rules run on a copy
+//! of the room, the store writes follow, and only if they succeed does the
+//! live room change and do occupants hear of it ([`MucService::change_persisted`]).
 
 pub mod channel_search;
 pub mod config;
@@ -71,6 +74,7 @@ impl Muc {
                     admins: config.admins.clone(),
                     limits: Limits {
                         max_history: m.max_history,
+                        max_history_bytes: m.max_history_bytes,
                         max_occupants: m.max_occupants,
                     },
                     max_rooms_per_user: m.max_rooms_per_user,
@@ -144,7 +148,7 @@ pub struct MucService {
     hosts: Vec<String>,
     admins: Vec<BareJid>,
     limits: Limits,
-    max_rooms_per_user: Option<usize>,
+    max_rooms_per_user: usize,
     /// New rooms log (`[muc] log_by_default`).
     log_by_default: bool,
     creation: RoomCreation,
@@ -245,7 +249,8 @@ impl MucService {
                     .with_attr("from", room.clone())
                     .with_attr("stamp", waxwing_core::time::xep0082(item.stamp)),
             );
-            r.history.push(m, item.stamp, cap);
+            r.history
+                .push(m, item.stamp, cap, self.limits.max_history_bytes);
         }
     }
 
@@ -265,11 +270,71 @@ impl MucService {
         Ok(fx)
     }
 
-    /// Store writes, then the stanzas, then the IQ answer (or an error if
-    /// a write failed: nothing is acknowledged that was not persisted).
-    async fn apply(&self, cx: &Cx, room: &BareJid, fx: Effects, request: &Element) {
+    /// A change to what outlives the process (configuration, affiliations,
+    /// subject, destruction), made store first: the rules run on a copy of
+    /// the room; if they ask for store writes, those are made before
+    /// anything else, and only once they succeeded does the live room
+    /// change (the rules run again, on it) and do occupants hear of it. A
+    /// failed write leaves memory as it was, announces nothing and answers
+    /// `internal-server-error`. Callers hold `persist`, so no other
+    /// persisting change comes between the two runs; what can (a join, a
+    /// leave, a message) does not touch what the first run wrote.
+    async fn change_persisted<F>(&self, cx: &Cx, room: &BareJid, request: &Element, f: F)
+    where
+        F: Fn(&mut Room) -> Result<Effects, StanzaError>,
+    {
+        let dry = {
+            let mut rooms = self.lock();
+            match rooms.get(room).cloned() {
+                None => Err(StanzaError::cancel(Condition::ItemNotFound)),
+                Some(mut draft) => f(&mut draft).map(|fx| {
+                    if !fx.persist.is_empty() {
+                        return (fx, true);
+                    }
+                    // Nothing to write: the copy is the new room (the
+                    // lock was held throughout).
+                    if fx.destroyed {
+                        rooms.remove(room);
+                    } else {
+                        rooms.insert(room.clone(), draft);
+                    }
+                    (fx, false)
+                }),
+            }
+        };
+        let planned = match dry {
+            Err(e) => return cx.bounce(request, e).await,
+            Ok((fx, false)) => return self.apply(cx, room, fx, request).await,
+            Ok((fx, true)) => fx.persist,
+        };
+        if !self.write(cx, room, &planned).await {
+            return cx
+                .bounce(request, StanzaError::wait(Condition::InternalServerError))
+                .await;
+        }
+        let live = self.with_room(room, &f);
+        match live {
+            Ok(mut fx) => {
+                if fx.persist != planned {
+                    // The room's occupants changed between the runs in a
+                    // way the change depends on: store what memory holds.
+                    tracing::warn!(%room, "MUC change differed on the live room; rewriting");
+                    self.write(cx, room, &fx.persist).await;
+                }
+                fx.persist.clear();
+                self.apply(cx, room, fx, request).await;
+            }
+            Err(e) => {
+                tracing::error!(%room, error = %e.condition.as_str(), "MUC change stored but refused on the live room");
+                cx.bounce(request, e).await;
+            }
+        }
+    }
+
+    /// Makes the store writes in order; false (logged) if any failed.
+    async fn write(&self, cx: &Cx, room: &BareJid, persist: &[Persist]) -> bool {
         let mut ok = true;
-        for p in fx.persist {
+        for p in persist {
             let store = &cx.stores().muc;
             let r = match &p {
                 Persist::Replace(s) => store.replace_room(s).await,
@@ -285,6 +350,20 @@ impl MucService {
                 tracing::error!(%room, error = %e, "MUC store write failed");
                 ok = false;
             }
+        }
+        ok
+    }
+
+    /// Store writes, then the stanzas, then the IQ answer. If a write
+    /// failed, nothing is announced or acknowledged and the requester gets
+    /// `internal-server-error`. Changes that persist go through
+    /// [`MucService::change_persisted`], which writes before it changes memory.
+    async fn apply(&self, cx: &Cx, room: &BareJid, fx: Effects, request: &Element) {
+        let ok = self.write(cx, room, &fx.persist).await;
+        if !ok {
+            return cx
+                .bounce(request, StanzaError::wait(Condition::InternalServerError))
+                .await;
         }
         if fx.destroyed {
             self.archive_order
@@ -306,13 +385,8 @@ impl MucService {
         for s in fx.out {
             cx.route(s).await;
         }
-        match (fx.reply, ok) {
-            (Some(r), true) => cx.route(r).await,
-            (_, false) => {
-                cx.bounce(request, StanzaError::wait(Condition::InternalServerError))
-                    .await
-            }
-            (None, true) => {}
+        if let Some(r) = fx.reply {
+            cx.route(r).await;
         }
     }
 
@@ -370,15 +444,18 @@ impl MucService {
             return Err(StanzaError::cancel(Condition::NotAllowed)
                 .with_text("you may not create rooms here"));
         }
-        if let Some(max) = self.max_rooms_per_user {
-            let owned = rooms
-                .values()
-                .filter(|r| r.affiliation(creator) == Affiliation::Owner)
-                .count();
-            if owned >= max {
-                return Err(StanzaError::wait(Condition::ResourceConstraint)
-                    .with_text("you own too many rooms"));
-            }
+        let owned = rooms
+            .values()
+            .filter(|r| r.affiliation(creator) == Affiliation::Owner)
+            .count();
+        // XEP-0045 §7.2 (error table): <not-allowed/> is "room creation is
+        // restricted"; the limit holds until the user destroys a room.
+        if owned >= self.max_rooms_per_user {
+            return Err(
+                StanzaError::cancel(Condition::NotAllowed).with_text(format!(
+                    "you own {owned} rooms, the most allowed (max_rooms_per_user)"
+                )),
+            );
         }
         Ok(())
     }
@@ -497,14 +574,18 @@ impl MucService {
         } else {
             None
         };
-        let res = self.with_room(&room, |r| {
+        let rule = |r: &mut Room| {
             if ty == "groupchat" {
-                r.groupchat(from, &m, &self.limits, now, archive_id)
+                r.groupchat(from, &m, &self.limits, now, archive_id.clone())
             } else {
                 r.message_to_room(from, &m, &self.limits)
             }
-        });
-        match res {
+        };
+        // A subject change (or a message to the room itself) may persist.
+        if ordered {
+            return self.change_persisted(cx, &room, &m, rule).await;
+        }
+        match self.with_room(&room, rule) {
             Ok(fx) => self.apply(cx, &room, fx, &m).await,
             Err(e) => cx.bounce(&m, e).await,
         }
@@ -731,7 +812,7 @@ impl MucService {
             None
         };
         let limits = self.limits;
-        let res = self.with_room(&room, |r| {
+        let rule = |r: &mut Room| {
             let answer = |el: Element| {
                 let mut reply = stanza::iq_result(&iq);
                 reply.push_child(el);
@@ -768,8 +849,11 @@ impl MucService {
                 }),
                 _ => Err(StanzaError::cancel(Condition::ServiceUnavailable)),
             }
-        });
-        match res {
+        };
+        if set {
+            return self.change_persisted(cx, &room, &iq, rule).await;
+        }
+        match self.with_room(&room, rule) {
             Ok(fx) => self.apply(cx, &room, fx, &iq).await,
             Err(e) => cx.bounce(&iq, e).await,
         }

@@ -48,6 +48,8 @@ pub const NS_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimiz
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_history: usize,
+    /// `[muc] max_history_bytes`: serialized bytes of history per room.
+    pub max_history_bytes: usize,
     pub max_occupants: usize,
 }
 
@@ -100,7 +102,7 @@ pub struct AffEntry {
 }
 
 /// A room.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Room {
     pub jid: BareJid,
     pub config: RoomConfig,
@@ -811,7 +813,7 @@ impl Room {
                     .with_attr("stamp", waxwing_core::time::xep0082(now)),
             );
             let cap = self.config.history_length.min(limits.max_history);
-            self.history.push(h, now, cap);
+            self.history.push(h, now, cap, limits.max_history_bytes);
         }
         self.reflect(&m, &mut fx.out);
         Ok(fx)

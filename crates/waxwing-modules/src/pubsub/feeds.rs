@@ -736,6 +736,7 @@ mod tests {
             feed_max_backoff: Duration::from_secs(60),
             max_items_per_reply: 256,
             feeds: Vec::new(),
+            max_pep_nodes: 256,
         };
         Feeds::new(config, Arc::new(Caps::default()))
     }

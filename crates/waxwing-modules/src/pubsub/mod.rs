@@ -951,6 +951,18 @@ impl Svc<'_> {
         owner: &BareJid,
     ) -> Result<(), StanzaError> {
         let p = &self.cx.stores().pubsub;
+        // `[pubsub] max_pep_nodes`, for explicit creation and XEP-0163
+        // auto-create alike. XEP-0060 has no section for it; its error
+        // schema's <max-nodes-exceeded/> goes with <not-allowed/> as
+        // <max-items-exceeded/> does (§7.1.3.6).
+        if self.kind == Kind::Pep {
+            let max = self.cx.config().pubsub.max_pep_nodes;
+            if p.nodes(&self.jid).await.map_err(store)?.len() >= max {
+                return Err(StanzaError::cancel(Condition::NotAllowed)
+                    .with_app(Element::new("max-nodes-exceeded", NS_ERRORS))
+                    .with_text(format!("an account may have {max} PEP nodes")));
+            }
+        }
         p.create_node(&self.jid, node, &cfg.to_stored())
             .await
             .map_err(store)?;

@@ -59,6 +59,15 @@ impl TestServer {
     /// `overrides` is TOML spliced in after the top-level keys and before
     /// `[listen]`: top-level keys and any table except `[listen]`/`[storage]`.
     pub async fn start_with(overrides: &str) -> Self {
+        let stores = waxwing_store::open("sqlite::memory:")
+            .await
+            .expect("in-memory database");
+        Self::start_with_stores(overrides, stores).await
+    }
+
+    /// [`TestServer::start_with`] on stores the test built, e.g. with one
+    /// store wrapped to fail on demand.
+    pub async fn start_with_stores(overrides: &str, stores: waxwing_store::Stores) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let toml = format!(
             "data_dir = {data:?}\nhosts = [\"{DOMAIN}\"]\n{overrides}\n\
@@ -68,7 +77,7 @@ impl TestServer {
         );
         let config = Config::parse(&toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
         let modules = modules(&config);
-        let running = waxwing_core::start(config, modules)
+        let running = waxwing_core::start_with_stores(config, modules, stores)
             .await
             .expect("server starts");
         let c2s = listener_port(&running, ListenerKind::C2s);

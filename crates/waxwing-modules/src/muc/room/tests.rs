@@ -6,6 +6,7 @@ use super::*;
 
 const LIMITS: Limits = Limits {
     max_history: 50,
+    max_history_bytes: 262_144,
     max_occupants: 100,
 };
 
