@@ -21,7 +21,9 @@ pub struct DomainReputation {
     pub spam_reports: u64,
     /// Stanzas from the domain we had to bounce (no such user …).
     pub bounces: u64,
-    /// Dialback keys its servers presented that did not verify.
+    /// Dialback keys presented in its name that did not verify. No longer
+    /// counted: whoever presents a key only claims the domain, so failures
+    /// are charged to the peer's address instead. Kept for older records.
     pub failed_dialbacks: u64,
     /// Times its traffic went over the per-domain stanza rate limit.
     pub rate_limit_hits: u64,

@@ -197,6 +197,16 @@ pub struct S2sConfig {
     /// Stanzas per second per remote domain, and the burst above it.
     pub stanza_rate: u32,
     pub stanza_burst: u32,
+    /// Incoming connections per peer address.
+    pub max_incoming_per_ip: u32,
+    /// Domain pairs with a live outgoing route.
+    pub max_outgoing_routes: usize,
+    /// Dialback verifications in flight: server-wide, and per peer address.
+    pub max_verifications: usize,
+    pub max_verifications_per_ip: u32,
+    /// Failed dialbacks per address (in `s2s::limits::FAILURE_WINDOW`)
+    /// before its requests are refused unverified.
+    pub max_failed_dialbacks_per_ip: u32,
     pub reputation: crate::s2s::reputation::ReputationConfig,
 }
 
@@ -734,6 +744,42 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "0 would refuse every remote stanza",
         ),
         secs("s2s.reputation", "half_life_secs", r.half_life_secs),
+        at_least(
+            "s2s",
+            "max_incoming_per_ip",
+            u64::from(s.max_incoming_per_ip),
+            1,
+            "0 would refuse every incoming server connection",
+        ),
+        at_least(
+            "s2s",
+            "max_outgoing_routes",
+            n(s.max_outgoing_routes),
+            1,
+            "0 would refuse every outgoing route; to turn federation off, set enabled = false",
+        ),
+        at_least(
+            "s2s",
+            "max_verifications",
+            n(s.max_verifications),
+            1,
+            "0 would verify no dialback key",
+        ),
+        Bound {
+            table: "s2s",
+            key: "max_verifications_per_ip",
+            value: u64::from(s.max_verifications_per_ip),
+            min: 1,
+            max: n(s.max_verifications),
+            why: "0 would verify no dialback key, and one address cannot have more than the server-wide max_verifications",
+        },
+        at_least(
+            "s2s",
+            "max_failed_dialbacks_per_ip",
+            u64::from(s.max_failed_dialbacks_per_ip),
+            1,
+            "0 would refuse every dialback",
+        ),
         Bound {
             table: "compression",
             key: "max_ratio",
@@ -839,6 +885,11 @@ fn s2s_config(s: &raw::S2s, source: &str) -> Result<S2sConfig, ConfigError> {
         blocked_domains,
         stanza_rate: s.stanza_rate,
         stanza_burst: s.stanza_burst,
+        max_incoming_per_ip: s.max_incoming_per_ip,
+        max_outgoing_routes: s.max_outgoing_routes,
+        max_verifications: s.max_verifications,
+        max_verifications_per_ip: s.max_verifications_per_ip,
+        max_failed_dialbacks_per_ip: s.max_failed_dialbacks_per_ip,
         reputation: crate::s2s::reputation::ReputationConfig {
             throttle_at: r.throttle_at,
             block_at: r.block_at,
@@ -1219,6 +1270,34 @@ mod tests {
         );
         let e = Config::parse("[contact]\nadmin = [\"admin@example.org\"]\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn s2s_connection_and_dialback_limits() {
+        let c = Config::embedded_default();
+        assert_eq!(c.s2s.max_incoming_per_ip, 128);
+        assert_eq!(c.s2s.max_outgoing_routes, 4096);
+        assert_eq!(c.s2s.max_verifications, 256);
+        assert_eq!(c.s2s.max_verifications_per_ip, 16);
+        assert_eq!(c.s2s.max_failed_dialbacks_per_ip, 10);
+        let c = Config::parse("[s2s]\nmax_incoming_per_ip = 2\nmax_outgoing_routes = 3\n").unwrap();
+        assert_eq!(
+            (c.s2s.max_incoming_per_ip, c.s2s.max_outgoing_routes),
+            (2, 3)
+        );
+        for key in [
+            "max_incoming_per_ip",
+            "max_outgoing_routes",
+            "max_verifications",
+            "max_verifications_per_ip",
+            "max_failed_dialbacks_per_ip",
+        ] {
+            let e = Config::parse(&format!("[s2s]\nenabled = true\n{key} = 0\n")).unwrap_err();
+            assert_eq!(e.line, Some(3), "{key}: {e}");
+            assert!(e.message.contains(key), "{e}");
+            let e = Config::parse(&format!("[s2s]\n{key} = -1\n")).unwrap_err();
+            assert_eq!(e.line, Some(2), "{key}: {e}");
+        }
     }
 
     #[test]

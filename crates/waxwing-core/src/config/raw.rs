@@ -420,6 +420,17 @@ pub struct S2s {
     pub stanza_rate: u32,
     /// Burst of stanzas allowed from one remote domain above `stanza_rate`.
     pub stanza_burst: u32,
+    /// Incoming s2s connections open at once from one address.
+    pub max_incoming_per_ip: u32,
+    /// Domain pairs with a live outgoing route (connection or queue) at once.
+    pub max_outgoing_routes: usize,
+    /// Dialback verifications in flight at once, server-wide.
+    pub max_verifications: usize,
+    /// Dialback verifications in flight at once for one peer address.
+    pub max_verifications_per_ip: u32,
+    /// Failed dialbacks from one address (in 10 minutes) after which its
+    /// further dialback requests are refused without asking anyone.
+    pub max_failed_dialbacks_per_ip: u32,
     /// `[s2s.reputation]`.
     pub reputation: S2sReputation,
 }
@@ -463,6 +474,11 @@ impl Default for S2s {
             blocked_domains: Vec::new(),
             stanza_rate: 100,
             stanza_burst: 500,
+            max_incoming_per_ip: 128,
+            max_outgoing_routes: 4096,
+            max_verifications: 256,
+            max_verifications_per_ip: 16,
+            max_failed_dialbacks_per_ip: 10,
             reputation: S2sReputation::default(),
         }
     }

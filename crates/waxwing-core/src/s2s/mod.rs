@@ -17,6 +17,7 @@
 
 pub mod dialback;
 pub mod identity;
+pub mod limits;
 pub mod reputation;
 pub mod resolve;
 pub mod tls;
@@ -38,6 +39,7 @@ use crate::stream::s2s_out;
 use crate::tls::TlsContext;
 
 use self::dialback::DialbackSecret;
+use self::limits::InboundLimits;
 use self::reputation::{Defences, DomainStatus, Offence, Standing};
 use self::tls::S2sTls;
 
@@ -88,6 +90,11 @@ pub struct S2sManager {
     pub(crate) tls: S2sTls,
     /// Rate limits, block list and reputation of remote domains.
     pub defences: Defences,
+    /// What unauthenticated incoming peers may cost, by address.
+    pub inbound: InboundLimits,
+    /// Stanzas bounced because `max_outgoing_routes` domain pairs already
+    /// had a route (for tests and status).
+    pub(crate) routes_refused: AtomicUsize,
     /// Streams (either direction) switched to XEP-0138 compression so far.
     pub(crate) compressed: AtomicUsize,
     /// Authenticated outgoing streams opened so far (not counting dialback
@@ -109,6 +116,8 @@ impl S2sManager {
             secret,
             tls,
             defences: Defences::new(&config.s2s),
+            inbound: InboundLimits::new(&config.s2s),
+            routes_refused: AtomicUsize::new(0),
             compressed: AtomicUsize::new(0),
             opened: AtomicUsize::new(0),
             bidi: AtomicUsize::new(0),
@@ -218,6 +227,18 @@ impl S2sManager {
                 Err(Refused::Closed(s)) => stanzas = s,
             }
         }
+        if !map.contains_key(&pair) && map.len() >= server.config.s2s.max_outgoing_routes {
+            // Every route costs a task, a queue and a connection (and local
+            // users choose the remote domains): refuse rather than grow.
+            drop(map);
+            self.routes_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(local = %pair.0, remote = %pair.1, "too many remote domains in contact; bouncing");
+            return bounce_all(
+                stanzas,
+                StanzaError::wait(Condition::ResourceConstraint)
+                    .with_text("this server is in contact with too many remote domains"),
+            );
+        }
         let (q, rx) = outbound(server.config.s2s.max_queue, server.config.outbound_burst);
         if let Err(Refused::Full(s) | Refused::Closed(s)) = push(&q, stanzas) {
             drop(map);
@@ -286,10 +307,14 @@ impl S2sManager {
     }
 
     /// XEP-0288: makes an incoming bidirectional stream's queue `tx` the
-    /// route for `pair`, unless a live route (an outgoing connection) exists.
-    pub(crate) fn register_bidi(&self, pair: &Pair, tx: &Outq) -> bool {
+    /// route for `pair`, unless a live route (an outgoing connection) exists
+    /// or `max_routes` pairs already have one.
+    pub(crate) fn register_bidi(&self, pair: &Pair, tx: &Outq, max_routes: usize) -> bool {
         let mut map = self.outgoing.lock().expect("s2s map lock");
         if map.get(pair).is_some_and(|cur| !cur.is_closed()) {
+            return false;
+        }
+        if !map.contains_key(pair) && map.len() >= max_routes {
             return false;
         }
         map.insert(pair.clone(), tx.clone());
@@ -311,6 +336,12 @@ impl S2sManager {
     /// as the initiating or the receiving side (for tests and status).
     pub fn bidi_streams(&self) -> usize {
         self.bidi.load(Ordering::Relaxed)
+    }
+
+    /// Remote-bound stanzas bounced since start because `max_outgoing_routes`
+    /// pairs already had a route.
+    pub fn routes_refused(&self) -> usize {
+        self.routes_refused.load(Ordering::Relaxed)
     }
 
     /// Number of live routes to domain pairs, over outgoing connections or

@@ -50,8 +50,9 @@ pub enum Offence {
     SpamReport,
     /// One of its stanzas had to be bounced.
     Bounce,
-    /// One of its servers presented a dialback key that did not verify.
-    FailedDialback,
+    // A dialback key that fails to verify is not here: whoever presents it
+    // only claims the domain, so it is charged to its address
+    // (`s2s::limits`), not to the domain (issue 14).
     /// It went over the stanza rate limit.
     RateLimited,
 }
@@ -61,7 +62,6 @@ impl Offence {
     pub fn weight(self) -> f64 {
         match self {
             Offence::SpamReport => 1.0,
-            Offence::FailedDialback => 1.0,
             Offence::RateLimited => 0.5,
             Offence::Bounce => 0.1,
         }
@@ -229,7 +229,6 @@ impl Defences {
         let n = match offence {
             Offence::SpamReport => &mut r.spam_reports,
             Offence::Bounce => &mut r.bounces,
-            Offence::FailedDialback => &mut r.failed_dialbacks,
             Offence::RateLimited => &mut r.rate_limit_hits,
         };
         *n = n.saturating_add(1);
@@ -340,8 +339,8 @@ mod tests {
         d.record_at("spam.example", Offence::SpamReport, t);
         d.record_at("spam.example", Offence::SpamReport, t);
         assert_eq!(d.standing_at("spam.example", t), Standing::Good);
-        let r = d.record_at("spam.example", Offence::FailedDialback, t);
-        assert_eq!((r.spam_reports, r.failed_dialbacks), (2, 1));
+        let r = d.record_at("spam.example", Offence::SpamReport, t);
+        assert_eq!((r.spam_reports, r.failed_dialbacks), (3, 0));
         assert_eq!(d.standing_at("spam.example", t), Standing::Throttled);
         for _ in 0..3 {
             d.record_at("spam.example", Offence::SpamReport, t);

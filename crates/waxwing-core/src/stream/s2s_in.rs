@@ -16,6 +16,12 @@
 //! - XEP-0288 `<bidi/>` (offered in the features): each pair authenticated
 //!   afterwards makes this stream our route to the peer for the inverse
 //!   pair, fed by a bounded queue this task writes.
+//!
+//! Until a pair is authenticated, the stream runs under `auth_timeout`
+//! from the moment it was accepted (TLS handshakes included), and what it
+//! costs is charged to the peer's address (`s2s::limits`): connections,
+//! dialback verifications in flight, failed dialbacks. The domain a peer
+//! merely claims is never charged.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -31,12 +37,13 @@ use waxwing_proto::ns;
 use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, StreamError};
 use waxwing_proto::xml::{Element, Limits, StreamEvent, StreamHeader};
 
-use crate::abuse::TokenBucket;
+use crate::abuse::{ConnectionPermit, TokenBucket};
 use crate::config::DialbackPolicy;
 use crate::queue::{Outbox, Outq, outbound};
 use crate::random_id;
 use crate::router::Server;
 use crate::s2s::dialback;
+use crate::s2s::limits::Busy;
 use crate::s2s::reputation::{Admit, MAX_REFUSED_IN_A_ROW, Offence, Standing};
 use crate::s2s::wire::{READ_CHUNK, ReadError, Wire, header, stream_prefixed};
 use crate::s2s::{BIDI_FEATURE_NS, BIDI_NS, Pair, flush_at_shutdown, to_client_ns, write_batch};
@@ -87,9 +94,17 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             max_depth: c.max_depth,
             max_attrs: c.max_attributes,
         };
+        // Every phase before authentication (TLS handshakes included) must
+        // be over by then.
+        let auth_deadline = tokio::time::Instant::now() + c.auth_timeout;
+        let permit = server.s2s.inbound.connection(peer.ip());
+        let refused = permit.is_none();
         let mut conn = Incoming {
             wire: Wire::new(tcp, limits),
             server: server.clone(),
+            peer,
+            auth_deadline,
+            _permit: permit,
             stream_id: String::new(),
             local: None,
             remote_hint: None,
@@ -105,11 +120,30 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             queue: None,
             routes: Vec::new(),
         };
+        if refused {
+            tracing::warn!("too many incoming s2s connections from this address");
+            if direct_tls {
+                return; // no TLS yet, so no way to say why
+            }
+            let end = stream_error(
+                StreamCondition::PolicyViolation,
+                "too many connections from your address",
+            );
+            return conn.finish(end).await;
+        }
         if server.config.s2s.enabled && direct_tls {
             let acceptor = server.s2s.tls.acceptor.clone();
-            if let Err(e) = conn.wire.io.accept_tls(&acceptor).await {
-                tracing::debug!(error = %e, "direct TLS handshake failed");
-                return;
+            let accept = conn.wire.io.accept_tls(&acceptor);
+            match tokio::time::timeout_at(auth_deadline, accept).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "direct TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("direct TLS handshake not done in time");
+                    return;
+                }
             }
             conn.certs = conn.wire.io.peer_certificates();
         }
@@ -128,6 +162,11 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
 struct Incoming {
     server: Arc<Server>,
     wire: Wire,
+    peer: SocketAddr,
+    /// Accepted + `auth_timeout`: nothing authenticated by then ends the stream.
+    auth_deadline: tokio::time::Instant,
+    /// Counts this connection against its address while it lives.
+    _permit: Option<ConnectionPermit>,
     /// Our id for the current stream (dialback keys are bound to it).
     stream_id: String,
     /// The domain of ours the peer addressed in its header.
@@ -257,7 +296,7 @@ async fn next_queued(queue: &mut Option<(Outq, Outbox)>) -> Option<Vec<Element>>
 impl Incoming {
     async fn run(&mut self) -> End {
         let (vtx, mut vrx) = mpsc::channel::<Verified>(MAX_PENDING_VERIFICATIONS);
-        let auth_deadline = tokio::time::Instant::now() + self.server.config.auth_timeout;
+        let auth_deadline = self.auth_deadline;
         let idle = self.server.config.s2s.idle_timeout;
         let mut last = tokio::time::Instant::now();
         let mut buf = [0u8; READ_CHUNK];
@@ -269,19 +308,38 @@ impl Incoming {
                     Ok(None) => break,
                     Err(e) => return End::Error(e),
                 };
-                let r = match ev {
-                    StreamEvent::Open(h) => self.on_open(h).await,
-                    StreamEvent::Stanza(el) => self.on_element(el, &vtx).await,
-                    StreamEvent::Close => return End::Closed,
+                let authenticated = !self.authed.is_empty();
+                let handled = async {
+                    match ev {
+                        StreamEvent::Open(h) => self.on_open(h).await,
+                        StreamEvent::Stanza(el) => self.on_element(el, &vtx).await,
+                        StreamEvent::Close => Err(End::Closed),
+                    }
+                };
+                // Before authentication even our writes are under the
+                // deadline: a peer that pipelines requests and never reads
+                // must not hold the stream open.
+                let r = if !authenticated {
+                    tokio::time::timeout_at(auth_deadline, handled)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(stream_error(
+                                StreamCondition::ConnectionTimeout,
+                                "no domain authenticated in time",
+                            ))
+                        })
+                } else {
+                    handled.await
                 };
                 if let Err(end) = r {
                     return end;
                 }
             }
-            // Unauthenticated streams get `auth_timeout` (a pure dialback
-            // verification stream is short-lived anyway); then idle rules.
-            let deadline = if self.authed.is_empty() && self.pending == 0 {
-                auth_deadline.max(last).min(last + idle)
+            // Unauthenticated streams get `auth_timeout` from the accept,
+            // verifications in flight or not (each is bounded by
+            // `connect_timeout`); then idle rules.
+            let deadline = if self.authed.is_empty() {
+                auth_deadline.min(last + idle)
             } else {
                 last + idle
             };
@@ -496,9 +554,21 @@ impl Incoming {
         self.write(&format!("<proceed xmlns='{}'/>", ns::TLS))
             .await?;
         let acceptor = self.server.s2s.tls.acceptor.clone();
-        if let Err(e) = self.wire.io.accept_tls(&acceptor).await {
-            tracing::debug!(error = %e, "STARTTLS handshake failed");
-            return Err(End::Gone);
+        let deadline = if self.authed.is_empty() {
+            self.auth_deadline
+        } else {
+            tokio::time::Instant::now() + self.server.config.auth_timeout
+        };
+        match tokio::time::timeout_at(deadline, self.wire.io.accept_tls(&acceptor)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "STARTTLS handshake failed");
+                return Err(End::Gone);
+            }
+            Err(_) => {
+                tracing::debug!("STARTTLS handshake not done in time");
+                return Err(End::Gone);
+            }
         }
         self.certs = self.wire.io.peer_certificates();
         self.wire.new_framer();
@@ -550,7 +620,8 @@ impl Incoming {
         let max = self.server.config.s2s.max_queue;
         let burst = self.server.config.outbound_burst;
         let (tx, _) = self.queue.get_or_insert_with(|| outbound(max, burst));
-        if self.server.s2s.register_bidi(&pair, tx) {
+        let max_routes = self.server.config.s2s.max_outgoing_routes;
+        if self.server.s2s.register_bidi(&pair, tx, max_routes) {
             tracing::info!(%local, %remote, "incoming bidirectional stream is the route for this pair");
             self.routes.push(pair);
         }
@@ -739,13 +810,55 @@ impl Incoming {
             let e = refuse(Condition::ResourceConstraint, "too many dialback requests");
             return self.send(&e).await;
         }
+        // Each verification is a connection we open to the claimed domain's
+        // server: bounded per address and server-wide, and refused to an
+        // address whose keys keep failing.
+        let permit = match self.server.s2s.inbound.verification(self.peer.ip()) {
+            Ok(p) => p,
+            Err(busy) => {
+                let (condition, text) = match busy {
+                    Busy::FailedTooOften => (
+                        Condition::PolicyViolation,
+                        "too many failed dialbacks from your address; try again later",
+                    ),
+                    Busy::AddressBusy => (
+                        Condition::ResourceConstraint,
+                        "too many dialback verifications in flight for your address",
+                    ),
+                    Busy::ServerBusy => (
+                        Condition::ResourceConstraint,
+                        "too many dialback verifications in flight; try again later",
+                    ),
+                };
+                tracing::debug!(%remote, ?busy, "dialback request not verified");
+                let e = dialback::result_error(
+                    &local,
+                    &remote,
+                    &StanzaError::wait(condition).with_text(text),
+                );
+                return self.send(&e).await;
+            }
+        };
         self.pending += 1;
         let server = self.server.clone();
         let (id, key) = (self.stream_id.clone(), el.text().trim().to_string());
         let vtx = vtx.clone();
+        let ip = self.peer.ip();
         tracing::debug!(%remote, %local, "verifying a dialback key with the authoritative server");
         tokio::spawn(async move {
-            let outcome = s2s_out::verify(server, local.clone(), remote.clone(), id, key).await;
+            let outcome =
+                s2s_out::verify(server.clone(), local.clone(), remote.clone(), id, key).await;
+            if !matches!(outcome, Ok(true)) {
+                // Charged here, not when the stream hears of it: the stream
+                // may be gone (closed at the first refusal) while its other
+                // verifications still cost us a connection each. Charged to
+                // the address that presented the key, never to the domain
+                // it claimed: anyone can claim any domain. A domain whose
+                // server cannot be reached counts too: claiming one is how
+                // a peer makes us connect to arbitrary hosts.
+                server.s2s.inbound.record_failure(ip);
+            }
+            drop(permit);
             let _ = vtx
                 .send(Verified {
                     remote,
@@ -770,9 +883,6 @@ impl Incoming {
             }
             Ok(false) => {
                 tracing::warn!(remote = %v.remote, "dialback key refused by the authoritative server");
-                self.server
-                    .record_offence(&v.remote, Offence::FailedDialback)
-                    .await;
                 self.send(&dialback::result_answer(&v.local, &v.remote, false))
                     .await?;
                 if self.authed.is_empty() {
