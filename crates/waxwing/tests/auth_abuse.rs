@@ -78,17 +78,11 @@ async fn issue_14_throttle_is_per_account_and_address_prefix() {
     );
 }
 
-/// A valid FAST token gets its owner in even from a throttled address.
-#[tokio::test]
-async fn issue_14_fast_token_bypasses_the_throttle() {
-    let server = TestServer::start_with(
-        "[auth]\nmax_failures_per_account = 2\nmax_failures_per_stream = 5\n",
-    )
-    .await;
-    server.user("romeo").await;
-    // Log in once with SASL2 and ask for a token.
+/// Logs `user` in with SASL2 PLAIN from 127.0.0.1, asking for a FAST
+/// token; returns the bound client and the token.
+async fn login_with_fast_token(server: &TestServer, user: &str) -> (Client, String) {
     let mut c = tls_client(server.c2s, None).await;
-    let ir = B64.encode(format!("\0romeo\0{}", password("romeo")));
+    let ir = B64.encode(format!("\0{user}\0{}", password(user)));
     c.send(&format!(
         "<authenticate xmlns='{SASL2}' mechanism='PLAIN'><initial-response>{ir}</initial-response>\
          <user-agent id='{AGENT}'/><request-token xmlns='{FAST}' mechanism='HT-SHA-256-NONE'/>\
@@ -103,6 +97,35 @@ async fn issue_14_fast_token_bypasses_the_throttle() {
         .and_then(|t| t.attr("token"))
         .expect("a FAST token")
         .to_string();
+    (c, token)
+}
+
+/// One HT-SHA-256-NONE attempt with `token`; the SASL2 outcome element.
+async fn fast_attempt(port: u16, user: &str, token: &str) -> Element {
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).unwrap();
+    mac.update(b"Initiator");
+    let mut ir = format!("{user}\0").into_bytes();
+    ir.extend(mac.finalize().into_bytes());
+    let mut c = tls_client(port, None).await;
+    c.send(&format!(
+        "<authenticate xmlns='{SASL2}' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>\
+         <user-agent id='{AGENT}'/><fast xmlns='{FAST}'/></authenticate>",
+        B64.encode(ir)
+    ))
+    .await;
+    c.expect_with("FAST outcome", |e| e.ns == SASL2 && e.name != "challenge")
+        .await
+}
+
+/// A valid FAST token gets its owner in even from a throttled address.
+#[tokio::test]
+async fn issue_14_fast_token_bypasses_the_throttle() {
+    let server = TestServer::start_with(
+        "[auth]\nmax_failures_per_account = 2\nmax_failures_per_stream = 5\n",
+    )
+    .await;
+    server.user("romeo").await;
+    let (_c, token) = login_with_fast_token(&server, "romeo").await;
     // Someone at the same address guesses until throttled.
     let mut guesser = tls_client(server.c2s, None).await;
     for _ in 0..2 {
@@ -115,21 +138,38 @@ async fn issue_14_fast_token_bypasses_the_throttle() {
         Some("temporary-auth-failure")
     );
     // The token still works from there.
-    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).unwrap();
-    mac.update(b"Initiator");
-    let mut ir = b"romeo\0".to_vec();
-    ir.extend(mac.finalize().into_bytes());
-    let mut c = tls_client(server.c2s, None).await;
+    let outcome = fast_attempt(server.c2s, "romeo", &token).await;
+    assert_eq!(outcome.name, "success", "{outcome}");
+}
+
+/// A password change revokes the FAST tokens issued before it: whoever
+/// copied a token (from a stolen phone, or the database) is out as soon
+/// as the owner sets a new password.
+#[tokio::test]
+async fn a_password_change_revokes_fast_tokens() {
+    let server = TestServer::start().await;
+    server.user("romeo").await;
+    let (mut c, token) = login_with_fast_token(&server, "romeo").await;
+    let outcome = fast_attempt(server.c2s, "romeo", &token).await;
+    assert_eq!(outcome.name, "success", "the token works: {outcome}");
+
+    let id = c.id("passwd");
     c.send(&format!(
-        "<authenticate xmlns='{SASL2}' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>\
-         <user-agent id='{AGENT}'/><fast xmlns='{FAST}'/></authenticate>",
-        B64.encode(ir)
+        "<iq type='set' id='{id}'><query xmlns='jabber:iq:register'>\
+         <username>romeo</username><password>a brand new secret</password></query></iq>"
     ))
     .await;
-    let outcome = c
-        .expect_with("FAST outcome", |e| e.ns == SASL2 && e.name != "challenge")
+    let r = c
+        .expect_with("password change result", |e| e.attr("id") == Some(&id))
         .await;
-    assert_eq!(outcome.name, "success", "{outcome}");
+    assert!(is_result(&r), "{r}");
+
+    let outcome = fast_attempt(server.c2s, "romeo", &token).await;
+    assert_eq!(outcome.name, "failure", "the old token is revoked: {outcome}");
+    assert!(
+        outcome.child("not-authorized", ns::SASL).is_some(),
+        "{outcome}"
+    );
 }
 
 /// `(salt, iterations)` the server offers `user` in SCRAM-SHA-256.

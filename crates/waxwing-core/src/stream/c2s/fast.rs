@@ -6,7 +6,11 @@
 //! user-agent id) in two slots, `current` and `new`, as XEP-0484 §4.4
 //! suggests, so a rotation the client never received does not lock it out.
 //! The token is the HMAC key and must therefore be kept as is; it is random
-//! (32 bytes), bound to one mechanism and one client, and expires.
+//! (32 bytes), bound to one mechanism and one client, and expires. It is also
+//! bound to the account's credentials (a tag of its SCRAM secrets, which
+//! change with every password change), so setting a new password, by any
+//! path (in-band, an admin command, `waxwing user passwd`), revokes every
+//! token issued before it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +19,7 @@ use sha2::{Digest, Sha256};
 use waxwing_proto::jid::BareJid;
 use waxwing_proto::sasl::{ChannelBindingData, SaslError};
 use waxwing_proto::xml::{Element, parse_stanza};
+use waxwing_store::StoredSecret;
 
 use super::{Conn, End};
 
@@ -94,6 +99,8 @@ struct Token {
     secret: String,
     mechanism: String,
     expires: u64,
+    /// [`credentials_tag`] of the account when the token was issued.
+    credentials: String,
 }
 
 /// The two slots of one client installation.
@@ -113,6 +120,7 @@ impl Slots {
                         .with_attr("slot", slot)
                         .with_attr("mechanism", t.mechanism.as_str())
                         .with_attr("expires", t.expires.to_string())
+                        .with_attr("credentials", t.credentials.as_str())
                         .with_attr("secret", t.secret.as_str()),
                 );
             }
@@ -131,6 +139,9 @@ impl Slots {
                     secret: t.attr("secret")?.to_string(),
                     mechanism: t.attr("mechanism")?.to_string(),
                     expires: t.attr("expires")?.parse().ok()?,
+                    // A token stored before tokens were bound to the
+                    // credentials has none, and matches no account.
+                    credentials: t.attr("credentials").unwrap_or_default().to_string(),
                 })
             })();
             match t.attr("slot") {
@@ -156,7 +167,35 @@ fn key(agent_id: &str) -> String {
     )
 }
 
+/// A short tag of the account's SCRAM secrets. Every password change draws
+/// a new salt, so the tag changes with it; the tag reveals nothing usable
+/// (it is a hash of hashes of the password).
+fn credentials_tag(secrets: &[StoredSecret]) -> String {
+    let mut d = Sha256::new();
+    d.update(b"waxwing FAST credentials\0");
+    for s in secrets {
+        for part in [s.mechanism.as_bytes(), &s.salt, &s.stored_key] {
+            d.update((part.len() as u64).to_be_bytes());
+            d.update(part);
+        }
+    }
+    hex::encode(&d.finalize()[..16])
+}
+
 impl Conn {
+    /// The account's current [`credentials_tag`]; `None` when it has no
+    /// secrets (no such account), `Err` when the store failed.
+    async fn current_credentials(&self, user: &BareJid) -> Result<Option<String>, ()> {
+        match self.server.stores.accounts.secrets(user).await {
+            Ok(Some(secrets)) if !secrets.is_empty() => Ok(Some(credentials_tag(&secrets))),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                tracing::error!(error = %e, "credentials lookup for FAST failed");
+                Err(())
+            }
+        }
+    }
+
     /// Verifies an HT-* initial response against the client's tokens.
     pub(super) async fn fast_exchange(
         &mut self,
@@ -204,10 +243,17 @@ impl Conn {
                 return Ok(Err(SaslError::TemporaryAuthFailure));
             }
         };
+        let Ok(credentials) = self.current_credentials(&user).await else {
+            return Ok(Err(SaslError::TemporaryAuthFailure));
+        };
+        let Some(credentials) = credentials else {
+            return Ok(Err(SaslError::NotAuthorized));
+        };
         let now = now_secs();
         let matches = |t: &Option<Token>| {
             t.as_ref().is_some_and(|t| {
                 t.mechanism == mech.name()
+                    && t.credentials == credentials
                     && t.expires > now
                     && hmac(t.secret.as_bytes(), b"Initiator", &cb)
                         .verify_slice(proof)
@@ -251,6 +297,7 @@ impl Conn {
         mechanism: &str,
     ) -> Option<Element> {
         Ht::from_name(mechanism)?;
+        let credentials = self.current_credentials(user).await.ok()??;
         let stores = self.server.stores.clone();
         let k = key(agent);
         let mut slots = match stores.private_xml.get(user, &k).await {
@@ -264,6 +311,7 @@ impl Conn {
             secret: secret.clone(),
             mechanism: mechanism.to_string(),
             expires,
+            credentials,
         });
         stores
             .private_xml
@@ -290,6 +338,7 @@ mod tests {
                 secret: "abc".into(),
                 mechanism: "HT-SHA-256-NONE".into(),
                 expires: 42,
+                credentials: "00ff".into(),
             }),
             new: None,
         };
@@ -305,6 +354,21 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert!(hmac(b"token", b"Initiator", b"").verify_slice(&a).is_ok());
+    }
+
+    #[test]
+    fn the_credentials_tag_follows_the_secrets() {
+        let secret = |salt: &[u8]| StoredSecret {
+            mechanism: "SCRAM-SHA-256".into(),
+            salt: salt.to_vec(),
+            iterations: 4096,
+            stored_key: vec![1; 32],
+            server_key: vec![2; 32],
+        };
+        let a = credentials_tag(&[secret(b"salt one")]);
+        assert_eq!(a, credentials_tag(&[secret(b"salt one")]));
+        assert_ne!(a, credentials_tag(&[secret(b"salt two")]));
+        assert_eq!(a.len(), 32);
     }
 
     #[test]
