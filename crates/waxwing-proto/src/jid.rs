@@ -213,6 +213,19 @@ fn uts46_domain(domain: &str) -> Result<String, JidError> {
     if unicode.len() > MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Domain));
     }
+    // The stored form must prepare to itself, or an address we accepted
+    // (and stored, or routed) would be refused when read back. An `xn--`
+    // label can decode to a U-label that UTS 46 then refuses (found by the
+    // `jid` fuzz target: `xn--xn--bchexn-bn--bche`).
+    let again = uts46.to_ascii(
+        unicode.as_bytes(),
+        AsciiDenyList::STD3,
+        Hyphens::Allow,
+        DnsLength::Ignore,
+    );
+    if again.ok().as_deref() != Some(ascii.as_ref()) {
+        return Err(JidError::InvalidDomain);
+    }
     Ok(unicode.into_owned())
 }
 
@@ -698,6 +711,12 @@ mod tests {
         assert_eq!(jid("BÜCHER.example").domain(), "bücher.example");
         assert_eq!(jid("bücher.example"), jid("xn--bcher-kva.EXAMPLE"));
         assert_eq!(Jid::parse("xn--a.example"), Err(JidError::InvalidDomain));
+        // Found by the `jid` fuzz target: accepted, but its prepared form
+        // was refused when parsed again.
+        assert_eq!(
+            Jid::parse("xn--xn--bchexn-bn--bche"),
+            Err(JidError::InvalidDomain)
+        );
         assert_eq!(Jid::parse("ex ample.com"), Err(JidError::InvalidDomain));
         assert_eq!(Jid::parse("ex_ample.com"), Err(JidError::InvalidDomain));
         // Fullwidth full stop is a label separator under UTS 46.
