@@ -135,6 +135,15 @@ pub(crate) fn prepare_local(local: &str) -> Result<String, JidError> {
 
 fn precis_local(local: &str) -> Result<String, JidError> {
     let prepared = UsernameCaseMapped::enforce(local).map_err(|_| JidError::InvalidLocal)?;
+    // A prepared part must be stable (RFC 8264 §7), or what we accepted and
+    // stored would be refused when read back; see `precis_resource`.
+    if UsernameCaseMapped::enforce(prepared.as_ref())
+        .ok()
+        .as_deref()
+        != Some(prepared.as_ref())
+    {
+        return Err(JidError::InvalidLocal);
+    }
     if prepared.len() > MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Local));
     }
@@ -156,6 +165,12 @@ fn prepare_resource(resource: &str) -> Result<String, JidError> {
 
 fn precis_resource(resource: &str) -> Result<String, JidError> {
     let prepared = OpaqueString::enforce(resource).map_err(|_| JidError::InvalidResource)?;
+    // A prepared part must be stable (RFC 8264 §7). It is not always: NFC
+    // turns U+0387 GREEK ANO TELEIA into U+00B7 MIDDLE DOT, which is then
+    // refused outside its Catalan context (found by the `jid` fuzz target).
+    if OpaqueString::enforce(prepared.as_ref()).ok().as_deref() != Some(prepared.as_ref()) {
+        return Err(JidError::InvalidResource);
+    }
     if prepared.len() > MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Resource));
     }
@@ -717,6 +732,9 @@ mod tests {
             Jid::parse("xn--xn--bchexn-bn--bche"),
             Err(JidError::InvalidDomain)
         );
+        // Also found by it: NFC maps U+0387 to U+00B7, which is then refused.
+        assert_eq!(Jid::parse("al@x/\u{387}a"), Err(JidError::InvalidResource));
+        assert_eq!(Jid::parse("\u{387}a@x"), Err(JidError::InvalidLocal));
         assert_eq!(Jid::parse("ex ample.com"), Err(JidError::InvalidDomain));
         assert_eq!(Jid::parse("ex_ample.com"), Err(JidError::InvalidDomain));
         // Fullwidth full stop is a label separator under UTS 46.
