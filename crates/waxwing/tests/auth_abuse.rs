@@ -165,7 +165,10 @@ async fn a_password_change_revokes_fast_tokens() {
     assert!(is_result(&r), "{r}");
 
     let outcome = fast_attempt(server.c2s, "romeo", &token).await;
-    assert_eq!(outcome.name, "failure", "the old token is revoked: {outcome}");
+    assert_eq!(
+        outcome.name, "failure",
+        "the old token is revoked: {outcome}"
+    );
     assert!(
         outcome.child("not-authorized", ns::SASL).is_some(),
         "{outcome}"
