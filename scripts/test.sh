@@ -182,7 +182,7 @@ rust_clippy() {
 
 rust_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --workspace --no-tests=warn
+        cargo nextest run --workspace --no-tests=warn --no-fail-fast
     else
         echo "(cargo-nextest not installed: cargo test)"
         cargo test --workspace

@@ -13,7 +13,9 @@
 //! | remote domain        | queued for the (local, remote) s2s connection; bounced with remote-server-not-found / -timeout if it fails |
 //!
 //! A session that is closing (asked to end: conflict, removal, a full
-//! queue) counts as unbound. A session that refuses a stanza because its
+//! queue) counts as unbound for messages and presence; an IQ to it is
+//! still queued while its queue takes it (the close writes what is queued
+//! before the stream error, e.g. the result of an account removal). A session that refuses a stanza because its
 //! queue is full is closed on the spot, so the stanza then takes the
 //! "unbound" row: a message goes to the account's other resources or to
 //! offline storage, an IQ is answered with service-unavailable, a
@@ -383,10 +385,22 @@ impl Server {
     /// table at the top for sessions that are closing or refuse).
     async fn deliver_hooked(self: Arc<Self>, cx: &Cx, to: Jid, stanza: Element, kind: StanzaKind) {
         {
-            let full = to
-                .as_full()
-                .and_then(|f| self.sessions.get(f))
-                .filter(|s| !s.is_closing());
+            let bound = to.as_full().and_then(|f| self.sessions.get(f));
+            if matches!(kind, StanzaKind::Iq)
+                && let Some(session) = &bound
+            {
+                // An IQ answers that one session, even while it closes: what
+                // is queued goes out before its stream error (the result of
+                // the account removal that closes it, XEP-0077 §3.2). Once
+                // its queue is closed, the IQ bounces.
+                if let Err(stanza) = session.offer(stanza) {
+                    self.metrics.queue_refusals.inc();
+                    self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                        .await;
+                }
+                return;
+            }
+            let full = bound.filter(|s| !s.is_closing());
             match (kind, full) {
                 (StanzaKind::Message, Some(session)) => {
                     let recipients = vec![session.jid.clone()];

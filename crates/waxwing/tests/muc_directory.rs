@@ -19,14 +19,6 @@ const SEARCH: &str = "urn:xmpp:channel-search:0:search";
 const SEARCH_PARAMS: &str = "urn:xmpp:channel-search:0:search-params";
 
 /// A free loopback port (bound and released: the server binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Node {
     running: Running,
     domain: &'static str,

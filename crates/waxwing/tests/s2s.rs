@@ -23,14 +23,6 @@ const B: &str = "b.localhost";
 const B_SECRET: &str = "b-dialback-secret";
 
 /// A free loopback port (bound and released: the server binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Node {
     running: Running,
     domain: &'static str,

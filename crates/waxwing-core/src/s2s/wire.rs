@@ -216,7 +216,9 @@ pub(crate) fn header(from: &str, to: Option<&str>, id: Option<&str>, version: bo
     if version {
         h.push_str(" version='1.0'");
     }
-    h.push('>');
+    // RFC 6120 §4.7.4: the language of what we say on the stream (stream
+    // and stanza error texts), which is English.
+    h.push_str(" xml:lang='en'>");
     h
 }
 

@@ -37,6 +37,30 @@ use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, StreamHeader, par
 /// and a loaded 2-core CI machine running every suite at once cannot make a
 /// correct test miss it.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// A loopback port that is free now, for a server whose port must be
+/// written into another server's configuration before either starts.
+///
+/// Drawn at random *below* the kernel's ephemeral range (32768 and up), not
+/// with `bind(0)`: a port from the ephemeral range can be taken, before the
+/// server binds it, as the source port of any outgoing connection on the
+/// machine (the suites open thousands at once), while a random port below
+/// it collides only with another test drawing the same one.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut seed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    for _ in 0..1000 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = 10_000 + (seed >> 33) as u16 % 22_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 10000 and 32000");
+}
 /// The served domain.
 pub const DOMAIN: &str = "localhost";
 
