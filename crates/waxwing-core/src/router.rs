@@ -385,22 +385,14 @@ impl Server {
     /// table at the top for sessions that are closing or refuse).
     async fn deliver_hooked(self: Arc<Self>, cx: &Cx, to: Jid, stanza: Element, kind: StanzaKind) {
         {
-            let bound = to.as_full().and_then(|f| self.sessions.get(f));
-            if matches!(kind, StanzaKind::Iq)
-                && let Some(session) = &bound
-            {
-                // An IQ answers that one session, even while it closes: what
-                // is queued goes out before its stream error (the result of
-                // the account removal that closes it, XEP-0077 §3.2). Once
-                // its queue is closed, the IQ bounces.
-                if let Err(stanza) = session.offer(stanza) {
-                    self.metrics.queue_refusals.inc();
-                    self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
-                        .await;
-                }
-                return;
-            }
-            let full = bound.filter(|s| !s.is_closing());
+            // An IQ answers that one session, even while it closes: what is
+            // queued goes out before its stream error (the result of the
+            // account removal that closes it, XEP-0077 §3.2); once its queue
+            // is closed, the IQ bounces. Messages and presence skip it.
+            let full = to
+                .as_full()
+                .and_then(|f| self.sessions.get(f))
+                .filter(|s| matches!(kind, StanzaKind::Iq) || !s.is_closing());
             match (kind, full) {
                 (StanzaKind::Message, Some(session)) => {
                     let recipients = vec![session.jid.clone()];

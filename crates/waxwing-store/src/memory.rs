@@ -226,10 +226,6 @@ impl OfflineStore for Memory {
         Ok(true)
     }
 
-    async fn list(&self, owner: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
-        Ok(self.lock().offline.get(owner).cloned().unwrap_or_default())
-    }
-
     async fn list_page(
         &self,
         owner: &BareJid,

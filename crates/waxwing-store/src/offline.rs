@@ -23,8 +23,11 @@ pub trait OfflineStore: Send + Sync {
     /// check and the insert are atomic.
     async fn push(&self, owner: &BareJid, stanza: &str, quota: u32) -> Result<bool, StoreError>;
 
-    /// The owner's messages, oldest first (by id).
-    async fn list(&self, owner: &BareJid) -> Result<Vec<OfflineMessage>, StoreError>;
+    /// All of the owner's messages, oldest first (by id). Delivery pages
+    /// with [`OfflineStore::list_page`]; this is for administration.
+    async fn list(&self, owner: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
+        self.list_page(owner, i64::MIN, u32::MAX).await
+    }
 
     /// At most `limit` of the owner's messages with `id > after`, oldest
     /// first: delivery reads a page at a time, whatever the count.

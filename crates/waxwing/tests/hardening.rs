@@ -150,6 +150,27 @@ fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// Creates `users` (password: [`password`]) with `waxwing user add`.
+fn add_users(config: &std::path::Path, users: &[&str]) {
+    for u in users {
+        let out = waxwing(
+            &[
+                "user",
+                "add",
+                &format!("{u}@localhost"),
+                "--password",
+                &password(u),
+            ],
+            config,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 fn waxwing(args: &[&str], config: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_waxwing"))
         .args(args)
@@ -201,23 +222,7 @@ async fn login_external(port: u16, user: &str, pw: &str, resource: &str) -> Clie
 async fn acknowledged_offline_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    for u in ["sender", "recipient"] {
-        let out = waxwing(
-            &[
-                "user",
-                "add",
-                &format!("{u}@localhost"),
-                "--password",
-                &password(u),
-            ],
-            &config,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    add_users(&config, &["sender", "recipient"]);
     let mut proc = spawn(&config);
     let mut sender = login_external(proc.port, "sender", &password("sender"), "s").await;
     const BATCH: usize = 20;
@@ -281,19 +286,7 @@ async fn acknowledged_offline_messages_survive_kill_9() {
 async fn issue_14_unacknowledged_offline_messages_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    for u in ["sender", "recipient"] {
-        let out = waxwing(
-            &[
-                "user",
-                "add",
-                &format!("{u}@localhost"),
-                "--password",
-                &password(u),
-            ],
-            &config,
-        );
-        assert!(out.status.success());
-    }
+    add_users(&config, &["sender", "recipient"]);
     let mut proc = spawn(&config);
     let mut sender = login_external(proc.port, "sender", &password("sender"), "s").await;
     let ids: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();

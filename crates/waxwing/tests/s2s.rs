@@ -1497,19 +1497,27 @@ async fn fake_bidi_peer(listener: tokio::net::TcpListener) -> (TcpStream, Framer
     (tcp, framer, got)
 }
 
-#[tokio::test]
-async fn bidi_outgoing_stream_routes_the_peers_stanzas_for_its_pair_only() {
+/// A plain-TCP listener standing in for e.localhost, and node A routing
+/// e.localhost to it (no TLS required, so a raw peer can speak there);
+/// `extra` goes into A's `[s2s]` table.
+async fn node_routing_e_to_a_listener(extra: &str) -> (tokio::net::TcpListener, Node) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let a = Node::start(
         A,
         free_port(),
         &format!(
-            "[s2s]\nrequire_encryption = false\nconnect_timeout_secs = 5\n\
+            "[s2s]\nrequire_encryption = false\n{extra}connect_timeout_secs = 5\n\
              [s2s.routes]\n\"e.localhost\" = \"127.0.0.1:{port}\"\n"
         ),
     )
     .await;
+    (listener, a)
+}
+
+#[tokio::test]
+async fn bidi_outgoing_stream_routes_the_peers_stanzas_for_its_pair_only() {
+    let (listener, a) = node_routing_e_to_a_listener("").await;
     a.user("alice").await;
     let mut alice = a.login("alice", "pc").await;
     alice
@@ -1606,17 +1614,7 @@ async fn fake_prefix_matching_peer(listener: &tokio::net::TcpListener, id: &str)
 /// authenticates the stream and the queued message follows.
 #[tokio::test]
 async fn dialback_request_carries_the_db_prefix() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let a = Node::start(
-        A,
-        free_port(),
-        &format!(
-            "[s2s]\nrequire_encryption = false\nbidi = false\nconnect_timeout_secs = 5\n\
-             [s2s.routes]\n\"e.localhost\" = \"127.0.0.1:{port}\"\n"
-        ),
-    )
-    .await;
+    let (listener, a) = node_routing_e_to_a_listener("bidi = false\n").await;
     a.user("alice").await;
     let mut alice = a.login("alice", "pc").await;
     alice
@@ -1644,17 +1642,7 @@ async fn dialback_request_carries_the_db_prefix() {
 /// answer authenticates the raw peer's stream.
 #[tokio::test]
 async fn dialback_verification_carries_the_db_prefix() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let a = Node::start(
-        A,
-        free_port(),
-        &format!(
-            "[s2s]\nrequire_encryption = false\nconnect_timeout_secs = 5\n\
-             [s2s.routes]\n\"e.localhost\" = \"127.0.0.1:{port}\"\n"
-        ),
-    )
-    .await;
+    let (listener, a) = node_routing_e_to_a_listener("").await;
     let mut p = RawPeer::connect(a.s2s, "e.localhost", A).await;
     p.send(&format!(
         "<db:result from='e.localhost' to='{A}'>0123abcd</db:result>"

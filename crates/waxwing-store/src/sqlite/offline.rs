@@ -25,19 +25,6 @@ impl OfflineStore for SqliteStore {
         Ok(inserted == 1)
     }
 
-    async fn list(&self, owner: &BareJid) -> Result<Vec<OfflineMessage>, StoreError> {
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT id, stanza FROM offline_messages WHERE owner = $1 ORDER BY id")
-                .bind(owner.to_string())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, stanza)| OfflineMessage { id, stanza })
-            .collect())
-    }
-
     async fn list_page(
         &self,
         owner: &BareJid,
