@@ -1,7 +1,8 @@
 //! The `waxwing` binary: command line, logging, signals. Everything else
 //! lives in the library crates.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: allocator.rs
 
+mod allocator;
 mod user;
 
 use std::path::PathBuf;
@@ -14,8 +15,8 @@ use waxwing_core::Config;
 
 // mimalloc instead of the system allocator: per-thread free lists suit
 // tokio's work-stealing (a buffer allocated on one worker and freed on
-// another), and freed memory goes back to the OS, so RSS follows load down
-// after a connection spike. Measured in bench/ (see bench/README.md).
+// another). Measured in bench/ (see bench/README.md). Freed memory goes
+// back to the OS when the worker threads collect (allocator.rs).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -90,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(allocator::collect_when_idle)
         .build()
         .context("starting the runtime")
 }
