@@ -5,6 +5,9 @@
 #
 # Environment:
 #   FUZZ_SECONDS   seconds per target (default 30)
+#   FUZZ_SEED      libFuzzer's random seed (default 1: a run is the same
+#                  sequence of inputs every time, so CI does not pass or fail
+#                  by chance; a longer or faster run only goes further)
 #   FUZZ_TOOLCHAIN rustup toolchain with -Zsanitizer support (default nightly)
 #
 # Installs cargo-fuzz if it is missing (once; later runs reuse it). Each
@@ -43,7 +46,8 @@ for t in "${targets[@]}"; do
     log="$(mktemp)"
     rm -f fuzz-*.log # with -jobs, libFuzzer writes the run's output there
     if cargo +"$TOOLCHAIN" fuzz run -O --debug-assertions "$t" "corpus/$t" -- \
-        -max_total_time="$SECONDS_PER_TARGET" -jobs=1 -workers=1 -print_final_stats=1 \
+        -max_total_time="$SECONDS_PER_TARGET" -seed="${FUZZ_SEED:-1}" \
+        -jobs=1 -workers=1 -print_final_stats=1 \
         >"$log" 2>&1; then
         cat "$log" fuzz-*.log 2>/dev/null | grep -E '^stat::number_of_executed_units' |
             sed "s/^/$t: /" || true
