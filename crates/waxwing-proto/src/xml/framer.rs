@@ -385,7 +385,25 @@ impl Framer {
                     // stream, which is bad-format (§4.9.3.1), not
                     // not-well-formed.
                     None if text.bytes().all(|b| b.is_ascii_whitespace()) => {
-                        self.boundary = self.event_end;
+                        // rxml may cover with a text event a byte it refuses
+                        // only on its next call (invalid UTF-8 is reported
+                        // when the text ends), and the boundary must not pass
+                        // it: an idle release would drop the parser and the
+                        // error with it (found by the framer_chunks fuzz
+                        // target). So the raw bytes are judged here.
+                        let raw = (ev_start >= self.buf_start)
+                            .then(|| &self.buf[self.index(ev_start)..self.index(self.event_end)]);
+                        match raw {
+                            Some(raw) if !raw.iter().all(u8::is_ascii_whitespace) => {
+                                return Err(StreamError::new(StreamCondition::NotWellFormed)
+                                    .with_text("a byte between stanzas that is not whitespace"));
+                            }
+                            // Not kept any more (a long run): only a text as
+                            // long as its bytes is sure to be whitespace; else
+                            // the next call judges it.
+                            None if text.len() as u64 != self.event_end - ev_start => {}
+                            _ => self.boundary = self.event_end,
+                        }
                     }
                     None => {
                         return Err(StreamError::new(StreamCondition::BadFormat)

@@ -738,3 +738,39 @@ fn limits_can_be_raised_between_elements() {
     let (_, err) = run_chunks(&mut f, [big.as_bytes()]);
     assert_eq!(err.map(|e| e.condition), Some(C::PolicyViolation));
 }
+
+/// Found by the framer_chunks fuzz target: an invalid byte in the
+/// whitespace between stanzas, which rxml reports only when the text ends,
+/// was lost when the framer released its idle parser right after the text
+/// event that covered it, and the next stanza came through.
+#[test]
+fn an_invalid_byte_between_stanzas_is_not_lost_by_an_idle_release() {
+    let header = "<stream:stream xmlns='jabber:client' \
+                  xmlns:stream='http://etherx.jabber.org/streams' to='localhost'>";
+    for split in 1..8 {
+        let mut f = Framer::new(Limits::default(), ns::CLIENT);
+        f.feed(header.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+        let rest: &[u8] = b"\n\n\n\n\x8a\n<message/>";
+        let (a, b) = rest.split_at(split);
+        let mut got = Vec::new();
+        'feed: for chunk in [a, b] {
+            f.feed(chunk);
+            loop {
+                match f.next_event() {
+                    Ok(Some(ev)) => got.push(Ok(ev)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        got.push(Err(e));
+                        break 'feed;
+                    }
+                }
+            }
+            f.release_idle_buffers();
+        }
+        assert!(
+            matches!(got.as_slice(), [Err(e)] if e.condition == C::NotWellFormed),
+            "split at {split}: {got:?}"
+        );
+    }
+}
