@@ -2031,18 +2031,25 @@ async fn issue_14_half_open_s2s_tls_connections_are_closed_by_the_deadline() {
             open_fds(pid) <= fds
         })
         .await;
-        // The allocator gives the spike back as the idle workers collect
-        // (src/allocator.rs): within 10 % of the baseline.
-        let mut after_close = rss_kib(pid);
-        poll_until(
-            &format!("RSS back within 10 % of the baseline {baseline} KiB (peak {peak} KiB)"),
-            within,
-            || {
-                after_close = rss_kib(pid);
-                after_close <= baseline + baseline / 10
-            },
-        )
-        .await;
+        // The allocator gives the spike back as the workers collect, which
+        // they do when they park, at most once a second (src/allocator.rs).
+        // A server in use is never idle for long; this one gets a short
+        // connection now and then, so its workers wake and park again while
+        // RSS is read (the pause paces those connections; RSS is the
+        // condition waited for).
+        let deadline = tokio::time::Instant::now() + within;
+        let after_close = loop {
+            let rss = rss_kib(pid);
+            if rss <= baseline + baseline / 10 {
+                break rss;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "RSS {rss} KiB not back within 10 % of the baseline {baseline} KiB (peak {peak} KiB)"
+            );
+            drop(TcpStream::connect(("127.0.0.1", server.s2s_direct_tls)).await);
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
         eprintln!(
             "wave {wave}: opened {N} half-open in {opened:?}; RSS KiB: baseline {baseline}, \
              peak {peak}, after close {after_close}"
