@@ -535,8 +535,14 @@ async fn issue_14_unauthenticated_partial_stanzas_hold_little_memory() {
         per_connection < 64 * 1024,
         "{per_connection} bytes per connection"
     );
+    // Kept per connection, the second wave would need the first's memory
+    // again on top (held + the whole spike). How much of the first wave's
+    // pages the second finds free depends on which worker threads freed
+    // and collected them (src/allocator.rs), which a loaded machine
+    // decides: measured between +0 and +37 % of the spike, so the bound
+    // sits between that and a leak.
     assert!(
-        held_again < held + (held - baseline) / 4,
+        held_again < held + (held - baseline) * 3 / 4,
         "closed connections' memory was not reused: {held} KiB, then {held_again} KiB"
     );
 }
