@@ -132,7 +132,7 @@ struct Window {
 /// penalty lasts one window, so insertion order is expiry order: when that
 /// table is full, expired penalties go first, and only a table full of live
 /// penalties gives up the one closest to its end.
-struct FailureTable<K> {
+pub(crate) struct FailureTable<K> {
     tables: Mutex<Tables<K>>,
     max: u32,
     window: Duration,
@@ -146,7 +146,7 @@ struct Tables<K> {
 }
 
 impl<K: Eq + Hash + Clone> FailureTable<K> {
-    fn new(max: u32, window: Duration, capacity: usize) -> Self {
+    pub(crate) fn new(max: u32, window: Duration, capacity: usize) -> Self {
         FailureTable {
             tables: Mutex::new(Tables {
                 counting: LinkedHashMap::new(),
@@ -158,7 +158,8 @@ impl<K: Eq + Hash + Clone> FailureTable<K> {
         }
     }
 
-    fn blocked(&self, key: &K, now: Instant) -> bool {
+    /// Whether `key` is serving a penalty at `now`.
+    pub(crate) fn blocked(&self, key: &K, now: Instant) -> bool {
         let mut t = self.tables.lock().expect("failure table lock");
         match t.penalized.get(key) {
             Some(until) if now < *until => true,
@@ -170,7 +171,9 @@ impl<K: Eq + Hash + Clone> FailureTable<K> {
         }
     }
 
-    fn record(&self, key: &K, now: Instant) {
+    /// Counts one failure of `key`; the `max`-th in a window starts a
+    /// penalty that lasts until the window ends.
+    pub(crate) fn record(&self, key: &K, now: Instant) {
         let mut t = self.tables.lock().expect("failure table lock");
         if t.penalized.get(key).is_some_and(|until| now < *until) {
             return; // the window already ends in a penalty
@@ -206,7 +209,7 @@ impl<K: Eq + Hash + Clone> FailureTable<K> {
                 if live {
                     tracing::warn!(
                         capacity = self.capacity,
-                        "authentication penalty table full of live penalties; ending the oldest early"
+                        "penalty table full of live penalties; ending the oldest early"
                     );
                 }
                 t.penalized.pop_front();

@@ -10,23 +10,23 @@
 //!
 //! Every table is bounded: rotating addresses cannot grow memory.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::abuse::{ConnectionCounter, ConnectionPermit};
+use crate::abuse::{ConnectionCounter, ConnectionPermit, FailureTable};
 use crate::config::S2sConfig;
 
 /// Failed dialbacks are counted per address over this window (starting at
 /// its first failure): long enough that a junk-key flood stays refused,
 /// short enough that a server behind a shared address recovers soon.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(600);
-/// Addresses with failures kept at most; past it expired ones are swept,
-/// then the oldest half forgotten.
+/// Addresses with failures kept at most (and as many penalized ones): the
+/// table forgets the least recently failing address first, never a live
+/// penalty while an expired one can go (`abuse::FailureTable`).
 const MAX_TRACKED: usize = 100_000;
 
 /// Why a dialback request is not verified.
@@ -46,21 +46,15 @@ pub struct VerificationPermit {
     _server: OwnedSemaphorePermit,
 }
 
-#[derive(Clone, Copy)]
-struct Window {
-    started: Instant,
-    failures: u32,
-}
-
 /// The per-address limits of incoming s2s streams, owned by the `S2sManager`.
 pub struct InboundLimits {
     max_incoming_per_ip: u32,
     max_verifications_per_ip: u32,
-    max_failed_per_ip: u32,
     connections: Arc<ConnectionCounter>,
     verifying: Arc<ConnectionCounter>,
     server_wide: Arc<Semaphore>,
-    failures: Mutex<HashMap<IpAddr, Window>>,
+    /// Failed dialbacks per address in `FAILURE_WINDOW`.
+    failures: FailureTable<IpAddr>,
     /// Verifications started since start (for tests and status).
     started: AtomicUsize,
 }
@@ -70,11 +64,10 @@ impl InboundLimits {
         InboundLimits {
             max_incoming_per_ip: c.max_incoming_per_ip,
             max_verifications_per_ip: c.max_verifications_per_ip,
-            max_failed_per_ip: c.max_failed_dialbacks_per_ip,
             connections: Arc::new(ConnectionCounter::default()),
             verifying: Arc::new(ConnectionCounter::default()),
             server_wide: Arc::new(Semaphore::new(c.max_verifications)),
-            failures: Mutex::new(HashMap::new()),
+            failures: FailureTable::new(c.max_failed_dialbacks_per_ip, FAILURE_WINDOW, MAX_TRACKED),
             started: AtomicUsize::new(0),
         }
     }
@@ -90,17 +83,10 @@ impl InboundLimits {
         self.connections.open_from(ip)
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Whether `ip` may have one more dialback key verified at `now`; the
     /// permit is held until the authoritative server answered.
     pub fn verification_at(&self, ip: IpAddr, now: Instant) -> Result<VerificationPermit, Busy> {
-        let failed = self.failures().get(&ip).is_some_and(|w| {
-            now.duration_since(w.started) < FAILURE_WINDOW && w.failures >= self.max_failed_per_ip
-        });
-        if failed {
+        if self.failures.blocked(&ip, now) {
             return Err(Busy::FailedTooOften);
         }
         let address = self
@@ -126,27 +112,7 @@ impl InboundLimits {
     /// Charges a failed dialback (a key refused, or one that could not be
     /// verified) to the address that presented it.
     pub fn record_failure_at(&self, ip: IpAddr, now: Instant) {
-        let mut failures = self.failures();
-        if failures.len() >= MAX_TRACKED && !failures.contains_key(&ip) {
-            failures.retain(|_, w| now.duration_since(w.started) < FAILURE_WINDOW);
-            if failures.len() >= MAX_TRACKED {
-                let mut starts: Vec<Instant> = failures.values().map(|w| w.started).collect();
-                starts.sort_unstable();
-                let cutoff = starts[starts.len() / 2];
-                failures.retain(|_, w| w.started > cutoff);
-            }
-        }
-        let w = failures.entry(ip).or_insert(Window {
-            started: now,
-            failures: 0,
-        });
-        if now.duration_since(w.started) >= FAILURE_WINDOW {
-            *w = Window {
-                started: now,
-                failures: 0,
-            };
-        }
-        w.failures = w.failures.saturating_add(1);
+        self.failures.record(&ip, now);
     }
 
     pub fn record_failure(&self, ip: IpAddr) {
