@@ -82,20 +82,8 @@ pub fn load_fake_salt_key(data_dir: &Path) -> io::Result<[u8; 32]> {
         Err(e) => return Err(e),
     }
     let key: [u8; 32] = rand::random();
-    write_private(&path, hex::encode(key).as_bytes())?;
+    crate::private_file::write(&path, hex::encode(key).as_bytes())?;
     Ok(key)
-}
-
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)?.write_all(data)
 }
 
 /// The fake-salt key for one virtual host. Real accounts with the same

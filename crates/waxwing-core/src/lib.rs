@@ -8,6 +8,7 @@ pub mod hooks;
 pub(crate) mod isolate;
 pub mod listen;
 pub mod metrics;
+mod private_file;
 pub(crate) mod queue;
 pub mod router;
 pub mod s2s;

@@ -142,22 +142,10 @@ fn self_signed(dir: &Path, host: &str) -> Result<CertifiedKey, TlsError> {
                 }
             })?;
         std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
-        write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())?;
+        crate::private_file::write(&key_path, generated.signing_key.serialize_pem().as_bytes())
+            .map_err(|e| file_error(&key_path, e))?;
         std::fs::write(&cert_path, generated.cert.pem()).map_err(|e| file_error(&cert_path, e))?;
         tracing::info!(host, path = %cert_path.display(), "generated a self-signed certificate");
     }
     load_pair(&cert_path, &key_path)
-}
-
-fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options.open(path).map_err(|e| file_error(path, e))?;
-    f.write_all(data).map_err(|e| file_error(path, e))
 }

@@ -81,24 +81,9 @@ impl DialbackSecret {
         }
         let bytes: [u8; 32] = rand::random();
         let secret = hex::encode(bytes);
-        write_private(&path, secret.as_bytes())?;
+        crate::private_file::write(&path, secret.as_bytes())?;
         Ok(Self::new(secret.as_bytes()))
     }
-}
-
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)?.write_all(data)
 }
 
 /// `<db:result from to>key</db:result>` (originating → receiving).
