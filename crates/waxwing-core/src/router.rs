@@ -384,62 +384,87 @@ impl Server {
     /// Delivery to a local account after the `Inbound` hooks (see the
     /// table at the top for sessions that are closing or refuse).
     async fn deliver_hooked(self: Arc<Self>, cx: &Cx, to: Jid, stanza: Element, kind: StanzaKind) {
-        {
-            // An IQ answers that one session, even while it closes: what is
-            // queued goes out before its stream error (the result of the
-            // account removal that closes it, XEP-0077 §3.2); once its queue
-            // is closed, the IQ bounces. Messages and presence skip it.
-            let full = to
-                .as_full()
-                .and_then(|f| self.sessions.get(f))
-                .filter(|s| matches!(kind, StanzaKind::Iq) || !s.is_closing());
-            match (kind, full) {
-                (StanzaKind::Message, Some(session)) => {
-                    let recipients = vec![session.jid.clone()];
-                    if session.offer(stanza.clone()).is_err() {
-                        self.metrics.queue_refusals.inc();
-                        return self.deliver_message_to_account(cx, to, stanza).await;
-                    }
-                    self.emit(
-                        None,
-                        Event::MessageDelivered {
-                            message: stanza,
-                            recipients,
-                        },
-                    )
-                    .await;
-                }
-                (StanzaKind::Message, None) => {
+        // An IQ answers that one session, even while it closes: what is
+        // queued goes out before its stream error (the result of the
+        // account removal that closes it, XEP-0077 §3.2); once its queue
+        // is closed, the IQ bounces. Messages and presence skip it.
+        let full = to
+            .as_full()
+            .and_then(|f| self.sessions.get(f))
+            .filter(|s| matches!(kind, StanzaKind::Iq) || !s.is_closing());
+        match (kind, full) {
+            (StanzaKind::Message, Some(session)) => {
+                if let Err(stanza) = self
+                    .offer_message(vec![session], stanza, &mut Vec::new())
+                    .await
+                {
                     self.deliver_message_to_account(cx, to, stanza).await;
                 }
-                (StanzaKind::Iq, Some(session)) => {
-                    if let Err(stanza) = session.offer(stanza) {
-                        self.metrics.queue_refusals.inc();
-                        self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
-                            .await;
-                    }
-                }
-                (StanzaKind::Iq, None) if to.resource().is_none() => {
-                    self.dispatch_iq(None, stanza).await
-                }
-                (StanzaKind::Iq, None) => {
+            }
+            (StanzaKind::Message, None) => {
+                self.deliver_message_to_account(cx, to, stanza).await;
+            }
+            (StanzaKind::Iq, Some(session)) => {
+                if let Err(stanza) = session.offer(stanza) {
+                    self.metrics.queue_refusals.inc();
                     self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
-                        .await
+                        .await;
                 }
-                (StanzaKind::Presence, Some(session)) => {
-                    session.send(stanza);
-                }
-                (StanzaKind::Presence, None) => {
-                    if to.resource().is_none() {
-                        for s in self.sessions.resources(to.bare()) {
-                            if s.is_available() && !s.is_closing() {
-                                s.send(stanza.clone());
-                            }
+            }
+            (StanzaKind::Iq, None) if to.resource().is_none() => {
+                self.dispatch_iq(None, stanza).await
+            }
+            (StanzaKind::Iq, None) => {
+                self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                    .await
+            }
+            (StanzaKind::Presence, Some(session)) => {
+                session.send(stanza);
+            }
+            (StanzaKind::Presence, None) => {
+                if to.resource().is_none() {
+                    for s in self.sessions.resources(to.bare()) {
+                        if s.is_available() && !s.is_closing() {
+                            s.send(stanza.clone());
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Offers a message to `targets`; if any took it, `MessageDelivered`
+    /// names them. Sessions that refused it (a full queue: they are closing
+    /// now) are added to `refused`; when none took it, it comes back.
+    async fn offer_message(
+        self: &Arc<Self>,
+        targets: Vec<Arc<SessionHandle>>,
+        stanza: Element,
+        refused: &mut Vec<u64>,
+    ) -> Result<(), Element> {
+        let mut recipients = Vec::with_capacity(targets.len());
+        for s in targets {
+            match s.offer(stanza.clone()) {
+                Ok(()) => recipients.push(s.jid.clone()),
+                Err(_) => {
+                    self.metrics.queue_refusals.inc();
+                    refused.push(s.id);
+                }
+            }
+        }
+        if recipients.is_empty() {
+            return Err(stanza);
+        }
+        self.clone()
+            .emit(
+                None,
+                Event::MessageDelivered {
+                    message: stanza,
+                    recipients,
+                },
+            )
+            .await;
+        Ok(())
     }
 
     /// RFC 6121 §8.5.2 (bare JID) and §8.5.3.2 (full JID with no such resource).
@@ -483,26 +508,9 @@ impl Server {
                     .filter(|s| s.priority() == top)
                     .collect()
             };
-            let mut recipients = Vec::with_capacity(targets.len());
-            for s in targets {
-                match s.offer(stanza.clone()) {
-                    Ok(()) => recipients.push(s.jid.clone()),
-                    Err(_) => {
-                        self.metrics.queue_refusals.inc();
-                        refused.push(s.id);
-                    }
-                }
-            }
-            if !recipients.is_empty() {
-                self.emit(
-                    None,
-                    Event::MessageDelivered {
-                        message: stanza,
-                        recipients,
-                    },
-                )
-                .await;
-                return;
+            match self.offer_message(targets, stanza, &mut refused).await {
+                Ok(()) => return,
+                Err(back) => stanza = back,
             }
         }
         match self.stores.accounts.exists(to.bare()).await {
