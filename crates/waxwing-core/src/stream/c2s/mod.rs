@@ -1021,20 +1021,18 @@ impl Conn {
             Ok((kind, payload)) => {
                 let key = (IqTarget::Server, kind, ns::REGISTER.to_string());
                 let server = self.server.clone();
+                let creates = creates_account(kind, &payload);
                 match server.registry.iq.get(&key) {
                     None => stanza::error_reply(
                         &el,
                         &StanzaError::cancel(Condition::ServiceUnavailable),
                     ),
-                    Some(_) if creates_account(kind, &payload) && !self.reserve_registration() => {
-                        stanza::error_reply(
-                            &el,
-                            &StanzaError::wait(Condition::PolicyViolation)
-                                .with_text("too many registrations; try again later"),
-                        )
-                    }
+                    Some(_) if creates && !self.reserve_registration() => stanza::error_reply(
+                        &el,
+                        &StanzaError::wait(Condition::PolicyViolation)
+                            .with_text("too many registrations; try again later"),
+                    ),
                     Some((module, handler)) => {
-                        let creates = creates_account(kind, &payload);
                         let host_jid = Jid::parse(&host).map_err(|_| End::Closed)?;
                         let iq = Iq {
                             from: host_jid.clone(),
