@@ -4,8 +4,9 @@
 #   bash scripts/test.sh [extra pytest args...]
 #
 # Stages (a failed stage fails the run; every stage still reports):
-#  1. in parallel: the federation peers Prosody and ejabberd from Debian's
-#     packages (installed once, idempotently); the Python virtualenv in .venv
+#  1. in parallel: the Debian packages the suites need, listed in
+#     scripts/packages/*.list (the federation peers Prosody and ejabberd, ...;
+#     installed once, idempotently), then scripts/setup.d/*.sh; the Python virtualenv in .venv
 #     with tests/interop/requirements.txt (reinstalled only when that file or
 #     the Python version changes; its stamp is written only after an install
 #     that succeeded and imports); `cargo fmt --all -- --check`;
@@ -20,7 +21,7 @@
 #  5. the fuzz stage, `bash scripts/fuzz-ci.sh`, when that script exists.
 #
 # Needs: Rust (cargo, rustfmt, clippy), Python 3.11 with venv/pip, apt-get
-# (root or sudo) for the peers; cargo-nextest optional.
+# (root or sudo) for the system packages; cargo-nextest optional.
 # Environment: WAXWING_TEST_SUBJECT=prosody runs the interop scenarios against
 # an installed Prosody instead (to check the scenarios themselves).
 set -euo pipefail
@@ -103,39 +104,70 @@ run_parallel() { # "name|log|function [args]"...
     return "$all"
 }
 
-# -- federation peers: Prosody and ejabberd, the Debian packages ------------------
-# tests/interop/test_federation.py runs its own Prosody (as `prosody`) and
-# ejabberd (as `ejabberd`) from private directories; a missing peer fails
-# those tests, so a failed install fails this stage and the run.
-
-PEER_PACKAGES=(prosody lua-unbound ejabberd)
+# -- system packages: every Debian package a suite needs ------------------------------
+# Each suite lists its packages in scripts/packages/<suite>.list: one package
+# per line, `service NAME` for a system service the package starts that the
+# tests do not want (they run their own instances from private directories),
+# `command PATH-OR-NAME` for a program that must exist after the install, and
+# `#` comments. A missing package fails the tests that need it, so a failed
+# install fails this stage and the run. Afterwards every scripts/setup.d/*.sh
+# runs in name order (downloads such as npm packages; each is idempotent and
+# fails loudly).
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = 'install ok installed' ]; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-peer_packages() {
+list_entries() { # kind: package|service|command
+    local kind=$1 file line word rest
+    for file in "$ROOT"/scripts/packages/*.list; do
+        [ -e "$file" ] || continue
+        while IFS= read -r line || [ -n "$line" ]; do
+            line=${line%%#*}
+            read -r word rest <<<"$line" || true
+            [ -n "${word:-}" ] || continue
+            case "$kind:$word" in
+                package:service | package:command) ;;
+                package:*) echo "$word" ;;
+                service:service | command:command) echo "$rest" ;;
+            esac
+        done <"$file"
+    done | sort -u
+}
+
+system_packages() {
     local p
-    local -a missing=()
-    for p in "${PEER_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+    local -a wanted=() missing=()
+    mapfile -t wanted < <(list_entries package)
+    for p in "${wanted[@]}"; do installed "$p" || missing+=("$p"); done
     if [ "${#missing[@]}" = 0 ]; then
-        echo "peers already installed: prosody $(dpkg-query -W -f='${Version}' prosody)," \
-            "ejabberd $(dpkg-query -W -f='${Version}' ejabberd)"
-        return 0
+        echo "system packages already installed: ${wanted[*]}"
+    else
+        step "apt-get install -y ${missing[*]}"
+        local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}")
+        as_root "${install[@]}" || { as_root apt-get update && as_root "${install[@]}"; } || return 1
+        # The packages start system services where they can; the tests run their own.
+        local -a services=()
+        mapfile -t services < <(list_entries service)
+        for p in "${services[@]}"; do
+            if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop "$p" 2>/dev/null; fi
+            if command -v service >/dev/null 2>&1; then as_root service "$p" stop 2>/dev/null; fi
+        done
+        for p in "${wanted[@]}"; do
+            installed "$p" || { echo "$p is still not installed" >&2; return 1; }
+        done
     fi
-    step "apt-get install -y ${missing[*]}"
-    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}")
-    as_root "${install[@]}" || { as_root apt-get update && as_root "${install[@]}"; } || return 1
-    # The packages start system services where they can; the tests run their own.
-    for p in prosody ejabberd; do
-        if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop "$p" 2>/dev/null; fi
-        if command -v service >/dev/null 2>&1; then as_root service "$p" stop 2>/dev/null; fi
+    local -a commands=()
+    mapfile -t commands < <(list_entries command)
+    for p in "${commands[@]}"; do
+        command -v "$p" >/dev/null || [ -x "$p" ] || { echo "$p missing after the install" >&2; return 1; }
     done
-    for p in "${PEER_PACKAGES[@]}"; do
-        installed "$p" || { echo "$p is still not installed" >&2; return 1; }
+    local script
+    for script in "$ROOT"/scripts/setup.d/*.sh; do
+        [ -e "$script" ] || continue
+        step "setup: ${script#"$ROOT"/}"
+        bash "$script" || { echo "${script#"$ROOT"/} failed" >&2; return 1; }
     done
-    command -v prosody >/dev/null && [ -x /usr/sbin/ejabberdctl ] ||
-        { echo "prosody or ejabberdctl missing after the install" >&2; return 1; }
 }
 
 # -- Python environment -------------------------------------------------------------
@@ -215,8 +247,8 @@ fuzz_stage() {
 
 # -- the run --------------------------------------------------------------------------
 
-step "peers, python env, cargo fmt --check (in parallel)"
-run_parallel "peers (apt)|peers|peer_packages" "python env|python-env|python_env" \
+step "system packages, python env, cargo fmt --check (in parallel)"
+run_parallel "system packages (apt)|packages|system_packages" "python env|python-env|python_env" \
     "cargo fmt --check|fmt|rust_fmt" || true
 PY_OK=1
 [ -f "$STAMP" ] || PY_OK=0
