@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+pub mod bosh;
 pub mod datetime;
 pub mod jid;
 pub mod lang;
