@@ -133,11 +133,8 @@ fn strip_xml_declaration(bytes: &[u8]) -> &[u8] {
         // Only UTF-8 is read; a declaration naming another encoding is
         // refused by the framer as unsupported-encoding on a stream.
         let lower = decl.to_ascii_lowercase();
-        let names_other = lower
-            .windows(8)
-            .any(|w| w == b"encoding")
-            .then(|| !lower.windows(5).any(|w| w == b"utf-8"))
-            .unwrap_or(false);
+        let names_encoding = lower.windows(8).any(|w| w == b"encoding");
+        let names_other = names_encoding && !lower.windows(5).any(|w| w == b"utf-8");
         if !names_other {
             return &bytes[end + 2..];
         }
