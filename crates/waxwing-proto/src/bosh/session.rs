@@ -89,8 +89,9 @@ impl Response {
         Response::ok(render(&[], &[]))
     }
 
-    /// The recoverable `type='error'` (XEP-0124 §17.3).
-    fn recoverable() -> Self {
+    /// The recoverable `type='error'` (XEP-0124 §17.3): the client repeats
+    /// its unanswered requests.
+    pub fn recoverable() -> Self {
         Response::ok(render(&[("type", "error".to_owned())], &[]))
     }
 }
@@ -312,8 +313,13 @@ impl Session {
     /// request is held. Returns [`Session::is_full`] afterwards. Elements
     /// pushed after the session closed are dropped.
     pub fn push(&mut self, el: &Element, now: Instant) -> bool {
+        self.push_xml(serialize_payload(el), now)
+    }
+
+    /// [`Session::push`] for an element already serialized with
+    /// [`serialize_payload`].
+    pub fn push_xml(&mut self, xml: String, now: Instant) -> bool {
         if self.state == State::Open {
-            let xml = serialize_payload(el);
             self.outgoing_bytes += xml.len();
             self.outgoing.push(xml);
             self.flush(now);
@@ -321,16 +327,22 @@ impl Session {
         self.is_full()
     }
 
+    /// Whether the session still carries a stream (not closing or closed).
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
     /// The XMPP side ends the session, with the stream error it sends if
-    /// any. Queued payloads go out first, in the same answer (XEP-0206 §7).
-    pub fn close(&mut self, error: Option<&Element>, now: Instant) {
+    /// any (serialized with [`serialize_payload`]). Queued payloads go out
+    /// first, in the same answer (XEP-0206 §7).
+    pub fn close(&mut self, error: Option<String>, now: Instant) {
         if self.state != State::Open {
             return;
         }
         let mut payloads = std::mem::take(&mut self.outgoing);
         self.outgoing_bytes = 0;
         let condition = error.map(|e| {
-            payloads.push(serialize_payload(e));
+            payloads.push(e);
             BindingCondition::RemoteStreamError
         });
         let body: Arc<str> = terminate_body(condition, &payloads).into();

@@ -427,7 +427,7 @@ fn server_close_with_a_stream_error_reaches_the_client() {
     drain(&mut s);
     s.push(&msg("queued"), now);
     let err = crate::stanza::StreamError::new(crate::stanza::StreamCondition::Conflict);
-    s.close(Some(&err.to_element()), now);
+    s.close(Some(serialize_payload(&err.to_element())), now);
     assert!(drain(&mut s).responses.is_empty());
     s.handle(2, empty(102), now);
     let out = drain(&mut s);

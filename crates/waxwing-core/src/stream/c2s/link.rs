@@ -18,6 +18,7 @@ use waxwing_proto::sasl::ChannelBindingData;
 use waxwing_proto::stanza::StreamError;
 use waxwing_proto::xml::{Element, Limits, StreamEvent};
 
+use super::bosh::BoshLink;
 use super::tcp::TcpLink;
 
 /// What our answering stream header says (RFC 6120 §4.7).
@@ -45,7 +46,6 @@ pub(crate) struct Outgoing {
 
 impl Outgoing {
     /// Marks the end of one element (message-framed transports only).
-    #[cfg_attr(not(test), expect(dead_code, reason = "for message-framed transports"))]
     pub fn end_element(&mut self) {
         self.ends.push(self.text.len());
     }
@@ -62,7 +62,6 @@ impl Outgoing {
     }
 
     /// The elements one by one, for message-framed transports.
-    #[cfg_attr(not(test), expect(dead_code, reason = "for message-framed transports"))]
     pub fn elements(&self) -> impl Iterator<Item = &str> {
         let mut start = 0;
         self.ends.iter().map(move |&end| {
@@ -175,6 +174,7 @@ pub(crate) trait ClientTransport {
 /// The transports a client connection can have.
 pub(crate) enum Link {
     Tcp(TcpLink),
+    Bosh(BoshLink),
 }
 
 impl Link {
@@ -182,12 +182,14 @@ impl Link {
     pub fn tcp_mut(&mut self) -> Option<&mut TcpLink> {
         match self {
             Link::Tcp(t) => Some(t),
+            Link::Bosh(_) => None,
         }
     }
 
     pub fn tcp(&self) -> Option<&TcpLink> {
         match self {
             Link::Tcp(t) => Some(t),
+            Link::Bosh(_) => None,
         }
     }
 }
@@ -197,6 +199,7 @@ macro_rules! each {
     ($self:expr, $t:ident => $e:expr) => {
         match $self {
             Link::Tcp($t) => $e,
+            Link::Bosh($t) => $e,
         }
     };
 }

@@ -1,0 +1,252 @@
+//! The HTTP side of BOSH: `POST /http-bind` and its CORS preflight.
+//!
+//! A handler parses the `<body/>`, finds (or creates) the session, hands
+//! the request to it and waits for the answer the state machine gives it,
+//! which may be at once (payloads were waiting), after `wait` (empty), or
+//! when the client task writes something. Nothing here holds a lock across
+//! an `.await`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::post;
+use waxwing_proto::bosh::{
+    BindingCondition, Request, Response, Session, parse_request, unknown_session,
+    unreadable,
+};
+use waxwing_proto::stanza::{StreamCondition, StreamError};
+
+use super::{Bosh, Inner, PATH, Shared, timer_task};
+
+/// Bytes a body may have beyond the session's element size limit: the
+/// `<body/>` wrapper's own attributes.
+const WRAPPER_SLACK: usize = 1024;
+
+/// Requests of one session being handled at once, beyond which a request
+/// is refused (a client keeps at most `requests` = 2 open, plus one to
+/// pause or terminate, plus a resend).
+const MAX_IN_FLIGHT: usize = 4;
+
+/// The routes, for the shared HTTP listener. `secure`: whether that
+/// listener is HTTPS (the client's data reaches us encrypted).
+pub fn router(bosh: Arc<Bosh>, secure: bool) -> Router {
+    let limit = bosh.max_body_bytes();
+    Router::new()
+        .route(PATH, post(on_post).options(preflight))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(Endpoint { bosh, secure })
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    bosh: Arc<Bosh>,
+    secure: bool,
+}
+
+async fn preflight() -> HttpResponse {
+    let mut r = StatusCode::OK.into_response();
+    let h = r.headers_mut();
+    cors(h);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    r
+}
+
+/// BOSH carries no cookies and no ambient credentials (the session id is
+/// in the body), so any origin may use it, as with a TCP connection.
+fn cors(h: &mut axum::http::HeaderMap) {
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+}
+
+fn reply(r: Response) -> HttpResponse {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    let mut resp = (status, r.body.to_string()).into_response();
+    let h = resp.headers_mut();
+    // XEP-0124 §4: "text/xml; charset=utf-8" whatever the request said.
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/xml; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    cors(h);
+    resp
+}
+
+async fn on_post(
+    State(ep): State<Endpoint>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> HttpResponse {
+    reply(handle_body(&ep.bosh, peer, ep.secure, &body).await)
+}
+
+/// Answers one request body.
+pub(crate) async fn handle_body(
+    bosh: &Arc<Bosh>,
+    peer: SocketAddr,
+    secure: bool,
+    body: &[u8],
+) -> Response {
+    let req = match parse_request(body, bosh.parse_limits()) {
+        Ok(r) => r,
+        // Whoever sent it may not own the session it names: nothing is
+        // touched.
+        Err(e) => return unreadable(&e),
+    };
+    match req.sid.as_deref() {
+        None => create(bosh, peer, secure, req).await,
+        Some(sid) => match bosh.get(sid) {
+            Some(shared) => continue_session(&shared, req, body.len()).await,
+            None => unknown_session(),
+        },
+    }
+}
+
+async fn create(bosh: &Arc<Bosh>, peer: SocketAddr, secure: bool, req: Request) -> Response {
+    let Some(to) = req.to.as_deref() else {
+        return Response::terminate(BindingCondition::ImproperAddressing);
+    };
+    let host = waxwing_proto::jid::BareJid::domain_only(to)
+        .ok()
+        .map(|j| j.domain().to_string());
+    if !host.is_some_and(|h| bosh.server.config.is_local_host(&h)) {
+        return Response::terminate(BindingCondition::HostUnknown);
+    }
+    let sid: Arc<str> = new_sid().into();
+    let token = 0;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let session = Session::new(
+        sid.to_string(),
+        &bosh.policy,
+        req,
+        token,
+        Instant::now(),
+    );
+    let limits = crate::stream::c2s::initial_limits(&bosh.server);
+    let shared = Arc::new(Shared {
+        sid: sid.clone(),
+        inner: std::sync::Mutex::new(Inner {
+            session,
+            waiters: [(token, tx)].into_iter().collect(),
+            input: Default::default(),
+            input_bytes: 0,
+            unreported: 0,
+            charge: 0,
+            limits,
+            ended: false,
+        }),
+        input: Default::default(),
+        room: Default::default(),
+        timer: Default::default(),
+        secure,
+        peer,
+        next_token: AtomicU64::new(1),
+        in_flight: AtomicUsize::new(0),
+    });
+    {
+        let mut table = bosh.table();
+        if table.len() >= bosh.max_sessions {
+            drop(table);
+            tracing::warn!(%peer, max = bosh.max_sessions, "BOSH session refused: too many sessions");
+            return Response::terminate(BindingCondition::PolicyViolation);
+        }
+        table.insert(sid.clone(), shared.clone());
+    }
+    tracing::debug!(%peer, %sid, "BOSH session created");
+    {
+        let mut inner = shared.lock();
+        shared.dispatch(&mut inner);
+    }
+    let server = bosh.server.clone();
+    server
+        .background
+        .spawn(crate::stream::c2s::serve_bosh(server.clone(), shared.clone()));
+    tokio::spawn(timer_task(bosh.clone(), shared.clone()));
+    let wait = Duration::from_secs(bosh.policy.max_wait.as_secs());
+    await_answer(rx, wait).await
+}
+
+async fn continue_session(shared: &Arc<Shared>, mut req: Request, size: usize) -> Response {
+    let Some(_in_flight) = InFlight::enter(shared) else {
+        return Response::terminate(BindingCondition::PolicyViolation);
+    };
+    let limit = shared.limits().max_stanza_bytes;
+    if size > limit.saturating_add(WRAPPER_SLACK) && !req.payloads.is_empty() {
+        // The same rule as an oversized stanza on TCP (smaller before
+        // authentication): the stream ends with policy-violation, which
+        // this request carries back.
+        req.payloads.clear();
+        shared.fail_input(
+            StreamError::new(StreamCondition::PolicyViolation)
+                .with_text(format!("request body larger than {limit} bytes")),
+        );
+    }
+    let wait = shared.lock().session.wait();
+    if !shared.wait_for_room(wait.max(Duration::from_secs(1))).await {
+        // XEP-0124 §17.3: the client repeats the request.
+        return Response::recoverable();
+    }
+    let rx = shared.handle(shared.next_token(), req);
+    await_answer(rx, wait).await
+}
+
+/// Waits for the state machine's answer. It always gives one within
+/// `wait`; the guard only protects the connection against a bug.
+async fn await_answer(
+    rx: tokio::sync::oneshot::Receiver<Response>,
+    wait: Duration,
+) -> Response {
+    match tokio::time::timeout(wait + Duration::from_secs(10), rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => unknown_session(),
+        Err(_) => {
+            tracing::warn!("BOSH request not answered in time");
+            Response::recoverable()
+        }
+    }
+}
+
+/// Counts a session's requests being handled while it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Option<Self> {
+        let n = shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(shared);
+        (n < MAX_IN_FLIGHT).then_some(guard)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// 128 random bits: XEP-0124 §14.1 wants the sid unpredictable, and it is
+/// the only credential a request carries.
+fn new_sid() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
