@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::{Extension, Router};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
 use waxwing_proto::bosh::{
@@ -22,8 +22,12 @@ use waxwing_proto::bosh::{
     unreadable,
 };
 use waxwing_proto::stanza::{StreamCondition, StreamError};
+use waxwing_proto::xml::Limits;
 
-use super::{Bosh, Inner, PATH, Shared, timer_task};
+use super::{Inner, PATH, Shared, timer_task};
+use crate::http::Secure;
+use crate::http::security::check_origin;
+use crate::router::Server;
 
 /// Bytes a body may have beyond the session's element size limit: the
 /// `<body/>` wrapper's own attributes.
@@ -34,26 +38,43 @@ const WRAPPER_SLACK: usize = 1024;
 /// pause or terminate, plus a resend).
 const MAX_IN_FLIGHT: usize = 4;
 
-/// The routes, for the shared HTTP listener. `secure`: whether that
-/// listener is HTTPS (the client's data reaches us encrypted).
-pub fn router(bosh: Arc<Bosh>, secure: bool) -> Router {
-    let limit = bosh.max_body_bytes();
+/// The routes, for the shared HTTP listener's "unlimited" set: requests
+/// are held up to `wait`, longer than the common request timeout, and the
+/// body limit is BOSH's own.
+pub(crate) fn routes() -> Router<Arc<Server>> {
     Router::new()
         .route(PATH, post(on_post).options(preflight))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(Endpoint { bosh, secure })
+        .layer(DefaultBodyLimit::disable())
 }
 
-#[derive(Clone)]
-struct Endpoint {
-    bosh: Arc<Bosh>,
-    secure: bool,
+/// The largest body: one element of the largest size plus the wrapper.
+fn max_body_bytes(server: &Server) -> usize {
+    server.config.max_stanza_bytes + WRAPPER_SLACK
 }
 
-async fn preflight() -> HttpResponse {
+/// Limits for a body before its session is known: the largest any
+/// session may have. The session's own (smaller before authentication)
+/// are applied once it is found.
+fn parse_limits(server: &Server) -> Limits {
+    let c = &server.config;
+    Limits {
+        max_stanza_bytes: c.max_stanza_bytes + WRAPPER_SLACK,
+        max_depth: c.max_depth,
+        max_attrs: c.max_attributes,
+    }
+}
+
+async fn preflight(
+    State(server): State<Arc<Server>>,
+    Extension(secure): Extension<Secure>,
+    headers: HeaderMap,
+) -> HttpResponse {
+    if let Err(refused) = check_origin(&server.config, &headers, secure) {
+        return refused.into_response();
+    }
     let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
-    cors(h);
+    cors(h, &headers);
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("POST, OPTIONS"),
@@ -69,16 +90,17 @@ async fn preflight() -> HttpResponse {
     r
 }
 
-/// BOSH carries no cookies and no ambient credentials (the session id is
-/// in the body), so any origin may use it, as with a TCP connection.
-fn cors(h: &mut axum::http::HeaderMap) {
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+/// Lets the page of an origin that passed `check_origin` read the answer.
+/// BOSH carries no cookies (the session id is in the body), so no
+/// credentials are allowed.
+fn cors(h: &mut HeaderMap, request: &HeaderMap) {
+    if let Some(origin) = request.get(header::ORIGIN) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
 }
 
-fn reply(r: Response) -> HttpResponse {
+fn reply(r: Response, request: &HeaderMap) -> HttpResponse {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
     let mut resp = (status, r.body.to_string()).into_response();
     let h = resp.headers_mut();
@@ -88,48 +110,68 @@ fn reply(r: Response) -> HttpResponse {
         HeaderValue::from_static("text/xml; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    cors(h);
+    cors(h, request);
     resp
 }
 
 async fn on_post(
-    State(ep): State<Endpoint>,
+    State(server): State<Arc<Server>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
+    Extension(secure): Extension<Secure>,
+    headers: HeaderMap,
+    body: Body,
 ) -> HttpResponse {
-    reply(handle_body(&ep.bosh, peer, ep.secure, &body).await)
+    if let Err(refused) = check_origin(&server.config, &headers, secure) {
+        return refused.into_response();
+    }
+    // Read under our own limit: the route is outside the common one.
+    let limit = max_body_bytes(&server);
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            let r = Response::terminate(BindingCondition::PolicyViolation);
+            let mut r = reply(r, &headers);
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return r;
+        }
+    };
+    // Traffic between loopback addresses never leaves the host: a local
+    // reverse proxy that terminates TLS, or a client on this machine.
+    let secure = secure.0 || peer.ip().is_loopback();
+    reply(handle_body(&server, peer, secure, &body).await, &headers)
 }
 
 /// Answers one request body.
 pub(crate) async fn handle_body(
-    bosh: &Arc<Bosh>,
+    server: &Arc<Server>,
     peer: SocketAddr,
     secure: bool,
     body: &[u8],
 ) -> Response {
-    let req = match parse_request(body, bosh.parse_limits()) {
+    let req = match parse_request(body, parse_limits(server)) {
         Ok(r) => r,
         // Whoever sent it may not own the session it names: nothing is
         // touched.
         Err(e) => return unreadable(&e),
     };
     match req.sid.as_deref() {
-        None => create(bosh, peer, secure, req).await,
-        Some(sid) => match bosh.get(sid) {
+        None => create(server, peer, secure, req).await,
+        Some(sid) => match server.bosh.get(sid) {
             Some(shared) => continue_session(&shared, req, body.len()).await,
             None => unknown_session(),
         },
     }
 }
 
-async fn create(bosh: &Arc<Bosh>, peer: SocketAddr, secure: bool, req: Request) -> Response {
+async fn create(server: &Arc<Server>, peer: SocketAddr, secure: bool, req: Request) -> Response {
+    let bosh = &server.bosh;
     let Some(to) = req.to.as_deref() else {
         return Response::terminate(BindingCondition::ImproperAddressing);
     };
     let host = waxwing_proto::jid::BareJid::domain_only(to)
         .ok()
         .map(|j| j.domain().to_string());
-    if !host.is_some_and(|h| bosh.server.config.is_local_host(&h)) {
+    if !host.is_some_and(|h| server.config.is_local_host(&h)) {
         return Response::terminate(BindingCondition::HostUnknown);
     }
     let sid: Arc<str> = new_sid().into();
@@ -142,7 +184,7 @@ async fn create(bosh: &Arc<Bosh>, peer: SocketAddr, secure: bool, req: Request) 
         token,
         Instant::now(),
     );
-    let limits = crate::stream::c2s::initial_limits(&bosh.server);
+    let limits = crate::stream::c2s::initial_limits(server);
     let shared = Arc::new(Shared {
         sid: sid.clone(),
         inner: std::sync::Mutex::new(Inner {
@@ -177,12 +219,13 @@ async fn create(bosh: &Arc<Bosh>, peer: SocketAddr, secure: bool, req: Request) 
         let mut inner = shared.lock();
         shared.dispatch(&mut inner);
     }
-    let server = bosh.server.clone();
     server
         .background
         .spawn(crate::stream::c2s::serve_bosh(server.clone(), shared.clone()));
-    tokio::spawn(timer_task(bosh.clone(), shared.clone()));
-    let wait = Duration::from_secs(bosh.policy.max_wait.as_secs());
+    // Not tracked for shutdown: it ends with the session, at the latest
+    // `inactivity` after the client task said goodbye.
+    tokio::spawn(timer_task(server.clone(), shared.clone()));
+    let wait = shared.lock().session.wait();
     await_answer(rx, wait).await
 }
 

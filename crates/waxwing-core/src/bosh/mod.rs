@@ -30,33 +30,21 @@ use waxwing_proto::ns;
 use waxwing_proto::stanza::StreamError;
 use waxwing_proto::xml::{Limits, StreamEvent, StreamHeader};
 
+pub use crate::config::BoshConfig;
 use crate::router::Server;
-
-/// What the operator configures (`[bosh]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BoshConfig {
-    pub enabled: bool,
-    /// Sessions at once, server-wide.
-    pub max_sessions: usize,
-    pub max_wait: Duration,
-    pub inactivity: Duration,
-    pub max_pause: Duration,
-}
-
-impl Default for BoshConfig {
-    fn default() -> Self {
-        BoshConfig {
-            enabled: true,
-            max_sessions: 10_000,
-            max_wait: Duration::from_secs(60),
-            inactivity: Duration::from_secs(30),
-            max_pause: Duration::from_secs(120),
-        }
-    }
-}
 
 /// The URL path BOSH is served at, the one clients and XEP-0156 expect.
 pub const PATH: &str = "/http-bind";
+
+/// Mounts BOSH on the HTTP listener and announces it (XEP-0156), when on.
+pub(crate) fn register(http: &mut crate::http::HttpRoutes, cfg: &BoshConfig) {
+    if !cfg.enabled {
+        return;
+    }
+    http.unlimited = std::mem::take(&mut http.unlimited).merge(http::routes());
+    http.alt_connections
+        .push((crate::http::AltConnection::Bosh, PATH.to_owned()));
+}
 
 /// Payload bytes the client task has not read yet, past which a session's
 /// new requests wait (the HTTP equivalent of TCP backpressure).
@@ -65,17 +53,16 @@ const MAX_UNREAD_BYTES: usize = 512 * 1024;
 /// Outgoing payloads waiting for a request, per session.
 const MAX_OUTGOING_BYTES: usize = 256 * 1024;
 
-/// The BOSH service: the session table and what creating a session needs.
+/// The BOSH service (`Server::bosh`): the session table and the policy.
 pub struct Bosh {
-    server: Arc<Server>,
     policy: Policy,
     max_sessions: usize,
     sessions: Mutex<HashMap<Arc<str>, Arc<Shared>>>,
 }
 
 impl Bosh {
-    pub fn new(server: Arc<Server>, cfg: &BoshConfig) -> Arc<Self> {
-        Arc::new(Bosh {
+    pub fn new(cfg: &BoshConfig) -> Self {
+        Bosh {
             policy: Policy {
                 max_wait: cfg.max_wait,
                 max_hold: 1,
@@ -85,9 +72,8 @@ impl Bosh {
                 max_outgoing_bytes: MAX_OUTGOING_BYTES,
             },
             max_sessions: cfg.max_sessions,
-            server,
             sessions: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Shared>>> {
@@ -103,22 +89,6 @@ impl Bosh {
         self.table().get(sid).cloned()
     }
 
-    /// Limits for a request body before its session is known: the largest
-    /// any session may have. The session's own (smaller before
-    /// authentication) are checked once it is found.
-    fn parse_limits(&self) -> Limits {
-        let c = &self.server.config;
-        Limits {
-            max_stanza_bytes: c.max_stanza_bytes,
-            max_depth: c.max_depth,
-            max_attrs: c.max_attributes,
-        }
-    }
-
-    /// The HTTP body limit: the largest body plus room for the wrapper.
-    pub fn max_body_bytes(&self) -> usize {
-        self.server.config.max_stanza_bytes + 4096
-    }
 }
 
 /// One BOSH session, shared by its HTTP requests, its client task and its
@@ -376,7 +346,7 @@ impl Inner {
 }
 
 /// Runs a session's timers until it ends, then removes it from the table.
-async fn timer_task(bosh: Arc<Bosh>, shared: Arc<Shared>) {
+async fn timer_task(server: Arc<Server>, shared: Arc<Shared>) {
     loop {
         let kicked = shared.timer.notified();
         tokio::pin!(kicked);
@@ -401,5 +371,5 @@ async fn timer_task(bosh: Arc<Bosh>, shared: Arc<Shared>) {
             None => kicked.await,
         }
     }
-    bosh.table().remove(&shared.sid);
+    server.bosh.table().remove(&shared.sid);
 }
