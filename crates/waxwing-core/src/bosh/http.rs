@@ -208,6 +208,11 @@ async fn create(server: &Arc<Server>, peer: SocketAddr, secure: bool, req: Reque
     {
         let mut table = bosh.table();
         if table.len() >= bosh.max_sessions {
+            // Ended sessions leave the table from their timer task, soon;
+            // at the cap, make sure none of them is in the way.
+            table.retain(|_, s| !s.lock().session.is_closed());
+        }
+        if table.len() >= bosh.max_sessions {
             drop(table);
             tracing::warn!(%peer, max = bosh.max_sessions, "BOSH session refused: too many sessions");
             return Response::terminate(BindingCondition::PolicyViolation);

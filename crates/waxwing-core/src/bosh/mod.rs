@@ -139,9 +139,16 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Performs the state machine's actions. Called with the lock held,
-    /// after every input to it.
+    /// Performs the state machine's actions and lets the timer task know
+    /// its deadlines may have moved. Called with the lock held, after every
+    /// input to the state machine but the timer's own.
     fn dispatch(&self, inner: &mut Inner) {
+        self.perform(inner);
+        self.timer.notify_one();
+    }
+
+    /// Performs the state machine's actions.
+    fn perform(&self, inner: &mut Inner) {
         let mut woke = false;
         while let Some(action) = inner.session.poll_action() {
             match action {
@@ -188,7 +195,6 @@ impl Shared {
             self.input.notify_one();
         }
         self.room.notify_waiters();
-        self.timer.notify_one();
     }
 
     // ---- for the client task (the BOSH link) ----
@@ -354,7 +360,8 @@ async fn timer_task(server: Arc<Server>, shared: Arc<Shared>) {
         let due = {
             let mut inner = shared.lock();
             inner.session.handle_timeout(Instant::now());
-            shared.dispatch(&mut inner);
+            // Not `dispatch`: kicking ourselves would spin.
+            shared.perform(&mut inner);
             if inner.session.is_closed() {
                 break;
             }
