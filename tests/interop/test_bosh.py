@@ -40,6 +40,7 @@ def node(xmpp):
 async def test_strophe_logs_in_uses_the_roster_and_chats_with_a_tcp_client(server, xmpp, node):
     srv = server(users=USERS)
     bob = await xmpp.login(srv, BOB, USERS[BOB])
+    await bob.online()
     alice = await node("strophe-alice")
     await alice.connect(url(srv), f"{ALICE}/web", USERS[ALICE])
 
@@ -77,6 +78,7 @@ async def test_strophe_with_a_wrong_password_fails_auth(server, node):
 async def test_out_of_order_request_ids_are_processed_in_order(server, xmpp):
     srv = server(users=USERS)
     bob = await xmpp.login(srv, BOB, USERS[BOB])
+    await bob.online()
     raw = RawBosh(srv.http_port)
     await raw.login("alice", USERS[ALICE])
     first, second = raw.rid + 1, raw.rid + 2
@@ -146,7 +148,8 @@ async def test_inactivity_ends_the_session(server, xmpp):
     assert features.get("inactivity") == "2" and features.get("wait") == "1"
     await raw.login_after_create("alice", USERS[ALICE])
     # Directed presence: bob is told when the session ends (RFC 6121 §4.6.3).
-    await raw.send(f"<presence xmlns='jabber:client' to='{bob.jid}'/>")
+    await raw.send("<presence xmlns='jabber:client'/>"
+                   f"<presence xmlns='jabber:client' to='{bob.jid}'/>")
     await bob.expect_presence(sender=f"{ALICE}/raw")
     await bob.expect_presence(sender=f"{ALICE}/raw", ptype="unavailable")
     status, text = await raw.post(body(raw.next_rid(), raw.sid))
@@ -171,7 +174,8 @@ async def test_client_terminate_sends_unavailable_and_cross_origin_is_checked(se
     bob = await xmpp.login(srv, BOB, USERS[BOB])
     raw = RawBosh(srv.http_port)
     await raw.login("alice", USERS[ALICE])
-    await raw.send(f"<presence xmlns='jabber:client' to='{bob.jid}'/>")
+    await raw.send("<presence xmlns='jabber:client'/>"
+                   f"<presence xmlns='jabber:client' to='{bob.jid}'/>")
     await bob.expect_presence(sender=f"{ALICE}/raw")
     r = await raw.send("<presence xmlns='jabber:client' type='unavailable'/>", type="terminate")
     assert r.get("type") == "terminate", ET.tostring(r)

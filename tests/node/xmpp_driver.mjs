@@ -16,6 +16,11 @@ import { createRequire } from "node:module";
 import readline from "node:readline";
 
 const require = createRequire(import.meta.url);
+// stdout carries only our JSON events: the library's own logging goes to
+// stderr with the wire.
+for (const level of ["log", "debug", "info", "warn", "error"]) {
+  console[level] = (...args) => process.stderr.write(args.map(String).join(" ") + "\n");
+}
 // strophe.js's Node build brings the DOM (xmldom) and WebSocket (ws); BOSH
 // also needs XMLHttpRequest, which Node lacks. xhr2 emulates it but has no
 // `responseXML`, which browsers fill in for XML answers and strophe.js

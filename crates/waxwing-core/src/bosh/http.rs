@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::{Extension, Router};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
+use axum::{Extension, Router};
 use waxwing_proto::bosh::{
-    BindingCondition, Request, Response, Session, parse_request, unknown_session,
-    unreadable,
+    BindingCondition, Request, Response, Session, parse_request, unknown_session, unreadable,
 };
 use waxwing_proto::stanza::{StreamCondition, StreamError};
 use waxwing_proto::xml::Limits;
@@ -177,13 +176,7 @@ async fn create(server: &Arc<Server>, peer: SocketAddr, secure: bool, req: Reque
     let sid: Arc<str> = new_sid().into();
     let token = 0;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let session = Session::new(
-        sid.to_string(),
-        &bosh.policy,
-        req,
-        token,
-        Instant::now(),
-    );
+    let session = Session::new(sid.to_string(), &bosh.policy, req, token, Instant::now());
     let limits = crate::stream::c2s::initial_limits(server);
     let shared = Arc::new(Shared {
         sid: sid.clone(),
@@ -224,9 +217,10 @@ async fn create(server: &Arc<Server>, peer: SocketAddr, secure: bool, req: Reque
         let mut inner = shared.lock();
         shared.dispatch(&mut inner);
     }
-    server
-        .background
-        .spawn(crate::stream::c2s::serve_bosh(server.clone(), shared.clone()));
+    server.background.spawn(crate::stream::c2s::serve_bosh(
+        server.clone(),
+        shared.clone(),
+    ));
     // Not tracked for shutdown: it ends with the session, at the latest
     // `inactivity` after the client task said goodbye.
     tokio::spawn(timer_task(server.clone(), shared.clone()));
@@ -260,10 +254,7 @@ async fn continue_session(shared: &Arc<Shared>, mut req: Request, size: usize) -
 
 /// Waits for the state machine's answer. It always gives one within
 /// `wait`; the guard only protects the connection against a bug.
-async fn await_answer(
-    rx: tokio::sync::oneshot::Receiver<Response>,
-    wait: Duration,
-) -> Response {
+async fn await_answer(rx: tokio::sync::oneshot::Receiver<Response>, wait: Duration) -> Response {
     match tokio::time::timeout(wait + Duration::from_secs(10), rx).await {
         Ok(Ok(r)) => r,
         Ok(Err(_)) => unknown_session(),

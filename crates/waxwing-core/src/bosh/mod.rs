@@ -88,7 +88,6 @@ impl Bosh {
     fn get(&self, sid: &str) -> Option<Arc<Shared>> {
         self.table().get(sid).cloned()
     }
-
 }
 
 /// One BOSH session, shared by its HTTP requests, its client task and its
@@ -159,9 +158,7 @@ impl Shared {
                         let _ = tx.send(response);
                     }
                 }
-                Action::StreamStart {
-                    to, from, lang, ..
-                } => {
+                Action::StreamStart { to, from, lang, .. } => {
                     let header = StreamHeader {
                         ns: ns::CLIENT.to_owned(),
                         to,
