@@ -24,6 +24,7 @@ pub mod push;
 pub mod register;
 pub mod roster;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod version;
 
