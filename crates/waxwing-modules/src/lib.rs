@@ -27,6 +27,7 @@ pub mod time;
 pub mod upload;
 pub mod vcard;
 pub mod version;
+pub mod web_client;
 
 use waxwing_proto::stanza::{Condition, StanzaError};
 
