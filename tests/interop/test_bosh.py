@@ -12,7 +12,7 @@ import pytest
 
 from wxtest import DOMAIN
 from wxtest.bosh import RawBosh, body, condition, texts
-from wxtest.node import NodeClient
+from wxtest.strophe import StropheClient
 
 import xml.etree.ElementTree as ET
 
@@ -29,8 +29,8 @@ def url(srv) -> str:
 @pytest.fixture
 def node(xmpp):
     """Factory of strophe.js clients, closed with the test's slixmpp clients."""
-    async def new(label: str) -> NodeClient:
-        c = await NodeClient(label).start()
+    async def new(label: str) -> StropheClient:
+        c = await StropheClient(label).start()
         xmpp.clients.append(c)
         return c
 

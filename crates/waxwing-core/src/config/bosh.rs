@@ -16,6 +16,9 @@ pub struct BoshConfig {
     pub inactivity: Duration,
     /// Longest pause a client may ask for (XEP-0124 §12).
     pub max_pause: Duration,
+    /// Requests from a loopback address count as encrypted (a local
+    /// reverse proxy terminating TLS, or a client on this machine).
+    pub loopback_is_secure: bool,
 }
 
 impl Default for BoshConfig {
@@ -31,5 +34,6 @@ pub(super) fn bosh_config(b: &raw::Bosh) -> BoshConfig {
         max_wait: Duration::from_secs(b.max_wait_secs),
         inactivity: Duration::from_secs(b.inactivity_secs),
         max_pause: Duration::from_secs(b.max_pause_secs),
+        loopback_is_secure: b.loopback_is_secure,
     }
 }

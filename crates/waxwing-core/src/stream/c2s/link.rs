@@ -20,6 +20,7 @@ use waxwing_proto::xml::{Element, Limits, StreamEvent};
 
 use super::bosh::BoshLink;
 use super::tcp::TcpLink;
+use super::websocket::WsLink;
 
 /// What our answering stream header says (RFC 6120 §4.7).
 pub(crate) struct StreamOpen<'a> {
@@ -172,9 +173,16 @@ pub(crate) trait ClientTransport {
 }
 
 /// The transports a client connection can have.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "TCP, the common case, is kept inline in the task; the rarer WebSocket is boxed"
+)]
 pub(crate) enum Link {
     Tcp(TcpLink),
     Bosh(BoshLink),
+    /// Boxed: the WebSocket state is larger than the TCP link's, and every
+    /// TCP session would otherwise carry its size.
+    WebSocket(Box<WsLink>),
 }
 
 impl Link {
@@ -183,6 +191,7 @@ impl Link {
         match self {
             Link::Tcp(t) => Some(t),
             Link::Bosh(_) => None,
+            Link::WebSocket(_) => None,
         }
     }
 
@@ -190,6 +199,7 @@ impl Link {
         match self {
             Link::Tcp(t) => Some(t),
             Link::Bosh(_) => None,
+            Link::WebSocket(_) => None,
         }
     }
 }
@@ -200,6 +210,7 @@ macro_rules! each {
         match $self {
             Link::Tcp($t) => $e,
             Link::Bosh($t) => $e,
+            Link::WebSocket($t) => $e,
         }
     };
 }

@@ -34,6 +34,7 @@ mod resumption;
 mod sasl2;
 mod session;
 mod tcp;
+pub(crate) mod websocket;
 
 use link::{ClientTransport, Link, Outgoing, StreamOpen};
 pub(crate) use resumption::ResumptionTable;
