@@ -136,8 +136,7 @@ async fn on_post(
     };
     // Traffic between loopback addresses never leaves the host: a local
     // reverse proxy that terminates TLS, or a client on this machine.
-    let secure =
-        secure.0 || (server.config.bosh.loopback_is_secure && peer.ip().is_loopback());
+    let secure = secure.0 || (server.config.bosh.loopback_is_secure && peer.ip().is_loopback());
     reply(handle_body(&server, peer, secure, &body).await, &headers)
 }
 
