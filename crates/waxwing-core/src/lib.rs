@@ -77,8 +77,8 @@ pub async fn start_with_stores(
 ) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)?;
     let mut registry = Registrar::build(modules)?;
-    bosh::register(&mut registry.http, &config.bosh);
     stream::c2s::websocket::register(&mut registry, &config);
+    bosh::register(&mut registry.http, &config.bosh);
     let tls = tls::TlsContext::load(&config)?;
     let s2s = s2s::S2sManager::new(&config, &tls)?;
     s2s.defences.load(&*stores.reputation).await?;
