@@ -180,3 +180,39 @@ async def test_client_terminate_sends_unavailable_and_cross_origin_is_checked(se
     r = await raw.send("<presence xmlns='jabber:client' type='unavailable'/>", type="terminate")
     assert r.get("type") == "terminate", ET.tostring(r)
     await bob.expect_presence(sender=f"{ALICE}/raw", ptype="unavailable")
+
+
+async def test_session_started_on_bosh_resumes_on_tcp(server, xmpp):
+    """XEP-0198 across transports: stream management enabled over BOSH; a
+    TCP connection resumes the session and gets what BOSH never delivered."""
+    srv = server(users=USERS)
+    bob = await xmpp.login(srv, BOB, USERS[BOB])
+    raw = RawBosh(srv.http_port)
+    jid = await raw.login("alice", USERS[ALICE])
+    r = await raw.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    enabled = r.find("{urn:xmpp:sm:3}enabled")
+    assert enabled is not None and enabled.get("id"), ET.tostring(r)
+    # One message arrives over BOSH (h = 1), the next is left unread.
+    poll = asyncio.create_task(raw.send())
+    bob.send_message(jid, "one")
+    assert "one" in texts(await poll)
+    bob.send_message(jid, "two")
+    await bob.sync()
+
+    alice_tcp = xmpp.new(srv, ALICE, USERS[ALICE])
+    alice_tcp.x.register_plugin("xep_0198")
+    plugin = alice_tcp.x.plugin["xep_0198"]
+    plugin.sm_id = enabled.get("id")
+    plugin.handled = 1
+    plugin.allow_resume = True
+    fut = asyncio.get_running_loop().create_future()
+    alice_tcp.x.add_event_handler(
+        "session_resumed", lambda ev: fut.done() or fut.set_result(ev), disposable=True)
+    alice_tcp.x.connect(host="127.0.0.1", port=srv.c2s_port)
+    await asyncio.wait_for(fut, 30)
+    got = await alice_tcp.expect_message(body="two")
+    assert str(got["to"]) == jid, got
+    assert not alice_tcp.messages.matching(lambda m: str(m["body"]) == "one")
+    # The BOSH session ended with the move.
+    status, text = await raw.post(body(raw.next_rid(), raw.sid))
+    assert ET.fromstring(text).get("type") == "terminate", text
