@@ -216,3 +216,18 @@ async def test_session_started_on_bosh_resumes_on_tcp(server, xmpp):
     # The BOSH session ended with the move.
     status, text = await raw.post(body(raw.next_rid(), raw.sid))
     assert ET.fromstring(text).get("type") == "terminate", text
+
+
+async def test_a_body_over_the_size_limit_ends_the_stream_as_on_tcp(server):
+    """Before authentication a body may be at most max_stanza_bytes_before_auth
+    (as a stanza on TCP): a larger one ends the stream with policy-violation."""
+    srv = server({"limits": {"max_stanza_bytes_before_auth": 2000}}, users=USERS)
+    raw = RawBosh(srv.http_port)
+    await raw.create()
+    big = "<message xmlns='jabber:client'><body>" + "x" * 5000 + "</body></message>"
+    r = await raw.send(big)
+    assert condition(r) == ("terminate", "remote-stream-error"), ET.tostring(r)
+    err = r.find("{http://etherx.jabber.org/streams}error")
+    assert err is not None, ET.tostring(r)
+    assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None, \
+        ET.tostring(r)
