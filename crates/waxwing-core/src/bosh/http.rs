@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -23,7 +23,7 @@ use waxwing_proto::bosh::{
 use waxwing_proto::stanza::{StreamCondition, StreamError};
 use waxwing_proto::xml::Limits;
 
-use super::{Inner, PATH, Shared, timer_task};
+use super::{PATH, Shared, timer_task};
 use crate::http::Secure;
 use crate::http::security::check_origin;
 use crate::router::Server;
@@ -178,26 +178,14 @@ async fn create(server: &Arc<Server>, peer: SocketAddr, secure: bool, req: Reque
     let (tx, rx) = tokio::sync::oneshot::channel();
     let session = Session::new(sid.to_string(), &bosh.policy, req, token, Instant::now());
     let limits = crate::stream::c2s::initial_limits(server);
-    let shared = Arc::new(Shared {
-        sid: sid.clone(),
-        inner: std::sync::Mutex::new(Inner {
-            session,
-            waiters: [(token, tx)].into_iter().collect(),
-            input: Default::default(),
-            input_bytes: 0,
-            unreported: 0,
-            charge: 0,
-            limits,
-            ended: false,
-        }),
-        input: Default::default(),
-        room: Default::default(),
-        timer: Default::default(),
+    let shared = Arc::new(Shared::new(
+        sid.clone(),
+        session,
+        (token, tx),
+        limits,
         secure,
         peer,
-        next_token: AtomicU64::new(1),
-        in_flight: AtomicUsize::new(0),
-    });
+    ));
     {
         let mut table = bosh.table();
         if table.len() >= bosh.max_sessions {
