@@ -231,3 +231,37 @@ async def test_a_body_over_the_size_limit_ends_the_stream_as_on_tcp(server):
     assert err is not None, ET.tostring(r)
     assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None, \
         ET.tostring(r)
+
+
+async def test_session_started_on_tcp_resumes_on_bosh(server, xmpp):
+    srv = server(users=USERS)
+    alice_tcp = xmpp.new(srv, f"{ALICE}/phone", USERS[ALICE])
+    alice_tcp.x.register_plugin("xep_0198")
+    fut = asyncio.get_running_loop().create_future()
+    alice_tcp.x.add_event_handler(
+        "sm_enabled", lambda ev: fut.done() or fut.set_result(ev), disposable=True)
+    await alice_tcp.login()
+    await asyncio.wait_for(fut, 30)
+    plugin = alice_tcp.x.plugin["xep_0198"]
+    assert plugin.sm_id, "server did not offer resumption"
+    bob = await xmpp.login(srv, BOB, USERS[BOB])
+    await bob.online()
+    alice_tcp.kill()
+    await alice_tcp.wait_disconnected()
+    bob.send_message(f"{ALICE}/phone", "waiting for the web page")
+    await bob.sync()
+
+    raw = RawBosh(srv.http_port)
+    await raw.create()
+    await raw.authenticate("alice", USERS[ALICE])
+    r = await raw.send(f"<resume xmlns='urn:xmpp:sm:3' previd='{plugin.sm_id}' "
+                       f"h='{plugin.handled}'/>")
+    assert r.find("{urn:xmpp:sm:3}resumed") is not None, ET.tostring(r)
+    got = r if "waiting for the web page" in texts(r) else await raw.send()
+    assert "waiting for the web page" in texts(got), ET.tostring(got)
+    poll = asyncio.create_task(raw.send(
+        f"<message xmlns='jabber:client' to='{BOB}' type='chat'><body>from BOSH</body></message>"))
+    msg = await bob.expect_message(body="from BOSH")
+    assert str(msg["from"]) == f"{ALICE}/phone"
+    bob.send_message(f"{ALICE}/phone", "done")
+    assert "done" in texts(await poll) or "done" in texts(await raw.send())
