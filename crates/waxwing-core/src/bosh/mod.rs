@@ -120,7 +120,9 @@ struct Inner {
     input_bytes: usize,
     /// Bytes received since the client task last asked (its rate limit).
     unreported: usize,
-    /// Request bytes not yet attached to an input event.
+    /// Bytes of the request being handled, attached to the first input
+    /// event it produces (what the client task has not read yet is
+    /// bounded by them).
     charge: usize,
     /// The client task's current element limits.
     limits: Limits,
@@ -330,10 +332,17 @@ impl Shared {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
         inner.waiters.insert(token, tx);
-        inner.charge += req.size;
-        inner.unreported += req.size;
+        // Only bodies that carry payloads count, like the bytes of stanzas
+        // on TCP: a long-idle client's empty polls must not add up to a
+        // debt its next message pays under the read rate limit.
+        if !req.payloads.is_empty() {
+            inner.charge = req.size;
+            inner.unreported += req.size;
+        }
         inner.session.handle(token, req, Instant::now());
         self.dispatch(&mut inner);
+        // Payloads that wait for an earlier request are not charged twice.
+        inner.charge = 0;
         rx
     }
 
