@@ -6,6 +6,7 @@ pub mod config;
 pub mod credentials;
 pub mod hooks;
 pub(crate) mod isolate;
+pub mod link_local;
 pub mod listen;
 pub mod metrics;
 mod private_file;

@@ -110,6 +110,31 @@ pub struct Config {
     pub compression_enabled: bool,
     /// Inflated bytes allowed per compressed byte (plus a fixed slack).
     pub compression_max_ratio: u64,
+    pub link_local: LinkLocalConfig,
+}
+
+/// `[link_local]`, validated (XEP-0174 and its bridge).
+#[derive(Debug, Clone)]
+pub struct LinkLocalConfig {
+    pub enabled: bool,
+    /// Interface name or one of its addresses; `None` only when disabled.
+    pub interface: Option<String>,
+    pub port: u16,
+    /// Empty: the machine's host name, found at start.
+    pub machine: String,
+    /// Gateway domain per host, in host order (`lan.example.org`).
+    pub gateways: Vec<String>,
+    /// Accounts announced on the LAN.
+    pub users: Vec<BareJid>,
+    pub publish_jid: bool,
+    pub tls: bool,
+    pub require_tls: bool,
+    pub max_peers: usize,
+    pub max_streams: usize,
+    pub stanza_rate: u64,
+    pub stanza_burst: u64,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// `[muc]`, validated.
@@ -381,6 +406,7 @@ impl Config {
         let s2s_listen = addrs(&f.listen.s2s, "s2s")?;
         let s2s_direct_tls = addrs(&f.listen.s2s_direct_tls, "s2s_direct_tls")?;
         let s2s = s2s_config(&f.s2s, source)?;
+        let link_local = link_local_config(&f.link_local, &hosts, source)?;
         Ok(Config {
             data_dir,
             hosts,
@@ -439,6 +465,7 @@ impl Config {
             pubsub,
             compression_enabled: f.compression.enabled,
             compression_max_ratio: f.compression.max_ratio,
+            link_local,
         })
     }
 
@@ -781,6 +808,44 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "0 would refuse every dialback",
         ),
         Bound {
+            table: "link_local",
+            key: "max_peers",
+            value: n(f.link_local.max_peers),
+            min: 1,
+            max: 10_000,
+            why: "every peer is a table entry and, for bridged users, a contact; a LAN has far fewer",
+        },
+        Bound {
+            table: "link_local",
+            key: "max_streams",
+            value: n(f.link_local.max_streams),
+            min: 1,
+            max: 10_000,
+            why: "each serverless stream is a connection and a task",
+        },
+        Bound {
+            table: "link_local",
+            key: "stanza_rate",
+            value: f.link_local.stanza_rate,
+            min: 1,
+            max: 10_000,
+            why: "stanzas per second per peer address; 0 would refuse everything",
+        },
+        Bound {
+            table: "link_local",
+            key: "stanza_burst",
+            value: f.link_local.stanza_burst,
+            min: f.link_local.stanza_rate,
+            max: 100_000,
+            why: "the burst cannot be below the rate",
+        },
+        secs(
+            "link_local",
+            "connect_timeout_secs",
+            f.link_local.connect_timeout_secs,
+        ),
+        secs("link_local", "idle_timeout_secs", f.link_local.idle_timeout_secs),
+        Bound {
             table: "compression",
             key: "max_ratio",
             value: f.compression.max_ratio,
@@ -895,6 +960,74 @@ fn s2s_config(s: &raw::S2s, source: &str) -> Result<S2sConfig, ConfigError> {
             block_at: r.block_at,
             half_life: Duration::from_secs(r.half_life_secs),
         },
+    })
+}
+
+fn link_local_config(
+    ll: &raw::LinkLocal,
+    hosts: &[String],
+    source: &str,
+) -> Result<LinkLocalConfig, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::in_table(source, "link_local", key, msg);
+    let bad = |key: &str, msg: String| Err(err(key, msg));
+    let interface = Some(ll.interface.trim().to_string()).filter(|i| !i.is_empty());
+    if ll.enabled && interface.is_none() {
+        return bad(
+            "interface",
+            "[link_local] enabled needs `interface`: the LAN interface (name or address) on \
+             which users are announced, never every interface of a server"
+                .into(),
+        );
+    }
+    if !ll.machine.is_empty() && !crate::link_local::name::valid_machine(&ll.machine) {
+        return bad(
+            "machine",
+            format!(
+                "machine {:?}: letters, digits and '-' only (it is a DNS label), at most 63 bytes",
+                ll.machine
+            ),
+        );
+    }
+    let gateways = hosts
+        .iter()
+        .map(|h| {
+            BareJid::domain_only(&format!("{}.{h}", ll.gateway))
+                .map(|j| j.domain().to_string())
+                .map_err(|e| err("gateway", format!("gateway {:?}: {e}", ll.gateway)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut users = Vec::new();
+    for u in &ll.users {
+        let jid = match BareJid::parse(u) {
+            Ok(j) if j.local().is_some() && hosts.iter().any(|h| h == j.domain()) => j,
+            _ => {
+                return bad(
+                    "users",
+                    format!("{u:?} is not the bare JID of an account on one of `hosts`"),
+                );
+            }
+        };
+        users.push(jid);
+    }
+    if ll.require_tls && !ll.tls {
+        return bad("require_tls", "require_tls needs tls = true".into());
+    }
+    Ok(LinkLocalConfig {
+        enabled: ll.enabled,
+        interface,
+        port: ll.port,
+        machine: ll.machine.clone(),
+        gateways,
+        users,
+        publish_jid: ll.publish_jid,
+        tls: ll.tls,
+        require_tls: ll.require_tls,
+        max_peers: ll.max_peers,
+        max_streams: ll.max_streams,
+        stanza_rate: ll.stanza_rate,
+        stanza_burst: ll.stanza_burst,
+        connect_timeout: Duration::from_secs(ll.connect_timeout_secs),
+        idle_timeout: Duration::from_secs(ll.idle_timeout_secs),
     })
 }
 
