@@ -36,6 +36,12 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         // PEP on accounts and the pubsub.<host> services (XEP-0060/0163).
         load(pubsub),
     ];
+    if config.link_local.enabled {
+        // XEP-0174: the LAN bridge on lan.<host>.
+        modules.push(load(waxwing_modules::link_local::LinkLocal::new(
+            config.link_local.clone(),
+        )));
+    }
     if !config.mam_enabled {
         modules.retain(|m| m.module_name() != "mam");
     }

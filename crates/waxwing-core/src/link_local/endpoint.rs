@@ -339,16 +339,22 @@ impl Endpoint {
 
     /// Withdraws `owner` (mDNS goodbye) and closes its streams.
     pub fn withdraw(&self, owner: &str) {
-        let Some(l) = lock(&self.inner.local).remove(owner) else {
-            return;
-        };
-        if let Err(e) = self.inner.daemon.unregister(&l.fullname) {
-            tracing::warn!(instance = %l.instance, error = %e, "link-local: goodbye failed");
-        }
+        let _ = self.withdraw_inner(owner);
+    }
+
+    fn withdraw_inner(&self, owner: &str) -> Option<mdns_sd::Receiver<mdns_sd::UnregisterStatus>> {
+        let l = lock(&self.inner.local).remove(owner)?;
         let key = l.instance.key();
         // Dropping the senders ends the streams after what they hold.
         lock(&self.inner.streams).retain(|(ours, _), _| *ours != key);
         tracing::debug!(instance = %l.instance, "link-local: withdrawn");
+        match self.inner.daemon.unregister(&l.fullname) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::warn!(instance = %l.instance, error = %e, "link-local: goodbye failed");
+                None
+            }
+        }
     }
 
     /// The announced instance of `owner`.
@@ -415,8 +421,10 @@ impl Endpoint {
     /// Withdraws everything (goodbye packets), closes every stream, stops mDNS.
     pub async fn stop(self) {
         let owners: Vec<String> = lock(&self.inner.local).keys().cloned().collect();
-        for o in owners {
-            self.withdraw(&o);
+        let goodbyes: Vec<_> = owners.iter().filter_map(|o| self.withdraw_inner(o)).collect();
+        // The goodbye packets go out before the daemon stops.
+        for rx in goodbyes {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx.recv_async()).await;
         }
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
