@@ -205,6 +205,7 @@ pub(super) async fn run_outgoing(
     let setup = tokio::time::timeout(inner.cfg.connect_timeout, connect(&inner, &ours, &peer));
     let result = match setup.await {
         Ok(Ok(mut conn)) => {
+            tracing::debug!(peer = %peer.instance, tls = conn.io.is_tls(), "link-local: stream out");
             let ip = peer.addrs.first().copied();
             let r = session(&inner, &mut conn, ip, &owner, &ours, &peer.instance, &mut rx, None).await;
             finish(&mut conn, r).await;
@@ -320,6 +321,7 @@ pub(super) async fn run_incoming(
             .await;
         }
     };
+    tracing::debug!(%peer, tls = conn.io.is_tls(), "link-local: stream in");
     let (id, mut rx) = inner.register_stream(&ours, &peer);
     let r = session(&inner, &mut conn, Some(remote.ip()), &owner, &ours, &peer, &mut rx, first).await;
     finish(&mut conn, r).await;
