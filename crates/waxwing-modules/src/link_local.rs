@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use waxwing_core::config::LinkLocalConfig;
 use waxwing_core::hooks::{
-    Cx, DomainService, Event, EventHandler, Flow, Hook, Module, Priority, RegisterError,
-    Registrar, StanzaHook,
+    Cx, DomainService, Event, EventHandler, Flow, Hook, Module, Priority, RegisterError, Registrar,
+    StanzaHook,
 };
 use waxwing_core::link_local::name::Instance;
 use waxwing_core::link_local::txt::{Presence, Status};
@@ -93,7 +93,9 @@ impl LinkLocal {
 
     /// Announces or withdraws `user` according to their presence now.
     fn follow(&self, cx: &Cx, user: &BareJid, changed: Option<(&FullJid, Option<&Element>)>) {
-        let Some(ep) = self.endpoint.get() else { return };
+        let Some(ep) = self.endpoint.get() else {
+            return;
+        };
         let owner = user.to_string();
         match self.best_presence(cx, user, changed) {
             Some(el) => {
@@ -174,7 +176,9 @@ impl LinkLocal {
                 owner,
                 mut stanza,
             } => {
-                let Ok(user) = BareJid::parse(&owner) else { return };
+                let Ok(user) = BareJid::parse(&owner) else {
+                    return;
+                };
                 let Some(jid) = self.peer_jid(cx, &user, &from) else {
                     tracing::info!(peer = %from, "link-local: a peer name no JID can hold");
                     return;
@@ -186,8 +190,12 @@ impl LinkLocal {
                 cx.route(stanza).await;
             }
             LinkEvent::Undelivered { owner, to, stanza } => {
-                let Ok(user) = BareJid::parse(&owner) else { return };
-                let Some(jid) = self.peer_jid(cx, &user, &to) else { return };
+                let Ok(user) = BareJid::parse(&owner) else {
+                    return;
+                };
+                let Some(jid) = self.peer_jid(cx, &user, &to) else {
+                    return;
+                };
                 let mut original = stanza;
                 original.set_attr("from", user.to_string());
                 original.set_attr("to", jid.to_string());
@@ -236,7 +244,9 @@ impl LinkLocal {
     async fn gateway(&self, cx: &Cx, stanza: Element) {
         let from = stanza.attr("from").and_then(|f| Jid::parse(f).ok());
         let to = stanza.attr("to").and_then(|t| Jid::parse(t).ok());
-        let (Some(from), Some(to)) = (from, to) else { return };
+        let (Some(from), Some(to)) = (from, to) else {
+            return;
+        };
         let user = from.to_bare();
         if !cx.is_local_host(user.domain()) || !self.opted_in(&user) {
             // As for an account that does not exist (RFC 6121 §8.5.1).
@@ -270,8 +280,12 @@ impl LinkLocal {
                 if let Err(e) = ep.send(&user.to_string(), &peer.instance, stanza.clone()) {
                     let err = match e {
                         SendError::NotAnnounced => StanzaError::cancel(Condition::NotAllowed)
-                            .with_text("send available presence first: you are not on the local network"),
-                        SendError::UnknownPeer => StanzaError::wait(Condition::RecipientUnavailable),
+                            .with_text(
+                                "send available presence first: you are not on the local network",
+                            ),
+                        SendError::UnknownPeer => {
+                            StanzaError::wait(Condition::RecipientUnavailable)
+                        }
                         SendError::TooManyStreams | SendError::Busy => {
                             StanzaError::wait(Condition::ResourceConstraint)
                         }
@@ -433,7 +447,9 @@ impl EventHandler for Events {
 impl LinkLocal {
     /// Every peer's presence to a session that just became available.
     async fn peers_to(&self, cx: &Cx, session: &Arc<SessionHandle>) {
-        let Some(ep) = self.endpoint.get() else { return };
+        let Some(ep) = self.endpoint.get() else {
+            return;
+        };
         let user = session.jid.bare();
         for peer in ep.peers() {
             if let Some(p) = self.peer_presence(cx, user, &peer, &session.jid.to_string()) {

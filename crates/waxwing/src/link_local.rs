@@ -55,7 +55,10 @@ pub struct Opts {
 pub async fn run(config: &Config, opts: Opts) -> anyhow::Result<()> {
     let mut cfg = EndpointConfig::from_config(config);
     if let Some(m) = opts.machine {
-        anyhow::ensure!(valid_machine(&m), "--machine {m:?}: letters, digits and '-' only");
+        anyhow::ensure!(
+            valid_machine(&m),
+            "--machine {m:?}: letters, digits and '-' only"
+        );
         cfg.machine = m;
     }
     if opts.interface.is_some() {
@@ -143,7 +146,8 @@ fn command(
                     _ => return Err("usage: /status avail|away|dnd [text]".into()),
                 };
                 presence.msg = Some(msg.to_string()).filter(|m| !m.is_empty());
-                ep.announce("me", user, presence).ok_or("announcing failed")?;
+                ep.announce("me", user, presence)
+                    .ok_or("announcing failed")?;
             }
             _ => return Err(format!("unknown command /{cmd}")),
         }
@@ -173,7 +177,9 @@ fn presence_line(p: &Peer) -> String {
 }
 
 fn one_line(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n").replace('\r', "")
+    s.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "")
 }
 
 fn print_event(ev: LinkEvent) {

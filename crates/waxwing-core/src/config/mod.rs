@@ -844,7 +844,11 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "connect_timeout_secs",
             f.link_local.connect_timeout_secs,
         ),
-        secs("link_local", "idle_timeout_secs", f.link_local.idle_timeout_secs),
+        secs(
+            "link_local",
+            "idle_timeout_secs",
+            f.link_local.idle_timeout_secs,
+        ),
         Bound {
             table: "compression",
             key: "max_ratio",
@@ -968,13 +972,20 @@ fn link_local_config(
     hosts: &[String],
     source: &str,
 ) -> Result<LinkLocalConfig, ConfigError> {
-    let err = |key: &str, msg: String| ConfigError::in_table(source, "link_local", key, msg);
+    let err = |key: &str, msg: String| {
+        ConfigError::in_table(
+            source,
+            "link_local",
+            key,
+            format!("[link_local] {key}: {msg}"),
+        )
+    };
     let bad = |key: &str, msg: String| Err(err(key, msg));
     let interface = Some(ll.interface.trim().to_string()).filter(|i| !i.is_empty());
     if ll.enabled && interface.is_none() {
         return bad(
             "interface",
-            "[link_local] enabled needs `interface`: the LAN interface (name or address) on \
+            "enabled needs `interface`: the LAN interface (name or address) on \
              which users are announced, never every interface of a server"
                 .into(),
         );
@@ -1498,6 +1509,10 @@ mod tests {
             ("[s2s.reputation]", "throttle_at = nan"),
             ("[compression]", "max_ratio = 0"),
             ("[compression]", "max_ratio = 100000"),
+            ("[link_local]", "max_peers = 0"),
+            ("[link_local]", "max_streams = 0"),
+            ("[link_local]", "stanza_rate = 0"),
+            ("[link_local]", "idle_timeout_secs = 0"),
         ];
         for (table, line) in cases {
             // A valid same-named key in another table first: the error must
@@ -1521,6 +1536,37 @@ mod tests {
              [mam]\nretention_days = 0\n[muc]\nmax_history = 0\n[tls]\nresumption_cache = 0\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn link_local_is_off_by_default_and_checked_when_on() {
+        let c = Config::parse("").unwrap();
+        assert!(!c.link_local.enabled);
+        assert!(c.link_local.users.is_empty());
+        assert!(!c.link_local.publish_jid);
+        assert_eq!(c.link_local.gateways, vec!["lan.localhost".to_string()]);
+        // Enabled needs an interface: never every interface of a server.
+        let e = Config::parse("[link_local]\nenabled = true\n").unwrap_err();
+        assert!(e.message.contains("interface"), "{e}");
+        let ok = Config::parse(
+            "hosts = [\"a.example\", \"b.example\"]\n[link_local]\nenabled = true\n\
+             interface = \"eth0\"\nusers = [\"Alice@A.example\"]\nmachine = \"desk-2\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.link_local.interface.as_deref(), Some("eth0"));
+        assert_eq!(ok.link_local.users[0].to_string(), "alice@a.example");
+        assert_eq!(ok.link_local.gateways, ["lan.a.example", "lan.b.example"]);
+        for (bad, key) in [
+            ("users = [\"alice@elsewhere.example\"]", "users"),
+            ("users = [\"a.example\"]", "users"),
+            ("machine = \"my laptop\"", "machine"),
+            ("tls = false\nrequire_tls = true", "require_tls"),
+            ("stanza_rate = 10\nstanza_burst = 5", "stanza_burst"),
+        ] {
+            let src = format!("hosts = [\"a.example\"]\n[link_local]\n{bad}\n");
+            let e = Config::parse(&src).unwrap_err();
+            assert!(e.message.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

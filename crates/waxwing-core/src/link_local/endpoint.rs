@@ -421,7 +421,10 @@ impl Endpoint {
     /// Withdraws everything (goodbye packets), closes every stream, stops mDNS.
     pub async fn stop(self) {
         let owners: Vec<String> = lock(&self.inner.local).keys().cloned().collect();
-        let goodbyes: Vec<_> = owners.iter().filter_map(|o| self.withdraw_inner(o)).collect();
+        let goodbyes: Vec<_> = owners
+            .iter()
+            .filter_map(|o| self.withdraw_inner(o))
+            .collect();
         // The goodbye packets go out before the daemon stops.
         for rx in goodbyes {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx.recv_async()).await;
@@ -484,7 +487,11 @@ impl Inner {
     }
 
     /// Makes an accepted stream the one for its pair; returns its receiver.
-    pub fn register_stream(&self, ours: &Instance, peer: &Instance) -> (u64, mpsc::Receiver<Element>) {
+    pub fn register_stream(
+        &self,
+        ours: &Instance,
+        peer: &Instance,
+    ) -> (u64, mpsc::Receiver<Element>) {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         lock(&self.streams).insert((ours.key(), peer.key()), StreamSlot { id, tx });
@@ -557,9 +564,8 @@ async fn discover(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEvent>) {
                     .filter(IpAddr::is_ipv4)
                     .collect();
                 addrs.sort();
-                let presence = Presence::from_txt(
-                    rs.txt_properties.iter().map(|p| (p.key(), p.val())),
-                );
+                let presence =
+                    Presence::from_txt(rs.txt_properties.iter().map(|p| (p.key(), p.val())));
                 let peer = Peer {
                     instance,
                     presence,

@@ -44,7 +44,9 @@ impl Instance {
     /// The instance's part of a DNS-SD full name
     /// (`juliet@pronto._presence._tcp.local.`), unescaped.
     pub fn from_fullname(fullname: &str) -> Option<Instance> {
-        let inst = fullname.strip_suffix(super::SERVICE_TYPE)?.strip_suffix('.')?;
+        let inst = fullname
+            .strip_suffix(super::SERVICE_TYPE)?
+            .strip_suffix('.')?;
         Instance::parse(&unescape_dns(inst))
     }
 
@@ -170,7 +172,14 @@ mod tests {
         assert_eq!((i.user(), i.machine()), ("juliet", "pronto"));
         let odd = Instance::parse("a@b@pronto").unwrap();
         assert_eq!((odd.user(), odd.machine()), ("a@b", "pronto"));
-        for bad in ["", "juliet", "@pronto", "juliet@", "juliet@pron to", "juliet@-x"] {
+        for bad in [
+            "",
+            "juliet",
+            "@pronto",
+            "juliet@",
+            "juliet@pron to",
+            "juliet@-x",
+        ] {
             assert!(Instance::parse(bad).is_none(), "{bad:?}");
         }
         let long = format!("{}@m", "u".repeat(62));

@@ -62,6 +62,9 @@ impl LlTls {
 
 /// A socket with its framer, in `jabber:client`.
 struct Conn {
+    /// Our `user@machine` header went out (a stream error needs one first).
+    header_sent: bool,
+    machine: String,
     io: S2sIo,
     framer: Framer,
     limits: waxwing_proto::xml::Limits,
@@ -72,6 +75,8 @@ impl Conn {
     fn new(tcp: TcpStream, inner: &Inner) -> Self {
         let _ = tcp.set_nodelay(true);
         Conn {
+            header_sent: false,
+            machine: inner.cfg.machine.clone(),
             io: S2sIo::Plain(tcp),
             framer: Framer::new(inner.cfg.limits, ns::CLIENT),
             limits: inner.cfg.limits,
@@ -92,6 +97,11 @@ impl Conn {
             Ok(Ok(())) => Ok(()),
             _ => Err(ReadError::Gone),
         }
+    }
+
+    async fn send_header(&mut self, header: &str) -> Result<(), ReadError> {
+        self.header_sent = true;
+        self.write(header).await
     }
 
     async fn send(&mut self, el: &Element) -> Result<(), ReadError> {
@@ -138,6 +148,10 @@ impl Conn {
     /// Ends our side: optional stream error, footer, close_notify, FIN.
     async fn close(&mut self, error: Option<StreamError>) {
         let mut out = String::new();
+        if error.is_some() && !self.header_sent {
+            let me = Instance::new("unknown", &self.machine).expect("the machine name is valid");
+            out.push_str(&header(&me, None, None, true));
+        }
         if let Some(e) = &error {
             let el = e.to_element();
             out.push_str("<stream:error>");
@@ -207,7 +221,17 @@ pub(super) async fn run_outgoing(
         Ok(Ok(mut conn)) => {
             tracing::debug!(peer = %peer.instance, tls = conn.io.is_tls(), "link-local: stream out");
             let ip = peer.addrs.first().copied();
-            let r = session(&inner, &mut conn, ip, &owner, &ours, &peer.instance, &mut rx, None).await;
+            let r = session(
+                &inner,
+                &mut conn,
+                ip,
+                &owner,
+                &ours,
+                &peer.instance,
+                &mut rx,
+                None,
+            )
+            .await;
             finish(&mut conn, r).await;
             Ok(())
         }
@@ -255,12 +279,16 @@ async fn connect(inner: &Inner, ours: &Instance, peer: &Peer) -> Result<Conn, St
         ReadError::Gone => "the peer closed the stream".to_string(),
         ReadError::Stream(s) => format!("stream error {}", s.condition.as_str()),
     };
-    conn.write(&header(ours, Some(&to), None, true)).await.map_err(err)?;
+    conn.send_header(&header(ours, Some(&to), None, true))
+        .await
+        .map_err(err)?;
     let h = conn.next_header().await.map_err(err)?;
     if h.version.as_deref() != Some("1.0") {
         if inner.cfg.require_tls {
-            conn.close(Some(StreamError::new(StreamCondition::PolicyViolation)
-                .with_text("TLS is required"))).await;
+            conn.close(Some(
+                StreamError::new(StreamCondition::PolicyViolation).with_text("TLS is required"),
+            ))
+            .await;
             return Err("the peer does not speak XMPP 1.0, and TLS is required".into());
         }
         return Ok(conn);
@@ -280,19 +308,27 @@ async fn connect(inner: &Inner, ours: &Instance, peer: &Peer) -> Result<Conn, St
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
             conn.restart();
-            conn.write(&header(ours, Some(&to), None, true)).await.map_err(err)?;
+            conn.send_header(&header(ours, Some(&to), None, true))
+                .await
+                .map_err(err)?;
             conn.next_header().await.map_err(err)?;
             conn.next_element().await.map_err(err)?; // features, empty
             Ok(conn)
         }
         _ if inner.cfg.require_tls => {
-            conn.close(Some(StreamError::new(StreamCondition::PolicyViolation)
-                .with_text("TLS is required"))).await;
+            conn.close(Some(
+                StreamError::new(StreamCondition::PolicyViolation).with_text("TLS is required"),
+            ))
+            .await;
             Err("the peer offers no TLS, and TLS is required".into())
         }
-        (None, _) if features.child("starttls", ns::TLS).is_some_and(|s| {
-            s.child("required", ns::TLS).is_some()
-        }) => Err("the peer requires TLS, which is disabled here".into()),
+        (None, _)
+            if features
+                .child("starttls", ns::TLS)
+                .is_some_and(|s| s.child("required", ns::TLS).is_some()) =>
+        {
+            Err("the peer requires TLS, which is disabled here".into())
+        }
         _ => Ok(conn),
     }
 }
@@ -323,7 +359,17 @@ pub(super) async fn run_incoming(
     };
     tracing::debug!(%peer, tls = conn.io.is_tls(), "link-local: stream in");
     let (id, mut rx) = inner.register_stream(&ours, &peer);
-    let r = session(&inner, &mut conn, Some(remote.ip()), &owner, &ours, &peer, &mut rx, first).await;
+    let r = session(
+        &inner,
+        &mut conn,
+        Some(remote.ip()),
+        &owner,
+        &ours,
+        &peer,
+        &mut rx,
+        first,
+    )
+    .await;
     finish(&mut conn, r).await;
     inner.unregister_stream(&ours, &peer, id);
     undelivered(&inner, &owner, &peer, &mut rx).await;
@@ -362,13 +408,26 @@ async fn accept(
     let Some((owner, local)) = local else {
         // Our header must go first for the error to be well-formed.
         let me = Instance::new("unknown", &inner.cfg.machine).expect("machine is valid");
-        conn.write(&header(&me, reply_to.as_deref(), None, version)).await?;
-        return Err(stream_error(StreamCondition::HostUnknown, "no such user here"));
+        conn.send_header(&header(&me, reply_to.as_deref(), None, version))
+            .await?;
+        return Err(stream_error(
+            StreamCondition::HostUnknown,
+            "no such user here",
+        ));
     };
     let id = crate::random_id();
-    conn.write(&header(&local.instance, reply_to.as_deref(), Some(&id), version)).await?;
+    conn.send_header(&header(
+        &local.instance,
+        reply_to.as_deref(),
+        Some(&id),
+        version,
+    ))
+    .await?;
     if !have_slot {
-        return Err(stream_error(StreamCondition::ResourceConstraint, "too many streams"));
+        return Err(stream_error(
+            StreamCondition::ResourceConstraint,
+            "too many streams",
+        ));
     }
     // The only check link-local allows: the peer must be one announced
     // from the address the connection comes from.
@@ -391,7 +450,10 @@ async fn accept(
     };
     if !version {
         if inner.cfg.require_tls {
-            return Err(stream_error(StreamCondition::PolicyViolation, "TLS is required"));
+            return Err(stream_error(
+                StreamCondition::PolicyViolation,
+                "TLS is required",
+            ));
         }
         return Ok((owner, local.instance, peer, None));
     }
@@ -410,20 +472,36 @@ async fn accept(
     let first = conn.next_element().await?;
     if !first.is("starttls", ns::TLS) {
         if inner.cfg.require_tls {
-            return Err(stream_error(StreamCondition::PolicyViolation, "TLS is required"));
+            return Err(stream_error(
+                StreamCondition::PolicyViolation,
+                "TLS is required",
+            ));
         }
         return Ok((owner, local.instance, peer, Some(first)));
     }
     if conn.framer.buffered() > 0 {
         // RFC 6120 §5.4.3.3: nothing may follow <starttls/> before TLS.
-        return Err(stream_error(StreamCondition::PolicyViolation, "data after <starttls/>"));
+        return Err(stream_error(
+            StreamCondition::PolicyViolation,
+            "data after <starttls/>",
+        ));
     }
-    conn.write(&format!("<proceed xmlns='{}'/>", ns::TLS)).await?;
-    conn.io.accept_tls(&tls.acceptor).await.map_err(|_| ReadError::Gone)?;
+    conn.write(&format!("<proceed xmlns='{}'/>", ns::TLS))
+        .await?;
+    conn.io
+        .accept_tls(&tls.acceptor)
+        .await
+        .map_err(|_| ReadError::Gone)?;
     conn.restart();
     conn.next_header().await?;
     let id = crate::random_id();
-    conn.write(&header(&local.instance, reply_to.as_deref(), Some(&id), true)).await?;
+    conn.send_header(&header(
+        &local.instance,
+        reply_to.as_deref(),
+        Some(&id),
+        true,
+    ))
+    .await?;
     conn.write("<stream:features/>").await?;
     Ok((owner, local.instance, peer, None))
 }
@@ -553,7 +631,9 @@ fn iq_answer(iq: &Element) -> Element {
                         .with_attr("type", "pc")
                         .with_attr("name", "Waxwing"),
                 )
-                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO))
+                .with_child(
+                    Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
+                )
                 .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::PING));
             waxwing_proto::stanza::iq_result(iq).with_child(query)
         }
