@@ -230,3 +230,23 @@ async def test_a_flooding_peer_is_cut_off(ns, bridge, xmpp, tmp_path):
         assert got["from"] == "alice@srv"
     finally:
         eve.stop()
+
+
+async def test_a_peer_that_vanishes_without_goodbye_is_seen_unavailable(ns, bridge, xmpp, tmp_path):
+    """A crashed peer sends no mDNS goodbye; the failed connection makes the
+    server verify its records (RFC 6762 §10.4), which nobody answers."""
+    srv = bridge()
+    zoe = ScriptedPeer(ns, "zoe", "m7", "127.0.0.7", tmp_path)
+    try:
+        await zoe.event("ready")
+        alice = await xmpp.login(srv, f"{ALICE}/pc", PASSWORD)
+        await alice.online()
+        await alice.expect_presence(sender=peer_jid("zoe@m7"), ptype="available")
+        zoe.proc.kill()
+        zoe.proc.wait(10)
+        alice.send_message(peer_jid("zoe@m7"), "are you there?")
+        err = await alice.expect_message(mtype="error", sender=peer_jid("zoe@m7"))
+        assert err["error"]["condition"] == "recipient-unavailable"
+        await alice.expect_presence(sender=peer_jid("zoe@m7"), ptype="unavailable")
+    finally:
+        zoe.stop()

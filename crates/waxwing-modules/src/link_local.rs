@@ -189,7 +189,12 @@ impl LinkLocal {
                 stanza.set_attr("to", user.to_string());
                 cx.route(stanza).await;
             }
-            LinkEvent::Undelivered { owner, to, stanza } => {
+            LinkEvent::Undelivered {
+                owner,
+                to,
+                stanza,
+                origin,
+            } => {
                 let Ok(user) = BareJid::parse(&owner) else {
                     return;
                 };
@@ -197,7 +202,9 @@ impl LinkLocal {
                     return;
                 };
                 let mut original = stanza;
-                original.set_attr("from", user.to_string());
+                // Back to the resource that sent it: an error message to a
+                // bare JID would be dropped (RFC 6121 §8.5.2.1.1).
+                original.set_attr("from", origin.unwrap_or_else(|| user.to_string()));
                 original.set_attr("to", jid.to_string());
                 let err = StanzaError::wait(Condition::RecipientUnavailable)
                     .with_text("the peer could not be reached on the local network");
@@ -277,7 +284,8 @@ impl LinkLocal {
                         .with_text("not on the local network now");
                     return cx.bounce(&stanza, err).await;
                 };
-                if let Err(e) = ep.send(&user.to_string(), &peer.instance, stanza.clone()) {
+                let origin = Some(from.to_string());
+                if let Err(e) = ep.send(&user.to_string(), &peer.instance, stanza.clone(), origin) {
                     let err = match e {
                         SendError::NotAnnounced => StanzaError::cancel(Condition::NotAllowed)
                             .with_text(

@@ -161,7 +161,7 @@ fn command(
         .with_attr("type", "chat")
         .with_attr("id", waxwing_core::random_id())
         .with_child(Element::new("body", ns::CLIENT).with_text(line));
-    ep.send("me", peer, msg).map_err(|e| e.to_string())?;
+    ep.send("me", peer, msg, None).map_err(|e| e.to_string())?;
     Ok(true)
 }
 

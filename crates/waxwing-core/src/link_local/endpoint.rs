@@ -113,6 +113,8 @@ pub struct Peer {
     /// Announced addresses (IPv4), in no order.
     pub addrs: Vec<IpAddr>,
     pub port: u16,
+    /// The DNS-SD service instance name (`bob@desk._presence._tcp.local.`).
+    pub fullname: String,
 }
 
 /// What the endpoint tells its user.
@@ -136,7 +138,17 @@ pub enum LinkEvent {
         owner: String,
         to: Instance,
         stanza: Element,
+        /// As given to [`Endpoint::send`] (the bridge keeps the sender's
+        /// full JID there, for the error).
+        origin: Option<String>,
     },
+}
+
+/// A stanza waiting for its stream, with the caller's note of where it came from.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    pub stanza: Element,
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +186,7 @@ pub(super) struct Local {
 /// The sending side of one serverless stream.
 struct StreamSlot {
     id: u64,
-    tx: mpsc::Sender<Element>,
+    tx: mpsc::Sender<Outgoing>,
 }
 
 pub(super) struct Inner {
@@ -378,21 +390,29 @@ impl Endpoint {
 
     /// Sends `stanza` from `owner` to the peer `to`, over the stream between
     /// them, opening one if there is none. `from`/`to` are set here.
-    pub fn send(&self, owner: &str, to: &Instance, mut stanza: Element) -> Result<(), SendError> {
+    /// `origin` comes back with the stanza if it cannot be delivered.
+    pub fn send(
+        &self,
+        owner: &str,
+        to: &Instance,
+        mut stanza: Element,
+        origin: Option<String>,
+    ) -> Result<(), SendError> {
         let inner = &self.inner;
         let from = self.instance_of(owner).ok_or(SendError::NotAnnounced)?;
         let peer = self.peer(to).ok_or(SendError::UnknownPeer)?;
         stanza.set_attr("from", from.to_string());
         stanza.set_attr("to", peer.instance.to_string());
         let key = (from.key(), peer.instance.key());
+        let mut out = Outgoing { stanza, origin };
         let mut streams = lock(&inner.streams);
         if let Some(slot) = streams.get(&key) {
-            match slot.tx.try_send(stanza) {
+            match slot.tx.try_send(out) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(SendError::Busy),
-                Err(mpsc::error::TrySendError::Closed(s)) => {
+                Err(mpsc::error::TrySendError::Closed(o)) => {
                     streams.remove(&key);
-                    stanza = s;
+                    out = o;
                 }
             }
         }
@@ -402,7 +422,7 @@ impl Endpoint {
             .try_acquire_owned()
             .map_err(|_| SendError::TooManyStreams)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let _ = tx.try_send(stanza);
+        let _ = tx.try_send(out);
         let id = inner.next_stream.fetch_add(1, Ordering::Relaxed);
         streams.insert(key, StreamSlot { id, tx });
         drop(streams);
@@ -491,7 +511,7 @@ impl Inner {
         &self,
         ours: &Instance,
         peer: &Instance,
-    ) -> (u64, mpsc::Receiver<Element>) {
+    ) -> (u64, mpsc::Receiver<Outgoing>) {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         lock(&self.streams).insert((ours.key(), peer.key()), StreamSlot { id, tx });
@@ -504,6 +524,19 @@ impl Inner {
         let mut streams = lock(&self.streams);
         if streams.get(&key).is_some_and(|s| s.id == id) {
             streams.remove(&key);
+        }
+    }
+
+    /// A peer we could not connect to may be gone without a goodbye (a
+    /// crash, a cable pulled): RFC 6762 §10.4 asks for its records again,
+    /// and if nobody answers they are flushed and the peer reported down,
+    /// instead of lingering for the records' lifetime (75 minutes).
+    pub fn verify(&self, peer: &Peer) {
+        if let Err(e) = self
+            .daemon
+            .verify(peer.fullname.clone(), mdns_sd::VERIFY_TIMEOUT_DEFAULT)
+        {
+            tracing::debug!(peer = %peer.instance, error = %e, "link-local: cannot verify");
         }
     }
 
@@ -571,6 +604,7 @@ async fn discover(inner: Arc<Inner>, browse: mdns_sd::Receiver<ServiceEvent>) {
                     presence,
                     addrs,
                     port: rs.port,
+                    fullname: rs.fullname.clone(),
                 };
                 let changed = {
                     let mut peers = lock(&inner.peers);

@@ -19,7 +19,7 @@ use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError, StreamCondition, StreamError, error_reply};
 use waxwing_proto::xml::{Element, Framer, StreamEvent, StreamHeader};
 
-use super::endpoint::{Inner, LinkEvent, Peer};
+use super::endpoint::{Inner, LinkEvent, Outgoing, Peer};
 use super::name::Instance;
 use crate::s2s::wire::{ReadError, S2sIo};
 
@@ -214,7 +214,7 @@ pub(super) async fn run_outgoing(
     owner: String,
     ours: Instance,
     peer: Peer,
-    mut rx: mpsc::Receiver<Element>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) {
     let setup = tokio::time::timeout(inner.cfg.connect_timeout, connect(&inner, &ours, &peer));
     let result = match setup.await {
@@ -240,19 +240,21 @@ pub(super) async fn run_outgoing(
     };
     if let Err(e) = result {
         tracing::info!(peer = %peer.instance, error = %e, "link-local: cannot reach peer");
+        inner.verify(&peer);
     }
     inner.unregister_stream(&ours, &peer.instance, id);
     undelivered(&inner, &owner, &peer.instance, &mut rx).await;
 }
 
 /// Hands back what was queued but never written.
-async fn undelivered(inner: &Inner, owner: &str, to: &Instance, rx: &mut mpsc::Receiver<Element>) {
+async fn undelivered(inner: &Inner, owner: &str, to: &Instance, rx: &mut mpsc::Receiver<Outgoing>) {
     rx.close();
-    while let Ok(stanza) = rx.try_recv() {
+    while let Ok(out) = rx.try_recv() {
         let ev = LinkEvent::Undelivered {
             owner: owner.to_string(),
             to: to.clone(),
-            stanza,
+            stanza: out.stanza,
+            origin: out.origin,
         };
         if inner.events.send(ev).await.is_err() {
             return;
@@ -524,7 +526,7 @@ async fn session(
     owner: &str,
     ours: &Instance,
     peer: &Instance,
-    rx: &mut mpsc::Receiver<Element>,
+    rx: &mut mpsc::Receiver<Outgoing>,
     first: Option<Element>,
 ) -> Result<(), ReadError> {
     if let Some(el) = first {
@@ -549,13 +551,13 @@ async fn session(
             out = rx.recv() => {
                 deadline = tokio::time::Instant::now() + idle;
                 match out {
-                    Some(el) => {
-                        if conn.send(&el).await.is_err() {
-                            // Back in the queue's place for the undelivered report.
+                    Some(out) => {
+                        if conn.send(&out.stanza).await.is_err() {
                             let _ = inner.events.send(LinkEvent::Undelivered {
                                 owner: owner.to_string(),
                                 to: peer.clone(),
-                                stanza: el,
+                                stanza: out.stanza,
+                                origin: out.origin,
                             }).await;
                             return Err(ReadError::Gone);
                         }
