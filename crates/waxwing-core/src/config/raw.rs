@@ -26,6 +26,7 @@ pub struct File {
     pub compression: Compression,
     pub http: Http,
     pub upload: Upload,
+    pub websocket: WebSocket,
 }
 
 impl Default for File {
@@ -49,6 +50,7 @@ impl Default for File {
             compression: Compression::default(),
             http: Http::default(),
             upload: Upload::default(),
+            websocket: WebSocket::default(),
         }
     }
 }
@@ -573,6 +575,33 @@ impl Default for Upload {
             quota_bytes: 1_073_741_824,
             slot_timeout_secs: 300,
             retention_days: 30,
+        }
+    }
+}
+
+/// `[websocket]`: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` on
+/// the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocket {
+    pub enabled: bool,
+    /// Seconds of silence after which the server pings; a client that does
+    /// not answer within as long again is dropped.
+    pub ping_interval_secs: u64,
+    /// RFC 7395 §3.6.1: answer every `<open/>` with a redirect here instead.
+    pub see_other_uri: Option<String>,
+    /// Treat plain `ws://` from a loopback address as encrypted (a local
+    /// reverse proxy that terminates TLS, or a browser on this machine).
+    pub loopback_is_secure: bool,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            enabled: true,
+            ping_interval_secs: 60,
+            see_other_uri: None,
+            loopback_is_secure: true,
         }
     }
 }
