@@ -6,6 +6,8 @@ user downloads. A screenshot is kept as a test artifact (path printed)."""
 import asyncio
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import aiohttp
@@ -28,10 +30,22 @@ UI_TIMEOUT = 30
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "test-logs"
 
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4"
-    "890000000d4944415478da63f8cfc0f01f0005000201a5f1d6f60000000049454e44ae426082"
-)
+
+
+def make_png(size: int = 96) -> bytes:
+    """A small gradient picture, visible in the screenshot."""
+    rows = b"".join(
+        b"\x00" + bytes(v for x in range(size) for v in (255 - 2 * y, 120 + x, x + y, 255))
+        for y in range(size))
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", size, size, 8, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+PNG = make_png()
 
 
 def browser() -> webdriver.Chrome:
@@ -94,7 +108,7 @@ async def test_browser_chats_and_shares_a_file(server, xmpp, tmp_path):
     port = int(srv.listeners["http"][0].rsplit(":", 1)[1])
     base = f"http://localhost:{port}"
     bob = await xmpp.login(srv, f"{BOB}/desktop", PASSWORD)
-    await bob.x.send_presence()
+    bob.x.send_presence()
 
     driver = await asyncio.to_thread(browser)
     try:
