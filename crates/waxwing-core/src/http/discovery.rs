@@ -35,11 +35,15 @@ pub fn links(server: &Server, headers: &HeaderMap) -> Vec<(&'static str, String)
     let Some(base) = server.http.base_url(config, &host) else {
         return Vec::new();
     };
-    server
-        .registry
-        .http
-        .alt_connections
+    let mut seen = Vec::new();
+    super::alt_connections(server)
         .iter()
+        // A method registered twice (core and a module) is listed once.
+        .filter(|entry| {
+            let first = !seen.contains(entry);
+            seen.push(*entry);
+            first
+        })
         .map(|(kind, path)| {
             let href = match kind {
                 AltConnection::WebSocket => base

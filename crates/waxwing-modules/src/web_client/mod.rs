@@ -163,7 +163,13 @@ impl WebClient {
     /// whatever name and scheme it was loaded by (behind a proxy too).
     fn config_js(&self, server: &Server) -> Response {
         let mut endpoints = String::new();
+        let mut seen = Vec::new();
         for (kind, path) in waxwing_core::http::alt_connections(server) {
+            // The first endpoint of each method (several may be registered).
+            if seen.contains(kind) {
+                continue;
+            }
+            seen.push(*kind);
             let path = js_string(path);
             match kind {
                 AltConnection::WebSocket => endpoints.push_str(&format!(
