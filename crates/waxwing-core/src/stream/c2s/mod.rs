@@ -826,6 +826,7 @@ impl Conn {
         };
         match outcome {
             Ok((user, additional)) => {
+                server.metrics.auth(auth.attr("mechanism"), true);
                 throttle.record_success(ip, &user);
                 self.framer.set_limits(full_limits(&server));
                 tracing::info!(%user, "authenticated");
@@ -838,6 +839,7 @@ impl Conn {
                     return Ok(None);
                 }
                 tracing::info!(user = ?self.attempted.as_ref().map(|u| u.to_string()), condition = e.condition(), "authentication failed");
+                server.metrics.auth(auth.attr("mechanism"), false);
                 throttle.record_failure(ip, self.attempted.as_ref());
                 self.auth_failures += 1;
                 if self.auth_failures >= self.server.config.max_auth_failures {
@@ -1316,6 +1318,7 @@ impl Conn {
         let mut ask = false;
         let base = session.sm.as_ref().map_or(0, |sm| sm.sent_out);
         for el in stanzas {
+            self.server.metrics.stanza_out(&el.name, "c2s");
             el.write_to(&mut out, ns::CLIENT);
             if let Some(sm) = session.sm.as_mut() {
                 ask |= sm.on_sent(el);
