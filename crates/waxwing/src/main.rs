@@ -3,6 +3,7 @@
 #![deny(unsafe_code)] // one exception: allocator.rs
 
 mod allocator;
+mod instance;
 mod user;
 
 use std::path::PathBuf;
@@ -40,6 +41,12 @@ enum Command {
         #[command(subcommand)]
         action: user::Action,
     },
+    /// Write a consistent copy of the SQLite database to FILE (works while
+    /// the server runs; the file is replaced atomically, mode 0600).
+    Backup { file: PathBuf },
+    /// Replace the database with the backup FILE (the server must be
+    /// stopped; the replaced database is kept as `<name>.before-restore`).
+    Restore { file: PathBuf },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -81,7 +88,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { action } => runtime()?.block_on(user::run(&config, action)),
+        Command::Backup { file } => {
+            let r = runtime()?.block_on(waxwing_store::backup(&config.database_url, &file))?;
+            println!("backup written: {} ({} bytes)", r.path.display(), r.bytes);
+            Ok(())
+        }
+        Command::Restore { file } => {
+            let _running = instance::acquire(&config.data_dir)
+                .context("the server must be stopped to restore a backup")?;
+            let r = runtime()?.block_on(waxwing_store::restore(&config.database_url, &file))?;
+            println!("restored {} into {}", file.display(), r.path.display());
+            if let Some(p) = r.previous {
+                println!("the previous database is kept as {}", p.display());
+            }
+            Ok(())
+        }
         Command::Serve => {
+            let _one_server = instance::acquire(&config.data_dir)?;
             init_logging(&config);
             runtime()?.block_on(serve(config))
         }
