@@ -161,10 +161,10 @@ async fn export_user(stores: &Stores, user: &BareJid) -> anyhow::Result<Element>
         for node in nodes {
             let mut configure =
                 Element::new("configure", NS_PUBSUB_OWNER).with_attr("node", node.as_str());
-            if let Some(form) = stores.pubsub.node_config(user, &node).await? {
-                if let Ok(x) = parse_stanza(&form, ns::CLIENT) {
-                    configure.push_child(x);
-                }
+            if let Some(form) = stores.pubsub.node_config(user, &node).await?
+                && let Ok(x) = parse_stanza(&form, ns::CLIENT)
+            {
+                configure.push_child(x);
             }
             owner.push_child(configure);
             let mut items = Element::new("items", NS_PUBSUB).with_attr("node", node.as_str());
