@@ -192,7 +192,7 @@ impl Metrics {
             "Version and git revision of the running binary",
             Info::new(BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
-                revision: option_env!("WAXWING_GIT_REVISION").unwrap_or("unknown"),
+                revision: crate::BUILD_REVISION,
             }),
         );
         let start = SystemTime::now()

@@ -23,7 +23,7 @@ use waxwing_core::Config;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "waxwing", version, about = "Waxwing XMPP server")]
+#[command(name = "waxwing", version = waxwing_core::LONG_VERSION, about = "Waxwing XMPP server")]
 struct Cli {
     /// Configuration file (TOML). Without one, the embedded default is used:
     /// domain `localhost`, SQLite and a self-signed certificate under ./data/.
