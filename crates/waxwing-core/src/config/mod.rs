@@ -1,7 +1,10 @@
 //! Configuration: `raw` mirrors the TOML file, [`Config`] is the validated
 //! form that the rest of the server reads.
 
+pub mod http;
 pub mod raw;
+
+pub use http::{HttpConfig, UploadConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -110,6 +113,10 @@ pub struct Config {
     pub compression_enabled: bool,
     /// Inflated bytes allowed per compressed byte (plus a fixed slack).
     pub compression_max_ratio: u64,
+    /// `[listen] http`/`https` and `[http]`: the HTTP listener.
+    pub http: HttpConfig,
+    /// `[upload]`: XEP-0363 HTTP File Upload.
+    pub upload: UploadConfig,
 }
 
 /// `[muc]`, validated.
@@ -381,6 +388,8 @@ impl Config {
         let s2s_listen = addrs(&f.listen.s2s, "s2s")?;
         let s2s_direct_tls = addrs(&f.listen.s2s_direct_tls, "s2s_direct_tls")?;
         let s2s = s2s_config(&f.s2s, source)?;
+        let http = http::http_config(&f.listen, &f.http, source)?;
+        let upload = http::upload_config(&f.upload, &hosts, &data_dir, source)?;
         Ok(Config {
             data_dir,
             hosts,
@@ -439,6 +448,8 @@ impl Config {
             pubsub,
             compression_enabled: f.compression.enabled,
             compression_max_ratio: f.compression.max_ratio,
+            http,
+            upload,
         })
     }
 
@@ -787,6 +798,51 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             min: 1,
             max: 1032,
             why: "below 1 nothing inflates; deflate cannot exceed 1032:1, so a larger ratio is no bound",
+        },
+        Bound {
+            table: "http",
+            key: "max_body_bytes",
+            value: n(f.http.max_body_bytes),
+            min: 1024,
+            max: 1 << 30,
+            why: "ordinary requests are read into memory; uploads have their own limit",
+        },
+        secs(
+            "http",
+            "header_read_timeout_secs",
+            f.http.header_read_timeout_secs,
+        ),
+        secs("http", "request_timeout_secs", f.http.request_timeout_secs),
+        at_least(
+            "http",
+            "max_connections",
+            n(f.http.max_connections),
+            1,
+            NONZERO,
+        ),
+        Bound {
+            table: "http",
+            key: "hsts_max_age_secs",
+            value: f.http.hsts_max_age_secs,
+            min: 0,
+            max: 2 * MAX_SECS,
+            why: "browsers cap it at two years",
+        },
+        at_least(
+            "upload",
+            "max_file_bytes",
+            f.upload.max_file_bytes,
+            1,
+            NONZERO,
+        ),
+        secs("upload", "slot_timeout_secs", f.upload.slot_timeout_secs),
+        Bound {
+            table: "upload",
+            key: "retention_days",
+            value: u64::from(f.upload.retention_days),
+            min: 0,
+            max: 36_500,
+            why: "0 keeps files forever; a longer retention is a typo",
         },
     ];
     for b in bounds {
@@ -1243,6 +1299,44 @@ mod tests {
         assert!(Config::parse("[muc]\ncrawl_interval_secs = 0\n").is_err());
         let e = Config::parse("[muc]\nroom_creation = \"all\"\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn http_listener_and_upload_options() {
+        let c = Config::embedded_default();
+        assert_eq!(c.http.listen, vec!["127.0.0.1:5280".parse().unwrap()]);
+        assert_eq!(c.http.listen_tls, vec!["[::]:5443".parse().unwrap()]);
+        assert_eq!(c.http.public_url, None);
+        assert!(c.http.web_client);
+        assert_eq!(c.upload.domains, vec!["upload.localhost".to_string()]);
+        assert_eq!(c.upload.dir, PathBuf::from("./data").join("upload"));
+        // A [listen] table that names no HTTP listener opens none.
+        let c = Config::parse("[listen]\nc2s = [\"127.0.0.1:0\"]\n").unwrap();
+        assert!(c.http.listen.is_empty() && c.http.listen_tls.is_empty());
+        let c = Config::parse(
+            "[http]\npublic_url = \"HTTPS://Chat.Example.org/\"\nallowed_origins = [\"*\", \"https://a.example:8443\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.http.public_url.as_deref(),
+            Some("https://chat.example.org")
+        );
+        assert!(c.http.any_origin);
+        assert_eq!(
+            c.http.allowed_origins,
+            vec!["https://a.example:8443".to_string()]
+        );
+        let e = Config::parse("[http]\npublic_url = \"chat.example.org\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e =
+            Config::parse("[http]\nallowed_origins = [\"https://a.example/path\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Config::parse("[http]\nmax_connections = 0\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Config::parse("[upload]\nsubdomain = \"a b\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let c = Config::parse("[upload]\nenabled = false\n").unwrap();
+        assert!(c.upload.domains.is_empty());
     }
 
     #[test]
