@@ -13,10 +13,14 @@
 //! Every label takes values from a closed set, so no client can make a
 //! label series per value it sends.
 
-use std::sync::Mutex;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -395,6 +399,24 @@ fn known_mechanism(m: Option<&str>) -> &'static str {
     ];
     m.and_then(|m| KNOWN.iter().find(|k| **k == m).copied())
         .unwrap_or("other")
+}
+
+/// `GET /metrics` on the HTTP listener.
+pub(crate) fn routes() -> axum::Router<Arc<Server>> {
+    axum::Router::new().route("/metrics", axum::routing::get(scrape))
+}
+
+/// Answers only peers `[metrics]` allows (loopback unless configured
+/// otherwise); everyone else gets 404, as if there were no such path.
+async fn scrape(
+    State(server): State<Arc<Server>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let m = &server.config.metrics;
+    if !m.enabled || !m.access.allows(peer.ip()) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&server)).into_response()
 }
 
 /// The OpenMetrics text exposition of `server`'s metrics, with the gauges

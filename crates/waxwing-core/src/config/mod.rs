@@ -2,9 +2,11 @@
 //! form that the rest of the server reads.
 
 pub mod http;
+pub mod ops;
 pub mod raw;
 
 pub use http::{HttpConfig, UploadConfig};
+pub use ops::{AdminConfig, MetricsConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -117,6 +119,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[upload]`: XEP-0363 HTTP File Upload.
     pub upload: UploadConfig,
+    pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
 }
 
 /// `[muc]`, validated.
@@ -390,6 +394,8 @@ impl Config {
         let s2s = s2s_config(&f.s2s, source)?;
         let http = http::http_config(&f.listen, &f.http, source)?;
         let upload = http::upload_config(&f.upload, &hosts, &data_dir, source)?;
+        let metrics = ops::metrics_config(&f.metrics, source)?;
+        let admin = ops::admin_config(&f.admin, source)?;
         Ok(Config {
             data_dir,
             hosts,
@@ -450,6 +456,8 @@ impl Config {
             compression_max_ratio: f.compression.max_ratio,
             http,
             upload,
+            metrics,
+            admin,
         })
     }
 

@@ -26,6 +26,8 @@ pub struct File {
     pub compression: Compression,
     pub http: Http,
     pub upload: Upload,
+    pub metrics: Metrics,
+    pub admin: Admin,
 }
 
 impl Default for File {
@@ -49,6 +51,8 @@ impl Default for File {
             compression: Compression::default(),
             http: Http::default(),
             upload: Upload::default(),
+            metrics: Metrics::default(),
+            admin: Admin::default(),
         }
     }
 }
@@ -575,4 +579,31 @@ impl Default for Upload {
             retention_days: 30,
         }
     }
+}
+
+/// `[metrics]`: `/metrics` (OpenMetrics text) on the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    pub enabled: bool,
+    /// Networks besides loopback whose requests may read `/metrics`.
+    pub allowed_networks: Vec<String>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: true,
+            allowed_networks: Vec::new(),
+        }
+    }
+}
+
+/// `[admin]`: the HTTP admin API (token-authenticated, off by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub enabled: bool,
+    /// Networks besides loopback whose requests may use the admin API.
+    pub allowed_networks: Vec<String>,
 }

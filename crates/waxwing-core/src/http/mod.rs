@@ -153,6 +153,7 @@ pub(crate) fn app(server: &Arc<Server>) -> Router {
         .ordinary
         .clone()
         .merge(discovery::routes())
+        .merge(crate::metrics::routes())
         .layer(TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout,
