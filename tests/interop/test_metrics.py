@@ -2,6 +2,7 @@
 OpenMetrics parser, with the numbers moving as slixmpp clients log in,
 chat and join a room (issue 19, "Metrics")."""
 
+import re
 import urllib.error
 import xml.etree.ElementTree as ET
 import urllib.request
@@ -10,7 +11,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from conftest import PASSWORD
-from wxtest.subjects import subject_class
+from wxtest.subjects import REPO_ROOT, subject_class
 
 pytestmark = pytest.mark.skipif(subject_class().name != "waxwing",
                                 reason="waxwing's own metrics")
@@ -84,7 +85,13 @@ async def test_counters_move_as_clients_log_in_and_chat(server, xmpp):
     assert value(after, "waxwing_connections", listener="c2s") >= 2
     assert value(after, "waxwing_muc_rooms", domain="conference.localhost") == 1
     assert value(after, "waxwing_muc_occupants", domain="conference.localhost") == 1
-    assert ("waxwing_storage_seconds_count", frozenset()) not in after  # labelled only
+    assert value(after, "waxwing_storage_seconds_count", store="accounts", op="secrets") >= 3
+    assert value(after, "waxwing_storage_seconds_sum", store="accounts", op="secrets") > 0
+    # Every metric the Grafana dashboard plots exists.
+    dashboard = (REPO_ROOT / "contrib" / "grafana" / "waxwing.json").read_text()
+    names = {k[0] for k in after}
+    for used in set(re.findall(r"waxwing_[a-z0-9_]+", dashboard)):
+        assert used in names, f"dashboard uses {used}, which /metrics does not have"
     assert value(after, "waxwing_queue_overflows_total") == 0
 
     await bob.close()

@@ -16,6 +16,7 @@ pub mod s2s;
 pub mod session;
 pub mod stream;
 pub mod time;
+mod timed;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -101,7 +101,7 @@ struct BuildLabels {
     revision: &'static str,
 }
 
-type Histograms = Family<StorageLabels, Histogram, fn() -> Histogram>;
+pub(crate) type Histograms = Family<StorageLabels, Histogram, fn() -> Histogram>;
 
 fn storage_histogram() -> Histogram {
     // 100 µs … about 3.3 s: SQLite on a local disk answers in the first
@@ -143,7 +143,8 @@ pub struct Metrics {
     pub auth: Family<AuthLabels, Counter>,
     /// `waxwing_s2s_streams{direction,method}`: authenticated s2s streams.
     pub s2s_streams: Family<S2sLabels, Gauge>,
-    /// `waxwing_storage_seconds{store,op}`: storage call latency.
+    /// `waxwing_storage_seconds{store,op}`: latency of the accounts, roster
+    /// and offline stores' calls (`timed.rs`).
     pub storage_seconds: Histograms,
     /// `waxwing_muc_rooms{domain}`, `waxwing_muc_occupants{domain}`.
     pub muc_rooms: Family<DomainLabel, Gauge>,
@@ -289,6 +290,15 @@ impl Metrics {
             "Occupants of group chat rooms",
             m.muc_occupants.clone(),
         );
+        // Zero series from the start, so that dashboards and alerts see
+        // "none" rather than "no data" before the first federation.
+        for direction in ["in", "out"] {
+            for method in ["dialback", "sasl_external"] {
+                let _ = m
+                    .s2s_streams
+                    .get_or_create(&S2sLabels { direction, method });
+            }
+        }
         Metrics { registry: r, ..m }
     }
 
@@ -337,13 +347,6 @@ impl Metrics {
             self.s2s_streams
                 .get_or_create_owned(&S2sLabels { direction, method }),
         )
-    }
-
-    /// Records how long a storage call took.
-    pub fn storage(&self, store: &'static str, op: &'static str, since: Instant) {
-        self.storage_seconds
-            .get_or_create(&StorageLabels { store, op })
-            .observe(since.elapsed().as_secs_f64());
     }
 
     /// Runs `probe` before every scrape, to set gauges from state a

@@ -87,6 +87,7 @@ impl Server {
         fake_salt_key: [u8; 32],
     ) -> Arc<Self> {
         let metrics = crate::metrics::Metrics::new();
+        let stores = crate::timed::wrap(stores, &metrics.storage_seconds);
         Arc::new(Server {
             stores,
             sessions: SessionRegistry::counting_overflows(metrics.queue_overflows.clone()),
