@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod abuse;
+pub mod admin;
 pub mod config;
 pub mod credentials;
 pub mod hooks;

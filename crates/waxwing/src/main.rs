@@ -2,6 +2,7 @@
 //! lives in the library crates.
 #![deny(unsafe_code)] // one exception: allocator.rs
 
+mod admin;
 mod allocator;
 mod instance;
 mod portable;
@@ -59,6 +60,13 @@ enum Command {
     /// Import the accounts of a XEP-0227 file (the server must be stopped);
     /// existing accounts are skipped and reported.
     Import { file: PathBuf },
+    /// Administer the running server through its admin API ([admin]).
+    Admin {
+        #[command(flatten)]
+        target: admin::Target,
+        #[command(subcommand)]
+        action: admin::Action,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -107,6 +115,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let _running = instance::acquire(&config.data_dir)
                 .context("the server must be stopped to import accounts")?;
             runtime()?.block_on(import(&config, &file))
+        }
+        Command::Admin { target, action } => {
+            runtime()?.block_on(admin::run(&config, target, action))
         }
         Command::Backup { file } => {
             let r = runtime()?.block_on(waxwing_store::backup(&config.database_url, &file))?;

@@ -154,6 +154,7 @@ pub(crate) fn app(server: &Arc<Server>) -> Router {
         .clone()
         .merge(discovery::routes())
         .merge(crate::metrics::routes())
+        .merge(crate::admin::routes())
         .layer(TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout,
