@@ -3,6 +3,7 @@
 
 pub mod abuse;
 pub mod admin;
+pub mod bosh;
 pub mod config;
 pub mod credentials;
 pub mod hooks;
@@ -91,7 +92,9 @@ pub async fn start_with_stores(
     stores: waxwing_store::Stores,
 ) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let registry = Registrar::build(modules)?;
+    let mut registry = Registrar::build(modules)?;
+    stream::c2s::websocket::register(&mut registry, &config);
+    bosh::register(&mut registry.http, &config.bosh);
     let tls = tls::TlsContext::load(&config)?;
     let s2s = s2s::S2sManager::new(&config, &tls)?;
     s2s.defences.load(&*stores.reputation).await?;

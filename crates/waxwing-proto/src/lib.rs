@@ -1,5 +1,7 @@
 #![forbid(unsafe_code)]
+pub mod bosh;
 pub mod datetime;
+pub mod framing;
 pub mod jid;
 pub mod lang;
 pub mod ns;

@@ -1,10 +1,12 @@
 //! Configuration: `raw` mirrors the TOML file, [`Config`] is the validated
 //! form that the rest of the server reads.
 
+pub mod bosh;
 pub mod http;
 pub mod ops;
 pub mod raw;
 
+pub use bosh::BoshConfig;
 pub use http::{HttpConfig, UploadConfig};
 pub use ops::{AdminConfig, MetricsConfig};
 
@@ -121,6 +123,42 @@ pub struct Config {
     pub upload: UploadConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
+    pub bosh: BoshConfig,
+    pub websocket: WebSocketConfig,
+}
+
+/// `[websocket]`, validated.
+#[derive(Debug, Clone)]
+pub struct WebSocketConfig {
+    pub enabled: bool,
+    pub ping_interval: Duration,
+    /// RFC 7395 §3.6.1 redirect (`ws://` or `wss://`).
+    pub see_other_uri: Option<String>,
+    pub loopback_is_secure: bool,
+}
+
+fn websocket_config(w: &raw::WebSocket, source: &str) -> Result<WebSocketConfig, ConfigError> {
+    if let Some(uri) = &w.see_other_uri {
+        let ok = ["ws://", "wss://"]
+            .iter()
+            .any(|s| uri.strip_prefix(s).is_some_and(|rest| !rest.is_empty()))
+            && !uri.contains(['\'', '"', '<', '>', '&'])
+            && !uri.chars().any(char::is_whitespace);
+        if !ok {
+            return Err(ConfigError::in_table(
+                source,
+                "websocket",
+                "see_other_uri",
+                format!("{uri:?} is not a ws:// or wss:// URI"),
+            ));
+        }
+    }
+    Ok(WebSocketConfig {
+        enabled: w.enabled,
+        ping_interval: Duration::from_secs(w.ping_interval_secs),
+        see_other_uri: w.see_other_uri.clone(),
+        loopback_is_secure: w.loopback_is_secure,
+    })
 }
 
 /// `[muc]`, validated.
@@ -458,6 +496,8 @@ impl Config {
             upload,
             metrics,
             admin,
+            bosh: bosh::bosh_config(&f.bosh),
+            websocket: websocket_config(&f.websocket, source)?,
         })
     }
 
@@ -800,6 +840,14 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "0 would refuse every dialback",
         ),
         Bound {
+            table: "websocket",
+            key: "ping_interval_secs",
+            value: f.websocket.ping_interval_secs,
+            min: 5,
+            max: 3600,
+            why: "pings more often than every 5 s cost more than they tell; an hour exceeds any proxy's idle timeout",
+        },
+        Bound {
             table: "compression",
             key: "max_ratio",
             value: f.compression.max_ratio,
@@ -835,6 +883,38 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             min: 0,
             max: 2 * MAX_SECS,
             why: "browsers cap it at two years",
+        },
+        Bound {
+            table: "bosh",
+            key: "max_sessions",
+            value: n(f.bosh.max_sessions),
+            min: 1,
+            max: 10_000_000,
+            why: "to turn BOSH off, set enabled = false",
+        },
+        Bound {
+            table: "bosh",
+            key: "max_wait_secs",
+            value: f.bosh.max_wait_secs,
+            min: 1,
+            max: 3600,
+            why: "a held request must end before proxies and browsers give up on it",
+        },
+        Bound {
+            table: "bosh",
+            key: "inactivity_secs",
+            value: f.bosh.inactivity_secs,
+            min: 1,
+            max: 3600,
+            why: "a session with no request for that long is gone; longer only delays noticing",
+        },
+        Bound {
+            table: "bosh",
+            key: "max_pause_secs",
+            value: f.bosh.max_pause_secs,
+            min: 0,
+            max: 86_400,
+            why: "0 offers no pause; a day is more than any page change needs",
         },
         at_least(
             "upload",
@@ -1430,6 +1510,21 @@ mod tests {
     }
 
     #[test]
+    fn websocket_redirects_must_be_websocket_uris() {
+        let c = Config::parse("[websocket]\nsee_other_uri = \"wss://chat.example/ws\"\n").unwrap();
+        assert_eq!(
+            c.websocket.see_other_uri.as_deref(),
+            Some("wss://chat.example/ws")
+        );
+        assert!(c.websocket.enabled && c.websocket.loopback_is_secure);
+        for bad in ["https://chat.example/", "wss://", "wss://a'b/"] {
+            let e =
+                Config::parse(&format!("[websocket]\nsee_other_uri = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.line, Some(2), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn nonsense_numbers_are_refused_with_their_line() {
         // Each value below used to be accepted (a zero read rate panicked
         // the token bucket at the first read), or was reported on the line
@@ -1466,6 +1561,7 @@ mod tests {
             ("[s2s.reputation]", "block_at = inf"),
             ("[s2s.reputation]", "throttle_at = nan"),
             ("[compression]", "max_ratio = 0"),
+            ("[websocket]", "ping_interval_secs = 1"),
             ("[compression]", "max_ratio = 100000"),
         ];
         for (table, line) in cases {

@@ -28,6 +28,8 @@ pub struct File {
     pub upload: Upload,
     pub metrics: Metrics,
     pub admin: Admin,
+    pub bosh: Bosh,
+    pub websocket: WebSocket,
 }
 
 impl Default for File {
@@ -50,9 +52,11 @@ impl Default for File {
             pubsub: PubSub::default(),
             compression: Compression::default(),
             http: Http::default(),
+            bosh: Bosh::default(),
             upload: Upload::default(),
             metrics: Metrics::default(),
             admin: Admin::default(),
+            websocket: WebSocket::default(),
         }
     }
 }
@@ -509,6 +513,36 @@ pub struct S2sDomain {
     pub dialback: Option<String>,
 }
 
+/// `[bosh]`: XEP-0124/0206 BOSH at `/http-bind` on the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bosh {
+    pub enabled: bool,
+    /// BOSH sessions at once, server-wide; more are refused.
+    pub max_sessions: usize,
+    /// Longest a request is held before an empty answer (clients ask for less).
+    pub max_wait_secs: u64,
+    /// Longest a client may go without a request before its session ends.
+    pub inactivity_secs: u64,
+    /// Longest pause a client may ask for; 0 offers none.
+    pub max_pause_secs: u64,
+    /// Requests from a loopback address count as encrypted.
+    pub loopback_is_secure: bool,
+}
+
+impl Default for Bosh {
+    fn default() -> Self {
+        Bosh {
+            enabled: true,
+            max_sessions: 10_000,
+            max_wait_secs: 60,
+            inactivity_secs: 30,
+            max_pause_secs: 120,
+            loopback_is_secure: true,
+        }
+    }
+}
+
 /// `[http]`: what every HTTP route shares (listeners are in `[listen]`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -606,4 +640,31 @@ pub struct Admin {
     pub enabled: bool,
     /// Networks besides loopback whose requests may use the admin API.
     pub allowed_networks: Vec<String>,
+}
+
+/// `[websocket]`: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` on
+/// the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocket {
+    pub enabled: bool,
+    /// Seconds of silence after which the server pings; a client that does
+    /// not answer within as long again is dropped.
+    pub ping_interval_secs: u64,
+    /// RFC 7395 §3.6.1: answer every `<open/>` with a redirect here instead.
+    pub see_other_uri: Option<String>,
+    /// Treat plain `ws://` from a loopback address as encrypted (a local
+    /// reverse proxy that terminates TLS, or a browser on this machine).
+    pub loopback_is_secure: bool,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            enabled: true,
+            ping_interval_secs: 60,
+            see_other_uri: None,
+            loopback_is_secure: true,
+        }
+    }
 }

@@ -137,6 +137,11 @@ impl HttpState {
     }
 }
 
+/// The XEP-0156 connection methods registered (method, path), in order.
+pub fn alt_connections(server: &Server) -> &[(AltConnection, String)] {
+    &server.registry.http.alt_connections
+}
+
 /// One bound HTTP listening socket.
 pub(crate) struct HttpListener {
     pub secure: Secure,
