@@ -37,7 +37,7 @@ Upstream-Name: waxwing
 Source: https://example.invalid/waxwing
 
 Files: *
-Copyright: The Waxwing authors
+Copyright: 2026 The Waxwing authors
 License: Apache-2.0
  On Debian systems, the full text of the Apache License 2.0 is in
  /usr/share/common-licenses/Apache-2.0.
