@@ -129,6 +129,23 @@ mod tests {
     }
 
     #[test]
+    fn tables_parse_with_secure_defaults_and_bad_networks_are_reported() {
+        let c = crate::Config::parse("").unwrap();
+        assert!(c.metrics.enabled && c.metrics.access.networks.is_empty());
+        assert!(!c.admin.enabled && c.admin.access.networks.is_empty());
+        let c =
+            crate::Config::parse("[admin]\nenabled = true\nallowed_networks = [\"10.0.0.0/8\"]\n")
+                .unwrap();
+        assert!(c.admin.enabled);
+        assert!(c.admin.access.allows("10.9.8.7".parse().unwrap()));
+        let e = crate::Config::parse("[metrics]\nallowed_networks = [\"everyone\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("everyone") && e.contains("line 2"), "{e}");
+        assert!(crate::Config::parse("[admin]\ntoken = \"x\"\n").is_err());
+    }
+
+    #[test]
     fn loopback_is_always_allowed_and_nothing_else_by_default() {
         let a = Access::default();
         assert!(a.allows("127.0.0.1".parse().unwrap()));
