@@ -5,6 +5,7 @@
 mod admin;
 mod allocator;
 mod instance;
+mod link_local;
 mod portable;
 mod user;
 
@@ -67,6 +68,8 @@ enum Command {
         #[command(subcommand)]
         action: admin::Action,
     },
+    /// Run only a XEP-0174 link-local peer (serverless chat on the LAN).
+    LinkLocal(link_local::Opts),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -133,6 +136,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("the previous database is kept as {}", p.display());
             }
             Ok(())
+        }
+        Command::LinkLocal(opts) => {
+            init_logging(&config);
+            runtime()?.block_on(link_local::run(&config, opts))
         }
         Command::Serve => {
             let _one_server = instance::acquire(&config.data_dir)?;

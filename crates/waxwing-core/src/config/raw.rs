@@ -26,10 +26,11 @@ pub struct File {
     pub compression: Compression,
     pub http: Http,
     pub upload: Upload,
-    pub metrics: Metrics,
-    pub admin: Admin,
+    pub link_local: LinkLocal,
     pub bosh: Bosh,
     pub websocket: WebSocket,
+    pub metrics: Metrics,
+    pub admin: Admin,
 }
 
 impl Default for File {
@@ -54,9 +55,10 @@ impl Default for File {
             http: Http::default(),
             bosh: Bosh::default(),
             upload: Upload::default(),
+            link_local: LinkLocal::default(),
+            websocket: WebSocket::default(),
             metrics: Metrics::default(),
             admin: Admin::default(),
-            websocket: WebSocket::default(),
         }
     }
 }
@@ -615,31 +617,57 @@ impl Default for Upload {
     }
 }
 
-/// `[metrics]`: `/metrics` (OpenMetrics text) on the HTTP listener.
+/// `[link_local]`: XEP-0174 serverless messaging on the LAN and its bridge.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Metrics {
+pub struct LinkLocal {
     pub enabled: bool,
-    /// Networks besides loopback whose requests may read `/metrics`.
-    pub allowed_networks: Vec<String>,
+    /// The one interface (name such as `eth0`, or one of its IPv4
+    /// addresses) on which users are announced and peers accepted.
+    pub interface: String,
+    /// TCP port of the serverless streams (5298 by tradition; 0: any).
+    pub port: u16,
+    /// The `machine` of `user@machine`; empty: the host name.
+    pub machine: String,
+    /// The gateway subdomain under each host: LAN peers are `user%machine@lan.<host>`.
+    pub gateway: String,
+    /// Bare JIDs of the accounts announced on the LAN.
+    pub users: Vec<String>,
+    /// Publish the account's JID in the TXT record (`jid=`).
+    pub publish_jid: bool,
+    /// Offer and use TLS on serverless streams.
+    pub tls: bool,
+    /// Refuse serverless streams without TLS.
+    pub require_tls: bool,
+    pub max_peers: usize,
+    pub max_streams: usize,
+    /// Stanzas per second one peer address may send (sustained), and its burst.
+    pub stanza_rate: u64,
+    pub stanza_burst: u64,
+    pub connect_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
 }
 
-impl Default for Metrics {
+impl Default for LinkLocal {
     fn default() -> Self {
-        Metrics {
-            enabled: true,
-            allowed_networks: Vec::new(),
+        LinkLocal {
+            enabled: false,
+            interface: String::new(),
+            port: 5298,
+            machine: String::new(),
+            gateway: "lan".into(),
+            users: Vec::new(),
+            publish_jid: false,
+            tls: true,
+            require_tls: false,
+            max_peers: 256,
+            max_streams: 64,
+            stanza_rate: 5,
+            stanza_burst: 20,
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 600,
         }
     }
-}
-
-/// `[admin]`: the HTTP admin API (token-authenticated, off by default).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Admin {
-    pub enabled: bool,
-    /// Networks besides loopback whose requests may use the admin API.
-    pub allowed_networks: Vec<String>,
 }
 
 /// `[websocket]`: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` on
@@ -667,4 +695,31 @@ impl Default for WebSocket {
             loopback_is_secure: true,
         }
     }
+}
+
+/// `[metrics]`: `/metrics` (OpenMetrics text) on the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    pub enabled: bool,
+    /// Networks besides loopback whose requests may read `/metrics`.
+    pub allowed_networks: Vec<String>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: true,
+            allowed_networks: Vec::new(),
+        }
+    }
+}
+
+/// `[admin]`: the HTTP admin API (token-authenticated, off by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub enabled: bool,
+    /// Networks besides loopback whose requests may use the admin API.
+    pub allowed_networks: Vec<String>,
 }
