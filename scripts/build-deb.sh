@@ -23,8 +23,10 @@ pkg=$stage/pkg
 
 install -d "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/etc/waxwing" \
     "$pkg/lib/systemd/system" "$pkg/usr/share/doc/waxwing"
-install -m 0755 "$bin" "$pkg/usr/bin/waxwing"
-strip --strip-unneeded --remove-section=.comment --remove-section=.note "$pkg/usr/bin/waxwing"
+# Stripped while copied: no full-size copy of a debug binary on the way.
+strip --strip-unneeded --remove-section=.comment --remove-section=.note \
+    -o "$pkg/usr/bin/waxwing" "$bin"
+chmod 0755 "$pkg/usr/bin/waxwing"
 sed -e 's|^data_dir = .*|data_dir = "/var/lib/waxwing"|' \
     "$root/waxwing.example.toml" > "$pkg/etc/waxwing/waxwing.toml"
 chmod 0644 "$pkg/etc/waxwing/waxwing.toml"
