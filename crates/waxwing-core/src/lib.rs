@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod abuse;
+pub mod admin;
 pub mod bosh;
 pub mod config;
 pub mod credentials;
@@ -18,6 +19,7 @@ pub mod s2s;
 pub mod session;
 pub mod stream;
 pub mod time;
+mod timed;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -31,6 +33,20 @@ pub use router::Server;
 
 use crate::hooks::{ModuleLoader, RegisterError, Registrar};
 use crate::listen::ListenerKind;
+
+/// The git revision this binary was built from ("unknown" outside git).
+pub const BUILD_REVISION: &str = env!("WAXWING_GIT_REVISION");
+/// The build date (UTC, `SOURCE_DATE_EPOCH` when set).
+pub const BUILD_DATE: &str = env!("WAXWING_BUILD_DATE");
+/// `0.1.0 (rev 1234abcd5678, built 2026-12-06)`, for `--version`.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (rev ",
+    env!("WAXWING_GIT_REVISION"),
+    ", built ",
+    env!("WAXWING_BUILD_DATE"),
+    ")"
+);
 
 /// How long a graceful stop waits for streams to close before giving up.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -88,18 +88,21 @@ pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) 
         };
         match accepted {
             Ok((tcp, peer)) => {
+                let counted = server.metrics.connection(bound.kind.name());
                 let server = server.clone();
-                match bound.kind {
-                    ListenerKind::C2s => tasks.spawn(c2s::serve(server, tcp, peer, false)),
-                    ListenerKind::C2sDirectTls => tasks.spawn(c2s::serve(server, tcp, peer, true)),
-                    ListenerKind::S2s => tasks.spawn(s2s_in::serve(server, tcp, peer, false)),
-                    ListenerKind::S2sDirectTls => {
-                        tasks.spawn(s2s_in::serve(server, tcp, peer, true))
-                    }
+                let serve: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match bound.kind {
+                    ListenerKind::C2s => Box::pin(c2s::serve(server, tcp, peer, false)),
+                    ListenerKind::C2sDirectTls => Box::pin(c2s::serve(server, tcp, peer, true)),
+                    ListenerKind::S2s => Box::pin(s2s_in::serve(server, tcp, peer, false)),
+                    ListenerKind::S2sDirectTls => Box::pin(s2s_in::serve(server, tcp, peer, true)),
                     ListenerKind::Http | ListenerKind::Https => {
                         unreachable!("HTTP listeners are served by http::accept_loop")
                     }
                 };
+                tasks.spawn(async move {
+                    serve.await;
+                    drop(counted);
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

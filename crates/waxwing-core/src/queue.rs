@@ -119,6 +119,11 @@ impl Outq {
         })
     }
 
+    /// Entries waiting (a burst counts once); for `/metrics`.
+    pub(crate) fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// The reading end is gone.
     pub(crate) fn is_closed(&self) -> bool {
         self.tx.is_closed()

@@ -71,7 +71,7 @@ pub struct Server {
     pub(crate) resumption: ResumptionTable,
     /// Federation: outgoing connections per domain pair, dialback secret, s2s TLS.
     pub s2s: S2sManager,
-    /// Counters for a future `/metrics` (see `metrics.rs`).
+    /// What `/metrics` shows (see `metrics.rs`).
     pub metrics: crate::metrics::Metrics,
     /// The HTTP listener's bound addresses and the URLs derived from them.
     pub http: crate::http::HttpState,
@@ -88,9 +88,11 @@ impl Server {
         s2s: S2sManager,
         fake_salt_key: [u8; 32],
     ) -> Arc<Self> {
+        let metrics = crate::metrics::Metrics::new();
+        let stores = crate::timed::wrap(stores, &metrics.storage_seconds);
         Arc::new(Server {
             stores,
-            sessions: SessionRegistry::default(),
+            sessions: SessionRegistry::counting_overflows(metrics.queue_overflows.clone()),
             registry,
             tls,
             started: Instant::now(),
@@ -112,7 +114,7 @@ impl Server {
             ),
             resumption: ResumptionTable::default(),
             s2s,
-            metrics: Default::default(),
+            metrics,
             http: Default::default(),
             bosh: crate::bosh::Bosh::new(&config.bosh),
             config,
@@ -282,6 +284,7 @@ impl Server {
         origin: &Arc<SessionHandle>,
         stanza: Element,
     ) {
+        self.metrics.stanza_in(&stanza.name, "c2s");
         let reply_to = isolate::envelope(&stanza);
         let handled = self.clone().handle_from_client_inner(origin, stanza);
         if isolated("router", handled).await.is_err() {
@@ -293,6 +296,7 @@ impl Server {
     /// [`Server::handle_from_client`], so a panic fails the stanza and the
     /// s2s stream goes on.
     pub(crate) async fn handle_from_peer(self: Arc<Self>, stanza: Element) {
+        self.metrics.stanza_in(&stanza.name, "s2s");
         let reply_to = isolate::envelope(&stanza);
         if isolated("router", self.clone().route(stanza))
             .await

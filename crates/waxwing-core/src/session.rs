@@ -2,8 +2,8 @@
 //! registry of who is online.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,30 @@ pub enum SessionFlag {
     Reserved = 1 << 31,
 }
 
+/// How a client session reaches us; for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Transport {
+    /// An XMPP stream over TCP (STARTTLS or direct TLS).
+    Tcp = 0,
+    /// RFC 7395 WebSocket.
+    WebSocket = 1,
+    /// XEP-0124/0206 BOSH.
+    Bosh = 2,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Tcp, Transport::WebSocket, Transport::Bosh];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::WebSocket => "websocket",
+            Transport::Bosh => "bosh",
+        }
+    }
+}
+
 /// The one way other tasks reach a bound client session.
 #[derive(Debug)]
 pub struct SessionHandle {
@@ -54,6 +78,10 @@ pub struct SessionHandle {
     /// The client asked for its roster, so it gets roster pushes (RFC 6121 §2.1.6).
     interested: AtomicBool,
     flags: AtomicU32,
+    /// A [`Transport`] as its `u8`; TCP unless the session's task says otherwise.
+    transport: AtomicU8,
+    /// `waxwing_queue_overflows_total`, set when the session is bound.
+    overflows: OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl SessionHandle {
@@ -68,6 +96,8 @@ impl SessionHandle {
             presence: Mutex::new(PresenceState::default()),
             interested: AtomicBool::new(false),
             flags: AtomicU32::new(0),
+            transport: AtomicU8::new(Transport::Tcp as u8),
+            overflows: OnceLock::new(),
         };
         (Arc::new(handle), outbox)
     }
@@ -86,6 +116,24 @@ impl SessionHandle {
     /// with more unread than that is closed, like one with a full queue.
     pub fn send_burst(&self, stanzas: Vec<Element>) -> bool {
         self.accepted(self.queue.push_burst(stanzas))
+    }
+
+    /// Set by a session task whose stream is not plain TCP.
+    pub fn set_transport(&self, t: Transport) {
+        self.transport.store(t as u8, Ordering::Relaxed);
+    }
+
+    pub fn transport(&self) -> Transport {
+        match self.transport.load(Ordering::Relaxed) {
+            1 => Transport::WebSocket,
+            2 => Transport::Bosh,
+            _ => Transport::Tcp,
+        }
+    }
+
+    /// Entries waiting in the outbound queue.
+    pub fn queued(&self) -> usize {
+        self.queue.depth()
     }
 
     /// [`SessionHandle::send`], but a refused stanza comes back, for the
@@ -123,6 +171,9 @@ impl SessionHandle {
             Ok(()) => Ok(()),
             Err(Refused::Full(v)) => {
                 tracing::warn!(jid = %self.jid, "outbound queue full; closing the session");
+                if let Some(c) = self.overflows.get() {
+                    c.inc();
+                }
                 self.close(
                     StreamError::new(StreamCondition::PolicyViolation)
                         .with_text("too many unread stanzas"),
@@ -206,12 +257,25 @@ impl SessionHandle {
 #[derive(Default)]
 pub struct SessionRegistry {
     by_user: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    /// Counts sessions closed for a full queue (shared with `Metrics`).
+    overflows: prometheus_client::metrics::counter::Counter,
 }
 
 impl SessionRegistry {
+    /// A registry whose sessions count queue overflows in `overflows`.
+    pub(crate) fn counting_overflows(
+        overflows: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        SessionRegistry {
+            by_user: RwLock::default(),
+            overflows,
+        }
+    }
+
     /// Adds a session. Returns the session it replaced, which had the same
     /// full JID (RFC 6120 §7.7.2.2: the old one gets `conflict`).
     pub fn bind(&self, handle: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
+        let _ = handle.overflows.set(self.overflows.clone());
         let mut map = self.by_user.write().expect("registry lock");
         let list = map.entry(handle.jid.bare().clone()).or_default();
         let old = list

@@ -42,6 +42,7 @@ pub use pubsub::{
 pub use reputation::{DomainReputation, DomainReputationStore};
 pub use roster::{RosterItem, RosterStore, Subscription};
 pub use sqlite::Durability;
+pub use sqlite::backup::{BackupReport, backup, restore};
 
 /// What can go wrong in a store. Callers map these to XMPP conditions; the
 /// backend detail in `Backend` and `Corrupt` is for logs, never for the wire.

@@ -20,6 +20,9 @@ pub trait PrivateXmlStore: Send + Sync {
 
     /// Forgets every fragment of a deleted account.
     async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError>;
+
+    /// Every key `owner` has a fragment under, sorted (for exports).
+    async fn keys(&self, owner: &BareJid) -> Result<Vec<String>, StoreError>;
 }
 
 /// In-memory fragments for tests.
@@ -46,6 +49,14 @@ impl PrivateXmlStore for MemoryPrivateXml {
             .or_default()
             .insert(key.to_owned(), xml.to_owned());
         Ok(())
+    }
+
+    async fn keys(&self, owner: &BareJid) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .lock()
+            .get(owner)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError> {

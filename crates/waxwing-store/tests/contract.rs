@@ -682,7 +682,12 @@ async fn private_xml_contract(s: &Stores) {
         p.get(&romeo, "{storage:bookmarks}storage").await,
         Ok(Some("<storage/>".into()))
     );
+    assert_eq!(
+        p.keys(&romeo).await.unwrap(),
+        ["vcard-temp", "{storage:bookmarks}storage"]
+    );
     p.remove_user(&romeo).await.unwrap();
+    assert_eq!(p.keys(&romeo).await, Ok(vec![]));
     assert_eq!(p.get(&romeo, "vcard-temp").await, Ok(None));
     assert_eq!(p.get(&romeo, "{storage:bookmarks}storage").await, Ok(None));
     assert!(p.get(&juliet, "vcard-temp").await.unwrap().is_some());

@@ -2,8 +2,11 @@
 //! lives in the library crates.
 #![deny(unsafe_code)] // one exception: allocator.rs
 
+mod admin;
 mod allocator;
+mod instance;
 mod link_local;
+mod portable;
 mod user;
 
 use std::path::PathBuf;
@@ -22,7 +25,7 @@ use waxwing_core::Config;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "waxwing", version, about = "Waxwing XMPP server")]
+#[command(name = "waxwing", version = waxwing_core::LONG_VERSION, about = "Waxwing XMPP server")]
 struct Cli {
     /// Configuration file (TOML). Without one, the embedded default is used:
     /// domain `localhost`, SQLite and a self-signed certificate under ./data/.
@@ -40,6 +43,30 @@ enum Command {
     User {
         #[command(subcommand)]
         action: user::Action,
+    },
+    /// Write a consistent copy of the SQLite database to FILE (works while
+    /// the server runs; the file is replaced atomically, mode 0600).
+    Backup { file: PathBuf },
+    /// Replace the database with the backup FILE (the server must be
+    /// stopped; the replaced database is kept as `<name>.before-restore`).
+    Restore { file: PathBuf },
+    /// Export accounts and their data (roster, vCard, private XML, offline
+    /// messages, PEP nodes, SCRAM secrets) as XEP-0227 XML to FILE (mode 0600).
+    Export {
+        file: PathBuf,
+        /// Only this account (repeatable); all accounts when left out.
+        #[arg(long = "user")]
+        users: Vec<String>,
+    },
+    /// Import the accounts of a XEP-0227 file (the server must be stopped);
+    /// existing accounts are skipped and reported.
+    Import { file: PathBuf },
+    /// Administer the running server through its admin API ([admin]).
+    Admin {
+        #[command(flatten)]
+        target: admin::Target,
+        #[command(subcommand)]
+        action: admin::Action,
     },
     /// Run only a XEP-0174 link-local peer (serverless chat on the LAN).
     LinkLocal(link_local::Opts),
@@ -84,15 +111,93 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { action } => runtime()?.block_on(user::run(&config, action)),
+        Command::Export { file, users } => runtime()?.block_on(export(&config, &file, users)),
+        Command::Import { file } => {
+            // A running server caches some of what an import writes (who
+            // has offline messages, rooms): it must not be running.
+            let _running = instance::acquire(&config.data_dir)
+                .context("the server must be stopped to import accounts")?;
+            runtime()?.block_on(import(&config, &file))
+        }
+        Command::Admin { target, action } => {
+            runtime()?.block_on(admin::run(&config, target, action))
+        }
+        Command::Backup { file } => {
+            let r = runtime()?.block_on(waxwing_store::backup(&config.database_url, &file))?;
+            println!("backup written: {} ({} bytes)", r.path.display(), r.bytes);
+            Ok(())
+        }
+        Command::Restore { file } => {
+            let _running = instance::acquire(&config.data_dir)
+                .context("the server must be stopped to restore a backup")?;
+            let r = runtime()?.block_on(waxwing_store::restore(&config.database_url, &file))?;
+            println!("restored {} into {}", file.display(), r.path.display());
+            if let Some(p) = r.previous {
+                println!("the previous database is kept as {}", p.display());
+            }
+            Ok(())
+        }
         Command::LinkLocal(opts) => {
             init_logging(&config);
             runtime()?.block_on(link_local::run(&config, opts))
         }
         Command::Serve => {
+            let _one_server = instance::acquire(&config.data_dir)?;
             init_logging(&config);
             runtime()?.block_on(serve(config))
         }
     }
+}
+
+async fn export(config: &Config, file: &std::path::Path, users: Vec<String>) -> anyhow::Result<()> {
+    let selection = if users.is_empty() {
+        portable::Selection::All
+    } else {
+        let jids = users
+            .iter()
+            .map(|u| user::account(config, u))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        portable::Selection::Users(jids)
+    };
+    let stores = waxwing_store::open(&config.database_url).await?;
+    let xml = portable::export(config, &stores, selection).await?;
+    write_private(file, xml.as_bytes())?;
+    println!("exported to {}", file.display());
+    Ok(())
+}
+
+async fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let stores = waxwing_store::open(&config.database_url).await?;
+    let done = portable::import_file(config, &stores, file).await?;
+    for u in &done.users {
+        println!("imported {u}");
+    }
+    for (u, why) in &done.skipped {
+        eprintln!("skipped {u}: {why}");
+    }
+    if !done.skipped.is_empty() {
+        anyhow::bail!("{} account(s) not imported", done.skipped.len());
+    }
+    Ok(())
+}
+
+/// Writes a file only its owner can read (exports hold password hashes).
+fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // An existing file keeps its mode through `open`: restrict it too.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

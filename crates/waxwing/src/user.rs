@@ -28,7 +28,7 @@ pub enum Action {
     List { host: Option<String> },
 }
 
-fn account(config: &Config, jid: &str) -> anyhow::Result<BareJid> {
+pub fn account(config: &Config, jid: &str) -> anyhow::Result<BareJid> {
     let jid = BareJid::parse(jid).with_context(|| format!("{jid:?} is not a valid bare JID"))?;
     if jid.local().is_none() {
         bail!("{jid} has no local part (expected user@host)");

@@ -3,10 +3,12 @@
 
 pub mod bosh;
 pub mod http;
+pub mod ops;
 pub mod raw;
 
 pub use bosh::BoshConfig;
 pub use http::{HttpConfig, UploadConfig};
+pub use ops::{AdminConfig, MetricsConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -119,6 +121,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[upload]`: XEP-0363 HTTP File Upload.
     pub upload: UploadConfig,
+    pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
     pub link_local: LinkLocalConfig,
     pub bosh: BoshConfig,
     pub websocket: WebSocketConfig,
@@ -453,6 +457,8 @@ impl Config {
         let s2s = s2s_config(&f.s2s, source)?;
         let http = http::http_config(&f.listen, &f.http, source)?;
         let upload = http::upload_config(&f.upload, &hosts, &data_dir, source)?;
+        let metrics = ops::metrics_config(&f.metrics, source)?;
+        let admin = ops::admin_config(&f.admin, source)?;
         let link_local = link_local_config(&f.link_local, &hosts, source)?;
         Ok(Config {
             data_dir,
@@ -514,6 +520,8 @@ impl Config {
             compression_max_ratio: f.compression.max_ratio,
             http,
             upload,
+            metrics,
+            admin,
             link_local,
             bosh: bosh::bosh_config(&f.bosh),
             websocket: websocket_config(&f.websocket, source)?,

@@ -29,6 +29,8 @@ pub struct File {
     pub link_local: LinkLocal,
     pub bosh: Bosh,
     pub websocket: WebSocket,
+    pub metrics: Metrics,
+    pub admin: Admin,
 }
 
 impl Default for File {
@@ -55,6 +57,8 @@ impl Default for File {
             upload: Upload::default(),
             link_local: LinkLocal::default(),
             websocket: WebSocket::default(),
+            metrics: Metrics::default(),
+            admin: Admin::default(),
         }
     }
 }
@@ -691,4 +695,31 @@ impl Default for WebSocket {
             loopback_is_secure: true,
         }
     }
+}
+
+/// `[metrics]`: `/metrics` (OpenMetrics text) on the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    pub enabled: bool,
+    /// Networks besides loopback whose requests may read `/metrics`.
+    pub allowed_networks: Vec<String>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: true,
+            allowed_networks: Vec::new(),
+        }
+    }
+}
+
+/// `[admin]`: the HTTP admin API (token-authenticated, off by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub enabled: bool,
+    /// Networks besides loopback whose requests may use the admin API.
+    pub allowed_networks: Vec<String>,
 }

@@ -158,6 +158,8 @@ pub(crate) fn app(server: &Arc<Server>) -> Router {
         .ordinary
         .clone()
         .merge(discovery::routes())
+        .merge(crate::metrics::routes())
+        .merge(crate::admin::routes())
         .layer(TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout,

@@ -209,12 +209,22 @@ impl S2sManager {
                 }
             }
         };
+        // Kinds noted before the queue takes the stanzas; counted once queued.
+        let kinds: Vec<&'static str> = stanzas
+            .iter()
+            .map(|s| crate::metrics::stanza_kind(&s.name))
+            .collect();
+        let count_out = || {
+            for k in &kinds {
+                server.metrics.stanza_out(k, "s2s");
+            }
+        };
         let pair = (local, remote);
         let mut map = self.outgoing.lock().expect("s2s map lock");
         let mut stanzas = stanzas;
         if let Some(q) = map.get(&pair) {
             match push(q, stanzas) {
-                Ok(()) => return,
+                Ok(()) => return count_out(),
                 Err(Refused::Full(s)) => {
                     drop(map);
                     return bounce_all(
@@ -250,6 +260,7 @@ impl S2sManager {
         }
         map.insert(pair.clone(), q.clone());
         drop(map);
+        count_out();
         tracing::debug!(local = %pair.0, remote = %pair.1, "starting an outgoing s2s connection");
         tokio::spawn(s2s_out::run(server.clone(), pair, q, rx));
     }
@@ -342,6 +353,12 @@ impl S2sManager {
     /// pairs already had a route.
     pub fn routes_refused(&self) -> usize {
         self.routes_refused.load(Ordering::Relaxed)
+    }
+
+    /// Live routes and the entries waiting in their queues, for `/metrics`.
+    pub(crate) fn route_stats(&self) -> (usize, usize) {
+        let map = self.outgoing.lock().expect("s2s map lock");
+        (map.len(), map.values().map(Outq::depth).sum())
     }
 
     /// Number of live routes to domain pairs, over outgoing connections or

@@ -119,6 +119,7 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
             bidi: false,
             queue: None,
             routes: Vec::new(),
+            counted: None,
         };
         if refused {
             tracing::warn!("too many incoming s2s connections from this address");
@@ -189,6 +190,8 @@ struct Incoming {
     queue: Option<(Outq, Outbox)>,
     /// (local, remote) pairs this stream is registered as the route of.
     routes: Vec<Pair>,
+    /// Counts this stream in `waxwing_s2s_streams` once a pair authenticated.
+    counted: Option<crate::metrics::GaugeGuard>,
 }
 
 /// The read allowance of an s2s connection: servers carry many users'
@@ -395,6 +398,13 @@ impl Incoming {
 
     async fn send(&mut self, el: &Element) -> Result<(), End> {
         self.wire.send(el).await.map_err(|_| End::Gone)
+    }
+
+    /// The first authenticated pair decides the stream's method.
+    fn count_stream(&mut self, method: &'static str) {
+        if self.counted.is_none() {
+            self.counted = Some(self.server.metrics.s2s_stream("in", method));
+        }
     }
 
     fn local_domain(&self) -> String {
@@ -730,6 +740,7 @@ impl Incoming {
             .await?;
         let local = self.local_domain();
         tracing::info!(remote = %claimed, %local, "incoming s2s stream authenticated (SASL EXTERNAL)");
+        self.count_stream("sasl_external");
         self.add_route(&local, &claimed);
         self.authed.insert((claimed, local));
         self.sasl_done = true;
@@ -877,6 +888,7 @@ impl Incoming {
                 self.send(&dialback::result_answer(&v.local, &v.remote, true))
                     .await?;
                 tracing::info!(remote = %v.remote, local = %v.local, "incoming s2s stream authenticated (dialback)");
+                self.count_stream("dialback");
                 self.add_route(&v.local, &v.remote);
                 self.authed.insert((v.remote, v.local));
                 Ok(())

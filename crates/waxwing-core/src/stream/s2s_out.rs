@@ -86,6 +86,8 @@ pub(crate) async fn run(server: Arc<Server>, pair: Pair, tx: Outq, mut rx: Outbo
             Ok(out) => {
                 tracing::info!(auth = out.auth, bidi = out.bidi, "outgoing s2s stream ready");
                 server.s2s.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let method = if out.auth.starts_with("sasl") { "sasl_external" } else { "dialback" };
+                let _counted = server.metrics.s2s_stream("out", method);
                 Ok(out.session(&server, &mut rx).await)
             }
             Err(f) => {

@@ -41,6 +41,7 @@ use waxwing_core::config::{Config, RoomCreation};
 use waxwing_core::hooks::{
     Cx, DomainService, Event, EventHandler, Module, RegisterError, Registrar,
 };
+use waxwing_core::metrics::DomainLabel;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{self, Condition, StanzaError, StanzaKind};
@@ -121,6 +122,9 @@ impl Module for Muc {
 #[async_trait]
 impl EventHandler for Muc {
     async fn on_event(&self, cx: &Cx, event: &Event) {
+        if let Event::Started = event {
+            self.export_metrics(cx);
+        }
         // A session that ends leaves its rooms even if it never sent
         // presence (the presence module only tells rooms it has a record of).
         if let Event::SessionBound(_) = event {
@@ -138,6 +142,32 @@ impl EventHandler for Muc {
                 s.shutting_down(cx).await;
             }
         }
+    }
+}
+
+impl Muc {
+    /// `waxwing_muc_rooms` and `waxwing_muc_occupants` per MUC domain,
+    /// counted when scraped (one pass over the rooms, under their lock).
+    fn export_metrics(&self, cx: &Cx) {
+        let services: Vec<_> = self.services.iter().map(Arc::downgrade).collect();
+        let rooms = cx.metrics().muc_rooms.clone();
+        let occupants = cx.metrics().muc_occupants.clone();
+        cx.metrics().on_scrape(move || {
+            for s in services.iter().filter_map(std::sync::Weak::upgrade) {
+                let (n, people) = {
+                    let map = s.lock();
+                    (
+                        map.len(),
+                        map.values().map(Room::occupant_count).sum::<usize>(),
+                    )
+                };
+                let label = DomainLabel {
+                    domain: s.domain.clone(),
+                };
+                rooms.get_or_create(&label).set(n as i64);
+                occupants.get_or_create(&label).set(people as i64);
+            }
+        });
     }
 }
 

@@ -96,6 +96,14 @@ impl PrivateXmlStore for SqliteStore {
         Ok(())
     }
 
+    async fn keys(&self, owner: &BareJid) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT key FROM private_xml WHERE owner = $1 ORDER BY key")
+            .bind(owner.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+    }
+
     async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM private_xml WHERE owner = $1")
             .bind(owner.to_string())

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod archive;
+pub mod backup;
 mod im;
 mod muc;
 mod offline;

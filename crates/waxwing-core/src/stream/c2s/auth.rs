@@ -54,6 +54,7 @@ impl Conn {
         };
         match outcome {
             Ok((user, additional)) => {
+                server.metrics.auth(auth.attr("mechanism"), true);
                 throttle.record_success(ip, &user);
                 self.link.set_limits(full_limits(&server));
                 tracing::info!(%user, "authenticated");
@@ -66,6 +67,7 @@ impl Conn {
                     return Ok(None);
                 }
                 tracing::info!(user = ?self.attempted.as_ref().map(|u| u.to_string()), condition = e.condition(), "authentication failed");
+                server.metrics.auth(auth.attr("mechanism"), false);
                 throttle.record_failure(ip, self.attempted.as_ref());
                 self.auth_failures += 1;
                 if self.auth_failures >= self.server.config.max_auth_failures {

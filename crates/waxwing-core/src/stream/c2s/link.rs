@@ -195,6 +195,15 @@ impl Link {
         }
     }
 
+    /// For `/metrics` and the admin API.
+    pub fn transport(&self) -> crate::session::Transport {
+        match self {
+            Link::Tcp(_) => crate::session::Transport::Tcp,
+            Link::Bosh(_) => crate::session::Transport::Bosh,
+            Link::WebSocket(_) => crate::session::Transport::WebSocket,
+        }
+    }
+
     pub fn tcp(&self) -> Option<&TcpLink> {
         match self {
             Link::Tcp(t) => Some(t),

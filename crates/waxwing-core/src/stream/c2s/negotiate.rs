@@ -449,6 +449,7 @@ impl Conn {
             self.server.config.outbound_queue,
             self.server.config.outbound_burst,
         );
+        handle.set_transport(self.link.transport());
         if let Some(old) = sessions.bind(handle.clone()) {
             // RFC 6120 §7.7.2.2: the newer session wins; the old one gets <conflict/>.
             old.close(

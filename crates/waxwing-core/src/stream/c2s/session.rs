@@ -213,6 +213,7 @@ impl Conn {
         let mut ask = false;
         let base = session.sm.as_ref().map_or(0, |sm| sm.sent_out);
         for el in stanzas {
+            self.server.metrics.stanza_out(&el.name, "c2s");
             self.encode(&el, &mut out);
             if let Some(sm) = session.sm.as_mut() {
                 ask |= sm.on_sent(el);
