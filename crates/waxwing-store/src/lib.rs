@@ -27,6 +27,7 @@ pub mod reputation;
 pub mod roster;
 mod sql;
 mod sqlite;
+pub mod transfer;
 
 pub use accounts::{AccountStore, StoredSecret};
 pub use archive::{

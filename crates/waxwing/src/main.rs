@@ -3,6 +3,7 @@
 #![deny(unsafe_code)] // one exception: allocator.rs
 
 mod allocator;
+mod storage;
 mod user;
 
 use std::path::PathBuf;
@@ -40,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         action: user::Action,
     },
+    /// Database tools (they take database URLs, not the configuration).
+    Storage {
+        #[command(subcommand)]
+        action: storage::Action,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -72,16 +78,26 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(cli.config.as_ref())?;
+    // Database tools take URLs: no configuration needed (nor read).
+    let config = || load_config(cli.config.as_ref());
     match cli.command {
         Command::Config {
             action: ConfigAction::Check,
         } => {
+            let config = config()?;
             println!("configuration is valid: hosts {}", config.hosts.join(", "));
             Ok(())
         }
-        Command::User { action } => runtime()?.block_on(user::run(&config, action)),
+        Command::User { action } => {
+            let config = config()?;
+            runtime()?.block_on(user::run(&config, action))
+        }
+        Command::Storage { action } => {
+            init_cli_logging();
+            runtime()?.block_on(storage::run(action))
+        }
         Command::Serve => {
+            let config = config()?;
             init_logging(&config);
             runtime()?.block_on(serve(config))
         }
@@ -94,6 +110,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .on_thread_park(allocator::collect_when_idle)
         .build()
         .context("starting the runtime")
+}
+
+/// Warnings and errors of an administration command on stderr (RUST_LOG
+/// for more).
+fn init_cli_logging() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn init_logging(config: &Config) {

@@ -61,7 +61,7 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
 
 /// The PostgreSQL backend: one pool shared by every store trait.
 pub(crate) struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Stores, StoreError> {
@@ -83,7 +83,7 @@ pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Stores, Stor
 /// Connects (failing now if the server cannot be reached or refuses the
 /// credentials) and migrates. Concurrent starts of several nodes are safe:
 /// sqlx's migrator holds an advisory lock while it runs.
-async fn connect(url: &str, max_connections: u32) -> Result<PgStore, StoreError> {
+pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<PgStore, StoreError> {
     // sqlx's URL errors name the problem, not the URL (which may carry a
     // password).
     let options = PgConnectOptions::from_str(url)

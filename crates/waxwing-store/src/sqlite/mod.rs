@@ -52,7 +52,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The SQLite backend: one pool shared by all three store traits.
 pub(crate) struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 /// What a committed write must survive before a call returns.
@@ -83,7 +83,7 @@ pub(crate) async fn open(url: &str, durability: Durability) -> Result<Stores, St
     })
 }
 
-async fn connect(url: &str, durability: Durability) -> Result<SqliteStore, StoreError> {
+pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteStore, StoreError> {
     let in_memory = is_memory_url(url);
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Backend(format!("bad SQLite URL: {e}")))?
