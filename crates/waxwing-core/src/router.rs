@@ -73,6 +73,8 @@ pub struct Server {
     pub s2s: S2sManager,
     /// Counters for a future `/metrics` (see `metrics.rs`).
     pub metrics: crate::metrics::Metrics,
+    /// The HTTP listener's bound addresses and the URLs derived from them.
+    pub http: crate::http::HttpState,
 }
 
 impl Server {
@@ -109,6 +111,7 @@ impl Server {
             resumption: ResumptionTable::default(),
             s2s,
             metrics: Default::default(),
+            http: Default::default(),
             config,
         })
     }
@@ -690,6 +693,11 @@ impl Server {
     }
 
     /// Starts a graceful stop: listeners close and every stream ends with `system-shutdown`.
+    /// Cancelled when the server stops (long-lived HTTP handlers watch it).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
