@@ -321,6 +321,11 @@ pub async fn migrate(from: &str, to: &str, force: bool) -> Result<Vec<TableCount
     if from == to {
         return Err(MigrateError::SameDatabase);
     }
+    // Opening an SQLite URL creates a missing file: a mistyped --from would
+    // "migrate" an empty database.
+    if backend(from)? == Backend::Sqlite && !sqlite::exists(from)? {
+        return Err(StoreError::Backend("the source SQLite database does not exist".into()).into());
+    }
     let mut source = Tx::read(from).await?;
     let mut target = Tx::write(to).await?;
     let mut counts = Vec::with_capacity(TABLES.len());

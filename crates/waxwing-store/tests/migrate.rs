@@ -318,6 +318,17 @@ async fn sqlite_to_postgres_and_back_loses_nothing() {
     assert_same(&source, &open(&back).await.unwrap()).await;
 }
 
+/// A mistyped source path is an error, not an empty database copied.
+#[tokio::test]
+async fn a_missing_sqlite_source_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("sqlite://{}", dir.path().join("typo.db").display());
+    let target = format!("sqlite://{}", dir.path().join("target.db").display());
+    let err = migrate(&missing, &target, false).await.unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!dir.path().join("typo.db").exists());
+}
+
 #[tokio::test]
 async fn migrating_onto_itself_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -144,6 +144,16 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
     Ok(SqliteStore { pool })
 }
 
+/// Whether the database file of `url` exists (an in-memory one does not).
+pub(crate) fn exists(url: &str) -> Result<bool, StoreError> {
+    if is_memory_url(url) {
+        return Ok(false);
+    }
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Backend(format!("bad SQLite URL: {e}")))?;
+    Ok(options.get_filename().exists())
+}
+
 /// The spellings sqlx reads as an in-memory database.
 fn is_memory_url(url: &str) -> bool {
     let rest = url
