@@ -75,6 +75,8 @@ pub struct Server {
     pub metrics: crate::metrics::Metrics,
     /// The HTTP listener's bound addresses and the URLs derived from them.
     pub http: crate::http::HttpState,
+    /// BOSH sessions (XEP-0124/0206).
+    pub bosh: crate::bosh::Bosh,
 }
 
 impl Server {
@@ -112,6 +114,7 @@ impl Server {
             s2s,
             metrics: Default::default(),
             http: Default::default(),
+            bosh: crate::bosh::Bosh::new(&config.bosh),
             config,
         })
     }

@@ -3,6 +3,7 @@
 #![deny(unsafe_code)] // one exception: allocator.rs
 
 mod allocator;
+mod link_local;
 mod storage;
 mod user;
 
@@ -46,6 +47,8 @@ enum Command {
         #[command(subcommand)]
         action: storage::Action,
     },
+    /// Run only a XEP-0174 link-local peer (serverless chat on the LAN).
+    LinkLocal(link_local::Opts),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -95,6 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Storage { action } => {
             init_cli_logging();
             runtime()?.block_on(storage::run(action))
+        }
+        Command::LinkLocal(opts) => {
+            let config = config()?;
+            init_logging(&config);
+            runtime()?.block_on(link_local::run(&config, opts))
         }
         Command::Serve => {
             let config = config()?;
