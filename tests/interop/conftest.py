@@ -4,6 +4,8 @@
   subject (the real ``waxwing`` binary by default) on ephemeral loopback ports
   with its own data directory, and stops it (SIGTERM, then SIGKILL) after the
   test.
+- ``postgres`` (one cluster per worker, ``postgres.database()`` per test)
+  and ``redis`` (one per test): real servers from ``wxtest.services``.
 - ``xmpp``: a ``wxtest.client.ClientPool``; ``await xmpp.login(srv, jid, pw)``
   gives a logged-in slixmpp client. All clients are closed after the test.
 
@@ -65,6 +67,25 @@ def server(request, tmp_path):
     yield start
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL cluster per pytest worker (``wxtest.services``); tests
+    take their own database with ``postgres.database()``."""
+    from wxtest.services import Postgres
+    pg = Postgres()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def redis():
+    """A Redis server of this test's own (``wxtest.services``)."""
+    from wxtest.services import Redis
+    r = Redis()
+    yield r
+    r.stop()
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ pub async fn start(
     modules: Vec<Arc<dyn ModuleLoader>>,
 ) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let stores = waxwing_store::open_with(&config.database_url, config.durability).await?;
+    let stores = waxwing_store::open_with(&config.database_url, &config.storage).await?;
     start_with_stores(config, modules, stores).await
 }
 

@@ -1,6 +1,7 @@
 //! Storage for Waxwing: one trait per concern ([`AccountStore`],
-//! [`RosterStore`], [`OfflineStore`]), an SQLite implementation behind
-//! [`open`], and an in-memory one for tests ([`memory()`]).
+//! [`RosterStore`], [`OfflineStore`] …), SQLite and PostgreSQL
+//! implementations behind [`open`], and an in-memory one for tests
+//! ([`memory()`]).
 //!
 //! **Invariant:** a store method that writes has made its change durable
 //! before it returns; callers acknowledge to clients right after.
@@ -19,11 +20,14 @@ pub mod last;
 pub mod memory;
 pub mod muc;
 pub mod offline;
+mod postgres;
 pub mod private_xml;
 pub mod pubsub;
 pub mod reputation;
 pub mod roster;
+mod sql;
 mod sqlite;
+pub mod transfer;
 
 pub use accounts::{AccountStore, StoredSecret};
 pub use archive::{
@@ -123,20 +127,68 @@ impl fmt::Debug for Stores {
 ///
 /// Accepted: `sqlite://path/to/file.db` (relative to the working directory;
 /// `sqlite:///abs/path.db` for an absolute path; the file and its parent
-/// directories are created if missing) and `sqlite::memory:` (gone when the
-/// returned [`Stores`] and its clones are dropped).
+/// directories are created if missing), `sqlite::memory:` (gone when the
+/// returned [`Stores`] and its clones are dropped), and
+/// `postgres://user:password@host:port/database` (also `postgresql://`;
+/// the database must exist, its tables are created).
 pub async fn open(url: &str) -> Result<Stores, StoreError> {
-    open_with(url, Durability::default()).await
+    open_with(url, &OpenOptions::default()).await
 }
 
-/// [`open`] with an explicit durability for SQLite commits.
-pub async fn open_with(url: &str, durability: Durability) -> Result<Stores, StoreError> {
-    if url.starts_with("sqlite:") {
-        sqlite::open(url, durability).await
-    } else {
-        let scheme = url.split(':').next().unwrap_or_default();
-        Err(StoreError::Backend(format!(
-            "unsupported storage URL scheme {scheme:?} (expected \"sqlite:\")"
-        )))
+/// How [`open_with`] sets a database up, beyond its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// What a committed SQLite write must survive (PostgreSQL's own
+    /// `synchronous_commit` setting decides there).
+    pub durability: Durability,
+    /// Connections a PostgreSQL pool may open (SQLite's pool is sized for
+    /// its single writer).
+    pub max_connections: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            durability: Durability::default(),
+            max_connections: 10,
+        }
+    }
+}
+
+/// The database a URL names, by its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:`
+    Sqlite,
+    /// `postgres:` or `postgresql:`
+    Postgres,
+}
+
+impl Backend {
+    /// The backend for `url`, or `None` for a scheme no backend serves.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// [`open`] with explicit options.
+pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Stores, StoreError> {
+    match Backend::of_url(url) {
+        Some(Backend::Sqlite) => sqlite::open(url, options.durability).await,
+        Some(Backend::Postgres) => postgres::open(url, options.max_connections).await,
+        None => {
+            // The scheme only: the rest of a URL can hold a password.
+            let scheme = url.split(':').next().unwrap_or_default();
+            Err(StoreError::Backend(format!(
+                "unsupported storage URL scheme {scheme:?} \
+                 (expected \"sqlite:\" or \"postgres:\")"
+            )))
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! One contract per store trait, run against every backend: the in-memory
-//! stores, an SQLite file, and SQLite in memory.
+//! stores, an SQLite file, SQLite in memory, and PostgreSQL (a real server,
+//! one per test process, a fresh database per test: `waxwing-testsvc`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use waxwing_store::{
     Affiliation, LastActivity, OfflineMessage, RoomAffiliation, RoomRecord, RosterItem, StoreError,
     StoredRoom, StoredSecret, Stores, Subscription, memory, open,
 };
+use waxwing_testsvc::postgres::Cluster;
 
 fn j(s: &str) -> BareJid {
     BareJid::parse(s).unwrap()
@@ -23,6 +25,12 @@ fn secret(mechanism: &str, seed: u8) -> StoredSecret {
         stored_key: vec![seed.wrapping_add(1); 32],
         server_key: vec![seed.wrapping_add(2); 32],
     }
+}
+
+/// A fresh database on this process's PostgreSQL (started on first use).
+async fn postgres_url() -> String {
+    let cluster = tokio::task::spawn_blocking(Cluster::shared).await.unwrap();
+    cluster.database().await
 }
 
 fn sqlite_url(dir: &Path) -> String {
@@ -1542,6 +1550,11 @@ macro_rules! contract_tests {
             async fn sqlite_in_memory() {
                 $contract(&open("sqlite::memory:").await.unwrap()).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                $contract(&open(&postgres_url().await).await.unwrap()).await;
+            }
         }
     )*};
 }
@@ -1568,7 +1581,11 @@ contract_tests! {
 #[tokio::test]
 async fn sqlite_data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(dir.path());
+    data_survives_reopen(&sqlite_url(dir.path())).await;
+}
+
+async fn data_survives_reopen(url: &str) {
+    let url = url.to_string();
     let romeo = j("romeo@montague.example");
     let juliet = j("juliet@capulet.example");
 
@@ -1627,6 +1644,61 @@ async fn sqlite_reopen_while_open() {
     assert_eq!(b.accounts.count(None).await, Ok(1));
 }
 
+// ---------------------------------------------------- PostgreSQL specifics
+
+#[tokio::test]
+async fn postgres_data_survives_reopen() {
+    data_survives_reopen(&postgres_url().await).await;
+}
+
+/// Nodes of a cluster starting at once on an empty database: one migrates,
+/// the others wait for it (sqlx's migrator lock) and find the schema done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_opens_migrate_once() {
+    let url = postgres_url().await;
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { open(&url).await })
+        })
+        .collect();
+    let mut opened = Vec::new();
+    for t in tasks {
+        opened.push(t.await.unwrap().unwrap());
+    }
+    opened[0]
+        .accounts
+        .create(&j("romeo@montague.example"), &[])
+        .await
+        .unwrap();
+    for s in &opened {
+        assert_eq!(s.accounts.count(None).await, Ok(1));
+    }
+}
+
+/// A server that is not there is an error at open (the node does not
+/// start half-working), and the error does not carry the password.
+#[tokio::test]
+async fn postgres_unreachable_fails_open_without_echoing_the_password() {
+    let port = waxwing_testsvc::free_port();
+    let err = open(&format!(
+        "postgres://waxwing:hunter2@127.0.0.1:{port}/waxwing"
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn postgres_bad_url_is_refused_without_echoing_it() {
+    let err = open("postgres://waxwing:hunter2@127.0.0.1:notaport/waxwing")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
 #[tokio::test]
 async fn sqlite_memory_databases_are_separate() {
     let a = open("sqlite::memory:").await.unwrap();
@@ -1640,9 +1712,7 @@ async fn sqlite_memory_databases_are_separate() {
 
 #[tokio::test]
 async fn unknown_scheme_is_refused_without_echoing_the_url() {
-    let err = open("postgres://user:hunter2@db/waxwing")
-        .await
-        .unwrap_err();
+    let err = open("mysql://user:hunter2@db/waxwing").await.unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)));
     assert!(!err.to_string().contains("hunter2"));
 }

@@ -7,6 +7,7 @@ mod allocator;
 mod instance;
 mod link_local;
 mod portable;
+mod storage;
 mod user;
 
 use std::path::PathBuf;
@@ -68,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         action: admin::Action,
     },
+    /// Database tools (they take database URLs, not the configuration).
+    Storage {
+        #[command(subcommand)]
+        action: storage::Action,
+    },
     /// Run only a XEP-0174 link-local peer (serverless chat on the LAN).
     LinkLocal(link_local::Opts),
     /// Configuration tools.
@@ -102,17 +108,30 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(cli.config.as_ref())?;
+    // Database tools take URLs: no configuration needed (nor read).
+    let config = || load_config(cli.config.as_ref());
     match cli.command {
         Command::Config {
             action: ConfigAction::Check,
         } => {
+            let config = config()?;
             println!("configuration is valid: hosts {}", config.hosts.join(", "));
             Ok(())
         }
-        Command::User { action } => runtime()?.block_on(user::run(&config, action)),
-        Command::Export { file, users } => runtime()?.block_on(export(&config, &file, users)),
+        Command::User { action } => {
+            let config = config()?;
+            runtime()?.block_on(user::run(&config, action))
+        }
+        Command::Storage { action } => {
+            init_cli_logging();
+            runtime()?.block_on(storage::run(action))
+        }
+        Command::Export { file, users } => {
+            let config = config()?;
+            runtime()?.block_on(export(&config, &file, users))
+        }
         Command::Import { file } => {
+            let config = config()?;
             // A running server caches some of what an import writes (who
             // has offline messages, rooms): it must not be running.
             let _running = instance::acquire(&config.data_dir)
@@ -120,14 +139,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(import(&config, &file))
         }
         Command::Admin { target, action } => {
+            let config = config()?;
             runtime()?.block_on(admin::run(&config, target, action))
         }
         Command::Backup { file } => {
+            let config = config()?;
             let r = runtime()?.block_on(waxwing_store::backup(&config.database_url, &file))?;
             println!("backup written: {} ({} bytes)", r.path.display(), r.bytes);
             Ok(())
         }
         Command::Restore { file } => {
+            let config = config()?;
             let _running = instance::acquire(&config.data_dir)
                 .context("the server must be stopped to restore a backup")?;
             let r = runtime()?.block_on(waxwing_store::restore(&config.database_url, &file))?;
@@ -138,10 +160,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::LinkLocal(opts) => {
+            let config = config()?;
             init_logging(&config);
             runtime()?.block_on(link_local::run(&config, opts))
         }
         Command::Serve => {
+            let config = config()?;
             let _one_server = instance::acquire(&config.data_dir)?;
             init_logging(&config);
             runtime()?.block_on(serve(config))
@@ -206,6 +230,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .on_thread_park(allocator::collect_when_idle)
         .build()
         .context("starting the runtime")
+}
+
+/// Warnings and errors of an administration command on stderr (RUST_LOG
+/// for more).
+fn init_cli_logging() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn init_logging(config: &Config) {

@@ -65,7 +65,7 @@ fn password(config: &Config, given: Option<String>) -> anyhow::Result<String> {
 
 pub async fn run(config: &Config, action: Action) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let stores = waxwing_store::open(&config.database_url).await?;
+    let stores = waxwing_store::open_with(&config.database_url, &config.storage).await?;
     match action {
         Action::Add { jid, password: pw } => {
             let jid = account(config, &jid)?;

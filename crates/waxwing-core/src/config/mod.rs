@@ -59,7 +59,8 @@ pub struct Config {
     pub tls_resumption_cache: usize,
     pub certificates: Vec<CertificatePaths>,
     pub database_url: String,
-    pub durability: waxwing_store::Durability,
+    /// `[storage] synchronous` and `max_connections`.
+    pub storage: waxwing_store::OpenOptions,
     pub scram_iterations: u32,
     pub allow_plain: bool,
     pub max_auth_failures: u32,
@@ -427,12 +428,17 @@ impl Config {
             }
         };
         let database_url = match f.storage.database {
-            Some(url) if url.starts_with("sqlite:") => url,
+            Some(url) if waxwing_store::Backend::of_url(&url).is_some() => url,
             Some(url) => {
+                // The scheme only: the rest may hold a password.
+                let scheme = url.split(':').next().unwrap_or_default();
                 return Err(ConfigError::at(
                     source,
                     "database",
-                    format!("unsupported database URL {url:?}: expected sqlite://PATH"),
+                    format!(
+                        "unsupported database URL scheme {scheme:?}: expected \
+                         sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+                    ),
                 ));
             }
             None => format!("sqlite://{}", data_dir.join("waxwing.db").display()),
@@ -473,7 +479,10 @@ impl Config {
             tls_resumption_cache: f.tls.resumption_cache,
             certificates,
             database_url,
-            durability,
+            storage: waxwing_store::OpenOptions {
+                durability,
+                max_connections: f.storage.max_connections,
+            },
             scram_iterations: f.auth.scram_iterations,
             allow_plain: f.auth.allow_plain,
             max_auth_failures: f.auth.max_failures_per_stream,
@@ -586,6 +595,15 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
         why,
     };
     let bounds = [
+        Bound {
+            table: "storage",
+            key: "max_connections",
+            value: u64::from(f.storage.max_connections),
+            min: 1,
+            max: 1000,
+            why: "each node opens up to this many PostgreSQL connections, and a \
+                  PostgreSQL server allows 100 by default",
+        },
         Bound {
             table: "tls",
             key: "resumption_cache",
@@ -1408,6 +1426,22 @@ mod tests {
         assert!(c.require_encryption);
         assert!(!c.registration_open);
         assert_eq!(c.database_url, "sqlite://./data/waxwing.db");
+    }
+
+    #[test]
+    fn storage_urls_and_pool_size() {
+        let c = Config::parse(
+            "[storage]\ndatabase = \"postgres://wx:secret@db:5432/wx\"\nmax_connections = 25\n",
+        )
+        .unwrap();
+        assert_eq!(c.database_url, "postgres://wx:secret@db:5432/wx");
+        assert_eq!(c.storage.max_connections, 25);
+        assert_eq!(Config::embedded_default().storage.max_connections, 10);
+        let e = Config::parse("[storage]\ndatabase = \"mysql://wx:secret@db/wx\"\n").unwrap_err();
+        assert!(e.to_string().contains("mysql"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = Config::parse("[storage]\nmax_connections = 0\n").unwrap_err();
+        assert!(e.to_string().contains("max_connections"), "{e}");
     }
 
     #[test]

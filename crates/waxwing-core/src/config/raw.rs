@@ -124,11 +124,22 @@ pub struct Certificate {
     pub key: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     pub database: Option<String>,
     pub synchronous: Option<String>,
+    pub max_connections: u32,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            database: None,
+            synchronous: None,
+            max_connections: waxwing_store::OpenOptions::default().max_connections,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,17 +1,24 @@
 //! SQLite implementation of every store, on one sqlx pool.
 //!
-//! The SQL sticks to what PostgreSQL also accepts (`$n` placeholders,
-//! `ON CONFLICT … DO UPDATE`, `RETURNING`, `excluded.`), so a PostgreSQL
-//! backend can reuse these statements; only the DDL in `migrations/` differs.
+//! The statements are shared with PostgreSQL (`crate::sql` explains how):
+//! this module supplies the connection, the pool and the transactions.
 
+#[path = "../dml/accounts.rs"]
 mod accounts;
+#[path = "../dml/archive.rs"]
 mod archive;
 pub mod backup;
+#[path = "../dml/im.rs"]
 mod im;
+#[path = "../dml/muc.rs"]
 mod muc;
+#[path = "../dml/offline.rs"]
 mod offline;
+#[path = "../dml/pubsub.rs"]
 mod pubsub;
+#[path = "../dml/reputation.rs"]
 mod reputation;
+#[path = "../dml/roster.rs"]
 mod roster;
 
 use std::str::FromStr;
@@ -23,9 +30,15 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
-use waxwing_proto::jid::BareJid;
 
+pub(crate) use crate::sql::{db, jid, unsigned};
 use crate::{StoreError, Stores};
+
+/// The names the shared statements in `dml/` use.
+type Db = Sqlite;
+type Conn = sqlx::SqliteConnection;
+type DbRow = sqlx::sqlite::SqliteRow;
+type Store = SqliteStore;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -40,7 +53,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The SQLite backend: one pool shared by all three store traits.
 pub(crate) struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 /// What a committed write must survive before a call returns.
@@ -71,7 +84,7 @@ pub(crate) async fn open(url: &str, durability: Durability) -> Result<Stores, St
     })
 }
 
-async fn connect(url: &str, durability: Durability) -> Result<SqliteStore, StoreError> {
+pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteStore, StoreError> {
     let in_memory = is_memory_url(url);
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Backend(format!("bad SQLite URL: {e}")))?
@@ -132,6 +145,16 @@ async fn connect(url: &str, durability: Durability) -> Result<SqliteStore, Store
     Ok(SqliteStore { pool })
 }
 
+/// Whether the database file of `url` exists (an in-memory one does not).
+pub(crate) fn exists(url: &str) -> Result<bool, StoreError> {
+    if is_memory_url(url) {
+        return Ok(false);
+    }
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Backend(format!("bad SQLite URL: {e}")))?;
+    Ok(options.get_filename().exists())
+}
+
 /// The spellings sqlx reads as an in-memory database.
 fn is_memory_url(url: &str) -> bool {
     let rest = url
@@ -147,38 +170,17 @@ impl SqliteStore {
     /// A plain (deferred) `BEGIN` that reads first and writes later can fail
     /// with SQLITE_BUSY at the write, without waiting, when another
     /// connection committed in between; `BEGIN IMMEDIATE` waits on the busy
-    /// timeout instead. PostgreSQL gets a plain `BEGIN`.
-    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    /// timeout instead. That one lock serializes every write transaction, so
+    /// `_scope` (what PostgreSQL serializes on) is not needed here.
+    async fn write_tx(&self, _scope: &str) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)
     }
-}
 
-/// Converts a sqlx error, keeping a description for logs but neither the SQL
-/// nor sqlx's types: callers only ever see [`StoreError`].
-pub(crate) fn db(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::Database(d) => match d.code() {
-            Some(code) => StoreError::Backend(format!("database error {code}: {}", d.message())),
-            None => StoreError::Backend(format!("database error: {}", d.message())),
-        },
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-            StoreError::Corrupt(e.to_string())
-        }
-        sqlx::Error::PoolTimedOut => {
-            StoreError::Backend("timed out waiting for a database connection".into())
-        }
-        other => StoreError::Backend(other.to_string()),
+    /// Starts a read transaction: in WAL mode its first read fixes the
+    /// snapshot every later read sees.
+    async fn read_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(db)
     }
-}
-
-/// Reads back a JID column.
-pub(crate) fn jid(s: &str) -> Result<BareJid, StoreError> {
-    BareJid::parse(s).map_err(|_| StoreError::Corrupt(format!("stored JID {s:?} is not valid")))
-}
-
-/// Reads back a non-negative count or version column.
-pub(crate) fn unsigned(n: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {n}")))
 }
 
 #[cfg(test)]

@@ -2,9 +2,8 @@
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteStore, db, unsigned};
+use super::{DbRow, Store, db, unsigned};
 use crate::StoreError;
 use crate::reputation::{DomainReputation, DomainReputationStore};
 
@@ -12,7 +11,7 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn record(row: &SqliteRow) -> Result<DomainReputation, StoreError> {
+fn record(row: &DbRow) -> Result<DomainReputation, StoreError> {
     let get = |c: &str| row.try_get::<i64, _>(c).map_err(db);
     Ok(DomainReputation {
         domain: row.try_get("domain").map_err(db)?,
@@ -27,7 +26,7 @@ fn record(row: &SqliteRow) -> Result<DomainReputation, StoreError> {
 }
 
 #[async_trait]
-impl DomainReputationStore for SqliteStore {
+impl DomainReputationStore for Store {
     async fn get(&self, domain: &str) -> Result<Option<DomainReputation>, StoreError> {
         let row = sqlx::query(
             "SELECT domain, spam_reports, bounces, failed_dialbacks, rate_limit_hits, score, \

@@ -1,13 +1,12 @@
 use async_trait::async_trait;
-use sqlx::SqliteConnection;
 use waxwing_proto::jid::BareJid;
 
-use super::{SqliteStore, db, jid, unsigned};
+use super::{Conn, Store, db, jid, unsigned};
 use crate::accounts::normalize_secrets;
 use crate::{AccountStore, StoreError, StoredSecret};
 
 async fn insert_secrets(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     user: &str,
     secrets: &[StoredSecret],
 ) -> Result<(), StoreError> {
@@ -30,10 +29,10 @@ async fn insert_secrets(
 }
 
 #[async_trait]
-impl AccountStore for SqliteStore {
+impl AccountStore for Store {
     async fn create(&self, user: &BareJid, secrets: &[StoredSecret]) -> Result<(), StoreError> {
         let key = user.to_string();
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&key).await?;
         let inserted = sqlx::query(
             "INSERT INTO accounts (jid, domain) VALUES ($1, $2) ON CONFLICT (jid) DO NOTHING",
         )
@@ -97,13 +96,14 @@ impl AccountStore for SqliteStore {
         secrets: &[StoredSecret],
     ) -> Result<(), StoreError> {
         let key = user.to_string();
-        let mut tx = self.write_tx().await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE jid = $1")
-            .bind(&key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-        if exists.is_none() {
+        let mut tx = self.write_tx(&key).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE jid = $1)")
+                .bind(&key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        if !exists {
             return Err(StoreError::NotFound);
         }
         sqlx::query("DELETE FROM account_secrets WHERE jid = $1")
@@ -117,7 +117,7 @@ impl AccountStore for SqliteStore {
 
     async fn delete(&self, user: &BareJid) -> Result<(), StoreError> {
         let key = user.to_string();
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&key).await?;
         // Secrets go with the account (ON DELETE CASCADE).
         let deleted = sqlx::query("DELETE FROM accounts WHERE jid = $1")
             .bind(&key)

@@ -1,27 +1,31 @@
 use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 
-use super::{SqliteStore, db, jid, unsigned};
+use super::{Store, db, jid, unsigned};
 use crate::{OfflineMessage, OfflineStore, StoreError};
 
 #[async_trait]
-impl OfflineStore for SqliteStore {
+impl OfflineStore for Store {
     async fn push(&self, owner: &BareJid, stanza: &str, quota: u32) -> Result<bool, StoreError> {
-        // One statement, so the count and the insert are atomic: SQLite takes
-        // the write lock before it reads. (PostgreSQL under READ COMMITTED
-        // would need a per-owner lock around the same statement.)
+        // The count and the insert are atomic: the write transaction is
+        // serialized per owner (SQLite's write lock, PostgreSQL's per-key
+        // advisory lock; under READ COMMITTED alone two pushes could both
+        // see room for one more).
+        let owner = owner.to_string();
+        let mut tx = self.write_tx(&owner).await?;
         let inserted = sqlx::query(
             "INSERT INTO offline_messages (owner, stanza) \
              SELECT $1, $2 \
              WHERE (SELECT COUNT(*) FROM offline_messages WHERE owner = $1) < $3",
         )
-        .bind(owner.to_string())
+        .bind(&owner)
         .bind(stanza)
         .bind(i64::from(quota))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?
         .rows_affected();
+        tx.commit().await.map_err(db)?;
         Ok(inserted == 1)
     }
 

@@ -1,10 +1,9 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use sqlx::SqliteConnection;
 use waxwing_proto::jid::BareJid;
 
-use super::{SqliteStore, db, jid, unsigned};
+use super::{Conn, Store, db, jid, unsigned};
 use crate::roster::{normalize_groups, visible_change};
 use crate::{RosterItem, RosterStore, StoreError, Subscription};
 
@@ -81,7 +80,7 @@ fn group_map(rows: Vec<(String, String)>) -> HashMap<String, Vec<String>> {
 /// One item with its groups, in one statement (so a consistent snapshot
 /// outside a transaction too, and one round trip to the database thread).
 async fn fetch_item(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     owner: &str,
     contact: &BareJid,
 ) -> Result<Option<RosterItem>, StoreError> {
@@ -118,10 +117,7 @@ fn fold_groups(rows: Vec<GroupedRow>) -> Vec<(Row, Vec<String>)> {
 }
 
 /// Bumps the owner's roster version inside the caller's transaction.
-pub(super) async fn bump_version(
-    conn: &mut SqliteConnection,
-    owner: &str,
-) -> Result<u64, StoreError> {
+pub(super) async fn bump_version(conn: &mut Conn, owner: &str) -> Result<u64, StoreError> {
     let v: i64 = sqlx::query_scalar(
         "INSERT INTO roster_versions (owner, version) VALUES ($1, 1) \
          ON CONFLICT (owner) DO UPDATE SET version = roster_versions.version + 1 \
@@ -134,7 +130,7 @@ pub(super) async fn bump_version(
     unsigned(v, "roster version")
 }
 
-async fn current_version(conn: &mut SqliteConnection, owner: &str) -> Result<u64, StoreError> {
+async fn current_version(conn: &mut Conn, owner: &str) -> Result<u64, StoreError> {
     let v: Option<i64> = sqlx::query_scalar("SELECT version FROM roster_versions WHERE owner = $1")
         .bind(owner)
         .fetch_optional(&mut *conn)
@@ -144,7 +140,7 @@ async fn current_version(conn: &mut SqliteConnection, owner: &str) -> Result<u64
 }
 
 #[async_trait]
-impl RosterStore for SqliteStore {
+impl RosterStore for Store {
     async fn items(&self, owner: &BareJid) -> Result<Vec<RosterItem>, StoreError> {
         // One statement (a consistent snapshot without a transaction) and
         // one round trip to the database thread: this runs on every login
@@ -185,7 +181,7 @@ impl RosterStore for SqliteStore {
         let mut new = item.clone();
         new.groups = normalize_groups(&item.groups);
 
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&owner).await?;
         let old = fetch_item(&mut tx, &owner, &item.contact).await?;
         // An upsert, not INSERT OR REPLACE: REPLACE deletes the row first,
         // which would cascade to its groups.
@@ -244,7 +240,7 @@ impl RosterStore for SqliteStore {
 
     async fn remove(&self, owner: &BareJid, contact: &BareJid) -> Result<u64, StoreError> {
         let owner = owner.to_string();
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&owner).await?;
         // Groups go with the row (ON DELETE CASCADE).
         let was_visible: Option<bool> = sqlx::query_scalar(
             "DELETE FROM roster_items WHERE owner = $1 AND contact = $2 RETURNING in_roster",
@@ -270,7 +266,7 @@ impl RosterStore for SqliteStore {
 
     async fn owners_of(&self, contact: &BareJid) -> Result<Vec<(BareJid, RosterItem)>, StoreError> {
         let key = contact.to_string();
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.read_tx().await?;
         let rows: Vec<Row> = sqlx::query_as(concat!(
             "SELECT owner, ",
             item_columns!(),

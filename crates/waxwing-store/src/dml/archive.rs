@@ -6,10 +6,10 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::QueryBuilder;
 use waxwing_proto::jid::{FullJid, Jid};
 
-use super::{SqliteStore, db, jid, unsigned};
+use super::{Conn, Db, Store, db, jid, unsigned};
 use crate::StoreError;
 use crate::archive::{
     ArchiveOwner, ArchivePrefs, ArchiveQuery, ArchiveStore, DefaultPolicy, Item, NewItem,
@@ -40,7 +40,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn push(&self, qb: &mut QueryBuilder<Sqlite>) {
+    fn push(&self, qb: &mut QueryBuilder<Db>) {
         qb.push(" WHERE owner_kind = ")
             .push_bind(self.kind)
             .push(" AND owner = ")
@@ -95,11 +95,7 @@ fn row_to_item(row: Row) -> Result<(i64, Item), StoreError> {
     ))
 }
 
-async fn seq_of(
-    conn: &mut SqliteConnection,
-    owner: &ArchiveOwner,
-    id: &str,
-) -> Result<i64, StoreError> {
+async fn seq_of(conn: &mut Conn, owner: &ArchiveOwner, id: &str) -> Result<i64, StoreError> {
     sqlx::query_scalar(
         "SELECT seq FROM archive_items WHERE owner_kind = $1 AND owner = $2 AND id = $3",
     )
@@ -112,12 +108,8 @@ async fn seq_of(
     .ok_or(StoreError::NotFound)
 }
 
-async fn count(
-    conn: &mut SqliteConnection,
-    f: &Filter,
-    below: Option<i64>,
-) -> Result<u64, StoreError> {
-    let mut qb = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM archive_items");
+async fn count(conn: &mut Conn, f: &Filter, below: Option<i64>) -> Result<u64, StoreError> {
+    let mut qb = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM archive_items");
     f.push(&mut qb);
     if let Some(b) = below {
         qb.push(" AND seq < ").push_bind(b);
@@ -131,7 +123,7 @@ async fn count(
 }
 
 #[async_trait]
-impl ArchiveStore for SqliteStore {
+impl ArchiveStore for Store {
     async fn append(&self, owner: &ArchiveOwner, item: NewItem<'_>) -> Result<String, StoreError> {
         let mut last = None;
         for _ in 0..ID_ATTEMPTS {
@@ -170,7 +162,7 @@ impl ArchiveStore for SqliteStore {
     ) -> Result<Page<Item>, StoreError> {
         // One read transaction: the count, the page and the index come from
         // the same snapshot even while messages are being appended.
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.read_tx().await?;
         let conn = &mut *tx;
         let mut resolve = async |id: &Option<String>| -> Result<Option<i64>, StoreError> {
             match id.as_deref() {
@@ -206,7 +198,7 @@ impl ArchiveStore for SqliteStore {
         };
         let total = count(conn, &f, None).await?;
 
-        let mut qb = QueryBuilder::<Sqlite>::new(
+        let mut qb = QueryBuilder::<Db>::new(
             "SELECT seq, id, stamp, with_bare, with_resource, stanza FROM archive_items",
         );
         f.push(&mut qb);
@@ -277,7 +269,7 @@ impl ArchiveStore for SqliteStore {
     }
 
     async fn remove(&self, owner: &ArchiveOwner) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&owner.jid().to_string()).await?;
         let n = sqlx::query("DELETE FROM archive_items WHERE owner_kind = $1 AND owner = $2")
             .bind(owner.kind().as_str())
             .bind(owner.jid().to_string())
@@ -325,7 +317,7 @@ impl ArchiveStore for SqliteStore {
         &self,
         user: &waxwing_proto::jid::BareJid,
     ) -> Result<Option<ArchivePrefs>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.read_tx().await?;
         let default: Option<String> =
             sqlx::query_scalar("SELECT default_policy FROM archive_prefs WHERE owner = $1")
                 .bind(user.to_string())
@@ -369,7 +361,7 @@ impl ArchiveStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let prefs = prefs.normalized();
         let key = user.to_string();
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&key).await?;
         sqlx::query(
             "INSERT INTO archive_prefs (owner, default_policy) VALUES ($1, $2) \
              ON CONFLICT (owner) DO UPDATE SET default_policy = excluded.default_policy",

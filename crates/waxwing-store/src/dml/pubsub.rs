@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use waxwing_proto::jid::{BareJid, Jid};
 
-use super::{SqliteStore, db, jid, unsigned};
+use super::{Store, db, jid, unsigned};
 use crate::StoreError;
 use crate::pubsub::{
     FeedKey, PubSubAffiliation, PubSubItem, PubSubStore, StoredFeed, SubscriptionState,
@@ -13,7 +13,7 @@ fn any_jid(s: &str) -> Result<Jid, StoreError> {
     Jid::parse(s).map_err(|_| StoreError::Corrupt(format!("stored JID {s:?} is not valid")))
 }
 
-impl SqliteStore {
+impl Store {
     async fn node_exists(&self, service: &BareJid, node: &str) -> Result<bool, StoreError> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM pubsub_nodes WHERE service = $1 AND node = $2",
@@ -36,7 +36,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl PubSubStore for SqliteStore {
+impl PubSubStore for Store {
     async fn create_node(
         &self,
         service: &BareJid,
@@ -120,7 +120,7 @@ impl PubSubStore for SqliteStore {
         item: &PubSubItem,
         max_items: Option<u64>,
     ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&format!("{service}\n{node}")).await?;
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM pubsub_nodes WHERE service = $1 AND node = $2",
         )
@@ -524,7 +524,9 @@ impl PubSubStore for SqliteStore {
         item_id: &str,
         keep: u64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self
+            .write_tx(&format!("{}\n{}\n{}", key.service, key.node, key.url))
+            .await?;
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM pubsub_feeds WHERE service = $1 AND node = $2 AND url = $3",
         )

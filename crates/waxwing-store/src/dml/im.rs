@@ -1,17 +1,17 @@
 //! Blocklists, private XML / vCards and last activity (issue 6 stores).
 
 use async_trait::async_trait;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::QueryBuilder;
 use waxwing_proto::jid::{BareJid, Jid};
 
-use super::{SqliteStore, db, unsigned};
+use super::{Db, Store, db, unsigned};
 use crate::StoreError;
 use crate::blocklist::{BlocklistStore, parse_item};
 use crate::last::{LastActivity, LastActivityStore};
 use crate::private_xml::PrivateXmlStore;
 
 #[async_trait]
-impl BlocklistStore for SqliteStore {
+impl BlocklistStore for Store {
     async fn list(&self, owner: &BareJid) -> Result<Vec<Jid>, StoreError> {
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT jid FROM blocklist WHERE owner = $1 ORDER BY jid")
@@ -23,7 +23,7 @@ impl BlocklistStore for SqliteStore {
     }
 
     async fn block(&self, owner: &BareJid, jids: &[Jid]) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&owner.to_string()).await?;
         for j in jids {
             sqlx::query(
                 "INSERT INTO blocklist (owner, jid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -38,7 +38,7 @@ impl BlocklistStore for SqliteStore {
     }
 
     async fn unblock(&self, owner: &BareJid, jids: &[Jid]) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&owner.to_string()).await?;
         for j in jids {
             sqlx::query("DELETE FROM blocklist WHERE owner = $1 AND jid = $2")
                 .bind(owner.to_string())
@@ -72,7 +72,7 @@ impl BlocklistStore for SqliteStore {
 }
 
 #[async_trait]
-impl PrivateXmlStore for SqliteStore {
+impl PrivateXmlStore for Store {
     async fn get(&self, owner: &BareJid, key: &str) -> Result<Option<String>, StoreError> {
         sqlx::query_scalar("SELECT xml FROM private_xml WHERE owner = $1 AND key = $2")
             .bind(owner.to_string())
@@ -115,7 +115,7 @@ impl PrivateXmlStore for SqliteStore {
 }
 
 #[async_trait]
-impl LastActivityStore for SqliteStore {
+impl LastActivityStore for Store {
     async fn get(&self, user: &BareJid) -> Result<Option<LastActivity>, StoreError> {
         let row: Option<(i64, String)> =
             sqlx::query_as("SELECT at, status FROM last_activity WHERE owner = $1")
@@ -146,9 +146,11 @@ impl LastActivityStore for SqliteStore {
                 .map_err(|_| StoreError::Backend("last activity time out of range".into()))?;
             rows.push((user.to_string(), at, last.status.as_str()));
         }
+        // In key order, so that two batches (two cluster nodes) lock their
+        // common rows in the same order and never deadlock each other.
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("INSERT INTO last_activity (owner, at, status) ");
+            let mut qb = QueryBuilder::<Db>::new("INSERT INTO last_activity (owner, at, status) ");
             qb.push_values(chunk, |mut b, (owner, at, status)| {
                 b.push_bind(owner).push_bind(at).push_bind(*status);
             });

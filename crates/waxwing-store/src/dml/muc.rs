@@ -1,10 +1,9 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use sqlx::SqliteConnection;
 use waxwing_proto::jid::BareJid;
 
-use super::{SqliteStore, db, jid};
+use super::{Conn, Store, db, jid};
 use crate::StoreError;
 use crate::muc::{Affiliation, MucStore, RoomAffiliation, RoomRecord, StoredRoom};
 
@@ -16,7 +15,7 @@ fn nick_taken(e: sqlx::Error) -> StoreError {
     }
 }
 
-async fn room_exists(conn: &mut SqliteConnection, room: &str) -> Result<bool, StoreError> {
+async fn room_exists(conn: &mut Conn, room: &str) -> Result<bool, StoreError> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM muc_rooms WHERE jid = $1")
         .bind(room)
         .fetch_one(conn)
@@ -26,7 +25,7 @@ async fn room_exists(conn: &mut SqliteConnection, room: &str) -> Result<bool, St
 }
 
 async fn insert_affiliation(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     room: &str,
     item: &RoomAffiliation,
 ) -> Result<(), StoreError> {
@@ -48,11 +47,11 @@ async fn insert_affiliation(
 }
 
 #[async_trait]
-impl MucStore for SqliteStore {
+impl MucStore for Store {
     async fn replace_room(&self, room: &StoredRoom) -> Result<(), StoreError> {
         let r = &room.room;
         let key = r.jid.to_string();
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&key).await?;
         sqlx::query(
             "INSERT INTO muc_rooms (jid, domain, config, subject, subject_by) \
              VALUES ($1, $2, $3, $4, $5) \
@@ -101,7 +100,7 @@ impl MucStore for SqliteStore {
         item: &RoomAffiliation,
     ) -> Result<(), StoreError> {
         let key = room.to_string();
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&key).await?;
         if !room_exists(&mut tx, &key).await? {
             return Err(StoreError::NotFound);
         }

@@ -1,0 +1,190 @@
+//! PostgreSQL implementation of every store, on one pooled sqlx connection
+//! set.
+//!
+//! The statements are those of the SQLite backend (`crate::sql` explains
+//! how they are shared); this module supplies the pool, the migrations in
+//! `migrations/postgres/` and the transactions that give the shared
+//! statements SQLite's semantics on a server that runs writers in parallel:
+//! a write transaction first takes an advisory lock on what it changes (the
+//! account, the room, the node), so two writers of the same thing run one
+//! after the other, as SQLite's single write lock makes them, while writers
+//! of different things proceed at once.
+
+// The point of `dml/`: the same statements compiled for both backends.
+#![allow(clippy::duplicate_mod)]
+
+#[path = "../dml/accounts.rs"]
+mod accounts;
+#[path = "../dml/archive.rs"]
+mod archive;
+#[path = "../dml/im.rs"]
+mod im;
+#[path = "../dml/muc.rs"]
+mod muc;
+#[path = "../dml/offline.rs"]
+mod offline;
+#[path = "../dml/pubsub.rs"]
+mod pubsub;
+#[path = "../dml/reputation.rs"]
+mod reputation;
+#[path = "../dml/roster.rs"]
+mod roster;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, Postgres, Transaction};
+
+pub(crate) use crate::sql::{db, jid, unsigned};
+use crate::{StoreError, Stores};
+
+/// The names the shared statements in `dml/` use.
+type Db = Postgres;
+type Conn = sqlx::PgConnection;
+type DbRow = sqlx::postgres::PgRow;
+type Store = PgStore;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a caller waits for a free pooled connection before its store
+/// call fails (the client then gets `internal-server-error`, not a hang).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection idle for longer is pinged before it is lent out, so that a
+/// database restart costs a reconnect rather than one failed call per
+/// pooled connection; a busy connection is not pinged (the round trip would
+/// double the cost of every statement).
+const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
+
+/// The PostgreSQL backend: one pool shared by every store trait.
+pub(crate) struct PgStore {
+    pub(crate) pool: PgPool,
+}
+
+pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Stores, StoreError> {
+    let s = Arc::new(connect(url, max_connections).await?);
+    Ok(Stores {
+        accounts: s.clone(),
+        archive: s.clone(),
+        blocklist: s.clone(),
+        private_xml: s.clone(),
+        last_activity: s.clone(),
+        roster: s.clone(),
+        offline: s.clone(),
+        pubsub: s.clone(),
+        reputation: s.clone(),
+        muc: s,
+    })
+}
+
+/// Connects (failing now if the server cannot be reached or refuses the
+/// credentials) and migrates. Concurrent starts of several nodes are safe:
+/// sqlx's migrator holds an advisory lock while it runs.
+pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<PgStore, StoreError> {
+    // sqlx's URL errors name the problem, not the URL (which may carry a
+    // password).
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}")))?
+        .application_name("waxwing");
+    let (host, port, database) = (
+        options.get_host().to_string(),
+        options.get_port(),
+        options.get_database().unwrap_or_default().to_string(),
+    );
+    // One connection first, so that an unreachable server or bad
+    // credentials fail the start at once, where the pool would retry until
+    // its acquire timeout.
+    sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(db)?
+        .close()
+        .await
+        .map_err(db)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(db)?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| StoreError::Backend(format!("migrating the database failed: {e}")))?;
+    tracing::info!(%host, port, %database, max_connections, "PostgreSQL database open, schema up to date");
+    Ok(PgStore { pool })
+}
+
+impl PgStore {
+    /// Starts a write transaction serialized with every other one on the
+    /// same `scope` (an account, a room, a node): a transaction-scoped
+    /// advisory lock, taken in the same round trip as `BEGIN` and released
+    /// by its commit or rollback. Under READ COMMITTED the reads inside then
+    /// see everything the previous holder committed, which is what the
+    /// shared statements expect (SQLite serializes all writers).
+    async fn write_tx(&self, scope: &str) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let key = lock_key(scope);
+        self.pool
+            .begin_with(AssertSqlSafe(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({key})"
+            )))
+            .await
+            .map_err(db)
+    }
+
+    /// Starts a read transaction whose statements all see one snapshot
+    /// (READ COMMITTED would give each statement its own, so a count and
+    /// the page it describes could disagree).
+    async fn read_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(db)
+    }
+}
+
+/// The advisory-lock key of a scope: 64-bit FNV-1a of a prefix and the
+/// scope. A fixed function (not std's `DefaultHasher`, which may change
+/// between Rust releases), so that nodes running different builds during a
+/// rolling upgrade still agree; a collision only serializes two unrelated
+/// writers.
+fn lock_key(scope: &str) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = b"waxwing\0"
+        .iter()
+        .chain(scope.as_bytes())
+        .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    // The same 64 bits, read as PostgreSQL's signed bigint.
+    hash as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        // Fixed values: a change here would make nodes of two releases
+        // disagree on which transactions exclude each other.
+        assert_eq!(lock_key(""), lock_key(""));
+        assert_ne!(
+            lock_key("romeo@example.com"),
+            lock_key("juliet@example.com")
+        );
+        assert_eq!(lock_key("romeo@example.com"), LOCK_ROMEO);
+    }
+
+    const LOCK_ROMEO: i64 = -4149640952409099145;
+}
