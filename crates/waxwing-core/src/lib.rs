@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod abuse;
+pub(crate) mod component;
 pub mod config;
 pub mod credentials;
 pub mod hooks;

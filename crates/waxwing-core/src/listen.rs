@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::router::Server;
-use crate::stream::{c2s, s2s_in};
+use crate::stream::{c2s, component, s2s_in};
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub enum ListenerKind {
     S2s,
     /// s2s with TLS from the first byte (XEP-0368).
     S2sDirectTls,
+    /// XEP-0114 external components.
+    Component,
 }
 
 impl ListenerKind {
@@ -30,6 +32,7 @@ impl ListenerKind {
             ListenerKind::C2sDirectTls => "c2s_direct_tls",
             ListenerKind::S2s => "s2s",
             ListenerKind::S2sDirectTls => "s2s_direct_tls",
+            ListenerKind::Component => "component",
         }
     }
 }
@@ -45,11 +48,19 @@ pub struct Bound {
 /// taken port is a startup error, not a log line.
 pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
     let mut out = Vec::new();
+    // The component port stays closed until a component is configured.
+    let no_components = Vec::new();
+    let components = if server.config.components.is_empty() {
+        &no_components
+    } else {
+        &server.config.component_listen
+    };
     let lists = [
         (ListenerKind::C2s, &server.config.c2s),
         (ListenerKind::C2sDirectTls, &server.config.c2s_direct_tls),
         (ListenerKind::S2s, &server.config.s2s_listen),
         (ListenerKind::S2sDirectTls, &server.config.s2s_direct_tls),
+        (ListenerKind::Component, components),
     ];
     for (kind, addrs) in lists {
         for addr in addrs {
@@ -88,6 +99,7 @@ pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) 
                     ListenerKind::S2sDirectTls => {
                         tasks.spawn(s2s_in::serve(server, tcp, peer, true))
                     }
+                    ListenerKind::Component => tasks.spawn(component::serve(server, tcp, peer)),
                 };
             }
             Err(e) => {

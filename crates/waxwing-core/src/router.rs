@@ -73,6 +73,8 @@ pub struct Server {
     pub s2s: S2sManager,
     /// Counters for a future `/metrics` (see `metrics.rs`).
     pub metrics: crate::metrics::Metrics,
+    /// XEP-0114 external components, by domain.
+    pub(crate) components: crate::component::Components,
 }
 
 impl Server {
@@ -109,6 +111,7 @@ impl Server {
             resumption: ResumptionTable::default(),
             s2s,
             metrics: Default::default(),
+            components: crate::component::Components::new(&config.components),
             config,
         })
     }
@@ -146,6 +149,12 @@ impl Server {
             {
                 self.answer_panic(&reply_to).await;
             }
+        } else if self.components.contains(to.domain()) {
+            if let crate::component::Offer::Bounce(stanza, err) =
+                self.components.offer(to.domain(), stanza)
+            {
+                self.bounce(&stanza, err).await;
+            }
         } else if self.config.is_local_host(to.domain()) {
             self.deliver_local(to, stanza, kind).await;
         } else {
@@ -177,10 +186,9 @@ impl Server {
                 .and_then(|f| self.sessions.get(f))
                 .filter(|s| !s.is_closing());
             let same_to = stanzas.iter().all(|s| s.attr("to") == first.attr("to"));
-            let remote = to.as_ref().is_some_and(|to| {
-                !self.config.is_local_host(to.domain())
-                    && !self.registry.services.contains_key(to.domain())
-            });
+            let remote = to
+                .as_ref()
+                .is_some_and(|to| !self.is_local_domain(to.domain()));
             if remote && same_to {
                 // One entry of the pair's queue, like a session's burst.
                 return self.s2s.send_burst(&self, stanzas);

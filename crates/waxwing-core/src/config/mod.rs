@@ -1,6 +1,7 @@
 //! Configuration: `raw` mirrors the TOML file, [`Config`] is the validated
 //! form that the rest of the server reads.
 
+pub mod ext;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -110,6 +111,15 @@ pub struct Config {
     pub compression_enabled: bool,
     /// Inflated bytes allowed per compressed byte (plus a fixed slack).
     pub compression_max_ratio: u64,
+    /// `[listen] component`: where XEP-0114 components connect (bound
+    /// only when `components` is not empty).
+    pub component_listen: Vec<SocketAddr>,
+    /// `[[components]]`.
+    pub components: Vec<ext::ComponentConfig>,
+    /// `[external_services]` (XEP-0215).
+    pub external_services: ext::ExternalServicesConfig,
+    /// `modules_disabled`: checked against the module list by the binary.
+    pub modules_disabled: Vec<String>,
 }
 
 /// `[muc]`, validated.
@@ -381,6 +391,12 @@ impl Config {
         let s2s_listen = addrs(&f.listen.s2s, "s2s")?;
         let s2s_direct_tls = addrs(&f.listen.s2s_direct_tls, "s2s_direct_tls")?;
         let s2s = s2s_config(&f.s2s, source)?;
+        let component_listen = addrs(&f.listen.component, "component")?;
+        let mut taken = muc.domains.clone();
+        taken.extend(hosts.iter().map(|h| format!("pubsub.{h}")));
+        let components = ext::components(&f.components, &hosts, &taken, source)?;
+        let external_services = ext::external_services(&f.external_services, source)?;
+        let modules_disabled = ext::modules_disabled(&f.modules_disabled, source)?;
         Ok(Config {
             data_dir,
             hosts,
@@ -439,6 +455,10 @@ impl Config {
             pubsub,
             compression_enabled: f.compression.enabled,
             compression_max_ratio: f.compression.max_ratio,
+            component_listen,
+            components,
+            external_services,
+            modules_disabled,
         })
     }
 

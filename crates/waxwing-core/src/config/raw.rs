@@ -24,6 +24,12 @@ pub struct File {
     pub muc: Muc,
     pub pubsub: PubSub,
     pub compression: Compression,
+    /// Module names (as `waxwing config check` lists them) not to load.
+    pub modules_disabled: Vec<String>,
+    /// `[[components]]`: XEP-0114 external components.
+    pub components: Vec<super::ext::RawComponent>,
+    /// `[external_services]`: XEP-0215 STUN/TURN services.
+    pub external_services: super::ext::RawExternalServices,
 }
 
 impl Default for File {
@@ -45,6 +51,9 @@ impl Default for File {
             muc: Muc::default(),
             pubsub: PubSub::default(),
             compression: Compression::default(),
+            modules_disabled: Vec::new(),
+            components: Vec::new(),
+            external_services: Default::default(),
         }
     }
 }
@@ -62,6 +71,14 @@ pub struct Listen {
     /// Server-to-server with TLS from the first byte (XEP-0368); as `s2s`.
     #[serde(default)]
     pub s2s_direct_tls: Vec<String>,
+    /// XEP-0114 external components; opened only when `[[components]]`
+    /// are configured. Loopback by default: the handshake is not encrypted.
+    #[serde(default = "default_component_listen")]
+    pub component: Vec<String>,
+}
+
+fn default_component_listen() -> Vec<String> {
+    vec!["127.0.0.1:5347".into()]
 }
 
 impl Default for Listen {
@@ -71,6 +88,7 @@ impl Default for Listen {
             c2s_direct_tls: vec!["[::]:5223".into()],
             s2s: vec!["[::]:5269".into()],
             s2s_direct_tls: vec!["[::]:5270".into()],
+            component: default_component_listen(),
         }
     }
 }
