@@ -10,6 +10,7 @@ pub mod caps;
 pub mod carbons;
 pub mod contact_addresses;
 pub mod disco;
+pub mod extdisco;
 pub mod last;
 mod locks;
 pub mod mam;

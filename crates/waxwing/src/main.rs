@@ -73,6 +73,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(cli.config.as_ref())?;
+    modules::check_disabled(&config).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Config {
             action: ConfigAction::Check,

@@ -5,13 +5,35 @@ use std::sync::Arc;
 use waxwing_core::Config;
 use waxwing_core::hooks::{ModuleLoader, load};
 use waxwing_modules::{
-    adhoc, blocking, carbons, disco, last, mam, offline, ping, presence, private, register, roster,
-    time, vcard, version,
+    adhoc, blocking, carbons, disco, extdisco, last, mam, offline, ping, presence, private,
+    register, roster, time, vcard, version,
 };
 
-/// Every module, in registration order. Order matters only within a hook
-/// chain of equal priority.
+/// The modules of this build, in registration order, without those named
+/// in `modules_disabled` (see [`check_disabled`]). Order matters only
+/// within a hook chain of equal priority.
 pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
+    let mut modules = every(config);
+    modules.retain(|m| !config.modules_disabled.iter().any(|d| d == m.module_name()));
+    modules
+}
+
+/// Refuses a `modules_disabled` entry that names no module of this build:
+/// a typo must not leave a module running that the operator meant to turn off.
+pub fn check_disabled(config: &Config) -> Result<(), String> {
+    let known: Vec<&'static str> = every(config).iter().map(|m| m.module_name()).collect();
+    for d in &config.modules_disabled {
+        if !known.contains(&d.as_str()) {
+            return Err(format!(
+                "modules_disabled: no module is called {d:?}; the modules are: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn every(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
     let pubsub = waxwing_modules::pubsub::PubSub::new(config);
     let mut modules = vec![
         load(roster::Roster),
@@ -30,6 +52,7 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         load(ping::Ping),
         load(version::Version),
         load(time::Time),
+        load(extdisco::ExtDisco),
         load(register::Register),
         load(waxwing_modules::push::Push),
         load(waxwing_modules::muc::Muc::new(config)),
