@@ -10,6 +10,7 @@ pub(crate) mod isolate;
 pub mod listen;
 pub mod metrics;
 mod private_file;
+pub(crate) mod proxy65;
 pub(crate) mod queue;
 pub mod router;
 pub mod s2s;
@@ -75,6 +76,12 @@ pub async fn start_with_stores(
     stores: waxwing_store::Stores,
 ) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)?;
+    let mut modules = modules;
+    if config.proxy65.enabled {
+        modules.push(hooks::load(proxy65::Proxy65Module {
+            domains: config.proxy65.domains.clone(),
+        }));
+    }
     let registry = Registrar::build(modules)?;
     let tls = tls::TlsContext::load(&config)?;
     let s2s = s2s::S2sManager::new(&config, &tls)?;

@@ -23,6 +23,8 @@ pub enum ListenerKind {
     S2sDirectTls,
     /// XEP-0114 external components.
     Component,
+    /// XEP-0065 SOCKS5 bytestreams proxy.
+    Proxy65,
 }
 
 impl ListenerKind {
@@ -33,6 +35,7 @@ impl ListenerKind {
             ListenerKind::S2s => "s2s",
             ListenerKind::S2sDirectTls => "s2s_direct_tls",
             ListenerKind::Component => "component",
+            ListenerKind::Proxy65 => "proxy65",
         }
     }
 }
@@ -49,11 +52,16 @@ pub struct Bound {
 pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
     let mut out = Vec::new();
     // The component port stays closed until a component is configured.
-    let no_components = Vec::new();
+    let none = Vec::new();
     let components = if server.config.components.is_empty() {
-        &no_components
+        &none
     } else {
         &server.config.component_listen
+    };
+    let proxy65 = if server.config.proxy65.enabled {
+        &server.config.proxy65.listen
+    } else {
+        &none
     };
     let lists = [
         (ListenerKind::C2s, &server.config.c2s),
@@ -61,6 +69,7 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
         (ListenerKind::S2s, &server.config.s2s_listen),
         (ListenerKind::S2sDirectTls, &server.config.s2s_direct_tls),
         (ListenerKind::Component, components),
+        (ListenerKind::Proxy65, proxy65),
     ];
     for (kind, addrs) in lists {
         for addr in addrs {
@@ -70,9 +79,13 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
                     format!("cannot listen on {addr} ({}): {e}", kind.name()),
                 )
             })?;
+            let addr = listener.local_addr()?;
+            if kind == ListenerKind::Proxy65 {
+                server.proxy65.set_bound(addr);
+            }
             out.push(Bound {
                 kind,
-                addr: listener.local_addr()?,
+                addr,
                 listener,
             });
         }
@@ -100,6 +113,7 @@ pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) 
                         tasks.spawn(s2s_in::serve(server, tcp, peer, true))
                     }
                     ListenerKind::Component => tasks.spawn(component::serve(server, tcp, peer)),
+                    ListenerKind::Proxy65 => tasks.spawn(crate::proxy65::serve(server, tcp, peer)),
                 };
             }
             Err(e) => {

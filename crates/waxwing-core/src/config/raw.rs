@@ -30,6 +30,8 @@ pub struct File {
     pub components: Vec<super::ext::RawComponent>,
     /// `[external_services]`: XEP-0215 STUN/TURN services.
     pub external_services: super::ext::RawExternalServices,
+    /// `[proxy65]`: XEP-0065 SOCKS5 bytestreams proxy.
+    pub proxy65: super::ext::RawProxy65,
 }
 
 impl Default for File {
@@ -54,6 +56,7 @@ impl Default for File {
             modules_disabled: Vec::new(),
             components: Vec::new(),
             external_services: Default::default(),
+            proxy65: Default::default(),
         }
     }
 }
