@@ -1,5 +1,4 @@
-"""XEP-0215 external service discovery with TURN REST credentials, and
-`modules_disabled` (the module list is configuration, not only code)."""
+"""XEP-0215 external service discovery with TURN REST credentials."""
 
 import base64
 import hashlib
@@ -10,7 +9,6 @@ from datetime import datetime
 import pytest
 
 from conftest import PASSWORD
-from wxtest.subjects import WaxwingServer
 
 pytestmark = pytest.mark.allowed_skip(reason="extdisco is a waxwing configuration")
 
@@ -84,20 +82,3 @@ async def test_services_with_turn_rest_credentials(server, xmpp):
         "get", "localhost",
         f"<credentials xmlns='{NS}'><service type='turn' host='nope.example.org'/></credentials>"))
     assert res["type"] == "error" and res["error"]["condition"] == "item-not-found", str(res)
-
-
-async def test_disabled_module_is_not_loaded(server, xmpp):
-    srv = server({**config(), "modules_disabled": ["extdisco"]}, users=USERS)
-    alice = await xmpp.login(srv, f"{ALICE}/a", PASSWORD)
-    info = await alice.x.plugin["xep_0030"].get_info(jid="localhost", local=False, timeout=15)
-    assert NS not in info["disco_info"]["features"]
-    res = await alice.iq(alice.make_iq("get", "localhost", f"<services xmlns='{NS}'/>"))
-    assert res["type"] == "error" and res["error"]["condition"] == "service-unavailable", str(res)
-
-
-def test_unknown_module_name_is_refused_by_config_check(tmp_path):
-    srv = WaxwingServer(tmp_path, {"modules_disabled": ["extdsico"]}, "unstarted")
-    srv.write_config()
-    res = srv.cli("config", "check")
-    assert res.returncode != 0, res.stdout
-    assert "extdsico" in res.stderr and "extdisco" in res.stderr, res.stderr

@@ -14,6 +14,7 @@ pub mod extdisco;
 pub mod last;
 mod locks;
 pub mod mam;
+pub mod motd;
 pub mod muc;
 pub mod offline;
 pub mod pep;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use waxwing_core::Config;
 use waxwing_core::hooks::{ModuleLoader, load};
 use waxwing_modules::{
-    adhoc, blocking, carbons, disco, extdisco, last, mam, offline, ping, presence, private,
+    adhoc, blocking, carbons, disco, extdisco, last, mam, motd, offline, ping, presence, private,
     register, roster, time, vcard, version,
 };
 
@@ -18,10 +18,29 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
     modules
 }
 
-/// Refuses a `modules_disabled` entry that names no module of this build:
-/// a typo must not leave a module running that the operator meant to turn off.
+/// Modules that are loaded only when their `[modules.<name>]` table exists.
+const CONFIGURED: &[&str] = &["motd"];
+
+/// Refuses a `modules_disabled` entry or a `[modules.<name>]` table that
+/// names no module of this build (a typo must not leave a module running
+/// that the operator meant to turn off, or silently ignore options), and
+/// options a module does not accept.
 pub fn check_disabled(config: &Config) -> Result<(), String> {
-    let known: Vec<&'static str> = every(config).iter().map(|m| m.module_name()).collect();
+    motd::Motd::from_config(config).map_err(|e| e.to_string())?;
+    let mut known: Vec<&'static str> = every(config).iter().map(|m| m.module_name()).collect();
+    for c in CONFIGURED {
+        if !known.contains(c) {
+            known.push(c);
+        }
+    }
+    for t in config.module_tables.keys() {
+        if !CONFIGURED.contains(&t.as_str()) {
+            return Err(format!(
+                "[modules.{t}]: no module of this build takes options by that name; those that do: {}",
+                CONFIGURED.join(", ")
+            ));
+        }
+    }
     for d in &config.modules_disabled {
         if !known.contains(&d.as_str()) {
             return Err(format!(
@@ -59,6 +78,10 @@ fn every(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         // PEP on accounts and the pubsub.<host> services (XEP-0060/0163).
         load(pubsub),
     ];
+    // Checked by `check_disabled` before the server starts.
+    if let Ok(Some(m)) = motd::Motd::from_config(config) {
+        modules.push(load(m));
+    }
     if !config.mam_enabled {
         modules.retain(|m| m.module_name() != "mam");
     }

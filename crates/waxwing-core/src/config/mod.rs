@@ -122,6 +122,10 @@ pub struct Config {
     pub modules_disabled: Vec<String>,
     /// `[proxy65]`: XEP-0065 SOCKS5 bytestreams proxy.
     pub proxy65: ext::Proxy65Config,
+    /// `[modules.<name>]` tables, as written; a module parses its own
+    /// (`Config::module_options`), and the binary refuses tables that name
+    /// no module.
+    pub module_tables: std::collections::BTreeMap<String, toml::Table>,
 }
 
 /// `[muc]`, validated.
@@ -464,6 +468,23 @@ impl Config {
             external_services,
             modules_disabled,
             proxy65,
+            module_tables: f.modules,
+        })
+    }
+
+    /// A module's `[modules.<name>]` table parsed into its options type;
+    /// `Ok(None)` when the table is absent. Unknown keys are refused by the
+    /// options type's `#[serde(deny_unknown_fields)]`.
+    pub fn module_options<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(table) = self.module_tables.get(name) else {
+            return Ok(None);
+        };
+        table.clone().try_into().map(Some).map_err(|e| ConfigError {
+            line: None,
+            message: format!("[modules.{name}]: {}", e.message().trim()),
         })
     }
 
