@@ -25,6 +25,10 @@ pub enum ListenerKind {
     Component,
     /// XEP-0065 SOCKS5 bytestreams proxy.
     Proxy65,
+    /// The HTTP listener, plain (`http/mod.rs`).
+    Http,
+    /// The HTTP listener with TLS.
+    Https,
 }
 
 impl ListenerKind {
@@ -36,6 +40,8 @@ impl ListenerKind {
             ListenerKind::S2sDirectTls => "s2s_direct_tls",
             ListenerKind::Component => "component",
             ListenerKind::Proxy65 => "proxy65",
+            ListenerKind::Http => "http",
+            ListenerKind::Https => "https",
         }
     }
 }
@@ -44,7 +50,7 @@ impl ListenerKind {
 pub struct Bound {
     pub kind: ListenerKind,
     pub addr: SocketAddr,
-    listener: TcpListener,
+    pub(crate) listener: TcpListener,
 }
 
 /// Binds every configured address. Binding happens before serving so that a
@@ -70,6 +76,8 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
         (ListenerKind::S2sDirectTls, &server.config.s2s_direct_tls),
         (ListenerKind::Component, components),
         (ListenerKind::Proxy65, proxy65),
+        (ListenerKind::Http, &server.config.http.listen),
+        (ListenerKind::Https, &server.config.http.listen_tls),
     ];
     for (kind, addrs) in lists {
         for addr in addrs {
@@ -114,6 +122,9 @@ pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) 
                     }
                     ListenerKind::Component => tasks.spawn(component::serve(server, tcp, peer)),
                     ListenerKind::Proxy65 => tasks.spawn(crate::proxy65::serve(server, tcp, peer)),
+                    ListenerKind::Http | ListenerKind::Https => {
+                        unreachable!("HTTP listeners are served by http::accept_loop")
+                    }
                 };
             }
             Err(e) => {

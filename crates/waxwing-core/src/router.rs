@@ -77,6 +77,8 @@ pub struct Server {
     pub(crate) components: crate::component::Components,
     /// XEP-0065 SOCKS5 proxy: connections waiting for activation, relays.
     pub(crate) proxy65: crate::proxy65::Proxy,
+    /// The HTTP listener's bound addresses and the URLs derived from them.
+    pub http: crate::http::HttpState,
 }
 
 impl Server {
@@ -115,6 +117,7 @@ impl Server {
             metrics: Default::default(),
             components: crate::component::Components::new(&config.components),
             proxy65: Default::default(),
+            http: Default::default(),
             config,
         })
     }
@@ -701,6 +704,11 @@ impl Server {
     }
 
     /// Starts a graceful stop: listeners close and every stream ends with `system-shutdown`.
+    /// Cancelled when the server stops (long-lived HTTP handlers watch it).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }

@@ -28,6 +28,8 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct TlsContext {
     pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The HTTPS listener's: same certificates, ALPN `http/1.1`.
+    https: tokio_rustls::TlsAcceptor,
     certs: Arc<CertResolver>,
 }
 
@@ -45,6 +47,13 @@ impl TlsContext {
         let default = by_host[&config.hosts[0]].clone();
         let certs = Arc::new(CertResolver { by_host, default });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut https = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        // HTTP/1.1 only: WebSocket upgrades and BOSH are HTTP/1.1 here.
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
+        https.send_tls13_tickets = 0;
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -65,8 +74,14 @@ impl TlsContext {
         }
         Ok(TlsContext {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            https: tokio_rustls::TlsAcceptor::from(Arc::new(https)),
             certs,
         })
+    }
+
+    /// The acceptor of the HTTPS listener.
+    pub(crate) fn https_acceptor(&self) -> &tokio_rustls::TlsAcceptor {
+        &self.https
     }
 
     /// The certificate and key of `host` (the first host's if it has none),
