@@ -17,7 +17,6 @@ pub mod mam;
 pub mod motd;
 pub mod muc;
 pub mod offline;
-pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;

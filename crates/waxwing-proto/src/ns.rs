@@ -57,3 +57,7 @@ pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 pub const EXTDISCO: &str = "urn:xmpp:extdisco:2";
 /// XEP-0065: SOCKS5 Bytestreams.
 pub const BYTESTREAMS: &str = "http://jabber.org/protocol/bytestreams";
+/// XEP-0054: vcard-temp.
+pub const VCARD: &str = "vcard-temp";
+/// XEP-0153: vCard-based avatars (advertised; the work is the clients').
+pub const VCARD_UPDATE: &str = "vcard-temp:x:update";

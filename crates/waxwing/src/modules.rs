@@ -54,6 +54,9 @@ pub fn check_disabled(config: &Config) -> Result<(), String> {
 
 fn every(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
     let pubsub = waxwing_modules::pubsub::PubSub::new(config);
+    // Features built on PEP plug into the engine (pubsub/extension.rs).
+    pubsub.extend(Arc::new(waxwing_modules::bookmarks::CompatMirror));
+    pubsub.extend(Arc::new(waxwing_modules::avatar::PepToVCard));
     let mut modules = vec![
         load(roster::Roster),
         load(presence::Presence),
@@ -63,7 +66,7 @@ fn every(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         load(blocking::Blocking::new()),
         // After MAM, so that copies carry the archive's stanza-id.
         load(carbons::Carbons),
-        load(vcard::VCard::new(pubsub.caps())),
+        load(vcard::VCard::new(pubsub.caps(), pubsub.extensions())),
         load(private::Private),
         load(last::Last::new()),
         load(adhoc::AdHoc::new().with_feeds(pubsub.feeds())),
