@@ -10,6 +10,7 @@
 //! | local full, bound    | that session                    | that session          | that session              |
 //! | local full, unbound  | chat/normal/headline as bare; groupchat bounced; error dropped | dropped | service-unavailable |
 //! | no such account      | service-unavailable (error dropped) | dropped           | service-unavailable       |
+//! | component domain (any JID under it) | the component's queue; while it is disconnected service-unavailable, when its queue is full resource-constraint (errors and IQ results dropped) |
 //! | remote domain        | queued for the (local, remote) s2s connection; bounced with remote-server-not-found / -timeout if it fails |
 //!
 //! A session that is closing (asked to end: conflict, removal, a full
