@@ -2,12 +2,14 @@
 #![forbid(unsafe_code)]
 
 pub mod abuse;
+pub mod bosh;
 pub(crate) mod component;
 pub mod config;
 pub mod credentials;
 pub mod hooks;
 pub mod http;
 pub(crate) mod isolate;
+pub mod link_local;
 pub mod listen;
 pub mod metrics;
 mod private_file;
@@ -85,6 +87,7 @@ pub async fn start_with_stores(
     }
     let mut registry = Registrar::build(modules)?;
     stream::c2s::websocket::register(&mut registry, &config);
+    bosh::register(&mut registry.http, &config.bosh);
     let tls = tls::TlsContext::load(&config)?;
     let s2s = s2s::S2sManager::new(&config, &tls)?;
     s2s.defences.load(&*stores.reputation).await?;

@@ -80,6 +80,8 @@ pub struct Server {
     pub(crate) proxy65: crate::proxy65::Proxy,
     /// The HTTP listener's bound addresses and the URLs derived from them.
     pub http: crate::http::HttpState,
+    /// BOSH sessions (XEP-0124/0206).
+    pub bosh: crate::bosh::Bosh,
 }
 
 impl Server {
@@ -119,6 +121,7 @@ impl Server {
             components: crate::component::Components::new(&config.components),
             proxy65: Default::default(),
             http: Default::default(),
+            bosh: crate::bosh::Bosh::new(&config.bosh),
             config,
         })
     }

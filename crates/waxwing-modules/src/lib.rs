@@ -12,6 +12,7 @@ pub mod contact_addresses;
 pub mod disco;
 pub mod extdisco;
 pub mod last;
+pub mod link_local;
 mod locks;
 pub mod mam;
 pub mod motd;

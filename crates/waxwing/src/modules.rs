@@ -89,6 +89,12 @@ fn every(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
     if let Ok(Some(m)) = motd::Motd::from_config(config) {
         modules.push(load(m));
     }
+    if config.link_local.enabled {
+        // XEP-0174: the LAN bridge on lan.<host>.
+        modules.push(load(waxwing_modules::link_local::LinkLocal::new(
+            config.link_local.clone(),
+        )));
+    }
     // Upload URLs need an HTTP listener (or a proxy in front of one).
     let http = !config.http.listen.is_empty()
         || !config.http.listen_tls.is_empty()

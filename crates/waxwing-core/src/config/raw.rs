@@ -37,6 +37,8 @@ pub struct File {
     pub modules: std::collections::BTreeMap<String, toml::Table>,
     pub http: Http,
     pub upload: Upload,
+    pub link_local: LinkLocal,
+    pub bosh: Bosh,
     pub websocket: WebSocket,
 }
 
@@ -65,7 +67,9 @@ impl Default for File {
             proxy65: Default::default(),
             modules: Default::default(),
             http: Http::default(),
+            bosh: Bosh::default(),
             upload: Upload::default(),
+            link_local: LinkLocal::default(),
             websocket: WebSocket::default(),
         }
     }
@@ -532,6 +536,36 @@ pub struct S2sDomain {
     pub dialback: Option<String>,
 }
 
+/// `[bosh]`: XEP-0124/0206 BOSH at `/http-bind` on the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bosh {
+    pub enabled: bool,
+    /// BOSH sessions at once, server-wide; more are refused.
+    pub max_sessions: usize,
+    /// Longest a request is held before an empty answer (clients ask for less).
+    pub max_wait_secs: u64,
+    /// Longest a client may go without a request before its session ends.
+    pub inactivity_secs: u64,
+    /// Longest pause a client may ask for; 0 offers none.
+    pub max_pause_secs: u64,
+    /// Requests from a loopback address count as encrypted.
+    pub loopback_is_secure: bool,
+}
+
+impl Default for Bosh {
+    fn default() -> Self {
+        Bosh {
+            enabled: true,
+            max_sessions: 10_000,
+            max_wait_secs: 60,
+            inactivity_secs: 30,
+            max_pause_secs: 120,
+            loopback_is_secure: true,
+        }
+    }
+}
+
 /// `[http]`: what every HTTP route shares (listeners are in `[listen]`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -600,6 +634,59 @@ impl Default for Upload {
             quota_bytes: 1_073_741_824,
             slot_timeout_secs: 300,
             retention_days: 30,
+        }
+    }
+}
+
+/// `[link_local]`: XEP-0174 serverless messaging on the LAN and its bridge.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkLocal {
+    pub enabled: bool,
+    /// The one interface (name such as `eth0`, or one of its IPv4
+    /// addresses) on which users are announced and peers accepted.
+    pub interface: String,
+    /// TCP port of the serverless streams (5298 by tradition; 0: any).
+    pub port: u16,
+    /// The `machine` of `user@machine`; empty: the host name.
+    pub machine: String,
+    /// The gateway subdomain under each host: LAN peers are `user%machine@lan.<host>`.
+    pub gateway: String,
+    /// Bare JIDs of the accounts announced on the LAN.
+    pub users: Vec<String>,
+    /// Publish the account's JID in the TXT record (`jid=`).
+    pub publish_jid: bool,
+    /// Offer and use TLS on serverless streams.
+    pub tls: bool,
+    /// Refuse serverless streams without TLS.
+    pub require_tls: bool,
+    pub max_peers: usize,
+    pub max_streams: usize,
+    /// Stanzas per second one peer address may send (sustained), and its burst.
+    pub stanza_rate: u64,
+    pub stanza_burst: u64,
+    pub connect_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for LinkLocal {
+    fn default() -> Self {
+        LinkLocal {
+            enabled: false,
+            interface: String::new(),
+            port: 5298,
+            machine: String::new(),
+            gateway: "lan".into(),
+            users: Vec::new(),
+            publish_jid: false,
+            tls: true,
+            require_tls: false,
+            max_peers: 256,
+            max_streams: 64,
+            stanza_rate: 5,
+            stanza_burst: 20,
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 600,
         }
     }
 }
