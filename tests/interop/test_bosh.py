@@ -180,3 +180,88 @@ async def test_client_terminate_sends_unavailable_and_cross_origin_is_checked(se
     r = await raw.send("<presence xmlns='jabber:client' type='unavailable'/>", type="terminate")
     assert r.get("type") == "terminate", ET.tostring(r)
     await bob.expect_presence(sender=f"{ALICE}/raw", ptype="unavailable")
+
+
+async def test_session_started_on_bosh_resumes_on_tcp(server, xmpp):
+    """XEP-0198 across transports: stream management enabled over BOSH; a
+    TCP connection resumes the session and gets what BOSH never delivered."""
+    srv = server(users=USERS)
+    bob = await xmpp.login(srv, BOB, USERS[BOB])
+    raw = RawBosh(srv.http_port)
+    jid = await raw.login("alice", USERS[ALICE])
+    r = await raw.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    enabled = r.find("{urn:xmpp:sm:3}enabled")
+    assert enabled is not None and enabled.get("id"), ET.tostring(r)
+    # One message arrives over BOSH (h = 1), the next is left unread.
+    poll = asyncio.create_task(raw.send())
+    bob.send_message(jid, "one")
+    assert "one" in texts(await poll)
+    bob.send_message(jid, "two")
+    await bob.sync()
+
+    alice_tcp = xmpp.new(srv, ALICE, USERS[ALICE])
+    alice_tcp.x.register_plugin("xep_0198")
+    plugin = alice_tcp.x.plugin["xep_0198"]
+    plugin.sm_id = enabled.get("id")
+    plugin.handled = 1
+    plugin.allow_resume = True
+    fut = asyncio.get_running_loop().create_future()
+    alice_tcp.x.add_event_handler(
+        "session_resumed", lambda ev: fut.done() or fut.set_result(ev), disposable=True)
+    alice_tcp.x.connect(host="127.0.0.1", port=srv.c2s_port)
+    await asyncio.wait_for(fut, 30)
+    got = await alice_tcp.expect_message(body="two")
+    assert str(got["to"]) == jid, got
+    assert not alice_tcp.messages.matching(lambda m: str(m["body"]) == "one")
+    # The BOSH session ended with the move.
+    status, text = await raw.post(body(raw.next_rid(), raw.sid))
+    assert ET.fromstring(text).get("type") == "terminate", text
+
+
+async def test_a_body_over_the_size_limit_ends_the_stream_as_on_tcp(server):
+    """Before authentication a body may be at most max_stanza_bytes_before_auth
+    (as a stanza on TCP): a larger one ends the stream with policy-violation."""
+    srv = server({"limits": {"max_stanza_bytes_before_auth": 2000}}, users=USERS)
+    raw = RawBosh(srv.http_port)
+    await raw.create()
+    big = "<message xmlns='jabber:client'><body>" + "x" * 5000 + "</body></message>"
+    r = await raw.send(big)
+    assert condition(r) == ("terminate", "remote-stream-error"), ET.tostring(r)
+    err = r.find("{http://etherx.jabber.org/streams}error")
+    assert err is not None, ET.tostring(r)
+    assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None, \
+        ET.tostring(r)
+
+
+async def test_session_started_on_tcp_resumes_on_bosh(server, xmpp):
+    srv = server(users=USERS)
+    alice_tcp = xmpp.new(srv, f"{ALICE}/phone", USERS[ALICE])
+    alice_tcp.x.register_plugin("xep_0198")
+    fut = asyncio.get_running_loop().create_future()
+    alice_tcp.x.add_event_handler(
+        "sm_enabled", lambda ev: fut.done() or fut.set_result(ev), disposable=True)
+    await alice_tcp.login()
+    await asyncio.wait_for(fut, 30)
+    plugin = alice_tcp.x.plugin["xep_0198"]
+    assert plugin.sm_id, "server did not offer resumption"
+    bob = await xmpp.login(srv, BOB, USERS[BOB])
+    await bob.online()
+    alice_tcp.kill()
+    await alice_tcp.wait_disconnected()
+    bob.send_message(f"{ALICE}/phone", "waiting for the web page")
+    await bob.sync()
+
+    raw = RawBosh(srv.http_port)
+    await raw.create()
+    await raw.authenticate("alice", USERS[ALICE])
+    r = await raw.send(f"<resume xmlns='urn:xmpp:sm:3' previd='{plugin.sm_id}' "
+                       f"h='{plugin.handled}'/>")
+    assert r.find("{urn:xmpp:sm:3}resumed") is not None, ET.tostring(r)
+    got = r if "waiting for the web page" in texts(r) else await raw.send()
+    assert "waiting for the web page" in texts(got), ET.tostring(got)
+    poll = asyncio.create_task(raw.send(
+        f"<message xmlns='jabber:client' to='{BOB}' type='chat'><body>from BOSH</body></message>"))
+    msg = await bob.expect_message(body="from BOSH")
+    assert str(msg["from"]) == f"{ALICE}/phone"
+    bob.send_message(f"{ALICE}/phone", "done")
+    assert "done" in texts(await poll) or "done" in texts(await raw.send())

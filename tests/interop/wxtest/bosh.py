@@ -80,6 +80,15 @@ class RawBosh:
             await self.send()
         return await self.login_after_create(user, password, resource)
 
+    async def authenticate(self, user: str, password: str) -> None:
+        """SASL PLAIN and the stream restart, on a created session."""
+        cred = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        r = await self.send(
+            f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>")
+        assert r.find("{urn:ietf:params:xml:ns:xmpp-sasl}success") is not None, ET.tostring(r)
+        r = await self.send(to=DOMAIN, xmpp__restart="true")
+        assert r.find("{http://etherx.jabber.org/streams}features") is not None, ET.tostring(r)
+
     async def login_after_create(self, user: str, password: str, resource: str = "raw") -> str:
         """SASL PLAIN, restart, bind on a created session; the full JID."""
         cred = base64.b64encode(f"\0{user}\0{password}".encode()).decode()

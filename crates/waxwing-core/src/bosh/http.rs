@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -23,7 +23,7 @@ use waxwing_proto::bosh::{
 use waxwing_proto::stanza::{StreamCondition, StreamError};
 use waxwing_proto::xml::Limits;
 
-use super::{Inner, PATH, Shared, timer_task};
+use super::{PATH, Shared, timer_task};
 use crate::http::Secure;
 use crate::http::security::check_origin;
 use crate::router::Server;
@@ -73,7 +73,7 @@ async fn preflight(
     }
     let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
-    cors(h, &headers);
+    cors(h, headers.get(header::ORIGIN));
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("POST, OPTIONS"),
@@ -92,14 +92,14 @@ async fn preflight(
 /// Lets the page of an origin that passed `check_origin` read the answer.
 /// BOSH carries no cookies (the session id is in the body), so no
 /// credentials are allowed.
-fn cors(h: &mut HeaderMap, request: &HeaderMap) {
-    if let Some(origin) = request.get(header::ORIGIN) {
+fn cors(h: &mut HeaderMap, origin: Option<&HeaderValue>) {
+    if let Some(origin) = origin {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
 }
 
-fn reply(r: Response, request: &HeaderMap) -> HttpResponse {
+fn reply(r: Response, origin: Option<&HeaderValue>) -> HttpResponse {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
     let mut resp = (status, r.body.to_string()).into_response();
     let h = resp.headers_mut();
@@ -109,7 +109,7 @@ fn reply(r: Response, request: &HeaderMap) -> HttpResponse {
         HeaderValue::from_static("text/xml; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    cors(h, request);
+    cors(h, origin);
     resp
 }
 
@@ -129,7 +129,7 @@ async fn on_post(
         Ok(b) => b,
         Err(_) => {
             let r = Response::terminate(BindingCondition::PolicyViolation);
-            let mut r = reply(r, &headers);
+            let mut r = reply(r, headers.get(header::ORIGIN));
             *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
             return r;
         }
@@ -137,7 +137,14 @@ async fn on_post(
     // Traffic between loopback addresses never leaves the host: a local
     // reverse proxy that terminates TLS, or a client on this machine.
     let secure = secure.0 || (server.config.bosh.loopback_is_secure && peer.ip().is_loopback());
-    reply(handle_body(&server, peer, secure, &body).await, &headers)
+    // Only the Origin is needed from here on: a held request keeps no more
+    // of its headers than that.
+    let origin = headers.get(header::ORIGIN).cloned();
+    drop(headers);
+    reply(
+        handle_body(&server, peer, secure, body).await,
+        origin.as_ref(),
+    )
 }
 
 /// Answers one request body.
@@ -145,9 +152,13 @@ pub(crate) async fn handle_body(
     server: &Arc<Server>,
     peer: SocketAddr,
     secure: bool,
-    body: &[u8],
+    body: axum::body::Bytes,
 ) -> Response {
-    let req = match parse_request(body, parse_limits(server)) {
+    let size = body.len();
+    let parsed = parse_request(&body, parse_limits(server));
+    // Parsed into elements: a held request keeps none of its bytes.
+    drop(body);
+    let req = match parsed {
         Ok(r) => r,
         // Whoever sent it may not own the session it names: nothing is
         // touched.
@@ -156,7 +167,7 @@ pub(crate) async fn handle_body(
     match req.sid.as_deref() {
         None => create(server, peer, secure, req).await,
         Some(sid) => match server.bosh.get(sid) {
-            Some(shared) => continue_session(&shared, req, body.len()).await,
+            Some(shared) => continue_session(&shared, req, size).await,
             None => unknown_session(),
         },
     }
@@ -178,26 +189,14 @@ async fn create(server: &Arc<Server>, peer: SocketAddr, secure: bool, req: Reque
     let (tx, rx) = tokio::sync::oneshot::channel();
     let session = Session::new(sid.to_string(), &bosh.policy, req, token, Instant::now());
     let limits = crate::stream::c2s::initial_limits(server);
-    let shared = Arc::new(Shared {
-        sid: sid.clone(),
-        inner: std::sync::Mutex::new(Inner {
-            session,
-            waiters: [(token, tx)].into_iter().collect(),
-            input: Default::default(),
-            input_bytes: 0,
-            unreported: 0,
-            charge: 0,
-            limits,
-            ended: false,
-        }),
-        input: Default::default(),
-        room: Default::default(),
-        timer: Default::default(),
+    let shared = Arc::new(Shared::new(
+        sid.clone(),
+        session,
+        (token, tx),
+        limits,
         secure,
         peer,
-        next_token: AtomicU64::new(1),
-        in_flight: AtomicUsize::new(0),
-    });
+    ));
     {
         let mut table = bosh.table();
         if table.len() >= bosh.max_sessions {

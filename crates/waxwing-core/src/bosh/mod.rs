@@ -120,7 +120,9 @@ struct Inner {
     input_bytes: usize,
     /// Bytes received since the client task last asked (its rate limit).
     unreported: usize,
-    /// Request bytes not yet attached to an input event.
+    /// Bytes of the request being handled, attached to the first input
+    /// event it produces (what the client task has not read yet is
+    /// bounded by them).
     charge: usize,
     /// The client task's current element limits.
     limits: Limits,
@@ -130,6 +132,37 @@ struct Inner {
 }
 
 impl Shared {
+    /// A new session whose creation request (`first`) waits for its answer.
+    fn new(
+        sid: Arc<str>,
+        session: Session,
+        first: (Token, oneshot::Sender<Response>),
+        limits: Limits,
+        secure: bool,
+        peer: SocketAddr,
+    ) -> Self {
+        Shared {
+            sid,
+            inner: Mutex::new(Inner {
+                session,
+                waiters: [first].into_iter().collect(),
+                input: VecDeque::new(),
+                input_bytes: 0,
+                unreported: 0,
+                charge: 0,
+                limits,
+                ended: false,
+            }),
+            input: Notify::new(),
+            room: Notify::new(),
+            timer: Notify::new(),
+            secure,
+            peer,
+            next_token: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
     fn next_token(&self) -> Token {
         self.next_token.fetch_add(1, Ordering::Relaxed)
     }
@@ -299,10 +332,17 @@ impl Shared {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
         inner.waiters.insert(token, tx);
-        inner.charge += req.size;
-        inner.unreported += req.size;
+        // Only bodies that carry payloads count, like the bytes of stanzas
+        // on TCP: a long-idle client's empty polls must not add up to a
+        // debt its next message pays under the read rate limit.
+        if !req.payloads.is_empty() {
+            inner.charge = req.size;
+            inner.unreported += req.size;
+        }
         inner.session.handle(token, req, Instant::now());
         self.dispatch(&mut inner);
+        // Payloads that wait for an earlier request are not charged twice.
+        inner.charge = 0;
         rx
     }
 
@@ -376,4 +416,152 @@ async fn timer_task(server: Arc<Server>, shared: Arc<Shared>) {
         }
     }
     server.bosh.table().remove(&shared.sid);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waxwing_proto::bosh::{HTTPBIND, XBOSH, parse_request, serialize_payload};
+    use waxwing_proto::xml::Element;
+
+    fn req(xml: &str) -> Request {
+        parse_request(xml.as_bytes(), Limits::default()).unwrap()
+    }
+
+    /// A session as `http::create` makes it, with the creation answer's
+    /// receiver.
+    fn session(wait: u64) -> (Arc<Shared>, oneshot::Receiver<Response>) {
+        let creation = req(&format!(
+            "<body xmlns='{HTTPBIND}' xmlns:xmpp='{XBOSH}' rid='10' to='localhost' ver='1.6' \
+             wait='{wait}' hold='1' xmpp:version='1.0'/>"
+        ));
+        let s = Session::new(
+            "sid".into(),
+            &Policy::default(),
+            creation,
+            0,
+            Instant::now(),
+        );
+        let (tx, rx) = oneshot::channel();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let shared = Arc::new(Shared::new(
+            "sid".into(),
+            s,
+            (0, tx),
+            Limits::default(),
+            false,
+            peer,
+        ));
+        {
+            let mut inner = shared.lock();
+            shared.dispatch(&mut inner);
+        }
+        (shared, rx)
+    }
+
+    fn features() -> String {
+        serialize_payload(&Element::new("features", waxwing_proto::ns::STREAM))
+    }
+
+    #[tokio::test]
+    async fn the_client_task_sees_the_stream_open_and_answers_the_creation_request() {
+        let (shared, rx) = session(60);
+        assert!(shared.receive().await > 0);
+        match shared.next_event().unwrap() {
+            Some(StreamEvent::Open(h)) => {
+                assert_eq!(h.to.as_deref(), Some("localhost"));
+                assert_eq!(h.version.as_deref(), Some("1.0"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(shared.next_event().unwrap(), None);
+        shared.set_stream_info("id1", "localhost");
+        assert!(shared.write(vec![features()], false).await);
+        let answer = rx.await.unwrap();
+        assert!(answer.body.contains("sid='sid'"), "{}", answer.body);
+        assert!(answer.body.contains("authid='id1'"));
+        assert!(answer.body.contains("<stream:features"));
+    }
+
+    #[tokio::test]
+    async fn payloads_reach_the_client_task_in_order_and_terminate_closes_its_stream() {
+        let (shared, _rx) = session(60);
+        shared.next_event().unwrap();
+        shared.write(vec![features()], false).await;
+        let _held = shared.handle(
+            1,
+            req(&format!(
+                "<body xmlns='{HTTPBIND}' sid='sid' rid='12'><message xmlns='jabber:client' \
+                 id='b'/></body>"
+            )),
+        );
+        assert_eq!(shared.next_event().unwrap(), None, "rid 11 first");
+        let _first = shared.handle(
+            2,
+            req(&format!(
+                "<body xmlns='{HTTPBIND}' sid='sid' rid='11'><message xmlns='jabber:client' \
+                 id='a'/></body>"
+            )),
+        );
+        let ids: Vec<String> = (0..2)
+            .map(|_| match shared.next_event().unwrap() {
+                Some(StreamEvent::Stanza(el)) => el.attr("id").unwrap().to_owned(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        let end = shared.handle(
+            3,
+            req(&format!(
+                "<body xmlns='{HTTPBIND}' sid='sid' rid='13' type='terminate'/>"
+            )),
+        );
+        assert_eq!(shared.next_event().unwrap(), Some(StreamEvent::Close));
+        assert_eq!(shared.receive().await, 0, "then the end of input");
+        assert!(end.await.is_ok());
+        assert!(!shared.write(vec![], true).await, "nobody to write to");
+    }
+
+    #[tokio::test]
+    async fn a_full_outgoing_queue_makes_writes_wait_for_a_request() {
+        let (shared, _rx) = session(60);
+        shared.next_event().unwrap();
+        shared.write(vec![features()], false).await;
+        let big = serialize_payload(
+            &Element::new("message", waxwing_proto::ns::CLIENT)
+                .with_text("x".repeat(MAX_OUTGOING_BYTES)),
+        );
+        let writer = {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.write(vec![big], false).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !writer.is_finished(),
+            "waits while nothing takes the output"
+        );
+        let answer = shared.handle(
+            1,
+            req(&format!("<body xmlns='{HTTPBIND}' sid='sid' rid='11'/>")),
+        );
+        assert!(answer.await.unwrap().body.len() > MAX_OUTGOING_BYTES);
+        assert!(writer.await.unwrap(), "then goes on");
+    }
+
+    #[tokio::test]
+    async fn detaching_the_client_task_ends_the_session_for_the_next_request() {
+        let (shared, _rx) = session(60);
+        shared.next_event().unwrap();
+        shared.write(vec![features()], false).await;
+        shared.detach();
+        let r = shared
+            .handle(
+                1,
+                req(&format!("<body xmlns='{HTTPBIND}' sid='sid' rid='11'/>")),
+            )
+            .await
+            .unwrap();
+        assert!(r.body.contains("type='terminate'"), "{}", r.body);
+        assert!(shared.lock().session.is_closed());
+    }
 }

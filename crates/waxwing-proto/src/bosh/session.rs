@@ -163,7 +163,7 @@ struct Sent {
 
 /// A repeated `rid` is answered from the cache at most this many times;
 /// more is a client working around the polling limit (XEP-0124 §14.3).
-const MAX_RESENDS: u8 = 3;
+pub(super) const MAX_RESENDS: u8 = 3;
 
 /// One BOSH session.
 #[derive(Debug)]

@@ -227,7 +227,7 @@ fn repeated_rid_gets_the_same_answer_and_an_old_one_item_not_found() {
 fn resending_too_often_is_a_policy_violation() {
     let now = Instant::now();
     let mut s = open_session(now);
-    for t in 1..=MAX_RESENDS_FOR_TEST {
+    for t in 1..=u64::from(super::session::MAX_RESENDS) {
         s.handle(t, empty(100), now);
         assert!(!drain(&mut s).responses[0].1.body.contains("terminate"));
     }
@@ -235,7 +235,6 @@ fn resending_too_often_is_a_policy_violation() {
     let out = drain(&mut s);
     assert!(body_of(&out, 99).contains("policy-violation"));
 }
-const MAX_RESENDS_FOR_TEST: u64 = 3;
 
 #[test]
 fn repeated_rid_while_held_answers_the_old_connection_recoverably() {
