@@ -459,6 +459,25 @@ impl Cx {
             .filter(|(d, _)| d.ends_with(&suffix))
             .map(|(d, (_, s))| (d.clone(), s.name().to_string()))
             .collect();
+        // XEP-0114 components: those under `host`, and the others under
+        // the first host, so that every one is discoverable somewhere.
+        let first = self.server.config.hosts.first().map(String::as_str) == Some(host);
+        out.extend(
+            self.server
+                .components
+                .names()
+                .filter(|(d, _)| {
+                    d.ends_with(&suffix)
+                        || (first
+                            && !self
+                                .server
+                                .config
+                                .hosts
+                                .iter()
+                                .any(|h| d.ends_with(&format!(".{h}"))))
+                })
+                .map(|(d, n)| (d.to_string(), n.to_string())),
+        );
         out.sort();
         out
     }

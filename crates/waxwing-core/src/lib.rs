@@ -4,6 +4,7 @@
 pub mod abuse;
 pub mod admin;
 pub mod bosh;
+pub(crate) mod component;
 pub mod config;
 pub mod credentials;
 pub mod hooks;
@@ -13,6 +14,7 @@ pub mod link_local;
 pub mod listen;
 pub mod metrics;
 mod private_file;
+pub(crate) mod proxy65;
 pub(crate) mod queue;
 pub mod router;
 pub mod s2s;
@@ -93,6 +95,12 @@ pub async fn start_with_stores(
     stores: waxwing_store::Stores,
 ) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)?;
+    let mut modules = modules;
+    if config.proxy65.enabled {
+        modules.push(hooks::load(proxy65::Proxy65Module {
+            domains: config.proxy65.domains.clone(),
+        }));
+    }
     let mut registry = Registrar::build(modules)?;
     stream::c2s::websocket::register(&mut registry, &config);
     bosh::register(&mut registry.http, &config.bosh);

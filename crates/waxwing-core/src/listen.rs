@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::router::Server;
-use crate::stream::{c2s, s2s_in};
+use crate::stream::{c2s, component, s2s_in};
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,10 @@ pub enum ListenerKind {
     S2s,
     /// s2s with TLS from the first byte (XEP-0368).
     S2sDirectTls,
+    /// XEP-0114 external components.
+    Component,
+    /// XEP-0065 SOCKS5 bytestreams proxy.
+    Proxy65,
     /// The HTTP listener, plain (`http/mod.rs`).
     Http,
     /// The HTTP listener with TLS.
@@ -34,6 +38,8 @@ impl ListenerKind {
             ListenerKind::C2sDirectTls => "c2s_direct_tls",
             ListenerKind::S2s => "s2s",
             ListenerKind::S2sDirectTls => "s2s_direct_tls",
+            ListenerKind::Component => "component",
+            ListenerKind::Proxy65 => "proxy65",
             ListenerKind::Http => "http",
             ListenerKind::Https => "https",
         }
@@ -51,11 +57,25 @@ pub struct Bound {
 /// taken port is a startup error, not a log line.
 pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
     let mut out = Vec::new();
+    // The component port stays closed until a component is configured.
+    let none = Vec::new();
+    let components = if server.config.components.is_empty() {
+        &none
+    } else {
+        &server.config.component_listen
+    };
+    let proxy65 = if server.config.proxy65.enabled {
+        &server.config.proxy65.listen
+    } else {
+        &none
+    };
     let lists = [
         (ListenerKind::C2s, &server.config.c2s),
         (ListenerKind::C2sDirectTls, &server.config.c2s_direct_tls),
         (ListenerKind::S2s, &server.config.s2s_listen),
         (ListenerKind::S2sDirectTls, &server.config.s2s_direct_tls),
+        (ListenerKind::Component, components),
+        (ListenerKind::Proxy65, proxy65),
         (ListenerKind::Http, &server.config.http.listen),
         (ListenerKind::Https, &server.config.http.listen_tls),
     ];
@@ -67,9 +87,13 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
                     format!("cannot listen on {addr} ({}): {e}", kind.name()),
                 )
             })?;
+            let addr = listener.local_addr()?;
+            if kind == ListenerKind::Proxy65 {
+                server.proxy65.set_bound(addr);
+            }
             out.push(Bound {
                 kind,
-                addr: listener.local_addr()?,
+                addr,
                 listener,
             });
         }
@@ -95,6 +119,8 @@ pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) 
                     ListenerKind::C2sDirectTls => Box::pin(c2s::serve(server, tcp, peer, true)),
                     ListenerKind::S2s => Box::pin(s2s_in::serve(server, tcp, peer, false)),
                     ListenerKind::S2sDirectTls => Box::pin(s2s_in::serve(server, tcp, peer, true)),
+                    ListenerKind::Component => Box::pin(component::serve(server, tcp, peer)),
+                    ListenerKind::Proxy65 => Box::pin(crate::proxy65::serve(server, tcp, peer)),
                     ListenerKind::Http | ListenerKind::Https => {
                         unreachable!("HTTP listeners are served by http::accept_loop")
                     }

@@ -10,6 +10,7 @@
 //! | local full, bound    | that session                    | that session          | that session              |
 //! | local full, unbound  | chat/normal/headline as bare; groupchat bounced; error dropped | dropped | service-unavailable |
 //! | no such account      | service-unavailable (error dropped) | dropped           | service-unavailable       |
+//! | component domain (any JID under it) | the component's queue; while it is disconnected service-unavailable, when its queue is full resource-constraint (errors and IQ results dropped) |
 //! | remote domain        | queued for the (local, remote) s2s connection; bounced with remote-server-not-found / -timeout if it fails |
 //!
 //! A session that is closing (asked to end: conflict, removal, a full
@@ -73,6 +74,10 @@ pub struct Server {
     pub s2s: S2sManager,
     /// What `/metrics` shows (see `metrics.rs`).
     pub metrics: crate::metrics::Metrics,
+    /// XEP-0114 external components, by domain.
+    pub(crate) components: crate::component::Components,
+    /// XEP-0065 SOCKS5 proxy: connections waiting for activation, relays.
+    pub(crate) proxy65: crate::proxy65::Proxy,
     /// The HTTP listener's bound addresses and the URLs derived from them.
     pub http: crate::http::HttpState,
     /// BOSH sessions (XEP-0124/0206).
@@ -115,6 +120,8 @@ impl Server {
             resumption: ResumptionTable::default(),
             s2s,
             metrics,
+            components: crate::component::Components::new(&config.components),
+            proxy65: Default::default(),
             http: Default::default(),
             bosh: crate::bosh::Bosh::new(&config.bosh),
             config,
@@ -154,6 +161,12 @@ impl Server {
             {
                 self.answer_panic(&reply_to).await;
             }
+        } else if self.components.contains(to.domain()) {
+            if let crate::component::Offer::Bounce(stanza, err) =
+                self.components.offer(to.domain(), stanza)
+            {
+                self.bounce(&stanza, err).await;
+            }
         } else if self.config.is_local_host(to.domain()) {
             self.deliver_local(to, stanza, kind).await;
         } else {
@@ -185,10 +198,9 @@ impl Server {
                 .and_then(|f| self.sessions.get(f))
                 .filter(|s| !s.is_closing());
             let same_to = stanzas.iter().all(|s| s.attr("to") == first.attr("to"));
-            let remote = to.as_ref().is_some_and(|to| {
-                !self.config.is_local_host(to.domain())
-                    && !self.registry.services.contains_key(to.domain())
-            });
+            let remote = to
+                .as_ref()
+                .is_some_and(|to| !self.is_local_domain(to.domain()));
             if remote && same_to {
                 // One entry of the pair's queue, like a session's burst.
                 return self.s2s.send_burst(&self, stanzas);

@@ -27,8 +27,8 @@ use waxwing_store::{PubSubItem, StoreError};
 
 use crate::caps::Caps;
 use crate::pubsub::config::NodeConfig;
-use crate::pubsub::{Kind, Svc, item_payload};
-use crate::vcard::{VCARD, VCARD_UPDATE};
+use crate::pubsub::{Extension, Extensions, Kind, Svc, item_payload};
+use waxwing_proto::ns::{VCARD, VCARD_UPDATE};
 
 /// XEP-0084 nodes.
 pub const NS_AVATAR_DATA: &str = "urn:xmpp:avatar:data";
@@ -207,12 +207,20 @@ async fn try_pep_to_vcard(cx: &Cx, user: &BareJid) -> Result<(), StoreError> {
 
 /// vCard → PEP, after a vCard set by the account (`before` is the vCard
 /// it replaced).
-pub async fn vcard_to_pep(cx: &Cx, caps: &Caps, user: &BareJid, before: &Element, card: &Element) {
+pub async fn vcard_to_pep(
+    cx: &Cx,
+    caps: &Caps,
+    extensions: &Extensions,
+    user: &BareJid,
+    before: &Element,
+    card: &Element,
+) {
     let svc = Svc {
         cx,
         kind: Kind::Pep,
         jid: user.clone(),
         caps,
+        extensions,
         deferred: Default::default(),
     };
     let result = match vcard_photo(card) {
@@ -278,6 +286,18 @@ async fn publish(svc: &Svc<'_>, node: &str, id: &str, payload: Element) -> Resul
     svc.store_and_notify(node, &cfg, &item, &payload)
         .await
         .map_err(|e| format!("{:?}", e.condition))
+}
+
+/// XEP-0398 as a PubSub extension: the vCard follows the PEP avatar.
+pub struct PepToVCard;
+
+#[async_trait::async_trait]
+impl Extension for PepToVCard {
+    async fn pep_changed(&self, cx: &Cx, owner: &BareJid, node: &str) {
+        if node == NS_AVATAR_METADATA {
+            pep_to_vcard(cx, owner).await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -139,6 +139,23 @@ fn legacy_conference(room: &str, conf: &Element) -> Element {
     out
 }
 
+/// XEP-0402 `#compat` as a PubSub extension: the PEP bookmarks are
+/// mirrored to XEP-0049 private XML for older clients.
+pub struct CompatMirror;
+
+#[async_trait::async_trait]
+impl crate::pubsub::Extension for CompatMirror {
+    fn account_features(&self) -> &'static [&'static str] {
+        &[NS_BOOKMARKS2_COMPAT]
+    }
+
+    async fn pep_changed(&self, cx: &Cx, owner: &BareJid, node: &str) {
+        if node == NS_BOOKMARKS2 {
+            mirror_to_private(cx, owner).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

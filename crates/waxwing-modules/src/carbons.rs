@@ -31,6 +31,9 @@ const IM_PAYLOADS: &[&str] = &[
     "urn:xmpp:receipts",
     "http://jabber.org/protocol/chatstates",
     "urn:xmpp:chat-markers:0",
+    // XEP-0353 §3: call proposals and answers reach every client of both
+    // parties, so that the others stop ringing.
+    "urn:xmpp:jingle-message:0",
 ];
 /// XEP-0045 user namespace (mediated invitations, MUC private messages).
 const MUC_USER: &str = "http://jabber.org/protocol/muc#user";

@@ -65,6 +65,14 @@ const ARCHIVED_PAYLOADS: &[(&str, &str)] = &[
     ("x", "jabber:x:encrypted"),
     // XEP-0444 Message Reactions.
     ("reactions", "urn:xmpp:reactions:0"),
+    // XEP-0353 Jingle Message Initiation: a client that was offline sees
+    // the missed call (propose/retract) and how it ended.
+    ("propose", "urn:xmpp:jingle-message:0"),
+    ("retract", "urn:xmpp:jingle-message:0"),
+    ("accept", "urn:xmpp:jingle-message:0"),
+    ("proceed", "urn:xmpp:jingle-message:0"),
+    ("reject", "urn:xmpp:jingle-message:0"),
+    ("finish", "urn:xmpp:jingle-message:0"),
     // XEP-0334: the sender asks for storage.
     ("store", NS_HINTS),
 ];

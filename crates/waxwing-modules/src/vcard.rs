@@ -21,20 +21,19 @@ use crate::avatar::{self, NS_CONVERSION};
 use crate::caps::Caps;
 use crate::internal;
 
-/// XEP-0054 namespace.
-pub const VCARD: &str = "vcard-temp";
-/// XEP-0153: vCard-based avatars (advertised; the work is the clients').
-pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+pub use waxwing_proto::ns::{VCARD, VCARD_UPDATE};
 /// vCard-temp, with XEP-0398 avatar conversion.
 pub struct VCard {
     /// PEP notifications of converted avatars go to contacts by their caps.
     caps: Arc<Caps>,
+    /// The PubSub engine's extensions (a converted avatar is a PEP publish).
+    extensions: Arc<crate::pubsub::Extensions>,
 }
 
 impl VCard {
     /// `caps` is the PubSub module's entity-capabilities cache.
-    pub fn new(caps: Arc<Caps>) -> Self {
-        VCard { caps }
+    pub fn new(caps: Arc<Caps>, extensions: Arc<crate::pubsub::Extensions>) -> Self {
+        VCard { caps, extensions }
     }
 }
 
@@ -110,7 +109,15 @@ impl IqHandler for VCard {
             avatar::store_vcard(cx, &owner, &iq.payload)
                 .await
                 .map_err(internal)?;
-            avatar::vcard_to_pep(cx, &self.caps, &owner, &before, &iq.payload).await;
+            avatar::vcard_to_pep(
+                cx,
+                &self.caps,
+                &self.extensions,
+                &owner,
+                &before,
+                &iq.payload,
+            )
+            .await;
             return Ok(None);
         }
         if owner != requester

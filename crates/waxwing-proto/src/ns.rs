@@ -9,6 +9,8 @@ pub const STREAM: &str = "http://etherx.jabber.org/streams";
 pub const CLIENT: &str = "jabber:client";
 /// RFC 6120 §4.8.3: content namespace of server-to-server streams.
 pub const SERVER: &str = "jabber:server";
+/// XEP-0114: content namespace of external component streams.
+pub const COMPONENT: &str = "jabber:component:accept";
 /// RFC 6120 §4.9.3: stream error conditions.
 pub const STREAMS_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 /// RFC 6120 §8.3.3: stanza error conditions.
@@ -51,3 +53,11 @@ pub const DATA_FORMS: &str = "jabber:x:data";
 pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 /// XML 1.0 / Namespaces in XML §3: the namespace bound to the `xml:` prefix.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+/// XEP-0215: External Service Discovery.
+pub const EXTDISCO: &str = "urn:xmpp:extdisco:2";
+/// XEP-0065: SOCKS5 Bytestreams.
+pub const BYTESTREAMS: &str = "http://jabber.org/protocol/bytestreams";
+/// XEP-0054: vcard-temp.
+pub const VCARD: &str = "vcard-temp";
+/// XEP-0153: vCard-based avatars (advertised; the work is the clients').
+pub const VCARD_UPDATE: &str = "vcard-temp:x:update";

@@ -109,7 +109,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     // Database tools take URLs: no configuration needed (nor read).
-    let config = || load_config(cli.config.as_ref());
+    let config = || -> anyhow::Result<Config> {
+        let config = load_config(cli.config.as_ref())?;
+        modules::check_disabled(&config).map_err(anyhow::Error::msg)?;
+        Ok(config)
+    };
     match cli.command {
         Command::Config {
             action: ConfigAction::Check,

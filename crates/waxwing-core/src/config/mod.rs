@@ -2,6 +2,7 @@
 //! form that the rest of the server reads.
 
 pub mod bosh;
+pub mod ext;
 pub mod http;
 pub mod ops;
 pub mod raw;
@@ -118,6 +119,21 @@ pub struct Config {
     pub compression_enabled: bool,
     /// Inflated bytes allowed per compressed byte (plus a fixed slack).
     pub compression_max_ratio: u64,
+    /// `[listen] component`: where XEP-0114 components connect (bound
+    /// only when `components` is not empty).
+    pub component_listen: Vec<SocketAddr>,
+    /// `[[components]]`.
+    pub components: Vec<ext::ComponentConfig>,
+    /// `[external_services]` (XEP-0215).
+    pub external_services: ext::ExternalServicesConfig,
+    /// `modules_disabled`: checked against the module list by the binary.
+    pub modules_disabled: Vec<String>,
+    /// `[proxy65]`: XEP-0065 SOCKS5 bytestreams proxy.
+    pub proxy65: ext::Proxy65Config,
+    /// `[modules.<name>]` tables, as written; a module parses its own
+    /// (`Config::module_options`), and the binary refuses tables that name
+    /// no module.
+    pub module_tables: std::collections::BTreeMap<String, toml::Table>,
     /// `[listen] http`/`https` and `[http]`: the HTTP listener.
     pub http: HttpConfig,
     /// `[upload]`: XEP-0363 HTTP File Upload.
@@ -466,6 +482,16 @@ impl Config {
         let metrics = ops::metrics_config(&f.metrics, source)?;
         let admin = ops::admin_config(&f.admin, source)?;
         let link_local = link_local_config(&f.link_local, &hosts, source)?;
+        let component_listen = addrs(&f.listen.component, "component")?;
+        let proxy65 = ext::proxy65(&f.proxy65, &hosts, source)?;
+        let mut taken = muc.domains.clone();
+        taken.extend(hosts.iter().map(|h| format!("pubsub.{h}")));
+        taken.extend(proxy65.domains.iter().cloned());
+        taken.extend(upload.domains.iter().cloned());
+        taken.extend(link_local.gateways.iter().cloned());
+        let components = ext::components(&f.components, &hosts, &taken, source)?;
+        let external_services = ext::external_services(&f.external_services, source)?;
+        let modules_disabled = ext::modules_disabled(&f.modules_disabled, source)?;
         Ok(Config {
             data_dir,
             hosts,
@@ -527,6 +553,12 @@ impl Config {
             pubsub,
             compression_enabled: f.compression.enabled,
             compression_max_ratio: f.compression.max_ratio,
+            component_listen,
+            components,
+            external_services,
+            modules_disabled,
+            proxy65,
+            module_tables: f.modules,
             http,
             upload,
             metrics,
@@ -534,6 +566,22 @@ impl Config {
             link_local,
             bosh: bosh::bosh_config(&f.bosh),
             websocket: websocket_config(&f.websocket, source)?,
+        })
+    }
+
+    /// A module's `[modules.<name>]` table parsed into its options type;
+    /// `Ok(None)` when the table is absent. Unknown keys are refused by the
+    /// options type's `#[serde(deny_unknown_fields)]`.
+    pub fn module_options<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(table) = self.module_tables.get(name) else {
+            return Ok(None);
+        };
+        table.clone().try_into().map(Some).map_err(|e| ConfigError {
+            line: None,
+            message: format!("[modules.{name}]: {}", e.message().trim()),
         })
     }
 
@@ -884,6 +932,38 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             1,
             "0 would refuse every dialback",
         ),
+        secs(
+            "external_services",
+            "credential_ttl_secs",
+            f.external_services.credential_ttl_secs,
+        ),
+        at_least(
+            "proxy65",
+            "max_streams_per_user",
+            u64::from(f.proxy65.max_streams_per_user),
+            1,
+            NONZERO,
+        ),
+        at_least(
+            "proxy65",
+            "max_pending",
+            u64::from(f.proxy65.max_pending),
+            2,
+            "a transfer needs two connections waiting for activation",
+        ),
+        at_least(
+            "proxy65",
+            "bandwidth_bytes_per_sec",
+            f.proxy65.bandwidth_bytes_per_sec,
+            1024,
+            "below 1 KiB/s no transfer finishes",
+        ),
+        secs(
+            "proxy65",
+            "activation_timeout_secs",
+            f.proxy65.activation_timeout_secs,
+        ),
+        secs("proxy65", "idle_timeout_secs", f.proxy65.idle_timeout_secs),
         Bound {
             table: "link_local",
             key: "max_peers",

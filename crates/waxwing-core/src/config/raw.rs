@@ -24,6 +24,17 @@ pub struct File {
     pub muc: Muc,
     pub pubsub: PubSub,
     pub compression: Compression,
+    /// Module names (as `waxwing config check` lists them) not to load.
+    pub modules_disabled: Vec<String>,
+    /// `[[components]]`: XEP-0114 external components.
+    pub components: Vec<super::ext::RawComponent>,
+    /// `[external_services]`: XEP-0215 STUN/TURN services.
+    pub external_services: super::ext::RawExternalServices,
+    /// `[proxy65]`: XEP-0065 SOCKS5 bytestreams proxy.
+    pub proxy65: super::ext::RawProxy65,
+    /// `[modules.<name>]`: options of modules that read their own table
+    /// (each deserializes and checks it; see docs/modules.md).
+    pub modules: std::collections::BTreeMap<String, toml::Table>,
     pub http: Http,
     pub upload: Upload,
     pub link_local: LinkLocal,
@@ -52,6 +63,11 @@ impl Default for File {
             muc: Muc::default(),
             pubsub: PubSub::default(),
             compression: Compression::default(),
+            modules_disabled: Vec::new(),
+            components: Vec::new(),
+            external_services: Default::default(),
+            proxy65: Default::default(),
+            modules: Default::default(),
             http: Http::default(),
             bosh: Bosh::default(),
             upload: Upload::default(),
@@ -83,6 +99,14 @@ pub struct Listen {
     /// The HTTP listener with TLS (the hosts' certificates); as `http`.
     #[serde(default)]
     pub https: Vec<String>,
+    /// XEP-0114 external components; opened only when `[[components]]`
+    /// are configured. Loopback by default: the handshake is not encrypted.
+    #[serde(default = "default_component_listen")]
+    pub component: Vec<String>,
+}
+
+fn default_component_listen() -> Vec<String> {
+    vec!["127.0.0.1:5347".into()]
 }
 
 impl Default for Listen {
@@ -92,6 +116,7 @@ impl Default for Listen {
             c2s_direct_tls: vec!["[::]:5223".into()],
             s2s: vec!["[::]:5269".into()],
             s2s_direct_tls: vec!["[::]:5270".into()],
+            component: default_component_listen(),
             http: vec!["127.0.0.1:5280".into()],
             https: vec!["[::]:5443".into()],
         }

@@ -269,7 +269,9 @@ impl S2sManager {
 impl Server {
     /// One of our virtual hosts or a domain served by a module (MUC …).
     pub(crate) fn is_local_domain(&self, domain: &str) -> bool {
-        self.config.is_local_host(domain) || self.registry.services.contains_key(domain)
+        self.config.is_local_host(domain)
+            || self.registry.services.contains_key(domain)
+            || self.components.contains(domain)
     }
 
     /// Counts `offence` against a remote domain and persists its record

@@ -106,26 +106,34 @@ pub(crate) enum ReadError {
     Stream(StreamError),
 }
 
-/// A socket with its framer (content namespace `jabber:server`).
+/// A socket with its framer (content namespace `jabber:server`, or
+/// `jabber:component:accept` for XEP-0114 components).
 pub(crate) struct Wire {
     pub io: S2sIo,
     pub framer: Framer,
     limits: Limits,
+    content_ns: &'static str,
 }
 
 impl Wire {
     pub fn new(tcp: TcpStream, limits: Limits) -> Self {
+        Self::with_ns(tcp, limits, ns::SERVER)
+    }
+
+    /// A wire whose stream's content namespace is `content_ns`.
+    pub fn with_ns(tcp: TcpStream, limits: Limits, content_ns: &'static str) -> Self {
         let _ = tcp.set_nodelay(true);
         Wire {
             io: S2sIo::Plain(tcp),
-            framer: Framer::new(limits, ns::SERVER),
+            framer: Framer::new(limits, content_ns),
             limits,
+            content_ns,
         }
     }
 
     /// A fresh parser for a new stream (after TLS).
     pub fn new_framer(&mut self) {
-        self.framer = Framer::new(self.limits, ns::SERVER);
+        self.framer = Framer::new(self.limits, self.content_ns);
     }
 
     pub async fn write(&mut self, data: &str) -> io::Result<()> {
@@ -138,9 +146,9 @@ impl Wire {
     /// that literal prefixed name and ignores `<result xmlns='…dialback'/>`.
     pub async fn send(&mut self, el: &Element) -> io::Result<()> {
         if el.ns == super::dialback::NS {
-            return self.write(&el.to_xml_prefixed("db", ns::SERVER)).await;
+            return self.write(&el.to_xml_prefixed("db", self.content_ns)).await;
         }
-        self.write(&el.to_xml_in(ns::SERVER)).await
+        self.write(&el.to_xml_in(self.content_ns)).await
     }
 
     /// Reads once and feeds the framer; `Ok(0)` never happens (EOF is Gone).

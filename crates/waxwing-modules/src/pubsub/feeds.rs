@@ -335,6 +335,7 @@ impl Feeds {
             kind: Kind::Service,
             jid: key.service.clone(),
             caps: &self.caps,
+            extensions: &super::extension::NONE,
             deferred: Default::default(),
         };
         // The node exists from the first successful poll on, entries or not.

@@ -9,8 +9,10 @@
 //! `node+notify`; services: explicit subscribers).
 
 pub mod config;
+pub mod extension;
 pub mod feeds;
 pub mod options;
+pub mod pep;
 pub mod service;
 
 use std::collections::HashSet;
@@ -34,6 +36,7 @@ use crate::internal;
 use config::{
     AccessModel, NodeConfig, NodeType, PUBLISH_OPTIONS_FORM, PublishModel, fields, inner_form,
 };
+pub use extension::{Extension, Extensions};
 use options::{NS_SUBSCRIBE_OPTIONS, SubOptions, SubscriptionType};
 
 pub const NS: &str = "http://jabber.org/protocol/pubsub";
@@ -102,6 +105,8 @@ pub struct Svc<'a> {
     /// The account (PEP) or the service domain as a domain-only JID.
     pub jid: BareJid,
     pub caps: &'a Caps,
+    /// What reacts to PEP changes (see `extension.rs`).
+    pub extensions: &'a Extensions,
     /// Stanzas to route after the IQ answer (the last item after a
     /// subscription result, XEP-0060 §6.5.7). PEP answers are routed by
     /// the router after the handler returns, so PEP routes these first.
@@ -112,6 +117,7 @@ pub struct Svc<'a> {
 /// the entity-capabilities cache both use.
 pub struct PubSub {
     caps: Arc<Caps>,
+    extensions: Arc<Extensions>,
     services: Vec<Arc<service::PubSubService>>,
     feeds: Arc<feeds::Feeds>,
 }
@@ -132,9 +138,20 @@ impl PubSub {
         let feeds = Arc::new(feeds::Feeds::new(config.pubsub.clone(), caps.clone()));
         PubSub {
             caps,
+            extensions: Default::default(),
             services,
             feeds,
         }
+    }
+
+    /// Plugs a feature into PEP (see `extension.rs`).
+    pub fn extend(&self, e: Arc<dyn Extension>) {
+        self.extensions.add(e);
+    }
+
+    /// The engine's extensions, for modules that publish to PEP themselves.
+    pub fn extensions(&self) -> Arc<Extensions> {
+        self.extensions.clone()
     }
 
     /// The entity-capabilities cache (PEP notifications made by other modules).
@@ -182,7 +199,7 @@ impl PubSub {
             }
         }
         match self.caps.observe_remote(&from, stanza, &owner, &query_from) {
-            Observed::Known => crate::pep::deliver_last_items(cx, &self.caps, &from).await,
+            Observed::Known => pep::deliver_last_items(cx, &self.caps, &from).await,
             Observed::Query(iq) => cx.route(iq).await,
             Observed::Unchanged | Observed::Waiting | Observed::None => {}
         }
@@ -240,9 +257,14 @@ impl Module for PubSub {
         for f in FEATURES {
             reg.account_feature(f);
         }
-        reg.account_feature(crate::bookmarks::NS_BOOKMARKS2_COMPAT);
-        let pep: Arc<dyn IqHandler> = Arc::new(crate::pep::Pep {
+        for e in self.extensions.all() {
+            for f in e.account_features() {
+                reg.account_feature(f);
+            }
+        }
+        let pep: Arc<dyn IqHandler> = Arc::new(pep::Pep {
             caps: self.caps.clone(),
+            extensions: self.extensions.clone(),
         });
         reg.iq(IqTarget::Account, NS, pep.clone())?;
         reg.iq(IqTarget::Account, NS_OWNER, pep)?;
@@ -287,8 +309,7 @@ impl StanzaHook for PubSub {
         match stanza.attr("type") {
             None => {
                 if let Some(from) = self.query_from(origin.jid.domain()) {
-                    crate::pep::on_available_presence(cx, &self.caps, &origin.jid, stanza, &from)
-                        .await;
+                    pep::on_available_presence(cx, &self.caps, &origin.jid, stanza, &from).await;
                 }
             }
             Some("unavailable") => self.caps.forget(&origin.jid),
@@ -322,6 +343,7 @@ impl PubSub {
             kind: Kind::Pep,
             jid: owner.clone(),
             caps: &self.caps,
+            extensions: &self.extensions,
             deferred: Default::default(),
         };
         let result = match service::authorization_answer(x) {
@@ -1583,14 +1605,14 @@ impl Svc<'_> {
         Some(self.event_message(to, ev))
     }
 
-    /// Side effects of a changed PEP node (XEP-0402 `#compat` mirroring).
+    /// Side effects of a changed PEP node: the extensions (bookmarks
+    /// `#compat` mirroring, avatar → vCard …) see it.
     async fn after_change(&self, node: &str) {
-        if self.kind == Kind::Pep && node == crate::bookmarks::NS_BOOKMARKS2 {
-            crate::bookmarks::mirror_to_private(self.cx, &self.jid).await;
+        if self.kind != Kind::Pep {
+            return;
         }
-        // XEP-0398: the vCard follows the PEP avatar.
-        if self.kind == Kind::Pep && node == crate::avatar::NS_AVATAR_METADATA {
-            crate::avatar::pep_to_vcard(self.cx, &self.jid).await;
+        for e in self.extensions.all() {
+            e.pep_changed(self.cx, &self.jid, node).await;
         }
     }
 }

@@ -32,6 +32,7 @@ impl PubSubService {
             kind: Kind::Service,
             jid: self.jid.clone(),
             caps: &self.caps,
+            extensions: &super::extension::NONE,
             deferred: Default::default(),
         }
     }
@@ -249,7 +250,7 @@ impl DomainService for PubSubService {
         if matches!(stanza.attr("type"), Some("result" | "error")) {
             if let Some(ready) = self.caps.answer(&stanza) {
                 for jid in ready {
-                    crate::pep::deliver_last_items(cx, &self.caps, &jid).await;
+                    super::pep::deliver_last_items(cx, &self.caps, &jid).await;
                 }
             }
             return;

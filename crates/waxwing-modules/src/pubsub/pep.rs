@@ -24,11 +24,12 @@ use waxwing_proto::xml::Element;
 use waxwing_store::Subscription;
 
 use crate::caps::{Caps, Observed};
-use crate::pubsub::{Kind, NS_OWNER, Svc};
+use crate::pubsub::{Extensions, Kind, NS_OWNER, Svc};
 
 /// The PEP IQ handler (registered by `pubsub::PubSub`).
 pub struct Pep {
     pub caps: Arc<Caps>,
+    pub extensions: Arc<Extensions>,
 }
 
 #[async_trait]
@@ -47,6 +48,7 @@ impl IqHandler for Pep {
             kind: Kind::Pep,
             jid: owner,
             caps: &self.caps,
+            extensions: &self.extensions,
             deferred: Default::default(),
         };
         let r = svc.handle(&iq.from, iq.is_set, &iq.payload).await;
@@ -114,6 +116,8 @@ async fn deliver_last_items_of(cx: &Cx, caps: &Caps, jid: &FullJid, owners: Vec<
             kind: Kind::Pep,
             jid: owner,
             caps,
+            // Sending last items changes nothing.
+            extensions: &crate::pubsub::extension::NONE,
             deferred: Default::default(),
         };
         for node in nodes {
