@@ -73,6 +73,8 @@ pub struct Server {
     pub s2s: S2sManager,
     /// Counters for a future `/metrics` (see `metrics.rs`).
     pub metrics: crate::metrics::Metrics,
+    /// Per-host account sources (extauth pools, the anonymous login limit).
+    pub(crate) auth: crate::auth::Authenticator,
 }
 
 impl Server {
@@ -109,6 +111,7 @@ impl Server {
             resumption: ResumptionTable::default(),
             s2s,
             metrics: Default::default(),
+            auth: crate::auth::Authenticator::start(&config),
             config,
         })
     }

@@ -1,7 +1,10 @@
 //! Configuration: `raw` mirrors the TOML file, [`Config`] is the validated
 //! form that the rest of the server reads.
 
+mod auth;
 pub mod raw;
+
+pub use auth::{AuthConfig, ExtAuthConfig, HostAuthConfig, SourceConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -110,6 +113,8 @@ pub struct Config {
     pub compression_enabled: bool,
     /// Inflated bytes allowed per compressed byte (plus a fixed slack).
     pub compression_max_ratio: u64,
+    /// `[auth]` account sources and mechanism lists per host and per listener.
+    pub auth: AuthConfig,
 }
 
 /// `[muc]`, validated.
@@ -381,6 +386,8 @@ impl Config {
         let s2s_listen = addrs(&f.listen.s2s, "s2s")?;
         let s2s_direct_tls = addrs(&f.listen.s2s_direct_tls, "s2s_direct_tls")?;
         let s2s = s2s_config(&f.s2s, source)?;
+        let all_c2s: Vec<SocketAddr> = c2s.iter().chain(&c2s_direct_tls).copied().collect();
+        let auth = auth::auth_config(&f.auth, &hosts, &all_c2s, source)?;
         Ok(Config {
             data_dir,
             hosts,
@@ -439,6 +446,7 @@ impl Config {
             pubsub,
             compression_enabled: f.compression.enabled,
             compression_max_ratio: f.compression.max_ratio,
+            auth,
         })
     }
 
@@ -538,6 +546,14 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "0 would refuse every login, even with the right password",
         ),
         secs("auth", "failure_window_secs", a.failure_window_secs),
+        at_least(
+            "auth",
+            "anonymous_max_per_address",
+            u64::from(a.anonymous_max_per_address),
+            1,
+            "0 would refuse every guest; leave out the anonymous host instead",
+        ),
+        secs("auth", "anonymous_window_secs", a.anonymous_window_secs),
         Bound {
             table: "auth",
             key: "ipv4_prefix_length",

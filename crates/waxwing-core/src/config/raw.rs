@@ -121,6 +121,17 @@ pub struct Auth {
     /// for the failure limits.
     pub ipv4_prefix_length: u8,
     pub ipv6_prefix_length: u8,
+    /// SASL mechanisms offered on hosts without their own list; `None`:
+    /// every mechanism the host's account source can serve.
+    pub mechanisms: Option<Vec<String>>,
+    /// `[auth.hosts."example.org"]`: the account source and mechanisms of one host.
+    pub hosts: std::collections::BTreeMap<String, HostAuth>,
+    /// `[auth.listeners]`: `"ADDRESS" = [mechanisms]` narrows what one c2s
+    /// listener offers (e.g. EXTERNAL only on an internal port).
+    pub listeners: std::collections::BTreeMap<String, Vec<String>>,
+    /// SASL ANONYMOUS logins one address prefix may make per `anonymous_window_secs`.
+    pub anonymous_max_per_address: u32,
+    pub anonymous_window_secs: u64,
 }
 
 impl Default for Auth {
@@ -134,6 +145,11 @@ impl Default for Auth {
             failure_window_secs: 600,
             ipv4_prefix_length: 32,
             ipv6_prefix_length: 64,
+            mechanisms: None,
+            hosts: Default::default(),
+            listeners: Default::default(),
+            anonymous_max_per_address: 10,
+            anonymous_window_secs: 600,
         }
     }
 }
@@ -490,4 +506,42 @@ impl Default for S2s {
 pub struct S2sDomain {
     /// Overrides `[s2s] dialback` for this domain.
     pub dialback: Option<String>,
+}
+
+/// `[auth.hosts."example.org"]`: where one host's accounts come from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostAuth {
+    /// `"internal"` (the account store), `"anonymous"`, `"extauth"` or `"ldap"`.
+    pub source: Option<String>,
+    pub mechanisms: Option<Vec<String>>,
+    /// External sources: keep SCRAM secrets derived from a password that
+    /// the source accepted, so that SCRAM can be offered too (opt-in).
+    pub cache_scram: bool,
+    pub extauth: Option<ExtAuth>,
+}
+
+/// `[auth.hosts."example.org".extauth]`: an ejabberd/Prosody extauth program.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtAuth {
+    /// The program and its arguments (no shell).
+    pub command: Vec<String>,
+    /// Copies of the program run at once; each answers one request at a time.
+    pub instances: usize,
+    /// How long one answer may take before the copy is restarted.
+    pub timeout_secs: u64,
+    /// Requests waiting for a free copy before new ones are refused.
+    pub queue: usize,
+}
+
+impl Default for ExtAuth {
+    fn default() -> Self {
+        ExtAuth {
+            command: Vec::new(),
+            instances: 1,
+            timeout_secs: 10,
+            queue: 256,
+        }
+    }
 }

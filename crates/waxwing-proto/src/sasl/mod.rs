@@ -6,6 +6,7 @@
 //! `<auth/>`, `<response/>` and friends is [`decode_payload`] and
 //! [`encode_payload`].
 
+mod anonymous;
 mod channel_binding;
 mod plain;
 mod scram;
@@ -13,6 +14,7 @@ mod scram;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+pub use anonymous::parse_anonymous;
 pub use channel_binding::{ChannelBindingData, ChannelBindingType, tls_server_end_point_hash};
 pub use plain::{PlainCredentials, parse_plain};
 pub use scram::{ClientFirst, ScramHash, ScramSecret, ScramServer, fake_salt};
@@ -112,7 +114,20 @@ pub enum Mechanism {
     },
     /// RFC 4616 `PLAIN`.
     Plain,
+    /// RFC 4505 `ANONYMOUS` (XEP-0175): only on hosts configured for guests.
+    Anonymous,
 }
+
+/// Every mechanism name this server can offer, strongest first: the order
+/// of `<mechanisms/>`, whatever order a configured list has.
+pub const ALL_MECHANISMS: &[&str] = &[
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1",
+    "PLAIN",
+    "ANONYMOUS",
+];
 
 impl Mechanism {
     /// Parses a mechanism name; names are case-sensitive (RFC 4422 §3.1).
@@ -123,6 +138,7 @@ impl Mechanism {
         };
         let hash = match base {
             "PLAIN" if !plus => return Some(Mechanism::Plain),
+            "ANONYMOUS" if !plus => return Some(Mechanism::Anonymous),
             "SCRAM-SHA-1" => ScramHash::Sha1,
             "SCRAM-SHA-256" => ScramHash::Sha256,
             _ => return None,
@@ -136,6 +152,7 @@ impl Mechanism {
             Mechanism::Scram { hash, plus: false } => hash.name(),
             Mechanism::Scram { hash, plus: true } => hash.plus_name(),
             Mechanism::Plain => "PLAIN",
+            Mechanism::Anonymous => "ANONYMOUS",
         }
     }
 }
@@ -232,11 +249,13 @@ mod tests {
             "SCRAM-SHA-256",
             "SCRAM-SHA-1",
             "PLAIN",
+            "ANONYMOUS",
         ] {
             assert_eq!(Mechanism::from_name(name).unwrap().name(), name);
         }
         for name in [
             "PLAIN-PLUS",
+            "ANONYMOUS-PLUS",
             "scram-sha-1",
             "SCRAM-SHA-512",
             "DIGEST-MD5",

@@ -87,6 +87,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         .connections
         .try_acquire(peer.ip(), server.config.max_connections_per_ip);
     let refused = permit.is_none();
+    let local = tcp.local_addr().ok();
     let mut conn = Conn {
         framer: Framer::new(limits, ns::CLIENT),
         io: Transport::Plain(tcp),
@@ -100,6 +101,7 @@ async fn serve_connection(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         auth_failures: 0,
         registrations: 0,
         peer,
+        local,
         attempted: None,
         sasl2: false,
         fast_rotate: false,
@@ -218,6 +220,7 @@ async fn close_session(mut conn: Conn, mut session: Session, mut rx: Outbox, end
         .clone()
         .store_undelivered(handle.jid.bare(), undelivered)
         .await;
+    crate::auth::anonymous::session_closed(&server, handle.jid.bare()).await;
     tracing::info!(jid = %handle.jid, "session ended");
     if !matches!(end, End::Gone) {
         conn.finish(end).await;
@@ -358,6 +361,8 @@ struct Conn {
     /// Accounts this stream registered in-band (or is registering).
     registrations: u32,
     peer: SocketAddr,
+    /// The listener's address: `[auth.listeners]` may narrow its mechanisms.
+    local: Option<SocketAddr>,
     bucket: TokenBucket,
     /// This connection's unfinished stanza, charged to the server-wide budget.
     partial: PartialCharge,
@@ -598,7 +603,7 @@ impl Conn {
                 }
                 if sasl_allowed {
                     let mut mechs = Element::new("mechanisms", ns::SASL);
-                    for m in sasl::mechanisms_offered(tls, &self.cb, config.allow_plain) {
+                    for m in self.mechanisms_offered(tls) {
                         mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m));
                     }
                     features.push_child(mechs);
@@ -621,12 +626,15 @@ impl Conn {
                         }
                         features.push_child(cb);
                     }
-                    if config.registration_open {
+                    if config.registration_open
+                        && !config
+                            .auth
+                            .is_anonymous(self.host.as_deref().unwrap_or_default())
+                    {
                         features.push_child(Element::new("register", ns::REGISTER_FEATURE));
                     }
                     if tls {
-                        let mechanisms =
-                            sasl::mechanisms_offered(tls, &self.cb, config.allow_plain);
+                        let mechanisms = self.mechanisms_offered(tls);
                         features.push_child(sasl2::feature(&mechanisms, &self.cb));
                     }
                 }
@@ -866,6 +874,17 @@ impl Conn {
         Ok(sasl::decode_payload(&el.text()))
     }
 
+    /// The mechanisms for this stream's host on this listener and connection.
+    fn mechanisms_offered(&self, tls: bool) -> Vec<&'static str> {
+        crate::auth::Authenticator::offered(
+            &self.server.config,
+            self.host.as_deref(),
+            self.local,
+            tls,
+            &self.cb,
+        )
+    }
+
     fn sasl_ns(&self) -> &'static str {
         if self.sasl2 { sasl2::NS } else { ns::SASL }
     }
@@ -887,7 +906,7 @@ impl Conn {
         auth: &Element,
     ) -> Result<Result<(BareJid, Option<Vec<u8>>), SaslError>, End> {
         let tls = self.io.is_tls();
-        let offered = sasl::mechanisms_offered(tls, &self.cb, self.server.config.allow_plain);
+        let offered = self.mechanisms_offered(tls);
         let Some(mech) = auth
             .attr("mechanism")
             .filter(|m| offered.contains(m))
@@ -918,6 +937,13 @@ impl Conn {
         let host = self.host.clone().unwrap_or_default();
         match mech {
             Mechanism::Plain => Ok(self.plain(&initial, &host).await.map(|u| (u, None))),
+            Mechanism::Anonymous => {
+                Ok(
+                    crate::auth::anonymous::login(&self.server, &host, self.peer.ip(), &initial)
+                        .await
+                        .map(|u| (u, None)),
+                )
+            }
             Mechanism::Scram { hash, plus } => self.scram(hash, plus, &initial, &host).await,
         }
     }
@@ -928,6 +954,14 @@ impl Conn {
             BareJid::new(Some(&creds.authcid), host).map_err(|_| SaslError::NotAuthorized)?;
         self.attempted = Some(user.clone());
         check_authzid(creds.authzid.as_deref(), &user)?;
+        let server = self.server.clone();
+        if let Some(verdict) = server
+            .auth
+            .external_plain(&server, &user, &creds.password)
+            .await
+        {
+            return verdict.map(|()| user);
+        }
         let secrets = self.lookup(&user).await?;
         let secret = secrets
             .iter()

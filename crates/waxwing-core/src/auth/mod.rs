@@ -1,0 +1,164 @@
+//! Account sources: where one host's identities and passwords are checked.
+//!
+//! The SASL mechanisms themselves are sans-IO in `waxwing_proto::sasl`; the
+//! c2s stream asks this module which mechanisms a host offers on a given
+//! listener ([`Authenticator::offered`]) and, for hosts whose accounts live
+//! elsewhere, whether a PLAIN password is right ([`Authenticator::external_plain`]).
+//!
+//! - `internal`: the account store's SCRAM secrets (the c2s stream's own path).
+//! - `anonymous` (`anonymous.rs`): XEP-0175 guests on a host of their own.
+//! - `extauth` (`extauth.rs`): the ejabberd/Prosody program protocol.
+//!
+//! An externally checked account gets a local record on its first login,
+//! so that routing, rosters and offline storage treat it like any other;
+//! it holds no secret unless the host opted into `cache_scram`.
+
+pub mod anonymous;
+pub mod extauth;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use waxwing_proto::jid::BareJid;
+use waxwing_proto::sasl::{ChannelBindingData, SaslError};
+use waxwing_store::StoreError;
+
+use crate::abuse::RegistrationLimit;
+use crate::config::{Config, SourceConfig};
+use crate::router::Server;
+
+/// The per-host account sources of a running server.
+pub struct Authenticator {
+    extauth: HashMap<String, Arc<extauth::Pool>>,
+    /// ANONYMOUS logins per address prefix.
+    pub(crate) anonymous_limit: RegistrationLimit,
+}
+
+impl Authenticator {
+    /// Starts the sources that run in the background (extauth workers).
+    pub(crate) fn start(config: &Config) -> Self {
+        let mut pools = HashMap::new();
+        for (host, h) in &config.auth.hosts {
+            if let SourceConfig::ExtAuth(e) = &h.source {
+                pools.insert(host.clone(), extauth::Pool::start(e));
+            }
+        }
+        Authenticator {
+            extauth: pools,
+            anonymous_limit: RegistrationLimit::new(
+                config.auth.anonymous_max_per_address,
+                config.auth.anonymous_window,
+                config.auth_prefixes,
+            ),
+        }
+    }
+
+    /// The `<mechanisms/>` for a stream to `host` that arrived on `local`,
+    /// strongest first: the host's list, narrowed by the listener's, by what
+    /// the connection allows (`-PLUS` needs channel-binding data, PLAIN
+    /// needs TLS since it carries the password itself).
+    pub fn offered(
+        config: &Config,
+        host: Option<&str>,
+        local: Option<SocketAddr>,
+        tls: bool,
+        cb: &ChannelBindingData,
+    ) -> Vec<&'static str> {
+        let Some(h) = host.and_then(|h| config.auth.host(h)) else {
+            return Vec::new();
+        };
+        let listener = local.and_then(|l| config.auth.listener(l));
+        h.mechanisms
+            .iter()
+            .copied()
+            .filter(|m| listener.is_none_or(|list| list.contains(m)))
+            .filter(|m| !m.ends_with("-PLUS") || cb.any())
+            .filter(|m| *m != "PLAIN" || tls)
+            .collect()
+    }
+
+    /// Checks a PLAIN password with the host's external source. `None` when
+    /// the host's accounts are internal (the caller checks the store).
+    pub(crate) async fn external_plain(
+        &self,
+        server: &Server,
+        user: &BareJid,
+        password: &str,
+    ) -> Option<Result<(), SaslError>> {
+        let host = user.domain();
+        let h = server.config.auth.host(host)?;
+        let verdict = match &h.source {
+            SourceConfig::Internal => return None,
+            // Guests have no passwords: PLAIN is never offered there.
+            SourceConfig::Anonymous => return Some(Err(SaslError::NotAuthorized)),
+            SourceConfig::ExtAuth(_) => {
+                let pool = self.extauth.get(host)?;
+                pool.ask(extauth::Request::Auth {
+                    user: user.local().unwrap_or_default().to_string(),
+                    server: host.to_string(),
+                    password: password.to_string(),
+                })
+                .await
+                .map_err(|e| {
+                    tracing::warn!(%user, error = %e, "external authentication unavailable");
+                    SaslError::TemporaryAuthFailure
+                })
+            }
+        };
+        Some(match verdict {
+            Ok(true) => self
+                .remember(server, user, password, h.cache_scram)
+                .await
+                .map_err(|e| {
+                    tracing::error!(%user, error = %e, "cannot record external account");
+                    SaslError::TemporaryAuthFailure
+                }),
+            Ok(false) => Err(SaslError::NotAuthorized),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Gives an externally accepted account its local record (and, when
+    /// the host opted in, SCRAM secrets derived from the accepted password).
+    async fn remember(
+        &self,
+        server: &Server,
+        user: &BareJid,
+        password: &str,
+        cache_scram: bool,
+    ) -> Result<(), StoreError> {
+        let accounts = &server.stores.accounts;
+        let secrets = if cache_scram {
+            let password = password.to_string();
+            let iterations = server.config.scram_iterations;
+            tokio::task::spawn_blocking(move || {
+                crate::credentials::make_secrets(&password, iterations)
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        match accounts.create(user, &secrets).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::AlreadyExists) if cache_scram => {
+                accounts.set_secrets(user, &secrets).await
+            }
+            Err(StoreError::AlreadyExists) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `user` may log in with PLAIN through the store's secrets:
+    /// not when its host checks passwords elsewhere (a cached SCRAM secret
+    /// must not outlive a password changed in the directory for PLAIN).
+    pub fn is_external(config: &Config, host: &str) -> bool {
+        config
+            .auth
+            .host(host)
+            .is_some_and(|h| h.source.is_external())
+    }
+}
