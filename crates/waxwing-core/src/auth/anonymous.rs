@@ -65,6 +65,7 @@ pub(crate) async fn session_closed(server: &Arc<Server>, user: &BareJid) {
         Ok(()) | Err(StoreError::NotFound) => tracing::debug!(%user, "anonymous account removed"),
         Err(e) => tracing::error!(%user, error = %e, "cannot remove anonymous account"),
     }
+    forget_version(server, user).await;
 }
 
 /// Deletes the guest accounts a previous run left behind (a crash, a kill).
@@ -84,6 +85,15 @@ pub(crate) async fn purge(server: &Server) {
             if let Err(e) = server.stores.remove_account(&user).await {
                 tracing::error!(%user, error = %e, "cannot remove stale anonymous account");
             }
+            forget_version(server, &user).await;
         }
+    }
+}
+
+/// A guest's address never comes back, so even the roster version that
+/// account deletion keeps for reused addresses goes.
+async fn forget_version(server: &Server, user: &BareJid) {
+    if let Err(e) = server.stores.roster.forget_version(user).await {
+        tracing::error!(%user, error = %e, "cannot remove an anonymous roster version");
     }
 }

@@ -607,7 +607,12 @@ impl Conn {
                         mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m));
                     }
                     features.push_child(mechs);
-                    if self.cb.any() {
+                    if self.cb.any()
+                        && self
+                            .mechanisms_offered(tls)
+                            .iter()
+                            .any(|m| m.ends_with("-PLUS"))
+                    {
                         // XEP-0440: tell clients which binding types -PLUS supports.
                         let mut cb = Element::new("sasl-channel-binding", ns::SASL_CB);
                         for (ty, have) in [
@@ -1011,7 +1016,20 @@ impl Conn {
         first: &[u8],
         host: &str,
     ) -> Result<Result<(BareJid, Option<Vec<u8>>), SaslError>, End> {
-        let mut scram = ScramServer::new(hash, plus, self.cb.clone(), random_id());
+        // RFC 5802 §6: a client's "y" (binding supported by it, not by us)
+        // is a downgrade only when we advertised -PLUS; a host or listener
+        // whose list leaves -PLUS out must accept it.
+        let tls = self.io.is_tls();
+        let cb = if self
+            .mechanisms_offered(tls)
+            .iter()
+            .any(|m| m.ends_with("-PLUS"))
+        {
+            self.cb.clone()
+        } else {
+            ChannelBindingData::default()
+        };
+        let mut scram = ScramServer::new(hash, plus, cb, random_id());
         let client_first = match scram.handle_client_first(first) {
             Ok(cf) => cf,
             Err(e) => return Ok(Err(e)),
