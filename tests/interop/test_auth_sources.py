@@ -217,3 +217,80 @@ def test_config_check_refuses_extauth_without_plain(server, tmp_path):
     res = srv.cli("config", "check", "--config", str(path), config=False)
     assert res.returncode != 0
     assert "needs PLAIN" in (res.stdout + res.stderr), res.stdout + res.stderr
+
+
+# -- LDAP (a real slapd, see wxtest/ldap.py)
+
+NS_COMMANDS = "http://jabber.org/protocol/commands"
+ADD_USER = "http://jabber.org/protocol/admin#add-user"
+
+
+def ldap_config(directory, **ldap) -> dict:
+    from wxtest.ldap import SERVICE_DN, SERVICE_PW, SUFFIX
+    settings = {
+        "url": directory.url,
+        "bind_dn": SERVICE_DN,
+        "bind_password": SERVICE_PW,
+        "base": f"ou=people,{SUFFIX}",
+        "filter": "(&(objectClass=inetOrgPerson)(uid=%u))",
+        "admin_group": f"cn=xmpp-admins,ou=groups,{SUFFIX}",
+        **ldap,
+    }
+    settings = {k: v for k, v in settings.items() if v is not None}
+    return {"hosts": ["localhost"],
+            "auth": {"hosts": {"localhost": {"source": "ldap", "ldap": settings}}}}
+
+
+async def start_admin_command(client) -> str:
+    res = await client.iq(client.make_iq(
+        "set", "localhost", f"<command xmlns='{NS_COMMANDS}' node='{ADD_USER}' action='execute'/>"))
+    if res["type"] == "error":
+        return res["error"]["condition"]
+    return res.xml.find(f"{{{NS_COMMANDS}}}command").get("status")
+
+
+async def test_ldap_search_then_bind_and_admin_group(server, xmpp, tmp_path):
+    from wxtest.ldap import Slapd
+    with Slapd(tmp_path / "ldap", {"alice": "alice-ldap-pw", "bob": "bob-ldap-pw"},
+               admins=["bob"]) as directory:
+        srv = server(ldap_config(directory))
+        alice = await xmpp.login(srv, f"{ALICE}/a", "alice-ldap-pw")
+        assert alice.sasl_mechanism == "PLAIN"
+        bob = await xmpp.login(srv, "bob@localhost/b", "bob-ldap-pw")
+        await bob.online()
+        alice.send_message("bob@localhost", "from the directory")
+        await bob.expect_message(body="from the directory")
+        for jid, pw in ((ALICE, "wrong-password"), ("nobody@localhost", "alice-ldap-pw")):
+            bad = xmpp.new(srv, jid, pw)
+            assert await bad.connect() in ("failed_auth", "failed_all_auth"), jid
+            assert "not-authorized" in bad.wire_text()
+        # A filter metacharacter in the name must not widen the search.
+        star = xmpp.new(srv, "*@localhost", "alice-ldap-pw")
+        assert await star.connect() in ("failed_auth", "failed_all_auth", "disconnected")
+        assert "<success" not in star.wire_text()
+        # Group membership in the directory makes an admin.
+        assert await start_admin_command(bob) == "executing"
+        assert await start_admin_command(alice) == "forbidden"
+
+
+async def test_ldap_direct_bind_template(server, xmpp, tmp_path):
+    from wxtest.ldap import SUFFIX, Slapd
+    with Slapd(tmp_path / "ldap", {"carol": "carol-ldap-pw"}) as directory:
+        srv = server(ldap_config(directory, base=None, filter=None, bind_dn=None,
+                                 bind_password=None, admin_group=None,
+                                 user_dn=f"uid=%u,ou=people,{SUFFIX}"))
+        carol = await xmpp.login(srv, "carol@localhost/c", "carol-ldap-pw")
+        assert carol.jid.bare == "carol@localhost"
+        bad = xmpp.new(srv, "carol@localhost", "nope-nope")
+        assert await bad.connect() in ("failed_auth", "failed_all_auth")
+
+
+async def test_ldap_unreachable_is_a_temporary_failure(server, xmpp, tmp_path):
+    from wxtest.ldap import Slapd
+    with Slapd(tmp_path / "ldap", {"alice": "alice-ldap-pw"}) as directory:
+        config = ldap_config(directory)
+    # The directory is gone now.
+    srv = server(config)
+    c = xmpp.new(srv, ALICE, "alice-ldap-pw")
+    assert await c.connect() in ("failed_auth", "failed_all_auth")
+    assert "temporary-auth-failure" in c.wire_text()

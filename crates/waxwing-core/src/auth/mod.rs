@@ -8,6 +8,7 @@
 //! - `internal`: the account store's SCRAM secrets (the c2s stream's own path).
 //! - `anonymous` (`anonymous.rs`): XEP-0175 guests on a host of their own.
 //! - `extauth` (`extauth.rs`): the ejabberd/Prosody program protocol.
+//! - `ldap` (`ldap.rs`): bind authentication against a directory, admins by group.
 //!
 //! An externally checked account gets a local record on its first login,
 //! so that routing, rosters and offline storage treat it like any other;
@@ -15,8 +16,9 @@
 
 pub mod anonymous;
 pub mod extauth;
+pub mod ldap;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,6 +33,10 @@ use crate::router::Server;
 /// The per-host account sources of a running server.
 pub struct Authenticator {
     extauth: HashMap<String, Arc<extauth::Pool>>,
+    ldap: HashMap<String, Arc<ldap::Directory>>,
+    /// Accounts the directory named as admins at their latest login
+    /// (`admin_group`); checked beside `admins` from the configuration.
+    directory_admins: std::sync::Mutex<HashSet<BareJid>>,
     /// ANONYMOUS logins per address prefix.
     pub(crate) anonymous_limit: RegistrationLimit,
 }
@@ -39,13 +45,22 @@ impl Authenticator {
     /// Starts the sources that run in the background (extauth workers).
     pub(crate) fn start(config: &Config) -> Self {
         let mut pools = HashMap::new();
+        let mut directories = HashMap::new();
         for (host, h) in &config.auth.hosts {
-            if let SourceConfig::ExtAuth(e) = &h.source {
-                pools.insert(host.clone(), extauth::Pool::start(e));
+            match &h.source {
+                SourceConfig::ExtAuth(e) => {
+                    pools.insert(host.clone(), extauth::Pool::start(e));
+                }
+                SourceConfig::Ldap(l) => {
+                    directories.insert(host.clone(), Arc::new(ldap::Directory::new(l)));
+                }
+                SourceConfig::Internal | SourceConfig::Anonymous => {}
             }
         }
         Authenticator {
             extauth: pools,
+            ldap: directories,
+            directory_admins: Default::default(),
             anonymous_limit: RegistrationLimit::new(
                 config.auth.anonymous_max_per_address,
                 config.auth.anonymous_window,
@@ -105,6 +120,20 @@ impl Authenticator {
                     SaslError::TemporaryAuthFailure
                 })
             }
+            SourceConfig::Ldap(_) => {
+                let dir = self.ldap.get(host)?;
+                match dir.verify(user.local().unwrap_or_default(), password).await {
+                    Ok(Some(v)) => {
+                        self.note_admin(user, v.admin);
+                        Ok(true)
+                    }
+                    Ok(None) => Ok(false),
+                    Err(e) => {
+                        tracing::warn!(%user, error = %e, "LDAP authentication unavailable");
+                        Err(SaslError::TemporaryAuthFailure)
+                    }
+                }
+            }
         };
         Some(match verdict {
             Ok(true) => self
@@ -150,6 +179,29 @@ impl Authenticator {
             Err(StoreError::AlreadyExists) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    fn note_admin(&self, user: &BareJid, admin: bool) {
+        let mut admins = self
+            .directory_admins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if admin {
+            admins.insert(user.clone());
+        } else {
+            admins.remove(user);
+        }
+    }
+
+    /// Whether `user` is a server admin: listed in `admins`, or a member of
+    /// its directory's `admin_group` at its latest login.
+    pub fn is_admin(&self, config: &Config, user: &BareJid) -> bool {
+        config.admins.contains(user)
+            || self
+                .directory_admins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(user)
     }
 
     /// Whether `user` may log in with PLAIN through the store's secrets:

@@ -25,13 +25,38 @@ pub enum SourceConfig {
     Anonymous,
     /// An ejabberd/Prosody extauth program.
     ExtAuth(ExtAuthConfig),
+    /// An LDAP directory (bind authentication).
+    Ldap(LdapConfig),
 }
 
 impl SourceConfig {
     /// Whether passwords are checked elsewhere, so only PLAIN can carry them.
     pub fn is_external(&self) -> bool {
-        matches!(self, SourceConfig::ExtAuth(_))
+        matches!(self, SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_))
     }
+}
+
+/// `[auth.hosts."…".ldap]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LdapConfig {
+    pub url: String,
+    pub starttls: bool,
+    /// The service account; `None` searches anonymously.
+    pub bind: Option<(String, String)>,
+    pub lookup: LdapLookup,
+    pub admin_group: Option<String>,
+    pub group_member_attribute: String,
+    pub timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// How a localpart becomes a DN.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LdapLookup {
+    /// Search `base` (subtree) with `filter`, `%u` replaced by the escaped localpart.
+    Search { base: String, filter: String },
+    /// `%u` in the template replaced by the DN-escaped localpart.
+    Template(String),
 }
 
 /// `[auth.hosts."…".extauth]`, validated.
@@ -127,8 +152,8 @@ fn supported(source: &SourceConfig, cache_scram: bool) -> Vec<&'static str> {
     match source {
         SourceConfig::Internal => scram_and_plain.to_vec(),
         SourceConfig::Anonymous => vec!["ANONYMOUS"],
-        SourceConfig::ExtAuth(_) if cache_scram => scram_and_plain.to_vec(),
-        SourceConfig::ExtAuth(_) => vec!["PLAIN"],
+        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if cache_scram => scram_and_plain.to_vec(),
+        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) => vec!["PLAIN"],
     }
 }
 
@@ -137,10 +162,12 @@ fn why_unsupported(source: &SourceConfig, mechanism: &str) -> &'static str {
     match source {
         SourceConfig::Internal => "ANONYMOUS needs a host of its own (source = \"anonymous\")",
         SourceConfig::Anonymous => "an anonymous host offers ANONYMOUS only",
-        SourceConfig::ExtAuth(_) if mechanism.starts_with("SCRAM") => {
+        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if mechanism.starts_with("SCRAM") => {
             "an external source has no SCRAM secret unless cache_scram = true"
         }
-        SourceConfig::ExtAuth(_) => "an external source checks passwords, so it needs PLAIN",
+        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) => {
+            "an external source checks passwords, so it needs PLAIN"
+        }
     }
 }
 
@@ -179,13 +206,14 @@ pub(super) fn auth_config(
             "internal" => SourceConfig::Internal,
             "anonymous" => SourceConfig::Anonymous,
             "extauth" => SourceConfig::ExtAuth(extauth_config(h.extauth.as_ref(), &table, source)?),
+            "ldap" => SourceConfig::Ldap(ldap_config(h.ldap.as_ref(), &table, source)?),
             other => {
                 return Err(err(
                     source,
                     &table,
                     "source",
                     format!(
-                        "[{table}] source = {other:?}: expected \"internal\", \"anonymous\" or \"extauth\""
+                        "[{table}] source = {other:?}: expected \"internal\", \"anonymous\", \"extauth\" or \"ldap\""
                     ),
                 ));
             }
@@ -196,6 +224,14 @@ pub(super) fn auth_config(
                 &table,
                 "source",
                 format!("[{table}] has an extauth table but source is not \"extauth\""),
+            ));
+        }
+        if h.ldap.is_some() && !matches!(src, SourceConfig::Ldap(_)) {
+            return Err(err(
+                source,
+                &table,
+                "source",
+                format!("[{table}] has an ldap table but source is not \"ldap\""),
             ));
         }
         if h.cache_scram && !src.is_external() {
@@ -360,6 +396,100 @@ fn default_mechanisms(
     list
 }
 
+fn ldap_config(
+    l: Option<&raw::Ldap>,
+    table: &str,
+    source: &str,
+) -> Result<LdapConfig, ConfigError> {
+    let table = format!("{table}.ldap");
+    let bad =
+        |key: &str, message: String| Err(err(source, &table, key, format!("[{table}] {message}")));
+    let Some(l) = l else {
+        return bad(
+            "url",
+            "is required with source = \"ldap\" (url, and base or user_dn)".into(),
+        );
+    };
+    let (tls, rest) = if let Some(rest) = l.url.strip_prefix("ldaps://") {
+        (true, rest)
+    } else if let Some(rest) = l.url.strip_prefix("ldap://") {
+        (l.starttls, rest)
+    } else {
+        return bad(
+            "url",
+            format!(
+                "url = {:?}: expected ldap://HOST:PORT or ldaps://HOST:PORT",
+                l.url
+            ),
+        );
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
+    // Bind authentication sends the user's password to the directory.
+    if !tls && !loopback {
+        return bad(
+            "url",
+            format!(
+                "{} would send passwords in clear: use ldaps:// or starttls = true",
+                l.url
+            ),
+        );
+    }
+    let lookup = match (&l.user_dn, &l.base) {
+        (Some(t), None) if t.contains("%u") => LdapLookup::Template(t.clone()),
+        (Some(_), None) => {
+            return bad(
+                "user_dn",
+                "user_dn needs %u where the localpart goes".into(),
+            );
+        }
+        (None, Some(base)) if l.filter.contains("%u") => LdapLookup::Search {
+            base: base.clone(),
+            filter: l.filter.clone(),
+        },
+        (None, Some(_)) => return bad("filter", "filter needs %u where the localpart goes".into()),
+        (Some(_), Some(_)) => {
+            return bad(
+                "user_dn",
+                "set either user_dn (direct bind) or base (search), not both".into(),
+            );
+        }
+        (None, None) => {
+            return bad(
+                "base",
+                "needs base (search, then bind) or user_dn (direct bind)".into(),
+            );
+        }
+    };
+    let bind = match (&l.bind_dn, &l.bind_password) {
+        (Some(dn), Some(pw)) => Some((dn.clone(), pw.clone())),
+        (None, None) => None,
+        _ => return bad("bind_dn", "bind_dn and bind_password go together".into()),
+    };
+    for (key, value, min, max) in [
+        ("timeout_secs", l.timeout_secs, 1, 3600),
+        ("max_connections", l.max_connections as u64, 1, 1024),
+    ] {
+        if !(min..=max).contains(&value) {
+            return bad(
+                key,
+                format!("{key} = {value} is refused: it must be {min}..={max}"),
+            );
+        }
+    }
+    Ok(LdapConfig {
+        url: l.url.clone(),
+        starttls: l.starttls,
+        bind,
+        lookup,
+        admin_group: l.admin_group.clone(),
+        group_member_attribute: l.group_member_attribute.clone(),
+        timeout: Duration::from_secs(l.timeout_secs),
+        max_connections: l.max_connections,
+    })
+}
+
 fn extauth_config(
     e: Option<&raw::ExtAuth>,
     table: &str,
@@ -514,10 +644,58 @@ mod tests {
                 "instances = 0 is refused",
             ),
             ("[auth]\nanonymous_max_per_address = 0\n".to_string(), "anonymous_max_per_address"),
+            (
+                "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+                 [auth.hosts.\"corp.example\".ldap]\nurl = \"ldap://ldap.corp.example\"\nbase = \"dc=corp\"\n"
+                    .to_string(),
+                "would send passwords in clear",
+            ),
+            (
+                "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+                 [auth.hosts.\"corp.example\".ldap]\nurl = \"ldaps://ldap.corp.example\"\n"
+                    .to_string(),
+                "needs base",
+            ),
+            (
+                "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+                 [auth.hosts.\"corp.example\".ldap]\nurl = \"ldaps://x\"\nuser_dn = \"uid=x\"\n"
+                    .to_string(),
+                "needs %u",
+            ),
         ] {
             let e = parse(&rest).expect_err(&rest);
             assert!(e.contains(needle), "{rest}\n→ {e}");
         }
+    }
+
+    #[test]
+    fn ldap_over_tls_or_loopback_is_accepted() {
+        let c = parse(
+            "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+             [auth.hosts.\"corp.example\".ldap]\nurl = \"ldap://ldap.corp.example:389\"\n\
+             starttls = true\nbase = \"ou=people,dc=corp\"\nadmin_group = \"cn=admins,dc=corp\"\n",
+        )
+        .unwrap();
+        let h = c.auth.host("corp.example").unwrap();
+        assert_eq!(h.mechanisms, ["PLAIN"]);
+        let SourceConfig::Ldap(l) = &h.source else {
+            panic!("ldap expected")
+        };
+        assert_eq!(
+            l.lookup,
+            crate::config::LdapLookup::Search {
+                base: "ou=people,dc=corp".into(),
+                filter: "(uid=%u)".into()
+            }
+        );
+        assert!(
+            parse(
+                "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+                 [auth.hosts.\"corp.example\".ldap]\nurl = \"ldap://127.0.0.1:3389\"\n\
+                 user_dn = \"uid=%u,dc=corp\"\n"
+            )
+            .is_ok()
+        );
     }
 
     #[test]

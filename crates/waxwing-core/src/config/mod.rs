@@ -4,7 +4,7 @@
 mod auth;
 pub mod raw;
 
-pub use auth::{AuthConfig, ExtAuthConfig, HostAuthConfig, SourceConfig};
+pub use auth::{AuthConfig, ExtAuthConfig, HostAuthConfig, LdapConfig, LdapLookup, SourceConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

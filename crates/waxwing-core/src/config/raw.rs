@@ -519,6 +519,7 @@ pub struct HostAuth {
     /// the source accepted, so that SCRAM can be offered too (opt-in).
     pub cache_scram: bool,
     pub extauth: Option<ExtAuth>,
+    pub ldap: Option<Ldap>,
 }
 
 /// `[auth.hosts."example.org".extauth]`: an ejabberd/Prosody extauth program.
@@ -542,6 +543,49 @@ impl Default for ExtAuth {
             instances: 1,
             timeout_secs: 10,
             queue: 256,
+        }
+    }
+}
+
+/// `[auth.hosts."example.org".ldap]`: bind authentication against a directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ldap {
+    /// `ldap://host:port` or `ldaps://host:port`.
+    pub url: String,
+    /// Upgrade `ldap://` with StartTLS before sending anything.
+    pub starttls: bool,
+    /// The service account that searches for users (anonymous search if unset).
+    pub bind_dn: Option<String>,
+    pub bind_password: Option<String>,
+    /// Search mode: where users are, and the filter (`%u` is the localpart).
+    pub base: Option<String>,
+    pub filter: String,
+    /// Direct mode: the user's DN, `%u` the localpart (no search).
+    pub user_dn: Option<String>,
+    /// Members of this group (DN) are server admins.
+    pub admin_group: Option<String>,
+    /// The group attribute that holds member DNs.
+    pub group_member_attribute: String,
+    pub timeout_secs: u64,
+    /// Directory connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for Ldap {
+    fn default() -> Self {
+        Ldap {
+            url: String::new(),
+            starttls: false,
+            bind_dn: None,
+            bind_password: None,
+            base: None,
+            filter: "(uid=%u)".into(),
+            user_dn: None,
+            admin_group: None,
+            group_member_attribute: "member".into(),
+            timeout_secs: 10,
+            max_connections: 8,
         }
     }
 }
