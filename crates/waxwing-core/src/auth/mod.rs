@@ -16,6 +16,7 @@
 
 pub mod anonymous;
 pub mod extauth;
+pub mod external;
 pub mod ldap;
 
 use std::collections::{HashMap, HashSet};
@@ -79,6 +80,7 @@ impl Authenticator {
         local: Option<SocketAddr>,
         tls: bool,
         cb: &ChannelBindingData,
+        client_cert: bool,
     ) -> Vec<&'static str> {
         let Some(h) = host.and_then(|h| config.auth.host(h)) else {
             return Vec::new();
@@ -90,6 +92,9 @@ impl Authenticator {
             .filter(|m| listener.is_none_or(|list| list.contains(m)))
             .filter(|m| !m.ends_with("-PLUS") || cb.any())
             .filter(|m| *m != "PLAIN" || tls)
+            // XEP-0178 §3: EXTERNAL only to a client that presented a
+            // certificate (which the handshake then verified).
+            .filter(|m| *m != "EXTERNAL" || client_cert)
             .collect()
     }
 

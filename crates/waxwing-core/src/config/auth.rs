@@ -87,6 +87,24 @@ pub struct AuthConfig {
     pub listeners: Vec<(SocketAddr, Vec<&'static str>)>,
     pub anonymous_max_per_address: u32,
     pub anonymous_window: Duration,
+    /// SASL EXTERNAL with client certificates, when configured.
+    pub client_certificates: Option<ClientCertConfig>,
+}
+
+/// `[auth.client_certificates]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCertConfig {
+    pub ca_file: PathBuf,
+    pub crl_files: Vec<PathBuf>,
+    pub identity: CertIdentity,
+}
+
+/// Which certificate name maps to the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertIdentity {
+    XmppAddr,
+    Email,
+    CommonName,
 }
 
 impl AuthConfig {
@@ -147,9 +165,10 @@ fn mechanism_list(
 }
 
 /// What a source can serve at all.
-fn supported(source: &SourceConfig, cache_scram: bool) -> Vec<&'static str> {
-    let scram_and_plain: &[&str] = &ALL_MECHANISMS[..5];
+fn supported(source: &SourceConfig, cache_scram: bool, certs: bool) -> Vec<&'static str> {
+    let scram_and_plain: &[&str] = &ALL_MECHANISMS[1..6];
     match source {
+        SourceConfig::Internal if certs => ALL_MECHANISMS[..6].to_vec(),
         SourceConfig::Internal => scram_and_plain.to_vec(),
         SourceConfig::Anonymous => vec!["ANONYMOUS"],
         SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if cache_scram => scram_and_plain.to_vec(),
@@ -160,7 +179,11 @@ fn supported(source: &SourceConfig, cache_scram: bool) -> Vec<&'static str> {
 /// Why a mechanism cannot work with a source, for the error message.
 fn why_unsupported(source: &SourceConfig, mechanism: &str) -> &'static str {
     match source {
+        SourceConfig::Internal if mechanism == "EXTERNAL" => {
+            "EXTERNAL needs [auth.client_certificates]"
+        }
         SourceConfig::Internal => "ANONYMOUS needs a host of its own (source = \"anonymous\")",
+        _ if mechanism == "EXTERNAL" => "EXTERNAL maps certificates to internal accounts only",
         SourceConfig::Anonymous => "an anonymous host offers ANONYMOUS only",
         SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if mechanism.starts_with("SCRAM") => {
             "an external source has no SCRAM secret unless cache_scram = true"
@@ -177,6 +200,11 @@ pub(super) fn auth_config(
     c2s_listeners: &[SocketAddr],
     source: &str,
 ) -> Result<AuthConfig, ConfigError> {
+    let client_certificates = match &a.client_certificates {
+        Some(c) => Some(client_cert_config(c, source)?),
+        None => None,
+    };
+    let certs = client_certificates.is_some();
     let default_list = match &a.mechanisms {
         Some(names) => Some(mechanism_list(names, "auth", source)?),
         None => None,
@@ -242,7 +270,7 @@ pub(super) fn auth_config(
                 format!("[{table}] cache_scram only applies to external sources"),
             ));
         }
-        let can = supported(&src, h.cache_scram);
+        let can = supported(&src, h.cache_scram, certs);
         let mechanisms = match &h.mechanisms {
             Some(names) => {
                 let list = mechanism_list(names, &table, source)?;
@@ -286,7 +314,7 @@ pub(super) fn auth_config(
                 mechanisms: default_mechanisms(
                     &SourceConfig::Internal,
                     default_list.as_deref(),
-                    &supported(&SourceConfig::Internal, false),
+                    &supported(&SourceConfig::Internal, false, certs),
                 ),
                 cache_scram: false,
             });
@@ -369,6 +397,42 @@ pub(super) fn auth_config(
         listeners,
         anonymous_max_per_address: a.anonymous_max_per_address,
         anonymous_window: Duration::from_secs(a.anonymous_window_secs),
+        client_certificates,
+    })
+}
+
+fn client_cert_config(
+    c: &raw::ClientCertificates,
+    source: &str,
+) -> Result<ClientCertConfig, ConfigError> {
+    let table = "auth.client_certificates";
+    if c.ca_file.is_empty() {
+        return Err(err(
+            source,
+            table,
+            "ca_file",
+            format!("[{table}] ca_file (a PEM bundle of the client CAs) is required"),
+        ));
+    }
+    let identity = match c.identity.as_deref().unwrap_or("xmppaddr") {
+        "xmppaddr" => CertIdentity::XmppAddr,
+        "email" => CertIdentity::Email,
+        "cn" => CertIdentity::CommonName,
+        other => {
+            return Err(err(
+                source,
+                table,
+                "identity",
+                format!(
+                    "[{table}] identity = {other:?}: expected \"xmppaddr\", \"email\" or \"cn\""
+                ),
+            ));
+        }
+    };
+    Ok(ClientCertConfig {
+        ca_file: PathBuf::from(&c.ca_file),
+        crl_files: c.crl_files.iter().map(PathBuf::from).collect(),
+        identity,
     })
 }
 

@@ -4,7 +4,10 @@
 mod auth;
 pub mod raw;
 
-pub use auth::{AuthConfig, ExtAuthConfig, HostAuthConfig, LdapConfig, LdapLookup, SourceConfig};
+pub use auth::{
+    AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, HostAuthConfig, LdapConfig,
+    LdapLookup, SourceConfig,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -132,6 +132,8 @@ pub struct Auth {
     /// SASL ANONYMOUS logins one address prefix may make per `anonymous_window_secs`.
     pub anonymous_max_per_address: u32,
     pub anonymous_window_secs: u64,
+    /// `[auth.client_certificates]`: SASL EXTERNAL for clients (XEP-0178).
+    pub client_certificates: Option<ClientCertificates>,
 }
 
 impl Default for Auth {
@@ -150,6 +152,7 @@ impl Default for Auth {
             listeners: Default::default(),
             anonymous_max_per_address: 10,
             anonymous_window_secs: 600,
+            client_certificates: None,
         }
     }
 }
@@ -588,4 +591,18 @@ impl Default for Ldap {
             max_connections: 8,
         }
     }
+}
+
+/// `[auth.client_certificates]`: client certificates and SASL EXTERNAL.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientCertificates {
+    /// PEM bundle of the CAs whose client certificates are accepted.
+    pub ca_file: String,
+    /// PEM or DER CRLs; a revoked certificate fails the TLS handshake.
+    pub crl_files: Vec<String>,
+    /// Which name in the certificate is the account: `"xmppaddr"`
+    /// (id-on-xmppAddr, the full JID), `"email"` (the local part of an
+    /// rfc822Name or subject e-mail, on the stream's host) or `"cn"`.
+    pub identity: Option<String>,
 }

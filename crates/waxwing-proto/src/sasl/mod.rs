@@ -15,6 +15,16 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 pub use anonymous::parse_anonymous;
+
+/// RFC 4422 Appendix A: EXTERNAL's message is the authorization identity
+/// the client asks for, empty for "whatever my credentials say".
+pub fn parse_external(msg: &[u8]) -> Result<Option<String>, SaslError> {
+    if msg.len() > MAX_MESSAGE_LEN || msg.contains(&0) {
+        return Err(SaslError::MalformedRequest);
+    }
+    let authzid = std::str::from_utf8(msg).map_err(|_| SaslError::MalformedRequest)?;
+    Ok((!authzid.is_empty()).then(|| authzid.to_owned()))
+}
 pub use channel_binding::{ChannelBindingData, ChannelBindingType, tls_server_end_point_hash};
 pub use plain::{PlainCredentials, parse_plain};
 pub use scram::{ClientFirst, ScramHash, ScramSecret, ScramServer, fake_salt};
@@ -116,11 +126,14 @@ pub enum Mechanism {
     Plain,
     /// RFC 4505 `ANONYMOUS` (XEP-0175): only on hosts configured for guests.
     Anonymous,
+    /// RFC 4422 Appendix A `EXTERNAL` (XEP-0178): the TLS client certificate.
+    External,
 }
 
 /// Every mechanism name this server can offer, strongest first: the order
 /// of `<mechanisms/>`, whatever order a configured list has.
 pub const ALL_MECHANISMS: &[&str] = &[
+    "EXTERNAL",
     "SCRAM-SHA-256-PLUS",
     "SCRAM-SHA-1-PLUS",
     "SCRAM-SHA-256",
@@ -139,6 +152,7 @@ impl Mechanism {
         let hash = match base {
             "PLAIN" if !plus => return Some(Mechanism::Plain),
             "ANONYMOUS" if !plus => return Some(Mechanism::Anonymous),
+            "EXTERNAL" if !plus => return Some(Mechanism::External),
             "SCRAM-SHA-1" => ScramHash::Sha1,
             "SCRAM-SHA-256" => ScramHash::Sha256,
             _ => return None,
@@ -153,6 +167,7 @@ impl Mechanism {
             Mechanism::Scram { hash, plus: true } => hash.plus_name(),
             Mechanism::Plain => "PLAIN",
             Mechanism::Anonymous => "ANONYMOUS",
+            Mechanism::External => "EXTERNAL",
         }
     }
 }
@@ -250,6 +265,7 @@ mod tests {
             "SCRAM-SHA-1",
             "PLAIN",
             "ANONYMOUS",
+            "EXTERNAL",
         ] {
             assert_eq!(Mechanism::from_name(name).unwrap().name(), name);
         }

@@ -887,6 +887,7 @@ impl Conn {
             self.local,
             tls,
             &self.cb,
+            self.io.peer_certificate().is_some(),
         )
     }
 
@@ -945,6 +946,14 @@ impl Conn {
             Mechanism::Anonymous => {
                 Ok(
                     crate::auth::anonymous::login(&self.server, &host, self.peer.ip(), &initial)
+                        .await
+                        .map(|u| (u, None)),
+                )
+            }
+            Mechanism::External => {
+                let cert = self.io.peer_certificate();
+                Ok(
+                    crate::auth::external::login(&self.server, &host, cert, &initial)
                         .await
                         .map(|u| (u, None)),
                 )
