@@ -144,7 +144,7 @@ system_packages() {
         echo "system packages already installed: ${wanted[*]}"
     else
         step "apt-get install -y ${missing[*]}"
-        local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}")
+        local install=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}")
         as_root "${install[@]}" || { as_root apt-get update && as_root "${install[@]}"; } || return 1
         # The packages start system services where they can; the tests run their own.
         local -a services=()

@@ -29,9 +29,11 @@ import pytest
 
 from wxtest import subjects
 from wxtest.client import ClientPool
+from wxtest.node import NodePool
 
 SERVERS = pytest.StashKey[list]()
 POOL = pytest.StashKey[ClientPool]()
+NODE_POOL = pytest.StashKey[NodePool]()
 
 PASSWORD = "secret123"
 
@@ -78,6 +80,14 @@ def xmpp(request) -> ClientPool:
     return pool
 
 
+@pytest.fixture
+def node(request) -> NodePool:
+    """``await node.new(label)``: an ``@xmpp/client`` under Node.js (``wxtest.node``)."""
+    pool = NodePool()
+    request.node.stash[NODE_POOL] = pool
+    return pool
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
     if not inspect.iscoroutinefunction(pyfuncitem.obj):
@@ -91,6 +101,9 @@ def pytest_pyfunc_call(pyfuncitem):
             pool = pyfuncitem.stash.get(POOL, None)
             if pool is not None:
                 await pool.aclose()
+            node_pool = pyfuncitem.stash.get(NODE_POOL, None)
+            if node_pool is not None:
+                await node_pool.aclose()
 
     asyncio.run(run())
     return True
@@ -130,3 +143,6 @@ def pytest_runtest_makereport(item, call):
     pool = item.stash.get(POOL, None)
     for client in pool.clients if pool else []:
         report.sections.append((f"wire {client.label}", client.wire_text()))
+    node_pool = item.stash.get(NODE_POOL, None)
+    for label, text in node_pool.transcripts() if node_pool else []:
+        report.sections.append((f"node client {label}", text))

@@ -66,8 +66,14 @@ const FAKE_SALT_KEY_FILE: &str = "scram_fake_salt_secret";
 /// restart while real accounts keep theirs: a probe before and after a
 /// restart would tell them apart.
 pub fn load_fake_salt_key(data_dir: &Path) -> io::Result<[u8; 32]> {
-    let path = data_dir.join(FAKE_SALT_KEY_FILE);
-    match std::fs::read_to_string(&path) {
+    load_or_create_key(&data_dir.join(FAKE_SALT_KEY_FILE))
+}
+
+/// A 32-byte secret kept in `path` as 64 hex digits: read if the file
+/// exists, else drawn at random and written (mode 0600), so that what it
+/// keys (fake salts, upload URLs) survives restarts.
+pub fn load_or_create_key(path: &Path) -> io::Result<[u8; 32]> {
+    match std::fs::read_to_string(path) {
         Ok(s) => {
             let mut key = [0u8; 32];
             if hex::decode_to_slice(s.trim(), &mut key).is_ok() {
@@ -82,7 +88,7 @@ pub fn load_fake_salt_key(data_dir: &Path) -> io::Result<[u8; 32]> {
         Err(e) => return Err(e),
     }
     let key: [u8; 32] = rand::random();
-    crate::private_file::write(&path, hex::encode(key).as_bytes())?;
+    crate::private_file::write(path, hex::encode(key).as_bytes())?;
     Ok(key)
 }
 

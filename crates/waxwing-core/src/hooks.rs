@@ -212,6 +212,8 @@ pub struct Registry {
     pub(crate) services: HashMap<String, (&'static str, Arc<dyn DomainService>)>,
     pub(crate) server_features: Vec<&'static str>,
     pub(crate) account_features: Vec<&'static str>,
+    /// Routes of the HTTP listener (`http/mod.rs`).
+    pub(crate) http: crate::http::HttpRoutes,
 }
 
 impl Registrar {
@@ -327,6 +329,30 @@ impl Registrar {
     /// A disco#info feature of the server (XEP-0030).
     pub fn server_feature(&mut self, var: &'static str) {
         self.registry.server_features.push(var);
+    }
+
+    /// Adds routes to the HTTP listener, with the common request timeout and
+    /// body limit (see `crate::http`). Handlers get `State<Arc<Server>>`.
+    pub fn http_routes(&mut self, routes: axum::Router<Arc<crate::router::Server>>) {
+        let r = &mut self.registry.http;
+        r.ordinary = std::mem::take(&mut r.ordinary).merge(routes);
+    }
+
+    /// Adds routes that stream large bodies or hold requests long (upload,
+    /// BOSH, WebSocket upgrade): no common timeout or body limit, the
+    /// handler enforces its own. Security headers still apply.
+    pub fn http_routes_unlimited(&mut self, routes: axum::Router<Arc<crate::router::Server>>) {
+        let r = &mut self.registry.http;
+        r.unlimited = std::mem::take(&mut r.unlimited).merge(routes);
+    }
+
+    /// Announces an XEP-0156 connection method at `path` (e.g.
+    /// `/xmpp-websocket`) in `/.well-known/host-meta`.
+    pub fn alt_connection(&mut self, kind: crate::http::AltConnection, path: &str) {
+        self.registry
+            .http
+            .alt_connections
+            .push((kind, path.to_string()));
     }
 
     /// A disco#info feature of every account.
@@ -510,6 +536,11 @@ impl Cx {
     }
 
     /// Cancelled when the server begins a graceful stop.
+    /// The base URL of the HTTP listener for `host` (see `HttpState::base_url`).
+    pub fn http_base_url(&self, host: &str) -> Option<String> {
+        self.server.http.base_url(&self.server.config, host)
+    }
+
     pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
         self.server.shutdown.child_token()
     }

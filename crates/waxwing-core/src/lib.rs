@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod hooks;
+pub mod http;
 pub(crate) mod isolate;
 pub mod listen;
 pub mod metrics;
@@ -75,7 +76,8 @@ pub async fn start_with_stores(
     stores: waxwing_store::Stores,
 ) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let registry = Registrar::build(modules)?;
+    let mut registry = Registrar::build(modules)?;
+    stream::c2s::websocket::register(&mut registry, &config);
     let tls = tls::TlsContext::load(&config)?;
     let s2s = s2s::S2sManager::new(&config, &tls)?;
     s2s.defences.load(&*stores.reputation).await?;
@@ -89,7 +91,35 @@ pub async fn start_with_stores(
         .emit(None, crate::hooks::Event::Started)
         .await;
     let tasks = TaskTracker::new();
-    for b in bound {
+    let (web, xmpp): (Vec<_>, Vec<_>) = bound
+        .into_iter()
+        .partition(|b| matches!(b.kind, ListenerKind::Http | ListenerKind::Https));
+    server.http.set_bound(
+        web.iter()
+            .map(|b| (http::Secure(b.kind == ListenerKind::Https), b.addr))
+            .collect(),
+    );
+    if !web.is_empty() {
+        let app = http::app(&server);
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            server.config.http.max_connections,
+        ));
+        for b in web {
+            tracing::info!(kind = b.kind.name(), addr = %b.addr, "listening");
+            let l = http::HttpListener {
+                secure: http::Secure(b.kind == ListenerKind::Https),
+                listener: b.listener,
+            };
+            tokio::spawn(http::accept_loop(
+                server.clone(),
+                l,
+                app.clone(),
+                permits.clone(),
+                tasks.clone(),
+            ));
+        }
+    }
+    for b in xmpp {
         tracing::info!(kind = b.kind.name(), addr = %b.addr, "listening");
         tokio::spawn(listen::accept_loop(server.clone(), b, tasks.clone()));
     }

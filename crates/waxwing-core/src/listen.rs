@@ -21,6 +21,10 @@ pub enum ListenerKind {
     S2s,
     /// s2s with TLS from the first byte (XEP-0368).
     S2sDirectTls,
+    /// The HTTP listener, plain (`http/mod.rs`).
+    Http,
+    /// The HTTP listener with TLS.
+    Https,
 }
 
 impl ListenerKind {
@@ -30,6 +34,8 @@ impl ListenerKind {
             ListenerKind::C2sDirectTls => "c2s_direct_tls",
             ListenerKind::S2s => "s2s",
             ListenerKind::S2sDirectTls => "s2s_direct_tls",
+            ListenerKind::Http => "http",
+            ListenerKind::Https => "https",
         }
     }
 }
@@ -38,7 +44,7 @@ impl ListenerKind {
 pub struct Bound {
     pub kind: ListenerKind,
     pub addr: SocketAddr,
-    listener: TcpListener,
+    pub(crate) listener: TcpListener,
 }
 
 /// Binds every configured address. Binding happens before serving so that a
@@ -50,6 +56,8 @@ pub async fn bind_all(server: &Server) -> std::io::Result<Vec<Bound>> {
         (ListenerKind::C2sDirectTls, &server.config.c2s_direct_tls),
         (ListenerKind::S2s, &server.config.s2s_listen),
         (ListenerKind::S2sDirectTls, &server.config.s2s_direct_tls),
+        (ListenerKind::Http, &server.config.http.listen),
+        (ListenerKind::Https, &server.config.http.listen_tls),
     ];
     for (kind, addrs) in lists {
         for addr in addrs {
@@ -87,6 +95,9 @@ pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) 
                     ListenerKind::S2s => tasks.spawn(s2s_in::serve(server, tcp, peer, false)),
                     ListenerKind::S2sDirectTls => {
                         tasks.spawn(s2s_in::serve(server, tcp, peer, true))
+                    }
+                    ListenerKind::Http | ListenerKind::Https => {
+                        unreachable!("HTTP listeners are served by http::accept_loop")
                     }
                 };
             }

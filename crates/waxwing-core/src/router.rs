@@ -75,6 +75,8 @@ pub struct Server {
     pub metrics: crate::metrics::Metrics,
     /// Per-host account sources (extauth pools, the anonymous login limit).
     pub(crate) auth: crate::auth::Authenticator,
+    /// The HTTP listener's bound addresses and the URLs derived from them.
+    pub http: crate::http::HttpState,
 }
 
 impl Server {
@@ -112,6 +114,7 @@ impl Server {
             s2s,
             metrics: Default::default(),
             auth: crate::auth::Authenticator::start(&config),
+            http: Default::default(),
             config,
         })
     }
@@ -690,6 +693,11 @@ impl Server {
             s.close(StreamError::new(StreamCondition::NotAuthorized).with_text("account removed"));
         }
         Ok(())
+    }
+
+    /// Cancelled when the server stops (long-lived HTTP handlers watch it).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// Starts a graceful stop: listeners close and every stream ends with `system-shutdown`.

@@ -28,6 +28,8 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct TlsContext {
     pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The HTTPS listener's: same certificates, ALPN `http/1.1`.
+    https: tokio_rustls::TlsAcceptor,
     certs: Arc<CertResolver>,
 }
 
@@ -48,10 +50,17 @@ impl TlsContext {
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
         let builder = match &config.auth.client_certificates {
-            Some(c) => builder.with_client_cert_verifier(client_verifier(c, provider)?),
+            Some(c) => builder.with_client_cert_verifier(client_verifier(c, provider.clone())?),
             None => builder.with_no_client_auth(),
         };
         let mut server = builder.with_cert_resolver(certs.clone());
+        let mut https = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        // HTTP/1.1 only: WebSocket upgrades and BOSH are HTTP/1.1 here.
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
+        https.send_tls13_tickets = 0;
         // XEP-0368: direct TLS clients may announce ALPN "xmpp-client".
         server.alpn_protocols = vec![b"xmpp-client".to_vec()];
         server.ignore_client_order = true;
@@ -68,8 +77,14 @@ impl TlsContext {
         }
         Ok(TlsContext {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            https: tokio_rustls::TlsAcceptor::from(Arc::new(https)),
             certs,
         })
+    }
+
+    /// The acceptor of the HTTPS listener.
+    pub(crate) fn https_acceptor(&self) -> &tokio_rustls::TlsAcceptor {
+        &self.https
     }
 
     /// The certificate and key of `host` (the first host's if it has none),

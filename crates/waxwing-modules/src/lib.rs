@@ -24,8 +24,10 @@ pub mod push;
 pub mod register;
 pub mod roster;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod version;
+pub mod web_client;
 
 use waxwing_proto::stanza::{Condition, StanzaError};
 

@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
 pub mod datetime;
+pub mod framing;
 pub mod jid;
 pub mod lang;
 pub mod ns;

@@ -35,7 +35,22 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         load(waxwing_modules::muc::Muc::new(config)),
         // PEP on accounts and the pubsub.<host> services (XEP-0060/0163).
         load(pubsub),
+        // XEP-0363 on upload.<host>, with its routes on the HTTP listener.
+        load(waxwing_modules::upload::Upload::new(config)),
+        // Converse.js at / of the HTTP listener (fetched once into data_dir).
+        load(waxwing_modules::web_client::WebClient::new(config)),
     ];
+    // Upload URLs need an HTTP listener (or a proxy in front of one).
+    let http = !config.http.listen.is_empty()
+        || !config.http.listen_tls.is_empty()
+        || config.http.public_url.is_some();
+    if config.upload.domains.is_empty() || !http {
+        modules.retain(|m| m.module_name() != "upload");
+    }
+    let listener = !config.http.listen.is_empty() || !config.http.listen_tls.is_empty();
+    if !config.http.web_client || !listener {
+        modules.retain(|m| m.module_name() != "web_client");
+    }
     if !config.mam_enabled {
         modules.retain(|m| m.module_name() != "mam");
     }

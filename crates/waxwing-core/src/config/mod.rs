@@ -8,6 +8,9 @@ pub use auth::{
     AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, HostAuthConfig, LdapConfig,
     LdapLookup, SourceConfig,
 };
+pub mod http;
+
+pub use http::{HttpConfig, UploadConfig};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -118,6 +121,45 @@ pub struct Config {
     pub compression_max_ratio: u64,
     /// `[auth]` account sources and mechanism lists per host and per listener.
     pub auth: AuthConfig,
+    /// `[listen] http`/`https` and `[http]`: the HTTP listener.
+    pub http: HttpConfig,
+    /// `[upload]`: XEP-0363 HTTP File Upload.
+    pub upload: UploadConfig,
+    pub websocket: WebSocketConfig,
+}
+
+/// `[websocket]`, validated.
+#[derive(Debug, Clone)]
+pub struct WebSocketConfig {
+    pub enabled: bool,
+    pub ping_interval: Duration,
+    /// RFC 7395 §3.6.1 redirect (`ws://` or `wss://`).
+    pub see_other_uri: Option<String>,
+    pub loopback_is_secure: bool,
+}
+
+fn websocket_config(w: &raw::WebSocket, source: &str) -> Result<WebSocketConfig, ConfigError> {
+    if let Some(uri) = &w.see_other_uri {
+        let ok = ["ws://", "wss://"]
+            .iter()
+            .any(|s| uri.strip_prefix(s).is_some_and(|rest| !rest.is_empty()))
+            && !uri.contains(['\'', '"', '<', '>', '&'])
+            && !uri.chars().any(char::is_whitespace);
+        if !ok {
+            return Err(ConfigError::in_table(
+                source,
+                "websocket",
+                "see_other_uri",
+                format!("{uri:?} is not a ws:// or wss:// URI"),
+            ));
+        }
+    }
+    Ok(WebSocketConfig {
+        enabled: w.enabled,
+        ping_interval: Duration::from_secs(w.ping_interval_secs),
+        see_other_uri: w.see_other_uri.clone(),
+        loopback_is_secure: w.loopback_is_secure,
+    })
 }
 
 /// `[muc]`, validated.
@@ -391,6 +433,8 @@ impl Config {
         let s2s = s2s_config(&f.s2s, source)?;
         let all_c2s: Vec<SocketAddr> = c2s.iter().chain(&c2s_direct_tls).copied().collect();
         let auth = auth::auth_config(&f.auth, &hosts, &all_c2s, source)?;
+        let http = http::http_config(&f.listen, &f.http, source)?;
+        let upload = http::upload_config(&f.upload, &hosts, &data_dir, source)?;
         Ok(Config {
             data_dir,
             hosts,
@@ -450,6 +494,9 @@ impl Config {
             compression_enabled: f.compression.enabled,
             compression_max_ratio: f.compression.max_ratio,
             auth,
+            http,
+            upload,
+            websocket: websocket_config(&f.websocket, source)?,
         })
     }
 
@@ -800,12 +847,65 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "0 would refuse every dialback",
         ),
         Bound {
+            table: "websocket",
+            key: "ping_interval_secs",
+            value: f.websocket.ping_interval_secs,
+            min: 5,
+            max: 3600,
+            why: "pings more often than every 5 s cost more than they tell; an hour exceeds any proxy's idle timeout",
+        },
+        Bound {
             table: "compression",
             key: "max_ratio",
             value: f.compression.max_ratio,
             min: 1,
             max: 1032,
             why: "below 1 nothing inflates; deflate cannot exceed 1032:1, so a larger ratio is no bound",
+        },
+        Bound {
+            table: "http",
+            key: "max_body_bytes",
+            value: n(f.http.max_body_bytes),
+            min: 1024,
+            max: 1 << 30,
+            why: "ordinary requests are read into memory; uploads have their own limit",
+        },
+        secs(
+            "http",
+            "header_read_timeout_secs",
+            f.http.header_read_timeout_secs,
+        ),
+        secs("http", "request_timeout_secs", f.http.request_timeout_secs),
+        at_least(
+            "http",
+            "max_connections",
+            n(f.http.max_connections),
+            1,
+            NONZERO,
+        ),
+        Bound {
+            table: "http",
+            key: "hsts_max_age_secs",
+            value: f.http.hsts_max_age_secs,
+            min: 0,
+            max: 2 * MAX_SECS,
+            why: "browsers cap it at two years",
+        },
+        at_least(
+            "upload",
+            "max_file_bytes",
+            f.upload.max_file_bytes,
+            1,
+            NONZERO,
+        ),
+        secs("upload", "slot_timeout_secs", f.upload.slot_timeout_secs),
+        Bound {
+            table: "upload",
+            key: "retention_days",
+            value: u64::from(f.upload.retention_days),
+            min: 0,
+            max: 36_500,
+            why: "0 keeps files forever; a longer retention is a typo",
         },
     ];
     for b in bounds {
@@ -1265,6 +1365,44 @@ mod tests {
     }
 
     #[test]
+    fn http_listener_and_upload_options() {
+        let c = Config::embedded_default();
+        assert_eq!(c.http.listen, vec!["127.0.0.1:5280".parse().unwrap()]);
+        assert_eq!(c.http.listen_tls, vec!["[::]:5443".parse().unwrap()]);
+        assert_eq!(c.http.public_url, None);
+        assert!(c.http.web_client);
+        assert_eq!(c.upload.domains, vec!["upload.localhost".to_string()]);
+        assert_eq!(c.upload.dir, PathBuf::from("./data").join("upload"));
+        // A [listen] table that names no HTTP listener opens none.
+        let c = Config::parse("[listen]\nc2s = [\"127.0.0.1:0\"]\n").unwrap();
+        assert!(c.http.listen.is_empty() && c.http.listen_tls.is_empty());
+        let c = Config::parse(
+            "[http]\npublic_url = \"HTTPS://Chat.Example.org/\"\nallowed_origins = [\"*\", \"https://a.example:8443\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.http.public_url.as_deref(),
+            Some("https://chat.example.org")
+        );
+        assert!(c.http.any_origin);
+        assert_eq!(
+            c.http.allowed_origins,
+            vec!["https://a.example:8443".to_string()]
+        );
+        let e = Config::parse("[http]\npublic_url = \"chat.example.org\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e =
+            Config::parse("[http]\nallowed_origins = [\"https://a.example/path\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Config::parse("[http]\nmax_connections = 0\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Config::parse("[upload]\nsubdomain = \"a b\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let c = Config::parse("[upload]\nenabled = false\n").unwrap();
+        assert!(c.upload.domains.is_empty());
+    }
+
+    #[test]
     fn contact_addresses_are_uris_in_xep_order() {
         let c = Config::parse(
             "[contact]\nsupport = [\"https://example.org/help\"]\n\
@@ -1347,6 +1485,21 @@ mod tests {
     }
 
     #[test]
+    fn websocket_redirects_must_be_websocket_uris() {
+        let c = Config::parse("[websocket]\nsee_other_uri = \"wss://chat.example/ws\"\n").unwrap();
+        assert_eq!(
+            c.websocket.see_other_uri.as_deref(),
+            Some("wss://chat.example/ws")
+        );
+        assert!(c.websocket.enabled && c.websocket.loopback_is_secure);
+        for bad in ["https://chat.example/", "wss://", "wss://a'b/"] {
+            let e =
+                Config::parse(&format!("[websocket]\nsee_other_uri = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.line, Some(2), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn nonsense_numbers_are_refused_with_their_line() {
         // Each value below used to be accepted (a zero read rate panicked
         // the token bucket at the first read), or was reported on the line
@@ -1383,6 +1536,7 @@ mod tests {
             ("[s2s.reputation]", "block_at = inf"),
             ("[s2s.reputation]", "throttle_at = nan"),
             ("[compression]", "max_ratio = 0"),
+            ("[websocket]", "ping_interval_secs = 1"),
             ("[compression]", "max_ratio = 100000"),
         ];
         for (table, line) in cases {

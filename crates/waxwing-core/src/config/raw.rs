@@ -24,6 +24,9 @@ pub struct File {
     pub muc: Muc,
     pub pubsub: PubSub,
     pub compression: Compression,
+    pub http: Http,
+    pub upload: Upload,
+    pub websocket: WebSocket,
 }
 
 impl Default for File {
@@ -45,6 +48,9 @@ impl Default for File {
             muc: Muc::default(),
             pubsub: PubSub::default(),
             compression: Compression::default(),
+            http: Http::default(),
+            upload: Upload::default(),
+            websocket: WebSocket::default(),
         }
     }
 }
@@ -62,6 +68,13 @@ pub struct Listen {
     /// Server-to-server with TLS from the first byte (XEP-0368); as `s2s`.
     #[serde(default)]
     pub s2s_direct_tls: Vec<String>,
+    /// The HTTP listener (WebSocket, BOSH, discovery, upload, web client),
+    /// plain. Like `s2s`: a `[listen]` table that does not name it opens none.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// The HTTP listener with TLS (the hosts' certificates); as `http`.
+    #[serde(default)]
+    pub https: Vec<String>,
 }
 
 impl Default for Listen {
@@ -71,6 +84,8 @@ impl Default for Listen {
             c2s_direct_tls: vec!["[::]:5223".into()],
             s2s: vec!["[::]:5269".into()],
             s2s_direct_tls: vec!["[::]:5270".into()],
+            http: vec!["127.0.0.1:5280".into()],
+            https: vec!["[::]:5443".into()],
         }
     }
 }
@@ -509,6 +524,105 @@ impl Default for S2s {
 pub struct S2sDomain {
     /// Overrides `[s2s] dialback` for this domain.
     pub dialback: Option<String>,
+}
+
+/// `[http]`: what every HTTP route shares (listeners are in `[listen]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// The base URL clients reach the HTTP listener at (behind a reverse
+    /// proxy: the proxy's). Default: derived from the first host and listener.
+    pub public_url: Option<String>,
+    /// Origins (scheme://host[:port]) besides the server's own that may open
+    /// WebSocket/BOSH sessions; `"*"` allows any.
+    pub allowed_origins: Vec<String>,
+    /// Largest request body of an ordinary route (upload PUTs have their own limit).
+    pub max_body_bytes: usize,
+    /// Time a client has to send a request's headers (slowloris).
+    pub header_read_timeout_secs: u64,
+    /// Time an ordinary request may take, body included.
+    pub request_timeout_secs: u64,
+    /// Open HTTP connections, server-wide; more are closed at once.
+    pub max_connections: usize,
+    /// `Strict-Transport-Security` max-age on TLS responses; 0 sends none.
+    pub hsts_max_age_secs: u64,
+    /// Serve the bundled web client (Converse.js) at `/`.
+    pub web_client: bool,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            public_url: None,
+            allowed_origins: Vec::new(),
+            max_body_bytes: 1_048_576,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 60,
+            max_connections: 4096,
+            hsts_max_age_secs: 15_552_000,
+            web_client: true,
+        }
+    }
+}
+
+/// `[upload]`: XEP-0363 HTTP File Upload on `<subdomain>.<host>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upload {
+    pub enabled: bool,
+    /// The label prepended to each host: `upload` gives `upload.example.org`.
+    pub subdomain: String,
+    /// Where files are stored. Default: `<data_dir>/upload`.
+    pub dir: Option<String>,
+    /// Largest file, in bytes (announced in disco#info).
+    pub max_file_bytes: u64,
+    /// Bytes of live files one account may have.
+    pub quota_bytes: u64,
+    /// How long an unused slot's PUT URL stays valid.
+    pub slot_timeout_secs: u64,
+    /// How long a file is kept after upload; 0 keeps files forever.
+    pub retention_days: u32,
+}
+
+impl Default for Upload {
+    fn default() -> Self {
+        Upload {
+            enabled: true,
+            subdomain: "upload".into(),
+            dir: None,
+            max_file_bytes: 104_857_600,
+            quota_bytes: 1_073_741_824,
+            slot_timeout_secs: 300,
+            retention_days: 30,
+        }
+    }
+}
+
+/// `[websocket]`: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` on
+/// the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocket {
+    pub enabled: bool,
+    /// Seconds of silence after which the server pings; a client that does
+    /// not answer within as long again is dropped.
+    pub ping_interval_secs: u64,
+    /// RFC 7395 §3.6.1: answer every `<open/>` with a redirect here instead.
+    pub see_other_uri: Option<String>,
+    /// Treat plain `ws://` from a loopback address as encrypted (a local
+    /// reverse proxy that terminates TLS, or a browser on this machine).
+    pub loopback_is_secure: bool,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            enabled: true,
+            ping_interval_secs: 60,
+            see_other_uri: None,
+            loopback_is_secure: true,
+        }
+    }
 }
 
 /// `[auth.hosts."example.org"]`: where one host's accounts come from.

@@ -8,6 +8,7 @@
 //! caused earlier would be in front of it.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod panic;
 
 use std::collections::VecDeque;
@@ -251,6 +252,10 @@ impl rustls::client::danger::ServerCertVerifier for DangerousAcceptAnyCertForTes
 }
 
 fn tls_connector() -> tokio_rustls::TlsConnector {
+    tls_connector_alpn(b"xmpp-client")
+}
+
+fn tls_connector_alpn(alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -258,7 +263,7 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(DangerousAcceptAnyCertForTests(provider)))
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 

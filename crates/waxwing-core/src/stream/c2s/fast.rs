@@ -21,6 +21,7 @@ use waxwing_proto::sasl::{ChannelBindingData, SaslError};
 use waxwing_proto::xml::{Element, parse_stanza};
 use waxwing_store::StoredSecret;
 
+use super::link::ClientTransport;
 use super::{Conn, End};
 
 /// `urn:xmpp:fast:0`
@@ -204,7 +205,7 @@ impl Conn {
         let Some(mech) = auth.attr("mechanism").and_then(Ht::from_name) else {
             return Ok(Err(SaslError::InvalidMechanism));
         };
-        let Some(cb) = mech.cb_data(&self.cb) else {
+        let Some(cb) = mech.cb_data(self.link.channel_binding()) else {
             return Ok(Err(SaslError::InvalidMechanism));
         };
         let Some(agent) = auth

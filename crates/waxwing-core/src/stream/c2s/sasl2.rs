@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 use waxwing_proto::ns;
 use waxwing_proto::xml::Element;
 
+use super::link::Outgoing;
 use super::{Conn, End, InlineSm, Negotiated};
 use crate::random_id;
 use crate::session::SessionFlag;
@@ -131,7 +132,7 @@ impl Conn {
             if let Some(f) = resume_failed {
                 success.push_child(f);
             }
-            self.write(&success.to_xml()).await?;
+            self.send(&success).await?;
             return Ok(Some(Outcome::Authenticated));
         };
         let agent_id = auth.child("user-agent", NS).and_then(|ua| ua.attr("id"));
@@ -186,11 +187,11 @@ impl Conn {
             handle.set_flag(SessionFlag::Inactive, true);
         }
         success.push_child(bound);
-        let mut out = success.to_xml();
         // XEP-0386 §3: features follow; nothing is left to negotiate.
-        out.push_str("<stream:features/>");
-        self.write(&out).await?;
-        let _ = ns::CLIENT;
+        let mut out = Outgoing::default();
+        self.encode(&success, &mut out);
+        self.encode(&Element::new("features", ns::STREAM), &mut out);
+        self.write(out).await?;
         Ok(Some(Outcome::Ready(Negotiated::Bound(
             handle, rx, inline_sm,
         ))))

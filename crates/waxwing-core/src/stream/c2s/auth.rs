@@ -1,0 +1,302 @@
+//! SASL (RFC 6120 §6) for both framings, plain and XEP-0388: PLAIN and
+//! SCRAM over the sans-IO mechanisms of `waxwing_proto::sasl`, failure
+//! throttling, and the constant-cost answer for unknown accounts.
+
+use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::ns;
+use waxwing_proto::sasl::{self, Mechanism, SaslError, ScramHash, ScramSecret, ScramServer};
+use waxwing_proto::stanza::StreamCondition;
+use waxwing_proto::xml::Element;
+
+use super::link::ClientTransport;
+use super::{Conn, End, full_limits, sasl2, stream_error};
+use crate::{credentials, random_id};
+
+impl Conn {
+    pub(super) async fn sasl_failure(&mut self, condition: &str) -> Result<(), End> {
+        let failure =
+            Element::new("failure", self.sasl_ns()).with_child(Element::new(condition, ns::SASL));
+        self.send(&failure).await
+    }
+
+    /// One SASL exchange (either framing). `Some(additional data)` on
+    /// success, with `self.user` set; `None` after a failure the client may
+    /// retry; Err once too many failures piled up.
+    pub(super) async fn authenticate(
+        &mut self,
+        auth: &Element,
+    ) -> Result<Option<Option<Vec<u8>>>, End> {
+        let ip = self.peer.ip();
+        let server = self.server.clone();
+        let throttle = &server.auth_throttle;
+        self.attempted = None;
+        // A FAST token is 32 random bytes, bound to one client: presenting
+        // a valid one is not guessing, so the owner gets in even from a
+        // throttled network (a failed one still counts as a failure).
+        let fast = self.sasl2 && auth.attr("mechanism").is_some_and(|m| m.starts_with("HT-"));
+        let outcome = if !fast && throttle.blocked(ip, None) {
+            Err(SaslError::TemporaryAuthFailure)
+        } else {
+            let exchange = if fast {
+                self.fast_exchange(auth).await?
+            } else {
+                self.sasl_exchange(auth).await?
+            };
+            match exchange {
+                // A throttled (account, address prefix) stays throttled even
+                // for the right password: otherwise guessing would not slow
+                // down. Other prefixes are unaffected.
+                Ok((user, _)) if !fast && throttle.blocked(ip, Some(&user)) => {
+                    Err(SaslError::TemporaryAuthFailure)
+                }
+                other => other,
+            }
+        };
+        match outcome {
+            Ok((user, additional)) => {
+                throttle.record_success(ip, &user);
+                self.link.set_limits(full_limits(&server));
+                tracing::info!(%user, "authenticated");
+                self.user = Some(user);
+                Ok(Some(additional))
+            }
+            Err(e) => {
+                self.sasl_failure(e.condition()).await?;
+                if matches!(e, SaslError::Aborted) {
+                    return Ok(None);
+                }
+                tracing::info!(user = ?self.attempted.as_ref().map(|u| u.to_string()), condition = e.condition(), "authentication failed");
+                throttle.record_failure(ip, self.attempted.as_ref());
+                self.auth_failures += 1;
+                if self.auth_failures >= self.server.config.max_auth_failures {
+                    return Err(stream_error(
+                        StreamCondition::PolicyViolation,
+                        "too many failed authentication attempts",
+                    ));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads the next SASL response; `<abort/>` and anything else end the exchange.
+    pub(super) async fn sasl_response(&mut self) -> Result<Result<Vec<u8>, SaslError>, End> {
+        let el = self.next_element().await?;
+        if el.is("abort", self.sasl_ns()) {
+            return Ok(Err(SaslError::Aborted));
+        }
+        if !el.is("response", self.sasl_ns()) {
+            return Err(stream_error(
+                StreamCondition::NotAuthorized,
+                "SASL exchange in progress",
+            ));
+        }
+        Ok(sasl::decode_payload(&el.text()))
+    }
+
+    pub(super) fn sasl_ns(&self) -> &'static str {
+        if self.sasl2 { sasl2::NS } else { ns::SASL }
+    }
+
+    pub(super) async fn challenge(&mut self, data: &[u8]) -> Result<(), End> {
+        // SASL2 has no "=" for empty data (XEP-0388 §2.1): empty is empty.
+        let text = if self.sasl2 && data.is_empty() {
+            String::new()
+        } else {
+            sasl::encode_payload(data)
+        };
+        let el = Element::new("challenge", self.sasl_ns()).with_text(text);
+        self.send(&el).await
+    }
+
+    /// Ok((user, additional data for `<success/>`)) when the exchange succeeded.
+    pub(super) async fn sasl_exchange(
+        &mut self,
+        auth: &Element,
+    ) -> Result<Result<(BareJid, Option<Vec<u8>>), SaslError>, End> {
+        let offered = self.mechanisms_offered();
+        let Some(mech) = auth
+            .attr("mechanism")
+            .filter(|m| offered.contains(m))
+            .and_then(Mechanism::from_name)
+        else {
+            return Ok(Err(SaslError::InvalidMechanism));
+        };
+        let text = if self.sasl2 {
+            auth.child("initial-response", sasl2::NS)
+                .map(|r| r.text())
+                .unwrap_or_default()
+        } else {
+            auth.text()
+        };
+        let initial = if text.trim().is_empty() {
+            // No initial response: send an empty challenge and wait (RFC 6120 §6.4.2).
+            self.challenge(&[]).await?;
+            match self.sasl_response().await? {
+                Ok(data) => data,
+                Err(e) => return Ok(Err(e)),
+            }
+        } else {
+            match sasl::decode_payload(&text) {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+        let host = self.host.clone().unwrap_or_default();
+        match mech {
+            Mechanism::Plain => Ok(self.plain(&initial, &host).await.map(|u| (u, None))),
+            Mechanism::Anonymous => {
+                Ok(
+                    crate::auth::anonymous::login(&self.server, &host, self.peer.ip(), &initial)
+                        .await
+                        .map(|u| (u, None)),
+                )
+            }
+            Mechanism::External => {
+                let cert = self.link.tcp().and_then(|t| t.peer_certificate());
+                Ok(
+                    crate::auth::external::login(&self.server, &host, cert, &initial)
+                        .await
+                        .map(|u| (u, None)),
+                )
+            }
+            Mechanism::Scram { hash, plus } => self.scram(hash, plus, &initial, &host).await,
+        }
+    }
+
+    /// The mechanisms for this stream's host, on this listener and
+    /// connection (`auth::Authenticator::offered`).
+    pub(super) fn mechanisms_offered(&self) -> Vec<&'static str> {
+        let tcp = self.link.tcp();
+        crate::auth::Authenticator::offered(
+            &self.server.config,
+            self.host.as_deref(),
+            tcp.and_then(|t| t.local_addr()),
+            self.link.is_secure(),
+            self.link.channel_binding(),
+            tcp.and_then(|t| t.peer_certificate()).is_some(),
+        )
+    }
+
+    pub(super) async fn plain(&mut self, data: &[u8], host: &str) -> Result<BareJid, SaslError> {
+        let creds = sasl::parse_plain(data)?;
+        let user =
+            BareJid::new(Some(&creds.authcid), host).map_err(|_| SaslError::NotAuthorized)?;
+        self.attempted = Some(user.clone());
+        check_authzid(creds.authzid.as_deref(), &user)?;
+        let server = self.server.clone();
+        if let Some(verdict) = server
+            .auth
+            .external_plain(&server, &user, &creds.password)
+            .await
+        {
+            return verdict.map(|()| user);
+        }
+        let secrets = self.lookup(&user).await?;
+        let secret = secrets
+            .iter()
+            .find(|s| s.hash == ScramHash::Sha256)
+            .or(secrets.first())
+            .cloned();
+        // An unknown account costs the same derivation as a known one, so
+        // that the time to answer does not say which accounts exist.
+        let (secret, exists) = match secret {
+            Some(s) => (s, true),
+            None => (
+                credentials::decoy_secret(
+                    &credentials::host_fake_salt_key(&self.server.fake_salt_key, host),
+                    user.local().unwrap_or_default(),
+                    self.server.config.scram_iterations,
+                ),
+                false,
+            ),
+        };
+        // PBKDF2 takes milliseconds: keep it off the threads that serve streams.
+        let password = creds.password;
+        let ok = tokio::task::spawn_blocking(move || secret.verify_password(&password))
+            .await
+            .unwrap_or(false);
+        if ok && exists {
+            Ok(user)
+        } else {
+            Err(SaslError::NotAuthorized)
+        }
+    }
+
+    pub(super) async fn lookup(&self, user: &BareJid) -> Result<Vec<ScramSecret>, SaslError> {
+        match self.server.stores.accounts.secrets(user).await {
+            Ok(Some(list)) => Ok(list.iter().filter_map(credentials::from_stored).collect()),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => {
+                tracing::error!(error = %e, "credential lookup failed");
+                Err(SaslError::TemporaryAuthFailure)
+            }
+        }
+    }
+
+    pub(super) async fn scram(
+        &mut self,
+        hash: ScramHash,
+        plus: bool,
+        first: &[u8],
+        host: &str,
+    ) -> Result<Result<(BareJid, Option<Vec<u8>>), SaslError>, End> {
+        // RFC 5802 §6: a client's "y" (binding supported by it, not by us)
+        // is a downgrade only when we advertised -PLUS; a host or listener
+        // whose list leaves -PLUS out must accept it.
+        let cb = if self
+            .mechanisms_offered()
+            .iter()
+            .any(|m| m.ends_with("-PLUS"))
+        {
+            self.link.channel_binding().clone()
+        } else {
+            waxwing_proto::sasl::ChannelBindingData::default()
+        };
+        let mut scram = ScramServer::new(hash, plus, cb, random_id());
+        let client_first = match scram.handle_client_first(first) {
+            Ok(cf) => cf,
+            Err(e) => return Ok(Err(e)),
+        };
+        let user = BareJid::new(Some(&client_first.username), host).ok();
+        self.attempted = user.clone();
+        let secret = match &user {
+            Some(u) => match self.lookup(u).await {
+                Ok(list) => list.into_iter().find(|s| s.hash == hash),
+                Err(e) => return Ok(Err(e)),
+            },
+            None => None,
+        };
+        let server_first = scram.server_first(
+            secret.as_ref(),
+            &credentials::host_fake_salt_key(&self.server.fake_salt_key, host),
+            self.server.config.scram_iterations,
+        );
+        self.challenge(&server_first).await?;
+        let client_final = match self.sasl_response().await? {
+            Ok(data) => data,
+            Err(e) => return Ok(Err(e)),
+        };
+        let server_final = match scram.handle_client_final(&client_final) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (Some(user), Some(_)) = (user, secret) else {
+            return Ok(Err(SaslError::NotAuthorized));
+        };
+        if let Err(e) = check_authzid(client_first.authzid.as_deref(), &user) {
+            return Ok(Err(e));
+        }
+        Ok(Ok((user, Some(server_final))))
+    }
+}
+
+fn check_authzid(authzid: Option<&str>, user: &BareJid) -> Result<(), SaslError> {
+    match authzid {
+        None | Some("") => Ok(()),
+        Some(z) => match Jid::parse(z) {
+            Ok(j) if j.bare() == user => Ok(()),
+            _ => Err(SaslError::InvalidAuthzid),
+        },
+    }
+}

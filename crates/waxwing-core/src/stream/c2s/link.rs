@@ -1,0 +1,290 @@
+//! The client transport abstraction: what negotiation and the session loop
+//! need from whatever carries a client's XML stream.
+//!
+//! Negotiation (SASL, SASL2/Bind2/FAST, registration, bind) and the
+//! session (stream management, CSI, the outbound queue) are written once,
+//! in `c2s/negotiate.rs` and `c2s/session.rs`, against [`ClientTransport`].
+//! Each transport only moves elements: it turns what arrives into
+//! [`StreamEvent`]s and serializes what goes out in its own framing.
+//!
+//! The session loop calls the transport through the [`Link`] enum rather
+//! than `dyn`: one predictable `match` per call, no boxed futures, and no
+//! allocation per stanza.
+
+use std::future::Future;
+use std::io;
+
+use waxwing_proto::sasl::ChannelBindingData;
+use waxwing_proto::stanza::StreamError;
+use waxwing_proto::xml::{Element, Limits, StreamEvent};
+
+use super::tcp::TcpLink;
+use super::websocket::WsLink;
+
+/// What our answering stream header says (RFC 6120 §4.7).
+pub(crate) struct StreamOpen<'a> {
+    pub id: &'a str,
+    /// The virtual host (our side of the stream).
+    pub from: &'a str,
+    /// `xml:lang`; `None` when the header answers nothing (an error
+    /// before the client's header could be read).
+    pub lang: Option<&'a str>,
+}
+
+/// Output for one write: serialized top-level elements in order.
+///
+/// Transports that frame one element per message (WebSocket, and BOSH's
+/// payload list) record where each element ends; a byte-stream transport
+/// ignores the boundaries and writes the text at once, so it pays nothing
+/// for them (the boundary list never allocates).
+#[derive(Default)]
+pub(crate) struct Outgoing {
+    pub text: String,
+    /// End offsets in `text` of the elements, for message-framed transports.
+    pub ends: Vec<usize>,
+}
+
+impl Outgoing {
+    /// Marks the end of one element (message-framed transports only).
+    pub fn end_element(&mut self) {
+        self.ends.push(self.text.len());
+    }
+
+    /// Appends `other` after what is here.
+    pub fn append(&mut self, other: Outgoing) {
+        if self.text.is_empty() {
+            *self = other;
+            return;
+        }
+        let base = self.text.len();
+        self.text.push_str(&other.text);
+        self.ends.extend(other.ends.into_iter().map(|e| e + base));
+    }
+
+    /// The elements one by one, for message-framed transports.
+    pub fn elements(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let el = &self.text[start..end];
+            start = end;
+            el
+        })
+    }
+}
+
+/// One client transport: elements in, elements out.
+///
+/// Negotiation and the session loop drive a transport only through this
+/// trait, so SASL, bind, stream management and CSI exist once. A
+/// transport implements it as follows.
+///
+/// **Receiving.** [`receive`](Self::receive) waits for more input from the
+/// peer and stores it (in a framer, a queue of parsed elements …); it
+/// returns how many bytes arrived (at least 1; the read rate limit charges
+/// them) or `Ok(0)` once the peer is gone. It must be cancel-safe: the
+/// session loop races it against the outbound queue, timers and shutdown
+/// and drops it when another branch wins, so nothing may be lost when it
+/// is dropped at an `.await`. [`next_event`](Self::next_event) then hands
+/// out what was received, without I/O: `StreamEvent::Open` for a stream
+/// (re)start (`<stream:stream>`, RFC 7395 `<open/>`, a BOSH session
+/// creation or `xmpp:restart`), `StreamEvent::Stanza` for each top-level
+/// element, `StreamEvent::Close` for the client's end of stream
+/// (`</stream:stream>`, `<close/>`, a BOSH `terminate`). A transport that
+/// receives elements in batches (BOSH: every `<body/>` of an HTTP request)
+/// queues the whole batch in `receive` and drains it from `next_event`.
+/// Input that breaks the transport's framing is an `Err(StreamError)` from
+/// `next_event`, and the stream ends with that error.
+///
+/// **Limits.** The same limits hold on every transport: the element size
+/// and nesting limits of [`set_limits`](Self::set_limits) (smaller before
+/// authentication), the server-wide budget for unfinished elements
+/// through [`buffered`](Self::buffered) (bytes held of an element not yet
+/// complete), and the read rate limit through `receive`'s byte count.
+/// Idle and authentication timeouts are the caller's.
+///
+/// **Sending.** The caller serializes with [`encode`](Self::encode),
+/// [`encode_open`](Self::encode_open) and [`encode_close`](Self::encode_close)
+/// into an [`Outgoing`] and hands it to [`write`](Self::write), one call per
+/// batch (the session loop writes up to a queue's worth of stanzas, plus
+/// an XEP-0198 `<r/>`, at once). A message-framed transport calls
+/// [`Outgoing::end_element`] after each element and sends
+/// [`Outgoing::elements`] one per message; BOSH collects them and hands
+/// them to the pending HTTP requests (a `write` then completes once they
+/// are queued for the next response, bounded by the session's window).
+/// `write` is bounded in time by the caller (`write_timeout`): a transport
+/// must not buffer without bound behind a peer that stopped reading.
+///
+/// **Stream restarts.** After SASL success the client opens a new stream;
+/// the caller calls [`restart`](Self::restart) and then waits for the next
+/// `StreamEvent::Open`. A byte stream resets its framer for a new
+/// `<stream:stream>`; WebSocket expects a new `<open/>`; BOSH turns the
+/// next `xmpp:restart='true'` body into `Open` and has no stream header of
+/// its own (its `encode_open` writes nothing, the answering `<body/>`
+/// carries the features).
+///
+/// **Security and capabilities.** [`is_secure`](Self::is_secure) says
+/// whether the client's bytes are encrypted to us (TLS on this socket, or
+/// the HTTPS listener), which gates SASL when `require_encryption` is on
+/// and SASL2 always. [`channel_binding`](Self::channel_binding) gives
+/// SCRAM-PLUS data where the transport has the TLS session (empty
+/// otherwise, and then -PLUS is not offered). STARTTLS and XEP-0138
+/// compression exist only on the TCP transport ([`Link::tcp_mut`]): a
+/// transport over HTTP leaves TLS to the HTTP listener and offers neither.
+pub(crate) trait ClientTransport {
+    /// The next event already received; never does I/O.
+    fn next_event(&mut self) -> Result<Option<StreamEvent>, StreamError>;
+
+    /// Waits for more input (cancel-safe); `Ok(0)` once the peer is gone.
+    fn receive(&mut self) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Bytes held of an element that is not complete yet.
+    fn buffered(&self) -> usize;
+
+    /// Size and nesting limits for elements from now on.
+    fn set_limits(&mut self, limits: Limits);
+
+    /// The client will open a new stream (after SASL, STARTTLS, compression).
+    fn restart(&mut self);
+
+    /// Gives back parser memory while the session is idle.
+    fn release_idle_buffers(&mut self);
+
+    /// Whether the client's data reaches us encrypted.
+    fn is_secure(&self) -> bool;
+
+    /// Channel-binding data for SCRAM-PLUS and FAST `-ENDP`.
+    fn channel_binding(&self) -> &ChannelBindingData;
+
+    /// Appends one top-level element (stanza or nonza) in this framing.
+    fn encode(&self, el: &Element, out: &mut Outgoing);
+
+    /// Appends our stream header answering the client's.
+    fn encode_open(&self, open: &StreamOpen<'_>, out: &mut Outgoing);
+
+    /// Appends our end of the stream.
+    fn encode_close(&self, out: &mut Outgoing);
+
+    /// Sends `out`. The caller bounds it in time.
+    fn write(&mut self, out: &Outgoing) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Closes the connection after the last write (best effort).
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// The transports a client connection can have.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "TCP, the common case, is kept inline in the task; the rarer WebSocket is boxed"
+)]
+pub(crate) enum Link {
+    Tcp(TcpLink),
+    /// Boxed: the WebSocket state is larger than the TCP link's, and every
+    /// TCP session would otherwise carry its size.
+    WebSocket(Box<WsLink>),
+}
+
+impl Link {
+    /// The TCP transport, for what only it has (STARTTLS, compression).
+    pub fn tcp_mut(&mut self) -> Option<&mut TcpLink> {
+        match self {
+            Link::Tcp(t) => Some(t),
+            Link::WebSocket(_) => None,
+        }
+    }
+
+    pub fn tcp(&self) -> Option<&TcpLink> {
+        match self {
+            Link::Tcp(t) => Some(t),
+            Link::WebSocket(_) => None,
+        }
+    }
+}
+
+/// Calls the same method on whichever transport this is.
+macro_rules! each {
+    ($self:expr, $t:ident => $e:expr) => {
+        match $self {
+            Link::Tcp($t) => $e,
+            Link::WebSocket($t) => $e,
+        }
+    };
+}
+
+impl ClientTransport for Link {
+    fn next_event(&mut self) -> Result<Option<StreamEvent>, StreamError> {
+        each!(self, t => t.next_event())
+    }
+
+    async fn receive(&mut self) -> io::Result<usize> {
+        each!(self, t => t.receive().await)
+    }
+
+    fn buffered(&self) -> usize {
+        each!(self, t => t.buffered())
+    }
+
+    fn set_limits(&mut self, limits: Limits) {
+        each!(self, t => t.set_limits(limits))
+    }
+
+    fn restart(&mut self) {
+        each!(self, t => t.restart())
+    }
+
+    fn release_idle_buffers(&mut self) {
+        each!(self, t => t.release_idle_buffers())
+    }
+
+    fn is_secure(&self) -> bool {
+        each!(self, t => t.is_secure())
+    }
+
+    fn channel_binding(&self) -> &ChannelBindingData {
+        each!(self, t => t.channel_binding())
+    }
+
+    fn encode(&self, el: &Element, out: &mut Outgoing) {
+        each!(self, t => t.encode(el, out))
+    }
+
+    fn encode_open(&self, open: &StreamOpen<'_>, out: &mut Outgoing) {
+        each!(self, t => t.encode_open(open, out))
+    }
+
+    fn encode_close(&self, out: &mut Outgoing) {
+        each!(self, t => t.encode_close(out))
+    }
+
+    async fn write(&mut self, out: &Outgoing) -> io::Result<()> {
+        each!(self, t => t.write(out).await)
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        each!(self, t => t.shutdown().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_output_keeps_element_boundaries() {
+        let mut a = Outgoing::default();
+        a.text.push_str("<a/>");
+        a.end_element();
+        let mut b = Outgoing::default();
+        b.text.push_str("<b/>");
+        b.end_element();
+        b.text.push_str("<c>x</c>");
+        b.end_element();
+        a.append(b);
+        assert_eq!(
+            a.elements().collect::<Vec<_>>(),
+            ["<a/>", "<b/>", "<c>x</c>"]
+        );
+        let mut empty = Outgoing::default();
+        empty.append(a);
+        assert_eq!(empty.elements().count(), 3);
+    }
+}
