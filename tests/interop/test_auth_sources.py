@@ -294,3 +294,27 @@ async def test_ldap_unreachable_is_a_temporary_failure(server, xmpp, tmp_path):
     c = xmpp.new(srv, ALICE, "alice-ldap-pw")
     assert await c.connect() in ("failed_auth", "failed_all_auth")
     assert "temporary-auth-failure" in c.wire_text()
+
+
+# -- mechanism lists per listener
+
+
+async def test_listener_list_narrows_what_one_port_offers(server, xmpp):
+    from wxtest.federation import free_ports
+    starttls_port, direct_port = free_ports(2)
+    plain_addr = f"127.0.0.1:{starttls_port}"
+    srv = server({
+        "listen": {"c2s": [plain_addr], "c2s_direct_tls": [f"127.0.0.1:{direct_port}"]},
+        "auth": {"listeners": {plain_addr: ["SCRAM-SHA-256"]}},
+    }, users={ALICE: PASSWORD})
+    features = features_of(srv, "localhost")
+    mechanisms = sorted(m.text for m in ET.fromstring(features).iter(
+        "{urn:ietf:params:xml:ns:xmpp-sasl}mechanism"))
+    assert mechanisms == ["SCRAM-SHA-256"], features
+    refused = xmpp.new(srv, ALICE, PASSWORD, mech="PLAIN")
+    assert await refused.connect() in ("failed_auth", "failed_all_auth", "disconnected")
+    assert "<success" not in refused.wire_text()
+    await xmpp.login(srv, f"{ALICE}/scram", PASSWORD, mech="SCRAM-SHA-256")
+    # The other listener keeps the host's full list.
+    direct = await xmpp.login(srv, f"{ALICE}/direct", PASSWORD, mech="PLAIN", tls="direct")
+    assert direct.sasl_mechanism == "PLAIN"
