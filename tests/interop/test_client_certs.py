@@ -124,3 +124,38 @@ def test_config_check_refuses_external_without_ca(server, tmp_path):
     res = srv.cli("config", "check", "--config", str(bad), config=False)
     assert res.returncode != 0
     assert "EXTERNAL needs [auth.client_certificates]" in res.stdout + res.stderr
+
+
+def test_external_over_sasl2(server, tmp_path):
+    """XEP-0388: EXTERNAL in <authenticate/>, Bind2 inline, no restart."""
+    import base64
+    _ca, alice_cert, _revoked, config = pki(tmp_path)
+    srv = server(config, users=USERS)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(str(alice_cert[0]), str(alice_cert[1]))
+
+    def read_until(s, marker: bytes) -> str:
+        data = b""
+        while marker not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode("utf-8", "replace")
+
+    with socket.create_connection(("127.0.0.1", srv.tls_port), timeout=15) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
+                      b"xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+            features = read_until(s, b"</stream:features>")
+            assert "urn:xmpp:sasl:2" in features and ">EXTERNAL<" in features, features
+            authzid = base64.b64encode(ALICE.encode()).decode()
+            s.sendall((f"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='EXTERNAL'>"
+                       f"<initial-response>{authzid}</initial-response>"
+                       "<bind xmlns='urn:xmpp:bind:0'><tag>certs</tag></bind>"
+                       "</authenticate>").encode())
+            answer = read_until(s, b"</success>")
+    assert "<success xmlns='urn:xmpp:sasl:2'" in answer, answer
+    assert f"{ALICE}/certs." in answer, answer
