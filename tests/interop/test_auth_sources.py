@@ -318,3 +318,20 @@ async def test_listener_list_narrows_what_one_port_offers(server, xmpp):
     # The other listener keeps the host's full list.
     direct = await xmpp.login(srv, f"{ALICE}/direct", PASSWORD, mech="PLAIN", tls="direct")
     assert direct.sasl_mechanism == "PLAIN"
+
+
+async def test_extauth_isuser_lets_directory_users_receive_before_first_login(server, xmpp, tmp_path):
+    overrides, log = extauth_config(tmp_path, {ALICE: "directory-pw", "carol@localhost": "carol-pw"})
+    srv = server(overrides)
+    alice = await xmpp.login(srv, f"{ALICE}/a", "directory-pw")
+    alice.send_message("nobody@localhost", "to nobody")
+    bounce = await alice.messages.expect(
+        lambda m: m["type"] == "error" and m["from"].bare == "nobody@localhost", "bounce")
+    assert bounce["error"]["condition"] == "service-unavailable", str(bounce)
+    # Carol never logged in, but the program knows her: stored offline.
+    alice.send_message("carol@localhost", "waiting for you")
+    await alice.sync()
+    assert "isuser carol@localhost" in log.read_text().splitlines()
+    carol = await xmpp.login(srv, "carol@localhost/c", "carol-pw")
+    await carol.online()
+    await carol.expect_message(body="waiting for you")

@@ -521,6 +521,8 @@ impl Server {
         }
         match self.stores.accounts.exists(to.bare()).await {
             Ok(true) => {}
+            // An extauth/LDAP user who never logged in exists in the directory.
+            Ok(false) if self.auth.directory_knows(&self, to.bare()).await => {}
             Ok(false) => {
                 return self
                     .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))

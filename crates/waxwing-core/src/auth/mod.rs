@@ -186,6 +186,44 @@ impl Authenticator {
         }
     }
 
+    /// Whether a host's external source knows `user` (extauth `isuser`,
+    /// an LDAP search), for an account that has no local record yet: one
+    /// that never logged in can still get messages (stored offline). A yes
+    /// creates the local record (without secrets). Errors count as no.
+    pub(crate) async fn directory_knows(&self, server: &Server, user: &BareJid) -> bool {
+        let host = user.domain();
+        let local = user.local().unwrap_or_default();
+        if local.is_empty() {
+            return false;
+        }
+        let known = if let Some(pool) = self.extauth.get(host) {
+            pool.ask(extauth::Request::IsUser {
+                user: local.to_string(),
+                server: host.to_string(),
+            })
+            .await
+            .map_err(|e| e.to_string())
+        } else if let Some(dir) = self.ldap.get(host) {
+            dir.user_exists(local).await.map_err(|e| e.to_string())
+        } else {
+            return false;
+        };
+        match known {
+            Ok(true) => match server.stores.accounts.create(user, &[]).await {
+                Ok(()) | Err(StoreError::AlreadyExists) => true,
+                Err(e) => {
+                    tracing::error!(%user, error = %e, "cannot record directory account");
+                    false
+                }
+            },
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "directory lookup failed");
+                false
+            }
+        }
+    }
+
     fn note_admin(&self, user: &BareJid, admin: bool) {
         let mut admins = self
             .directory_admins
