@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the JavaScript XMPP client libraries the interop suite drives
-# (tests/interop/node: @xmpp/client, pinned with package-lock.json) with
+# (tests/interop/node: @xmpp/client for WebSocket, strophe.js with the DOM
+# and XMLHttpRequest shims it needs for BOSH, pinned with package-lock.json) with
 # `npm ci`. Idempotent: skipped while node_modules matches the lock file.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../tests/interop/node"
@@ -15,4 +16,5 @@ fi
 npm ci --no-audit --no-fund
 # Fails loudly if the install is unusable.
 node --input-type=module -e 'await import("@xmpp/client"); await import("ws");'
+node -e 'require("strophe.js"); require("xhr2");'
 echo "$want" >"$stamp"

@@ -30,6 +30,8 @@ pub struct Target {
     pub mechanism: Option<String>,
     pub connector: TlsConnector,
     pub scram_cache: ScramCache,
+    /// RFC 7395: connect to this `ws://` URL at `addr` instead of XMPP over TCP.
+    pub websocket: Option<String>,
 }
 
 impl Target {
@@ -58,6 +60,7 @@ impl Target {
             mechanism,
             connector: TlsConnector::from(Arc::new(config)),
             scram_cache: ScramCache::default(),
+            websocket: None,
         }
     }
 
@@ -148,10 +151,11 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-/// Plain TCP or TLS over it.
+/// Plain TCP or TLS over it, or a WebSocket.
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Ws(Box<crate::ws::WsIo>),
 }
 
 impl AsyncRead for Io {
@@ -163,6 +167,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -176,18 +181,21 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -285,6 +293,13 @@ async fn open(io: &mut Io, reader: &mut Reader, domain: &str) -> anyhow::Result<
 
 /// TCP connect, STARTTLS if asked. Returns the transport and the features.
 pub async fn connect(t: &Target) -> anyhow::Result<(Io, Reader, Vec<u8>)> {
+    if let Some(url) = &t.websocket {
+        let ws = crate::ws::WsIo::connect(&t.addr, url, &t.domain).await?;
+        let mut io = Io::Ws(Box::new(ws));
+        let mut reader = Reader::default();
+        let features = open(&mut io, &mut reader, &t.domain).await?;
+        return Ok((io, reader, features));
+    }
     let tcp = TcpStream::connect(&t.addr).await.context("connect")?;
     tcp.set_nodelay(true)?;
     let mut io = Io::Plain(tcp);

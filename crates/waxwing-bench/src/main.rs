@@ -11,6 +11,7 @@ mod measure;
 mod report;
 mod scan;
 mod scenarios;
+mod ws;
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -76,6 +77,9 @@ struct Common {
     /// Allow a non-loopback address. Never benchmark someone else's server.
     #[arg(long)]
     allow_remote: bool,
+    /// XMPP over WebSocket (RFC 7395): the `ws://` URL, reached at --addr.
+    #[arg(long)]
+    websocket: Option<String>,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -326,13 +330,14 @@ fn check_loopback(c: &Common) -> anyhow::Result<()> {
 }
 
 async fn run(c: Common, job: Job) -> anyhow::Result<()> {
-    let target = Target::new(
+    let mut target = Target::new(
         c.addr.clone(),
         c.domain.clone(),
-        !c.no_tls,
+        !c.no_tls && c.websocket.is_none(),
         c.password.clone(),
         c.mechanism.clone(),
     );
+    target.websocket = c.websocket.clone();
     if let Some(path) = &c.scram_cache {
         target.scram_cache.load(path);
     }

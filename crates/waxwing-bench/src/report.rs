@@ -31,6 +31,12 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     ("idle-plain", "_cpu", "server CPU-s / generator CPU share"),
     (
+        "idle-ws",
+        "figure",
+        "KiB per idle WebSocket session, plain ws:// (lower is better)",
+    ),
+    ("idle-ws", "_cpu", "server CPU-s / generator CPU share"),
+    (
         "roster-login",
         "figure",
         "roster logins/s (contacts all online)",

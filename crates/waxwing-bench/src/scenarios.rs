@@ -219,7 +219,12 @@ pub async fn idle(cx: &Ctx, prefix: &str, count: usize, settle: Duration) -> Rec
     tokio::time::sleep(settle).await;
     let after = cx.rss();
     let held = sessions.len();
-    let mut r = Record::new(if cx.target.tls { "idle" } else { "idle-plain" });
+    let name = match (&cx.target.websocket, cx.target.tls) {
+        (Some(_), _) => "idle-ws",
+        (None, true) => "idle",
+        (None, false) => "idle-plain",
+    };
+    let mut r = Record::new(name);
     r.num("n", count as f64).num("ok", held as f64);
     r.str("unit", "KiB/session");
     if let (Some(b), Some(a)) = (before, after) {

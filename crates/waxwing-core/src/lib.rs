@@ -3,6 +3,7 @@
 
 pub mod abuse;
 pub mod auth;
+pub mod bosh;
 pub mod config;
 pub mod credentials;
 pub mod hooks;
@@ -78,6 +79,7 @@ pub async fn start_with_stores(
     std::fs::create_dir_all(&config.data_dir)?;
     let mut registry = Registrar::build(modules)?;
     stream::c2s::websocket::register(&mut registry, &config);
+    bosh::register(&mut registry.http, &config.bosh);
     let tls = tls::TlsContext::load(&config)?;
     let s2s = s2s::S2sManager::new(&config, &tls)?;
     s2s.defences.load(&*stores.reputation).await?;

@@ -77,6 +77,8 @@ pub struct Server {
     pub(crate) auth: crate::auth::Authenticator,
     /// The HTTP listener's bound addresses and the URLs derived from them.
     pub http: crate::http::HttpState,
+    /// BOSH sessions (XEP-0124/0206).
+    pub bosh: crate::bosh::Bosh,
 }
 
 impl Server {
@@ -115,6 +117,7 @@ impl Server {
             metrics: Default::default(),
             auth: crate::auth::Authenticator::start(&config),
             http: Default::default(),
+            bosh: crate::bosh::Bosh::new(&config.bosh),
             config,
         })
     }

@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+pub mod bosh;
 pub mod datetime;
 pub mod framing;
 pub mod jid;

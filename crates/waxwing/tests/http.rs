@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use support::http::HttpConn;
 use waxwing_core::Server;
 use waxwing_core::hooks::{Module, RegisterError, Registrar, load};
-use waxwing_core::http::{AltConnection, Secure, security};
+use waxwing_core::http::{Secure, security};
 use waxwing_core::listen::ListenerKind;
 use waxwing_core::{Config, Running};
 
@@ -49,8 +49,6 @@ impl Module for Probe {
                     ),
                 ),
         );
-        reg.alt_connection(AltConnection::WebSocket, "/xmpp-websocket");
-        reg.alt_connection(AltConnection::Bosh, "/http-bind");
         Ok(())
     }
 }

@@ -119,6 +119,7 @@ class Subject:
         self.proc: subprocess.Popen | None = None
         self.c2s_port = 0
         self.tls_port = 0
+        self.http_port = 0
         self.hosts: list[str] = list(self.overrides.get("hosts", [DOMAIN]))
         self.domain = self.hosts[0]
         self.exit_code: int | None = None
@@ -193,7 +194,8 @@ class WaxwingServer(Subject):
         base = {
             "data_dir": str(self.data_dir),
             "hosts": [DOMAIN],
-            "listen": {"c2s": ["127.0.0.1:0"], "c2s_direct_tls": ["127.0.0.1:0"]},
+            "listen": {"c2s": ["127.0.0.1:0"], "c2s_direct_tls": ["127.0.0.1:0"],
+                       "http": ["127.0.0.1:0"], "https": ["127.0.0.1:0"]},
             "log": {"level": "debug"},
         }
         self.config = tomlw.merge(base, self.overrides)
@@ -249,6 +251,8 @@ class WaxwingServer(Subject):
         try:
             self.c2s_port = _port_of(self.listeners["c2s"][0])
             self.tls_port = _port_of(self.listeners["c2s_direct_tls"][0])
+            # The HTTP listeners (BOSH, WebSocket …), when configured.
+            self.http_port = _port_of(self.listeners.get("http", ["0:0"])[0])
         except (KeyError, IndexError, ValueError):
             self._fail_start(f"`{READY_LINE}` without both listener lines; saw {self.listeners}")
         return self

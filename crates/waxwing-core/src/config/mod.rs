@@ -2,14 +2,15 @@
 //! form that the rest of the server reads.
 
 mod auth;
+pub mod bosh;
+pub mod http;
 pub mod raw;
 
 pub use auth::{
     AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, HostAuthConfig, LdapConfig,
     LdapLookup, SourceConfig,
 };
-pub mod http;
-
+pub use bosh::BoshConfig;
 pub use http::{HttpConfig, UploadConfig};
 
 use std::net::SocketAddr;
@@ -125,6 +126,7 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[upload]`: XEP-0363 HTTP File Upload.
     pub upload: UploadConfig,
+    pub bosh: BoshConfig,
     pub websocket: WebSocketConfig,
 }
 
@@ -496,6 +498,7 @@ impl Config {
             auth,
             http,
             upload,
+            bosh: bosh::bosh_config(&f.bosh),
             websocket: websocket_config(&f.websocket, source)?,
         })
     }
@@ -890,6 +893,38 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             min: 0,
             max: 2 * MAX_SECS,
             why: "browsers cap it at two years",
+        },
+        Bound {
+            table: "bosh",
+            key: "max_sessions",
+            value: n(f.bosh.max_sessions),
+            min: 1,
+            max: 10_000_000,
+            why: "to turn BOSH off, set enabled = false",
+        },
+        Bound {
+            table: "bosh",
+            key: "max_wait_secs",
+            value: f.bosh.max_wait_secs,
+            min: 1,
+            max: 3600,
+            why: "a held request must end before proxies and browsers give up on it",
+        },
+        Bound {
+            table: "bosh",
+            key: "inactivity_secs",
+            value: f.bosh.inactivity_secs,
+            min: 1,
+            max: 3600,
+            why: "a session with no request for that long is gone; longer only delays noticing",
+        },
+        Bound {
+            table: "bosh",
+            key: "max_pause_secs",
+            value: f.bosh.max_pause_secs,
+            min: 0,
+            max: 86_400,
+            why: "0 offers no pause; a day is more than any page change needs",
         },
         at_least(
             "upload",

@@ -26,6 +26,7 @@ pub struct File {
     pub compression: Compression,
     pub http: Http,
     pub upload: Upload,
+    pub bosh: Bosh,
     pub websocket: WebSocket,
 }
 
@@ -49,6 +50,7 @@ impl Default for File {
             pubsub: PubSub::default(),
             compression: Compression::default(),
             http: Http::default(),
+            bosh: Bosh::default(),
             upload: Upload::default(),
             websocket: WebSocket::default(),
         }
@@ -524,6 +526,36 @@ impl Default for S2s {
 pub struct S2sDomain {
     /// Overrides `[s2s] dialback` for this domain.
     pub dialback: Option<String>,
+}
+
+/// `[bosh]`: XEP-0124/0206 BOSH at `/http-bind` on the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bosh {
+    pub enabled: bool,
+    /// BOSH sessions at once, server-wide; more are refused.
+    pub max_sessions: usize,
+    /// Longest a request is held before an empty answer (clients ask for less).
+    pub max_wait_secs: u64,
+    /// Longest a client may go without a request before its session ends.
+    pub inactivity_secs: u64,
+    /// Longest pause a client may ask for; 0 offers none.
+    pub max_pause_secs: u64,
+    /// Requests from a loopback address count as encrypted.
+    pub loopback_is_secure: bool,
+}
+
+impl Default for Bosh {
+    fn default() -> Self {
+        Bosh {
+            enabled: true,
+            max_sessions: 10_000,
+            max_wait_secs: 60,
+            inactivity_secs: 30,
+            max_pause_secs: 120,
+            loopback_is_secure: true,
+        }
+    }
 }
 
 /// `[http]`: what every HTTP route shares (listeners are in `[listen]`).

@@ -18,6 +18,7 @@ use waxwing_proto::sasl::ChannelBindingData;
 use waxwing_proto::stanza::StreamError;
 use waxwing_proto::xml::{Element, Limits, StreamEvent};
 
+use super::bosh::BoshLink;
 use super::tcp::TcpLink;
 use super::websocket::WsLink;
 
@@ -178,6 +179,7 @@ pub(crate) trait ClientTransport {
 )]
 pub(crate) enum Link {
     Tcp(TcpLink),
+    Bosh(BoshLink),
     /// Boxed: the WebSocket state is larger than the TCP link's, and every
     /// TCP session would otherwise carry its size.
     WebSocket(Box<WsLink>),
@@ -188,6 +190,7 @@ impl Link {
     pub fn tcp_mut(&mut self) -> Option<&mut TcpLink> {
         match self {
             Link::Tcp(t) => Some(t),
+            Link::Bosh(_) => None,
             Link::WebSocket(_) => None,
         }
     }
@@ -195,6 +198,7 @@ impl Link {
     pub fn tcp(&self) -> Option<&TcpLink> {
         match self {
             Link::Tcp(t) => Some(t),
+            Link::Bosh(_) => None,
             Link::WebSocket(_) => None,
         }
     }
@@ -205,6 +209,7 @@ macro_rules! each {
     ($self:expr, $t:ident => $e:expr) => {
         match $self {
             Link::Tcp($t) => $e,
+            Link::Bosh($t) => $e,
             Link::WebSocket($t) => $e,
         }
     };

@@ -26,6 +26,7 @@ use crate::stream::sm::{self, SmState};
 use crate::stream::transport::is_decompression_bomb;
 
 mod auth;
+mod bosh;
 mod fast;
 pub(crate) mod link;
 mod negotiate;
@@ -68,10 +69,18 @@ pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr,
         .await
 }
 
+/// Runs one BOSH session's client connection to completion.
+pub(crate) async fn serve_bosh(server: Arc<Server>, shared: Arc<crate::bosh::Shared>) {
+    let peer = shared.peer;
+    let span = tracing::info_span!("c2s", %peer, transport = "bosh");
+    let link = Link::Bosh(bosh::BoshLink::new(shared));
+    serve_link(server, link, peer, false).instrument(span).await
+}
+
 /// Nothing before authentication needs more than a few KiB (a stream
 /// header, a SASL exchange, a registration): unauthenticated connections
 /// are cheap to open, so each may hold little.
-fn initial_limits(server: &Server) -> Limits {
+pub(crate) fn initial_limits(server: &Server) -> Limits {
     Limits {
         max_stanza_bytes: server.config.max_stanza_bytes_before_auth,
         ..full_limits(server)

@@ -235,9 +235,10 @@ pub(crate) fn register(registry: &mut Registry, config: &Config) {
     // Unlimited: the upgrade ends the HTTP request at once, and the
     // session has its own limits.
     routes.unlimited = std::mem::take(&mut routes.unlimited).route(PATH, get(handle));
-    routes
-        .alt_connections
-        .push((AltConnection::WebSocket, PATH.to_string()));
+    let announced = (AltConnection::WebSocket, PATH.to_string());
+    if !routes.alt_connections.contains(&announced) {
+        routes.alt_connections.push(announced);
+    }
 }
 
 /// The HTTP side of a WebSocket connection: checks the `Origin` and the
