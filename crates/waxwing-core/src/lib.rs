@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod hooks;
 pub mod http;
 pub(crate) mod isolate;
+pub mod link_local;
 pub mod listen;
 pub mod metrics;
 mod private_file;

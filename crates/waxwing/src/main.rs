@@ -3,6 +3,7 @@
 #![deny(unsafe_code)] // one exception: allocator.rs
 
 mod allocator;
+mod link_local;
 mod user;
 
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         action: user::Action,
     },
+    /// Run only a XEP-0174 link-local peer (serverless chat on the LAN).
+    LinkLocal(link_local::Opts),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -81,6 +84,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { action } => runtime()?.block_on(user::run(&config, action)),
+        Command::LinkLocal(opts) => {
+            init_logging(&config);
+            runtime()?.block_on(link_local::run(&config, opts))
+        }
         Command::Serve => {
             init_logging(&config);
             runtime()?.block_on(serve(config))

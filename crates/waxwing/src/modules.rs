@@ -40,6 +40,12 @@ pub fn all(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         // Converse.js at / of the HTTP listener (fetched once into data_dir).
         load(waxwing_modules::web_client::WebClient::new(config)),
     ];
+    if config.link_local.enabled {
+        // XEP-0174: the LAN bridge on lan.<host>.
+        modules.push(load(waxwing_modules::link_local::LinkLocal::new(
+            config.link_local.clone(),
+        )));
+    }
     // Upload URLs need an HTTP listener (or a proxy in front of one).
     let http = !config.http.listen.is_empty()
         || !config.http.listen_tls.is_empty()

@@ -200,6 +200,9 @@ class WaxwingServer(Subject):
         }
         self.config = tomlw.merge(base, self.overrides)
         self.listeners: dict[str, list[str]] = {}
+        #: Put before the command line, e.g. ``nsenter --net=… --`` to run in
+        #: a network namespace (wxtest.linklocal).
+        self.prefix: list[str] = []
 
     def write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +222,7 @@ class WaxwingServer(Subject):
         log = open(self.log_path, "ab")  # append: a restart keeps the earlier run's log
         try:
             self.proc = subprocess.Popen(
-                [str(self.binary), "serve", "--config", str(self.config_path)],
+                [*self.prefix, str(self.binary), "serve", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,

@@ -126,6 +126,7 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[upload]`: XEP-0363 HTTP File Upload.
     pub upload: UploadConfig,
+    pub link_local: LinkLocalConfig,
     pub bosh: BoshConfig,
     pub websocket: WebSocketConfig,
 }
@@ -162,6 +163,30 @@ fn websocket_config(w: &raw::WebSocket, source: &str) -> Result<WebSocketConfig,
         see_other_uri: w.see_other_uri.clone(),
         loopback_is_secure: w.loopback_is_secure,
     })
+}
+
+/// `[link_local]`, validated (XEP-0174 and its bridge).
+#[derive(Debug, Clone)]
+pub struct LinkLocalConfig {
+    pub enabled: bool,
+    /// Interface name or one of its addresses; `None` only when disabled.
+    pub interface: Option<String>,
+    pub port: u16,
+    /// Empty: the machine's host name, found at start.
+    pub machine: String,
+    /// Gateway domain per host, in host order (`lan.example.org`).
+    pub gateways: Vec<String>,
+    /// Accounts announced on the LAN.
+    pub users: Vec<BareJid>,
+    pub publish_jid: bool,
+    pub tls: bool,
+    pub require_tls: bool,
+    pub max_peers: usize,
+    pub max_streams: usize,
+    pub stanza_rate: u64,
+    pub stanza_burst: u64,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// `[muc]`, validated.
@@ -437,6 +462,7 @@ impl Config {
         let auth = auth::auth_config(&f.auth, &hosts, &all_c2s, source)?;
         let http = http::http_config(&f.listen, &f.http, source)?;
         let upload = http::upload_config(&f.upload, &hosts, &data_dir, source)?;
+        let link_local = link_local_config(&f.link_local, &hosts, source)?;
         Ok(Config {
             data_dir,
             hosts,
@@ -498,6 +524,7 @@ impl Config {
             auth,
             http,
             upload,
+            link_local,
             bosh: bosh::bosh_config(&f.bosh),
             websocket: websocket_config(&f.websocket, source)?,
         })
@@ -850,6 +877,48 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "0 would refuse every dialback",
         ),
         Bound {
+            table: "link_local",
+            key: "max_peers",
+            value: n(f.link_local.max_peers),
+            min: 1,
+            max: 10_000,
+            why: "every peer is a table entry and, for bridged users, a contact; a LAN has far fewer",
+        },
+        Bound {
+            table: "link_local",
+            key: "max_streams",
+            value: n(f.link_local.max_streams),
+            min: 1,
+            max: 10_000,
+            why: "each serverless stream is a connection and a task",
+        },
+        Bound {
+            table: "link_local",
+            key: "stanza_rate",
+            value: f.link_local.stanza_rate,
+            min: 1,
+            max: 10_000,
+            why: "stanzas per second per peer address; 0 would refuse everything",
+        },
+        Bound {
+            table: "link_local",
+            key: "stanza_burst",
+            value: f.link_local.stanza_burst,
+            min: f.link_local.stanza_rate,
+            max: 100_000,
+            why: "the burst cannot be below the rate",
+        },
+        secs(
+            "link_local",
+            "connect_timeout_secs",
+            f.link_local.connect_timeout_secs,
+        ),
+        secs(
+            "link_local",
+            "idle_timeout_secs",
+            f.link_local.idle_timeout_secs,
+        ),
+        Bound {
             table: "websocket",
             key: "ping_interval_secs",
             value: f.websocket.ping_interval_secs,
@@ -1049,6 +1118,81 @@ fn s2s_config(s: &raw::S2s, source: &str) -> Result<S2sConfig, ConfigError> {
             block_at: r.block_at,
             half_life: Duration::from_secs(r.half_life_secs),
         },
+    })
+}
+
+fn link_local_config(
+    ll: &raw::LinkLocal,
+    hosts: &[String],
+    source: &str,
+) -> Result<LinkLocalConfig, ConfigError> {
+    let err = |key: &str, msg: String| {
+        ConfigError::in_table(
+            source,
+            "link_local",
+            key,
+            format!("[link_local] {key}: {msg}"),
+        )
+    };
+    let bad = |key: &str, msg: String| Err(err(key, msg));
+    let interface = Some(ll.interface.trim().to_string()).filter(|i| !i.is_empty());
+    if ll.enabled && interface.is_none() {
+        return bad(
+            "interface",
+            "enabled needs `interface`: the LAN interface (name or address) on \
+             which users are announced, never every interface of a server"
+                .into(),
+        );
+    }
+    if !ll.machine.is_empty() && !crate::link_local::name::valid_machine(&ll.machine) {
+        return bad(
+            "machine",
+            format!(
+                "machine {:?}: letters, digits and '-' only (it is a DNS label), at most 63 bytes",
+                ll.machine
+            ),
+        );
+    }
+    let gateways = hosts
+        .iter()
+        .map(|h| {
+            BareJid::domain_only(&format!("{}.{h}", ll.gateway))
+                .map(|j| j.domain().to_string())
+                .map_err(|e| err("gateway", format!("gateway {:?}: {e}", ll.gateway)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut users = Vec::new();
+    for u in &ll.users {
+        let jid = match BareJid::parse(u) {
+            Ok(j) if j.local().is_some() && hosts.iter().any(|h| h == j.domain()) => j,
+            _ => {
+                return bad(
+                    "users",
+                    format!("{u:?} is not the bare JID of an account on one of `hosts`"),
+                );
+            }
+        };
+        users.push(jid);
+    }
+    if ll.require_tls && !ll.tls {
+        return bad("require_tls", "require_tls needs tls = true".into());
+    }
+    Ok(LinkLocalConfig {
+        enabled: ll.enabled,
+        interface,
+        port: ll.port,
+        machine: ll.machine.clone(),
+        gateways,
+        users,
+        publish_jid: ll.publish_jid,
+        tls: ll.tls,
+        require_tls: ll.require_tls,
+        max_peers: ll.max_peers,
+        max_streams: ll.max_streams,
+        stanza_rate: ll.stanza_rate,
+        stanza_burst: ll.stanza_burst,
+        connect_timeout: Duration::from_secs(ll.connect_timeout_secs),
+        idle_timeout: Duration::from_secs(ll.idle_timeout_secs),
     })
 }
 
@@ -1573,6 +1717,10 @@ mod tests {
             ("[compression]", "max_ratio = 0"),
             ("[websocket]", "ping_interval_secs = 1"),
             ("[compression]", "max_ratio = 100000"),
+            ("[link_local]", "max_peers = 0"),
+            ("[link_local]", "max_streams = 0"),
+            ("[link_local]", "stanza_rate = 0"),
+            ("[link_local]", "idle_timeout_secs = 0"),
         ];
         for (table, line) in cases {
             // A valid same-named key in another table first: the error must
@@ -1596,6 +1744,37 @@ mod tests {
              [mam]\nretention_days = 0\n[muc]\nmax_history = 0\n[tls]\nresumption_cache = 0\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn link_local_is_off_by_default_and_checked_when_on() {
+        let c = Config::parse("").unwrap();
+        assert!(!c.link_local.enabled);
+        assert!(c.link_local.users.is_empty());
+        assert!(!c.link_local.publish_jid);
+        assert_eq!(c.link_local.gateways, vec!["lan.localhost".to_string()]);
+        // Enabled needs an interface: never every interface of a server.
+        let e = Config::parse("[link_local]\nenabled = true\n").unwrap_err();
+        assert!(e.message.contains("interface"), "{e}");
+        let ok = Config::parse(
+            "hosts = [\"a.example\", \"b.example\"]\n[link_local]\nenabled = true\n\
+             interface = \"eth0\"\nusers = [\"Alice@A.example\"]\nmachine = \"desk-2\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.link_local.interface.as_deref(), Some("eth0"));
+        assert_eq!(ok.link_local.users[0].to_string(), "alice@a.example");
+        assert_eq!(ok.link_local.gateways, ["lan.a.example", "lan.b.example"]);
+        for (bad, key) in [
+            ("users = [\"alice@elsewhere.example\"]", "users"),
+            ("users = [\"a.example\"]", "users"),
+            ("machine = \"my laptop\"", "machine"),
+            ("tls = false\nrequire_tls = true", "require_tls"),
+            ("stanza_rate = 10\nstanza_burst = 5", "stanza_burst"),
+        ] {
+            let src = format!("hosts = [\"a.example\"]\n[link_local]\n{bad}\n");
+            let e = Config::parse(&src).unwrap_err();
+            assert!(e.message.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub struct File {
     pub compression: Compression,
     pub http: Http,
     pub upload: Upload,
+    pub link_local: LinkLocal,
     pub bosh: Bosh,
     pub websocket: WebSocket,
 }
@@ -52,6 +53,7 @@ impl Default for File {
             http: Http::default(),
             bosh: Bosh::default(),
             upload: Upload::default(),
+            link_local: LinkLocal::default(),
             websocket: WebSocket::default(),
         }
     }
@@ -626,6 +628,59 @@ impl Default for Upload {
             quota_bytes: 1_073_741_824,
             slot_timeout_secs: 300,
             retention_days: 30,
+        }
+    }
+}
+
+/// `[link_local]`: XEP-0174 serverless messaging on the LAN and its bridge.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkLocal {
+    pub enabled: bool,
+    /// The one interface (name such as `eth0`, or one of its IPv4
+    /// addresses) on which users are announced and peers accepted.
+    pub interface: String,
+    /// TCP port of the serverless streams (5298 by tradition; 0: any).
+    pub port: u16,
+    /// The `machine` of `user@machine`; empty: the host name.
+    pub machine: String,
+    /// The gateway subdomain under each host: LAN peers are `user%machine@lan.<host>`.
+    pub gateway: String,
+    /// Bare JIDs of the accounts announced on the LAN.
+    pub users: Vec<String>,
+    /// Publish the account's JID in the TXT record (`jid=`).
+    pub publish_jid: bool,
+    /// Offer and use TLS on serverless streams.
+    pub tls: bool,
+    /// Refuse serverless streams without TLS.
+    pub require_tls: bool,
+    pub max_peers: usize,
+    pub max_streams: usize,
+    /// Stanzas per second one peer address may send (sustained), and its burst.
+    pub stanza_rate: u64,
+    pub stanza_burst: u64,
+    pub connect_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for LinkLocal {
+    fn default() -> Self {
+        LinkLocal {
+            enabled: false,
+            interface: String::new(),
+            port: 5298,
+            machine: String::new(),
+            gateway: "lan".into(),
+            users: Vec::new(),
+            publish_jid: false,
+            tls: true,
+            require_tls: false,
+            max_peers: 256,
+            max_streams: 64,
+            stanza_rate: 5,
+            stanza_burst: 20,
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 600,
         }
     }
 }

@@ -166,7 +166,7 @@ impl rustls::client::ResolvesClientCert for OwnCert {
 /// Accepts any certificate during the handshake (both directions) but
 /// verifies handshake signatures. Trust is decided by [`S2sTls::check`].
 #[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
+pub(crate) struct AcceptAnyCert(pub(crate) Arc<CryptoProvider>);
 
 impl AcceptAnyCert {
     fn tls12(
