@@ -398,6 +398,12 @@ impl Cx {
         &self.server.config
     }
 
+    /// Whether `user` is a server admin: in `admins`, or in its LDAP
+    /// directory's `admin_group` (as of its latest login).
+    pub fn is_admin(&self, user: &BareJid) -> bool {
+        self.server.auth.is_admin(&self.server.config, user)
+    }
+
     pub fn stores(&self) -> &Stores {
         &self.server.stores
     }

@@ -3,6 +3,7 @@
 
 pub mod abuse;
 pub mod admin;
+pub mod auth;
 pub mod bosh;
 pub(crate) mod component;
 pub mod config;
@@ -109,6 +110,7 @@ pub async fn start_with_stores(
     s2s.defences.load(&*stores.reputation).await?;
     let fake_salt_key = credentials::load_fake_salt_key(&config.data_dir)?;
     let server = Server::new(config, stores, registry, tls, s2s, fake_salt_key);
+    auth::anonymous::purge(&server).await;
     let bound = listen::bind_all(&server).await?;
     let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();
     server

@@ -78,6 +78,8 @@ pub struct Server {
     pub(crate) components: crate::component::Components,
     /// XEP-0065 SOCKS5 proxy: connections waiting for activation, relays.
     pub(crate) proxy65: crate::proxy65::Proxy,
+    /// Per-host account sources (extauth pools, the anonymous login limit).
+    pub(crate) auth: crate::auth::Authenticator,
     /// The HTTP listener's bound addresses and the URLs derived from them.
     pub http: crate::http::HttpState,
     /// BOSH sessions (XEP-0124/0206).
@@ -122,6 +124,7 @@ impl Server {
             metrics,
             components: crate::component::Components::new(&config.components),
             proxy65: Default::default(),
+            auth: crate::auth::Authenticator::start(&config),
             http: Default::default(),
             bosh: crate::bosh::Bosh::new(&config.bosh),
             config,
@@ -537,6 +540,8 @@ impl Server {
         }
         match self.stores.accounts.exists(to.bare()).await {
             Ok(true) => {}
+            // An extauth/LDAP user who never logged in exists in the directory.
+            Ok(false) if self.auth.directory_knows(&self, to.bare()).await => {}
             Ok(false) => {
                 return self
                     .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
@@ -711,12 +716,12 @@ impl Server {
         Ok(())
     }
 
-    /// Starts a graceful stop: listeners close and every stream ends with `system-shutdown`.
     /// Cancelled when the server stops (long-lived HTTP handlers watch it).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
+    /// Starts a graceful stop: listeners close and every stream ends with `system-shutdown`.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }

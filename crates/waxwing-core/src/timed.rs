@@ -110,6 +110,9 @@ impl RosterStore for Timed<dyn RosterStore> {
     async fn version(&self, owner: &BareJid) -> Result<u64, StoreError> {
         timed!(self, "version", self.inner.version(owner))
     }
+    async fn forget_version(&self, owner: &BareJid) -> Result<(), StoreError> {
+        timed!(self, "forget_version", self.inner.forget_version(owner))
+    }
     async fn owners_of(&self, contact: &BareJid) -> Result<Vec<(BareJid, RosterItem)>, StoreError> {
         timed!(self, "owners_of", self.inner.owners_of(contact))
     }

@@ -47,6 +47,13 @@ impl TlsContext {
         let default = by_host[&config.hosts[0]].clone();
         let certs = Arc::new(CertResolver { by_host, default });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &config.auth.client_certificates {
+            Some(c) => builder.with_client_cert_verifier(client_verifier(c, provider.clone())?),
+            None => builder.with_no_client_auth(),
+        };
+        let mut server = builder.with_cert_resolver(certs.clone());
         let mut https = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -54,10 +61,6 @@ impl TlsContext {
         // HTTP/1.1 only: WebSocket upgrades and BOSH are HTTP/1.1 here.
         https.alpn_protocols = vec![b"http/1.1".to_vec()];
         https.send_tls13_tickets = 0;
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(certs.clone());
         // XEP-0368: direct TLS clients may announce ALPN "xmpp-client".
         server.alpn_protocols = vec![b"xmpp-client".to_vec()];
         server.ignore_client_order = true;
@@ -121,6 +124,51 @@ impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.pick(hello.server_name()))
     }
+}
+
+/// XEP-0178: clients *may* present a certificate from the configured CAs
+/// (then it must verify, and must not be revoked by a configured CRL);
+/// clients without one negotiate as before. The verifier only proves the
+/// chain: which account the certificate names is `auth::external`'s job.
+fn client_verifier(
+    c: &crate::config::ClientCertConfig,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(&c.ca_file)
+        .map_err(|e| file_error(&c.ca_file, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(&c.ca_file, e))?;
+    if cas.is_empty() {
+        return Err(file_error(&c.ca_file, "no certificate in the CA bundle"));
+    }
+    for ca in cas {
+        roots.add(ca).map_err(|e| file_error(&c.ca_file, e))?;
+    }
+    let mut crls = Vec::new();
+    for path in &c.crl_files {
+        let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
+        if bytes.starts_with(b"-----") {
+            for crl in CertificateRevocationListDer::pem_slice_iter(&bytes) {
+                crls.push(crl.map_err(|e| file_error(path, e))?);
+            }
+        } else {
+            crls.push(CertificateRevocationListDer::from(bytes));
+        }
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .with_crls(crls)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::File {
+            path: std::iter::once(&c.ca_file)
+                .chain(&c.crl_files)
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message: e.to_string(),
+        })
 }
 
 fn file_error(path: &Path, message: impl ToString) -> TlsError {

@@ -340,7 +340,7 @@ impl Module for AdHoc {
 fn is_admin(cx: &Cx, requester: &Jid) -> bool {
     cx.origin()
         .is_some_and(|s| s.jid.bare() == requester.bare())
-        && cx.config().admins.contains(requester.bare())
+        && cx.is_admin(requester.bare())
 }
 
 /// Answers disco for the nodes this module owns; `None` for any other node.

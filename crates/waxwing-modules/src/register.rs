@@ -15,6 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use waxwing_core::config::SourceConfig;
 use waxwing_core::credentials;
 use waxwing_core::hooks::{
     Cx, Iq, IqHandler, IqResult, IqTarget, Module, RegisterError, Registrar,
@@ -70,6 +71,10 @@ async fn on_signup_request(
     if !cx.config().registration_open {
         return Err(IbrError::Closed);
     }
+    // Guests and directory accounts are not created here.
+    if !has_internal_accounts(cx, host) {
+        return Err(IbrError::Closed);
+    }
     let (username, password) = match request {
         Request::Get => return Ok(Some(form())),
         Request::Remove => return Err(IbrError::AuthenticateFirst),
@@ -122,6 +127,11 @@ async fn on_account_request(cx: &Cx, request: Request) -> Result<Option<Element>
             if prepare_username(&username, user.domain()).as_ref() != Some(&user) {
                 return Err(IbrError::NotYours);
             }
+            // A guest given a password would outlive its session; a
+            // directory's password is changed in the directory.
+            if !has_internal_accounts(cx, user.domain()) {
+                return Err(IbrError::ManagedElsewhere);
+            }
             check_password(&password, cx.config().min_password_length)?;
             let secrets = derive_secrets(password, cx.config().scram_iterations).await?;
             match cx.stores().accounts.set_secrets(&user, &secrets).await {
@@ -135,6 +145,14 @@ async fn on_account_request(cx: &Cx, request: Request) -> Result<Option<Element>
             }
         }
     }
+}
+
+/// Whether `host`'s passwords live in our account store (`source = "internal"`).
+fn has_internal_accounts(cx: &Cx, host: &str) -> bool {
+    cx.config()
+        .auth
+        .host(host)
+        .is_some_and(|h| h.source == SourceConfig::Internal)
 }
 
 /// Derives the SCRAM secrets on the blocking pool: PBKDF2 at a real
@@ -266,6 +284,8 @@ enum IbrError {
     NoAccount,
     /// An authenticated request that did not come from a local client session.
     NotFromClient,
+    /// The host's accounts are anonymous or checked by an external source.
+    ManagedElsewhere,
     /// Storage failed.
     Store(StoreError),
     /// Secret derivation failed in a way the client cannot fix.
@@ -305,6 +325,8 @@ impl From<IbrError> for StanzaError {
             }
             IbrError::NoAccount => StanzaError::auth(RegistrationRequired),
             IbrError::NotFromClient => StanzaError::auth(Forbidden),
+            IbrError::ManagedElsewhere => StanzaError::cancel(NotAllowed)
+                .with_text("passwords on this host are not managed by this server"),
             IbrError::Store(e) => crate::internal(e),
             IbrError::Internal(e) => {
                 tracing::error!(error = %e, "register: deriving secrets failed");

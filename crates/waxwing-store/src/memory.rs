@@ -194,6 +194,11 @@ impl RosterStore for Memory {
         Ok(self.lock().version(owner))
     }
 
+    async fn forget_version(&self, owner: &BareJid) -> Result<(), StoreError> {
+        self.lock().versions.remove(owner);
+        Ok(())
+    }
+
     async fn owners_of(&self, contact: &BareJid) -> Result<Vec<(BareJid, RosterItem)>, StoreError> {
         let st = self.lock();
         let mut out: Vec<(BareJid, RosterItem)> = st

@@ -123,6 +123,12 @@ pub trait RosterStore: Send + Sync {
     /// The owner's current roster version (0 if it never changed).
     async fn version(&self, owner: &BareJid) -> Result<u64, StoreError>;
 
+    /// Forgets the owner's version counter, which account deletion keeps so
+    /// that a recreated account never reuses a version a client cached.
+    /// Only for addresses that can never come back (anonymous guests,
+    /// whose localparts are random).
+    async fn forget_version(&self, owner: &BareJid) -> Result<(), StoreError>;
+
     /// Every row, in any owner's roster, whose contact is `contact`, with
     /// its owner; sorted by owner. Used when `contact`'s account is deleted.
     async fn owners_of(&self, contact: &BareJid) -> Result<Vec<(BareJid, RosterItem)>, StoreError>;

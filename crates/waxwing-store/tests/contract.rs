@@ -158,6 +158,14 @@ async fn cascade_delete(s: &Stores) {
     s.accounts.create(&mercutio, &[]).await.unwrap();
     assert_eq!(s.roster.items(&mercutio).await, Ok(vec![]));
     assert!(s.roster.version(&mercutio).await.unwrap() > v);
+
+    // An address that can never come back (an anonymous guest's) may
+    // forget its version too; others' versions are untouched.
+    let benvolio_v = s.roster.version(&benvolio).await.unwrap();
+    s.accounts.delete(&mercutio).await.unwrap();
+    s.roster.forget_version(&mercutio).await.unwrap();
+    assert_eq!(s.roster.version(&mercutio).await, Ok(0));
+    assert_eq!(s.roster.version(&benvolio).await, Ok(benvolio_v));
 }
 
 // ------------------------------------------------------------------ roster

@@ -1,12 +1,17 @@
 //! Configuration: `raw` mirrors the TOML file, [`Config`] is the validated
 //! form that the rest of the server reads.
 
+mod auth;
 pub mod bosh;
 pub mod ext;
 pub mod http;
 pub mod ops;
 pub mod raw;
 
+pub use auth::{
+    AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, HostAuthConfig, LdapConfig,
+    LdapLookup, SourceConfig,
+};
 pub use bosh::BoshConfig;
 pub use http::{HttpConfig, UploadConfig};
 pub use ops::{AdminConfig, MetricsConfig};
@@ -134,6 +139,8 @@ pub struct Config {
     /// (`Config::module_options`), and the binary refuses tables that name
     /// no module.
     pub module_tables: std::collections::BTreeMap<String, toml::Table>,
+    /// `[auth]` account sources and mechanism lists per host and per listener.
+    pub auth: AuthConfig,
     /// `[listen] http`/`https` and `[http]`: the HTTP listener.
     pub http: HttpConfig,
     /// `[upload]`: XEP-0363 HTTP File Upload.
@@ -477,6 +484,8 @@ impl Config {
         let s2s_listen = addrs(&f.listen.s2s, "s2s")?;
         let s2s_direct_tls = addrs(&f.listen.s2s_direct_tls, "s2s_direct_tls")?;
         let s2s = s2s_config(&f.s2s, source)?;
+        let all_c2s: Vec<SocketAddr> = c2s.iter().chain(&c2s_direct_tls).copied().collect();
+        let auth = auth::auth_config(&f.auth, &hosts, &all_c2s, source)?;
         let http = http::http_config(&f.listen, &f.http, source)?;
         let upload = http::upload_config(&f.upload, &hosts, &data_dir, source)?;
         let metrics = ops::metrics_config(&f.metrics, source)?;
@@ -559,6 +568,7 @@ impl Config {
             modules_disabled,
             proxy65,
             module_tables: f.modules,
+            auth,
             http,
             upload,
             metrics,
@@ -690,6 +700,14 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "0 would refuse every login, even with the right password",
         ),
         secs("auth", "failure_window_secs", a.failure_window_secs),
+        at_least(
+            "auth",
+            "anonymous_max_per_address",
+            u64::from(a.anonymous_max_per_address),
+            1,
+            "0 would refuse every guest; leave out the anonymous host instead",
+        ),
+        secs("auth", "anonymous_window_secs", a.anonymous_window_secs),
         Bound {
             table: "auth",
             key: "ipv4_prefix_length",

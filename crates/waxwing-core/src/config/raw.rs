@@ -180,6 +180,19 @@ pub struct Auth {
     /// for the failure limits.
     pub ipv4_prefix_length: u8,
     pub ipv6_prefix_length: u8,
+    /// SASL mechanisms offered on hosts without their own list; `None`:
+    /// every mechanism the host's account source can serve.
+    pub mechanisms: Option<Vec<String>>,
+    /// `[auth.hosts."example.org"]`: the account source and mechanisms of one host.
+    pub hosts: std::collections::BTreeMap<String, HostAuth>,
+    /// `[auth.listeners]`: `"ADDRESS" = [mechanisms]` narrows what one c2s
+    /// listener offers (e.g. EXTERNAL only on an internal port).
+    pub listeners: std::collections::BTreeMap<String, Vec<String>>,
+    /// SASL ANONYMOUS logins one address prefix may make per `anonymous_window_secs`.
+    pub anonymous_max_per_address: u32,
+    pub anonymous_window_secs: u64,
+    /// `[auth.client_certificates]`: SASL EXTERNAL for clients (XEP-0178).
+    pub client_certificates: Option<ClientCertificates>,
 }
 
 impl Default for Auth {
@@ -193,6 +206,12 @@ impl Default for Auth {
             failure_window_secs: 600,
             ipv4_prefix_length: 32,
             ipv6_prefix_length: 64,
+            mechanisms: None,
+            hosts: Default::default(),
+            listeners: Default::default(),
+            anonymous_max_per_address: 10,
+            anonymous_window_secs: 600,
+            client_certificates: None,
         }
     }
 }
@@ -751,6 +770,45 @@ impl Default for Metrics {
     }
 }
 
+/// `[auth.hosts."example.org"]`: where one host's accounts come from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostAuth {
+    /// `"internal"` (the account store), `"anonymous"`, `"extauth"` or `"ldap"`.
+    pub source: Option<String>,
+    pub mechanisms: Option<Vec<String>>,
+    /// External sources: keep SCRAM secrets derived from a password that
+    /// the source accepted, so that SCRAM can be offered too (opt-in).
+    pub cache_scram: bool,
+    pub extauth: Option<ExtAuth>,
+    pub ldap: Option<Ldap>,
+}
+
+/// `[auth.hosts."example.org".extauth]`: an ejabberd/Prosody extauth program.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtAuth {
+    /// The program and its arguments (no shell).
+    pub command: Vec<String>,
+    /// Copies of the program run at once; each answers one request at a time.
+    pub instances: usize,
+    /// How long one answer may take before the copy is restarted.
+    pub timeout_secs: u64,
+    /// Requests waiting for a free copy before new ones are refused.
+    pub queue: usize,
+}
+
+impl Default for ExtAuth {
+    fn default() -> Self {
+        ExtAuth {
+            command: Vec::new(),
+            instances: 1,
+            timeout_secs: 10,
+            queue: 256,
+        }
+    }
+}
+
 /// `[admin]`: the HTTP admin API (token-authenticated, off by default).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -758,4 +816,61 @@ pub struct Admin {
     pub enabled: bool,
     /// Networks besides loopback whose requests may use the admin API.
     pub allowed_networks: Vec<String>,
+}
+
+/// `[auth.hosts."example.org".ldap]`: bind authentication against a directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ldap {
+    /// `ldap://host:port` or `ldaps://host:port`.
+    pub url: String,
+    /// Upgrade `ldap://` with StartTLS before sending anything.
+    pub starttls: bool,
+    /// The service account that searches for users (anonymous search if unset).
+    pub bind_dn: Option<String>,
+    pub bind_password: Option<String>,
+    /// Search mode: where users are, and the filter (`%u` is the localpart).
+    pub base: Option<String>,
+    pub filter: String,
+    /// Direct mode: the user's DN, `%u` the localpart (no search).
+    pub user_dn: Option<String>,
+    /// Members of this group (DN) are server admins.
+    pub admin_group: Option<String>,
+    /// The group attribute that holds member DNs.
+    pub group_member_attribute: String,
+    pub timeout_secs: u64,
+    /// Directory connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for Ldap {
+    fn default() -> Self {
+        Ldap {
+            url: String::new(),
+            starttls: false,
+            bind_dn: None,
+            bind_password: None,
+            base: None,
+            filter: "(uid=%u)".into(),
+            user_dn: None,
+            admin_group: None,
+            group_member_attribute: "member".into(),
+            timeout_secs: 10,
+            max_connections: 8,
+        }
+    }
+}
+
+/// `[auth.client_certificates]`: client certificates and SASL EXTERNAL.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientCertificates {
+    /// PEM bundle of the CAs whose client certificates are accepted.
+    pub ca_file: String,
+    /// PEM or DER CRLs; a revoked certificate fails the TLS handshake.
+    pub crl_files: Vec<String>,
+    /// Which name in the certificate is the account: `"xmppaddr"`
+    /// (id-on-xmppAddr, the full JID), `"email"` (the local part of an
+    /// rfc822Name or subject e-mail, on the stream's host) or `"cn"`.
+    pub identity: Option<String>,
 }

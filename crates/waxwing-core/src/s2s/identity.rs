@@ -10,7 +10,7 @@
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::*;
 
-const OID_XMPP_ADDR: &str = "1.3.6.1.5.5.7.8.5";
+pub(crate) const OID_XMPP_ADDR: &str = "1.3.6.1.5.5.7.8.5";
 const OID_DNS_SRV: &str = "1.3.6.1.5.5.7.8.7";
 
 /// True when the DER certificate `cert` names `domain` (already prepared:
@@ -74,7 +74,7 @@ pub fn dns_id_matches(presented: &str, domain: &str) -> bool {
 
 /// The string inside an otherName value: `[0] EXPLICIT` around a
 /// UTF8String (xmppAddr) or IA5String (SRVName).
-fn other_name_string(value: &[u8]) -> Option<String> {
+pub(crate) fn other_name_string(value: &[u8]) -> Option<String> {
     let (tag, inner, _) = der_tlv(value)?;
     let inner = if tag == 0xA0 {
         let (t, s, _) = der_tlv(inner)?;

@@ -41,6 +41,20 @@ impl Transport {
         Ok(())
     }
 
+    /// The client's certificate, when it presented one that verified
+    /// against `[auth.client_certificates]` (XEP-0178).
+    pub fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        let Transport::Tls(stream) = self else {
+            return None;
+        };
+        stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned())
+    }
+
     /// Channel-binding data for SCRAM-PLUS: `tls-exporter` only on TLS 1.3
     /// (RFC 9266 §3 forbids it on 1.2 without extended master secret, and we
     /// don't want to reason about which 1.2 sessions had it), and

@@ -6,6 +6,7 @@
 //! `<auth/>`, `<response/>` and friends is [`decode_payload`] and
 //! [`encode_payload`].
 
+mod anonymous;
 mod channel_binding;
 mod plain;
 mod scram;
@@ -13,6 +14,17 @@ mod scram;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+pub use anonymous::parse_anonymous;
+
+/// RFC 4422 Appendix A: EXTERNAL's message is the authorization identity
+/// the client asks for, empty for "whatever my credentials say".
+pub fn parse_external(msg: &[u8]) -> Result<Option<String>, SaslError> {
+    if msg.len() > MAX_MESSAGE_LEN || msg.contains(&0) {
+        return Err(SaslError::MalformedRequest);
+    }
+    let authzid = std::str::from_utf8(msg).map_err(|_| SaslError::MalformedRequest)?;
+    Ok((!authzid.is_empty()).then(|| authzid.to_owned()))
+}
 pub use channel_binding::{ChannelBindingData, ChannelBindingType, tls_server_end_point_hash};
 pub use plain::{PlainCredentials, parse_plain};
 pub use scram::{ClientFirst, ScramHash, ScramSecret, ScramServer, fake_salt};
@@ -112,7 +124,23 @@ pub enum Mechanism {
     },
     /// RFC 4616 `PLAIN`.
     Plain,
+    /// RFC 4505 `ANONYMOUS` (XEP-0175): only on hosts configured for guests.
+    Anonymous,
+    /// RFC 4422 Appendix A `EXTERNAL` (XEP-0178): the TLS client certificate.
+    External,
 }
+
+/// Every mechanism name this server can offer, strongest first: the order
+/// of `<mechanisms/>`, whatever order a configured list has.
+pub const ALL_MECHANISMS: &[&str] = &[
+    "EXTERNAL",
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1",
+    "PLAIN",
+    "ANONYMOUS",
+];
 
 impl Mechanism {
     /// Parses a mechanism name; names are case-sensitive (RFC 4422 §3.1).
@@ -123,6 +151,8 @@ impl Mechanism {
         };
         let hash = match base {
             "PLAIN" if !plus => return Some(Mechanism::Plain),
+            "ANONYMOUS" if !plus => return Some(Mechanism::Anonymous),
+            "EXTERNAL" if !plus => return Some(Mechanism::External),
             "SCRAM-SHA-1" => ScramHash::Sha1,
             "SCRAM-SHA-256" => ScramHash::Sha256,
             _ => return None,
@@ -136,6 +166,8 @@ impl Mechanism {
             Mechanism::Scram { hash, plus: false } => hash.name(),
             Mechanism::Scram { hash, plus: true } => hash.plus_name(),
             Mechanism::Plain => "PLAIN",
+            Mechanism::Anonymous => "ANONYMOUS",
+            Mechanism::External => "EXTERNAL",
         }
     }
 }
@@ -232,11 +264,14 @@ mod tests {
             "SCRAM-SHA-256",
             "SCRAM-SHA-1",
             "PLAIN",
+            "ANONYMOUS",
+            "EXTERNAL",
         ] {
             assert_eq!(Mechanism::from_name(name).unwrap().name(), name);
         }
         for name in [
             "PLAIN-PLUS",
+            "ANONYMOUS-PLUS",
             "scram-sha-1",
             "SCRAM-SHA-512",
             "DIGEST-MD5",

@@ -264,6 +264,15 @@ impl RosterStore for Store {
         current_version(&mut conn, &owner.to_string()).await
     }
 
+    async fn forget_version(&self, owner: &BareJid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM roster_versions WHERE owner = $1")
+            .bind(owner.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     async fn owners_of(&self, contact: &BareJid) -> Result<Vec<(BareJid, RosterItem)>, StoreError> {
         let key = contact.to_string();
         let mut tx = self.read_tx().await?;

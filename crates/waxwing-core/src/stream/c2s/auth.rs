@@ -116,12 +116,7 @@ impl Conn {
         &mut self,
         auth: &Element,
     ) -> Result<Result<(BareJid, Option<Vec<u8>>), SaslError>, End> {
-        let tls = self.link.is_secure();
-        let offered = sasl::mechanisms_offered(
-            tls,
-            self.link.channel_binding(),
-            self.server.config.allow_plain,
-        );
+        let offered = self.mechanisms_offered();
         let Some(mech) = auth
             .attr("mechanism")
             .filter(|m| offered.contains(m))
@@ -152,8 +147,37 @@ impl Conn {
         let host = self.host.clone().unwrap_or_default();
         match mech {
             Mechanism::Plain => Ok(self.plain(&initial, &host).await.map(|u| (u, None))),
+            Mechanism::Anonymous => {
+                Ok(
+                    crate::auth::anonymous::login(&self.server, &host, self.peer.ip(), &initial)
+                        .await
+                        .map(|u| (u, None)),
+                )
+            }
+            Mechanism::External => {
+                let cert = self.link.tcp().and_then(|t| t.peer_certificate());
+                Ok(
+                    crate::auth::external::login(&self.server, &host, cert, &initial)
+                        .await
+                        .map(|u| (u, None)),
+                )
+            }
             Mechanism::Scram { hash, plus } => self.scram(hash, plus, &initial, &host).await,
         }
+    }
+
+    /// The mechanisms for this stream's host, on this listener and
+    /// connection (`auth::Authenticator::offered`).
+    pub(super) fn mechanisms_offered(&self) -> Vec<&'static str> {
+        let tcp = self.link.tcp();
+        crate::auth::Authenticator::offered(
+            &self.server.config,
+            self.host.as_deref(),
+            tcp.and_then(|t| t.local_addr()),
+            self.link.is_secure(),
+            self.link.channel_binding(),
+            tcp.and_then(|t| t.peer_certificate()).is_some(),
+        )
     }
 
     pub(super) async fn plain(&mut self, data: &[u8], host: &str) -> Result<BareJid, SaslError> {
@@ -162,6 +186,14 @@ impl Conn {
             BareJid::new(Some(&creds.authcid), host).map_err(|_| SaslError::NotAuthorized)?;
         self.attempted = Some(user.clone());
         check_authzid(creds.authzid.as_deref(), &user)?;
+        let server = self.server.clone();
+        if let Some(verdict) = server
+            .auth
+            .external_plain(&server, &user, &creds.password)
+            .await
+        {
+            return verdict.map(|()| user);
+        }
         let secrets = self.lookup(&user).await?;
         let secret = secrets
             .iter()
@@ -211,8 +243,19 @@ impl Conn {
         first: &[u8],
         host: &str,
     ) -> Result<Result<(BareJid, Option<Vec<u8>>), SaslError>, End> {
-        let mut scram =
-            ScramServer::new(hash, plus, self.link.channel_binding().clone(), random_id());
+        // RFC 5802 §6: a client's "y" (binding supported by it, not by us)
+        // is a downgrade only when we advertised -PLUS; a host or listener
+        // whose list leaves -PLUS out must accept it.
+        let cb = if self
+            .mechanisms_offered()
+            .iter()
+            .any(|m| m.ends_with("-PLUS"))
+        {
+            self.link.channel_binding().clone()
+        } else {
+            waxwing_proto::sasl::ChannelBindingData::default()
+        };
+        let mut scram = ScramServer::new(hash, plus, cb, random_id());
         let client_first = match scram.handle_client_first(first) {
             Ok(cf) => cf,
             Err(e) => return Ok(Err(e)),

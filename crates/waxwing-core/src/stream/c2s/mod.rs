@@ -228,6 +228,7 @@ async fn close_session(mut conn: Conn, mut session: Session, mut rx: Outbox, end
         .clone()
         .store_undelivered(handle.jid.bare(), undelivered)
         .await;
+    crate::auth::anonymous::session_closed(&server, handle.jid.bare()).await;
     tracing::info!(jid = %handle.jid, "session ended");
     if !matches!(end, End::Gone) {
         conn.finish(end).await;

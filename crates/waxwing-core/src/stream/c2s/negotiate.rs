@@ -237,13 +237,13 @@ impl Conn {
         if !sasl_allowed {
             return features;
         }
-        let mechanisms = sasl::mechanisms_offered(tls, cb, config.allow_plain);
+        let mechanisms = self.mechanisms_offered();
         let mut mechs = Element::new("mechanisms", ns::SASL);
         for m in &mechanisms {
             mechs.push_child(Element::new("mechanism", ns::SASL).with_text(*m));
         }
         features.push_child(mechs);
-        if cb.any() {
+        if cb.any() && mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
             // XEP-0440: tell clients which binding types -PLUS supports.
             let mut types = Element::new("sasl-channel-binding", ns::SASL_CB);
             for (ty, have) in [
@@ -258,7 +258,11 @@ impl Conn {
             }
             features.push_child(types);
         }
-        if config.registration_open {
+        if config.registration_open
+            && !config
+                .auth
+                .is_anonymous(self.host.as_deref().unwrap_or_default())
+        {
             features.push_child(Element::new("register", ns::REGISTER_FEATURE));
         }
         if tls {

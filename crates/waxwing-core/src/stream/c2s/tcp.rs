@@ -24,11 +24,14 @@ pub(crate) struct TcpLink {
     framer: Framer,
     /// Set once TLS is up.
     cb: ChannelBindingData,
+    /// The listener's address: `[auth.listeners]` may narrow its mechanisms.
+    local: Option<std::net::SocketAddr>,
 }
 
 impl TcpLink {
     pub fn new(tcp: TcpStream, limits: Limits) -> Self {
         TcpLink {
+            local: tcp.local_addr().ok(),
             io: Transport::Plain(tcp),
             framer: Framer::new(limits, ns::CLIENT),
             cb: ChannelBindingData::default(),
@@ -47,6 +50,16 @@ impl TcpLink {
         self.cb = self.io.channel_binding(tls);
         self.framer.reset();
         Ok(())
+    }
+
+    /// The address of the listener this connection came in on.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local
+    }
+
+    /// The client's verified certificate (XEP-0178), if it presented one.
+    pub fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        self.io.peer_certificate()
     }
 
     pub fn is_compressed(&self) -> bool {

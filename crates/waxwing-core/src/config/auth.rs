@@ -1,0 +1,788 @@
+//! `[auth]` account sources and mechanism lists, validated: per host
+//! (`[auth.hosts."example.org"]`) and per c2s listener (`[auth.listeners]`).
+//!
+//! A combination that cannot log anyone in is refused here, at
+//! `config check`, rather than discovered by users: an external source
+//! without PLAIN, SCRAM without a stored secret, ANONYMOUS on a host with
+//! real accounts, a host no listener offers any mechanism for.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use waxwing_proto::jid::BareJid;
+use waxwing_proto::sasl::ALL_MECHANISMS;
+
+use super::{ConfigError, MAX_SECS, raw};
+
+/// Where one host's accounts and passwords live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceConfig {
+    /// The account store: SCRAM secrets set by `waxwing user`, IBR or a password change.
+    Internal,
+    /// XEP-0175 guests: a random account per login, gone at logout.
+    Anonymous,
+    /// An ejabberd/Prosody extauth program.
+    ExtAuth(ExtAuthConfig),
+    /// An LDAP directory (bind authentication).
+    Ldap(LdapConfig),
+}
+
+impl SourceConfig {
+    /// Whether passwords are checked elsewhere, so only PLAIN can carry them.
+    pub fn is_external(&self) -> bool {
+        matches!(self, SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_))
+    }
+}
+
+/// `[auth.hosts."…".ldap]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LdapConfig {
+    pub url: String,
+    pub starttls: bool,
+    /// The service account; `None` searches anonymously.
+    pub bind: Option<(String, String)>,
+    pub lookup: LdapLookup,
+    pub admin_group: Option<String>,
+    pub group_member_attribute: String,
+    pub timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// How a localpart becomes a DN.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LdapLookup {
+    /// Search `base` (subtree) with `filter`, `%u` replaced by the escaped localpart.
+    Search { base: String, filter: String },
+    /// `%u` in the template replaced by the DN-escaped localpart.
+    Template(String),
+}
+
+/// `[auth.hosts."…".extauth]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtAuthConfig {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub instances: usize,
+    pub timeout: Duration,
+    pub queue: usize,
+}
+
+/// One host's account source and the mechanisms it may offer, strongest first.
+#[derive(Debug, Clone)]
+pub struct HostAuthConfig {
+    pub source: SourceConfig,
+    pub mechanisms: Vec<&'static str>,
+    /// External sources: SCRAM secrets derived from an accepted password are kept.
+    pub cache_scram: bool,
+}
+
+/// `[auth]`'s per-host and per-listener parts.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Every host in `hosts` has an entry.
+    pub hosts: HashMap<String, HostAuthConfig>,
+    /// Listeners whose mechanisms are narrowed (`[auth.listeners]`).
+    pub listeners: Vec<(SocketAddr, Vec<&'static str>)>,
+    pub anonymous_max_per_address: u32,
+    pub anonymous_window: Duration,
+    /// SASL EXTERNAL with client certificates, when configured.
+    pub client_certificates: Option<ClientCertConfig>,
+}
+
+/// `[auth.client_certificates]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCertConfig {
+    pub ca_file: PathBuf,
+    pub crl_files: Vec<PathBuf>,
+    pub identity: CertIdentity,
+}
+
+/// Which certificate name maps to the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertIdentity {
+    XmppAddr,
+    Email,
+    CommonName,
+}
+
+impl AuthConfig {
+    /// The host's settings; hosts not in the configuration get none.
+    pub fn host(&self, host: &str) -> Option<&HostAuthConfig> {
+        self.hosts.get(host)
+    }
+
+    /// Whether `host` serves only anonymous guests.
+    pub fn is_anonymous(&self, host: &str) -> bool {
+        self.host(host)
+            .is_some_and(|h| h.source == SourceConfig::Anonymous)
+    }
+
+    /// The listener's own list, if it has one. A listener bound to an
+    /// unspecified address (`[::]:5222`) matches by port.
+    pub fn listener(&self, local: SocketAddr) -> Option<&[&'static str]> {
+        self.listeners
+            .iter()
+            .find(|(a, _)| *a == local)
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .find(|(a, _)| a.ip().is_unspecified() && a.port() == local.port())
+            })
+            .map(|(_, m)| m.as_slice())
+    }
+}
+
+fn err(source: &str, table: &str, key: &str, message: String) -> ConfigError {
+    ConfigError::in_table(source, table, key, message)
+}
+
+/// Parses a list of mechanism names into our canonical (strongest-first) order.
+fn mechanism_list(
+    names: &[String],
+    table: &str,
+    source: &str,
+) -> Result<Vec<&'static str>, ConfigError> {
+    for n in names {
+        if !ALL_MECHANISMS.contains(&n.as_str()) {
+            return Err(err(
+                source,
+                table,
+                "mechanisms",
+                format!(
+                    "[{table}] unknown SASL mechanism {n:?} (known: {})",
+                    ALL_MECHANISMS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(ALL_MECHANISMS
+        .iter()
+        .copied()
+        .filter(|m| names.iter().any(|n| n == m))
+        .collect())
+}
+
+/// What a source can serve at all.
+fn supported(source: &SourceConfig, cache_scram: bool, certs: bool) -> Vec<&'static str> {
+    let scram_and_plain: &[&str] = &ALL_MECHANISMS[1..6];
+    match source {
+        SourceConfig::Internal if certs => ALL_MECHANISMS[..6].to_vec(),
+        SourceConfig::Internal => scram_and_plain.to_vec(),
+        SourceConfig::Anonymous => vec!["ANONYMOUS"],
+        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if cache_scram => scram_and_plain.to_vec(),
+        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) => vec!["PLAIN"],
+    }
+}
+
+/// Why a mechanism cannot work with a source, for the error message.
+fn why_unsupported(source: &SourceConfig, mechanism: &str) -> &'static str {
+    match source {
+        SourceConfig::Internal if mechanism == "EXTERNAL" => {
+            "EXTERNAL needs [auth.client_certificates]"
+        }
+        SourceConfig::Internal => "ANONYMOUS needs a host of its own (source = \"anonymous\")",
+        _ if mechanism == "EXTERNAL" => "EXTERNAL maps certificates to internal accounts only",
+        SourceConfig::Anonymous => "an anonymous host offers ANONYMOUS only",
+        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if mechanism.starts_with("SCRAM") => {
+            "an external source has no SCRAM secret unless cache_scram = true"
+        }
+        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) => {
+            "an external source checks passwords, so it needs PLAIN"
+        }
+    }
+}
+
+pub(super) fn auth_config(
+    a: &raw::Auth,
+    hosts: &[String],
+    c2s_listeners: &[SocketAddr],
+    source: &str,
+) -> Result<AuthConfig, ConfigError> {
+    let client_certificates = match &a.client_certificates {
+        Some(c) => Some(client_cert_config(c, source)?),
+        None => None,
+    };
+    let certs = client_certificates.is_some();
+    let default_list = match &a.mechanisms {
+        Some(names) => Some(mechanism_list(names, "auth", source)?),
+        None => None,
+    };
+    let mut by_host = HashMap::new();
+    for (name, h) in &a.hosts {
+        let table = format!("auth.hosts.\"{name}\"");
+        let domain = BareJid::domain_only(name)
+            .map(|j| j.domain().to_string())
+            .map_err(|e| {
+                err(
+                    source,
+                    "auth",
+                    "hosts",
+                    format!("{name:?} is not a domain: {e}"),
+                )
+            })?;
+        if !hosts.contains(&domain) {
+            return Err(err(
+                source,
+                &table,
+                "source",
+                format!("[{table}] names a host that is not in `hosts`"),
+            ));
+        }
+        let src = match h.source.as_deref().unwrap_or("internal") {
+            "internal" => SourceConfig::Internal,
+            "anonymous" => SourceConfig::Anonymous,
+            "extauth" => SourceConfig::ExtAuth(extauth_config(h.extauth.as_ref(), &table, source)?),
+            "ldap" => SourceConfig::Ldap(ldap_config(h.ldap.as_ref(), &table, source)?),
+            other => {
+                return Err(err(
+                    source,
+                    &table,
+                    "source",
+                    format!(
+                        "[{table}] source = {other:?}: expected \"internal\", \"anonymous\", \"extauth\" or \"ldap\""
+                    ),
+                ));
+            }
+        };
+        if h.extauth.is_some() && !matches!(src, SourceConfig::ExtAuth(_)) {
+            return Err(err(
+                source,
+                &table,
+                "source",
+                format!("[{table}] has an extauth table but source is not \"extauth\""),
+            ));
+        }
+        if h.ldap.is_some() && !matches!(src, SourceConfig::Ldap(_)) {
+            return Err(err(
+                source,
+                &table,
+                "source",
+                format!("[{table}] has an ldap table but source is not \"ldap\""),
+            ));
+        }
+        if h.cache_scram && !src.is_external() {
+            return Err(err(
+                source,
+                &table,
+                "cache_scram",
+                format!("[{table}] cache_scram only applies to external sources"),
+            ));
+        }
+        let can = supported(&src, h.cache_scram, certs);
+        let mechanisms = match &h.mechanisms {
+            Some(names) => {
+                let list = mechanism_list(names, &table, source)?;
+                if let Some(m) = list.iter().find(|m| !can.contains(m)) {
+                    return Err(err(
+                        source,
+                        &table,
+                        "mechanisms",
+                        format!(
+                            "[{table}] {m} cannot work here: {}",
+                            why_unsupported(&src, m)
+                        ),
+                    ));
+                }
+                if src.is_external() && !list.contains(&"PLAIN") {
+                    return Err(err(
+                        source,
+                        &table,
+                        "mechanisms",
+                        format!("[{table}] {}", why_unsupported(&src, "PLAIN")),
+                    ));
+                }
+                list
+            }
+            None => default_mechanisms(&src, default_list.as_deref(), &can),
+        };
+        by_host.insert(
+            domain,
+            HostAuthConfig {
+                source: src,
+                mechanisms,
+                cache_scram: h.cache_scram,
+            },
+        );
+    }
+    for host in hosts {
+        by_host
+            .entry(host.clone())
+            .or_insert_with(|| HostAuthConfig {
+                source: SourceConfig::Internal,
+                mechanisms: default_mechanisms(
+                    &SourceConfig::Internal,
+                    default_list.as_deref(),
+                    &supported(&SourceConfig::Internal, false, certs),
+                ),
+                cache_scram: false,
+            });
+    }
+    for (host, h) in &mut by_host {
+        if !a.allow_plain {
+            if h.source.is_external() {
+                return Err(err(
+                    source,
+                    "auth",
+                    "allow_plain",
+                    format!(
+                        "allow_plain = false, but {host}'s accounts are checked by an external source, which needs PLAIN"
+                    ),
+                ));
+            }
+            h.mechanisms.retain(|m| *m != "PLAIN");
+        }
+        if h.mechanisms.is_empty() {
+            return Err(err(
+                source,
+                "auth",
+                "mechanisms",
+                format!("no SASL mechanism is left for {host}: nobody could log in"),
+            ));
+        }
+    }
+    let mut listeners = Vec::new();
+    for (addr, names) in &a.listeners {
+        let local: SocketAddr = addr.parse().map_err(|e| {
+            err(
+                source,
+                "auth.listeners",
+                addr,
+                format!("{addr:?} is not an address:port ({e})"),
+            )
+        })?;
+        if !c2s_listeners.contains(&local) {
+            return Err(err(
+                source,
+                "auth.listeners",
+                addr,
+                format!("[auth.listeners] {addr} is not one of the c2s listeners"),
+            ));
+        }
+        let list = mechanism_list(names, "auth.listeners", source)?;
+        if list.is_empty() {
+            return Err(err(
+                source,
+                "auth.listeners",
+                addr,
+                format!("[auth.listeners] {addr} offers no mechanism"),
+            ));
+        }
+        listeners.push((local, list));
+    }
+    // Every host must be able to log someone in on some listener.
+    for (host, h) in &by_host {
+        let reachable =
+            c2s_listeners
+                .iter()
+                .any(|l| match listeners.iter().find(|(a, _)| a == l) {
+                    Some((_, list)) => h.mechanisms.iter().any(|m| list.contains(m)),
+                    None => true,
+                });
+        if !reachable && !c2s_listeners.is_empty() {
+            return Err(err(
+                source,
+                "auth",
+                "listeners",
+                format!(
+                    "no c2s listener offers any of {host}'s mechanisms ({})",
+                    h.mechanisms.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(AuthConfig {
+        hosts: by_host,
+        listeners,
+        anonymous_max_per_address: a.anonymous_max_per_address,
+        anonymous_window: Duration::from_secs(a.anonymous_window_secs),
+        client_certificates,
+    })
+}
+
+fn client_cert_config(
+    c: &raw::ClientCertificates,
+    source: &str,
+) -> Result<ClientCertConfig, ConfigError> {
+    let table = "auth.client_certificates";
+    if c.ca_file.is_empty() {
+        return Err(err(
+            source,
+            table,
+            "ca_file",
+            format!("[{table}] ca_file (a PEM bundle of the client CAs) is required"),
+        ));
+    }
+    let identity = match c.identity.as_deref().unwrap_or("xmppaddr") {
+        "xmppaddr" => CertIdentity::XmppAddr,
+        "email" => CertIdentity::Email,
+        "cn" => CertIdentity::CommonName,
+        other => {
+            return Err(err(
+                source,
+                table,
+                "identity",
+                format!(
+                    "[{table}] identity = {other:?}: expected \"xmppaddr\", \"email\" or \"cn\""
+                ),
+            ));
+        }
+    };
+    Ok(ClientCertConfig {
+        ca_file: PathBuf::from(&c.ca_file),
+        crl_files: c.crl_files.iter().map(PathBuf::from).collect(),
+        identity,
+    })
+}
+
+/// A host without its own list gets `[auth] mechanisms` narrowed to what
+/// its source can do, or everything its source can do.
+fn default_mechanisms(
+    src: &SourceConfig,
+    default_list: Option<&[&'static str]>,
+    can: &[&'static str],
+) -> Vec<&'static str> {
+    let mut list: Vec<&'static str> = match default_list {
+        // ANONYMOUS is never inherited by a host with real accounts, and an
+        // anonymous host offers it whatever the default list says.
+        Some(d) if *src != SourceConfig::Anonymous => {
+            d.iter().copied().filter(|m| can.contains(m)).collect()
+        }
+        _ => can.to_vec(),
+    };
+    // A cached SCRAM secret exists only after a first PLAIN login, and a
+    // client offered SCRAM takes it and does not fall back: opting into the
+    // cache does not by itself offer SCRAM (list it under `mechanisms`).
+    if src.is_external() && default_list.is_none() {
+        list.retain(|m| *m == "PLAIN");
+    }
+    list
+}
+
+fn ldap_config(
+    l: Option<&raw::Ldap>,
+    table: &str,
+    source: &str,
+) -> Result<LdapConfig, ConfigError> {
+    let table = format!("{table}.ldap");
+    let bad =
+        |key: &str, message: String| Err(err(source, &table, key, format!("[{table}] {message}")));
+    let Some(l) = l else {
+        return bad(
+            "url",
+            "is required with source = \"ldap\" (url, and base or user_dn)".into(),
+        );
+    };
+    let (tls, rest) = if let Some(rest) = l.url.strip_prefix("ldaps://") {
+        (true, rest)
+    } else if let Some(rest) = l.url.strip_prefix("ldap://") {
+        (l.starttls, rest)
+    } else {
+        return bad(
+            "url",
+            format!(
+                "url = {:?}: expected ldap://HOST:PORT or ldaps://HOST:PORT",
+                l.url
+            ),
+        );
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
+    // Bind authentication sends the user's password to the directory.
+    if !tls && !loopback {
+        return bad(
+            "url",
+            format!(
+                "{} would send passwords in clear: use ldaps:// or starttls = true",
+                l.url
+            ),
+        );
+    }
+    let lookup = match (&l.user_dn, &l.base) {
+        (Some(t), None) if t.contains("%u") => LdapLookup::Template(t.clone()),
+        (Some(_), None) => {
+            return bad(
+                "user_dn",
+                "user_dn needs %u where the localpart goes".into(),
+            );
+        }
+        (None, Some(base)) if l.filter.contains("%u") => LdapLookup::Search {
+            base: base.clone(),
+            filter: l.filter.clone(),
+        },
+        (None, Some(_)) => return bad("filter", "filter needs %u where the localpart goes".into()),
+        (Some(_), Some(_)) => {
+            return bad(
+                "user_dn",
+                "set either user_dn (direct bind) or base (search), not both".into(),
+            );
+        }
+        (None, None) => {
+            return bad(
+                "base",
+                "needs base (search, then bind) or user_dn (direct bind)".into(),
+            );
+        }
+    };
+    let bind = match (&l.bind_dn, &l.bind_password) {
+        (Some(dn), Some(pw)) => Some((dn.clone(), pw.clone())),
+        (None, None) => None,
+        _ => return bad("bind_dn", "bind_dn and bind_password go together".into()),
+    };
+    for (key, value, min, max) in [
+        ("timeout_secs", l.timeout_secs, 1, 3600),
+        ("max_connections", l.max_connections as u64, 1, 1024),
+    ] {
+        if !(min..=max).contains(&value) {
+            return bad(
+                key,
+                format!("{key} = {value} is refused: it must be {min}..={max}"),
+            );
+        }
+    }
+    Ok(LdapConfig {
+        url: l.url.clone(),
+        starttls: l.starttls,
+        bind,
+        lookup,
+        admin_group: l.admin_group.clone(),
+        group_member_attribute: l.group_member_attribute.clone(),
+        timeout: Duration::from_secs(l.timeout_secs),
+        max_connections: l.max_connections,
+    })
+}
+
+fn extauth_config(
+    e: Option<&raw::ExtAuth>,
+    table: &str,
+    source: &str,
+) -> Result<ExtAuthConfig, ConfigError> {
+    let table = format!("{table}.extauth");
+    let Some(e) = e else {
+        return Err(err(
+            source,
+            &table,
+            "command",
+            format!("source = \"extauth\" needs [{table}] command = [\"/path/to/program\"]"),
+        ));
+    };
+    let Some((program, args)) = e.command.split_first() else {
+        return Err(err(
+            source,
+            &table,
+            "command",
+            format!("[{table}] command is empty"),
+        ));
+    };
+    for (key, value, min, max) in [
+        ("instances", e.instances as u64, 1, 64),
+        ("timeout_secs", e.timeout_secs, 1, MAX_SECS.min(3600)),
+        ("queue", e.queue as u64, 1, 100_000),
+    ] {
+        if !(min..=max).contains(&value) {
+            return Err(err(
+                source,
+                &table,
+                key,
+                format!("[{table}] {key} = {value} is refused: it must be {min}..={max}"),
+            ));
+        }
+    }
+    Ok(ExtAuthConfig {
+        program: PathBuf::from(program),
+        args: args.to_vec(),
+        instances: e.instances,
+        timeout: Duration::from_secs(e.timeout_secs),
+        queue: e.queue,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, SourceConfig};
+
+    const HOSTS: &str = "hosts = [\"a.example\", \"guest.example\", \"corp.example\"]\n";
+
+    fn parse(rest: &str) -> Result<Config, String> {
+        Config::parse(&format!("{HOSTS}{rest}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_offer_scram_and_plain_on_internal_hosts() {
+        let c = parse("").unwrap();
+        let h = c.auth.host("a.example").unwrap();
+        assert_eq!(h.source, SourceConfig::Internal);
+        assert_eq!(
+            h.mechanisms,
+            [
+                "SCRAM-SHA-256-PLUS",
+                "SCRAM-SHA-1-PLUS",
+                "SCRAM-SHA-256",
+                "SCRAM-SHA-1",
+                "PLAIN"
+            ]
+        );
+    }
+
+    #[test]
+    fn anonymous_and_extauth_hosts() {
+        let c = parse(
+            "[auth.hosts.\"guest.example\"]\nsource = \"anonymous\"\n\
+             [auth.hosts.\"corp.example\"]\nsource = \"extauth\"\n\
+             [auth.hosts.\"corp.example\".extauth]\ncommand = [\"/bin/check\", \"-v\"]\ninstances = 2\n",
+        )
+        .unwrap();
+        assert!(c.auth.is_anonymous("guest.example"));
+        assert_eq!(
+            c.auth.host("guest.example").unwrap().mechanisms,
+            ["ANONYMOUS"]
+        );
+        let corp = c.auth.host("corp.example").unwrap();
+        assert_eq!(corp.mechanisms, ["PLAIN"]);
+        let SourceConfig::ExtAuth(e) = &corp.source else {
+            panic!("extauth expected")
+        };
+        assert_eq!(e.program.to_str(), Some("/bin/check"));
+        assert_eq!(e.args, ["-v"]);
+        assert_eq!(e.instances, 2);
+    }
+
+    #[test]
+    fn combinations_that_cannot_work_are_refused() {
+        let ext = "[auth.hosts.\"corp.example\"]\nsource = \"extauth\"\n\
+                   [auth.hosts.\"corp.example\".extauth]\ncommand = [\"/bin/check\"]\n";
+        for (rest, needle) in [
+            (format!("[auth]\nallow_plain = false\n{ext}"), "needs PLAIN"),
+            (
+                "[auth.hosts.\"corp.example\"]\nsource = \"extauth\"\n\
+                 mechanisms = [\"SCRAM-SHA-256\", \"PLAIN\"]\n\
+                 [auth.hosts.\"corp.example\".extauth]\ncommand = [\"/bin/check\"]\n"
+                    .to_string(),
+                "cache_scram",
+            ),
+            (
+                "[auth.hosts.\"corp.example\"]\nsource = \"extauth\"\n".to_string(),
+                "needs [auth.hosts.\"corp.example\".extauth] command",
+            ),
+            (
+                "[auth.hosts.\"a.example\"]\nmechanisms = [\"ANONYMOUS\"]\n".to_string(),
+                "ANONYMOUS needs a host of its own",
+            ),
+            (
+                "[auth.hosts.\"guest.example\"]\nsource = \"anonymous\"\nmechanisms = [\"PLAIN\"]\n"
+                    .to_string(),
+                "ANONYMOUS only",
+            ),
+            (
+                "[auth.hosts.\"a.example\"]\nmechanisms = [\"DIGEST-MD6\"]\n".to_string(),
+                "unknown SASL mechanism",
+            ),
+            (
+                "[auth.hosts.\"nowhere.example\"]\nsource = \"anonymous\"\n".to_string(),
+                "not in `hosts`",
+            ),
+            (
+                "[auth.hosts.\"a.example\"]\nsource = \"kerberos\"\n".to_string(),
+                "expected \"internal\"",
+            ),
+            (
+                "[auth]\nallow_plain = false\n[auth.hosts.\"a.example\"]\nmechanisms = [\"PLAIN\"]\n"
+                    .to_string(),
+                "no SASL mechanism is left for a.example",
+            ),
+            (
+                "[listen]\nc2s = [\"127.0.0.1:5222\"]\nc2s_direct_tls = []\n\
+                 [auth.listeners]\n\"127.0.0.1:5222\" = [\"PLAIN\"]\n\
+                 [auth.hosts.\"guest.example\"]\nsource = \"anonymous\"\n"
+                    .to_string(),
+                "no c2s listener offers any of guest.example's mechanisms",
+            ),
+            (
+                "[auth.listeners]\n\"127.0.0.1:9999\" = [\"PLAIN\"]\n".to_string(),
+                "not one of the c2s listeners",
+            ),
+            (
+                format!("{ext}instances = 0\n"),
+                "instances = 0 is refused",
+            ),
+            ("[auth]\nanonymous_max_per_address = 0\n".to_string(), "anonymous_max_per_address"),
+            (
+                "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+                 [auth.hosts.\"corp.example\".ldap]\nurl = \"ldap://ldap.corp.example\"\nbase = \"dc=corp\"\n"
+                    .to_string(),
+                "would send passwords in clear",
+            ),
+            (
+                "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+                 [auth.hosts.\"corp.example\".ldap]\nurl = \"ldaps://ldap.corp.example\"\n"
+                    .to_string(),
+                "needs base",
+            ),
+            (
+                "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+                 [auth.hosts.\"corp.example\".ldap]\nurl = \"ldaps://x\"\nuser_dn = \"uid=x\"\n"
+                    .to_string(),
+                "needs %u",
+            ),
+        ] {
+            let e = parse(&rest).expect_err(&rest);
+            assert!(e.contains(needle), "{rest}\n→ {e}");
+        }
+    }
+
+    #[test]
+    fn ldap_over_tls_or_loopback_is_accepted() {
+        let c = parse(
+            "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+             [auth.hosts.\"corp.example\".ldap]\nurl = \"ldap://ldap.corp.example:389\"\n\
+             starttls = true\nbase = \"ou=people,dc=corp\"\nadmin_group = \"cn=admins,dc=corp\"\n",
+        )
+        .unwrap();
+        let h = c.auth.host("corp.example").unwrap();
+        assert_eq!(h.mechanisms, ["PLAIN"]);
+        let SourceConfig::Ldap(l) = &h.source else {
+            panic!("ldap expected")
+        };
+        assert_eq!(
+            l.lookup,
+            crate::config::LdapLookup::Search {
+                base: "ou=people,dc=corp".into(),
+                filter: "(uid=%u)".into()
+            }
+        );
+        assert!(
+            parse(
+                "[auth.hosts.\"corp.example\"]\nsource = \"ldap\"\n\
+                 [auth.hosts.\"corp.example\".ldap]\nurl = \"ldap://127.0.0.1:3389\"\n\
+                 user_dn = \"uid=%u,dc=corp\"\n"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn listener_lists_narrow_and_match_unspecified_addresses_by_port() {
+        let c = parse(
+            "[listen]\nc2s = [\"[::]:5222\"]\nc2s_direct_tls = [\"127.0.0.1:5223\"]\n\
+             [auth.listeners]\n\"[::]:5222\" = [\"SCRAM-SHA-256\", \"SCRAM-SHA-1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.listener("127.0.0.1:5222".parse().unwrap()),
+            Some(&["SCRAM-SHA-256", "SCRAM-SHA-1"][..])
+        );
+        assert_eq!(c.auth.listener("127.0.0.1:5223".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn global_list_is_inherited_and_plain_follows_allow_plain() {
+        let c = parse("[auth]\nallow_plain = false\nmechanisms = [\"SCRAM-SHA-256\", \"PLAIN\"]\n")
+            .unwrap();
+        assert_eq!(
+            c.auth.host("a.example").unwrap().mechanisms,
+            ["SCRAM-SHA-256"]
+        );
+    }
+}
