@@ -169,7 +169,7 @@ async def test_too_many_sessions_are_refused(server):
     await c.create()
 
 
-async def test_client_terminate_sends_unavailable_and_cross_origin_is_checked(server, xmpp):
+async def test_client_terminate_sends_unavailable(server, xmpp):
     srv = server(users=USERS)
     bob = await xmpp.login(srv, BOB, USERS[BOB])
     raw = RawBosh(srv.http_port)
@@ -265,3 +265,15 @@ async def test_session_started_on_tcp_resumes_on_bosh(server, xmpp):
     assert str(msg["from"]) == f"{ALICE}/phone"
     bob.send_message(f"{ALICE}/phone", "done")
     assert "done" in texts(await poll) or "done" in texts(await raw.send())
+
+
+async def test_a_page_of_a_foreign_origin_is_refused_and_creates_no_session(server):
+    srv = server({"bosh": {"max_sessions": 1}}, users=USERS)
+    foreign = RawBosh(srv.http_port, origin="https://evil.example")
+    status, text = await foreign.post(body(foreign.rid, to=DOMAIN, wait="60", hold="1", ver="1.6"))
+    assert status == 403, (status, text)
+    assert "sid=" not in text, text
+    # The refused request took no session slot: the only one is still free.
+    own = RawBosh(srv.http_port, origin=f"http://127.0.0.1:{srv.http_port}")
+    r = await own.create()
+    assert r.get("sid"), ET.tostring(r)

@@ -30,19 +30,23 @@ def body(rid: int, sid: str | None = None, payload: str = "", **attrs: str) -> s
 
 
 class RawBosh:
-    def __init__(self, port: int, host: str = "127.0.0.1", path: str = "/http-bind"):
+    def __init__(self, port: int, host: str = "127.0.0.1", path: str = "/http-bind",
+                 origin: str | None = None):
         self.port = port
         self.host = host
         self.path = path
+        self.origin = origin  # sent as the Origin header, as a browser page would
         self.sid: str | None = None
         self.rid = secrets.randbelow(2**40) + 1
         self.transcript: list[str] = []
 
     def _post(self, data: str, timeout: float) -> tuple[int, str]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        headers = {"Content-Type": "text/xml; charset=utf-8"}
+        if self.origin:
+            headers["Origin"] = self.origin
         try:
-            conn.request("POST", self.path, body=data.encode(),
-                         headers={"Content-Type": "text/xml; charset=utf-8"})
+            conn.request("POST", self.path, body=data.encode(), headers=headers)
             resp = conn.getresponse()
             return resp.status, resp.read().decode()
         finally:
