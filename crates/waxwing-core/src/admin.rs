@@ -26,7 +26,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path as UrlPath, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -222,18 +223,28 @@ fn authorize(server: &Server, peer: SocketAddr, headers: &HeaderMap) -> Result<S
     }
 }
 
-macro_rules! gate {
-    ($server:expr, $peer:expr, $headers:expr) => {
-        authorize(&$server, $peer, &$headers)?
-    };
+/// The name of the token a request was authorized with. Extracting it is
+/// the gate every handler goes through ([`authorize`]), before the path or
+/// body is looked at, so that a refused request learns nothing else.
+struct Admin(String);
+
+impl FromRequestParts<Arc<Server>> for Admin {
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        server: &Arc<Server>,
+    ) -> Result<Self, Self::Rejection> {
+        let ConnectInfo(peer) = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .copied()
+            .ok_or_else(|| Failure(StatusCode::NOT_FOUND, "not found".into()))?;
+        authorize(server, peer, &parts.headers).map(Admin)
+    }
 }
 
-async fn stats(
-    State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Reply {
-    gate!(server, peer, headers);
+async fn stats(State(server): State<Arc<Server>>, _: Admin) -> Reply {
     let mut hosts = serde_json::Map::new();
     for h in &server.config.hosts {
         hosts.insert(
@@ -252,12 +263,7 @@ async fn stats(
     })))
 }
 
-async fn sessions(
-    State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Reply {
-    gate!(server, peer, headers);
+async fn sessions(State(server): State<Arc<Server>>, _: Admin) -> Reply {
     let mut list: Vec<Value> = server
         .sessions
         .all()
@@ -279,11 +285,9 @@ async fn sessions(
 
 async fn kick(
     State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Admin(who): Admin,
     UrlPath(jid): UrlPath<String>,
 ) -> Reply {
-    let who = gate!(server, peer, headers);
     let jid = Jid::parse(&jid).map_err(|_| Failure(StatusCode::BAD_REQUEST, "not a JID".into()))?;
     let targets = match jid.resource() {
         Some(_) => FullJid::parse(&jid.to_string())
@@ -315,13 +319,7 @@ struct HostQuery {
     host: Option<String>,
 }
 
-async fn users(
-    State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<HostQuery>,
-) -> Reply {
-    gate!(server, peer, headers);
+async fn users(State(server): State<Arc<Server>>, _: Admin, Query(q): Query<HostQuery>) -> Reply {
     let list = server.stores.accounts.list(q.host.as_deref()).await?;
     let list: Vec<String> = list.iter().map(ToString::to_string).collect();
     Ok(Json(json!({ "users": list })))
@@ -334,12 +332,10 @@ struct NewPassword {
 
 async fn set_password(
     State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Admin(who): Admin,
     UrlPath(jid): UrlPath<String>,
     Json(body): Json<NewPassword>,
 ) -> Reply {
-    let who = gate!(server, peer, headers);
     let user = BareJid::parse(&jid)
         .ok()
         .filter(|j| j.local().is_some() && server.config.is_local_host(j.domain()))
@@ -374,12 +370,7 @@ async fn set_password(
     ))
 }
 
-async fn rooms(
-    State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Reply {
-    gate!(server, peer, headers);
+async fn rooms(State(server): State<Arc<Server>>, _: Admin) -> Reply {
     let mut list = Vec::new();
     for domain in &server.config.muc.domains {
         for r in server.stores.muc.rooms(domain).await? {
@@ -401,11 +392,9 @@ struct Announcement {
 
 async fn announce(
     State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Admin(who): Admin,
     Json(body): Json<Announcement>,
 ) -> Reply {
-    let who = gate!(server, peer, headers);
     if body.message.trim().is_empty() {
         return Err(Failure(StatusCode::BAD_REQUEST, "message is empty".into()));
     }
@@ -430,12 +419,7 @@ async fn announce(
     Ok(Json(json!({ "sent": sent })))
 }
 
-async fn blocked_domains(
-    State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Reply {
-    gate!(server, peer, headers);
+async fn blocked_domains(State(server): State<Arc<Server>>, _: Admin) -> Reply {
     let list: Vec<String> = server
         .domain_reputations()
         .into_iter()
@@ -462,21 +446,17 @@ async fn set_blocked(server: Arc<Server>, who: String, domain: String, blocked: 
 
 async fn block_domain(
     State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Admin(who): Admin,
     UrlPath(domain): UrlPath<String>,
 ) -> Reply {
-    let who = gate!(server, peer, headers);
     set_blocked(server, who, domain, true).await
 }
 
 async fn unblock_domain(
     State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Admin(who): Admin,
     UrlPath(domain): UrlPath<String>,
 ) -> Reply {
-    let who = gate!(server, peer, headers);
     set_blocked(server, who, domain, false).await
 }
 
