@@ -78,22 +78,9 @@ pub fn create_token(data_dir: &Path, name: &str) -> std::io::Result<String> {
     Ok(token)
 }
 
-#[cfg(unix)]
+/// The tokens file is appended to (and rewritten) with mode 0600.
 fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    crate::private_file::open(path, std::fs::OpenOptions::new().append(true))
 }
 
 fn read_tokens(data_dir: &Path) -> std::io::Result<Vec<(String, String)>> {

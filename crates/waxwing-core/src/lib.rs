@@ -14,7 +14,7 @@ pub(crate) mod isolate;
 pub mod link_local;
 pub mod listen;
 pub mod metrics;
-mod private_file;
+pub mod private_file;
 pub(crate) mod proxy65;
 pub(crate) mod queue;
 pub mod router;

@@ -213,14 +213,11 @@ async fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
 /// Writes a file only its owner can read (exports hold password hashes).
 fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f = waxwing_core::private_file::open(
+        path,
+        std::fs::OpenOptions::new().write(true).truncate(true),
+    )
+    .with_context(|| format!("creating {}", path.display()))?;
     // An existing file keeps its mode through `open`: restrict it too.
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(data)?;
