@@ -132,7 +132,7 @@ impl Link {
         stanzas: Vec<Element>,
     ) -> Result<(), Vec<Element>> {
         let Some(permit) = self.tx.as_ref().and_then(|tx| tx.try_reserve().ok()) else {
-            tracing::warn!(%node, "cluster link full: a remote session refuses a stanza");
+            tracing::debug!(%node, "cluster link full: a remote session refuses a stanza");
             return Err(stanzas);
         };
         permit.send(Outgoing {
