@@ -39,7 +39,8 @@ def start_cluster(server, postgres, redis, n=3, users=USERS, extra=None):
         nodes.append(server({
             "storage": {"database": db},
             "cluster": {"redis": redis.url, "node": f"n{i}",
-                        "heartbeat_secs": 1, "dead_after_secs": 3},
+                        "heartbeat_secs": 1, "dead_after_secs": 3,
+                        "advertise": f"n{i}.cluster.test:5222"},
             **(extra or {}),
         }, users=users if i == 1 else None))
     return nodes
@@ -119,6 +120,20 @@ async def test_users_on_three_nodes_chat_subscribe_and_see_presence(server, xmpp
     st = await until(lambda: (s := status(n1)) and s["n1"]["sessions"] == 1
                      and s["n3"]["sessions"] == 2 and s, "cluster status")
     assert set(st) == {"n1", "n2", "n3"} and all(n["alive"] for n in st.values()), st
+
+
+async def test_resumable_sessions_name_their_node(server, xmpp, postgres, redis):
+    """XEP-0198 §5 `location`: a client resumes at the node holding its session."""
+    _, n2 = start_cluster(server, postgres, redis, n=2)
+    client = xmpp.new(n2, f"{ALICE}/sm", PASSWORD)
+    client.x.register_plugin("xep_0198")
+    enabled = asyncio.get_running_loop().create_future()
+    client.x.add_event_handler(
+        "sm_enabled", lambda ev: enabled.done() or enabled.set_result(ev), disposable=True)
+    await client.login()
+    ev = await asyncio.wait_for(enabled, 20)
+    assert ev.xml.get("location") == "n2.cluster.test:5222", ev
+    assert ev.xml.get("resume") in ("true", "1"), ev
 
 
 async def test_the_same_full_jid_on_another_node_replaces_the_first(server, xmpp, postgres, redis):

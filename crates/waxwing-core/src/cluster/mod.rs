@@ -201,6 +201,11 @@ impl Cluster {
         &self.config.node
     }
 
+    /// `[cluster] advertise`: where clients reach this node.
+    pub fn advertise(&self) -> Option<&str> {
+        self.config.advertise.as_deref()
+    }
+
     pub(crate) fn conn(&self) -> redis::aio::ConnectionManager {
         self.conn.get().expect("cluster started").clone()
     }

@@ -18,6 +18,19 @@ pub struct ClusterConfig {
     pub dead_after: Duration,
     /// Entries a node's inbound stream keeps at most (Redis `MAXLEN ~`).
     pub stream_max_len: usize,
+    /// `host:port` clients can reach this very node at: sent as the
+    /// XEP-0198 `location` of resumable sessions, so that a client resumes
+    /// where its session is.
+    pub advertise: Option<String>,
+}
+
+/// Whether `s` is a `host:port` (or `[v6]:port`) fit for an XML attribute
+/// or a `<see-other-host/>`: letters, digits, `.-:[]`, at most 255 bytes.
+pub fn is_host_port(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// Longest node name: it is part of every Redis key the node owns.
@@ -89,7 +102,16 @@ pub(super) fn cluster_config(
             ),
         ));
     }
+    if let Some(a) = &c.advertise
+        && !is_host_port(a)
+    {
+        return Err(err(
+            "advertise",
+            format!("advertise {a:?}: expected host:port (or [IPv6]:port)"),
+        ));
+    }
     Ok(Some(ClusterConfig {
+        advertise: c.advertise.clone(),
         redis_url: url.clone(),
         node: node.clone(),
         heartbeat: Duration::from_secs(c.heartbeat_secs),
