@@ -248,6 +248,7 @@ async fn stats(State(server): State<Arc<Server>>, _: Admin) -> Reply {
         "online_accounts": server.sessions.accounts().len(),
         "s2s_routes": server.s2s.outgoing_count(),
         "hosts": hosts,
+        "cluster": server.cluster.as_ref().map(|c| c.stats_json()),
     })))
 }
 
