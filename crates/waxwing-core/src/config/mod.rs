@@ -5,6 +5,7 @@ mod auth;
 pub mod bosh;
 pub mod ext;
 pub mod http;
+pub mod invites;
 pub mod ops;
 pub mod raw;
 
@@ -147,6 +148,8 @@ pub struct Config {
     pub upload: UploadConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
+    /// `[invites]`: invitations.
+    pub invites: invites::InvitesConfig,
     pub link_local: LinkLocalConfig,
     pub bosh: BoshConfig,
     pub websocket: WebSocketConfig,
@@ -573,6 +576,7 @@ impl Config {
             upload,
             metrics,
             admin,
+            invites: invites::invites_config(&f.invites),
             link_local,
             bosh: bosh::bosh_config(&f.bosh),
             websocket: websocket_config(&f.websocket, source)?,
@@ -743,6 +747,16 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "address_window_secs",
             f.registration.address_window_secs,
         ),
+        secs("invites", "expiry_secs", f.invites.expiry_secs),
+        Bound {
+            table: "invites",
+            key: "max_pending_per_user",
+            value: u64::from(f.invites.max_pending_per_user),
+            min: 1,
+            max: 10_000,
+            why: "each pending invitation is a row in the database; to stop users \
+                  inviting, set enabled = false",
+        },
         Bound {
             table: "registration",
             key: "min_password_length",
