@@ -515,11 +515,14 @@ pub enum CheckError {
     Store(StoreError),
 }
 
-/// The `xmpp:` URI of an invitation.
+/// The `xmpp:` URI of an invitation: a contact invitation names its
+/// creator (`?roster`, with `ibr=y` when it may create an account); an
+/// account invitation names the host or the fixed account (`?register`),
+/// also when the account is to become its creator's contact.
 pub fn uri(invite: &Invite, token: &str) -> String {
-    match (invite.kind, &invite.creator) {
-        (InviteKind::Roster, Some(c)) => format!("xmpp:{c}?roster;preauth={token}"),
-        (InviteKind::RosterAndRegister, Some(c)) => {
+    match (invite.kind, &invite.creator, &invite.username) {
+        (InviteKind::Roster, Some(c), _) => format!("xmpp:{c}?roster;preauth={token}"),
+        (InviteKind::RosterAndRegister, Some(c), None) => {
             format!("xmpp:{c}?roster;preauth={token};ibr=y")
         }
         _ => match &invite.username {
@@ -592,6 +595,19 @@ mod tests {
                 t
             ),
             "xmpp:romeo@example.org?roster;preauth=abc123;ibr=y"
+        );
+        // An account invitation for a fixed name that also subscribes:
+        // still a registration URI.
+        assert_eq!(
+            uri(
+                &invite(
+                    InviteKind::RosterAndRegister,
+                    Some("romeo@example.org"),
+                    Some("juliet")
+                ),
+                t
+            ),
+            "xmpp:juliet@example.org?register;preauth=abc123"
         );
     }
 

@@ -222,18 +222,22 @@ async fn register(
     page(StatusCode::OK, "Account created", &body)
 }
 
-/// CSRF defence for the form: a browser names the page's origin in
-/// `Origin` on every POST; it must be this site (or one the operator
-/// allows). Without `Origin`, `Sec-Fetch-Site`, when sent, must not say
-/// cross-site; a client sending neither is not a browser acting for
-/// someone else.
+/// CSRF defence for the form. A browser's POST carries `Origin`: it must
+/// be this site (or one the operator allows). Under the listener's
+/// `Referrer-Policy: no-referrer` browsers send `Origin: null` even for
+/// the page's own form, so then `Sec-Fetch-Site` decides, and must say
+/// same-origin (every current browser sends it). A request with neither
+/// header is not a browser acting for someone else (the token in the path
+/// is the capability).
 fn same_site(server: &Server, headers: &HeaderMap, secure: Secure) -> bool {
-    if headers.contains_key(header::ORIGIN) {
+    let origin = headers.get(header::ORIGIN);
+    if origin.is_some_and(|o| o.as_bytes() != b"null") {
         return check_origin(&server.config, headers, secure).is_ok();
     }
     match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        None | Some("same-origin" | "none") => true,
+        Some("same-origin" | "none") => true,
         Some(_) => false,
+        None => origin.is_none(),
     }
 }
 
