@@ -1584,6 +1584,9 @@ mod tests {
         assert_eq!(c.max_stanza_bytes_before_auth, 10_000);
         assert_eq!(c.auth_prefixes.v6, 64);
         assert_eq!(c.registration_max_per_stream, 1);
+        assert!(c.invites.enabled && !c.invites.users_can_invite_accounts);
+        assert_eq!(c.invites.expiry, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.invites.max_pending_per_user, 20);
         for (toml, line) in [
             ("[limits]\nmax_stanza_bytes_before_auth = 100\n", 2),
             ("[limits]\nmax_stanza_bytes_before_auth = 300000\n", 2),
@@ -1593,6 +1596,9 @@ mod tests {
             ("[auth]\nmax_failures_per_account = 0\n", 2),
             ("[registration]\nmax_per_address = 0\n", 2),
             ("[registration]\nmax_per_stream = 0\n", 2),
+            ("[invites]\nexpiry_secs = 0\n", 2),
+            ("[invites]\nmax_pending_per_user = 0\n", 2),
+            ("[invites]\nmax_pending_per_user = 10001\n", 2),
         ] {
             let e = Config::parse(toml).unwrap_err();
             assert_eq!(e.line, Some(line), "{toml}: {e}");

@@ -121,16 +121,20 @@ pub async fn make_mutual_contacts(cx: &Cx, a: &BareJid, b: &BareJid) {
     act_for(cx, a, b, "subscribe").await;
 }
 
+/// An account was made with an invitation of `inviter`'s that subscribes.
+async fn redeemed(cx: &Cx, invitee: &BareJid, inviter: &BareJid) {
+    // The inviter may have been deleted since.
+    if cx.stores().accounts.exists(inviter).await.unwrap_or(false) {
+        make_mutual_contacts(cx, invitee, inviter).await;
+        tracing::info!(%invitee, %inviter, "invitee and inviter are now contacts");
+    }
+}
+
 #[async_trait]
 impl EventHandler for Invites {
     async fn on_event(&self, cx: &Cx, event: &Event) {
         match event {
-            Event::InviteRedeemed { invitee, inviter } => {
-                if cx.stores().accounts.exists(inviter).await.unwrap_or(false) {
-                    make_mutual_contacts(cx, invitee, inviter).await;
-                    tracing::info!(%invitee, %inviter, "invitee and inviter are now contacts");
-                }
-            }
+            Event::InviteRedeemed { invitee, inviter } => redeemed(cx, invitee, inviter).await,
             Event::UserDeleted(user) => {
                 if let Err(e) = cx.stores().invites.remove_creator(user).await {
                     tracing::error!(error = %e, %user, "removing a deleted user's invitations failed");
