@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod private_file;
 pub(crate) mod proxy65;
 pub(crate) mod queue;
+pub mod reload;
 pub mod router;
 pub mod s2s;
 pub mod session;

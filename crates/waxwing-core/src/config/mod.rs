@@ -7,6 +7,7 @@ pub mod ext;
 pub mod http;
 pub mod ops;
 pub mod raw;
+pub mod reload;
 
 pub use auth::{
     AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, HostAuthConfig, LdapConfig,
@@ -153,6 +154,9 @@ pub struct Config {
     pub link_local: LinkLocalConfig,
     pub bosh: BoshConfig,
     pub websocket: WebSocketConfig,
+    /// The file as read, every default filled in, as a tree keyed like the
+    /// TOML file: what a reload compares (`reload.rs`).
+    pub(crate) settings: std::sync::Arc<serde_json::Value>,
 }
 
 /// `[websocket]`, validated.
@@ -366,6 +370,10 @@ impl Config {
 
     fn from_raw(f: raw::File, source: &str) -> Result<Self, ConfigError> {
         check_numbers(&f, source)?;
+        let settings = serde_json::to_value(&f).map_err(|e| ConfigError {
+            line: None,
+            message: format!("the configuration cannot be represented: {e}"),
+        })?;
         if f.hosts.is_empty() {
             return Err(ConfigError::at(
                 source,
@@ -581,6 +589,7 @@ impl Config {
             link_local,
             bosh: bosh::bosh_config(&f.bosh),
             websocket: websocket_config(&f.websocket, source)?,
+            settings: std::sync::Arc::new(settings),
         })
     }
 

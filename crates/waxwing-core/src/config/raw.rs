@@ -2,10 +2,10 @@
 //! unknown keys are errors so that a typo never silently falls back to a
 //! default (ejabberd and Prosody both warn; we refuse).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct File {
     pub data_dir: String,
@@ -79,7 +79,7 @@ impl Default for File {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     pub c2s: Vec<String>,
@@ -123,7 +123,7 @@ impl Default for Listen {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     pub require_encryption: bool,
@@ -144,7 +144,7 @@ impl Default for Tls {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub host: String,
@@ -152,7 +152,7 @@ pub struct Certificate {
     pub key: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     pub database: Option<String>,
@@ -170,7 +170,7 @@ impl Default for Storage {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     pub scram_iterations: u32,
@@ -219,7 +219,7 @@ impl Default for Auth {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Registration {
     pub open: bool,
@@ -243,7 +243,7 @@ impl Default for Registration {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_stanza_bytes: usize,
@@ -298,7 +298,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub level: String,
@@ -315,7 +315,7 @@ impl Default for Log {
 }
 
 /// `[muc]`: XEP-0045 Multi-User Chat, one service per virtual host.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Muc {
     /// Serve `<subdomain>.<host>` for every host.
@@ -363,7 +363,7 @@ impl Default for Muc {
 
 /// `[pubsub]`: the `pubsub.<host>` services and the RSS/Atom feeds they
 /// republish.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PubSub {
     /// Smallest poll interval a feed may have (config or admin command).
@@ -401,7 +401,7 @@ impl Default for PubSub {
 }
 
 /// `[[pubsub.feeds]]`: one RSS/Atom feed republished on a node.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Feed {
     /// The feed's `http://` or `https://` URL.
@@ -415,7 +415,7 @@ pub struct Feed {
 }
 
 /// `[compression]`: XEP-0138 stream compression (zlib).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Compression {
     /// Offer compression to authenticated clients. Off by default: see SECURITY.md.
@@ -434,7 +434,7 @@ impl Default for Compression {
 }
 
 /// `[mam]`: message archives (XEP-0313).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mam {
     /// Archive messages at all (XEP-0313). On by default: modern clients sync history from it.
@@ -454,7 +454,7 @@ impl Default for Mam {
 
 /// `[contact]`: XEP-0157 contact addresses, URIs (`mailto:`, `xmpp:`,
 /// `https:` …) per role.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Contact {
     pub abuse: Vec<String>,
@@ -467,7 +467,7 @@ pub struct Contact {
 }
 
 /// `[s2s]`: federation with other XMPP servers (RFC 6120, XEP-0220, XEP-0178).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2s {
     /// Federate at all: connect out to remote domains and accept streams.
@@ -517,7 +517,7 @@ pub struct S2s {
 }
 
 /// `[s2s.reputation]`: thresholds of the local reputation of remote domains.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2sReputation {
     /// Score from which a domain gets a quarter of the stanza rate.
@@ -566,7 +566,7 @@ impl Default for S2s {
 }
 
 /// `[s2s.domains."example.org"]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2sDomain {
     /// Overrides `[s2s] dialback` for this domain.
@@ -574,7 +574,7 @@ pub struct S2sDomain {
 }
 
 /// `[bosh]`: XEP-0124/0206 BOSH at `/http-bind` on the HTTP listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Bosh {
     pub enabled: bool,
@@ -604,7 +604,7 @@ impl Default for Bosh {
 }
 
 /// `[http]`: what every HTTP route shares (listeners are in `[listen]`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// The base URL clients reach the HTTP listener at (behind a reverse
@@ -643,7 +643,7 @@ impl Default for Http {
 }
 
 /// `[upload]`: XEP-0363 HTTP File Upload on `<subdomain>.<host>`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upload {
     pub enabled: bool,
@@ -676,7 +676,7 @@ impl Default for Upload {
 }
 
 /// `[link_local]`: XEP-0174 serverless messaging on the LAN and its bridge.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LinkLocal {
     pub enabled: bool,
@@ -730,7 +730,7 @@ impl Default for LinkLocal {
 
 /// `[websocket]`: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` on
 /// the HTTP listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocket {
     pub enabled: bool,
@@ -756,7 +756,7 @@ impl Default for WebSocket {
 }
 
 /// `[metrics]`: `/metrics` (OpenMetrics text) on the HTTP listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
     pub enabled: bool,
@@ -774,7 +774,7 @@ impl Default for Metrics {
 }
 
 /// `[auth.hosts."example.org"]`: where one host's accounts come from.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostAuth {
     /// `"internal"` (the account store), `"anonymous"`, `"extauth"` or `"ldap"`.
@@ -788,7 +788,7 @@ pub struct HostAuth {
 }
 
 /// `[auth.hosts."example.org".extauth]`: an ejabberd/Prosody extauth program.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExtAuth {
     /// The program and its arguments (no shell).
@@ -813,7 +813,7 @@ impl Default for ExtAuth {
 }
 
 /// `[admin]`: the HTTP admin API (token-authenticated, off by default).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     pub enabled: bool,
@@ -822,7 +822,7 @@ pub struct Admin {
 }
 
 /// `[auth.hosts."example.org".ldap]`: bind authentication against a directory.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ldap {
     /// `ldap://host:port` or `ldaps://host:port`.
@@ -865,7 +865,7 @@ impl Default for Ldap {
 }
 
 /// `[auth.client_certificates]`: client certificates and SASL EXTERNAL.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientCertificates {
     /// PEM bundle of the CAs whose client certificates are accepted.

@@ -21,7 +21,9 @@ use rustls::sign::CertifiedKey;
 use crate::config::Config;
 
 pub use load::CertInfo;
-pub use store::{CertReload, CertSource, CertStore, CertificateStatus, SourceKind};
+pub use store::{
+    CertReload, CertSource, CertStore, CertificateStatus, SourceKind, status_from_files,
+};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]

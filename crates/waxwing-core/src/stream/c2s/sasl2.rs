@@ -164,10 +164,7 @@ impl Conn {
             let mut takeover = None;
             if resume {
                 enabled.set_attr("resume", "true");
-                enabled.set_attr(
-                    "max",
-                    self.server.config.resume_timeout.as_secs().to_string(),
-                );
+                enabled.set_attr("max", self.config.resume_timeout.as_secs().to_string());
                 takeover = Some(self.server.resumption.insert(
                     id.clone(),
                     handle.jid.clone(),
