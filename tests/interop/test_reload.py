@@ -10,6 +10,8 @@ import json
 import os
 import socket
 import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -120,6 +122,16 @@ def admin(srv, tok: str, *args: str):
     return srv.cli("admin", *args, "--token", tok, "--url", f"http://{srv.listeners['http'][0]}")
 
 
+def post(srv, path: str, tok: str) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://{srv.listeners['http'][0]}{path}", method="POST")
+    req.add_header("Authorization", f"Bearer {tok}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def token(srv) -> str:
     res = srv.cli("admin", "token", "create", "ops")
     assert res.returncode == 0, explain(res)
@@ -185,14 +197,16 @@ def test_an_invalid_file_on_reload_keeps_the_old_configuration_and_says_why(serv
     good = srv.config_path.read_text()
     bad = good.replace("max_stanza_bytes = 100000", "max_stanza_bytes = 0")
     assert bad != good
-    srv.config_path.write_text(bad + "\nnot_a_setting = 1\n")
+    srv.config_path.write_text("not_a_setting = 1\n" + bad)
     line = srv.sighup()
     assert line.startswith("waxwing: reload refused:"), line
     assert "still running on the previous configuration" in line, line
 
+    # The API says why (the CLI cannot even read the file, and says so too).
+    status, body = post(srv, "/admin/api/reload", tok)
+    assert status == 422 and "not_a_setting" in body and "line 1" in body, (status, body)
     res = admin(srv, tok, "reload")
-    assert res.returncode != 0, explain(res)
-    assert "422" in res.stderr and "not_a_setting" in res.stderr, explain(res)
+    assert res.returncode != 0 and "not_a_setting" in res.stderr, explain(res)
     assert "configuration reload refused" in srv.log_text()
     assert served(srv.tls_port) == one.sha256
 

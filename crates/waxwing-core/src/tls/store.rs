@@ -332,26 +332,28 @@ impl CertStore {
 /// The hosts' certificates as their files are now, read without a running
 /// server and without generating anything (`waxwing cert status` while
 /// the server is stopped): a name whose files do not load comes with why.
+/// Sorted by name, as [`CertStore::status`].
 pub fn status_from_files(
     config: &crate::Config,
 ) -> Vec<Result<CertificateStatus, (String, String)>> {
-    plan(
+    let mut plan = plan(
         &config.hosts,
         &config.certificates,
         &config.data_dir.join("tls"),
-    )
-    .into_iter()
-    .map(
-        |(name, source)| match load::load_pair(&source.cert, &source.key) {
-            Ok(l) => Ok(CertificateStatus {
-                name,
-                source,
-                info: l.info,
-            }),
-            Err(e) => Err((name, e.to_string())),
-        },
-    )
-    .collect()
+    );
+    plan.sort_by(|a, b| a.0.cmp(&b.0));
+    plan.into_iter()
+        .map(
+            |(name, source)| match load::load_pair(&source.cert, &source.key) {
+                Ok(l) => Ok(CertificateStatus {
+                    name,
+                    source,
+                    info: l.info,
+                }),
+                Err(e) => Err((name, e.to_string())),
+            },
+        )
+        .collect()
 }
 
 fn refuse(report: &mut CertReload, name: &str, why: String) {
