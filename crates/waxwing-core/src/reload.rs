@@ -18,6 +18,12 @@ use crate::config::Config;
 use crate::hooks::Event;
 use crate::router::Server;
 
+/// Checks a configuration beyond its own validation (the binary's module list).
+pub type ConfigCheck = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
+/// Sets the log filter to a `log.level` value.
+pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// What the binary gives the server so that it can reload itself.
 pub struct ReloadHooks {
     /// The configuration file; `None` when the server runs on the built-in
@@ -25,9 +31,9 @@ pub struct ReloadHooks {
     pub path: Option<PathBuf>,
     /// Checks beyond the configuration's own (the module list: `config
     /// check` runs them too).
-    pub check: Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>,
+    pub check: ConfigCheck,
     /// Sets the log filter (`log.level`); an error is reported as a warning.
-    pub set_log_level: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    pub set_log_level: LogLevelSetter,
 }
 
 /// What a reload did.

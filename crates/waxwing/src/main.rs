@@ -18,6 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use waxwing::modules;
 use waxwing_core::Config;
+use waxwing_core::reload::LogLevelSetter;
 
 // mimalloc instead of the system allocator: per-thread free lists suit
 // tokio's work-stealing (a buffer allocated on one worker and freed on
@@ -259,27 +260,25 @@ fn init_cli_logging() {
         .init();
 }
 
-/// Sets the log filter from `log.level` while the server runs.
-type LevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
-
 /// Logging on stderr, filtered by RUST_LOG or else `log.level`; the
 /// filter sits behind a reload layer so that a reload can change the level.
-fn init_logging(config: &Config) -> LevelSetter {
+fn init_logging(config: &Config) -> LogLevelSetter {
     use tracing_subscriber::EnvFilter;
     let from_env = EnvFilter::try_from_default_env().ok();
     let pinned = from_env.is_some();
     let filter = from_env
         .or_else(|| EnvFilter::try_new(&config.log_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let set = |reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>| -> LevelSetter {
-        Box::new(move |level: &str| {
-            if pinned {
-                return Err("RUST_LOG is set and takes precedence over log.level".into());
-            }
-            let filter = EnvFilter::try_new(level).map_err(|e| format!("{level:?}: {e}"))?;
-            reload(filter)
-        })
-    };
+    let set =
+        |reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>| -> LogLevelSetter {
+            Box::new(move |level: &str| {
+                if pinned {
+                    return Err("RUST_LOG is set and takes precedence over log.level".into());
+                }
+                let filter = EnvFilter::try_new(level).map_err(|e| format!("{level:?}: {e}"))?;
+                reload(filter)
+            })
+        };
     if config.log_json {
         let builder = tracing_subscriber::fmt()
             .json()
@@ -307,7 +306,7 @@ fn init_logging(config: &Config) -> LevelSetter {
 async fn serve(
     config: Config,
     path: Option<PathBuf>,
-    set_log_level: LevelSetter,
+    set_log_level: LogLevelSetter,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let modules = modules::all(&config);
