@@ -325,3 +325,53 @@ def test_cert_status_lists_every_name_from_the_server_and_from_the_files(server,
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("localhost\tconfigured\tnot after "), res.stdout
     assert "days left" in lines[1], res.stdout
+
+
+async def test_feeds_added_and_removed_by_a_reload_start_and_stop(server):
+    from test_pubsub_feeds import FeedServer, rss
+    feeds = FeedServer()
+    try:
+        feeds.set("/old", "o0", rss([]))
+        feeds.set("/new", "n0", rss([]))
+        old_feed = {"url": feeds.url("/old"), "node": "old-news", "interval_secs": 1}
+        srv = server({"pubsub": {"feed_min_interval_secs": 1, "feeds": [old_feed]}})
+        await feeds.fetched_more("/old", 1)
+        assert feeds.count("/new") == 0
+
+        srv.config["pubsub"]["feeds"] = [
+            {"url": feeds.url("/new"), "node": "new-news", "interval_secs": 1}]
+        srv.write_config()
+        assert srv.sighup() == "waxwing: reloaded"
+        srv.wait_log("feed no longer configured, stopped")
+        stopped_at = feeds.count("/old")
+        # The new feed is polled (three fetches: two intervals at least)...
+        await feeds.fetched_more("/new", 3)
+        # ...and the old one no more (one fetch may have been under way).
+        assert feeds.count("/old") <= stopped_at + 1, (feeds.count("/old"), stopped_at)
+    finally:
+        feeds.close()
+
+
+def test_log_level_changes_at_once(server):
+    srv = server({"admin": {"enabled": True}}, users=USERS)
+    tok = token(srv)
+    raw = logged_in(srv, "alice")
+    raw.close()
+    assert "authenticated user=alice@localhost" in srv.log_text()
+    srv.config["log"]["level"] = "warn"
+    srv.write_config()
+    res = admin(srv, tok, "reload")
+    assert res.returncode == 0, explain(res)
+    report = json.loads(res.stdout)
+    assert report["applied"] == ["log.level"] and report["warnings"] == [], report
+    mark = srv.log_size()
+    raw = logged_in(srv, "bob")
+    ping(raw, "after")
+    raw.close()
+    # Something at warn level after bob's login, to know the log caught up.
+    srv.config["listen"]["c2s"] = ["127.0.0.1:0", "127.0.0.1:0"]
+    srv.write_config()
+    assert srv.sighup().startswith("waxwing: reloaded; needs restart: listen.c2s")
+    srv.wait_log("needs restart: listen.c2s", after=mark)
+    tail = srv.log_path.read_bytes()[mark:].decode()
+    assert "authenticated" not in tail and " INFO " not in tail, tail
