@@ -36,7 +36,7 @@ USERS = {ALICE: PASSWORD, BOB: PASSWORD}
 class Cert:
     """A self-made certificate for localhost, written as PEM files."""
 
-    def __init__(self, directory: Path, label: str):
+    def __init__(self, directory: Path, label: str, days: int = 30):
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (
@@ -46,7 +46,7 @@ class Cert:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -56,6 +56,7 @@ class Cert:
                                          serialization.NoEncryption())
         self.sha256 = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
         self.issuer = f"CN=Test issuer {label}"
+        self.not_after = int(cert.not_valid_after_utc.timestamp())
         self.cert = directory / f"{label}.crt"
         self.key = directory / f"{label}.key"
         self.cert.write_bytes(self.cert_pem)
@@ -75,6 +76,16 @@ def served(port: int, sni: str = "localhost") -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         with ctx.wrap_socket(s, server_hostname=sni) as t:
             return hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest()
+
+
+def metric_not_after(srv, domain: str) -> int:
+    """``waxwing_certificate_not_after_seconds{domain}`` from /metrics."""
+    with urllib.request.urlopen(f"http://{srv.listeners['http'][0]}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    prefix = f'waxwing_certificate_not_after_seconds{{domain="{domain}"}} '
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, text
+    return int(lines[0][len(prefix):])
 
 
 def https_port(srv) -> int:
@@ -261,7 +272,7 @@ def test_certificate_files_replaced_on_disk_are_picked_up_without_a_signal(serve
     archive, live = tmp_path / "archive", tmp_path / "live"
     archive.mkdir()
     live.mkdir()
-    one, bad, two = Cert(archive, "one"), Cert(archive, "bad"), Cert(archive, "two")
+    one, bad, two = Cert(archive, "one"), Cert(archive, "bad"), Cert(archive, "two", days=90)
     live_cert, live_key = live / "fullchain.pem", live / "privkey.pem"
 
     def point_at(cert: Path, key: Path) -> None:
@@ -276,6 +287,7 @@ def test_certificate_files_replaced_on_disk_are_picked_up_without_a_signal(serve
                  users=USERS)
     old = logged_in(srv, "alice")
     assert served(srv.tls_port) == one.sha256
+    assert metric_not_after(srv, "localhost") == one.not_after
 
     # A half-done renewal (a certificate whose key is another's) is refused,
     # and the working certificate stays.
@@ -290,6 +302,7 @@ def test_certificate_files_replaced_on_disk_are_picked_up_without_a_signal(serve
     assert served(srv.tls_port) == two.sha256
     assert served(https_port(srv)) == two.sha256
     assert fingerprint(logged_in(srv, "bob")) == two.sha256
+    assert metric_not_after(srv, "localhost") == two.not_after
     ping(old, "unbothered")
     assert fingerprint(old) == one.sha256
     old.close()
