@@ -365,7 +365,9 @@ async def test_feeds_added_and_removed_by_a_reload_start_and_stop(server):
         feeds.close()
 
 
-def test_log_level_changes_at_once(server):
+def test_log_level_changes_at_once(server, monkeypatch):
+    # RUST_LOG would pin the filter (by design): the server must not inherit one.
+    monkeypatch.delenv("RUST_LOG", raising=False)
     srv = server({"admin": {"enabled": True}}, users=USERS)
     tok = token(srv)
     raw = logged_in(srv, "alice")
