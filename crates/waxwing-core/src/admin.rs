@@ -20,6 +20,8 @@
 //! | POST | `/admin/api/announce` | `{"message", "subject"?}`: a headline to every available session |
 //! | PUT/DELETE | `/admin/api/blocked-domains/{domain}` | blocks / unblocks federation with a domain |
 //! | GET | `/admin/api/blocked-domains` | blocked domains |
+//! | POST | `/admin/api/reload` | reloads the configuration and certificates (`reload.rs`); 422 if the file is invalid |
+//! | GET | `/admin/api/certificates` | each name's certificate: source, files, names, issuer, validity, SHA-256 |
 //! | GET | `/admin/api/invites[?host=]` | invitations (never their tokens) |
 //! | POST | `/admin/api/invites` | `{"host"?, "username"?, "inviter"?, "valid_secs"?, "max_uses"?}`: an account invitation; its token, URI and landing page |
 //! | DELETE | `/admin/api/invites/{id}` | revokes an invitation |
@@ -156,6 +158,8 @@ pub(crate) fn routes() -> Router<Arc<Server>> {
             "/admin/api/blocked-domains/{domain}",
             put(block_domain).delete(unblock_domain),
         )
+        .route("/admin/api/reload", axum::routing::post(reload))
+        .route("/admin/api/certificates", get(certificates))
         .route("/admin/api/invites", get(list_invites).post(create_invite))
         .route(
             "/admin/api/invites/{id}",
@@ -488,6 +492,43 @@ async fn unblock_domain(
     UrlPath(domain): UrlPath<String>,
 ) -> Reply {
     set_blocked(server, who, domain, false).await
+}
+
+async fn reload(State(server): State<Arc<Server>>, Admin(who): Admin) -> Reply {
+    tracing::info!(token = %who, "admin API: reload");
+    match server.reload().await {
+        Ok(report) => Ok(Json(serde_json::to_value(report).map_err(|e| {
+            Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        })?)),
+        Err(e) => Err(Failure(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+    }
+}
+
+async fn certificates(State(server): State<Arc<Server>>, _: Admin) -> Reply {
+    let list: Vec<Value> = server
+        .tls
+        .certificates()
+        .status()
+        .iter()
+        .map(certificate_json)
+        .collect();
+    Ok(Json(json!({ "certificates": list })))
+}
+
+/// One certificate as the API and `waxwing cert status` show it.
+pub fn certificate_json(c: &crate::tls::CertificateStatus) -> Value {
+    use waxwing_proto::datetime::format;
+    json!({
+        "name": c.name,
+        "source": c.source.kind.name(),
+        "cert": c.source.cert.display().to_string(),
+        "key": c.source.key.display().to_string(),
+        "names": c.info.names,
+        "issuer": c.info.issuer,
+        "not_before": format(c.info.not_before),
+        "not_after": format(c.info.not_after),
+        "sha256": c.info.sha256,
+    })
 }
 
 async fn list_invites(

@@ -85,6 +85,9 @@ pub enum Event {
         message: Element,
         recipients: Vec<FullJid>,
     },
+    /// A reload applied live settings; `Cx::config` has the new ones, and
+    /// `previous` the ones before (to start or stop what changed).
+    ConfigReloaded { previous: Arc<Config> },
     /// An account was created with an invitation from `inviter` that asks
     /// for a mutual subscription (XEP-0401): the presence engine makes the
     /// two contacts of each other.
@@ -401,14 +404,16 @@ impl Cx {
         Cx { server, origin }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.server.config
+    /// The configuration as of the latest reload (see `Server::live`): read
+    /// it where it is used, don't keep it, so that a reload reaches the module.
+    pub fn config(&self) -> Arc<Config> {
+        self.server.live()
     }
 
     /// Whether `user` is a server admin: in `admins`, or in its LDAP
     /// directory's `admin_group` (as of its latest login).
     pub fn is_admin(&self, user: &BareJid) -> bool {
-        self.server.auth.is_admin(&self.server.config, user)
+        self.server.auth.is_admin(&self.server.live(), user)
     }
 
     pub fn stores(&self) -> &Stores {

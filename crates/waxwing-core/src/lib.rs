@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod private_file;
 pub(crate) mod proxy65;
 pub(crate) mod queue;
+pub mod reload;
 pub mod router;
 pub mod s2s;
 pub mod session;
@@ -115,6 +116,14 @@ pub async fn start_with_stores(
     let fake_salt_key = credentials::load_fake_salt_key(&config.data_dir)?;
     let server = Server::new(config, stores, registry, tls, s2s, fake_salt_key);
     cluster::Cluster::start(&server).await?;
+    if let Some(interval) = server.config.cert_watch_interval {
+        tls::watch::spawn(
+            server.tls.certificates().clone(),
+            interval,
+            server.shutdown.clone(),
+            &server.background,
+        );
+    }
     auth::anonymous::purge(&server).await;
     let bound = listen::bind_all(&server).await?;
     let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();

@@ -153,6 +153,9 @@ pub struct Metrics {
     pub muc_rooms: Family<DomainLabel, Gauge>,
     pub muc_occupants: Family<DomainLabel, Gauge>,
     sessions: Family<SessionLabels, Gauge>,
+    /// `waxwing_certificate_not_after_seconds{domain}`: when each served
+    /// certificate expires (Unix seconds), read from the certificate store.
+    certificate_not_after: Family<DomainLabel, Gauge>,
     queued: Family<QueueLabel, Gauge>,
     s2s_routes: Gauge,
     uptime: Gauge<f64, AtomicU64>,
@@ -192,6 +195,7 @@ impl Metrics {
             muc_rooms: Family::default(),
             muc_occupants: Family::default(),
             sessions: Family::default(),
+            certificate_not_after: Family::default(),
             queued: Family::default(),
             s2s_routes: Gauge::default(),
             uptime: Gauge::default(),
@@ -284,6 +288,11 @@ impl Metrics {
             "storage_seconds",
             "Latency of storage calls",
             m.storage_seconds.clone(),
+        );
+        r.register(
+            "certificate_not_after_seconds",
+            "Expiry of the certificate served for each name, seconds since the Unix epoch",
+            m.certificate_not_after.clone(),
         );
         r.register(
             "muc_rooms",
@@ -498,6 +507,17 @@ pub fn render(server: &Server) -> String {
     m.queued
         .get_or_create(&QueueLabel { queue: "s2s" })
         .set(s2s_queued as i64);
+    // A renewal (file change, reload, ACME) shows at the next scrape.
+    for c in server.tls.certificates().status() {
+        let secs = c
+            .info
+            .not_after
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        m.certificate_not_after
+            .get_or_create(&DomainLabel { domain: c.name })
+            .set(secs);
+    }
     for probe in m.probes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         probe();
     }

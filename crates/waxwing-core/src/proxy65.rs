@@ -168,7 +168,7 @@ pub(crate) async fn serve(server: Arc<Server>, mut tcp: TcpStream, peer: SocketA
     // way around `max_connections_per_ip`.
     let Some(_permit) = server
         .connections
-        .try_acquire(peer.ip(), server.config.max_connections_per_ip)
+        .try_acquire(peer.ip(), server.live().max_connections_per_ip)
     else {
         return;
     };

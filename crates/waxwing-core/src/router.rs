@@ -51,7 +51,14 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Everything shared by all connections of one server process.
 pub struct Server {
+    /// The configuration the server started with. Settings a reload can
+    /// change (`config::reload::LIVE`) are read from [`Server::live`] instead.
     pub config: Config,
+    /// The configuration as of the latest reload (`reload.rs`).
+    pub(crate) live: arc_swap::ArcSwap<Config>,
+    pub(crate) reload_hooks: std::sync::OnceLock<crate::reload::ReloadHooks>,
+    /// One reload at a time (SIGHUP and the admin API may race).
+    pub(crate) reloading: tokio::sync::Mutex<()>,
     pub stores: Stores,
     pub sessions: SessionRegistry,
     pub(crate) registry: Registry,
@@ -135,6 +142,9 @@ impl Server {
             auth: crate::auth::Authenticator::start(&config),
             http: Default::default(),
             bosh: crate::bosh::Bosh::new(&config.bosh),
+            live: arc_swap::ArcSwap::from_pointee(config.clone()),
+            reload_hooks: std::sync::OnceLock::new(),
+            reloading: tokio::sync::Mutex::new(()),
             config,
         })
     }

@@ -216,7 +216,7 @@ impl LinkLocal {
     }
 
     async fn start(self: Arc<Self>, cx: &Cx) {
-        let cfg = EndpointConfig::from_config(cx.config());
+        let cfg = EndpointConfig::from_config(&cx.config());
         let (ep, mut rx) = match Endpoint::start(cfg).await {
             Ok(x) => x,
             Err(e) => {

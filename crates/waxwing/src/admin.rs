@@ -54,6 +54,10 @@ pub enum Action {
     Unblock { domain: String },
     /// Blocked domains.
     Blocked,
+    /// Re-read the configuration file and certificates (as SIGHUP does):
+    /// prints what was applied and what needs a restart; fails, changing
+    /// nothing, if the file is invalid.
+    Reload,
     /// Invitations (XEP-0401/0445): account invitations for friends.
     Invite {
         #[command(subcommand)]
@@ -104,7 +108,7 @@ pub struct Target {
     /// Base URL of the HTTP listener (default: the first `[listen] http`
     /// address, a wildcard one reached over loopback).
     #[arg(long, global = true)]
-    url: Option<String>,
+    pub url: Option<String>,
     /// The admin token.
     #[arg(
         long,
@@ -112,7 +116,7 @@ pub struct Target {
         env = "WAXWING_ADMIN_TOKEN",
         hide_env_values = true
     )]
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
 fn default_url(config: &Config) -> anyhow::Result<String> {
@@ -212,6 +216,7 @@ pub async fn run(config: &Config, target: Target, action: Action) -> anyhow::Res
             None,
         ),
         Action::Blocked => ("GET", "/admin/api/blocked-domains".into(), None),
+        Action::Reload => ("POST", "/admin/api/reload".into(), None),
         Action::Invite { action } => match action {
             InviteAction::Create {
                 host,
@@ -243,12 +248,26 @@ pub async fn run(config: &Config, target: Target, action: Action) -> anyhow::Res
             }
         },
     };
-    let base = match target.url {
+    let value = call(config, &target, method, &path, body).await?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+/// One request to the admin API; the answer's JSON, or its error.
+pub async fn call(
+    config: &Config,
+    target: &Target,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let base = match &target.url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => default_url(config)?,
     };
     let token = target
         .token
+        .as_deref()
         .context("an admin token is needed: --token or WAXWING_ADMIN_TOKEN (waxwing admin token create NAME)")?;
     let url = format!("{base}{path}");
     let mut req = client()?.request(method.parse()?, &url).bearer_auth(token);
@@ -271,8 +290,7 @@ pub async fn run(config: &Config, target: Target, action: Action) -> anyhow::Res
             .map_or_else(|| value.to_string(), str::to_string);
         bail!("{method} {url}: {status}: {why}");
     }
-    println!("{}", serde_json::to_string_pretty(&value)?);
-    Ok(())
+    Ok(value)
 }
 
 /// Percent-encodes a path segment (JIDs carry `@` and `/`).

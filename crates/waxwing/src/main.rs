@@ -4,6 +4,7 @@
 
 mod admin;
 mod allocator;
+mod cert;
 mod cluster;
 mod instance;
 mod link_local;
@@ -18,6 +19,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use waxwing::modules;
 use waxwing_core::Config;
+use waxwing_core::reload::LogLevelSetter;
 
 // mimalloc instead of the system allocator: per-thread free lists suit
 // tokio's work-stealing (a buffer allocated on one worker and freed on
@@ -39,7 +41,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server until SIGTERM or SIGINT.
+    /// Run the server until SIGTERM or SIGINT; SIGHUP reloads the
+    /// configuration and certificates (as `waxwing admin reload`).
     Serve,
     /// Manage accounts (works while the server runs).
     User {
@@ -69,6 +72,13 @@ enum Command {
         target: admin::Target,
         #[command(subcommand)]
         action: admin::Action,
+    },
+    /// Certificates: `waxwing cert status` lists each name's.
+    Cert {
+        #[command(flatten)]
+        target: admin::Target,
+        #[command(subcommand)]
+        action: cert::Action,
     },
     /// Database tools (they take database URLs, not the configuration).
     Storage {
@@ -156,6 +166,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = config()?;
             runtime()?.block_on(admin::run(&config, target, action))
         }
+        Command::Cert { target, action } => {
+            let config = config()?;
+            runtime()?.block_on(cert::run(&config, target, action))
+        }
         Command::Backup { file } => {
             let config = config()?;
             let r = runtime()?.block_on(waxwing_store::backup(&config.database_url, &file))?;
@@ -175,14 +189,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::LinkLocal(opts) => {
             let config = config()?;
-            init_logging(&config);
+            let _ = init_logging(&config);
             runtime()?.block_on(link_local::run(&config, opts))
         }
         Command::Serve => {
             let config = config()?;
             let _one_server = instance::acquire(&config.data_dir)?;
-            init_logging(&config);
-            runtime()?.block_on(serve(config))
+            let set_log_level = init_logging(&config);
+            let path = cli.config.clone();
+            runtime()?.block_on(serve(config, path, set_log_level))
         }
     }
 }
@@ -255,34 +270,93 @@ fn init_cli_logging() {
         .init();
 }
 
-fn init_logging(config: &Config) {
+/// Logging on stderr, filtered by RUST_LOG or else `log.level`; the
+/// filter sits behind a reload layer so that a reload can change the level.
+fn init_logging(config: &Config) -> LogLevelSetter {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&config.log_level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let set =
+        |reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>| -> LogLevelSetter {
+            Box::new(move |level: &str| {
+                if pinned {
+                    return Err("RUST_LOG is set and takes precedence over log.level".into());
+                }
+                let filter = EnvFilter::try_new(level).map_err(|e| format!("{level:?}: {e}"))?;
+                reload(filter)
+            })
+        };
     if config.log_json {
-        builder.json().init();
-    } else {
+        let builder = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_filter_reloading();
+        let handle = builder.reload_handle();
         builder.init();
+        set(Box::new(move |f| {
+            handle.reload(f).map_err(|e| e.to_string())
+        }))
+    } else {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.init();
+        set(Box::new(move |f| {
+            handle.reload(f).map_err(|e| e.to_string())
+        }))
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    set_log_level: LogLevelSetter,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let modules = modules::all(&config);
     // Handlers first: a SIGTERM that arrives right after `ready` must stop
-    // the server gracefully, not kill it.
+    // the server gracefully, not kill it, and a SIGHUP (whose default is to
+    // end the process) must wait for the server to be up.
     let stop = shutdown_signal()?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let running = waxwing_core::start(config, modules).await?;
+    running
+        .server
+        .set_reload_hooks(waxwing_core::reload::ReloadHooks {
+            path,
+            check: Box::new(modules::check_disabled),
+            set_log_level,
+        });
     // Machine-readable lines on stdout: port 0 resolves here, and tests
     // (and operators' scripts) wait for `ready` instead of sleeping.
     for (kind, addr) in &running.listeners {
         println!("waxwing: listening {} {addr}", kind.name());
     }
     println!("waxwing: ready");
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = hangup.recv() => {
+                // The log has the details; stdout says that it happened,
+                // for scripts and tests to wait on.
+                match running.server.reload().await {
+                    Ok(r) if r.needs_restart.is_empty() => println!("waxwing: reloaded"),
+                    Ok(r) => println!(
+                        "waxwing: reloaded; needs restart: {}",
+                        r.needs_restart.join(", ")
+                    ),
+                    Err(e) => println!("waxwing: reload refused: {e}"),
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from . import DOMAIN, STARTUP_TIMEOUT, tomlw
+from . import DOMAIN, STARTUP_TIMEOUT, STEP_TIMEOUT, tomlw
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -273,6 +273,47 @@ class WaxwingServer(Subject):
             cwd=self.workdir,
             env=dict(os.environ, NO_COLOR="1"),
         )
+
+    def next_stdout_line(self, prefix: str, timeout: float = STEP_TIMEOUT) -> str:
+        """The next line on the server's stdout that starts with ``prefix``
+        (lines before it are passed over); fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no `{prefix}…` line on stdout within {timeout:.0f}s\n"
+                            f"--- log ---\n{tail(self.log_text(), 60)}", pytrace=False)
+            try:
+                line = self._reader.queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                pytest.fail(f"stdout closed while waiting for `{prefix}…`", pytrace=False)
+            if line.startswith(prefix):
+                return line
+
+    def sighup(self) -> str:
+        """Sends SIGHUP (reload) and returns the server's `waxwing: reload…` line."""
+        self.proc.send_signal(signal.SIGHUP)
+        return self.next_stdout_line("waxwing: reload")
+
+    def wait_log(self, text: str, after: int = 0, timeout: float = STEP_TIMEOUT) -> int:
+        """Waits until ``text`` appears in the log after byte offset ``after``
+        (an event the server reports only in its log, such as a file it
+        noticed by itself); returns the offset just past it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.log_path.read_bytes()
+            at = data.find(text.encode(), after)
+            if at >= 0:
+                return at + len(text)
+            if time.monotonic() > deadline:
+                pytest.fail(f"`{text}` not in the log within {timeout:.0f}s\n"
+                            f"--- log ---\n{tail(self.log_text(), 60)}", pytrace=False)
+            time.sleep(0.05)  # polling a file: there is nothing to block on
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
 
     def add_user(self, jid: str, password: str) -> None:
         res = self.cli("user", "add", jid, "--password", password)

@@ -48,14 +48,14 @@ pub(crate) fn routes() -> Router<Arc<Server>> {
 
 /// The largest body: one element of the largest size plus the wrapper.
 fn max_body_bytes(server: &Server) -> usize {
-    server.config.max_stanza_bytes + WRAPPER_SLACK
+    server.live().max_stanza_bytes + WRAPPER_SLACK
 }
 
 /// Limits for a body before its session is known: the largest any
 /// session may have. The session's own (smaller before authentication)
 /// are applied once it is found.
 fn parse_limits(server: &Server) -> Limits {
-    let c = &server.config;
+    let c = server.live();
     Limits {
         max_stanza_bytes: c.max_stanza_bytes + WRAPPER_SLACK,
         max_depth: c.max_depth,
@@ -188,7 +188,7 @@ async fn create(server: &Arc<Server>, peer: SocketAddr, secure: bool, req: Reque
     let token = 0;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let session = Session::new(sid.to_string(), &bosh.policy, req, token, Instant::now());
-    let limits = crate::stream::c2s::initial_limits(server);
+    let limits = crate::stream::c2s::initial_limits(&server.live());
     let shared = Arc::new(Shared::new(
         sid.clone(),
         session,

@@ -6,13 +6,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use waxwing_proto::jid::BareJid;
 
 use super::ConfigError;
 
 /// `[[components]]`: one XEP-0114 external component.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawComponent {
     /// The domain the component serves (`gateway.example.org`).
@@ -26,7 +26,7 @@ pub struct RawComponent {
 }
 
 /// `[external_services]`: XEP-0215 external service discovery.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawExternalServices {
     /// The shared secret of the TURN REST scheme (coturn's
@@ -52,7 +52,7 @@ impl Default for RawExternalServices {
 }
 
 /// `[[external_services.services]]`: one STUN or TURN service.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExternalService {
     /// "stun", "stuns", "turn" or "turns".
@@ -381,7 +381,7 @@ mod tests {
 }
 
 /// `[proxy65]`: the XEP-0065 SOCKS5 bytestreams proxy on `proxy.<host>`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawProxy65 {
     /// Off by default: the proxy relays file transfers for local users and

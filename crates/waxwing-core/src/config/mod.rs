@@ -9,6 +9,7 @@ pub mod http;
 pub mod invites;
 pub mod ops;
 pub mod raw;
+pub mod reload;
 
 pub use auth::{
     AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, HostAuthConfig, LdapConfig,
@@ -66,6 +67,9 @@ pub struct Config {
     pub require_encryption: bool,
     /// TLS sessions kept for resumption (0: no session tickets are sent).
     pub tls_resumption_cache: usize,
+    /// `[tls] watch_interval_secs`: how often the certificate files are
+    /// checked for changes (`None`: never; SIGHUP and `admin reload` still reload).
+    pub cert_watch_interval: Option<Duration>,
     pub certificates: Vec<CertificatePaths>,
     pub database_url: String,
     /// `[storage] synchronous` and `max_connections`.
@@ -157,6 +161,9 @@ pub struct Config {
     pub link_local: LinkLocalConfig,
     pub bosh: BoshConfig,
     pub websocket: WebSocketConfig,
+    /// The file as read, every default filled in, as a tree keyed like the
+    /// TOML file: what a reload compares (`reload.rs`).
+    pub(crate) settings: std::sync::Arc<serde_json::Value>,
 }
 
 /// `[websocket]`, validated.
@@ -370,6 +377,10 @@ impl Config {
 
     fn from_raw(f: raw::File, source: &str) -> Result<Self, ConfigError> {
         check_numbers(&f, source)?;
+        let settings = serde_json::to_value(&f).map_err(|e| ConfigError {
+            line: None,
+            message: format!("the configuration cannot be represented: {e}"),
+        })?;
         if f.hosts.is_empty() {
             return Err(ConfigError::at(
                 source,
@@ -520,6 +531,8 @@ impl Config {
             s2s,
             require_encryption: f.tls.require_encryption,
             tls_resumption_cache: f.tls.resumption_cache,
+            cert_watch_interval: (f.tls.watch_interval_secs > 0)
+                .then(|| Duration::from_secs(f.tls.watch_interval_secs)),
             certificates,
             database_url,
             cluster,
@@ -586,6 +599,7 @@ impl Config {
             link_local,
             bosh: bosh::bosh_config(&f.bosh),
             websocket: websocket_config(&f.websocket, source)?,
+            settings: std::sync::Arc::new(settings),
         })
     }
 
@@ -704,6 +718,14 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             min: 0,
             max: 1_000_000,
             why: "rustls allocates the whole cache at start; a million sessions is about 200 MB",
+        },
+        Bound {
+            table: "tls",
+            key: "watch_interval_secs",
+            value: f.tls.watch_interval_secs,
+            min: 0,
+            max: 86_400,
+            why: "0 turns the check off; certificates are renewed days before they expire, so a day between checks is the most that is useful",
         },
         Bound {
             table: "auth",

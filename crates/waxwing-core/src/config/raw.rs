@@ -2,10 +2,10 @@
 //! unknown keys are errors so that a typo never silently falls back to a
 //! default (ejabberd and Prosody both warn; we refuse).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct File {
     pub data_dir: String,
@@ -83,7 +83,7 @@ impl Default for File {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     pub c2s: Vec<String>,
@@ -127,11 +127,13 @@ impl Default for Listen {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     pub require_encryption: bool,
     pub resumption_cache: usize,
+    /// Seconds between checks of the certificate files for changes (0: never).
+    pub watch_interval_secs: u64,
     pub certificates: Vec<Certificate>,
 }
 
@@ -140,12 +142,13 @@ impl Default for Tls {
         Tls {
             require_encryption: true,
             resumption_cache: 0,
+            watch_interval_secs: 60,
             certificates: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub host: String,
@@ -153,7 +156,7 @@ pub struct Certificate {
     pub key: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     pub database: Option<String>,
@@ -171,7 +174,7 @@ impl Default for Storage {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     pub scram_iterations: u32,
@@ -220,7 +223,7 @@ impl Default for Auth {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Registration {
     pub open: bool,
@@ -244,7 +247,7 @@ impl Default for Registration {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_stanza_bytes: usize,
@@ -299,7 +302,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub level: String,
@@ -316,7 +319,7 @@ impl Default for Log {
 }
 
 /// `[muc]`: XEP-0045 Multi-User Chat, one service per virtual host.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Muc {
     /// Serve `<subdomain>.<host>` for every host.
@@ -364,7 +367,7 @@ impl Default for Muc {
 
 /// `[pubsub]`: the `pubsub.<host>` services and the RSS/Atom feeds they
 /// republish.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PubSub {
     /// Smallest poll interval a feed may have (config or admin command).
@@ -402,7 +405,7 @@ impl Default for PubSub {
 }
 
 /// `[[pubsub.feeds]]`: one RSS/Atom feed republished on a node.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Feed {
     /// The feed's `http://` or `https://` URL.
@@ -416,7 +419,7 @@ pub struct Feed {
 }
 
 /// `[compression]`: XEP-0138 stream compression (zlib).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Compression {
     /// Offer compression to authenticated clients. Off by default: see SECURITY.md.
@@ -435,7 +438,7 @@ impl Default for Compression {
 }
 
 /// `[mam]`: message archives (XEP-0313).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mam {
     /// Archive messages at all (XEP-0313). On by default: modern clients sync history from it.
@@ -455,7 +458,7 @@ impl Default for Mam {
 
 /// `[contact]`: XEP-0157 contact addresses, URIs (`mailto:`, `xmpp:`,
 /// `https:` …) per role.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Contact {
     pub abuse: Vec<String>,
@@ -468,7 +471,7 @@ pub struct Contact {
 }
 
 /// `[s2s]`: federation with other XMPP servers (RFC 6120, XEP-0220, XEP-0178).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2s {
     /// Federate at all: connect out to remote domains and accept streams.
@@ -518,7 +521,7 @@ pub struct S2s {
 }
 
 /// `[s2s.reputation]`: thresholds of the local reputation of remote domains.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2sReputation {
     /// Score from which a domain gets a quarter of the stanza rate.
@@ -567,7 +570,7 @@ impl Default for S2s {
 }
 
 /// `[s2s.domains."example.org"]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2sDomain {
     /// Overrides `[s2s] dialback` for this domain.
@@ -575,7 +578,7 @@ pub struct S2sDomain {
 }
 
 /// `[bosh]`: XEP-0124/0206 BOSH at `/http-bind` on the HTTP listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Bosh {
     pub enabled: bool,
@@ -605,7 +608,7 @@ impl Default for Bosh {
 }
 
 /// `[http]`: what every HTTP route shares (listeners are in `[listen]`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// The base URL clients reach the HTTP listener at (behind a reverse
@@ -644,7 +647,7 @@ impl Default for Http {
 }
 
 /// `[upload]`: XEP-0363 HTTP File Upload on `<subdomain>.<host>`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upload {
     pub enabled: bool,
@@ -677,7 +680,7 @@ impl Default for Upload {
 }
 
 /// `[link_local]`: XEP-0174 serverless messaging on the LAN and its bridge.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LinkLocal {
     pub enabled: bool,
@@ -731,7 +734,7 @@ impl Default for LinkLocal {
 
 /// `[websocket]`: XMPP over WebSocket (RFC 7395) at `/xmpp-websocket` on
 /// the HTTP listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocket {
     pub enabled: bool,
@@ -757,7 +760,7 @@ impl Default for WebSocket {
 }
 
 /// `[metrics]`: `/metrics` (OpenMetrics text) on the HTTP listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
     pub enabled: bool,
@@ -775,7 +778,7 @@ impl Default for Metrics {
 }
 
 /// `[auth.hosts."example.org"]`: where one host's accounts come from.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostAuth {
     /// `"internal"` (the account store), `"anonymous"`, `"extauth"` or `"ldap"`.
@@ -789,7 +792,7 @@ pub struct HostAuth {
 }
 
 /// `[auth.hosts."example.org".extauth]`: an ejabberd/Prosody extauth program.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExtAuth {
     /// The program and its arguments (no shell).
@@ -814,7 +817,7 @@ impl Default for ExtAuth {
 }
 
 /// `[admin]`: the HTTP admin API (token-authenticated, off by default).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     pub enabled: bool,
@@ -823,7 +826,7 @@ pub struct Admin {
 }
 
 /// `[invites]`: invitations (XEP-0401, XEP-0379, XEP-0445).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Invites {
     pub enabled: bool,
@@ -848,7 +851,7 @@ impl Default for Invites {
 }
 
 /// `[auth.hosts."example.org".ldap]`: bind authentication against a directory.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ldap {
     /// `ldap://host:port` or `ldaps://host:port`.
@@ -891,7 +894,7 @@ impl Default for Ldap {
 }
 
 /// `[auth.client_certificates]`: client certificates and SASL EXTERNAL.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientCertificates {
     /// PEM bundle of the CAs whose client certificates are accepted.
@@ -905,7 +908,7 @@ pub struct ClientCertificates {
 }
 
 /// `[cluster]`: see `config/cluster.rs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Cluster {
     pub redis: Option<String>,

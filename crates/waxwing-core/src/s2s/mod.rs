@@ -249,7 +249,7 @@ impl S2sManager {
                     .with_text("this server is in contact with too many remote domains"),
             );
         }
-        let (q, rx) = outbound(server.config.s2s.max_queue, server.config.outbound_burst);
+        let (q, rx) = outbound(server.config.s2s.max_queue, server.live().outbound_burst);
         if let Err(Refused::Full(s) | Refused::Closed(s)) = push(&q, stanzas) {
             drop(map);
             return bounce_all(

@@ -127,7 +127,8 @@ pub struct Defences {
     cfg: ReputationConfig,
     rate: u64,
     burst: u64,
-    blocked_domains: HashSet<String>,
+    /// `[s2s] blocked_domains`, replaced whole by a reload.
+    blocked_domains: arc_swap::ArcSwap<HashSet<String>>,
     records: Mutex<HashMap<String, DomainReputation>>,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
@@ -146,7 +147,9 @@ impl Defences {
             cfg: c.reputation,
             rate: u64::from(c.stanza_rate),
             burst: u64::from(c.stanza_burst),
-            blocked_domains: c.blocked_domains.iter().cloned().collect(),
+            blocked_domains: arc_swap::ArcSwap::from_pointee(
+                c.blocked_domains.iter().cloned().collect(),
+            ),
             records: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
         }
@@ -154,6 +157,14 @@ impl Defences {
 
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, DomainReputation>> {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the configured block list (a reload); streams from a newly
+    /// blocked domain are refused from their next stanza on.
+    pub fn set_configured_blocks(&self, domains: &[String]) {
+        self.blocked_domains
+            .store(std::sync::Arc::new(domains.iter().cloned().collect()));
+        tracing::info!(domains = ?domains, "[s2s] blocked_domains reloaded");
     }
 
     /// Loads the stored records (at start).
@@ -187,7 +198,7 @@ impl Defences {
     }
 
     fn standing_of(&self, r: Option<&DomainReputation>, domain: &str, now: i64) -> Standing {
-        if self.blocked_domains.contains(domain) {
+        if self.blocked_domains.load().contains(domain) {
             return Standing::Blocked;
         }
         let Some(r) = r else {
@@ -260,6 +271,7 @@ impl Defences {
     /// scores decayed to `now`.
     pub fn report_at(&self, now: i64) -> Vec<DomainStatus> {
         let records = self.records();
+        let configured = self.blocked_domains.load_full();
         let mut out: Vec<DomainStatus> = records
             .values()
             .map(|r| {
@@ -267,12 +279,12 @@ impl Defences {
                 record.score = self.decayed(r, now);
                 DomainStatus {
                     standing: self.standing_of(Some(r), &r.domain, now),
-                    configured_block: self.blocked_domains.contains(&r.domain),
+                    configured_block: configured.contains(&r.domain),
                     record,
                 }
             })
             .collect();
-        for d in &self.blocked_domains {
+        for d in configured.iter() {
             if !records.contains_key(d) {
                 out.push(DomainStatus {
                     record: DomainReputation::new(d.clone(), now),

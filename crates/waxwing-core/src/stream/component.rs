@@ -68,7 +68,7 @@ fn handshake_ok(stream_id: &str, secret: &str, offered: &str) -> bool {
 pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("component", %peer, domain = tracing::field::Empty);
     async move {
-        let c = &server.config;
+        let c = server.live();
         let limits = Limits {
             max_stanza_bytes: c.max_stanza_bytes_before_auth,
             max_depth: c.max_depth,
@@ -184,7 +184,7 @@ async fn session(
     outbox: &mut Outbox,
     replaced: &tokio_util::sync::CancellationToken,
 ) -> Option<StreamError> {
-    let c = &server.config;
+    let c = server.live();
     let mut bucket = TokenBucket::new(c.read_rate_bytes, c.read_burst_bytes);
     let mut buf = [0u8; READ_CHUNK];
     let shutdown = server.shutdown.clone();

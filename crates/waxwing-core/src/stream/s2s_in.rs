@@ -88,7 +88,7 @@ struct Verified {
 pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let span = tracing::info_span!("s2s_in", %peer);
     async move {
-        let c = &server.config;
+        let c = server.live();
         let limits = Limits {
             max_stanza_bytes: c.max_stanza_bytes,
             max_depth: c.max_depth,
@@ -197,7 +197,7 @@ struct Incoming {
 /// The read allowance of an s2s connection: servers carry many users'
 /// traffic, so ten times a client's.
 pub(crate) fn s2s_read_bucket(server: &Server) -> TokenBucket {
-    let c = &server.config;
+    let c = server.live();
     TokenBucket::new(
         c.read_rate_bytes.saturating_mul(10),
         c.read_burst_bytes.saturating_mul(10),
@@ -567,7 +567,7 @@ impl Incoming {
         let deadline = if self.authed.is_empty() {
             self.auth_deadline
         } else {
-            tokio::time::Instant::now() + self.server.config.auth_timeout
+            tokio::time::Instant::now() + self.server.live().auth_timeout
         };
         match tokio::time::timeout_at(deadline, self.wire.io.accept_tls(&acceptor)).await {
             Ok(Ok(())) => {}
@@ -628,7 +628,7 @@ impl Incoming {
             return;
         }
         let max = self.server.config.s2s.max_queue;
-        let burst = self.server.config.outbound_burst;
+        let burst = self.server.live().outbound_burst;
         let (tx, _) = self.queue.get_or_insert_with(|| outbound(max, burst));
         let max_routes = self.server.config.s2s.max_outgoing_routes;
         if self.server.s2s.register_bidi(&pair, tx, max_routes) {

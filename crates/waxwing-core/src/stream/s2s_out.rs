@@ -252,7 +252,7 @@ impl Outgoing {
                 last_err.unwrap_or_else(|| "no addresses".into())
             ))
         })?;
-        let c = &server.config;
+        let c = server.live();
         let limits = Limits {
             max_stanza_bytes: c.max_stanza_bytes,
             max_depth: c.max_depth,

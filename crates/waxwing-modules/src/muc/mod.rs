@@ -72,7 +72,6 @@ impl Muc {
                     domain: domain.clone(),
                     host: host.clone(),
                     hosts: config.hosts.clone(),
-                    admins: config.admins.clone(),
                     limits: Limits {
                         max_history: m.max_history,
                         max_history_bytes: m.max_history_bytes,
@@ -176,7 +175,6 @@ pub struct MucService {
     domain: String,
     host: String,
     hosts: Vec<String>,
-    admins: Vec<BareJid>,
     limits: Limits,
     max_rooms_per_user: usize,
     /// New rooms log (`[muc] log_by_default`).
@@ -462,13 +460,15 @@ impl MucService {
 
     fn may_create(
         &self,
+        cx: &Cx,
         creator: &BareJid,
         rooms: &HashMap<BareJid, Room>,
     ) -> Result<(), StanzaError> {
         let allowed = match self.creation {
             RoomCreation::Anyone => true,
             RoomCreation::Local => self.hosts.iter().any(|h| h == creator.domain()),
-            RoomCreation::Admins => self.admins.contains(creator),
+            // Server admins as of now: `admins` is reloadable, LDAP groups count.
+            RoomCreation::Admins => cx.is_admin(creator),
         };
         if !allowed {
             return Err(StanzaError::cancel(Condition::NotAllowed)
@@ -529,7 +529,7 @@ impl MucService {
             } else if ty.is_some() {
                 break 'locked Ok(Effects::default());
             } else {
-                match self.may_create(from.bare(), &rooms) {
+                match self.may_create(cx, from.bare(), &rooms) {
                     Ok(()) => {
                         let mut config =
                             RoomConfig::new(self.limits.max_history, waxwing_core::random_id());

@@ -22,11 +22,11 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use waxwing_core::config::PubSubConfig;
+use waxwing_core::config::{FeedConfig, PubSubConfig};
 use waxwing_core::hooks::Cx;
 use waxwing_proto::jid::{BareJid, Jid};
 use waxwing_proto::xml::Element;
-use waxwing_store::{FeedKey, PubSubAffiliation, PubSubItem, StoreError};
+use waxwing_store::{FeedKey, PubSubAffiliation, PubSubItem, StoreError, StoredFeed};
 
 use super::config::NodeConfig;
 use super::{Kind, Svc};
@@ -80,6 +80,11 @@ pub struct Validators {
     pub last_modified: Option<String>,
 }
 
+/// Whether the configured feed `c` is the stored feed `key`.
+fn is_key(c: &FeedConfig, key: &FeedKey) -> bool {
+    c.service == key.service.domain() && c.node == key.node && c.url == key.url
+}
+
 /// The feeds of every service, and their tasks.
 pub struct Feeds {
     config: PubSubConfig,
@@ -108,8 +113,73 @@ impl Feeds {
     /// Records the configured feeds, forgets configured feeds no longer
     /// listed, and starts a poller for every stored feed.
     pub async fn start(self: &Arc<Self>, cx: &Cx) {
+        let configured = cx.config().pubsub.feeds.clone();
+        self.record(cx, &configured).await;
         let p = &cx.stores().pubsub;
-        for f in &self.config.feeds {
+        let stored = match p.feeds().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the feed list failed; no feed is polled");
+                return;
+            }
+        };
+        for f in stored {
+            if !f.admin && !configured.iter().any(|c| is_key(c, &f.key)) {
+                tracing::info!(url = %f.key.url, node = %f.key.node, "feed no longer configured, forgotten");
+                if let Err(e) = p.remove_feed(&f.key).await {
+                    tracing::error!(error = %e, "forgetting a feed failed");
+                }
+                continue;
+            }
+            self.spawn_stored(cx, f);
+        }
+    }
+
+    /// A reload changed `[[pubsub.feeds]]` from `previous`: feeds no longer
+    /// listed stop and are forgotten (unless an administrator added them
+    /// too), new or changed ones are recorded and start, the others go on
+    /// polling undisturbed.
+    pub async fn reconfigure(self: &Arc<Self>, cx: &Cx, previous: &[FeedConfig]) {
+        let configured = cx.config().pubsub.feeds.clone();
+        if configured == previous {
+            return;
+        }
+        let changed: Vec<FeedConfig> = configured
+            .iter()
+            .filter(|c| !previous.contains(c))
+            .cloned()
+            .collect();
+        self.record(cx, &changed).await;
+        let p = &cx.stores().pubsub;
+        let stored = match p.feeds().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the feed list failed; feeds not reloaded");
+                return;
+            }
+        };
+        for f in stored {
+            let listed = configured.iter().any(|c| is_key(c, &f.key));
+            let was_listed = previous.iter().any(|c| is_key(c, &f.key));
+            if !listed && was_listed && !f.admin {
+                if let Some(token) = self.lock().remove(&f.key) {
+                    token.cancel();
+                }
+                tracing::info!(url = %f.key.url, node = %f.key.node, "feed no longer configured, stopped");
+                if let Err(e) = p.remove_feed(&f.key).await {
+                    tracing::error!(error = %e, "forgetting a feed failed");
+                }
+            } else if changed.iter().any(|c| is_key(c, &f.key)) {
+                tracing::info!(url = %f.key.url, node = %f.key.node, "configured feed (re)started");
+                self.spawn_stored(cx, f);
+            }
+        }
+    }
+
+    /// Stores `feeds` as configured ones.
+    async fn record(&self, cx: &Cx, feeds: &[FeedConfig]) {
+        let p = &cx.stores().pubsub;
+        for f in feeds {
             let Ok(service) = BareJid::domain_only(&f.service) else {
                 continue;
             };
@@ -122,37 +192,22 @@ impl Feeds {
                 tracing::error!(error = %e, url = %f.url, "recording a configured feed failed");
             }
         }
-        let stored = match p.feeds().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the feed list failed; no feed is polled");
-                return;
-            }
-        };
-        for f in stored {
-            let configured = self.config.feeds.iter().any(|c| {
-                c.service == f.key.service.domain() && c.node == f.key.node && c.url == f.key.url
-            });
-            if !f.admin && !configured {
-                tracing::info!(url = %f.key.url, node = %f.key.node, "feed no longer configured, forgotten");
-                if let Err(e) = p.remove_feed(&f.key).await {
-                    tracing::error!(error = %e, "forgetting a feed failed");
-                }
-                continue;
-            }
-            let interval = Duration::from_secs(f.interval_secs).max(self.config.feed_min_interval);
-            self.spawn(
-                cx,
-                FeedSpec {
-                    key: f.key,
-                    interval,
-                    validators: Validators {
-                        etag: f.etag,
-                        last_modified: f.last_modified,
-                    },
+    }
+
+    /// Starts (or restarts) the poller of a stored feed, with its validators.
+    fn spawn_stored(self: &Arc<Self>, cx: &Cx, f: StoredFeed) {
+        let interval = Duration::from_secs(f.interval_secs).max(self.config.feed_min_interval);
+        self.spawn(
+            cx,
+            FeedSpec {
+                key: f.key,
+                interval,
+                validators: Validators {
+                    etag: f.etag,
+                    last_modified: f.last_modified,
                 },
-            );
-        }
+            },
+        );
     }
 
     /// Adds (or changes the interval of) a feed for an administrator, and

@@ -368,6 +368,9 @@ impl EventHandler for PubSub {
     async fn on_event(&self, cx: &Cx, event: &Event) {
         match event {
             Event::Started => self.feeds.start(cx).await,
+            Event::ConfigReloaded { previous } => {
+                self.feeds.reconfigure(cx, &previous.pubsub.feeds).await;
+            }
             Event::SessionClosed(s) => self.caps.forget(&s.jid),
             Event::UserDeleted(user) => {
                 if let Err(e) = cx.stores().pubsub.remove_service(user).await {

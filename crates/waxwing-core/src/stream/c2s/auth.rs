@@ -56,7 +56,7 @@ impl Conn {
             Ok((user, additional)) => {
                 server.metrics.auth(auth.attr("mechanism"), true);
                 throttle.record_success(ip, &user);
-                self.link.set_limits(full_limits(&server));
+                self.link.set_limits(full_limits(&self.config));
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
                 Ok(Some(additional))

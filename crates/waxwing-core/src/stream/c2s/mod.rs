@@ -16,6 +16,7 @@ use waxwing_proto::stanza::{Condition, StanzaError, StreamCondition, StreamError
 use waxwing_proto::xml::{Element, Limits, StreamEvent};
 
 use crate::abuse::{ConnectionPermit, PartialCharge, TokenBucket};
+use crate::config::Config;
 use crate::hooks::{Event, IqKind};
 use crate::queue::Outbox;
 use crate::random_id;
@@ -63,8 +64,9 @@ fn stream_error(c: StreamCondition, text: &str) -> End {
 pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let span = tracing::info_span!("c2s", %peer);
     let _ = tcp.set_nodelay(true);
-    let link = Link::Tcp(tcp::TcpLink::new(tcp, initial_limits(&server)));
-    serve_link(server, link, peer, direct_tls)
+    let config = server.live();
+    let link = Link::Tcp(tcp::TcpLink::new(tcp, initial_limits(&config)));
+    serve_link(server, config, link, peer, direct_tls)
         .instrument(span)
         .await
 }
@@ -74,16 +76,19 @@ pub(crate) async fn serve_bosh(server: Arc<Server>, shared: Arc<crate::bosh::Sha
     let peer = shared.peer;
     let span = tracing::info_span!("c2s", %peer, transport = "bosh");
     let link = Link::Bosh(bosh::BoshLink::new(shared));
-    serve_link(server, link, peer, false).instrument(span).await
+    let config = server.live();
+    serve_link(server, config, link, peer, false)
+        .instrument(span)
+        .await
 }
 
 /// Nothing before authentication needs more than a few KiB (a stream
 /// header, a SASL exchange, a registration): unauthenticated connections
 /// are cheap to open, so each may hold little.
-pub(crate) fn initial_limits(server: &Server) -> Limits {
+pub(crate) fn initial_limits(config: &Config) -> Limits {
     Limits {
-        max_stanza_bytes: server.config.max_stanza_bytes_before_auth,
-        ..full_limits(server)
+        max_stanza_bytes: config.max_stanza_bytes_before_auth,
+        ..full_limits(config)
     }
 }
 
@@ -95,10 +100,19 @@ pub(crate) fn initial_limits(server: &Server) -> Limits {
 /// task of every idle session (4.4 KB of future before, 2.4 KB after).
 ///
 /// `direct_tls`: XEP-0368, TLS before any XML (TCP only).
-async fn serve_link(server: Arc<Server>, link: Link, peer: SocketAddr, direct_tls: bool) {
+///
+/// `config`: the live configuration when the connection came (its limits
+/// hold for the connection's whole life, whatever a reload changes).
+async fn serve_link(
+    server: Arc<Server>,
+    config: Arc<Config>,
+    link: Link,
+    peer: SocketAddr,
+    direct_tls: bool,
+) {
     let permit = server
         .connections
-        .try_acquire(peer.ip(), server.config.max_connections_per_ip);
+        .try_acquire(peer.ip(), config.max_connections_per_ip);
     let refused = permit.is_none();
     let mut conn = Conn {
         link,
@@ -116,10 +130,8 @@ async fn serve_link(server: Arc<Server>, link: Link, peer: SocketAddr, direct_tl
         attempted: None,
         sasl2: false,
         fast_rotate: false,
-        bucket: TokenBucket::new(
-            server.config.read_rate_bytes,
-            server.config.read_burst_bytes,
-        ),
+        bucket: TokenBucket::new(config.read_rate_bytes, config.read_burst_bytes),
+        config,
         partial: server.partial_stanzas.charge(),
         _permit: permit,
     };
@@ -156,11 +168,11 @@ async fn serve_link(server: Arc<Server>, link: Link, peer: SocketAddr, direct_tl
     Box::pin(close_session(conn, session, rx, end)).await;
 }
 /// The framer's limits once the client has authenticated.
-fn full_limits(server: &Server) -> Limits {
+fn full_limits(config: &Config) -> Limits {
     Limits {
-        max_stanza_bytes: server.config.max_stanza_bytes,
-        max_depth: server.config.max_depth,
-        max_attrs: server.config.max_attributes,
+        max_stanza_bytes: config.max_stanza_bytes,
+        max_depth: config.max_depth,
+        max_attrs: config.max_attributes,
     }
 }
 
@@ -285,6 +297,9 @@ impl Session {
 /// over whichever transport carries it.
 struct Conn {
     server: Arc<Server>,
+    /// The live configuration when the connection came: its limits and
+    /// timeouts (`Server::live`), read here rather than per stanza.
+    config: Arc<Config>,
     link: Link,
     /// The virtual host this stream is for, from the client's header.
     host: Option<String>,
@@ -323,7 +338,7 @@ impl Conn {
     /// within `auth_timeout`.
     async fn negotiate_in_time(&mut self, direct_tls: bool) -> Result<Negotiated, End> {
         let server = self.server.clone();
-        let deadline = tokio::time::Instant::now() + server.config.auth_timeout;
+        let deadline = tokio::time::Instant::now() + self.config.auth_timeout;
         let negotiated = tokio::time::timeout_at(deadline, async {
             if direct_tls && let Some(tcp) = self.link.tcp_mut() {
                 tcp.upgrade(&server.tls).await.map_err(|e| {
@@ -356,8 +371,7 @@ impl Conn {
         // Bounded in time: a client that stops reading fills the socket
         // buffers, and an unbounded write would wedge this task (no reads,
         // no close requests, no timeouts) while the session stays bound.
-        let written =
-            tokio::time::timeout(self.server.config.write_timeout, self.link.write(&all)).await;
+        let written = tokio::time::timeout(self.config.write_timeout, self.link.write(&all)).await;
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),

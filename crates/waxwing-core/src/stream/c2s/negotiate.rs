@@ -511,16 +511,13 @@ impl Conn {
         })?;
         let sessions = &self.server.sessions;
         let replacing = sessions.get(&full).is_some();
-        if !replacing && sessions.resource_count(&user) >= self.server.config.max_resources {
+        if !replacing && sessions.resource_count(&user) >= self.config.max_resources {
             return Err(
                 StanzaError::wait(Condition::ResourceConstraint).with_text("too many resources")
             );
         }
-        let (handle, rx) = SessionHandle::new(
-            full,
-            self.server.config.outbound_queue,
-            self.server.config.outbound_burst,
-        );
+        let (handle, rx) =
+            SessionHandle::new(full, self.config.outbound_queue, self.config.outbound_burst);
         handle.set_transport(self.link.transport());
         if let Some(old) = sessions.bind(handle.clone()) {
             // RFC 6120 §7.7.2.2: the newer session wins; the old one gets <conflict/>.

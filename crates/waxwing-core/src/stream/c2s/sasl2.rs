@@ -164,10 +164,7 @@ impl Conn {
             let mut takeover = None;
             if resume {
                 enabled.set_attr("resume", "true");
-                enabled.set_attr(
-                    "max",
-                    self.server.config.resume_timeout.as_secs().to_string(),
-                );
+                enabled.set_attr("max", self.config.resume_timeout.as_secs().to_string());
                 if let Some(at) = self.server.cluster.as_ref().and_then(|c| c.advertise()) {
                     // XEP-0198 §5: resume at the node that holds the session.
                     enabled.set_attr("location", at);

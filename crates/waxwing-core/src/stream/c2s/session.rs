@@ -56,8 +56,8 @@ impl Conn {
     pub(super) async fn run_session(&mut self, session: &mut Session, rx: &mut Outbox) -> Outcome {
         let shutdown = self.server.shutdown.clone();
         let handle = session.handle.clone();
-        let idle_timeout = self.server.config.idle_timeout;
-        let stanza_timeout = self.server.config.stanza_timeout;
+        let idle_timeout = self.config.idle_timeout;
+        let stanza_timeout = self.config.stanza_timeout;
         let mut last_read = tokio::time::Instant::now();
         // Set while a stanza is incomplete: a client trickling one stanza
         // forever (slowloris) must not hold the session.
@@ -234,7 +234,7 @@ impl Conn {
         }
         if let Some(sm) = &session.sm {
             // What may be queued (bursts included) may also be in flight.
-            let limit = self.server.config.outbound_queue + self.server.config.outbound_burst;
+            let limit = self.config.outbound_queue + self.config.outbound_burst;
             if sm.unacked.len() > limit {
                 return Err(stream_error(
                     StreamCondition::PolicyViolation,
@@ -301,7 +301,7 @@ impl Conn {
                 let id = random_id();
                 let mut enabled = Element::new("enabled", sm::NS).with_attr("id", id.as_str());
                 if resume {
-                    let max = self.server.config.resume_timeout.as_secs();
+                    let max = self.config.resume_timeout.as_secs();
                     enabled.set_attr("resume", "true");
                     enabled.set_attr("max", max.to_string());
                     if let Some(at) = self.server.cluster.as_ref().and_then(|c| c.advertise()) {
@@ -343,7 +343,7 @@ impl Conn {
     /// Waits, detached, for a client to resume this session (XEP-0198 §5).
     pub(super) async fn wait_for_resumption(&mut self, session: &mut Session) -> Option<Takeover> {
         let rx = session.takeover.as_mut()?;
-        let timeout = self.server.config.resume_timeout;
+        let timeout = self.config.resume_timeout;
         tokio::select! {
             t = rx => t.ok(),
             _ = tokio::time::sleep(timeout) => None,

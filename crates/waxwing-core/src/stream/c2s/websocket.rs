@@ -273,7 +273,7 @@ fn upgrade(server: Arc<Server>, ws: WebSocketUpgrade, peer: SocketAddr, secure: 
         )
             .into_response();
     }
-    let config = &server.config;
+    let config = server.live();
     let secure = secure || (config.websocket.loopback_is_secure && peer.ip().is_loopback());
     // A message may be as large as a stanza, and no larger; before
     // authentication the framer's tighter limit applies on top.
@@ -290,17 +290,18 @@ fn upgrade(server: Arc<Server>, ws: WebSocketUpgrade, peer: SocketAddr, secure: 
 
 async fn serve(server: Arc<Server>, socket: WebSocket, peer: SocketAddr, secure: bool) {
     let ping = server.config.websocket.ping_interval;
-    let mut link = WsLink::new(socket, initial_limits(&server), secure, ping);
+    let config = server.live();
+    let mut link = WsLink::new(socket, initial_limits(&config), secure, ping);
     if let Some(uri) = server.config.websocket.see_other_uri.clone() {
         return redirect(&server, &mut link, &uri).await;
     }
-    serve_link(server, Link::WebSocket(Box::new(link)), peer, false).await;
+    serve_link(server, config, Link::WebSocket(Box::new(link)), peer, false).await;
 }
 
 /// RFC 7395 §3.6.1: the client's `<open/>` is answered with
 /// `<close see-other-uri=…/>`, and the connection ends.
 async fn redirect(server: &Server, link: &mut WsLink, uri: &str) {
-    let wait = tokio::time::timeout(server.config.auth_timeout, async {
+    let wait = tokio::time::timeout(server.live().auth_timeout, async {
         loop {
             match link.next_event() {
                 Ok(Some(StreamEvent::Open(_))) => return true,
