@@ -203,6 +203,9 @@ async fn reap(server: &Arc<Server>, node: &str) {
             .emit(Some(s.clone()), HookEvent::SessionClosed(s.clone()))
             .await;
     }
+    // Its rooms and routes are free now: what its stream still held for
+    // them goes to their next owner.
+    super::ownership::forget_node(c, node, &mut conn).await;
     drain_stream(server, node, &mut conn).await;
     let dead = Event::Dead {
         node: node.to_string(),
@@ -252,6 +255,11 @@ async fn drain_stream(server: &Arc<Server>, node: &str, conn: &mut redis::aio::C
                 continue;
             };
             if !dedup.accept(&env) {
+                continue;
+            }
+            if let super::Body::Route { .. } = env.body {
+                n += 1;
+                super::transport::handle(server, env.body).await;
                 continue;
             }
             if let super::Body::Deliver { to, stanzas, .. } = env.body
@@ -322,6 +330,7 @@ async fn apply(server: &Arc<Server>, ev: Event) {
     let c = server.cluster.as_ref().expect("cluster mode");
     match ev {
         Event::Dead { node, keep } if node != c.node() => {
+            c.ownership.forget_remote(&node);
             let gone = c.replica.remove_node(&node, keep.as_deref());
             // A node started again: its previous life's sessions ended
             // without a goodbye. One survivor tells their contacts.

@@ -30,10 +30,14 @@
 //! `wx:reg:<n>` (hash: session id → [`replica::Record`] JSON), channel
 //! `wx:reg` ([`replica::Event`] JSON), `wx:in:<n>` (stream of
 //! [`envelope::Envelope`]s), `wx:cursor:<n>` (the last entry `n` has
-//! processed), `wx:reap:<n>` (the lock of the survivor removing dead `n`).
+//! processed), `wx:reap:<n>` (the lock of the survivor removing dead `n`),
+//! `wx:lease:<kind>:…` (who owns a room, a pubsub node or an s2s route:
+//! [`ownership`]) and `wx:leases:<n>` (the set of `n`'s leases).
 
 pub mod envelope;
+pub mod federation;
 pub mod membership;
+pub mod ownership;
 pub mod publish;
 pub mod replica;
 pub mod status;
@@ -146,6 +150,15 @@ impl Link {
         Ok(())
     }
 
+    /// Queues any body for its node, without waiting; it comes back when
+    /// the queue is full.
+    pub(crate) fn send(&self, o: Outgoing) -> Result<(), Outgoing> {
+        match &self.tx {
+            Some(tx) => tx.try_send(o).map_err(|e| e.into_inner()),
+            None => Err(o),
+        }
+    }
+
     /// Asks `node` to end session `sid` with `err`.
     pub(crate) fn close(&self, node: &Arc<str>, to: &FullJid, sid: u64, err: &StreamError) {
         let sent = self.tx.as_ref().is_some_and(|tx| {
@@ -174,6 +187,8 @@ pub struct Cluster {
     pub incarnation: String,
     pub replica: Arc<Replica>,
     pub publisher: Arc<Publisher>,
+    /// The leases (rooms, pubsub nodes, s2s routes) this node holds.
+    pub ownership: ownership::Ownership,
     outgoing: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
     /// Set by [`Cluster::start`].
     conn: std::sync::OnceLock<redis::aio::ConnectionManager>,
@@ -187,6 +202,7 @@ impl Cluster {
             incarnation: crate::random_id(),
             replica: Arc::new(Replica::new(&config.node, link)),
             publisher: Arc::new(Publisher::default()),
+            ownership: ownership::Ownership::default(),
             outgoing: std::sync::Mutex::new(Some(rx)),
             conn: std::sync::OnceLock::new(),
             stats: transport::Stats::default(),
@@ -221,6 +237,7 @@ impl Cluster {
         .await
         .map_err(|_| ClusterError::Redis("no answer from the server".into()))??;
         membership::join(c, &mut conn).await?;
+        federation::share_at_start(server, &mut conn).await?;
         let _ = c.conn.set(conn);
         let rx = c
             .outgoing
@@ -236,6 +253,8 @@ impl Cluster {
         tokio::spawn(publish::publish_loop(server.clone()));
         tokio::spawn(membership::watch_loop(server.clone(), client));
         tokio::spawn(membership::heartbeat_loop(server.clone(), shutdown));
+        tokio::spawn(ownership::renew_loop(server.clone()));
+        tokio::spawn(federation::dialback_loop(server.clone()));
         tracing::info!(node = c.node(), incarnation = %c.incarnation, "joined the cluster");
         Ok(())
     }
@@ -247,7 +266,10 @@ impl Cluster {
             return;
         };
         let mut conn = conn.clone();
-        let r = membership::leave(self, &mut conn);
+        let r = async {
+            ownership::release_all(self, &mut conn).await;
+            membership::leave(self, &mut conn).await;
+        };
         if tokio::time::timeout(RESPONSE_TIMEOUT, r).await.is_err() {
             tracing::warn!("could not leave the cluster in time; the others will time us out");
         }

@@ -111,6 +111,11 @@ impl Replica {
 
     /// Applies one announced change; our own node's are ignored (they are
     /// in the local registry).
+    /// The queue to the other nodes' streams.
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
     pub fn apply(&self, ev: Event) {
         match ev {
             Event::Up(rec) => self.upsert(rec),
