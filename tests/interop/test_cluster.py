@@ -15,6 +15,7 @@ import signal
 import pytest
 
 from conftest import PASSWORD
+from test_admin import admin, token
 from test_modern_im import mam_page, online
 from wxtest.steps import make_friends
 from wxtest.subjects import subject_class
@@ -29,7 +30,7 @@ USERS = {ALICE: PASSWORD, BOB: PASSWORD, CAROL: PASSWORD}
 MAM = ["xep_0059", "xep_0313"]
 
 
-def start_cluster(server, postgres, redis, n=3, users=USERS):
+def start_cluster(server, postgres, redis, n=3, users=USERS, extra=None):
     """``n`` nodes named n1…nN on one database and one Redis; quick
     heartbeats so that a dead node is noticed within seconds."""
     db = postgres.database()
@@ -39,6 +40,7 @@ def start_cluster(server, postgres, redis, n=3, users=USERS):
             "storage": {"database": db},
             "cluster": {"redis": redis.url, "node": f"n{i}",
                         "heartbeat_secs": 1, "dead_after_secs": 3},
+            **(extra or {}),
         }, users=users if i == 1 else None))
     return nodes
 
@@ -204,3 +206,38 @@ async def test_redis_restart_loses_nothing(server, xmpp, postgres, redis):
     assert st["n1"]["sessions"] == 2, st
     bob.send_message(f"{ALICE}/a", "after")
     await alice.expect_message(body="after", sender=f"{BOB}/b")
+
+
+async def test_a_drained_node_sends_its_clients_to_another(server, xmpp, postgres, redis):
+    n1, n2 = start_cluster(server, postgres, redis, n=2, extra={
+        "listen": {"c2s": ["127.0.0.1:0"], "c2s_direct_tls": ["127.0.0.1:0"],
+                   "http": ["127.0.0.1:0"]},
+        "admin": {"enabled": True}})
+    alice = await online(xmpp, n1, f"{ALICE}/a")
+    bob = await online(xmpp, n2, f"{BOB}/b")
+    target = f"127.0.0.1:{n2.c2s_port}"
+    rebound = next_session(alice)
+    out = admin(n1, token(n1), "drain", "--to", target)
+    assert out == {"closed": 1}, out
+    # RFC 6120 §4.9.3.19: the other host inside <see-other-host/>; slixmpp
+    # follows it and binds again there.
+    err = await alice.stream_errors.expect(desc="see-other-host")
+    assert err["condition"] == "see-other-host" and err["see_other_host"] == target, err
+    await asyncio.wait_for(rebound, 20)
+    bob.send_message(f"{ALICE}/a", "found you on n2")
+    await alice.expect_message(body="found you on n2", sender=f"{BOB}/b")
+    # A newcomer at the drained node is sent on too.
+    carol = xmpp.new(n1, f"{CAROL}/c", PASSWORD)
+    assert await carol.connect() == "session_start", carol.wire_text()
+    assert [e["condition"] for e in carol.stream_errors.seen] == ["see-other-host"]
+    st = await until(lambda: (s := status(n2)) and s["n2"]["sessions"] == 3 and s,
+                     "every session on n2")
+    assert st["n1"]["sessions"] == 0, st
+
+
+def next_session(client) -> asyncio.Future:
+    """Resolves at slixmpp's next session_start (after a redirect)."""
+    fut = asyncio.get_running_loop().create_future()
+    client.x.add_event_handler(
+        "session_start", lambda ev: fut.done() or fut.set_result(ev), disposable=True)
+    return fut

@@ -514,7 +514,13 @@ impl Server {
 
     /// Delivery to a local account after the `Inbound` hooks (see the
     /// table at the top for sessions that are closing or refuse).
-    pub(crate) async fn deliver_hooked(self: Arc<Self>, cx: &Cx, to: Jid, stanza: Element, kind: StanzaKind) {
+    pub(crate) async fn deliver_hooked(
+        self: Arc<Self>,
+        cx: &Cx,
+        to: Jid,
+        stanza: Element,
+        kind: StanzaKind,
+    ) {
         // An IQ answers that one session, even while it closes: what is
         // queued goes out before its stream error (the result of the
         // account removal that closes it, XEP-0077 §3.2); once its queue

@@ -408,7 +408,6 @@ impl SessionRegistry {
         self
     }
 
-
     /// Adds a session. Returns the session it replaced, which had the same
     /// full JID (RFC 6120 §7.7.2.2: the old one gets `conflict`).
     pub fn bind(&self, handle: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {

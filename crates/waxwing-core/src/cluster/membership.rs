@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::replica::{Event, Record};
 use super::{
-    CHANNEL, Cluster, ClusterError, key_cursor, key_heartbeat, key_nodes, key_reap,
-    key_registry, key_stream,
+    CHANNEL, Cluster, ClusterError, key_cursor, key_heartbeat, key_nodes, key_reap, key_registry,
+    key_stream,
 };
 use crate::Server;
 use crate::hooks::Event as HookEvent;
@@ -63,9 +63,8 @@ pub(super) async fn join(
         .set_options(
             key_heartbeat(me),
             &c.incarnation,
-            redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(
-                c.config.dead_after.as_millis() as u64,
-            )),
+            redis::SetOptions::default()
+                .with_expiration(redis::SetExpiry::PX(c.config.dead_after.as_millis() as u64)),
         )
         .ignore()
         .publish(CHANNEL, serde_json::to_string(&dead).expect("serializes"))
@@ -147,7 +146,9 @@ pub(crate) async fn heartbeat_loop(server: Arc<Server>, shutdown: CancellationTo
             None => {
                 // Redis lost our keys (restarted) or a survivor removed us
                 // after a long absence: publish every session again.
-                tracing::info!("cluster: our registry entry was gone; publishing our sessions again");
+                tracing::info!(
+                    "cluster: our registry entry was gone; publishing our sessions again"
+                );
                 c.publisher.mark_all(&server.sessions.all());
             }
             Some(inc) if inc != c.incarnation => {
@@ -187,7 +188,7 @@ async fn reap(server: &Arc<Server>, node: &str) {
     let lock = redis::SetOptions::default()
         .conditional_set(redis::ExistenceCheck::NX)
         .with_expiration(redis::SetExpiry::PX(
-            (c.config.dead_after * 3).as_millis() as u64,
+            (c.config.dead_after * 3).as_millis() as u64
         ));
     let won: redis::RedisResult<Option<String>> =
         conn.set_options(key_reap(node), c.node(), lock).await;
@@ -278,7 +279,11 @@ async fn drain_stream(server: &Arc<Server>, node: &str, conn: &mut redis::aio::C
         from = format!("({last}");
     }
     if n > 0 {
-        tracing::info!(node, envelopes = n, "cluster: delivered what a dead node had not read");
+        tracing::info!(
+            node,
+            envelopes = n,
+            "cluster: delivered what a dead node had not read"
+        );
     }
 }
 
@@ -368,7 +373,11 @@ async fn snapshot(
     let mut out = Vec::new();
     for n in nodes.iter().filter(|n| *n != c.node()) {
         let values: Vec<String> = conn.hvals(key_registry(n)).await?;
-        out.extend(values.iter().filter_map(|v| serde_json::from_str::<Record>(v).ok()));
+        out.extend(
+            values
+                .iter()
+                .filter_map(|v| serde_json::from_str::<Record>(v).ok()),
+        );
     }
     Ok(out)
 }

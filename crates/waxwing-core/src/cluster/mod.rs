@@ -192,6 +192,8 @@ pub struct Cluster {
     outgoing: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
     /// Set by [`Cluster::start`].
     conn: std::sync::OnceLock<redis::aio::ConnectionManager>,
+    /// Set by [`Cluster::drain`]: the stream error new client streams get.
+    drain: std::sync::OnceLock<StreamError>,
     pub(crate) stats: transport::Stats,
 }
 
@@ -205,6 +207,7 @@ impl Cluster {
             ownership: ownership::Ownership::default(),
             outgoing: std::sync::Mutex::new(Some(rx)),
             conn: std::sync::OnceLock::new(),
+            drain: std::sync::OnceLock::new(),
             stats: transport::Stats::default(),
             config,
         }
@@ -257,6 +260,36 @@ impl Cluster {
         tokio::spawn(federation::dialback_loop(server.clone()));
         tracing::info!(node = c.node(), incarnation = %c.incarnation, "joined the cluster");
         Ok(())
+    }
+
+    /// Drains this node: clients are sent elsewhere, with
+    /// `<see-other-host/>` naming `to` (`host` or `host:port`, RFC 6120
+    /// §4.9.3.19) or, without one, `<system-shutdown/>` so that they
+    /// reconnect through DNS or the load balancer, which no longer sends
+    /// them here; new client streams get the same. Returns the sessions
+    /// closed. The node keeps running (stanzas for other nodes' sessions
+    /// still pass through it) until it is stopped.
+    pub fn drain(server: &crate::Server, to: Option<&str>) -> usize {
+        let Some(c) = &server.cluster else { return 0 };
+        let err = match to {
+            Some(to) => {
+                StreamError::new(waxwing_proto::stanza::StreamCondition::SeeOtherHost).with_text(to)
+            }
+            None => StreamError::new(waxwing_proto::stanza::StreamCondition::SystemShutdown)
+                .with_text("this node is being drained; connect again"),
+        };
+        let err = c.drain.get_or_init(|| err).clone();
+        let sessions = server.sessions.all();
+        for s in &sessions {
+            s.close(err.clone());
+        }
+        tracing::info!(sessions = sessions.len(), "cluster: node drained");
+        sessions.len()
+    }
+
+    /// While draining: the error a new client stream gets.
+    pub(crate) fn draining(&self) -> Option<StreamError> {
+        self.drain.get().cloned()
     }
 
     /// Leaves the cluster after a graceful stop: the others forget our

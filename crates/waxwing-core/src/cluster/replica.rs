@@ -339,7 +339,10 @@ mod tests {
         let r = replica();
         r.apply(Event::Up(rec("u@h/a", "n2", 1, 1, 0)));
         r.reset(vec![rec("v@h/a", "n3", 1, 1, 0)]);
-        assert!(r.sessions_named(&FullJid::parse("u@h/a").unwrap()).is_empty());
+        assert!(
+            r.sessions_named(&FullJid::parse("u@h/a").unwrap())
+                .is_empty()
+        );
         assert_eq!(r.sessions_named(&FullJid::parse("v@h/a").unwrap()).len(), 1);
     }
 }

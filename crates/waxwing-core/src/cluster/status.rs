@@ -28,7 +28,9 @@ pub async fn status(config: &ClusterConfig) -> Result<Vec<NodeStatus>, ClusterEr
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(super::RESPONSE_TIMEOUT))
         .set_response_timeout(Some(super::RESPONSE_TIMEOUT));
-    let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await?;
     let mut nodes: Vec<String> = conn.smembers(key_nodes()).await?;
     nodes.sort();
     let mut out = Vec::new();
@@ -41,7 +43,11 @@ pub async fn status(config: &ClusterConfig) -> Result<Vec<NodeStatus>, ClusterEr
             .query_async(&mut conn)
             .await?;
         // XTRIM MINID keeps the last processed entry.
-        let stream_lag = if cursor.is_some() { len.saturating_sub(1) } else { len };
+        let stream_lag = if cursor.is_some() {
+            len.saturating_sub(1)
+        } else {
+            len
+        };
         out.push(NodeStatus {
             alive: ttl > 0,
             heartbeat_ttl_ms: u64::try_from(ttl).ok().filter(|t| *t > 0),

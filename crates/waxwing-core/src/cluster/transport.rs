@@ -24,7 +24,9 @@ use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio::sync::mpsc;
 use waxwing_proto::jid::{FullJid, Jid};
-use waxwing_proto::stanza::{self, Condition, StanzaError, StanzaKind, StreamCondition, StreamError};
+use waxwing_proto::stanza::{
+    self, Condition, StanzaError, StanzaKind, StreamCondition, StreamError,
+};
 use waxwing_proto::xml::Element;
 
 use super::envelope::{Body, Dedup, Envelope};
@@ -97,12 +99,16 @@ pub(crate) async fn send_loop(server: Arc<Server>, mut rx: mpsc::Receiver<Outgoi
     }
 }
 
-async fn connect_blocking(client: &redis::Client) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+async fn connect_blocking(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     // No response timeout: XREAD BLOCK answers when it has entries or after BLOCK.
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(super::RESPONSE_TIMEOUT))
         .set_response_timeout(Some(BLOCK + super::RESPONSE_TIMEOUT));
-    client.get_multiplexed_async_connection_with_config(&cfg).await
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
 }
 
 /// Reads this node's stream and delivers what it carries, forever.
@@ -134,16 +140,18 @@ pub(crate) async fn receive_loop(server: Arc<Server>, client: redis::Client) {
             let opts = StreamReadOptions::default()
                 .count(BATCH)
                 .block(BLOCK.as_millis() as usize);
-            let reply: Option<StreamReadReply> =
-                match conn.xread_options(&[&key], &[&from], &opts).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cluster: reading our stream failed; reconnecting");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                        continue 'connect;
-                    }
-                };
+            let reply: Option<StreamReadReply> = match conn
+                .xread_options(&[&key], &[&from], &opts)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: reading our stream failed; reconnecting");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue 'connect;
+                }
+            };
             backoff = Duration::from_millis(100);
             let Some(reply) = reply else { continue };
             let mut last = None;

@@ -71,9 +71,7 @@ pub(super) fn cluster_config(
     if !valid {
         return Err(err(
             "node",
-            format!(
-                "node name {node:?}: 1 to {MAX_NODE_NAME} letters, digits, '-', '_' or '.'"
-            ),
+            format!("node name {node:?}: 1 to {MAX_NODE_NAME} letters, digits, '-', '_' or '.'"),
         ));
     }
     if waxwing_store::Backend::of_url(database_url) != Some(waxwing_store::Backend::Postgres) {

@@ -132,9 +132,17 @@ impl StreamError {
     }
 
     /// `<stream:error><cond xmlns=…streams/><text xmlns=…streams>…</text></stream:error>`.
+    /// For `see-other-host` the text is the other host, which RFC 6120
+    /// §4.9.3.19 puts inside the condition element.
     pub fn to_element(&self) -> Element {
-        let mut el = Element::new("error", ns::STREAM)
-            .with_child(Element::new(self.condition.as_str(), ns::STREAMS_ERRORS));
+        let mut cond = Element::new(self.condition.as_str(), ns::STREAMS_ERRORS);
+        if self.condition == StreamCondition::SeeOtherHost
+            && let Some(host) = &self.text
+        {
+            cond = cond.with_text(host.clone());
+            return Element::new("error", ns::STREAM).with_child(cond);
+        }
+        let mut el = Element::new("error", ns::STREAM).with_child(cond);
         if let Some(text) = &self.text {
             el.push_child(Element::new("text", ns::STREAMS_ERRORS).with_text(text.clone()));
         }
