@@ -105,6 +105,9 @@ async def test_occupants_on_three_nodes_chat_in_one_room(server, xmpp, postgres,
     res = await carol.iq(iq)
     assert res["type"] == "result", res
 
+    st = status(n1)
+    assert st["n1"]["leases"] >= 1, st
+
     # Leaving from another node is seen by the others.
     muc(bob).leave_muc(JID(r), "bob")
     await alice.presences.expect(
@@ -129,11 +132,22 @@ async def test_killed_owner_room_moves_and_occupants_rejoin(server, xmpp, postgr
     await join(carol, r, "carol")
     await say(bob, r, "before")
     await expect_groupchat(carol, r, "before", nick="bob")
+    # A second room, served by n3, with alice (on n1) in it.
+    r3 = f"other-{uuid.uuid4().hex[:8]}@{SERVICE}"
+    await create(carol, r3, "carol")
+    assert lease_holder(redis, room_lease(r3)) == "n3"
+    await join(alice, r3, "alice")
 
     # The owner dies without a goodbye.
     n1.proc.send_signal(signal.SIGKILL)
     n1.proc.wait()
     await until(lambda: (s := status(n2)) and "n1" not in s and s, "n1 removed", timeout=30)
+    # Alice's session died with n1: the room on n3 hears she is gone
+    # (her directed presence was in the registry) and drops her.
+    await carol.presences.expect(
+        lambda p: str(p["from"]) == f"{r3}/alice" and p["type"] == "unavailable",
+        "(alice out of the room on n3)", timeout=20)
+    assert lease_holder(redis, room_lease(r3)) == "n3"
 
     # Bob speaks: the room has moved (to the node where his stanza entered)
     # and he is no longer an occupant there: not-acceptable, XEP-0410's
@@ -170,9 +184,22 @@ async def test_pep_and_pubsub_nodes_across_nodes(server, xmpp, postgres, redis):
     bob = await pep_login(xmpp, n2, f"{BOB}/b", plugins=["xep_0115"], interests=[NS_TUNE])
     await make_friends(alice, bob)
 
-    # PEP: alice (n1) publishes; bob reads her node from n2.
+    # PEP: alice (n1) publishes; bob (n2), whose caps ask for tunes, is
+    # notified: n1 learns his caps from the presence in the registry and
+    # asks his client (the answer comes back to n1 through n2), then sends
+    # him the item; the next one goes to him at once.
     res = await publish(alice, NS_TUNE, "t1", tune("Across"))
     assert res["type"] == "result", res
+    ev = await expect_event(bob, NS_TUNE, "t1")
+    assert ev.find(f".//{{{NS_TUNE}}}title").text == "Across"
+    res = await publish(alice, NS_TUNE, "t2", tune("Again"))
+    assert res["type"] == "result", res
+    await expect_event(bob, NS_TUNE, "t2")
+    # And the other way: bob publishes on n2, alice (no +notify) gets
+    # nothing, bob's own session does.
+    res = await publish(bob, NS_TUNE, "b1", tune("Bob's"))
+    assert res["type"] == "result", res
+    await expect_event(bob, NS_TUNE, "b1")
     res = await bob.iq(bob.make_iq(
         "get", ALICE,
         f"<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{NS_TUNE}'/></pubsub>"))

@@ -163,7 +163,31 @@ impl Server {
     }
 
     /// [`Server::route`] for a stanza whose `to` is already parsed as `to`.
-    async fn route_to(self: Arc<Self>, to: Jid, stanza: Element, kind: StanzaKind) {
+    async fn route_to(self: Arc<Self>, to: Jid, mut stanza: Element, kind: StanzaKind) {
+        if let Some(c) = &self.cluster
+            && let Some((node, id)) = cluster::untag_response(&stanza)
+        {
+            // The answer to a request a node of ours sent (see
+            // `cluster::tag_request`): handled where it is waited for.
+            if node != c.node() {
+                if !c.is_peer(node) {
+                    // Made up, or its node is gone: nobody waits for it.
+                    return;
+                }
+                let node: Arc<str> = node.into();
+                let body = cluster::Body::Route {
+                    stanzas: vec![stanza.to_xml()],
+                    burst: false,
+                    hops: 1,
+                };
+                if c.replica.link().send(cluster::Outgoing { node, body }).is_err() {
+                    tracing::warn!("cluster link full: an IQ answer for another node dropped");
+                }
+                return;
+            }
+            let id = id.to_string();
+            stanza.set_attr("id", id);
+        }
         if let Some(key) = self.lease_key(&to, &stanza) {
             return cluster::ownership::route(&self, key, vec![stanza], false, 0, Self::route_owned)
                 .await;

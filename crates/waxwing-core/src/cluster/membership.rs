@@ -160,6 +160,7 @@ pub(crate) async fn heartbeat_loop(server: Arc<Server>, shutdown: CancellationTo
             Some(_) => {}
         }
         let others: Vec<String> = nodes.into_iter().filter(|n| *n != me).collect();
+        c.set_peers(others.clone());
         if others.is_empty() {
             continue;
         }

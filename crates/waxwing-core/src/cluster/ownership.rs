@@ -202,6 +202,7 @@ for i, k in ipairs(KEYS) do
     redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
     redis.call('SADD', ARGV[3], k)
   else
+    redis.call('SREM', ARGV[3], k)
     table.insert(lost, i - 1)
   end
 end

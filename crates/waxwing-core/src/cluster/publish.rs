@@ -110,12 +110,13 @@ impl Publisher {
     }
 
     fn record(&self, server: &Server, node: &str, inc: &str, s: &SessionHandle) -> Record {
-        let (last, priority) = s.with_presence_quiet(|p| {
+        let (last, priority, directed) = s.with_presence_quiet(|p| {
             (
                 p.last
                     .as_ref()
                     .map(|e| e.to_xml_in(waxwing_proto::ns::CLIENT)),
                 p.priority,
+                p.directed.iter().map(ToString::to_string).collect(),
             )
         });
         let _ = server;
@@ -129,6 +130,7 @@ impl Publisher {
             last,
             flags: s.flag_bits(),
             interested: s.is_interested(),
+            directed,
         }
     }
 }
