@@ -51,6 +51,12 @@ def lease_holder(redis, key: str) -> str | None:
     return out.split(" ")[0] if out else None
 
 
+def registry_text(redis, node: str) -> str:
+    """A node's published sessions (``wx:reg:<node>``), as text."""
+    return subprocess.run(["redis-cli", "-p", str(redis.port), "HVALS", f"wx:reg:{node}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
 def room_lease(room_jid: str) -> str:
     return f"wx:lease:svc:{SERVICE}:{room_jid}"
 
@@ -137,6 +143,9 @@ async def test_killed_owner_room_moves_and_occupants_rejoin(server, xmpp, postgr
     await create(carol, r3, "carol")
     assert lease_holder(redis, room_lease(r3)) == "n3"
     await join(alice, r3, "alice")
+    # Her directed presence to it is in the registry (written a moment
+    # after the join, like all session state).
+    await until(lambda: r3 in registry_text(redis, "n1"), "alice's directed presence published")
 
     # The owner dies without a goodbye.
     n1.proc.send_signal(signal.SIGKILL)

@@ -94,7 +94,15 @@ impl Publisher {
             return written.remove(&sid).is_some();
         };
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&rec.jid, rec.priority, &rec.last, rec.flags, rec.interested).hash(&mut h);
+        (
+            &rec.jid,
+            rec.priority,
+            &rec.last,
+            rec.flags,
+            rec.interested,
+            &rec.directed,
+        )
+            .hash(&mut h);
         written.insert(sid, h.finish()) != Some(h.finish())
     }
 
@@ -116,7 +124,12 @@ impl Publisher {
                     .as_ref()
                     .map(|e| e.to_xml_in(waxwing_proto::ns::CLIENT)),
                 p.priority,
-                p.directed.iter().map(ToString::to_string).collect(),
+                {
+                    // Sorted: the change check hashes it.
+                    let mut d: Vec<String> = p.directed.iter().map(ToString::to_string).collect();
+                    d.sort_unstable();
+                    d
+                },
             )
         });
         let _ = server;
