@@ -180,7 +180,11 @@ impl Server {
                     burst: false,
                     hops: 1,
                 };
-                if c.replica.link().send(cluster::Outgoing { node, body }).is_err() {
+                if c.replica
+                    .link()
+                    .send(cluster::Outgoing { node, body })
+                    .is_err()
+                {
                     tracing::warn!("cluster link full: an IQ answer for another node dropped");
                 }
                 return;
@@ -189,8 +193,15 @@ impl Server {
             stanza.set_attr("id", id);
         }
         if let Some(key) = self.lease_key(&to, &stanza) {
-            return cluster::ownership::route(&self, key, vec![stanza], false, 0, Self::route_owned)
-                .await;
+            return cluster::ownership::route(
+                &self,
+                key,
+                vec![stanza],
+                false,
+                0,
+                Self::route_owned,
+            )
+            .await;
         }
         self.route_unleased(to, stanza, kind).await;
     }
@@ -233,7 +244,9 @@ impl Server {
                 return self.s2s.send_burst(&self, stanzas);
             }
             for s in stanzas {
-                let Some(kind) = stanza::kind(&s) else { continue };
+                let Some(kind) = stanza::kind(&s) else {
+                    continue;
+                };
                 let Some(to) = s.attr("to").and_then(|t| Jid::parse(t).ok()) else {
                     continue;
                 };

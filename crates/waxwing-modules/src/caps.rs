@@ -98,7 +98,12 @@ impl Caps {
     /// Notes the caps in `presence`, the current presence of a session of
     /// ours whose broadcast this process did not see (another node of a
     /// cluster serves it), as [`Caps::observe`] does for the others.
-    pub fn observe_elsewhere(&self, jid: &FullJid, presence: &Element, query_from: &str) -> Observed {
+    pub fn observe_elsewhere(
+        &self,
+        jid: &FullJid,
+        presence: &Element,
+        query_from: &str,
+    ) -> Observed {
         let Some((key, hash, node, ver)) = caps_of(presence) else {
             return Observed::None;
         };

@@ -53,7 +53,9 @@ async fn share_dialback_secret(
                 tracing::info!("cluster: using the dialback secret shared in Redis");
                 server.s2s.set_secret(secret);
             }
-            None => tracing::error!("cluster: {KEY_DIALBACK} in Redis is not a dialback key; ignored"),
+            None => {
+                tracing::error!("cluster: {KEY_DIALBACK} in Redis is not a dialback key; ignored")
+            }
         }
     }
     Ok(())

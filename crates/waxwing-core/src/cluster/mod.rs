@@ -403,7 +403,13 @@ mod tests {
         // Answers and messages are not requests.
         let t = tag_request("n1", iq("result", "pubsub.example.org", "x"));
         assert_eq!(t.attr("id"), Some("x"));
-        assert_eq!(untag_response(&iq("get", "bob@example.org/b", "wxq~n1~x")), None);
-        assert_eq!(untag_response(&iq("result", "bob@example.org/b", "plain")), None);
+        assert_eq!(
+            untag_response(&iq("get", "bob@example.org/b", "wxq~n1~x")),
+            None
+        );
+        assert_eq!(
+            untag_response(&iq("result", "bob@example.org/b", "plain")),
+            None
+        );
     }
 }

@@ -397,10 +397,9 @@ pub(crate) async fn release_all(c: &Cluster, conn: &mut redis::aio::ConnectionMa
 /// Deletes a dead node's leases (the survivor removing it does this), so
 /// its rooms move on their next stanza instead of after `lease_secs`.
 pub(crate) async fn forget_node(c: &Cluster, node: &str, conn: &mut redis::aio::ConnectionManager) {
-    let r: redis::RedisResult<u64> =
-        eval(RELEASE_ALL, &[key_leases(node)], &[format!("{node} ")])
-            .query_async(conn)
-            .await;
+    let r: redis::RedisResult<u64> = eval(RELEASE_ALL, &[key_leases(node)], &[format!("{node} ")])
+        .query_async(conn)
+        .await;
     match r {
         Ok(n) if n > 0 => tracing::info!(node, leases = n, "cluster: a dead node's leases freed"),
         Ok(_) => {}

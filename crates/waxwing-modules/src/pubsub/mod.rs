@@ -1513,10 +1513,17 @@ impl Svc<'_> {
             return;
         };
         let from = format!("pubsub.{}", s.jid.domain());
-        if !self.cx.services_of(s.jid.domain()).iter().any(|(d, _)| *d == from) {
+        if !self
+            .cx
+            .services_of(s.jid.domain())
+            .iter()
+            .any(|(d, _)| *d == from)
+        {
             return;
         }
-        if let crate::caps::Observed::Query(iq) = self.caps.observe_elsewhere(&s.jid, &presence, &from) {
+        if let crate::caps::Observed::Query(iq) =
+            self.caps.observe_elsewhere(&s.jid, &presence, &from)
+        {
             self.cx.route(iq).await;
         }
     }
