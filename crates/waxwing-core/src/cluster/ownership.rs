@@ -317,7 +317,7 @@ async fn bounce_all(server: &Arc<Server>, stanzas: Vec<Element>, condition: Cond
     for s in stanzas {
         server
             .clone()
-            .bounce(&s, StanzaError::wait(condition.clone()))
+            .bounce(&s, StanzaError::wait(condition))
             .await;
     }
 }
