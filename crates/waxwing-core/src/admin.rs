@@ -428,10 +428,7 @@ async fn drain(
     let to = body.to.filter(|t| !t.trim().is_empty());
     // The text goes into a stream error: one host[:port], nothing else.
     if let Some(t) = &to
-        && (t.len() > 255
-            || !t.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
-            }))
+        && !crate::config::cluster::is_host_port(t)
     {
         return Err(Failure(
             StatusCode::BAD_REQUEST,

@@ -147,7 +147,7 @@ impl Link {
         stanzas: Vec<Element>,
     ) -> Result<(), Vec<Element>> {
         let Some(permit) = self.tx.as_ref().and_then(|tx| tx.try_reserve().ok()) else {
-            tracing::warn!(%node, "cluster link full: a remote session refuses a stanza");
+            tracing::debug!(%node, "cluster link full: a remote session refuses a stanza");
             return Err(stanzas);
         };
         permit.send(Outgoing {
@@ -278,6 +278,11 @@ impl Cluster {
             .peers
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = nodes;
+    }
+
+    /// `[cluster] advertise`: where clients reach this node.
+    pub fn advertise(&self) -> Option<&str> {
+        self.config.advertise.as_deref()
     }
 
     pub(crate) fn conn(&self) -> redis::aio::ConnectionManager {

@@ -117,7 +117,7 @@ impl Publisher {
         }
     }
 
-    fn record(&self, server: &Server, node: &str, inc: &str, s: &SessionHandle) -> Record {
+    fn record(&self, node: &str, inc: &str, s: &SessionHandle) -> Record {
         let (last, priority, directed) = s.with_presence_quiet(|p| {
             (
                 p.last
@@ -132,7 +132,6 @@ impl Publisher {
                 },
             )
         });
-        let _ = server;
         Record {
             jid: s.jid.to_string(),
             node: node.to_string(),
@@ -175,7 +174,7 @@ pub(crate) async fn publish_loop(server: Arc<Server>) {
                 .filter(|h| server.sessions.get_local(jid).is_some_and(|s| s.id == h.id));
             let ev = match live {
                 Some(h) => {
-                    let rec = c.publisher.record(&server, &node, &c.incarnation, &h);
+                    let rec = c.publisher.record(&node, &c.incarnation, &h);
                     if !c.publisher.changed(*id, Some(&rec)) {
                         continue;
                     }

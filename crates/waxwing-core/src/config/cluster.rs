@@ -21,6 +21,19 @@ pub struct ClusterConfig {
     /// TTL of the leases on rooms, pubsub nodes and s2s routes
     /// (`crate::cluster::ownership`), renewed every third of it.
     pub lease: Duration,
+    /// `host:port` clients can reach this very node at: sent as the
+    /// XEP-0198 `location` of resumable sessions, so that a client resumes
+    /// where its session is.
+    pub advertise: Option<String>,
+}
+
+/// Whether `s` is a `host:port` (or `[v6]:port`) fit for an XML attribute
+/// or a `<see-other-host/>`: letters, digits, `.-:[]`, at most 255 bytes.
+pub fn is_host_port(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// Longest node name: it is part of every Redis key the node owns.
@@ -92,7 +105,16 @@ pub(super) fn cluster_config(
             ),
         ));
     }
+    if let Some(a) = &c.advertise
+        && !is_host_port(a)
+    {
+        return Err(err(
+            "advertise",
+            format!("advertise {a:?}: expected host:port (or [IPv6]:port)"),
+        ));
+    }
     Ok(Some(ClusterConfig {
+        advertise: c.advertise.clone(),
         redis_url: url.clone(),
         node: node.clone(),
         heartbeat: Duration::from_secs(c.heartbeat_secs),

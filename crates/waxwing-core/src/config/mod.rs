@@ -1605,6 +1605,19 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.message.contains("heartbeat_secs"), "{}", e.message);
+        let c = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://r/\"\nnode = \"a\"\nadvertise = \"[2001:db8::1]:5222\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.cluster.unwrap().advertise.as_deref(),
+            Some("[2001:db8::1]:5222")
+        );
+        let e = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://r/\"\nnode = \"a\"\nadvertise = \"x' y\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("advertise"), "{}", e.message);
     }
 
     #[test]

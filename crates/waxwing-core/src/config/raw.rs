@@ -887,6 +887,7 @@ pub struct Cluster {
     pub dead_after_secs: u64,
     pub stream_max_len: usize,
     pub lease_secs: u64,
+    pub advertise: Option<String>,
 }
 
 impl Default for Cluster {
@@ -898,6 +899,7 @@ impl Default for Cluster {
             dead_after_secs: 10,
             stream_max_len: 100_000,
             lease_secs: 10,
+            advertise: None,
         }
     }
 }
