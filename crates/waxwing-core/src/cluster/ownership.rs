@@ -237,7 +237,9 @@ async fn resolve(c: &Cluster, key: &Key) -> redis::RedisResult<Owner> {
     if c.ownership.is_owner(key) {
         return Ok(Owner::Here);
     }
-    if let Some(node) = c.ownership.cached(key) {
+    // A node that left the membership since is not asked again: Redis
+    // knows whether its leases were freed.
+    if let Some(node) = c.ownership.cached(key).filter(|n| c.is_peer(n)) {
         return Ok(Owner::Node(node));
     }
     let mut conn = c.conn();
