@@ -233,8 +233,11 @@ async def test_a_drained_node_sends_its_clients_to_another(server, xmpp, postgre
     # (it reconnects to its custom address): the test follows it instead.
     alice.x.max_redirects = -1
     bob = await online(xmpp, n2, f"{BOB}/b")
+    alice.send_message(f"{BOB}/b", "crossing to n2")
+    await bob.expect_message(body="crossing to n2", sender=f"{ALICE}/a")
+    tok = token(n1)
     target = f"127.0.0.1:{n2.c2s_port}"
-    out = admin(n1, token(n1), "drain", "--to", target)
+    out = admin(n1, tok, "drain", "--to", target)
     assert out == {"closed": 1}, out
     # RFC 6120 §4.9.3.19: the other host inside <see-other-host/>.
     err = await alice.stream_errors.expect(desc="see-other-host")
@@ -252,3 +255,10 @@ async def test_a_drained_node_sends_its_clients_to_another(server, xmpp, postgre
     st = await until(lambda: (s := status(n2)) and s["n2"]["sessions"] == 2 and s,
                      "the sessions on n2")
     assert st["n1"]["sessions"] == 0, st
+    # n1's own view (admin stats): it sent envelopes, knows n2's sessions.
+    stats = admin(n1, tok, "stats")
+    assert stats["sessions"] == 0, stats
+    assert stats["cluster"]["node"] == "n1", stats
+    assert stats["cluster"]["envelopes_sent"] >= 1, stats
+    await until(lambda: admin(n1, tok, "stats")["cluster"]["remote_sessions"].get("n2") == 2,
+                "n1 sees n2's two sessions")

@@ -280,6 +280,19 @@ impl Cluster {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = nodes;
     }
 
+    /// This node's view, for the admin API's stats: envelopes sent,
+    /// received and dropped as repeats, and the other nodes' sessions it knows.
+    pub fn stats_json(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        serde_json::json!({
+            "node": self.node(),
+            "envelopes_sent": self.stats.sent.load(Relaxed),
+            "envelopes_received": self.stats.received.load(Relaxed),
+            "envelopes_repeated": self.stats.duplicates.load(Relaxed),
+            "remote_sessions": self.replica.counts(),
+        })
+    }
+
     /// `[cluster] advertise`: where clients reach this node.
     pub fn advertise(&self) -> Option<&str> {
         self.config.advertise.as_deref()
