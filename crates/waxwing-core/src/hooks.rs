@@ -159,6 +159,30 @@ pub trait DomainService: Send + Sync {
     async fn handle_stanza(&self, cx: &Cx, stanza: Element);
     /// disco#items name for the server's item list.
     fn name(&self) -> &str;
+
+    /// In a cluster, the entity `stanza` (addressed to `to`) is for, when
+    /// its state lives in one node's memory and must be served by one node
+    /// at a time (a MUC room): the router then hands it to the entity's
+    /// owner (`crate::cluster::ownership`). `None` (the default): any node
+    /// may handle it. Never called on a single node.
+    fn owned_entity(&self, to: &Jid, stanza: &Element) -> Option<String> {
+        let _ = (to, stanza);
+        None
+    }
+
+    /// This node has just become the owner of `entity` (named by
+    /// [`DomainService::owned_entity`]): forget any copy held in memory and
+    /// load it from the store, where its previous owner left it. Called
+    /// before the first stanza for it is handled.
+    async fn entity_acquired(&self, cx: &Cx, entity: &str) {
+        let _ = (cx, entity);
+    }
+
+    /// This node no longer owns `entity` (another node holds it now): drop
+    /// what is held in memory for it.
+    async fn entity_released(&self, cx: &Cx, entity: &str) {
+        let _ = (cx, entity);
+    }
 }
 
 /// Adds elements to `<stream:features/>` after authentication.

@@ -39,6 +39,7 @@ use waxwing_store::{StoreError, Stores};
 use crate::abuse::{
     AuthThrottle, ConnectionCounter, PartialBudget, RegistrationLimit, ThrottleConfig,
 };
+use crate::cluster;
 use crate::config::Config;
 use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqHandler, IqKind, IqResult, IqTarget, Registry};
 use crate::isolate::{self, Panicked, isolated};
@@ -47,7 +48,7 @@ use crate::session::{SessionHandle, SessionRegistry};
 use crate::stream::c2s::ResumptionTable;
 use crate::tls::TlsContext;
 
-type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Everything shared by all connections of one server process.
 pub struct Server {
@@ -172,7 +173,129 @@ impl Server {
     }
 
     /// [`Server::route`] for a stanza whose `to` is already parsed as `to`.
-    async fn route_to(self: Arc<Self>, to: Jid, stanza: Element, kind: StanzaKind) {
+    async fn route_to(self: Arc<Self>, to: Jid, mut stanza: Element, kind: StanzaKind) {
+        if let Some(c) = &self.cluster
+            && let Some((node, id)) = cluster::untag_response(&stanza)
+        {
+            // The answer to a request a node of ours sent (see
+            // `cluster::tag_request`): handled where it is waited for.
+            if node != c.node() {
+                if !c.is_peer(node) {
+                    // Made up, or its node is gone: nobody waits for it.
+                    return;
+                }
+                let node: Arc<str> = node.into();
+                let body = cluster::Body::Route {
+                    stanzas: vec![stanza.to_xml()],
+                    burst: false,
+                    hops: 1,
+                };
+                if c.replica
+                    .link()
+                    .send(cluster::Outgoing { node, body })
+                    .is_err()
+                {
+                    tracing::warn!("cluster link full: an IQ answer for another node dropped");
+                }
+                return;
+            }
+            let id = id.to_string();
+            stanza.set_attr("id", id);
+        }
+        if let Some(key) = self.lease_key(&to, &stanza) {
+            return cluster::ownership::route(
+                &self,
+                key,
+                vec![stanza],
+                false,
+                0,
+                Self::route_owned,
+            )
+            .await;
+        }
+        self.route_unleased(to, stanza, kind).await;
+    }
+
+    /// In a cluster, the lease whose holder handles a stanza to `to`: a
+    /// room (or whatever a domain service names,
+    /// [`crate::hooks::DomainService::owned_entity`]) or the outgoing s2s
+    /// route of the domain pair. `None` on a single node and for
+    /// everything any node may handle.
+    fn lease_key(&self, to: &Jid, stanza: &Element) -> Option<cluster::ownership::Key> {
+        self.cluster.as_ref()?;
+        if let Some((_, svc)) = self.registry.services.get(to.domain()) {
+            let entity = svc.owned_entity(to, stanza)?;
+            return Some(cluster::ownership::Key::Service {
+                domain: to.domain().to_string(),
+                entity,
+            });
+        }
+        if self.components.contains(to.domain()) || self.config.is_local_host(to.domain()) {
+            return None;
+        }
+        let from = stanza.attr("from").and_then(|f| Jid::parse(f).ok())?;
+        Some(cluster::ownership::Key::S2s {
+            local: from.domain().to_string(),
+            remote: to.domain().to_string(),
+        })
+    }
+
+    /// Handles stanzas whose lease this node holds (see
+    /// [`cluster::ownership::route`]): to the domain service, or onto the
+    /// s2s pair's queue (`burst`: as one entry).
+    fn route_owned(self: Arc<Self>, stanzas: Vec<Element>, burst: bool) -> BoxFuture {
+        Box::pin(async move {
+            let remote = stanzas
+                .first()
+                .and_then(|s| s.attr("to"))
+                .and_then(|t| Jid::parse(t).ok())
+                .is_some_and(|to| !self.is_local_domain(to.domain()));
+            if remote && burst {
+                return self.s2s.send_burst(&self, stanzas);
+            }
+            for s in stanzas {
+                let Some(kind) = stanza::kind(&s) else {
+                    continue;
+                };
+                let Some(to) = s.attr("to").and_then(|t| Jid::parse(t).ok()) else {
+                    continue;
+                };
+                self.clone().route_unleased(to, s, kind).await;
+            }
+        })
+    }
+
+    /// Stanzas another node forwarded because this node owns their lease
+    /// (as far as it knew): decided again here, since ownership may have
+    /// moved on the way.
+    pub(crate) fn route_forwarded(
+        self: Arc<Self>,
+        stanzas: Vec<Element>,
+        burst: bool,
+        hops: u8,
+    ) -> BoxFuture {
+        Box::pin(async move {
+            let key = stanzas.first().and_then(|s| {
+                let to = Jid::parse(s.attr("to")?).ok()?;
+                self.lease_key(&to, s)
+            });
+            match key {
+                Some(key) => {
+                    cluster::ownership::route(&self, key, stanzas, burst, hops, Self::route_owned)
+                        .await;
+                }
+                None => {
+                    for s in stanzas {
+                        self.clone().route(s).await;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Routing once any lease is settled: domain services, components,
+    /// local delivery, federation.
+    async fn route_unleased(self: Arc<Self>, to: Jid, stanza: Element, kind: StanzaKind) {
         if let Some((module, svc)) = self.registry.services.get(to.domain()) {
             let cx = Cx::new(self.clone(), None);
             let reply_to = isolate::envelope(&stanza);
@@ -223,7 +346,19 @@ impl Server {
                 .as_ref()
                 .is_some_and(|to| !self.is_local_domain(to.domain()));
             if remote && same_to {
-                // One entry of the pair's queue, like a session's burst.
+                // One entry of the pair's queue, like a session's burst
+                // (in a cluster, the queue of the node holding the pair).
+                if let Some(key) = to.as_ref().and_then(|to| self.lease_key(to, first)) {
+                    return cluster::ownership::route(
+                        &self,
+                        key,
+                        stanzas,
+                        true,
+                        0,
+                        Self::route_owned,
+                    )
+                    .await;
+                }
                 return self.s2s.send_burst(&self, stanzas);
             }
             let Some(session) = session.filter(|_| same_to) else {

@@ -330,6 +330,12 @@ impl SessionHandle {
         f(&self.presence())
     }
 
+    /// The session's last broadcast available presence (`None` before
+    /// initial presence and after unavailable).
+    pub fn last_presence(&self) -> Option<Element> {
+        self.presence().last.clone()
+    }
+
     pub fn with_presence<R>(&self, f: impl FnOnce(&mut PresenceState) -> R) -> R {
         let r = f(&mut self.presence());
         self.changed();

@@ -28,6 +28,8 @@ const MAX_KNOWN: usize = 4096;
 const MAX_PENDING: usize = 1024;
 /// Remote resources tracked at once, and local accounts remembered per resource.
 const MAX_REMOTE: usize = 16384;
+/// Sessions served elsewhere remembered at once.
+const MAX_ELSEWHERE: usize = 16384;
 const MAX_WATCHERS: usize = 256;
 
 /// Features of a session's client.
@@ -52,6 +54,11 @@ pub enum Observed {
 struct State {
     /// Current cache key per session.
     sessions: HashMap<FullJid, String>,
+    /// Cache keys of sessions whose presence this process did not see go
+    /// out (served by another node of a cluster), taken from the presence
+    /// the session registry holds when they are asked about. Nothing says
+    /// when they end, so the table is bounded and emptied when full.
+    elsewhere: HashMap<FullJid, String>,
     known: HashMap<String, Features>,
     /// Outstanding queries by IQ id: (cache key, hash algorithm, `ver`,
     /// the JID asked, whose answer alone counts).
@@ -78,8 +85,37 @@ impl Caps {
     /// The features of a session's client, if known.
     pub fn features(&self, jid: &FullJid) -> Option<Features> {
         let st = self.lock();
-        let key = st.sessions.get(jid)?;
+        let key = st.sessions.get(jid).or_else(|| st.elsewhere.get(jid))?;
         st.known.get(key).cloned()
+    }
+
+    /// Whether the caps of session `jid` were noted (known or being asked).
+    pub fn noted(&self, jid: &FullJid) -> bool {
+        let st = self.lock();
+        st.sessions.contains_key(jid) || st.elsewhere.contains_key(jid)
+    }
+
+    /// Notes the caps in `presence`, the current presence of a session of
+    /// ours whose broadcast this process did not see (another node of a
+    /// cluster serves it), as [`Caps::observe`] does for the others.
+    pub fn observe_elsewhere(
+        &self,
+        jid: &FullJid,
+        presence: &Element,
+        query_from: &str,
+    ) -> Observed {
+        let Some((key, hash, node, ver)) = caps_of(presence) else {
+            return Observed::None;
+        };
+        let mut st = self.lock();
+        if st.elsewhere.get(jid) == Some(&key) {
+            return Observed::Unchanged;
+        }
+        if st.elsewhere.len() >= MAX_ELSEWHERE {
+            st.elsewhere.clear();
+        }
+        st.elsewhere.insert(jid.clone(), key.clone());
+        st.lookup(jid, key, hash, &node, &ver, query_from)
     }
 
     /// Whether the session asked for notifications of `node` (`node+notify`).
@@ -246,6 +282,7 @@ impl Caps {
     pub fn forget(&self, jid: &FullJid) {
         let mut st = self.lock();
         st.sessions.remove(jid);
+        st.elsewhere.remove(jid);
         let bare = jid.bare();
         if let Some(r) = st.remote.get_mut(bare)
             && r.remove(jid).is_some()
@@ -299,6 +336,7 @@ impl Caps {
         Some(
             st.sessions
                 .iter()
+                .chain(st.elsewhere.iter())
                 .filter(|(_, k)| **k == key)
                 .map(|(j, _)| j.clone())
                 .collect(),

@@ -26,19 +26,20 @@ pub async fn run(config: &Config, action: Action) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<24} {:<6} {:>10} {:>10} {:>12}",
-                "node", "alive", "sessions", "lag", "heartbeat"
+                "{:<24} {:<6} {:>10} {:>10} {:>8} {:>12}",
+                "node", "alive", "sessions", "lag", "leases", "heartbeat"
             );
             for n in &nodes {
                 let beat = n
                     .heartbeat_ttl_ms
                     .map_or_else(|| "expired".to_string(), |t| format!("{t} ms left"));
                 println!(
-                    "{:<24} {:<6} {:>10} {:>10} {:>12}",
+                    "{:<24} {:<6} {:>10} {:>10} {:>8} {:>12}",
                     n.node,
                     if n.alive { "yes" } else { "NO" },
                     n.sessions,
                     n.stream_lag,
+                    n.leases,
                     beat
                 );
             }

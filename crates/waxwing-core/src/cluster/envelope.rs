@@ -50,6 +50,17 @@ pub enum Body {
         condition: String,
         text: Option<String>,
     },
+    /// Route these stanzas here: the sender found that this node owns
+    /// what they are for (a room, a pubsub node, an s2s route; see
+    /// `cluster::ownership`). The receiver decides again, in case
+    /// ownership moved; `hops` counts the forwards so far.
+    Route {
+        stanzas: Vec<String>,
+        /// They go out together (a group chat join to a remote occupant).
+        #[serde(default)]
+        burst: bool,
+        hops: u8,
+    },
 }
 
 impl Envelope {

@@ -160,6 +160,7 @@ pub(crate) async fn heartbeat_loop(server: Arc<Server>, shutdown: CancellationTo
             Some(_) => {}
         }
         let others: Vec<String> = nodes.into_iter().filter(|n| *n != me).collect();
+        c.set_peers(others.clone());
         if others.is_empty() {
             continue;
         }
@@ -204,6 +205,9 @@ async fn reap(server: &Arc<Server>, node: &str) {
             .emit(Some(s.clone()), HookEvent::SessionClosed(s.clone()))
             .await;
     }
+    // Its rooms and routes are free now: what its stream still held for
+    // them goes to their next owner.
+    super::ownership::forget_node(c, node, &mut conn).await;
     drain_stream(server, node, &mut conn).await;
     let dead = Event::Dead {
         node: node.to_string(),
@@ -253,6 +257,11 @@ async fn drain_stream(server: &Arc<Server>, node: &str, conn: &mut redis::aio::C
                 continue;
             };
             if !dedup.accept(&env) {
+                continue;
+            }
+            if let super::Body::Route { .. } = env.body {
+                n += 1;
+                super::transport::handle(server, env.body).await;
                 continue;
             }
             if let super::Body::Deliver { to, stanzas, .. } = env.body
@@ -327,6 +336,7 @@ async fn apply(server: &Arc<Server>, ev: Event) {
     let c = server.cluster.as_ref().expect("cluster mode");
     match ev {
         Event::Dead { node, keep } if node != c.node() => {
+            c.ownership.forget_remote(&node);
             let gone = c.replica.remove_node(&node, keep.as_deref());
             // A node started again: its previous life's sessions ended
             // without a goodbye. One survivor tells their contacts.

@@ -30,10 +30,14 @@
 //! `wx:reg:<n>` (hash: session id → [`replica::Record`] JSON), channel
 //! `wx:reg` ([`replica::Event`] JSON), `wx:in:<n>` (stream of
 //! [`envelope::Envelope`]s), `wx:cursor:<n>` (the last entry `n` has
-//! processed), `wx:reap:<n>` (the lock of the survivor removing dead `n`).
+//! processed), `wx:reap:<n>` (the lock of the survivor removing dead `n`),
+//! `wx:lease:<kind>:…` (who owns a room, a pubsub node or an s2s route:
+//! [`ownership`]) and `wx:leases:<n>` (the set of `n`'s leases).
 
 pub mod envelope;
+pub mod federation;
 pub mod membership;
+pub mod ownership;
 pub mod publish;
 pub mod replica;
 pub mod status;
@@ -101,6 +105,8 @@ pub(crate) fn key_reap(node: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Link {
     tx: Option<mpsc::Sender<Outgoing>>,
+    /// This node's name, for [`tag_request`].
+    me: Arc<str>,
 }
 
 /// One envelope body for one node, before its sequence number.
@@ -111,15 +117,24 @@ pub(crate) struct Outgoing {
 }
 
 impl Link {
-    fn new() -> (Link, mpsc::Receiver<Outgoing>) {
+    fn new(me: &str) -> (Link, mpsc::Receiver<Outgoing>) {
         let (tx, rx) = mpsc::channel(OUTGOING_CAPACITY);
-        (Link { tx: Some(tx) }, rx)
+        (
+            Link {
+                tx: Some(tx),
+                me: me.into(),
+            },
+            rx,
+        )
     }
 
     /// A link that refuses everything (tests).
     #[cfg(test)]
     pub(crate) fn detached() -> Link {
-        Link { tx: None }
+        Link {
+            tx: None,
+            me: "test".into(),
+        }
     }
 
     /// Queues `stanzas` for session `sid` (`to`) on `node`, without waiting;
@@ -140,10 +155,22 @@ impl Link {
             body: Body::Deliver {
                 to: to.to_string(),
                 sid,
-                stanzas: stanzas.iter().map(Element::to_xml).collect(),
+                stanzas: stanzas
+                    .into_iter()
+                    .map(|s| tag_request(&self.me, s).to_xml())
+                    .collect(),
             },
         });
         Ok(())
+    }
+
+    /// Queues any body for its node, without waiting; it comes back when
+    /// the queue is full.
+    pub(crate) fn send(&self, o: Outgoing) -> Result<(), Outgoing> {
+        match &self.tx {
+            Some(tx) => tx.try_send(o).map_err(|e| e.into_inner()),
+            None => Err(o),
+        }
     }
 
     /// Asks `node` to end session `sid` with `err`.
@@ -166,6 +193,34 @@ impl Link {
     }
 }
 
+/// The prefix of a request id tagged by [`tag_request`].
+const TAG: &str = "wxq~";
+
+/// An IQ request from the server or one of its services (a `from` without
+/// a local part: a caps query from `pubsub.<host>` …) to a session on
+/// another node: its id names this node, so that the answer, which
+/// arrives on the session's node, comes back here, where the request is
+/// waited for ([`untag_response`]). Requests from accounts and rooms
+/// (a local part) are answered wherever their `to` is served.
+fn tag_request(me: &str, mut stanza: Element) -> Element {
+    let from_server = stanza.attr("from").is_some_and(|f| !f.contains('@'));
+    if stanza.name == "iq" && from_server && matches!(stanza.attr("type"), Some("get" | "set")) {
+        let id = stanza.attr("id").unwrap_or_default();
+        let tagged = format!("{TAG}{me}~{id}");
+        stanza.set_attr("id", tagged);
+    }
+    stanza
+}
+
+/// For an IQ answer to a request [`tag_request`] tagged: the node that
+/// sent the request, and the id it gave it.
+pub(crate) fn untag_response(stanza: &Element) -> Option<(&str, &str)> {
+    if stanza.name != "iq" || !matches!(stanza.attr("type"), Some("result" | "error")) {
+        return None;
+    }
+    stanza.attr("id")?.strip_prefix(TAG)?.split_once('~')
+}
+
 /// The cluster's parts a server holds; built with the server, started by
 /// [`Cluster::start`] once the server exists.
 pub struct Cluster {
@@ -174,6 +229,10 @@ pub struct Cluster {
     pub incarnation: String,
     pub replica: Arc<Replica>,
     pub publisher: Arc<Publisher>,
+    /// The leases (rooms, pubsub nodes, s2s routes) this node holds.
+    pub ownership: ownership::Ownership,
+    /// The other nodes Redis listed at our last heartbeat.
+    peers: std::sync::RwLock<Vec<String>>,
     outgoing: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
     /// Set by [`Cluster::start`].
     conn: std::sync::OnceLock<redis::aio::ConnectionManager>,
@@ -184,11 +243,13 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Cluster {
-        let (link, rx) = Link::new();
+        let (link, rx) = Link::new(&config.node);
         Cluster {
             incarnation: crate::random_id(),
             replica: Arc::new(Replica::new(&config.node, link)),
             publisher: Arc::new(Publisher::default()),
+            ownership: ownership::Ownership::default(),
+            peers: std::sync::RwLock::default(),
             outgoing: std::sync::Mutex::new(Some(rx)),
             conn: std::sync::OnceLock::new(),
             drain: std::sync::OnceLock::new(),
@@ -199,6 +260,24 @@ impl Cluster {
 
     pub fn node(&self) -> &str {
         &self.config.node
+    }
+
+    /// Whether `node` is another member of the cluster (as of our last
+    /// heartbeat): a name taken from a stanza is checked here before
+    /// anything is written to that node's stream.
+    pub(crate) fn is_peer(&self, node: &str) -> bool {
+        self.peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|n| n == node)
+    }
+
+    pub(crate) fn set_peers(&self, nodes: Vec<String>) {
+        *self
+            .peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = nodes;
     }
 
     /// This node's view, for the admin API's stats: envelopes sent,
@@ -242,6 +321,7 @@ impl Cluster {
         .await
         .map_err(|_| ClusterError::Redis("no answer from the server".into()))??;
         membership::join(c, &mut conn).await?;
+        federation::share_at_start(server, &mut conn).await?;
         let _ = c.conn.set(conn);
         let rx = c
             .outgoing
@@ -257,6 +337,8 @@ impl Cluster {
         tokio::spawn(publish::publish_loop(server.clone()));
         tokio::spawn(membership::watch_loop(server.clone(), client));
         tokio::spawn(membership::heartbeat_loop(server.clone(), shutdown));
+        tokio::spawn(ownership::renew_loop(server.clone()));
+        tokio::spawn(federation::dialback_loop(server.clone()));
         tracing::info!(node = c.node(), incarnation = %c.incarnation, "joined the cluster");
         Ok(())
     }
@@ -298,9 +380,54 @@ impl Cluster {
             return;
         };
         let mut conn = conn.clone();
-        let r = membership::leave(self, &mut conn);
+        let r = async {
+            ownership::release_all(self, &mut conn).await;
+            membership::leave(self, &mut conn).await;
+        };
         if tokio::time::timeout(RESPONSE_TIMEOUT, r).await.is_err() {
             tracing::warn!("could not leave the cluster in time; the others will time us out");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iq(ty: &str, from: &str, id: &str) -> Element {
+        Element::new("iq", waxwing_proto::ns::CLIENT)
+            .with_attr("type", ty)
+            .with_attr("from", from)
+            .with_attr("id", id)
+    }
+
+    #[test]
+    fn requests_from_services_come_back_to_their_node() {
+        let tagged = tag_request("n1", iq("get", "pubsub.example.org", "caps-1"));
+        assert_eq!(tagged.attr("id"), Some("wxq~n1~caps-1"));
+        let mut answer = iq("result", "bob@example.org/b", "wxq~n1~caps-1");
+        assert_eq!(untag_response(&answer), Some(("n1", "caps-1")));
+        // An id with the separator inside survives the round trip.
+        let tagged = tag_request("n-2", iq("set", "example.org", "a~b"));
+        answer.set_attr("id", tagged.attr("id").unwrap_or_default());
+        assert_eq!(untag_response(&answer), Some(("n-2", "a~b")));
+    }
+
+    #[test]
+    fn other_stanzas_are_left_alone() {
+        // From an account or a room: answered wherever `to` is served.
+        let t = tag_request("n1", iq("get", "alice@example.org/a", "x"));
+        assert_eq!(t.attr("id"), Some("x"));
+        // Answers and messages are not requests.
+        let t = tag_request("n1", iq("result", "pubsub.example.org", "x"));
+        assert_eq!(t.attr("id"), Some("x"));
+        assert_eq!(
+            untag_response(&iq("get", "bob@example.org/b", "wxq~n1~x")),
+            None
+        );
+        assert_eq!(
+            untag_response(&iq("result", "bob@example.org/b", "plain")),
+            None
+        );
     }
 }

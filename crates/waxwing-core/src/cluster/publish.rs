@@ -94,7 +94,15 @@ impl Publisher {
             return written.remove(&sid).is_some();
         };
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&rec.jid, rec.priority, &rec.last, rec.flags, rec.interested).hash(&mut h);
+        (
+            &rec.jid,
+            rec.priority,
+            &rec.last,
+            rec.flags,
+            rec.interested,
+            &rec.directed,
+        )
+            .hash(&mut h);
         written.insert(sid, h.finish()) != Some(h.finish())
     }
 
@@ -110,12 +118,18 @@ impl Publisher {
     }
 
     fn record(&self, node: &str, inc: &str, s: &SessionHandle) -> Record {
-        let (last, priority) = s.with_presence_quiet(|p| {
+        let (last, priority, directed) = s.with_presence_quiet(|p| {
             (
                 p.last
                     .as_ref()
                     .map(|e| e.to_xml_in(waxwing_proto::ns::CLIENT)),
                 p.priority,
+                {
+                    // Sorted: the change check hashes it.
+                    let mut d: Vec<String> = p.directed.iter().map(ToString::to_string).collect();
+                    d.sort_unstable();
+                    d
+                },
             )
         });
         Record {
@@ -128,6 +142,7 @@ impl Publisher {
             last,
             flags: s.flag_bits(),
             interested: s.is_interested(),
+            directed,
         }
     }
 }

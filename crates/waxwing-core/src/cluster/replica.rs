@@ -44,6 +44,12 @@ pub struct Record {
     pub flags: u32,
     /// The client asked for its roster (gets roster pushes).
     pub interested: bool,
+    /// Entities that got directed presence from the session (MUC rooms
+    /// joined …): if its node dies, the survivor removing it sends them
+    /// unavailable (RFC 6121 §4.6.3), so rooms served elsewhere drop the
+    /// occupant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directed: Vec<String>,
 }
 
 /// A change announced on `wx:reg`.
@@ -94,7 +100,11 @@ impl Replica {
         let presence = PresenceState {
             last,
             priority: rec.priority,
-            directed: Default::default(),
+            directed: rec
+                .directed
+                .iter()
+                .filter_map(|j| waxwing_proto::jid::Jid::parse(j).ok())
+                .collect(),
         };
         SessionHandle::remote(
             jid,
@@ -111,6 +121,11 @@ impl Replica {
 
     /// Applies one announced change; our own node's are ignored (they are
     /// in the local registry).
+    /// The queue to the other nodes' streams.
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
     pub fn apply(&self, ev: Event) {
         match ev {
             Event::Up(rec) => self.upsert(rec),
@@ -233,6 +248,7 @@ mod tests {
             ver,
             priority,
             last: Some("<presence/>".into()),
+            directed: Vec::new(),
             flags: 0,
             interested: true,
         }

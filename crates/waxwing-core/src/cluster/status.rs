@@ -20,6 +20,9 @@ pub struct NodeStatus {
     pub stream_lag: u64,
     /// The last stream entry it processed.
     pub cursor: Option<String>,
+    /// Rooms, pubsub nodes and s2s routes it holds a lease on
+    /// (`super::ownership`).
+    pub leases: u64,
 }
 
 /// Reads every known node's state.
@@ -35,13 +38,15 @@ pub async fn status(config: &ClusterConfig) -> Result<Vec<NodeStatus>, ClusterEr
     nodes.sort();
     let mut out = Vec::new();
     for node in nodes {
-        let (ttl, sessions, len, cursor): (i64, u64, u64, Option<String>) = redis::pipe()
-            .pttl(key_heartbeat(&node))
-            .hlen(key_registry(&node))
-            .xlen(key_stream(&node))
-            .get(key_cursor(&node))
-            .query_async(&mut conn)
-            .await?;
+        let (ttl, sessions, len, cursor, leases): (i64, u64, u64, Option<String>, u64) =
+            redis::pipe()
+                .pttl(key_heartbeat(&node))
+                .hlen(key_registry(&node))
+                .xlen(key_stream(&node))
+                .get(key_cursor(&node))
+                .scard(super::ownership::key_leases(&node))
+                .query_async(&mut conn)
+                .await?;
         // XTRIM MINID keeps the last processed entry.
         let stream_lag = if cursor.is_some() {
             len.saturating_sub(1)
@@ -55,6 +60,7 @@ pub async fn status(config: &ClusterConfig) -> Result<Vec<NodeStatus>, ClusterEr
             sessions,
             stream_lag,
             cursor,
+            leases,
         });
     }
     Ok(out)

@@ -218,6 +218,19 @@ pub(crate) async fn handle(server: &Arc<Server>, body: Body) {
                 undeliverable(server, to, stanzas).await;
             }
         }
+        Body::Route {
+            stanzas,
+            burst,
+            hops,
+        } => {
+            let stanzas: Vec<Element> = stanzas
+                .iter()
+                .filter_map(|x| waxwing_proto::xml::parse_stanza(x, waxwing_proto::ns::CLIENT).ok())
+                .collect();
+            if !stanzas.is_empty() {
+                server.clone().route_forwarded(stanzas, burst, hops).await;
+            }
+        }
         Body::Close {
             to,
             sid,

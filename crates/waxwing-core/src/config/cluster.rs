@@ -18,6 +18,9 @@ pub struct ClusterConfig {
     pub dead_after: Duration,
     /// Entries a node's inbound stream keeps at most (Redis `MAXLEN ~`).
     pub stream_max_len: usize,
+    /// TTL of the leases on rooms, pubsub nodes and s2s routes
+    /// (`crate::cluster::ownership`), renewed every third of it.
+    pub lease: Duration,
     /// `host:port` clients can reach this very node at: sent as the
     /// XEP-0198 `location` of resumable sessions, so that a client resumes
     /// where its session is.
@@ -117,5 +120,6 @@ pub(super) fn cluster_config(
         heartbeat: Duration::from_secs(c.heartbeat_secs),
         dead_after: Duration::from_secs(c.dead_after_secs),
         stream_max_len: c.stream_max_len,
+        lease: Duration::from_secs(c.lease_secs),
     }))
 }

@@ -704,6 +704,15 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
         },
         Bound {
             table: "cluster",
+            key: "lease_secs",
+            value: f.cluster.lease_secs,
+            min: 2,
+            max: 600,
+            why: "a dead node's rooms and s2s routes move to another node after at most this \
+                  long; the owner renews every third of it",
+        },
+        Bound {
+            table: "cluster",
             key: "stream_max_len",
             value: n(f.cluster.stream_max_len),
             min: 1000,

@@ -916,6 +916,7 @@ pub struct Cluster {
     pub heartbeat_secs: u64,
     pub dead_after_secs: u64,
     pub stream_max_len: usize,
+    pub lease_secs: u64,
     pub advertise: Option<String>,
 }
 
@@ -927,6 +928,7 @@ impl Default for Cluster {
             heartbeat_secs: 2,
             dead_after_secs: 10,
             stream_max_len: 100_000,
+            lease_secs: 10,
             advertise: None,
         }
     }

@@ -35,6 +35,21 @@ impl DialbackSecret {
         }
     }
 
+    /// From an HMAC key made by [`DialbackSecret::new`] elsewhere (another
+    /// node of a cluster): 64 lowercase hex digits.
+    pub fn from_hmac_key(key: &str) -> Option<Self> {
+        (key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then(
+            || DialbackSecret {
+                hmac_key: key.to_string(),
+            },
+        )
+    }
+
+    /// The HMAC key (what a cluster's nodes share).
+    pub fn hmac_key(&self) -> &str {
+        &self.hmac_key
+    }
+
     /// The key the originating server sends for (receiving, originating, stream id).
     pub fn key(&self, receiving: &str, originating: &str, stream_id: &str) -> String {
         hex::encode(

@@ -86,7 +86,9 @@ pub(crate) async fn flush_at_shutdown(wire: &mut wire::Wire, rx: &mut Outbox) {
 
 /// Outgoing federation state, owned by the [`Server`].
 pub struct S2sManager {
-    pub(crate) secret: DialbackSecret,
+    /// Replaced once in a cluster by the secret all nodes share
+    /// (`crate::cluster::federation`).
+    secret: std::sync::RwLock<DialbackSecret>,
     pub(crate) tls: S2sTls,
     /// Rate limits, block list and reputation of remote domains.
     pub defences: Defences,
@@ -113,7 +115,7 @@ impl S2sManager {
         let secret = DialbackSecret::load(config.s2s.secret.as_deref(), &config.data_dir)?;
         let tls = S2sTls::new(tls, &config.hosts, config.s2s.ca_bundle.as_deref())?;
         Ok(S2sManager {
-            secret,
+            secret: std::sync::RwLock::new(secret),
             tls,
             defences: Defences::new(&config.s2s),
             inbound: InboundLimits::new(&config.s2s),
@@ -123,6 +125,19 @@ impl S2sManager {
             bidi: AtomicUsize::new(0),
             outgoing: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The dialback secret keys are made and checked with.
+    pub(crate) fn secret(&self) -> DialbackSecret {
+        self.secret
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Uses `secret` from now on (the cluster's shared one).
+    pub(crate) fn set_secret(&self, secret: DialbackSecret) {
+        *self.secret.write().unwrap_or_else(|e| e.into_inner()) = secret;
     }
 
     /// Queues `stanza` (addressed to a remote domain, `from` one of ours)

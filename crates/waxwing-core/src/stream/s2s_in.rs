@@ -924,7 +924,7 @@ impl Incoming {
             ));
         };
         let valid = self.server.is_local_domain(to)
-            && self.server.s2s.secret.verify(from, to, id, &el.text());
+            && self.server.s2s.secret().verify(from, to, id, &el.text());
         tracing::debug!(
             receiving = from,
             originating = to,

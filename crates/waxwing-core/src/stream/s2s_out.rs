@@ -427,7 +427,7 @@ impl Outgoing {
         let key = self
             .server
             .s2s
-            .secret
+            .secret()
             .key(&self.remote, &self.local, &self.stream_id);
         self.wire
             .send(&dialback::result_request(&self.local, &self.remote, &key))
@@ -592,7 +592,7 @@ impl Outgoing {
             "verify" => {
                 let id = el.attr("id").unwrap_or_default();
                 let valid = self.server.is_local_domain(to)
-                    && self.server.s2s.secret.verify(from, to, id, &el.text());
+                    && self.server.s2s.secret().verify(from, to, id, &el.text());
                 dialback::verify_answer(to, from, id, valid)
             }
             "result" => dialback::result_error(

@@ -1067,6 +1067,66 @@ impl DomainService for MucService {
     fn name(&self) -> &str {
         "Chatrooms"
     }
+
+    /// In a cluster a room lives on one node: its occupants are in that
+    /// process's memory.
+    fn owned_entity(&self, to: &Jid, _stanza: &Element) -> Option<String> {
+        to.local().is_some().then(|| to.to_bare().to_string())
+    }
+
+    /// Takes a room over (its previous owner died or left): the stored
+    /// configuration, affiliations and history as they are now, with no
+    /// occupants; a room that is not stored (temporary, or destroyed
+    /// elsewhere) is forgotten and may be created again.
+    async fn entity_acquired(&self, cx: &Cx, entity: &str) {
+        let Ok(jid) = BareJid::parse(entity) else {
+            return;
+        };
+        if self.ensure_loaded(cx).await.is_err() {
+            // handle_stanza reports it and refuses the stanza.
+            return;
+        }
+        let stored = match cx.stores().muc.rooms(&self.domain).await {
+            Ok(rooms) => rooms.into_iter().find(|r| r.room.jid == jid),
+            Err(e) => {
+                tracing::error!(room = %jid, error = %e, "cannot reload a room taken over; keeping what memory holds");
+                return;
+            }
+        };
+        let fresh = match stored.map(|s| Room::from_stored(s, &self.limits)) {
+            Some(Ok(mut r)) => {
+                self.restore_history(cx, &mut r).await;
+                Some(r)
+            }
+            Some(Err(e)) => {
+                tracing::error!(room = %jid, error = %e, "skipping a stored room");
+                None
+            }
+            None => None,
+        };
+        let mut rooms = self.lock();
+        match fresh {
+            Some(r) => rooms.insert(jid, r),
+            None => rooms.remove(&jid),
+        };
+    }
+
+    /// Another node serves the room now: our occupants are told they are
+    /// out (XEP-0045 status 332), so their clients join again, reaching
+    /// the new owner.
+    async fn entity_released(&self, cx: &Cx, entity: &str) {
+        let Ok(jid) = BareJid::parse(entity) else {
+            return;
+        };
+        let farewells = self
+            .lock()
+            .remove(&jid)
+            .map(|r| r.shutdown_presences())
+            .unwrap_or_default();
+        for p in farewells {
+            cx.route(p).await;
+        }
+    }
 }
 
 impl std::fmt::Debug for MucService {

@@ -1469,12 +1469,16 @@ impl Svc<'_> {
                 // Local contacts: their available sessions; remote ones:
                 // the resources whose presence (with caps) reached us.
                 let resources: Vec<FullJid> = if self.cx.is_local_host(contact.domain()) {
-                    self.cx
+                    let sessions: Vec<_> = self
+                        .cx
                         .sessions_of(&contact)
                         .into_iter()
                         .filter(|s| s.is_available())
-                        .map(|s| s.jid.clone())
-                        .collect()
+                        .collect();
+                    for s in &sessions {
+                        self.note_caps_seen_elsewhere(s).await;
+                    }
+                    sessions.into_iter().map(|s| s.jid.clone()).collect()
                 } else {
                     self.caps.remote_resources(&contact)
                 };
@@ -1497,6 +1501,34 @@ impl Svc<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// A session whose available presence this process did not see (in a
+    /// cluster, one served by another node): its caps come from the
+    /// presence the session registry holds. Known `ver`: it counts for
+    /// this notification; unknown: asked now, and once answered the
+    /// session gets the last items it wants (as after a login).
+    async fn note_caps_seen_elsewhere(&self, s: &waxwing_core::session::SessionHandle) {
+        if self.caps.noted(&s.jid) {
+            return;
+        }
+        let Some(presence) = s.last_presence() else {
+            return;
+        };
+        let from = format!("pubsub.{}", s.jid.domain());
+        if !self
+            .cx
+            .services_of(s.jid.domain())
+            .iter()
+            .any(|(d, _)| *d == from)
+        {
+            return;
+        }
+        if let crate::caps::Observed::Query(iq) =
+            self.caps.observe_elsewhere(&s.jid, &presence, &from)
+        {
+            self.cx.route(iq).await;
+        }
     }
 
     /// The explicit subscribers of `node` who get item notifications now

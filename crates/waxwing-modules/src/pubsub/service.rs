@@ -230,6 +230,24 @@ impl PubSubService {
 
 #[async_trait]
 impl DomainService for PubSubService {
+    /// In a cluster each node of the service is served by one Waxwing node
+    /// at a time, so that publications to it are handled (and notified) in
+    /// one order. Requests naming no node (disco of the service, a
+    /// subscription list) and answers go anywhere.
+    fn owned_entity(&self, _to: &Jid, stanza: &Element) -> Option<String> {
+        if stanza.name != "iq" || !matches!(stanza.attr("type"), Some("get" | "set")) {
+            return None;
+        }
+        let pubsub = stanza
+            .first_child()
+            .filter(|p| p.name == "pubsub" && (p.ns == NS || p.ns == NS_OWNER))?;
+        pubsub
+            .children()
+            .find_map(|c| c.attr("node"))
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+    }
+
     async fn handle_stanza(&self, cx: &Cx, stanza: Element) {
         if stanza.name != "iq" {
             // An owner's answer to a subscription authorization request
