@@ -123,11 +123,11 @@ async def uclient(srv, user, password, peer_port, *flags, messages=20, tcp=False
 
 def stats(out):
     """(sent, received, lost) of a uclient run, from its summary lines."""
-    sent = re.search(r"tot_send_msgs=(\d+)", out)
-    recv = re.search(r"tot_recv_msgs=(\d+)", out)
+    # The final summary, not the per-interval "msz=" lines.
+    total = re.search(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", out)
     lost = re.search(r"Total lost packets (\d+)", out)
-    assert sent and recv and lost, out
-    return int(sent[1]), int(recv[1]), int(lost[1])
+    assert total and lost, out
+    return int(total[1]), int(total[2]), int(lost[1])
 
 
 async def credentials(xmpp, srv):
@@ -234,10 +234,11 @@ async def test_relay_to_loopback_is_refused_by_default(server, peer):
 
 
 async def test_the_per_user_allocation_quota(server, peer):
-    srv = server(config(max_allocations_per_user=1, **LOOPBACK_PEER))
+    srv = server(config(max_allocations_per_user=2, **LOOPBACK_PEER))
     user, password = rest_credentials(int(time.time()) + 600)
-    # Without -c, uclient allocates twice (RTP and RTCP): the second is over quota.
-    code, out = await uclient(srv, user, password, peer.port, messages=3)
+    # Each uclient session allocates an RTP/RTCP pair (EVEN-PORT and a
+    # reservation): two sessions (-m 2) need four allocations.
+    code, out = await uclient(srv, user, password, peer.port, "-m", "2", messages=3)
     assert code != 0, out
     assert "486" in out or "Quota" in out, out
     assert metric(srv, "waxwing_turn_refused_requests_total", reason="quota") >= 1

@@ -105,7 +105,7 @@ pub struct TurnDirection {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TurnReason {
     /// Dropped datagrams: `bandwidth` or `peer_refused`; refused
-    /// requests: `quota` or `peer_refused`.
+    /// requests: `quota`, `peer_refused` or `rate`.
     pub reason: &'static str,
 }
 

@@ -247,9 +247,15 @@ fn init_cli_logging() {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::try_new(&config.log_level)
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            // The TURN crate's read loop logs every refused or malformed
+            // datagram at ERROR: a client's mistake, not the operator's, and
+            // a way to flood the log. Our own TURN code logs refusals at
+            // debug; RUST_LOG still shows the crate's lines.
+            .add_directive("turn::server=off".parse().expect("a valid directive"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

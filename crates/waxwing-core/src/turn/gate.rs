@@ -20,14 +20,15 @@ use prometheus_client::metrics::counter::Counter;
 use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS};
 use stun::error_code::{CODE_ALLOC_QUOTA_REACHED, CODE_FORBIDDEN, ErrorCode, ErrorCodeAttribute};
 use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_CHANNEL_BIND,
-    METHOD_CREATE_PERMISSION, METHOD_SEND, Message, MessageType, Method, Setter,
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING,
+    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_SEND, Message, MessageType, Method,
+    Setter,
 };
 use tokio_util::sync::CancellationToken;
 use webrtc_util::Conn;
 
 use super::auth::user_of;
-use super::relay::Relays;
+use super::relay::{Allocating, ClientKey, Relays};
 
 /// What the gate does with one incoming message.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub(crate) enum Verdict {
 }
 
 /// Judges one datagram or TCP frame from a client.
-pub(crate) fn judge(buf: &[u8], relays: &Relays, refused: &Refusals) -> Verdict {
+pub(crate) fn judge(buf: &[u8], client: ClientKey, relays: &Relays, refused: &Refusals) -> Verdict {
     // ChannelData (first two bits 01) goes to a bound channel, and binding
     // one was judged already; anything not STUN the crate discards.
     if buf.len() < 20 || buf[0] & 0xc0 != 0 {
@@ -55,6 +56,10 @@ pub(crate) fn judge(buf: &[u8], relays: &Relays, refused: &Refusals) -> Verdict 
         return Verdict::Pass(None);
     }
     let (method, class) = (m.typ.method, m.typ.class);
+    if class == CLASS_REQUEST && method != METHOD_BINDING && !relays.admit_request() {
+        refused.rate.inc();
+        return Verdict::Drop;
+    }
     let peer_refused = || peers(&m).any(|ip| !relays.policy().allows(ip));
     if class == CLASS_REQUEST
         && (method == METHOD_CREATE_PERMISSION || method == METHOD_CHANNEL_BIND)
@@ -76,7 +81,7 @@ pub(crate) fn judge(buf: &[u8], relays: &Relays, refused: &Refusals) -> Verdict 
             && let Ok(username) = String::from_utf8(raw)
             && let Some(user) = user_of(&username)
         {
-            if relays.quota_reached(user) {
+            if relays.quota_reached(user, client) {
                 refused.quota.inc();
                 return refuse(
                     &m,
@@ -139,15 +144,19 @@ fn refuse(m: &Message, method: Method, code: ErrorCode, reason: &str) -> Verdict
 pub(crate) struct Refusals {
     pub peer: Counter,
     pub quota: Counter,
+    /// Requests dropped over `relay::MAX_REQUESTS_PER_SEC`.
+    pub rate: Counter,
 }
 
 /// A listener's `Conn` as the crate sees it, with the gate in front.
 pub(crate) struct GatedConn {
     pub inner: Arc<dyn Conn + Send + Sync>,
+    /// The listener's address (half of each client's key).
+    pub local: SocketAddr,
     pub relays: Arc<Relays>,
     pub refused: Refusals,
-    /// The user of the Allocate being handled (see `relay::RelayGenerator`).
-    pub pending: Arc<Mutex<Option<String>>>,
+    /// The Allocate being handled (see `relay::RelayGenerator`).
+    pub pending: Arc<Mutex<Option<Allocating>>>,
     pub shutdown: CancellationToken,
 }
 
@@ -181,10 +190,12 @@ impl Conn for GatedConn {
                     }
                 },
             };
-            match judge(&buf[..n], &self.relays, &self.refused) {
+            let client = (self.local, from);
+            match judge(&buf[..n], client, &self.relays, &self.refused) {
                 Verdict::Pass(user) => {
-                    if user.is_some() {
-                        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = user;
+                    if let Some(user) = user {
+                        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Allocating { user, client });
                     }
                     return Ok((n, from));
                 }
@@ -254,10 +265,16 @@ mod tests {
         )
     }
 
+    const CLIENT: ClientKey = (
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478),
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 5)), 40000),
+    );
+
     fn refusals() -> Refusals {
         Refusals {
             peer: Counter::default(),
             quota: Counter::default(),
+            rate: Counter::default(),
         }
     }
 
@@ -297,7 +314,7 @@ mod tests {
             CLASS_REQUEST,
             &["192.0.2.9:5000", "[2001:db8::1]:5"],
         );
-        assert_eq!(judge(&ok, &r, &c), Verdict::Pass(None));
+        assert_eq!(judge(&ok, CLIENT, &r, &c), Verdict::Pass(None));
         for bad in [
             msg(
                 METHOD_CREATE_PERMISSION,
@@ -307,17 +324,17 @@ mod tests {
             msg(METHOD_CHANNEL_BIND, CLASS_REQUEST, &["10.0.0.1:5000"]),
             msg(METHOD_CHANNEL_BIND, CLASS_REQUEST, &["[::1]:5000"]),
         ] {
-            match judge(&bad, &r, &c) {
+            match judge(&bad, CLIENT, &r, &c) {
                 Verdict::Refuse(reply) => assert_eq!(error_code(&reply), 403),
                 v => panic!("{v:?}"),
             }
         }
         let send = msg(METHOD_SEND, CLASS_INDICATION, &["169.254.169.254:80"]);
-        assert_eq!(judge(&send, &r, &c), Verdict::Drop);
+        assert_eq!(judge(&send, CLIENT, &r, &c), Verdict::Drop);
         assert_eq!(c.peer.get(), 4);
         // ChannelData and garbage are the crate's business.
         assert_eq!(
-            judge(&[0x40, 0, 0, 4, 1, 2, 3, 4], &r, &c),
+            judge(&[0x40, 0, 0, 4, 1, 2, 3, 4], CLIENT, &r, &c),
             Verdict::Pass(None)
         );
     }
@@ -339,12 +356,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            judge(&m.raw, &r, &c),
+            judge(&m.raw, CLIENT, &r, &c),
             Verdict::Pass(Some("alice@example.org".into()))
         );
         let generator = crate::turn::relay::RelayGenerator {
             relays: r.clone(),
-            pending: Arc::new(Mutex::new(Some("alice@example.org".into()))),
+            pending: Arc::new(Mutex::new(Some(Allocating {
+                user: "alice@example.org".into(),
+                client: CLIENT,
+            }))),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -354,13 +374,24 @@ mod tests {
             &generator, true, 0,
         ));
         assert!(held.is_ok());
-        match judge(&m.raw, &r, &c) {
+        // Another client of the same user is over the quota.
+        let other: ClientKey = (CLIENT.0, "192.0.2.5:40001".parse().unwrap());
+        match judge(&m.raw, other, &r, &c) {
             Verdict::Refuse(reply) => assert_eq!(error_code(&reply), 486),
             v => panic!("{v:?}"),
         }
         assert_eq!(c.quota.get(), 1);
+        // The client that holds it may repeat its Allocate (a
+        // retransmission): the crate answers that one.
+        assert!(matches!(
+            judge(&m.raw, CLIENT, &r, &c),
+            Verdict::Pass(Some(_))
+        ));
         // The allocation's end frees the quota.
         drop(held);
-        assert!(matches!(judge(&m.raw, &r, &c), Verdict::Pass(Some(_))));
+        assert!(matches!(
+            judge(&m.raw, other, &r, &c),
+            Verdict::Pass(Some(_))
+        ));
     }
 }

@@ -142,6 +142,7 @@ pub(crate) async fn start(server: &Arc<Server>, bound: Bound) -> std::io::Result
     let refused = gate::Refusals {
         peer: server.metrics.turn_refused("peer_refused"),
         quota: server.metrics.turn_refused("quota"),
+        rate: server.metrics.turn_refused("rate"),
     };
     let shutdown: CancellationToken = server.shutdown_token();
     let mut sockets: Vec<Arc<dyn Conn + Send + Sync>> = Vec::new();
@@ -151,14 +152,19 @@ pub(crate) async fn start(server: &Arc<Server>, bound: Bound) -> std::io::Result
     for l in bound.tcp {
         // One TCP connection per allocation, and a few for STUN.
         let max = t.max_allocations as usize + 64;
-        sockets.push(tcp::TcpMux::start(l, max, shutdown.clone())?);
+        let local = l.local_addr()?;
+        let r = relays.clone();
+        let closed = Arc::new(move |client| r.end_client((local, client)));
+        sockets.push(tcp::TcpMux::start(l, max, closed, shutdown.clone())?);
     }
     let conn_configs = sockets
         .into_iter()
         .map(|inner| {
             let pending = Arc::new(Mutex::new(None));
-            ConnConfig {
+            let local = inner.local_addr()?;
+            Ok(ConnConfig {
                 conn: Arc::new(gate::GatedConn {
+                    local,
                     inner,
                     relays: relays.clone(),
                     refused: refused.clone(),
@@ -169,9 +175,10 @@ pub(crate) async fn start(server: &Arc<Server>, bound: Bound) -> std::io::Result
                     relays: relays.clone(),
                     pending,
                 }),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, webrtc_util::Error>>()
+        .map_err(|e| std::io::Error::other(format!("TURN listener: {e}")))?;
     let turn = TurnServer::new(ServerConfig {
         conn_configs,
         realm: t.realm.clone(),

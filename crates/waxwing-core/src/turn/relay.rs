@@ -60,17 +60,44 @@ pub(crate) struct Relays {
     counters: Counters,
     /// Never held across an `.await`.
     users: Mutex<Users>,
+    /// TURN requests server-wide (see [`Relays::admit_request`]).
+    requests: Mutex<Bucket>,
 }
+
+/// TURN requests (not Binding, not data) the server takes per second.
+/// The `turn` crate remembers every nonce it hands out until a request
+/// presents it again after it went stale, so each unauthenticated
+/// request costs memory it may never give back: this bounds how fast an
+/// attacker can make it grow. Legitimate load is about one request per
+/// allocation per minute (Refresh, CreatePermission, ChannelBind).
+pub(crate) const MAX_REQUESTS_PER_SEC: u64 = 50;
 
 #[derive(Default)]
 struct Users {
     total: u32,
     by_user: HashMap<String, UserEntry>,
+    /// The relays of each client, to end them when its TCP connection
+    /// closes (RFC 5766 §2.1: the allocation goes with the connection).
+    by_client: HashMap<ClientKey, Vec<(u64, CancellationToken)>>,
+    next_id: u64,
 }
 
 struct UserEntry {
-    allocations: u32,
+    /// The clients holding the user's allocations (one entry each).
+    clients: Vec<ClientKey>,
     bucket: Arc<Mutex<Bucket>>,
+}
+
+/// A client transport address on one listener: (listener, client). It
+/// names an allocation (RFC 5766's 5-tuple, the protocol being the
+/// listener's).
+pub(crate) type ClientKey = (SocketAddr, SocketAddr);
+
+/// Whose Allocate the crate is handling on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Allocating {
+    pub user: String,
+    pub client: ClientKey,
 }
 
 impl Relays {
@@ -101,26 +128,38 @@ impl Relays {
                 dropped_peer: metrics.turn_dropped("peer_refused"),
             },
             users: Mutex::new(Users::default()),
+            requests: Mutex::new(Bucket::new(MAX_REQUESTS_PER_SEC)),
         })
+    }
+
+    /// Whether one more TURN request fits [`MAX_REQUESTS_PER_SEC`].
+    pub fn admit_request(&self) -> bool {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(1, Instant::now())
     }
 
     pub fn policy(&self) -> &PeerPolicy {
         &self.policy
     }
 
-    /// Whether `user` may not make one more allocation (the gate answers
-    /// 486 Allocation Quota Reached before the crate does any work).
-    pub fn quota_reached(&self, user: &str) -> bool {
+    /// Whether `user` may not make one more allocation from `client` (the
+    /// gate answers 486 Allocation Quota Reached before the crate does any
+    /// work). A client that holds an allocation already is not refused
+    /// here: that is a retransmission or a mismatch, the crate's to answer.
+    pub fn quota_reached(&self, user: &str, client: ClientKey) -> bool {
         let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = users.by_user.get(user);
+        if entry.is_some_and(|u| u.clients.contains(&client)) {
+            return false;
+        }
         users.total >= self.limits.total
-            || users
-                .by_user
-                .get(user)
-                .is_some_and(|u| u.allocations >= self.limits.per_user)
+            || entry.is_some_and(|u| u.clients.len() >= self.limits.per_user as usize)
     }
 
     /// Takes one allocation slot for `user`, if the quotas leave one.
-    fn reserve(self: &Arc<Self>, user: &str) -> Option<Slot> {
+    fn reserve(self: &Arc<Self>, user: &str, client: ClientKey) -> Option<Slot> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         if users.total >= self.limits.total {
             return None;
@@ -130,29 +169,56 @@ impl Relays {
             .by_user
             .entry(user.to_string())
             .or_insert_with(|| UserEntry {
-                allocations: 0,
+                clients: Vec::new(),
                 bucket: Arc::new(Mutex::new(Bucket::new(rate))),
             });
-        if entry.allocations >= self.limits.per_user {
+        if entry.clients.len() >= self.limits.per_user as usize {
             return None;
         }
-        entry.allocations += 1;
+        entry.clients.push(client);
         let bucket = entry.bucket.clone();
+        let closed = CancellationToken::new();
+        let id = users.next_id;
+        users.next_id += 1;
+        users
+            .by_client
+            .entry(client)
+            .or_default()
+            .push((id, closed.clone()));
         users.total += 1;
         self.counters.allocations.inc();
         Some(Slot {
             relays: self.clone(),
             user: user.to_string(),
+            client,
             user_bucket: bucket,
+            id,
+            closed,
         })
     }
 
-    fn release(&self, user: &str) {
+    /// Ends the relays of `client` (its TCP connection closed).
+    pub fn end_client(&self, client: ClientKey) {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, t) in users.by_client.get(&client).into_iter().flatten() {
+            t.cancel();
+        }
+    }
+
+    fn release(&self, user: &str, client: ClientKey, id: u64) {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         users.total = users.total.saturating_sub(1);
+        if let Some(tokens) = users.by_client.get_mut(&client) {
+            tokens.retain(|(i, _)| *i != id);
+            if tokens.is_empty() {
+                users.by_client.remove(&client);
+            }
+        }
         if let Some(e) = users.by_user.get_mut(user) {
-            e.allocations = e.allocations.saturating_sub(1);
-            if e.allocations == 0 {
+            if let Some(i) = e.clients.iter().position(|c| *c == client) {
+                e.clients.swap_remove(i);
+            }
+            if e.clients.is_empty() {
                 users.by_user.remove(user);
             }
         }
@@ -182,12 +248,16 @@ impl Relays {
 struct Slot {
     relays: Arc<Relays>,
     user: String,
+    client: ClientKey,
     user_bucket: Arc<Mutex<Bucket>>,
+    id: u64,
+    /// Cancelled to end the relay from outside (`Relays::end_client`).
+    closed: CancellationToken,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.relays.release(&self.user);
+        self.relays.release(&self.user, self.client, self.id);
     }
 }
 
@@ -228,7 +298,7 @@ impl Bucket {
 /// allocation knows whose quota it takes.
 pub(crate) struct RelayGenerator {
     pub relays: Arc<Relays>,
-    pub pending: Arc<Mutex<Option<String>>>,
+    pub pending: Arc<Mutex<Option<Allocating>>>,
 }
 
 #[async_trait]
@@ -246,16 +316,17 @@ impl RelayAddressGenerator for RelayGenerator {
         if use_ipv4 != r.relay_ip.is_ipv4() {
             return Err(turn::Error::Other("address family not served".into()));
         }
-        let user = self
+        let Allocating { user, client } = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| turn::Error::Other("no user for this allocation".into()))?;
         // Checked again here (the gate's check and this one are not atomic
-        // across listeners): the crate answers 508 if this refuses.
+        // across listeners): the crate answers 508 if this refuses. (With
+        // EVEN-PORT the crate asks twice and drops the first socket.)
         let slot = r
-            .reserve(&user)
+            .reserve(&user, client)
             .ok_or_else(|| turn::Error::Other("allocation quota reached".into()))?;
         let sock = if requested_port != 0 {
             // EVEN-PORT reservations name their port; only inside the range.
@@ -277,7 +348,7 @@ impl RelayAddressGenerator for RelayGenerator {
             local,
             bucket: Mutex::new(Bucket::new(r.limits.allocation_bandwidth)),
             deadline: Instant::now() + r.limits.max_age,
-            closed: CancellationToken::new(),
+            closed: slot.closed.clone(),
             slot,
         };
         Ok((Arc::new(conn), advertised))
@@ -434,20 +505,36 @@ mod tests {
         )
     }
 
+    fn client(port: u16) -> ClientKey {
+        (
+            "127.0.0.1:3478".parse().unwrap(),
+            SocketAddr::new("192.0.2.5".parse().unwrap(), port),
+        )
+    }
+
     #[test]
     fn quotas_count_per_user_and_server_wide_and_free_on_drop() {
         let r = relays(2, 3);
-        let a1 = r.reserve("alice@example.org").unwrap();
-        let _a2 = r.reserve("alice@example.org").unwrap();
-        assert!(r.quota_reached("alice@example.org"));
-        assert!(r.reserve("alice@example.org").is_none());
-        let _b1 = r.reserve("bob@example.org").unwrap();
+        let alice = "alice@example.org";
+        let a1 = r.reserve(alice, client(1)).unwrap();
+        let _a2 = r.reserve(alice, client(2)).unwrap();
+        assert!(r.quota_reached(alice, client(3)));
+        assert!(r.reserve(alice, client(3)).is_none());
+        // A client holding an allocation (a retransmitted Allocate) is
+        // left to the crate.
+        assert!(!r.quota_reached(alice, client(2)));
+        let _b1 = r.reserve("bob@example.org", client(4)).unwrap();
         // The server-wide limit is reached for everyone.
-        assert!(r.quota_reached("carol@example.org"));
-        assert!(r.reserve("carol@example.org").is_none());
+        assert!(r.quota_reached("carol@example.org", client(5)));
+        assert!(r.reserve("carol@example.org", client(5)).is_none());
         drop(a1);
-        assert!(!r.quota_reached("alice@example.org"));
-        assert!(r.reserve("alice@example.org").is_some());
+        assert!(!r.quota_reached(alice, client(3)));
+        let a3 = r.reserve(alice, client(3)).unwrap();
+        // A closed TCP connection ends its client's relays.
+        r.end_client(client(3));
+        assert!(a3.closed.is_cancelled() && !_a2.closed.is_cancelled());
+        drop(a3);
+        assert!(!r.users.lock().unwrap().by_client.contains_key(&client(3)));
     }
 
     #[tokio::test]
@@ -455,7 +542,10 @@ mod tests {
         let r = relays(4, 4);
         let generator = RelayGenerator {
             relays: r.clone(),
-            pending: Arc::new(Mutex::new(Some("alice@example.org".into()))),
+            pending: Arc::new(Mutex::new(Some(Allocating {
+                user: "alice@example.org".into(),
+                client: client(1),
+            }))),
         };
         let (conn, addr) = generator.allocate_conn(true, 0).await.unwrap();
         assert!((40000..=40010).contains(&addr.port()), "{addr}");

@@ -53,9 +53,11 @@ pub(crate) struct TcpMux {
 
 impl TcpMux {
     /// Starts accepting on `listener`; connections end at `shutdown`.
+    /// `closed` is told the client address of each connection that ends.
     pub fn start(
         listener: TcpListener,
         max_connections: usize,
+        closed: Arc<dyn Fn(SocketAddr) + Send + Sync>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
         let local = listener.local_addr()?;
@@ -79,14 +81,19 @@ impl TcpMux {
                             tracing::debug!(%peer, "TURN TCP connection refused: too many");
                             continue;
                         };
-                        tokio::spawn(serve(
+                        let closed = closed.clone();
+                        let serving = serve(
                             tcp,
                             peer,
                             tx.clone(),
                             writers.clone(),
                             permit,
                             shutdown.clone(),
-                        ));
+                        );
+                        tokio::spawn(async move {
+                            serving.await;
+                            closed(peer);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "TURN TCP accept failed");
@@ -248,7 +255,11 @@ mod tests {
     async fn frames_from_connections_arrive_with_their_address_and_answers_go_back() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mux = TcpMux::start(listener, 4, CancellationToken::new()).unwrap();
+        let (tx, mut ended) = mpsc::unbounded_channel();
+        let on_close = Arc::new(move |a: SocketAddr| {
+            let _ = tx.send(a);
+        });
+        let mux = TcpMux::start(listener, 4, on_close, CancellationToken::new()).unwrap();
         let mut c = TcpStream::connect(addr).await.unwrap();
         let me = c.local_addr().unwrap();
         // One STUN header and a ChannelData frame, written in pieces.
@@ -276,5 +287,6 @@ mod tests {
             .unwrap()
             .unwrap_or(0);
         assert_eq!(n, 0);
+        assert_eq!(ended.recv().await, Some(me));
     }
 }
