@@ -246,3 +246,25 @@ async def test_the_per_user_allocation_quota(server, peer):
     other, other_password = rest_credentials(int(time.time()) + 600, user="bob@localhost")
     code, out = await uclient(srv, other, other_password, peer.port, "-c", messages=3)
     assert code == 0 and stats(out)[1] == 3, out
+
+
+async def test_bandwidth_limit_drops_what_exceeds_it(server, peer):
+    rate = 8192
+    srv = server(config(allocation_bandwidth_bytes_per_sec=rate,
+                        user_bandwidth_bytes_per_sec=rate, **LOOPBACK_PEER))
+    user, password = rest_credentials(int(time.time()) + 600)
+    # 100 messages of 1000 bytes in about a fifth of a second, echoed: far
+    # over 8 KiB/s with a burst of one second's worth.
+    argv_extra = ("-c", "-l", "1000", "-z", "2")
+    code, out = await uclient(srv, user, password, peer.port, *argv_extra, messages=100)
+    assert code == 0, out
+    sent, received, _lost = stats(out)
+    assert sent == 100, out
+    # Both directions share the allocation's bucket: the first few messages
+    # take the burst, and what the send rate refills in the fraction of a
+    # second the sending lasts; the rest (and most echoes) are dropped.
+    relayed = (metric(srv, "waxwing_turn_relayed_bytes_total", direction="to_peer")
+               + metric(srv, "waxwing_turn_relayed_bytes_total", direction="from_peer"))
+    assert 1000 <= relayed <= 3 * rate, (relayed, out)
+    assert received < 20, out
+    assert metric(srv, "waxwing_turn_dropped_datagrams_total", reason="bandwidth") >= 80
