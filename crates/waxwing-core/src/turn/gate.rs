@@ -193,10 +193,10 @@ impl Conn for GatedConn {
             let client = (self.local, from);
             match judge(&buf[..n], client, &self.relays, &self.refused) {
                 Verdict::Pass(user) => {
-                    if let Some(user) = user {
-                        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(Allocating { user, client });
-                    }
+                    // The crate handles this message before it reads the
+                    // next, so `pending` always speaks of the one it holds.
+                    *self.pending.lock().unwrap_or_else(|e| e.into_inner()) =
+                        user.map(|user| Allocating { user, client });
                     return Ok((n, from));
                 }
                 Verdict::Refuse(reply) => {
