@@ -247,6 +247,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::turn::peers::PeerPolicy;
     use crate::turn::relay::Limits;
+    use stun::message::METHOD_REFRESH;
 
     fn relays() -> Arc<Relays> {
         Relays::new(
@@ -337,6 +338,21 @@ mod tests {
             judge(&[0x40, 0, 0, 4, 1, 2, 3, 4], CLIENT, &r, &c),
             Verdict::Pass(None)
         );
+    }
+
+    #[test]
+    fn requests_over_the_server_wide_rate_are_dropped_but_binding_is_not() {
+        use crate::turn::relay::MAX_REQUESTS_PER_SEC as MAX;
+        let (r, c) = (relays(), refusals());
+        let req = msg(METHOD_REFRESH, CLASS_REQUEST, &[]);
+        let passed = (0..1000)
+            .filter(|_| judge(&req, CLIENT, &r, &c) != Verdict::Drop)
+            .count() as u64;
+        // One second's burst, and what refilled while the loop ran.
+        assert!((MAX..MAX + 20).contains(&passed), "{passed}");
+        assert_eq!(c.rate.get(), 1000 - passed);
+        let binding = msg(METHOD_BINDING, CLASS_REQUEST, &[]);
+        assert_eq!(judge(&binding, CLIENT, &r, &c), Verdict::Pass(None));
     }
 
     #[test]

@@ -489,13 +489,17 @@ mod tests {
     }
 
     fn relays(per_user: u32, total: u32) -> Arc<Relays> {
+        relays_aged(per_user, total, Duration::from_secs(60))
+    }
+
+    fn relays_aged(per_user: u32, total: u32, max_age: Duration) -> Arc<Relays> {
         Relays::new(
             Limits {
                 per_user,
                 total,
                 allocation_bandwidth: 10_000,
                 user_bandwidth: 10_000,
-                max_age: Duration::from_secs(60),
+                max_age,
             },
             PeerPolicy::default(),
             "127.0.0.1".parse().unwrap(),
@@ -535,6 +539,32 @@ mod tests {
         assert!(a3.closed.is_cancelled() && !_a2.closed.is_cancelled());
         drop(a3);
         assert!(!r.users.lock().unwrap().by_client.contains_key(&client(3)));
+    }
+
+    #[tokio::test]
+    async fn a_relay_ends_at_max_age_and_frees_its_slot() {
+        let r = relays_aged(4, 4, Duration::from_millis(100));
+        let generator = RelayGenerator {
+            relays: r.clone(),
+            pending: Arc::new(Mutex::new(Some(Allocating {
+                user: "alice@example.org".into(),
+                client: client(1),
+            }))),
+        };
+        let (conn, _) = generator.allocate_conn(true, 0).await.unwrap();
+        let mut buf = [0u8; 16];
+        // Nothing arrives; the receive ends (the crate then drops the
+        // allocation) at the deadline, not later.
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf)).await;
+        assert!(matches!(ended, Ok(Err(_))), "the relay outlived max_age");
+        assert!(
+            conn.send_to(b"x", "192.0.2.1:9".parse().unwrap())
+                .await
+                .is_err()
+        );
+        drop(conn);
+        assert!(!r.quota_reached("alice@example.org", client(2)));
+        assert_eq!(r.users.lock().unwrap().total, 0);
     }
 
     #[tokio::test]
