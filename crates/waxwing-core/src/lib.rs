@@ -27,6 +27,7 @@ pub mod stream;
 pub mod time;
 mod timed;
 pub mod tls;
+pub(crate) mod turn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,6 +102,9 @@ pub async fn start_with_stores(
     stores: waxwing_store::Stores,
 ) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.data_dir)?;
+    let mut config = config;
+    let turn_bound = turn::bind(&config).await?;
+    turn::advertise(&mut config, &turn_bound);
     let mut modules = modules;
     if config.proxy65.enabled {
         modules.push(hooks::load(proxy65::Proxy65Module {
@@ -126,7 +130,9 @@ pub async fn start_with_stores(
     }
     auth::anonymous::purge(&server).await;
     let bound = listen::bind_all(&server).await?;
-    let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();
+    let mut listeners: Vec<_> = bound.iter().map(|b| (b.kind, b.addr)).collect();
+    listeners.extend(turn_bound.addrs());
+    turn::start(&server, turn_bound).await?;
     server
         .clone()
         .emit(None, crate::hooks::Event::Started)

@@ -25,6 +25,10 @@ pub enum ListenerKind {
     Component,
     /// XEP-0065 SOCKS5 bytestreams proxy.
     Proxy65,
+    /// The built-in TURN server's UDP socket (`turn/`).
+    TurnUdp,
+    /// The built-in TURN server's TCP listener.
+    TurnTcp,
     /// The HTTP listener, plain (`http/mod.rs`).
     Http,
     /// The HTTP listener with TLS.
@@ -40,6 +44,8 @@ impl ListenerKind {
             ListenerKind::S2sDirectTls => "s2s_direct_tls",
             ListenerKind::Component => "component",
             ListenerKind::Proxy65 => "proxy65",
+            ListenerKind::TurnUdp => "turn_udp",
+            ListenerKind::TurnTcp => "turn_tcp",
             ListenerKind::Http => "http",
             ListenerKind::Https => "https",
         }
@@ -123,6 +129,9 @@ pub async fn accept_loop(server: Arc<Server>, bound: Bound, tasks: TaskTracker) 
                     ListenerKind::Proxy65 => Box::pin(crate::proxy65::serve(server, tcp, peer)),
                     ListenerKind::Http | ListenerKind::Https => {
                         unreachable!("HTTP listeners are served by http::accept_loop")
+                    }
+                    ListenerKind::TurnUdp | ListenerKind::TurnTcp => {
+                        unreachable!("TURN listeners are served by turn::start")
                     }
                 };
                 tasks.spawn(async move {

@@ -95,6 +95,20 @@ pub struct DomainLabel {
     pub domain: String,
 }
 
+/// Labels of the TURN relay counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TurnDirection {
+    /// `to_peer` or `from_peer`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TurnReason {
+    /// Dropped datagrams: `bandwidth` or `peer_refused`; refused
+    /// requests: `quota`, `peer_refused` or `rate`.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -152,6 +166,14 @@ pub struct Metrics {
     /// `waxwing_muc_rooms{domain}`, `waxwing_muc_occupants{domain}`.
     pub muc_rooms: Family<DomainLabel, Gauge>,
     pub muc_occupants: Family<DomainLabel, Gauge>,
+    /// `waxwing_turn_allocations`: TURN allocations held now.
+    pub turn_allocations: Gauge,
+    /// `waxwing_turn_relayed_bytes_total{direction}`.
+    turn_relayed: Family<TurnDirection, Counter>,
+    /// `waxwing_turn_dropped_datagrams_total{reason}`.
+    turn_dropped: Family<TurnReason, Counter>,
+    /// `waxwing_turn_refused_requests_total{reason}`.
+    turn_refused: Family<TurnReason, Counter>,
     sessions: Family<SessionLabels, Gauge>,
     /// `waxwing_certificate_not_after_seconds{domain}`: when each served
     /// certificate expires (Unix seconds), read from the certificate store.
@@ -194,6 +216,10 @@ impl Metrics {
             storage_seconds: Family::new_with_constructor(storage_histogram),
             muc_rooms: Family::default(),
             muc_occupants: Family::default(),
+            turn_allocations: Gauge::default(),
+            turn_relayed: Family::default(),
+            turn_dropped: Family::default(),
+            turn_refused: Family::default(),
             sessions: Family::default(),
             certificate_not_after: Family::default(),
             queued: Family::default(),
@@ -304,6 +330,26 @@ impl Metrics {
             "Occupants of group chat rooms",
             m.muc_occupants.clone(),
         );
+        r.register(
+            "turn_allocations",
+            "TURN allocations held now",
+            m.turn_allocations.clone(),
+        );
+        r.register(
+            "turn_relayed_bytes",
+            "Bytes relayed by the built-in TURN server, by direction",
+            m.turn_relayed.clone(),
+        );
+        r.register(
+            "turn_dropped_datagrams",
+            "Relayed datagrams dropped over a bandwidth limit or for a refused peer",
+            m.turn_dropped.clone(),
+        );
+        r.register(
+            "turn_refused_requests",
+            "TURN requests refused for the allocation quota or a refused peer address",
+            m.turn_refused.clone(),
+        );
         // Zero series from the start, so that dashboards and alerts see
         // "none" rather than "no data" before the first federation.
         for direction in ["in", "out"] {
@@ -356,6 +402,24 @@ impl Metrics {
             self.s2s_streams
                 .get_or_create_owned(&S2sLabels { direction, method }),
         )
+    }
+
+    /// The relayed-bytes counter of one direction (`to_peer`, `from_peer`).
+    pub fn turn_relayed_bytes(&self, direction: &'static str) -> Counter {
+        self.turn_relayed
+            .get_or_create_owned(&TurnDirection { direction })
+    }
+
+    /// The dropped-datagrams counter of one reason.
+    pub fn turn_dropped(&self, reason: &'static str) -> Counter {
+        self.turn_dropped
+            .get_or_create_owned(&TurnReason { reason })
+    }
+
+    /// The refused-requests counter of one reason.
+    pub fn turn_refused(&self, reason: &'static str) -> Counter {
+        self.turn_refused
+            .get_or_create_owned(&TurnReason { reason })
     }
 
     /// Runs `probe` before every scrape, to set gauges from state a

@@ -272,20 +272,31 @@ fn init_cli_logging() {
 
 /// Logging on stderr, filtered by RUST_LOG or else `log.level`; the
 /// filter sits behind a reload layer so that a reload can change the level.
+/// The filter for a configured `log.level`. The TURN crate's read loop logs
+/// every refused or malformed datagram at ERROR: a client's mistake, not the
+/// operator's, and a way to flood the log. Our own TURN code logs refusals
+/// at debug; RUST_LOG still shows the crate's lines.
+fn configured_filter(
+    level: &str,
+) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
+    Ok(tracing_subscriber::EnvFilter::try_new(level)?
+        .add_directive("turn::server=off".parse().expect("a valid directive")))
+}
+
 fn init_logging(config: &Config) -> LogLevelSetter {
     use tracing_subscriber::EnvFilter;
     let from_env = EnvFilter::try_from_default_env().ok();
     let pinned = from_env.is_some();
     let filter = from_env
-        .or_else(|| EnvFilter::try_new(&config.log_level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .or_else(|| configured_filter(&config.log_level).ok())
+        .unwrap_or_else(|| configured_filter("info").expect("a valid level"));
     let set =
         |reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>| -> LogLevelSetter {
             Box::new(move |level: &str| {
                 if pinned {
                     return Err("RUST_LOG is set and takes precedence over log.level".into());
                 }
-                let filter = EnvFilter::try_new(level).map_err(|e| format!("{level:?}: {e}"))?;
+                let filter = configured_filter(level).map_err(|e| format!("{level:?}: {e}"))?;
                 reload(filter)
             })
         };

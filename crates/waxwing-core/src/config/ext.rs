@@ -132,7 +132,7 @@ fn default_port(kind: &str) -> u16 {
 }
 
 /// Reads a secret given inline or in a file; exactly one of the two.
-fn secret(
+pub(super) fn secret(
     inline: &Option<String>,
     file: &Option<String>,
     what: &str,

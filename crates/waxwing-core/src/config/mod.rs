@@ -10,6 +10,7 @@ pub mod invites;
 pub mod ops;
 pub mod raw;
 pub mod reload;
+pub mod turn;
 
 pub use auth::{
     AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, HostAuthConfig, LdapConfig,
@@ -144,6 +145,8 @@ pub struct Config {
     pub modules_disabled: Vec<String>,
     /// `[proxy65]`: XEP-0065 SOCKS5 bytestreams proxy.
     pub proxy65: ext::Proxy65Config,
+    /// `[turn]`: the built-in STUN/TURN server.
+    pub turn: turn::TurnConfig,
     /// `[modules.<name>]` tables, as written; a module parses its own
     /// (`Config::module_options`), and the binary refuses tables that name
     /// no module.
@@ -518,7 +521,13 @@ impl Config {
         taken.extend(upload.domains.iter().cloned());
         taken.extend(link_local.gateways.iter().cloned());
         let components = ext::components(&f.components, &hosts, &taken, source)?;
-        let external_services = ext::external_services(&f.external_services, source)?;
+        let mut external_services = ext::external_services(&f.external_services, source)?;
+        let turn = turn::turn(&f.turn, &hosts, external_services.secret.as_deref(), source)?;
+        if turn.enabled {
+            // The services themselves are listed once the listeners are
+            // bound (their ports may be 0 here): `crate::turn::advertise`.
+            external_services.secret = Some(turn.secret.clone());
+        }
         let modules_disabled = ext::modules_disabled(&f.modules_disabled, source)?;
         Ok(Config {
             data_dir,
@@ -589,6 +598,7 @@ impl Config {
             external_services,
             modules_disabled,
             proxy65,
+            turn,
             module_tables: f.modules,
             auth,
             http,
@@ -1058,6 +1068,43 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             f.proxy65.activation_timeout_secs,
         ),
         secs("proxy65", "idle_timeout_secs", f.proxy65.idle_timeout_secs),
+        at_least(
+            "turn",
+            "max_allocations_per_user",
+            u64::from(f.turn.max_allocations_per_user),
+            1,
+            "0 would refuse every allocation",
+        ),
+        Bound {
+            table: "turn",
+            key: "max_allocations",
+            value: u64::from(f.turn.max_allocations),
+            min: 1,
+            max: 1_000_000,
+            why: "each allocation is a UDP socket and a task",
+        },
+        at_least(
+            "turn",
+            "allocation_bandwidth_bytes_per_sec",
+            f.turn.allocation_bandwidth_bytes_per_sec,
+            8192,
+            "below 8 KiB/s not even an audio call gets through",
+        ),
+        at_least(
+            "turn",
+            "user_bandwidth_bytes_per_sec",
+            f.turn.user_bandwidth_bytes_per_sec,
+            8192,
+            "below 8 KiB/s not even an audio call gets through",
+        ),
+        Bound {
+            table: "turn",
+            key: "max_allocation_secs",
+            value: f.turn.max_allocation_secs,
+            min: 60,
+            max: MAX_SECS,
+            why: "an allocation must outlive a call's set-up; more than a year is a mistake",
+        },
         Bound {
             table: "link_local",
             key: "max_peers",

@@ -32,6 +32,8 @@ pub struct File {
     pub external_services: super::ext::RawExternalServices,
     /// `[proxy65]`: XEP-0065 SOCKS5 bytestreams proxy.
     pub proxy65: super::ext::RawProxy65,
+    /// `[turn]`: the built-in STUN/TURN server.
+    pub turn: super::turn::RawTurn,
     /// `[modules.<name>]`: options of modules that read their own table
     /// (each deserializes and checks it; see docs/modules.md).
     pub modules: std::collections::BTreeMap<String, toml::Table>,
@@ -69,6 +71,7 @@ impl Default for File {
             components: Vec::new(),
             external_services: Default::default(),
             proxy65: Default::default(),
+            turn: Default::default(),
             modules: Default::default(),
             http: Http::default(),
             bosh: Bosh::default(),
