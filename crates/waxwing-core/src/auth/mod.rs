@@ -98,6 +98,28 @@ impl Authenticator {
             .collect()
     }
 
+    /// Whether XEP-0484 FAST tokens may be offered, issued and accepted on a
+    /// stream to `host` that offers `offered`. A token stands in for the
+    /// credentials it was issued after, and is bound to the account's local
+    /// SCRAM secrets (`stream::c2s::fast`), so it is only sound where those
+    /// secrets are the credentials:
+    /// - an external source (extauth, LDAP) checks a password we do not
+    ///   hold: a change or a disabled account in the directory would not
+    ///   reach the token, which would stay valid until it expires;
+    /// - an anonymous guest has no account beyond its session;
+    /// - a stream offered only EXTERNAL or GSSAPI proves identity with a
+    ///   certificate or a ticket: a token would let the client in without
+    ///   them (a revoked certificate, an expired ticket).
+    pub fn fast_allowed(config: &Config, host: &str, offered: &[&str]) -> bool {
+        config
+            .auth
+            .host(host)
+            .is_some_and(|h| h.source == SourceConfig::Internal)
+            && offered
+                .iter()
+                .any(|m| *m == "PLAIN" || m.starts_with("SCRAM-"))
+    }
+
     /// Checks a PLAIN password with the host's external source. `None` when
     /// the host's accounts are internal (the caller checks the store).
     pub(crate) async fn external_plain(

@@ -266,7 +266,12 @@ impl Conn {
             features.push_child(Element::new("register", ns::REGISTER_FEATURE));
         }
         if tls {
-            features.push_child(sasl2::feature(&mechanisms, cb));
+            let fast = crate::auth::Authenticator::fast_allowed(
+                config,
+                self.host.as_deref().unwrap_or_default(),
+                &mechanisms,
+            );
+            features.push_child(sasl2::feature(&mechanisms, cb, fast));
         }
         features
     }
