@@ -10,6 +10,9 @@
 //! - `extauth` (`extauth.rs`): the ejabberd/Prosody program protocol.
 //! - `ldap` (`ldap.rs`): bind authentication against a directory, admins by group.
 //!
+//! Beside the source, a host may take Kerberos tickets (`gssapi.rs`, RFC 4752)
+//! and client certificates (`external.rs`, XEP-0178) for its accounts.
+//!
 //! An externally checked account gets a local record on its first login,
 //! so that routing, rosters and offline storage treat it like any other;
 //! it holds no secret unless the host opted into `cache_scram`.
@@ -17,6 +20,7 @@
 pub mod anonymous;
 pub mod extauth;
 pub mod external;
+pub mod gssapi;
 pub mod ldap;
 
 use std::collections::{HashMap, HashSet};

@@ -76,6 +76,34 @@ pub struct HostAuthConfig {
     pub mechanisms: Vec<&'static str>,
     /// External sources: SCRAM secrets derived from an accepted password are kept.
     pub cache_scram: bool,
+    /// Kerberos (GSSAPI) for this host, when configured.
+    pub gssapi: Option<GssapiHostConfig>,
+}
+
+/// `[auth.hosts."…".gssapi]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GssapiHostConfig {
+    /// Principals `user@realm` (one component) are the host's `user`.
+    pub realm: String,
+    /// The acceptor's principal, `xmpp/<host>@<realm>` by default.
+    pub service_principal: String,
+    /// Explicit `principal → localpart` mappings, checked first.
+    pub principals: HashMap<String, String>,
+}
+
+impl GssapiHostConfig {
+    /// The localpart a Kerberos principal logs in as, if any: an explicit
+    /// mapping, else a one-component principal of the host's realm. Realms
+    /// are case-sensitive (RFC 4120 §6.1); a principal with an instance
+    /// (`jdoe/admin@REALM`) is a different identity and maps only explicitly.
+    pub fn localpart_for<'a>(&'a self, principal: &'a str) -> Option<&'a str> {
+        if let Some(local) = self.principals.get(principal) {
+            return Some(local);
+        }
+        let (name, realm) = principal.rsplit_once('@')?;
+        (realm == self.realm && !name.is_empty() && !name.contains(['/', '@', '\\']))
+            .then_some(name)
+    }
 }
 
 /// `[auth]`'s per-host and per-listener parts.
@@ -89,6 +117,9 @@ pub struct AuthConfig {
     pub anonymous_window: Duration,
     /// SASL EXTERNAL with client certificates, when configured.
     pub client_certificates: Option<ClientCertConfig>,
+    /// `[auth.gssapi] keytab`: the keytab the GSS library reads
+    /// (`KRB5_KTNAME`), when some host offers GSSAPI.
+    pub gssapi_keytab: Option<PathBuf>,
 }
 
 /// `[auth.client_certificates]`, validated.
@@ -165,26 +196,38 @@ fn mechanism_list(
 }
 
 /// What a source can serve at all.
-fn supported(source: &SourceConfig, cache_scram: bool, certs: bool) -> Vec<&'static str> {
-    let scram_and_plain: &[&str] = &ALL_MECHANISMS[1..6];
-    match source {
-        SourceConfig::Internal if certs => ALL_MECHANISMS[..6].to_vec(),
-        SourceConfig::Internal => scram_and_plain.to_vec(),
-        SourceConfig::Anonymous => vec!["ANONYMOUS"],
-        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if cache_scram => scram_and_plain.to_vec(),
-        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) => vec!["PLAIN"],
-    }
+fn supported(
+    source: &SourceConfig,
+    cache_scram: bool,
+    certs: bool,
+    kerberos: bool,
+) -> Vec<&'static str> {
+    let scram_and_plain = |m: &&str| m.starts_with("SCRAM-") || *m == "PLAIN";
+    ALL_MECHANISMS
+        .iter()
+        .copied()
+        .filter(|m| match source {
+            SourceConfig::Anonymous => *m == "ANONYMOUS",
+            _ if *m == "GSSAPI" => kerberos,
+            SourceConfig::Internal => scram_and_plain(m) || (*m == "EXTERNAL" && certs),
+            SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if cache_scram => scram_and_plain(m),
+            SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) => *m == "PLAIN",
+        })
+        .collect()
 }
 
 /// Why a mechanism cannot work with a source, for the error message.
 fn why_unsupported(source: &SourceConfig, mechanism: &str) -> &'static str {
     match source {
+        SourceConfig::Anonymous => "an anonymous host offers ANONYMOUS only",
+        _ if mechanism == "GSSAPI" => {
+            "GSSAPI needs the host's [auth.hosts.\"…\".gssapi] table (realm) and [auth.gssapi] keytab"
+        }
         SourceConfig::Internal if mechanism == "EXTERNAL" => {
             "EXTERNAL needs [auth.client_certificates]"
         }
         SourceConfig::Internal => "ANONYMOUS needs a host of its own (source = \"anonymous\")",
         _ if mechanism == "EXTERNAL" => "EXTERNAL maps certificates to internal accounts only",
-        SourceConfig::Anonymous => "an anonymous host offers ANONYMOUS only",
         SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if mechanism.starts_with("SCRAM") => {
             "an external source has no SCRAM secret unless cache_scram = true"
         }
@@ -270,7 +313,11 @@ pub(super) fn auth_config(
                 format!("[{table}] cache_scram only applies to external sources"),
             ));
         }
-        let can = supported(&src, h.cache_scram, certs);
+        let gssapi = match &h.gssapi {
+            Some(g) => Some(gssapi_host_config(g, &domain, &src, a.gssapi.is_some(), &table, source)?),
+            None => None,
+        };
+        let can = supported(&src, h.cache_scram, certs, gssapi.is_some());
         let mechanisms = match &h.mechanisms {
             Some(names) => {
                 let list = mechanism_list(names, &table, source)?;
@@ -295,7 +342,16 @@ pub(super) fn auth_config(
                 }
                 list
             }
-            None => default_mechanisms(&src, default_list.as_deref(), &can),
+            None => {
+                let mut list = default_mechanisms(&src, default_list.as_deref(), &can);
+                // A host given a Kerberos realm offers GSSAPI unless its
+                // own list leaves it out.
+                if gssapi.is_some() && !list.contains(&"GSSAPI") {
+                    list.insert(0, "GSSAPI");
+                    list.sort_by_key(|m| ALL_MECHANISMS.iter().position(|a| a == m));
+                }
+                list
+            }
         };
         by_host.insert(
             domain,
@@ -303,6 +359,7 @@ pub(super) fn auth_config(
                 source: src,
                 mechanisms,
                 cache_scram: h.cache_scram,
+                gssapi,
             },
         );
     }
@@ -314,9 +371,10 @@ pub(super) fn auth_config(
                 mechanisms: default_mechanisms(
                     &SourceConfig::Internal,
                     default_list.as_deref(),
-                    &supported(&SourceConfig::Internal, false, certs),
+                    &supported(&SourceConfig::Internal, false, certs, false),
                 ),
                 cache_scram: false,
+                gssapi: None,
             });
     }
     for (host, h) in &mut by_host {
@@ -392,12 +450,98 @@ pub(super) fn auth_config(
             ));
         }
     }
+    let gssapi_keytab = match &a.gssapi {
+        Some(g) if g.keytab.is_empty() => {
+            return Err(err(
+                source,
+                "auth.gssapi",
+                "keytab",
+                "[auth.gssapi] keytab (the path of the service keytab) is required".into(),
+            ));
+        }
+        Some(g) => Some(PathBuf::from(&g.keytab)),
+        None => None,
+    };
     Ok(AuthConfig {
         hosts: by_host,
         listeners,
         anonymous_max_per_address: a.anonymous_max_per_address,
         anonymous_window: Duration::from_secs(a.anonymous_window_secs),
         client_certificates,
+        gssapi_keytab,
+    })
+}
+
+/// Whether this build can offer GSSAPI (the `gssapi` Cargo feature links
+/// MIT's libgssapi_krb5).
+pub const GSSAPI_BUILT: bool = cfg!(feature = "gssapi");
+
+fn gssapi_host_config(
+    g: &raw::HostGssapi,
+    host: &str,
+    src: &SourceConfig,
+    keytab: bool,
+    table: &str,
+    source: &str,
+) -> Result<GssapiHostConfig, ConfigError> {
+    let table = format!("{table}.gssapi");
+    let bad =
+        |key: &str, message: String| Err(err(source, &table, key, format!("[{table}] {message}")));
+    if !GSSAPI_BUILT {
+        return bad(
+            "realm",
+            "this waxwing was built without Kerberos support: rebuild it with \
+             `cargo build --release --features gssapi` (needs libkrb5-dev and libclang-dev)"
+                .into(),
+        );
+    }
+    if *src == SourceConfig::Anonymous {
+        return bad("realm", "an anonymous host cannot take Kerberos logins".into());
+    }
+    if g.realm.is_empty() || g.realm.contains(['@', '/', ' ']) {
+        return bad(
+            "realm",
+            format!("realm = {:?}: expected a Kerberos realm such as \"EXAMPLE.ORG\"", g.realm),
+        );
+    }
+    if !keytab {
+        return bad("realm", "needs [auth.gssapi] keytab".into());
+    }
+    let service_principal = g
+        .service_principal
+        .clone()
+        .unwrap_or_else(|| format!("xmpp/{host}@{}", g.realm));
+    if !service_principal.contains('@') {
+        return bad(
+            "service_principal",
+            format!("service_principal = {service_principal:?}: expected service/host@REALM"),
+        );
+    }
+    let mut principals = HashMap::new();
+    for (principal, local) in &g.principals {
+        if !principal.contains('@') {
+            return bad(
+                "principals",
+                format!("{principal:?} is not a principal (name@REALM)"),
+            );
+        }
+        let jid = BareJid::new(Some(local), host).map_err(|e| {
+            err(
+                source,
+                &table,
+                "principals",
+                format!("[{table}] {principal:?} = {local:?} is not a localpart: {e}"),
+            )
+        })?;
+        principals.insert(
+            principal.clone(),
+            jid.local().unwrap_or_default().to_string(),
+        );
+    }
+    Ok(GssapiHostConfig {
+        realm: g.realm.clone(),
+        service_principal,
+        principals,
     })
 }
 

@@ -9,7 +9,7 @@ pub mod ops;
 pub mod raw;
 
 pub use auth::{
-    AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, HostAuthConfig, LdapConfig,
+    AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, GssapiHostConfig, HostAuthConfig, LdapConfig,
     LdapLookup, SourceConfig,
 };
 pub use bosh::BoshConfig;

@@ -8,6 +8,7 @@
 
 mod anonymous;
 mod channel_binding;
+mod gssapi;
 mod plain;
 mod scram;
 
@@ -15,6 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 pub use anonymous::parse_anonymous;
+pub use gssapi::{LAYER_NONE, parse_security_layer_choice, security_layer_offer};
 
 /// RFC 4422 Appendix A: EXTERNAL's message is the authorization identity
 /// the client asks for, empty for "whatever my credentials say".
@@ -128,12 +130,15 @@ pub enum Mechanism {
     Anonymous,
     /// RFC 4422 Appendix A `EXTERNAL` (XEP-0178): the TLS client certificate.
     External,
+    /// RFC 4752 `GSSAPI`: a Kerberos ticket.
+    Gssapi,
 }
 
 /// Every mechanism name this server can offer, strongest first: the order
 /// of `<mechanisms/>`, whatever order a configured list has.
 pub const ALL_MECHANISMS: &[&str] = &[
     "EXTERNAL",
+    "GSSAPI",
     "SCRAM-SHA-256-PLUS",
     "SCRAM-SHA-1-PLUS",
     "SCRAM-SHA-256",
@@ -153,6 +158,7 @@ impl Mechanism {
             "PLAIN" if !plus => return Some(Mechanism::Plain),
             "ANONYMOUS" if !plus => return Some(Mechanism::Anonymous),
             "EXTERNAL" if !plus => return Some(Mechanism::External),
+            "GSSAPI" if !plus => return Some(Mechanism::Gssapi),
             "SCRAM-SHA-1" => ScramHash::Sha1,
             "SCRAM-SHA-256" => ScramHash::Sha256,
             _ => return None,
@@ -168,6 +174,7 @@ impl Mechanism {
             Mechanism::Plain => "PLAIN",
             Mechanism::Anonymous => "ANONYMOUS",
             Mechanism::External => "EXTERNAL",
+            Mechanism::Gssapi => "GSSAPI",
         }
     }
 }
@@ -266,12 +273,14 @@ mod tests {
             "PLAIN",
             "ANONYMOUS",
             "EXTERNAL",
+            "GSSAPI",
         ] {
             assert_eq!(Mechanism::from_name(name).unwrap().name(), name);
         }
         for name in [
             "PLAIN-PLUS",
             "ANONYMOUS-PLUS",
+            "GSSAPI-PLUS",
             "scram-sha-1",
             "SCRAM-SHA-512",
             "DIGEST-MD5",

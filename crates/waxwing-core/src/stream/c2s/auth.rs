@@ -163,7 +163,134 @@ impl Conn {
                 )
             }
             Mechanism::Scram { hash, plus } => self.scram(hash, plus, &initial, &host).await,
+            #[cfg(feature = "gssapi")]
+            Mechanism::Gssapi => Ok(self.gssapi(initial, &host).await?.map(|u| (u, None))),
+            // Never offered: `config check` refuses GSSAPI in such a build.
+            #[cfg(not(feature = "gssapi"))]
+            Mechanism::Gssapi => Ok(Err(SaslError::InvalidMechanism)),
         }
+    }
+
+    /// RFC 4752: establish the Kerberos context (as many challenges as the
+    /// GSS library needs), map its principal to an account of `host`, then
+    /// the wrapped security-layer round trip, which also carries the
+    /// client's authorization identity.
+    #[cfg(feature = "gssapi")]
+    async fn gssapi(&mut self, initial: Vec<u8>, host: &str) -> Result<Result<BareJid, SaslError>, End> {
+        use crate::auth::gssapi::{Exchange, Step, account_usable, map_principal};
+        /// Kerberos needs one or two tokens each way; more is not a client.
+        const MAX_ROUNDS: usize = 4;
+        let Some(cfg) = self
+            .server
+            .config
+            .auth
+            .host(host)
+            .and_then(|h| h.gssapi.clone())
+        else {
+            return Ok(Err(SaslError::InvalidMechanism));
+        };
+        // The GSS library reads files (keytab, replay cache): blocking pool.
+        let started = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || Exchange::start(&cfg)).await
+        };
+        let mut exchange = match started {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::error!(%host, error = %e, "GSSAPI unavailable: check [auth.gssapi] keytab");
+                return Ok(Err(SaslError::TemporaryAuthFailure));
+            }
+            Err(_) => return Ok(Err(SaslError::TemporaryAuthFailure)),
+        };
+        let mut token = initial;
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > MAX_ROUNDS {
+                return Ok(Err(SaslError::MalformedRequest));
+            }
+            let Ok((x, step)) = tokio::task::spawn_blocking(move || {
+                let step = exchange.step(&token);
+                (exchange, step)
+            })
+            .await
+            else {
+                return Ok(Err(SaslError::TemporaryAuthFailure));
+            };
+            exchange = x;
+            match step {
+                Ok(Step::Continue(out)) => {
+                    self.challenge(&out).await?;
+                    token = match self.sasl_response().await? {
+                        Ok(t) => t,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                }
+                Ok(Step::Done(last)) => {
+                    if let Some(out) = last {
+                        // Mutual authentication: the client answers empty.
+                        self.challenge(&out).await?;
+                        match self.sasl_response().await? {
+                            Ok(t) if t.is_empty() => {}
+                            Ok(_) => return Ok(Err(SaslError::MalformedRequest)),
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                    break;
+                }
+                Err((condition, e)) => {
+                    let log = format!("GSSAPI context not established: {e}");
+                    if condition == SaslError::TemporaryAuthFailure {
+                        tracing::error!(%host, "{log} (is the keytab current?)");
+                    } else {
+                        tracing::info!(%host, "{log}");
+                    }
+                    return Ok(Err(condition));
+                }
+            }
+        }
+        let principal = match exchange.principal() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "GSSAPI: no principal");
+                return Ok(Err(SaslError::TemporaryAuthFailure));
+            }
+        };
+        let Some(user) = map_principal(&cfg, host, &principal) else {
+            tracing::info!(%principal, %host, "GSSAPI: the principal is no account of this host");
+            return Ok(Err(SaslError::NotAuthorized));
+        };
+        self.attempted = Some(user.clone());
+        // RFC 4752 §3.1: the security-layer offer, wrapped without
+        // confidentiality; the client's choice comes back wrapped too.
+        let offer = match exchange.wrap(&sasl::security_layer_offer()) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "GSSAPI");
+                return Ok(Err(SaslError::TemporaryAuthFailure));
+            }
+        };
+        self.challenge(&offer).await?;
+        let reply = match self.sasl_response().await? {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let choice = match exchange.unwrap(&reply) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(%user, error = %e, "GSSAPI: bad security-layer answer");
+                return Ok(Err(SaslError::NotAuthorized));
+            }
+        };
+        let authzid = match sasl::parse_security_layer_choice(&choice) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = check_authzid(authzid.as_deref(), &user) {
+            tracing::info!(%user, ?authzid, "GSSAPI: authorization identity refused");
+            return Ok(Err(e));
+        }
+        Ok(account_usable(&self.server, &user).await.map(|()| user))
     }
 
     /// The mechanisms for this stream's host, on this listener and
