@@ -16,7 +16,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 pub use anonymous::parse_anonymous;
-pub use gssapi::{LAYER_NONE, parse_security_layer_choice, security_layer_offer};
+pub use gssapi::{
+    LAYER_NONE, is_krb5_initial_token, parse_security_layer_choice, security_layer_offer,
+};
 
 /// RFC 4422 Appendix A: EXTERNAL's message is the authorization identity
 /// the client asks for, empty for "whatever my credentials say".

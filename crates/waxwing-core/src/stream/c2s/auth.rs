@@ -189,6 +189,9 @@ impl Conn {
         else {
             return Ok(Err(SaslError::InvalidMechanism));
         };
+        if !sasl::is_krb5_initial_token(&initial) {
+            return Ok(Err(SaslError::MalformedRequest));
+        }
         // The GSS library reads files (keytab, replay cache): blocking pool.
         let started = {
             let cfg = cfg.clone();
