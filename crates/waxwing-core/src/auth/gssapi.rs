@@ -118,14 +118,17 @@ mod imp {
         /// takes effect without a restart. Blocking.
         pub fn start(cfg: &GssapiHostConfig) -> Result<Exchange, GssError> {
             let gss = |what: &str, e: Error| GssError(format!("{what}: {e}"));
-            let name = Name::new(cfg.service_principal.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL))
-                .map_err(|e| gss(&format!("service principal {}", cfg.service_principal), e))?;
+            let name = Name::new(
+                cfg.service_principal.as_bytes(),
+                Some(GSS_NT_KRB5_PRINCIPAL),
+            )
+            .map_err(|e| gss(&format!("service principal {}", cfg.service_principal), e))?;
             let mut mechs = OidSet::new();
             mechs.add(GSS_MECH_KRB5).map_err(|e| gss("OID set", e))?;
             // Credentials for this principal only: a ticket for another
             // service in the same keytab is not a login to this host.
-            let cred = Cred::acquire(Some(&name), None, CredUsage::Accept, Some(&mechs))
-                .map_err(|e| {
+            let cred =
+                Cred::acquire(Some(&name), None, CredUsage::Accept, Some(&mechs)).map_err(|e| {
                     gss(
                         &format!("no key for {} in the keytab", cfg.service_principal),
                         e,
@@ -228,11 +231,20 @@ mod tests {
     fn realm_users_map_to_the_host_and_others_only_explicitly() {
         let c = cfg();
         let map = |p: &str| map_principal(&c, "example.org", p).map(|j| j.to_string());
-        assert_eq!(map("alice@EXAMPLE.ORG").as_deref(), Some("alice@example.org"));
+        assert_eq!(
+            map("alice@EXAMPLE.ORG").as_deref(),
+            Some("alice@example.org")
+        );
         // PRECIS: the localpart is case-mapped like any other.
-        assert_eq!(map("Alice@EXAMPLE.ORG").as_deref(), Some("alice@example.org"));
+        assert_eq!(
+            map("Alice@EXAMPLE.ORG").as_deref(),
+            Some("alice@example.org")
+        );
         assert_eq!(map("jdoe@PARTNER.NET").as_deref(), Some("john@example.org"));
-        assert_eq!(map("ops/admin@EXAMPLE.ORG").as_deref(), Some("ops@example.org"));
+        assert_eq!(
+            map("ops/admin@EXAMPLE.ORG").as_deref(),
+            Some("ops@example.org")
+        );
         for refused in [
             "alice@OTHER.ORG",
             "alice@example.org",

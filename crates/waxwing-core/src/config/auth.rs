@@ -314,7 +314,14 @@ pub(super) fn auth_config(
             ));
         }
         let gssapi = match &h.gssapi {
-            Some(g) => Some(gssapi_host_config(g, &domain, &src, a.gssapi.is_some(), &table, source)?),
+            Some(g) => Some(gssapi_host_config(
+                g,
+                &domain,
+                &src,
+                a.gssapi.is_some(),
+                &table,
+                source,
+            )?),
             None => None,
         };
         let can = supported(&src, h.cache_scram, certs, gssapi.is_some());
@@ -496,12 +503,18 @@ fn gssapi_host_config(
         );
     }
     if *src == SourceConfig::Anonymous {
-        return bad("realm", "an anonymous host cannot take Kerberos logins".into());
+        return bad(
+            "realm",
+            "an anonymous host cannot take Kerberos logins".into(),
+        );
     }
     if g.realm.is_empty() || g.realm.contains(['@', '/', ' ']) {
         return bad(
             "realm",
-            format!("realm = {:?}: expected a Kerberos realm such as \"EXAMPLE.ORG\"", g.realm),
+            format!(
+                "realm = {:?}: expected a Kerberos realm such as \"EXAMPLE.ORG\"",
+                g.realm
+            ),
         );
     }
     if !keytab {
@@ -918,6 +931,68 @@ mod tests {
             Some(&["SCRAM-SHA-256", "SCRAM-SHA-1"][..])
         );
         assert_eq!(c.auth.listener("127.0.0.1:5223".parse().unwrap()), None);
+    }
+
+    const KERBEROS: &str = "[auth.gssapi]\nkeytab = \"/etc/waxwing/xmpp.keytab\"\n\
+                            [auth.hosts.\"corp.example\".gssapi]\nrealm = \"CORP.EXAMPLE\"\n";
+
+    #[test]
+    #[cfg(feature = "gssapi")]
+    fn gssapi_hosts_offer_gssapi_and_map_principals() {
+        let c = parse(&format!(
+            "{KERBEROS}[auth.hosts.\"corp.example\".gssapi.principals]\n\"jdoe@PARTNER\" = \"John\"\n"
+        ))
+        .unwrap();
+        let h = c.auth.host("corp.example").unwrap();
+        assert_eq!(h.mechanisms[0], "GSSAPI");
+        assert!(h.mechanisms.contains(&"SCRAM-SHA-256"));
+        let g = h.gssapi.as_ref().unwrap();
+        assert_eq!(g.service_principal, "xmpp/corp.example@CORP.EXAMPLE");
+        // Explicit localparts are prepared once, at load.
+        assert_eq!(g.localpart_for("jdoe@PARTNER"), Some("john"));
+        assert_eq!(
+            c.auth.gssapi_keytab.as_deref(),
+            Some(std::path::Path::new("/etc/waxwing/xmpp.keytab"))
+        );
+        // Other hosts do not inherit it.
+        assert!(
+            !c.auth
+                .host("a.example")
+                .unwrap()
+                .mechanisms
+                .contains(&"GSSAPI")
+        );
+        for (rest, needle) in [
+            (
+                "[auth.hosts.\"corp.example\".gssapi]\nrealm = \"CORP.EXAMPLE\"\n".to_string(),
+                "needs [auth.gssapi] keytab",
+            ),
+            (
+                "[auth.hosts.\"a.example\"]\nmechanisms = [\"GSSAPI\"]\n".to_string(),
+                "GSSAPI needs",
+            ),
+            (
+                format!("{KERBEROS}[auth.hosts.\"corp.example\"]\nsource = \"anonymous\"\n"),
+                "anonymous host",
+            ),
+            (
+                format!(
+                    "{KERBEROS}[auth.hosts.\"corp.example\".gssapi.principals]\n\"x\" = \"y\"\n"
+                ),
+                "not a principal",
+            ),
+        ] {
+            let e = parse(&rest).expect_err(&rest);
+            assert!(e.contains(needle), "{rest}\n→ {e}");
+        }
+    }
+
+    #[test]
+    #[cfg(not(feature = "gssapi"))]
+    fn gssapi_is_refused_by_a_build_without_the_feature() {
+        let e = parse(KERBEROS).expect_err("no gssapi feature");
+        assert!(e.contains("built without Kerberos support"), "{e}");
+        assert!(e.contains("--features gssapi"), "{e}");
     }
 
     #[test]

@@ -9,8 +9,8 @@ pub mod ops;
 pub mod raw;
 
 pub use auth::{
-    AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, GssapiHostConfig, HostAuthConfig, LdapConfig,
-    LdapLookup, SourceConfig,
+    AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, GssapiHostConfig, HostAuthConfig,
+    LdapConfig, LdapLookup, SourceConfig,
 };
 pub use bosh::BoshConfig;
 pub use http::{HttpConfig, UploadConfig};

@@ -176,7 +176,11 @@ impl Conn {
     /// the wrapped security-layer round trip, which also carries the
     /// client's authorization identity.
     #[cfg(feature = "gssapi")]
-    async fn gssapi(&mut self, initial: Vec<u8>, host: &str) -> Result<Result<BareJid, SaslError>, End> {
+    async fn gssapi(
+        &mut self,
+        initial: Vec<u8>,
+        host: &str,
+    ) -> Result<Result<BareJid, SaslError>, End> {
         use crate::auth::gssapi::{Exchange, Step, account_usable, map_principal};
         /// Kerberos needs one or two tokens each way; more is not a client.
         const MAX_ROUNDS: usize = 4;
