@@ -78,6 +78,8 @@ pub struct HostAuthConfig {
     pub cache_scram: bool,
     /// Kerberos (GSSAPI) for this host, when configured.
     pub gssapi: Option<GssapiHostConfig>,
+    /// `legacy_digest_md5`: DIGEST-MD5 offered, its secret kept with new passwords.
+    pub digest_md5: bool,
 }
 
 /// `[auth.hosts."…".gssapi]`, validated.
@@ -201,6 +203,7 @@ fn supported(
     cache_scram: bool,
     certs: bool,
     kerberos: bool,
+    digest: bool,
 ) -> Vec<&'static str> {
     let scram_and_plain = |m: &&str| m.starts_with("SCRAM-") || *m == "PLAIN";
     ALL_MECHANISMS
@@ -209,6 +212,7 @@ fn supported(
         .filter(|m| match source {
             SourceConfig::Anonymous => *m == "ANONYMOUS",
             _ if *m == "GSSAPI" => kerberos,
+            SourceConfig::Internal if *m == "DIGEST-MD5" => digest,
             SourceConfig::Internal => scram_and_plain(m) || (*m == "EXTERNAL" && certs),
             SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if cache_scram => scram_and_plain(m),
             SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) => *m == "PLAIN",
@@ -223,11 +227,15 @@ fn why_unsupported(source: &SourceConfig, mechanism: &str) -> &'static str {
         _ if mechanism == "GSSAPI" => {
             "GSSAPI needs the host's [auth.hosts.\"…\".gssapi] table (realm) and [auth.gssapi] keytab"
         }
+        SourceConfig::Internal if mechanism == "DIGEST-MD5" => {
+            "DIGEST-MD5 is historic (RFC 6331): set legacy_digest_md5 = true to offer it"
+        }
         SourceConfig::Internal if mechanism == "EXTERNAL" => {
             "EXTERNAL needs [auth.client_certificates]"
         }
         SourceConfig::Internal => "ANONYMOUS needs a host of its own (source = \"anonymous\")",
         _ if mechanism == "EXTERNAL" => "EXTERNAL maps certificates to internal accounts only",
+        _ if mechanism == "DIGEST-MD5" => "DIGEST-MD5 needs a password stored here (internal accounts)",
         SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if mechanism.starts_with("SCRAM") => {
             "an external source has no SCRAM secret unless cache_scram = true"
         }
@@ -324,7 +332,21 @@ pub(super) fn auth_config(
             )?),
             None => None,
         };
-        let can = supported(&src, h.cache_scram, certs, gssapi.is_some());
+        if h.legacy_digest_md5 && src != SourceConfig::Internal {
+            return Err(err(
+                source,
+                &table,
+                "legacy_digest_md5",
+                format!("[{table}] legacy_digest_md5 needs internal accounts (its secret is derived from a password set here)"),
+            ));
+        }
+        let can = supported(
+            &src,
+            h.cache_scram,
+            certs,
+            gssapi.is_some(),
+            h.legacy_digest_md5,
+        );
         let mechanisms = match &h.mechanisms {
             Some(names) => {
                 let list = mechanism_list(names, &table, source)?;
@@ -354,9 +376,13 @@ pub(super) fn auth_config(
                 // A host given a Kerberos realm offers GSSAPI unless its
                 // own list leaves it out.
                 if gssapi.is_some() && !list.contains(&"GSSAPI") {
-                    list.insert(0, "GSSAPI");
-                    list.sort_by_key(|m| ALL_MECHANISMS.iter().position(|a| a == m));
+                    list.push("GSSAPI");
                 }
+                // Likewise DIGEST-MD5 once the host opted into it.
+                if h.legacy_digest_md5 && !list.contains(&"DIGEST-MD5") {
+                    list.push("DIGEST-MD5");
+                }
+                list.sort_by_key(|m| ALL_MECHANISMS.iter().position(|a| a == m));
                 list
             }
         };
@@ -367,6 +393,7 @@ pub(super) fn auth_config(
                 mechanisms,
                 cache_scram: h.cache_scram,
                 gssapi,
+                digest_md5: h.legacy_digest_md5,
             },
         );
     }
@@ -378,10 +405,11 @@ pub(super) fn auth_config(
                 mechanisms: default_mechanisms(
                     &SourceConfig::Internal,
                     default_list.as_deref(),
-                    &supported(&SourceConfig::Internal, false, certs, false),
+                    &supported(&SourceConfig::Internal, false, certs, false, false),
                 ),
                 cache_scram: false,
                 gssapi: None,
+                digest_md5: false,
             });
     }
     for (host, h) in &mut by_host {
@@ -993,6 +1021,30 @@ mod tests {
         let e = parse(KERBEROS).expect_err("no gssapi feature");
         assert!(e.contains("built without Kerberos support"), "{e}");
         assert!(e.contains("--features gssapi"), "{e}");
+    }
+
+    #[test]
+    fn digest_md5_only_on_request_and_on_internal_hosts() {
+        let c = parse("[auth]\nmechanisms = [\"SCRAM-SHA-256\", \"DIGEST-MD5\"]\n").unwrap();
+        assert_eq!(c.auth.host("a.example").unwrap().mechanisms, ["SCRAM-SHA-256"]);
+        let c = parse("[auth.hosts.\"a.example\"]\nlegacy_digest_md5 = true\n").unwrap();
+        let h = c.auth.host("a.example").unwrap();
+        assert!(h.digest_md5);
+        assert_eq!(h.mechanisms.last(), Some(&"DIGEST-MD5"));
+        assert!(!c.auth.host("corp.example").unwrap().digest_md5);
+        for (rest, needle) in [
+            (
+                "[auth.hosts.\"a.example\"]\nmechanisms = [\"DIGEST-MD5\", \"PLAIN\"]\n",
+                "set legacy_digest_md5 = true",
+            ),
+            (
+                "[auth.hosts.\"guest.example\"]\nsource = \"anonymous\"\nlegacy_digest_md5 = true\n",
+                "needs internal accounts",
+            ),
+        ] {
+            let e = parse(rest).expect_err(rest);
+            assert!(e.contains(needle), "{rest}\n→ {e}");
+        }
     }
 
     #[test]

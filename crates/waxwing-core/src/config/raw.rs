@@ -805,6 +805,9 @@ pub struct HostAuth {
     /// External sources: keep SCRAM secrets derived from a password that
     /// the source accepted, so that SCRAM can be offered too (opt-in).
     pub cache_scram: bool,
+    /// Historic RFC 2831 DIGEST-MD5 for old clients (internal hosts only):
+    /// offered, and its separate secret stored whenever a password is set.
+    pub legacy_digest_md5: bool,
     pub extauth: Option<ExtAuth>,
     pub ldap: Option<Ldap>,
     pub gssapi: Option<HostGssapi>,

@@ -8,6 +8,7 @@
 
 mod anonymous;
 mod channel_binding;
+mod digest_md5;
 mod gssapi;
 mod plain;
 mod scram;
@@ -16,6 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 pub use anonymous::parse_anonymous;
+pub use digest_md5::{DigestMd5Server, DigestResponse, digest_secret};
 pub use gssapi::{
     LAYER_NONE, is_krb5_initial_token, parse_security_layer_choice, security_layer_offer,
 };
@@ -134,6 +136,8 @@ pub enum Mechanism {
     External,
     /// RFC 4752 `GSSAPI`: a Kerberos ticket.
     Gssapi,
+    /// RFC 2831 `DIGEST-MD5`: historic, only where explicitly enabled.
+    DigestMd5,
 }
 
 /// Every mechanism name this server can offer, strongest first: the order
@@ -146,6 +150,7 @@ pub const ALL_MECHANISMS: &[&str] = &[
     "SCRAM-SHA-256",
     "SCRAM-SHA-1",
     "PLAIN",
+    "DIGEST-MD5",
     "ANONYMOUS",
 ];
 
@@ -161,6 +166,7 @@ impl Mechanism {
             "ANONYMOUS" if !plus => return Some(Mechanism::Anonymous),
             "EXTERNAL" if !plus => return Some(Mechanism::External),
             "GSSAPI" if !plus => return Some(Mechanism::Gssapi),
+            "DIGEST-MD5" if !plus => return Some(Mechanism::DigestMd5),
             "SCRAM-SHA-1" => ScramHash::Sha1,
             "SCRAM-SHA-256" => ScramHash::Sha256,
             _ => return None,
@@ -177,6 +183,7 @@ impl Mechanism {
             Mechanism::Anonymous => "ANONYMOUS",
             Mechanism::External => "EXTERNAL",
             Mechanism::Gssapi => "GSSAPI",
+            Mechanism::DigestMd5 => "DIGEST-MD5",
         }
     }
 }
@@ -276,6 +283,7 @@ mod tests {
             "ANONYMOUS",
             "EXTERNAL",
             "GSSAPI",
+            "DIGEST-MD5",
         ] {
             assert_eq!(Mechanism::from_name(name).unwrap().name(), name);
         }
@@ -285,7 +293,8 @@ mod tests {
             "GSSAPI-PLUS",
             "scram-sha-1",
             "SCRAM-SHA-512",
-            "DIGEST-MD5",
+            "DIGEST-MD5-PLUS",
+            "CRAM-MD5",
             "",
         ] {
             assert_eq!(Mechanism::from_name(name), None, "{name}");
