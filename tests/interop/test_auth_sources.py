@@ -413,3 +413,25 @@ async def test_fast_is_refused_on_external_and_anonymous_hosts(server, xmpp, tmp
         assert success.find(f"{{{NS_FAST}}}token") is None, raw.text()
     finally:
         raw.close()
+
+
+async def test_subscription_to_a_directory_user_who_never_logged_in(server, xmpp, tmp_path):
+    """Item 4 of issue 20: a presence subscription request to an extauth user
+    without a local record asks the program (`isuser`) and waits for them,
+    like one to any other account; a name the program does not know is
+    dropped (RFC 6121 §3.1.3: no such user)."""
+    overrides, log = extauth_config(tmp_path, {ALICE: "directory-pw", "carol@localhost": "carol-pw"})
+    srv = server(overrides)
+    alice = await xmpp.login(srv, f"{ALICE}/a", "directory-pw")
+    await alice.online()
+    alice.x.send_presence(pto="carol@localhost", ptype="subscribe")
+    alice.x.send_presence(pto="nobody@localhost", ptype="subscribe")
+    await alice.sync()
+    lines = log.read_text().splitlines()
+    assert "isuser carol@localhost" in lines and "isuser nobody@localhost" in lines, lines
+    users = srv.cli("user", "list").stdout
+    assert "carol@localhost" in users and "nobody@localhost" not in users, users
+    carol = await xmpp.login(srv, "carol@localhost/c", "carol-pw")
+    await carol.online()
+    request = await carol.expect_presence(sender=ALICE, ptype="subscribe")
+    assert request["from"].bare == ALICE

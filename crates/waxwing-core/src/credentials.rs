@@ -34,7 +34,11 @@ pub fn with_digest(
     password: &str,
     mut secrets: Vec<StoredSecret>,
 ) -> Result<Vec<StoredSecret>, SaslError> {
-    if config.auth.host(user.domain()).is_some_and(|h| h.digest_md5) {
+    if config
+        .auth
+        .host(user.domain())
+        .is_some_and(|h| h.digest_md5)
+    {
         let realm = user.domain();
         let ha1 =
             waxwing_proto::sasl::digest_secret(user.local().unwrap_or_default(), realm, password)?;

@@ -235,7 +235,9 @@ fn why_unsupported(source: &SourceConfig, mechanism: &str) -> &'static str {
         }
         SourceConfig::Internal => "ANONYMOUS needs a host of its own (source = \"anonymous\")",
         _ if mechanism == "EXTERNAL" => "EXTERNAL maps certificates to internal accounts only",
-        _ if mechanism == "DIGEST-MD5" => "DIGEST-MD5 needs a password stored here (internal accounts)",
+        _ if mechanism == "DIGEST-MD5" => {
+            "DIGEST-MD5 needs a password stored here (internal accounts)"
+        }
         SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if mechanism.starts_with("SCRAM") => {
             "an external source has no SCRAM secret unless cache_scram = true"
         }
@@ -337,7 +339,9 @@ pub(super) fn auth_config(
                 source,
                 &table,
                 "legacy_digest_md5",
-                format!("[{table}] legacy_digest_md5 needs internal accounts (its secret is derived from a password set here)"),
+                format!(
+                    "[{table}] legacy_digest_md5 needs internal accounts (its secret is derived from a password set here)"
+                ),
             ));
         }
         let can = supported(
@@ -1026,7 +1030,10 @@ mod tests {
     #[test]
     fn digest_md5_only_on_request_and_on_internal_hosts() {
         let c = parse("[auth]\nmechanisms = [\"SCRAM-SHA-256\", \"DIGEST-MD5\"]\n").unwrap();
-        assert_eq!(c.auth.host("a.example").unwrap().mechanisms, ["SCRAM-SHA-256"]);
+        assert_eq!(
+            c.auth.host("a.example").unwrap().mechanisms,
+            ["SCRAM-SHA-256"]
+        );
         let c = parse("[auth.hosts.\"a.example\"]\nlegacy_digest_md5 = true\n").unwrap();
         let h = c.auth.host("a.example").unwrap();
         assert!(h.digest_md5);

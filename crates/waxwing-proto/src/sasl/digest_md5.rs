@@ -170,13 +170,7 @@ impl DigestMd5Server {
     }
 
     fn compute(&self, r: &DigestResponse, ha1: &[u8], a2_prefix: &[u8]) -> String {
-        let mut a1: Vec<&[u8]> = vec![
-            ha1,
-            b":",
-            self.nonce.as_bytes(),
-            b":",
-            r.cnonce.as_bytes(),
-        ];
+        let mut a1: Vec<&[u8]> = vec![ha1, b":", self.nonce.as_bytes(), b":", r.cnonce.as_bytes()];
         if let Some(z) = &r.authzid {
             a1.push(b":");
             a1.push(z.as_bytes());
@@ -203,7 +197,10 @@ fn parse_directives(text: &str) -> Result<Vec<(String, String)>, SaslError> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
-        while chars.peek().is_some_and(|c| c.is_ascii_whitespace() || *c == ',') {
+        while chars
+            .peek()
+            .is_some_and(|c| c.is_ascii_whitespace() || *c == ',')
+        {
             chars.next();
         }
         if chars.peek().is_none() {
@@ -287,7 +284,10 @@ mod tests {
             s.compute(&r, &ha1, b"AUTHENTICATE:"),
             "d388dad90d4bbd760a152321f2143af7"
         );
-        assert_eq!(s.compute(&r, &ha1, b":"), "ea40f60335c427b5527b84dbabcdfffd");
+        assert_eq!(
+            s.compute(&r, &ha1, b":"),
+            "ea40f60335c427b5527b84dbabcdfffd"
+        );
     }
 
     fn client_response(s: &DigestMd5Server, user: &str, pw: &str, uri: &str, nc: &str) -> String {
@@ -312,7 +312,10 @@ mod tests {
         let ha1 = digest_secret("juliet", "example.org", "r0m30").unwrap();
         let mut s = DigestMd5Server::new("example.org", "n0nce");
         let c = String::from_utf8(s.challenge()).unwrap();
-        assert!(c.contains("nonce=\"n0nce\"") && c.contains("qop=\"auth\""), "{c}");
+        assert!(
+            c.contains("nonce=\"n0nce\"") && c.contains("qop=\"auth\""),
+            "{c}"
+        );
         let msg = client_response(&s, "juliet", "r0m30", "xmpp/example.org", "00000001");
         let r = s.handle_response(msg.as_bytes()).unwrap();
         assert_eq!(r.username, "juliet");
@@ -337,16 +340,43 @@ mod tests {
         let good = client_response(&s, "juliet", "pw", "xmpp/example.org", "00000001");
         assert_eq!(refused(good.clone()), None);
         assert!(
-            refused(client_response(&s, "juliet", "pw", "xmpp/other.org", "00000001")).is_some()
+            refused(client_response(
+                &s,
+                "juliet",
+                "pw",
+                "xmpp/other.org",
+                "00000001"
+            ))
+            .is_some()
         );
         assert!(
-            refused(client_response(&s, "juliet", "pw", "imap/example.org", "00000001")).is_some()
+            refused(client_response(
+                &s,
+                "juliet",
+                "pw",
+                "imap/example.org",
+                "00000001"
+            ))
+            .is_some()
         );
         assert!(
-            refused(client_response(&s, "juliet", "pw", "xmpp/example.org", "00000002")).is_some()
+            refused(client_response(
+                &s,
+                "juliet",
+                "pw",
+                "xmpp/example.org",
+                "00000002"
+            ))
+            .is_some()
         );
         assert_eq!(
-            refused(client_response(&s, "juliet", "pw", "xmpp/x/example.org", "00000001")),
+            refused(client_response(
+                &s,
+                "juliet",
+                "pw",
+                "xmpp/x/example.org",
+                "00000001"
+            )),
             None
         );
         for (from, to) in [
@@ -354,7 +384,10 @@ mod tests {
             ("nonce=\"n0nce\"", "nonce=\"other\""),
             ("charset=utf-8", "charset=iso-8859-1"),
             ("realm=\"example.org\"", "realm=\"evil.org\""),
-            ("username=\"juliet\",", "username=\"juliet\",username=\"romeo\","),
+            (
+                "username=\"juliet\",",
+                "username=\"juliet\",username=\"romeo\",",
+            ),
         ] {
             assert!(refused(good.replace(from, to)).is_some(), "{to}");
         }

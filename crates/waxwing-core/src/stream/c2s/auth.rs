@@ -203,9 +203,10 @@ impl Conn {
         };
         self.attempted = Some(user.clone());
         let secret = match self.server.stores.accounts.secrets(&user).await {
-            Ok(list) => list.unwrap_or_default().into_iter().find(|s| {
-                s.mechanism == credentials::DIGEST_MD5 && s.salt == host.as_bytes()
-            }),
+            Ok(list) => list
+                .unwrap_or_default()
+                .into_iter()
+                .find(|s| s.mechanism == credentials::DIGEST_MD5 && s.salt == host.as_bytes()),
             Err(e) => {
                 tracing::error!(error = %e, "credential lookup failed");
                 return Ok(Err(SaslError::TemporaryAuthFailure));
