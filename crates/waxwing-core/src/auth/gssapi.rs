@@ -17,9 +17,11 @@
 use std::path::Path;
 
 use waxwing_proto::jid::BareJid;
+#[cfg(feature = "gssapi")]
 use waxwing_proto::sasl::SaslError;
 
-use crate::config::{Config, GssapiHostConfig, SourceConfig};
+use crate::config::{Config, GssapiHostConfig};
+#[cfg(feature = "gssapi")]
 use crate::router::Server;
 
 /// The keytab the process must be re-executed with (`KRB5_KTNAME`), when
@@ -37,6 +39,7 @@ pub fn keytab_reexec(config: &Config) -> Option<&Path> {
 /// Whether the account a principal mapped to may log in: it must exist
 /// (a ticket proves who the user is, not that this server knows them), or,
 /// on a host whose accounts live in a directory, be known there.
+#[cfg(feature = "gssapi")]
 pub(crate) async fn account_usable(server: &Server, user: &BareJid) -> Result<(), SaslError> {
     match server.stores.accounts.exists(user).await {
         Ok(true) => Ok(()),
@@ -80,11 +83,6 @@ pub enum Step {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct GssError(pub String);
-
-/// Whether a host's source can take Kerberos logins at all.
-pub fn source_allows(source: &SourceConfig) -> bool {
-    !matches!(source, SourceConfig::Anonymous)
-}
 
 #[cfg(feature = "gssapi")]
 pub use imp::Exchange;
