@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Debian package from an already built binary, with dpkg-deb:
 #   bash scripts/build-deb.sh [BINARY] [OUTPUT_DIR]
-# BINARY defaults to target/release/waxwing (`cargo build --release` first),
+# BINARY defaults to target/release/waxwing (`cargo build --release
+# --features gssapi` first: the package takes Kerberos logins; a binary built
+# without the feature gives a package without the libgssapi dependency),
 # OUTPUT_DIR to target/debian. Prints the path of the .deb.
 #
 # Contents: /usr/bin/waxwing (stripped), /etc/waxwing/waxwing.toml (a
@@ -53,13 +55,18 @@ for s in postinst prerm postrm; do
 done
 echo /etc/waxwing/waxwing.toml > "$pkg/DEBIAN/conffiles"
 size=$(du -k -s --exclude=DEBIAN "$pkg" | cut -f1)
+# A binary built with the `gssapi` feature links MIT's GSS-API library.
+depends="libc6 (>= 2.34), libgcc-s1, adduser"
+if readelf -d "$bin" 2>/dev/null | grep -q 'libgssapi_krb5'; then
+    depends="$depends, libgssapi-krb5-2"
+fi
 cat > "$pkg/DEBIAN/control" <<CONTROL
 Package: waxwing
 Version: $version
 Architecture: $arch
 Maintainer: Waxwing maintainers <maintainers@example.invalid>
 Installed-Size: $size
-Depends: libc6 (>= 2.34), libgcc-s1, adduser
+Depends: $depends
 Section: net
 Priority: optional
 Homepage: https://example.invalid/waxwing

@@ -6,12 +6,14 @@
 # Stages (a failed stage fails the run; every stage still reports):
 #  1. in parallel: the Debian packages the suites need, listed in
 #     scripts/packages/*.list (the federation peers Prosody and ejabberd, ...;
-#     installed once, idempotently), then scripts/setup.d/*.sh; the Python virtualenv in .venv
+#     installed once, idempotently), then scripts/setup.d/*.sh; and
+#     `cargo fmt --all -- --check`; then (some PyPI packages build against
+#     Debian ones) the Python virtualenv in .venv
 #     with tests/interop/requirements.txt (reinstalled only when that file or
 #     the Python version changes; its stamp is written only after an install
-#     that succeeded and imports); `cargo fmt --all -- --check`;
-#  2. cargo build --workspace --all-targets;
-#  3. cargo clippy --workspace --all-targets -- -D warnings;
+#     that succeeded and imports);
+#  2. cargo build --workspace --all-targets $FEATURES;
+#  3. cargo clippy --workspace --all-targets $FEATURES -- -D warnings;
 #  4. in parallel: the Rust unit and integration tests (cargo-nextest, else
 #     cargo test) and the black-box interop suite (pytest -n auto
 #     tests/interop, which starts the real target/debug/waxwing on ephemeral
@@ -191,7 +193,7 @@ python_env() {
     # failed install is retried next time.
     rm -f "$STAMP"
     "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -r "$REQS" || return 1
-    "$VENV/bin/python" -c 'import slixmpp, pytest, xdist, pytest_timeout, OpenSSL' || {
+    "$VENV/bin/python" -c 'import slixmpp, pytest, xdist, pytest_timeout, OpenSSL, gssapi' || {
         echo "the interop requirements do not import after the install" >&2
         return 1
     }
@@ -199,25 +201,30 @@ python_env() {
 }
 
 # -- Rust -----------------------------------------------------------------------------
+# The optional features the suites need, on every cargo call below so that
+# nothing is built twice: `gssapi` (Kerberos, tests/interop/test_gssapi.py)
+# links MIT's libgssapi_krb5 (libkrb5-dev and libclang-dev, from
+# scripts/packages/kerberos.list). A plain `cargo build` needs neither.
+FEATURES=(--features waxwing/gssapi)
 
 rust_fmt() { cargo fmt --all -- --check; }
 
 rust_build() {
-    step "cargo build --workspace --all-targets"
-    cargo build --workspace --all-targets
+    step "cargo build --workspace --all-targets ${FEATURES[*]}"
+    cargo build --workspace --all-targets "${FEATURES[@]}"
 }
 
 rust_clippy() {
-    step "cargo clippy --workspace --all-targets -- -D warnings"
-    cargo clippy --workspace --all-targets -- -D warnings
+    step "cargo clippy --workspace --all-targets ${FEATURES[*]} -- -D warnings"
+    cargo clippy --workspace --all-targets "${FEATURES[@]}" -- -D warnings
 }
 
 rust_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --workspace --no-tests=warn --no-fail-fast
+        cargo nextest run --workspace "${FEATURES[@]}" --no-tests=warn --no-fail-fast
     else
         echo "(cargo-nextest not installed: cargo test)"
-        cargo test --workspace
+        cargo test --workspace "${FEATURES[@]}"
     fi
 }
 
@@ -247,9 +254,11 @@ fuzz_stage() {
 
 # -- the run --------------------------------------------------------------------------
 
-step "system packages, python env, cargo fmt --check (in parallel)"
-run_parallel "system packages (apt)|packages|system_packages" "python env|python-env|python_env" \
-    "cargo fmt --check|fmt|rust_fmt" || true
+step "system packages, cargo fmt --check (in parallel)"
+run_parallel "system packages (apt)|packages|system_packages" "cargo fmt --check|fmt|rust_fmt" || true
+# After the packages: PyPI `gssapi` builds against libkrb5-dev.
+step "python env"
+run_stage "python env" python_env || true
 PY_OK=1
 [ -f "$STAMP" ] || PY_OK=0
 

@@ -335,3 +335,103 @@ async def test_extauth_isuser_lets_directory_users_receive_before_first_login(se
     carol = await xmpp.login(srv, "carol@localhost/c", "carol-pw")
     await carol.online()
     await carol.expect_message(body="waiting for you")
+
+
+# -- FAST (XEP-0484) only where the local password is the credential
+
+NS_SASL2 = "urn:xmpp:sasl:2"
+NS_FAST = "urn:xmpp:fast:0"
+CORP = "corp.localhost"
+
+
+def sasl2_features(srv, domain: str) -> tuple[RawStream, ET.Element]:
+    raw = RawStream(srv.c2s_port, domain=domain)
+    raw.open(to=domain)
+    features = raw.starttls()
+    auth = features.find(f"{{{NS_SASL2}}}authentication")
+    assert auth is not None, f"no SASL2 feature for {domain}:\n{raw.text()}"
+    return raw, auth
+
+
+def fast_offered(srv, domain: str) -> bool:
+    raw, auth = sasl2_features(srv, domain)
+    raw.close()
+    return auth.find(f"{{{NS_SASL2}}}inline/{{{NS_FAST}}}fast") is not None
+
+
+def ht_attempt(srv, domain: str, user: str) -> str:
+    """An HT-SHA-256-NONE <authenticate/> with a made-up token: the failure's condition."""
+    import base64
+    import hashlib
+    import hmac
+    raw, _ = sasl2_features(srv, domain)
+    try:
+        proof = hmac.new(b"a token never issued", b"Initiator", hashlib.sha256).digest()
+        initial = base64.b64encode(user.encode() + b"\0" + proof).decode()
+        raw.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='HT-SHA-256-NONE'>"
+                 f"<initial-response>{initial}</initial-response>"
+                 f"<user-agent id='d4f5a0b2-0000-4000-8000-000000000001'/>"
+                 f"<fast xmlns='{NS_FAST}'/></authenticate>")
+        reply = raw.expect(f"{{{NS_SASL2}}}failure")
+        return [c.tag.split("}")[1] for c in reply if c.tag.startswith("{urn:ietf:params:xml:ns:xmpp-sasl}")][0]
+    finally:
+        raw.close()
+
+
+async def test_fast_is_refused_on_external_and_anonymous_hosts(server, xmpp, tmp_path):
+    """A FAST token is bound to the account's local SCRAM secrets: on a host whose
+    passwords live in a directory (or that has guests only) it would outlive a
+    password changed there, so FAST is neither offered, issued nor accepted."""
+    from wxtest.scram import ScramClient
+    import base64
+    overrides, log = extauth_config(tmp_path, {f"alice@{CORP}": "directory-pw"})
+    corp = overrides["auth"]["hosts"].pop("localhost")
+    corp.update(cache_scram=True, mechanisms=["SCRAM-SHA-256", "PLAIN"])
+    srv = server({"hosts": ["localhost", CORP, GUEST_HOST],
+                  "auth": {"hosts": {CORP: corp, GUEST_HOST: {"source": "anonymous"}}}},
+                 users={ALICE: PASSWORD})
+    assert fast_offered(srv, "localhost"), "the internal host should still offer FAST"
+    assert not fast_offered(srv, CORP)
+    assert not fast_offered(srv, GUEST_HOST)
+    assert ht_attempt(srv, CORP, "alice") == "invalid-mechanism"
+    assert ht_attempt(srv, GUEST_HOST, "anyone") == "invalid-mechanism"
+
+    # With a cached SCRAM secret (after one PLAIN login), a SASL2 SCRAM
+    # login asking for a token gets in, but gets no token.
+    await xmpp.login(srv, f"alice@{CORP}/first", "directory-pw", mech="PLAIN")
+    raw, _ = sasl2_features(srv, CORP)
+    try:
+        scram = ScramClient("SCRAM-SHA-256", "alice", "directory-pw")
+        raw.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='SCRAM-SHA-256'>"
+                 f"<initial-response>{base64.b64encode(scram.client_first()).decode()}"
+                 "</initial-response><user-agent id='d4f5a0b2-0000-4000-8000-000000000002'/>"
+                 f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-NONE'/></authenticate>")
+        challenge = raw.expect(f"{{{NS_SASL2}}}challenge")
+        final = scram.client_final(base64.b64decode(challenge.text or ""))
+        raw.send(f"<response xmlns='{NS_SASL2}'>{base64.b64encode(final).decode()}</response>")
+        success = raw.expect(f"{{{NS_SASL2}}}success")
+        assert success.find(f"{{{NS_FAST}}}token") is None, raw.text()
+    finally:
+        raw.close()
+
+
+async def test_subscription_to_a_directory_user_who_never_logged_in(server, xmpp, tmp_path):
+    """Item 4 of issue 20: a presence subscription request to an extauth user
+    without a local record asks the program (`isuser`) and waits for them,
+    like one to any other account; a name the program does not know is
+    dropped (RFC 6121 §3.1.3: no such user)."""
+    overrides, log = extauth_config(tmp_path, {ALICE: "directory-pw", "carol@localhost": "carol-pw"})
+    srv = server(overrides)
+    alice = await xmpp.login(srv, f"{ALICE}/a", "directory-pw")
+    await alice.online()
+    alice.x.send_presence(pto="carol@localhost", ptype="subscribe")
+    alice.x.send_presence(pto="nobody@localhost", ptype="subscribe")
+    await alice.sync()
+    lines = log.read_text().splitlines()
+    assert "isuser carol@localhost" in lines and "isuser nobody@localhost" in lines, lines
+    users = srv.cli("user", "list").stdout
+    assert "carol@localhost" in users and "nobody@localhost" not in users, users
+    carol = await xmpp.login(srv, "carol@localhost/c", "carol-pw")
+    await carol.online()
+    request = await carol.expect_presence(sender=ALICE, ptype="subscribe")
+    assert request["from"].bare == ALICE

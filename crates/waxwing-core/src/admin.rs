@@ -352,13 +352,14 @@ async fn set_password(
     }
     let iterations = server.config.scram_iterations;
     let password = body.password;
+    let owned = password.clone();
     // PBKDF2 takes milliseconds: off the async workers.
-    let secrets = tokio::task::spawn_blocking(move || {
-        crate::credentials::make_secrets(&password, iterations)
-    })
-    .await
-    .map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "failed".into()))?
-    .map_err(|_| Failure(StatusCode::BAD_REQUEST, "unusable password".into()))?;
+    let secrets =
+        tokio::task::spawn_blocking(move || crate::credentials::make_secrets(&owned, iterations))
+            .await
+            .map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "failed".into()))?
+            .and_then(|s| crate::credentials::with_digest(&server.config, &user, &password, s))
+            .map_err(|_| Failure(StatusCode::BAD_REQUEST, "unusable password".into()))?;
     server.stores.accounts.set_secrets(&user, &secrets).await?;
     // Whoever logged in with the old password is out.
     let sessions = server.sessions.resources(&user);

@@ -21,6 +21,39 @@ pub fn make_secrets(password: &str, iterations: u32) -> Result<Vec<StoredSecret>
         .collect()
 }
 
+/// The stored mechanism name of the RFC 2831 secret.
+pub const DIGEST_MD5: &str = "DIGEST-MD5";
+
+/// Adds the DIGEST-MD5 secret (HA1 = MD5(localpart:host:password)) to a new
+/// password's secrets when the account's host has `legacy_digest_md5` on.
+/// It is only ever made here, from a password being set: an account whose
+/// password predates the option has none and cannot use DIGEST-MD5.
+pub fn with_digest(
+    config: &crate::config::Config,
+    user: &waxwing_proto::jid::BareJid,
+    password: &str,
+    mut secrets: Vec<StoredSecret>,
+) -> Result<Vec<StoredSecret>, SaslError> {
+    if config
+        .auth
+        .host(user.domain())
+        .is_some_and(|h| h.digest_md5)
+    {
+        let realm = user.domain();
+        let ha1 =
+            waxwing_proto::sasl::digest_secret(user.local().unwrap_or_default(), realm, password)?;
+        secrets.push(StoredSecret {
+            mechanism: DIGEST_MD5.to_string(),
+            // The realm it was computed for: a renamed host's secret matches nothing.
+            salt: realm.as_bytes().to_vec(),
+            iterations: 1,
+            stored_key: ha1.to_vec(),
+            server_key: Vec::new(),
+        });
+    }
+    Ok(secrets)
+}
+
 pub fn to_stored(s: &ScramSecret) -> StoredSecret {
     StoredSecret {
         mechanism: s.hash.name().to_string(),

@@ -444,6 +444,21 @@ impl Cx {
         &self.server.stores
     }
 
+    /// Whether `user` is an account of ours: a local record, or, on an
+    /// extauth/LDAP host, a user the directory knows who never logged in
+    /// (the answer then creates the record, `Authenticator::directory_knows`).
+    /// A failing store counts as no.
+    pub async fn account_exists(&self, user: &BareJid) -> bool {
+        match self.server.stores.accounts.exists(user).await {
+            Ok(true) => true,
+            Ok(false) => self.server.auth.directory_knows(&self.server, user).await,
+            Err(e) => {
+                tracing::error!(%user, error = %e, "account lookup failed");
+                false
+            }
+        }
+    }
+
     /// Whether other server processes write the same stores (the nodes of a
     /// cluster): a module must not keep in memory, as the truth, what they
     /// may change behind its back (it may still cache what only it writes).

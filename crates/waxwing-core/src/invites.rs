@@ -407,11 +407,13 @@ impl Invites {
             return Err(RedeemError::WeakPassword { min });
         }
         let iterations = self.server.config.scram_iterations;
+        let owned = password.clone();
         let secrets = tokio::task::spawn_blocking(move || {
-            crate::credentials::make_secrets(&password, iterations)
+            crate::credentials::make_secrets(&owned, iterations)
         })
         .await
         .map_err(|e| RedeemError::Internal(e.to_string()))?
+        .and_then(|s| crate::credentials::with_digest(&self.server.config, &user, &password, s))
         .map_err(|e| match e {
             waxwing_proto::sasl::SaslError::InvalidPassword => RedeemError::BadPassword,
             e => RedeemError::Internal(e.to_string()),

@@ -769,7 +769,7 @@ async fn run(
                 return Err(StanzaError::modify(Condition::NotAcceptable)
                     .with_text("the passwords do not match"));
             }
-            let secrets = secrets_for(cx, password).await?;
+            let secrets = secrets_for(cx, &user, password).await?;
             match cx.stores().accounts.create(&user, &secrets).await {
                 Ok(()) => {}
                 Err(StoreError::AlreadyExists) => {
@@ -808,7 +808,7 @@ async fn run(
         }
         Command::ChangePassword => {
             let user = Submitted::local_account(cx, values.one("accountjid")?)?;
-            let secrets = secrets_for(cx, values.one("password")?).await?;
+            let secrets = secrets_for(cx, &user, values.one("password")?).await?;
             match cx.stores().accounts.set_secrets(&user, &secrets).await {
                 Ok(()) => {
                     tracing::info!(%user, "password changed by an administrator");
@@ -904,6 +904,7 @@ async fn run(
 /// SCRAM secrets for a new password, derived off the async workers.
 async fn secrets_for(
     cx: &Cx,
+    user: &waxwing_proto::jid::BareJid,
     password: &str,
 ) -> Result<Vec<waxwing_store::StoredSecret>, StanzaError> {
     let min = cx.config().min_password_length.max(1);
@@ -911,10 +912,11 @@ async fn secrets_for(
         return Err(StanzaError::modify(Condition::NotAcceptable)
             .with_text(format!("the password needs at least {min} characters")));
     }
-    let password = password.to_string();
+    let owned = password.to_string();
     let iterations = cx.config().scram_iterations;
-    match tokio::task::spawn_blocking(move || credentials::make_secrets(&password, iterations))
+    match tokio::task::spawn_blocking(move || credentials::make_secrets(&owned, iterations))
         .await
+        .map(|r| r.and_then(|s| credentials::with_digest(cx.config(), user, password, s)))
     {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(_)) => Err(StanzaError::modify(Condition::NotAcceptable)

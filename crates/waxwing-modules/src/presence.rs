@@ -529,10 +529,9 @@ async fn inbound(cx: &Cx, stanza: &mut Element) -> Flow {
     let contact = from.to_bare();
     // An account with a session exists; only the others need a read (a
     // login's probes to its online contacts would otherwise cost one each).
-    if user == contact
-        || (cx.sessions_of(&user).is_empty()
-            && !cx.stores().accounts.exists(&user).await.unwrap_or(false))
-    {
+    // A directory (extauth/LDAP) user who never logged in is asked about,
+    // so a subscription request to them waits like one to anyone else.
+    if user == contact || (cx.sessions_of(&user).is_empty() && !cx.account_exists(&user).await) {
         return Flow::Handled;
     }
     // Subscription stanzas are always about bare JIDs (RFC 6121 §3.1.3).

@@ -109,7 +109,9 @@ async fn on_signup_request(
         return Err(IbrError::Taken);
     }
     check_password(&password, cx.config().min_password_length)?;
-    let secrets = derive_secrets(password, cx.config().scram_iterations).await?;
+    let secrets = derive_secrets(password.clone(), cx.config().scram_iterations).await?;
+    let secrets = credentials::with_digest(cx.config(), &user, &password, secrets)
+        .map_err(|_| IbrError::BadPassword)?;
     match cx.stores().accounts.create(&user, &secrets).await {
         Ok(()) => {}
         Err(StoreError::AlreadyExists) => return Err(IbrError::Taken),
@@ -190,7 +192,9 @@ async fn on_account_request(cx: &Cx, request: Request) -> Result<Option<Element>
                 return Err(IbrError::ManagedElsewhere);
             }
             check_password(&password, cx.config().min_password_length)?;
-            let secrets = derive_secrets(password, cx.config().scram_iterations).await?;
+            let secrets = derive_secrets(password.clone(), cx.config().scram_iterations).await?;
+            let secrets = credentials::with_digest(cx.config(), &user, &password, secrets)
+                .map_err(|_| IbrError::BadPassword)?;
             match cx.stores().accounts.set_secrets(&user, &secrets).await {
                 Ok(()) => {
                     tracing::info!(%user, "password changed in-band");

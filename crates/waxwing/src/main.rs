@@ -194,6 +194,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             let config = config()?;
+            if let Some(keytab) = waxwing_core::auth::gssapi::keytab_reexec(&config) {
+                return reexec_with_keytab(keytab);
+            }
             let _one_server = instance::acquire(&config.data_dir)?;
             let set_log_level = init_logging(&config);
             let path = cli.config.clone();
@@ -248,6 +251,19 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
     f.write_all(data)?;
     f.sync_all()?;
     Ok(())
+}
+
+/// MIT's GSS library reads its keytab from `KRB5_KTNAME`; setting that in
+/// this (soon threaded) process is unsound, so the server starts over with
+/// it set (same PID, arguments and descriptors), before any lock is taken.
+fn reexec_with_keytab(keytab: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("locating the waxwing binary")?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("KRB5_KTNAME", format!("FILE:{}", keytab.display()))
+        .exec();
+    Err(err).context("re-executing with [auth.gssapi] keytab in KRB5_KTNAME")
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

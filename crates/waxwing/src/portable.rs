@@ -77,6 +77,11 @@ pub async fn export(
 async fn export_user(stores: &Stores, user: &BareJid) -> anyhow::Result<Element> {
     let mut u = Element::new("user", NS_PIE).with_attr("name", user.local().unwrap_or_default());
     for s in stores.accounts.secrets(user).await?.unwrap_or_default() {
+        // XEP-0227 has SCRAM credentials only; a DIGEST-MD5 secret is
+        // re-made from the password on the importing server, if at all.
+        if !s.mechanism.starts_with("SCRAM-") {
+            continue;
+        }
         u.push_child(
             Element::new("scram-credentials", NS_SCRAM)
                 .with_attr("mechanism", s.mechanism.as_str())
@@ -312,6 +317,7 @@ async fn import_user(
             bail!("neither SCRAM credentials nor a password");
         };
         secrets = credentials::make_secrets(pw, config.scram_iterations)
+            .and_then(|s| credentials::with_digest(config, jid, pw, s))
             .map_err(|e| anyhow::anyhow!("cannot derive SCRAM secrets: {e:?}"))?;
     }
     match stores.accounts.create(jid, &secrets).await {

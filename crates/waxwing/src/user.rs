@@ -71,6 +71,7 @@ pub async fn run(config: &Config, action: Action) -> anyhow::Result<()> {
             let jid = account(config, &jid)?;
             let pw = password(config, pw)?;
             let secrets = credentials::make_secrets(&pw, config.scram_iterations)?;
+            let secrets = credentials::with_digest(config, &jid, &pw, secrets)?;
             match stores.accounts.create(&jid, &secrets).await {
                 Ok(()) => println!("created {jid}"),
                 Err(StoreError::AlreadyExists) => bail!("{jid} already exists"),
@@ -89,6 +90,7 @@ pub async fn run(config: &Config, action: Action) -> anyhow::Result<()> {
             let jid = account(config, &jid)?;
             let pw = password(config, pw)?;
             let secrets = credentials::make_secrets(&pw, config.scram_iterations)?;
+            let secrets = credentials::with_digest(config, &jid, &pw, secrets)?;
             match stores.accounts.set_secrets(&jid, &secrets).await {
                 Ok(()) => println!("password changed for {jid}"),
                 Err(StoreError::NotFound) => bail!("{jid} does not exist"),

@@ -10,6 +10,9 @@
 //! - `extauth` (`extauth.rs`): the ejabberd/Prosody program protocol.
 //! - `ldap` (`ldap.rs`): bind authentication against a directory, admins by group.
 //!
+//! Beside the source, a host may take Kerberos tickets (`gssapi.rs`, RFC 4752)
+//! and client certificates (`external.rs`, XEP-0178) for its accounts.
+//!
 //! An externally checked account gets a local record on its first login,
 //! so that routing, rosters and offline storage treat it like any other;
 //! it holds no secret unless the host opted into `cache_scram`.
@@ -17,6 +20,7 @@
 pub mod anonymous;
 pub mod extauth;
 pub mod external;
+pub mod gssapi;
 pub mod ldap;
 
 use std::collections::{HashMap, HashSet};
@@ -96,6 +100,28 @@ impl Authenticator {
             // certificate (which the handshake then verified).
             .filter(|m| *m != "EXTERNAL" || client_cert)
             .collect()
+    }
+
+    /// Whether XEP-0484 FAST tokens may be offered, issued and accepted on a
+    /// stream to `host` that offers `offered`. A token stands in for the
+    /// credentials it was issued after, and is bound to the account's local
+    /// SCRAM secrets (`stream::c2s::fast`), so it is only sound where those
+    /// secrets are the credentials:
+    /// - an external source (extauth, LDAP) checks a password we do not
+    ///   hold: a change or a disabled account in the directory would not
+    ///   reach the token, which would stay valid until it expires;
+    /// - an anonymous guest has no account beyond its session;
+    /// - a stream offered only EXTERNAL or GSSAPI proves identity with a
+    ///   certificate or a ticket: a token would let the client in without
+    ///   them (a revoked certificate, an expired ticket).
+    pub fn fast_allowed(config: &Config, host: &str, offered: &[&str]) -> bool {
+        config
+            .auth
+            .host(host)
+            .is_some_and(|h| h.source == SourceConfig::Internal)
+            && offered
+                .iter()
+                .any(|m| *m == "PLAIN" || m.starts_with("SCRAM-"))
     }
 
     /// Checks a PLAIN password with the host's external source. `None` when

@@ -76,6 +76,36 @@ pub struct HostAuthConfig {
     pub mechanisms: Vec<&'static str>,
     /// External sources: SCRAM secrets derived from an accepted password are kept.
     pub cache_scram: bool,
+    /// Kerberos (GSSAPI) for this host, when configured.
+    pub gssapi: Option<GssapiHostConfig>,
+    /// `legacy_digest_md5`: DIGEST-MD5 offered, its secret kept with new passwords.
+    pub digest_md5: bool,
+}
+
+/// `[auth.hosts."…".gssapi]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GssapiHostConfig {
+    /// Principals `user@realm` (one component) are the host's `user`.
+    pub realm: String,
+    /// The acceptor's principal, `xmpp/<host>@<realm>` by default.
+    pub service_principal: String,
+    /// Explicit `principal → localpart` mappings, checked first.
+    pub principals: HashMap<String, String>,
+}
+
+impl GssapiHostConfig {
+    /// The localpart a Kerberos principal logs in as, if any: an explicit
+    /// mapping, else a one-component principal of the host's realm. Realms
+    /// are case-sensitive (RFC 4120 §6.1); a principal with an instance
+    /// (`jdoe/admin@REALM`) is a different identity and maps only explicitly.
+    pub fn localpart_for<'a>(&'a self, principal: &'a str) -> Option<&'a str> {
+        if let Some(local) = self.principals.get(principal) {
+            return Some(local);
+        }
+        let (name, realm) = principal.rsplit_once('@')?;
+        (realm == self.realm && !name.is_empty() && !name.contains(['/', '@', '\\']))
+            .then_some(name)
+    }
 }
 
 /// `[auth]`'s per-host and per-listener parts.
@@ -89,6 +119,9 @@ pub struct AuthConfig {
     pub anonymous_window: Duration,
     /// SASL EXTERNAL with client certificates, when configured.
     pub client_certificates: Option<ClientCertConfig>,
+    /// `[auth.gssapi] keytab`: the keytab the GSS library reads
+    /// (`KRB5_KTNAME`), when some host offers GSSAPI.
+    pub gssapi_keytab: Option<PathBuf>,
 }
 
 /// `[auth.client_certificates]`, validated.
@@ -165,26 +198,46 @@ fn mechanism_list(
 }
 
 /// What a source can serve at all.
-fn supported(source: &SourceConfig, cache_scram: bool, certs: bool) -> Vec<&'static str> {
-    let scram_and_plain: &[&str] = &ALL_MECHANISMS[1..6];
-    match source {
-        SourceConfig::Internal if certs => ALL_MECHANISMS[..6].to_vec(),
-        SourceConfig::Internal => scram_and_plain.to_vec(),
-        SourceConfig::Anonymous => vec!["ANONYMOUS"],
-        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if cache_scram => scram_and_plain.to_vec(),
-        SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) => vec!["PLAIN"],
-    }
+fn supported(
+    source: &SourceConfig,
+    cache_scram: bool,
+    certs: bool,
+    kerberos: bool,
+    digest: bool,
+) -> Vec<&'static str> {
+    let scram_and_plain = |m: &&str| m.starts_with("SCRAM-") || *m == "PLAIN";
+    ALL_MECHANISMS
+        .iter()
+        .copied()
+        .filter(|m| match source {
+            SourceConfig::Anonymous => *m == "ANONYMOUS",
+            _ if *m == "GSSAPI" => kerberos,
+            SourceConfig::Internal if *m == "DIGEST-MD5" => digest,
+            SourceConfig::Internal => scram_and_plain(m) || (*m == "EXTERNAL" && certs),
+            SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if cache_scram => scram_and_plain(m),
+            SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) => *m == "PLAIN",
+        })
+        .collect()
 }
 
 /// Why a mechanism cannot work with a source, for the error message.
 fn why_unsupported(source: &SourceConfig, mechanism: &str) -> &'static str {
     match source {
+        SourceConfig::Anonymous => "an anonymous host offers ANONYMOUS only",
+        _ if mechanism == "GSSAPI" => {
+            "GSSAPI needs the host's [auth.hosts.\"…\".gssapi] table (realm) and [auth.gssapi] keytab"
+        }
+        SourceConfig::Internal if mechanism == "DIGEST-MD5" => {
+            "DIGEST-MD5 is historic (RFC 6331): set legacy_digest_md5 = true to offer it"
+        }
         SourceConfig::Internal if mechanism == "EXTERNAL" => {
             "EXTERNAL needs [auth.client_certificates]"
         }
         SourceConfig::Internal => "ANONYMOUS needs a host of its own (source = \"anonymous\")",
         _ if mechanism == "EXTERNAL" => "EXTERNAL maps certificates to internal accounts only",
-        SourceConfig::Anonymous => "an anonymous host offers ANONYMOUS only",
+        _ if mechanism == "DIGEST-MD5" => {
+            "DIGEST-MD5 needs a password stored here (internal accounts)"
+        }
         SourceConfig::ExtAuth(_) | SourceConfig::Ldap(_) if mechanism.starts_with("SCRAM") => {
             "an external source has no SCRAM secret unless cache_scram = true"
         }
@@ -270,7 +323,34 @@ pub(super) fn auth_config(
                 format!("[{table}] cache_scram only applies to external sources"),
             ));
         }
-        let can = supported(&src, h.cache_scram, certs);
+        let gssapi = match &h.gssapi {
+            Some(g) => Some(gssapi_host_config(
+                g,
+                &domain,
+                &src,
+                a.gssapi.is_some(),
+                &table,
+                source,
+            )?),
+            None => None,
+        };
+        if h.legacy_digest_md5 && src != SourceConfig::Internal {
+            return Err(err(
+                source,
+                &table,
+                "legacy_digest_md5",
+                format!(
+                    "[{table}] legacy_digest_md5 needs internal accounts (its secret is derived from a password set here)"
+                ),
+            ));
+        }
+        let can = supported(
+            &src,
+            h.cache_scram,
+            certs,
+            gssapi.is_some(),
+            h.legacy_digest_md5,
+        );
         let mechanisms = match &h.mechanisms {
             Some(names) => {
                 let list = mechanism_list(names, &table, source)?;
@@ -295,7 +375,20 @@ pub(super) fn auth_config(
                 }
                 list
             }
-            None => default_mechanisms(&src, default_list.as_deref(), &can),
+            None => {
+                let mut list = default_mechanisms(&src, default_list.as_deref(), &can);
+                // A host given a Kerberos realm offers GSSAPI unless its
+                // own list leaves it out.
+                if gssapi.is_some() && !list.contains(&"GSSAPI") {
+                    list.push("GSSAPI");
+                }
+                // Likewise DIGEST-MD5 once the host opted into it.
+                if h.legacy_digest_md5 && !list.contains(&"DIGEST-MD5") {
+                    list.push("DIGEST-MD5");
+                }
+                list.sort_by_key(|m| ALL_MECHANISMS.iter().position(|a| a == m));
+                list
+            }
         };
         by_host.insert(
             domain,
@@ -303,6 +396,8 @@ pub(super) fn auth_config(
                 source: src,
                 mechanisms,
                 cache_scram: h.cache_scram,
+                gssapi,
+                digest_md5: h.legacy_digest_md5,
             },
         );
     }
@@ -314,9 +409,11 @@ pub(super) fn auth_config(
                 mechanisms: default_mechanisms(
                     &SourceConfig::Internal,
                     default_list.as_deref(),
-                    &supported(&SourceConfig::Internal, false, certs),
+                    &supported(&SourceConfig::Internal, false, certs, false, false),
                 ),
                 cache_scram: false,
+                gssapi: None,
+                digest_md5: false,
             });
     }
     for (host, h) in &mut by_host {
@@ -392,12 +489,104 @@ pub(super) fn auth_config(
             ));
         }
     }
+    let gssapi_keytab = match &a.gssapi {
+        Some(g) if g.keytab.is_empty() => {
+            return Err(err(
+                source,
+                "auth.gssapi",
+                "keytab",
+                "[auth.gssapi] keytab (the path of the service keytab) is required".into(),
+            ));
+        }
+        Some(g) => Some(PathBuf::from(&g.keytab)),
+        None => None,
+    };
     Ok(AuthConfig {
         hosts: by_host,
         listeners,
         anonymous_max_per_address: a.anonymous_max_per_address,
         anonymous_window: Duration::from_secs(a.anonymous_window_secs),
         client_certificates,
+        gssapi_keytab,
+    })
+}
+
+/// Whether this build can offer GSSAPI (the `gssapi` Cargo feature links
+/// MIT's libgssapi_krb5).
+pub const GSSAPI_BUILT: bool = cfg!(feature = "gssapi");
+
+fn gssapi_host_config(
+    g: &raw::HostGssapi,
+    host: &str,
+    src: &SourceConfig,
+    keytab: bool,
+    table: &str,
+    source: &str,
+) -> Result<GssapiHostConfig, ConfigError> {
+    let table = format!("{table}.gssapi");
+    let bad =
+        |key: &str, message: String| Err(err(source, &table, key, format!("[{table}] {message}")));
+    if !GSSAPI_BUILT {
+        return bad(
+            "realm",
+            "this waxwing was built without Kerberos support: rebuild it with \
+             `cargo build --release --features gssapi` (needs libkrb5-dev and libclang-dev)"
+                .into(),
+        );
+    }
+    if *src == SourceConfig::Anonymous {
+        return bad(
+            "realm",
+            "an anonymous host cannot take Kerberos logins".into(),
+        );
+    }
+    if g.realm.is_empty() || g.realm.contains(['@', '/', ' ']) {
+        return bad(
+            "realm",
+            format!(
+                "realm = {:?}: expected a Kerberos realm such as \"EXAMPLE.ORG\"",
+                g.realm
+            ),
+        );
+    }
+    if !keytab {
+        return bad("realm", "needs [auth.gssapi] keytab".into());
+    }
+    let service_principal = g
+        .service_principal
+        .clone()
+        .unwrap_or_else(|| format!("xmpp/{host}@{}", g.realm));
+    if !service_principal.contains('@') {
+        return bad(
+            "service_principal",
+            format!("service_principal = {service_principal:?}: expected service/host@REALM"),
+        );
+    }
+    let mut principals = HashMap::new();
+    for (principal, local) in &g.principals {
+        if !principal.contains('@') {
+            return bad(
+                "principals",
+                format!("{principal:?} is not a principal (name@REALM)"),
+            );
+        }
+        let jid = BareJid::new(Some(local), host).map_err(|e| {
+            err(
+                source,
+                &table,
+                "principals",
+                format!("[{table}] {principal:?} = {local:?} is not a localpart: {e}"),
+            )
+        })?;
+        principals.insert(
+            principal.clone(),
+            jid.local().unwrap_or_default().to_string(),
+        );
+    }
+    Ok(GssapiHostConfig {
+        realm: g.realm.clone(),
+        service_principal,
+        principals,
     })
 }
 
@@ -774,6 +963,95 @@ mod tests {
             Some(&["SCRAM-SHA-256", "SCRAM-SHA-1"][..])
         );
         assert_eq!(c.auth.listener("127.0.0.1:5223".parse().unwrap()), None);
+    }
+
+    const KERBEROS: &str = "[auth.gssapi]\nkeytab = \"/etc/waxwing/xmpp.keytab\"\n\
+                            [auth.hosts.\"corp.example\".gssapi]\nrealm = \"CORP.EXAMPLE\"\n";
+
+    #[test]
+    #[cfg(feature = "gssapi")]
+    fn gssapi_hosts_offer_gssapi_and_map_principals() {
+        let c = parse(&format!(
+            "{KERBEROS}[auth.hosts.\"corp.example\".gssapi.principals]\n\"jdoe@PARTNER\" = \"John\"\n"
+        ))
+        .unwrap();
+        let h = c.auth.host("corp.example").unwrap();
+        assert_eq!(h.mechanisms[0], "GSSAPI");
+        assert!(h.mechanisms.contains(&"SCRAM-SHA-256"));
+        let g = h.gssapi.as_ref().unwrap();
+        assert_eq!(g.service_principal, "xmpp/corp.example@CORP.EXAMPLE");
+        // Explicit localparts are prepared once, at load.
+        assert_eq!(g.localpart_for("jdoe@PARTNER"), Some("john"));
+        assert_eq!(
+            c.auth.gssapi_keytab.as_deref(),
+            Some(std::path::Path::new("/etc/waxwing/xmpp.keytab"))
+        );
+        // Other hosts do not inherit it.
+        assert!(
+            !c.auth
+                .host("a.example")
+                .unwrap()
+                .mechanisms
+                .contains(&"GSSAPI")
+        );
+        for (rest, needle) in [
+            (
+                "[auth.hosts.\"corp.example\".gssapi]\nrealm = \"CORP.EXAMPLE\"\n".to_string(),
+                "needs [auth.gssapi] keytab",
+            ),
+            (
+                "[auth.hosts.\"a.example\"]\nmechanisms = [\"GSSAPI\"]\n".to_string(),
+                "GSSAPI needs",
+            ),
+            (
+                format!("{KERBEROS}[auth.hosts.\"corp.example\"]\nsource = \"anonymous\"\n"),
+                "anonymous host",
+            ),
+            (
+                format!(
+                    "{KERBEROS}[auth.hosts.\"corp.example\".gssapi.principals]\n\"x\" = \"y\"\n"
+                ),
+                "not a principal",
+            ),
+        ] {
+            let e = parse(&rest).expect_err(&rest);
+            assert!(e.contains(needle), "{rest}\n→ {e}");
+        }
+    }
+
+    #[test]
+    #[cfg(not(feature = "gssapi"))]
+    fn gssapi_is_refused_by_a_build_without_the_feature() {
+        let e = parse(KERBEROS).expect_err("no gssapi feature");
+        assert!(e.contains("built without Kerberos support"), "{e}");
+        assert!(e.contains("--features gssapi"), "{e}");
+    }
+
+    #[test]
+    fn digest_md5_only_on_request_and_on_internal_hosts() {
+        let c = parse("[auth]\nmechanisms = [\"SCRAM-SHA-256\", \"DIGEST-MD5\"]\n").unwrap();
+        assert_eq!(
+            c.auth.host("a.example").unwrap().mechanisms,
+            ["SCRAM-SHA-256"]
+        );
+        let c = parse("[auth.hosts.\"a.example\"]\nlegacy_digest_md5 = true\n").unwrap();
+        let h = c.auth.host("a.example").unwrap();
+        assert!(h.digest_md5);
+        assert_eq!(h.mechanisms.last(), Some(&"DIGEST-MD5"));
+        assert!(!c.auth.host("corp.example").unwrap().digest_md5);
+        for (rest, needle) in [
+            (
+                "[auth.hosts.\"a.example\"]\nmechanisms = [\"DIGEST-MD5\", \"PLAIN\"]\n",
+                "set legacy_digest_md5 = true",
+            ),
+            (
+                "[auth.hosts.\"guest.example\"]\nsource = \"anonymous\"\nlegacy_digest_md5 = true\n",
+                "needs internal accounts",
+            ),
+        ] {
+            let e = parse(rest).expect_err(rest);
+            assert!(e.contains(needle), "{rest}\n→ {e}");
+        }
     }
 
     #[test]

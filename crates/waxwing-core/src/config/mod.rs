@@ -13,8 +13,8 @@ pub mod reload;
 pub mod turn;
 
 pub use auth::{
-    AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, HostAuthConfig, LdapConfig,
-    LdapLookup, SourceConfig,
+    AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, GssapiHostConfig, HostAuthConfig,
+    LdapConfig, LdapLookup, SourceConfig,
 };
 pub use bosh::BoshConfig;
 pub use cluster::ClusterConfig;

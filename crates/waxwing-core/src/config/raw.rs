@@ -203,6 +203,30 @@ pub struct Auth {
     pub anonymous_window_secs: u64,
     /// `[auth.client_certificates]`: SASL EXTERNAL for clients (XEP-0178).
     pub client_certificates: Option<ClientCertificates>,
+    /// `[auth.gssapi]`: the Kerberos keytab of every host's service principal.
+    pub gssapi: Option<Gssapi>,
+}
+
+/// `[auth.gssapi]`: server-wide Kerberos settings (GSSAPI, RFC 4752).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gssapi {
+    /// The keytab holding the `xmpp/<host>@<REALM>` keys (one file for
+    /// every host: the GSS library reads one keytab per process).
+    pub keytab: String,
+}
+
+/// `[auth.hosts."example.org".gssapi]`: which Kerberos principals are this host's users.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostGssapi {
+    /// `user@REALM` logs in as `user@<host>`.
+    pub realm: String,
+    /// The acceptor's principal; `xmpp/<host>@<realm>` when unset.
+    pub service_principal: Option<String>,
+    /// Explicit `"principal@REALM" = "localpart"` mappings, checked first
+    /// (other realms, instances such as `jdoe/admin`, renamed users).
+    pub principals: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Auth {
@@ -222,6 +246,7 @@ impl Default for Auth {
             anonymous_max_per_address: 10,
             anonymous_window_secs: 600,
             client_certificates: None,
+            gssapi: None,
         }
     }
 }
@@ -790,8 +815,12 @@ pub struct HostAuth {
     /// External sources: keep SCRAM secrets derived from a password that
     /// the source accepted, so that SCRAM can be offered too (opt-in).
     pub cache_scram: bool,
+    /// Historic RFC 2831 DIGEST-MD5 for old clients (internal hosts only):
+    /// offered, and its separate secret stored whenever a password is set.
+    pub legacy_digest_md5: bool,
     pub extauth: Option<ExtAuth>,
     pub ldap: Option<Ldap>,
+    pub gssapi: Option<HostGssapi>,
 }
 
 /// `[auth.hosts."example.org".extauth]`: an ejabberd/Prosody extauth program.

@@ -8,6 +8,8 @@
 
 mod anonymous;
 mod channel_binding;
+mod digest_md5;
+mod gssapi;
 mod plain;
 mod scram;
 
@@ -15,6 +17,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 pub use anonymous::parse_anonymous;
+pub use digest_md5::{DigestMd5Server, DigestResponse, digest_secret};
+pub use gssapi::{
+    LAYER_NONE, is_krb5_initial_token, parse_security_layer_choice, security_layer_offer,
+};
 
 /// RFC 4422 Appendix A: EXTERNAL's message is the authorization identity
 /// the client asks for, empty for "whatever my credentials say".
@@ -128,17 +134,23 @@ pub enum Mechanism {
     Anonymous,
     /// RFC 4422 Appendix A `EXTERNAL` (XEP-0178): the TLS client certificate.
     External,
+    /// RFC 4752 `GSSAPI`: a Kerberos ticket.
+    Gssapi,
+    /// RFC 2831 `DIGEST-MD5`: historic, only where explicitly enabled.
+    DigestMd5,
 }
 
 /// Every mechanism name this server can offer, strongest first: the order
 /// of `<mechanisms/>`, whatever order a configured list has.
 pub const ALL_MECHANISMS: &[&str] = &[
     "EXTERNAL",
+    "GSSAPI",
     "SCRAM-SHA-256-PLUS",
     "SCRAM-SHA-1-PLUS",
     "SCRAM-SHA-256",
     "SCRAM-SHA-1",
     "PLAIN",
+    "DIGEST-MD5",
     "ANONYMOUS",
 ];
 
@@ -153,6 +165,8 @@ impl Mechanism {
             "PLAIN" if !plus => return Some(Mechanism::Plain),
             "ANONYMOUS" if !plus => return Some(Mechanism::Anonymous),
             "EXTERNAL" if !plus => return Some(Mechanism::External),
+            "GSSAPI" if !plus => return Some(Mechanism::Gssapi),
+            "DIGEST-MD5" if !plus => return Some(Mechanism::DigestMd5),
             "SCRAM-SHA-1" => ScramHash::Sha1,
             "SCRAM-SHA-256" => ScramHash::Sha256,
             _ => return None,
@@ -168,6 +182,8 @@ impl Mechanism {
             Mechanism::Plain => "PLAIN",
             Mechanism::Anonymous => "ANONYMOUS",
             Mechanism::External => "EXTERNAL",
+            Mechanism::Gssapi => "GSSAPI",
+            Mechanism::DigestMd5 => "DIGEST-MD5",
         }
     }
 }
@@ -266,15 +282,19 @@ mod tests {
             "PLAIN",
             "ANONYMOUS",
             "EXTERNAL",
+            "GSSAPI",
+            "DIGEST-MD5",
         ] {
             assert_eq!(Mechanism::from_name(name).unwrap().name(), name);
         }
         for name in [
             "PLAIN-PLUS",
             "ANONYMOUS-PLUS",
+            "GSSAPI-PLUS",
             "scram-sha-1",
             "SCRAM-SHA-512",
-            "DIGEST-MD5",
+            "DIGEST-MD5-PLUS",
+            "CRAM-MD5",
             "",
         ] {
             assert_eq!(Mechanism::from_name(name), None, "{name}");

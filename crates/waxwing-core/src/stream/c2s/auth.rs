@@ -131,6 +131,14 @@ impl Conn {
         } else {
             auth.text()
         };
+        if mech == Mechanism::DigestMd5 {
+            // RFC 2831: the server speaks first; there is no initial response.
+            if !matches!(text.trim(), "" | "=") {
+                return Ok(Err(SaslError::MalformedRequest));
+            }
+            let host = self.host.clone().unwrap_or_default();
+            return Ok(self.digest_md5(&host).await?.map(|u| (u, None)));
+        }
         let initial = if text.trim().is_empty() {
             // No initial response: send an empty challenge and wait (RFC 6120 §6.4.2).
             self.challenge(&[]).await?;
@@ -163,7 +171,195 @@ impl Conn {
                 )
             }
             Mechanism::Scram { hash, plus } => self.scram(hash, plus, &initial, &host).await,
+            // Handled above: it has no initial response.
+            Mechanism::DigestMd5 => Ok(Err(SaslError::MalformedRequest)),
+            #[cfg(feature = "gssapi")]
+            Mechanism::Gssapi => Ok(self.gssapi(initial, &host).await?.map(|u| (u, None))),
+            // Never offered: `config check` refuses GSSAPI in such a build.
+            #[cfg(not(feature = "gssapi"))]
+            Mechanism::Gssapi => Ok(Err(SaslError::InvalidMechanism)),
         }
+    }
+
+    /// RFC 2831 DIGEST-MD5 (historic, only where `legacy_digest_md5` is
+    /// on): challenge, digest-response checked against the account's HA1,
+    /// `rspauth` as a last challenge that the client answers empty.
+    async fn digest_md5(&mut self, host: &str) -> Result<Result<BareJid, SaslError>, End> {
+        use waxwing_proto::sasl::DigestMd5Server;
+        // 2 × 96 random bits: fresh for every exchange, never reused.
+        let nonce = format!("{}{}", random_id(), random_id());
+        let mut mech = DigestMd5Server::new(host, &nonce);
+        self.challenge(&mech.challenge()).await?;
+        let msg = match self.sasl_response().await? {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        let response = match mech.handle_response(&msg) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Ok(user) = BareJid::new(Some(&response.username), host) else {
+            return Ok(Err(SaslError::NotAuthorized));
+        };
+        self.attempted = Some(user.clone());
+        let secret = match self.server.stores.accounts.secrets(&user).await {
+            Ok(list) => list
+                .unwrap_or_default()
+                .into_iter()
+                .find(|s| s.mechanism == credentials::DIGEST_MD5 && s.salt == host.as_bytes()),
+            Err(e) => {
+                tracing::error!(error = %e, "credential lookup failed");
+                return Ok(Err(SaslError::TemporaryAuthFailure));
+            }
+        };
+        let Some(secret) = secret else {
+            // No such account, or its password was set before
+            // legacy_digest_md5 was turned on: never derived otherwise.
+            tracing::info!(%user, "DIGEST-MD5: the account has no digest secret");
+            return Ok(Err(SaslError::NotAuthorized));
+        };
+        let rspauth = match mech.verify(&response, &secret.stored_key) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = check_authzid(response.authzid.as_deref(), &user) {
+            return Ok(Err(e));
+        }
+        self.challenge(&rspauth).await?;
+        match self.sasl_response().await? {
+            Ok(empty) if empty.is_empty() => Ok(Ok(user)),
+            Ok(_) => Ok(Err(SaslError::MalformedRequest)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// RFC 4752: establish the Kerberos context (as many challenges as the
+    /// GSS library needs), map its principal to an account of `host`, then
+    /// the wrapped security-layer round trip, which also carries the
+    /// client's authorization identity.
+    #[cfg(feature = "gssapi")]
+    async fn gssapi(
+        &mut self,
+        initial: Vec<u8>,
+        host: &str,
+    ) -> Result<Result<BareJid, SaslError>, End> {
+        use crate::auth::gssapi::{Exchange, Step, account_usable, map_principal};
+        /// Kerberos needs one or two tokens each way; more is not a client.
+        const MAX_ROUNDS: usize = 4;
+        let Some(cfg) = self
+            .server
+            .config
+            .auth
+            .host(host)
+            .and_then(|h| h.gssapi.clone())
+        else {
+            return Ok(Err(SaslError::InvalidMechanism));
+        };
+        if !sasl::is_krb5_initial_token(&initial) {
+            return Ok(Err(SaslError::MalformedRequest));
+        }
+        // The GSS library reads files (keytab, replay cache): blocking pool.
+        let started = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || Exchange::start(&cfg)).await
+        };
+        let mut exchange = match started {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::error!(%host, error = %e, "GSSAPI unavailable: check [auth.gssapi] keytab");
+                return Ok(Err(SaslError::TemporaryAuthFailure));
+            }
+            Err(_) => return Ok(Err(SaslError::TemporaryAuthFailure)),
+        };
+        let mut token = initial;
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > MAX_ROUNDS {
+                return Ok(Err(SaslError::MalformedRequest));
+            }
+            let Ok((x, step)) = tokio::task::spawn_blocking(move || {
+                let step = exchange.step(&token);
+                (exchange, step)
+            })
+            .await
+            else {
+                return Ok(Err(SaslError::TemporaryAuthFailure));
+            };
+            exchange = x;
+            match step {
+                Ok(Step::Continue(out)) => {
+                    self.challenge(&out).await?;
+                    token = match self.sasl_response().await? {
+                        Ok(t) => t,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                }
+                Ok(Step::Done(last)) => {
+                    if let Some(out) = last {
+                        // Mutual authentication: the client answers empty.
+                        self.challenge(&out).await?;
+                        match self.sasl_response().await? {
+                            Ok(t) if t.is_empty() => {}
+                            Ok(_) => return Ok(Err(SaslError::MalformedRequest)),
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                    break;
+                }
+                Err((condition, e)) => {
+                    let log = format!("GSSAPI context not established: {e}");
+                    if condition == SaslError::TemporaryAuthFailure {
+                        tracing::error!(%host, "{log} (is the keytab current?)");
+                    } else {
+                        tracing::info!(%host, "{log}");
+                    }
+                    return Ok(Err(condition));
+                }
+            }
+        }
+        let principal = match exchange.principal() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "GSSAPI: no principal");
+                return Ok(Err(SaslError::TemporaryAuthFailure));
+            }
+        };
+        let Some(user) = map_principal(&cfg, host, &principal) else {
+            tracing::info!(%principal, %host, "GSSAPI: the principal is no account of this host");
+            return Ok(Err(SaslError::NotAuthorized));
+        };
+        self.attempted = Some(user.clone());
+        // RFC 4752 §3.1: the security-layer offer, wrapped without
+        // confidentiality; the client's choice comes back wrapped too.
+        let offer = match exchange.wrap(&sasl::security_layer_offer()) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "GSSAPI");
+                return Ok(Err(SaslError::TemporaryAuthFailure));
+            }
+        };
+        self.challenge(&offer).await?;
+        let reply = match self.sasl_response().await? {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let choice = match exchange.unwrap(&reply) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(%user, error = %e, "GSSAPI: bad security-layer answer");
+                return Ok(Err(SaslError::NotAuthorized));
+            }
+        };
+        let authzid = match sasl::parse_security_layer_choice(&choice) {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = check_authzid(authzid.as_deref(), &user) {
+            tracing::info!(%user, ?authzid, "GSSAPI: authorization identity refused");
+            return Ok(Err(e));
+        }
+        Ok(account_usable(&self.server, &user).await.map(|()| user))
     }
 
     /// The mechanisms for this stream's host, on this listener and

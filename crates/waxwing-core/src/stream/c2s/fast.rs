@@ -184,6 +184,15 @@ fn credentials_tag(secrets: &[StoredSecret]) -> String {
 }
 
 impl Conn {
+    /// Whether this stream may use FAST at all (`Authenticator::fast_allowed`).
+    fn fast_allowed(&self) -> bool {
+        crate::auth::Authenticator::fast_allowed(
+            &self.server.config,
+            self.host.as_deref().unwrap_or_default(),
+            &self.mechanisms_offered(),
+        )
+    }
+
     /// The account's current [`credentials_tag`]; `None` when it has no
     /// secrets (no such account), `Err` when the store failed.
     async fn current_credentials(&self, user: &BareJid) -> Result<Option<String>, ()> {
@@ -205,6 +214,9 @@ impl Conn {
         let Some(mech) = auth.attr("mechanism").and_then(Ht::from_name) else {
             return Ok(Err(SaslError::InvalidMechanism));
         };
+        if !self.fast_allowed() {
+            return Ok(Err(SaslError::InvalidMechanism));
+        }
         let Some(cb) = mech.cb_data(self.link.channel_binding()) else {
             return Ok(Err(SaslError::InvalidMechanism));
         };
@@ -298,6 +310,9 @@ impl Conn {
         mechanism: &str,
     ) -> Option<Element> {
         Ht::from_name(mechanism)?;
+        if !self.fast_allowed() {
+            return None;
+        }
         let credentials = self.current_credentials(user).await.ok()??;
         let stores = self.server.stores.clone();
         let k = key(agent);

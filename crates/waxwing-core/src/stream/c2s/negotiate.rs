@@ -283,7 +283,12 @@ impl Conn {
             features.push_child(Element::new("register", invites::NS_INVITE_LEGACY));
         }
         if tls {
-            features.push_child(sasl2::feature(&mechanisms, cb));
+            let fast = crate::auth::Authenticator::fast_allowed(
+                config,
+                self.host.as_deref().unwrap_or_default(),
+                &mechanisms,
+            );
+            features.push_child(sasl2::feature(&mechanisms, cb, fast));
         }
         features
     }

@@ -31,6 +31,7 @@ pub(super) enum Outcome {
 pub(super) fn feature(
     mechanisms: &[&str],
     cb: &waxwing_proto::sasl::ChannelBindingData,
+    fast: bool,
 ) -> Element {
     let mut auth = Element::new("authentication", NS);
     for m in mechanisms {
@@ -40,10 +41,12 @@ pub(super) fn feature(
     for var in [sm::NS, CARBONS, csi::NS] {
         bind_inline.push_child(Element::new("feature", BIND2).with_attr("var", var));
     }
-    let inline = Element::new("inline", NS)
+    let mut inline = Element::new("inline", NS)
         .with_child(Element::new("bind", BIND2).with_child(bind_inline))
-        .with_child(Element::new("sm", sm::NS))
-        .with_child(super::fast::feature(cb));
+        .with_child(Element::new("sm", sm::NS));
+    if fast {
+        inline.push_child(super::fast::feature(cb));
+    }
     auth.push_child(inline);
     auth
 }
