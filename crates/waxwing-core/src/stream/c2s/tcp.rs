@@ -18,15 +18,6 @@ use crate::tls::TlsContext;
 /// idle session, and XMPP stanzas are usually far smaller.
 const READ_CHUNK: usize = 2048;
 
-/// Most bytes one [`read_into`] takes from what is already there. Over
-/// TLS one read yields at most one record, and clients often send one
-/// stanza per record, so a busy client would cost the session loop one
-/// turn (its timers, its `select!`, its cancellation futures) per stanza;
-/// taking every record already received, up to this much, makes it one
-/// turn per burst. One maximal TLS record: the framer's buffer, which
-/// holds what was read until it is parsed, stays as small as before for
-/// a client that sends little, and is released when the session idles.
-const READ_BURST: usize = 16 * 1024;
 /// A client's XML stream over TCP.
 pub(crate) struct TcpLink {
     io: Transport,
@@ -85,12 +76,6 @@ impl TcpLink {
 
 /// Reads what the transport has into the framer; `Ok(0)` is end of stream.
 ///
-/// Waits for the first bytes, then takes whatever more is ready without
-/// waiting, up to [`READ_BURST`]. An error after some bytes is left for
-/// the next call: the socket and rustls report it again (EOF after a
-/// reset, the same TLS error). Under XEP-0138 an inflation error is not
-/// repeated, so a compressed stream reads once per call.
-///
 /// The scratch array lives on the stack for one poll only, never across a
 /// `Pending`, so the hundreds of thousands of idle sessions this server is
 /// built for hold no read buffer of their own (a `Pending` poll_read
@@ -101,26 +86,14 @@ fn read_into<'a>(
 ) -> impl Future<Output = io::Result<usize>> + 'a {
     std::future::poll_fn(move |cx| {
         let mut scratch = [0u8; READ_CHUNK];
-        let burst = if io.is_compressed() { 1 } else { READ_BURST };
-        let mut total = 0;
-        while total < burst {
-            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
-            match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut *io), cx, &mut buf) {
-                std::task::Poll::Ready(Ok(())) if buf.filled().is_empty() => break,
-                std::task::Poll::Ready(Ok(())) => {
-                    framer.feed(buf.filled());
-                    total += buf.filled().len();
-                }
-                // What was read before an error or a `Pending` is handed
-                // out now; an error shows up again on the next read.
-                std::task::Poll::Ready(Err(e)) if total == 0 => {
-                    return std::task::Poll::Ready(Err(e));
-                }
-                std::task::Poll::Pending if total == 0 => return std::task::Poll::Pending,
-                std::task::Poll::Ready(Err(_)) | std::task::Poll::Pending => break,
-            }
-        }
-        std::task::Poll::Ready(Ok(total))
+        let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+        std::task::ready!(tokio::io::AsyncRead::poll_read(
+            std::pin::Pin::new(&mut *io),
+            cx,
+            &mut buf
+        ))?;
+        framer.feed(buf.filled());
+        std::task::Poll::Ready(Ok(buf.filled().len()))
     })
 }
 
