@@ -5,6 +5,7 @@ pub mod abuse;
 pub mod admin;
 pub mod auth;
 pub mod bosh;
+pub mod cluster;
 pub(crate) mod component;
 pub mod config;
 pub mod credentials;
@@ -69,6 +70,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A started server.
@@ -111,6 +114,7 @@ pub async fn start_with_stores(
     s2s.defences.load(&*stores.reputation).await?;
     let fake_salt_key = credentials::load_fake_salt_key(&config.data_dir)?;
     let server = Server::new(config, stores, registry, tls, s2s, fake_salt_key);
+    cluster::Cluster::start(&server).await?;
     auth::anonymous::purge(&server).await;
     let bound = listen::bind_all(&server).await?;
     let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();
@@ -181,6 +185,9 @@ impl Running {
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, both).await.is_err() {
             tracing::warn!("some connections or background tasks did not end in time");
+        }
+        if let Some(c) = &self.server.cluster {
+            c.leave().await;
         }
     }
 }

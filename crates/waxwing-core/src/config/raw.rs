@@ -42,6 +42,7 @@ pub struct File {
     pub websocket: WebSocket,
     pub metrics: Metrics,
     pub admin: Admin,
+    pub cluster: Cluster,
     pub invites: Invites,
 }
 
@@ -76,6 +77,7 @@ impl Default for File {
             websocket: WebSocket::default(),
             metrics: Metrics::default(),
             admin: Admin::default(),
+            cluster: Cluster::default(),
             invites: Invites::default(),
         }
     }
@@ -900,4 +902,29 @@ pub struct ClientCertificates {
     /// (id-on-xmppAddr, the full JID), `"email"` (the local part of an
     /// rfc822Name or subject e-mail, on the stream's host) or `"cn"`.
     pub identity: Option<String>,
+}
+
+/// `[cluster]`: see `config/cluster.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    pub redis: Option<String>,
+    pub node: Option<String>,
+    pub heartbeat_secs: u64,
+    pub dead_after_secs: u64,
+    pub stream_max_len: usize,
+    pub advertise: Option<String>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis: None,
+            node: None,
+            heartbeat_secs: 2,
+            dead_after_secs: 10,
+            stream_max_len: 100_000,
+            advertise: None,
+        }
+    }
 }
