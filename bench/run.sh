@@ -30,7 +30,7 @@ if [[ $QUICK == 1 ]]; then
 	: "${LOGIN_N:=300}" "${IDLE_N:=500}" "${CHURN_N:=500}"
 	: "${ROSTER_N:=102}" "${ROSTER_CONTACTS:=50}"
 	: "${PAIRS:=20}" "${RATE:=5000}" "${WARMUP:=1}" "${DURATION:=3}"
-	: "${MUC_OCCUPANTS:=20}" "${MUC_SENDERS:=4}"
+	: "${MUC_OCCUPANTS:=20}" "${MUC_SENDERS:=4}" "${MUC_SIZES:=}"
 	: "${VARIANTS:=shared pinned}"
 	# Pinned runs in quick mode: only the scenarios the targets are about.
 	: "${PINNED_SCENARIOS:=login chat chat-rate}"
@@ -38,12 +38,12 @@ else
 	: "${LOGIN_N:=2000}" "${IDLE_N:=10000}" "${CHURN_N:=10000}"
 	: "${ROSTER_N:=202}" "${ROSTER_CONTACTS:=100}"
 	: "${PAIRS:=50}" "${RATE:=5000}" "${WARMUP:=2}" "${DURATION:=10}"
-	: "${MUC_OCCUPANTS:=100}" "${MUC_SENDERS:=10}"
+	: "${MUC_OCCUPANTS:=100}" "${MUC_SENDERS:=10}" "${MUC_SIZES:=10 1000}"
 	: "${VARIANTS:=shared pinned}"
 	: "${PINNED_SCENARIOS:=login idle idle-plain roster-login chat chat-rate churn muc}"
 fi
 : "${SYSTEMS:=waxwing prosody ejabberd floor}"
-: "${SCENARIOS:=login idle idle-plain roster-login chat chat-rate churn muc}"
+: "${SCENARIOS:=login idle idle-plain roster-login chat chat-rate churn muc$(for k in $MUC_SIZES; do printf ' muc-%s' "$k"; done)}"
 : "${CONCURRENCY:=100}"
 # Building rosters takes 20,000 subscription handshakes per 202 users; a
 # server that cannot finish in time gets roster-login marked incomplete.
@@ -238,7 +238,12 @@ bench() { # system variant args…
 }
 
 max() { printf '%s\n' "$@" | sort -n | tail -1; }
-USERS=$(max "$LOGIN_N" "$IDLE_N" "$CHURN_N" $((PAIRS * 2)) "$MUC_OCCUPANTS")
+# muc-<K> scenarios (the other room sizes of MUC_SIZES) need K accounts.
+MUC_MAX=$MUC_OCCUPANTS
+for sc in $SCENARIOS; do
+	if [[ $sc == muc-[0-9]* ]]; then MUC_MAX=$(max "$MUC_MAX" "${sc#muc-}"); fi
+done
+USERS=$(max "$LOGIN_N" "$IDLE_N" "$CHURN_N" $((PAIRS * 2)) "$MUC_MAX")
 CHAT=(--pairs "$PAIRS" --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION")
 
 scenario() { # system variant scenario
@@ -259,6 +264,10 @@ scenario() { # system variant scenario
 	chat-rate) bench "$s" "$v" chat "${CHAT[@]}" --rate "$RATE" --name chat-rate ;;
 	churn) bench "$s" "$v" churn --count "$CHURN_N" "${CHAT[@]}" ;;
 	muc) bench "$s" "$v" muc --occupants "$MUC_OCCUPANTS" --senders "$MUC_SENDERS" "${CHAT[@]}" ;;
+	muc-[0-9]*)
+		# Another room size, same senders: is the cost per delivery flat?
+		bench "$s" "$v" muc --occupants "${sc#muc-}" --senders "$MUC_SENDERS" "${CHAT[@]}" --name "$sc"
+		;;
 	*) log "unknown scenario $sc" ;;
 	esac
 }

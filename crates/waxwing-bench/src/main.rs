@@ -201,6 +201,9 @@ enum Command {
         senders: usize,
         #[command(flatten)]
         chat: ChatArgs,
+        /// Scenario name in the record (e.g. muc-1000 for another room size).
+        #[arg(long, default_value = "muc")]
+        name: String,
     },
     /// The hardware floor: minimal TLS router speaking just enough XMPP.
     FloorServer {
@@ -297,7 +300,8 @@ fn main() -> anyhow::Result<()> {
             occupants,
             senders,
             chat,
-        } => (common, Job::Muc(occupants, senders, chat.params())),
+            name,
+        } => (common, Job::Muc(occupants, senders, chat.params(), name)),
     };
     check_loopback(&common)?;
     let rt = runtime(common.threads)?;
@@ -312,7 +316,7 @@ enum Job {
     RosterLogin(usize, usize, f64),
     Chat(ChatParams, String),
     Churn(usize, f64, ChatParams),
-    Muc(usize, usize, ChatParams),
+    Muc(usize, usize, ChatParams, String),
 }
 
 fn check_loopback(c: &Common) -> anyhow::Result<()> {
@@ -381,7 +385,7 @@ async fn run(c: Common, job: Job) -> anyhow::Result<()> {
             let chat = scenarios::chat(&cx, &c.prefix, p, "chat-after-churn").await;
             vec![churn, chat]
         }
-        Job::Muc(k, s, p) => vec![scenarios::muc(&cx, &c.prefix, k, s, p).await],
+        Job::Muc(k, s, p, name) => vec![scenarios::muc(&cx, &c.prefix, k, s, p, &name).await],
     };
     if let Some(path) = &c.scram_cache {
         let _ = cx.target.scram_cache.save(path);

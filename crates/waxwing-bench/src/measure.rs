@@ -119,6 +119,11 @@ impl Record {
             if s > 0.0 {
                 self.num("per_server_cpu_s", work / s);
             }
+            // The same figure the other way round: what one unit costs the
+            // server, which is what stays flat (or not) as a room grows.
+            if work > 0.0 {
+                self.num("server_cpu_us_per", s * 1e6 / work);
+            }
         }
         let server_share = u.server_cpu.unwrap_or(0.0) / u.wall.max(1e-9);
         let mine = my_cpus() as f64;

@@ -58,6 +58,11 @@ const ROWS: &[(&str, &str, &str)] = &[
         "per_server_cpu_s",
         "1:1 msgs per server CPU-s, saturation",
     ),
+    (
+        "chat",
+        "server_cpu_us_per",
+        "server CPU µs per 1:1 msg, saturation (lower is better)",
+    ),
     ("chat", "p99_ms", "p99 ms at saturation (lower is better)"),
     ("chat", "_cpu", "server CPU-s / generator CPU share"),
     ("chat-rate", "figure", "1:1 msgs/s delivered, fixed rate"),
@@ -111,8 +116,49 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     ("muc", "figure", "MUC deliveries/s"),
     ("muc", "per_server_cpu_s", "MUC deliveries per server CPU-s"),
+    (
+        "muc",
+        "server_cpu_us_per",
+        "server CPU µs per MUC delivery (lower is better)",
+    ),
     ("muc", "_cpu", "server CPU-s / generator CPU share"),
 ];
+
+/// Rows of the other room sizes (`muc-<occupants>` records, e.g. from
+/// `MUC_SIZES`), smallest room first, so the cost per delivery can be
+/// read down one column.
+fn muc_size_rows(scenarios: &[String]) -> Vec<(String, &'static str, String)> {
+    let mut sizes: Vec<(u64, &String)> = scenarios
+        .iter()
+        .filter_map(|s| Some((s.strip_prefix("muc-")?.parse().ok()?, s)))
+        .collect();
+    sizes.sort();
+    sizes.dedup();
+    let mut rows = Vec::new();
+    for (n, s) in sizes {
+        rows.push((
+            s.clone(),
+            "figure",
+            format!("MUC deliveries/s, {n} occupants"),
+        ));
+        rows.push((
+            s.clone(),
+            "per_server_cpu_s",
+            format!("MUC deliveries per server CPU-s, {n} occupants"),
+        ));
+        rows.push((
+            s.clone(),
+            "server_cpu_us_per",
+            format!("server CPU µs per MUC delivery, {n} occupants (lower is better)"),
+        ));
+        rows.push((
+            s.clone(),
+            "_cpu",
+            "server CPU-s / generator CPU share".to_string(),
+        ));
+    }
+    rows
+}
 
 type Rec = HashMap<String, String>;
 
@@ -120,12 +166,17 @@ type Rec = HashMap<String, String>;
 pub fn render(jsonl: &str, title: &str, params: &str) -> String {
     let mut by_key: HashMap<(String, String, String), Rec> = HashMap::new();
     let mut variants: Vec<String> = Vec::new();
+    let mut scenarios: Vec<String> = Vec::new();
     for line in jsonl.lines().filter(|l| l.trim_start().starts_with('{')) {
         let rec: Rec = parse_flat_json(line).into_iter().collect();
         let get = |k: &str| rec.get(k).cloned().unwrap_or_default();
         let variant = get("variant");
         if !variants.contains(&variant) {
             variants.push(variant.clone());
+        }
+        let scenario = get("scenario");
+        if !scenarios.contains(&scenario) {
+            scenarios.push(scenario);
         }
         by_key.insert((get("system"), variant, get("scenario")), rec);
     }
@@ -142,11 +193,17 @@ pub fn render(jsonl: &str, title: &str, params: &str) -> String {
     }
     out.push_str("---:|---:|---:|\n");
     let mut notes: Vec<String> = Vec::new();
+    let rows: Vec<(String, &str, String)> = ROWS
+        .iter()
+        .map(|(s, f, l)| (s.to_string(), *f, l.to_string()))
+        .chain(muc_size_rows(&scenarios))
+        .collect();
     for variant in &variants {
-        for (scenario, field, label) in ROWS {
+        for (scenario, field, label) in &rows {
+            let field = *field;
             let recs: Vec<Option<&Rec>> = SYSTEMS
                 .iter()
-                .map(|(s, _)| by_key.get(&(s.to_string(), variant.clone(), scenario.to_string())))
+                .map(|(s, _)| by_key.get(&(s.to_string(), variant.clone(), scenario.clone())))
                 .collect();
             if recs.iter().all(Option::is_none) {
                 continue;
@@ -159,7 +216,7 @@ pub fn render(jsonl: &str, title: &str, params: &str) -> String {
                         values.push(None);
                         "–".to_string()
                     }
-                    Some(r) if *field == "_cpu" => {
+                    Some(r) if field == "_cpu" => {
                         values.push(None);
                         let num = |k: &str| r.get(k).and_then(|v| v.parse::<f64>().ok());
                         match (num("server_cpu_s"), num("gen_cpu_share")) {
@@ -168,7 +225,7 @@ pub fn render(jsonl: &str, title: &str, params: &str) -> String {
                         }
                     }
                     Some(r) => {
-                        let v = r.get(*field).and_then(|v| v.parse::<f64>().ok());
+                        let v = r.get(field).and_then(|v| v.parse::<f64>().ok());
                         values.push(v);
                         let mut cell = match (v, r.get("status").map(String::as_str)) {
                             (_, Some("not supported")) => "not supported".to_string(),
@@ -231,5 +288,36 @@ fn fmt(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_room_sizes_get_their_own_rows_smallest_first() {
+        let jsonl = [
+            r#"{"scenario":"muc-1000","system":"waxwing","variant":"shared","per_server_cpu_s":200000,"server_cpu_us_per":5}"#,
+            r#"{"scenario":"muc","system":"waxwing","variant":"shared","per_server_cpu_s":250000,"server_cpu_us_per":4}"#,
+            r#"{"scenario":"muc-10","system":"waxwing","variant":"shared","per_server_cpu_s":100000,"server_cpu_us_per":10}"#,
+            r#"{"scenario":"muc-10","system":"ejabberd","variant":"shared","per_server_cpu_s":10000,"server_cpu_us_per":100}"#,
+        ]
+        .join("\n");
+        let out = render(&jsonl, "t", "");
+        let row = |label: &str| {
+            out.lines()
+                .position(|l| l.contains(label))
+                .unwrap_or_else(|| panic!("no row {label:?} in\n{out}"))
+        };
+        let ten = row("per MUC delivery, 10 occupants");
+        let thousand = row("per MUC delivery, 1000 occupants");
+        assert!(row("per MUC delivery (lower") < ten && ten < thousand);
+        let line = out.lines().nth(ten).unwrap();
+        assert!(
+            line.contains("| 10.0 |") && line.contains("| 100 |"),
+            "{line}"
+        );
+        assert!(line.contains("0.10×"), "ratio to ejabberd: {line}");
     }
 }

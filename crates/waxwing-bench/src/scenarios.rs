@@ -831,8 +831,9 @@ pub async fn muc(
     occupants: usize,
     senders_n: usize,
     p: ChatParams,
+    name: &str,
 ) -> Record {
-    let mut r = Record::new("muc");
+    let mut r = Record::new(name);
     r.num("occupants", occupants as f64)
         .num("senders", senders_n as f64);
     match has_muc(cx, &format!("{prefix}0")).await {

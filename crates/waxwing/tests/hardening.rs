@@ -81,6 +81,27 @@ async fn idle_session_times_out() {
     c.expect_stream_error("connection-timeout").await;
 }
 
+/// The idle timeout counts from the latest input, however often it comes:
+/// keepalives far more frequent than the session loop's timer (every 50 ms,
+/// so its timer fires before points that input has since moved later) keep
+/// a session alive well past the timeout, and once they stop it ends.
+#[tokio::test]
+async fn keepalives_hold_off_the_idle_timeout() {
+    let server = TestServer::start_with("[limits]\nidle_timeout_secs = 1\n").await;
+    server.user("chatty").await;
+    let mut c = server.login("chatty", "r").await;
+    c.sync().await;
+    // The pauses pace the client's input (what is tested is the server's
+    // reaction to its timing), they synchronise nothing.
+    for _ in 0..40 {
+        c.send(" ").await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Two seconds after login, twice the timeout: still served.
+    c.sync().await;
+    c.expect_stream_error("connection-timeout").await;
+}
+
 /// Too many connections from one address are refused; closing one frees a slot.
 #[tokio::test]
 async fn connections_per_address_are_limited() {

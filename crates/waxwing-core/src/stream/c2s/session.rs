@@ -65,6 +65,16 @@ impl Conn {
         // The framer holds its parser and buffers (about 2 KiB) while the
         // client is sending; they go once it has been quiet for a moment.
         let mut framer_held = true;
+        // The futures every turn of the loop waits on live across turns: a
+        // busy session turns once per read or write, and registering with
+        // the timer wheel and the cancellation tokens' waiter lists (each
+        // behind a lock, the shutdown token's shared by every session) and
+        // deregistering again on each turn cost more than the turn itself.
+        // The timer is moved only to an earlier point; when it fires before
+        // the point now due, it is moved there and the turn goes on.
+        let mut closed = std::pin::pin!(handle.closed().cancelled());
+        let mut shutting_down = std::pin::pin!(shutdown.cancelled());
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(last_read + FRAMER_RELEASE_AFTER));
         loop {
             loop {
                 match self.link.next_event() {
@@ -104,6 +114,9 @@ impl Conn {
             let release_at = last_read + FRAMER_RELEASE_AFTER;
             let releasing = framer_held && stanza_started.is_none() && release_at < deadline;
             let wake = if releasing { release_at } else { deadline };
+            if timer.is_elapsed() || timer.deadline() > wake {
+                timer.as_mut().reset(wake);
+            }
             let takeover = async {
                 match session.takeover.as_mut() {
                     Some(rx) => rx.await.ok(),
@@ -113,12 +126,12 @@ impl Conn {
             let mut batch = Vec::new();
             tokio::select! {
                 biased;
-                _ = handle.closed().cancelled() => {
+                _ = &mut closed => {
                     // What was queued before the close (e.g. the reply to an
                     // account removal) is flushed by the caller, then the reason.
                     return Outcome::End(handle.take_close_reason().map_or(End::Closed, End::Error));
                 }
-                _ = shutdown.cancelled() => {
+                _ = &mut shutting_down => {
                     return Outcome::End(stream_error(StreamCondition::SystemShutdown, "the server is shutting down"));
                 }
                 Some(t) = takeover => return Outcome::Takeover(t),
@@ -129,7 +142,7 @@ impl Conn {
                     let write = Box::pin(self.deliver(session, batch, receipts));
                     tokio::select! {
                         r = write => if let Err(end) = r { return Outcome::End(end); },
-                        _ = handle.closed().cancelled() => {
+                        _ = &mut closed => {
                             return Outcome::End(handle.take_close_reason().map_or(End::Closed, End::Error));
                         }
                     }
@@ -143,7 +156,12 @@ impl Conn {
                         self.pace(n).await;
                     }
                 },
-                _ = tokio::time::sleep_until(wake) => {
+                _ = &mut timer => {
+                    if tokio::time::Instant::now() < wake {
+                        // Set for an earlier point that has passed since.
+                        timer.as_mut().reset(wake);
+                        continue;
+                    }
                     if releasing {
                         self.link.release_idle_buffers();
                         framer_held = false;
