@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod abuse;
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod bosh;

@@ -96,6 +96,12 @@ pub struct DomainLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     revision: &'static str,
@@ -152,6 +158,9 @@ pub struct Metrics {
     /// `waxwing_muc_rooms{domain}`, `waxwing_muc_occupants{domain}`.
     pub muc_rooms: Family<DomainLabel, Gauge>,
     pub muc_occupants: Family<DomainLabel, Gauge>,
+    /// `waxwing_acme_orders_total{result}`: ACME certificate orders
+    /// (issuance and renewal) by outcome; failures are retried with backoff.
+    acme_orders: Family<ResultLabel, Counter>,
     sessions: Family<SessionLabels, Gauge>,
     queued: Family<QueueLabel, Gauge>,
     s2s_routes: Gauge,
@@ -191,6 +200,7 @@ impl Metrics {
             storage_seconds: Family::new_with_constructor(storage_histogram),
             muc_rooms: Family::default(),
             muc_occupants: Family::default(),
+            acme_orders: Family::default(),
             sessions: Family::default(),
             queued: Family::default(),
             s2s_routes: Gauge::default(),
@@ -295,6 +305,14 @@ impl Metrics {
             "Occupants of group chat rooms",
             m.muc_occupants.clone(),
         );
+        r.register(
+            "acme_orders",
+            "ACME certificate orders (issuance and renewal) by result",
+            m.acme_orders.clone(),
+        );
+        for result in ["success", "failure"] {
+            let _ = m.acme_orders.get_or_create(&ResultLabel { result });
+        }
         // Zero series from the start, so that dashboards and alerts see
         // "none" rather than "no data" before the first federation.
         for direction in ["in", "out"] {
@@ -321,6 +339,11 @@ impl Metrics {
     /// Counts a stanza written to a client or queued to a peer server.
     pub fn stanza_out(&self, name: &str, peer: &'static str) {
         self.stanza_counters_out.get(name, peer).inc();
+    }
+
+    /// Counts one ACME order by its `result` (`success` or `failure`).
+    pub fn acme_order(&self, result: &'static str) {
+        self.acme_orders.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts one SASL outcome; a mechanism we do not offer counts as `other`.

@@ -160,6 +160,7 @@ pub(crate) fn app(server: &Arc<Server>) -> Router {
         .merge(discovery::routes())
         .merge(crate::metrics::routes())
         .merge(crate::admin::routes())
+        .merge(crate::acme::routes())
         .layer(TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout,
