@@ -111,6 +111,14 @@ pub async fn start_with_stores(
     s2s.defences.load(&*stores.reputation).await?;
     let fake_salt_key = credentials::load_fake_salt_key(&config.data_dir)?;
     let server = Server::new(config, stores, registry, tls, s2s, fake_salt_key);
+    if let Some(interval) = server.config.cert_watch_interval {
+        tls::watch::spawn(
+            server.tls.certificates().clone(),
+            interval,
+            server.shutdown.clone(),
+            &server.background,
+        );
+    }
     auth::anonymous::purge(&server).await;
     let bound = listen::bind_all(&server).await?;
     let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();

@@ -65,6 +65,9 @@ pub struct Config {
     pub require_encryption: bool,
     /// TLS sessions kept for resumption (0: no session tickets are sent).
     pub tls_resumption_cache: usize,
+    /// `[tls] watch_interval_secs`: how often the certificate files are
+    /// checked for changes (`None`: never; SIGHUP and `admin reload` still reload).
+    pub cert_watch_interval: Option<Duration>,
     pub certificates: Vec<CertificatePaths>,
     pub database_url: String,
     /// `[storage] synchronous` and `max_connections`.
@@ -522,6 +525,8 @@ impl Config {
             s2s,
             require_encryption: f.tls.require_encryption,
             tls_resumption_cache: f.tls.resumption_cache,
+            cert_watch_interval: (f.tls.watch_interval_secs > 0)
+                .then(|| Duration::from_secs(f.tls.watch_interval_secs)),
             certificates,
             database_url,
             storage: waxwing_store::OpenOptions {
@@ -680,6 +685,14 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             min: 0,
             max: 1_000_000,
             why: "rustls allocates the whole cache at start; a million sessions is about 200 MB",
+        },
+        Bound {
+            table: "tls",
+            key: "watch_interval_secs",
+            value: f.tls.watch_interval_secs,
+            min: 0,
+            max: 86_400,
+            why: "0 turns the check off; certificates are renewed days before they expire, so a day between checks is the most that is useful",
         },
         Bound {
             table: "auth",

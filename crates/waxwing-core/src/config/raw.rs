@@ -130,6 +130,8 @@ impl Default for Listen {
 pub struct Tls {
     pub require_encryption: bool,
     pub resumption_cache: usize,
+    /// Seconds between checks of the certificate files for changes (0: never).
+    pub watch_interval_secs: u64,
     pub certificates: Vec<Certificate>,
 }
 
@@ -138,6 +140,7 @@ impl Default for Tls {
         Tls {
             require_encryption: true,
             resumption_cache: 0,
+            watch_interval_secs: 60,
             certificates: Vec::new(),
         }
     }

@@ -17,7 +17,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::identity;
@@ -66,21 +65,22 @@ impl S2sTls {
         server.ignore_client_order = true;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
 
-        let connector = |key: Arc<CertifiedKey>| -> Result<_, crate::tls::TlsError> {
-            let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider.clone())))
-                .with_client_cert_resolver(Arc::new(OwnCert(key)));
-            client.alpn_protocols = vec![b"xmpp-server".to_vec()];
-            Ok(tokio_rustls::TlsConnector::from(Arc::new(client)))
-        };
+        let connector =
+            |own: Arc<dyn rustls::client::ResolvesClientCert>| -> Result<_, crate::tls::TlsError> {
+                let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()?
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider.clone())))
+                    .with_client_cert_resolver(own);
+                client.alpn_protocols = vec![b"xmpp-server".to_vec()];
+                Ok(tokio_rustls::TlsConnector::from(Arc::new(client)))
+            };
         let mut connectors = HashMap::new();
         for d in local_domains {
-            connectors.insert(d.clone(), connector(tls.key_for(d))?);
+            connectors.insert(d.clone(), connector(tls.client_cert_for(d))?);
         }
         let default_connector =
-            connector(tls.key_for(local_domains.first().map_or("", |s| s.as_str())))?;
+            connector(tls.client_cert_for(local_domains.first().map_or("", |s| s.as_str())))?;
 
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
@@ -146,20 +146,6 @@ impl S2sTls {
             )) if identity::cert_matches_domain(end, domain) => CertStatus::Valid,
             Err(e) => CertStatus::Invalid(e.to_string()),
         }
-    }
-}
-
-/// Presents our certificate as a TLS client.
-#[derive(Debug)]
-struct OwnCert(Arc<CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for OwnCert {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
     }
 }
 

@@ -1,17 +1,27 @@
 //! TLS setup: one certificate per virtual host, chosen by SNI, and the
 //! first-start self-signed certificate for hosts that have none configured.
+//! The certificates sit in a swappable [`CertStore`] (`store.rs`): every
+//! listener's rustls configuration asks it per handshake, so a reload
+//! reaches c2s, s2s (both directions) and HTTPS at once and leaves
+//! established connections alone. `load.rs` reads and checks a pair;
+//! `watch.rs` notices changed files.
 
-use std::collections::HashMap;
+mod load;
+mod store;
+pub(crate) mod watch;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::ring::sign::any_supported_type;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::Config;
+
+pub use load::CertInfo;
+pub use store::{CertReload, CertSource, CertStore, CertificateStatus, SourceKind};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -30,22 +40,18 @@ pub struct TlsContext {
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// The HTTPS listener's: same certificates, ALPN `http/1.1`.
     https: tokio_rustls::TlsAcceptor,
-    certs: Arc<CertResolver>,
+    certs: Arc<CertStore>,
 }
 
 impl TlsContext {
     /// Loads configured certificates and generates missing ones.
     pub fn load(config: &Config) -> Result<Self, TlsError> {
-        let mut by_host = HashMap::new();
-        for host in &config.hosts {
-            let key = match config.certificates.iter().find(|c| &c.host == host) {
-                Some(paths) => load_pair(&paths.cert, &paths.key)?,
-                None => self_signed(&config.data_dir.join("tls"), host)?,
-            };
-            by_host.insert(host.clone(), Arc::new(key));
-        }
-        let default = by_host[&config.hosts[0]].clone();
-        let certs = Arc::new(CertResolver { by_host, default });
+        let certs = Arc::new(CertStore::load(
+            &config.hosts,
+            &config.certificates,
+            &config.data_dir,
+        )?);
+        let resolver = Arc::new(CertResolver(certs.clone()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
@@ -53,11 +59,11 @@ impl TlsContext {
             Some(c) => builder.with_client_cert_verifier(client_verifier(c, provider.clone())?),
             None => builder.with_no_client_auth(),
         };
-        let mut server = builder.with_cert_resolver(certs.clone());
+        let mut server = builder.with_cert_resolver(resolver.clone());
         let mut https = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_cert_resolver(certs.clone());
+            .with_cert_resolver(resolver);
         // HTTP/1.1 only: WebSocket upgrades and BOSH are HTTP/1.1 here.
         https.alpn_protocols = vec![b"http/1.1".to_vec()];
         https.send_tls13_tickets = 0;
@@ -87,42 +93,64 @@ impl TlsContext {
         &self.https
     }
 
+    /// Every name's certificate: status, reload, installation (ACME).
+    pub fn certificates(&self) -> &Arc<CertStore> {
+        &self.certs
+    }
+
     /// The certificate and key of `host` (the first host's if it has none),
-    /// presented as a TLS client on outgoing s2s streams.
-    pub(crate) fn key_for(&self, host: &str) -> Arc<CertifiedKey> {
-        self.certs.pick(Some(host))
+    /// presented as a TLS client on outgoing s2s streams; current at each
+    /// handshake.
+    pub(crate) fn client_cert_for(
+        &self,
+        host: &str,
+    ) -> Arc<dyn rustls::client::ResolvesClientCert> {
+        Arc::new(OwnCert {
+            certs: self.certs.clone(),
+            host: host.to_string(),
+        })
     }
 
     /// The SNI-based certificate choice, shared with the s2s listener.
     pub(crate) fn cert_resolver(&self) -> Arc<dyn ResolvesServerCert> {
-        self.certs.clone()
+        Arc::new(CertResolver(self.certs.clone()))
     }
 
-    /// The leaf certificate presented for `sni` (RFC 5929 tls-server-end-point needs it).
+    /// The leaf certificate presented for `sni` (RFC 5929 tls-server-end-point
+    /// needs it). Asked right after the handshake, so a reload would have to
+    /// land between the two for this to differ from what the client saw.
     pub fn leaf_for(&self, sni: Option<&str>) -> CertificateDer<'static> {
         self.certs.pick(sni).cert[0].clone()
     }
 }
 
 #[derive(Debug)]
-struct CertResolver {
-    by_host: HashMap<String, Arc<CertifiedKey>>,
-    /// Clients that send no SNI (or an IP literal) get the first host's certificate
-    /// rather than a failed handshake: the stream header names the host anyway.
-    default: Arc<CertifiedKey>,
-}
-
-impl CertResolver {
-    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        sni.and_then(|name| self.by_host.get(&name.to_ascii_lowercase()))
-            .cloned()
-            .unwrap_or_else(|| self.default.clone())
-    }
-}
+struct CertResolver(Arc<CertStore>);
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()))
+        Some(self.0.pick(hello.server_name()))
+    }
+}
+
+/// Our certificate as a TLS client (s2s), read from the store per handshake.
+#[derive(Debug)]
+struct OwnCert {
+    certs: Arc<CertStore>,
+    host: String,
+}
+
+impl rustls::client::ResolvesClientCert for OwnCert {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.certs.pick(Some(&self.host)))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -172,43 +200,5 @@ fn client_verifier(
 }
 
 fn file_error(path: &Path, message: impl ToString) -> TlsError {
-    TlsError::File {
-        path: path.display().to_string(),
-        message: message.to_string(),
-    }
-}
-
-fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| file_error(cert, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(cert, e))?;
-    if chain.is_empty() {
-        return Err(file_error(cert, "no certificate found"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
-    let signer = any_supported_type(&key_der).map_err(|e| file_error(key, e))?;
-    Ok(CertifiedKey::new(chain, signer))
-}
-
-/// Creates `<dir>/<host>.crt` and `.key` on first start and reuses them after,
-/// so that clients which pinned the certificate keep working across restarts.
-fn self_signed(dir: &Path, host: &str) -> Result<CertifiedKey, TlsError> {
-    let cert_path = dir.join(format!("{host}.crt"));
-    let key_path = dir.join(format!("{host}.key"));
-    if !cert_path.exists() || !key_path.exists() {
-        let generated =
-            rcgen::generate_simple_self_signed(vec![host.to_string()]).map_err(|e| {
-                TlsError::Generate {
-                    host: host.into(),
-                    message: e.to_string(),
-                }
-            })?;
-        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
-        crate::private_file::write(&key_path, generated.signing_key.serialize_pem().as_bytes())
-            .map_err(|e| file_error(&key_path, e))?;
-        std::fs::write(&cert_path, generated.cert.pem()).map_err(|e| file_error(&cert_path, e))?;
-        tracing::info!(host, path = %cert_path.display(), "generated a self-signed certificate");
-    }
-    load_pair(&cert_path, &key_path)
+    load::file_error(path, message)
 }
