@@ -111,6 +111,7 @@ pub async fn start_with_stores(
     s2s.defences.load(&*stores.reputation).await?;
     let fake_salt_key = credentials::load_fake_salt_key(&config.data_dir)?;
     let server = Server::new(config, stores, registry, tls, s2s, fake_salt_key);
+    acme::install_stored(&server);
     if let Some(interval) = server.config.cert_watch_interval {
         tls::watch::spawn(
             server.tls.certificates().clone(),
@@ -159,6 +160,8 @@ pub async fn start_with_stores(
         tracing::info!(kind = b.kind.name(), addr = %b.addr, "listening");
         tokio::spawn(listen::accept_loop(server.clone(), b, tasks.clone()));
     }
+    // After the listeners: the CA's validators connect to them.
+    acme::spawn(&server);
     Ok(Running {
         server,
         listeners,

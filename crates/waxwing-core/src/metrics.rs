@@ -343,7 +343,9 @@ impl Metrics {
 
     /// Counts one ACME order by its `result` (`success` or `failure`).
     pub fn acme_order(&self, result: &'static str) {
-        self.acme_orders.get_or_create(&ResultLabel { result }).inc();
+        self.acme_orders
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts one SASL outcome; a mechanism we do not offer counts as `other`.

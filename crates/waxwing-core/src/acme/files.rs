@@ -5,11 +5,12 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
+
+use crate::tls::CertInfo;
 
 /// `<data_dir>/acme`.
 pub fn dir(data_dir: &Path) -> PathBuf {
@@ -48,18 +49,8 @@ pub(crate) fn store(data_dir: &Path, host: &str, chain_pem: &str, key_pem: &str)
     replace(&cert, chain_pem.as_bytes())
 }
 
-/// What the renewal schedule needs to know of a stored certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
-    /// DNS names of the subject alternative names, lower case.
-    pub names: Vec<String>,
-    pub issuer: String,
-}
-
 /// Reads the leaf of a PEM chain file; `Ok(None)` when there is none yet.
-pub fn read(path: &Path) -> io::Result<Option<Stored>> {
+pub fn read(path: &Path) -> io::Result<Option<CertInfo>> {
     let pem = match std::fs::read(path) {
         Ok(p) => p,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -69,39 +60,7 @@ pub fn read(path: &Path) -> io::Result<Option<Stored>> {
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no certificate"))?
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    parse(&leaf)
+    crate::tls::describe(&leaf)
         .map(Some)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Validity, names and issuer of a DER certificate.
-pub fn parse(der: &[u8]) -> Result<Stored, String> {
-    use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
-    let time = |t: x509_parser::time::ASN1Time| {
-        let secs = t.timestamp();
-        if secs >= 0 {
-            UNIX_EPOCH + Duration::from_secs(secs as u64)
-        } else {
-            UNIX_EPOCH
-        }
-    };
-    let names = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok(Stored {
-        not_before: time(cert.validity().not_before),
-        not_after: time(cert.validity().not_after),
-        names,
-        issuer: cert.issuer().to_string(),
-    })
 }

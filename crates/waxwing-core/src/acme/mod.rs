@@ -62,10 +62,10 @@ async fn http_challenge(State(server): State<Arc<Server>>, Path(token): Path<Str
 pub(crate) fn install_stored(server: &Server) {
     for host in server.config.acme_hosts() {
         let (cert, _) = files::cert_paths(&server.config.data_dir, &host);
-        if cert.exists() {
-            if let Err(e) = install(server, &host) {
-                tracing::warn!(host, error = %e, "stored ACME certificate not usable; ordering a new one");
-            }
+        if cert.exists()
+            && let Err(e) = install(server, &host)
+        {
+            tracing::warn!(host, error = %e, "stored ACME certificate not usable; ordering a new one");
         }
     }
 }
@@ -79,15 +79,14 @@ fn install(server: &Server, host: &str) -> Result<(), crate::tls::TlsError> {
         cert,
         key,
     };
-    let stored = files::read(&source.cert)
-        .ok()
-        .flatten()
-        .map(|s| s.names)
-        .unwrap_or_default();
+    let stored = files::read(&source.cert).ok().flatten();
     for name in server.config.certificate_names(host) {
         // A name the certificate does not cover yet (a service domain
         // added since) keeps what it has until the new order lands.
-        if stored.contains(&name) {
+        if stored
+            .as_ref()
+            .is_some_and(|c| schedule::covers(c, std::slice::from_ref(&name)))
+        {
             server.tls.certificates().install(&name, source.clone())?;
         }
     }
@@ -223,7 +222,11 @@ impl Renewal {
                 None
             }
         };
-        schedule::renewal_due(stored.as_ref(), &h.names, self.server.config.acme.renew_before)
+        schedule::renewal_due(
+            stored.as_ref(),
+            &h.names,
+            self.server.config.acme.renew_before,
+        )
     }
 
     /// Orders, stores and installs host `i`'s certificate; its not-after.
@@ -240,13 +243,8 @@ impl Renewal {
         };
         let h = &self.hosts[i];
         tracing::info!(host = h.host, names = ?h.names, directory = %cfg.directory, "ordering a certificate");
-        let issued = issue::order(
-            &account,
-            cfg,
-            &h.names,
-            self.server.tls.acme_challenges(),
-        )
-        .await?;
+        let issued =
+            issue::order(&account, cfg, &h.names, self.server.tls.acme_challenges()).await?;
         let server = self.server.clone();
         let host = h.host.clone();
         tokio::task::spawn_blocking(move || -> Result<SystemTime, RenewError> {

@@ -3,32 +3,41 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::files::Stored;
+use crate::tls::CertInfo;
 
 /// The longest sleep between two looks at the certificates: once a day
 /// the task also notices a certificate file that was removed or replaced.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// When a certificate for `names` should be ordered: now when there is
-/// none, when it does not cover every name, or when its issuer is not an
-/// ACME CA's (the first-start self-signed one never is: it is not stored
-/// here); else `renew_before` ahead of its not-after. A short-lived
+/// none or when it does not cover every name (a service domain was added);
+/// else `renew_before` ahead of its not-after. A short-lived
 /// certificate (a lifetime under three times `renew_before`, such as
 /// Let's Encrypt's six-day ones) is renewed once a third of its lifetime
 /// remains instead, so that it is not renewed on every look.
-pub fn renewal_due(stored: Option<&Stored>, names: &[String], renew_before: Duration) -> SystemTime {
+pub fn renewal_due(
+    stored: Option<&CertInfo>,
+    names: &[String],
+    renew_before: Duration,
+) -> SystemTime {
     let Some(s) = stored else {
         return SystemTime::UNIX_EPOCH;
     };
-    if names.iter().any(|n| !s.names.contains(n)) {
+    if !covers(s, names) {
         return SystemTime::UNIX_EPOCH;
     }
-    let lifetime = s
-        .not_after
-        .duration_since(s.not_before)
-        .unwrap_or_default();
+    let lifetime = s.not_after.duration_since(s.not_before).unwrap_or_default();
     let ahead = renew_before.min(lifetime / 3);
-    s.not_after.checked_sub(ahead).unwrap_or(SystemTime::UNIX_EPOCH)
+    s.not_after
+        .checked_sub(ahead)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Whether the certificate names every one of `names`.
+pub fn covers(cert: &CertInfo, names: &[String]) -> bool {
+    names
+        .iter()
+        .all(|n| cert.names.iter().any(|m| m.eq_ignore_ascii_case(n)))
 }
 
 /// The wait after the `failures`-th failure in a row (1 for the first):
@@ -44,12 +53,13 @@ mod tests {
 
     const DAY: Duration = Duration::from_secs(86_400);
 
-    fn cert(start: SystemTime, days: u32, names: &[&str]) -> Stored {
-        Stored {
+    fn cert(start: SystemTime, days: u32, names: &[&str]) -> CertInfo {
+        CertInfo {
             not_before: start,
             not_after: start + DAY * days,
             names: names.iter().map(|n| n.to_string()).collect(),
             issuer: "CN=test".into(),
+            sha256: String::new(),
         }
     }
 
@@ -75,10 +85,7 @@ mod tests {
     fn a_missing_certificate_or_a_new_name_is_due_now() {
         let t0 = SystemTime::UNIX_EPOCH + DAY * 20_000;
         let names = ["a.example".to_string(), "pubsub.a.example".to_string()];
-        assert_eq!(
-            renewal_due(None, &names, DAY * 30),
-            SystemTime::UNIX_EPOCH
-        );
+        assert_eq!(renewal_due(None, &names, DAY * 30), SystemTime::UNIX_EPOCH);
         let c = cert(t0, 90, &["a.example"]);
         assert_eq!(
             renewal_due(Some(&c), &names, DAY * 30),

@@ -123,8 +123,7 @@ pub(super) fn acme_config(
         if challenges == [ChallengeKind::Http01] && !http_plain {
             return Err(err(
                 "challenges",
-                "http-01 needs a plain HTTP listener ([listen] http), reachable on port 80"
-                    .into(),
+                "http-01 needs a plain HTTP listener ([listen] http), reachable on port 80".into(),
             ));
         }
         if challenges == [ChallengeKind::TlsAlpn01] && !direct_tls {
@@ -171,12 +170,19 @@ impl super::Config {
         let Some(i) = self.hosts.iter().position(|h| h == host) else {
             return Vec::new();
         };
+        let loaded = |module: &str| !self.modules_disabled.iter().any(|m| m == module);
         let mut names = vec![host.to_string()];
-        names.extend(self.muc.domains.get(i).cloned());
-        if !self.modules_disabled.iter().any(|m| m == "pubsub") {
+        if loaded("muc") {
+            names.extend(self.muc.domains.get(i).cloned());
+        }
+        if loaded("pubsub") {
             names.push(format!("pubsub.{host}"));
         }
-        if !self.http.listen.is_empty() || !self.http.listen_tls.is_empty() {
+        // The binary loads upload only where its URLs can be reached.
+        let http = !self.http.listen.is_empty()
+            || !self.http.listen_tls.is_empty()
+            || self.http.public_url.is_some();
+        if loaded("upload") && http {
             names.extend(self.upload.domains.get(i).cloned());
         }
         names.extend(self.proxy65.domains.get(i).cloned());
