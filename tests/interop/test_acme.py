@@ -19,6 +19,7 @@ import socket
 import ssl
 import stat
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -129,6 +130,12 @@ async def test_issuance_for_the_host_and_its_service_domains(server, pebble_fact
     # The HTTPS listener serves it too.
     https_port = int(srv.listeners["https"][0].rsplit(":", 1)[1])
     assert await asyncio.to_thread(served_cert, https_port, f"upload.{HOST}", root) == first
+
+    # The challenge route answers only tokens of an order in progress.
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(
+            f"http://127.0.0.1:{http_port}/.well-known/acme-challenge/no-such-token", timeout=10)
+    assert e.value.code == 404
 
     acme_dir = srv.data_dir / "acme"
     for f in [acme_dir / f"{HOST}.crt", acme_dir / f"{HOST}.key", *acme_dir.glob("account-*.json")]:

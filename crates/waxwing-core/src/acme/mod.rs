@@ -80,7 +80,20 @@ fn install(server: &Server, host: &str) -> Result<(), crate::tls::TlsError> {
         key,
     };
     let stored = files::read(&source.cert).ok().flatten();
+    let configured: Vec<String> = server
+        .tls
+        .certificates()
+        .status()
+        .into_iter()
+        .filter(|c| c.source.kind == SourceKind::Configured)
+        .map(|c| c.name)
+        .collect();
     for name in server.config.certificate_names(host) {
+        // A name the operator gave files for since (a reloaded
+        // `[[tls.certificates]]`) keeps them.
+        if configured.contains(&name) {
+            continue;
+        }
         // A name the certificate does not cover yet (a service domain
         // added since) keeps what it has until the new order lands.
         if stored
