@@ -192,7 +192,9 @@ async def test_renewal_swaps_the_certificate_while_clients_keep_chatting(
 
 async def test_a_failed_order_backs_off_and_keeps_the_old_certificate(server, pebble_factory):
     http_port = free_port()
-    pebble = pebble_factory(http_port=http_port, validity_secs=40)
+    # 60-second certificates: due after 40 s, leaving 20 s for the failures
+    # and the recovery while the first one is still valid.
+    pebble = pebble_factory(http_port=http_port, validity_secs=60)
     srv = server(acme_config(pebble, http_port))
     root = pebble.root_pem()
     first = await wait_for_cert(srv.tls_port, HOST, root)
@@ -210,7 +212,10 @@ async def test_a_failed_order_backs_off_and_keeps_the_old_certificate(server, pe
     log = srv.log_text()
     waits = [int(w) for w in re.findall(r"ACME order failed.*?retry_in_secs=(\d+)", log)]
     assert waits[:2] == [1, 2], f"no doubling backoff in the log: {waits}"
-    assert f"conference.{HOST}" in log
+    # The CA's reason, for the name that failed, is in the log.
+    failure = next(l for l in log.splitlines() if "ACME order failed" in l)
+    assert f"authorization of conference.{HOST} is Invalid" in failure, failure
+    assert "127.0.0.2" in failure, failure
 
     # Once the name resolves again, the next attempt succeeds.
     pebble.clear_address(f"conference.{HOST}")

@@ -162,9 +162,15 @@ pub async fn order(
         tracing::debug!(%name, challenge = kind.name(), "ACME challenge ready");
         challenge.set_ready().await?;
     }
-    let status = order.poll_ready(&VALIDATION).await?;
-    if status != OrderStatus::Ready {
-        return Err(failed(&mut order, status).await);
+    match order.poll_ready(&VALIDATION).await {
+        Ok(OrderStatus::Ready) => {}
+        Ok(status) => return Err(failed(&mut order, status, None).await),
+        // An invalid order carries a problem of its own: the name that
+        // failed is in its authorizations.
+        Err(instant_acme::Error::Api(problem)) => {
+            return Err(failed(&mut order, OrderStatus::Invalid, Some(problem)).await);
+        }
+        Err(e) => return Err(e.into()),
     }
     // Validation is over: the answers are no longer needed.
     drop(answered);
@@ -193,10 +199,14 @@ fn challenge_type(kind: ChallengeKind) -> ChallengeType {
     }
 }
 
-/// The most specific reason an order failed: the first invalid
-/// challenge's problem (what the CA saw: a 404, a refused connection, the
-/// wrong key authorization), else the order's own.
-async fn failed(order: &mut instant_acme::Order, status: OrderStatus) -> IssueError {
+/// The most specific reason an order failed: the name whose authorization
+/// failed with its challenge's problem (what the CA saw: a 404, a refused
+/// connection, the wrong key authorization), else the order's own.
+async fn failed(
+    order: &mut instant_acme::Order,
+    status: OrderStatus,
+    problem: Option<instant_acme::Problem>,
+) -> IssueError {
     let mut authorizations = order.authorizations();
     while let Some(Ok(authz)) = authorizations.next().await {
         if authz.status == AuthorizationStatus::Valid {
@@ -206,6 +216,7 @@ async fn failed(order: &mut instant_acme::Order, status: OrderStatus) -> IssueEr
             .challenges
             .iter()
             .find_map(|c| c.error.as_ref())
+            .or(problem.as_ref())
             .map(|p| p.to_string());
         return IssueError::Authorization {
             name: authz.identifier().to_string(),
@@ -215,7 +226,10 @@ async fn failed(order: &mut instant_acme::Order, status: OrderStatus) -> IssueEr
     }
     IssueError::Order {
         status,
-        detail: order.state().error.as_ref().map(|p| p.to_string()),
+        detail: problem
+            .as_ref()
+            .or(order.state().error.as_ref())
+            .map(|p| p.to_string()),
     }
 }
 
