@@ -224,15 +224,27 @@ async def test_a_failed_order_backs_off_and_keeps_the_old_certificate(server, pe
     assert scrape_counter(srv, "success") >= 2
 
 
-async def test_tls_alpn_01_on_the_https_listener(server, pebble_factory):
-    http_port, https_port = free_port(), free_port()
-    pebble = pebble_factory(http_port=http_port, tls_port=https_port)
-    srv = server(acme_config(pebble, http_port, https_port, challenges=["tls-alpn-01"]))
+@pytest.mark.parametrize("listener", ["https", "c2s_direct_tls"])
+async def test_tls_alpn_01_on_a_direct_tls_listener(server, pebble_factory, listener):
+    http_port, tls_port = free_port(), free_port()
+    pebble = pebble_factory(http_port=http_port, tls_port=tls_port)
+    config = acme_config(pebble, http_port, challenges=["tls-alpn-01"])
+    config["listen"][listener] = [f"127.0.0.1:{tls_port}"]
+    srv = server(config)
     root = pebble.root_pem()
-    first = await wait_for_cert(srv.tls_port, HOST, root)
+    first = await wait_for_cert(tls_port, HOST, root)
     for name in NAMES:
-        assert await asyncio.to_thread(served_cert, https_port, name, root) == first, name
+        assert await asyncio.to_thread(served_cert, tls_port, name, root) == first, name
     # Only tls-alpn-01 was answered (no http-01 token was ever served).
     log = srv.log_text()
     assert re.search(r'ACME challenge ready.*challenge="?tls-alpn-01', log), log[-3000:]
     assert not re.search(r'ACME challenge ready.*challenge="?http-01', log)
+    # A validator's handshake gets nothing but the validation certificate:
+    # with no order open, an `acme-tls/1` handshake is refused.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["acme-tls/1"])
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as sock:
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(sock, server_hostname=HOST).close()
