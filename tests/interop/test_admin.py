@@ -63,6 +63,9 @@ ENDPOINTS = [
     ("GET", "/admin/api/blocked-domains", None),
     ("PUT", "/admin/api/blocked-domains/evil.example", None),
     ("DELETE", "/admin/api/blocked-domains/evil.example", None),
+    ("GET", "/admin/api/invites", None),
+    ("POST", "/admin/api/invites", {}),
+    ("DELETE", "/admin/api/invites/0123456789ab", None),
 ]
 
 

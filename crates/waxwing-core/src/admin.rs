@@ -20,6 +20,9 @@
 //! | POST | `/admin/api/announce` | `{"message", "subject"?}`: a headline to every available session |
 //! | PUT/DELETE | `/admin/api/blocked-domains/{domain}` | blocks / unblocks federation with a domain |
 //! | GET | `/admin/api/blocked-domains` | blocked domains |
+//! | GET | `/admin/api/invites[?host=]` | invitations (never their tokens) |
+//! | POST | `/admin/api/invites` | `{"host"?, "username"?, "inviter"?, "valid_secs"?, "max_uses"?}`: an account invitation; its token, URI and landing page |
+//! | DELETE | `/admin/api/invites/{id}` | revokes an invitation |
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -151,6 +154,11 @@ pub(crate) fn routes() -> Router<Arc<Server>> {
         .route(
             "/admin/api/blocked-domains/{domain}",
             put(block_domain).delete(unblock_domain),
+        )
+        .route("/admin/api/invites", get(list_invites).post(create_invite))
+        .route(
+            "/admin/api/invites/{id}",
+            axum::routing::delete(revoke_invite),
         )
 }
 
@@ -445,6 +453,97 @@ async fn unblock_domain(
     UrlPath(domain): UrlPath<String>,
 ) -> Reply {
     set_blocked(server, who, domain, false).await
+}
+
+async fn list_invites(
+    State(server): State<Arc<Server>>,
+    _: Admin,
+    Query(q): Query<HostQuery>,
+) -> Reply {
+    let list = server.stores.invites.list(q.host.as_deref(), None).await?;
+    let list: Vec<Value> = list.iter().map(crate::invites::describe).collect();
+    Ok(Json(json!({ "invites": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewInviteRequest {
+    /// The host the account is made on (default: the first).
+    host: Option<String>,
+    /// The only username the account may take.
+    username: Option<String>,
+    /// A local account the new one becomes a mutual contact of.
+    inviter: Option<String>,
+    /// Validity in seconds (default `[invites] expiry_secs`).
+    valid_secs: Option<u64>,
+    /// Redemptions allowed (default 1).
+    max_uses: Option<u32>,
+}
+
+async fn create_invite(
+    State(server): State<Arc<Server>>,
+    Admin(who): Admin,
+    Json(body): Json<NewInviteRequest>,
+) -> Reply {
+    let bad = |m: String| Failure(StatusCode::BAD_REQUEST, m);
+    let host = match body.host {
+        Some(h) => h,
+        None => server.config.hosts.first().cloned().unwrap_or_default(),
+    };
+    let inviter = match body.inviter.as_deref() {
+        None => None,
+        Some(j) => Some(
+            BareJid::parse(j)
+                .ok()
+                .filter(|j| j.local().is_some() && server.config.is_local_host(j.domain()))
+                .ok_or_else(|| bad(format!("{j:?} is not a local account")))?,
+        ),
+    };
+    if let Some(secs) = body.valid_secs
+        && !(1..=crate::config::MAX_SECS).contains(&secs)
+    {
+        return Err(bad(format!(
+            "valid_secs must be between 1 and {}",
+            crate::config::MAX_SECS
+        )));
+    }
+    let new = crate::invites::NewInvite {
+        host,
+        kind: if inviter.is_some() {
+            waxwing_store::InviteKind::RosterAndRegister
+        } else {
+            waxwing_store::InviteKind::Register
+        },
+        creator: inviter,
+        username: body.username,
+        valid_for: body.valid_secs.map(std::time::Duration::from_secs),
+        max_uses: body.max_uses.unwrap_or(1),
+    };
+    let created = crate::invites::Invites::new(server.clone())
+        .create(new)
+        .await
+        .map_err(|e| match e {
+            crate::invites::CreateError::Store(e) => Failure::from(e),
+            e => bad(e.to_string()),
+        })?;
+    tracing::info!(token = %who, id = %created.invite.id, "admin API: invitation created");
+    let mut out = crate::invites::describe(&created.invite);
+    out["token"] = json!(created.token);
+    out["uri"] = json!(created.uri);
+    out["landing_url"] = json!(created.landing_url);
+    Ok(Json(out))
+}
+
+async fn revoke_invite(
+    State(server): State<Arc<Server>>,
+    Admin(who): Admin,
+    UrlPath(id): UrlPath<String>,
+) -> Reply {
+    crate::invites::Invites::new(server.clone())
+        .revoke(&id, None)
+        .await?;
+    tracing::info!(token = %who, %id, "admin API: invitation revoked");
+    Ok(Json(json!({ "revoked": id })))
 }
 
 #[cfg(test)]

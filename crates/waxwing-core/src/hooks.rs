@@ -85,6 +85,10 @@ pub enum Event {
         message: Element,
         recipients: Vec<FullJid>,
     },
+    /// An account was created with an invitation from `inviter` that asks
+    /// for a mutual subscription (XEP-0401): the presence engine makes the
+    /// two contacts of each other.
+    InviteRedeemed { invitee: BareJid, inviter: BareJid },
 }
 
 /// One IQ request of type get or set, already addressed and validated.
@@ -102,6 +106,9 @@ pub struct Iq {
     /// False only for the IQs a client may send before SASL (in-band
     /// registration); `from` is then the host, not an account.
     pub authenticated: bool,
+    /// The invitation token this unauthenticated stream presented with
+    /// XEP-0445 `<preauth/>` and the server accepted.
+    pub preauth: Option<crate::invites::PreAuth>,
 }
 
 /// An IQ handler's answer: the result payload (if any) or a stanza error.
@@ -504,6 +511,11 @@ impl Cx {
     }
 
     /// Deletes an account and tells every module (ejabberd's `remove_user`).
+    /// The invitation service (XEP-0401/0379/0445).
+    pub fn invites(&self) -> crate::invites::Invites {
+        crate::invites::Invites::new(self.server.clone())
+    }
+
     pub async fn delete_account(&self, user: &BareJid) -> Result<(), waxwing_store::StoreError> {
         self.server.clone().delete_account(user).await
     }

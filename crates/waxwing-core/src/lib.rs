@@ -11,6 +11,7 @@ pub mod config;
 pub mod credentials;
 pub mod hooks;
 pub mod http;
+pub mod invites;
 pub(crate) mod isolate;
 pub mod link_local;
 pub mod listen;

@@ -650,6 +650,7 @@ impl Server {
             payload: payload.clone(),
             stanza: stanza.clone(),
             authenticated: true,
+            preauth: None,
         };
         let cx = Cx::new(self.clone(), origin);
         tracing::trace!(module, ns = %payload.ns, "dispatching iq");

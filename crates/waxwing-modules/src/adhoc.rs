@@ -16,6 +16,10 @@
 //! sessions: `Cx` has no "all sessions" call, and an admin command may be
 //! O(accounts).
 //!
+//! The two XEP-0401 invitation commands are served here too (the work is
+//! in `invite/commands.rs`): `urn:xmpp:invite#invite` for every local user,
+//! `urn:xmpp:invite#create-account` for admins.
+//!
 //! Three feed commands (also under [`FEDERATION`]'s `urn:waxwing:admin`
 //! prefix) add, remove and list the RSS/Atom feeds republished on nodes of
 //! the `pubsub.<host>` services (`pubsub/feeds.rs`).
@@ -38,6 +42,7 @@ use waxwing_proto::xml::Element;
 use waxwing_core::config::DEFAULT_FEED_INTERVAL;
 use waxwing_store::{FeedKey, StoreError};
 
+use crate::invite::commands as invite;
 use crate::pubsub::feeds::{FeedSpec, Feeds};
 use crate::{internal, stanza_id};
 
@@ -67,10 +72,12 @@ enum Command {
     AddFeed,
     RemoveFeed,
     ListFeeds,
+    Invite,
+    CreateAccount,
 }
 
 impl Command {
-    const ALL: [Command; 13] = [
+    const ALL: [Command; 15] = [
         Command::AddUser,
         Command::DeleteUser,
         Command::ChangePassword,
@@ -84,6 +91,8 @@ impl Command {
         Command::AddFeed,
         Command::RemoveFeed,
         Command::ListFeeds,
+        Command::Invite,
+        Command::CreateAccount,
     ];
 
     fn node(self) -> &'static str {
@@ -103,6 +112,8 @@ impl Command {
             Command::AddFeed => "urn:waxwing:admin#add-feed",
             Command::RemoveFeed => "urn:waxwing:admin#remove-feed",
             Command::ListFeeds => "urn:waxwing:admin#list-feeds",
+            Command::Invite => invite::INVITE,
+            Command::CreateAccount => invite::CREATE_ACCOUNT,
         }
     }
 
@@ -121,6 +132,19 @@ impl Command {
             Command::AddFeed => "Republish an RSS/Atom Feed on a PubSub Node",
             Command::RemoveFeed => "Stop Republishing a Feed",
             Command::ListFeeds => "List Republished Feeds",
+            Command::Invite => "Invite a contact",
+            Command::CreateAccount => "Create an account invitation",
+        }
+    }
+
+    /// Whether `requester` may see and run it: every command is for
+    /// admins, except the contact invitation, which is for every local
+    /// user. Both invitation commands need invitations switched on.
+    fn allowed(self, cx: &Cx, requester: &Jid) -> bool {
+        match self {
+            Command::Invite => invite::may_invite(cx, requester),
+            Command::CreateAccount => cx.config().invites.enabled && is_admin(cx, requester),
+            _ => is_admin(cx, requester),
         }
     }
 
@@ -131,6 +155,7 @@ impl Command {
     /// The input form, for commands that take input.
     fn form(self) -> Option<Element> {
         let fields: Vec<Element> = match self {
+            Command::CreateAccount => return Some(invite::create_account_form(self.name())),
             Command::AddUser => vec![
                 field(
                     "jid-single",
@@ -217,7 +242,8 @@ impl Command {
             | Command::RegisteredUsersNum
             | Command::OnlineUsersNum
             | Command::DomainReputation
-            | Command::ListFeeds => {
+            | Command::ListFeeds
+            | Command::Invite => {
                 return None;
             }
         };
@@ -350,14 +376,16 @@ pub fn disco_node(cx: &Cx, requester: &Jid, query: &Element) -> Option<IqResult>
         return None;
     }
     let node = query.attr("node")?;
-    let admin = is_admin(cx, requester);
     let items = query.ns == ns::DISCO_ITEMS;
     let host = cx.config().hosts.first().cloned().unwrap_or_default();
     if node == COMMANDS {
         let mut out = Element::new("query", query.ns.clone()).with_attr("node", COMMANDS);
         if items {
             let jid = requester_host(cx, requester).unwrap_or(host);
-            for c in Command::ALL.into_iter().filter(|_| admin) {
+            for c in Command::ALL
+                .into_iter()
+                .filter(|c| c.allowed(cx, requester))
+            {
                 out.push_child(
                     Element::new("item", ns::DISCO_ITEMS)
                         .with_attr("jid", jid.as_str())
@@ -375,7 +403,7 @@ pub fn disco_node(cx: &Cx, requester: &Jid, query: &Element) -> Option<IqResult>
         return Some(Ok(Some(out)));
     }
     let command = Command::from_node(node)?;
-    if !admin {
+    if !command.allowed(cx, requester) {
         return Some(Err(StanzaError::cancel(Condition::ItemNotFound)));
     }
     let mut out = Element::new("query", query.ns.clone()).with_attr("node", node);
@@ -444,7 +472,7 @@ impl IqHandler for AdHoc {
             .attr("node")
             .and_then(Command::from_node)
             .ok_or_else(|| StanzaError::cancel(Condition::ItemNotFound))?;
-        if !is_admin(cx, &iq.from) {
+        if !command.allowed(cx, &iq.from) {
             return Err(StanzaError::auth(Condition::Forbidden));
         }
         let action = cmd.attr("action").unwrap_or("execute");
@@ -503,6 +531,15 @@ impl IqHandler for AdHoc {
                     .or_else(|| cx.config().hosts.first().cloned())
                     .unwrap_or_default();
                 let payload = match command {
+                    Command::Invite => invite::invite(cx, &iq.from).await?,
+                    Command::CreateAccount => {
+                        let username = values.all("username").first().map(String::as_str);
+                        let roster = values
+                            .all("roster-subscription")
+                            .first()
+                            .is_some_and(|v| v == "1" || v == "true");
+                        invite::create_account(cx, &iq.from, username, roster).await?
+                    }
                     Command::AddFeed | Command::RemoveFeed | Command::ListFeeds => {
                         let Some(feeds) = &self.feeds else {
                             return Err(StanzaError::cancel(Condition::FeatureNotImplemented));
@@ -825,10 +862,12 @@ async fn run(
             }))
         }
         Command::DomainReputation => Ok(reputation_table(cx)),
-        // Served by `run_feed`, which has the poller.
-        Command::AddFeed | Command::RemoveFeed | Command::ListFeeds => {
-            Err(StanzaError::cancel(Condition::FeatureNotImplemented))
-        }
+        // Served by `run_feed`, which has the poller, and by `invite`.
+        Command::AddFeed
+        | Command::RemoveFeed
+        | Command::ListFeeds
+        | Command::Invite
+        | Command::CreateAccount => Err(StanzaError::cancel(Condition::FeatureNotImplemented)),
         Command::Announce => {
             let body = values.all("announcement").join("\n");
             if body.trim().is_empty() {

@@ -11,6 +11,7 @@ pub mod carbons;
 pub mod contact_addresses;
 pub mod disco;
 pub mod extdisco;
+pub mod invite;
 pub mod last;
 pub mod link_local;
 mod locks;

@@ -407,7 +407,13 @@ fn unavailable_from_resources(cx: &Cx, user: &BareJid, to: &BareJid) -> Vec<Elem
         .collect()
 }
 
-async fn subscription_out(cx: &Cx, user: &BareJid, contact: &BareJid, ty: &str, stanza: &Element) {
+pub(crate) async fn subscription_out(
+    cx: &Cx,
+    user: &BareJid,
+    contact: &BareJid,
+    ty: &str,
+    stanza: &Element,
+) {
     if user == contact {
         return;
     }

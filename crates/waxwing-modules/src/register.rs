@@ -8,6 +8,11 @@
 //!   (XEP-0077 §3.3) or deletes its account (§3.2). These work whether or
 //!   not registration is open: they only touch the sender's own account.
 //!
+//! Before SASL, a stream that presented an invitation token (XEP-0445
+//! `<preauth/>`, checked in the core's negotiation) creates its account
+//! through `waxwing_core::invites` whether or not registration is open;
+//! without a token, a username reserved by a pending invitation is taken.
+//!
 //! Data forms (XEP-0077 §5 extensibility) are not offered; the fixed
 //! `<username/>` + `<password/>` fields are what every client implements.
 
@@ -20,6 +25,7 @@ use waxwing_core::credentials;
 use waxwing_core::hooks::{
     Cx, Iq, IqHandler, IqResult, IqTarget, Module, RegisterError, Registrar,
 };
+use waxwing_core::invites::{PreAuth, RedeemError, unix_now};
 use waxwing_proto::jid::BareJid;
 use waxwing_proto::ns;
 use waxwing_proto::sasl::SaslError;
@@ -56,7 +62,10 @@ impl IqHandler for Register {
         } else {
             // Before SASL, `to` (and `from`) is the host the stream was opened to.
             let host = iq.to.as_ref().unwrap_or(&iq.from).domain();
-            on_signup_request(cx, host, request).await
+            match &iq.preauth {
+                Some(preauth) => return on_invited_signup(cx, host, preauth, request).await,
+                None => on_signup_request(cx, host, request).await,
+            }
         };
         Ok(answer?)
     }
@@ -90,6 +99,15 @@ async fn on_signup_request(
     if cx.stores().accounts.exists(&user).await? {
         return Err(IbrError::Taken);
     }
+    // XEP-0401 §5.2: a name an invitation is for is kept for its invitee.
+    if cx
+        .stores()
+        .invites
+        .username_reserved(host, user.local().unwrap_or_default(), unix_now())
+        .await?
+    {
+        return Err(IbrError::Taken);
+    }
     check_password(&password, cx.config().min_password_length)?;
     let secrets = derive_secrets(password, cx.config().scram_iterations).await?;
     match cx.stores().accounts.create(&user, &secrets).await {
@@ -100,6 +118,45 @@ async fn on_signup_request(
     // `create` is durable once it returns, so the success reply is honest.
     tracing::info!(%user, "account registered in-band");
     Ok(None)
+}
+
+/// Before authentication, with an accepted invitation token (XEP-0445).
+async fn on_invited_signup(cx: &Cx, host: &str, preauth: &PreAuth, request: Request) -> IqResult {
+    let (username, password) = match request {
+        Request::Get => return Ok(Some(form())),
+        Request::Remove => return Err(IbrError::AuthenticateFirst.into()),
+        Request::Incomplete => return Err(IbrError::MissingFields.into()),
+        Request::Credentials { username, password } => (username, password),
+    };
+    match cx
+        .invites()
+        .register_account(host, preauth, &username, password)
+        .await
+    {
+        Ok(_) => Ok(None),
+        Err(e) => Err(redeem_error(e)),
+    }
+}
+
+fn redeem_error(e: RedeemError) -> StanzaError {
+    use Condition::*;
+    let text = e.to_string();
+    match e {
+        RedeemError::Refused(_) | RedeemError::NotInternal => {
+            StanzaError::cancel(NotAllowed).with_text(text)
+        }
+        RedeemError::WrongUsername(_)
+        | RedeemError::BadUsername
+        | RedeemError::WeakPassword { .. }
+        | RedeemError::BadPassword => StanzaError::modify(NotAcceptable).with_text(text),
+        RedeemError::Taken => StanzaError::cancel(Conflict),
+        RedeemError::Throttled => StanzaError::wait(PolicyViolation).with_text(text),
+        RedeemError::Store(e) => crate::internal(e),
+        RedeemError::Internal(e) => {
+            tracing::error!(error = %e, "register: invited sign-up failed");
+            StanzaError::wait(InternalServerError)
+        }
+    }
 }
 
 /// After authentication: the sender's own registration.

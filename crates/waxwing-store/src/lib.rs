@@ -16,6 +16,7 @@ use waxwing_proto::jid::BareJid;
 pub mod accounts;
 pub mod archive;
 pub mod blocklist;
+pub mod invites;
 pub mod last;
 pub mod memory;
 pub mod muc;
@@ -35,6 +36,7 @@ pub use archive::{
     OwnerKind, Page,
 };
 pub use blocklist::BlocklistStore;
+pub use invites::{Invite, InviteKind, InviteStore};
 pub use last::{LastActivity, LastActivityStore};
 pub use memory::memory;
 pub use muc::{Affiliation, MucStore, RoomAffiliation, RoomRecord, StoredRoom};
@@ -91,12 +93,14 @@ pub struct Stores {
     pub pubsub: Arc<dyn PubSubStore>,
     /// Local reputation of remote domains (federation abuse defences).
     pub reputation: Arc<dyn DomainReputationStore>,
+    /// Invitations (XEP-0401, XEP-0379, XEP-0445).
+    pub invites: Arc<dyn InviteStore>,
 }
 
 impl Stores {
     /// Deletes an account and every per-user record the stores hold (the
     /// account's own archive, private XML and vCard, blocklist, last
-    /// activity, PEP nodes; the accounts store already takes its roster and
+    /// activity, PEP nodes, invitations it made; the accounts store already takes its roster and
     /// offline messages), and removes it from other accounts' rosters.
     /// For offline administration (`waxwing user remove`); a running server
     /// does the same through its modules' `UserDeleted` handlers, which also
@@ -110,6 +114,7 @@ impl Stores {
         self.blocklist.remove_user(user).await?;
         self.last_activity.remove_user(user).await?;
         self.pubsub.remove_service(user).await?;
+        self.invites.remove_creator(user).await?;
         for (owner, _) in self.roster.owners_of(user).await? {
             self.roster.remove(&owner, user).await?;
         }

@@ -24,6 +24,7 @@ pub fn memory() -> Stores {
         private_xml: Arc::new(crate::private_xml::MemoryPrivateXml::default()),
         last_activity: Arc::new(crate::last::MemoryLastActivity::default()),
         reputation: Arc::new(crate::reputation::MemoryReputation::default()),
+        invites: Arc::new(crate::invites::MemoryInvites::default()),
         roster: m.clone(),
         offline: m,
         muc: Arc::new(MemoryMuc::default()),

@@ -249,6 +249,23 @@ const TABLES: &[Table] = &[
         ],
         identity: Some("seq"),
     },
+    Table {
+        name: "invites",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("token_hash", Bytes),
+            ("host", Text),
+            ("kind", Text),
+            ("creator", Text),
+            ("username", Text),
+            ("created_at", Int),
+            ("expires_at", Int),
+            ("max_uses", Int),
+            ("uses", Int),
+        ],
+        identity: None,
+    },
 ];
 
 /// Rows per page read and per INSERT statement: far below both backends'

@@ -1286,6 +1286,145 @@ async fn reputation_contract(s: &Stores) {
     assert_eq!(r.list().await, Ok(vec![b, a]));
 }
 
+// ---------------------------------------------------------------- invites
+
+fn invite(id: &str, seed: u8, kind: waxwing_store::InviteKind) -> waxwing_store::Invite {
+    waxwing_store::Invite {
+        id: id.into(),
+        token_hash: vec![seed; 32],
+        host: "montague.example".into(),
+        kind,
+        creator: None,
+        username: None,
+        created_at: 1_700_000_000 + i64::from(seed),
+        expires_at: 1_700_100_000,
+        max_uses: 1,
+        uses: 0,
+    }
+}
+
+async fn invites_contract(s: &Stores) {
+    use waxwing_store::InviteKind::*;
+    let i = &s.invites;
+    let romeo = j("romeo@montague.example");
+    let t = 1_700_050_000;
+    assert_eq!(i.by_token(&[1; 32]).await, Ok(None));
+    assert_eq!(i.list(None, None).await, Ok(vec![]));
+
+    let mut a = invite("a1", 1, Register);
+    a.username = Some("juliet".into());
+    i.create(&a).await.unwrap();
+    // Neither the id nor the token hash may be reused.
+    assert_eq!(i.create(&a).await, Err(StoreError::AlreadyExists));
+    let mut same_hash = invite("other", 1, Roster);
+    same_hash.created_at += 5;
+    assert_eq!(i.create(&same_hash).await, Err(StoreError::AlreadyExists));
+    assert_eq!(i.by_token(&[1; 32]).await, Ok(Some(a.clone())));
+
+    let mut b = invite("b2", 2, RosterAndRegister);
+    b.creator = Some(romeo.clone());
+    b.max_uses = 2;
+    i.create(&b).await.unwrap();
+    let mut c = invite("c3", 3, Roster);
+    c.creator = Some(romeo.clone());
+    c.host = "capulet.example".into();
+    i.create(&c).await.unwrap();
+
+    // Listing: oldest first, filtered by host and by creator.
+    assert_eq!(
+        i.list(None, None).await,
+        Ok(vec![a.clone(), b.clone(), c.clone()])
+    );
+    assert_eq!(
+        i.list(Some("montague.example"), None).await,
+        Ok(vec![a.clone(), b.clone()])
+    );
+    assert_eq!(
+        i.list(None, Some(&romeo)).await,
+        Ok(vec![b.clone(), c.clone()])
+    );
+    assert_eq!(
+        i.list(Some("capulet.example"), Some(&romeo)).await,
+        Ok(vec![c.clone()])
+    );
+    assert_eq!(i.count_pending(&romeo, t).await, Ok(2));
+
+    // A fixed username is reserved while the invitation can be redeemed.
+    assert_eq!(
+        i.username_reserved("montague.example", "juliet", t).await,
+        Ok(true)
+    );
+    assert_eq!(
+        i.username_reserved("capulet.example", "juliet", t).await,
+        Ok(false)
+    );
+    assert_eq!(
+        i.username_reserved("montague.example", "juliet", a.expires_at)
+            .await,
+        Ok(false)
+    );
+
+    // Claims: counted once per use, never after expiry or the last use.
+    assert_eq!(i.claim(&[9; 32], t).await, Ok(None));
+    assert_eq!(i.claim(&[1; 32], a.expires_at).await, Ok(None));
+    let claimed = i.claim(&[1; 32], t).await.unwrap().unwrap();
+    assert_eq!(claimed.uses, 1);
+    assert_eq!(claimed.id, "a1");
+    assert_eq!(i.claim(&[1; 32], t).await, Ok(None));
+    assert_eq!(
+        i.username_reserved("montague.example", "juliet", t).await,
+        Ok(false)
+    );
+    // A released use can be claimed again; releasing never goes below zero.
+    i.release("a1").await.unwrap();
+    assert_eq!(i.by_token(&[1; 32]).await.unwrap().unwrap().uses, 0);
+    i.release("a1").await.unwrap();
+    assert_eq!(i.by_token(&[1; 32]).await.unwrap().unwrap().uses, 0);
+    i.release("nonexistent").await.unwrap();
+    assert!(i.claim(&[1; 32], t).await.unwrap().is_some());
+
+    // A two-use invitation, claimed concurrently by four: exactly two win.
+    let results = futures_claims(s, [2; 32], t).await;
+    assert_eq!(results, 2);
+    assert_eq!(i.count_pending(&romeo, t).await, Ok(1));
+
+    // Revoking.
+    i.revoke("c3").await.unwrap();
+    assert_eq!(i.revoke("c3").await, Err(StoreError::NotFound));
+    assert_eq!(i.claim(&[3; 32], t).await, Ok(None));
+
+    // Purging the expired.
+    let mut d = invite("d4", 4, Register);
+    d.expires_at = 1_800_000_000;
+    i.create(&d).await.unwrap();
+    assert_eq!(i.purge_expired(1_700_100_000).await, Ok(0));
+    assert_eq!(i.purge_expired(1_700_100_001).await, Ok(2));
+    assert_eq!(i.list(None, None).await, Ok(vec![d.clone()]));
+
+    // A deleted creator's invitations go with it.
+    let mut e = invite("e5", 5, Roster);
+    e.creator = Some(romeo.clone());
+    i.create(&e).await.unwrap();
+    i.remove_creator(&romeo).await.unwrap();
+    assert_eq!(i.list(None, None).await, Ok(vec![d]));
+}
+
+async fn futures_claims(s: &Stores, hash: [u8; 32], now: i64) -> usize {
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let store = s.invites.clone();
+            tokio::spawn(async move { store.claim(&hash, now).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        if t.await.unwrap().is_some() {
+            won += 1;
+        }
+    }
+    won
+}
+
 // ---------------------------------------------------------------- pubsub
 
 async fn pubsub_contract(s: &Stores) {
@@ -1580,6 +1719,7 @@ contract_tests! {
     pubsub_feeds => pubsub_feeds_contract,
     pubsub_subscription_options => pubsub_subscription_options_contract,
     reputation => reputation_contract,
+    invites => invites_contract,
 }
 
 // ------------------------------------------------------- SQLite specifics

@@ -45,6 +45,38 @@ pub enum Action {
     Unblock { domain: String },
     /// Blocked domains.
     Blocked,
+    /// Invitations (XEP-0401/0445): account invitations for friends.
+    Invite {
+        #[command(subcommand)]
+        action: InviteAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum InviteAction {
+    /// Make an account invitation; prints its landing page, `xmpp:` URI
+    /// and token (the token is shown only this once).
+    Create {
+        /// The host the account is made on (default: the first).
+        #[arg(long)]
+        host: Option<String>,
+        /// The only username the account may take (default: the invitee chooses).
+        #[arg(long)]
+        username: Option<String>,
+        /// A local account the new one becomes a mutual contact of.
+        #[arg(long)]
+        inviter: Option<String>,
+        /// How long it stays valid, in seconds (default `[invites] expiry_secs`).
+        #[arg(long)]
+        valid_secs: Option<u64>,
+        /// How many accounts it may make (default 1; more for a group invitation).
+        #[arg(long)]
+        max_uses: Option<u32>,
+    },
+    /// List invitations (never their tokens), optionally of one host.
+    List { host: Option<String> },
+    /// Revoke an invitation by its id (from `list` or `create`).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -170,6 +202,36 @@ pub async fn run(config: &Config, target: Target, action: Action) -> anyhow::Res
             None,
         ),
         Action::Blocked => ("GET", "/admin/api/blocked-domains".into(), None),
+        Action::Invite { action } => match action {
+            InviteAction::Create {
+                host,
+                username,
+                inviter,
+                valid_secs,
+                max_uses,
+            } => (
+                "POST",
+                "/admin/api/invites".into(),
+                Some(json!({
+                    "host": host,
+                    "username": username,
+                    "inviter": inviter,
+                    "valid_secs": valid_secs,
+                    "max_uses": max_uses,
+                })),
+            ),
+            InviteAction::List { host } => (
+                "GET",
+                match host {
+                    Some(h) => format!("/admin/api/invites?host={}", enc(&h)),
+                    None => "/admin/api/invites".into(),
+                },
+                None,
+            ),
+            InviteAction::Revoke { id } => {
+                ("DELETE", format!("/admin/api/invites/{}", enc(&id)), None)
+            }
+        },
     };
     let base = match target.url {
         Some(u) => u.trim_end_matches('/').to_string(),

@@ -76,6 +76,7 @@ fn every(config: &Config) -> Vec<Arc<dyn ModuleLoader>> {
         load(time::Time),
         load(extdisco::ExtDisco),
         load(register::Register),
+        load(waxwing_modules::invite::Invites),
         load(waxwing_modules::push::Push),
         load(waxwing_modules::muc::Muc::new(config)),
         // PEP on accounts and the pubsub.<host> services (XEP-0060/0163).

@@ -39,6 +39,9 @@ async fn features_after_tls_offer_scram_plus_and_plain() {
         vec![
             feature(ns::SASL, "mechanisms"),
             feature(ns::SASL_CB, "sasl-channel-binding"),
+            // XEP-0445 pre-authenticated registration (and XEP-0401 0.3's name for it).
+            feature("urn:xmpp:ibr-token:0", "register"),
+            feature("urn:xmpp:invite", "register"),
             feature(SASL2, "authentication"),
         ],
         "{f}"

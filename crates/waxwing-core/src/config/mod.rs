@@ -6,6 +6,7 @@ mod auth;
 pub mod bosh;
 pub mod ext;
 pub mod http;
+pub mod invites;
 pub mod ops;
 pub mod raw;
 
@@ -154,6 +155,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[acme]`: certificates from an ACME CA.
     pub acme: AcmeConfig,
+    /// `[invites]`: invitations.
+    pub invites: invites::InvitesConfig,
     pub link_local: LinkLocalConfig,
     pub bosh: BoshConfig,
     pub websocket: WebSocketConfig,
@@ -589,6 +592,7 @@ impl Config {
             metrics,
             admin,
             acme,
+            invites: invites::invites_config(&f.invites),
             link_local,
             bosh: bosh::bosh_config(&f.bosh),
             websocket: websocket_config(&f.websocket, source)?,
@@ -767,6 +771,16 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             "address_window_secs",
             f.registration.address_window_secs,
         ),
+        secs("invites", "expiry_secs", f.invites.expiry_secs),
+        Bound {
+            table: "invites",
+            key: "max_pending_per_user",
+            value: u64::from(f.invites.max_pending_per_user),
+            min: 1,
+            max: 10_000,
+            why: "each pending invitation is a row in the database; to stop users \
+                  inviting, set enabled = false",
+        },
         Bound {
             table: "registration",
             key: "min_password_length",
@@ -1604,6 +1618,9 @@ mod tests {
         assert_eq!(c.max_stanza_bytes_before_auth, 10_000);
         assert_eq!(c.auth_prefixes.v6, 64);
         assert_eq!(c.registration_max_per_stream, 1);
+        assert!(c.invites.enabled && !c.invites.users_can_invite_accounts);
+        assert_eq!(c.invites.expiry, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.invites.max_pending_per_user, 20);
         for (toml, line) in [
             ("[limits]\nmax_stanza_bytes_before_auth = 100\n", 2),
             ("[limits]\nmax_stanza_bytes_before_auth = 300000\n", 2),
@@ -1613,6 +1630,9 @@ mod tests {
             ("[auth]\nmax_failures_per_account = 0\n", 2),
             ("[registration]\nmax_per_address = 0\n", 2),
             ("[registration]\nmax_per_stream = 0\n", 2),
+            ("[invites]\nexpiry_secs = 0\n", 2),
+            ("[invites]\nmax_pending_per_user = 0\n", 2),
+            ("[invites]\nmax_pending_per_user = 10001\n", 2),
         ] {
             let e = Config::parse(toml).unwrap_err();
             assert_eq!(e.line, Some(line), "{toml}: {e}");

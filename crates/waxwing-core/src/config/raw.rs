@@ -43,6 +43,7 @@ pub struct File {
     pub metrics: Metrics,
     pub admin: Admin,
     pub acme: Acme,
+    pub invites: Invites,
 }
 
 impl Default for File {
@@ -77,6 +78,7 @@ impl Default for File {
             metrics: Metrics::default(),
             admin: Admin::default(),
             acme: Acme::default(),
+            invites: Invites::default(),
         }
     }
 }
@@ -821,6 +823,31 @@ pub struct Admin {
     pub enabled: bool,
     /// Networks besides loopback whose requests may use the admin API.
     pub allowed_networks: Vec<String>,
+}
+
+/// `[invites]`: invitations (XEP-0401, XEP-0379, XEP-0445).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Invites {
+    pub enabled: bool,
+    /// How long an invitation stays valid.
+    pub expiry_secs: u64,
+    /// Whether users' contact invitations also let the invitee create an
+    /// account here (admins' invitations always can).
+    pub users_can_invite_accounts: bool,
+    /// Unexpired, unused invitations one account may hold at once.
+    pub max_pending_per_user: u32,
+}
+
+impl Default for Invites {
+    fn default() -> Self {
+        Invites {
+            enabled: true,
+            expiry_secs: 7 * 86_400,
+            users_can_invite_accounts: false,
+            max_pending_per_user: 20,
+        }
+    }
 }
 
 /// `[auth.hosts."example.org".ldap]`: bind authentication against a directory.

@@ -19,6 +19,8 @@ mod accounts;
 mod archive;
 #[path = "../dml/im.rs"]
 mod im;
+#[path = "../dml/invites.rs"]
+mod invites;
 #[path = "../dml/muc.rs"]
 mod muc;
 #[path = "../dml/offline.rs"]
@@ -76,6 +78,7 @@ pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Stores, Stor
         offline: s.clone(),
         pubsub: s.clone(),
         reputation: s.clone(),
+        invites: s.clone(),
         muc: s,
     })
 }

@@ -10,6 +10,8 @@ mod archive;
 pub mod backup;
 #[path = "../dml/im.rs"]
 mod im;
+#[path = "../dml/invites.rs"]
+mod invites;
 #[path = "../dml/muc.rs"]
 mod muc;
 #[path = "../dml/offline.rs"]
@@ -80,6 +82,7 @@ pub(crate) async fn open(url: &str, durability: Durability) -> Result<Stores, St
         offline: s.clone(),
         pubsub: s.clone(),
         reputation: s.clone(),
+        invites: s.clone(),
         muc: s,
     })
 }

@@ -110,6 +110,8 @@ async fn serve_link(server: Arc<Server>, link: Link, peer: SocketAddr, direct_tl
         user: None,
         auth_failures: 0,
         registrations: 0,
+        preauth: None,
+        preauth_failures: 0,
         peer,
         attempted: None,
         sasl2: false,
@@ -298,6 +300,10 @@ struct Conn {
     auth_failures: u32,
     /// Accounts this stream registered in-band (or is registering).
     registrations: u32,
+    /// The invitation token accepted by XEP-0445 `<preauth/>` on this stream.
+    preauth: Option<crate::invites::PreAuth>,
+    /// Tokens refused on this stream (a few typos are fine; guessing is not).
+    preauth_failures: u32,
     peer: SocketAddr,
     bucket: TokenBucket,
     /// This connection's unfinished stanza, charged to the server-wide budget.

@@ -14,6 +14,7 @@ use waxwing_proto::{lang, ns};
 use super::link::{ClientTransport, Outgoing, StreamOpen};
 use super::{Conn, End, Negotiated, iq_request, sasl2, stream_error};
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
+use crate::invites;
 use crate::queue::Outbox;
 use crate::random_id;
 use crate::router::call_iq_handler;
@@ -156,6 +157,10 @@ impl Conn {
                         self.pre_auth_register(el).await?;
                         continue;
                     }
+                    if el.is("iq", ns::CLIENT) && sasl_allowed && is_preauth_iq(&el) {
+                        self.preauth(el).await?;
+                        continue;
+                    }
                     return Err(stream_error(
                         StreamCondition::NotAuthorized,
                         "authenticate first",
@@ -265,6 +270,14 @@ impl Conn {
         {
             features.push_child(Element::new("register", ns::REGISTER_FEATURE));
         }
+        if config.invites.enabled
+            && crate::invites::Invites::new(self.server.clone())
+                .host_has_internal_accounts(self.host.as_deref().unwrap_or_default())
+        {
+            // XEP-0445 §3, and the XEP-0401 0.3 feature older clients look for.
+            features.push_child(Element::new("register", invites::NS_IBR_TOKEN));
+            features.push_child(Element::new("register", invites::NS_INVITE_LEGACY));
+        }
         if tls {
             features.push_child(sasl2::feature(&mechanisms, cb));
         }
@@ -351,6 +364,7 @@ impl Conn {
                             payload,
                             stanza: el.clone(),
                             authenticated: false,
+                            preauth: self.preauth.clone(),
                         };
                         let cx = Cx::new(self.server.clone(), None);
                         let answer = call_iq_handler(module, handler.as_ref(), &cx, iq).await;
@@ -371,6 +385,56 @@ impl Conn {
                             Err(err) => stanza::error_reply(&el, &err),
                         }
                     }
+                }
+            }
+        };
+        if let Some(mut reply) = reply {
+            reply.remove_attr("to");
+            self.send(&reply).await?;
+        }
+        Ok(())
+    }
+
+    /// XEP-0445 §4: `<iq type='set'><preauth xmlns='urn:xmpp:pars:0'
+    /// token='…'/></iq>` before authenticating. An accepted token is kept
+    /// for this stream's registration; a refused one is `item-not-found`,
+    /// and a stream that keeps guessing is closed.
+    pub(super) async fn preauth(&mut self, el: Element) -> Result<(), End> {
+        let host = self.host.clone().unwrap_or_default();
+        let token = el
+            .first_child()
+            .and_then(|p| p.attr("token"))
+            .unwrap_or_default()
+            .to_string();
+        let reply = if el.attr("type") != Some("set") {
+            stanza::error_reply(&el, &StanzaError::modify(Condition::BadRequest))
+        } else {
+            match invites::Invites::new(self.server.clone())
+                .check_registration(&host, &token)
+                .await
+            {
+                Ok(preauth) => {
+                    tracing::debug!(peer = %self.peer, "invitation token accepted");
+                    self.preauth = Some(preauth);
+                    Some(stanza::iq_result(&el))
+                }
+                Err(e) => {
+                    if let invites::CheckError::Store(e) = &e {
+                        tracing::error!(error = %e, "checking an invitation failed");
+                    }
+                    self.preauth_failures += 1;
+                    if self.preauth_failures > MAX_PREAUTH_FAILURES {
+                        tracing::info!(peer = %self.peer, "too many invalid invitation tokens");
+                        return Err(stream_error(
+                            StreamCondition::PolicyViolation,
+                            "too many invalid invitation tokens",
+                        ));
+                    }
+                    stanza::error_reply(
+                        &el,
+                        &StanzaError::cancel(Condition::ItemNotFound)
+                            .with_text("The provided token is invalid or expired"),
+                    )
                 }
             }
         };
@@ -480,6 +544,14 @@ fn compression_feature() -> Element {
 /// An IQ set that asks for a new account (not a form request, nor `<remove/>`).
 fn creates_account(kind: IqKind, payload: &Element) -> bool {
     kind == IqKind::Set && payload.child("username", ns::REGISTER).is_some()
+}
+
+/// Invitation tokens a stream may get wrong before it is closed.
+const MAX_PREAUTH_FAILURES: u32 = 3;
+
+fn is_preauth_iq(el: &Element) -> bool {
+    el.first_child()
+        .is_some_and(|c| c.is("preauth", invites::NS_PARS))
 }
 
 fn is_register_iq(el: &Element) -> bool {
