@@ -80,6 +80,11 @@ struct Common {
     /// XMPP over WebSocket (RFC 7395): the `ws://` URL, reached at --addr.
     #[arg(long)]
     websocket: Option<String>,
+    /// Cluster benchmarks: odd-numbered accounts (the second of each chat
+    /// pair) log in at this address (another node), so every pair's
+    /// messages cross nodes. Same node: leave it out.
+    #[arg(long)]
+    peer_addr: Option<String>,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -314,16 +319,16 @@ fn check_loopback(c: &Common) -> anyhow::Result<()> {
     if c.allow_remote {
         return Ok(());
     }
-    for a in c
-        .addr
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {}", c.addr))?
-    {
-        if !a.ip().is_loopback() {
-            bail!(
-                "{} is not a loopback address; pass --allow-remote to benchmark a remote server you own",
-                c.addr
-            );
+    for addr in std::iter::once(&c.addr).chain(c.peer_addr.as_ref()) {
+        for a in addr
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {addr}"))?
+        {
+            if !a.ip().is_loopback() {
+                bail!(
+                    "{addr} is not a loopback address; pass --allow-remote to benchmark a remote server you own",
+                );
+            }
         }
     }
     Ok(())
@@ -341,7 +346,20 @@ async fn run(c: Common, job: Job) -> anyhow::Result<()> {
     if let Some(path) = &c.scram_cache {
         target.scram_cache.load(path);
     }
+    let peer = c.peer_addr.as_ref().map(|addr| {
+        let mut peer = Target::new(
+            addr.clone(),
+            c.domain.clone(),
+            !c.no_tls && c.websocket.is_none(),
+            c.password.clone(),
+            c.mechanism.clone(),
+        );
+        peer.websocket = c.websocket.clone();
+        peer.scram_cache = target.scram_cache.clone();
+        Arc::new(peer)
+    });
     let cx = Ctx {
+        peer,
         target: Arc::new(target),
         server_pid: c.server_pid.clone(),
         concurrency: c.concurrency,

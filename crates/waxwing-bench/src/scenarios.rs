@@ -16,6 +16,8 @@ use crate::scan;
 /// Settings shared by every scenario.
 pub struct Ctx {
     pub target: Arc<Target>,
+    /// Cluster runs: where odd-numbered accounts log in (`--peer-addr`).
+    pub peer: Option<Arc<Target>>,
     pub server_pid: Option<String>,
     /// Logins in flight at once.
     pub concurrency: usize,
@@ -184,11 +186,15 @@ pub async fn login(cx: &Ctx, prefix: &str, count: usize) -> Record {
 
 /// Logs in `users` and keeps the sessions (initial presence sent).
 async fn hold(cx: &Ctx, users: Vec<String>) -> (Vec<Session>, usize, Option<String>) {
-    let t = cx.target.clone();
+    let target = cx.target.clone();
+    let peer = cx.peer.clone();
     let users = Arc::new(users);
     let n = users.len();
     let (ok, failed, err) = for_each(n, cx.concurrency, move |i| {
-        let t = t.clone();
+        let t = match &peer {
+            Some(p) if i % 2 == 1 => p.clone(),
+            _ => target.clone(),
+        };
         let user = users[i].clone();
         async move {
             let mut s = client::login(&t, &user).await?;

@@ -150,6 +150,7 @@ pub(crate) fn routes() -> Router<Arc<Server>> {
         .route("/admin/api/users/{jid}/password", put(set_password))
         .route("/admin/api/rooms", get(rooms))
         .route("/admin/api/announce", axum::routing::post(announce))
+        .route("/admin/api/drain", axum::routing::post(drain))
         .route("/admin/api/blocked-domains", get(blocked_domains))
         .route(
             "/admin/api/blocked-domains/{domain}",
@@ -255,6 +256,7 @@ async fn stats(State(server): State<Arc<Server>>, _: Admin) -> Reply {
         "online_accounts": server.sessions.accounts().len(),
         "s2s_routes": server.s2s.outgoing_count(),
         "hosts": hosts,
+        "cluster": server.cluster.as_ref().map(|c| c.stats_json()),
     })))
 }
 
@@ -412,6 +414,39 @@ async fn announce(
     }
     tracing::info!(token = %who, sessions = sent, "admin API: announcement sent");
     Ok(Json(json!({ "sent": sent })))
+}
+
+#[derive(serde::Deserialize)]
+struct Drain {
+    /// `host` or `host:port` for `<see-other-host/>`; none: `<system-shutdown/>`.
+    to: Option<String>,
+}
+
+/// Cluster mode: sends this node's clients elsewhere (`Cluster::drain`).
+async fn drain(
+    State(server): State<Arc<Server>>,
+    Admin(who): Admin,
+    Json(body): Json<Drain>,
+) -> Reply {
+    if server.cluster.is_none() {
+        return Err(Failure(
+            StatusCode::CONFLICT,
+            "not a cluster node: there is nowhere else to send clients".into(),
+        ));
+    }
+    let to = body.to.filter(|t| !t.trim().is_empty());
+    // The text goes into a stream error: one host[:port], nothing else.
+    if let Some(t) = &to
+        && !crate::config::cluster::is_host_port(t)
+    {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            "to: expected host or host:port".into(),
+        ));
+    }
+    let closed = crate::cluster::Cluster::drain(&server, to.as_deref());
+    tracing::info!(token = %who, sessions = closed, "admin API: node drained");
+    Ok(Json(json!({ "closed": closed })))
 }
 
 async fn blocked_domains(State(server): State<Arc<Server>>, _: Admin) -> Reply {

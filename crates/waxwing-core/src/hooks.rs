@@ -415,6 +415,13 @@ impl Cx {
         &self.server.stores
     }
 
+    /// Whether other server processes write the same stores (the nodes of a
+    /// cluster): a module must not keep in memory, as the truth, what they
+    /// may change behind its back (it may still cache what only it writes).
+    pub fn storage_shared(&self) -> bool {
+        self.server.cluster.is_some()
+    }
+
     /// The server's counters (see `metrics.rs`).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.server.metrics

@@ -6,6 +6,7 @@ pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod bosh;
+pub mod cluster;
 pub(crate) mod component;
 pub mod config;
 pub mod credentials;
@@ -70,6 +71,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A started server.
@@ -121,6 +124,7 @@ pub async fn start_with_stores(
             &server.background,
         );
     }
+    cluster::Cluster::start(&server).await?;
     auth::anonymous::purge(&server).await;
     let bound = listen::bind_all(&server).await?;
     let listeners = bound.iter().map(|b| (b.kind, b.addr)).collect();
@@ -193,6 +197,9 @@ impl Running {
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, both).await.is_err() {
             tracing::warn!("some connections or background tasks did not end in time");
+        }
+        if let Some(c) = &self.server.cluster {
+            c.leave().await;
         }
     }
 }

@@ -84,6 +84,8 @@ pub struct Server {
     pub http: crate::http::HttpState,
     /// BOSH sessions (XEP-0124/0206).
     pub bosh: crate::bosh::Bosh,
+    /// Cluster mode (`[cluster]`); `None` on a single node.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Server {
@@ -97,9 +99,15 @@ impl Server {
     ) -> Arc<Self> {
         let metrics = crate::metrics::Metrics::new();
         let stores = crate::timed::wrap(stores, &metrics.storage_seconds);
+        let cluster = config.cluster.clone().map(crate::cluster::Cluster::new);
+        let mut sessions = SessionRegistry::counting_overflows(metrics.queue_overflows.clone());
+        if let Some(c) = &cluster {
+            sessions = sessions.with_cluster(c.replica.clone(), c.publisher.clone());
+        }
         Arc::new(Server {
             stores,
-            sessions: SessionRegistry::counting_overflows(metrics.queue_overflows.clone()),
+            sessions,
+            cluster,
             registry,
             tls,
             started: Instant::now(),
@@ -408,7 +416,13 @@ impl Server {
 
     /// Delivery to a local account after the `Inbound` hooks (see the
     /// table at the top for sessions that are closing or refuse).
-    async fn deliver_hooked(self: Arc<Self>, cx: &Cx, to: Jid, stanza: Element, kind: StanzaKind) {
+    pub(crate) async fn deliver_hooked(
+        self: Arc<Self>,
+        cx: &Cx,
+        to: Jid,
+        stanza: Element,
+        kind: StanzaKind,
+    ) {
         // An IQ answers that one session, even while it closes: what is
         // queued goes out before its stream error (the result of the
         // account removal that closes it, XEP-0077 §3.2); once its queue

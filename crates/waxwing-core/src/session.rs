@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +11,7 @@ use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::stanza::{StreamCondition, StreamError};
 use waxwing_proto::xml::Element;
 
+use crate::cluster::{Link, Publisher, Replica};
 use crate::queue::{Outbox, Outq, Refused, outbound};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -82,6 +83,21 @@ pub struct SessionHandle {
     transport: AtomicU8,
     /// `waxwing_queue_overflows_total`, set when the session is bound.
     overflows: OnceLock<prometheus_client::metrics::counter::Counter>,
+    /// Cluster mode: told when the presence or flags change, so the rest of
+    /// the cluster learns them (set when the session is bound).
+    observer: OnceLock<(Arc<Publisher>, Weak<SessionHandle>)>,
+    /// Cluster mode: this handle stands for a session on another node;
+    /// what is queued on it goes there (see `cluster::replica`).
+    remote: Option<Box<RemoteSession>>,
+}
+
+/// Where a session bound on another node lives.
+#[derive(Debug)]
+pub(crate) struct RemoteSession {
+    pub(crate) node: Arc<str>,
+    /// The session's id on its node.
+    pub(crate) sid: u64,
+    pub(crate) link: Link,
 }
 
 impl SessionHandle {
@@ -98,13 +114,72 @@ impl SessionHandle {
             flags: AtomicU32::new(0),
             transport: AtomicU8::new(Transport::Tcp as u8),
             overflows: OnceLock::new(),
+            observer: OnceLock::new(),
+            remote: None,
         };
         (Arc::new(handle), outbox)
+    }
+
+    /// A handle for a session bound on another node, with its presence and
+    /// flags as that node last published them. Stanzas queued on it travel
+    /// to that node; its presence state is a copy (changes stay here).
+    pub(crate) fn remote(
+        jid: FullJid,
+        presence: PresenceState,
+        flags: u32,
+        interested: bool,
+        remote: RemoteSession,
+    ) -> Arc<Self> {
+        // Never read: a remote handle's stanzas go to its link.
+        let (queue, _) = outbound(1, 1);
+        Arc::new(SessionHandle {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            jid,
+            queue,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            presence: Mutex::new(presence),
+            interested: AtomicBool::new(interested),
+            flags: AtomicU32::new(flags),
+            transport: AtomicU8::new(Transport::Tcp as u8),
+            overflows: OnceLock::new(),
+            observer: OnceLock::new(),
+            remote: Some(Box::new(remote)),
+        })
+    }
+
+    /// The node this session is bound on, when it is not this one.
+    pub fn remote_node(&self) -> Option<&str> {
+        self.remote.as_deref().map(|r| &*r.node)
+    }
+
+    /// For a remote session: hands the stanzas to the cluster link (no
+    /// waiting); they come back when its bounded queue is full (Redis
+    /// unreachable for a while), for the router to treat this session as
+    /// gone, as with a full local queue.
+    fn forward(&self, r: &RemoteSession, stanzas: Vec<Element>) -> Result<(), Vec<Element>> {
+        r.link.deliver(&r.node, &self.jid, r.sid, stanzas)
+    }
+
+    /// Cluster mode: who to tell when this session's routing state changes.
+    pub(crate) fn observe(self: &Arc<Self>, publisher: Arc<Publisher>) {
+        if self.observer.set((publisher, Arc::downgrade(self))).is_ok() {
+            self.changed();
+        }
+    }
+
+    fn changed(&self) {
+        if let Some((p, me)) = self.observer.get() {
+            p.mark(&self.jid, self.id, me.clone());
+        }
     }
 
     /// Queues a stanza without waiting. A session whose queue is full is not
     /// reading: it is closed rather than buffered without bound.
     pub fn send(&self, stanza: Element) -> bool {
+        if let Some(r) = &self.remote {
+            return self.forward(r, vec![stanza]).is_ok();
+        }
         self.accepted(self.queue.push(stanza))
     }
 
@@ -115,6 +190,9 @@ impl SessionHandle {
     /// against their own allowance (`limits.outbound_burst`); a session
     /// with more unread than that is closed, like one with a full queue.
     pub fn send_burst(&self, stanzas: Vec<Element>) -> bool {
+        if let Some(r) = &self.remote {
+            return self.forward(r, stanzas).is_ok();
+        }
         self.accepted(self.queue.push_burst(stanzas))
     }
 
@@ -140,12 +218,20 @@ impl SessionHandle {
     /// router to deliver elsewhere (RFC 6121 §8.5: as if this resource were
     /// not there) or to bounce.
     pub fn offer(&self, stanza: Element) -> Result<(), Element> {
+        if let Some(r) = &self.remote {
+            return self
+                .forward(r, vec![stanza])
+                .map_err(|mut v| v.pop().expect("one stanza"));
+        }
         self.refused(self.queue.push(stanza))
             .map_err(|mut v| v.pop().expect("one stanza"))
     }
 
     /// [`SessionHandle::send_burst`], but a refused burst comes back.
     pub fn offer_burst(&self, stanzas: Vec<Element>) -> Result<(), Vec<Element>> {
+        if let Some(r) = &self.remote {
+            return self.forward(r, stanzas);
+        }
         self.refused(self.queue.push_burst(stanzas))
     }
 
@@ -157,6 +243,10 @@ impl SessionHandle {
     /// written later nor handed to offline storage: their owner still has
     /// them. Refused like [`SessionHandle::send_burst`].
     pub fn send_tracked(&self, stanzas: Vec<Element>) -> Option<oneshot::Receiver<()>> {
+        if self.remote.is_some() {
+            // Nobody here would learn when the client has them.
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
         self.accepted(self.queue.push_tracked(stanzas, tx))
             .then_some(rx)
@@ -187,11 +277,19 @@ impl SessionHandle {
     /// The session was asked to end (queue overflow, conflict, removal …):
     /// it takes nothing more, so routing treats it as unbound.
     pub fn is_closing(&self) -> bool {
+        if self.remote.is_some() {
+            return self.closed.is_cancelled();
+        }
         self.closed.is_cancelled() || self.queue.is_closed()
     }
 
     /// Asks the session's task to end the stream with `err`. The first reason wins.
     pub fn close(&self, err: StreamError) {
+        if let Some(r) = &self.remote {
+            r.link.close(&r.node, &self.jid, r.sid, &err);
+            self.closed.cancel();
+            return;
+        }
         let mut reason = self.close_reason.lock().expect("close_reason lock");
         if reason.is_none() {
             *reason = Some(err);
@@ -227,8 +325,15 @@ impl SessionHandle {
     }
 
     /// Reads and changes the presence state under its lock (never across `.await`).
+    /// [`SessionHandle::with_presence`] for a reader that changes nothing.
+    pub(crate) fn with_presence_quiet<R>(&self, f: impl FnOnce(&PresenceState) -> R) -> R {
+        f(&self.presence())
+    }
+
     pub fn with_presence<R>(&self, f: impl FnOnce(&mut PresenceState) -> R) -> R {
-        f(&mut self.presence())
+        let r = f(&mut self.presence());
+        self.changed();
+        r
     }
 
     pub fn is_interested(&self) -> bool {
@@ -236,7 +341,9 @@ impl SessionHandle {
     }
 
     pub fn set_interested(&self) {
-        self.interested.store(true, Ordering::Relaxed);
+        if !self.interested.swap(true, Ordering::Relaxed) {
+            self.changed();
+        }
     }
 
     pub fn flag(&self, f: SessionFlag) -> bool {
@@ -244,21 +351,43 @@ impl SessionHandle {
     }
 
     pub fn set_flag(&self, f: SessionFlag, on: bool) {
-        if on {
-            self.flags.fetch_or(f as u32, Ordering::Relaxed);
+        let before = if on {
+            self.flags.fetch_or(f as u32, Ordering::Relaxed)
         } else {
-            self.flags.fetch_and(!(f as u32), Ordering::Relaxed);
+            self.flags.fetch_and(!(f as u32), Ordering::Relaxed)
+        };
+        if (before & f as u32 != 0) != on {
+            self.changed();
         }
+    }
+
+    /// Every flag, as bits.
+    pub(crate) fn flag_bits(&self) -> u32 {
+        self.flags.load(Ordering::Relaxed)
     }
 }
 
-/// Who is online on this node. A std `RwLock`: every operation is a short
-/// map update and none of them awaits.
+/// Who is online on this node, and in cluster mode on the others too. A
+/// std `RwLock`: every operation is a short map update and none of them
+/// awaits.
+///
+/// In cluster mode, [`SessionRegistry::resources`] and
+/// [`SessionRegistry::get`] also return handles for sessions on other nodes
+/// (from the in-memory [`Replica`] of the cluster's registry, so routing
+/// costs no Redis round trip), which the router and the modules use like
+/// local ones. `bind`, `all`, `accounts` and `count` are this node's only.
 #[derive(Default)]
 pub struct SessionRegistry {
     by_user: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
     /// Counts sessions closed for a full queue (shared with `Metrics`).
     overflows: prometheus_client::metrics::counter::Counter,
+    cluster: Option<ClusterView>,
+}
+
+/// The cluster's sessions as this node sees them, and where to announce its own.
+pub(crate) struct ClusterView {
+    pub(crate) replica: Arc<Replica>,
+    pub(crate) publisher: Arc<Publisher>,
 }
 
 impl SessionRegistry {
@@ -269,7 +398,14 @@ impl SessionRegistry {
         SessionRegistry {
             by_user: RwLock::default(),
             overflows,
+            cluster: None,
         }
+    }
+
+    /// Cluster mode: remote sessions come from `replica`, local changes go to `publisher`.
+    pub(crate) fn with_cluster(mut self, replica: Arc<Replica>, publisher: Arc<Publisher>) -> Self {
+        self.cluster = Some(ClusterView { replica, publisher });
+        self
     }
 
     /// Adds a session. Returns the session it replaced, which had the same
@@ -282,7 +418,19 @@ impl SessionRegistry {
             .iter()
             .position(|s| s.jid.resource() == handle.jid.resource())
             .map(|i| list.swap_remove(i));
-        list.push(handle);
+        list.push(handle.clone());
+        drop(map);
+        if let Some(c) = &self.cluster {
+            // RFC 6120 §7.7.2.2 across nodes: the same full JID bound
+            // elsewhere is replaced, as it would be here.
+            for other in c.replica.sessions_named(&handle.jid) {
+                other.close(
+                    StreamError::new(StreamCondition::Conflict)
+                        .with_text("replaced by a new session"),
+                );
+            }
+            handle.observe(c.publisher.clone());
+        }
         old
     }
 
@@ -298,10 +446,24 @@ impl SessionRegistry {
         if list.is_empty() {
             map.remove(handle.jid.bare());
         }
+        drop(map);
+        if removed && let Some(c) = &self.cluster {
+            c.publisher.mark(&handle.jid, handle.id, Weak::new());
+        }
         removed
     }
 
+    /// The account's sessions, on every node in cluster mode.
     pub fn resources(&self, user: &BareJid) -> Vec<Arc<SessionHandle>> {
+        let mut out = self.local_resources(user);
+        if let Some(c) = &self.cluster {
+            c.replica.resources_into(user, &mut out);
+        }
+        out
+    }
+
+    /// The account's sessions on this node.
+    pub fn local_resources(&self, user: &BareJid) -> Vec<Arc<SessionHandle>> {
         self.by_user
             .read()
             .expect("registry lock")
@@ -310,6 +472,7 @@ impl SessionRegistry {
             .unwrap_or_default()
     }
 
+    /// Sessions of the account on this node.
     pub fn resource_count(&self, user: &BareJid) -> usize {
         self.by_user
             .read()
@@ -318,7 +481,17 @@ impl SessionRegistry {
             .map_or(0, Vec::len)
     }
 
+    /// A session by full JID: this node's, or in cluster mode another's.
     pub fn get(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
+        self.get_local(jid).or_else(|| {
+            self.cluster
+                .as_ref()
+                .and_then(|c| c.replica.sessions_named(jid).pop())
+        })
+    }
+
+    /// A session bound on this node.
+    pub fn get_local(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
         let map = self.by_user.read().expect("registry lock");
         map.get(jid.bare())?
             .iter()

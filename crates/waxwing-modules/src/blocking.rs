@@ -28,7 +28,8 @@
 //!
 //! Every stanza consults the blocklist of its sender or recipient, so lists
 //! are cached in memory. A generation counter keeps a slow read that raced
-//! a write from caching the old list.
+//! a write from caching the old list. In a cluster (`Cx::storage_shared`)
+//! other nodes change lists too, so every check reads the store.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,10 @@ impl Blocking {
 
     /// The owner's blocklist, from the cache or the store.
     async fn list(&self, cx: &Cx, owner: &BareJid) -> Result<Arc<Vec<Jid>>, StoreError> {
+        if cx.storage_shared() {
+            // Another node may change the list: no cache to go stale.
+            return Ok(Arc::new(cx.stores().blocklist.list(owner).await?));
+        }
         let generation = {
             let cache = self.cache();
             if let Some(list) = cache.lists.get(owner) {

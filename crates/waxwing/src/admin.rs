@@ -33,6 +33,15 @@ pub enum Action {
         #[arg(long)]
         subject: Option<String>,
     },
+    /// Cluster mode: send this node's clients to another node and refuse
+    /// new ones (`<see-other-host/>` naming --to, or `<system-shutdown/>`
+    /// so they reconnect through DNS or the load balancer). Stop the node
+    /// afterwards.
+    Drain {
+        /// host or host:port of another node.
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Set an account's password (its sessions are disconnected).
     Passwd {
         jid: String,
@@ -180,6 +189,7 @@ pub async fn run(config: &Config, target: Target, action: Action) -> anyhow::Res
             "/admin/api/announce".into(),
             Some(json!({ "message": message, "subject": subject })),
         ),
+        Action::Drain { to } => ("POST", "/admin/api/drain".into(), Some(json!({ "to": to }))),
         Action::Passwd { jid, password } => {
             let password = match password {
                 Some(p) => p,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod allocator;
+mod cluster;
 mod instance;
 mod link_local;
 mod portable;
@@ -74,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         action: storage::Action,
     },
+    /// Cluster tools ([cluster]).
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
     /// Run only a XEP-0174 link-local peer (serverless chat on the LAN).
     LinkLocal(link_local::Opts),
     /// Configuration tools.
@@ -125,6 +131,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { action } => {
             let config = config()?;
             runtime()?.block_on(user::run(&config, action))
+        }
+        Command::Cluster { action } => {
+            let config = config()?;
+            runtime()?.block_on(cluster::run(&config, action))
         }
         Command::Storage { action } => {
             init_cli_logging();

@@ -4,6 +4,7 @@
 pub mod acme;
 mod auth;
 pub mod bosh;
+pub mod cluster;
 pub mod ext;
 pub mod http;
 pub mod invites;
@@ -16,6 +17,7 @@ pub use auth::{
     LdapLookup, SourceConfig,
 };
 pub use bosh::BoshConfig;
+pub use cluster::ClusterConfig;
 pub use http::{HttpConfig, UploadConfig};
 pub use ops::{AdminConfig, MetricsConfig};
 
@@ -73,6 +75,8 @@ pub struct Config {
     pub database_url: String,
     /// `[storage] synchronous` and `max_connections`.
     pub storage: waxwing_store::OpenOptions,
+    /// `[cluster]`: `None` on a single node.
+    pub cluster: Option<ClusterConfig>,
     pub scram_iterations: u32,
     pub allow_plain: bool,
     pub max_auth_failures: u32,
@@ -476,6 +480,7 @@ impl Config {
             }
             None => format!("sqlite://{}", data_dir.join("waxwing.db").display()),
         };
+        let cluster = cluster::cluster_config(&f.cluster, &database_url, source)?;
         let l = &f.limits;
         let contact_addresses = contact_addresses(&f.contact, source)?;
         let log_json = match f.log.format.as_str() {
@@ -532,6 +537,7 @@ impl Config {
                 .then(|| Duration::from_secs(f.tls.watch_interval_secs)),
             certificates,
             database_url,
+            cluster,
             storage: waxwing_store::OpenOptions {
                 durability,
                 max_connections: f.storage.max_connections,
@@ -681,6 +687,31 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             max: 1000,
             why: "each node opens up to this many PostgreSQL connections, and a \
                   PostgreSQL server allows 100 by default",
+        },
+        Bound {
+            table: "cluster",
+            key: "heartbeat_secs",
+            value: f.cluster.heartbeat_secs,
+            min: 1,
+            max: 60,
+            why: "a heartbeat is a Redis write; more than a minute apart makes dead nodes linger",
+        },
+        Bound {
+            table: "cluster",
+            key: "dead_after_secs",
+            value: f.cluster.dead_after_secs,
+            min: 2,
+            max: 3600,
+            why: "a dead node's users look online (and their messages wait) this long",
+        },
+        Bound {
+            table: "cluster",
+            key: "stream_max_len",
+            value: n(f.cluster.stream_max_len),
+            min: 1000,
+            max: 10_000_000,
+            why: "entries a lagging node may fall behind by before Redis trims them; each \
+                  is one stanza in Redis' memory",
         },
         Bound {
             table: "tls",
@@ -1572,6 +1603,60 @@ mod tests {
         assert!(c.require_encryption);
         assert!(!c.registration_open);
         assert_eq!(c.database_url, "sqlite://./data/waxwing.db");
+    }
+
+    #[test]
+    fn cluster_needs_redis_a_node_name_and_postgres() {
+        assert!(Config::embedded_default().cluster.is_none());
+        let pg = "[storage]\ndatabase = \"postgres://wx@db/wx\"\n";
+        let c = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://:pw@r:6379/\"\nnode = \"xmpp-1\"\n"
+        ))
+        .unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!((cl.node.as_str(), cl.heartbeat.as_secs()), ("xmpp-1", 2));
+        assert_eq!(cl.dead_after.as_secs(), 10);
+        // SQLite is one node's: refused.
+        let e = Config::parse("[cluster]\nredis = \"redis://r/\"\nnode = \"a\"\n").unwrap_err();
+        assert!(e.message.contains("postgres"), "{}", e.message);
+        let e = Config::parse(&format!("{pg}[cluster]\nredis = \"redis://r/\"\n")).unwrap_err();
+        assert!(e.message.contains("node"), "{}", e.message);
+        let e = Config::parse(&format!("{pg}[cluster]\nnode = \"a\"\n")).unwrap_err();
+        assert!(e.message.contains("redis"), "{}", e.message);
+        let e = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://r/\"\nnode = \"a b\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("node name"), "{}", e.message);
+        // The password never appears in the error.
+        let e = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"http://:secret@r/\"\nnode = \"a\"\n"
+        ))
+        .unwrap_err();
+        assert!(!e.message.contains("secret"), "{}", e.message);
+        let e = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://r/\"\nnode = \"a\"\nheartbeat_secs = 5\ndead_after_secs = 6\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("twice"), "{}", e.message);
+        let e = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://r/\"\nnode = \"a\"\nheartbeat_secs = 0\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("heartbeat_secs"), "{}", e.message);
+        let c = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://r/\"\nnode = \"a\"\nadvertise = \"[2001:db8::1]:5222\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.cluster.unwrap().advertise.as_deref(),
+            Some("[2001:db8::1]:5222")
+        );
+        let e = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://r/\"\nnode = \"a\"\nadvertise = \"x' y\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("advertise"), "{}", e.message);
     }
 
     #[test]

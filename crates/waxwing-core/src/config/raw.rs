@@ -43,6 +43,7 @@ pub struct File {
     pub metrics: Metrics,
     pub admin: Admin,
     pub acme: Acme,
+    pub cluster: Cluster,
     pub invites: Invites,
 }
 
@@ -78,6 +79,7 @@ impl Default for File {
             metrics: Metrics::default(),
             admin: Admin::default(),
             acme: Acme::default(),
+            cluster: Cluster::default(),
             invites: Invites::default(),
         }
     }
@@ -942,6 +944,31 @@ impl Default for Acme {
             retry_initial_secs: 600,
             retry_max_secs: 86_400,
             exclude: Vec::new(),
+        }
+    }
+}
+
+/// `[cluster]`: see `config/cluster.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    pub redis: Option<String>,
+    pub node: Option<String>,
+    pub heartbeat_secs: u64,
+    pub dead_after_secs: u64,
+    pub stream_max_len: usize,
+    pub advertise: Option<String>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis: None,
+            node: None,
+            heartbeat_secs: 2,
+            dead_after_secs: 10,
+            stream_max_len: 100_000,
+            advertise: None,
         }
     }
 }

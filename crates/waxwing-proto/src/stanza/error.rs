@@ -132,9 +132,17 @@ impl StreamError {
     }
 
     /// `<stream:error><cond xmlns=…streams/><text xmlns=…streams>…</text></stream:error>`.
+    /// For `see-other-host` the text is the other host, which RFC 6120
+    /// §4.9.3.19 puts inside the condition element.
     pub fn to_element(&self) -> Element {
-        let mut el = Element::new("error", ns::STREAM)
-            .with_child(Element::new(self.condition.as_str(), ns::STREAMS_ERRORS));
+        let mut cond = Element::new(self.condition.as_str(), ns::STREAMS_ERRORS);
+        if self.condition == StreamCondition::SeeOtherHost
+            && let Some(host) = &self.text
+        {
+            cond = cond.with_text(host.clone());
+            return Element::new("error", ns::STREAM).with_child(cond);
+        }
+        let mut el = Element::new("error", ns::STREAM).with_child(cond);
         if let Some(text) = &self.text {
             el.push_child(Element::new("text", ns::STREAMS_ERRORS).with_text(text.clone()));
         }
@@ -153,10 +161,13 @@ impl StreamError {
             if c.name == "text" {
                 text = Some(c.text());
             } else if condition.is_none() {
-                condition = Some(
-                    StreamCondition::from_name(&c.name)
-                        .unwrap_or(StreamCondition::UndefinedCondition),
-                );
+                let cond = StreamCondition::from_name(&c.name)
+                    .unwrap_or(StreamCondition::UndefinedCondition);
+                // RFC 6120 §4.9.3.19: the other host is the element's text.
+                if cond == StreamCondition::SeeOtherHost && !c.text().is_empty() {
+                    text = text.or_else(|| Some(c.text()));
+                }
+                condition = Some(cond);
             }
         }
         Some(StreamError {
@@ -496,6 +507,18 @@ mod tests {
                 assert_eq!(StreamError::from_element(&e.to_element()), Some(e));
             }
         }
+    }
+
+    #[test]
+    fn see_other_host_carries_the_host_inside_the_condition() {
+        let e = StreamError::new(StreamCondition::SeeOtherHost).with_text("[2001:db8::1]:9090");
+        assert_eq!(
+            e.to_element().to_xml(),
+            "<error xmlns='http://etherx.jabber.org/streams'>\
+             <see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>[2001:db8::1]:9090</see-other-host>\
+             </error>"
+        );
+        assert_eq!(StreamError::from_element(&e.to_element()), Some(e));
     }
 
     #[test]

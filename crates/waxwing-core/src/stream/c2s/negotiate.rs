@@ -83,6 +83,10 @@ impl Conn {
                 "this server does not serve that host",
             ));
         }
+        // A drained cluster node sends newcomers elsewhere.
+        if let Some(err) = self.server.cluster.as_ref().and_then(|c| c.draining()) {
+            return Err(End::Error(err));
+        }
         // RFC 6120 §4.7.5: a missing version means pre-1.0, which has no
         // features and no SASL; a higher major version is answered with ours.
         match header

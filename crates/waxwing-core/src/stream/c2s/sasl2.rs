@@ -168,6 +168,10 @@ impl Conn {
                     "max",
                     self.server.config.resume_timeout.as_secs().to_string(),
                 );
+                if let Some(at) = self.server.cluster.as_ref().and_then(|c| c.advertise()) {
+                    // XEP-0198 §5: resume at the node that holds the session.
+                    enabled.set_attr("location", at);
+                }
                 takeover = Some(self.server.resumption.insert(
                     id.clone(),
                     handle.jid.clone(),

@@ -304,6 +304,10 @@ impl Conn {
                     let max = self.server.config.resume_timeout.as_secs();
                     enabled.set_attr("resume", "true");
                     enabled.set_attr("max", max.to_string());
+                    if let Some(at) = self.server.cluster.as_ref().and_then(|c| c.advertise()) {
+                        // XEP-0198 §5: resume at the node that holds the session.
+                        enabled.set_attr("location", at);
+                    }
                     let handle = &session.handle;
                     session.takeover = Some(self.server.resumption.insert(
                         id.clone(),

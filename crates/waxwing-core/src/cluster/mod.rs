@@ -1,0 +1,306 @@
+//! Cluster mode: several nodes serving the same hosts, with the session
+//! registry and the cross-node transport in Redis (PostgreSQL holds
+//! everything persistent). `None` in `Server::cluster` on a single node, so
+//! single-node paths cost nothing.
+//!
+//! - [`replica`]: every node keeps a copy of the others' sessions (JID,
+//!   priority, last presence, flags), so the router and the modules see
+//!   remote sessions through the ordinary `SessionRegistry` as handles
+//!   whose queue is the cluster link. Modules do not know.
+//! - [`publish`]: this node's sessions, written to its Redis hash and
+//!   announced on a channel whenever their routing state changes.
+//! - [`transport`]: one Redis Stream per node (`wx:in:<node>`), written by
+//!   one task per sender node in order, read by the owner with
+//!   `XREAD BLOCK`; [`envelope`] de-duplicates, so a session gets each
+//!   stanza once and a sender's stanzas in order.
+//! - [`membership`]: heartbeats (a key with a TTL per node) and the removal
+//!   of a dead node's sessions by a survivor, which also tells the dead
+//!   sessions' contacts they went offline and stores what was on its way
+//!   to them as offline messages.
+//!
+//! Where the work is done: a stanza is routed, with the `Inbound` hooks
+//! (MAM archiving, blocking, the presence engine), on the node where it
+//! entered (the sender's); only the delivery to a session on another node
+//! crosses Redis. So everything acknowledged to a sender is in PostgreSQL
+//! (archive, offline store) before the hop, and an envelope lost with
+//! Redis or with a dead node is still in the recipient's archive.
+//!
+//! Redis keys (all under `wx:`): `wx:nodes` (set of node names),
+//! `wx:node:<n>` (heartbeat, value the incarnation, TTL `dead_after`),
+//! `wx:reg:<n>` (hash: session id → [`replica::Record`] JSON), channel
+//! `wx:reg` ([`replica::Event`] JSON), `wx:in:<n>` (stream of
+//! [`envelope::Envelope`]s), `wx:cursor:<n>` (the last entry `n` has
+//! processed), `wx:reap:<n>` (the lock of the survivor removing dead `n`).
+
+pub mod envelope;
+pub mod membership;
+pub mod publish;
+pub mod replica;
+pub mod status;
+pub mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use waxwing_proto::jid::FullJid;
+use waxwing_proto::stanza::StreamError;
+use waxwing_proto::xml::Element;
+
+pub use envelope::{Body, Envelope};
+pub use publish::Publisher;
+pub use replica::Replica;
+
+use crate::config::ClusterConfig;
+
+/// Envelopes waiting for the sender task. While Redis is unreachable they
+/// wait here; once it is full, remote sessions refuse stanzas and the
+/// router treats them as gone (other resources, offline storage).
+const OUTGOING_CAPACITY: usize = 16_384;
+
+/// How long one Redis command may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The message never contains the URL (it may hold a password).
+    #[error("Redis: {0}")]
+    Redis(String),
+}
+
+impl From<redis::RedisError> for ClusterError {
+    fn from(e: redis::RedisError) -> Self {
+        // The error's own text names the command or the I/O failure, not the URL.
+        ClusterError::Redis(e.to_string())
+    }
+}
+
+pub(crate) fn key_nodes() -> &'static str {
+    "wx:nodes"
+}
+pub(crate) fn key_heartbeat(node: &str) -> String {
+    format!("wx:node:{node}")
+}
+pub(crate) fn key_registry(node: &str) -> String {
+    format!("wx:reg:{node}")
+}
+pub(crate) const CHANNEL: &str = "wx:reg";
+pub(crate) fn key_stream(node: &str) -> String {
+    format!("wx:in:{node}")
+}
+pub(crate) fn key_cursor(node: &str) -> String {
+    format!("wx:cursor:{node}")
+}
+pub(crate) fn key_reap(node: &str) -> String {
+    format!("wx:reap:{node}")
+}
+
+/// What a remote session's handle hands its stanzas to: the queue of the
+/// task that writes envelopes to the other nodes' streams.
+#[derive(Debug, Clone)]
+pub struct Link {
+    tx: Option<mpsc::Sender<Outgoing>>,
+}
+
+/// One envelope body for one node, before its sequence number.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) node: Arc<str>,
+    pub(crate) body: Body,
+}
+
+impl Link {
+    fn new() -> (Link, mpsc::Receiver<Outgoing>) {
+        let (tx, rx) = mpsc::channel(OUTGOING_CAPACITY);
+        (Link { tx: Some(tx) }, rx)
+    }
+
+    /// A link that refuses everything (tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> Link {
+        Link { tx: None }
+    }
+
+    /// Queues `stanzas` for session `sid` (`to`) on `node`, without waiting;
+    /// they come back when the queue is full.
+    pub(crate) fn deliver(
+        &self,
+        node: &Arc<str>,
+        to: &FullJid,
+        sid: u64,
+        stanzas: Vec<Element>,
+    ) -> Result<(), Vec<Element>> {
+        let Some(permit) = self.tx.as_ref().and_then(|tx| tx.try_reserve().ok()) else {
+            tracing::debug!(%node, "cluster link full: a remote session refuses a stanza");
+            return Err(stanzas);
+        };
+        permit.send(Outgoing {
+            node: node.clone(),
+            body: Body::Deliver {
+                to: to.to_string(),
+                sid,
+                stanzas: stanzas.iter().map(Element::to_xml).collect(),
+            },
+        });
+        Ok(())
+    }
+
+    /// Asks `node` to end session `sid` with `err`.
+    pub(crate) fn close(&self, node: &Arc<str>, to: &FullJid, sid: u64, err: &StreamError) {
+        let sent = self.tx.as_ref().is_some_and(|tx| {
+            tx.try_send(Outgoing {
+                node: node.clone(),
+                body: Body::Close {
+                    to: to.to_string(),
+                    sid,
+                    condition: err.condition.as_str().to_string(),
+                    text: err.text.clone(),
+                },
+            })
+            .is_ok()
+        });
+        if !sent {
+            tracing::warn!(%node, jid = %to, "cluster link full: could not close a remote session");
+        }
+    }
+}
+
+/// The cluster's parts a server holds; built with the server, started by
+/// [`Cluster::start`] once the server exists.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    /// This process's incarnation: a random id per start.
+    pub incarnation: String,
+    pub replica: Arc<Replica>,
+    pub publisher: Arc<Publisher>,
+    outgoing: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    /// Set by [`Cluster::start`].
+    conn: std::sync::OnceLock<redis::aio::ConnectionManager>,
+    /// Set by [`Cluster::drain`]: the stream error new client streams get.
+    drain: std::sync::OnceLock<StreamError>,
+    pub(crate) stats: transport::Stats,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Cluster {
+        let (link, rx) = Link::new();
+        Cluster {
+            incarnation: crate::random_id(),
+            replica: Arc::new(Replica::new(&config.node, link)),
+            publisher: Arc::new(Publisher::default()),
+            outgoing: std::sync::Mutex::new(Some(rx)),
+            conn: std::sync::OnceLock::new(),
+            drain: std::sync::OnceLock::new(),
+            stats: transport::Stats::default(),
+            config,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    /// This node's view, for the admin API's stats: envelopes sent,
+    /// received and dropped as repeats, and the other nodes' sessions it knows.
+    pub fn stats_json(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        serde_json::json!({
+            "node": self.node(),
+            "envelopes_sent": self.stats.sent.load(Relaxed),
+            "envelopes_received": self.stats.received.load(Relaxed),
+            "envelopes_repeated": self.stats.duplicates.load(Relaxed),
+            "remote_sessions": self.replica.counts(),
+        })
+    }
+
+    /// `[cluster] advertise`: where clients reach this node.
+    pub fn advertise(&self) -> Option<&str> {
+        self.config.advertise.as_deref()
+    }
+
+    pub(crate) fn conn(&self) -> redis::aio::ConnectionManager {
+        self.conn.get().expect("cluster started").clone()
+    }
+
+    /// Connects to Redis (failing the start when it cannot), announces this
+    /// incarnation, and starts the tasks: heartbeat, registry copy,
+    /// publication of our sessions, the sender and the receiver.
+    pub async fn start(server: &Arc<crate::Server>) -> Result<(), ClusterError> {
+        let Some(c) = server.cluster.as_ref() else {
+            return Ok(());
+        };
+        let client = redis::Client::open(c.config.redis_url.as_str())?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_max_delay(Duration::from_secs(2));
+        let mut conn = tokio::time::timeout(
+            RESPONSE_TIMEOUT * 2,
+            client.get_connection_manager_with_config(cfg),
+        )
+        .await
+        .map_err(|_| ClusterError::Redis("no answer from the server".into()))??;
+        membership::join(c, &mut conn).await?;
+        let _ = c.conn.set(conn);
+        let rx = c
+            .outgoing
+            .lock()
+            .expect("outgoing lock")
+            .take()
+            .expect("started once");
+        let shutdown = server.shutdown.clone();
+        // The receiver and the registry copy outlive the listeners a little:
+        // stanzas for our sessions still arrive while they say goodbye.
+        tokio::spawn(transport::send_loop(server.clone(), rx));
+        tokio::spawn(transport::receive_loop(server.clone(), client.clone()));
+        tokio::spawn(publish::publish_loop(server.clone()));
+        tokio::spawn(membership::watch_loop(server.clone(), client));
+        tokio::spawn(membership::heartbeat_loop(server.clone(), shutdown));
+        tracing::info!(node = c.node(), incarnation = %c.incarnation, "joined the cluster");
+        Ok(())
+    }
+
+    /// Drains this node: clients are sent elsewhere, with
+    /// `<see-other-host/>` naming `to` (`host` or `host:port`, RFC 6120
+    /// §4.9.3.19) or, without one, `<system-shutdown/>` so that they
+    /// reconnect through DNS or the load balancer, which no longer sends
+    /// them here; new client streams get the same. Returns the sessions
+    /// closed. The node keeps running (stanzas for other nodes' sessions
+    /// still pass through it) until it is stopped.
+    pub fn drain(server: &crate::Server, to: Option<&str>) -> usize {
+        let Some(c) = &server.cluster else { return 0 };
+        let err = match to {
+            Some(to) => {
+                StreamError::new(waxwing_proto::stanza::StreamCondition::SeeOtherHost).with_text(to)
+            }
+            None => StreamError::new(waxwing_proto::stanza::StreamCondition::SystemShutdown)
+                .with_text("this node is being drained; connect again"),
+        };
+        let err = c.drain.get_or_init(|| err).clone();
+        let sessions = server.sessions.all();
+        for s in &sessions {
+            s.close(err.clone());
+        }
+        tracing::info!(sessions = sessions.len(), "cluster: node drained");
+        sessions.len()
+    }
+
+    /// While draining: the error a new client stream gets.
+    pub(crate) fn draining(&self) -> Option<StreamError> {
+        self.drain.get().cloned()
+    }
+
+    /// Leaves the cluster after a graceful stop: the others forget our
+    /// sessions at once instead of waiting for `dead_after`.
+    pub async fn leave(&self) {
+        let Some(conn) = self.conn.get() else {
+            return;
+        };
+        let mut conn = conn.clone();
+        let r = membership::leave(self, &mut conn);
+        if tokio::time::timeout(RESPONSE_TIMEOUT, r).await.is_err() {
+            tracing::warn!("could not leave the cluster in time; the others will time us out");
+        }
+    }
+}
