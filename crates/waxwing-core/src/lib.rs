@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod abuse;
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod bosh;
@@ -119,7 +120,7 @@ pub async fn start_with_stores(
     s2s.defences.load(&*stores.reputation).await?;
     let fake_salt_key = credentials::load_fake_salt_key(&config.data_dir)?;
     let server = Server::new(config, stores, registry, tls, s2s, fake_salt_key);
-    cluster::Cluster::start(&server).await?;
+    acme::install_stored(&server);
     if let Some(interval) = server.config.cert_watch_interval {
         tls::watch::spawn(
             server.tls.certificates().clone(),
@@ -128,6 +129,7 @@ pub async fn start_with_stores(
             &server.background,
         );
     }
+    cluster::Cluster::start(&server).await?;
     auth::anonymous::purge(&server).await;
     let bound = listen::bind_all(&server).await?;
     let mut listeners: Vec<_> = bound.iter().map(|b| (b.kind, b.addr)).collect();
@@ -170,6 +172,8 @@ pub async fn start_with_stores(
         tracing::info!(kind = b.kind.name(), addr = %b.addr, "listening");
         tokio::spawn(listen::accept_loop(server.clone(), b, tasks.clone()));
     }
+    // After the listeners: the CA's validators connect to them.
+    acme::spawn(&server);
     Ok(Running {
         server,
         listeners,

@@ -110,6 +110,12 @@ pub struct TurnReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     revision: &'static str,
@@ -174,6 +180,9 @@ pub struct Metrics {
     turn_dropped: Family<TurnReason, Counter>,
     /// `waxwing_turn_refused_requests_total{reason}`.
     turn_refused: Family<TurnReason, Counter>,
+    /// `waxwing_acme_orders_total{result}`: ACME certificate orders
+    /// (issuance and renewal) by outcome; failures are retried with backoff.
+    acme_orders: Family<ResultLabel, Counter>,
     sessions: Family<SessionLabels, Gauge>,
     /// `waxwing_certificate_not_after_seconds{domain}`: when each served
     /// certificate expires (Unix seconds), read from the certificate store.
@@ -220,6 +229,7 @@ impl Metrics {
             turn_relayed: Family::default(),
             turn_dropped: Family::default(),
             turn_refused: Family::default(),
+            acme_orders: Family::default(),
             sessions: Family::default(),
             certificate_not_after: Family::default(),
             queued: Family::default(),
@@ -350,6 +360,14 @@ impl Metrics {
             "TURN requests refused for the allocation quota or a refused peer address",
             m.turn_refused.clone(),
         );
+        r.register(
+            "acme_orders",
+            "ACME certificate orders (issuance and renewal) by result",
+            m.acme_orders.clone(),
+        );
+        for result in ["success", "failure"] {
+            let _ = m.acme_orders.get_or_create(&ResultLabel { result });
+        }
         // Zero series from the start, so that dashboards and alerts see
         // "none" rather than "no data" before the first federation.
         for direction in ["in", "out"] {
@@ -376,6 +394,13 @@ impl Metrics {
     /// Counts a stanza written to a client or queued to a peer server.
     pub fn stanza_out(&self, name: &str, peer: &'static str) {
         self.stanza_counters_out.get(name, peer).inc();
+    }
+
+    /// Counts one ACME order by its `result` (`success` or `failure`).
+    pub fn acme_order(&self, result: &'static str) {
+        self.acme_orders
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts one SASL outcome; a mechanism we do not offer counts as `other`.

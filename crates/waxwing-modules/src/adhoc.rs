@@ -916,7 +916,7 @@ async fn secrets_for(
     let iterations = cx.config().scram_iterations;
     match tokio::task::spawn_blocking(move || credentials::make_secrets(&owned, iterations))
         .await
-        .map(|r| r.and_then(|s| credentials::with_digest(cx.config(), user, password, s)))
+        .map(|r| r.and_then(|s| credentials::with_digest(&cx.config(), user, password, s)))
     {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(_)) => Err(StanzaError::modify(Condition::NotAcceptable)

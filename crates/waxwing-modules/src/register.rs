@@ -110,7 +110,7 @@ async fn on_signup_request(
     }
     check_password(&password, cx.config().min_password_length)?;
     let secrets = derive_secrets(password.clone(), cx.config().scram_iterations).await?;
-    let secrets = credentials::with_digest(cx.config(), &user, &password, secrets)
+    let secrets = credentials::with_digest(&cx.config(), &user, &password, secrets)
         .map_err(|_| IbrError::BadPassword)?;
     match cx.stores().accounts.create(&user, &secrets).await {
         Ok(()) => {}
@@ -193,7 +193,7 @@ async fn on_account_request(cx: &Cx, request: Request) -> Result<Option<Element>
             }
             check_password(&password, cx.config().min_password_length)?;
             let secrets = derive_secrets(password.clone(), cx.config().scram_iterations).await?;
-            let secrets = credentials::with_digest(cx.config(), &user, &password, secrets)
+            let secrets = credentials::with_digest(&cx.config(), &user, &password, secrets)
                 .map_err(|_| IbrError::BadPassword)?;
             match cx.stores().accounts.set_secrets(&user, &secrets).await {
                 Ok(()) => {

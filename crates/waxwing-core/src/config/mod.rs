@@ -1,6 +1,7 @@
 //! Configuration: `raw` mirrors the TOML file, [`Config`] is the validated
 //! form that the rest of the server reads.
 
+pub mod acme;
 mod auth;
 pub mod bosh;
 pub mod cluster;
@@ -12,6 +13,7 @@ pub mod raw;
 pub mod reload;
 pub mod turn;
 
+pub use acme::{AcmeConfig, ChallengeKind};
 pub use auth::{
     AuthConfig, CertIdentity, ClientCertConfig, ExtAuthConfig, GssapiHostConfig, HostAuthConfig,
     LdapConfig, LdapLookup, SourceConfig,
@@ -159,6 +161,8 @@ pub struct Config {
     pub upload: UploadConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
+    /// `[acme]`: certificates from an ACME CA.
+    pub acme: AcmeConfig,
     /// `[invites]`: invitations.
     pub invites: invites::InvitesConfig,
     pub link_local: LinkLocalConfig,
@@ -512,6 +516,12 @@ impl Config {
         let upload = http::upload_config(&f.upload, &hosts, &data_dir, source)?;
         let metrics = ops::metrics_config(&f.metrics, source)?;
         let admin = ops::admin_config(&f.admin, source)?;
+        let acme = acme::acme_config(
+            &f.acme,
+            !http.listen.is_empty(),
+            !http.listen_tls.is_empty() || !c2s_direct_tls.is_empty(),
+            source,
+        )?;
         let link_local = link_local_config(&f.link_local, &hosts, source)?;
         let component_listen = addrs(&f.listen.component, "component")?;
         let proxy65 = ext::proxy65(&f.proxy65, &hosts, source)?;
@@ -605,6 +615,7 @@ impl Config {
             upload,
             metrics,
             admin,
+            acme,
             invites: invites::invites_config(&f.invites),
             link_local,
             bosh: bosh::bosh_config(&f.bosh),
@@ -1177,6 +1188,16 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             f.http.header_read_timeout_secs,
         ),
         secs("http", "request_timeout_secs", f.http.request_timeout_secs),
+        Bound {
+            table: "acme",
+            key: "renew_before_days",
+            value: u64::from(f.acme.renew_before_days),
+            min: 1,
+            max: 365,
+            why: "0 would renew only once the certificate has expired",
+        },
+        secs("acme", "retry_initial_secs", f.acme.retry_initial_secs),
+        secs("acme", "retry_max_secs", f.acme.retry_max_secs),
         at_least(
             "http",
             "max_connections",

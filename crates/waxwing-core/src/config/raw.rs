@@ -44,6 +44,7 @@ pub struct File {
     pub websocket: WebSocket,
     pub metrics: Metrics,
     pub admin: Admin,
+    pub acme: Acme,
     pub cluster: Cluster,
     pub invites: Invites,
 }
@@ -80,6 +81,7 @@ impl Default for File {
             websocket: WebSocket::default(),
             metrics: Metrics::default(),
             admin: Admin::default(),
+            acme: Acme::default(),
             cluster: Cluster::default(),
             invites: Invites::default(),
         }
@@ -208,7 +210,7 @@ pub struct Auth {
 }
 
 /// `[auth.gssapi]`: server-wide Kerberos settings (GSSAPI, RFC 4752).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Gssapi {
     /// The keytab holding the `xmpp/<host>@<REALM>` keys (one file for
@@ -217,7 +219,7 @@ pub struct Gssapi {
 }
 
 /// `[auth.hosts."example.org".gssapi]`: which Kerberos principals are this host's users.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostGssapi {
     /// `user@REALM` logs in as `user@<host>`.
@@ -937,6 +939,45 @@ pub struct ClientCertificates {
     /// (id-on-xmppAddr, the full JID), `"email"` (the local part of an
     /// rfc822Name or subject e-mail, on the stream's host) or `"cn"`.
     pub identity: Option<String>,
+}
+
+/// `[acme]`: certificates from an ACME (RFC 8555) CA such as Let's Encrypt.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Acme {
+    pub enabled: bool,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// E-mail addresses the CA may write to (expiry notices).
+    pub contact: Vec<String>,
+    /// The operator has read and agrees to the CA's terms of service.
+    pub terms_agreed: bool,
+    /// PEM roots for the CA's own HTTPS (private CAs).
+    pub ca_file: Option<String>,
+    pub renew_before_days: u32,
+    /// `"http-01"`, `"tls-alpn-01"`, in order of preference.
+    pub challenges: Vec<String>,
+    pub retry_initial_secs: u64,
+    pub retry_max_secs: u64,
+    /// Names not to request.
+    pub exclude: Vec<String>,
+}
+
+impl Default for Acme {
+    fn default() -> Self {
+        Acme {
+            enabled: false,
+            directory: super::acme::LETS_ENCRYPT.into(),
+            contact: Vec::new(),
+            terms_agreed: false,
+            ca_file: None,
+            renew_before_days: 30,
+            challenges: vec!["http-01".into()],
+            retry_initial_secs: 600,
+            retry_max_secs: 86_400,
+            exclude: Vec::new(),
+        }
+    }
 }
 
 /// `[cluster]`: see `config/cluster.rs`.

@@ -160,6 +160,7 @@ pub(crate) fn app(server: &Arc<Server>) -> Router {
         .merge(discovery::routes())
         .merge(crate::metrics::routes())
         .merge(crate::admin::routes())
+        .merge(crate::acme::routes())
         .layer(TimeoutLayer::with_status_code(
             http::StatusCode::REQUEST_TIMEOUT,
             cfg.request_timeout,
@@ -244,6 +245,10 @@ async fn serve_connection(
     if secure.0 {
         let handshake = server.tls.https_acceptor().accept(tcp);
         let tls = match tokio::time::timeout(cfg.header_read_timeout, handshake).await {
+            Ok(Ok(tls)) if crate::tls::is_acme_validation(tls.get_ref().1) => {
+                tracing::debug!(%peer, "ACME tls-alpn-01 validation handshake done");
+                return;
+            }
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "HTTPS handshake failed");

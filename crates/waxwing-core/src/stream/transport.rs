@@ -37,6 +37,9 @@ impl Transport {
             ));
         };
         let stream = tls.acceptor.accept(tcp).await?;
+        if crate::tls::is_acme_validation(stream.get_ref().1) {
+            return Err(io::Error::other("ACME tls-alpn-01 validation handshake"));
+        }
         *self = Transport::Tls(Box::new(stream));
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! listener's rustls configuration asks it per handshake, so a reload
 //! reaches c2s, s2s (both directions) and HTTPS at once and leaves
 //! established connections alone. `load.rs` reads and checks a pair;
-//! `watch.rs` notices changed files.
+//! `watch.rs` notices changed files. A handshake that offers only the
+//! `acme-tls/1` protocol is an ACME validator (RFC 8737): it gets the
+//! validation certificate of an open order (`acme::Challenges`), nothing else.
 
 mod load;
 mod store;
@@ -21,6 +23,7 @@ use rustls::sign::CertifiedKey;
 use crate::config::Config;
 
 pub use load::CertInfo;
+pub(crate) use load::describe;
 pub use store::{
     CertReload, CertSource, CertStore, CertificateStatus, SourceKind, status_from_files,
 };
@@ -43,6 +46,8 @@ pub struct TlsContext {
     /// The HTTPS listener's: same certificates, ALPN `http/1.1`.
     https: tokio_rustls::TlsAcceptor,
     certs: Arc<CertStore>,
+    /// Answers of open ACME orders (tls-alpn-01 certificates, http-01 tokens).
+    acme: Arc<crate::acme::Challenges>,
 }
 
 impl TlsContext {
@@ -53,7 +58,11 @@ impl TlsContext {
             &config.certificates,
             &config.data_dir,
         )?);
-        let resolver = Arc::new(CertResolver(certs.clone()));
+        let acme = Arc::new(crate::acme::Challenges::default());
+        let resolver = Arc::new(CertResolver {
+            certs: certs.clone(),
+            acme: acme.clone(),
+        });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
@@ -72,6 +81,18 @@ impl TlsContext {
         // XEP-0368: direct TLS clients may announce ALPN "xmpp-client".
         server.alpn_protocols = vec![b"xmpp-client".to_vec()];
         server.ignore_client_order = true;
+        // RFC 8737: tls-alpn-01 validators connect to port 443, which may be
+        // the HTTPS listener or a direct-TLS c2s listener.
+        if config.acme.enabled
+            && config
+                .acme
+                .challenges
+                .contains(&crate::config::ChallengeKind::TlsAlpn01)
+        {
+            let acme_tls = crate::acme::challenges::ACME_TLS_ALPN.to_vec();
+            server.alpn_protocols.push(acme_tls.clone());
+            https.alpn_protocols.push(acme_tls);
+        }
         // TLS 1.3 resumption is off unless configured: each ticket costs the
         // server a write, randomness and a cache slot on every login (about
         // a tenth of a login's CPU), while XMPP clients come back through
@@ -87,12 +108,18 @@ impl TlsContext {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             https: tokio_rustls::TlsAcceptor::from(Arc::new(https)),
             certs,
+            acme,
         })
     }
 
     /// The acceptor of the HTTPS listener.
     pub(crate) fn https_acceptor(&self) -> &tokio_rustls::TlsAcceptor {
         &self.https
+    }
+
+    /// The answers ACME orders give the CA's validators.
+    pub fn acme_challenges(&self) -> &crate::acme::Challenges {
+        &self.acme
     }
 
     /// Every name's certificate: status, reload, installation (ACME).
@@ -115,7 +142,10 @@ impl TlsContext {
 
     /// The SNI-based certificate choice, shared with the s2s listener.
     pub(crate) fn cert_resolver(&self) -> Arc<dyn ResolvesServerCert> {
-        Arc::new(CertResolver(self.certs.clone()))
+        Arc::new(CertResolver {
+            certs: self.certs.clone(),
+            acme: self.acme.clone(),
+        })
     }
 
     /// The leaf certificate presented for `sni` (RFC 5929 tls-server-end-point
@@ -127,12 +157,30 @@ impl TlsContext {
 }
 
 #[derive(Debug)]
-struct CertResolver(Arc<CertStore>);
+struct CertResolver {
+    certs: Arc<CertStore>,
+    acme: Arc<crate::acme::Challenges>,
+}
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.pick(hello.server_name()))
+        let acme_validation = hello.alpn().is_some_and(|mut offered| {
+            offered.any(|p| p == crate::acme::challenges::ACME_TLS_ALPN)
+        });
+        if acme_validation {
+            // RFC 8737 §3: the validation certificate or no handshake at
+            // all; never the real certificate under `acme-tls/1`.
+            return self.acme.tls_alpn(hello.server_name()?);
+        }
+        Some(self.certs.pick(hello.server_name()))
     }
+}
+
+/// Whether a finished handshake negotiated `acme-tls/1`: an ACME validator
+/// that has seen the validation certificate and is owed nothing more
+/// (RFC 8737 §3), so the connection is closed.
+pub(crate) fn is_acme_validation(conn: &rustls::ServerConnection) -> bool {
+    conn.alpn_protocol() == Some(crate::acme::challenges::ACME_TLS_ALPN)
 }
 
 /// Our certificate as a TLS client (s2s), read from the store per handshake.
