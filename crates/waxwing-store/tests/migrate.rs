@@ -105,6 +105,21 @@ async fn populate(s: &Stores) {
         )])
         .await
         .unwrap();
+    s.invites
+        .create(&waxwing_store::Invite {
+            id: "inv1".into(),
+            token_hash: vec![7; 32],
+            host: "example.org".into(),
+            kind: waxwing_store::InviteKind::Roster,
+            creator: Some(user(0)),
+            username: None,
+            created_at: 1_700_000_000,
+            expires_at: 1_700_100_000,
+            max_uses: 3,
+            uses: 1,
+        })
+        .await
+        .unwrap();
     let with = any("friend@example.org/res");
     for m in 0..MESSAGES {
         s.archive
