@@ -159,6 +159,14 @@ pub(crate) async fn heartbeat_loop(server: Arc<Server>, shutdown: CancellationTo
             }
             Some(_) => {}
         }
+        // Sessions a snapshot could not confirm (Redis came back empty) and
+        // their node did not publish again within `dead_after` have ended.
+        for s in c.replica.prune_unconfirmed(c.config.dead_after) {
+            server
+                .clone()
+                .emit(Some(s.clone()), HookEvent::SessionClosed(s))
+                .await;
+        }
         let others: Vec<String> = nodes.into_iter().filter(|n| *n != me).collect();
         c.set_peers(others.clone());
         if others.is_empty() {

@@ -17,8 +17,9 @@
 //! first was told of the conflict), and the end of the old one never
 //! removes the new one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use waxwing_proto::jid::{BareJid, FullJid};
@@ -74,6 +75,11 @@ pub enum Event {
 struct Entry {
     rec: Record,
     handle: Arc<SessionHandle>,
+    /// Set when a snapshot did not list this session's node at all (Redis
+    /// restarted empty and the node has not published again yet): kept for
+    /// routing meanwhile, confirmed by the node's next record of it, or
+    /// dropped by [`Replica::prune_unconfirmed`].
+    unconfirmed_since: Option<Instant>,
 }
 
 /// The other nodes' sessions, by account.
@@ -165,6 +171,7 @@ impl Replica {
             .iter_mut()
             .find(|e| e.rec.node == rec.node && e.rec.inc == rec.inc && e.rec.sid == rec.sid)
         {
+            e.unconfirmed_since = None;
             if e.rec.ver < rec.ver {
                 e.handle = self.handle(&rec, jid);
                 e.rec = rec;
@@ -172,15 +179,54 @@ impl Replica {
             return;
         }
         let handle = self.handle(&rec, jid);
-        list.push(Entry { rec, handle });
+        list.push(Entry {
+            rec,
+            handle,
+            unconfirmed_since: None,
+        });
     }
 
-    /// Replaces everything with `records` (a snapshot of the hashes).
+    /// Replaces the sessions of every node `records` (a snapshot of the
+    /// hashes) lists with its records. The sessions of a node it does not
+    /// list at all are kept, unconfirmed: after Redis restarts empty, the
+    /// snapshot can come before a live node has published again, and
+    /// forgetting its sessions meanwhile would send their messages to
+    /// offline storage instead of to them.
     pub fn reset(&self, records: Vec<Record>) {
-        self.by_user.write().expect("replica lock").clear();
+        let listed: HashSet<&str> = records.iter().map(|r| r.node.as_str()).collect();
+        let now = Instant::now();
+        {
+            let mut map = self.by_user.write().expect("replica lock");
+            map.retain(|_, list| {
+                list.retain(|e| !listed.contains(e.rec.node.as_str()));
+                for e in list.iter_mut() {
+                    e.unconfirmed_since.get_or_insert(now);
+                }
+                !list.is_empty()
+            });
+        }
         for rec in records {
             self.upsert(rec);
         }
+    }
+
+    /// Drops the sessions that stayed unconfirmed for `max_age` (their node
+    /// did not publish them again: they ended, or the node died while Redis
+    /// was away) and returns their handles.
+    pub fn prune_unconfirmed(&self, max_age: Duration) -> Vec<Arc<SessionHandle>> {
+        let mut removed = Vec::new();
+        let mut map = self.by_user.write().expect("replica lock");
+        map.retain(|_, list| {
+            list.retain(|e| {
+                let stale = e.unconfirmed_since.is_some_and(|t| t.elapsed() >= max_age);
+                if stale {
+                    removed.push(e.handle.clone());
+                }
+                !stale
+            });
+            !list.is_empty()
+        });
+        removed
     }
 
     /// Removes `node`'s sessions (but those of incarnation `keep`) and
@@ -346,14 +392,29 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_replaces_everything() {
+    fn a_snapshot_replaces_the_sessions_of_the_nodes_it_lists() {
         let r = replica();
         r.apply(Event::Up(rec("u@h/a", "n2", 1, 1, 0)));
+        r.apply(Event::Up(rec("w@h/a", "n3", 2, 1, 0)));
         r.reset(vec![rec("v@h/a", "n3", 1, 1, 0)]);
-        assert!(
-            r.sessions_named(&FullJid::parse("u@h/a").unwrap())
-                .is_empty()
-        );
-        assert_eq!(r.sessions_named(&FullJid::parse("v@h/a").unwrap()).len(), 1);
+        let named = |j: &str| r.sessions_named(&FullJid::parse(j).unwrap()).len();
+        assert_eq!(named("w@h/a"), 0, "n3 is listed: its old session goes");
+        assert_eq!(named("v@h/a"), 1);
+        assert_eq!(named("u@h/a"), 1, "n2 is not listed: kept, unconfirmed");
+        assert!(r.prune_unconfirmed(Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn unconfirmed_sessions_are_pruned_unless_published_again() {
+        let r = replica();
+        r.apply(Event::Up(rec("u@h/a", "n2", 1, 1, 0)));
+        r.apply(Event::Up(rec("u@h/b", "n2", 2, 1, 0)));
+        r.reset(Vec::new());
+        // n2 publishes one of them again (same version: a republication).
+        r.apply(Event::Up(rec("u@h/a", "n2", 1, 1, 0)));
+        let gone = r.prune_unconfirmed(Duration::ZERO);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].jid.to_string(), "u@h/b");
+        assert_eq!(r.sessions_named(&FullJid::parse("u@h/a").unwrap()).len(), 1);
     }
 }
