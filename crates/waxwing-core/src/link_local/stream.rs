@@ -17,7 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError, StreamCondition, StreamError, error_reply};
-use waxwing_proto::xml::{Element, Framer, StreamEvent, StreamHeader};
+use waxwing_proto::xml::{Element, Framer, StreamEvent, StreamHeader, escape_attr};
 
 use super::endpoint::{Inner, LinkEvent, Outgoing, Peer};
 use super::name::Instance;
@@ -172,30 +172,27 @@ impl Conn {
 
 fn header(from: &Instance, to: Option<&str>, id: Option<&str>, version: bool) -> String {
     let mut h = format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' from='{}'",
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' from='",
         ns::CLIENT,
         ns::STREAM,
-        escape(&from.to_string()),
     );
+    escape_attr(&mut h, &from.to_string());
+    h.push('\'');
     if let Some(to) = to {
-        h.push_str(&format!(" to='{}'", escape(to)));
+        h.push_str(" to='");
+        escape_attr(&mut h, to);
+        h.push('\'');
     }
     if let Some(id) = id {
-        h.push_str(&format!(" id='{}'", escape(id)));
+        h.push_str(" id='");
+        escape_attr(&mut h, id);
+        h.push('\'');
     }
     if version {
         h.push_str(" version='1.0'");
     }
     h.push('>');
     h
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
 }
 
 fn stream_error(cond: StreamCondition, text: &str) -> ReadError {

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{StreamCondition, StreamError};
-use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent};
+use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent, escape_attr};
 
 use crate::stream::compress::{ZlibStream, is_decompression_bomb};
 
@@ -209,17 +209,22 @@ pub(crate) fn stream_prefixed(el: &Element) -> String {
 /// Our stream header. `xmlns:db` is declared for peers that match on the prefix.
 pub(crate) fn header(from: &str, to: Option<&str>, id: Option<&str>, version: bool) -> String {
     let mut h = format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' xmlns:db='{}' from='{}'",
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' xmlns:db='{}' from='",
         ns::SERVER,
         ns::STREAM,
         super::dialback::NS,
-        escape(from)
     );
+    escape_attr(&mut h, from);
+    h.push('\'');
     if let Some(to) = to {
-        h.push_str(&format!(" to='{}'", escape(to)));
+        h.push_str(" to='");
+        escape_attr(&mut h, to);
+        h.push('\'');
     }
     if let Some(id) = id {
-        h.push_str(&format!(" id='{}'", escape(id)));
+        h.push_str(" id='");
+        escape_attr(&mut h, id);
+        h.push('\'');
     }
     if version {
         h.push_str(" version='1.0'");
@@ -228,11 +233,4 @@ pub(crate) fn header(from: &str, to: Option<&str>, id: Option<&str>, version: bo
     // and stanza error texts), which is English.
     h.push_str(" xml:lang='en'>");
     h
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
 }

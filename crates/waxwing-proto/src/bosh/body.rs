@@ -8,7 +8,7 @@
 use super::{BindingCondition, HTTPBIND, XBOSH};
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
-use crate::xml::{Element, Framer, Limits, StreamEvent};
+use crate::xml::{Element, Framer, Limits, StreamEvent, escape_attr};
 
 /// The largest `rid` a client may use (XEP-0124 §14.1: 2^53 - 1, so that
 /// clients whose numbers are IEEE doubles count exactly).
@@ -309,20 +309,4 @@ pub(crate) fn terminate_body(condition: Option<BindingCondition>, extra: &[Strin
         attrs.extend(xmpp_ns_decls());
     }
     render(&attrs, extra)
-}
-
-fn escape_attr(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c => out.push(c),
-        }
-    }
 }

@@ -415,7 +415,10 @@ fn escape_text(out: &mut String, s: &str) {
     });
 }
 
-fn escape_attr(out: &mut String, s: &str) {
+/// Appends `s` escaped for an attribute value in either quote style: the
+/// one escaping every writer of attributes uses (elements, BOSH bodies,
+/// stream headers).
+pub fn escape_attr(out: &mut String, s: &str) {
     escape_with(out, s, |b| match b {
         b'&' => Some("&amp;"),
         b'<' => Some("&lt;"),
