@@ -214,33 +214,26 @@ impl Replica {
     /// did not publish them again: they ended, or the node died while Redis
     /// was away) and returns their handles.
     pub fn prune_unconfirmed(&self, max_age: Duration) -> Vec<Arc<SessionHandle>> {
-        let mut removed = Vec::new();
-        let mut map = self.by_user.write().expect("replica lock");
-        map.retain(|_, list| {
-            list.retain(|e| {
-                let stale = e.unconfirmed_since.is_some_and(|t| t.elapsed() >= max_age);
-                if stale {
-                    removed.push(e.handle.clone());
-                }
-                !stale
-            });
-            !list.is_empty()
-        });
-        removed
+        self.remove_where(|e| e.unconfirmed_since.is_some_and(|t| t.elapsed() >= max_age))
     }
 
     /// Removes `node`'s sessions (but those of incarnation `keep`) and
     /// returns their handles.
     pub fn remove_node(&self, node: &str, keep: Option<&str>) -> Vec<Arc<SessionHandle>> {
+        self.remove_where(|e| e.rec.node == node && keep != Some(e.rec.inc.as_str()))
+    }
+
+    /// Removes the sessions `gone` picks and returns their handles.
+    fn remove_where(&self, mut gone: impl FnMut(&Entry) -> bool) -> Vec<Arc<SessionHandle>> {
         let mut removed = Vec::new();
         let mut map = self.by_user.write().expect("replica lock");
         map.retain(|_, list| {
             list.retain(|e| {
-                let gone = e.rec.node == node && keep != Some(e.rec.inc.as_str());
-                if gone {
+                let go = gone(e);
+                if go {
                     removed.push(e.handle.clone());
                 }
-                !gone
+                !go
             });
             !list.is_empty()
         });
