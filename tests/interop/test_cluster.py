@@ -216,8 +216,10 @@ async def test_redis_restart_loses_nothing(server, xmpp, postgres, redis):
     got = [m["body"] for m in bob.messages.seen if m["body"].startswith("around")]
     assert got == [f"around {i}" for i in range(20)], got
     # And the registry is whole again: a new session on n2 is reachable from n1.
+    # Each node publishes its sessions again at its own next heartbeat:
+    # wait for both before reading n1's count.
     st = await until(lambda: (s := status(n1)) and s.get("n2", {}).get("sessions") == 1
-                     and s, "n2's sessions published again")
+                     and "n1" in s and s, "both nodes' sessions published again")
     assert st["n1"]["sessions"] == 2, st
     bob.send_message(f"{ALICE}/a", "after")
     await alice.expect_message(body="after", sender=f"{BOB}/b")
