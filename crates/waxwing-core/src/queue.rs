@@ -6,19 +6,27 @@
 //! together and in order (a group chat join: every occupant's presence,
 //! the history, the subject), which may be more than the capacity. What
 //! waits inside bursts has its own bound, `burst_limit` stanzas.
+//!
+//! The queue is a `VecDeque` under a mutex, not a tokio channel: it exists
+//! once per client session, mostly idle, and tokio's bounded channel costs
+//! about 850 bytes per queue even when empty (two cache-line-padded fields,
+//! an eagerly allocated block of 32 slots, a separate counter), where this
+//! one costs one small allocation and a few pointers of capacity. Every
+//! operation is a short critical section that never awaits; the reader's
+//! waker is woken after the lock is released.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::ops::Range;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use waxwing_proto::xml::Element;
 
-/// One entry of an outbound queue, boxed whole: tokio's channel allocates
-/// its slots in blocks of 32 up front, and a pointer-sized slot keeps that
-/// block at about 300 bytes on every (mostly idle) session, where inline
-/// elements would take 2 KiB and a two-variant enum of boxes 800 bytes.
-/// Still one allocation per stanza, as when only the element was boxed.
+/// One entry of an outbound queue, boxed whole: the queue's ring then holds
+/// a pointer per entry, so the capacity an idle session keeps is a few
+/// pointers rather than a few elements. One allocation per stanza.
 pub(crate) type Queued = Box<Entry>;
 
 #[derive(Debug)]
@@ -45,42 +53,102 @@ pub(crate) enum Refused {
     Closed(Vec<Element>),
 }
 
+/// Ring capacity (in entries) an emptied queue may keep: enough for the
+/// usual trickle without reallocating per stanza, little enough that an
+/// idle session does not keep the high-water mark of a past burst.
+const KEEP_EMPTY_CAPACITY: usize = 8;
+
+/// What both ends share.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    capacity: usize,
+    burst_limit: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    entries: VecDeque<Queued>,
+    /// Stanzas waiting inside bursts and tracked entries.
+    in_bursts: usize,
+    /// Live [`Outq`] clones; at zero the reader sees the end of the queue.
+    senders: usize,
+    /// The reader closed the queue or is gone: nothing more is accepted.
+    closed: bool,
+    /// The reader waiting for an entry.
+    waker: Option<Waker>,
+}
+
+impl Shared {
+    /// Never held across an await, and nothing panics while holding it.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The sending end of a bounded outbound queue (a client session's or an
 /// s2s domain pair's): `capacity` entries, where a burst is one entry and
 /// at most `burst_limit` stanzas may wait inside bursts.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Outq {
-    tx: mpsc::Sender<Queued>,
-    in_bursts: Arc<AtomicUsize>,
-    burst_limit: usize,
+    shared: Arc<Shared>,
 }
 
 /// Makes an outbound queue.
 pub(crate) fn outbound(capacity: usize, burst_limit: usize) -> (Outq, Outbox) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let in_bursts = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            entries: VecDeque::new(),
+            in_bursts: 0,
+            senders: 1,
+            closed: false,
+            waker: None,
+        }),
+        capacity: capacity.max(1),
+        burst_limit,
+    });
     (
         Outq {
-            tx,
-            in_bursts: in_bursts.clone(),
-            burst_limit,
+            shared: shared.clone(),
         },
         Outbox {
-            rx,
-            in_bursts,
+            shared,
             receipts: Vec::new(),
         },
     )
 }
 
+impl Clone for Outq {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Outq {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outq {
+    fn drop(&mut self) {
+        let waker = {
+            let mut state = self.shared.lock();
+            state.senders -= 1;
+            if state.senders == 0 {
+                state.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
 impl Outq {
     pub(crate) fn push(&self, stanza: Element) -> Result<(), Refused> {
-        self.tx
-            .try_send(Box::new(Entry::One(stanza)))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(q) => Refused::Full((*q).into_vec()),
-                mpsc::error::TrySendError::Closed(q) => Refused::Closed((*q).into_vec()),
-            })
+        self.enqueue(Entry::One(stanza), 0)
     }
 
     pub(crate) fn push_burst(&self, stanzas: Vec<Element>) -> Result<(), Refused> {
@@ -91,7 +159,7 @@ impl Outq {
                 None => Ok(()),
             };
         }
-        self.push_counted(Entry::Burst(stanzas), n)
+        self.enqueue(Entry::Burst(stanzas), n)
     }
 
     /// Like a burst, charged to the same allowance, with a receipt.
@@ -101,36 +169,46 @@ impl Outq {
         receipt: Receipt,
     ) -> Result<(), Refused> {
         let n = stanzas.len();
-        self.push_counted(Entry::Tracked(stanzas, receipt), n)
+        self.enqueue(Entry::Tracked(stanzas, receipt), n)
     }
 
-    fn push_counted(&self, entry: Entry, n: usize) -> Result<(), Refused> {
-        let before = self.in_bursts.fetch_add(n, Ordering::Relaxed);
-        if before + n > self.burst_limit {
-            self.in_bursts.fetch_sub(n, Ordering::Relaxed);
-            return Err(Refused::Full(entry.into_vec()));
-        }
-        self.tx.try_send(Box::new(entry)).map_err(|e| {
-            self.in_bursts.fetch_sub(n, Ordering::Relaxed);
-            match e {
-                mpsc::error::TrySendError::Full(q) => Refused::Full((*q).into_vec()),
-                mpsc::error::TrySendError::Closed(q) => Refused::Closed((*q).into_vec()),
+    /// Queues `entry`, charging `in_burst` stanzas to the burst allowance.
+    fn enqueue(&self, entry: Entry, in_burst: usize) -> Result<(), Refused> {
+        let shared = &*self.shared;
+        let waker = {
+            let mut state = shared.lock();
+            if state.closed {
+                drop(state);
+                return Err(Refused::Closed(entry.into_vec()));
             }
-        })
+            if state.entries.len() >= shared.capacity
+                || state.in_bursts + in_burst > shared.burst_limit
+            {
+                drop(state);
+                return Err(Refused::Full(entry.into_vec()));
+            }
+            state.in_bursts += in_burst;
+            state.entries.push_back(Box::new(entry));
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
     }
 
     /// Entries waiting (a burst counts once); for `/metrics`.
     pub(crate) fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.shared.lock().entries.len()
     }
 
-    /// The reading end is gone.
+    /// The reading end is gone (or closed).
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.lock().closed
     }
 
     pub(crate) fn same_channel(&self, other: &Outq) -> bool {
-        self.tx.same_channel(&other.tx)
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 
@@ -146,11 +224,24 @@ impl Entry {
 /// The receiving end of an outbound queue, read by the connection's task.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    rx: mpsc::Receiver<Queued>,
-    in_bursts: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     /// Receipts of tracked entries taken since the last
     /// [`Outbox::take_receipts`], with where their stanzas went in the batch.
     receipts: Vec<(Range<usize>, Receipt)>,
+}
+
+impl Drop for Outbox {
+    /// Like a dropped channel receiver: senders are refused from now on,
+    /// and what was queued is dropped (receipts unsent).
+    fn drop(&mut self) {
+        let entries = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            state.in_bursts = 0;
+            std::mem::take(&mut state.entries)
+        };
+        drop(entries);
+    }
 }
 
 impl Outbox {
@@ -167,26 +258,38 @@ impl Outbox {
     }
 
     /// Appends the next entry's stanzas to `batch`; false when the queue is
-    /// closed and empty. Cancel-safe like [`Outbox::recv`]; no allocation
-    /// per entry, which matters on the delivery hot path.
+    /// closed (or every sender gone) and empty. Cancel-safe like
+    /// [`Outbox::recv`]; no allocation per entry, which matters on the
+    /// delivery hot path.
     pub(crate) async fn recv_into(&mut self, batch: &mut Vec<Element>) -> bool {
-        match self.rx.recv().await {
+        poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if let Some(q) = pop(&mut state) {
+                drop(state);
+                self.unpack_into(*q, batch);
+                return Poll::Ready(true);
+            }
+            if state.closed || state.senders == 0 {
+                return Poll::Ready(false);
+            }
+            match &mut state.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Appends the next entry's stanzas to `batch` if one is waiting.
+    pub(crate) fn try_recv_into(&mut self, batch: &mut Vec<Element>) -> bool {
+        let q = pop(&mut self.shared.lock());
+        match q {
             Some(q) => {
                 self.unpack_into(*q, batch);
                 true
             }
             None => false,
-        }
-    }
-
-    /// Appends the next entry's stanzas to `batch` if one is waiting.
-    pub(crate) fn try_recv_into(&mut self, batch: &mut Vec<Element>) -> bool {
-        match self.rx.try_recv() {
-            Ok(q) => {
-                self.unpack_into(*q, batch);
-                true
-            }
-            Err(_) => false,
         }
     }
 
@@ -201,11 +304,14 @@ impl Outbox {
     /// tracks them still has them (a session ending with offline messages
     /// still queued must not store them a second time).
     pub(crate) fn drain_untracked(&mut self, out: &mut Vec<Element>) {
-        while let Ok(q) = self.rx.try_recv() {
+        let entries = {
+            let mut state = self.shared.lock();
+            state.in_bursts = 0;
+            std::mem::take(&mut state.entries)
+        };
+        for q in entries {
             match *q {
-                Entry::Tracked(v, _) => {
-                    self.in_bursts.fetch_sub(v.len(), Ordering::Relaxed);
-                }
+                Entry::Tracked(..) => {}
                 q => self.unpack_into(q, out),
             }
         }
@@ -213,22 +319,153 @@ impl Outbox {
 
     /// No more entries are accepted; those queued can still be taken.
     pub(crate) fn close(&mut self) {
-        self.rx.close();
+        self.shared.lock().closed = true;
     }
 
+    /// The burst allowance was charged when the entry was queued and is
+    /// given back when it is taken (in [`pop`]).
     fn unpack_into(&mut self, q: Entry, batch: &mut Vec<Element>) {
         match q {
             Entry::One(el) => batch.push(el),
-            Entry::Burst(v) => {
-                self.in_bursts.fetch_sub(v.len(), Ordering::Relaxed);
-                batch.extend(v);
-            }
+            Entry::Burst(v) => batch.extend(v),
             Entry::Tracked(v, receipt) => {
-                self.in_bursts.fetch_sub(v.len(), Ordering::Relaxed);
                 let start = batch.len();
                 batch.extend(v);
                 self.receipts.push((start..batch.len(), receipt));
             }
         }
+    }
+}
+
+/// Takes the oldest entry and gives back its burst allowance. An emptied
+/// ring that grew for a burst is freed, so an idle session holds none of it.
+fn pop(state: &mut State) -> Option<Queued> {
+    let q = state.entries.pop_front()?;
+    if let Entry::Burst(v) | Entry::Tracked(v, _) = &*q {
+        state.in_bursts -= v.len();
+    }
+    if state.entries.is_empty() && state.entries.capacity() > KEEP_EMPTY_CAPACITY {
+        state.entries = VecDeque::new();
+    }
+    Some(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: usize) -> Element {
+        Element::new("message", "jabber:client").with_attr("id", i.to_string())
+    }
+
+    fn ids(v: &[Element]) -> Vec<String> {
+        v.iter().map(|m| m.attr("id").unwrap().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_is_woken_by_a_push() {
+        let (tx, mut rx) = outbound(4, 4);
+        let reader = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        tx.push(msg(7)).unwrap();
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(ids(&got), ["7"]);
+    }
+
+    #[tokio::test]
+    async fn the_reader_sees_the_end_once_every_sender_is_gone() {
+        let (tx, mut rx) = outbound(4, 4);
+        let tx2 = tx.clone();
+        tx.push(msg(1)).unwrap();
+        drop(tx);
+        tx2.push(msg(2)).unwrap();
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            while let Some(v) = rx.recv().await {
+                all.extend(v);
+            }
+            all
+        });
+        tokio::task::yield_now().await;
+        drop(tx2);
+        assert_eq!(ids(&reader.await.unwrap()), ["1", "2"]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_queue_refuses_but_still_hands_out_what_it_holds() {
+        let (tx, mut rx) = outbound(4, 4);
+        tx.push(msg(1)).unwrap();
+        rx.close();
+        assert!(tx.is_closed());
+        assert!(matches!(tx.push(msg(2)), Err(Refused::Closed(v)) if ids(&v) == ["2"]));
+        assert_eq!(ids(&rx.recv().await.unwrap()), ["1"]);
+        // Closed and empty: the end, although a sender is alive.
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[test]
+    fn a_dropped_reader_refuses_senders() {
+        let (tx, rx) = outbound(4, 4);
+        tx.push(msg(1)).unwrap();
+        drop(rx);
+        assert!(tx.is_closed());
+        assert!(matches!(tx.push(msg(2)), Err(Refused::Closed(_))));
+        assert_eq!(tx.depth(), 0);
+    }
+
+    #[test]
+    fn capacity_counts_entries_and_the_allowance_comes_back() {
+        let (tx, mut rx) = outbound(2, 5);
+        tx.push(msg(0)).unwrap();
+        tx.push_burst((1..=5).map(msg).collect()).unwrap();
+        assert_eq!(tx.depth(), 2);
+        assert!(matches!(tx.push(msg(9)), Err(Refused::Full(_))));
+        assert_eq!(ids(&rx.try_recv().unwrap()), ["0"]);
+        // One slot free, but the burst allowance is still taken.
+        assert!(matches!(
+            tx.push_burst((6..=7).map(msg).collect()),
+            Err(Refused::Full(v)) if v.len() == 2
+        ));
+        assert_eq!(rx.try_recv().unwrap().len(), 5);
+        tx.push_burst((6..=10).map(msg).collect()).unwrap();
+        let mut out = Vec::new();
+        rx.drain_untracked(&mut out);
+        assert_eq!(ids(&out), ["6", "7", "8", "9", "10"]);
+        tx.push_burst((11..=15).map(msg).collect()).unwrap();
+    }
+
+    #[test]
+    fn tracked_entries_carry_their_receipt_and_are_not_drained() {
+        let (tx, mut rx) = outbound(4, 10);
+        let (receipt, mut done) = oneshot::channel();
+        tx.push(msg(0)).unwrap();
+        tx.push_tracked(vec![msg(1), msg(2)], receipt).unwrap();
+        let mut batch = Vec::new();
+        assert!(rx.try_recv_into(&mut batch));
+        assert!(rx.try_recv_into(&mut batch));
+        let receipts = rx.take_receipts();
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].0, 1..3);
+        receipts.into_iter().for_each(|(_, r)| r.send(()).unwrap());
+        assert!(done.try_recv().is_ok());
+
+        let (receipt, mut dropped) = oneshot::channel();
+        tx.push_tracked(vec![msg(3)], receipt).unwrap();
+        tx.push(msg(4)).unwrap();
+        let mut out = Vec::new();
+        rx.drain_untracked(&mut out);
+        assert_eq!(ids(&out), ["4"]);
+        assert!(dropped.try_recv().is_err());
+        assert!(rx.take_receipts().is_empty());
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_the_ring_a_burst_grew() {
+        let (tx, mut rx) = outbound(1000, 0);
+        for i in 0..100 {
+            tx.push(msg(i)).unwrap();
+        }
+        while rx.try_recv().is_some() {}
+        assert!(rx.shared.lock().entries.capacity() <= KEEP_EMPTY_CAPACITY);
     }
 }

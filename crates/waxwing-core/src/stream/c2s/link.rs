@@ -147,7 +147,8 @@ pub(crate) trait ClientTransport {
     /// The client will open a new stream (after SASL, STARTTLS, compression).
     fn restart(&mut self);
 
-    /// Gives back parser memory while the session is idle.
+    /// Gives back parser memory while the session is idle. Only called on
+    /// a bound session: whatever served authentication may go too.
     fn release_idle_buffers(&mut self);
 
     /// Whether the client's data reaches us encrypted.
@@ -230,7 +231,15 @@ impl ClientTransport for Link {
     }
 
     async fn receive(&mut self) -> io::Result<usize> {
-        each!(self, t => t.receive().await)
+        match self {
+            Link::Tcp(t) => t.receive().await,
+            Link::Bosh(t) => t.receive().await,
+            // Boxed: this future (a ping timer, a ping being sent) would
+            // otherwise size every TCP session's task, which waits in
+            // `receive` all its idle life. One allocation per turn of a
+            // WebSocket session, next to tungstenite's own per message.
+            Link::WebSocket(t) => Box::pin(t.receive()).await,
+        }
     }
 
     fn buffered(&self) -> usize {

@@ -35,6 +35,8 @@ mod resumption;
 mod sasl2;
 mod session;
 mod tcp;
+#[cfg(test)]
+mod footprint;
 pub(crate) mod websocket;
 
 use link::{ClientTransport, Link, Outgoing, StreamOpen};
@@ -61,25 +63,34 @@ fn stream_error(c: StreamCondition, text: &str) -> End {
 }
 
 /// Runs one client connection over TCP to completion.
-pub(crate) async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+///
+/// Not an `async fn`: the future an `async fn` returns keeps its arguments
+/// for its whole life, even once they are moved out, so the socket would
+/// be held twice by every session's task. The same goes for the link
+/// `serve_link` takes, hence its box (freed as soon as it is unpacked).
+pub(crate) fn serve(
+    server: Arc<Server>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("c2s", %peer);
     let _ = tcp.set_nodelay(true);
     let config = server.live();
-    let link = Link::Tcp(tcp::TcpLink::new(tcp, initial_limits(&config)));
-    serve_link(server, config, link, peer, direct_tls)
-        .instrument(span)
-        .await
+    let link = Box::new(Link::Tcp(tcp::TcpLink::new(tcp, initial_limits(&config))));
+    serve_link(server, config, link, peer, direct_tls).instrument(span)
 }
 
 /// Runs one BOSH session's client connection to completion.
-pub(crate) async fn serve_bosh(server: Arc<Server>, shared: Arc<crate::bosh::Shared>) {
+pub(crate) fn serve_bosh(
+    server: Arc<Server>,
+    shared: Arc<crate::bosh::Shared>,
+) -> impl Future<Output = ()> + Send {
     let peer = shared.peer;
     let span = tracing::info_span!("c2s", %peer, transport = "bosh");
-    let link = Link::Bosh(bosh::BoshLink::new(shared));
+    let link = Box::new(Link::Bosh(bosh::BoshLink::new(shared)));
     let config = server.live();
-    serve_link(server, config, link, peer, false)
-        .instrument(span)
-        .await
+    serve_link(server, config, link, peer, false).instrument(span)
 }
 
 /// Nothing before authentication needs more than a few KiB (a stream
@@ -106,7 +117,7 @@ pub(crate) fn initial_limits(config: &Config) -> Limits {
 async fn serve_link(
     server: Arc<Server>,
     config: Arc<Config>,
-    link: Link,
+    link: Box<Link>,
     peer: SocketAddr,
     direct_tls: bool,
 ) {
@@ -115,7 +126,7 @@ async fn serve_link(
         .try_acquire(peer.ip(), config.max_connections_per_ip);
     let refused = permit.is_none();
     let mut conn = Conn {
-        link,
+        link: *link,
         server: server.clone(),
         host: None,
         lang: None,

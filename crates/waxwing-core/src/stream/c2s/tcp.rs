@@ -136,6 +136,10 @@ impl ClientTransport for TcpLink {
 
     fn release_idle_buffers(&mut self) {
         self.framer.release_idle_buffers();
+        // Only called on a bound session, which never authenticates again
+        // on this stream: the channel-binding data (two heap buffers per
+        // session) has served its purpose.
+        self.cb = ChannelBindingData::default();
     }
 
     fn is_secure(&self) -> bool {
