@@ -359,7 +359,9 @@ mod tests {
     }
 
     fn ids(v: &[Element]) -> Vec<String> {
-        v.iter().map(|m| m.attr("id").unwrap().to_string()).collect()
+        v.iter()
+            .map(|m| m.attr("id").unwrap().to_string())
+            .collect()
     }
 
     #[tokio::test]

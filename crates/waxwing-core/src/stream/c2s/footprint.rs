@@ -5,7 +5,7 @@
 use std::mem::size_of;
 
 use super::link::{ClientTransport, Link};
-use super::{Conn, Session, serve_link};
+use super::{Conn, Session, serve, serve_link};
 use crate::queue::Outbox;
 use crate::session::SessionHandle;
 
@@ -15,25 +15,37 @@ fn returned_size<A, R>(_: impl FnOnce(A) -> R) -> usize {
     size_of::<R>()
 }
 
+fn returned_size4<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
+    size_of::<R>()
+}
+
 fn returned_size5<A, B, C, D, E, R>(_: impl FnOnce(A, B, C, D, E) -> R) -> usize {
     size_of::<R>()
 }
 
 #[test]
 fn per_connection_sizes() {
+    let task = returned_size4(serve);
+    let inner = returned_size5(serve_link);
+    let receive = returned_size(|l: &'static mut Link| l.receive());
     let sizes = [
-        ("serve_link future (the task)", returned_size5(serve_link)),
+        ("serve future (the task, boxed by the listener)", task),
+        ("serve_link future", inner),
         (
             "run_bound future",
-            returned_size(|(c, s, rx): (&'static mut Conn, &'static mut Session, &'static mut Outbox)| {
-                c.run_bound(s, rx)
-            }),
+            returned_size(
+                |(c, s, rx): (&'static mut Conn, &'static mut Session, &'static mut Outbox)| {
+                    c.run_bound(s, rx)
+                },
+            ),
         ),
         (
             "run_session future",
-            returned_size(|(c, s, rx): (&'static mut Conn, &'static mut Session, &'static mut Outbox)| {
-                c.run_session(s, rx)
-            }),
+            returned_size(
+                |(c, s, rx): (&'static mut Conn, &'static mut Session, &'static mut Outbox)| {
+                    c.run_session(s, rx)
+                },
+            ),
         ),
         (
             "wait_for_resumption future",
@@ -41,10 +53,7 @@ fn per_connection_sizes() {
                 c.wait_for_resumption(s)
             }),
         ),
-        (
-            "Link::receive future",
-            returned_size(|l: &'static mut Link| l.receive()),
-        ),
+        ("Link::receive future", receive),
         ("Conn", size_of::<Conn>()),
         ("Session", size_of::<Session>()),
         ("Outbox", size_of::<Outbox>()),
@@ -59,4 +68,16 @@ fn per_connection_sizes() {
     for (what, bytes) in sizes {
         println!("{what}: {bytes} bytes");
     }
+    // What an idle TCP session's task holds while it waits; the bounds
+    // hold in debug builds, where futures are larger than in release.
+    assert!(
+        task <= inner + 128,
+        "serve keeps a second copy of its arguments: {task} vs {inner}"
+    );
+    assert!(inner <= 2600, "the session task grew: {inner} bytes");
+    assert!(
+        receive <= 64,
+        "a TCP session carries another transport's receive future: {receive} bytes"
+    );
+    assert!(size_of::<Outbox>() <= 48);
 }

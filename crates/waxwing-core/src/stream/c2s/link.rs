@@ -233,11 +233,12 @@ impl ClientTransport for Link {
     async fn receive(&mut self) -> io::Result<usize> {
         match self {
             Link::Tcp(t) => t.receive().await,
-            Link::Bosh(t) => t.receive().await,
-            // Boxed: this future (a ping timer, a ping being sent) would
-            // otherwise size every TCP session's task, which waits in
-            // `receive` all its idle life. One allocation per turn of a
-            // WebSocket session, next to tungstenite's own per message.
+            // Boxed: these futures (a ping timer and a ping being sent; a
+            // notification waiter) would otherwise size every TCP session's
+            // task, which waits in `receive` all its idle life. One
+            // allocation per turn of an HTTP-borne session, next to what its
+            // HTTP and WebSocket framing allocate per message anyway.
+            Link::Bosh(t) => Box::pin(t.receive()).await,
             Link::WebSocket(t) => Box::pin(t.receive()).await,
         }
     }

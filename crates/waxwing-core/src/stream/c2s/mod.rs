@@ -29,14 +29,14 @@ use crate::stream::transport::is_decompression_bomb;
 mod auth;
 mod bosh;
 mod fast;
+#[cfg(test)]
+mod footprint;
 pub(crate) mod link;
 mod negotiate;
 mod resumption;
 mod sasl2;
 mod session;
 mod tcp;
-#[cfg(test)]
-mod footprint;
 pub(crate) mod websocket;
 
 use link::{ClientTransport, Link, Outgoing, StreamOpen};

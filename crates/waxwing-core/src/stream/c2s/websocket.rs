@@ -295,7 +295,14 @@ async fn serve(server: Arc<Server>, socket: WebSocket, peer: SocketAddr, secure:
     if let Some(uri) = server.config.websocket.see_other_uri.clone() {
         return redirect(&server, &mut link, &uri).await;
     }
-    serve_link(server, config, Box::new(Link::WebSocket(Box::new(link))), peer, false).await;
+    serve_link(
+        server,
+        config,
+        Box::new(Link::WebSocket(Box::new(link))),
+        peer,
+        false,
+    )
+    .await;
 }
 
 /// RFC 7395 §3.6.1: the client's `<open/>` is answered with
