@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::QueryBuilder;
 use waxwing_proto::jid::{BareJid, Jid};
 
-use super::{Db, Store, db, unsigned};
+use super::{Bounded, Db, Store, db, unsigned};
 use crate::StoreError;
 use crate::blocklist::{BlocklistStore, parse_item};
 use crate::last::{LastActivity, LastActivityStore};
@@ -17,7 +17,7 @@ impl BlocklistStore for Store {
             sqlx::query_scalar("SELECT jid FROM blocklist WHERE owner = $1 ORDER BY jid")
                 .bind(owner.to_string())
                 .fetch_all(&self.pool)
-                .await
+                .bounded().await
                 .map_err(db)?;
         rows.iter().map(|s| parse_item(s)).collect()
     }
@@ -31,10 +31,10 @@ impl BlocklistStore for Store {
             .bind(owner.to_string())
             .bind(j.to_string())
             .execute(&mut *tx)
-            .await
+            .bounded().await
             .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 
     async fn unblock(&self, owner: &BareJid, jids: &[Jid]) -> Result<(), StoreError> {
@@ -44,10 +44,10 @@ impl BlocklistStore for Store {
                 .bind(owner.to_string())
                 .bind(j.to_string())
                 .execute(&mut *tx)
-                .await
+                .bounded().await
                 .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 
     async fn unblock_all(&self, owner: &BareJid) -> Result<Vec<Jid>, StoreError> {
@@ -55,7 +55,7 @@ impl BlocklistStore for Store {
             sqlx::query_scalar("DELETE FROM blocklist WHERE owner = $1 RETURNING jid")
                 .bind(owner.to_string())
                 .fetch_all(&self.pool)
-                .await
+                .bounded().await
                 .map_err(db)?;
         rows.sort();
         rows.iter().map(|s| parse_item(s)).collect()
@@ -65,7 +65,7 @@ impl BlocklistStore for Store {
         sqlx::query("DELETE FROM blocklist WHERE owner = $1")
             .bind(owner.to_string())
             .execute(&self.pool)
-            .await
+            .bounded().await
             .map_err(db)?;
         Ok(())
     }
@@ -78,7 +78,7 @@ impl PrivateXmlStore for Store {
             .bind(owner.to_string())
             .bind(key)
             .fetch_optional(&self.pool)
-            .await
+            .bounded().await
             .map_err(db)
     }
 
@@ -91,7 +91,7 @@ impl PrivateXmlStore for Store {
         .bind(key)
         .bind(xml)
         .execute(&self.pool)
-        .await
+        .bounded().await
         .map_err(db)?;
         Ok(())
     }
@@ -100,7 +100,7 @@ impl PrivateXmlStore for Store {
         sqlx::query_scalar("SELECT key FROM private_xml WHERE owner = $1 ORDER BY key")
             .bind(owner.to_string())
             .fetch_all(&self.pool)
-            .await
+            .bounded().await
             .map_err(db)
     }
 
@@ -108,7 +108,7 @@ impl PrivateXmlStore for Store {
         sqlx::query("DELETE FROM private_xml WHERE owner = $1")
             .bind(owner.to_string())
             .execute(&self.pool)
-            .await
+            .bounded().await
             .map_err(db)?;
         Ok(())
     }
@@ -121,7 +121,7 @@ impl LastActivityStore for Store {
             sqlx::query_as("SELECT at, status FROM last_activity WHERE owner = $1")
                 .bind(user.to_string())
                 .fetch_optional(&self.pool)
-                .await
+                .bounded().await
                 .map_err(db)?;
         row.map(|(at, status)| {
             Ok(LastActivity {
@@ -157,7 +157,7 @@ impl LastActivityStore for Store {
             qb.push(
                 " ON CONFLICT (owner) DO UPDATE SET at = excluded.at, status = excluded.status",
             );
-            qb.build().execute(&self.pool).await.map_err(db)?;
+            qb.build().execute(&self.pool).bounded().await.map_err(db)?;
         }
         Ok(())
     }
@@ -166,7 +166,7 @@ impl LastActivityStore for Store {
         sqlx::query("DELETE FROM last_activity WHERE owner = $1")
             .bind(user.to_string())
             .execute(&self.pool)
-            .await
+            .bounded().await
             .map_err(db)?;
         Ok(())
     }

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 
-use super::{Store, db, jid, unsigned};
+use super::{Bounded, Store, db, jid, unsigned};
 use crate::{OfflineMessage, OfflineStore, StoreError};
 
 #[async_trait]
@@ -22,10 +22,10 @@ impl OfflineStore for Store {
         .bind(stanza)
         .bind(i64::from(quota))
         .execute(&mut *tx)
-        .await
+        .bounded().await
         .map_err(db)?
         .rows_affected();
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
         Ok(inserted == 1)
     }
 
@@ -43,7 +43,7 @@ impl OfflineStore for Store {
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await
+        .bounded().await
         .map_err(db)?;
         Ok(rows
             .into_iter()
@@ -56,7 +56,7 @@ impl OfflineStore for Store {
             .bind(owner.to_string())
             .bind(up_to)
             .execute(&self.pool)
-            .await
+            .bounded().await
             .map_err(db)?;
         Ok(result.rows_affected())
     }
@@ -65,7 +65,7 @@ impl OfflineStore for Store {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE owner = $1")
             .bind(owner.to_string())
             .fetch_one(&self.pool)
-            .await
+            .bounded().await
             .map_err(db)?;
         unsigned(n, "offline message count")
     }
@@ -73,7 +73,7 @@ impl OfflineStore for Store {
     async fn owners(&self) -> Result<Vec<BareJid>, StoreError> {
         let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT owner FROM offline_messages")
             .fetch_all(&self.pool)
-            .await
+            .bounded().await
             .map_err(db)?;
         rows.iter().map(|r| jid(r)).collect()
     }

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 
-use super::{Conn, Store, db, jid, unsigned};
+use super::{Bounded, Conn, Store, db, jid, unsigned};
 use crate::roster::{normalize_groups, visible_change};
 use crate::{RosterItem, RosterStore, StoreError, Subscription};
 
@@ -91,7 +91,7 @@ async fn fetch_item(
     .bind(owner)
     .bind(contact.to_string())
     .fetch_all(&mut *conn)
-    .await
+    .bounded().await
     .map_err(db)?;
     fold_groups(rows)
         .into_iter()
@@ -125,7 +125,7 @@ pub(super) async fn bump_version(conn: &mut Conn, owner: &str) -> Result<u64, St
     )
     .bind(owner)
     .fetch_one(&mut *conn)
-    .await
+    .bounded().await
     .map_err(db)?;
     unsigned(v, "roster version")
 }
@@ -134,7 +134,7 @@ async fn current_version(conn: &mut Conn, owner: &str) -> Result<u64, StoreError
     let v: Option<i64> = sqlx::query_scalar("SELECT version FROM roster_versions WHERE owner = $1")
         .bind(owner)
         .fetch_optional(&mut *conn)
-        .await
+        .bounded().await
         .map_err(db)?;
     unsigned(v.unwrap_or(0), "roster version")
 }
@@ -152,7 +152,7 @@ impl RosterStore for Store {
         ))
         .bind(owner.to_string())
         .fetch_all(&self.pool)
-        .await
+        .bounded().await
         .map_err(db)?;
         let mut items = fold_groups(rows)
             .into_iter()
@@ -171,7 +171,7 @@ impl RosterStore for Store {
         owner: &BareJid,
         contact: &BareJid,
     ) -> Result<Option<RosterItem>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let mut conn = self.pool.acquire().bounded().await.map_err(db)?;
         fetch_item(&mut conn, &owner.to_string(), contact).await
     }
 
@@ -204,7 +204,7 @@ impl RosterStore for Store {
         .bind(new.approved)
         .bind(new.in_roster)
         .execute(&mut *tx)
-        .await
+        .bounded().await
         .map_err(db)?;
 
         if old.as_ref().map(|o| &o.groups) != Some(&new.groups) {
@@ -212,7 +212,7 @@ impl RosterStore for Store {
                 .bind(&owner)
                 .bind(&contact)
                 .execute(&mut *tx)
-                .await
+                .bounded().await
                 .map_err(db)?;
             for (position, group) in new.groups.iter().enumerate() {
                 sqlx::query(
@@ -224,7 +224,7 @@ impl RosterStore for Store {
                 .bind(position as i64)
                 .bind(group)
                 .execute(&mut *tx)
-                .await
+                .bounded().await
                 .map_err(db)?;
             }
         }
@@ -234,7 +234,7 @@ impl RosterStore for Store {
         } else {
             current_version(&mut tx, &owner).await?
         };
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
         Ok(version)
     }
 
@@ -248,19 +248,19 @@ impl RosterStore for Store {
         .bind(&owner)
         .bind(contact.to_string())
         .fetch_optional(&mut *tx)
-        .await
+        .bounded().await
         .map_err(db)?;
         let version = if was_visible == Some(true) {
             bump_version(&mut tx, &owner).await?
         } else {
             current_version(&mut tx, &owner).await?
         };
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
         Ok(version)
     }
 
     async fn version(&self, owner: &BareJid) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let mut conn = self.pool.acquire().bounded().await.map_err(db)?;
         current_version(&mut conn, &owner.to_string()).await
     }
 
@@ -268,7 +268,7 @@ impl RosterStore for Store {
         sqlx::query("DELETE FROM roster_versions WHERE owner = $1")
             .bind(owner.to_string())
             .execute(&self.pool)
-            .await
+            .bounded().await
             .map_err(db)?;
         Ok(())
     }
@@ -283,16 +283,16 @@ impl RosterStore for Store {
         ))
         .bind(&key)
         .fetch_all(&mut *tx)
-        .await
+        .bounded().await
         .map_err(db)?;
         let groups: Vec<(String, String)> = sqlx::query_as(
             "SELECT owner, name FROM roster_groups WHERE contact = $1 ORDER BY owner, position",
         )
         .bind(&key)
         .fetch_all(&mut *tx)
-        .await
+        .bounded().await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
 
         let mut groups = group_map(groups);
         let mut out = rows
