@@ -163,6 +163,10 @@ async def test_postgres_frozen_sessions_go_on_and_nothing_is_lost(server, xmpp, 
     await mam_works()
     alice.send_message(f"{BOB}/b", "after")
     await bob.expect_message(body="after", sender=f"{ALICE}/a")
+    # Presence broadcast (it reads the roster) reaches contacts again.
+    alice.x.send_presence(pstatus="back after the outage")
+    await bob.presences.expect(lambda p: p["status"] == "back after the outage",
+                               "(presence broadcast after the outage)")
     alice.send_message(DAVE, "for dave, stored")
     await alice.sync()
     dave = await online(xmpp, n2, f"{DAVE}/d")

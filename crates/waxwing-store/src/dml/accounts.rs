@@ -39,7 +39,8 @@ impl AccountStore for Store {
         .bind(&key)
         .bind(user.domain())
         .execute(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?
         .rows_affected();
         if inserted == 0 {
@@ -68,7 +69,8 @@ impl AccountStore for Store {
         )
         .bind(user.to_string())
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         if rows.is_empty() {
             return Ok(None);
@@ -101,7 +103,8 @@ impl AccountStore for Store {
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE jid = $1)")
                 .bind(&key)
                 .fetch_one(&mut *tx)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
         if !exists {
             return Err(StoreError::NotFound);
@@ -109,7 +112,8 @@ impl AccountStore for Store {
         sqlx::query("DELETE FROM account_secrets WHERE jid = $1")
             .bind(&key)
             .execute(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         insert_secrets(&mut tx, &key, secrets).await?;
         tx.commit().bounded().await.map_err(db)
@@ -122,7 +126,8 @@ impl AccountStore for Store {
         let deleted = sqlx::query("DELETE FROM accounts WHERE jid = $1")
             .bind(&key)
             .execute(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?
             .rows_affected();
         if deleted == 0 {
@@ -133,13 +138,15 @@ impl AccountStore for Store {
         )
         .bind(&key)
         .fetch_one(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         // Groups go with their items (ON DELETE CASCADE).
         sqlx::query("DELETE FROM roster_items WHERE owner = $1")
             .bind(&key)
             .execute(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         if had_visible {
             super::roster::bump_version(&mut tx, &key).await?;
@@ -147,7 +154,8 @@ impl AccountStore for Store {
         sqlx::query("DELETE FROM offline_messages WHERE owner = $1")
             .bind(&key)
             .execute(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         tx.commit().bounded().await.map_err(db)
     }
@@ -156,7 +164,8 @@ impl AccountStore for Store {
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE jid = $1)")
             .bind(user.to_string())
             .fetch_one(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)
     }
 
@@ -166,12 +175,14 @@ impl AccountStore for Store {
                 sqlx::query_scalar("SELECT jid FROM accounts WHERE domain = $1")
                     .bind(d)
                     .fetch_all(&self.pool)
-                    .bounded().await
+                    .bounded()
+                    .await
             }
             None => {
                 sqlx::query_scalar("SELECT jid FROM accounts")
                     .fetch_all(&self.pool)
-                    .bounded().await
+                    .bounded()
+                    .await
             }
         }
         .map_err(db)?;
@@ -188,12 +199,14 @@ impl AccountStore for Store {
                 sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE domain = $1")
                     .bind(d)
                     .fetch_one(&self.pool)
-                    .bounded().await
+                    .bounded()
+                    .await
             }
             None => {
                 sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
                     .fetch_one(&self.pool)
-                    .bounded().await
+                    .bounded()
+                    .await
             }
         }
         .map_err(db)?;

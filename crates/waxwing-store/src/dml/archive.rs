@@ -103,7 +103,8 @@ async fn seq_of(conn: &mut Conn, owner: &ArchiveOwner, id: &str) -> Result<i64, 
     .bind(owner.jid().to_string())
     .bind(id)
     .fetch_optional(&mut *conn)
-    .bounded().await
+    .bounded()
+    .await
     .map_err(db)?
     .ok_or(StoreError::NotFound)
 }
@@ -117,7 +118,8 @@ async fn count(conn: &mut Conn, f: &Filter, below: Option<i64>) -> Result<u64, S
     let n: i64 = qb
         .build_query_scalar()
         .fetch_one(&mut *conn)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
     unsigned(n, "archive count")
 }
@@ -141,7 +143,8 @@ impl ArchiveStore for Store {
             .bind(item.with.resource())
             .bind(item.stanza)
             .execute(&self.pool)
-            .bounded().await;
+            .bounded()
+            .await;
             match result {
                 Ok(_) => return Ok(id),
                 Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
@@ -218,7 +221,8 @@ impl ArchiveStore for Store {
         let rows: Vec<Row> = qb
             .build_query_as()
             .fetch_all(&mut *conn)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         let complete = rows.len() <= q.max;
         let mut items = rows
@@ -257,7 +261,8 @@ impl ArchiveStore for Store {
             .bind(to_millis(cutoff))
             .bind(PURGE_BATCH)
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?
             .rows_affected();
             total += n;
@@ -274,7 +279,8 @@ impl ArchiveStore for Store {
             .bind(owner.kind().as_str())
             .bind(owner.jid().to_string())
             .execute(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?
             .rows_affected();
         if let ArchiveOwner::User(user) = owner {
@@ -282,7 +288,8 @@ impl ArchiveStore for Store {
             sqlx::query("DELETE FROM archive_prefs WHERE owner = $1")
                 .bind(user.to_string())
                 .execute(&mut *tx)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
         }
         tx.commit().bounded().await.map_err(db)?;
@@ -304,7 +311,8 @@ impl ArchiveStore for Store {
         .bind(owner.jid().to_string())
         .bind(id)
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?
         .rows_affected();
         if n == 0 {
@@ -322,7 +330,8 @@ impl ArchiveStore for Store {
             sqlx::query_scalar("SELECT default_policy FROM archive_prefs WHERE owner = $1")
                 .bind(user.to_string())
                 .fetch_optional(&mut *tx)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
         let Some(default) = default else {
             return Ok(None);
@@ -334,7 +343,8 @@ impl ArchiveStore for Store {
         )
         .bind(user.to_string())
         .fetch_all(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         let mut prefs = ArchivePrefs {
             default,
@@ -369,12 +379,14 @@ impl ArchiveStore for Store {
         .bind(&key)
         .bind(prefs.default.as_str())
         .execute(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         sqlx::query("DELETE FROM archive_prefs_jids WHERE owner = $1")
             .bind(&key)
             .execute(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         let lists = [("always", &prefs.always), ("never", &prefs.never)];
         for (policy, list) in lists {
@@ -386,7 +398,8 @@ impl ArchiveStore for Store {
                 .bind(j.to_string())
                 .bind(policy)
                 .execute(&mut *tx)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
             }
         }

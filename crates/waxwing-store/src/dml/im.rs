@@ -17,7 +17,8 @@ impl BlocklistStore for Store {
             sqlx::query_scalar("SELECT jid FROM blocklist WHERE owner = $1 ORDER BY jid")
                 .bind(owner.to_string())
                 .fetch_all(&self.pool)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
         rows.iter().map(|s| parse_item(s)).collect()
     }
@@ -31,7 +32,8 @@ impl BlocklistStore for Store {
             .bind(owner.to_string())
             .bind(j.to_string())
             .execute(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         }
         tx.commit().bounded().await.map_err(db)
@@ -44,7 +46,8 @@ impl BlocklistStore for Store {
                 .bind(owner.to_string())
                 .bind(j.to_string())
                 .execute(&mut *tx)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
         }
         tx.commit().bounded().await.map_err(db)
@@ -55,7 +58,8 @@ impl BlocklistStore for Store {
             sqlx::query_scalar("DELETE FROM blocklist WHERE owner = $1 RETURNING jid")
                 .bind(owner.to_string())
                 .fetch_all(&self.pool)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
         rows.sort();
         rows.iter().map(|s| parse_item(s)).collect()
@@ -65,7 +69,8 @@ impl BlocklistStore for Store {
         sqlx::query("DELETE FROM blocklist WHERE owner = $1")
             .bind(owner.to_string())
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(())
     }
@@ -78,7 +83,8 @@ impl PrivateXmlStore for Store {
             .bind(owner.to_string())
             .bind(key)
             .fetch_optional(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)
     }
 
@@ -91,7 +97,8 @@ impl PrivateXmlStore for Store {
         .bind(key)
         .bind(xml)
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         Ok(())
     }
@@ -100,7 +107,8 @@ impl PrivateXmlStore for Store {
         sqlx::query_scalar("SELECT key FROM private_xml WHERE owner = $1 ORDER BY key")
             .bind(owner.to_string())
             .fetch_all(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)
     }
 
@@ -108,7 +116,8 @@ impl PrivateXmlStore for Store {
         sqlx::query("DELETE FROM private_xml WHERE owner = $1")
             .bind(owner.to_string())
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(())
     }
@@ -121,7 +130,8 @@ impl LastActivityStore for Store {
             sqlx::query_as("SELECT at, status FROM last_activity WHERE owner = $1")
                 .bind(user.to_string())
                 .fetch_optional(&self.pool)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
         row.map(|(at, status)| {
             Ok(LastActivity {
@@ -166,7 +176,8 @@ impl LastActivityStore for Store {
         sqlx::query("DELETE FROM last_activity WHERE owner = $1")
             .bind(user.to_string())
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(())
     }

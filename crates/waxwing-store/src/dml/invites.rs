@@ -57,7 +57,8 @@ impl InviteStore for Store {
         .bind(i64::from(i.max_uses))
         .bind(i64::from(i.uses))
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::AlreadyExists);
@@ -73,7 +74,8 @@ impl InviteStore for Store {
         ))
         .bind(token_hash)
         .fetch_optional(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         row.as_ref().map(record).transpose()
     }
@@ -89,7 +91,8 @@ impl InviteStore for Store {
         .bind(token_hash)
         .bind(now)
         .fetch_optional(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         row.as_ref().map(record).transpose()
     }
@@ -98,7 +101,8 @@ impl InviteStore for Store {
         sqlx::query("UPDATE invites SET uses = uses - 1 WHERE id = $1 AND uses > 0")
             .bind(id)
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(())
     }
@@ -107,7 +111,8 @@ impl InviteStore for Store {
         let done = sqlx::query("DELETE FROM invites WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -129,7 +134,8 @@ impl InviteStore for Store {
         .bind(host)
         .bind(creator.map(ToString::to_string))
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         rows.iter().map(record).collect()
     }
@@ -142,7 +148,8 @@ impl InviteStore for Store {
         .bind(creator.to_string())
         .bind(now)
         .fetch_one(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         unsigned(n, "count")
     }
@@ -161,7 +168,8 @@ impl InviteStore for Store {
         .bind(username)
         .bind(now)
         .fetch_one(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         Ok(n > 0)
     }
@@ -170,7 +178,8 @@ impl InviteStore for Store {
         let done = sqlx::query("DELETE FROM invites WHERE expires_at < $1")
             .bind(before)
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(done.rows_affected())
     }
@@ -179,7 +188,8 @@ impl InviteStore for Store {
         sqlx::query("DELETE FROM invites WHERE creator = $1")
             .bind(creator.to_string())
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(())
     }

@@ -19,7 +19,8 @@ async fn room_exists(conn: &mut Conn, room: &str) -> Result<bool, StoreError> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM muc_rooms WHERE jid = $1")
         .bind(room)
         .fetch_one(conn)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
     Ok(n > 0)
 }
@@ -41,7 +42,8 @@ async fn insert_affiliation(
     .bind(item.nick.as_deref())
     .bind(item.reason.as_deref())
     .execute(conn)
-    .bounded().await
+    .bounded()
+    .await
     .map_err(nick_taken)?;
     Ok(())
 }
@@ -64,12 +66,14 @@ impl MucStore for Store {
         .bind(&r.subject)
         .bind(r.subject_by.as_deref())
         .execute(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         sqlx::query("DELETE FROM muc_affiliations WHERE room = $1")
             .bind(&key)
             .execute(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         for item in &room.affiliations {
             insert_affiliation(&mut tx, &key, item).await?;
@@ -86,7 +90,8 @@ impl MucStore for Store {
         .bind(&room.subject)
         .bind(room.subject_by.as_deref())
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -113,7 +118,8 @@ impl MucStore for Store {
             .bind(room.to_string())
             .bind(jid.to_string())
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(())
     }
@@ -125,7 +131,8 @@ impl MucStore for Store {
         )
         .bind(domain)
         .fetch_all(&mut *conn)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         let rows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
             "SELECT a.room, a.jid, a.affiliation, a.nick, a.reason \
@@ -134,7 +141,8 @@ impl MucStore for Store {
         )
         .bind(domain)
         .fetch_all(&mut *conn)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         let mut affs: HashMap<String, Vec<RoomAffiliation>> = HashMap::new();
         for (room, j, affiliation, nick, reason) in rows {
@@ -167,7 +175,8 @@ impl MucStore for Store {
         let done = sqlx::query("DELETE FROM muc_rooms WHERE jid = $1")
             .bind(room.to_string())
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);

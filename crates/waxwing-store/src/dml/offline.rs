@@ -22,7 +22,8 @@ impl OfflineStore for Store {
         .bind(stanza)
         .bind(i64::from(quota))
         .execute(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?
         .rows_affected();
         tx.commit().bounded().await.map_err(db)?;
@@ -43,7 +44,8 @@ impl OfflineStore for Store {
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         Ok(rows
             .into_iter()
@@ -56,7 +58,8 @@ impl OfflineStore for Store {
             .bind(owner.to_string())
             .bind(up_to)
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(result.rows_affected())
     }
@@ -65,7 +68,8 @@ impl OfflineStore for Store {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE owner = $1")
             .bind(owner.to_string())
             .fetch_one(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         unsigned(n, "offline message count")
     }
@@ -73,7 +77,8 @@ impl OfflineStore for Store {
     async fn owners(&self) -> Result<Vec<BareJid>, StoreError> {
         let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT owner FROM offline_messages")
             .fetch_all(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         rows.iter().map(|r| jid(r)).collect()
     }

@@ -21,7 +21,8 @@ impl Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_one(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         Ok(n > 0)
     }
@@ -51,7 +52,8 @@ impl PubSubStore for Store {
         .bind(node)
         .bind(config)
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::AlreadyExists);
@@ -68,7 +70,8 @@ impl PubSubStore for Store {
             .bind(service.to_string())
             .bind(node)
             .fetch_optional(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)
     }
 
@@ -84,7 +87,8 @@ impl PubSubStore for Store {
                 .bind(node)
                 .bind(config)
                 .execute(&self.pool)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -97,7 +101,8 @@ impl PubSubStore for Store {
             .bind(service.to_string())
             .bind(node)
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -109,7 +114,8 @@ impl PubSubStore for Store {
         sqlx::query_scalar("SELECT node FROM pubsub_nodes WHERE service = $1 ORDER BY node")
             .bind(service.to_string())
             .fetch_all(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)
     }
 
@@ -127,7 +133,8 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_one(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         if n == 0 {
             return Err(StoreError::NotFound);
@@ -138,7 +145,8 @@ impl PubSubStore for Store {
             .bind(node)
             .bind(&item.id)
             .execute(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         sqlx::query(
             "INSERT INTO pubsub_items (service, node, item_id, publisher, payload) \
@@ -150,7 +158,8 @@ impl PubSubStore for Store {
         .bind(item.publisher.to_string())
         .bind(&item.payload)
         .execute(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         let mut dropped = Vec::new();
         if let Some(max) = max_items {
@@ -164,7 +173,8 @@ impl PubSubStore for Store {
             .bind(node)
             .bind(max)
             .fetch_all(&mut *tx)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         }
         tx.commit().bounded().await.map_err(db)?;
@@ -179,7 +189,8 @@ impl PubSubStore for Store {
         .bind(node)
         .bind(id)
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         Ok(done.rows_affected() > 0)
     }
@@ -193,7 +204,8 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         rows.into_iter()
             .map(|(id, publisher, payload)| {
@@ -212,7 +224,8 @@ impl PubSubStore for Store {
             .bind(service.to_string())
             .bind(node)
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(())
     }
@@ -243,7 +256,8 @@ impl PubSubStore for Store {
             .bind(who.to_string()),
         }
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         Ok(())
     }
@@ -260,7 +274,8 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         rows.into_iter()
             .map(|(j, a)| {
@@ -297,7 +312,8 @@ impl PubSubStore for Store {
             .bind(who.to_string()),
         }
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         Ok(())
     }
@@ -314,7 +330,8 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         rows.into_iter()
             .map(|(j, s)| {
@@ -340,7 +357,8 @@ impl PubSubStore for Store {
         .bind(node)
         .bind(jid.to_string())
         .fetch_optional(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)
     }
 
@@ -360,7 +378,8 @@ impl PubSubStore for Store {
         .bind(jid.to_string())
         .bind(options)
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -381,7 +400,8 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         rows.into_iter()
             .map(|(j, s, o)| {
@@ -396,7 +416,8 @@ impl PubSubStore for Store {
         sqlx::query("DELETE FROM pubsub_nodes WHERE service = $1")
             .bind(service.to_string())
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(())
     }
@@ -416,7 +437,8 @@ impl PubSubStore for Store {
              FROM pubsub_feeds ORDER BY service, node, url",
         )
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         rows.into_iter()
             .map(
@@ -455,7 +477,8 @@ impl PubSubStore for Store {
         .bind(i64::try_from(interval_secs).unwrap_or(i64::MAX))
         .bind(i64::from(admin))
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         Ok(())
     }
@@ -467,7 +490,8 @@ impl PubSubStore for Store {
                 .bind(&key.node)
                 .bind(&key.url)
                 .execute(&self.pool)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
         Ok(done.rows_affected() > 0)
     }
@@ -488,7 +512,8 @@ impl PubSubStore for Store {
         .bind(etag)
         .bind(last_modified)
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -508,7 +533,8 @@ impl PubSubStore for Store {
         .bind(&key.node)
         .bind(&key.url)
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         let seen: std::collections::HashSet<String> = seen.into_iter().collect();
         Ok(item_ids
@@ -534,7 +560,8 @@ impl PubSubStore for Store {
         .bind(&key.node)
         .bind(&key.url)
         .fetch_one(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         if n == 0 {
             return Err(StoreError::NotFound);
@@ -548,7 +575,8 @@ impl PubSubStore for Store {
         .bind(&key.url)
         .bind(item_id)
         .execute(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         sqlx::query(
             "INSERT INTO pubsub_feed_seen (service, node, url, item_id) VALUES ($1, $2, $3, $4)",
@@ -558,7 +586,8 @@ impl PubSubStore for Store {
         .bind(&key.url)
         .bind(item_id)
         .execute(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         sqlx::query(
             "DELETE FROM pubsub_feed_seen WHERE service = $1 AND node = $2 AND url = $3 \
@@ -570,7 +599,8 @@ impl PubSubStore for Store {
         .bind(&key.url)
         .bind(i64::try_from(keep).unwrap_or(i64::MAX))
         .execute(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         tx.commit().bounded().await.map_err(db)?;
         Ok(())

@@ -34,7 +34,8 @@ impl DomainReputationStore for Store {
         )
         .bind(domain)
         .fetch_optional(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         row.as_ref().map(record).transpose()
     }
@@ -57,7 +58,8 @@ impl DomainReputationStore for Store {
         .bind(r.updated_at)
         .bind(i64::from(r.blocked))
         .execute(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         Ok(())
     }
@@ -68,7 +70,8 @@ impl DomainReputationStore for Store {
              updated_at, blocked FROM domain_reputation ORDER BY domain",
         )
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         rows.iter().map(record).collect()
     }

@@ -91,7 +91,8 @@ async fn fetch_item(
     .bind(owner)
     .bind(contact.to_string())
     .fetch_all(&mut *conn)
-    .bounded().await
+    .bounded()
+    .await
     .map_err(db)?;
     fold_groups(rows)
         .into_iter()
@@ -125,7 +126,8 @@ pub(super) async fn bump_version(conn: &mut Conn, owner: &str) -> Result<u64, St
     )
     .bind(owner)
     .fetch_one(&mut *conn)
-    .bounded().await
+    .bounded()
+    .await
     .map_err(db)?;
     unsigned(v, "roster version")
 }
@@ -134,7 +136,8 @@ async fn current_version(conn: &mut Conn, owner: &str) -> Result<u64, StoreError
     let v: Option<i64> = sqlx::query_scalar("SELECT version FROM roster_versions WHERE owner = $1")
         .bind(owner)
         .fetch_optional(&mut *conn)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
     unsigned(v.unwrap_or(0), "roster version")
 }
@@ -152,7 +155,8 @@ impl RosterStore for Store {
         ))
         .bind(owner.to_string())
         .fetch_all(&self.pool)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         let mut items = fold_groups(rows)
             .into_iter()
@@ -212,7 +216,8 @@ impl RosterStore for Store {
                 .bind(&owner)
                 .bind(&contact)
                 .execute(&mut *tx)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
             for (position, group) in new.groups.iter().enumerate() {
                 sqlx::query(
@@ -224,7 +229,8 @@ impl RosterStore for Store {
                 .bind(position as i64)
                 .bind(group)
                 .execute(&mut *tx)
-                .bounded().await
+                .bounded()
+                .await
                 .map_err(db)?;
             }
         }
@@ -248,7 +254,8 @@ impl RosterStore for Store {
         .bind(&owner)
         .bind(contact.to_string())
         .fetch_optional(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         let version = if was_visible == Some(true) {
             bump_version(&mut tx, &owner).await?
@@ -268,7 +275,8 @@ impl RosterStore for Store {
         sqlx::query("DELETE FROM roster_versions WHERE owner = $1")
             .bind(owner.to_string())
             .execute(&self.pool)
-            .bounded().await
+            .bounded()
+            .await
             .map_err(db)?;
         Ok(())
     }
@@ -283,14 +291,16 @@ impl RosterStore for Store {
         ))
         .bind(&key)
         .fetch_all(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         let groups: Vec<(String, String)> = sqlx::query_as(
             "SELECT owner, name FROM roster_groups WHERE contact = $1 ORDER BY owner, position",
         )
         .bind(&key)
         .fetch_all(&mut *tx)
-        .bounded().await
+        .bounded()
+        .await
         .map_err(db)?;
         tx.commit().bounded().await.map_err(db)?;
 

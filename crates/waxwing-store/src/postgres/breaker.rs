@@ -133,7 +133,9 @@ fn timed_out() -> sqlx::Error {
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// `.bounded()` on a sqlx call: see the module docs.
-pub(crate) trait Bounded<'a, T>: Future<Output = Result<T, sqlx::Error>> + Send + 'a {
+pub(crate) trait Bounded<'a, T>:
+    Future<Output = Result<T, sqlx::Error>> + Send + 'a
+{
     fn bounded(self) -> BoxFuture<'a, Result<T, sqlx::Error>>;
 }
 

@@ -15,9 +15,9 @@
 
 #[path = "../dml/accounts.rs"]
 mod accounts;
-mod breaker;
 #[path = "../dml/archive.rs"]
 mod archive;
+mod breaker;
 #[path = "../dml/im.rs"]
 mod im;
 #[path = "../dml/invites.rs"]
@@ -41,9 +41,9 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Postgres, Transaction};
 
-pub(crate) use breaker::Bounded;
 pub(crate) use crate::sql::{db, jid, unsigned};
 use crate::{StoreError, Stores};
+pub(crate) use breaker::Bounded;
 
 /// The names the shared statements in `dml/` use.
 type Db = Postgres;
