@@ -3,9 +3,10 @@ blocking (XEP-0191), client state indication (XEP-0352), push (XEP-0357)
 and the shared archive (XEP-0313), each with the users' sessions on
 different `waxwing` nodes (one real PostgreSQL, one real Redis, slixmpp
 clients). Each scenario asserts what the single-node test of the same
-feature in `test_modern_im.py` asserts. Best-resource routing of bare-JID
-messages and offline storage only when no resource is online anywhere are
-in `test_cluster.py::test_users_on_three_nodes_chat_subscribe_and_see_presence`.
+feature in `test_modern_im.py` asserts. Also presence probes at login and
+offline storage only when no resource (of non-negative priority) is online
+on any node; best-resource routing of bare-JID messages is in
+`test_cluster.py::test_users_on_three_nodes_chat_subscribe_and_see_presence`.
 
 Sessions' flags (carbons enabled, inactive, detached) reach the other nodes
 through the Redis registry a Redis round trip after they change; the
@@ -292,3 +293,55 @@ async def test_mam_across_nodes_is_one_archive(server, xmpp, postgres, redis):
         assert complete, bodies
         assert sorted(b for b in bodies if b and b[:3] in ("a2b", "b2a")) == expected, \
             (user, bodies)
+
+
+async def test_probes_and_offline_storage_across_nodes(server, xmpp, postgres, redis):
+    n1, n2, n3 = start_cluster(server, postgres, redis, users=USERS)
+    alice = await online(xmpp, n1, f"{ALICE}/a")
+    await alice.roster_get()
+    bob = await online(xmpp, n2, f"{BOB}/b", priority=3)
+    await bob.roster_get()
+    await make_friends(alice, bob)
+
+    # Presence probes (RFC 6121 §4.3): alice logs in again on n3; her
+    # initial presence probes bob, whose node answers with his presence.
+    await alice.close()
+    await bob.expect_presence(sender=f"{ALICE}/a", ptype="unavailable")
+    alice = xmpp.new(n3, f"{ALICE}/again", PASSWORD)
+    await alice.login()
+    await alice.roster_get()
+    await alice.online()
+    p = await alice.expect_presence(sender=f"{BOB}/b", ptype="available")
+    assert p["priority"] == 3, p
+    await bob.expect_presence(sender=f"{ALICE}/again", ptype="available")
+
+    # Online on another node: a bare-JID message, and one for a resource
+    # that is not bound (RFC 6121 §8.5.3.2.1), reach bob live, not storage.
+    alice.send_message(BOB, "live, bare")
+    alice.send_message(f"{BOB}/gone", "live, unknown resource")
+    await bob.expect_message(body="live, bare", sender=f"{ALICE}/again")
+    await bob.expect_message(body="live, unknown resource", sender=f"{ALICE}/again")
+
+    # Only a negative-priority resource online (on n2): bare-JID messages
+    # are stored as if nobody were online (RFC 6121 §8.5.2.1.1).
+    await bob.close()
+    await alice.expect_presence(sender=f"{BOB}/b", ptype="unavailable")
+    shy = await online(xmpp, n2, f"{BOB}/shy", priority=-1)
+    await alice.expect_presence(sender=f"{BOB}/shy", ptype="available")
+    alice.send_message(BOB, "stored while shy")
+    await barrier(alice, shy)
+    assert not [m for m in shy.messages.seen if m["body"] == "stored while shy"], \
+        "a negative-priority resource got a bare-JID message"
+    await shy.close()
+    await alice.expect_presence(sender=f"{BOB}/shy", ptype="unavailable")
+    alice.send_message(BOB, "stored while away")
+    await alice.sync()
+
+    # Bob comes back on n1: the stored messages, in order, and none of the
+    # ones he had received live.
+    back = await online(xmpp, n1, f"{BOB}/back")
+    await back.expect_message(body="stored while shy", sender=f"{ALICE}/again")
+    await back.expect_message(body="stored while away", sender=f"{ALICE}/again")
+    await barrier(alice, back)
+    bodies = [m["body"] for m in back.messages.seen if (m["body"] or "").startswith(("live", "stored"))]
+    assert bodies == ["stored while shy", "stored while away"], bodies

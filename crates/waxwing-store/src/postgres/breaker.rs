@@ -14,7 +14,8 @@
 //! means: MAM delivers unarchived, offline storage bounces with `wait`).
 //! After [`COOL_DOWN`] one call is let through as a probe; its success
 //! closes the breaker (the pool has reconnected by then), its failure opens
-//! it again.
+//! it again. A statement that times out while other calls are being
+//! answered met a slow query, not an outage, and opens nothing.
 //!
 //! One breaker per process: `waxwing serve` has one database. (`storage
 //! migrate` has two; an unreachable one fails the migration either way.)
@@ -52,68 +53,108 @@ enum Admission {
     Refuse,
 }
 
-#[derive(Debug)]
-struct Breaker {
-    state: Mutex<State>,
+/// How a call ended, as far as the server's health goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The server answered (with rows, or with an error of its own).
+    Answered,
+    /// No answer within the bound (or no pooled connection freed up in it):
+    /// the server is away, or merely slow with this statement.
+    Silent,
+    /// The connection failed (refused, reset, TLS, protocol).
+    Broken,
 }
 
-static BREAKER: Breaker = Breaker {
-    state: Mutex::new(State::Closed),
-};
+fn outcome<T>(result: &Result<T, sqlx::Error>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Answered,
+        Err(sqlx::Error::PoolTimedOut) => Outcome::Silent,
+        Err(sqlx::Error::Io(e)) if e.kind() == io::ErrorKind::TimedOut => Outcome::Silent,
+        Err(
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_),
+        ) => Outcome::Broken,
+        // A constraint violation, a decoding problem: the server is fine.
+        Err(_) => Outcome::Answered,
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    /// When a call last got an answer: a call that timed out while others
+    /// were answered met a slow statement (a large deletion), not an outage.
+    last_answer: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Breaker {
+    inner: Mutex<Inner>,
+}
+
+static BREAKER: Breaker = Breaker::new();
 
 impl Breaker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
+    const fn new() -> Self {
+        Breaker {
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                last_answer: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn admit(&self, now: Instant) -> Admission {
-        let mut state = self.lock();
-        match *state {
+        let mut inner = self.lock();
+        match inner.state {
             State::Closed => Admission::Run,
             State::Open { until } if now >= until => {
-                *state = State::Probing;
+                inner.state = State::Probing;
                 Admission::Probe
             }
             State::Open { .. } | State::Probing => Admission::Refuse,
         }
     }
 
-    /// A call ended; `reachable` is false when it says the server cannot be reached.
-    fn finish(&self, admission: Admission, reachable: bool, now: Instant) {
-        let mut state = self.lock();
-        if reachable {
-            if *state != State::Closed {
+    /// A call admitted at `started` ended at `now`.
+    fn finish(&self, admission: Admission, outcome: Outcome, started: Instant, now: Instant) {
+        let mut inner = self.lock();
+        let slow_only =
+            outcome == Outcome::Silent && inner.last_answer.is_some_and(|t| t >= started);
+        if outcome == Outcome::Answered || slow_only {
+            if outcome == Outcome::Answered {
+                inner.last_answer = Some(now);
+            } else {
+                tracing::warn!(
+                    bound_secs = BOUND.as_secs(),
+                    "a PostgreSQL statement took longer than the bound and was abandoned"
+                );
+            }
+            if inner.state != State::Closed {
                 tracing::info!("PostgreSQL answers again; database calls resume");
             }
-            *state = State::Closed;
-        } else if admission == Admission::Probe || *state == State::Closed {
-            if *state == State::Closed {
+            inner.state = State::Closed;
+        } else if admission == Admission::Probe || inner.state == State::Closed {
+            if inner.state == State::Closed {
                 tracing::error!(
                     bound_secs = BOUND.as_secs(),
                     "PostgreSQL is unreachable; database calls fail at once until it answers again"
                 );
             }
-            *state = State::Open {
+            inner.state = State::Open {
                 until: now + COOL_DOWN,
             };
         }
     }
-}
-
-/// Errors that say nothing about the server's health (a constraint
-/// violation, a decoding problem) do not open the breaker.
-fn unreachable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_)
-    )
 }
 
 fn refused() -> sqlx::Error {
@@ -145,24 +186,25 @@ where
     T: 'a,
 {
     fn bounded(self) -> BoxFuture<'a, Result<T, sqlx::Error>> {
-        Box::pin(run(&BREAKER, self))
+        Box::pin(run(&BREAKER, BOUND, self))
     }
 }
 
 async fn run<T>(
     breaker: &Breaker,
+    bound: Duration,
     call: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
-    let admission = breaker.admit(Instant::now());
+    let started = Instant::now();
+    let admission = breaker.admit(started);
     if admission == Admission::Refuse {
         return Err(refused());
     }
-    let result = match tokio::time::timeout(BOUND, call).await {
+    let result = match tokio::time::timeout(bound, call).await {
         Ok(r) => r,
         Err(_) => Err(timed_out()),
     };
-    let reachable = result.as_ref().err().is_none_or(|e| !unreachable(e));
-    breaker.finish(admission, reachable, Instant::now());
+    breaker.finish(admission, outcome(&result), started, Instant::now());
     result
 }
 
@@ -170,55 +212,72 @@ async fn run<T>(
 mod tests {
     use super::*;
 
-    fn breaker() -> Breaker {
-        Breaker {
-            state: Mutex::new(State::Closed),
-        }
+    fn state(b: &Breaker) -> State {
+        b.lock().state
     }
 
-    fn io_error() -> sqlx::Error {
-        sqlx::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused))
-    }
-
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_silent_server_costs_one_bound_then_calls_fail_at_once() {
-        let b = breaker();
-        let started = tokio::time::Instant::now();
-        let r: Result<(), _> = run(&b, std::future::pending()).await;
+        let b = Breaker::new();
+        let bound = Duration::from_millis(20);
+        let started = Instant::now();
+        let r: Result<(), _> = run(&b, bound, std::future::pending()).await;
         assert!(matches!(r, Err(sqlx::Error::Io(e)) if e.kind() == io::ErrorKind::TimedOut));
-        assert_eq!(started.elapsed(), BOUND);
+        assert!(started.elapsed() >= bound);
         // Open: refused without running the call.
-        let r = run(&b, async { panic!("ran while open") as Result<(), _> }).await;
+        let r = run(&b, bound, async {
+            panic!("ran while open") as Result<(), _>
+        })
+        .await;
         assert!(matches!(r, Err(sqlx::Error::Io(e)) if e.kind() == io::ErrorKind::NotConnected));
     }
 
     #[test]
     fn one_probe_after_the_cool_down_closes_or_reopens() {
-        let b = breaker();
+        let b = Breaker::new();
         let t0 = Instant::now();
         assert_eq!(b.admit(t0), Admission::Run);
-        b.finish(Admission::Run, false, t0);
+        b.finish(Admission::Run, Outcome::Broken, t0, t0);
         assert_eq!(b.admit(t0), Admission::Refuse);
         let later = t0 + COOL_DOWN;
         assert_eq!(b.admit(later), Admission::Probe);
         // Only one probe at a time.
         assert_eq!(b.admit(later), Admission::Refuse);
-        b.finish(Admission::Probe, false, later);
+        b.finish(Admission::Probe, Outcome::Silent, later, later);
         assert_eq!(b.admit(later), Admission::Refuse);
         let again = later + COOL_DOWN;
         assert_eq!(b.admit(again), Admission::Probe);
-        b.finish(Admission::Probe, true, again);
+        b.finish(Admission::Probe, Outcome::Answered, again, again);
         assert_eq!(b.admit(again), Admission::Run);
     }
 
-    #[tokio::test]
-    async fn only_connectivity_errors_open_it() {
-        let b = breaker();
-        let r: Result<(), _> = run(&b, async { Err(sqlx::Error::RowNotFound) }).await;
-        assert!(r.is_err());
-        assert_eq!(*b.lock(), State::Closed);
-        let r: Result<(), _> = run(&b, async { Err(io_error()) }).await;
-        assert!(r.is_err());
-        assert!(matches!(*b.lock(), State::Open { .. }));
+    #[test]
+    fn a_slow_statement_while_others_are_answered_does_not_open_it() {
+        let b = Breaker::new();
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        b.finish(Admission::Run, Outcome::Answered, t1, t1);
+        // Started at t0, timed out after t1's answer: slow, not away.
+        b.finish(Admission::Run, Outcome::Silent, t0, t0 + BOUND);
+        assert_eq!(state(&b), State::Closed);
+        // Nothing answered since it started: away.
+        let t2 = t0 + BOUND;
+        b.finish(Admission::Run, Outcome::Silent, t2, t2 + BOUND);
+        assert!(matches!(state(&b), State::Open { .. }));
+    }
+
+    #[test]
+    fn only_connectivity_errors_count() {
+        assert_eq!(
+            outcome::<()>(&Err(sqlx::Error::RowNotFound)),
+            Outcome::Answered
+        );
+        assert_eq!(
+            outcome::<()>(&Err(sqlx::Error::PoolTimedOut)),
+            Outcome::Silent
+        );
+        assert_eq!(outcome::<()>(&Err(timed_out())), Outcome::Silent);
+        let refused = sqlx::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(outcome::<()>(&Err(refused)), Outcome::Broken);
     }
 }
