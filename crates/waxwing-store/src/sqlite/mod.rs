@@ -34,6 +34,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 pub(crate) use crate::sql::{db, jid, unsigned};
+use crate::{StoreError, Stores};
 
 /// `.bounded()` on a statement of the shared `dml/` files is the statement
 /// itself here: SQLite is a file in this process, with no server that can
@@ -45,7 +46,6 @@ pub(crate) trait Bounded: Sized {
 }
 
 impl<F: std::future::Future> Bounded for F {}
-use crate::{StoreError, Stores};
 
 /// The names the shared statements in `dml/` use.
 type Db = Sqlite;
