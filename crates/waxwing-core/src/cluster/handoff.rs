@@ -58,8 +58,9 @@ pub const MOVED_KEEP: Duration = Duration::from_secs(60);
 pub struct Ask {
     /// B's number for this handoff.
     pub req: u64,
-    /// B's node name (where the answer goes).
+    /// B's node name (where the answer goes) and incarnation.
     pub from: String,
+    pub inc: String,
     /// The stream-management id the client resumes.
     pub id: String,
     /// The account the resuming client authenticated as.
@@ -135,6 +136,23 @@ impl State {
             directed,
             interested: handle.is_interested(),
             flags,
+        }
+    }
+
+    /// The routing record of the session once `ask`'s node has it, before
+    /// that node publishes it (see `Replica::expect`).
+    pub(crate) fn record_at(&self, ask: &Ask) -> super::replica::Record {
+        super::replica::Record {
+            jid: self.jid.clone(),
+            node: ask.from.clone(),
+            inc: ask.inc.clone(),
+            sid: ask.sid,
+            ver: 0,
+            priority: self.priority,
+            last: self.last.clone(),
+            flags: self.flags,
+            interested: self.interested,
+            directed: self.directed.clone(),
         }
     }
 
@@ -306,6 +324,7 @@ pub(crate) async fn ask(server: &Arc<Server>, id: &str, user: &BareJid) -> Optio
         let ask = Ask {
             req,
             from: c.node().to_string(),
+            inc: c.incarnation.clone(),
             id: id.to_string(),
             user: user.to_string(),
             sid,
@@ -503,6 +522,7 @@ mod tests {
             body: Body::HandoffAsk(Ask {
                 req: 9,
                 from: "b".into(),
+                inc: "i".into(),
                 id: "sm-1".into(),
                 user: "alice@example.org".into(),
                 sid: 42,
@@ -595,15 +615,22 @@ mod tests {
     fn the_forwarding_table_is_bounded() {
         let mut m = Moved::default();
         let t0 = Instant::now();
+        // All fresh: the oldest make room.
+        let at = |i: u64| t0 + Duration::from_micros(i);
         for i in 0..(MAX_MOVED as u64 + 10) {
-            m.insert(i, "b".into(), i, t0 + Duration::from_millis(i));
+            m.insert(i, "b".into(), i, at(i));
         }
         assert_eq!(m.to.len(), MAX_MOVED);
         let last = MAX_MOVED as u64 + 9;
-        assert!(m.get(last, t0 + Duration::from_millis(last)).is_some());
-        assert!(
-            m.get(0, t0 + Duration::from_millis(last)).is_none(),
-            "the oldest went"
+        assert!(m.get(last, at(last)).is_some());
+        assert!(m.get(0, at(last)).is_none(), "the oldest went");
+        // Expired ones go first, all at once.
+        m.insert(
+            u64::MAX,
+            "b".into(),
+            1,
+            t0 + MOVED_KEEP + Duration::from_secs(1),
         );
+        assert_eq!(m.to.len(), 1);
     }
 }

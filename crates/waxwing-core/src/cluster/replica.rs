@@ -186,6 +186,26 @@ impl Replica {
         });
     }
 
+    /// A session this node knows of before its node announces it (one of
+    /// ours that moved there, `cluster::handoff`): routed to at once, and
+    /// dropped like a snapshot's unconfirmed sessions if its node never
+    /// publishes it.
+    pub fn expect(&self, rec: Record) {
+        let key = (rec.node.clone(), rec.inc.clone(), rec.sid);
+        let Ok(jid) = FullJid::parse(&rec.jid) else {
+            return;
+        };
+        self.upsert(rec);
+        let mut map = self.by_user.write().expect("replica lock");
+        if let Some(e) = map.get_mut(jid.bare()).and_then(|list| {
+            list.iter_mut()
+                .find(|e| (&e.rec.node, &e.rec.inc, e.rec.sid) == (&key.0, &key.1, key.2))
+        }) && e.rec.ver == 0
+        {
+            e.unconfirmed_since.get_or_insert_with(Instant::now);
+        }
+    }
+
     /// Replaces the sessions of every node `records` (a snapshot of the
     /// hashes) lists with its records. The sessions of a node it does not
     /// list at all are kept, unconfirmed: after Redis restarts empty, the

@@ -77,6 +77,7 @@ impl Conn {
             server.metrics.cluster_handoff("out", false);
             return Some(End::Gone);
         }
+        let record = state.record_at(&ask);
         if !handoff::give(&server, &ask, Some(Box::new(state))) {
             tracing::warn!(jid = %handle.jid, "cluster link full: a session stays here instead of moving");
             server.metrics.cluster_handoff("out", false);
@@ -91,6 +92,9 @@ impl Conn {
         // Whoever still addresses the old session id (nodes that have not
         // seen the move yet) is forwarded to the new one.
         c.handoffs.moved(handle.id, node.clone(), ask.sid);
+        // Stanzas routed here go straight to the new node, without waiting
+        // for it to announce the session.
+        c.replica.expect(record);
         server.sessions.unbind(&handle);
         rx.close();
         let mut queued = Vec::new();
