@@ -16,6 +16,7 @@ import pytest
 
 from conftest import PASSWORD
 from test_cluster import ALICE, BOB, CAROL, MAM, start_cluster, status, until
+from test_metrics import scrape, value
 from test_modern_im import mam_page, online, wait_event
 from wxtest.client import barrier
 from wxtest.steps import make_friends
@@ -26,6 +27,10 @@ pytestmark = pytest.mark.skipif(not subject_class().has_cli,
 
 # The resuming node waits this long for the holder (cluster::handoff::ASK_TIMEOUT).
 ASK_TIMEOUT = 3.0
+# With the HTTP listener, for /metrics.
+LISTEN = {"listen": {"c2s": ["127.0.0.1:0"], "c2s_direct_tls": ["127.0.0.1:0"],
+                     "http": ["127.0.0.1:0"]}}
+HANDOFFS = "waxwing_cluster_handoffs_total"
 
 
 async def sm_session(xmpp, node, full_jid, plugins=()):
@@ -59,7 +64,7 @@ def bodies(client, prefix):
 
 
 async def test_a_detached_session_resumes_on_another_node(server, xmpp, postgres, redis):
-    n1, n2, n3 = start_cluster(server, postgres, redis)
+    n1, n2, n3 = start_cluster(server, postgres, redis, extra=LISTEN)
     bob = await sm_session(xmpp, n1, f"{BOB}/phone")
     await bob.roster_get()
     alice = await online(xmpp, n1, f"{ALICE}/pc")  # bob's node
@@ -102,6 +107,10 @@ async def test_a_detached_session_resumes_on_another_node(server, xmpp, postgres
     assert not alice.presences.matching(
         lambda p: str(p["from"]) == f"{BOB}/phone" and p["type"] == "unavailable"), \
         "a resumption elsewhere told contacts the session ended"
+    gave, took = scrape(n1), scrape(n2)
+    assert value(gave, HANDOFFS, direction="out", result="success") == 1, gave
+    assert value(took, HANDOFFS, direction="in", result="success") == 1, took
+    assert value(took, HANDOFFS, direction="in", result="failure") == 0, took
 
 
 async def test_resuming_elsewhere_closes_the_old_connection(server, xmpp, postgres, redis):
