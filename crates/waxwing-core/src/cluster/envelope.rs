@@ -64,7 +64,7 @@ pub enum Body {
     /// XEP-0198 resumption on another node: the sending node has a client
     /// resuming stream-management id `id` as `user`; if a session of that
     /// account with that id is here, hand it over (see `cluster::handoff`).
-    HandoffAsk(super::handoff::Ask),
+    HandoffAsk(Box<super::handoff::Ask>),
     /// The answer to a [`Body::HandoffAsk`]: the session's state, or
     /// `None` when it is not here (any more) or cannot move.
     HandoffGive(super::handoff::Give),

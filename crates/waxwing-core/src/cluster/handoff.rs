@@ -332,7 +332,7 @@ pub(crate) async fn ask(server: &Arc<Server>, id: &str, user: &BareJid) -> Optio
         if link
             .send(Outgoing {
                 node,
-                body: Body::HandoffAsk(ask),
+                body: Body::HandoffAsk(Box::new(ask)),
             })
             .is_err()
         {
@@ -519,14 +519,14 @@ mod tests {
             node: "b".into(),
             inc: "i".into(),
             seq: 1,
-            body: Body::HandoffAsk(Ask {
+            body: Body::HandoffAsk(Box::new(Ask {
                 req: 9,
                 from: "b".into(),
                 inc: "i".into(),
                 id: "sm-1".into(),
                 user: "alice@example.org".into(),
                 sid: 42,
-            }),
+            })),
         };
         assert_eq!(Envelope::decode(ask.encode().as_bytes()), Some(ask));
         for state in [Some(Box::new(state())), None] {
