@@ -523,7 +523,9 @@ impl Server {
                 if self.run_hooks(Hook::Outbound, &cx, stanza).await == Flow::Handled {
                     return;
                 }
-                let Some(mut stanza) = slot.take() else { return };
+                let Some(mut stanza) = slot.take() else {
+                    return;
+                };
                 // Hooks may have readdressed the stanza; parse again only then.
                 let to = match (to, stanza.attr("to")) {
                     (Some(to), Some(now)) if to.is_written_as(now) => to,
@@ -690,7 +692,11 @@ impl Server {
 
     /// Whether any delivery handler wants [`Event::MessageDelivered`] for
     /// `message` handed to `targets`; a handler whose check panics does.
-    fn delivery_wanted(self: &Arc<Self>, message: &Element, targets: &[Arc<SessionHandle>]) -> bool {
+    fn delivery_wanted(
+        self: &Arc<Self>,
+        message: &Element,
+        targets: &[Arc<SessionHandle>],
+    ) -> bool {
         let handlers = &self.registry.delivery_events;
         if handlers.is_empty() {
             return false;
@@ -813,11 +819,7 @@ impl Server {
         Box::pin(self.dispatch_iq_now(origin, stanza))
     }
 
-    async fn dispatch_iq_now(
-        self: Arc<Self>,
-        origin: Option<Arc<SessionHandle>>,
-        stanza: Element,
-    ) {
+    async fn dispatch_iq_now(self: Arc<Self>, origin: Option<Arc<SessionHandle>>, stanza: Element) {
         let kind = match stanza.attr("type") {
             Some("get") => IqKind::Get,
             Some("set") => IqKind::Set,

@@ -189,7 +189,12 @@ impl EventHandler for Carbons {
 
     /// An eligible message to an account with another available session
     /// that has carbons on; most accounts have none.
-    fn wants_delivery(&self, cx: &Cx, message: &Element, recipients: &[Arc<SessionHandle>]) -> bool {
+    fn wants_delivery(
+        &self,
+        cx: &Cx,
+        message: &Element,
+        recipients: &[Arc<SessionHandle>],
+    ) -> bool {
         let Some(user) = recipients.first().map(|r| r.jid.bare()) else {
             return false;
         };

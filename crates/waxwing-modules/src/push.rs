@@ -237,7 +237,12 @@ impl EventHandler for Push {
     }
 
     /// An important message to a session that is detached or inactive.
-    fn wants_delivery(&self, _cx: &Cx, message: &Element, recipients: &[Arc<SessionHandle>]) -> bool {
+    fn wants_delivery(
+        &self,
+        _cx: &Cx,
+        message: &Element,
+        recipients: &[Arc<SessionHandle>],
+    ) -> bool {
         is_important(message)
             && recipients
                 .iter()

@@ -548,7 +548,13 @@ mod tests {
 
     #[test]
     fn to_text_is_to_string() {
-        for s in ["a@b", "b", "a@b/c", "b/c d", "\u{e9}l\u{e8}ve@b\u{fc}cher.example/\u{2603}"] {
+        for s in [
+            "a@b",
+            "b",
+            "a@b/c",
+            "b/c d",
+            "\u{e9}l\u{e8}ve@b\u{fc}cher.example/\u{2603}",
+        ] {
             match Jid::parse(s).unwrap() {
                 Jid::Bare(b) => assert_eq!(b.to_text(), b.to_string()),
                 Jid::Full(f) => {
