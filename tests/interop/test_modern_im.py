@@ -358,7 +358,8 @@ async def test_push_published_for_an_inactive_session_but_not_an_active_one(serv
     """A message delivered to a session that is online but inactive (CSI)
     wakes the phone; one to the same session while active does not. The
     router asks the push module before it queues a message whether the
-    delivery concerns it, so both answers come from that check."""
+    delivery concerns it (and keeps no copy for the event when it does not),
+    so the publish for the inactive session depends on that check."""
     srv = server(users={**USERS, APP: PASSWORD})
     app = await online(xmpp, srv, f"{APP}/appserver")
     publishes = Inbox(app, "pubsub publish")
