@@ -1,0 +1,252 @@
+//! Secrets and rosters of recently seen accounts, kept in memory in front
+//! of the account and roster stores (`[storage] cache_accounts`).
+//!
+//! A login reads the account's SCRAM secrets, then its roster for the
+//! initial presence broadcast and again for the unavailable one at logout,
+//! and every presence between contacts looks up one roster row. On SQLite
+//! each of those is a round trip to the connection's thread and back
+//! (sqlx runs statements there), which cost more CPU than the SCRAM
+//! exchange itself. Here they are answered from memory once the account has
+//! been seen.
+//!
+//! Writes go to the store first and then drop the account's entry
+//! (write-through with invalidation, never a cached copy of what was
+//! written): the next read loads what the store has. Every write method of
+//! [`AccountStore`] and [`RosterStore`] that touches an account's secrets or
+//! rows invalidates that account, so a password change, an account deletion
+//! and every roster change (including the other side of a subscription,
+//! which writes the contact's roster through the same trait) are seen by the
+//! next read.
+//!
+//! A read that raced a write must not put the old value back: each map has
+//! a generation, bumped by every invalidation; a read notes it before going
+//! to the store and only fills the cache if it has not moved.
+//!
+//! Writers the process does not see are covered by a lifetime: an entry is
+//! used for at most `[storage] cache_secs` after it was loaded. That bounds
+//! how long `waxwing user passwd|remove` run beside a live server (which
+//! write the database directly) take to reach logins. With `[cluster]` the
+//! cache is off: other nodes write the same database.
+
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hashlink::LruCache;
+use waxwing_proto::jid::BareJid;
+use waxwing_store::{AccountStore, RosterItem, RosterStore, StoreError, StoredSecret, Stores};
+
+/// How many accounts and how long (`[storage] cache_accounts`, `cache_secs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Accounts whose secrets (and, separately, rosters) are kept; 0: no cache.
+    pub accounts: usize,
+    /// How long a loaded entry may be used.
+    pub lifetime: Duration,
+}
+
+/// Puts the cache in front of `stores`' accounts and rosters (nothing when
+/// `limits.accounts` is 0).
+pub(crate) fn wrap(mut stores: Stores, limits: CacheLimits) -> Stores {
+    if limits.accounts == 0 {
+        return stores;
+    }
+    let caches = Arc::new(Caches {
+        secrets: Cache::new(limits),
+        rosters: Cache::new(limits),
+    });
+    stores.accounts = Arc::new(CachedAccounts {
+        inner: stores.accounts,
+        caches: caches.clone(),
+    });
+    stores.roster = Arc::new(CachedRoster {
+        inner: stores.roster,
+        caches,
+    });
+    stores
+}
+
+/// A bounded, least-recently-used map whose entries expire, with the
+/// generation that keeps a racing read from caching a stale value.
+struct Cache<K: Hash + Eq, V> {
+    state: Mutex<State<K, V>>,
+    lifetime: Duration,
+}
+
+struct State<K: Hash + Eq, V> {
+    entries: LruCache<K, (Instant, V)>,
+    generation: u64,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
+    fn new(limits: CacheLimits) -> Self {
+        Cache {
+            state: Mutex::new(State {
+                entries: LruCache::new(limits.accounts),
+                generation: 0,
+            }),
+            lifetime: limits.lifetime,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<K, V>> {
+        // The map is only ever changed by whole-entry inserts and removals:
+        // a panic elsewhere while holding the lock leaves nothing half-done.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached value, or the generation to hand to [`Cache::fill`]
+    /// after loading it from the store.
+    fn get(&self, key: &K) -> Result<V, u64> {
+        let mut s = self.lock();
+        match s.entries.get(key) {
+            Some((at, v)) if at.elapsed() < self.lifetime => Ok(v.clone()),
+            Some(_) => {
+                s.entries.remove(key);
+                Err(s.generation)
+            }
+            None => Err(s.generation),
+        }
+    }
+
+    /// Keeps `value`, read from the store, unless some write invalidated
+    /// anything since `generation` was taken (the value may predate it).
+    fn fill(&self, key: K, generation: u64, value: V) {
+        let mut s = self.lock();
+        if s.generation == generation {
+            s.entries.insert(key, (Instant::now(), value));
+        }
+    }
+
+    /// Forgets `key`; called after every write that touched it (failed
+    /// writes too: a failure may still have committed).
+    fn invalidate(&self, key: &K) {
+        let mut s = self.lock();
+        s.generation = s.generation.wrapping_add(1);
+        s.entries.remove(key);
+    }
+
+}
+
+/// Both maps: deleting an account also deletes its roster rows.
+struct Caches {
+    /// The secrets of existing accounts. An unknown address is not
+    /// remembered: `waxwing user add` beside a running server must work at
+    /// once for someone who just failed to log in.
+    secrets: Cache<BareJid, Arc<Vec<StoredSecret>>>,
+    /// Every row of the owner's roster, sorted by contact as `items` returns them.
+    rosters: Cache<BareJid, Arc<Vec<RosterItem>>>,
+}
+
+struct CachedAccounts {
+    inner: Arc<dyn AccountStore>,
+    caches: Arc<Caches>,
+}
+
+impl CachedAccounts {
+    async fn load(&self, user: &BareJid) -> Result<Option<Arc<Vec<StoredSecret>>>, StoreError> {
+        match self.caches.secrets.get(user) {
+            Ok(s) => Ok(Some(s)),
+            Err(generation) => {
+                let Some(s) = self.inner.secrets(user).await? else {
+                    return Ok(None);
+                };
+                let s = Arc::new(s);
+                self.caches.secrets.fill(user.clone(), generation, s.clone());
+                Ok(Some(s))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl AccountStore for CachedAccounts {
+    async fn create(&self, user: &BareJid, secrets: &[StoredSecret]) -> Result<(), StoreError> {
+        let r = self.inner.create(user, secrets).await;
+        self.caches.secrets.invalidate(user);
+        r
+    }
+    async fn secrets(&self, user: &BareJid) -> Result<Option<Vec<StoredSecret>>, StoreError> {
+        Ok(self.load(user).await?.map(|s| s.as_ref().clone()))
+    }
+    async fn set_secrets(
+        &self,
+        user: &BareJid,
+        secrets: &[StoredSecret],
+    ) -> Result<(), StoreError> {
+        let r = self.inner.set_secrets(user, secrets).await;
+        self.caches.secrets.invalidate(user);
+        r
+    }
+    async fn delete(&self, user: &BareJid) -> Result<(), StoreError> {
+        let r = self.inner.delete(user).await;
+        self.caches.secrets.invalidate(user);
+        self.caches.rosters.invalidate(user);
+        r
+    }
+    async fn exists(&self, user: &BareJid) -> Result<bool, StoreError> {
+        Ok(self.load(user).await?.is_some())
+    }
+    async fn list(&self, domain: Option<&str>) -> Result<Vec<BareJid>, StoreError> {
+        self.inner.list(domain).await
+    }
+    async fn count(&self, domain: Option<&str>) -> Result<u64, StoreError> {
+        self.inner.count(domain).await
+    }
+}
+
+struct CachedRoster {
+    inner: Arc<dyn RosterStore>,
+    caches: Arc<Caches>,
+}
+
+impl CachedRoster {
+    async fn load(&self, owner: &BareJid) -> Result<Arc<Vec<RosterItem>>, StoreError> {
+        match self.caches.rosters.get(owner) {
+            Ok(items) => Ok(items),
+            Err(generation) => {
+                let items = Arc::new(self.inner.items(owner).await?);
+                self.caches.rosters.fill(owner.clone(), generation, items.clone());
+                Ok(items)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RosterStore for CachedRoster {
+    async fn items(&self, owner: &BareJid) -> Result<Vec<RosterItem>, StoreError> {
+        Ok(self.load(owner).await?.as_ref().clone())
+    }
+    async fn get(
+        &self,
+        owner: &BareJid,
+        contact: &BareJid,
+    ) -> Result<Option<RosterItem>, StoreError> {
+        let items = self.load(owner).await?;
+        Ok(items
+            .binary_search_by(|i| i.contact.cmp(contact))
+            .ok()
+            .map(|at| items[at].clone()))
+    }
+    async fn put(&self, owner: &BareJid, item: &RosterItem) -> Result<u64, StoreError> {
+        let r = self.inner.put(owner, item).await;
+        self.caches.rosters.invalidate(owner);
+        r
+    }
+    async fn remove(&self, owner: &BareJid, contact: &BareJid) -> Result<u64, StoreError> {
+        let r = self.inner.remove(owner, contact).await;
+        self.caches.rosters.invalidate(owner);
+        r
+    }
+    async fn version(&self, owner: &BareJid) -> Result<u64, StoreError> {
+        self.inner.version(owner).await
+    }
+    async fn forget_version(&self, owner: &BareJid) -> Result<(), StoreError> {
+        self.inner.forget_version(owner).await
+    }
+    async fn owners_of(&self, contact: &BareJid) -> Result<Vec<(BareJid, RosterItem)>, StoreError> {
+        self.inner.owners_of(contact).await
+    }
+}
