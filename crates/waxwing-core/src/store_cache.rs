@@ -1,9 +1,10 @@
 //! Secrets and rosters of recently seen accounts, kept in memory in front
 //! of the account and roster stores (`[storage] cache_accounts`).
 //!
-//! A login reads the account's SCRAM secrets, then its roster for the
-//! initial presence broadcast and again for the unavailable one at logout,
-//! and every presence between contacts looks up one roster row. On SQLite
+//! A login reads the account's SCRAM secrets, then its avatar hash (kept
+//! in private XML) and its roster for the initial presence broadcast, and
+//! the roster again for the unavailable one at logout; every presence
+//! between contacts looks up one roster row. On SQLite
 //! each of those is a round trip to the connection's thread and back
 //! (sqlx runs statements there), which cost more CPU than the SCRAM
 //! exchange itself. Here they are answered from memory once the account has
@@ -35,9 +36,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hashlink::LruCache;
 use waxwing_proto::jid::BareJid;
-use waxwing_store::{AccountStore, RosterItem, RosterStore, StoreError, StoredSecret, Stores};
+use waxwing_store::{
+    AccountStore, PrivateXmlStore, RosterItem, RosterStore, StoreError, StoredSecret, Stores,
+};
 
-/// How many accounts and how long (`[storage] cache_accounts`, `cache_secs`).
+/// How many accounts (and private-XML fragments) and how long
+/// (`[storage] cache_accounts`, `cache_secs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
     /// Accounts whose secrets (and, separately, rosters) are kept; 0: no cache.
@@ -63,6 +67,10 @@ pub(crate) fn wrap(mut stores: Stores, limits: CacheLimits) -> Stores {
     stores.roster = Arc::new(CachedRoster {
         inner: stores.roster,
         caches,
+    });
+    stores.private_xml = Arc::new(CachedPrivateXml {
+        inner: stores.private_xml,
+        fragments: Cache::new(limits),
     });
     stores
 }
@@ -125,6 +133,13 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         let mut s = self.lock();
         s.generation = s.generation.wrapping_add(1);
         s.entries.remove(key);
+    }
+
+    /// Forgets everything (a write whose keys are not known one by one).
+    fn clear(&self) {
+        let mut s = self.lock();
+        s.generation = s.generation.wrapping_add(1);
+        s.entries.clear();
     }
 
 }
@@ -248,5 +263,205 @@ impl RosterStore for CachedRoster {
     }
     async fn owners_of(&self, contact: &BareJid) -> Result<Vec<(BareJid, RosterItem)>, StoreError> {
         self.inner.owners_of(contact).await
+    }
+}
+
+/// Private-XML fragments up to this size are kept (the avatar hash every
+/// available presence carries is 40 bytes); larger ones (bookmarks, vCards)
+/// are read when asked for, as before.
+const MAX_CACHED_FRAGMENT: usize = 1024;
+
+struct CachedPrivateXml {
+    inner: Arc<dyn PrivateXmlStore>,
+    /// `None`: nothing stored under that key.
+    fragments: Cache<(BareJid, String), Option<Arc<str>>>,
+}
+
+#[async_trait]
+impl PrivateXmlStore for CachedPrivateXml {
+    async fn get(&self, owner: &BareJid, key: &str) -> Result<Option<String>, StoreError> {
+        let k = (owner.clone(), key.to_string());
+        match self.fragments.get(&k) {
+            Ok(v) => Ok(v.map(|v| v.to_string())),
+            Err(generation) => {
+                let v = self.inner.get(owner, key).await?;
+                if v.as_ref().is_none_or(|v| v.len() <= MAX_CACHED_FRAGMENT) {
+                    self.fragments
+                        .fill(k, generation, v.as_deref().map(Arc::from));
+                }
+                Ok(v)
+            }
+        }
+    }
+    async fn set(&self, owner: &BareJid, key: &str, xml: &str) -> Result<(), StoreError> {
+        let r = self.inner.set(owner, key, xml).await;
+        self.fragments.invalidate(&(owner.clone(), key.to_string()));
+        r
+    }
+    async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError> {
+        let r = self.inner.remove_user(owner).await;
+        // Rare (account deletion), and the keys are not indexed by owner.
+        self.fragments.clear();
+        r
+    }
+    async fn keys(&self, owner: &BareJid) -> Result<Vec<String>, StoreError> {
+        self.inner.keys(owner).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waxwing_store::Subscription;
+
+    fn jid(s: &str) -> BareJid {
+        BareJid::parse(s).unwrap()
+    }
+
+    fn secret(salt: u8) -> StoredSecret {
+        StoredSecret {
+            mechanism: "SCRAM-SHA-256".into(),
+            salt: vec![salt],
+            iterations: 4096,
+            stored_key: vec![1],
+            server_key: vec![2],
+        }
+    }
+
+    const LIMITS: CacheLimits = CacheLimits {
+        accounts: 100,
+        lifetime: Duration::from_secs(3600),
+    };
+
+    /// The cached stores, and the ones behind them (a writer the cache does
+    /// not see, like another process).
+    fn stores(limits: CacheLimits) -> (Stores, Stores) {
+        let inner = waxwing_store::memory();
+        (wrap(inner.clone(), limits), inner)
+    }
+
+    #[tokio::test]
+    async fn secrets_are_kept_until_the_server_changes_them() {
+        let (cached, behind) = stores(LIMITS);
+        let alice = jid("alice@example.org");
+        cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(1)]));
+        // Behind the cache's back: still the copy (this is what saves the read).
+        behind.accounts.set_secrets(&alice, &[secret(2)]).await.unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(1)]));
+        // A password change through the server is seen by the next login.
+        cached.accounts.set_secrets(&alice, &[secret(3)]).await.unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(3)]));
+        cached.accounts.delete(&alice).await.unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), None);
+        assert!(!cached.accounts.exists(&alice).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn unknown_accounts_are_not_remembered() {
+        let (cached, behind) = stores(LIMITS);
+        let bob = jid("bob@example.org");
+        assert_eq!(cached.accounts.secrets(&bob).await.unwrap(), None);
+        // `waxwing user add` beside the running server.
+        behind.accounts.create(&bob, &[secret(1)]).await.unwrap();
+        assert_eq!(cached.accounts.secrets(&bob).await.unwrap(), Some(vec![secret(1)]));
+        assert!(cached.accounts.exists(&bob).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn entries_expire_for_writers_the_server_does_not_see() {
+        let (cached, behind) = stores(CacheLimits {
+            accounts: 100,
+            lifetime: Duration::ZERO,
+        });
+        let alice = jid("alice@example.org");
+        cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(1)]));
+        behind.accounts.set_secrets(&alice, &[secret(2)]).await.unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(2)]));
+    }
+
+    #[tokio::test]
+    async fn rosters_are_dropped_by_every_roster_write() {
+        let (cached, behind) = stores(LIMITS);
+        let (alice, bob, carol) = (
+            jid("alice@example.org"),
+            jid("bob@example.org"),
+            jid("carol@example.org"),
+        );
+        cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        let mut item = RosterItem::new(bob.clone());
+        cached.roster.put(&alice, &item).await.unwrap();
+        assert_eq!(cached.roster.items(&alice).await.unwrap(), vec![item.clone()]);
+        // Cached: a row written behind its back is not seen...
+        behind
+            .roster
+            .put(&alice, &RosterItem::new(carol.clone()))
+            .await
+            .unwrap();
+        assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 1);
+        assert_eq!(cached.roster.get(&alice, &carol).await.unwrap(), None);
+        // ...until the server writes that roster (a subscription change).
+        item.subscription = Subscription::Both;
+        cached.roster.put(&alice, &item).await.unwrap();
+        assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 2);
+        assert_eq!(cached.roster.get(&alice, &bob).await.unwrap(), Some(item));
+        assert!(cached.roster.get(&alice, &carol).await.unwrap().is_some());
+        cached.roster.remove(&alice, &carol).await.unwrap();
+        assert_eq!(cached.roster.get(&alice, &carol).await.unwrap(), None);
+        // Deleting the account deletes its rows.
+        cached.accounts.delete(&alice).await.unwrap();
+        assert!(cached.roster.items(&alice).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn small_private_fragments_are_kept_large_ones_read_each_time() {
+        let (cached, behind) = stores(LIMITS);
+        let alice = jid("alice@example.org");
+        let big = "x".repeat(MAX_CACHED_FRAGMENT + 1);
+        cached.private_xml.set(&alice, "hash", "abc").await.unwrap();
+        cached.private_xml.set(&alice, "big", &big).await.unwrap();
+        assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap().as_deref(), Some("abc"));
+        assert_eq!(cached.private_xml.get(&alice, "big").await.unwrap(), Some(big));
+        assert_eq!(cached.private_xml.get(&alice, "none").await.unwrap(), None);
+        behind.private_xml.set(&alice, "hash", "def").await.unwrap();
+        behind.private_xml.set(&alice, "big", "y").await.unwrap();
+        assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap().as_deref(), Some("abc"));
+        assert_eq!(cached.private_xml.get(&alice, "big").await.unwrap().as_deref(), Some("y"));
+        cached.private_xml.set(&alice, "hash", "ghi").await.unwrap();
+        assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap().as_deref(), Some("ghi"));
+        cached.private_xml.remove_user(&alice).await.unwrap();
+        assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap(), None);
+    }
+
+    #[test]
+    fn a_read_that_raced_a_write_is_not_kept() {
+        let cache: Cache<u32, u32> = Cache::new(LIMITS);
+        let Err(generation) = cache.get(&1) else { panic!("empty cache") };
+        // The store is read (old value), then a write lands and invalidates.
+        cache.invalidate(&1);
+        cache.fill(1, generation, 10);
+        assert!(cache.get(&1).is_err());
+        let Err(generation) = cache.get(&1) else { panic!() };
+        cache.fill(1, generation, 11);
+        assert_eq!(cache.get(&1), Ok(11));
+    }
+
+    #[test]
+    fn the_least_recently_used_account_goes_first() {
+        let cache: Cache<u32, u32> = Cache::new(CacheLimits {
+            accounts: 2,
+            lifetime: Duration::from_secs(60),
+        });
+        for k in [1, 2] {
+            let g = cache.get(&k).unwrap_err();
+            cache.fill(k, g, k);
+        }
+        assert_eq!(cache.get(&1), Ok(1));
+        let g = cache.get(&3).unwrap_err();
+        cache.fill(3, g, 3);
+        assert!(cache.get(&2).is_err());
+        assert_eq!(cache.get(&1), Ok(1));
+        assert_eq!(cache.get(&3), Ok(3));
     }
 }
