@@ -23,13 +23,18 @@
 //! a generation, bumped by every invalidation; a read notes it before going
 //! to the store and only fills the cache if it has not moved.
 //!
-//! Writers the process does not see are covered by a lifetime: an entry is
-//! used for at most `[storage] cache_secs` after it was loaded. That bounds
-//! how long `waxwing user passwd|remove` run beside a live server (which
-//! write the database directly) take to reach logins. With `[cluster]` the
-//! cache is off: other nodes write the same database.
+//! Writers in other processes: `waxwing user add|passwd|remove`, run beside
+//! a live server, write the database directly and then replace the stamp
+//! file `<data_dir>/accounts.changed` ([`note_outside_change`]); every cached
+//! read first looks at the stamp (one `stat`, far cheaper than a statement)
+//! and drops everything when it changed. Anything else is covered by a
+//! lifetime: an entry is used for at most `[storage] cache_secs` after it was
+//! loaded. With `[cluster]` the cache is off: other nodes write the same
+//! database.
 
 use std::hash::Hash;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,15 +55,57 @@ pub struct CacheLimits {
     pub lifetime: Duration,
 }
 
-/// Puts the cache in front of `stores`' accounts and rosters (nothing when
-/// `limits.accounts` is 0).
-pub(crate) fn wrap(mut stores: Stores, limits: CacheLimits) -> Stores {
+/// The file other processes replace after changing accounts in the
+/// database of `data_dir`.
+fn stamp_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("accounts.changed")
+}
+
+/// Tells a server running on `data_dir` that accounts changed behind its
+/// back (`waxwing user …`): it drops its cached copies before the next read.
+/// Written to a temporary file and renamed, so a reader sees a new file.
+pub fn note_outside_change(data_dir: &Path) -> std::io::Result<()> {
+    let path = stamp_path(data_dir);
+    let tmp = path.with_extension("changed.tmp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::fs::write(&tmp, format!("{}\n", now.as_nanos()))?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// What identifies one version of the stamp file: a rename makes a new
+/// inode, and its change time moves even when an inode number is reused.
+type StampId = Option<(u64, i64, i64)>;
+
+fn stamp_id(path: &Path) -> StampId {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// The stamp as last seen.
+struct Stamp {
+    path: PathBuf,
+    seen: Mutex<StampId>,
+}
+
+/// Puts the cache in front of `stores`' accounts, rosters and private XML
+/// (nothing when `limits.accounts` is 0). `data_dir`: where other processes
+/// leave their stamp.
+pub(crate) fn wrap(mut stores: Stores, limits: CacheLimits, data_dir: &Path) -> Stores {
     if limits.accounts == 0 {
         return stores;
     }
+    let path = stamp_path(data_dir);
     let caches = Arc::new(Caches {
         secrets: Cache::new(limits),
         rosters: Cache::new(limits),
+        fragments: Cache::new(limits),
+        stamp: Stamp {
+            seen: Mutex::new(stamp_id(&path)),
+            path,
+        },
     });
     stores.accounts = Arc::new(CachedAccounts {
         inner: stores.accounts,
@@ -66,11 +113,11 @@ pub(crate) fn wrap(mut stores: Stores, limits: CacheLimits) -> Stores {
     });
     stores.roster = Arc::new(CachedRoster {
         inner: stores.roster,
-        caches,
+        caches: caches.clone(),
     });
     stores.private_xml = Arc::new(CachedPrivateXml {
         inner: stores.private_xml,
-        fragments: Cache::new(limits),
+        caches,
     });
     stores
 }
@@ -152,6 +199,24 @@ struct Caches {
     secrets: Cache<BareJid, Arc<Vec<StoredSecret>>>,
     /// Every row of the owner's roster, sorted by contact as `items` returns them.
     rosters: Cache<BareJid, Arc<Vec<RosterItem>>>,
+    /// Small private-XML fragments; `None`: nothing stored under that key.
+    fragments: Cache<(BareJid, String), Option<Arc<str>>>,
+    stamp: Stamp,
+}
+
+impl Caches {
+    /// Drops every copy if another process changed accounts since the
+    /// last look. Before every cached read.
+    fn check_stamp(&self) {
+        let now = stamp_id(&self.stamp.path);
+        let mut seen = self.stamp.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen != now {
+            *seen = now;
+            self.secrets.clear();
+            self.rosters.clear();
+            self.fragments.clear();
+        }
+    }
 }
 
 struct CachedAccounts {
@@ -161,6 +226,7 @@ struct CachedAccounts {
 
 impl CachedAccounts {
     async fn load(&self, user: &BareJid) -> Result<Option<Arc<Vec<StoredSecret>>>, StoreError> {
+        self.caches.check_stamp();
         match self.caches.secrets.get(user) {
             Ok(s) => Ok(Some(s)),
             Err(generation) => {
@@ -218,6 +284,7 @@ struct CachedRoster {
 
 impl CachedRoster {
     async fn load(&self, owner: &BareJid) -> Result<Arc<Vec<RosterItem>>, StoreError> {
+        self.caches.check_stamp();
         match self.caches.rosters.get(owner) {
             Ok(items) => Ok(items),
             Err(generation) => {
@@ -273,20 +340,21 @@ const MAX_CACHED_FRAGMENT: usize = 1024;
 
 struct CachedPrivateXml {
     inner: Arc<dyn PrivateXmlStore>,
-    /// `None`: nothing stored under that key.
-    fragments: Cache<(BareJid, String), Option<Arc<str>>>,
+    caches: Arc<Caches>,
 }
 
 #[async_trait]
 impl PrivateXmlStore for CachedPrivateXml {
     async fn get(&self, owner: &BareJid, key: &str) -> Result<Option<String>, StoreError> {
+        self.caches.check_stamp();
         let k = (owner.clone(), key.to_string());
-        match self.fragments.get(&k) {
+        match self.caches.fragments.get(&k) {
             Ok(v) => Ok(v.map(|v| v.to_string())),
             Err(generation) => {
                 let v = self.inner.get(owner, key).await?;
                 if v.as_ref().is_none_or(|v| v.len() <= MAX_CACHED_FRAGMENT) {
-                    self.fragments
+                    self.caches
+                        .fragments
                         .fill(k, generation, v.as_deref().map(Arc::from));
                 }
                 Ok(v)
@@ -295,13 +363,13 @@ impl PrivateXmlStore for CachedPrivateXml {
     }
     async fn set(&self, owner: &BareJid, key: &str, xml: &str) -> Result<(), StoreError> {
         let r = self.inner.set(owner, key, xml).await;
-        self.fragments.invalidate(&(owner.clone(), key.to_string()));
+        self.caches.fragments.invalidate(&(owner.clone(), key.to_string()));
         r
     }
     async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError> {
         let r = self.inner.remove_user(owner).await;
         // Rare (account deletion), and the keys are not indexed by owner.
-        self.fragments.clear();
+        self.caches.fragments.clear();
         r
     }
     async fn keys(&self, owner: &BareJid) -> Result<Vec<String>, StoreError> {
@@ -337,7 +405,32 @@ mod tests {
     /// not see, like another process).
     fn stores(limits: CacheLimits) -> (Stores, Stores) {
         let inner = waxwing_store::memory();
-        (wrap(inner.clone(), limits), inner)
+        // No stamp is ever written there.
+        let dir = Path::new("/nonexistent/waxwing-store-cache-test");
+        (wrap(inner.clone(), limits, dir), inner)
+    }
+
+    #[tokio::test]
+    async fn the_cli_stamp_drops_every_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = waxwing_store::memory();
+        let cached = wrap(inner.clone(), LIMITS, dir.path());
+        let alice = jid("alice@example.org");
+        cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        cached.roster.put(&alice, &RosterItem::new(jid("bob@example.org"))).await.unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(1)]));
+        assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 1);
+        // `waxwing user passwd`, twice in a row (the second must count too).
+        for salt in [2, 3] {
+            inner.accounts.set_secrets(&alice, &[secret(salt)]).await.unwrap();
+            note_outside_change(dir.path()).unwrap();
+            assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(salt)]));
+        }
+        // `waxwing user remove`.
+        inner.accounts.delete(&alice).await.unwrap();
+        note_outside_change(dir.path()).unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), None);
+        assert!(cached.roster.items(&alice).await.unwrap().is_empty());
     }
 
     #[tokio::test]

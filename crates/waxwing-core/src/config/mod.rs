@@ -1770,6 +1770,27 @@ mod tests {
     }
 
     #[test]
+    fn store_cache_settings() {
+        let d = Config::embedded_default().store_cache;
+        assert_eq!(d.accounts, 10_000);
+        assert_eq!(d.lifetime, Duration::from_secs(60));
+        let c = Config::parse("[storage]\ncache_accounts = 0\ncache_secs = 5\n").unwrap();
+        assert_eq!(c.store_cache.accounts, 0);
+        assert_eq!(c.store_cache.lifetime, Duration::from_secs(5));
+        for bad in ["cache_secs = 0", "cache_secs = 3601", "cache_accounts = 10000001"] {
+            let e = Config::parse(&format!("[storage]\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(bad.split(' ').next().unwrap()), "{e}");
+        }
+        // Other nodes write the same database: no cache in a cluster.
+        let pg = "[storage]\ndatabase = \"postgres://wx:pw@db/wx\"\n";
+        let c = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://r/\"\nnode = \"a\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.store_cache.accounts, 0);
+    }
+
+    #[test]
     fn example_file_is_valid() {
         let src = include_str!("../../../../waxwing.example.toml");
         Config::parse(src).expect("example config parses");
