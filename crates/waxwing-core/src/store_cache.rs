@@ -188,7 +188,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         s.generation = s.generation.wrapping_add(1);
         s.entries.clear();
     }
-
 }
 
 /// Both maps: deleting an account also deletes its roster rows.
@@ -234,7 +233,9 @@ impl CachedAccounts {
                     return Ok(None);
                 };
                 let s = Arc::new(s);
-                self.caches.secrets.fill(user.clone(), generation, s.clone());
+                self.caches
+                    .secrets
+                    .fill(user.clone(), generation, s.clone());
                 Ok(Some(s))
             }
         }
@@ -289,7 +290,9 @@ impl CachedRoster {
             Ok(items) => Ok(items),
             Err(generation) => {
                 let items = Arc::new(self.inner.items(owner).await?);
-                self.caches.rosters.fill(owner.clone(), generation, items.clone());
+                self.caches
+                    .rosters
+                    .fill(owner.clone(), generation, items.clone());
                 Ok(items)
             }
         }
@@ -363,7 +366,9 @@ impl PrivateXmlStore for CachedPrivateXml {
     }
     async fn set(&self, owner: &BareJid, key: &str, xml: &str) -> Result<(), StoreError> {
         let r = self.inner.set(owner, key, xml).await;
-        self.caches.fragments.invalidate(&(owner.clone(), key.to_string()));
+        self.caches
+            .fragments
+            .invalidate(&(owner.clone(), key.to_string()));
         r
     }
     async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError> {
@@ -417,14 +422,28 @@ mod tests {
         let cached = wrap(inner.clone(), LIMITS, dir.path());
         let alice = jid("alice@example.org");
         cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
-        cached.roster.put(&alice, &RosterItem::new(jid("bob@example.org"))).await.unwrap();
-        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(1)]));
+        cached
+            .roster
+            .put(&alice, &RosterItem::new(jid("bob@example.org")))
+            .await
+            .unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(1)])
+        );
         assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 1);
         // `waxwing user passwd`, twice in a row (the second must count too).
         for salt in [2, 3] {
-            inner.accounts.set_secrets(&alice, &[secret(salt)]).await.unwrap();
+            inner
+                .accounts
+                .set_secrets(&alice, &[secret(salt)])
+                .await
+                .unwrap();
             note_outside_change(dir.path()).unwrap();
-            assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(salt)]));
+            assert_eq!(
+                cached.accounts.secrets(&alice).await.unwrap(),
+                Some(vec![secret(salt)])
+            );
         }
         // `waxwing user remove`.
         inner.accounts.delete(&alice).await.unwrap();
@@ -438,13 +457,30 @@ mod tests {
         let (cached, behind) = stores(LIMITS);
         let alice = jid("alice@example.org");
         cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
-        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(1)]));
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(1)])
+        );
         // Behind the cache's back: still the copy (this is what saves the read).
-        behind.accounts.set_secrets(&alice, &[secret(2)]).await.unwrap();
-        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(1)]));
+        behind
+            .accounts
+            .set_secrets(&alice, &[secret(2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(1)])
+        );
         // A password change through the server is seen by the next login.
-        cached.accounts.set_secrets(&alice, &[secret(3)]).await.unwrap();
-        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(3)]));
+        cached
+            .accounts
+            .set_secrets(&alice, &[secret(3)])
+            .await
+            .unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(3)])
+        );
         cached.accounts.delete(&alice).await.unwrap();
         assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), None);
         assert!(!cached.accounts.exists(&alice).await.unwrap());
@@ -457,7 +493,10 @@ mod tests {
         assert_eq!(cached.accounts.secrets(&bob).await.unwrap(), None);
         // `waxwing user add` beside the running server.
         behind.accounts.create(&bob, &[secret(1)]).await.unwrap();
-        assert_eq!(cached.accounts.secrets(&bob).await.unwrap(), Some(vec![secret(1)]));
+        assert_eq!(
+            cached.accounts.secrets(&bob).await.unwrap(),
+            Some(vec![secret(1)])
+        );
         assert!(cached.accounts.exists(&bob).await.unwrap());
     }
 
@@ -469,9 +508,19 @@ mod tests {
         });
         let alice = jid("alice@example.org");
         cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
-        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(1)]));
-        behind.accounts.set_secrets(&alice, &[secret(2)]).await.unwrap();
-        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), Some(vec![secret(2)]));
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(1)])
+        );
+        behind
+            .accounts
+            .set_secrets(&alice, &[secret(2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(2)])
+        );
     }
 
     #[tokio::test]
@@ -485,7 +534,10 @@ mod tests {
         cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
         let mut item = RosterItem::new(bob.clone());
         cached.roster.put(&alice, &item).await.unwrap();
-        assert_eq!(cached.roster.items(&alice).await.unwrap(), vec![item.clone()]);
+        assert_eq!(
+            cached.roster.items(&alice).await.unwrap(),
+            vec![item.clone()]
+        );
         // Cached: a row written behind its back is not seen...
         behind
             .roster
@@ -514,15 +566,50 @@ mod tests {
         let big = "x".repeat(MAX_CACHED_FRAGMENT + 1);
         cached.private_xml.set(&alice, "hash", "abc").await.unwrap();
         cached.private_xml.set(&alice, "big", &big).await.unwrap();
-        assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap().as_deref(), Some("abc"));
-        assert_eq!(cached.private_xml.get(&alice, "big").await.unwrap(), Some(big));
+        assert_eq!(
+            cached
+                .private_xml
+                .get(&alice, "hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            cached.private_xml.get(&alice, "big").await.unwrap(),
+            Some(big)
+        );
         assert_eq!(cached.private_xml.get(&alice, "none").await.unwrap(), None);
         behind.private_xml.set(&alice, "hash", "def").await.unwrap();
         behind.private_xml.set(&alice, "big", "y").await.unwrap();
-        assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap().as_deref(), Some("abc"));
-        assert_eq!(cached.private_xml.get(&alice, "big").await.unwrap().as_deref(), Some("y"));
+        assert_eq!(
+            cached
+                .private_xml
+                .get(&alice, "hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            cached
+                .private_xml
+                .get(&alice, "big")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("y")
+        );
         cached.private_xml.set(&alice, "hash", "ghi").await.unwrap();
-        assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap().as_deref(), Some("ghi"));
+        assert_eq!(
+            cached
+                .private_xml
+                .get(&alice, "hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("ghi")
+        );
         cached.private_xml.remove_user(&alice).await.unwrap();
         assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap(), None);
     }
@@ -530,12 +617,16 @@ mod tests {
     #[test]
     fn a_read_that_raced_a_write_is_not_kept() {
         let cache: Cache<u32, u32> = Cache::new(LIMITS);
-        let Err(generation) = cache.get(&1) else { panic!("empty cache") };
+        let Err(generation) = cache.get(&1) else {
+            panic!("empty cache")
+        };
         // The store is read (old value), then a write lands and invalidates.
         cache.invalidate(&1);
         cache.fill(1, generation, 10);
         assert!(cache.get(&1).is_err());
-        let Err(generation) = cache.get(&1) else { panic!() };
+        let Err(generation) = cache.get(&1) else {
+            panic!()
+        };
         cache.fill(1, generation, 11);
         assert_eq!(cache.get(&1), Ok(11));
     }

@@ -1777,9 +1777,16 @@ mod tests {
         let c = Config::parse("[storage]\ncache_accounts = 0\ncache_secs = 5\n").unwrap();
         assert_eq!(c.store_cache.accounts, 0);
         assert_eq!(c.store_cache.lifetime, Duration::from_secs(5));
-        for bad in ["cache_secs = 0", "cache_secs = 3601", "cache_accounts = 10000001"] {
+        for bad in [
+            "cache_secs = 0",
+            "cache_secs = 3601",
+            "cache_accounts = 10000001",
+        ] {
             let e = Config::parse(&format!("[storage]\n{bad}\n")).unwrap_err();
-            assert!(e.to_string().contains(bad.split(' ').next().unwrap()), "{e}");
+            assert!(
+                e.to_string().contains(bad.split(' ').next().unwrap()),
+                "{e}"
+            );
         }
         // Other nodes write the same database: no cache in a cluster.
         let pg = "[storage]\ndatabase = \"postgres://wx:pw@db/wx\"\n";
