@@ -183,9 +183,15 @@ stop_nodes() {
 	NODE_PID=()
 }
 
-node_pids() { # comma-separated, for --server-pid (CPU is summed over them)
+node_pids() { # comma-separated, for --server-pid (CPU is summed over them):
+	# every node, and Redis when the nodes form a cluster (its CPU is part
+	# of what a cross-node message costs)
 	local IFS=,
-	echo "${NODE_PID[*]}"
+	if [[ $(grep -c '^\[cluster\]' "$RUN/n1/waxwing.toml") == 1 ]]; then
+		echo "${NODE_PID[*]},$REDIS_PID"
+	else
+		echo "${NODE_PID[*]}"
+	fi
 }
 
 cluster_status() { "$WAXWING" cluster status --json --config "$RUN/n1/waxwing.toml"; }

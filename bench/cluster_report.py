@@ -37,8 +37,10 @@ def main() -> None:
         out += [
             "## 1:1 chat, both users on one node vs on two nodes",
             "",
-            "Server CPU is summed over every node of the cluster (idle nodes "
-            "included: heartbeats and registry replicas are part of the cost).",
+            "Server CPU is summed over every node of the cluster and Redis (idle nodes "
+            "included: heartbeats and registry replicas are part of the cost; Redis carries "
+            "every cross-node message). \"no cluster\" is one node on the same PostgreSQL "
+            "without `[cluster]` and without Redis.",
             "",
             "| Cluster | Users | msgs/s, saturation | msgs per cluster CPU-s | CPU µs per msg "
             "| p99 ms, saturation | p50 / p99 ms at fixed rate | CPU µs per msg at fixed rate |",
