@@ -106,7 +106,9 @@ impl Server {
         fake_salt_key: [u8; 32],
     ) -> Arc<Self> {
         let metrics = crate::metrics::Metrics::new();
+        // Cache outside the timing: the histograms time the store itself.
         let stores = crate::timed::wrap(stores, &metrics.storage_seconds);
+        let stores = crate::store_cache::wrap(stores, config.store_cache, &config.data_dir);
         let cluster = config.cluster.clone().map(crate::cluster::Cluster::new);
         let mut sessions = SessionRegistry::counting_overflows(metrics.queue_overflows.clone());
         if let Some(c) = &cluster {
