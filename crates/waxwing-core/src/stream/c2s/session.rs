@@ -467,7 +467,7 @@ impl Conn {
                 ));
             }
         }
-        el.set_attr("from", handle.jid.to_string());
+        el.set_attr("from", handle.jid.to_text());
         if let Some(lang) = &self.lang
             && el.attr("xml:lang").is_none()
         {
