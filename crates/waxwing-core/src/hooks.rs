@@ -148,6 +148,15 @@ pub trait EventHandler: Send + Sync {
     fn wants_deliveries(&self) -> bool {
         false
     }
+
+    /// For a handler that [wants deliveries](Self::wants_deliveries):
+    /// whether this message's delivery concerns it. Asked before the event
+    /// is made, from the message alone, so it must be cheap; when no
+    /// handler wants a message there is no event and no copy of the
+    /// message for it (a room's message to each of its occupants).
+    fn wants_delivery(&self, _message: &Element) -> bool {
+        true
+    }
 }
 
 /// A service living on its own domain (MUC on `conference.example.org`,
@@ -479,6 +488,12 @@ impl Cx {
     /// Routes a stanza to its `to` address (the only way to reach anything).
     pub async fn route(&self, stanza: Element) {
         self.server.clone().route(stanza).await;
+    }
+
+    /// Routes `stanza` (without `to`) to each of `to`, as
+    /// [`Server::route_fanout`]: a room's message to its occupants.
+    pub async fn route_fanout(&self, stanza: Element, to: Vec<FullJid>) {
+        self.server.clone().route_fanout(stanza, to).await;
     }
 
     /// Routes stanzas to one full JID that must arrive together and in

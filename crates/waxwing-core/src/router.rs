@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::stanza::{
     self, Condition, StanzaError, StanzaKind, StreamCondition, StreamError,
 };
@@ -378,7 +378,7 @@ impl Server {
             }
             let messages: Vec<Element> = kept
                 .iter()
-                .filter(|s| s.name == "message")
+                .filter(|s| s.name == "message" && self.announces_delivery(s))
                 .cloned()
                 .collect();
             if let Err(refused) = session.offer_burst(kept) {
@@ -403,6 +403,44 @@ impl Server {
                         },
                     )
                     .await;
+            }
+        })
+    }
+
+    /// Routes one stanza to many full JIDs (a room's message to its
+    /// occupants). `stanza` has no `to`; each copy gets one recipient's.
+    /// Every copy takes the path [`Server::route`] gives it — `Inbound`
+    /// hooks (blocking, archives …), then the session's queue or the
+    /// unbound rules — but one made for a local account skips what
+    /// `route` spends on the address: serializing it, parsing it back and
+    /// looking up where it lives. Copies are made one at a time, so a
+    /// large room never holds a copy per occupant at once, and the last
+    /// recipient gets the original. O(N) in the recipients; never waits
+    /// for a session (a full queue refuses, see the table at the top).
+    pub fn route_fanout(self: Arc<Self>, stanza: Element, to: Vec<FullJid>) -> BoxFuture {
+        Box::pin(async move {
+            let Some(kind) = stanza::kind(&stanza) else {
+                return;
+            };
+            let n = to.len();
+            let mut original = Some(stanza);
+            for (i, jid) in to.into_iter().enumerate() {
+                let mut copy = match original.take_if(|_| i + 1 == n) {
+                    Some(last) => last,
+                    None => original.clone().expect("kept until the last recipient"),
+                };
+                copy.set_attr("to", jid.to_string());
+                // In a cluster, routing may concern another node (leases,
+                // tagged answers): the general path decides.
+                let local = self.cluster.is_none()
+                    && self.config.is_local_host(jid.domain())
+                    && !self.registry.services.contains_key(jid.domain())
+                    && !self.components.contains(jid.domain());
+                if local {
+                    self.clone().deliver_local(Jid::Full(jid), copy, kind).await;
+                } else {
+                    self.clone().route(copy).await;
+                }
             }
         })
     }
@@ -617,37 +655,69 @@ impl Server {
         }
     }
 
+    /// Whether delivering `message` makes an [`Event::MessageDelivered`]:
+    /// some handler wants it.
+    fn announces_delivery(&self, message: &Element) -> bool {
+        self.registry
+            .delivery_events
+            .iter()
+            .any(|(_, h)| h.wants_delivery(message))
+    }
+
     /// Offers a message to `targets`; if any took it, `MessageDelivered`
     /// names them. Sessions that refused it (a full queue: they are closing
     /// now) are added to `refused`; when none took it, it comes back.
+    ///
+    /// The event needs a copy of the message besides the ones queued; when
+    /// no handler wants this message
+    /// ([`crate::hooks::EventHandler::wants_delivery`]: carbons and push
+    /// ignore groupchat, for one) there is no event, and the last target
+    /// gets the message itself instead of a copy.
     async fn offer_message(
         self: &Arc<Self>,
         targets: Vec<Arc<SessionHandle>>,
         stanza: Element,
         refused: &mut Vec<u64>,
     ) -> Result<(), Element> {
-        let mut recipients = Vec::with_capacity(targets.len());
-        for s in targets {
-            match s.offer(stanza.clone()) {
-                Ok(()) => recipients.push(s.jid.clone()),
-                Err(_) => {
+        let announced = self.announces_delivery(&stanza);
+        let n = targets.len();
+        let mut recipients = Vec::with_capacity(if announced { n } else { 0 });
+        let mut delivered = false;
+        let mut kept = Some(stanza);
+        for (i, s) in targets.into_iter().enumerate() {
+            let copy = match kept.take_if(|_| !announced && i + 1 == n) {
+                Some(last) => last,
+                None => kept.clone().expect("kept until the last target"),
+            };
+            match s.offer(copy) {
+                Ok(()) => {
+                    delivered = true;
+                    if announced {
+                        recipients.push(s.jid.clone());
+                    }
+                }
+                Err(back) => {
                     self.metrics.queue_refusals.inc();
                     refused.push(s.id);
+                    kept.get_or_insert(back);
                 }
             }
         }
-        if recipients.is_empty() {
-            return Err(stanza);
+        let message = kept.expect("kept, or given back when refused");
+        if !delivered {
+            return Err(message);
         }
-        self.clone()
-            .emit(
-                None,
-                Event::MessageDelivered {
-                    message: stanza,
-                    recipients,
-                },
-            )
-            .await;
+        if announced {
+            self.clone()
+                .emit(
+                    None,
+                    Event::MessageDelivered {
+                        message,
+                        recipients,
+                    },
+                )
+                .await;
+        }
         Ok(())
     }
 

@@ -187,6 +187,11 @@ impl EventHandler for Carbons {
         true
     }
 
+    /// Groupchat, headlines and errors are never copied (`eligible`).
+    fn wants_delivery(&self, message: &Element) -> bool {
+        eligible(message, true)
+    }
+
     async fn on_event(&self, cx: &Cx, event: &Event) {
         let Event::MessageDelivered {
             message,

@@ -236,6 +236,11 @@ impl EventHandler for Push {
         true
     }
 
+    /// Only what `is_important` would notify about (no groupchat).
+    fn wants_delivery(&self, message: &Element) -> bool {
+        is_important(message)
+    }
+
     async fn on_event(&self, cx: &Cx, event: &Event) {
         match event {
             Event::MessageDelivered {
