@@ -425,11 +425,16 @@ impl Server {
             let n = to.len();
             let mut original = Some(stanza);
             for (i, jid) in to.into_iter().enumerate() {
-                let mut copy = match original.take_if(|_| i + 1 == n) {
-                    Some(last) => last,
-                    None => original.clone().expect("kept until the last recipient"),
+                let copy = match original.take_if(|_| i + 1 == n) {
+                    Some(mut last) => {
+                        last.set_attr("to", jid.to_string());
+                        last
+                    }
+                    None => addressed_copy(
+                        original.as_ref().expect("kept until the last recipient"),
+                        jid.to_string(),
+                    ),
                 };
-                copy.set_attr("to", jid.to_string());
                 // In a cluster, routing may concern another node (leases,
                 // tagged answers): the general path decides.
                 let local = self.cluster.is_none()
@@ -954,6 +959,21 @@ impl Server {
     /// Starts a graceful stop: listeners close and every stream ends with `system-shutdown`.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A copy of `stanza` addressed to `to`: the payload is shared (see
+/// `Children`), and the attributes are copied into a vector that already
+/// has room for `to` rather than grown by it.
+fn addressed_copy(stanza: &Element, to: String) -> Element {
+    let mut attrs = Vec::with_capacity(stanza.attrs.len() + 1);
+    attrs.extend(stanza.attrs.iter().filter(|(k, _)| k != "to").cloned());
+    attrs.push(("to".to_owned(), to));
+    Element {
+        name: stanza.name.clone(),
+        ns: stanza.ns.clone(),
+        attrs,
+        children: stanza.children.clone(),
     }
 }
 
