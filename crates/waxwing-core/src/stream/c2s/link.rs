@@ -49,13 +49,19 @@ pub(crate) struct Outgoing {
 /// message or presence fits, so a batch is written without growing its
 /// buffer stanza by stanza (each growth a reallocation and a copy).
 const TYPICAL_STANZA_BYTES: usize = 512;
+/// At most this much is reserved up front (a join burst of a large room
+/// grows past it as needed rather than reserving for every presence).
+const MAX_RESERVED_BYTES: usize = 64 * 1024;
 
 impl Outgoing {
     /// Empty, with room for `n` typical stanzas (the buffer lives for one
     /// write only, so reserving generously costs no memory that stays).
     pub fn for_stanzas(n: usize) -> Self {
         Outgoing {
-            text: String::with_capacity(n.saturating_mul(TYPICAL_STANZA_BYTES)),
+            text: String::with_capacity(
+                n.saturating_mul(TYPICAL_STANZA_BYTES)
+                    .min(MAX_RESERVED_BYTES),
+            ),
             ends: Vec::new(),
         }
     }
