@@ -324,15 +324,27 @@ async fn each_occupant_gets_its_own_copy_through_its_policies() {
     say(&mut hag, &coven, "m1", "Fillet of a fenny snake").await;
     for c in [&mut crone, &mut hag] {
         let m = expect_body(c, &format!("{coven}/hag"), "Fillet of a fenny snake").await;
-        assert_eq!(m.attr("to"), Some(c.full()), "each copy is addressed to its session");
+        assert_eq!(
+            m.attr("to"),
+            Some(c.full()),
+            "each copy is addressed to its session"
+        );
     }
     say(&mut crone, &coven, "m2", "In the cauldron boil and bake").await;
     for c in [&mut imp, &mut imp2, &mut hag, &mut crone] {
         // For imp, the first message after the block: m1 was withheld.
-        let m = expect_body(c, &format!("{coven}/crone"), "In the cauldron boil and bake").await;
+        let m = expect_body(
+            c,
+            &format!("{coven}/crone"),
+            "In the cauldron boil and bake",
+        )
+        .await;
         assert_eq!(m.attr("to"), Some(c.full()));
         assert_eq!(m.attr("id"), Some("m2"));
-        assert!(m.child("occupant-id", "urn:xmpp:occupant-id:0").is_some(), "{m}");
+        assert!(
+            m.child("occupant-id", "urn:xmpp:occupant-id:0").is_some(),
+            "{m}"
+        );
     }
 }
 
