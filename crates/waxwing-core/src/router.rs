@@ -1025,7 +1025,6 @@ mod tests {
             .with_child(Element::new("body", waxwing_proto::ns::CLIENT).with_text("hi"));
         let c = addressed_copy(&m, "juliet@example.com/balcony".into());
         let mut expected = m.clone();
-        expected.set_attr("to", "juliet@example.com/balcony");
         expected.remove_attr("to");
         expected.set_attr("to", "juliet@example.com/balcony");
         assert_eq!(c, expected, "same stanza, `to` last and only once");
