@@ -147,6 +147,14 @@ enum Command {
         /// Seconds to wait before reading RSS after the last login.
         #[arg(long, default_value_t = 3.0)]
         settle: f64,
+        /// Cluster runs: keep the sessions this many seconds after reading
+        /// RSS, so that other generators can log in and traffic can flow
+        /// while all of them are held.
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
+        /// Created (empty) once every session is held and RSS was read.
+        #[arg(long)]
+        ready_file: Option<String>,
     },
     /// Build rosters: cliques of contacts+1 users subscribed both ways.
     RosterSetup {
@@ -275,7 +283,17 @@ fn main() -> anyhow::Result<()> {
             common,
             count,
             settle,
-        } => (common, Job::Idle(count, settle)),
+            hold,
+            ready_file,
+        } => (
+            common,
+            Job::Idle(scenarios::IdleParams {
+                count,
+                settle: Duration::from_secs_f64(settle),
+                hold: Duration::from_secs_f64(hold),
+                ready_file,
+            }),
+        ),
         Command::RosterSetup {
             common,
             count,
@@ -311,7 +329,7 @@ fn main() -> anyhow::Result<()> {
 enum Job {
     Register(usize),
     Login(usize),
-    Idle(usize, f64),
+    Idle(scenarios::IdleParams),
     RosterSetup(usize, usize, f64),
     RosterLogin(usize, usize, f64),
     Chat(ChatParams, String),
@@ -372,7 +390,7 @@ async fn run(c: Common, job: Job) -> anyhow::Result<()> {
     let mut records = match job {
         Job::Register(n) => vec![scenarios::register(&cx, &c.prefix, n).await],
         Job::Login(n) => vec![scenarios::login(&cx, &c.prefix, n).await],
-        Job::Idle(n, settle) => vec![scenarios::idle(&cx, &c.prefix, n, secs(settle)).await],
+        Job::Idle(p) => vec![scenarios::idle(&cx, &c.prefix, p).await],
         Job::RosterSetup(n, k, t) => {
             vec![scenarios::roster_setup(&cx, &c.prefix, n, k, secs(t)).await]
         }

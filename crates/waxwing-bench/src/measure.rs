@@ -7,8 +7,14 @@ use std::time::Instant;
 /// configuration we run on (USER_HZ); reading it needs libc.
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// User + system CPU seconds of a process (all threads), or `None` if it is gone.
+/// User + system CPU seconds of a process (all threads), or `None` if it is
+/// gone. A comma-separated list of PIDs (the nodes of a cluster) gives the
+/// sum; `None` if any of them is gone.
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    pid.split(',').map(cpu_seconds_of).sum()
+}
+
+fn cpu_seconds_of(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -19,8 +25,12 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SEC)
 }
 
-/// Resident set size in KiB (VmRSS).
+/// Resident set size in KiB (VmRSS); summed over a comma-separated list.
 pub fn rss_kb(pid: &str) -> Option<u64> {
+    pid.split(',').map(rss_kb_of).sum()
+}
+
+fn rss_kb_of(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

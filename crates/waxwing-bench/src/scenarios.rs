@@ -215,8 +215,20 @@ async fn close_all(sessions: Vec<Session>) {
     while set.join_next().await.is_some() {}
 }
 
+/// What `idle` does besides holding `count` sessions.
+pub struct IdleParams {
+    pub count: usize,
+    /// Wait before reading RSS after the last login.
+    pub settle: Duration,
+    /// Keep the sessions this long after reading RSS (cluster runs).
+    pub hold: Duration,
+    /// Created once the sessions are held and RSS was read.
+    pub ready_file: Option<String>,
+}
+
 /// `idle`: N sessions held; server RSS before and after.
-pub async fn idle(cx: &Ctx, prefix: &str, count: usize, settle: Duration) -> Record {
+pub async fn idle(cx: &Ctx, prefix: &str, p: IdleParams) -> Record {
+    let IdleParams { count, settle, .. } = p;
     let before = cx.rss();
     let w = cx.window();
     let users = (0..count).map(|i| format!("{prefix}{i}")).collect();
@@ -242,6 +254,12 @@ pub async fn idle(cx: &Ctx, prefix: &str, count: usize, settle: Duration) -> Rec
     }
     r.usage(&u, held as f64);
     note_failures(&mut r, failed, err);
+    if let Some(path) = &p.ready_file {
+        if let Err(e) = std::fs::write(path, b"") {
+            eprintln!("ready file {path}: {e}");
+        }
+    }
+    tokio::time::sleep(p.hold).await;
     close_all(sessions).await;
     r
 }

@@ -92,6 +92,15 @@ pub enum Event {
     /// for a mutual subscription (XEP-0401): the presence engine makes the
     /// two contacts of each other.
     InviteRedeemed { invitee: BareJid, inviter: BareJid },
+    /// Cluster only: another node changed shared data that modules may
+    /// cache, as it announced with [`Cx::announce_change`]: `topic` is the
+    /// announcing module's cache, `key` what in it. Both `None`: anything
+    /// may have changed (this node missed announcements while Redis was
+    /// unreachable); drop every cached copy of shared data.
+    SharedDataChanged {
+        topic: Option<String>,
+        key: Option<String>,
+    },
 }
 
 /// One IQ request of type get or set, already addressed and validated.
@@ -470,9 +479,25 @@ impl Cx {
 
     /// Whether other server processes write the same stores (the nodes of a
     /// cluster): a module must not keep in memory, as the truth, what they
-    /// may change behind its back (it may still cache what only it writes).
+    /// may change behind its back, unless it announces its writes with
+    /// [`Cx::announce_change`] and drops its copies on
+    /// [`Event::SharedDataChanged`].
     pub fn storage_shared(&self) -> bool {
         self.server.cluster.is_some()
+    }
+
+    /// Tells the other nodes of a cluster that this module changed `key`
+    /// (an account, say) of what it caches under `topic` (its name), after
+    /// the write reached the store: they get [`Event::SharedDataChanged`]
+    /// and drop their copies. Nothing on a single node. Returns once Redis
+    /// took the announcement (at most a second): what the caller sends
+    /// next reaches the other nodes after it. An announcement lost to a
+    /// Redis outage is covered by the `SharedDataChanged` without a key
+    /// that every node gets when it subscribes again.
+    pub async fn announce_change(&self, topic: &str, key: &str) {
+        if let Some(c) = &self.server.cluster {
+            c.announce_change(topic, key).await;
+        }
     }
 
     /// The server's counters (see `metrics.rs`).

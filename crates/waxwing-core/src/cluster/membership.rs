@@ -330,6 +330,18 @@ pub(crate) async fn watch_loop(server: Arc<Server>, client: redis::Client) {
         }
         backoff = Duration::from_millis(100);
         tracing::debug!("cluster: registry copy up to date");
+        // Changes announced while we were not subscribed are lost: whatever
+        // the modules cache from the shared stores may be stale now.
+        server
+            .clone()
+            .emit(
+                None,
+                HookEvent::SharedDataChanged {
+                    topic: None,
+                    key: None,
+                },
+            )
+            .await;
         while let Some(msg) = events.next().await {
             let Ok(ev) = serde_json::from_slice::<Event>(msg.get_payload_bytes()) else {
                 continue;
@@ -369,6 +381,19 @@ async fn apply(server: &Arc<Server>, ev: Event) {
             }
         }
         Event::Dead { .. } => {}
+        Event::Changed { node, topic, key } if node != c.node() => {
+            server
+                .clone()
+                .emit(
+                    None,
+                    HookEvent::SharedDataChanged {
+                        topic: Some(topic),
+                        key: Some(key),
+                    },
+                )
+                .await;
+        }
+        Event::Changed { .. } => {}
         ev => c.replica.apply(ev),
     }
 }

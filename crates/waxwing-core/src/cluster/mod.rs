@@ -57,6 +57,9 @@ pub use replica::Replica;
 
 use crate::config::ClusterConfig;
 
+/// How long a module's write waits for Redis to take its announcement.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Envelopes waiting for the sender task. While Redis is unreachable they
 /// wait here; once it is full, remote sessions refuse stanzas and the
 /// router treats them as gone (other resources, offline storage).
@@ -291,6 +294,38 @@ impl Cluster {
             "envelopes_repeated": self.stats.duplicates.load(Relaxed),
             "remote_sessions": self.replica.counts(),
         })
+    }
+
+    /// Publishes a [`replica::Event::Changed`] on the registry channel and
+    /// waits (at most [`ANNOUNCE_TIMEOUT`]) until Redis took it, so that
+    /// the other nodes hear of the change before anything the caller sends
+    /// next (an IQ result, a presence) reaches them through the streams. A
+    /// failure is logged: the receivers' resubscription covers what they
+    /// missed.
+    pub(crate) async fn announce_change(&self, topic: &str, key: &str) {
+        let Some(conn) = self.conn.get() else {
+            return;
+        };
+        let mut conn = conn.clone();
+        let ev = replica::Event::Changed {
+            node: self.node().to_string(),
+            topic: topic.to_string(),
+            key: key.to_string(),
+        };
+        let payload = serde_json::to_string(&ev).expect("serializes");
+        let publish = redis::AsyncCommands::publish::<_, _, i64>(&mut conn, CHANNEL, payload);
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, publish).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, topic, "cluster: could not announce a change of shared data")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    topic,
+                    "cluster: announcing a change of shared data timed out"
+                )
+            }
+        }
     }
 
     /// `[cluster] advertise`: where clients reach this node.

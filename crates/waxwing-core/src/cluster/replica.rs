@@ -70,6 +70,14 @@ pub enum Event {
     /// (a node starting again drops its previous life's; a dead node's
     /// reaper drops them all).
     Dead { node: String, keep: Option<String> },
+    /// `node` changed shared data that other nodes may cache (the
+    /// modules' `Cx::announce_change`): `topic` names the cache (a
+    /// module's name), `key` what in it (an account).
+    Changed {
+        node: String,
+        topic: String,
+        key: String,
+    },
 }
 
 struct Entry {
@@ -155,6 +163,8 @@ impl Replica {
             Event::Dead { node, keep } => {
                 self.remove_node(&node, keep.as_deref());
             }
+            // Not about sessions: the modules' caches (membership::apply).
+            Event::Changed { .. } => {}
         }
     }
 
