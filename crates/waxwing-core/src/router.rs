@@ -708,11 +708,11 @@ impl Server {
                 }
             }
         }
-        let message = kept.expect("kept, or given back when refused");
         if !delivered {
-            return Err(message);
+            return Err(kept.expect("given back by the last target that refused it"));
         }
-        if announced {
+        // Unannounced, the last target that took it has the message itself.
+        if announced && let Some(message) = kept {
             self.clone()
                 .emit(
                     None,
