@@ -254,10 +254,10 @@ pub async fn idle(cx: &Ctx, prefix: &str, p: IdleParams) -> Record {
     }
     r.usage(&u, held as f64);
     note_failures(&mut r, failed, err);
-    if let Some(path) = &p.ready_file {
-        if let Err(e) = std::fs::write(path, b"") {
-            eprintln!("ready file {path}: {e}");
-        }
+    if let Some(path) = &p.ready_file
+        && let Err(e) = std::fs::write(path, b"")
+    {
+        eprintln!("ready file {path}: {e}");
     }
     tokio::time::sleep(p.hold).await;
     close_all(sessions).await;
