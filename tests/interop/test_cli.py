@@ -58,6 +58,10 @@ def test_user_list_shows_accounts(server):
 
 async def test_user_passwd_changes_the_password(server, xmpp):
     srv = server(users={ALICE: PASSWORD})
+    # Logged in first, so the server holds the old secrets in memory
+    # (store_cache): the CLI's change must still reach the next login.
+    first = await xmpp.login(srv, ALICE, PASSWORD, mech="SCRAM-SHA-256")
+    await first.close()
     res = srv.cli("user", "passwd", ALICE, "--password", "changed-pass-1")
     assert res.returncode == 0, explain(res)
     old = xmpp.new(srv, ALICE, PASSWORD, mech="SCRAM-SHA-256")
@@ -68,6 +72,8 @@ async def test_user_passwd_changes_the_password(server, xmpp):
 
 async def test_user_remove_then_login_fails(server, xmpp):
     srv = server(users={ALICE: PASSWORD, BOB: PASSWORD})
+    first = await xmpp.login(srv, ALICE, PASSWORD, mech="SCRAM-SHA-256")
+    await first.close()
     res = srv.cli("user", "remove", ALICE)
     assert res.returncode == 0, explain(res)
     gone = xmpp.new(srv, ALICE, PASSWORD, mech="SCRAM-SHA-256")

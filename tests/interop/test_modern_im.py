@@ -354,6 +354,44 @@ async def test_push_summary_published_when_client_offline(server, xmpp):
     assert "wake up" not in str(iq), f"push leaked the body: {iq}"
 
 
+async def test_push_published_for_an_inactive_session_but_not_an_active_one(server, xmpp):
+    """A message delivered to a session that is online but inactive (CSI)
+    wakes the phone; one to the same session while active does not. The
+    router asks the push module before it queues a message whether the
+    delivery concerns it (and keeps no copy for the event when it does not),
+    so the publish for the inactive session depends on that check."""
+    srv = server(users={**USERS, APP: PASSWORD})
+    app = await online(xmpp, srv, f"{APP}/appserver")
+    publishes = Inbox(app, "pubsub publish")
+    app.x.register_handler(Callback("push publishes", StanzaPath("iq@type=set"),
+                                    lambda iq: publishes.put(iq)))
+    bob = await online(xmpp, srv, f"{BOB}/phone", plugins=["xep_0352"])
+    res = await bob.iq(bob.make_iq("set", None, f"""
+        <enable xmlns='urn:xmpp:push:0' jid='{APP}/appserver' node='node-bob-2'/>"""))
+    assert res["type"] == "result", res
+    alice = await online(xmpp, srv, f"{ALICE}/a")
+
+    def is_publish(iq):
+        return iq.xml.find(f".//{{{NS_PUBSUB}}}publish") is not None
+
+    bob.x.plugin["xep_0352"].send_inactive()
+    await bob.sync()
+    alice.send_message(f"{BOB}/phone", "while inactive")
+    iq = await publishes.expect(is_publish, "(push publish)")
+    assert iq.xml.find(f".//{{{NS_PUBSUB}}}publish").get("node") == "node-bob-2", iq
+    bob.x.plugin["xep_0352"].send_active()
+    await bob.expect_message(body="while inactive")
+
+    # Active again: delivered, nothing published. A notification would be
+    # queued for the app server while alice's message is handled, so before
+    # the marker alice sends it next.
+    alice.send_message(f"{BOB}/phone", "while active")
+    await bob.expect_message(body="while active")
+    await barrier(alice, app)
+    assert len(publishes.matching(is_publish)) == 1, \
+        f"a message to an active session was pushed: {publishes.seen}"
+
+
 # -- XEP-0054 / XEP-0049 / XEP-0012 --------------------------------------------
 
 async def test_vcard_private_storage_and_last_activity(server, xmpp):

@@ -81,9 +81,12 @@ pub enum Event {
     UserDeleted(BareJid),
     /// A message addressed to a local account was handed to these of its
     /// sessions (after the RFC 6121 §8.5 choice). Carbons copy it to the others.
+    /// The sessions themselves, not their addresses: handlers read their
+    /// flags (push: detached, inactive) without a registry lookup, and the
+    /// router copies no JID per delivered message.
     MessageDelivered {
         message: Element,
-        recipients: Vec<FullJid>,
+        recipients: Vec<Arc<SessionHandle>>,
     },
     /// A reload applied live settings; `Cx::config` has the new ones, and
     /// `previous` the ones before (to start or stop what changed).
@@ -158,12 +161,18 @@ pub trait EventHandler: Send + Sync {
         false
     }
 
-    /// For a handler that [wants deliveries](Self::wants_deliveries):
-    /// whether this message's delivery concerns it. Asked before the event
-    /// is made, from the message alone, so it must be cheap; when no
-    /// handler wants a message there is no event and no copy of the
-    /// message for it (a room's message to each of its occupants).
-    fn wants_delivery(&self, _message: &Element) -> bool {
+    /// For a handler that [wants deliveries](EventHandler::wants_deliveries):
+    /// whether this one, `message` about to be handed to `recipients`, may
+    /// concern it. A cheap sync check made before the message is queued:
+    /// when no handler wants it, the router queues the message itself
+    /// instead of a copy kept for the event, and emits nothing. Say `true`
+    /// when unsure; the event handler still makes the real decision.
+    fn wants_delivery(
+        &self,
+        _cx: &Cx,
+        _message: &Element,
+        _recipients: &[Arc<SessionHandle>],
+    ) -> bool {
         true
     }
 }

@@ -116,6 +116,15 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandoffLabels {
+    /// `in` (a session resumed here from another node) or `out` (one of
+    /// ours resumed on another node).
+    pub direction: &'static str,
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     revision: &'static str,
@@ -183,6 +192,9 @@ pub struct Metrics {
     /// `waxwing_acme_orders_total{result}`: ACME certificate orders
     /// (issuance and renewal) by outcome; failures are retried with backoff.
     acme_orders: Family<ResultLabel, Counter>,
+    /// `waxwing_cluster_handoffs_total{direction,result}`: XEP-0198
+    /// sessions resumed on a node other than the one holding them.
+    cluster_handoffs: Family<HandoffLabels, Counter>,
     sessions: Family<SessionLabels, Gauge>,
     /// `waxwing_certificate_not_after_seconds{domain}`: when each served
     /// certificate expires (Unix seconds), read from the certificate store.
@@ -230,6 +242,7 @@ impl Metrics {
             turn_dropped: Family::default(),
             turn_refused: Family::default(),
             acme_orders: Family::default(),
+            cluster_handoffs: Family::default(),
             sessions: Family::default(),
             certificate_not_after: Family::default(),
             queued: Family::default(),
@@ -368,6 +381,18 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = m.acme_orders.get_or_create(&ResultLabel { result });
         }
+        r.register(
+            "cluster_handoffs",
+            "XEP-0198 sessions resumed on another cluster node, by direction and result",
+            m.cluster_handoffs.clone(),
+        );
+        for direction in ["in", "out"] {
+            for result in ["success", "failure"] {
+                let _ = m
+                    .cluster_handoffs
+                    .get_or_create(&HandoffLabels { direction, result });
+            }
+        }
         // Zero series from the start, so that dashboards and alerts see
         // "none" rather than "no data" before the first federation.
         for direction in ["in", "out"] {
@@ -394,6 +419,15 @@ impl Metrics {
     /// Counts a stanza written to a client or queued to a peer server.
     pub fn stanza_out(&self, name: &str, peer: &'static str) {
         self.stanza_counters_out.get(name, peer).inc();
+    }
+
+    /// Counts one session handoff between cluster nodes: `direction` `in`
+    /// (resumed here) or `out` (given to another node).
+    pub fn cluster_handoff(&self, direction: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.cluster_handoffs
+            .get_or_create(&HandoffLabels { direction, result })
+            .inc();
     }
 
     /// Counts one ACME order by its `result` (`success` or `failure`).

@@ -106,7 +106,9 @@ impl Server {
         fake_salt_key: [u8; 32],
     ) -> Arc<Self> {
         let metrics = crate::metrics::Metrics::new();
+        // Cache outside the timing: the histograms time the store itself.
         let stores = crate::timed::wrap(stores, &metrics.storage_seconds);
+        let stores = crate::store_cache::wrap(stores, config.store_cache, &config.data_dir);
         let cluster = config.cluster.clone().map(crate::cluster::Cluster::new);
         let mut sessions = SessionRegistry::counting_overflows(metrics.queue_overflows.clone());
         if let Some(c) = &cluster {
@@ -203,14 +205,15 @@ impl Server {
             stanza.set_attr("id", id);
         }
         if let Some(key) = self.lease_key(&to, &stanza) {
-            return cluster::ownership::route(
+            // Boxed, cluster mode only: see `dispatch_iq`.
+            return Box::pin(cluster::ownership::route(
                 &self,
                 key,
                 vec![stanza],
                 false,
                 0,
                 Self::route_owned,
-            )
+            ))
             .await;
         }
         self.route_unleased(to, stanza, kind).await;
@@ -378,7 +381,9 @@ impl Server {
             }
             let messages: Vec<Element> = kept
                 .iter()
-                .filter(|s| s.name == "message" && self.announces_delivery(s))
+                .filter(|s| {
+                    s.name == "message" && self.delivery_wanted(s, std::slice::from_ref(&session))
+                })
                 .cloned()
                 .collect();
             if let Err(refused) = session.offer_burst(kept) {
@@ -393,7 +398,7 @@ impl Server {
                 return;
             }
             for message in messages {
-                let recipients = vec![session.jid.clone()];
+                let recipients = vec![session.clone()];
                 self.clone()
                     .emit(
                         None,
@@ -490,16 +495,26 @@ impl Server {
     /// A stanza from a bound client session, `from` already stamped. A
     /// panic anywhere in its handling fails this stanza, not the session:
     /// the registry must never keep a session whose task died.
+    ///
+    /// The stanza stays in `slot` while the router only reads it and runs
+    /// the Outbound hooks, so a panic there is answered from it without a
+    /// copy made in advance (a copy of every attribute of every stanza,
+    /// for a panic that never comes). Once handed on (routed, dispatched),
+    /// what it reaches is isolated on its own and answers its own panics
+    /// (hooks, IQ handlers, domain services); a panic in the router's own
+    /// delivery code after that point still fails only this stanza, unanswered.
     pub(crate) async fn handle_from_client(
         self: Arc<Self>,
         origin: &Arc<SessionHandle>,
         stanza: Element,
     ) {
         self.metrics.stanza_in(&stanza.name, "c2s");
-        let reply_to = isolate::envelope(&stanza);
-        let handled = self.clone().handle_from_client_inner(origin, stanza);
-        if isolated("router", handled).await.is_err() {
-            self.answer_panic(&reply_to).await;
+        let mut slot = Some(stanza);
+        let handled = self.clone().handle_from_client_inner(origin, &mut slot);
+        if isolated("router", handled).await.is_err()
+            && let Some(stanza) = slot
+        {
+            self.answer_panic(&stanza).await;
         }
     }
 
@@ -517,19 +532,24 @@ impl Server {
         }
     }
 
+    /// [`Server::handle_from_client`]: `slot` holds the stanza until it is
+    /// handed on.
     async fn handle_from_client_inner(
         self: Arc<Self>,
         origin: &Arc<SessionHandle>,
-        mut stanza: Element,
+        slot: &mut Option<Element>,
     ) {
-        let Some(kind) = stanza::kind(&stanza) else {
+        let Some(stanza) = slot.as_mut() else {
+            return;
+        };
+        let Some(kind) = stanza::kind(stanza) else {
             return;
         };
         let to = match stanza.attr("to").map(Jid::parse).transpose() {
             Ok(to) => to,
             Err(_) => {
                 return self
-                    .bounce(&stanza, StanzaError::modify(Condition::JidMalformed))
+                    .bounce(stanza, StanzaError::modify(Condition::JidMalformed))
                     .await;
             }
         };
@@ -538,6 +558,7 @@ impl Server {
                 let local_non_full = to.as_ref().is_none_or(|t| {
                     t.resource().is_none() && self.config.is_local_host(t.domain())
                 });
+                let Some(stanza) = slot.take() else { return };
                 if local_non_full {
                     self.dispatch_iq(Some(origin.clone()), stanza).await;
                 } else {
@@ -546,9 +567,12 @@ impl Server {
             }
             StanzaKind::Message | StanzaKind::Presence => {
                 let cx = Cx::new(self.clone(), Some(origin.clone()));
-                if self.run_hooks(Hook::Outbound, &cx, &mut stanza).await == Flow::Handled {
+                if self.run_hooks(Hook::Outbound, &cx, stanza).await == Flow::Handled {
                     return;
                 }
+                let Some(mut stanza) = slot.take() else {
+                    return;
+                };
                 // Hooks may have readdressed the stanza; parse again only then.
                 let to = match (to, stanza.attr("to")) {
                     (Some(to), Some(now)) if to.is_written_as(now) => to,
@@ -556,7 +580,7 @@ impl Server {
                     (_, None) if kind == StanzaKind::Message => {
                         // RFC 6120 §10.3.1: no `to` means the sender's own bare JID.
                         let own = origin.jid.bare().clone();
-                        stanza.set_attr("to", own.to_string());
+                        stanza.set_attr("to", own.to_text());
                         Jid::Bare(own)
                     }
                     (_, None) => return,
@@ -660,47 +684,35 @@ impl Server {
         }
     }
 
-    /// Whether delivering `message` makes an [`Event::MessageDelivered`]:
-    /// some handler wants it.
-    fn announces_delivery(&self, message: &Element) -> bool {
-        self.registry
-            .delivery_events
-            .iter()
-            .any(|(_, h)| h.wants_delivery(message))
-    }
-
     /// Offers a message to `targets`; if any took it, `MessageDelivered`
     /// names them. Sessions that refused it (a full queue: they are closing
     /// now) are added to `refused`; when none took it, it comes back.
     ///
-    /// The event needs a copy of the message besides the ones queued; when
-    /// no handler wants this message
-    /// ([`crate::hooks::EventHandler::wants_delivery`]: carbons and push
-    /// ignore groupchat, for one) there is no event, and the last target
-    /// gets the message itself instead of a copy.
+    /// When no delivery handler wants the event for this message (see
+    /// [`EventHandler::wants_delivery`](crate::hooks::EventHandler::wants_delivery)),
+    /// the last target gets the stanza itself rather than a copy.
     async fn offer_message(
         self: &Arc<Self>,
         targets: Vec<Arc<SessionHandle>>,
         stanza: Element,
         refused: &mut Vec<u64>,
     ) -> Result<(), Element> {
-        let announced = self.announces_delivery(&stanza);
-        let n = targets.len();
-        let mut recipients = Vec::with_capacity(if announced { n } else { 0 });
-        let mut delivered = false;
+        let wanted = self.delivery_wanted(&stanza, &targets);
+        let last = targets.len().saturating_sub(1);
+        let mut recipients = Vec::with_capacity(targets.len());
         let mut kept = Some(stanza);
         for (i, s) in targets.into_iter().enumerate() {
-            let copy = match kept.take_if(|_| !announced && i + 1 == n) {
-                Some(last) => last,
-                None => kept.clone().expect("kept until the last target"),
-            };
-            match s.offer(copy) {
-                Ok(()) => {
-                    delivered = true;
-                    if announced {
-                        recipients.push(s.jid.clone());
-                    }
+            let offered = match kept.take() {
+                Some(el) if i == last && !wanted => el,
+                Some(el) => {
+                    let copy = el.clone();
+                    kept = Some(el);
+                    copy
                 }
+                None => break,
+            };
+            match s.offer(offered) {
+                Ok(()) => recipients.push(s),
                 Err(back) => {
                     self.metrics.queue_refusals.inc();
                     refused.push(s.id);
@@ -708,11 +720,10 @@ impl Server {
                 }
             }
         }
-        if !delivered {
-            return Err(kept.expect("given back by the last target that refused it"));
+        if recipients.is_empty() {
+            return Err(kept.expect("a refused offer gives the stanza back"));
         }
-        // Unannounced, the last target that took it has the message itself.
-        if announced && let Some(message) = kept {
+        if let Some(message) = kept.filter(|_| wanted) {
             self.clone()
                 .emit(
                     None,
@@ -724,6 +735,24 @@ impl Server {
                 .await;
         }
         Ok(())
+    }
+
+    /// Whether any delivery handler wants [`Event::MessageDelivered`] for
+    /// `message` handed to `targets`; a handler whose check panics does.
+    fn delivery_wanted(
+        self: &Arc<Self>,
+        message: &Element,
+        targets: &[Arc<SessionHandle>],
+    ) -> bool {
+        let handlers = &self.registry.delivery_events;
+        if handlers.is_empty() {
+            return false;
+        }
+        let cx = Cx::new(self.clone(), None);
+        handlers.iter().any(|(module, h)| {
+            isolate::isolated_sync(module, || h.wants_delivery(&cx, message, targets))
+                .unwrap_or(true)
+        })
     }
 
     /// RFC 6121 §8.5.2 (bare JID) and §8.5.3.2 (full JID with no such resource).
@@ -775,7 +804,10 @@ impl Server {
         match self.stores.accounts.exists(to.bare()).await {
             Ok(true) => {}
             // An extauth/LDAP user who never logged in exists in the directory.
-            Ok(false) if self.auth.directory_knows(&self, to.bare()).await => {}
+            // Boxed: a directory lookup's state (an LDAP connection, an
+            // extauth exchange) would otherwise be part of every message's
+            // future (see `dispatch_iq`).
+            Ok(false) if Box::pin(self.auth.directory_knows(&self, to.bare())).await => {}
             Ok(false) => {
                 return self
                     .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
@@ -822,11 +854,19 @@ impl Server {
     }
 
     /// Finds the module that owns an IQ's namespace and sends its answer.
-    pub(crate) async fn dispatch_iq(
+    ///
+    /// Boxed: its state (the `Iq`, the handler call, the reply) is large,
+    /// and unboxed it would be part of every routed message's future,
+    /// which the session moves onto the heap once per stanza.
+    pub(crate) fn dispatch_iq(
         self: Arc<Self>,
         origin: Option<Arc<SessionHandle>>,
         stanza: Element,
-    ) {
+    ) -> BoxFuture {
+        Box::pin(self.dispatch_iq_now(origin, stanza))
+    }
+
+    async fn dispatch_iq_now(self: Arc<Self>, origin: Option<Arc<SessionHandle>>, stanza: Element) {
         let kind = match stanza.attr("type") {
             Some("get") => IqKind::Get,
             Some("set") => IqKind::Set,

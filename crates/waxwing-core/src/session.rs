@@ -102,9 +102,24 @@ pub(crate) struct RemoteSession {
 
 impl SessionHandle {
     pub(crate) fn new(jid: FullJid, queue: usize, burst_limit: usize) -> (Arc<Self>, Outbox) {
+        Self::new_with_id(Self::reserve_id(), jid, queue, burst_limit)
+    }
+
+    /// A fresh session id, for a handle made later with [`Self::new_with_id`]
+    /// (a session moving here from another node: the id is announced first).
+    pub(crate) fn reserve_id() -> u64 {
+        NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn new_with_id(
+        id: u64,
+        jid: FullJid,
+        queue: usize,
+        burst_limit: usize,
+    ) -> (Arc<Self>, Outbox) {
         let (queue, outbox) = outbound(queue, burst_limit);
         let handle = SessionHandle {
-            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             jid,
             queue,
             closed: CancellationToken::new(),

@@ -13,7 +13,7 @@ use waxwing_core::hooks::{
     Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
     RegisterError, Registrar, StanzaHook,
 };
-use waxwing_core::session::SessionFlag;
+use waxwing_core::session::{SessionFlag, SessionHandle};
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
@@ -187,9 +187,23 @@ impl EventHandler for Carbons {
         true
     }
 
-    /// Groupchat, headlines and errors are never copied (`eligible`).
-    fn wants_delivery(&self, message: &Element) -> bool {
+    /// An eligible message to an account with another available session
+    /// that has carbons on; most accounts have none.
+    fn wants_delivery(
+        &self,
+        cx: &Cx,
+        message: &Element,
+        recipients: &[Arc<SessionHandle>],
+    ) -> bool {
+        let Some(user) = recipients.first().map(|r| r.jid.bare()) else {
+            return false;
+        };
         eligible(message, true)
+            && cx.sessions_of(user).iter().any(|s| {
+                s.flag(SessionFlag::Carbons)
+                    && s.is_available()
+                    && !recipients.iter().any(|r| r.jid == s.jid)
+            })
     }
 
     async fn on_event(&self, cx: &Cx, event: &Event) {
@@ -204,14 +218,16 @@ impl EventHandler for Carbons {
             return;
         }
         // The recipients are sessions of the addressee's account.
-        let Some(user) = recipients.first().map(|r| r.bare()) else {
+        let Some(user) = recipients.first().map(|r| r.jid.bare()) else {
             return;
         };
         let copies: Vec<_> = cx
             .sessions_of(user)
             .into_iter()
             .filter(|s| {
-                !recipients.contains(&s.jid) && s.flag(SessionFlag::Carbons) && s.is_available()
+                !recipients.iter().any(|r| r.jid == s.jid)
+                    && s.flag(SessionFlag::Carbons)
+                    && s.is_available()
             })
             .collect();
         if copies.is_empty() {

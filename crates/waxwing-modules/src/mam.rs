@@ -169,12 +169,15 @@ fn claims_archive(el: &Element, owner: &BareJid) -> bool {
 impl Mam {
     /// Whether `owner`'s preferences let messages with `with` be archived.
     /// Fails closed: if the preferences cannot be read, nothing is archived
-    /// rather than something the user asked us not to keep.
+    /// rather than something the user asked us not to keep. Such a message
+    /// counts as a write failure: it is delivered unarchived all the same
+    /// (the database is unreachable, typically), and the operator must see it.
     async fn allowed(&self, cx: &Cx, owner: &BareJid, with: &Jid) -> bool {
         let prefs = match cx.stores().archive.prefs(owner).await {
             Ok(p) => p.unwrap_or_default(),
             Err(e) => {
-                tracing::error!(error = %e, %owner, "reading archive preferences failed");
+                cx.metrics().archive_write_failures.inc();
+                tracing::error!(error = %e, %owner, "reading archive preferences failed; delivered without archiving");
                 return false;
             }
         };
@@ -185,7 +188,8 @@ impl Mam {
             DefaultPolicy::Roster => match cx.stores().roster.get(owner, with.bare()).await {
                 Ok(item) => item.is_some_and(|i| i.in_roster),
                 Err(e) => {
-                    tracing::error!(error = %e, %owner, "reading the roster for archiving failed");
+                    cx.metrics().archive_write_failures.inc();
+                    tracing::error!(error = %e, %owner, "reading the roster for archiving failed; delivered without archiving");
                     false
                 }
             },

@@ -14,7 +14,7 @@ use waxwing_core::hooks::{
     Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
     RegisterError, Registrar, StanzaHook,
 };
-use waxwing_core::session::SessionFlag;
+use waxwing_core::session::{SessionFlag, SessionHandle};
 use waxwing_proto::jid::{BareJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
@@ -236,9 +236,17 @@ impl EventHandler for Push {
         true
     }
 
-    /// Only what `is_important` would notify about (no groupchat).
-    fn wants_delivery(&self, message: &Element) -> bool {
+    /// An important message to a session that is detached or inactive.
+    fn wants_delivery(
+        &self,
+        _cx: &Cx,
+        message: &Element,
+        recipients: &[Arc<SessionHandle>],
+    ) -> bool {
         is_important(message)
+            && recipients
+                .iter()
+                .any(|s| s.flag(SessionFlag::Detached) || s.flag(SessionFlag::Inactive))
     }
 
     async fn on_event(&self, cx: &Cx, event: &Event) {
@@ -247,11 +255,9 @@ impl EventHandler for Push {
                 message,
                 recipients,
             } if is_important(message) => {
-                for jid in recipients {
-                    let Some(session) = cx.session(jid) else {
-                        continue;
-                    };
+                for session in recipients {
                     if session.flag(SessionFlag::Detached) || session.flag(SessionFlag::Inactive) {
+                        let jid = &session.jid;
                         let resource = jid.resource().to_string();
                         notify(cx, jid.bare(), message, |r| r.resource == resource).await;
                     }

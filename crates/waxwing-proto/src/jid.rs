@@ -450,6 +450,40 @@ impl Jid {
     }
 }
 
+impl BareJid {
+    /// The address as text. Same as `to_string`, but allocated once at its
+    /// exact length instead of grown through `fmt`: the router stamps a
+    /// `from` on every stanza a client sends.
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(self.text_len());
+        self.push_text(&mut out);
+        out
+    }
+
+    fn text_len(&self) -> usize {
+        self.local.as_ref().map_or(0, |l| l.len() + 1) + self.domain.len()
+    }
+
+    fn push_text(&self, out: &mut String) {
+        if let Some(local) = &self.local {
+            out.push_str(local);
+            out.push('@');
+        }
+        out.push_str(&self.domain);
+    }
+}
+
+impl FullJid {
+    /// The address as text; see [`BareJid::to_text`].
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(self.bare.text_len() + 1 + self.resource.len());
+        self.bare.push_text(&mut out);
+        out.push('/');
+        out.push_str(&self.resource);
+        out
+    }
+}
+
 impl fmt::Display for BareJid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(local) = &self.local {
@@ -511,6 +545,25 @@ impl From<FullJid> for Jid {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn to_text_is_to_string() {
+        for s in [
+            "a@b",
+            "b",
+            "a@b/c",
+            "b/c d",
+            "\u{e9}l\u{e8}ve@b\u{fc}cher.example/\u{2603}",
+        ] {
+            match Jid::parse(s).unwrap() {
+                Jid::Bare(b) => assert_eq!(b.to_text(), b.to_string()),
+                Jid::Full(f) => {
+                    assert_eq!(f.to_text(), f.to_string());
+                    assert_eq!(f.bare().to_text(), f.bare().to_string());
+                }
+            }
+        }
+    }
 
     #[test]
     fn is_written_as_matches_only_the_canonical_text() {

@@ -66,6 +66,24 @@ fn password(config: &Config, given: Option<String>) -> anyhow::Result<String> {
 pub async fn run(config: &Config, action: Action) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let stores = waxwing_store::open_with(&config.database_url, &config.storage).await?;
+    let changes = !matches!(action, Action::List { .. });
+    run_action(config, &stores, action).await?;
+    // A server running on this data directory keeps accounts' secrets in
+    // memory: tell it they changed (`store_cache`).
+    if changes && let Err(e) = waxwing_core::store_cache::note_outside_change(&config.data_dir) {
+        eprintln!(
+            "warning: cannot tell a running server about the change ({e}); it takes effect \
+             there within [storage] cache_secs"
+        );
+    }
+    Ok(())
+}
+
+async fn run_action(
+    config: &Config,
+    stores: &waxwing_store::Stores,
+    action: Action,
+) -> anyhow::Result<()> {
     match action {
         Action::Add { jid, password: pw } => {
             let jid = account(config, &jid)?;

@@ -15,6 +15,7 @@ import itertools
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -60,6 +61,27 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free loopback port between 10000 and 32000")
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces: the fields resume after its ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
 
 
 def _as_user(user: str | None) -> list[str]:
@@ -177,7 +199,29 @@ class Postgres:
         self.psql("postgres", f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def _processes(self) -> list[int]:
+        """The postmaster (from its pid file) and every process below it."""
+        pid_file = self.base / "data" / "postmaster.pid"
+        return descendants(int(pid_file.read_text().split("\n", 1)[0]))
+
+    def pause(self) -> None:
+        """Freezes the server (SIGSTOP to the postmaster and its backends):
+        connections stay open but nothing answers, like a network partition
+        or a server stalled on I/O. ``resume`` thaws it."""
+        self._paused = self._processes()
+        for pid in self._paused:
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in getattr(self, "_paused", []):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self._paused = []
+
     def stop(self) -> None:
+        self.resume()
         self.server.stop()
 
 
@@ -202,7 +246,26 @@ class Redis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/"
 
+    def pause(self) -> None:
+        """Freezes redis-server (SIGSTOP): connections stay open, nothing
+        answers. ``resume`` thaws it with its data intact."""
+        # The supervisor's children: the server and the pipe watcher (a sh).
+        self._paused = [p for p in descendants(self.server.proc.pid)[1:]
+                        if Path(f"/proc/{p}/comm").read_text().strip() == "redis-server"]
+        assert self._paused, "redis-server process not found"
+        for pid in self._paused:
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in getattr(self, "_paused", []):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self._paused = []
+
     def restart(self) -> None:
+        self.resume()
         self.server.stop()
         try:
             self.server = self._start(self.port)
@@ -210,5 +273,6 @@ class Redis:
             pytest.fail(str(e), pytrace=False)
 
     def stop(self) -> None:
+        self.resume()
         self.server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -61,6 +61,13 @@ pub enum Body {
         burst: bool,
         hops: u8,
     },
+    /// XEP-0198 resumption on another node: the sending node has a client
+    /// resuming stream-management id `id` as `user`; if a session of that
+    /// account with that id is here, hand it over (see `cluster::handoff`).
+    HandoffAsk(Box<super::handoff::Ask>),
+    /// The answer to a [`Body::HandoffAsk`]: the session's state, or
+    /// `None` when it is not here (any more) or cannot move.
+    HandoffGive(super::handoff::Give),
 }
 
 impl Envelope {

@@ -17,6 +17,8 @@
 //!   of a dead node's sessions by a survivor, which also tells the dead
 //!   sessions' contacts they went offline and stores what was on its way
 //!   to them as offline messages.
+//! - [`handoff`]: XEP-0198 resumption of a session held by another node
+//!   (the session's state moves over the two nodes' streams).
 //!
 //! Where the work is done: a stanza is routed, with the `Inbound` hooks
 //! (MAM archiving, blocking, the presence engine), on the node where it
@@ -36,6 +38,7 @@
 
 pub mod envelope;
 pub mod federation;
+pub mod handoff;
 pub mod membership;
 pub mod ownership;
 pub mod publish;
@@ -234,6 +237,8 @@ pub struct Cluster {
     pub publisher: Arc<Publisher>,
     /// The leases (rooms, pubsub nodes, s2s routes) this node holds.
     pub ownership: ownership::Ownership,
+    /// XEP-0198 sessions moving to or from this node.
+    pub handoffs: handoff::Handoffs,
     /// The other nodes Redis listed at our last heartbeat.
     peers: std::sync::RwLock<Vec<String>>,
     outgoing: std::sync::Mutex<Option<mpsc::Receiver<Outgoing>>>,
@@ -252,6 +257,7 @@ impl Cluster {
             replica: Arc::new(Replica::new(&config.node, link)),
             publisher: Arc::new(Publisher::default()),
             ownership: ownership::Ownership::default(),
+            handoffs: handoff::Handoffs::default(),
             peers: std::sync::RwLock::default(),
             outgoing: std::sync::Mutex::new(Some(rx)),
             conn: std::sync::OnceLock::new(),

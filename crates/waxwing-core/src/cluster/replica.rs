@@ -196,6 +196,26 @@ impl Replica {
         });
     }
 
+    /// A session this node knows of before its node announces it (one of
+    /// ours that moved there, `cluster::handoff`): routed to at once, and
+    /// dropped like a snapshot's unconfirmed sessions if its node never
+    /// publishes it.
+    pub fn expect(&self, rec: Record) {
+        let key = (rec.node.clone(), rec.inc.clone(), rec.sid);
+        let Ok(jid) = FullJid::parse(&rec.jid) else {
+            return;
+        };
+        self.upsert(rec);
+        let mut map = self.by_user.write().expect("replica lock");
+        if let Some(e) = map.get_mut(jid.bare()).and_then(|list| {
+            list.iter_mut()
+                .find(|e| (&e.rec.node, &e.rec.inc, e.rec.sid) == (&key.0, &key.1, key.2))
+        }) && e.rec.ver == 0
+        {
+            e.unconfirmed_since.get_or_insert_with(Instant::now);
+        }
+    }
+
     /// Replaces the sessions of every node `records` (a snapshot of the
     /// hashes) lists with its records. The sessions of a node it does not
     /// list at all are kept, unconfirmed: after Redis restarts empty, the
@@ -419,5 +439,30 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].jid.to_string(), "u@h/b");
         assert_eq!(r.sessions_named(&FullJid::parse("u@h/a").unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn an_expected_session_is_routed_to_until_its_node_confirms_or_never_does() {
+        let r = replica();
+        // Handed over to n2 (version 0: not published by n2 yet).
+        r.expect(rec("u@h/moved", "n2", 7, 0, 3));
+        r.expect(rec("u@h/lost", "n2", 8, 0, 0));
+        let moved = r.sessions_named(&FullJid::parse("u@h/moved").unwrap());
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].remote_node(), Some("n2"));
+        assert_eq!(moved[0].priority(), 3);
+        // n2 publishes the one it bound; the other never comes.
+        r.apply(Event::Up(rec("u@h/moved", "n2", 7, 1, 4)));
+        let gone = r.prune_unconfirmed(Duration::ZERO);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].jid.to_string(), "u@h/lost");
+        let moved = r.sessions_named(&FullJid::parse("u@h/moved").unwrap());
+        assert_eq!(moved[0].priority(), 4, "the published record replaced it");
+        // Published before we expected it: the published record stays, confirmed.
+        r.apply(Event::Up(rec("u@h/early", "n2", 9, 2, 5)));
+        r.expect(rec("u@h/early", "n2", 9, 0, 0));
+        assert!(r.prune_unconfirmed(Duration::ZERO).is_empty());
+        let early = r.sessions_named(&FullJid::parse("u@h/early").unwrap());
+        assert_eq!(early[0].priority(), 5);
     }
 }

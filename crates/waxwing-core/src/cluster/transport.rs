@@ -212,7 +212,8 @@ pub(crate) async fn handle(server: &Arc<Server>, body: Body) {
                     .offer(stanzas.into_iter().next().expect("one"))
                     .map_err(|e| vec![e]),
                 Some(s) => s.offer_burst(stanzas),
-                None => Err(stanzas),
+                // Resumed on another node meanwhile: they follow it there.
+                None => super::handoff::follow(server, &to, sid, stanzas),
             };
             if let Err(stanzas) = refused {
                 undeliverable(server, to, stanzas).await;
@@ -231,6 +232,8 @@ pub(crate) async fn handle(server: &Arc<Server>, body: Body) {
                 server.clone().route_forwarded(stanzas, burst, hops).await;
             }
         }
+        Body::HandoffAsk(ask) => crate::stream::c2s::hand_away(server, *ask),
+        Body::HandoffGive(give) => super::handoff::on_give(server, give).await,
         Body::Close {
             to,
             sid,

@@ -77,6 +77,9 @@ pub struct Config {
     pub database_url: String,
     /// `[storage] synchronous` and `max_connections`.
     pub storage: waxwing_store::OpenOptions,
+    /// `[storage] cache_accounts` and `cache_secs` (no accounts: no cache,
+    /// as always with `[cluster]`, whose other nodes write the same database).
+    pub store_cache: crate::store_cache::CacheLimits,
     /// `[cluster]`: `None` on a single node.
     pub cluster: Option<ClusterConfig>,
     pub scram_iterations: u32,
@@ -492,6 +495,14 @@ impl Config {
             None => format!("sqlite://{}", data_dir.join("waxwing.db").display()),
         };
         let cluster = cluster::cluster_config(&f.cluster, &database_url, source)?;
+        let store_cache = crate::store_cache::CacheLimits {
+            accounts: if cluster.is_some() {
+                0
+            } else {
+                f.storage.cache_accounts as usize
+            },
+            lifetime: Duration::from_secs(f.storage.cache_secs),
+        };
         let l = &f.limits;
         let contact_addresses = contact_addresses(&f.contact, source)?;
         let log_json = match f.log.format.as_str() {
@@ -559,6 +570,7 @@ impl Config {
                 durability,
                 max_connections: f.storage.max_connections,
             },
+            store_cache,
             scram_iterations: f.auth.scram_iterations,
             allow_plain: f.auth.allow_plain,
             max_auth_failures: f.auth.max_failures_per_stream,
@@ -706,6 +718,23 @@ fn check_numbers(f: &raw::File, source: &str) -> Result<(), ConfigError> {
             max: 1000,
             why: "each node opens up to this many PostgreSQL connections, and a \
                   PostgreSQL server allows 100 by default",
+        },
+        Bound {
+            table: "storage",
+            key: "cache_accounts",
+            value: f.storage.cache_accounts,
+            min: 0,
+            max: 10_000_000,
+            why: "each cached account holds its secrets and roster in memory",
+        },
+        Bound {
+            table: "storage",
+            key: "cache_secs",
+            value: f.storage.cache_secs,
+            min: 1,
+            max: 3600,
+            why: "a password changed outside the server (waxwing user passwd) \
+                  reaches logins only once the cached secrets expire",
         },
         Bound {
             table: "cluster",
@@ -1738,6 +1767,34 @@ mod tests {
         assert!(!e.to_string().contains("secret"), "{e}");
         let e = Config::parse("[storage]\nmax_connections = 0\n").unwrap_err();
         assert!(e.to_string().contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn store_cache_settings() {
+        let d = Config::embedded_default().store_cache;
+        assert_eq!(d.accounts, 10_000);
+        assert_eq!(d.lifetime, Duration::from_secs(60));
+        let c = Config::parse("[storage]\ncache_accounts = 0\ncache_secs = 5\n").unwrap();
+        assert_eq!(c.store_cache.accounts, 0);
+        assert_eq!(c.store_cache.lifetime, Duration::from_secs(5));
+        for bad in [
+            "cache_secs = 0",
+            "cache_secs = 3601",
+            "cache_accounts = 10000001",
+        ] {
+            let e = Config::parse(&format!("[storage]\n{bad}\n")).unwrap_err();
+            assert!(
+                e.to_string().contains(bad.split(' ').next().unwrap()),
+                "{e}"
+            );
+        }
+        // Other nodes write the same database: no cache in a cluster.
+        let pg = "[storage]\ndatabase = \"postgres://wx:pw@db/wx\"\n";
+        let c = Config::parse(&format!(
+            "{pg}[cluster]\nredis = \"redis://r/\"\nnode = \"a\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.store_cache.accounts, 0);
     }
 
     #[test]

@@ -167,6 +167,10 @@ pub struct Storage {
     pub database: Option<String>,
     pub synchronous: Option<String>,
     pub max_connections: u32,
+    /// Accounts whose secrets and rosters are kept in memory (0: none).
+    pub cache_accounts: u64,
+    /// How long a cached entry may be used after it was read.
+    pub cache_secs: u64,
 }
 
 impl Default for Storage {
@@ -175,6 +179,8 @@ impl Default for Storage {
             database: None,
             synchronous: None,
             max_connections: waxwing_store::OpenOptions::default().max_connections,
+            cache_accounts: 10_000,
+            cache_secs: 60,
         }
     }
 }

@@ -59,6 +59,11 @@ impl Held {
     pub fn is_empty(&self) -> bool {
         self.stanzas.is_empty()
     }
+
+    /// What is held, oldest first.
+    pub fn stanzas(&self) -> &[Element] {
+        &self.stanzas
+    }
 }
 
 #[cfg(test)]

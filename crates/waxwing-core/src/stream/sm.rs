@@ -52,6 +52,17 @@ impl SmState {
         }
     }
 
+    /// A session's counters and unacknowledged stanzas as another node
+    /// had them (a resumption there, `cluster::handoff`).
+    pub fn resumed(id: String, handled_in: u32, sent_out: u32, unacked: VecDeque<Element>) -> Self {
+        SmState {
+            handled_in,
+            sent_out,
+            unacked,
+            ..SmState::new(id, true)
+        }
+    }
+
     /// Stanzas `first..=last` (values of `sent_out` right after each was
     /// sent) were a tracked entry: `receipt` resolves once all are
     /// acknowledged, and they are left out of [`SmState::into_undelivered`].

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 
-use super::{Conn, Store, db, jid, unsigned};
+use super::{Bounded, Conn, Store, db, jid, unsigned};
 use crate::accounts::normalize_secrets;
 use crate::{AccountStore, StoreError, StoredSecret};
 
@@ -22,7 +22,7 @@ async fn insert_secrets(
         .bind(&s.stored_key)
         .bind(&s.server_key)
         .execute(&mut *conn)
-        .await
+        .bounded().await
         .map_err(db)?;
     }
     Ok(())
@@ -39,6 +39,7 @@ impl AccountStore for Store {
         .bind(&key)
         .bind(user.domain())
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?
         .rows_affected();
@@ -46,7 +47,7 @@ impl AccountStore for Store {
             return Err(StoreError::AlreadyExists);
         }
         insert_secrets(&mut tx, &key, secrets).await?;
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 
     async fn secrets(&self, user: &BareJid) -> Result<Option<Vec<StoredSecret>>, StoreError> {
@@ -68,6 +69,7 @@ impl AccountStore for Store {
         )
         .bind(user.to_string())
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         if rows.is_empty() {
@@ -101,6 +103,7 @@ impl AccountStore for Store {
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE jid = $1)")
                 .bind(&key)
                 .fetch_one(&mut *tx)
+                .bounded()
                 .await
                 .map_err(db)?;
         if !exists {
@@ -109,10 +112,11 @@ impl AccountStore for Store {
         sqlx::query("DELETE FROM account_secrets WHERE jid = $1")
             .bind(&key)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?;
         insert_secrets(&mut tx, &key, secrets).await?;
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 
     async fn delete(&self, user: &BareJid) -> Result<(), StoreError> {
@@ -122,6 +126,7 @@ impl AccountStore for Store {
         let deleted = sqlx::query("DELETE FROM accounts WHERE jid = $1")
             .bind(&key)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?
             .rows_affected();
@@ -133,12 +138,14 @@ impl AccountStore for Store {
         )
         .bind(&key)
         .fetch_one(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         // Groups go with their items (ON DELETE CASCADE).
         sqlx::query("DELETE FROM roster_items WHERE owner = $1")
             .bind(&key)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?;
         if had_visible {
@@ -147,15 +154,17 @@ impl AccountStore for Store {
         sqlx::query("DELETE FROM offline_messages WHERE owner = $1")
             .bind(&key)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?;
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 
     async fn exists(&self, user: &BareJid) -> Result<bool, StoreError> {
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE jid = $1)")
             .bind(user.to_string())
             .fetch_one(&self.pool)
+            .bounded()
             .await
             .map_err(db)
     }
@@ -166,11 +175,13 @@ impl AccountStore for Store {
                 sqlx::query_scalar("SELECT jid FROM accounts WHERE domain = $1")
                     .bind(d)
                     .fetch_all(&self.pool)
+                    .bounded()
                     .await
             }
             None => {
                 sqlx::query_scalar("SELECT jid FROM accounts")
                     .fetch_all(&self.pool)
+                    .bounded()
                     .await
             }
         }
@@ -188,11 +199,13 @@ impl AccountStore for Store {
                 sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE domain = $1")
                     .bind(d)
                     .fetch_one(&self.pool)
+                    .bounded()
                     .await
             }
             None => {
                 sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
                     .fetch_one(&self.pool)
+                    .bounded()
                     .await
             }
         }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sqlx::QueryBuilder;
 use waxwing_proto::jid::{FullJid, Jid};
 
-use super::{Conn, Db, Store, db, jid, unsigned};
+use super::{Bounded, Conn, Db, Store, db, jid, unsigned};
 use crate::StoreError;
 use crate::archive::{
     ArchiveOwner, ArchivePrefs, ArchiveQuery, ArchiveStore, DefaultPolicy, Item, NewItem,
@@ -103,6 +103,7 @@ async fn seq_of(conn: &mut Conn, owner: &ArchiveOwner, id: &str) -> Result<i64, 
     .bind(owner.jid().to_string())
     .bind(id)
     .fetch_optional(&mut *conn)
+    .bounded()
     .await
     .map_err(db)?
     .ok_or(StoreError::NotFound)
@@ -117,6 +118,7 @@ async fn count(conn: &mut Conn, f: &Filter, below: Option<i64>) -> Result<u64, S
     let n: i64 = qb
         .build_query_scalar()
         .fetch_one(&mut *conn)
+        .bounded()
         .await
         .map_err(db)?;
     unsigned(n, "archive count")
@@ -141,6 +143,7 @@ impl ArchiveStore for Store {
             .bind(item.with.resource())
             .bind(item.stanza)
             .execute(&self.pool)
+            .bounded()
             .await;
             match result {
                 Ok(_) => return Ok(id),
@@ -218,6 +221,7 @@ impl ArchiveStore for Store {
         let rows: Vec<Row> = qb
             .build_query_as()
             .fetch_all(&mut *conn)
+            .bounded()
             .await
             .map_err(db)?;
         let complete = rows.len() <= q.max;
@@ -257,6 +261,7 @@ impl ArchiveStore for Store {
             .bind(to_millis(cutoff))
             .bind(PURGE_BATCH)
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?
             .rows_affected();
@@ -274,6 +279,7 @@ impl ArchiveStore for Store {
             .bind(owner.kind().as_str())
             .bind(owner.jid().to_string())
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?
             .rows_affected();
@@ -282,10 +288,11 @@ impl ArchiveStore for Store {
             sqlx::query("DELETE FROM archive_prefs WHERE owner = $1")
                 .bind(user.to_string())
                 .execute(&mut *tx)
+                .bounded()
                 .await
                 .map_err(db)?;
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
         Ok(n)
     }
 
@@ -304,6 +311,7 @@ impl ArchiveStore for Store {
         .bind(owner.jid().to_string())
         .bind(id)
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?
         .rows_affected();
@@ -322,6 +330,7 @@ impl ArchiveStore for Store {
             sqlx::query_scalar("SELECT default_policy FROM archive_prefs WHERE owner = $1")
                 .bind(user.to_string())
                 .fetch_optional(&mut *tx)
+                .bounded()
                 .await
                 .map_err(db)?;
         let Some(default) = default else {
@@ -334,6 +343,7 @@ impl ArchiveStore for Store {
         )
         .bind(user.to_string())
         .fetch_all(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         let mut prefs = ArchivePrefs {
@@ -369,11 +379,13 @@ impl ArchiveStore for Store {
         .bind(&key)
         .bind(prefs.default.as_str())
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         sqlx::query("DELETE FROM archive_prefs_jids WHERE owner = $1")
             .bind(&key)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?;
         let lists = [("always", &prefs.always), ("never", &prefs.never)];
@@ -386,10 +398,11 @@ impl ArchiveStore for Store {
                 .bind(j.to_string())
                 .bind(policy)
                 .execute(&mut *tx)
+                .bounded()
                 .await
                 .map_err(db)?;
             }
         }
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::QueryBuilder;
 use waxwing_proto::jid::{BareJid, Jid};
 
-use super::{Db, Store, db, unsigned};
+use super::{Bounded, Db, Store, db, unsigned};
 use crate::StoreError;
 use crate::blocklist::{BlocklistStore, parse_item};
 use crate::last::{LastActivity, LastActivityStore};
@@ -17,6 +17,7 @@ impl BlocklistStore for Store {
             sqlx::query_scalar("SELECT jid FROM blocklist WHERE owner = $1 ORDER BY jid")
                 .bind(owner.to_string())
                 .fetch_all(&self.pool)
+                .bounded()
                 .await
                 .map_err(db)?;
         rows.iter().map(|s| parse_item(s)).collect()
@@ -31,10 +32,11 @@ impl BlocklistStore for Store {
             .bind(owner.to_string())
             .bind(j.to_string())
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 
     async fn unblock(&self, owner: &BareJid, jids: &[Jid]) -> Result<(), StoreError> {
@@ -44,10 +46,11 @@ impl BlocklistStore for Store {
                 .bind(owner.to_string())
                 .bind(j.to_string())
                 .execute(&mut *tx)
+                .bounded()
                 .await
                 .map_err(db)?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 
     async fn unblock_all(&self, owner: &BareJid) -> Result<Vec<Jid>, StoreError> {
@@ -55,6 +58,7 @@ impl BlocklistStore for Store {
             sqlx::query_scalar("DELETE FROM blocklist WHERE owner = $1 RETURNING jid")
                 .bind(owner.to_string())
                 .fetch_all(&self.pool)
+                .bounded()
                 .await
                 .map_err(db)?;
         rows.sort();
@@ -65,6 +69,7 @@ impl BlocklistStore for Store {
         sqlx::query("DELETE FROM blocklist WHERE owner = $1")
             .bind(owner.to_string())
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(())
@@ -78,6 +83,7 @@ impl PrivateXmlStore for Store {
             .bind(owner.to_string())
             .bind(key)
             .fetch_optional(&self.pool)
+            .bounded()
             .await
             .map_err(db)
     }
@@ -91,6 +97,7 @@ impl PrivateXmlStore for Store {
         .bind(key)
         .bind(xml)
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         Ok(())
@@ -100,6 +107,7 @@ impl PrivateXmlStore for Store {
         sqlx::query_scalar("SELECT key FROM private_xml WHERE owner = $1 ORDER BY key")
             .bind(owner.to_string())
             .fetch_all(&self.pool)
+            .bounded()
             .await
             .map_err(db)
     }
@@ -108,6 +116,7 @@ impl PrivateXmlStore for Store {
         sqlx::query("DELETE FROM private_xml WHERE owner = $1")
             .bind(owner.to_string())
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(())
@@ -121,6 +130,7 @@ impl LastActivityStore for Store {
             sqlx::query_as("SELECT at, status FROM last_activity WHERE owner = $1")
                 .bind(user.to_string())
                 .fetch_optional(&self.pool)
+                .bounded()
                 .await
                 .map_err(db)?;
         row.map(|(at, status)| {
@@ -157,7 +167,7 @@ impl LastActivityStore for Store {
             qb.push(
                 " ON CONFLICT (owner) DO UPDATE SET at = excluded.at, status = excluded.status",
             );
-            qb.build().execute(&self.pool).await.map_err(db)?;
+            qb.build().execute(&self.pool).bounded().await.map_err(db)?;
         }
         Ok(())
     }
@@ -166,6 +176,7 @@ impl LastActivityStore for Store {
         sqlx::query("DELETE FROM last_activity WHERE owner = $1")
             .bind(user.to_string())
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(())

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use waxwing_proto::jid::BareJid;
 
-use super::{DbRow, Store, db, jid, unsigned};
+use super::{Bounded, DbRow, Store, db, jid, unsigned};
 use crate::StoreError;
 use crate::invites::{Invite, InviteKind, InviteStore};
 
@@ -57,6 +57,7 @@ impl InviteStore for Store {
         .bind(i64::from(i.max_uses))
         .bind(i64::from(i.uses))
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -73,6 +74,7 @@ impl InviteStore for Store {
         ))
         .bind(token_hash)
         .fetch_optional(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         row.as_ref().map(record).transpose()
@@ -89,6 +91,7 @@ impl InviteStore for Store {
         .bind(token_hash)
         .bind(now)
         .fetch_optional(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         row.as_ref().map(record).transpose()
@@ -98,6 +101,7 @@ impl InviteStore for Store {
         sqlx::query("UPDATE invites SET uses = uses - 1 WHERE id = $1 AND uses > 0")
             .bind(id)
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(())
@@ -107,6 +111,7 @@ impl InviteStore for Store {
         let done = sqlx::query("DELETE FROM invites WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -129,6 +134,7 @@ impl InviteStore for Store {
         .bind(host)
         .bind(creator.map(ToString::to_string))
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         rows.iter().map(record).collect()
@@ -142,6 +148,7 @@ impl InviteStore for Store {
         .bind(creator.to_string())
         .bind(now)
         .fetch_one(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         unsigned(n, "count")
@@ -161,6 +168,7 @@ impl InviteStore for Store {
         .bind(username)
         .bind(now)
         .fetch_one(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         Ok(n > 0)
@@ -170,6 +178,7 @@ impl InviteStore for Store {
         let done = sqlx::query("DELETE FROM invites WHERE expires_at < $1")
             .bind(before)
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(done.rows_affected())
@@ -179,6 +188,7 @@ impl InviteStore for Store {
         sqlx::query("DELETE FROM invites WHERE creator = $1")
             .bind(creator.to_string())
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(())

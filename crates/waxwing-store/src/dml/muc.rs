@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 
-use super::{Conn, Store, db, jid};
+use super::{Bounded, Conn, Store, db, jid};
 use crate::StoreError;
 use crate::muc::{Affiliation, MucStore, RoomAffiliation, RoomRecord, StoredRoom};
 
@@ -19,6 +19,7 @@ async fn room_exists(conn: &mut Conn, room: &str) -> Result<bool, StoreError> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM muc_rooms WHERE jid = $1")
         .bind(room)
         .fetch_one(conn)
+        .bounded()
         .await
         .map_err(db)?;
     Ok(n > 0)
@@ -41,6 +42,7 @@ async fn insert_affiliation(
     .bind(item.nick.as_deref())
     .bind(item.reason.as_deref())
     .execute(conn)
+    .bounded()
     .await
     .map_err(nick_taken)?;
     Ok(())
@@ -64,17 +66,19 @@ impl MucStore for Store {
         .bind(&r.subject)
         .bind(r.subject_by.as_deref())
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         sqlx::query("DELETE FROM muc_affiliations WHERE room = $1")
             .bind(&key)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?;
         for item in &room.affiliations {
             insert_affiliation(&mut tx, &key, item).await?;
         }
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 
     async fn save_room(&self, room: &RoomRecord) -> Result<(), StoreError> {
@@ -86,6 +90,7 @@ impl MucStore for Store {
         .bind(&room.subject)
         .bind(room.subject_by.as_deref())
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -105,7 +110,7 @@ impl MucStore for Store {
             return Err(StoreError::NotFound);
         }
         insert_affiliation(&mut tx, &key, item).await?;
-        tx.commit().await.map_err(db)
+        tx.commit().bounded().await.map_err(db)
     }
 
     async fn remove_affiliation(&self, room: &BareJid, jid: &BareJid) -> Result<(), StoreError> {
@@ -113,18 +118,20 @@ impl MucStore for Store {
             .bind(room.to_string())
             .bind(jid.to_string())
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(())
     }
 
     async fn rooms(&self, domain: &str) -> Result<Vec<StoredRoom>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let mut conn = self.pool.acquire().bounded().await.map_err(db)?;
         let rooms: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
             "SELECT jid, config, subject, subject_by FROM muc_rooms WHERE domain = $1 ORDER BY jid",
         )
         .bind(domain)
         .fetch_all(&mut *conn)
+        .bounded()
         .await
         .map_err(db)?;
         let rows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
@@ -134,6 +141,7 @@ impl MucStore for Store {
         )
         .bind(domain)
         .fetch_all(&mut *conn)
+        .bounded()
         .await
         .map_err(db)?;
         let mut affs: HashMap<String, Vec<RoomAffiliation>> = HashMap::new();
@@ -167,6 +175,7 @@ impl MucStore for Store {
         let done = sqlx::query("DELETE FROM muc_rooms WHERE jid = $1")
             .bind(room.to_string())
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 
-use super::{Store, db, jid, unsigned};
+use super::{Bounded, Store, db, jid, unsigned};
 use crate::{OfflineMessage, OfflineStore, StoreError};
 
 #[async_trait]
@@ -22,10 +22,11 @@ impl OfflineStore for Store {
         .bind(stanza)
         .bind(i64::from(quota))
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?
         .rows_affected();
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
         Ok(inserted == 1)
     }
 
@@ -43,6 +44,7 @@ impl OfflineStore for Store {
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         Ok(rows
@@ -56,6 +58,7 @@ impl OfflineStore for Store {
             .bind(owner.to_string())
             .bind(up_to)
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(result.rows_affected())
@@ -65,6 +68,7 @@ impl OfflineStore for Store {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE owner = $1")
             .bind(owner.to_string())
             .fetch_one(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         unsigned(n, "offline message count")
@@ -73,6 +77,7 @@ impl OfflineStore for Store {
     async fn owners(&self) -> Result<Vec<BareJid>, StoreError> {
         let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT owner FROM offline_messages")
             .fetch_all(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         rows.iter().map(|r| jid(r)).collect()

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use waxwing_proto::jid::{BareJid, Jid};
 
-use super::{Store, db, jid, unsigned};
+use super::{Bounded, Store, db, jid, unsigned};
 use crate::StoreError;
 use crate::pubsub::{
     FeedKey, PubSubAffiliation, PubSubItem, PubSubStore, StoredFeed, SubscriptionState,
@@ -21,6 +21,7 @@ impl Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_one(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         Ok(n > 0)
@@ -51,6 +52,7 @@ impl PubSubStore for Store {
         .bind(node)
         .bind(config)
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -68,6 +70,7 @@ impl PubSubStore for Store {
             .bind(service.to_string())
             .bind(node)
             .fetch_optional(&self.pool)
+            .bounded()
             .await
             .map_err(db)
     }
@@ -84,6 +87,7 @@ impl PubSubStore for Store {
                 .bind(node)
                 .bind(config)
                 .execute(&self.pool)
+                .bounded()
                 .await
                 .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -97,6 +101,7 @@ impl PubSubStore for Store {
             .bind(service.to_string())
             .bind(node)
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -109,6 +114,7 @@ impl PubSubStore for Store {
         sqlx::query_scalar("SELECT node FROM pubsub_nodes WHERE service = $1 ORDER BY node")
             .bind(service.to_string())
             .fetch_all(&self.pool)
+            .bounded()
             .await
             .map_err(db)
     }
@@ -127,6 +133,7 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_one(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         if n == 0 {
@@ -138,6 +145,7 @@ impl PubSubStore for Store {
             .bind(node)
             .bind(&item.id)
             .execute(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?;
         sqlx::query(
@@ -150,6 +158,7 @@ impl PubSubStore for Store {
         .bind(item.publisher.to_string())
         .bind(&item.payload)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         let mut dropped = Vec::new();
@@ -164,10 +173,11 @@ impl PubSubStore for Store {
             .bind(node)
             .bind(max)
             .fetch_all(&mut *tx)
+            .bounded()
             .await
             .map_err(db)?;
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
         Ok(dropped)
     }
 
@@ -179,6 +189,7 @@ impl PubSubStore for Store {
         .bind(node)
         .bind(id)
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         Ok(done.rows_affected() > 0)
@@ -193,6 +204,7 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         rows.into_iter()
@@ -212,6 +224,7 @@ impl PubSubStore for Store {
             .bind(service.to_string())
             .bind(node)
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(())
@@ -243,6 +256,7 @@ impl PubSubStore for Store {
             .bind(who.to_string()),
         }
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         Ok(())
@@ -260,6 +274,7 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         rows.into_iter()
@@ -297,6 +312,7 @@ impl PubSubStore for Store {
             .bind(who.to_string()),
         }
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         Ok(())
@@ -314,6 +330,7 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         rows.into_iter()
@@ -340,6 +357,7 @@ impl PubSubStore for Store {
         .bind(node)
         .bind(jid.to_string())
         .fetch_optional(&self.pool)
+        .bounded()
         .await
         .map_err(db)
     }
@@ -360,6 +378,7 @@ impl PubSubStore for Store {
         .bind(jid.to_string())
         .bind(options)
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -381,6 +400,7 @@ impl PubSubStore for Store {
         .bind(service.to_string())
         .bind(node)
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         rows.into_iter()
@@ -396,6 +416,7 @@ impl PubSubStore for Store {
         sqlx::query("DELETE FROM pubsub_nodes WHERE service = $1")
             .bind(service.to_string())
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(())
@@ -416,6 +437,7 @@ impl PubSubStore for Store {
              FROM pubsub_feeds ORDER BY service, node, url",
         )
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         rows.into_iter()
@@ -455,6 +477,7 @@ impl PubSubStore for Store {
         .bind(i64::try_from(interval_secs).unwrap_or(i64::MAX))
         .bind(i64::from(admin))
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         Ok(())
@@ -467,6 +490,7 @@ impl PubSubStore for Store {
                 .bind(&key.node)
                 .bind(&key.url)
                 .execute(&self.pool)
+                .bounded()
                 .await
                 .map_err(db)?;
         Ok(done.rows_affected() > 0)
@@ -488,6 +512,7 @@ impl PubSubStore for Store {
         .bind(etag)
         .bind(last_modified)
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
@@ -508,6 +533,7 @@ impl PubSubStore for Store {
         .bind(&key.node)
         .bind(&key.url)
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         let seen: std::collections::HashSet<String> = seen.into_iter().collect();
@@ -534,6 +560,7 @@ impl PubSubStore for Store {
         .bind(&key.node)
         .bind(&key.url)
         .fetch_one(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         if n == 0 {
@@ -548,6 +575,7 @@ impl PubSubStore for Store {
         .bind(&key.url)
         .bind(item_id)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         sqlx::query(
@@ -558,6 +586,7 @@ impl PubSubStore for Store {
         .bind(&key.url)
         .bind(item_id)
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         sqlx::query(
@@ -570,9 +599,10 @@ impl PubSubStore for Store {
         .bind(&key.url)
         .bind(i64::try_from(keep).unwrap_or(i64::MAX))
         .execute(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
         Ok(())
     }
 }

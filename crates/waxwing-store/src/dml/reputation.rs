@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{DbRow, Store, db, unsigned};
+use super::{Bounded, DbRow, Store, db, unsigned};
 use crate::StoreError;
 use crate::reputation::{DomainReputation, DomainReputationStore};
 
@@ -34,6 +34,7 @@ impl DomainReputationStore for Store {
         )
         .bind(domain)
         .fetch_optional(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         row.as_ref().map(record).transpose()
@@ -57,6 +58,7 @@ impl DomainReputationStore for Store {
         .bind(r.updated_at)
         .bind(i64::from(r.blocked))
         .execute(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         Ok(())
@@ -68,6 +70,7 @@ impl DomainReputationStore for Store {
              updated_at, blocked FROM domain_reputation ORDER BY domain",
         )
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         rows.iter().map(record).collect()

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 
-use super::{Conn, Store, db, jid, unsigned};
+use super::{Bounded, Conn, Store, db, jid, unsigned};
 use crate::roster::{normalize_groups, visible_change};
 use crate::{RosterItem, RosterStore, StoreError, Subscription};
 
@@ -91,6 +91,7 @@ async fn fetch_item(
     .bind(owner)
     .bind(contact.to_string())
     .fetch_all(&mut *conn)
+    .bounded()
     .await
     .map_err(db)?;
     fold_groups(rows)
@@ -125,6 +126,7 @@ pub(super) async fn bump_version(conn: &mut Conn, owner: &str) -> Result<u64, St
     )
     .bind(owner)
     .fetch_one(&mut *conn)
+    .bounded()
     .await
     .map_err(db)?;
     unsigned(v, "roster version")
@@ -134,6 +136,7 @@ async fn current_version(conn: &mut Conn, owner: &str) -> Result<u64, StoreError
     let v: Option<i64> = sqlx::query_scalar("SELECT version FROM roster_versions WHERE owner = $1")
         .bind(owner)
         .fetch_optional(&mut *conn)
+        .bounded()
         .await
         .map_err(db)?;
     unsigned(v.unwrap_or(0), "roster version")
@@ -152,6 +155,7 @@ impl RosterStore for Store {
         ))
         .bind(owner.to_string())
         .fetch_all(&self.pool)
+        .bounded()
         .await
         .map_err(db)?;
         let mut items = fold_groups(rows)
@@ -171,7 +175,7 @@ impl RosterStore for Store {
         owner: &BareJid,
         contact: &BareJid,
     ) -> Result<Option<RosterItem>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let mut conn = self.pool.acquire().bounded().await.map_err(db)?;
         fetch_item(&mut conn, &owner.to_string(), contact).await
     }
 
@@ -204,7 +208,7 @@ impl RosterStore for Store {
         .bind(new.approved)
         .bind(new.in_roster)
         .execute(&mut *tx)
-        .await
+        .bounded().await
         .map_err(db)?;
 
         if old.as_ref().map(|o| &o.groups) != Some(&new.groups) {
@@ -212,6 +216,7 @@ impl RosterStore for Store {
                 .bind(&owner)
                 .bind(&contact)
                 .execute(&mut *tx)
+                .bounded()
                 .await
                 .map_err(db)?;
             for (position, group) in new.groups.iter().enumerate() {
@@ -224,6 +229,7 @@ impl RosterStore for Store {
                 .bind(position as i64)
                 .bind(group)
                 .execute(&mut *tx)
+                .bounded()
                 .await
                 .map_err(db)?;
             }
@@ -234,7 +240,7 @@ impl RosterStore for Store {
         } else {
             current_version(&mut tx, &owner).await?
         };
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
         Ok(version)
     }
 
@@ -248,6 +254,7 @@ impl RosterStore for Store {
         .bind(&owner)
         .bind(contact.to_string())
         .fetch_optional(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         let version = if was_visible == Some(true) {
@@ -255,12 +262,12 @@ impl RosterStore for Store {
         } else {
             current_version(&mut tx, &owner).await?
         };
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
         Ok(version)
     }
 
     async fn version(&self, owner: &BareJid) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let mut conn = self.pool.acquire().bounded().await.map_err(db)?;
         current_version(&mut conn, &owner.to_string()).await
     }
 
@@ -268,6 +275,7 @@ impl RosterStore for Store {
         sqlx::query("DELETE FROM roster_versions WHERE owner = $1")
             .bind(owner.to_string())
             .execute(&self.pool)
+            .bounded()
             .await
             .map_err(db)?;
         Ok(())
@@ -283,6 +291,7 @@ impl RosterStore for Store {
         ))
         .bind(&key)
         .fetch_all(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
         let groups: Vec<(String, String)> = sqlx::query_as(
@@ -290,9 +299,10 @@ impl RosterStore for Store {
         )
         .bind(&key)
         .fetch_all(&mut *tx)
+        .bounded()
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        tx.commit().bounded().await.map_err(db)?;
 
         let mut groups = group_map(groups);
         let mut out = rows

@@ -17,6 +17,7 @@
 mod accounts;
 #[path = "../dml/archive.rs"]
 mod archive;
+mod breaker;
 #[path = "../dml/im.rs"]
 mod im;
 #[path = "../dml/invites.rs"]
@@ -42,6 +43,7 @@ use sqlx::{AssertSqlSafe, Connection, Postgres, Transaction};
 
 pub(crate) use crate::sql::{db, jid, unsigned};
 use crate::{StoreError, Stores};
+pub(crate) use breaker::Bounded;
 
 /// The names the shared statements in `dml/` use.
 type Db = Postgres;
@@ -53,7 +55,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long a caller waits for a free pooled connection before its store
 /// call fails (the client then gets `internal-server-error`, not a hang).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Every statement is bounded too, and an unreachable server fails calls at
+/// once for a while (`breaker.rs`).
+const ACQUIRE_TIMEOUT: Duration = breaker::BOUND;
 
 /// A connection idle for longer is pinged before it is lent out, so that a
 /// database restart costs a reconnect rather than one failed call per
@@ -142,6 +146,7 @@ impl PgStore {
             .begin_with(AssertSqlSafe(format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({key})"
             )))
+            .bounded()
             .await
             .map_err(db)
     }
@@ -152,6 +157,7 @@ impl PgStore {
     async fn read_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .bounded()
             .await
             .map_err(db)
     }

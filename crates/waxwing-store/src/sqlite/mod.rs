@@ -36,6 +36,17 @@ use sqlx::{Sqlite, Transaction};
 pub(crate) use crate::sql::{db, jid, unsigned};
 use crate::{StoreError, Stores};
 
+/// `.bounded()` on a statement of the shared `dml/` files is the statement
+/// itself here: SQLite is a file in this process, with no server that can
+/// stop answering (PostgreSQL's is in `postgres/breaker.rs`).
+pub(crate) trait Bounded: Sized {
+    fn bounded(self) -> Self {
+        self
+    }
+}
+
+impl<F: std::future::Future> Bounded for F {}
+
 /// The names the shared statements in `dml/` use.
 type Db = Sqlite;
 type Conn = sqlx::SqliteConnection;

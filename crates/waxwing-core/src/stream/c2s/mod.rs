@@ -29,6 +29,7 @@ use crate::stream::transport::is_decompression_bomb;
 mod auth;
 mod bosh;
 mod fast;
+mod handoff;
 pub(crate) mod link;
 mod negotiate;
 mod resumption;
@@ -37,6 +38,7 @@ mod session;
 mod tcp;
 pub(crate) mod websocket;
 
+pub(crate) use handoff::hand_away;
 use link::{ClientTransport, Link, Outgoing, StreamOpen};
 pub(crate) use resumption::ResumptionTable;
 
@@ -48,6 +50,9 @@ enum End {
     Closed,
     /// The connection broke (EOF or I/O error without `</stream:stream>`).
     Gone,
+    /// The session was resumed on another cluster node and lives on there:
+    /// nothing of it ends here but the connection, if one was still open.
+    Moved,
 }
 
 impl From<StreamError> for End {
@@ -151,6 +156,9 @@ async fn serve_link(
         Ok(Negotiated::Resume(slot, h, success)) => {
             return Box::pin(hand_over(conn, slot, h, success)).await;
         }
+        Ok(Negotiated::Arrived(arrived, h, success)) => {
+            return Box::pin(handoff::carry_on(conn, *arrived, h, success)).await;
+        }
         Err(end) => return Box::pin(conn.finish(end)).await,
     };
     tracing::info!(jid = %handle.jid, "session bound");
@@ -167,6 +175,12 @@ async fn serve_link(
     let end = conn.run_bound(&mut session, &mut rx).await;
     Box::pin(close_session(conn, session, rx, end)).await;
 }
+
+/// The bound session until it ends, then its end (see `close_session`).
+async fn run_to_end(mut conn: Conn, mut session: Session, mut rx: Outbox) {
+    let end = conn.run_bound(&mut session, &mut rx).await;
+    Box::pin(close_session(conn, session, rx, end)).await;
+}
 /// The framer's limits once the client has authenticated.
 fn full_limits(config: &Config) -> Limits {
     Limits {
@@ -179,11 +193,11 @@ fn full_limits(config: &Config) -> Limits {
 /// Gives a resuming connection to the detached session's task, which takes
 /// it over (XEP-0198 §5), or fails the resumption if that session just ended.
 async fn hand_over(conn: Conn, slot: oneshot::Sender<Takeover>, h: u32, success: Option<Element>) {
-    if let Err(takeover) = slot.send(Takeover {
+    if let Err(Takeover::Here(takeover)) = slot.send(Takeover::Here(Resumption {
         conn: Box::new(conn),
         h,
         success,
-    }) {
+    })) {
         let mut conn = takeover.conn;
         let _ = conn.send(&sm::failed("item-not-found")).await;
         conn.finish(End::Closed).await;
@@ -193,6 +207,13 @@ async fn hand_over(conn: Conn, slot: oneshot::Sender<Takeover>, h: u32, success:
 /// Everything after the session loop: unbinds, delivers or stores what
 /// was queued, and ends the stream.
 async fn close_session(mut conn: Conn, mut session: Session, mut rx: Outbox, end: End) {
+    if matches!(end, End::Moved) {
+        // XEP-0198 §5: the connection the session was resumed from, if it
+        // was still open, is closed; the session itself lives on elsewhere.
+        let moved = StreamError::new(StreamCondition::Conflict)
+            .with_text("the session was resumed on another connection");
+        return conn.finish(End::Error(moved)).await;
+    }
     let server = conn.server.clone();
     let handle = session.handle.clone();
     if let Some(sm) = &session.sm {
@@ -256,6 +277,10 @@ enum Negotiated {
     /// The client asked to resume a detached session (XEP-0198 §5).
     /// With the SASL2 `<success/>` to wrap `<resumed/>` in, when resumed inline.
     Resume(oneshot::Sender<Takeover>, u32, Option<Element>),
+    /// Cluster mode: the session resumed was handed over by another node
+    /// (`cluster::handoff`) and is bound here now; `h` and `<success/>` as
+    /// for `Resume`.
+    Arrived(Box<crate::cluster::handoff::Arrived>, u32, Option<Element>),
 }
 
 /// Why the session loop returned.
@@ -265,8 +290,16 @@ enum Outcome {
     Takeover(Takeover),
 }
 
+/// What ends a session's wait for resumption (or its current connection).
+pub(crate) enum Takeover {
+    /// A connection to this node resumes it.
+    Here(Resumption),
+    /// A client resumes it on another cluster node, which asks for it.
+    Elsewhere(crate::cluster::handoff::Ask),
+}
+
 /// A resuming connection handed to the session it resumes.
-pub(crate) struct Takeover {
+pub(crate) struct Resumption {
     conn: Box<Conn>,
     /// The client's count of stanzas it received.
     h: u32,

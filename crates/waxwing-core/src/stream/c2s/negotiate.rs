@@ -184,14 +184,23 @@ impl Conn {
                 }
                 if el.is("resume", sm::NS) {
                     let user = self.user.clone().expect("authenticated");
-                    let slot = el
-                        .attr("previd")
+                    let previd = el.attr("previd");
+                    let slot = previd
                         .and_then(|id| self.server.resumption.take(id, &user))
                         .map(|(tx, _)| tx);
                     match (slot, sm::parse_h(&el)) {
                         (Some(slot), Some(h)) => return Ok(Negotiated::Resume(slot, h, None)),
-                        _ => self.send(&sm::failed("item-not-found")).await?,
+                        // Cluster mode: the session may be on another node.
+                        (None, Some(h)) if let Some(id) = previd => {
+                            let server = self.server.clone();
+                            if let Some(a) = crate::cluster::handoff::ask(&server, id, &user).await
+                            {
+                                return Ok(Negotiated::Arrived(Box::new(a), h, None));
+                            }
+                        }
+                        _ => {}
                     }
+                    self.send(&sm::failed("item-not-found")).await?;
                     continue;
                 }
                 return Err(stream_error(

@@ -111,9 +111,23 @@ impl Conn {
         // Inline resumption first (XEP-0198 §5 via XEP-0388): it replaces binding.
         let mut resume_failed = None;
         if let Some(resume) = auth.child("resume", sm::NS) {
-            let slot = resume
-                .attr("previd")
-                .and_then(|id| self.server.resumption.take(id, &user));
+            let previd = resume.attr("previd");
+            let slot = previd.and_then(|id| self.server.resumption.take(id, &user));
+            // Cluster mode: the session may be on another node.
+            if slot.is_none()
+                && let (Some(id), Some(h)) = (previd, sm::parse_h(resume))
+                && let Some(a) = crate::cluster::handoff::ask(&self.server.clone(), id, &user).await
+            {
+                success.push_child(
+                    Element::new("authorization-identifier", NS)
+                        .with_text(a.handle.jid.to_string()),
+                );
+                return Ok(Some(Outcome::Ready(Negotiated::Arrived(
+                    Box::new(a),
+                    h,
+                    Some(success),
+                ))));
+            }
             match (slot, sm::parse_h(resume)) {
                 (Some((tx, jid)), Some(h)) => {
                     success.push_child(

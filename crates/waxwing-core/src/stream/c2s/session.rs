@@ -13,7 +13,7 @@ use waxwing_proto::stanza::{self, StreamCondition};
 use waxwing_proto::xml::{Element, StreamEvent};
 
 use super::link::{ClientTransport, Outgoing};
-use super::{Conn, End, Outcome, Session, Takeover, read_failed, stream_error};
+use super::{Conn, End, Outcome, Resumption, Session, Takeover, read_failed, stream_error};
 use crate::queue::{Outbox, Receipt};
 use crate::random_id;
 use crate::session::{SessionFlag, SessionHandle};
@@ -36,14 +36,22 @@ impl Conn {
         let handle = session.handle.clone();
         loop {
             match self.run_session(session, rx).await {
-                Outcome::Takeover(t) => Box::pin(self.adopt(session, t)).await,
+                Outcome::Takeover(t) => {
+                    if let Some(end) = self.take_over(session, rx, t).await {
+                        return end;
+                    }
+                }
                 Outcome::End(End::Gone) if session.resumable() => {
                     tracing::info!(jid = %handle.jid, "connection lost; session kept for resumption");
                     handle.set_flag(SessionFlag::Detached, true);
                     let resumed = self.wait_for_resumption(session).await;
                     handle.set_flag(SessionFlag::Detached, false);
                     match resumed {
-                        Some(t) => Box::pin(self.adopt(session, t)).await,
+                        Some(t) => {
+                            if let Some(end) = self.take_over(session, rx, t).await {
+                                return end;
+                            }
+                        }
                         None => return End::Gone,
                     }
                 }
@@ -374,9 +382,26 @@ impl Conn {
         }
     }
 
+    /// A resumption of this session: over a new connection here, or on
+    /// another node (`handoff.rs`, which may end the session here).
+    async fn take_over(
+        &mut self,
+        session: &mut Session,
+        rx: &mut Outbox,
+        t: Takeover,
+    ) -> Option<End> {
+        match t {
+            Takeover::Here(r) => {
+                Box::pin(self.adopt(session, r)).await;
+                None
+            }
+            Takeover::Elsewhere(ask) => Box::pin(self.hand_off(session, rx, ask)).await,
+        }
+    }
+
     /// Continues the session over the resuming connection: acknowledges,
     /// retransmits what the client missed, and reopens the resumption slot.
-    pub(super) async fn adopt(&mut self, session: &mut Session, takeover: Takeover) {
+    pub(super) async fn adopt(&mut self, session: &mut Session, takeover: Resumption) {
         let new = *takeover.conn;
         // The new connection may be over another transport: the session
         // goes on over whatever it brought.
@@ -446,7 +471,7 @@ impl Conn {
                 ));
             }
         }
-        el.set_attr("from", handle.jid.to_string());
+        el.set_attr("from", handle.jid.to_text());
         if let Some(lang) = &self.lang
             && el.attr("xml:lang").is_none()
         {

@@ -1,0 +1,651 @@
+//! Secrets and rosters of recently seen accounts, kept in memory in front
+//! of the account and roster stores (`[storage] cache_accounts`).
+//!
+//! A login reads the account's SCRAM secrets, then its avatar hash (kept
+//! in private XML) and its roster for the initial presence broadcast, and
+//! the roster again for the unavailable one at logout; every presence
+//! between contacts looks up one roster row. On SQLite
+//! each of those is a round trip to the connection's thread and back
+//! (sqlx runs statements there), which cost more CPU than the SCRAM
+//! exchange itself. Here they are answered from memory once the account has
+//! been seen.
+//!
+//! Writes go to the store first and then drop the account's entry
+//! (write-through with invalidation, never a cached copy of what was
+//! written): the next read loads what the store has. Every write method of
+//! [`AccountStore`] and [`RosterStore`] that touches an account's secrets or
+//! rows invalidates that account, so a password change, an account deletion
+//! and every roster change (including the other side of a subscription,
+//! which writes the contact's roster through the same trait) are seen by the
+//! next read.
+//!
+//! A read that raced a write must not put the old value back: each map has
+//! a generation, bumped by every invalidation; a read notes it before going
+//! to the store and only fills the cache if it has not moved.
+//!
+//! Writers in other processes: `waxwing user add|passwd|remove`, run beside
+//! a live server, write the database directly and then replace the stamp
+//! file `<data_dir>/accounts.changed` ([`note_outside_change`]); every cached
+//! read first looks at the stamp (one `stat`, far cheaper than a statement)
+//! and drops everything when it changed. Anything else is covered by a
+//! lifetime: an entry is used for at most `[storage] cache_secs` after it was
+//! loaded. With `[cluster]` the cache is off: other nodes write the same
+//! database.
+
+use std::hash::Hash;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hashlink::LruCache;
+use waxwing_proto::jid::BareJid;
+use waxwing_store::{
+    AccountStore, PrivateXmlStore, RosterItem, RosterStore, StoreError, StoredSecret, Stores,
+};
+
+/// How many accounts (and private-XML fragments) and how long
+/// (`[storage] cache_accounts`, `cache_secs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Accounts whose secrets (and, separately, rosters) are kept; 0: no cache.
+    pub accounts: usize,
+    /// How long a loaded entry may be used.
+    pub lifetime: Duration,
+}
+
+/// The file other processes replace after changing accounts in the
+/// database of `data_dir`.
+fn stamp_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("accounts.changed")
+}
+
+/// Tells a server running on `data_dir` that accounts changed behind its
+/// back (`waxwing user …`): it drops its cached copies before the next read.
+/// Written to a temporary file and renamed, so a reader sees a new file.
+pub fn note_outside_change(data_dir: &Path) -> std::io::Result<()> {
+    let path = stamp_path(data_dir);
+    let tmp = path.with_extension("changed.tmp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::fs::write(&tmp, format!("{}\n", now.as_nanos()))?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// What identifies one version of the stamp file: a rename makes a new
+/// inode, and its change time moves even when an inode number is reused.
+type StampId = Option<(u64, i64, i64)>;
+
+fn stamp_id(path: &Path) -> StampId {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// The stamp as last seen.
+struct Stamp {
+    path: PathBuf,
+    seen: Mutex<StampId>,
+}
+
+/// Puts the cache in front of `stores`' accounts, rosters and private XML
+/// (nothing when `limits.accounts` is 0). `data_dir`: where other processes
+/// leave their stamp.
+pub(crate) fn wrap(mut stores: Stores, limits: CacheLimits, data_dir: &Path) -> Stores {
+    if limits.accounts == 0 {
+        return stores;
+    }
+    let path = stamp_path(data_dir);
+    let caches = Arc::new(Caches {
+        secrets: Cache::new(limits),
+        rosters: Cache::new(limits),
+        fragments: Cache::new(limits),
+        stamp: Stamp {
+            seen: Mutex::new(stamp_id(&path)),
+            path,
+        },
+    });
+    stores.accounts = Arc::new(CachedAccounts {
+        inner: stores.accounts,
+        caches: caches.clone(),
+    });
+    stores.roster = Arc::new(CachedRoster {
+        inner: stores.roster,
+        caches: caches.clone(),
+    });
+    stores.private_xml = Arc::new(CachedPrivateXml {
+        inner: stores.private_xml,
+        caches,
+    });
+    stores
+}
+
+/// A bounded, least-recently-used map whose entries expire, with the
+/// generation that keeps a racing read from caching a stale value.
+struct Cache<K: Hash + Eq, V> {
+    state: Mutex<State<K, V>>,
+    lifetime: Duration,
+}
+
+struct State<K: Hash + Eq, V> {
+    entries: LruCache<K, (Instant, V)>,
+    generation: u64,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
+    fn new(limits: CacheLimits) -> Self {
+        Cache {
+            state: Mutex::new(State {
+                entries: LruCache::new(limits.accounts),
+                generation: 0,
+            }),
+            lifetime: limits.lifetime,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<K, V>> {
+        // The map is only ever changed by whole-entry inserts and removals:
+        // a panic elsewhere while holding the lock leaves nothing half-done.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached value, or the generation to hand to [`Cache::fill`]
+    /// after loading it from the store.
+    fn get(&self, key: &K) -> Result<V, u64> {
+        let mut s = self.lock();
+        match s.entries.get(key) {
+            Some((at, v)) if at.elapsed() < self.lifetime => Ok(v.clone()),
+            Some(_) => {
+                s.entries.remove(key);
+                Err(s.generation)
+            }
+            None => Err(s.generation),
+        }
+    }
+
+    /// Keeps `value`, read from the store, unless some write invalidated
+    /// anything since `generation` was taken (the value may predate it).
+    fn fill(&self, key: K, generation: u64, value: V) {
+        let mut s = self.lock();
+        if s.generation == generation {
+            s.entries.insert(key, (Instant::now(), value));
+        }
+    }
+
+    /// Forgets `key`; called after every write that touched it (failed
+    /// writes too: a failure may still have committed).
+    fn invalidate(&self, key: &K) {
+        let mut s = self.lock();
+        s.generation = s.generation.wrapping_add(1);
+        s.entries.remove(key);
+    }
+
+    /// Forgets everything (a write whose keys are not known one by one).
+    fn clear(&self) {
+        let mut s = self.lock();
+        s.generation = s.generation.wrapping_add(1);
+        s.entries.clear();
+    }
+}
+
+/// Both maps: deleting an account also deletes its roster rows.
+struct Caches {
+    /// The secrets of existing accounts. An unknown address is not
+    /// remembered: `waxwing user add` beside a running server must work at
+    /// once for someone who just failed to log in.
+    secrets: Cache<BareJid, Arc<Vec<StoredSecret>>>,
+    /// Every row of the owner's roster, sorted by contact as `items` returns them.
+    rosters: Cache<BareJid, Arc<Vec<RosterItem>>>,
+    /// Small private-XML fragments; `None`: nothing stored under that key.
+    fragments: Cache<(BareJid, String), Option<Arc<str>>>,
+    stamp: Stamp,
+}
+
+impl Caches {
+    /// Drops every copy if another process changed accounts since the
+    /// last look. Before every cached read.
+    fn check_stamp(&self) {
+        let now = stamp_id(&self.stamp.path);
+        let mut seen = self.stamp.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen != now {
+            *seen = now;
+            self.secrets.clear();
+            self.rosters.clear();
+            self.fragments.clear();
+        }
+    }
+}
+
+struct CachedAccounts {
+    inner: Arc<dyn AccountStore>,
+    caches: Arc<Caches>,
+}
+
+impl CachedAccounts {
+    async fn load(&self, user: &BareJid) -> Result<Option<Arc<Vec<StoredSecret>>>, StoreError> {
+        self.caches.check_stamp();
+        match self.caches.secrets.get(user) {
+            Ok(s) => Ok(Some(s)),
+            Err(generation) => {
+                let Some(s) = self.inner.secrets(user).await? else {
+                    return Ok(None);
+                };
+                let s = Arc::new(s);
+                self.caches
+                    .secrets
+                    .fill(user.clone(), generation, s.clone());
+                Ok(Some(s))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl AccountStore for CachedAccounts {
+    async fn create(&self, user: &BareJid, secrets: &[StoredSecret]) -> Result<(), StoreError> {
+        let r = self.inner.create(user, secrets).await;
+        self.caches.secrets.invalidate(user);
+        r
+    }
+    async fn secrets(&self, user: &BareJid) -> Result<Option<Vec<StoredSecret>>, StoreError> {
+        Ok(self.load(user).await?.map(|s| s.as_ref().clone()))
+    }
+    async fn set_secrets(
+        &self,
+        user: &BareJid,
+        secrets: &[StoredSecret],
+    ) -> Result<(), StoreError> {
+        let r = self.inner.set_secrets(user, secrets).await;
+        self.caches.secrets.invalidate(user);
+        r
+    }
+    async fn delete(&self, user: &BareJid) -> Result<(), StoreError> {
+        let r = self.inner.delete(user).await;
+        self.caches.secrets.invalidate(user);
+        self.caches.rosters.invalidate(user);
+        r
+    }
+    async fn exists(&self, user: &BareJid) -> Result<bool, StoreError> {
+        Ok(self.load(user).await?.is_some())
+    }
+    async fn list(&self, domain: Option<&str>) -> Result<Vec<BareJid>, StoreError> {
+        self.inner.list(domain).await
+    }
+    async fn count(&self, domain: Option<&str>) -> Result<u64, StoreError> {
+        self.inner.count(domain).await
+    }
+}
+
+struct CachedRoster {
+    inner: Arc<dyn RosterStore>,
+    caches: Arc<Caches>,
+}
+
+impl CachedRoster {
+    async fn load(&self, owner: &BareJid) -> Result<Arc<Vec<RosterItem>>, StoreError> {
+        self.caches.check_stamp();
+        match self.caches.rosters.get(owner) {
+            Ok(items) => Ok(items),
+            Err(generation) => {
+                let items = Arc::new(self.inner.items(owner).await?);
+                self.caches
+                    .rosters
+                    .fill(owner.clone(), generation, items.clone());
+                Ok(items)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RosterStore for CachedRoster {
+    async fn items(&self, owner: &BareJid) -> Result<Vec<RosterItem>, StoreError> {
+        Ok(self.load(owner).await?.as_ref().clone())
+    }
+    async fn get(
+        &self,
+        owner: &BareJid,
+        contact: &BareJid,
+    ) -> Result<Option<RosterItem>, StoreError> {
+        let items = self.load(owner).await?;
+        Ok(items
+            .binary_search_by(|i| i.contact.cmp(contact))
+            .ok()
+            .map(|at| items[at].clone()))
+    }
+    async fn put(&self, owner: &BareJid, item: &RosterItem) -> Result<u64, StoreError> {
+        let r = self.inner.put(owner, item).await;
+        self.caches.rosters.invalidate(owner);
+        r
+    }
+    async fn remove(&self, owner: &BareJid, contact: &BareJid) -> Result<u64, StoreError> {
+        let r = self.inner.remove(owner, contact).await;
+        self.caches.rosters.invalidate(owner);
+        r
+    }
+    async fn version(&self, owner: &BareJid) -> Result<u64, StoreError> {
+        self.inner.version(owner).await
+    }
+    async fn forget_version(&self, owner: &BareJid) -> Result<(), StoreError> {
+        self.inner.forget_version(owner).await
+    }
+    async fn owners_of(&self, contact: &BareJid) -> Result<Vec<(BareJid, RosterItem)>, StoreError> {
+        self.inner.owners_of(contact).await
+    }
+}
+
+/// Private-XML fragments up to this size are kept (the avatar hash every
+/// available presence carries is 40 bytes); larger ones (bookmarks, vCards)
+/// are read when asked for, as before.
+const MAX_CACHED_FRAGMENT: usize = 1024;
+
+struct CachedPrivateXml {
+    inner: Arc<dyn PrivateXmlStore>,
+    caches: Arc<Caches>,
+}
+
+#[async_trait]
+impl PrivateXmlStore for CachedPrivateXml {
+    async fn get(&self, owner: &BareJid, key: &str) -> Result<Option<String>, StoreError> {
+        self.caches.check_stamp();
+        let k = (owner.clone(), key.to_string());
+        match self.caches.fragments.get(&k) {
+            Ok(v) => Ok(v.map(|v| v.to_string())),
+            Err(generation) => {
+                let v = self.inner.get(owner, key).await?;
+                if v.as_ref().is_none_or(|v| v.len() <= MAX_CACHED_FRAGMENT) {
+                    self.caches
+                        .fragments
+                        .fill(k, generation, v.as_deref().map(Arc::from));
+                }
+                Ok(v)
+            }
+        }
+    }
+    async fn set(&self, owner: &BareJid, key: &str, xml: &str) -> Result<(), StoreError> {
+        let r = self.inner.set(owner, key, xml).await;
+        self.caches
+            .fragments
+            .invalidate(&(owner.clone(), key.to_string()));
+        r
+    }
+    async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError> {
+        let r = self.inner.remove_user(owner).await;
+        // Rare (account deletion), and the keys are not indexed by owner.
+        self.caches.fragments.clear();
+        r
+    }
+    async fn keys(&self, owner: &BareJid) -> Result<Vec<String>, StoreError> {
+        self.inner.keys(owner).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waxwing_store::Subscription;
+
+    fn jid(s: &str) -> BareJid {
+        BareJid::parse(s).unwrap()
+    }
+
+    fn secret(salt: u8) -> StoredSecret {
+        StoredSecret {
+            mechanism: "SCRAM-SHA-256".into(),
+            salt: vec![salt],
+            iterations: 4096,
+            stored_key: vec![1],
+            server_key: vec![2],
+        }
+    }
+
+    const LIMITS: CacheLimits = CacheLimits {
+        accounts: 100,
+        lifetime: Duration::from_secs(3600),
+    };
+
+    /// The cached stores, and the ones behind them (a writer the cache does
+    /// not see, like another process).
+    fn stores(limits: CacheLimits) -> (Stores, Stores) {
+        let inner = waxwing_store::memory();
+        // No stamp is ever written there.
+        let dir = Path::new("/nonexistent/waxwing-store-cache-test");
+        (wrap(inner.clone(), limits, dir), inner)
+    }
+
+    #[tokio::test]
+    async fn the_cli_stamp_drops_every_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = waxwing_store::memory();
+        let cached = wrap(inner.clone(), LIMITS, dir.path());
+        let alice = jid("alice@example.org");
+        cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        cached
+            .roster
+            .put(&alice, &RosterItem::new(jid("bob@example.org")))
+            .await
+            .unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(1)])
+        );
+        assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 1);
+        // `waxwing user passwd`, twice in a row (the second must count too).
+        for salt in [2, 3] {
+            inner
+                .accounts
+                .set_secrets(&alice, &[secret(salt)])
+                .await
+                .unwrap();
+            note_outside_change(dir.path()).unwrap();
+            assert_eq!(
+                cached.accounts.secrets(&alice).await.unwrap(),
+                Some(vec![secret(salt)])
+            );
+        }
+        // `waxwing user remove`.
+        inner.accounts.delete(&alice).await.unwrap();
+        note_outside_change(dir.path()).unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), None);
+        assert!(cached.roster.items(&alice).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn secrets_are_kept_until_the_server_changes_them() {
+        let (cached, behind) = stores(LIMITS);
+        let alice = jid("alice@example.org");
+        cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(1)])
+        );
+        // Behind the cache's back: still the copy (this is what saves the read).
+        behind
+            .accounts
+            .set_secrets(&alice, &[secret(2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(1)])
+        );
+        // A password change through the server is seen by the next login.
+        cached
+            .accounts
+            .set_secrets(&alice, &[secret(3)])
+            .await
+            .unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(3)])
+        );
+        cached.accounts.delete(&alice).await.unwrap();
+        assert_eq!(cached.accounts.secrets(&alice).await.unwrap(), None);
+        assert!(!cached.accounts.exists(&alice).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn unknown_accounts_are_not_remembered() {
+        let (cached, behind) = stores(LIMITS);
+        let bob = jid("bob@example.org");
+        assert_eq!(cached.accounts.secrets(&bob).await.unwrap(), None);
+        // `waxwing user add` beside the running server.
+        behind.accounts.create(&bob, &[secret(1)]).await.unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&bob).await.unwrap(),
+            Some(vec![secret(1)])
+        );
+        assert!(cached.accounts.exists(&bob).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn entries_expire_for_writers_the_server_does_not_see() {
+        let (cached, behind) = stores(CacheLimits {
+            accounts: 100,
+            lifetime: Duration::ZERO,
+        });
+        let alice = jid("alice@example.org");
+        cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(1)])
+        );
+        behind
+            .accounts
+            .set_secrets(&alice, &[secret(2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(2)])
+        );
+    }
+
+    #[tokio::test]
+    async fn rosters_are_dropped_by_every_roster_write() {
+        let (cached, behind) = stores(LIMITS);
+        let (alice, bob, carol) = (
+            jid("alice@example.org"),
+            jid("bob@example.org"),
+            jid("carol@example.org"),
+        );
+        cached.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        let mut item = RosterItem::new(bob.clone());
+        cached.roster.put(&alice, &item).await.unwrap();
+        assert_eq!(
+            cached.roster.items(&alice).await.unwrap(),
+            vec![item.clone()]
+        );
+        // Cached: a row written behind its back is not seen...
+        behind
+            .roster
+            .put(&alice, &RosterItem::new(carol.clone()))
+            .await
+            .unwrap();
+        assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 1);
+        assert_eq!(cached.roster.get(&alice, &carol).await.unwrap(), None);
+        // ...until the server writes that roster (a subscription change).
+        item.subscription = Subscription::Both;
+        cached.roster.put(&alice, &item).await.unwrap();
+        assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 2);
+        assert_eq!(cached.roster.get(&alice, &bob).await.unwrap(), Some(item));
+        assert!(cached.roster.get(&alice, &carol).await.unwrap().is_some());
+        cached.roster.remove(&alice, &carol).await.unwrap();
+        assert_eq!(cached.roster.get(&alice, &carol).await.unwrap(), None);
+        // Deleting the account deletes its rows.
+        cached.accounts.delete(&alice).await.unwrap();
+        assert!(cached.roster.items(&alice).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn small_private_fragments_are_kept_large_ones_read_each_time() {
+        let (cached, behind) = stores(LIMITS);
+        let alice = jid("alice@example.org");
+        let big = "x".repeat(MAX_CACHED_FRAGMENT + 1);
+        cached.private_xml.set(&alice, "hash", "abc").await.unwrap();
+        cached.private_xml.set(&alice, "big", &big).await.unwrap();
+        assert_eq!(
+            cached
+                .private_xml
+                .get(&alice, "hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            cached.private_xml.get(&alice, "big").await.unwrap(),
+            Some(big)
+        );
+        assert_eq!(cached.private_xml.get(&alice, "none").await.unwrap(), None);
+        behind.private_xml.set(&alice, "hash", "def").await.unwrap();
+        behind.private_xml.set(&alice, "big", "y").await.unwrap();
+        assert_eq!(
+            cached
+                .private_xml
+                .get(&alice, "hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            cached
+                .private_xml
+                .get(&alice, "big")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("y")
+        );
+        cached.private_xml.set(&alice, "hash", "ghi").await.unwrap();
+        assert_eq!(
+            cached
+                .private_xml
+                .get(&alice, "hash")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("ghi")
+        );
+        cached.private_xml.remove_user(&alice).await.unwrap();
+        assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap(), None);
+    }
+
+    #[test]
+    fn a_read_that_raced_a_write_is_not_kept() {
+        let cache: Cache<u32, u32> = Cache::new(LIMITS);
+        let Err(generation) = cache.get(&1) else {
+            panic!("empty cache")
+        };
+        // The store is read (old value), then a write lands and invalidates.
+        cache.invalidate(&1);
+        cache.fill(1, generation, 10);
+        assert!(cache.get(&1).is_err());
+        let Err(generation) = cache.get(&1) else {
+            panic!()
+        };
+        cache.fill(1, generation, 11);
+        assert_eq!(cache.get(&1), Ok(11));
+    }
+
+    #[test]
+    fn the_least_recently_used_account_goes_first() {
+        let cache: Cache<u32, u32> = Cache::new(CacheLimits {
+            accounts: 2,
+            lifetime: Duration::from_secs(60),
+        });
+        for k in [1, 2] {
+            let g = cache.get(&k).unwrap_err();
+            cache.fill(k, g, k);
+        }
+        assert_eq!(cache.get(&1), Ok(1));
+        let g = cache.get(&3).unwrap_err();
+        cache.fill(3, g, 3);
+        assert!(cache.get(&2).is_err());
+        assert_eq!(cache.get(&1), Ok(1));
+        assert_eq!(cache.get(&3), Ok(3));
+    }
+}
