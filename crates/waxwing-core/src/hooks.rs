@@ -524,6 +524,12 @@ impl Cx {
         self.server.clone().route(stanza).await;
     }
 
+    /// Routes `stanza` (without `to`) to each of `to`, as
+    /// [`Server::route_fanout`]: a room's message to its occupants.
+    pub async fn route_fanout(&self, stanza: Element, to: Vec<FullJid>) {
+        self.server.clone().route_fanout(stanza, to).await;
+    }
+
     /// Routes stanzas to one full JID that must arrive together and in
     /// order (see [`Server::route_burst`]).
     pub async fn route_burst(&self, stanzas: Vec<Element>) {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::stanza::{
     self, Condition, StanzaError, StanzaKind, StreamCondition, StreamError,
 };
@@ -381,7 +381,9 @@ impl Server {
             }
             let messages: Vec<Element> = kept
                 .iter()
-                .filter(|s| s.name == "message")
+                .filter(|s| {
+                    s.name == "message" && self.delivery_wanted(s, std::slice::from_ref(&session))
+                })
                 .cloned()
                 .collect();
             if let Err(refused) = session.offer_burst(kept) {
@@ -406,6 +408,49 @@ impl Server {
                         },
                     )
                     .await;
+            }
+        })
+    }
+
+    /// Routes one stanza to many full JIDs (a room's message to its
+    /// occupants). `stanza` has no `to`; each copy gets one recipient's.
+    /// Every copy takes the path [`Server::route`] gives it — `Inbound`
+    /// hooks (blocking, archives …), then the session's queue or the
+    /// unbound rules — but one made for a local account skips what
+    /// `route` spends on the address: serializing it, parsing it back and
+    /// looking up where it lives. Copies are made one at a time, so a
+    /// large room never holds a copy per occupant at once, and the last
+    /// recipient gets the original. O(N) in the recipients; never waits
+    /// for a session (a full queue refuses, see the table at the top).
+    pub fn route_fanout(self: Arc<Self>, stanza: Element, to: Vec<FullJid>) -> BoxFuture {
+        Box::pin(async move {
+            let Some(kind) = stanza::kind(&stanza) else {
+                return;
+            };
+            let n = to.len();
+            let mut original = Some(stanza);
+            for (i, jid) in to.into_iter().enumerate() {
+                let copy = match original.take_if(|_| i + 1 == n) {
+                    Some(mut last) => {
+                        last.set_attr("to", jid_text(&jid));
+                        last
+                    }
+                    None => addressed_copy(
+                        original.as_ref().expect("kept until the last recipient"),
+                        jid_text(&jid),
+                    ),
+                };
+                // In a cluster, routing may concern another node (leases,
+                // tagged answers): the general path decides.
+                let local = self.cluster.is_none()
+                    && self.config.is_local_host(jid.domain())
+                    && !self.registry.services.contains_key(jid.domain())
+                    && !self.components.contains(jid.domain());
+                if local {
+                    self.clone().deliver_local(Jid::Full(jid), copy, kind).await;
+                } else {
+                    self.clone().route(copy).await;
+                }
             }
         })
     }
@@ -957,6 +1002,36 @@ impl Server {
     }
 }
 
+/// `jid` as text, in one allocation of the right size (`to_string` goes
+/// through the formatter and grows its buffer piece by piece).
+fn jid_text(jid: &FullJid) -> String {
+    let local = jid.local().map_or(0, |l| l.len() + 1);
+    let mut s = String::with_capacity(local + jid.domain().len() + 1 + jid.resource().len());
+    if let Some(l) = jid.local() {
+        s.push_str(l);
+        s.push('@');
+    }
+    s.push_str(jid.domain());
+    s.push('/');
+    s.push_str(jid.resource());
+    s
+}
+
+/// A copy of `stanza` addressed to `to`: the payload is shared (see
+/// `Children`), and the attributes are copied into a vector that already
+/// has room for `to` rather than grown by it.
+fn addressed_copy(stanza: &Element, to: String) -> Element {
+    let mut attrs = Vec::with_capacity(stanza.attrs.len() + 1);
+    attrs.extend(stanza.attrs.iter().filter(|(k, _)| k != "to").cloned());
+    attrs.push(("to".to_owned(), to));
+    Element {
+        name: stanza.name.clone(),
+        ns: stanza.ns.clone(),
+        attrs,
+        children: stanza.children.clone(),
+    }
+}
+
 /// Calls an IQ handler; a panic is answered `internal-server-error`.
 pub(crate) async fn call_iq_handler(
     module: &str,
@@ -967,4 +1042,33 @@ pub(crate) async fn call_iq_handler(
     isolated(module, handler.handle_iq(cx, iq))
         .await
         .unwrap_or_else(|Panicked| Err(StanzaError::cancel(Condition::InternalServerError)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jid_text_is_the_display_form() {
+        for j in ["juliet@example.com/balcony", "example.com/res/with/slashes"] {
+            let full = FullJid::parse(j).unwrap();
+            assert_eq!(jid_text(&full), full.to_string());
+        }
+    }
+
+    #[test]
+    fn an_addressed_copy_shares_the_payload_and_has_one_to() {
+        let m = Element::new("message", waxwing_proto::ns::CLIENT)
+            .with_attr("from", "room@conference.example.com/nick")
+            .with_attr("to", "stale@example.com/x")
+            .with_attr("type", "groupchat")
+            .with_child(Element::new("body", waxwing_proto::ns::CLIENT).with_text("hi"));
+        let c = addressed_copy(&m, "juliet@example.com/balcony".into());
+        let mut expected = m.clone();
+        expected.remove_attr("to");
+        expected.set_attr("to", "juliet@example.com/balcony");
+        assert_eq!(c, expected, "same stanza, `to` last and only once");
+        assert_eq!(c.attrs.len(), 3);
+        assert_eq!(c.to_xml(), expected.to_xml());
+    }
 }

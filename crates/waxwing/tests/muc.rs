@@ -291,6 +291,63 @@ async fn presence_and_messages_are_reflected() {
     .await;
 }
 
+/// A room message is routed to each occupant session as its own copy
+/// (`Server::route_fanout`): addressed to that session, and through that
+/// recipient's policies, so an occupant who blocks the sender's occupant
+/// JID misses it while everyone else gets it.
+#[tokio::test]
+async fn each_occupant_gets_its_own_copy_through_its_policies() {
+    let s = TestServer::start().await;
+    let mut crone = connect(&s, "crone").await;
+    let mut hag = connect(&s, "hag").await;
+    let mut imp = connect(&s, "imp").await;
+    let mut imp2 = s.login("imp", "second").await;
+    let coven = room("coven");
+    create(&mut crone, &coven, "crone", &[]).await;
+    join(&mut hag, &coven, "hag").await;
+    // Nicks sort before "crone": the room's fan-out reaches imp's two
+    // sessions first, so once crone has a message imp's copies are decided.
+    join(&mut imp, &coven, "a-imp").await;
+    join(&mut imp2, &coven, "a-imp").await;
+    imp.sync().await;
+    iq_ok(
+        &mut imp,
+        &bare("imp"),
+        &format!("<block xmlns='urn:xmpp:blocking'><item jid='{coven}/hag'/></block>"),
+    )
+    .await;
+    imp.sync().await;
+    imp2.sync().await;
+    crone.sync().await;
+    hag.sync().await;
+
+    say(&mut hag, &coven, "m1", "Fillet of a fenny snake").await;
+    for c in [&mut crone, &mut hag] {
+        let m = expect_body(c, &format!("{coven}/hag"), "Fillet of a fenny snake").await;
+        assert_eq!(
+            m.attr("to"),
+            Some(c.full()),
+            "each copy is addressed to its session"
+        );
+    }
+    say(&mut crone, &coven, "m2", "In the cauldron boil and bake").await;
+    for c in [&mut imp, &mut imp2, &mut hag, &mut crone] {
+        // For imp, the first message after the block: m1 was withheld.
+        let m = expect_body(
+            c,
+            &format!("{coven}/crone"),
+            "In the cauldron boil and bake",
+        )
+        .await;
+        assert_eq!(m.attr("to"), Some(c.full()));
+        assert_eq!(m.attr("id"), Some("m2"));
+        assert!(
+            m.child("occupant-id", "urn:xmpp:occupant-id:0").is_some(),
+            "{m}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn nick_conflict_and_change() {
     let s = TestServer::start().await;

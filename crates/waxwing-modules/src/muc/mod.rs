@@ -413,6 +413,9 @@ impl MucService {
         for s in fx.out {
             cx.route(s).await;
         }
+        if let Some(f) = fx.fanout {
+            cx.route_fanout(f.stanza, f.to).await;
+        }
         if let Some(r) = fx.reply {
             cx.route(r).await;
         }

@@ -8,6 +8,9 @@
 //! Fan-out cost: an outgoing presence or message is built once per
 //! *visibility class* (with or without real JIDs, self or not), then cloned
 //! once per occupant session with only `to` set: O(N) per event, never O(N²).
+//! A groupchat message, the common case by far, is not even cloned here:
+//! it leaves as one [`Fanout`], and the router makes each session's copy
+//! as it delivers it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -73,11 +76,29 @@ pub struct Effects {
     /// joiner's presences of everyone, history and subject (one queue
     /// entry however large the room, see `Cx::route_burst`).
     pub burst: Vec<Element>,
+    /// One stanza for many sessions, routed after `out` (see [`Fanout`]).
+    pub fanout: Option<Fanout>,
     /// The answer to an IQ: routed after the store writes succeed.
     pub reply: Option<Element>,
     pub persist: Vec<Persist>,
     /// The room is gone: remove it from the service.
     pub destroyed: bool,
+}
+
+/// A stanza for every session in `to`, without a `to` of its own: the
+/// router gives each copy its recipient (`Cx::route_fanout`), so the room
+/// neither builds nor holds a copy per occupant.
+#[derive(Debug)]
+pub struct Fanout {
+    pub stanza: Element,
+    pub to: Vec<FullJid>,
+}
+
+impl Fanout {
+    /// The copies as they will be routed, each with its `to` (for tests).
+    pub fn addressed(&self) -> impl Iterator<Item = Element> + '_ {
+        addressed(&self.stanza, &self.to)
+    }
 }
 
 /// One nickname in the room, possibly joined from several sessions of the
@@ -815,7 +836,14 @@ impl Room {
             let cap = self.config.history_length.min(limits.max_history);
             self.history.push(h, now, cap, limits.max_history_bytes);
         }
-        self.reflect(&m, &mut fx.out);
+        fx.fanout = Some(Fanout {
+            stanza: m,
+            to: self
+                .occupants
+                .values()
+                .flat_map(|o| o.sessions.iter().cloned())
+                .collect(),
+        });
         Ok(fx)
     }
 

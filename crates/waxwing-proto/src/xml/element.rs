@@ -271,10 +271,28 @@ impl Element {
     }
 
     /// Removes every child element for which `pred` returns true; text is kept.
+    ///
+    /// When nothing matches the children are left untouched, still shared
+    /// and with their serialization cached: hooks that strip what a sender
+    /// may not claim (MAM's `stanza-id`) run on every copy of a fan-out and
+    /// almost never find anything, so they must not unshare the payload.
     pub fn remove_children(&mut self, mut pred: impl FnMut(&Element) -> bool) {
-        self.children.retain(|n| match n {
-            Node::Element(e) => !pred(e),
-            Node::Text(_) => true,
+        let Some(first) = self
+            .children
+            .iter()
+            .position(|n| matches!(n, Node::Element(e) if pred(e)))
+        else {
+            return;
+        };
+        let mut i = 0;
+        self.children.retain(|n| {
+            let keep = i < first
+                || match n {
+                    Node::Element(e) => i != first && !pred(e),
+                    Node::Text(_) => true,
+                };
+            i += 1;
+            keep
         });
     }
 
@@ -524,6 +542,27 @@ mod tests {
             m.child("body", ns::CLIENT).unwrap().text(),
             "hi <there> & all"
         );
+    }
+
+    #[test]
+    fn removing_nothing_keeps_the_payload_shared() {
+        let m = sample();
+        let mut c = m.clone();
+        c.remove_children(|e| e.name == "no-such-child");
+        assert!(Arc::ptr_eq(&m.children.0, &c.children.0), "still shared");
+        let mut d = Element::new("x", "")
+            .with_child(Element::new("a", ""))
+            .with_text("t")
+            .with_child(Element::new("b", ""))
+            .with_child(Element::new("a", ""))
+            .with_child(Element::new("c", ""));
+        let mut asked = 0;
+        d.remove_children(|e| {
+            asked += 1;
+            e.name == "a"
+        });
+        assert_eq!(asked, 4, "each child element is asked once");
+        assert_eq!(d.to_xml(), "<x>t<b/><c/></x>");
     }
 
     fn msg() -> Element {

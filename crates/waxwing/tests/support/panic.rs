@@ -106,4 +106,16 @@ impl EventHandler for Panicker {
     fn wants_deliveries(&self) -> bool {
         true
     }
+
+    /// Only the messages it panics on: wanting every delivery would make
+    /// every test server announce (and copy) every message, and the
+    /// router's path for messages nobody wants would go untested.
+    fn wants_delivery(
+        &self,
+        _cx: &waxwing_core::hooks::Cx,
+        message: &Element,
+        _recipients: &[Arc<waxwing_core::session::SessionHandle>],
+    ) -> bool {
+        asked(message) == Some("delivered")
+    }
 }

@@ -45,7 +45,27 @@ pub(crate) struct Outgoing {
     pub ends: Vec<usize>,
 }
 
+/// Room reserved per stanza in [`Outgoing::for_stanzas`]: a typical
+/// message or presence fits, so a batch is written without growing its
+/// buffer stanza by stanza (each growth a reallocation and a copy).
+const TYPICAL_STANZA_BYTES: usize = 512;
+/// At most this much is reserved up front (a join burst of a large room
+/// grows past it as needed rather than reserving for every presence).
+const MAX_RESERVED_BYTES: usize = 64 * 1024;
+
 impl Outgoing {
+    /// Empty, with room for `n` typical stanzas (the buffer lives for one
+    /// write only, so reserving generously costs no memory that stays).
+    pub fn for_stanzas(n: usize) -> Self {
+        Outgoing {
+            text: String::with_capacity(
+                n.saturating_mul(TYPICAL_STANZA_BYTES)
+                    .min(MAX_RESERVED_BYTES),
+            ),
+            ends: Vec::new(),
+        }
+    }
+
     /// Marks the end of one element (message-framed transports only).
     pub fn end_element(&mut self) {
         self.ends.push(self.text.len());

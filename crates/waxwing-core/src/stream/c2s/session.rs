@@ -207,6 +207,10 @@ impl Conn {
             return self.write_stanzas(session, now, receipts).await;
         }
         let inactive = session.handle.flag(SessionFlag::Inactive);
+        if !inactive && session.held.is_empty() {
+            // The common case: an active client, nothing held back.
+            return self.write_stanzas(session, batch, Vec::new()).await;
+        }
         let mut now = Vec::with_capacity(batch.len());
         for el in batch {
             if inactive && !csi::is_urgent(&el) {
@@ -235,7 +239,7 @@ impl Conn {
             }
             return Ok(());
         }
-        let mut out = Outgoing::default();
+        let mut out = Outgoing::for_stanzas(stanzas.len());
         let mut ask = false;
         let base = session.sm.as_ref().map_or(0, |sm| sm.sent_out);
         for el in stanzas {

@@ -59,10 +59,13 @@ fn codes(p: &Element) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn to<'a>(fx: &'a Effects, who: &str) -> Vec<&'a Element> {
+/// Every stanza `fx` sends to `who`, in order (a fan-out's copy included).
+fn to(fx: &Effects, who: &str) -> Vec<Element> {
     fx.burst
         .iter()
         .chain(&fx.out)
+        .cloned()
+        .chain(fx.fanout.iter().flat_map(|f| f.addressed()))
         .filter(|e| e.attr("to") == Some(who))
         .collect()
 }
@@ -90,9 +93,9 @@ fn join_order_and_status_codes() {
     let mine = to(&fx, "crone@example/a");
     // Self presence (110 + 201), then the (empty) subject.
     assert_eq!(mine.len(), 2);
-    assert_eq!(codes(mine[0]), ["110", "201"]);
-    assert_eq!(item(mine[0]).attr("affiliation"), Some("owner"));
-    assert_eq!(item(mine[0]).attr("role"), Some("moderator"));
+    assert_eq!(codes(&mine[0]), ["110", "201"]);
+    assert_eq!(item(&mine[0]).attr("affiliation"), Some("owner"));
+    assert_eq!(item(&mine[0]).attr("role"), Some("moderator"));
     assert!(mine[0].child("occupant-id", NS_OCCUPANT_ID).is_some());
     assert!(mine[1].child("subject", ns::CLIENT).is_some());
 
@@ -102,13 +105,13 @@ fn join_order_and_status_codes() {
     assert_eq!(hag.len(), 3);
     assert_eq!(hag[0].attr("from"), Some("coven@chat.example/crone"));
     // Semi-anonymous: a participant does not see real JIDs.
-    assert_eq!(item(hag[0]).attr("jid"), None);
-    assert_eq!(codes(hag[1]), ["110"]);
+    assert_eq!(item(&hag[0]).attr("jid"), None);
+    assert_eq!(codes(&hag[1]), ["110"]);
     let crone = to(&fx, "crone@example/a");
     assert_eq!(crone.len(), 1);
     // The moderator does see the real JID.
-    assert_eq!(item(crone[0]).attr("jid"), Some("hag@example/b"));
-    assert_eq!(item(crone[0]).attr("role"), Some("participant"));
+    assert_eq!(item(&crone[0]).attr("jid"), Some("hag@example/b"));
+    assert_eq!(item(&crone[0]).attr("role"), Some("participant"));
 }
 
 #[test]
@@ -155,11 +158,11 @@ fn nick_change_announces_303() {
     let crone = to(&fx, "crone@example/a");
     assert_eq!(crone.len(), 2);
     assert_eq!(crone[0].attr("type"), Some("unavailable"));
-    assert_eq!(codes(crone[0]), ["303"]);
-    assert_eq!(item(crone[0]).attr("nick"), Some("witch"));
+    assert_eq!(codes(&crone[0]), ["303"]);
+    assert_eq!(item(&crone[0]).attr("nick"), Some("witch"));
     assert_eq!(crone[1].attr("from"), Some("coven@chat.example/witch"));
     let hag = to(&fx, "hag@example/b");
-    assert_eq!(codes(hag[0]), ["110", "303"]);
+    assert_eq!(codes(&hag[0]), ["110", "303"]);
     assert!(r.occupant("hag").is_none());
     assert!(r.occupant("witch").is_some());
     // Taking a nick in use is a conflict.
@@ -293,7 +296,7 @@ fn kick_ban_and_voice() {
         )
         .unwrap();
     assert_eq!(
-        item(to(&fx, "hag@example/b")[0]).attr("role"),
+        item(&to(&fx, "hag@example/b")[0]).attr("role"),
         Some("visitor")
     );
     let e = r
@@ -316,8 +319,8 @@ fn kick_ban_and_voice() {
             &LIMITS,
         )
         .unwrap();
-    assert_eq!(codes(to(&fx, "imp@example/c")[0]), ["110", "307"]);
-    assert_eq!(codes(to(&fx, "hag@example/b")[0]), ["307"]);
+    assert_eq!(codes(&to(&fx, "imp@example/c")[0]), ["110", "307"]);
+    assert_eq!(codes(&to(&fx, "hag@example/b")[0]), ["307"]);
     assert!(r.occupant("imp").is_none());
     // Ban: 301, stored as outcast, cannot come back.
     let fx = r
@@ -327,7 +330,7 @@ fn kick_ban_and_voice() {
             &LIMITS,
         )
         .unwrap();
-    assert_eq!(codes(to(&fx, "hag@example/b")[0]), ["110", "301"]);
+    assert_eq!(codes(&to(&fx, "hag@example/b")[0]), ["110", "301"]);
     assert_eq!(r.affiliation(&bare("hag@example")), Affiliation::Outcast);
     let e = r
         .handle_presence(
@@ -386,7 +389,7 @@ fn membership_loss_in_members_only_room_removes() {
             &LIMITS,
         )
         .unwrap();
-    assert_eq!(codes(to(&fx, "crone@example/a")[0]), ["321"]);
+    assert_eq!(codes(&to(&fx, "crone@example/a")[0]), ["321"]);
     assert!(r.occupant("hag").is_none());
 }
 
@@ -404,7 +407,7 @@ fn history_is_bounded_and_delayed() {
             .groupchat(&full("crone@example/a"), &m, &LIMITS, t(i), None)
             .unwrap();
         // Reflected with the id kept (stable_id), a stanza-id and an occupant-id.
-        let back = to(&fx, "crone@example/a")[0];
+        let back = to(&fx, "crone@example/a").remove(0);
         assert_eq!(back.attr("id"), Some(format!("m{i}").as_str()));
         assert_eq!(
             back.child("stanza-id", NS_SID).unwrap().attr("by"),
@@ -513,7 +516,7 @@ fn configuring_persistence_writes_or_deletes() {
         .unwrap();
     assert_eq!(fx.persist, vec![Persist::Delete]);
     // Status 104 announces a change to an unlocked room.
-    assert_eq!(codes(to(&fx, "crone@example/a")[0]), ["104"]);
+    assert_eq!(codes(&to(&fx, "crone@example/a")[0]), ["104"]);
     // Only owners configure.
     join(&mut r, "hag@example/b", "hag");
     let e = r
@@ -587,7 +590,9 @@ fn fan_out_is_linear() {
     let fx = r
         .groupchat(&full("u0@example/r"), &m, &LIMITS, t(0), None)
         .unwrap();
-    assert_eq!(fx.out.len(), 90);
+    assert!(fx.out.is_empty(), "one fan-out, no copy per occupant");
+    assert_eq!(fx.fanout.as_ref().map(|f| f.to.len()), Some(90));
+    assert_eq!(fx.fanout.unwrap().stanza.attr("to"), None);
     let fx = r.leave(&full("u1@example/r"), None);
     assert_eq!(fx.out.len(), 90, "89 others and the leaver itself");
 }
@@ -627,9 +632,9 @@ fn an_error_from_an_occupant_removes_it_with_333() {
     let seen = to(&fx, "crone@example/a");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].attr("type"), Some("unavailable"));
-    assert_eq!(codes(seen[0]), ["333"]);
+    assert_eq!(codes(&seen[0]), ["333"]);
     let own = to(&fx, "hag@example/b");
-    assert_eq!(codes(own[0]), ["110", "333"]);
+    assert_eq!(codes(&own[0]), ["110", "333"]);
     // Not an occupant: nothing happens.
     assert!(r.remove_after_error(&full("hag@example/b")).out.is_empty());
 }
