@@ -10,6 +10,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 case ${1:-} in
 -h | --help)
 	sed -n '2,9p' "$0"
@@ -69,22 +71,10 @@ RESULTS=$RUN/results.jsonl
 : >"$RESULTS"
 log "run directory $RUN"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-	-keyout "$RUN/bench.key" -out "$RUN/bench.crt" -days 7 -subj "/CN=$DOMAIN" \
-	-addext "subjectAltName=DNS:$DOMAIN,DNS:conference.$DOMAIN" 2>/dev/null
+bench_certificate "$RUN" "$DOMAIN"
 chmod 644 "$RUN/bench.key"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_port() { # port pid seconds
-	local i
-	for ((i = 0; i < $3 * 10; i++)); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-		if [[ -n $2 ]] && ! kill -0 "$2" 2>/dev/null; then return 1; fi
-		sleep 0.1
-	done
-	return 1
-}
 
 stop_pid() { # pid
 	kill -TERM "$1" 2>/dev/null || return 0

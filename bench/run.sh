@@ -10,6 +10,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 QUICK=0
 for arg in "$@"; do
 	case $arg in
@@ -106,9 +108,7 @@ RESULTS=$RUN/results.jsonl
 log "run directory $RUN"
 
 # One ECDSA P-256 certificate for every system.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-	-keyout "$RUN/bench.key" -out "$RUN/bench.crt" -days 7 -subj "/CN=$DOMAIN" \
-	-addext "subjectAltName=DNS:$DOMAIN,DNS:conference.$DOMAIN" 2>/dev/null
+bench_certificate "$RUN" "$DOMAIN"
 cat "$RUN/bench.crt" "$RUN/bench.key" >"$RUN/bench.pem"
 chmod 644 "$RUN/bench.key" "$RUN/bench.pem"
 
@@ -138,16 +138,6 @@ prepare() { # system: per-run directory and config
 		;;
 	floor) ;;
 	esac
-}
-
-wait_port() { # port pid seconds
-	local i
-	for ((i = 0; i < $3 * 10; i++)); do
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-		if [[ -n $2 ]] && ! kill -0 "$2" 2>/dev/null; then return 1; fi
-		sleep 0.1
-	done
-	return 1
 }
 
 start() { # system variant
