@@ -282,6 +282,31 @@ impl Cluster {
             .any(|n| n == node)
     }
 
+    /// [`Self::is_peer`], asking Redis when `node` is not in the list of
+    /// our last heartbeat: a node that joined since then (a client resuming
+    /// at a node that has just started) is a member all the same.
+    pub(crate) async fn is_peer_now(&self, node: &str) -> bool {
+        if self.is_peer(node) {
+            return true;
+        }
+        if node == self.node() {
+            return false;
+        }
+        let Some(conn) = self.conn.get() else {
+            return false;
+        };
+        let mut conn = conn.clone();
+        let lookup = redis::AsyncCommands::smembers::<_, Vec<String>>(&mut conn, key_nodes());
+        match tokio::time::timeout(RESPONSE_TIMEOUT, lookup).await {
+            Ok(Ok(nodes)) => {
+                let me = self.node().to_string();
+                self.set_peers(nodes.into_iter().filter(|n| *n != me).collect());
+                self.is_peer(node)
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn set_peers(&self, nodes: Vec<String>) {
         *self
             .peers

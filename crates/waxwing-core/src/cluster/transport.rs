@@ -232,7 +232,7 @@ pub(crate) async fn handle(server: &Arc<Server>, body: Body) {
                 server.clone().route_forwarded(stanzas, burst, hops).await;
             }
         }
-        Body::HandoffAsk(ask) => crate::stream::c2s::hand_away(server, *ask),
+        Body::HandoffAsk(ask) => crate::stream::c2s::hand_away(server, *ask).await,
         Body::HandoffGive(give) => super::handoff::on_give(server, give).await,
         Body::Close {
             to,

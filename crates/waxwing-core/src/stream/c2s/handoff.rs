@@ -20,9 +20,9 @@ use crate::stream::sm::{self, SmState};
 /// Another node asks for a session (from its stream's reader): the session
 /// whose stream-management id and account match, if it is here and
 /// resumable, is told to move; anything else is answered "not here".
-pub(crate) fn hand_away(server: &Arc<Server>, ask: Ask) {
+pub(crate) async fn hand_away(server: &Arc<Server>, ask: Ask) {
     let Some(c) = &server.cluster else { return };
-    if !c.is_peer(&ask.from) {
+    if !c.is_peer_now(&ask.from).await {
         tracing::warn!(node = %ask.from, "cluster: a handoff request from a node not in the cluster ignored");
         return;
     }
