@@ -265,14 +265,16 @@ async fn close_session(mut conn: Conn, mut session: Session, mut rx: Outbox, end
         undelivered.extend(written);
         undelivered.extend(queued);
     }
-    server
-        .clone()
-        .emit(Some(handle.clone()), Event::SessionClosed(handle.clone()))
-        .await;
-    // XEP-0198 §5: what the client never acknowledged is not lost.
+    // XEP-0198 §5: what the client never acknowledged is not lost. Stored
+    // before anyone hears that the session ended: a client that logs in
+    // again on that news finds it waiting.
     server
         .clone()
         .store_undelivered(handle.jid.bare(), undelivered)
+        .await;
+    server
+        .clone()
+        .emit(Some(handle.clone()), Event::SessionClosed(handle.clone()))
         .await;
     crate::auth::anonymous::session_closed(&server, handle.jid.bare()).await;
     tracing::info!(jid = %handle.jid, "session ended");
