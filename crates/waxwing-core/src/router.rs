@@ -830,6 +830,23 @@ impl Server {
         }
     }
 
+    /// The last steps of a session that ended here (its connection, or its
+    /// detached wait): what it never delivered goes to offline storage
+    /// first, then everyone hears it ended, so a client that logs in again
+    /// on that news finds it waiting.
+    pub(crate) async fn session_ended(
+        self: Arc<Self>,
+        handle: &Arc<SessionHandle>,
+        undelivered: Vec<Element>,
+    ) {
+        // XEP-0198 §5: what the client never acknowledged is not lost.
+        self.clone()
+            .store_undelivered(handle.jid.bare(), undelivered)
+            .await;
+        self.emit(Some(handle.clone()), Event::SessionClosed(handle.clone()))
+            .await;
+    }
+
     /// Stanzas a session received but never saw (unacknowledged, or still
     /// queued when its connection broke): messages worth keeping go to the
     /// account's offline store, the rest are bounced or dropped as if the

@@ -435,18 +435,7 @@ async fn end_orphan(server: &Arc<Server>, a: Arrived) {
     let mut undelivered: Vec<Element> = state.unacked_elements().into();
     undelivered.extend(state.pending_elements());
     outbox.drain_untracked(&mut undelivered);
-    // Stored before anyone hears the session ended (as `c2s::run_to_end`).
-    server
-        .clone()
-        .store_undelivered(handle.jid.bare(), undelivered)
-        .await;
-    server
-        .clone()
-        .emit(
-            Some(handle.clone()),
-            crate::hooks::Event::SessionClosed(handle.clone()),
-        )
-        .await;
+    server.clone().session_ended(&handle, undelivered).await;
 }
 
 /// Stanzas for local session `sid`, which is gone: when it moved to

@@ -17,7 +17,7 @@ use waxwing_proto::xml::{Element, Limits, StreamEvent};
 
 use crate::abuse::{ConnectionPermit, PartialCharge, TokenBucket};
 use crate::config::Config;
-use crate::hooks::{Event, IqKind};
+use crate::hooks::IqKind;
 use crate::queue::Outbox;
 use crate::random_id;
 use crate::router::Server;
@@ -265,17 +265,7 @@ async fn close_session(mut conn: Conn, mut session: Session, mut rx: Outbox, end
         undelivered.extend(written);
         undelivered.extend(queued);
     }
-    // XEP-0198 §5: what the client never acknowledged is not lost. Stored
-    // before anyone hears that the session ended: a client that logs in
-    // again on that news finds it waiting.
-    server
-        .clone()
-        .store_undelivered(handle.jid.bare(), undelivered)
-        .await;
-    server
-        .clone()
-        .emit(Some(handle.clone()), Event::SessionClosed(handle.clone()))
-        .await;
+    server.clone().session_ended(&handle, undelivered).await;
     crate::auth::anonymous::session_closed(&server, handle.jid.bare()).await;
     tracing::info!(jid = %handle.jid, "session ended");
     if !matches!(end, End::Gone) {
