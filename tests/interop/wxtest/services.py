@@ -146,7 +146,31 @@ def _start_with_retries(start, label: str):
     pytest.fail(f"{label} could not be started:\n{last}", pytrace=False)
 
 
-class Postgres:
+class Freezable:
+    """``pause`` freezes a service (SIGSTOP to the processes its
+    ``_frozen_processes`` names): connections stay open, nothing answers.
+    ``resume`` thaws it."""
+
+    _paused: list[int] = []
+
+    def _frozen_processes(self) -> list[int]:
+        raise NotImplementedError
+
+    def pause(self) -> None:
+        self._paused = self._frozen_processes()
+        for pid in self._paused:
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._paused:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self._paused = []
+
+
+class Postgres(Freezable):
     """A PostgreSQL cluster of our own (trust authentication on loopback)."""
 
     def __init__(self):
@@ -204,28 +228,17 @@ class Postgres:
         pid_file = self.base / "data" / "postmaster.pid"
         return descendants(int(pid_file.read_text().split("\n", 1)[0]))
 
-    def pause(self) -> None:
-        """Freezes the server (SIGSTOP to the postmaster and its backends):
-        connections stay open but nothing answers, like a network partition
-        or a server stalled on I/O. ``resume`` thaws it."""
-        self._paused = self._processes()
-        for pid in self._paused:
-            os.kill(pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        for pid in getattr(self, "_paused", []):
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        self._paused = []
+    def _frozen_processes(self) -> list[int]:
+        # The postmaster and its backends: connections stay open but nothing
+        # answers, like a network partition or a server stalled on I/O.
+        return self._processes()
 
     def stop(self) -> None:
         self.resume()
         self.server.stop()
 
 
-class Redis:
+class Redis(Freezable):
     """A Redis server of our own, without persistence; can be restarted on
     the same port."""
 
@@ -246,23 +259,13 @@ class Redis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/"
 
-    def pause(self) -> None:
-        """Freezes redis-server (SIGSTOP): connections stay open, nothing
-        answers. ``resume`` thaws it with its data intact."""
+    def _frozen_processes(self) -> list[int]:
         # The supervisor's children: the server and the pipe watcher (a sh).
-        self._paused = [p for p in descendants(self.server.proc.pid)[1:]
-                        if Path(f"/proc/{p}/comm").read_text().strip() == "redis-server"]
-        assert self._paused, "redis-server process not found"
-        for pid in self._paused:
-            os.kill(pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        for pid in getattr(self, "_paused", []):
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        self._paused = []
+        # Thawed, it has its data intact.
+        pids = [p for p in descendants(self.server.proc.pid)[1:]
+                if Path(f"/proc/{p}/comm").read_text().strip() == "redis-server"]
+        assert pids, "redis-server process not found"
+        return pids
 
     def restart(self) -> None:
         self.resume()
