@@ -62,16 +62,17 @@ impl AccountStore for Store {
             Option<Vec<u8>>,
             Option<Vec<u8>>,
         );
+        let mut r = self.reader().await?;
         let rows: Vec<SecretRow> = sqlx::query_as(
             "SELECT s.mechanism, s.salt, s.iterations, s.stored_key, s.server_key \
              FROM accounts a LEFT JOIN account_secrets s ON s.jid = a.jid \
              WHERE a.jid = $1 ORDER BY s.mechanism",
         )
         .bind(user.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(r.conn())
         .bounded()
         .await
-        .map_err(db)?;
+        .map_err(|e| r.error(e))?;
         if rows.is_empty() {
             return Ok(None);
         }

@@ -133,6 +133,22 @@ pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<PgStore, 
     Ok(PgStore { pool })
 }
 
+/// What [`PgStore::reader`] lends: the shared statements' interface to it
+/// is that of SQLite's reader.
+pub(crate) struct Reader(sqlx::pool::PoolConnection<Postgres>);
+
+impl Reader {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.0
+    }
+
+    /// The pool tests the connection when it comes back, so an error
+    /// needs no more than converting.
+    fn error(&mut self, e: sqlx::Error) -> StoreError {
+        db(e)
+    }
+}
+
 impl PgStore {
     /// Starts a write transaction serialized with every other one on the
     /// same `scope` (an account, a room, a node): a transaction-scoped
@@ -149,6 +165,13 @@ impl PgStore {
             .bounded()
             .await
             .map_err(db)
+    }
+
+    /// A pooled connection for one read-only statement: the same thing the
+    /// pool does when a statement is run on it directly (SQLite gives these
+    /// statements connections of their own instead, `sqlite/readers.rs`).
+    async fn reader(&self) -> Result<Reader, StoreError> {
+        Ok(Reader(self.pool.acquire().bounded().await.map_err(db)?))
     }
 
     /// Starts a read transaction whose statements all see one snapshot
