@@ -77,11 +77,14 @@ impl BlocklistStore for Store {
     }
 }
 
+/// One private-XML fragment: owner `$1`, key `$2`.
+pub(super) const FRAGMENT_SQL: &str = "SELECT xml FROM private_xml WHERE owner = $1 AND key = $2";
+
 #[async_trait]
 impl PrivateXmlStore for Store {
     async fn get(&self, owner: &BareJid, key: &str) -> Result<Option<String>, StoreError> {
         let mut r = self.reader().await?;
-        sqlx::query_scalar("SELECT xml FROM private_xml WHERE owner = $1 AND key = $2")
+        sqlx::query_scalar(FRAGMENT_SQL)
             .bind(owner.to_string())
             .bind(key)
             .fetch_optional(r.conn())

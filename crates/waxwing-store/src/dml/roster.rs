@@ -21,7 +21,7 @@ type Row = (
 );
 
 /// A [`Row`] followed by one of the item's groups (NULL for none).
-type GroupedRow = (
+pub(super) type GroupedRow = (
     String,
     Option<String>,
     String,
@@ -66,6 +66,26 @@ fn decode(row: Row, contact: BareJid, groups: Vec<String>) -> Result<RosterItem,
         approved,
         in_roster,
     })
+}
+
+/// Every item of one owner (`$1`) with its groups, as [`GroupedRow`]s.
+pub(super) const ITEMS_SQL: &str = concat!(
+    grouped_select!(),
+    " WHERE i.owner = $1 ORDER BY i.contact, g.position"
+);
+
+/// Decodes the rows of [`ITEMS_SQL`].
+pub(super) fn items_from_rows(rows: Vec<GroupedRow>) -> Result<Vec<RosterItem>, StoreError> {
+    let mut items = fold_groups(rows)
+        .into_iter()
+        .map(|(row, groups)| {
+            let contact = jid(&row.0)?;
+            decode(row, contact, groups)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // BareJid's Ord rather than SQL collation: the same order on every backend.
+    items.sort_by(|a, b| a.contact.cmp(&b.contact));
+    Ok(items)
 }
 
 /// Groups by the key column of `(key, group)` rows, keeping row order.
@@ -165,25 +185,13 @@ impl RosterStore for Store {
         // and every presence broadcast. One row per (item, group); an item
         // without groups comes back once with a NULL group.
         let mut r = self.reader().await?;
-        let rows: Vec<GroupedRow> = sqlx::query_as(concat!(
-            grouped_select!(),
-            " WHERE i.owner = $1 ORDER BY i.contact, g.position"
-        ))
-        .bind(owner.to_string())
-        .fetch_all(r.conn())
-        .bounded()
-        .await
-        .map_err(|e| r.error(e))?;
-        let mut items = fold_groups(rows)
-            .into_iter()
-            .map(|(row, groups)| {
-                let contact = jid(&row.0)?;
-                decode(row, contact, groups)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // BareJid's Ord rather than SQL collation: the same order on every backend.
-        items.sort_by(|a, b| a.contact.cmp(&b.contact));
-        Ok(items)
+        let rows: Vec<GroupedRow> = sqlx::query_as(ITEMS_SQL)
+            .bind(owner.to_string())
+            .fetch_all(r.conn())
+            .bounded()
+            .await
+            .map_err(|e| r.error(e))?;
+        items_from_rows(rows)
     }
 
     async fn get(

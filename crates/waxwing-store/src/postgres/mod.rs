@@ -40,6 +40,7 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Postgres, Transaction};
+use waxwing_proto::jid::BareJid;
 
 pub(crate) use crate::sql::{db, jid, unsigned};
 use crate::{StoreError, Stores};
@@ -172,6 +173,16 @@ impl PgStore {
     /// statements connections of their own instead, `sqlite/readers.rs`).
     async fn reader(&self) -> Result<Reader, StoreError> {
         Ok(Reader(self.pool.acquire().bounded().await.map_err(db)?))
+    }
+
+    /// `AccountStore::login_reads`: PostgreSQL's extended protocol takes
+    /// one statement per query, so a login reads its parts one by one.
+    async fn batched_login_reads(
+        &self,
+        _user: &BareJid,
+        _fragment: &str,
+    ) -> Result<crate::LoginRead, StoreError> {
+        Ok(crate::LoginRead::NotBatched)
     }
 
     /// Starts a read transaction whose statements all see one snapshot

@@ -12,6 +12,7 @@ pub mod backup;
 mod im;
 #[path = "../dml/invites.rs"]
 mod invites;
+mod login;
 #[path = "../dml/muc.rs"]
 mod muc;
 #[path = "../dml/offline.rs"]
@@ -382,6 +383,92 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn login_reads_are_the_three_reads_in_one() {
+        use crate::{
+            AccountStore, LoginRead, PrivateXmlStore, RosterItem, RosterStore, StoredSecret,
+            Subscription,
+        };
+        use waxwing_proto::jid::BareJid;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("l.db").display());
+        for s in [
+            connect(&url, Durability::default()).await.unwrap(),
+            connect("sqlite::memory:", Durability::default())
+                .await
+                .unwrap(),
+        ] {
+            let alice = BareJid::parse("alice@example.org").unwrap();
+            let secret = |mechanism: &str, salt: u8| StoredSecret {
+                mechanism: mechanism.into(),
+                salt: vec![salt],
+                iterations: 4096,
+                stored_key: vec![1, 2],
+                server_key: vec![3, 4],
+            };
+            assert_eq!(
+                s.login_reads(&alice, "k").await.unwrap(),
+                LoginRead::NoAccount
+            );
+            // An account with secrets but nothing else.
+            s.create(
+                &alice,
+                &[secret("SCRAM-SHA-256", 2), secret("SCRAM-SHA-1", 1)],
+            )
+            .await
+            .unwrap();
+            let LoginRead::Account {
+                secrets,
+                roster,
+                fragment,
+            } = s.login_reads(&alice, "k").await.unwrap()
+            else {
+                panic!("no account")
+            };
+            assert_eq!(Some(secrets), s.secrets(&alice).await.unwrap());
+            assert!(roster.is_empty());
+            assert_eq!(fragment, None);
+            // Roster items with and without groups, and the fragment; another
+            // key of private XML is not the one asked for.
+            for (contact, groups) in [
+                ("zed@example.org", vec![]),
+                ("bob@example.org", vec!["b".to_string(), "a".to_string()]),
+                ("carol@example.org", vec!["c".to_string()]),
+            ] {
+                let mut item = RosterItem::new(BareJid::parse(contact).unwrap());
+                item.groups = groups;
+                item.subscription = Subscription::Both;
+                item.name = Some(contact.to_uppercase());
+                s.put(&alice, &item).await.unwrap();
+            }
+            PrivateXmlStore::set(&s, &alice, "k", "<hash/>")
+                .await
+                .unwrap();
+            PrivateXmlStore::set(&s, &alice, "other", "<x/>")
+                .await
+                .unwrap();
+            let LoginRead::Account {
+                secrets,
+                roster,
+                fragment,
+            } = s.login_reads(&alice, "k").await.unwrap()
+            else {
+                panic!("no account")
+            };
+            assert_eq!(Some(secrets), s.secrets(&alice).await.unwrap());
+            assert_eq!(roster, s.items(&alice).await.unwrap());
+            assert_eq!(roster.len(), 3);
+            assert_eq!(fragment.as_deref(), Some("<hash/>"));
+            // An account without secrets (SASL EXTERNAL, anonymous) exists.
+            let bob = BareJid::parse("bob@example.org").unwrap();
+            s.create(&bob, &[]).await.unwrap();
+            assert!(matches!(
+                s.login_reads(&bob, "k").await.unwrap(),
+                LoginRead::Account { ref secrets, .. } if secrets.is_empty()
+            ));
+        }
     }
 
     #[tokio::test]
