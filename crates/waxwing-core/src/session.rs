@@ -493,6 +493,36 @@ impl SessionRegistry {
             .unwrap_or_default()
     }
 
+    /// Whether any session of the account (on every node in cluster mode)
+    /// has `flag` set and is not one `skip` picks, without copying the
+    /// account's session list: the message path asks this for every
+    /// message (carbons), and the answer is nearly always no. `skip` runs
+    /// under the registry's read lock, so it may only read what needs no
+    /// lock (ids, JIDs, flags).
+    pub fn any_flagged(
+        &self,
+        user: &BareJid,
+        flag: SessionFlag,
+        skip: impl Fn(&SessionHandle) -> bool,
+    ) -> bool {
+        let wanted = |s: &SessionHandle| s.flag(flag) && !skip(s);
+        let local = self
+            .by_user
+            .read()
+            .expect("registry lock")
+            .get(user)
+            .is_some_and(|list| list.iter().any(|s| wanted(s)));
+        if local {
+            return true;
+        }
+        let Some(c) = &self.cluster else {
+            return false;
+        };
+        let mut remote = Vec::new();
+        c.replica.resources_into(user, &mut remote);
+        remote.iter().any(|s| wanted(s))
+    }
+
     /// Sessions of the account on this node.
     pub fn resource_count(&self, user: &BareJid) -> usize {
         self.by_user

@@ -381,26 +381,39 @@ impl FullJid {
     }
 }
 
+/// Whether `s` is exactly the canonical text of the address made of these
+/// prepared parts, without allocating.
+fn written_as(s: &str, local: Option<&str>, domain: &str, resource: Option<&str>) -> bool {
+    let mut rest = s;
+    if let Some(local) = local {
+        match rest.strip_prefix(local).and_then(|r| r.strip_prefix('@')) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    match rest.strip_prefix(domain) {
+        Some(r) => rest = r,
+        None => return false,
+    }
+    match resource {
+        Some(res) => rest.strip_prefix('/') == Some(res),
+        None => rest.is_empty(),
+    }
+}
+
+impl FullJid {
+    /// [`Jid::is_written_as`] for a full address.
+    pub fn is_written_as(&self, s: &str) -> bool {
+        written_as(s, self.local(), self.domain(), Some(self.resource()))
+    }
+}
+
 impl Jid {
     /// Whether `s` is exactly this address's canonical text, without
     /// allocating: lets a caller that parsed an attribute check cheaply
     /// whether it has changed since.
     pub fn is_written_as(&self, s: &str) -> bool {
-        let mut rest = s;
-        if let Some(local) = self.local() {
-            match rest.strip_prefix(local).and_then(|r| r.strip_prefix('@')) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        }
-        match rest.strip_prefix(self.domain()) {
-            Some(r) => rest = r,
-            None => return false,
-        }
-        match self.resource() {
-            Some(res) => rest.strip_prefix('/') == Some(res),
-            None => rest.is_empty(),
-        }
+        written_as(s, self.local(), self.domain(), self.resource())
     }
 
     /// Parses any address.
