@@ -16,6 +16,7 @@ use waxwing_proto::xml::Element;
 use waxwing_store::Stores;
 
 use crate::config::Config;
+use crate::fast_map::FastMap;
 use crate::router::Server;
 use crate::session::SessionHandle;
 
@@ -278,12 +279,14 @@ pub(crate) type HookEntry = (Priority, &'static str, Arc<dyn StanzaHook>);
 #[derive(Default)]
 pub struct Registry {
     pub(crate) iq: HashMap<IqKey, (&'static str, Arc<dyn IqHandler>)>,
-    pub(crate) hooks: HashMap<Hook, Vec<HookEntry>>,
+    /// This map and `services` are read for every routed stanza: hashed
+    /// with [`FastMap`]'s hasher (their keys come from the configuration).
+    pub(crate) hooks: FastMap<Hook, Vec<HookEntry>>,
     pub(crate) events: Vec<(&'static str, Arc<dyn EventHandler>)>,
     /// The subset of `events` that wants [`Event::MessageDelivered`].
     pub(crate) delivery_events: Vec<(&'static str, Arc<dyn EventHandler>)>,
     pub(crate) stream_features: Vec<(&'static str, Arc<dyn StreamFeature>)>,
-    pub(crate) services: HashMap<String, (&'static str, Arc<dyn DomainService>)>,
+    pub(crate) services: FastMap<String, (&'static str, Arc<dyn DomainService>)>,
     pub(crate) server_features: Vec<&'static str>,
     pub(crate) account_features: Vec<&'static str>,
     /// Routes of the HTTP listener (`http/mod.rs`).

@@ -1,7 +1,7 @@
 //! Bound sessions: the handle other tasks use to reach a client, and the
 //! registry of who is online.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
@@ -12,6 +12,7 @@ use waxwing_proto::stanza::{StreamCondition, StreamError};
 use waxwing_proto::xml::Element;
 
 use crate::cluster::{Link, Publisher, Replica};
+use crate::fast_map::FastMap;
 use crate::queue::{Outbox, Outq, Refused, outbound};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -399,7 +400,8 @@ impl SessionHandle {
 /// local ones. `bind`, `all`, `accounts` and `count` are this node's only.
 #[derive(Default)]
 pub struct SessionRegistry {
-    by_user: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    /// Keyed with [`FastMap`]'s hasher: looked up several times per message.
+    by_user: RwLock<FastMap<BareJid, Vec<Arc<SessionHandle>>>>,
     /// Counts sessions closed for a full queue (shared with `Metrics`).
     overflows: prometheus_client::metrics::counter::Counter,
     cluster: Option<ClusterView>,

@@ -35,10 +35,11 @@
 //! instead cost two PostgreSQL round trips per message: 50 times the CPU
 //! of the message itself.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use waxwing_core::fast_map::FastMap;
 use waxwing_core::hooks::{
     Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
     RegisterError, Registrar, StanzaHook,
@@ -74,7 +75,8 @@ pub struct Blocking {
 
 #[derive(Default)]
 struct Cache {
-    lists: HashMap<BareJid, Arc<Vec<Jid>>>,
+    /// Looked up for every message, up to three times: see `FastMap`.
+    lists: FastMap<BareJid, Arc<Vec<Jid>>>,
     generation: u64,
 }
 
