@@ -49,9 +49,15 @@ mod tests {
     fn maps_hash_alike_within_themselves_and_differently_across() {
         let a = FastState::default();
         let b = FastState::default();
-        assert_eq!(a.hash_one("juliet@example.com"), a.hash_one("juliet@example.com"));
+        assert_eq!(
+            a.hash_one("juliet@example.com"),
+            a.hash_one("juliet@example.com")
+        );
         // Two maps, two seeds: a collision found in one says nothing of the other.
-        assert_ne!(a.hash_one("juliet@example.com"), b.hash_one("juliet@example.com"));
+        assert_ne!(
+            a.hash_one("juliet@example.com"),
+            b.hash_one("juliet@example.com")
+        );
         let mut m: FastMap<String, u8> = FastMap::default();
         m.insert("x".into(), 1);
         assert_eq!(m.get("x"), Some(&1));

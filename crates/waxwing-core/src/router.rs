@@ -606,8 +606,7 @@ impl Server {
                     }
                     (_, None) => return,
                 };
-                self.route_to(to, stanza, kind, Some(origin.clone()))
-                    .await;
+                self.route_to(to, stanza, kind, Some(origin.clone())).await;
             }
         }
     }
@@ -618,8 +617,7 @@ impl Server {
                 if !h.wants(hook, &stanza.name) {
                     continue;
                 }
-                let flow = match isolate::isolated_sync(module, || h.decide_now(cx, hook, stanza))
-                {
+                let flow = match isolate::isolated_sync(module, || h.decide_now(cx, hook, stanza)) {
                     Ok(Some(flow)) => Ok(flow),
                     Ok(None) => isolated(module, h.handle_stanza(cx, hook, stanza)).await,
                     Err(Panicked) => Err(Panicked),

@@ -223,9 +223,10 @@ impl EventHandler for Carbons {
         let not_recipient = |s: &SessionHandle| !recipients.iter().any(|r| r.jid == s.jid);
         eligible(message, true)
             && cx.any_session_flagged(user, SessionFlag::Carbons, |s| !not_recipient(s))
-            && cx.sessions_of(user).iter().any(|s| {
-                s.flag(SessionFlag::Carbons) && s.is_available() && not_recipient(s)
-            })
+            && cx
+                .sessions_of(user)
+                .iter()
+                .any(|s| s.flag(SessionFlag::Carbons) && s.is_available() && not_recipient(s))
     }
 
     async fn on_event(&self, cx: &Cx, event: &Event) {

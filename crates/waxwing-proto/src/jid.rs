@@ -307,7 +307,9 @@ fn ascii_domain(domain: &str) -> Option<Result<String, JidError>> {
                 let label = &bytes[start..i];
                 if label.is_empty()
                     || label.len() > MAX_LABEL_BYTES
-                    || label.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"xn--"))
+                    || label
+                        .get(..4)
+                        .is_some_and(|p| p.eq_ignore_ascii_case(b"xn--"))
                 {
                     return None;
                 }
@@ -628,7 +630,11 @@ mod tests {
         for b in 0x21u8..=0x7e {
             let s = format!("a{}B", b as char);
             let refused = ascii_local(&s).expect("printable ASCII").is_err();
-            assert_eq!(refused, FORBIDDEN_LOCAL_CHARS.contains(&(b as char)), "{s:?}");
+            assert_eq!(
+                refused,
+                FORBIDDEN_LOCAL_CHARS.contains(&(b as char)),
+                "{s:?}"
+            );
         }
         assert_eq!(ascii_local("AbC").unwrap().unwrap(), "abc");
         assert_eq!(ascii_domain("Ex-1.ORG").unwrap().unwrap(), "ex-1.org");
