@@ -41,8 +41,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use waxwing_core::fast_map::FastMap;
 use waxwing_core::hooks::{
-    Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
-    RegisterError, Registrar, StanzaHook,
+    Cx, Event, EventHandler, FanoutCopy, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module,
+    Priority, RegisterError, Registrar, StanzaHook,
 };
 use waxwing_core::s2s::reputation::Offence;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
@@ -546,6 +546,27 @@ impl Blocking {
 
 #[async_trait]
 impl StanzaHook for Blocking {
+    /// A room's message to an occupant: dropped when the occupant blocks
+    /// the room (or the occupant's JID in it), decided from the cached list
+    /// (the occupant's own stanzas, its join included, read it). The rest
+    /// (an uncached list, a sender that is a local account, whose list may
+    /// call for an error reply) takes [`Self::handle_stanza`].
+    fn decide_copy(&self, cx: &Cx, copy: &FanoutCopy<'_>) -> Option<Flow> {
+        let (from, to) = (copy.from, copy.to);
+        if from.bare() == to.bare() || to.local().is_none() {
+            return Some(Flow::Continue);
+        }
+        if cx.is_local_host(from.domain()) {
+            return None;
+        }
+        let list = self.cache().lists.get(to.bare())?.clone();
+        Some(if list.iter().any(|item| matches(item, from)) {
+            Flow::Handled
+        } else {
+            Flow::Continue
+        })
+    }
+
     /// Decided here whenever the lists involved are cached (nearly always).
     fn decide_now(&self, cx: &Cx, hook: Hook, stanza: &Element) -> Option<Flow> {
         self.decide(cx, hook, stanza, &mut |owner| self.cached(owner))
