@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, OnceLock};
 
 use crate::ns;
@@ -39,21 +40,99 @@ pub struct Element {
 /// caches the children's XML and the others reuse it. Any mutable access
 /// (through `DerefMut`) unshares and drops the cache, so sharing is never
 /// visible.
+///
+/// Children of a stanza read from the wire may also start out as its
+/// received content, already checked by the framer ([`RawContent`]): most
+/// stanzas are routed, not interpreted, so their payload is neither built
+/// into a tree nor serialized again. The tree is built on first access
+/// (reading the nodes), and lookups by qualified name
+/// ([`Element::child`], [`Element::has_child`], [`Element::child_names`])
+/// are answered from the names the framer recorded without building it.
 #[derive(Clone, Default)]
 pub struct Children(Arc<ChildNodes>);
 
 #[derive(Default)]
 struct ChildNodes {
-    nodes: Vec<Node>,
+    /// The tree; filled from `raw` on first access when that is set.
+    nodes: OnceLock<Vec<Node>>,
+    /// The content as received, while the nodes are unchanged.
+    raw: Option<RawContent>,
     /// The serialized nodes and the parent namespace they were written in.
     xml: OnceLock<(String, String)>,
 }
 
+/// A stanza's content as the framer received it: well-formed, within the
+/// limits, and self-contained, i.e. meaning the same wherever it is written
+/// into a parent whose default namespace is `ns`: it uses no namespace
+/// prefix (beyond `xml:`) and no CDATA section, so every element in it is
+/// in a namespace declared inside it or in the inherited default.
+pub(crate) struct RawContent {
+    /// Everything between the stanza's start tag and its end tag.
+    pub(crate) xml: Box<str>,
+    /// The default namespace the content inherits: the stream's content
+    /// namespace.
+    pub(crate) ns: &'static str,
+    /// The qualified names of the direct child elements, in order.
+    pub(crate) names: Vec<rxml::QName>,
+}
+
+impl Clone for RawContent {
+    fn clone(&self) -> Self {
+        RawContent {
+            xml: self.xml.clone(),
+            ns: self.ns,
+            names: self.names.clone(),
+        }
+    }
+}
+
 impl Clone for ChildNodes {
     fn clone(&self) -> Self {
+        // Only cloned by `Arc::make_mut` on the way to a mutation, which
+        // drops `raw` and `xml` anyway; so only the tree is copied.
         ChildNodes {
-            nodes: self.nodes.clone(),
+            nodes: OnceLock::from(self.nodes().clone()),
+            raw: None,
             xml: OnceLock::new(),
+        }
+    }
+}
+
+impl ChildNodes {
+    fn nodes(&self) -> &Vec<Node> {
+        self.nodes.get_or_init(|| match &self.raw {
+            Some(raw) => raw.build(),
+            None => Vec::new(),
+        })
+    }
+}
+
+static BUILT_FROM_RAW: AtomicU64 = AtomicU64::new(0);
+
+/// How many times, in this process, received content was built into a tree
+/// because something read it. For tests that check a path routes stanzas
+/// without interpreting their payload.
+#[doc(hidden)]
+pub fn trees_built_from_raw() -> u64 {
+    BUILT_FROM_RAW.load(AtomicOrdering::Relaxed)
+}
+
+impl RawContent {
+    /// The tree of the content: the same the framer would have built, since
+    /// the same parser reads the same bytes and, the content being
+    /// self-contained, nothing outside it but the default namespace
+    /// changes what they mean. The limits were checked when the bytes
+    /// arrived, so none apply here.
+    fn build(&self) -> Vec<Node> {
+        BUILT_FROM_RAW.fetch_add(1, AtomicOrdering::Relaxed);
+        match crate::xml::framer::parse_content(&self.xml, self.ns) {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                // Cannot happen: these bytes were accepted in this very
+                // context. An empty payload is the least harmful answer.
+                debug_assert!(false, "received content {:?} does not parse again: {e:?}", self.xml);
+                Vec::new()
+            }
         }
     }
 }
@@ -61,15 +140,21 @@ impl Clone for ChildNodes {
 impl Deref for Children {
     type Target = Vec<Node>;
     fn deref(&self) -> &Vec<Node> {
-        &self.0.nodes
+        self.0.nodes()
     }
 }
 
 impl DerefMut for Children {
     fn deref_mut(&mut self) -> &mut Vec<Node> {
+        if Arc::get_mut(&mut self.0).is_some_and(|inner| inner.raw.is_some()) {
+            // Unshared: build in place rather than through a clone.
+            self.0.nodes();
+        }
         let inner = Arc::make_mut(&mut self.0);
         inner.xml.take();
-        &mut inner.nodes
+        inner.raw = None;
+        inner.nodes.get_or_init(Vec::new);
+        inner.nodes.get_mut().expect("just initialised")
     }
 }
 
@@ -77,7 +162,7 @@ impl<'a> IntoIterator for &'a Children {
     type Item = &'a Node;
     type IntoIter = std::slice::Iter<'a, Node>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.nodes.iter()
+        self.0.nodes().iter()
     }
 }
 
@@ -92,7 +177,8 @@ impl<'a> IntoIterator for &'a mut Children {
 impl From<Vec<Node>> for Children {
     fn from(nodes: Vec<Node>) -> Self {
         Children(Arc::new(ChildNodes {
-            nodes,
+            nodes: OnceLock::from(nodes),
+            raw: None,
             xml: OnceLock::new(),
         }))
     }
@@ -100,7 +186,7 @@ impl From<Vec<Node>> for Children {
 
 impl PartialEq for Children {
     fn eq(&self, other: &Self) -> bool {
-        self.0.nodes == other.0.nodes
+        self.0.nodes() == other.0.nodes()
     }
 }
 
@@ -108,14 +194,52 @@ impl Eq for Children {}
 
 impl fmt::Debug for Children {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.nodes.fmt(f)
+        self.0.nodes().fmt(f)
     }
 }
 
 impl Children {
+    /// Children that are, until read, the received content `raw`.
+    pub(crate) fn from_raw(raw: RawContent) -> Self {
+        Children(Arc::new(ChildNodes {
+            nodes: OnceLock::new(),
+            raw: Some(raw),
+            xml: OnceLock::new(),
+        }))
+    }
+
+    /// Whether there are no nodes; answered without building a tree
+    /// (received content is never empty).
+    pub fn is_empty(&self) -> bool {
+        match &self.0.raw {
+            Some(_) => false,
+            None => self.0.nodes().is_empty(),
+        }
+    }
+
+    /// Whether the content is still the received bytes (so written back
+    /// as they came). For tests.
+    #[doc(hidden)]
+    pub fn is_raw(&self) -> bool {
+        self.0.raw.is_some()
+    }
+
+    /// The recorded names of the direct child elements, if the children
+    /// are received content.
+    fn raw_names(&self) -> Option<&[rxml::QName]> {
+        self.0.raw.as_ref().map(|r| r.names.as_slice())
+    }
+
     /// Writes the nodes as the content of an element in `parent_ns`; see
     /// the type's docs for when the result is cached.
     fn write_to(&self, out: &mut String, parent_ns: &str) {
+        if let Some(raw) = &self.0.raw
+            && raw.ns == parent_ns
+        {
+            // In the namespace it was received in: it means the same here.
+            out.push_str(&raw.xml);
+            return;
+        }
         if let Some((ns, xml)) = self.0.xml.get()
             && ns == parent_ns
         {
@@ -124,11 +248,11 @@ impl Children {
         }
         if Arc::strong_count(&self.0) == 1 {
             // Not shared: nobody else will write these nodes.
-            write_nodes(&self.0.nodes, out, parent_ns);
+            write_nodes(self.0.nodes(), out, parent_ns);
             return;
         }
         let mut xml = String::new();
-        write_nodes(&self.0.nodes, &mut xml, parent_ns);
+        write_nodes(self.0.nodes(), &mut xml, parent_ns);
         out.push_str(&xml);
         let _ = self.0.xml.set((parent_ns.to_owned(), xml));
     }
@@ -213,9 +337,40 @@ impl Element {
         self.name == name && self.ns == ns
     }
 
-    /// The first child element `{ns}name`.
+    /// The first child element `{ns}name`. Builds received content into a
+    /// tree only if there is such a child.
     pub fn child(&self, name: &str, ns: &str) -> Option<&Element> {
+        if !self.has_child(name, ns) {
+            return None;
+        }
         self.children().find(|c| c.is(name, ns))
+    }
+
+    /// Whether there is a child element `{ns}name`; never builds received
+    /// content into a tree, so prefer it to `child(..).is_some()`.
+    pub fn has_child(&self, name: &str, ns: &str) -> bool {
+        match self.children.raw_names() {
+            Some(names) => names
+                .iter()
+                .any(|(n, local)| local.as_str() == name && n.as_str() == ns),
+            None => self.children().any(|c| c.is(name, ns)),
+        }
+    }
+
+    /// The `(name, namespace)` of each child element, in order, without
+    /// building received content into a tree.
+    pub fn child_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        let raw = self.children.raw_names();
+        let recorded = raw
+            .into_iter()
+            .flatten()
+            .map(|(ns, name)| (name.as_str(), ns.as_str()));
+        let built = raw
+            .is_none()
+            .then(|| self.children().map(|c| (c.name.as_str(), c.ns.as_str())))
+            .into_iter()
+            .flatten();
+        recorded.chain(built)
     }
 
     /// The first child element `{ns}name`, mutably.
@@ -309,7 +464,7 @@ impl Element {
 
     /// Whether there is at least one child element.
     pub fn has_children(&self) -> bool {
-        self.children().next().is_some()
+        self.child_names().next().is_some()
     }
 
     /// Serializes this element, declaring `xmlns` only when it differs
