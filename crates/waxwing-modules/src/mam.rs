@@ -126,15 +126,13 @@ fn worth_archiving(msg: &Element) -> bool {
     if !matches!(msg.attr("type").unwrap_or("normal"), "chat" | "normal") {
         return false;
     }
-    if msg.child("no-store", NS_HINTS).is_some()
-        || msg.child("no-permanent-store", NS_HINTS).is_some()
-    {
+    if msg.has_child("no-store", NS_HINTS) || msg.has_child("no-permanent-store", NS_HINTS) {
         return false;
     }
-    msg.child("body", ns::CLIENT).is_some()
+    msg.has_child("body", ns::CLIENT)
         || ARCHIVED_PAYLOADS
             .iter()
-            .any(|(name, ns)| msg.child(name, ns).is_some())
+            .any(|(name, ns)| msg.has_child(name, ns))
 }
 
 /// Whether `entry` in an always/never list covers `with`: a bare JID covers
@@ -164,6 +162,15 @@ fn claims_archive(el: &Element, owner: &BareJid) -> bool {
             .attr("by")
             .and_then(|b| Jid::parse(b).ok())
             .is_some_and(|by| by.bare() == owner)
+}
+
+/// Removes the `stanza-id`s claiming to be from `owner`'s archive. Looks
+/// the name up first: a received payload is then read (built into a tree)
+/// only when it has such an element at all.
+fn strip_claims(msg: &mut Element, owner: &BareJid) {
+    if msg.has_child("stanza-id", NS_SID) {
+        msg.remove_children(|c| claims_archive(c, owner));
+    }
 }
 
 impl Mam {
@@ -229,7 +236,7 @@ impl Mam {
         };
         let owner = from.to_bare();
         // A client cannot speak for its own archive (XEP-0359 §5).
-        msg.remove_children(|c| claims_archive(c, &owner));
+        strip_claims(msg, &owner);
         let to = match msg.attr("to") {
             None => Jid::Bare(owner.clone()),
             Some(t) => match Jid::parse(t) {
@@ -258,7 +265,7 @@ impl Mam {
         }
         // XEP-0359 §5: only we may claim ids in this archive, whatever the
         // message turns out to be.
-        msg.remove_children(|c| claims_archive(c, &owner));
+        strip_claims(msg, &owner);
         if !worth_archiving(msg) {
             return;
         }

@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 use crate::ns;
@@ -67,8 +67,9 @@ struct ChildNodes {
 /// prefix (beyond `xml:`) and no CDATA section, so every element in it is
 /// in a namespace declared inside it or in the inherited default.
 pub(crate) struct RawContent {
-    /// Everything between the stanza's start tag and its end tag.
-    pub(crate) xml: Box<str>,
+    /// Everything between the stanza's start tag and its end tag, and any
+    /// children appended since (see [`Element::push_child`]).
+    pub(crate) xml: String,
     /// The default namespace the content inherits: the stream's content
     /// namespace.
     pub(crate) ns: &'static str,
@@ -88,11 +89,11 @@ impl Clone for RawContent {
 
 impl Clone for ChildNodes {
     fn clone(&self) -> Self {
-        // Only cloned by `Arc::make_mut` on the way to a mutation, which
-        // drops `raw` and `xml` anyway; so only the tree is copied.
+        // Only cloned by `Arc::make_mut` on the way to a change, after
+        // which the serialization is stale.
         ChildNodes {
-            nodes: OnceLock::from(self.nodes().clone()),
-            raw: None,
+            nodes: self.nodes.clone(),
+            raw: self.raw.clone(),
             xml: OnceLock::new(),
         }
     }
@@ -107,14 +108,17 @@ impl ChildNodes {
     }
 }
 
-static BUILT_FROM_RAW: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    static BUILT_FROM_RAW: Cell<u64> = const { Cell::new(0) };
+}
 
-/// How many times, in this process, received content was built into a tree
+/// How many times received content was built into a tree on this thread
 /// because something read it. For tests that check a path routes stanzas
-/// without interpreting their payload.
+/// without interpreting their payload (per thread, so that tests running
+/// side by side do not count each other's).
 #[doc(hidden)]
 pub fn trees_built_from_raw() -> u64 {
-    BUILT_FROM_RAW.load(AtomicOrdering::Relaxed)
+    BUILT_FROM_RAW.get()
 }
 
 impl RawContent {
@@ -124,7 +128,7 @@ impl RawContent {
     /// changes what they mean. The limits were checked when the bytes
     /// arrived, so none apply here.
     fn build(&self) -> Vec<Node> {
-        BUILT_FROM_RAW.fetch_add(1, AtomicOrdering::Relaxed);
+        BUILT_FROM_RAW.set(BUILT_FROM_RAW.get() + 1);
         match crate::xml::framer::parse_content(&self.xml, self.ns) {
             Ok(nodes) => nodes,
             Err(e) => {
@@ -146,15 +150,12 @@ impl Deref for Children {
 
 impl DerefMut for Children {
     fn deref_mut(&mut self) -> &mut Vec<Node> {
-        if Arc::get_mut(&mut self.0).is_some_and(|inner| inner.raw.is_some()) {
-            // Unshared: build in place rather than through a clone.
-            self.0.nodes();
-        }
         let inner = Arc::make_mut(&mut self.0);
+        // Built before the received bytes go: the nodes may change now.
+        inner.nodes();
         inner.xml.take();
         inner.raw = None;
-        inner.nodes.get_or_init(Vec::new);
-        inner.nodes.get_mut().expect("just initialised")
+        inner.nodes.get_mut().expect("just built")
     }
 }
 
@@ -206,6 +207,30 @@ impl Children {
             raw: Some(raw),
             xml: OnceLock::new(),
         }))
+    }
+
+    /// Appends `child`. Received content stays received content, with the
+    /// child's serialization appended: it declares every namespace it uses
+    /// but the parent's, so it is self-contained too. Adding an element to
+    /// a routed message (MAM's `stanza-id`) then builds no tree.
+    fn push_element(&mut self, child: Element) {
+        let name = match &self.0.raw {
+            Some(_) => rxml::NcName::try_from(child.name.as_str()).ok(),
+            None => None,
+        };
+        let Some(name) = name else {
+            self.deref_mut().push(Node::Element(child));
+            return;
+        };
+        let inner = Arc::make_mut(&mut self.0);
+        inner.xml.take();
+        let raw = inner.raw.as_mut().expect("checked");
+        child.write_to(&mut raw.xml, raw.ns);
+        raw.names
+            .push((rxml::Namespace::from(child.ns.clone()), name));
+        if let Some(nodes) = inner.nodes.get_mut() {
+            nodes.push(Node::Element(child));
+        }
     }
 
     /// Whether there are no nodes; answered without building a tree
@@ -401,7 +426,7 @@ impl Element {
 
     /// Appends a child element.
     pub fn push_child(&mut self, child: Element) {
-        self.children.push(Node::Element(child));
+        self.children.push_element(child);
     }
 
     /// Appends text, merging with a preceding text node so that the tree

@@ -547,7 +547,7 @@ impl Framer {
             let xml = std::str::from_utf8(raw)
                 .map_err(|_| StreamError::new(StreamCondition::NotWellFormed))?;
             el.children = Children::from_raw(RawContent {
-                xml: xml.into(),
+                xml: xml.to_owned(),
                 ns: self.content_ns,
                 names: c.names,
             });

@@ -219,12 +219,18 @@ fn changes_see_and_give_what_the_tree_does() {
                   <active xmlns='http://jabber.org/protocol/chatstates'/></message>";
     for (what, change) in changes {
         let (kept, tree) = both(&HEADER[21..], stanza);
+        let built = crate::xml::trees_built_from_raw();
         // Shared copies, as a fan-out makes them.
         let copy = kept.clone();
         let (mut kept, mut tree) = (kept, tree);
         change(&mut kept);
         change(&mut tree);
         assert_eq!(kept, tree, "{what}");
+        assert_eq!(
+            kept.children.is_raw(),
+            ["remove none", "push", "attrs only"].contains(what),
+            "{what}: only changes that need no tree keep the received bytes"
+        );
         for parent in [ns::CLIENT, ns::SERVER, ""] {
             // The same to a reader: received bytes keep their attribute
             // order, which the tree does not.
@@ -238,6 +244,15 @@ fn changes_see_and_give_what_the_tree_does() {
             }
         }
         assert_eq!(kept.child_names().count(), tree.child_names().count(), "{what}");
+        if *what == "push" {
+            assert!(kept.has_child("stanza-id", "urn:xmpp:sid:0"));
+            assert_eq!(kept.child_names().last(), Some(("stanza-id", "urn:xmpp:sid:0")));
+            assert_eq!(
+                crate::xml::trees_built_from_raw(),
+                built + 1,
+                "only the comparison with the tree built one"
+            );
+        }
         // The unchanged copy is still the original.
         assert!(copy.children.is_raw(), "{what}");
         assert!(copy.has_child("stanza-id", "urn:xmpp:sid:0"), "{what}");
