@@ -25,7 +25,10 @@ fn main() {
         b"<?xml version='1.0'?><stream:stream to='bench.example' version='1.0' \
           xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
     );
-    assert!(matches!(framer.next_event(), Ok(Some(StreamEvent::Open(_)))));
+    assert!(matches!(
+        framer.next_event(),
+        Ok(Some(StreamEvent::Open(_)))
+    ));
 
     // Reads of about 4 KiB, as a busy connection delivers them.
     let mut chunk = String::new();

@@ -55,7 +55,10 @@ async fn routed_chat_messages_are_passed_on_as_received() {
         );
         // All there, as sent, bar the forged id; MAM's own id appended.
         assert_eq!(m.attr("from"), Some("juliet@localhost/balcony"));
-        assert_eq!(m.child("body", ns::CLIENT).unwrap().text(), "hi & \u{1F600} bye");
+        assert_eq!(
+            m.child("body", ns::CLIENT).unwrap().text(),
+            "hi & \u{1F600} bye"
+        );
         assert!(m.has_child("active", CHATSTATES) && m.has_child("request", RECEIPTS));
         let ids: Vec<_> = m
             .children()
@@ -73,7 +76,10 @@ async fn routed_chat_messages_are_passed_on_as_received() {
             .and_then(|r| r.child("forwarded", "urn:xmpp:forward:0"))
             .and_then(|f| f.child("message", ns::CLIENT))
             .unwrap_or_else(|| panic!("a carbon: {carbon}"));
-        assert_eq!(inner.child("body", ns::CLIENT).unwrap().text(), "hi & \u{1F600} bye");
+        assert_eq!(
+            inner.child("body", ns::CLIENT).unwrap().text(),
+            "hi & \u{1F600} bye"
+        );
 
         // Without a forged id, nothing at all is built, MAM or not.
         let before = trees_built_from_raw();

@@ -11,9 +11,9 @@
 //!   prefix is bound by definition and needs no declaration;
 //! - `{uri}local` for any other namespace (Clark notation).
 
+use std::cell::Cell;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 
 use crate::ns;
@@ -134,7 +134,11 @@ impl RawContent {
             Err(e) => {
                 // Cannot happen: these bytes were accepted in this very
                 // context. An empty payload is the least harmful answer.
-                debug_assert!(false, "received content {:?} does not parse again: {e:?}", self.xml);
+                debug_assert!(
+                    false,
+                    "received content {:?} does not parse again: {e:?}",
+                    self.xml
+                );
                 Vec::new()
             }
         }

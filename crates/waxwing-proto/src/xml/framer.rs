@@ -144,8 +144,9 @@ pub struct Framer {
 /// checked by rxml event by event as usual, but not built into a tree.
 #[derive(Debug)]
 struct Capture {
-    /// Absolute offset of the message's start tag.
-    stanza_start: u64,
+    /// The boundary when the message began: only whitespace lies between
+    /// it and the message's start tag.
+    stanza_from: u64,
     /// Absolute offset of the first byte after the start tag.
     content_start: u64,
     /// Elements open inside the content.
@@ -204,8 +205,7 @@ impl Framer {
             // A message trickled in is kept whole: grow by an eighth rather
             // than doubling, so it costs about its own size (as text does
             // in a tree, see `Element::push_text`).
-            self.buf
-                .reserve_exact(data.len().max(self.buf.len() / 8));
+            self.buf.reserve_exact(data.len().max(self.buf.len() / 8));
         }
         self.buf.extend_from_slice(data);
     }
@@ -442,7 +442,7 @@ impl Framer {
                     self.check_top_level_ns(&el)?;
                     if self.keep_raw && el.is("message", self.content_ns) {
                         self.capture = Some(Capture {
-                            stanza_start: self.tag_start(),
+                            stanza_from: self.boundary,
                             content_start: self.event_end,
                             depth: 0,
                             names: Vec::new(),
@@ -460,7 +460,10 @@ impl Framer {
                     return Ok(None);
                 }
                 let c = self.capture.take().expect("checked");
-                let el = self.stack.pop().expect("a captured message is on the stack");
+                let el = self
+                    .stack
+                    .pop()
+                    .expect("a captured message is on the stack");
                 // `<message/>` ends where its start tag does.
                 let end = if self.event_end == c.content_start {
                     c.content_start
@@ -534,9 +537,14 @@ impl Framer {
     /// self-contained, built into a tree from the bytes of the whole message
     /// in this stream's context, exactly as it would have been built
     /// directly.
-    fn finish_capture(&self, mut el: Element, c: Capture, end: u64) -> Result<Element, StreamError> {
+    fn finish_capture(
+        &self,
+        mut el: Element,
+        c: Capture,
+        end: u64,
+    ) -> Result<Element, StreamError> {
         // Everything from the boundary on is kept while capturing.
-        debug_assert!(c.stanza_start >= self.buf_start);
+        debug_assert!(c.stanza_from >= self.buf_start);
         if c.content_start == end {
             return Ok(el);
         }
@@ -553,7 +561,12 @@ impl Framer {
             });
             return Ok(el);
         }
-        let whole = &self.buf[self.index(c.stanza_start)..self.index(self.event_end)];
+        let from = self.index(c.stanza_from);
+        let lt = self.buf[from..]
+            .iter()
+            .position(|&b| b == b'<')
+            .unwrap_or(0);
+        let whole = &self.buf[from + lt..self.index(self.event_end)];
         parse_in_context(&self.header, whole, self.content_ns)
     }
 
@@ -804,7 +817,10 @@ fn unescape(v: &[u8]) -> String {
 /// element's name or on an attribute. Declaring one (`xmlns:p`) counts too,
 /// since its use further in would then look self-contained.
 fn has_prefix(raw: &[u8], attrs: &rxml::AttrMap) -> bool {
-    let tag = raw.iter().position(|&b| b == b'<').map_or(raw, |p| &raw[p + 1..]);
+    let tag = raw
+        .iter()
+        .position(|&b| b == b'<')
+        .map_or(raw, |p| &raw[p + 1..]);
     let name_end = tag
         .iter()
         .position(|b| b.is_ascii_whitespace() || matches!(b, b'/' | b'>'))

@@ -823,6 +823,9 @@ fn split_multibyte_characters_do_not_shift_offsets() {
         let [_, _, StreamEvent::Stanza(m), _] = &events[..] else {
             panic!("{events:?}")
         };
-        assert_eq!(m.to_xml_in(ns::CLIENT), "<message><body>\u{1F600}</body></message>");
+        assert_eq!(
+            m.to_xml_in(ns::CLIENT),
+            "<message><body>\u{1F600}</body></message>"
+        );
     }
 }

@@ -166,7 +166,10 @@ fn names_are_answered_without_a_tree_and_match_it() {
         ]
     );
     assert!(kept.has_child("body", ns::CLIENT));
-    assert!(!kept.has_child("body", "urn:a"), "grandchildren are not children");
+    assert!(
+        !kept.has_child("body", "urn:a"),
+        "grandchildren are not children"
+    );
     assert!(kept.child("private", "urn:xmpp:carbons:2").is_none());
     assert!(kept.has_children());
     assert!(!kept.children.is_empty());
@@ -191,11 +194,11 @@ fn changes_see_and_give_what_the_tree_does() {
             e.remove_children(|c| c.is("stanza-id", "urn:xmpp:sid:0"))
         }),
         ("push", |e| {
-            e.push_child(
-                Element::new("stanza-id", "urn:xmpp:sid:0").with_attr("id", "1"),
-            )
+            e.push_child(Element::new("stanza-id", "urn:xmpp:sid:0").with_attr("id", "1"))
         }),
-        ("edit", |e| e.child_mut("body", ns::CLIENT).unwrap().push_text("!")),
+        ("edit", |e| {
+            e.child_mut("body", ns::CLIENT).unwrap().push_text("!")
+        }),
         ("text", |e| e.push_text("t")),
         ("attrs only", |e| {
             e.set_attr("from", "a@b/c");
@@ -243,10 +246,17 @@ fn changes_see_and_give_what_the_tree_does() {
                 assert_eq!(kept.to_xml_in(parent), tree.to_xml_in(parent), "{what}");
             }
         }
-        assert_eq!(kept.child_names().count(), tree.child_names().count(), "{what}");
+        assert_eq!(
+            kept.child_names().count(),
+            tree.child_names().count(),
+            "{what}"
+        );
         if *what == "push" {
             assert!(kept.has_child("stanza-id", "urn:xmpp:sid:0"));
-            assert_eq!(kept.child_names().last(), Some(("stanza-id", "urn:xmpp:sid:0")));
+            assert_eq!(
+                kept.child_names().last(),
+                Some(("stanza-id", "urn:xmpp:sid:0"))
+            );
             assert_eq!(
                 crate::xml::trees_built_from_raw(),
                 built + 1,
@@ -302,8 +312,14 @@ fn limits_apply_inside_kept_content() {
     };
     for (stanza, condition) in [
         ("<message><a><b><c/></b></a></message>", C::PolicyViolation),
-        ("<message><a x='1' y='2' z='3' w='4'/></message>", C::PolicyViolation),
-        (&*format!("<message><body>{}</body></message>", "x".repeat(200)), C::PolicyViolation),
+        (
+            "<message><a x='1' y='2' z='3' w='4'/></message>",
+            C::PolicyViolation,
+        ),
+        (
+            &*format!("<message><body>{}</body></message>", "x".repeat(200)),
+            C::PolicyViolation,
+        ),
         ("<message><a></b></message>", C::NotWellFormed),
         ("<message><p:a/></message>", C::BadNamespacePrefix),
         ("<message><a>\u{1}</a></message>", C::NotWellFormed),
