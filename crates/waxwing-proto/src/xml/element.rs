@@ -55,8 +55,9 @@ pub struct Children(Arc<ChildNodes>);
 struct ChildNodes {
     /// The tree; filled from `raw` on first access when that is set.
     nodes: OnceLock<Vec<Node>>,
-    /// The content as received, while the nodes are unchanged.
-    raw: Option<RawContent>,
+    /// The content as received, while the nodes are unchanged. Boxed: every
+    /// element of every tree has a `ChildNodes`, few have this.
+    raw: Option<Box<RawContent>>,
     /// The serialized nodes and the parent namespace they were written in.
     xml: OnceLock<(String, String)>,
 }
@@ -208,7 +209,7 @@ impl Children {
     pub(crate) fn from_raw(raw: RawContent) -> Self {
         Children(Arc::new(ChildNodes {
             nodes: OnceLock::new(),
-            raw: Some(raw),
+            raw: Some(Box::new(raw)),
             xml: OnceLock::new(),
         }))
     }
