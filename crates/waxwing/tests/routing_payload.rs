@@ -33,9 +33,10 @@ async fn routed_chat_messages_are_passed_on_as_received() {
                 .await;
             assert!(is_result(&r), "{r}");
         }
-        // The other resource is inactive (CSI): chat with a body is urgent.
-        phone.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
-        phone.sync().await;
+        // The recipient is inactive (CSI): chat with a body is urgent, so
+        // it still comes at once.
+        desk.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+        desk.sync().await;
 
         let before = trees_built_from_raw();
         juliet
