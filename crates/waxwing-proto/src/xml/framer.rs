@@ -397,9 +397,11 @@ impl Framer {
                         self.limits.max_attrs
                     )));
                 }
-                if self.capture.is_some() {
-                    let raw = self.tag_start_index()..self.index(self.event_end);
-                    let c = self.capture.as_mut().expect("checked");
+                let tag = self
+                    .capture
+                    .is_some()
+                    .then(|| self.tag_start_index()..self.index(self.event_end));
+                if let (Some(raw), Some(c)) = (tag, &mut self.capture) {
                     let depth = self.stack.len() + c.depth + 1;
                     if depth > self.limits.max_depth {
                         return Err(policy(format!(
