@@ -11,7 +11,6 @@
 //!   prefix is bound by definition and needs no declaration;
 //! - `{uri}local` for any other namespace (Clark notation).
 
-use std::cell::Cell;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, OnceLock};
@@ -40,108 +39,21 @@ pub struct Element {
 /// caches the children's XML and the others reuse it. Any mutable access
 /// (through `DerefMut`) unshares and drops the cache, so sharing is never
 /// visible.
-///
-/// Children of a stanza read from the wire may also start out as its
-/// received content, already checked by the framer ([`RawContent`]): most
-/// stanzas are routed, not interpreted, so their payload is neither built
-/// into a tree nor serialized again. The tree is built on first access
-/// (reading the nodes), and lookups by qualified name
-/// ([`Element::child`], [`Element::has_child`], [`Element::child_names`])
-/// are answered from the names the framer recorded without building it.
 #[derive(Clone, Default)]
 pub struct Children(Arc<ChildNodes>);
 
 #[derive(Default)]
 struct ChildNodes {
-    /// The tree; filled from `raw` on first access when that is set.
-    nodes: OnceLock<Vec<Node>>,
-    /// The content as received, while the nodes are unchanged. Boxed: every
-    /// element of every tree has a `ChildNodes`, few have this.
-    raw: Option<Box<RawContent>>,
+    nodes: Vec<Node>,
     /// The serialized nodes and the parent namespace they were written in.
     xml: OnceLock<(String, String)>,
 }
 
-/// A stanza's content as the framer received it: well-formed, within the
-/// limits, and self-contained, i.e. meaning the same wherever it is written
-/// into a parent whose default namespace is `ns`: it uses no namespace
-/// prefix (beyond `xml:`) and no CDATA section, so every element in it is
-/// in a namespace declared inside it or in the inherited default.
-pub(crate) struct RawContent {
-    /// Everything between the stanza's start tag and its end tag, and any
-    /// children appended since (see [`Element::push_child`]).
-    pub(crate) xml: String,
-    /// The default namespace the content inherits: the stream's content
-    /// namespace.
-    pub(crate) ns: &'static str,
-    /// The qualified names of the direct child elements, in order.
-    pub(crate) names: Vec<rxml::QName>,
-}
-
-impl Clone for RawContent {
-    fn clone(&self) -> Self {
-        RawContent {
-            xml: self.xml.clone(),
-            ns: self.ns,
-            names: self.names.clone(),
-        }
-    }
-}
-
 impl Clone for ChildNodes {
     fn clone(&self) -> Self {
-        // Only cloned by `Arc::make_mut` on the way to a change, after
-        // which the serialization is stale.
         ChildNodes {
             nodes: self.nodes.clone(),
-            raw: self.raw.clone(),
             xml: OnceLock::new(),
-        }
-    }
-}
-
-impl ChildNodes {
-    fn nodes(&self) -> &Vec<Node> {
-        self.nodes.get_or_init(|| match &self.raw {
-            Some(raw) => raw.build(),
-            None => Vec::new(),
-        })
-    }
-}
-
-thread_local! {
-    static BUILT_FROM_RAW: Cell<u64> = const { Cell::new(0) };
-}
-
-/// How many times received content was built into a tree on this thread
-/// because something read it. For tests that check a path routes stanzas
-/// without interpreting their payload (per thread, so that tests running
-/// side by side do not count each other's).
-#[doc(hidden)]
-pub fn trees_built_from_raw() -> u64 {
-    BUILT_FROM_RAW.get()
-}
-
-impl RawContent {
-    /// The tree of the content: the same the framer would have built, since
-    /// the same parser reads the same bytes and, the content being
-    /// self-contained, nothing outside it but the default namespace
-    /// changes what they mean. The limits were checked when the bytes
-    /// arrived, so none apply here.
-    fn build(&self) -> Vec<Node> {
-        BUILT_FROM_RAW.set(BUILT_FROM_RAW.get() + 1);
-        match crate::xml::framer::parse_content(&self.xml, self.ns) {
-            Ok(nodes) => nodes,
-            Err(e) => {
-                // Cannot happen: these bytes were accepted in this very
-                // context. An empty payload is the least harmful answer.
-                debug_assert!(
-                    false,
-                    "received content {:?} does not parse again: {e:?}",
-                    self.xml
-                );
-                Vec::new()
-            }
         }
     }
 }
@@ -149,18 +61,15 @@ impl RawContent {
 impl Deref for Children {
     type Target = Vec<Node>;
     fn deref(&self) -> &Vec<Node> {
-        self.0.nodes()
+        &self.0.nodes
     }
 }
 
 impl DerefMut for Children {
     fn deref_mut(&mut self) -> &mut Vec<Node> {
         let inner = Arc::make_mut(&mut self.0);
-        // Built before the received bytes go: the nodes may change now.
-        inner.nodes();
         inner.xml.take();
-        inner.raw = None;
-        inner.nodes.get_mut().expect("just built")
+        &mut inner.nodes
     }
 }
 
@@ -168,7 +77,7 @@ impl<'a> IntoIterator for &'a Children {
     type Item = &'a Node;
     type IntoIter = std::slice::Iter<'a, Node>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.nodes().iter()
+        self.0.nodes.iter()
     }
 }
 
@@ -183,8 +92,7 @@ impl<'a> IntoIterator for &'a mut Children {
 impl From<Vec<Node>> for Children {
     fn from(nodes: Vec<Node>) -> Self {
         Children(Arc::new(ChildNodes {
-            nodes: OnceLock::from(nodes),
-            raw: None,
+            nodes,
             xml: OnceLock::new(),
         }))
     }
@@ -192,7 +100,7 @@ impl From<Vec<Node>> for Children {
 
 impl PartialEq for Children {
     fn eq(&self, other: &Self) -> bool {
-        self.0.nodes() == other.0.nodes()
+        self.0.nodes == other.0.nodes
     }
 }
 
@@ -200,76 +108,14 @@ impl Eq for Children {}
 
 impl fmt::Debug for Children {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.nodes().fmt(f)
+        self.0.nodes.fmt(f)
     }
 }
 
 impl Children {
-    /// Children that are, until read, the received content `raw`.
-    pub(crate) fn from_raw(raw: RawContent) -> Self {
-        Children(Arc::new(ChildNodes {
-            nodes: OnceLock::new(),
-            raw: Some(Box::new(raw)),
-            xml: OnceLock::new(),
-        }))
-    }
-
-    /// Appends `child`. Received content stays received content, with the
-    /// child's serialization appended: it declares every namespace it uses
-    /// but the parent's, so it is self-contained too. Adding an element to
-    /// a routed message (MAM's `stanza-id`) then builds no tree.
-    fn push_element(&mut self, child: Element) {
-        let name = match &self.0.raw {
-            Some(_) => rxml::NcName::try_from(child.name.as_str()).ok(),
-            None => None,
-        };
-        let Some(name) = name else {
-            self.deref_mut().push(Node::Element(child));
-            return;
-        };
-        let inner = Arc::make_mut(&mut self.0);
-        inner.xml.take();
-        let raw = inner.raw.as_mut().expect("checked");
-        child.write_to(&mut raw.xml, raw.ns);
-        raw.names
-            .push((rxml::Namespace::from(child.ns.clone()), name));
-        if let Some(nodes) = inner.nodes.get_mut() {
-            nodes.push(Node::Element(child));
-        }
-    }
-
-    /// Whether there are no nodes; answered without building a tree
-    /// (received content is never empty).
-    pub fn is_empty(&self) -> bool {
-        match &self.0.raw {
-            Some(_) => false,
-            None => self.0.nodes().is_empty(),
-        }
-    }
-
-    /// Whether the content is still the received bytes (so written back
-    /// as they came). For tests.
-    #[doc(hidden)]
-    pub fn is_raw(&self) -> bool {
-        self.0.raw.is_some()
-    }
-
-    /// The recorded names of the direct child elements, if the children
-    /// are received content.
-    fn raw_names(&self) -> Option<&[rxml::QName]> {
-        self.0.raw.as_ref().map(|r| r.names.as_slice())
-    }
-
     /// Writes the nodes as the content of an element in `parent_ns`; see
     /// the type's docs for when the result is cached.
     fn write_to(&self, out: &mut String, parent_ns: &str) {
-        if let Some(raw) = &self.0.raw
-            && raw.ns == parent_ns
-        {
-            // In the namespace it was received in: it means the same here.
-            out.push_str(&raw.xml);
-            return;
-        }
         if let Some((ns, xml)) = self.0.xml.get()
             && ns == parent_ns
         {
@@ -278,11 +124,11 @@ impl Children {
         }
         if Arc::strong_count(&self.0) == 1 {
             // Not shared: nobody else will write these nodes.
-            write_nodes(self.0.nodes(), out, parent_ns);
+            write_nodes(&self.0.nodes, out, parent_ns);
             return;
         }
         let mut xml = String::new();
-        write_nodes(self.0.nodes(), &mut xml, parent_ns);
+        write_nodes(&self.0.nodes, &mut xml, parent_ns);
         out.push_str(&xml);
         let _ = self.0.xml.set((parent_ns.to_owned(), xml));
     }
@@ -367,40 +213,19 @@ impl Element {
         self.name == name && self.ns == ns
     }
 
-    /// The first child element `{ns}name`. Builds received content into a
-    /// tree only if there is such a child.
+    /// The first child element `{ns}name`.
     pub fn child(&self, name: &str, ns: &str) -> Option<&Element> {
-        if !self.has_child(name, ns) {
-            return None;
-        }
         self.children().find(|c| c.is(name, ns))
     }
 
-    /// Whether there is a child element `{ns}name`; never builds received
-    /// content into a tree, so prefer it to `child(..).is_some()`.
+    /// Whether there is a child element `{ns}name`.
     pub fn has_child(&self, name: &str, ns: &str) -> bool {
-        match self.children.raw_names() {
-            Some(names) => names
-                .iter()
-                .any(|(n, local)| local.as_str() == name && n.as_str() == ns),
-            None => self.children().any(|c| c.is(name, ns)),
-        }
+        self.children().any(|c| c.is(name, ns))
     }
 
-    /// The `(name, namespace)` of each child element, in order, without
-    /// building received content into a tree.
+    /// The `(name, namespace)` of each child element, in order.
     pub fn child_names(&self) -> impl Iterator<Item = (&str, &str)> {
-        let raw = self.children.raw_names();
-        let recorded = raw
-            .into_iter()
-            .flatten()
-            .map(|(ns, name)| (name.as_str(), ns.as_str()));
-        let built = raw
-            .is_none()
-            .then(|| self.children().map(|c| (c.name.as_str(), c.ns.as_str())))
-            .into_iter()
-            .flatten();
-        recorded.chain(built)
+        self.children().map(|c| (c.name.as_str(), c.ns.as_str()))
     }
 
     /// The first child element `{ns}name`, mutably.
@@ -431,7 +256,7 @@ impl Element {
 
     /// Appends a child element.
     pub fn push_child(&mut self, child: Element) {
-        self.children.push_element(child);
+        self.children.push(Node::Element(child));
     }
 
     /// Appends text, merging with a preceding text node so that the tree
@@ -494,7 +319,7 @@ impl Element {
 
     /// Whether there is at least one child element.
     pub fn has_children(&self) -> bool {
-        self.child_names().next().is_some()
+        self.children().next().is_some()
     }
 
     /// Serializes this element, declaring `xmlns` only when it differs

@@ -18,7 +18,7 @@
 
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
-use crate::xml::element::{Children, Element, Node, RawContent, attr_key};
+use crate::xml::element::{Element, attr_key};
 use rxml::error::EndOrError;
 use rxml::{Event, Parse, Parser, WithOptions};
 
@@ -130,34 +130,6 @@ pub struct Framer {
     /// between them. Size limits, `buffered` and `reset` all count from here.
     boundary: u64,
     poison: Option<StreamError>,
-    /// Whether `<message/>` stanzas keep their content as received (see
-    /// [`Children`]): on `jabber:client` streams, where messages are mostly
-    /// routed, not interpreted. Other streams rename the namespace of
-    /// every stanza's children (s2s, components), which would build the
-    /// tree anyway; IQs and presences are mostly read by the server.
-    keep_raw: bool,
-    /// The message in progress whose content is being kept as received.
-    capture: Option<Capture>,
-}
-
-/// The content of one `<message/>` being kept as received: its children are
-/// checked by rxml event by event as usual, but not built into a tree.
-#[derive(Debug)]
-struct Capture {
-    /// The boundary when the message began: only whitespace lies between
-    /// it and the message's start tag.
-    stanza_from: u64,
-    /// Absolute offset of the first byte after the start tag.
-    content_start: u64,
-    /// Elements open inside the content.
-    depth: usize,
-    /// Qualified names of the direct child elements.
-    names: Vec<rxml::QName>,
-    /// Whether the content still means the same wherever it is written
-    /// with the same default namespace: no namespace prefix in it (bar
-    /// `xml:`), which might be declared outside it, and no CDATA section,
-    /// which some clients do not expect.
-    self_contained: bool,
 }
 
 impl Framer {
@@ -177,17 +149,6 @@ impl Framer {
             event_end: 0,
             boundary: 0,
             poison: None,
-            keep_raw: content_ns == ns::CLIENT,
-            capture: None,
-        }
-    }
-
-    /// A framer that builds every stanza into a tree (for building kept
-    /// content, which must not be kept again).
-    fn building_trees(limits: Limits, content_ns: &'static str) -> Self {
-        Framer {
-            keep_raw: false,
-            ..Framer::new(limits, content_ns)
         }
     }
 
@@ -201,12 +162,6 @@ impl Framer {
             self.buf.drain(..done.min(self.buf.len()));
             self.buf_start = keep_from;
         }
-        if self.capture.is_some() && self.buf.capacity() - self.buf.len() < data.len() {
-            // A message trickled in is kept whole: grow by an eighth rather
-            // than doubling, so it costs about its own size (as text does
-            // in a tree, see `Element::push_text`).
-            self.buf.reserve_exact(data.len().max(self.buf.len() / 8));
-        }
         self.buf.extend_from_slice(data);
     }
 
@@ -218,15 +173,8 @@ impl Framer {
     /// open everything since the boundary is kept: the header's raw bytes
     /// are read back. [`Framer::reset`] needs nothing parsed past the
     /// boundary, since it is called right after an event.
-    ///
-    /// A message whose content is kept as received (and the start tag of
-    /// any element, which may turn out to be such a message) keeps its
-    /// bytes from the boundary on: it has no tree to hold them instead.
     fn keep_from(&self) -> u64 {
         match self.state {
-            State::Open if self.keep_raw && (self.stack.is_empty() || self.capture.is_some()) => {
-                self.boundary
-            }
             State::Open => self
                 .boundary
                 .max(self.consumed.saturating_sub(PARSED_TAIL_BYTES)),
@@ -291,7 +239,6 @@ impl Framer {
         self.header = Vec::new();
         self.state = State::Start;
         self.stack.clear();
-        self.capture = None;
         self.consumed = self.boundary;
         self.event_end = self.boundary;
         self.poison = None;
@@ -397,27 +344,6 @@ impl Framer {
                         self.limits.max_attrs
                     )));
                 }
-                let tag = self
-                    .capture
-                    .is_some()
-                    .then(|| self.tag_start_index()..self.index(self.event_end));
-                if let (Some(raw), Some(c)) = (tag, &mut self.capture) {
-                    let depth = self.stack.len() + c.depth + 1;
-                    if depth > self.limits.max_depth {
-                        return Err(policy(format!(
-                            "elements nested deeper than {}",
-                            self.limits.max_depth
-                        )));
-                    }
-                    if c.self_contained {
-                        c.self_contained = !has_prefix(&self.buf[raw], &attrs);
-                    }
-                    if c.depth == 0 {
-                        c.names.push((ns, name));
-                    }
-                    c.depth += 1;
-                    return Ok(None);
-                }
                 let mut el = Element::new(name.as_str(), ns.as_str());
                 for ((ans, aname), value) in attrs {
                     el.attrs
@@ -442,42 +368,10 @@ impl Framer {
                             .with_text("stream header inside the stream"));
                     }
                     self.check_top_level_ns(&el)?;
-                    if self.keep_raw && el.is("message", self.content_ns) {
-                        self.capture = Some(Capture {
-                            stanza_from: self.boundary,
-                            content_start: self.event_end,
-                            depth: 0,
-                            names: Vec::new(),
-                            self_contained: true,
-                        });
-                    }
                 }
                 self.stack.push(el);
                 Ok(None)
             }
-            Event::EndElement(_) if self.capture.is_some() => {
-                let c = self.capture.as_mut().expect("checked");
-                if c.depth > 0 {
-                    c.depth -= 1;
-                    return Ok(None);
-                }
-                let c = self.capture.take().expect("checked");
-                let el = self
-                    .stack
-                    .pop()
-                    .expect("a captured message is on the stack");
-                // `<message/>` ends where its start tag does.
-                let end = if self.event_end == c.content_start {
-                    c.content_start
-                } else {
-                    self.tag_start()
-                };
-                let el = self.finish_capture(el, c, end)?;
-                self.boundary = self.event_end;
-                Ok(Some(StreamEvent::Stanza(el)))
-            }
-            // Kept in the content's bytes.
-            Event::Text(..) if self.capture.is_some() => Ok(None),
             Event::EndElement(_) => match self.stack.pop() {
                 None => {
                     self.state = State::Closed;
@@ -532,44 +426,6 @@ impl Framer {
                 Ok(None)
             }
         }
-    }
-
-    /// The message `el` of capture `c`, whose end tag starts at `end`, with
-    /// its content kept as received, or, if the content is not
-    /// self-contained, built into a tree from the bytes of the whole message
-    /// in this stream's context, exactly as it would have been built
-    /// directly.
-    fn finish_capture(
-        &self,
-        mut el: Element,
-        c: Capture,
-        end: u64,
-    ) -> Result<Element, StreamError> {
-        // Everything from the boundary on is kept while capturing.
-        debug_assert!(c.stanza_from >= self.buf_start);
-        if c.content_start == end {
-            return Ok(el);
-        }
-        let raw = &self.buf[self.index(c.content_start)..self.index(end)];
-        // Text holds characters and references; `<!` in content can only
-        // open a CDATA section (rxml refuses comments and declarations).
-        if c.self_contained && !raw.windows(2).any(|w| w == b"<!") {
-            let xml = std::str::from_utf8(raw)
-                .map_err(|_| StreamError::new(StreamCondition::NotWellFormed))?;
-            el.children = Children::from_raw(RawContent {
-                xml: xml.to_owned(),
-                ns: self.content_ns,
-                names: c.names,
-            });
-            return Ok(el);
-        }
-        let from = self.index(c.stanza_from);
-        let lt = self.buf[from..]
-            .iter()
-            .position(|&b| b == b'<')
-            .unwrap_or(0);
-        let whole = &self.buf[from + lt..self.index(self.event_end)];
-        parse_in_context(&self.header, whole, self.content_ns)
     }
 
     /// Validates the root element and turns it into the header event.
@@ -677,23 +533,6 @@ impl Framer {
     fn consumed_ends_with_markup_decl(&self) -> bool {
         let seen = &self.buf[..self.index(self.consumed).min(self.buf.len())];
         matches!(seen, [.., b'<', b'!', c] if c.is_ascii_alphabetic())
-    }
-
-    /// The absolute offset of the `<` of the tag that ends at `event_end`
-    /// (see `tag_start_index`).
-    fn tag_start(&self) -> u64 {
-        self.buf_start + self.tag_start_index() as u64
-    }
-
-    /// Where in `buf` the tag that ends at `event_end` starts: its last `<`,
-    /// since attribute values cannot hold one. Only called while its bytes
-    /// are kept (see `keep_from`).
-    fn tag_start_index(&self) -> usize {
-        let end = self.index(self.event_end);
-        let from = self.index(self.boundary.max(self.buf_start));
-        let lt = self.buf[from..end].iter().rposition(|&b| b == b'<');
-        debug_assert!(lt.is_some(), "the tag's bytes are kept");
-        from + lt.unwrap_or(0)
     }
 
     fn index(&self, offset: u64) -> usize {
@@ -812,92 +651,6 @@ fn unescape(v: &[u8]) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// Whether the start tag `raw` (checked by rxml, which resolved its
-/// attributes to `attrs`) uses a namespace prefix other than `xml:`: on the
-/// element's name or on an attribute. Declaring one (`xmlns:p`) counts too,
-/// since its use further in would then look self-contained.
-fn has_prefix(raw: &[u8], attrs: &rxml::AttrMap) -> bool {
-    let tag = raw
-        .iter()
-        .position(|&b| b == b'<')
-        .map_or(raw, |p| &raw[p + 1..]);
-    let name_end = tag
-        .iter()
-        .position(|b| b.is_ascii_whitespace() || matches!(b, b'/' | b'>'))
-        .unwrap_or(tag.len());
-    if tag[..name_end].contains(&b':') {
-        return true;
-    }
-    if attrs
-        .iter()
-        .any(|((ns, _), _)| !ns.is_empty() && ns.as_str() != crate::ns::XML)
-    {
-        return true;
-    }
-    // Namespace declarations are not attributes to rxml; look for `xmlns:`
-    // among the attribute names (values may hold anything, so skip them).
-    let mut rest = &tag[name_end..];
-    loop {
-        let Some(name_start) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
-            return false;
-        };
-        rest = &rest[name_start..];
-        if matches!(rest.first(), Some(b'/' | b'>') | None) {
-            return false;
-        }
-        if rest.starts_with(b"xmlns:") {
-            return true;
-        }
-        let Some(q) = rest.iter().position(|b| matches!(b, b'\'' | b'"')) else {
-            return false;
-        };
-        let quote = rest[q];
-        let Some(len) = rest[q + 1..].iter().position(|&b| b == quote) else {
-            return false;
-        };
-        rest = &rest[q + 1 + len + 1..];
-    }
-}
-
-/// Builds the tree of `element`, the bytes of one top-level element as they
-/// arrived on a stream that opened with the start tag `header`: the same
-/// parser reads the same bytes in the same namespace context. The bytes were
-/// checked against the stream's limits already, so none apply here.
-fn parse_in_context(
-    header: &[u8],
-    element: &[u8],
-    content_ns: &'static str,
-) -> Result<Element, StreamError> {
-    let limits = Limits {
-        max_stanza_bytes: header.len() + element.len() + 1,
-        max_depth: usize::MAX,
-        max_attrs: usize::MAX,
-    };
-    let mut framer = Framer::building_trees(limits, content_ns);
-    framer.feed(header);
-    framer.feed(element);
-    match framer.next_event()? {
-        Some(StreamEvent::Open(_)) => {}
-        _ => return Err(StreamError::new(StreamCondition::BadFormat)),
-    }
-    match framer.next_event()? {
-        Some(StreamEvent::Stanza(el)) => Ok(el),
-        _ => Err(StreamError::new(StreamCondition::BadFormat)),
-    }
-}
-
-/// The nodes of self-contained content `xml` (see [`Children`]) in a parent
-/// whose default namespace is `ns`.
-pub(crate) fn parse_content(xml: &str, ns: &'static str) -> Result<Vec<Node>, StreamError> {
-    let header = format!(
-        "<stream:stream xmlns='{ns}' xmlns:stream='{}'>",
-        crate::ns::STREAM
-    );
-    let element = format!("<message>{xml}</message>");
-    let mut el = parse_in_context(header.as_bytes(), element.as_bytes(), ns)?;
-    Ok(std::mem::take(&mut *el.children))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 mod element;
 mod framer;
 
-pub use element::{Children, Element, Node, escape_attr, trees_built_from_raw};
+pub use element::{Children, Element, Node, escape_attr};
 pub use framer::{Framer, Limits, StreamEvent, StreamHeader};
 
 use crate::stanza::{StreamCondition, StreamError};
