@@ -88,11 +88,11 @@ pub fn eligible(msg: &Element, inbound: bool) -> bool {
     if msg.name != "message" {
         return false;
     }
-    if msg.has_child("private", CARBONS) || msg.has_child("no-copy", HINTS) {
+    if msg.child("private", CARBONS).is_some() || msg.child("no-copy", HINTS).is_some() {
         return false;
     }
     // Carbons of carbons would loop between resources.
-    if msg.has_child("sent", CARBONS) || msg.has_child("received", CARBONS) {
+    if msg.child("sent", CARBONS).is_some() || msg.child("received", CARBONS).is_some() {
         return false;
     }
     let ty = msg.attr("type").unwrap_or("normal");
@@ -115,9 +115,9 @@ pub fn eligible(msg: &Element, inbound: bool) -> bool {
         }
     }
     ty == "chat"
-        || (ty == "normal" && msg.has_child("body", ns::CLIENT))
-        || msg.has_child("x", CONFERENCE)
-        || msg.child_names().any(|(_, ns)| IM_PAYLOADS.contains(&ns))
+        || (ty == "normal" && msg.child("body", ns::CLIENT).is_some())
+        || msg.child("x", CONFERENCE).is_some()
+        || msg.children().any(|c| IM_PAYLOADS.contains(&c.ns.as_str()))
 }
 
 /// `<message from=bare to=full type=…><{kind}><forwarded>original</forwarded></{kind}></message>`.

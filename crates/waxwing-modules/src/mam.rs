@@ -126,13 +126,15 @@ fn worth_archiving(msg: &Element) -> bool {
     if !matches!(msg.attr("type").unwrap_or("normal"), "chat" | "normal") {
         return false;
     }
-    if msg.has_child("no-store", NS_HINTS) || msg.has_child("no-permanent-store", NS_HINTS) {
+    if msg.child("no-store", NS_HINTS).is_some()
+        || msg.child("no-permanent-store", NS_HINTS).is_some()
+    {
         return false;
     }
-    msg.has_child("body", ns::CLIENT)
+    msg.child("body", ns::CLIENT).is_some()
         || ARCHIVED_PAYLOADS
             .iter()
-            .any(|(name, ns)| msg.has_child(name, ns))
+            .any(|(name, ns)| msg.child(name, ns).is_some())
 }
 
 /// Whether `entry` in an always/never list covers `with`: a bare JID covers
@@ -162,15 +164,6 @@ fn claims_archive(el: &Element, owner: &BareJid) -> bool {
             .attr("by")
             .and_then(|b| Jid::parse(b).ok())
             .is_some_and(|by| by.bare() == owner)
-}
-
-/// Removes the `stanza-id`s claiming to be from `owner`'s archive. Looks
-/// the name up first: a received payload is then read (built into a tree)
-/// only when it has such an element at all.
-fn strip_claims(msg: &mut Element, owner: &BareJid) {
-    if msg.has_child("stanza-id", NS_SID) {
-        msg.remove_children(|c| claims_archive(c, owner));
-    }
 }
 
 impl Mam {
@@ -236,7 +229,7 @@ impl Mam {
         };
         let owner = from.to_bare();
         // A client cannot speak for its own archive (XEP-0359 §5).
-        strip_claims(msg, &owner);
+        msg.remove_children(|c| claims_archive(c, &owner));
         let to = match msg.attr("to") {
             None => Jid::Bare(owner.clone()),
             Some(t) => match Jid::parse(t) {
@@ -265,7 +258,7 @@ impl Mam {
         }
         // XEP-0359 §5: only we may claim ids in this archive, whatever the
         // message turns out to be.
-        strip_claims(msg, &owner);
+        msg.remove_children(|c| claims_archive(c, &owner));
         if !worth_archiving(msg) {
             return;
         }

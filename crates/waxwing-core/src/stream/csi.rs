@@ -20,8 +20,8 @@ pub fn is_urgent(el: &Element) -> bool {
             Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "error")
         ),
         "message" => {
-            el.has_child("body", ns::CLIENT)
-                || el.child_names().any(|(name, _)| name == "encrypted")
+            el.child("body", ns::CLIENT).is_some()
+                || el.children().any(|c| c.name == "encrypted")
                 || el.attr("type") == Some("error")
         }
         _ => true,

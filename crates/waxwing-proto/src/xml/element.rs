@@ -218,16 +218,6 @@ impl Element {
         self.children().find(|c| c.is(name, ns))
     }
 
-    /// Whether there is a child element `{ns}name`.
-    pub fn has_child(&self, name: &str, ns: &str) -> bool {
-        self.children().any(|c| c.is(name, ns))
-    }
-
-    /// The `(name, namespace)` of each child element, in order.
-    pub fn child_names(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.children().map(|c| (c.name.as_str(), c.ns.as_str()))
-    }
-
     /// The first child element `{ns}name`, mutably.
     pub fn child_mut(&mut self, name: &str, ns: &str) -> Option<&mut Element> {
         self.children_mut().find(|c| c.is(name, ns))
