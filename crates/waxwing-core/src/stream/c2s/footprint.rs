@@ -80,4 +80,11 @@ fn per_connection_sizes() {
         "a TCP session carries another transport's receive future: {receive} bytes"
     );
     assert!(size_of::<Outbox>() <= 48);
+    // The handle lives in an `Arc` (two counters more): 320 bytes is one
+    // of the allocator's size classes, the next one up is 384.
+    assert!(
+        size_of::<SessionHandle>() + 16 <= 320,
+        "the session handle grew: {} bytes",
+        size_of::<SessionHandle>()
+    );
 }
