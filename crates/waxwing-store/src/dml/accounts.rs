@@ -89,7 +89,13 @@ impl AccountStore for Store {
                 })
             })
             .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+            .map(|mut secrets| {
+                // Collected in place into the rows' buffer, whose capacity
+                // is twice what two secrets need; the account cache keeps
+                // this vector for every recently seen account.
+                secrets.shrink_to_fit();
+                Some(secrets)
+            })
     }
 
     async fn set_secrets(
