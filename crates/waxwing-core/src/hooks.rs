@@ -147,6 +147,29 @@ pub trait StanzaHook: Send + Sync {
     fn wants(&self, _hook: Hook, _name: &str) -> bool {
         true
     }
+
+    /// An `Inbound` hook's decision on one copy of a fan-out (a room's
+    /// message to one occupant, [`Cx::route_fanout`]) made without the
+    /// copy: the router writes the room's stanza once for all occupants
+    /// and builds an addressed tree per occupant only for those a hook
+    /// needs one for. `Some(flow)`: decided, and the hook would neither
+    /// change the stanza nor do anything else with it (`Handled` drops the
+    /// copy silently). `None` (the default): the router builds the copy and
+    /// calls [`handle_stanza`](Self::handle_stanza), as for any routed stanza.
+    /// Sync and cheap: say `None` whenever the answer needs I/O.
+    fn decide_copy(&self, _cx: &Cx, _copy: &FanoutCopy<'_>) -> Option<Flow> {
+        None
+    }
+}
+
+/// One copy of a fan-out as [`StanzaHook::decide_copy`] sees it.
+pub struct FanoutCopy<'a> {
+    /// The stanza every recipient gets, without `to`.
+    pub stanza: &'a Element,
+    /// Its `from`, parsed.
+    pub from: &'a Jid,
+    /// This copy's recipient.
+    pub to: &'a FullJid,
 }
 
 /// Receives [`Event`]s.

@@ -24,6 +24,7 @@ pub mod reload;
 pub mod router;
 pub mod s2s;
 pub mod session;
+pub mod shared_stanza;
 pub mod store_cache;
 pub mod stream;
 pub mod time;

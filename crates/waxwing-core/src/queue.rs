@@ -24,6 +24,8 @@ use std::task::{Poll, Waker};
 use tokio::sync::oneshot;
 use waxwing_proto::xml::Element;
 
+use crate::shared_stanza::Addressed;
+
 /// One entry of an outbound queue, boxed whole: the queue's ring then holds
 /// a pointer per entry, so the capacity an idle session keeps is a few
 /// pointers rather than a few elements. One allocation per stanza.
@@ -32,6 +34,8 @@ pub(crate) type Queued = Box<Entry>;
 #[derive(Debug)]
 pub(crate) enum Entry {
     One(Element),
+    /// A fan-out's shared stanza for this recipient (see `shared_stanza`).
+    Addressed(Addressed),
     /// Stanzas that go out together and in this order; see
     /// [`crate::session::SessionHandle::send_burst`].
     Burst(Vec<Element>),
@@ -148,7 +152,13 @@ impl Drop for Outq {
 
 impl Outq {
     pub(crate) fn push(&self, stanza: Element) -> Result<(), Refused> {
-        self.enqueue(Entry::One(stanza), 0)
+        self.enqueue(Entry::One(stanza), 0).map_err(refused)
+    }
+
+    /// Queues a fan-out's shared stanza, charged like a stanza (refused, it
+    /// comes back as a tree: what happens next needs one).
+    pub(crate) fn push_addressed(&self, stanza: Addressed) -> Result<(), Refused> {
+        self.enqueue(Entry::Addressed(stanza), 0).map_err(refused)
     }
 
     pub(crate) fn push_burst(&self, stanzas: Vec<Element>) -> Result<(), Refused> {
@@ -159,7 +169,7 @@ impl Outq {
                 None => Ok(()),
             };
         }
-        self.enqueue(Entry::Burst(stanzas), n)
+        self.enqueue(Entry::Burst(stanzas), n).map_err(refused)
     }
 
     /// Like a burst, charged to the same allowance, with a receipt.
@@ -170,22 +180,24 @@ impl Outq {
     ) -> Result<(), Refused> {
         let n = stanzas.len();
         self.enqueue(Entry::Tracked(stanzas, receipt), n)
+            .map_err(refused)
     }
 
-    /// Queues `entry`, charging `in_burst` stanzas to the burst allowance.
-    fn enqueue(&self, entry: Entry, in_burst: usize) -> Result<(), Refused> {
+    /// Queues `entry`, charging `in_burst` stanzas to the burst allowance;
+    /// refused, it comes back with the reason (`true`: closed).
+    fn enqueue(&self, entry: Entry, in_burst: usize) -> Result<(), (bool, Entry)> {
         let shared = &*self.shared;
         let waker = {
             let mut state = shared.lock();
             if state.closed {
                 drop(state);
-                return Err(Refused::Closed(entry.into_vec()));
+                return Err((true, entry));
             }
             if state.entries.len() >= shared.capacity
                 || state.in_bursts + in_burst > shared.burst_limit
             {
                 drop(state);
-                return Err(Refused::Full(entry.into_vec()));
+                return Err((false, entry));
             }
             state.in_bursts += in_burst;
             state.entries.push_back(Box::new(entry));
@@ -212,12 +224,72 @@ impl Outq {
     }
 }
 
+/// A refused entry's stanzas, with the reason.
+fn refused((closed, entry): (bool, Entry)) -> Refused {
+    let v = entry.into_vec();
+    if closed {
+        Refused::Closed(v)
+    } else {
+        Refused::Full(v)
+    }
+}
+
 impl Entry {
     fn into_vec(self) -> Vec<Element> {
         match self {
             Entry::One(el) => vec![el],
+            Entry::Addressed(a) => vec![a.into_element()],
             Entry::Burst(v) | Entry::Tracked(v, _) => v,
         }
+    }
+}
+
+/// A stanza of a batch taken from a queue by a client session: a tree, or
+/// a fan-out's shared stanza, written without one (see `shared_stanza`).
+#[derive(Debug)]
+pub(crate) enum Out {
+    Tree(Element),
+    Addressed(Addressed),
+}
+
+impl Out {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Out::Tree(el) => &el.name,
+            Out::Addressed(a) => a.name(),
+        }
+    }
+
+    pub(crate) fn into_element(self) -> Element {
+        match self {
+            Out::Tree(el) => el,
+            Out::Addressed(a) => a.into_element(),
+        }
+    }
+}
+
+/// What a batch taken from a queue holds: [`Out`] keeps shared stanzas as
+/// they are; [`Element`] (s2s, offline storage) makes each a tree.
+pub(crate) trait Taken: Sized {
+    fn tree(el: Element) -> Self;
+    fn addressed(a: Addressed) -> Self;
+}
+
+impl Taken for Element {
+    fn tree(el: Element) -> Self {
+        el
+    }
+    fn addressed(a: Addressed) -> Self {
+        a.into_element()
+    }
+}
+
+impl Taken for Out {
+    fn tree(el: Element) -> Self {
+        Out::Tree(el)
+    }
+    fn addressed(a: Addressed) -> Self {
+        Out::Addressed(a)
     }
 }
 
@@ -261,7 +333,7 @@ impl Outbox {
     /// closed (or every sender gone) and empty. Cancel-safe like
     /// [`Outbox::recv`]; no allocation per entry, which matters on the
     /// delivery hot path.
-    pub(crate) async fn recv_into(&mut self, batch: &mut Vec<Element>) -> bool {
+    pub(crate) async fn recv_into<T: Taken>(&mut self, batch: &mut Vec<T>) -> bool {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             if let Some(q) = pop(&mut state) {
@@ -282,7 +354,7 @@ impl Outbox {
     }
 
     /// Appends the next entry's stanzas to `batch` if one is waiting.
-    pub(crate) fn try_recv_into(&mut self, batch: &mut Vec<Element>) -> bool {
+    pub(crate) fn try_recv_into<T: Taken>(&mut self, batch: &mut Vec<T>) -> bool {
         let q = pop(&mut self.shared.lock());
         match q {
             Some(q) => {
@@ -303,7 +375,7 @@ impl Outbox {
     /// entries: those are dropped, their receipts unsent, because whoever
     /// tracks them still has them (a session ending with offline messages
     /// still queued must not store them a second time).
-    pub(crate) fn drain_untracked(&mut self, out: &mut Vec<Element>) {
+    pub(crate) fn drain_untracked<T: Taken>(&mut self, out: &mut Vec<T>) {
         let entries = {
             let mut state = self.shared.lock();
             state.in_bursts = 0;
@@ -324,13 +396,14 @@ impl Outbox {
 
     /// The burst allowance was charged when the entry was queued and is
     /// given back when it is taken (in [`pop`]).
-    fn unpack_into(&mut self, q: Entry, batch: &mut Vec<Element>) {
+    fn unpack_into<T: Taken>(&mut self, q: Entry, batch: &mut Vec<T>) {
         match q {
-            Entry::One(el) => batch.push(el),
-            Entry::Burst(v) => batch.extend(v),
+            Entry::One(el) => batch.push(T::tree(el)),
+            Entry::Addressed(a) => batch.push(T::addressed(a)),
+            Entry::Burst(v) => batch.extend(v.into_iter().map(T::tree)),
             Entry::Tracked(v, receipt) => {
                 let start = batch.len();
-                batch.extend(v);
+                batch.extend(v.into_iter().map(T::tree));
                 self.receipts.push((start..batch.len(), receipt));
             }
         }
@@ -442,7 +515,7 @@ mod tests {
         let (receipt, mut done) = oneshot::channel();
         tx.push(msg(0)).unwrap();
         tx.push_tracked(vec![msg(1), msg(2)], receipt).unwrap();
-        let mut batch = Vec::new();
+        let mut batch: Vec<Element> = Vec::new();
         assert!(rx.try_recv_into(&mut batch));
         assert!(rx.try_recv_into(&mut batch));
         let receipts = rx.take_receipts();
@@ -459,6 +532,41 @@ mod tests {
         assert_eq!(ids(&out), ["4"]);
         assert!(dropped.try_recv().is_err());
         assert!(rx.take_receipts().is_empty());
+    }
+
+    #[test]
+    fn a_shared_stanza_stays_shared_for_a_session_and_becomes_a_tree_elsewhere() {
+        use crate::shared_stanza::SharedStanza;
+        use waxwing_proto::jid::FullJid;
+        let shared = SharedStanza::new(msg(5).with_attr("from", "room@conference.example.com/n"));
+        let to = |r: &str| Addressed {
+            stanza: shared.clone(),
+            to: FullJid::parse(&format!("juliet@example.com/{r}")).unwrap(),
+        };
+        let (tx, mut rx) = outbound(2, 0);
+        tx.push_addressed(to("a")).unwrap();
+        tx.push(msg(6)).unwrap();
+        // Full: refused, and back as the tree the router goes on with.
+        match tx.push_addressed(to("b")) {
+            Err(Refused::Full(v)) => {
+                assert_eq!(v.len(), 1);
+                assert_eq!(v[0].attr("to"), Some("juliet@example.com/b"));
+                assert_eq!(v[0].attr("id"), Some("5"));
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        let mut batch: Vec<Out> = Vec::new();
+        assert!(rx.try_recv_into(&mut batch));
+        assert!(rx.try_recv_into(&mut batch));
+        assert!(matches!(&batch[0], Out::Addressed(a) if a.to.resource() == "a"));
+        assert!(matches!(&batch[1], Out::Tree(el) if el.attr("id") == Some("6")));
+        // Taken as trees (s2s, offline storage): addressed, payload shared.
+        tx.push_addressed(to("c")).unwrap();
+        let mut trees: Vec<Element> = Vec::new();
+        rx.drain_untracked(&mut trees);
+        assert_eq!(trees.len(), 1);
+        assert_eq!(trees[0].attr("to"), Some("juliet@example.com/c"));
+        assert_eq!(trees[0].attr("from"), Some("room@conference.example.com/n"));
     }
 
     #[test]

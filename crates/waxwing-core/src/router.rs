@@ -41,10 +41,13 @@ use crate::abuse::{
 };
 use crate::cluster;
 use crate::config::Config;
-use crate::hooks::{Cx, Event, Flow, Hook, Iq, IqHandler, IqKind, IqResult, IqTarget, Registry};
+use crate::hooks::{
+    Cx, Event, FanoutCopy, Flow, Hook, Iq, IqHandler, IqKind, IqResult, IqTarget, Registry,
+};
 use crate::isolate::{self, Panicked, isolated};
 use crate::s2s::S2sManager;
 use crate::session::{SessionHandle, SessionRegistry};
+use crate::shared_stanza::{Addressed, SharedStanza};
 use crate::stream::c2s::ResumptionTable;
 use crate::tls::TlsContext;
 
@@ -416,43 +419,103 @@ impl Server {
     /// occupants). `stanza` has no `to`; each copy gets one recipient's.
     /// Every copy takes the path [`Server::route`] gives it — `Inbound`
     /// hooks (blocking, archives …), then the session's queue or the
-    /// unbound rules — but one made for a local account skips what
-    /// `route` spends on the address: serializing it, parsing it back and
-    /// looking up where it lives. Copies are made one at a time, so a
-    /// large room never holds a copy per occupant at once, and the last
-    /// recipient gets the original. O(N) in the recipients; never waits
-    /// for a session (a full queue refuses, see the table at the top).
+    /// unbound rules — but one for a local account skips what `route`
+    /// spends on the address (serializing it, parsing it back, looking up
+    /// where it lives), and a message to a bound session whose hooks all
+    /// decide without it ([`StanzaHook::decide_copy`](crate::hooks::StanzaHook::decide_copy))
+    /// and that no delivery handler wants is queued as the shared stanza
+    /// plus its recipient (`shared_stanza`): no tree per occupant, and the
+    /// stanza serialized once for the room. Other copies are made one at a
+    /// time, so a large room never holds a tree per occupant at once. O(N)
+    /// in the recipients; never waits for a session (a full queue refuses,
+    /// see the table at the top).
     pub fn route_fanout(self: Arc<Self>, stanza: Element, to: Vec<FullJid>) -> BoxFuture {
         Box::pin(async move {
             let Some(kind) = stanza::kind(&stanza) else {
                 return;
             };
-            let n = to.len();
-            let mut original = Some(stanza);
-            for (i, jid) in to.into_iter().enumerate() {
-                let copy = match original.take_if(|_| i + 1 == n) {
-                    Some(mut last) => {
-                        last.set_attr("to", jid_text(&jid));
-                        last
-                    }
-                    None => addressed_copy(
-                        original.as_ref().expect("kept until the last recipient"),
-                        jid_text(&jid),
-                    ),
-                };
+            // Parsed once for every copy's hooks; a message without a
+            // valid `from` takes the general path.
+            let from = (kind == StanzaKind::Message)
+                .then(|| stanza.attr("from").and_then(|f| Jid::parse(f).ok()))
+                .flatten();
+            let shared = SharedStanza::new(stanza);
+            let cx = Cx::new(self.clone(), None);
+            for jid in to {
                 // In a cluster, routing may concern another node (leases,
                 // tagged answers): the general path decides.
                 let local = self.cluster.is_none()
                     && self.config.is_local_host(jid.domain())
                     && !self.registry.services.contains_key(jid.domain())
                     && !self.components.contains(jid.domain());
-                if local {
-                    self.clone().deliver_local(Jid::Full(jid), copy, kind).await;
-                } else {
-                    self.clone().route(copy).await;
+                let copy = Addressed {
+                    stanza: shared.clone(),
+                    to: jid,
+                };
+                if !local {
+                    self.clone().route(copy.into_element()).await;
+                    continue;
                 }
+                let copy = match from.as_ref() {
+                    Some(from) => match self.offer_shared(&cx, from, copy) {
+                        Shared::Done => continue,
+                        Shared::Refused(tree) => {
+                            // The session is closing now: as if it were not there.
+                            let to = tree.attr("to").and_then(|t| Jid::parse(t).ok());
+                            if let Some(to) = to {
+                                self.clone().deliver_message_to_account(&cx, to, tree).await;
+                            }
+                            continue;
+                        }
+                        Shared::Undecided(copy) => copy,
+                    },
+                    None => copy,
+                };
+                let to = Jid::Full(copy.to.clone());
+                self.clone()
+                    .deliver_local(to, copy.into_element(), kind)
+                    .await;
             }
         })
+    }
+
+    /// Queues a fan-out's message for a bound local session as the shared
+    /// stanza, if every `Inbound` hook decides without a tree and no
+    /// delivery handler wants the message (see [`Server::route_fanout`]).
+    fn offer_shared(self: &Arc<Self>, cx: &Cx, from: &Jid, copy: Addressed) -> Shared {
+        let Some(session) = self.sessions.get(&copy.to).filter(|s| !s.is_closing()) else {
+            return Shared::Undecided(copy);
+        };
+        let stanza = copy.stanza.element();
+        if let Some(chain) = self.registry.hooks.get(&Hook::Inbound) {
+            let seen = FanoutCopy {
+                stanza,
+                from,
+                to: &copy.to,
+            };
+            for (_, module, h) in chain {
+                if !h.wants(Hook::Inbound, &stanza.name) {
+                    continue;
+                }
+                match isolate::isolated_sync(module, || h.decide_copy(cx, &seen)) {
+                    Ok(Some(Flow::Continue)) => {}
+                    Ok(Some(Flow::Handled)) => return Shared::Done,
+                    // A panic here is met again, and answered, on the
+                    // general path.
+                    Ok(None) | Err(Panicked) => return Shared::Undecided(copy),
+                }
+            }
+        }
+        if self.delivery_wanted(stanza, std::slice::from_ref(&session)) {
+            return Shared::Undecided(copy);
+        }
+        match session.offer_addressed(copy) {
+            Ok(()) => Shared::Done,
+            Err(tree) => {
+                self.metrics.queue_refusals.inc();
+                Shared::Refused(tree)
+            }
+        }
     }
 
     /// Answers `stanza` with an error, unless it is an error or an IQ result
@@ -1019,34 +1082,14 @@ impl Server {
     }
 }
 
-/// `jid` as text, in one allocation of the right size (`to_string` goes
-/// through the formatter and grows its buffer piece by piece).
-fn jid_text(jid: &FullJid) -> String {
-    let local = jid.local().map_or(0, |l| l.len() + 1);
-    let mut s = String::with_capacity(local + jid.domain().len() + 1 + jid.resource().len());
-    if let Some(l) = jid.local() {
-        s.push_str(l);
-        s.push('@');
-    }
-    s.push_str(jid.domain());
-    s.push('/');
-    s.push_str(jid.resource());
-    s
-}
-
-/// A copy of `stanza` addressed to `to`: the payload is shared (see
-/// `Children`), and the attributes are copied into a vector that already
-/// has room for `to` rather than grown by it.
-fn addressed_copy(stanza: &Element, to: String) -> Element {
-    let mut attrs = Vec::with_capacity(stanza.attrs.len() + 1);
-    attrs.extend(stanza.attrs.iter().filter(|(k, _)| k != "to").cloned());
-    attrs.push(("to".to_owned(), to));
-    Element {
-        name: stanza.name.clone(),
-        ns: stanza.ns.clone(),
-        attrs,
-        children: stanza.children.clone(),
-    }
+/// What became of a fan-out copy offered as the shared stanza.
+enum Shared {
+    /// Queued, or dropped by a hook.
+    Done,
+    /// The session refused it (it is closing now): the copy as a tree.
+    Refused(Element),
+    /// A hook or a delivery handler needs the tree: the general path.
+    Undecided(Addressed),
 }
 
 /// Calls an IQ handler; a panic is answered `internal-server-error`.
@@ -1059,33 +1102,4 @@ pub(crate) async fn call_iq_handler(
     isolated(module, handler.handle_iq(cx, iq))
         .await
         .unwrap_or_else(|Panicked| Err(StanzaError::cancel(Condition::InternalServerError)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jid_text_is_the_display_form() {
-        for j in ["juliet@example.com/balcony", "example.com/res/with/slashes"] {
-            let full = FullJid::parse(j).unwrap();
-            assert_eq!(jid_text(&full), full.to_string());
-        }
-    }
-
-    #[test]
-    fn an_addressed_copy_shares_the_payload_and_has_one_to() {
-        let m = Element::new("message", waxwing_proto::ns::CLIENT)
-            .with_attr("from", "room@conference.example.com/nick")
-            .with_attr("to", "stale@example.com/x")
-            .with_attr("type", "groupchat")
-            .with_child(Element::new("body", waxwing_proto::ns::CLIENT).with_text("hi"));
-        let c = addressed_copy(&m, "juliet@example.com/balcony".into());
-        let mut expected = m.clone();
-        expected.remove_attr("to");
-        expected.set_attr("to", "juliet@example.com/balcony");
-        assert_eq!(c, expected, "same stanza, `to` last and only once");
-        assert_eq!(c.attrs.len(), 3);
-        assert_eq!(c.to_xml(), expected.to_xml());
-    }
 }

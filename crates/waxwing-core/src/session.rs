@@ -13,6 +13,7 @@ use waxwing_proto::xml::Element;
 
 use crate::cluster::{Link, Publisher, Replica};
 use crate::queue::{Outbox, Outq, Refused, outbound};
+use crate::shared_stanza::Addressed;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -245,6 +246,18 @@ impl SessionHandle {
                 .map_err(|mut v| v.pop().expect("one stanza"));
         }
         self.refused(self.queue.push(stanza))
+            .map_err(|mut v| v.pop().expect("one stanza"))
+    }
+
+    /// [`SessionHandle::offer`] for a fan-out's shared stanza addressed to
+    /// this session (`crate::shared_stanza`); a refused one comes back as a tree.
+    pub fn offer_addressed(&self, stanza: Addressed) -> Result<(), Element> {
+        if let Some(r) = &self.remote {
+            return self
+                .forward(r, vec![stanza.into_element()])
+                .map_err(|mut v| v.pop().expect("one stanza"));
+        }
+        self.refused(self.queue.push_addressed(stanza))
             .map_err(|mut v| v.pop().expect("one stanza"))
     }
 

@@ -40,8 +40,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use waxwing_core::hooks::{
-    Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
-    RegisterError, Registrar, StanzaHook,
+    Cx, Event, EventHandler, FanoutCopy, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module,
+    Priority, RegisterError, Registrar, StanzaHook,
 };
 use waxwing_core::s2s::reputation::Offence;
 use waxwing_proto::jid::{BareJid, Jid};
@@ -418,6 +418,27 @@ fn not_acceptable() -> StanzaError {
 
 #[async_trait]
 impl StanzaHook for Blocking {
+    /// A room's message to an occupant: dropped when the occupant blocks
+    /// the room (or the occupant's JID in it), decided from the cached list
+    /// (the occupant's own stanzas, its join included, read it). The rest
+    /// (an uncached list, a sender that is a local account, whose list may
+    /// call for an error reply) takes [`Self::handle_stanza`].
+    fn decide_copy(&self, cx: &Cx, copy: &FanoutCopy<'_>) -> Option<Flow> {
+        let (from, to) = (copy.from, copy.to);
+        if from.bare() == to.bare() || to.local().is_none() {
+            return Some(Flow::Continue);
+        }
+        if cx.is_local_host(from.domain()) {
+            return None;
+        }
+        let list = self.cache().lists.get(to.bare())?.clone();
+        Some(if list.iter().any(|item| matches(item, from)) {
+            Flow::Handled
+        } else {
+            Flow::Continue
+        })
+    }
+
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
         // A client's stanza from an account that blocks nobody, the common
         // case: decided without parsing a JID (the list is cached). Without

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use waxwing_core::hooks::{
-    Cx, Event, EventHandler, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module, Priority,
-    RegisterError, Registrar, StanzaHook,
+    Cx, Event, EventHandler, FanoutCopy, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module,
+    Priority, RegisterError, Registrar, StanzaHook,
 };
 use waxwing_core::time::xep0082;
 use waxwing_proto::datetime;
@@ -323,6 +323,21 @@ impl Mam {
 impl StanzaHook for Mam {
     fn wants(&self, _hook: Hook, name: &str) -> bool {
         name == "message"
+    }
+
+    /// A room's message to an occupant is not the occupant's to archive
+    /// (`worth_archiving`: groupchat never is) and, unless it carries an id
+    /// claiming the occupant's archive, is left as it is.
+    fn decide_copy(&self, _cx: &Cx, copy: &FanoutCopy<'_>) -> Option<Flow> {
+        let owner = copy.to.bare();
+        if owner.local().is_none() {
+            return Some(Flow::Continue);
+        }
+        if worth_archiving(copy.stanza) || copy.stanza.children().any(|c| claims_archive(c, owner))
+        {
+            return None;
+        }
+        Some(Flow::Continue)
     }
 
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {

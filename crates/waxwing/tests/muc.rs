@@ -346,6 +346,34 @@ async fn each_occupant_gets_its_own_copy_through_its_policies() {
             "{m}"
         );
     }
+    // imp's list is in memory now (read for m1): the next copies are
+    // decided from it without an addressed copy each (`decide_copy`), and
+    // a blocked one is still withheld.
+    say(&mut hag, &coven, "m3", "Eye of newt and toe of frog").await;
+    say(&mut crone, &coven, "m4", "Wool of bat and tongue of dog").await;
+    for c in [&mut imp, &mut imp2] {
+        let m = expect_body(
+            c,
+            &format!("{coven}/crone"),
+            "Wool of bat and tongue of dog",
+        )
+        .await;
+        assert_eq!(m.attr("to"), Some(c.full()));
+    }
+    for c in [&mut crone, &mut hag] {
+        expect_body(c, &format!("{coven}/hag"), "Eye of newt and toe of frog").await;
+        let m = expect_body(
+            c,
+            &format!("{coven}/crone"),
+            "Wool of bat and tongue of dog",
+        )
+        .await;
+        assert_eq!(
+            m.attr("to"),
+            Some(c.full()),
+            "written from the shared bytes"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1887,4 +1915,92 @@ async fn a_stalled_occupant_does_not_stall_the_room() {
     }
     let expected: Vec<String> = (0..40).map(|i| format!("message {i}")).collect();
     assert_eq!(bodies, expected, "every message, in order");
+}
+
+/// A room message is queued for each occupant as the room's one shared
+/// stanza plus the occupant's address (`shared_stanza`), and still gets
+/// what any stanza gets: held back while the client is inactive (CSI),
+/// counted and kept until acknowledged, and replayed on resumption
+/// (stream management), addressed to the session each time.
+#[tokio::test]
+async fn shared_room_messages_are_held_counted_and_replayed() {
+    const SM: &str = "urn:xmpp:sm:3";
+    const CSI: &str = "urn:xmpp:csi:0";
+    let s = TestServer::start().await;
+    let mut crone = connect(&s, "crone").await;
+    let coven = room("coven");
+    create(&mut crone, &coven, "crone", &[]).await;
+    let mut imp = connect(&s, "imp").await;
+    imp.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    let enabled = imp.expect_with("<enabled/>", |e| e.is("enabled", SM)).await;
+    let id = enabled.attr("id").expect("an SM id").to_string();
+    let joined = join(&mut imp, &coven, "imp").await.len();
+    crone
+        .expect(&format!("<presence from='{coven}/imp'/>"))
+        .await;
+    imp.send(&format!("<inactive xmlns='{CSI}'/>")).await;
+    imp.sync().await;
+    // No body: not urgent, held while imp is inactive.
+    crone
+        .send(&format!(
+            "<message to='{coven}' type='groupchat' id='cs'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        ))
+        .await;
+    crone.sync().await;
+    say(&mut crone, &coven, "m1", "Double, double toil and trouble").await;
+    // The held chat state first, then the message that flushed it.
+    let state = imp
+        .expect_with("the held chat state", |e| e.name == "message")
+        .await;
+    assert_eq!(state.attr("id"), Some("cs"), "{state}");
+    assert_eq!(state.attr("to"), Some(imp.full()));
+    let m1 = expect_body(
+        &mut imp,
+        &format!("{coven}/crone"),
+        "Double, double toil and trouble",
+    )
+    .await;
+    assert_eq!(m1.attr("to"), Some(imp.full()));
+    let full = imp.full().to_string();
+    // Nothing acknowledged: the connection breaks, a message arrives while
+    // the session waits detached, and the client resumes.
+    imp.drop_abruptly();
+    say(&mut crone, &coven, "m2", "Fire burn and cauldron bubble").await;
+    expect_body(
+        &mut crone,
+        &format!("{coven}/crone"),
+        "Double, double toil and trouble",
+    )
+    .await;
+    expect_body(
+        &mut crone,
+        &format!("{coven}/crone"),
+        "Fire burn and cauldron bubble",
+    )
+    .await;
+    let mut again = Client::connect_plain(s.c2s).await;
+    again.open_stream().await;
+    again.starttls().await;
+    again.auth_scram_sha256("imp", &password("imp")).await;
+    again
+        .send(&format!("<resume xmlns='{SM}' previd='{id}' h='0'/>"))
+        .await;
+    again
+        .expect_with("<resumed/>", |e| e.is("resumed", SM))
+        .await;
+    // Everything since <enabled/> again: the join's stanzas, then the
+    // three room messages, each still addressed to the session.
+    let mut messages = Vec::new();
+    for _ in 0..joined {
+        again.next("the join, replayed").await;
+    }
+    while messages.len() < 3 {
+        let e = again.next("the room messages, replayed").await;
+        if e.name == "message" {
+            assert_eq!(e.attr("to"), Some(full.as_str()), "{e}");
+            messages.push(e.attr("id").unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(messages, ["cs", "m1", "m2"]);
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use waxwing_core::Config;
 use waxwing_core::hooks::{
-    Cx, Event, EventHandler, Flow, Hook, IqHandler, IqResult, IqTarget, Module, Priority,
-    RegisterError, Registrar, StanzaHook,
+    Cx, Event, EventHandler, FanoutCopy, Flow, Hook, IqHandler, IqResult, IqTarget, Module,
+    Priority, RegisterError, Registrar, StanzaHook,
 };
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
@@ -283,6 +283,13 @@ impl Module for PubSub {
 impl StanzaHook for PubSub {
     fn wants(&self, _hook: Hook, name: &str) -> bool {
         name != "iq"
+    }
+
+    /// Inbound, only error messages from remote entities concern it
+    /// (`remote_gone`).
+    fn decide_copy(&self, _cx: &Cx, copy: &FanoutCopy<'_>) -> Option<Flow> {
+        (copy.stanza.name == "message" && copy.stanza.attr("type") != Some("error"))
+            .then_some(Flow::Continue)
     }
 
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {

@@ -171,7 +171,11 @@ pub(super) async fn carry_on(mut conn: Conn, arrived: Arrived, h: u32, success: 
     // below is counted as unacknowledged first, so it is not lost either.
     let _ = conn.write(out).await;
     let _ = conn
-        .deliver(&mut session, state.pending_elements(), Vec::new())
+        .deliver(
+            &mut session,
+            super::session::trees(state.pending_elements()),
+            Vec::new(),
+        )
         .await;
     run_to_end(conn, session, outbox).await;
 }

@@ -21,6 +21,7 @@ use waxwing_proto::xml::{Element, Limits, StreamEvent};
 use super::bosh::BoshLink;
 use super::tcp::TcpLink;
 use super::websocket::WsLink;
+use crate::shared_stanza::Addressed;
 
 /// What our answering stream header says (RFC 6120 §4.7).
 pub(crate) struct StreamOpen<'a> {
@@ -180,6 +181,14 @@ pub(crate) trait ClientTransport {
     /// Appends one top-level element (stanza or nonza) in this framing.
     fn encode(&self, el: &Element, out: &mut Outgoing);
 
+    /// Appends a fan-out's shared stanza addressed to this session, as
+    /// [`encode`](Self::encode) would its tree. The default makes the tree;
+    /// a transport that writes `jabber:client` top-level elements as they
+    /// are copies the shared bytes instead (`shared_stanza`).
+    fn encode_addressed(&self, stanza: &Addressed, out: &mut Outgoing) {
+        self.encode(&stanza.to_element(), out);
+    }
+
     /// Appends our stream header answering the client's.
     fn encode_open(&self, open: &StreamOpen<'_>, out: &mut Outgoing);
 
@@ -289,6 +298,10 @@ impl ClientTransport for Link {
 
     fn encode(&self, el: &Element, out: &mut Outgoing) {
         each!(self, t => t.encode(el, out))
+    }
+
+    fn encode_addressed(&self, stanza: &Addressed, out: &mut Outgoing) {
+        each!(self, t => t.encode_addressed(stanza, out))
     }
 
     fn encode_open(&self, open: &StreamOpen<'_>, out: &mut Outgoing) {

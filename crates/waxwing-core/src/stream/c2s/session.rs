@@ -14,7 +14,7 @@ use waxwing_proto::xml::{Element, StreamEvent};
 
 use super::link::{ClientTransport, Outgoing};
 use super::{Conn, End, Outcome, Resumption, Session, Takeover, read_failed, stream_error};
-use crate::queue::{Outbox, Receipt};
+use crate::queue::{Out, Outbox, Receipt};
 use crate::random_id;
 use crate::session::{SessionFlag, SessionHandle};
 use crate::stream::csi;
@@ -28,6 +28,11 @@ const WRITE_BATCH: usize = 64;
 /// common case, releases once. Short, so that a wave of logins does not
 /// hold every parser at once (the allocator keeps that high-water mark).
 const FRAMER_RELEASE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Stanzas kept as trees, for the write path.
+pub(super) fn trees(stanzas: Vec<Element>) -> Vec<Out> {
+    stanzas.into_iter().map(Out::Tree).collect()
+}
 
 impl Conn {
     /// The session loop, across connection losses and resumptions, until
@@ -141,7 +146,7 @@ impl Conn {
                     None => std::future::pending().await,
                 }
             };
-            let mut batch = Vec::new();
+            let mut batch: Vec<Out> = Vec::new();
             tokio::select! {
                 biased;
                 _ = &mut closed => {
@@ -201,13 +206,13 @@ impl Conn {
     pub(super) async fn deliver(
         &mut self,
         session: &mut Session,
-        batch: Vec<Element>,
+        batch: Vec<Out>,
         receipts: Vec<(Range<usize>, Receipt)>,
     ) -> Result<(), End> {
         if !receipts.is_empty() {
             // Tracked stanzas are never held back: their receipt says the
             // client has them. What was held goes first, to keep the order.
-            let mut now = session.held.take();
+            let mut now = trees(session.held.take());
             let shift = now.len();
             now.extend(batch);
             let receipts = receipts
@@ -222,13 +227,15 @@ impl Conn {
             return self.write_stanzas(session, batch, Vec::new()).await;
         }
         let mut now = Vec::with_capacity(batch.len());
-        for el in batch {
+        for out in batch {
+            // Held stanzas wait as trees (CSI inspects and replaces them).
+            let el = out.into_element();
             if inactive && !csi::is_urgent(&el) {
-                now.extend(session.held.hold(el));
+                now.extend(session.held.hold(el).into_iter().map(Out::Tree));
             } else {
                 // Anything held goes first, so the client sees stanzas in order.
-                now.extend(session.held.take());
-                now.push(el);
+                now.extend(session.held.take().into_iter().map(Out::Tree));
+                now.push(Out::Tree(el));
             }
         }
         self.write_stanzas(session, now, Vec::new()).await
@@ -237,10 +244,12 @@ impl Conn {
     /// Writes `stanzas` in one write. A receipt (for the stanzas in its
     /// range) resolves once they are written, or under stream management
     /// once the client acknowledges them; an `<r/>` then goes with them.
+    /// A fan-out's shared stanza is written from its shared bytes; stream
+    /// management keeps a tree of it.
     pub(super) async fn write_stanzas(
         &mut self,
         session: &mut Session,
-        stanzas: Vec<Element>,
+        stanzas: Vec<Out>,
         receipts: Vec<(Range<usize>, Receipt)>,
     ) -> Result<(), End> {
         if stanzas.is_empty() {
@@ -253,10 +262,13 @@ impl Conn {
         let mut ask = false;
         let base = session.sm.as_ref().map_or(0, |sm| sm.sent_out);
         for el in stanzas {
-            self.server.metrics.stanza_out(&el.name, "c2s");
-            self.encode(&el, &mut out);
+            self.server.metrics.stanza_out(el.name(), "c2s");
+            match &el {
+                Out::Tree(tree) => self.encode(tree, &mut out),
+                Out::Addressed(a) => self.link.encode_addressed(a, &mut out),
+            }
             if let Some(sm) = session.sm.as_mut() {
-                ask |= sm.on_sent(el);
+                ask |= sm.on_sent(el.into_element());
             }
         }
         let mut receipts = receipts;
@@ -307,7 +319,7 @@ impl Conn {
                 "inactive" => session.handle.set_flag(SessionFlag::Inactive, true),
                 "active" => {
                     session.handle.set_flag(SessionFlag::Inactive, false);
-                    let held = session.held.take();
+                    let held = trees(session.held.take());
                     self.write_stanzas(session, held, Vec::new()).await?;
                 }
                 _ => {

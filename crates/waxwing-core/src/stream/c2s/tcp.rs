@@ -11,6 +11,7 @@ use waxwing_proto::stanza::StreamError;
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent};
 
 use super::link::{ClientTransport, Outgoing, StreamOpen};
+use crate::shared_stanza::Addressed;
 use crate::stream::transport::Transport;
 use crate::tls::TlsContext;
 
@@ -156,6 +157,10 @@ impl ClientTransport for TcpLink {
         } else {
             el.write_to(&mut out.text, ns::CLIENT);
         }
+    }
+
+    fn encode_addressed(&self, stanza: &Addressed, out: &mut Outgoing) {
+        stanza.write_client(&mut out.text);
     }
 
     fn encode_open(&self, open: &StreamOpen<'_>, out: &mut Outgoing) {
