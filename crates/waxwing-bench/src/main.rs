@@ -137,6 +137,12 @@ enum Command {
         common: Common,
         #[arg(long, default_value_t = 1000)]
         count: usize,
+        /// Returning logins (scenario `login-again`): every account logs in
+        /// once untimed, then the same N logins are measured, so each is the
+        /// account's second since the server started (whatever the server
+        /// keeps of recently seen accounts is warm).
+        #[arg(long)]
+        again: bool,
     },
     /// Hold N sessions; server RSS before/after (needs --server-pid).
     Idle {
@@ -278,7 +284,11 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Register { common, count } => (common, Job::Register(count)),
-        Command::Login { common, count } => (common, Job::Login(count)),
+        Command::Login {
+            common,
+            count,
+            again,
+        } => (common, Job::Login(count, again)),
         Command::Idle {
             common,
             count,
@@ -328,7 +338,7 @@ fn main() -> anyhow::Result<()> {
 
 enum Job {
     Register(usize),
-    Login(usize),
+    Login(usize, bool),
     Idle(scenarios::IdleParams),
     RosterSetup(usize, usize, f64),
     RosterLogin(usize, usize, f64),
@@ -389,7 +399,7 @@ async fn run(c: Common, job: Job) -> anyhow::Result<()> {
     let secs = Duration::from_secs_f64;
     let mut records = match job {
         Job::Register(n) => vec![scenarios::register(&cx, &c.prefix, n).await],
-        Job::Login(n) => vec![scenarios::login(&cx, &c.prefix, n).await],
+        Job::Login(n, again) => vec![scenarios::login(&cx, &c.prefix, n, again).await],
         Job::Idle(p) => vec![scenarios::idle(&cx, &c.prefix, p).await],
         Job::RosterSetup(n, k, t) => {
             vec![scenarios::roster_setup(&cx, &c.prefix, n, k, secs(t)).await]

@@ -5,6 +5,7 @@
 //! Handlers receive a [`Cx`], never a socket or session internals, so the
 //! same module works whatever the stanza arrived over.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use waxwing_proto::xml::Element;
 use waxwing_store::Stores;
 
 use crate::config::Config;
+use crate::fast_map::FastMap;
 use crate::router::Server;
 use crate::session::SessionHandle;
 
@@ -146,6 +148,18 @@ pub trait StanzaHook: Send + Sync {
     /// their boxed futures) of hooks that would only return `Continue`.
     fn wants(&self, _hook: Hook, _name: &str) -> bool {
         true
+    }
+
+    /// The hook's decision on `stanza` when it can be made without
+    /// waiting (what it needs is in memory, nothing to store), or `None`
+    /// to have [`StanzaHook::handle_stanza`] called. The router asks this
+    /// first for every stanza the hook [wants](StanzaHook::wants): most
+    /// stanzas concern most hooks only to be passed on, and answering
+    /// here spares each of them a boxed future per hook. It must decide
+    /// exactly as `handle_stanza` would, side effects included; a panic
+    /// here is answered like one in `handle_stanza`.
+    fn decide_now(&self, _cx: &Cx, _hook: Hook, _stanza: &Element) -> Option<Flow> {
+        None
     }
 
     /// An `Inbound` hook's decision on one copy of a fan-out (a room's
@@ -288,12 +302,14 @@ pub(crate) type HookEntry = (Priority, &'static str, Arc<dyn StanzaHook>);
 #[derive(Default)]
 pub struct Registry {
     pub(crate) iq: HashMap<IqKey, (&'static str, Arc<dyn IqHandler>)>,
-    pub(crate) hooks: HashMap<Hook, Vec<HookEntry>>,
+    /// This map and `services` are read for every routed stanza: hashed
+    /// with [`FastMap`]'s hasher (their keys come from the configuration).
+    pub(crate) hooks: FastMap<Hook, Vec<HookEntry>>,
     pub(crate) events: Vec<(&'static str, Arc<dyn EventHandler>)>,
     /// The subset of `events` that wants [`Event::MessageDelivered`].
     pub(crate) delivery_events: Vec<(&'static str, Arc<dyn EventHandler>)>,
     pub(crate) stream_features: Vec<(&'static str, Arc<dyn StreamFeature>)>,
-    pub(crate) services: HashMap<String, (&'static str, Arc<dyn DomainService>)>,
+    pub(crate) services: FastMap<String, (&'static str, Arc<dyn DomainService>)>,
     pub(crate) server_features: Vec<&'static str>,
     pub(crate) account_features: Vec<&'static str>,
     /// Routes of the HTTP listener (`http/mod.rs`).
@@ -471,11 +487,67 @@ pub fn load<M: Module>(m: M) -> Arc<dyn ModuleLoader> {
 pub struct Cx {
     pub(crate) server: Arc<Server>,
     origin: Option<Arc<SessionHandle>>,
+    /// The `to` the router parsed to route the stanza the hooks see
+    /// ([`Cx::to_of`]), so that hooks do not parse it again.
+    to: Option<Jid>,
+    /// On the `Inbound` hooks: the local session that sent the stanza,
+    /// when the router knows it ([`Cx::sender_of`]).
+    sender: Option<Arc<SessionHandle>>,
 }
 
 impl Cx {
     pub(crate) fn new(server: Arc<Server>, origin: Option<Arc<SessionHandle>>) -> Self {
-        Cx { server, origin }
+        Cx {
+            server,
+            origin,
+            to: None,
+            sender: None,
+        }
+    }
+
+    /// A context for hooks on a stanza the router routes to `to` (already
+    /// prepared), sent by the local session `sender` if it came from one.
+    pub(crate) fn routing(
+        server: Arc<Server>,
+        origin: Option<Arc<SessionHandle>>,
+        to: Jid,
+        sender: Option<Arc<SessionHandle>>,
+    ) -> Self {
+        Cx {
+            server,
+            origin,
+            to: Some(to),
+            sender,
+        }
+    }
+
+    /// Takes back the address [`Cx::routing`] was given, once the hooks are done.
+    pub(crate) fn take_to(&mut self) -> Option<Jid> {
+        self.to.take()
+    }
+
+    /// The stanza's `to`, prepared (`None` when absent or malformed). While
+    /// the attribute still reads as the address the router parsed to route
+    /// the stanza, that address is returned without parsing it again
+    /// (parsing the canonical text gives the same address back).
+    pub fn to_of(&self, stanza: &Element) -> Option<Cow<'_, Jid>> {
+        let text = stanza.attr("to")?;
+        match &self.to {
+            Some(to) if to.is_written_as(text) => Some(Cow::Borrowed(to)),
+            _ => Jid::parse(text).ok().map(Cow::Owned),
+        }
+    }
+
+    /// On the `Inbound` hooks, the local session that sent `stanza`: known
+    /// when one of our clients sent it and its `from` still names that
+    /// session, so a hook reads the sender's prepared address instead of
+    /// parsing `from`. `None` otherwise (parse `from`).
+    pub fn sender_of(&self, stanza: &Element) -> Option<&Arc<SessionHandle>> {
+        let s = self.sender.as_ref()?;
+        stanza
+            .attr("from")
+            .is_some_and(|f| s.jid.is_written_as(f))
+            .then_some(s)
     }
 
     /// The configuration as of the latest reload (see `Server::live`): read
@@ -567,6 +639,18 @@ impl Cx {
     /// The bound sessions of a local account.
     pub fn sessions_of(&self, user: &BareJid) -> Vec<Arc<SessionHandle>> {
         self.server.sessions.resources(user)
+    }
+
+    /// Whether any session of `user` has `flag` set, other than those
+    /// `skip` picks; see [`SessionRegistry::any_flagged`](crate::session::SessionRegistry::any_flagged)
+    /// (`skip` must take no lock).
+    pub fn any_session_flagged(
+        &self,
+        user: &BareJid,
+        flag: crate::session::SessionFlag,
+        skip: impl Fn(&SessionHandle) -> bool,
+    ) -> bool {
+        self.server.sessions.any_flagged(user, flag, skip)
     }
 
     /// Every local account with at least one bound session, in no order.

@@ -10,6 +10,7 @@ pub mod cluster;
 pub(crate) mod component;
 pub mod config;
 pub mod credentials;
+pub mod fast_map;
 pub mod hooks;
 pub mod http;
 pub mod invites;

@@ -173,12 +173,20 @@ impl Server {
                         .await;
                 }
             };
-            self.route_to(to, stanza, kind).await;
+            self.route_to(to, stanza, kind, None).await;
         })
     }
 
-    /// [`Server::route`] for a stanza whose `to` is already parsed as `to`.
-    async fn route_to(self: Arc<Self>, to: Jid, mut stanza: Element, kind: StanzaKind) {
+    /// [`Server::route`] for a stanza whose `to` is already parsed as `to`;
+    /// `sender`: the local session it came from, if it did (see
+    /// [`Cx::sender_of`]).
+    async fn route_to(
+        self: Arc<Self>,
+        to: Jid,
+        mut stanza: Element,
+        kind: StanzaKind,
+        sender: Option<Arc<SessionHandle>>,
+    ) {
         if let Some(c) = &self.cluster
             && let Some((node, id)) = cluster::untag_response(&stanza)
         {
@@ -219,7 +227,7 @@ impl Server {
             ))
             .await;
         }
-        self.route_unleased(to, stanza, kind).await;
+        self.route_unleased(to, stanza, kind, sender).await;
     }
 
     /// In a cluster, the lease whose holder handles a stanza to `to`: a
@@ -266,7 +274,7 @@ impl Server {
                 let Some(to) = s.attr("to").and_then(|t| Jid::parse(t).ok()) else {
                     continue;
                 };
-                self.clone().route_unleased(to, s, kind).await;
+                self.clone().route_unleased(to, s, kind, None).await;
             }
         })
     }
@@ -301,7 +309,13 @@ impl Server {
 
     /// Routing once any lease is settled: domain services, components,
     /// local delivery, federation.
-    async fn route_unleased(self: Arc<Self>, to: Jid, stanza: Element, kind: StanzaKind) {
+    async fn route_unleased(
+        self: Arc<Self>,
+        to: Jid,
+        stanza: Element,
+        kind: StanzaKind,
+        sender: Option<Arc<SessionHandle>>,
+    ) {
         if let Some((module, svc)) = self.registry.services.get(to.domain()) {
             let cx = Cx::new(self.clone(), None);
             let reply_to = isolate::envelope(&stanza);
@@ -318,7 +332,7 @@ impl Server {
                 self.bounce(&stanza, err).await;
             }
         } else if self.config.is_local_host(to.domain()) {
-            self.deliver_local(to, stanza, kind).await;
+            self.deliver_local(to, stanza, kind, sender).await;
         } else {
             // Never awaits the remote: the pair's s2s task owns the queue.
             self.s2s.send(&self, stanza);
@@ -473,7 +487,7 @@ impl Server {
                 };
                 let to = Jid::Full(copy.to.clone());
                 self.clone()
-                    .deliver_local(to, copy.into_element(), kind)
+                    .deliver_local(to, copy.into_element(), kind, None)
                     .await;
             }
         })
@@ -629,10 +643,15 @@ impl Server {
                 }
             }
             StanzaKind::Message | StanzaKind::Presence => {
-                let cx = Cx::new(self.clone(), Some(origin.clone()));
+                // The hooks read the parsed `to` from `cx` (`Cx::to_of`).
+                let mut cx = match to {
+                    Some(to) => Cx::routing(self.clone(), Some(origin.clone()), to, None),
+                    None => Cx::new(self.clone(), Some(origin.clone())),
+                };
                 if self.run_hooks(Hook::Outbound, &cx, stanza).await == Flow::Handled {
                     return;
                 }
+                let to = cx.take_to();
                 let Some(mut stanza) = slot.take() else {
                     return;
                 };
@@ -648,7 +667,7 @@ impl Server {
                     }
                     (_, None) => return,
                 };
-                self.route_to(to, stanza, kind).await;
+                self.route_to(to, stanza, kind, Some(origin.clone())).await;
             }
         }
     }
@@ -659,7 +678,12 @@ impl Server {
                 if !h.wants(hook, &stanza.name) {
                     continue;
                 }
-                match isolated(module, h.handle_stanza(cx, hook, stanza)).await {
+                let flow = match isolate::isolated_sync(module, || h.decide_now(cx, hook, stanza)) {
+                    Ok(Some(flow)) => Ok(flow),
+                    Ok(None) => isolated(module, h.handle_stanza(cx, hook, stanza)).await,
+                    Err(Panicked) => Err(Panicked),
+                };
+                match flow {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Handled) => {
                         tracing::trace!(module, ?hook, "stanza handled");
@@ -675,17 +699,24 @@ impl Server {
         Flow::Continue
     }
 
-    async fn deliver_local(self: Arc<Self>, to: Jid, mut stanza: Element, kind: StanzaKind) {
+    async fn deliver_local(
+        self: Arc<Self>,
+        to: Jid,
+        mut stanza: Element,
+        kind: StanzaKind,
+        sender: Option<Arc<SessionHandle>>,
+    ) {
         if to.local().is_none() {
             if kind == StanzaKind::Iq {
                 self.dispatch_iq(None, stanza).await;
             }
             return;
         }
-        let cx = Cx::new(self.clone(), None);
+        let mut cx = Cx::routing(self.clone(), None, to, sender);
         if self.run_hooks(Hook::Inbound, &cx, &mut stanza).await == Flow::Handled {
             return;
         }
+        let to = cx.take_to().expect("given to the context above");
         self.deliver_hooked(&cx, to, stanza, kind).await;
     }
 
@@ -709,7 +740,7 @@ impl Server {
         match (kind, full) {
             (StanzaKind::Message, Some(session)) => {
                 if let Err(stanza) = self
-                    .offer_message(vec![session], stanza, &mut Vec::new())
+                    .offer_message(std::slice::from_ref(&session), stanza, &mut Vec::new())
                     .await
                 {
                     self.deliver_message_to_account(cx, to, stanza).await;
@@ -756,15 +787,17 @@ impl Server {
     /// the last target gets the stanza itself rather than a copy.
     async fn offer_message(
         self: &Arc<Self>,
-        targets: Vec<Arc<SessionHandle>>,
+        targets: &[Arc<SessionHandle>],
         stanza: Element,
         refused: &mut Vec<u64>,
     ) -> Result<(), Element> {
-        let wanted = self.delivery_wanted(&stanza, &targets);
+        let wanted = self.delivery_wanted(&stanza, targets);
         let last = targets.len().saturating_sub(1);
-        let mut recipients = Vec::with_capacity(targets.len());
+        // Collected only for the event: without it, nothing to allocate.
+        let mut recipients = Vec::new();
+        let mut delivered = false;
         let mut kept = Some(stanza);
-        for (i, s) in targets.into_iter().enumerate() {
+        for (i, s) in targets.iter().enumerate() {
             let offered = match kept.take() {
                 Some(el) if i == last && !wanted => el,
                 Some(el) => {
@@ -775,7 +808,12 @@ impl Server {
                 None => break,
             };
             match s.offer(offered) {
-                Ok(()) => recipients.push(s),
+                Ok(()) => {
+                    delivered = true;
+                    if wanted {
+                        recipients.push(s.clone());
+                    }
+                }
                 Err(back) => {
                     self.metrics.queue_refusals.inc();
                     refused.push(s.id);
@@ -783,7 +821,7 @@ impl Server {
                 }
             }
         }
-        if recipients.is_empty() {
+        if !delivered {
             return Err(kept.expect("a refused offer gives the stanza back"));
         }
         if let Some(message) = kept.filter(|_| wanted) {
@@ -859,7 +897,7 @@ impl Server {
                     .filter(|s| s.priority() == top)
                     .collect()
             };
-            match self.offer_message(targets, stanza, &mut refused).await {
+            match self.offer_message(&targets, stanza, &mut refused).await {
                 Ok(()) => return,
                 Err(back) => stanza = back,
             }

@@ -1,7 +1,7 @@
 //! Bound sessions: the handle other tasks use to reach a client, and the
 //! registry of who is online.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
@@ -12,6 +12,7 @@ use waxwing_proto::stanza::{StreamCondition, StreamError};
 use waxwing_proto::xml::Element;
 
 use crate::cluster::{Link, Publisher, Replica};
+use crate::fast_map::FastMap;
 use crate::queue::{Outbox, Outq, Refused, outbound};
 use crate::shared_stanza::Addressed;
 
@@ -422,7 +423,8 @@ impl SessionHandle {
 /// local ones. `bind`, `all`, `accounts` and `count` are this node's only.
 #[derive(Default)]
 pub struct SessionRegistry {
-    by_user: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    /// Keyed with [`FastMap`]'s hasher: looked up several times per message.
+    by_user: RwLock<FastMap<BareJid, Vec<Arc<SessionHandle>>>>,
     /// Counts sessions closed for a full queue (shared with `Metrics`).
     overflows: prometheus_client::metrics::counter::Counter,
     cluster: Option<ClusterView>,
@@ -514,6 +516,36 @@ impl SessionRegistry {
             .get(user)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Whether any session of the account (on every node in cluster mode)
+    /// has `flag` set and is not one `skip` picks, without copying the
+    /// account's session list: the message path asks this for every
+    /// message (carbons), and the answer is nearly always no. `skip` runs
+    /// under the registry's read lock, so it may only read what needs no
+    /// lock (ids, JIDs, flags).
+    pub fn any_flagged(
+        &self,
+        user: &BareJid,
+        flag: SessionFlag,
+        skip: impl Fn(&SessionHandle) -> bool,
+    ) -> bool {
+        let wanted = |s: &SessionHandle| s.flag(flag) && !skip(s);
+        let local = self
+            .by_user
+            .read()
+            .expect("registry lock")
+            .get(user)
+            .is_some_and(|list| list.iter().any(|s| wanted(s)));
+        if local {
+            return true;
+        }
+        let Some(c) = &self.cluster else {
+            return false;
+        };
+        let mut remote = Vec::new();
+        c.replica.resources_into(user, &mut remote);
+        remote.iter().any(|s| wanted(s))
     }
 
     /// Sessions of the account on this node.

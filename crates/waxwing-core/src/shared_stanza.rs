@@ -178,7 +178,7 @@ mod tests {
         for to in [
             "juliet@example.com/balcony",
             "example.com/res'&<>\"",
-            "o'hara@example.com/r/with/slashes",
+            "ohara@example.com/r'&/with/slashes",
         ] {
             let a = Addressed {
                 stanza: shared.clone(),
@@ -192,11 +192,12 @@ mod tests {
             let mut expected = String::new();
             tree.write_to(&mut expected, ns::CLIENT);
             assert_eq!(bytes, expected, "to {to}");
-            // And it parses back to the same tree.
-            assert_eq!(
-                waxwing_proto::xml::parse_stanza(&bytes, ns::CLIENT).unwrap(),
-                tree
-            );
+            // And it parses back to the same tree (attribute order aside).
+            let mut back = waxwing_proto::xml::parse_stanza(&bytes, ns::CLIENT).unwrap();
+            let mut tree = tree;
+            back.attrs.sort();
+            tree.attrs.sort();
+            assert_eq!(back, tree);
         }
     }
 

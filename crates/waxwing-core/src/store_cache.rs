@@ -19,6 +19,13 @@
 //! which writes the contact's roster through the same trait) are seen by the
 //! next read.
 //!
+//! A login that finds no secrets here asks the store for its three reads at
+//! once ([`AccountStore::login_reads`]: one round trip on SQLite) and keeps
+//! the roster and the avatar hash ([`AVATAR_HASH_KEY`]) with the secrets, so
+//! the initial presence that follows reads memory too. Only logins do that:
+//! `exists` (asked for every stanza to a local account) reads the secrets
+//! alone.
+//!
 //! A read that raced a write must not put the old value back: each map has
 //! a generation, bumped by every invalidation; a read notes it before going
 //! to the store and only fills the cache if it has not moved.
@@ -42,8 +49,14 @@ use async_trait::async_trait;
 use hashlink::LruCache;
 use waxwing_proto::jid::BareJid;
 use waxwing_store::{
-    AccountStore, PrivateXmlStore, RosterItem, RosterStore, StoreError, StoredSecret, Stores,
+    AccountStore, LoginRead, PrivateXmlStore, RosterItem, RosterStore, StoreError, StoredSecret,
+    Stores,
 };
+
+/// The private-XML key of the account's avatar hash (XEP-0153/XEP-0398),
+/// which every available presence carries: read with the secrets on a
+/// login (`avatar.rs` in waxwing-modules stores it).
+pub const AVATAR_HASH_KEY: &str = "vcard-temp#photo-sha1";
 
 /// How many accounts (and private-XML fragments) and how long
 /// (`[storage] cache_accounts`, `cache_secs`).
@@ -174,6 +187,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         }
     }
 
+    /// The generation a read starting now hands to [`Cache::fill`].
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
     /// Forgets `key`; called after every write that touched it (failed
     /// writes too: a failure may still have committed).
     fn invalidate(&self, key: &K) {
@@ -224,11 +242,47 @@ struct CachedAccounts {
 }
 
 impl CachedAccounts {
-    async fn load(&self, user: &BareJid) -> Result<Option<Arc<Vec<StoredSecret>>>, StoreError> {
+    /// `login`: a login asks, so the roster and avatar hash are read along.
+    async fn load(
+        &self,
+        user: &BareJid,
+        login: bool,
+    ) -> Result<Option<Arc<Vec<StoredSecret>>>, StoreError> {
         self.caches.check_stamp();
         match self.caches.secrets.get(user) {
             Ok(s) => Ok(Some(s)),
             Err(generation) => {
+                if login {
+                    // Taken before the read, as `generation` was.
+                    let rosters = self.caches.rosters.generation();
+                    let fragments = self.caches.fragments.generation();
+                    match self.inner.login_reads(user, AVATAR_HASH_KEY).await? {
+                        LoginRead::NoAccount => return Ok(None),
+                        LoginRead::Account {
+                            secrets,
+                            roster,
+                            fragment,
+                        } => {
+                            let c = &self.caches;
+                            let secrets = Arc::new(secrets);
+                            c.secrets.fill(user.clone(), generation, secrets.clone());
+                            c.rosters.fill(user.clone(), rosters, Arc::new(roster));
+                            if fragment
+                                .as_ref()
+                                .is_none_or(|v| v.len() <= MAX_CACHED_FRAGMENT)
+                            {
+                                let key = (user.clone(), AVATAR_HASH_KEY.to_string());
+                                c.fragments.fill(
+                                    key,
+                                    fragments,
+                                    fragment.as_deref().map(Arc::from),
+                                );
+                            }
+                            return Ok(Some(secrets));
+                        }
+                        LoginRead::NotBatched => {}
+                    }
+                }
                 let Some(s) = self.inner.secrets(user).await? else {
                     return Ok(None);
                 };
@@ -250,7 +304,7 @@ impl AccountStore for CachedAccounts {
         r
     }
     async fn secrets(&self, user: &BareJid) -> Result<Option<Vec<StoredSecret>>, StoreError> {
-        Ok(self.load(user).await?.map(|s| s.as_ref().clone()))
+        Ok(self.load(user, true).await?.map(|s| s.as_ref().clone()))
     }
     async fn set_secrets(
         &self,
@@ -268,13 +322,17 @@ impl AccountStore for CachedAccounts {
         r
     }
     async fn exists(&self, user: &BareJid) -> Result<bool, StoreError> {
-        Ok(self.load(user).await?.is_some())
+        Ok(self.load(user, false).await?.is_some())
     }
     async fn list(&self, domain: Option<&str>) -> Result<Vec<BareJid>, StoreError> {
         self.inner.list(domain).await
     }
     async fn count(&self, domain: Option<&str>) -> Result<u64, StoreError> {
         self.inner.count(domain).await
+    }
+    async fn login_reads(&self, user: &BareJid, fragment: &str) -> Result<LoginRead, StoreError> {
+        // Nothing above the cache batches; `secrets` does it for logins.
+        self.inner.login_reads(user, fragment).await
     }
 }
 
@@ -612,6 +670,131 @@ mod tests {
         );
         cached.private_xml.remove_user(&alice).await.unwrap();
         assert_eq!(cached.private_xml.get(&alice, "hash").await.unwrap(), None);
+    }
+
+    /// The cache over a real SQLite file (whose `login_reads` batches),
+    /// and the stores behind it.
+    async fn sqlite_stores(dir: &tempfile::TempDir) -> (Stores, Stores) {
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let inner = waxwing_store::open(&url).await.unwrap();
+        (wrap(inner.clone(), LIMITS, dir.path()), inner)
+    }
+
+    #[tokio::test]
+    async fn a_login_keeps_the_roster_and_avatar_hash_read_with_its_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cached, behind) = sqlite_stores(&dir).await;
+        let (alice, bob) = (jid("alice@example.org"), jid("bob@example.org"));
+        behind.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        behind
+            .roster
+            .put(&alice, &RosterItem::new(bob.clone()))
+            .await
+            .unwrap();
+        behind
+            .private_xml
+            .set(&alice, AVATAR_HASH_KEY, "abc")
+            .await
+            .unwrap();
+        // The login's read: secrets, and the other two along.
+        assert_eq!(
+            cached.accounts.secrets(&alice).await.unwrap(),
+            Some(vec![secret(1)])
+        );
+        // Changed behind the cache's back: the copies read with the secrets
+        // are what the initial presence sees, no second read.
+        behind
+            .roster
+            .put(&alice, &RosterItem::new(jid("carol@example.org")))
+            .await
+            .unwrap();
+        behind
+            .private_xml
+            .set(&alice, AVATAR_HASH_KEY, "def")
+            .await
+            .unwrap();
+        assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 1);
+        assert_eq!(
+            cached
+                .private_xml
+                .get(&alice, AVATAR_HASH_KEY)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("abc")
+        );
+        // Writes through the server still drop the copies.
+        cached
+            .roster
+            .put(&alice, &RosterItem::new(jid("dave@example.org")))
+            .await
+            .unwrap();
+        assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 3);
+        // No account: nothing kept, and one created beside the server is
+        // found at once.
+        let eve = jid("eve@example.org");
+        assert_eq!(cached.accounts.secrets(&eve).await.unwrap(), None);
+        behind.accounts.create(&eve, &[secret(2)]).await.unwrap();
+        assert_eq!(
+            cached.accounts.secrets(&eve).await.unwrap(),
+            Some(vec![secret(2)])
+        );
+    }
+
+    #[tokio::test]
+    async fn exists_reads_the_secrets_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cached, behind) = sqlite_stores(&dir).await;
+        let alice = jid("alice@example.org");
+        behind.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        assert!(cached.accounts.exists(&alice).await.unwrap());
+        // The roster was not read along: a row written behind the cache's
+        // back is seen by the first roster read.
+        behind
+            .roster
+            .put(&alice, &RosterItem::new(jid("bob@example.org")))
+            .await
+            .unwrap();
+        assert_eq!(cached.roster.items(&alice).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_racing_the_login_read_is_not_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, behind) = sqlite_stores(&dir).await;
+        let alice = jid("alice@example.org");
+        behind.accounts.create(&alice, &[secret(1)]).await.unwrap();
+        // What `load` does, with a roster write landing between the
+        // generation taken and the fill.
+        let accounts = CachedAccounts {
+            inner: behind.accounts.clone(),
+            caches: Arc::new(Caches {
+                secrets: Cache::new(LIMITS),
+                rosters: Cache::new(LIMITS),
+                fragments: Cache::new(LIMITS),
+                stamp: Stamp {
+                    path: dir.path().join("accounts.changed"),
+                    seen: Mutex::new(None),
+                },
+            }),
+        };
+        let before = accounts.caches.rosters.generation();
+        accounts.caches.rosters.invalidate(&alice);
+        accounts
+            .caches
+            .rosters
+            .fill(alice.clone(), before, Arc::new(vec![]));
+        assert!(accounts.caches.rosters.get(&alice).is_err());
+        // And the real path fills all three when nothing raced.
+        accounts.secrets(&alice).await.unwrap();
+        assert!(accounts.caches.rosters.get(&alice).is_ok());
+        assert!(
+            accounts
+                .caches
+                .fragments
+                .get(&(alice.clone(), AVATAR_HASH_KEY.to_string()))
+                .is_ok()
+        );
     }
 
     #[test]

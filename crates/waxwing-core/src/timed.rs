@@ -8,8 +8,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use waxwing_proto::jid::BareJid;
 use waxwing_store::{
-    AccountStore, OfflineMessage, OfflineStore, RosterItem, RosterStore, StoreError, StoredSecret,
-    Stores,
+    AccountStore, LoginRead, OfflineMessage, OfflineStore, RosterItem, RosterStore, StoreError,
+    StoredSecret, Stores,
 };
 
 use crate::metrics::{Histograms, StorageLabels};
@@ -86,6 +86,9 @@ impl AccountStore for Timed<dyn AccountStore> {
     }
     async fn count(&self, domain: Option<&str>) -> Result<u64, StoreError> {
         timed!(self, "count", self.inner.count(domain))
+    }
+    async fn login_reads(&self, user: &BareJid, fragment: &str) -> Result<LoginRead, StoreError> {
+        timed!(self, "login_reads", self.inner.login_reads(user, fragment))
     }
 }
 

@@ -39,8 +39,9 @@ pub const NS_CONVERSION: &str = "urn:xmpp:pep-vcard-conversion:0";
 /// The vCard's key in the per-account XML store.
 pub const VCARD_KEY: &str = "vcard-temp";
 /// The photo hash's key; like [`VCARD_KEY`], no `{ns}name` key of private
-/// storage (XEP-0049) can collide with it.
-const HASH_KEY: &str = "vcard-temp#photo-sha1";
+/// storage (XEP-0049) can collide with it. The account cache reads it with
+/// a login's secrets.
+const HASH_KEY: &str = waxwing_core::store_cache::AVATAR_HASH_KEY;
 
 fn sha1_hex(data: &[u8]) -> String {
     Sha1::digest(data)

@@ -35,16 +35,17 @@
 //! instead cost two PostgreSQL round trips per message: 50 times the CPU
 //! of the message itself.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use waxwing_core::fast_map::FastMap;
 use waxwing_core::hooks::{
     Cx, Event, EventHandler, FanoutCopy, Flow, Hook, Iq, IqHandler, IqResult, IqTarget, Module,
     Priority, RegisterError, Registrar, StanzaHook,
 };
 use waxwing_core::s2s::reputation::Offence;
-use waxwing_proto::jid::{BareJid, Jid};
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError, error_reply};
 use waxwing_proto::xml::Element;
@@ -74,7 +75,8 @@ pub struct Blocking {
 
 #[derive(Default)]
 struct Cache {
-    lists: HashMap<BareJid, Arc<Vec<Jid>>>,
+    /// Looked up for every message, up to three times: see `FastMap`.
+    lists: FastMap<BareJid, Arc<Vec<Jid>>>,
     generation: u64,
 }
 
@@ -122,18 +124,6 @@ impl Blocking {
     async fn invalidate_everywhere(&self, cx: &Cx, owner: &BareJid) {
         self.invalidate(owner);
         cx.announce_change(TOPIC, &owner.to_string()).await;
-    }
-
-    /// Whether `owner` blocks `who`. A store failure blocks nothing: losing
-    /// a stanza to a database hiccup would be worse than letting one through.
-    async fn blocks(&self, cx: &Cx, owner: &BareJid, who: &Jid) -> bool {
-        match self.list(cx, owner).await {
-            Ok(list) => list.iter().any(|item| matches(item, who)),
-            Err(e) => {
-                tracing::error!(error = %e, %owner, "reading the blocklist failed");
-                false
-            }
-        }
     }
 }
 
@@ -416,6 +406,144 @@ fn not_acceptable() -> StanzaError {
     StanzaError::cancel(Condition::NotAcceptable)
 }
 
+/// A stanza's sender as the blocking rules read it: the local session
+/// that sent it (its address already prepared), or `from` parsed.
+enum Sender<'a> {
+    Session(&'a FullJid),
+    Parsed(Jid),
+}
+
+impl Sender<'_> {
+    fn bare(&self) -> &BareJid {
+        match self {
+            Sender::Session(f) => f.bare(),
+            Sender::Parsed(j) => j.bare(),
+        }
+    }
+
+    /// As a [`Jid`] for [`matches`]; a copy only for a session's address,
+    /// and only made when a non-empty blocklist is checked.
+    fn jid(&self) -> std::borrow::Cow<'_, Jid> {
+        match self {
+            Sender::Session(f) => std::borrow::Cow::Owned(Jid::Full((*f).clone())),
+            Sender::Parsed(j) => std::borrow::Cow::Borrowed(j),
+        }
+    }
+}
+
+impl Blocking {
+    /// The list cached for `owner`, if any.
+    fn cached(&self, owner: &BareJid) -> Option<Arc<Vec<Jid>>> {
+        self.cache().lists.get(owner).cloned()
+    }
+
+    /// [`Self::list`], a store failure read as an empty list: losing a
+    /// stanza to a database hiccup would be worse than letting one through.
+    async fn list_or_empty(&self, cx: &Cx, owner: &BareJid) -> Arc<Vec<Jid>> {
+        self.list(cx, owner).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, %owner, "reading the blocklist failed");
+            Arc::default()
+        })
+    }
+
+    /// The decision on `stanza` (see the module docs), with `list` giving
+    /// the blocklists it needs: `Err(owner)` when `owner`'s is needed and
+    /// `list` does not have it. Nothing is sent before every list needed
+    /// was found, so a caller may ask again once it has read that one.
+    ///
+    /// Addresses come from the router where it has them (`Cx::to_of`,
+    /// `Cx::sender_of`) and are parsed only otherwise; a sender's address
+    /// is copied only to check a non-empty list.
+    fn decide(
+        &self,
+        cx: &Cx,
+        hook: Hook,
+        stanza: &Element,
+        list: &mut dyn FnMut(&BareJid) -> Option<Arc<Vec<Jid>>>,
+    ) -> Result<Flow, BareJid> {
+        let mut need = |owner: &BareJid| list(owner).ok_or_else(|| owner.clone());
+        // Without `to` (a presence broadcast) there is nothing to decide.
+        if stanza.attr("to").is_none() {
+            return Ok(Flow::Continue);
+        }
+        match hook {
+            Hook::Outbound => {
+                // Client-sent message or presence to a JID it blocks. An
+                // account that blocks nobody, the common case, is decided
+                // without looking at an address.
+                let Some(origin) = cx.origin() else {
+                    return Ok(Flow::Continue);
+                };
+                let mine = need(origin.jid.bare())?;
+                if mine.is_empty() {
+                    return Ok(Flow::Continue);
+                }
+                let Some(to) = cx.to_of(stanza) else {
+                    return Ok(Flow::Continue);
+                };
+                let Some(from) = stanza.attr("from").and_then(|f| Jid::parse(f).ok()) else {
+                    return Ok(Flow::Continue);
+                };
+                // An account never blocks its own resources (§5 note).
+                if from.bare() == to.bare() || !mine.iter().any(|item| matches(item, &to)) {
+                    return Ok(Flow::Continue);
+                }
+                reply_to_sender(cx, stanza, not_acceptable(), true);
+                Ok(Flow::Handled)
+            }
+            Hook::Inbound => {
+                let Some(to) = cx.to_of(stanza) else {
+                    return Ok(Flow::Continue);
+                };
+                let from = match cx.sender_of(stanza) {
+                    Some(s) => Sender::Session(&s.jid),
+                    None => match stanza.attr("from").and_then(|f| Jid::parse(f).ok()) {
+                        Some(f) => Sender::Parsed(f),
+                        None => return Ok(Flow::Continue),
+                    },
+                };
+                if from.bare() == to.bare() {
+                    return Ok(Flow::Continue);
+                }
+                // The server itself (IQ results, announcements) is never
+                // blocked: a user blocking their own domain would cut
+                // themselves off.
+                let from_host = cx.is_local_host(from.bare().domain());
+                let from_server = from.bare().local().is_none() && from_host;
+                if to.local().is_some() && !from_server {
+                    let theirs = need(to.bare())?;
+                    if !theirs.is_empty() && theirs.iter().any(|item| matches(item, &from.jid())) {
+                        if stanza.name == "iq" && matches!(stanza.attr("type"), Some("get" | "set"))
+                        {
+                            reply_to_sender(
+                                cx,
+                                stanza,
+                                StanzaError::cancel(Condition::ServiceUnavailable),
+                                false,
+                            );
+                        }
+                        return Ok(Flow::Handled);
+                    }
+                }
+                let from_local = from.bare().local().is_some() && from_host;
+                if from_local {
+                    let mine = need(from.bare())?;
+                    if mine.iter().any(|item| matches(item, &to)) {
+                        // Server-made presence for the user is dropped
+                        // silently; a request the user's client sent is refused.
+                        if stanza.name != "presence" {
+                            reply_to_sender(cx, stanza, not_acceptable(), true);
+                        }
+                        return Ok(Flow::Handled);
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+            Hook::Undeliverable => Ok(Flow::Continue),
+        }
+    }
+}
+
 #[async_trait]
 impl StanzaHook for Blocking {
     /// A room's message to an occupant: dropped when the occupant blocks
@@ -439,72 +567,30 @@ impl StanzaHook for Blocking {
         })
     }
 
+    /// Decided here whenever the lists involved are cached (nearly always).
+    fn decide_now(&self, cx: &Cx, hook: Hook, stanza: &Element) -> Option<Flow> {
+        self.decide(cx, hook, stanza, &mut |owner| self.cached(owner))
+            .ok()
+    }
+
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
-        // A client's stanza from an account that blocks nobody, the common
-        // case: decided without parsing a JID (the list is cached). Without
-        // `to` (a presence broadcast) there is nothing to decide.
-        if stanza.attr("to").is_none() {
-            return Flow::Continue;
-        }
-        if hook == Hook::Outbound
-            && let Some(origin) = cx.origin()
-            && self
-                .list(cx, origin.jid.bare())
-                .await
-                .is_ok_and(|list| list.is_empty())
-        {
-            return Flow::Continue;
-        }
-        let Some(to) = stanza.attr("to").and_then(|t| Jid::parse(t).ok()) else {
-            return Flow::Continue;
-        };
-        let Some(from) = stanza.attr("from").and_then(|f| Jid::parse(f).ok()) else {
-            return Flow::Continue;
-        };
-        // An account never blocks its own resources (§5 note).
-        if from.bare() == to.bare() {
-            return Flow::Continue;
-        }
-        match hook {
-            Hook::Outbound => {
-                // Client-sent message or presence to a JID it blocks.
-                let Some(origin) = cx.origin() else {
-                    return Flow::Continue;
-                };
-                if !self.blocks(cx, origin.jid.bare(), &to).await {
-                    return Flow::Continue;
+        // The lists not cached are read (at most the sender's and the
+        // recipient's), then decided as `decide_now` would.
+        let mut read: Vec<(BareJid, Arc<Vec<Jid>>)> = Vec::new();
+        loop {
+            let decided = self.decide(cx, hook, stanza, &mut |owner| {
+                read.iter()
+                    .find(|(o, _)| o == owner)
+                    .map(|(_, l)| l.clone())
+                    .or_else(|| self.cached(owner))
+            });
+            match decided {
+                Ok(flow) => return flow,
+                Err(owner) => {
+                    let list = self.list_or_empty(cx, &owner).await;
+                    read.push((owner, list));
                 }
-                reply_to_sender(cx, stanza, not_acceptable(), true);
-                Flow::Handled
             }
-            Hook::Inbound => {
-                // The server itself (IQ results, announcements) is never
-                // blocked: a user blocking their own domain would cut
-                // themselves off.
-                let from_server = from.local().is_none() && cx.is_local_host(from.domain());
-                if to.local().is_some() && !from_server && self.blocks(cx, to.bare(), &from).await {
-                    if stanza.name == "iq" && matches!(stanza.attr("type"), Some("get" | "set")) {
-                        reply_to_sender(
-                            cx,
-                            stanza,
-                            StanzaError::cancel(Condition::ServiceUnavailable),
-                            false,
-                        );
-                    }
-                    return Flow::Handled;
-                }
-                let from_local = from.local().is_some() && cx.is_local_host(from.domain());
-                if from_local && self.blocks(cx, from.bare(), &to).await {
-                    // Server-made presence for the user is dropped silently;
-                    // a request the user's client sent is refused.
-                    if stanza.name != "presence" {
-                        reply_to_sender(cx, stanza, not_acceptable(), true);
-                    }
-                    return Flow::Handled;
-                }
-                Flow::Continue
-            }
-            Hook::Undeliverable => Flow::Continue,
         }
     }
 }

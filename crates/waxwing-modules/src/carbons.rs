@@ -143,41 +143,61 @@ impl StanzaHook for Carbons {
         hook == Hook::Outbound && name == "message"
     }
 
+    /// Everything here is synchronous: the `<sent/>` copies are queued
+    /// without waiting, so `handle_stanza` is never needed.
+    fn decide_now(&self, cx: &Cx, hook: Hook, msg: &Element) -> Option<Flow> {
+        if hook == Hook::Outbound {
+            copy_sent(cx, msg);
+        }
+        Some(Flow::Continue)
+    }
+
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, msg: &mut Element) -> Flow {
-        if hook != Hook::Outbound || !eligible(msg, false) {
-            return Flow::Continue;
-        }
-        let Some(origin) = cx.origin() else {
-            return Flow::Continue;
-        };
-        let user = origin.jid.bare();
-        // §7: not to the sender. Most accounts have no other session with
-        // carbons on: nothing to copy, nothing to parse.
-        let siblings: Vec<_> = cx
-            .sessions_of(user)
-            .into_iter()
-            .filter(|s| s.id != origin.id && s.flag(SessionFlag::Carbons))
-            .collect();
-        if siblings.is_empty() {
-            return Flow::Continue;
-        }
-        // The message as it will be routed: `from` is stamped; a missing
-        // `to` means the sender's own bare JID (RFC 6120 §10.3.1).
-        let mut original = msg.clone();
-        if original.attr("to").is_none() {
-            original.set_attr("to", user.to_string());
-        }
-        let direct = original
-            .attr("to")
-            .and_then(|t| Jid::parse(t).ok())
-            .and_then(|t| t.as_full().cloned());
-        for s in siblings {
-            // A resource the message is addressed to gets the original, not a copy.
-            if direct.as_ref() != Some(&s.jid) {
-                s.send(wrap("sent", user, &s.jid, &original));
-            }
+        if hook == Hook::Outbound {
+            copy_sent(cx, msg);
         }
         Flow::Continue
+    }
+}
+
+/// §7: `<sent/>` copies of a message a client sends, to the sender's other
+/// sessions that have carbons on.
+fn copy_sent(cx: &Cx, msg: &Element) {
+    if !eligible(msg, false) {
+        return;
+    }
+    let Some(origin) = cx.origin() else {
+        return;
+    };
+    let user = origin.jid.bare();
+    // §7: not to the sender. Most accounts have no other session with
+    // carbons on: nothing to copy, nothing to parse, no list copied.
+    if !cx.any_session_flagged(user, SessionFlag::Carbons, |s| s.id == origin.id) {
+        return;
+    }
+    let siblings: Vec<_> = cx
+        .sessions_of(user)
+        .into_iter()
+        .filter(|s| s.id != origin.id && s.flag(SessionFlag::Carbons))
+        .collect();
+    if siblings.is_empty() {
+        return;
+    }
+    // The message as it will be routed: `from` is stamped; a missing
+    // `to` means the sender's own bare JID (RFC 6120 §10.3.1).
+    let mut original = msg.clone();
+    if original.attr("to").is_none() {
+        original.set_attr("to", user.to_string());
+    }
+    let direct = original
+        .attr("to")
+        .and_then(|t| Jid::parse(t).ok())
+        .and_then(|t| t.as_full().cloned());
+    for s in siblings {
+        // A resource the message is addressed to gets the original, not a copy.
+        if direct.as_ref() != Some(&s.jid) {
+            s.send(wrap("sent", user, &s.jid, &original));
+        }
     }
 }
 
@@ -198,12 +218,15 @@ impl EventHandler for Carbons {
         let Some(user) = recipients.first().map(|r| r.jid.bare()) else {
             return false;
         };
+        // First without copying the session list or taking a presence
+        // lock: most accounts have no other session with carbons on.
+        let not_recipient = |s: &SessionHandle| !recipients.iter().any(|r| r.jid == s.jid);
         eligible(message, true)
-            && cx.sessions_of(user).iter().any(|s| {
-                s.flag(SessionFlag::Carbons)
-                    && s.is_available()
-                    && !recipients.iter().any(|r| r.jid == s.jid)
-            })
+            && cx.any_session_flagged(user, SessionFlag::Carbons, |s| !not_recipient(s))
+            && cx
+                .sessions_of(user)
+                .iter()
+                .any(|s| s.flag(SessionFlag::Carbons) && s.is_available() && not_recipient(s))
     }
 
     async fn on_event(&self, cx: &Cx, event: &Event) {

@@ -255,16 +255,28 @@ fn uts46_domain(domain: &str) -> Result<String, JidError> {
 /// printable characters without space (U+0021..U+007E); case mapping is
 /// ASCII lowercasing; width mapping and NFC change nothing.
 fn ascii_local(local: &str) -> Option<Result<String, JidError>> {
-    if !local.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return None;
+    // One pass: nearly every localpart is short, lowercase and plain.
+    let mut upper = false;
+    let mut forbidden = false;
+    for &b in local.as_bytes() {
+        if !(0x21..=0x7e).contains(&b) {
+            return None;
+        }
+        upper |= b.is_ascii_uppercase();
+        // FORBIDDEN_LOCAL_CHARS, as bytes.
+        forbidden |= matches!(b, b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@');
     }
     if local.len() > MAX_PART_BYTES {
         return Some(Err(JidError::TooLong(JidPart::Local)));
     }
-    if local.contains(FORBIDDEN_LOCAL_CHARS) {
+    if forbidden {
         return Some(Err(JidError::InvalidLocal));
     }
-    Some(Ok(local.to_ascii_lowercase()))
+    Some(Ok(if upper {
+        local.to_ascii_lowercase()
+    } else {
+        local.to_owned()
+    }))
 }
 
 /// OpaqueString on ASCII: the FreeformClass allows U+0020..U+007E, and the
@@ -282,17 +294,36 @@ fn ascii_resource(resource: &str) -> Option<Result<String, JidError>> {
 /// UTS 46 with STD3 rules on an LDH name with no `xn--` label: lowercasing.
 /// (IP literals are handled before this is called.)
 fn ascii_domain(domain: &str) -> Option<Result<String, JidError>> {
-    let ldh = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
-    let plain_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= MAX_LABEL_BYTES
-            && l.bytes().all(ldh)
-            && !l.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--"))
-    };
-    if domain.len() > MAX_PART_BYTES || !domain.split('.').all(plain_label) {
+    if domain.len() > MAX_PART_BYTES {
         return None;
     }
-    Some(Ok(domain.to_ascii_lowercase()))
+    // One pass over the bytes, label by label.
+    let bytes = domain.as_bytes();
+    let mut upper = false;
+    let mut start = 0;
+    for i in 0..=bytes.len() {
+        match bytes.get(i) {
+            None | Some(b'.') => {
+                let label = &bytes[start..i];
+                if label.is_empty()
+                    || label.len() > MAX_LABEL_BYTES
+                    || label
+                        .get(..4)
+                        .is_some_and(|p| p.eq_ignore_ascii_case(b"xn--"))
+                {
+                    return None;
+                }
+                start = i + 1;
+            }
+            Some(&b) if b.is_ascii_alphanumeric() || b == b'-' => upper |= b.is_ascii_uppercase(),
+            Some(_) => return None,
+        }
+    }
+    Some(Ok(if upper {
+        domain.to_ascii_lowercase()
+    } else {
+        domain.to_owned()
+    }))
 }
 
 impl BareJid {
@@ -381,26 +412,39 @@ impl FullJid {
     }
 }
 
+/// Whether `s` is exactly the canonical text of the address made of these
+/// prepared parts, without allocating.
+fn written_as(s: &str, local: Option<&str>, domain: &str, resource: Option<&str>) -> bool {
+    let mut rest = s;
+    if let Some(local) = local {
+        match rest.strip_prefix(local).and_then(|r| r.strip_prefix('@')) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    match rest.strip_prefix(domain) {
+        Some(r) => rest = r,
+        None => return false,
+    }
+    match resource {
+        Some(res) => rest.strip_prefix('/') == Some(res),
+        None => rest.is_empty(),
+    }
+}
+
+impl FullJid {
+    /// [`Jid::is_written_as`] for a full address.
+    pub fn is_written_as(&self, s: &str) -> bool {
+        written_as(s, self.local(), self.domain(), Some(self.resource()))
+    }
+}
+
 impl Jid {
     /// Whether `s` is exactly this address's canonical text, without
     /// allocating: lets a caller that parsed an attribute check cheaply
     /// whether it has changed since.
     pub fn is_written_as(&self, s: &str) -> bool {
-        let mut rest = s;
-        if let Some(local) = self.local() {
-            match rest.strip_prefix(local).and_then(|r| r.strip_prefix('@')) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        }
-        match rest.strip_prefix(self.domain()) {
-            Some(r) => rest = r,
-            None => return false,
-        }
-        match self.resource() {
-            Some(res) => rest.strip_prefix('/') == Some(res),
-            None => rest.is_empty(),
-        }
+        written_as(s, self.local(), self.domain(), self.resource())
     }
 
     /// Parses any address.
@@ -563,6 +607,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_full_jid_is_written_as_its_canonical_text_only() {
+        let Jid::Full(f) = jid("Juliet@Example.com/Balcony") else {
+            panic!("a full JID");
+        };
+        assert!(f.is_written_as("juliet@example.com/Balcony"));
+        assert!(!f.is_written_as("Juliet@Example.com/Balcony"));
+        assert!(!f.is_written_as("juliet@example.com"));
+        assert!(!f.is_written_as("juliet@example.com/Balcony2"));
+        let Jid::Full(d) = jid("example.com/r") else {
+            panic!("a full JID");
+        };
+        assert!(d.is_written_as("example.com/r"));
+        assert!(!d.is_written_as("x@example.com/r"));
+    }
+
+    #[test]
+    fn the_ascii_localpart_refuses_exactly_the_forbidden_characters() {
+        for b in 0x21u8..=0x7e {
+            let s = format!("a{}B", b as char);
+            let refused = ascii_local(&s).expect("printable ASCII").is_err();
+            assert_eq!(
+                refused,
+                FORBIDDEN_LOCAL_CHARS.contains(&(b as char)),
+                "{s:?}"
+            );
+        }
+        assert_eq!(ascii_local("AbC").unwrap().unwrap(), "abc");
+        assert_eq!(ascii_domain("Ex-1.ORG").unwrap().unwrap(), "ex-1.org");
+        assert!(ascii_domain("a..b").is_none());
+        assert!(ascii_domain("XN--nxasmq6b.example").is_none());
     }
 
     #[test]

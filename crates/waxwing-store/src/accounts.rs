@@ -39,6 +39,24 @@ impl fmt::Debug for StoredSecret {
     }
 }
 
+/// The answer of [`AccountStore::login_reads`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginRead {
+    /// This backend reads the parts one by one.
+    NotBatched,
+    /// There is no such account.
+    NoAccount,
+    /// The account's secrets, roster and fragment.
+    Account {
+        /// As [`AccountStore::secrets`] returns them.
+        secrets: Vec<StoredSecret>,
+        /// As [`RosterStore::items`](crate::RosterStore::items) returns them.
+        roster: Vec<crate::RosterItem>,
+        /// The fragment asked for; `None`: nothing stored under that key.
+        fragment: Option<String>,
+    },
+}
+
 /// Local accounts, keyed by bare JID.
 ///
 /// Every method is durable before it returns.
@@ -71,6 +89,18 @@ pub trait AccountStore: Send + Sync {
 
     /// Whether the account exists.
     async fn exists(&self, user: &BareJid) -> Result<bool, StoreError>;
+
+    /// What a login reads, in one round trip where the backend can: the
+    /// secrets (as [`AccountStore::secrets`]), the roster (as
+    /// [`RosterStore::items`](crate::RosterStore::items)) and the private-XML
+    /// fragment `fragment` (as
+    /// [`PrivateXmlStore::get`](crate::PrivateXmlStore::get)). Each part is
+    /// read in its own snapshot: callers must treat them as three reads.
+    /// [`LoginRead::NotBatched`] (the default): the backend has no cheaper way
+    /// than the three calls, which the caller then makes when it needs them.
+    async fn login_reads(&self, _user: &BareJid, _fragment: &str) -> Result<LoginRead, StoreError> {
+        Ok(LoginRead::NotBatched)
+    }
 
     /// All accounts, or those of one domain (canonical form, as
     /// [`BareJid::domain`] returns it), sorted by [`BareJid`]'s `Ord`.

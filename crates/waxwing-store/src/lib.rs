@@ -30,7 +30,7 @@ mod sql;
 mod sqlite;
 pub mod transfer;
 
-pub use accounts::{AccountStore, StoredSecret};
+pub use accounts::{AccountStore, LoginRead, StoredSecret};
 pub use archive::{
     ArchiveOwner, ArchivePrefs, ArchiveQuery, ArchiveStore, DefaultPolicy, Item, NewItem,
     OwnerKind, Page,

@@ -260,6 +260,66 @@ async fn blocking_pushes_drops_and_hides_presence_both_ways() {
         .await;
 }
 
+/// The router hands the blocking rules the addresses it already prepared
+/// (the recipient, the sending session); an address written in another
+/// case must still be caught, on the way out and on the way in, and an
+/// account with a list must still reach those it does not block.
+#[tokio::test]
+async fn blocking_holds_for_addresses_written_in_any_case() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet", "nurse"] {
+        s.user(u).await;
+    }
+    let mut romeo = s.online("romeo", "desk").await;
+    let mut juliet = s.online("juliet", "balcony").await;
+    let mut nurse = s.online("nurse", "hall").await;
+    let r = romeo
+        .iq(
+            "set",
+            None,
+            &format!("<block xmlns='{BLOCKING}'><item jid='juliet@localhost'/></block>"),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+
+    // Out: to the blocked account, written in capitals.
+    romeo
+        .send("<message to='JULIET@LocalHost/balcony' type='chat' id='o1'><body>x</body></message>")
+        .await;
+    let err = romeo.expect("<message type='error' id='o1'/>").await;
+    assert!(has_stanza_error(&err, "not-acceptable"), "{err}");
+    // In: from the blocked account, addressed in capitals.
+    juliet
+        .send("<message to='Romeo@LOCALHOST' type='chat'><body>in</body></message>")
+        .await;
+    // An IQ from the blocker to the blocked (IQs are caught on the way in).
+    let r = romeo
+        .iq(
+            "get",
+            Some("juliet@localhost/balcony"),
+            "<query xmlns='jabber:iq:version'/>",
+        )
+        .await;
+    assert!(has_stanza_error(&r, "not-acceptable"), "{r}");
+    juliet.sync().await;
+    romeo.expect_nothing().await;
+    juliet.expect_nothing().await;
+
+    // Others are not blocked, whatever the spelling, both ways.
+    romeo
+        .send("<message to='NURSE@localhost' type='chat'><body>to nurse</body></message>")
+        .await;
+    nurse
+        .expect("<message from='romeo@localhost/desk'><body>to nurse</body></message>")
+        .await;
+    nurse
+        .send("<message to='romeo@LOCALHOST/desk' type='chat'><body>to romeo</body></message>")
+        .await;
+    romeo
+        .expect("<message from='nurse@localhost/hall'><body>to romeo</body></message>")
+        .await;
+}
+
 #[tokio::test]
 async fn blocking_a_domain_and_unblock_all() {
     let s = TestServer::start().await;

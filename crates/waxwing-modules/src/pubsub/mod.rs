@@ -285,6 +285,22 @@ impl StanzaHook for PubSub {
         name != "iq"
     }
 
+    /// Messages, the hot path, are decided here unless one carries a PEP
+    /// authorization form; presence takes `handle_stanza`.
+    fn decide_now(&self, cx: &Cx, hook: Hook, stanza: &Element) -> Option<Flow> {
+        if stanza.name != "message" {
+            return None;
+        }
+        if hook == Hook::Inbound {
+            self.remote_gone(cx, stanza);
+            return Some(Flow::Continue);
+        }
+        if stanza.attr("type") == Some("error") || service::authorization_form(stanza).is_none() {
+            return Some(Flow::Continue);
+        }
+        None
+    }
+
     /// Inbound, only error messages from remote entities concern it
     /// (`remote_gone`).
     fn decide_copy(&self, _cx: &Cx, copy: &FanoutCopy<'_>) -> Option<Flow> {

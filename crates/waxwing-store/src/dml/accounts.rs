@@ -3,7 +3,52 @@ use waxwing_proto::jid::BareJid;
 
 use super::{Bounded, Conn, Store, db, jid, unsigned};
 use crate::accounts::normalize_secrets;
-use crate::{AccountStore, StoreError, StoredSecret};
+use crate::{AccountStore, LoginRead, StoreError, StoredSecret};
+
+/// The secrets of one account (`$1`). An account without secrets comes
+/// back as one row of NULLs; no row at all means no account.
+pub(super) const SECRETS_SQL: &str = "SELECT s.mechanism, s.salt, s.iterations, s.stored_key, s.server_key \
+     FROM accounts a LEFT JOIN account_secrets s ON s.jid = a.jid \
+     WHERE a.jid = $1 ORDER BY s.mechanism";
+
+/// A row of [`SECRETS_SQL`].
+pub(super) type SecretRow = (
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+
+/// Decodes the rows of [`SECRETS_SQL`].
+pub(super) fn secrets_from_rows(
+    rows: Vec<SecretRow>,
+) -> Result<Option<Vec<StoredSecret>>, StoreError> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    rows.into_iter()
+        .filter_map(|(m, salt, it, stored, server)| Some((m?, salt?, it?, stored?, server?)))
+        .map(|(mechanism, salt, iterations, stored_key, server_key)| {
+            Ok(StoredSecret {
+                iterations: u32::try_from(iterations).map_err(|_| {
+                    StoreError::Corrupt(format!("SCRAM iteration count {iterations}"))
+                })?,
+                mechanism,
+                salt,
+                stored_key,
+                server_key,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|mut secrets| {
+            // Collected in place into the rows' buffer, whose capacity is
+            // twice what two secrets need; the account cache keeps this
+            // vector for every recently seen account.
+            secrets.shrink_to_fit();
+            Some(secrets)
+        })
+}
 
 async fn insert_secrets(
     conn: &mut Conn,
@@ -53,49 +98,19 @@ impl AccountStore for Store {
     async fn secrets(&self, user: &BareJid) -> Result<Option<Vec<StoredSecret>>, StoreError> {
         // One statement, so a concurrent set_secrets is seen whole or not at
         // all, and one round trip to the database thread: this runs on
-        // every login. An account without secrets comes back as one row of
-        // NULLs; no row at all means no account.
-        type SecretRow = (
-            Option<String>,
-            Option<Vec<u8>>,
-            Option<i64>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-        );
-        let rows: Vec<SecretRow> = sqlx::query_as(
-            "SELECT s.mechanism, s.salt, s.iterations, s.stored_key, s.server_key \
-             FROM accounts a LEFT JOIN account_secrets s ON s.jid = a.jid \
-             WHERE a.jid = $1 ORDER BY s.mechanism",
-        )
-        .bind(user.to_string())
-        .fetch_all(&self.pool)
-        .bounded()
-        .await
-        .map_err(db)?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        rows.into_iter()
-            .filter_map(|(m, salt, it, stored, server)| Some((m?, salt?, it?, stored?, server?)))
-            .map(|(mechanism, salt, iterations, stored_key, server_key)| {
-                Ok(StoredSecret {
-                    iterations: u32::try_from(iterations).map_err(|_| {
-                        StoreError::Corrupt(format!("SCRAM iteration count {iterations}"))
-                    })?,
-                    mechanism,
-                    salt,
-                    stored_key,
-                    server_key,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|mut secrets| {
-                // Collected in place into the rows' buffer, whose capacity
-                // is twice what two secrets need; the account cache keeps
-                // this vector for every recently seen account.
-                secrets.shrink_to_fit();
-                Some(secrets)
-            })
+        // every login.
+        let mut r = self.reader().await?;
+        let rows: Vec<SecretRow> = sqlx::query_as(SECRETS_SQL)
+            .bind(user.to_string())
+            .fetch_all(r.conn())
+            .bounded()
+            .await
+            .map_err(|e| r.error(e))?;
+        secrets_from_rows(rows)
+    }
+
+    async fn login_reads(&self, user: &BareJid, fragment: &str) -> Result<LoginRead, StoreError> {
+        self.batched_login_reads(user, fragment).await
     }
 
     async fn set_secrets(

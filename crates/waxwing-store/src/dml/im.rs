@@ -13,13 +13,14 @@ use crate::private_xml::PrivateXmlStore;
 #[async_trait]
 impl BlocklistStore for Store {
     async fn list(&self, owner: &BareJid) -> Result<Vec<Jid>, StoreError> {
+        let mut r = self.reader().await?;
         let rows: Vec<String> =
             sqlx::query_scalar("SELECT jid FROM blocklist WHERE owner = $1 ORDER BY jid")
                 .bind(owner.to_string())
-                .fetch_all(&self.pool)
+                .fetch_all(r.conn())
                 .bounded()
                 .await
-                .map_err(db)?;
+                .map_err(|e| r.error(e))?;
         rows.iter().map(|s| parse_item(s)).collect()
     }
 
@@ -76,16 +77,20 @@ impl BlocklistStore for Store {
     }
 }
 
+/// One private-XML fragment: owner `$1`, key `$2`.
+pub(super) const FRAGMENT_SQL: &str = "SELECT xml FROM private_xml WHERE owner = $1 AND key = $2";
+
 #[async_trait]
 impl PrivateXmlStore for Store {
     async fn get(&self, owner: &BareJid, key: &str) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar("SELECT xml FROM private_xml WHERE owner = $1 AND key = $2")
+        let mut r = self.reader().await?;
+        sqlx::query_scalar(FRAGMENT_SQL)
             .bind(owner.to_string())
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(r.conn())
             .bounded()
             .await
-            .map_err(db)
+            .map_err(|e| r.error(e))
     }
 
     async fn set(&self, owner: &BareJid, key: &str, xml: &str) -> Result<(), StoreError> {
@@ -126,13 +131,14 @@ impl PrivateXmlStore for Store {
 #[async_trait]
 impl LastActivityStore for Store {
     async fn get(&self, user: &BareJid) -> Result<Option<LastActivity>, StoreError> {
+        let mut r = self.reader().await?;
         let row: Option<(i64, String)> =
             sqlx::query_as("SELECT at, status FROM last_activity WHERE owner = $1")
                 .bind(user.to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional(r.conn())
                 .bounded()
                 .await
-                .map_err(db)?;
+                .map_err(|e| r.error(e))?;
         row.map(|(at, status)| {
             Ok(LastActivity {
                 at: unsigned(at, "last activity time")?,

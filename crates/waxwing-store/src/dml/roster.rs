@@ -21,7 +21,7 @@ type Row = (
 );
 
 /// A [`Row`] followed by one of the item's groups (NULL for none).
-type GroupedRow = (
+pub(super) type GroupedRow = (
     String,
     Option<String>,
     String,
@@ -68,6 +68,26 @@ fn decode(row: Row, contact: BareJid, groups: Vec<String>) -> Result<RosterItem,
     })
 }
 
+/// Every item of one owner (`$1`) with its groups, as [`GroupedRow`]s.
+pub(super) const ITEMS_SQL: &str = concat!(
+    grouped_select!(),
+    " WHERE i.owner = $1 ORDER BY i.contact, g.position"
+);
+
+/// Decodes the rows of [`ITEMS_SQL`].
+pub(super) fn items_from_rows(rows: Vec<GroupedRow>) -> Result<Vec<RosterItem>, StoreError> {
+    let mut items = fold_groups(rows)
+        .into_iter()
+        .map(|(row, groups)| {
+            let contact = jid(&row.0)?;
+            decode(row, contact, groups)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // BareJid's Ord rather than SQL collation: the same order on every backend.
+    items.sort_by(|a, b| a.contact.cmp(&b.contact));
+    Ok(items)
+}
+
 /// Groups by the key column of `(key, group)` rows, keeping row order.
 fn group_map(rows: Vec<(String, String)>) -> HashMap<String, Vec<String>> {
     let mut map: HashMap<String, Vec<String>> = HashMap::new();
@@ -84,7 +104,17 @@ async fn fetch_item(
     owner: &str,
     contact: &BareJid,
 ) -> Result<Option<RosterItem>, StoreError> {
-    let rows: Vec<GroupedRow> = sqlx::query_as(concat!(
+    let rows = item_rows(conn, owner, contact).await.map_err(db)?;
+    item_from_rows(rows, contact)
+}
+
+/// The rows of [`fetch_item`].
+async fn item_rows(
+    conn: &mut Conn,
+    owner: &str,
+    contact: &BareJid,
+) -> Result<Vec<GroupedRow>, sqlx::Error> {
+    sqlx::query_as(concat!(
         grouped_select!(),
         " WHERE i.owner = $1 AND i.contact = $2 ORDER BY g.position"
     ))
@@ -93,7 +123,12 @@ async fn fetch_item(
     .fetch_all(&mut *conn)
     .bounded()
     .await
-    .map_err(db)?;
+}
+
+fn item_from_rows(
+    rows: Vec<GroupedRow>,
+    contact: &BareJid,
+) -> Result<Option<RosterItem>, StoreError> {
     fold_groups(rows)
         .into_iter()
         .next()
@@ -149,25 +184,14 @@ impl RosterStore for Store {
         // one round trip to the database thread: this runs on every login
         // and every presence broadcast. One row per (item, group); an item
         // without groups comes back once with a NULL group.
-        let rows: Vec<GroupedRow> = sqlx::query_as(concat!(
-            grouped_select!(),
-            " WHERE i.owner = $1 ORDER BY i.contact, g.position"
-        ))
-        .bind(owner.to_string())
-        .fetch_all(&self.pool)
-        .bounded()
-        .await
-        .map_err(db)?;
-        let mut items = fold_groups(rows)
-            .into_iter()
-            .map(|(row, groups)| {
-                let contact = jid(&row.0)?;
-                decode(row, contact, groups)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // BareJid's Ord rather than SQL collation: the same order on every backend.
-        items.sort_by(|a, b| a.contact.cmp(&b.contact));
-        Ok(items)
+        let mut r = self.reader().await?;
+        let rows: Vec<GroupedRow> = sqlx::query_as(ITEMS_SQL)
+            .bind(owner.to_string())
+            .fetch_all(r.conn())
+            .bounded()
+            .await
+            .map_err(|e| r.error(e))?;
+        items_from_rows(rows)
     }
 
     async fn get(
@@ -175,8 +199,11 @@ impl RosterStore for Store {
         owner: &BareJid,
         contact: &BareJid,
     ) -> Result<Option<RosterItem>, StoreError> {
-        let mut conn = self.pool.acquire().bounded().await.map_err(db)?;
-        fetch_item(&mut conn, &owner.to_string(), contact).await
+        let mut r = self.reader().await?;
+        let rows = item_rows(r.conn(), &owner.to_string(), contact)
+            .await
+            .map_err(|e| r.error(e))?;
+        item_from_rows(rows, contact)
     }
 
     async fn put(&self, owner: &BareJid, item: &RosterItem) -> Result<u64, StoreError> {
@@ -267,8 +294,8 @@ impl RosterStore for Store {
     }
 
     async fn version(&self, owner: &BareJid) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().bounded().await.map_err(db)?;
-        current_version(&mut conn, &owner.to_string()).await
+        let mut r = self.reader().await?;
+        current_version(r.conn(), &owner.to_string()).await
     }
 
     async fn forget_version(&self, owner: &BareJid) -> Result<(), StoreError> {

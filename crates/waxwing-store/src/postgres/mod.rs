@@ -40,6 +40,7 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Postgres, Transaction};
+use waxwing_proto::jid::BareJid;
 
 pub(crate) use crate::sql::{db, jid, unsigned};
 use crate::{StoreError, Stores};
@@ -133,6 +134,22 @@ pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<PgStore, 
     Ok(PgStore { pool })
 }
 
+/// What [`PgStore::reader`] lends: the shared statements' interface to it
+/// is that of SQLite's reader.
+pub(crate) struct Reader(sqlx::pool::PoolConnection<Postgres>);
+
+impl Reader {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.0
+    }
+
+    /// The pool tests the connection when it comes back, so an error
+    /// needs no more than converting.
+    fn error(&mut self, e: sqlx::Error) -> StoreError {
+        db(e)
+    }
+}
+
 impl PgStore {
     /// Starts a write transaction serialized with every other one on the
     /// same `scope` (an account, a room, a node): a transaction-scoped
@@ -149,6 +166,23 @@ impl PgStore {
             .bounded()
             .await
             .map_err(db)
+    }
+
+    /// A pooled connection for one read-only statement: the same thing the
+    /// pool does when a statement is run on it directly (SQLite gives these
+    /// statements connections of their own instead, `sqlite/readers.rs`).
+    async fn reader(&self) -> Result<Reader, StoreError> {
+        Ok(Reader(self.pool.acquire().bounded().await.map_err(db)?))
+    }
+
+    /// `AccountStore::login_reads`: PostgreSQL's extended protocol takes
+    /// one statement per query, so a login reads its parts one by one.
+    async fn batched_login_reads(
+        &self,
+        _user: &BareJid,
+        _fragment: &str,
+    ) -> Result<crate::LoginRead, StoreError> {
+        Ok(crate::LoginRead::NotBatched)
     }
 
     /// Starts a read transaction whose statements all see one snapshot

@@ -12,12 +12,14 @@ pub mod backup;
 mod im;
 #[path = "../dml/invites.rs"]
 mod invites;
+mod login;
 #[path = "../dml/muc.rs"]
 mod muc;
 #[path = "../dml/offline.rs"]
 mod offline;
 #[path = "../dml/pubsub.rs"]
 mod pubsub;
+mod readers;
 #[path = "../dml/reputation.rs"]
 mod reputation;
 #[path = "../dml/roster.rs"]
@@ -35,6 +37,7 @@ use sqlx::{Sqlite, Transaction};
 
 pub(crate) use crate::sql::{db, jid, unsigned};
 use crate::{StoreError, Stores};
+use readers::{Reader, Readers};
 
 /// `.bounded()` on a statement of the shared `dml/` files is the statement
 /// itself here: SQLite is a file in this process, with no server that can
@@ -64,9 +67,13 @@ const MAX_CONNECTIONS: u32 = 4;
 /// write lock before failing with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The SQLite backend: one pool shared by all three store traits.
+/// The SQLite backend: one pool shared by all the store traits, and the
+/// read-only connections of [`SqliteStore::reader`].
 pub(crate) struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    /// `None` for an in-memory database, which lives in its one pooled
+    /// connection (another connection would open another database).
+    readers: Option<Readers>,
 }
 
 /// What a committed write must survive before a call returns.
@@ -105,6 +112,7 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT);
     let path = options.get_filename().to_path_buf();
+    let readers = (!in_memory).then(|| Readers::new(options.clone()));
 
     let pool = if in_memory {
         // An in-memory database lives exactly as long as some connection to
@@ -156,7 +164,7 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
     } else {
         tracing::info!(path = %path.display(), "SQLite database open, schema up to date");
     }
-    Ok(SqliteStore { pool })
+    Ok(SqliteStore { pool, readers })
 }
 
 /// Whether the database file of `url` exists (an in-memory one does not).
@@ -188,6 +196,17 @@ impl SqliteStore {
     /// `_scope` (what PostgreSQL serializes on) is not needed here.
     async fn write_tx(&self, _scope: &str) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)
+    }
+
+    /// A connection for one read-only statement outside any transaction
+    /// (`readers.rs` says why it is not the pool's): `let mut r =
+    /// self.reader().await?;` then `.fetch_all(r.conn())` and
+    /// `.map_err(|e| r.error(e))`.
+    async fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        match &self.readers {
+            Some(readers) => readers.get(&self.pool).await,
+            None => Ok(Reader::pooled(self.pool.acquire().await.map_err(db)?)),
+        }
     }
 
     /// Starts a read transaction: in WAL mode its first read fixes the
@@ -237,6 +256,219 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(busy, 5000);
+    }
+
+    /// A file database with one account row, and its store.
+    async fn file_store(dir: &tempfile::TempDir) -> SqliteStore {
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
+        let s = connect(&url, Durability::default()).await.unwrap();
+        sqlx::query("INSERT INTO accounts (jid, domain) VALUES ('a@x', 'x')")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        s
+    }
+
+    #[tokio::test]
+    async fn readers_see_committed_writes_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = file_store(&dir).await;
+        let mut r = s.reader().await.unwrap();
+        assert!(r.is_own(), "a file database lends its own readers");
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(r.conn())
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        // Read-only at the SQLite level, not by convention alone.
+        let e = sqlx::query("INSERT INTO accounts (jid, domain) VALUES ('b@x', 'x')")
+            .execute(r.conn())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, sqlx::Error::Database(_)), "{e:?}");
+        let _ = r.error(e); // the database's own error: the reader stays
+        drop(r);
+        // A write through the pool, then the same reader sees it.
+        sqlx::query("INSERT INTO accounts (jid, domain) VALUES ('c@x', 'x')")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let mut r = s.reader().await.unwrap();
+        assert!(r.is_own());
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(r.conn())
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    #[tokio::test]
+    async fn when_every_reader_is_lent_the_pool_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = file_store(&dir).await;
+        let mut lent = Vec::new();
+        for _ in 0..readers::READERS {
+            let r = s.reader().await.unwrap();
+            assert!(r.is_own());
+            lent.push(r);
+        }
+        let mut extra = s.reader().await.unwrap();
+        assert!(!extra.is_own());
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(extra.conn())
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        drop(extra);
+        drop(lent);
+        // Returned readers are lent again; no more are opened.
+        let mut again = Vec::new();
+        for _ in 0..readers::READERS {
+            let r = s.reader().await.unwrap();
+            assert!(r.is_own());
+            again.push(r);
+        }
+        assert!(!s.reader().await.unwrap().is_own());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_read_leaves_no_transaction_open() {
+        use futures_util::StreamExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let s = file_store(&dir).await;
+        {
+            let mut r = s.reader().await.unwrap();
+            // Far more rows than sqlx's row channel holds: the statement is
+            // still being stepped when its caller goes away.
+            let mut rows = sqlx::query_scalar::<_, i64>(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) \
+                 SELECT i FROM n",
+            )
+            .fetch(r.conn());
+            assert_eq!(rows.next().await.unwrap().unwrap(), 1);
+            // The caller is cancelled here: stream and reader dropped.
+        }
+        // The reader goes back and is lent again, and a statement on it
+        // answers with its own rows, not the old statement's.
+        let mut r = s.reader().await.unwrap();
+        assert!(r.is_own());
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(r.conn())
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        drop(r);
+        // A read transaction left open would pin the WAL: a TRUNCATE
+        // checkpoint could not finish (it reports busy = 1).
+        sqlx::query("INSERT INTO accounts (jid, domain) VALUES ('b@x', 'x')")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        assert_eq!(busy, 0, "a reader still holds a read transaction");
+    }
+
+    #[tokio::test]
+    async fn a_memory_database_reads_through_its_one_connection() {
+        let s = connect("sqlite::memory:", Durability::default())
+            .await
+            .unwrap();
+        let mut r = s.reader().await.unwrap();
+        assert!(!r.is_own());
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(r.conn())
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn login_reads_are_the_three_reads_in_one() {
+        use crate::{
+            AccountStore, LoginRead, PrivateXmlStore, RosterItem, RosterStore, StoredSecret,
+            Subscription,
+        };
+        use waxwing_proto::jid::BareJid;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("l.db").display());
+        for s in [
+            connect(&url, Durability::default()).await.unwrap(),
+            connect("sqlite::memory:", Durability::default())
+                .await
+                .unwrap(),
+        ] {
+            let alice = BareJid::parse("alice@example.org").unwrap();
+            let secret = |mechanism: &str, salt: u8| StoredSecret {
+                mechanism: mechanism.into(),
+                salt: vec![salt],
+                iterations: 4096,
+                stored_key: vec![1, 2],
+                server_key: vec![3, 4],
+            };
+            assert_eq!(
+                s.login_reads(&alice, "k").await.unwrap(),
+                LoginRead::NoAccount
+            );
+            // An account with secrets but nothing else.
+            s.create(
+                &alice,
+                &[secret("SCRAM-SHA-256", 2), secret("SCRAM-SHA-1", 1)],
+            )
+            .await
+            .unwrap();
+            let LoginRead::Account {
+                secrets,
+                roster,
+                fragment,
+            } = s.login_reads(&alice, "k").await.unwrap()
+            else {
+                panic!("no account")
+            };
+            assert_eq!(Some(secrets), s.secrets(&alice).await.unwrap());
+            assert!(roster.is_empty());
+            assert_eq!(fragment, None);
+            // Roster items with and without groups, and the fragment; another
+            // key of private XML is not the one asked for.
+            for (contact, groups) in [
+                ("zed@example.org", vec![]),
+                ("bob@example.org", vec!["b".to_string(), "a".to_string()]),
+                ("carol@example.org", vec!["c".to_string()]),
+            ] {
+                let mut item = RosterItem::new(BareJid::parse(contact).unwrap());
+                item.groups = groups;
+                item.subscription = Subscription::Both;
+                item.name = Some(contact.to_uppercase());
+                s.put(&alice, &item).await.unwrap();
+            }
+            PrivateXmlStore::set(&s, &alice, "k", "<hash/>")
+                .await
+                .unwrap();
+            PrivateXmlStore::set(&s, &alice, "other", "<x/>")
+                .await
+                .unwrap();
+            let LoginRead::Account {
+                secrets,
+                roster,
+                fragment,
+            } = s.login_reads(&alice, "k").await.unwrap()
+            else {
+                panic!("no account")
+            };
+            assert_eq!(Some(secrets), s.secrets(&alice).await.unwrap());
+            assert_eq!(roster, s.items(&alice).await.unwrap());
+            assert_eq!(roster.len(), 3);
+            assert_eq!(fragment.as_deref(), Some("<hash/>"));
+            // An account without secrets (SASL EXTERNAL, anonymous) exists.
+            let bob = BareJid::parse("bob@example.org").unwrap();
+            s.create(&bob, &[]).await.unwrap();
+            assert!(matches!(
+                s.login_reads(&bob, "k").await.unwrap(),
+                LoginRead::Account { ref secrets, .. } if secrets.is_empty()
+            ));
+        }
     }
 
     #[tokio::test]
