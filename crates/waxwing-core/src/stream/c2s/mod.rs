@@ -207,6 +207,10 @@ async fn end_unbound(conn: Conn, unbound: Unbound) {
 /// binding goes out of scope, which for an argument is the end of the
 /// function: every session would hold its emptied `Box<Link>` (over
 /// 300 bytes) for its whole life.
+#[allow(
+    clippy::boxed_local,
+    reason = "taking the box is the point: it is freed on return"
+)]
 fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
@@ -217,6 +221,10 @@ fn unbox<T>(boxed: Box<T>) -> T {
 /// would hold the connection, the session and the queue twice (as its
 /// arguments and as its locals) for the session's whole life; the block
 /// uses what it captured in place.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice (see above)"
+)]
 fn run_to_end(
     mut conn: Conn,
     mut session: Session,
