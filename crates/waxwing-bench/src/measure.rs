@@ -31,8 +31,18 @@ pub fn rss_kb(pid: &str) -> Option<u64> {
 }
 
 fn rss_kb_of(pid: &str) -> Option<u64> {
+    status_kb(pid, "VmRSS:")
+}
+
+/// Peak resident set size in KiB since the process started (VmHWM);
+/// summed over a comma-separated list.
+pub fn rss_peak_kb(pid: &str) -> Option<u64> {
+    pid.split(',').map(|p| status_kb(p, "VmHWM:")).sum()
+}
+
+fn status_kb(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

@@ -27,6 +27,33 @@ impl Ctx {
     fn rss(&self) -> Option<u64> {
         self.server_pid.as_deref().and_then(measure::rss_kb)
     }
+    fn rss_peak(&self) -> Option<u64> {
+        self.server_pid.as_deref().and_then(measure::rss_peak_kb)
+    }
+    /// RSS once it has settled: after `settle`, read every second until a
+    /// reading is no more than 1 % below the one before, for at most
+    /// `MAX_SETTLE` more. An allocator may give back the memory of a wave
+    /// of logins only seconds after it (purge delays, glibc trimming when
+    /// a thread next frees): a single reading at a fixed time would catch
+    /// some servers in the middle of it and not others. Returns the
+    /// reading and the seconds waited in all.
+    async fn settled_rss(&self, settle: Duration) -> (Option<u64>, f64) {
+        const MAX_SETTLE: Duration = Duration::from_secs(30);
+        let t0 = Instant::now();
+        tokio::time::sleep(settle).await;
+        let mut last = self.rss();
+        while t0.elapsed() < settle + MAX_SETTLE {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.rss();
+            // Settled: not falling by more than 1 % per second.
+            let falling = matches!((last, now), (Some(a), Some(b)) if b * 100 < a * 99);
+            last = now;
+            if !falling {
+                break;
+            }
+        }
+        (last, t0.elapsed().as_secs_f64())
+    }
     fn window(&self) -> Window {
         Window::start(self.server_pid.as_deref())
     }
@@ -252,8 +279,8 @@ pub async fn idle(cx: &Ctx, prefix: &str, p: IdleParams) -> Record {
     let users = (0..count).map(|i| format!("{prefix}{i}")).collect();
     let (sessions, failed, err) = hold(cx, users).await;
     let u = w.stop();
-    tokio::time::sleep(settle).await;
-    let after = cx.rss();
+    let (after, waited) = cx.settled_rss(settle).await;
+    let peak = cx.rss_peak();
     let held = sessions.len();
     let name = match (&cx.target.websocket, cx.target.tls) {
         (Some(_), _) => "idle-ws",
@@ -265,7 +292,13 @@ pub async fn idle(cx: &Ctx, prefix: &str, p: IdleParams) -> Record {
     r.str("unit", "KiB/session");
     if let (Some(b), Some(a)) = (before, after) {
         r.num("rss_before_kb", b as f64)
-            .num("rss_after_kb", a as f64);
+            .num("rss_after_kb", a as f64)
+            .num("settled_s", (waited * 10.0).round() / 10.0);
+        // The login wave's high-water mark: how much of it the allocator
+        // kept shows as after ≈ peak.
+        if let Some(p) = peak {
+            r.num("rss_peak_kb", p as f64);
+        }
         if held > 0 {
             r.num("figure", (a as f64 - b as f64) / held as f64);
         }
@@ -772,11 +805,9 @@ pub async fn chat(cx: &Ctx, prefix: &str, p: ChatParams, name: &str) -> Record {
 pub async fn churn(cx: &Ctx, prefix: &str, count: usize, settle: Duration) -> Record {
     let before = cx.rss();
     let mut r = login(cx, prefix, count, false).await;
-    tokio::time::sleep(settle).await;
-    let between = cx.rss();
+    let (between, _) = cx.settled_rss(settle).await;
     let _ = login(cx, prefix, count, false).await;
-    tokio::time::sleep(settle).await;
-    let after = cx.rss();
+    let (after, _) = cx.settled_rss(settle).await;
     let mut out = Record::new("churn");
     // Reuse the first round's login figures under the churn name.
     for (k, v) in std::mem::take(&mut r).into_fields() {

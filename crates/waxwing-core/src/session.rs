@@ -76,7 +76,9 @@ pub struct SessionHandle {
     pub jid: FullJid,
     queue: Outq,
     closed: CancellationToken,
-    close_reason: Mutex<Option<StreamError>>,
+    /// Boxed, like `observer`: rarely set, and every session's handle
+    /// would carry its size (the handle stays within a 320-byte allocation).
+    close_reason: Mutex<Option<Box<StreamError>>>,
     presence: Mutex<PresenceState>,
     /// The client asked for its roster, so it gets roster pushes (RFC 6121 §2.1.6).
     interested: AtomicBool,
@@ -87,7 +89,7 @@ pub struct SessionHandle {
     overflows: OnceLock<prometheus_client::metrics::counter::Counter>,
     /// Cluster mode: told when the presence or flags change, so the rest of
     /// the cluster learns them (set when the session is bound).
-    observer: OnceLock<(Arc<Publisher>, Weak<SessionHandle>)>,
+    observer: OnceLock<Box<(Arc<Publisher>, Weak<SessionHandle>)>>,
     /// Cluster mode: this handle stands for a session on another node;
     /// what is queued on it goes there (see `cluster::replica`).
     remote: Option<Box<RemoteSession>>,
@@ -180,13 +182,17 @@ impl SessionHandle {
 
     /// Cluster mode: who to tell when this session's routing state changes.
     pub(crate) fn observe(self: &Arc<Self>, publisher: Arc<Publisher>) {
-        if self.observer.set((publisher, Arc::downgrade(self))).is_ok() {
+        if self
+            .observer
+            .set(Box::new((publisher, Arc::downgrade(self))))
+            .is_ok()
+        {
             self.changed();
         }
     }
 
     fn changed(&self) {
-        if let Some((p, me)) = self.observer.get() {
+        if let Some((p, me)) = self.observer.get().map(|o| &**o) {
             p.mark(&self.jid, self.id, me.clone());
         }
     }
@@ -321,7 +327,7 @@ impl SessionHandle {
         }
         let mut reason = self.close_reason.lock().expect("close_reason lock");
         if reason.is_none() {
-            *reason = Some(err);
+            *reason = Some(Box::new(err));
         }
         drop(reason);
         self.closed.cancel();
@@ -332,7 +338,11 @@ impl SessionHandle {
     }
 
     pub(crate) fn take_close_reason(&self) -> Option<StreamError> {
-        self.close_reason.lock().expect("close_reason lock").take()
+        self.close_reason
+            .lock()
+            .expect("close_reason lock")
+            .take()
+            .map(|e| *e)
     }
 
     /// Modules' closures run under this lock ([`SessionHandle::with_presence`]):

@@ -25,6 +25,7 @@ use waxwing_core::reload::LogLevelSetter;
 // tokio's work-stealing (a buffer allocated on one worker and freed on
 // another). Measured in bench/ (see bench/README.md). Freed memory goes
 // back to the OS when the worker threads collect (allocator.rs).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

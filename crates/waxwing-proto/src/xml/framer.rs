@@ -119,8 +119,11 @@ pub struct Framer {
     buf_start: u64,
     /// Absolute offset up to which bytes were handed to rxml.
     consumed: u64,
-    /// Absolute offset where the last rxml event ended. rxml's event metrics
-    /// are consecutive, so this is their running sum.
+    /// Absolute offset where the last rxml event ended. rxml's event
+    /// metrics are consecutive, so this is their running sum, except that
+    /// they come out short when a multi-byte character was split between
+    /// reads; so at each element event, which rxml reports right after
+    /// consuming its `>`, this is set to the bytes consumed instead.
     event_end: u64,
     /// Absolute offset where the current top-level element may be said to
     /// begin: the end of the previous one, of the header, or of whitespace
@@ -311,7 +314,17 @@ impl Framer {
                 Err(EndOrError::Error(e)) => return Err(self.map_error(e)),
             };
             let ev_start = self.event_end;
-            self.event_end += ev.metrics().len() as u64;
+            self.event_end = match ev {
+                Event::StartElement(..) | Event::EndElement(..) => {
+                    debug_assert!(
+                        self.consumed == self.buf_start
+                            || self.buf.get(self.index(self.consumed) - 1) == Some(&b'>'),
+                        "an element event ends at a consumed `>`"
+                    );
+                    self.consumed
+                }
+                _ => self.event_end + ev.metrics().len() as u64,
+            };
             debug_assert!(self.event_end <= self.consumed);
             let out = self.handle(ev, ev_start)?;
             self.check_size()?;

@@ -41,7 +41,13 @@ pub(super) fn secrets_from_rows(
             })
         })
         .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+        .map(|mut secrets| {
+            // Collected in place into the rows' buffer, whose capacity is
+            // twice what two secrets need; the account cache keeps this
+            // vector for every recently seen account.
+            secrets.shrink_to_fit();
+            Some(secrets)
+        })
 }
 
 async fn insert_secrets(

@@ -72,7 +72,8 @@ fn stream_error(c: StreamCondition, text: &str) -> End {
 /// Not an `async fn`: the future an `async fn` returns keeps its arguments
 /// for its whole life, even once they are moved out, so the socket would
 /// be held twice by every session's task. The same goes for the link
-/// `serve_link` takes, hence its box (freed as soon as it is unpacked).
+/// `serve_link` takes, hence its box (freed as soon as it is unpacked, see
+/// [`unbox`]).
 pub(crate) fn serve(
     server: Arc<Server>,
     tcp: TcpStream,
@@ -131,7 +132,7 @@ async fn serve_link(
         .try_acquire(peer.ip(), config.max_connections_per_ip);
     let refused = permit.is_none();
     let mut conn = Conn {
-        link: *link,
+        link: unbox(link),
         server: server.clone(),
         host: None,
         lang: None,
@@ -162,35 +163,77 @@ async fn serve_link(
         );
         return Box::pin(conn.finish(end)).await;
     }
-    let (handle, mut rx, inline_sm) = match Box::pin(conn.negotiate_in_time(direct_tls)).await {
-        Ok(Negotiated::Bound(handle, rx, inline)) => (handle, rx, inline),
-        Ok(Negotiated::Resume(slot, h, success)) => {
-            return Box::pin(hand_over(conn, slot, h, success)).await;
-        }
-        Ok(Negotiated::Arrived(arrived, h, success)) => {
-            return Box::pin(handoff::carry_on(conn, *arrived, h, success)).await;
-        }
-        Err(end) => return Box::pin(conn.finish(end)).await,
-    };
-    tracing::info!(jid = %handle.jid, "session bound");
-    let (sm, takeover) = match inline_sm {
-        Some(i) => (Some(i.state), i.takeover),
-        None => (None, None),
-    };
-    let mut session = Session {
-        handle,
-        sm,
-        held: Held::default(),
-        takeover,
+    // In a block, like every value of negotiation: what a task keeps
+    // across more than one await gets a slot of its own for the task's
+    // whole life, so negotiation's results must be gone before the
+    // session's await, and the other outcomes are one boxed await.
+    let (mut session, mut rx) = {
+        let negotiated = Box::pin(conn.negotiate_in_time(direct_tls)).await;
+        let (handle, rx, inline_sm) = match Negotiated::bound(negotiated) {
+            Ok(bound) => bound,
+            Err(unbound) => return Box::pin(end_unbound(conn, unbound)).await,
+        };
+        tracing::info!(jid = %handle.jid, "session bound");
+        let (sm, takeover) = match inline_sm {
+            Some(i) => (Some(i.state), i.takeover),
+            None => (None, None),
+        };
+        let session = Session {
+            handle,
+            sm,
+            held: Held::default(),
+            takeover,
+        };
+        (session, rx)
     };
     let end = conn.run_bound(&mut session, &mut rx).await;
     Box::pin(close_session(conn, session, rx, end)).await;
 }
 
+/// A connection whose negotiation did not bind a session here: it resumed
+/// one, or failed.
+async fn end_unbound(conn: Conn, unbound: Unbound) {
+    match unbound {
+        Unbound::Resume(slot, h, success) => hand_over(conn, slot, h, success).await,
+        Unbound::Arrived(arrived, h, success) => {
+            handoff::carry_on(conn, unbox(arrived), h, success).await;
+        }
+        Unbound::Failed(end) => conn.finish(end).await,
+    }
+}
+
+/// Moves a value out of its box and frees the box at once. Moving out
+/// with `*boxed` in an `async fn` frees the allocation only when the boxed
+/// binding goes out of scope, which for an argument is the end of the
+/// function: every session would hold its emptied `Box<Link>` (over
+/// 300 bytes) for its whole life.
+#[allow(
+    clippy::boxed_local,
+    reason = "taking the box is the point: it is freed on return"
+)]
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
 /// The bound session until it ends, then its end (see `close_session`).
-async fn run_to_end(mut conn: Conn, mut session: Session, mut rx: Outbox) {
-    let end = conn.run_bound(&mut session, &mut rx).await;
-    Box::pin(close_session(conn, session, rx, end)).await;
+///
+/// Not an `async fn`, for the reason given at [`serve`]: an `async fn`
+/// would hold the connection, the session and the queue twice (as its
+/// arguments and as its locals) for the session's whole life; the block
+/// uses what it captured in place.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice (see above)"
+)]
+fn run_to_end(
+    mut conn: Conn,
+    mut session: Session,
+    mut rx: Outbox,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let end = conn.run_bound(&mut session, &mut rx).await;
+        Box::pin(close_session(conn, session, rx, end)).await;
+    }
 }
 /// The framer's limits once the client has authenticated.
 fn full_limits(config: &Config) -> Limits {
@@ -284,6 +327,29 @@ enum Negotiated {
     /// (`cluster::handoff`) and is bound here now; `h` and `<success/>` as
     /// for `Resume`.
     Arrived(Box<crate::cluster::handoff::Arrived>, u32, Option<Element>),
+}
+
+/// What negotiation produced, other than a session bound here.
+enum Unbound {
+    Resume(oneshot::Sender<Takeover>, u32, Option<Element>),
+    Arrived(Box<crate::cluster::handoff::Arrived>, u32, Option<Element>),
+    Failed(End),
+}
+
+impl Negotiated {
+    /// The bound session's parts, or what else happened.
+    fn bound(
+        negotiated: Result<Negotiated, End>,
+    ) -> Result<(Arc<SessionHandle>, Outbox, Option<InlineSm>), Unbound> {
+        match negotiated {
+            Ok(Negotiated::Bound(handle, rx, inline)) => Ok((handle, rx, inline)),
+            Ok(Negotiated::Resume(slot, h, success)) => Err(Unbound::Resume(slot, h, success)),
+            Ok(Negotiated::Arrived(arrived, h, success)) => {
+                Err(Unbound::Arrived(arrived, h, success))
+            }
+            Err(end) => Err(Unbound::Failed(end)),
+        }
+    }
 }
 
 /// Why the session loop returned.

@@ -38,30 +38,40 @@ impl Conn {
     /// The session loop, across connection losses and resumptions, until
     /// the session ends.
     pub(super) async fn run_bound(&mut self, session: &mut Session, rx: &mut Outbox) -> End {
-        let handle = session.handle.clone();
         loop {
-            match self.run_session(session, rx).await {
-                Outcome::Takeover(t) => {
-                    if let Some(end) = self.take_over(session, rx, t).await {
-                        return end;
-                    }
-                }
-                Outcome::End(End::Gone) if session.resumable() => {
-                    tracing::info!(jid = %handle.jid, "connection lost; session kept for resumption");
-                    handle.set_flag(SessionFlag::Detached, true);
-                    let resumed = self.wait_for_resumption(session).await;
-                    handle.set_flag(SessionFlag::Detached, false);
-                    match resumed {
-                        Some(t) => {
-                            if let Some(end) = self.take_over(session, rx, t).await {
-                                return end;
-                            }
-                        }
-                        None => return End::Gone,
-                    }
-                }
-                Outcome::End(end) => return end,
+            let outcome = self.run_session(session, rx).await;
+            // Boxed: what follows a connection's end (a takeover, the wait
+            // for resumption) is rare and brief next to the idle life in
+            // `run_session`, and inline its state would size every
+            // session's task.
+            if let Some(end) = Box::pin(self.after_connection(session, rx, outcome)).await {
+                return end;
             }
+        }
+    }
+
+    /// What follows `run_session`: `Some(end)` ends the session, `None`
+    /// goes on over the connection that resumed it.
+    async fn after_connection(
+        &mut self,
+        session: &mut Session,
+        rx: &mut Outbox,
+        outcome: Outcome,
+    ) -> Option<End> {
+        match outcome {
+            Outcome::Takeover(t) => self.take_over(session, rx, t).await,
+            Outcome::End(End::Gone) if session.resumable() => {
+                let handle = session.handle.clone();
+                tracing::info!(jid = %handle.jid, "connection lost; session kept for resumption");
+                handle.set_flag(SessionFlag::Detached, true);
+                let resumed = self.wait_for_resumption(session).await;
+                handle.set_flag(SessionFlag::Detached, false);
+                match resumed {
+                    Some(t) => self.take_over(session, rx, t).await,
+                    None => Some(End::Gone),
+                }
+            }
+            Outcome::End(end) => Some(end),
         }
     }
 

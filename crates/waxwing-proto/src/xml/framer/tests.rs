@@ -774,3 +774,29 @@ fn an_invalid_byte_between_stanzas_is_not_lost_by_an_idle_release() {
         );
     }
 }
+
+/// rxml's event lengths come out short when a multi-byte character is
+/// split between reads (TCP and TLS split them all the time). Offsets are
+/// taken from the bytes consumed at element boundaries instead, so such a
+/// split does not make a later whitespace keepalive look like stray bytes
+/// (which ended the stream with not-well-formed) or leave bytes "buffered"
+/// forever (which kept an idle session's parser).
+#[test]
+fn split_multibyte_characters_do_not_shift_offsets() {
+    let body = "<iq a='\u{e9}'><body>caf\u{e9} \u{1F600}</body ></iq> \n\
+                <message><body>\u{1F600}</body></message>\t<iq/>";
+    for chunk in [1, 2, 3, 5, 7] {
+        let mut f = Framer::new(Limits::default(), ns::CLIENT);
+        let (events, err) = run_chunks(&mut f, in_stream(body).chunks(chunk));
+        assert_eq!(err, None, "chunks of {chunk}");
+        assert_eq!(events.len(), 4, "chunks of {chunk}");
+        assert_eq!(f.buffered(), 0, "chunks of {chunk}");
+        let [_, _, StreamEvent::Stanza(m), _] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            m.to_xml_in(ns::CLIENT),
+            "<message><body>\u{1F600}</body></message>"
+        );
+    }
+}
