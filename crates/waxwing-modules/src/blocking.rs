@@ -559,7 +559,7 @@ impl StanzaHook for Blocking {
         if cx.is_local_host(from.domain()) {
             return None;
         }
-        let list = self.cache().lists.get(to.bare())?.clone();
+        let list = self.cached(to.bare())?;
         Some(if list.iter().any(|item| matches(item, from)) {
             Flow::Handled
         } else {
