@@ -4,7 +4,6 @@ use std::io;
 
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use waxwing_proto::sasl::{ChannelBindingData, tls_server_end_point_hash};
 
 use crate::stream::compress::ZlibStream;
 pub use crate::stream::compress::is_decompression_bomb;
@@ -58,27 +57,42 @@ impl Transport {
             .map(|c| c.clone().into_owned())
     }
 
-    /// Channel-binding data for SCRAM-PLUS: `tls-exporter` only on TLS 1.3
-    /// (RFC 9266 §3 forbids it on 1.2 without extended master secret, and we
-    /// don't want to reason about which 1.2 sessions had it), and
-    /// `tls-server-end-point` from the certificate we presented.
-    pub fn channel_binding(&self, tls: &TlsContext) -> ChannelBindingData {
-        let Transport::Tls(stream) = self else {
-            return ChannelBindingData::default();
-        };
-        let conn = stream.get_ref().1;
-        let tls_exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
-            .then(|| {
-                conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
-                    .ok()
-                    .map(|k| k.to_vec())
-            })
-            .flatten();
-        let leaf = tls.leaf_for(conn.server_name());
-        ChannelBindingData {
-            tls_exporter,
-            tls_server_end_point: tls_server_end_point_hash(&leaf),
+    /// The TLS connection, under compression too.
+    fn tls_connection(&self) -> Option<&rustls::ServerConnection> {
+        match self {
+            Transport::Tls(stream) => Some(stream.get_ref().1),
+            Transport::Compressed(c) => c.inner.tls_connection(),
+            _ => None,
         }
+    }
+
+    /// What channel binding for SCRAM-PLUS and FAST needs that costs
+    /// nothing to know: whether `tls-exporter` is available (only on TLS
+    /// 1.3: RFC 9266 §3 forbids it on 1.2 without extended master secret,
+    /// and we don't want to reason about which 1.2 sessions had it), and
+    /// the `tls-server-end-point` hash of the certificate we presented
+    /// (hashed once per certificate). The exporter itself costs a
+    /// key-schedule expansion, so it is computed only when a binding uses
+    /// it ([`tls_exporter`](Self::tls_exporter)).
+    pub fn binding_basis(&self, tls: &TlsContext) -> (bool, Option<std::sync::Arc<[u8]>>) {
+        let Some(conn) = self.tls_connection() else {
+            return (false, None);
+        };
+        (
+            conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
+            tls.end_point_hash(conn.server_name()),
+        )
+    }
+
+    /// RFC 9266 `tls-exporter` data, on TLS 1.3 only.
+    pub fn tls_exporter(&self) -> Option<Vec<u8>> {
+        let conn = self.tls_connection()?;
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return None;
+        }
+        conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .ok()
+            .map(|k| k.to_vec())
     }
 }
 

@@ -2,11 +2,12 @@
 //! under TLS (STARTTLS or XEP-0368 direct TLS) and XEP-0138 compression.
 
 use std::io;
+use std::sync::{Arc, OnceLock};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use waxwing_proto::ns;
-use waxwing_proto::sasl::ChannelBindingData;
+use waxwing_proto::sasl::{ChannelBindingData, ChannelBindingTypes};
 use waxwing_proto::stanza::StreamError;
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent};
 
@@ -23,8 +24,12 @@ const READ_CHUNK: usize = 2048;
 pub(crate) struct TcpLink {
     io: Transport,
     framer: Framer,
-    /// Set once TLS is up.
-    cb: ChannelBindingData,
+    /// Set once TLS is up: whether `tls-exporter` is available (TLS 1.3)
+    /// and our certificate's `tls-server-end-point` hash (shared).
+    exporter: bool,
+    end_point: Option<Arc<[u8]>>,
+    /// The data, made on first use: most logins never bind.
+    cb: OnceLock<Box<ChannelBindingData>>,
     /// The listener's address: `[auth.listeners]` may narrow its mechanisms.
     local: Option<std::net::SocketAddr>,
 }
@@ -35,7 +40,9 @@ impl TcpLink {
             local: tcp.local_addr().ok(),
             io: Transport::Plain(tcp),
             framer: Framer::new(limits, ns::CLIENT),
-            cb: ChannelBindingData::default(),
+            exporter: false,
+            end_point: None,
+            cb: OnceLock::new(),
         }
     }
 
@@ -48,7 +55,8 @@ impl TcpLink {
     /// client pipelined before it are the caller's to refuse.
     pub async fn upgrade(&mut self, tls: &TlsContext) -> io::Result<()> {
         self.io.upgrade(tls).await?;
-        self.cb = self.io.channel_binding(tls);
+        (self.exporter, self.end_point) = self.io.binding_basis(tls);
+        self.cb = OnceLock::new();
         self.framer.reset();
         Ok(())
     }
@@ -140,7 +148,9 @@ impl ClientTransport for TcpLink {
         // Only called on a bound session, which never authenticates again
         // on this stream: the channel-binding data (two heap buffers per
         // session) has served its purpose.
-        self.cb = ChannelBindingData::default();
+        self.exporter = false;
+        self.end_point = None;
+        self.cb = OnceLock::new();
     }
 
     fn is_secure(&self) -> bool {
@@ -148,7 +158,23 @@ impl ClientTransport for TcpLink {
     }
 
     fn channel_binding(&self) -> &ChannelBindingData {
-        &self.cb
+        self.cb.get_or_init(|| {
+            Box::new(ChannelBindingData {
+                tls_exporter: if self.exporter {
+                    self.io.tls_exporter()
+                } else {
+                    None
+                },
+                tls_server_end_point: self.end_point.as_deref().map(<[u8]>::to_vec),
+            })
+        })
+    }
+
+    fn channel_binding_types(&self) -> ChannelBindingTypes {
+        ChannelBindingTypes {
+            tls_exporter: self.exporter,
+            tls_server_end_point: self.end_point.is_some(),
+        }
     }
 
     fn encode(&self, el: &Element, out: &mut Outgoing) {
