@@ -174,7 +174,10 @@ impl TlsContext {
 /// new ones, and holding the old ones here keeps their addresses from being
 /// reused while they are remembered.
 #[derive(Default)]
-struct EndPointHashes(std::sync::Mutex<Vec<(Arc<CertifiedKey>, Option<Arc<[u8]>>)>>);
+struct EndPointHashes(std::sync::Mutex<Vec<EndPointHash>>);
+
+/// A certificate and its hash (`None`: no usable hash).
+type EndPointHash = (Arc<CertifiedKey>, Option<Arc<[u8]>>);
 
 /// Certificates remembered: more than a server presents at once (one per
 /// host), so older ones only fall out after reloads.
