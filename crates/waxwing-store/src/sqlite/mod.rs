@@ -303,44 +303,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readers_map_the_file_and_writers_do_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = file_store(&dir).await;
-        let mut r = s.reader().await.unwrap();
-        assert!(r.is_own());
-        let mapped: i64 = sqlx::query_scalar("PRAGMA mmap_size")
-            .fetch_one(r.conn())
-            .await
-            .unwrap();
-        assert_eq!(mapped, 1 << 30);
-        // A write through the pool after the reader's first read, then a
-        // read of the new row through the map (and the WAL).
-        let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
-            .fetch_one(r.conn())
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO accounts (jid, domain) VALUES ('m@x', 'x')")
-            .execute(&s.pool)
-            .await
-            .unwrap();
-        let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE jid = 'm@x'")
-            .fetch_one(r.conn())
-            .await
-            .unwrap();
-        assert_eq!(found, 1);
-        drop(r);
-        let mut conn = s.pool.acquire().await.unwrap();
-        let pooled: i64 = sqlx::query_scalar("PRAGMA mmap_size")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-        assert_eq!(
-            pooled, 0,
-            "the writers read and write through the page cache"
-        );
-    }
-
-    #[tokio::test]
     async fn when_every_reader_is_lent_the_pool_answers() {
         let dir = tempfile::tempdir().unwrap();
         let s = file_store(&dir).await;

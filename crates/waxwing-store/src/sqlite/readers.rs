@@ -41,21 +41,6 @@ use crate::StoreError;
 /// the pool answers beyond them.
 pub(crate) const READERS: usize = 2;
 
-/// How much of the database file a reader maps (`PRAGMA mmap_size`): all of
-/// it up to this size, the rest read as before.
-///
-/// In WAL mode a connection's page cache is dropped whole at the start of
-/// any read that follows another connection's commit, and a busy server
-/// commits all the time (every logout writes the last-activity time), so a
-/// reader's cache is nearly always cold: a cold login's three lookups were
-/// about ten `pread`s of 4 KiB into freshly allocated cache pages. Mapped,
-/// they are memory reads of the kernel's page cache, without a syscall or a
-/// copy. Pages still in the WAL are read from the WAL as before. Only the
-/// readers map: they never write, so SQLite's caveats about writing through
-/// a map do not arise. Address space only: the pages are the kernel's file
-/// cache, shared, and reclaimable under memory pressure.
-const READER_MMAP_BYTES: u64 = 1 << 30;
-
 /// The read-only connections and how many exist (idle or lent).
 pub(crate) struct Readers {
     options: SqliteConnectOptions,
@@ -72,10 +57,7 @@ impl Readers {
     /// `options`: the database's connect options (made read-only here).
     pub(crate) fn new(options: SqliteConnectOptions) -> Self {
         Readers {
-            options: options
-                .read_only(true)
-                .create_if_missing(false)
-                .pragma("mmap_size", READER_MMAP_BYTES.to_string()),
+            options: options.read_only(true).create_if_missing(false),
             state: Mutex::new(State {
                 idle: Vec::with_capacity(READERS),
                 open: 0,
