@@ -47,8 +47,7 @@ impl TcpLink {
     /// Performs the TLS handshake (STARTTLS or direct TLS). Bytes the
     /// client pipelined before it are the caller's to refuse.
     pub async fn upgrade(&mut self, tls: &TlsContext) -> io::Result<()> {
-        self.io.upgrade(tls).await?;
-        self.cb = self.io.channel_binding(tls);
+        self.cb = self.io.upgrade(tls).await?;
         self.framer.reset();
         Ok(())
     }
