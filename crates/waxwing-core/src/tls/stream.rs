@@ -629,3 +629,7 @@ impl AsyncWrite for ServerTlsStream {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;
