@@ -53,6 +53,9 @@ const READ_CHUNK: usize = 8192;
 /// plaintext plus the most any suite adds (RFC 5246 §6.2.3: 2048).
 const MAX_RECORD: usize = 5 + 16384 + 2048;
 
+/// The least read into `incoming` at a time.
+const MIN_READ: usize = 2048;
+
 /// Application data encrypted per `poll_write`: one full record.
 const WRITE_CHUNK: usize = 16384;
 
@@ -208,18 +211,20 @@ impl ServerTlsStream {
         Poll::Ready(Ok(()))
     }
 
-    /// Appends what the socket has to `incoming`: the rest of the record
-    /// `incoming` starts (never more, so `incoming` stays within one
-    /// record), or a chunk when it holds less than a record header.
+    /// Appends what the socket has to `incoming`: at least a small chunk,
+    /// at most the rest of the record `incoming` starts with, so it holds
+    /// about one record. (While a handshake message spans records, rustls
+    /// keeps the fragments it joined at the front, where no record header
+    /// is; the clamp keeps that case bounded and moving.)
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let have = self.incoming.len();
-        let want = match self.incoming.get(3..5) {
-            Some(len) => (5 + usize::from(u16::from_be_bytes([len[0], len[1]])))
-                .min(MAX_RECORD)
-                .saturating_sub(have)
-                .max(1),
-            None => 2048 - have,
+        let rest = match self.incoming.get(3..5) {
+            Some(len) => {
+                (5 + usize::from(u16::from_be_bytes([len[0], len[1]]))).saturating_sub(have)
+            }
+            None => 0,
         };
+        let want = rest.clamp(MIN_READ, MAX_RECORD);
         self.incoming.resize(have + want, 0);
         let mut buf = ReadBuf::new(&mut self.incoming[have..]);
         let polled = Pin::new(&mut self.tcp).poll_read(cx, &mut buf);
