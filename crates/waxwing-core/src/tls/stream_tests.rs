@@ -184,6 +184,33 @@ async fn tls_exporter_matches_the_clients_for_every_tls13_suite() {
     }
 }
 
+/// Many handshakes at once on several threads: each connection's binding
+/// is its own (the capture slot is per thread and per handshake step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_handshakes_each_get_their_own_exporter() {
+    let setup = Arc::new(server(""));
+    let client = client_config(None, rustls::DEFAULT_VERSIONS);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let (setup, client) = (setup.clone(), client.clone());
+        tasks.spawn(async move {
+            let (_server, cb, client) = connect_with(&setup, client).await;
+            let expected = client
+                .get_ref()
+                .1
+                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .unwrap();
+            assert_eq!(cb.tls_exporter.as_deref(), Some(&expected[..]));
+            expected
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some(done) = tasks.join_next().await {
+        assert!(seen.insert(done.unwrap()), "two sessions with one binding");
+    }
+    assert_eq!(seen.len(), 40);
+}
+
 #[tokio::test]
 async fn tls12_has_no_exporter_binding_but_works() {
     let setup = server("");
