@@ -123,7 +123,10 @@ pub(crate) fn tls_exporter(suite: &Tls13CipherSuite, exporter_secret: &OkmBlock)
     suite
         .hkdf_provider
         .expander_for_okm(&derived)
-        .expand_slice(&label_info(&length, b"exporter", empty_hash.as_ref()), &mut out)
+        .expand_slice(
+            &label_info(&length, b"exporter", empty_hash.as_ref()),
+            &mut out,
+        )
         .expect("32 bytes is within HKDF-Expand's range");
     out
 }
@@ -176,7 +179,9 @@ mod tests {
             captured.exporter_secret.is_none(),
             "a secret logged while disarmed was kept"
         );
-        capturing(&mut captured, || log.log(EXPORTER_SECRET, &[0; 32], &[7; 32]));
+        capturing(&mut captured, || {
+            log.log(EXPORTER_SECRET, &[0; 32], &[7; 32])
+        });
         assert!(captured.exporter_secret.is_some());
         assert!(SLOT.with(|s| s.borrow().is_none()), "left armed");
     }

@@ -125,7 +125,8 @@ impl ServerTlsStream {
             if let Err(err) = processed {
                 // Send the alert rustls queued, as far as the socket takes
                 // it without waiting.
-                let _ = std::future::poll_fn(|cx| Poll::Ready(stream.poll_flush_outgoing(cx))).await;
+                let _ =
+                    std::future::poll_fn(|cx| Poll::Ready(stream.poll_flush_outgoing(cx))).await;
                 return Err(err);
             }
             std::future::poll_fn(|cx| stream.poll_flush_outgoing(cx)).await?;
@@ -313,7 +314,10 @@ impl ServerTlsStream {
     fn with_write_traffic(
         &mut self,
         cx: &mut Context<'_>,
-        f: impl FnMut(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> Result<(), rustls::Error>,
+        f: impl FnMut(
+            &mut WriteTraffic<'_, ServerConnectionData>,
+            &mut Vec<u8>,
+        ) -> Result<(), rustls::Error>,
     ) -> io::Result<()> {
         let mut sink = Sink {
             out: None,

@@ -62,9 +62,7 @@ impl ServerCertVerifier for AnyCertificate {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -128,11 +126,8 @@ async fn connect_with(
 }
 
 async fn connect(setup: &Setup) -> (ServerTlsStream, ClientStream<TcpStream>) {
-    let (server, _, client) = connect_with(
-        setup,
-        client_config(None, rustls::DEFAULT_VERSIONS),
-    )
-    .await;
+    let (server, _, client) =
+        connect_with(setup, client_config(None, rustls::DEFAULT_VERSIONS)).await;
     (server, client)
 }
 
@@ -170,11 +165,7 @@ async fn tls_exporter_matches_the_clients_for_every_tls13_suite() {
             .1
             .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
             .unwrap();
-        assert_eq!(
-            cb.tls_exporter.as_deref(),
-            Some(&expected[..]),
-            "{suite:?}"
-        );
+        assert_eq!(cb.tls_exporter.as_deref(), Some(&expected[..]), "{suite:?}");
         // tls-server-end-point: the certificate the client was shown.
         let shown = &client.get_ref().1.peer_certificates().unwrap()[0];
         assert_eq!(
@@ -271,7 +262,10 @@ async fn many_small_records_then_idle_with_no_buffer() {
     assert_eq!(got, sent);
     assert_holds_no_buffer(&server);
     // And the other way.
-    server.write_all(b"<r xmlns='urn:xmpp:sm:3'/>").await.unwrap();
+    server
+        .write_all(b"<r xmlns='urn:xmpp:sm:3'/>")
+        .await
+        .unwrap();
     server.flush().await.unwrap();
     assert_holds_no_buffer(&server);
     let mut buf = [0u8; 26];
@@ -299,7 +293,11 @@ async fn large_records_read_through_a_small_buffer() {
             got.extend_from_slice(&buf[..n]);
             // Never more than one record waits decrypted, one unfinished
             // record as ciphertext.
-            assert!(server.plaintext.len() <= 16384, "{}", server.plaintext.len());
+            assert!(
+                server.plaintext.len() <= 16384,
+                "{}",
+                server.plaintext.len()
+            );
             assert!(
                 server.incoming.len() <= MAX_RECORD + MIN_READ,
                 "{}",
@@ -337,7 +335,10 @@ async fn large_writes_to_a_slow_reader_stay_bounded() {
             Poll::Pending => break,
         }
     }
-    assert!(!server.outgoing.is_empty(), "pushed back with nothing waiting");
+    assert!(
+        !server.outgoing.is_empty(),
+        "pushed back with nothing waiting"
+    );
     // Now the client reads slowly, a little at a time.
     let writer = async {
         server.write_all(&payload[accepted..]).await.unwrap();
@@ -483,8 +484,7 @@ async fn starttls_upgrade_of_the_transport() {
     let mut buf = [0u8; 10];
     client_tcp.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"<proceed/>");
-    let connector =
-        tokio_rustls::TlsConnector::from(client_config(None, rustls::DEFAULT_VERSIONS));
+    let connector = tokio_rustls::TlsConnector::from(client_config(None, rustls::DEFAULT_VERSIONS));
     let name = ServerName::try_from("localhost").unwrap();
     let (upgraded, client) = tokio::join!(
         transport.upgrade(&setup.tls),
