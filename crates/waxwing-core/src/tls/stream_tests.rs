@@ -202,6 +202,40 @@ async fn concurrent_handshakes_each_get_their_own_exporter() {
     assert_eq!(seen.len(), 40);
 }
 
+/// A client that fragments its handshake messages over many small records
+/// (rustls joins them inside our `incoming` buffer, whose front is then no
+/// record header) and sends data in small records.
+#[tokio::test]
+async fn fragmented_handshake_and_small_records() {
+    let setup = server("");
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut config = (*client_config(None, &[version])).clone();
+        config.max_fragment_size = Some(64);
+        let (mut server, cb, mut client) = connect_with(&setup, Arc::new(config)).await;
+        if std::ptr::eq(version, &rustls::version::TLS13) {
+            let expected = client
+                .get_ref()
+                .1
+                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .unwrap();
+            assert_eq!(cb.tls_exporter.as_deref(), Some(&expected[..]));
+        }
+        let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 241) as u8).collect();
+        let writer = async {
+            client.write_all(&payload).await.unwrap();
+            client.flush().await.unwrap();
+        };
+        let reader = async {
+            let mut got = vec![0u8; payload.len()];
+            server.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = tokio::join!(writer, reader);
+        assert!(got == payload, "data differs");
+        assert_holds_no_buffer(&server);
+    }
+}
+
 #[tokio::test]
 async fn tls12_has_no_exporter_binding_but_works() {
     let setup = server("");
