@@ -1,14 +1,17 @@
 //! Message archives (XEP-0313) and archiving preferences on SQLite.
 //!
 //! Queries are built with `QueryBuilder` so that the placeholders follow the
-//! backend; the SQL itself stays in the subset PostgreSQL shares.
+//! backend; the SQL itself stays in the subset PostgreSQL shares. Appends
+//! go through the group commit of `archive_append.rs`.
 
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use sqlx::QueryBuilder;
+use tokio::sync::oneshot;
 use waxwing_proto::jid::{FullJid, Jid};
 
+use super::archive_append::{Queued, write_pending};
 use super::{Bounded, Conn, Db, Store, db, jid, unsigned};
 use crate::StoreError;
 use crate::archive::{
@@ -20,10 +23,6 @@ use crate::archive::{
 /// short write transaction, so a large purge never holds the write lock
 /// long enough to stall message delivery.
 const PURGE_BATCH: i64 = 1000;
-
-/// A fresh id colliding with a stored one is astronomically unlikely; a few
-/// attempts turn "unlikely" into "never" without looping forever on a bug.
-const ID_ATTEMPTS: usize = 4;
 
 type Row = (i64, String, i64, String, Option<String>, String);
 
@@ -127,35 +126,28 @@ async fn count(conn: &mut Conn, f: &Filter, below: Option<i64>) -> Result<u64, S
 #[async_trait]
 impl ArchiveStore for Store {
     async fn append(&self, owner: &ArchiveOwner, item: NewItem<'_>) -> Result<String, StoreError> {
-        let mut last = None;
-        for _ in 0..ID_ATTEMPTS {
-            let id = new_archive_id(SystemTime::now());
-            let result = sqlx::query(
-                "INSERT INTO archive_items \
-                 (owner_kind, owner, id, stamp, with_bare, with_resource, stanza) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(owner.kind().as_str())
-            .bind(owner.jid().to_string())
-            .bind(&id)
-            .bind(to_millis(item.stamp))
-            .bind(item.with.bare().to_string())
-            .bind(item.with.resource())
-            .bind(item.stanza)
-            .execute(&self.pool)
-            .bounded()
-            .await;
-            match result {
-                Ok(_) => return Ok(id),
-                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                    last = Some(sqlx::Error::Database(d));
-                }
-                Err(e) => return Err(db(e)),
-            }
+        let (done, result) = oneshot::channel();
+        let queued = Queued {
+            kind: owner.kind().as_str(),
+            owner: owner.jid().to_string(),
+            stamp: to_millis(item.stamp),
+            with_bare: item.with.bare().to_string(),
+            with_resource: item.with.resource().map(str::to_string),
+            stanza: item.stanza.to_string(),
+            done,
+        };
+        if self.appends.enqueue(queued) {
+            tokio::spawn(write_pending(
+                self.pool.clone(),
+                self.appends.clone(),
+                new_archive_id,
+            ));
         }
-        Err(last.map(db).unwrap_or(StoreError::Backend(
-            "could not draw a unique archive id".into(),
-        )))
+        result.await.unwrap_or_else(|_| {
+            Err(StoreError::Backend(
+                "the archive writer stopped before this item was written".into(),
+            ))
+        })
     }
 
     async fn query(

@@ -17,6 +17,8 @@
 mod accounts;
 #[path = "../dml/archive.rs"]
 mod archive;
+#[path = "../dml/archive_append.rs"]
+mod archive_append;
 mod breaker;
 #[path = "../dml/im.rs"]
 mod im;
@@ -69,6 +71,8 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
 /// The PostgreSQL backend: one pool shared by every store trait.
 pub(crate) struct PgStore {
     pub(crate) pool: PgPool,
+    /// Archive appends waiting for the next group commit.
+    appends: archive_append::Appends,
 }
 
 pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Stores, StoreError> {
@@ -131,7 +135,10 @@ pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<PgStore, 
         .await
         .map_err(|e| StoreError::Backend(format!("migrating the database failed: {e}")))?;
     tracing::info!(%host, port, %database, max_connections, "PostgreSQL database open, schema up to date");
-    Ok(PgStore { pool })
+    Ok(PgStore {
+        pool,
+        appends: archive_append::Appends::default(),
+    })
 }
 
 /// What [`PgStore::reader`] lends: the shared statements' interface to it
@@ -211,6 +218,17 @@ fn lock_key(scope: &str) -> i64 {
         .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME));
     // The same 64 bits, read as PostgreSQL's signed bigint.
     hash as i64
+}
+
+/// A store on a fresh database of this process's PostgreSQL, for the shared
+/// statements' unit tests (nothing to keep alive: the cluster is shared).
+#[cfg(test)]
+pub(crate) async fn test_store() -> (PgStore, Box<dyn std::any::Any + Send>) {
+    let cluster = tokio::task::spawn_blocking(waxwing_testsvc::postgres::Cluster::shared)
+        .await
+        .unwrap();
+    let url = cluster.database().await;
+    (connect(&url, 4).await.unwrap(), Box::new(()))
 }
 
 #[cfg(test)]
