@@ -166,13 +166,10 @@ impl PgStore {
     /// shared statements expect (SQLite serializes all writers).
     async fn write_tx(&self, scope: &str) -> Result<Transaction<'static, Postgres>, StoreError> {
         let key = lock_key(scope);
-        self.pool
-            .begin_with(AssertSqlSafe(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({key})"
-            )))
-            .bounded()
-            .await
-            .map_err(db)
+        self.begin(AssertSqlSafe(format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({key})"
+        )))
+        .await
     }
 
     /// A pooled connection for one read-only statement: the same thing the
@@ -196,11 +193,42 @@ impl PgStore {
     /// (READ COMMITTED would give each statement its own, so a count and
     /// the page it describes could disagree).
     async fn read_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .bounded()
+        self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
-            .map_err(db)
+    }
+
+    /// Starts a transaction with `statement`, bounded, in a task of its own
+    /// so that it runs to its end even when the caller stops waiting (the
+    /// bound, a closed session).
+    ///
+    /// Why: sqlx's PostgreSQL `begin` cancelled while its `BEGIN` is on the
+    /// wire queues no rollback (sqlx issue 4393: its rollback guard keys on
+    /// a transaction depth raised only once the answer is read), and the
+    /// pool's check on release only waits for the server to be ready. The
+    /// connection went back to the pool inside an open transaction: the
+    /// next borrower's statements ran in it and were never committed (an
+    /// archive append lost after a PostgreSQL freeze), and the first error
+    /// in it made every later statement on that connection fail with 25P02.
+    /// Here the abandoned task gets its `Transaction` when the server
+    /// answers and drops it at once, which queues the `ROLLBACK` that the
+    /// release check sends before the connection is lent again.
+    async fn begin(
+        &self,
+        statement: impl sqlx::SqlSafeStr + Send + 'static,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let pool = self.pool.clone();
+        async move {
+            tokio::spawn(async move { pool.begin_with(statement).await })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(sqlx::Error::Io(std::io::Error::other(format!(
+                        "the transaction's task failed: {e}"
+                    ))))
+                })
+        }
+        .bounded()
+        .await
+        .map_err(db)
     }
 }
 
@@ -248,4 +276,90 @@ mod tests {
     }
 
     const LOCK_ROMEO: i64 = -4149640952409099145;
+
+    /// Waits until `n` sessions wait for an advisory lock (an event on the
+    /// server, observed from `conn`; there is nothing to subscribe to).
+    async fn until_lock_waiters(conn: &mut Conn, n: i64) {
+        loop {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+            if waiting == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A transaction whose `BEGIN` is on the wire when its caller gives up
+    /// (a timeout, a closed session) must not stay open on a pooled
+    /// connection. sqlx's PostgreSQL `begin` does not roll such a
+    /// transaction back (sqlx issue 4393), so the next borrower's statements
+    /// ran inside it: an archive append "succeeded" but was never
+    /// committed, and the first error left the connection answering 25P02
+    /// to everything. Reproduced here with a one-connection pool and a
+    /// `BEGIN` held up by an advisory lock, as a frozen server holds it up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_begin_leaves_no_transaction_on_the_pooled_connection() {
+        use std::time::SystemTime;
+
+        use crate::archive::{ArchiveOwner, ArchiveStore, NewItem};
+        use waxwing_proto::jid::Jid;
+
+        let cluster = tokio::task::spawn_blocking(waxwing_testsvc::postgres::Cluster::shared)
+            .await
+            .unwrap();
+        let url = cluster.database().await;
+        let store = Arc::new(connect(&url, 1).await.unwrap());
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        let scope = "romeo@montague.example";
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(lock_key(scope))
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let waiting = {
+            let store = store.clone();
+            tokio::spawn(async move { store.write_tx(scope).await.map(|_| ()) })
+        };
+        until_lock_waiters(&mut other, 1).await;
+        // The caller gives up while its BEGIN waits on the server.
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(lock_key(scope))
+            .execute(&mut other)
+            .await
+            .unwrap();
+
+        // The pool's one connection serves the next call, which must be
+        // committed on its own: visible from another session.
+        let owner = ArchiveOwner::User(BareJid::parse("juliet@capulet.example").unwrap());
+        let with = Jid::parse("romeo@montague.example").unwrap();
+        let item = NewItem {
+            with: &with,
+            stamp: SystemTime::now(),
+            stanza: "<message>after</message>",
+        };
+        let id = store.append(&owner, item).await.unwrap();
+        let (seen,): (i64,) = sqlx::query_as("SELECT count(*) FROM archive_items WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(seen, 1, "the append ran in a transaction left open");
+        // And nothing of ours sits in a transaction any more.
+        let (open,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'waxwing' \
+             AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+        assert_eq!(open, 0);
+    }
 }
