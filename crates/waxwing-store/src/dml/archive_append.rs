@@ -132,9 +132,10 @@ pub(super) async fn write_pending(
     }
 }
 
-/// Writes `batch` in one statement and answers every caller. A constraint
-/// violation (in practice a drawn id that is already taken) sends the batch
-/// row by row, each row with fresh ids on a collision, so that one row's
+/// Writes `batch` in one statement and answers every caller. An error that
+/// one row may have caused (a constraint violation, in practice a drawn id
+/// that is already taken; a value the server refuses) sends the batch row
+/// by row, each row with fresh ids on a collision, so that one row's
 /// trouble is only its own caller's. Any other failure (the database
 /// unreachable, locked past its timeout) is every caller's: retrying each
 /// row would only multiply the wait.
@@ -165,7 +166,7 @@ pub(super) async fn write_batch(
                 let _ = q.done.send(Ok(id));
             }
         }
-        Err(sqlx::Error::Database(d)) if is_constraint(d.as_ref()) => {
+        Err(sqlx::Error::Database(d)) if is_about_rows(d.as_ref()) => {
             tracing::debug!(rows = batch.len(), error = %d.message(), "archive batch refused; writing it row by row");
             for q in batch {
                 let result = write_one(pool, &q, draw).await;
@@ -181,8 +182,14 @@ pub(super) async fn write_batch(
     }
 }
 
-fn is_constraint(d: &dyn sqlx::error::DatabaseError) -> bool {
+/// Whether the server refused the statement for what is in some row rather
+/// than for its own state: a constraint, or PostgreSQL's data exceptions
+/// (SQLSTATE class 22: a NUL byte in text, a value out of range). SQLite's
+/// other errors (busy, I/O, full) are the database's, not a row's.
+fn is_about_rows(d: &dyn sqlx::error::DatabaseError) -> bool {
     !matches!(d.kind(), sqlx::error::ErrorKind::Other)
+        || d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some_and(|pg| pg.code().starts_with("22"))
 }
 
 /// One row, drawing a fresh id on each collision.

@@ -294,6 +294,54 @@ mod tests {
         }
     }
 
+    /// A row the server refuses for its content (PostgreSQL's text takes no
+    /// NUL byte: SQLSTATE 22021, not a constraint) is its own caller's
+    /// error: the batch's other items are stored and their callers answered
+    /// with their ids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_refused_for_its_content_fails_only_its_own_append() {
+        use archive_append::{Queued, write_batch};
+        use tokio::sync::oneshot;
+
+        let (store, _keep) = test_store().await;
+        let mut answers = Vec::new();
+        let batch = [
+            "<message>1</message>",
+            "<message>\0</message>",
+            "<message>3</message>",
+        ]
+        .into_iter()
+        .map(|stanza| {
+            let (done, rx) = oneshot::channel();
+            answers.push(rx);
+            Queued {
+                kind: "user",
+                owner: "juliet@capulet.example".into(),
+                stamp: 1,
+                with_bare: "romeo@montague.example".into(),
+                with_resource: None,
+                stanza: stanza.into(),
+                done,
+            }
+        })
+        .collect();
+        let mut draw = || crate::archive::new_archive_id(std::time::SystemTime::now());
+        write_batch(&store.pool, batch, &mut draw).await;
+        let mut results = Vec::new();
+        for rx in answers {
+            results.push(rx.await.unwrap());
+        }
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(results[1].is_err(), "{results:?}");
+        let stored: Vec<(String,)> =
+            sqlx::query_as("SELECT stanza FROM archive_items ORDER BY seq")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        let stored: Vec<_> = stored.into_iter().map(|(s,)| s).collect();
+        assert_eq!(stored, ["<message>1</message>", "<message>3</message>"]);
+    }
+
     /// A transaction whose `BEGIN` is on the wire when its caller gives up
     /// (a timeout, a closed session) must not stay open on a pooled
     /// connection. sqlx's PostgreSQL `begin` does not roll such a
