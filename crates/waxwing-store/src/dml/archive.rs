@@ -317,32 +317,32 @@ impl ArchiveStore for Store {
         &self,
         user: &waxwing_proto::jid::BareJid,
     ) -> Result<Option<ArchivePrefs>, StoreError> {
-        let mut tx = self.read_tx().await?;
-        let default: Option<String> =
-            sqlx::query_scalar("SELECT default_policy FROM archive_prefs WHERE owner = $1")
-                .bind(user.to_string())
-                .fetch_optional(&mut *tx)
-                .bounded()
-                .await
-                .map_err(db)?;
-        let Some(default) = default else {
-            return Ok(None);
-        };
-        let default = DefaultPolicy::parse(&default)
-            .ok_or_else(|| StoreError::Corrupt(format!("archive default policy {default:?}")))?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT jid, policy FROM archive_prefs_jids WHERE owner = $1 ORDER BY jid",
+        // One statement (one snapshot, so no transaction), on a reader: the
+        // preferences are read for both archives of every chat message, and
+        // a read transaction cost three trips to the connection's thread.
+        let mut r = self.reader().await?;
+        let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT p.default_policy, j.jid, j.policy FROM archive_prefs p \
+             LEFT JOIN archive_prefs_jids j ON j.owner = p.owner WHERE p.owner = $1",
         )
         .bind(user.to_string())
-        .fetch_all(&mut *tx)
+        .fetch_all(r.conn())
         .bounded()
         .await
-        .map_err(db)?;
+        .map_err(|e| r.error(e))?;
+        let Some((default, _, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let default = DefaultPolicy::parse(default)
+            .ok_or_else(|| StoreError::Corrupt(format!("archive default policy {default:?}")))?;
         let mut prefs = ArchivePrefs {
             default,
             always: Vec::new(),
             never: Vec::new(),
         };
+        let rows = rows
+            .into_iter()
+            .filter_map(|(_, j, policy)| Some((j?, policy?)));
         for (j, policy) in rows {
             let j = Jid::parse(&j)
                 .map_err(|_| StoreError::Corrupt(format!("stored JID {j:?} is not valid")))?;
