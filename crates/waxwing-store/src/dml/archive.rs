@@ -266,26 +266,15 @@ impl ArchiveStore for Store {
     }
 
     async fn remove(&self, owner: &ArchiveOwner) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx(&owner.jid().to_string()).await?;
-        let n = sqlx::query("DELETE FROM archive_items WHERE owner_kind = $1 AND owner = $2")
-            .bind(owner.kind().as_str())
-            .bind(owner.jid().to_string())
-            .execute(&mut *tx)
-            .bounded()
-            .await
-            .map_err(db)?
-            .rows_affected();
-        if let ArchiveOwner::User(user) = owner {
-            // The JID rows go with it (ON DELETE CASCADE).
-            sqlx::query("DELETE FROM archive_prefs WHERE owner = $1")
-                .bind(user.to_string())
-                .execute(&mut *tx)
-                .bounded()
-                .await
-                .map_err(db)?;
+        let writing = match owner {
+            ArchiveOwner::User(user) => self.prefs_cache().map(|c| c.writing(&user.to_string())),
+            ArchiveOwner::Room(_) => None,
+        };
+        let result = self.remove_archive(owner).await;
+        if let Some(w) = writing {
+            w.ended();
         }
-        tx.commit().bounded().await.map_err(db)?;
-        Ok(n)
+        result
     }
 
     async fn replace(
@@ -317,15 +306,108 @@ impl ArchiveStore for Store {
         &self,
         user: &waxwing_proto::jid::BareJid,
     ) -> Result<Option<ArchivePrefs>, StoreError> {
-        // One statement (one snapshot, so no transaction), on a reader: the
-        // preferences are read for both archives of every chat message, and
-        // a read transaction cost three trips to the connection's thread.
+        let key = user.to_string();
+        let cache = self.prefs_cache();
+        if let Some(hit) = cache.and_then(|c| c.get(&key)) {
+            return Ok(hit);
+        }
+        let ticket = cache.and_then(|c| c.ticket());
+        let prefs = self.read_prefs(&key).await?;
+        if let (Some(c), Some(t)) = (cache, ticket) {
+            c.fill(key, prefs.clone(), t);
+        }
+        Ok(prefs)
+    }
+
+    async fn set_prefs(
+        &self,
+        user: &waxwing_proto::jid::BareJid,
+        prefs: &ArchivePrefs,
+    ) -> Result<(), StoreError> {
+        let prefs = prefs.normalized();
+        let key = user.to_string();
+        let writing = self.prefs_cache().map(|c| c.writing(&key));
+        let result = self.write_prefs(&key, &prefs).await;
+        if let Some(w) = writing {
+            w.ended();
+        }
+        result
+    }
+}
+
+impl Store {
+    async fn write_prefs(&self, key: &str, prefs: &ArchivePrefs) -> Result<(), StoreError> {
+        let mut tx = self.write_tx(key).await?;
+        sqlx::query(
+            "INSERT INTO archive_prefs (owner, default_policy) VALUES ($1, $2) \
+             ON CONFLICT (owner) DO UPDATE SET default_policy = excluded.default_policy",
+        )
+        .bind(key)
+        .bind(prefs.default.as_str())
+        .execute(&mut *tx)
+        .bounded()
+        .await
+        .map_err(db)?;
+        sqlx::query("DELETE FROM archive_prefs_jids WHERE owner = $1")
+            .bind(key)
+            .execute(&mut *tx)
+            .bounded()
+            .await
+            .map_err(db)?;
+        let lists = [("always", &prefs.always), ("never", &prefs.never)];
+        for (policy, list) in lists {
+            for j in list {
+                sqlx::query(
+                    "INSERT INTO archive_prefs_jids (owner, jid, policy) VALUES ($1, $2, $3)",
+                )
+                .bind(key)
+                .bind(j.to_string())
+                .bind(policy)
+                .execute(&mut *tx)
+                .bounded()
+                .await
+                .map_err(db)?;
+            }
+        }
+        tx.commit().bounded().await.map_err(db)
+    }
+}
+
+impl Store {
+    /// `ArchiveStore::remove` with the preferences' cache left aside.
+    async fn remove_archive(&self, owner: &ArchiveOwner) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx(&owner.jid().to_string()).await?;
+        let n = sqlx::query("DELETE FROM archive_items WHERE owner_kind = $1 AND owner = $2")
+            .bind(owner.kind().as_str())
+            .bind(owner.jid().to_string())
+            .execute(&mut *tx)
+            .bounded()
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if let ArchiveOwner::User(user) = owner {
+            // The JID rows go with it (ON DELETE CASCADE).
+            sqlx::query("DELETE FROM archive_prefs WHERE owner = $1")
+                .bind(user.to_string())
+                .execute(&mut *tx)
+                .bounded()
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().bounded().await.map_err(db)?;
+        Ok(n)
+    }
+
+    /// `user`'s stored preferences. One statement (one snapshot, so no
+    /// transaction), on a reader: a read transaction cost three trips to
+    /// the connection's thread on SQLite.
+    async fn read_prefs(&self, user: &str) -> Result<Option<ArchivePrefs>, StoreError> {
         let mut r = self.reader().await?;
         let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
             "SELECT p.default_policy, j.jid, j.policy FROM archive_prefs p \
              LEFT JOIN archive_prefs_jids j ON j.owner = p.owner WHERE p.owner = $1",
         )
-        .bind(user.to_string())
+        .bind(user)
         .fetch_all(r.conn())
         .bounded()
         .await
@@ -354,47 +436,5 @@ impl ArchiveStore for Store {
         }
         // Sorted as Jid sorts, not as the strings do.
         Ok(Some(prefs.normalized()))
-    }
-
-    async fn set_prefs(
-        &self,
-        user: &waxwing_proto::jid::BareJid,
-        prefs: &ArchivePrefs,
-    ) -> Result<(), StoreError> {
-        let prefs = prefs.normalized();
-        let key = user.to_string();
-        let mut tx = self.write_tx(&key).await?;
-        sqlx::query(
-            "INSERT INTO archive_prefs (owner, default_policy) VALUES ($1, $2) \
-             ON CONFLICT (owner) DO UPDATE SET default_policy = excluded.default_policy",
-        )
-        .bind(&key)
-        .bind(prefs.default.as_str())
-        .execute(&mut *tx)
-        .bounded()
-        .await
-        .map_err(db)?;
-        sqlx::query("DELETE FROM archive_prefs_jids WHERE owner = $1")
-            .bind(&key)
-            .execute(&mut *tx)
-            .bounded()
-            .await
-            .map_err(db)?;
-        let lists = [("always", &prefs.always), ("never", &prefs.never)];
-        for (policy, list) in lists {
-            for j in list {
-                sqlx::query(
-                    "INSERT INTO archive_prefs_jids (owner, jid, policy) VALUES ($1, $2, $3)",
-                )
-                .bind(&key)
-                .bind(j.to_string())
-                .bind(policy)
-                .execute(&mut *tx)
-                .bounded()
-                .await
-                .map_err(db)?;
-            }
-        }
-        tx.commit().bounded().await.map_err(db)
     }
 }

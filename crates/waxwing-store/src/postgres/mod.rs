@@ -158,6 +158,12 @@ impl Reader {
 }
 
 impl PgStore {
+    /// No cache of archiving preferences: other nodes of a cluster may
+    /// change them (`prefs_cache.rs`).
+    fn prefs_cache(&self) -> Option<&crate::prefs_cache::PrefsCache> {
+        None
+    }
+
     /// Starts a write transaction serialized with every other one on the
     /// same `scope` (an account, a room, a node): a transaction-scoped
     /// advisory lock, taken in the same round trip as `BEGIN` and released

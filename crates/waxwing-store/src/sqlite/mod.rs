@@ -78,6 +78,8 @@ pub(crate) struct SqliteStore {
     readers: Option<Readers>,
     /// Archive appends waiting for the next group commit.
     appends: archive_append::Appends,
+    /// Archiving preferences read recently (`prefs_cache.rs`).
+    prefs: crate::prefs_cache::PrefsCache,
 }
 
 /// What a committed write must survive before a call returns.
@@ -172,6 +174,7 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
         pool,
         readers,
         appends: archive_append::Appends::default(),
+        prefs: crate::prefs_cache::PrefsCache::default(),
     })
 }
 
@@ -195,6 +198,12 @@ fn is_memory_url(url: &str) -> bool {
 }
 
 impl SqliteStore {
+    /// The archiving preferences' cache: this process is the database's
+    /// only writer (`prefs_cache.rs`).
+    fn prefs_cache(&self) -> Option<&crate::prefs_cache::PrefsCache> {
+        Some(&self.prefs)
+    }
+
     /// Starts a write transaction that takes the write lock up front.
     ///
     /// A plain (deferred) `BEGIN` that reads first and writes later can fail
