@@ -3,16 +3,19 @@
 use std::io;
 
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+use waxwing_proto::sasl::ChannelBindingData;
 
 use crate::stream::compress::ZlibStream;
 pub use crate::stream::compress::is_decompression_bomb;
 use crate::tls::TlsContext;
+use crate::tls::stream::ServerTlsStream;
 
 /// A client connection before or after TLS.
 pub enum Transport {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// Boxed: the TLS session state is large and plain sessions don't need
+    /// the room.
+    Tls(Box<ServerTlsStream>),
     /// XEP-0138 zlib over one of the above.
     Compressed(Box<Compressed>),
     /// Only while an upgrade is in flight.
@@ -28,19 +31,20 @@ impl Transport {
         }
     }
 
-    /// Performs the TLS handshake on the plain socket (STARTTLS or XEP-0368).
-    pub async fn upgrade(&mut self, tls: &TlsContext) -> io::Result<()> {
+    /// Performs the TLS handshake on the plain socket (STARTTLS or
+    /// XEP-0368) and returns the channel-binding data for SCRAM-PLUS.
+    pub async fn upgrade(&mut self, tls: &TlsContext) -> io::Result<ChannelBindingData> {
         let Transport::Plain(tcp) = std::mem::replace(self, Transport::Upgrading) else {
             return Err(io::Error::other(
                 "TLS upgrade of a stream that is not plain TCP",
             ));
         };
-        let stream = tls.acceptor.accept(tcp).await?;
-        if crate::tls::is_acme_validation(stream.get_ref().1) {
+        let (stream, cb) = tls.accept_client(tcp).await?;
+        if crate::tls::is_acme_validation(stream.connection()) {
             return Err(io::Error::other("ACME tls-alpn-01 validation handshake"));
         }
         *self = Transport::Tls(Box::new(stream));
-        Ok(())
+        Ok(cb)
     }
 
     /// The client's certificate, when it presented one that verified
@@ -50,49 +54,10 @@ impl Transport {
             return None;
         };
         stream
-            .get_ref()
-            .1
+            .connection()
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.clone().into_owned())
-    }
-
-    /// The TLS connection, under compression too.
-    fn tls_connection(&self) -> Option<&rustls::ServerConnection> {
-        match self {
-            Transport::Tls(stream) => Some(stream.get_ref().1),
-            Transport::Compressed(c) => c.inner.tls_connection(),
-            _ => None,
-        }
-    }
-
-    /// What channel binding for SCRAM-PLUS and FAST needs that costs
-    /// nothing to know: whether `tls-exporter` is available (only on TLS
-    /// 1.3: RFC 9266 §3 forbids it on 1.2 without extended master secret,
-    /// and we don't want to reason about which 1.2 sessions had it), and
-    /// the `tls-server-end-point` hash of the certificate we presented
-    /// (hashed once per certificate). The exporter itself costs a
-    /// key-schedule expansion, so it is computed only when a binding uses
-    /// it ([`tls_exporter`](Self::tls_exporter)).
-    pub fn binding_basis(&self, tls: &TlsContext) -> (bool, Option<std::sync::Arc<[u8]>>) {
-        let Some(conn) = self.tls_connection() else {
-            return (false, None);
-        };
-        (
-            conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
-            tls.end_point_hash(conn.server_name()),
-        )
-    }
-
-    /// RFC 9266 `tls-exporter` data, on TLS 1.3 only.
-    pub fn tls_exporter(&self) -> Option<Vec<u8>> {
-        let conn = self.tls_connection()?;
-        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
-            return None;
-        }
-        conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
-            .ok()
-            .map(|k| k.to_vec())
     }
 }
 

@@ -2,12 +2,11 @@
 //! under TLS (STARTTLS or XEP-0368 direct TLS) and XEP-0138 compression.
 
 use std::io;
-use std::sync::{Arc, OnceLock};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use waxwing_proto::ns;
-use waxwing_proto::sasl::{ChannelBindingData, ChannelBindingTypes};
+use waxwing_proto::sasl::ChannelBindingData;
 use waxwing_proto::stanza::StreamError;
 use waxwing_proto::xml::{Element, Framer, Limits, StreamEvent};
 
@@ -24,12 +23,8 @@ const READ_CHUNK: usize = 2048;
 pub(crate) struct TcpLink {
     io: Transport,
     framer: Framer,
-    /// Set once TLS is up: whether `tls-exporter` is available (TLS 1.3)
-    /// and our certificate's `tls-server-end-point` hash (shared).
-    exporter: bool,
-    end_point: Option<Arc<[u8]>>,
-    /// The data, made on first use: most logins never bind.
-    cb: OnceLock<Box<ChannelBindingData>>,
+    /// Set once TLS is up.
+    cb: ChannelBindingData,
     /// The listener's address: `[auth.listeners]` may narrow its mechanisms.
     local: Option<std::net::SocketAddr>,
 }
@@ -40,9 +35,7 @@ impl TcpLink {
             local: tcp.local_addr().ok(),
             io: Transport::Plain(tcp),
             framer: Framer::new(limits, ns::CLIENT),
-            exporter: false,
-            end_point: None,
-            cb: OnceLock::new(),
+            cb: ChannelBindingData::default(),
         }
     }
 
@@ -54,9 +47,7 @@ impl TcpLink {
     /// Performs the TLS handshake (STARTTLS or direct TLS). Bytes the
     /// client pipelined before it are the caller's to refuse.
     pub async fn upgrade(&mut self, tls: &TlsContext) -> io::Result<()> {
-        self.io.upgrade(tls).await?;
-        (self.exporter, self.end_point) = self.io.binding_basis(tls);
-        self.cb = OnceLock::new();
+        self.cb = self.io.upgrade(tls).await?;
         self.framer.reset();
         Ok(())
     }
@@ -88,14 +79,15 @@ impl TcpLink {
 /// The scratch array lives on the stack for one poll only, never across a
 /// `Pending`, so the hundreds of thousands of idle sessions this server is
 /// built for hold no read buffer of their own (a `Pending` poll_read
-/// consumed nothing: tokio-rustls keeps undecrypted bytes in rustls).
+/// consumed nothing: the TLS stream keeps an unfinished record itself).
+/// It starts uninitialised: every transport under it only writes to it.
 fn read_into<'a>(
     io: &'a mut Transport,
     framer: &'a mut Framer,
 ) -> impl Future<Output = io::Result<usize>> + 'a {
     std::future::poll_fn(move |cx| {
-        let mut scratch = [0u8; READ_CHUNK];
-        let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut scratch);
         std::task::ready!(tokio::io::AsyncRead::poll_read(
             std::pin::Pin::new(&mut *io),
             cx,
@@ -148,9 +140,7 @@ impl ClientTransport for TcpLink {
         // Only called on a bound session, which never authenticates again
         // on this stream: the channel-binding data (two heap buffers per
         // session) has served its purpose.
-        self.exporter = false;
-        self.end_point = None;
-        self.cb = OnceLock::new();
+        self.cb = ChannelBindingData::default();
     }
 
     fn is_secure(&self) -> bool {
@@ -158,23 +148,7 @@ impl ClientTransport for TcpLink {
     }
 
     fn channel_binding(&self) -> &ChannelBindingData {
-        self.cb.get_or_init(|| {
-            Box::new(ChannelBindingData {
-                tls_exporter: if self.exporter {
-                    self.io.tls_exporter()
-                } else {
-                    None
-                },
-                tls_server_end_point: self.end_point.as_deref().map(<[u8]>::to_vec),
-            })
-        })
-    }
-
-    fn channel_binding_types(&self) -> ChannelBindingTypes {
-        ChannelBindingTypes {
-            tls_exporter: self.exporter,
-            tls_server_end_point: self.end_point.is_some(),
-        }
+        &self.cb
     }
 
     fn encode(&self, el: &Element, out: &mut Outgoing) {
