@@ -38,6 +38,12 @@
 //! lifetime: an entry is used for at most `[storage] cache_secs` after it was
 //! loaded. With `[cluster]` the cache is off: other nodes write the same
 //! database.
+//!
+//! Memory: at most `cache_accounts` accounts (about 600 bytes each with
+//! their secrets, an empty roster and the avatar hash), and no longer than
+//! needed: a sweeper task drops entries that have not been used for
+//! `cache_secs` and gives the map's memory back, so the copies a login wave
+//! left do not stay for the life of the process.
 
 use std::hash::Hash;
 use std::os::unix::fs::MetadataExt;
@@ -46,7 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hashlink::LruCache;
+use hashlink::LinkedHashMap;
 use waxwing_proto::jid::BareJid;
 use waxwing_store::{
     AccountStore, LoginRead, PrivateXmlStore, RosterItem, RosterStore, StoreError, StoredSecret,
@@ -120,6 +126,7 @@ pub(crate) fn wrap(mut stores: Stores, limits: CacheLimits, data_dir: &Path) -> 
             path,
         },
     });
+    spawn_sweeper(&caches, limits.lifetime);
     stores.accounts = Arc::new(CachedAccounts {
         inner: stores.accounts,
         caches: caches.clone(),
@@ -135,15 +142,47 @@ pub(crate) fn wrap(mut stores: Stores, limits: CacheLimits, data_dir: &Path) -> 
     stores
 }
 
+/// How often the sweeper looks for expired entries: half their lifetime,
+/// so an unused entry is gone at most 1.5 lifetimes after it was loaded,
+/// within these bounds.
+fn sweep_period(lifetime: Duration) -> Duration {
+    (lifetime / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Sweeps `caches` every [`sweep_period`] for as long as they exist (a
+/// server's life), when there is a runtime to sweep on.
+fn spawn_sweeper(caches: &Arc<Caches>, lifetime: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let caches = Arc::downgrade(caches);
+    runtime.spawn(async move {
+        let mut every = tokio::time::interval(sweep_period(lifetime));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await; // the first tick is immediate
+        loop {
+            every.tick().await;
+            let Some(caches) = caches.upgrade() else {
+                return;
+            };
+            caches.sweep();
+        }
+    });
+}
+
 /// A bounded, least-recently-used map whose entries expire, with the
 /// generation that keeps a racing read from caching a stale value.
 struct Cache<K: Hash + Eq, V> {
     state: Mutex<State<K, V>>,
     lifetime: Duration,
+    /// At most this many entries; the least recently used one goes first.
+    capacity: usize,
 }
 
 struct State<K: Hash + Eq, V> {
-    entries: LruCache<K, (Instant, V)>,
+    /// Least recently used (read or filled) first: every use moves its
+    /// entry to the back.
+    entries: LinkedHashMap<K, (Instant, V)>,
     generation: u64,
 }
 
@@ -151,10 +190,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     fn new(limits: CacheLimits) -> Self {
         Cache {
             state: Mutex::new(State {
-                entries: LruCache::new(limits.accounts),
+                entries: LinkedHashMap::new(),
                 generation: 0,
             }),
             lifetime: limits.lifetime,
+            capacity: limits.accounts,
         }
     }
 
@@ -167,9 +207,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     /// The cached value, or the generation to hand to [`Cache::fill`]
     /// after loading it from the store.
     fn get(&self, key: &K) -> Result<V, u64> {
+        self.get_at(key, Instant::now())
+    }
+
+    /// [`Cache::get`] at `now`.
+    fn get_at(&self, key: &K, now: Instant) -> Result<V, u64> {
         let mut s = self.lock();
-        match s.entries.get(key) {
-            Some((at, v)) if at.elapsed() < self.lifetime => Ok(v.clone()),
+        match s.entries.to_back(key) {
+            Some((at, v)) if now.saturating_duration_since(*at) < self.lifetime => Ok(v.clone()),
             Some(_) => {
                 s.entries.remove(key);
                 Err(s.generation)
@@ -181,10 +226,52 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
     /// Keeps `value`, read from the store, unless some write invalidated
     /// anything since `generation` was taken (the value may predate it).
     fn fill(&self, key: K, generation: u64, value: V) {
+        self.fill_at(key, generation, value, Instant::now())
+    }
+
+    /// [`Cache::fill`] at `now`.
+    fn fill_at(&self, key: K, generation: u64, value: V, now: Instant) {
         let mut s = self.lock();
         if s.generation == generation {
-            s.entries.insert(key, (Instant::now(), value));
+            s.entries.insert(key, (now, value));
+            while s.entries.len() > self.capacity {
+                s.entries.pop_front();
+            }
         }
+    }
+
+    /// Drops every entry that has not been used for the lifetime, and
+    /// gives the map's memory back when it dropped any. Returns how many
+    /// went.
+    ///
+    /// Only the front needs looking at: an entry unused for a lifetime was
+    /// loaded at least that long ago (it has expired), and every entry in
+    /// front of it was used even earlier; so popping expired entries off
+    /// the front until a live one stops it removes every idle one, and an
+    /// expired entry further back (loaded long ago, used lately) goes at
+    /// its next use, as before.
+    fn sweep(&self) -> usize {
+        self.sweep_at(Instant::now())
+    }
+
+    /// [`Cache::sweep`] at `now`.
+    fn sweep_at(&self, now: Instant) -> usize {
+        let mut s = self.lock();
+        let mut dropped = 0;
+        while s
+            .entries
+            .front()
+            .is_some_and(|(_, (at, _))| now.saturating_duration_since(*at) >= self.lifetime)
+        {
+            s.entries.pop_front();
+            dropped += 1;
+        }
+        if dropped > 0 {
+            // Removed entries' nodes are kept for reuse and the table keeps
+            // its size: after a login wave that is the wave's whole size.
+            s.entries.shrink_to_fit();
+        }
+        dropped
     }
 
     /// The generation a read starting now hands to [`Cache::fill`].
@@ -205,6 +292,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         let mut s = self.lock();
         s.generation = s.generation.wrapping_add(1);
         s.entries.clear();
+        s.entries.shrink_to_fit();
     }
 }
 
@@ -222,6 +310,14 @@ struct Caches {
 }
 
 impl Caches {
+    /// Drops the entries of every map that went unused for their lifetime.
+    fn sweep(&self) {
+        let dropped = self.secrets.sweep() + self.rosters.sweep() + self.fragments.sweep();
+        if dropped > 0 {
+            tracing::debug!(dropped, "account cache: unused entries dropped");
+        }
+    }
+
     /// Drops every copy if another process changed accounts since the
     /// last look. Before every cached read.
     fn check_stamp(&self) {
@@ -812,6 +908,103 @@ mod tests {
         };
         cache.fill(1, generation, 11);
         assert_eq!(cache.get(&1), Ok(11));
+    }
+
+    #[test]
+    fn the_sweep_drops_exactly_the_entries_unused_for_their_lifetime() {
+        let minute = Duration::from_secs(60);
+        let cache: Cache<u32, u32> = Cache::new(CacheLimits {
+            accounts: 100,
+            lifetime: minute,
+        });
+        let t0 = Instant::now();
+        for k in 1..=3 {
+            let g = cache.get_at(&k, t0).unwrap_err();
+            cache.fill_at(k, g, k, t0);
+        }
+        let g = cache.get_at(&4, t0).unwrap_err();
+        cache.fill_at(4, g, 4, t0 + minute / 2);
+        // Before anything is a lifetime old: nothing goes.
+        assert_eq!(cache.sweep_at(t0 + minute / 2), 0);
+        // 2 was used lately (moved to the back): it still expires by its
+        // load time when read, but the sweep stops at the first live entry.
+        assert_eq!(cache.get_at(&2, t0 + minute / 2), Ok(2));
+        assert_eq!(
+            cache.sweep_at(t0 + minute),
+            2,
+            "1 and 3, idle for a lifetime"
+        );
+        assert_eq!(cache.lock().entries.len(), 2);
+        assert!(cache.get_at(&1, t0 + minute).is_err());
+        assert!(cache.get_at(&3, t0 + minute).is_err());
+        // 2 is used past its lifetime: not served, and dropped by that read.
+        assert!(cache.get_at(&2, t0 + minute).is_err());
+        assert_eq!(cache.get_at(&4, t0 + minute), Ok(4));
+        // Later, 4 expires too: the map is empty and has given back its
+        // table (the nodes of removed entries are not kept for reuse).
+        assert_eq!(cache.sweep_at(t0 + 2 * minute), 1);
+        let s = cache.lock();
+        assert!(s.entries.is_empty());
+        assert_eq!(s.entries.capacity(), 0);
+    }
+
+    #[test]
+    fn a_swept_map_shrinks_to_what_it_holds() {
+        let cache: Cache<u32, u32> = Cache::new(CacheLimits {
+            accounts: 20_000,
+            lifetime: Duration::from_secs(60),
+        });
+        let t0 = Instant::now();
+        for k in 0..10_000 {
+            let g = cache.get_at(&k, t0).unwrap_err();
+            cache.fill_at(k, g, k, t0);
+        }
+        let full = cache.lock().entries.capacity();
+        assert!(full >= 10_000);
+        // Ten accounts come back; the wave's other entries expire.
+        let later = t0 + Duration::from_secs(30);
+        for k in 0..10 {
+            let g = cache.get_at(&(k + 20_000), later).unwrap_err();
+            cache.fill_at(k + 20_000, g, k, later);
+        }
+        assert_eq!(cache.sweep_at(t0 + Duration::from_secs(60)), 10_000);
+        let s = cache.lock();
+        assert_eq!(s.entries.len(), 10);
+        assert!(
+            s.entries.capacity() < full / 100,
+            "{} of {full}",
+            s.entries.capacity()
+        );
+    }
+
+    #[test]
+    fn the_sweep_period_is_half_the_lifetime_within_bounds() {
+        assert_eq!(
+            sweep_period(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(sweep_period(Duration::from_secs(1)), Duration::from_secs(1));
+        assert_eq!(
+            sweep_period(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_does_not_keep_the_caches_alive() {
+        let caches = Arc::new(Caches {
+            secrets: Cache::new(LIMITS),
+            rosters: Cache::new(LIMITS),
+            fragments: Cache::new(LIMITS),
+            stamp: Stamp {
+                path: PathBuf::from("/nonexistent/accounts.changed"),
+                seen: Mutex::new(None),
+            },
+        });
+        spawn_sweeper(&caches, LIMITS.lifetime);
+        let weak = Arc::downgrade(&caches);
+        drop(caches);
+        assert!(weak.upgrade().is_none());
     }
 
     #[test]

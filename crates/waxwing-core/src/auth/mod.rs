@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use waxwing_proto::jid::BareJid;
-use waxwing_proto::sasl::{ChannelBindingData, SaslError};
+use waxwing_proto::sasl::{ChannelBindingTypes, SaslError};
 use waxwing_store::StoreError;
 
 use crate::abuse::RegistrationLimit;
@@ -83,7 +83,7 @@ impl Authenticator {
         host: Option<&str>,
         local: Option<SocketAddr>,
         tls: bool,
-        cb: &ChannelBindingData,
+        cb: ChannelBindingTypes,
         client_cert: bool,
     ) -> Vec<&'static str> {
         let Some(h) = host.and_then(|h| config.auth.host(h)) else {

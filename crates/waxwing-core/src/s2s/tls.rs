@@ -56,7 +56,7 @@ impl S2sTls {
         local_domains: &[String],
         ca_bundle: Option<&Path>,
     ) -> Result<Self, crate::tls::TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::server_provider();
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(Arc::new(AcceptAnyCert(provider.clone())))

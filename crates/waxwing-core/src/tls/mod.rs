@@ -55,6 +55,8 @@ pub struct TlsContext {
     certs: Arc<CertStore>,
     /// Answers of open ACME orders (tls-alpn-01 certificates, http-01 tokens).
     acme: Arc<crate::acme::Challenges>,
+    /// `tls-server-end-point` hashes of the certificates presented lately.
+    end_points: Arc<EndPointHashes>,
 }
 
 impl TlsContext {
@@ -70,7 +72,7 @@ impl TlsContext {
             certs: certs.clone(),
             acme: acme.clone(),
         });
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = server_provider();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
         let builder = match &config.auth.client_certificates {
@@ -121,6 +123,7 @@ impl TlsContext {
             https: tokio_rustls::TlsAcceptor::from(Arc::new(https)),
             certs,
             acme,
+            end_points: Arc::default(),
         })
     }
 
@@ -143,15 +146,16 @@ impl TlsContext {
             }
             _ => None,
         };
-        let leaf = match &captured.certificate {
-            Some(key) => key.cert[0].clone(),
-            None => self.leaf_for(None),
+        // Hashed once per certificate, not per connection (`EndPointHashes`).
+        let end_point = match captured.certificate {
+            Some(key) => self.end_points.get(key),
+            None => self.end_point_hash(None),
         };
         Ok((
             stream,
             ChannelBindingData {
                 tls_exporter,
-                tls_server_end_point: tls_server_end_point_hash(&leaf),
+                tls_server_end_point: end_point.map(|h| h.to_vec()),
             },
         ))
     }
@@ -198,6 +202,50 @@ impl TlsContext {
     pub fn leaf_for(&self, sni: Option<&str>) -> CertificateDer<'static> {
         self.certs.pick(sni).cert[0].clone()
     }
+
+    /// The RFC 5929 `tls-server-end-point` hash of the certificate
+    /// presented for `sni` (see [`leaf_for`](Self::leaf_for)), `None` when
+    /// its signature algorithm names no usable hash. Hashing a certificate
+    /// costs about as much as the rest of a SASL exchange, and every TLS
+    /// connection needs it for its features: it is hashed once per
+    /// certificate.
+    pub fn end_point_hash(&self, sni: Option<&str>) -> Option<Arc<[u8]>> {
+        self.end_points.get(self.certs.pick(sni))
+    }
+}
+
+/// Certificates lately presented and their `tls-server-end-point` hashes,
+/// most recent last. A certificate is known by its `Arc`: a reload makes
+/// new ones, and holding the old ones here keeps their addresses from being
+/// reused while they are remembered.
+#[derive(Default)]
+struct EndPointHashes(std::sync::Mutex<Vec<EndPointHash>>);
+
+/// A certificate and its hash (`None`: no usable hash).
+type EndPointHash = (Arc<CertifiedKey>, Option<Arc<[u8]>>);
+
+/// Certificates remembered: more than a server presents at once (one per
+/// host), so older ones only fall out after reloads.
+const END_POINT_HASHES: usize = 16;
+
+impl EndPointHashes {
+    fn get(&self, cert: Arc<CertifiedKey>) -> Option<Arc<[u8]>> {
+        // Only whole pushes and removals happen under the lock.
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, hash)) = known.iter().find(|(c, _)| Arc::ptr_eq(c, &cert)) {
+            return hash.clone();
+        }
+        let hash: Option<Arc<[u8]>> = cert
+            .cert
+            .first()
+            .and_then(|leaf| tls_server_end_point_hash(leaf))
+            .map(Arc::from);
+        if known.len() >= END_POINT_HASHES {
+            known.remove(0);
+        }
+        known.push((cert, hash.clone()));
+        hash
+    }
 }
 
 #[derive(Debug)]
@@ -220,6 +268,36 @@ impl ResolvesServerCert for CertResolver {
         capture::record_certificate(&key);
         Some(key)
     }
+}
+
+/// The crypto provider of every server-side TLS configuration: ring, with
+/// AES-128-GCM preferred over AES-256-GCM in each protocol version, as
+/// Mozilla's recommended configurations order them. The server chooses
+/// (`ignore_client_order`), and rustls' default list puts AES-256 first,
+/// which for TLS 1.3 also means SHA-384 for the whole key schedule: this
+/// CPU class hashes SHA-256 in hardware (SHA-NI) but SHA-384 in software,
+/// so every handshake's HKDF and HMACs cost several times more, for no
+/// security the 128-bit key exchange (X25519, P-256) does not already cap.
+/// AES-256 and ChaCha20 stay offered for clients that support nothing else.
+pub(crate) fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| {
+        (
+            s.version() != &rustls::version::TLS13,
+            !is_aes_128(s.suite()),
+        )
+    });
+    Arc::new(provider)
+}
+
+fn is_aes_128(suite: rustls::CipherSuite) -> bool {
+    use rustls::CipherSuite as S;
+    matches!(
+        suite,
+        S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 /// Whether a finished handshake negotiated `acme-tls/1`: an ACME validator
@@ -297,4 +375,41 @@ fn client_verifier(
 
 fn file_error(path: &Path, message: impl ToString) -> TlsError {
     load::file_error(path, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CipherSuite as S;
+
+    #[test]
+    fn servers_prefer_aes_128_and_keep_every_suite() {
+        let ours: Vec<_> = server_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        let mut default: Vec<_> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(ours[0], S::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(ours[1], S::TLS13_AES_256_GCM_SHA384);
+        // TLS 1.3 before 1.2, AES-128 first within 1.2 as well.
+        let first_12 = ours
+            .iter()
+            .position(|s| !format!("{s:?}").starts_with("TLS13"))
+            .unwrap();
+        assert!(
+            ours[..first_12]
+                .iter()
+                .all(|s| format!("{s:?}").starts_with("TLS13"))
+        );
+        assert!(is_aes_128(ours[first_12]));
+        let mut sorted = ours.clone();
+        sorted.sort_by_key(|s| u16::from(*s));
+        default.sort_by_key(|s| u16::from(*s));
+        assert_eq!(sorted, default, "the same suites, only reordered");
+    }
 }

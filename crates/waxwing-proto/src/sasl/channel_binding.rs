@@ -59,7 +59,32 @@ impl ChannelBindingData {
 
     /// True if any binding type is available, i.e. if we advertise `-PLUS`.
     pub fn any(&self) -> bool {
-        self.tls_exporter.is_some() || self.tls_server_end_point.is_some()
+        self.types().any()
+    }
+
+    /// Which types this data has.
+    pub fn types(&self) -> ChannelBindingTypes {
+        ChannelBindingTypes {
+            tls_exporter: self.tls_exporter.is_some(),
+            tls_server_end_point: self.tls_server_end_point.is_some(),
+        }
+    }
+}
+
+/// Which channel-binding types a connection can supply, without the data:
+/// what stream features advertise. A TLS layer may know this long before
+/// (or without ever) computing the data: the exporter costs a key-schedule
+/// expansion per connection, and most logins do not bind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelBindingTypes {
+    pub tls_exporter: bool,
+    pub tls_server_end_point: bool,
+}
+
+impl ChannelBindingTypes {
+    /// True if any binding type is available, i.e. if we advertise `-PLUS`.
+    pub fn any(&self) -> bool {
+        self.tls_exporter || self.tls_server_end_point
     }
 }
 

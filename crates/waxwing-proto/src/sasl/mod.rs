@@ -31,7 +31,9 @@ pub fn parse_external(msg: &[u8]) -> Result<Option<String>, SaslError> {
     let authzid = std::str::from_utf8(msg).map_err(|_| SaslError::MalformedRequest)?;
     Ok((!authzid.is_empty()).then(|| authzid.to_owned()))
 }
-pub use channel_binding::{ChannelBindingData, ChannelBindingType, tls_server_end_point_hash};
+pub use channel_binding::{
+    ChannelBindingData, ChannelBindingType, ChannelBindingTypes, tls_server_end_point_hash,
+};
 pub use plain::{PlainCredentials, parse_plain};
 pub use scram::{ClientFirst, ScramHash, ScramSecret, ScramServer, fake_salt};
 

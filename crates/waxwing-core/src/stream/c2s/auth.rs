@@ -371,7 +371,7 @@ impl Conn {
             self.host.as_deref(),
             tcp.and_then(|t| t.local_addr()),
             self.link.is_secure(),
-            self.link.channel_binding(),
+            self.link.channel_binding_types(),
             tcp.and_then(|t| t.peer_certificate()).is_some(),
         )
     }
@@ -442,14 +442,26 @@ impl Conn {
         // RFC 5802 §6: a client's "y" (binding supported by it, not by us)
         // is a downgrade only when we advertised -PLUS; a host or listener
         // whose list leaves -PLUS out must accept it.
-        let cb = if self
+        let cb = if !self
             .mechanisms_offered()
             .iter()
             .any(|m| m.ends_with("-PLUS"))
         {
+            waxwing_proto::sasl::ChannelBindingData::default()
+        } else if first.starts_with(b"p") {
+            // The client binds (GS2 flag "p=…"): the data itself.
             self.link.channel_binding().clone()
         } else {
-            waxwing_proto::sasl::ChannelBindingData::default()
+            // "n" or "y": only whether we support binding matters (a "y"
+            // is a downgrade then), which the types say without making
+            // the exporter (a key-schedule expansion per login). The empty
+            // data stands for "available" and is never read: only a "p="
+            // flag (handled above) puts binding data into the proof.
+            let types = self.link.channel_binding_types();
+            waxwing_proto::sasl::ChannelBindingData {
+                tls_exporter: types.tls_exporter.then(Vec::new),
+                tls_server_end_point: types.tls_server_end_point.then(Vec::new),
+            }
         };
         let mut scram = ScramServer::new(hash, plus, cb, random_id());
         let client_first = match scram.handle_client_first(first) {
@@ -465,9 +477,16 @@ impl Conn {
             },
             None => None,
         };
+        // The host's fake-salt key salts only an unknown account's answer
+        // (a known one has its own salt): derived only then, which says
+        // nothing an unknown account's store read (never cached) does not.
+        let fake_key = match secret {
+            None => credentials::host_fake_salt_key(&self.server.fake_salt_key, host),
+            Some(_) => [0; 32],
+        };
         let server_first = scram.server_first(
             secret.as_ref(),
-            &credentials::host_fake_salt_key(&self.server.fake_salt_key, host),
+            &fake_key,
             self.server.config.scram_iterations,
         );
         self.challenge(&server_first).await?;

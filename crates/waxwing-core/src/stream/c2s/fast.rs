@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use waxwing_proto::jid::BareJid;
-use waxwing_proto::sasl::{ChannelBindingData, SaslError};
+use waxwing_proto::sasl::{ChannelBindingData, ChannelBindingTypes, SaslError};
 use waxwing_proto::xml::{Element, parse_stanza};
 use waxwing_store::StoredSecret;
 
@@ -64,15 +64,19 @@ impl Ht {
 }
 
 /// Mechanisms available on this connection.
-pub(super) fn offered(cb: &ChannelBindingData) -> Vec<Ht> {
+pub(super) fn offered(cb: ChannelBindingTypes) -> Vec<Ht> {
     [Ht::Expr, Ht::Endp, Ht::None]
         .into_iter()
-        .filter(|m| m.cb_data(cb).is_some())
+        .filter(|m| match m {
+            Ht::None => true,
+            Ht::Endp => cb.tls_server_end_point,
+            Ht::Expr => cb.tls_exporter,
+        })
         .collect()
 }
 
 /// The `<fast/>` SASL2 inline feature.
-pub(super) fn feature(cb: &ChannelBindingData) -> Element {
+pub(super) fn feature(cb: ChannelBindingTypes) -> Element {
     let mut f = Element::new("fast", NS);
     for m in offered(cb) {
         f.push_child(Element::new("mechanism", NS).with_text(m.name()));

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::io;
 
-use waxwing_proto::sasl::ChannelBindingData;
+use waxwing_proto::sasl::{ChannelBindingData, ChannelBindingTypes};
 use waxwing_proto::stanza::StreamError;
 use waxwing_proto::xml::{Element, Limits, StreamEvent};
 
@@ -175,8 +175,15 @@ pub(crate) trait ClientTransport {
     /// Whether the client's data reaches us encrypted.
     fn is_secure(&self) -> bool;
 
-    /// Channel-binding data for SCRAM-PLUS and FAST `-ENDP`.
+    /// Channel-binding data for SCRAM-PLUS and FAST `-ENDP`/`-EXPR`: only
+    /// where a binding is used (it may be computed on the first call).
     fn channel_binding(&self) -> &ChannelBindingData;
+
+    /// Which binding types [`channel_binding`](Self::channel_binding) has,
+    /// for the features, without computing the data.
+    fn channel_binding_types(&self) -> ChannelBindingTypes {
+        self.channel_binding().types()
+    }
 
     /// Appends one top-level element (stanza or nonza) in this framing.
     fn encode(&self, el: &Element, out: &mut Outgoing);
@@ -294,6 +301,10 @@ impl ClientTransport for Link {
 
     fn channel_binding(&self) -> &ChannelBindingData {
         each!(self, t => t.channel_binding())
+    }
+
+    fn channel_binding_types(&self) -> ChannelBindingTypes {
+        each!(self, t => t.channel_binding_types())
     }
 
     fn encode(&self, el: &Element, out: &mut Outgoing) {

@@ -225,7 +225,7 @@ impl Conn {
     /// The stream features for where negotiation stands (no I/O).
     pub(super) fn features(&self) -> Element {
         let tls = self.link.is_secure();
-        let cb = self.link.channel_binding();
+        let cb = self.link.channel_binding_types();
         let config = &self.server.config;
         let sasl_allowed = tls || !config.require_encryption;
         let mut features = Element::new("features", ns::STREAM);
@@ -265,8 +265,8 @@ impl Conn {
             // XEP-0440: tell clients which binding types -PLUS supports.
             let mut types = Element::new("sasl-channel-binding", ns::SASL_CB);
             for (ty, have) in [
-                ("tls-exporter", cb.tls_exporter.is_some()),
-                ("tls-server-end-point", cb.tls_server_end_point.is_some()),
+                ("tls-exporter", cb.tls_exporter),
+                ("tls-server-end-point", cb.tls_server_end_point),
             ] {
                 if have {
                     types.push_child(

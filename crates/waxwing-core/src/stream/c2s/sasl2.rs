@@ -30,7 +30,7 @@ pub(super) enum Outcome {
 /// The `<authentication/>` stream feature.
 pub(super) fn feature(
     mechanisms: &[&str],
-    cb: &waxwing_proto::sasl::ChannelBindingData,
+    cb: waxwing_proto::sasl::ChannelBindingTypes,
     fast: bool,
 ) -> Element {
     let mut auth = Element::new("authentication", NS);
