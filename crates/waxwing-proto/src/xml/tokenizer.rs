@@ -108,6 +108,12 @@ enum St {
     EmptyClose,
 }
 
+/// What [`Tokenizer::fast_tag`] read.
+enum FastTag {
+    Start { empty: bool },
+    End,
+}
+
 /// One namespace scope: what an element declared.
 #[derive(Debug)]
 struct Scope {
@@ -255,6 +261,9 @@ fn check_chars(s: &[u8]) -> Res<()> {
 /// Checks an XML name with at most one colon whose sides are NCNames;
 /// returns the colon's position.
 fn check_qname(bytes: &[u8]) -> Res<Option<usize>> {
+    if let Some(r) = ascii_qname(bytes) {
+        return r;
+    }
     let s = std::str::from_utf8(bytes).map_err(|_| nwf("invalid UTF-8 in a name"))?;
     let mut parts = s.splitn(3, ':');
     let first = parts.next().unwrap_or("");
@@ -268,6 +277,34 @@ fn check_qname(bytes: &[u8]) -> Res<Option<usize>> {
         return Ok(Some(first.len()));
     }
     Ok(None)
+}
+
+/// `check_qname` for an all-ASCII name in one pass; `None` for a name
+/// with other bytes.
+fn ascii_qname(bytes: &[u8]) -> Option<Res<Option<usize>>> {
+    let mut colon = None;
+    let mut part_start = true;
+    for (i, &c) in bytes.iter().enumerate() {
+        let ok = match c {
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' => true,
+            b'0'..=b'9' | b'-' | b'.' => !part_start,
+            b':' if colon.is_none() && !part_start => {
+                colon = Some(i);
+                part_start = true;
+                continue;
+            }
+            0x80.. => return None,
+            _ => false,
+        };
+        if !ok {
+            return Some(Err(nwf("invalid name")));
+        }
+        part_start = false;
+    }
+    if part_start {
+        return Some(Err(nwf("empty name or name part")));
+    }
+    Some(Ok(colon))
 }
 
 fn check_ncname(s: &str) -> Res<()> {
@@ -420,6 +457,13 @@ impl Tokenizer {
                     }
                 }
                 St::Lt => {
+                    if let Some((n, tag)) = self.fast_tag(input) {
+                        self.advance(input, n);
+                        return match tag {
+                            FastTag::Start { empty } => self.finish_tag(empty).map(Some),
+                            FastTag::End => Ok(Some(self.end_tag())),
+                        };
+                    }
                     self.advance(input, 1);
                     match b {
                         b'?' => self.state = St::Pi(0),
@@ -841,23 +885,14 @@ impl Tokenizer {
                 if matches!(b, b'/' | b'?') {
                     return Err(nwf("unexpected byte in an end tag"));
                 }
-                let s = std::str::from_utf8(&self.name).map_err(|_| nwf("invalid UTF-8 in a name"))?;
-                let valid = !s.is_empty()
-                    && (if s.is_ascii() {
-                        let f = s.as_bytes()[0];
-                        (f.is_ascii_alphabetic() || f == b'_' || f == b':')
-                            && s.bytes().all(|c| NAME_BYTE[c as usize])
-                    } else {
-                        rxml_validation::validate_name(s).is_ok()
-                    });
-                if !valid {
-                    return Err(nwf("invalid name"));
-                }
                 let open = self
                     .scopes
                     .last()
                     .map_or("", |sc| &self.names[sc.name_from..]);
-                if open != s {
+                // The open element's name was checked when it started; any
+                // other name is refused (as invalid or as a mismatch, both
+                // not-well-formed).
+                if open.as_bytes() != self.name.as_slice() {
                     return Err(nwf("end tag does not match the start tag"));
                 }
                 match b {
@@ -883,6 +918,79 @@ impl Tokenizer {
             }
         }
         Ok(None)
+    }
+
+    /// The common case after a `<`: a whole, simple, valid
+    /// start or end tag in `input`, read in one pass. `None` for anything
+    /// else (not all there, a reference, a CR, non-ASCII names, any error),
+    /// which the state machine then reads from the same byte, so that
+    /// errors and their order stay exactly its own. Returns the bytes to
+    /// consume and what to finish once they are.
+    fn fast_tag(&mut self, input: &[u8]) -> Option<(usize, FastTag)> {
+        let limit = self.token_limit;
+        let name_end = |from: usize| {
+            let n = input[from..].iter().position(|&c| !NAME_BYTE[c as usize])?;
+            let end = from + n;
+            (n <= limit && input[from..end].is_ascii()).then_some(end)
+        };
+        if input.first() == Some(&b'/') {
+            let open = &self.names[self.scopes.last()?.name_from..];
+            let end = 1 + open.len();
+            if input.get(1..end)? != open.as_bytes() || *input.get(end)? != b'>' {
+                return None;
+            }
+            return Some((end + 1, FastTag::End));
+        }
+        let mut i = name_end(0)?;
+        let colon = ascii_qname(&input[..i])?.ok()?;
+        self.tag_qname.clear();
+        self.tag_qname.push_str(std::str::from_utf8(&input[..i]).ok()?);
+        self.tag_colon = colon;
+        self.tag_default = None;
+        self.tag_decls.clear();
+        self.tag_attrs.clear();
+        let mut spaced = true;
+        loop {
+            let c = *input.get(i)?;
+            match c {
+                b'>' => return Some((i + 1, FastTag::Start { empty: false })),
+                b'/' if *input.get(i + 1)? == b'>' => {
+                    return Some((i + 2, FastTag::Start { empty: true }));
+                }
+                _ if is_space(c) => {
+                    i += 1;
+                    spaced = true;
+                }
+                _ if spaced && (c.is_ascii_alphabetic() || c == b'_') => {
+                    let end = name_end(i)?;
+                    let colon = ascii_qname(&input[i..end])?.ok()?;
+                    let qname = std::str::from_utf8(&input[i..end]).ok()?;
+                    if qname == "xmlns:xmlns" || *input.get(end)? != b'=' {
+                        return None;
+                    }
+                    let quote = *input.get(end + 1)?;
+                    if quote != b'\'' && quote != b'"' {
+                        return None;
+                    }
+                    let from = end + 2;
+                    let n = input
+                        .get(from..)?
+                        .iter()
+                        .position(|&c| c == quote || (!VALUE_BYTE[c as usize] && c != b'\'' && c != b'"'))?;
+                    if input[from + n] != quote || n > limit {
+                        return None;
+                    }
+                    let raw = &input[from..from + n];
+                    let value = std::str::from_utf8(raw).ok()?;
+                    check_chars(raw).ok()?;
+                    let qname = qname.to_owned();
+                    self.add_attribute(qname, colon, value.to_owned()).ok()?;
+                    i = from + n + 1;
+                    spaced = false;
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// `b` starts a token the grammar does not allow here: a quote or a
@@ -916,7 +1024,12 @@ impl Tokenizer {
         let value = value.to_owned();
         self.state = St::TagBlank { required: true };
         let qname = std::mem::take(&mut self.attr_qname);
-        let colon = self.attr_colon;
+        self.add_attribute(qname, self.attr_colon, value)
+    }
+
+    /// A complete attribute: a namespace declaration is checked and noted,
+    /// anything else waits for the end of the tag.
+    fn add_attribute(&mut self, qname: String, colon: Option<usize>, value: String) -> Res<()> {
         let (prefix, local) = match colon {
             Some(c) => (Some(&qname[..c]), &qname[c + 1..]),
             None => (None, &qname[..]),
@@ -966,25 +1079,22 @@ impl Tokenizer {
             name_from,
         });
         self.decls.append(&mut self.tag_decls);
-        let mut attrs: Vec<(String, String, String)> = Vec::with_capacity(self.tag_attrs.len());
+        let mut attrs: Vec<(String, String)> = Vec::with_capacity(self.tag_attrs.len());
         for a in self.tag_attrs.drain(..) {
-            let (ns, local) = match a.colon {
+            let key = match a.colon {
                 Some(c) => {
                     let ns = lookup_prefix(&self.decls, &a.qname[..c])
                         .ok_or_else(|| bad_prefix("undeclared namespace prefix"))?;
-                    (ns.to_owned(), a.qname[c + 1..].to_owned())
+                    attr_key(ns, &a.qname[c + 1..])
                 }
-                None => (String::new(), a.qname),
+                None => a.qname,
             };
             // Sorted by namespace, then name: rxml's attribute map order.
-            let pos = attrs.partition_point(|(n, l, _)| (n.as_str(), l.as_str()) < (&ns, &local));
-            if attrs
-                .get(pos)
-                .is_some_and(|(n, l, _)| *n == ns && *l == local)
-            {
+            let pos = attrs.partition_point(|(k, _)| key_order(k) < key_order(&key));
+            if attrs.get(pos).is_some_and(|(k, _)| *k == key) {
                 return Err(nwf("duplicate attribute"));
             }
-            attrs.insert(pos, (ns, local, a.value));
+            attrs.insert(pos, (key, a.value));
         }
         let (ns, local) = match self.tag_colon {
             Some(c) => (
@@ -1002,10 +1112,7 @@ impl Tokenizer {
             ),
         };
         let mut element = Element::new(local, ns);
-        element.attrs = attrs
-            .into_iter()
-            .map(|(ns, local, v)| (attr_key(&ns, &local), v))
-            .collect();
+        element.attrs = attrs;
         if empty {
             self.pop_scope();
         }
@@ -1080,6 +1187,19 @@ fn is_lexable_in_tag(b: u8) -> bool {
 
 fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+}
+
+/// The (namespace, local name) an attribute key stands for (see
+/// `element`'s module docs), which is what rxml orders attributes by.
+fn key_order(key: &str) -> (&str, &str) {
+    if let Some(clark) = key.strip_prefix('{') {
+        // A local name has no `}`; a namespace name may.
+        return clark.rsplit_once('}').unwrap_or(("", clark));
+    }
+    match key.strip_prefix("xml:") {
+        Some(local) => (XML_NS, local),
+        None => ("", key),
+    }
 }
 
 fn lookup_prefix<'a>(decls: &'a [(String, String)], prefix: &str) -> Option<&'a str> {
