@@ -242,11 +242,17 @@ fn is_nonchar_byte(b: u8) -> bool {
     b <= 0x08 || b == 0x0b || b == 0x0c || (0x0e..=0x1f).contains(&b)
 }
 
-/// The XML 1.0 `Char` check for UTF-8 text whose C0 controls are already
-/// excluded: U+FFFE and U+FFFF (`EF BF BE`, `EF BF BF`).
+/// The rest of the XML 1.0 `Char` check for UTF-8 text, values and names
+/// whose bytes were read through the tables above, which already refuse
+/// every C0 control but tab, LF and CR: U+FFFE and U+FFFF (`EF BF BE`,
+/// `EF BF BF`).
 fn check_chars(s: &[u8]) -> Res<()> {
-    if s.iter().any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) {
-        return Err(nwf("invalid character"));
+    debug_assert!(
+        !s.iter().any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')),
+        "controls are refused as they are read"
+    );
+    if s.is_ascii() {
+        return Ok(());
     }
     let mut rest = s;
     while let Some(p) = rest.iter().position(|&b| b == 0xef) {
@@ -406,6 +412,13 @@ impl Tokenizer {
                         .take(room)
                         .position(|&c| !TEXT_BYTE[c as usize])
                         .unwrap_or(input.len().min(room));
+                    if self.text.is_empty()
+                        && run > 0
+                        && input.get(run) == Some(&b'<')
+                        && let Some(t) = self.whole_text(input, run)
+                    {
+                        return Ok(Some(t));
+                    }
                     if run > 0 {
                         self.text.extend_from_slice(&input[..run]);
                         self.advance(input, run);
@@ -689,6 +702,23 @@ impl Tokenizer {
             return self.flush_partial(true);
         }
         Ok(None)
+    }
+
+    /// A whole text piece of `run` bytes in `input`, followed by `<`:
+    /// handed out without going through the scratch buffer. `None` (and
+    /// nothing consumed) when it is not valid, for the ordinary path to
+    /// refuse it.
+    fn whole_text(&mut self, input: &mut &[u8], run: usize) -> Option<Token> {
+        let raw = &input[..run];
+        let text = std::str::from_utf8(raw).ok()?;
+        check_chars(raw).ok()?;
+        let text = text.to_owned();
+        self.advance(input, run + 1);
+        let start = self.text_from;
+        let end = self.at - 1;
+        self.text_from = end;
+        self.state = St::Lt;
+        Some(Token::Text { text, start, end })
     }
 
     /// A byte that ended a run of text.
