@@ -294,6 +294,39 @@ fn limits_fire_at_the_same_byte() {
         }
         assert_eq!(err, Some(C::PolicyViolation), "{}", &body[..20]);
     }
+    // The same against rxml, where the token limit (16 KiB) is below the
+    // stanza limit: whole, byte by byte and split in a few places.
+    let long = 16 * 1024;
+    for body in [
+        format!("<{}/>", "n".repeat(long)),
+        format!("<{}/>", "n".repeat(long + 1)),
+        format!("<m {}='1'/>", "n".repeat(long + 1)),
+        format!("<m a='{}'/>", "v".repeat(long)),
+        format!("<m a='{}'/>", "v".repeat(long + 1)),
+        format!("<m a='{}&amp;'/>", "v".repeat(long - 1)),
+        format!("<m a='{}&amp;'/>", "v".repeat(long)),
+        format!("<m a='{}&amp;x'/>", "v".repeat(long)),
+        format!("<m a='{}\r\r'/>", "v".repeat(long)),
+        format!("<m>{}&amp;{}</m>", "t".repeat(long), "u".repeat(long)),
+        format!("<m><![CDATA[{}]]]]></m>", "c".repeat(long * 2)),
+        format!("{}<m/>", " ".repeat(long * 2)),
+        format!("{}&#32;<m/>", " ".repeat(long)),
+        format!("<m>{}é</m>", "t".repeat(long - 1)),
+    ] {
+        let input = format!("{HEADER}{body}").into_bytes();
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        let mut splits: Vec<Vec<&[u8]>> = vec![vec![&input[..]], bytes];
+        for at in [HEADER.len() + 1, HEADER.len() + long, input.len() - 3] {
+            let (a, b) = input.split_at(at);
+            splits.push(vec![a, b]);
+        }
+        for chunks in splits {
+            let release = vec![true; chunks.len()];
+            if let Err(d) = compare(limits, ns::CLIENT, &chunks, &release) {
+                panic!("{}…: new {:?}, rxml {:?}", &body[..12], d.0.error, d.1.error);
+            }
+        }
+    }
     // Long text is fine, split or not.
     let text = format!("<m>{}</m>", "t".repeat(20_000));
     let mut f = Framer::new(limits, ns::CLIENT);
