@@ -592,7 +592,6 @@ fn unescape(v: &[u8]) -> String {
     out
 }
 
-
 /// What one framer made of a chunked input: its events, `buffered()`
 /// after each chunk, and the condition it stopped with.
 #[derive(Debug, PartialEq, Eq)]
@@ -673,9 +672,7 @@ pub fn compare(
     // token (rxml reads the `>` after a misplaced `/`), so `buffered()` is
     // compared for the chunks both got through.
     let n = new.buffered.len().min(old.buffered.len());
-    if new.events == old.events
-        && new.error == old.error
-        && new.buffered[..n] == old.buffered[..n]
+    if new.events == old.events && new.error == old.error && new.buffered[..n] == old.buffered[..n]
     {
         Ok(())
     } else {

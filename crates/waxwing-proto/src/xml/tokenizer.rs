@@ -248,7 +248,8 @@ fn is_nonchar_byte(b: u8) -> bool {
 /// `EF BF BF`).
 fn check_chars(s: &[u8]) -> Res<()> {
     debug_assert!(
-        !s.iter().any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')),
+        !s.iter()
+            .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')),
         "controls are refused as they are read"
     );
     if s.is_ascii() {
@@ -370,12 +371,6 @@ impl Tokenizer {
         t.at = at;
         t.text_from = at;
         t
-    }
-
-    /// Open elements, the stream's root included.
-    #[cfg(test)]
-    pub(super) fn depth(&self) -> usize {
-        self.scopes.len()
     }
 
     /// Releases scratch capacity while idle.
@@ -739,10 +734,7 @@ impl Tokenizer {
                 Ok(t)
             }
             b']' => {
-                self.state = St::Bracket {
-                    cdata: false,
-                    n: 1,
-                };
+                self.state = St::Bracket { cdata: false, n: 1 };
                 Ok(None)
             }
             b'\r' => {
@@ -974,7 +966,8 @@ impl Tokenizer {
         let mut i = name_end(0)?;
         let colon = ascii_qname(&input[..i])?.ok()?;
         self.tag_qname.clear();
-        self.tag_qname.push_str(std::str::from_utf8(&input[..i]).ok()?);
+        self.tag_qname
+            .push_str(std::str::from_utf8(&input[..i]).ok()?);
         self.tag_colon = colon;
         self.tag_default = None;
         self.tag_decls.clear();
@@ -1003,10 +996,9 @@ impl Tokenizer {
                         return None;
                     }
                     let from = end + 2;
-                    let n = input
-                        .get(from..)?
-                        .iter()
-                        .position(|&c| c == quote || (!VALUE_BYTE[c as usize] && c != b'\'' && c != b'"'))?;
+                    let n = input.get(from..)?.iter().position(|&c| {
+                        c == quote || (!VALUE_BYTE[c as usize] && c != b'\'' && c != b'"')
+                    })?;
                     if input[from + n] != quote || n > limit {
                         return None;
                     }

@@ -151,14 +151,23 @@ fn utf8_and_the_char_production() {
     }
     // C0 controls other than tab, LF and CR; U+FFFE and U+FFFF.
     for c in [0x01u8, 0x08, 0x0b, 0x0c, 0x1f] {
-        assert_eq!(error_bytes(&[b'<', b'm', b'>', c, b'<', b'/', b'm', b'>']), C::NotWellFormed);
-        assert_eq!(error_bytes(&[b'<', b'm', b' ', b'a', b'=', b'"', c, b'"', b'/', b'>']), C::NotWellFormed);
+        assert_eq!(
+            error_bytes(&[b'<', b'm', b'>', c, b'<', b'/', b'm', b'>']),
+            C::NotWellFormed
+        );
+        assert_eq!(
+            error_bytes(&[b'<', b'm', b' ', b'a', b'=', b'"', c, b'"', b'/', b'>']),
+            C::NotWellFormed
+        );
     }
     assert_eq!(error("<m>\u{fffe}</m>"), C::NotWellFormed);
     assert_eq!(error("<m>\u{ffff}</m>"), C::NotWellFormed);
     assert_eq!(error("<m a='\u{ffff}'/>"), C::NotWellFormed);
     assert_eq!(error("<m><![CDATA[\u{fffe}]]></m>"), C::NotWellFormed);
-    assert_eq!(one("<m>\u{fffd}\u{10ffff}\u{7f}\u{85}</m>"), "<m>\u{fffd}\u{10ffff}\u{7f}\u{85}</m>");
+    assert_eq!(
+        one("<m>\u{fffd}\u{10ffff}\u{7f}\u{85}</m>"),
+        "<m>\u{fffd}\u{10ffff}\u{7f}\u{85}</m>"
+    );
 }
 
 #[test]
@@ -166,10 +175,29 @@ fn names() {
     assert_eq!(one("<a.b-c_d é='1'/>"), "<a.b-c_d é='1'/>");
     assert_eq!(one("<ĉu><ĉu/></ĉu>"), "<ĉu><ĉu/></ĉu>");
     for bad in [
-        "<1a/>", "<-a/>", "<.a/>", "<a:b:c xmlns:a='u'/>", "<:a/>", "<a:/>", "<a 1b='x'/>",
-        "<a b:='x'/>", "< a/>", "<a/ >", "<a></b>", "<a><b></a></b>", "<a></ a>",
-        "<a>\u{2000}</a><\u{2000}/>", "<a\u{37e}/>", "<a b='1'c='2'/>", "<a b/>", "<a b=/>",
-        "<a b='1' ='2'/>", "<a 'x'/>", "</a>", "<a></a b>", "<a></a 'x'>",
+        "<1a/>",
+        "<-a/>",
+        "<.a/>",
+        "<a:b:c xmlns:a='u'/>",
+        "<:a/>",
+        "<a:/>",
+        "<a 1b='x'/>",
+        "<a b:='x'/>",
+        "< a/>",
+        "<a/ >",
+        "<a></b>",
+        "<a><b></a></b>",
+        "<a></ a>",
+        "<a>\u{2000}</a><\u{2000}/>",
+        "<a\u{37e}/>",
+        "<a b='1'c='2'/>",
+        "<a b/>",
+        "<a b=/>",
+        "<a b='1' ='2'/>",
+        "<a 'x'/>",
+        "</a>",
+        "<a></a b>",
+        "<a></a 'x'>",
     ] {
         assert_eq!(error(bad), C::NotWellFormed, "{bad}");
     }
@@ -187,7 +215,10 @@ fn line_ends_and_attribute_values_are_normalised() {
     assert_eq!(error("<m a='x\ry'/>"), C::NotWellFormed);
     assert_eq!(one("<m a='x\r'/>"), "<m a='x'/>");
     assert_eq!(one("<m><![CDATA[a]\rb]]></m>"), "<m>a]&#13;b</m>");
-    assert_eq!(one("<m xmlns='urn:a' xmlns='urn:b'/>"), "<m xmlns='urn:b'/>");
+    assert_eq!(
+        one("<m xmlns='urn:a' xmlns='urn:b'/>"),
+        "<m xmlns='urn:b'/>"
+    );
 }
 
 #[test]
@@ -196,10 +227,29 @@ fn references() {
         one("<m a='&lt;&#x41;&#66;'>&amp;&lt;&gt;&apos;&quot;&#x1F600;&#0000065;</m>"),
         "<m a='&lt;AB'>&amp;&lt;&gt;'\"😀A</m>"
     );
-    for bad in ["<m>&#0;</m>", "<m>&#xD800;</m>", "<m>&#xFFFE;</m>", "<m>&#x110000;</m>", "<m>&#;</m>", "<m>&#x;</m>", "<m>&;</m>", "<m>&#X41;</m>", "<m>&#12a;</m>", "<m>&am p;</m>", "<m>&</m>", "<m a='&#1;'/>"] {
+    for bad in [
+        "<m>&#0;</m>",
+        "<m>&#xD800;</m>",
+        "<m>&#xFFFE;</m>",
+        "<m>&#x110000;</m>",
+        "<m>&#;</m>",
+        "<m>&#x;</m>",
+        "<m>&;</m>",
+        "<m>&#X41;</m>",
+        "<m>&#12a;</m>",
+        "<m>&am p;</m>",
+        "<m>&</m>",
+        "<m a='&#1;'/>",
+    ] {
         assert_eq!(error(bad), C::NotWellFormed, "{bad}");
     }
-    for bad in ["<m>&nbsp;</m>", "<m a='&foo;'/>", "<m>&#000000065;</m>", "<m>&abcdefghi;</m>", "<m>&a:b;</m>"] {
+    for bad in [
+        "<m>&nbsp;</m>",
+        "<m a='&foo;'/>",
+        "<m>&#000000065;</m>",
+        "<m>&abcdefghi;</m>",
+        "<m>&a:b;</m>",
+    ] {
         assert_eq!(error(bad), C::RestrictedXml, "{bad}");
     }
     // Eight digits are allowed, nine are not.
@@ -223,7 +273,14 @@ fn cdata_and_the_cdata_end_in_text() {
 
 #[test]
 fn restricted_xml() {
-    for bad in ["<m><!-- c --></m>", "<!-- c -->", "<?xml version='1.0'?>", "<m><?pi x?></m>", "<!DOCTYPE x>", "<m><!ENTITY x 'y'></m>"] {
+    for bad in [
+        "<m><!-- c --></m>",
+        "<!-- c -->",
+        "<?xml version='1.0'?>",
+        "<m><?pi x?></m>",
+        "<!DOCTYPE x>",
+        "<m><!ENTITY x 'y'></m>",
+    ] {
         assert_eq!(error(bad), C::RestrictedXml, "{bad}");
     }
     assert_eq!(error("<m><!-x></m>"), C::NotWellFormed);
@@ -232,7 +289,10 @@ fn restricted_xml() {
 
 #[test]
 fn duplicates_and_namespaces() {
-    assert_eq!(stanzas("<m xmlns:a='urn:x' a:k='1' k='2'><a:c/></m>").len(), 1);
+    assert_eq!(
+        stanzas("<m xmlns:a='urn:x' a:k='1' k='2'><a:c/></m>").len(),
+        1
+    );
     for bad in [
         "<m k='1' k='2'/>",
         "<m xmlns:a='urn:x' xmlns:b='urn:x' a:k='1' b:k='2'/>",
@@ -255,7 +315,11 @@ fn duplicates_and_namespaces() {
     }
     // The header's prefix is in scope; xml is bound; a default can be
     // undeclared (and a stanza in no namespace is then refused).
-    assert_eq!(stanzas("<m><p:x xml:lang='de' xmlns:xml='http://www.w3.org/XML/1998/namespace'/></m>").len(), 1);
+    assert_eq!(
+        stanzas("<m><p:x xml:lang='de' xmlns:xml='http://www.w3.org/XML/1998/namespace'/></m>")
+            .len(),
+        1
+    );
     assert_eq!(error("<message xmlns=''/>"), C::InvalidNamespace);
     assert_eq!(stanzas("<m><x xmlns=''/></m>").len(), 1);
     assert_eq!(error("<stream:stream>"), C::BadFormat);
@@ -265,8 +329,14 @@ fn duplicates_and_namespaces() {
 fn limits_fire_at_the_same_byte() {
     let deep = "<a><b><c><d><e>".to_string();
     assert_eq!(error_with(TINY, &deep), C::PolicyViolation);
-    assert_eq!(error_with(TINY, "<a w='1' x='2' y='3' z='4'/>"), C::PolicyViolation);
-    assert_eq!(outcome_with(TINY, "<a w='1' x='2' y='3' xmlns:z='u'/>").error, None);
+    assert_eq!(
+        error_with(TINY, "<a w='1' x='2' y='3' z='4'/>"),
+        C::PolicyViolation
+    );
+    assert_eq!(
+        outcome_with(TINY, "<a w='1' x='2' y='3' xmlns:z='u'/>").error,
+        None
+    );
     let big = format!("<m>{}</m>", "x".repeat(400));
     assert_eq!(error_with(TINY, &big), C::PolicyViolation);
     // Just under the size limit, the stanza comes through.
@@ -323,7 +393,12 @@ fn limits_fire_at_the_same_byte() {
         for chunks in splits {
             let release = vec![true; chunks.len()];
             if let Err(d) = compare(limits, ns::CLIENT, &chunks, &release) {
-                panic!("{}…: new {:?}, rxml {:?}", &body[..12], d.0.error, d.1.error);
+                panic!(
+                    "{}…: new {:?}, rxml {:?}",
+                    &body[..12],
+                    d.0.error,
+                    d.1.error
+                );
             }
         }
     }
@@ -332,7 +407,10 @@ fn limits_fire_at_the_same_byte() {
     let mut f = Framer::new(limits, ns::CLIENT);
     f.feed(format!("{HEADER}{text}").as_bytes());
     assert!(f.next_event().unwrap().is_some());
-    assert!(matches!(f.next_event().unwrap(), Some(StreamEvent::Stanza(_))));
+    assert!(matches!(
+        f.next_event().unwrap(),
+        Some(StreamEvent::Stanza(_))
+    ));
 }
 
 #[test]

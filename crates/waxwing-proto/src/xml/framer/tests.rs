@@ -645,7 +645,10 @@ fn a_released_parser_comes_back_with_the_headers_namespaces() {
     assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
     assert_eq!(f.next_event(), Ok(None));
     f.release_idle_buffers();
-    assert!(f.tokenizer.is_none() && f.parser.is_none(), "idle: no parser held");
+    assert!(
+        f.tokenizer.is_none() && f.parser.is_none(),
+        "idle: no parser held"
+    );
     // A prefix declared only on the stream header still resolves.
     f.feed(b"<message><x:y/></message>");
     let Ok(Some(StreamEvent::Stanza(m))) = f.next_event() else {
