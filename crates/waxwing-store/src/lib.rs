@@ -22,6 +22,7 @@ pub mod memory;
 pub mod muc;
 pub mod offline;
 mod postgres;
+mod prefs_cache;
 pub mod private_xml;
 pub mod pubsub;
 pub mod reputation;

@@ -1,14 +1,17 @@
 //! Message archives (XEP-0313) and archiving preferences on SQLite.
 //!
 //! Queries are built with `QueryBuilder` so that the placeholders follow the
-//! backend; the SQL itself stays in the subset PostgreSQL shares.
+//! backend; the SQL itself stays in the subset PostgreSQL shares. Appends
+//! go through the group commit of `archive_append.rs`.
 
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use sqlx::QueryBuilder;
+use tokio::sync::oneshot;
 use waxwing_proto::jid::{FullJid, Jid};
 
+use super::archive_append::{Queued, write_pending};
 use super::{Bounded, Conn, Db, Store, db, jid, unsigned};
 use crate::StoreError;
 use crate::archive::{
@@ -20,10 +23,6 @@ use crate::archive::{
 /// short write transaction, so a large purge never holds the write lock
 /// long enough to stall message delivery.
 const PURGE_BATCH: i64 = 1000;
-
-/// A fresh id colliding with a stored one is astronomically unlikely; a few
-/// attempts turn "unlikely" into "never" without looping forever on a bug.
-const ID_ATTEMPTS: usize = 4;
 
 type Row = (i64, String, i64, String, Option<String>, String);
 
@@ -127,35 +126,28 @@ async fn count(conn: &mut Conn, f: &Filter, below: Option<i64>) -> Result<u64, S
 #[async_trait]
 impl ArchiveStore for Store {
     async fn append(&self, owner: &ArchiveOwner, item: NewItem<'_>) -> Result<String, StoreError> {
-        let mut last = None;
-        for _ in 0..ID_ATTEMPTS {
-            let id = new_archive_id(SystemTime::now());
-            let result = sqlx::query(
-                "INSERT INTO archive_items \
-                 (owner_kind, owner, id, stamp, with_bare, with_resource, stanza) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(owner.kind().as_str())
-            .bind(owner.jid().to_string())
-            .bind(&id)
-            .bind(to_millis(item.stamp))
-            .bind(item.with.bare().to_string())
-            .bind(item.with.resource())
-            .bind(item.stanza)
-            .execute(&self.pool)
-            .bounded()
-            .await;
-            match result {
-                Ok(_) => return Ok(id),
-                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                    last = Some(sqlx::Error::Database(d));
-                }
-                Err(e) => return Err(db(e)),
-            }
+        let (done, result) = oneshot::channel();
+        let queued = Queued {
+            kind: owner.kind().as_str(),
+            owner: owner.jid().to_string(),
+            stamp: to_millis(item.stamp),
+            with_bare: item.with.bare().to_string(),
+            with_resource: item.with.resource().map(str::to_string),
+            stanza: item.stanza.to_string(),
+            done,
+        };
+        if self.appends.enqueue(queued) {
+            tokio::spawn(write_pending(
+                self.pool.clone(),
+                self.appends.clone(),
+                new_archive_id,
+            ));
         }
-        Err(last.map(db).unwrap_or(StoreError::Backend(
-            "could not draw a unique archive id".into(),
-        )))
+        result.await.unwrap_or_else(|_| {
+            Err(StoreError::Backend(
+                "the archive writer stopped before this item was written".into(),
+            ))
+        })
     }
 
     async fn query(
@@ -274,26 +266,15 @@ impl ArchiveStore for Store {
     }
 
     async fn remove(&self, owner: &ArchiveOwner) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx(&owner.jid().to_string()).await?;
-        let n = sqlx::query("DELETE FROM archive_items WHERE owner_kind = $1 AND owner = $2")
-            .bind(owner.kind().as_str())
-            .bind(owner.jid().to_string())
-            .execute(&mut *tx)
-            .bounded()
-            .await
-            .map_err(db)?
-            .rows_affected();
-        if let ArchiveOwner::User(user) = owner {
-            // The JID rows go with it (ON DELETE CASCADE).
-            sqlx::query("DELETE FROM archive_prefs WHERE owner = $1")
-                .bind(user.to_string())
-                .execute(&mut *tx)
-                .bounded()
-                .await
-                .map_err(db)?;
+        let writing = match owner {
+            ArchiveOwner::User(user) => self.prefs_cache().map(|c| c.writing(&user.to_string())),
+            ArchiveOwner::Room(_) => None,
+        };
+        let result = self.remove_archive(owner).await;
+        if let Some(w) = writing {
+            w.ended();
         }
-        tx.commit().bounded().await.map_err(db)?;
-        Ok(n)
+        result
     }
 
     async fn replace(
@@ -325,32 +306,125 @@ impl ArchiveStore for Store {
         &self,
         user: &waxwing_proto::jid::BareJid,
     ) -> Result<Option<ArchivePrefs>, StoreError> {
-        let mut tx = self.read_tx().await?;
-        let default: Option<String> =
-            sqlx::query_scalar("SELECT default_policy FROM archive_prefs WHERE owner = $1")
-                .bind(user.to_string())
-                .fetch_optional(&mut *tx)
-                .bounded()
-                .await
-                .map_err(db)?;
-        let Some(default) = default else {
-            return Ok(None);
-        };
-        let default = DefaultPolicy::parse(&default)
-            .ok_or_else(|| StoreError::Corrupt(format!("archive default policy {default:?}")))?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT jid, policy FROM archive_prefs_jids WHERE owner = $1 ORDER BY jid",
+        let key = user.to_string();
+        let cache = self.prefs_cache();
+        if let Some(hit) = cache.and_then(|c| c.get(&key)) {
+            return Ok(hit);
+        }
+        let ticket = cache.and_then(|c| c.ticket());
+        let prefs = self.read_prefs(&key).await?;
+        if let (Some(c), Some(t)) = (cache, ticket) {
+            c.fill(key, prefs.clone(), t);
+        }
+        Ok(prefs)
+    }
+
+    async fn set_prefs(
+        &self,
+        user: &waxwing_proto::jid::BareJid,
+        prefs: &ArchivePrefs,
+    ) -> Result<(), StoreError> {
+        let prefs = prefs.normalized();
+        let key = user.to_string();
+        let writing = self.prefs_cache().map(|c| c.writing(&key));
+        let result = self.write_prefs(&key, &prefs).await;
+        if let Some(w) = writing {
+            w.ended();
+        }
+        result
+    }
+}
+
+impl Store {
+    async fn write_prefs(&self, key: &str, prefs: &ArchivePrefs) -> Result<(), StoreError> {
+        let mut tx = self.write_tx(key).await?;
+        sqlx::query(
+            "INSERT INTO archive_prefs (owner, default_policy) VALUES ($1, $2) \
+             ON CONFLICT (owner) DO UPDATE SET default_policy = excluded.default_policy",
         )
-        .bind(user.to_string())
-        .fetch_all(&mut *tx)
+        .bind(key)
+        .bind(prefs.default.as_str())
+        .execute(&mut *tx)
         .bounded()
         .await
         .map_err(db)?;
+        sqlx::query("DELETE FROM archive_prefs_jids WHERE owner = $1")
+            .bind(key)
+            .execute(&mut *tx)
+            .bounded()
+            .await
+            .map_err(db)?;
+        let lists = [("always", &prefs.always), ("never", &prefs.never)];
+        for (policy, list) in lists {
+            for j in list {
+                sqlx::query(
+                    "INSERT INTO archive_prefs_jids (owner, jid, policy) VALUES ($1, $2, $3)",
+                )
+                .bind(key)
+                .bind(j.to_string())
+                .bind(policy)
+                .execute(&mut *tx)
+                .bounded()
+                .await
+                .map_err(db)?;
+            }
+        }
+        tx.commit().bounded().await.map_err(db)
+    }
+}
+
+impl Store {
+    /// `ArchiveStore::remove` with the preferences' cache left aside.
+    async fn remove_archive(&self, owner: &ArchiveOwner) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx(&owner.jid().to_string()).await?;
+        let n = sqlx::query("DELETE FROM archive_items WHERE owner_kind = $1 AND owner = $2")
+            .bind(owner.kind().as_str())
+            .bind(owner.jid().to_string())
+            .execute(&mut *tx)
+            .bounded()
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if let ArchiveOwner::User(user) = owner {
+            // The JID rows go with it (ON DELETE CASCADE).
+            sqlx::query("DELETE FROM archive_prefs WHERE owner = $1")
+                .bind(user.to_string())
+                .execute(&mut *tx)
+                .bounded()
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().bounded().await.map_err(db)?;
+        Ok(n)
+    }
+
+    /// `user`'s stored preferences. One statement (one snapshot, so no
+    /// transaction), on a reader: a read transaction cost three trips to
+    /// the connection's thread on SQLite.
+    async fn read_prefs(&self, user: &str) -> Result<Option<ArchivePrefs>, StoreError> {
+        let mut r = self.reader().await?;
+        let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT p.default_policy, j.jid, j.policy FROM archive_prefs p \
+             LEFT JOIN archive_prefs_jids j ON j.owner = p.owner WHERE p.owner = $1",
+        )
+        .bind(user)
+        .fetch_all(r.conn())
+        .bounded()
+        .await
+        .map_err(|e| r.error(e))?;
+        let Some((default, _, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let default = DefaultPolicy::parse(default)
+            .ok_or_else(|| StoreError::Corrupt(format!("archive default policy {default:?}")))?;
         let mut prefs = ArchivePrefs {
             default,
             always: Vec::new(),
             never: Vec::new(),
         };
+        let rows = rows
+            .into_iter()
+            .filter_map(|(_, j, policy)| Some((j?, policy?)));
         for (j, policy) in rows {
             let j = Jid::parse(&j)
                 .map_err(|_| StoreError::Corrupt(format!("stored JID {j:?} is not valid")))?;
@@ -362,47 +436,5 @@ impl ArchiveStore for Store {
         }
         // Sorted as Jid sorts, not as the strings do.
         Ok(Some(prefs.normalized()))
-    }
-
-    async fn set_prefs(
-        &self,
-        user: &waxwing_proto::jid::BareJid,
-        prefs: &ArchivePrefs,
-    ) -> Result<(), StoreError> {
-        let prefs = prefs.normalized();
-        let key = user.to_string();
-        let mut tx = self.write_tx(&key).await?;
-        sqlx::query(
-            "INSERT INTO archive_prefs (owner, default_policy) VALUES ($1, $2) \
-             ON CONFLICT (owner) DO UPDATE SET default_policy = excluded.default_policy",
-        )
-        .bind(&key)
-        .bind(prefs.default.as_str())
-        .execute(&mut *tx)
-        .bounded()
-        .await
-        .map_err(db)?;
-        sqlx::query("DELETE FROM archive_prefs_jids WHERE owner = $1")
-            .bind(&key)
-            .execute(&mut *tx)
-            .bounded()
-            .await
-            .map_err(db)?;
-        let lists = [("always", &prefs.always), ("never", &prefs.never)];
-        for (policy, list) in lists {
-            for j in list {
-                sqlx::query(
-                    "INSERT INTO archive_prefs_jids (owner, jid, policy) VALUES ($1, $2, $3)",
-                )
-                .bind(&key)
-                .bind(j.to_string())
-                .bind(policy)
-                .execute(&mut *tx)
-                .bounded()
-                .await
-                .map_err(db)?;
-            }
-        }
-        tx.commit().bounded().await.map_err(db)
     }
 }

@@ -17,6 +17,8 @@
 mod accounts;
 #[path = "../dml/archive.rs"]
 mod archive;
+#[path = "../dml/archive_append.rs"]
+mod archive_append;
 mod breaker;
 #[path = "../dml/im.rs"]
 mod im;
@@ -69,6 +71,8 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
 /// The PostgreSQL backend: one pool shared by every store trait.
 pub(crate) struct PgStore {
     pub(crate) pool: PgPool,
+    /// Archive appends waiting for the next group commit.
+    appends: archive_append::Appends,
 }
 
 pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Stores, StoreError> {
@@ -131,7 +135,10 @@ pub(crate) async fn connect(url: &str, max_connections: u32) -> Result<PgStore, 
         .await
         .map_err(|e| StoreError::Backend(format!("migrating the database failed: {e}")))?;
     tracing::info!(%host, port, %database, max_connections, "PostgreSQL database open, schema up to date");
-    Ok(PgStore { pool })
+    Ok(PgStore {
+        pool,
+        appends: archive_append::Appends::default(),
+    })
 }
 
 /// What [`PgStore::reader`] lends: the shared statements' interface to it
@@ -151,6 +158,12 @@ impl Reader {
 }
 
 impl PgStore {
+    /// No cache of archiving preferences: other nodes of a cluster may
+    /// change them (`prefs_cache.rs`).
+    fn prefs_cache(&self) -> Option<&crate::prefs_cache::PrefsCache> {
+        None
+    }
+
     /// Starts a write transaction serialized with every other one on the
     /// same `scope` (an account, a room, a node): a transaction-scoped
     /// advisory lock, taken in the same round trip as `BEGIN` and released
@@ -159,13 +172,10 @@ impl PgStore {
     /// shared statements expect (SQLite serializes all writers).
     async fn write_tx(&self, scope: &str) -> Result<Transaction<'static, Postgres>, StoreError> {
         let key = lock_key(scope);
-        self.pool
-            .begin_with(AssertSqlSafe(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({key})"
-            )))
-            .bounded()
-            .await
-            .map_err(db)
+        self.begin(AssertSqlSafe(format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({key})"
+        )))
+        .await
     }
 
     /// A pooled connection for one read-only statement: the same thing the
@@ -189,11 +199,42 @@ impl PgStore {
     /// (READ COMMITTED would give each statement its own, so a count and
     /// the page it describes could disagree).
     async fn read_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .bounded()
+        self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
-            .map_err(db)
+    }
+
+    /// Starts a transaction with `statement`, bounded, in a task of its own
+    /// so that it runs to its end even when the caller stops waiting (the
+    /// bound, a closed session).
+    ///
+    /// Why: sqlx's PostgreSQL `begin` cancelled while its `BEGIN` is on the
+    /// wire queues no rollback (sqlx issue 4393: its rollback guard keys on
+    /// a transaction depth raised only once the answer is read), and the
+    /// pool's check on release only waits for the server to be ready. The
+    /// connection went back to the pool inside an open transaction: the
+    /// next borrower's statements ran in it and were never committed (an
+    /// archive append lost after a PostgreSQL freeze), and the first error
+    /// in it made every later statement on that connection fail with 25P02.
+    /// Here the abandoned task gets its `Transaction` when the server
+    /// answers and drops it at once, which queues the `ROLLBACK` that the
+    /// release check sends before the connection is lent again.
+    async fn begin(
+        &self,
+        statement: impl sqlx::SqlSafeStr + Send + 'static,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let pool = self.pool.clone();
+        async move {
+            tokio::spawn(async move { pool.begin_with(statement).await })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(sqlx::Error::Io(std::io::Error::other(format!(
+                        "the transaction's task failed: {e}"
+                    ))))
+                })
+        }
+        .bounded()
+        .await
+        .map_err(db)
     }
 }
 
@@ -213,6 +254,17 @@ fn lock_key(scope: &str) -> i64 {
     hash as i64
 }
 
+/// A store on a fresh database of this process's PostgreSQL, for the shared
+/// statements' unit tests (nothing to keep alive: the cluster is shared).
+#[cfg(test)]
+pub(crate) async fn test_store() -> (PgStore, Box<dyn std::any::Any + Send>) {
+    let cluster = tokio::task::spawn_blocking(waxwing_testsvc::postgres::Cluster::shared)
+        .await
+        .unwrap();
+    let url = cluster.database().await;
+    (connect(&url, 4).await.unwrap(), Box::new(()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,4 +282,138 @@ mod tests {
     }
 
     const LOCK_ROMEO: i64 = -4149640952409099145;
+
+    /// Waits until `n` sessions wait for an advisory lock (an event on the
+    /// server, observed from `conn`; there is nothing to subscribe to).
+    async fn until_lock_waiters(conn: &mut Conn, n: i64) {
+        loop {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+            if waiting == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A row the server refuses for its content (PostgreSQL's text takes no
+    /// NUL byte: SQLSTATE 22021, not a constraint) is its own caller's
+    /// error: the batch's other items are stored and their callers answered
+    /// with their ids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_refused_for_its_content_fails_only_its_own_append() {
+        use archive_append::{Queued, write_batch};
+        use tokio::sync::oneshot;
+
+        let (store, _keep) = test_store().await;
+        let mut answers = Vec::new();
+        let batch = [
+            "<message>1</message>",
+            "<message>\0</message>",
+            "<message>3</message>",
+        ]
+        .into_iter()
+        .map(|stanza| {
+            let (done, rx) = oneshot::channel();
+            answers.push(rx);
+            Queued {
+                kind: "user",
+                owner: "juliet@capulet.example".into(),
+                stamp: 1,
+                with_bare: "romeo@montague.example".into(),
+                with_resource: None,
+                stanza: stanza.into(),
+                done,
+            }
+        })
+        .collect();
+        let mut draw = || crate::archive::new_archive_id(std::time::SystemTime::now());
+        write_batch(&store.pool, batch, &mut draw).await;
+        let mut results = Vec::new();
+        for rx in answers {
+            results.push(rx.await.unwrap());
+        }
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(results[1].is_err(), "{results:?}");
+        let stored: Vec<(String,)> =
+            sqlx::query_as("SELECT stanza FROM archive_items ORDER BY seq")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        let stored: Vec<_> = stored.into_iter().map(|(s,)| s).collect();
+        assert_eq!(stored, ["<message>1</message>", "<message>3</message>"]);
+    }
+
+    /// A transaction whose `BEGIN` is on the wire when its caller gives up
+    /// (a timeout, a closed session) must not stay open on a pooled
+    /// connection. sqlx's PostgreSQL `begin` does not roll such a
+    /// transaction back (sqlx issue 4393), so the next borrower's statements
+    /// ran inside it: an archive append "succeeded" but was never
+    /// committed, and the first error left the connection answering 25P02
+    /// to everything. Reproduced here with a one-connection pool and a
+    /// `BEGIN` held up by an advisory lock, as a frozen server holds it up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_begin_leaves_no_transaction_on_the_pooled_connection() {
+        use std::time::SystemTime;
+
+        use crate::archive::{ArchiveOwner, ArchiveStore, NewItem};
+        use waxwing_proto::jid::Jid;
+
+        let cluster = tokio::task::spawn_blocking(waxwing_testsvc::postgres::Cluster::shared)
+            .await
+            .unwrap();
+        let url = cluster.database().await;
+        let store = Arc::new(connect(&url, 1).await.unwrap());
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        let scope = "romeo@montague.example";
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(lock_key(scope))
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let waiting = {
+            let store = store.clone();
+            tokio::spawn(async move { store.write_tx(scope).await.map(|_| ()) })
+        };
+        until_lock_waiters(&mut other, 1).await;
+        // The caller gives up while its BEGIN waits on the server.
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(lock_key(scope))
+            .execute(&mut other)
+            .await
+            .unwrap();
+
+        // The pool's one connection serves the next call, which must be
+        // committed on its own: visible from another session.
+        let owner = ArchiveOwner::User(BareJid::parse("juliet@capulet.example").unwrap());
+        let with = Jid::parse("romeo@montague.example").unwrap();
+        let item = NewItem {
+            with: &with,
+            stamp: SystemTime::now(),
+            stanza: "<message>after</message>",
+        };
+        let id = store.append(&owner, item).await.unwrap();
+        let (seen,): (i64,) = sqlx::query_as("SELECT count(*) FROM archive_items WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(seen, 1, "the append ran in a transaction left open");
+        // And nothing of ours sits in a transaction any more.
+        let (open,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'waxwing' \
+             AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+        assert_eq!(open, 0);
+    }
 }

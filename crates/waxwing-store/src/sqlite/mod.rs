@@ -7,6 +7,8 @@
 mod accounts;
 #[path = "../dml/archive.rs"]
 mod archive;
+#[path = "../dml/archive_append.rs"]
+mod archive_append;
 pub mod backup;
 #[path = "../dml/im.rs"]
 mod im;
@@ -74,6 +76,10 @@ pub(crate) struct SqliteStore {
     /// `None` for an in-memory database, which lives in its one pooled
     /// connection (another connection would open another database).
     readers: Option<Readers>,
+    /// Archive appends waiting for the next group commit.
+    appends: archive_append::Appends,
+    /// Archiving preferences read recently (`prefs_cache.rs`).
+    prefs: crate::prefs_cache::PrefsCache,
 }
 
 /// What a committed write must survive before a call returns.
@@ -164,7 +170,12 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
     } else {
         tracing::info!(path = %path.display(), "SQLite database open, schema up to date");
     }
-    Ok(SqliteStore { pool, readers })
+    Ok(SqliteStore {
+        pool,
+        readers,
+        appends: archive_append::Appends::default(),
+        prefs: crate::prefs_cache::PrefsCache::default(),
+    })
 }
 
 /// Whether the database file of `url` exists (an in-memory one does not).
@@ -187,6 +198,12 @@ fn is_memory_url(url: &str) -> bool {
 }
 
 impl SqliteStore {
+    /// The archiving preferences' cache: this process is the database's
+    /// only writer (`prefs_cache.rs`).
+    fn prefs_cache(&self) -> Option<&crate::prefs_cache::PrefsCache> {
+        Some(&self.prefs)
+    }
+
     /// Starts a write transaction that takes the write lock up front.
     ///
     /// A plain (deferred) `BEGIN` that reads first and writes later can fail
@@ -214,6 +231,18 @@ impl SqliteStore {
     async fn read_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin().await.map_err(db)
     }
+}
+
+/// A store on a fresh database file for the shared statements' unit
+/// tests, and what keeps the file alive.
+#[cfg(test)]
+pub(crate) async fn test_store() -> (SqliteStore, Box<dyn std::any::Any + Send>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    (
+        connect(&url, Durability::default()).await.unwrap(),
+        Box::new(dir),
+    )
 }
 
 #[cfg(test)]
