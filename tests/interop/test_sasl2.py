@@ -68,7 +68,8 @@ def offered(auth_feature) -> list[str]:
     return [m.text for m in auth_feature.findall(q(NS_SASL2, "mechanism"))]
 
 
-def scram_login_with_token(raw, agent: str, tag: str) -> tuple:
+def scram_login_with_token(raw, agent: str, tag: str,
+                           mechanism: str = "HT-SHA-256-NONE") -> tuple:
     """SCRAM-SHA-256 over SASL2 with Bind2 + inline SM + a FAST token request.
     Returns (success element, token string)."""
     scram = ScramClient("SCRAM-SHA-256", "alice", PASSWORD)
@@ -77,7 +78,7 @@ def scram_login_with_token(raw, agent: str, tag: str) -> tuple:
         f"<initial-response>{b64(scram.client_first())}</initial-response>"
         f"<user-agent id='{agent}'><software>wxtest</software><device>pytest</device></user-agent>"
         f"<bind xmlns='{NS_BIND2}'><tag>{tag}</tag><enable xmlns='{NS_SM}' resume='true'/></bind>"
-        f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-NONE'/>"
+        f"<request-token xmlns='{NS_FAST}' mechanism='{mechanism}'/>"
         f"</authenticate>")
     challenge = raw.expect(q(NS_SASL2, "challenge"))
     final = scram.client_final(base64.b64decode(challenge.text or ""))
@@ -149,6 +150,38 @@ def test_fast_token_authenticates_with_ht_sha256_none(server, raw_streams):
         f"server's Responder proof is wrong:\n{raw.text()}"
     authzid = success.findtext(q(NS_SASL2, "authorization-identifier"))
     assert authzid and authzid.split("/")[0] == ALICE, raw.text()
+
+
+def test_fast_token_with_tls_exporter_binding(server, raw_streams):
+    """HT-SHA-256-EXPR: the proof covers RFC 9266 tls-exporter, which the
+    server derives from the TLS 1.3 exporter secret (its TLS stream has no
+    exporter call of its own); the client here is OpenSSL (pyOpenSSL)."""
+    srv = server(users=USERS)
+    agent = str(uuid.uuid4())
+    first, _ = sasl2_stream(raw_streams, srv)
+    _, token = scram_login_with_token(first, agent, "X", mechanism="HT-SHA-256-EXPR")
+
+    raw = raw_streams(srv.c2s_port)
+    raw.open()
+    feature = raw.starttls(engine="pyopenssl").find(q(NS_SASL2, "authentication"))
+    assert feature is not None, raw.text()
+    fast = feature.find(f"{q(NS_SASL2, 'inline')}/{q(NS_FAST, 'fast')}")
+    assert fast is not None, raw.text()
+    offered_fast = [m.text for m in fast.findall(q(NS_FAST, "mechanism"))]
+    assert "HT-SHA-256-EXPR" in offered_fast, raw.text()
+    binding = raw.exporter(b"EXPORTER-Channel-Binding", 32)
+    raw.send(
+        f"<authenticate xmlns='{NS_SASL2}' mechanism='HT-SHA-256-EXPR'>"
+        f"<initial-response>{b64(b'alice' + bytes(1) + ht(token, b'Initiator' + binding))}"
+        f"</initial-response>"
+        f"<user-agent id='{agent}'><software>wxtest</software></user-agent>"
+        f"<fast xmlns='{NS_FAST}'/>"
+        f"</authenticate>")
+    success = raw.expect(q(NS_SASL2, "success"))
+    extra = success.findtext(q(NS_SASL2, "additional-data"))
+    assert extra is not None, raw.text()
+    assert base64.b64decode(extra) == ht(token, b"Responder" + binding), \
+        f"server's Responder proof does not cover our tls-exporter:\n{raw.text()}"
 
 
 def test_fast_rejects_wrong_proof_and_foreign_agent(server, raw_streams):

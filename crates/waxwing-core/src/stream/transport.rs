@@ -3,17 +3,19 @@
 use std::io;
 
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-use waxwing_proto::sasl::{ChannelBindingData, tls_server_end_point_hash};
+use waxwing_proto::sasl::ChannelBindingData;
 
 use crate::stream::compress::ZlibStream;
 pub use crate::stream::compress::is_decompression_bomb;
 use crate::tls::TlsContext;
+use crate::tls::stream::ServerTlsStream;
 
 /// A client connection before or after TLS.
 pub enum Transport {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// Boxed: the TLS session state is large and plain sessions don't need
+    /// the room.
+    Tls(Box<ServerTlsStream>),
     /// XEP-0138 zlib over one of the above.
     Compressed(Box<Compressed>),
     /// Only while an upgrade is in flight.
@@ -29,19 +31,20 @@ impl Transport {
         }
     }
 
-    /// Performs the TLS handshake on the plain socket (STARTTLS or XEP-0368).
-    pub async fn upgrade(&mut self, tls: &TlsContext) -> io::Result<()> {
+    /// Performs the TLS handshake on the plain socket (STARTTLS or
+    /// XEP-0368) and returns the channel-binding data for SCRAM-PLUS.
+    pub async fn upgrade(&mut self, tls: &TlsContext) -> io::Result<ChannelBindingData> {
         let Transport::Plain(tcp) = std::mem::replace(self, Transport::Upgrading) else {
             return Err(io::Error::other(
                 "TLS upgrade of a stream that is not plain TCP",
             ));
         };
-        let stream = tls.acceptor.accept(tcp).await?;
-        if crate::tls::is_acme_validation(stream.get_ref().1) {
+        let (stream, cb) = tls.accept_client(tcp).await?;
+        if crate::tls::is_acme_validation(stream.connection()) {
             return Err(io::Error::other("ACME tls-alpn-01 validation handshake"));
         }
         *self = Transport::Tls(Box::new(stream));
-        Ok(())
+        Ok(cb)
     }
 
     /// The client's certificate, when it presented one that verified
@@ -51,34 +54,10 @@ impl Transport {
             return None;
         };
         stream
-            .get_ref()
-            .1
+            .connection()
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.clone().into_owned())
-    }
-
-    /// Channel-binding data for SCRAM-PLUS: `tls-exporter` only on TLS 1.3
-    /// (RFC 9266 §3 forbids it on 1.2 without extended master secret, and we
-    /// don't want to reason about which 1.2 sessions had it), and
-    /// `tls-server-end-point` from the certificate we presented.
-    pub fn channel_binding(&self, tls: &TlsContext) -> ChannelBindingData {
-        let Transport::Tls(stream) = self else {
-            return ChannelBindingData::default();
-        };
-        let conn = stream.get_ref().1;
-        let tls_exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
-            .then(|| {
-                conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
-                    .ok()
-                    .map(|k| k.to_vec())
-            })
-            .flatten();
-        let leaf = tls.leaf_for(conn.server_name());
-        ChannelBindingData {
-            tls_exporter,
-            tls_server_end_point: tls_server_end_point_hash(&leaf),
-        }
     }
 }
 

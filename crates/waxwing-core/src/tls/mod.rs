@@ -7,9 +7,14 @@
 //! `watch.rs` notices changed files. A handshake that offers only the
 //! `acme-tls/1` protocol is an ACME validator (RFC 8737): it gets the
 //! validation certificate of an open order (`acme::Challenges`), nothing else.
+//! Client connections run on `stream.rs` (rustls' unbuffered connection with
+//! buffers released when empty); `capture.rs` gives it the channel-binding
+//! inputs the unbuffered API does not expose.
 
+mod capture;
 mod load;
 mod store;
+pub mod stream;
 pub(crate) mod watch;
 
 use std::path::Path;
@@ -19,6 +24,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use waxwing_proto::sasl::{ChannelBindingData, tls_server_end_point_hash};
 
 use crate::config::Config;
 
@@ -81,6 +88,11 @@ impl TlsContext {
         // XEP-0368: direct TLS clients may announce ALPN "xmpp-client".
         server.alpn_protocols = vec![b"xmpp-client".to_vec()];
         server.ignore_client_order = true;
+        // The exporter secret for `tls-exporter` channel binding, which
+        // the unbuffered connection of `stream.rs` does not export.
+        server.key_log = Arc::new(capture::ExporterSecretLog {
+            chained: server.key_log.clone(),
+        });
         // RFC 8737: tls-alpn-01 validators connect to port 443, which may be
         // the HTTPS listener or a direct-TLS c2s listener.
         if config.acme.enabled
@@ -110,6 +122,38 @@ impl TlsContext {
             certs,
             acme,
         })
+    }
+
+    /// Performs a client connection's server handshake (STARTTLS or
+    /// XEP-0368 direct TLS) and returns the stream with its channel-binding
+    /// data: `tls-exporter` only on TLS 1.3 (RFC 9266 §3 forbids it on 1.2
+    /// without extended master secret, and we don't want to reason about
+    /// which 1.2 sessions had it), and `tls-server-end-point` from the
+    /// certificate we presented.
+    pub(crate) async fn accept_client(
+        &self,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<(stream::ServerTlsStream, ChannelBindingData)> {
+        let stream::Accepted { stream, captured } =
+            stream::ServerTlsStream::accept(tcp, self.acceptor.config().clone()).await?;
+        let conn = stream.connection();
+        let tls_exporter = match (conn.negotiated_cipher_suite(), &captured.exporter_secret) {
+            (Some(rustls::SupportedCipherSuite::Tls13(suite)), Some(secret)) => {
+                Some(capture::tls_exporter(suite, secret))
+            }
+            _ => None,
+        };
+        let leaf = match &captured.certificate {
+            Some(key) => key.cert[0].clone(),
+            None => self.leaf_for(None),
+        };
+        Ok((
+            stream,
+            ChannelBindingData {
+                tls_exporter,
+                tls_server_end_point: tls_server_end_point_hash(&leaf),
+            },
+        ))
     }
 
     /// The acceptor of the HTTPS listener.
@@ -172,14 +216,16 @@ impl ResolvesServerCert for CertResolver {
             // all; never the real certificate under `acme-tls/1`.
             return self.acme.tls_alpn(hello.server_name()?);
         }
-        Some(self.certs.pick(hello.server_name()))
+        let key = self.certs.pick(hello.server_name());
+        capture::record_certificate(&key);
+        Some(key)
     }
 }
 
 /// Whether a finished handshake negotiated `acme-tls/1`: an ACME validator
 /// that has seen the validation certificate and is owed nothing more
 /// (RFC 8737 §3), so the connection is closed.
-pub(crate) fn is_acme_validation(conn: &rustls::ServerConnection) -> bool {
+pub(crate) fn is_acme_validation(conn: &rustls::CommonState) -> bool {
     conn.alpn_protocol() == Some(crate::acme::challenges::ACME_TLS_ALPN)
 }
 

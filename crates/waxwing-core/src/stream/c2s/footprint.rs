@@ -8,6 +8,7 @@ use super::link::{ClientTransport, Link};
 use super::{Conn, Session, serve, serve_link};
 use crate::queue::Outbox;
 use crate::session::SessionHandle;
+use crate::tls::stream::ServerTlsStream;
 
 /// The size of what `f` returns, without calling it (a future's size is
 /// its type's, whatever the lifetimes it borrows for).
@@ -64,8 +65,9 @@ fn per_connection_sizes() {
         ("Outbox", size_of::<Outbox>()),
         ("Link", size_of::<Link>()),
         ("Framer", size_of::<waxwing_proto::xml::Framer>()),
+        ("ServerTlsStream (boxed)", size_of::<ServerTlsStream>()),
         (
-            "TlsStream<TcpStream> (boxed)",
+            "tokio-rustls TlsStream<TcpStream>, for comparison",
             size_of::<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>(),
         ),
         ("SessionHandle (in its Arc)", size_of::<SessionHandle>()),
@@ -85,6 +87,14 @@ fn per_connection_sizes() {
         "a TCP session carries another transport's receive future: {receive} bytes"
     );
     assert!(size_of::<Outbox>() <= 48);
+    // The boxed TLS stream is rustls' connection state plus our three
+    // empty buffers; 1280 is its allocator size class (the buffers
+    // themselves are on the heap only while they hold bytes).
+    assert!(
+        size_of::<ServerTlsStream>() <= 1280,
+        "the TLS stream grew: {} bytes",
+        size_of::<ServerTlsStream>()
+    );
     // The handle lives in an `Arc` (two counters more): 320 bytes is one
     // of the allocator's size classes, the next one up is 384.
     assert!(

@@ -47,8 +47,7 @@ impl TcpLink {
     /// Performs the TLS handshake (STARTTLS or direct TLS). Bytes the
     /// client pipelined before it are the caller's to refuse.
     pub async fn upgrade(&mut self, tls: &TlsContext) -> io::Result<()> {
-        self.io.upgrade(tls).await?;
-        self.cb = self.io.channel_binding(tls);
+        self.cb = self.io.upgrade(tls).await?;
         self.framer.reset();
         Ok(())
     }
@@ -80,14 +79,15 @@ impl TcpLink {
 /// The scratch array lives on the stack for one poll only, never across a
 /// `Pending`, so the hundreds of thousands of idle sessions this server is
 /// built for hold no read buffer of their own (a `Pending` poll_read
-/// consumed nothing: tokio-rustls keeps undecrypted bytes in rustls).
+/// consumed nothing: the TLS stream keeps an unfinished record itself).
+/// It starts uninitialised: every transport under it only writes to it.
 fn read_into<'a>(
     io: &'a mut Transport,
     framer: &'a mut Framer,
 ) -> impl Future<Output = io::Result<usize>> + 'a {
     std::future::poll_fn(move |cx| {
-        let mut scratch = [0u8; READ_CHUNK];
-        let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut scratch);
         std::task::ready!(tokio::io::AsyncRead::poll_read(
             std::pin::Pin::new(&mut *io),
             cx,
