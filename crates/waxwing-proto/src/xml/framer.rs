@@ -6,11 +6,16 @@
 //! stanza exists as a tree, because once a tree is built the memory is
 //! already spent.
 //!
-//! rxml does the XML work (well-formedness, namespaces, and refusing DTDs,
-//! entities, PIs and comments). On top of it we keep a copy of every byte
-//! since the last event we returned. That costs at most one stanza's worth
-//! (the size limit bounds it) plus whatever the caller fed but we have not
-//! parsed, and buys three things rxml cannot give us:
+//! The XML work (well-formedness, namespaces, and refusing DTDs, entities,
+//! PIs and comments) is done by rxml up to and including the stream
+//! header, once per stream, and after it by this crate's own
+//! [`Tokenizer`], once per stanza: the hot path. The tokenizer is exactly
+//! as strict as rxml (see its module docs; `reference::RxmlFramer` is the
+//! rxml-only framer the differential tests compare with). On top of them
+//! we keep a copy of every byte since the last event we returned. That
+//! costs at most one stanza's worth (the size limit bounds it) plus
+//! whatever the caller fed but we have not parsed, and buys three things
+//! the parsers cannot give us:
 //! - [`Framer::reset`] can re-parse bytes that arrived after the last event
 //!   (a client pipelining its new stream header right behind `<auth/>`);
 //! - [`Framer::buffered`] is exact, for the STARTTLS injection check;
@@ -19,6 +24,7 @@
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::xml::element::{Element, attr_key};
+use crate::xml::tokenizer::{Token, Tokenizer};
 use rxml::error::EndOrError;
 use rxml::{Event, Parse, Parser, WithOptions};
 
@@ -103,9 +109,12 @@ const MAX_REOPEN_HEADER: usize = 512;
 pub struct Framer {
     limits: Limits,
     content_ns: &'static str,
-    /// `None` while released between stanzas (see
-    /// [`Framer::release_idle_buffers`]); rebuilt from `header` on demand.
+    /// rxml, for the prolog and the stream header (state `Start`).
     parser: Option<Box<Parser>>,
+    /// The tokenizer inside the stream (state `Open`). `None` while
+    /// released between stanzas (see [`Framer::release_idle_buffers`]);
+    /// rebuilt from `header` on demand.
+    tokenizer: Option<Box<Tokenizer>>,
     /// The raw `<stream:stream …>` start tag of the current stream, which
     /// is all a rebuilt parser needs to be back inside the stream with the
     /// same namespace declarations.
@@ -140,6 +149,7 @@ impl Framer {
             limits,
             content_ns,
             parser: Some(Box::new(new_parser(limits))),
+            tokenizer: None,
             header: Vec::new(),
             state: State::Start,
             stack: Vec::new(),
@@ -194,7 +204,7 @@ impl Framer {
             return;
         }
         match self.state {
-            State::Open => self.parser = None, // rebuilt from the header on demand
+            State::Open => self.tokenizer = None, // rebuilt from the header on demand
             State::Start => self.parser = Some(Box::new(new_parser(limits))),
             State::Closed => {}
         }
@@ -236,6 +246,7 @@ impl Framer {
             return;
         }
         self.parser = Some(Box::new(new_parser(self.limits)));
+        self.tokenizer = None;
         self.header = Vec::new();
         self.state = State::Start;
         self.stack.clear();
@@ -244,12 +255,10 @@ impl Framer {
         self.poison = None;
     }
 
-    /// Frees the parser while no stanza is in progress. Inside the stream,
-    /// rxml keeps about 2 KiB per parser (its own state, the root's
-    /// namespace scope, attribute and scratch buffers that keep their
-    /// capacity); an idle session (the common case by far) need not hold
-    /// that. The next input rebuilds the parser by feeding it the stored
-    /// stream header again, about as costly as parsing one small stanza.
+    /// Frees the tokenizer while no stanza is in progress: an idle session
+    /// (the common case by far) need not hold its scratch buffers and the
+    /// root's namespace scope. The next input rebuilds it by reading the
+    /// stored stream header again, about as costly as one small stanza.
     /// The element stack is empty between stanzas, but would keep its
     /// capacity (about 300 bytes after any stanza with nested children).
     pub fn release_idle_buffers(&mut self) {
@@ -258,7 +267,9 @@ impl Framer {
         }
         let reopenable = self.header.len() <= MAX_REOPEN_HEADER;
         if self.state == State::Open && self.poison.is_none() && reopenable {
-            self.parser = None;
+            self.tokenizer = None;
+        } else if let Some(t) = self.tokenizer.as_mut() {
+            t.shrink();
         } else if let Some(p) = self.parser.as_mut() {
             p.release_temporaries();
         }
@@ -292,13 +303,33 @@ impl Framer {
                 .saturating_sub(self.consumed);
             let from = self.index(self.consumed);
             let to = self.buf.len().min(from.saturating_add(budget as usize));
-            if self.parser.is_none() && from == to {
-                // Released and nothing new to read: stay released.
-                return Ok(None);
+            if self.state == State::Open {
+                if self.tokenizer.is_none() && from == to {
+                    // Released and nothing new to read: stay released.
+                    return Ok(None);
+                }
+                let (limit, consumed) = (token_limit(self.limits), self.consumed);
+                let tokenizer = self
+                    .tokenizer
+                    .get_or_insert_with(|| Box::new(Tokenizer::new(limit, &self.header, consumed)));
+                let mut input = &self.buf[from..to];
+                let before = input.len();
+                let res = tokenizer.next(&mut input);
+                self.consumed += (before - input.len()) as u64;
+                let Some(token) = res? else {
+                    self.check_size()?;
+                    return Ok(None);
+                };
+                let out = self.handle_token(token)?;
+                self.check_size()?;
+                if out.is_some() {
+                    return Ok(out);
+                }
+                continue;
             }
-            let parser = self
-                .parser
-                .get_or_insert_with(|| Box::new(reopened_parser(self.limits, &self.header)));
+            let Some(parser) = self.parser.as_mut() else {
+                return Ok(None);
+            };
             let mut input = &self.buf[from..to];
             let before = input.len();
             let res = parser.parse(&mut input, false);
@@ -334,6 +365,120 @@ impl Framer {
         }
     }
 
+    /// A token from the tokenizer, inside the stream: the same checks and
+    /// tree building as [`Framer::handle`] does for rxml's events.
+    fn handle_token(&mut self, token: Token) -> Result<Option<StreamEvent>, StreamError> {
+        match token {
+            Token::Start { element, empty } => {
+                self.event_end = self.consumed;
+                self.start_element(element)?;
+                if empty {
+                    return Ok(self.end_element());
+                }
+                Ok(None)
+            }
+            Token::End => {
+                self.event_end = self.consumed;
+                Ok(self.end_element())
+            }
+            Token::Text { text, start, end } => {
+                self.event_end = end;
+                self.text(text, start)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Limits and stream-level rules for an element below the root.
+    fn start_element(&mut self, el: Element) -> Result<(), StreamError> {
+        if el.attrs.len() > self.limits.max_attrs {
+            return Err(policy(format!(
+                "more than {} attributes on one element",
+                self.limits.max_attrs
+            )));
+        }
+        let depth = self.stack.len() + 1;
+        if depth > self.limits.max_depth {
+            return Err(policy(format!(
+                "elements nested deeper than {}",
+                self.limits.max_depth
+            )));
+        }
+        if depth == 1 {
+            // A new stream header where a stanza belongs: refuse it
+            // at once instead of waiting for an element that never
+            // closes.
+            if el.is("stream", crate::ns::STREAM) {
+                return Err(StreamError::new(StreamCondition::BadFormat)
+                    .with_text("stream header inside the stream"));
+            }
+            self.check_top_level_ns(&el)?;
+        }
+        self.stack.push(el);
+        Ok(())
+    }
+
+    fn end_element(&mut self) -> Option<StreamEvent> {
+        match self.stack.pop() {
+            None => {
+                self.state = State::Closed;
+                self.boundary = self.event_end;
+                Some(StreamEvent::Close)
+            }
+            Some(el) => match self.stack.last_mut() {
+                Some(parent) => {
+                    parent.push_child(el);
+                    None
+                }
+                None => {
+                    self.boundary = self.event_end;
+                    Some(StreamEvent::Stanza(el))
+                }
+            },
+        }
+    }
+
+    /// Text that ends at `event_end` and started at `ev_start`.
+    fn text(&mut self, text: String, ev_start: u64) -> Result<(), StreamError> {
+        match self.stack.last_mut() {
+            Some(el) => el.push_text(text),
+            // Whitespace between stanzas is the RFC 6120 §4.6.1
+            // keepalive. Anything else has no meaning at stream
+            // level; it is well-formed XML but not a valid XMPP
+            // stream, which is bad-format (§4.9.3.1), not
+            // not-well-formed.
+            None if text.bytes().all(|b| b.is_ascii_whitespace()) => {
+                // A text may cover bytes that are not whitespace
+                // although the text is (a reference, a CDATA section,
+                // an unfinished UTF-8 sequence the parser refuses only
+                // later), and the boundary must not pass them: an idle
+                // release would drop the parser and the error with it
+                // (found by the framer_chunks fuzz target). So the raw
+                // bytes are judged here.
+                let raw = (ev_start >= self.buf_start)
+                    .then(|| &self.buf[self.index(ev_start)..self.index(self.event_end)]);
+                match raw {
+                    Some(raw) if !raw.iter().all(u8::is_ascii_whitespace) => {
+                        return Err(StreamError::new(StreamCondition::NotWellFormed)
+                            .with_text("a byte between stanzas that is not whitespace"));
+                    }
+                    // Not kept any more (a long run): only a text as
+                    // long as its bytes is sure to be whitespace; else
+                    // the next call judges it.
+                    None if text.len() as u64 != self.event_end - ev_start => {}
+                    _ => self.boundary = self.event_end,
+                }
+            }
+            None => {
+                return Err(StreamError::new(StreamCondition::BadFormat)
+                    .with_text("text outside of any stanza"));
+            }
+        }
+        Ok(())
+    }
+
+    /// An rxml event before the stream is open: the XML declaration, then
+    /// the root element.
     fn handle(&mut self, ev: Event, ev_start: u64) -> Result<Option<StreamEvent>, StreamError> {
         match ev {
             Event::XmlDeclaration(..) => Ok(None),
@@ -349,81 +494,11 @@ impl Framer {
                     el.attrs
                         .push((attr_key(ans.as_str(), aname.as_str()), value));
                 }
-                if self.state == State::Start {
-                    return self.open(el, ev_start).map(Some);
-                }
-                let depth = self.stack.len() + 1;
-                if depth > self.limits.max_depth {
-                    return Err(policy(format!(
-                        "elements nested deeper than {}",
-                        self.limits.max_depth
-                    )));
-                }
-                if depth == 1 {
-                    // A new stream header where a stanza belongs: refuse it
-                    // at once instead of waiting for an element that never
-                    // closes.
-                    if el.is("stream", crate::ns::STREAM) {
-                        return Err(StreamError::new(StreamCondition::BadFormat)
-                            .with_text("stream header inside the stream"));
-                    }
-                    self.check_top_level_ns(&el)?;
-                }
-                self.stack.push(el);
-                Ok(None)
+                self.open(el, ev_start).map(Some)
             }
-            Event::EndElement(_) => match self.stack.pop() {
-                None => {
-                    self.state = State::Closed;
-                    self.boundary = self.event_end;
-                    Ok(Some(StreamEvent::Close))
-                }
-                Some(el) => match self.stack.last_mut() {
-                    Some(parent) => {
-                        parent.push_child(el);
-                        Ok(None)
-                    }
-                    None => {
-                        self.boundary = self.event_end;
-                        Ok(Some(StreamEvent::Stanza(el)))
-                    }
-                },
-            },
-            Event::Text(_, text) => {
-                match self.stack.last_mut() {
-                    Some(el) => el.push_text(text),
-                    // Whitespace between stanzas is the RFC 6120 §4.6.1
-                    // keepalive. Anything else has no meaning at stream
-                    // level; it is well-formed XML but not a valid XMPP
-                    // stream, which is bad-format (§4.9.3.1), not
-                    // not-well-formed.
-                    None if text.bytes().all(|b| b.is_ascii_whitespace()) => {
-                        // rxml may cover with a text event a byte it refuses
-                        // only on its next call (invalid UTF-8 is reported
-                        // when the text ends), and the boundary must not pass
-                        // it: an idle release would drop the parser and the
-                        // error with it (found by the framer_chunks fuzz
-                        // target). So the raw bytes are judged here.
-                        let raw = (ev_start >= self.buf_start)
-                            .then(|| &self.buf[self.index(ev_start)..self.index(self.event_end)]);
-                        match raw {
-                            Some(raw) if !raw.iter().all(u8::is_ascii_whitespace) => {
-                                return Err(StreamError::new(StreamCondition::NotWellFormed)
-                                    .with_text("a byte between stanzas that is not whitespace"));
-                            }
-                            // Not kept any more (a long run): only a text as
-                            // long as its bytes is sure to be whitespace; else
-                            // the next call judges it.
-                            None if text.len() as u64 != self.event_end - ev_start => {}
-                            _ => self.boundary = self.event_end,
-                        }
-                    }
-                    None => {
-                        return Err(StreamError::new(StreamCondition::BadFormat)
-                            .with_text("text outside of any stanza"));
-                    }
-                }
-                Ok(None)
+            // rxml reports neither before the root element.
+            Event::EndElement(_) | Event::Text(..) => {
+                Err(StreamError::new(StreamCondition::NotWellFormed))
             }
         }
     }
@@ -458,6 +533,13 @@ impl Framer {
         let tag = raw.iter().position(|&b| b == b'<').unwrap_or(0);
         self.header = raw[tag..].to_vec();
         self.state = State::Open;
+        // rxml's work is done for this stream.
+        self.parser = None;
+        self.tokenizer = Some(Box::new(Tokenizer::new(
+            token_limit(self.limits),
+            &self.header,
+            self.event_end,
+        )));
         self.boundary = self.event_end;
         Ok(StreamEvent::Open(StreamHeader {
             ns: self.content_ns.to_owned(),
@@ -556,21 +638,6 @@ fn new_parser(limits: Limits) -> Parser {
     // close the size window of the previous stanza; with buffering rxml
     // would hold them until the next `<`.
     p.set_text_buffering(false);
-    p
-}
-
-/// A parser that has read `header`, the `<stream:stream …>` start tag of
-/// the current stream, and so resolves names as inside that stream. rxml
-/// accepted these very bytes when the stream opened, and reports a start
-/// tag as soon as its `>` arrives.
-fn reopened_parser(limits: Limits, header: &[u8]) -> Parser {
-    let mut p = new_parser(limits);
-    let mut input = header;
-    let r = p.parse(&mut input, false);
-    debug_assert!(
-        matches!(r, Ok(Some(Event::StartElement(..)))) && input.is_empty(),
-        "the stored header reopens the stream"
-    );
     p
 }
 

@@ -6,6 +6,11 @@
 
 mod element;
 mod framer;
+#[cfg(any(test, feature = "rxml-reference"))]
+pub mod reference;
+mod tokenizer;
+#[cfg(test)]
+mod tokenizer_tests;
 
 pub use element::{Children, Element, Node, escape_attr};
 pub use framer::{Framer, Limits, StreamEvent, StreamHeader};

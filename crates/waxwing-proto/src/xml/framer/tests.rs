@@ -645,7 +645,10 @@ fn a_released_parser_comes_back_with_the_headers_namespaces() {
     assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
     assert_eq!(f.next_event(), Ok(None));
     f.release_idle_buffers();
-    assert!(f.parser.is_none(), "idle: no parser held");
+    assert!(
+        f.tokenizer.is_none() && f.parser.is_none(),
+        "idle: no parser held"
+    );
     // A prefix declared only on the stream header still resolves.
     f.feed(b"<message><x:y/></message>");
     let Ok(Some(StreamEvent::Stanza(m))) = f.next_event() else {
@@ -676,7 +679,7 @@ fn a_released_parser_still_enforces_the_size_limit() {
 }
 
 #[test]
-fn a_huge_header_keeps_its_parser() {
+fn a_huge_header_keeps_its_tokenizer() {
     let pad = "p".repeat(MAX_REOPEN_HEADER);
     let header = HEADER.replace("to='example.com'", &format!("to='example.com' pad='{pad}'"));
     let mut f = Framer::new(Limits::default(), ns::CLIENT);
@@ -685,7 +688,7 @@ fn a_huge_header_keeps_its_parser() {
     assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Stanza(_)))));
     f.release_idle_buffers();
     assert!(
-        f.parser.is_some(),
+        f.tokenizer.is_some(),
         "no re-parse of a huge header per wake-up"
     );
 }

@@ -1,0 +1,1236 @@
+//! The validating XML tokenizer for the inside of a stream.
+//!
+//! The [`Framer`](super::Framer) hands everything after the stream header
+//! to this tokenizer (the prolog and the header itself still go through
+//! rxml: they are parsed once per stream, not once per stanza). It turns
+//! bytes into start tags with resolved namespaces, end tags and text, and
+//! is exactly as strict as rxml 0.14, which it replaced on the hot path:
+//! the `framer_diff` fuzz target and `tokenizer_tests` feed the same bytes,
+//! split anywhere, to both and require the same events and the same error
+//! class. It checks:
+//! - UTF-8 validity and the XML 1.0 `Char` production (C0 controls except
+//!   tab, LF and CR; U+FFFE and U+FFFF), in text, CDATA and attribute
+//!   values; character references must name a `Char` too;
+//! - the `Name`/`NCName` productions (an ASCII table, `rxml_validation` for
+//!   anything else), at most one colon, and matching end tags;
+//! - end-of-line handling (CR LF and lone CR become LF in text) and
+//!   attribute-value normalisation (tab, LF and CR LF become a space);
+//! - the five predefined entities and decimal/hex character references of
+//!   at most 8 digits; any other reference is restricted XML (RFC 6120
+//!   §11.1), like comments, processing instructions and `<!DOCTYPE`;
+//! - `]]>` outside CDATA, `<` inside attribute values, duplicate attributes
+//!   after namespace resolution, undeclared prefixes and the rules for the
+//!   `xml` and `xmlns` prefixes;
+//! - a name, and a decoded attribute value, longer than the token limit is
+//!   a policy violation (longer text is only split).
+//!
+//! It mirrors rxml where rxml deviates from XML 1.0, so that it is neither
+//! laxer nor stricter (see the module's tests for each):
+//! - a CR inside an attribute value not followed by LF, CR, tab, a
+//!   reference, `<` or the closing quote is refused, and before the quote
+//!   or a reference it is dropped (XML 1.0 §3.3.3 would make it a space);
+//! - a `]` run broken by a CR inside CDATA keeps that CR as it is;
+//! - a repeated `xmlns` default declaration on one element is not a
+//!   duplicate attribute (the last one wins).
+//!
+//! Sans-IO and incremental: [`Tokenizer::next`] takes whatever bytes have
+//! arrived and keeps a partial token (a name, a value, a reference, a
+//! split UTF-8 sequence) in small scratch buffers, so where the input is
+//! split changes nothing. Text is handed out in pieces (at `<`, before a
+//! reference, at the end of the input), where rxml hands it out, so that
+//! the framer's view of whitespace between stanzas is the same too.
+
+use crate::stanza::{StreamCondition, StreamError};
+use crate::xml::element::{Element, attr_key};
+
+/// The namespace the `xml` prefix is bound to by definition.
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// Longest entity name or character reference body, as in rxml.
+const MAX_REFERENCE: usize = 8;
+
+/// What the tokenizer found.
+#[derive(Debug)]
+pub(super) enum Token {
+    /// A start tag; `empty` for `<x/>`, whose end follows implicitly.
+    Start { element: Element, empty: bool },
+    /// An end tag (or the end of an empty element's start tag).
+    End,
+    /// A piece of character data and the absolute input offsets it covers.
+    Text { text: String, start: u64, end: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RefKind {
+    Entity,
+    Decimal,
+    Hex,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum St {
+    /// Character data.
+    Text,
+    /// After a CR in text (or in CDATA).
+    Cr { cdata: bool },
+    /// After one or two `]` in text (or in CDATA).
+    Bracket { cdata: bool, n: u8 },
+    /// Inside `&…;`; returns to text, or to the value quoted by `quote`.
+    Ref { quote: Option<u8>, kind: RefKind },
+    /// After `<`.
+    Lt,
+    /// After `<?` and `n` bytes of `xml`.
+    Pi(u8),
+    /// After `<!`.
+    Bang,
+    /// After `<!-`.
+    CommentStart,
+    /// After `<![` and `n` bytes of `CDATA[`.
+    CdataStart(u8),
+    /// Inside a CDATA section.
+    Cdata,
+    /// Reading a start tag's name.
+    StartName,
+    /// Reading an end tag's name.
+    EndName,
+    /// After an end tag's name.
+    EndAfter,
+    /// Inside a start tag, where an attribute or the end may come; a
+    /// space is `required` before an attribute (right after a value).
+    TagBlank { required: bool },
+    /// Reading an attribute name.
+    AttrName,
+    /// After an attribute name, before (`seen` false) or after the `=`.
+    AttrEq { seen: bool },
+    /// Inside an attribute value; `cr` after a CR.
+    AttrValue { quote: u8, cr: bool },
+    /// After the `/` of `<x/`.
+    EmptyClose,
+}
+
+/// What [`Tokenizer::fast_tag`] read.
+enum FastTag {
+    Start { empty: bool },
+    End,
+}
+
+/// One namespace scope: what an element declared.
+#[derive(Debug)]
+struct Scope {
+    /// `xmlns='…'` on this element.
+    default: Option<String>,
+    /// Length of `decls` before this element's prefix declarations.
+    decls_from: usize,
+    /// Length of `names` before this element's qualified name.
+    name_from: usize,
+}
+
+/// A prefixed or unprefixed attribute waiting for its namespace.
+#[derive(Debug)]
+struct RawAttr {
+    qname: String,
+    colon: Option<usize>,
+    value: String,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(super) struct Tokenizer {
+    state: St,
+    /// Longest name or attribute value (decoded), and the size at which
+    /// text is handed out in pieces.
+    token_limit: usize,
+    /// Absolute offset of the next input byte.
+    at: u64,
+    /// Where the next text piece starts (rxml's token metrics).
+    text_from: u64,
+    /// Text (or CDATA content) read but not yet handed out.
+    text: Vec<u8>,
+    /// The name being read.
+    name: Vec<u8>,
+    /// The attribute value being read, decoded.
+    value: Vec<u8>,
+    /// The reference being read (without `&`, `#`, `x`).
+    reference: Vec<u8>,
+    /// The start tag being read.
+    tag_qname: String,
+    tag_colon: Option<usize>,
+    tag_default: Option<String>,
+    tag_decls: Vec<(String, String)>,
+    tag_attrs: Vec<RawAttr>,
+    attr_qname: String,
+    attr_colon: Option<usize>,
+    /// The name or value being read is where the grammar allows none.
+    /// rxml's lexer reads such a token to its end before its parser
+    /// refuses it, so an error inside it (an undeclared entity, a name
+    /// over the limit) is what is reported; this does the same.
+    doomed: bool,
+    /// Prefix declarations in scope, innermost last.
+    decls: Vec<(String, String)>,
+    /// Qualified names of the open elements, concatenated.
+    names: String,
+    /// One per open element, the stream's root first.
+    scopes: Vec<Scope>,
+}
+
+type Res<T> = Result<T, StreamError>;
+
+fn nwf(text: &'static str) -> StreamError {
+    StreamError::new(StreamCondition::NotWellFormed).with_text(text)
+}
+
+fn restricted(text: &'static str) -> StreamError {
+    StreamError::new(StreamCondition::RestrictedXml).with_text(text)
+}
+
+fn bad_prefix(text: &'static str) -> StreamError {
+    StreamError::new(StreamCondition::BadNamespacePrefix).with_text(text)
+}
+
+fn too_long() -> StreamError {
+    StreamError::new(StreamCondition::PolicyViolation).with_text("long name or reference")
+}
+
+/// A 256-entry table of a byte predicate, for the fast loops.
+macro_rules! table {
+    ($f:expr) => {{
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = $f(i as u8);
+            i += 1;
+        }
+        t
+    }};
+}
+
+const fn name_byte(b: u8) -> bool {
+    matches!(b, b':' | b'-' | b'.' | b'_' | b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9') || b >= 0x80
+}
+
+const fn text_byte(b: u8) -> bool {
+    !(b == b'\r' || b == b'&' || b == b'<' || b == b']' || b < 0x09 || (b > 0x0a && b < 0x20))
+}
+
+const fn cdata_byte(b: u8) -> bool {
+    !(b == b'\r' || b == b']' || b < 0x09 || (b > 0x0a && b < 0x20))
+}
+
+const fn value_byte(b: u8) -> bool {
+    !(b < 0x20 || b == b'&' || b == b'<' || b == b'\'' || b == b'"')
+}
+
+/// Bytes that may be part of a name (rxml's `maybe_name`): ASCII name
+/// characters and any non-ASCII byte, which the name check judges.
+static NAME_BYTE: [bool; 256] = table!(name_byte);
+
+/// Bytes that continue a run of character data.
+static TEXT_BYTE: [bool; 256] = table!(text_byte);
+
+/// Bytes that continue a run of CDATA content.
+static CDATA_BYTE: [bool; 256] = table!(cdata_byte);
+
+/// Bytes that continue a run of an attribute value (either quote ends it
+/// too; the caller checks which).
+static VALUE_BYTE: [bool; 256] = table!(value_byte);
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn is_nonchar_byte(b: u8) -> bool {
+    b <= 0x08 || b == 0x0b || b == 0x0c || (0x0e..=0x1f).contains(&b)
+}
+
+/// The rest of the XML 1.0 `Char` check for UTF-8 text, values and names
+/// whose bytes were read through the tables above, which already refuse
+/// every C0 control but tab, LF and CR: U+FFFE and U+FFFF (`EF BF BE`,
+/// `EF BF BF`).
+fn check_chars(s: &[u8]) -> Res<()> {
+    debug_assert!(
+        !s.iter()
+            .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')),
+        "controls are refused as they are read"
+    );
+    if s.is_ascii() {
+        return Ok(());
+    }
+    let mut rest = s;
+    while let Some(p) = rest.iter().position(|&b| b == 0xef) {
+        if let [0xbf, 0xbe | 0xbf, ..] = rest[p + 1..] {
+            return Err(nwf("invalid character U+FFFE or U+FFFF"));
+        }
+        rest = &rest[p + 1..];
+    }
+    Ok(())
+}
+
+/// Checks an XML name with at most one colon whose sides are NCNames;
+/// returns the colon's position.
+fn check_qname(bytes: &[u8]) -> Res<Option<usize>> {
+    if let Some(r) = ascii_qname(bytes) {
+        return r;
+    }
+    let s = std::str::from_utf8(bytes).map_err(|_| nwf("invalid UTF-8 in a name"))?;
+    let mut parts = s.splitn(3, ':');
+    let first = parts.next().unwrap_or("");
+    let second = parts.next();
+    if parts.next().is_some() {
+        return Err(nwf("more than one colon in a name"));
+    }
+    check_ncname(first)?;
+    if let Some(local) = second {
+        check_ncname(local)?;
+        return Ok(Some(first.len()));
+    }
+    Ok(None)
+}
+
+/// `check_qname` for an all-ASCII name in one pass; `None` for a name
+/// with other bytes.
+fn ascii_qname(bytes: &[u8]) -> Option<Res<Option<usize>>> {
+    let mut colon = None;
+    let mut part_start = true;
+    for (i, &c) in bytes.iter().enumerate() {
+        let ok = match c {
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' => true,
+            b'0'..=b'9' | b'-' | b'.' => !part_start,
+            b':' if colon.is_none() && !part_start => {
+                colon = Some(i);
+                part_start = true;
+                continue;
+            }
+            0x80.. => return None,
+            _ => false,
+        };
+        if !ok {
+            return Some(Err(nwf("invalid name")));
+        }
+        part_start = false;
+    }
+    if part_start {
+        return Some(Err(nwf("empty name or name part")));
+    }
+    Some(Ok(colon))
+}
+
+fn check_ncname(s: &str) -> Res<()> {
+    let b = s.as_bytes();
+    let Some(&first) = b.first() else {
+        return Err(nwf("empty name or name part"));
+    };
+    if b.is_ascii() {
+        let start_ok = first.is_ascii_alphabetic() || first == b'_';
+        let rest_ok = b[1..]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
+        if start_ok && rest_ok {
+            return Ok(());
+        }
+        return Err(nwf("invalid name"));
+    }
+    rxml_validation::validate_ncname(s).map_err(|_| nwf("invalid name"))
+}
+
+impl Tokenizer {
+    /// A tokenizer positioned right after the stream header `header` (the
+    /// raw `<stream:stream …>` start tag, which rxml has already checked),
+    /// at absolute input offset `at`.
+    pub(super) fn new(token_limit: usize, header: &[u8], at: u64) -> Self {
+        let mut t = Tokenizer {
+            state: St::Lt,
+            token_limit,
+            at: 0,
+            text_from: 0,
+            text: Vec::new(),
+            name: Vec::new(),
+            value: Vec::new(),
+            reference: Vec::new(),
+            tag_qname: String::new(),
+            tag_colon: None,
+            tag_default: None,
+            tag_decls: Vec::new(),
+            tag_attrs: Vec::new(),
+            attr_qname: String::new(),
+            attr_colon: None,
+            doomed: false,
+            decls: Vec::new(),
+            names: String::new(),
+            scopes: Vec::new(),
+        };
+        // Reads the header with the same code as any start tag, for its
+        // namespace declarations; it skips the `<`.
+        let tag = header.strip_prefix(b"<").unwrap_or(header);
+        let mut input = tag;
+        let opened = t.next(&mut input);
+        debug_assert!(
+            matches!(opened, Ok(Some(Token::Start { empty: false, .. }))) && input.is_empty(),
+            "the stored header reopens the stream: {opened:?}"
+        );
+        t.state = St::Text;
+        t.at = at;
+        t.text_from = at;
+        t
+    }
+
+    /// Releases scratch capacity while idle.
+    pub(super) fn shrink(&mut self) {
+        for v in [&mut self.text, &mut self.name, &mut self.value] {
+            if v.is_empty() {
+                *v = Vec::new();
+            }
+        }
+        self.tag_attrs.shrink_to_fit();
+        self.tag_decls.shrink_to_fit();
+    }
+
+    /// The next token, consuming from `input`; `Ok(None)` when all of it is
+    /// consumed and more is needed. After an error the tokenizer must not
+    /// be used again (the framer is poisoned).
+    pub(super) fn next(&mut self, input: &mut &[u8]) -> Res<Option<Token>> {
+        loop {
+            let Some(&b) = input.first() else {
+                return self.at_end();
+            };
+            match self.state {
+                St::Text => {
+                    if self.text.len() > self.token_limit {
+                        if let Some(t) = self.flush_partial(false)? {
+                            return Ok(Some(t));
+                        }
+                        continue;
+                    }
+                    // The fast path: a run of plain character data.
+                    let room = self.token_limit.saturating_sub(self.text.len());
+                    let run = input
+                        .iter()
+                        .take(room)
+                        .position(|&c| !TEXT_BYTE[c as usize])
+                        .unwrap_or(input.len().min(room));
+                    if self.text.is_empty()
+                        && run > 0
+                        && input.get(run) == Some(&b'<')
+                        && let Some(t) = self.whole_text(input, run)
+                    {
+                        return Ok(Some(t));
+                    }
+                    if run > 0 {
+                        self.text.extend_from_slice(&input[..run]);
+                        self.advance(input, run);
+                        continue;
+                    }
+                    if room == 0 && TEXT_BYTE[b as usize] {
+                        // rxml hands out text at its token limit.
+                        if let Some(t) = self.flush_partial(false)? {
+                            return Ok(Some(t));
+                        }
+                        continue;
+                    }
+                    self.advance(input, 1);
+                    if let Some(t) = self.text_delimiter(b)? {
+                        return Ok(Some(t));
+                    }
+                }
+                St::Cr { cdata } => {
+                    self.advance(input, 1);
+                    match b {
+                        b'\n' => {
+                            self.text.push(b'\n');
+                            self.state = if cdata { St::Cdata } else { St::Text };
+                        }
+                        b'\r' => self.text.push(b'\n'),
+                        _ => {
+                            self.text.push(b'\n');
+                            if cdata {
+                                self.state = St::Cdata;
+                                self.cdata_byte(b)?;
+                            } else {
+                                self.state = St::Text;
+                                if let Some(t) = self.resume_text(b)? {
+                                    return Ok(Some(t));
+                                }
+                            }
+                        }
+                    }
+                }
+                St::Bracket { cdata, n } => {
+                    self.advance(input, 1);
+                    if let Some(t) = self.bracket(cdata, n, b)? {
+                        return Ok(Some(t));
+                    }
+                }
+                St::Ref { quote, kind } => {
+                    if let Some(t) = self.reference_step(input, quote, kind)? {
+                        return Ok(Some(t));
+                    }
+                }
+                St::Lt => {
+                    if let Some((n, tag)) = self.fast_tag(input) {
+                        self.advance(input, n);
+                        return match tag {
+                            FastTag::Start { empty } => self.finish_tag(empty).map(Some),
+                            FastTag::End => Ok(Some(self.end_tag())),
+                        };
+                    }
+                    self.advance(input, 1);
+                    match b {
+                        b'?' => self.state = St::Pi(0),
+                        b'!' => self.state = St::Bang,
+                        b'/' => {
+                            self.name.clear();
+                            self.state = St::EndName;
+                        }
+                        _ if NAME_BYTE[b as usize] => {
+                            self.name.clear();
+                            self.name.push(b);
+                            self.state = St::StartName;
+                        }
+                        _ => return Err(nwf("unexpected byte after '<'")),
+                    }
+                }
+                St::Pi(n) => {
+                    self.advance(input, 1);
+                    if b != b"xml"[n as usize] || n == 2 {
+                        return Err(restricted("processing instructions"));
+                    }
+                    self.state = St::Pi(n + 1);
+                }
+                St::Bang => {
+                    self.advance(input, 1);
+                    match b {
+                        b'-' => self.state = St::CommentStart,
+                        b'[' => self.state = St::CdataStart(0),
+                        // `<!DOCTYPE`, `<!ENTITY` …: the DTD constructs
+                        // RFC 6120 §11.1 calls restricted.
+                        _ if b.is_ascii_alphabetic() => {
+                            return Err(restricted("markup declarations"));
+                        }
+                        _ => return Err(nwf("malformed cdata or comment section start")),
+                    }
+                }
+                St::CommentStart => {
+                    self.advance(input, 1);
+                    if b == b'-' {
+                        return Err(restricted("comments"));
+                    }
+                    return Err(nwf("malformed comment start"));
+                }
+                St::CdataStart(n) => {
+                    self.advance(input, 1);
+                    if b != b"CDATA["[n as usize] {
+                        return Err(nwf("malformed cdata section start"));
+                    }
+                    if n == 5 {
+                        // rxml's text metrics restart at the `<`.
+                        self.text_from = self.at - 9;
+                        self.state = St::Cdata;
+                    } else {
+                        self.state = St::CdataStart(n + 1);
+                    }
+                }
+                St::Cdata => {
+                    if self.text.len() > self.token_limit {
+                        if let Some(t) = self.flush_partial(false)? {
+                            return Ok(Some(t));
+                        }
+                        continue;
+                    }
+                    let room = self.token_limit.saturating_sub(self.text.len());
+                    let run = input
+                        .iter()
+                        .take(room)
+                        .position(|&c| !CDATA_BYTE[c as usize])
+                        .unwrap_or(input.len().min(room));
+                    if run > 0 {
+                        self.text.extend_from_slice(&input[..run]);
+                        self.advance(input, run);
+                        continue;
+                    }
+                    if room == 0 && CDATA_BYTE[b as usize] {
+                        if let Some(t) = self.flush_partial(false)? {
+                            return Ok(Some(t));
+                        }
+                        continue;
+                    }
+                    self.advance(input, 1);
+                    match b {
+                        b']' => self.state = St::Bracket { cdata: true, n: 1 },
+                        b'\r' => self.state = St::Cr { cdata: true },
+                        _ => return Err(nwf("invalid character in a CDATA section")),
+                    }
+                }
+                St::StartName | St::EndName | St::AttrName => {
+                    let room = self.token_limit.saturating_sub(self.name.len());
+                    let run = input
+                        .iter()
+                        .take(room)
+                        .position(|&c| !NAME_BYTE[c as usize])
+                        .unwrap_or(input.len().min(room));
+                    if run > 0 {
+                        self.name.extend_from_slice(&input[..run]);
+                        self.advance(input, run);
+                        continue;
+                    }
+                    if room == 0 && NAME_BYTE[b as usize] {
+                        return Err(too_long());
+                    }
+                    self.advance(input, 1);
+                    if let Some(t) = self.name_end(b)? {
+                        return Ok(Some(t));
+                    }
+                }
+                St::EndAfter => {
+                    self.advance(input, 1);
+                    match b {
+                        _ if is_space(b) => {}
+                        b'>' => return Ok(Some(self.end_tag())),
+                        _ => self.doom(b)?,
+                    }
+                }
+                St::TagBlank { required } => {
+                    self.advance(input, 1);
+                    match b {
+                        _ if is_space(b) => self.state = St::TagBlank { required: false },
+                        b'>' => return self.finish_tag(false).map(Some),
+                        b'/' => self.state = St::EmptyClose,
+                        _ if NAME_BYTE[b as usize] => {
+                            if required {
+                                return Err(nwf("space required before attribute names"));
+                            }
+                            self.name.clear();
+                            self.name.push(b);
+                            self.state = St::AttrName;
+                        }
+                        _ => self.doom(b)?,
+                    }
+                }
+                St::AttrEq { seen } => {
+                    self.advance(input, 1);
+                    match b {
+                        _ if is_space(b) => {}
+                        b'=' if !seen => self.state = St::AttrEq { seen: true },
+                        b'\'' | b'"' if seen => {
+                            self.value.clear();
+                            self.state = St::AttrValue {
+                                quote: b,
+                                cr: false,
+                            };
+                        }
+                        _ => self.doom(b)?,
+                    }
+                }
+                St::AttrValue { quote, cr } => {
+                    if !cr {
+                        // rxml checks the limit whenever it reads on in a
+                        // value (a reference may have passed it).
+                        if self.value.len() > self.token_limit {
+                            return Err(too_long());
+                        }
+                        let room = self.token_limit - self.value.len();
+                        let run = input
+                            .iter()
+                            .take(room)
+                            .position(|&c| !VALUE_BYTE[c as usize])
+                            .unwrap_or(input.len().min(room));
+                        if run > 0 {
+                            self.value.extend_from_slice(&input[..run]);
+                            self.advance(input, run);
+                            continue;
+                        }
+                        let other_quote = (b == b'\'' || b == b'"') && b != quote;
+                        if room == 0 && (VALUE_BYTE[b as usize] || other_quote) {
+                            return Err(too_long());
+                        }
+                        if other_quote {
+                            // The other quote is an ordinary character.
+                            self.value.push(b);
+                            self.advance(input, 1);
+                            continue;
+                        }
+                    }
+                    self.advance(input, 1);
+                    if cr && b == b'\r' {
+                        self.value.push(b' ');
+                        continue;
+                    }
+                    self.state = St::AttrValue { quote, cr: false };
+                    match b {
+                        b'<' => return Err(nwf("'<' in an attribute value")),
+                        b'&' => {
+                            self.reference.clear();
+                            self.state = St::Ref {
+                                quote: Some(quote),
+                                kind: RefKind::Entity,
+                            };
+                        }
+                        b'\t' | b'\n' => self.value.push(b' '),
+                        b'\r' => self.state = St::AttrValue { quote, cr: true },
+                        _ if b == quote && self.doomed => {
+                            return Err(nwf("unexpected attribute value"));
+                        }
+                        _ if b == quote => self.end_value()?,
+                        // After a CR even ordinary characters land here:
+                        // rxml refuses them (see the module docs).
+                        _ => return Err(nwf("invalid character in an attribute value")),
+                    }
+                }
+                St::EmptyClose => {
+                    self.advance(input, 1);
+                    if b != b'>' {
+                        return Err(nwf("expected '>' after '/'"));
+                    }
+                    return self.finish_tag(true).map(Some);
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, input: &mut &[u8], n: usize) {
+        *input = &input[n..];
+        self.at += n as u64;
+    }
+
+    /// All input is consumed: text read so far is handed out, as rxml does
+    /// when a read ends in plain character data.
+    fn at_end(&mut self) -> Res<Option<Token>> {
+        if self.state == St::Text && !self.text.is_empty() {
+            return self.flush_partial(true);
+        }
+        Ok(None)
+    }
+
+    /// A whole text piece of `run` bytes in `input`, followed by `<`:
+    /// handed out without going through the scratch buffer. `None` (and
+    /// nothing consumed) when it is not valid, for the ordinary path to
+    /// refuse it.
+    fn whole_text(&mut self, input: &mut &[u8], run: usize) -> Option<Token> {
+        let raw = &input[..run];
+        let text = std::str::from_utf8(raw).ok()?;
+        check_chars(raw).ok()?;
+        let text = text.to_owned();
+        self.advance(input, run + 1);
+        let start = self.text_from;
+        let end = self.at - 1;
+        self.text_from = end;
+        self.state = St::Lt;
+        Some(Token::Text { text, start, end })
+    }
+
+    /// A byte that ended a run of text.
+    fn text_delimiter(&mut self, b: u8) -> Res<Option<Token>> {
+        match b {
+            b'<' => {
+                let t = self.flush_complete(1)?;
+                self.state = St::Lt;
+                Ok(t)
+            }
+            b'&' => {
+                let t = self.flush_complete(1)?;
+                self.reference.clear();
+                self.state = St::Ref {
+                    quote: None,
+                    kind: RefKind::Entity,
+                };
+                Ok(t)
+            }
+            b']' => {
+                self.state = St::Bracket { cdata: false, n: 1 };
+                Ok(None)
+            }
+            b'\r' => {
+                self.state = St::Cr { cdata: false };
+                Ok(None)
+            }
+            _ => Err(nwf("invalid character in text")),
+        }
+    }
+
+    /// A byte in text after a CR or a broken `]]`, which rxml does not
+    /// treat as the start of a run.
+    fn resume_text(&mut self, b: u8) -> Res<Option<Token>> {
+        if TEXT_BYTE[b as usize] {
+            self.text.push(b);
+            return Ok(None);
+        }
+        self.text_delimiter(b)
+    }
+
+    fn cdata_byte(&mut self, b: u8) -> Res<()> {
+        match b {
+            b']' => self.state = St::Bracket { cdata: true, n: 1 },
+            _ if is_nonchar_byte(b) => return Err(nwf("invalid character in a CDATA section")),
+            _ => self.text.push(b),
+        }
+        Ok(())
+    }
+
+    /// After `n` `]`: `]]>` ends CDATA and is refused in text.
+    fn bracket(&mut self, cdata: bool, n: u8, b: u8) -> Res<Option<Token>> {
+        if (n == 1 && b == b']') || (n == 2 && b == b'>') {
+            if n == 1 {
+                self.state = St::Bracket { cdata, n: 2 };
+                return Ok(None);
+            }
+            if !cdata {
+                return Err(nwf("unescaped ']]>' forbidden in text"));
+            }
+            self.state = St::Text;
+            return self.flush_complete(0);
+        }
+        if b == b']' {
+            // `]]]…`: one more `]` of content, and rxml hands the text out.
+            self.text.push(b']');
+            return self.flush_partial(false);
+        }
+        self.text.extend_from_slice(&b"]]"[..n as usize]);
+        if cdata {
+            if is_nonchar_byte(b) {
+                return Err(nwf("invalid character in a CDATA section"));
+            }
+            // Even a CR, unnormalised (see the module docs).
+            self.text.push(b);
+            self.state = St::Cdata;
+            return self.flush_partial(false);
+        }
+        self.state = St::Text;
+        self.resume_text(b)
+    }
+
+    fn reference_step(
+        &mut self,
+        input: &mut &[u8],
+        quote: Option<u8>,
+        kind: RefKind,
+    ) -> Res<Option<Token>> {
+        let selects = |c: u8| match kind {
+            RefKind::Entity => NAME_BYTE[c as usize],
+            RefKind::Decimal => c.is_ascii_digit(),
+            RefKind::Hex => c.is_ascii_hexdigit(),
+        };
+        while let Some(&c) = input.first() {
+            if !selects(c) {
+                break;
+            }
+            if self.reference.len() == MAX_REFERENCE {
+                return Err(restricted("undeclared entity"));
+            }
+            self.reference.push(c);
+            self.advance(input, 1);
+        }
+        let Some(&b) = input.first() else {
+            return Ok(None);
+        };
+        self.advance(input, 1);
+        let empty = self.reference.is_empty();
+        match (b, kind) {
+            (b'#', RefKind::Entity) if empty => {
+                self.state = St::Ref {
+                    quote,
+                    kind: RefKind::Decimal,
+                };
+                return Ok(None);
+            }
+            (b'x', RefKind::Decimal) if empty => {
+                self.state = St::Ref {
+                    quote,
+                    kind: RefKind::Hex,
+                };
+                return Ok(None);
+            }
+            (b';', _) if empty => return Err(nwf("empty reference")),
+            (b';', _) => {}
+            _ => return Err(nwf("unexpected byte in a reference")),
+        }
+        let mut buf = [0u8; 4];
+        let expanded: &[u8] = match kind {
+            RefKind::Entity => match self.reference.as_slice() {
+                b"amp" => b"&",
+                b"lt" => b"<",
+                b"gt" => b">",
+                b"apos" => b"'",
+                b"quot" => b"\"",
+                _ => return Err(restricted("undeclared entity")),
+            },
+            RefKind::Decimal | RefKind::Hex => {
+                let radix = if kind == RefKind::Hex { 16 } else { 10 };
+                let digits = std::str::from_utf8(&self.reference).unwrap_or("");
+                let ch = u32::from_str_radix(digits, radix)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .filter(|&c| is_xml_char(c))
+                    .ok_or_else(|| nwf("character reference to an invalid character"))?;
+                ch.encode_utf8(&mut buf).as_bytes()
+            }
+        };
+        match quote {
+            Some(q) => {
+                self.value.extend_from_slice(expanded);
+                self.state = St::AttrValue {
+                    quote: q,
+                    cr: false,
+                };
+            }
+            None => {
+                self.text.extend_from_slice(expanded);
+                self.state = St::Text;
+            }
+        }
+        Ok(None)
+    }
+
+    /// A byte that ended a name.
+    fn name_end(&mut self, b: u8) -> Res<Option<Token>> {
+        let st = self.state;
+        // rxml's lexer refuses a byte that has no meaning in any tag
+        // before the name is judged; the grammar comes after it.
+        if !is_lexable_in_tag(b) || self.doomed {
+            return Err(nwf("unexpected byte in a tag"));
+        }
+        match st {
+            St::StartName => {
+                let colon = check_qname(&self.name)?;
+                self.tag_qname.clear();
+                self.tag_qname
+                    .push_str(std::str::from_utf8(&self.name).unwrap_or_default());
+                self.tag_colon = colon;
+                self.tag_default = None;
+                self.tag_decls.clear();
+                self.tag_attrs.clear();
+                match b {
+                    _ if is_space(b) => self.state = St::TagBlank { required: false },
+                    b'>' => return self.finish_tag(false).map(Some),
+                    b'/' => self.state = St::EmptyClose,
+                    _ => self.doom(b)?,
+                }
+            }
+            St::EndName => {
+                if matches!(b, b'/' | b'?') {
+                    return Err(nwf("unexpected byte in an end tag"));
+                }
+                let open = self
+                    .scopes
+                    .last()
+                    .map_or("", |sc| &self.names[sc.name_from..]);
+                // The open element's name was checked when it started; any
+                // other name is refused (as invalid or as a mismatch, both
+                // not-well-formed).
+                if open.as_bytes() != self.name.as_slice() {
+                    return Err(nwf("end tag does not match the start tag"));
+                }
+                match b {
+                    _ if is_space(b) => self.state = St::EndAfter,
+                    b'>' => return Ok(Some(self.end_tag())),
+                    _ => self.doom(b)?,
+                }
+            }
+            _ => {
+                let colon = check_qname(&self.name)?;
+                let qname = std::str::from_utf8(&self.name).unwrap_or_default();
+                if qname == "xmlns:xmlns" {
+                    return Err(bad_prefix("the xmlns prefix must not be declared"));
+                }
+                self.attr_qname.clear();
+                self.attr_qname.push_str(qname);
+                self.attr_colon = colon;
+                match b {
+                    _ if is_space(b) => self.state = St::AttrEq { seen: false },
+                    b'=' => self.state = St::AttrEq { seen: true },
+                    _ => self.doom(b)?,
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The common case after a `<`: a whole, simple, valid
+    /// start or end tag in `input`, read in one pass. `None` for anything
+    /// else (not all there, a reference, a CR, non-ASCII names, any error),
+    /// which the state machine then reads from the same byte, so that
+    /// errors and their order stay exactly its own. Returns the bytes to
+    /// consume and what to finish once they are.
+    fn fast_tag(&mut self, input: &[u8]) -> Option<(usize, FastTag)> {
+        let limit = self.token_limit;
+        let name_end = |from: usize| {
+            let n = input[from..].iter().position(|&c| !NAME_BYTE[c as usize])?;
+            let end = from + n;
+            (n <= limit && input[from..end].is_ascii()).then_some(end)
+        };
+        if input.first() == Some(&b'/') {
+            let open = &self.names[self.scopes.last()?.name_from..];
+            let end = 1 + open.len();
+            if input.get(1..end)? != open.as_bytes() || *input.get(end)? != b'>' {
+                return None;
+            }
+            return Some((end + 1, FastTag::End));
+        }
+        let mut i = name_end(0)?;
+        let colon = ascii_qname(&input[..i])?.ok()?;
+        self.tag_qname.clear();
+        self.tag_qname
+            .push_str(std::str::from_utf8(&input[..i]).ok()?);
+        self.tag_colon = colon;
+        self.tag_default = None;
+        self.tag_decls.clear();
+        self.tag_attrs.clear();
+        let mut spaced = true;
+        loop {
+            let c = *input.get(i)?;
+            match c {
+                b'>' => return Some((i + 1, FastTag::Start { empty: false })),
+                b'/' if *input.get(i + 1)? == b'>' => {
+                    return Some((i + 2, FastTag::Start { empty: true }));
+                }
+                _ if is_space(c) => {
+                    i += 1;
+                    spaced = true;
+                }
+                _ if spaced && (c.is_ascii_alphabetic() || c == b'_') => {
+                    let end = name_end(i)?;
+                    let colon = ascii_qname(&input[i..end])?.ok()?;
+                    let qname = std::str::from_utf8(&input[i..end]).ok()?;
+                    if qname == "xmlns:xmlns" || *input.get(end)? != b'=' {
+                        return None;
+                    }
+                    let quote = *input.get(end + 1)?;
+                    if quote != b'\'' && quote != b'"' {
+                        return None;
+                    }
+                    let from = end + 2;
+                    let n = input.get(from..)?.iter().position(|&c| {
+                        c == quote || (!VALUE_BYTE[c as usize] && c != b'\'' && c != b'"')
+                    })?;
+                    if input[from + n] != quote || n > limit {
+                        return None;
+                    }
+                    let raw = &input[from..from + n];
+                    let value = std::str::from_utf8(raw).ok()?;
+                    check_chars(raw).ok()?;
+                    let qname = qname.to_owned();
+                    self.add_attribute(qname, colon, value.to_owned()).ok()?;
+                    i = from + n + 1;
+                    spaced = false;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// `b` starts a token the grammar does not allow here: a quote or a
+    /// name is read to its end first (see `doomed`), anything else is
+    /// refused at once.
+    fn doom(&mut self, b: u8) -> Res<()> {
+        match b {
+            b'\'' | b'"' => {
+                self.value.clear();
+                self.state = St::AttrValue {
+                    quote: b,
+                    cr: false,
+                };
+            }
+            _ if NAME_BYTE[b as usize] => {
+                self.name.clear();
+                self.name.push(b);
+                self.state = St::AttrName;
+            }
+            _ => return Err(nwf("unexpected byte in a tag")),
+        }
+        self.doomed = true;
+        Ok(())
+    }
+
+    /// The closing quote of an attribute value.
+    fn end_value(&mut self) -> Res<()> {
+        let value = std::str::from_utf8(&self.value)
+            .map_err(|_| nwf("invalid UTF-8 in an attribute value"))?;
+        check_chars(value.as_bytes())?;
+        let value = value.to_owned();
+        self.state = St::TagBlank { required: true };
+        let qname = std::mem::take(&mut self.attr_qname);
+        self.add_attribute(qname, self.attr_colon, value)
+    }
+
+    /// A complete attribute: a namespace declaration is checked and noted,
+    /// anything else waits for the end of the tag.
+    fn add_attribute(&mut self, qname: String, colon: Option<usize>, value: String) -> Res<()> {
+        let (prefix, local) = match colon {
+            Some(c) => (Some(&qname[..c]), &qname[c + 1..]),
+            None => (None, &qname[..]),
+        };
+        match prefix {
+            Some("xmlns") => {
+                if local == "xml" {
+                    if value != XML_NS {
+                        return Err(bad_prefix("the xml prefix is reserved"));
+                    }
+                } else if value == XML_NS {
+                    return Err(bad_prefix("the XML namespace is reserved"));
+                }
+                if value.is_empty() {
+                    return Err(nwf("a prefix must not be undeclared"));
+                }
+                if self.tag_decls.iter().any(|(p, _)| p == local) {
+                    return Err(nwf("duplicate attribute"));
+                }
+                self.tag_decls.push((local.to_owned(), value));
+            }
+            None if local == "xmlns" => {
+                if value == XML_NS {
+                    return Err(bad_prefix("the XML namespace is reserved"));
+                }
+                self.tag_default = Some(value);
+            }
+            _ => self.tag_attrs.push(RawAttr {
+                qname,
+                colon,
+                value,
+            }),
+        }
+        Ok(())
+    }
+
+    /// The `>` of a start tag: namespaces are resolved and the element
+    /// built.
+    fn finish_tag(&mut self, empty: bool) -> Res<Token> {
+        self.text_from = self.at;
+        self.state = St::Text;
+        let name_from = self.names.len();
+        self.names.push_str(&self.tag_qname);
+        self.scopes.push(Scope {
+            default: self.tag_default.take(),
+            decls_from: self.decls.len(),
+            name_from,
+        });
+        self.decls.append(&mut self.tag_decls);
+        let mut attrs: Vec<(String, String)> = Vec::with_capacity(self.tag_attrs.len());
+        for a in self.tag_attrs.drain(..) {
+            let key = match a.colon {
+                Some(c) => {
+                    let ns = lookup_prefix(&self.decls, &a.qname[..c])
+                        .ok_or_else(|| bad_prefix("undeclared namespace prefix"))?;
+                    attr_key(ns, &a.qname[c + 1..])
+                }
+                None => a.qname,
+            };
+            // Sorted by namespace, then name: rxml's attribute map order.
+            let pos = attrs.partition_point(|(k, _)| key_order(k) < key_order(&key));
+            if attrs.get(pos).is_some_and(|(k, _)| *k == key) {
+                return Err(nwf("duplicate attribute"));
+            }
+            attrs.insert(pos, (key, a.value));
+        }
+        let (ns, local) = match self.tag_colon {
+            Some(c) => (
+                lookup_prefix(&self.decls, &self.tag_qname[..c])
+                    .ok_or_else(|| bad_prefix("undeclared namespace prefix"))?,
+                &self.tag_qname[c + 1..],
+            ),
+            None => (
+                self.scopes
+                    .iter()
+                    .rev()
+                    .find_map(|s| s.default.as_deref())
+                    .unwrap_or(""),
+                &self.tag_qname[..],
+            ),
+        };
+        let mut element = Element::new(local, ns);
+        element.attrs = attrs;
+        if empty {
+            self.pop_scope();
+        }
+        Ok(Token::Start { element, empty })
+    }
+
+    fn end_tag(&mut self) -> Token {
+        self.text_from = self.at;
+        self.state = St::Text;
+        self.pop_scope();
+        Token::End
+    }
+
+    fn pop_scope(&mut self) {
+        if let Some(s) = self.scopes.pop() {
+            self.decls.truncate(s.decls_from);
+            self.names.truncate(s.name_from);
+        }
+    }
+
+    /// Hands out all buffered text, which must be valid; `back` bytes just
+    /// consumed (the `<` or `&`) are not part of it.
+    fn flush_complete(&mut self, back: u64) -> Res<Option<Token>> {
+        let end = self.at - back;
+        if self.text.is_empty() {
+            self.text_from = end;
+            return Ok(None);
+        }
+        let s = std::str::from_utf8(&self.text).map_err(|_| nwf("invalid UTF-8 in text"))?;
+        check_chars(s.as_bytes())?;
+        let text = s.to_owned();
+        self.text.clear();
+        let start = self.text_from;
+        self.text_from = end;
+        Ok(Some(Token::Text { text, start, end }))
+    }
+
+    /// Hands out the valid UTF-8 prefix of the buffered text and keeps a
+    /// split character for later; `lenient` at the end of a read, where a
+    /// short invalid tail may be a character still arriving.
+    fn flush_partial(&mut self, lenient: bool) -> Res<Option<Token>> {
+        if self.text.is_empty() {
+            return Ok(None);
+        }
+        let valid = match std::str::from_utf8(&self.text) {
+            Ok(_) => self.text.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        if valid == 0 {
+            if lenient && self.text.len() < 4 {
+                return Ok(None);
+            }
+            return Err(nwf("invalid UTF-8 in text"));
+        }
+        check_chars(&self.text[..valid])?;
+        let text = String::from_utf8(self.text[..valid].to_vec()).unwrap_or_default();
+        self.text.drain(..valid);
+        let start = self.text_from;
+        self.text_from = self.at;
+        Ok(Some(Token::Text {
+            text,
+            start,
+            end: self.at,
+        }))
+    }
+}
+
+/// Bytes rxml's lexer accepts somewhere in a tag (after a name).
+fn is_lexable_in_tag(b: u8) -> bool {
+    is_space(b) || matches!(b, b'"' | b'\'' | b'=' | b'>' | b'?' | b'/') || NAME_BYTE[b as usize]
+}
+
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+}
+
+/// The (namespace, local name) an attribute key stands for (see
+/// `element`'s module docs), which is what rxml orders attributes by.
+fn key_order(key: &str) -> (&str, &str) {
+    if let Some(clark) = key.strip_prefix('{') {
+        // A local name has no `}`; a namespace name may.
+        return clark.rsplit_once('}').unwrap_or(("", clark));
+    }
+    match key.strip_prefix("xml:") {
+        Some(local) => (XML_NS, local),
+        None => ("", key),
+    }
+}
+
+fn lookup_prefix<'a>(decls: &'a [(String, String)], prefix: &str) -> Option<&'a str> {
+    if prefix == "xml" {
+        return Some(XML_NS);
+    }
+    decls
+        .iter()
+        .rev()
+        .find(|(p, _)| p == prefix)
+        .map(|(_, uri)| uri.as_str())
+}
