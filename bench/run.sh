@@ -28,6 +28,9 @@ for arg in "$@"; do
 done
 
 # ---- parameters (override with the environment) ---------------------------
+# IDLE_SETTLE=s: seconds the idle scenario waits after the last login before
+# reading RSS (default 3): beyond the account cache's cache_secs (60) plus its
+# sweep period, it measures a server whose sessions have been idle a while.
 if [[ $QUICK == 1 ]]; then
 	: "${LOGIN_N:=300}" "${IDLE_N:=500}" "${CHURN_N:=500}"
 	# One clique of 101: every user has the 100 contacts issue 21 asks for.
@@ -244,7 +247,7 @@ scenario() { # system variant scenario
 	# The same logins, each account's second since the restart: one untimed
 	# round first, so every system's caches of recent accounts are warm.
 	login-again) bench "$s" "$v" login --count "$LOGIN_N" --again ;;
-	idle) bench "$s" "$v" idle --count "$IDLE_N" ;;
+	idle) bench "$s" "$v" idle --count "$IDLE_N" ${IDLE_SETTLE:+--settle "$IDLE_SETTLE"} ;;
 	idle-plain) bench "$s" "$v" idle --count "$IDLE_N" --no-tls ;;
 	roster-login)
 		if [[ $s == floor ]]; then
