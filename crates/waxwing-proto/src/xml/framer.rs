@@ -85,6 +85,9 @@ enum State {
     Start,
     /// Inside the stream.
     Open,
+    /// The header was an empty element (`<stream:stream …/>`): the stream
+    /// is open and its end is the next event, as rxml reports it.
+    EmptyRoot,
     /// After `</stream:stream>`; further input is ignored.
     Closed,
 }
@@ -188,7 +191,7 @@ impl Framer {
             State::Open => self
                 .boundary
                 .max(self.consumed.saturating_sub(PARSED_TAIL_BYTES)),
-            State::Start | State::Closed => self.boundary,
+            State::Start | State::EmptyRoot | State::Closed => self.boundary,
         }
     }
 
@@ -206,7 +209,7 @@ impl Framer {
         match self.state {
             State::Open => self.tokenizer = None, // rebuilt from the header on demand
             State::Start => self.parser = Some(Box::new(new_parser(limits))),
-            State::Closed => {}
+            State::EmptyRoot | State::Closed => {}
         }
     }
 
@@ -290,6 +293,10 @@ impl Framer {
         loop {
             if self.state == State::Closed {
                 return Ok(None);
+            }
+            if self.state == State::EmptyRoot {
+                // The stack is empty: this is the stream's end.
+                return Ok(self.end_element());
             }
             // Never show rxml more than one byte past the size limit. The
             // limit check then fires at the same byte however the input
@@ -532,14 +539,20 @@ impl Framer {
         // is no XML declaration in front of it.
         let tag = raw.iter().position(|&b| b == b'<').unwrap_or(0);
         self.header = raw[tag..].to_vec();
-        self.state = State::Open;
         // rxml's work is done for this stream.
         self.parser = None;
-        self.tokenizer = Some(Box::new(Tokenizer::new(
-            token_limit(self.limits),
-            &self.header,
-            self.event_end,
-        )));
+        if self.header.ends_with(b"/>") {
+            // `/` before the `>` of a start tag can only be the empty
+            // element's: a quoted value ends in its quote.
+            self.state = State::EmptyRoot;
+        } else {
+            self.state = State::Open;
+            self.tokenizer = Some(Box::new(Tokenizer::new(
+                token_limit(self.limits),
+                &self.header,
+                self.event_end,
+            )));
+        }
         self.boundary = self.event_end;
         Ok(StreamEvent::Open(StreamHeader {
             ns: self.content_ns.to_owned(),

@@ -413,6 +413,21 @@ fn limits_fire_at_the_same_byte() {
     ));
 }
 
+/// `<stream:stream …/>` opens and at once ends the stream, as rxml says;
+/// the tokenizer is never built from such a header (found by the
+/// `framer_chunks` fuzz target: `regressions/framer_chunks-empty-root`).
+#[test]
+fn an_empty_stream_header_opens_and_ends_the_stream() {
+    let empty = HEADER.replace("xml:lang='en'>", "xml:lang='en'/>");
+    for tail in ["", "</stream:stream>", "<message/>", "</\u{15}trea"] {
+        let o = outcome_bytes(LIMITS, format!("{empty}{tail}").as_bytes());
+        assert_eq!(o.error, None, "{tail:?}");
+        assert_eq!(o.events.len(), 2, "{tail:?}: {:?}", o.events);
+        assert!(o.events[0].starts_with("Open("), "{:?}", o.events);
+        assert_eq!(o.events[1], "Close");
+    }
+}
+
 #[test]
 fn keepalives_and_the_stream_end() {
     let o = outcome_with(LIMITS, "  \n\t <a/>   </stream:stream>ignored");
