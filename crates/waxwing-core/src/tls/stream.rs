@@ -490,25 +490,10 @@ fn encrypt_into(
     data: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), rustls::Error> {
-    let start = out.len();
     let records = data.len().div_ceil(WRITE_CHUNK).max(1);
-    let mut room = data.len() + records * RECORD_OVERHEAD;
-    loop {
-        out.resize(start + room, 0);
-        match traffic.encrypt(data, &mut out[start..]) {
-            Ok(written) => {
-                out.truncate(start + written);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(e)) if e.required_size > room => {
-                room = e.required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(rustls::Error::General(e.to_string()));
-            }
-        }
-    }
+    append_records(out, data.len() + records * RECORD_OVERHEAD, |buf| {
+        traffic.encrypt(data, buf)
+    })
 }
 
 /// Queues our close_notify.
@@ -516,11 +501,20 @@ fn close_notify_into(
     traffic: &mut WriteTraffic<'_, ServerConnectionData>,
     out: &mut Vec<u8>,
 ) -> Result<(), rustls::Error> {
+    append_records(out, RECORD_OVERHEAD, |buf| traffic.queue_close_notify(buf))
+}
+
+/// Appends what `write` puts into a buffer of `room` bytes to `out`,
+/// growing the room to what rustls says it needs if that is more.
+fn append_records(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> Result<(), rustls::Error> {
     let start = out.len();
-    let mut room = RECORD_OVERHEAD;
     loop {
         out.resize(start + room, 0);
-        match traffic.queue_close_notify(&mut out[start..]) {
+        match write(&mut out[start..]) {
             Ok(written) => {
                 out.truncate(start + written);
                 return Ok(());
