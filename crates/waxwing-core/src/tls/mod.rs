@@ -196,15 +196,8 @@ impl TlsContext {
         })
     }
 
-    /// The leaf certificate presented for `sni` (RFC 5929 tls-server-end-point
-    /// needs it). Asked right after the handshake, so a reload would have to
-    /// land between the two for this to differ from what the client saw.
-    pub fn leaf_for(&self, sni: Option<&str>) -> CertificateDer<'static> {
-        self.certs.pick(sni).cert[0].clone()
-    }
-
     /// The RFC 5929 `tls-server-end-point` hash of the certificate
-    /// presented for `sni` (see [`leaf_for`](Self::leaf_for)), `None` when
+    /// presented for `sni`, `None` when
     /// its signature algorithm names no usable hash. Hashing a certificate
     /// costs about as much as the rest of a SASL exchange, and every TLS
     /// connection needs it for its features: it is hashed once per
