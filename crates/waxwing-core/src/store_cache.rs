@@ -394,7 +394,7 @@ impl CachedAccounts {
                                 c.secrets.fill(AccountKey::new(user), generation, packed);
                             }
                             c.rosters
-                                .fill(AccountKey::new(user), rosters, Arc::from(roster));
+                                .fill(AccountKey::new(user), rosters, shared_roster(roster));
                             if fragment
                                 .as_ref()
                                 .is_none_or(|v| v.len() <= MAX_CACHED_FRAGMENT)
@@ -465,6 +465,19 @@ impl AccountStore for CachedAccounts {
     }
 }
 
+/// `items` as the roster cache keeps them. Most accounts' rosters are
+/// empty, and every empty one is the same `Arc` instead of an allocation
+/// of its own per cached account.
+fn shared_roster(items: Vec<RosterItem>) -> Arc<[RosterItem]> {
+    static EMPTY: std::sync::LazyLock<Arc<[RosterItem]>> =
+        std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+    if items.is_empty() {
+        EMPTY.clone()
+    } else {
+        Arc::from(items)
+    }
+}
+
 struct CachedRoster {
     inner: Arc<dyn RosterStore>,
     caches: Arc<Caches>,
@@ -476,7 +489,7 @@ impl CachedRoster {
         match self.caches.rosters.get(owner as &dyn AccountParts) {
             Ok(items) => Ok(items),
             Err(generation) => {
-                let items: Arc<[RosterItem]> = Arc::from(self.inner.items(owner).await?);
+                let items = shared_roster(self.inner.items(owner).await?);
                 self.caches
                     .rosters
                     .fill(AccountKey::new(owner), generation, items.clone());
@@ -944,6 +957,16 @@ mod tests {
                 .get(&FragmentRef(&alice, AVATAR_HASH_KEY) as &dyn FragmentParts)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn every_empty_roster_is_one_shared_allocation() {
+        let (a, b) = (shared_roster(Vec::new()), shared_roster(Vec::new()));
+        assert!(Arc::ptr_eq(&a, &b));
+        let item = RosterItem::new(jid("bob@example.org"));
+        let full = shared_roster(vec![item.clone()]);
+        assert_eq!(&*full, &[item][..]);
+        assert!(!Arc::ptr_eq(&full, &shared_roster(vec![full[0].clone()])));
     }
 
     #[test]

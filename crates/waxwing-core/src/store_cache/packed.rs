@@ -12,16 +12,26 @@
 //! `exists`, asked for every stanza to a local account, only looks whether
 //! there is an entry.
 //!
-//! Layout, per secret, in the store's order: the mechanism's length (one
-//! byte) and name, the iteration count (four bytes, little-endian), then
-//! salt, `StoredKey` and `ServerKey`, each as a two-byte length and the
-//! bytes. A secret whose parts do not fit those lengths is not packed
-//! (the account is then read from the store each time, as without a
-//! cache); no real SCRAM secret comes near them.
+//! Layout, per secret, in the store's order: the mechanism, as one byte
+//! (`0x80` plus its index in [`KNOWN`] for the mechanisms this server
+//! stores, else the length of the name that follows, at most 127), the
+//! iteration count (four bytes, little-endian), then salt, `StoredKey` and
+//! `ServerKey`, each as a two-byte length and the bytes. A secret whose
+//! parts do not fit those lengths is not packed (the account is then read
+//! from the store each time, as without a cache); no real SCRAM secret
+//! comes near them.
 
 use std::sync::Arc;
 
 use waxwing_store::StoredSecret;
+
+/// Mechanisms written as one byte instead of their name. Only ever
+/// appended to: a block is only read by the process that packed it, but
+/// the order is the format.
+const KNOWN: [&str; 3] = ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// The first byte of a known mechanism; below it, a name's length.
+const KNOWN_TAG: u8 = 0x80;
 
 /// One account's secrets in one shared block (see the module docs).
 #[derive(Clone)]
@@ -44,8 +54,16 @@ impl PackedSecrets {
             .sum();
         let mut out = Vec::with_capacity(size);
         for s in secrets {
-            out.push(u8::try_from(s.mechanism.len()).ok()?);
-            out.extend_from_slice(s.mechanism.as_bytes());
+            match KNOWN.iter().position(|k| *k == s.mechanism) {
+                Some(i) => out.push(KNOWN_TAG | u8::try_from(i).ok()?),
+                None => {
+                    let len = u8::try_from(s.mechanism.len())
+                        .ok()
+                        .filter(|l| *l < KNOWN_TAG)?;
+                    out.push(len);
+                    out.extend_from_slice(s.mechanism.as_bytes());
+                }
+            }
             out.extend_from_slice(&s.iterations.to_le_bytes());
             for part in [&s.salt, &s.stored_key, &s.server_key] {
                 out.extend_from_slice(&u16::try_from(part.len()).ok()?.to_le_bytes());
@@ -60,8 +78,13 @@ impl PackedSecrets {
         let mut rest: &[u8] = &self.0;
         let mut secrets = Vec::new();
         while !rest.is_empty() {
-            let len = usize::from(rest[0]);
-            let mechanism = take(&mut rest, 1, len);
+            let mechanism = match rest[0] {
+                tag if tag & KNOWN_TAG != 0 => {
+                    rest = &rest[1..];
+                    KNOWN[usize::from(tag & !KNOWN_TAG)].to_string()
+                }
+                len => String::from_utf8_lossy(take(&mut rest, 1, usize::from(len))).into_owned(),
+            };
             let iterations = u32::from_le_bytes(take(&mut rest, 0, 4).try_into().expect("4 bytes"));
             let mut part = || {
                 let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
@@ -69,7 +92,7 @@ impl PackedSecrets {
             };
             let (salt, stored_key, server_key) = (part(), part(), part());
             secrets.push(StoredSecret {
-                mechanism: String::from_utf8_lossy(mechanism).into_owned(),
+                mechanism,
                 salt,
                 iterations,
                 stored_key,
@@ -117,12 +140,21 @@ mod tests {
         ];
         let packed = PackedSecrets::pack(&secrets).unwrap();
         assert_eq!(packed.unpack(), secrets);
-        // One block: the parts and their length fields, nothing else.
+        // One block: the parts and their length fields, nothing else (a
+        // known mechanism is one byte).
         let parts: usize = secrets
             .iter()
-            .map(|s| s.mechanism.len() + s.salt.len() + s.stored_key.len() + s.server_key.len())
+            .map(|s| s.salt.len() + s.stored_key.len() + s.server_key.len())
             .sum();
         assert_eq!(packed.len(), parts + secrets.len() * 11);
+        // A mechanism this server does not store goes by name.
+        let other = vec![
+            secret("SCRAM-SHA3-512", 64, 4),
+            secret("SCRAM-SHA-1", 20, 5),
+        ];
+        let packed = PackedSecrets::pack(&other).unwrap();
+        assert_eq!(packed.unpack(), other);
+        assert_eq!(packed.len(), 14 + 16 + 128 + 16 + 40 + 2 * 11);
     }
 
     #[test]
@@ -144,10 +176,10 @@ mod tests {
         let mut long_salt = secret("SCRAM-SHA-256", 32, 1);
         long_salt.salt = vec![0; 65_536];
         assert!(PackedSecrets::pack(&[long_salt]).is_none());
-        let long_name = secret(&"X".repeat(256), 32, 1);
+        let long_name = secret(&"X".repeat(128), 32, 1);
         assert!(PackedSecrets::pack(&[long_name]).is_none());
         // The longest that fit still round-trip.
-        let mut longest = secret(&"X".repeat(255), 32, 1);
+        let mut longest = secret(&"X".repeat(127), 32, 1);
         longest.server_key = vec![9; 65_535];
         let packed = PackedSecrets::pack(std::slice::from_ref(&longest)).unwrap();
         assert_eq!(packed.unpack(), vec![longest]);
