@@ -39,8 +39,10 @@
 //! loaded. With `[cluster]` the cache is off: other nodes write the same
 //! database.
 //!
-//! Memory: at most `cache_accounts` accounts (about 600 bytes each with
-//! their secrets, an empty roster and the avatar hash), and no longer than
+//! Memory: at most `cache_accounts` accounts (about 550 bytes each with
+//! their secrets, an empty roster and the avatar hash: every online
+//! account has an entry, so they are compact, see `key.rs` and
+//! `packed.rs`), and no longer than
 //! needed: a sweeper task drops entries that have not been used for
 //! `cache_secs` and gives the map's memory back, so the copies a login wave
 //! left do not stay for the life of the process.
