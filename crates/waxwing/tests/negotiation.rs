@@ -115,7 +115,10 @@ async fn cached_features_follow_each_connections_state() {
         let mut c = Client::connect_plain(s.c2s).await;
         let before_tls = c.open_stream().await.to_xml();
         let after_tls = c.starttls().await.to_xml();
-        let after_auth = c.auth_scram_sha256("romeo", &password("romeo")).await.to_xml();
+        let after_auth = c
+            .auth_scram_sha256("romeo", &password("romeo"))
+            .await
+            .to_xml();
         let mut d = Client::connect_direct_tls(s.direct_tls).await;
         let direct = d.open_stream().await.to_xml();
         seen.push(vec![before_tls, after_tls, after_auth, direct]);
@@ -124,13 +127,25 @@ async fn cached_features_follow_each_connections_state() {
     let [before_tls, after_tls, after_auth, direct] = &seen[0][..] else {
         unreachable!()
     };
-    assert!(before_tls.contains("starttls") && !before_tls.contains("mechanism"), "{before_tls}");
-    assert!(after_tls.contains("SCRAM-SHA-256-PLUS") && !after_tls.contains("starttls"), "{after_tls}");
+    assert!(
+        before_tls.contains("starttls") && !before_tls.contains("mechanism"),
+        "{before_tls}"
+    );
+    assert!(
+        after_tls.contains("SCRAM-SHA-256-PLUS") && !after_tls.contains("starttls"),
+        "{after_tls}"
+    );
     // The configuration is read: PLAIN is off.
     assert!(!after_tls.contains(">PLAIN<"), "{after_tls}");
-    assert!(after_auth.contains("urn:ietf:params:xml:ns:xmpp-bind"), "{after_auth}");
+    assert!(
+        after_auth.contains("urn:ietf:params:xml:ns:xmpp-bind"),
+        "{after_auth}"
+    );
     assert!(!after_auth.contains("mechanism"), "{after_auth}");
-    assert!(direct.contains("SCRAM-SHA-256-PLUS") && !direct.contains("starttls"), "{direct}");
+    assert!(
+        direct.contains("SCRAM-SHA-256-PLUS") && !direct.contains("starttls"),
+        "{direct}"
+    );
 }
 
 #[tokio::test]

@@ -519,7 +519,9 @@ mod tests {
         use waxwing_proto::jid::BareJid;
         let dir = tempfile::tempdir().unwrap();
         let mut s = file_store(&dir).await;
-        s.direct = Some(direct::DirectReaders::new(dir.path().join("missing/none.db")));
+        s.direct = Some(direct::DirectReaders::new(
+            dir.path().join("missing/none.db"),
+        ));
         let alice = BareJid::parse("alice@example.org").unwrap();
         let secret = StoredSecret {
             mechanism: "SCRAM-SHA-256".into(),
@@ -528,7 +530,9 @@ mod tests {
             stored_key: vec![1, 2],
             server_key: vec![3, 4],
         };
-        s.create(&alice, std::slice::from_ref(&secret)).await.unwrap();
+        s.create(&alice, std::slice::from_ref(&secret))
+            .await
+            .unwrap();
         let LoginRead::Account { secrets, .. } = s.login_reads(&alice, "k").await.unwrap() else {
             panic!("no account")
         };

@@ -154,7 +154,8 @@ pub(super) fn build(server: &Arc<Server>, key: &FeatureKey) -> Element {
             ("tls-server-end-point", cb.tls_server_end_point),
         ] {
             if have {
-                types.push_child(Element::new("channel-binding", ns::SASL_CB).with_attr("type", ty));
+                types
+                    .push_child(Element::new("channel-binding", ns::SASL_CB).with_attr("type", ty));
             }
         }
         features.push_child(types);

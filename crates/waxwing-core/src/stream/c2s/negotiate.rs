@@ -11,8 +11,8 @@ use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, Strea
 use waxwing_proto::xml::{Element, StreamEvent, StreamHeader};
 use waxwing_proto::{lang, ns};
 
-use super::link::{ClientTransport, Outgoing, StreamOpen};
 use super::features::FeatureKey;
+use super::link::{ClientTransport, Outgoing, StreamOpen};
 use super::{Conn, End, Negotiated, iq_request, sasl2, stream_error};
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
 use crate::invites;
