@@ -100,11 +100,6 @@ impl FeatureCache {
         // Only whole inserts and lookups happen under the lock.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 /// The `<stream:features/>` for `key` (RFC 6120 §4.3.2), reading nothing
