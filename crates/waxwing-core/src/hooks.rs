@@ -251,9 +251,10 @@ pub trait DomainService: Send + Sync {
 
 /// Adds elements to `<stream:features/>` after authentication.
 ///
-/// Asked once per server and transport: the serialized features are
-/// cached (`stream/c2s/features.rs`), so the answer must not change while
-/// the server runs (derive it from the startup configuration only).
+/// Asked only when a kind of stream (transport, compression offered) first
+/// needs its post-authentication features: their bytes are cached
+/// (`stream/c2s/features.rs`), so the answer must not change while the
+/// server runs (derive it from the startup configuration only).
 pub trait StreamFeature: Send + Sync {
     fn stream_features(&self, cx: &Cx) -> Vec<Element>;
 }
