@@ -40,11 +40,18 @@
 //! reference, at the end of the input), where rxml hands it out, so that
 //! the framer's view of whitespace between stanzas is the same too.
 
+use compact_str::CompactString;
+
+use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::xml::element::{Element, attr_key};
 
 /// The namespace the `xml` prefix is bound to by definition.
-const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+const XML_NS: &str = ns::XML;
+/// The same, as the namespace of an element.
+static XML_NS_NAME: CompactString = CompactString::const_new(XML_NS);
+/// No namespace.
+static NO_NS: CompactString = CompactString::const_new("");
 
 /// Longest entity name or character reference body, as in rxml.
 const MAX_REFERENCE: usize = 8;
@@ -117,8 +124,8 @@ enum FastTag {
 /// One namespace scope: what an element declared.
 #[derive(Debug)]
 struct Scope {
-    /// `xmlns='…'` on this element.
-    default: Option<String>,
+    /// `xmlns='…'` on this element (interned: elements in it share it).
+    default: Option<CompactString>,
     /// Length of `decls` before this element's prefix declarations.
     decls_from: usize,
     /// Length of `names` before this element's qualified name.
@@ -128,9 +135,9 @@ struct Scope {
 /// A prefixed or unprefixed attribute waiting for its namespace.
 #[derive(Debug)]
 struct RawAttr {
-    qname: String,
+    qname: CompactString,
     colon: Option<usize>,
-    value: String,
+    value: CompactString,
 }
 
 /// See the module docs.
@@ -155,18 +162,18 @@ pub(super) struct Tokenizer {
     /// The start tag being read.
     tag_qname: String,
     tag_colon: Option<usize>,
-    tag_default: Option<String>,
-    tag_decls: Vec<(String, String)>,
+    tag_default: Option<CompactString>,
+    tag_decls: Vec<(CompactString, CompactString)>,
     tag_attrs: Vec<RawAttr>,
-    attr_qname: String,
+    attr_qname: CompactString,
     attr_colon: Option<usize>,
     /// The name or value being read is where the grammar allows none.
     /// rxml's lexer reads such a token to its end before its parser
     /// refuses it, so an error inside it (an undeclared entity, a name
     /// over the limit) is what is reported; this does the same.
     doomed: bool,
-    /// Prefix declarations in scope, innermost last.
-    decls: Vec<(String, String)>,
+    /// Prefix declarations in scope, innermost last (namespaces interned).
+    decls: Vec<(CompactString, CompactString)>,
     /// Qualified names of the open elements, concatenated.
     names: String,
     /// One per open element, the stream's root first.
@@ -351,7 +358,7 @@ impl Tokenizer {
             tag_default: None,
             tag_decls: Vec::new(),
             tag_attrs: Vec::new(),
-            attr_qname: String::new(),
+            attr_qname: CompactString::default(),
             attr_colon: None,
             doomed: false,
             decls: Vec::new(),
@@ -1005,8 +1012,8 @@ impl Tokenizer {
                     let raw = &input[from..from + n];
                     let value = std::str::from_utf8(raw).ok()?;
                     check_chars(raw).ok()?;
-                    let qname = qname.to_owned();
-                    self.add_attribute(qname, colon, value.to_owned()).ok()?;
+                    let qname = CompactString::new(qname);
+                    self.add_attribute(qname, colon, value).ok()?;
                     i = from + n + 1;
                     spaced = false;
                 }
@@ -1040,10 +1047,18 @@ impl Tokenizer {
 
     /// The closing quote of an attribute value.
     fn end_value(&mut self) -> Res<()> {
-        let value = std::str::from_utf8(&self.value)
-            .map_err(|_| nwf("invalid UTF-8 in an attribute value"))?;
+        // Out of `self` while add_attribute (which copies it into the
+        // attribute) runs, and back afterwards to keep its capacity.
+        let scratch = std::mem::take(&mut self.value);
+        let r = self.end_value_from(&scratch);
+        self.value = scratch;
+        r
+    }
+
+    fn end_value_from(&mut self, raw: &[u8]) -> Res<()> {
+        let value =
+            std::str::from_utf8(raw).map_err(|_| nwf("invalid UTF-8 in an attribute value"))?;
         check_chars(value.as_bytes())?;
-        let value = value.to_owned();
         self.state = St::TagBlank { required: true };
         let qname = std::mem::take(&mut self.attr_qname);
         self.add_attribute(qname, self.attr_colon, value)
@@ -1051,7 +1066,12 @@ impl Tokenizer {
 
     /// A complete attribute: a namespace declaration is checked and noted,
     /// anything else waits for the end of the tag.
-    fn add_attribute(&mut self, qname: String, colon: Option<usize>, value: String) -> Res<()> {
+    fn add_attribute(
+        &mut self,
+        qname: CompactString,
+        colon: Option<usize>,
+        value: &str,
+    ) -> Res<()> {
         let (prefix, local) = match colon {
             Some(c) => (Some(&qname[..c]), &qname[c + 1..]),
             None => (None, &qname[..]),
@@ -1071,18 +1091,19 @@ impl Tokenizer {
                 if self.tag_decls.iter().any(|(p, _)| p == local) {
                     return Err(nwf("duplicate attribute"));
                 }
-                self.tag_decls.push((local.to_owned(), value));
+                self.tag_decls
+                    .push((CompactString::new(local), ns::intern(value)));
             }
             None if local == "xmlns" => {
                 if value == XML_NS {
                     return Err(bad_prefix("the XML namespace is reserved"));
                 }
-                self.tag_default = Some(value);
+                self.tag_default = Some(ns::intern(value));
             }
             _ => self.tag_attrs.push(RawAttr {
                 qname,
                 colon,
-                value,
+                value: CompactString::new(value),
             }),
         }
         Ok(())
@@ -1101,7 +1122,8 @@ impl Tokenizer {
             name_from,
         });
         self.decls.append(&mut self.tag_decls);
-        let mut attrs: Vec<(String, String)> = Vec::with_capacity(self.tag_attrs.len());
+        let mut attrs: Vec<(CompactString, CompactString)> =
+            Vec::with_capacity(self.tag_attrs.len());
         for a in self.tag_attrs.drain(..) {
             let key = match a.colon {
                 Some(c) => {
@@ -1128,12 +1150,12 @@ impl Tokenizer {
                 self.scopes
                     .iter()
                     .rev()
-                    .find_map(|s| s.default.as_deref())
-                    .unwrap_or(""),
+                    .find_map(|s| s.default.as_ref())
+                    .unwrap_or(&NO_NS),
                 &self.tag_qname[..],
             ),
         };
-        let mut element = Element::new(local, ns);
+        let mut element = Element::new(local, ns.clone());
         element.attrs = attrs;
         if empty {
             self.pop_scope();
@@ -1224,13 +1246,16 @@ fn key_order(key: &str) -> (&str, &str) {
     }
 }
 
-fn lookup_prefix<'a>(decls: &'a [(String, String)], prefix: &str) -> Option<&'a str> {
+fn lookup_prefix<'a>(
+    decls: &'a [(CompactString, CompactString)],
+    prefix: &str,
+) -> Option<&'a CompactString> {
     if prefix == "xml" {
-        return Some(XML_NS);
+        return Some(&XML_NS_NAME);
     }
     decls
         .iter()
         .rev()
         .find(|(p, _)| p == prefix)
-        .map(|(_, uri)| uri.as_str())
+        .map(|(_, uri)| uri)
 }
