@@ -459,47 +459,75 @@ fn split_clark(k: &str) -> Option<(&str, &str)> {
 }
 
 fn escape_text(out: &mut String, s: &str) {
-    escape_with(out, s, |b| match b {
-        b'&' => Some("&amp;"),
-        b'<' => Some("&lt;"),
-        b'>' => Some("&gt;"),
-        // A literal CR would be folded into LF by the receiving parser.
-        b'\r' => Some("&#13;"),
-        _ => None,
-    });
+    escape_with(out, s, &TEXT_ESCAPED);
 }
 
 /// Appends `s` escaped for an attribute value in either quote style: the
 /// one escaping every writer of attributes uses (elements, BOSH bodies,
 /// stream headers).
 pub fn escape_attr(out: &mut String, s: &str) {
-    escape_with(out, s, |b| match b {
-        b'&' => Some("&amp;"),
-        b'<' => Some("&lt;"),
-        b'>' => Some("&gt;"),
-        b'\'' => Some("&apos;"),
-        b'"' => Some("&quot;"),
-        // Attribute-value normalization would turn literal whitespace
-        // controls into spaces; references survive it.
-        b'\t' => Some("&#9;"),
-        b'\n' => Some("&#10;"),
-        b'\r' => Some("&#13;"),
-        _ => None,
-    });
+    escape_with(out, s, &ATTR_ESCAPED);
 }
 
-/// Copies `s` to `out` in runs, replacing the bytes `escape` names. Every
-/// byte escaped is ASCII, so runs always end on character boundaries; most
-/// values have nothing to escape and are copied in one go.
+/// Whether [`escape_text`] replaces a byte: the markup characters, and a
+/// literal CR, which the receiving parser would fold into LF.
+const fn text_escaped(b: u8) -> bool {
+    matches!(b, b'&' | b'<' | b'>' | b'\r')
+}
+
+/// Whether [`escape_attr`] replaces a byte: also both quotes, and the
+/// whitespace controls that attribute-value normalization would turn into
+/// spaces (references survive it).
+const fn attr_escaped(b: u8) -> bool {
+    text_escaped(b) || matches!(b, b'\'' | b'"' | b'\t' | b'\n')
+}
+
+/// The table of `attr_escaped` (for attributes) or `text_escaped`.
+const fn table(attr: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if attr {
+            attr_escaped(b)
+        } else {
+            text_escaped(b)
+        };
+        i += 1;
+    }
+    t
+}
+
+static TEXT_ESCAPED: [bool; 256] = table(false);
+static ATTR_ESCAPED: [bool; 256] = table(true);
+
+/// The reference written for an escaped byte.
+fn reference(b: u8) -> &'static str {
+    match b {
+        b'&' => "&amp;",
+        b'<' => "&lt;",
+        b'>' => "&gt;",
+        b'\'' => "&apos;",
+        b'"' => "&quot;",
+        b'\t' => "&#9;",
+        b'\n' => "&#10;",
+        _ => "&#13;",
+    }
+}
+
+/// Copies `s` to `out` in runs between the bytes `escaped` marks, each
+/// replaced by its reference. Every byte escaped is ASCII, so runs always
+/// end on character boundaries; most values have nothing to escape and are
+/// copied in one go, after one table lookup per byte.
 #[inline]
-fn escape_with(out: &mut String, s: &str, escape: impl Fn(u8) -> Option<&'static str>) {
+fn escape_with(out: &mut String, s: &str, escaped: &[bool; 256]) {
+    let bytes = s.as_bytes();
     let mut run = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if let Some(rep) = escape(b) {
-            out.push_str(&s[run..i]);
-            out.push_str(rep);
-            run = i + 1;
-        }
+    while let Some(n) = bytes[run..].iter().position(|&b| escaped[usize::from(b)]) {
+        let at = run + n;
+        out.push_str(&s[run..at]);
+        out.push_str(reference(bytes[at]));
+        run = at + 1;
     }
     out.push_str(&s[run..]);
 }
@@ -717,6 +745,45 @@ mod tests {
             e.to_xml(),
             "<a v='&lt;&amp;&apos;&quot;&gt;&#9;&#10;&#13;'>&lt;&amp;&gt;'\"&#13;</a>"
         );
+    }
+
+    #[test]
+    fn escaped_values_read_back_as_written() {
+        let tricky = [
+            "",
+            "plain",
+            "]]>",
+            "a]]>b]]",
+            "<&>\"'",
+            "&amp; is not unescaped twice",
+            "tab\there, lf\nthere, crlf\r\n, cr\r",
+            "non-ASCII: é ☺ 𝄞, and & after it",
+            "a value longer than twenty-four bytes, so stored on the heap <&>",
+            "&&&&<<<<>>>>''''\"\"\"\"",
+        ];
+        for t in tricky {
+            let el = Element::new("message", ns::CLIENT)
+                .with_attr("id", t)
+                .with_attr("xml:lang", "en")
+                .with_attr("{urn:example:x}flag", t)
+                .with_child(Element::new("body", ns::CLIENT).with_text(t))
+                .with_child(
+                    Element::new("x", "urn:example:x")
+                        .with_attr("v", t)
+                        .with_text(t),
+                );
+            for stream_ns in ["", ns::CLIENT] {
+                let xml = el.to_xml_in(stream_ns);
+                let back = crate::xml::parse_stanza(&xml, ns::CLIENT)
+                    .unwrap_or_else(|e| panic!("{xml}: {e:?}"));
+                assert_eq!(back.attr("id"), Some(t), "{xml}");
+                assert_eq!(back.attr("{urn:example:x}flag"), Some(t), "{xml}");
+                assert_eq!(back.attr("xml:lang"), Some("en"), "{xml}");
+                assert_eq!(back.child("body", ns::CLIENT).unwrap().text(), t, "{xml}");
+                let x = back.child("x", "urn:example:x").unwrap();
+                assert_eq!((x.attr("v"), x.text().as_str()), (Some(t), t), "{xml}");
+            }
+        }
     }
 
     #[test]

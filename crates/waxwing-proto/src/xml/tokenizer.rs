@@ -1122,8 +1122,11 @@ impl Tokenizer {
             name_from,
         });
         self.decls.append(&mut self.tag_decls);
+        // A stanza (the root's child) gets `from` stamped on its way in:
+        // room for it now saves growing the list then.
+        let spare = usize::from(self.scopes.len() == 2);
         let mut attrs: Vec<(CompactString, CompactString)> =
-            Vec::with_capacity(self.tag_attrs.len());
+            Vec::with_capacity(self.tag_attrs.len() + spare);
         for a in self.tag_attrs.drain(..) {
             let key = match a.colon {
                 Some(c) => {
