@@ -162,6 +162,23 @@ impl Children {
     }
 }
 
+/// Appends text `s` (not empty) to `nodes`, merged with a text node at the
+/// end (see [`Element::push_text`]).
+pub(crate) fn push_text_node(nodes: &mut Vec<Node>, s: String) {
+    match nodes.last_mut() {
+        Some(Node::Text(t)) => {
+            // Grown by an eighth, not doubled: text that arrives in many
+            // chunks (a stanza trickled in) then costs about its own
+            // size, not up to twice it, while it is being received.
+            if t.capacity() - t.len() < s.len() {
+                t.reserve_exact(s.len().max(t.len() / 8));
+            }
+            t.push_str(&s)
+        }
+        _ => nodes.push(Node::Text(s)),
+    }
+}
+
 fn write_nodes(nodes: &[Node], out: &mut String, parent_ns: &str) {
     for n in nodes {
         match n {
@@ -284,18 +301,7 @@ impl Element {
         if s.is_empty() {
             return;
         }
-        match self.children.last_mut() {
-            Some(Node::Text(t)) => {
-                // Grown by an eighth, not doubled: text that arrives in many
-                // chunks (a stanza trickled in) then costs about its own
-                // size, not up to twice it, while it is being received.
-                if t.capacity() - t.len() < s.len() {
-                    t.reserve_exact(s.len().max(t.len() / 8));
-                }
-                t.push_str(&s)
-            }
-            _ => self.children.push(Node::Text(s)),
-        }
+        push_text_node(&mut self.children, s);
     }
 
     /// Removes every child element for which `pred` returns true; text is kept.
