@@ -115,6 +115,15 @@ enum St {
     EmptyClose,
 }
 
+/// An attribute [`Tokenizer::fast_tag`] found: where its qualified name
+/// and its value are in the tag.
+#[derive(Clone, Debug)]
+struct FastAttr {
+    name: std::ops::Range<usize>,
+    colon: Option<usize>,
+    value: std::ops::Range<usize>,
+}
+
 /// What [`Tokenizer::fast_tag`] read.
 enum FastTag {
     Start { empty: bool },
@@ -165,6 +174,8 @@ pub(super) struct Tokenizer {
     tag_default: Option<CompactString>,
     tag_decls: Vec<(CompactString, CompactString)>,
     tag_attrs: Vec<RawAttr>,
+    /// Scratch of [`Tokenizer::fast_tag`].
+    fast_attrs: Vec<FastAttr>,
     attr_qname: CompactString,
     attr_colon: Option<usize>,
     /// The name or value being read is where the grammar allows none.
@@ -358,6 +369,7 @@ impl Tokenizer {
             tag_default: None,
             tag_decls: Vec::new(),
             tag_attrs: Vec::new(),
+            fast_attrs: Vec::new(),
             attr_qname: CompactString::default(),
             attr_colon: None,
             doomed: false,
@@ -389,6 +401,7 @@ impl Tokenizer {
         }
         self.tag_attrs.shrink_to_fit();
         self.tag_decls.shrink_to_fit();
+        self.fast_attrs = Vec::new();
     }
 
     /// The next token, consuming from `input`; `Ok(None)` when all of it is
@@ -957,10 +970,11 @@ impl Tokenizer {
     /// consume and what to finish once they are.
     fn fast_tag(&mut self, input: &[u8]) -> Option<(usize, FastTag)> {
         let limit = self.token_limit;
+        // Names are all ASCII here: `ascii_qname` leaves any other byte to
+        // the state machine.
         let name_end = |from: usize| {
             let n = input[from..].iter().position(|&c| !NAME_BYTE[c as usize])?;
-            let end = from + n;
-            (n <= limit && input[from..end].is_ascii()).then_some(end)
+            (n <= limit).then_some(from + n)
         };
         if input.first() == Some(&b'/') {
             let open = &self.names[self.scopes.last()?.name_from..];
@@ -970,22 +984,20 @@ impl Tokenizer {
             }
             return Some((end + 1, FastTag::End));
         }
-        let mut i = name_end(0)?;
-        let colon = ascii_qname(&input[..i])?.ok()?;
-        self.tag_qname.clear();
-        self.tag_qname
-            .push_str(std::str::from_utf8(&input[..i]).ok()?);
-        self.tag_colon = colon;
-        self.tag_default = None;
-        self.tag_decls.clear();
-        self.tag_attrs.clear();
+        let name = name_end(0)?;
+        let tag_colon = ascii_qname(&input[..name])?.ok()?;
+        // Where the attributes are, made strings once the whole tag is
+        // known to be UTF-8: one check for the tag, not one per name and
+        // value.
+        self.fast_attrs.clear();
+        let mut i = name;
         let mut spaced = true;
-        loop {
+        let (len, tag) = loop {
             let c = *input.get(i)?;
             match c {
-                b'>' => return Some((i + 1, FastTag::Start { empty: false })),
+                b'>' => break (i + 1, FastTag::Start { empty: false }),
                 b'/' if *input.get(i + 1)? == b'>' => {
-                    return Some((i + 2, FastTag::Start { empty: true }));
+                    break (i + 2, FastTag::Start { empty: true });
                 }
                 _ if is_space(c) => {
                     i += 1;
@@ -994,8 +1006,7 @@ impl Tokenizer {
                 _ if spaced && (c.is_ascii_alphabetic() || c == b'_') => {
                     let end = name_end(i)?;
                     let colon = ascii_qname(&input[i..end])?.ok()?;
-                    let qname = std::str::from_utf8(&input[i..end]).ok()?;
-                    if qname == "xmlns:xmlns" || *input.get(end)? != b'=' {
+                    if &input[i..end] == b"xmlns:xmlns" || *input.get(end)? != b'=' {
                         return None;
                     }
                     let quote = *input.get(end + 1)?;
@@ -1009,17 +1020,32 @@ impl Tokenizer {
                     if input[from + n] != quote || n > limit {
                         return None;
                     }
-                    let raw = &input[from..from + n];
-                    let value = std::str::from_utf8(raw).ok()?;
-                    check_chars(raw).ok()?;
-                    let qname = CompactString::new(qname);
-                    self.add_attribute(qname, colon, value).ok()?;
+                    self.fast_attrs.push(FastAttr {
+                        name: i..end,
+                        colon,
+                        value: from..from + n,
+                    });
                     i = from + n + 1;
                     spaced = false;
                 }
                 _ => return None,
             }
+        };
+        // Names are ASCII, so this checks the values' characters.
+        let text = std::str::from_utf8(&input[..len]).ok()?;
+        check_chars(text.as_bytes()).ok()?;
+        self.tag_qname.clear();
+        self.tag_qname.push_str(&text[..name]);
+        self.tag_colon = tag_colon;
+        self.tag_default = None;
+        self.tag_decls.clear();
+        self.tag_attrs.clear();
+        for k in 0..self.fast_attrs.len() {
+            let FastAttr { name, colon, value } = self.fast_attrs[k].clone();
+            let qname = CompactString::new(&text[name]);
+            self.add_attribute(qname, colon, &text[value]).ok()?;
         }
+        Some((len, tag))
     }
 
     /// `b` starts a token the grammar does not allow here: a quote or a
