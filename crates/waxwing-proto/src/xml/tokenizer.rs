@@ -1163,7 +1163,8 @@ impl Tokenizer {
                 None => a.qname,
             };
             // Sorted by namespace, then name: rxml's attribute map order.
-            let pos = attrs.partition_point(|(k, _)| key_order(k) < key_order(&key));
+            let order = key_order(&key);
+            let pos = attrs.partition_point(|(k, _)| key_order(k) < order);
             if attrs.get(pos).is_some_and(|(k, _)| *k == key) {
                 return Err(nwf("duplicate attribute"));
             }
