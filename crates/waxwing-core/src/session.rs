@@ -464,6 +464,9 @@ impl SessionRegistry {
             .iter()
             .position(|s| s.jid.resource() == handle.jid.resource())
             .map(|i| list.swap_remove(i));
+        // Exactly: most accounts have one session, and a `Vec`'s first push
+        // would make room for four (every online account paid 24 bytes).
+        list.reserve_exact(1);
         list.push(handle.clone());
         drop(map);
         if let Some(c) = &self.cluster {

@@ -39,12 +39,15 @@
 //! loaded. With `[cluster]` the cache is off: other nodes write the same
 //! database.
 //!
-//! Memory: at most `cache_accounts` accounts (about 600 bytes each with
-//! their secrets, an empty roster and the avatar hash), and no longer than
+//! Memory: at most `cache_accounts` accounts (about 550 bytes each with
+//! their secrets, an empty roster and the avatar hash: every online
+//! account has an entry, so they are compact, see `key.rs` and
+//! `packed.rs`), and no longer than
 //! needed: a sweeper task drops entries that have not been used for
 //! `cache_secs` and gives the map's memory back, so the copies a login wave
 //! left do not stay for the life of the process.
 
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -58,6 +61,11 @@ use waxwing_store::{
     AccountStore, LoginRead, PrivateXmlStore, RosterItem, RosterStore, StoreError, StoredSecret,
     Stores,
 };
+
+mod key;
+mod packed;
+use key::{AccountKey, AccountParts, FragmentKey, FragmentParts, FragmentRef};
+use packed::PackedSecrets;
 
 /// The private-XML key of the account's avatar hash (XEP-0153/XEP-0398),
 /// which every available presence carries: read with the secrets on a
@@ -186,7 +194,7 @@ struct State<K: Hash + Eq, V> {
     generation: u64,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
+impl<K: Hash + Eq, V: Clone> Cache<K, V> {
     fn new(limits: CacheLimits) -> Self {
         Cache {
             state: Mutex::new(State {
@@ -206,12 +214,18 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
 
     /// The cached value, or the generation to hand to [`Cache::fill`]
     /// after loading it from the store.
-    fn get(&self, key: &K) -> Result<V, u64> {
+    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Result<V, u64>
+    where
+        K: Borrow<Q>,
+    {
         self.get_at(key, Instant::now())
     }
 
     /// [`Cache::get`] at `now`.
-    fn get_at(&self, key: &K, now: Instant) -> Result<V, u64> {
+    fn get_at<Q: Hash + Eq + ?Sized>(&self, key: &Q, now: Instant) -> Result<V, u64>
+    where
+        K: Borrow<Q>,
+    {
         let mut s = self.lock();
         match s.entries.to_back(key) {
             Some((at, v)) if now.saturating_duration_since(*at) < self.lifetime => Ok(v.clone()),
@@ -281,7 +295,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
 
     /// Forgets `key`; called after every write that touched it (failed
     /// writes too: a failure may still have committed).
-    fn invalidate(&self, key: &K) {
+    fn invalidate<Q: Hash + Eq + ?Sized>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
         let mut s = self.lock();
         s.generation = s.generation.wrapping_add(1);
         s.entries.remove(key);
@@ -301,11 +318,14 @@ struct Caches {
     /// The secrets of existing accounts. An unknown address is not
     /// remembered: `waxwing user add` beside a running server must work at
     /// once for someone who just failed to log in.
-    secrets: Cache<BareJid, Arc<Vec<StoredSecret>>>,
+    /// Packed into one block each (`packed.rs`).
+    secrets: Cache<AccountKey, PackedSecrets>,
     /// Every row of the owner's roster, sorted by contact as `items` returns them.
-    rosters: Cache<BareJid, Arc<Vec<RosterItem>>>,
+    /// A slice, not a `Vec`: an empty roster is then the `Arc`'s counters
+    /// alone, and a full one exactly its rows.
+    rosters: Cache<AccountKey, Arc<[RosterItem]>>,
     /// Small private-XML fragments; `None`: nothing stored under that key.
-    fragments: Cache<(BareJid, String), Option<Arc<str>>>,
+    fragments: Cache<FragmentKey, Option<Arc<str>>>,
     stamp: Stamp,
 }
 
@@ -332,6 +352,22 @@ impl Caches {
     }
 }
 
+/// An account's secrets as `CachedAccounts::load` found them.
+enum Secrets {
+    Cached(PackedSecrets),
+    /// Just read from the store.
+    Read(Vec<StoredSecret>),
+}
+
+impl Secrets {
+    fn into_vec(self) -> Vec<StoredSecret> {
+        match self {
+            Secrets::Cached(packed) => packed.unpack(),
+            Secrets::Read(secrets) => secrets,
+        }
+    }
+}
+
 struct CachedAccounts {
     inner: Arc<dyn AccountStore>,
     caches: Arc<Caches>,
@@ -339,14 +375,10 @@ struct CachedAccounts {
 
 impl CachedAccounts {
     /// `login`: a login asks, so the roster and avatar hash are read along.
-    async fn load(
-        &self,
-        user: &BareJid,
-        login: bool,
-    ) -> Result<Option<Arc<Vec<StoredSecret>>>, StoreError> {
+    async fn load(&self, user: &BareJid, login: bool) -> Result<Option<Secrets>, StoreError> {
         self.caches.check_stamp();
-        match self.caches.secrets.get(user) {
-            Ok(s) => Ok(Some(s)),
+        match self.caches.secrets.get(user as &dyn AccountParts) {
+            Ok(s) => Ok(Some(Secrets::Cached(s))),
             Err(generation) => {
                 if login {
                     // Taken before the read, as `generation` was.
@@ -360,21 +392,23 @@ impl CachedAccounts {
                             fragment,
                         } => {
                             let c = &self.caches;
-                            let secrets = Arc::new(secrets);
-                            c.secrets.fill(user.clone(), generation, secrets.clone());
-                            c.rosters.fill(user.clone(), rosters, Arc::new(roster));
+                            if let Some(packed) = PackedSecrets::pack(&secrets) {
+                                c.secrets.fill(AccountKey::new(user), generation, packed);
+                            }
+                            c.rosters
+                                .fill(AccountKey::new(user), rosters, shared_roster(roster));
                             if fragment
                                 .as_ref()
                                 .is_none_or(|v| v.len() <= MAX_CACHED_FRAGMENT)
                             {
-                                let key = (user.clone(), AVATAR_HASH_KEY.to_string());
+                                let key = FragmentKey::new(user, AVATAR_HASH_KEY);
                                 c.fragments.fill(
                                     key,
                                     fragments,
                                     fragment.as_deref().map(Arc::from),
                                 );
                             }
-                            return Ok(Some(secrets));
+                            return Ok(Some(Secrets::Read(secrets)));
                         }
                         LoginRead::NotBatched => {}
                     }
@@ -382,11 +416,12 @@ impl CachedAccounts {
                 let Some(s) = self.inner.secrets(user).await? else {
                     return Ok(None);
                 };
-                let s = Arc::new(s);
-                self.caches
-                    .secrets
-                    .fill(user.clone(), generation, s.clone());
-                Ok(Some(s))
+                if let Some(packed) = PackedSecrets::pack(&s) {
+                    self.caches
+                        .secrets
+                        .fill(AccountKey::new(user), generation, packed);
+                }
+                Ok(Some(Secrets::Read(s)))
             }
         }
     }
@@ -396,11 +431,11 @@ impl CachedAccounts {
 impl AccountStore for CachedAccounts {
     async fn create(&self, user: &BareJid, secrets: &[StoredSecret]) -> Result<(), StoreError> {
         let r = self.inner.create(user, secrets).await;
-        self.caches.secrets.invalidate(user);
+        self.caches.secrets.invalidate(user as &dyn AccountParts);
         r
     }
     async fn secrets(&self, user: &BareJid) -> Result<Option<Vec<StoredSecret>>, StoreError> {
-        Ok(self.load(user, true).await?.map(|s| s.as_ref().clone()))
+        Ok(self.load(user, true).await?.map(Secrets::into_vec))
     }
     async fn set_secrets(
         &self,
@@ -408,13 +443,13 @@ impl AccountStore for CachedAccounts {
         secrets: &[StoredSecret],
     ) -> Result<(), StoreError> {
         let r = self.inner.set_secrets(user, secrets).await;
-        self.caches.secrets.invalidate(user);
+        self.caches.secrets.invalidate(user as &dyn AccountParts);
         r
     }
     async fn delete(&self, user: &BareJid) -> Result<(), StoreError> {
         let r = self.inner.delete(user).await;
-        self.caches.secrets.invalidate(user);
-        self.caches.rosters.invalidate(user);
+        self.caches.secrets.invalidate(user as &dyn AccountParts);
+        self.caches.rosters.invalidate(user as &dyn AccountParts);
         r
     }
     async fn exists(&self, user: &BareJid) -> Result<bool, StoreError> {
@@ -432,21 +467,34 @@ impl AccountStore for CachedAccounts {
     }
 }
 
+/// `items` as the roster cache keeps them. Most accounts' rosters are
+/// empty, and every empty one is the same `Arc` instead of an allocation
+/// of its own per cached account.
+fn shared_roster(items: Vec<RosterItem>) -> Arc<[RosterItem]> {
+    static EMPTY: std::sync::LazyLock<Arc<[RosterItem]>> =
+        std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+    if items.is_empty() {
+        EMPTY.clone()
+    } else {
+        Arc::from(items)
+    }
+}
+
 struct CachedRoster {
     inner: Arc<dyn RosterStore>,
     caches: Arc<Caches>,
 }
 
 impl CachedRoster {
-    async fn load(&self, owner: &BareJid) -> Result<Arc<Vec<RosterItem>>, StoreError> {
+    async fn load(&self, owner: &BareJid) -> Result<Arc<[RosterItem]>, StoreError> {
         self.caches.check_stamp();
-        match self.caches.rosters.get(owner) {
+        match self.caches.rosters.get(owner as &dyn AccountParts) {
             Ok(items) => Ok(items),
             Err(generation) => {
-                let items = Arc::new(self.inner.items(owner).await?);
+                let items = shared_roster(self.inner.items(owner).await?);
                 self.caches
                     .rosters
-                    .fill(owner.clone(), generation, items.clone());
+                    .fill(AccountKey::new(owner), generation, items.clone());
                 Ok(items)
             }
         }
@@ -456,7 +504,7 @@ impl CachedRoster {
 #[async_trait]
 impl RosterStore for CachedRoster {
     async fn items(&self, owner: &BareJid) -> Result<Vec<RosterItem>, StoreError> {
-        Ok(self.load(owner).await?.as_ref().clone())
+        Ok(self.load(owner).await?.to_vec())
     }
     async fn get(
         &self,
@@ -471,12 +519,12 @@ impl RosterStore for CachedRoster {
     }
     async fn put(&self, owner: &BareJid, item: &RosterItem) -> Result<u64, StoreError> {
         let r = self.inner.put(owner, item).await;
-        self.caches.rosters.invalidate(owner);
+        self.caches.rosters.invalidate(owner as &dyn AccountParts);
         r
     }
     async fn remove(&self, owner: &BareJid, contact: &BareJid) -> Result<u64, StoreError> {
         let r = self.inner.remove(owner, contact).await;
-        self.caches.rosters.invalidate(owner);
+        self.caches.rosters.invalidate(owner as &dyn AccountParts);
         r
     }
     async fn version(&self, owner: &BareJid) -> Result<u64, StoreError> {
@@ -504,15 +552,20 @@ struct CachedPrivateXml {
 impl PrivateXmlStore for CachedPrivateXml {
     async fn get(&self, owner: &BareJid, key: &str) -> Result<Option<String>, StoreError> {
         self.caches.check_stamp();
-        let k = (owner.clone(), key.to_string());
-        match self.caches.fragments.get(&k) {
+        match self
+            .caches
+            .fragments
+            .get(&FragmentRef(owner, key) as &dyn FragmentParts)
+        {
             Ok(v) => Ok(v.map(|v| v.to_string())),
             Err(generation) => {
                 let v = self.inner.get(owner, key).await?;
                 if v.as_ref().is_none_or(|v| v.len() <= MAX_CACHED_FRAGMENT) {
-                    self.caches
-                        .fragments
-                        .fill(k, generation, v.as_deref().map(Arc::from));
+                    self.caches.fragments.fill(
+                        FragmentKey::new(owner, key),
+                        generation,
+                        v.as_deref().map(Arc::from),
+                    );
                 }
                 Ok(v)
             }
@@ -522,7 +575,7 @@ impl PrivateXmlStore for CachedPrivateXml {
         let r = self.inner.set(owner, key, xml).await;
         self.caches
             .fragments
-            .invalidate(&(owner.clone(), key.to_string()));
+            .invalidate(&FragmentRef(owner, key) as &dyn FragmentParts);
         r
     }
     async fn remove_user(&self, owner: &BareJid) -> Result<(), StoreError> {
@@ -875,22 +928,47 @@ mod tests {
             }),
         };
         let before = accounts.caches.rosters.generation();
-        accounts.caches.rosters.invalidate(&alice);
         accounts
             .caches
             .rosters
-            .fill(alice.clone(), before, Arc::new(vec![]));
-        assert!(accounts.caches.rosters.get(&alice).is_err());
+            .invalidate(&alice as &dyn AccountParts);
+        accounts
+            .caches
+            .rosters
+            .fill(AccountKey::new(&alice), before, Arc::from(vec![]));
+        assert!(
+            accounts
+                .caches
+                .rosters
+                .get(&alice as &dyn AccountParts)
+                .is_err()
+        );
         // And the real path fills all three when nothing raced.
         accounts.secrets(&alice).await.unwrap();
-        assert!(accounts.caches.rosters.get(&alice).is_ok());
+        assert!(
+            accounts
+                .caches
+                .rosters
+                .get(&alice as &dyn AccountParts)
+                .is_ok()
+        );
         assert!(
             accounts
                 .caches
                 .fragments
-                .get(&(alice.clone(), AVATAR_HASH_KEY.to_string()))
+                .get(&FragmentRef(&alice, AVATAR_HASH_KEY) as &dyn FragmentParts)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn every_empty_roster_is_one_shared_allocation() {
+        let (a, b) = (shared_roster(Vec::new()), shared_roster(Vec::new()));
+        assert!(Arc::ptr_eq(&a, &b));
+        let item = RosterItem::new(jid("bob@example.org"));
+        let full = shared_roster(vec![item.clone()]);
+        assert_eq!(&*full, &[item][..]);
+        assert!(!Arc::ptr_eq(&full, &shared_roster(vec![full[0].clone()])));
     }
 
     #[test]

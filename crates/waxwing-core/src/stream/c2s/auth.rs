@@ -20,7 +20,7 @@ impl Conn {
     }
 
     /// One SASL exchange (either framing). `Some(additional data)` on
-    /// success, with `self.user` set; `None` after a failure the client may
+    /// success, with `self.neg.user` set; `None` after a failure the client may
     /// retry; Err once too many failures piled up.
     pub(super) async fn authenticate(
         &mut self,
@@ -29,11 +29,11 @@ impl Conn {
         let ip = self.peer.ip();
         let server = self.server.clone();
         let throttle = &server.auth_throttle;
-        self.attempted = None;
+        self.neg.attempted = None;
         // A FAST token is 32 random bytes, bound to one client: presenting
         // a valid one is not guessing, so the owner gets in even from a
         // throttled network (a failed one still counts as a failure).
-        let fast = self.sasl2 && auth.attr("mechanism").is_some_and(|m| m.starts_with("HT-"));
+        let fast = self.neg.sasl2 && auth.attr("mechanism").is_some_and(|m| m.starts_with("HT-"));
         let outcome = if !fast && throttle.blocked(ip, None) {
             Err(SaslError::TemporaryAuthFailure)
         } else {
@@ -58,7 +58,7 @@ impl Conn {
                 throttle.record_success(ip, &user);
                 self.link.set_limits(full_limits(&self.config));
                 tracing::info!(%user, "authenticated");
-                self.user = Some(user);
+                self.neg.user = Some(user);
                 Ok(Some(additional))
             }
             Err(e) => {
@@ -66,11 +66,11 @@ impl Conn {
                 if matches!(e, SaslError::Aborted) {
                     return Ok(None);
                 }
-                tracing::info!(user = ?self.attempted.as_ref().map(|u| u.to_string()), condition = e.condition(), "authentication failed");
+                tracing::info!(user = ?self.neg.attempted.as_ref().map(|u| u.to_string()), condition = e.condition(), "authentication failed");
                 server.metrics.auth(auth.attr("mechanism"), false);
-                throttle.record_failure(ip, self.attempted.as_ref());
-                self.auth_failures += 1;
-                if self.auth_failures >= self.server.config.max_auth_failures {
+                throttle.record_failure(ip, self.neg.attempted.as_ref());
+                self.neg.auth_failures += 1;
+                if self.neg.auth_failures >= self.server.config.max_auth_failures {
                     return Err(stream_error(
                         StreamCondition::PolicyViolation,
                         "too many failed authentication attempts",
@@ -97,12 +97,12 @@ impl Conn {
     }
 
     pub(super) fn sasl_ns(&self) -> &'static str {
-        if self.sasl2 { sasl2::NS } else { ns::SASL }
+        if self.neg.sasl2 { sasl2::NS } else { ns::SASL }
     }
 
     pub(super) async fn challenge(&mut self, data: &[u8]) -> Result<(), End> {
         // SASL2 has no "=" for empty data (XEP-0388 §2.1): empty is empty.
-        let text = if self.sasl2 && data.is_empty() {
+        let text = if self.neg.sasl2 && data.is_empty() {
             String::new()
         } else {
             sasl::encode_payload(data)
@@ -124,7 +124,7 @@ impl Conn {
         else {
             return Ok(Err(SaslError::InvalidMechanism));
         };
-        let text = if self.sasl2 {
+        let text = if self.neg.sasl2 {
             auth.child("initial-response", sasl2::NS)
                 .map(|r| r.text())
                 .unwrap_or_default()
@@ -201,7 +201,7 @@ impl Conn {
         let Ok(user) = BareJid::new(Some(&response.username), host) else {
             return Ok(Err(SaslError::NotAuthorized));
         };
-        self.attempted = Some(user.clone());
+        self.neg.attempted = Some(user.clone());
         let secret = match self.server.stores.accounts.secrets(&user).await {
             Ok(list) => list
                 .unwrap_or_default()
@@ -329,7 +329,7 @@ impl Conn {
             tracing::info!(%principal, %host, "GSSAPI: the principal is no account of this host");
             return Ok(Err(SaslError::NotAuthorized));
         };
-        self.attempted = Some(user.clone());
+        self.neg.attempted = Some(user.clone());
         // RFC 4752 §3.1: the security-layer offer, wrapped without
         // confidentiality; the client's choice comes back wrapped too.
         let offer = match exchange.wrap(&sasl::security_layer_offer()) {
@@ -380,7 +380,7 @@ impl Conn {
         let creds = sasl::parse_plain(data)?;
         let user =
             BareJid::new(Some(&creds.authcid), host).map_err(|_| SaslError::NotAuthorized)?;
-        self.attempted = Some(user.clone());
+        self.neg.attempted = Some(user.clone());
         check_authzid(creds.authzid.as_deref(), &user)?;
         let server = self.server.clone();
         if let Some(verdict) = server
@@ -469,7 +469,7 @@ impl Conn {
             Err(e) => return Ok(Err(e)),
         };
         let user = BareJid::new(Some(&client_first.username), host).ok();
-        self.attempted = user.clone();
+        self.neg.attempted = user.clone();
         let secret = match &user {
             Some(u) => match self.lookup(u).await {
                 Ok(list) => list.into_iter().find(|s| s.hash == hash),

@@ -249,7 +249,7 @@ impl Conn {
         else {
             return Ok(Err(SaslError::NotAuthorized));
         };
-        self.attempted = Some(user.clone());
+        self.neg.attempted = Some(user.clone());
         let stores = self.server.stores.clone();
         let k = key(&agent);
         let mut slots = match stores.private_xml.get(&user, &k).await {
@@ -298,7 +298,7 @@ impl Conn {
             return Ok(Err(SaslError::TemporaryAuthFailure));
         }
         let rotate = !invalidate && used.expires.saturating_sub(now) < LIFETIME.as_secs() / 2;
-        self.fast_rotate = rotate;
+        self.neg.fast_rotate = rotate;
         let additional = hmac(used.secret.as_bytes(), b"Responder", &cb)
             .finalize()
             .into_bytes()

@@ -5,7 +5,7 @@
 use std::mem::size_of;
 
 use super::link::{ClientTransport, Link};
-use super::{Conn, Session, serve, serve_link};
+use super::{Conn, Negotiation, Session, serve, serve_link};
 use crate::queue::Outbox;
 use crate::session::SessionHandle;
 use crate::tls::stream::ServerTlsStream;
@@ -61,6 +61,10 @@ fn per_connection_sizes() {
         ),
         ("Link::receive future", receive),
         ("Conn", size_of::<Conn>()),
+        (
+            "Negotiation (boxed, only while negotiating)",
+            size_of::<Negotiation>(),
+        ),
         ("Session", size_of::<Session>()),
         ("Outbox", size_of::<Outbox>()),
         ("Link", size_of::<Link>()),
@@ -81,7 +85,15 @@ fn per_connection_sizes() {
         task <= inner + 128,
         "serve keeps a second copy of its arguments: {task} vs {inner}"
     );
-    assert!(inner <= 1950, "the session task grew: {inner} bytes");
+    // The listener boxes the task's future: mimalloc serves 1,537 to
+    // 1,792 bytes from one size class and 1,793 to 2,048 from the next, so
+    // a few bytes more cost every idle session 256 (issue #21). Futures
+    // are larger in debug builds than in release, so a bound that holds
+    // here holds there. What only negotiation needs goes in `Negotiation`.
+    assert!(
+        task <= 1792,
+        "the session task left mimalloc's 1,792-byte class: {task} bytes"
+    );
     assert!(
         receive <= 64,
         "a TCP session carries another transport's receive future: {receive} bytes"

@@ -140,15 +140,8 @@ async fn serve_link(
         lang: None,
         header_sent: false,
         unsent: Outgoing::default(),
-        user: None,
-        auth_failures: 0,
-        registrations: 0,
-        preauth: None,
-        preauth_failures: 0,
+        neg: NegotiationSlot::default(),
         peer,
-        attempted: None,
-        sasl2: false,
-        fast_rotate: false,
         bucket: TokenBucket::new(config.read_rate_bytes, config.read_burst_bytes),
         config,
         partial: server.partial_stanzas.charge(),
@@ -171,6 +164,7 @@ async fn serve_link(
     // session's await, and the other outcomes are one boxed await.
     let (mut session, mut rx) = {
         let negotiated = Box::pin(conn.negotiate_in_time(direct_tls)).await;
+        conn.neg.release();
         let (handle, rx, inline_sm) = match Negotiated::bound(negotiated) {
             Ok(bound) => bound,
             Err(unbound) => return Box::pin(end_unbound(conn, unbound)).await,
@@ -415,6 +409,25 @@ struct Conn {
     /// waits for the features, so that a stream (re)start costs the client
     /// one TLS record and one wake-up instead of two.
     unsent: Outgoing,
+    /// What only negotiation needs; gone once a session is bound.
+    neg: NegotiationSlot,
+    peer: SocketAddr,
+    bucket: TokenBucket,
+    /// This connection's unfinished stanza, charged to the server-wide budget.
+    partial: PartialCharge,
+    /// Counts this connection against its address while it lives.
+    _permit: Option<ConnectionPermit>,
+}
+
+/// The state of stream negotiation that a bound session has no use for.
+///
+/// Kept out of [`Conn`] proper because a session's task holds its `Conn`
+/// inline for the session's whole life, and these fields (two optional
+/// JIDs, an invitation token, counters) would put every idle session's
+/// task into the allocator's next size class (issue #21: 1,872 bytes
+/// against the 1,792-byte class).
+struct Negotiation {
+    /// The authenticated account, once SASL succeeded.
     user: Option<BareJid>,
     auth_failures: u32,
     /// Accounts this stream registered in-band (or is registering).
@@ -423,18 +436,55 @@ struct Conn {
     preauth: Option<crate::invites::PreAuth>,
     /// Tokens refused on this stream (a few typos are fine; guessing is not).
     preauth_failures: u32,
-    peer: SocketAddr,
-    bucket: TokenBucket,
-    /// This connection's unfinished stanza, charged to the server-wide budget.
-    partial: PartialCharge,
-    /// Counts this connection against its address while it lives.
-    _permit: Option<ConnectionPermit>,
     /// The account named in the current SASL exchange, once known.
     attempted: Option<BareJid>,
     /// The current SASL exchange uses XEP-0388 framing.
     sasl2: bool,
     /// The FAST token just used is due for rotation.
     fast_rotate: bool,
+}
+
+impl Negotiation {
+    /// Where every negotiation starts, and what a released slot reads as.
+    const START: Negotiation = Negotiation {
+        user: None,
+        auth_failures: 0,
+        registrations: 0,
+        preauth: None,
+        preauth_failures: 0,
+        attempted: None,
+        sasl2: false,
+        fast_rotate: false,
+    };
+}
+
+/// A [`Negotiation`] on the heap only while one runs: one pointer in
+/// [`Conn`]. Reading an empty slot sees [`Negotiation::START`]; the first
+/// write allocates.
+#[derive(Default)]
+struct NegotiationSlot(Option<Box<Negotiation>>);
+
+static NEGOTIATION_START: Negotiation = Negotiation::START;
+
+impl NegotiationSlot {
+    /// Frees the state once negotiation is over (a session was bound, or
+    /// this connection took over a detached one).
+    fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl std::ops::Deref for NegotiationSlot {
+    type Target = Negotiation;
+    fn deref(&self) -> &Negotiation {
+        self.0.as_deref().unwrap_or(&NEGOTIATION_START)
+    }
+}
+
+impl std::ops::DerefMut for NegotiationSlot {
+    fn deref_mut(&mut self) -> &mut Negotiation {
+        self.0.get_or_insert_with(|| Box::new(Negotiation::START))
+    }
 }
 
 impl Conn {

@@ -117,7 +117,7 @@ impl Conn {
 
             loop {
                 let el = self.next_element().await?;
-                if self.user.is_none() {
+                if self.neg.user.is_none() {
                     if el.is("starttls", ns::TLS) && self.can_starttls() {
                         self.starttls().await?;
                         break;
@@ -142,9 +142,9 @@ impl Conn {
                     if el.is("authenticate", sasl2::NS) {
                         if !tls {
                             // XEP-0388 §5: SASL2 only over TLS.
-                            self.sasl2 = true;
+                            self.neg.sasl2 = true;
                             self.sasl_failure("encryption-required").await?;
-                            self.sasl2 = false;
+                            self.neg.sasl2 = false;
                             continue;
                         }
                         match self.sasl2_authenticate(&el).await? {
@@ -182,7 +182,7 @@ impl Conn {
                     continue;
                 }
                 if el.is("resume", sm::NS) {
-                    let user = self.user.clone().expect("authenticated");
+                    let user = self.neg.user.clone().expect("authenticated");
                     let previd = el.attr("previd");
                     let slot = previd
                         .and_then(|id| self.server.resumption.take(id, &user))
@@ -224,7 +224,7 @@ impl Conn {
     /// What the stream features depend on, for where negotiation stands
     /// (`features.rs` builds them from this alone).
     pub(super) fn feature_key(&self) -> FeatureKey {
-        let authenticated = self.user.is_some();
+        let authenticated = self.neg.user.is_some();
         let tls = self.link.is_secure();
         let cb = self.link.channel_binding_types();
         let sasl_allowed = tls || !self.server.config.require_encryption;
@@ -343,13 +343,13 @@ impl Conn {
                             payload,
                             stanza: el.clone(),
                             authenticated: false,
-                            preauth: self.preauth.clone(),
+                            preauth: self.neg.preauth.clone(),
                         };
                         let cx = Cx::new(self.server.clone(), None);
                         let answer = call_iq_handler(module, handler.as_ref(), &cx, iq).await;
                         if creates && answer.is_err() {
                             // No account was created: the slot goes back.
-                            self.registrations -= 1;
+                            self.neg.registrations -= 1;
                             self.server.registrations.release(self.peer.ip());
                         }
                         match answer {
@@ -394,15 +394,15 @@ impl Conn {
             {
                 Ok(preauth) => {
                     tracing::debug!(peer = %self.peer, "invitation token accepted");
-                    self.preauth = Some(preauth);
+                    self.neg.preauth = Some(preauth);
                     Some(stanza::iq_result(&el))
                 }
                 Err(e) => {
                     if let invites::CheckError::Store(e) = &e {
                         tracing::error!(error = %e, "checking an invitation failed");
                     }
-                    self.preauth_failures += 1;
-                    if self.preauth_failures > MAX_PREAUTH_FAILURES {
+                    self.neg.preauth_failures += 1;
+                    if self.neg.preauth_failures > MAX_PREAUTH_FAILURES {
                         tracing::info!(peer = %self.peer, "too many invalid invitation tokens");
                         return Err(stream_error(
                             StreamCondition::PolicyViolation,
@@ -427,13 +427,13 @@ impl Conn {
     /// Takes a registration slot for this stream and its address prefix
     /// (`[registration] max_per_stream`, `max_per_address`).
     pub(super) fn reserve_registration(&mut self) -> bool {
-        if self.registrations >= self.server.config.registration_max_per_stream
+        if self.neg.registrations >= self.server.config.registration_max_per_stream
             || !self.server.registrations.try_reserve(self.peer.ip())
         {
             tracing::info!(peer = %self.peer, "in-band registration refused: limit reached");
             return false;
         }
-        self.registrations += 1;
+        self.neg.registrations += 1;
         true
     }
 
@@ -480,7 +480,11 @@ impl Conn {
         &mut self,
         resource: String,
     ) -> Result<(Arc<SessionHandle>, Outbox), StanzaError> {
-        let user = self.user.clone().expect("bind only after authentication");
+        let user = self
+            .neg
+            .user
+            .clone()
+            .expect("bind only after authentication");
         let full = FullJid::new(user.clone(), &resource).map_err(|_| {
             StanzaError::modify(Condition::BadRequest).with_text("invalid resource")
         })?;

@@ -76,14 +76,14 @@ impl Conn {
         &mut self,
         auth: &Element,
     ) -> Result<Option<Outcome>, End> {
-        self.sasl2 = true;
-        self.fast_rotate = false;
+        self.neg.sasl2 = true;
+        self.neg.fast_rotate = false;
         let result = self.authenticate(auth).await;
-        self.sasl2 = false;
+        self.neg.sasl2 = false;
         let Some(additional) = result? else {
             return Ok(None);
         };
-        let user = self.user.clone().expect("authenticated");
+        let user = self.neg.user.clone().expect("authenticated");
         let mut success = Element::new("success", NS);
         if let Some(data) = additional {
             success.push_child(
@@ -101,6 +101,7 @@ impl Conn {
             .and_then(|r| r.attr("mechanism"))
             .map(str::to_string);
         let rotation = self
+            .neg
             .fast_rotate
             .then(|| auth.attr("mechanism").unwrap_or_default().to_string());
         if let (Some(agent), Some(mech)) = (agent_id.as_deref(), requested.or(rotation))
@@ -160,9 +161,9 @@ impl Conn {
             Err(e) => {
                 // The account is authenticated but cannot bind: say why and close.
                 tracing::info!(error = ?e.condition, "bind2 failed");
-                self.sasl2 = true;
+                self.neg.sasl2 = true;
                 self.sasl_failure("aborted").await?;
-                self.sasl2 = false;
+                self.neg.sasl2 = false;
                 return Err(End::Closed);
             }
         };
