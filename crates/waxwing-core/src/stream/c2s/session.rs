@@ -158,9 +158,8 @@ impl Conn {
                     return Outcome::End(stream_error(StreamCondition::SystemShutdown, "the server is shutting down"));
                 }
                 Some(t) = takeover => return Outcome::Takeover(t),
-                true = rx.recv_into(&mut batch) => {
-                    // A burst may be larger than a batch: it goes out whole.
-                    while batch.len() < WRITE_BATCH && rx.try_recv_into(&mut batch) {}
+                // A burst may be larger than a batch: it goes out whole.
+                true = rx.recv_up_to(&mut batch, WRITE_BATCH) => {
                     let receipts = rx.take_receipts();
                     let write = Box::pin(self.deliver(session, batch, receipts));
                     tokio::select! {
