@@ -11,7 +11,7 @@
 //! once per client session, mostly idle, and tokio's bounded channel costs
 //! about 850 bytes per queue even when empty (two cache-line-padded fields,
 //! an eagerly allocated block of 32 slots, a separate counter), where this
-//! one costs one small allocation and a few pointers of capacity. Every
+//! one costs one small allocation and no ring while it is empty. Every
 //! operation is a short critical section that never awaits; the reader's
 //! waker is woken after the lock is released.
 
@@ -613,12 +613,58 @@ mod tests {
     }
 
     #[test]
-    fn an_emptied_queue_gives_back_the_ring_a_burst_grew() {
+    fn an_emptied_queue_keeps_no_ring() {
         let (tx, mut rx) = outbound(1000, 0);
+        assert_eq!(rx.shared.lock().entries.capacity(), 0);
         for i in 0..100 {
             tx.push(msg(i)).unwrap();
         }
         while rx.try_recv().is_some() {}
-        assert!(rx.shared.lock().entries.capacity() <= KEEP_EMPTY_CAPACITY);
+        assert_eq!(rx.shared.lock().entries.capacity(), 0);
+        // A single stanza, taken by a batch: the ring goes with it too.
+        tx.push(msg(100)).unwrap();
+        assert!(rx.shared.lock().entries.capacity() > 0);
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.try_recv_into(&mut batch));
+        assert_eq!(rx.shared.lock().entries.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_whole_entries_up_to_its_size_in_order() {
+        let (tx, mut rx) = outbound(100, 100);
+        for i in 0..5 {
+            tx.push(msg(i)).unwrap();
+        }
+        tx.push_burst((5..9).map(msg).collect()).unwrap();
+        tx.push(msg(9)).unwrap();
+        // Three stanzas wanted: the three single ones.
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.recv_up_to(&mut batch, 3).await);
+        assert_eq!(ids(&batch), ["0", "1", "2"]);
+        // Five wanted: two singles, then the burst whole (past five).
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.recv_up_to(&mut batch, 5).await);
+        assert_eq!(ids(&batch), ["3", "4", "5", "6", "7", "8"]);
+        // The allowance came back with the burst: another fits.
+        assert_eq!(rx.shared.lock().in_bursts, 0);
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.recv_up_to(&mut batch, 64).await);
+        assert_eq!(ids(&batch), ["9"]);
+        assert_eq!(rx.shared.lock().entries.capacity(), 0);
+        // Tracked entries keep their receipts' ranges within the batch.
+        let (receipt, _answer) = oneshot::channel();
+        tx.push(msg(10)).unwrap();
+        tx.push_tracked(vec![msg(11), msg(12)], receipt).unwrap();
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.recv_up_to(&mut batch, 64).await);
+        assert_eq!(ids(&batch), ["10", "11", "12"]);
+        let receipts = rx.take_receipts();
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].0, 1..3);
+        // Every sender gone and nothing left: the end.
+        drop(tx);
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(!rx.recv_up_to(&mut batch, 64).await);
+        assert!(batch.is_empty());
     }
 }

@@ -8,7 +8,10 @@
 //! `poll_read`, and only what cannot be finished then is kept on the heap:
 //! - `incoming`: the start of a record whose end has not arrived yet;
 //! - `plaintext`: decrypted data the reader's buffer had no room for;
-//! - `outgoing`: ciphertext the socket has not taken yet.
+//! - `outgoing`: ciphertext the socket has not taken yet. Records are
+//!   sealed into a scratch buffer of the thread's (`SEALED`) and offered
+//!   to the socket from there, so `outgoing` is allocated only when the
+//!   socket does not take a write whole.
 //!
 //! Each is freed (not just cleared) once empty, so an idle session holds no
 //! buffer at all. Each is bounded: `incoming` by one record, `plaintext` by
