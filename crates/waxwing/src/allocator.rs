@@ -44,7 +44,9 @@ pub fn collect_when_idle() {
 fn collect_this_thread() {
     // SAFETY: mi_collect has no preconditions: it may be called from any
     // thread at any time, and only frees memory that no live allocation
-    // uses. `false`: collect what is free without forcing an expensive
-    // purge of every segment.
+    // uses. `true` (force): also return the freed pages to the operating
+    // system at once instead of after mimalloc's purge delay, which is the
+    // point after a spike; the once-per-`EVERY` bound keeps its cost off a
+    // busy server.
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
