@@ -432,11 +432,7 @@ impl Outbox {
 
 /// [`Outbox::unpack_into`], borrowing only the receipts (the caller may
 /// hold the queue's lock).
-fn unpack<T: Taken>(
-    receipts: &mut Vec<(Range<usize>, Receipt)>,
-    q: Entry,
-    batch: &mut Vec<T>,
-) {
+fn unpack<T: Taken>(receipts: &mut Vec<(Range<usize>, Receipt)>, q: Entry, batch: &mut Vec<T>) {
     match q {
         Entry::One(el) => batch.push(T::tree(el)),
         Entry::Addressed(a) => batch.push(T::addressed(a)),

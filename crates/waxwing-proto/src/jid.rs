@@ -345,7 +345,10 @@ impl BareJid {
     /// Builds `local@domain` (or `domain` with `None`) from unprepared parts.
     pub fn new(local: Option<&str>, domain: &str) -> Result<Self, JidError> {
         Ok(BareJid {
-            local: local.map(prepared_local).transpose()?.map(|l| Part::from(&*l)),
+            local: local
+                .map(prepared_local)
+                .transpose()?
+                .map(|l| Part::from(&*l)),
             domain: Part::from(&*prepare_domain(domain)?),
         })
     }
@@ -685,11 +688,17 @@ mod tests {
         };
         let c = j.clone();
         assert_eq!(c, j);
-        assert!(Arc::ptr_eq(c.bare.local.as_ref().unwrap(), j.bare.local.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(
+            c.bare.local.as_ref().unwrap(),
+            j.bare.local.as_ref().unwrap()
+        ));
         assert!(Arc::ptr_eq(&c.bare.domain, &j.bare.domain));
         assert!(Arc::ptr_eq(&c.resource, &j.resource));
         // Prepared as before: lowercased local and domain, resource as is.
-        assert_eq!((j.local(), j.domain(), j.resource()), (Some("juliet"), "example.com", "Balcony"));
+        assert_eq!(
+            (j.local(), j.domain(), j.resource()),
+            (Some("juliet"), "example.com", "Balcony")
+        );
         // Equality, order and hashing are the text's, not the pointers'.
         let other = FullJid::parse("juliet@example.com/Balcony").unwrap();
         assert!(!Arc::ptr_eq(&other.resource, &j.resource));
@@ -710,7 +719,11 @@ mod tests {
                 "{s:?}"
             );
             if let Some(fast) = ascii_local(s) {
-                assert_eq!(fast.ok().map(Cow::into_owned), precis_local(s).ok(), "{s:?}");
+                assert_eq!(
+                    fast.ok().map(Cow::into_owned),
+                    precis_local(s).ok(),
+                    "{s:?}"
+                );
             }
         }
         for d in [
@@ -721,7 +734,11 @@ mod tests {
             "EXAMPLE.COM",
         ] {
             if let Some(fast) = ascii_domain(d) {
-                assert_eq!(fast.ok().map(Cow::into_owned), uts46_domain(d).ok(), "{d:?}");
+                assert_eq!(
+                    fast.ok().map(Cow::into_owned),
+                    uts46_domain(d).ok(),
+                    "{d:?}"
+                );
             }
         }
     }
