@@ -250,6 +250,11 @@ pub trait DomainService: Send + Sync {
 }
 
 /// Adds elements to `<stream:features/>` after authentication.
+///
+/// Asked only when a kind of stream (transport, compression offered) first
+/// needs its post-authentication features: their bytes are cached
+/// (`stream/c2s/features.rs`), so the answer must not change while the
+/// server runs (derive it from the startup configuration only).
 pub trait StreamFeature: Send + Sync {
     fn stream_features(&self, cx: &Cx) -> Vec<Element>;
 }

@@ -81,6 +81,8 @@ pub struct Server {
     /// Memory held by partially received stanzas, over all connections.
     pub partial_stanzas: Arc<PartialBudget>,
     pub(crate) resumption: ResumptionTable,
+    /// Serialized c2s stream features per negotiation state.
+    pub(crate) c2s_features: crate::stream::c2s::FeatureCache,
     /// Federation: outgoing connections per domain pair, dialback secret, s2s TLS.
     pub s2s: S2sManager,
     /// What `/metrics` shows (see `metrics.rs`).
@@ -141,6 +143,7 @@ impl Server {
                 config.auth_prefixes,
             ),
             resumption: ResumptionTable::default(),
+            c2s_features: Default::default(),
             s2s,
             metrics,
             components: crate::component::Components::new(&config.components),

@@ -46,7 +46,7 @@ pub enum SessionFlag {
 }
 
 /// How a client session reaches us; for `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Transport {
     /// An XMPP stream over TCP (STARTTLS or direct TLS).

@@ -546,6 +546,31 @@ async fn last_activity_of_offline_contact_and_server_uptime() {
     assert!(has_stanza_error(&r, "forbidden"), "{r}");
 }
 
+/// Logouts are written in batches after a linger (`last.rs`): a graceful
+/// stop must still store the ones pending, with their status.
+#[tokio::test]
+async fn a_graceful_stop_stores_pending_logouts() {
+    let stores = waxwing_store::open("sqlite::memory:")
+        .await
+        .expect("in-memory database");
+    let s = TestServer::start_with_stores("", stores.clone()).await;
+    s.user("juliet").await;
+    let mut juliet = s.online("juliet", "balcony").await;
+    juliet
+        .send("<presence type='unavailable'><status>Heading Home</status></presence>")
+        .await;
+    // Answered after the presence was processed: the logout is noted.
+    juliet.sync().await;
+    s.running.stop().await;
+    let last = stores
+        .last_activity
+        .get(&jid("juliet"))
+        .await
+        .expect("store readable")
+        .expect("the logout was stored by the stop");
+    assert_eq!(last.status, "Heading Home");
+}
+
 // ------------------------------------------------------------------ disco
 
 #[tokio::test]

@@ -103,6 +103,51 @@ async fn features_after_auth_are_bind_session_and_roster_features() {
     c.expect_nothing().await;
 }
 
+/// The features are written from a per-server cache keyed by the
+/// negotiation state (`stream/c2s/features.rs`): every connection in one
+/// state gets the same features, and no state gets another's.
+#[tokio::test]
+async fn cached_features_follow_each_connections_state() {
+    let s = TestServer::start_with("[auth]\nallow_plain = false\n").await;
+    s.user("romeo").await;
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect_plain(s.c2s).await;
+        let before_tls = c.open_stream().await.to_xml();
+        let after_tls = c.starttls().await.to_xml();
+        let after_auth = c
+            .auth_scram_sha256("romeo", &password("romeo"))
+            .await
+            .to_xml();
+        let mut d = Client::connect_direct_tls(s.direct_tls).await;
+        let direct = d.open_stream().await.to_xml();
+        seen.push(vec![before_tls, after_tls, after_auth, direct]);
+    }
+    assert_eq!(seen[0], seen[1], "the second round differs from the first");
+    let [before_tls, after_tls, after_auth, direct] = &seen[0][..] else {
+        unreachable!()
+    };
+    assert!(
+        before_tls.contains("starttls") && !before_tls.contains("mechanism"),
+        "{before_tls}"
+    );
+    assert!(
+        after_tls.contains("SCRAM-SHA-256-PLUS") && !after_tls.contains("starttls"),
+        "{after_tls}"
+    );
+    // The configuration is read: PLAIN is off.
+    assert!(!after_tls.contains(">PLAIN<"), "{after_tls}");
+    assert!(
+        after_auth.contains("urn:ietf:params:xml:ns:xmpp-bind"),
+        "{after_auth}"
+    );
+    assert!(!after_auth.contains("mechanism"), "{after_auth}");
+    assert!(
+        direct.contains("SCRAM-SHA-256-PLUS") && !direct.contains("starttls"),
+        "{direct}"
+    );
+}
+
 #[tokio::test]
 async fn scram_sha256_plus_with_tls_exporter_over_starttls() {
     let s = TestServer::start().await;

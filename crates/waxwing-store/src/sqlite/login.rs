@@ -8,6 +8,10 @@
 //! and `store_cache` keeps the roster and the fragment for the moments after
 //! authentication that ask for them. The statements are the very ones of
 //! `secrets`, `items` and `get` (`dml/`), so the parts cannot drift apart.
+//!
+//! On a database file they are first tried on the store's own direct
+//! connections (`direct.rs`: no thread hop at all); this sqlx path answers
+//! when those are busy or fail, and for an in-memory database.
 
 use std::sync::LazyLock;
 
@@ -32,6 +36,14 @@ impl SqliteStore {
         user: &BareJid,
         fragment: &str,
     ) -> Result<LoginRead, StoreError> {
+        if let Some(direct) = &self.direct {
+            match direct.login_reads(&user.to_string(), fragment) {
+                Ok(read) => return Ok(read),
+                // Rows that do not decode would not on sqlx either.
+                Err(super::direct::Miss::Store(e)) => return Err(e),
+                Err(_) => {} // busy or failed: sqlx answers
+            }
+        }
         let sql: &'static str = LOGIN_SQL.as_str();
         let mut secrets: Vec<SecretRow> = Vec::new();
         let mut roster: Vec<GroupedRow> = Vec::new();

@@ -10,6 +10,7 @@ mod archive;
 #[path = "../dml/archive_append.rs"]
 mod archive_append;
 pub mod backup;
+mod direct;
 #[path = "../dml/im.rs"]
 mod im;
 #[path = "../dml/invites.rs"]
@@ -76,6 +77,9 @@ pub(crate) struct SqliteStore {
     /// `None` for an in-memory database, which lives in its one pooled
     /// connection (another connection would open another database).
     readers: Option<Readers>,
+    /// Read-only connections stepped on the caller's thread, for a cold
+    /// login's reads (`direct.rs`); `None` for an in-memory database.
+    direct: Option<direct::DirectReaders>,
     /// Archive appends waiting for the next group commit.
     appends: archive_append::Appends,
     /// Archiving preferences read recently (`prefs_cache.rs`).
@@ -172,6 +176,7 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
     }
     Ok(SqliteStore {
         pool,
+        direct: (!in_memory).then(|| direct::DirectReaders::new(path.clone())),
         readers,
         appends: archive_append::Appends::default(),
         prefs: crate::prefs_cache::PrefsCache::default(),
@@ -497,7 +502,47 @@ mod tests {
                 s.login_reads(&bob, "k").await.unwrap(),
                 LoginRead::Account { ref secrets, .. } if secrets.is_empty()
             ));
+            // The file database answered on its direct connection (one,
+            // reused), the in-memory one through sqlx.
+            assert_eq!(s.direct.is_some(), s.readers.is_some());
+            if let Some(d) = &s.direct {
+                assert_eq!(d.open_count(), 1);
+            }
         }
+    }
+
+    /// When the direct connections cannot answer (here: none can be
+    /// opened), sqlx's reader gives the same answer.
+    #[tokio::test]
+    async fn login_reads_fall_back_to_sqlx() {
+        use crate::{AccountStore, LoginRead, StoredSecret};
+        use waxwing_proto::jid::BareJid;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = file_store(&dir).await;
+        s.direct = Some(direct::DirectReaders::new(
+            dir.path().join("missing/none.db"),
+        ));
+        let alice = BareJid::parse("alice@example.org").unwrap();
+        let secret = StoredSecret {
+            mechanism: "SCRAM-SHA-256".into(),
+            salt: vec![7],
+            iterations: 4096,
+            stored_key: vec![1, 2],
+            server_key: vec![3, 4],
+        };
+        s.create(&alice, std::slice::from_ref(&secret))
+            .await
+            .unwrap();
+        let LoginRead::Account { secrets, .. } = s.login_reads(&alice, "k").await.unwrap() else {
+            panic!("no account")
+        };
+        assert_eq!(secrets, vec![secret]);
+        assert_eq!(s.direct.as_ref().unwrap().open_count(), 0);
+        let nobody = BareJid::parse("nobody@example.org").unwrap();
+        assert_eq!(
+            s.login_reads(&nobody, "k").await.unwrap(),
+            LoginRead::NoAccount
+        );
     }
 
     #[tokio::test]

@@ -83,6 +83,13 @@ impl Outgoing {
         self.ends.extend(other.ends.into_iter().map(|e| e + base));
     }
 
+    /// Appends a copy of `other` (cached output) after what is here.
+    pub fn extend_from(&mut self, other: &Outgoing) {
+        let base = self.text.len();
+        self.text.push_str(&other.text);
+        self.ends.extend(other.ends.iter().map(|e| e + base));
+    }
+
     /// The elements one by one, for message-framed transports.
     pub fn elements(&self) -> impl Iterator<Item = &str> {
         let mut start = 0;

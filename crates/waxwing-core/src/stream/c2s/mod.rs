@@ -29,6 +29,7 @@ use crate::stream::transport::is_decompression_bomb;
 mod auth;
 mod bosh;
 mod fast;
+mod features;
 #[cfg(test)]
 mod footprint;
 mod handoff;
@@ -40,6 +41,7 @@ mod session;
 mod tcp;
 pub(crate) mod websocket;
 
+pub(crate) use features::FeatureCache;
 pub(crate) use handoff::hand_away;
 use link::{ClientTransport, Link, Outgoing, StreamOpen};
 pub(crate) use resumption::ResumptionTable;

@@ -11,6 +11,7 @@ use waxwing_proto::stanza::{self, Condition, StanzaError, StreamCondition, Strea
 use waxwing_proto::xml::{Element, StreamEvent, StreamHeader};
 use waxwing_proto::{lang, ns};
 
+use super::features::FeatureKey;
 use super::link::{ClientTransport, Outgoing, StreamOpen};
 use super::{Conn, End, Negotiated, iq_request, sasl2, stream_error};
 use crate::hooks::{Cx, Event, Iq, IqKind, IqTarget};
@@ -19,7 +20,6 @@ use crate::queue::Outbox;
 use crate::random_id;
 use crate::router::call_iq_handler;
 use crate::session::SessionHandle;
-use crate::stream::csi;
 use crate::stream::sm;
 
 impl Conn {
@@ -113,8 +113,7 @@ impl Conn {
             restart = true;
             let tls = self.link.is_secure();
             let sasl_allowed = tls || !self.server.config.require_encryption;
-            let features = self.features();
-            self.send(&features).await?;
+            self.send_features().await?;
 
             loop {
                 let el = self.next_element().await?;
@@ -222,84 +221,46 @@ impl Conn {
             && self.link.tcp().is_some_and(|t| !t.is_compressed())
     }
 
-    /// The stream features for where negotiation stands (no I/O).
-    pub(super) fn features(&self) -> Element {
+    /// What the stream features depend on, for where negotiation stands
+    /// (`features.rs` builds them from this alone).
+    pub(super) fn feature_key(&self) -> FeatureKey {
+        let authenticated = self.user.is_some();
         let tls = self.link.is_secure();
         let cb = self.link.channel_binding_types();
-        let config = &self.server.config;
-        let sasl_allowed = tls || !config.require_encryption;
-        let mut features = Element::new("features", ns::STREAM);
-        if self.user.is_some() {
-            features.push_child(Element::new("bind", ns::BIND));
-            features.push_child(Element::new("sm", sm::NS));
-            features.push_child(Element::new("csi", csi::NS));
-            features.push_child(
-                Element::new("session", ns::SESSION)
-                    .with_child(Element::new("optional", ns::SESSION)),
-            );
-            if self.can_compress() {
-                features.push_child(compression_feature());
-            }
-            for el in self.server.stream_features() {
-                features.push_child(el);
-            }
-            return features;
+        let sasl_allowed = tls || !self.server.config.require_encryption;
+        FeatureKey {
+            transport: self.link.transport(),
+            authenticated,
+            tls,
+            starttls: !authenticated && self.can_starttls(),
+            compress: authenticated && self.can_compress(),
+            cb_exporter: cb.tls_exporter,
+            cb_end_point: cb.tls_server_end_point,
+            mechanisms: if !authenticated && sasl_allowed {
+                self.mechanisms_offered()
+            } else {
+                Vec::new()
+            },
+            host: if authenticated {
+                None
+            } else {
+                self.host.as_deref().map(Box::from)
+            },
         }
-        if self.can_starttls() {
-            let mut starttls = Element::new("starttls", ns::TLS);
-            if config.require_encryption {
-                starttls.push_child(Element::new("required", ns::TLS));
-            }
-            features.push_child(starttls);
-        }
-        if !sasl_allowed {
-            return features;
-        }
-        let mechanisms = self.mechanisms_offered();
-        let mut mechs = Element::new("mechanisms", ns::SASL);
-        for m in &mechanisms {
-            mechs.push_child(Element::new("mechanism", ns::SASL).with_text(*m));
-        }
-        features.push_child(mechs);
-        if cb.any() && mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
-            // XEP-0440: tell clients which binding types -PLUS supports.
-            let mut types = Element::new("sasl-channel-binding", ns::SASL_CB);
-            for (ty, have) in [
-                ("tls-exporter", cb.tls_exporter),
-                ("tls-server-end-point", cb.tls_server_end_point),
-            ] {
-                if have {
-                    types.push_child(
-                        Element::new("channel-binding", ns::SASL_CB).with_attr("type", ty),
-                    );
-                }
-            }
-            features.push_child(types);
-        }
-        if config.registration_open
-            && !config
-                .auth
-                .is_anonymous(self.host.as_deref().unwrap_or_default())
-        {
-            features.push_child(Element::new("register", ns::REGISTER_FEATURE));
-        }
-        if config.invites.enabled
-            && crate::invites::Invites::new(self.server.clone())
-                .host_has_internal_accounts(self.host.as_deref().unwrap_or_default())
-        {
-            // XEP-0445 §3, and the XEP-0401 0.3 feature older clients look for.
-            features.push_child(Element::new("register", invites::NS_IBR_TOKEN));
-            features.push_child(Element::new("register", invites::NS_INVITE_LEGACY));
-        }
-        if tls {
-            let fast = crate::auth::Authenticator::fast_allowed(
-                config,
-                self.host.as_deref().unwrap_or_default(),
-                &mechanisms,
-            );
-            features.push_child(sasl2::feature(&mechanisms, cb, fast));
-        }
-        features
+    }
+
+    /// Sends the stream features for where negotiation stands, after the
+    /// stream header held in `unsent`: serialized once per distinct
+    /// [`FeatureKey`] and copied from the server's cache.
+    async fn send_features(&mut self) -> Result<(), End> {
+        let server = self.server.clone();
+        let link = &self.link;
+        let features = server
+            .c2s_features
+            .get(&server, self.feature_key(), |el, out| link.encode(el, out));
+        let mut out = std::mem::take(&mut self.unsent);
+        out.extend_from(&features);
+        self.write(out).await
     }
 
     /// XEP-0138: `<compress/>` after authentication. True when the stream
@@ -551,11 +512,6 @@ impl Conn {
 const COMPRESS_NS: &str = "http://jabber.org/protocol/compress";
 
 /// The XEP-0138 stream feature: zlib only.
-fn compression_feature() -> Element {
-    Element::new("compression", "http://jabber.org/features/compress")
-        .with_child(Element::new("method", "http://jabber.org/features/compress").with_text("zlib"))
-}
-
 /// An IQ set that asks for a new account (not a form request, nor `<remove/>`).
 fn creates_account(kind: IqKind, payload: &Element) -> bool {
     kind == IqKind::Set && payload.child("username", ns::REGISTER).is_some()
