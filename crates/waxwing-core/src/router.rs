@@ -1031,7 +1031,7 @@ impl Server {
         };
         let handler = targets
             .iter()
-            .find_map(|t| self.registry.iq.get(&(*t, kind, payload.ns.clone())));
+            .find_map(|t| self.registry.iq.get(&(*t, kind, payload.ns.to_string())));
         let Some((module, handler)) = handler else {
             return self
                 .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use waxwing_proto::jid::FullJid;
 use waxwing_proto::ns;
-use waxwing_proto::xml::{Element, escape_attr};
+use waxwing_proto::xml::{CompactString, Element, escape_attr};
 
 /// What [`escape_attr`] replaces (checked in debug builds).
 const ESCAPED: &[char] = &['&', '<', '>', '\'', '"', '\t', '\n', '\r'];
@@ -125,7 +125,7 @@ impl Addressed {
         let el = &self.stanza.element;
         let mut attrs = Vec::with_capacity(el.attrs.len() + 1);
         attrs.extend(el.attrs.iter().cloned());
-        attrs.push(("to".to_owned(), jid_text(&self.to)));
+        attrs.push(("to".into(), jid_text(&self.to)));
         Element {
             name: el.name.clone(),
             ns: el.ns.clone(),
@@ -140,7 +140,7 @@ impl Addressed {
         match Arc::try_unwrap(self.stanza) {
             Ok(shared) => {
                 let mut el = shared.element;
-                el.attrs.push(("to".to_owned(), jid_text(&self.to)));
+                el.attrs.push(("to".into(), jid_text(&self.to)));
                 el
             }
             Err(stanza) => Addressed {
@@ -152,11 +152,12 @@ impl Addressed {
     }
 }
 
-/// `jid` as text, in one allocation of the right size (`to_string` goes
-/// through the formatter and grows its buffer piece by piece).
-fn jid_text(jid: &FullJid) -> String {
+/// `jid` as text, inline or in one allocation of the right size
+/// (`to_string` goes through the formatter and grows its buffer piece by
+/// piece).
+fn jid_text(jid: &FullJid) -> CompactString {
     let local = jid.local().map_or(0, |l| l.len() + 1);
-    let mut s = String::with_capacity(local + jid.domain().len() + 1 + jid.resource().len());
+    let mut s = CompactString::with_capacity(local + jid.domain().len() + 1 + jid.resource().len());
     if let Some(l) = jid.local() {
         s.push_str(l);
         s.push('@');

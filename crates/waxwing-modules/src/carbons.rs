@@ -133,7 +133,7 @@ pub fn wrap(kind: &str, user: &BareJid, to: &FullJid, original: &Element) -> Ele
     copy.with_child(Element::new(kind, CARBONS).with_child(
         Element::new("forwarded", FORWARD).with_child({
             let mut inner = original.clone();
-            inner.ns = ns::CLIENT.to_string();
+            inner.ns = ns::CLIENT.into();
             inner
         }),
     ))

@@ -3,6 +3,8 @@
 //! One constant per namespace so a typo is a compile error, not a silent
 //! mismatch in `Element::is`.
 
+use compact_str::CompactString;
+
 /// RFC 6120 §4.8.1: the `<stream:stream>` wrapper, `<stream:features>`, `<stream:error>`.
 pub const STREAM: &str = "http://etherx.jabber.org/streams";
 /// RFC 6120 §4.8.3: content namespace of client-to-server streams.
@@ -61,3 +63,75 @@ pub const BYTESTREAMS: &str = "http://jabber.org/protocol/bytestreams";
 pub const VCARD: &str = "vcard-temp";
 /// XEP-0153: vCard-based avatars (advertised; the work is the clients').
 pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+
+/// Namespaces longer than a [`CompactString`] holds inline that clients
+/// put on stanza payloads (and the server's own), so that an element in
+/// one of them shares this static string instead of allocating its own.
+const LONG_KNOWN: &[&str] = &[
+    STREAM,
+    STREAMS_ERRORS,
+    STANZAS,
+    TLS,
+    SASL,
+    BIND,
+    SESSION,
+    PRE_APPROVAL,
+    DISCO_INFO,
+    DISCO_ITEMS,
+    REGISTER_FEATURE,
+    XML,
+    BYTESTREAMS,
+    "http://jabber.org/protocol/chatstates",
+    "http://jabber.org/protocol/caps",
+    "http://jabber.org/protocol/muc",
+    "http://jabber.org/protocol/muc#user",
+    "http://jabber.org/protocol/muc#admin",
+    "http://jabber.org/protocol/muc#owner",
+    "http://jabber.org/protocol/nick",
+    "http://jabber.org/protocol/address",
+    "http://jabber.org/protocol/pubsub",
+    "http://jabber.org/protocol/pubsub#event",
+    "http://jabber.org/protocol/pubsub#owner",
+    "http://jabber.org/protocol/rsm",
+    "http://jabber.org/protocol/commands",
+    "http://jabber.org/protocol/xhtml-im",
+    "http://www.w3.org/1999/xhtml",
+    "http://jabber.org/protocol/ibb",
+    "urn:xmpp:message-correct:0",
+    "urn:xmpp:jingle-message:0",
+    "eu.siacs.conversations.axolotl",
+];
+
+/// `uri` as a [`CompactString`]: the static string if it is one of the
+/// long namespaces above, else a copy (inline when short).
+pub fn intern(uri: &str) -> CompactString {
+    if uri.len() > MAX_INLINE
+        && let Some(known) = LONG_KNOWN.iter().find(|k| **k == uri)
+    {
+        return CompactString::const_new(known);
+    }
+    CompactString::new(uri)
+}
+
+/// The longest string a [`CompactString`] holds without allocating.
+const MAX_INLINE: usize = std::mem::size_of::<String>();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interned_namespaces_do_not_allocate() {
+        for uri in LONG_KNOWN {
+            assert!(uri.len() > MAX_INLINE, "{uri} is inline anyway");
+            let s = intern(uri);
+            assert_eq!(s, *uri);
+            assert!(!s.is_heap_allocated(), "{uri}");
+            assert_eq!(s.as_static_str(), Some(*uri));
+        }
+        assert!(!intern(CLIENT).is_heap_allocated(), "short: inline");
+        let other = intern("urn:example:a-namespace-nobody-knows");
+        assert_eq!(other, "urn:example:a-namespace-nobody-knows");
+        assert!(other.is_heap_allocated());
+    }
+}

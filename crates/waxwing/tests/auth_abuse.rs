@@ -46,7 +46,7 @@ async fn plain_attempt(c: &mut Client, user: &str, pw: &str) -> Option<String> {
         .await;
     match el.name.as_str() {
         "success" => None,
-        "failure" => Some(el.children().next().map(|c| c.name.clone()).unwrap()),
+        "failure" => Some(el.children().next().map(|c| c.name.to_string()).unwrap()),
         other => panic!("unexpected {other}: {el}"),
     }
 }

@@ -397,7 +397,7 @@ pub fn renamespace(el: &mut Element, from: &str, to: &str) {
     if el.ns != from {
         return;
     }
-    el.ns = to.to_string();
+    el.ns = to.into();
     for child in &mut el.children {
         if let Node::Element(c) = child {
             renamespace(c, from, to);

@@ -89,9 +89,9 @@ pub fn tombstone(
     reason: Option<&str>,
     now: SystemTime,
 ) -> Element {
-    let mut t = Element::new(&original.name, &original.ns);
+    let mut t = Element::new(original.name.clone(), original.ns.clone());
     for (k, v) in &original.attrs {
-        t.set_attr(k, v.clone());
+        t.set_attr(k.clone(), v.clone());
     }
     for c in original.children().filter(|c| c.ns == NS_OCCUPANT_ID) {
         t.push_child(c.clone());

@@ -208,7 +208,7 @@ fn from_element(mut root: Element, size: usize) -> Result<Request, ParseError> {
 /// has a `<body>` child without one too).
 fn into_client_ns(el: &mut Element) {
     if el.ns == HTTPBIND {
-        el.ns = ns::CLIENT.to_owned();
+        el.ns = ns::CLIENT.into();
     }
     for child in el.children_mut() {
         into_client_ns(child);

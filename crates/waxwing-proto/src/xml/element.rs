@@ -10,10 +10,18 @@
 //! - `xml:local` for the XML namespace (`xml:lang`), because the `xml`
 //!   prefix is bound by definition and needs no declaration;
 //! - `{uri}local` for any other namespace (Clark notation).
+//!
+//! Names, namespaces, attribute keys and values are [`CompactString`]s:
+//! up to 24 bytes inline, or a `&'static str` (the namespaces the server
+//! knows, see [`crate::ns::intern`]), so a stanza's element tree costs an
+//! allocation for each text, attribute list and child list, not one per
+//! string. They deref to `str` and compare with `&str`.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, OnceLock};
+
+use compact_str::CompactString;
 
 use crate::ns;
 
@@ -21,11 +29,11 @@ use crate::ns;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Element {
     /// Local name, without prefix.
-    pub name: String,
+    pub name: CompactString,
     /// Namespace name (URI); empty for "no namespace".
-    pub ns: String,
+    pub ns: CompactString,
     /// Attributes in insertion order; see the module docs for key syntax.
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(CompactString, CompactString)>,
     /// Child elements and text, in document order.
     pub children: Children,
 }
@@ -39,8 +47,12 @@ pub struct Element {
 /// caches the children's XML and the others reuse it. Any mutable access
 /// (through `DerefMut`) unshares and drops the cache, so sharing is never
 /// visible.
+///
+/// No children is `None`, not an empty allocation: most elements of a
+/// stanza are leaves (`<active/>`, `<request/>`, `<origin-id/>`), and the
+/// framer builds one per element of every stanza.
 #[derive(Clone, Default)]
-pub struct Children(Arc<ChildNodes>);
+pub struct Children(Option<Arc<ChildNodes>>);
 
 #[derive(Default)]
 struct ChildNodes {
@@ -58,16 +70,22 @@ impl Clone for ChildNodes {
     }
 }
 
+/// What an element without children derefs to.
+static NO_NODES: Vec<Node> = Vec::new();
+
 impl Deref for Children {
     type Target = Vec<Node>;
     fn deref(&self) -> &Vec<Node> {
-        &self.0.nodes
+        match &self.0 {
+            Some(inner) => &inner.nodes,
+            None => &NO_NODES,
+        }
     }
 }
 
 impl DerefMut for Children {
     fn deref_mut(&mut self) -> &mut Vec<Node> {
-        let inner = Arc::make_mut(&mut self.0);
+        let inner = Arc::make_mut(self.0.get_or_insert_with(Arc::default));
         inner.xml.take();
         &mut inner.nodes
     }
@@ -77,7 +95,7 @@ impl<'a> IntoIterator for &'a Children {
     type Item = &'a Node;
     type IntoIter = std::slice::Iter<'a, Node>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.nodes.iter()
+        self.iter()
     }
 }
 
@@ -85,22 +103,29 @@ impl<'a> IntoIterator for &'a mut Children {
     type Item = &'a mut Node;
     type IntoIter = std::slice::IterMut<'a, Node>;
     fn into_iter(self) -> Self::IntoIter {
-        self.deref_mut().iter_mut()
+        match self.0 {
+            // Iterating over nothing needs no allocation to unshare.
+            None => [].iter_mut(),
+            Some(_) => self.deref_mut().iter_mut(),
+        }
     }
 }
 
 impl From<Vec<Node>> for Children {
     fn from(nodes: Vec<Node>) -> Self {
-        Children(Arc::new(ChildNodes {
+        if nodes.is_empty() {
+            return Children(None);
+        }
+        Children(Some(Arc::new(ChildNodes {
             nodes,
             xml: OnceLock::new(),
-        }))
+        })))
     }
 }
 
 impl PartialEq for Children {
     fn eq(&self, other: &Self) -> bool {
-        self.0.nodes == other.0.nodes
+        **self == **other
     }
 }
 
@@ -108,7 +133,7 @@ impl Eq for Children {}
 
 impl fmt::Debug for Children {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.nodes.fmt(f)
+        (**self).fmt(f)
     }
 }
 
@@ -116,21 +141,41 @@ impl Children {
     /// Writes the nodes as the content of an element in `parent_ns`; see
     /// the type's docs for when the result is cached.
     fn write_to(&self, out: &mut String, parent_ns: &str) {
-        if let Some((ns, xml)) = self.0.xml.get()
+        let Some(inner) = &self.0 else {
+            return;
+        };
+        if let Some((ns, xml)) = inner.xml.get()
             && ns == parent_ns
         {
             out.push_str(xml);
             return;
         }
-        if Arc::strong_count(&self.0) == 1 {
+        if Arc::strong_count(inner) == 1 {
             // Not shared: nobody else will write these nodes.
-            write_nodes(&self.0.nodes, out, parent_ns);
+            write_nodes(&inner.nodes, out, parent_ns);
             return;
         }
         let mut xml = String::new();
-        write_nodes(&self.0.nodes, &mut xml, parent_ns);
+        write_nodes(&inner.nodes, &mut xml, parent_ns);
         out.push_str(&xml);
-        let _ = self.0.xml.set((parent_ns.to_owned(), xml));
+        let _ = inner.xml.set((parent_ns.to_owned(), xml));
+    }
+}
+
+/// Appends text `s` (not empty) to `nodes`, merged with a text node at the
+/// end (see [`Element::push_text`]).
+pub(crate) fn push_text_node(nodes: &mut Vec<Node>, s: String) {
+    match nodes.last_mut() {
+        Some(Node::Text(t)) => {
+            // Grown by an eighth, not doubled: text that arrives in many
+            // chunks (a stanza trickled in) then costs about its own
+            // size, not up to twice it, while it is being received.
+            if t.capacity() - t.len() < s.len() {
+                t.reserve_exact(s.len().max(t.len() / 8));
+            }
+            t.push_str(&s)
+        }
+        _ => nodes.push(Node::Text(s)),
     }
 }
 
@@ -154,7 +199,7 @@ pub enum Node {
 
 impl Element {
     /// An empty element `name` in namespace `ns`.
-    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<CompactString>, ns: impl Into<CompactString>) -> Self {
         Element {
             name: name.into(),
             ns: ns.into(),
@@ -165,7 +210,7 @@ impl Element {
 
     /// Builder form of [`Element::set_attr`].
     #[must_use]
-    pub fn with_attr(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+    pub fn with_attr(mut self, k: impl Into<CompactString>, v: impl Into<CompactString>) -> Self {
         self.set_attr(k, v);
         self
     }
@@ -188,12 +233,12 @@ impl Element {
     pub fn attr(&self, k: &str) -> Option<&str> {
         self.attrs
             .iter()
-            .find(|(key, _)| key == k)
+            .find(|(key, _)| key.as_str() == k)
             .map(|(_, v)| v.as_str())
     }
 
     /// Replaces the value of `k`, or appends it if absent.
-    pub fn set_attr(&mut self, k: impl Into<String>, v: impl Into<String>) {
+    pub fn set_attr(&mut self, k: impl Into<CompactString>, v: impl Into<CompactString>) {
         let k = k.into();
         let v = v.into();
         match self.attrs.iter_mut().find(|(key, _)| *key == k) {
@@ -203,8 +248,8 @@ impl Element {
     }
 
     /// Removes `k` and returns its value, if it was present.
-    pub fn remove_attr(&mut self, k: &str) -> Option<String> {
-        let i = self.attrs.iter().position(|(key, _)| key == k)?;
+    pub fn remove_attr(&mut self, k: &str) -> Option<CompactString> {
+        let i = self.attrs.iter().position(|(key, _)| key.as_str() == k)?;
         Some(self.attrs.remove(i).1)
     }
 
@@ -256,18 +301,7 @@ impl Element {
         if s.is_empty() {
             return;
         }
-        match self.children.last_mut() {
-            Some(Node::Text(t)) => {
-                // Grown by an eighth, not doubled: text that arrives in many
-                // chunks (a stanza trickled in) then costs about its own
-                // size, not up to twice it, while it is being received.
-                if t.capacity() - t.len() < s.len() {
-                    t.reserve_exact(s.len().max(t.len() / 8));
-                }
-                t.push_str(&s)
-            }
-            _ => self.children.push(Node::Text(s)),
-        }
+        push_text_node(&mut self.children, s);
     }
 
     /// Removes every child element for which `pred` returns true; text is kept.
@@ -405,14 +439,22 @@ impl fmt::Display for Element {
 }
 
 /// Builds the attribute key for `{ns}local` as described in the module docs.
-pub(crate) fn attr_key(ns: &str, local: &str) -> String {
+pub(crate) fn attr_key(ns: &str, local: &str) -> CompactString {
     if ns.is_empty() {
-        local.to_owned()
-    } else if ns == ns::XML {
-        format!("xml:{local}")
-    } else {
-        format!("{{{ns}}}{local}")
+        return CompactString::new(local);
     }
+    let mut key;
+    if ns == ns::XML {
+        key = CompactString::with_capacity(4 + local.len());
+        key.push_str("xml:");
+    } else {
+        key = CompactString::with_capacity(2 + ns.len() + local.len());
+        key.push('{');
+        key.push_str(ns);
+        key.push('}');
+    }
+    key.push_str(local);
+    key
 }
 
 /// Splits a `{uri}local` key; `None` for plain and `xml:` keys, which are
@@ -423,47 +465,75 @@ fn split_clark(k: &str) -> Option<(&str, &str)> {
 }
 
 fn escape_text(out: &mut String, s: &str) {
-    escape_with(out, s, |b| match b {
-        b'&' => Some("&amp;"),
-        b'<' => Some("&lt;"),
-        b'>' => Some("&gt;"),
-        // A literal CR would be folded into LF by the receiving parser.
-        b'\r' => Some("&#13;"),
-        _ => None,
-    });
+    escape_with(out, s, &TEXT_ESCAPED);
 }
 
 /// Appends `s` escaped for an attribute value in either quote style: the
 /// one escaping every writer of attributes uses (elements, BOSH bodies,
 /// stream headers).
 pub fn escape_attr(out: &mut String, s: &str) {
-    escape_with(out, s, |b| match b {
-        b'&' => Some("&amp;"),
-        b'<' => Some("&lt;"),
-        b'>' => Some("&gt;"),
-        b'\'' => Some("&apos;"),
-        b'"' => Some("&quot;"),
-        // Attribute-value normalization would turn literal whitespace
-        // controls into spaces; references survive it.
-        b'\t' => Some("&#9;"),
-        b'\n' => Some("&#10;"),
-        b'\r' => Some("&#13;"),
-        _ => None,
-    });
+    escape_with(out, s, &ATTR_ESCAPED);
 }
 
-/// Copies `s` to `out` in runs, replacing the bytes `escape` names. Every
-/// byte escaped is ASCII, so runs always end on character boundaries; most
-/// values have nothing to escape and are copied in one go.
+/// Whether [`escape_text`] replaces a byte: the markup characters, and a
+/// literal CR, which the receiving parser would fold into LF.
+const fn text_escaped(b: u8) -> bool {
+    matches!(b, b'&' | b'<' | b'>' | b'\r')
+}
+
+/// Whether [`escape_attr`] replaces a byte: also both quotes, and the
+/// whitespace controls that attribute-value normalization would turn into
+/// spaces (references survive it).
+const fn attr_escaped(b: u8) -> bool {
+    text_escaped(b) || matches!(b, b'\'' | b'"' | b'\t' | b'\n')
+}
+
+/// The table of `attr_escaped` (for attributes) or `text_escaped`.
+const fn table(attr: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if attr {
+            attr_escaped(b)
+        } else {
+            text_escaped(b)
+        };
+        i += 1;
+    }
+    t
+}
+
+static TEXT_ESCAPED: [bool; 256] = table(false);
+static ATTR_ESCAPED: [bool; 256] = table(true);
+
+/// The reference written for an escaped byte.
+fn reference(b: u8) -> &'static str {
+    match b {
+        b'&' => "&amp;",
+        b'<' => "&lt;",
+        b'>' => "&gt;",
+        b'\'' => "&apos;",
+        b'"' => "&quot;",
+        b'\t' => "&#9;",
+        b'\n' => "&#10;",
+        _ => "&#13;",
+    }
+}
+
+/// Copies `s` to `out` in runs between the bytes `escaped` marks, each
+/// replaced by its reference. Every byte escaped is ASCII, so runs always
+/// end on character boundaries; most values have nothing to escape and are
+/// copied in one go, after one table lookup per byte.
 #[inline]
-fn escape_with(out: &mut String, s: &str, escape: impl Fn(u8) -> Option<&'static str>) {
+fn escape_with(out: &mut String, s: &str, escaped: &[bool; 256]) {
+    let bytes = s.as_bytes();
     let mut run = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if let Some(rep) = escape(b) {
-            out.push_str(&s[run..i]);
-            out.push_str(rep);
-            run = i + 1;
-        }
+    while let Some(n) = bytes[run..].iter().position(|&b| escaped[usize::from(b)]) {
+        let at = run + n;
+        out.push_str(&s[run..at]);
+        out.push_str(reference(bytes[at]));
+        run = at + 1;
     }
     out.push_str(&s[run..]);
 }
@@ -549,7 +619,13 @@ mod tests {
         let m = sample();
         let mut c = m.clone();
         c.remove_children(|e| e.name == "no-such-child");
-        assert!(Arc::ptr_eq(&m.children.0, &c.children.0), "still shared");
+        assert!(
+            Arc::ptr_eq(
+                m.children.0.as_ref().unwrap(),
+                c.children.0.as_ref().unwrap()
+            ),
+            "still shared"
+        );
         let mut d = Element::new("x", "")
             .with_child(Element::new("a", ""))
             .with_text("t")
@@ -675,6 +751,45 @@ mod tests {
             e.to_xml(),
             "<a v='&lt;&amp;&apos;&quot;&gt;&#9;&#10;&#13;'>&lt;&amp;&gt;'\"&#13;</a>"
         );
+    }
+
+    #[test]
+    fn escaped_values_read_back_as_written() {
+        let tricky = [
+            "",
+            "plain",
+            "]]>",
+            "a]]>b]]",
+            "<&>\"'",
+            "&amp; is not unescaped twice",
+            "tab\there, lf\nthere, crlf\r\n, cr\r",
+            "non-ASCII: é ☺ 𝄞, and & after it",
+            "a value longer than twenty-four bytes, so stored on the heap <&>",
+            "&&&&<<<<>>>>''''\"\"\"\"",
+        ];
+        for t in tricky {
+            let el = Element::new("message", ns::CLIENT)
+                .with_attr("id", t)
+                .with_attr("xml:lang", "en")
+                .with_attr("{urn:example:x}flag", t)
+                .with_child(Element::new("body", ns::CLIENT).with_text(t))
+                .with_child(
+                    Element::new("x", "urn:example:x")
+                        .with_attr("v", t)
+                        .with_text(t),
+                );
+            for stream_ns in ["", ns::CLIENT] {
+                let xml = el.to_xml_in(stream_ns);
+                let back = crate::xml::parse_stanza(&xml, ns::CLIENT)
+                    .unwrap_or_else(|e| panic!("{xml}: {e:?}"));
+                assert_eq!(back.attr("id"), Some(t), "{xml}");
+                assert_eq!(back.attr("{urn:example:x}flag"), Some(t), "{xml}");
+                assert_eq!(back.attr("xml:lang"), Some("en"), "{xml}");
+                assert_eq!(back.child("body", ns::CLIENT).unwrap().text(), t, "{xml}");
+                let x = back.child("x", "urn:example:x").unwrap();
+                assert_eq!((x.attr("v"), x.text().as_str()), (Some(t), t), "{xml}");
+            }
+        }
     }
 
     #[test]

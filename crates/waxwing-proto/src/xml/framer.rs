@@ -23,7 +23,7 @@
 
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
-use crate::xml::element::{Element, attr_key};
+use crate::xml::element::{Element, Node, attr_key, push_text_node};
 use crate::xml::tokenizer::{Token, Tokenizer};
 use rxml::error::EndOrError;
 use rxml::{Event, Parse, Parser, WithOptions};
@@ -123,8 +123,13 @@ pub struct Framer {
     /// same namespace declarations.
     header: Vec<u8>,
     state: State,
-    /// Open elements below the root; `stack[0]` is the stanza being built.
-    stack: Vec<Element>,
+    /// Open elements below the root, each with where its children start
+    /// in `nodes`; `stack[0]` is the stanza being built.
+    stack: Vec<(Element, usize)>,
+    /// The children of the open elements, in document order. An element's
+    /// children are moved out of here when it ends, in one allocation of
+    /// their size, rather than grown node by node in the element.
+    nodes: Vec<Node>,
     /// Input bytes from absolute offset `buf_start` on. Everything before
     /// `boundary` has been returned as an event and may be dropped.
     buf: Vec<u8>,
@@ -156,6 +161,7 @@ impl Framer {
             header: Vec::new(),
             state: State::Start,
             stack: Vec::new(),
+            nodes: Vec::new(),
             buf: Vec::new(),
             buf_start: 0,
             consumed: 0,
@@ -253,6 +259,7 @@ impl Framer {
         self.header = Vec::new();
         self.state = State::Start;
         self.stack.clear();
+        self.nodes.clear();
         self.consumed = self.boundary;
         self.event_end = self.boundary;
         self.poison = None;
@@ -278,6 +285,7 @@ impl Framer {
         }
         self.buf.shrink_to_fit();
         self.stack.shrink_to_fit();
+        self.nodes.shrink_to_fit();
     }
 
     /// Input bytes after the last returned event (or keepalive). Must be 0
@@ -421,34 +429,35 @@ impl Framer {
             }
             self.check_top_level_ns(&el)?;
         }
-        self.stack.push(el);
+        self.stack.push((el, self.nodes.len()));
         Ok(())
     }
 
     fn end_element(&mut self) -> Option<StreamEvent> {
-        match self.stack.pop() {
-            None => {
-                self.state = State::Closed;
-                self.boundary = self.event_end;
-                Some(StreamEvent::Close)
-            }
-            Some(el) => match self.stack.last_mut() {
-                Some(parent) => {
-                    parent.push_child(el);
-                    None
-                }
-                None => {
-                    self.boundary = self.event_end;
-                    Some(StreamEvent::Stanza(el))
-                }
-            },
+        let Some((mut el, from)) = self.stack.pop() else {
+            self.state = State::Closed;
+            self.boundary = self.event_end;
+            return Some(StreamEvent::Close);
+        };
+        if self.nodes.len() > from {
+            el.children = self.nodes.drain(from..).collect::<Vec<_>>().into();
         }
+        if self.stack.is_empty() {
+            self.boundary = self.event_end;
+            return Some(StreamEvent::Stanza(el));
+        }
+        self.nodes.push(Node::Element(el));
+        None
     }
 
     /// Text that ends at `event_end` and started at `ev_start`.
     fn text(&mut self, text: String, ev_start: u64) -> Result<(), StreamError> {
-        match self.stack.last_mut() {
-            Some(el) => el.push_text(text),
+        match self.stack.last() {
+            Some(_) if text.is_empty() => {}
+            // The open element's children are `nodes[from..]`: merged with
+            // a text node there, never with one of its parent's.
+            Some(&(_, from)) if self.nodes.len() == from => self.nodes.push(Node::Text(text)),
+            Some(_) => push_text_node(&mut self.nodes, text),
             // Whitespace between stanzas is the RFC 6120 §4.6.1
             // keepalive. Anything else has no meaning at stream
             // level; it is well-formed XML but not a valid XMPP
@@ -499,7 +508,7 @@ impl Framer {
                 let mut el = Element::new(name.as_str(), ns.as_str());
                 for ((ans, aname), value) in attrs {
                     el.attrs
-                        .push((attr_key(ans.as_str(), aname.as_str()), value));
+                        .push((attr_key(ans.as_str(), aname.as_str()), value.into()));
                 }
                 self.open(el, ev_start).map(Some)
             }

@@ -12,6 +12,7 @@ mod tokenizer;
 #[cfg(test)]
 mod tokenizer_tests;
 
+pub use compact_str::CompactString;
 pub use element::{Children, Element, Node, escape_attr};
 pub use framer::{Framer, Limits, StreamEvent, StreamHeader};
 

@@ -286,7 +286,7 @@ impl RxmlFramer {
                 let mut el = Element::new(name.as_str(), ns.as_str());
                 for ((ans, aname), value) in attrs {
                     el.attrs
-                        .push((attr_key(ans.as_str(), aname.as_str()), value));
+                        .push((attr_key(ans.as_str(), aname.as_str()), value.into()));
                 }
                 if self.state == State::Start {
                     return self.open(el, ev_start).map(Some);

@@ -40,11 +40,18 @@
 //! reference, at the end of the input), where rxml hands it out, so that
 //! the framer's view of whitespace between stanzas is the same too.
 
+use compact_str::CompactString;
+
+use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::xml::element::{Element, attr_key};
 
 /// The namespace the `xml` prefix is bound to by definition.
-const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+const XML_NS: &str = ns::XML;
+/// The same, as the namespace of an element.
+static XML_NS_NAME: CompactString = CompactString::const_new(XML_NS);
+/// No namespace.
+static NO_NS: CompactString = CompactString::const_new("");
 
 /// Longest entity name or character reference body, as in rxml.
 const MAX_REFERENCE: usize = 8;
@@ -108,6 +115,15 @@ enum St {
     EmptyClose,
 }
 
+/// An attribute [`Tokenizer::fast_tag`] found: where its qualified name
+/// and its value are in the tag.
+#[derive(Clone, Debug)]
+struct FastAttr {
+    name: std::ops::Range<usize>,
+    colon: Option<usize>,
+    value: std::ops::Range<usize>,
+}
+
 /// What [`Tokenizer::fast_tag`] read.
 enum FastTag {
     Start { empty: bool },
@@ -117,8 +133,8 @@ enum FastTag {
 /// One namespace scope: what an element declared.
 #[derive(Debug)]
 struct Scope {
-    /// `xmlns='…'` on this element.
-    default: Option<String>,
+    /// `xmlns='…'` on this element (interned: elements in it share it).
+    default: Option<CompactString>,
     /// Length of `decls` before this element's prefix declarations.
     decls_from: usize,
     /// Length of `names` before this element's qualified name.
@@ -128,9 +144,9 @@ struct Scope {
 /// A prefixed or unprefixed attribute waiting for its namespace.
 #[derive(Debug)]
 struct RawAttr {
-    qname: String,
+    qname: CompactString,
     colon: Option<usize>,
-    value: String,
+    value: CompactString,
 }
 
 /// See the module docs.
@@ -155,18 +171,20 @@ pub(super) struct Tokenizer {
     /// The start tag being read.
     tag_qname: String,
     tag_colon: Option<usize>,
-    tag_default: Option<String>,
-    tag_decls: Vec<(String, String)>,
+    tag_default: Option<CompactString>,
+    tag_decls: Vec<(CompactString, CompactString)>,
     tag_attrs: Vec<RawAttr>,
-    attr_qname: String,
+    /// Scratch of [`Tokenizer::fast_tag`].
+    fast_attrs: Vec<FastAttr>,
+    attr_qname: CompactString,
     attr_colon: Option<usize>,
     /// The name or value being read is where the grammar allows none.
     /// rxml's lexer reads such a token to its end before its parser
     /// refuses it, so an error inside it (an undeclared entity, a name
     /// over the limit) is what is reported; this does the same.
     doomed: bool,
-    /// Prefix declarations in scope, innermost last.
-    decls: Vec<(String, String)>,
+    /// Prefix declarations in scope, innermost last (namespaces interned).
+    decls: Vec<(CompactString, CompactString)>,
     /// Qualified names of the open elements, concatenated.
     names: String,
     /// One per open element, the stream's root first.
@@ -351,7 +369,8 @@ impl Tokenizer {
             tag_default: None,
             tag_decls: Vec::new(),
             tag_attrs: Vec::new(),
-            attr_qname: String::new(),
+            fast_attrs: Vec::new(),
+            attr_qname: CompactString::default(),
             attr_colon: None,
             doomed: false,
             decls: Vec::new(),
@@ -382,6 +401,7 @@ impl Tokenizer {
         }
         self.tag_attrs.shrink_to_fit();
         self.tag_decls.shrink_to_fit();
+        self.fast_attrs = Vec::new();
     }
 
     /// The next token, consuming from `input`; `Ok(None)` when all of it is
@@ -950,10 +970,11 @@ impl Tokenizer {
     /// consume and what to finish once they are.
     fn fast_tag(&mut self, input: &[u8]) -> Option<(usize, FastTag)> {
         let limit = self.token_limit;
+        // Names are all ASCII here: `ascii_qname` leaves any other byte to
+        // the state machine.
         let name_end = |from: usize| {
             let n = input[from..].iter().position(|&c| !NAME_BYTE[c as usize])?;
-            let end = from + n;
-            (n <= limit && input[from..end].is_ascii()).then_some(end)
+            (n <= limit).then_some(from + n)
         };
         if input.first() == Some(&b'/') {
             let open = &self.names[self.scopes.last()?.name_from..];
@@ -963,22 +984,20 @@ impl Tokenizer {
             }
             return Some((end + 1, FastTag::End));
         }
-        let mut i = name_end(0)?;
-        let colon = ascii_qname(&input[..i])?.ok()?;
-        self.tag_qname.clear();
-        self.tag_qname
-            .push_str(std::str::from_utf8(&input[..i]).ok()?);
-        self.tag_colon = colon;
-        self.tag_default = None;
-        self.tag_decls.clear();
-        self.tag_attrs.clear();
+        let name = name_end(0)?;
+        let tag_colon = ascii_qname(&input[..name])?.ok()?;
+        // Where the attributes are, made strings once the whole tag is
+        // known to be UTF-8: one check for the tag, not one per name and
+        // value.
+        self.fast_attrs.clear();
+        let mut i = name;
         let mut spaced = true;
-        loop {
+        let (len, tag) = loop {
             let c = *input.get(i)?;
             match c {
-                b'>' => return Some((i + 1, FastTag::Start { empty: false })),
+                b'>' => break (i + 1, FastTag::Start { empty: false }),
                 b'/' if *input.get(i + 1)? == b'>' => {
-                    return Some((i + 2, FastTag::Start { empty: true }));
+                    break (i + 2, FastTag::Start { empty: true });
                 }
                 _ if is_space(c) => {
                     i += 1;
@@ -987,8 +1006,7 @@ impl Tokenizer {
                 _ if spaced && (c.is_ascii_alphabetic() || c == b'_') => {
                     let end = name_end(i)?;
                     let colon = ascii_qname(&input[i..end])?.ok()?;
-                    let qname = std::str::from_utf8(&input[i..end]).ok()?;
-                    if qname == "xmlns:xmlns" || *input.get(end)? != b'=' {
+                    if &input[i..end] == b"xmlns:xmlns" || *input.get(end)? != b'=' {
                         return None;
                     }
                     let quote = *input.get(end + 1)?;
@@ -1002,17 +1020,32 @@ impl Tokenizer {
                     if input[from + n] != quote || n > limit {
                         return None;
                     }
-                    let raw = &input[from..from + n];
-                    let value = std::str::from_utf8(raw).ok()?;
-                    check_chars(raw).ok()?;
-                    let qname = qname.to_owned();
-                    self.add_attribute(qname, colon, value.to_owned()).ok()?;
+                    self.fast_attrs.push(FastAttr {
+                        name: i..end,
+                        colon,
+                        value: from..from + n,
+                    });
                     i = from + n + 1;
                     spaced = false;
                 }
                 _ => return None,
             }
+        };
+        // Names are ASCII, so this checks the values' characters.
+        let text = std::str::from_utf8(&input[..len]).ok()?;
+        check_chars(text.as_bytes()).ok()?;
+        self.tag_qname.clear();
+        self.tag_qname.push_str(&text[..name]);
+        self.tag_colon = tag_colon;
+        self.tag_default = None;
+        self.tag_decls.clear();
+        self.tag_attrs.clear();
+        for k in 0..self.fast_attrs.len() {
+            let FastAttr { name, colon, value } = self.fast_attrs[k].clone();
+            let qname = CompactString::new(&text[name]);
+            self.add_attribute(qname, colon, &text[value]).ok()?;
         }
+        Some((len, tag))
     }
 
     /// `b` starts a token the grammar does not allow here: a quote or a
@@ -1040,10 +1073,18 @@ impl Tokenizer {
 
     /// The closing quote of an attribute value.
     fn end_value(&mut self) -> Res<()> {
-        let value = std::str::from_utf8(&self.value)
-            .map_err(|_| nwf("invalid UTF-8 in an attribute value"))?;
+        // Out of `self` while add_attribute (which copies it into the
+        // attribute) runs, and back afterwards to keep its capacity.
+        let scratch = std::mem::take(&mut self.value);
+        let r = self.end_value_from(&scratch);
+        self.value = scratch;
+        r
+    }
+
+    fn end_value_from(&mut self, raw: &[u8]) -> Res<()> {
+        let value =
+            std::str::from_utf8(raw).map_err(|_| nwf("invalid UTF-8 in an attribute value"))?;
         check_chars(value.as_bytes())?;
-        let value = value.to_owned();
         self.state = St::TagBlank { required: true };
         let qname = std::mem::take(&mut self.attr_qname);
         self.add_attribute(qname, self.attr_colon, value)
@@ -1051,7 +1092,12 @@ impl Tokenizer {
 
     /// A complete attribute: a namespace declaration is checked and noted,
     /// anything else waits for the end of the tag.
-    fn add_attribute(&mut self, qname: String, colon: Option<usize>, value: String) -> Res<()> {
+    fn add_attribute(
+        &mut self,
+        qname: CompactString,
+        colon: Option<usize>,
+        value: &str,
+    ) -> Res<()> {
         let (prefix, local) = match colon {
             Some(c) => (Some(&qname[..c]), &qname[c + 1..]),
             None => (None, &qname[..]),
@@ -1071,18 +1117,19 @@ impl Tokenizer {
                 if self.tag_decls.iter().any(|(p, _)| p == local) {
                     return Err(nwf("duplicate attribute"));
                 }
-                self.tag_decls.push((local.to_owned(), value));
+                self.tag_decls
+                    .push((CompactString::new(local), ns::intern(value)));
             }
             None if local == "xmlns" => {
                 if value == XML_NS {
                     return Err(bad_prefix("the XML namespace is reserved"));
                 }
-                self.tag_default = Some(value);
+                self.tag_default = Some(ns::intern(value));
             }
             _ => self.tag_attrs.push(RawAttr {
                 qname,
                 colon,
-                value,
+                value: CompactString::new(value),
             }),
         }
         Ok(())
@@ -1101,7 +1148,11 @@ impl Tokenizer {
             name_from,
         });
         self.decls.append(&mut self.tag_decls);
-        let mut attrs: Vec<(String, String)> = Vec::with_capacity(self.tag_attrs.len());
+        // A stanza (the root's child) gets `from` stamped on its way in:
+        // room for it now saves growing the list then.
+        let spare = usize::from(self.scopes.len() == 2);
+        let mut attrs: Vec<(CompactString, CompactString)> =
+            Vec::with_capacity(self.tag_attrs.len() + spare);
         for a in self.tag_attrs.drain(..) {
             let key = match a.colon {
                 Some(c) => {
@@ -1112,7 +1163,8 @@ impl Tokenizer {
                 None => a.qname,
             };
             // Sorted by namespace, then name: rxml's attribute map order.
-            let pos = attrs.partition_point(|(k, _)| key_order(k) < key_order(&key));
+            let order = key_order(&key);
+            let pos = attrs.partition_point(|(k, _)| key_order(k) < order);
             if attrs.get(pos).is_some_and(|(k, _)| *k == key) {
                 return Err(nwf("duplicate attribute"));
             }
@@ -1128,12 +1180,12 @@ impl Tokenizer {
                 self.scopes
                     .iter()
                     .rev()
-                    .find_map(|s| s.default.as_deref())
-                    .unwrap_or(""),
+                    .find_map(|s| s.default.as_ref())
+                    .unwrap_or(&NO_NS),
                 &self.tag_qname[..],
             ),
         };
-        let mut element = Element::new(local, ns);
+        let mut element = Element::new(local, ns.clone());
         element.attrs = attrs;
         if empty {
             self.pop_scope();
@@ -1224,13 +1276,16 @@ fn key_order(key: &str) -> (&str, &str) {
     }
 }
 
-fn lookup_prefix<'a>(decls: &'a [(String, String)], prefix: &str) -> Option<&'a str> {
+fn lookup_prefix<'a>(
+    decls: &'a [(CompactString, CompactString)],
+    prefix: &str,
+) -> Option<&'a CompactString> {
     if prefix == "xml" {
-        return Some(XML_NS);
+        return Some(&XML_NS_NAME);
     }
     decls
         .iter()
         .rev()
         .find(|(p, _)| p == prefix)
-        .map(|(_, uri)| uri.as_str())
+        .map(|(_, uri)| uri)
 }

@@ -19,7 +19,7 @@
 //! anything that would wait (the rare moment the WAL index is rebuilt)
 //! fails at once with SQLITE_BUSY instead, and the caller falls back to
 //! the sqlx reader (`readers.rs`), as it does on any other error and when
-//! all [`MAX_DIRECT`] connections are in use. Only these reads take this
+//! all [`max_direct`] connections are in use. Only these reads take this
 //! path; everything else stays on sqlx.
 //!
 //! Connections are read-only (`SQLITE_OPEN_READ_ONLY`), so they can take
@@ -36,10 +36,13 @@ use super::im::FRAGMENT_SQL;
 use super::roster::{GroupedRow, ITEMS_SQL, items_from_rows};
 use crate::{LoginRead, StoreError};
 
-/// Connections kept: one per runtime thread of a 2-core host (a read holds
-/// its connection without yielding, so no more than the runtime's threads
-/// can use them at once); beyond that the sqlx reader answers.
-const MAX_DIRECT: usize = 2;
+/// Connections kept at most: one per runtime worker thread, whose count
+/// tokio takes from the available CPUs (a read holds its connection without
+/// yielding, so no more than the runtime's threads can use them at once);
+/// beyond that the sqlx reader answers.
+fn max_direct() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
 
 /// Why the direct path did not answer (the caller then asks sqlx).
 #[derive(Debug)]
@@ -55,6 +58,7 @@ pub(crate) enum Miss {
 /// Read-only connections to one database file.
 pub(crate) struct DirectReaders {
     path: PathBuf,
+    max: usize,
     state: Mutex<State>,
 }
 
@@ -68,8 +72,9 @@ impl DirectReaders {
     pub(crate) fn new(path: PathBuf) -> Self {
         DirectReaders {
             path,
+            max: max_direct(),
             state: Mutex::new(State {
-                idle: Vec::with_capacity(MAX_DIRECT),
+                idle: Vec::new(),
                 open: 0,
             }),
         }
@@ -80,14 +85,14 @@ impl DirectReaders {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle connection or a new one, if fewer than [`MAX_DIRECT`] exist.
+    /// An idle connection or a new one, if fewer than [`max_direct`] exist.
     fn take(&self) -> Result<Connection, Miss> {
         {
             let mut s = self.lock();
             if let Some(c) = s.idle.pop() {
                 return Ok(c);
             }
-            if s.open >= MAX_DIRECT {
+            if s.open >= self.max {
                 return Err(Miss::Busy);
             }
             s.open += 1;

@@ -711,7 +711,7 @@ fn a_partial_stanza_costs_about_its_own_size() {
         "parsed bytes are not kept: {} bytes of buffer",
         f.buf.capacity()
     );
-    let text = match f.stack[1].children.last() {
+    let text = match f.nodes.last() {
         Some(crate::xml::element::Node::Text(t)) => t.capacity(),
         other => panic!("expected text, got {other:?}"),
     };
@@ -801,5 +801,49 @@ fn split_multibyte_characters_do_not_shift_offsets() {
             m.to_xml_in(ns::CLIENT),
             "<message><body>\u{1F600}</body></message>"
         );
+    }
+}
+
+/// Each element's children are its own, however the text around and
+/// inside its children is split: text is merged within one element, never
+/// with a parent's or a child's text.
+#[test]
+fn text_stays_with_its_own_element() {
+    let input = in_stream(
+        "<message>a<body>b<x/>c</body>d<e>f<g>h</g></e>i<k/><l>m</l></message><presence/>",
+    );
+    let expected = Element::new("message", ns::CLIENT)
+        .with_text("a")
+        .with_child(
+            Element::new("body", ns::CLIENT)
+                .with_text("b")
+                .with_child(Element::new("x", ns::CLIENT))
+                .with_text("c"),
+        )
+        .with_text("d")
+        .with_child(
+            Element::new("e", ns::CLIENT)
+                .with_text("f")
+                .with_child(Element::new("g", ns::CLIENT).with_text("h")),
+        )
+        .with_text("i")
+        .with_child(Element::new("k", ns::CLIENT))
+        .with_child(Element::new("l", ns::CLIENT).with_text("m"));
+    for size in [1, 2, 3, input.len()] {
+        let mut f = Framer::new(Limits::default(), ns::CLIENT);
+        let (events, err) = run_chunks(&mut f, input.chunks(size));
+        assert_eq!(err, None);
+        let [
+            StreamEvent::Open(_),
+            StreamEvent::Stanza(m),
+            StreamEvent::Stanza(p),
+        ] = &events[..]
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(*m, expected, "chunks of {size}");
+        assert_eq!(m.children.len(), 7, "a text node per run, chunks of {size}");
+        assert_eq!(*p, Element::new("presence", ns::CLIENT));
+        assert!(f.nodes.is_empty() && f.stack.is_empty());
     }
 }
