@@ -11,7 +11,7 @@
 //! once per client session, mostly idle, and tokio's bounded channel costs
 //! about 850 bytes per queue even when empty (two cache-line-padded fields,
 //! an eagerly allocated block of 32 slots, a separate counter), where this
-//! one costs one small allocation and a few pointers of capacity. Every
+//! one costs one small allocation and no ring while it is empty. Every
 //! operation is a short critical section that never awaits; the reader's
 //! waker is woken after the lock is released.
 
@@ -26,10 +26,14 @@ use waxwing_proto::xml::Element;
 
 use crate::shared_stanza::Addressed;
 
-/// One entry of an outbound queue, boxed whole: the queue's ring then holds
-/// a pointer per entry, so the capacity an idle session keeps is a few
-/// pointers rather than a few elements. One allocation per stanza.
-pub(crate) type Queued = Box<Entry>;
+/// One entry of an outbound queue, held in the ring itself. An entry is not
+/// boxed: a box per stanza was an allocation on the sender's thread freed on
+/// the reader's, per message and per fan-out copy, and those cross-thread
+/// frees were about a tenth of a MUC delivery's CPU. Instead the ring exists
+/// only while it holds something: it is freed whenever the reader empties it
+/// (see [`pop`]), so an idle session holds no ring at all, and a busy one
+/// allocates one ring per batch rather than one box per stanza.
+pub(crate) type Queued = Entry;
 
 #[derive(Debug)]
 pub(crate) enum Entry {
@@ -57,10 +61,10 @@ pub(crate) enum Refused {
     Closed(Vec<Element>),
 }
 
-/// Ring capacity (in entries) an emptied queue may keep: enough for the
-/// usual trickle without reallocating per stanza, little enough that an
-/// idle session does not keep the high-water mark of a past burst.
-const KEEP_EMPTY_CAPACITY: usize = 8;
+/// Ring capacity (in entries) reserved when an empty queue gets an entry:
+/// a busy session's batch then rarely regrows it, and the ring is freed
+/// again once the reader has emptied it.
+const FIRST_CAPACITY: usize = 8;
 
 /// What both ends share.
 #[derive(Debug)]
@@ -200,7 +204,10 @@ impl Outq {
                 return Err((false, entry));
             }
             state.in_bursts += in_burst;
-            state.entries.push_back(Box::new(entry));
+            if state.entries.capacity() == 0 {
+                state.entries.reserve(FIRST_CAPACITY);
+            }
+            state.entries.push_back(entry);
             state.waker.take()
         };
         if let Some(w) = waker {
@@ -334,11 +341,29 @@ impl Outbox {
     /// [`Outbox::recv`]; no allocation per entry, which matters on the
     /// delivery hot path.
     pub(crate) async fn recv_into<T: Taken>(&mut self, batch: &mut Vec<T>) -> bool {
+        self.recv_up_to(batch, 0).await
+    }
+
+    /// Like [`Outbox::recv_into`], then goes on taking entries while `batch`
+    /// holds fewer than `max` stanzas, all under one lock (a reader that
+    /// locked once per entry contended with the senders once per stanza).
+    /// An entry is never split: a burst may take `batch` past `max`.
+    pub(crate) async fn recv_up_to<T: Taken>(&mut self, batch: &mut Vec<T>, max: usize) -> bool {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             if let Some(q) = pop(&mut state) {
+                unpack(&mut self.receipts, q, batch);
+                // Sized once rather than regrown entry by entry under the lock.
+                batch.reserve(state.entries.len().min(max.saturating_sub(batch.len())));
+                while batch.len() < max {
+                    match pop(&mut state) {
+                        Some(q) => unpack(&mut self.receipts, q, batch),
+                        None => break,
+                    }
+                }
+                let emptied = take_emptied_ring(&mut state);
                 drop(state);
-                self.unpack_into(*q, batch);
+                drop(emptied);
                 return Poll::Ready(true);
             }
             if state.closed || state.senders == 0 {
@@ -355,10 +380,14 @@ impl Outbox {
 
     /// Appends the next entry's stanzas to `batch` if one is waiting.
     pub(crate) fn try_recv_into<T: Taken>(&mut self, batch: &mut Vec<T>) -> bool {
-        let q = pop(&mut self.shared.lock());
+        let mut state = self.shared.lock();
+        let q = pop(&mut state);
+        let emptied = take_emptied_ring(&mut state);
+        drop(state);
+        drop(emptied);
         match q {
             Some(q) => {
-                self.unpack_into(*q, batch);
+                self.unpack_into(q, batch);
                 true
             }
             None => false,
@@ -382,7 +411,7 @@ impl Outbox {
             std::mem::take(&mut state.entries)
         };
         for q in entries {
-            match *q {
+            match q {
                 Entry::Tracked(..) => {}
                 q => self.unpack_into(q, out),
             }
@@ -397,30 +426,40 @@ impl Outbox {
     /// The burst allowance was charged when the entry was queued and is
     /// given back when it is taken (in [`pop`]).
     fn unpack_into<T: Taken>(&mut self, q: Entry, batch: &mut Vec<T>) {
-        match q {
-            Entry::One(el) => batch.push(T::tree(el)),
-            Entry::Addressed(a) => batch.push(T::addressed(a)),
-            Entry::Burst(v) => batch.extend(v.into_iter().map(T::tree)),
-            Entry::Tracked(v, receipt) => {
-                let start = batch.len();
-                batch.extend(v.into_iter().map(T::tree));
-                self.receipts.push((start..batch.len(), receipt));
-            }
+        unpack(&mut self.receipts, q, batch);
+    }
+}
+
+/// [`Outbox::unpack_into`], borrowing only the receipts (the caller may
+/// hold the queue's lock).
+fn unpack<T: Taken>(receipts: &mut Vec<(Range<usize>, Receipt)>, q: Entry, batch: &mut Vec<T>) {
+    match q {
+        Entry::One(el) => batch.push(T::tree(el)),
+        Entry::Addressed(a) => batch.push(T::addressed(a)),
+        Entry::Burst(v) => batch.extend(v.into_iter().map(T::tree)),
+        Entry::Tracked(v, receipt) => {
+            let start = batch.len();
+            batch.extend(v.into_iter().map(T::tree));
+            receipts.push((start..batch.len(), receipt));
         }
     }
 }
 
-/// Takes the oldest entry and gives back its burst allowance. An emptied
-/// ring that grew for a burst is freed, so an idle session holds none of it.
+/// Takes the oldest entry and gives back its burst allowance.
 fn pop(state: &mut State) -> Option<Queued> {
     let q = state.entries.pop_front()?;
-    if let Entry::Burst(v) | Entry::Tracked(v, _) = &*q {
+    if let Entry::Burst(v) | Entry::Tracked(v, _) = &q {
         state.in_bursts -= v.len();
     }
-    if state.entries.is_empty() && state.entries.capacity() > KEEP_EMPTY_CAPACITY {
-        state.entries = VecDeque::new();
-    }
     Some(q)
+}
+
+/// An emptied ring, taken out so the caller frees it after unlocking: an
+/// idle session keeps no ring (entries are held inline, so even a small
+/// ring is several hundred bytes).
+fn take_emptied_ring(state: &mut State) -> Option<VecDeque<Queued>> {
+    (state.entries.is_empty() && state.entries.capacity() > 0)
+        .then(|| std::mem::take(&mut state.entries))
 }
 
 #[cfg(test)]
@@ -570,12 +609,58 @@ mod tests {
     }
 
     #[test]
-    fn an_emptied_queue_gives_back_the_ring_a_burst_grew() {
+    fn an_emptied_queue_keeps_no_ring() {
         let (tx, mut rx) = outbound(1000, 0);
+        assert_eq!(rx.shared.lock().entries.capacity(), 0);
         for i in 0..100 {
             tx.push(msg(i)).unwrap();
         }
         while rx.try_recv().is_some() {}
-        assert!(rx.shared.lock().entries.capacity() <= KEEP_EMPTY_CAPACITY);
+        assert_eq!(rx.shared.lock().entries.capacity(), 0);
+        // A single stanza, taken by a batch: the ring goes with it too.
+        tx.push(msg(100)).unwrap();
+        assert!(rx.shared.lock().entries.capacity() > 0);
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.try_recv_into(&mut batch));
+        assert_eq!(rx.shared.lock().entries.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_whole_entries_up_to_its_size_in_order() {
+        let (tx, mut rx) = outbound(100, 100);
+        for i in 0..5 {
+            tx.push(msg(i)).unwrap();
+        }
+        tx.push_burst((5..9).map(msg).collect()).unwrap();
+        tx.push(msg(9)).unwrap();
+        // Three stanzas wanted: the three single ones.
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.recv_up_to(&mut batch, 3).await);
+        assert_eq!(ids(&batch), ["0", "1", "2"]);
+        // Five wanted: two singles, then the burst whole (past five).
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.recv_up_to(&mut batch, 5).await);
+        assert_eq!(ids(&batch), ["3", "4", "5", "6", "7", "8"]);
+        // The allowance came back with the burst: another fits.
+        assert_eq!(rx.shared.lock().in_bursts, 0);
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.recv_up_to(&mut batch, 64).await);
+        assert_eq!(ids(&batch), ["9"]);
+        assert_eq!(rx.shared.lock().entries.capacity(), 0);
+        // Tracked entries keep their receipts' ranges within the batch.
+        let (receipt, _answer) = oneshot::channel();
+        tx.push(msg(10)).unwrap();
+        tx.push_tracked(vec![msg(11), msg(12)], receipt).unwrap();
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(rx.recv_up_to(&mut batch, 64).await);
+        assert_eq!(ids(&batch), ["10", "11", "12"]);
+        let receipts = rx.take_receipts();
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].0, 1..3);
+        // Every sender gone and nothing left: the end.
+        drop(tx);
+        let mut batch: Vec<Element> = Vec::new();
+        assert!(!rx.recv_up_to(&mut batch, 64).await);
+        assert!(batch.is_empty());
     }
 }

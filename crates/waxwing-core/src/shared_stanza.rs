@@ -18,6 +18,9 @@ use waxwing_proto::jid::FullJid;
 use waxwing_proto::ns;
 use waxwing_proto::xml::{CompactString, Element, escape_attr};
 
+/// What [`escape_attr`] replaces (checked in debug builds).
+const ESCAPED: &[char] = &['&', '<', '>', '\'', '"', '\t', '\n', '\r'];
+
 /// A stanza without `to`, shared by every recipient of a fan-out.
 #[derive(Debug)]
 pub struct SharedStanza {
@@ -98,11 +101,18 @@ impl Addressed {
         out.reserve(wire.head.len() + wire.tail.len() + 64);
         out.push_str(&wire.head);
         out.push_str(" to='");
+        // A prepared localpart and domainpart never hold a character an
+        // attribute value escapes (RFC 7622 forbids `"&'<>` in localparts,
+        // PRECIS any control; domains are LDH or IDNA labels, or IP
+        // literals), so only the resource, which may, goes through
+        // `escape_attr`: this runs once per recipient of every room message.
         if let Some(local) = self.to.local() {
-            escape_attr(out, local);
+            debug_assert!(!local.contains(ESCAPED));
+            out.push_str(local);
             out.push('@');
         }
-        escape_attr(out, self.to.domain());
+        debug_assert!(!self.to.domain().contains(ESCAPED));
+        out.push_str(self.to.domain());
         out.push('/');
         escape_attr(out, self.to.resource());
         out.push('\'');

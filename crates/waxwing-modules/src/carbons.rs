@@ -88,13 +88,8 @@ pub fn eligible(msg: &Element, inbound: bool) -> bool {
     if msg.name != "message" {
         return false;
     }
-    if msg.child("private", CARBONS).is_some() || msg.child("no-copy", HINTS).is_some() {
-        return false;
-    }
-    // Carbons of carbons would loop between resources.
-    if msg.child("sent", CARBONS).is_some() || msg.child("received", CARBONS).is_some() {
-        return false;
-    }
+    // The type first: it settles every room message (one check per
+    // recipient of a fan-out) before any scan of the children.
     let ty = msg.attr("type").unwrap_or("normal");
     match ty {
         "groupchat" | "headline" => return false,
@@ -102,6 +97,13 @@ pub fn eligible(msg: &Element, inbound: bool) -> bool {
         // errors are not copied.
         "error" => return false,
         _ => {}
+    }
+    if msg.child("private", CARBONS).is_some() || msg.child("no-copy", HINTS).is_some() {
+        return false;
+    }
+    // Carbons of carbons would loop between resources.
+    if msg.child("sent", CARBONS).is_some() || msg.child("received", CARBONS).is_some() {
+        return false;
     }
     let muc_x = msg.child("x", MUC_USER);
     if let Some(x) = muc_x {

@@ -5,9 +5,11 @@
 //! `Display` prints exactly what goes on the wire. The only way to build one is
 //! through the parsing and preparation functions below.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 use precis_core::profile::PrecisFastInvocation;
@@ -78,17 +80,25 @@ pub enum JidError {
 /// An address without a resource: `domain` or `local@domain`.
 ///
 /// Field order matters: derived `Ord` sorts by localpart, then domain.
+///
+/// The parts are shared, not copied, by clones: an address is cloned far
+/// more often than it is parsed (every fan-out copy, registry key, routing
+/// context), and a clone is then a few reference counts rather than an
+/// allocation and a copy per part (freed later, often on another thread).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BareJid {
-    local: Option<String>,
-    domain: String,
+    local: Option<Part>,
+    domain: Part,
 }
+
+/// A prepared part of an address, shared by clones (see [`BareJid`]).
+type Part = Arc<str>;
 
 /// An address with a resource: `[local@]domain/resource`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FullJid {
     bare: BareJid,
-    resource: String,
+    resource: Part,
 }
 
 /// Either kind of address, as found in `to` and `from` attributes.
@@ -122,6 +132,11 @@ fn split(s: &str) -> Result<(Option<&str>, &str, Option<&str>), JidError> {
 /// SASL uses this too, so that an authentication identity and the localpart
 /// of the resulting JID are prepared identically.
 pub(crate) fn prepare_local(local: &str) -> Result<String, JidError> {
+    prepared_local(local).map(Cow::into_owned)
+}
+
+/// [`prepare_local`], borrowing the input when it is already prepared.
+fn prepared_local(local: &str) -> Result<Cow<'_, str>, JidError> {
     if local.is_empty() {
         return Err(JidError::EmptyPart(JidPart::Local));
     }
@@ -130,7 +145,7 @@ pub(crate) fn prepare_local(local: &str) -> Result<String, JidError> {
     if local.len() > 4 * MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Local));
     }
-    ascii_local(local).unwrap_or_else(|| precis_local(local))
+    ascii_local(local).unwrap_or_else(|| precis_local(local).map(Cow::Owned))
 }
 
 fn precis_local(local: &str) -> Result<String, JidError> {
@@ -153,14 +168,14 @@ fn precis_local(local: &str) -> Result<String, JidError> {
     Ok(prepared.into_owned())
 }
 
-fn prepare_resource(resource: &str) -> Result<String, JidError> {
+fn prepare_resource(resource: &str) -> Result<Cow<'_, str>, JidError> {
     if resource.is_empty() {
         return Err(JidError::EmptyPart(JidPart::Resource));
     }
     if resource.len() > 4 * MAX_PART_BYTES {
         return Err(JidError::TooLong(JidPart::Resource));
     }
-    ascii_resource(resource).unwrap_or_else(|| precis_resource(resource))
+    ascii_resource(resource).unwrap_or_else(|| precis_resource(resource).map(Cow::Owned))
 }
 
 fn precis_resource(resource: &str) -> Result<String, JidError> {
@@ -182,7 +197,7 @@ fn precis_resource(resource: &str) -> Result<String, JidError> {
 /// We store U-labels rather than A-labels because RFC 7622 §3.2.2 makes the
 /// Unicode form canonical for XMPP; `xn--` input is converted so that both
 /// spellings of a domain compare equal.
-fn prepare_domain(domain: &str) -> Result<String, JidError> {
+fn prepare_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
     // A single trailing dot is the DNS root, meaningless in an address
     // (RFC 7622 §3.2); two would leave an empty label and fail below.
     let domain = domain.strip_suffix('.').unwrap_or(domain);
@@ -195,13 +210,13 @@ fn prepare_domain(domain: &str) -> Result<String, JidError> {
     if let Some(inner) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
         // Re-serialising canonicalises `[0:0::1]` and `[::1]` to one value.
         let addr: Ipv6Addr = inner.parse().map_err(|_| JidError::InvalidDomain)?;
-        return Ok(format!("[{addr}]"));
+        return Ok(Cow::Owned(format!("[{addr}]")));
     }
     if let Ok(addr) = domain.parse::<Ipv4Addr>() {
-        return Ok(addr.to_string());
+        return Ok(Cow::Owned(addr.to_string()));
     }
 
-    ascii_domain(domain).unwrap_or_else(|| uts46_domain(domain))
+    ascii_domain(domain).unwrap_or_else(|| uts46_domain(domain).map(Cow::Owned))
 }
 
 fn uts46_domain(domain: &str) -> Result<String, JidError> {
@@ -254,7 +269,7 @@ fn uts46_domain(domain: &str) -> Result<String, JidError> {
 /// UsernameCaseMapped on ASCII: the IdentifierClass allows exactly the
 /// printable characters without space (U+0021..U+007E); case mapping is
 /// ASCII lowercasing; width mapping and NFC change nothing.
-fn ascii_local(local: &str) -> Option<Result<String, JidError>> {
+fn ascii_local(local: &str) -> Option<Result<Cow<'_, str>, JidError>> {
     // One pass: nearly every localpart is short, lowercase and plain.
     let mut upper = false;
     let mut forbidden = false;
@@ -273,27 +288,27 @@ fn ascii_local(local: &str) -> Option<Result<String, JidError>> {
         return Some(Err(JidError::InvalidLocal));
     }
     Some(Ok(if upper {
-        local.to_ascii_lowercase()
+        Cow::Owned(local.to_ascii_lowercase())
     } else {
-        local.to_owned()
+        Cow::Borrowed(local)
     }))
 }
 
 /// OpaqueString on ASCII: the FreeformClass allows U+0020..U+007E, and the
 /// profile maps nothing in that range.
-fn ascii_resource(resource: &str) -> Option<Result<String, JidError>> {
+fn ascii_resource(resource: &str) -> Option<Result<Cow<'_, str>, JidError>> {
     if !resource.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
         return None;
     }
     if resource.len() > MAX_PART_BYTES {
         return Some(Err(JidError::TooLong(JidPart::Resource)));
     }
-    Some(Ok(resource.to_owned()))
+    Some(Ok(Cow::Borrowed(resource)))
 }
 
 /// UTS 46 with STD3 rules on an LDH name with no `xn--` label: lowercasing.
 /// (IP literals are handled before this is called.)
-fn ascii_domain(domain: &str) -> Option<Result<String, JidError>> {
+fn ascii_domain(domain: &str) -> Option<Result<Cow<'_, str>, JidError>> {
     if domain.len() > MAX_PART_BYTES {
         return None;
     }
@@ -320,9 +335,9 @@ fn ascii_domain(domain: &str) -> Option<Result<String, JidError>> {
         }
     }
     Some(Ok(if upper {
-        domain.to_ascii_lowercase()
+        Cow::Owned(domain.to_ascii_lowercase())
     } else {
-        domain.to_owned()
+        Cow::Borrowed(domain)
     }))
 }
 
@@ -330,8 +345,11 @@ impl BareJid {
     /// Builds `local@domain` (or `domain` with `None`) from unprepared parts.
     pub fn new(local: Option<&str>, domain: &str) -> Result<Self, JidError> {
         Ok(BareJid {
-            local: local.map(prepare_local).transpose()?,
-            domain: prepare_domain(domain)?,
+            local: local
+                .map(prepared_local)
+                .transpose()?
+                .map(|l| Part::from(&*l)),
+            domain: Part::from(&*prepare_domain(domain)?),
         })
     }
 
@@ -382,7 +400,7 @@ impl FullJid {
     pub fn new(bare: BareJid, resource: &str) -> Result<Self, JidError> {
         Ok(FullJid {
             bare,
-            resource: prepare_resource(resource)?,
+            resource: Part::from(&*prepare_resource(resource)?),
         })
     }
 
@@ -664,17 +682,48 @@ mod tests {
     }
 
     #[test]
+    fn a_clone_shares_the_prepared_parts() {
+        let Jid::Full(j) = jid("Juliet@Example.com/Balcony") else {
+            panic!("a full address");
+        };
+        let c = j.clone();
+        assert_eq!(c, j);
+        assert!(Arc::ptr_eq(
+            c.bare.local.as_ref().unwrap(),
+            j.bare.local.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(&c.bare.domain, &j.bare.domain));
+        assert!(Arc::ptr_eq(&c.resource, &j.resource));
+        // Prepared as before: lowercased local and domain, resource as is.
+        assert_eq!(
+            (j.local(), j.domain(), j.resource()),
+            (Some("juliet"), "example.com", "Balcony")
+        );
+        // Equality, order and hashing are the text's, not the pointers'.
+        let other = FullJid::parse("juliet@example.com/Balcony").unwrap();
+        assert!(!Arc::ptr_eq(&other.resource, &j.resource));
+        assert_eq!(other, j);
+        assert_eq!(other.cmp(&j), std::cmp::Ordering::Equal);
+        let set: std::collections::HashSet<FullJid> = [j, other].into_iter().collect();
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
     fn ascii_fast_paths_edge_cases() {
         for s in [" ", "  a ", "~", "!", "\"", "a@b", "A/B", "x\x7f"] {
             assert_eq!(
-                ascii_resource(s).and_then(Result::ok),
+                ascii_resource(s).and_then(Result::ok).map(Cow::into_owned),
                 precis_resource(s)
                     .ok()
                     .filter(|_| ascii_resource(s).is_some()),
                 "{s:?}"
             );
             if let Some(fast) = ascii_local(s) {
-                assert_eq!(fast.ok(), precis_local(s).ok(), "{s:?}");
+                assert_eq!(
+                    fast.ok().map(Cow::into_owned),
+                    precis_local(s).ok(),
+                    "{s:?}"
+                );
             }
         }
         for d in [
@@ -685,7 +734,11 @@ mod tests {
             "EXAMPLE.COM",
         ] {
             if let Some(fast) = ascii_domain(d) {
-                assert_eq!(fast.ok(), uts46_domain(d).ok(), "{d:?}");
+                assert_eq!(
+                    fast.ok().map(Cow::into_owned),
+                    uts46_domain(d).ok(),
+                    "{d:?}"
+                );
             }
         }
     }
@@ -697,10 +750,10 @@ mod tests {
         fn ascii_fast_paths_agree_with_precis(s in "[ -~]{1,80}") {
             if let Some(fast) = ascii_local(&s) {
                 prop_assert_eq!(fast.is_ok(), precis_local(&s).is_ok(), "local {:?}", s);
-                if let Ok(v) = fast { prop_assert_eq!(v, precis_local(&s).unwrap()); }
+                if let Ok(v) = fast { prop_assert_eq!(v.into_owned(), precis_local(&s).unwrap()); }
             }
             if let Some(fast) = ascii_resource(&s) {
-                prop_assert_eq!(fast.clone().ok(), precis_resource(&s).ok(), "resource {:?}", s);
+                prop_assert_eq!(fast.clone().ok().map(Cow::into_owned), precis_resource(&s).ok(), "resource {:?}", s);
             }
         }
 
@@ -709,7 +762,7 @@ mod tests {
             s in "([a-zA-Z0-9-]{1,12}\\.){0,3}[a-zA-Z0-9-]{1,12}|[A-Za-z.-]{1,20}|xn--[a-z0-9-]{1,10}\\.example",
         ) {
             if let Some(fast) = ascii_domain(&s) {
-                prop_assert_eq!(fast.ok(), uts46_domain(&s).ok(), "domain {:?}", s);
+                prop_assert_eq!(fast.ok().map(Cow::into_owned), uts46_domain(&s).ok(), "domain {:?}", s);
             }
         }
     }

@@ -8,7 +8,10 @@
 //! `poll_read`, and only what cannot be finished then is kept on the heap:
 //! - `incoming`: the start of a record whose end has not arrived yet;
 //! - `plaintext`: decrypted data the reader's buffer had no room for;
-//! - `outgoing`: ciphertext the socket has not taken yet.
+//! - `outgoing`: ciphertext the socket has not taken yet. Records are
+//!   sealed into a scratch buffer of the thread's (`SEALED`) and offered
+//!   to the socket from there, so `outgoing` is allocated only when the
+//!   socket does not take a write whole.
 //!
 //! Each is freed (not just cleared) once empty, so an idle session holds no
 //! buffer at all. Each is bounded: `incoming` by one record, `plaintext` by
@@ -27,6 +30,7 @@
 //! KeyUpdate, NewSessionTicket) are answered from whichever of `poll_read`
 //! and `poll_write` processes them.
 
+use std::cell::Cell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -308,6 +312,32 @@ impl ServerTlsStream {
         }
     }
 
+    /// Hands freshly sealed records to the socket, behind anything already
+    /// waiting in `outgoing` (a KeyUpdate rustls answered first); what the
+    /// socket does not take now waits there. Accepted either way: the next
+    /// write or flush waits for the socket.
+    fn send_sealed(&mut self, cx: &mut Context<'_>, sealed: &[u8]) -> Poll<io::Result<()>> {
+        if !self.outgoing.is_empty() {
+            self.outgoing.extend_from_slice(sealed);
+            return match self.poll_flush_outgoing(cx) {
+                Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                _ => Poll::Ready(Ok(())),
+            };
+        }
+        match Pin::new(&mut self.tcp).poll_write(cx, sealed) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(written)) => {
+                self.outgoing.extend_from_slice(&sealed[written..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                self.outgoing.extend_from_slice(sealed);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
     /// Runs `f` with rustls' permission to encrypt application data, after
     /// handling whatever rustls had to do first (a KeyUpdate to answer,
     /// records still in `incoming`, whose data is kept for the reader).
@@ -484,16 +514,35 @@ fn encode_into(
     }
 }
 
-/// Encrypts `data` (at most a record or two) and appends it to `out`.
-fn encrypt_into(
+thread_local! {
+    /// Each thread's buffer for the records of one `poll_write`, kept for
+    /// the next (at most one [`WRITE_CHUNK`] and its overhead, per thread,
+    /// not per connection).
+    static SEALED: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Encrypts `data` (at most a record or two) into the front of `sealed`,
+/// which only ever grows (so it is zero-filled once per thread, not per
+/// write); returns the records' length.
+fn seal(
     traffic: &mut WriteTraffic<'_, ServerConnectionData>,
     data: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), rustls::Error> {
+    sealed: &mut Vec<u8>,
+) -> Result<usize, rustls::Error> {
     let records = data.len().div_ceil(WRITE_CHUNK).max(1);
-    append_records(out, data.len() + records * RECORD_OVERHEAD, |buf| {
-        traffic.encrypt(data, buf)
-    })
+    let mut room = data.len() + records * RECORD_OVERHEAD;
+    loop {
+        if sealed.len() < room {
+            sealed.resize(room, 0);
+        }
+        match traffic.encrypt(data, sealed) {
+            Ok(written) => return Ok(written),
+            Err(EncryptError::InsufficientSize(e)) if e.required_size > sealed.len() => {
+                room = e.required_size;
+            }
+            Err(e) => return Err(rustls::Error::General(e.to_string())),
+        }
+    }
 }
 
 /// Queues our close_notify.
@@ -594,20 +643,24 @@ impl AsyncWrite for ServerTlsStream {
             return Poll::Ready(Ok(0));
         }
         let chunk = &data[..data.len().min(WRITE_CHUNK)];
-        let mut encrypted = false;
-        this.with_write_traffic(cx, |traffic, out| {
-            encrypted = true;
-            encrypt_into(traffic, chunk, out)
-        })?;
-        if !encrypted {
+        // Sealed in this thread's scratch buffer (taken out for the call, so
+        // nothing is borrowed across it), and offered to the socket from
+        // there: `outgoing` is allocated only for what the socket does not
+        // take at once, not zero-filled and freed on every write.
+        let mut sealed = SEALED.take();
+        let mut len = None;
+        let result = this.with_write_traffic(cx, |traffic, _| {
+            len = Some(seal(traffic, chunk, &mut sealed)?);
+            Ok(())
+        });
+        let polled = match (result, len) {
+            (Err(err), _) => Poll::Ready(Err(err)),
             // rustls would not encrypt: the connection is closed both ways.
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        // Accepted either way: the ciphertext waits in `outgoing` and the
-        // next write or flush waits for the socket.
-        if let Poll::Ready(Err(err)) = this.poll_flush_outgoing(cx) {
-            return Poll::Ready(Err(err));
-        }
+            (Ok(()), None) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            (Ok(()), Some(len)) => this.send_sealed(cx, &sealed[..len]),
+        };
+        SEALED.set(sealed);
+        ready!(polled)?;
         Poll::Ready(Ok(chunk.len()))
     }
 

@@ -486,3 +486,31 @@ async fn starttls_upgrade_of_the_transport() {
     transport.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"<stream:stream>");
 }
+
+#[tokio::test]
+async fn a_write_the_socket_takes_whole_never_allocates_outgoing() {
+    let setup = server("");
+    let (mut server, mut client) = connect(&setup).await;
+    // Sizes around a record's: one byte, a stanza, exactly a record, and
+    // one record and a bit (two writes).
+    for (round, len) in [1usize, 300, WRITE_CHUNK, WRITE_CHUNK + 100]
+        .into_iter()
+        .enumerate()
+    {
+        let data: Vec<u8> = (0..len).map(|i| b'a' + ((i + round) % 26) as u8).collect();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut sent = 0;
+        while sent < data.len() {
+            match Pin::new(&mut server).poll_write(&mut cx, &data[sent..]) {
+                Poll::Ready(Ok(n)) => sent += n,
+                other => panic!("an idle socket refused a write: {other:?}"),
+            }
+            // The socket took the records from the thread's scratch buffer.
+            assert_eq!(server.outgoing.capacity(), 0, "{len} bytes");
+        }
+        let mut got = vec![0u8; len];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got == data, "{len} bytes arrived changed");
+    }
+    assert_holds_no_buffer(&server);
+}

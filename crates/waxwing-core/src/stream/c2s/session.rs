@@ -158,9 +158,8 @@ impl Conn {
                     return Outcome::End(stream_error(StreamCondition::SystemShutdown, "the server is shutting down"));
                 }
                 Some(t) = takeover => return Outcome::Takeover(t),
-                true = rx.recv_into(&mut batch) => {
-                    // A burst may be larger than a batch: it goes out whole.
-                    while batch.len() < WRITE_BATCH && rx.try_recv_into(&mut batch) {}
+                // A burst may be larger than a batch: it goes out whole.
+                true = rx.recv_up_to(&mut batch, WRITE_BATCH) => {
                     let receipts = rx.take_receipts();
                     let write = Box::pin(self.deliver(session, batch, receipts));
                     tokio::select! {
@@ -261,8 +260,15 @@ impl Conn {
         let mut out = Outgoing::for_stanzas(stanzas.len());
         let mut ask = false;
         let base = session.sm.as_ref().map_or(0, |sm| sm.sent_out);
+        // Counted per run of one stanza name (a batch is usually all messages).
+        let mut run: (&'static str, u64) = ("", 0);
         for el in stanzas {
-            self.server.metrics.stanza_out(el.name(), "c2s");
+            let kind = crate::metrics::stanza_kind(el.name());
+            if kind != run.0 {
+                self.server.metrics.stanzas_out(run.0, "c2s", run.1);
+                run = (kind, 0);
+            }
+            run.1 += 1;
             match &el {
                 Out::Tree(tree) => self.encode(tree, &mut out),
                 Out::Addressed(a) => self.link.encode_addressed(a, &mut out),
@@ -271,6 +277,7 @@ impl Conn {
                 ask |= sm.on_sent(el.into_element());
             }
         }
+        self.server.metrics.stanzas_out(run.0, "c2s", run.1);
         let mut receipts = receipts;
         if let Some(sm) = session.sm.as_mut() {
             for (range, receipt) in receipts.drain(..) {
