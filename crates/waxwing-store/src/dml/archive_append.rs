@@ -158,7 +158,9 @@ pub(super) async fn write_batch(
             .push_bind(q.with_resource.as_deref())
             .push_bind(q.stanza.as_str());
     });
-    let result = qb.build().execute(pool).bounded().await;
+    // Not kept prepared: the text differs with every batch size, and each
+    // connection's statement cache would keep up to 100 of them.
+    let result = qb.build().persistent(false).execute(pool).bounded().await;
     match result {
         Ok(_) => {
             for (q, id) in batch.into_iter().zip(ids) {

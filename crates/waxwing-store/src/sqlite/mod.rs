@@ -419,6 +419,47 @@ mod tests {
         assert_eq!(n, 0);
     }
 
+    /// Group-committed batches vary in size, so their statement text does:
+    /// kept prepared, every size would stay in the connection's statement
+    /// cache (up to sqlx's 100, each as large as its batch), which showed
+    /// as RSS growing from one login wave to the next.
+    #[tokio::test]
+    async fn batches_of_every_size_leave_no_prepared_statement_behind() {
+        use crate::{LastActivity, LastActivityStore};
+        use sqlx::Connection;
+        use waxwing_proto::jid::BareJid;
+        let s = connect("sqlite::memory:", Durability::default())
+            .await
+            .unwrap();
+        let cached = |s: &Store| {
+            let pool = s.pool.clone();
+            async move { pool.acquire().await.unwrap().cached_statements_size() }
+        };
+        let before = cached(&s).await;
+        for size in 1..=12 {
+            let batch: Vec<(BareJid, LastActivity)> = (0..size)
+                .map(|i| {
+                    let user = BareJid::new(Some(&format!("u{i}")), "example.org").unwrap();
+                    let last = LastActivity {
+                        at: 1_700_000_000 + size,
+                        status: String::new(),
+                    };
+                    (user, last)
+                })
+                .collect();
+            s.set_many(&batch).await.unwrap();
+        }
+        let after = cached(&s).await;
+        assert_eq!(after, before, "set_many left prepared statements cached");
+        // And the rows are there: the last batch wrote u0..u11.
+        let last = s
+            .get(&BareJid::new(Some("u11"), "example.org").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(last.at, 1_700_000_012);
+    }
+
     #[tokio::test]
     async fn login_reads_are_the_three_reads_in_one() {
         use crate::{
