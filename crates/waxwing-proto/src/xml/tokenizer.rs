@@ -248,6 +248,17 @@ static TEXT_BYTE: [bool; 256] = table!(text_byte);
 /// Bytes that continue a run of CDATA content.
 static CDATA_BYTE: [bool; 256] = table!(cdata_byte);
 
+/// How many bytes at the start of `input`, at most `room`, are plain bytes
+/// of `table` (the bytes a state copies as they are); the fast path of
+/// every state that collects a run (text, CDATA, names, attribute values).
+fn plain_run(input: &[u8], room: usize, table: &[bool; 256]) -> usize {
+    input
+        .iter()
+        .take(room)
+        .position(|&c| !table[c as usize])
+        .unwrap_or(input.len().min(room))
+}
+
 /// Bytes that continue a run of an attribute value (either quote ends it
 /// too; the caller checks which).
 static VALUE_BYTE: [bool; 256] = table!(value_byte);
@@ -422,11 +433,7 @@ impl Tokenizer {
                     }
                     // The fast path: a run of plain character data.
                     let room = self.token_limit.saturating_sub(self.text.len());
-                    let run = input
-                        .iter()
-                        .take(room)
-                        .position(|&c| !TEXT_BYTE[c as usize])
-                        .unwrap_or(input.len().min(room));
+                    let run = plain_run(input, room, &TEXT_BYTE);
                     if self.text.is_empty()
                         && run > 0
                         && input.get(run) == Some(&b'<')
@@ -556,11 +563,7 @@ impl Tokenizer {
                         continue;
                     }
                     let room = self.token_limit.saturating_sub(self.text.len());
-                    let run = input
-                        .iter()
-                        .take(room)
-                        .position(|&c| !CDATA_BYTE[c as usize])
-                        .unwrap_or(input.len().min(room));
+                    let run = plain_run(input, room, &CDATA_BYTE);
                     if run > 0 {
                         self.text.extend_from_slice(&input[..run]);
                         self.advance(input, run);
@@ -581,11 +584,7 @@ impl Tokenizer {
                 }
                 St::StartName | St::EndName | St::AttrName => {
                     let room = self.token_limit.saturating_sub(self.name.len());
-                    let run = input
-                        .iter()
-                        .take(room)
-                        .position(|&c| !NAME_BYTE[c as usize])
-                        .unwrap_or(input.len().min(room));
+                    let run = plain_run(input, room, &NAME_BYTE);
                     if run > 0 {
                         self.name.extend_from_slice(&input[..run]);
                         self.advance(input, run);
@@ -647,11 +646,7 @@ impl Tokenizer {
                             return Err(too_long());
                         }
                         let room = self.token_limit - self.value.len();
-                        let run = input
-                            .iter()
-                            .take(room)
-                            .position(|&c| !VALUE_BYTE[c as usize])
-                            .unwrap_or(input.len().min(room));
+                        let run = plain_run(input, room, &VALUE_BYTE);
                         if run > 0 {
                             self.value.extend_from_slice(&input[..run]);
                             self.advance(input, run);
