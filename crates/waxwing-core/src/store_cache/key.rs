@@ -60,39 +60,48 @@ impl AccountParts for AccountKey {
     }
 }
 
-impl Hash for dyn AccountParts + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.parts().hash(state);
-    }
+/// The lookup-by-parts idiom for one key type: the stored key and every
+/// borrowed view of it (`dyn $parts`) hash and compare through `parts()`,
+/// which is what lets a map of `$key` be asked with a view.
+macro_rules! looked_up_by_parts {
+    ($parts:ident, $key:ty) => {
+        impl Hash for dyn $parts + '_ {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                self.parts().hash(state);
+            }
+        }
+
+        impl PartialEq for dyn $parts + '_ {
+            fn eq(&self, other: &Self) -> bool {
+                self.parts() == other.parts()
+            }
+        }
+
+        impl Eq for dyn $parts + '_ {}
+
+        impl Hash for $key {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                (self as &dyn $parts).hash(state);
+            }
+        }
+
+        impl PartialEq for $key {
+            fn eq(&self, other: &Self) -> bool {
+                self.parts() == other.parts()
+            }
+        }
+
+        impl Eq for $key {}
+
+        impl<'a> Borrow<dyn $parts + 'a> for $key {
+            fn borrow(&self) -> &(dyn $parts + 'a) {
+                self
+            }
+        }
+    };
 }
 
-impl PartialEq for dyn AccountParts + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn AccountParts + '_ {}
-
-impl Hash for AccountKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self as &dyn AccountParts).hash(state);
-    }
-}
-
-impl PartialEq for AccountKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for AccountKey {}
-
-impl<'a> Borrow<dyn AccountParts + 'a> for AccountKey {
-    fn borrow(&self) -> &(dyn AccountParts + 'a) {
-        self
-    }
-}
+looked_up_by_parts!(AccountParts, AccountKey);
 
 /// A private-XML fragment as its parts: the owner's and the key's.
 pub(super) trait FragmentParts {
@@ -135,39 +144,7 @@ impl FragmentParts for FragmentKey {
     }
 }
 
-impl Hash for dyn FragmentParts + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.parts().hash(state);
-    }
-}
-
-impl PartialEq for dyn FragmentParts + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn FragmentParts + '_ {}
-
-impl Hash for FragmentKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self as &dyn FragmentParts).hash(state);
-    }
-}
-
-impl PartialEq for FragmentKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for FragmentKey {}
-
-impl<'a> Borrow<dyn FragmentParts + 'a> for FragmentKey {
-    fn borrow(&self) -> &(dyn FragmentParts + 'a) {
-        self
-    }
-}
+looked_up_by_parts!(FragmentParts, FragmentKey);
 
 #[cfg(test)]
 mod tests {
