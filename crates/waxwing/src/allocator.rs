@@ -179,7 +179,11 @@ mod tests {
                         let (old, old_layout) = block;
                         let q = a.realloc(old, old_layout, new_size);
                         assert!(!q.is_null());
-                        assert_eq!(q as usize % align, 0, "realloc to {new_size}, align {align}");
+                        assert_eq!(
+                            q as usize % align,
+                            0,
+                            "realloc to {new_size}, align {align}"
+                        );
                         for i in 0..size.min(new_size) {
                             assert_eq!(q.add(i).read(), i as u8);
                         }
@@ -203,7 +207,10 @@ mod tests {
     fn plain_blocks_are_aligned_throughout_a_page() {
         let a = Allocator;
         for size in 1..=1024 {
-            for align in [1, 2, 4, 8, 16].into_iter().filter(|&al| plain_fits(al, size)) {
+            for align in [1, 2, 4, 8, 16]
+                .into_iter()
+                .filter(|&al| plain_fits(al, size))
+            {
                 let layout = Layout::from_size_align(size, align).unwrap();
                 // SAFETY: nonzero sizes, each block freed once with its layout.
                 unsafe {
