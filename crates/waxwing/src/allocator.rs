@@ -46,16 +46,19 @@ use libmimalloc_sys as mi;
 /// The alignment every `mi_malloc` block of at least this size has
 /// (mimalloc's `MI_MAX_ALIGN_SIZE`, `sizeof(max_align_t)`); a smaller
 /// block is aligned to its size class, 8.
+#[cfg_attr(feature = "system-allocator", allow(dead_code))] // only the profiling build
 const MI_MAX_ALIGN_SIZE: usize = 16;
 
 /// Whether `mi_malloc(size)` is aligned enough for `align`.
 #[inline]
+#[cfg_attr(feature = "system-allocator", allow(dead_code))] // only the profiling build
 fn plain_fits(align: usize, size: usize) -> bool {
     align <= MI_MAX_ALIGN_SIZE && align <= size
 }
 
 /// mimalloc, through its unaligned entry points where they suffice (see
 /// the module documentation).
+#[cfg_attr(feature = "system-allocator", allow(dead_code))] // only the profiling build
 pub struct Allocator;
 
 // SAFETY: every pointer handed out comes from mimalloc with at least the
