@@ -431,6 +431,13 @@ impl Tokenizer {
                         }
                         continue;
                     }
+                    if b == b'<' && self.text.is_empty() {
+                        // A tag right after a tag: no text between them.
+                        self.text_from = self.at;
+                        self.advance(input, 1);
+                        self.state = St::Lt;
+                        continue;
+                    }
                     // The fast path: a run of plain character data.
                     let room = self.token_limit.saturating_sub(self.text.len());
                     let run = plain_run(input, room, &TEXT_BYTE);
@@ -1146,25 +1153,7 @@ impl Tokenizer {
         // A stanza (the root's child) gets `from` stamped on its way in:
         // room for it now saves growing the list then.
         let spare = usize::from(self.scopes.len() == 2);
-        let mut attrs: Vec<(CompactString, CompactString)> =
-            Vec::with_capacity(self.tag_attrs.len() + spare);
-        for a in self.tag_attrs.drain(..) {
-            let key = match a.colon {
-                Some(c) => {
-                    let ns = lookup_prefix(&self.decls, &a.qname[..c])
-                        .ok_or_else(|| bad_prefix("undeclared namespace prefix"))?;
-                    attr_key(ns, &a.qname[c + 1..])
-                }
-                None => a.qname,
-            };
-            // Sorted by namespace, then name: rxml's attribute map order.
-            let order = key_order(&key);
-            let pos = attrs.partition_point(|(k, _)| key_order(k) < order);
-            if attrs.get(pos).is_some_and(|(k, _)| *k == key) {
-                return Err(nwf("duplicate attribute"));
-            }
-            attrs.insert(pos, (key, a.value));
-        }
+        let attrs = self.resolve_attributes(spare)?;
         let (ns, local) = match self.tag_colon {
             Some(c) => (
                 lookup_prefix(&self.decls, &self.tag_qname[..c])
@@ -1186,6 +1175,35 @@ impl Tokenizer {
             self.pop_scope();
         }
         Ok(Token::Start { element, empty })
+    }
+
+    /// The tag's attributes with their namespaces resolved, in rxml's
+    /// order (by namespace, then local name). Errors come in rxml's order
+    /// too: a duplicate among the attributes before the first undeclared
+    /// prefix, then that prefix.
+    fn resolve_attributes(&mut self, spare: usize) -> Res<Vec<(CompactString, CompactString)>> {
+        let mut attrs = Vec::with_capacity(self.tag_attrs.len() + spare);
+        let mut undeclared = false;
+        for a in self.tag_attrs.drain(..) {
+            let key = match a.colon {
+                None => a.qname,
+                Some(c) => match lookup_prefix(&self.decls, &a.qname[..c]) {
+                    Some(ns) => attr_key(ns, &a.qname[c + 1..]),
+                    None => {
+                        undeclared = true;
+                        break;
+                    }
+                },
+            };
+            attrs.push((key, a.value));
+        }
+        if !sort_unique(&mut attrs) {
+            return Err(nwf("duplicate attribute"));
+        }
+        if undeclared {
+            return Err(bad_prefix("undeclared namespace prefix"));
+        }
+        Ok(attrs)
     }
 
     fn end_tag(&mut self) -> Token {
@@ -1268,6 +1286,57 @@ fn key_order(key: &str) -> (&str, &str) {
     match key.strip_prefix("xml:") {
         Some(local) => (XML_NS, local),
         None => ("", key),
+    }
+}
+
+/// Attribute lists up to this long are sorted by insertion, which finds a
+/// duplicate with the comparisons the sorting does anyway (stanzas carry
+/// one to five attributes); longer ones are sorted in O(n log n) and then
+/// checked for neighbours that are equal, so that a tag with thousands of
+/// attributes (before the framer's count limit refuses it) costs no
+/// quadratic number of comparisons or moves.
+const INSERTION_SORTED: usize = 12;
+
+/// Sorts attributes into rxml's order; `false` if two keys are equal.
+fn sort_unique(attrs: &mut [(CompactString, CompactString)]) -> bool {
+    if attrs.len() > INSERTION_SORTED {
+        attrs.sort_unstable_by(|a, b| attr_order(&a.0, &b.0));
+        return !attrs.windows(2).any(|w| w[0].0 == w[1].0);
+    }
+    for i in 1..attrs.len() {
+        let mut at = i;
+        while at > 0 {
+            match attr_order(&attrs[at - 1].0, &attrs[at].0) {
+                std::cmp::Ordering::Less => break,
+                std::cmp::Ordering::Equal => return false,
+                std::cmp::Ordering::Greater => attrs.swap(at - 1, at),
+            }
+            at -= 1;
+        }
+    }
+    true
+}
+
+/// rxml's attribute order, [`key_order`], without splitting plain keys:
+/// those (no namespace) come first, ordered by name. A plain key has no
+/// colon (its name is an NCName), a namespaced one is `xml:…` or `{…`.
+fn attr_order(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let namespaced = |k: &str| matches!(k.as_bytes(), [b'{', ..] | [_, _, _, b':', ..]);
+    match (namespaced(a), namespaced(b)) {
+        (false, false) => short_cmp(a.as_bytes(), b.as_bytes()),
+        (false, true) => Ordering::Less,
+        (true, false) => Ordering::Greater,
+        (true, true) => key_order(a).cmp(&key_order(b)),
+    }
+}
+
+/// Byte order of two short strings, which usually differ in their first
+/// byte: a loop is cheaper there than a call to `memcmp`.
+fn short_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    match a.iter().zip(b).find(|(x, y)| x != y) {
+        Some((x, y)) => x.cmp(y),
+        None => a.len().cmp(&b.len()),
     }
 }
 
