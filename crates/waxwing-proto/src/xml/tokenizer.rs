@@ -252,11 +252,21 @@ static CDATA_BYTE: [bool; 256] = table!(cdata_byte);
 /// of `table` (the bytes a state copies as they are); the fast path of
 /// every state that collects a run (text, CDATA, names, attribute values).
 fn plain_run(input: &[u8], room: usize, table: &[bool; 256]) -> usize {
-    input
+    let input = &input[..input.len().min(room)];
+    // Eight bytes a step with one branch (a body is mostly plain bytes),
+    // then byte by byte from the block that holds the end.
+    let (blocks, _) = input.as_chunks::<8>();
+    let mut from = 0;
+    for b in blocks {
+        if !b.iter().fold(true, |ok, &c| ok & table[c as usize]) {
+            break;
+        }
+        from += 8;
+    }
+    from + input[from..]
         .iter()
-        .take(room)
         .position(|&c| !table[c as usize])
-        .unwrap_or(input.len().min(room))
+        .unwrap_or(input.len() - from)
 }
 
 /// Bytes that continue a run of an attribute value (either quote ends it
@@ -341,6 +351,29 @@ fn ascii_qname(bytes: &[u8]) -> Option<Res<Option<usize>>> {
         return Some(Err(nwf("empty name or name part")));
     }
     Some(Ok(colon))
+}
+
+/// The all-ASCII qualified name at the start of `input`, up to the first
+/// byte that cannot be part of a name, checked in the same pass: its
+/// length and its colon. `None` for a name `ascii_qname` would not accept
+/// (or would leave to the full check), one longer than `limit`, or one
+/// that runs to the end of `input`: the state machine judges those.
+fn ascii_qname_at(input: &[u8], limit: usize) -> Option<(usize, Option<usize>)> {
+    let mut colon = None;
+    let mut part_start = true;
+    for (i, &c) in input.iter().enumerate() {
+        match c {
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' => part_start = false,
+            b'0'..=b'9' | b'-' | b'.' if !part_start => {}
+            b':' if colon.is_none() && !part_start => {
+                colon = Some(i);
+                part_start = true;
+            }
+            _ if NAME_BYTE[c as usize] => return None,
+            _ => return (!part_start && i <= limit).then_some((i, colon)),
+        }
+    }
+    None
 }
 
 fn check_ncname(s: &str) -> Res<()> {
@@ -972,12 +1005,6 @@ impl Tokenizer {
     /// consume and what to finish once they are.
     fn fast_tag(&mut self, input: &[u8]) -> Option<(usize, FastTag)> {
         let limit = self.token_limit;
-        // Names are all ASCII here: `ascii_qname` leaves any other byte to
-        // the state machine.
-        let name_end = |from: usize| {
-            let n = input[from..].iter().position(|&c| !NAME_BYTE[c as usize])?;
-            (n <= limit).then_some(from + n)
-        };
         if input.first() == Some(&b'/') {
             let open = &self.names[self.scopes.last()?.name_from..];
             let end = 1 + open.len();
@@ -986,8 +1013,7 @@ impl Tokenizer {
             }
             return Some((end + 1, FastTag::End));
         }
-        let name = name_end(0)?;
-        let tag_colon = ascii_qname(&input[..name])?.ok()?;
+        let (name, tag_colon) = ascii_qname_at(input, limit)?;
         // Where the attributes are, made strings once the whole tag is
         // known to be UTF-8: one check for the tag, not one per name and
         // value.
@@ -1006,8 +1032,8 @@ impl Tokenizer {
                     spaced = true;
                 }
                 _ if spaced && (c.is_ascii_alphabetic() || c == b'_') => {
-                    let end = name_end(i)?;
-                    let colon = ascii_qname(&input[i..end])?.ok()?;
+                    let (len, colon) = ascii_qname_at(&input[i..], limit)?;
+                    let end = i + len;
                     if &input[i..end] == b"xmlns:xmlns" || *input.get(end)? != b'=' {
                         return None;
                     }
@@ -1045,7 +1071,17 @@ impl Tokenizer {
         for k in 0..self.fast_attrs.len() {
             let FastAttr { name, colon, value } = self.fast_attrs[k].clone();
             let qname = CompactString::new(&text[name]);
-            self.add_attribute(qname, colon, &text[value]).ok()?;
+            let value = &text[value];
+            if colon.is_none() && qname != "xmlns" {
+                // An unprefixed attribute, the usual kind: no checks wait.
+                self.tag_attrs.push(RawAttr {
+                    qname,
+                    colon,
+                    value: CompactString::new(value),
+                });
+            } else {
+                self.add_attribute(qname, colon, value).ok()?;
+            }
         }
         Some((len, tag))
     }
@@ -1352,4 +1388,75 @@ fn lookup_prefix<'a>(
         .rev()
         .find(|(p, _)| p == prefix)
         .map(|(_, uri)| uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every string over a small alphabet up to `len` bytes long.
+    fn strings(alphabet: &[u8], len: usize) -> Vec<Vec<u8>> {
+        let mut all = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..len {
+            last = last
+                .iter()
+                .flat_map(|s: &Vec<u8>| {
+                    alphabet.iter().map(move |&c| {
+                        let mut s = s.clone();
+                        s.push(c);
+                        s
+                    })
+                })
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn plain_run_is_the_first_delimiter_within_room() {
+        // Runs across the eight-byte blocks, delimiters in each position.
+        for len in 0..26 {
+            for at in 0..=len {
+                let mut input = vec![b'a'; len];
+                if at < len {
+                    input[at] = b'<';
+                }
+                for room in [0, 1, 7, 8, 9, 16, 17, 100] {
+                    let want = at.min(room).min(len);
+                    assert_eq!(
+                        plain_run(&input, room, &TEXT_BYTE),
+                        want,
+                        "{len} {at} {room}"
+                    );
+                }
+            }
+        }
+        // Non-ASCII bytes are plain in text (UTF-8 is checked later).
+        assert_eq!(plain_run("é€😀x\n<".as_bytes(), 99, &TEXT_BYTE), 11);
+        assert_eq!(plain_run(b"abcdefgh\x01", 99, &TEXT_BYTE), 8);
+    }
+
+    #[test]
+    fn ascii_qname_at_agrees_with_the_name_rules() {
+        // Every short candidate, ended by `=` (or by nothing), against the
+        // two-pass form the tokenizer used before.
+        for name in strings(b"a1:-.\xc3_", 4) {
+            for (end, limit) in [(&b"="[..], 16), (b"=", 2), (b"", 16)] {
+                let mut input = name.clone();
+                input.extend_from_slice(end);
+                let n = input.iter().position(|&c| !NAME_BYTE[c as usize]);
+                let two_pass = n
+                    .filter(|&n| n <= limit)
+                    .and_then(|n| Some((n, ascii_qname(&input[..n])?.ok()?)));
+                assert_eq!(
+                    ascii_qname_at(&input, limit),
+                    two_pass,
+                    "{:?} {limit}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+        }
+    }
 }
