@@ -45,6 +45,7 @@ use compact_str::CompactString;
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::xml::element::{Element, attr_key};
+use crate::xml::prefixes::PrefixDecls;
 
 /// The namespace the `xml` prefix is bound to by definition.
 const XML_NS: &str = ns::XML;
@@ -172,7 +173,8 @@ pub(super) struct Tokenizer {
     tag_qname: String,
     tag_colon: Option<usize>,
     tag_default: Option<CompactString>,
-    tag_decls: Vec<(CompactString, CompactString)>,
+    /// Where the start tag's own prefix declarations begin in `decls`.
+    tag_decls_from: usize,
     tag_attrs: Vec<RawAttr>,
     /// Scratch of [`Tokenizer::fast_tag`].
     fast_attrs: Vec<FastAttr>,
@@ -183,8 +185,9 @@ pub(super) struct Tokenizer {
     /// refuses it, so an error inside it (an undeclared entity, a name
     /// over the limit) is what is reported; this does the same.
     doomed: bool,
-    /// Prefix declarations in scope, innermost last (namespaces interned).
-    decls: Vec<(CompactString, CompactString)>,
+    /// Prefix declarations in scope, the start tag's own included
+    /// (namespaces interned).
+    decls: PrefixDecls,
     /// Qualified names of the open elements, concatenated.
     names: String,
     /// One per open element, the stream's root first.
@@ -411,13 +414,13 @@ impl Tokenizer {
             tag_qname: String::new(),
             tag_colon: None,
             tag_default: None,
-            tag_decls: Vec::new(),
+            tag_decls_from: 0,
             tag_attrs: Vec::new(),
             fast_attrs: Vec::new(),
             attr_qname: CompactString::default(),
             attr_colon: None,
             doomed: false,
-            decls: Vec::new(),
+            decls: PrefixDecls::default(),
             names: String::new(),
             scopes: Vec::new(),
         };
@@ -444,7 +447,7 @@ impl Tokenizer {
             }
         }
         self.tag_attrs.shrink_to_fit();
-        self.tag_decls.shrink_to_fit();
+        self.decls.shrink();
         self.fast_attrs = Vec::new();
     }
 
@@ -949,7 +952,7 @@ impl Tokenizer {
                     .push_str(std::str::from_utf8(&self.name).unwrap_or_default());
                 self.tag_colon = colon;
                 self.tag_default = None;
-                self.tag_decls.clear();
+                self.tag_decls_from = self.decls.len();
                 self.tag_attrs.clear();
                 match b {
                     _ if is_space(b) => self.state = St::TagBlank { required: false },
@@ -1066,7 +1069,7 @@ impl Tokenizer {
         self.tag_qname.push_str(&text[..name]);
         self.tag_colon = tag_colon;
         self.tag_default = None;
-        self.tag_decls.clear();
+        self.tag_decls_from = self.decls.len();
         self.tag_attrs.clear();
         for k in 0..self.fast_attrs.len() {
             let FastAttr { name, colon, value } = self.fast_attrs[k].clone();
@@ -1079,8 +1082,10 @@ impl Tokenizer {
                     colon,
                     value: CompactString::new(value),
                 });
-            } else {
-                self.add_attribute(qname, colon, value).ok()?;
+            } else if self.add_attribute(qname, colon, value).is_err() {
+                // Read again by the state machine: nothing of it stays.
+                self.decls.truncate(self.tag_decls_from);
+                return None;
             }
         }
         Some((len, tag))
@@ -1152,11 +1157,11 @@ impl Tokenizer {
                 if value.is_empty() {
                     return Err(nwf("a prefix must not be undeclared"));
                 }
-                if self.tag_decls.iter().any(|(p, _)| p == local) {
+                if self.decls.declared_since(self.tag_decls_from, local) {
                     return Err(nwf("duplicate attribute"));
                 }
-                self.tag_decls
-                    .push((CompactString::new(local), ns::intern(value)));
+                self.decls
+                    .push(CompactString::new(local), ns::intern(value));
             }
             None if local == "xmlns" => {
                 if value == XML_NS {
@@ -1182,10 +1187,9 @@ impl Tokenizer {
         self.names.push_str(&self.tag_qname);
         self.scopes.push(Scope {
             default: self.tag_default.take(),
-            decls_from: self.decls.len(),
+            decls_from: self.tag_decls_from,
             name_from,
         });
-        self.decls.append(&mut self.tag_decls);
         // A stanza (the root's child) gets `from` stamped on its way in:
         // room for it now saves growing the list then.
         let spare = usize::from(self.scopes.len() == 2);
@@ -1376,18 +1380,11 @@ fn short_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     }
 }
 
-fn lookup_prefix<'a>(
-    decls: &'a [(CompactString, CompactString)],
-    prefix: &str,
-) -> Option<&'a CompactString> {
+fn lookup_prefix<'a>(decls: &'a PrefixDecls, prefix: &str) -> Option<&'a CompactString> {
     if prefix == "xml" {
         return Some(&XML_NS_NAME);
     }
-    decls
-        .iter()
-        .rev()
-        .find(|(p, _)| p == prefix)
-        .map(|(_, uri)| uri)
+    decls.lookup(prefix)
 }
 
 #[cfg(test)]

@@ -417,6 +417,42 @@ fn long_attribute_lists() {
 }
 
 #[test]
+fn many_prefix_declarations() {
+    // Past the length where declarations are indexed by prefix: lookups,
+    // shadowing and its end, and duplicates, as with a few.
+    let decls: String = (0..40).map(|i| format!(" xmlns:p{i}='urn:{i}'")).collect();
+    let inner: String = (0..40)
+        .map(|i| format!(" xmlns:p{i}='urn:in{i}'"))
+        .collect();
+    let el = one(&format!(
+        "<m{decls} p3:k='1' p39:k='2'><p5:c{inner} p5:k='x' p0:j='y'/><p5:d p7:k='z'/></m>"
+    ));
+    assert!(
+        el.contains("<c xmlns='urn:in5'")
+            && el.contains("xmlns:ns0='urn:in0' ns0:j='y'")
+            && el.contains("<d xmlns='urn:5'")
+            && el.contains("xmlns:ns0='urn:7' ns0:k='z'"),
+        "{el}"
+    );
+    for bad in [
+        format!("<m{decls} xmlns:p7='urn:x'/>"),
+        format!("<m{decls} xmlns:p39='urn:39'/>"),
+        format!("<m><c{decls}/><d{decls} p1:k='1' xmlns:p0='u'/></m>"),
+        format!("<m{decls} p1:k='1' p1:k='2'/>"),
+    ] {
+        assert_eq!(error(&bad), C::NotWellFormed, "{bad}");
+    }
+    // The first tag's declarations are gone with it.
+    let bad = format!("<m><c{decls}/><p1:d/></m>");
+    assert_eq!(error(&bad), C::BadNamespacePrefix);
+    // A redeclaration on a child is no duplicate.
+    assert_eq!(
+        stanzas(&format!("<m{decls}><c{decls}/><c{decls}/></m>")).len(),
+        1
+    );
+}
+
+#[test]
 fn limits_fire_at_the_same_byte() {
     let deep = "<a><b><c><d><e>".to_string();
     assert_eq!(error_with(TINY, &deep), C::PolicyViolation);
