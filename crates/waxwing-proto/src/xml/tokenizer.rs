@@ -38,7 +38,9 @@
 //! split UTF-8 sequence) in small scratch buffers, so where the input is
 //! split changes nothing. Text is handed out in pieces (at `<`, before a
 //! reference, at the end of the input), where rxml hands it out, so that
-//! the framer's view of whitespace between stanzas is the same too.
+//! the framer's view of whitespace between stanzas is the same too; inside
+//! a stanza, where the framer joins the pieces, text runs on through
+//! references (checked at each as if handed out there).
 
 use compact_str::CompactString;
 
@@ -163,6 +165,8 @@ pub(super) struct Tokenizer {
     text_from: u64,
     /// Text (or CDATA content) read but not yet handed out.
     text: Vec<u8>,
+    /// How much of `text` is known to be valid (see `text_delimiter`).
+    text_checked: usize,
     /// The name being read.
     name: Vec<u8>,
     /// The attribute value being read, decoded.
@@ -408,6 +412,7 @@ impl Tokenizer {
             at: 0,
             text_from: 0,
             text: Vec::new(),
+            text_checked: 0,
             name: Vec::new(),
             value: Vec::new(),
             reference: Vec::new(),
@@ -782,6 +787,22 @@ impl Tokenizer {
                 self.state = St::Lt;
                 Ok(t)
             }
+            b'&' if self.scopes.len() > 1 => {
+                // Inside a stanza the framer joins text pieces anyway, so
+                // the text goes on through the reference instead of being
+                // handed out before it (one string, not one per
+                // reference). What rxml would check when handing it out
+                // here is checked here all the same.
+                let unchecked = &self.text[self.text_checked..];
+                std::str::from_utf8(unchecked).map_err(|_| nwf("invalid UTF-8 in text"))?;
+                check_chars(unchecked)?;
+                self.reference.clear();
+                self.state = St::Ref {
+                    quote: None,
+                    kind: RefKind::Entity,
+                };
+                Ok(None)
+            }
             b'&' => {
                 let t = self.flush_complete(1)?;
                 self.reference.clear();
@@ -929,7 +950,10 @@ impl Tokenizer {
                 };
             }
             None => {
+                // Checked up to the `&` (or handed out), and a reference
+                // expands to a valid character.
                 self.text.extend_from_slice(expanded);
+                self.text_checked = self.text.len();
                 self.state = St::Text;
             }
         }
@@ -1272,6 +1296,7 @@ impl Tokenizer {
         check_chars(s.as_bytes())?;
         let text = s.to_owned();
         self.text.clear();
+        self.text_checked = 0;
         let start = self.text_from;
         self.text_from = end;
         Ok(Some(Token::Text { text, start, end }))
@@ -1297,6 +1322,7 @@ impl Tokenizer {
         check_chars(&self.text[..valid])?;
         let text = String::from_utf8(self.text[..valid].to_vec()).unwrap_or_default();
         self.text.drain(..valid);
+        self.text_checked = 0;
         let start = self.text_from;
         self.text_from = self.at;
         Ok(Some(Token::Text {

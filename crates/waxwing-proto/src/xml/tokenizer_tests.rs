@@ -417,6 +417,52 @@ fn long_attribute_lists() {
 }
 
 #[test]
+fn text_runs_on_through_references_in_a_stanza() {
+    // One text, whatever the references, at any depth.
+    assert_eq!(
+        one("<m>a&amp;b\r\n&lt;c&#x41;]&gt;<b>&apos;x&quot;</b>&amp;</m>"),
+        "<m>a&amp;b\n&lt;cA]&gt;<b>'x\"</b>&amp;</m>"
+    );
+    // What comes before a reference is checked at the reference, before
+    // the reference itself: an invalid character is not-well-formed even
+    // when the reference after it is restricted.
+    for bad in [
+        &b"<m>\xff&foo;</m>"[..],
+        b"<m>\xc3&amp;</m>",
+        b"<m>a&amp;\xef\xbf\xbe&foo;</m>",
+    ] {
+        assert_eq!(error_bytes(bad), C::NotWellFormed, "{bad:?}");
+    }
+    assert_eq!(error("<m>\u{fffe}&foo;</m>"), C::NotWellFormed);
+    assert_eq!(error("<m>é&amp;\u{fffe}</m>"), C::NotWellFormed);
+    assert_eq!(error("<m>é&amp;ü&foo;</m>"), C::RestrictedXml);
+    // Past the token limit the text is still split, references or not.
+    let limits = Limits {
+        max_stanza_bytes: 40_000,
+        ..LIMITS
+    };
+    let input = format!("{HEADER}<m>{}</m>", "é&amp;xyz&lt;".repeat(2500)).into_bytes();
+    for at in [1, 300, 17_000, 30_001, input.len() - 3] {
+        let (a, b) = input.split_at(at);
+        assert!(
+            compare(limits, ns::CLIENT, &[a, b], &[true]).is_ok(),
+            "split at {at}"
+        );
+    }
+    let mut f = Framer::new(limits, ns::CLIENT);
+    f.feed(&input);
+    let mut text = None;
+    while let Some(ev) = f.next_event().unwrap() {
+        if let StreamEvent::Stanza(el) = ev {
+            text = Some(el.text());
+        }
+    }
+    assert_eq!(text.as_deref(), Some("é&xyz<".repeat(2500).as_str()));
+    // At stream level, text is still handed out before a reference.
+    assert_eq!(error(" &amp; "), C::BadFormat);
+}
+
+#[test]
 fn many_prefix_declarations() {
     // Past the length where declarations are indexed by prefix: lookups,
     // shadowing and its end, and duplicates, as with a few.
