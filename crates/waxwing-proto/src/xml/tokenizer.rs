@@ -794,8 +794,12 @@ impl Tokenizer {
                 // reference). What rxml would check when handing it out
                 // here is checked here all the same.
                 let unchecked = &self.text[self.text_checked..];
-                std::str::from_utf8(unchecked).map_err(|_| nwf("invalid UTF-8 in text"))?;
-                check_chars(unchecked)?;
+                // ASCII text (controls are refused as they are read) is
+                // valid as it is.
+                if !unchecked.is_ascii() {
+                    std::str::from_utf8(unchecked).map_err(|_| nwf("invalid UTF-8 in text"))?;
+                    check_chars(unchecked)?;
+                }
                 self.reference.clear();
                 self.state = St::Ref {
                     quote: None,
@@ -881,6 +885,22 @@ impl Tokenizer {
         quote: Option<u8>,
         kind: RefKind,
     ) -> Res<Option<Token>> {
+        if kind == RefKind::Entity && self.reference.is_empty() {
+            // The common case: a whole predefined entity in the input.
+            let whole: Option<(usize, &[u8])> = match input {
+                [b'a', b'm', b'p', b';', ..] => Some((4, b"&")),
+                [b'l', b't', b';', ..] => Some((3, b"<")),
+                [b'g', b't', b';', ..] => Some((3, b">")),
+                [b'a', b'p', b'o', b's', b';', ..] => Some((5, b"'")),
+                [b'q', b'u', b'o', b't', b';', ..] => Some((5, b"\"")),
+                _ => None,
+            };
+            if let Some((n, expanded)) = whole {
+                self.advance(input, n);
+                self.expanded(quote, expanded);
+                return Ok(None);
+            }
+        }
         let selects = |c: u8| match kind {
             RefKind::Entity => NAME_BYTE[c as usize],
             RefKind::Decimal => c.is_ascii_digit(),
@@ -941,6 +961,13 @@ impl Tokenizer {
                 ch.encode_utf8(&mut buf).as_bytes()
             }
         };
+        self.expanded(quote, expanded);
+        Ok(None)
+    }
+
+    /// What a reference expanded to, into the value quoted by `quote` or
+    /// into text.
+    fn expanded(&mut self, quote: Option<u8>, expanded: &[u8]) {
         match quote {
             Some(q) => {
                 self.value.extend_from_slice(expanded);
@@ -957,7 +984,6 @@ impl Tokenizer {
                 self.state = St::Text;
             }
         }
-        Ok(None)
     }
 
     /// A byte that ended a name.
