@@ -1488,6 +1488,35 @@ mod tests {
     }
 
     #[test]
+    fn attr_order_is_rxml_order() {
+        // Keys as `attr_key` writes them: plain, `xml:`, `{ns}local`.
+        let keys = [
+            "a",
+            "b",
+            "id",
+            "to",
+            "type",
+            "x",
+            "xa",
+            "xm",
+            "xmlx",
+            "xml:a",
+            "xml:lang",
+            "{urn:a}b",
+            "{urn:x}a",
+            "{x}y",
+            "{urn:a}}b",
+            "{a}a",
+        ];
+        for a in keys {
+            for b in keys {
+                let want = key_order(a).cmp(&key_order(b));
+                assert_eq!(attr_order(a, b), want, "{a} {b}");
+            }
+        }
+    }
+
+    #[test]
     fn ascii_qname_at_agrees_with_the_name_rules() {
         // Every short candidate, ended by `=` (or by nothing), against the
         // two-pass form the tokenizer used before.
