@@ -19,12 +19,22 @@
 //! - [`Framer::reset`] can re-parse bytes that arrived after the last event
 //!   (a client pipelining its new stream header right behind `<auth/>`);
 //! - [`Framer::buffered`] is exact, for the STARTTLS injection check;
-//! - the raw stream header, whose `xmlns` declaration and prefix rxml hides.
+//! - the raw stream header, whose `xmlns` declaration and prefix rxml hides;
+//! - a message's content as bytes. Most messages are routed, not read, so
+//!   the content of a `<message>` in the stream's namespace is not built
+//!   into a tree: the tokenizer still checks every byte of it (and every
+//!   limit applies), but the framer records only the names of the direct
+//!   children and hands out the validated bytes, which
+//!   [`Children`](super::Children) parses if and when someone reads them
+//!   and writes back verbatim into the same namespace. Content that uses
+//!   a namespace prefix (which may be declared outside it, where the
+//!   bytes alone do not say what it means) is built into a tree as usual.
 
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
-use crate::xml::element::{Element, Node, attr_key, push_text_node};
+use crate::xml::element::{Children, Element, Node, attr_key, push_text_node};
 use crate::xml::tokenizer::{Token, Tokenizer};
+use compact_str::CompactString;
 use rxml::error::EndOrError;
 use rxml::{Event, Parse, Parser, WithOptions};
 
@@ -147,6 +157,19 @@ pub struct Framer {
     /// between them. Size limits, `buffered` and `reset` all count from here.
     boundary: u64,
     poison: Option<StreamError>,
+    /// Inside a message whose content is kept as bytes (see the module
+    /// docs): the absolute offset where the content starts; 0 otherwise
+    /// (a stanza never starts at 0: the header precedes it).
+    lazy_from: u64,
+    /// Elements open inside that content.
+    lazy_open: u32,
+    /// The tokenizer's count of prefixed start tags when the content
+    /// began: if it changes, the content uses a prefix.
+    lazy_prefixed: u32,
+    /// The name and namespace of each direct child of that content.
+    lazy_names: Vec<(CompactString, CompactString)>,
+    /// Build every element's tree, never keep content as bytes.
+    eager: bool,
 }
 
 impl Framer {
@@ -168,7 +191,20 @@ impl Framer {
             event_end: 0,
             boundary: 0,
             poison: None,
+            lazy_from: 0,
+            lazy_open: 0,
+            lazy_prefixed: 0,
+            lazy_names: Vec::new(),
+            eager: false,
         }
+    }
+
+    /// This framer builds every element's tree, message content included
+    /// (see the module docs).
+    #[must_use]
+    pub fn eager(mut self) -> Self {
+        self.eager = true;
+        self
     }
 
     /// Appends bytes read from the peer.
@@ -181,6 +217,15 @@ impl Framer {
             self.buf.drain(..done.min(self.buf.len()));
             self.buf_start = keep_from;
         }
+        // Grown by an eighth rather than doubled: a message's content is
+        // kept here until its end (see the module docs), and one trickled
+        // in should cost about its own size, not up to twice it.
+        let needed = self.buf.len() + data.len();
+        if needed > self.buf.capacity() {
+            let cap = self.buf.capacity();
+            let target = needed.max(cap + cap / 8);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         self.buf.extend_from_slice(data);
     }
 
@@ -191,9 +236,14 @@ impl Framer {
     /// last few are kept, for [`Framer::map_error`]. Before the stream is
     /// open everything since the boundary is kept: the header's raw bytes
     /// are read back. [`Framer::reset`] needs nothing parsed past the
-    /// boundary, since it is called right after an event.
+    /// boundary, since it is called right after an event. Between stanzas
+    /// and in a message whose content is kept as bytes, everything since
+    /// the boundary is kept: those bytes are the start tag (a message's
+    /// is read again if its content must be built after all) and the
+    /// content (which no tree holds twice).
     fn keep_from(&self) -> u64 {
         match self.state {
+            State::Open if self.lazy_from != 0 || self.stack.is_empty() => self.boundary,
             State::Open => self
                 .boundary
                 .max(self.consumed.saturating_sub(PARSED_TAIL_BYTES)),
@@ -260,6 +310,9 @@ impl Framer {
         self.state = State::Start;
         self.stack.clear();
         self.nodes.clear();
+        self.lazy_from = 0;
+        self.lazy_open = 0;
+        self.lazy_names.clear();
         self.consumed = self.boundary;
         self.event_end = self.boundary;
         self.poison = None;
@@ -386,7 +439,24 @@ impl Framer {
         match token {
             Token::Start { element, empty } => {
                 self.event_end = self.consumed;
-                self.start_element(element)?;
+                self.check_element(&element)?;
+                if self.lazy_from != 0 {
+                    if self.lazy_open == 0 {
+                        // A direct child: only its name is kept.
+                        self.lazy_names.push((element.name, element.ns));
+                    }
+                    if !empty {
+                        self.lazy_open += 1;
+                    }
+                    return Ok(None);
+                }
+                let lazy = !empty && self.stack.is_empty() && self.keeps_content_of(&element);
+                self.stack.push((element, self.nodes.len()));
+                if lazy && let Some(t) = self.tokenizer.as_mut() {
+                    self.lazy_from = self.consumed;
+                    self.lazy_prefixed = t.prefixed();
+                    t.discard_text = true;
+                }
                 if empty {
                     return Ok(self.end_element());
                 }
@@ -394,7 +464,20 @@ impl Framer {
             }
             Token::End => {
                 self.event_end = self.consumed;
+                if self.lazy_from != 0 {
+                    if self.lazy_open > 0 {
+                        self.lazy_open -= 1;
+                        return Ok(None);
+                    }
+                    return self.end_lazy().map(Some);
+                }
                 Ok(self.end_element())
+            }
+            // Text inside kept content: checked by the tokenizer, kept
+            // as bytes.
+            Token::Text { end, .. } if self.lazy_from != 0 => {
+                self.event_end = end;
+                Ok(None)
             }
             Token::Text { text, start, end } => {
                 self.event_end = end;
@@ -405,14 +488,14 @@ impl Framer {
     }
 
     /// Limits and stream-level rules for an element below the root.
-    fn start_element(&mut self, el: Element) -> Result<(), StreamError> {
+    fn check_element(&self, el: &Element) -> Result<(), StreamError> {
         if el.attrs.len() > self.limits.max_attrs {
             return Err(policy(format!(
                 "more than {} attributes on one element",
                 self.limits.max_attrs
             )));
         }
-        let depth = self.stack.len() + 1;
+        let depth = self.stack.len() + self.lazy_open as usize + 1;
         if depth > self.limits.max_depth {
             return Err(policy(format!(
                 "elements nested deeper than {}",
@@ -427,10 +510,73 @@ impl Framer {
                 return Err(StreamError::new(StreamCondition::BadFormat)
                     .with_text("stream header inside the stream"));
             }
-            self.check_top_level_ns(&el)?;
+            self.check_top_level_ns(el)?;
         }
-        self.stack.push((el, self.nodes.len()));
         Ok(())
+    }
+
+    /// Whether the content of `el`, a top-level element just opened, is
+    /// kept as bytes: a message in the stream's namespace whose content
+    /// inherits that namespace as its default (which a stanza with its own
+    /// prefix and `xmlns` might not).
+    fn keeps_content_of(&self, el: &Element) -> bool {
+        !self.eager
+            && el.name == "message"
+            && el.ns == self.content_ns
+            && self
+                .tokenizer
+                .as_ref()
+                .is_some_and(|t| t.default_ns() == self.content_ns)
+    }
+
+    /// The end tag of a message whose content was kept as bytes, just
+    /// consumed.
+    fn end_lazy(&mut self) -> Result<StreamEvent, StreamError> {
+        let content_from = std::mem::take(&mut self.lazy_from);
+        let names = std::mem::take(&mut self.lazy_names);
+        let (mut el, _) = self.stack.pop().expect("the message is open");
+        let prefixed = match self.tokenizer.as_mut() {
+            Some(t) => {
+                t.discard_text = false;
+                t.prefixed() != self.lazy_prefixed
+            }
+            None => true,
+        };
+        let content = &self.buf[self.index(content_from)..self.index(self.consumed)];
+        // The end tag is the last `<`: it has no other.
+        let end_tag = content.iter().rposition(|&b| b == b'<').unwrap_or(0);
+        match std::str::from_utf8(&content[..end_tag]) {
+            Ok(raw) if !prefixed => {
+                let ns = CompactString::const_new(self.content_ns);
+                el.children = Children::from_raw(raw.to_owned(), ns, names);
+            }
+            // Rare: parsed again with the stream's declarations in scope.
+            _ => el = self.reparse_eager()?,
+        }
+        self.boundary = self.event_end;
+        Ok(StreamEvent::Stanza(el))
+    }
+
+    /// Builds the tree of the top-level element that just ended, from its
+    /// bytes (`boundary..event_end`) behind the stream's header: the same
+    /// checks again, in the same scope.
+    fn reparse_eager(&self) -> Result<Element, StreamError> {
+        let bytes = &self.buf[self.index(self.boundary)..self.index(self.event_end)];
+        let limits = Limits {
+            max_stanza_bytes: self.header.len() + bytes.len() + 1,
+            max_depth: usize::MAX,
+            max_attrs: usize::MAX,
+        };
+        let mut again = Framer::new(limits, self.content_ns).eager();
+        again.feed(&self.header);
+        again.feed(bytes);
+        match (again.next_event()?, again.next_event()?) {
+            (Some(StreamEvent::Open(_)), Some(StreamEvent::Stanza(el))) => Ok(el),
+            _ => {
+                debug_assert!(false, "a framed stanza did not frame again");
+                Err(StreamError::new(StreamCondition::InternalServerError))
+            }
+        }
     }
 
     fn end_element(&mut self) -> Option<StreamEvent> {
@@ -742,5 +888,7 @@ fn unescape(v: &[u8]) -> String {
     out
 }
 
+#[cfg(test)]
+mod lazy_tests;
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ mod tokenizer;
 mod tokenizer_tests;
 
 pub use compact_str::CompactString;
-pub use element::{Children, Element, Node, escape_attr};
+pub use element::{Children, Element, Node, escape_attr, raw_content_parses};
 pub use framer::{Framer, Limits, StreamEvent, StreamHeader};
 
 use crate::stanza::{StreamCondition, StreamError};
@@ -34,6 +34,31 @@ pub fn parse_stanza(xml: &str, content_ns: &'static str) -> Result<Element, Stre
     };
     let mut framer = Framer::new(limits, content_ns);
     framer.feed(header.as_bytes());
+    framer.feed(xml.as_bytes());
+    match framer.next_event()? {
+        Some(StreamEvent::Open(_)) => {}
+        _ => return Err(StreamError::new(StreamCondition::BadFormat)),
+    }
+    match framer.next_event()? {
+        Some(StreamEvent::Stanza(el)) => Ok(el),
+        _ => Err(StreamError::new(StreamCondition::BadFormat)),
+    }
+}
+
+/// Parses one element (with its own `xmlns`) the framer has already
+/// validated once, e.g. raw stanza content wrapped in an element of its
+/// namespace. The limits were enforced on the way in, so only the size
+/// bound (which also sizes the tokenizer's name limit) is kept here.
+pub(crate) fn parse_fragment(xml: &str) -> Result<Element, StreamError> {
+    const HEADER: &str = "<stream:stream xmlns='jabber:client' \
+                          xmlns:stream='http://etherx.jabber.org/streams'>";
+    let limits = Limits {
+        max_stanza_bytes: HEADER.len() + xml.len() + 1,
+        max_depth: usize::MAX,
+        max_attrs: usize::MAX,
+    };
+    let mut framer = Framer::new(limits, crate::ns::CLIENT).eager();
+    framer.feed(HEADER.as_bytes());
     framer.feed(xml.as_bytes());
     match framer.next_event()? {
         Some(StreamEvent::Open(_)) => {}

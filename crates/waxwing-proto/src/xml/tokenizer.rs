@@ -189,6 +189,13 @@ pub(super) struct Tokenizer {
     names: String,
     /// One per open element, the stream's root first.
     scopes: Vec<Scope>,
+    /// Start tags so far whose element or attribute names use a prefix
+    /// other than `xml` (wrapping): the framer keeps content as bytes only
+    /// where this did not change (see `Framer`).
+    prefixed: u32,
+    /// Text is checked but handed out empty: the framer is keeping the
+    /// bytes it came in instead.
+    pub(super) discard_text: bool,
 }
 
 type Res<T> = Result<T, StreamError>;
@@ -387,6 +394,8 @@ impl Tokenizer {
             decls: Vec::new(),
             names: String::new(),
             scopes: Vec::new(),
+            prefixed: 0,
+            discard_text: false,
         };
         // Reads the header with the same code as any start tag, for its
         // namespace declarations; it skips the `<`.
@@ -722,7 +731,7 @@ impl Tokenizer {
         let raw = &input[..run];
         let text = std::str::from_utf8(raw).ok()?;
         check_chars(raw).ok()?;
-        let text = text.to_owned();
+        let text = self.owned(text);
         self.advance(input, run + 1);
         let start = self.text_from;
         let end = self.at - 1;
@@ -1151,8 +1160,12 @@ impl Tokenizer {
         for a in self.tag_attrs.drain(..) {
             let key = match a.colon {
                 Some(c) => {
-                    let ns = lookup_prefix(&self.decls, &a.qname[..c])
+                    let prefix = &a.qname[..c];
+                    let ns = lookup_prefix(&self.decls, prefix)
                         .ok_or_else(|| bad_prefix("undeclared namespace prefix"))?;
+                    if prefix != "xml" {
+                        self.prefixed = self.prefixed.wrapping_add(1);
+                    }
                     attr_key(ns, &a.qname[c + 1..])
                 }
                 None => a.qname,
@@ -1164,6 +1177,9 @@ impl Tokenizer {
                 return Err(nwf("duplicate attribute"));
             }
             attrs.insert(pos, (key, a.value));
+        }
+        if self.tag_colon.is_some() {
+            self.prefixed = self.prefixed.wrapping_add(1);
         }
         let (ns, local) = match self.tag_colon {
             Some(c) => (
@@ -1186,6 +1202,29 @@ impl Tokenizer {
             self.pop_scope();
         }
         Ok(Token::Start { element, empty })
+    }
+
+    /// See the field: compared before and after some content.
+    pub(super) fn prefixed(&self) -> u32 {
+        self.prefixed
+    }
+
+    /// Text as handed out (see `discard_text`).
+    fn owned(&self, text: &str) -> String {
+        match self.discard_text {
+            true => String::new(),
+            false => text.to_owned(),
+        }
+    }
+
+    /// The default namespace in scope inside the innermost open element
+    /// (what its unprefixed children without `xmlns` are in).
+    pub(super) fn default_ns(&self) -> &CompactString {
+        self.scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.default.as_ref())
+            .unwrap_or(&NO_NS)
     }
 
     fn end_tag(&mut self) -> Token {
@@ -1212,7 +1251,7 @@ impl Tokenizer {
         }
         let s = std::str::from_utf8(&self.text).map_err(|_| nwf("invalid UTF-8 in text"))?;
         check_chars(s.as_bytes())?;
-        let text = s.to_owned();
+        let text = self.owned(s);
         self.text.clear();
         let start = self.text_from;
         self.text_from = end;
@@ -1237,7 +1276,10 @@ impl Tokenizer {
             return Err(nwf("invalid UTF-8 in text"));
         }
         check_chars(&self.text[..valid])?;
-        let text = String::from_utf8(self.text[..valid].to_vec()).unwrap_or_default();
+        let text = match self.discard_text {
+            true => String::new(),
+            false => String::from_utf8(self.text[..valid].to_vec()).unwrap_or_default(),
+        };
         self.text.drain(..valid);
         let start = self.text_from;
         self.text_from = self.at;

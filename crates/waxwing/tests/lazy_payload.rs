@@ -1,0 +1,93 @@
+//! Issue #21: a chat message is routed without its payload being parsed.
+//! The framer keeps a message's content as validated bytes; every policy
+//! on the way (blocking, carbons, archiving, CSI, offline hints) asks for
+//! child names only, so the bytes go out as they came in.
+//!
+//! One test in this binary: the parse counter is per process.
+
+mod support;
+
+use support::*;
+use waxwing_proto::ns;
+use waxwing_proto::xml::raw_content_parses;
+
+const CARBONS: &str = "urn:xmpp:carbons:2";
+const BLOCKING: &str = "urn:xmpp:blocking";
+
+#[tokio::test]
+async fn a_chat_message_is_delivered_archived_and_copied_without_parsing_its_payload() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet", "tybalt"] {
+        s.user(u).await;
+    }
+    let mut desk = s.online("romeo", "desk").await;
+    let mut phone = s.online("romeo", "phone").await;
+    let mut juliet = s.online("juliet", "balcony").await;
+    let mut nurse = s.online("juliet", "nurse").await;
+    for c in [&mut desk, &mut phone, &mut juliet, &mut nurse] {
+        let r = c
+            .iq("set", None, &format!("<enable xmlns='{CARBONS}'/>"))
+            .await;
+        assert!(is_result(&r), "{r}");
+    }
+    // A block list to consult, and a client that is inactive (CSI).
+    let r = juliet
+        .iq(
+            "set",
+            None,
+            &format!("<block xmlns='{BLOCKING}'><item jid='tybalt@localhost'/></block>"),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    juliet.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    for c in [&mut desk, &mut phone, &mut juliet, &mut nurse] {
+        c.sync().await;
+    }
+
+    let payload = "<body>Good night, good night! &lt;parting&gt; is such sweet sorrow</body>\
+        <active xmlns='http://jabber.org/protocol/chatstates'/>\
+        <request xmlns='urn:xmpp:receipts'/><origin-id xmlns='urn:xmpp:sid:0' id='o1'/>\
+        <markable xmlns='urn:xmpp:chat-markers:0'/>";
+    let before = raw_content_parses();
+    desk.send(&format!(
+        "<message to='juliet@localhost/balcony' type='chat' id='m1'>{payload}</message>"
+    ))
+    .await;
+    let got = juliet
+        .next("the message (a body is urgent for an inactive client)")
+        .await;
+    let sent_copy = phone.next("the sent carbon").await;
+    let received_copy = nurse.next("the received carbon").await;
+    assert_eq!(
+        raw_content_parses(),
+        before,
+        "the payload was parsed on its way through the server (or by the test clients)"
+    );
+
+    // Delivered as it was sent, with the archive's stanza-id appended.
+    let xml = got.to_xml_in(ns::CLIENT);
+    assert!(xml.contains(payload), "{xml}");
+    assert!(got.has_child("stanza-id", "urn:xmpp:sid:0"), "{xml}");
+    assert_eq!(got.attr("from"), Some("romeo@localhost/desk"));
+    for copy in [&sent_copy, &received_copy] {
+        let xml = copy.to_xml_in(ns::CLIENT);
+        assert!(xml.contains(payload), "{xml}");
+    }
+    assert!(sent_copy.has_child("sent", CARBONS));
+    assert!(received_copy.has_child("received", CARBONS));
+    // And it reads as the tree it is.
+    assert_eq!(
+        got.child("body", ns::CLIENT).unwrap().text(),
+        "Good night, good night! <parting> is such sweet sorrow"
+    );
+    assert!(raw_content_parses() > before);
+
+    // The policies still apply: tybalt is blocked.
+    let mut tybalt = s.online("tybalt", "street").await;
+    tybalt
+        .send("<message to='juliet@localhost' type='chat' id='t1'><body>draw</body></message>")
+        .await;
+    let bounce = tybalt.next("the error for a blocked recipient").await;
+    assert_eq!(bounce.attr("type"), Some("error"), "{bounce}");
+    juliet.expect_nothing().await;
+}
