@@ -177,12 +177,24 @@ impl Framer {
     /// (`jabber:client` for c2s, `jabber:server` for s2s).
     pub fn new(limits: Limits, content_ns: &'static str) -> Self {
         Framer {
+            parser: Some(Box::new(new_parser(limits))),
+            state: State::Start,
+            eager: false,
+            ..Self::inside(limits, content_ns, Vec::new())
+        }
+    }
+
+    /// A framer inside a stream already opened by `header`, the raw start
+    /// tag of a `<stream:stream>` read before (rxml is not needed), that
+    /// builds every tree: for reading validated bytes again.
+    fn inside(limits: Limits, content_ns: &'static str, header: Vec<u8>) -> Self {
+        Framer {
             limits,
             content_ns,
-            parser: Some(Box::new(new_parser(limits))),
+            parser: None,
             tokenizer: None,
-            header: Vec::new(),
-            state: State::Start,
+            header,
+            state: State::Open,
             stack: Vec::new(),
             nodes: Vec::new(),
             buf: Vec::new(),
@@ -195,7 +207,7 @@ impl Framer {
             lazy_open: 0,
             lazy_prefixed: 0,
             lazy_names: Vec::new(),
-            eager: false,
+            eager: true,
         }
     }
 
@@ -562,20 +574,42 @@ impl Framer {
     /// checks again, in the same scope.
     fn reparse_eager(&self) -> Result<Element, StreamError> {
         let bytes = &self.buf[self.index(self.boundary)..self.index(self.event_end)];
+        // Sized for the header too: it also sets the tokenizer's longest
+        // name or value, which the header's must fit.
         let limits = Limits {
             max_stanza_bytes: self.header.len() + bytes.len() + 1,
             max_depth: usize::MAX,
             max_attrs: usize::MAX,
         };
-        let mut again = Framer::new(limits, self.content_ns).eager();
-        again.feed(&self.header);
+        let mut again = Framer::inside(limits, self.content_ns, self.header.clone());
         again.feed(bytes);
-        match (again.next_event()?, again.next_event()?) {
-            (Some(StreamEvent::Open(_)), Some(StreamEvent::Stanza(el))) => Ok(el),
+        match again.next_event()? {
+            Some(StreamEvent::Stanza(el)) => Ok(el),
             _ => {
                 debug_assert!(false, "a framed stanza did not frame again");
                 Err(StreamError::new(StreamCondition::InternalServerError))
             }
+        }
+    }
+
+    /// Parses `xml`, one element the framer has already validated once
+    /// (see [`super::parse_fragment`]), in a stream whose header is
+    /// `header`.
+    pub(crate) fn parse_validated(
+        header: &[u8],
+        content_ns: &'static str,
+        xml: &str,
+    ) -> Result<Element, StreamError> {
+        let limits = Limits {
+            max_stanza_bytes: header.len() + xml.len() + 1,
+            max_depth: usize::MAX,
+            max_attrs: usize::MAX,
+        };
+        let mut f = Framer::inside(limits, content_ns, header.to_vec());
+        f.feed(xml.as_bytes());
+        match f.next_event()? {
+            Some(StreamEvent::Stanza(el)) => Ok(el),
+            _ => Err(StreamError::new(StreamCondition::BadFormat)),
         }
     }
 

@@ -48,26 +48,12 @@ pub fn parse_stanza(xml: &str, content_ns: &'static str) -> Result<Element, Stre
 /// Parses one element (with its own `xmlns`) the framer has already
 /// validated once, e.g. raw stanza content wrapped in an element of its
 /// namespace. The limits were enforced on the way in, so only the size
-/// bound (which also sizes the tokenizer's name limit) is kept here.
+/// bound (which also sizes the tokenizer's name limit) is kept here, and
+/// the stream header needs no parsing (rxml is not involved).
 pub(crate) fn parse_fragment(xml: &str) -> Result<Element, StreamError> {
-    const HEADER: &str = "<stream:stream xmlns='jabber:client' \
-                          xmlns:stream='http://etherx.jabber.org/streams'>";
-    let limits = Limits {
-        max_stanza_bytes: HEADER.len() + xml.len() + 1,
-        max_depth: usize::MAX,
-        max_attrs: usize::MAX,
-    };
-    let mut framer = Framer::new(limits, crate::ns::CLIENT).eager();
-    framer.feed(HEADER.as_bytes());
-    framer.feed(xml.as_bytes());
-    match framer.next_event()? {
-        Some(StreamEvent::Open(_)) => {}
-        _ => return Err(StreamError::new(StreamCondition::BadFormat)),
-    }
-    match framer.next_event()? {
-        Some(StreamEvent::Stanza(el)) => Ok(el),
-        _ => Err(StreamError::new(StreamCondition::BadFormat)),
-    }
+    const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' \
+                           xmlns:stream='http://etherx.jabber.org/streams'>";
+    Framer::parse_validated(HEADER, crate::ns::CLIENT, xml)
 }
 
 #[cfg(test)]
