@@ -82,12 +82,18 @@ async fn a_chat_message_is_delivered_archived_and_copied_without_parsing_its_pay
     );
     assert!(raw_content_parses() > before);
 
-    // The policies still apply: tybalt is blocked.
+    // The policies still apply: juliet blocked tybalt (XEP-0191), so his
+    // message is dropped and hers to him refused.
     let mut tybalt = s.online("tybalt", "street").await;
     tybalt
-        .send("<message to='juliet@localhost' type='chat' id='t1'><body>draw</body></message>")
+        .send("<message to='juliet@localhost/balcony' type='chat' id='t1'><body>draw</body></message>")
         .await;
-    let bounce = tybalt.next("the error for a blocked recipient").await;
-    assert_eq!(bounce.attr("type"), Some("error"), "{bounce}");
+    tybalt.expect_nothing().await;
     juliet.expect_nothing().await;
+    juliet
+        .send("<message to='tybalt@localhost/street' type='chat' id='j1'><body>no</body></message>")
+        .await;
+    let refused = juliet.next("the error for a blocked contact").await;
+    assert_eq!(refused.attr("type"), Some("error"), "{refused}");
+    tybalt.expect_nothing().await;
 }
