@@ -1,7 +1,8 @@
 //! Issue #21: a chat message is routed without its payload being parsed.
 //! The framer keeps a message's content as validated bytes; every policy
-//! on the way (blocking, carbons, archiving, CSI, offline hints) asks for
-//! child names only, so the bytes go out as they came in.
+//! on the way (blocking, carbons, archiving, CSI, offline hints, a room's
+//! reflection and log) asks for child names only, so the bytes go out as
+//! they came in, with what the server stamps appended.
 //!
 //! One test in this binary: the parse counter is per process.
 
@@ -96,4 +97,63 @@ async fn a_chat_message_is_delivered_archived_and_copied_without_parsing_its_pay
     let refused = juliet.next("the error for a blocked contact").await;
     assert_eq!(refused.attr("type"), Some("error"), "{refused}");
     tybalt.expect_nothing().await;
+
+    // A room message: reflected to every occupant, logged, kept in the
+    // history, without parsing either.
+    juliet.send("<active xmlns='urn:xmpp:csi:0'/>").await;
+    let room = "verona@conference.localhost";
+    for (c, nick) in [(&mut desk, "romeo"), (&mut juliet, "juliet")] {
+        c.send(&format!(
+            "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+        loop {
+            let el = c.next("joining the room").await;
+            assert_ne!(el.attr("type"), Some("error"), "{el}");
+            if el.name == "message" && el.has_child("subject", ns::CLIENT) {
+                break;
+            }
+        }
+        if nick == "romeo" {
+            let r = c
+                .iq(
+                    "set",
+                    Some(room),
+                    "<query xmlns='http://jabber.org/protocol/muc#owner'>\
+                     <x xmlns='jabber:x:data' type='submit'/></query>",
+                )
+                .await;
+            assert!(is_result(&r), "{r}");
+        }
+    }
+    loop {
+        let el = desk.next("juliet's join").await;
+        if el.name == "presence" && el.attr("from") == Some("verona@conference.localhost/juliet") {
+            break;
+        }
+    }
+    let before = raw_content_parses();
+    desk.send(&format!(
+        "<message to='{room}' type='groupchat' id='g1'>{payload}</message>"
+    ))
+    .await;
+    let mut reflected = Vec::new();
+    for c in [&mut desk, &mut juliet] {
+        reflected.push(c.next("the room message").await);
+    }
+    assert_eq!(raw_content_parses(), before, "a room message was parsed");
+    for m in &reflected {
+        let xml = m.to_xml_in(ns::CLIENT);
+        assert_eq!(
+            m.attr("from"),
+            Some("verona@conference.localhost/romeo"),
+            "{xml}"
+        );
+        assert!(xml.contains(payload), "{xml}");
+        assert!(
+            m.has_child("occupant-id", "urn:xmpp:occupant-id:0"),
+            "{xml}"
+        );
+        assert!(m.has_child("stanza-id", "urn:xmpp:sid:0"), "{xml}");
+    }
 }

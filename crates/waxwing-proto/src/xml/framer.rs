@@ -127,7 +127,7 @@ pub struct Framer {
     /// The tokenizer inside the stream (state `Open`). `None` while
     /// released between stanzas (see [`Framer::release_idle_buffers`]);
     /// rebuilt from `header` on demand.
-    tokenizer: Option<Box<Tokenizer>>,
+    tokenizer: Option<Box<Inside>>,
     /// The raw `<stream:stream …>` start tag of the current stream, which
     /// is all a rebuilt parser needs to be back inside the stream with the
     /// same namespace declarations.
@@ -157,19 +157,42 @@ pub struct Framer {
     /// between them. Size limits, `buffered` and `reset` all count from here.
     boundary: u64,
     poison: Option<StreamError>,
-    /// Inside a message whose content is kept as bytes (see the module
-    /// docs): the absolute offset where the content starts; 0 otherwise
-    /// (a stanza never starts at 0: the header precedes it).
-    lazy_from: u64,
-    /// Elements open inside that content.
-    lazy_open: u32,
-    /// The tokenizer's count of prefixed start tags when the content
-    /// began: if it changes, the content uses a prefix.
-    lazy_prefixed: u32,
-    /// The name and namespace of each direct child of that content.
-    lazy_names: Vec<(CompactString, CompactString)>,
     /// Build every element's tree, never keep content as bytes.
     eager: bool,
+}
+
+/// The tokenizer and the state of a message whose content is kept as
+/// bytes, in one box: neither is needed between stanzas, when an idle
+/// framer drops the box, and the connection's task stays as small as it
+/// was (see `waxwing-core`'s `footprint` test).
+#[derive(Debug)]
+struct Inside {
+    tokenizer: Tokenizer,
+    lazy: Lazy,
+}
+
+/// A message whose content is kept as bytes (see the module docs).
+#[derive(Debug, Default)]
+struct Lazy {
+    /// The absolute offset where the content starts; 0 when there is no
+    /// such message (a stanza never starts at 0: the header precedes it).
+    from: u64,
+    /// Elements open inside the content.
+    open: u32,
+    /// The tokenizer's count of prefixed start tags when the content
+    /// began: if it changes, the content uses a prefix.
+    prefixed: u32,
+    /// The name and namespace of each direct child of the content.
+    names: Vec<(CompactString, CompactString)>,
+}
+
+impl Inside {
+    fn new(tokenizer: Tokenizer) -> Box<Self> {
+        Box::new(Inside {
+            tokenizer,
+            lazy: Lazy::default(),
+        })
+    }
 }
 
 impl Framer {
@@ -203,10 +226,6 @@ impl Framer {
             event_end: 0,
             boundary: 0,
             poison: None,
-            lazy_from: 0,
-            lazy_open: 0,
-            lazy_prefixed: 0,
-            lazy_names: Vec::new(),
             eager: true,
         }
     }
@@ -255,7 +274,7 @@ impl Framer {
     /// content (which no tree holds twice).
     fn keep_from(&self) -> u64 {
         match self.state {
-            State::Open if self.lazy_from != 0 || self.stack.is_empty() => self.boundary,
+            State::Open if self.lazy_from() != 0 || self.stack.is_empty() => self.boundary,
             State::Open => self
                 .boundary
                 .max(self.consumed.saturating_sub(PARSED_TAIL_BYTES)),
@@ -322,9 +341,6 @@ impl Framer {
         self.state = State::Start;
         self.stack.clear();
         self.nodes.clear();
-        self.lazy_from = 0;
-        self.lazy_open = 0;
-        self.lazy_names.clear();
         self.consumed = self.boundary;
         self.event_end = self.boundary;
         self.poison = None;
@@ -344,7 +360,7 @@ impl Framer {
         if self.state == State::Open && self.poison.is_none() && reopenable {
             self.tokenizer = None;
         } else if let Some(t) = self.tokenizer.as_mut() {
-            t.shrink();
+            t.tokenizer.shrink();
         } else if let Some(p) = self.parser.as_mut() {
             p.release_temporaries();
         }
@@ -389,12 +405,12 @@ impl Framer {
                     return Ok(None);
                 }
                 let (limit, consumed) = (token_limit(self.limits), self.consumed);
-                let tokenizer = self
-                    .tokenizer
-                    .get_or_insert_with(|| Box::new(Tokenizer::new(limit, &self.header, consumed)));
+                let tokenizer = self.tokenizer.get_or_insert_with(|| {
+                    Inside::new(Tokenizer::new(limit, &self.header, consumed))
+                });
                 let mut input = &self.buf[from..to];
                 let before = input.len();
-                let res = tokenizer.next(&mut input);
+                let res = tokenizer.tokenizer.next(&mut input);
                 self.consumed += (before - input.len()) as u64;
                 let Some(token) = res? else {
                     self.check_size()?;
@@ -452,22 +468,22 @@ impl Framer {
             Token::Start { element, empty } => {
                 self.event_end = self.consumed;
                 self.check_element(&element)?;
-                if self.lazy_from != 0 {
-                    if self.lazy_open == 0 {
+                if let Some(lazy) = self.lazy_mut() {
+                    if lazy.open == 0 {
                         // A direct child: only its name is kept.
-                        self.lazy_names.push((element.name, element.ns));
+                        lazy.names.push((element.name, element.ns));
                     }
                     if !empty {
-                        self.lazy_open += 1;
+                        lazy.open += 1;
                     }
                     return Ok(None);
                 }
                 let lazy = !empty && self.stack.is_empty() && self.keeps_content_of(&element);
                 self.stack.push((element, self.nodes.len()));
-                if lazy && let Some(t) = self.tokenizer.as_mut() {
-                    self.lazy_from = self.consumed;
-                    self.lazy_prefixed = t.prefixed();
-                    t.discard_text = true;
+                if lazy && let Some(inside) = self.tokenizer.as_mut() {
+                    inside.lazy.from = self.consumed;
+                    inside.lazy.prefixed = inside.tokenizer.prefixed();
+                    inside.tokenizer.discard_text = true;
                 }
                 if empty {
                     return Ok(self.end_element());
@@ -476,9 +492,9 @@ impl Framer {
             }
             Token::End => {
                 self.event_end = self.consumed;
-                if self.lazy_from != 0 {
-                    if self.lazy_open > 0 {
-                        self.lazy_open -= 1;
+                if let Some(lazy) = self.lazy_mut() {
+                    if lazy.open > 0 {
+                        lazy.open -= 1;
                         return Ok(None);
                     }
                     return self.end_lazy().map(Some);
@@ -487,7 +503,7 @@ impl Framer {
             }
             // Text inside kept content: checked by the tokenizer, kept
             // as bytes.
-            Token::Text { end, .. } if self.lazy_from != 0 => {
+            Token::Text { end, .. } if self.lazy_from() != 0 => {
                 self.event_end = end;
                 Ok(None)
             }
@@ -507,7 +523,8 @@ impl Framer {
                 self.limits.max_attrs
             )));
         }
-        let depth = self.stack.len() + self.lazy_open as usize + 1;
+        let open_inside = self.tokenizer.as_ref().map_or(0, |t| t.lazy.open);
+        let depth = self.stack.len() + open_inside as usize + 1;
         if depth > self.limits.max_depth {
             return Err(policy(format!(
                 "elements nested deeper than {}",
@@ -538,22 +555,33 @@ impl Framer {
             && self
                 .tokenizer
                 .as_ref()
-                .is_some_and(|t| t.default_ns() == self.content_ns)
+                .is_some_and(|t| t.tokenizer.default_ns() == self.content_ns)
+    }
+
+    /// Where the content kept as bytes starts; 0 outside such content.
+    fn lazy_from(&self) -> u64 {
+        self.tokenizer.as_ref().map_or(0, |t| t.lazy.from)
+    }
+
+    /// The message whose content is being kept as bytes, if any.
+    fn lazy_mut(&mut self) -> Option<&mut Lazy> {
+        self.tokenizer
+            .as_mut()
+            .map(|t| &mut t.lazy)
+            .filter(|l| l.from != 0)
     }
 
     /// The end tag of a message whose content was kept as bytes, just
     /// consumed.
     fn end_lazy(&mut self) -> Result<StreamEvent, StreamError> {
-        let content_from = std::mem::take(&mut self.lazy_from);
-        let names = std::mem::take(&mut self.lazy_names);
-        let (mut el, _) = self.stack.pop().expect("the message is open");
-        let prefixed = match self.tokenizer.as_mut() {
-            Some(t) => {
-                t.discard_text = false;
-                t.prefixed() != self.lazy_prefixed
-            }
-            None => true,
+        let Some(inside) = self.tokenizer.as_mut() else {
+            unreachable!("kept content is read by the tokenizer");
         };
+        let lazy = std::mem::take(&mut inside.lazy);
+        inside.tokenizer.discard_text = false;
+        let prefixed = inside.tokenizer.prefixed() != lazy.prefixed;
+        let (content_from, names) = (lazy.from, lazy.names);
+        let (mut el, _) = self.stack.pop().expect("the message is open");
         let content = &self.buf[self.index(content_from)..self.index(self.consumed)];
         // The end tag is the last `<`: it has no other.
         let end_tag = content.iter().rposition(|&b| b == b'<').unwrap_or(0);
@@ -736,7 +764,7 @@ impl Framer {
             self.state = State::EmptyRoot;
         } else {
             self.state = State::Open;
-            self.tokenizer = Some(Box::new(Tokenizer::new(
+            self.tokenizer = Some(Inside::new(Tokenizer::new(
                 token_limit(self.limits),
                 &self.header,
                 self.event_end,
