@@ -141,7 +141,15 @@ async fn a_chat_message_is_delivered_archived_and_copied_without_parsing_its_pay
     for c in [&mut desk, &mut juliet] {
         reflected.push(c.next("the room message").await);
     }
-    assert_eq!(raw_content_parses(), before, "a room message was parsed");
+    // Once per room message, not per occupant: the room's own stanza-id
+    // is in every copy, and whether it claims the occupant's archive
+    // (MAM strips such claims) takes its `by`. The copies share the
+    // payload, so it is parsed once and left unchanged.
+    assert_eq!(
+        raw_content_parses() - before,
+        1,
+        "a room message is parsed once for all its copies"
+    );
     for m in &reflected {
         let xml = m.to_xml_in(ns::CLIENT);
         assert_eq!(
