@@ -1,7 +1,10 @@
 //! The framer fed in random chunks: whatever the split, and with idle
 //! buffers released between chunks, it yields the same events as when fed
 //! the whole input at once (it is documented as chunking-invariant), and it
-//! never panics.
+//! never panics. A framer that builds every tree (`Framer::eager`) yields
+//! the same events as one that keeps a message's content as bytes, and
+//! those bytes written back mean the same as the tree
+//! (`reference::check_write_back`).
 //!
 //! Only *when* an error is found may differ: rxml checks the bytes of an
 //! unfinished text token when a read ends, so invalid UTF-8 in text that
@@ -13,7 +16,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use waxwing_proto::ns;
-use waxwing_proto::xml::{Framer, Limits};
+use waxwing_proto::xml::reference::check_write_back;
+use waxwing_proto::xml::{Framer, Limits, StreamEvent};
 
 /// Small limits, so that the limit paths are reached too.
 const LIMITS: Limits = Limits {
@@ -22,14 +26,18 @@ const LIMITS: Limits = Limits {
     max_attrs: 8,
 };
 
-fn run(chunks: &[&[u8]], release: &[bool]) -> Vec<String> {
-    let mut f = Framer::new(LIMITS, ns::CLIENT);
+fn run(mut f: Framer, chunks: &[&[u8]], release: &[bool]) -> Vec<String> {
     let mut out = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
         f.feed(c);
         loop {
             match f.next_event() {
-                Ok(Some(ev)) => out.push(format!("{ev:?}")),
+                Ok(Some(ev)) => {
+                    if let StreamEvent::Stanza(el) = &ev {
+                        check_write_back(el);
+                    }
+                    out.push(format!("{ev:?}"))
+                }
                 Ok(None) => break,
                 Err(_) => {
                     // Only that the stream ends: which problem is met first
@@ -78,7 +86,10 @@ fuzz_target!(|data: &[u8]| {
         }
         out
     };
-    let whole = events(run(&[input], &[]));
-    let split = events(run(&chunks, &release));
+    let framer = || Framer::new(LIMITS, ns::CLIENT);
+    let whole = events(run(framer(), &[input], &[]));
+    let split = events(run(framer(), &chunks, &release));
     assert_eq!(whole, split, "chunking changed the events");
+    let eager = events(run(framer().eager(), &chunks, &release));
+    assert_eq!(whole, eager, "keeping content as bytes changed the events");
 });

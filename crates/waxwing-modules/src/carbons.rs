@@ -98,15 +98,17 @@ pub fn eligible(msg: &Element, inbound: bool) -> bool {
         "error" => return false,
         _ => {}
     }
-    if msg.child("private", CARBONS).is_some() || msg.child("no-copy", HINTS).is_some() {
+    // Names only: a routed message's payload is not parsed for this.
+    if msg.has_child("private", CARBONS) || msg.has_child("no-copy", HINTS) {
         return false;
     }
     // Carbons of carbons would loop between resources.
-    if msg.child("sent", CARBONS).is_some() || msg.child("received", CARBONS).is_some() {
+    if msg.has_child("sent", CARBONS) || msg.has_child("received", CARBONS) {
         return false;
     }
-    let muc_x = msg.child("x", MUC_USER);
-    if let Some(x) = muc_x {
+    if msg.has_child("x", MUC_USER)
+        && let Some(x) = msg.child("x", MUC_USER)
+    {
         if x.child("invite", MUC_USER).is_some() {
             return true;
         }
@@ -117,9 +119,9 @@ pub fn eligible(msg: &Element, inbound: bool) -> bool {
         }
     }
     ty == "chat"
-        || (ty == "normal" && msg.child("body", ns::CLIENT).is_some())
-        || msg.child("x", CONFERENCE).is_some()
-        || msg.children().any(|c| IM_PAYLOADS.contains(&c.ns.as_str()))
+        || (ty == "normal" && msg.has_child("body", ns::CLIENT))
+        || msg.has_child("x", CONFERENCE)
+        || msg.child_names().any(|(_, ns)| IM_PAYLOADS.contains(&ns))
 }
 
 /// `<message from=bare to=full type=…><{kind}><forwarded>original</forwarded></{kind}></message>`.

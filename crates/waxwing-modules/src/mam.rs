@@ -126,15 +126,13 @@ fn worth_archiving(msg: &Element) -> bool {
     if !matches!(msg.attr("type").unwrap_or("normal"), "chat" | "normal") {
         return false;
     }
-    if msg.child("no-store", NS_HINTS).is_some()
-        || msg.child("no-permanent-store", NS_HINTS).is_some()
-    {
+    if msg.has_child("no-store", NS_HINTS) || msg.has_child("no-permanent-store", NS_HINTS) {
         return false;
     }
-    msg.child("body", ns::CLIENT).is_some()
+    msg.has_child("body", ns::CLIENT)
         || ARCHIVED_PAYLOADS
             .iter()
-            .any(|(name, ns)| msg.child(name, ns).is_some())
+            .any(|(name, ns)| msg.has_child(name, ns))
 }
 
 /// Whether `entry` in an always/never list covers `with`: a bare JID covers
@@ -158,6 +156,14 @@ fn policy_for(prefs: &ArchivePrefs, with: &Jid) -> DefaultPolicy {
 }
 
 /// True when the stanza-id claims to come from `owner`'s archive.
+/// Removes the `stanza-id`s in `msg` that claim `owner`'s archive; without
+/// parsing a routed message's payload when it has none (the usual case).
+fn strip_claims(msg: &mut Element, owner: &BareJid) {
+    if msg.has_child("stanza-id", NS_SID) {
+        msg.remove_children(|c| claims_archive(c, owner));
+    }
+}
+
 fn claims_archive(el: &Element, owner: &BareJid) -> bool {
     el.is("stanza-id", NS_SID)
         && el
@@ -229,7 +235,7 @@ impl Mam {
         };
         let owner = from.to_bare();
         // A client cannot speak for its own archive (XEP-0359 §5).
-        msg.remove_children(|c| claims_archive(c, &owner));
+        strip_claims(msg, &owner);
         let to = match msg.attr("to") {
             None => Jid::Bare(owner.clone()),
             Some(t) => match Jid::parse(t) {
@@ -258,7 +264,7 @@ impl Mam {
         }
         // XEP-0359 §5: only we may claim ids in this archive, whatever the
         // message turns out to be.
-        msg.remove_children(|c| claims_archive(c, &owner));
+        strip_claims(msg, &owner);
         if !worth_archiving(msg) {
             return;
         }
@@ -333,7 +339,9 @@ impl StanzaHook for Mam {
         if owner.local().is_none() {
             return Some(Flow::Continue);
         }
-        if worth_archiving(copy.stanza) || copy.stanza.children().any(|c| claims_archive(c, owner))
+        if worth_archiving(copy.stanza)
+            || (copy.stanza.has_child("stanza-id", NS_SID)
+                && copy.stanza.children().any(|c| claims_archive(c, owner)))
         {
             return None;
         }

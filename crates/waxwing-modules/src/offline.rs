@@ -205,10 +205,10 @@ impl Module for Offline {
 
 /// Chat states and receipts alone are not worth keeping (XEP-0160 §3, XEP-0334).
 fn worth_storing(msg: &Element) -> bool {
-    if msg.child("no-store", HINTS).is_some() {
+    if msg.has_child("no-store", HINTS) {
         return false;
     }
-    msg.child("body", ns::CLIENT).is_some() || msg.child("store", HINTS).is_some()
+    msg.has_child("body", ns::CLIENT) || msg.has_child("store", HINTS)
 }
 
 #[async_trait]

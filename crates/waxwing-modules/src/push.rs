@@ -191,8 +191,7 @@ fn notification(user: &BareJid, reg: &Registration, count: usize, sender: Option
 fn is_important(msg: &Element) -> bool {
     msg.name == "message"
         && !matches!(msg.attr("type"), Some("error" | "groupchat" | "headline"))
-        && (msg.child("body", ns::CLIENT).is_some()
-            || msg.children().any(|c| c.name == "encrypted"))
+        && (msg.has_child("body", ns::CLIENT) || msg.child_names().any(|(n, _)| n == "encrypted"))
 }
 
 async fn notify(cx: &Cx, user: &BareJid, msg: &Element, which: impl Fn(&Registration) -> bool) {

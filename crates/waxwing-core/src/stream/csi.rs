@@ -20,8 +20,8 @@ pub fn is_urgent(el: &Element) -> bool {
             Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "error")
         ),
         "message" => {
-            el.child("body", ns::CLIENT).is_some()
-                || el.children().any(|c| c.name == "encrypted")
+            el.has_child("body", ns::CLIENT)
+                || el.child_names().any(|(n, _)| n == "encrypted")
                 || el.attr("type") == Some("error")
         }
         _ => true,

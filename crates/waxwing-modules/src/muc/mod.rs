@@ -264,7 +264,7 @@ impl MucService {
                 continue;
             };
             // Tombstones of moderated messages are not history.
-            if m.child("body", ns::CLIENT).is_none() {
+            if !m.has_child("body", ns::CLIENT) {
                 continue;
             }
             m.push_child(
@@ -581,7 +581,7 @@ impl MucService {
         }
         let now = SystemTime::now();
         let logged = ty == "groupchat" && self.lock().get(&room).is_some_and(|r| r.config.logging);
-        let ordered = ty != "groupchat" || m.child("subject", ns::CLIENT).is_some();
+        let ordered = ty != "groupchat" || m.has_child("subject", ns::CLIENT);
         let _order = if ordered {
             Some(self.persist.lock().await)
         } else {

@@ -744,8 +744,10 @@ impl Room {
                 .with_text("only occupants may send messages to the room"));
         };
         let role = occ.role;
-        let subject = msg.child("subject", ns::CLIENT).is_some();
-        let has_body = msg.child("body", ns::CLIENT).is_some();
+        // By name: a room message's payload is not parsed on its way
+        // through the room (see `waxwing_proto::xml::Children`).
+        let subject = msg.has_child("subject", ns::CLIENT);
+        let has_body = msg.has_child("body", ns::CLIENT);
         if subject && !has_body {
             if !(role == Role::Moderator
                 || (self.config.change_subject && role >= Role::Participant))
@@ -764,11 +766,16 @@ impl Room {
         let room = self.jid.to_string();
         // Nobody else may speak for the room (XEP-0359 §5, XEP-0421 §4,
         // XEP-0425 §6: moderation comes from the room itself).
-        m.remove_children(|c| {
-            (c.is("stanza-id", NS_SID) && c.attr("by") == Some(room.as_str()))
-                || c.ns == NS_OCCUPANT_ID
-                || c.ns == moderation::NS
-        });
+        let claims = |name: &str, ns: &str| {
+            (name == "stanza-id" && ns == NS_SID) || ns == NS_OCCUPANT_ID || ns == moderation::NS
+        };
+        if m.child_names().any(|(name, ns)| claims(name, ns)) {
+            m.remove_children(|c| {
+                (c.is("stanza-id", NS_SID) && c.attr("by") == Some(room.as_str()))
+                    || c.ns == NS_OCCUPANT_ID
+                    || c.ns == moderation::NS
+            });
+        }
         m.push_child(
             Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occ.occupant_id.clone()),
         );
@@ -785,9 +792,9 @@ impl Room {
         msg: &Element,
     ) -> Result<Option<(Element, Jid)>, StanzaError> {
         if !self.config.logging
-            || msg.child("body", ns::CLIENT).is_none()
-            || msg.child("no-store", NS_HINTS).is_some()
-            || msg.child("no-permanent-store", NS_HINTS).is_some()
+            || !msg.has_child("body", ns::CLIENT)
+            || msg.has_child("no-store", NS_HINTS)
+            || msg.has_child("no-permanent-store", NS_HINTS)
         {
             return Ok(None);
         }
@@ -811,15 +818,16 @@ impl Room {
     ) -> Result<Effects, StanzaError> {
         let (mut m, nick) = self.reflection(from, msg)?;
         let mut fx = Effects::default();
-        let subject = msg.child("subject", ns::CLIENT);
-        let has_body = msg.child("body", ns::CLIENT).is_some();
-        if subject.is_some() && !has_body {
+        let has_subject = msg.has_child("subject", ns::CLIENT);
+        let has_body = msg.has_child("body", ns::CLIENT);
+        if has_subject && !has_body {
+            let subject = msg.child("subject", ns::CLIENT);
             self.subject = subject.map(Element::text).unwrap_or_default();
             self.subject_by = Some(nick);
             self.persist_record(limits, &mut fx);
         }
         let room = self.jid.to_string();
-        if subject.is_none() || has_body {
+        if !has_subject || has_body {
             m.push_child(
                 Element::new("stanza-id", NS_SID)
                     .with_attr("id", archive_id.unwrap_or_else(waxwing_core::random_id))

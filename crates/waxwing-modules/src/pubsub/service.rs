@@ -190,6 +190,11 @@ impl PubSubService {
 
 /// The submitted `pubsub#subscribe_authorization` form of a message, if any.
 pub fn authorization_form(msg: &Element) -> Option<&Element> {
+    // Asked of every message a client sends: by name first, so a routed
+    // message's payload is not parsed for it.
+    if !msg.has_child("x", ns::DATA_FORMS) {
+        return None;
+    }
     msg.children().find(|x| {
         x.is("x", ns::DATA_FORMS)
             && x.attr("type") == Some("submit")

@@ -38,7 +38,8 @@ pub struct Element {
     pub children: Children,
 }
 
-/// The children of an element, shared copy-on-write.
+/// The children of an element, shared copy-on-write, and parsed on demand
+/// when they came from the wire.
 ///
 /// Fan-out clones one stanza per recipient (a room's occupants, a node's
 /// subscribers, a user's resources) and changes only the top-level `to`.
@@ -48,6 +49,15 @@ pub struct Element {
 /// (through `DerefMut`) unshares and drops the cache, so sharing is never
 /// visible.
 ///
+/// Most messages are routed, not read: the framer keeps a message's
+/// content as the validated bytes it arrived as (see
+/// [`Children::from_raw`]), which are the serialized cache from the start,
+/// plus the qualified names of the direct child elements. Reading the
+/// nodes (through `Deref`, `PartialEq`, `Debug`) parses those bytes once;
+/// [`Element::has_child`] and [`Element::child_names`] answer from the
+/// names without parsing, and writing the element back into the same
+/// default namespace copies the bytes.
+///
 /// No children is `None`, not an empty allocation: most elements of a
 /// stanza are leaves (`<active/>`, `<request/>`, `<origin-id/>`), and the
 /// framer builds one per element of every stanza.
@@ -56,16 +66,80 @@ pub struct Children(Option<Arc<ChildNodes>>);
 
 #[derive(Default)]
 struct ChildNodes {
-    nodes: Vec<Node>,
-    /// The serialized nodes and the parent namespace they were written in.
-    xml: OnceLock<(String, String)>,
+    /// The nodes; unset until first read when the children came as raw
+    /// content (then `xml` is set).
+    nodes: OnceLock<Vec<Node>>,
+    /// The serialized nodes and the default namespace (the parent's
+    /// content namespace) they are valid in.
+    xml: OnceLock<(CompactString, String)>,
+    /// For raw content, until the first mutable access: the name and
+    /// namespace of each direct child element, in document order.
+    names: Option<Vec<(CompactString, CompactString)>>,
 }
 
 impl Clone for ChildNodes {
+    /// A copy to change (see `Arc::make_mut`): of the nodes if they were
+    /// parsed (the copy is no longer written as the old bytes), else of
+    /// the raw content, which [`Children::push_element`] appends to.
     fn clone(&self) -> Self {
-        ChildNodes {
-            nodes: self.nodes.clone(),
-            xml: OnceLock::new(),
+        match self.nodes.get() {
+            Some(nodes) => ChildNodes {
+                nodes: OnceLock::from(nodes.clone()),
+                xml: OnceLock::new(),
+                names: None,
+            },
+            None => ChildNodes {
+                nodes: OnceLock::new(),
+                xml: self.xml.clone(),
+                names: self.names.clone(),
+            },
+        }
+    }
+}
+
+impl ChildNodes {
+    /// The nodes, parsed from the raw content on first use.
+    fn nodes(&self) -> &Vec<Node> {
+        self.nodes.get_or_init(|| match self.xml.get() {
+            Some((content_ns, raw)) => parse_content(raw, content_ns),
+            // Made empty to be filled (`DerefMut`).
+            None => Vec::new(),
+        })
+    }
+}
+
+/// How many times raw content has been parsed into nodes (see
+/// [`Children`]); for tests that check a path reads only names.
+static RAW_PARSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The number of raw contents parsed into nodes since the process started.
+pub fn raw_content_parses() -> u64 {
+    RAW_PARSES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Parses content the framer validated in a context whose default
+/// namespace was `content_ns` and which uses no prefix declared outside
+/// it, so wrapping it in an element of that namespace is all the context
+/// it needs. The limits were enforced when it arrived, and the bytes are
+/// the same, so the wrapper's parse cannot fail.
+fn parse_content(raw: &str, content_ns: &str) -> Vec<Node> {
+    RAW_PARSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut wrapped = String::with_capacity(raw.len() + content_ns.len() + 20);
+    wrapped.push_str("<c xmlns='");
+    escape_attr(&mut wrapped, content_ns);
+    wrapped.push_str("'>");
+    wrapped.push_str(raw);
+    wrapped.push_str("</c>");
+    match crate::xml::parse_fragment(&wrapped) {
+        Ok(el) => match el.children.0 {
+            Some(inner) => Arc::try_unwrap(inner)
+                .map(|c| c.nodes.into_inner().unwrap_or_default())
+                .unwrap_or_else(|shared| shared.nodes().clone()),
+            None => Vec::new(),
+        },
+        Err(e) => {
+            debug_assert!(false, "validated content failed to parse: {e:?}");
+            Vec::new()
         }
     }
 }
@@ -77,7 +151,7 @@ impl Deref for Children {
     type Target = Vec<Node>;
     fn deref(&self) -> &Vec<Node> {
         match &self.0 {
-            Some(inner) => &inner.nodes,
+            Some(inner) => inner.nodes(),
             None => &NO_NODES,
         }
     }
@@ -85,9 +159,16 @@ impl Deref for Children {
 
 impl DerefMut for Children {
     fn deref_mut(&mut self) -> &mut Vec<Node> {
+        if let Some(inner) = &self.0 {
+            // Parsed before unsharing, so a shared payload is parsed once
+            // and the copy clones nodes, not raw bytes.
+            inner.nodes();
+        }
         let inner = Arc::make_mut(self.0.get_or_insert_with(Arc::default));
+        inner.nodes();
         inner.xml.take();
-        &mut inner.nodes
+        inner.names = None;
+        inner.nodes.get_mut().expect("parsed above")
     }
 }
 
@@ -117,8 +198,9 @@ impl From<Vec<Node>> for Children {
             return Children(None);
         }
         Children(Some(Arc::new(ChildNodes {
-            nodes,
+            nodes: OnceLock::from(nodes),
             xml: OnceLock::new(),
+            names: None,
         })))
     }
 }
@@ -138,6 +220,69 @@ impl fmt::Debug for Children {
 }
 
 impl Children {
+    /// Children kept as `raw`, the content of an element exactly as it
+    /// arrived, to be parsed when first read. The caller (the framer)
+    /// vouches that `raw` is well-formed content that passed every check
+    /// and limit, in which unprefixed elements without `xmlns` are in
+    /// `content_ns`, that it uses no namespace prefix declared outside it
+    /// (only `xml:`), and that `names` are its direct child elements.
+    pub(crate) fn from_raw(
+        raw: String,
+        content_ns: CompactString,
+        names: Vec<(CompactString, CompactString)>,
+    ) -> Self {
+        if raw.is_empty() {
+            return Children(None);
+        }
+        Children(Some(Arc::new(ChildNodes {
+            nodes: OnceLock::new(),
+            xml: OnceLock::from((content_ns, raw)),
+            names: Some(names),
+        })))
+    }
+
+    /// Whether there are no nodes at all (no element, no text); answered
+    /// without parsing raw content, which is never empty.
+    pub fn is_empty(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(inner) => match inner.nodes.get() {
+                Some(nodes) => nodes.is_empty(),
+                None => false,
+            },
+        }
+    }
+
+    /// Whether the raw content has not been parsed (yet): for tests and
+    /// for checking that a path reads child names only.
+    pub fn is_unparsed(&self) -> bool {
+        self.0.as_ref().is_some_and(|i| i.nodes.get().is_none())
+    }
+
+    /// Appends `child`. Raw content that was not parsed stays raw, with the
+    /// child's XML appended: a stamp added to every routed message (an
+    /// archive's `stanza-id`, an offline `delay`) does not parse it.
+    fn push_element(&mut self, child: Element) {
+        if let Some(inner) = &mut self.0
+            && inner.names.is_some()
+            && inner.nodes.get().is_none()
+        {
+            let inner = Arc::make_mut(inner);
+            if let (Some((content_ns, raw)), Some(names)) = (inner.xml.get_mut(), &mut inner.names)
+            {
+                child.write_to(raw, content_ns);
+                names.push((child.name, child.ns));
+                return;
+            }
+        }
+        self.push(Node::Element(child));
+    }
+
+    /// The recorded names of raw content, if still valid.
+    fn names(&self) -> Option<&[(CompactString, CompactString)]> {
+        self.0.as_ref()?.names.as_deref()
+    }
+
     /// Writes the nodes as the content of an element in `parent_ns`; see
     /// the type's docs for when the result is cached.
     fn write_to(&self, out: &mut String, parent_ns: &str) {
@@ -152,13 +297,13 @@ impl Children {
         }
         if Arc::strong_count(inner) == 1 {
             // Not shared: nobody else will write these nodes.
-            write_nodes(&inner.nodes, out, parent_ns);
+            write_nodes(inner.nodes(), out, parent_ns);
             return;
         }
         let mut xml = String::new();
-        write_nodes(&inner.nodes, &mut xml, parent_ns);
+        write_nodes(inner.nodes(), &mut xml, parent_ns);
         out.push_str(&xml);
-        let _ = inner.xml.set((parent_ns.to_owned(), xml));
+        let _ = inner.xml.set((ns::intern(parent_ns), xml));
     }
 }
 
@@ -258,6 +403,34 @@ impl Element {
         self.name == name && self.ns == ns
     }
 
+    /// Whether there is a child element `{ns}name`. Unlike
+    /// `child(name, ns).is_some()` this does not parse raw content (see
+    /// [`Children`]): the checks every routed message goes through (hints,
+    /// chat states, receipts, carbons, archiving, CSI, push) should use it.
+    pub fn has_child(&self, name: &str, ns: &str) -> bool {
+        match self.children.names() {
+            Some(names) => names.iter().any(|(n, s)| n == name && s == ns),
+            None => self.child(name, ns).is_some(),
+        }
+    }
+
+    /// The name and namespace of each child element, in document order,
+    /// without parsing raw content (see [`Children`]).
+    pub fn child_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        let (names, nodes): (&[(CompactString, CompactString)], &[Node]) =
+            match self.children.names() {
+                Some(names) => (names, &[]),
+                None => (&[], &self.children),
+            };
+        names
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.as_str()))
+            .chain(nodes.iter().filter_map(|n| match n {
+                Node::Element(e) => Some((e.name.as_str(), e.ns.as_str())),
+                Node::Text(_) => None,
+            }))
+    }
+
     /// The first child element `{ns}name`.
     pub fn child(&self, name: &str, ns: &str) -> Option<&Element> {
         self.children().find(|c| c.is(name, ns))
@@ -291,7 +464,7 @@ impl Element {
 
     /// Appends a child element.
     pub fn push_child(&mut self, child: Element) {
-        self.children.push(Node::Element(child));
+        self.children.push_element(child);
     }
 
     /// Appends text, merging with a preceding text node so that the tree
@@ -343,7 +516,7 @@ impl Element {
 
     /// Whether there is at least one child element.
     pub fn has_children(&self) -> bool {
-        self.children().next().is_some()
+        self.child_names().next().is_some()
     }
 
     /// Serializes this element, declaring `xmlns` only when it differs

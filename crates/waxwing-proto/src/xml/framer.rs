@@ -19,12 +19,22 @@
 //! - [`Framer::reset`] can re-parse bytes that arrived after the last event
 //!   (a client pipelining its new stream header right behind `<auth/>`);
 //! - [`Framer::buffered`] is exact, for the STARTTLS injection check;
-//! - the raw stream header, whose `xmlns` declaration and prefix rxml hides.
+//! - the raw stream header, whose `xmlns` declaration and prefix rxml hides;
+//! - a message's content as bytes. Most messages are routed, not read, so
+//!   the content of a `<message>` in the stream's namespace is not built
+//!   into a tree: the tokenizer still checks every byte of it (and every
+//!   limit applies), but the framer records only the names of the direct
+//!   children and hands out the validated bytes, which
+//!   [`Children`](super::Children) parses if and when someone reads them
+//!   and writes back verbatim into the same namespace. Content that uses
+//!   a namespace prefix (which may be declared outside it, where the
+//!   bytes alone do not say what it means) is built into a tree as usual.
 
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
-use crate::xml::element::{Element, Node, attr_key, push_text_node};
+use crate::xml::element::{Children, Element, Node, attr_key, push_text_node};
 use crate::xml::tokenizer::{Token, Tokenizer};
+use compact_str::CompactString;
 use rxml::error::EndOrError;
 use rxml::{Event, Parse, Parser, WithOptions};
 
@@ -117,7 +127,7 @@ pub struct Framer {
     /// The tokenizer inside the stream (state `Open`). `None` while
     /// released between stanzas (see [`Framer::release_idle_buffers`]);
     /// rebuilt from `header` on demand.
-    tokenizer: Option<Box<Tokenizer>>,
+    tokenizer: Option<Box<Inside>>,
     /// The raw `<stream:stream …>` start tag of the current stream, which
     /// is all a rebuilt parser needs to be back inside the stream with the
     /// same namespace declarations.
@@ -147,6 +157,42 @@ pub struct Framer {
     /// between them. Size limits, `buffered` and `reset` all count from here.
     boundary: u64,
     poison: Option<StreamError>,
+    /// Build every element's tree, never keep content as bytes.
+    eager: bool,
+}
+
+/// The tokenizer and the state of a message whose content is kept as
+/// bytes, in one box: neither is needed between stanzas, when an idle
+/// framer drops the box, and the connection's task stays as small as it
+/// was (see `waxwing-core`'s `footprint` test).
+#[derive(Debug)]
+struct Inside {
+    tokenizer: Tokenizer,
+    lazy: Lazy,
+}
+
+/// A message whose content is kept as bytes (see the module docs).
+#[derive(Debug, Default)]
+struct Lazy {
+    /// The absolute offset where the content starts; 0 when there is no
+    /// such message (a stanza never starts at 0: the header precedes it).
+    from: u64,
+    /// Elements open inside the content.
+    open: u32,
+    /// The tokenizer's count of prefixed start tags when the content
+    /// began: if it changes, the content uses a prefix.
+    prefixed: u32,
+    /// The name and namespace of each direct child of the content.
+    names: Vec<(CompactString, CompactString)>,
+}
+
+impl Inside {
+    fn new(tokenizer: Tokenizer) -> Box<Self> {
+        Box::new(Inside {
+            tokenizer,
+            lazy: Lazy::default(),
+        })
+    }
 }
 
 impl Framer {
@@ -154,12 +200,24 @@ impl Framer {
     /// (`jabber:client` for c2s, `jabber:server` for s2s).
     pub fn new(limits: Limits, content_ns: &'static str) -> Self {
         Framer {
+            parser: Some(Box::new(new_parser(limits))),
+            state: State::Start,
+            eager: false,
+            ..Self::inside(limits, content_ns, Vec::new())
+        }
+    }
+
+    /// A framer inside a stream already opened by `header`, the raw start
+    /// tag of a `<stream:stream>` read before (rxml is not needed), that
+    /// builds every tree: for reading validated bytes again.
+    fn inside(limits: Limits, content_ns: &'static str, header: Vec<u8>) -> Self {
+        Framer {
             limits,
             content_ns,
-            parser: Some(Box::new(new_parser(limits))),
+            parser: None,
             tokenizer: None,
-            header: Vec::new(),
-            state: State::Start,
+            header,
+            state: State::Open,
             stack: Vec::new(),
             nodes: Vec::new(),
             buf: Vec::new(),
@@ -168,7 +226,16 @@ impl Framer {
             event_end: 0,
             boundary: 0,
             poison: None,
+            eager: true,
         }
+    }
+
+    /// This framer builds every element's tree, message content included
+    /// (see the module docs).
+    #[must_use]
+    pub fn eager(mut self) -> Self {
+        self.eager = true;
+        self
     }
 
     /// Appends bytes read from the peer.
@@ -181,6 +248,15 @@ impl Framer {
             self.buf.drain(..done.min(self.buf.len()));
             self.buf_start = keep_from;
         }
+        // Grown by an eighth rather than doubled: a message's content is
+        // kept here until its end (see the module docs), and one trickled
+        // in should cost about its own size, not up to twice it.
+        let needed = self.buf.len() + data.len();
+        if needed > self.buf.capacity() {
+            let cap = self.buf.capacity();
+            let target = needed.max(cap + cap / 8);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         self.buf.extend_from_slice(data);
     }
 
@@ -191,9 +267,14 @@ impl Framer {
     /// last few are kept, for [`Framer::map_error`]. Before the stream is
     /// open everything since the boundary is kept: the header's raw bytes
     /// are read back. [`Framer::reset`] needs nothing parsed past the
-    /// boundary, since it is called right after an event.
+    /// boundary, since it is called right after an event. Between stanzas
+    /// and in a message whose content is kept as bytes, everything since
+    /// the boundary is kept: those bytes are the start tag (a message's
+    /// is read again if its content must be built after all) and the
+    /// content (which no tree holds twice).
     fn keep_from(&self) -> u64 {
         match self.state {
+            State::Open if self.lazy_from() != 0 || self.stack.is_empty() => self.boundary,
             State::Open => self
                 .boundary
                 .max(self.consumed.saturating_sub(PARSED_TAIL_BYTES)),
@@ -279,7 +360,7 @@ impl Framer {
         if self.state == State::Open && self.poison.is_none() && reopenable {
             self.tokenizer = None;
         } else if let Some(t) = self.tokenizer.as_mut() {
-            t.shrink();
+            t.tokenizer.shrink();
         } else if let Some(p) = self.parser.as_mut() {
             p.release_temporaries();
         }
@@ -324,12 +405,12 @@ impl Framer {
                     return Ok(None);
                 }
                 let (limit, consumed) = (token_limit(self.limits), self.consumed);
-                let tokenizer = self
-                    .tokenizer
-                    .get_or_insert_with(|| Box::new(Tokenizer::new(limit, &self.header, consumed)));
+                let tokenizer = self.tokenizer.get_or_insert_with(|| {
+                    Inside::new(Tokenizer::new(limit, &self.header, consumed))
+                });
                 let mut input = &self.buf[from..to];
                 let before = input.len();
-                let res = tokenizer.next(&mut input);
+                let res = tokenizer.tokenizer.next(&mut input);
                 self.consumed += (before - input.len()) as u64;
                 let Some(token) = res? else {
                     self.check_size()?;
@@ -386,7 +467,24 @@ impl Framer {
         match token {
             Token::Start { element, empty } => {
                 self.event_end = self.consumed;
-                self.start_element(element)?;
+                self.check_element(&element)?;
+                if let Some(lazy) = self.lazy_mut() {
+                    if lazy.open == 0 {
+                        // A direct child: only its name is kept.
+                        lazy.names.push((element.name, element.ns));
+                    }
+                    if !empty {
+                        lazy.open += 1;
+                    }
+                    return Ok(None);
+                }
+                let lazy = !empty && self.stack.is_empty() && self.keeps_content_of(&element);
+                self.stack.push((element, self.nodes.len()));
+                if lazy && let Some(inside) = self.tokenizer.as_mut() {
+                    inside.lazy.from = self.consumed;
+                    inside.lazy.prefixed = inside.tokenizer.prefixed();
+                    inside.tokenizer.discard_text = true;
+                }
                 if empty {
                     return Ok(self.end_element());
                 }
@@ -394,7 +492,20 @@ impl Framer {
             }
             Token::End => {
                 self.event_end = self.consumed;
+                if let Some(lazy) = self.lazy_mut() {
+                    if lazy.open > 0 {
+                        lazy.open -= 1;
+                        return Ok(None);
+                    }
+                    return self.end_lazy().map(Some);
+                }
                 Ok(self.end_element())
+            }
+            // Text inside kept content: checked by the tokenizer, kept
+            // as bytes.
+            Token::Text { end, .. } if self.lazy_from() != 0 => {
+                self.event_end = end;
+                Ok(None)
             }
             Token::Text { text, start, end } => {
                 self.event_end = end;
@@ -405,14 +516,15 @@ impl Framer {
     }
 
     /// Limits and stream-level rules for an element below the root.
-    fn start_element(&mut self, el: Element) -> Result<(), StreamError> {
+    fn check_element(&self, el: &Element) -> Result<(), StreamError> {
         if el.attrs.len() > self.limits.max_attrs {
             return Err(policy(format!(
                 "more than {} attributes on one element",
                 self.limits.max_attrs
             )));
         }
-        let depth = self.stack.len() + 1;
+        let open_inside = self.tokenizer.as_ref().map_or(0, |t| t.lazy.open);
+        let depth = self.stack.len() + open_inside as usize + 1;
         if depth > self.limits.max_depth {
             return Err(policy(format!(
                 "elements nested deeper than {}",
@@ -427,10 +539,106 @@ impl Framer {
                 return Err(StreamError::new(StreamCondition::BadFormat)
                     .with_text("stream header inside the stream"));
             }
-            self.check_top_level_ns(&el)?;
+            self.check_top_level_ns(el)?;
         }
-        self.stack.push((el, self.nodes.len()));
         Ok(())
+    }
+
+    /// Whether the content of `el`, a top-level element just opened, is
+    /// kept as bytes: a message in the stream's namespace whose content
+    /// inherits that namespace as its default (which a stanza with its own
+    /// prefix and `xmlns` might not).
+    fn keeps_content_of(&self, el: &Element) -> bool {
+        !self.eager
+            && el.name == "message"
+            && el.ns == self.content_ns
+            && self
+                .tokenizer
+                .as_ref()
+                .is_some_and(|t| t.tokenizer.default_ns() == self.content_ns)
+    }
+
+    /// Where the content kept as bytes starts; 0 outside such content.
+    fn lazy_from(&self) -> u64 {
+        self.tokenizer.as_ref().map_or(0, |t| t.lazy.from)
+    }
+
+    /// The message whose content is being kept as bytes, if any.
+    fn lazy_mut(&mut self) -> Option<&mut Lazy> {
+        self.tokenizer
+            .as_mut()
+            .map(|t| &mut t.lazy)
+            .filter(|l| l.from != 0)
+    }
+
+    /// The end tag of a message whose content was kept as bytes, just
+    /// consumed.
+    fn end_lazy(&mut self) -> Result<StreamEvent, StreamError> {
+        let Some(inside) = self.tokenizer.as_mut() else {
+            unreachable!("kept content is read by the tokenizer");
+        };
+        let lazy = std::mem::take(&mut inside.lazy);
+        inside.tokenizer.discard_text = false;
+        let prefixed = inside.tokenizer.prefixed() != lazy.prefixed;
+        let (content_from, names) = (lazy.from, lazy.names);
+        let (mut el, _) = self.stack.pop().expect("the message is open");
+        let content = &self.buf[self.index(content_from)..self.index(self.consumed)];
+        // The end tag is the last `<`: it has no other.
+        let end_tag = content.iter().rposition(|&b| b == b'<').unwrap_or(0);
+        match std::str::from_utf8(&content[..end_tag]) {
+            Ok(raw) if !prefixed => {
+                let ns = CompactString::const_new(self.content_ns);
+                el.children = Children::from_raw(raw.to_owned(), ns, names);
+            }
+            // Rare: parsed again with the stream's declarations in scope.
+            _ => el = self.reparse_eager()?,
+        }
+        self.boundary = self.event_end;
+        Ok(StreamEvent::Stanza(el))
+    }
+
+    /// Builds the tree of the top-level element that just ended, from its
+    /// bytes (`boundary..event_end`) behind the stream's header: the same
+    /// checks again, in the same scope.
+    fn reparse_eager(&self) -> Result<Element, StreamError> {
+        let bytes = &self.buf[self.index(self.boundary)..self.index(self.event_end)];
+        // Sized for the header too: it also sets the tokenizer's longest
+        // name or value, which the header's must fit.
+        let limits = Limits {
+            max_stanza_bytes: self.header.len() + bytes.len() + 1,
+            max_depth: usize::MAX,
+            max_attrs: usize::MAX,
+        };
+        let mut again = Framer::inside(limits, self.content_ns, self.header.clone());
+        again.feed(bytes);
+        match again.next_event()? {
+            Some(StreamEvent::Stanza(el)) => Ok(el),
+            _ => {
+                debug_assert!(false, "a framed stanza did not frame again");
+                Err(StreamError::new(StreamCondition::InternalServerError))
+            }
+        }
+    }
+
+    /// Parses `xml`, one element the framer has already validated once
+    /// (see [`super::parse_fragment`]), in a stream whose header is
+    /// `header`.
+    pub(crate) fn parse_validated(
+        header: &[u8],
+        content_ns: &'static str,
+        xml: &str,
+    ) -> Result<Element, StreamError> {
+        let limits = Limits {
+            max_stanza_bytes: header.len() + xml.len() + 1,
+            max_depth: usize::MAX,
+            max_attrs: usize::MAX,
+        };
+        let mut f = Framer::inside(limits, content_ns, header.to_vec());
+        f.feed(xml.as_bytes());
+        match f.next_event()? {
+            Some(StreamEvent::Stanza(el)) => Ok(el),
+            _ => Err(StreamError::new(StreamCondition::BadFormat)),
+        }
     }
 
     fn end_element(&mut self) -> Option<StreamEvent> {
@@ -556,7 +764,7 @@ impl Framer {
             self.state = State::EmptyRoot;
         } else {
             self.state = State::Open;
-            self.tokenizer = Some(Box::new(Tokenizer::new(
+            self.tokenizer = Some(Inside::new(Tokenizer::new(
                 token_limit(self.limits),
                 &self.header,
                 self.event_end,
@@ -742,5 +950,7 @@ fn unescape(v: &[u8]) -> String {
     out
 }
 
+#[cfg(test)]
+mod lazy_tests;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ mod tokenizer;
 mod tokenizer_tests;
 
 pub use compact_str::CompactString;
-pub use element::{Children, Element, Node, escape_attr};
+pub use element::{Children, Element, Node, escape_attr, raw_content_parses};
 pub use framer::{Framer, Limits, StreamEvent, StreamHeader};
 
 use crate::stanza::{StreamCondition, StreamError};
@@ -44,6 +44,17 @@ pub fn parse_stanza(xml: &str, content_ns: &'static str) -> Result<Element, Stre
         Some(StreamEvent::Stanza(el)) => Ok(el),
         _ => Err(StreamError::new(StreamCondition::BadFormat)),
     }
+}
+
+/// Parses one element (with its own `xmlns`) the framer has already
+/// validated once, e.g. raw stanza content wrapped in an element of its
+/// namespace. The limits were enforced on the way in, so only the size
+/// bound (which also sizes the tokenizer's name limit) is kept here, and
+/// the stream header needs no parsing (rxml is not involved).
+pub(crate) fn parse_fragment(xml: &str) -> Result<Element, StreamError> {
+    const HEADER: &[u8] = b"<stream:stream xmlns='jabber:client' \
+                           xmlns:stream='http://etherx.jabber.org/streams'>";
+    Framer::parse_validated(HEADER, crate::ns::CLIENT, xml)
 }
 
 #[cfg(test)]

@@ -196,6 +196,13 @@ pub(super) struct Tokenizer {
     names: String,
     /// One per open element, the stream's root first.
     scopes: Vec<Scope>,
+    /// Start tags so far whose element or attribute names use a prefix
+    /// other than `xml` (wrapping): the framer keeps content as bytes only
+    /// where this did not change (see `Framer`).
+    prefixed: u32,
+    /// Text is checked but handed out empty: the framer is keeping the
+    /// bytes it came in instead.
+    pub(super) discard_text: bool,
 }
 
 type Res<T> = Result<T, StreamError>;
@@ -428,6 +435,8 @@ impl Tokenizer {
             decls: PrefixDecls::default(),
             names: String::new(),
             scopes: Vec::new(),
+            prefixed: 0,
+            discard_text: false,
         };
         // Reads the header with the same code as any start tag, for its
         // namespace declarations; it skips the `<`.
@@ -770,7 +779,7 @@ impl Tokenizer {
         let raw = &input[..run];
         let text = std::str::from_utf8(raw).ok()?;
         check_chars(raw).ok()?;
-        let text = text.to_owned();
+        let text = self.owned(text);
         self.advance(input, run + 1);
         let start = self.text_from;
         let end = self.at - 1;
@@ -1244,6 +1253,9 @@ impl Tokenizer {
         // room for it now saves growing the list then.
         let spare = usize::from(self.scopes.len() == 2);
         let attrs = self.resolve_attributes(spare)?;
+        if self.tag_colon.is_some() {
+            self.prefixed = self.prefixed.wrapping_add(1);
+        }
         let (ns, local) = match self.tag_colon {
             Some(c) => (
                 lookup_prefix(&self.decls, &self.tag_qname[..c])
@@ -1267,6 +1279,29 @@ impl Tokenizer {
         Ok(Token::Start { element, empty })
     }
 
+    /// See the field: compared before and after some content.
+    pub(super) fn prefixed(&self) -> u32 {
+        self.prefixed
+    }
+
+    /// Text as handed out (see `discard_text`).
+    fn owned(&self, text: &str) -> String {
+        match self.discard_text {
+            true => String::new(),
+            false => text.to_owned(),
+        }
+    }
+
+    /// The default namespace in scope inside the innermost open element
+    /// (what its unprefixed children without `xmlns` are in).
+    pub(super) fn default_ns(&self) -> &CompactString {
+        self.scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.default.as_ref())
+            .unwrap_or(&NO_NS)
+    }
+
     /// The tag's attributes with their namespaces resolved, in rxml's
     /// order (by namespace, then local name). Errors come in rxml's order
     /// too: a duplicate among the attributes before the first undeclared
@@ -1278,7 +1313,12 @@ impl Tokenizer {
             let key = match a.colon {
                 None => a.qname,
                 Some(c) => match lookup_prefix(&self.decls, &a.qname[..c]) {
-                    Some(ns) => attr_key(ns, &a.qname[c + 1..]),
+                    Some(ns) => {
+                        if &a.qname[..c] != "xml" {
+                            self.prefixed = self.prefixed.wrapping_add(1);
+                        }
+                        attr_key(ns, &a.qname[c + 1..])
+                    }
                     None => {
                         undeclared = true;
                         break;
@@ -1320,7 +1360,7 @@ impl Tokenizer {
         }
         let s = std::str::from_utf8(&self.text).map_err(|_| nwf("invalid UTF-8 in text"))?;
         check_chars(s.as_bytes())?;
-        let text = s.to_owned();
+        let text = self.owned(s);
         self.text.clear();
         self.text_checked = 0;
         let start = self.text_from;
@@ -1346,7 +1386,10 @@ impl Tokenizer {
             return Err(nwf("invalid UTF-8 in text"));
         }
         check_chars(&self.text[..valid])?;
-        let text = String::from_utf8(self.text[..valid].to_vec()).unwrap_or_default();
+        let text = match self.discard_text {
+            true => String::new(),
+            false => String::from_utf8(self.text[..valid].to_vec()).unwrap_or_default(),
+        };
         self.text.drain(..valid);
         self.text_checked = 0;
         let start = self.text_from;

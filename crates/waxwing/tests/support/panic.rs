@@ -59,6 +59,11 @@ fn asked(stanza: &Element) -> Option<&str> {
     if stanza.attr("type") == Some("error") {
         return None;
     }
+    // By name first: a routed message's payload is not parsed for this
+    // (`lazy_payload.rs` counts the parses).
+    if !stanza.has_child("panic", NS) {
+        return None;
+    }
     stanza.child("panic", NS).and_then(|p| p.attr("on"))
 }
 
