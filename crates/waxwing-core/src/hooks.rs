@@ -144,8 +144,10 @@ pub trait StanzaHook: Send + Sync {
 
     /// Whether stanzas named `name` (`message`, `presence`, `iq`) on `hook`
     /// concern this hook at all; the router does not call it for the rest.
-    /// A cheap sync check that spares every routed stanza the calls (and
-    /// their boxed futures) of hooks that would only return `Continue`.
+    /// Asked once per hook and stanza name when the registry is frozen
+    /// ([`HookChains`]), so the answer must depend on `hook` and `name`
+    /// only: every routed stanza then walks a chain of the hooks that want
+    /// it, without a call per hook that would only return `Continue`.
     fn wants(&self, _hook: Hook, _name: &str) -> bool {
         true
     }
@@ -298,18 +300,98 @@ pub struct Registrar {
     pub(crate) registry: Registry,
 }
 
-/// Who answers an IQ: its target, type and payload namespace.
-pub(crate) type IqKey = (IqTarget, IqKind, String);
+/// An IQ handler and the module that registered it.
+pub(crate) type IqEntry = (&'static str, Arc<dyn IqHandler>);
+
+/// Who answers an IQ, by its payload namespace, then its target and type:
+/// looked up with the payload's namespace as it stands, without a key
+/// built (a `String` allocated) per IQ.
+#[derive(Default)]
+pub(crate) struct IqHandlers(HashMap<String, [Option<IqEntry>; 4]>);
+
+impl IqHandlers {
+    fn slot(target: IqTarget, kind: IqKind) -> usize {
+        match (target, kind) {
+            (IqTarget::Server, IqKind::Get) => 0,
+            (IqTarget::Server, IqKind::Set) => 1,
+            (IqTarget::Account, IqKind::Get) => 2,
+            (IqTarget::Account, IqKind::Set) => 3,
+        }
+    }
+
+    /// The handler of IQs of type `kind` to `target` whose payload is in `ns`.
+    pub(crate) fn get(&self, target: IqTarget, kind: IqKind, ns: &str) -> Option<&IqEntry> {
+        self.0.get(ns)?[Self::slot(target, kind)].as_ref()
+    }
+}
 /// One entry of a hook chain: priority, owning module, handler.
 pub(crate) type HookEntry = (Priority, &'static str, Arc<dyn StanzaHook>);
+
+/// The stanza hooks, per [`Hook`] in priority order, and for each the
+/// chain every stanza kind walks: only the hooks that
+/// [want](StanzaHook::wants) it, picked once when the registry is frozen
+/// rather than asked of every hook for every routed stanza.
+#[derive(Default)]
+pub(crate) struct HookChains {
+    /// Every hook registered, by [`Hook::index`].
+    all: [Vec<HookEntry>; 3],
+    /// `[hook][kind]`: the entries of `all[hook]` that want stanzas of
+    /// that kind (indexed like [`STANZA_NAMES`]).
+    by_kind: [[Vec<HookEntry>; 3]; 3],
+}
+
+/// The stanza names a hook chain is split by.
+const STANZA_NAMES: [&str; 3] = ["message", "presence", "iq"];
+
+impl Hook {
+    fn index(self) -> usize {
+        match self {
+            Hook::Outbound => 0,
+            Hook::Inbound => 1,
+            Hook::Undeliverable => 2,
+        }
+    }
+}
+
+impl HookChains {
+    /// Sorts each chain by priority and splits it by stanza kind.
+    fn freeze(&mut self) {
+        for (i, hook) in [Hook::Outbound, Hook::Inbound, Hook::Undeliverable]
+            .into_iter()
+            .enumerate()
+        {
+            debug_assert_eq!(hook.index(), i);
+            // Stable: hooks of equal priority keep their registration order.
+            self.all[i].sort_by_key(|(p, ..)| *p);
+            for (k, name) in STANZA_NAMES.into_iter().enumerate() {
+                self.by_kind[i][k] = self.all[i]
+                    .iter()
+                    .filter(|(_, _, h)| h.wants(hook, name))
+                    .cloned()
+                    .collect();
+            }
+        }
+    }
+
+    /// The hooks to run on `hook` for a stanza named `name`, and whether
+    /// they are already filtered by [`StanzaHook::wants`] (they are for
+    /// the three stanza names; anything else gets the whole chain, and the
+    /// caller asks each hook).
+    pub(crate) fn chain(&self, hook: Hook, name: &str) -> (&[HookEntry], bool) {
+        match STANZA_NAMES.iter().position(|n| *n == name) {
+            Some(k) => (&self.by_kind[hook.index()][k], true),
+            None => (&self.all[hook.index()], false),
+        }
+    }
+}
 
 /// The frozen result of registration, read by the router.
 #[derive(Default)]
 pub struct Registry {
-    pub(crate) iq: HashMap<IqKey, (&'static str, Arc<dyn IqHandler>)>,
-    /// This map and `services` are read for every routed stanza: hashed
-    /// with [`FastMap`]'s hasher (their keys come from the configuration).
-    pub(crate) hooks: FastMap<Hook, Vec<HookEntry>>,
+    pub(crate) iq: IqHandlers,
+    /// `services` is read for every routed stanza: hashed with
+    /// [`FastMap`]'s hasher (its keys come from the configuration).
+    pub(crate) hooks: HookChains,
     pub(crate) events: Vec<(&'static str, Arc<dyn EventHandler>)>,
     /// The subset of `events` that wants [`Event::MessageDelivered`].
     pub(crate) delivery_events: Vec<(&'static str, Arc<dyn EventHandler>)>,
@@ -329,9 +411,7 @@ impl Registrar {
             reg.current = m.module_name();
             m.load(&mut reg)?;
         }
-        for chain in reg.registry.hooks.values_mut() {
-            chain.sort_by_key(|(p, ..)| *p);
-        }
+        reg.registry.hooks.freeze();
         reg.registry.server_features.sort_unstable();
         reg.registry.server_features.dedup();
         reg.registry.account_features.sort_unstable();
@@ -346,8 +426,9 @@ impl Registrar {
         ns: &str,
         h: Arc<dyn IqHandler>,
     ) -> Result<(), RegisterError> {
-        let key = (target, kind, ns.to_string());
-        if let Some((owner, _)) = self.registry.iq.get(&key) {
+        let slot = &mut self.registry.iq.0.entry(ns.to_string()).or_default()
+            [IqHandlers::slot(target, kind)];
+        if let Some((owner, _)) = slot {
             return Err(RegisterError::DuplicateIq {
                 module: self.current,
                 owner,
@@ -355,7 +436,7 @@ impl Registrar {
                 target,
             });
         }
-        self.registry.iq.insert(key, (self.current, h));
+        *slot = Some((self.current, h));
         Ok(())
     }
 
@@ -411,11 +492,7 @@ impl Registrar {
     }
 
     pub fn hook(&mut self, hook: Hook, priority: Priority, h: Arc<dyn StanzaHook>) {
-        self.registry
-            .hooks
-            .entry(hook)
-            .or_default()
-            .push((priority, self.current, h));
+        self.registry.hooks.all[hook.index()].push((priority, self.current, h));
     }
 
     pub fn on_events(&mut self, h: Arc<dyn EventHandler>) {

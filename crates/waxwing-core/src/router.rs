@@ -504,23 +504,22 @@ impl Server {
             return Shared::Undecided(copy);
         };
         let stanza = copy.stanza.element();
-        if let Some(chain) = self.registry.hooks.get(&Hook::Inbound) {
-            let seen = FanoutCopy {
-                stanza,
-                from,
-                to: &copy.to,
-            };
-            for (_, module, h) in chain {
-                if !h.wants(Hook::Inbound, &stanza.name) {
-                    continue;
-                }
-                match isolate::isolated_sync(module, || h.decide_copy(cx, &seen)) {
-                    Ok(Some(Flow::Continue)) => {}
-                    Ok(Some(Flow::Handled)) => return Shared::Done,
-                    // A panic here is met again, and answered, on the
-                    // general path.
-                    Ok(None) | Err(Panicked) => return Shared::Undecided(copy),
-                }
+        let (chain, filtered) = self.registry.hooks.chain(Hook::Inbound, &stanza.name);
+        let seen = FanoutCopy {
+            stanza,
+            from,
+            to: &copy.to,
+        };
+        for (_, module, h) in chain {
+            if !filtered && !h.wants(Hook::Inbound, &stanza.name) {
+                continue;
+            }
+            match isolate::isolated_sync(module, || h.decide_copy(cx, &seen)) {
+                Ok(Some(Flow::Continue)) => {}
+                Ok(Some(Flow::Handled)) => return Shared::Done,
+                // A panic here is met again, and answered, on the
+                // general path.
+                Ok(None) | Err(Panicked) => return Shared::Undecided(copy),
             }
         }
         if self.delivery_wanted(stanza, std::slice::from_ref(&session)) {
@@ -676,26 +675,25 @@ impl Server {
     }
 
     async fn run_hooks(&self, hook: Hook, cx: &Cx, stanza: &mut Element) -> Flow {
-        if let Some(chain) = self.registry.hooks.get(&hook) {
-            for (_, module, h) in chain {
-                if !h.wants(hook, &stanza.name) {
-                    continue;
+        let (chain, filtered) = self.registry.hooks.chain(hook, &stanza.name);
+        for (_, module, h) in chain {
+            if !filtered && !h.wants(hook, &stanza.name) {
+                continue;
+            }
+            let flow = match isolate::isolated_sync(module, || h.decide_now(cx, hook, stanza)) {
+                Ok(Some(flow)) => Ok(flow),
+                Ok(None) => isolated(module, h.handle_stanza(cx, hook, stanza)).await,
+                Err(Panicked) => Err(Panicked),
+            };
+            match flow {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Handled) => {
+                    tracing::trace!(module, ?hook, "stanza handled");
+                    return Flow::Handled;
                 }
-                let flow = match isolate::isolated_sync(module, || h.decide_now(cx, hook, stanza)) {
-                    Ok(Some(flow)) => Ok(flow),
-                    Ok(None) => isolated(module, h.handle_stanza(cx, hook, stanza)).await,
-                    Err(Panicked) => Err(Panicked),
-                };
-                match flow {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Handled) => {
-                        tracing::trace!(module, ?hook, "stanza handled");
-                        return Flow::Handled;
-                    }
-                    Err(Panicked) => {
-                        cx.server.clone().answer_panic(stanza).await;
-                        return Flow::Handled;
-                    }
+                Err(Panicked) => {
+                    cx.server.clone().answer_panic(stanza).await;
+                    return Flow::Handled;
                 }
             }
         }
@@ -1031,7 +1029,7 @@ impl Server {
         };
         let handler = targets
             .iter()
-            .find_map(|t| self.registry.iq.get(&(*t, kind, payload.ns.to_string())));
+            .find_map(|t| self.registry.iq.get(*t, kind, &payload.ns));
         let Some((module, handler)) = handler else {
             return self
                 .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))

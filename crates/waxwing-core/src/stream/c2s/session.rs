@@ -504,7 +504,9 @@ impl Conn {
         if let Some(lang) = &self.lang
             && el.attr("xml:lang").is_none()
         {
-            el.set_attr("xml:lang", lang.to_string());
+            // Straight from the `str`: a short tag is stored inline, with
+            // no `String` made and freed per stanza.
+            el.set_attr("xml:lang", &**lang);
         }
         // Legacy session establishment (RFC 3921 §3): answered, does nothing.
         if el.name == "iq"
