@@ -184,7 +184,7 @@ impl Server {
     /// `sender`: the local session it came from, if it did (see
     /// [`Cx::sender_of`]).
     async fn route_to(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         to: Jid,
         mut stanza: Element,
         kind: StanzaKind,
@@ -221,7 +221,7 @@ impl Server {
         if let Some(key) = self.lease_key(&to, &stanza) {
             // Boxed, cluster mode only: see `dispatch_iq`.
             return Box::pin(cluster::ownership::route(
-                &self,
+                self,
                 key,
                 vec![stanza],
                 false,
@@ -277,7 +277,7 @@ impl Server {
                 let Some(to) = s.attr("to").and_then(|t| Jid::parse(t).ok()) else {
                     continue;
                 };
-                self.clone().route_unleased(to, s, kind, None).await;
+                self.route_unleased(to, s, kind, None).await;
             }
         })
     }
@@ -313,7 +313,7 @@ impl Server {
     /// Routing once any lease is settled: domain services, components,
     /// local delivery, federation.
     async fn route_unleased(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         to: Jid,
         stanza: Element,
         kind: StanzaKind,
@@ -326,19 +326,19 @@ impl Server {
                 .await
                 .is_err()
             {
-                self.answer_panic(&reply_to).await;
+                self.clone().answer_panic(&reply_to).await;
             }
         } else if self.components.contains(to.domain()) {
             if let crate::component::Offer::Bounce(stanza, err) =
                 self.components.offer(to.domain(), stanza)
             {
-                self.bounce(&stanza, err).await;
+                self.clone().bounce(&stanza, err).await;
             }
         } else if self.config.is_local_host(to.domain()) {
             self.deliver_local(to, stanza, kind, sender).await;
         } else {
             // Never awaits the remote: the pair's s2s task owns the queue.
-            self.s2s.send(&self, stanza);
+            self.s2s.send(self, stanza);
         }
     }
 
@@ -402,7 +402,8 @@ impl Server {
             let messages: Vec<Element> = kept
                 .iter()
                 .filter(|s| {
-                    s.name == "message" && self.delivery_wanted(s, std::slice::from_ref(&session))
+                    s.name == "message"
+                        && self.delivery_wanted(&cx, s, std::slice::from_ref(&session))
                 })
                 .cloned()
                 .collect();
@@ -412,7 +413,7 @@ impl Server {
                 let to = to.expect("a session was found for it");
                 for s in refused {
                     if let Some(kind) = stanza::kind(&s) {
-                        self.clone().deliver_hooked(&cx, to.clone(), s, kind).await;
+                        self.deliver_hooked(&cx, to.clone(), s, kind).await;
                     }
                 }
                 return;
@@ -489,8 +490,7 @@ impl Server {
                     None => copy,
                 };
                 let to = Jid::Full(copy.to.clone());
-                self.clone()
-                    .deliver_local(to, copy.into_element(), kind, None)
+                self.deliver_local(to, copy.into_element(), kind, None)
                     .await;
             }
         })
@@ -522,7 +522,7 @@ impl Server {
                 Ok(None) | Err(Panicked) => return Shared::Undecided(copy),
             }
         }
-        if self.delivery_wanted(stanza, std::slice::from_ref(&session)) {
+        if self.delivery_wanted(cx, stanza, std::slice::from_ref(&session)) {
             return Shared::Undecided(copy);
         }
         match session.offer_addressed(copy) {
@@ -583,17 +583,17 @@ impl Server {
     /// (hooks, IQ handlers, domain services); a panic in the router's own
     /// delivery code after that point still fails only this stanza, unanswered.
     pub(crate) async fn handle_from_client(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         stanza: Element,
     ) {
         self.metrics.stanza_in(&stanza.name, "c2s");
         let mut slot = Some(stanza);
-        let handled = self.clone().handle_from_client_inner(origin, &mut slot);
+        let handled = self.handle_from_client_inner(origin, &mut slot);
         if isolated("router", handled).await.is_err()
             && let Some(stanza) = slot
         {
-            self.answer_panic(&stanza).await;
+            self.clone().answer_panic(&stanza).await;
         }
     }
 
@@ -614,7 +614,7 @@ impl Server {
     /// [`Server::handle_from_client`]: `slot` holds the stanza until it is
     /// handed on.
     async fn handle_from_client_inner(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         slot: &mut Option<Element>,
     ) {
@@ -628,6 +628,7 @@ impl Server {
             Ok(to) => to,
             Err(_) => {
                 return self
+                    .clone()
                     .bounce(stanza, StanzaError::modify(Condition::JidMalformed))
                     .await;
             }
@@ -639,9 +640,9 @@ impl Server {
                 });
                 let Some(stanza) = slot.take() else { return };
                 if local_non_full {
-                    self.dispatch_iq(Some(origin.clone()), stanza).await;
+                    self.clone().dispatch_iq(Some(origin.clone()), stanza).await;
                 } else {
-                    self.route(stanza).await;
+                    self.clone().route(stanza).await;
                 }
             }
             StanzaKind::Message | StanzaKind::Presence => {
@@ -660,7 +661,7 @@ impl Server {
                 // Hooks may have readdressed the stanza; parse again only then.
                 let to = match (to, stanza.attr("to")) {
                     (Some(to), Some(now)) if to.is_written_as(now) => to,
-                    (_, Some(_)) => return self.route(stanza).await,
+                    (_, Some(_)) => return self.clone().route(stanza).await,
                     (_, None) if kind == StanzaKind::Message => {
                         // RFC 6120 §10.3.1: no `to` means the sender's own bare JID.
                         let own = origin.jid.bare().clone();
@@ -701,7 +702,7 @@ impl Server {
     }
 
     async fn deliver_local(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         to: Jid,
         mut stanza: Element,
         kind: StanzaKind,
@@ -709,7 +710,7 @@ impl Server {
     ) {
         if to.local().is_none() {
             if kind == StanzaKind::Iq {
-                self.dispatch_iq(None, stanza).await;
+                self.clone().dispatch_iq(None, stanza).await;
             }
             return;
         }
@@ -724,7 +725,7 @@ impl Server {
     /// Delivery to a local account after the `Inbound` hooks (see the
     /// table at the top for sessions that are closing or refuse).
     pub(crate) async fn deliver_hooked(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         cx: &Cx,
         to: Jid,
         stanza: Element,
@@ -741,27 +742,33 @@ impl Server {
         match (kind, full) {
             (StanzaKind::Message, Some(session)) => {
                 if let Err(stanza) = self
-                    .offer_message(std::slice::from_ref(&session), stanza, &mut Vec::new())
+                    .offer_message(cx, std::slice::from_ref(&session), stanza, &mut Vec::new())
                     .await
                 {
-                    self.deliver_message_to_account(cx, to, stanza).await;
+                    self.clone()
+                        .deliver_message_to_account(cx, to, stanza)
+                        .await;
                 }
             }
             (StanzaKind::Message, None) => {
-                self.deliver_message_to_account(cx, to, stanza).await;
+                self.clone()
+                    .deliver_message_to_account(cx, to, stanza)
+                    .await;
             }
             (StanzaKind::Iq, Some(session)) => {
                 if let Err(stanza) = session.offer(stanza) {
                     self.metrics.queue_refusals.inc();
-                    self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                    self.clone()
+                        .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
                         .await;
                 }
             }
             (StanzaKind::Iq, None) if to.resource().is_none() => {
-                self.dispatch_iq(None, stanza).await
+                self.clone().dispatch_iq(None, stanza).await
             }
             (StanzaKind::Iq, None) => {
-                self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                self.clone()
+                    .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
                     .await
             }
             (StanzaKind::Presence, Some(session)) => {
@@ -788,11 +795,12 @@ impl Server {
     /// the last target gets the stanza itself rather than a copy.
     async fn offer_message(
         self: &Arc<Self>,
+        cx: &Cx,
         targets: &[Arc<SessionHandle>],
         stanza: Element,
         refused: &mut Vec<u64>,
     ) -> Result<(), Element> {
-        let wanted = self.delivery_wanted(&stanza, targets);
+        let wanted = self.delivery_wanted(cx, &stanza, targets);
         let last = targets.len().saturating_sub(1);
         // Collected only for the event: without it, nothing to allocate.
         let mut recipients = Vec::new();
@@ -841,18 +849,11 @@ impl Server {
 
     /// Whether any delivery handler wants [`Event::MessageDelivered`] for
     /// `message` handed to `targets`; a handler whose check panics does.
-    fn delivery_wanted(
-        self: &Arc<Self>,
-        message: &Element,
-        targets: &[Arc<SessionHandle>],
-    ) -> bool {
-        let handlers = &self.registry.delivery_events;
-        if handlers.is_empty() {
-            return false;
-        }
-        let cx = Cx::new(self.clone(), None);
-        handlers.iter().any(|(module, h)| {
-            isolate::isolated_sync(module, || h.wants_delivery(&cx, message, targets))
+    /// `cx`: the routing context of the delivery (the handlers read only
+    /// the server from it), so that none is made per message.
+    fn delivery_wanted(&self, cx: &Cx, message: &Element, targets: &[Arc<SessionHandle>]) -> bool {
+        self.registry.delivery_events.iter().any(|(module, h)| {
+            isolate::isolated_sync(module, || h.wants_delivery(cx, message, targets))
                 .unwrap_or(true)
         })
     }
@@ -898,7 +899,7 @@ impl Server {
                     .filter(|s| s.priority() == top)
                     .collect()
             };
-            match self.offer_message(&targets, stanza, &mut refused).await {
+            match self.offer_message(cx, &targets, stanza, &mut refused).await {
                 Ok(()) => return,
                 Err(back) => stanza = back,
             }

@@ -521,7 +521,7 @@ impl Conn {
             return self.send(&reply).await;
         }
         // Isolated: a panic fails this stanza, not the session.
-        self.server.clone().handle_from_client(handle, el).await;
+        self.server.handle_from_client(handle, el).await;
         Ok(())
     }
 }
