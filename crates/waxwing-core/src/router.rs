@@ -39,6 +39,7 @@ use waxwing_store::{StoreError, Stores};
 use crate::abuse::{
     AuthThrottle, ConnectionCounter, PartialBudget, RegistrationLimit, ThrottleConfig,
 };
+use crate::boxed::boxed_in_place;
 use crate::cluster;
 use crate::config::Config;
 use crate::hooks::{
@@ -160,7 +161,7 @@ impl Server {
 
     /// Routes a stanza by its `to` address.
     pub fn route(self: Arc<Self>, stanza: Element) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let Some(kind) = stanza::kind(&stanza) else {
                 return;
             };
@@ -261,7 +262,7 @@ impl Server {
     /// [`cluster::ownership::route`]): to the domain service, or onto the
     /// s2s pair's queue (`burst`: as one entry).
     fn route_owned(self: Arc<Self>, stanzas: Vec<Element>, burst: bool) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let remote = stanzas
                 .first()
                 .and_then(|s| s.attr("to"))
@@ -291,7 +292,7 @@ impl Server {
         burst: bool,
         hops: u8,
     ) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let key = stanzas.first().and_then(|s| {
                 let to = Jid::parse(s.attr("to")?).ok()?;
                 self.lease_key(&to, s)
@@ -350,7 +351,7 @@ impl Server {
     /// interleaves with other traffic; to a remote domain as one entry of
     /// the s2s pair's queue; anywhere else each is routed alone.
     pub fn route_burst(self: Arc<Self>, stanzas: Vec<Element>) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let Some(first) = stanzas.first() else {
                 return;
             };
@@ -448,7 +449,7 @@ impl Server {
     /// in the recipients; never waits for a session (a full queue refuses,
     /// see the table at the top).
     pub fn route_fanout(self: Arc<Self>, stanza: Element, to: Vec<FullJid>) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let Some(kind) = stanza::kind(&stanza) else {
                 return;
             };
@@ -547,7 +548,7 @@ impl Server {
             .and_then(|f| Jid::parse(f).ok())
             .map(|f| f.domain().to_string())
             .filter(|d| !self.is_local_domain(d));
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             if let Some(reply) = reply {
                 if let Some(d) = remote {
                     self.record_offence(&d, crate::s2s::reputation::Offence::Bounce)
@@ -564,7 +565,7 @@ impl Server {
     fn answer_panic(self: Arc<Self>, stanza: &Element) -> BoxFuture {
         let reply =
             stanza::error_reply(stanza, &StanzaError::cancel(Condition::InternalServerError));
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             if let Some(reply) = reply {
                 self.route(reply).await;
             }
@@ -983,7 +984,7 @@ impl Server {
         origin: Option<Arc<SessionHandle>>,
         stanza: Element,
     ) -> BoxFuture {
-        Box::pin(self.dispatch_iq_now(origin, stanza))
+        boxed_in_place(|| self.dispatch_iq_now(origin, stanza))
     }
 
     async fn dispatch_iq_now(self: Arc<Self>, origin: Option<Arc<SessionHandle>>, stanza: Element) {
@@ -1069,7 +1070,7 @@ impl Server {
         origin: Option<Arc<SessionHandle>>,
         event: Event,
     ) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let handlers = match event {
                 Event::MessageDelivered { .. } => &self.registry.delivery_events,
                 _ => &self.registry.events,

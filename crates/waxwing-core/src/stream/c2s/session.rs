@@ -104,8 +104,11 @@ impl Conn {
                     Ok(Some(StreamEvent::Stanza(el))) => {
                         // Boxed (see `serve_connection`): the hook chain's state
                         // is the largest a session ever holds, and only for
-                        // the time one stanza takes.
-                        if let Err(end) = Box::pin(self.handle_element(session, el)).await {
+                        // the time one stanza takes. Built in its box, not
+                        // copied there whole (`boxed.rs`).
+                        let handled =
+                            crate::boxed::boxed_in_place(|| self.handle_element(session, el));
+                        if let Err(end) = handled.await {
                             return Outcome::End(end);
                         }
                     }
