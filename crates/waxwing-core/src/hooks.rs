@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
@@ -565,7 +566,6 @@ pub fn load<M: Module>(m: M) -> Arc<dyn ModuleLoader> {
 
 /// What a handler may use: configuration, stores, routing and the sessions
 /// of an account. Cheap to clone.
-#[derive(Clone)]
 pub struct Cx {
     pub(crate) server: Arc<Server>,
     origin: Option<Arc<SessionHandle>>,
@@ -575,6 +575,25 @@ pub struct Cx {
     /// On the `Inbound` hooks: the local session that sent the stanza,
     /// when the router knows it ([`Cx::sender_of`]).
     sender: Option<Arc<SessionHandle>>,
+    /// Whether the stanza's `to` and `from` still read as the router
+    /// addressed it: set by [`Cx::routing`], whose caller vouches for
+    /// both, and cleared before any hook may change the stanza
+    /// ([`StanzaHook::handle_stanza`] gets it mutably). While it is set,
+    /// [`Cx::to_of`] and [`Cx::sender_of`] answer without reading or
+    /// comparing the attributes (several hooks ask for every message).
+    addressed: AtomicBool,
+}
+
+impl Clone for Cx {
+    fn clone(&self) -> Self {
+        Cx {
+            server: self.server.clone(),
+            origin: self.origin.clone(),
+            to: self.to.clone(),
+            sender: self.sender.clone(),
+            addressed: AtomicBool::new(self.addressed.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl Cx {
@@ -584,11 +603,15 @@ impl Cx {
             origin,
             to: None,
             sender: None,
+            addressed: AtomicBool::new(false),
         }
     }
 
     /// A context for hooks on a stanza the router routes to `to` (already
     /// prepared), sent by the local session `sender` if it came from one.
+    /// The caller vouches that the stanza's `to` attribute parses as `to`
+    /// and, with a `sender` (else an `origin`), that its `from` reads as
+    /// that session's address (see [`Cx::addressed`]).
     pub(crate) fn routing(
         server: Arc<Server>,
         origin: Option<Arc<SessionHandle>>,
@@ -600,6 +623,7 @@ impl Cx {
             origin,
             to: Some(to),
             sender,
+            addressed: AtomicBool::new(true),
         }
     }
 
@@ -608,11 +632,29 @@ impl Cx {
         self.to.take()
     }
 
+    /// Whether no hook was given the stanza to change since [`Cx::routing`]
+    /// (its `to` and `from` are as the router addressed them).
+    pub(crate) fn addressed(&self) -> bool {
+        self.addressed.load(Ordering::Relaxed)
+    }
+
+    /// Called before a hook gets the stanza mutably: from then on its
+    /// addresses are read from the attributes again.
+    pub(crate) fn stanza_handed_over(&self) {
+        self.addressed.store(false, Ordering::Relaxed);
+    }
+
     /// The stanza's `to`, prepared (`None` when absent or malformed). While
-    /// the attribute still reads as the address the router parsed to route
-    /// the stanza, that address is returned without parsing it again
-    /// (parsing the canonical text gives the same address back).
+    /// no hook could have changed the stanza, or the attribute still reads
+    /// as the address the router parsed to route it, that address is
+    /// returned without parsing it again (parsing the canonical text gives
+    /// the same address back).
     pub fn to_of(&self, stanza: &Element) -> Option<Cow<'_, Jid>> {
+        if let Some(to) = &self.to
+            && self.addressed()
+        {
+            return Some(Cow::Borrowed(to));
+        }
         let text = stanza.attr("to")?;
         match &self.to {
             Some(to) if to.is_written_as(text) => Some(Cow::Borrowed(to)),
@@ -620,12 +662,16 @@ impl Cx {
         }
     }
 
-    /// On the `Inbound` hooks, the local session that sent `stanza`: known
-    /// when one of our clients sent it and its `from` still names that
-    /// session, so a hook reads the sender's prepared address instead of
-    /// parsing `from`. `None` otherwise (parse `from`).
+    /// The local session that sent `stanza` (on the `Outbound` hooks the
+    /// origin, on the `Inbound` hooks the sender when the router knows
+    /// it): known when one of our clients sent it and its `from` still
+    /// names that session, so a hook reads the sender's prepared address
+    /// instead of parsing `from`. `None` otherwise (parse `from`).
     pub fn sender_of(&self, stanza: &Element) -> Option<&Arc<SessionHandle>> {
-        let s = self.sender.as_ref()?;
+        let s = self.sender.as_ref().or(self.origin.as_ref())?;
+        if self.addressed() {
+            return Some(s);
+        }
         stanza
             .attr("from")
             .is_some_and(|f| s.jid.is_written_as(f))

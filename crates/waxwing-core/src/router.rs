@@ -655,12 +655,15 @@ impl Server {
                 if self.run_hooks(Hook::Outbound, &cx, stanza).await == Flow::Handled {
                     return;
                 }
+                // No hook got the stanza to change: addressed as stamped.
+                let untouched = cx.addressed();
                 let to = cx.take_to();
                 let Some(mut stanza) = slot.take() else {
                     return;
                 };
                 // Hooks may have readdressed the stanza; parse again only then.
                 let to = match (to, stanza.attr("to")) {
+                    (Some(to), Some(_)) if untouched => to,
                     (Some(to), Some(now)) if to.is_written_as(now) => to,
                     (_, Some(_)) => return self.clone().route(stanza).await,
                     (_, None) if kind == StanzaKind::Message => {
@@ -671,7 +674,13 @@ impl Server {
                     }
                     (_, None) => return,
                 };
-                self.route_to(to, stanza, kind, Some(origin.clone())).await;
+                // The sender, for `Cx::sender_of`, while `from` names it.
+                let sender = (untouched
+                    || stanza
+                        .attr("from")
+                        .is_some_and(|f| origin.jid.is_written_as(f)))
+                .then(|| origin.clone());
+                self.route_to(to, stanza, kind, sender).await;
             }
         }
     }
@@ -684,7 +693,10 @@ impl Server {
             }
             let flow = match isolate::isolated_sync(module, || h.decide_now(cx, hook, stanza)) {
                 Ok(Some(flow)) => Ok(flow),
-                Ok(None) => isolated(module, h.handle_stanza(cx, hook, stanza)).await,
+                Ok(None) => {
+                    cx.stanza_handed_over();
+                    isolated(module, h.handle_stanza(cx, hook, stanza)).await
+                }
                 Err(Panicked) => Err(Panicked),
             };
             match flow {

@@ -462,12 +462,13 @@ impl Blocking {
         list: &mut dyn FnMut(&BareJid) -> Option<&'l [Jid]>,
     ) -> Result<Flow, BareJid> {
         let mut need = |owner: &BareJid| list(owner).ok_or_else(|| owner.clone());
-        // Without `to` (a presence broadcast) there is nothing to decide.
-        if stanza.attr("to").is_none() {
-            return Ok(Flow::Continue);
-        }
+        // Without `to` (a presence broadcast) there is nothing to decide
+        // (on `Inbound`, `Cx::to_of` says so below).
         match hook {
             Hook::Outbound => {
+                if stanza.attr("to").is_none() {
+                    return Ok(Flow::Continue);
+                }
                 // Client-sent message or presence to a JID it blocks. An
                 // account that blocks nobody, the common case, is decided
                 // without looking at an address.
