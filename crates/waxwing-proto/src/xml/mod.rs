@@ -6,6 +6,7 @@
 
 mod element;
 mod framer;
+mod prefixes;
 #[cfg(any(test, feature = "rxml-reference"))]
 pub mod reference;
 mod tokenizer;

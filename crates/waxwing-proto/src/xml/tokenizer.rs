@@ -38,13 +38,16 @@
 //! split UTF-8 sequence) in small scratch buffers, so where the input is
 //! split changes nothing. Text is handed out in pieces (at `<`, before a
 //! reference, at the end of the input), where rxml hands it out, so that
-//! the framer's view of whitespace between stanzas is the same too.
+//! the framer's view of whitespace between stanzas is the same too; inside
+//! a stanza, where the framer joins the pieces, text runs on through
+//! references (checked at each as if handed out there).
 
 use compact_str::CompactString;
 
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
 use crate::xml::element::{Element, attr_key};
+use crate::xml::prefixes::PrefixDecls;
 
 /// The namespace the `xml` prefix is bound to by definition.
 const XML_NS: &str = ns::XML;
@@ -162,6 +165,8 @@ pub(super) struct Tokenizer {
     text_from: u64,
     /// Text (or CDATA content) read but not yet handed out.
     text: Vec<u8>,
+    /// How much of `text` is known to be valid (see `text_delimiter`).
+    text_checked: usize,
     /// The name being read.
     name: Vec<u8>,
     /// The attribute value being read, decoded.
@@ -172,7 +177,8 @@ pub(super) struct Tokenizer {
     tag_qname: String,
     tag_colon: Option<usize>,
     tag_default: Option<CompactString>,
-    tag_decls: Vec<(CompactString, CompactString)>,
+    /// Where the start tag's own prefix declarations begin in `decls`.
+    tag_decls_from: usize,
     tag_attrs: Vec<RawAttr>,
     /// Scratch of [`Tokenizer::fast_tag`].
     fast_attrs: Vec<FastAttr>,
@@ -183,8 +189,9 @@ pub(super) struct Tokenizer {
     /// refuses it, so an error inside it (an undeclared entity, a name
     /// over the limit) is what is reported; this does the same.
     doomed: bool,
-    /// Prefix declarations in scope, innermost last (namespaces interned).
-    decls: Vec<(CompactString, CompactString)>,
+    /// Prefix declarations in scope, the start tag's own included
+    /// (namespaces interned).
+    decls: PrefixDecls,
     /// Qualified names of the open elements, concatenated.
     names: String,
     /// One per open element, the stream's root first.
@@ -252,11 +259,21 @@ static CDATA_BYTE: [bool; 256] = table!(cdata_byte);
 /// of `table` (the bytes a state copies as they are); the fast path of
 /// every state that collects a run (text, CDATA, names, attribute values).
 fn plain_run(input: &[u8], room: usize, table: &[bool; 256]) -> usize {
-    input
+    let input = &input[..input.len().min(room)];
+    // Eight bytes a step with one branch (a body is mostly plain bytes),
+    // then byte by byte from the block that holds the end.
+    let (blocks, _) = input.as_chunks::<8>();
+    let mut from = 0;
+    for b in blocks {
+        if !b.iter().fold(true, |ok, &c| ok & table[c as usize]) {
+            break;
+        }
+        from += 8;
+    }
+    from + input[from..]
         .iter()
-        .take(room)
         .position(|&c| !table[c as usize])
-        .unwrap_or(input.len().min(room))
+        .unwrap_or(input.len() - from)
 }
 
 /// Bytes that continue a run of an attribute value (either quote ends it
@@ -343,6 +360,29 @@ fn ascii_qname(bytes: &[u8]) -> Option<Res<Option<usize>>> {
     Some(Ok(colon))
 }
 
+/// The all-ASCII qualified name at the start of `input`, up to the first
+/// byte that cannot be part of a name, checked in the same pass: its
+/// length and its colon. `None` for a name `ascii_qname` would not accept
+/// (or would leave to the full check), one longer than `limit`, or one
+/// that runs to the end of `input`: the state machine judges those.
+fn ascii_qname_at(input: &[u8], limit: usize) -> Option<(usize, Option<usize>)> {
+    let mut colon = None;
+    let mut part_start = true;
+    for (i, &c) in input.iter().enumerate() {
+        match c {
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' => part_start = false,
+            b'0'..=b'9' | b'-' | b'.' if !part_start => {}
+            b':' if colon.is_none() && !part_start => {
+                colon = Some(i);
+                part_start = true;
+            }
+            _ if NAME_BYTE[c as usize] => return None,
+            _ => return (!part_start && i <= limit).then_some((i, colon)),
+        }
+    }
+    None
+}
+
 fn check_ncname(s: &str) -> Res<()> {
     let b = s.as_bytes();
     let Some(&first) = b.first() else {
@@ -372,19 +412,20 @@ impl Tokenizer {
             at: 0,
             text_from: 0,
             text: Vec::new(),
+            text_checked: 0,
             name: Vec::new(),
             value: Vec::new(),
             reference: Vec::new(),
             tag_qname: String::new(),
             tag_colon: None,
             tag_default: None,
-            tag_decls: Vec::new(),
+            tag_decls_from: 0,
             tag_attrs: Vec::new(),
             fast_attrs: Vec::new(),
             attr_qname: CompactString::default(),
             attr_colon: None,
             doomed: false,
-            decls: Vec::new(),
+            decls: PrefixDecls::default(),
             names: String::new(),
             scopes: Vec::new(),
         };
@@ -411,7 +452,7 @@ impl Tokenizer {
             }
         }
         self.tag_attrs.shrink_to_fit();
-        self.tag_decls.shrink_to_fit();
+        self.decls.shrink();
         self.fast_attrs = Vec::new();
     }
 
@@ -429,6 +470,13 @@ impl Tokenizer {
                         if let Some(t) = self.flush_partial(false)? {
                             return Ok(Some(t));
                         }
+                        continue;
+                    }
+                    if b == b'<' && self.text.is_empty() {
+                        // A tag right after a tag: no text between them.
+                        self.text_from = self.at;
+                        self.advance(input, 1);
+                        self.state = St::Lt;
                         continue;
                     }
                     // The fast path: a run of plain character data.
@@ -739,6 +787,26 @@ impl Tokenizer {
                 self.state = St::Lt;
                 Ok(t)
             }
+            b'&' if self.scopes.len() > 1 => {
+                // Inside a stanza the framer joins text pieces anyway, so
+                // the text goes on through the reference instead of being
+                // handed out before it (one string, not one per
+                // reference). What rxml would check when handing it out
+                // here is checked here all the same.
+                let unchecked = &self.text[self.text_checked..];
+                // ASCII text (controls are refused as they are read) is
+                // valid as it is.
+                if !unchecked.is_ascii() {
+                    std::str::from_utf8(unchecked).map_err(|_| nwf("invalid UTF-8 in text"))?;
+                    check_chars(unchecked)?;
+                }
+                self.reference.clear();
+                self.state = St::Ref {
+                    quote: None,
+                    kind: RefKind::Entity,
+                };
+                Ok(None)
+            }
             b'&' => {
                 let t = self.flush_complete(1)?;
                 self.reference.clear();
@@ -817,6 +885,22 @@ impl Tokenizer {
         quote: Option<u8>,
         kind: RefKind,
     ) -> Res<Option<Token>> {
+        if kind == RefKind::Entity && self.reference.is_empty() {
+            // The common case: a whole predefined entity in the input.
+            let whole: Option<(usize, &[u8])> = match input {
+                [b'a', b'm', b'p', b';', ..] => Some((4, b"&")),
+                [b'l', b't', b';', ..] => Some((3, b"<")),
+                [b'g', b't', b';', ..] => Some((3, b">")),
+                [b'a', b'p', b'o', b's', b';', ..] => Some((5, b"'")),
+                [b'q', b'u', b'o', b't', b';', ..] => Some((5, b"\"")),
+                _ => None,
+            };
+            if let Some((n, expanded)) = whole {
+                self.advance(input, n);
+                self.expanded(quote, expanded);
+                return Ok(None);
+            }
+        }
         let selects = |c: u8| match kind {
             RefKind::Entity => NAME_BYTE[c as usize],
             RefKind::Decimal => c.is_ascii_digit(),
@@ -877,6 +961,13 @@ impl Tokenizer {
                 ch.encode_utf8(&mut buf).as_bytes()
             }
         };
+        self.expanded(quote, expanded);
+        Ok(None)
+    }
+
+    /// What a reference expanded to, into the value quoted by `quote` or
+    /// into text.
+    fn expanded(&mut self, quote: Option<u8>, expanded: &[u8]) {
         match quote {
             Some(q) => {
                 self.value.extend_from_slice(expanded);
@@ -886,11 +977,13 @@ impl Tokenizer {
                 };
             }
             None => {
+                // Checked up to the `&` (or handed out), and a reference
+                // expands to a valid character.
                 self.text.extend_from_slice(expanded);
+                self.text_checked = self.text.len();
                 self.state = St::Text;
             }
         }
-        Ok(None)
     }
 
     /// A byte that ended a name.
@@ -909,7 +1002,7 @@ impl Tokenizer {
                     .push_str(std::str::from_utf8(&self.name).unwrap_or_default());
                 self.tag_colon = colon;
                 self.tag_default = None;
-                self.tag_decls.clear();
+                self.tag_decls_from = self.decls.len();
                 self.tag_attrs.clear();
                 match b {
                     _ if is_space(b) => self.state = St::TagBlank { required: false },
@@ -965,12 +1058,6 @@ impl Tokenizer {
     /// consume and what to finish once they are.
     fn fast_tag(&mut self, input: &[u8]) -> Option<(usize, FastTag)> {
         let limit = self.token_limit;
-        // Names are all ASCII here: `ascii_qname` leaves any other byte to
-        // the state machine.
-        let name_end = |from: usize| {
-            let n = input[from..].iter().position(|&c| !NAME_BYTE[c as usize])?;
-            (n <= limit).then_some(from + n)
-        };
         if input.first() == Some(&b'/') {
             let open = &self.names[self.scopes.last()?.name_from..];
             let end = 1 + open.len();
@@ -979,8 +1066,7 @@ impl Tokenizer {
             }
             return Some((end + 1, FastTag::End));
         }
-        let name = name_end(0)?;
-        let tag_colon = ascii_qname(&input[..name])?.ok()?;
+        let (name, tag_colon) = ascii_qname_at(input, limit)?;
         // Where the attributes are, made strings once the whole tag is
         // known to be UTF-8: one check for the tag, not one per name and
         // value.
@@ -999,8 +1085,8 @@ impl Tokenizer {
                     spaced = true;
                 }
                 _ if spaced && (c.is_ascii_alphabetic() || c == b'_') => {
-                    let end = name_end(i)?;
-                    let colon = ascii_qname(&input[i..end])?.ok()?;
+                    let (len, colon) = ascii_qname_at(&input[i..], limit)?;
+                    let end = i + len;
                     if &input[i..end] == b"xmlns:xmlns" || *input.get(end)? != b'=' {
                         return None;
                     }
@@ -1033,12 +1119,24 @@ impl Tokenizer {
         self.tag_qname.push_str(&text[..name]);
         self.tag_colon = tag_colon;
         self.tag_default = None;
-        self.tag_decls.clear();
+        self.tag_decls_from = self.decls.len();
         self.tag_attrs.clear();
         for k in 0..self.fast_attrs.len() {
             let FastAttr { name, colon, value } = self.fast_attrs[k].clone();
             let qname = CompactString::new(&text[name]);
-            self.add_attribute(qname, colon, &text[value]).ok()?;
+            let value = &text[value];
+            if colon.is_none() && qname != "xmlns" {
+                // An unprefixed attribute, the usual kind: no checks wait.
+                self.tag_attrs.push(RawAttr {
+                    qname,
+                    colon,
+                    value: CompactString::new(value),
+                });
+            } else if self.add_attribute(qname, colon, value).is_err() {
+                // Read again by the state machine: nothing of it stays.
+                self.decls.truncate(self.tag_decls_from);
+                return None;
+            }
         }
         Some((len, tag))
     }
@@ -1109,11 +1207,11 @@ impl Tokenizer {
                 if value.is_empty() {
                     return Err(nwf("a prefix must not be undeclared"));
                 }
-                if self.tag_decls.iter().any(|(p, _)| p == local) {
+                if self.decls.declared_since(self.tag_decls_from, local) {
                     return Err(nwf("duplicate attribute"));
                 }
-                self.tag_decls
-                    .push((CompactString::new(local), ns::intern(value)));
+                self.decls
+                    .push(CompactString::new(local), ns::intern(value));
             }
             None if local == "xmlns" => {
                 if value == XML_NS {
@@ -1139,32 +1237,13 @@ impl Tokenizer {
         self.names.push_str(&self.tag_qname);
         self.scopes.push(Scope {
             default: self.tag_default.take(),
-            decls_from: self.decls.len(),
+            decls_from: self.tag_decls_from,
             name_from,
         });
-        self.decls.append(&mut self.tag_decls);
         // A stanza (the root's child) gets `from` stamped on its way in:
         // room for it now saves growing the list then.
         let spare = usize::from(self.scopes.len() == 2);
-        let mut attrs: Vec<(CompactString, CompactString)> =
-            Vec::with_capacity(self.tag_attrs.len() + spare);
-        for a in self.tag_attrs.drain(..) {
-            let key = match a.colon {
-                Some(c) => {
-                    let ns = lookup_prefix(&self.decls, &a.qname[..c])
-                        .ok_or_else(|| bad_prefix("undeclared namespace prefix"))?;
-                    attr_key(ns, &a.qname[c + 1..])
-                }
-                None => a.qname,
-            };
-            // Sorted by namespace, then name: rxml's attribute map order.
-            let order = key_order(&key);
-            let pos = attrs.partition_point(|(k, _)| key_order(k) < order);
-            if attrs.get(pos).is_some_and(|(k, _)| *k == key) {
-                return Err(nwf("duplicate attribute"));
-            }
-            attrs.insert(pos, (key, a.value));
-        }
+        let attrs = self.resolve_attributes(spare)?;
         let (ns, local) = match self.tag_colon {
             Some(c) => (
                 lookup_prefix(&self.decls, &self.tag_qname[..c])
@@ -1186,6 +1265,35 @@ impl Tokenizer {
             self.pop_scope();
         }
         Ok(Token::Start { element, empty })
+    }
+
+    /// The tag's attributes with their namespaces resolved, in rxml's
+    /// order (by namespace, then local name). Errors come in rxml's order
+    /// too: a duplicate among the attributes before the first undeclared
+    /// prefix, then that prefix.
+    fn resolve_attributes(&mut self, spare: usize) -> Res<Vec<(CompactString, CompactString)>> {
+        let mut attrs = Vec::with_capacity(self.tag_attrs.len() + spare);
+        let mut undeclared = false;
+        for a in self.tag_attrs.drain(..) {
+            let key = match a.colon {
+                None => a.qname,
+                Some(c) => match lookup_prefix(&self.decls, &a.qname[..c]) {
+                    Some(ns) => attr_key(ns, &a.qname[c + 1..]),
+                    None => {
+                        undeclared = true;
+                        break;
+                    }
+                },
+            };
+            attrs.push((key, a.value));
+        }
+        if !sort_unique(&mut attrs) {
+            return Err(nwf("duplicate attribute"));
+        }
+        if undeclared {
+            return Err(bad_prefix("undeclared namespace prefix"));
+        }
+        Ok(attrs)
     }
 
     fn end_tag(&mut self) -> Token {
@@ -1214,6 +1322,7 @@ impl Tokenizer {
         check_chars(s.as_bytes())?;
         let text = s.to_owned();
         self.text.clear();
+        self.text_checked = 0;
         let start = self.text_from;
         self.text_from = end;
         Ok(Some(Token::Text { text, start, end }))
@@ -1239,6 +1348,7 @@ impl Tokenizer {
         check_chars(&self.text[..valid])?;
         let text = String::from_utf8(self.text[..valid].to_vec()).unwrap_or_default();
         self.text.drain(..valid);
+        self.text_checked = 0;
         let start = self.text_from;
         self.text_from = self.at;
         Ok(Some(Token::Text {
@@ -1271,16 +1381,160 @@ fn key_order(key: &str) -> (&str, &str) {
     }
 }
 
-fn lookup_prefix<'a>(
-    decls: &'a [(CompactString, CompactString)],
-    prefix: &str,
-) -> Option<&'a CompactString> {
+/// Attribute lists up to this long are sorted by insertion, which finds a
+/// duplicate with the comparisons the sorting does anyway (stanzas carry
+/// one to five attributes); longer ones are sorted in O(n log n) and then
+/// checked for neighbours that are equal, so that a tag with thousands of
+/// attributes (before the framer's count limit refuses it) costs no
+/// quadratic number of comparisons or moves.
+const INSERTION_SORTED: usize = 12;
+
+/// Sorts attributes into rxml's order; `false` if two keys are equal.
+fn sort_unique(attrs: &mut [(CompactString, CompactString)]) -> bool {
+    if attrs.len() > INSERTION_SORTED {
+        attrs.sort_unstable_by(|a, b| attr_order(&a.0, &b.0));
+        return !attrs.windows(2).any(|w| w[0].0 == w[1].0);
+    }
+    for i in 1..attrs.len() {
+        let mut at = i;
+        while at > 0 {
+            match attr_order(&attrs[at - 1].0, &attrs[at].0) {
+                std::cmp::Ordering::Less => break,
+                std::cmp::Ordering::Equal => return false,
+                std::cmp::Ordering::Greater => attrs.swap(at - 1, at),
+            }
+            at -= 1;
+        }
+    }
+    true
+}
+
+/// rxml's attribute order, [`key_order`], without splitting plain keys:
+/// those (no namespace) come first, ordered by name. A plain key has no
+/// colon (its name is an NCName), a namespaced one is `xml:…` or `{…`.
+fn attr_order(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let namespaced = |k: &str| matches!(k.as_bytes(), [b'{', ..] | [_, _, _, b':', ..]);
+    match (namespaced(a), namespaced(b)) {
+        (false, false) => short_cmp(a.as_bytes(), b.as_bytes()),
+        (false, true) => Ordering::Less,
+        (true, false) => Ordering::Greater,
+        (true, true) => key_order(a).cmp(&key_order(b)),
+    }
+}
+
+/// Byte order of two short strings, which usually differ in their first
+/// byte: a loop is cheaper there than a call to `memcmp`.
+fn short_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    match a.iter().zip(b).find(|(x, y)| x != y) {
+        Some((x, y)) => x.cmp(y),
+        None => a.len().cmp(&b.len()),
+    }
+}
+
+fn lookup_prefix<'a>(decls: &'a PrefixDecls, prefix: &str) -> Option<&'a CompactString> {
     if prefix == "xml" {
         return Some(&XML_NS_NAME);
     }
-    decls
-        .iter()
-        .rev()
-        .find(|(p, _)| p == prefix)
-        .map(|(_, uri)| uri)
+    decls.lookup(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every string over a small alphabet up to `len` bytes long.
+    fn strings(alphabet: &[u8], len: usize) -> Vec<Vec<u8>> {
+        let mut all = vec![Vec::new()];
+        let mut last = vec![Vec::new()];
+        for _ in 0..len {
+            last = last
+                .iter()
+                .flat_map(|s: &Vec<u8>| {
+                    alphabet.iter().map(move |&c| {
+                        let mut s = s.clone();
+                        s.push(c);
+                        s
+                    })
+                })
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn plain_run_is_the_first_delimiter_within_room() {
+        // Runs across the eight-byte blocks, delimiters in each position.
+        for len in 0..26 {
+            for at in 0..=len {
+                let mut input = vec![b'a'; len];
+                if at < len {
+                    input[at] = b'<';
+                }
+                for room in [0, 1, 7, 8, 9, 16, 17, 100] {
+                    let want = at.min(room).min(len);
+                    assert_eq!(
+                        plain_run(&input, room, &TEXT_BYTE),
+                        want,
+                        "{len} {at} {room}"
+                    );
+                }
+            }
+        }
+        // Non-ASCII bytes are plain in text (UTF-8 is checked later).
+        assert_eq!(plain_run("é€😀x\n<".as_bytes(), 99, &TEXT_BYTE), 11);
+        assert_eq!(plain_run(b"abcdefgh\x01", 99, &TEXT_BYTE), 8);
+    }
+
+    #[test]
+    fn attr_order_is_rxml_order() {
+        // Keys as `attr_key` writes them: plain, `xml:`, `{ns}local`.
+        let keys = [
+            "a",
+            "b",
+            "id",
+            "to",
+            "type",
+            "x",
+            "xa",
+            "xm",
+            "xmlx",
+            "xml:a",
+            "xml:lang",
+            "{urn:a}b",
+            "{urn:x}a",
+            "{x}y",
+            "{urn:a}}b",
+            "{a}a",
+        ];
+        for a in keys {
+            for b in keys {
+                let want = key_order(a).cmp(&key_order(b));
+                assert_eq!(attr_order(a, b), want, "{a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn ascii_qname_at_agrees_with_the_name_rules() {
+        // Every short candidate, ended by `=` (or by nothing), against the
+        // two-pass form the tokenizer used before.
+        for name in strings(b"a1:-.\xc3_", 4) {
+            for (end, limit) in [(&b"="[..], 16), (b"=", 2), (b"", 16)] {
+                let mut input = name.clone();
+                input.extend_from_slice(end);
+                let n = input.iter().position(|&c| !NAME_BYTE[c as usize]);
+                let two_pass = n
+                    .filter(|&n| n <= limit)
+                    .and_then(|n| Some((n, ascii_qname(&input[..n])?.ok()?)));
+                assert_eq!(
+                    ascii_qname_at(&input, limit),
+                    two_pass,
+                    "{:?} {limit}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+        }
+    }
 }

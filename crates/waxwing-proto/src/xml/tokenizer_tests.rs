@@ -326,6 +326,179 @@ fn duplicates_and_namespaces() {
 }
 
 #[test]
+fn attribute_order_and_duplicates() {
+    // Sorted by namespace (none first), then local name; the same local
+    // name in different namespaces (or none) is no duplicate.
+    assert_eq!(
+        one("<m xmlns:b='urn:y' xmlns:a='urn:x' b:k='1' a:k='2' k='3' xml:lang='en'/>"),
+        "<m k='3' xml:lang='en' xmlns:ns0='urn:x' ns0:k='2' xmlns:ns1='urn:y' ns1:k='1'/>"
+    );
+    // A prefix declaration and an attribute may share a name; a
+    // declaration may come after the attribute that uses it.
+    assert_eq!(one("<m a='1' xmlns:a='urn:x'/>"), "<m a='1'/>");
+    assert_eq!(
+        one("<m a:k='1' xmlns:a='urn:x'/>"),
+        "<m xmlns:ns0='urn:x' ns0:k='1'/>"
+    );
+    for bad in [
+        "<m xmlns:a='urn:x' xmlns:a='urn:x'/>",
+        "<m xmlns:a='urn:x' k='1' xmlns:a='urn:y'/>",
+        // Two prefixes for one namespace: one attribute twice.
+        "<m xmlns:a='urn:x' a:k='1' xmlns:b='urn:x' b:k='2'/>",
+        "<m xmlns:a='urn:p' a:k='1' p:k='2'/>",
+        "<m xml:lang='en' xml:lang='de'/>",
+        "<m b='1' a='2' b='3'/>",
+    ] {
+        assert_eq!(error(bad), C::NotWellFormed, "{bad}");
+    }
+    // A duplicate before an undeclared prefix is reported, an undeclared
+    // prefix before a duplicate is.
+    assert_eq!(error("<m k='1' k='2' q:k='3'/>"), C::NotWellFormed);
+    assert_eq!(error("<m k='1' q:k='3' k='2'/>"), C::BadNamespacePrefix);
+}
+
+#[test]
+fn long_attribute_lists() {
+    // Past the insertion-sorted length: sorted and checked for duplicates
+    // as a whole, with the same outcomes.
+    let limits = Limits {
+        max_attrs: 64,
+        ..LIMITS
+    };
+    let names: Vec<String> = (0..64).rev().map(|i| format!("a{i:02}")).collect();
+    let attrs =
+        |names: &[String]| -> String { names.iter().map(|n| format!(" {n}='v'")).collect() };
+    let body = format!("<m{} p:z='1' xml:lang='en'/>", attrs(&names[2..]));
+    let o = outcome_with(limits, &body);
+    assert_eq!(o.error, None);
+    let mut sorted = names[2..].to_vec();
+    sorted.sort();
+    let want = format!(
+        "<m{} xml:lang='en' xmlns:ns0='urn:p' ns0:z='1'/>",
+        attrs(&sorted)
+    );
+    let mut f = Framer::new(limits, ns::CLIENT);
+    f.feed(format!("{HEADER}{body}").as_bytes());
+    let mut got = Vec::new();
+    while let Some(ev) = f.next_event().unwrap() {
+        if let StreamEvent::Stanza(el) = ev {
+            got.push(el.to_xml_in(ns::CLIENT));
+        }
+    }
+    assert_eq!(got, [want]);
+    // The maximum count, and one more.
+    let full = format!("<m{}/>", attrs(&names));
+    assert_eq!(outcome_with(limits, &full).error, None);
+    let over = format!("<m{} x='1'/>", attrs(&names));
+    assert_eq!(error_with(limits, &over), C::PolicyViolation);
+    // A duplicate at the very end of a long list, of its first or last
+    // attribute in sorted order; duplicates outrank the count limit.
+    for (dup, within) in [
+        ("a00", 64),
+        ("a63", 64),
+        ("a31", 64),
+        ("a24", 40),
+        ("a40", 40),
+    ] {
+        let body = format!("<m{} {dup}='w'/>", attrs(&names[..within]));
+        assert_eq!(error_with(limits, &body), C::NotWellFormed, "{dup}");
+    }
+    // The duplicate is namespaced, through two prefixes.
+    let body = format!(
+        "<m xmlns:a='urn:x' a:k='1'{} xmlns:b='urn:x' b:k='2'/>",
+        attrs(&names[..30])
+    );
+    assert_eq!(error_with(limits, &body), C::NotWellFormed);
+    // Undeclared prefix after or before the duplicate.
+    let body = format!("<m{} a40='x' q:k='1'/>", attrs(&names[..30]));
+    assert_eq!(error_with(limits, &body), C::NotWellFormed);
+    let body = format!("<m q:k='1'{} a40='x'/>", attrs(&names[..30]));
+    assert_eq!(error_with(limits, &body), C::BadNamespacePrefix);
+}
+
+#[test]
+fn text_runs_on_through_references_in_a_stanza() {
+    // One text, whatever the references, at any depth.
+    assert_eq!(
+        one("<m>a&amp;b\r\n&lt;c&#x41;]&gt;<b>&apos;x&quot;</b>&amp;</m>"),
+        "<m>a&amp;b\n&lt;cA]&gt;<b>'x\"</b>&amp;</m>"
+    );
+    // What comes before a reference is checked at the reference, before
+    // the reference itself: an invalid character is not-well-formed even
+    // when the reference after it is restricted.
+    for bad in [
+        &b"<m>\xff&foo;</m>"[..],
+        b"<m>\xc3&amp;</m>",
+        b"<m>a&amp;\xef\xbf\xbe&foo;</m>",
+    ] {
+        assert_eq!(error_bytes(bad), C::NotWellFormed, "{bad:?}");
+    }
+    assert_eq!(error("<m>\u{fffe}&foo;</m>"), C::NotWellFormed);
+    assert_eq!(error("<m>é&amp;\u{fffe}</m>"), C::NotWellFormed);
+    assert_eq!(error("<m>é&amp;ü&foo;</m>"), C::RestrictedXml);
+    // Past the token limit the text is still split, references or not.
+    let limits = Limits {
+        max_stanza_bytes: 40_000,
+        ..LIMITS
+    };
+    let input = format!("{HEADER}<m>{}</m>", "é&amp;xyz&lt;".repeat(2500)).into_bytes();
+    for at in [1, 300, 17_000, 30_001, input.len() - 3] {
+        let (a, b) = input.split_at(at);
+        assert!(
+            compare(limits, ns::CLIENT, &[a, b], &[true]).is_ok(),
+            "split at {at}"
+        );
+    }
+    let mut f = Framer::new(limits, ns::CLIENT);
+    f.feed(&input);
+    let mut text = None;
+    while let Some(ev) = f.next_event().unwrap() {
+        if let StreamEvent::Stanza(el) = ev {
+            text = Some(el.text());
+        }
+    }
+    assert_eq!(text.as_deref(), Some("é&xyz<".repeat(2500).as_str()));
+    // At stream level, text is still handed out before a reference.
+    assert_eq!(error(" &amp; "), C::BadFormat);
+}
+
+#[test]
+fn many_prefix_declarations() {
+    // Past the length where declarations are indexed by prefix: lookups,
+    // shadowing and its end, and duplicates, as with a few.
+    let decls: String = (0..40).map(|i| format!(" xmlns:p{i}='urn:{i}'")).collect();
+    let inner: String = (0..40)
+        .map(|i| format!(" xmlns:p{i}='urn:in{i}'"))
+        .collect();
+    let el = one(&format!(
+        "<m{decls} p3:k='1' p39:k='2'><p5:c{inner} p5:k='x' p0:j='y'/><p5:d p7:k='z'/></m>"
+    ));
+    assert!(
+        el.contains("<c xmlns='urn:in5'")
+            && el.contains("xmlns:ns0='urn:in0' ns0:j='y'")
+            && el.contains("<d xmlns='urn:5'")
+            && el.contains("xmlns:ns0='urn:7' ns0:k='z'"),
+        "{el}"
+    );
+    for bad in [
+        format!("<m{decls} xmlns:p7='urn:x'/>"),
+        format!("<m{decls} xmlns:p39='urn:39'/>"),
+        format!("<m><c{decls}/><d{decls} p1:k='1' xmlns:p0='u'/></m>"),
+        format!("<m{decls} p1:k='1' p1:k='2'/>"),
+    ] {
+        assert_eq!(error(&bad), C::NotWellFormed, "{bad}");
+    }
+    // The first tag's declarations are gone with it.
+    let bad = format!("<m><c{decls}/><p1:d/></m>");
+    assert_eq!(error(&bad), C::BadNamespacePrefix);
+    // A redeclaration on a child is no duplicate.
+    assert_eq!(
+        stanzas(&format!("<m{decls}><c{decls}/><c{decls}/></m>")).len(),
+        1
+    );
+}
+
+#[test]
 fn limits_fire_at_the_same_byte() {
     let deep = "<a><b><c><d><e>".to_string();
     assert_eq!(error_with(TINY, &deep), C::PolicyViolation);
