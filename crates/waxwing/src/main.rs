@@ -23,11 +23,12 @@ use waxwing_core::reload::LogLevelSetter;
 
 // mimalloc instead of the system allocator: per-thread free lists suit
 // tokio's work-stealing (a buffer allocated on one worker and freed on
-// another). Measured in bench/ (see bench/README.md). Freed memory goes
-// back to the OS when the worker threads collect (allocator.rs).
+// another). Measured in bench/ (see bench/README.md). Called through its
+// unaligned entry points where they suffice, and freed memory goes back to
+// the OS when the worker threads collect (allocator.rs).
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 #[derive(Parser)]
 #[command(name = "waxwing", version = waxwing_core::LONG_VERSION, about = "Waxwing XMPP server")]

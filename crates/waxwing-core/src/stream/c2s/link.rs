@@ -11,6 +11,7 @@
 //! than `dyn`: one predictable `match` per call, no boxed futures, and no
 //! allocation per stanza.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 
@@ -54,17 +55,49 @@ const TYPICAL_STANZA_BYTES: usize = 512;
 /// grows past it as needed rather than reserving for every presence).
 const MAX_RESERVED_BYTES: usize = 64 * 1024;
 
+thread_local! {
+    /// A write buffer of this thread's, kept between writes (at most
+    /// [`MAX_RESERVED_BYTES`], per worker thread, not per session): a
+    /// batch is serialized into memory that is already mapped and warm
+    /// rather than into a fresh allocation each time. See
+    /// [`Outgoing::for_stanzas`] and [`Outgoing::recycle`].
+    static SPARE: Cell<String> = const { Cell::new(String::new()) };
+}
+
 impl Outgoing {
-    /// Empty, with room for `n` typical stanzas (the buffer lives for one
-    /// write only, so reserving generously costs no memory that stays).
+    /// Empty, with room for `n` typical stanzas: this thread's spare
+    /// buffer if it has one (the buffer lives for one write only, so
+    /// reserving generously costs no memory that stays).
     pub fn for_stanzas(n: usize) -> Self {
+        let want = n
+            .saturating_mul(TYPICAL_STANZA_BYTES)
+            .min(MAX_RESERVED_BYTES);
+        let mut text = SPARE.take();
+        if text.capacity() < want {
+            // Not `reserve`: growing would copy the old capacity's bytes.
+            text = String::with_capacity(want);
+        }
         Outgoing {
-            text: String::with_capacity(
-                n.saturating_mul(TYPICAL_STANZA_BYTES)
-                    .min(MAX_RESERVED_BYTES),
-            ),
+            text,
             ends: Vec::new(),
         }
+    }
+
+    /// Gives the text buffer back as this thread's spare (see
+    /// [`Outgoing::for_stanzas`]), unless it grew past what is kept or the
+    /// thread already has a larger one.
+    pub fn recycle(self) {
+        let mut text = self.text;
+        if text.capacity() > MAX_RESERVED_BYTES {
+            return;
+        }
+        text.clear();
+        let spare = SPARE.take();
+        SPARE.set(if spare.capacity() >= text.capacity() {
+            spare
+        } else {
+            text
+        });
     }
 
     /// Marks the end of one element (message-framed transports only).
@@ -361,5 +394,29 @@ mod tests {
         let mut empty = Outgoing::default();
         empty.append(a);
         assert_eq!(empty.elements().count(), 3);
+    }
+
+    #[test]
+    fn a_recycled_buffer_serves_the_next_batch_empty_and_a_huge_one_is_not_kept() {
+        let mut a = Outgoing::for_stanzas(4);
+        a.text.push_str("<message/>");
+        let buffer = a.text.as_ptr();
+        a.recycle();
+        let b = Outgoing::for_stanzas(2);
+        assert!(b.text.is_empty());
+        assert_eq!(b.text.as_ptr(), buffer, "the spare buffer was not reused");
+        // A batch larger than what is reserved up front grew its buffer
+        // past what a thread keeps: it is freed, not kept.
+        let mut big = Outgoing::for_stanzas(1);
+        big.text.reserve(MAX_RESERVED_BYTES * 2);
+        big.recycle();
+        let c = Outgoing::for_stanzas(1);
+        assert!(c.text.capacity() <= MAX_RESERVED_BYTES);
+        // Whatever a thread keeps is at most that large.
+        b.recycle();
+        let d = Outgoing::for_stanzas(usize::MAX);
+        assert!(
+            d.text.capacity() >= MAX_RESERVED_BYTES && d.text.capacity() < 2 * MAX_RESERVED_BYTES
+        );
     }
 }

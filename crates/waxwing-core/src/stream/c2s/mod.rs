@@ -5,8 +5,10 @@
 //! `tcp.rs`). One task per connection owns the transport; other tasks
 //! reach it only through its [`SessionHandle`].
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -522,10 +524,23 @@ impl Conn {
         // last features for its whole life.
         let mut all = std::mem::take(&mut self.unsent);
         all.append(out);
-        // Bounded in time: a client that stops reading fills the socket
-        // buffers, and an unbounded write would wedge this task (no reads,
-        // no close requests, no timeouts) while the session stays bound.
-        let written = tokio::time::timeout(self.config.write_timeout, self.link.write(&all)).await;
+        let written = {
+            let mut write = std::pin::pin!(self.link.write(&all));
+            // Nearly every write is taken by the socket at once: only one
+            // that has to wait gets its timer (reading the clock and
+            // registering with the runtime's timer, once per batch
+            // written, otherwise).
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            match first {
+                Poll::Ready(r) => Ok(r),
+                // Bounded in time: a client that stops reading fills the
+                // socket buffers, and an unbounded write would wedge this
+                // task (no reads, no close requests, no timeouts) while
+                // the session stays bound.
+                Poll::Pending => tokio::time::timeout(self.config.write_timeout, write).await,
+            }
+        };
+        all.recycle();
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
