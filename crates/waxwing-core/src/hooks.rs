@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
@@ -144,8 +145,10 @@ pub trait StanzaHook: Send + Sync {
 
     /// Whether stanzas named `name` (`message`, `presence`, `iq`) on `hook`
     /// concern this hook at all; the router does not call it for the rest.
-    /// A cheap sync check that spares every routed stanza the calls (and
-    /// their boxed futures) of hooks that would only return `Continue`.
+    /// Asked once per hook and stanza name when the registry is frozen
+    /// ([`HookChains`]), so the answer must depend on `hook` and `name`
+    /// only: every routed stanza then walks a chain of the hooks that want
+    /// it, without a call per hook that would only return `Continue`.
     fn wants(&self, _hook: Hook, _name: &str) -> bool {
         true
     }
@@ -298,18 +301,98 @@ pub struct Registrar {
     pub(crate) registry: Registry,
 }
 
-/// Who answers an IQ: its target, type and payload namespace.
-pub(crate) type IqKey = (IqTarget, IqKind, String);
+/// An IQ handler and the module that registered it.
+pub(crate) type IqEntry = (&'static str, Arc<dyn IqHandler>);
+
+/// Who answers an IQ, by its payload namespace, then its target and type:
+/// looked up with the payload's namespace as it stands, without a key
+/// built (a `String` allocated) per IQ.
+#[derive(Default)]
+pub(crate) struct IqHandlers(HashMap<String, [Option<IqEntry>; 4]>);
+
+impl IqHandlers {
+    fn slot(target: IqTarget, kind: IqKind) -> usize {
+        match (target, kind) {
+            (IqTarget::Server, IqKind::Get) => 0,
+            (IqTarget::Server, IqKind::Set) => 1,
+            (IqTarget::Account, IqKind::Get) => 2,
+            (IqTarget::Account, IqKind::Set) => 3,
+        }
+    }
+
+    /// The handler of IQs of type `kind` to `target` whose payload is in `ns`.
+    pub(crate) fn get(&self, target: IqTarget, kind: IqKind, ns: &str) -> Option<&IqEntry> {
+        self.0.get(ns)?[Self::slot(target, kind)].as_ref()
+    }
+}
 /// One entry of a hook chain: priority, owning module, handler.
 pub(crate) type HookEntry = (Priority, &'static str, Arc<dyn StanzaHook>);
+
+/// The stanza hooks, per [`Hook`] in priority order, and for each the
+/// chain every stanza kind walks: only the hooks that
+/// [want](StanzaHook::wants) it, picked once when the registry is frozen
+/// rather than asked of every hook for every routed stanza.
+#[derive(Default)]
+pub(crate) struct HookChains {
+    /// Every hook registered, by [`Hook::index`].
+    all: [Vec<HookEntry>; 3],
+    /// `[hook][kind]`: the entries of `all[hook]` that want stanzas of
+    /// that kind (indexed like [`STANZA_NAMES`]).
+    by_kind: [[Vec<HookEntry>; 3]; 3],
+}
+
+/// The stanza names a hook chain is split by.
+const STANZA_NAMES: [&str; 3] = ["message", "presence", "iq"];
+
+impl Hook {
+    fn index(self) -> usize {
+        match self {
+            Hook::Outbound => 0,
+            Hook::Inbound => 1,
+            Hook::Undeliverable => 2,
+        }
+    }
+}
+
+impl HookChains {
+    /// Sorts each chain by priority and splits it by stanza kind.
+    fn freeze(&mut self) {
+        for (i, hook) in [Hook::Outbound, Hook::Inbound, Hook::Undeliverable]
+            .into_iter()
+            .enumerate()
+        {
+            debug_assert_eq!(hook.index(), i);
+            // Stable: hooks of equal priority keep their registration order.
+            self.all[i].sort_by_key(|(p, ..)| *p);
+            for (k, name) in STANZA_NAMES.into_iter().enumerate() {
+                self.by_kind[i][k] = self.all[i]
+                    .iter()
+                    .filter(|(_, _, h)| h.wants(hook, name))
+                    .cloned()
+                    .collect();
+            }
+        }
+    }
+
+    /// The hooks to run on `hook` for a stanza named `name`, and whether
+    /// they are already filtered by [`StanzaHook::wants`] (they are for
+    /// the three stanza names; anything else gets the whole chain, and the
+    /// caller asks each hook).
+    pub(crate) fn chain(&self, hook: Hook, name: &str) -> (&[HookEntry], bool) {
+        match STANZA_NAMES.iter().position(|n| *n == name) {
+            Some(k) => (&self.by_kind[hook.index()][k], true),
+            None => (&self.all[hook.index()], false),
+        }
+    }
+}
 
 /// The frozen result of registration, read by the router.
 #[derive(Default)]
 pub struct Registry {
-    pub(crate) iq: HashMap<IqKey, (&'static str, Arc<dyn IqHandler>)>,
-    /// This map and `services` are read for every routed stanza: hashed
-    /// with [`FastMap`]'s hasher (their keys come from the configuration).
-    pub(crate) hooks: FastMap<Hook, Vec<HookEntry>>,
+    pub(crate) iq: IqHandlers,
+    /// `services` is read for every routed stanza: hashed with
+    /// [`FastMap`]'s hasher (its keys come from the configuration).
+    pub(crate) hooks: HookChains,
     pub(crate) events: Vec<(&'static str, Arc<dyn EventHandler>)>,
     /// The subset of `events` that wants [`Event::MessageDelivered`].
     pub(crate) delivery_events: Vec<(&'static str, Arc<dyn EventHandler>)>,
@@ -329,9 +412,7 @@ impl Registrar {
             reg.current = m.module_name();
             m.load(&mut reg)?;
         }
-        for chain in reg.registry.hooks.values_mut() {
-            chain.sort_by_key(|(p, ..)| *p);
-        }
+        reg.registry.hooks.freeze();
         reg.registry.server_features.sort_unstable();
         reg.registry.server_features.dedup();
         reg.registry.account_features.sort_unstable();
@@ -346,8 +427,9 @@ impl Registrar {
         ns: &str,
         h: Arc<dyn IqHandler>,
     ) -> Result<(), RegisterError> {
-        let key = (target, kind, ns.to_string());
-        if let Some((owner, _)) = self.registry.iq.get(&key) {
+        let slot = &mut self.registry.iq.0.entry(ns.to_string()).or_default()
+            [IqHandlers::slot(target, kind)];
+        if let Some((owner, _)) = slot {
             return Err(RegisterError::DuplicateIq {
                 module: self.current,
                 owner,
@@ -355,7 +437,7 @@ impl Registrar {
                 target,
             });
         }
-        self.registry.iq.insert(key, (self.current, h));
+        *slot = Some((self.current, h));
         Ok(())
     }
 
@@ -411,11 +493,7 @@ impl Registrar {
     }
 
     pub fn hook(&mut self, hook: Hook, priority: Priority, h: Arc<dyn StanzaHook>) {
-        self.registry
-            .hooks
-            .entry(hook)
-            .or_default()
-            .push((priority, self.current, h));
+        self.registry.hooks.all[hook.index()].push((priority, self.current, h));
     }
 
     pub fn on_events(&mut self, h: Arc<dyn EventHandler>) {
@@ -488,7 +566,6 @@ pub fn load<M: Module>(m: M) -> Arc<dyn ModuleLoader> {
 
 /// What a handler may use: configuration, stores, routing and the sessions
 /// of an account. Cheap to clone.
-#[derive(Clone)]
 pub struct Cx {
     pub(crate) server: Arc<Server>,
     origin: Option<Arc<SessionHandle>>,
@@ -498,6 +575,25 @@ pub struct Cx {
     /// On the `Inbound` hooks: the local session that sent the stanza,
     /// when the router knows it ([`Cx::sender_of`]).
     sender: Option<Arc<SessionHandle>>,
+    /// Whether the stanza's `to` and `from` still read as the router
+    /// addressed it: set by [`Cx::routing`], whose caller vouches for
+    /// both, and cleared before any hook may change the stanza
+    /// ([`StanzaHook::handle_stanza`] gets it mutably). While it is set,
+    /// [`Cx::to_of`] and [`Cx::sender_of`] answer without reading or
+    /// comparing the attributes (several hooks ask for every message).
+    addressed: AtomicBool,
+}
+
+impl Clone for Cx {
+    fn clone(&self) -> Self {
+        Cx {
+            server: self.server.clone(),
+            origin: self.origin.clone(),
+            to: self.to.clone(),
+            sender: self.sender.clone(),
+            addressed: AtomicBool::new(self.addressed.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl Cx {
@@ -507,11 +603,15 @@ impl Cx {
             origin,
             to: None,
             sender: None,
+            addressed: AtomicBool::new(false),
         }
     }
 
     /// A context for hooks on a stanza the router routes to `to` (already
     /// prepared), sent by the local session `sender` if it came from one.
+    /// The caller vouches that the stanza's `to` attribute parses as `to`
+    /// and, with a `sender` (else an `origin`), that its `from` reads as
+    /// that session's address (see [`Cx::addressed`]).
     pub(crate) fn routing(
         server: Arc<Server>,
         origin: Option<Arc<SessionHandle>>,
@@ -523,6 +623,7 @@ impl Cx {
             origin,
             to: Some(to),
             sender,
+            addressed: AtomicBool::new(true),
         }
     }
 
@@ -531,11 +632,29 @@ impl Cx {
         self.to.take()
     }
 
+    /// Whether no hook was given the stanza to change since [`Cx::routing`]
+    /// (its `to` and `from` are as the router addressed them).
+    pub(crate) fn addressed(&self) -> bool {
+        self.addressed.load(Ordering::Relaxed)
+    }
+
+    /// Called before a hook gets the stanza mutably: from then on its
+    /// addresses are read from the attributes again.
+    pub(crate) fn stanza_handed_over(&self) {
+        self.addressed.store(false, Ordering::Relaxed);
+    }
+
     /// The stanza's `to`, prepared (`None` when absent or malformed). While
-    /// the attribute still reads as the address the router parsed to route
-    /// the stanza, that address is returned without parsing it again
-    /// (parsing the canonical text gives the same address back).
+    /// no hook could have changed the stanza, or the attribute still reads
+    /// as the address the router parsed to route it, that address is
+    /// returned without parsing it again (parsing the canonical text gives
+    /// the same address back).
     pub fn to_of(&self, stanza: &Element) -> Option<Cow<'_, Jid>> {
+        if let Some(to) = &self.to
+            && self.addressed()
+        {
+            return Some(Cow::Borrowed(to));
+        }
         let text = stanza.attr("to")?;
         match &self.to {
             Some(to) if to.is_written_as(text) => Some(Cow::Borrowed(to)),
@@ -543,12 +662,16 @@ impl Cx {
         }
     }
 
-    /// On the `Inbound` hooks, the local session that sent `stanza`: known
-    /// when one of our clients sent it and its `from` still names that
-    /// session, so a hook reads the sender's prepared address instead of
-    /// parsing `from`. `None` otherwise (parse `from`).
+    /// The local session that sent `stanza` (on the `Outbound` hooks the
+    /// origin, on the `Inbound` hooks the sender when the router knows
+    /// it): known when one of our clients sent it and its `from` still
+    /// names that session, so a hook reads the sender's prepared address
+    /// instead of parsing `from`. `None` otherwise (parse `from`).
     pub fn sender_of(&self, stanza: &Element) -> Option<&Arc<SessionHandle>> {
-        let s = self.sender.as_ref()?;
+        let s = self.sender.as_ref().or(self.origin.as_ref())?;
+        if self.addressed() {
+            return Some(s);
+        }
         stanza
             .attr("from")
             .is_some_and(|f| s.jid.is_written_as(f))

@@ -6,6 +6,7 @@ pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod bosh;
+pub(crate) mod boxed;
 pub mod cluster;
 pub(crate) mod component;
 pub mod config;

@@ -39,6 +39,7 @@ use waxwing_store::{StoreError, Stores};
 use crate::abuse::{
     AuthThrottle, ConnectionCounter, PartialBudget, RegistrationLimit, ThrottleConfig,
 };
+use crate::boxed::boxed_in_place;
 use crate::cluster;
 use crate::config::Config;
 use crate::hooks::{
@@ -160,7 +161,7 @@ impl Server {
 
     /// Routes a stanza by its `to` address.
     pub fn route(self: Arc<Self>, stanza: Element) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let Some(kind) = stanza::kind(&stanza) else {
                 return;
             };
@@ -184,7 +185,7 @@ impl Server {
     /// `sender`: the local session it came from, if it did (see
     /// [`Cx::sender_of`]).
     async fn route_to(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         to: Jid,
         mut stanza: Element,
         kind: StanzaKind,
@@ -221,7 +222,7 @@ impl Server {
         if let Some(key) = self.lease_key(&to, &stanza) {
             // Boxed, cluster mode only: see `dispatch_iq`.
             return Box::pin(cluster::ownership::route(
-                &self,
+                self,
                 key,
                 vec![stanza],
                 false,
@@ -261,7 +262,7 @@ impl Server {
     /// [`cluster::ownership::route`]): to the domain service, or onto the
     /// s2s pair's queue (`burst`: as one entry).
     fn route_owned(self: Arc<Self>, stanzas: Vec<Element>, burst: bool) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let remote = stanzas
                 .first()
                 .and_then(|s| s.attr("to"))
@@ -277,7 +278,7 @@ impl Server {
                 let Some(to) = s.attr("to").and_then(|t| Jid::parse(t).ok()) else {
                     continue;
                 };
-                self.clone().route_unleased(to, s, kind, None).await;
+                self.route_unleased(to, s, kind, None).await;
             }
         })
     }
@@ -291,7 +292,7 @@ impl Server {
         burst: bool,
         hops: u8,
     ) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let key = stanzas.first().and_then(|s| {
                 let to = Jid::parse(s.attr("to")?).ok()?;
                 self.lease_key(&to, s)
@@ -313,7 +314,7 @@ impl Server {
     /// Routing once any lease is settled: domain services, components,
     /// local delivery, federation.
     async fn route_unleased(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         to: Jid,
         stanza: Element,
         kind: StanzaKind,
@@ -326,19 +327,19 @@ impl Server {
                 .await
                 .is_err()
             {
-                self.answer_panic(&reply_to).await;
+                self.clone().answer_panic(&reply_to).await;
             }
         } else if self.components.contains(to.domain()) {
             if let crate::component::Offer::Bounce(stanza, err) =
                 self.components.offer(to.domain(), stanza)
             {
-                self.bounce(&stanza, err).await;
+                self.clone().bounce(&stanza, err).await;
             }
         } else if self.config.is_local_host(to.domain()) {
             self.deliver_local(to, stanza, kind, sender).await;
         } else {
             // Never awaits the remote: the pair's s2s task owns the queue.
-            self.s2s.send(&self, stanza);
+            self.s2s.send(self, stanza);
         }
     }
 
@@ -350,7 +351,7 @@ impl Server {
     /// interleaves with other traffic; to a remote domain as one entry of
     /// the s2s pair's queue; anywhere else each is routed alone.
     pub fn route_burst(self: Arc<Self>, stanzas: Vec<Element>) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let Some(first) = stanzas.first() else {
                 return;
             };
@@ -402,7 +403,8 @@ impl Server {
             let messages: Vec<Element> = kept
                 .iter()
                 .filter(|s| {
-                    s.name == "message" && self.delivery_wanted(s, std::slice::from_ref(&session))
+                    s.name == "message"
+                        && self.delivery_wanted(&cx, s, std::slice::from_ref(&session))
                 })
                 .cloned()
                 .collect();
@@ -412,7 +414,7 @@ impl Server {
                 let to = to.expect("a session was found for it");
                 for s in refused {
                     if let Some(kind) = stanza::kind(&s) {
-                        self.clone().deliver_hooked(&cx, to.clone(), s, kind).await;
+                        self.deliver_hooked(&cx, to.clone(), s, kind).await;
                     }
                 }
                 return;
@@ -447,7 +449,7 @@ impl Server {
     /// in the recipients; never waits for a session (a full queue refuses,
     /// see the table at the top).
     pub fn route_fanout(self: Arc<Self>, stanza: Element, to: Vec<FullJid>) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let Some(kind) = stanza::kind(&stanza) else {
                 return;
             };
@@ -489,8 +491,7 @@ impl Server {
                     None => copy,
                 };
                 let to = Jid::Full(copy.to.clone());
-                self.clone()
-                    .deliver_local(to, copy.into_element(), kind, None)
+                self.deliver_local(to, copy.into_element(), kind, None)
                     .await;
             }
         })
@@ -504,26 +505,25 @@ impl Server {
             return Shared::Undecided(copy);
         };
         let stanza = copy.stanza.element();
-        if let Some(chain) = self.registry.hooks.get(&Hook::Inbound) {
-            let seen = FanoutCopy {
-                stanza,
-                from,
-                to: &copy.to,
-            };
-            for (_, module, h) in chain {
-                if !h.wants(Hook::Inbound, &stanza.name) {
-                    continue;
-                }
-                match isolate::isolated_sync(module, || h.decide_copy(cx, &seen)) {
-                    Ok(Some(Flow::Continue)) => {}
-                    Ok(Some(Flow::Handled)) => return Shared::Done,
-                    // A panic here is met again, and answered, on the
-                    // general path.
-                    Ok(None) | Err(Panicked) => return Shared::Undecided(copy),
-                }
+        let (chain, filtered) = self.registry.hooks.chain(Hook::Inbound, &stanza.name);
+        let seen = FanoutCopy {
+            stanza,
+            from,
+            to: &copy.to,
+        };
+        for (_, module, h) in chain {
+            if !filtered && !h.wants(Hook::Inbound, &stanza.name) {
+                continue;
+            }
+            match isolate::isolated_sync(module, || h.decide_copy(cx, &seen)) {
+                Ok(Some(Flow::Continue)) => {}
+                Ok(Some(Flow::Handled)) => return Shared::Done,
+                // A panic here is met again, and answered, on the
+                // general path.
+                Ok(None) | Err(Panicked) => return Shared::Undecided(copy),
             }
         }
-        if self.delivery_wanted(stanza, std::slice::from_ref(&session)) {
+        if self.delivery_wanted(cx, stanza, std::slice::from_ref(&session)) {
             return Shared::Undecided(copy);
         }
         match session.offer_addressed(copy) {
@@ -548,7 +548,7 @@ impl Server {
             .and_then(|f| Jid::parse(f).ok())
             .map(|f| f.domain().to_string())
             .filter(|d| !self.is_local_domain(d));
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             if let Some(reply) = reply {
                 if let Some(d) = remote {
                     self.record_offence(&d, crate::s2s::reputation::Offence::Bounce)
@@ -565,7 +565,7 @@ impl Server {
     fn answer_panic(self: Arc<Self>, stanza: &Element) -> BoxFuture {
         let reply =
             stanza::error_reply(stanza, &StanzaError::cancel(Condition::InternalServerError));
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             if let Some(reply) = reply {
                 self.route(reply).await;
             }
@@ -584,17 +584,17 @@ impl Server {
     /// (hooks, IQ handlers, domain services); a panic in the router's own
     /// delivery code after that point still fails only this stanza, unanswered.
     pub(crate) async fn handle_from_client(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         stanza: Element,
     ) {
         self.metrics.stanza_in(&stanza.name, "c2s");
         let mut slot = Some(stanza);
-        let handled = self.clone().handle_from_client_inner(origin, &mut slot);
+        let handled = self.handle_from_client_inner(origin, &mut slot);
         if isolated("router", handled).await.is_err()
             && let Some(stanza) = slot
         {
-            self.answer_panic(&stanza).await;
+            self.clone().answer_panic(&stanza).await;
         }
     }
 
@@ -615,7 +615,7 @@ impl Server {
     /// [`Server::handle_from_client`]: `slot` holds the stanza until it is
     /// handed on.
     async fn handle_from_client_inner(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         slot: &mut Option<Element>,
     ) {
@@ -629,6 +629,7 @@ impl Server {
             Ok(to) => to,
             Err(_) => {
                 return self
+                    .clone()
                     .bounce(stanza, StanzaError::modify(Condition::JidMalformed))
                     .await;
             }
@@ -640,9 +641,9 @@ impl Server {
                 });
                 let Some(stanza) = slot.take() else { return };
                 if local_non_full {
-                    self.dispatch_iq(Some(origin.clone()), stanza).await;
+                    self.clone().dispatch_iq(Some(origin.clone()), stanza).await;
                 } else {
-                    self.route(stanza).await;
+                    self.clone().route(stanza).await;
                 }
             }
             StanzaKind::Message | StanzaKind::Presence => {
@@ -654,14 +655,17 @@ impl Server {
                 if self.run_hooks(Hook::Outbound, &cx, stanza).await == Flow::Handled {
                     return;
                 }
+                // No hook got the stanza to change: addressed as stamped.
+                let untouched = cx.addressed();
                 let to = cx.take_to();
                 let Some(mut stanza) = slot.take() else {
                     return;
                 };
                 // Hooks may have readdressed the stanza; parse again only then.
                 let to = match (to, stanza.attr("to")) {
+                    (Some(to), Some(_)) if untouched => to,
                     (Some(to), Some(now)) if to.is_written_as(now) => to,
-                    (_, Some(_)) => return self.route(stanza).await,
+                    (_, Some(_)) => return self.clone().route(stanza).await,
                     (_, None) if kind == StanzaKind::Message => {
                         // RFC 6120 §10.3.1: no `to` means the sender's own bare JID.
                         let own = origin.jid.bare().clone();
@@ -670,32 +674,40 @@ impl Server {
                     }
                     (_, None) => return,
                 };
-                self.route_to(to, stanza, kind, Some(origin.clone())).await;
+                // The sender, for `Cx::sender_of`, while `from` names it.
+                let sender = (untouched
+                    || stanza
+                        .attr("from")
+                        .is_some_and(|f| origin.jid.is_written_as(f)))
+                .then(|| origin.clone());
+                self.route_to(to, stanza, kind, sender).await;
             }
         }
     }
 
     async fn run_hooks(&self, hook: Hook, cx: &Cx, stanza: &mut Element) -> Flow {
-        if let Some(chain) = self.registry.hooks.get(&hook) {
-            for (_, module, h) in chain {
-                if !h.wants(hook, &stanza.name) {
-                    continue;
+        let (chain, filtered) = self.registry.hooks.chain(hook, &stanza.name);
+        for (_, module, h) in chain {
+            if !filtered && !h.wants(hook, &stanza.name) {
+                continue;
+            }
+            let flow = match isolate::isolated_sync(module, || h.decide_now(cx, hook, stanza)) {
+                Ok(Some(flow)) => Ok(flow),
+                Ok(None) => {
+                    cx.stanza_handed_over();
+                    isolated(module, h.handle_stanza(cx, hook, stanza)).await
                 }
-                let flow = match isolate::isolated_sync(module, || h.decide_now(cx, hook, stanza)) {
-                    Ok(Some(flow)) => Ok(flow),
-                    Ok(None) => isolated(module, h.handle_stanza(cx, hook, stanza)).await,
-                    Err(Panicked) => Err(Panicked),
-                };
-                match flow {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Handled) => {
-                        tracing::trace!(module, ?hook, "stanza handled");
-                        return Flow::Handled;
-                    }
-                    Err(Panicked) => {
-                        cx.server.clone().answer_panic(stanza).await;
-                        return Flow::Handled;
-                    }
+                Err(Panicked) => Err(Panicked),
+            };
+            match flow {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Handled) => {
+                    tracing::trace!(module, ?hook, "stanza handled");
+                    return Flow::Handled;
+                }
+                Err(Panicked) => {
+                    cx.server.clone().answer_panic(stanza).await;
+                    return Flow::Handled;
                 }
             }
         }
@@ -703,7 +715,7 @@ impl Server {
     }
 
     async fn deliver_local(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         to: Jid,
         mut stanza: Element,
         kind: StanzaKind,
@@ -711,7 +723,7 @@ impl Server {
     ) {
         if to.local().is_none() {
             if kind == StanzaKind::Iq {
-                self.dispatch_iq(None, stanza).await;
+                self.clone().dispatch_iq(None, stanza).await;
             }
             return;
         }
@@ -726,7 +738,7 @@ impl Server {
     /// Delivery to a local account after the `Inbound` hooks (see the
     /// table at the top for sessions that are closing or refuse).
     pub(crate) async fn deliver_hooked(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         cx: &Cx,
         to: Jid,
         stanza: Element,
@@ -743,27 +755,33 @@ impl Server {
         match (kind, full) {
             (StanzaKind::Message, Some(session)) => {
                 if let Err(stanza) = self
-                    .offer_message(std::slice::from_ref(&session), stanza, &mut Vec::new())
+                    .offer_message(cx, std::slice::from_ref(&session), stanza, &mut Vec::new())
                     .await
                 {
-                    self.deliver_message_to_account(cx, to, stanza).await;
+                    self.clone()
+                        .deliver_message_to_account(cx, to, stanza)
+                        .await;
                 }
             }
             (StanzaKind::Message, None) => {
-                self.deliver_message_to_account(cx, to, stanza).await;
+                self.clone()
+                    .deliver_message_to_account(cx, to, stanza)
+                    .await;
             }
             (StanzaKind::Iq, Some(session)) => {
                 if let Err(stanza) = session.offer(stanza) {
                     self.metrics.queue_refusals.inc();
-                    self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                    self.clone()
+                        .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
                         .await;
                 }
             }
             (StanzaKind::Iq, None) if to.resource().is_none() => {
-                self.dispatch_iq(None, stanza).await
+                self.clone().dispatch_iq(None, stanza).await
             }
             (StanzaKind::Iq, None) => {
-                self.bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
+                self.clone()
+                    .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
                     .await
             }
             (StanzaKind::Presence, Some(session)) => {
@@ -790,11 +808,12 @@ impl Server {
     /// the last target gets the stanza itself rather than a copy.
     async fn offer_message(
         self: &Arc<Self>,
+        cx: &Cx,
         targets: &[Arc<SessionHandle>],
         stanza: Element,
         refused: &mut Vec<u64>,
     ) -> Result<(), Element> {
-        let wanted = self.delivery_wanted(&stanza, targets);
+        let wanted = self.delivery_wanted(cx, &stanza, targets);
         let last = targets.len().saturating_sub(1);
         // Collected only for the event: without it, nothing to allocate.
         let mut recipients = Vec::new();
@@ -843,18 +862,11 @@ impl Server {
 
     /// Whether any delivery handler wants [`Event::MessageDelivered`] for
     /// `message` handed to `targets`; a handler whose check panics does.
-    fn delivery_wanted(
-        self: &Arc<Self>,
-        message: &Element,
-        targets: &[Arc<SessionHandle>],
-    ) -> bool {
-        let handlers = &self.registry.delivery_events;
-        if handlers.is_empty() {
-            return false;
-        }
-        let cx = Cx::new(self.clone(), None);
-        handlers.iter().any(|(module, h)| {
-            isolate::isolated_sync(module, || h.wants_delivery(&cx, message, targets))
+    /// `cx`: the routing context of the delivery (the handlers read only
+    /// the server from it), so that none is made per message.
+    fn delivery_wanted(&self, cx: &Cx, message: &Element, targets: &[Arc<SessionHandle>]) -> bool {
+        self.registry.delivery_events.iter().any(|(module, h)| {
+            isolate::isolated_sync(module, || h.wants_delivery(cx, message, targets))
                 .unwrap_or(true)
         })
     }
@@ -900,7 +912,7 @@ impl Server {
                     .filter(|s| s.priority() == top)
                     .collect()
             };
-            match self.offer_message(&targets, stanza, &mut refused).await {
+            match self.offer_message(cx, &targets, stanza, &mut refused).await {
                 Ok(()) => return,
                 Err(back) => stanza = back,
             }
@@ -984,7 +996,7 @@ impl Server {
         origin: Option<Arc<SessionHandle>>,
         stanza: Element,
     ) -> BoxFuture {
-        Box::pin(self.dispatch_iq_now(origin, stanza))
+        boxed_in_place(|| self.dispatch_iq_now(origin, stanza))
     }
 
     async fn dispatch_iq_now(self: Arc<Self>, origin: Option<Arc<SessionHandle>>, stanza: Element) {
@@ -1031,7 +1043,7 @@ impl Server {
         };
         let handler = targets
             .iter()
-            .find_map(|t| self.registry.iq.get(&(*t, kind, payload.ns.to_string())));
+            .find_map(|t| self.registry.iq.get(*t, kind, &payload.ns));
         let Some((module, handler)) = handler else {
             return self
                 .bounce(&stanza, StanzaError::cancel(Condition::ServiceUnavailable))
@@ -1070,7 +1082,7 @@ impl Server {
         origin: Option<Arc<SessionHandle>>,
         event: Event,
     ) -> BoxFuture {
-        Box::pin(async move {
+        boxed_in_place(|| async move {
             let handlers = match event {
                 Event::MessageDelivered { .. } => &self.registry.delivery_events,
                 _ => &self.registry.events,

@@ -454,20 +454,21 @@ impl Blocking {
     /// Addresses come from the router where it has them (`Cx::to_of`,
     /// `Cx::sender_of`) and are parsed only otherwise; a sender's address
     /// is copied only to check a non-empty list.
-    fn decide(
+    fn decide<'l>(
         &self,
         cx: &Cx,
         hook: Hook,
         stanza: &Element,
-        list: &mut dyn FnMut(&BareJid) -> Option<Arc<Vec<Jid>>>,
+        list: &mut dyn FnMut(&BareJid) -> Option<&'l [Jid]>,
     ) -> Result<Flow, BareJid> {
         let mut need = |owner: &BareJid| list(owner).ok_or_else(|| owner.clone());
-        // Without `to` (a presence broadcast) there is nothing to decide.
-        if stanza.attr("to").is_none() {
-            return Ok(Flow::Continue);
-        }
+        // Without `to` (a presence broadcast) there is nothing to decide
+        // (on `Inbound`, `Cx::to_of` says so below).
         match hook {
             Hook::Outbound => {
+                if stanza.attr("to").is_none() {
+                    return Ok(Flow::Continue);
+                }
                 // Client-sent message or presence to a JID it blocks. An
                 // account that blocks nobody, the common case, is decided
                 // without looking at an address.
@@ -567,10 +568,16 @@ impl StanzaHook for Blocking {
         })
     }
 
-    /// Decided here whenever the lists involved are cached (nearly always).
+    /// Decided here whenever the lists involved are cached (nearly always),
+    /// under one lock of the cache for the up to two lists a stanza needs,
+    /// read in place: no reference count touched (the same lists are read
+    /// by every thread that routes a message of these accounts).
     fn decide_now(&self, cx: &Cx, hook: Hook, stanza: &Element) -> Option<Flow> {
-        self.decide(cx, hook, stanza, &mut |owner| self.cached(owner))
-            .ok()
+        let cache = self.cache();
+        self.decide(cx, hook, stanza, &mut |owner| {
+            cache.lists.get(owner).map(|l| l.as_slice())
+        })
+        .ok()
     }
 
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
@@ -578,12 +585,16 @@ impl StanzaHook for Blocking {
         // recipient's), then decided as `decide_now` would.
         let mut read: Vec<(BareJid, Arc<Vec<Jid>>)> = Vec::new();
         loop {
-            let decided = self.decide(cx, hook, stanza, &mut |owner| {
-                read.iter()
-                    .find(|(o, _)| o == owner)
-                    .map(|(_, l)| l.clone())
-                    .or_else(|| self.cached(owner))
-            });
+            // The lock is let go before the store is read.
+            let decided = {
+                let cache = self.cache();
+                self.decide(cx, hook, stanza, &mut |owner| {
+                    read.iter()
+                        .find(|(o, _)| o == owner)
+                        .map(|(_, l)| l.as_slice())
+                        .or_else(|| cache.lists.get(owner).map(|l| l.as_slice()))
+                })
+            };
             match decided {
                 Ok(flow) => return flow,
                 Err(owner) => {

@@ -124,6 +124,12 @@ pub fn eligible(msg: &Element, inbound: bool) -> bool {
         || msg.child_names().any(|(_, ns)| IM_PAYLOADS.contains(&ns))
 }
 
+/// The part of [`eligible`] read from the type alone: `false` settles it
+/// (not a message, or a type never copied), before anything costlier.
+fn eligible_type(msg: &Element) -> bool {
+    msg.name == "message" && !matches!(msg.attr("type"), Some("groupchat" | "headline" | "error"))
+}
+
 /// `<message from=bare to=full type=…><{kind}><forwarded>original</forwarded></{kind}></message>`.
 pub fn wrap(kind: &str, user: &BareJid, to: &FullJid, original: &Element) -> Element {
     let mut copy = Element::new("message", ns::CLIENT)
@@ -167,7 +173,7 @@ impl StanzaHook for Carbons {
 /// §7: `<sent/>` copies of a message a client sends, to the sender's other
 /// sessions that have carbons on.
 fn copy_sent(cx: &Cx, msg: &Element) {
-    if !eligible(msg, false) {
+    if !eligible_type(msg) {
         return;
     }
     let Some(origin) = cx.origin() else {
@@ -175,8 +181,11 @@ fn copy_sent(cx: &Cx, msg: &Element) {
     };
     let user = origin.jid.bare();
     // §7: not to the sender. Most accounts have no other session with
-    // carbons on: nothing to copy, nothing to parse, no list copied.
-    if !cx.any_session_flagged(user, SessionFlag::Carbons, |s| s.id == origin.id) {
+    // carbons on: nothing to copy, nothing to parse, no list copied, and
+    // the message's children not even looked at.
+    if !cx.any_session_flagged(user, SessionFlag::Carbons, |s| s.id == origin.id)
+        || !eligible(msg, false)
+    {
         return;
     }
     let siblings: Vec<_> = cx
@@ -225,8 +234,10 @@ impl EventHandler for Carbons {
         // First without copying the session list or taking a presence
         // lock: most accounts have no other session with carbons on.
         let not_recipient = |s: &SessionHandle| !recipients.iter().any(|r| r.jid == s.jid);
-        eligible(message, true)
+        // The type, then the sessions' flags, and only then the children.
+        eligible_type(message)
             && cx.any_session_flagged(user, SessionFlag::Carbons, |s| !not_recipient(s))
+            && eligible(message, true)
             && cx
                 .sessions_of(user)
                 .iter()

@@ -11,6 +11,7 @@
 //! carry no `<body/>` that matters but are archived all the same, so that a
 //! client syncing history replays them.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -230,18 +231,20 @@ impl Mam {
 
     /// A message from one of our clients, into the sender's archive.
     async fn on_outbound(&self, cx: &Cx, msg: &mut Element) {
-        let Some(from) = msg.attr("from").and_then(|f| Jid::parse(f).ok()) else {
-            return;
+        // The addresses the router already prepared, where it has them.
+        let owner = match cx.sender_of(msg) {
+            Some(s) => s.jid.bare().clone(),
+            None => match msg.attr("from").and_then(|f| Jid::parse(f).ok()) {
+                Some(from) => from.to_bare(),
+                None => return,
+            },
         };
-        let owner = from.to_bare();
         // A client cannot speak for its own archive (XEP-0359 §5).
         strip_claims(msg, &owner);
-        let to = match msg.attr("to") {
-            None => Jid::Bare(owner.clone()),
-            Some(t) => match Jid::parse(t) {
-                Ok(t) => t,
-                Err(_) => return,
-            },
+        let to = match cx.to_of(msg) {
+            Some(t) => t,
+            None if msg.attr("to").is_none() => Cow::Owned(Jid::Bare(owner.clone())),
+            None => return,
         };
         // To oneself: archived once, on the way in, where it gets its stanza-id.
         if to.bare() == &owner || !worth_archiving(msg) {
@@ -255,7 +258,7 @@ impl Mam {
     /// A message to a local account, into the recipient's archive; stamped
     /// with the archive id before delivery or offline storage.
     async fn on_inbound(&self, cx: &Cx, msg: &mut Element) {
-        let Some(to) = msg.attr("to").and_then(|t| Jid::parse(t).ok()) else {
+        let Some(to) = cx.to_of(msg) else {
             return;
         };
         let owner = to.to_bare();
@@ -268,8 +271,12 @@ impl Mam {
         if !worth_archiving(msg) {
             return;
         }
-        let Some(from) = msg.attr("from").and_then(|f| Jid::parse(f).ok()) else {
-            return;
+        let from = match cx.sender_of(msg) {
+            Some(s) => Jid::Full(s.jid.clone()),
+            None => match msg.attr("from").and_then(|f| Jid::parse(f).ok()) {
+                Some(from) => from,
+                None => return,
+            },
         };
         // Inbound runs before the router checks that the account exists.
         if cx.sessions_of(&owner).is_empty() {

@@ -242,10 +242,11 @@ impl EventHandler for Push {
         message: &Element,
         recipients: &[Arc<SessionHandle>],
     ) -> bool {
-        is_important(message)
-            && recipients
-                .iter()
-                .any(|s| s.flag(SessionFlag::Detached) || s.flag(SessionFlag::Inactive))
+        // The flags first: a few loads, and nearly always no.
+        recipients
+            .iter()
+            .any(|s| s.flag(SessionFlag::Detached) || s.flag(SessionFlag::Inactive))
+            && is_important(message)
     }
 
     async fn on_event(&self, cx: &Cx, event: &Event) {

@@ -116,12 +116,17 @@ fn split(s: &str) -> Result<(Option<&str>, &str, Option<&str>), JidError> {
     if s.is_empty() {
         return Err(JidError::Empty);
     }
-    let (rest, resource) = match s.split_once('/') {
-        Some((rest, res)) => (rest, Some(res)),
+    // Plain byte scans: addresses are short, and `split_once` and
+    // `rsplit_once` on a `char` cost more in their searchers' setup than
+    // the whole scan (the router parses the `to` of every stanza). Both
+    // separators are ASCII, so every cut is at a character boundary.
+    let bytes = s.as_bytes();
+    let (rest, resource) = match bytes.iter().position(|&b| b == b'/') {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     };
-    let (local, domain) = match rest.rsplit_once('@') {
-        Some((local, domain)) => (Some(local), domain),
+    let (local, domain) = match rest.as_bytes().iter().rposition(|&b| b == b'@') {
+        Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
         None => (None, rest),
     };
     Ok((local, domain, resource))
@@ -212,7 +217,11 @@ fn prepare_domain(domain: &str) -> Result<Cow<'_, str>, JidError> {
         let addr: Ipv6Addr = inner.parse().map_err(|_| JidError::InvalidDomain)?;
         return Ok(Cow::Owned(format!("[{addr}]")));
     }
-    if let Ok(addr) = domain.parse::<Ipv4Addr>() {
+    // An IPv4 address ends with a digit; a name rarely does, and is
+    // spared the attempt.
+    if domain.as_bytes().last().is_some_and(u8::is_ascii_digit)
+        && let Ok(addr) = domain.parse::<Ipv4Addr>()
+    {
         return Ok(Cow::Owned(addr.to_string()));
     }
 
@@ -312,34 +321,64 @@ fn ascii_domain(domain: &str) -> Option<Result<Cow<'_, str>, JidError>> {
     if domain.len() > MAX_PART_BYTES {
         return None;
     }
-    // One pass over the bytes, label by label.
+    // One pass over the bytes: each byte's class from a table, OR-ed
+    // together (one load and one OR per byte), labels checked at the dots.
     let bytes = domain.as_bytes();
-    let mut upper = false;
+    let label_ok = |label: &[u8]| {
+        !label.is_empty()
+            && label.len() <= MAX_LABEL_BYTES
+            && !label
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"xn--"))
+    };
+    let mut seen = 0u8;
     let mut start = 0;
-    for i in 0..=bytes.len() {
-        match bytes.get(i) {
-            None | Some(b'.') => {
-                let label = &bytes[start..i];
-                if label.is_empty()
-                    || label.len() > MAX_LABEL_BYTES
-                    || label
-                        .get(..4)
-                        .is_some_and(|p| p.eq_ignore_ascii_case(b"xn--"))
-                {
-                    return None;
-                }
-                start = i + 1;
+    for (i, &b) in bytes.iter().enumerate() {
+        let class = DOMAIN_BYTES[usize::from(b)];
+        if class == DOT {
+            if !label_ok(&bytes[start..i]) {
+                return None;
             }
-            Some(&b) if b.is_ascii_alphanumeric() || b == b'-' => upper |= b.is_ascii_uppercase(),
-            Some(_) => return None,
+            start = i + 1;
         }
+        seen |= class;
     }
-    Some(Ok(if upper {
+    if seen & OTHER != 0 || !label_ok(&bytes[start..]) {
+        return None;
+    }
+    Some(Ok(if seen & UPPER != 0 {
         Cow::Owned(domain.to_ascii_lowercase())
     } else {
         Cow::Borrowed(domain)
     }))
 }
+
+/// Classes of bytes in [`ascii_domain`] (bits, so that a pass can OR them).
+const LDH: u8 = 1;
+const UPPER: u8 = 2;
+const DOT: u8 = 4;
+const OTHER: u8 = 8;
+
+/// [`ascii_domain`]'s class of every byte: lowercase letters, digits and
+/// hyphens; uppercase letters; the dot; anything else (not for the fast path).
+const DOMAIN_BYTES: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' {
+            LDH
+        } else if c.is_ascii_uppercase() {
+            UPPER
+        } else if c == b'.' {
+            DOT
+        } else {
+            OTHER
+        };
+        b += 1;
+    }
+    table
+};
 
 impl BareJid {
     /// Builds `local@domain` (or `domain` with `None`) from unprepared parts.

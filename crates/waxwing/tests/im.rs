@@ -320,6 +320,57 @@ async fn blocking_holds_for_addresses_written_in_any_case() {
         .await;
 }
 
+/// A hook that readdresses a message on `Outbound` (the test module's
+/// `<readdress/>`): the hooks after it, blocking's included, and the
+/// router decide by the new address, never the one the router parsed
+/// before the hook ran.
+#[tokio::test]
+async fn blocking_judges_the_address_a_hook_gave_the_message() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet", "nurse"] {
+        s.user(u).await;
+    }
+    let mut romeo = s.online("romeo", "desk").await;
+    let mut juliet = s.online("juliet", "balcony").await;
+    let mut nurse = s.online("nurse", "hall").await;
+    romeo
+        .send(&format!(
+            "<iq type='set' id='b1'><block xmlns='{BLOCKING}'><item jid='juliet@localhost'/></block></iq>"
+        ))
+        .await;
+    romeo.expect("<iq type='result' id='b1'/>").await;
+    juliet.sync().await;
+
+    // Sent to the nurse, readdressed to juliet, whom romeo blocks: refused
+    // as if sent to juliet, and neither of them gets it.
+    romeo
+        .send(&format!(
+            "<message to='nurse@localhost/hall' type='chat' id='r1'><body>psst</body>{}</message>",
+            panic::readdress("juliet@localhost/balcony")
+        ))
+        .await;
+    let err = romeo
+        .expect("<message type='error' id='r1' from='juliet@localhost/balcony'/>")
+        .await;
+    assert!(has_stanza_error(&err, "not-acceptable"), "{err}");
+    juliet.expect_nothing().await;
+    nurse.expect_nothing().await;
+
+    // Sent to juliet (blocked), readdressed to the nurse: delivered to the
+    // nurse, with the sender's address as stamped.
+    romeo
+        .send(&format!(
+            "<message to='juliet@localhost/balcony' type='chat' id='r2'><body>for you</body>{}</message>",
+            panic::readdress("nurse@localhost/hall")
+        ))
+        .await;
+    nurse
+        .expect("<message from='romeo@localhost/desk' to='nurse@localhost/hall' id='r2'><body>for you</body></message>")
+        .await;
+    juliet.expect_nothing().await;
+    romeo.expect_nothing().await;
+}
+
 #[tokio::test]
 async fn blocking_a_domain_and_unblock_all() {
     let s = TestServer::start().await;

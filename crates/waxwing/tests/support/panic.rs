@@ -12,6 +12,13 @@
 //! - `Event::SessionBound` / `Event::SessionClosed` of a resource named
 //!   `panic-on-bound` / `panic-on-close` panic.
 //!
+//! It also readdresses on demand: a message carrying
+//! `<readdress xmlns='…' to='JID'/>` leaves its `Outbound` hook addressed
+//! to JID (the trigger removed), as a module that rewrites addresses
+//! would; the hooks after it must see the new address. Every other
+//! stanza is passed on from `decide_now`, so that ordinary traffic in the
+//! tests takes the router's path for stanzas no hook was handed to change.
+//!
 //! It is registered first, so its hooks and event handler run before every
 //! real module's: a panic that stopped the chain would be visible.
 
@@ -74,9 +81,29 @@ impl IqHandler for Panicker {
     }
 }
 
+/// `<readdress xmlns='urn:waxwing:test:panic' to='{to}'/>`.
+pub fn readdress(to: &str) -> String {
+    format!("<readdress xmlns='{NS}' to='{to}'/>")
+}
+
 #[async_trait]
 impl StanzaHook for Panicker {
+    fn decide_now(&self, _cx: &Cx, _hook: Hook, stanza: &Element) -> Option<Flow> {
+        (asked(stanza).is_none() && stanza.child("readdress", NS).is_none())
+            .then_some(Flow::Continue)
+    }
+
     async fn handle_stanza(&self, cx: &Cx, hook: Hook, stanza: &mut Element) -> Flow {
+        if hook == Hook::Outbound
+            && let Some(to) = stanza
+                .child("readdress", NS)
+                .and_then(|r| r.attr("to"))
+                .map(str::to_string)
+        {
+            stanza.remove_children(|c| c.name == "readdress" && c.ns == NS);
+            stanza.set_attr("to", to);
+            return Flow::Continue;
+        }
         match (hook, asked(stanza)) {
             (Hook::Outbound, Some("outbound")) => panic!("test panic on the Outbound hook"),
             (Hook::Inbound, Some("inbound")) => panic!("test panic on the Inbound hook"),

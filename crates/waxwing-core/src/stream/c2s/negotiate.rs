@@ -320,10 +320,9 @@ impl Conn {
         let reply = match iq_request(&el) {
             Err(err) => stanza::error_reply(&el, &err),
             Ok((kind, payload)) => {
-                let key = (IqTarget::Server, kind, ns::REGISTER.to_string());
                 let server = self.server.clone();
                 let creates = creates_account(kind, &payload);
-                match server.registry.iq.get(&key) {
+                match server.registry.iq.get(IqTarget::Server, kind, ns::REGISTER) {
                     None => stanza::error_reply(
                         &el,
                         &StanzaError::cancel(Condition::ServiceUnavailable),

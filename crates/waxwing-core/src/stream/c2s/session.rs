@@ -104,8 +104,11 @@ impl Conn {
                     Ok(Some(StreamEvent::Stanza(el))) => {
                         // Boxed (see `serve_connection`): the hook chain's state
                         // is the largest a session ever holds, and only for
-                        // the time one stanza takes.
-                        if let Err(end) = Box::pin(self.handle_element(session, el)).await {
+                        // the time one stanza takes. Built in its box, not
+                        // copied there whole (`boxed.rs`).
+                        let handled =
+                            crate::boxed::boxed_in_place(|| self.handle_element(session, el));
+                        if let Err(end) = handled.await {
                             return Outcome::End(end);
                         }
                     }
@@ -504,7 +507,9 @@ impl Conn {
         if let Some(lang) = &self.lang
             && el.attr("xml:lang").is_none()
         {
-            el.set_attr("xml:lang", lang.to_string());
+            // Straight from the `str`: a short tag is stored inline, with
+            // no `String` made and freed per stanza.
+            el.set_attr("xml:lang", &**lang);
         }
         // Legacy session establishment (RFC 3921 §3): answered, does nothing.
         if el.name == "iq"
@@ -519,7 +524,7 @@ impl Conn {
             return self.send(&reply).await;
         }
         // Isolated: a panic fails this stanza, not the session.
-        self.server.clone().handle_from_client(handle, el).await;
+        self.server.handle_from_client(handle, el).await;
         Ok(())
     }
 }
