@@ -602,22 +602,10 @@ impl Framer {
     /// checks again, in the same scope.
     fn reparse_eager(&self) -> Result<Element, StreamError> {
         let bytes = &self.buf[self.index(self.boundary)..self.index(self.event_end)];
-        // Sized for the header too: it also sets the tokenizer's longest
-        // name or value, which the header's must fit.
-        let limits = Limits {
-            max_stanza_bytes: self.header.len() + bytes.len() + 1,
-            max_depth: usize::MAX,
-            max_attrs: usize::MAX,
-        };
-        let mut again = Framer::inside(limits, self.content_ns, self.header.clone());
-        again.feed(bytes);
-        match again.next_event()? {
-            Some(StreamEvent::Stanza(el)) => Ok(el),
-            _ => {
-                debug_assert!(false, "a framed stanza did not frame again");
-                Err(StreamError::new(StreamCondition::InternalServerError))
-            }
-        }
+        frame_again(&self.header, self.content_ns, bytes)?.ok_or_else(|| {
+            debug_assert!(false, "a framed stanza did not frame again");
+            StreamError::new(StreamCondition::InternalServerError)
+        })
     }
 
     /// Parses `xml`, one element the framer has already validated once
@@ -628,17 +616,8 @@ impl Framer {
         content_ns: &'static str,
         xml: &str,
     ) -> Result<Element, StreamError> {
-        let limits = Limits {
-            max_stanza_bytes: header.len() + xml.len() + 1,
-            max_depth: usize::MAX,
-            max_attrs: usize::MAX,
-        };
-        let mut f = Framer::inside(limits, content_ns, header.to_vec());
-        f.feed(xml.as_bytes());
-        match f.next_event()? {
-            Some(StreamEvent::Stanza(el)) => Ok(el),
-            _ => Err(StreamError::new(StreamCondition::BadFormat)),
-        }
+        frame_again(header, content_ns, xml.as_bytes())?
+            .ok_or_else(|| StreamError::new(StreamCondition::BadFormat))
     }
 
     fn end_element(&mut self) -> Option<StreamEvent> {
@@ -854,6 +833,29 @@ impl Framer {
 
 /// Parsed bytes kept behind the parser inside the stream (see `keep_from`).
 const PARSED_TAIL_BYTES: u64 = 16;
+
+/// Frames `bytes`, one top-level element read once before, with a fresh
+/// framer inside the stream opened by `header` that builds every tree.
+/// The limits admit what was admitted the first time (they were checked
+/// then); sized for the header too, which also sets the tokenizer's
+/// longest name or value. `None` if the bytes hold no whole element.
+fn frame_again(
+    header: &[u8],
+    content_ns: &'static str,
+    bytes: &[u8],
+) -> Result<Option<Element>, StreamError> {
+    let limits = Limits {
+        max_stanza_bytes: header.len() + bytes.len() + 1,
+        max_depth: usize::MAX,
+        max_attrs: usize::MAX,
+    };
+    let mut again = Framer::inside(limits, content_ns, header.to_vec());
+    again.feed(bytes);
+    Ok(match again.next_event()? {
+        Some(StreamEvent::Stanza(el)) => Some(el),
+        _ => None,
+    })
+}
 
 fn token_limit(limits: Limits) -> usize {
     limits.max_stanza_bytes.clamp(1, MAX_TOKEN_BYTES)
