@@ -530,19 +530,9 @@ fn seal(
     sealed: &mut Vec<u8>,
 ) -> Result<usize, rustls::Error> {
     let records = data.len().div_ceil(WRITE_CHUNK).max(1);
-    let mut room = data.len() + records * RECORD_OVERHEAD;
-    loop {
-        if sealed.len() < room {
-            sealed.resize(room, 0);
-        }
-        match traffic.encrypt(data, sealed) {
-            Ok(written) => return Ok(written),
-            Err(EncryptError::InsufficientSize(e)) if e.required_size > sealed.len() => {
-                room = e.required_size;
-            }
-            Err(e) => return Err(rustls::Error::General(e.to_string())),
-        }
-    }
+    write_records(sealed, 0, data.len() + records * RECORD_OVERHEAD, |buf| {
+        traffic.encrypt(data, buf)
+    })
 }
 
 /// Queues our close_notify.
@@ -557,24 +547,35 @@ fn close_notify_into(
 /// growing the room to what rustls says it needs if that is more.
 fn append_records(
     out: &mut Vec<u8>,
-    mut room: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    room: usize,
+    write: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
 ) -> Result<(), rustls::Error> {
     let start = out.len();
+    let written = write_records(out, start, room, write);
+    // Only the records stay; on an error, nothing.
+    out.truncate(start + written.as_ref().map_or(0, |n| *n));
+    written.map(|_| ())
+}
+
+/// Lets `write` put records into `buf` from `start` on, in at least
+/// `room` bytes, or in as many as rustls says it needs if that is more;
+/// `buf` only grows. Returns the records' length.
+fn write_records(
+    buf: &mut Vec<u8>,
+    start: usize,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> Result<usize, rustls::Error> {
     loop {
-        out.resize(start + room, 0);
-        match write(&mut out[start..]) {
-            Ok(written) => {
-                out.truncate(start + written);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(e)) if e.required_size > room => {
+        if buf.len() < start + room {
+            buf.resize(start + room, 0);
+        }
+        match write(&mut buf[start..]) {
+            Ok(written) => return Ok(written),
+            Err(EncryptError::InsufficientSize(e)) if e.required_size > buf.len() - start => {
                 room = e.required_size;
             }
-            Err(e) => {
-                out.truncate(start);
-                return Err(rustls::Error::General(e.to_string()));
-            }
+            Err(e) => return Err(rustls::Error::General(e.to_string())),
         }
     }
 }
