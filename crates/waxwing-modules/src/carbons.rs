@@ -85,19 +85,12 @@ impl IqHandler for Carbons {
 /// XEP-0280 §6.1 (recommended rules) and §7 (`private`). `inbound` is true
 /// for a message received by the account, false for one it sent.
 pub fn eligible(msg: &Element, inbound: bool) -> bool {
-    if msg.name != "message" {
-        return false;
-    }
     // The type first: it settles every room message (one check per
     // recipient of a fan-out) before any scan of the children.
-    let ty = msg.attr("type").unwrap_or("normal");
-    match ty {
-        "groupchat" | "headline" => return false,
-        // We cannot tell which request an error answers (§6.1 rule 4), so
-        // errors are not copied.
-        "error" => return false,
-        _ => {}
+    if !eligible_type(msg) {
+        return false;
     }
+    let ty = msg.attr("type").unwrap_or("normal");
     // Names only: a routed message's payload is not parsed for this.
     if msg.has_child("private", CARBONS) || msg.has_child("no-copy", HINTS) {
         return false;
@@ -126,6 +119,8 @@ pub fn eligible(msg: &Element, inbound: bool) -> bool {
 
 /// The part of [`eligible`] read from the type alone: `false` settles it
 /// (not a message, or a type never copied), before anything costlier.
+/// Errors are not copied: we cannot tell which request an error answers
+/// (§6.1 rule 4).
 fn eligible_type(msg: &Element) -> bool {
     msg.name == "message" && !matches!(msg.attr("type"), Some("groupchat" | "headline" | "error"))
 }
