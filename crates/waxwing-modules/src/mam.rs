@@ -156,7 +156,6 @@ fn policy_for(prefs: &ArchivePrefs, with: &Jid) -> DefaultPolicy {
     }
 }
 
-/// True when the stanza-id claims to come from `owner`'s archive.
 /// Removes the `stanza-id`s in `msg` that claim `owner`'s archive; without
 /// parsing a routed message's payload when it has none (the usual case).
 fn strip_claims(msg: &mut Element, owner: &BareJid) {
@@ -165,6 +164,7 @@ fn strip_claims(msg: &mut Element, owner: &BareJid) {
     }
 }
 
+/// True when the stanza-id claims to come from `owner`'s archive.
 fn claims_archive(el: &Element, owner: &BareJid) -> bool {
     el.is("stanza-id", NS_SID)
         && el
