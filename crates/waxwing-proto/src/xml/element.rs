@@ -697,18 +697,66 @@ fn reference(b: u8) -> &'static str {
 /// Copies `s` to `out` in runs between the bytes `escaped` marks, each
 /// replaced by its reference. Every byte escaped is ASCII, so runs always
 /// end on character boundaries; most values have nothing to escape and are
-/// copied in one go, after one table lookup per byte.
+/// copied in one go.
 #[inline]
 fn escape_with(out: &mut String, s: &str, escaped: &[bool; 256]) {
     let bytes = s.as_bytes();
     let mut run = 0;
-    while let Some(n) = bytes[run..].iter().position(|&b| escaped[usize::from(b)]) {
+    while let Some(n) = next_escaped(&bytes[run..], escaped) {
         let at = run + n;
         out.push_str(&s[run..at]);
         out.push_str(reference(bytes[at]));
         run = at + 1;
     }
     out.push_str(&s[run..]);
+}
+
+/// Bytes [`next_escaped`] clears at a time.
+const LANES: usize = 16;
+
+/// The first byte of `bytes` that `escaped` marks.
+///
+/// Every stanza written goes through here once per attribute value (a
+/// chat message's `to`, `from`, `id`, `type`), and a table lookup per
+/// byte was about half the cost of writing the message. So values of
+/// [`LANES`] bytes or more are cleared a chunk at a time with
+/// [`may_need_escaping`], which the compiler turns into a few vector
+/// compares; only a chunk it does not clear (rare: `#` and control
+/// characters besides the escaped ones) is searched byte by byte. The
+/// last chunk overlaps the one before instead of leaving a short tail.
+fn next_escaped(bytes: &[u8], escaped: &[bool; 256]) -> Option<usize> {
+    let in_chunk = |chunk: &[u8]| chunk.iter().position(|&b| escaped[usize::from(b)]);
+    let Some(last) = bytes.len().checked_sub(LANES) else {
+        return in_chunk(bytes);
+    };
+    let mut at = 0;
+    loop {
+        let start = at.min(last);
+        let chunk: &[u8; LANES] = bytes[start..start + LANES].try_into().expect("LANES bytes");
+        if may_need_escaping(chunk)
+            && let Some(n) = in_chunk(chunk)
+        {
+            // Bytes before `at` in an overlapping last chunk were cleared
+            // already: a byte found there would have been found then.
+            return Some(start + n);
+        }
+        if start == last {
+            return None;
+        }
+        at = start + LANES;
+    }
+}
+
+/// Whether any byte of `chunk` might be one either kind of escaping
+/// replaces: a superset test (every control character, `"#&'` and
+/// `<>`) written without branches, so that it vectorizes.
+fn may_need_escaping(chunk: &[u8; LANES]) -> bool {
+    let hits = chunk.iter().fold(0u8, |hits, &b| {
+        // With bits 0 and 2 set, `"` `#` `&` `'` (and nothing else) are
+        // `'`; with bit 1 set, `<` and `>` are `>`.
+        hits | u8::from(b < 0x20) | u8::from((b | 0x05) == b'\'') | u8::from((b | 0x02) == b'>')
+    });
+    hits != 0
 }
 
 #[cfg(test)]
@@ -924,6 +972,50 @@ mod tests {
             e.to_xml(),
             "<a v='&lt;&amp;&apos;&quot;&gt;&#9;&#10;&#13;'>&lt;&amp;&gt;'\"&#13;</a>"
         );
+    }
+
+    /// The byte-by-byte definition that `escape_with`'s chunked search
+    /// must match.
+    fn escape_naive(s: &str, escaped: &[bool; 256]) -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            match u8::try_from(c) {
+                Ok(b) if escaped[usize::from(b)] => out.push_str(reference(b)),
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn chunked_escaping_matches_the_byte_by_byte_definition() {
+        // Every byte the fast check must not miss, the ones it flags but
+        // that need no escaping (`#`, other controls), its neighbours, and
+        // multi-byte characters; at every position of values shorter than,
+        // as long as, and spanning several chunks (the overlapping last one
+        // included), alone and after an earlier escaped byte.
+        let specials = [
+            "&", "<", ">", "'", "\"", "\t", "\n", "\r", "#", "%", "=", "?", "\u{1}", "\u{1f}", " ",
+            "\u{7f}", "é", "☺", "𝄞",
+        ];
+        for len in 0..=3 * LANES + 1 {
+            for at in 0..=len {
+                for special in specials {
+                    for prefix in ["", "&"] {
+                        let s = format!(
+                            "{prefix}{}{special}{}",
+                            "a".repeat(at),
+                            "b".repeat(len - at)
+                        );
+                        for table in [&TEXT_ESCAPED, &ATTR_ESCAPED] {
+                            let mut out = String::new();
+                            escape_with(&mut out, &s, table);
+                            assert_eq!(out, escape_naive(&s, table), "{s:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
