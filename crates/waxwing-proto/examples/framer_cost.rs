@@ -16,7 +16,9 @@
 //! by the count.
 //!
 //! Arguments: message count (default 100000), then `parse` to skip the
-//! serialization.
+//! serialization, then `client` to add what real clients send beside the
+//! body (a chat state, a receipt request, an origin-id), which is content
+//! with namespaces and attributes rather than text alone.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,6 +30,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let parse_only = args.next().as_deref() == Some("parse");
+    let client_extras = args.next().as_deref() == Some("client");
 
     let mut framer = Framer::new(Limits::default(), ns::CLIENT);
     framer.feed(
@@ -50,9 +53,17 @@ fn main() {
         while chunk.len() < 4096 && i < n {
             chunk.push_str(&format!(
                 "<message to='u{}@bench.example' type='chat' id='m{i}'>\
-                 <body>t=1765000000000000 s={i} padding-padding-padding</body></message>",
+                 <body>t=1765000000000000 s={i} padding-padding-padding</body>",
                 i % 200
             ));
+            if client_extras {
+                chunk.push_str(&format!(
+                    "<active xmlns='http://jabber.org/protocol/chatstates'/>\
+                     <request xmlns='urn:xmpp:receipts'/>\
+                     <origin-id xmlns='urn:xmpp:sid:0' id='5f3c9e2a-7b1d-4c8e-9a6f-{i:012}'/>"
+                ));
+            }
+            chunk.push_str("</message>");
             i += 1;
         }
         framer.feed(chunk.as_bytes());

@@ -468,25 +468,41 @@ impl Framer {
             Token::Start { element, empty } => {
                 self.event_end = self.consumed;
                 self.check_element(&element)?;
-                if let Some(lazy) = self.lazy_mut() {
-                    if lazy.open == 0 {
-                        // A direct child: only its name is kept.
-                        lazy.names.push((element.name, element.ns));
-                    }
-                    if !empty {
-                        lazy.open += 1;
-                    }
-                    return Ok(None);
-                }
+                debug_assert!(
+                    self.lazy_from() == 0,
+                    "kept content is read in validate_only mode"
+                );
                 let lazy = !empty && self.stack.is_empty() && self.keeps_content_of(&element);
                 self.stack.push((element, self.nodes.len()));
                 if lazy && let Some(inside) = self.tokenizer.as_mut() {
                     inside.lazy.from = self.consumed;
                     inside.lazy.prefixed = inside.tokenizer.prefixed();
-                    inside.tokenizer.discard_text = true;
+                    inside.tokenizer.validate_only = true;
                 }
                 if empty {
                     return Ok(self.end_element());
+                }
+                Ok(None)
+            }
+            // A start tag inside kept content: the same limits, and only
+            // a direct child's name is kept.
+            Token::Checked {
+                name,
+                ns,
+                attrs,
+                empty,
+            } => {
+                self.event_end = self.consumed;
+                self.check_limits(attrs)?;
+                let Some(lazy) = self.lazy_mut() else {
+                    debug_assert!(false, "validate_only mode outside kept content");
+                    return Err(StreamError::new(StreamCondition::InternalServerError));
+                };
+                if lazy.open == 0 {
+                    lazy.names.push((name, ns));
+                }
+                if !empty {
+                    lazy.open += 1;
                 }
                 Ok(None)
             }
@@ -517,20 +533,7 @@ impl Framer {
 
     /// Limits and stream-level rules for an element below the root.
     fn check_element(&self, el: &Element) -> Result<(), StreamError> {
-        if el.attrs.len() > self.limits.max_attrs {
-            return Err(policy(format!(
-                "more than {} attributes on one element",
-                self.limits.max_attrs
-            )));
-        }
-        let open_inside = self.tokenizer.as_ref().map_or(0, |t| t.lazy.open);
-        let depth = self.stack.len() + open_inside as usize + 1;
-        if depth > self.limits.max_depth {
-            return Err(policy(format!(
-                "elements nested deeper than {}",
-                self.limits.max_depth
-            )));
-        }
+        let depth = self.check_limits(el.attrs.len())?;
         if depth == 1 {
             // A new stream header where a stanza belongs: refuse it
             // at once instead of waiting for an element that never
@@ -544,14 +547,36 @@ impl Framer {
         Ok(())
     }
 
+    /// The attribute count and depth limits for an element below the root
+    /// with `attrs` attributes that just started; returns its depth.
+    /// Inlined: it runs for every start tag, kept content included.
+    #[inline]
+    fn check_limits(&self, attrs: usize) -> Result<usize, StreamError> {
+        if attrs > self.limits.max_attrs {
+            return Err(policy(format!(
+                "more than {} attributes on one element",
+                self.limits.max_attrs
+            )));
+        }
+        let open_inside = self.tokenizer.as_ref().map_or(0, |t| t.lazy.open);
+        let depth = self.stack.len() + open_inside as usize + 1;
+        if depth > self.limits.max_depth {
+            return Err(policy(format!(
+                "elements nested deeper than {}",
+                self.limits.max_depth
+            )));
+        }
+        Ok(depth)
+    }
+
     /// Whether the content of `el`, a top-level element just opened, is
     /// kept as bytes: a message in the stream's namespace whose content
     /// inherits that namespace as its default (which a stanza with its own
     /// prefix and `xmlns` might not).
     fn keeps_content_of(&self, el: &Element) -> bool {
         !self.eager
-            && el.name == "message"
-            && el.ns == self.content_ns
+            && el.name.as_str() == "message"
+            && el.ns.as_str() == self.content_ns
             && self
                 .tokenizer
                 .as_ref()
@@ -578,7 +603,7 @@ impl Framer {
             unreachable!("kept content is read by the tokenizer");
         };
         let lazy = std::mem::take(&mut inside.lazy);
-        inside.tokenizer.discard_text = false;
+        inside.tokenizer.validate_only = false;
         let prefixed = inside.tokenizer.prefixed() != lazy.prefixed;
         let (content_from, names) = (lazy.from, lazy.names);
         let (mut el, _) = self.stack.pop().expect("the message is open");

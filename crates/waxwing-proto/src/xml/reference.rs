@@ -678,9 +678,41 @@ pub fn check_write_back(el: &super::Element) {
     }
 }
 
+/// For a message whose content the framer kept as bytes: the direct
+/// children it recorded while only validating that content (the
+/// tokenizer's validation-only mode) must be those the bytes hold, in
+/// order. Panics otherwise (for the fuzz targets, which see the panic).
+pub fn check_child_names(el: &super::Element) {
+    if !el.children.is_unparsed() {
+        return;
+    }
+    // Read before the content is parsed, which would answer from the tree.
+    let recorded: Vec<(String, String)> = el
+        .child_names()
+        .map(|(name, ns)| (name.to_owned(), ns.to_owned()))
+        .collect();
+    let parsed: Vec<(String, String)> = el
+        .children
+        .to_vec()
+        .iter()
+        .filter_map(|n| match n {
+            super::Node::Element(e) => Some((e.name.to_string(), e.ns.to_string())),
+            super::Node::Text(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        recorded, parsed,
+        "recorded child names differ from the content"
+    );
+}
+
 /// The differential check of the framer against this rxml-only one: the
 /// same chunks must give the same events, `buffered()` values and error
-/// condition (see below for when). Returns both outcomes when they differ.
+/// condition (see below for when). The framer is also run building every
+/// tree (`Framer::eager`, where message content is read in full mode
+/// rather than only validated), which must give exactly what the framer
+/// keeping content as bytes gives: the same events, `buffered()` after
+/// every chunk and condition. Returns the two outcomes that differ.
 pub fn compare(
     limits: Limits,
     content_ns: &'static str,
@@ -695,6 +727,7 @@ pub fn compare(
         |f| {
             let ev = f.next_event();
             if let Ok(Some(StreamEvent::Stanza(el))) = &ev {
+                check_child_names(el);
                 check_write_back(el);
             }
             ev
@@ -702,6 +735,18 @@ pub fn compare(
         |f| f.release_idle_buffers(),
         |f| f.buffered(),
     );
+    let eager = run_framer(
+        super::Framer::new(limits, content_ns).eager(),
+        chunks,
+        release,
+        |f, d| f.feed(d),
+        |f| f.next_event(),
+        |f| f.release_idle_buffers(),
+        |f| f.buffered(),
+    );
+    if new != eager {
+        return Err(Box::new((new, eager)));
+    }
     let old = run_framer(
         RxmlFramer::new(limits, content_ns),
         chunks,

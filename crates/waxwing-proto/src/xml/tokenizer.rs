@@ -64,6 +64,16 @@ const MAX_REFERENCE: usize = 8;
 pub(super) enum Token {
     /// A start tag; `empty` for `<x/>`, whose end follows implicitly.
     Start { element: Element, empty: bool },
+    /// A start tag inside content the framer keeps as bytes (see
+    /// `validate_only`), checked as thoroughly as any other: only its
+    /// name, namespace and number of attributes come out, which is all
+    /// the framer records or limits.
+    Checked {
+        name: CompactString,
+        ns: CompactString,
+        attrs: usize,
+        empty: bool,
+    },
     /// An end tag (or the end of an empty element's start tag).
     End,
     /// A piece of character data and the absolute input offsets it covers.
@@ -200,9 +210,16 @@ pub(super) struct Tokenizer {
     /// other than `xml` (wrapping): the framer keeps content as bytes only
     /// where this did not change (see `Framer`).
     prefixed: u32,
-    /// Text is checked but handed out empty: the framer is keeping the
-    /// bytes it came in instead.
-    pub(super) discard_text: bool,
+    /// The framer keeps the bytes of what is read now (a message's
+    /// content), so nothing is built from them: every byte and every
+    /// rule is checked as in full mode, but text is handed out empty,
+    /// attribute values are not copied, and start tags come out as
+    /// [`Token::Checked`].
+    pub(super) validate_only: bool,
+    /// Scratch for the attribute keys of a start tag read in
+    /// `validate_only` mode, which are checked for duplicates and then
+    /// dropped: kept to keep its capacity.
+    checked_keys: Vec<(CompactString, CompactString)>,
 }
 
 type Res<T> = Result<T, StreamError>;
@@ -436,7 +453,8 @@ impl Tokenizer {
             names: String::new(),
             scopes: Vec::new(),
             prefixed: 0,
-            discard_text: false,
+            validate_only: false,
+            checked_keys: Vec::new(),
         };
         // Reads the header with the same code as any start tag, for its
         // namespace declarations; it skips the `<`.
@@ -463,6 +481,7 @@ impl Tokenizer {
         self.tag_attrs.shrink_to_fit();
         self.decls.shrink();
         self.fast_attrs = Vec::new();
+        self.checked_keys = Vec::new();
     }
 
     /// The next token, consuming from `input`; `Ok(None)` when all of it is
@@ -1136,10 +1155,11 @@ impl Tokenizer {
             let value = &text[value];
             if colon.is_none() && qname != "xmlns" {
                 // An unprefixed attribute, the usual kind: no checks wait.
+                let value = self.kept_value(value);
                 self.tag_attrs.push(RawAttr {
                     qname,
                     colon,
-                    value: CompactString::new(value),
+                    value,
                 });
             } else if self.add_attribute(qname, colon, value).is_err() {
                 // Read again by the state machine: nothing of it stays.
@@ -1228,17 +1248,29 @@ impl Tokenizer {
                 }
                 self.tag_default = Some(ns::intern(value));
             }
-            _ => self.tag_attrs.push(RawAttr {
-                qname,
-                colon,
-                value: CompactString::new(value),
-            }),
+            _ => {
+                let value = self.kept_value(value);
+                self.tag_attrs.push(RawAttr {
+                    qname,
+                    colon,
+                    value,
+                });
+            }
         }
         Ok(())
     }
 
+    /// An attribute's value (checked) as the attribute keeps it: not
+    /// at all in `validate_only` mode.
+    fn kept_value(&self, value: &str) -> CompactString {
+        match self.validate_only {
+            true => CompactString::default(),
+            false => CompactString::new(value),
+        }
+    }
+
     /// The `>` of a start tag: namespaces are resolved and the element
-    /// built.
+    /// built (in `validate_only` mode, only checked).
     fn finish_tag(&mut self, empty: bool) -> Res<Token> {
         self.text_from = self.at;
         self.state = St::Text;
@@ -1249,10 +1281,21 @@ impl Tokenizer {
             decls_from: self.tag_decls_from,
             name_from,
         });
-        // A stanza (the root's child) gets `from` stamped on its way in:
-        // room for it now saves growing the list then.
-        let spare = usize::from(self.scopes.len() == 2);
-        let attrs = self.resolve_attributes(spare)?;
+        /// What becomes of the attributes: a list, or only their count.
+        enum Attrs {
+            Built(Vec<(CompactString, CompactString)>),
+            Checked(usize),
+        }
+        let attrs = if self.validate_only {
+            Attrs::Checked(self.check_attributes()?)
+        } else {
+            // A stanza (the root's child) gets `from` stamped on its way
+            // in: room for it now saves growing the list then.
+            let spare = usize::from(self.scopes.len() == 2);
+            let mut attrs = Vec::with_capacity(self.tag_attrs.len() + spare);
+            self.resolve_attributes(&mut attrs)?;
+            Attrs::Built(attrs)
+        };
         if self.tag_colon.is_some() {
             self.prefixed = self.prefixed.wrapping_add(1);
         }
@@ -1271,12 +1314,23 @@ impl Tokenizer {
                 &self.tag_qname[..],
             ),
         };
-        let mut element = Element::new(local, ns.clone());
-        element.attrs = attrs;
+        let token = match attrs {
+            Attrs::Built(attrs) => {
+                let mut element = Element::new(local, ns.clone());
+                element.attrs = attrs;
+                Token::Start { element, empty }
+            }
+            Attrs::Checked(attrs) => Token::Checked {
+                name: CompactString::new(local),
+                ns: ns.clone(),
+                attrs,
+                empty,
+            },
+        };
         if empty {
             self.pop_scope();
         }
-        Ok(Token::Start { element, empty })
+        Ok(token)
     }
 
     /// See the field: compared before and after some content.
@@ -1284,9 +1338,9 @@ impl Tokenizer {
         self.prefixed
     }
 
-    /// Text as handed out (see `discard_text`).
+    /// Text as handed out (see `validate_only`).
     fn owned(&self, text: &str) -> String {
-        match self.discard_text {
+        match self.validate_only {
             true => String::new(),
             false => text.to_owned(),
         }
@@ -1302,12 +1356,36 @@ impl Tokenizer {
             .unwrap_or(&NO_NS)
     }
 
-    /// The tag's attributes with their namespaces resolved, in rxml's
-    /// order (by namespace, then local name). Errors come in rxml's order
-    /// too: a duplicate among the attributes before the first undeclared
-    /// prefix, then that prefix.
-    fn resolve_attributes(&mut self, spare: usize) -> Res<Vec<(CompactString, CompactString)>> {
-        let mut attrs = Vec::with_capacity(self.tag_attrs.len() + spare);
+    /// What [`Tokenizer::resolve_attributes`] checks, for a tag whose
+    /// attributes are then dropped (`validate_only`): how many there are.
+    fn check_attributes(&mut self) -> Res<usize> {
+        let n = self.tag_attrs.len();
+        if n <= INSERTION_SORTED && self.tag_attrs.iter().all(|a| a.colon.is_none()) {
+            // The usual kind: unprefixed names are their own keys, and
+            // none can be undeclared, so a duplicate is the only error.
+            let attrs = &self.tag_attrs;
+            let duplicate = (1..n).any(|i| attrs[..i].iter().any(|a| a.qname == attrs[i].qname));
+            self.tag_attrs.clear();
+            return match duplicate {
+                true => Err(nwf("duplicate attribute")),
+                false => Ok(n),
+            };
+        }
+        // Resolved and checked all the same, in a scratch list that
+        // keeps its capacity.
+        let mut keys = std::mem::take(&mut self.checked_keys);
+        let resolved = self.resolve_attributes(&mut keys);
+        let count = keys.len();
+        keys.clear();
+        self.checked_keys = keys;
+        resolved.map(|()| count)
+    }
+
+    /// The tag's attributes with their namespaces resolved, into `attrs`
+    /// (empty) in rxml's order (by namespace, then local name). Errors
+    /// come in rxml's order too: a duplicate among the attributes before
+    /// the first undeclared prefix, then that prefix.
+    fn resolve_attributes(&mut self, attrs: &mut Vec<(CompactString, CompactString)>) -> Res<()> {
         let mut undeclared = false;
         for a in self.tag_attrs.drain(..) {
             let key = match a.colon {
@@ -1327,13 +1405,13 @@ impl Tokenizer {
             };
             attrs.push((key, a.value));
         }
-        if !sort_unique(&mut attrs) {
+        if !sort_unique(attrs) {
             return Err(nwf("duplicate attribute"));
         }
         if undeclared {
             return Err(bad_prefix("undeclared namespace prefix"));
         }
-        Ok(attrs)
+        Ok(())
     }
 
     fn end_tag(&mut self) -> Token {
@@ -1386,7 +1464,7 @@ impl Tokenizer {
             return Err(nwf("invalid UTF-8 in text"));
         }
         check_chars(&self.text[..valid])?;
-        let text = match self.discard_text {
+        let text = match self.validate_only {
             true => String::new(),
             false => String::from_utf8(self.text[..valid].to_vec()).unwrap_or_default(),
         };

@@ -1,7 +1,9 @@
 //! The tokenizer against rxml: every rule of `tokenizer`'s module docs as a
 //! hand-written case, each fed whole, byte by byte and split at every
-//! position (and with idle releases), through both the framer and
-//! `reference::RxmlFramer`, which must agree; each case also states the
+//! position (and with idle releases), through the framer, the framer
+//! building every tree (so a message's content is read in full mode, not
+//! only validated) and `reference::RxmlFramer`, which must all agree;
+//! each case also states the
 //! outcome it expects, so that agreeing on a wrong answer fails too. Then
 //! generated streams (proptest) built from the same fragments.
 
@@ -33,7 +35,8 @@ fn agree(limits: Limits, input: &[u8]) {
     let check = |chunks: &[&[u8]], release: &[bool]| {
         if let Err(d) = compare(limits, ns::CLIENT, chunks, release) {
             panic!(
-                "framer and rxml differ on {:?} in chunks {:?}\n  new:  {:?}\n  rxml: {:?}",
+                "the framer differs (from itself building trees, or from rxml) on {:?} \
+                 in chunks {:?}\n  new:   {:?}\n  other: {:?}",
                 String::from_utf8_lossy(input),
                 chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
                 d.0,
@@ -323,6 +326,55 @@ fn duplicates_and_namespaces() {
     assert_eq!(error("<message xmlns=''/>"), C::InvalidNamespace);
     assert_eq!(stanzas("<m><x xmlns=''/></m>").len(), 1);
     assert_eq!(error("<stream:stream>"), C::BadFormat);
+}
+
+/// A message's content, which the framer keeps as bytes and the tokenizer
+/// only validates, is refused exactly as content that is built (`agree`
+/// runs both, and rxml): every rule and every limit still holds in it.
+#[test]
+fn kept_content_is_checked_like_built_content() {
+    let kept = |content: &str| format!("<message to='a@b' id='k'>{content}</message>");
+    for (content, want) in [
+        ("<x k='1' k='2'/>", C::NotWellFormed),
+        ("<x a='1' b='2' c='3' a='4'/>", C::NotWellFormed),
+        (
+            "<x xmlns:a='urn:x' xmlns:b='urn:x' a:k='1' b:k='2'/>",
+            C::NotWellFormed,
+        ),
+        ("<x xml:lang='en' xml:lang='de'/>", C::NotWellFormed),
+        ("<x k='1' q:k='1' k='2'/>", C::BadNamespacePrefix),
+        ("<x q:k='1'/>", C::BadNamespacePrefix),
+        ("<q:x/>", C::BadNamespacePrefix),
+        ("<x xmlns:xml='urn:x'/>", C::BadNamespacePrefix),
+        ("<x k='&#0;'/>", C::NotWellFormed),
+        ("<x k='&nbsp;'/>", C::RestrictedXml),
+        ("<x k='a<b'/>", C::NotWellFormed),
+        ("<x k='\u{1}'/>", C::NotWellFormed),
+        ("<x k='1'k='2'/>", C::NotWellFormed),
+        (
+            "<x a='1' b='2' c='3' d='4' e='5' f='6' g='7' h='8' i='9'/>",
+            C::PolicyViolation,
+        ),
+        (
+            "<a><b><c><d><e><f><g><h/></g></f></e></d></c></b></a>",
+            C::PolicyViolation,
+        ),
+        ("<x>a &foo; b</x>", C::RestrictedXml),
+        ("<x>]]></x>", C::NotWellFormed),
+        ("<x></y>", C::NotWellFormed),
+    ] {
+        assert_eq!(error(&kept(content)), want, "{content}");
+    }
+    // The same rules pass what they should, and the recorded child names
+    // are checked against the bytes (`reference::check_child_names`).
+    let fine = one(&kept(
+        "<body xml:lang='en' a='&apos;' b=\"'\">x &amp; <![CDATA[<y>]]></body>\
+         <active xmlns='http://jabber.org/protocol/chatstates'/>\
+         <origin-id xmlns='urn:xmpp:sid:0' id='5f3c9e2a-7b1d-4c8e-9a6f-000000000001'/>\
+         <x xmlns='urn:x'><y k='1'><z/></y></x>",
+    ));
+    // Kept as it came (the content was validated, not rebuilt).
+    assert!(fine.contains("x &amp; <![CDATA[<y>]]></body>"), "{fine}");
 }
 
 #[test]
