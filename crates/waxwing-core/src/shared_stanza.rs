@@ -53,24 +53,32 @@ impl SharedStanza {
         &self.element
     }
 
-    /// `None` if the serialization does not start with the element's own
-    /// start tag (never for the serializer we have; checked rather than
-    /// assumed, since a wrong cut would write malformed XML).
+    /// `None` when the serialization could not be cut after the
+    /// attributes with certainty (names no parser accepts, built by hand):
+    /// those take the tree path, since a wrong cut would write malformed XML.
     fn wire(&self) -> Option<&Wire> {
         self.wire
             .get_or_init(|| {
-                let shell = Element {
-                    name: self.element.name.clone(),
-                    ns: self.element.ns.clone(),
-                    attrs: self.element.attrs.clone(),
-                    children: Default::default(),
-                };
+                // Serialized once, and cut at the first `>`: attribute
+                // values and namespaces escape it (`escape_attr`), so with
+                // names that hold neither `>` nor `/` (any the parser
+                // accepts) it closes the start tag, as `/>` when there is
+                // no content.
+                let odd = |name: &str| name.contains(['>', '/']);
+                let odd_key = |key: &str| odd(key.rsplit_once('}').map_or(key, |(_, local)| local));
+                if odd(&self.element.name) || self.element.attrs.iter().any(|(k, _)| odd_key(k)) {
+                    return None;
+                }
                 let mut head = String::new();
-                shell.write_to(&mut head, ns::CLIENT);
-                head.truncate(head.strip_suffix("/>")?.len());
-                let mut full = String::new();
-                self.element.write_to(&mut full, ns::CLIENT);
-                let tail = full.strip_prefix(head.as_str())?.to_owned();
+                self.element.write_to(&mut head, ns::CLIENT);
+                let close = head.find('>')?;
+                let cut = if head.len() == close + 1 && head[..close].ends_with('/') {
+                    close - 1
+                } else {
+                    close
+                };
+                let tail = head[cut..].to_owned();
+                head.truncate(cut);
                 Some(Wire { head, tail })
             })
             .as_ref()
@@ -222,6 +230,26 @@ mod tests {
                 stanza: SharedStanza::new(el),
                 to: FullJid::parse("x@y/z").unwrap(),
             };
+            let mut bytes = String::new();
+            a.write_client(&mut bytes);
+            let mut expected = String::new();
+            a.to_element().write_to(&mut expected, ns::CLIENT);
+            assert_eq!(bytes, expected);
+        }
+    }
+
+    #[test]
+    fn names_that_would_misplace_the_cut_take_the_tree_path() {
+        for el in [
+            Element::new("m/", ns::CLIENT).with_child(Element::new("b", ns::CLIENT)),
+            Element::new("message", ns::CLIENT).with_attr("a>b", "1"),
+            Element::new("message", ns::CLIENT).with_attr("{urn:x}a/b", "1"),
+        ] {
+            let a = Addressed {
+                stanza: SharedStanza::new(el),
+                to: FullJid::parse("x@y/z").unwrap(),
+            };
+            assert!(a.stanza.wire().is_none());
             let mut bytes = String::new();
             a.write_client(&mut bytes);
             let mut expected = String::new();
