@@ -769,16 +769,16 @@ impl Cx {
         self.server.sessions.resources(user)
     }
 
-    /// Whether any session of `user` has `flag` set, other than those
-    /// `skip` picks; see [`SessionRegistry::any_flagged`](crate::session::SessionRegistry::any_flagged)
+    /// Whether any session of `member`'s account has `flag` set, other
+    /// than those `skip` picks; see [`SessionRegistry::any_flagged`](crate::session::SessionRegistry::any_flagged)
     /// (`skip` must take no lock).
     pub fn any_session_flagged(
         &self,
-        user: &BareJid,
+        member: &SessionHandle,
         flag: crate::session::SessionFlag,
         skip: impl Fn(&SessionHandle) -> bool,
     ) -> bool {
-        self.server.sessions.any_flagged(user, flag, skip)
+        self.server.sessions.any_flagged(member, flag, skip)
     }
 
     /// Every local account with at least one bound session, in no order.

@@ -32,6 +32,9 @@ use prometheus_client::registry::Registry;
 use crate::router::Server;
 use crate::session::SessionFlag;
 
+mod sharded;
+pub use sharded::ShardedCounter;
+
 /// The `Content-Type` of [`render`]'s output: OpenMetrics text, which
 /// Prometheus scrapes natively (the older text format has no `info` type).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -163,11 +166,12 @@ pub struct Metrics {
     /// `waxwing_connections{listener}`: open connections per listener kind.
     pub connections: Family<ListenerLabel, Gauge>,
     /// `waxwing_stanzas_in_total{kind,peer}`: stanzas received from bound
-    /// clients and authenticated peer servers.
-    pub stanzas_in: Family<StanzaLabels, Counter>,
+    /// clients and authenticated peer servers. Sharded, like `stanzas_out`:
+    /// every worker thread counts every stanza.
+    pub stanzas_in: Family<StanzaLabels, ShardedCounter>,
     /// `waxwing_stanzas_out_total{kind,peer}`: stanzas written to clients
     /// and queued to peer servers.
-    pub stanzas_out: Family<StanzaLabels, Counter>,
+    pub stanzas_out: Family<StanzaLabels, ShardedCounter>,
     /// The counters of `stanzas_in` and `stanzas_out`, created once.
     stanza_counters_in: StanzaCounters,
     stanza_counters_out: StanzaCounters,
@@ -421,9 +425,8 @@ impl Metrics {
         self.stanza_counters_out.get(name, peer).inc();
     }
 
-    /// Counts `n` stanzas named `name` written at once: one update of the
-    /// shared counter per run of a batch rather than one per stanza (every
-    /// session's writes touch the same counter's cache line).
+    /// Counts `n` stanzas named `name` written at once: one atomic add per
+    /// run of a batch rather than one per stanza.
     pub fn stanzas_out(&self, name: &str, peer: &'static str, n: u64) {
         if n > 0 {
             self.stanza_counters_out.get(name, peer).inc_by(n);
@@ -525,10 +528,10 @@ const STANZA_PEERS: [&str; 2] = ["c2s", "s2s"];
 /// rather than by a label lookup under the family's lock each time (and
 /// the series read zero, not "no data", before the first stanza).
 #[derive(Default)]
-struct StanzaCounters([Counter; STANZA_KINDS.len() * STANZA_PEERS.len()]);
+struct StanzaCounters([ShardedCounter; STANZA_KINDS.len() * STANZA_PEERS.len()]);
 
 impl StanzaCounters {
-    fn of(family: &Family<StanzaLabels, Counter>) -> Self {
+    fn of(family: &Family<StanzaLabels, ShardedCounter>) -> Self {
         StanzaCounters(std::array::from_fn(|i| {
             let labels = StanzaLabels {
                 kind: STANZA_KINDS[i % STANZA_KINDS.len()],
@@ -538,7 +541,7 @@ impl StanzaCounters {
         }))
     }
 
-    fn get(&self, name: &str, peer: &str) -> &Counter {
+    fn get(&self, name: &str, peer: &str) -> &ShardedCounter {
         debug_assert!(STANZA_PEERS.contains(&peer), "unknown stanza peer {peer}");
         let peer = usize::from(peer == STANZA_PEERS[1]);
         &self.0[peer * STANZA_KINDS.len() + stanza_kind_index(name)]
@@ -671,6 +674,37 @@ mod tests {
         assert_eq!(known_mechanism(Some("SCRAM-SHA-256")), "SCRAM-SHA-256");
         assert_eq!(known_mechanism(Some("EVIL-<script>")), "other");
         assert_eq!(known_mechanism(None), "other");
+    }
+
+    /// The sharded stanza counters export the same series and totals a
+    /// plain counter would: every kind and peer, zeros included, summed
+    /// over the threads that counted.
+    #[test]
+    fn stanza_counters_export_totals_from_every_thread() {
+        let m = Metrics::new();
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    m.stanza_in("message", "c2s");
+                    m.stanza_in("iq", "s2s");
+                    m.stanzas_out("message", "c2s", 2);
+                });
+            }
+        });
+        m.stanza_in("x-unknown", "c2s");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        for line in [
+            "# TYPE waxwing_stanzas_in counter",
+            "waxwing_stanzas_in_total{kind=\"message\",peer=\"c2s\"} 3",
+            "waxwing_stanzas_in_total{kind=\"iq\",peer=\"s2s\"} 3",
+            "waxwing_stanzas_in_total{kind=\"other\",peer=\"c2s\"} 1",
+            "waxwing_stanzas_in_total{kind=\"presence\",peer=\"s2s\"} 0",
+            "waxwing_stanzas_out_total{kind=\"message\",peer=\"c2s\"} 6",
+            "waxwing_stanzas_out_total{kind=\"message\",peer=\"s2s\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
+        }
     }
 
     #[test]

@@ -45,6 +45,88 @@ pub enum SessionFlag {
     Reserved = 1 << 31,
 }
 
+impl SessionFlag {
+    /// The flags whose sessions each account counts ([`AccountFlags`]).
+    const COUNTED: [SessionFlag; 3] = [
+        SessionFlag::Carbons,
+        SessionFlag::Inactive,
+        SessionFlag::Detached,
+    ];
+
+    fn counted_slot(self) -> Option<usize> {
+        Self::COUNTED.iter().position(|f| *f == self)
+    }
+}
+
+/// Set in a handle's flag word while the handle counts in its account's
+/// [`AccountFlags`]: from [`SessionRegistry::bind`] to
+/// [`SessionRegistry::unbind`]. In the same word as the flags, so a flag
+/// change and an unbind are ordered by the word's own atomics and a
+/// session is never counted after it left (nor uncounted twice). Never a
+/// [`SessionFlag`]: masked out of what [`SessionHandle::flag_bits`] tells
+/// the cluster.
+const COUNTED_IN_ACCOUNT: u32 = 1 << 30;
+
+/// How many of an account's sessions on this node have each counted flag
+/// set, shared by the account's handles: whether *any* of them has a flag
+/// (carbons, for every message sent or received) is then one load from a
+/// handle at hand, not a registry lock and lookup and a scan. Written only
+/// when a flag changes, so reading it costs no cache-line traffic.
+#[derive(Debug, Default)]
+pub(crate) struct AccountFlags([AtomicU32; SessionFlag::COUNTED.len()]);
+
+impl AccountFlags {
+    /// Counts a session's flags in `bits` in (`+1`) or out (`-1`, wrapping:
+    /// a count never goes below zero but for an instant between a flag
+    /// change and its count, and any non-zero count only means "look").
+    fn add(&self, bits: u32, delta: u32) {
+        for (slot, f) in SessionFlag::COUNTED.iter().enumerate() {
+            if bits & *f as u32 != 0 {
+                self.0[slot].fetch_add(delta, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// False when no session of the account on this node has `flag`;
+    /// `None` for a flag that is not counted.
+    fn any(&self, flag: SessionFlag) -> Option<bool> {
+        let slot = flag.counted_slot()?;
+        Some(self.0[slot].load(Ordering::Relaxed) != 0)
+    }
+
+    /// Counts a session just bound in its flags, and points it at them.
+    fn count(self: &Arc<Self>, handle: &SessionHandle) {
+        if let Err(ours) = handle.account.set(self.clone())
+            && !handle.account.get().is_some_and(|a| Arc::ptr_eq(a, &ours))
+        {
+            // Bound before under another entry of the account (not
+            // something the server does): it cannot be counted here, so
+            // these counts never read zero again and every question about
+            // the account looks at its sessions.
+            self.add(u32::MAX, 1);
+            return;
+        }
+        // Release: whoever sees it counted sees `account` set.
+        let before = handle.flags.fetch_or(COUNTED_IN_ACCOUNT, Ordering::AcqRel);
+        if before & COUNTED_IN_ACCOUNT == 0 {
+            self.add(before, 1);
+        }
+    }
+
+    /// Takes a session leaving the account out of its counts, once.
+    fn uncount(self: &Arc<Self>, handle: &SessionHandle) {
+        if !handle.account.get().is_some_and(|a| Arc::ptr_eq(a, self)) {
+            return;
+        }
+        let before = handle
+            .flags
+            .fetch_and(!COUNTED_IN_ACCOUNT, Ordering::AcqRel);
+        if before & COUNTED_IN_ACCOUNT != 0 {
+            self.add(before, 1u32.wrapping_neg());
+        }
+    }
+}
+
 /// How a client session reaches us; for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -87,6 +169,9 @@ pub struct SessionHandle {
     transport: AtomicU8,
     /// `waxwing_queue_overflows_total`, set when the session is bound.
     overflows: OnceLock<prometheus_client::metrics::counter::Counter>,
+    /// Its account's flag counts on this node, set when the session is
+    /// bound (a handle is bound at most once).
+    account: OnceLock<Arc<AccountFlags>>,
     /// Cluster mode: told when the presence or flags change, so the rest of
     /// the cluster learns them (set when the session is bound).
     observer: OnceLock<Box<(Arc<Publisher>, Weak<SessionHandle>)>>,
@@ -133,6 +218,7 @@ impl SessionHandle {
             flags: AtomicU32::new(0),
             transport: AtomicU8::new(Transport::Tcp as u8),
             overflows: OnceLock::new(),
+            account: OnceLock::new(),
             observer: OnceLock::new(),
             remote: None,
         };
@@ -162,6 +248,7 @@ impl SessionHandle {
             flags: AtomicU32::new(flags),
             transport: AtomicU8::new(Transport::Tcp as u8),
             overflows: OnceLock::new(),
+            account: OnceLock::new(),
             observer: OnceLock::new(),
             remote: Some(Box::new(remote)),
         })
@@ -396,19 +483,55 @@ impl SessionHandle {
     }
 
     pub fn set_flag(&self, f: SessionFlag, on: bool) {
+        let bit = f as u32;
+        // The account's count goes up before the flag is set and down
+        // after it is cleared, so it is never below the number of its
+        // counted sessions with the flag, even for an instant: a zero is
+        // always true (`AccountFlags`). An increment the change turns out
+        // not to need is taken back.
+        let early = self.account.get();
+        if on && let Some(a) = early {
+            a.add(bit, 1);
+        }
+        // Acquire: a handle seen counted has its `account` set.
         let before = if on {
-            self.flags.fetch_or(f as u32, Ordering::Relaxed)
+            self.flags.fetch_or(bit, Ordering::AcqRel)
         } else {
-            self.flags.fetch_and(!(f as u32), Ordering::Relaxed)
+            self.flags.fetch_and(!bit, Ordering::AcqRel)
         };
-        if (before & f as u32 != 0) != on {
+        let changed = (before & bit != 0) != on;
+        let moves = changed && before & COUNTED_IN_ACCOUNT != 0;
+        let delta = match (on, early) {
+            (true, Some(_)) if !moves => Some(1u32.wrapping_neg()),
+            // Bound since `early` was read: counted after all.
+            (true, None) if moves => Some(1),
+            (false, _) if moves => Some(1u32.wrapping_neg()),
+            _ => None,
+        };
+        if let Some(delta) = delta
+            && let Some(a) = self.account.get()
+        {
+            a.add(bit, delta);
+        }
+        if changed {
             self.changed();
         }
     }
 
     /// Every flag, as bits.
     pub(crate) fn flag_bits(&self) -> u32 {
-        self.flags.load(Ordering::Relaxed)
+        self.flags.load(Ordering::Relaxed) & !COUNTED_IN_ACCOUNT
+    }
+
+    /// Whether a session of this one's account on this node might have
+    /// `flag`: false is sure (for a bound local session and a counted
+    /// flag), true means the sessions must be looked at.
+    fn account_may_have(&self, flag: SessionFlag) -> bool {
+        self.account
+            .get()
+            .filter(|_| self.flags.load(Ordering::Acquire) & COUNTED_IN_ACCOUNT != 0)
+            .and_then(|a| a.any(flag))
+            .unwrap_or(true)
     }
 }
 
@@ -424,10 +547,17 @@ impl SessionHandle {
 #[derive(Default)]
 pub struct SessionRegistry {
     /// Keyed with [`FastMap`]'s hasher: looked up several times per message.
-    by_user: RwLock<FastMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    by_user: RwLock<FastMap<BareJid, Account>>,
     /// Counts sessions closed for a full queue (shared with `Metrics`).
     overflows: prometheus_client::metrics::counter::Counter,
     cluster: Option<ClusterView>,
+}
+
+/// One online account's sessions on this node.
+#[derive(Default)]
+struct Account {
+    sessions: Vec<Arc<SessionHandle>>,
+    flags: Arc<AccountFlags>,
 }
 
 /// The cluster's sessions as this node sees them, and where to announce its own.
@@ -459,15 +589,20 @@ impl SessionRegistry {
     pub fn bind(&self, handle: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
         let _ = handle.overflows.set(self.overflows.clone());
         let mut map = self.by_user.write().expect("registry lock");
-        let list = map.entry(handle.jid.bare().clone()).or_default();
+        let account = map.entry(handle.jid.bare().clone()).or_default();
+        let list = &mut account.sessions;
         let old = list
             .iter()
             .position(|s| s.jid.resource() == handle.jid.resource())
             .map(|i| list.swap_remove(i));
+        if let Some(old) = &old {
+            account.flags.uncount(old);
+        }
         // Exactly: most accounts have one session, and a `Vec`'s first push
         // would make room for four (every online account paid 24 bytes).
         list.reserve_exact(1);
         list.push(handle.clone());
+        account.flags.count(&handle);
         drop(map);
         if let Some(c) = &self.cluster {
             // RFC 6120 §7.7.2.2 across nodes: the same full JID bound
@@ -486,13 +621,17 @@ impl SessionRegistry {
     /// Removes exactly this session (not a newer one with the same JID).
     pub fn unbind(&self, handle: &SessionHandle) -> bool {
         let mut map = self.by_user.write().expect("registry lock");
-        let Some(list) = map.get_mut(handle.jid.bare()) else {
+        let Some(account) = map.get_mut(handle.jid.bare()) else {
             return false;
         };
+        let list = &mut account.sessions;
         let before = list.len();
         list.retain(|s| s.id != handle.id);
         let removed = list.len() != before;
-        if list.is_empty() {
+        if removed {
+            account.flags.uncount(handle);
+        }
+        if account.sessions.is_empty() {
             map.remove(handle.jid.bare());
         }
         drop(map);
@@ -517,7 +656,7 @@ impl SessionRegistry {
             .read()
             .expect("registry lock")
             .get(user)
-            .cloned()
+            .map(|a| a.sessions.clone())
             .unwrap_or_default()
     }
 
@@ -527,19 +666,25 @@ impl SessionRegistry {
     /// message (carbons), and the answer is nearly always no. `skip` runs
     /// under the registry's read lock, so it may only read what needs no
     /// lock (ids, JIDs, flags).
+    ///
+    /// `member` is one of the account's sessions (the sender's, a
+    /// recipient): when it is bound here, a local session with `flag` is
+    /// looked for only if its account's count says there is one.
     pub fn any_flagged(
         &self,
-        user: &BareJid,
+        member: &SessionHandle,
         flag: SessionFlag,
         skip: impl Fn(&SessionHandle) -> bool,
     ) -> bool {
+        let user = member.jid.bare();
         let wanted = |s: &SessionHandle| s.flag(flag) && !skip(s);
-        let local = self
-            .by_user
-            .read()
-            .expect("registry lock")
-            .get(user)
-            .is_some_and(|list| list.iter().any(|s| wanted(s)));
+        let local = member.account_may_have(flag)
+            && self
+                .by_user
+                .read()
+                .expect("registry lock")
+                .get(user)
+                .is_some_and(|a| a.sessions.iter().any(|s| wanted(s)));
         if local {
             return true;
         }
@@ -557,7 +702,7 @@ impl SessionRegistry {
             .read()
             .expect("registry lock")
             .get(user)
-            .map_or(0, Vec::len)
+            .map_or(0, |a| a.sessions.len())
     }
 
     /// A session by full JID: this node's, or in cluster mode another's.
@@ -573,6 +718,7 @@ impl SessionRegistry {
     pub fn get_local(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
         let map = self.by_user.read().expect("registry lock");
         map.get(jid.bare())?
+            .sessions
             .iter()
             .find(|s| s.jid.resource() == jid.resource())
             .cloned()
@@ -583,7 +729,7 @@ impl SessionRegistry {
             .read()
             .expect("registry lock")
             .values()
-            .flatten()
+            .flat_map(|a| &a.sessions)
             .cloned()
             .collect()
     }
@@ -594,7 +740,7 @@ impl SessionRegistry {
             .read()
             .expect("registry lock")
             .iter()
-            .filter(|(_, sessions)| !sessions.is_empty())
+            .filter(|(_, a)| !a.sessions.is_empty())
             .map(|(user, _)| user.clone())
             .collect()
     }
@@ -604,7 +750,7 @@ impl SessionRegistry {
             .read()
             .expect("registry lock")
             .values()
-            .map(Vec::len)
+            .map(|a| a.sessions.len())
             .sum()
     }
 }
@@ -631,6 +777,122 @@ mod tests {
         // Taken off the queue: the allowance is free again.
         assert!(h.send_burst((0..100).map(msg).collect()));
         assert!(!h.closed().is_cancelled());
+    }
+
+    fn session(jid: &str) -> Arc<SessionHandle> {
+        SessionHandle::new(FullJid::parse(jid).unwrap(), 16, 100).0
+    }
+
+    /// What `any_flagged` must answer: the sessions looked at one by one.
+    fn scanned(reg: &SessionRegistry, user: &str, flag: SessionFlag) -> bool {
+        let user = BareJid::parse(user).unwrap();
+        reg.local_resources(&user).iter().any(|s| s.flag(flag))
+    }
+
+    fn carbons_count(member: &SessionHandle) -> u32 {
+        member.account.get().unwrap().0[0].load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn flag_counts_follow_flags_binds_and_unbinds() {
+        let reg = SessionRegistry::default();
+        let carbons = SessionFlag::Carbons;
+        let a = session("u@example/a");
+        let b = session("u@example/b");
+        reg.bind(a.clone());
+        reg.bind(b.clone());
+        let none = |_: &SessionHandle| false;
+        assert!(!reg.any_flagged(&a, carbons, none));
+
+        // Set on one session: seen from the other, unless skipped.
+        b.set_flag(carbons, true);
+        b.set_flag(carbons, true);
+        assert!(reg.any_flagged(&a, carbons, none));
+        assert!(!reg.any_flagged(&a, carbons, |s| s.id == b.id));
+        assert!(!reg.any_flagged(&a, SessionFlag::Inactive, none));
+        assert_eq!(carbons_count(&a), 1);
+
+        // Gone: no longer counted, and its later changes count nowhere.
+        assert!(reg.unbind(&b));
+        assert!(!reg.any_flagged(&a, carbons, none));
+        b.set_flag(carbons, false);
+        b.set_flag(carbons, true);
+        assert_eq!(carbons_count(&a), 0);
+        assert!(!reg.unbind(&b));
+        assert_eq!(carbons_count(&a), 0);
+
+        // Flags set before the bind count; a replaced session (same full
+        // JID) stops counting.
+        let c = session("u@example/c");
+        c.set_flag(carbons, true);
+        reg.bind(c.clone());
+        assert!(reg.any_flagged(&a, carbons, none));
+        let c2 = session("u@example/c");
+        assert!(reg.bind(c2.clone()).is_some_and(|old| old.id == c.id));
+        assert!(!reg.any_flagged(&a, carbons, none));
+        assert_eq!(
+            reg.any_flagged(&a, carbons, none),
+            scanned(&reg, "u@example", carbons)
+        );
+
+        // The internal marker never leaves in the flags the cluster reads.
+        assert_eq!(c2.flag_bits(), 0);
+        c2.set_flag(carbons, true);
+        assert_eq!(c2.flag_bits(), carbons as u32);
+        assert!(reg.any_flagged(&a, carbons, |s| s.id == a.id));
+    }
+
+    /// Sessions killed while their flags change, on other threads: the
+    /// counts end as the flags of the sessions still bound say.
+    #[test]
+    fn flag_counts_survive_unbinds_racing_flag_changes() {
+        let reg = SessionRegistry::default();
+        let carbons = SessionFlag::Carbons;
+        let stays = session("u@example/stays");
+        reg.bind(stays.clone());
+        for round in 0..50 {
+            let leaving: Vec<_> = (0..4)
+                .map(|i| session(&format!("u@example/r{round}-{i}")))
+                .collect();
+            for s in &leaving {
+                reg.bind(s.clone());
+            }
+            std::thread::scope(|scope| {
+                for s in &leaving {
+                    scope.spawn(|| {
+                        for i in 0..20 {
+                            s.set_flag(carbons, i % 2 == 0);
+                        }
+                    });
+                    scope.spawn(|| {
+                        reg.unbind(s);
+                    });
+                }
+            });
+            assert_eq!(carbons_count(&stays), 0, "round {round}");
+            assert!(!reg.any_flagged(&stays, carbons, |_| false));
+        }
+        stays.set_flag(carbons, true);
+        assert_eq!(carbons_count(&stays), 1);
+    }
+
+    /// A handle bound again under a new entry of its account cannot be
+    /// counted there: the account then always looks at its sessions.
+    #[test]
+    fn a_handle_bound_twice_turns_the_counts_off() {
+        let reg = SessionRegistry::default();
+        let carbons = SessionFlag::Carbons;
+        let a = session("u@example/a");
+        reg.bind(a.clone());
+        reg.unbind(&a);
+        let b = session("u@example/b");
+        reg.bind(b.clone());
+        a.set_flag(carbons, true);
+        reg.bind(a.clone());
+        assert!(reg.any_flagged(&b, carbons, |_| false));
+        a.set_flag(carbons, false);
+        assert!(!reg.any_flagged(&b, carbons, |_| false));
+        assert!(b.account_may_have(carbons));
     }
 
     #[tokio::test]

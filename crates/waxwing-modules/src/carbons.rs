@@ -178,7 +178,7 @@ fn copy_sent(cx: &Cx, msg: &Element) {
     // §7: not to the sender. Most accounts have no other session with
     // carbons on: nothing to copy, nothing to parse, no list copied, and
     // the message's children not even looked at.
-    if !cx.any_session_flagged(user, SessionFlag::Carbons, |s| s.id == origin.id)
+    if !cx.any_session_flagged(origin, SessionFlag::Carbons, |s| s.id == origin.id)
         || !eligible(msg, false)
     {
         return;
@@ -223,15 +223,16 @@ impl EventHandler for Carbons {
         message: &Element,
         recipients: &[Arc<SessionHandle>],
     ) -> bool {
-        let Some(user) = recipients.first().map(|r| r.jid.bare()) else {
+        let Some(first) = recipients.first() else {
             return false;
         };
+        let user = first.jid.bare();
         // First without copying the session list or taking a presence
         // lock: most accounts have no other session with carbons on.
         let not_recipient = |s: &SessionHandle| !recipients.iter().any(|r| r.jid == s.jid);
         // The type, then the sessions' flags, and only then the children.
         eligible_type(message)
-            && cx.any_session_flagged(user, SessionFlag::Carbons, |s| !not_recipient(s))
+            && cx.any_session_flagged(first, SessionFlag::Carbons, |s| !not_recipient(s))
             && eligible(message, true)
             && cx
                 .sessions_of(user)
