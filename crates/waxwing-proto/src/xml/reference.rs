@@ -111,9 +111,18 @@ impl RxmlFramer {
     /// last few are kept, for [`RxmlFramer::map_error`]. Before the stream is
     /// open everything since the boundary is kept: the header's raw bytes
     /// are read back. [`RxmlFramer::reset`] needs nothing parsed past the
-    /// boundary, since it is called right after an event.
+    /// boundary, since it is called right after an event. Between stanzas
+    /// everything since the boundary is kept too, as the framer does:
+    /// those bytes are whitespace not yet reported (rxml holds a text that
+    /// a read left after a CR) and a start tag not yet finished, which no
+    /// tree holds, and a text at stream level is judged by its raw bytes.
+    /// Without them a run of CRs longer than the kept tail could not be
+    /// judged (its text is shorter than its bytes), the boundary stayed
+    /// before it and `buffered()` came out larger than the framer's
+    /// (found by the framer_diff fuzz target).
     fn keep_from(&self) -> u64 {
         match self.state {
+            State::Open if self.stack.is_empty() => self.boundary,
             State::Open => self
                 .boundary
                 .max(self.consumed.saturating_sub(PARSED_TAIL_BYTES)),

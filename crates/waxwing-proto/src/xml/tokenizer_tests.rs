@@ -7,7 +7,7 @@
 //! outcome it expects, so that agreeing on a wrong answer fails too. Then
 //! generated streams (proptest) built from the same fragments.
 
-use super::reference::{Outcome, compare};
+use super::reference::{Outcome, RxmlFramer, compare};
 use super::{Framer, Limits, StreamEvent};
 use crate::ns;
 use crate::stanza::StreamCondition as C;
@@ -707,4 +707,38 @@ proptest! {
             prop_assert!(false, "{:?}\n new: {:?}\n rxml: {:?}", String::from_utf8_lossy(&input), d.0, d.1);
         }
     }
+}
+
+/// Found by the framer_diff fuzz target
+/// (`fuzz/regressions/framer_diff-cr-run-before-reference`): between
+/// stanzas a run of CRs, each read ending in a CR (so that neither parser
+/// hands the text out yet, a LF may follow), then a reference. Both hand
+/// out the whitespace before the `&`, a keepalive; `reference::RxmlFramer`
+/// had kept only the last 16 of its bytes and could not judge a text
+/// shorter than its bytes (CRs become LFs, CR LF one LF), so its boundary
+/// stayed before the run and its `buffered()` counted it.
+#[test]
+fn a_cr_run_before_a_reference_between_stanzas_is_a_keepalive() {
+    let run = format!("\r\n{}", "\r".repeat(26));
+    let body = format!("{run}&quot;{}:rxmlns:xml->>", "\r".repeat(15));
+    // Text at stream level, so bad-format, at every split.
+    assert_eq!(error_bytes(body.as_bytes()), C::BadFormat);
+    // The run in reads of 3 bytes, as the fuzz target fed it.
+    let input = format!("{HEADER}{body}");
+    let chunks: Vec<&[u8]> = input.as_bytes().chunks(3).collect();
+    if let Err(d) = compare(LIMITS, ns::CLIENT, &chunks, &[]) {
+        panic!("the framer differs\n  new:   {:?}\n  other: {:?}", d.0, d.1);
+    }
+    // Exactly the bytes after the keepalive are buffered, in both.
+    let mut new = Framer::new(LIMITS, ns::CLIENT);
+    let mut old = RxmlFramer::new(LIMITS, ns::CLIENT);
+    let mut buffered = Vec::new();
+    for part in [HEADER, &run, "&q"] {
+        new.feed(part.as_bytes());
+        old.feed(part.as_bytes());
+        while new.next_event().unwrap().is_some() {}
+        while old.next_event().unwrap().is_some() {}
+        buffered.push((new.buffered(), old.buffered()));
+    }
+    assert_eq!(buffered, [(0, 0), (run.len(), run.len()), (2, 2)]);
 }
