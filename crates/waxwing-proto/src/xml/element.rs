@@ -74,7 +74,44 @@ struct ChildNodes {
     xml: OnceLock<(CompactString, String)>,
     /// For raw content, until the first mutable access: the name and
     /// namespace of each direct child element, in document order.
-    names: Option<Vec<(CompactString, CompactString)>>,
+    names: Option<ChildNames>,
+}
+
+/// The name and namespace of each direct child element of raw content.
+/// Most messages have one (a body), held here without a list allocated
+/// for it (the framer reuses the list it collects names in).
+#[derive(Clone)]
+pub(crate) enum ChildNames {
+    One([(CompactString, CompactString); 1]),
+    Many(Vec<(CompactString, CompactString)>),
+}
+
+impl ChildNames {
+    /// The names collected in `names`, which is left empty (and keeps its
+    /// capacity when they are one).
+    pub(crate) fn take_from(names: &mut Vec<(CompactString, CompactString)>) -> Self {
+        match names.len() {
+            1 => ChildNames::One([names.pop().expect("one name")]),
+            _ => ChildNames::Many(std::mem::take(names)),
+        }
+    }
+
+    fn as_slice(&self) -> &[(CompactString, CompactString)] {
+        match self {
+            ChildNames::One(one) => one,
+            ChildNames::Many(many) => many,
+        }
+    }
+
+    fn push(&mut self, name: (CompactString, CompactString)) {
+        match self {
+            ChildNames::One([first]) => {
+                let first = std::mem::take(first);
+                *self = ChildNames::Many(vec![first, name]);
+            }
+            ChildNames::Many(many) => many.push(name),
+        }
+    }
 }
 
 impl Clone for ChildNodes {
@@ -226,11 +263,7 @@ impl Children {
     /// and limit, in which unprefixed elements without `xmlns` are in
     /// `content_ns`, that it uses no namespace prefix declared outside it
     /// (only `xml:`), and that `names` are its direct child elements.
-    pub(crate) fn from_raw(
-        raw: String,
-        content_ns: CompactString,
-        names: Vec<(CompactString, CompactString)>,
-    ) -> Self {
+    pub(crate) fn from_raw(raw: String, content_ns: CompactString, names: ChildNames) -> Self {
         if raw.is_empty() {
             return Children(None);
         }
@@ -280,7 +313,7 @@ impl Children {
 
     /// The recorded names of raw content, if still valid.
     fn names(&self) -> Option<&[(CompactString, CompactString)]> {
-        self.0.as_ref()?.names.as_deref()
+        self.0.as_ref()?.names.as_ref().map(ChildNames::as_slice)
     }
 
     /// Writes the nodes as the content of an element in `parent_ns`; see

@@ -46,7 +46,7 @@ use compact_str::CompactString;
 
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
-use crate::xml::element::{Element, attr_key};
+use crate::xml::element::{ChildNames, Element, attr_key};
 use crate::xml::framer::{Limits, check_limits};
 use crate::xml::prefixes::PrefixDecls;
 
@@ -515,6 +515,7 @@ impl Tokenizer {
         self.decls.shrink();
         self.fast_attrs = Vec::new();
         self.checked_keys = Vec::new();
+        self.kept.names = Vec::new();
     }
 
     /// The next token, consuming from `input`; `Ok(None)` when all of it is
@@ -573,9 +574,9 @@ impl Tokenizer {
 
     /// The kept content ended (its parent's end tag came out): back to
     /// handing out every token. Returns the direct children's names.
-    pub(super) fn end_kept(&mut self) -> Vec<(CompactString, CompactString)> {
+    pub(super) fn end_kept(&mut self) -> ChildNames {
         self.validate_only = false;
-        std::mem::take(&mut self.kept.names)
+        ChildNames::take_from(&mut self.kept.names)
     }
 
     /// Elements open inside kept content.
