@@ -1232,10 +1232,24 @@ impl Tokenizer {
                         return None;
                     }
                     let from = end + 2;
-                    let n = input.get(from..)?.iter().position(|&c| {
-                        c == quote || (!VALUE_BYTE[c as usize] && c != b'\'' && c != b'"')
-                    })?;
-                    if input[from + n] != quote || n > limit {
+                    // Plain bytes in runs (see `plain_run`); the other
+                    // quote is an ordinary character, anything else that
+                    // is not plain (a reference, `<`, a control) is left
+                    // to the state machine.
+                    let value = input.get(from..)?;
+                    let mut n = 0;
+                    loop {
+                        n += plain_run(&value[n..], usize::MAX, &VALUE_BYTE);
+                        let c = *value.get(n)?;
+                        if c == quote {
+                            break;
+                        }
+                        if c != b'\'' && c != b'"' {
+                            return None;
+                        }
+                        n += 1;
+                    }
+                    if n > limit {
                         return None;
                     }
                     self.fast_attrs.push(FastAttr {
@@ -1591,6 +1605,7 @@ impl Tokenizer {
         Token::End
     }
 
+    #[inline]
     fn pop_scope(&mut self) {
         if let Some(s) = self.scopes.pop() {
             self.decls.truncate(s.decls_from);
