@@ -140,7 +140,12 @@ struct FastAttr {
 
 /// What [`Tokenizer::fast_tag`] read.
 enum FastTag {
-    Start { empty: bool },
+    /// A start tag, with its attributes if they are resolved already
+    /// (see [`Tokenizer::plain_attrs`]).
+    Start {
+        empty: bool,
+        resolved: Option<Resolved>,
+    },
     End,
 }
 
@@ -217,9 +222,6 @@ pub(super) struct Tokenizer {
     tag_attrs: Vec<RawAttr>,
     /// Scratch of [`Tokenizer::fast_tag`].
     fast_attrs: Vec<FastAttr>,
-    /// The attributes of the start tag being read, when the fast path
-    /// resolved them already (see [`Tokenizer::plain_attrs`]).
-    tag_resolved: Option<Resolved>,
     attr_qname: CompactString,
     attr_colon: Option<usize>,
     /// The name or value being read is where the grammar allows none.
@@ -477,7 +479,6 @@ impl Tokenizer {
             tag_decls_from: 0,
             tag_attrs: Vec::new(),
             fast_attrs: Vec::new(),
-            tag_resolved: None,
             attr_qname: CompactString::default(),
             attr_colon: None,
             doomed: false,
@@ -672,7 +673,9 @@ impl Tokenizer {
                     if let Some((n, tag)) = self.fast_tag(input) {
                         self.advance(input, n);
                         return match tag {
-                            FastTag::Start { empty } => self.finish_tag(empty).map(Some),
+                            FastTag::Start { empty, resolved } => {
+                                self.finish_tag(empty, resolved).map(Some)
+                            }
                             FastTag::End => Ok(Some(self.end_tag())),
                         };
                     }
@@ -787,7 +790,7 @@ impl Tokenizer {
                     self.advance(input, 1);
                     match b {
                         _ if is_space(b) => self.state = St::TagBlank { required: false },
-                        b'>' => return self.finish_tag(false).map(Some),
+                        b'>' => return self.finish_tag(false, None).map(Some),
                         b'/' => self.state = St::EmptyClose,
                         _ if NAME_BYTE[b as usize] => {
                             if required {
@@ -871,7 +874,7 @@ impl Tokenizer {
                     if b != b'>' {
                         return Err(nwf("expected '>' after '/'"));
                     }
-                    return self.finish_tag(true).map(Some);
+                    return self.finish_tag(true, None).map(Some);
                 }
             }
         }
@@ -1140,10 +1143,9 @@ impl Tokenizer {
                 self.tag_default = None;
                 self.tag_decls_from = self.decls.len();
                 self.tag_attrs.clear();
-                self.tag_resolved = None;
                 match b {
                     _ if is_space(b) => self.state = St::TagBlank { required: false },
-                    b'>' => return self.finish_tag(false).map(Some),
+                    b'>' => return self.finish_tag(false, None).map(Some),
                     b'/' => self.state = St::EmptyClose,
                     _ => self.doom(b)?,
                 }
@@ -1210,12 +1212,12 @@ impl Tokenizer {
         self.fast_attrs.clear();
         let mut i = name;
         let mut spaced = true;
-        let (len, tag) = loop {
+        let (len, empty) = loop {
             let c = *input.get(i)?;
             match c {
-                b'>' => break (i + 1, FastTag::Start { empty: false }),
+                b'>' => break (i + 1, false),
                 b'/' if *input.get(i + 1)? == b'>' => {
-                    break (i + 2, FastTag::Start { empty: true });
+                    break (i + 2, true);
                 }
                 _ if is_space(c) => {
                     i += 1;
@@ -1275,8 +1277,8 @@ impl Tokenizer {
         if self.fast_attrs.len() <= INSERTION_SORTED
             && self.fast_attrs.iter().all(|a| a.colon.is_none())
         {
-            self.tag_resolved = Some(self.plain_attrs(text)?);
-            return Some((len, tag));
+            let resolved = Some(self.plain_attrs(text)?);
+            return Some((len, FastTag::Start { empty, resolved }));
         }
         for k in 0..self.fast_attrs.len() {
             let FastAttr { name, colon, value } = self.fast_attrs[k].clone();
@@ -1296,7 +1298,13 @@ impl Tokenizer {
                 return None;
             }
         }
-        Some((len, tag))
+        Some((
+            len,
+            FastTag::Start {
+                empty,
+                resolved: None,
+            },
+        ))
     }
 
     /// The attributes [`Tokenizer::fast_tag`] found in `tag`, when none has
@@ -1456,9 +1464,10 @@ impl Tokenizer {
         }
     }
 
-    /// The `>` of a start tag: namespaces are resolved and the element
-    /// built (in `validate_only` mode, only checked).
-    fn finish_tag(&mut self, empty: bool) -> Res<Token> {
+    /// The `>` of a start tag: namespaces are resolved (unless the fast
+    /// path `resolved` the attributes already) and the element built (in
+    /// `validate_only` mode, only checked).
+    fn finish_tag(&mut self, empty: bool, resolved: Option<Resolved>) -> Res<Token> {
         self.text_from = self.at;
         self.state = St::Text;
         let name_from = self.names.len();
@@ -1468,7 +1477,7 @@ impl Tokenizer {
             decls_from: self.tag_decls_from,
             name_from,
         });
-        let attrs = match self.tag_resolved.take() {
+        let attrs = match resolved {
             Some(resolved) => resolved,
             None if self.validate_only => Resolved::Checked(self.check_attributes()?),
             None => {
