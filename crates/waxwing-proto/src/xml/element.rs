@@ -67,10 +67,16 @@ pub struct Children(Option<Arc<ChildNodes>>);
 #[derive(Default)]
 struct ChildNodes {
     /// The nodes; unset until first read when the children came as raw
-    /// content (then `xml` is set).
+    /// content (then `raw` is set).
     nodes: OnceLock<Vec<Node>>,
+    /// Raw content (see [`Children::from_raw`]) and the default namespace
+    /// it is valid in, until the first mutable access. A plain field, set
+    /// when the children are made: a `OnceLock` set then would cost its
+    /// synchronisation for every message routed.
+    raw: Option<(CompactString, String)>,
     /// The serialized nodes and the default namespace (the parent's
-    /// content namespace) they are valid in.
+    /// content namespace) they are valid in, cached by the first write
+    /// of shared nodes.
     xml: OnceLock<(CompactString, String)>,
     /// For raw content, until the first mutable access: the name and
     /// namespace of each direct child element, in document order.
@@ -122,11 +128,13 @@ impl Clone for ChildNodes {
         match self.nodes.get() {
             Some(nodes) => ChildNodes {
                 nodes: OnceLock::from(nodes.clone()),
+                raw: None,
                 xml: OnceLock::new(),
                 names: None,
             },
             None => ChildNodes {
                 nodes: OnceLock::new(),
+                raw: self.raw.clone(),
                 xml: self.xml.clone(),
                 names: self.names.clone(),
             },
@@ -137,7 +145,7 @@ impl Clone for ChildNodes {
 impl ChildNodes {
     /// The nodes, parsed from the raw content on first use.
     fn nodes(&self) -> &Vec<Node> {
-        self.nodes.get_or_init(|| match self.xml.get() {
+        self.nodes.get_or_init(|| match &self.raw {
             Some((content_ns, raw)) => parse_content(raw, content_ns),
             // Made empty to be filled (`DerefMut`).
             None => Vec::new(),
@@ -203,6 +211,7 @@ impl DerefMut for Children {
         }
         let inner = Arc::make_mut(self.0.get_or_insert_with(Arc::default));
         inner.nodes();
+        inner.raw = None;
         inner.xml.take();
         inner.names = None;
         inner.nodes.get_mut().expect("parsed above")
@@ -236,6 +245,7 @@ impl From<Vec<Node>> for Children {
         }
         Children(Some(Arc::new(ChildNodes {
             nodes: OnceLock::from(nodes),
+            raw: None,
             xml: OnceLock::new(),
             names: None,
         })))
@@ -269,7 +279,8 @@ impl Children {
         }
         Children(Some(Arc::new(ChildNodes {
             nodes: OnceLock::new(),
-            xml: OnceLock::from((content_ns, raw)),
+            raw: Some((content_ns, raw)),
+            xml: OnceLock::new(),
             names: Some(names),
         })))
     }
@@ -301,8 +312,7 @@ impl Children {
             && inner.nodes.get().is_none()
         {
             let inner = Arc::make_mut(inner);
-            if let (Some((content_ns, raw)), Some(names)) = (inner.xml.get_mut(), &mut inner.names)
-            {
+            if let (Some((content_ns, raw)), Some(names)) = (&mut inner.raw, &mut inner.names) {
                 child.write_to(raw, content_ns);
                 names.push((child.name, child.ns));
                 return;
@@ -322,11 +332,11 @@ impl Children {
         let Some(inner) = &self.0 else {
             return;
         };
-        if let Some((ns, xml)) = inner.xml.get()
-            && ns == parent_ns
-        {
-            out.push_str(xml);
-            return;
+        for (ns, xml) in [inner.raw.as_ref(), inner.xml.get()].into_iter().flatten() {
+            if ns == parent_ns {
+                out.push_str(xml);
+                return;
+            }
         }
         if Arc::strong_count(inner) == 1 {
             // Not shared: nobody else will write these nodes.
