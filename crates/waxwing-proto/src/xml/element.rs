@@ -67,14 +67,57 @@ pub struct Children(Option<Arc<ChildNodes>>);
 #[derive(Default)]
 struct ChildNodes {
     /// The nodes; unset until first read when the children came as raw
-    /// content (then `xml` is set).
+    /// content (then `raw` is set).
     nodes: OnceLock<Vec<Node>>,
+    /// Raw content (see [`Children::from_raw`]) and the default namespace
+    /// it is valid in, until the first mutable access. A plain field, set
+    /// when the children are made: a `OnceLock` set then would cost its
+    /// synchronisation for every message routed.
+    raw: Option<(CompactString, String)>,
     /// The serialized nodes and the default namespace (the parent's
-    /// content namespace) they are valid in.
+    /// content namespace) they are valid in, cached by the first write
+    /// of shared nodes.
     xml: OnceLock<(CompactString, String)>,
     /// For raw content, until the first mutable access: the name and
     /// namespace of each direct child element, in document order.
-    names: Option<Vec<(CompactString, CompactString)>>,
+    names: Option<ChildNames>,
+}
+
+/// The name and namespace of each direct child element of raw content.
+/// Most messages have one (a body), held here without a list allocated
+/// for it (the framer reuses the list it collects names in).
+#[derive(Clone)]
+pub(crate) enum ChildNames {
+    One([(CompactString, CompactString); 1]),
+    Many(Vec<(CompactString, CompactString)>),
+}
+
+impl ChildNames {
+    /// The names collected in `names`, which is left empty (and keeps its
+    /// capacity when they are one).
+    pub(crate) fn take_from(names: &mut Vec<(CompactString, CompactString)>) -> Self {
+        match names.len() {
+            1 => ChildNames::One([names.pop().expect("one name")]),
+            _ => ChildNames::Many(std::mem::take(names)),
+        }
+    }
+
+    fn as_slice(&self) -> &[(CompactString, CompactString)] {
+        match self {
+            ChildNames::One(one) => one,
+            ChildNames::Many(many) => many,
+        }
+    }
+
+    fn push(&mut self, name: (CompactString, CompactString)) {
+        match self {
+            ChildNames::One([first]) => {
+                let first = std::mem::take(first);
+                *self = ChildNames::Many(vec![first, name]);
+            }
+            ChildNames::Many(many) => many.push(name),
+        }
+    }
 }
 
 impl Clone for ChildNodes {
@@ -85,11 +128,13 @@ impl Clone for ChildNodes {
         match self.nodes.get() {
             Some(nodes) => ChildNodes {
                 nodes: OnceLock::from(nodes.clone()),
+                raw: None,
                 xml: OnceLock::new(),
                 names: None,
             },
             None => ChildNodes {
                 nodes: OnceLock::new(),
+                raw: self.raw.clone(),
                 xml: self.xml.clone(),
                 names: self.names.clone(),
             },
@@ -100,7 +145,7 @@ impl Clone for ChildNodes {
 impl ChildNodes {
     /// The nodes, parsed from the raw content on first use.
     fn nodes(&self) -> &Vec<Node> {
-        self.nodes.get_or_init(|| match self.xml.get() {
+        self.nodes.get_or_init(|| match &self.raw {
             Some((content_ns, raw)) => parse_content(raw, content_ns),
             // Made empty to be filled (`DerefMut`).
             None => Vec::new(),
@@ -166,6 +211,7 @@ impl DerefMut for Children {
         }
         let inner = Arc::make_mut(self.0.get_or_insert_with(Arc::default));
         inner.nodes();
+        inner.raw = None;
         inner.xml.take();
         inner.names = None;
         inner.nodes.get_mut().expect("parsed above")
@@ -199,6 +245,7 @@ impl From<Vec<Node>> for Children {
         }
         Children(Some(Arc::new(ChildNodes {
             nodes: OnceLock::from(nodes),
+            raw: None,
             xml: OnceLock::new(),
             names: None,
         })))
@@ -226,17 +273,14 @@ impl Children {
     /// and limit, in which unprefixed elements without `xmlns` are in
     /// `content_ns`, that it uses no namespace prefix declared outside it
     /// (only `xml:`), and that `names` are its direct child elements.
-    pub(crate) fn from_raw(
-        raw: String,
-        content_ns: CompactString,
-        names: Vec<(CompactString, CompactString)>,
-    ) -> Self {
+    pub(crate) fn from_raw(raw: String, content_ns: CompactString, names: ChildNames) -> Self {
         if raw.is_empty() {
             return Children(None);
         }
         Children(Some(Arc::new(ChildNodes {
             nodes: OnceLock::new(),
-            xml: OnceLock::from((content_ns, raw)),
+            raw: Some((content_ns, raw)),
+            xml: OnceLock::new(),
             names: Some(names),
         })))
     }
@@ -268,8 +312,7 @@ impl Children {
             && inner.nodes.get().is_none()
         {
             let inner = Arc::make_mut(inner);
-            if let (Some((content_ns, raw)), Some(names)) = (inner.xml.get_mut(), &mut inner.names)
-            {
+            if let (Some((content_ns, raw)), Some(names)) = (&mut inner.raw, &mut inner.names) {
                 child.write_to(raw, content_ns);
                 names.push((child.name, child.ns));
                 return;
@@ -280,7 +323,7 @@ impl Children {
 
     /// The recorded names of raw content, if still valid.
     fn names(&self) -> Option<&[(CompactString, CompactString)]> {
-        self.0.as_ref()?.names.as_deref()
+        self.0.as_ref()?.names.as_ref().map(ChildNames::as_slice)
     }
 
     /// Writes the nodes as the content of an element in `parent_ns`; see
@@ -289,11 +332,11 @@ impl Children {
         let Some(inner) = &self.0 else {
             return;
         };
-        if let Some((ns, xml)) = inner.xml.get()
-            && ns == parent_ns
-        {
-            out.push_str(xml);
-            return;
+        for (ns, xml) in [inner.raw.as_ref(), inner.xml.get()].into_iter().flatten() {
+            if ns == parent_ns {
+                out.push_str(xml);
+                return;
+            }
         }
         if Arc::strong_count(inner) == 1 {
             // Not shared: nobody else will write these nodes.

@@ -23,8 +23,9 @@
 //! - a message's content as bytes. Most messages are routed, not read, so
 //!   the content of a `<message>` in the stream's namespace is not built
 //!   into a tree: the tokenizer still checks every byte of it (and every
-//!   limit applies), but the framer records only the names of the direct
-//!   children and hands out the validated bytes, which
+//!   limit applies), but records only the names of the direct children,
+//!   handing out no token until the message's end tag, and the framer
+//!   hands out the validated bytes, which
 //!   [`Children`](super::Children) parses if and when someone reads them
 //!   and writes back verbatim into the same namespace. Content that uses
 //!   a namespace prefix (which may be declared outside it, where the
@@ -171,19 +172,16 @@ struct Inside {
     lazy: Lazy,
 }
 
-/// A message whose content is kept as bytes (see the module docs).
+/// A message whose content is kept as bytes (see the module docs); the
+/// tokenizer keeps the rest of its state (its `Kept`).
 #[derive(Debug, Default)]
 struct Lazy {
     /// The absolute offset where the content starts; 0 when there is no
     /// such message (a stanza never starts at 0: the header precedes it).
     from: u64,
-    /// Elements open inside the content.
-    open: u32,
     /// The tokenizer's count of prefixed start tags when the content
     /// began: if it changes, the content uses a prefix.
     prefixed: u32,
-    /// The name and namespace of each direct child of the content.
-    names: Vec<(CompactString, CompactString)>,
 }
 
 impl Inside {
@@ -290,6 +288,9 @@ impl Framer {
     pub fn set_limits(&mut self, limits: Limits) {
         let retoken = token_limit(limits) != token_limit(self.limits);
         self.limits = limits;
+        if let Some(inside) = self.tokenizer.as_mut() {
+            inside.tokenizer.set_kept_limits(limits);
+        }
         if !retoken || self.buffered() != 0 || self.poison.is_some() {
             return;
         }
@@ -477,51 +478,27 @@ impl Framer {
                 if lazy && let Some(inside) = self.tokenizer.as_mut() {
                     inside.lazy.from = self.consumed;
                     inside.lazy.prefixed = inside.tokenizer.prefixed();
-                    inside.tokenizer.validate_only = true;
+                    // The tokenizer reads on to the message's end tag,
+                    // enforcing the limits on the content's start tags.
+                    inside.tokenizer.keep_content(self.limits, self.stack.len());
                 }
                 if empty {
                     return Ok(self.end_element());
                 }
                 Ok(None)
             }
-            // A start tag inside kept content: the same limits, and only
-            // a direct child's name is kept.
-            Token::Checked {
-                name,
-                ns,
-                attrs,
-                empty,
-            } => {
-                self.event_end = self.consumed;
-                self.check_limits(attrs)?;
-                let Some(lazy) = self.lazy_mut() else {
-                    debug_assert!(false, "validate_only mode outside kept content");
-                    return Err(StreamError::new(StreamCondition::InternalServerError));
-                };
-                if lazy.open == 0 {
-                    lazy.names.push((name, ns));
-                }
-                if !empty {
-                    lazy.open += 1;
-                }
-                Ok(None)
+            // Kept content's start tags and text stay in the tokenizer,
+            // which hands out only the end tag that closes it.
+            Token::Checked { .. } => {
+                debug_assert!(false, "a kept content's token came out");
+                Err(StreamError::new(StreamCondition::InternalServerError))
             }
             Token::End => {
                 self.event_end = self.consumed;
-                if let Some(lazy) = self.lazy_mut() {
-                    if lazy.open > 0 {
-                        lazy.open -= 1;
-                        return Ok(None);
-                    }
+                if self.lazy_from() != 0 {
                     return self.end_lazy().map(Some);
                 }
                 Ok(self.end_element())
-            }
-            // Text inside kept content: checked by the tokenizer, kept
-            // as bytes.
-            Token::Text { end, .. } if self.lazy_from() != 0 => {
-                self.event_end = end;
-                Ok(None)
             }
             Token::Text { text, start, end } => {
                 self.event_end = end;
@@ -552,20 +529,12 @@ impl Framer {
     /// Inlined: it runs for every start tag, kept content included.
     #[inline]
     fn check_limits(&self, attrs: usize) -> Result<usize, StreamError> {
-        if attrs > self.limits.max_attrs {
-            return Err(policy(format!(
-                "more than {} attributes on one element",
-                self.limits.max_attrs
-            )));
-        }
-        let open_inside = self.tokenizer.as_ref().map_or(0, |t| t.lazy.open);
+        let open_inside = self
+            .tokenizer
+            .as_ref()
+            .map_or(0, |t| t.tokenizer.kept_open());
         let depth = self.stack.len() + open_inside as usize + 1;
-        if depth > self.limits.max_depth {
-            return Err(policy(format!(
-                "elements nested deeper than {}",
-                self.limits.max_depth
-            )));
-        }
+        check_limits(&self.limits, attrs, depth)?;
         Ok(depth)
     }
 
@@ -588,14 +557,6 @@ impl Framer {
         self.tokenizer.as_ref().map_or(0, |t| t.lazy.from)
     }
 
-    /// The message whose content is being kept as bytes, if any.
-    fn lazy_mut(&mut self) -> Option<&mut Lazy> {
-        self.tokenizer
-            .as_mut()
-            .map(|t| &mut t.lazy)
-            .filter(|l| l.from != 0)
-    }
-
     /// The end tag of a message whose content was kept as bytes, just
     /// consumed.
     fn end_lazy(&mut self) -> Result<StreamEvent, StreamError> {
@@ -603,9 +564,9 @@ impl Framer {
             unreachable!("kept content is read by the tokenizer");
         };
         let lazy = std::mem::take(&mut inside.lazy);
-        inside.tokenizer.validate_only = false;
+        let names = inside.tokenizer.end_kept();
         let prefixed = inside.tokenizer.prefixed() != lazy.prefixed;
-        let (content_from, names) = (lazy.from, lazy.names);
+        let content_from = lazy.from;
         let (mut el, _) = self.stack.pop().expect("the message is open");
         let content = &self.buf[self.index(content_from)..self.index(self.consumed)];
         // The end tag is the last `<`: it has no other.
@@ -896,6 +857,27 @@ fn new_parser(limits: Limits) -> Parser {
     // would hold them until the next `<`.
     p.set_text_buffering(false);
     p
+}
+
+/// The attribute count and depth limits for an element below the root
+/// with `attrs` attributes at `depth` (a stanza is at 1), wherever its
+/// start tag is read: by the framer, or by the tokenizer inside content
+/// kept as bytes.
+#[inline]
+pub(super) fn check_limits(limits: &Limits, attrs: usize, depth: usize) -> Result<(), StreamError> {
+    if attrs > limits.max_attrs {
+        return Err(policy(format!(
+            "more than {} attributes on one element",
+            limits.max_attrs
+        )));
+    }
+    if depth > limits.max_depth {
+        return Err(policy(format!(
+            "elements nested deeper than {}",
+            limits.max_depth
+        )));
+    }
+    Ok(())
 }
 
 fn policy(text: String) -> StreamError {

@@ -53,10 +53,18 @@ impl PrefixDecls {
 
     /// Drops the declarations from `len` on (an element's end, or a tag
     /// read again after its fast path gave up).
+    #[inline]
     pub(super) fn truncate(&mut self, len: usize) {
         if len >= self.list.len() {
             return;
         }
+        self.truncate_to(len);
+    }
+
+    /// [`PrefixDecls::truncate`] when there is something to drop: out of
+    /// line, so that the usual end of an element (one that declared
+    /// nothing) costs a comparison.
+    fn truncate_to(&mut self, len: usize) {
         if self.indexed() {
             if len <= INDEXED / 2 {
                 // Short again: back to scanning (hysteresis, so that a

@@ -46,7 +46,8 @@ use compact_str::CompactString;
 
 use crate::ns;
 use crate::stanza::{StreamCondition, StreamError};
-use crate::xml::element::{Element, attr_key};
+use crate::xml::element::{ChildNames, Element, attr_key};
+use crate::xml::framer::{Limits, check_limits};
 use crate::xml::prefixes::PrefixDecls;
 
 /// The namespace the `xml` prefix is bound to by definition.
@@ -67,7 +68,7 @@ pub(super) enum Token {
     /// A start tag inside content the framer keeps as bytes (see
     /// `validate_only`), checked as thoroughly as any other: only its
     /// name, namespace and number of attributes come out, which is all
-    /// the framer records or limits.
+    /// [`Tokenizer::next`] records or limits (see `Kept`).
     Checked {
         name: CompactString,
         ns: CompactString,
@@ -139,8 +140,37 @@ struct FastAttr {
 
 /// What [`Tokenizer::fast_tag`] read.
 enum FastTag {
-    Start { empty: bool },
+    /// A start tag, with its attributes if they are resolved already
+    /// (see [`Tokenizer::plain_attrs`]).
+    Start {
+        empty: bool,
+        resolved: Option<Resolved>,
+    },
     End,
+}
+
+/// What becomes of a start tag's attributes once resolved: the element's
+/// list, or in `validate_only` mode only their count.
+#[derive(Debug)]
+enum Resolved {
+    Built(Vec<(CompactString, CompactString)>),
+    Checked(usize),
+}
+
+/// Content the framer keeps as bytes, read in `validate_only` mode: its
+/// tokens are not handed out (the framer would only note them), so the
+/// limits on its start tags are enforced here and its direct children's
+/// names recorded; only the end tag that closes it comes out.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The framer's limits.
+    limits: Limits,
+    /// Elements open around the content, its parent included.
+    outer: usize,
+    /// Elements open inside the content.
+    open: u32,
+    /// The name and namespace of each direct child element.
+    names: Vec<(CompactString, CompactString)>,
 }
 
 /// One namespace scope: what an element declared.
@@ -212,10 +242,13 @@ pub(super) struct Tokenizer {
     prefixed: u32,
     /// The framer keeps the bytes of what is read now (a message's
     /// content), so nothing is built from them: every byte and every
-    /// rule is checked as in full mode, but text is handed out empty,
-    /// attribute values are not copied, and start tags come out as
-    /// [`Token::Checked`].
-    pub(super) validate_only: bool,
+    /// rule is checked as in full mode, but text is made empty,
+    /// attribute values are not copied, start tags are made
+    /// [`Token::Checked`], and [`Tokenizer::next`] hands out none of them
+    /// (see `Kept`).
+    validate_only: bool,
+    /// What the framer needs of the content read in `validate_only` mode.
+    kept: Kept,
     /// Scratch for the attribute keys of a start tag read in
     /// `validate_only` mode, which are checked for duplicates and then
     /// dropped: kept to keep its capacity.
@@ -454,6 +487,7 @@ impl Tokenizer {
             scopes: Vec::new(),
             prefixed: 0,
             validate_only: false,
+            kept: Kept::default(),
             checked_keys: Vec::new(),
         };
         // Reads the header with the same code as any start tag, for its
@@ -482,12 +516,80 @@ impl Tokenizer {
         self.decls.shrink();
         self.fast_attrs = Vec::new();
         self.checked_keys = Vec::new();
+        self.kept.names = Vec::new();
     }
 
     /// The next token, consuming from `input`; `Ok(None)` when all of it is
     /// consumed and more is needed. After an error the tokenizer must not
     /// be used again (the framer is poisoned).
     pub(super) fn next(&mut self, input: &mut &[u8]) -> Res<Option<Token>> {
+        if !self.validate_only {
+            return self.next_token(input);
+        }
+        // Kept content: on to its end tag (see `Kept`). After the token
+        // that passes the framer's size limit there is no input left (it
+        // shows the tokenizer one byte past it), so the framer still
+        // checks the size after that token, before any other.
+        loop {
+            let Some(token) = self.next_token(input)? else {
+                return Ok(None);
+            };
+            let kept = &mut self.kept;
+            match token {
+                Token::Checked {
+                    name,
+                    ns,
+                    attrs,
+                    empty,
+                } => {
+                    let depth = kept.outer + kept.open as usize + 1;
+                    check_limits(&kept.limits, attrs, depth)?;
+                    if kept.open == 0 {
+                        kept.names.push((name, ns));
+                    }
+                    if !empty {
+                        kept.open += 1;
+                    }
+                }
+                Token::Text { .. } => {}
+                Token::End if kept.open > 0 => kept.open -= 1,
+                Token::End | Token::Start { .. } => return Ok(Some(token)),
+            }
+        }
+    }
+
+    /// Content from here on is kept as bytes by the framer, inside `outer`
+    /// open elements, under `limits`: it is only validated (see
+    /// `validate_only` and `Kept`).
+    pub(super) fn keep_content(&mut self, limits: Limits, outer: usize) {
+        self.validate_only = true;
+        self.kept.limits = limits;
+        self.kept.outer = outer;
+        self.kept.open = 0;
+    }
+
+    /// The limits changed while content is being kept.
+    pub(super) fn set_kept_limits(&mut self, limits: Limits) {
+        self.kept.limits = limits;
+    }
+
+    /// The kept content ended (its parent's end tag came out): back to
+    /// handing out every token. Returns the direct children's names.
+    pub(super) fn end_kept(&mut self) -> ChildNames {
+        self.validate_only = false;
+        ChildNames::take_from(&mut self.kept.names)
+    }
+
+    /// Elements open inside kept content.
+    pub(super) fn kept_open(&self) -> u32 {
+        match self.validate_only {
+            true => self.kept.open,
+            false => 0,
+        }
+    }
+
+    /// [`Tokenizer::next`] one token at a time.
+    fn next_token(&mut self, input: &mut &[u8]) -> Res<Option<Token>> {
         loop {
             let Some(&b) = input.first() else {
                 return self.at_end();
@@ -571,7 +673,9 @@ impl Tokenizer {
                     if let Some((n, tag)) = self.fast_tag(input) {
                         self.advance(input, n);
                         return match tag {
-                            FastTag::Start { empty } => self.finish_tag(empty).map(Some),
+                            FastTag::Start { empty, resolved } => {
+                                self.finish_tag(empty, resolved).map(Some)
+                            }
                             FastTag::End => Ok(Some(self.end_tag())),
                         };
                     }
@@ -686,7 +790,7 @@ impl Tokenizer {
                     self.advance(input, 1);
                     match b {
                         _ if is_space(b) => self.state = St::TagBlank { required: false },
-                        b'>' => return self.finish_tag(false).map(Some),
+                        b'>' => return self.finish_tag(false, None).map(Some),
                         b'/' => self.state = St::EmptyClose,
                         _ if NAME_BYTE[b as usize] => {
                             if required {
@@ -770,7 +874,7 @@ impl Tokenizer {
                     if b != b'>' {
                         return Err(nwf("expected '>' after '/'"));
                     }
-                    return self.finish_tag(true).map(Some);
+                    return self.finish_tag(true, None).map(Some);
                 }
             }
         }
@@ -796,9 +900,16 @@ impl Tokenizer {
     /// refuse it.
     fn whole_text(&mut self, input: &mut &[u8], run: usize) -> Option<Token> {
         let raw = &input[..run];
-        let text = std::str::from_utf8(raw).ok()?;
-        check_chars(raw).ok()?;
-        let text = self.owned(text);
+        let text = match self.validate_only {
+            // Nothing is built from kept content, and ASCII text is valid
+            // as it is (the run has no control but tab and LF).
+            true if raw.is_ascii() => String::new(),
+            _ => {
+                let text = std::str::from_utf8(raw).ok()?;
+                check_chars(raw).ok()?;
+                self.owned(text)
+            }
+        };
         self.advance(input, run + 1);
         let start = self.text_from;
         let end = self.at - 1;
@@ -1034,7 +1145,7 @@ impl Tokenizer {
                 self.tag_attrs.clear();
                 match b {
                     _ if is_space(b) => self.state = St::TagBlank { required: false },
-                    b'>' => return self.finish_tag(false).map(Some),
+                    b'>' => return self.finish_tag(false, None).map(Some),
                     b'/' => self.state = St::EmptyClose,
                     _ => self.doom(b)?,
                 }
@@ -1101,12 +1212,12 @@ impl Tokenizer {
         self.fast_attrs.clear();
         let mut i = name;
         let mut spaced = true;
-        let (len, tag) = loop {
+        let (len, empty) = loop {
             let c = *input.get(i)?;
             match c {
-                b'>' => break (i + 1, FastTag::Start { empty: false }),
+                b'>' => break (i + 1, false),
                 b'/' if *input.get(i + 1)? == b'>' => {
-                    break (i + 2, FastTag::Start { empty: true });
+                    break (i + 2, true);
                 }
                 _ if is_space(c) => {
                     i += 1;
@@ -1123,10 +1234,24 @@ impl Tokenizer {
                         return None;
                     }
                     let from = end + 2;
-                    let n = input.get(from..)?.iter().position(|&c| {
-                        c == quote || (!VALUE_BYTE[c as usize] && c != b'\'' && c != b'"')
-                    })?;
-                    if input[from + n] != quote || n > limit {
+                    // Plain bytes in runs (see `plain_run`); the other
+                    // quote is an ordinary character, anything else that
+                    // is not plain (a reference, `<`, a control) is left
+                    // to the state machine.
+                    let value = input.get(from..)?;
+                    let mut n = 0;
+                    loop {
+                        n += plain_run(&value[n..], usize::MAX, &VALUE_BYTE);
+                        let c = *value.get(n)?;
+                        if c == quote {
+                            break;
+                        }
+                        if c != b'\'' && c != b'"' {
+                            return None;
+                        }
+                        n += 1;
+                    }
+                    if n > limit {
                         return None;
                     }
                     self.fast_attrs.push(FastAttr {
@@ -1149,6 +1274,12 @@ impl Tokenizer {
         self.tag_default = None;
         self.tag_decls_from = self.decls.len();
         self.tag_attrs.clear();
+        if self.fast_attrs.len() <= INSERTION_SORTED
+            && self.fast_attrs.iter().all(|a| a.colon.is_none())
+        {
+            let resolved = Some(self.plain_attrs(text)?);
+            return Some((len, FastTag::Start { empty, resolved }));
+        }
         for k in 0..self.fast_attrs.len() {
             let FastAttr { name, colon, value } = self.fast_attrs[k].clone();
             let qname = CompactString::new(&text[name]);
@@ -1167,7 +1298,71 @@ impl Tokenizer {
                 return None;
             }
         }
-        Some((len, tag))
+        Some((
+            len,
+            FastTag::Start {
+                empty,
+                resolved: None,
+            },
+        ))
+    }
+
+    /// The attributes [`Tokenizer::fast_tag`] found in `tag`, when none has
+    /// a prefix (a stanza's `to`, `type`, `id`; a payload's `xmlns`):
+    /// resolved at once, since an unprefixed name is its own key and only
+    /// a default declaration needs a check, and built straight into the
+    /// element's list in rxml's order (in `validate_only` mode only
+    /// counted), without the intermediate list the general case needs
+    /// while prefixes may still be declared. `None` for a duplicate or a
+    /// declaration of the XML namespace, which the state machine refuses.
+    fn plain_attrs(&mut self, tag: &str) -> Option<Resolved> {
+        let bytes = tag.as_bytes();
+        let name_of = |a: &FastAttr| &bytes[a.name.clone()];
+        let mut declared = 0;
+        for a in &self.fast_attrs {
+            if name_of(a) == b"xmlns" {
+                let value = &tag[a.value.clone()];
+                if value == XML_NS {
+                    return None;
+                }
+                // The last one wins (see the module docs).
+                self.tag_default = Some(ns::intern(value));
+                declared += 1;
+            }
+        }
+        let attrs = &self.fast_attrs;
+        let count = attrs.len() - declared;
+        if self.validate_only {
+            let duplicate = (1..attrs.len()).any(|i| {
+                let name = name_of(&attrs[i]);
+                name != b"xmlns" && attrs[..i].iter().any(|a| name_of(a) == name)
+            });
+            return (!duplicate).then_some(Resolved::Checked(count));
+        }
+        // A stanza (the root's child) gets `from` stamped on its way in:
+        // room for it now saves growing the list then.
+        let spare = usize::from(self.scopes.len() == 1);
+        let mut built: Vec<(CompactString, CompactString)> = Vec::with_capacity(count + spare);
+        for a in attrs {
+            let name = name_of(a);
+            if name == b"xmlns" {
+                continue;
+            }
+            // Sorted by insertion, which finds a duplicate with the
+            // comparisons the sorting does anyway (see `sort_unique`);
+            // plain keys are ordered by their bytes (see `attr_order`).
+            let mut at = built.len();
+            while at > 0 {
+                match short_cmp(built[at - 1].0.as_bytes(), name) {
+                    std::cmp::Ordering::Less => break,
+                    std::cmp::Ordering::Equal => return None,
+                    std::cmp::Ordering::Greater => at -= 1,
+                }
+            }
+            let key = CompactString::new(&tag[a.name.clone()]);
+            built.insert(at, (key, CompactString::new(&tag[a.value.clone()])));
+        }
+        Some(Resolved::Built(built))
     }
 
     /// `b` starts a token the grammar does not allow here: a quote or a
@@ -1269,9 +1464,10 @@ impl Tokenizer {
         }
     }
 
-    /// The `>` of a start tag: namespaces are resolved and the element
-    /// built (in `validate_only` mode, only checked).
-    fn finish_tag(&mut self, empty: bool) -> Res<Token> {
+    /// The `>` of a start tag: namespaces are resolved (unless the fast
+    /// path `resolved` the attributes already) and the element built (in
+    /// `validate_only` mode, only checked).
+    fn finish_tag(&mut self, empty: bool, resolved: Option<Resolved>) -> Res<Token> {
         self.text_from = self.at;
         self.state = St::Text;
         let name_from = self.names.len();
@@ -1281,20 +1477,17 @@ impl Tokenizer {
             decls_from: self.tag_decls_from,
             name_from,
         });
-        /// What becomes of the attributes: a list, or only their count.
-        enum Attrs {
-            Built(Vec<(CompactString, CompactString)>),
-            Checked(usize),
-        }
-        let attrs = if self.validate_only {
-            Attrs::Checked(self.check_attributes()?)
-        } else {
-            // A stanza (the root's child) gets `from` stamped on its way
-            // in: room for it now saves growing the list then.
-            let spare = usize::from(self.scopes.len() == 2);
-            let mut attrs = Vec::with_capacity(self.tag_attrs.len() + spare);
-            self.resolve_attributes(&mut attrs)?;
-            Attrs::Built(attrs)
+        let attrs = match resolved {
+            Some(resolved) => resolved,
+            None if self.validate_only => Resolved::Checked(self.check_attributes()?),
+            None => {
+                // A stanza (the root's child) gets `from` stamped on its
+                // way in: room for it now saves growing the list then.
+                let spare = usize::from(self.scopes.len() == 2);
+                let mut attrs = Vec::with_capacity(self.tag_attrs.len() + spare);
+                self.resolve_attributes(&mut attrs)?;
+                Resolved::Built(attrs)
+            }
         };
         if self.tag_colon.is_some() {
             self.prefixed = self.prefixed.wrapping_add(1);
@@ -1315,12 +1508,12 @@ impl Tokenizer {
             ),
         };
         let token = match attrs {
-            Attrs::Built(attrs) => {
+            Resolved::Built(attrs) => {
                 let mut element = Element::new(local, ns.clone());
                 element.attrs = attrs;
                 Token::Start { element, empty }
             }
-            Attrs::Checked(attrs) => Token::Checked {
+            Resolved::Checked(attrs) => Token::Checked {
                 name: CompactString::new(local),
                 ns: ns.clone(),
                 attrs,
@@ -1421,6 +1614,7 @@ impl Tokenizer {
         Token::End
     }
 
+    #[inline]
     fn pop_scope(&mut self) {
         if let Some(s) = self.scopes.pop() {
             self.decls.truncate(s.decls_from);

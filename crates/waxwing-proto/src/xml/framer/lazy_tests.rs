@@ -325,3 +325,40 @@ fn limits_hold_inside_kept_content() {
     );
     assert_eq!(run("<message><a></b></message>"), Some(C::NotWellFormed));
 }
+
+/// The tokenizer enforces the limits inside kept content itself (the
+/// framer sees no token of it): limits changed while such content is
+/// arriving apply from then on, as they do where a tree is built.
+#[test]
+fn limits_changed_inside_kept_content_apply() {
+    let tight = Limits {
+        max_stanza_bytes: 4096,
+        max_depth: 3,
+        max_attrs: 1,
+    };
+    let run = |framer: Framer, rest: &str| {
+        let mut f = framer;
+        f.feed(format!("{HEADER}<message><a><b/>").as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(StreamEvent::Open(_)))));
+        assert_eq!(f.next_event(), Ok(None));
+        f.set_limits(tight);
+        f.feed(rest.as_bytes());
+        match f.next_event() {
+            Ok(Some(StreamEvent::Stanza(el))) => Ok(el),
+            Ok(ev) => panic!("{rest}: {ev:?}"),
+            Err(e) => Err(e),
+        }
+    };
+    for rest in [
+        "<c/></a></message>",
+        "<b><c/></b></a></message>",
+        "<c x='1' y='2'/></a></message>",
+        "</a><c x='1'/></message>",
+    ] {
+        let lazy = run(Framer::new(Limits::default(), ns::CLIENT), rest);
+        let eager = run(Framer::new(Limits::default(), ns::CLIENT).eager(), rest);
+        assert_eq!(lazy, eager, "{rest}");
+        let refused = !rest.starts_with("</a>") && rest != "<c/></a></message>";
+        assert_eq!(lazy.is_err(), refused, "{rest}: {lazy:?}");
+    }
+}
