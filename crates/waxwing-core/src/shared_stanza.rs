@@ -53,6 +53,16 @@ impl SharedStanza {
         &self.element
     }
 
+    /// The length of what [`Addressed::write_client`] writes, without the
+    /// recipient's ` to='…'`: a room's history accounts its messages by
+    /// it. Serializes the stanza now if no session has yet; they reuse it.
+    pub fn written_len(&self) -> usize {
+        match self.wire() {
+            Some(wire) => wire.head.len() + wire.tail.len(),
+            None => self.element.to_xml_in(ns::CLIENT).len(),
+        }
+    }
+
     /// `None` when the serialization could not be cut after the
     /// attributes with certainty (names no parser accepts, built by hand):
     /// those take the tree path, since a wrong cut would write malformed XML.
@@ -191,6 +201,12 @@ mod tests {
             .with_child(Element::new("x", "urn:example:x").with_attr("a", "b"))
     }
 
+    fn escaped(s: &str) -> String {
+        let mut out = String::new();
+        escape_attr(&mut out, s);
+        out
+    }
+
     #[test]
     fn the_bytes_are_the_trees_serialization() {
         let shared = SharedStanza::new(message());
@@ -211,6 +227,8 @@ mod tests {
             let mut expected = String::new();
             tree.write_to(&mut expected, ns::CLIENT);
             assert_eq!(bytes, expected, "to {to}");
+            let to_attr = format!(" to='{}'", escaped(to));
+            assert_eq!(shared.written_len(), bytes.len() - to_attr.len());
             // And it parses back to the same tree (attribute order aside).
             let mut back = waxwing_proto::xml::parse_stanza(&bytes, ns::CLIENT).unwrap();
             let mut tree = tree;
@@ -250,6 +268,10 @@ mod tests {
                 to: FullJid::parse("x@y/z").unwrap(),
             };
             assert!(a.stanza.wire().is_none());
+            assert_eq!(
+                a.stanza.written_len(),
+                a.stanza.element().to_xml_in(ns::CLIENT).len()
+            );
             let mut bytes = String::new();
             a.write_client(&mut bytes);
             let mut expected = String::new();
