@@ -30,6 +30,8 @@ pub struct SharedStanza {
     wire: OnceLock<Option<Wire>>,
 }
 
+/// Two strings rather than one and where to cut it: slicing checks the
+/// cut for a char boundary, and that would run once per recipient.
 #[derive(Debug)]
 struct Wire {
     /// `<message from='…' type='groupchat'` (no `to`).
@@ -37,6 +39,10 @@ struct Wire {
     /// `>…payload…</message>` or `/>`.
     tail: String,
 }
+
+/// Room for a typical room message, so that serializing one grows the
+/// string once or not at all rather than doubling up from nothing.
+const WIRE_CAPACITY: usize = 512;
 
 impl SharedStanza {
     /// `stanza` loses its `to` (each copy gets its recipient's).
@@ -79,7 +85,7 @@ impl SharedStanza {
                 if odd(&self.element.name) || self.element.attrs.iter().any(|(k, _)| odd_key(k)) {
                     return None;
                 }
-                let mut head = String::new();
+                let mut head = String::with_capacity(WIRE_CAPACITY);
                 self.element.write_to(&mut head, ns::CLIENT);
                 let close = head.find('>')?;
                 let cut = if head.len() == close + 1 && head[..close].ends_with('/') {
