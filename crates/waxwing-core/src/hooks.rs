@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::fast_map::FastMap;
 use crate::router::Server;
 use crate::session::SessionHandle;
+use crate::shared_stanza::SharedStanza;
 
 /// What a stanza hook tells the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -747,10 +748,11 @@ impl Cx {
         self.server.clone().route(stanza).await;
     }
 
-    /// Routes `stanza` (without `to`) to each of `to`, as
+    /// Routes `stanza` (its `to` removed, see [`SharedStanza::new`]) from
+    /// `from` (its `from` attribute, parsed) to each of `to`, as
     /// [`Server::route_fanout`]: a room's message to its occupants.
-    pub async fn route_fanout(&self, stanza: Element, to: Vec<FullJid>) {
-        self.server.clone().route_fanout(stanza, to).await;
+    pub async fn route_fanout(&self, stanza: Arc<SharedStanza>, from: Jid, to: Vec<FullJid>) {
+        self.server.clone().route_fanout(stanza, from, to).await;
     }
 
     /// Routes stanzas to one full JID that must arrive together and in

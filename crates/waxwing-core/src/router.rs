@@ -448,17 +448,23 @@ impl Server {
     /// time, so a large room never holds a tree per occupant at once. O(N)
     /// in the recipients; never waits for a session (a full queue refuses,
     /// see the table at the top).
-    pub fn route_fanout(self: Arc<Self>, stanza: Element, to: Vec<FullJid>) -> BoxFuture {
+    /// `from` is the stanza's `from`, as the caller (the room) has it
+    /// parsed: parsing the attribute back cost more than the rest of the
+    /// fan-out's fixed part.
+    pub fn route_fanout(
+        self: Arc<Self>,
+        shared: Arc<SharedStanza>,
+        from: Jid,
+        to: Vec<FullJid>,
+    ) -> BoxFuture {
         boxed_in_place(|| async move {
-            let Some(kind) = stanza::kind(&stanza) else {
+            let stanza = shared.element();
+            debug_assert!(stanza.attr("from").is_some_and(|f| from.is_written_as(f)));
+            let Some(kind) = stanza::kind(stanza) else {
                 return;
             };
-            // Parsed once for every copy's hooks; a message without a
-            // valid `from` takes the general path.
-            let from = (kind == StanzaKind::Message)
-                .then(|| stanza.attr("from").and_then(|f| Jid::parse(f).ok()))
-                .flatten();
-            let shared = SharedStanza::new(stanza);
+            // For every copy's hooks; other kinds take the general path.
+            let from = (kind == StanzaKind::Message).then_some(from);
             let cx = Cx::new(self.clone(), None);
             for jid in to {
                 // In a cluster, routing may concern another node (leases,

@@ -30,6 +30,8 @@ pub struct SharedStanza {
     wire: OnceLock<Option<Wire>>,
 }
 
+/// Two strings rather than one and where to cut it: slicing checks the
+/// cut for a char boundary, and that would run once per recipient.
 #[derive(Debug)]
 struct Wire {
     /// `<message from='…' type='groupchat'` (no `to`).
@@ -37,6 +39,10 @@ struct Wire {
     /// `>…payload…</message>` or `/>`.
     tail: String,
 }
+
+/// Room for a typical room message, so that serializing one grows the
+/// string once or not at all rather than doubling up from nothing.
+const WIRE_CAPACITY: usize = 512;
 
 impl SharedStanza {
     /// `stanza` loses its `to` (each copy gets its recipient's).
@@ -51,6 +57,16 @@ impl SharedStanza {
     /// The stanza, without `to`.
     pub fn element(&self) -> &Element {
         &self.element
+    }
+
+    /// The length of what [`Addressed::write_client`] writes, without the
+    /// recipient's ` to='…'`: a room's history accounts its messages by
+    /// it. Serializes the stanza now if no session has yet; they reuse it.
+    pub fn written_len(&self) -> usize {
+        match self.wire() {
+            Some(wire) => wire.head.len() + wire.tail.len(),
+            None => self.element.to_xml_in(ns::CLIENT).len(),
+        }
     }
 
     /// `None` when the serialization could not be cut after the
@@ -69,7 +85,7 @@ impl SharedStanza {
                 if odd(&self.element.name) || self.element.attrs.iter().any(|(k, _)| odd_key(k)) {
                     return None;
                 }
-                let mut head = String::new();
+                let mut head = String::with_capacity(WIRE_CAPACITY);
                 self.element.write_to(&mut head, ns::CLIENT);
                 let close = head.find('>')?;
                 let cut = if head.len() == close + 1 && head[..close].ends_with('/') {
@@ -191,6 +207,12 @@ mod tests {
             .with_child(Element::new("x", "urn:example:x").with_attr("a", "b"))
     }
 
+    fn escaped(s: &str) -> String {
+        let mut out = String::new();
+        escape_attr(&mut out, s);
+        out
+    }
+
     #[test]
     fn the_bytes_are_the_trees_serialization() {
         let shared = SharedStanza::new(message());
@@ -211,6 +233,8 @@ mod tests {
             let mut expected = String::new();
             tree.write_to(&mut expected, ns::CLIENT);
             assert_eq!(bytes, expected, "to {to}");
+            let to_attr = format!(" to='{}'", escaped(to));
+            assert_eq!(shared.written_len(), bytes.len() - to_attr.len());
             // And it parses back to the same tree (attribute order aside).
             let mut back = waxwing_proto::xml::parse_stanza(&bytes, ns::CLIENT).unwrap();
             let mut tree = tree;
@@ -250,6 +274,10 @@ mod tests {
                 to: FullJid::parse("x@y/z").unwrap(),
             };
             assert!(a.stanza.wire().is_none());
+            assert_eq!(
+                a.stanza.written_len(),
+                a.stanza.element().to_xml_in(ns::CLIENT).len()
+            );
             let mut bytes = String::new();
             a.write_client(&mut bytes);
             let mut expected = String::new();

@@ -5,16 +5,53 @@ use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use waxwing_proto::datetime;
+use waxwing_proto::ns;
 use waxwing_proto::xml::Element;
 
-/// One remembered message: already addressed `from` the sender's room
-/// JID and stamped with `<delay/>`; only `to` is set per recipient.
+/// One remembered message, as the room reflected it: from the sender's
+/// room JID, without `to` and without `<delay/>`. The delay is added
+/// when the message is replayed ([`Entry::replay`]), from `at`: a room
+/// remembers every message, and replays few.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub stanza: Element,
+    /// When the room received it: the delay's stamp.
     pub at: SystemTime,
-    /// Serialized length, for `maxchars`.
+    /// Serialized length as replayed (delay included, `to` not), for
+    /// `maxchars`.
     pub chars: usize,
+}
+
+impl Entry {
+    /// The message for a joining occupant: addressed to `to`, with
+    /// `<delay xmlns='urn:xmpp:delay' from='{room}' stamp='{at}'/>`
+    /// (XEP-0045 §7.2.15, XEP-0203).
+    pub fn replay(&self, room: &str, to: String) -> Element {
+        let mut m = self.stanza.clone();
+        m.set_attr("to", to);
+        m.push_child(delay(room, self.at));
+        m
+    }
+}
+
+/// The `<delay/>` of a message the room received at `at`.
+fn delay(room: &str, at: SystemTime) -> Element {
+    Element::new("delay", ns::DELAY)
+        .with_attr("from", room)
+        .with_attr("stamp", datetime::format(at))
+}
+
+/// `<delay xmlns='urn:xmpp:delay' from='' stamp=''/>` without the values.
+const DELAY_FRAME: usize = 48;
+/// A stamp's length: `YYYY-MM-DDThh:mm:ss.mmmZ` (a four-digit year).
+const STAMP: usize = 24;
+
+/// The serialized length of the `<delay/>` that [`Entry::replay`] adds
+/// for `room`, known without making it: a room JID holds no character
+/// an attribute escapes (see `shared_stanza`), and every stamp of a year
+/// in 0–9999 has the same length.
+pub fn delay_len(room: &str) -> usize {
+    DELAY_FRAME + room.len() + STAMP
 }
 
 #[derive(Debug, Clone, Default)]
@@ -28,13 +65,21 @@ impl History {
     /// Appends, dropping the oldest beyond `cap` messages or `max_bytes`
     /// serialized bytes (`[muc] max_history_bytes`). A message larger than
     /// `max_bytes` by itself is not kept, and the history stays as it was.
-    pub fn push(&mut self, stanza: Element, at: SystemTime, cap: usize, max_bytes: usize) {
+    /// `chars` is its serialized length as replayed (see [`Entry::chars`]),
+    /// which the caller knows without serializing it again.
+    pub fn push(
+        &mut self,
+        stanza: Element,
+        chars: usize,
+        at: SystemTime,
+        cap: usize,
+        max_bytes: usize,
+    ) {
         if cap == 0 {
             self.entries.clear();
             self.bytes = 0;
             return;
         }
-        let chars = stanza.to_xml().len();
         if chars > max_bytes {
             return;
         }
@@ -147,6 +192,12 @@ mod tests {
         Element::new("message", waxwing_proto::ns::CLIENT).with_attr("id", i.to_string())
     }
 
+    /// Pushes `m` with its own serialized length.
+    fn push(h: &mut History, m: Element, at: SystemTime, cap: usize, max_bytes: usize) {
+        let chars = m.to_xml().len();
+        h.push(m, chars, at, cap, max_bytes);
+    }
+
     fn ids(v: &[&Entry]) -> Vec<String> {
         v.iter()
             .map(|e| e.stanza.attr("id").unwrap().to_string())
@@ -158,14 +209,20 @@ mod tests {
         let mut h = History::default();
         let t0 = UNIX_EPOCH + Duration::from_secs(1000);
         for i in 0..10 {
-            h.push(msg(i), t0 + Duration::from_secs(i as u64), 4, usize::MAX);
+            push(
+                &mut h,
+                msg(i),
+                t0 + Duration::from_secs(i as u64),
+                4,
+                usize::MAX,
+            );
         }
         assert_eq!(h.len(), 4);
         let all = h.select(&HistoryRequest::default(), t0 + Duration::from_secs(20));
         assert_eq!(ids(&all), ["6", "7", "8", "9"]);
         h.truncate(2);
         assert_eq!(h.len(), 2);
-        h.push(msg(99), t0, 0, usize::MAX);
+        push(&mut h, msg(99), t0, 0, usize::MAX);
         assert_eq!(h.len(), 0, "a zero cap keeps nothing");
     }
 
@@ -177,7 +234,7 @@ mod tests {
         let t0 = UNIX_EPOCH + Duration::from_secs(1000);
         let one = msg(1).to_xml().len();
         for i in 0..10 {
-            h.push(msg(i), t0, 50, 3 * one);
+            push(&mut h, msg(i), t0, 50, 3 * one);
         }
         assert_eq!(h.len(), 3);
         assert_eq!(h.bytes(), 3 * one);
@@ -186,7 +243,7 @@ mod tests {
         // One message over the whole budget is not kept, and evicts nothing.
         let mut big = msg(42);
         big.push_child(Element::new("x", "urn:example").with_text("a".repeat(4 * one)));
-        h.push(big, t0, 50, 3 * one);
+        push(&mut h, big, t0, 50, 3 * one);
         assert_eq!(
             ids(&h.select(&HistoryRequest::default(), t0)),
             ["7", "8", "9"]
@@ -200,7 +257,8 @@ mod tests {
         let mut h = History::default();
         let t0 = UNIX_EPOCH + Duration::from_secs(1000);
         for i in 0..10 {
-            h.push(
+            push(
+                &mut h,
                 msg(i),
                 t0 + Duration::from_secs(i as u64 * 10),
                 50,
@@ -261,6 +319,39 @@ mod tests {
             let el = Element::new("history", "http://jabber.org/protocol/muc")
                 .with_attr("since", format!("{year}-01-01T00:00:00Z"));
             assert_eq!(HistoryRequest::parse(Some(&el)).since, None, "{year}");
+        }
+    }
+
+    #[test]
+    fn replay_adds_the_delay_of_when_it_was_received() {
+        let room = "coven@chat.example";
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        let e = Entry {
+            stanza: msg(7).with_attr("from", "coven@chat.example/crone"),
+            at,
+            chars: 0,
+        };
+        let m = e.replay(room, "hag@example/b".into());
+        assert_eq!(
+            m.to_xml_in(ns::CLIENT),
+            "<message id='7' from='coven@chat.example/crone' to='hag@example/b'>\
+             <delay xmlns='urn:xmpp:delay' from='coven@chat.example' \
+             stamp='2026-11-18T11:06:40.123Z'/></message>"
+        );
+        assert!(e.stanza.child("delay", ns::DELAY).is_none(), "kept without");
+    }
+
+    #[test]
+    fn delay_len_is_the_serialized_length() {
+        for room in ["coven@chat.example", "r@conference.bench.localhost"] {
+            for secs in [0, 1_795_000_000, 253_402_300_799] {
+                let at = UNIX_EPOCH + Duration::from_secs(secs);
+                assert_eq!(
+                    delay(room, at).to_xml().len(),
+                    delay_len(room),
+                    "{room} {secs}"
+                );
+            }
         }
     }
 }

@@ -272,13 +272,10 @@ impl MucService {
                     .with_attr("id", item.id.clone())
                     .with_attr("by", room.clone()),
             );
-            m.push_child(
-                Element::new("delay", ns::DELAY)
-                    .with_attr("from", room.clone())
-                    .with_attr("stamp", waxwing_core::time::xep0082(item.stamp)),
-            );
+            // Kept as the room reflected it; replay adds the delay.
+            let chars = m.to_xml_in(ns::CLIENT).len() + history::delay_len(&room);
             r.history
-                .push(m, item.stamp, cap, self.limits.max_history_bytes);
+                .push(m, chars, item.stamp, cap, self.limits.max_history_bytes);
         }
     }
 
@@ -414,7 +411,7 @@ impl MucService {
             cx.route(s).await;
         }
         if let Some(f) = fx.fanout {
-            cx.route_fanout(f.stanza, f.to).await;
+            cx.route_fanout(f.stanza, Jid::Full(f.from), f.to).await;
         }
         if let Some(r) = fx.reply {
             cx.route(r).await;

@@ -13,9 +13,11 @@
 //! as it delivers it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use waxwing_core::shared_stanza::SharedStanza;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
@@ -24,7 +26,7 @@ use waxwing_store::{RoomAffiliation, RoomRecord, StoredRoom};
 
 use super::config::{self, RoomConfig, Whois};
 use super::form::{Form, Submitted};
-use super::history::{History, HistoryRequest};
+use super::history::{self, History, HistoryRequest};
 use super::moderation;
 use super::roles::{Affiliation, Role, may_change_affiliation, may_change_role};
 
@@ -88,16 +90,22 @@ pub struct Effects {
 /// A stanza for every session in `to`, without a `to` of its own: the
 /// router gives each copy its recipient (`Cx::route_fanout`), so the room
 /// neither builds nor holds a copy per occupant.
+///
+/// The stanza is already shared: the room's history measures it by the
+/// serialization the sessions then reuse ([`SharedStanza::written_len`]).
 #[derive(Debug)]
 pub struct Fanout {
-    pub stanza: Element,
+    pub stanza: Arc<SharedStanza>,
+    /// The stanza's `from` (the sender's occupant JID), so that the router
+    /// need not parse it back.
+    pub from: FullJid,
     pub to: Vec<FullJid>,
 }
 
 impl Fanout {
     /// The copies as they will be routed, each with its `to` (for tests).
     pub fn addressed(&self) -> impl Iterator<Item = Element> + '_ {
-        addressed(&self.stanza, &self.to)
+        addressed(self.stanza.element(), &self.to)
     }
 }
 
@@ -106,6 +114,8 @@ impl Fanout {
 #[derive(Debug, Clone)]
 pub struct Occupant {
     pub nick: String,
+    /// `room@service/nick`, what the occupant's stanzas are sent from.
+    pub jid: FullJid,
     pub bare: BareJid,
     /// Non-empty while the occupant exists; the first one is its "real JID".
     pub sessions: Vec<FullJid>,
@@ -140,8 +150,19 @@ pub struct Room {
     pub stored: bool,
 }
 
+/// `room/nick` as text, allocated once at its length (not grown through
+/// `fmt`): every room message is stamped with its sender's.
 fn jid_text(j: &BareJid, nick: &str) -> String {
-    format!("{j}/{nick}")
+    let local = j.local().map_or(0, |l| l.len() + 1);
+    let mut s = String::with_capacity(local + j.domain().len() + 1 + nick.len());
+    if let Some(l) = j.local() {
+        s.push_str(l);
+        s.push('@');
+    }
+    s.push_str(j.domain());
+    s.push('/');
+    s.push_str(nick);
+    s
 }
 
 /// Presence children a client may set; everything MUC-specific is ours to add.
@@ -512,8 +533,11 @@ impl Room {
                     StanzaError::wait(Condition::ServiceUnavailable).with_text("the room is full")
                 );
             }
+            let jid = FullJid::new(self.jid.clone(), nick)
+                .map_err(|_| StanzaError::modify(Condition::JidMalformed))?;
             let occ = Occupant {
                 nick: nick.to_string(),
+                jid,
                 bare: bare.clone(),
                 sessions: vec![from.clone()],
                 presence: clean,
@@ -556,10 +580,9 @@ impl Room {
             fx.out.push(p);
         }
         // 4. History, 5. the subject (§7.2.15–7.2.16).
+        let room = self.jid.to_text();
         for e in self.history.select(&history, now) {
-            let mut m = e.stanza.clone();
-            m.set_attr("to", from.to_string());
-            fx.out.push(m);
+            fx.out.push(e.replay(&room, from.to_string()));
         }
         let mut subject = Element::new("message", ns::CLIENT)
             .with_attr("type", "groupchat")
@@ -607,6 +630,8 @@ impl Room {
                 StanzaError::cancel(Condition::Conflict).with_text("that nickname is in use")
             );
         }
+        let new_jid = FullJid::new(self.jid.clone(), new)
+            .map_err(|_| StanzaError::modify(Condition::JidMalformed))?;
         let mut fx = Effects::default();
         let occ = self.occupants[old].clone();
         let unavailable = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
@@ -625,6 +650,7 @@ impl Room {
         );
         let mut occ = self.occupants.remove(old).expect("occupant present");
         occ.nick = new.to_string();
+        occ.jid = new_jid;
         occ.presence = clean_presence(presence);
         for s in &occ.sessions {
             self.by_session.insert(s.clone(), new.to_string());
@@ -737,8 +763,13 @@ impl Room {
     /// Checks that `from` may send this groupchat message and builds it as
     /// the room reflects it: from the sender's occupant JID, with its
     /// occupant id, without `to` and without the room's stanza-id.
-    /// Returns the message and the sender's nick.
-    fn reflection(&self, from: &FullJid, msg: &Element) -> Result<(Element, String), StanzaError> {
+    /// Returns the message and the sender. `room` is the room's JID as text.
+    fn reflection(
+        &self,
+        from: &FullJid,
+        msg: &Element,
+        room: &str,
+    ) -> Result<(Element, &Occupant), StanzaError> {
         let Some(occ) = self.occupant_of(from) else {
             return Err(StanzaError::modify(Condition::NotAcceptable)
                 .with_text("only occupants may send messages to the room"));
@@ -762,8 +793,7 @@ impl Room {
         }
         let mut m = msg.clone();
         m.remove_attr("to");
-        m.set_attr("from", jid_text(&self.jid, &occ.nick));
-        let room = self.jid.to_string();
+        m.set_attr("from", occ.jid.to_text());
         // Nobody else may speak for the room (XEP-0359 §5, XEP-0421 §4,
         // XEP-0425 §6: moderation comes from the room itself).
         let claims = |name: &str, ns: &str| {
@@ -771,15 +801,15 @@ impl Room {
         };
         if m.child_names().any(|(name, ns)| claims(name, ns)) {
             m.remove_children(|c| {
-                (c.is("stanza-id", NS_SID) && c.attr("by") == Some(room.as_str()))
+                (c.is("stanza-id", NS_SID) && c.attr("by") == Some(room))
                     || c.ns == NS_OCCUPANT_ID
                     || c.ns == moderation::NS
             });
         }
         m.push_child(
-            Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occ.occupant_id.clone()),
+            Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occ.occupant_id.as_str()),
         );
-        Ok((m, occ.nick.clone()))
+        Ok((m, occ))
     }
 
     /// What the room archive keeps of this message, if the room logs it
@@ -798,10 +828,8 @@ impl Room {
         {
             return Ok(None);
         }
-        let (m, nick) = self.reflection(from, msg)?;
-        let with = Jid::parse(&jid_text(&self.jid, &nick))
-            .map_err(|_| StanzaError::modify(Condition::JidMalformed))?;
-        Ok(Some((m, with)))
+        let (m, sender) = self.reflection(from, msg, &self.jid.to_text())?;
+        Ok(Some((m, Jid::Full(sender.jid.clone()))))
     }
 
     /// A `groupchat` message to the room: reflected to every occupant.
@@ -816,36 +844,43 @@ impl Room {
         now: SystemTime,
         archive_id: Option<String>,
     ) -> Result<Effects, StanzaError> {
-        let (mut m, nick) = self.reflection(from, msg)?;
-        let mut fx = Effects::default();
+        let room = self.jid.to_text();
+        let (mut m, sender) = self.reflection(from, msg, &room)?;
+        let sender_jid = sender.jid.clone();
         let has_subject = msg.has_child("subject", ns::CLIENT);
         let has_body = msg.has_child("body", ns::CLIENT);
-        if has_subject && !has_body {
+        let subject_by = (has_subject && !has_body).then(|| sender.nick.clone());
+        let mut fx = Effects::default();
+        if let Some(nick) = subject_by {
             let subject = msg.child("subject", ns::CLIENT);
             self.subject = subject.map(Element::text).unwrap_or_default();
             self.subject_by = Some(nick);
             self.persist_record(limits, &mut fx);
         }
-        let room = self.jid.to_string();
         if !has_subject || has_body {
             m.push_child(
                 Element::new("stanza-id", NS_SID)
                     .with_attr("id", archive_id.unwrap_or_else(waxwing_core::random_id))
-                    .with_attr("by", room.clone()),
+                    .with_attr("by", room.as_str()),
             );
         }
+        let stanza = SharedStanza::new(m);
         if has_body {
-            let mut h = m.clone();
-            h.push_child(
-                Element::new("delay", ns::DELAY)
-                    .with_attr("from", room)
-                    .with_attr("stamp", waxwing_core::time::xep0082(now)),
-            );
+            // Kept without its delay, which replay adds (`Entry::replay`),
+            // sharing the payload with the occupants' copies.
+            let chars = stanza.written_len() + history::delay_len(&room);
             let cap = self.config.history_length.min(limits.max_history);
-            self.history.push(h, now, cap, limits.max_history_bytes);
+            self.history.push(
+                stanza.element().clone(),
+                chars,
+                now,
+                cap,
+                limits.max_history_bytes,
+            );
         }
         fx.fanout = Some(Fanout {
-            stanza: m,
+            stanza,
+            from: sender_jid,
             to: self
                 .occupants
                 .values()

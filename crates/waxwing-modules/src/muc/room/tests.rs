@@ -592,7 +592,7 @@ fn fan_out_is_linear() {
         .unwrap();
     assert!(fx.out.is_empty(), "one fan-out, no copy per occupant");
     assert_eq!(fx.fanout.as_ref().map(|f| f.to.len()), Some(90));
-    assert_eq!(fx.fanout.unwrap().stanza.attr("to"), None);
+    assert_eq!(fx.fanout.unwrap().stanza.element().attr("to"), None);
     let fx = r.leave(&full("u1@example/r"), None);
     assert_eq!(fx.out.len(), 90, "89 others and the leaver itself");
 }
