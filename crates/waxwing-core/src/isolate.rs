@@ -31,16 +31,25 @@ pub(crate) struct Panicked;
 
 /// Runs `fut`, turning a panic inside it into [`Panicked`] and an error
 /// log naming `what` (the module, or the part of the server).
-pub(crate) async fn isolated<F: Future>(what: &str, fut: F) -> Result<F::Output, Panicked> {
+///
+/// A plain function returning the wrapped future, not an `async fn`: an
+/// `async fn` keeps its argument in its own state and moves it into the
+/// `catch_unwind` wrapper when first polled, a `memcpy` of the whole
+/// wrapped future (several kilobytes for the router's entry, paid for
+/// every stanza a client sends, issue #21). Here it is moved only where
+/// the caller builds it.
+pub(crate) fn isolated<F: Future>(
+    what: &str,
+    fut: F,
+) -> impl Future<Output = Result<F::Output, Panicked>> {
     // AssertUnwindSafe: whatever the future borrowed may be left
     // half-updated; see the module documentation for why that is accepted.
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(out) => Ok(out),
-        Err(payload) => {
+    AssertUnwindSafe(fut).catch_unwind().map(move |out| {
+        out.map_err(|payload| {
             log(what, payload);
-            Err(Panicked)
-        }
-    }
+            Panicked
+        })
+    })
 }
 
 /// [`isolated`] for synchronous handlers (stream features).

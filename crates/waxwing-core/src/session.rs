@@ -158,6 +158,12 @@ pub struct SessionHandle {
     pub jid: FullJid,
     queue: Outq,
     closed: CancellationToken,
+    /// Set by [`Self::close`] before `closed` is cancelled: what
+    /// [`Self::is_closing`] reads for every message routed to the session.
+    /// The token's own `is_cancelled` takes the token's mutex, which the
+    /// session's task also takes while it waits on the token, so the
+    /// sender's thread and the recipient's fought over that lock's line.
+    closing: AtomicBool,
     /// Boxed, like `observer`: rarely set, and every session's handle
     /// would carry its size (the handle stays within a 320-byte allocation).
     close_reason: Mutex<Option<Box<StreamError>>>,
@@ -212,6 +218,7 @@ impl SessionHandle {
             jid,
             queue,
             closed: CancellationToken::new(),
+            closing: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             presence: Mutex::new(PresenceState::default()),
             interested: AtomicBool::new(false),
@@ -242,6 +249,7 @@ impl SessionHandle {
             jid,
             queue,
             closed: CancellationToken::new(),
+            closing: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             presence: Mutex::new(presence),
             interested: AtomicBool::new(interested),
@@ -400,15 +408,16 @@ impl SessionHandle {
     /// it takes nothing more, so routing treats it as unbound.
     pub fn is_closing(&self) -> bool {
         if self.remote.is_some() {
-            return self.closed.is_cancelled();
+            return self.closing.load(Ordering::Acquire);
         }
-        self.closed.is_cancelled() || self.queue.is_closed()
+        self.closing.load(Ordering::Acquire) || self.queue.is_closed()
     }
 
     /// Asks the session's task to end the stream with `err`. The first reason wins.
     pub fn close(&self, err: StreamError) {
         if let Some(r) = &self.remote {
             r.link.close(&r.node, &self.jid, r.sid, &err);
+            self.closing.store(true, Ordering::Release);
             self.closed.cancel();
             return;
         }
@@ -417,6 +426,7 @@ impl SessionHandle {
             *reason = Some(Box::new(err));
         }
         drop(reason);
+        self.closing.store(true, Ordering::Release);
         self.closed.cancel();
     }
 
@@ -902,9 +912,20 @@ mod tests {
         assert!(h.send_burst((0..60).map(msg).collect()));
         assert!(!h.send_burst((0..60).map(msg).collect()));
         assert!(h.closed().is_cancelled());
+        assert!(h.is_closing());
         assert_eq!(
             h.take_close_reason().map(|e| e.condition),
             Some(StreamCondition::PolicyViolation)
         );
+    }
+
+    #[test]
+    fn a_session_asked_to_close_reads_as_closing() {
+        let jid = FullJid::parse("a@example/r").unwrap();
+        let (h, _out) = SessionHandle::new(jid, 16, 100);
+        assert!(!h.is_closing());
+        h.close(StreamError::new(StreamCondition::Conflict));
+        assert!(h.is_closing());
+        assert!(h.closed().is_cancelled());
     }
 }

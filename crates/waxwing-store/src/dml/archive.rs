@@ -138,7 +138,7 @@ impl ArchiveStore for Store {
         };
         if self.appends.enqueue(queued) {
             tokio::spawn(write_pending(
-                self.pool.clone(),
+                self.append_pool(),
                 self.appends.clone(),
                 new_archive_id,
             ));

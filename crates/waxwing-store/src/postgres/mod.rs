@@ -75,6 +75,14 @@ pub(crate) struct PgStore {
     appends: archive_append::Appends,
 }
 
+impl PgStore {
+    /// Where the archive's batches are written: any pooled connection (the
+    /// server keeps the pages, not the connection).
+    fn append_pool(&self) -> PgPool {
+        self.pool.clone()
+    }
+}
+
 pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Stores, StoreError> {
     let s = Arc::new(connect(url, max_connections).await?);
     Ok(Stores {

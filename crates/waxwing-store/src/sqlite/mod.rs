@@ -70,6 +70,13 @@ const MAX_CONNECTIONS: u32 = 4;
 /// write lock before failing with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Page cache of the archive writer's connection, in KiB (SQLite's
+/// `cache_size` takes a negative number as KiB): the archive's table and
+/// its indexes are appended at the owners' positions all over the file,
+/// and a page not in the cache is a `pread` and a copy. 16 MiB, once per
+/// database, against SQLite's default of 2 MiB per connection.
+const ARCHIVE_WRITER_CACHE_KIB: i64 = 16 * 1024;
+
 /// The SQLite backend: one pool shared by all the store traits, and the
 /// read-only connections of [`SqliteStore::reader`].
 pub(crate) struct SqliteStore {
@@ -82,6 +89,9 @@ pub(crate) struct SqliteStore {
     direct: Option<direct::DirectReaders>,
     /// Archive appends waiting for the next group commit.
     appends: archive_append::Appends,
+    /// The one connection that writes the archive's batches
+    /// (see [`archive_writer`]); the pool itself in memory.
+    archive_writer: SqlitePool,
     /// Archiving preferences read recently (`prefs_cache.rs`).
     prefs: crate::prefs_cache::PrefsCache,
 }
@@ -124,6 +134,7 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
     let path = options.get_filename().to_path_buf();
     let readers = (!in_memory).then(|| Readers::new(options.clone()));
 
+    let mut file_opts = None;
     let pool = if in_memory {
         // An in-memory database lives exactly as long as some connection to
         // it: one connection that never expires keeps it, and serializes
@@ -142,16 +153,8 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
                 StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // See `Durability`: NORMAL survives kill -9 (the WAL is in the
-            // OS page cache); FULL also survives power loss, at one fsync
-            // per commit.
-            .synchronous(match durability {
-                Durability::ProcessCrash => SqliteSynchronous::Normal,
-                Durability::PowerLoss => SqliteSynchronous::Full,
-            });
+        let options = file_options(options, durability);
+        file_opts = Some(options.clone());
         SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             // sqlx pings a connection before handing it out, to find dead
@@ -169,6 +172,11 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
         .await
         .map_err(|e| StoreError::Backend(format!("migrating the database failed: {e}")))?;
 
+    let archive_writer = match file_opts {
+        None => pool.clone(),
+        Some(options) => archive_writer(options).await?,
+    };
+
     if in_memory {
         tracing::info!("SQLite database in memory: nothing will be kept");
     } else {
@@ -179,8 +187,50 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
         direct: (!in_memory).then(|| direct::DirectReaders::new(path.clone())),
         readers,
         appends: archive_append::Appends::default(),
+        archive_writer,
         prefs: crate::prefs_cache::PrefsCache::default(),
     })
+}
+
+/// How every connection to a database file is opened.
+fn file_options(options: SqliteConnectOptions, durability: Durability) -> SqliteConnectOptions {
+    options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // See `Durability`: NORMAL survives kill -9 (the WAL is in the
+        // OS page cache); FULL also survives power loss, at one fsync
+        // per commit.
+        .synchronous(match durability {
+            Durability::ProcessCrash => SqliteSynchronous::Normal,
+            Durability::PowerLoss => SqliteSynchronous::Full,
+        })
+}
+
+/// The archive's group commits go through one connection of their own,
+/// not the pool: SQLite drops a connection's whole page cache when another
+/// connection wrote since its last transaction, so batches spread over the
+/// pool's connections each began cold, re-reading the table's and the
+/// indexes' pages from the file (with archiving on, the largest share of a
+/// chat message's CPU, issue #21). One writer that keeps its cache between
+/// batches reads them once; the rest of the server's writes are rare
+/// beside a chat's archive.
+async fn archive_writer(options: SqliteConnectOptions) -> Result<SqlitePool, StoreError> {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .test_before_acquire(false)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options.pragma("cache_size", (-ARCHIVE_WRITER_CACHE_KIB).to_string()))
+        .await
+        .map_err(db)
+}
+
+impl SqliteStore {
+    /// Where the archive's batches are written (see [`archive_writer`]).
+    fn append_pool(&self) -> SqlitePool {
+        self.archive_writer.clone()
+    }
 }
 
 /// Whether the database file of `url` exists (an in-memory one does not).
