@@ -727,12 +727,22 @@ impl Server {
             }
             return;
         }
-        let mut cx = Cx::routing(self.clone(), None, to, sender);
+        // Looked up once, before the hooks: they read it (`Cx::recipient`),
+        // and delivery uses it unless a hook awaited in between.
+        let recipient = to.as_full().and_then(|f| self.sessions.get(f));
+        let mut cx = Cx::routing(self.clone(), None, to, sender).with_recipient(recipient);
         if self.run_hooks(Hook::Inbound, &cx, &mut stanza).await == Flow::Handled {
             return;
         }
         let to = cx.take_to().expect("given to the context above");
-        self.deliver_hooked(&cx, to, stanza, kind).await;
+        let recipient = cx.take_recipient();
+        if cx.addressed() {
+            // Every hook decided without awaiting: nothing changed since
+            // the lookup that a lookup now would see.
+            self.deliver_found(&cx, to, stanza, kind, recipient).await;
+        } else {
+            self.deliver_hooked(&cx, to, stanza, kind).await;
+        }
     }
 
     /// Delivery to a local account after the `Inbound` hooks (see the
@@ -744,14 +754,25 @@ impl Server {
         stanza: Element,
         kind: StanzaKind,
     ) {
+        let found = to.as_full().and_then(|f| self.sessions.get(f));
+        self.deliver_found(cx, to, stanza, kind, found).await;
+    }
+
+    /// [`Server::deliver_hooked`] with the session a full `to` names
+    /// already looked up (`found`).
+    async fn deliver_found(
+        self: &Arc<Self>,
+        cx: &Cx,
+        to: Jid,
+        stanza: Element,
+        kind: StanzaKind,
+        found: Option<Arc<SessionHandle>>,
+    ) {
         // An IQ answers that one session, even while it closes: what is
         // queued goes out before its stream error (the result of the
         // account removal that closes it, XEP-0077 §3.2); once its queue
         // is closed, the IQ bounces. Messages and presence skip it.
-        let full = to
-            .as_full()
-            .and_then(|f| self.sessions.get(f))
-            .filter(|s| matches!(kind, StanzaKind::Iq) || !s.is_closing());
+        let full = found.filter(|s| matches!(kind, StanzaKind::Iq) || !s.is_closing());
         match (kind, full) {
             (StanzaKind::Message, Some(session)) => {
                 if let Err(stanza) = self
