@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use waxwing_proto::jid::{BareJid, FullJid, Jid};
+use waxwing_proto::jid::{BareJid, FullJid, Jid, LastParsed};
 use waxwing_proto::stanza::{
     self, Condition, StanzaError, StanzaKind, StreamCondition, StreamError,
 };
@@ -583,14 +583,17 @@ impl Server {
     /// what it reaches is isolated on its own and answers its own panics
     /// (hooks, IQ handlers, domain services); a panic in the router's own
     /// delivery code after that point still fails only this stanza, unanswered.
+    ///
+    /// `last_to`: the connection's latest `to`, parsed (see [`LastParsed`]).
     pub(crate) async fn handle_from_client(
         self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         stanza: Element,
+        last_to: &mut LastParsed,
     ) {
         self.metrics.stanza_in(&stanza.name, "c2s");
         let mut slot = Some(stanza);
-        let handled = self.handle_from_client_inner(origin, &mut slot);
+        let handled = self.handle_from_client_inner(origin, &mut slot, last_to);
         if isolated("router", handled).await.is_err()
             && let Some(stanza) = slot
         {
@@ -618,6 +621,7 @@ impl Server {
         self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         slot: &mut Option<Element>,
+        last_to: &mut LastParsed,
     ) {
         let Some(stanza) = slot.as_mut() else {
             return;
@@ -625,7 +629,7 @@ impl Server {
         let Some(kind) = stanza::kind(stanza) else {
             return;
         };
-        let to = match stanza.attr("to").map(Jid::parse).transpose() {
+        let to = match stanza.attr("to").map(|t| last_to.parse(t)).transpose() {
             Ok(to) => to,
             Err(_) => {
                 return self
