@@ -576,6 +576,9 @@ pub struct Cx {
     /// On the `Inbound` hooks: the local session that sent the stanza,
     /// when the router knows it ([`Cx::sender_of`]).
     sender: Option<Arc<SessionHandle>>,
+    /// On the `Inbound` hooks: the session `to` names, when it is a full
+    /// JID and the router found it before the hooks ([`Cx::recipient`]).
+    recipient: Option<Arc<SessionHandle>>,
     /// Whether the stanza's `to` and `from` still read as the router
     /// addressed it: set by [`Cx::routing`], whose caller vouches for
     /// both, and cleared before any hook may change the stanza
@@ -592,6 +595,7 @@ impl Clone for Cx {
             origin: self.origin.clone(),
             to: self.to.clone(),
             sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
             addressed: AtomicBool::new(self.addressed.load(Ordering::Relaxed)),
         }
     }
@@ -604,6 +608,7 @@ impl Cx {
             origin,
             to: None,
             sender: None,
+            recipient: None,
             addressed: AtomicBool::new(false),
         }
     }
@@ -624,8 +629,22 @@ impl Cx {
             origin,
             to: Some(to),
             sender,
+            recipient: None,
             addressed: AtomicBool::new(true),
         }
+    }
+
+    /// Gives the hooks the session the routed `to` (a full JID) names,
+    /// as the router just found it ([`Cx::recipient`]).
+    pub(crate) fn with_recipient(mut self, recipient: Option<Arc<SessionHandle>>) -> Self {
+        self.recipient = recipient;
+        self
+    }
+
+    /// Takes back the session [`Cx::with_recipient`] was given, once the
+    /// hooks are done.
+    pub(crate) fn take_recipient(&mut self) -> Option<Arc<SessionHandle>> {
+        self.recipient.take()
     }
 
     /// Takes back the address [`Cx::routing`] was given, once the hooks are done.
@@ -677,6 +696,14 @@ impl Cx {
             .attr("from")
             .is_some_and(|f| s.jid.is_written_as(f))
             .then_some(s)
+    }
+
+    /// On the `Inbound` hooks, the session the stanza is addressed to,
+    /// when its `to` is a full JID bound (here or, in a cluster, on
+    /// another node) and the stanza is still addressed as routed (see
+    /// [`Cx::to_of`]). `None` does not mean there is none: look it up.
+    pub fn recipient(&self) -> Option<&Arc<SessionHandle>> {
+        self.recipient.as_ref().filter(|_| self.addressed())
     }
 
     /// The configuration as of the latest reload (see `Server::live`): read
@@ -781,6 +808,17 @@ impl Cx {
         skip: impl Fn(&SessionHandle) -> bool,
     ) -> bool {
         self.server.sessions.any_flagged(member, flag, skip)
+    }
+
+    /// Withdraws `fact` for `user`'s account on this node (see
+    /// [`AccountFact`](crate::session::AccountFact)).
+    pub fn withdraw_account_fact(&self, user: &BareJid, fact: crate::session::AccountFact) {
+        self.server.sessions.withdraw_account_fact(user, fact);
+    }
+
+    /// Withdraws `fact` for every account on this node.
+    pub fn withdraw_account_fact_everywhere(&self, fact: crate::session::AccountFact) {
+        self.server.sessions.withdraw_account_fact_everywhere(fact);
     }
 
     /// Every local account with at least one bound session, in no order.

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use waxwing_proto::jid::{BareJid, FullJid, Jid};
+use waxwing_proto::jid::{BareJid, FullJid, Jid, LastParsed};
 use waxwing_proto::stanza::{
     self, Condition, StanzaError, StanzaKind, StreamCondition, StreamError,
 };
@@ -589,14 +589,17 @@ impl Server {
     /// what it reaches is isolated on its own and answers its own panics
     /// (hooks, IQ handlers, domain services); a panic in the router's own
     /// delivery code after that point still fails only this stanza, unanswered.
+    ///
+    /// `last_to`: the connection's latest `to`, parsed (see [`LastParsed`]).
     pub(crate) async fn handle_from_client(
         self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         stanza: Element,
+        last_to: &mut LastParsed,
     ) {
         self.metrics.stanza_in(&stanza.name, "c2s");
         let mut slot = Some(stanza);
-        let handled = self.handle_from_client_inner(origin, &mut slot);
+        let handled = self.handle_from_client_inner(origin, &mut slot, last_to);
         if isolated("router", handled).await.is_err()
             && let Some(stanza) = slot
         {
@@ -624,6 +627,7 @@ impl Server {
         self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         slot: &mut Option<Element>,
+        last_to: &mut LastParsed,
     ) {
         let Some(stanza) = slot.as_mut() else {
             return;
@@ -631,7 +635,7 @@ impl Server {
         let Some(kind) = stanza::kind(stanza) else {
             return;
         };
-        let to = match stanza.attr("to").map(Jid::parse).transpose() {
+        let to = match stanza.attr("to").map(|t| last_to.parse(t)).transpose() {
             Ok(to) => to,
             Err(_) => {
                 return self
@@ -733,12 +737,22 @@ impl Server {
             }
             return;
         }
-        let mut cx = Cx::routing(self.clone(), None, to, sender);
+        // Looked up once, before the hooks: they read it (`Cx::recipient`),
+        // and delivery uses it unless a hook awaited in between.
+        let recipient = to.as_full().and_then(|f| self.sessions.get(f));
+        let mut cx = Cx::routing(self.clone(), None, to, sender).with_recipient(recipient);
         if self.run_hooks(Hook::Inbound, &cx, &mut stanza).await == Flow::Handled {
             return;
         }
         let to = cx.take_to().expect("given to the context above");
-        self.deliver_hooked(&cx, to, stanza, kind).await;
+        let recipient = cx.take_recipient();
+        if cx.addressed() {
+            // Every hook decided without awaiting: nothing changed since
+            // the lookup that a lookup now would see.
+            self.deliver_found(&cx, to, stanza, kind, recipient).await;
+        } else {
+            self.deliver_hooked(&cx, to, stanza, kind).await;
+        }
     }
 
     /// Delivery to a local account after the `Inbound` hooks (see the
@@ -750,14 +764,25 @@ impl Server {
         stanza: Element,
         kind: StanzaKind,
     ) {
+        let found = to.as_full().and_then(|f| self.sessions.get(f));
+        self.deliver_found(cx, to, stanza, kind, found).await;
+    }
+
+    /// [`Server::deliver_hooked`] with the session a full `to` names
+    /// already looked up (`found`).
+    async fn deliver_found(
+        self: &Arc<Self>,
+        cx: &Cx,
+        to: Jid,
+        stanza: Element,
+        kind: StanzaKind,
+        found: Option<Arc<SessionHandle>>,
+    ) {
         // An IQ answers that one session, even while it closes: what is
         // queued goes out before its stream error (the result of the
         // account removal that closes it, XEP-0077 §3.2); once its queue
         // is closed, the IQ bounces. Messages and presence skip it.
-        let full = to
-            .as_full()
-            .and_then(|f| self.sessions.get(f))
-            .filter(|s| matches!(kind, StanzaKind::Iq) || !s.is_closing());
+        let full = found.filter(|s| matches!(kind, StanzaKind::Iq) || !s.is_closing());
         match (kind, full) {
             (StanzaKind::Message, Some(session)) => {
                 if let Err(stanza) = self

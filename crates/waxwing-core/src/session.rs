@@ -67,13 +67,36 @@ impl SessionFlag {
 /// the cluster.
 const COUNTED_IN_ACCOUNT: u32 = 1 << 30;
 
+/// What modules may know about a whole account (not one session), kept on
+/// the account's entry on this node (see [`AccountFlags`]). A closed set,
+/// like [`SessionFlag`].
+///
+/// A fact is a cache of something a module decided, so the module that
+/// sets one also withdraws it whenever it may no longer hold
+/// ([`SessionRegistry::withdraw_account_fact`]). An entry starts with no
+/// facts and goes with the account's last session here; remote and unbound
+/// handles have none: a fact not set only means "not known".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum AccountFact {
+    /// XEP-0191: the account's blocklist is empty. Set and withdrawn by
+    /// the blocking module under its cache's lock only.
+    BlocksNobody = 1 << 0,
+}
+
 /// How many of an account's sessions on this node have each counted flag
 /// set, shared by the account's handles: whether *any* of them has a flag
 /// (carbons, for every message sent or received) is then one load from a
 /// handle at hand, not a registry lock and lookup and a scan. Written only
 /// when a flag changes, so reading it costs no cache-line traffic.
+///
+/// Beside them, the account's [`AccountFact`]s, read from a handle at
+/// hand for the same reason (blocking asks for every message).
 #[derive(Debug, Default)]
-pub(crate) struct AccountFlags([AtomicU32; SessionFlag::COUNTED.len()]);
+pub(crate) struct AccountFlags {
+    counts: [AtomicU32; SessionFlag::COUNTED.len()],
+    facts: AtomicU32,
+}
 
 impl AccountFlags {
     /// Counts a session's flags in `bits` in (`+1`) or out (`-1`, wrapping:
@@ -82,7 +105,7 @@ impl AccountFlags {
     fn add(&self, bits: u32, delta: u32) {
         for (slot, f) in SessionFlag::COUNTED.iter().enumerate() {
             if bits & *f as u32 != 0 {
-                self.0[slot].fetch_add(delta, Ordering::Relaxed);
+                self.counts[slot].fetch_add(delta, Ordering::Relaxed);
             }
         }
     }
@@ -91,7 +114,7 @@ impl AccountFlags {
     /// `None` for a flag that is not counted.
     fn any(&self, flag: SessionFlag) -> Option<bool> {
         let slot = flag.counted_slot()?;
-        Some(self.0[slot].load(Ordering::Relaxed) != 0)
+        Some(self.counts[slot].load(Ordering::Relaxed) != 0)
     }
 
     /// Counts a session just bound in its flags, and points it at them.
@@ -110,6 +133,24 @@ impl AccountFlags {
         let before = handle.flags.fetch_or(COUNTED_IN_ACCOUNT, Ordering::AcqRel);
         if before & COUNTED_IN_ACCOUNT == 0 {
             self.add(before, 1);
+        }
+    }
+
+    fn has_fact(&self, fact: AccountFact) -> bool {
+        self.facts.load(Ordering::Acquire) & fact as u32 != 0
+    }
+
+    fn set_fact(&self, fact: AccountFact) {
+        // Read first: set once, then read for every message, so the
+        // line stays shared between the threads that read it.
+        if !self.has_fact(fact) {
+            self.facts.fetch_or(fact as u32, Ordering::AcqRel);
+        }
+    }
+
+    fn withdraw_fact(&self, fact: AccountFact) {
+        if self.has_fact(fact) {
+            self.facts.fetch_and(!(fact as u32), Ordering::AcqRel);
         }
     }
 
@@ -537,11 +578,38 @@ impl SessionHandle {
     /// `flag`: false is sure (for a bound local session and a counted
     /// flag), true means the sessions must be looked at.
     fn account_may_have(&self, flag: SessionFlag) -> bool {
+        self.bound_account()
+            .and_then(|a| a.any(flag))
+            .unwrap_or(true)
+    }
+
+    /// The account's entry on this node, while this session counts in it
+    /// (bound here, from `bind` to `unbind`): the entry the registry
+    /// holds for the account then, so what is withdrawn through the
+    /// registry is withdrawn here.
+    fn bound_account(&self) -> Option<&AccountFlags> {
         self.account
             .get()
             .filter(|_| self.flags.load(Ordering::Acquire) & COUNTED_IN_ACCOUNT != 0)
-            .and_then(|a| a.any(flag))
-            .unwrap_or(true)
+            .map(|a| &**a)
+    }
+
+    /// Whether `fact` is known to hold for this session's account; false
+    /// when it is not known (never set, withdrawn since, a session on
+    /// another node or no longer bound).
+    pub fn account_fact(&self, fact: AccountFact) -> bool {
+        self.bound_account().is_some_and(|a| a.has_fact(fact))
+    }
+
+    /// Records `fact` for this session's account, while the session is
+    /// bound here (else nothing is recorded: a fact on an entry the
+    /// registry no longer holds could never be withdrawn). The caller
+    /// must hold whatever orders it with the fact's withdrawal (see
+    /// [`AccountFact`]).
+    pub fn set_account_fact(&self, fact: AccountFact) {
+        if let Some(a) = self.bound_account() {
+            a.set_fact(fact);
+        }
     }
 }
 
@@ -706,6 +774,21 @@ impl SessionRegistry {
         remote.iter().any(|s| wanted(s))
     }
 
+    /// Withdraws `fact` for `user`'s account on this node (see
+    /// [`AccountFact`]); nothing to do when it has no session here.
+    pub fn withdraw_account_fact(&self, user: &BareJid, fact: AccountFact) {
+        if let Some(a) = self.by_user.read().expect("registry lock").get(user) {
+            a.flags.withdraw_fact(fact);
+        }
+    }
+
+    /// Withdraws `fact` for every account on this node.
+    pub fn withdraw_account_fact_everywhere(&self, fact: AccountFact) {
+        for a in self.by_user.read().expect("registry lock").values() {
+            a.flags.withdraw_fact(fact);
+        }
+    }
+
     /// Sessions of the account on this node.
     pub fn resource_count(&self, user: &BareJid) -> usize {
         self.by_user
@@ -800,7 +883,7 @@ mod tests {
     }
 
     fn carbons_count(member: &SessionHandle) -> u32 {
-        member.account.get().unwrap().0[0].load(Ordering::Relaxed)
+        member.account.get().unwrap().counts[0].load(Ordering::Relaxed)
     }
 
     #[test]
@@ -903,6 +986,55 @@ mod tests {
         a.set_flag(carbons, false);
         assert!(!reg.any_flagged(&b, carbons, |_| false));
         assert!(b.account_may_have(carbons));
+    }
+
+    #[test]
+    fn account_facts_are_shared_withdrawn_and_go_with_the_entry() {
+        let reg = SessionRegistry::default();
+        let fact = AccountFact::BlocksNobody;
+        let user = BareJid::parse("u@example").unwrap();
+        let a = session("u@example/a");
+        // Not bound: nothing to record it on.
+        a.set_account_fact(fact);
+        assert!(!a.account_fact(fact));
+        reg.bind(a.clone());
+        assert!(!a.account_fact(fact), "a fresh entry knows nothing");
+
+        // Set through one handle: read through every handle of the account.
+        a.set_account_fact(fact);
+        let b = session("u@example/b");
+        reg.bind(b.clone());
+        assert!(a.account_fact(fact) && b.account_fact(fact));
+
+        // Withdrawn by bare JID: gone for every handle, and only for that account.
+        let other = session("v@example/a");
+        reg.bind(other.clone());
+        other.set_account_fact(fact);
+        reg.withdraw_account_fact(&user, fact);
+        assert!(!a.account_fact(fact) && !b.account_fact(fact));
+        assert!(other.account_fact(fact));
+        b.set_account_fact(fact);
+        assert!(a.account_fact(fact));
+        reg.withdraw_account_fact_everywhere(fact);
+        assert!(!a.account_fact(fact) && !other.account_fact(fact));
+
+        // An unbound (or replaced) handle reads nothing; the others still do.
+        b.set_account_fact(fact);
+        assert!(reg.unbind(&a));
+        assert!(!a.account_fact(fact) && b.account_fact(fact));
+        let b2 = session("u@example/b");
+        assert!(reg.bind(b2.clone()).is_some_and(|old| old.id == b.id));
+        assert!(!b.account_fact(fact) && b2.account_fact(fact));
+
+        // The last session gone, the entry goes: a new one starts empty,
+        // and a handle of the old one cannot set anything on it.
+        assert!(reg.unbind(&b2));
+        let c = session("u@example/c");
+        reg.bind(c.clone());
+        assert!(!c.account_fact(fact));
+        b2.set_account_fact(fact);
+        a.set_account_fact(fact);
+        assert!(!c.account_fact(fact));
     }
 
     #[tokio::test]

@@ -45,6 +45,7 @@ use waxwing_core::hooks::{
     Priority, RegisterError, Registrar, StanzaHook,
 };
 use waxwing_core::s2s::reputation::Offence;
+use waxwing_core::session::{AccountFact, SessionHandle};
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError, error_reply};
@@ -113,16 +114,27 @@ impl Blocking {
         Ok(list)
     }
 
-    /// Forgets a cached list after a write, and any read that started before it.
-    fn invalidate(&self, owner: &BareJid) {
+    /// Forgets a cached list after a write, and any read that started
+    /// before it, and withdraws the account's "blocks nobody" (under the
+    /// cache's lock, where it is set: see [`Self::decide_now`]).
+    fn invalidate(&self, cx: &Cx, owner: &BareJid) {
         let mut cache = self.cache();
         cache.generation += 1;
         cache.lists.remove(owner);
+        cx.withdraw_account_fact(owner, AccountFact::BlocksNobody);
+    }
+
+    /// [`Self::invalidate`] for every owner.
+    fn invalidate_all(&self, cx: &Cx) {
+        let mut cache = self.cache();
+        cache.generation += 1;
+        cache.lists.clear();
+        cx.withdraw_account_fact_everywhere(AccountFact::BlocksNobody);
     }
 
     /// [`Self::invalidate`] here and on the other nodes of a cluster.
     async fn invalidate_everywhere(&self, cx: &Cx, owner: &BareJid) {
-        self.invalidate(owner);
+        self.invalidate(cx, owner);
         cx.announce_change(TOPIC, &owner.to_string()).await;
     }
 }
@@ -572,10 +584,24 @@ impl StanzaHook for Blocking {
     /// under one lock of the cache for the up to two lists a stanza needs,
     /// read in place: no reference count touched (the same lists are read
     /// by every thread that routes a message of these accounts).
+    ///
+    /// Most accounts block nobody. An empty list read here from the cache
+    /// is recorded on the account's sessions ([`AccountFact::BlocksNobody`]),
+    /// under the cache's lock, where [`Self::invalidate`] withdraws it: a
+    /// fact read is never older than the last write to the list. When every
+    /// list a stanza needs is known empty that way, it goes on without the
+    /// lock (see [`blocks_nobody_involved`]).
     fn decide_now(&self, cx: &Cx, hook: Hook, stanza: &Element) -> Option<Flow> {
+        if blocks_nobody_involved(cx, hook, stanza) {
+            return Some(Flow::Continue);
+        }
         let cache = self.cache();
         self.decide(cx, hook, stanza, &mut |owner| {
-            cache.lists.get(owner).map(|l| l.as_slice())
+            let list = cache.lists.get(owner)?;
+            if list.is_empty() {
+                note_blocks_nobody(cx, stanza, owner);
+            }
+            Some(list.as_slice())
         })
         .ok()
     }
@@ -606,6 +632,33 @@ impl StanzaHook for Blocking {
     }
 }
 
+/// Whether `decide` needs only lists known empty for `stanza` (from the
+/// facts of the sessions at hand), so that it would go on: on `Outbound`
+/// the sender's; on `Inbound`, from a local session to a local session,
+/// the recipient's and the sender's. Anything else is left to `decide`.
+fn blocks_nobody_involved(cx: &Cx, hook: Hook, stanza: &Element) -> bool {
+    let blocks_nobody = |s: &SessionHandle| s.account_fact(AccountFact::BlocksNobody);
+    match hook {
+        Hook::Outbound => cx.origin().is_some_and(|o| blocks_nobody(o)),
+        Hook::Inbound => {
+            cx.recipient().is_some_and(|r| blocks_nobody(r))
+                && cx.sender_of(stanza).is_some_and(|s| blocks_nobody(s))
+        }
+        Hook::Undeliverable => false,
+    }
+}
+
+/// Records that `owner` blocks nobody on whichever of the stanza's
+/// sessions at hand belongs to `owner`. Called with the cache locked.
+fn note_blocks_nobody(cx: &Cx, stanza: &Element, owner: &BareJid) {
+    let at_hand = [cx.origin(), cx.sender_of(stanza), cx.recipient()];
+    for s in at_hand.into_iter().flatten() {
+        if s.jid.bare() == owner {
+            s.set_account_fact(AccountFact::BlocksNobody);
+        }
+    }
+}
+
 #[async_trait]
 impl EventHandler for Blocking {
     async fn on_event(&self, cx: &Cx, event: &Event) {
@@ -622,14 +675,10 @@ impl EventHandler for Blocking {
             Event::SharedDataChanged { topic, key } => match (topic.as_deref(), key) {
                 (Some(TOPIC), Some(key)) => {
                     if let Ok(owner) = BareJid::parse(key) {
-                        self.invalidate(&owner);
+                        self.invalidate(cx, &owner);
                     }
                 }
-                (None, _) => {
-                    let mut cache = self.cache();
-                    cache.generation += 1;
-                    cache.lists.clear();
-                }
+                (None, _) => self.invalidate_all(cx),
                 _ => {}
             },
             _ => {}

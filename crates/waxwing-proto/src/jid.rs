@@ -551,6 +551,36 @@ impl Jid {
     }
 }
 
+/// The address one reader parsed last (a client connection's `to`
+/// attributes, say), to parse the next one as a copy of it when it is
+/// written the same way: a client writes to the same address many times
+/// in a row, and text that is an address's canonical form parses to that
+/// address (preparation is stable, see [`Jid::is_written_as`]), so a
+/// comparison and a few reference counts stand in for preparing every
+/// part and allocating it again.
+///
+/// Boxed: one pointer where it is kept (every client connection), and
+/// the box is reused when the address changes.
+#[derive(Debug, Default)]
+pub struct LastParsed(Option<Box<Jid>>);
+
+impl LastParsed {
+    /// [`Jid::parse`], through the last address parsed here.
+    pub fn parse(&mut self, s: &str) -> Result<Jid, JidError> {
+        if let Some(last) = &self.0
+            && last.is_written_as(s)
+        {
+            return Ok(Jid::clone(last));
+        }
+        let jid = Jid::parse(s)?;
+        match &mut self.0 {
+            Some(last) => **last = jid.clone(),
+            None => self.0 = Some(Box::new(jid.clone())),
+        }
+        Ok(jid)
+    }
+}
+
 impl BareJid {
     /// The address as text. Same as `to_string`, but allocated once at its
     /// exact length instead of grown through `fmt`: the router stamps a
@@ -664,6 +694,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn last_parsed_copies_only_text_written_as_the_last_address() {
+        let mut last = LastParsed::default();
+        let first = last.parse("juliet@example.com/balcony").unwrap();
+        let again = last.parse("juliet@example.com/balcony").unwrap();
+        assert_eq!(first, again);
+        // A copy: the same prepared parts, not prepared again.
+        assert!(std::ptr::eq(first.domain(), again.domain()));
+        assert!(std::ptr::eq(
+            first.resource().unwrap(),
+            again.resource().unwrap()
+        ));
+        // Another spelling of the same address is parsed (and kept).
+        let upper = last.parse("Juliet@example.com/balcony").unwrap();
+        assert_eq!(upper, first);
+        assert!(!std::ptr::eq(upper.domain(), first.domain()));
+        // Then errors change nothing.
+        assert_eq!(last.parse("a@@b"), Err(JidError::InvalidLocal));
+        let third = last.parse("juliet@example.com/balcony").unwrap();
+        assert!(std::ptr::eq(third.domain(), upper.domain()));
     }
 
     #[test]
@@ -793,6 +845,36 @@ mod tests {
             }
             if let Some(fast) = ascii_resource(&s) {
                 prop_assert_eq!(fast.clone().ok().map(Cow::into_owned), precis_resource(&s).ok(), "resource {:?}", s);
+            }
+        }
+
+        /// Parsed through the last address, or afresh: the same result,
+        /// whatever was parsed before (text written another way, in
+        /// another case, with a trailing dot, malformed …).
+        #[test]
+        fn last_parsed_parses_as_jid_parse(
+            texts in proptest::collection::vec(
+                prop_oneof![
+                    Just("a@b.example/r".to_string()),
+                    Just("A@b.example/r".to_string()),
+                    Just("a@B.example./r".to_string()),
+                    Just("a@b.example".to_string()),
+                    Just("b.example/r/s@t".to_string()),
+                    Just("[::1]".to_string()),
+                    Just("a@[0:0::1]/r".to_string()),
+                    Just("127.0.0.1/r".to_string()),
+                    Just("\u{e9}@b.example/\u{2603}".to_string()),
+                    Just("a@@b".to_string()),
+                    Just("".to_string()),
+                    "[a-cA-C1@./]{0,8}",
+                    "[ -~]{1,16}",
+                ],
+                1..12,
+            ),
+        ) {
+            let mut last = LastParsed::default();
+            for t in &texts {
+                prop_assert_eq!(last.parse(t), Jid::parse(t), "{:?} after {:?}", t, texts);
             }
         }
 

@@ -371,6 +371,110 @@ async fn blocking_judges_the_address_a_hook_gave_the_message() {
     romeo.expect_nothing().await;
 }
 
+/// Romeo's and juliet's messages of round `i`, to each other's full JID.
+fn chat_pair(i: usize) -> (String, String) {
+    (
+        format!(
+            "<message to='juliet@localhost/balcony' type='chat' id='r{i}'><body>r{i}</body></message>"
+        ),
+        format!(
+            "<message to='romeo@localhost/desk' type='chat' id='j{i}'><body>j{i}</body></message>"
+        ),
+    )
+}
+
+/// One message each way, each arriving.
+async fn chat_round(romeo: &mut Client, juliet: &mut Client, round: usize) {
+    let (to_juliet, to_romeo) = chat_pair(round);
+    romeo.send(&to_juliet).await;
+    juliet
+        .expect(&format!(
+            "<message from='romeo@localhost/desk' id='r{round}'/>"
+        ))
+        .await;
+    juliet.send(&to_romeo).await;
+    romeo
+        .expect(&format!(
+            "<message from='juliet@localhost/balcony' id='j{round}'/>"
+        ))
+        .await;
+}
+
+/// Accounts that block nobody are remembered as such on their sessions,
+/// so that their messages skip the blocklist cache; a block (or unblock)
+/// must end that at once, on both sides of a conversation.
+#[tokio::test]
+async fn blocking_takes_effect_at_once_after_blocking_nobody() {
+    let s = TestServer::start().await;
+    for u in ["romeo", "juliet"] {
+        s.user(u).await;
+    }
+    let mut romeo = s.online("romeo", "desk").await;
+    let mut juliet = s.online("juliet", "balcony").await;
+    // Enough messages both ways, to full JIDs, for each list to be read,
+    // cached and then known empty.
+    for round in 0..3 {
+        chat_round(&mut romeo, &mut juliet, round).await;
+    }
+
+    // Romeo blocks juliet: his messages to her are refused, hers vanish.
+    let r = romeo
+        .iq(
+            "set",
+            None,
+            &format!("<block xmlns='{BLOCKING}'><item jid='juliet@localhost'/></block>"),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let (to_juliet, to_romeo) = chat_pair(10);
+    romeo.send(&to_juliet).await;
+    let err = romeo.expect("<message type='error' id='r10'/>").await;
+    assert!(has_stanza_error(&err, "not-acceptable"), "{err}");
+    juliet.send(&to_romeo).await;
+    juliet.sync().await;
+    romeo.sync().await;
+    romeo.expect_nothing().await;
+    juliet.expect_nothing().await;
+
+    // Unblocked: both ways again, and again known empty after a while.
+    let r = romeo
+        .iq("set", None, &format!("<unblock xmlns='{BLOCKING}'/>"))
+        .await;
+    assert!(is_result(&r), "{r}");
+    for round in 20..23 {
+        chat_round(&mut romeo, &mut juliet, round).await;
+    }
+
+    // Now the recipient blocks: juliet blocks romeo, whose own list is
+    // still known empty. His messages to her vanish; hers to him are refused.
+    let r = juliet
+        .iq(
+            "set",
+            None,
+            &format!("<block xmlns='{BLOCKING}'><item jid='romeo@localhost'/></block>"),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    let (to_juliet, to_romeo) = chat_pair(30);
+    romeo.send(&to_juliet).await;
+    romeo.sync().await;
+    juliet.send(&to_romeo).await;
+    let err = juliet.expect("<message type='error' id='j30'/>").await;
+    assert!(has_stanza_error(&err, "not-acceptable"), "{err}");
+    juliet.sync().await;
+    juliet.expect_nothing().await;
+    romeo.expect_nothing().await;
+    let r = juliet
+        .iq(
+            "set",
+            None,
+            &format!("<unblock xmlns='{BLOCKING}'><item jid='romeo@localhost'/></unblock>"),
+        )
+        .await;
+    assert!(is_result(&r), "{r}");
+    chat_round(&mut romeo, &mut juliet, 40).await;
+}
+
 #[tokio::test]
 async fn blocking_a_domain_and_unblock_all() {
     let s = TestServer::start().await;

@@ -148,6 +148,7 @@ async fn serve_link(
         config,
         partial: server.partial_stanzas.charge(),
         _permit: permit,
+        last_to: Default::default(),
     };
     if refused {
         tracing::warn!(%peer, "too many connections from this address");
@@ -402,7 +403,8 @@ struct Conn {
     config: Arc<Config>,
     link: Link,
     /// The virtual host this stream is for, from the client's header.
-    host: Option<String>,
+    /// A `Box<str>`, not a `String`: see `footprint.rs` (the task's size).
+    host: Option<Box<str>>,
     /// The default language of the client's stanzas, from its latest
     /// header (RFC 6120 §4.7.4); stamped on those that carry none.
     lang: Option<Box<str>>,
@@ -419,6 +421,9 @@ struct Conn {
     partial: PartialCharge,
     /// Counts this connection against its address while it lives.
     _permit: Option<ConnectionPermit>,
+    /// The `to` of the client's latest stanza, parsed (the router's
+    /// `handle_from_client`): the next one is often the same.
+    last_to: waxwing_proto::jid::LastParsed,
 }
 
 /// The state of stream negotiation that a bound session has no use for.
@@ -612,13 +617,10 @@ impl Conn {
         let mut out = std::mem::take(&mut self.unsent);
         if let End::Error(e) = &end {
             if !self.header_sent {
-                let from = self
-                    .host
-                    .clone()
-                    .unwrap_or_else(|| self.server.config.hosts[0].clone());
+                let from = self.host.as_deref().unwrap_or(&self.server.config.hosts[0]);
                 let open = StreamOpen {
                     id: &random_id(),
-                    from: &from,
+                    from,
                     lang: None,
                 };
                 self.link.encode_open(&open, &mut out);

@@ -56,13 +56,13 @@ impl Conn {
         self.header_sent = true;
         self.unsent = head; // goes out with the features, or the error
         let host = host?;
-        if self.host.as_ref().is_some_and(|h| h != &host) {
+        if self.host.as_deref().is_some_and(|h| h != host) {
             return Err(stream_error(
                 StreamCondition::HostUnknown,
                 "the host changed on stream restart",
             ));
         }
-        self.host = Some(host);
+        self.host = Some(host.into());
         Ok(())
     }
 

@@ -524,7 +524,9 @@ impl Conn {
             return self.send(&reply).await;
         }
         // Isolated: a panic fails this stanza, not the session.
-        self.server.handle_from_client(handle, el).await;
+        self.server
+            .handle_from_client(handle, el, &mut self.last_to)
+            .await;
         Ok(())
     }
 }
