@@ -139,14 +139,7 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
         // An in-memory database lives exactly as long as some connection to
         // it: one connection that never expires keeps it, and serializes
         // everything, which also sidesteps shared-cache table locks.
-        SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .test_before_acquire(false)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await
+        one_connection().connect_with(options).await
     } else {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir).await.map_err(|e| {
@@ -215,15 +208,22 @@ fn file_options(options: SqliteConnectOptions, durability: Durability) -> Sqlite
 /// batches reads them once; the rest of the server's writes are rare
 /// beside a chat's archive.
 async fn archive_writer(options: SqliteConnectOptions) -> Result<SqlitePool, StoreError> {
+    one_connection()
+        .connect_with(options.pragma("cache_size", (-ARCHIVE_WRITER_CACHE_KIB).to_string()))
+        .await
+        .map_err(db)
+}
+
+/// A pool of exactly one connection, opened at once and never closed for
+/// being idle or old (an in-memory database lives in it; the archive
+/// writer keeps its page cache in it).
+fn one_connection() -> SqlitePoolOptions {
     SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
         .test_before_acquire(false)
         .idle_timeout(None)
         .max_lifetime(None)
-        .connect_with(options.pragma("cache_size", (-ARCHIVE_WRITER_CACHE_KIB).to_string()))
-        .await
-        .map_err(db)
 }
 
 impl SqliteStore {
