@@ -591,6 +591,17 @@ impl BareJid {
         out
     }
 
+    /// `self/resource` as text, allocated once at its length, for a
+    /// resource already prepared (a MUC room's occupant nick, say):
+    /// [`FullJid::to_text`] without making the address.
+    pub fn text_with_resource(&self, resource: &str) -> String {
+        let mut out = String::with_capacity(self.text_len() + 1 + resource.len());
+        self.push_text(&mut out);
+        out.push('/');
+        out.push_str(resource);
+        out
+    }
+
     fn text_len(&self) -> usize {
         self.local.as_ref().map_or(0, |l| l.len() + 1) + self.domain.len()
     }
@@ -607,11 +618,7 @@ impl BareJid {
 impl FullJid {
     /// The address as text; see [`BareJid::to_text`].
     pub fn to_text(&self) -> String {
-        let mut out = String::with_capacity(self.bare.text_len() + 1 + self.resource.len());
-        self.bare.push_text(&mut out);
-        out.push('/');
-        out.push_str(&self.resource);
-        out
+        self.bare.text_with_resource(&self.resource)
     }
 }
 
@@ -690,6 +697,7 @@ mod tests {
                 Jid::Bare(b) => assert_eq!(b.to_text(), b.to_string()),
                 Jid::Full(f) => {
                     assert_eq!(f.to_text(), f.to_string());
+                    assert_eq!(f.bare().text_with_resource(f.resource()), f.to_string());
                     assert_eq!(f.bare().to_text(), f.bare().to_string());
                 }
             }

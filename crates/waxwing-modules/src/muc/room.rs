@@ -150,21 +150,6 @@ pub struct Room {
     pub stored: bool,
 }
 
-/// `room/nick` as text, allocated once at its length (not grown through
-/// `fmt`): every room message is stamped with its sender's.
-fn jid_text(j: &BareJid, nick: &str) -> String {
-    let local = j.local().map_or(0, |l| l.len() + 1);
-    let mut s = String::with_capacity(local + j.domain().len() + 1 + nick.len());
-    if let Some(l) = j.local() {
-        s.push_str(l);
-        s.push('@');
-    }
-    s.push_str(j.domain());
-    s.push('/');
-    s.push_str(nick);
-    s
-}
-
 /// Presence children a client may set; everything MUC-specific is ours to add.
 fn clean_presence(p: &Element) -> Element {
     let mut c = p.clone();
@@ -213,7 +198,7 @@ fn out_of_room(
     }
     Element::new("presence", ns::CLIENT)
         .with_attr("type", "unavailable")
-        .with_attr("from", jid_text(room, nick))
+        .with_attr("from", room.text_with_resource(nick))
         .with_child(x)
 }
 
@@ -399,7 +384,7 @@ impl Room {
         tweak: &dyn Fn(&mut Element),
     ) -> Element {
         let mut p = base.clone();
-        p.set_attr("from", jid_text(&self.jid, &occ.nick));
+        p.set_attr("from", self.jid.text_with_resource(&occ.nick));
         let mut item = Element::new("item", NS_USER)
             .with_attr("affiliation", self.affiliation(&occ.bare).as_str())
             .with_attr("role", occ.role.as_str());
@@ -589,7 +574,7 @@ impl Room {
             .with_attr(
                 "from",
                 match &self.subject_by {
-                    Some(n) => jid_text(&self.jid, n),
+                    Some(n) => self.jid.text_with_resource(n),
                     None => self.jid.to_string(),
                 },
             )
@@ -921,7 +906,7 @@ impl Room {
     pub fn moderator(&self, from: &FullJid) -> Result<(String, String), StanzaError> {
         match self.occupant_of(from) {
             Some(o) if o.role == Role::Moderator => {
-                Ok((jid_text(&self.jid, &o.nick), o.occupant_id.clone()))
+                Ok((self.jid.text_with_resource(&o.nick), o.occupant_id.clone()))
             }
             _ => Err(StanzaError::auth(Condition::Forbidden)
                 .with_text("only moderators may moderate messages")),
@@ -973,7 +958,7 @@ impl Room {
             return Err(StanzaError::cancel(Condition::ItemNotFound));
         };
         let mut m = msg.clone();
-        m.set_attr("from", jid_text(&self.jid, &sender.nick));
+        m.set_attr("from", self.jid.text_with_resource(&sender.nick));
         m.remove_children(|c| c.ns == NS_OCCUPANT_ID || c.is("x", NS_USER));
         m.push_child(Element::new("x", NS_USER));
         m.push_child(
@@ -1937,11 +1922,11 @@ impl Room {
         let is_request = matches!(iq.attr("type"), Some("get" | "set"));
         if is_request && sender.nick == nick && iq.child("ping", ns::PING).is_some() {
             let mut r = waxwing_proto::stanza::iq_result(iq);
-            r.set_attr("from", jid_text(&self.jid, nick));
+            r.set_attr("from", self.jid.text_with_resource(nick));
             return Ok(r);
         }
         let mut f = iq.clone();
-        f.set_attr("from", jid_text(&self.jid, &sender.nick));
+        f.set_attr("from", self.jid.text_with_resource(&sender.nick));
         f.set_attr("to", target.sessions[0].to_string());
         Ok(f)
     }
