@@ -458,8 +458,7 @@ impl SessionHandle {
     pub fn close(&self, err: StreamError) {
         if let Some(r) = &self.remote {
             r.link.close(&r.node, &self.jid, r.sid, &err);
-            self.closing.store(true, Ordering::Release);
-            self.closed.cancel();
+            self.mark_closing();
             return;
         }
         let mut reason = self.close_reason.lock().expect("close_reason lock");
@@ -467,6 +466,12 @@ impl SessionHandle {
             *reason = Some(Box::new(err));
         }
         drop(reason);
+        self.mark_closing();
+    }
+
+    /// `closing` first, then the token: whoever the token wakes finds the
+    /// session closing.
+    fn mark_closing(&self) {
         self.closing.store(true, Ordering::Release);
         self.closed.cancel();
     }
