@@ -273,14 +273,7 @@ async fn blocking_holds_for_addresses_written_in_any_case() {
     let mut romeo = s.online("romeo", "desk").await;
     let mut juliet = s.online("juliet", "balcony").await;
     let mut nurse = s.online("nurse", "hall").await;
-    let r = romeo
-        .iq(
-            "set",
-            None,
-            &format!("<block xmlns='{BLOCKING}'><item jid='juliet@localhost'/></block>"),
-        )
-        .await;
-    assert!(is_result(&r), "{r}");
+    blocklist_set(&mut romeo, "block", Some("juliet@localhost")).await;
 
     // Out: to the blocked account, written in capitals.
     romeo
@@ -371,6 +364,17 @@ async fn blocking_judges_the_address_a_hook_gave_the_message() {
     romeo.expect_nothing().await;
 }
 
+/// A blocking command (XEP-0191) `verb` (`block`, `unblock`) for `jid`, or
+/// for nobody in particular (`unblock` all), which must succeed.
+async fn blocklist_set(c: &mut Client, verb: &str, jid: Option<&str>) {
+    let payload = match jid {
+        Some(jid) => format!("<{verb} xmlns='{BLOCKING}'><item jid='{jid}'/></{verb}>"),
+        None => format!("<{verb} xmlns='{BLOCKING}'/>"),
+    };
+    let r = c.iq("set", None, &payload).await;
+    assert!(is_result(&r), "{r}");
+}
+
 /// Romeo's and juliet's messages of round `i`, to each other's full JID.
 fn chat_pair(i: usize) -> (String, String) {
     (
@@ -418,14 +422,7 @@ async fn blocking_takes_effect_at_once_after_blocking_nobody() {
     }
 
     // Romeo blocks juliet: his messages to her are refused, hers vanish.
-    let r = romeo
-        .iq(
-            "set",
-            None,
-            &format!("<block xmlns='{BLOCKING}'><item jid='juliet@localhost'/></block>"),
-        )
-        .await;
-    assert!(is_result(&r), "{r}");
+    blocklist_set(&mut romeo, "block", Some("juliet@localhost")).await;
     let (to_juliet, to_romeo) = chat_pair(10);
     romeo.send(&to_juliet).await;
     let err = romeo.expect("<message type='error' id='r10'/>").await;
@@ -437,24 +434,14 @@ async fn blocking_takes_effect_at_once_after_blocking_nobody() {
     juliet.expect_nothing().await;
 
     // Unblocked: both ways again, and again known empty after a while.
-    let r = romeo
-        .iq("set", None, &format!("<unblock xmlns='{BLOCKING}'/>"))
-        .await;
-    assert!(is_result(&r), "{r}");
+    blocklist_set(&mut romeo, "unblock", None).await;
     for round in 20..23 {
         chat_round(&mut romeo, &mut juliet, round).await;
     }
 
     // Now the recipient blocks: juliet blocks romeo, whose own list is
     // still known empty. His messages to her vanish; hers to him are refused.
-    let r = juliet
-        .iq(
-            "set",
-            None,
-            &format!("<block xmlns='{BLOCKING}'><item jid='romeo@localhost'/></block>"),
-        )
-        .await;
-    assert!(is_result(&r), "{r}");
+    blocklist_set(&mut juliet, "block", Some("romeo@localhost")).await;
     let (to_juliet, to_romeo) = chat_pair(30);
     romeo.send(&to_juliet).await;
     romeo.sync().await;
@@ -464,14 +451,7 @@ async fn blocking_takes_effect_at_once_after_blocking_nobody() {
     juliet.sync().await;
     juliet.expect_nothing().await;
     romeo.expect_nothing().await;
-    let r = juliet
-        .iq(
-            "set",
-            None,
-            &format!("<unblock xmlns='{BLOCKING}'><item jid='romeo@localhost'/></unblock>"),
-        )
-        .await;
-    assert!(is_result(&r), "{r}");
+    blocklist_set(&mut juliet, "unblock", Some("romeo@localhost")).await;
     chat_round(&mut romeo, &mut juliet, 40).await;
 }
 
@@ -497,10 +477,7 @@ async fn blocking_a_domain_and_unblock_all() {
         .await;
     let err = c.expect("<message type='error' id='d1'/>").await;
     assert!(has_stanza_error(&err, "not-acceptable"), "{err}");
-    let r = c
-        .iq("set", None, &format!("<unblock xmlns='{BLOCKING}'/>"))
-        .await;
-    assert!(is_result(&r), "{r}");
+    blocklist_set(&mut c, "unblock", None).await;
     let r = c
         .iq("get", None, &format!("<blocklist xmlns='{BLOCKING}'/>"))
         .await;
