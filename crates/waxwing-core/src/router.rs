@@ -599,17 +599,18 @@ impl Server {
     /// (hooks, IQ handlers, domain services); a panic in the router's own
     /// delivery code after that point still fails only this stanza, unanswered.
     ///
-    /// `memo`: what the connection remembers of its latest `to` (see
-    /// [`ClientMemo`]).
+    /// `kind`: the stanza's, as the session checked it. `memo`: what the
+    /// connection remembers of its latest `to` (see [`ClientMemo`]).
     pub(crate) async fn handle_from_client(
         self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         stanza: Element,
+        kind: StanzaKind,
         memo: &mut ClientMemo,
     ) {
         self.metrics.stanza_in(&stanza.name, "c2s");
         let mut slot = Some(stanza);
-        let handled = self.handle_from_client_inner(origin, &mut slot, memo);
+        let handled = self.handle_from_client_inner(origin, &mut slot, kind, memo);
         if isolated("router", handled).await.is_err()
             && let Some(stanza) = slot
         {
@@ -637,14 +638,13 @@ impl Server {
         self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         slot: &mut Option<Element>,
+        kind: StanzaKind,
         memo: &mut ClientMemo,
     ) {
         let Some(stanza) = slot.as_mut() else {
             return;
         };
-        let Some(kind) = stanza::kind(stanza) else {
-            return;
-        };
+        debug_assert_eq!(stanza::kind(stanza), Some(kind));
         // With the session bound to `to` here, when the connection's
         // latest stanza had the same `to` and it is still bound.
         let to = match stanza.attr("to").map(|t| memo.parse_to(t)).transpose() {

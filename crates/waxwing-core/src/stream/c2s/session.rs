@@ -485,12 +485,12 @@ impl Conn {
         handle: &Arc<SessionHandle>,
         mut el: Element,
     ) -> Result<(), End> {
-        if stanza::kind(&el).is_none() {
+        let Some(kind) = stanza::kind(&el) else {
             return Err(stream_error(
                 StreamCondition::UnsupportedStanzaType,
                 "not a message, presence or iq",
             ));
-        }
+        };
         // RFC 6120 §8.1.2.1: stamp `from`; a client may only claim itself.
         let from = self.memo.stamped_from(handle);
         if let Some(claimed) = el.attr("from") {
@@ -532,7 +532,7 @@ impl Conn {
         }
         // Isolated: a panic fails this stanza, not the session.
         self.server
-            .handle_from_client(handle, el, &mut self.memo)
+            .handle_from_client(handle, el, kind, &mut self.memo)
             .await;
         Ok(())
     }
