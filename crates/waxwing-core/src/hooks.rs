@@ -810,6 +810,18 @@ impl Cx {
         self.server.sessions.any_flagged(member, flag, skip)
     }
 
+    /// False when surely no session of `member`'s account has `flag`, read
+    /// without a lock (see [`SessionRegistry::may_be_flagged`](crate::session::SessionRegistry::may_be_flagged)):
+    /// the question to ask before anything costlier that only matters
+    /// if some session has it.
+    pub fn session_may_be_flagged(
+        &self,
+        member: &SessionHandle,
+        flag: crate::session::SessionFlag,
+    ) -> bool {
+        self.server.sessions.may_be_flagged(member, flag)
+    }
+
     /// Withdraws `fact` for `user`'s account on this node (see
     /// [`AccountFact`](crate::session::AccountFact)).
     pub fn withdraw_account_fact(&self, user: &BareJid, fact: crate::session::AccountFact) {

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod bosh;
 pub(crate) mod boxed;
+pub(crate) mod client_memo;
 pub mod cluster;
 pub(crate) mod component;
 pub mod config;

@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -70,6 +71,11 @@ const FIRST_CAPACITY: usize = 8;
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// `state.closed`, readable without the lock: the router asks whether
+    /// a session is closing for every message it routes to it, and the
+    /// lock is the one the session's task takes to empty its queue.
+    /// Written only under the lock, with `state.closed`.
+    closed: AtomicBool,
     capacity: usize,
     burst_limit: usize,
 }
@@ -88,6 +94,12 @@ struct State {
 }
 
 impl Shared {
+    /// Closes the queue; `state` is this queue's, locked.
+    fn close(&self, state: &mut State) {
+        state.closed = true;
+        self.closed.store(true, Ordering::Release);
+    }
+
     /// Never held across an await, and nothing panics while holding it.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
@@ -114,6 +126,7 @@ pub(crate) fn outbound(capacity: usize, burst_limit: usize) -> (Outq, Outbox) {
             closed: false,
             waker: None,
         }),
+        closed: AtomicBool::new(false),
         capacity: capacity.max(1),
         burst_limit,
     });
@@ -223,7 +236,7 @@ impl Outq {
 
     /// The reading end is gone (or closed).
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn same_channel(&self, other: &Outq) -> bool {
@@ -315,7 +328,7 @@ impl Drop for Outbox {
     fn drop(&mut self) {
         let entries = {
             let mut state = self.shared.lock();
-            state.closed = true;
+            self.shared.close(&mut state);
             state.in_bursts = 0;
             std::mem::take(&mut state.entries)
         };
@@ -420,7 +433,7 @@ impl Outbox {
 
     /// No more entries are accepted; those queued can still be taken.
     pub(crate) fn close(&mut self) {
-        self.shared.lock().closed = true;
+        self.shared.close(&mut self.shared.lock());
     }
 
     /// The burst allowance was charged when the entry was queued and is

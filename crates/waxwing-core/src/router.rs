@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use waxwing_proto::jid::{BareJid, FullJid, Jid, LastParsed};
+use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::stanza::{
     self, Condition, StanzaError, StanzaKind, StreamCondition, StreamError,
 };
@@ -40,6 +40,7 @@ use crate::abuse::{
     AuthThrottle, ConnectionCounter, PartialBudget, RegistrationLimit, ThrottleConfig,
 };
 use crate::boxed::boxed_in_place;
+use crate::client_memo::ClientMemo;
 use crate::cluster;
 use crate::config::Config;
 use crate::hooks::{
@@ -177,20 +178,24 @@ impl Server {
                         .await;
                 }
             };
-            self.route_to(to, stanza, kind, None).await;
+            self.route_to(to, stanza, kind, None, None).await;
         })
     }
 
     /// [`Server::route`] for a stanza whose `to` is already parsed as `to`;
     /// `sender`: the local session it came from, if it did (see
-    /// [`Cx::sender_of`]).
+    /// [`Cx::sender_of`]); `known`: the local session bound to `to`, if
+    /// the caller has it at hand (see [`Server::deliver_local`]). Returns
+    /// the local session bound to `to` if one was looked up, for the
+    /// caller to keep.
     async fn route_to(
         self: &Arc<Self>,
         to: Jid,
         mut stanza: Element,
         kind: StanzaKind,
         sender: Option<Arc<SessionHandle>>,
-    ) {
+        known: Option<Arc<SessionHandle>>,
+    ) -> Option<Arc<SessionHandle>> {
         if let Some(c) = &self.cluster
             && let Some((node, id)) = cluster::untag_response(&stanza)
         {
@@ -199,7 +204,7 @@ impl Server {
             if node != c.node() {
                 if !c.is_peer(node) {
                     // Made up, or its node is gone: nobody waits for it.
-                    return;
+                    return None;
                 }
                 let node: Arc<str> = node.into();
                 let body = cluster::Body::Route {
@@ -214,14 +219,14 @@ impl Server {
                 {
                     tracing::warn!("cluster link full: an IQ answer for another node dropped");
                 }
-                return;
+                return None;
             }
             let id = id.to_string();
             stanza.set_attr("id", id);
         }
         if let Some(key) = self.lease_key(&to, &stanza) {
             // Boxed, cluster mode only: see `dispatch_iq`.
-            return Box::pin(cluster::ownership::route(
+            Box::pin(cluster::ownership::route(
                 self,
                 key,
                 vec![stanza],
@@ -230,8 +235,9 @@ impl Server {
                 Self::route_owned,
             ))
             .await;
+            return None;
         }
-        self.route_unleased(to, stanza, kind, sender).await;
+        self.route_unleased(to, stanza, kind, sender, known).await
     }
 
     /// In a cluster, the lease whose holder handles a stanza to `to`: a
@@ -278,7 +284,7 @@ impl Server {
                 let Some(to) = s.attr("to").and_then(|t| Jid::parse(t).ok()) else {
                     continue;
                 };
-                self.route_unleased(to, s, kind, None).await;
+                self.route_unleased(to, s, kind, None, None).await;
             }
         })
     }
@@ -312,14 +318,16 @@ impl Server {
     }
 
     /// Routing once any lease is settled: domain services, components,
-    /// local delivery, federation.
+    /// local delivery, federation. `known` and what it returns: see
+    /// [`Server::route_to`].
     async fn route_unleased(
         self: &Arc<Self>,
         to: Jid,
         stanza: Element,
         kind: StanzaKind,
         sender: Option<Arc<SessionHandle>>,
-    ) {
+        known: Option<Arc<SessionHandle>>,
+    ) -> Option<Arc<SessionHandle>> {
         if let Some((module, svc)) = self.registry.services.get(to.domain()) {
             let cx = Cx::new(self.clone(), None);
             let reply_to = isolate::envelope(&stanza);
@@ -336,11 +344,12 @@ impl Server {
                 self.clone().bounce(&stanza, err).await;
             }
         } else if self.config.is_local_host(to.domain()) {
-            self.deliver_local(to, stanza, kind, sender).await;
+            return self.deliver_local(to, stanza, kind, sender, known).await;
         } else {
             // Never awaits the remote: the pair's s2s task owns the queue.
             self.s2s.send(self, stanza);
         }
+        None
     }
 
     /// Routes stanzas that are all addressed to the same full JID and
@@ -497,7 +506,7 @@ impl Server {
                     None => copy,
                 };
                 let to = Jid::Full(copy.to.clone());
-                self.deliver_local(to, copy.into_element(), kind, None)
+                self.deliver_local(to, copy.into_element(), kind, None, None)
                     .await;
             }
         })
@@ -590,16 +599,18 @@ impl Server {
     /// (hooks, IQ handlers, domain services); a panic in the router's own
     /// delivery code after that point still fails only this stanza, unanswered.
     ///
-    /// `last_to`: the connection's latest `to`, parsed (see [`LastParsed`]).
+    /// `kind`: the stanza's, as the session checked it. `memo`: what the
+    /// connection remembers of its latest `to` (see [`ClientMemo`]).
     pub(crate) async fn handle_from_client(
         self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         stanza: Element,
-        last_to: &mut LastParsed,
+        kind: StanzaKind,
+        memo: &mut ClientMemo,
     ) {
         self.metrics.stanza_in(&stanza.name, "c2s");
         let mut slot = Some(stanza);
-        let handled = self.handle_from_client_inner(origin, &mut slot, last_to);
+        let handled = self.handle_from_client_inner(origin, &mut slot, kind, memo);
         if isolated("router", handled).await.is_err()
             && let Some(stanza) = slot
         {
@@ -627,15 +638,16 @@ impl Server {
         self: &Arc<Self>,
         origin: &Arc<SessionHandle>,
         slot: &mut Option<Element>,
-        last_to: &mut LastParsed,
+        kind: StanzaKind,
+        memo: &mut ClientMemo,
     ) {
         let Some(stanza) = slot.as_mut() else {
             return;
         };
-        let Some(kind) = stanza::kind(stanza) else {
-            return;
-        };
-        let to = match stanza.attr("to").map(|t| last_to.parse(t)).transpose() {
+        debug_assert_eq!(stanza::kind(stanza), Some(kind));
+        // With the session bound to `to` here, when the connection's
+        // latest stanza had the same `to` and it is still bound.
+        let to = match stanza.attr("to").map(|t| memo.parse_to(t)).transpose() {
             Ok(to) => to,
             Err(_) => {
                 return self
@@ -646,7 +658,7 @@ impl Server {
         };
         match kind {
             StanzaKind::Iq => {
-                let local_non_full = to.as_ref().is_none_or(|t| {
+                let local_non_full = to.as_ref().is_none_or(|(t, _)| {
                     t.resource().is_none() && self.config.is_local_host(t.domain())
                 });
                 let Some(stanza) = slot.take() else { return };
@@ -658,9 +670,12 @@ impl Server {
             }
             StanzaKind::Message | StanzaKind::Presence => {
                 // The hooks read the parsed `to` from `cx` (`Cx::to_of`).
-                let mut cx = match to {
-                    Some(to) => Cx::routing(self.clone(), Some(origin.clone()), to, None),
-                    None => Cx::new(self.clone(), Some(origin.clone())),
+                let (mut cx, known) = match to {
+                    Some((to, known)) => (
+                        Cx::routing(self.clone(), Some(origin.clone()), to, None),
+                        known,
+                    ),
+                    None => (Cx::new(self.clone(), Some(origin.clone())), None),
                 };
                 if self.run_hooks(Hook::Outbound, &cx, stanza).await == Flow::Handled {
                     return;
@@ -671,16 +686,17 @@ impl Server {
                 let Some(mut stanza) = slot.take() else {
                     return;
                 };
-                // Hooks may have readdressed the stanza; parse again only then.
-                let to = match (to, stanza.attr("to")) {
-                    (Some(to), Some(_)) if untouched => to,
-                    (Some(to), Some(now)) if to.is_written_as(now) => to,
+                // Hooks may have readdressed the stanza; parse again only
+                // then. `known` goes with the `to` it was found for.
+                let (to, known) = match (to, stanza.attr("to")) {
+                    (Some(to), Some(_)) if untouched => (to, known),
+                    (Some(to), Some(now)) if to.is_written_as(now) => (to, known),
                     (_, Some(_)) => return self.clone().route(stanza).await,
                     (_, None) if kind == StanzaKind::Message => {
                         // RFC 6120 §10.3.1: no `to` means the sender's own bare JID.
                         let own = origin.jid.bare().clone();
                         stanza.set_attr("to", own.to_text());
-                        Jid::Bare(own)
+                        (Jid::Bare(own), None)
                     }
                     (_, None) => return,
                 };
@@ -690,7 +706,9 @@ impl Server {
                         .attr("from")
                         .is_some_and(|f| origin.jid.is_written_as(f)))
                 .then(|| origin.clone());
-                self.route_to(to, stanza, kind, sender).await;
+                if let Some(found) = self.route_to(to, stanza, kind, sender, known).await {
+                    memo.remember_recipient(&found);
+                }
             }
         }
     }
@@ -724,25 +742,39 @@ impl Server {
         Flow::Continue
     }
 
+    /// Delivery to a local address: `Inbound` hooks, then
+    /// [`Server::deliver_found`]. `known`: the session bound to `to` if
+    /// the caller kept it from an earlier lookup; it spares the lookup
+    /// while it is still bound ([`SessionHandle::is_bound_here`]: then a
+    /// lookup would find it). Returns the session a lookup found, if one
+    /// was made, for the caller to keep.
     async fn deliver_local(
         self: &Arc<Self>,
         to: Jid,
         mut stanza: Element,
         kind: StanzaKind,
         sender: Option<Arc<SessionHandle>>,
-    ) {
+        known: Option<Arc<SessionHandle>>,
+    ) -> Option<Arc<SessionHandle>> {
         if to.local().is_none() {
             if kind == StanzaKind::Iq {
                 self.clone().dispatch_iq(None, stanza).await;
             }
-            return;
+            return None;
         }
         // Looked up once, before the hooks: they read it (`Cx::recipient`),
         // and delivery uses it unless a hook awaited in between.
-        let recipient = to.as_full().and_then(|f| self.sessions.get(f));
+        debug_assert!(known.as_ref().is_none_or(|s| to.as_full() == Some(&s.jid)));
+        let (recipient, looked_up) = match known.filter(|s| s.is_bound_here()) {
+            Some(s) => (Some(s), None),
+            None => {
+                let found = to.as_full().and_then(|f| self.sessions.get(f));
+                (found.clone(), found)
+            }
+        };
         let mut cx = Cx::routing(self.clone(), None, to, sender).with_recipient(recipient);
         if self.run_hooks(Hook::Inbound, &cx, &mut stanza).await == Flow::Handled {
-            return;
+            return looked_up;
         }
         let to = cx.take_to().expect("given to the context above");
         let recipient = cx.take_recipient();
@@ -753,6 +785,7 @@ impl Server {
         } else {
             self.deliver_hooked(&cx, to, stanza, kind).await;
         }
+        looked_up
     }
 
     /// Delivery to a local account after the `Inbound` hooks (see the

@@ -599,6 +599,17 @@ impl SessionHandle {
             .map(|a| &**a)
     }
 
+    /// Whether this session is in the registry of this node now: from
+    /// [`SessionRegistry::bind`] until it is unbound or replaced, when
+    /// [`SessionRegistry::get`] of its JID returns it. One load, no lock:
+    /// a caller that looked the session up before may keep it as long as
+    /// this holds, instead of looking it up again (the router, for a
+    /// client that keeps writing to the same resource). False for a
+    /// remote handle.
+    pub(crate) fn is_bound_here(&self) -> bool {
+        self.bound_account().is_some()
+    }
+
     /// Whether `fact` is known to hold for this session's account; false
     /// when it is not known (never set, withdrawn since, a session on
     /// another node or no longer bound).
@@ -779,6 +790,15 @@ impl SessionRegistry {
         remote.iter().any(|s| wanted(s))
     }
 
+    /// False when surely no session of `member`'s account has `flag`
+    /// (see [`SessionRegistry::any_flagged`]): read from the account's
+    /// counts, without a lock. Lets a caller skip whatever it would check
+    /// before asking `any_flagged` (the message's type, its children)
+    /// when the answer is no anyway.
+    pub fn may_be_flagged(&self, member: &SessionHandle, flag: SessionFlag) -> bool {
+        self.cluster.is_some() || member.account_may_have(flag)
+    }
+
     /// Withdraws `fact` for `user`'s account on this node (see
     /// [`AccountFact`]); nothing to do when it has no session here.
     pub fn withdraw_account_fact(&self, user: &BareJid, fact: AccountFact) {
@@ -938,6 +958,49 @@ mod tests {
         c2.set_flag(carbons, true);
         assert_eq!(c2.flag_bits(), carbons as u32);
         assert!(reg.any_flagged(&a, carbons, |s| s.id == a.id));
+    }
+
+    /// The lock-free "surely not" that callers ask before costlier checks:
+    /// never false while a session of the account has the flag.
+    #[test]
+    fn may_be_flagged_is_never_false_while_a_session_has_the_flag() {
+        let reg = SessionRegistry::default();
+        let carbons = SessionFlag::Carbons;
+        let a = session("u@example/a");
+        let b = session("u@example/b");
+        reg.bind(a.clone());
+        reg.bind(b.clone());
+        assert!(!reg.may_be_flagged(&a, carbons));
+        b.set_flag(carbons, true);
+        assert!(reg.may_be_flagged(&a, carbons));
+        assert!(reg.may_be_flagged(&b, carbons));
+        b.set_flag(carbons, false);
+        assert!(!reg.may_be_flagged(&a, carbons));
+        a.set_flag(carbons, true);
+        assert!(reg.may_be_flagged(&a, carbons));
+        // Not bound here: nothing is known, so maybe.
+        let loose = session("v@example/x");
+        assert!(reg.may_be_flagged(&loose, carbons));
+    }
+
+    /// A handle is "bound here" exactly while the registry returns it for
+    /// its JID: what lets the router keep one it looked up.
+    #[test]
+    fn bound_here_follows_the_registry() {
+        let reg = SessionRegistry::default();
+        let a = session("u@example/a");
+        assert!(!a.is_bound_here());
+        reg.bind(a.clone());
+        assert!(a.is_bound_here());
+        assert!(reg.get(&a.jid).is_some_and(|s| s.id == a.id));
+        // Replaced by a session with the same full JID.
+        let a2 = session("u@example/a");
+        reg.bind(a2.clone());
+        assert!(!a.is_bound_here());
+        assert!(a2.is_bound_here());
+        assert!(reg.unbind(&a2));
+        assert!(!a2.is_bound_here());
+        assert!(reg.get(&a2.jid).is_none());
     }
 
     /// Sessions killed while their flags change, on other threads: the

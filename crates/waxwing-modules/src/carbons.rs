@@ -168,12 +168,14 @@ impl StanzaHook for Carbons {
 /// §7: `<sent/>` copies of a message a client sends, to the sender's other
 /// sessions that have carbons on.
 fn copy_sent(cx: &Cx, msg: &Element) {
-    if !eligible_type(msg) {
-        return;
-    }
     let Some(origin) = cx.origin() else {
         return;
     };
+    // The account's flag count first: one load, and nearly always no
+    // session with carbons on, which settles it before the type is read.
+    if !cx.session_may_be_flagged(origin, SessionFlag::Carbons) || !eligible_type(msg) {
+        return;
+    }
     let user = origin.jid.bare();
     // §7: not to the sender. Most accounts have no other session with
     // carbons on: nothing to copy, nothing to parse, no list copied, and
@@ -230,8 +232,10 @@ impl EventHandler for Carbons {
         // First without copying the session list or taking a presence
         // lock: most accounts have no other session with carbons on.
         let not_recipient = |s: &SessionHandle| !recipients.iter().any(|r| r.jid == s.jid);
-        // The type, then the sessions' flags, and only then the children.
-        eligible_type(message)
+        // The account's flag count (one load), the type, then the
+        // sessions' flags, and only then the children.
+        cx.session_may_be_flagged(first, SessionFlag::Carbons)
+            && eligible_type(message)
             && cx.any_session_flagged(first, SessionFlag::Carbons, |s| !not_recipient(s))
             && eligible(message, true)
             && cx

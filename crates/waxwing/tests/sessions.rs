@@ -20,6 +20,51 @@ async fn bind_conflict_closes_the_old_session_and_the_new_one_works() {
     assert_eq!(s.running.server.sessions.count(), 1);
 }
 
+/// A client's connection remembers the session its latest `to` named
+/// (the router's `ClientMemo`): messages to one full JID must still find
+/// the session that replaced that one, and, once it is gone, the account.
+#[tokio::test]
+async fn messages_to_one_full_jid_follow_its_session_through_replacement_and_logout() {
+    let s = TestServer::start().await;
+    s.user("romeo").await;
+    s.user("juliet").await;
+    let mut romeo = s.online("romeo", "desk").await;
+    let mut old = s.online("juliet", "balcony").await;
+    let message = |id: &str| {
+        format!(
+            "<message to='juliet@localhost/balcony' type='chat' id='{id}'><body>{id}</body></message>"
+        )
+    };
+    romeo.send(&message("m1")).await;
+    old.expect("<message id='m1'><body>m1</body></message>")
+        .await;
+
+    let mut new = s.online("juliet", "balcony").await;
+    old.expect_stream_error("conflict").await;
+    romeo.send(&message("m2")).await;
+    new.expect("<message id='m2'><body>m2</body></message>")
+        .await;
+
+    new.close_stream().await;
+    for _ in 0..200 {
+        if s.running.server.sessions.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.running.server.sessions.count(), 1);
+    // No session left: offline storage, delivered at the next login.
+    romeo.send(&message("m3")).await;
+    romeo.expect_nothing().await;
+    let mut back = s.login("juliet", "balcony").await;
+    let got = back.available(0).await;
+    assert!(
+        got.iter()
+            .any(|e| e.name == "message" && e.attr("id") == Some("m3")),
+        "{got:?}"
+    );
+}
+
 #[tokio::test]
 async fn server_generates_a_resource_when_none_is_requested() {
     let s = TestServer::start().await;

@@ -209,7 +209,9 @@ impl PubSub {
     /// bounced notification, say, after its server lost its session without
     /// an unavailable presence reaching us): stop notifying it.
     fn remote_gone(&self, cx: &Cx, stanza: &Element) {
-        if stanza.attr("type") != Some("error") {
+        // Sent by a session of ours: not from a remote entity, whatever
+        // its type (known without reading the attributes).
+        if cx.sender_of(stanza).is_some() || stanza.attr("type") != Some("error") {
             return;
         }
         let from = match stanza.attr("from").map(Jid::parse) {
@@ -295,7 +297,9 @@ impl StanzaHook for PubSub {
             self.remote_gone(cx, stanza);
             return Some(Flow::Continue);
         }
-        if stanza.attr("type") == Some("error") || service::authorization_form(stanza).is_none() {
+        // The form first: looked for by the children's names, which
+        // settles nearly every message without reading its attributes.
+        if service::authorization_form(stanza).is_none() || stanza.attr("type") == Some("error") {
             return Some(Flow::Continue);
         }
         None

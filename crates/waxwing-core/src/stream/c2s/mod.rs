@@ -148,7 +148,7 @@ async fn serve_link(
         config,
         partial: server.partial_stanzas.charge(),
         _permit: permit,
-        last_to: Default::default(),
+        memo: Default::default(),
     };
     if refused {
         tracing::warn!(%peer, "too many connections from this address");
@@ -421,9 +421,10 @@ struct Conn {
     partial: PartialCharge,
     /// Counts this connection against its address while it lives.
     _permit: Option<ConnectionPermit>,
-    /// The `to` of the client's latest stanza, parsed (the router's
-    /// `handle_from_client`): the next one is often the same.
-    last_to: waxwing_proto::jid::LastParsed,
+    /// What the client's latest stanza left for the next one, which is
+    /// often like it: its `from` text, its `to` parsed, the session that
+    /// names (the router's `handle_from_client`). Let go when idle.
+    memo: crate::client_memo::ClientMemo,
 }
 
 /// The state of stream negotiation that a bound session has no use for.

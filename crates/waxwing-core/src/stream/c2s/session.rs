@@ -10,7 +10,7 @@ use std::sync::Arc;
 use waxwing_proto::jid::Jid;
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{self, StreamCondition};
-use waxwing_proto::xml::{Element, StreamEvent};
+use waxwing_proto::xml::{CompactString, Element, StreamEvent};
 
 use super::link::{ClientTransport, Outgoing};
 use super::{Conn, End, Outcome, Resumption, Session, Takeover, read_failed, stream_error};
@@ -189,6 +189,8 @@ impl Conn {
                     }
                     if releasing {
                         self.link.release_idle_buffers();
+                        // What it remembers is for a busy client too.
+                        self.memo.forget();
                         framer_held = false;
                         continue;
                     }
@@ -483,15 +485,16 @@ impl Conn {
         handle: &Arc<SessionHandle>,
         mut el: Element,
     ) -> Result<(), End> {
-        if stanza::kind(&el).is_none() {
+        let Some(kind) = stanza::kind(&el) else {
             return Err(stream_error(
                 StreamCondition::UnsupportedStanzaType,
                 "not a message, presence or iq",
             ));
-        }
+        };
         // RFC 6120 §8.1.2.1: stamp `from`; a client may only claim itself.
-        if let Some(from) = el.attr("from") {
-            let ok = match Jid::parse(from) {
+        let from = self.memo.stamped_from(handle);
+        if let Some(claimed) = el.attr("from") {
+            let ok = match Jid::parse(claimed) {
                 Ok(Jid::Full(f)) => f == handle.jid,
                 Ok(Jid::Bare(b)) => &b == handle.jid.bare(),
                 Err(_) => false,
@@ -502,14 +505,18 @@ impl Conn {
                     "'from' does not match the session",
                 ));
             }
+            el.set_attr("from", from);
+        } else {
+            // Known absent: appended without looking for it again.
+            el.attrs.push((CompactString::const_new("from"), from));
         }
-        el.set_attr("from", handle.jid.to_text());
         if let Some(lang) = &self.lang
             && el.attr("xml:lang").is_none()
         {
             // Straight from the `str`: a short tag is stored inline, with
-            // no `String` made and freed per stanza.
-            el.set_attr("xml:lang", &**lang);
+            // no `String` made and freed per stanza. Known absent, as above.
+            let lang = CompactString::from(&**lang);
+            el.attrs.push((CompactString::const_new("xml:lang"), lang));
         }
         // Legacy session establishment (RFC 3921 §3): answered, does nothing.
         if el.name == "iq"
@@ -525,7 +532,7 @@ impl Conn {
         }
         // Isolated: a panic fails this stanza, not the session.
         self.server
-            .handle_from_client(handle, el, &mut self.last_to)
+            .handle_from_client(handle, el, kind, &mut self.memo)
             .await;
         Ok(())
     }
