@@ -1377,7 +1377,7 @@ impl Tokenizer {
                     std::cmp::Ordering::Greater => at -= 1,
                 }
             }
-            let key = CompactString::new(&tag[a.name.clone()]);
+            let key = plain_key(&tag[a.name.clone()]);
             built.insert(at, (key, CompactString::new(&tag[a.value.clone()])));
         }
         Some(Resolved::Built(built))
@@ -1739,6 +1739,23 @@ impl Tokenizer {
             start,
             end: self.at,
         }))
+    }
+}
+
+/// An unprefixed attribute's name as its key (see `element`'s module
+/// docs). The names every stanza has are copied from a constant, which
+/// takes no call to `memcpy` as a copy of the name does.
+fn plain_key(name: &str) -> CompactString {
+    const TO: CompactString = CompactString::const_new("to");
+    const FROM: CompactString = CompactString::const_new("from");
+    const TYPE: CompactString = CompactString::const_new("type");
+    const ID: CompactString = CompactString::const_new("id");
+    match name {
+        "to" => TO,
+        "from" => FROM,
+        "type" => TYPE,
+        "id" => ID,
+        _ => CompactString::new(name),
     }
 }
 
