@@ -571,8 +571,15 @@ impl Element {
     /// Serializes this element, declaring `xmlns` only when it differs
     /// from the namespace in scope (`parent_ns`).
     pub fn write_to(&self, out: &mut String, parent_ns: &str) {
-        out.push('<');
-        out.push_str(&self.name);
+        match self.name.as_str() {
+            // The stanza nearly every write is, from a constant (see
+            // `write_common_attr_opening`).
+            "message" => out.push_str("<message"),
+            name => {
+                out.push('<');
+                out.push_str(name);
+            }
+        }
         if self.ns != parent_ns {
             out.push_str(" xmlns='");
             escape_attr(out, &self.ns);
@@ -608,6 +615,11 @@ impl Element {
         // out and re-sent elsewhere.
         let mut prefixes: Vec<&str> = Vec::new();
         for (k, v) in &self.attrs {
+            if write_common_attr_opening(out, k) {
+                escape_attr(out, v);
+                out.push('\'');
+                continue;
+            }
             out.push(' ');
             match split_clark(k) {
                 Some((uri, local)) => {
@@ -635,9 +647,14 @@ impl Element {
         }
         out.push('>');
         self.children.write_to(out, content_ns);
-        out.push_str("</");
-        out.push_str(tag);
-        out.push('>');
+        match tag {
+            "message" => out.push_str("</message>"),
+            tag => {
+                out.push_str("</");
+                out.push_str(tag);
+                out.push('>');
+            }
+        }
     }
 
     /// Serializes as a standalone document fragment (no namespace in scope).
@@ -677,6 +694,21 @@ pub(crate) fn attr_key(ns: &str, local: &str) -> CompactString {
     }
     key.push_str(local);
     key
+}
+
+/// Writes ` k='` for the attributes nearly every stanza has, each from
+/// one constant (a copy of known length, which takes no call to `memcpy`
+/// as a copy of the key does); false for any other key.
+fn write_common_attr_opening(out: &mut String, k: &str) -> bool {
+    match k {
+        "to" => out.push_str(" to='"),
+        "from" => out.push_str(" from='"),
+        "type" => out.push_str(" type='"),
+        "id" => out.push_str(" id='"),
+        "xml:lang" => out.push_str(" xml:lang='"),
+        _ => return false,
+    }
+    true
 }
 
 /// Splits a `{uri}local` key; `None` for plain and `xml:` keys, which are
@@ -1020,6 +1052,25 @@ mod tests {
         assert_eq!(
             e.to_xml(),
             "<a v='&lt;&amp;&apos;&quot;&gt;&#9;&#10;&#13;'>&lt;&amp;&gt;'\"&#13;</a>"
+        );
+    }
+
+    #[test]
+    fn common_attributes_are_written_like_any_other() {
+        // The keys written from constants, then others beside them.
+        let e = Element::new("message", "jabber:client")
+            .with_attr("to", "a@b/<'r'>")
+            .with_attr("from", "c@d")
+            .with_attr("type", "chat")
+            .with_attr("id", "&1")
+            .with_attr("xml:lang", "en")
+            .with_attr("{urn:x}to", "x")
+            .with_attr("tox", "y")
+            .with_attr("t", "z");
+        assert_eq!(
+            e.to_xml_in("jabber:client"),
+            "<message to='a@b/&lt;&apos;r&apos;&gt;' from='c@d' type='chat' id='&amp;1' \
+             xml:lang='en' xmlns:ns0='urn:x' ns0:to='x' tox='y' t='z'/>"
         );
     }
 

@@ -677,6 +677,17 @@ impl Tokenizer {
                 }
                 St::Lt => {
                     if let Some((n, tag)) = self.fast_tag(input) {
+                        if let FastTag::Start {
+                            empty,
+                            resolved: Some(Resolved::Checked(attrs)),
+                        } = tag
+                            && let Some(rest) = self.checked_leaf(&input[n..], empty, attrs)
+                        {
+                            self.advance(input, n + rest);
+                            self.text_from = self.at;
+                            self.state = St::Text;
+                            continue;
+                        }
                         self.advance(input, n);
                         return match tag {
                             FastTag::Start { empty, resolved } => {
@@ -1366,10 +1377,60 @@ impl Tokenizer {
                     std::cmp::Ordering::Greater => at -= 1,
                 }
             }
-            let key = CompactString::new(&tag[a.name.clone()]);
+            let key = plain_key(&tag[a.name.clone()]);
             built.insert(at, (key, CompactString::new(&tag[a.value.clone()])));
         }
         Some(Resolved::Built(built))
+    }
+
+    /// Kept content's commonest element, a leaf: `<active xmlns='…'/>`,
+    /// or `<body>` with plain text and its end tag, all in `rest` (what
+    /// follows the start tag [`Tokenizer::fast_tag`] just read, with
+    /// `attrs` attributes and no prefix). Its start tag and end tag are
+    /// noted at once, as [`Tokenizer::next`] would note the tokens (the
+    /// same limits, the same name recorded), without a scope opened and
+    /// closed or a token made for each. Returns the bytes of `rest` it
+    /// covers; `None` (and nothing changed) for anything else, an element
+    /// over a limit included, which the ordinary path then reads and
+    /// refuses exactly as before.
+    fn checked_leaf(&mut self, rest: &[u8], empty: bool, attrs: usize) -> Option<usize> {
+        if self.tag_colon.is_some() {
+            return None;
+        }
+        let kept = &self.kept;
+        let depth = kept.outer + kept.open as usize + 1;
+        check_limits(&kept.limits, attrs, depth).ok()?;
+        let len = match empty {
+            true => 0,
+            false => {
+                // The text as `whole_text` takes it, then the end tag as
+                // `fast_tag` takes it.
+                let run = plain_run(rest, self.token_limit, &TEXT_BYTE);
+                let text = &rest[..run];
+                if !text.is_ascii() {
+                    std::str::from_utf8(text).ok()?;
+                    check_chars(text).ok()?;
+                }
+                let name = self.tag_qname.as_bytes();
+                let end = rest.get(run..run + 3 + name.len())?;
+                let [b'<', b'/', end_name @ .., b'>'] = end else {
+                    return None;
+                };
+                if end_name != name {
+                    return None;
+                }
+                run + end.len()
+            }
+        };
+        let ns = match self.tag_default.take() {
+            Some(declared) => declared,
+            None => self.default_ns().clone(),
+        };
+        if self.kept.open == 0 {
+            let name = CompactString::new(&self.tag_qname);
+            self.kept.names.push((name, ns));
+        }
+        Some(len)
     }
 
     /// `b` starts a token the grammar does not allow here: a quote or a
@@ -1678,6 +1739,23 @@ impl Tokenizer {
             start,
             end: self.at,
         }))
+    }
+}
+
+/// An unprefixed attribute's name as its key (see `element`'s module
+/// docs). The names every stanza has are copied from a constant, which
+/// takes no call to `memcpy` as a copy of the name does.
+fn plain_key(name: &str) -> CompactString {
+    const TO: CompactString = CompactString::const_new("to");
+    const FROM: CompactString = CompactString::const_new("from");
+    const TYPE: CompactString = CompactString::const_new("type");
+    const ID: CompactString = CompactString::const_new("id");
+    match name {
+        "to" => TO,
+        "from" => FROM,
+        "type" => TYPE,
+        "id" => ID,
+        _ => CompactString::new(name),
     }
 }
 

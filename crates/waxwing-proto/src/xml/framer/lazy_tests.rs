@@ -362,3 +362,92 @@ fn limits_changed_inside_kept_content_apply() {
         assert_eq!(lazy.is_err(), refused, "{rest}: {lazy:?}");
     }
 }
+
+/// Leaves of kept content (`<body>text</body>`, `<active xmlns='…'/>`)
+/// are noted in one step when all of one is at hand (see the tokenizer's
+/// `checked_leaf`): the same names, limits and refusals as tag by tag,
+/// which is what a leaf split between reads still goes through.
+#[test]
+fn kept_leaves_are_noted_as_their_tags_would_be() {
+    for content in [
+        "<body>h\u{e9}llo \u{263a} \u{1d11e}</body>",
+        "<body></body><body>a</body>",
+        "<body>x</body ><body >y</body>",
+        "<active xmlns='http://jabber.org/protocol/chatstates'/>\
+         <origin-id xmlns='urn:xmpp:sid:0' id='5f3c'/><request xmlns='urn:xmpp:receipts'></request>",
+        "<x xmlns='urn:x'><y>in urn:x</y><z xmlns='urn:z'>z</z></x><body>after</body>",
+        "<body>a > b and a ] b</body><subject>it's \"quoted\"</subject>",
+    ] {
+        let body = format!("<message to='a@b'>{content}</message>");
+        let expected = eager(&body);
+        for chunk in [usize::MAX, 7, 1] {
+            let got = one(frame_with(
+                Framer::new(Limits::default(), ns::CLIENT),
+                HEADER,
+                &body,
+                chunk,
+            ));
+            assert!(got.children.is_unparsed(), "{body}");
+            assert_eq!(
+                got.child_names().collect::<Vec<_>>(),
+                expected.child_names().collect::<Vec<_>>(),
+                "{body} in chunks of {chunk}"
+            );
+            assert_eq!(got, expected, "{body} in chunks of {chunk}");
+        }
+    }
+    let limits = Limits {
+        max_stanza_bytes: 256,
+        max_depth: 3,
+        max_attrs: 3,
+    };
+    let run = |body: &str| {
+        let mut f = Framer::new(limits, ns::CLIENT);
+        f.feed(format!("{HEADER}{body}").as_bytes());
+        loop {
+            match f.next_event() {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => return Some(e.condition),
+            }
+        }
+    };
+    assert_eq!(run("<message><a><b>at the limit</b></a></message>"), None);
+    assert_eq!(
+        run("<message><a><b><c>too deep</c></b></a></message>"),
+        Some(C::PolicyViolation)
+    );
+    assert_eq!(
+        run("<message><a><b><c/></b></a></message>"),
+        Some(C::PolicyViolation)
+    );
+    assert_eq!(run("<message><a x='1' y='2' z='3'>t</a></message>"), None);
+    assert_eq!(
+        run("<message><a w='0' x='1' y='2' z='3'>t</a></message>"),
+        Some(C::PolicyViolation)
+    );
+    assert_eq!(
+        run("<message><a w='0' x='1' y='2' z='3'/></message>"),
+        Some(C::PolicyViolation)
+    );
+    assert_eq!(
+        run("<message><body>x</bod></message>"),
+        Some(C::NotWellFormed)
+    );
+    assert_eq!(
+        run("<message><body>x</body</message>"),
+        Some(C::NotWellFormed)
+    );
+    assert_eq!(
+        run("<message><body>\u{fffe}</body></message>"),
+        Some(C::NotWellFormed)
+    );
+    assert_eq!(
+        run("<message><a x='1' x='2'>t</a></message>"),
+        Some(C::NotWellFormed)
+    );
+    assert_eq!(
+        run("<message><a xmlns='http://www.w3.org/XML/1998/namespace'>t</a></message>"),
+        Some(C::BadNamespacePrefix)
+    );
+}
