@@ -12,9 +12,10 @@
 #
 # Installs cargo-fuzz if it is missing (once; later runs reuse it). Each
 # target runs alone on one core (-jobs=1 -workers=1), from the seed corpus
-# in fuzz/corpus/<target>/; a crash leaves its input in
-# fuzz/artifacts/<target>/ and makes the script exit non-zero after all
-# targets ran. See fuzz/README.md.
+# in fuzz/corpus/<target>/. It first replays every past finding kept in
+# fuzz/regressions/<target>-*, so a fixed crash stays fixed. A crash leaves
+# its input in fuzz/artifacts/<target>/ and makes the script exit non-zero
+# after all targets ran. See fuzz/README.md.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
@@ -43,9 +44,15 @@ failed=()
 for t in "${targets[@]}"; do
     echo "==> $t for ${SECONDS_PER_TARGET}s"
     mkdir -p "corpus/$t"
+    # The past findings of this target, as a second corpus directory:
+    # libFuzzer runs every input of every directory once before it fuzzes,
+    # and writes what it finds only into the first one.
+    regressions="$(mktemp -d)"
+    cp regressions/"$t"-* "$regressions"/ 2>/dev/null || true
+    echo "    replaying $(find "$regressions" -type f | wc -l) past findings first"
     log="$(mktemp)"
     rm -f fuzz-*.log # with -jobs, libFuzzer writes the run's output there
-    if cargo +"$TOOLCHAIN" fuzz run -O --debug-assertions "$t" "corpus/$t" -- \
+    if cargo +"$TOOLCHAIN" fuzz run -O --debug-assertions "$t" "corpus/$t" "$regressions" -- \
         -max_total_time="$SECONDS_PER_TARGET" -seed="${FUZZ_SEED:-1}" \
         -jobs=1 -workers=1 -print_final_stats=1 \
         >"$log" 2>&1; then
@@ -55,7 +62,7 @@ for t in "${targets[@]}"; do
         cat "$log" fuzz-*.log 2>/dev/null | tail -n 40
         failed+=("$t")
     fi
-    rm -f "$log" fuzz-*.log
+    rm -rf "$log" "$regressions" fuzz-*.log
 done
 
 if [ "${#failed[@]}" -gt 0 ]; then

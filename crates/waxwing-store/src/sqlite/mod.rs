@@ -134,29 +134,29 @@ pub(crate) async fn connect(url: &str, durability: Durability) -> Result<SqliteS
     let path = options.get_filename().to_path_buf();
     let readers = (!in_memory).then(|| Readers::new(options.clone()));
 
-    let mut file_opts = None;
-    let pool = if in_memory {
+    // How a file database's connections open; `None` in memory.
+    let file_opts = (!in_memory).then(|| file_options(options.clone(), durability));
+    let pool = match &file_opts {
         // An in-memory database lives exactly as long as some connection to
         // it: one connection that never expires keeps it, and serializes
         // everything, which also sidesteps shared-cache table locks.
-        one_connection().connect_with(options).await
-    } else {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir).await.map_err(|e| {
-                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
-            })?;
+        None => one_connection().connect_with(options).await,
+        Some(file_opts) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                    StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            SqlitePoolOptions::new()
+                .max_connections(MAX_CONNECTIONS)
+                // sqlx pings a connection before handing it out, to find dead
+                // network links; an in-process SQLite connection has none, and
+                // each ping is a round trip to its thread (the pool still pings
+                // once on release, to catch a statement cancelled mid-way).
+                .test_before_acquire(false)
+                .connect_with(file_opts.clone())
+                .await
         }
-        let options = file_options(options, durability);
-        file_opts = Some(options.clone());
-        SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            // sqlx pings a connection before handing it out, to find dead
-            // network links; an in-process SQLite connection has none, and
-            // each ping is a round trip to its thread (the pool still pings
-            // once on release, to catch a statement cancelled mid-way).
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await
     }
     .map_err(db)?;
 
