@@ -1001,10 +1001,16 @@ impl DomainService for MucService {
                 .bounce(&stanza, StanzaError::wait(Condition::InternalServerError))
                 .await;
         }
-        let (Some(Ok(from)), Some(Ok(to))) = (
-            stanza.attr("from").map(Jid::parse),
-            stanza.attr("to").map(Jid::parse),
-        ) else {
+        // As the router parsed them, when it could: every room message
+        // would otherwise parse both again.
+        let from = match cx.sender_of(&stanza) {
+            Some(session) => Jid::Full(session.jid.clone()),
+            None => match stanza.attr("from").map(Jid::parse) {
+                Some(Ok(from)) => from,
+                _ => return,
+            },
+        };
+        let Some(to) = cx.to_of(&stanza) else {
             return;
         };
         if to.local().is_none() {
