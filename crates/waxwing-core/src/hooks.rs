@@ -783,7 +783,7 @@ impl Cx {
     /// Routes `stanza` (its `to` removed, see [`SharedStanza::new`]) from
     /// `from` (its `from` attribute, parsed) to each of `to`, as
     /// [`Server::route_fanout`]: a room's message to its occupants.
-    pub async fn route_fanout(&self, stanza: Arc<SharedStanza>, from: Jid, to: Vec<FullJid>) {
+    pub async fn route_fanout(&self, stanza: Arc<SharedStanza>, from: Jid, to: Arc<[FullJid]>) {
         self.server.clone().route_fanout(stanza, from, to).await;
     }
 

@@ -12,7 +12,9 @@
 //! it leaves as one [`Fanout`], and the router makes each session's copy
 //! as it delivers it.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -99,7 +101,8 @@ pub struct Fanout {
     /// The stanza's `from` (the sender's occupant JID), so that the router
     /// need not parse it back.
     pub from: FullJid,
-    pub to: Vec<FullJid>,
+    /// The room's sessions, shared with the room until it changes.
+    pub to: Arc<[FullJid]>,
 }
 
 impl Fanout {
@@ -125,6 +128,45 @@ pub struct Occupant {
     pub occupant_id: String,
 }
 
+/// The occupants by nickname, and every session a room message goes to,
+/// listed from them when first needed after a change: a room says far
+/// more than its occupants come and go, and the list is shared with the
+/// fan-out rather than collected per message. Any mutable access (join,
+/// leave, nick or role change …) drops the list, so it cannot go stale.
+#[derive(Debug, Clone, Default)]
+struct Occupants {
+    by_nick: BTreeMap<String, Occupant>,
+    recipients: OnceCell<Arc<[FullJid]>>,
+}
+
+impl Occupants {
+    /// Every occupant session, by nickname.
+    fn recipients(&self) -> Arc<[FullJid]> {
+        self.recipients
+            .get_or_init(|| {
+                self.by_nick
+                    .values()
+                    .flat_map(|o| o.sessions.iter().cloned())
+                    .collect()
+            })
+            .clone()
+    }
+}
+
+impl Deref for Occupants {
+    type Target = BTreeMap<String, Occupant>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_nick
+    }
+}
+
+impl DerefMut for Occupants {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.recipients.take();
+        &mut self.by_nick
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AffEntry {
     pub affiliation: Affiliation,
@@ -138,7 +180,7 @@ pub struct Room {
     pub jid: BareJid,
     pub config: RoomConfig,
     pub affiliations: BTreeMap<BareJid, AffEntry>,
-    occupants: BTreeMap<String, Occupant>,
+    occupants: Occupants,
     by_session: HashMap<FullJid, String>,
     pub history: History,
     pub subject: String,
@@ -254,7 +296,7 @@ impl Room {
             jid,
             config,
             affiliations: BTreeMap::new(),
-            occupants: BTreeMap::new(),
+            occupants: Occupants::default(),
             by_session: HashMap::new(),
             history: History::default(),
             subject: String::new(),
@@ -877,11 +919,7 @@ impl Room {
         fx.fanout = Some(Fanout {
             stanza,
             from: sender_jid,
-            to: self
-                .occupants
-                .values()
-                .flat_map(|o| o.sessions.iter().cloned())
-                .collect(),
+            to: self.occupants.recipients(),
         });
         Ok(fx)
     }

@@ -639,6 +639,52 @@ fn an_error_from_an_occupant_removes_it_with_333() {
     assert!(r.remove_after_error(&full("hag@example/b")).out.is_empty());
 }
 
+/// The sessions a room message goes to, as the room lists them now.
+fn recipients(r: &mut Room, who: &str) -> Vec<String> {
+    let mut m = Element::new("message", ns::CLIENT)
+        .with_attr("type", "groupchat")
+        .with_child(Element::new("body", ns::CLIENT).with_text("hi"));
+    let fx = r
+        .groupchat(&full(who), &mut m, &LIMITS, t(0), None)
+        .unwrap();
+    let mut to: Vec<String> = fx
+        .fanout
+        .unwrap()
+        .to
+        .iter()
+        .map(FullJid::to_string)
+        .collect();
+    to.sort();
+    to
+}
+
+#[test]
+fn recipients_follow_joins_sessions_nick_changes_and_leaves() {
+    let mut r = room();
+    join(&mut r, "crone@example/a", "crone");
+    assert_eq!(recipients(&mut r, "crone@example/a"), ["crone@example/a"]);
+    join(&mut r, "hag@example/b", "hag");
+    join(&mut r, "crone@example/c", "crone");
+    assert_eq!(
+        recipients(&mut r, "hag@example/b"),
+        ["crone@example/a", "crone@example/c", "hag@example/b"]
+    );
+    // A nick change keeps the sessions; the list is made again all the same.
+    join(&mut r, "hag@example/b", "witch");
+    assert_eq!(r.occupant_of(&full("hag@example/b")).unwrap().nick, "witch");
+    assert_eq!(
+        recipients(&mut r, "hag@example/b"),
+        ["crone@example/a", "crone@example/c", "hag@example/b"]
+    );
+    r.leave(&full("crone@example/a"), None);
+    assert_eq!(
+        recipients(&mut r, "hag@example/b"),
+        ["crone@example/c", "hag@example/b"]
+    );
+    r.leave(&full("hag@example/b"), None);
+    assert_eq!(recipients(&mut r, "crone@example/c"), ["crone@example/c"]);
+}
+
 #[test]
 fn groupchat_takes_the_message_only_when_it_accepts_it() {
     let mut r = room();
