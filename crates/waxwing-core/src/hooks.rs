@@ -224,6 +224,10 @@ pub trait EventHandler: Send + Sync {
 #[async_trait]
 pub trait DomainService: Send + Sync {
     /// Handles one stanza; `stanza`'s `from` is already authenticated.
+    /// `cx` has the `to` the router parsed to get here and, when one of
+    /// our clients sent the stanza, that session ([`Cx::to_of`],
+    /// [`Cx::sender_of`]): read them from `cx` before changing the stanza,
+    /// rather than parse its addresses again.
     async fn handle_stanza(&self, cx: &Cx, stanza: Element);
     /// disco#items name for the server's item list.
     fn name(&self) -> &str;
@@ -613,8 +617,9 @@ impl Cx {
         }
     }
 
-    /// A context for hooks on a stanza the router routes to `to` (already
-    /// prepared), sent by the local session `sender` if it came from one.
+    /// A context for hooks (or the domain service) on a stanza the router
+    /// routes to `to` (already prepared), sent by the local session
+    /// `sender` if it came from one.
     /// The caller vouches that the stanza's `to` attribute parses as `to`
     /// and, with a `sender` (else an `origin`), that its `from` reads as
     /// that session's address (see [`Cx::addressed`]).
@@ -778,7 +783,7 @@ impl Cx {
     /// Routes `stanza` (its `to` removed, see [`SharedStanza::new`]) from
     /// `from` (its `from` attribute, parsed) to each of `to`, as
     /// [`Server::route_fanout`]: a room's message to its occupants.
-    pub async fn route_fanout(&self, stanza: Arc<SharedStanza>, from: Jid, to: Vec<FullJid>) {
+    pub async fn route_fanout(&self, stanza: Arc<SharedStanza>, from: Jid, to: Arc<[FullJid]>) {
         self.server.clone().route_fanout(stanza, from, to).await;
     }
 

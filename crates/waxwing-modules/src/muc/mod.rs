@@ -406,7 +406,23 @@ impl MucService {
                 tracing::error!(%room, error = %e, "removing a destroyed room's archive failed");
             }
         }
-        cx.route_burst(fx.burst).await;
+        Self::route_effects(cx, fx).await;
+    }
+
+    /// What a plain groupchat message (no subject) led to: nothing to
+    /// store, so no request to answer should a write fail, which is why
+    /// `Room::groupchat` may take the message.
+    async fn route_plain(cx: &Cx, fx: Effects) {
+        debug_assert!(fx.persist.is_empty() && !fx.destroyed);
+        Self::route_effects(cx, fx).await;
+    }
+
+    /// Routes the stanzas of `fx`, in order: the burst, the others, the
+    /// fan-out, the reply.
+    async fn route_effects(cx: &Cx, fx: Effects) {
+        if !fx.burst.is_empty() {
+            cx.route_burst(fx.burst).await;
+        }
         for s in fx.out {
             cx.route(s).await;
         }
@@ -571,14 +587,33 @@ impl MucService {
         }
     }
 
-    async fn message_to_room(&self, cx: &Cx, from: &FullJid, room: BareJid, m: Element) {
+    async fn message_to_room(&self, cx: &Cx, from: &FullJid, room: BareJid, mut m: Element) {
         let ty = m.attr("type").unwrap_or("normal");
         if ty == "error" {
             return;
         }
+        let groupchat = ty == "groupchat";
         let now = SystemTime::now();
-        let logged = ty == "groupchat" && self.lock().get(&room).is_some_and(|r| r.config.logging);
-        let ordered = ty != "groupchat" || m.has_child("subject", ns::CLIENT);
+        // A subject change (or a message to the room itself) may persist.
+        let ordered = !groupchat || m.has_child("subject", ns::CLIENT);
+        if !ordered {
+            // The common case: in a room that does not log, a message
+            // needs nothing but the room, found once.
+            let unlogged = {
+                let mut rooms = self.lock();
+                match rooms.get_mut(&room) {
+                    None => Some(Err(StanzaError::cancel(Condition::ItemNotFound))),
+                    Some(r) if r.config.logging => None,
+                    Some(r) => Some(r.groupchat(from, &mut m, &self.limits, now, None)),
+                }
+            };
+            match unlogged {
+                Some(Ok(fx)) => return Self::route_plain(cx, fx).await,
+                Some(Err(e)) => return cx.bounce(&m, e).await,
+                None => {}
+            }
+        }
+        let logged = groupchat && self.lock().get(&room).is_some_and(|r| r.config.logging);
         let _order = if ordered {
             Some(self.persist.lock().await)
         } else {
@@ -604,21 +639,24 @@ impl MucService {
         } else {
             None
         };
+        if !ordered {
+            let fx = self.with_room(&room, |r| {
+                r.groupchat(from, &mut m, &self.limits, now, archive_id)
+            });
+            return match fx {
+                Ok(fx) => Self::route_plain(cx, fx).await,
+                Err(e) => cx.bounce(&m, e).await,
+            };
+        }
         let rule = |r: &mut Room| {
-            if ty == "groupchat" {
-                r.groupchat(from, &m, &self.limits, now, archive_id.clone())
+            if groupchat {
+                // Runs twice (see `change_persisted`), each time on a copy.
+                r.groupchat(from, &mut m.clone(), &self.limits, now, archive_id.clone())
             } else {
                 r.message_to_room(from, &m, &self.limits)
             }
         };
-        // A subject change (or a message to the room itself) may persist.
-        if ordered {
-            return self.change_persisted(cx, &room, &m, rule).await;
-        }
-        match self.with_room(&room, rule) {
-            Ok(fx) => self.apply(cx, &room, fx, &m).await,
-            Err(e) => cx.bounce(&m, e).await,
-        }
+        self.change_persisted(cx, &room, &m, rule).await
     }
 
     /// Appends a groupchat message to the room archive before it is
@@ -1001,10 +1039,16 @@ impl DomainService for MucService {
                 .bounce(&stanza, StanzaError::wait(Condition::InternalServerError))
                 .await;
         }
-        let (Some(Ok(from)), Some(Ok(to))) = (
-            stanza.attr("from").map(Jid::parse),
-            stanza.attr("to").map(Jid::parse),
-        ) else {
+        // As the router parsed them, when it could: every room message
+        // would otherwise parse both again.
+        let from = match cx.sender_of(&stanza) {
+            Some(session) => Jid::Full(session.jid.clone()),
+            None => match stanza.attr("from").map(Jid::parse) {
+                Some(Ok(from)) => from,
+                _ => return,
+            },
+        };
+        let Some(to) = cx.to_of(&stanza) else {
             return;
         };
         if to.local().is_none() {

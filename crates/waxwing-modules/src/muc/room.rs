@@ -12,7 +12,9 @@
 //! it leaves as one [`Fanout`], and the router makes each session's copy
 //! as it delivers it.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -99,7 +101,8 @@ pub struct Fanout {
     /// The stanza's `from` (the sender's occupant JID), so that the router
     /// need not parse it back.
     pub from: FullJid,
-    pub to: Vec<FullJid>,
+    /// The room's sessions, shared with the room until it changes.
+    pub to: Arc<[FullJid]>,
 }
 
 impl Fanout {
@@ -125,6 +128,45 @@ pub struct Occupant {
     pub occupant_id: String,
 }
 
+/// The occupants by nickname, and every session a room message goes to,
+/// listed from them when first needed after a change: a room says far
+/// more than its occupants come and go, and the list is shared with the
+/// fan-out rather than collected per message. Any mutable access (join,
+/// leave, nick or role change …) drops the list, so it cannot go stale.
+#[derive(Debug, Clone, Default)]
+struct Occupants {
+    by_nick: BTreeMap<String, Occupant>,
+    recipients: OnceCell<Arc<[FullJid]>>,
+}
+
+impl Occupants {
+    /// Every occupant session, by nickname.
+    fn recipients(&self) -> Arc<[FullJid]> {
+        self.recipients
+            .get_or_init(|| {
+                self.by_nick
+                    .values()
+                    .flat_map(|o| o.sessions.iter().cloned())
+                    .collect()
+            })
+            .clone()
+    }
+}
+
+impl Deref for Occupants {
+    type Target = BTreeMap<String, Occupant>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_nick
+    }
+}
+
+impl DerefMut for Occupants {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.recipients.take();
+        &mut self.by_nick
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AffEntry {
     pub affiliation: Affiliation,
@@ -138,7 +180,7 @@ pub struct Room {
     pub jid: BareJid,
     pub config: RoomConfig,
     pub affiliations: BTreeMap<BareJid, AffEntry>,
-    occupants: BTreeMap<String, Occupant>,
+    occupants: Occupants,
     by_session: HashMap<FullJid, String>,
     pub history: History,
     pub subject: String,
@@ -148,6 +190,30 @@ pub struct Room {
     pub locked: bool,
     /// Whether the store has it (persistent rooms).
     pub stored: bool,
+}
+
+/// `msg` as the room reflects it from `sender`: from its occupant JID,
+/// with its occupant id, without `to` and without the room's stanza-id.
+/// `room` is the room's JID as text.
+fn reflection(sender: &Occupant, mut m: Element, room: &str) -> Element {
+    m.remove_attr("to");
+    m.set_attr("from", sender.jid.to_text());
+    // Nobody else may speak for the room (XEP-0359 §5, XEP-0421 §4,
+    // XEP-0425 §6: moderation comes from the room itself).
+    let claims = |name: &str, ns: &str| {
+        (name == "stanza-id" && ns == NS_SID) || ns == NS_OCCUPANT_ID || ns == moderation::NS
+    };
+    if m.child_names().any(|(name, ns)| claims(name, ns)) {
+        m.remove_children(|c| {
+            (c.is("stanza-id", NS_SID) && c.attr("by") == Some(room))
+                || c.ns == NS_OCCUPANT_ID
+                || c.ns == moderation::NS
+        });
+    }
+    m.push_child(
+        Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", sender.occupant_id.as_str()),
+    );
+    m
 }
 
 /// Presence children a client may set; everything MUC-specific is ours to add.
@@ -230,7 +296,7 @@ impl Room {
             jid,
             config,
             affiliations: BTreeMap::new(),
-            occupants: BTreeMap::new(),
+            occupants: Occupants::default(),
             by_session: HashMap::new(),
             history: History::default(),
             subject: String::new(),
@@ -745,26 +811,16 @@ impl Room {
 
     // ------------------------------------------------------------ messages
 
-    /// Checks that `from` may send this groupchat message and builds it as
-    /// the room reflects it: from the sender's occupant JID, with its
-    /// occupant id, without `to` and without the room's stanza-id.
-    /// Returns the message and the sender. `room` is the room's JID as text.
-    fn reflection(
-        &self,
-        from: &FullJid,
-        msg: &Element,
-        room: &str,
-    ) -> Result<(Element, &Occupant), StanzaError> {
+    /// The occupant `from` speaks as, if it may send this groupchat
+    /// message: a subject change (a subject without a body) needs the
+    /// right to change the subject, anything else a voice.
+    fn speaker(&self, from: &FullJid, subject_change: bool) -> Result<&Occupant, StanzaError> {
         let Some(occ) = self.occupant_of(from) else {
             return Err(StanzaError::modify(Condition::NotAcceptable)
                 .with_text("only occupants may send messages to the room"));
         };
         let role = occ.role;
-        // By name: a room message's payload is not parsed on its way
-        // through the room (see `waxwing_proto::xml::Children`).
-        let subject = msg.has_child("subject", ns::CLIENT);
-        let has_body = msg.has_child("body", ns::CLIENT);
-        if subject && !has_body {
+        if subject_change {
             if !(role == Role::Moderator
                 || (self.config.change_subject && role >= Role::Participant))
             {
@@ -776,25 +832,7 @@ impl Room {
                 StanzaError::auth(Condition::Forbidden).with_text("you have no voice in this room")
             );
         }
-        let mut m = msg.clone();
-        m.remove_attr("to");
-        m.set_attr("from", occ.jid.to_text());
-        // Nobody else may speak for the room (XEP-0359 §5, XEP-0421 §4,
-        // XEP-0425 §6: moderation comes from the room itself).
-        let claims = |name: &str, ns: &str| {
-            (name == "stanza-id" && ns == NS_SID) || ns == NS_OCCUPANT_ID || ns == moderation::NS
-        };
-        if m.child_names().any(|(name, ns)| claims(name, ns)) {
-            m.remove_children(|c| {
-                (c.is("stanza-id", NS_SID) && c.attr("by") == Some(room))
-                    || c.ns == NS_OCCUPANT_ID
-                    || c.ns == moderation::NS
-            });
-        }
-        m.push_child(
-            Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", occ.occupant_id.as_str()),
-        );
-        Ok((m, occ))
+        Ok(occ)
     }
 
     /// What the room archive keeps of this message, if the room logs it
@@ -813,7 +851,9 @@ impl Room {
         {
             return Ok(None);
         }
-        let (m, sender) = self.reflection(from, msg, &self.jid.to_text())?;
+        // With a body, not a subject change.
+        let sender = self.speaker(from, false)?;
+        let m = reflection(sender, msg.clone(), &self.jid.to_text());
         Ok(Some((m, Jid::Full(sender.jid.clone()))))
     }
 
@@ -821,24 +861,37 @@ impl Room {
     /// `archive_id` is the id the room archive gave it, used as its
     /// stanza-id; without one (not logged, or the append failed) the room
     /// draws a fresh id.
+    ///
+    /// Once the room accepts the message it takes it from `msg` (leaving
+    /// an empty element) and reflects it as it is, without a copy; a
+    /// refused message is left as it came, for the error reply.
     pub fn groupchat(
         &mut self,
         from: &FullJid,
-        msg: &Element,
+        msg: &mut Element,
         limits: &Limits,
         now: SystemTime,
         archive_id: Option<String>,
     ) -> Result<Effects, StanzaError> {
-        let room = self.jid.to_text();
-        let (mut m, sender) = self.reflection(from, msg, &room)?;
-        let sender_jid = sender.jid.clone();
+        // By name: a room message's payload is not parsed on its way
+        // through the room (see `waxwing_proto::xml::Children`).
         let has_subject = msg.has_child("subject", ns::CLIENT);
         let has_body = msg.has_child("body", ns::CLIENT);
-        let subject_by = (has_subject && !has_body).then(|| sender.nick.clone());
-        let mut fx = Effects::default();
-        if let Some(nick) = subject_by {
+        let sender = self.speaker(from, has_subject && !has_body)?;
+        let room = self.jid.to_text();
+        let sender_jid = sender.jid.clone();
+        let subject_change = (has_subject && !has_body).then(|| {
             let subject = msg.child("subject", ns::CLIENT);
-            self.subject = subject.map(Element::text).unwrap_or_default();
+            (
+                sender.nick.clone(),
+                subject.map(Element::text).unwrap_or_default(),
+            )
+        });
+        let taken = std::mem::replace(msg, Element::new("", ""));
+        let mut m = reflection(sender, taken, &room);
+        let mut fx = Effects::default();
+        if let Some((nick, subject)) = subject_change {
+            self.subject = subject;
             self.subject_by = Some(nick);
             self.persist_record(limits, &mut fx);
         }
@@ -866,11 +919,7 @@ impl Room {
         fx.fanout = Some(Fanout {
             stanza,
             from: sender_jid,
-            to: self
-                .occupants
-                .values()
-                .flat_map(|o| o.sessions.iter().cloned())
-                .collect(),
+            to: self.occupants.recipients(),
         });
         Ok(fx)
     }

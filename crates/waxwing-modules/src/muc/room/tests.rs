@@ -302,7 +302,7 @@ fn kick_ban_and_voice() {
     let e = r
         .groupchat(
             &full("imp@example/c"),
-            &Element::new("message", ns::CLIENT)
+            &mut Element::new("message", ns::CLIENT)
                 .with_attr("type", "groupchat")
                 .with_child(Element::new("body", ns::CLIENT).with_text("hi")),
             &LIMITS,
@@ -399,12 +399,12 @@ fn history_is_bounded_and_delayed() {
     r.config.history_length = 3;
     join(&mut r, "crone@example/a", "crone");
     for i in 0..5 {
-        let m = Element::new("message", ns::CLIENT)
+        let mut m = Element::new("message", ns::CLIENT)
             .with_attr("type", "groupchat")
             .with_attr("id", format!("m{i}"))
             .with_child(Element::new("body", ns::CLIENT).with_text(format!("{i}")));
         let fx = r
-            .groupchat(&full("crone@example/a"), &m, &LIMITS, t(i), None)
+            .groupchat(&full("crone@example/a"), &mut m, &LIMITS, t(i), None)
             .unwrap();
         // Reflected with the id kept (stable_id), a stanza-id and an occupant-id.
         let back = to(&fx, "crone@example/a").remove(0);
@@ -449,12 +449,12 @@ fn subject_rules() {
             .with_child(Element::new("subject", ns::CLIENT).with_text(s))
     };
     let e = r
-        .groupchat(&full("hag@example/b"), &subj("x"), &LIMITS, t(0), None)
+        .groupchat(&full("hag@example/b"), &mut subj("x"), &LIMITS, t(0), None)
         .unwrap_err();
     assert_eq!(e.condition, Condition::Forbidden);
     r.groupchat(
         &full("crone@example/a"),
-        &subj("Spells"),
+        &mut subj("Spells"),
         &LIMITS,
         t(0),
         None,
@@ -466,7 +466,7 @@ fn subject_rules() {
     r.config.change_subject = true;
     r.groupchat(
         &full("hag@example/b"),
-        &subj("Potions"),
+        &mut subj("Potions"),
         &LIMITS,
         t(0),
         None,
@@ -584,11 +584,11 @@ fn fan_out_is_linear() {
     for i in 0..90 {
         join(&mut r, &format!("u{i}@example/r"), &format!("u{i}"));
     }
-    let m = Element::new("message", ns::CLIENT)
+    let mut m = Element::new("message", ns::CLIENT)
         .with_attr("type", "groupchat")
         .with_child(Element::new("body", ns::CLIENT).with_text("hi"));
     let fx = r
-        .groupchat(&full("u0@example/r"), &m, &LIMITS, t(0), None)
+        .groupchat(&full("u0@example/r"), &mut m, &LIMITS, t(0), None)
         .unwrap();
     assert!(fx.out.is_empty(), "one fan-out, no copy per occupant");
     assert_eq!(fx.fanout.as_ref().map(|f| f.to.len()), Some(90));
@@ -637,4 +637,73 @@ fn an_error_from_an_occupant_removes_it_with_333() {
     assert_eq!(codes(&own[0]), ["110", "333"]);
     // Not an occupant: nothing happens.
     assert!(r.remove_after_error(&full("hag@example/b")).out.is_empty());
+}
+
+/// The sessions a room message goes to, as the room lists them now.
+fn recipients(r: &mut Room, who: &str) -> Vec<String> {
+    let mut m = Element::new("message", ns::CLIENT)
+        .with_attr("type", "groupchat")
+        .with_child(Element::new("body", ns::CLIENT).with_text("hi"));
+    let fx = r
+        .groupchat(&full(who), &mut m, &LIMITS, t(0), None)
+        .unwrap();
+    let mut to: Vec<String> = fx
+        .fanout
+        .unwrap()
+        .to
+        .iter()
+        .map(FullJid::to_string)
+        .collect();
+    to.sort();
+    to
+}
+
+#[test]
+fn recipients_follow_joins_sessions_nick_changes_and_leaves() {
+    let mut r = room();
+    join(&mut r, "crone@example/a", "crone");
+    assert_eq!(recipients(&mut r, "crone@example/a"), ["crone@example/a"]);
+    join(&mut r, "hag@example/b", "hag");
+    join(&mut r, "crone@example/c", "crone");
+    assert_eq!(
+        recipients(&mut r, "hag@example/b"),
+        ["crone@example/a", "crone@example/c", "hag@example/b"]
+    );
+    // A nick change keeps the sessions; the list is made again all the same.
+    join(&mut r, "hag@example/b", "witch");
+    assert_eq!(r.occupant_of(&full("hag@example/b")).unwrap().nick, "witch");
+    assert_eq!(
+        recipients(&mut r, "hag@example/b"),
+        ["crone@example/a", "crone@example/c", "hag@example/b"]
+    );
+    r.leave(&full("crone@example/a"), None);
+    assert_eq!(
+        recipients(&mut r, "hag@example/b"),
+        ["crone@example/c", "hag@example/b"]
+    );
+    r.leave(&full("hag@example/b"), None);
+    assert_eq!(recipients(&mut r, "crone@example/c"), ["crone@example/c"]);
+}
+
+#[test]
+fn groupchat_takes_the_message_only_when_it_accepts_it() {
+    let mut r = room();
+    join(&mut r, "crone@example/a", "crone");
+    let sent = Element::new("message", ns::CLIENT)
+        .with_attr("type", "groupchat")
+        .with_attr("to", "coven@chat.example")
+        .with_child(Element::new("body", ns::CLIENT).with_text("hi"));
+    // Refused (not an occupant): left as it came, for the error reply.
+    let mut m = sent.clone();
+    r.groupchat(&full("imp@example/c"), &mut m, &LIMITS, t(0), None)
+        .unwrap_err();
+    assert_eq!(m, sent);
+    let fx = r
+        .groupchat(&full("crone@example/a"), &mut m, &LIMITS, t(0), None)
+        .unwrap();
+    assert!(m.attrs.is_empty() && m.children().next().is_none());
+    let out = fx.fanout.unwrap().stanza.element().clone();
+    assert_eq!(out.attr("from"), Some("coven@chat.example/crone"));
+    assert_eq!(out.attr("to"), None);
+    assert_eq!(out.child("body", ns::CLIENT).unwrap().text(), "hi");
 }
