@@ -107,6 +107,28 @@ mod tests {
         assert_eq!(memo.stamped_from(&a), "juliet@example.com/balcony");
     }
 
+    /// Parsed through the memo or afresh, a `to` is the same address,
+    /// whatever came before it (another spelling of the same address,
+    /// another address, a malformed one).
+    #[test]
+    fn a_to_parses_as_jid_parse() {
+        let mut memo = ClientMemo::default();
+        for t in [
+            "romeo@example.net/orchard",
+            "romeo@example.net/orchard",
+            "Romeo@example.net/orchard",
+            "romeo@example.net/orchard",
+            "romeo@example.net./orchard",
+            "a@@b",
+            "romeo@example.net/orchard",
+            "romeo@example.net",
+            "romeo@example.net/Orchard",
+        ] {
+            let parsed = memo.parse_to(t).map(|(jid, _)| jid);
+            assert_eq!(parsed, Jid::parse(t), "{t}");
+        }
+    }
+
     /// The remembered recipient is given only while the registry would
     /// return it for the same `to`: never a session that was replaced or
     /// unbound, nor one for another address.

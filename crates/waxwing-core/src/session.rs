@@ -907,6 +907,14 @@ mod tests {
         reg.local_resources(&user).iter().any(|s| s.flag(flag))
     }
 
+    /// Two sessions of one account, bound in `reg`.
+    fn two_bound(reg: &SessionRegistry) -> (Arc<SessionHandle>, Arc<SessionHandle>) {
+        let (a, b) = (session("u@example/a"), session("u@example/b"));
+        reg.bind(a.clone());
+        reg.bind(b.clone());
+        (a, b)
+    }
+
     fn carbons_count(member: &SessionHandle) -> u32 {
         member.account.get().unwrap().counts[0].load(Ordering::Relaxed)
     }
@@ -915,10 +923,7 @@ mod tests {
     fn flag_counts_follow_flags_binds_and_unbinds() {
         let reg = SessionRegistry::default();
         let carbons = SessionFlag::Carbons;
-        let a = session("u@example/a");
-        let b = session("u@example/b");
-        reg.bind(a.clone());
-        reg.bind(b.clone());
+        let (a, b) = two_bound(&reg);
         let none = |_: &SessionHandle| false;
         assert!(!reg.any_flagged(&a, carbons, none));
 
@@ -966,10 +971,7 @@ mod tests {
     fn may_be_flagged_is_never_false_while_a_session_has_the_flag() {
         let reg = SessionRegistry::default();
         let carbons = SessionFlag::Carbons;
-        let a = session("u@example/a");
-        let b = session("u@example/b");
-        reg.bind(a.clone());
-        reg.bind(b.clone());
+        let (a, b) = two_bound(&reg);
         assert!(!reg.may_be_flagged(&a, carbons));
         b.set_flag(carbons, true);
         assert!(reg.may_be_flagged(&a, carbons));

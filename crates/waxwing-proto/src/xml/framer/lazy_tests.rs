@@ -53,6 +53,19 @@ fn one(mut v: Vec<Element>) -> Element {
 }
 
 /// The same element with its children built as a tree (no raw bytes).
+/// The stream error `body` (after the header) meets under `limits`, if any.
+fn first_error(limits: Limits, body: &str) -> Option<C> {
+    let mut f = Framer::new(limits, ns::CLIENT);
+    f.feed(format!("{HEADER}{body}").as_bytes());
+    loop {
+        match f.next_event() {
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(e) => return Some(e.condition),
+        }
+    }
+}
+
 fn as_tree(el: &Element) -> Element {
     Element {
         children: el.children.to_vec().into(),
@@ -284,17 +297,7 @@ fn limits_hold_inside_kept_content() {
         max_depth: 4,
         max_attrs: 3,
     };
-    let run = |body: &str| {
-        let mut f = Framer::new(limits, ns::CLIENT);
-        f.feed(format!("{HEADER}{body}").as_bytes());
-        loop {
-            match f.next_event() {
-                Ok(Some(_)) => {}
-                Ok(None) => return None,
-                Err(e) => return Some(e.condition),
-            }
-        }
-    };
+    let run = |body: &str| first_error(limits, body);
     assert_eq!(run("<message><a><b><c/></b></a></message>"), None);
     assert_eq!(
         run("<message><a><b><c><d/></c></b></a></message>"),
@@ -401,17 +404,7 @@ fn kept_leaves_are_noted_as_their_tags_would_be() {
         max_depth: 3,
         max_attrs: 3,
     };
-    let run = |body: &str| {
-        let mut f = Framer::new(limits, ns::CLIENT);
-        f.feed(format!("{HEADER}{body}").as_bytes());
-        loop {
-            match f.next_event() {
-                Ok(Some(_)) => {}
-                Ok(None) => return None,
-                Err(e) => return Some(e.condition),
-            }
-        }
-    };
+    let run = |body: &str| first_error(limits, body);
     assert_eq!(run("<message><a><b>at the limit</b></a></message>"), None);
     assert_eq!(
         run("<message><a><b><c>too deep</c></b></a></message>"),
