@@ -409,12 +409,18 @@ impl MucService {
         Self::route_effects(cx, fx).await;
     }
 
-    /// What a plain groupchat message (no subject) led to: nothing to
-    /// store, so no request to answer should a write fail, which is why
-    /// `Room::groupchat` may take the message.
-    async fn route_plain(cx: &Cx, fx: Effects) {
-        debug_assert!(fx.persist.is_empty() && !fx.destroyed);
-        Self::route_effects(cx, fx).await;
+    /// What the room made of a plain groupchat message `m` (no subject):
+    /// its effects routed, or the refusal bounced with `m` as it came.
+    /// Nothing to store, so no request to answer should a write fail,
+    /// which is why `Room::groupchat` may take the message it accepts.
+    async fn finish_plain(cx: &Cx, m: &Element, fx: Result<Effects, StanzaError>) {
+        match fx {
+            Ok(fx) => {
+                debug_assert!(fx.persist.is_empty() && !fx.destroyed);
+                Self::route_effects(cx, fx).await;
+            }
+            Err(e) => cx.bounce(m, e).await,
+        }
     }
 
     /// Routes the stanzas of `fx`, in order: the burst, the others, the
@@ -607,10 +613,8 @@ impl MucService {
                     Some(r) => Some(r.groupchat(from, &mut m, &self.limits, now, None)),
                 }
             };
-            match unlogged {
-                Some(Ok(fx)) => return Self::route_plain(cx, fx).await,
-                Some(Err(e)) => return cx.bounce(&m, e).await,
-                None => {}
+            if let Some(fx) = unlogged {
+                return Self::finish_plain(cx, &m, fx).await;
             }
         }
         let logged = groupchat && self.lock().get(&room).is_some_and(|r| r.config.logging);
@@ -643,10 +647,7 @@ impl MucService {
             let fx = self.with_room(&room, |r| {
                 r.groupchat(from, &mut m, &self.limits, now, archive_id)
             });
-            return match fx {
-                Ok(fx) => Self::route_plain(cx, fx).await,
-                Err(e) => cx.bounce(&m, e).await,
-            };
+            return Self::finish_plain(cx, &m, fx).await;
         }
         let rule = |r: &mut Room| {
             if groupchat {

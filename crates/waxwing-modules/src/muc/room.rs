@@ -875,12 +875,13 @@ impl Room {
     ) -> Result<Effects, StanzaError> {
         // By name: a room message's payload is not parsed on its way
         // through the room (see `waxwing_proto::xml::Children`).
-        let has_subject = msg.has_child("subject", ns::CLIENT);
         let has_body = msg.has_child("body", ns::CLIENT);
-        let sender = self.speaker(from, has_subject && !has_body)?;
+        // A subject without a body changes the subject (XEP-0045 §8.1).
+        let subject_change = !has_body && msg.has_child("subject", ns::CLIENT);
+        let sender = self.speaker(from, subject_change)?;
         let room = self.jid.to_text();
         let sender_jid = sender.jid.clone();
-        let subject_change = (has_subject && !has_body).then(|| {
+        let new_subject = subject_change.then(|| {
             let subject = msg.child("subject", ns::CLIENT);
             (
                 sender.nick.clone(),
@@ -890,12 +891,12 @@ impl Room {
         let taken = std::mem::replace(msg, Element::new("", ""));
         let mut m = reflection(sender, taken, &room);
         let mut fx = Effects::default();
-        if let Some((nick, subject)) = subject_change {
+        if let Some((nick, subject)) = new_subject {
             self.subject = subject;
             self.subject_by = Some(nick);
             self.persist_record(limits, &mut fx);
         }
-        if !has_subject || has_body {
+        if !subject_change {
             m.push_child(
                 Element::new("stanza-id", NS_SID)
                     .with_attr("id", archive_id.unwrap_or_else(waxwing_core::random_id))
