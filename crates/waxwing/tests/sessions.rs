@@ -46,11 +46,15 @@ async fn messages_to_one_full_jid_follow_its_session_through_replacement_and_log
         .await;
 
     new.close_stream().await;
-    for _ in 0..200 {
-        if s.running.server.sessions.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    new.expect_closed().await;
+    // The session's end is processed after the socket closes, and nothing
+    // tells another client when: look after each server round trip, within
+    // the harness's deadline.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while s.running.server.sessions.count() != 1 && tokio::time::Instant::now() < deadline {
+        romeo
+            .iq("get", Some("localhost"), "<ping xmlns='urn:xmpp:ping'/>")
+            .await;
     }
     assert_eq!(s.running.server.sessions.count(), 1);
     // No session left: offline storage, delivered at the next login.
