@@ -204,7 +204,13 @@ impl AsyncWrite for Io {
 pub struct Reader {
     buf: Vec<u8>,
     start: usize,
+    /// Reads from the connection so far: stanzas that came in one read
+    /// arrived at the same moment (see [`Reader::reads`]).
+    reads: u64,
 }
+
+/// Bytes asked of the connection per read: a full TLS record's plaintext.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// What [`Reader::next`] returns.
 pub enum Got<'a> {
@@ -218,6 +224,7 @@ impl Default for Reader {
         Reader {
             buf: Vec::with_capacity(4096),
             start: 0,
+            reads: 0,
         }
     }
 }
@@ -245,14 +252,21 @@ impl Reader {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            let len = self.buf.len();
-            self.buf.resize(len + 8192, 0);
-            let n = io.read(&mut self.buf[len..]).await?;
-            self.buf.truncate(len + n);
+            // Into spare capacity: no zeroing of a buffer the read overwrites.
+            self.buf.reserve(READ_CHUNK);
+            let n = io.read_buf(&mut self.buf).await?;
+            self.reads += 1;
             if n == 0 {
                 bail!("connection closed by server");
             }
         }
+    }
+
+    /// How many reads from the connection there have been. A receiver that
+    /// sees this unchanged since its last stanza knows the stanza came in the
+    /// same read, so it can reuse the clock reading it took then.
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 
     /// Next stanza (skipping stream headers); error on stream close.

@@ -75,11 +75,8 @@ async fn next<S: AsyncReadExt + Unpin>(
         if let Some(found) = scan::next_item(buf) {
             return Ok(found);
         }
-        let len = buf.len();
-        buf.resize(len + 4096, 0);
-        let n = io.read(&mut buf[len..]).await?;
-        buf.truncate(len + n);
-        if n == 0 {
+        buf.reserve(4096);
+        if io.read_buf(buf).await? == 0 {
             bail!("eof");
         }
     }
@@ -273,11 +270,9 @@ async fn route_loop<R: AsyncRead + Unpin>(
             }
         }
         buf.drain(..at);
-        let len = buf.len();
-        buf.resize(len + 8192, 0);
-        let n = rh.read(&mut buf[len..]).await?;
-        buf.truncate(len + n);
-        if n == 0 {
+        // Into spare capacity: no zeroing of a buffer the read overwrites.
+        buf.reserve(8192);
+        if rh.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
     }

@@ -574,6 +574,9 @@ async fn receive(
     half_window: i64,
 ) -> Received {
     let mut rec = Received::default();
+    // The clock is read once per read from the connection: every stanza of
+    // one read arrived at the same moment.
+    let (mut now_us, mut now_read) = (0, u64::MAX);
     loop {
         let got = tokio::select! {
             _ = stop.changed() => break,
@@ -606,8 +609,11 @@ async fn receive(
             }
         }
         if traffic.measuring.load(Ordering::Relaxed) {
+            if reader.reads() != now_read {
+                (now_us, now_read) = (traffic.now_us(), reader.reads());
+            }
             rec.delivered += 1;
-            let lat = traffic.now_us().saturating_sub(t);
+            let lat = now_us.saturating_sub(t);
             rec.latencies.push(lat.min(u64::from(u32::MAX)) as u32);
         }
     }
@@ -627,12 +633,51 @@ fn parse_body(body: &[u8]) -> Option<(u64, Option<usize>)> {
     let mut s = None;
     for part in body.split(|&b| b == b' ').take(2) {
         if let Some(v) = part.strip_prefix(b"t=") {
-            t = std::str::from_utf8(v).ok()?.parse().ok();
+            t = Some(decimal(v)?);
         } else if let Some(v) = part.strip_prefix(b"s=") {
-            s = std::str::from_utf8(v).ok()?.parse().ok();
+            s = Some(usize::try_from(decimal(v)?).ok()?);
         }
     }
     Some((t?, s))
+}
+
+/// A non-empty run of ASCII digits as a number (what [`MessageTemplate`] writes).
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let d = d.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+/// One sender's messages, written without `fmt`: only the id's sequence
+/// number and the body's timestamp change from one message to the next.
+struct MessageTemplate {
+    /// `<message to='…' type='…' id='m`
+    head: Vec<u8>,
+    /// ` s=<sender> <padding></body></message>`
+    tail: Vec<u8>,
+}
+
+impl MessageTemplate {
+    fn new(to: &str, kind: &str, sender: usize, body_bytes: usize) -> Self {
+        let pad = "x".repeat(body_bytes.saturating_sub(24));
+        MessageTemplate {
+            head: format!("<message to='{to}' type='{kind}' id='m").into_bytes(),
+            tail: format!(" s={sender} {pad}</body></message>").into_bytes(),
+        }
+    }
+
+    fn write(&self, buf: &mut Vec<u8>, seq: u64, t_us: u64) {
+        let mut num = itoa::Buffer::new();
+        buf.extend_from_slice(&self.head);
+        buf.extend_from_slice(num.format(seq).as_bytes());
+        buf.extend_from_slice(b"'><body>t=");
+        buf.extend_from_slice(num.format(t_us).as_bytes());
+        buf.extend_from_slice(&self.tail);
+    }
 }
 
 /// Sends to `to` (a JID) as sender `idx` until told to stop.
@@ -645,17 +690,12 @@ async fn send(
     p: ChatParams,
     senders: usize,
 ) -> anyhow::Result<()> {
-    let pad = "x".repeat(p.body_bytes.saturating_sub(24));
-    let mut buf = String::new();
+    let template = MessageTemplate::new(&to, kind, idx, p.body_bytes);
+    let mut buf = Vec::new();
     let mut seq = 0u64;
-    let mut msg = |buf: &mut String, traffic: &Traffic| {
-        use std::fmt::Write as _;
+    let mut msg = |buf: &mut Vec<u8>, t_us: u64| {
         seq += 1;
-        let _ = write!(
-            buf,
-            "<message to='{to}' type='{kind}' id='m{seq}'><body>t={} s={idx} {pad}</body></message>",
-            traffic.now_us()
-        );
+        template.write(buf, seq, t_us);
     };
     if p.rate > 0.0 {
         let period = Duration::from_secs_f64(senders as f64 / p.rate);
@@ -665,9 +705,9 @@ async fn send(
         while !traffic.stop.load(Ordering::Relaxed) {
             tick.tick().await;
             buf.clear();
-            msg(&mut buf, &traffic);
+            msg(&mut buf, traffic.now_us());
             traffic.inflight[idx].fetch_add(1, Ordering::Relaxed);
-            wh.write_all(buf.as_bytes()).await?;
+            wh.write_all(&buf).await?;
             traffic.sent.fetch_add(1, Ordering::Relaxed);
         }
     } else {
@@ -682,11 +722,13 @@ async fn send(
             }
             let k = p.window - inflight;
             buf.clear();
+            // One write: the whole batch leaves at the same moment.
+            let t_us = traffic.now_us();
             for _ in 0..k {
-                msg(&mut buf, &traffic);
+                msg(&mut buf, t_us);
             }
             traffic.inflight[idx].fetch_add(k, Ordering::AcqRel);
-            wh.write_all(buf.as_bytes()).await?;
+            wh.write_all(&buf).await?;
             traffic.sent.fetch_add(k as u64, Ordering::Relaxed);
         }
     }
@@ -1009,4 +1051,34 @@ pub async fn muc(
     }
     run_traffic(cx, &mut r, traffic, stop_tx, receivers, senders, p).await;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_message_reads_back() {
+        let template = MessageTemplate::new("u1@d/r", "chat", 7, 64);
+        let mut buf = Vec::new();
+        template.write(&mut buf, 12, 345_678);
+        let pad = "x".repeat(40);
+        assert_eq!(
+            String::from_utf8(buf.clone()).unwrap(),
+            format!(
+                "<message to='u1@d/r' type='chat' id='m12'><body>t=345678 s=7 {pad}</body></message>"
+            )
+        );
+        let body = scan::child_text(&buf, b"body").unwrap();
+        assert_eq!(parse_body(body), Some((345_678, Some(7))));
+    }
+
+    #[test]
+    fn bodies_not_ours_are_ignored() {
+        assert_eq!(parse_body(b"t=5"), Some((5, None)));
+        assert_eq!(parse_body(b"hello"), None);
+        assert_eq!(parse_body(b"t= s=1"), None);
+        assert_eq!(parse_body(b"t=1x s=1"), None);
+        assert_eq!(parse_body(b"t=99999999999999999999"), None);
+    }
 }
