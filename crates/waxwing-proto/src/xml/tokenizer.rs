@@ -749,6 +749,12 @@ impl Tokenizer {
                             self.advance(input, n + rest);
                             self.text_from = self.at;
                             self.state = St::Text;
+                            if input.first() == Some(&b'<') {
+                                // The next tag right after, as `St::Text`
+                                // takes it, without a turn of the loop.
+                                self.advance(input, 1);
+                                self.state = St::Lt;
+                            }
                             continue;
                         }
                         self.advance(input, n);
@@ -1651,8 +1657,14 @@ impl Tokenizer {
         };
         let token = match attrs {
             Resolved::Built(attrs) => {
-                let mut element = Element::new(local, ns.clone());
-                element.attrs = attrs;
+                // Built with its list, rather than given it after: the
+                // empty one it would replace is dropped by a call.
+                let element = Element {
+                    name: CompactString::new(local),
+                    ns: ns.clone(),
+                    attrs,
+                    children: Default::default(),
+                };
                 Token::Start { element, empty }
             }
             Resolved::Checked(attrs) => Token::Checked {
