@@ -543,9 +543,11 @@ impl Framer {
     /// inherits that namespace as its default (which a stanza with its own
     /// prefix and `xmlns` might not).
     fn keeps_content_of(&self, el: &Element) -> bool {
+        // A top-level message passed `check_top_level_ns`: it is in the
+        // stream's namespace.
+        debug_assert!(el.name != "message" || el.ns == self.content_ns);
         !self.eager
             && el.name.as_str() == "message"
-            && el.ns.as_str() == self.content_ns
             && self
                 .tokenizer
                 .as_ref()
@@ -569,8 +571,14 @@ impl Framer {
         let content_from = lazy.from;
         let (mut el, _) = self.stack.pop().expect("the message is open");
         let content = &self.buf[self.index(content_from)..self.index(self.consumed)];
-        // The end tag is the last `<`: it has no other.
-        let end_tag = content.iter().rposition(|&b| b == b'<').unwrap_or(0);
+        // The end tag is the last `<`: it has no other. Its name (at least
+        // the local name) and the `/` and `>` around it come after that
+        // `<`, and are not looked at.
+        let after_lt = (el.name.len() + 2).min(content.len());
+        let end_tag = content[..content.len() - after_lt]
+            .iter()
+            .rposition(|&b| b == b'<')
+            .unwrap_or(0);
         match std::str::from_utf8(&content[..end_tag]) {
             Ok(raw) if !prefixed => {
                 let ns = CompactString::const_new(self.content_ns);

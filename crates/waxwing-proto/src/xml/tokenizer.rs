@@ -308,6 +308,14 @@ const fn value_byte(b: u8) -> bool {
     !(b < 0x20 || b == b'&' || b == b'<' || b == b'\'' || b == b'"')
 }
 
+const fn ascii_value_byte(b: u8) -> bool {
+    b < 0x80 && value_byte(b)
+}
+
+const fn ascii_text_byte(b: u8) -> bool {
+    b < 0x80 && text_byte(b)
+}
+
 /// Bytes that may be part of a name (rxml's `maybe_name`): ASCII name
 /// characters and any non-ASCII byte, which the name check judges.
 static NAME_BYTE: [bool; 256] = table!(name_byte);
@@ -342,6 +350,13 @@ fn plain_run(input: &[u8], room: usize, table: &[bool; 256]) -> usize {
 /// Bytes that continue a run of an attribute value (either quote ends it
 /// too; the caller checks which).
 static VALUE_BYTE: [bool; 256] = table!(value_byte);
+
+/// The ASCII bytes of `VALUE_BYTE`: a run of them needs no UTF-8 or
+/// `Char` check after it (see [`Tokenizer::fast_tag`]).
+static ASCII_VALUE_BYTE: [bool; 256] = table!(ascii_value_byte);
+
+/// The ASCII bytes of `TEXT_BYTE` (see `ASCII_VALUE_BYTE`).
+static ASCII_TEXT_BYTE: [bool; 256] = table!(ascii_text_byte);
 
 fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
@@ -432,19 +447,67 @@ fn ascii_qname_at(input: &[u8], limit: usize) -> Option<(usize, Option<usize>)> 
     let mut colon = None;
     let mut part_start = true;
     for (i, &c) in input.iter().enumerate() {
-        match c {
-            b'a'..=b'z' | b'A'..=b'Z' | b'_' => part_start = false,
-            b'0'..=b'9' | b'-' | b'.' if !part_start => {}
-            b':' if colon.is_none() && !part_start => {
+        // One table load a byte (see `QNAME_CLASS`) instead of a chain of
+        // range tests, names being read at every start tag; and a letter,
+        // the commonest byte by far, tested first on its own (a `match`
+        // alone becomes an indirect jump per byte).
+        let class = QNAME_CLASS[c as usize];
+        if class == QNameClass::Start {
+            part_start = false;
+            continue;
+        }
+        match class {
+            QNameClass::Inner if !part_start => {}
+            QNameClass::Colon if colon.is_none() && !part_start => {
                 colon = Some(i);
                 part_start = true;
             }
-            _ if NAME_BYTE[c as usize] => return None,
-            _ => return (!part_start && i <= limit).then_some((i, colon)),
+            QNameClass::End => return (!part_start && i <= limit).then_some((i, colon)),
+            // (A letter was taken above.) A name byte `ascii_qname` would
+            // refuse here or leave to the full check (non-ASCII).
+            QNameClass::Start | QNameClass::Inner | QNameClass::Colon | QNameClass::Other => {
+                return None;
+            }
         }
     }
     None
 }
+
+/// What a byte is to [`ascii_qname_at`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QNameClass {
+    /// May start a name part (and continue one): ASCII letters and `_`.
+    Start,
+    /// May only continue a name part: ASCII digits, `-` and `.`.
+    Inner,
+    /// `:`.
+    Colon,
+    /// Any other byte that may be part of a name (see `NAME_BYTE`): the
+    /// non-ASCII ones.
+    Other,
+    /// Cannot be part of a name: the name ends before it.
+    End,
+}
+
+const fn qname_class(b: u8) -> QNameClass {
+    match b {
+        b'a'..=b'z' | b'A'..=b'Z' | b'_' => QNameClass::Start,
+        b'0'..=b'9' | b'-' | b'.' => QNameClass::Inner,
+        b':' => QNameClass::Colon,
+        _ if name_byte(b) => QNameClass::Other,
+        _ => QNameClass::End,
+    }
+}
+
+static QNAME_CLASS: [QNameClass; 256] = {
+    let mut t = [QNameClass::End; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = qname_class(i as u8);
+        i += 1;
+    }
+    t
+};
 
 fn check_ncname(s: &str) -> Res<()> {
     let b = s.as_bytes();
@@ -686,6 +749,12 @@ impl Tokenizer {
                             self.advance(input, n + rest);
                             self.text_from = self.at;
                             self.state = St::Text;
+                            if input.first() == Some(&b'<') {
+                                // The next tag right after, as `St::Text`
+                                // takes it, without a turn of the loop.
+                                self.advance(input, 1);
+                                self.state = St::Lt;
+                            }
                             continue;
                         }
                         self.advance(input, n);
@@ -1229,6 +1298,9 @@ impl Tokenizer {
         self.fast_attrs.clear();
         let mut i = name;
         let mut spaced = true;
+        // Whether a value has a non-ASCII byte (names and the rest of the
+        // tag are ASCII here).
+        let mut non_ascii = false;
         let (len, empty) = loop {
             let c = *input.get(i)?;
             match c {
@@ -1254,16 +1326,20 @@ impl Tokenizer {
                     // Plain bytes in runs (see `plain_run`); the other
                     // quote is an ordinary character, anything else that
                     // is not plain (a reference, `<`, a control) is left
-                    // to the state machine.
+                    // to the state machine. The runs are of ASCII bytes,
+                    // the rule: a non-ASCII byte ends one and is noted, so
+                    // that an ASCII tag skips the character check below.
                     let value = input.get(from..)?;
                     let mut n = 0;
                     loop {
-                        n += plain_run(&value[n..], usize::MAX, &VALUE_BYTE);
+                        n += plain_run(&value[n..], usize::MAX, &ASCII_VALUE_BYTE);
                         let c = *value.get(n)?;
                         if c == quote {
                             break;
                         }
-                        if c != b'\'' && c != b'"' {
+                        if c >= 0x80 {
+                            non_ascii = true;
+                        } else if c != b'\'' && c != b'"' {
                             return None;
                         }
                         n += 1;
@@ -1282,9 +1358,12 @@ impl Tokenizer {
                 _ => return None,
             }
         };
-        // Names are ASCII, so this checks the values' characters.
+        // Names are ASCII, so this checks the values' characters; in an
+        // ASCII tag, they are valid as they are (the runs hold no control).
         let text = std::str::from_utf8(&input[..len]).ok()?;
-        check_chars(text.as_bytes()).ok()?;
+        if non_ascii {
+            check_chars(text.as_bytes()).ok()?;
+        }
         self.tag_qname.clear();
         self.tag_qname.push_str(&text[..name]);
         self.tag_colon = tag_colon;
@@ -1335,35 +1414,33 @@ impl Tokenizer {
     fn plain_attrs(&mut self, tag: &str) -> Option<Resolved> {
         let bytes = tag.as_bytes();
         let name_of = |a: &FastAttr| &bytes[a.name.clone()];
-        let mut declared = 0;
-        for a in &self.fast_attrs {
-            if name_of(a) == b"xmlns" {
-                let value = &tag[a.value.clone()];
-                if value == XML_NS {
-                    return None;
-                }
-                // The last one wins (see the module docs).
-                self.tag_default = Some(ns::intern(value));
-                declared += 1;
-            }
-        }
-        let attrs = &self.fast_attrs;
-        let count = attrs.len() - declared;
         if self.validate_only {
+            let mut declared = 0;
+            for a in &self.fast_attrs {
+                if name_of(a) == b"xmlns" {
+                    self.tag_default = Some(declared_default(&tag[a.value.clone()])?);
+                    declared += 1;
+                }
+            }
+            let attrs = &self.fast_attrs;
             let duplicate = (1..attrs.len()).any(|i| {
                 let name = name_of(&attrs[i]);
                 name != b"xmlns" && attrs[..i].iter().any(|a| name_of(a) == name)
             });
-            return (!duplicate).then_some(Resolved::Checked(count));
+            return (!duplicate).then_some(Resolved::Checked(attrs.len() - declared));
         }
         // A stanza (the root's child) gets `from` stamped on its way in,
         // and `xml:lang` when the stream has one (real clients declare
-        // it): room for both now saves growing the list then.
+        // it): room for both now saves growing the list then. An `xmlns`
+        // (rare on a stanza) leaves a slot unused: counting them first
+        // would cost a pass over the attributes.
         let spare = STAMPED_ATTRIBUTES * usize::from(self.scopes.len() == 1);
-        let mut built: Vec<(CompactString, CompactString)> = Vec::with_capacity(count + spare);
-        for a in attrs {
+        let mut built: Vec<(CompactString, CompactString)> =
+            Vec::with_capacity(self.fast_attrs.len() + spare);
+        for a in &self.fast_attrs {
             let name = name_of(a);
             if name == b"xmlns" {
+                self.tag_default = Some(declared_default(&tag[a.value.clone()])?);
                 continue;
             }
             // Sorted by insertion, which finds a duplicate with the
@@ -1404,10 +1481,13 @@ impl Tokenizer {
             true => 0,
             false => {
                 // The text as `whole_text` takes it, then the end tag as
-                // `fast_tag` takes it.
-                let run = plain_run(rest, self.token_limit, &TEXT_BYTE);
-                let text = &rest[..run];
-                if !text.is_ascii() {
+                // `fast_tag` takes it. ASCII text (no control but tab and
+                // LF) is valid as it is: a run of it that stops at a
+                // non-ASCII byte goes on, and the whole is checked.
+                let mut run = plain_run(rest, self.token_limit, &ASCII_TEXT_BYTE);
+                if rest.get(run).is_some_and(|&b| b >= 0x80) {
+                    run += plain_run(&rest[run..], self.token_limit - run, &TEXT_BYTE);
+                    let text = &rest[..run];
                     std::str::from_utf8(text).ok()?;
                     check_chars(text).ok()?;
                 }
@@ -1577,8 +1657,14 @@ impl Tokenizer {
         };
         let token = match attrs {
             Resolved::Built(attrs) => {
-                let mut element = Element::new(local, ns.clone());
-                element.attrs = attrs;
+                // Built with its list, rather than given it after: the
+                // empty one it would replace is dropped by a call.
+                let element = Element {
+                    name: CompactString::new(local),
+                    ns: ns.clone(),
+                    attrs,
+                    children: Default::default(),
+                };
                 Token::Start { element, empty }
             }
             Resolved::Checked(attrs) => Token::Checked {
@@ -1821,6 +1907,13 @@ fn attr_order(a: &str, b: &str) -> std::cmp::Ordering {
         (true, false) => Ordering::Greater,
         (true, true) => key_order(a).cmp(&key_order(b)),
     }
+}
+
+/// The namespace an `xmlns='…'` with `value` declares, interned; `None`
+/// for the XML namespace, which the state machine refuses. The last
+/// declaration on an element wins (see the module docs).
+fn declared_default(value: &str) -> Option<CompactString> {
+    (value != XML_NS).then(|| ns::intern(value))
 }
 
 /// Byte order of two short strings, which usually differ in their first

@@ -173,6 +173,39 @@ fn utf8_and_the_char_production() {
     );
 }
 
+/// The fast paths skip the character checks for ASCII runs only (a
+/// message's start tag, a kept leaf's text): a non-ASCII byte anywhere in
+/// them, first or after ASCII, before or after a quote, is checked as
+/// before.
+#[test]
+fn non_ascii_bytes_in_ascii_fast_paths_are_checked() {
+    let msg = |to: &str, body: &str| {
+        format!("<message to='{to}' type='chat' id='k'><body>{body}</body></message>")
+    };
+    let fine = msg("é@b/\"ü\"", "x é 😀 y");
+    assert_eq!(
+        one(&fine),
+        "<message id='k' to='é@b/&quot;ü&quot;' type='chat'><body>x é 😀 y</body></message>"
+    );
+    for bad in [
+        msg("\u{fffe}", "x"),
+        msg("a@b/é\u{ffff}", "x"),
+        msg("a@b/\"\u{ffff}", "x"),
+        msg("a@b", "\u{fffe}"),
+        msg("a@b", "x é\u{ffff}"),
+    ] {
+        assert_eq!(error(&bad), C::NotWellFormed, "{bad}");
+    }
+    for bad in [
+        &b"<message to='a@b\xff' id='k'><body>x</body></message>"[..],
+        b"<message to='\xc3' id='k'><body>x</body></message>",
+        b"<message to='a@b' id='k'><body>x\xc3</body></message>",
+        b"<message to='a@b' id='k'><body>\xe9t\xe9</body></message>",
+    ] {
+        assert_eq!(error_bytes(bad), C::NotWellFormed);
+    }
+}
+
 #[test]
 fn names() {
     assert_eq!(one("<a.b-c_d é='1'/>"), "<a.b-c_d é='1'/>");
