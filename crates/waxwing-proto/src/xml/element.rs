@@ -321,6 +321,24 @@ impl Children {
         self.push(Node::Element(child));
     }
 
+    /// Appends a child element given as its XML (see
+    /// [`Element::push_child_xml`]) if the content is still raw, and says
+    /// whether it did; anything else is left as it was.
+    fn push_raw_xml(&mut self, name: &str, ns: &str, xml: &str) -> bool {
+        if let Some(inner) = &mut self.0
+            && inner.names.is_some()
+            && inner.nodes.get().is_none()
+        {
+            let inner = Arc::make_mut(inner);
+            if let (Some((_, raw)), Some(names)) = (&mut inner.raw, &mut inner.names) {
+                raw.push_str(xml);
+                names.push((CompactString::new(name), crate::ns::intern(ns)));
+                return true;
+            }
+        }
+        false
+    }
+
     /// The recorded names of raw content, if still valid.
     fn names(&self) -> Option<&[(CompactString, CompactString)]> {
         self.0.as_ref()?.names.as_ref().map(ChildNames::as_slice)
@@ -513,6 +531,35 @@ impl Element {
 
     /// Appends a child element.
     pub fn push_child(&mut self, child: Element) {
+        self.children.push_element(child);
+    }
+
+    /// Appends the child element `xml`, named `name` in `ns`: what
+    /// [`Element::write_to`] writes for it under a parent of another
+    /// namespace, so it declares its own. For a child serialized once and
+    /// pushed into many stanzas (a room occupant's `<occupant-id/>`), or
+    /// written from a template (a room's `<stanza-id/>`): raw content (see
+    /// [`Children`]) takes the bytes as they are, where
+    /// [`Element::push_child`] would build the child and write it. Other
+    /// children parse `xml` into a tree (whose attributes, as any parsed
+    /// element's, are then in the parser's order).
+    ///
+    /// # Panics
+    /// If `xml` is not one well-formed element (a caller's bug: it is never
+    /// input), when it is parsed; debug builds check every call.
+    pub fn push_child_xml(&mut self, name: &str, ns: &str, xml: &str) {
+        #[cfg(debug_assertions)]
+        {
+            let child = super::parse_fragment(xml).expect("push_child_xml: one element");
+            debug_assert!(
+                child.is(name, ns) && ns != self.ns,
+                "{xml} is not {name} in {ns}"
+            );
+        }
+        if self.children.push_raw_xml(name, ns, xml) {
+            return;
+        }
+        let child = super::parse_fragment(xml).expect("push_child_xml: one element");
         self.children.push_element(child);
     }
 
