@@ -339,6 +339,20 @@ impl Children {
         false
     }
 
+    /// The length of the children as written, if known without writing
+    /// them (raw or cached); else 0.
+    fn written_len_hint(&self) -> usize {
+        let Some(inner) = &self.0 else {
+            return 0;
+        };
+        [inner.raw.as_ref(), inner.xml.get()]
+            .into_iter()
+            .flatten()
+            .map(|(_, xml)| xml.len())
+            .next()
+            .unwrap_or(0)
+    }
+
     /// The recorded names of raw content, if still valid.
     fn names(&self) -> Option<&[(CompactString, CompactString)]> {
         self.0.as_ref()?.names.as_ref().map(ChildNames::as_slice)
@@ -618,6 +632,33 @@ impl Element {
     /// Serializes this element, declaring `xmlns` only when it differs
     /// from the namespace in scope (`parent_ns`).
     pub fn write_to(&self, out: &mut String, parent_ns: &str) {
+        self.write_start_tag_open(out, parent_ns);
+        self.write_attrs_and_content(out, &self.name, &self.ns);
+    }
+
+    /// Writes what [`Element::write_to`] writes, cut after the attributes:
+    /// `<name xmlns='…' k='v'…` to `head`, and `/>` or `>…</name>` to
+    /// `tail`. For a stanza written to many recipients with one attribute
+    /// of its own each (`to`), between the two parts.
+    pub fn write_split(&self, head: &mut String, tail: &mut String, parent_ns: &str) {
+        head.reserve(
+            self.name.len()
+                + self.ns.len()
+                + 10
+                + self
+                    .attrs
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 4)
+                    .sum::<usize>(),
+        );
+        self.write_start_tag_open(head, parent_ns);
+        self.write_attrs(head);
+        tail.reserve(self.children.written_len_hint() + 2 * self.name.len() + 5);
+        self.write_content(tail, &self.name, &self.ns);
+    }
+
+    /// `<name`, and `xmlns` if `parent_ns` is not the element's.
+    fn write_start_tag_open(&self, out: &mut String, parent_ns: &str) {
         match self.name.as_str() {
             // The stanza nearly every write is, from a constant (see
             // `write_common_attr_opening`).
@@ -632,7 +673,6 @@ impl Element {
             escape_attr(out, &self.ns);
             out.push('\'');
         }
-        self.write_attrs_and_content(out, &self.name, &self.ns);
     }
 
     /// Serializes as a child of a stream whose default namespace is
@@ -656,6 +696,12 @@ impl Element {
     /// The attributes, then `/>` or `>`, the children in `content_ns` and
     /// the end tag `</tag>`.
     fn write_attrs_and_content(&self, out: &mut String, tag: &str, content_ns: &str) {
+        self.write_attrs(out);
+        self.write_content(out, tag, content_ns);
+    }
+
+    /// The attributes, each with a space before it.
+    fn write_attrs(&self, out: &mut String) {
         // Prefixes are generated per element rather than hoisted to the
         // root: namespaced attributes are rare in XMPP, and local
         // declarations keep every subtree self-contained when it is cut
@@ -688,6 +734,10 @@ impl Element {
             escape_attr(out, v);
             out.push('\'');
         }
+    }
+
+    /// `/>`, or `>`, the children in `content_ns` and the end tag `</tag>`.
+    fn write_content(&self, out: &mut String, tag: &str, content_ns: &str) {
         if self.children.is_empty() {
             out.push_str("/>");
             return;
