@@ -216,9 +216,56 @@ impl Running {
     }
 }
 
-/// A random identifier for stream ids, nonces and generated resources.
+/// A random identifier for stream ids, nonces and generated resources:
+/// 96 random bits, 16 URL-safe base64 characters.
 pub fn random_id() -> String {
-    use base64::Engine;
-    let bytes: [u8; 12] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let mut id = String::with_capacity(16);
+    push_random_id(&mut id);
+    id
+}
+
+/// Appends a [`random_id`] to `out`, for ids written straight into a
+/// stanza's XML (a room's stanza-ids): base64 escapes nothing in an
+/// attribute.
+pub fn push_random_id(out: &mut String) {
+    // Filled in one go: `rand::random::<[u8; 12]>()` draws each byte from
+    // its own 32-bit word.
+    let mut bytes = [0u8; 12];
+    rand::fill(&mut bytes);
+    out.push_str(std::str::from_utf8(&url_safe_base64(&bytes)).expect("base64 is ASCII"));
+}
+
+/// `bytes` in URL-safe base64, by hand: twelve bytes are four whole
+/// groups (no padding), and the general engine costs several times this
+/// for an id made per room message.
+fn url_safe_base64(bytes: &[u8; 12]) -> [u8; 16] {
+    const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut text = [0u8; 16];
+    for (group, chars) in bytes.chunks_exact(3).zip(text.chunks_exact_mut(4)) {
+        let n = u32::from(group[0]) << 16 | u32::from(group[1]) << 8 | u32::from(group[2]);
+        for (i, c) in chars.iter_mut().enumerate() {
+            *c = URL_SAFE[(n >> (18 - 6 * i)) as usize & 63];
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_are_url_safe_base64_of_twelve_bytes() {
+        use base64::Engine;
+        for bytes in [
+            [0u8; 12],
+            [0xff; 12],
+            *b"\x00\x10\x83\x10Q\x87 \x92\x8b0\xd3\x8f",
+        ] {
+            let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            assert_eq!(url_safe_base64(&bytes), expected.as_bytes());
+        }
+        let (a, b) = (random_id(), random_id());
+        assert!(a.len() == 16 && a != b);
+    }
 }

@@ -27,7 +27,7 @@ pub struct SharedStanza {
     element: Element,
     /// Its serialization with `jabber:client` in scope, cut where `to` goes
     /// (after the last attribute): made by the first session that writes it.
-    wire: OnceLock<Option<Wire>>,
+    wire: OnceLock<Wire>,
 }
 
 /// Two strings rather than one and where to cut it: slicing checks the
@@ -39,10 +39,6 @@ struct Wire {
     /// `>…payload…</message>` or `/>`.
     tail: String,
 }
-
-/// Room for a typical room message, so that serializing one grows the
-/// string once or not at all rather than doubling up from nothing.
-const WIRE_CAPACITY: usize = 512;
 
 impl SharedStanza {
     /// `stanza` loses its `to` (each copy gets its recipient's).
@@ -63,41 +59,18 @@ impl SharedStanza {
     /// recipient's ` to='…'`: a room's history accounts its messages by
     /// it. Serializes the stanza now if no session has yet; they reuse it.
     pub fn written_len(&self) -> usize {
-        match self.wire() {
-            Some(wire) => wire.head.len() + wire.tail.len(),
-            None => self.element.to_xml_in(ns::CLIENT).len(),
-        }
+        let wire = self.wire();
+        wire.head.len() + wire.tail.len()
     }
 
-    /// `None` when the serialization could not be cut after the
-    /// attributes with certainty (names no parser accepts, built by hand):
-    /// those take the tree path, since a wrong cut would write malformed XML.
-    fn wire(&self) -> Option<&Wire> {
-        self.wire
-            .get_or_init(|| {
-                // Serialized once, and cut at the first `>`: attribute
-                // values and namespaces escape it (`escape_attr`), so with
-                // names that hold neither `>` nor `/` (any the parser
-                // accepts) it closes the start tag, as `/>` when there is
-                // no content.
-                let odd = |name: &str| name.contains(['>', '/']);
-                let odd_key = |key: &str| odd(key.rsplit_once('}').map_or(key, |(_, local)| local));
-                if odd(&self.element.name) || self.element.attrs.iter().any(|(k, _)| odd_key(k)) {
-                    return None;
-                }
-                let mut head = String::with_capacity(WIRE_CAPACITY);
-                self.element.write_to(&mut head, ns::CLIENT);
-                let close = head.find('>')?;
-                let cut = if head.len() == close + 1 && head[..close].ends_with('/') {
-                    close - 1
-                } else {
-                    close
-                };
-                let tail = head[cut..].to_owned();
-                head.truncate(cut);
-                Some(Wire { head, tail })
-            })
-            .as_ref()
+    /// Serialized once, cut by the writer itself after the attributes
+    /// (each part sized for what goes in it, so written without growing).
+    fn wire(&self) -> &Wire {
+        self.wire.get_or_init(|| {
+            let (mut head, mut tail) = (String::new(), String::new());
+            self.element.write_split(&mut head, &mut tail, ns::CLIENT);
+            Wire { head, tail }
+        })
     }
 }
 
@@ -118,10 +91,7 @@ impl Addressed {
     /// `jabber:client` stream: exactly what [`Element::write_to`] writes
     /// for [`Addressed::into_element`]'s tree.
     pub fn write_client(&self, out: &mut String) {
-        let Some(wire) = self.stanza.wire() else {
-            self.to_element().write_to(out, ns::CLIENT);
-            return;
-        };
+        let wire = self.stanza.wire();
         out.reserve(wire.head.len() + wire.tail.len() + 64);
         out.push_str(&wire.head);
         out.push_str(" to='");
@@ -263,7 +233,8 @@ mod tests {
     }
 
     #[test]
-    fn names_that_would_misplace_the_cut_take_the_tree_path() {
+    fn names_holding_what_closes_a_tag_are_cut_right_too() {
+        // The writer cuts, not a search for the first `>`.
         for el in [
             Element::new("m/", ns::CLIENT).with_child(Element::new("b", ns::CLIENT)),
             Element::new("message", ns::CLIENT).with_attr("a>b", "1"),
@@ -273,7 +244,6 @@ mod tests {
                 stanza: SharedStanza::new(el),
                 to: FullJid::parse("x@y/z").unwrap(),
             };
-            assert!(a.stanza.wire().is_none());
             assert_eq!(
                 a.stanza.written_len(),
                 a.stanza.element().to_xml_in(ns::CLIENT).len()

@@ -23,7 +23,7 @@ use waxwing_core::shared_stanza::SharedStanza;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
 use waxwing_proto::ns;
 use waxwing_proto::stanza::{Condition, StanzaError};
-use waxwing_proto::xml::Element;
+use waxwing_proto::xml::{Element, escape_attr};
 use waxwing_store::{RoomAffiliation, RoomRecord, StoredRoom};
 
 use super::config::{self, RoomConfig, Whois};
@@ -126,6 +126,9 @@ pub struct Occupant {
     pub presence: Element,
     pub role: Role,
     pub occupant_id: String,
+    /// Its `<occupant-id/>` as written (XEP-0421), made once at entry:
+    /// every message the occupant sends carries it.
+    occupant_id_xml: String,
 }
 
 /// The occupants by nickname, and every session a room message goes to,
@@ -210,10 +213,37 @@ fn reflection(sender: &Occupant, mut m: Element, room: &str) -> Element {
                 || c.ns == moderation::NS
         });
     }
-    m.push_child(
-        Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", sender.occupant_id.as_str()),
-    );
+    m.push_child_xml("occupant-id", NS_OCCUPANT_ID, &sender.occupant_id_xml);
     m
+}
+
+/// `<occupant-id xmlns='urn:xmpp:occupant-id:0' id='{id}'/>` as a stanza
+/// carries it.
+fn occupant_id_xml(id: &str) -> String {
+    let mut xml = String::new();
+    Element::new("occupant-id", NS_OCCUPANT_ID)
+        .with_attr("id", id)
+        .write_to(&mut xml, ns::CLIENT);
+    xml
+}
+
+/// Stamps `m` with the room's `<stanza-id/>` (XEP-0359): `id` if the
+/// archive gave one, else a fresh random one (unpredictable, as §3 asks,
+/// and telling nothing of the archive). Written from a template rather
+/// than built and serialized: every room message gets one.
+fn push_stanza_id(m: &mut Element, id: Option<&str>, room: &str) {
+    let mut xml = String::with_capacity(64 + room.len());
+    xml.push_str("<stanza-id xmlns='");
+    xml.push_str(NS_SID);
+    xml.push_str("' id='");
+    match id {
+        Some(id) => escape_attr(&mut xml, id),
+        None => waxwing_core::push_random_id(&mut xml),
+    }
+    xml.push_str("' by='");
+    escape_attr(&mut xml, room);
+    xml.push_str("'/>");
+    m.push_child_xml("stanza-id", NS_SID, &xml);
 }
 
 /// Presence children a client may set; everything MUC-specific is ours to add.
@@ -586,6 +616,7 @@ impl Room {
             }
             let jid = FullJid::new(self.jid.clone(), nick)
                 .map_err(|_| StanzaError::modify(Condition::JidMalformed))?;
+            let occupant_id = self.occupant_id(bare);
             let occ = Occupant {
                 nick: nick.to_string(),
                 jid,
@@ -593,7 +624,8 @@ impl Room {
                 sessions: vec![from.clone()],
                 presence: clean,
                 role: aff.default_role(self.config.moderated),
-                occupant_id: self.occupant_id(bare),
+                occupant_id_xml: occupant_id_xml(&occupant_id),
+                occupant_id,
             };
             self.occupants.insert(nick.to_string(), occ);
             self.by_session.insert(from.clone(), nick.to_string());
@@ -897,11 +929,7 @@ impl Room {
             self.persist_record(limits, &mut fx);
         }
         if !subject_change {
-            m.push_child(
-                Element::new("stanza-id", NS_SID)
-                    .with_attr("id", archive_id.unwrap_or_else(waxwing_core::random_id))
-                    .with_attr("by", room.as_str()),
-            );
+            push_stanza_id(&mut m, archive_id.as_deref(), &room);
         }
         let stanza = SharedStanza::new(m);
         if has_body {

@@ -321,6 +321,38 @@ impl Children {
         self.push(Node::Element(child));
     }
 
+    /// Appends a child element given as its XML (see
+    /// [`Element::push_child_xml`]) if the content is still raw, and says
+    /// whether it did; anything else is left as it was.
+    fn push_raw_xml(&mut self, name: &str, ns: &str, xml: &str) -> bool {
+        if let Some(inner) = &mut self.0
+            && inner.names.is_some()
+            && inner.nodes.get().is_none()
+        {
+            let inner = Arc::make_mut(inner);
+            if let (Some((_, raw)), Some(names)) = (&mut inner.raw, &mut inner.names) {
+                raw.push_str(xml);
+                names.push((CompactString::new(name), crate::ns::intern(ns)));
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The length of the children as written, if known without writing
+    /// them (raw or cached); else 0.
+    fn written_len_hint(&self) -> usize {
+        let Some(inner) = &self.0 else {
+            return 0;
+        };
+        [inner.raw.as_ref(), inner.xml.get()]
+            .into_iter()
+            .flatten()
+            .map(|(_, xml)| xml.len())
+            .next()
+            .unwrap_or(0)
+    }
+
     /// The recorded names of raw content, if still valid.
     fn names(&self) -> Option<&[(CompactString, CompactString)]> {
         self.0.as_ref()?.names.as_ref().map(ChildNames::as_slice)
@@ -516,6 +548,35 @@ impl Element {
         self.children.push_element(child);
     }
 
+    /// Appends the child element `xml`, named `name` in `ns`: what
+    /// [`Element::write_to`] writes for it under a parent of another
+    /// namespace, so it declares its own. For a child serialized once and
+    /// pushed into many stanzas (a room occupant's `<occupant-id/>`), or
+    /// written from a template (a room's `<stanza-id/>`): raw content (see
+    /// [`Children`]) takes the bytes as they are, where
+    /// [`Element::push_child`] would build the child and write it. Other
+    /// children parse `xml` into a tree (whose attributes, as any parsed
+    /// element's, are then in the parser's order).
+    ///
+    /// # Panics
+    /// If `xml` is not one well-formed element (a caller's bug: it is never
+    /// input), when it is parsed; debug builds check every call.
+    pub fn push_child_xml(&mut self, name: &str, ns: &str, xml: &str) {
+        #[cfg(debug_assertions)]
+        {
+            let child = super::parse_fragment(xml).expect("push_child_xml: one element");
+            debug_assert!(
+                child.is(name, ns) && ns != self.ns,
+                "{xml} is not {name} in {ns}"
+            );
+        }
+        if self.children.push_raw_xml(name, ns, xml) {
+            return;
+        }
+        let child = super::parse_fragment(xml).expect("push_child_xml: one element");
+        self.children.push_element(child);
+    }
+
     /// Appends text, merging with a preceding text node so that the tree
     /// does not depend on how the parser happened to split character data.
     pub fn push_text(&mut self, s: impl Into<String>) {
@@ -571,6 +632,33 @@ impl Element {
     /// Serializes this element, declaring `xmlns` only when it differs
     /// from the namespace in scope (`parent_ns`).
     pub fn write_to(&self, out: &mut String, parent_ns: &str) {
+        self.write_start_tag_open(out, parent_ns);
+        self.write_attrs_and_content(out, &self.name, &self.ns);
+    }
+
+    /// Writes what [`Element::write_to`] writes, cut after the attributes:
+    /// `<name xmlns='…' k='v'…` to `head`, and `/>` or `>…</name>` to
+    /// `tail`. For a stanza written to many recipients with one attribute
+    /// of its own each (`to`), between the two parts.
+    pub fn write_split(&self, head: &mut String, tail: &mut String, parent_ns: &str) {
+        head.reserve(
+            self.name.len()
+                + self.ns.len()
+                + 10
+                + self
+                    .attrs
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 4)
+                    .sum::<usize>(),
+        );
+        self.write_start_tag_open(head, parent_ns);
+        self.write_attrs(head);
+        tail.reserve(self.children.written_len_hint() + 2 * self.name.len() + 5);
+        self.write_content(tail, &self.name, &self.ns);
+    }
+
+    /// `<name`, and `xmlns` if `parent_ns` is not the element's.
+    fn write_start_tag_open(&self, out: &mut String, parent_ns: &str) {
         match self.name.as_str() {
             // The stanza nearly every write is, from a constant (see
             // `write_common_attr_opening`).
@@ -585,7 +673,6 @@ impl Element {
             escape_attr(out, &self.ns);
             out.push('\'');
         }
-        self.write_attrs_and_content(out, &self.name, &self.ns);
     }
 
     /// Serializes as a child of a stream whose default namespace is
@@ -609,6 +696,12 @@ impl Element {
     /// The attributes, then `/>` or `>`, the children in `content_ns` and
     /// the end tag `</tag>`.
     fn write_attrs_and_content(&self, out: &mut String, tag: &str, content_ns: &str) {
+        self.write_attrs(out);
+        self.write_content(out, tag, content_ns);
+    }
+
+    /// The attributes, each with a space before it.
+    fn write_attrs(&self, out: &mut String) {
         // Prefixes are generated per element rather than hoisted to the
         // root: namespaced attributes are rare in XMPP, and local
         // declarations keep every subtree self-contained when it is cut
@@ -641,6 +734,10 @@ impl Element {
             escape_attr(out, v);
             out.push('\'');
         }
+    }
+
+    /// `/>`, or `>`, the children in `content_ns` and the end tag `</tag>`.
+    fn write_content(&self, out: &mut String, tag: &str, content_ns: &str) {
         if self.children.is_empty() {
             out.push_str("/>");
             return;

@@ -707,3 +707,52 @@ fn groupchat_takes_the_message_only_when_it_accepts_it() {
     assert_eq!(out.attr("to"), None);
     assert_eq!(out.child("body", ns::CLIENT).unwrap().text(), "hi");
 }
+
+#[test]
+fn stanza_and_occupant_ids_are_written_as_the_element_writer_writes_them() {
+    // As a client's message comes: its content kept raw, which the
+    // templates are appended to.
+    let message = || {
+        waxwing_proto::xml::parse_stanza(
+            "<message type='groupchat'><body>hi</body></message>",
+            ns::CLIENT,
+        )
+        .unwrap()
+    };
+    assert!(message().children.is_unparsed());
+    // An archive id is the store's: escaped like any attribute value.
+    for id in ["a1", "it's <&>"] {
+        let mut by_template = message();
+        push_stanza_id(&mut by_template, Some(id), "coven@chat.example");
+        let mut built = message();
+        built.push_child(
+            Element::new("stanza-id", NS_SID)
+                .with_attr("id", id)
+                .with_attr("by", "coven@chat.example"),
+        );
+        assert_eq!(
+            by_template.to_xml_in(ns::CLIENT),
+            built.to_xml_in(ns::CLIENT)
+        );
+    }
+    // A fresh id: 96 random bits in 16 characters, never the same twice.
+    let fresh = || {
+        let mut m = message();
+        push_stanza_id(&mut m, None, "coven@chat.example");
+        m.child("stanza-id", NS_SID)
+            .unwrap()
+            .attr("id")
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (fresh(), fresh());
+    assert!(a.len() == 16 && a != b);
+    let mut by_template = message();
+    by_template.push_child_xml("occupant-id", NS_OCCUPANT_ID, &occupant_id_xml("0f"));
+    let mut built = message();
+    built.push_child(Element::new("occupant-id", NS_OCCUPANT_ID).with_attr("id", "0f"));
+    assert_eq!(
+        by_template.to_xml_in(ns::CLIENT),
+        built.to_xml_in(ns::CLIENT)
+    );
+}

@@ -444,3 +444,26 @@ fn kept_leaves_are_noted_as_their_tags_would_be() {
         Some(C::BadNamespacePrefix)
     );
 }
+
+#[test]
+fn a_child_pushed_as_xml_means_what_the_same_child_pushed_as_a_tree_means() {
+    let body = "<message to='room@muc.example.com' type='groupchat'><body>hi</body></message>";
+    let child = Element::new("occupant-id", "urn:xmpp:occupant-id:0").with_attr("id", "a&b");
+    let mut xml = String::new();
+    child.write_to(&mut xml, "");
+    for mut el in [
+        lazy(body),
+        as_tree(&lazy(body)),
+        Element::new("message", ns::CLIENT),
+    ] {
+        let raw = el.children.is_unparsed();
+        let mut pushed = el.clone();
+        el.push_child(child.clone());
+        pushed.push_child_xml("occupant-id", "urn:xmpp:occupant-id:0", &xml);
+        // Raw content stays raw: the bytes are appended.
+        assert_eq!(pushed.children.is_unparsed(), raw);
+        assert!(pushed.has_child("occupant-id", "urn:xmpp:occupant-id:0"));
+        assert_eq!(pushed.to_xml_in(ns::CLIENT), el.to_xml_in(ns::CLIENT));
+        assert_eq!(as_tree(&pushed), as_tree(&el));
+    }
+}
