@@ -682,7 +682,11 @@ impl Server {
                     ),
                     None => (Cx::new(self.clone(), Some(origin.clone())), None),
                 };
-                if self.run_hooks(Hook::Outbound, &cx, stanza).await == Flow::Handled {
+                if self
+                    .run_hooks_of(Hook::Outbound, Some(kind), &cx, stanza)
+                    .await
+                    == Flow::Handled
+                {
                     return;
                 }
                 // No hook got the stanza to change: addressed as stamped.
@@ -719,7 +723,24 @@ impl Server {
     }
 
     async fn run_hooks(&self, hook: Hook, cx: &Cx, stanza: &mut Element) -> Flow {
-        let (chain, filtered) = self.registry.hooks.chain(hook, &stanza.name);
+        self.run_hooks_of(hook, None, cx, stanza).await
+    }
+
+    /// [`Server::run_hooks`]; `kind`: the stanza's kind if the caller has
+    /// it (`stanza::kind` of it), which picks the chain without comparing
+    /// names.
+    async fn run_hooks_of(
+        &self,
+        hook: Hook,
+        kind: Option<StanzaKind>,
+        cx: &Cx,
+        stanza: &mut Element,
+    ) -> Flow {
+        debug_assert!(kind.is_none() || kind == stanza::kind(stanza));
+        let (chain, filtered) = match kind {
+            Some(kind) => (self.registry.hooks.chain_of(hook, kind), true),
+            None => self.registry.hooks.chain(hook, &stanza.name),
+        };
         for (_, module, h) in chain {
             if !filtered && !h.wants(hook, &stanza.name) {
                 continue;
@@ -778,7 +799,11 @@ impl Server {
             }
         };
         let mut cx = Cx::routing(self.clone(), None, to, sender).with_recipient(recipient);
-        if self.run_hooks(Hook::Inbound, &cx, &mut stanza).await == Flow::Handled {
+        if self
+            .run_hooks_of(Hook::Inbound, Some(kind), &cx, &mut stanza)
+            .await
+            == Flow::Handled
+        {
             return looked_up;
         }
         let to = cx.take_to().expect("given to the context above");
