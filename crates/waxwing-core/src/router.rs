@@ -480,13 +480,20 @@ impl Server {
             // For every copy's hooks; other kinds take the general path.
             let from = (kind == StanzaKind::Message).then_some(from);
             let cx = Cx::new(self.clone(), None);
+            // Whether the latest domain is local: a room's occupants are
+            // nearly all of one domain, so it is asked once per run of
+            // copies to the same domain rather than per copy (two hash
+            // lookups and a scan of the hosts each).
+            let mut last: Option<(&str, bool)> = None;
             for jid in to.iter() {
-                // In a cluster, routing may concern another node (leases,
-                // tagged answers): the general path decides.
-                let local = self.cluster.is_none()
-                    && self.config.is_local_host(jid.domain())
-                    && !self.registry.services.contains_key(jid.domain())
-                    && !self.components.contains(jid.domain());
+                let local = match last {
+                    Some((domain, local)) if domain == jid.domain() => local,
+                    _ => {
+                        let local = self.is_plain_local_domain(jid.domain());
+                        last = Some((jid.domain(), local));
+                        local
+                    }
+                };
                 let copy = Addressed {
                     stanza: shared.clone(),
                     to: jid.clone(),
@@ -515,6 +522,16 @@ impl Server {
                     .await;
             }
         })
+    }
+
+    /// Whether a stanza to `domain` is delivered to a local account here
+    /// without a lease, a service or a component in between. In a cluster
+    /// routing may concern another node (leases, tagged answers): never.
+    fn is_plain_local_domain(&self, domain: &str) -> bool {
+        self.cluster.is_none()
+            && self.config.is_local_host(domain)
+            && !self.registry.services.contains_key(domain)
+            && !self.components.contains(domain)
     }
 
     /// Queues a fan-out's message for a bound local session as the shared
