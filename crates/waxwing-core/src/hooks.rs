@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use waxwing_proto::jid::{BareJid, FullJid, Jid};
-use waxwing_proto::stanza::StanzaError;
+use waxwing_proto::stanza::{StanzaError, StanzaKind};
 use waxwing_proto::xml::Element;
 use waxwing_store::Stores;
 
@@ -388,6 +388,18 @@ impl HookChains {
             Some(k) => (&self.by_kind[hook.index()][k], true),
             None => (&self.all[hook.index()], false),
         }
+    }
+
+    /// [`HookChains::chain`] for a stanza whose kind the caller already
+    /// knows: indexed, where the name is compared with each of
+    /// [`STANZA_NAMES`] (twice per routed message, on its hot path).
+    pub(crate) fn chain_of(&self, hook: Hook, kind: StanzaKind) -> &[HookEntry] {
+        let k = match kind {
+            StanzaKind::Message => 0,
+            StanzaKind::Presence => 1,
+            StanzaKind::Iq => 2,
+        };
+        &self.by_kind[hook.index()][k]
     }
 }
 
@@ -971,5 +983,53 @@ impl Cx {
     /// Seconds since the server started (XEP-0012 server uptime).
     pub fn uptime(&self) -> std::time::Duration {
         self.server.started.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Wants only stanzas named `name`, on every hook.
+    struct Only(&'static str);
+
+    #[async_trait]
+    impl StanzaHook for Only {
+        async fn handle_stanza(&self, _: &Cx, _: Hook, _: &mut Element) -> Flow {
+            Flow::Continue
+        }
+        fn wants(&self, _: Hook, name: &str) -> bool {
+            name == self.0
+        }
+    }
+
+    #[test]
+    fn the_chain_of_a_kind_is_the_chain_of_its_name() {
+        let mut chains = HookChains::default();
+        for (i, name) in ["iq", "message", "presence", "message"]
+            .into_iter()
+            .enumerate()
+        {
+            for hook in [Hook::Outbound, Hook::Inbound, Hook::Undeliverable] {
+                let h: Arc<dyn StanzaHook> = Arc::new(Only(name));
+                chains.all[hook.index()].push((Priority(i as i32), name, h));
+            }
+        }
+        chains.freeze();
+        for hook in [Hook::Outbound, Hook::Inbound, Hook::Undeliverable] {
+            for (kind, name) in [
+                (StanzaKind::Message, "message"),
+                (StanzaKind::Presence, "presence"),
+                (StanzaKind::Iq, "iq"),
+            ] {
+                let (by_name, filtered) = chains.chain(hook, name);
+                let by_kind = chains.chain_of(hook, kind);
+                assert!(filtered);
+                let modules = |c: &[HookEntry]| c.iter().map(|e| e.1).collect::<Vec<_>>();
+                assert_eq!(modules(by_kind), modules(by_name));
+                assert!(modules(by_kind).iter().all(|m| *m == name), "{name}");
+                assert!(!by_kind.is_empty());
+            }
+        }
     }
 }

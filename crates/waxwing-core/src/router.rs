@@ -480,13 +480,20 @@ impl Server {
             // For every copy's hooks; other kinds take the general path.
             let from = (kind == StanzaKind::Message).then_some(from);
             let cx = Cx::new(self.clone(), None);
+            // Whether the latest domain is local: a room's occupants are
+            // nearly all of one domain, so it is asked once per run of
+            // copies to the same domain rather than per copy (two hash
+            // lookups and a scan of the hosts each).
+            let mut last: Option<(&str, bool)> = None;
             for jid in to.iter() {
-                // In a cluster, routing may concern another node (leases,
-                // tagged answers): the general path decides.
-                let local = self.cluster.is_none()
-                    && self.config.is_local_host(jid.domain())
-                    && !self.registry.services.contains_key(jid.domain())
-                    && !self.components.contains(jid.domain());
+                let local = match last {
+                    Some((domain, local)) if domain == jid.domain() => local,
+                    _ => {
+                        let local = self.is_plain_local_domain(jid.domain());
+                        last = Some((jid.domain(), local));
+                        local
+                    }
+                };
                 let copy = Addressed {
                     stanza: shared.clone(),
                     to: jid.clone(),
@@ -515,6 +522,16 @@ impl Server {
                     .await;
             }
         })
+    }
+
+    /// Whether a stanza to `domain` is delivered to a local account here
+    /// without a lease, a service or a component in between. In a cluster
+    /// routing may concern another node (leases, tagged answers): never.
+    fn is_plain_local_domain(&self, domain: &str) -> bool {
+        self.cluster.is_none()
+            && self.config.is_local_host(domain)
+            && !self.registry.services.contains_key(domain)
+            && !self.components.contains(domain)
     }
 
     /// Queues a fan-out's message for a bound local session as the shared
@@ -682,7 +699,11 @@ impl Server {
                     ),
                     None => (Cx::new(self.clone(), Some(origin.clone())), None),
                 };
-                if self.run_hooks(Hook::Outbound, &cx, stanza).await == Flow::Handled {
+                if self
+                    .run_hooks_of(Hook::Outbound, Some(kind), &cx, stanza)
+                    .await
+                    == Flow::Handled
+                {
                     return;
                 }
                 // No hook got the stanza to change: addressed as stamped.
@@ -719,7 +740,24 @@ impl Server {
     }
 
     async fn run_hooks(&self, hook: Hook, cx: &Cx, stanza: &mut Element) -> Flow {
-        let (chain, filtered) = self.registry.hooks.chain(hook, &stanza.name);
+        self.run_hooks_of(hook, None, cx, stanza).await
+    }
+
+    /// [`Server::run_hooks`]; `kind`: the stanza's kind if the caller has
+    /// it (`stanza::kind` of it), which picks the chain without comparing
+    /// names.
+    async fn run_hooks_of(
+        &self,
+        hook: Hook,
+        kind: Option<StanzaKind>,
+        cx: &Cx,
+        stanza: &mut Element,
+    ) -> Flow {
+        debug_assert!(kind.is_none() || kind == stanza::kind(stanza));
+        let (chain, filtered) = match kind {
+            Some(kind) => (self.registry.hooks.chain_of(hook, kind), true),
+            None => self.registry.hooks.chain(hook, &stanza.name),
+        };
         for (_, module, h) in chain {
             if !filtered && !h.wants(hook, &stanza.name) {
                 continue;
@@ -778,7 +816,11 @@ impl Server {
             }
         };
         let mut cx = Cx::routing(self.clone(), None, to, sender).with_recipient(recipient);
-        if self.run_hooks(Hook::Inbound, &cx, &mut stanza).await == Flow::Handled {
+        if self
+            .run_hooks_of(Hook::Inbound, Some(kind), &cx, &mut stanza)
+            .await
+            == Flow::Handled
+        {
             return looked_up;
         }
         let to = cx.take_to().expect("given to the context above");

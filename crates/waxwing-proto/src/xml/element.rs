@@ -488,6 +488,11 @@ impl Element {
     /// `child(name, ns).is_some()` this does not parse raw content (see
     /// [`Children`]): the checks every routed message goes through (hints,
     /// chat states, receipts, carbons, archiving, CSI, push) should use it.
+    ///
+    /// Inlined like [`Element::attr`]: callers name the child with
+    /// literals, and inlined each comparison with them is a length check
+    /// and a compare of a few bytes rather than a call and two `memcmp`s.
+    #[inline]
     pub fn has_child(&self, name: &str, ns: &str) -> bool {
         match self.children.names() {
             Some(names) => names.iter().any(|(n, s)| n == name && s == ns),
