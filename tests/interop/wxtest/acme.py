@@ -11,8 +11,11 @@ outlives the pytest worker).
   (an address where nothing listens makes its validation fail).
 - ``root_pem()`` is the root that issued certificates chain to (regenerated
   on every pebble start), from the management interface.
-- Deterministic: no validation sleeps, no rejected nonces, no reused
-  authorizations (../shared/TEST-SERVICES.md).
+- Deterministic: no validation sleeps, no rejected nonces, and
+  ``PEBBLE_AUTHZREUSE=0`` (../shared/TEST-SERVICES.md). That last one is
+  not "never": pebble still reuses a valid authorization 1 % of the time
+  (``rand.Intn(100) > percent``), so a test that needs a validation to
+  fail breaks a name the account has never proved.
 """
 
 from __future__ import annotations
