@@ -341,13 +341,10 @@ pub(crate) type HookEntry = (Priority, &'static str, Arc<dyn StanzaHook>);
 pub(crate) struct HookChains {
     /// Every hook registered, by [`Hook::index`].
     all: [Vec<HookEntry>; 3],
-    /// `[hook][kind]`: the entries of `all[hook]` that want stanzas of
-    /// that kind (indexed like [`STANZA_NAMES`]).
+    /// `[hook][kind as usize]`: the entries of `all[hook]` that want
+    /// stanzas of that kind.
     by_kind: [[Vec<HookEntry>; 3]; 3],
 }
-
-/// The stanza names a hook chain is split by.
-const STANZA_NAMES: [&str; 3] = ["message", "presence", "iq"];
 
 impl Hook {
     fn index(self) -> usize {
@@ -369,10 +366,10 @@ impl HookChains {
             debug_assert_eq!(hook.index(), i);
             // Stable: hooks of equal priority keep their registration order.
             self.all[i].sort_by_key(|(p, ..)| *p);
-            for (k, name) in STANZA_NAMES.into_iter().enumerate() {
-                self.by_kind[i][k] = self.all[i]
+            for kind in StanzaKind::ALL {
+                self.by_kind[i][kind as usize] = self.all[i]
                     .iter()
-                    .filter(|(_, _, h)| h.wants(hook, name))
+                    .filter(|(_, _, h)| h.wants(hook, kind.name()))
                     .cloned()
                     .collect();
             }
@@ -384,22 +381,17 @@ impl HookChains {
     /// the three stanza names; anything else gets the whole chain, and the
     /// caller asks each hook).
     pub(crate) fn chain(&self, hook: Hook, name: &str) -> (&[HookEntry], bool) {
-        match STANZA_NAMES.iter().position(|n| *n == name) {
-            Some(k) => (&self.by_kind[hook.index()][k], true),
+        match StanzaKind::ALL.into_iter().find(|k| k.name() == name) {
+            Some(kind) => (self.chain_of(hook, kind), true),
             None => (&self.all[hook.index()], false),
         }
     }
 
     /// [`HookChains::chain`] for a stanza whose kind the caller already
-    /// knows: indexed, where the name is compared with each of
-    /// [`STANZA_NAMES`] (twice per routed message, on its hot path).
+    /// knows: indexed, where the name is compared with each kind's (twice
+    /// per routed message, on its hot path).
     pub(crate) fn chain_of(&self, hook: Hook, kind: StanzaKind) -> &[HookEntry] {
-        let k = match kind {
-            StanzaKind::Message => 0,
-            StanzaKind::Presence => 1,
-            StanzaKind::Iq => 2,
-        };
-        &self.by_kind[hook.index()][k]
+        &self.by_kind[hook.index()][kind as usize]
     }
 }
 

@@ -19,6 +19,21 @@ pub enum StanzaKind {
     Iq,
 }
 
+impl StanzaKind {
+    /// Every kind; `kind as usize` is its place here, so tables indexed by
+    /// kind need no mapping of their own.
+    pub const ALL: [StanzaKind; 3] = [StanzaKind::Message, StanzaKind::Presence, StanzaKind::Iq];
+
+    /// The element name of a stanza of this kind.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StanzaKind::Message => "message",
+            StanzaKind::Presence => "presence",
+            StanzaKind::Iq => "iq",
+        }
+    }
+}
+
 /// The kind of `el`, if it is a stanza in a content namespace
 /// (`jabber:client` or `jabber:server`); `None` for stream-level elements
 /// such as `<stream:features/>` or SASL nonzas.
@@ -68,6 +83,10 @@ mod tests {
         assert_eq!(kind(&Element::new("iq", "")), None);
         assert_eq!(kind(&Element::new("features", ns::STREAM)), None);
         assert_eq!(kind(&Element::new("auth", ns::CLIENT)), None);
+        for (i, k) in StanzaKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind(&Element::new(k.name(), ns::CLIENT)), Some(k));
+            assert_eq!(k as usize, i);
+        }
     }
 
     #[test]
