@@ -18,17 +18,22 @@ const OWNER: &str = "http://jabber.org/protocol/muc#owner";
 const SEARCH: &str = "urn:xmpp:channel-search:0:search";
 const SEARCH_PARAMS: &str = "urn:xmpp:channel-search:0:search-params";
 
-/// A free loopback port (bound and released: the server binds it next).
+/// A server listening for s2s on `s2s` (0: a port of the kernel's).
 struct Node {
     running: Running,
     domain: &'static str,
     c2s: u16,
+    s2s: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Node {
     /// `extra` is TOML appended after `[storage]` (so: tables).
-    async fn start(domain: &'static str, s2s: u16, extra: &str) -> Node {
+    async fn try_start(
+        domain: &'static str,
+        s2s: u16,
+        extra: &str,
+    ) -> Result<Node, waxwing_core::StartError> {
         let dir = tempfile::tempdir().unwrap();
         let toml = format!(
             "data_dir = {data:?}\nhosts = [\"{domain}\"]\n\
@@ -38,16 +43,16 @@ impl Node {
         );
         let config = Config::parse(&toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
         let modules = waxwing::modules::all(&config);
-        let running = waxwing_core::start(config, modules)
-            .await
-            .expect("server starts");
+        let running = waxwing_core::start(config, modules).await?;
         let c2s = listener_port(&running, ListenerKind::C2s);
-        Node {
+        let s2s = listener_port(&running, ListenerKind::S2s);
+        Ok(Node {
             running,
             domain,
             c2s,
+            s2s,
             _dir: dir,
-        }
+        })
     }
 
     async fn login(&self, local: &str) -> Client {
@@ -66,16 +71,27 @@ impl Node {
 }
 
 /// Sends an IQ and returns its answer (any type).
-/// Node B, routing A and A's MUC service to `pa`, on s2s port `pb`.
-async fn start_b(pa: u16, pb: u16) -> Node {
-    Node::start(
-        B,
-        pb,
-        &format!(
-            "[s2s]\nsecret = \"b-dialback-secret\"\nconnect_timeout_secs = 5\n[s2s.routes]\n\
-             \"{A}\" = \"127.0.0.1:{pa}\"\n\"conference.{A}\" = \"127.0.0.1:{pa}\"\n"
-        ),
-    )
+/// Node A, with `a_extra(pb)` (TOML tables that route B to `pb`), on an
+/// s2s port of the kernel's, and node B on `pb` routing A and A's MUC
+/// service to A.
+async fn pair(a_extra: impl Fn(u16) -> String) -> (Node, Node) {
+    on_free_port(|pb| {
+        let a_extra = a_extra(pb);
+        async move {
+            let a = Node::try_start(A, 0, &a_extra).await?;
+            let pa = a.s2s;
+            let b = Node::try_start(
+                B,
+                pb,
+                &format!(
+                    "[s2s]\nsecret = \"b-dialback-secret\"\nconnect_timeout_secs = 5\n[s2s.routes]\n\
+                     \"{A}\" = \"127.0.0.1:{pa}\"\n\"conference.{A}\" = \"127.0.0.1:{pa}\"\n"
+                ),
+            )
+            .await;
+            both_or_stop(a, b, |n: Node| n.running.stop()).await
+        }
+    })
     .await
 }
 
@@ -134,19 +150,15 @@ async fn search_all(c: &mut Client, service: &str) -> Vec<(String, String, Strin
 
 #[tokio::test]
 async fn directory_lists_public_rooms_of_a_crawled_remote_service() {
-    let (pa, pb) = (free_port(), free_port());
-    let a = Node::start(
-        A,
-        pa,
-        &format!(
+    let (a, b) = pair(|pb| {
+        format!(
             "[muc]\ncrawl = [\"conference.{B}\"]\ncrawl_interval_secs = 1\n\
              [s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\
              \"{B}\" = \"127.0.0.1:{pb}\"\n\"conference.{B}\" = \"127.0.0.1:{pb}\"\n"
-        ),
-    )
+        )
+    })
     .await;
     let _b = {
-        let b = start_b(pa, pb).await;
         // A public room and a hidden one on B.
         let mut bob = b.login("bob").await;
         for (room, public) in [("lounge", "1"), ("backroom", "0")] {
@@ -220,18 +232,14 @@ async fn directory_lists_public_rooms_of_a_crawled_remote_service() {
 #[tokio::test]
 async fn a_remote_joiner_gets_a_join_burst_larger_than_the_s2s_queue() {
     const CROWD: usize = 40;
-    let (pa, pb) = (free_port(), free_port());
-    let a = Node::start(
-        A,
-        pa,
-        &format!(
+    let (a, b) = pair(|pb| {
+        format!(
             "[limits]\nmax_resources = 100\nmax_connections_per_ip = 200\n\
              [s2s]\nmax_queue = 16\nconnect_timeout_secs = 5\n[s2s.routes]\n\
              \"{B}\" = \"127.0.0.1:{pb}\"\n"
-        ),
-    )
+        )
+    })
     .await;
-    let b = start_b(pa, pb).await;
     let room = format!("crowded@conference.{A}");
     let mut crowd = vec![a.login("crowd").await];
     for i in 1..CROWD {
@@ -296,14 +304,10 @@ async fn a_remote_joiner_gets_a_join_burst_larger_than_the_s2s_queue() {
 /// stream closes, the local one before its `system-shutdown`.
 #[tokio::test]
 async fn shutdown_tells_occupants_local_and_remote_with_332() {
-    let (pa, pb) = (free_port(), free_port());
-    let a = Node::start(
-        A,
-        pa,
-        &format!("[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n"),
-    )
+    let (a, b) = pair(|pb| {
+        format!("[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n")
+    })
     .await;
-    let b = start_b(pa, pb).await;
     let room = format!("closing@conference.{A}");
     let join = |nick: &str| format!("<presence to='{room}/{nick}'><x xmlns='{MUC}'/></presence>");
     let until_subject =

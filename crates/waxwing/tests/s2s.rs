@@ -22,7 +22,7 @@ const A: &str = "a.localhost";
 const B: &str = "b.localhost";
 const B_SECRET: &str = "b-dialback-secret";
 
-/// A free loopback port (bound and released: the server binds it next).
+/// A server listening for s2s on `s2s` (0: a port of the kernel's).
 struct Node {
     running: Running,
     domain: &'static str,
@@ -33,11 +33,17 @@ struct Node {
 
 impl Node {
     async fn start(domain: &'static str, s2s: u16, extra: &str) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, domain, s2s, extra).await
+        Self::try_start(domain, s2s, extra)
+            .await
+            .expect("server starts")
     }
 
-    async fn start_in(dir: tempfile::TempDir, domain: &'static str, s2s: u16, extra: &str) -> Node {
+    async fn try_start(
+        domain: &'static str,
+        s2s: u16,
+        extra: &str,
+    ) -> Result<Node, waxwing_core::StartError> {
+        let dir = tempfile::tempdir().unwrap();
         let toml = format!(
             "data_dir = {data:?}\nhosts = [\"{domain}\"]\nadmins = [\"admin@{domain}\"]\n\
              [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = []\ns2s = [\"127.0.0.1:{s2s}\"]\n\
@@ -46,18 +52,24 @@ impl Node {
         );
         let config = Config::parse(&toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
         let modules = support::modules(&config);
-        let running = waxwing_core::start(config, modules)
-            .await
-            .expect("server starts");
+        let running = waxwing_core::start(config, modules).await?;
         let c2s = listener_port(&running, ListenerKind::C2s);
         let s2s = listener_port(&running, ListenerKind::S2s);
-        Node {
+        Ok(Node {
             running,
             domain,
             c2s,
             s2s,
             dir,
-        }
+        })
+    }
+
+    /// With `second`, or stopped if `second` did not start.
+    async fn and(
+        self,
+        second: Result<Node, waxwing_core::StartError>,
+    ) -> Result<(Node, Node), waxwing_core::StartError> {
+        both_or_stop(self, second, |n: Node| n.running.stop()).await
     }
 
     /// `local` (here) and `contact` (a full bare JID, anywhere) are mutual
@@ -104,24 +116,28 @@ impl Node {
 /// domains, which send caps queries). `a_extra`/`b_extra` are TOML
 /// appended after `[storage]` (so: tables).
 async fn pair_with(a_extra: &str, b_extra: &str) -> (Node, Node) {
-    let (pa, pb, closed) = (free_port(), free_port(), free_port());
-    let a = Node::start(
-        A,
-        pa,
-        &format!(
-            "[s2s]\nconnect_timeout_secs = 5\n{a_extra}\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n\"pubsub.{B}\" = \"127.0.0.1:{pb}\"\n\"evil.localhost\" = \"127.0.0.1:{closed}\"\n"
-        ),
-    )
-    .await;
-    let b = Node::start(
-        B,
-        pb,
-        &format!(
-            "[s2s]\nsecret = \"{B_SECRET}\"\nconnect_timeout_secs = 5\n{b_extra}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n\"pubsub.{A}\" = \"127.0.0.1:{pa}\"\n"
-        ),
-    )
-    .await;
-    (a, b)
+    on_free_port(|pb| async move {
+        let closed = free_port();
+        let a = Node::start(
+            A,
+            0,
+            &format!(
+                "[s2s]\nconnect_timeout_secs = 5\n{a_extra}\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n\"pubsub.{B}\" = \"127.0.0.1:{pb}\"\n\"evil.localhost\" = \"127.0.0.1:{closed}\"\n"
+            ),
+        )
+        .await;
+        let pa = a.s2s;
+        let b = Node::try_start(
+            B,
+            pb,
+            &format!(
+                "[s2s]\nsecret = \"{B_SECRET}\"\nconnect_timeout_secs = 5\n{b_extra}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n\"pubsub.{A}\" = \"127.0.0.1:{pa}\"\n"
+            ),
+        )
+        .await;
+        a.and(b).await
+    })
+    .await
 }
 
 async fn pair() -> (Node, Node) {
@@ -352,7 +368,7 @@ async fn unreachable_domains_bounce() {
     });
     let a = Node::start(
         A,
-        free_port(),
+        0,
         &format!(
             "[s2s]\nconnect_timeout_secs = 1\n[s2s.routes]\n\"c.localhost\" = \"127.0.0.1:{closed}\"\n\"d.localhost\" = \"127.0.0.1:{silent_port}\"\n"
         ),
@@ -403,23 +419,27 @@ async fn refused_domain_is_never_contacted() {
 async fn certificates_authenticate_with_sasl_external() {
     // a starts first so its self-signed certificate exists; b trusts it
     // and requires a valid certificate from a.
-    let (pa, pb) = (free_port(), free_port());
-    let a = Node::start(
-        A,
-        pa,
-        &format!("[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n"),
-    )
-    .await;
-    let a_cert = a.dir.path().join("tls").join(format!("{A}.crt"));
-    assert!(a_cert.exists());
-    let b = Node::start(
-        B,
-        pb,
-        &format!(
-            "[s2s]\nconnect_timeout_secs = 5\nca_bundle = {:?}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n[s2s.domains.\"{A}\"]\ndialback = \"require-valid-certs\"\n",
-            a_cert.display().to_string()
-        ),
-    )
+    let (a, b) = on_free_port(|pb| async move {
+        let a = Node::start(
+            A,
+            0,
+            &format!("[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n"),
+        )
+        .await;
+        let a_cert = a.dir.path().join("tls").join(format!("{A}.crt"));
+        assert!(a_cert.exists());
+        let b = Node::try_start(
+            B,
+            pb,
+            &format!(
+                "[s2s]\nconnect_timeout_secs = 5\nca_bundle = {:?}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{}\"\n[s2s.domains.\"{A}\"]\ndialback = \"require-valid-certs\"\n",
+                a_cert.display().to_string(),
+                a.s2s
+            ),
+        )
+        .await;
+        a.and(b).await
+    })
     .await;
     a.user("alice").await;
     b.user("bob").await;
@@ -962,24 +982,28 @@ async fn federation_with_compression_on() {
     // As certificates_authenticate_with_sasl_external, with [compression]
     // on at both ends: a → b authenticates with SASL EXTERNAL, then
     // compresses (XEP-0138 needs the stream restart SASL gives).
-    let (pa, pb) = (free_port(), free_port());
-    let a = Node::start(
-        A,
-        pa,
-        &format!(
-            "[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n[compression]\nenabled = true\n"
-        ),
-    )
-    .await;
-    let a_cert = a.dir.path().join("tls").join(format!("{A}.crt"));
-    let b = Node::start(
-        B,
-        pb,
-        &format!(
-            "[s2s]\nconnect_timeout_secs = 5\nca_bundle = {:?}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{pa}\"\n[compression]\nenabled = true\n",
-            a_cert.display().to_string()
-        ),
-    )
+    let (a, b) = on_free_port(|pb| async move {
+        let a = Node::start(
+            A,
+            0,
+            &format!(
+                "[s2s]\nconnect_timeout_secs = 5\n[s2s.routes]\n\"{B}\" = \"127.0.0.1:{pb}\"\n[compression]\nenabled = true\n"
+            ),
+        )
+        .await;
+        let a_cert = a.dir.path().join("tls").join(format!("{A}.crt"));
+        let b = Node::try_start(
+            B,
+            pb,
+            &format!(
+                "[s2s]\nconnect_timeout_secs = 5\nca_bundle = {:?}\n[s2s.routes]\n\"{A}\" = \"127.0.0.1:{}\"\n[compression]\nenabled = true\n",
+                a_cert.display().to_string(),
+                a.s2s
+            ),
+        )
+        .await;
+        a.and(b).await
+    })
     .await;
     a.user("alice").await;
     b.user("bob").await;
@@ -1505,7 +1529,7 @@ async fn node_routing_e_to_a_listener(extra: &str) -> (tokio::net::TcpListener, 
     let port = listener.local_addr().unwrap().port();
     let a = Node::start(
         A,
-        free_port(),
+        0,
         &format!(
             "[s2s]\nrequire_encryption = false\n{extra}connect_timeout_secs = 5\n\
              [s2s.routes]\n\"e.localhost\" = \"127.0.0.1:{port}\"\n"
@@ -1744,7 +1768,7 @@ async fn issue_14_junk_dialbacks_are_charged_to_the_address_not_the_claimed_doma
 /// is cut off by `auth_timeout`.
 #[tokio::test]
 async fn issue_14_stalled_starttls_handshake_times_out() {
-    let a = Node::start(A, free_port(), "[limits]\nauth_timeout_secs = 1\n").await;
+    let a = Node::start(A, 0, "[limits]\nauth_timeout_secs = 1\n").await;
     let mut tcp = TcpStream::connect(("127.0.0.1", a.s2s)).await.unwrap();
     let mut framer = s2s_framer();
     tcp.write_all(s2s_header(B, A).as_bytes()).await.unwrap();
@@ -1792,7 +1816,7 @@ async fn open_plain(source: IpAddr, port: u16) -> (TcpStream, Element) {
 
 #[tokio::test]
 async fn issue_14_incoming_connections_per_address_are_limited() {
-    let a = Node::start(A, free_port(), "[s2s]\nmax_incoming_per_ip = 2\n").await;
+    let a = Node::start(A, 0, "[s2s]\nmax_incoming_per_ip = 2\n").await;
     let here = LOOPBACK;
     let (first, f) = open_plain(here, a.s2s).await;
     assert!(f.is("features", ns::STREAM), "{f}");
@@ -2064,4 +2088,16 @@ async fn issue_14_half_open_s2s_tls_connections_are_closed_by_the_deadline() {
     }
     // Nothing is kept per connection: a second wave costs no more than the first.
     assert!(waves[1] <= waves[0] + waves[0] / 10, "peaks {waves:?}");
+}
+
+/// A port someone else took before the server bound it is told apart from
+/// other reasons not to start: `on_free_port` draws another then.
+#[tokio::test]
+async fn a_taken_port_is_what_the_harness_draws_again_for() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let Err(e) = Node::try_start(A, port, "").await else {
+        panic!("started on a port that is held");
+    };
+    assert!(port_taken(&e), "{e}");
 }

@@ -62,6 +62,50 @@ pub fn free_port() -> u16 {
     }
     panic!("no free loopback port between 10000 and 32000");
 }
+
+/// Whether a server did not start because a port it was given is taken:
+/// another test process drew the same [`free_port`] between the draw and
+/// the bind.
+pub fn port_taken(e: &waxwing_core::StartError) -> bool {
+    matches!(e, waxwing_core::StartError::Io(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// What `start` starts with a port from [`free_port`]; drawn again while
+/// the port was taken before the server bound it ([`port_taken`]). For two
+/// servers that route to each other: the first one listens on a port of
+/// the kernel's, and `start` gives the drawn one to the second, which the
+/// first must be told of before the second can start.
+pub async fn on_free_port<T, F>(mut start: impl FnMut(u16) -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, waxwing_core::StartError>>,
+{
+    for _ in 0..10 {
+        match start(free_port()).await {
+            Err(e) if port_taken(&e) => continue,
+            started => return started.expect("servers start"),
+        }
+    }
+    panic!("ten drawn ports in a row were taken before the server bound them");
+}
+
+/// `first` and `second` if `second` started; else `first` is stopped
+/// (`stop`), not left running with routes to a port someone else has.
+pub async fn both_or_stop<N, F>(
+    first: N,
+    second: Result<N, waxwing_core::StartError>,
+    stop: impl FnOnce(N) -> F,
+) -> Result<(N, N), waxwing_core::StartError>
+where
+    F: std::future::Future<Output = ()>,
+{
+    match second {
+        Ok(second) => Ok((first, second)),
+        Err(e) => {
+            stop(first).await;
+            Err(e)
+        }
+    }
+}
 /// The served domain.
 pub const DOMAIN: &str = "localhost";
 
